@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (the end-to-end flow) and `make test` (the whole suite).
+# Both install what they need: a Python venv in .venv and the npm packages (Node 22 included).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE := node_modules/.bin/node
+
+.PHONY: demo test setup bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@npm ci --no-audit --no-fund --loglevel=error
+	@$(NODE) --version >/dev/null
+	@touch $@
+
+setup: $(VENV)/.installed node_modules/.installed
+
+demo: setup
+	@$(VENV)/bin/medport demo
+
+test: setup
+	@$(NODE) --test --test-reporter=spec tests/js/
+	@$(PY) -m pytest -q
+
+bench: setup
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) node_modules .medport
