@@ -1,0 +1,164 @@
+"""Load, validate and complete medport.toml.
+
+Every problem is reported at once, each with its path and, where one exists, a hint
+(`webhook_bot.resources[3]: 'Observaton' is not an R4 resource type — did you mean 'Observation'?`).
+Defaults come from the JSON Schema itself, so the schema is the one reference for keys.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+CONFIG_FILENAME = "medport.toml"
+
+
+class ConfigError(Exception):
+    """The config is missing, unreadable or invalid; `problems` lists every reason."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: invalid configuration ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.files("generator").joinpath("config.schema.json").read_text("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def resource_types() -> dict[str, list[str]]:
+    return json.loads(resources.files("generator").joinpath("resource_types.json").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated config with every default filled in (`data`), and where it came from."""
+
+    data: dict
+    path: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def metriport_base_url(self) -> str:
+        env = self.data["metriport"]["environment"]
+        return {"sandbox": "https://api.sandbox.metriport.com",
+                "production": "https://api.metriport.com"}.get(env, env.rstrip("/"))
+
+
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def _schema_at(parts) -> dict:
+    node = schema()
+    for p in parts:
+        if isinstance(p, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(p, {})
+        if "$ref" in node:
+            node = {**schema()["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _describe(err: jsonschema.ValidationError) -> list[str]:
+    where = _path(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = _schema_at(err.absolute_path).get("properties", {}).keys()
+        extra = sorted(set(err.instance) - set(allowed))
+        return [f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
+                f" (allowed: {', '.join(sorted(allowed))})" for k in extra]
+    if err.validator == "enum":
+        opts = ", ".join(repr(o) for o in err.validator_value)
+        return [f"{where}: {err.instance!r} is not one of {opts}{_hint(str(err.instance), map(str, err.validator_value))}"]
+    if err.validator == "type":
+        return [f"{where}: expected {err.validator_value}, got {type(err.instance).__name__} {err.instance!r}"]
+    if err.validator == "pattern":
+        desc = _schema_at(err.absolute_path).get("description", "")
+        return [f"{where}: {err.instance!r} has the wrong form" + (f" ({desc})" if desc else f" (must match {err.validator_value})")]
+    return [f"{where}: {err.message}"]
+
+
+def _apply_defaults(data: dict, node: dict) -> dict:
+    """Fill defaults from the schema, recursing into objects (sections default to {})."""
+    out = copy.deepcopy(data)
+    for key, sub in node.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and sub.get("properties"):
+            out[key] = _apply_defaults(out[key], sub)
+    return out
+
+
+def _semantic_problems(cfg: dict) -> list[str]:
+    problems = []
+    r4 = set(resource_types()["r4"])
+    medplum_types = set(resource_types()["medplum"])
+    for i, rt in enumerate(cfg["webhook_bot"]["resources"]):
+        if rt in ("Patient",):
+            problems.append(f"webhook_bot.resources[{i}]: 'Patient' cannot be imported — data is attached to the existing Medplum Patient; remove it")
+        elif rt in medplum_types or rt in ("Bundle", "Binary", "Subscription", "AuditEvent", "Task"):
+            problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not clinical data medport may import; remove it")
+        elif rt not in r4:
+            problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not an R4 resource type{_hint(rt, r4)}")
+    if cfg["patient_bot"]["name"] == cfg["webhook_bot"]["name"]:
+        problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
+    if cfg["patient_bot"]["identifier"] == cfg["webhook_bot"]["identifier"]:
+        problems.append("webhook_bot.identifier: must differ from patient_bot.identifier")
+    c = cfg["consolidated"]
+    if c.get("date_from") and c.get("date_to") and c["date_from"] > c["date_to"]:
+        problems.append(f"consolidated.date_to: {c['date_to']!r} is before date_from {c['date_from']!r}")
+    r = cfg["retry"]
+    if r["initial_delay_ms"] > r["max_delay_ms"]:
+        problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
+    return problems
+
+
+def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
+    validator = jsonschema.Draft202012Validator(schema())
+    problems: list[str] = []
+    for err in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
+        problems.extend(_describe(err))
+    if problems:
+        raise ConfigError(path, problems)
+    cfg = _apply_defaults(data, schema())
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(path, problems)
+    return Config(cfg, path)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    p = Path(path) if path else Path(CONFIG_FILENAME)
+    if not p.exists():
+        raise ConfigError(str(p), [f"no config file at {p} — run `medport init` to write a commented starter config, "
+                                   "or pass -c PATH"])
+    try:
+        data = tomllib.loads(p.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already carries "(at line L, column C)".
+        raise ConfigError(str(p), [f"not valid TOML: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), [f"not UTF-8 text: {e}"]) from None
+    return validate_data(data, str(p))

@@ -1,0 +1,133 @@
+"""Render the bots and their Medplum setup from a validated Config.
+
+Output is byte-for-byte deterministic: no timestamps, stable key order, ids derived
+from identifiers (uuid5) unless the config pins them.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import jinja2
+
+from . import __version__
+from .config import Config, resource_types
+
+MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
+FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
+MESSAGE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/webhook-message-id"
+MESSAGE_TASK_CODE = "metriport-webhook-message"
+SUPPORTED_INTERACTION_EXT = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
+ID_NAMESPACE = uuid.UUID("6f1c1a52-9a8e-4d0f-9a57-2b4f4c0c8a11")
+
+
+def stable_id(system: str, value: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
+
+
+@dataclass(frozen=True)
+class BotSpec:
+    key: str            # "patient_bot" | "webhook_bot"
+    name: str
+    identifier: str
+    id: str
+    filename: str       # "<name>.js"
+
+
+def bot_specs(cfg: Config) -> dict[str, BotSpec]:
+    system = cfg["medplum"]["identifier_system"]
+    out = {}
+    for key in ("patient_bot", "webhook_bot"):
+        b = cfg[key]
+        out[key] = BotSpec(key, b["name"], b["identifier"], b.get("id") or stable_id(system, b["identifier"]), f"{b['name']}.js")
+    return out
+
+
+def _retry(cfg: Config) -> dict:
+    r = cfg["retry"]
+    return {"maxAttempts": r["max_attempts"], "initialDelayMs": r["initial_delay_ms"], "maxDelayMs": r["max_delay_ms"]}
+
+
+def _consolidated(cfg: Config) -> dict:
+    c = cfg["consolidated"]
+    return {
+        "resources": list(cfg["webhook_bot"]["resources"]) if c["request_allowed_resources_only"] else [],
+        "dateFrom": c.get("date_from"),
+        "dateTo": c.get("date_to"),
+    }
+
+
+def patient_bot_config(cfg: Config) -> dict:
+    """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
+    m = cfg["metriport"]
+    return {
+        "botName": cfg["patient_bot"]["name"],
+        "medportVersion": __version__,
+        "metriportBaseUrl": cfg.metriport_base_url,
+        "facilityIdentifierSystem": m["facility_identifier_system"],
+        "patientIdentifierSystem": m["patient_identifier_system"],
+        "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
+        "flow": cfg["patient_bot"]["flow"],
+        "consolidated": _consolidated(cfg),
+        "retry": _retry(cfg),
+    }
+
+
+def webhook_bot_config(cfg: Config) -> dict:
+    """The CONFIG object embedded in the webhook bot (templates/webhook-bot.js.j2)."""
+    m = cfg["metriport"]
+    allowed = list(cfg["webhook_bot"]["resources"])
+    shapes = resource_types()["identifier"]
+    return {
+        "botName": cfg["webhook_bot"]["name"],
+        "medportVersion": __version__,
+        "metriportBaseUrl": cfg.metriport_base_url,
+        "patientIdentifierSystem": m["patient_identifier_system"],
+        "resourceIdentifierSystem": m["resource_identifier_system"],
+        "verifySignature": cfg["webhook_bot"]["verify_signature"],
+        "asyncProcessing": cfg["webhook_bot"]["async_processing"],
+        "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM},
+        "resources": allowed,
+        "identifierShape": {t: shapes[t] for t in allowed},
+        "consolidated": _consolidated(cfg),
+        "batch": {"maxEntries": cfg["import"]["batch_max_entries"], "maxBytes": cfg["import"]["batch_max_bytes"]},
+        "retry": _retry(cfg),
+    }
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("templates", ""),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["js"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
+    return env
+
+
+def render_bots(cfg: Config) -> dict[str, str]:
+    env = _env()
+    specs = bot_specs(cfg)
+    return {
+        specs["patient_bot"].filename: env.get_template("patient-bot.js.j2").render(config=patient_bot_config(cfg)),
+        specs["webhook_bot"].filename: env.get_template("webhook-bot.js.j2").render(config=webhook_bot_config(cfg)),
+    }
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m generator.render '<config json>'` prints {filename: code} — used by the node tests to render variants."""
+    import sys
+
+    from .config import validate_data
+
+    cfg = validate_data(json.loads(argv[0]) if argv else {}, "<argv>")
+    sys.stdout.write(json.dumps(render_bots(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))
