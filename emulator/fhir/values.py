@@ -1,0 +1,216 @@
+"""Turn extracted FHIR values into index rows, and date strings into ranges (shared by SQL and in-memory search)."""
+from __future__ import annotations
+
+import calendar
+import re
+import unicodedata
+from typing import Any
+
+_DT = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def date_range(s: Any) -> tuple[float, float] | None:
+    """[lo, hi) epoch seconds covered by a FHIR date/dateTime/instant at its precision; None if unparsable."""
+    if not isinstance(s, str):
+        return None
+    m = _DT.match(s.strip())
+    if not m:
+        return None
+    y, mo, d, hh, mi, ss, frac, tz = m.groups()
+    try:
+        yi = int(y)
+        if mo is None:
+            lo = calendar.timegm((yi, 1, 1, 0, 0, 0))
+            return float(lo), float(calendar.timegm((yi + 1, 1, 1, 0, 0, 0)))
+        moi = int(mo)
+        if not 1 <= moi <= 12:
+            return None
+        if d is None:
+            lo = calendar.timegm((yi, moi, 1, 0, 0, 0))
+            hi = calendar.timegm((yi + (moi == 12), moi % 12 + 1, 1, 0, 0, 0))
+            return float(lo), float(hi)
+        di = int(d)
+        if not 1 <= di <= calendar.monthrange(yi, moi)[1]:
+            return None
+        if hh is None:
+            lo = calendar.timegm((yi, moi, di, 0, 0, 0))
+            return float(lo), float(lo + 86400)
+        hhi, mii = int(hh), int(mi)
+        if hhi > 23 or mii > 59:
+            return None
+        off = 0
+        if tz and tz != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            off = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+        if ss is None:
+            lo = calendar.timegm((yi, moi, di, hhi, mii, 0)) - off
+            return float(lo), float(lo + 60)
+        ssi = int(ss)
+        if ssi > 60:
+            return None
+        lo = calendar.timegm((yi, moi, di, hhi, mii, ssi)) - off
+        if frac:
+            f = float(frac)
+            return lo + f, lo + f + 10 ** -(len(frac) - 1)
+        return float(lo), float(lo + 1)
+    except (ValueError, OverflowError):
+        return None
+
+
+def normalize_string(s: str) -> str:
+    """Case- and accent-insensitive form used for string search."""
+    if s.isascii():
+        return s.lower()
+    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c)).lower()
+
+
+def _strings(v: Any, out: list[str]) -> None:
+    if isinstance(v, str):
+        out.append(v)
+    elif isinstance(v, dict):
+        # HumanName, Address, etc: every string leaf that a person would search on
+        for k in ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state",
+                  "postalCode", "country", "value", "display", "name"):
+            x = v.get(k)
+            if isinstance(x, str):
+                out.append(x)
+            elif isinstance(x, list):
+                out.extend(i for i in x if isinstance(i, str))
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        out.append(str(v))
+
+
+def string_values(values: list[Any]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        _strings(v, out)
+    return out
+
+
+def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
+    """(system, code) pairs: Coding, CodeableConcept, Identifier, ContactPoint, code/boolean/string primitives."""
+    out: list[tuple[str | None, str | None]] = []
+    for v in values:
+        if isinstance(v, bool):
+            out.append((None, "true" if v else "false"))
+        elif isinstance(v, str):
+            out.append((None, v))
+        elif isinstance(v, (int, float)):
+            out.append((None, str(v)))
+        elif isinstance(v, dict):
+            if "coding" in v or ("text" in v and "code" not in v and "value" not in v):
+                for c in v.get("coding") or []:
+                    if isinstance(c, dict) and (c.get("code") is not None or c.get("system")):
+                        out.append((c.get("system"), _s(c.get("code"))))
+            elif "code" in v and ("system" in v or "display" in v or "version" in v or len(v) == 1):
+                out.append((v.get("system"), _s(v.get("code"))))
+            elif "value" in v:  # Identifier, ContactPoint
+                out.append((v.get("system") if isinstance(v.get("system"), str) else None, _s(v.get("value"))))
+            elif "code" in v:
+                out.append((v.get("system"), _s(v.get("code"))))
+            elif "system" in v:
+                out.append((v.get("system"), None))
+    return out
+
+
+def _s(x: Any) -> str | None:
+    if x is None:
+        return None
+    return x if isinstance(x, str) else str(x)
+
+
+def reference_values(values: list[Any]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        if isinstance(v, dict):
+            r = v.get("reference")
+            if isinstance(r, str):
+                out.append(normalize_reference(r))
+        elif isinstance(v, str):
+            out.append(v)
+    return out
+
+
+def normalize_reference(r: str) -> str:
+    """'https://host/fhir/R4/Patient/1/_history/2' -> 'Patient/1'."""
+    if "/_history/" in r:
+        r = r.split("/_history/")[0]
+    if "://" in r:
+        parts = r.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2][:1].isupper():
+            return parts[-2] + "/" + parts[-1]
+    return r
+
+
+def date_values(values: list[Any]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for v in values:
+        if isinstance(v, str):
+            r = date_range(v)
+            if r:
+                out.append(r)
+        elif isinstance(v, dict):
+            if "start" in v or "end" in v:  # Period
+                s = date_range(v.get("start")) if v.get("start") else None
+                e = date_range(v.get("end")) if v.get("end") else None
+                if s or e:
+                    out.append((s[0] if s else float("-inf"), e[1] if e else float("inf")))
+            elif isinstance(v.get("event"), list):  # Timing
+                for ev in v["event"]:
+                    r = date_range(ev)
+                    if r:
+                        out.append(r)
+    return out
+
+
+def number_values(values: list[Any]) -> list[tuple[float, str | None, str | None]]:
+    """(value, system, code) for number and quantity parameters."""
+    out: list[tuple[float, str | None, str | None]] = []
+    for v in values:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out.append((float(v), None, None))
+        elif isinstance(v, dict):
+            if isinstance(v.get("value"), (int, float)) and not isinstance(v.get("value"), bool):
+                out.append((float(v["value"]), v.get("system"), v.get("code") or v.get("unit")))
+            elif isinstance(v.get("low"), dict) or isinstance(v.get("high"), dict):  # Range
+                for k in ("low", "high"):
+                    q = v.get(k)
+                    if isinstance(q, dict) and isinstance(q.get("value"), (int, float)):
+                        out.append((float(q["value"]), q.get("system"), q.get("code") or q.get("unit")))
+    return out
+
+
+def index_rows(params: dict, resource: dict):
+    """Yield (kind, code, *values) rows for every supported search parameter of the resource."""
+    tok, st, ref, dt, num = [], [], [], [], []
+    for code, sp in params.items():
+        if not sp.supported or code in ("_id", "_lastUpdated"):
+            continue
+        vals = sp.extract(resource)
+        if not vals:
+            continue
+        t = sp.type
+        if t == "token":
+            for s, c in token_values(vals):
+                tok.append((code, s, c))
+            # also let :text-ish searches on display work through strings: skipped
+        elif t == "string":
+            for s in string_values(vals):
+                st.append((code, normalize_string(s), s))
+        elif t == "reference":
+            for r in reference_values(vals):
+                ref.append((code, r))
+        elif t == "date":
+            for lo, hi in date_values(vals):
+                dt.append((code, lo, hi))
+        elif t in ("number", "quantity"):
+            for n, s, c in number_values(vals):
+                num.append((code, n, s, c))
+        elif t == "uri":
+            for v in vals:
+                if isinstance(v, str):
+                    tok.append((code, None, v))
+    return tok, st, ref, dt, num
