@@ -125,8 +125,9 @@ class _Worker:
         self.last_used = time.monotonic()
         self._stderr_tail: deque[str] = deque(maxlen=40)
         self._wlock = threading.Lock()
+        self._err_thread = threading.Thread(target=self._stderr_loop, name=f"medport-worker-err-{self.pid}", daemon=True)
+        self._err_thread.start()
         threading.Thread(target=self._read_loop, name=f"medport-worker-{self.pid}", daemon=True).start()
-        threading.Thread(target=self._stderr_loop, name=f"medport-worker-err-{self.pid}", daemon=True).start()
 
     # -- io
     def send(self, msg: dict) -> None:
@@ -176,6 +177,7 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.exit_status = self.proc.wait()
+        self._err_thread.join(1)  # the stderr tail tells an out-of-memory abort apart
         reason = self.describe_exit()
         for call in list(self.calls.values()):
             if not call.done.is_set():
