@@ -115,13 +115,19 @@ def _semantic_problems(cfg: dict) -> list[str]:
     problems = []
     r4 = set(resource_types()["r4"])
     medplum_types = set(resource_types()["medplum"])
+    shapes = resource_types()["identifier"]
     for i, rt in enumerate(cfg["webhook_bot"]["resources"]):
+        if not isinstance(rt, str):
+            continue
         if rt in ("Patient",):
             problems.append(f"webhook_bot.resources[{i}]: 'Patient' cannot be imported — data is attached to the existing Medplum Patient; remove it")
         elif rt in medplum_types or rt in ("Bundle", "Binary", "Subscription", "AuditEvent", "Task"):
             problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not clinical data medport may import; remove it")
         elif rt not in r4:
             problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not an R4 resource type{_hint(rt, r4)}")
+        elif shapes.get(rt) == "none":
+            problems.append(f"webhook_bot.resources[{i}]: '{rt}' has no identifier element, so it cannot be upserted "
+                            "idempotently on the Metriport id; remove it")
     if cfg["patient_bot"]["name"] == cfg["webhook_bot"]["name"]:
         problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
     if cfg["patient_bot"]["identifier"] == cfg["webhook_bot"]["identifier"]:
@@ -140,10 +146,11 @@ def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
     problems: list[str] = []
     for err in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
         problems.extend(_describe(err))
-    if problems:
-        raise ConfigError(path, problems)
-    cfg = _apply_defaults(data, schema())
-    problems = _semantic_problems(cfg)
+    cfg = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
+    try:
+        problems += [p for p in _semantic_problems(cfg) if p not in problems]
+    except (TypeError, KeyError, AttributeError):
+        pass  # shapes are wrong: the schema problems above already say so
     if problems:
         raise ConfigError(path, problems)
     return Config(cfg, path)

@@ -1,0 +1,131 @@
+"""The `medport` command line."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import CONFIG_FILENAME, ConfigError, load_config
+
+# Commands that live in other modules, loaded only when used so `medport --help` stays fast
+# and one broken subsystem never hides the others.
+LAZY_COMMANDS = {
+    "emulate": ("emulator.server:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
+    "demo": ("generator.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
+    "deploy": ("generator.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
+    "check": ("generator.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
+    "replay": ("generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
+    "runs": ("generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
+    "synth": ("emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
+}
+
+
+class MedportGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None or name not in LAZY_COMMANDS:
+            return cmd
+        target, short = LAZY_COMMANDS[name]
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            @click.command(name=name, help=short)
+            def unavailable():
+                raise click.ClickException(f"`medport {name}` is not available in this installation ({e}).")
+            return unavailable
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+            else:
+                cmd = super().get_command(ctx, name)
+                rows.append((name, cmd.get_short_help_str(80)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=MedportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medport")
+def main():
+    """medport connects a Medplum FHIR server to Metriport's Medical API.
+
+    \b
+    Typical flow:
+      medport init            write a commented medport.toml
+      medport generate        render the two bots + their Medplum setup into bots/
+      medport emulate         run a local Medplum + fake Metriport with the bots deployed
+      medport demo            watch Patient -> Metriport -> webhook -> data imported
+      medport check           validate everything in CI
+      medport deploy          push the bots to your Medplum server
+    """
+
+
+def load_or_exit(config_path: str | None):
+    try:
+        return load_config(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+config_option = click.option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True,
+                             type=click.Path(dir_okay=False), help="Path to the config file.")
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing medport.toml.")
+@click.option("--ci", is_flag=True, help="Also write .github/workflows/medport.yml running `medport check`.")
+def init(directory, force, ci):
+    """Write a commented starter medport.toml into DIRECTORY (default: here)."""
+    from .starter import starter_toml
+
+    target = Path(directory) / CONFIG_FILENAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} already exists — edit it, or pass --force to overwrite it.")
+    target.write_text(starter_toml(), "utf-8")
+    click.echo(f"wrote {target}")
+    if ci:
+        from .starter import ci_workflow
+
+        wf = Path(directory) / ".github" / "workflows" / "medport.yml"
+        wf.parent.mkdir(parents=True, exist_ok=True)
+        wf.write_text(ci_workflow(), "utf-8")
+        click.echo(f"wrote {wf}")
+    click.echo("next: `medport generate` renders the bots into bots/")
+
+
+@main.command()
+@config_option
+@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing file (for CI).")
+def generate(config_path, out_dir, check):
+    """Render both bots, medplum.config.json and deploy-bundle.json from the config."""
+    from .outputs import stale_files, write_all
+
+    cfg = load_or_exit(config_path)
+    if check:
+        problems = stale_files(cfg, out_dir)
+        for name, why in problems:
+            click.echo(f"{why}: {Path(out_dir) / name}", err=True)
+        if problems:
+            raise click.ClickException(f"{len(problems)} generated file(s) out of date with {config_path} — "
+                                       f"run `medport generate -c {config_path} -o {out_dir}` and commit the result.")
+        click.echo(f"{out_dir}/ is up to date with {config_path}")
+        return
+    for name, what in write_all(cfg, out_dir):
+        click.echo(f"{what:>9}  {Path(out_dir) / name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
