@@ -1,0 +1,39 @@
+"""`python -m emulator.metriport [--port N] [--api-key K] [--data PATH] [--delay S]`: run the fake.
+
+Prints one JSON line `{"baseUrl", "apiKey", "facilityId"}` on stdout once it listens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from .server import FIXTURES_DIR, make_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m emulator.metriport")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8180)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--data", default=None, help="FHIR bundle file or folder of bundles (default: shared fixtures if present)")
+    p.add_argument("--delay", type=float, default=0.3, help="seconds between async steps")
+    a = p.parse_args(argv)
+    data = a.data or (FIXTURES_DIR if os.path.isdir(FIXTURES_DIR) else None)
+    fake = make_server(a.host, a.port, api_key=a.api_key, data_path=data, delay_s=a.delay, background=True)
+    print(json.dumps({"baseUrl": fake.base_url, "apiKey": fake.api_key, "facilityId": fake.facility_id}), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    fake.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

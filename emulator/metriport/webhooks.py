@@ -1,0 +1,168 @@
+"""Webhook signing and delivery, like Metriport's sender.
+
+- Body: `{meta: {messageId, when, type, data?}, ...payload}` serialized exactly like JS
+  `JSON.stringify` (compact, key order kept — integer-like keys first as V8 orders them —,
+  non-ASCII unescaped, JS number formatting), so a receiver that computes the HMAC over
+  `JSON.stringify(JSON.parse(body))` gets the same bytes.
+- Header `x-metriport-signature`: hex HMAC-SHA256 of that body with the webhook key.
+- Delivery: POST with a ~4 s timeout, no redirects; non-2xx, timeout or connection error is a
+  failure, which disables the webhook (settings.webhookEnabled = false) until retried.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from typing import Any
+
+SIGNATURE_HEADER = "x-metriport-signature"
+DEFAULT_TIMEOUT_S = 4.0
+
+_ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
+
+
+def _js_number(x: float) -> str:
+    """Format a float the way JS Number.prototype.toString / JSON.stringify does."""
+    if math.isnan(x) or math.isinf(x):
+        return "null"
+    if x == 0:
+        return "0"
+    if x.is_integer() and abs(x) < 1e21:
+        return str(int(x))
+    r = repr(x)  # shortest round-trip digits, like JS
+    if "e" not in r and "E" not in r:
+        return r
+    mant, exp = r.split("e")
+    e = int(exp)
+    # JS uses exponent notation only for exp >= 21 or exp <= -7
+    digits = mant.replace("-", "").replace(".", "")
+    neg = x < 0
+    point = (mant.replace("-", "").index(".") if "." in mant else len(mant.replace("-", ""))) + e
+    if -7 < point - 1 < 21:
+        if point <= 0:
+            s = "0." + "0" * (-point) + digits
+        elif point >= len(digits):
+            s = digits + "0" * (point - len(digits))
+        else:
+            s = digits[:point] + "." + digits[point:]
+        return ("-" if neg else "") + s
+    m = mant.rstrip("0").rstrip(".") if "." in mant else mant
+    return f"{m}e{'+' if e > 0 else '-'}{abs(e)}"
+
+
+def _js_order(obj: dict) -> list[tuple[str, Any]]:
+    items = list(obj.items())
+    idx = [(k, v) for k, v in items if isinstance(k, str) and _ARRAY_INDEX.match(k) and int(k) < 4294967295]
+    if not idx:
+        return items
+    rest = [(k, v) for k, v in items if not (isinstance(k, str) and _ARRAY_INDEX.match(k) and int(k) < 4294967295)]
+    return sorted(idx, key=lambda kv: int(kv[0])) + rest
+
+
+_str_encoder = json.JSONEncoder(ensure_ascii=False).encode  # escapes like JSON.stringify
+
+
+def _enc(v: Any, out: list[str]) -> None:
+    if isinstance(v, str):
+        out.append(_str_encoder(v))
+    elif v is None:
+        out.append("null")
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif isinstance(v, int):
+        out.append(_js_number(float(v)) if abs(v) >= 2**53 else str(v))
+    elif isinstance(v, float):
+        out.append(_js_number(v))
+    elif isinstance(v, dict):
+        out.append("{")
+        first = True
+        for k, val in _js_order(v):
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_str_encoder(str(k)))
+            out.append(":")
+            _enc(val, out)
+        out.append("}")
+    elif isinstance(v, (list, tuple)):
+        out.append("[")
+        for i, val in enumerate(v):
+            if i:
+                out.append(",")
+            _enc(val, out)
+        out.append("]")
+    else:
+        raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def _drop_undefined(v: Any) -> Any:
+    """JSON.stringify omits undefined properties; Python callers use the _UNDEFINED sentinel."""
+    if isinstance(v, dict):
+        return {k: _drop_undefined(x) for k, x in v.items() if x is not UNDEFINED}
+    if isinstance(v, list):
+        return [None if x is UNDEFINED else _drop_undefined(x) for x in v]
+    return v
+
+
+class _Undefined:
+    def __repr__(self) -> str:
+        return "undefined"
+
+
+UNDEFINED = _Undefined()
+
+
+def js_stringify(value: Any) -> str:
+    """`JSON.stringify(value)` as V8 would produce it."""
+    out: list[str] = []
+    _enc(_drop_undefined(value), out)
+    return "".join(out)
+
+
+def sign(key: str, body: str | bytes) -> str:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    return hmac.new(key.encode("utf-8"), data, hashlib.sha256).hexdigest()
+
+
+def verify(key: str, body: str | bytes, signature: str | None) -> bool:
+    if not signature:
+        return False
+    return hmac.compare_digest(sign(key, body), signature)
+
+
+def build_body(meta: dict, payload: dict) -> str:
+    """`{meta, ...payload}` as Metriport builds it; `meta.data` omitted when undefined."""
+    m = {"messageId": meta["messageId"], "when": meta["when"], "type": meta["type"]}
+    if meta.get("data") is not None:
+        m["data"] = meta["data"]
+    return js_stringify({"meta": m, **payload})
+
+
+def build_ping_body(ping: str, message_id: str, when: str) -> str:
+    return js_stringify({"ping": ping, "meta": {"messageId": message_id, "when": when, "type": "ping"}})
+
+
+def post(url: str, body: str, signature: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool, int | None, str, Any]:
+    """POST one message; returns (ok, http_status, detail, parsed JSON response or None)."""
+    import requests  # local: keeps the module importable without it for pure signing use
+
+    try:
+        resp = requests.post(
+            url, data=body.encode("utf-8"), timeout=timeout_s, allow_redirects=False,
+            headers={"content-type": "application/json", SIGNATURE_HEADER: signature, "user-agent": "Metriport API"},
+        )
+    except requests.Timeout:
+        return False, None, f"Failed to send payload: timeout after {timeout_s}s", None
+    except requests.RequestException as exc:
+        return False, None, f"Failed to send payload: {type(exc).__name__}", None
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if 200 <= resp.status_code < 300:
+        return True, resp.status_code, "OK", data
+    return False, resp.status_code, f"Failed to send payload: HTTP {resp.status_code}", data
