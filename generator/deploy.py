@@ -1,0 +1,293 @@
+"""`medport deploy`: make a Medplum project match the config, idempotently.
+
+One path for everything (the CLI, `medport emulate`'s deployment at start, the tests):
+`Deployer.run()` reads what exists, compares it with what the config renders, and
+creates or updates only what differs, reporting created / updated / unchanged per
+resource. With dry_run it stops after reading. Order matters: policies first (bots and
+the client reference them), then bots (subscriptions point at them), then the rest.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import click
+
+from .config import Config
+from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
+                       subscriptions)
+from .medplum_http import MedplumError, MedplumHttp
+from .render import bot_specs, render_bots
+
+SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
+SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
+
+
+@dataclass
+class Change:
+    kind: str
+    name: str
+    status: str        # "create" | "update" | "unchanged" (planned) -> "created" | "updated" | "unchanged"
+    detail: str = ""
+
+
+@dataclass
+class DeployResult:
+    changes: list[Change] = field(default_factory=list)
+    project_id: str = ""
+    bot_ids: dict[str, str] = field(default_factory=dict)
+    client_id: str = ""
+    client_secret: str | None = None     # only when the client was created by this run
+    webhook_url: str = ""
+
+
+def _same(existing: dict | None, desired: dict) -> bool:
+    if existing is None:
+        return False
+    strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}  # noqa: E731
+    tags = lambda r: (r.get("meta") or {}).get("tag", [])  # noqa: E731
+    return strip(existing) == strip(desired) and all(t in tags(existing) for t in tags(desired))
+
+
+def _tag_query(resource: dict) -> str:
+    t = resource["meta"]["tag"][0]
+    return f"_tag={t['system']}|{t['code']}"
+
+
+class Deployer:
+    def __init__(self, cfg: Config, http: MedplumHttp, *, project_id: str | None = None, dry_run: bool = False,
+                 set_secrets: bool = False, secrets: dict[str, str] | None = None,
+                 echo: Callable[[str], None] = lambda s: None):
+        self.cfg, self.http, self.dry_run, self.echo = cfg, http, dry_run, echo
+        self.project_id = project_id
+        self.set_secrets = set_secrets
+        self.secrets = secrets if secrets is not None else {n: os.environ[n] for n in SECRET_NAMES if os.environ.get(n)}
+        self.result = DeployResult()
+        self.policy_ids: dict[str, str] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _record(self, kind: str, name: str, planned: str, detail: str = "") -> None:
+        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated"}[planned]
+        self.result.changes.append(Change(kind, name, status, detail))
+        self.echo(f"  {status:<9} {kind} {name}" + (f" — {detail}" if detail else ""))
+
+    def _upsert(self, step: str, existing: dict | None, desired: dict) -> dict:
+        """PUT the desired resource over the existing one (keeping server-managed fields), or create it."""
+        if existing is None:
+            return self.http.fhir(step, "POST", desired["resourceType"], json_body=desired)
+        merged = {**{k: v for k, v in existing.items() if k in SERVER_FIELDS - {"meta"}}, **desired, "id": existing["id"]}
+        meta = dict(existing.get("meta") or {})
+        meta["tag"] = [*[t for t in meta.get("tag", []) if t not in desired.get("meta", {}).get("tag", [])],
+                       *desired.get("meta", {}).get("tag", [])]
+        merged["meta"] = {"tag": meta["tag"]} if meta["tag"] else {}
+        return self.http.fhir(step, "PUT", f"{desired['resourceType']}/{existing['id']}", json_body=merged)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _project(self) -> None:
+        if not self.project_id:
+            me = self.http.request("read project (auth/me)", "GET", "auth/me")
+            self.project_id = ((me or {}).get("project") or {}).get("id") or ""
+            if not self.project_id:
+                raise MedplumError("read project", "the server did not say which project these credentials belong to — pass --project")
+        self.result.project_id = self.project_id
+
+    def _policies(self) -> None:
+        for desired in access_policies(self.cfg):
+            key = desired["meta"]["tag"][0]["code"]
+            step = f"AccessPolicy {key}"
+            existing = self.http.search_one(step, "AccessPolicy", _tag_query(desired))
+            if _same(existing, desired):
+                self._record("AccessPolicy", key, "unchanged")
+                self.policy_ids[key] = existing["id"]
+                continue
+            self._record("AccessPolicy", key, "update" if existing else "create")
+            if not self.dry_run:
+                self.policy_ids[key] = self._upsert(step, existing, desired)["id"]
+            elif existing:
+                self.policy_ids[key] = existing["id"]
+
+    def _membership(self, step: str, profile: str, policy_key: str) -> None:
+        policy_id = self.policy_ids.get(policy_key)
+        if not policy_id:
+            return  # dry run of a first deploy: the policy does not exist yet
+        found = self.http.fhir(step, "GET", f"ProjectMembership?profile={profile}")
+        members = [e["resource"] for e in found.get("entry", [])]
+        if not members:
+            raise MedplumError(step, f"no ProjectMembership for {profile}: it was not created through the admin API "
+                                     "(POST /admin/projects/{id}/bot or /client). Delete it and deploy again.")
+        m = members[0]
+        want = {"reference": f"AccessPolicy/{policy_id}"}
+        if (m.get("accessPolicy") or {}).get("reference") == want["reference"]:
+            return
+        self._record("ProjectMembership", profile, "update", f"access policy {policy_key}")
+        if not self.dry_run:
+            self.http.request(step, "POST", f"admin/projects/{self.project_id}/members/{m['id']}",
+                              json_body={**m, "accessPolicy": want})
+
+    def _bots(self) -> None:
+        system = self.cfg["medplum"]["identifier_system"]
+        code = render_bots(self.cfg)
+        for key, spec in bot_specs(self.cfg).items():
+            step = f"Bot {spec.name}"
+            desired = bot_resource(self.cfg, key)
+            existing = self.http.search_one(step, "Bot", f"identifier={system}|{spec.identifier}")
+            if existing is None:
+                self._record("Bot", spec.name, "create")
+                if self.dry_run:
+                    continue
+                policy = self.policy_ids[POLICY_OF_MEMBER[key]]
+                existing = self.http.request(f"{step}: create", "POST", f"admin/projects/{self.project_id}/bot",
+                                             json_body={"name": spec.name, "description": desired["description"],
+                                                        "runtimeVersion": desired["runtimeVersion"],
+                                                        "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+                existing = self._upsert(f"{step}: configure", existing, desired)
+                self._deploy_code(step, existing, spec.filename, code[spec.filename])
+                self.result.bot_ids[key] = existing["id"]
+                continue
+            self.result.bot_ids[key] = existing["id"]
+            code_same = self._deployed_code(step, existing) == code[spec.filename]
+            if _same(existing, desired) and code_same:
+                self._record("Bot", spec.name, "unchanged")
+            else:
+                self._record("Bot", spec.name, "update", "code" if _same(existing, desired) else "settings" +
+                             ("" if code_same else " and code"))
+                if not self.dry_run:
+                    existing = self._upsert(step, existing, desired)
+                    if not code_same:
+                        self._deploy_code(step, existing, spec.filename, code[spec.filename])
+            self._membership(f"{step}: membership", f"Bot/{existing['id']}", POLICY_OF_MEMBER[key])
+
+    def _deployed_code(self, step: str, bot: dict) -> str | None:
+        url = (bot.get("executableCode") or {}).get("url", "")
+        if not url.startswith("Binary/"):
+            return None
+        binary = self.http.fhir(f"{step}: read code", "GET", url)
+        return base64.b64decode(binary.get("data", "")).decode("utf-8", "replace")
+
+    def _deploy_code(self, step: str, bot: dict, filename: str, code: str) -> None:
+        # Source first (what `medplum bot deploy` does too), then the executable through $deploy.
+        source = self.http.fhir(f"{step}: upload source", "POST", "Binary",
+                                json_body={"resourceType": "Binary", "contentType": "text/javascript",
+                                           "data": base64.b64encode(code.encode()).decode()})
+        bot = self.http.fhir(f"{step}: read", "GET", f"Bot/{bot['id']}")
+        bot["sourceCode"] = {"contentType": "text/javascript", "title": filename, "url": f"Binary/{source['id']}"}
+        self.http.fhir(f"{step}: set source", "PUT", f"Bot/{bot['id']}", json_body=bot)
+        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy", json_body={"code": code, "filename": filename})
+
+    def _client(self) -> None:
+        desired = client_application(self.cfg)
+        step = "ClientApplication webhook client"
+        existing = self.http.search_one(step, "ClientApplication", _tag_query(desired))
+        if existing is None:
+            self._record("ClientApplication", WEBHOOK_CLIENT_KEY, "create", "its secret is shown once below")
+            if self.dry_run:
+                return
+            policy = self.policy_ids[POLICY_OF_MEMBER["webhook_client"]]
+            created = self.http.request(f"{step}: create", "POST", f"admin/projects/{self.project_id}/client",
+                                        json_body={"name": desired["name"], "description": desired["description"],
+                                                   "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+            self.result.client_secret = created.get("secret")
+            existing = self._upsert(f"{step}: tag", created, desired)
+        elif _same(existing, desired):
+            self._record("ClientApplication", WEBHOOK_CLIENT_KEY, "unchanged")
+        else:
+            self._record("ClientApplication", WEBHOOK_CLIENT_KEY, "update")
+            if not self.dry_run:
+                existing = self._upsert(step, existing, desired)
+        self.result.client_id = existing["id"]
+        self._membership(f"{step}: membership", f"ClientApplication/{existing['id']}", POLICY_OF_MEMBER["webhook_client"])
+
+    def _subscriptions(self) -> None:
+        specs = bot_specs(self.cfg)
+        placeholders = {f"urn:uuid:{s.id}": key for key, s in specs.items()}
+        for desired in subscriptions(self.cfg):
+            key = desired["meta"]["tag"][0]["code"]
+            bot_key = placeholders[desired["channel"]["endpoint"]]
+            bot_id = self.result.bot_ids.get(bot_key, "<new bot>")
+            desired["channel"]["endpoint"] = f"Bot/{bot_id}"
+            step = f"Subscription {key}"
+            existing = self.http.search_one(step, "Subscription", _tag_query(desired))
+            if _same(existing, desired):
+                self._record("Subscription", key, "unchanged")
+                continue
+            self._record("Subscription", key, "update" if existing else "create")
+            if not self.dry_run:
+                self._upsert(step, existing, desired)
+
+    def _secrets(self) -> None:
+        missing = [n for n in SECRET_NAMES[:2] if not self.secrets.get(n)]
+        if missing:
+            raise MedplumError("Project secrets", f"--set-secrets needs {' and '.join(missing)} in the environment")
+        project = self.http.fhir("Project secrets: read", "GET", f"Project/{self.project_id}")
+        current = {s["name"]: s for s in project.get("secret", [])}
+        changed = [n for n, v in self.secrets.items() if (current.get(n) or {}).get("valueString") != v]
+        if not changed:
+            self._record("Project secrets", ", ".join(sorted(self.secrets)), "unchanged")
+            return
+        self._record("Project secrets", ", ".join(sorted(changed)), "update", "values not shown")
+        if not self.dry_run:
+            for n, v in self.secrets.items():
+                current[n] = {"name": n, "valueString": v}
+            self.http.request("Project secrets: write", "POST", f"admin/projects/{self.project_id}/secrets",
+                              json_body=list(current.values()))
+
+    def run(self) -> DeployResult:
+        self.http.login()
+        self._project()
+        self._policies()
+        self._bots()
+        self._client()
+        self._subscriptions()
+        if self.set_secrets:
+            self._secrets()
+        webhook_id = self.result.bot_ids.get("webhook_bot", "<webhook-bot-id>")
+        scheme, _, rest = self.http.base_url.partition("://")
+        self.result.webhook_url = (f"{scheme}://{self.result.client_id or '<client-id>'}:<client-secret>@{rest}"
+                                   f"fhir/R4/Bot/{webhook_id}/$execute")
+        return self.result
+
+
+@click.command("deploy")
+@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (env MEDPLUM_BASE_URL; default: medplum.base_url).")
+@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (env MEDPLUM_CLIENT_ID).")
+@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret (env MEDPLUM_CLIENT_SECRET).")
+@click.option("--project", "project_id", help="Project id (default: the credentials' project).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--set-secrets", is_flag=True,
+              help="Also set Project secrets METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY, METRIPORT_BASE_URL from the environment.")
+def deploy_command(config_path, base_url, client_id, client_secret, project_id, dry_run, set_secrets):
+    """Deploy the bots, their policies, client and subscriptions to a Medplum server.
+
+    Idempotent: a second run reports everything unchanged. Needs credentials of a
+    ClientApplication that is an admin of the project.
+    """
+    from .cli import load_or_exit
+
+    cfg = load_or_exit(config_path)
+    base_url = base_url or cfg["medplum"]["base_url"]
+    if not client_id or not client_secret:
+        raise click.ClickException("credentials missing: pass --client-id/--client-secret or set MEDPLUM_CLIENT_ID and "
+                                   "MEDPLUM_CLIENT_SECRET (an admin ClientApplication of the project)")
+    http = MedplumHttp(base_url, client_id, client_secret, on_retry=lambda m: click.echo(f"  retry     {m}", err=True))
+    click.echo(f"{'plan' if dry_run else 'deploying'}: {config_path} -> {base_url}")
+    try:
+        result = Deployer(cfg, http, project_id=project_id, dry_run=dry_run, set_secrets=set_secrets,
+                          echo=click.echo).run()
+    except MedplumError as e:
+        raise click.ClickException(f"deploy failed at {e}") from None
+    counts = {s: sum(1 for c in result.changes if c.status == s) for s in {c.status for c in result.changes}}
+    click.echo("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if dry_run:
+        click.echo("dry run: nothing was changed")
+        return
+    click.echo("\nWebhook URL for Metriport's dashboard (Settings → Webhook):")
+    if result.client_secret:
+        scheme, _, rest = result.webhook_url.partition("://")
+        click.echo("  " + result.webhook_url.replace("<client-secret>", result.client_secret))
+        click.echo("  (the client secret is shown this once; store it now)")
+    else:
+        click.echo(f"  {result.webhook_url}")
+        click.echo("  (replace <client-secret> with the secret of the webhook ClientApplication)")

@@ -1,0 +1,122 @@
+"""A small Medplum REST client for medport's own commands (deploy, runs, replay).
+
+Client-credentials login, retries with backoff on 429/5xx/connection errors, and
+OperationOutcome errors surfaced even inside a 200 (a batch entry, an admin answer).
+Secrets and tokens are never part of any message it produces.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urljoin
+
+import requests
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+class MedplumError(Exception):
+    """A failed step: `step` names what was being done, the message carries the server's words."""
+
+    def __init__(self, step: str, message: str, status: int | None = None):
+        self.step, self.status = step, status
+        super().__init__(f"{step}: {message}" + (f" (HTTP {status})" if status else ""))
+
+
+def outcome_text(body: Any) -> str | None:
+    """The error text of an OperationOutcome with an error/fatal issue, else None."""
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        errs = [i for i in body.get("issue", []) if i.get("severity") in ("error", "fatal")]
+        if errs:
+            return "; ".join((i.get("details") or {}).get("text") or i.get("diagnostics") or i.get("code", "error")
+                             for i in errs)
+    return None
+
+
+@dataclass
+class MedplumHttp:
+    base_url: str
+    client_id: str
+    client_secret: str
+    attempts: int = 4
+    backoff_s: float = 0.5
+    timeout_s: float = 30.0
+    on_retry: Callable[[str], None] | None = None
+    session: requests.Session = field(default_factory=requests.Session)
+    token: str | None = None
+
+    def __post_init__(self):
+        self.base_url = self.base_url.rstrip("/") + "/"
+
+    def url(self, path: str) -> str:
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    def _send(self, step: str, method: str, path: str, **kw) -> requests.Response:
+        delay = self.backoff_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = self.session.request(method, self.url(path), timeout=self.timeout_s, **kw)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt == self.attempts:
+                    raise MedplumError(step, f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up and "
+                                             "the base URL right?") from None
+                reason = type(e).__name__
+            else:
+                if resp.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                    return resp
+                reason = f"HTTP {resp.status_code}"
+                ra = resp.headers.get("Retry-After", "")
+                if ra.isdigit():
+                    delay = max(delay, min(float(ra), 30.0))
+            if self.on_retry:
+                self.on_retry(f"{step}: {reason}, retrying in {delay:.1f}s (attempt {attempt + 1}/{self.attempts})")
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
+
+    def login(self) -> None:
+        resp = self._send("login", "POST", "oauth2/token", data={
+            "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret})
+        if resp.status_code != 200:
+            detail = _json(resp)
+            msg = (detail or {}).get("error_description") or outcome_text(detail) or resp.text[:200]
+            raise MedplumError("login", f"client credentials rejected: {msg} — check the client id and secret",
+                               resp.status_code)
+        self.token = resp.json()["access_token"]
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def request(self, step: str, method: str, path: str, *, json_body: Any = None, data: Any = None,
+                headers: dict | None = None, params: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        if self.token is None:
+            self.login()
+        hdrs = {"Accept": "application/fhir+json, application/json"}
+        if json_body is not None:
+            hdrs["Content-Type"] = "application/fhir+json"
+        hdrs.update(headers or {})
+        resp = self._send(step, method, path, json=json_body, data=data, headers=hdrs, params=params)
+        body = _json(resp)
+        if resp.status_code not in ok:
+            raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
+        text = outcome_text(body)
+        if text:
+            raise MedplumError(step, text, resp.status_code)
+        return body
+
+    def fhir(self, step: str, method: str, path: str, **kw) -> Any:
+        return self.request(step, method, f"fhir/R4/{path.lstrip('/')}", **kw)
+
+    def search_one(self, step: str, resource_type: str, query: str) -> dict | None:
+        bundle = self.fhir(step, "GET", f"{resource_type}?{query}")
+        entries = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
+        if len(entries) > 1:
+            raise MedplumError(step, f"{len(entries)} {resource_type} resources match {query}; expected at most one — "
+                                     "delete the duplicates")
+        return entries[0] if entries else None
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
