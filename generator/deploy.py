@@ -8,7 +8,7 @@ the client reference them), then bots (subscriptions point at them), then the re
 """
 from __future__ import annotations
 
-import base64
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -147,7 +147,7 @@ class Deployer:
                 self.result.bot_ids[key] = existing["id"]
                 continue
             self.result.bot_ids[key] = existing["id"]
-            code_same = self._deployed_code(step, existing) == code[spec.filename]
+            code_same = self._deployed_code_matches(existing, spec.filename, code[spec.filename])
             if _same(existing, desired) and code_same:
                 self._record("Bot", spec.name, "unchanged")
             else:
@@ -159,22 +159,25 @@ class Deployer:
                         self._deploy_code(step, existing, spec.filename, code[spec.filename])
             self._membership(f"{step}: membership", f"Bot/{existing['id']}", POLICY_OF_MEMBER[key])
 
-    def _deployed_code(self, step: str, bot: dict) -> str | None:
-        url = (bot.get("executableCode") or {}).get("url", "")
-        if not url.startswith("Binary/"):
-            return None
-        binary = self.http.fhir(f"{step}: read code", "GET", url)
-        return base64.b64decode(binary.get("data", "")).decode("utf-8", "replace")
+    @staticmethod
+    def _code_filename(filename: str, code: str) -> str:
+        # $deploy stores the filename as executableCode.title: carrying the code's hash there lets a
+        # redeploy see "unchanged" without downloading the deployed Binary.
+        digest = hashlib.sha256(code.encode("utf-8")).hexdigest()[:16]
+        return f"{filename.removesuffix('.js')}.{digest}.js"
+
+    def _deployed_code_matches(self, bot: dict, filename: str, code: str) -> bool:
+        return (bot.get("executableCode") or {}).get("title") == self._code_filename(filename, code)
 
     def _deploy_code(self, step: str, bot: dict, filename: str, code: str) -> None:
-        # Source first (what `medplum bot deploy` does too), then the executable through $deploy.
-        source = self.http.fhir(f"{step}: upload source", "POST", "Binary",
-                                json_body={"resourceType": "Binary", "contentType": "text/javascript",
-                                           "data": base64.b64encode(code.encode()).decode()})
+        # Source first, uploaded raw like `medplum bot deploy` does, then the executable through $deploy.
+        source = self.http.fhir(f"{step}: upload source", "POST", "Binary", data=code.encode("utf-8"),
+                                headers={"Content-Type": "text/javascript"})
         bot = self.http.fhir(f"{step}: read", "GET", f"Bot/{bot['id']}")
         bot["sourceCode"] = {"contentType": "text/javascript", "title": filename, "url": f"Binary/{source['id']}"}
         self.http.fhir(f"{step}: set source", "PUT", f"Bot/{bot['id']}", json_body=bot)
-        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy", json_body={"code": code, "filename": filename})
+        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy",
+                       json_body={"code": code, "filename": self._code_filename(filename, code)})
 
     def _client(self) -> None:
         desired = client_application(self.cfg)
