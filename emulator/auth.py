@@ -1,0 +1,303 @@
+"""OAuth2 client credentials, JWT access tokens, request authentication and `/auth/me`.
+
+Facts from Medplum (packages/server/src/oauth/token.ts, oauth/middleware.ts, oauth/keys.ts,
+auth/me.ts) and @medplum/core (client.ts `fetchTokens`/`verifyTokens`, jwt.ts):
+- `POST /oauth2/token` requires `application/x-www-form-urlencoded` (else 400 "Unsupported
+  content type"); errors are `{error, error_description}` with 400 (`invalid_request`:
+  "Missing grant_type", "Unsupported grant_type", "Missing client_id", "Missing client_secret",
+  "Invalid client", "Invalid secret"). Client id/secret come from HTTP Basic when an
+  Authorization header is present, else from the form.
+- The response is `{token_type: "Bearer", expires_in, scope, access_token, project, profile, ...}`.
+- MedplumClient checks `exp` and that `client_id` (or `cid`) equals its client id, and treats a
+  token as a Medplum token (then calls `/auth/me`) when the payload has a string `login_id`.
+- FHIR requests take `Authorization: Bearer <jwt>` or `Basic base64(clientId:secret)`; anything
+  else → 401 `unauthorized` (an expired token adds the `expired` issue, `unauthorizedTokenExpired`).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from .errors import Forbidden, Unauthorized
+from .httpio import json_response, outcome_response
+from .state import EmulatorState, generate_secret, ref_id
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenError(Exception):
+    def __init__(self, expired: bool = False):
+        super().__init__("expired" if expired else "invalid")
+        self.expired = expired
+
+
+class AuthService:
+    """Issues and checks HS256 JWTs signed with a per-install secret (kept in the meta store)."""
+
+    def __init__(self, state: EmulatorState):
+        self.state = state
+        secret = state.runs.get_meta("jwt_secret")
+        if not secret:
+            secret = generate_secret()
+            state.runs.set_meta("jwt_secret", secret)
+        self._key = secret.encode("ascii")
+        self._principals: dict[str, tuple[float, Any]] = {}
+
+    # -- JWT ------------------------------------------------------------------------------
+    def sign(self, claims: dict) -> str:
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "medport"}, separators=(",", ":")).encode())
+        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        sig = hmac.new(self._key, f"{header}.{payload}".encode("ascii"), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(sig)}"
+
+    def verify(self, token: str) -> dict:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError()
+        try:
+            header = json.loads(_b64url_decode(parts[0]))
+            sig = _b64url_decode(parts[2])
+            claims = json.loads(_b64url_decode(parts[1]))
+        except Exception:
+            raise TokenError() from None
+        if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
+            raise TokenError()
+        expected = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
+        if not hmac.compare_digest(sig, expected):
+            raise TokenError()
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or time.time() >= exp:
+            raise TokenError(expired=True)
+        return claims
+
+    def issue_token(self, membership: dict, client_id: str | None = None, scope: str = "openid",
+                    lifetime_s: int | None = None) -> str:
+        """An access token for a membership (claims shaped like Medplum's generateAccessToken)."""
+        now = int(time.time())
+        profile = (membership.get("profile") or {}).get("reference", "")
+        user_id = ref_id(membership.get("user")) or ref_id(profile) or ""
+        claims = {
+            "iss": self.state.base_url,
+            "iat": now,
+            "exp": now + int(lifetime_s or self.state.settings.token_lifetime_s),
+            "login_id": str(uuid.uuid4()),
+            "sub": user_id,
+            "username": user_id,
+            "scope": scope,
+            "profile": profile,
+        }
+        if client_id:
+            claims["client_id"] = client_id
+        return self.sign(claims)
+
+    # -- principals -----------------------------------------------------------------------
+    def invalidate(self) -> None:
+        self._principals.clear()
+
+    def principal_for_profile(self, profile: str):
+        cached = self._principals.get(profile)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        membership = self.state.membership_for_profile(profile)
+        if membership is None:
+            return None
+        principal = self.state.principal_for(membership)
+        self._principals[profile] = (time.monotonic() + 30.0, principal)
+        return principal
+
+    def check_client(self, client_id: str, secret: str) -> dict | None:
+        if not client_id or not secret:
+            return None
+        client = self.state.try_read("ClientApplication", client_id) if _safe_id(client_id) else None
+        if not client or not client.get("secret"):
+            return None
+        if client.get("status") and client["status"] != "active":
+            return None
+        ok = hmac.compare_digest(str(client["secret"]).encode(), secret.encode())
+        if client.get("retiringSecret") and hmac.compare_digest(str(client["retiringSecret"]).encode(), secret.encode()):
+            ok = True
+        return client if ok else None
+
+    def authenticate(self, authorization: str | None):
+        """The Principal for an Authorization header; raises Unauthorized (401)."""
+        if not authorization:
+            raise Unauthorized()
+        kind, _, token = authorization.partition(" ")
+        token = token.strip()
+        if not kind or not token:
+            raise Unauthorized()
+        if kind == "Bearer":
+            try:
+                claims = self.verify(token)
+            except TokenError as e:
+                raise Unauthorized(expired=e.expired) from None
+            principal = self.principal_for_profile(str(claims.get("profile") or ""))
+            if principal is None:
+                raise Unauthorized()
+            return principal
+        if kind == "Basic":
+            try:
+                decoded = base64.b64decode(token, validate=False).decode("utf-8", "replace")
+            except Exception:
+                raise Unauthorized() from None
+            client_id, _, secret = decoded.partition(":")
+            client = self.check_client(client_id, secret)
+            if client is None:
+                raise Unauthorized()
+            principal = self.principal_for_profile(f"ClientApplication/{client['id']}")
+            if principal is None:
+                raise Unauthorized()
+            return principal
+        raise Unauthorized()
+
+
+def _safe_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and all(c.isalnum() or c in "-." for c in value)
+
+
+def state() -> EmulatorState:
+    return current_app.extensions["medport"]
+
+
+def require_principal():
+    """Authenticate the current request (cached on `g`)."""
+    if "principal" not in g:
+        g.principal = state().auth.authenticate(request.headers.get("Authorization"))
+    return g.principal
+
+
+def is_admin(principal) -> bool:
+    return bool(principal is not None and (principal.superuser or (principal.membership or {}).get("admin")))
+
+
+def require_admin():
+    principal = require_principal()
+    if not is_admin(principal):
+        raise Forbidden()
+    return principal
+
+
+bp = Blueprint("medport_auth", __name__)
+
+
+def _token_error(description: str, status: int = 400) -> Response:
+    return json_response({"error": "invalid_request", "error_description": description}, status, "application/json")
+
+
+@bp.post("/oauth2/token")
+def token() -> Response:
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return Response("Unsupported content type", status=400, content_type="text/plain; charset=utf-8")
+    form = request.form
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        return _token_error("Missing grant_type")
+    if grant_type != "client_credentials":
+        return _token_error("Unsupported grant_type")
+    header = request.headers.get("Authorization")
+    if header:
+        if not header.startswith("Basic "):
+            return _token_error("Invalid authorization header")
+        try:
+            decoded = base64.b64decode(header.split(" ", 1)[1]).decode("utf-8", "replace")
+        except Exception:
+            return _token_error("Invalid authorization header")
+        client_id, _, secret = decoded.partition(":")
+    else:
+        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+    if not client_id:
+        return _token_error("Missing client_id")
+    if not secret:
+        return _token_error("Missing client_secret")
+    st = state()
+    client = st.try_read("ClientApplication", client_id) if _safe_id(client_id) else None
+    if client is None or (client.get("status") and client["status"] != "active") or not client.get("secret"):
+        return _token_error("Invalid client")
+    if st.auth.check_client(client_id, secret) is None:
+        return _token_error("Invalid secret")
+    membership = st.membership_for_profile(f"ClientApplication/{client_id}")
+    if membership is None:
+        return _token_error("Invalid client")
+    scope = form.get("scope") or "openid"
+    lifetime = client.get("accessTokenLifetime")
+    lifetime_s = _parse_lifetime(lifetime) if lifetime else None
+    access_token = st.auth.issue_token(membership, client_id=client_id, scope=scope, lifetime_s=lifetime_s)
+    claims = st.auth.verify(access_token)
+    body = {
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["iat"],
+        "scope": scope,
+        "access_token": access_token,
+        "project": membership.get("project"),
+        "profile": membership.get("profile"),
+        "smart_style_url": st.base_url + "fhir/R4/.well-known/smart-styles.json",
+        "need_patient_banner": False,
+    }
+    return json_response(body, 200, "application/json")
+
+
+def _parse_lifetime(value: Any) -> int | None:
+    """ClientApplication.accessTokenLifetime like '1h', '30m', '3600s'."""
+    text = str(value).strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except (ValueError, IndexError):
+        return None
+
+
+@bp.get("/auth/me")
+def me() -> Response:
+    principal = require_principal()
+    st = state()
+    membership = principal.membership or {}
+    project = dict(st.project())
+    project.pop("secret", None)
+    project.pop("systemSecret", None)
+    profile_ref = membership.get("profile", {}).get("reference", "")
+    rtype, _, rid = profile_ref.partition("/")
+    profile = st.try_read(rtype, rid) if rtype and rid else None
+    if profile:
+        profile = {k: v for k, v in profile.items() if k not in ("secret", "retiringSecret")}
+    config = {"resourceType": "UserConfiguration", "id": "medport-default-config",
+              "menu": []}
+    body = {
+        "user": profile,
+        "project": project,
+        "membership": membership,
+        "profile": profile or {"resourceType": rtype or "ClientApplication", "id": rid},
+        "config": config,
+        "accessPolicy": _merged_policy(principal),
+        "security": {"mfaEnrolled": False, "sessions": []},
+    }
+    return json_response(body, 200, "application/json")
+
+
+def _merged_policy(principal) -> dict | None:
+    st = state()
+    policies = st.policies_for(principal.membership or {}) if principal.membership else None
+    if not policies:
+        return None
+    merged = {"resourceType": "AccessPolicy", "resource": []}
+    for p in policies:
+        merged["resource"].extend(p.get("resource") or [])
+    return merged
+
+
+def unauthorized_response(err: Unauthorized) -> Response:
+    return outcome_response(err.outcome, 401)

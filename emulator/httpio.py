@@ -1,0 +1,107 @@
+"""Request parsing and response rendering shared by the emulator's HTTP modules.
+
+Facts taken from Medplum's server (packages/server/src/app.ts):
+- JSON bodies are parsed by express `json()` for application/json, application/fhir+json,
+  application/json-patch+json and application/scim+json with `limit: maxJsonSize` (1 MB by default);
+  a body over the limit fails with `entity.too.large` and the error handler answers
+  `badRequest('File too large')` (400); unparsable JSON (`entity.parse.failed`) answers
+  `badRequest('Content could not be parsed')` (400). body-parser's json is `strict`: the top level
+  must be an object or an array.
+- text/plain and x-application/hl7-v2+er7 are read as strings, urlencoded with `extended: false`.
+- FHIR writes with any other content type answer 400 "Unsupported content type".
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Request, Response
+
+from .errors import BadRequest, FhirError, status_of
+
+MAX_JSON_BYTES = 1024 * 1024
+
+JSON_TYPES = frozenset({"application/json", "application/fhir+json", "application/json-patch+json",
+                        "application/scim+json"})
+TEXT_TYPES = frozenset({"text/plain", "x-application/hl7-v2+er7"})
+FORM_TYPE = "application/x-www-form-urlencoded"
+FHIR_JSON = "application/fhir+json"
+HL7_V2 = "x-application/hl7-v2+er7"
+
+
+class _Missing:
+    pass
+
+
+def read_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The raw body, refusing more than `limit` bytes exactly like body-parser (400 'File too large')."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BadRequest("File too large")
+    data = request.stream.read(limit + 1) if length is None else request.get_data(cache=True)
+    if len(data) > limit:
+        raise BadRequest("File too large")
+    return data
+
+
+def parse_json_bytes(data: bytes) -> Any:
+    """body-parser json in strict mode: empty → {}, top level must be object/array."""
+    if not data.strip():
+        return {}
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadRequest("Content could not be parsed") from None
+    if not isinstance(value, (dict, list)):
+        raise BadRequest("Content could not be parsed")
+    return value
+
+
+def flat_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """querystring.parse: a repeated key becomes an array, others stay strings."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            prev = out[k]
+            out[k] = (prev if isinstance(prev, list) else [prev]) + [v]
+        else:
+            out[k] = v
+    return out
+
+
+def parse_form(data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return flat_form(parse_qsl(text, keep_blank_values=True))
+
+
+def lower_headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def json_response(body: Any, status: int = 200, content_type: str = FHIR_JSON,
+                  headers: dict[str, str] | None = None) -> Response:
+    payload = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    resp = Response(payload, status=status, content_type=content_type if body is not None else None)
+    if body is None:
+        resp.headers.pop("Content-Type", None)
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def outcome_response(oo: dict, status: int | None = None, headers: dict[str, str] | None = None) -> Response:
+    """Medplum's sendOutcome: status from the outcome id; accepted → Content-Location."""
+    hdrs = dict(headers or {})
+    issues = oo.get("issue") or [{}]
+    if oo.get("id") == "accepted" and issues[0].get("diagnostics"):
+        hdrs["Content-Location"] = issues[0]["diagnostics"]
+    return json_response(oo, status or status_of(oo), FHIR_JSON, hdrs)
+
+
+def error_response(err: FhirError) -> Response:
+    return outcome_response(err.outcome, err.status)
