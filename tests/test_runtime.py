@@ -355,3 +355,40 @@ def test_close_stops_workers():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_workers_exit_when_parent_dies(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from emulator.runtime import BotRuntime, ExecRequest\n"
+        "rt = BotRuntime(size=2)\n"
+        "r = rt.execute(ExecRequest('x', 'exports.handler = async () => 1;', 'vmcontext', 5, {}, 'http://x/', 't'))\n"
+        "print(' '.join(map(str, rt.stats()['pids'])), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=repo,
+                              env=dict(os.environ, PYTHONPATH=repo))
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split()[2] != "Z":
+                        alive.append(pid)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+    assert not alive
