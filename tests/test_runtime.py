@@ -237,6 +237,15 @@ def test_awslambda_throw(rt):
     assert "Unhandled error: bad" in r.logs and "Invoke Error" in r.logs
 
 
+def test_awslambda_unhandled_rejection_fails_invocation_and_recycles(rt):
+    code = ("exports.handler = async () => { Promise.reject(new Error('stray'));"
+            " await new Promise((r) => setTimeout(r, 20)); return 1; };")
+    r = run(rt, code, runtime="awslambda")
+    assert not r.ok and r.value["errorType"] == "Runtime.UnhandledPromiseRejection" and r.error == "stray"
+    time.sleep(0.05)
+    assert r.worker_pid not in rt.stats()["pids"]
+
+
 def test_awslambda_wall_clock_timeout_kills_worker(rt, http):
     _, base = http
     code = f"""exports.handler = async () => {{

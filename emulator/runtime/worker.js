@@ -391,6 +391,10 @@ async function handleExec(req) {
   } catch (err) {
     res = { ok: false, returned: false, error: 'medport worker error: ' + normalizeErrorString(err) };
   }
+  if (exec.strayError && res.ok) {
+    // Lambda fails the invocation on an uncaught exception / unhandled rejection, even if the handler resolved.
+    res = { ok: false, returned: true, value: exec.strayError, error: exec.strayError.errorMessage };
+  }
   exec.done = true;
   if (current === exec) current = null;
   res.t = 'res';
@@ -419,6 +423,7 @@ function onStrayError(kind, err) {
     payload.errorType = kind === 'unhandledRejection' ? 'Runtime.UnhandledPromiseRejection' : payload.errorType;
     exec.log(lambdaLine(exec, 'ERROR', [`${kind} \t` + JSON.stringify(payload)]));
     exec.recycle = true;
+    if (!exec.strayError) exec.strayError = payload;
   }
   diag(`${kind}: ${err && err.stack ? err.stack : util.inspect(err)}`);
 }
