@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (the end-to-end flow) and `make test` (the whole suite).
 # Both install what they need: a Python venv in .venv and the npm packages (Node 22 included).
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,10 +11,12 @@ NODE := node_modules/.bin/node
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@echo 'setup: installing Python packages into $(VENV)'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json
+	@echo 'setup: installing npm packages (Node 22, @medplum/*, @metriport/api-sdk)'
 	@npm ci --no-audit --no-fund --loglevel=error
 	@$(NODE) --version >/dev/null
 	@touch $@
