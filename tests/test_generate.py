@@ -124,3 +124,17 @@ def test_templates_ship_in_the_wheel(tmp_path):
     for needed in ["templates/patient-bot.js.j2", "templates/webhook-bot.js.j2", "generator/config.schema.json",
                    "generator/resource_types.json", "emulator/runtime/worker.js"]:
         assert needed in names, f"{needed} missing from the wheel"
+
+
+@pytest.mark.parametrize("variant", [{}, {"medplum": {"runtime": "awslambda"}, "webhook_bot": {"async_processing": False}}])
+def test_rendered_bots_avoid_medplum_wrapper_traps(variant):
+    import re
+    for name, text in render_all(validate_data(variant)).items():
+        if not name.endswith(".js"):
+            continue
+        # Medplum's getJsFileExtension treats code mentioning `export` (without module.exports) as ESM on awslambda.
+        assert not re.search(r"\bexport\b", text), f"{name}: the word 'export' makes awslambda load it as ESM"
+        assert not re.search(r"^\s*import\s", text, re.M), f"{name}: ESM import"
+        # vmcontext appends `(async () => ...)()` after the code: a last statement without `;` becomes a call.
+        last = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("//")][-1]
+        assert last.rstrip().endswith(";"), f"{name}: last statement must end with ';' (got {last!r})"

@@ -1,0 +1,121 @@
+"""A running medport stack: the Medplum emulator, the fake Metriport beside it, and the bots
+generated from the config deployed into the emulator through the one deploy path
+(`generator.deploy.Deployer`), with the Project secrets set and the webhook registered.
+
+Used by `medport emulate`, `medport demo`, `medport check`, the end-to-end tests and the benchmarks.
+"""
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import Config
+from .deploy import DeployResult, Deployer
+from .medplum_http import MedplumError, MedplumHttp
+
+SANDBOX_URL = "https://api.sandbox.metriport.com"
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    emulator: object                   # emulator.server.EmulatorHandle
+    fake: object | None                # emulator.metriport.server.FakeMetriport (None with the real sandbox)
+    admin: MedplumHttp
+    deploy: DeployResult | None
+    webhook_key: str = ""
+    webhook_url: str = ""               # with credentials: never print it
+    metriport_base_url: str = ""
+    metriport_api_key: str = field(default="", repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return self.emulator.base_url
+
+    def webhook_url_redacted(self) -> str:
+        return self.webhook_url.replace(self._client_secret(), "***") if self.webhook_url else ""
+
+    def _client_secret(self) -> str:
+        return self.webhook_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1] if "@" in self.webhook_url else "\0"
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        return self.emulator.wait_idle(timeout)
+
+    def close(self) -> None:
+        if self.fake is not None:
+            self.fake.close()
+        self.emulator.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def admin_client(handle) -> MedplumHttp:
+    return MedplumHttp(handle.base_url, handle.admin_client_id, handle.admin_client_secret)
+
+
+def webhook_client_secret(admin: MedplumHttp, client_id: str) -> str:
+    """Admins can read a ClientApplication's secret (as in Medplum's app)."""
+    return admin.fhir("read webhook client", "GET", f"ClientApplication/{client_id}")["secret"]
+
+
+def deploy_into(handle, cfg: Config, *, metriport_base_url: str, api_key: str, webhook_key: str,
+                echo: Callable[[str], None] = lambda s: None) -> tuple[DeployResult, MedplumHttp, str]:
+    """Deploy the generated bots into a running emulator and return (result, admin client, webhook URL)."""
+    admin = admin_client(handle)
+    result = Deployer(cfg, admin, set_secrets=True, echo=echo,
+                      secrets={"METRIPORT_API_KEY": api_key, "METRIPORT_WEBHOOK_KEY": webhook_key,
+                               "METRIPORT_BASE_URL": metriport_base_url}).run()
+    secret = result.client_secret or webhook_client_secret(admin, result.client_id)
+    scheme, _, rest = handle.base_url.partition("://")
+    url = f"{scheme}://{result.client_id}:{secret}@{rest}fhir/R4/Bot/{result.bot_ids['webhook_bot']}/$execute"
+    return result, admin, url
+
+
+def start_stack(cfg: Config, *, db_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                metriport: str = "fake", metriport_port: int = 0, metriport_data: str | None = None,
+                metriport_delay_s: float = 0.2, deploy: bool = True, settings_overrides: dict | None = None,
+                echo: Callable[[str], None] = lambda s: None) -> Stack:
+    """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook."""
+    from emulator.server import start_in_thread
+    from emulator.state import Settings
+
+    handle = start_in_thread(Settings(db_path=db_path, **(settings_overrides or {})), host=host, port=port)
+    fake = None
+    try:
+        if metriport == "fake":
+            from emulator.metriport.server import make_server
+
+            fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
+                               delay_s=metriport_delay_s)
+            base, api_key = fake.base_url, fake.api_key
+        else:
+            base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
+            api_key = os.environ.get("METRIPORT_API_KEY", "")
+            if not api_key:
+                raise MedplumError("Metriport sandbox", "METRIPORT_API_KEY is not set — get a sandbox API key from "
+                                                        "the Metriport dashboard (Developers → API key)")
+        webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
+        webhook_key = webhook_key or pysecrets.token_hex(32)
+        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, "", base, api_key)
+        if not deploy:
+            return stack
+        result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,
+                                         webhook_key=webhook_key, echo=echo)
+        stack.deploy, stack.admin, stack.webhook_url = result, admin, url
+        if fake is not None:
+            # The key is Metriport's to choose; set it directly (the real flow: save the URL in the
+            # dashboard, copy the key into the METRIPORT_WEBHOOK_KEY secret), then save the URL
+            # through the API so the fake pings the webhook bot like Metriport does.
+            fake.state.set_webhook(url, webhook_key, ping=True)
+        return stack
+    except BaseException:
+        if fake is not None:
+            fake.close()
+        handle.stop()
+        raise
