@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["medport"] = state
 
     seed(state)
+    state.invalidate()
 
     from .bots import BotService, bp as bots_bp
     from .subscriptions import SubscriptionEngine
@@ -94,6 +95,7 @@ def seed(state: EmulatorState) -> None:
     profile = f"ClientApplication/{s.admin_client_id}"
     membership = state.membership_for_profile(profile)
     if membership is None:
+        state.invalidate()
         state.create({"resourceType": "ProjectMembership",
                       "project": {"reference": f"Project/{PROJECT_ID}"},
                       "user": {"reference": profile}, "profile": {"reference": profile}, "admin": True})
@@ -109,7 +111,9 @@ _AUTH_TYPES = {"ProjectMembership", "AccessPolicy", "ClientApplication", "Projec
 def _invalidate_listener(state: EmulatorState):
     def listener(event) -> None:
         try:
-            if (event.resource or {}).get("resourceType") in _AUTH_TYPES:
+            rtype = (event.resource or {}).get("resourceType")
+            if rtype in _AUTH_TYPES:
+                state.invalidate(rtype)
                 state.auth.invalidate()
         except Exception:  # a listener never breaks a write
             log.exception("auth cache invalidation failed")

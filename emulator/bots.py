@@ -44,7 +44,7 @@ from flask import Blueprint, Response, request
 from .errors import BadRequest, FhirError, all_ok, accepted_outcome, outcome
 from .httpio import (FORM_TYPE, HL7_V2, JSON_TYPES, json_response, lower_headers, outcome_response,
                      parse_form, parse_json_bytes, read_body)
-from .state import EmulatorState, now_iso, ref, ref_id
+from .state import PROJECT_ID, EmulatorState, now_iso, ref, ref_id
 
 log = logging.getLogger("medport.emulator.bots")
 
@@ -113,8 +113,9 @@ class BotService:
         return self.state.membership_for_profile(f"Bot/{bot['id']}") or caller_membership
 
     def secrets(self, run_as: dict | None) -> dict:
-        project = self.state.try_read("Project", ref_id((run_as or {}).get("project")) or "") \
-            or self.state.project()
+        pid = ref_id((run_as or {}).get("project"))
+        project = self.state.project() if pid in (None, PROJECT_ID) else (self.state.try_read("Project", pid)
+                                                                         or self.state.project())
         return {s["name"]: s for s in project.get("secret") or [] if isinstance(s, dict) and s.get("name")}
 
     # -- execution --------------------------------------------------------------------------
@@ -139,7 +140,8 @@ class BotService:
         if loop_message:
             return BotRun(success=False, logs=loop_message, error=loop_message)
         project_id = ref_id((run_as or {}).get("project")) or (bot.get("meta") or {}).get("project")
-        project = self.state.try_read("Project", project_id or "") or self.state.project()
+        project = self.state.project() if project_id in (None, PROJECT_ID) else (
+            self.state.try_read("Project", project_id) or self.state.project())
         if "bots" not in (project.get("features") or []):
             return BotRun(success=False, logs="Bots not enabled", error="Bots not enabled")
         if run_as is None:
@@ -210,8 +212,10 @@ class BotService:
             "source": {"observer": {"reference": f"Bot/{bot['id']}"}},
             "entity": entity,
             "outcome": outcome_code,
-            "outcomeDesc": (run.logs or "")[-LOG_TAIL:],
         }
+        desc = (run.logs or "")[-LOG_TAIL:]
+        if desc.strip():
+            event["outcomeDesc"] = desc  # FHIR strings may not be empty
         created = self.state.create(event)
         return created.get("id")
 

@@ -93,6 +93,7 @@ def reset() -> Response:
         project["secret"] = []
         st.update(project)
     st.runs.clear()
+    st.invalidate()
     st.auth.invalidate()
     with st.subscriptions._subs_lock:
         st.subscriptions._subs_cache = None

@@ -86,11 +86,11 @@ class EmulatorHandle:
         self._stopped = True
         for srv in self._servers:
             try:
-                srv.close()
+                srv.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
             except Exception:
                 pass
             try:
-                srv.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+                srv.close()
             except Exception:
                 pass
         for t in self._threads:

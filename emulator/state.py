@@ -137,6 +137,8 @@ class EmulatorState:
                                 access=Access(None, superuser=True), superuser=True)
         self._runtime = settings.runtime_instance
         self._runtime_lock = threading.Lock()
+        self._project_cache: dict | None = None
+        self._memberships_cache: list[dict] | None = None
         self.ready = False
         self.started_at = time.time()
         self.on_ready: list[Callable[["EmulatorState"], None]] = []
@@ -210,10 +212,27 @@ class EmulatorState:
 
     # -- project / memberships ----------------------------------------------------------------
     def project(self) -> dict:
-        return self.read("Project", PROJECT_ID)
+        cached = self._project_cache
+        if cached is not None:
+            return cached
+        project = self.read("Project", PROJECT_ID)
+        self._project_cache = project
+        return project
 
     def memberships(self) -> list[dict]:
-        return self.search("ProjectMembership")
+        cached = self._memberships_cache
+        if cached is not None:
+            return cached
+        members = self.search("ProjectMembership")
+        self._memberships_cache = members
+        return members
+
+    def invalidate(self, resource_type: str | None = None) -> None:
+        """Drop cached project/membership data (called by the store listener on writes)."""
+        if resource_type in (None, "Project"):
+            self._project_cache = None
+        if resource_type in (None, "ProjectMembership"):
+            self._memberships_cache = None
 
     def membership_for_profile(self, profile_ref: str) -> dict | None:
         for m in self.memberships():
