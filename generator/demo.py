@@ -1,0 +1,117 @@
+"""`medport demo`: the whole flow, live, on a fresh emulator and fake Metriport."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from .flow import count_imported, create_facility_org, create_patient, deliveries, runs, wait_for_consolidated
+
+
+class LiveView:
+    """Prints bot runs and webhook deliveries as they appear (ids and outcomes only — no PHI)."""
+
+    def __init__(self, stack, t0: float):
+        self.stack, self.t0 = stack, t0
+        self.seen_runs: set[str] = set()
+        self.seen_deliveries: set[tuple] = set()
+        self.seen_calls = 0
+
+    def _t(self) -> str:
+        return click.style(f"[{time.monotonic() - self.t0:6.2f}s]", dim=True)
+
+    def tick(self) -> None:
+        calls = getattr(self.stack.fake.state, "api_calls", lambda: [])() if self.stack.fake else []
+        for c in calls[self.seen_calls:]:
+            click.echo(f"{self._t()} metriport    {c['method']:<4} {c['path']} → {c['status']}")
+        self.seen_calls = len(calls)
+        for d in deliveries(self.stack):
+            key = (d["messageId"], d["status"], d["attempts"])
+            if d["status"] == "processing" or key in self.seen_deliveries:
+                continue
+            self.seen_deliveries.add(key)
+            ms = f" in {d['durationMs']:.0f} ms" if d.get("durationMs") is not None else ""
+            color = "green" if d["status"] == "success" else "red"
+            click.echo(f"{self._t()} webhook      {d['type']:<32} → "
+                       + click.style(f"{d.get('httpStatus')} {d['status']}{ms}", fg=color))
+        for r in reversed(runs(self.stack)):
+            if r["id"] in self.seen_runs:
+                continue
+            self.seen_runs.add(r["id"])
+            color = "green" if r["outcome"] == "success" else "red"
+            trig = r["trigger"].split(":")[0]
+            click.echo(f"{self._t()} bot          {r['bot_name']:<24} {trig:<12} "
+                       + click.style(f"{r['outcome']}", fg=color) + f" {r['duration_ms']:.0f} ms"
+                       + (f"  [{r['resource']}]" if r.get("resource") else ""))
+            last = [ln for ln in (r.get("logs") or "").splitlines() if ln.strip()][-1:]
+            if last:
+                click.echo(click.style(f"{'':>24}↳ {last[0][:140]}", dim=True))
+
+
+@click.command("demo")
+@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--patient", default="Jane", show_default=True,
+              type=click.Choice(["Jane", "Chris", "Ollie", "Andreas", "Kyla"]), help="Which sandbox seed patient to create.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the data to arrive.")
+@click.option("--keep-running", is_flag=True, help="Keep the emulator and the fake serving after the demo (Ctrl-C to stop).")
+def demo_command(config_path, patient, timeout, keep_running):
+    """Run the whole flow end to end: Patient saved → patient bot → Metriport → signed webhooks →
+    webhook bot → clinical data in Medplum. Exits 0 only when the data is really in Medplum."""
+    from .cli import load_or_exit
+    from .outputs import stale_files
+    from .stack import start_stack
+
+    cfg = load_or_exit(config_path)
+    t0 = time.monotonic()
+    step = lambda msg: click.echo(click.style("▸ ", fg="cyan") + msg)  # noqa: E731
+    stale = stale_files(cfg, "bots")
+    step(f"bots rendered from {config_path}" + (f" (bots/ has {len(stale)} stale file(s): run `medport generate`)"
+                                                  if stale else " (bots/ is up to date)"))
+    step("starting the Medplum emulator (in memory) and the fake Metriport; deploying the bots …")
+    stack = start_stack(cfg, echo=lambda s: None)
+    try:
+        d = stack.deploy
+        counts = {}
+        for c in d.changes:
+            counts[c.kind] = counts.get(c.kind, 0) + 1
+        step(f"Medplum emulator {stack.base_url}  ·  fake Metriport {stack.fake.base_url} "
+             f"(facility {stack.fake.facility_id})")
+        step("deployed: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f"  ({time.monotonic() - t0:.1f} s)")
+        view = LiveView(stack, t0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not stack.fake.state.webhook_status()["webhookEnabled"]:
+            view.tick()
+            time.sleep(0.05)
+        view.tick()
+        step("webhook registered with Metriport; ping answered" if stack.fake.state.webhook_status()["webhookEnabled"]
+             else click.style("webhook ping was not answered — see the webhook bot's run above", fg="red"))
+        org = create_facility_org(stack)
+        pat = create_patient(stack, patient, org["id"])
+        step(f"created Organization/{org['id']} (facility id) and Patient/{pat['id']} ({patient}) through the FHIR API")
+        outcome = wait_for_consolidated(stack, timeout=timeout, on_tick=view.tick)
+        view.tick()
+        imported = count_imported(stack)
+        click.echo()
+        click.echo(click.style(f"Resources now in Medplum for Patient/{pat['id']}:", bold=True))
+        width = max([len(k) for k in imported] + [8])
+        for rt, n in sorted(imported.items()):
+            click.echo(f"  {rt:<{width}}  {n:>5}")
+        click.echo(f"  {'total':<{width}}  {sum(imported.values()):>5}")
+        click.echo()
+        click.echo(f"bot logs: GET {stack.base_url}_emulator/runs   (or `medport runs --base-url {stack.base_url}`)")
+        ok = outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0
+        if not ok:
+            why = ("timed out waiting for the consolidated data" if not outcome.done else
+                   f"{len(outcome.failed_tasks)} message(s) failed to import" if outcome.failed_tasks else
+                   "no resources were imported")
+            raise click.ClickException(f"demo failed: {why} — the bot runs above show where")
+        click.echo(click.style(f"✓ flow complete in {time.monotonic() - t0:.1f} s", fg="green", bold=True))
+        if keep_running:
+            click.echo("serving; Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        stack.close()
