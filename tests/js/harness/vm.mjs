@@ -1,0 +1,59 @@
+// Runs bot code the way Medplum's vmcontext runtime does (packages/server/src/bots/vmcontext.ts):
+// the code is wrapped after `const exports = {}; const module = {exports};`, evaluated with
+// vm.runInNewContext in a sandbox holding only Medplum's globals (no setTimeout, process, Buffer),
+// and exports.handler is called with the client and the event.
+import vm from 'node:vm';
+import { createRequire } from 'node:module';
+import { ContentType, Hl7Message, MedplumClient } from '@medplum/core';
+
+export function sandboxGlobals(logs) {
+  const fmt = (...a) => a.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join(' ');
+  const c = (level) => (...a) => logs.push({ level, text: fmt(...a) });
+  return {
+    console: { log: c('log'), info: c('info'), warn: c('warn'), error: c('error'), debug: c('debug') },
+    fetch: globalThis.fetch,
+    require: createRequire(import.meta.url),
+    ContentType, Hl7Message, MedplumClient,
+    TextDecoder, TextEncoder, TextDecoderStream, TextEncoderStream,
+    ReadableStream, WritableStream, TransformStream,
+    URL, URLSearchParams, Headers, Request, Response,
+  };
+}
+
+/**
+ * @returns {Promise<{ ok: boolean, result?: any, error?: any, logs: {level: string, text: string}[], logText: string }>}
+ */
+export async function runBot(code, medplum, event, { timeout = 10000 } = {}) {
+  const logs = [];
+  const sandbox = {
+    ...sandboxGlobals(logs),
+    event: { bot: { reference: 'Bot/test' }, requester: { reference: 'ClientApplication/test' }, contentType: 'application/json', traceId: 'trace-1', headers: {}, secrets: {}, ...event },
+    __medplum: medplum,
+  };
+  const wrapped = `
+  const exports = {};
+  const module = {exports};
+  // Start user code
+  ${code}
+  // End user code
+  (async () => {
+    const { bot, requester, contentType, secrets, traceId, headers } = event;
+    try {
+      return await exports.handler(__medplum, { bot, requester, input: event.input, contentType, secrets, traceId, headers });
+    } catch (err) {
+      console.log("Unhandled error: " + (err && err.message));
+      throw err;
+    }
+  })();`;
+  const out = { logs };
+  try {
+    const value = await vm.runInNewContext(wrapped, sandbox, { timeout });
+    out.ok = true;
+    out.result = value === undefined ? undefined : JSON.parse(JSON.stringify(value));
+  } catch (err) {
+    out.ok = false;
+    out.error = err;
+  }
+  out.logText = logs.map((l) => l.text).join('\n');
+  return out;
+}
