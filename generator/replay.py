@@ -1,0 +1,141 @@
+"""`medport replay`: re-deliver a recorded Metriport webhook to the webhook bot, re-signed, or re-run
+the stored messages whose processing failed. Safe: imports are idempotent upserts."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+
+import click
+import requests
+
+from .config import Config
+from .medplum_http import MedplumError, MedplumHttp
+from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, bot_specs
+
+
+def metriport_body(payload) -> str:
+    """What Metriport sends: JSON.stringify(payload) — compact, key order kept, non-ASCII unescaped."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def sign(body: str, key: str) -> str:
+    return hmac.new(key.encode("utf-8"), body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def load_webhook(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{path}: cannot read a webhook JSON file ({e})") from None
+    if isinstance(data, dict) and "payload" in data and "meta" not in data:
+        data = data["payload"]  # a delivery record from the fake's /_fake/webhooks
+    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict) and "ping" not in data:
+        raise click.ClickException(f"{path}: not a Metriport webhook message (expected an object with `meta`)")
+    return data
+
+
+def deliver(url: str, payload, key: str, timeout: float = 30.0) -> requests.Response:
+    body = metriport_body(payload)
+    return requests.post(url, data=body.encode("utf-8"), timeout=timeout,
+                         headers={"Content-Type": "application/json", "x-metriport-signature": sign(body, key)})
+
+
+def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
+    """(webhook $execute URL with the webhook client's credentials, the project's webhook key) on a Medplum
+    the admin client can read (the emulator by default)."""
+    system = cfg["medplum"]["identifier_system"]
+    spec = bot_specs(cfg)["webhook_bot"]
+    bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{spec.identifier}")
+    if bot is None:
+        raise MedplumError("find webhook bot", f"no Bot with identifier {spec.identifier} — deploy first "
+                                               "(`medport emulate` does it at start; `medport deploy` elsewhere)")
+    client = http.search_one("find webhook client", "ClientApplication", f"_tag={system}|webhook-client")
+    if client is None:
+        raise MedplumError("find webhook client", "the webhook ClientApplication is not deployed")
+    client = http.fhir("read webhook client", "GET", f"ClientApplication/{client['id']}")
+    me = http.request("read project", "GET", "auth/me")
+    project = http.fhir("read project", "GET", f"Project/{me['project']['id']}")
+    key = next((s.get("valueString") for s in project.get("secret", []) if s.get("name") == "METRIPORT_WEBHOOK_KEY"), "")
+    scheme, _, rest = http.base_url.partition("://")
+    return f"{scheme}://{client['id']}:{client['secret']}@{rest}fhir/R4/Bot/{bot['id']}/$execute", key
+
+
+def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[int, int]:
+    """Put every failed stored message back to `requested`: the Task subscription processes it again."""
+    found = http.fhir("find failed messages", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=failed&_count=1000")
+    tasks = [e["resource"] for e in found.get("entry", [])]
+    if not tasks:
+        echo("no failed messages to replay")
+        return 0, 0
+    for t in tasks:
+        t = {k: v for k, v in t.items() if k not in ("statusReason", "output")}
+        t["status"] = "requested"
+        http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=t)
+        echo(f"requeued Task/{t['id']} ({t.get('description', 'message')})")
+    deadline = time.monotonic() + wait_s
+    pending = {t["id"] for t in tasks}
+    ok = failed = 0
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.3)
+        for tid in list(pending):
+            status = http.fhir("read Task", "GET", f"Task/{tid}")["status"]
+            if status in ("completed", "failed"):
+                pending.discard(tid)
+                ok, failed = ok + (status == "completed"), failed + (status == "failed")
+                echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
+    for tid in pending:
+        echo(f"Task/{tid}: still processing after {wait_s:.0f} s — check `medport runs`")
+    return ok, failed
+
+
+@click.command("replay")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--to", "to_url", help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.")
+@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY",
+              help="Key to sign with [env METRIPORT_WEBHOOK_KEY]. Default on the emulator: its Project secret.")
+@click.option("--failed", is_flag=True, help="Re-run the stored messages whose processing failed.")
+@click.option("--base-url", default="http://127.0.0.1:8103/", show_default=True, envvar="MEDPLUM_BASE_URL")
+@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", "medport-admin"))
+@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET",
+              default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET", "medport-admin-secret"))
+@click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
+def replay_command(file, config_path, to_url, webhook_key, failed, base_url, client_id, client_secret, wait_s):
+    """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
+    from .cli import load_or_exit
+
+    if not file and not failed:
+        raise click.UsageError("give a webhook FILE to replay, or --failed")
+    http = MedplumHttp(base_url, client_id, client_secret)
+    try:
+        if failed:
+            ok, bad = replay_failed(http, wait_s)
+            if bad:
+                raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
+            return
+        payload = load_webhook(file)
+        key = webhook_key
+        if not to_url:
+            to_url, project_key = emulator_target(load_or_exit(config_path), http)
+            key = key or project_key
+        if not key:
+            raise click.ClickException("no webhook key: pass --webhook-key or set METRIPORT_WEBHOOK_KEY")
+    except MedplumError as e:
+        raise click.ClickException(str(e)) from None
+    kind = payload.get("meta", {}).get("type", "ping" if "ping" in payload else "?")
+    shown = to_url.split("@", 1)[-1] if "@" in to_url else to_url
+    click.echo(f"replaying {kind} message {payload.get('meta', {}).get('messageId', '')} → {shown}")
+    t0 = time.monotonic()
+    try:
+        resp = deliver(to_url, payload, key)
+    except requests.RequestException as e:
+        raise click.ClickException(f"delivery failed: {type(e).__name__} — is the server up?") from None
+    ms = (time.monotonic() - t0) * 1000
+    click.echo(f"answer: HTTP {resp.status_code} in {ms:.0f} ms")
+    click.echo(resp.text[:2000])
+    if resp.status_code >= 300:
+        raise click.ClickException("the webhook bot refused the message")
