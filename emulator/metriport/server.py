@@ -35,10 +35,20 @@ class FakeMetriport:
         return self.state.seeded_facility_id
 
     def close(self) -> None:
-        self._server.close()  # type: ignore[attr-defined]
+        server = self._server
+        server.close()  # type: ignore[attr-defined]
+        for channel in list(getattr(server, "_map", {}).values()):  # keep-alive connections keep the loop alive
+            try:
+                channel.close()
+            except Exception:
+                pass
+        try:
+            server.task_dispatcher.shutdown()  # type: ignore[attr-defined]
+        except Exception:
+            pass
         self.state.close()
         if self._thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=2)
 
 
 def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,

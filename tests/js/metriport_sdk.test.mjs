@@ -1,0 +1,147 @@
+// The npm @metriport/api-sdk against the fake Metriport sandbox, and the SDK's own
+// verifyWebhookSignature over the webhooks the fake sends.
+// Starts the fake with `.venv/bin/python -m emulator.metriport --port 0` (a free port).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const require = createRequire(import.meta.url);
+const { MetriportMedicalApi } = require('@metriport/api-sdk');
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const python = path.join(root, '.venv', 'bin', 'python');
+const API_KEY = 'node-test-key';
+
+let proc, info, receiver, hookUrl, api;
+const received = [];
+const waiters = [];
+
+function waitFor(type, n = 1, timeoutMs = 8000) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const got = received.filter((r) => (r.body.meta || {}).type === type);
+      if (got.length >= n) return resolve(got);
+      return false;
+    };
+    if (check() !== false) return;
+    const timer = setTimeout(() => reject(new Error(`no ${type} webhook`)), timeoutMs);
+    waiters.push(() => { if (check() !== false) clearTimeout(timer); });
+  });
+}
+
+before(async () => {
+  receiver = createServer((req, res) => {
+    let raw = '';
+    req.setEncoding('utf8');
+    req.on('data', (c) => (raw += c));
+    req.on('end', () => {
+      const body = JSON.parse(raw);
+      received.push({ raw, body, signature: req.headers['x-metriport-signature'] });
+      waiters.forEach((w) => w());
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(body.ping ? { pong: body.ping } : {}));
+    });
+  });
+  await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
+  hookUrl = `http://127.0.0.1:${receiver.address().port}/metriport`;
+
+  proc = spawn(python, ['-m', 'emulator.metriport', '--port', '0', '--api-key', API_KEY, '--delay', '0.02'], {
+    cwd: root, stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  info = await new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (c) => {
+      out += c;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)));
+    });
+    proc.on('exit', (code) => reject(new Error(`fake exited ${code}`)));
+  });
+  api = new MetriportMedicalApi(API_KEY, { baseAddress: info.baseUrl });
+});
+
+after(async () => {
+  if (proc) proc.kill('SIGTERM');
+  await new Promise((r) => receiver.close(r));
+});
+
+const demographics = {
+  firstName: 'Kyla', lastName: 'Fields', dob: '1927-05-23', genderAtBirth: 'F',
+  address: [{ addressLine1: '332 Lake Shore Blvd', city: 'Chicago', state: 'IL', zip: '60611', country: 'USA' }],
+  contact: [{ phone: '+1 312 555 0163' }],
+};
+
+function verifyAll(key, msgs) {
+  for (const m of msgs) {
+    assert.equal(MetriportMedicalApi.verifyWebhookSignature(key, m.raw, m.signature), true);
+    // a receiver that only has the parsed body re-serializes it: same bytes, same signature
+    assert.equal(JSON.stringify(m.body), m.raw);
+    assert.equal(MetriportMedicalApi.verifyWebhookSignature(key, JSON.stringify(m.body), m.signature), true);
+  }
+}
+
+test('settings: ping/pong, signed with the webhook key', async () => {
+  const settings = await api.updateSettings(hookUrl);
+  assert.equal(settings.webhookUrl, hookUrl);
+  assert.ok(settings.webhookKey);
+  const [ping] = await waitFor('ping');
+  assert.ok(ping.body.ping);
+  verifyAll(settings.webhookKey, [ping]);
+  assert.equal((await api.getSettings()).webhookKey, settings.webhookKey);
+  for (let i = 0; i < 50; i++) {
+    if ((await api.getWebhookStatus()).webhookEnabled) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal((await api.getWebhookStatus()).webhookEnabled, true);
+});
+
+test('patients, document query, consolidated query through the SDK', async () => {
+  const { webhookKey } = await api.getSettings();
+  assert.equal(await api.matchPatient(demographics), undefined);
+  const created = await api.createPatient({ ...demographics, externalId: 'medplum-kyla' }, info.facilityId);
+  assert.ok(created.id);
+  assert.deepEqual(created.facilityIds, [info.facilityId]);
+  assert.equal(created.contact[0].phone, '3125550163');
+  assert.equal((await api.matchPatient(demographics)).id, created.id);
+  assert.equal((await api.getPatient(created.id)).lastName, 'Fields');
+
+  const dq = await api.startDocumentQuery(created.id, info.facilityId, { medplumPatientId: 'kyla-1', note: 'ünïcödé ✓' });
+  assert.equal(dq.download.status, 'processing');
+  const [download] = await waitFor('medical.document-download');
+  const [conversion] = await waitFor('medical.document-conversion');
+  assert.deepEqual(download.body.meta.data, { medplumPatientId: 'kyla-1', note: 'ünïcödé ✓' });
+  assert.equal(conversion.body.patients[0].status, 'completed');
+  verifyAll(webhookKey, [download, conversion]);
+
+  const q = await api.startConsolidatedQuery(created.id, ['Condition', 'Observation'], '2016-01-01', undefined, 'json', undefined, { medplumPatientId: 'kyla-1' });
+  assert.equal(q.status, 'processing');
+  assert.ok(q.requestId);
+  const [consolidated] = await waitFor('medical.consolidated-data');
+  verifyAll(webhookKey, [consolidated]);
+  const p = consolidated.body.patients[0];
+  assert.equal(p.patientId, created.id);
+  assert.equal(p.externalId, 'medplum-kyla');
+  const docRef = p.bundle.entry[0].resource;
+  assert.equal(docRef.resourceType, 'DocumentReference');
+  const bundle = await (await fetch(docRef.content[0].attachment.url)).json();
+  assert.equal(bundle.type, 'searchset');
+  assert.ok(bundle.entry.every((e) => ['Patient', 'Condition', 'Observation'].includes(e.resource.resourceType)));
+
+  const status = await api.getConsolidatedQueryStatus(created.id);
+  assert.equal(status.queries[0].requestId, q.requestId);
+  const single = await api.getSingleConsolidatedQueryStatus(created.id, q.requestId);
+  assert.equal(single.status, 'completed');
+});
+
+test('bad api key → 403 with Metriport error body', async () => {
+  const bad = new MetriportMedicalApi('wrong', { baseAddress: info.baseUrl });
+  await assert.rejects(bad.getPatient('x'), (err) => {
+    assert.equal(err.response.status, 403);
+    assert.deepEqual(Object.keys(err.response.data).sort(), ['detail', 'name', 'status', 'title']);
+    return true;
+  });
+});
