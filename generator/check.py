@@ -1,0 +1,176 @@
+"""`medport check`: CI validation in one command — config, fresh generated files, bots loadable under
+vmcontext rules, and the end-to-end scenarios on a fresh in-memory emulator and fake Metriport."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import click
+
+from .config import ConfigError, load_config
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ok: bool
+    seconds: float
+    message: str = ""
+    skipped: bool = False
+
+
+def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
+    failures = sum(1 for r in results if not r.ok and not r.skipped)
+    skipped = sum(1 for r in results if r.skipped)
+    total = sum(r.seconds for r in results)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name={quoteattr(suite)} tests="{len(results)}" failures="{failures}" skipped="{skipped}" '
+           f'errors="0" time="{total:.3f}">']
+    for r in results:
+        out.append(f'  <testcase classname="medport.check" name={quoteattr(r.name)} time="{r.seconds:.3f}">')
+        if r.skipped:
+            out.append(f"    <skipped message={quoteattr(r.message)}/>")
+        elif not r.ok:
+            out.append(f"    <failure message={quoteattr(r.message.splitlines()[0] if r.message else 'failed')}>"
+                       f"{escape(r.message)}</failure>")
+        out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
+
+
+def load_bots_under_vmcontext(files: list[Path]) -> list[str]:
+    """Problems found loading each bot the way vmcontext does (empty = all load)."""
+    from emulator.node import node_binary
+
+    script = Path(__file__).with_name("js") / "vmload.cjs"
+    proc = subprocess.run([node_binary(), str(script), *map(str, files)], capture_output=True, text=True, timeout=60)
+    problems = []
+    for line in proc.stdout.splitlines():
+        r = json.loads(line)
+        if not r["ok"]:
+            problems.append(f"{r['file']}: {r['error']}")
+    if proc.returncode != 0:
+        problems.append(f"node exited {proc.returncode}: {proc.stderr[-300:]}")
+    return problems
+
+
+class Checker:
+    def __init__(self, echo=click.echo):
+        self.results: list[CaseResult] = []
+        self.echo = echo
+
+    def case(self, name: str, fn, *, skip_reason: str | None = None):
+        if skip_reason:
+            self.results.append(CaseResult(name, True, 0.0, skip_reason, skipped=True))
+            self.echo(click.style("  skip  ", fg="yellow") + f"{name} — {skip_reason}")
+            return None
+        t0 = time.monotonic()
+        try:
+            detail = fn()
+        except Exception as e:  # noqa: BLE001 — every failure becomes a reported case
+            msg = str(e) or type(e).__name__
+            if not isinstance(e, (AssertionError, ConfigError, click.ClickException)):
+                msg += "\n" + traceback.format_exc(limit=4)
+            self.results.append(CaseResult(name, False, time.monotonic() - t0, msg))
+            self.echo(click.style("  FAIL  ", fg="red", bold=True) + f"{name} ({time.monotonic() - t0:.1f} s)")
+            for ln in msg.splitlines()[:12]:
+                self.echo(f"        {ln}")
+            return None
+        dt = time.monotonic() - t0
+        self.results.append(CaseResult(name, True, dt))
+        extra = ""
+        if isinstance(detail, dict) and detail:
+            extra = "  " + click.style(", ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, dict)), dim=True)
+        self.echo(click.style("  ok    ", fg="green") + f"{name} ({dt:.1f} s){extra}")
+        return detail
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+def run_check(config_path: str, out_dir: str, scenarios: bool = True, echo=click.echo) -> Checker:
+    from .outputs import render_all, stale_files
+
+    ch = Checker(echo)
+    holder = {}
+
+    def config():
+        holder["cfg"] = load_config(config_path)
+
+    ch.case(f"config {config_path} is valid", config)
+    cfg = holder.get("cfg")
+    no_cfg = None if cfg else "the config is invalid"
+
+    def fresh():
+        stale = stale_files(cfg, out_dir)
+        if stale:
+            raise AssertionError("; ".join(f"{why}: {Path(out_dir) / n}" for n, why in stale)
+                                 + f" — run `medport generate -c {config_path} -o {out_dir}` and commit")
+
+    ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=no_cfg)
+
+    def loads():
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            files = []
+            for name, text in render_all(cfg).items():
+                if name.endswith(".js"):
+                    (Path(tmp) / name).write_text(text, "utf-8")
+                    files.append(Path(tmp) / name)
+            problems = load_bots_under_vmcontext(files)
+        if problems:
+            raise AssertionError("\n".join(problems))
+
+    ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)", loads,
+            skip_reason=no_cfg)
+    if not scenarios:
+        return ch
+    if not cfg or not ch.ok:
+        ch.case("end-to-end scenarios", lambda: None, skip_reason="earlier checks failed")
+        return ch
+
+    from .scenarios import SCENARIOS
+    from .stack import start_stack
+
+    stack_box = {}
+
+    def start():
+        stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.05)
+
+    ch.case("fresh in-memory emulator + fake Metriport, bots deployed", start)
+    stack = stack_box.get("stack")
+    try:
+        for name, fn in SCENARIOS:
+            ch.case(name, (lambda f=fn: f(stack)), skip_reason=None if stack else "the stack did not start")
+    finally:
+        if stack:
+            stack.close()
+    return ch
+
+
+@click.command("check")
+@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
+              help="Where the generated files are committed.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
+@click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
+def check_command(config_path, out_dir, junit_path, no_scenarios):
+    """Validate everything for CI; exit 0 only if every check passes."""
+    t0 = time.monotonic()
+    click.echo(f"medport check: {config_path}")
+    ch = run_check(config_path, out_dir, scenarios=not no_scenarios)
+    passed = sum(1 for r in ch.results if r.ok and not r.skipped)
+    failed = sum(1 for r in ch.results if not r.ok)
+    skipped = sum(1 for r in ch.results if r.skipped)
+    if junit_path:
+        Path(junit_path).write_text(junit_xml(ch.results), "utf-8")
+    summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
+    click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (JUnit: {junit_path})" if junit_path else ""))
+    if not ch.ok:
+        raise SystemExit(1)
