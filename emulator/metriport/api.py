@@ -74,6 +74,12 @@ def create_app(state: MetriportState, *, api_key: str, public_base_url: str | No
             state.maybe_fail()
         return None
 
+    @app.after_request
+    def _log_call(resp):
+        if request.path.startswith("/medical/v1"):
+            state.record_call(request.method, request.path, resp.status_code)
+        return resp
+
     def created(body):
         return jsonify(body), 201
 

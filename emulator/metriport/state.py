@@ -105,15 +105,28 @@ class Delivery:
     url: str | None = None
     signature: str | None = None
     response: Any = None
+    duration_ms: float | None = None  # time the receiver took to answer (Metriport allows ~4 s)
 
     def to_dict(self, include_body: bool = True) -> dict:
         d = {"messageId": self.message_id, "type": self.type, "when": self.when, "requestId": self.request_id,
              "status": self.status, "attempts": self.attempts, "httpStatus": self.http_status,
-             "detail": self.detail, "url": self.url, "signature": self.signature}
+             "detail": self.detail, "url": _redact_url(self.url), "signature": self.signature,
+             "durationMs": self.duration_ms}
         if include_body:
             d["body"] = self.body
             d["payload"] = json.loads(self.body)
         return d
+
+
+def _redact_url(url: str | None) -> str | None:
+    """Webhook URLs carry Basic credentials (client id:secret@): never hand those out."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    host, sep, path = rest.partition("/")
+    if "@" in host:
+        host = "***@" + host.split("@", 1)[1]
+    return f"{scheme}://{host}{sep}{path}"
 
 
 @dataclass
@@ -176,6 +189,7 @@ class MetriportState:
             self.bulk_url_queries: dict[str, dict] = {}
             self.files: dict[str, StoredFile] = {}
             self.deliveries: list[Delivery] = []
+            self._calls: list[dict] = []
             self.settings = Settings(id=self.cx_id)
             self.faults = dict(DEFAULT_FAULTS)
             self._hits: dict[str, list[float]] = {k: [] for k in RATE_LIMITS}
@@ -553,11 +567,14 @@ class MetriportState:
                 d.status, d.detail = "failure", "Missing webhook config"
             return
         sig = webhooks.sign("not-the-key" if bad else key, d.body)
+        t0 = time.perf_counter()
         ok, status, detail, data = webhooks.post(url, d.body, sig, self.webhook_timeout_s)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
         if ok and dup:
             webhooks.post(url, d.body, sig, self.webhook_timeout_s)
         with self._lock:
             d.attempts += 1
+            d.duration_ms = round(elapsed_ms, 1)
             d.url, d.signature, d.http_status, d.detail, d.response = url, sig, status, detail, data
             if ok:
                 d.status = "success"
@@ -568,6 +585,15 @@ class MetriportState:
                 d.status = "failure"
                 self.settings.webhook_enabled = False
                 self.settings.webhook_status_detail = detail
+
+    def record_call(self, method: str, path: str, status: int) -> None:
+        """Log of Medical API calls (method, path, status — never bodies: they carry demographics)."""
+        with self._lock:
+            self._calls.append({"method": method, "path": path, "status": status, "when": _iso(self.clock())})
+
+    def api_calls(self) -> list[dict]:
+        with self._lock:
+            return list(self._calls)
 
     def deliveries_log(self, include_body: bool = True) -> list[dict]:
         with self._lock:
