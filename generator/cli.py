@@ -13,7 +13,7 @@ from .config import CONFIG_FILENAME, ConfigError, load_config
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
 LAZY_COMMANDS = {
-    "emulate": ("emulator.server:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
+    "emulate": ("generator.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
     "demo": ("generator.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
     "deploy": ("generator.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
     "check": ("generator.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
