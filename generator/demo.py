@@ -21,9 +21,11 @@ class LiveView:
         return click.style(f"[{time.monotonic() - self.t0:6.2f}s]", dim=True)
 
     def tick(self) -> None:
-        calls = getattr(self.stack.fake.state, "api_calls", lambda: [])() if self.stack.fake else []
+        """Print what happened since the last tick, in time order (ISO timestamps sort as text)."""
+        events: list[tuple[str, str]] = []
+        calls = self.stack.fake.state.api_calls() if self.stack.fake else []
         for c in calls[self.seen_calls:]:
-            click.echo(f"{self._t()} metriport    {c['method']:<4} {c['path']} → {c['status']}")
+            events.append((c["when"], f"metriport    {c['method']:<4} {c['path']} → {c['status']}"))
         self.seen_calls = len(calls)
         for d in deliveries(self.stack):
             key = (d["messageId"], d["status"], d["attempts"])
@@ -32,20 +34,22 @@ class LiveView:
             self.seen_deliveries.add(key)
             ms = f" in {d['durationMs']:.0f} ms" if d.get("durationMs") is not None else ""
             color = "green" if d["status"] == "success" else "red"
-            click.echo(f"{self._t()} webhook      {d['type']:<32} → "
-                       + click.style(f"{d.get('httpStatus')} {d['status']}{ms}", fg=color))
+            events.append((d["when"], f"webhook      {d['type']:<32} → "
+                           + click.style(f"{d.get('httpStatus')} {d['status']}{ms}", fg=color)))
         for r in reversed(runs(self.stack)):
             if r["id"] in self.seen_runs:
                 continue
             self.seen_runs.add(r["id"])
             color = "green" if r["outcome"] == "success" else "red"
             trig = r["trigger"].split(":")[0]
-            click.echo(f"{self._t()} bot          {r['bot_name']:<24} {trig:<12} "
-                       + click.style(f"{r['outcome']}", fg=color) + f" {r['duration_ms']:.0f} ms"
-                       + (f"  [{r['resource']}]" if r.get("resource") else ""))
+            text = (f"bot          {r['bot_name']:<24} {trig:<12} " + click.style(r["outcome"], fg=color)
+                    + f" {r['duration_ms']:.0f} ms" + (f"  [{r['resource']}]" if r.get("resource") else ""))
             last = [ln for ln in (r.get("logs") or "").splitlines() if ln.strip()][-1:]
             if last:
-                click.echo(click.style(f"{'':>24}↳ {last[0][:140]}", dim=True))
+                text += "\n" + click.style(f"{'':>24}↳ {last[0][:140]}", dim=True)
+            events.append((r.get("started") or "", text))
+        for _, text in sorted(events, key=lambda e: e[0]):
+            click.echo(f"{self._t()} {text}")
 
 
 @click.command("demo")
