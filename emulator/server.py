@@ -70,6 +70,7 @@ class EmulatorHandle:
         self.base_url = base_url
         self.internal_base_url = internal_base_url
         self._stopped = False
+        self._prewarm: threading.Thread | None = None
         self.admin_client_id = self.state.settings.admin_client_id
         self.admin_client_secret = self.state.settings.admin_client_secret
 
@@ -95,6 +96,8 @@ class EmulatorHandle:
                 pass
         for t in self._threads:
             t.join(timeout=3)
+        if self._prewarm is not None:
+            self._prewarm.join(timeout=30)
         try:
             self.state.subscriptions.stop()
         except Exception:
@@ -139,7 +142,7 @@ def _url(host: str, port: int) -> str:
 
 def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0,
                     threads: int = 16, internal_threads: int = 32,
-                    public_base_url: str | None = None) -> EmulatorHandle:
+                    public_base_url: str | None = None, prewarm: bool = True) -> EmulatorHandle:
     """Start the emulator on `host:port` (0 = any free port) plus the internal loopback listener, in
     background threads. Returns once both listen. `settings.base_url` is replaced by the real URL."""
     from waitress.server import create_server
@@ -163,7 +166,20 @@ def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", p
         t.start()
         servers.append(srv)
         thread_list.append(t)
-    return EmulatorHandle(app, servers, thread_list, base_url, internal_url)
+    handle = EmulatorHandle(app, servers, thread_list, base_url, internal_url)
+    if prewarm and settings.runtime_instance is None:
+        # start the Node workers now, off the startup path, so the first $execute is warm
+        handle._prewarm = threading.Thread(target=_prewarm, args=(handle.state,), name="medport-prewarm",
+                                           daemon=True)
+        handle._prewarm.start()
+    return handle
+
+
+def _prewarm(state) -> None:
+    try:
+        state.runtime
+    except Exception:  # node missing etc.: reported on the first execution instead
+        log.warning("bot runtime could not start", exc_info=True)
 
 
 def _serve(srv) -> None:
