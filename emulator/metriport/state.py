@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import rules, webhooks
-from .errors import BadRequest, MetriportError, NotFound, TooManyRequests, ValidationError
+from .errors import BadRequest, MetriportError, NotFound, ServiceUnavailable, TooManyRequests, ValidationError
 from .seed import Dataset, load_data, seed_datasets
 
 SANDBOX_PATIENT_LIMIT = 20
@@ -48,6 +48,8 @@ DEFAULT_FAULTS = {
     "duplicate_deliveries": False,  # every webhook message delivered twice
     "expired_urls": False,        # presigned URLs are born expired
     "bad_signatures": False,      # webhook messages signed with a wrong key
+    "fail_next": 0,               # the next N /medical/v1 calls fail with fail_status (deterministic)
+    "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
 }
 
 # Date of a resource for dateFrom/dateTo filtering (first present wins).
@@ -232,15 +234,25 @@ class MetriportState:
                     raise ValidationError([f"{k}: Expected a non-negative number"])
                 if k == "error_rate" and v > 1:
                     raise ValidationError(["error_rate: must be between 0 and 1"])
+                if k == "fail_status" and v not in (429, 500, 503):
+                    raise ValidationError(["fail_status: must be 429, 500 or 503"])
                 self.faults[k] = v
             return dict(self.faults)
 
     def maybe_fail(self) -> None:
-        """Fault injection for API calls: random 5xx."""
+        """Fault injection for API calls: the next `fail_next` calls, then random 5xx at `error_rate`."""
         with self._lock:
+            forced = self.faults["fail_next"] > 0
+            if forced:
+                self.faults["fail_next"] -= 1
+                status = int(self.faults["fail_status"])
             rate = self.faults["error_rate"]
             hit = rate > 0 and self._rng.random() < rate
-        if hit:
+        if forced and status == 429:
+            raise TooManyRequests("Too many requests (injected fault)", headers={"Retry-After": "1"})
+        if forced and status == 503:
+            raise ServiceUnavailable("Service unavailable (injected fault)")
+        if forced or hit:
             raise MetriportError("Internal server error (injected fault)")
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
