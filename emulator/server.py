@@ -244,7 +244,7 @@ EMULATE_HOOKS: list[Callable[[EmulatorHandle, dict], None]] = []
 @click.option("--admin-client-id", default=None, help="Admin ClientApplication id [env MEDPORT_ADMIN_CLIENT_ID].")
 @click.option("--admin-client-secret", default=None,
               help="Admin ClientApplication secret [env MEDPORT_ADMIN_CLIENT_SECRET].")
-@click.option("--metriport-port", default=8104, show_default=True, type=int, help="Port of the fake Metriport.")
+@click.option("--metriport-port", default=8180, show_default=True, type=int, help="Port of the fake Metriport.")
 @click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
               show_default=True, help="Use the fake Metriport or the real sandbox (API key).")
 @click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .flow import count_imported, create_facility_org, create_patient, deliveries, message_tasks, runs, wait_for_consolidated
+from .flow import (count_imported, create_facility_org, create_patient, deliveries, message_tasks, runs, task_ids,
+                   wait_for_consolidated)
 from .replay import deliver, metriport_body, sign
 
 
@@ -79,8 +80,9 @@ def scenario_seed_patients(stack, names=("Jane", "Chris", "Ollie", "Andreas", "K
     org = create_facility_org(stack)
     before_patients = _patients_total(stack)
     before_msgs = len([d for d in deliveries(stack) if d["type"] == "medical.consolidated-data"])
+    base = task_ids(stack)
     pats = {n: create_patient(stack, n, org["id"]) for n in names}
-    out = wait_for_consolidated(stack, expected_messages=before_msgs + len(names), timeout=timeout)
+    out = wait_for_consolidated(stack, expected_messages=before_msgs + len(names), timeout=timeout, baseline=base)
     expect(out.done, f"timed out after {out.waited_s:.0f} s: {out.consolidated_delivered - before_msgs} of "
                      f"{len(names)} consolidated-data webhooks delivered and processed")
     expect(not out.failed_tasks, f"{len(out.failed_tasks)} message(s) failed: "
@@ -198,7 +200,7 @@ def scenario_skip_reasons(stack) -> dict:
     _skip_case(stack, patient_resource("Jane", None), ["managingOrganization"])
     bad = patient_resource("Jane", org["id"], birthDate="1850-01-01")
     bad["address"][0]["postalCode"] = "00000"
-    bad["telecom"] = []
+    del bad["telecom"]
     _skip_case(stack, bad, ["birthDate", "postalCode", "telecom"])
     return {"cases": 2}
 
