@@ -43,7 +43,7 @@ export async function createMedplum(opts = {}) {
     const why = opts.failWhen && opts.failWhen(resource);
     if (why) throw new OperationOutcomeError(badRequest(why, resource.resourceType + '.code'));
   };
-  repo.updateResource = async (resource, options) => {
+  repo.updateResource = async (resource, options, ...rest) => {
     check(resource);
     if (resource.id) {
       let existing;
@@ -54,7 +54,12 @@ export async function createMedplum(opts = {}) {
       }
       if (existing && canonical(stripMeta(existing)) === canonical(stripMeta(resource))) return existing;
     }
-    return origUpdate(resource, options);
+    return origUpdate(resource, options, ...rest);
+  };
+  const origCreate = repo.createResource.bind(repo);
+  repo.createResource = async (resource, ...rest) => {
+    check(resource);
+    return origCreate(resource, ...rest);
   };
   // Record every batch the bots send.
   medplum.batches = [];
