@@ -48,6 +48,8 @@ class SearchRequest:
 
 
 def split_values(s: str) -> list[str]:
+    if "\\" not in s:
+        return s.split(",")
     out, buf, i = [], [], 0
     while i < len(s):
         ch = s[i]
@@ -272,13 +274,13 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
     table = _TABLE[sp.type]
     if f.modifier == "missing":
         missing = f.values[0].lower() == "true"
-        q = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = r.rid AND x.param = ?)"
-        return (f"NOT {q}" if missing else q), [f.code]
+        q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ?)"
+        return (f"NOT ({q})" if missing else q), [f.code]
     ors, args = [], []
     for v in f.values:
         cond, a, neg = _value_condition(f, v)
-        q = f"EXISTS (SELECT 1 FROM {table} x WHERE x.param = ? AND x.rid = r.rid AND {cond})"
-        ors.append(f"NOT {q}" if neg else q)
+        q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond})"
+        ors.append(f"NOT ({q})" if neg else q)
         args += [f.code, *a]
     return "(" + " OR ".join(ors) + ")", args
 

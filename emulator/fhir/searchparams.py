@@ -41,6 +41,7 @@ class SearchParam:
     paths: list[list[Step]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     supported: bool = True
+    first_names: frozenset | None = None   # top-level properties a value can come from (None = unknown)
 
     def extract(self, resource: dict) -> list[Any]:
         out: list[Any] = []
@@ -194,6 +195,8 @@ def _compile(code: str, ptype: str, expression: str, base_names: set[str], targe
     except Unsupported:
         sp.paths = []
         sp.supported = False
+    if sp.paths and all(p for p in sp.paths):
+        sp.first_names = frozenset(p[0].name for p in sp.paths)
     return sp
 
 

@@ -21,6 +21,7 @@ Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / out
 from __future__ import annotations
 
 import copy
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from emulator.fhir.search import SearchRequest, filter_sql, parse_search
 from emulator.fhir.store import Repository
 from emulator.fhir.values import date_range
 
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 MAX_TRANSACTION_UPDATES = 50
 MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
 _URN = re.compile(r"urn(?::|%3A)uuid(?::|%3A)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -498,7 +500,7 @@ class FhirService:
         if not isinstance(entries, list) or not entries:
             raise BadRequest("Missing bundle entries")
         tx = btype == "transaction"
-        entries = [copy.deepcopy(e) if isinstance(e, dict) else e for e in entries]
+        entries = [_shallow_entry(e) for e in entries]
         results: list[dict | None] = [None] * len(entries)
         identities: dict[str, str] = {}
         buckets: dict[str, list[int]] = {k: [] for k in
@@ -607,14 +609,23 @@ class FhirService:
                 if kind == "update-conditional" and res is not None:
                     if res.get("id") and tx:
                         raise BadRequest("Cannot provide ID for create by update")
-                    new_id = res.get("id") or str(uuid.uuid4())
-                    entry["_assigned_id"] = new_id
-                    reference = f"{rtype}/{new_id}"
+                    if not res.get("id") or not self.repo.exists(rtype, res["id"]):
+                        new_id = res.get("id") or str(uuid.uuid4())
+                        # resolved like Medplum: the entry becomes a plain PUT Type/<id> (update as create)
+                        entry["resource"] = {**res, "id": new_id}
+                        entry["request"]["url"] = f"{rtype}/{new_id}"
+                        reference = f"{rtype}/{new_id}"
             elif len(found) > 1:
                 if tx:
                     raise BadRequest(f"Conditional {method} matched multiple resources", f"Bundle.entry[{i}].request.url")
             else:
-                reference = f"{rtype}/{found[0]['id']}"
+                target = found[0]["id"]
+                reference = f"{rtype}/{target}"
+                if kind == "update-conditional" and res is not None and res.get("id") in (None, target):
+                    entry["resource"] = {**res, "id": target}
+                    entry["request"]["url"] = reference
+                elif kind == "delete-conditional":
+                    entry["request"]["url"] = reference
         elif kind in ("update", "delete", "patch") and n == 2:
             reference = f"{parts[0]}/{parts[1]}"
         if reference:
@@ -648,13 +659,6 @@ class FhirService:
             parts = [p for p in path.strip("/").split("/") if p]
             if assigned and method == "POST" and len(parts) == 1 and parts[0] in RESOURCE_TYPES:
                 return self.create(pr, parts[0], body, headers, assigned_id=assigned)
-            if assigned and method == "PUT" and len(parts) == 1 and isinstance(body, dict):
-                body = {**body, "id": assigned}
-                if body.get("resourceType") != parts[0]:
-                    raise BadRequest("Incorrect resource type")
-                found = self._find(pr, parts[0], query)
-                if not found:
-                    return self._do_update(pr, body, None)
             return self._dispatch(pr, method, path, query, body, headers)
         except FhirError as e:
             return FhirResponse(e.status, e.outcome, {})
@@ -683,24 +687,31 @@ class FhirService:
         return e
 
 
+def _shallow_entry(e: Any) -> Any:
+    if not isinstance(e, dict):
+        return e
+    e = dict(e)
+    if isinstance(e.get("request"), dict):
+        e["request"] = dict(e["request"])
+    return e
+
+
 def _entry_response(oo: dict) -> dict:
     return {"response": {"status": str(status_of(oo)), "outcome": oo}}
 
 
 def _rewrite(node: Any, ids: dict[str, str]) -> Any:
+    """Replace every `urn:uuid:<uuid>` placeholder (also inside longer strings) with its "Type/id"."""
     if not ids:
         return node
-    if isinstance(node, dict):
-        return {k: (v if k == "_assigned_id" else _rewrite(v, ids)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite(v, ids) for v in node]
-    if isinstance(node, str) and "urn" in node:
-        m = _URN.search(node)
-        if m:
-            ref = ids.get(m.group(0).replace("%3A", ":"))
-            if ref:
-                return node.replace(m.group(0), ref)
-    return node
+    text = _json_dumps(node)
+    if "urn" not in text:
+        return node
+
+    def sub(m: re.Match) -> str:
+        return ids.get(m.group(0).replace("%3A", ":"), m.group(0))
+
+    return json.loads(_URN.sub(sub, text))
 
 
 def _patch_body(res: Any) -> Any:

@@ -97,6 +97,9 @@ class Repository:
         c.execute("PRAGMA synchronous=NORMAL")
         c.execute("PRAGMA foreign_keys=OFF")
         c.execute("PRAGMA temp_store=MEMORY")
+        c.execute("PRAGMA cache_size=-65536")
+        if self.path:
+            c.execute("PRAGMA wal_autocheckpoint=10000")
         c.executescript(SCHEMA)
         self._params = registry()
 
@@ -145,6 +148,16 @@ class Repository:
                 events = []
         for ev in events:
             self._emit(ev)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """A transaction for one repository write: joins an enclosing transaction without a savepoint."""
+        with self._lock:
+            if self._depth > 0:
+                yield
+                return
+        with self.transaction():
+            yield
 
     def _emit(self, ev: ChangeEvent) -> None:
         for fn in list(self._listeners):
@@ -230,7 +243,8 @@ class Repository:
                 out[k] = v
         return out, lu
 
-    def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None) -> None:
+    def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
+               clear_index: bool = True) -> None:
         c = self._conn
         content = _dumps(res)
         rtype, rid, vid = res["resourceType"], res["id"], res["meta"]["versionId"]
@@ -243,7 +257,8 @@ class Repository:
             row_id = existing_rid
             c.execute("UPDATE resources SET vid=?, lu=?, deleted=0, project=?, content=? WHERE rid=?",
                       (vid, lu, proj, content, row_id))
-            self._clear_index(row_id)
+            if clear_index:
+                self._clear_index(row_id)
         c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
                   (rtype, rid, vid, lu, content))
         self._index(row_id, res)
@@ -274,13 +289,13 @@ class Repository:
     def create(self, resource: dict, *, id: str | None = None, project: str | None = None,
                author: str | None = None) -> dict:
         """Store a new resource (server-assigned UUID unless `id` is given). Returns the stored resource."""
-        with self.transaction():
+        with self._tx():
             rid = id or str(uuid.uuid4())
             row = self._row(resource["resourceType"], rid)
             if row is not None and not row[2]:
                 raise BadRequest("Resource already exists")
             res, lu = self._stamp(resource, rid, project, author, None)
-            self._write(res, lu, project, row[0] if row else None)
+            self._write(res, lu, project, row[0] if row else None, clear_index=False)
             self._event(ChangeEvent("create", res, None))
         return res
 
@@ -290,7 +305,7 @@ class Repository:
         rtype, rid = resource["resourceType"], resource.get("id")
         if not rid:
             raise BadRequest("Missing id")
-        with self.transaction():
+        with self._tx():
             row = self._row(rtype, rid)
             if row is None or row[2]:
                 if if_match is not None and row is not None:
@@ -298,7 +313,7 @@ class Repository:
                 if not create_if_missing:
                     raise NotFound()
                 res, lu = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False)
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
             if if_match is not None and if_match != row[1]:
@@ -313,7 +328,7 @@ class Repository:
 
     def delete(self, rtype: str, rid: str) -> dict:
         """Delete; history keeps every version and a deletion marker. Returns the deleted resource."""
-        with self.transaction():
+        with self._tx():
             row = self._row(rtype, rid)
             if row is None:
                 raise NotFound()
@@ -355,10 +370,15 @@ class Repository:
         params = self._params.for_type(req.resource_type)
         where = ["r.type = ?", "r.deleted = 0"]
         args: list[Any] = [req.resource_type]
+        selective = False
         for f in req.filters:
             sql, a = filter_sql(f)
             where.append(sql)
             args += a
+            selective = selective or sql.startswith(("r.rid IN", "(r.rid IN"))
+        if selective:
+            # let SQLite drive the query from the index sub-selects, not from a scan of the whole type
+            where[0], where[1] = "+r.type = ?", "+r.deleted = 0"
         if extra_where:
             where.append(extra_where[0])
             args += extra_where[1]

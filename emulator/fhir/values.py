@@ -183,11 +183,25 @@ def number_values(values: list[Any]) -> list[tuple[float, str | None, str | None
     return out
 
 
+def present_names(resource: dict) -> set[str]:
+    """Top-level property names of the resource plus their choice-type bases (effectiveDateTime -> effective)."""
+    out = set()
+    for k in resource:
+        out.add(k)
+        for j in range(1, len(k)):
+            if k[j].isupper():
+                out.add(k[:j])
+    return out
+
+
 def index_rows(params: dict, resource: dict):
     """Yield (kind, code, *values) rows for every supported search parameter of the resource."""
     tok, st, ref, dt, num = [], [], [], [], []
+    present = present_names(resource)
     for code, sp in params.items():
         if not sp.supported or code in ("_id", "_lastUpdated"):
+            continue
+        if sp.first_names is not None and present.isdisjoint(sp.first_names):
             continue
         vals = sp.extract(resource)
         if not vals:
