@@ -27,7 +27,7 @@ demo: setup
 	@$(VENV)/bin/medport demo
 
 test: setup
-	@$(NODE) --test --test-reporter=spec tests/js/
+	@$(NODE) --test --test-reporter=spec 'tests/js/*.test.mjs'
 	@$(PY) -m pytest -q
 
 bench: setup

@@ -90,10 +90,27 @@ def webhook_bot_config(cfg: Config) -> dict:
         "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM},
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
+        "requiredElements": required_elements(allowed),
         "consolidated": _consolidated(cfg),
         "batch": {"maxEntries": cfg["import"]["batch_max_entries"], "maxBytes": cfg["import"]["batch_max_bytes"]},
         "retry": _retry(cfg),
     }
+
+
+ABSENT_FILLABLE = ("Coding", "CodeableConcept", "Reference")
+
+
+def required_elements(types: list[str]) -> dict[str, dict[str, list]]:
+    """Required (min >= 1) top-level elements the webhook bot may mark absent when the source lacks them:
+    {type: {element: [element type, is-array]}}, only for element types that can carry a data-absent-reason."""
+    req = resource_types()["required"]
+    out = {}
+    for t in types:
+        fill = {name: [spec["type"], spec["max"] == "*"] for name, spec in sorted(req.get(t, {}).items())
+                if spec["type"] in ABSENT_FILLABLE}
+        if fill:
+            out[t] = fill
+    return out
 
 
 def _env() -> jinja2.Environment:

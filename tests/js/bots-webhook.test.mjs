@@ -198,10 +198,8 @@ test('consolidated-data (sync): imported into the existing Patient, quirks fixed
   assert.deepEqual(comp.identifier, { system: RES_SYSTEM, value: 'comp-1' });
   assert.equal(comp.author[0].reference, undefined);
   assert.deepEqual(comp.section[0].entry.map((e) => e.reference).sort(), ['Condition/' + cond.id, 'Observation/' + obs.id].sort());
-  const noId = await medplum.searchResources('Observation', { code: 'no id' });
   const generated = (await medplum.searchResources('Observation', { identifier: RES_SYSTEM + '|' })).filter((o) => o.identifier.some((i) => i.value.startsWith('sha256-')));
   assert.equal(generated.length, 1);
-  void noId;
 
   // Replay: same message again (fresh URL) -> no new versions anywhere.
   const all = [cond, enc, obs, doc, comp, generated[0]];
@@ -210,7 +208,23 @@ test('consolidated-data (sync): imported into the existing Patient, quirks fixed
   assert.deepEqual(r2.result.summary.failures, []);
   const vAfter = await Promise.all(all.map((x) => versions(medplum, x.resourceType, x.id)));
   assert.deepEqual(vAfter, vBefore);
-  assert.equal(await countAll(medplum, 'Observation'), (await countAll(medplum, 'Observation')));
+});
+
+test('required elements missing in the source are marked absent (data-absent-reason), not fatal', async () => {
+  const medplum = await createMedplum();
+  const p = await existingPatient(medplum, 'mpt-req');
+  const bundle = { resourceType: 'Bundle', type: 'searchset', entry: [
+    { fullUrl: 'urn:uuid:enc-nc', resource: { resourceType: 'Encounter', id: 'enc-nc', status: 'finished', subject: { reference: 'Patient/mpt-req' } } },
+    { fullUrl: 'urn:uuid:comp-na', resource: { resourceType: 'Composition', id: 'comp-na', status: 'final', type: { text: 'ccd' }, date: '2024-01-01', title: 'CCD', subject: { reference: 'Patient/mpt-req' } } },
+  ] };
+  const r = await deliver(medplum, consolidatedMessage(p.id, 'mpt-req', bundle), SYNC);
+  assert.deepEqual(r.result.summary.failures, []);
+  assert.equal(r.result.summary.fixes['required-element-marked-absent'], 2);
+  const dar = [{ url: 'http://hl7.org/fhir/StructureDefinition/data-absent-reason', valueCode: 'unknown' }];
+  const enc = (await medplum.searchResources('Encounter', { identifier: RES_SYSTEM + '|enc-nc' }))[0];
+  assert.deepEqual(enc.class, { extension: dar });
+  const comp = (await medplum.searchResources('Composition', { identifier: RES_SYSTEM + '|comp-na' }))[0];
+  assert.deepEqual(comp.author, [{ extension: dar, display: 'unknown' }]);
 });
 
 test('consolidated-data: gzip-only URL, inline empty bundle, unknown patient', async () => {
