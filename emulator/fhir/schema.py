@@ -136,7 +136,8 @@ def _empty_values(node: Any, path: str, out: list) -> None:
         for k, v in node.items():
             if v is None:
                 out.append(("Invalid null value", f"{path}.{k}"))
-            elif (isinstance(v, (str, list, dict)) and len(v) == 0) and k != "div":
+            elif (isinstance(v, (str, list, dict)) and len(v) == 0) and k != "div" and not (
+                    k == "meta" and "." not in path):
                 out.append(("Invalid empty value", f"{path}.{k}"))
             elif isinstance(v, (dict, list)):
                 _empty_values(v, f"{path}.{k}", out)
