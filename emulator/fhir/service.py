@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from emulator.errors import (
     BadRequest, FhirError, Forbidden, MultipleMatches, NotFound, PreconditionFailed, ServerError,
@@ -41,6 +41,7 @@ from emulator.fhir.search import SearchRequest, filter_sql, parse_search
 from emulator.fhir.store import Repository
 from emulator.fhir.values import date_range
 
+_URI_SAFE = "-_.!~*'()"
 _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 MAX_TRANSACTION_UPDATES = 50
 MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
@@ -274,6 +275,8 @@ class FhirService:
         return [e["resource"] for e in resp.body.get("entry", []) if (e.get("search") or {}).get("mode") == "match"]
 
     def search(self, pr: Principal, rtype: str, query: list[tuple[str, str]]) -> FhirResponse:
+        if rtype == "Binary":
+            raise BadRequest("Cannot search on Binary resource type")
         a = self._check_type(pr, P.SEARCH, rtype)
         req = parse_search(rtype, query)
         where = self._policy_where(pr, a, rtype)
@@ -289,19 +292,38 @@ class FhirService:
         bundle["entry"] = entries
         if total is not None:
             bundle["total"] = total
-        links = [{"relation": "self", "url": self._search_url(req, req.offset)},
-                 {"relation": "first", "url": self._search_url(req, 0)}]
-        if has_more:
-            links.append({"relation": "next", "url": self._search_url(req, req.offset + req.count)})
-        if req.offset > 0:
-            links.append({"relation": "previous", "url": self._search_url(req, max(0, req.offset - req.count))})
+        # Medplum (server search.ts getSearchLinks): self always; first/next/previous when the page has entries
+        links = [{"relation": "self", "url": self._search_url(req, req.offset)}]
+        if req.count > 0 and entries:
+            links.append({"relation": "first", "url": self._search_url(req, 0)})
+            if has_more:
+                links.append({"relation": "next", "url": self._search_url(req, req.offset + req.count)})
+            if req.offset > 0:
+                links.append({"relation": "previous", "url": self._search_url(req, max(0, req.offset - req.count))})
         bundle["link"] = links
         return FhirResponse(200, bundle, {})
 
     def _search_url(self, req: SearchRequest, offset: int) -> str:
-        q = [(k, v) for k, v in req.query if k not in ("_count", "_offset")]
-        q += [("_count", str(req.count)), ("_offset", str(offset))]
-        return f"{self.fhir_base}{req.resource_type}?{urlencode(q)}"
+        """Like @medplum/core formatSearchQuery: filters, _sort, _offset (if not 0), _count, _total, includes;
+        each `name=encodeURIComponent(value)`, sorted."""
+        items = []
+        for k, v in req.query:
+            code = k.partition(":")[0]
+            if code in ("_count", "_offset", "_total", "_sort", "_include", "_revinclude", "_cursor", "_format",
+                        "_pretty", "_summary"):
+                continue
+            items.append(f"{k}={quote(v, safe=_URI_SAFE)}")
+        if req.sort:
+            items.append("_sort=" + ",".join(("-" if d else "") + c for c, d in req.sort))
+        if offset:
+            items.append(f"_offset={offset}")
+        items.append(f"_count={req.count}")
+        if req.total:
+            items.append(f"_total={req.total}")
+        items += [f"_include={quote(v, safe=_URI_SAFE + ':')}" for v in req.include]
+        items += [f"_revinclude={quote(v, safe=_URI_SAFE + ':')}" for v in req.revinclude]
+        items.sort()
+        return f"{self.fhir_base}{req.resource_type}?" + "&".join(items)
 
     def _includes(self, pr: Principal, req: SearchRequest, resources: list[dict]) -> list[dict]:
         out: list[dict] = []
@@ -369,7 +391,7 @@ class FhirService:
         if ine:
             found = self._find(pr, rtype, ine.lstrip("?"))
             if len(found) > 1:
-                raise PreconditionFailed("Multiple resources found matching condition")
+                raise MultipleMatches()
             if len(found) == 1:
                 r = found[0]
                 return FhirResponse(200, self._out(a, r), {**_res_headers(r), "Location": self._location(r)})
