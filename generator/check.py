@@ -94,7 +94,8 @@ class Checker:
         return all(r.ok for r in self.results)
 
 
-def run_check(config_path: str, out_dir: str, scenarios: bool = True, echo=click.echo) -> Checker:
+def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
+              echo=click.echo) -> Checker:
     from .outputs import render_all, stale_files
 
     ch = Checker(echo)
@@ -147,6 +148,8 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, echo=click
     stack = stack_box.get("stack")
     try:
         for name, fn in SCENARIOS:
+            if only and only.lower() not in name.lower():
+                continue
             ch.case(name, (lambda f=fn: f(stack)), skip_reason=None if stack else "the stack did not start")
     finally:
         if stack:
@@ -160,11 +163,12 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, echo=click
               help="Where the generated files are committed.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
-def check_command(config_path, out_dir, junit_path, no_scenarios):
+@click.option("-k", "only", help="Run only the scenarios whose name contains this text.")
+def check_command(config_path, out_dir, junit_path, no_scenarios, only):
     """Validate everything for CI; exit 0 only if every check passes."""
     t0 = time.monotonic()
     click.echo(f"medport check: {config_path}")
-    ch = run_check(config_path, out_dir, scenarios=not no_scenarios)
+    ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only)
     passed = sum(1 for r in ch.results if r.ok and not r.skipped)
     failed = sum(1 for r in ch.results if not r.ok)
     skipped = sum(1 for r in ch.results if r.skipped)

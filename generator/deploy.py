@@ -19,7 +19,8 @@ from .config import Config
 from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
                        subscriptions)
 from .medplum_http import MedplumError, MedplumHttp
-from .render import bot_specs, render_bots
+from . import render
+from .render import bot_specs
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
 SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
@@ -128,7 +129,7 @@ class Deployer:
 
     def _bots(self) -> None:
         system = self.cfg["medplum"]["identifier_system"]
-        code = render_bots(self.cfg)
+        code = render.render_bots(self.cfg)
         for key, spec in bot_specs(self.cfg).items():
             step = f"Bot {spec.name}"
             desired = bot_resource(self.cfg, key)

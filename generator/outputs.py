@@ -5,13 +5,13 @@ from pathlib import Path
 
 from .config import Config
 from .manifest import deploy_bundle, dumps, medplum_cli_config
-from .render import render_bots
+from . import render
 
 DEFAULT_OUT = "bots"
 
 
 def render_all(cfg: Config) -> dict[str, str]:
-    files = dict(render_bots(cfg))
+    files = dict(render.render_bots(cfg))
     files["medplum.config.json"] = dumps(medplum_cli_config(cfg))
     files["deploy-bundle.json"] = dumps(deploy_bundle(cfg))
     return dict(sorted(files.items()))
