@@ -132,3 +132,20 @@ def test_date_range_precision():
     assert date_range("2020-02-30") is None
     lo, hi = date_range("2020-01-01T10:00:00+02:00")
     assert lo == date_range("2020-01-01T08:00:00Z")[0] and hi - lo == 1
+
+
+def test_chained_search(data):
+    repo, pats, obs = data
+    assert ids(repo, "Observation", "subject:Patient.name=smithson") == {obs[1]["id"]}
+    assert ids(repo, "Observation", "patient.identifier=urn:sys|1") == {obs[0]["id"]}
+    assert ids(repo, "Observation", "patient.name=nobody") == set()
+    with pytest.raises(BadRequest):
+        parse_search("Observation", "subject.name=x")          # several target types: needs subject:Patient
+    with pytest.raises(BadRequest):
+        parse_search("Observation", "patient.nope=x")
+
+
+def test_summary_count(data):
+    repo, _, _ = data
+    res, total, _ = repo.search(parse_search("Patient", "_summary=count"))
+    assert res == [] and total == 3

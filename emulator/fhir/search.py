@@ -31,6 +31,8 @@ class Filter:
     modifier: str | None
     values: list[str]
     param: SearchParam | None     # None for _id / _lastUpdated
+    chain: tuple[str, str] | None = None   # (target type, "inner-param[:modifier]") for `subject:Patient.name=x`
+    chain_refs: list[str] | None = None    # resolved by the repository before SQL is built
 
 
 @dataclass
@@ -109,6 +111,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             req.summary = value
             if value == "count":
                 req.total = "accurate"
+                req.count = 0
         elif code == "_include":
             req.include.append(value)
         elif code == "_revinclude":
@@ -117,6 +120,20 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             continue
         elif code in ("_id", "_lastUpdated"):
             req.filters.append(Filter(code, modifier, split_values(value), None))
+        elif "." in name and not name.startswith("_"):
+            # one-level chained search: `subject:Patient.name=x` / `patient.identifier=s|v`
+            head, _, inner = name.partition(".")
+            hcode, _, target = head.partition(":")
+            sp = params.get(hcode)
+            if sp is None or sp.type != "reference":
+                raise BadRequest(f"Unknown search parameter: {hcode}")
+            target = target or (sp.targets[0] if len(sp.targets) == 1 else "")
+            if not target or target not in RESOURCE_TYPES:
+                raise BadRequest(f"Unable to identify chained search target type: {name}")
+            inner_code = inner.partition(":")[0]
+            if inner_code not in registry().for_type(target) and inner_code not in ("_id", "_lastUpdated"):
+                raise BadRequest(f"Unknown search parameter: {inner_code}")
+            req.filters.append(Filter(hcode, None, [value], sp, chain=(target, inner)))
         else:
             sp = params.get(code)
             if sp is None:
@@ -269,6 +286,12 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
         return "(" + " OR ".join(ors) + ")", args
     sp = f.param
     assert sp is not None
+    if f.chain is not None:
+        refs = f.chain_refs or []
+        if not refs:
+            return "0", []
+        ph = ",".join("?" * len(refs))
+        return f"r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.param = ? AND x.ref IN ({ph}))", [f.code, *refs]
     if not sp.supported:
         raise BadRequest(f"Unsupported search parameter: {f.code}")
     table = _TABLE[sp.type]
@@ -339,6 +362,10 @@ def matches(resource: dict, criteria: str | SearchRequest) -> bool:
 
 
 def _match_filter(resource: dict, f: Filter) -> bool:
+    if f.chain is not None:
+        if f.chain_refs is None:
+            return False
+        return bool(set(V.reference_values(f.param.extract(resource))) & set(f.chain_refs))
     if f.code == "_id":
         hit = resource.get("id") in f.values
         return not hit if f.modifier == "not" else hit

@@ -368,6 +368,13 @@ class Repository:
         if isinstance(req, tuple):
             req = parse_search(req[0], req[1])
         params = self._params.for_type(req.resource_type)
+        for f in req.filters:
+            if f.chain is not None and f.chain_refs is None:
+                target, inner = f.chain
+                inner_req = parse_search(target, [(inner, f.values[0])])
+                inner_req.count, inner_req.sort = 1000, []
+                found = self.search(inner_req, count_total=False)[0]
+                f.chain_refs = [f"{target}/{r['id']}" for r in found]
         where = ["r.type = ?", "r.deleted = 0"]
         args: list[Any] = [req.resource_type]
         selective = False
