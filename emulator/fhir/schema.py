@@ -84,7 +84,7 @@ class Validator:
         if not isinstance(rt, str) or not rt:
             return [("Missing resourceType", prefix)]
         if rt not in RESOURCE_TYPES:
-            return [(f"Unknown resource type: {rt}" if isinstance(rt, str) else "Invalid resource type", prefix)]
+            return [("Unknown resource type", prefix)]
         base = prefix or rt
         out: list[tuple[str, str | None]] = []
         rid = resource.get("id")
@@ -92,9 +92,13 @@ class Validator:
             out.append(("Invalid id", f"{base}.id"))
         v = self._validator(rt)
         if not v.is_valid(resource):
-            for err in v.iter_errors(resource):
+            errors = list(v.iter_errors(resource))
+            typed = {tuple(e.instance_path) for e in errors if type(e.kind).__name__ == "Type"}
+            for err in errors:
                 path = list(err.instance_path)
                 kind = type(err.kind).__name__
+                if kind != "Type" and tuple(path) in typed:
+                    continue
                 if kind == "AdditionalProperties":
                     for prop in getattr(err.kind, "unexpected", []) or []:
                         out.append((f'Invalid additional property "{prop}"', _fmt_path(base, [*path, prop])))
@@ -104,7 +108,7 @@ class Validator:
                     name = prop if isinstance(prop, str) else str(prop)
                     out.append((f"Missing required property", _fmt_path(base, [*path, name.strip('"')])))
                     continue
-                out.append((err.message, _fmt_path(base, path)))
+                out.append((_medplum_text(kind, err), _fmt_path(base, path)))
         # Nested resources (contained, Bundle entries, Parameters resources) by their own type.
         for i, c in enumerate(resource.get("contained") or [] if isinstance(resource.get("contained"), list) else []):
             if isinstance(c, dict):
@@ -123,12 +127,40 @@ class Validator:
         probs = self.problems(resource)
         if probs:
             if len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object") or \
-                    probs[0][0].startswith("Unknown resource type"):
+                    probs[0][0] == "Unknown resource type":
                 raise BadRequest(probs[0][0])
             raise ValidationFailed(probs)
 
     def is_valid(self, resource: Any) -> bool:
         return not self.problems(resource)
+
+
+_JSON_TYPE = {str: "string", int: "number", float: "number", bool: "boolean", dict: "object", list: "array",
+              type(None): "null"}
+
+
+def _medplum_text(kind: str, err) -> str:
+    """jsonschema-rs error -> the wording of Medplum's validator (@medplum/core typeschema/validation)."""
+    inst = err.instance
+    if kind == "Type":
+        types = list(getattr(err.kind, "types", []) or [])
+        if types == ["array"]:
+            return "Expected array of values for property"
+        if isinstance(inst, list):
+            return "Expected single value for property"
+        if inst is None:
+            return "Invalid null value"
+        expected = "number" if types and types[0] in ("number", "integer") else (types[0] if types else "value")
+        return f"Invalid JSON type: expected {expected}, but got {_JSON_TYPE.get(type(inst), 'value')}"
+    if kind == "Pattern":
+        sp = list(err.schema_path)
+        name = sp[1] if len(sp) >= 3 and sp[0] == "definitions" else None
+        if name == "string" or (isinstance(inst, str) and not inst.strip()):
+            return "String must contain non-whitespace content"
+        return f"Invalid {name} format" if name else err.message
+    if kind == "Enum":
+        return f"Invalid value {json.dumps(inst)}: {err.message.split(' is ', 1)[-1]}"
+    return err.message
 
 
 def _empty_values(node: Any, path: str, out: list) -> None:
@@ -141,12 +173,16 @@ def _empty_values(node: Any, path: str, out: list) -> None:
                 out.append(("Invalid empty value", f"{path}.{k}"))
             elif isinstance(v, (dict, list)):
                 _empty_values(v, f"{path}.{k}", out)
+            elif isinstance(v, str) and not v.strip() and k != "div":
+                out.append(("String must contain non-whitespace content", f"{path}.{k}"))
     elif isinstance(node, list):
         for i, v in enumerate(node):
             if v is None and not path.rsplit(".", 1)[-1].startswith("_"):
                 out.append(("Invalid null value", f"{path}[{i}]"))
             elif isinstance(v, (dict, list)):
                 _empty_values(v, f"{path}[{i}]", out)
+            elif isinstance(v, str) and not v.strip():
+                out.append(("String must contain non-whitespace content", f"{path}[{i}]"))
 
 
 _default: Validator | None = None

@@ -118,7 +118,8 @@ class FhirService:
         if rtype.startswith("$") or (len(parts) > 1 and parts[-1].startswith("$")):
             raise NotFound()
         if rtype not in RESOURCE_TYPES:
-            raise NotFound(f"Unknown resource type: {rtype}" if rtype[:1].isupper() else "Not found")
+            # @medplum/core validateResourceType
+            raise BadRequest("Unknown resource type")
         n = len(parts)
         if n == 1:
             if method == "GET":
