@@ -56,8 +56,8 @@ def _on_ready(handle, extra: dict) -> None:
     except MedplumError as e:
         click.echo(click.style(f"bots: deployment failed at {e}", fg="red"))
         return
-    changed = sum(1 for c in result.changes if c.status != "unchanged")
-    click.echo(f"bots: deployed from {CONFIG_FILENAME} ({changed} change(s)): "
+    changed = sorted({c.kind for c in result.changes if c.status != "unchanged"})
+    click.echo(f"bots: deployed from {CONFIG_FILENAME} ({'changed: ' + ', '.join(changed) if changed else 'no change'}): "
                + ", ".join(f"{k}=Bot/{v}" for k, v in result.bot_ids.items()))
     if fake is not None:
         fake.state.set_webhook(url, webhook_key, ping=True)
