@@ -348,3 +348,41 @@ def test_handle_never_raises_or_5xx(env, method, path, query, body):
     r = svc.handle(pr, method, path, query, body, {"content-type": "application/json"})
     assert r.status < 500, (r.status, r.body)
     assert r.body is None or isinstance(r.body, dict)
+
+
+def test_batch_events_after_commit_and_replay_is_silent(env):
+    repo, svc, pr = env
+    events = []
+    repo.add_listener(lambda ev: events.append((ev.interaction, repo.exists(ev.resource["resourceType"], ev.resource["id"]))))
+    b = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs(str(i)),
+         "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{i}"}} for i in range(3)]}
+    assert call(svc, pr, "POST", "", b).status == 200
+    assert events == [("create", True)] * 3
+    call(svc, pr, "POST", "", b)
+    assert len(events) == 3                      # replay: no-op updates, no events
+
+
+def test_deeply_nested_body_is_400(env):
+    _, svc, pr = env
+    body = {"resourceType": "Patient", "extension": []}
+    node = body["extension"]
+    for _ in range(5000):
+        nxt = []
+        node.append({"url": "x", "extension": nxt})
+        node = nxt
+    assert call(svc, pr, "POST", "Patient", body).status == 400
+
+
+def test_null_byte_in_search(env):
+    _, svc, pr = env
+    r = call(svc, pr, "GET", "Patient", query=[("name", "a\0b")])
+    assert r.status == 400 and text(r) == "Search filter value cannot contain null bytes"
+
+
+def test_unknown_type_and_operations(env):
+    _, svc, pr = env
+    r = call(svc, pr, "GET", "Foo")
+    assert r.status == 400 and text(r) == "Unknown resource type"
+    assert call(svc, pr, "POST", "Bot/1/$execute").status == 404
+    assert text(call(svc, pr, "GET", "Binary")) == "Cannot search on Binary resource type"

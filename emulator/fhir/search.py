@@ -82,6 +82,8 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
     params = registry().for_type(resource_type)
     req = SearchRequest(resource_type=resource_type, query=list(query))
     for name, value in query:
+        if "\0" in value or "\0" in name:
+            raise BadRequest("Search filter value cannot contain null bytes")
         code, _, modifier = name.partition(":")
         modifier = modifier or None
         if code == "_count":

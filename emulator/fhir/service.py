@@ -99,6 +99,9 @@ class FhirService:
             return self._dispatch(principal, str(method).upper(), str(path or ""), q, body, hdrs)
         except FhirError as e:
             return FhirResponse(e.status, e.outcome, {})
+        except RecursionError:
+            err = BadRequest("Resource is nested too deeply")
+            return FhirResponse(err.status, err.outcome, {})
         except Exception as e:  # pragma: no cover - a bug; still an OperationOutcome
             err = ServerError(f"{type(e).__name__}: {e}")
             return FhirResponse(500, err.outcome, {})

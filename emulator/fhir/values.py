@@ -185,12 +185,12 @@ def number_values(values: list[Any]) -> list[tuple[float, str | None, str | None
 
 def present_names(resource: dict) -> set[str]:
     """Top-level property names of the resource plus their choice-type bases (effectiveDateTime -> effective)."""
-    out = set()
+    out = set(resource)
     for k in resource:
-        out.add(k)
-        for j in range(1, len(k)):
-            if k[j].isupper():
-                out.add(k[:j])
+        if not k.islower():
+            for j in range(1, len(k)):
+                if k[j].isupper():
+                    out.add(k[:j])
     return out
 
 
