@@ -386,3 +386,15 @@ def test_unknown_type_and_operations(env):
     assert r.status == 400 and text(r) == "Unknown resource type"
     assert call(svc, pr, "POST", "Bot/1/$execute").status == 404
     assert text(call(svc, pr, "GET", "Binary")) == "Cannot search on Binary resource type"
+
+
+def test_transactions_disabled_behave_like_batch(env):
+    repo, svc, pr = env
+    svc.transactions = False
+    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient(birthDate="nope"), "request": {"method": "POST", "url": "Patient"}}]}
+    r = call(svc, pr, "POST", "", b)
+    assert r.status == 200 and r.body["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in r.body["entry"]] == ["201", "400"]
+    assert repo.count("Patient") == 1

@@ -83,8 +83,12 @@ class _EntryFailed(Exception):
 
 
 class FhirService:
-    def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None):
+    def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
+                 transactions: bool = True):
         self.repo = repo
+        # Medplum only runs a `transaction` Bundle atomically when transactions are enabled (project feature
+        # "transaction-bundles"); otherwise it is processed entry by entry like a batch (batch.ts isTransaction()).
+        self.transactions = transactions
         b = base_url.rstrip("/")
         self.fhir_base = b + "/" if b.endswith("/fhir/R4") else b + "/fhir/R4/"
         self.validator = validator or default_validator()
@@ -525,7 +529,7 @@ class FhirService:
         entries = bundle.get("entry")
         if not isinstance(entries, list) or not entries:
             raise BadRequest("Missing bundle entries")
-        tx = btype == "transaction"
+        tx = btype == "transaction" and self.transactions
         entries = [_shallow_entry(e) for e in entries]
         results: list[dict | None] = [None] * len(entries)
         identities: dict[str, str] = {}
