@@ -82,6 +82,16 @@ class _EntryFailed(Exception):
         self.resp = resp
 
 
+def _entry_path(url: str) -> tuple[str, str]:
+    """A batch entry's request URL as (path relative to the FHIR base, query string); absolute URLs allowed."""
+    path, _, qs = url.partition("?")
+    if "://" in path:
+        path = urlsplit(path).path
+        if "/fhir/R4/" in path:
+            path = path.split("/fhir/R4/", 1)[1]
+    return path, qs
+
+
 class FhirService:
     def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
                  transactions: bool = True):
@@ -422,7 +432,11 @@ class FhirService:
             raise BadRequest("Invalid id")
         return self._do_update(pr, res, headers.get("if-match"))
 
-    def _do_update(self, pr: Principal, res: dict, if_match_header: str | None) -> FhirResponse:
+    def _do_update(self, pr: Principal, res: dict, if_match_header: str | None, *,
+                   create_by_id: bool = False) -> FhirResponse:
+        """PUT Type/id. Like Medplum repo.ts checkExistingResource: a deleted resource may be restored by anyone
+        allowed to update; a never-existing id is 404 unless the caller is a super admin (canSetId) — then it is
+        created and answered 200 like any update. `create_by_id` = a server-assigned id (batch conditional PUT)."""
         rtype, rid = res["resourceType"], res["id"]
         a = self._check_type(pr, P.UPDATE, rtype)
         existing = None
@@ -430,6 +444,8 @@ class FhirService:
             existing = self.repo.read(rtype, rid)
         except FhirError as e:
             if e.status not in (404, 410):
+                raise
+            if e.status == 404 and not (pr.superuser or create_by_id):
                 raise
         if existing is not None:
             if not self._visible(pr, existing):
@@ -453,7 +469,7 @@ class FhirService:
         stored, created, changed = self.repo.update(res, if_match=if_match, project=self._project_for_write(pr, res),
                                                     author=pr.profile or None)
         headers = _res_headers(stored)
-        if created:
+        if created and create_by_id:
             headers["Location"] = self._location(stored)
             return FhirResponse(201, self._out(a, stored), headers)
         return FhirResponse(200, self._out(a, stored), headers)
@@ -466,13 +482,11 @@ class FhirService:
             raise MultipleMatches()
         if not found:
             if res.get("id"):
-                if self.repo.exists(rtype, res["id"]):
-                    raise BadRequest("Resource ID did not match resolved ID")
-                return self._do_update(pr, res, None)
+                raise BadRequest("Cannot perform create as update with client-assigned ID", f"{rtype}.id")
             return self.create(pr, rtype, res, {})
         target = found[0]
         if res.get("id") and res["id"] != target["id"]:
-            raise BadRequest("Resource ID did not match resolved ID")
+            raise BadRequest("Resource ID did not match resolved ID", f"{rtype}.id")
         res = {**res, "id": target["id"]}
         return self._do_update(pr, res, headers.get("if-match"))
 
@@ -503,7 +517,12 @@ class FhirService:
 
     def delete(self, pr: Principal, rtype: str, rid: str) -> FhirResponse:
         a = self._check_type(pr, P.DELETE, rtype)
-        current = self.repo.read(rtype, rid)
+        try:
+            current = self.repo.read(rtype, rid)
+        except FhirError as e:
+            if e.status == 410:           # Medplum: deleting a deleted resource is 200 All OK
+                return FhirResponse(200, all_ok(), {})
+            raise
         if not self._visible(pr, current):
             raise NotFound()
         if not a.matches(current, P.DELETE):
@@ -593,11 +612,7 @@ class FhirService:
             raise BadRequest("Missing Bundle entry request URL", f"Bundle.entry[{i}].request.url")
         method = str(req["method"]).upper()
         url = req["url"]
-        path, _, qs = url.partition("?")
-        if "://" in path:
-            path = urlsplit(path).path
-            if "/fhir/R4/" in path:
-                path = path.split("/fhir/R4/", 1)[1]
+        path, qs = _entry_path(url)
         parts = [p for p in path.strip("/").split("/") if p]
         n = len(parts)
         op = n and any(p.startswith("$") for p in parts)
@@ -637,13 +652,15 @@ class FhirService:
             found = self._find(pr, rtype, qs)
             if not found:
                 if kind == "update-conditional" and res is not None:
-                    if res.get("id") and tx:
-                        raise BadRequest("Cannot provide ID for create by update")
-                    if not res.get("id") or not self.repo.exists(rtype, res["id"]):
-                        new_id = res.get("id") or str(uuid.uuid4())
-                        # resolved like Medplum: the entry becomes a plain PUT Type/<id> (update as create)
+                    if res.get("id"):
+                        if tx:
+                            raise BadRequest("Cannot provide ID for create by update")
+                    else:
+                        new_id = str(uuid.uuid4())
+                        # resolved like Medplum: the entry is created with a server-assigned id
                         entry["resource"] = {**res, "id": new_id}
                         entry["request"]["url"] = f"{rtype}/{new_id}"
+                        entry["_create_by_update"] = True
                         reference = f"{rtype}/{new_id}"
             elif len(found) > 1:
                 if tx:
@@ -669,12 +686,7 @@ class FhirService:
     def _run_entry(self, pr: Principal, entry: dict) -> FhirResponse:
         req = entry["request"]
         method = str(req["method"]).upper()
-        url = req["url"]
-        path, _, qs = url.partition("?")
-        if "://" in path:
-            path = urlsplit(path).path
-            if "/fhir/R4/" in path:
-                path = path.split("/fhir/R4/", 1)[1]
+        path, qs = _entry_path(req["url"])
         query = parse_qsl(qs, keep_blank_values=True)
         headers = {}
         for k, h in (("ifNoneExist", "if-none-exist"), ("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match")):
@@ -689,6 +701,12 @@ class FhirService:
             parts = [p for p in path.strip("/").split("/") if p]
             if assigned and method == "POST" and len(parts) == 1 and parts[0] in RESOURCE_TYPES:
                 return self.create(pr, parts[0], body, headers, assigned_id=assigned)
+            if entry.get("_create_by_update") and method == "PUT" and len(parts) == 2 and isinstance(body, dict):
+                if body.get("resourceType") != parts[0]:
+                    raise BadRequest("Incorrect resource type")
+                if not self.repo.exists(parts[0], parts[1]):
+                    self._check_type(pr, P.CREATE, parts[0])
+                return self._do_update(pr, body, None, create_by_id=True)
             return self._dispatch(pr, method, path, query, body, headers)
         except FhirError as e:
             return FhirResponse(e.status, e.outcome, {})
