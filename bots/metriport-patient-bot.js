@@ -24,8 +24,8 @@ const CONFIG = {
   "botName": "metriport-patient-bot",
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
-  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
+  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
   "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
   "flow": "document-query",
   "consolidated": {

@@ -65,16 +65,21 @@ def _membership(project: dict, profile: dict, access_policy: dict | None, admin:
     return state().create(m)
 
 
-@bp.post("/projects/<project_id>/bot")
-def create_bot(project_id: str) -> Response:
+def _named_request(project_id: str, what: str) -> tuple[dict, dict, str, dict | None]:
+    """The admin create endpoints' common input: the project, the body, its required name, the policy ref."""
     project = _project_for(project_id)
     body = _json_body()
     if not isinstance(body, dict):
         raise BadRequest("Invalid request body")
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ValidationFailed([("Bot name is required", "name")])
-    policy = _policy_ref(body.get("accessPolicy"))
+        raise ValidationFailed([(f"{what} name is required", "name")])
+    return project, body, name, _policy_ref(body.get("accessPolicy"))
+
+
+@bp.post("/projects/<project_id>/bot")
+def create_bot(project_id: str) -> Response:
+    project, body, name, policy = _named_request(project_id, "Bot")
     runtime = body.get("runtimeVersion") or "vmcontext"
     if runtime not in ("vmcontext", "awslambda"):
         raise BadRequest("Invalid runtime version", "runtimeVersion")
@@ -96,14 +101,7 @@ def create_bot(project_id: str) -> Response:
 
 @bp.post("/projects/<project_id>/client")
 def create_client(project_id: str) -> Response:
-    project = _project_for(project_id)
-    body = _json_body()
-    if not isinstance(body, dict):
-        raise BadRequest("Invalid request body")
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ValidationFailed([("Client name is required", "name")])
-    policy = _policy_ref(body.get("accessPolicy"))
+    project, body, name, policy = _named_request(project_id, "Client")
     client: dict[str, Any] = {"resourceType": "ClientApplication", "name": name, "secret": generate_secret()}
     for key in ("description", "redirectUri", "identifier"):
         if body.get(key):

@@ -58,15 +58,20 @@ def _consolidated(cfg: Config) -> dict:
     }
 
 
-def patient_bot_config(cfg: Config) -> dict:
-    """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
-    m = cfg["metriport"]
+def _bot_basics(cfg: Config, key: str) -> dict:
     return {
-        "botName": cfg["patient_bot"]["name"],
+        "botName": cfg[key]["name"],
         "medportVersion": __version__,
         "metriportBaseUrl": cfg.metriport_base_url,
-        "facilityIdentifierSystem": m["facility_identifier_system"],
-        "patientIdentifierSystem": m["patient_identifier_system"],
+        "patientIdentifierSystem": cfg["metriport"]["patient_identifier_system"],
+    }
+
+
+def patient_bot_config(cfg: Config) -> dict:
+    """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
+    return {
+        **_bot_basics(cfg, "patient_bot"),
+        "facilityIdentifierSystem": cfg["metriport"]["facility_identifier_system"],
         "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
         "flow": cfg["patient_bot"]["flow"],
         "consolidated": _consolidated(cfg),
@@ -76,15 +81,11 @@ def patient_bot_config(cfg: Config) -> dict:
 
 def webhook_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the webhook bot (templates/webhook-bot.js.j2)."""
-    m = cfg["metriport"]
     allowed = list(cfg["webhook_bot"]["resources"])
     shapes = resource_types()["identifier"]
     return {
-        "botName": cfg["webhook_bot"]["name"],
-        "medportVersion": __version__,
-        "metriportBaseUrl": cfg.metriport_base_url,
-        "patientIdentifierSystem": m["patient_identifier_system"],
-        "resourceIdentifierSystem": m["resource_identifier_system"],
+        **_bot_basics(cfg, "webhook_bot"),
+        "resourceIdentifierSystem": cfg["metriport"]["resource_identifier_system"],
         "verifySignature": cfg["webhook_bot"]["verify_signature"],
         "asyncProcessing": cfg["webhook_bot"]["async_processing"],
         "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM},
