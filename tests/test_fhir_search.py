@@ -149,3 +149,13 @@ def test_summary_count(data):
     repo, _, _ = data
     res, total, _ = repo.search(parse_search("Patient", "_summary=count"))
     assert res == [] and total == 3
+
+
+def test_medplum_implicit_parameters():
+    repo = Repository(None)
+    a = repo.create({"resourceType": "Patient"}, project="p1")
+    repo.create({"resourceType": "Patient"}, project="p2")
+    assert ids(repo, "Patient", "_project=p1") == {a["id"]}
+    assert ids(repo, "Patient", "_compartment=Project/p1") == {a["id"]}
+    assert matches(a, "Patient?_project=p1") and not matches(a, "Patient?_project=p2")
+    repo.close()

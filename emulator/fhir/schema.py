@@ -76,6 +76,12 @@ class Validator:
                 self._compiled[resource_type] = v
         return v
 
+    def warm(self, resource_types) -> None:
+        """Compile the validators of these types now (e.g. in a background thread at start-up)."""
+        for t in resource_types:
+            if t in RESOURCE_TYPES:
+                self._validator(t)
+
     def problems(self, resource: Any, prefix: str | None = None) -> list[tuple[str, str | None]]:
         """Every problem of `resource` as (text, expression); empty when valid."""
         if not isinstance(resource, dict):

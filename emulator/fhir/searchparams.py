@@ -223,6 +223,11 @@ class SearchParamRegistry:
                             "target": r.get("target") or []}
                     for base in r.get("base") or []:
                         raw.setdefault(base, []).append(slim)
+            # Medplum's implicit parameters on every type (@medplum/core getSearchParameters)
+            raw.setdefault("Resource", []).extend([
+                {"code": "_compartment", "type": "reference", "expression": "Resource.meta.compartment", "target": []},
+                {"code": "_project", "type": "token", "expression": "Resource.meta.project", "target": []},
+            ])
             self._raw = raw
         return self._raw
 
