@@ -124,3 +124,11 @@ def test_admin_types_need_admin(env):
     adm = Principal("proj", "Practitioner/p", {"resourceType": "ProjectMembership", "admin": True}, Access(None), False)
     assert svc.handle(adm, "GET", "ProjectMembership", [], None, {}).status == 200
     assert svc.handle(adm, "GET", "Login", [], None, {}).status == 403
+
+
+def test_policy_variables_substituted_in_criteria():
+    a = Access(policy({"resourceType": "Observation", "criteria": "Observation?subject=%patient"}),
+               variables={"%patient": "Patient/123"})
+    assert a.matches({"resourceType": "Observation", "subject": {"reference": "Patient/123"}}, "read")
+    assert not a.matches({"resourceType": "Observation", "subject": {"reference": "Patient/456"}}, "read")
+    assert a.search_filters("Observation") == ["subject=Patient/123"]

@@ -159,3 +159,14 @@ def test_medplum_implicit_parameters():
     assert ids(repo, "Patient", "_compartment=Project/p1") == {a["id"]}
     assert matches(a, "Patient?_project=p1") and not matches(a, "Patient?_project=p2")
     repo.close()
+
+
+def test_patient_compartment():
+    repo = Repository(None)
+    p = repo.create({"resourceType": "Patient"}, project="p1")
+    o = repo.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "subject": {"reference": f"Patient/{p['id']}"}}, project="p1")
+    assert {"reference": f"Patient/{p['id']}"} in o["meta"]["compartment"]
+    assert {"reference": f"Patient/{p['id']}"} in p["meta"]["compartment"]
+    assert ids(repo, "Observation", f"_compartment=Patient/{p['id']}") == {o["id"]}
+    repo.close()

@@ -38,12 +38,21 @@ def _entry_allows(entry: dict, resource_type: str, interaction: str) -> bool:
 class Access:
     """Evaluate one or more AccessPolicy resources (None = full project access)."""
 
-    def __init__(self, policies: list[dict] | None, *, admin: bool = False, superuser: bool = False):
+    def __init__(self, policies: list[dict] | None, *, admin: bool = False, superuser: bool = False,
+                 variables: dict[str, str] | None = None):
+        """`variables`: AccessPolicy parameters (ProjectMembership.access[].parameter), e.g.
+        {"%patient": "Patient/123", "%profile": "Practitioner/9"}, substituted into criteria strings."""
         self.full = policies is None
+        subs = {(k if k.startswith("%") else "%" + k): str(v) for k, v in (variables or {}).items()}
         entries: list[dict] = []
         for p in policies or []:
             for e in (p or {}).get("resource") or []:
                 if isinstance(e, dict):
+                    if subs and isinstance(e.get("criteria"), str):
+                        crit = e["criteria"]
+                        for k in sorted(subs, key=len, reverse=True):
+                            crit = crit.replace(k, subs[k])
+                        e = {**e, "criteria": crit}
                     entries.append(e)
         self.entries = entries if policies is not None else list(_DEFAULT)
         self.admin = admin

@@ -254,5 +254,26 @@ class SearchParamRegistry:
 
 
 @lru_cache(maxsize=1)
+def _patient_compartment() -> dict[str, list[str]]:
+    try:
+        with open(definitions_dir() / "compartmentdefinition-patient.json", encoding="utf-8") as fh:
+            d = json.load(fh)
+    except OSError:
+        return {}
+    return {r["code"]: list(r.get("param") or []) for r in d.get("resource", []) if r.get("param")}
+
+
+def patient_compartment_params(resource_type: str) -> list[SearchParam]:
+    """The reference parameters placing a resource of this type in a Patient compartment."""
+    reg = registry()
+    out = []
+    for code in _patient_compartment().get(resource_type, []):
+        sp = reg.get(resource_type, code)
+        if sp is not None and sp.supported and sp.type == "reference":
+            out.append(sp)
+    return out
+
+
+@lru_cache(maxsize=1)
 def registry() -> SearchParamRegistry:
     return SearchParamRegistry()

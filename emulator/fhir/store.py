@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from emulator.errors import BadRequest, Gone, NotFound, PreconditionFailed
 from emulator.fhir import values as V
 from emulator.fhir.search import SearchRequest, filter_sql, parse_search, sort_sql
-from emulator.fhir.searchparams import registry
+from emulator.fhir.searchparams import patient_compartment_params, registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -228,11 +228,24 @@ class Repository:
         meta["lastUpdated"] = lu_iso
         prev_meta = (previous or {}).get("meta") or {}
         proj = project or prev_meta.get("project")
+        compartments = []
         if proj:
             meta["project"] = proj
-            meta["compartment"] = [{"reference": f"Project/{proj}"}]
+            compartments.append(f"Project/{proj}")
         elif "project" in meta and not isinstance(meta.get("project"), str):
             meta.pop("project")
+        # Medplum also places resources in their Patient compartments (compartmentdefinition-patient.json)
+        if resource["resourceType"] == "Patient":
+            compartments.append(f"Patient/{rid}")
+        else:
+            for sp in patient_compartment_params(resource["resourceType"]):
+                for ref in V.reference_values(sp.extract(resource)):
+                    if ref.startswith("Patient/") and ref not in compartments:
+                        compartments.append(ref)
+        if compartments:
+            meta["compartment"] = [{"reference": c} for c in compartments]
+        else:
+            meta.pop("compartment", None)
         if author:
             meta["author"] = {"reference": author}
         elif prev_meta.get("author") and "author" not in meta:
