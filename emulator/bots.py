@@ -337,14 +337,17 @@ def _bot_for_request(state: EmulatorState, principal, bot_id: str | None) -> dic
     return state.read("Bot", bot["id"])
 
 
-def _execute_input() -> tuple[Any, str | None]:
+def _execute_input(raw_body: bool = False) -> tuple[Any, str | None]:
     content_type = request.headers.get("Content-Type")
     if request.method == "GET":
         return {k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()}, content_type
     limit = _state().settings.max_json_bytes
     mimetype = request.mimetype
     if mimetype in JSON_TYPES:
-        return parse_json_bytes(read_body(request, limit)), content_type
+        data = read_body(request, limit)
+        parsed = parse_json_bytes(data)  # malformed JSON is a 400 even for rawBody bots
+        # Bot.rawBody: the bot gets the original UTF-8 JSON text (what a webhook signature covers).
+        return (data.decode("utf-8") if raw_body else parsed), content_type
     if mimetype in ("text/plain", HL7_V2):
         data = read_body(request, limit * 100)
         return data.decode("utf-8", "replace"), content_type
@@ -363,7 +366,7 @@ def _response_content_type() -> str:
 def execute_handler(principal, bot_id: str | None) -> Response:
     state = _state()
     bot = _bot_for_request(state, principal, bot_id)
-    input, content_type = _execute_input()
+    input, content_type = _execute_input(raw_body=bot.get("rawBody") is True)
     run_as = state.bots.run_as_for(bot, principal.membership)
     kwargs = dict(run_as=run_as, input=input, content_type=content_type, headers=lower_headers(request),
                   requester={"reference": principal.profile} if principal.profile else None,

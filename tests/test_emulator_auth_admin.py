@@ -125,12 +125,11 @@ def test_developer_api(c, emu):
     assert c2.request("GET", "admin/projects/medport-project").status_code == 200
 
 
-def test_startup_under_3s():
-    t = time.perf_counter()
+def test_ready_as_soon_as_start_returns():
+    # how fast is measured by bench/bench_startup.py (target 3 s), never asserted here
     with running_emulator(Settings()) as h:
-        assert requests.get(h.base_url + "_emulator/health").status_code == 200
-        elapsed = time.perf_counter() - t
-    assert elapsed < 10  # target 3 s is measured by bench/bench_startup.py
+        r = requests.get(h.base_url + "_emulator/health")
+        assert r.status_code == 200 and r.json()["ready"] is True
 
 
 # --- property test: random bodies / URLs / content types never give 5xx ----------------------------

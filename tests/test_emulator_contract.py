@@ -97,6 +97,18 @@ def test_input_json_and_fhir_json_parsed(c, echo_bot):
         assert r.status_code == 200 and r.json()["input"] == {"k": ct} and r.json()["contentType"] == ct
 
 
+def test_raw_body_bot_gets_the_original_json_text(c):
+    bot = c.create_bot("raw-echo", ECHO)
+    bot = c.http.get(c.fhir(f"Bot/{bot['id']}")).json()
+    bot["rawBody"] = True
+    assert c.http.put(c.fhir(f"Bot/{bot['id']}"), json=bot).status_code == 200
+    text = '{ "b": 1,\n  "a": "é" }'
+    r = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=text.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["input"] == text
+    bad = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=b"{nope", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400
+
+
 def test_input_json_over_1mb_and_malformed_are_400(c, echo_bot):
     url = c.fhir(f"Bot/{echo_bot['id']}/$execute")
     before = len(c.runs(bot=echo_bot["id"], limit=1000))
