@@ -408,3 +408,31 @@ def test_transactions_disabled_behave_like_batch(env):
     assert r.status == 200 and r.body["type"] == "transaction-response"
     assert [e["response"]["status"] for e in r.body["entry"]] == ["201", "400"]
     assert repo.count("Patient") == 1
+
+
+entry_st = st.fixed_dictionaries({
+    "request": st.fixed_dictionaries({
+        "method": st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "FOO"]),
+        "url": st.sampled_from(["Patient", "Patient/1", "Observation?identifier=urn:s|1", "Patient?name=x",
+                                "Patient/_search", "Patient/1/_history", "Nope", "", "Patient?bogus=1",
+                                "Observation/urn:uuid:00000000-0000-4000-8000-000000000001"]),
+    }),
+}, optional={
+    "fullUrl": st.sampled_from(["urn:uuid:00000000-0000-4000-8000-000000000001",
+                                "urn:uuid:00000000-0000-4000-8000-000000000002", "Patient/1"]),
+    "resource": st.one_of(st.just(patient()), st.just(obs("1", subject={"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"})),
+                          json_val),
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(btype=st.sampled_from(["batch", "transaction"]), entries=st.lists(entry_st, min_size=1, max_size=6))
+def test_bundles_never_5xx(env, btype, entries):
+    repo, svc, pr = env
+    before = repo.count()
+    r = svc.handle(pr, "POST", "", [], {"resourceType": "Bundle", "type": btype, "entry": entries}, {})
+    assert r.status < 500, (r.status, r.body)
+    if btype == "transaction" and r.status >= 400:
+        assert repo.count() == before             # all-or-nothing
+    if r.status == 200:
+        assert len(r.body["entry"]) == len(entries)
