@@ -594,6 +594,11 @@ class FhirService:
                                     raise _EntryFailed(resp)
                         except _EntryFailed as ef:
                             resp = ef.resp
+                        except RecursionError:
+                            err = BadRequest("Resource is nested too deeply")
+                            resp = FhirResponse(err.status, err.outcome, {})
+                        except Exception as ex:  # a bug in one entry must not sink the whole batch
+                            resp = FhirResponse(500, ServerError(f"{type(ex).__name__}: {ex}").outcome, {})
                         results[i] = self._entry_from_response(resp)
         except _EntryFailed as ef:
             return FhirResponse(ef.resp.status, ef.resp.body, {})
