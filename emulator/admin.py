@@ -137,7 +137,10 @@ def set_secrets(project_id: str) -> Response:
                                              for s in body):
         raise BadRequest("Secrets must be an array of ProjectSetting with a name")
     updated = dict(project)
-    updated["secret"] = body
+    if body:
+        updated["secret"] = body
+    else:
+        updated.pop("secret", None)  # an empty array is invalid FHIR
     return json_response(state().update(updated), 200)
 
 

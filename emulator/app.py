@@ -81,7 +81,7 @@ def seed(state: EmulatorState) -> None:
     project = state.try_read("Project", PROJECT_ID)
     if project is None:
         state.update({"resourceType": "Project", "id": PROJECT_ID, "name": PROJECT_NAME,
-                      "features": ["bots"], "secret": [], "strictMode": True})
+                      "features": ["bots"], "strictMode": True})
     elif "bots" not in (project.get("features") or []):
         project = dict(project)
         project["features"] = [*(project.get("features") or []), "bots"]

@@ -90,7 +90,7 @@ def reset() -> Response:
     project = st.try_read("Project", PROJECT_ID)
     if project and project.get("secret"):
         project = dict(project)
-        project["secret"] = []
+        del project["secret"]  # an empty array is invalid FHIR ("Invalid empty value")
         st.update(project)
     st.runs.clear()
     st.invalidate()

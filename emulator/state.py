@@ -82,41 +82,13 @@ def ref_id(reference: Any) -> str | None:
     return None
 
 
-class _GuardedValidator:
-    """Adapter around the backend's Validator: a crash *inside* the validator (a schema bug, not a
-    validation failure) must not turn every write of that type into a 500; it is logged once per type
-    and the resource is accepted. Real validation failures (FhirError) pass through unchanged."""
-
-    def __init__(self):
-        from .fhir.schema import default_validator
-        self._inner = default_validator()
-        self._broken: set[str] = set()
-
-    def validate(self, resource):
-        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-        if rtype in self._broken:
-            return None
-        try:
-            return self._inner.validate(resource)
-        except FhirError:
-            raise
-        except Exception as e:  # pragma: no cover - depends on backend bugs
-            import logging
-            logging.getLogger("medport.emulator").warning("validator crashed on %s (%s); skipping its "
-                                                          "validation", rtype, type(e).__name__)
-            self._broken.add(rtype)
-            return None
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
 class EmulatorState:
     """Holds the backend objects and offers system-level (superuser) FHIR helpers."""
 
     def __init__(self, settings: Settings):
         from .fhir.policy import Access  # helper A's modules (docs/internals.md)
         from .fhir.principal import Principal
+        from .fhir.schema import default_validator
         from .fhir.service import FhirService
         from .fhir.store import Repository
 
@@ -132,7 +104,7 @@ class EmulatorState:
             os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
         self.db_path = db
         self.repo = Repository(db)
-        self.service = FhirService(self.repo, self.base_url, validator=_GuardedValidator())
+        self.service = FhirService(self.repo, self.base_url, validator=default_validator())
         self.system = Principal(project_id=PROJECT_ID, profile="system", membership=None,
                                 access=Access(None, superuser=True), superuser=True)
         self._runtime = settings.runtime_instance

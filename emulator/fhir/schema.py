@@ -53,6 +53,34 @@ def _fmt_path(resource_type: str, parts) -> str:
     return out
 
 
+def _definition_name(path: str) -> str:
+    """`AccessPolicy.resource` -> `AccessPolicy_Resource` (the JSON schema's name for a backbone element)."""
+    head, *rest = path.split(".")
+    return "_".join([head, *(p[:1].upper() + p[1:] for p in rest)])
+
+
+def _add_lagging_properties(defs: dict) -> None:
+    """fhir.schema.json lags Medplum's StructureDefinitions (e.g. AccessPolicy.resource.interaction is
+    missing): add every element the profiles define and the schema does not, so valid Medplum
+    resources are not rejected as having "additional properties"."""
+    try:
+        with open(definitions_dir() / "profiles-medplum.json", encoding="utf-8") as f:
+            bundle = json.load(f)
+    except OSError:
+        return
+    for entry in bundle.get("entry", []):
+        sd = entry.get("resource") or {}
+        for el in (sd.get("snapshot") or {}).get("element", []):
+            parent, _, name = el.get("path", "").rpartition(".")
+            if not parent or not name or name.endswith("[x]"):
+                continue
+            target = defs.get(_definition_name(parent))
+            if isinstance(target, dict) and isinstance(target.get("properties"), dict) and name not in target["properties"]:
+                many = el.get("max") == "*"
+                target = defs[_definition_name(parent)] = {**target, "properties": {**target["properties"],
+                                                           name: {"type": "array"} if many else {}}}
+
+
 class Validator:
     """Validate resources against the FHIR R4 JSON schema, per resource type (thread-safe, lazily compiled)."""
 
@@ -71,6 +99,9 @@ class Validator:
                 if self._defs is None:
                     defs = dict(_schema()["definitions"])
                     defs["ResourceList"] = _ANY_RESOURCE
+                    # Medplum's own types refer to a `Resource` definition the R4 schema lacks.
+                    defs.setdefault("Resource", _ANY_RESOURCE)
+                    _add_lagging_properties(defs)
                     self._defs = defs
                 v = jsonschema_rs.Draft6Validator({"$ref": f"#/definitions/{resource_type}", "definitions": self._defs})
                 self._compiled[resource_type] = v
