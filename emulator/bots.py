@@ -41,7 +41,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .errors import BadRequest, FhirError, all_ok, accepted_outcome, outcome
+from .errors import BadRequest, FhirError, all_ok, accepted_outcome
 from .httpio import (FORM_TYPE, HL7_V2, JSON_TYPES, json_response, lower_headers, outcome_response,
                      parse_form, parse_json_bytes, read_body)
 from .state import PROJECT_ID, EmulatorState, now_iso, ref, ref_id

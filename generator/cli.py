@@ -36,9 +36,11 @@ class MedportGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
+            reason = str(e)
+
             @click.command(name=name, help=short)
             def unavailable():
-                raise click.ClickException(f"`medport {name}` is not available in this installation ({e}).")
+                raise click.ClickException(f"`medport {name}` is not available in this installation ({reason}).")
             return unavailable
 
     def format_commands(self, ctx, formatter):

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .flow import (count_imported, create_facility_org, create_patient, deliveries, message_tasks, runs, task_ids,
                    wait_for_consolidated)
-from .replay import deliver, metriport_body, sign
+from .replay import deliver, metriport_body
 
 
 class ScenarioFailure(AssertionError):

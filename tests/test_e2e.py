@@ -4,12 +4,12 @@ The scenario functions are the ones `medport check` runs (generator/scenarios.py
 failure paths (429/500, expired URLs), empty results, and the no-loop rules of the patient bot.
 """
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
+from emulator.shared import converted_ccda_dir
 from generator.config import load_config
 from generator.flow import create_facility_org, create_patient, runs, task_ids, wait_for_consolidated
 from generator.scenarios import (check_references, imported_resources, scenario_bad_signature_refused,
@@ -17,7 +17,7 @@ from generator.scenarios import (check_references, imported_resources, scenario_
 from generator.stack import start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("MEDPORT_SHARED", ROOT.parent / "shared")) / "fixtures" / "converted-ccda"
+FIXTURES = converted_ccda_dir() or Path("/nonexistent")
 
 pytestmark = pytest.mark.slow
 

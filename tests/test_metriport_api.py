@@ -10,11 +10,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from emulator.shared import converted_ccda_dir
 import requests
 
 from emulator.metriport import make_server, webhooks
 
-FIXTURES = "/work/shared/fixtures/converted-ccda"
+FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
 KEY = "test-api-key"
 
 

@@ -9,11 +9,13 @@ import time
 
 import pytest
 
+from emulator.shared import converted_ccda_dir
+
 from emulator.metriport import rules, synth, webhooks
 from emulator.metriport.errors import ValidationError
 from emulator.metriport.seed import load_data, seed_datasets
 
-FIXTURES = "/work/shared/fixtures/converted-ccda"
+FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
 GOOD = {"firstName": "Jane", "lastName": "Smith", "dob": "1996-02-10", "genderAtBirth": "F",
         "address": [{"addressLine1": "2 Walnut St", "city": "Denver", "state": "co", "zip": "80203-1234"}],
         "contact": [{"phone": "+1 (303) 555-0199"}]}

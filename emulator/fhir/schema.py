@@ -143,7 +143,7 @@ class Validator:
                 if kind == "Required":
                     prop = getattr(err.kind, "property", None)
                     name = prop if isinstance(prop, str) else str(prop)
-                    out.append((f"Missing required property", _fmt_path(base, [*path, name.strip('"')])))
+                    out.append(("Missing required property", _fmt_path(base, [*path, name.strip('"')])))
                     continue
                 out.append((_medplum_text(kind, err), _fmt_path(base, path)))
         # Nested resources (contained, Bundle entries, Parameters resources) by their own type.

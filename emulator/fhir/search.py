@@ -7,7 +7,6 @@ ranges covered by each value at its precision (eq/ap = overlap, lt/gt/le/ge/sa/e
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl

@@ -16,7 +16,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from emulator.node import definitions_dir
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from emulator.errors import (
     BadRequest, FhirError, Forbidden, MultipleMatches, NotFound, PreconditionFailed, ServerError,
-    UnsupportedMediaType, all_ok, created_outcome, outcome, status_of,
+    UnsupportedMediaType, all_ok, created_outcome, status_of,
 )
 from emulator.fhir import policy as P
 from emulator.fhir.patch import apply_patch

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
 
-from .server import FIXTURES_DIR, make_server
+from ..shared import converted_ccda_dir
+from .server import make_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="FHIR bundle file or folder of bundles (default: shared fixtures if present)")
     p.add_argument("--delay", type=float, default=0.3, help="seconds between async steps")
     a = p.parse_args(argv)
-    data = a.data or (FIXTURES_DIR if os.path.isdir(FIXTURES_DIR) else None)
+    fixtures = converted_ccda_dir()
+    data = a.data or (str(fixtures) if fixtures else None)
     fake = make_server(a.host, a.port, api_key=a.api_key, data_path=data, delay_s=a.delay, background=True)
     print(json.dumps({"baseUrl": fake.base_url, "apiKey": fake.api_key, "facilityId": fake.facility_id}), flush=True)
     stop = threading.Event()

@@ -18,7 +18,6 @@ from .api import create_app
 from .state import MetriportState
 
 DEFAULT_PORT = 8180
-FIXTURES_DIR = "/work/shared/fixtures/converted-ccda"
 
 
 @dataclass

@@ -15,7 +15,7 @@ const RES_SYSTEM = 'https://metriport.com/fhir/identifiers/resource-id';
 const TASK_CODE = { system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-webhook-message' };
 const SYNC = { webhook_bot: { async_processing: false }, retry: { initial_delay_ms: 1, max_delay_ms: 5 } };
 const ASYNC = { retry: { initial_delay_ms: 1, max_delay_ms: 5 } };
-const FIXTURES = '/work/shared/fixtures/converted-ccda';
+const FIXTURES = path.join(process.env.MEDPORT_SHARED || path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../shared'), 'fixtures/converted-ccda');
 
 let fake;
 before(async () => { fake = await startFakeMetriport(); });
