@@ -50,6 +50,13 @@ class FakeMetriport:
             self._thread.join(timeout=2)
 
 
+def _serve(server) -> None:
+    try:
+        server.run()
+    except (OSError, ValueError):  # its sockets were closed underneath it by close()
+        pass
+
+
 def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
                 state: MetriportState | None = None, public_base_url: str | None = None,
                 data_path: str | None = None, delay_s: float = 0.3, threads: int = 8,
@@ -68,6 +75,6 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: s
     state.public_base_url = base
     thread = None
     if background:
-        thread = threading.Thread(target=server.run, name="fake-metriport-http", daemon=True)
+        thread = threading.Thread(target=_serve, args=(server,), name="fake-metriport-http", daemon=True)
         thread.start()
     return FakeMetriport(state, app, api_key, base, server, thread)
