@@ -163,7 +163,7 @@ def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", p
     servers, thread_list = [], []
     for sock, n, name in ((public_sock, threads, "public"), (internal_sock, internal_threads, "internal")):
         srv = create_server(app, sockets=[sock], threads=n, map={}, ident="medport-emulator",
-                            channel_timeout=300, connection_limit=1000, asyncore_loop_timeout=0.2, clear_untrusted_proxy_headers=True,
+                            channel_timeout=300, connection_limit=1000, clear_untrusted_proxy_headers=True,
                             max_request_body_size=256 * 1024 * 1024)
         t = threading.Thread(target=_serve, args=(srv,), name=f"medport-emulator-{name}", daemon=True)
         t.start()

@@ -68,8 +68,7 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: s
     if state is None:
         state = MetriportState(delay_s=delay_s, data_path=data_path, **state_kwargs)
     app = create_app(state, api_key=api_key)
-    server = create_server(app, host=host, port=port, threads=threads, ident="fake-metriport",
-                           asyncore_loop_timeout=0.2)
+    server = create_server(app, host=host, port=port, threads=threads, ident="fake-metriport")
     real_port = server.effective_port  # type: ignore[attr-defined]
     base = (public_base_url or f"http://{host}:{real_port}").rstrip("/")
     state.public_base_url = base
