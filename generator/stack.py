@@ -34,12 +34,6 @@ class Stack:
     def base_url(self) -> str:
         return self.emulator.base_url
 
-    def webhook_url_redacted(self) -> str:
-        return self.webhook_url.replace(self._client_secret(), "***") if self.webhook_url else ""
-
-    def _client_secret(self) -> str:
-        return self.webhook_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1] if "@" in self.webhook_url else "\0"
-
     def wait_idle(self, timeout: float = 30.0) -> bool:
         return self.emulator.wait_idle(timeout)
 
