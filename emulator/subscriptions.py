@@ -58,6 +58,24 @@ def _ext(resource: dict, url: str) -> list[dict]:
     return [e for e in resource.get("extension") or [] if isinstance(e, dict) and e.get("url") == url]
 
 
+def _hook_headers(sub: dict, job, body: bytes) -> dict[str, str]:
+    """Medplum's rest-hook headers (buildRestHookHeaders), used for http endpoints and, as the bot's
+    event.headers, for Bot endpoints: the body they sign is the one delivered."""
+    headers = {"Content-Type": "application/fhir+json",
+               "X-Medplum-Subscription": sub.get("id", ""),
+               "X-Medplum-Interaction": job.interaction}
+    if job.interaction == "delete":
+        headers["X-Medplum-Deleted-Resource"] = f"{job.resource.get('resourceType')}/{job.resource.get('id')}"
+    for h in (sub.get("channel") or {}).get("header") or []:
+        if isinstance(h, str) and ":" in h:
+            k, v = h.split(":", 1)
+            headers[k.strip()] = v.strip()
+    secret = _ext(sub, SECRET_URL)
+    if secret and secret[0].get("valueString"):
+        headers["X-Signature"] = hmac.new(secret[0]["valueString"].encode(), body, hashlib.sha256).hexdigest()
+    return headers
+
+
 @dataclass(order=True)
 class _Retry:
     due: float
@@ -292,8 +310,8 @@ class SubscriptionEngine:
         run_as = st.bots.run_as_for(bot, author_membership)
         input = {"deletedResource": resource} if job.interaction == "delete" else resource
         loop_msg = self._loop_check(sub, bot, resource, author, job.interaction)
-        headers = {"x-medplum-subscription": sub.get("id", ""), "x-medplum-interaction": job.interaction,
-                   "content-type": "application/fhir+json"}
+        body = json.dumps(input, separators=(",", ":")).encode()
+        headers = {k.lower(): v for k, v in _hook_headers(sub, job, body).items()}
         st.bots.execute(bot, run_as=run_as, input=input, content_type="application/fhir+json",
                         headers=headers, requester={"reference": author} if author else None,
                         trigger=f"subscription:{sub.get('id')}", subscription=sub, loop_message=loop_msg)
@@ -322,16 +340,7 @@ class SubscriptionEngine:
     def _deliver_http(self, job: _Job, url: str) -> None:
         sub = job.subscription
         body = b"{}" if job.interaction == "delete" else json.dumps(job.resource, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/fhir+json",
-                   "X-Medplum-Subscription": sub.get("id", ""),
-                   "X-Medplum-Interaction": job.interaction}
-        for h in (sub.get("channel") or {}).get("header") or []:
-            if isinstance(h, str) and ":" in h:
-                k, v = h.split(":", 1)
-                headers[k.strip()] = v.strip()
-        secret = _ext(sub, SECRET_URL)
-        if secret and secret[0].get("valueString"):
-            headers["X-Signature"] = hmac.new(secret[0]["valueString"].encode(), body, hashlib.sha256).hexdigest()
+        headers = _hook_headers(sub, job, body)
         resp = self._http.post(url, data=body, headers=headers, timeout=HTTP_TIMEOUT_S)
         if not 200 <= resp.status_code < 300:
             raise RuntimeError(f"POST {url} answered {resp.status_code}")

@@ -55,6 +55,7 @@ class Hook:
 
     def close(self):
         self.server.shutdown()
+        self.server.server_close()  # a listening socket nobody serves would hang later deliveries
 
 
 def _sub(c, criteria, endpoint, ext=()):
@@ -116,6 +117,28 @@ def test_http_endpoint_signed(c):
         assert headers["x-signature"] == hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
         assert headers["x-medplum-subscription"] == sub["id"] and headers["x-medplum-interaction"] == "create"
         assert headers["content-type"].startswith("application/fhir+json")
+    finally:
+        hook.close()
+
+
+def test_delete_delivers_empty_body_and_deleted_resource_header(c):
+    hook = Hook()
+    headers_bot = "exports.handler = async (m, e) => { console.log('HDR ' + JSON.stringify(e.headers) + ' IN ' + JSON.stringify(e.input)); };"
+    try:
+        _sub(c, "BodyStructure", hook.url, [{"url": INTER, "valueCode": "delete"}])
+        bot = c.create_bot("delete-watcher", headers_bot)
+        _sub(c, "BodyStructure", f"Bot/{bot['id']}", [{"url": INTER, "valueCode": "delete"}])
+        s = c.create({"resourceType": "BodyStructure", "patient": {"reference": "Patient/x"}, "description": "to delete"})
+        assert c.http.delete(c.fhir(f"BodyStructure/{s['id']}")).status_code == 200
+        assert c.idle()
+        headers, body = hook.received[-1]
+        assert body == b"{}"
+        assert headers["x-medplum-interaction"] == "delete"
+        assert headers["x-medplum-deleted-resource"] == f"BodyStructure/{s['id']}"
+        runs = c.http.get(c.url("_emulator/runs"), params={"bot": bot["id"]}).json()["runs"]
+        logs = runs[0]["logs"]
+        assert f'"x-medplum-deleted-resource":"BodyStructure/{s["id"]}"' in logs
+        assert '"deletedResource":{' in logs
     finally:
         hook.close()
 
