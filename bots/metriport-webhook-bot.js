@@ -822,6 +822,8 @@ function prune(node) {
   return false;
 }
 
+const IN_FLIGHT_BATCHES = 2;
+
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
 
 /**
@@ -1103,11 +1105,18 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     let chunk = [];
     let bytes = 0;
     const overhead = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
+    // Chunks of one level only reference lower levels (all done before this level starts), so two may
+    // be in flight at once: the next chunk is built while the server stores the previous one.
+    /** @type {Promise<void>[]} */
+    const inflight = [];
     const flush = async () => {
       if (chunk.length) {
-        await sendBatch(medplum, chunk, summary);
+        inflight.push(sendBatch(medplum, chunk, summary)); // never rejects: failures are recorded
         chunk = [];
         bytes = 0;
+        if (inflight.length >= IN_FLIGHT_BATCHES) {
+          await inflight.shift();
+        }
       }
     };
     while (i < ordered.length && ordered[i].level === level) {
@@ -1136,6 +1145,7 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
       bytes += size;
     }
     await flush();
+    await Promise.all(inflight.splice(0));
   }
   // Second pass for references deferred by cycles.
   const fixups = again.filter((item) => !item.failed && item.medplumId);
