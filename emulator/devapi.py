@@ -95,8 +95,7 @@ def reset() -> Response:
     st.runs.clear()
     st.invalidate()
     st.auth.invalidate()
-    with st.subscriptions._subs_lock:
-        st.subscriptions._subs_cache = None
+    st.subscriptions.invalidate_subscriptions()
     return json_response({"reset": True, "removed": removed}, 200, "application/json")
 
 

@@ -101,6 +101,7 @@ class SubscriptionEngine:
         self._retries: list[_Retry] = []
         self._retry_seq = 0
         self._subs_cache: list[dict] | None = None
+        self._subs_gen = 0  # bumped on every Subscription write (see active_subscriptions)
         self._subs_lock = threading.Lock()
         self._loop_hits: dict[tuple[str, str], deque] = defaultdict(deque)
         self._loop_lock = threading.Lock()
@@ -159,23 +160,30 @@ class SubscriptionEngine:
         resource = event.resource or {}
         rtype = resource.get("resourceType")
         if rtype == "Subscription":
-            with self._subs_lock:
-                self._subs_cache = None
+            self.invalidate_subscriptions()
         if rtype in _NEVER_TRIGGER:
             return
         self._inc()
         self._queue.put((event.interaction, resource, event.previous))
 
     # -- matching --------------------------------------------------------------------------------
+    def invalidate_subscriptions(self) -> None:
+        with self._subs_lock:
+            self._subs_gen += 1
+            self._subs_cache = None
+
     def active_subscriptions(self) -> list[dict]:
         with self._subs_lock:
             if self._subs_cache is not None:
                 return self._subs_cache
+            gen = self._subs_gen
         subs = [s for s in self.state.search("Subscription") if s.get("status") == "active"
                 and (s.get("channel") or {}).get("type") == "rest-hook"
                 and (s.get("channel") or {}).get("endpoint")]
         with self._subs_lock:
-            self._subs_cache = subs
+            # A Subscription written while we searched invalidated the cache: do not store a stale list.
+            if self._subs_gen == gen:
+                self._subs_cache = subs
         return subs
 
     def _match_loop(self) -> None:
