@@ -55,6 +55,7 @@ class AuthService:
             state.runs.set_meta("jwt_secret", secret)
         self._key = secret.encode("ascii")
         self._principals: dict[str, tuple[float, Any]] = {}
+        self._generation = 0  # bumped by invalidate(): a principal built across it is not cached
 
     # -- JWT ------------------------------------------------------------------------------
     def sign(self, claims: dict) -> str:
@@ -105,17 +106,20 @@ class AuthService:
 
     # -- principals -----------------------------------------------------------------------
     def invalidate(self) -> None:
+        self._generation += 1
         self._principals.clear()
 
     def principal_for_profile(self, profile: str):
         cached = self._principals.get(profile)
         if cached and cached[0] > time.monotonic():
             return cached[1]
+        gen = self._generation
         membership = self.state.membership_for_profile(profile)
         if membership is None:
             return None
         principal = self.state.principal_for(membership)
-        self._principals[profile] = (time.monotonic() + 30.0, principal)
+        if gen == self._generation:  # not if a membership/policy write raced with this build
+            self._principals[profile] = (time.monotonic() + 30.0, principal)
         return principal
 
     def check_client(self, client_id: str, secret: str) -> dict | None:

@@ -82,6 +82,33 @@ def ref_id(reference: Any) -> str | None:
     return None
 
 
+class Cached:
+    """A value loaded on demand and kept until invalidated. A load that overlapped an invalidation
+    (a write committed while it read) is returned but not kept, so the cache never holds stale data."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load = load
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self.generation = 0
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._value is not None:
+                return self._value
+            gen = self.generation
+        value = self._load()
+        with self._lock:
+            if gen == self.generation:
+                self._value = value
+        return value
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._value = None
+
+
 class EmulatorState:
     """Holds the backend objects and offers system-level (superuser) FHIR helpers."""
 
@@ -109,8 +136,8 @@ class EmulatorState:
                                 access=Access(None, superuser=True), superuser=True)
         self._runtime = settings.runtime_instance
         self._runtime_lock = threading.Lock()
-        self._project_cache: dict | None = None
-        self._memberships_cache: list[dict] | None = None
+        self._project = Cached(lambda: self.read("Project", PROJECT_ID))
+        self._memberships = Cached(lambda: self.search("ProjectMembership"))
         self.ready = False
         self.started_at = time.time()
         self.on_ready: list[Callable[["EmulatorState"], None]] = []
@@ -184,27 +211,17 @@ class EmulatorState:
 
     # -- project / memberships ----------------------------------------------------------------
     def project(self) -> dict:
-        cached = self._project_cache
-        if cached is not None:
-            return cached
-        project = self.read("Project", PROJECT_ID)
-        self._project_cache = project
-        return project
+        return self._project.get()
 
     def memberships(self) -> list[dict]:
-        cached = self._memberships_cache
-        if cached is not None:
-            return cached
-        members = self.search("ProjectMembership")
-        self._memberships_cache = members
-        return members
+        return self._memberships.get()
 
     def invalidate(self, resource_type: str | None = None) -> None:
         """Drop cached project/membership data (called by the store listener on writes)."""
         if resource_type in (None, "Project"):
-            self._project_cache = None
+            self._project.invalidate()
         if resource_type in (None, "ProjectMembership"):
-            self._memberships_cache = None
+            self._memberships.invalidate()
 
     def membership_for_profile(self, profile_ref: str) -> dict | None:
         for m in self.memberships():
