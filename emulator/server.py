@@ -126,11 +126,20 @@ class EmulatorHandle:
         self.stop()
 
 
+class PortInUse(OSError):
+    pass
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise PortInUse(f"cannot listen on {host}:{port} ({e.strerror}) — another emulator or Medplum server may be "
+                        f"running there: stop it, or pass --port (0 picks a free port)") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -263,7 +272,10 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
                      "metriport_data": metriport_data}
     for hook in EMULATE_HOOKS:
         options.on_ready.append(lambda h, _hook=hook: _hook(h, options.extra))
-    run_emulator(options, echo=click.echo)
+    try:
+        run_emulator(options, echo=click.echo)
+    except PortInUse as e:
+        raise click.ClickException(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

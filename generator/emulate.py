@@ -24,8 +24,12 @@ def _on_ready(handle, extra: dict) -> None:
     if extra.get("metriport", "fake") == "fake":
         from emulator.metriport.server import make_server
 
-        fake = make_server(host="127.0.0.1", port=int(extra.get("metriport_port") or 0),
-                           data_path=extra.get("metriport_data"))
+        port = int(extra.get("metriport_port") or 0)
+        try:
+            fake = make_server(host="127.0.0.1", port=port, data_path=extra.get("metriport_data"))
+        except OSError as e:
+            raise click.ClickException(f"cannot start the fake Metriport on 127.0.0.1:{port} ({e.strerror or e}) — "
+                                       "pass --metriport-port (0 picks a free port), or --metriport sandbox") from None
         _RUNNING.append(fake)  # lives as long as the emulator process
         base, api_key = fake.base_url, fake.api_key
         click.echo(f"fake Metriport listening on {base}/medical/v1")

@@ -90,3 +90,20 @@ def test_emulate_without_config_serves_with_nothing_deployed(tmp_path):
         assert any("no medport.toml here" in ln for ln in lines), lines
     finally:
         stop(proc)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "generator.cli", "emulate", "--memory", "--port", str(port)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr
