@@ -308,13 +308,11 @@ def test_concurrent_executions_correct_and_logs_isolated(rt, http):
     def one(n):
         return n, run(rt, code, event=ev({"n": n}), bot_id="concurrent")
 
-    t0 = time.monotonic()
     with ThreadPoolExecutor(20) as ex:
         results = list(ex.map(one, range(20)))
     for n, r in results:
         assert r.ok and r.value == n * 2, r
         assert r.logs == f"start {n}\nend {n}"
-    assert time.monotonic() - t0 < 5
     assert rt.stats()["workers"] <= 8
 
 
