@@ -165,3 +165,24 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
     assert len(new) > 20
     check_references(stack, new, {p["id"]} | {r.split("/")[1] for r in before if r.startswith("Patient/")}
                      | {pp["resource"]["id"] for pp in stack.admin.fhir("p", "GET", "Patient?_count=1000")["entry"]})
+
+
+def test_flow_with_bots_on_the_awslambda_runtime():
+    """Medplum's cloud runs bots as Node modules (awslambda): the same generated bots must work there."""
+    from generator.config import validate_data
+    cfg = validate_data({"medplum": {"runtime": "awslambda"}})
+    s = start_stack(cfg, metriport_delay_s=0.05)
+    try:
+        org = create_facility_org(s)
+        base = task_ids(s)
+        p = create_patient(s, "Jane", org["id"])
+        out = wait_for_consolidated(s, timeout=60, baseline=base)
+        assert out.done and not out.failed_tasks
+        bots = {b["resource"]["name"]: b["resource"]["runtimeVersion"]
+                for b in s.admin.fhir("bots", "GET", "Bot")["entry"]}
+        assert set(bots.values()) == {"awslambda"}
+        resources = imported_resources(s)
+        assert len(resources) > 50
+        check_references(s, resources, {p["id"]})
+    finally:
+        s.close()
