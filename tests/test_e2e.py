@@ -167,10 +167,14 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
                      | {pp["resource"]["id"] for pp in stack.admin.fhir("p", "GET", "Patient?_count=1000")["entry"]})
 
 
-def test_flow_with_bots_on_the_awslambda_runtime():
-    """Medplum's cloud runs bots as Node modules (awslambda): the same generated bots must work there."""
+@pytest.mark.parametrize("variant", [
+    {"medplum": {"runtime": "awslambda"}},          # Medplum's cloud runs bots as Node modules
+    {"webhook_bot": {"async_processing": False}},   # import inside the webhook call
+    {"patient_bot": {"flow": "consolidated"}},      # no document query: consolidated query directly
+], ids=["awslambda", "sync-processing", "consolidated-flow"])
+def test_flow_config_variants(variant):
     from generator.config import validate_data
-    cfg = validate_data({"medplum": {"runtime": "awslambda"}})
+    cfg = validate_data(variant)
     s = start_stack(cfg, metriport_delay_s=0.05)
     try:
         org = create_facility_org(s)
@@ -178,9 +182,13 @@ def test_flow_with_bots_on_the_awslambda_runtime():
         p = create_patient(s, "Jane", org["id"])
         out = wait_for_consolidated(s, timeout=60, baseline=base)
         assert out.done and not out.failed_tasks
-        bots = {b["resource"]["name"]: b["resource"]["runtimeVersion"]
-                for b in s.admin.fhir("bots", "GET", "Bot")["entry"]}
-        assert set(bots.values()) == {"awslambda"}
+        bots = {b["resource"]["runtimeVersion"] for b in s.admin.fhir("bots", "GET", "Bot")["entry"]}
+        assert bots == {cfg["medplum"]["runtime"]}
+        types = [d["type"] for d in s.fake.state.deliveries_log(False) if d["type"] != "ping"]
+        if cfg["patient_bot"]["flow"] == "consolidated":
+            assert types == ["medical.consolidated-data"]
+        else:
+            assert types[:2] == ["medical.document-download", "medical.document-conversion"]
         resources = imported_resources(s)
         assert len(resources) > 50
         check_references(s, resources, {p["id"]})
