@@ -154,3 +154,32 @@ def test_cli_deploy_prints_plan_changes_and_webhook_url_once(emu, tmp_path, monk
     assert bad.exit_code == 1 and "deploy failed at login" in bad.output
     missing = runner.invoke(deploy_command, [], env={"MEDPLUM_BASE_URL": emu.base_url})
     assert missing.exit_code == 1 and "MEDPLUM_CLIENT_ID" in missing.output
+
+
+def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
+    """The documented path for teams that use the Medplum CLI: put the server's bot ids in medport.toml,
+    `medport generate`, then `medplum bot deploy <name>` from bots/ with the generated medplum.config.json."""
+    import subprocess
+
+    from emulator.node import node_binary, node_modules_dir
+    from generator.cli import main
+
+    first = deployer(emu, validate_data({})).run()
+    (tmp_path / "medport.toml").write_text(
+        f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["generate"]).exit_code == 0
+    cfg = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
+    assert {b["id"] for b in cfg["bots"]} == set(first.bot_ids.values())
+    cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
+    res = subprocess.run([node_binary(), str(cli), "bot", "deploy", "metriport-patient-bot", "--base-url", emu.base_url],
+                         cwd=tmp_path / "bots", capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+                              "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Deploy result: All OK" in res.stdout
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    bot = admin.fhir("read", "GET", f"Bot/{first.bot_ids['patient_bot']}")
+    assert bot["executableCode"]["title"] == "metriport-patient-bot.js"
+    out = admin.fhir("execute", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}})
+    assert out == {"status": "ignored", "reason": "deleted"}
