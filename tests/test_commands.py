@@ -144,3 +144,27 @@ def test_runs_lists_filters_and_reads_audit_events(stack):
 def test_runs_without_an_emulator_says_what_to_do():
     r = CliRunner().invoke(runs_command, ["--base-url", "http://127.0.0.1:9/"])
     assert r.exit_code == 1 and "medport emulate" in r.output
+
+
+def test_runs_follow_streams_new_executions(stack):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from generator.replay import deliver
+
+    proc = subprocess.Popen([sys.executable, "-m", "generator.cli", "runs", "--follow", "--limit", "1",
+                             "--base-url", stack.base_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    try:
+        time.sleep(2.0)  # let it print the newest run and start following
+        r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)
+        assert r.status_code == 200
+        time.sleep(2.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    lines = [ln for ln in out.splitlines() if "metriport-" in ln]
+    assert len(lines) >= 2, out  # the newest run at start, then the ping's run as it happened
+    assert "execute" in lines[-1] and "success" in lines[-1]
