@@ -517,6 +517,12 @@ class MetriportState:
                 self._outbox.put(d)
             return len(failed)
 
+    def _timed_post(self, url: str, body: str, sig: str) -> tuple:
+        """POST a signed webhook; (ok, status, detail, data, ms the receiver took to answer)."""
+        t0 = time.perf_counter()
+        ok, status, detail, data = webhooks.post(url, body, sig, self.webhook_timeout_s)
+        return ok, status, detail, data, round((time.perf_counter() - t0) * 1000, 1)
+
     def _send_ping(self) -> None:
         with self._lock:
             url, key = self.settings.webhook_url, self.settings.webhook_key
@@ -526,7 +532,7 @@ class MetriportState:
         ping = secrets.token_urlsafe(12)
         body = webhooks.build_ping_body(ping, str(uuid.uuid4()), _iso(self.clock()))
         sig = webhooks.sign("not-the-key" if bad else key, body)
-        ok, status, detail, data = webhooks.post(url, body, sig, self.webhook_timeout_s)
+        ok, status, detail, data, elapsed_ms = self._timed_post(url, body, sig)
         with self._lock:
             if self.settings.webhook_url != url:
                 return
@@ -536,7 +542,7 @@ class MetriportState:
             self.deliveries.append(Delivery(message_id=json.loads(body)["meta"]["messageId"], type="ping", body=body,
                                             when=_iso(self.clock()), status="success" if good else "ping-failed",
                                             attempts=1, http_status=status, detail=self.settings.webhook_status_detail,
-                                            url=url, signature=sig, response=data))
+                                            url=url, signature=sig, response=data, duration_ms=elapsed_ms))
 
     def send_webhook(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:
         """Record a message and queue it for delivery (or keep it failed while the webhook is disabled)."""
@@ -579,14 +585,12 @@ class MetriportState:
                 d.status, d.detail = "failure", "Missing webhook config"
             return
         sig = webhooks.sign("not-the-key" if bad else key, d.body)
-        t0 = time.perf_counter()
-        ok, status, detail, data = webhooks.post(url, d.body, sig, self.webhook_timeout_s)
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+        ok, status, detail, data, elapsed_ms = self._timed_post(url, d.body, sig)
         if ok and dup:
             webhooks.post(url, d.body, sig, self.webhook_timeout_s)
         with self._lock:
             d.attempts += 1
-            d.duration_ms = round(elapsed_ms, 1)
+            d.duration_ms = elapsed_ms
             d.url, d.signature, d.http_status, d.detail, d.response = url, sig, status, detail, data
             if ok:
                 d.status = "success"
