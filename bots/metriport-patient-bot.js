@@ -290,9 +290,10 @@ async function metriport(event, method, path, query, body, okStatuses) {
  * @param {any} event
  * @param {string} metriportPatientId
  * @param {string | undefined} medplumPatientId
+ * @param {Record<string, string>} [extraMetadata] more `metadata` keys (Metriport echoes them in meta.data)
  * @returns {Promise<any>}
  */
-async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId) {
+async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
   const res = await metriport(
     event,
@@ -304,7 +305,7 @@ async function startConsolidatedQuery(event, metriportPatientId, medplumPatientI
       dateFrom: c.dateFrom || undefined,
       dateTo: c.dateTo || undefined,
     },
-    { metadata: medplumPatientId ? { medplumPatientId } : {} }
+    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } }
   );
   return res.body;
 }

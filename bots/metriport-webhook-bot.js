@@ -483,9 +483,10 @@ async function metriport(event, method, path, query, body, okStatuses) {
  * @param {any} event
  * @param {string} metriportPatientId
  * @param {string | undefined} medplumPatientId
+ * @param {Record<string, string>} [extraMetadata] more `metadata` keys (Metriport echoes them in meta.data)
  * @returns {Promise<any>}
  */
-async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId) {
+async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
   const res = await metriport(
     event,
@@ -497,7 +498,7 @@ async function startConsolidatedQuery(event, metriportPatientId, medplumPatientI
       dateFrom: c.dateFrom || undefined,
       dateTo: c.dateTo || undefined,
     },
-    { metadata: medplumPatientId ? { medplumPatientId } : {} }
+    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } }
   );
   return res.body;
 }
@@ -698,10 +699,13 @@ async function resolvePatient(medplum, msg, p) {
 async function download(url, gzip) {
   const res = await fetchWithRetry(url, { method: 'GET' }, 'download of the consolidated bundle');
   if (!res.ok) {
-    throw new Error(
+    /** @type {any} */
+    const err = new Error(
       'download of the consolidated bundle answered ' + res.status +
-        (res.status === 403 ? ' (the presigned URL probably expired; replay the message after a new query)' : '')
+        (res.status === 403 ? ' (the presigned URL expired: Metriport keeps them about 3 minutes)' : '')
     );
+    err.expired = res.status === 403;
+    throw err;
   }
   const bytes = new Uint8Array(await res.arrayBuffer());
   let text;
@@ -823,6 +827,8 @@ function prune(node) {
 }
 
 const IN_FLIGHT_BATCHES = 2;
+/** New consolidated queries started for one patient after expired download URLs. */
+const MAX_REQUERIES = 1;
 
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
 
@@ -1274,7 +1280,22 @@ async function processMessage(medplum, event, msg) {
       try {
         resources = await consolidatedResources(p.bundle);
       } catch (err) {
-        summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) });
+        // An expired URL (a message processed late) is recovered once: a new consolidated query brings a
+        // fresh one. The count travels in the query's metadata, which Metriport echoes in meta.data.
+        const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
+        if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
+          try {
+            await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
+            bump(summary.recorded, 'consolidated-requeried-after-expired-url');
+            log('warn', 'download URL expired; consolidated query requested again', { patient: subjectId, metriportPatient: mid });
+            continue;
+          } catch (requeryErr) {
+            summary.failures.push({ type: 'Bundle', id: mid, status: 'requery-failed', text: errorText(requeryErr) });
+            continue;
+          }
+        }
+        summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
+          (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
         continue;
       }
       const before = summary.failures.length;

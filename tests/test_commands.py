@@ -120,7 +120,8 @@ def test_replay_failed_requeues_and_reprocesses(stack):
     stack.fake.state.set_faults(expired_urls=True)
     try:
         create_patient(stack, "Kyla", create_facility_org(stack)["id"])
-        out = wait_for_consolidated(stack, expected_messages=n + 1, timeout=60, baseline=base)
+        # the original message and the one re-requested after its expired URL
+        out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
     finally:
         stack.fake.state.set_faults(expired_urls=False)
     assert out.failed_tasks

@@ -11,7 +11,7 @@ import pytest
 
 from emulator.shared import converted_ccda_dir
 from generator.config import load_config
-from generator.flow import create_facility_org, create_patient, runs, task_ids, wait_for_consolidated
+from generator.flow import create_facility_org, create_patient, message_tasks, runs, task_ids, wait_for_consolidated
 from generator.scenarios import (check_references, imported_resources, scenario_bad_signature_refused,
                                  scenario_replay_is_idempotent, scenario_seed_patients, scenario_skip_reasons)
 from generator.stack import start_stack
@@ -132,20 +132,39 @@ def test_metriport_500_is_reported_and_nothing_is_lost(stack, org):
     assert any(i.get("system") == stack.cfg["metriport"]["patient_identifier_system"] for i in pat.get("identifier", []))
 
 
-def test_expired_download_url_is_reported_and_the_message_kept(stack, org):
-    n = len([d for d in stack.fake.state.deliveries_log(False) if d["type"] == "medical.consolidated-data"])
+def _consolidated_count(stack) -> int:
+    return len([d for d in stack.fake.state.deliveries_log(False) if d["type"] == "medical.consolidated-data"])
+
+
+def test_expired_download_url_is_requeried_once_and_the_data_arrives(stack, org):
+    n = _consolidated_count(stack)
+    base = task_ids(stack)
+    stack.fake.state.set_faults(expire_next_consolidated=1)
+    create_patient(stack, "Ollie", org["id"], family="Brown")
+    # the first message's URL is expired: the bot asks again; the second message's URL is fresh
+    out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
+    assert out.done and not out.failed_tasks, [t.get("statusReason") for t in out.failed_tasks]
+    summaries = [json.loads(t["output"][0]["valueString"]) for t in message_tasks(stack)
+                 if t["id"] not in base and t.get("output") and "consolidated" in t.get("description", "")]
+    assert any(s["recorded"].get("consolidated-requeried-after-expired-url") for s in summaries), summaries
+    assert any(sum(s["imported"].values()) > 0 for s in summaries), "the re-requested data was not imported"
+
+
+def test_expired_download_url_twice_is_reported_and_the_message_kept(stack, org):
+    n = _consolidated_count(stack)
     base = task_ids(stack)
     stack.fake.state.set_faults(expired_urls=True)
     try:
         create_patient(stack, "Chris", org["id"], family="Smith")
-        out = wait_for_consolidated(stack, expected_messages=n + 1, timeout=60, baseline=base)
+        # original message + the one re-requested after its expired URL: both expired
+        out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
     finally:
         stack.fake.state.set_faults(expired_urls=False)
     assert out.done
-    assert out.failed_tasks, "an expired download URL did not fail the message"
+    assert len(out.failed_tasks) == 1, "a second expired URL must be reported (and only once: no requery loop)"
     task = out.failed_tasks[-1]
     reason = (task.get("statusReason") or {}).get("text", "")
-    assert "403" in reason or "expired" in reason.lower(), reason
+    assert "expired" in reason and "already re-requested 1 time(s)" in reason, reason
     stored = json.loads(task["input"][0]["valueString"])
     assert stored["meta"]["type"] == "medical.consolidated-data", "the failed message is not kept for replay"
 

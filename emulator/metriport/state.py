@@ -47,6 +47,7 @@ DEFAULT_FAULTS = {
     "slow_ms": 0,                 # added latency on every API response
     "duplicate_deliveries": False,  # every webhook message delivered twice
     "expired_urls": False,        # presigned URLs are born expired
+    "expire_next_consolidated": 0,  # the next N consolidated results get expired URLs (deterministic)
     "bad_signatures": False,      # webhook messages signed with a wrong key
     "fail_next": 0,               # the next N /medical/v1 calls fail with fail_status (deterministic)
     "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
@@ -441,10 +442,11 @@ class MetriportState:
         return ds.build(patient["id"], patient)
 
     # ------------------------------------------------------------------ presigned files
-    def store_file(self, content: bytes, content_type: str, name: str, expires_s: int = URL_EXPIRES_S) -> str:
+    def store_file(self, content: bytes, content_type: str, name: str, expires_s: int = URL_EXPIRES_S,
+                   expired: bool = False) -> str:
         with self._lock:
             now = self.clock()
-            expires_at = now - 1 if self.faults["expired_urls"] else now + expires_s
+            expires_at = now - 1 if expired or self.faults["expired_urls"] else now + expires_s
             token = secrets.token_urlsafe(18)
             self.files[token] = StoredFile(content, content_type, expires_at, name)
             amz_date = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -818,15 +820,20 @@ class MetriportState:
             wh_bundle = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
         else:
             base = f"{patient['id']}_{q['requestId']}_CONSOLIDATED"
+            with self._lock:
+                expired = self.faults["expire_next_consolidated"] > 0
+                if expired:
+                    self.faults["expire_next_consolidated"] -= 1
             if ctype == "json":
                 raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                content = [{"attachment": {"contentType": "application/json", "url": self.store_file(raw, "application/json", base + ".json")}},
+                content = [{"attachment": {"contentType": "application/json", "url": self.store_file(raw, "application/json", base + ".json", expired=expired)}},
                            {"attachment": {"contentType": "application/gzip",
-                                           "url": self.store_file(gzip.compress(raw, 5, mtime=0), "application/gzip", base + ".json.gz")}}]
+                                           "url": self.store_file(gzip.compress(raw, 5, mtime=0), "application/gzip", base + ".json.gz",
+                                                                  expired=expired)}}]
             else:
                 html = _summary_html(patient, bundle).encode("utf-8")
                 mime = "text/html" if ctype == "html" else "application/pdf"
-                content = [{"attachment": {"contentType": f"application/{ctype}", "url": self.store_file(html, mime, f"{base}.{ctype}")}}]
+                content = [{"attachment": {"contentType": f"application/{ctype}", "url": self.store_file(html, mime, f"{base}.{ctype}", expired=expired)}}]
             wh_bundle = {"resourceType": "Bundle", "total": 1, "type": "collection",
                          "entry": [{"resource": {"resourceType": "DocumentReference",
                                                  "subject": {"reference": f"Patient/{patient['id']}"},
