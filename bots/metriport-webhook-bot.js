@@ -827,6 +827,7 @@ function prune(node) {
 }
 
 const IN_FLIGHT_BATCHES = 2;
+const UTF8 = new TextEncoder();
 /** New consolidated queries started for one patient after expired download URLs. */
 const MAX_REQUERIES = 1;
 
@@ -1173,7 +1174,7 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
  * @returns {number} UTF-8 length
  */
 function byteLength(text) {
-  return new TextEncoder().encode(text).length;
+  return UTF8.encode(text).length;
 }
 
 /**

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import Config
@@ -27,8 +27,6 @@ class Stack:
     deploy: DeployResult | None
     webhook_key: str = ""
     webhook_url: str = ""               # with credentials: never print it
-    metriport_base_url: str = ""
-    metriport_api_key: str = field(default="", repr=False)
 
     @property
     def base_url(self) -> str:
@@ -96,7 +94,7 @@ def start_stack(cfg: Config, *, db_path: str | None = None, host: str = "127.0.0
                                                         "the Metriport dashboard (Developers → API key)")
         webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
         webhook_key = webhook_key or pysecrets.token_hex(32)
-        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, "", base, api_key)
+        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key)
         if not deploy:
             return stack
         result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,

@@ -152,7 +152,7 @@ def _contact(c: Any, path: str, problems: list[str]) -> dict | None:
     return out if len(problems) == start else None
 
 
-def validate_demographics(body: Any, *, today: _dt.date | None = None, partial_ok: bool = False) -> dict:
+def validate_demographics(body: Any, *, today: _dt.date | None = None) -> dict:
     """Validate a patient create/update/match body; return the normalized demographics.
 
     Raises `ValidationError` naming every problem.
