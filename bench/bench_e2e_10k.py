@@ -14,10 +14,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emulator.metriport.synth import generate  # noqa: E402
-from generator.config import load_config  # noqa: E402
-from generator.flow import count_imported, create_facility_org, create_patient, deliveries, runs, task_ids, wait_for_consolidated  # noqa: E402
-from generator.stack import start_stack  # noqa: E402
+from medport.emulator.metriport.synth import generate  # noqa: E402
+from medport.generator.config import load_config  # noqa: E402
+from medport.generator.flow import count_imported, create_facility_org, create_patient, deliveries, runs, task_ids, wait_for_consolidated  # noqa: E402
+from medport.generator.stack import start_stack  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

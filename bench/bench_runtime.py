@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emulator.runtime import BotRuntime, ExecRequest  # noqa: E402
+from medport.emulator.medplum.runtime import BotRuntime, ExecRequest  # noqa: E402
 
 CODE = "exports.handler = async (medplum, event) => { return { ok: true, input: event.input }; };"
 EVENT = {"bot": {"reference": "Bot/bench"}, "contentType": "application/json", "input": {"resourceType": "Patient"},

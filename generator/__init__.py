@@ -1,2 +1,4 @@
-"""medport: generate, emulate, deploy and validate the Medplum <-> Metriport bots."""
-__version__ = "0.1.0"
+"""Config, rendering, deployment and the `medport` command line."""
+from medport import __version__
+
+__all__ = ["__version__"]

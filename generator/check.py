@@ -45,7 +45,7 @@ def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
 
 def load_bots_under_vmcontext(files: list[Path]) -> list[str]:
     """Problems found loading each bot the way vmcontext does (empty = all load)."""
-    from emulator.node import node_binary
+    from medport.emulator.node import node_binary
 
     script = Path(__file__).with_name("js") / "vmload.cjs"
     proc = subprocess.run([node_binary(), str(script), *map(str, files)], capture_output=True, text=True, timeout=60)

@@ -13,13 +13,13 @@ from .config import CONFIG_FILENAME, ConfigError, load_config
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
 LAZY_COMMANDS = {
-    "emulate": ("generator.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
-    "demo": ("generator.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
-    "deploy": ("generator.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
-    "check": ("generator.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
-    "replay": ("generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
-    "runs": ("generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
-    "synth": ("emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
+    "emulate": ("medport.generator.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
+    "demo": ("medport.generator.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
+    "deploy": ("medport.generator.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
+    "check": ("medport.generator.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
+    "replay": ("medport.generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
+    "runs": ("medport.generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
+    "synth": ("medport.emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
 }
 
 

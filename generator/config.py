@@ -33,12 +33,12 @@ class ConfigError(Exception):
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.files("generator").joinpath("config.schema.json").read_text("utf-8"))
+    return json.loads(resources.files("medport.generator").joinpath("config.schema.json").read_text("utf-8"))
 
 
 @lru_cache(maxsize=1)
 def resource_types() -> dict[str, list[str]]:
-    return json.loads(resources.files("generator").joinpath("resource_types.json").read_text("utf-8"))
+    return json.loads(resources.files("medport.generator").joinpath("resource_types.json").read_text("utf-8"))
 
 
 @dataclass(frozen=True)

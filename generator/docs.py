@@ -1,4 +1,4 @@
-"""`python -m generator.docs` refreshes the README's config reference from the schema."""
+"""`python -m medport.generator.docs` refreshes the README's config reference from the schema."""
 from pathlib import Path
 
 from .starter import config_reference_markdown

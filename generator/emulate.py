@@ -1,6 +1,6 @@
 """`medport emulate` = the emulator's own command plus what only medport knows: at start, the fake
 Metriport beside it and, when a medport.toml is in the working directory, the bots generated from it
-deployed through the same code as `medport deploy` (generator.stack.deploy_into)."""
+deployed through the same code as `medport deploy` (medport.generator.stack.deploy_into)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from emulator.server import EMULATE_HOOKS, emulate_command  # noqa: F401 — the command medport exposes
+from medport.emulator.medplum.server import EMULATE_HOOKS, emulate_command  # noqa: F401 — the command medport exposes
 
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
@@ -22,7 +22,7 @@ _RUNNING: list = []
 def _on_ready(handle, extra: dict) -> None:
     fake = None
     if extra.get("metriport", "fake") == "fake":
-        from emulator.metriport.server import make_server
+        from medport.emulator.metriport.server import make_server
 
         port = int(extra.get("metriport_port") or 0)
         try:

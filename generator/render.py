@@ -116,7 +116,7 @@ def required_elements(types: list[str]) -> dict[str, dict[str, list]]:
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("templates", ""),
+        loader=jinja2.PackageLoader("medport.templates", ""),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -135,7 +135,7 @@ def render_bots(cfg: Config) -> dict[str, str]:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m generator.render '<config json>'` prints {filename: code} — used by the node tests to render variants."""
+    """`python -m medport.generator.render '<config json>'` prints {filename: code} — used by the node tests to render variants."""
     import sys
 
     from .config import validate_data

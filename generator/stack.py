@@ -1,6 +1,6 @@
 """A running medport stack: the Medplum emulator, the fake Metriport beside it, and the bots
 generated from the config deployed into the emulator through the one deploy path
-(`generator.deploy.Deployer`), with the Project secrets set and the webhook registered.
+(`medport.generator.deploy.Deployer`), with the Project secrets set and the webhook registered.
 
 Used by `medport emulate`, `medport demo`, `medport check`, the end-to-end tests and the benchmarks.
 """
@@ -21,8 +21,8 @@ SANDBOX_URL = "https://api.sandbox.metriport.com"
 @dataclass
 class Stack:
     cfg: Config
-    emulator: object                   # emulator.server.EmulatorHandle
-    fake: object | None                # emulator.metriport.server.FakeMetriport (None with the real sandbox)
+    emulator: object                   # medport.emulator.medplum.server.EmulatorHandle
+    fake: object | None                # medport.emulator.metriport.server.FakeMetriport (None with the real sandbox)
     admin: MedplumHttp
     deploy: DeployResult | None
     webhook_key: str = ""
@@ -74,14 +74,14 @@ def start_stack(cfg: Config, *, db_path: str | None = None, host: str = "127.0.0
                 metriport_delay_s: float = 0.2, deploy: bool = True, settings_overrides: dict | None = None,
                 echo: Callable[[str], None] = lambda s: None) -> Stack:
     """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook."""
-    from emulator.server import start_in_thread
-    from emulator.state import Settings
+    from medport.emulator.medplum.server import start_in_thread
+    from medport.emulator.medplum.state import Settings
 
     handle = start_in_thread(Settings(db_path=db_path, **(settings_overrides or {})), host=host, port=port)
     fake = None
     try:
         if metriport == "fake":
-            from emulator.metriport.server import make_server
+            from medport.emulator.metriport.server import make_server
 
             fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
                                delay_s=metriport_delay_s)

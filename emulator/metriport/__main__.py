@@ -1,4 +1,4 @@
-"""`python -m emulator.metriport [--port N] [--api-key K] [--data PATH] [--delay S]`: run the fake.
+"""`python -m medport.emulator.metriport [--port N] [--api-key K] [--data PATH] [--delay S]`: run the fake.
 
 Prints one JSON line `{"baseUrl", "apiKey", "facilityId"}` on stdout once it listens.
 """
@@ -15,7 +15,7 @@ from .server import make_server
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m emulator.metriport")
+    p = argparse.ArgumentParser(prog="python -m medport.emulator.metriport")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8180)
     p.add_argument("--api-key", default=None)

@@ -1,5 +1,5 @@
 // The real Medplum clients against the emulator: @medplum/core MedplumClient and the Medplum CLI
-// (`medplum bot deploy`). Starts the emulator itself (`.venv/bin/python -m emulator.server --memory
+// (`medplum bot deploy`). Starts the emulator itself (`.venv/bin/python -m medport.emulator.medplum.server --memory
 // --port 0`) unless MEDPORT_EMULATOR_URL points at a running one.
 // Run: node_modules/.bin/node --test tests/js/
 import { test, before, after } from 'node:test';
@@ -19,7 +19,7 @@ let proc;
 
 before(async () => {
   if (baseUrl) return;
-  proc = spawn(join(root, '.venv', 'bin', 'python'), ['-m', 'emulator.server', '--memory', '--port', '0'], {
+  proc = spawn(join(root, '.venv', 'bin', 'python'), ['-m', 'medport.emulator.medplum.server', '--memory', '--port', '0'], {
     cwd: root,
     env: { ...process.env, PYTHONUNBUFFERED: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,6 +1,6 @@
 // The npm @metriport/api-sdk against the fake Metriport sandbox, and the SDK's own
 // verifyWebhookSignature over the webhooks the fake sends.
-// Starts the fake with `.venv/bin/python -m emulator.metriport --port 0` (a free port).
+// Starts the fake with `.venv/bin/python -m medport.emulator.metriport --port 0` (a free port).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -49,7 +49,7 @@ before(async () => {
   await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
   hookUrl = `http://127.0.0.1:${receiver.address().port}/metriport`;
 
-  proc = spawn(python, ['-m', 'emulator.metriport', '--port', '0', '--api-key', API_KEY, '--delay', '0.02'], {
+  proc = spawn(python, ['-m', 'medport.emulator.metriport', '--port', '0', '--api-key', API_KEY, '--delay', '0.02'], {
     cwd: root, stdio: ['ignore', 'pipe', 'inherit'],
   });
   info = await new Promise((resolve, reject) => {

@@ -1,0 +1,441 @@
+"""Bot `$execute`, `$deploy`, async jobs, execution AuditEvents and the run log.
+
+Facts from Medplum (packages/server/src/fhir/operations/execute.ts, bots/execute.ts,
+bots/utils.ts, util/auditevent.ts, fhir/operations/deploy.ts, fhir/operations/utils/asyncjobexecutor.ts,
+fhir/job.ts):
+- The Bot is read first *as the caller* (404/403 from the caller's access), by id or by
+  `searchOne(Bot, identifier=<system|value>)`; nothing found → 400 "Must specify bot ID or identifier.".
+- runAs: `Bot.runAsUser` → caller's membership, else the Bot's own ProjectMembership, else the caller's.
+- input: POST → the parsed body, GET → the query string object; contentType = the request header.
+- "Bots not enabled" unless Project.features has "bots"; runtimeVersion other than vmcontext/awslambda →
+  "Unsupported bot runtime"; no executableCode url → "No executable code"; url not `Binary/` →
+  "Executable code is not a Binary".
+- secrets = Project.secret by name; the bot gets a fresh access token of the runAs membership.
+- Response: result undefined → allOk (success) or badRequest(logResult); numbers → strings; status
+  200/400; content type = the request's Content-Type when exactly text/plain or
+  x-application/hl7-v2+er7, else application/json.
+- `Prefer: respond-async` → AsyncJob {status: accepted, request, requestTime}, 202 accepted outcome
+  with Content-Location `<base>fhir/R4/job/<id>/status`; the job ends `completed` with output
+  Parameters (responseBody / outcome) or `error`. GET on the status URL: 202 + AsyncJob while running,
+  200 + AsyncJob once completed/error/cancelled.
+- AuditEvent (unless auditEventTrigger never / on-error+success / on-output+empty):
+  type {system: https://medplum.com/CodeSystem/audit-event, code: execute}, outcome "0"/"4",
+  outcomeDesc = the last 10 KiB of the log, period, recorded, agent [requester (requestor true),
+  runAs profile (requestor false)], source.observer = Bot, entity = bot, input resource, subscription
+  (roles: Patient 1, Subscription 9, else 4 Domain).
+- $deploy: body {code, filename='index.js'}; missing code → 400 "Missing code"; Bot read as the caller;
+  Binary {contentType: text/javascript}; Bot.executableCode {contentType, url: Binary/<id>, title:
+  filename}; answers allOk.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from .errors import BadRequest, FhirError, all_ok, accepted_outcome
+from .httpio import (FORM_TYPE, HL7_V2, JSON_TYPES, json_response, lower_headers, outcome_response,
+                     parse_form, parse_json_bytes, read_body)
+from .state import PROJECT_ID, EmulatorState, now_iso, ref, ref_id
+
+log = logging.getLogger("medport.emulator.medplum.bots")
+
+bp = Blueprint("medport_bots", __name__)
+
+AUDIT_TYPE = {"system": "https://medplum.com/CodeSystem/audit-event", "code": "execute"}
+LOG_TAIL = 10 * 1024
+MIRRORED_CONTENT_TYPES = ("text/plain", HL7_V2)
+EXECUTE_INPUT_JSON = ("application/json", "application/fhir+json")
+
+
+@dataclass
+class BotRun:
+    success: bool
+    returned: bool = False
+    value: Any = None
+    logs: str = ""
+    error: str | None = None
+    duration_ms: float = 0.0
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    audit_event_id: str | None = None
+
+
+def _entity_role(resource: dict) -> dict:
+    rt = resource.get("resourceType")
+    if rt == "Patient":
+        return {"code": "1", "display": "Patient"}
+    if rt == "Subscription":
+        return {"code": "9", "display": "Subscriber"}
+    return {"code": "4", "display": "Domain"}
+
+
+def _is_resource_with_id(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("resourceType"), str) and isinstance(v.get("id"), str)
+
+
+class BotService:
+    """Runs bots the way Medplum's executeBot does; used by $execute, async jobs and subscriptions."""
+
+    def __init__(self, state: EmulatorState):
+        self.state = state
+        self._code_cache: OrderedDict[str, str] = OrderedDict()
+        self._code_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self._jobs_running = 0
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _load_code(self, url: str) -> str:
+        bid = url.split("/", 1)[1].split("/")[0]
+        with self._code_lock:
+            if bid in self._code_cache:
+                self._code_cache.move_to_end(bid)
+                return self._code_cache[bid]
+        binary = self.state.read("Binary", bid)
+        data = binary.get("data") or ""
+        code = base64.b64decode(data).decode("utf-8", "replace") if data else ""
+        with self._code_lock:
+            self._code_cache[bid] = code
+            while len(self._code_cache) > 256:
+                self._code_cache.popitem(last=False)
+        return code
+
+    def run_as_for(self, bot: dict, caller_membership: dict | None) -> dict | None:
+        if bot.get("runAsUser") and caller_membership:
+            return caller_membership
+        return self.state.membership_for_profile(f"Bot/{bot['id']}") or caller_membership
+
+    def secrets(self, run_as: dict | None) -> dict:
+        pid = ref_id((run_as or {}).get("project"))
+        project = self.state.project() if pid in (None, PROJECT_ID) else (self.state.try_read("Project", pid)
+                                                                         or self.state.project())
+        return {s["name"]: s for s in project.get("secret") or [] if isinstance(s, dict) and s.get("name")}
+
+    # -- execution --------------------------------------------------------------------------
+    def execute(self, bot: dict, *, run_as: dict | None, input: Any, content_type: str | None,
+                headers: dict | None = None, requester: dict | None = None, trigger: str = "execute",
+                subscription: dict | None = None, trace_id: str | None = None,
+                loop_message: str | None = None) -> BotRun:
+        start_iso = now_iso()
+        t0 = time.perf_counter()
+        run = self._execute_inner(bot, run_as, input, content_type, headers, requester, trace_id,
+                                  loop_message)
+        run.duration_ms = run.duration_ms or (time.perf_counter() - t0) * 1000
+        try:
+            run.audit_event_id = self._audit(bot, run_as, requester, input, subscription, start_iso, run)
+        except Exception:
+            log.exception("could not write the execution AuditEvent")
+        self._record(bot, run, trigger, start_iso, subscription, input)
+        return run
+
+    def _execute_inner(self, bot, run_as, input, content_type, headers, requester, trace_id,
+                       loop_message) -> BotRun:
+        if loop_message:
+            return BotRun(success=False, logs=loop_message, error=loop_message)
+        project_id = ref_id((run_as or {}).get("project")) or (bot.get("meta") or {}).get("project")
+        project = self.state.project() if project_id in (None, PROJECT_ID) else (
+            self.state.try_read("Project", project_id) or self.state.project())
+        if "bots" not in (project.get("features") or []):
+            return BotRun(success=False, logs="Bots not enabled", error="Bots not enabled")
+        if run_as is None:
+            msg = "Could not find project membership for bot"
+            return BotRun(success=False, logs=msg, error=msg)
+        runtime = bot.get("runtimeVersion")
+        if runtime not in ("vmcontext", "awslambda"):
+            return BotRun(success=False, logs="Unsupported bot runtime", error="Unsupported bot runtime")
+        code_url = (bot.get("executableCode") or {}).get("url")
+        if not code_url:
+            return BotRun(success=False, logs="No executable code", error="No executable code")
+        if not str(code_url).startswith("Binary/"):
+            msg = "Executable code is not a Binary"
+            return BotRun(success=False, logs=msg, error=msg)
+        try:
+            code = self._load_code(code_url)
+        except FhirError as e:
+            return BotRun(success=False, logs=str(e), error=str(e))
+        from .runtime.pool import ExecRequest
+        token = self.state.auth.issue_token(run_as)
+        event = {
+            "bot": ref(bot),
+            "contentType": content_type,
+            "input": input,
+            "secrets": self.secrets(run_as),
+            "traceId": trace_id or str(uuid.uuid4()),
+            "requester": requester,
+            "headers": headers or {},
+        }
+        timeout = bot.get("timeout")
+        req = ExecRequest(bot_id=bot["id"], code=code, runtime=runtime,
+                          timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None,
+                          event=event, base_url=self.state.internal_base_url, access_token=token,
+                          filename=(bot.get("executableCode") or {}).get("title"))
+        res = self.state.runtime.execute(req)
+        logs = res.logs or ""
+        error = res.error
+        if not res.ok and error and error not in logs:
+            logs = (logs + ("\n" if logs and not logs.endswith("\n") else "") + error)
+        return BotRun(success=bool(res.ok), returned=bool(res.returned), value=res.value, logs=logs,
+                      error=None if res.ok else (error or "Bot execution failed"), duration_ms=res.duration_ms)
+
+    def _audit(self, bot, run_as, requester, input, subscription, start_iso, run: BotRun) -> str | None:
+        trigger = bot.get("auditEventTrigger") or "always"
+        outcome_code = "0" if run.success else "4"
+        if trigger == "never" or (trigger == "on-error" and run.success) or \
+                (trigger == "on-output" and not run.logs):
+            return None
+        if "resource" not in (bot.get("auditEventDestination") or ["resource"]):
+            return None
+        agents = []
+        if requester:
+            agents.append({"who": requester, "requestor": True})
+        if run_as and run_as.get("profile"):
+            agents.append({"who": run_as["profile"], "requestor": False})
+        if not agents:
+            agents.append({"type": {"text": "bot"}, "requestor": False})
+        entity = [{"what": ref(r), "role": _entity_role(r)} for r in (bot, input, subscription)
+                  if _is_resource_with_id(r)]
+        for e in entity:
+            e["what"] = {"reference": e["what"]["reference"]}
+        event = {
+            "resourceType": "AuditEvent",
+            "type": dict(AUDIT_TYPE),
+            "period": {"start": start_iso, "end": now_iso()},
+            "recorded": now_iso(),
+            "agent": agents,
+            "source": {"observer": {"reference": f"Bot/{bot['id']}"}},
+            "entity": entity,
+            "outcome": outcome_code,
+        }
+        desc = (run.logs or "")[-LOG_TAIL:]
+        if desc.strip():
+            event["outcomeDesc"] = desc  # FHIR strings may not be empty
+        created = self.state.create(event)
+        return created.get("id")
+
+    def _record(self, bot, run: BotRun, trigger, start_iso, subscription, input) -> None:
+        try:
+            self.state.runs.add({
+                "id": run.run_id,
+                "bot_id": bot.get("id"),
+                "bot_name": bot.get("name"),
+                "trigger": trigger,
+                "outcome": "success" if run.success else "failure",
+                "duration_ms": round(run.duration_ms, 3),
+                "logs": (run.logs or "")[-LOG_TAIL:],
+                "started": start_iso,
+                "error": run.error,
+                "subscription_id": (subscription or {}).get("id"),
+                "resource": f"{input['resourceType']}/{input['id']}" if _is_resource_with_id(input) else None,
+                "audit_event": run.audit_event_id,
+            })
+        except Exception:
+            log.exception("could not record the run")
+
+    # -- async jobs -------------------------------------------------------------------------
+    def jobs_running(self) -> int:
+        with self._jobs_lock:
+            return self._jobs_running
+
+    def start_async(self, principal, bot: dict, kwargs: dict, request_url: str) -> dict:
+        job = self.state.create({"resourceType": "AsyncJob", "status": "accepted", "request": request_url,
+                                 "requestTime": now_iso()})
+        with self._jobs_lock:
+            self._jobs_running += 1
+
+        def work() -> None:
+            try:
+                run = self.execute(bot, trigger="async", **kwargs)
+                body = response_body(run)
+                updated = dict(job)
+                updated.update(status="completed", transactionTime=now_iso(), output=out_parameters(body))
+                self.state.update(updated)
+            except Exception as e:  # the job records the failure
+                log.exception("async bot execution failed")
+                updated = dict(job)
+                updated.update(status="error", transactionTime=now_iso())
+                try:
+                    self.state.update(updated)
+                except Exception:
+                    log.exception("could not update the AsyncJob")
+                del e
+            finally:
+                with self._jobs_lock:
+                    self._jobs_running -= 1
+
+        threading.Thread(target=work, name=f"medport-asyncjob-{job['id'][:8]}", daemon=True).start()
+        return job
+
+
+def response_body(run: BotRun) -> Any:
+    """Medplum's getResponseBodyFromResult."""
+    if not run.success:
+        return BadRequest(run.logs or run.error or "Bot execution failed").outcome
+    if not run.returned:
+        return all_ok()
+    value = run.value
+    if value is None:
+        return ""  # express res.send(null) sends an empty body
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return _js_number(value)
+    return value
+
+
+def _js_number(v: float) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
+        return str(int(v))
+    return str(v)
+
+
+def out_parameters(body: Any) -> dict:
+    """Medplum's getOutParametersFromResult."""
+    if isinstance(body, str):
+        return {"resourceType": "Parameters", "parameter": [{"name": "responseBody", "valueString": body}]}
+    if isinstance(body, bool):
+        return {"resourceType": "Parameters", "parameter": [{"name": "responseBody", "valueBoolean": body}]}
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return {"resourceType": "Parameters", "parameter": [{"name": "outcome", "resource": body}]}
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": "responseBody", "valueString": json.dumps(body, separators=(",", ":"))}]}
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP handlers (routed from app.fhir_handler)
+# ---------------------------------------------------------------------------------------------
+def _state() -> EmulatorState:
+    from flask import current_app
+    return current_app.extensions["medport"]
+
+
+def _bot_for_request(state: EmulatorState, principal, bot_id: str | None) -> dict:
+    if bot_id:
+        resp = state.call("GET", f"Bot/{bot_id}", principal=principal)
+        if resp.status != 200:
+            raise FhirError(resp.body)
+        bot = resp.body
+    else:
+        identifier = request.args.get("identifier")
+        bot = None
+        if identifier:
+            resp = state.call("GET", "Bot", [("identifier", identifier), ("_count", "1")], principal=principal)
+            if resp.status != 200:
+                raise FhirError(resp.body)
+            entries = [e.get("resource") for e in (resp.body or {}).get("entry") or []
+                       if (e.get("resource") or {}).get("resourceType") == "Bot"]
+            bot = entries[0] if entries else None
+        if bot is None:
+            raise BadRequest("Must specify bot ID or identifier.")
+    # then as the system, for everything (Medplum reads it again with the system repo)
+    return state.read("Bot", bot["id"])
+
+
+def _execute_input(raw_body: bool = False) -> tuple[Any, str | None]:
+    content_type = request.headers.get("Content-Type")
+    if request.method == "GET":
+        return {k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()}, content_type
+    limit = _state().settings.max_json_bytes
+    mimetype = request.mimetype
+    if mimetype in JSON_TYPES:
+        data = read_body(request, limit)
+        parsed = parse_json_bytes(data)  # malformed JSON is a 400 even for rawBody bots
+        # Bot.rawBody: the bot gets the original UTF-8 JSON text (what a webhook signature covers).
+        return (data.decode("utf-8") if raw_body else parsed), content_type
+    if mimetype in ("text/plain", HL7_V2):
+        data = read_body(request, limit * 100)
+        return data.decode("utf-8", "replace"), content_type
+    if mimetype == FORM_TYPE:
+        return parse_form(read_body(request, limit)), content_type
+    return {}, content_type
+
+
+def _response_content_type() -> str:
+    ct = request.headers.get("Content-Type")
+    if ct in MIRRORED_CONTENT_TYPES:
+        return ct
+    return "application/json"
+
+
+def execute_handler(principal, bot_id: str | None) -> Response:
+    state = _state()
+    bot = _bot_for_request(state, principal, bot_id)
+    input, content_type = _execute_input(raw_body=bot.get("rawBody") is True)
+    run_as = state.bots.run_as_for(bot, principal.membership)
+    kwargs = dict(run_as=run_as, input=input, content_type=content_type, headers=lower_headers(request),
+                  requester={"reference": principal.profile} if principal.profile else None,
+                  trace_id=request.headers.get("X-Trace-Id") or request.headers.get("traceparent"))
+    if request.headers.get("Prefer") == "respond-async":
+        job = state.bots.start_async(principal, bot, kwargs, request.url)
+        location = f"{state.base_url}fhir/R4/job/{job['id']}/status"
+        return outcome_response(accepted_outcome(location))
+    run = state.bots.execute(bot, trigger="execute", **kwargs)
+    body = response_body(run)
+    status = 200 if run.success else 400
+    ctype = _response_content_type()
+    if isinstance(body, str):
+        return Response(body.encode("utf-8"), status=status, content_type=_with_charset(ctype))
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(payload, status=status, content_type=_with_charset(ctype))
+
+
+def _with_charset(ct: str) -> str:
+    return ct if "charset" in ct else f"{ct}; charset=utf-8"
+
+
+def deploy_handler(principal, bot_id: str) -> Response:
+    state = _state()
+    if request.mimetype not in JSON_TYPES:
+        raise BadRequest("Unsupported content type")
+    body = parse_json_bytes(read_body(request, state.settings.max_json_bytes))
+    code = body.get("code") if isinstance(body, dict) else None
+    if not code or not isinstance(code, str):
+        raise BadRequest("Missing code")
+    resp = state.call("GET", f"Bot/{bot_id}", principal=principal)
+    if resp.status != 200:
+        raise FhirError(resp.body)
+    bot = state.read("Bot", bot_id)
+    project = state.try_read("Project", (bot.get("meta") or {}).get("project") or "") or state.project()
+    if "bots" not in (project.get("features") or []):
+        raise BadRequest("Bots not enabled")
+    filename = body.get("filename") or "index.js"
+    if not isinstance(filename, str):
+        filename = "index.js"
+    deploy_code(state, bot, code, filename, principal)
+    return outcome_response(all_ok())
+
+
+def deploy_code(state: EmulatorState, bot: dict, code: str, filename: str = "index.js", principal=None) -> dict:
+    """Store the code as a Binary and point Bot.executableCode at it (as `principal`, default system)."""
+    content_type = "text/javascript"
+    binary = {"resourceType": "Binary", "contentType": content_type,
+              "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
+    resp = state.call("POST", "Binary", body=binary, principal=principal)
+    if resp.status >= 300:
+        raise FhirError(resp.body)
+    created = resp.body
+    updated = dict(bot)
+    updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
+                                 "title": filename}
+    resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
+    if resp.status >= 300:
+        raise FhirError(resp.body)
+    return resp.body
+
+
+def job_status_handler(principal, job_id: str) -> Response:
+    state = _state()
+    resp = state.call("GET", f"AsyncJob/{job_id}", principal=principal)
+    if resp.status != 200:
+        raise FhirError(resp.body)
+    job = resp.body
+    if job.get("status") in ("completed", "error", "cancelled"):
+        return json_response(job, 200)
+    location = f"{state.base_url}fhir/R4/job/{job_id}/status"
+    return json_response(job, 202, headers={"Content-Location": location})

@@ -1,0 +1,816 @@
+"""The FHIR REST interactions of the emulator as plain Python: `FhirService.handle(...) -> FhirResponse`.
+
+No HTTP here: the Flask layer parses the request (path relative to /fhir/R4/, query pairs, JSON body,
+headers) and renders the FhirResponse. Every error is an OperationOutcome with Medplum's status.
+
+Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / outcomes):
+- batch and transaction entries are processed in interaction order (delete, create, update, patch,
+  operations, search, read, history) while results keep their input positions; entry response
+  `{status: "<code>", location: "Type/id", outcome, etag, lastModified}` plus the resource;
+- `urn:uuid:` placeholders anywhere in an entry (also inside longer strings) are rewritten to "Type/id";
+  resources to be created get their ids before any entry runs, so forward references work;
+- a transaction is all-or-nothing: the first failing entry's OperationOutcome and status are returned;
+  over 50 update (PUT) entries -> 400 "Transaction contains more update operations than allowed";
+  any conditional entry and more than 8 entries -> 400
+  "Transaction requires strict isolation but has too many entries";
+- conditional create `If-None-Exist`: 0 -> 201, 1 -> 200 with the existing resource, more -> 412;
+  conditional update: 0 -> 201 create (a body id is rejected: "Cannot provide ID for create by update"
+  inside transactions), 1 -> 200 update, more -> 412 multiple-matches;
+- an update equal to the stored version (ignoring meta) creates no version: 200 with the stored resource.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from medport.emulator.medplum.errors import (
+    BadRequest, FhirError, Forbidden, MultipleMatches, NotFound, PreconditionFailed, ServerError,
+    UnsupportedMediaType, all_ok, created_outcome, status_of,
+)
+from medport.emulator.medplum.fhir import policy as P
+from medport.emulator.medplum.fhir.patch import apply_patch
+from medport.emulator.medplum.fhir.principal import Principal
+from medport.emulator.medplum.fhir.schema import RESOURCE_TYPES, ID_RE, Validator, default_validator
+from medport.emulator.medplum.fhir.search import SearchRequest, filter_sql, parse_search
+from medport.emulator.medplum.fhir.store import Repository
+from medport.emulator.medplum.fhir.values import date_range
+
+_URI_SAFE = "-_.!~*'()"
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+MAX_TRANSACTION_UPDATES = 50
+MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
+_URN = re.compile(r"urn(?::|%3A)uuid(?::|%3A)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_VERSION_RE = re.compile(r'^(?:W/)?"?([^"]*)"?$')
+
+
+@dataclass
+class FhirResponse:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _etag(res: dict) -> str:
+    return f'W/"{(res.get("meta") or {}).get("versionId", "")}"'
+
+
+def _http_date(iso: str | None) -> str | None:
+    r = date_range(iso) if iso else None
+    return formatdate(r[0], usegmt=True) if r else None
+
+
+def _res_headers(res: dict) -> dict[str, str]:
+    h = {"ETag": _etag(res)}
+    lm = _http_date((res.get("meta") or {}).get("lastUpdated"))
+    if lm:
+        h["Last-Modified"] = lm
+    return h
+
+
+def _ok(oo: dict) -> bool:
+    return status_of(oo) < 400
+
+
+class _EntryFailed(Exception):
+    def __init__(self, resp: FhirResponse):
+        self.resp = resp
+
+
+def _entry_path(url: str) -> tuple[str, str]:
+    """A batch entry's request URL as (path relative to the FHIR base, query string); absolute URLs allowed."""
+    path, _, qs = url.partition("?")
+    if "://" in path:
+        path = urlsplit(path).path
+        if "/fhir/R4/" in path:
+            path = path.split("/fhir/R4/", 1)[1]
+    return path, qs
+
+
+class FhirService:
+    def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
+                 transactions: bool = True):
+        self.repo = repo
+        # Medplum only runs a `transaction` Bundle atomically when transactions are enabled (project feature
+        # "transaction-bundles"); otherwise it is processed entry by entry like a batch (batch.ts isTransaction()).
+        self.transactions = transactions
+        b = base_url.rstrip("/")
+        self.fhir_base = b + "/" if b.endswith("/fhir/R4") else b + "/fhir/R4/"
+        self.validator = validator or default_validator()
+
+    # ================================================================== entry point
+    def handle(self, principal: Principal, method: str, path: str, query: list[tuple[str, str]] | None = None,
+               body: Any = None, headers: dict[str, str] | None = None) -> FhirResponse:
+        """Run one FHIR interaction. Never raises: errors are OperationOutcome responses."""
+        try:
+            hdrs = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+            q = [(str(k), str(v)) for k, v in (query or [])]
+            return self._dispatch(principal, str(method).upper(), str(path or ""), q, body, hdrs)
+        except FhirError as e:
+            return FhirResponse(e.status, e.outcome, {})
+        except RecursionError:
+            err = BadRequest("Resource is nested too deeply")
+            return FhirResponse(err.status, err.outcome, {})
+        except Exception as e:  # pragma: no cover - a bug; still an OperationOutcome
+            err = ServerError(f"{type(e).__name__}: {e}")
+            return FhirResponse(500, err.outcome, {})
+
+    # ================================================================== routing
+    def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,
+                  headers: dict[str, str]) -> FhirResponse:
+        if "?" in path:
+            path, _, qs = path.partition("?")
+            query = parse_qsl(qs, keep_blank_values=True) + query
+        parts = [p for p in path.strip("/").split("/") if p != ""]
+        if not parts:
+            if method == "POST":
+                return self.batch(pr, body)
+            raise NotFound()
+        rtype = parts[0]
+        if rtype.startswith("$") or (len(parts) > 1 and parts[-1].startswith("$")):
+            raise NotFound()
+        if rtype not in RESOURCE_TYPES:
+            # @medplum/core validateResourceType
+            raise BadRequest("Unknown resource type")
+        n = len(parts)
+        if n == 1:
+            if method == "GET":
+                return self.search(pr, rtype, query)
+            if method == "POST":
+                return self.create(pr, rtype, body, headers)
+            if method == "PUT" and query:
+                return self.conditional_update(pr, rtype, query, body, headers)
+            if method == "DELETE" and query:
+                return self.conditional_delete(pr, rtype, query)
+            if method == "PATCH" and query:
+                return self.conditional_patch(pr, rtype, query, body, headers)
+            raise NotFound()
+        if n == 2 and parts[1] == "_search" and method == "POST":
+            return self.search(pr, rtype, query + _form_params(body))
+        if n == 2 and parts[1] == "_history" and method == "GET":
+            return self.history(pr, rtype, None, query)
+        rid = parts[1]
+        if n == 2:
+            if method == "GET":
+                return self.read(pr, rtype, rid)
+            if method == "PUT":
+                return self.update(pr, rtype, rid, body, headers)
+            if method == "PATCH":
+                return self.patch(pr, rtype, rid, body, headers)
+            if method == "DELETE":
+                return self.delete(pr, rtype, rid)
+            raise NotFound()
+        if n == 3 and parts[2] == "_history" and method == "GET":
+            return self.history(pr, rtype, rid, query)
+        if n == 4 and parts[2] == "_history" and method == "GET":
+            return self.vread(pr, rtype, rid, parts[3])
+        raise NotFound()
+
+    # ================================================================== access helpers
+    def _access(self, pr: Principal) -> P.Access:
+        a = pr.access if isinstance(pr.access, P.Access) else P.Access(None)
+        if (pr.superuser and not a.superuser) or (pr.admin and not a.admin):
+            a = copy.copy(a)
+            a.superuser = a.superuser or pr.superuser
+            a.admin = a.admin or pr.admin
+        return a
+
+    def _check_type(self, pr: Principal, interaction: str, rtype: str) -> P.Access:
+        a = self._access(pr)
+        if not a.can(interaction, rtype):
+            raise Forbidden()
+        return a
+
+    def _visible(self, pr: Principal, res: dict) -> bool:
+        if pr.superuser or not pr.project_id:
+            return True
+        proj = (res.get("meta") or {}).get("project")
+        return proj is None or proj == pr.project_id
+
+    def _project_for_write(self, pr: Principal, body: dict) -> str | None:
+        if pr.superuser:
+            return ((body.get("meta") or {}).get("project") if isinstance(body.get("meta"), dict) else None) \
+                or pr.project_id or None
+        return pr.project_id or None
+
+    def _out(self, a: P.Access, res: dict) -> dict:
+        return a.hide(res) if not a.full else res
+
+    # ================================================================== read / vread / history
+    def _read_visible(self, pr: Principal, rtype: str, rid: str, interaction: str = P.READ) -> tuple[P.Access, dict]:
+        a = self._check_type(pr, interaction, rtype)
+        res = self.repo.read(rtype, rid)
+        if not self._visible(pr, res) or not a.matches(res, interaction):
+            raise NotFound()
+        return a, res
+
+    def read(self, pr: Principal, rtype: str, rid: str) -> FhirResponse:
+        a, res = self._read_visible(pr, rtype, rid)
+        return FhirResponse(200, self._out(a, res), _res_headers(res))
+
+    def vread(self, pr: Principal, rtype: str, rid: str, vid: str) -> FhirResponse:
+        a = self._check_type(pr, P.VREAD, rtype)
+        res = self.repo.vread(rtype, rid, vid)
+        if not self._visible(pr, res) or not a.matches(res, P.VREAD):
+            raise NotFound()
+        return FhirResponse(200, self._out(a, res), _res_headers(res))
+
+    def history(self, pr: Principal, rtype: str, rid: str | None, query: list[tuple[str, str]]) -> FhirResponse:
+        a = self._check_type(pr, P.HISTORY, rtype)
+        count, offset = 100, 0
+        for k, v in query:
+            if k == "_count" and v.isdigit():
+                count = min(int(v), 1000)
+            elif k == "_offset" and v.isdigit():
+                offset = int(v)
+        if rid is not None:
+            current = None
+            try:
+                current = self.repo.read(rtype, rid)
+            except FhirError as e:
+                if e.status != 410:
+                    raise
+            if current is not None and (not self._visible(pr, current) or not a.matches(current, P.HISTORY)):
+                raise NotFound()
+        versions, total = self.repo.history(rtype, rid, count, offset)
+        entries = []
+        for v in versions:
+            res = v["resource"]
+            if rid is None and not v["deleted"] and (not self._visible(pr, res) or not a.matches(res, P.HISTORY)):
+                continue
+            e: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}"}
+            if v["deleted"]:
+                e["request"] = {"method": "DELETE", "url": f"{v['type']}/{v['id']}"}
+                e["response"] = {"status": "410", "lastModified": v["lastUpdated"]}
+            else:
+                e["resource"] = self._out(a, res)
+                e["request"] = {"method": "PUT", "url": f"{v['type']}/{v['id']}"}
+                e["response"] = {"status": "200", "lastModified": v["lastUpdated"], "etag": f'W/"{v["versionId"]}"'}
+            entries.append(e)
+        bundle = {"resourceType": "Bundle", "type": "history", "total": total, "entry": entries,
+                  "link": [{"relation": "self", "url": f"{self.fhir_base}{rtype}" + (f"/{rid}" if rid else "") + "/_history"}]}
+        return FhirResponse(200, bundle, {})
+
+    # ================================================================== search
+    def _policy_where(self, pr: Principal, a: P.Access, rtype: str) -> tuple[str, list] | None:
+        clauses, args = [], []
+        if not pr.superuser and pr.project_id:
+            clauses.append("(r.project = ? OR r.project IS NULL)")
+            args.append(pr.project_id)
+        crits = a.search_filters(rtype)
+        if crits is not None:
+            if not crits:
+                clauses.append("0")
+            else:
+                ors = []
+                for c in crits:
+                    try:
+                        sreq = parse_search(rtype, c)
+                    except BadRequest:
+                        ors.append("0")
+                        continue
+                    ands = []
+                    for f in sreq.filters:
+                        s, fa = filter_sql(f)
+                        ands.append(s)
+                        args += fa
+                    ors.append("(" + (" AND ".join(ands) or "1") + ")")
+                clauses.append("(" + " OR ".join(ors) + ")")
+        if not clauses:
+            return None
+        return " AND ".join(clauses), args
+
+    def search_resources(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str) -> list[dict]:
+        """Plain-Python helper: matching resources (first page) as the principal may see them."""
+        resp = self.search(pr, rtype, parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query)
+        if resp.status != 200:
+            raise FhirError(resp.body)
+        return [e["resource"] for e in resp.body.get("entry", []) if (e.get("search") or {}).get("mode") == "match"]
+
+    def search(self, pr: Principal, rtype: str, query: list[tuple[str, str]]) -> FhirResponse:
+        if rtype == "Binary":
+            raise BadRequest("Cannot search on Binary resource type")
+        a = self._check_type(pr, P.SEARCH, rtype)
+        req = parse_search(rtype, query)
+        where = self._policy_where(pr, a, rtype)
+        resources, total, has_more = self.repo.search(req, extra_where=where)
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset"}
+        if req.summary == "count":
+            bundle["total"] = total
+            bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset)}]
+            return FhirResponse(200, bundle, {})
+        entries = [{"fullUrl": f"{self.fhir_base}{rtype}/{r['id']}", "search": {"mode": "match"},
+                    "resource": self._out(a, r)} for r in resources]
+        entries += self._includes(pr, req, resources)
+        bundle["entry"] = entries
+        if total is not None:
+            bundle["total"] = total
+        # Medplum (server search.ts getSearchLinks): self always; first/next/previous when the page has entries
+        links = [{"relation": "self", "url": self._search_url(req, req.offset)}]
+        if req.count > 0 and entries:
+            links.append({"relation": "first", "url": self._search_url(req, 0)})
+            if has_more:
+                links.append({"relation": "next", "url": self._search_url(req, req.offset + req.count)})
+            if req.offset > 0:
+                links.append({"relation": "previous", "url": self._search_url(req, max(0, req.offset - req.count))})
+        bundle["link"] = links
+        return FhirResponse(200, bundle, {})
+
+    def _search_url(self, req: SearchRequest, offset: int) -> str:
+        """Like @medplum/core formatSearchQuery: filters, _sort, _offset (if not 0), _count, _total, includes;
+        each `name=encodeURIComponent(value)`, sorted."""
+        items = []
+        for k, v in req.query:
+            code = k.partition(":")[0]
+            if code in ("_count", "_offset", "_total", "_sort", "_include", "_revinclude", "_cursor", "_format",
+                        "_pretty", "_summary"):
+                continue
+            items.append(f"{k}={quote(v, safe=_URI_SAFE)}")
+        if req.sort:
+            items.append("_sort=" + ",".join(("-" if d else "") + c for c, d in req.sort))
+        if offset:
+            items.append(f"_offset={offset}")
+        items.append(f"_count={req.count}")
+        if req.total:
+            items.append(f"_total={req.total}")
+        items += [f"_include={quote(v, safe=_URI_SAFE + ':')}" for v in req.include]
+        items += [f"_revinclude={quote(v, safe=_URI_SAFE + ':')}" for v in req.revinclude]
+        items.sort()
+        return f"{self.fhir_base}{req.resource_type}?" + "&".join(items)
+
+    def _includes(self, pr: Principal, req: SearchRequest, resources: list[dict]) -> list[dict]:
+        out: list[dict] = []
+        seen = {f"{r['resourceType']}/{r['id']}" for r in resources}
+        from medport.emulator.medplum.fhir.searchparams import registry
+        from medport.emulator.medplum.fhir.values import reference_values
+        for inc in req.include:
+            src, _, code = inc.partition(":")
+            code, _, target = code.partition(":")
+            sp = registry().get(src, code) if src in RESOURCE_TYPES else None
+            if sp is None or sp.type != "reference":
+                raise BadRequest(f"Invalid include parameter: {inc}")
+            refs = []
+            for r in resources:
+                if r["resourceType"] == src:
+                    refs += [x for x in reference_values(sp.extract(r)) if not target or x.startswith(target + "/")]
+            for res in self.repo.read_many(list(dict.fromkeys(x for x in refs if x not in seen))):
+                a = self._access(pr)
+                if self._visible(pr, res) and a.can(P.READ, res["resourceType"]) and a.matches(res, P.READ):
+                    seen.add(f"{res['resourceType']}/{res['id']}")
+                    out.append({"fullUrl": f"{self.fhir_base}{res['resourceType']}/{res['id']}",
+                                "search": {"mode": "include"}, "resource": self._out(a, res)})
+        for inc in req.revinclude:
+            src, _, code = inc.partition(":")
+            code = code.partition(":")[0]
+            sp = registry().get(src, code) if src in RESOURCE_TYPES else None
+            if sp is None or sp.type != "reference":
+                raise BadRequest(f"Invalid revinclude parameter: {inc}")
+            targets = [f"{r['resourceType']}/{r['id']}" for r in resources]
+            a = self._access(pr)
+            if not a.can(P.SEARCH, src):
+                continue
+            for res in self.repo.references_to(targets, src, code):
+                key = f"{res['resourceType']}/{res['id']}"
+                if key in seen or not self._visible(pr, res) or not a.matches(res, P.READ):
+                    continue
+                seen.add(key)
+                out.append({"fullUrl": f"{self.fhir_base}{key}", "search": {"mode": "include"},
+                            "resource": self._out(a, res)})
+        return out
+
+    def _find(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str, limit: int = 2) -> list[dict]:
+        """Conditional-interaction lookup: at most `limit` matches visible to the principal."""
+        a = self._access(pr)
+        req = parse_search(rtype, query)
+        req.count, req.offset, req.sort, req.include, req.revinclude = limit, 0, [], [], []
+        return self.repo.search(req, extra_where=self._policy_where(pr, a, rtype), count_total=False)[0]
+
+    # ================================================================== writes
+    def _body_resource(self, body: Any, rtype: str) -> dict:
+        if not isinstance(body, dict):
+            raise BadRequest("Missing resource" if body is None else "Invalid resource")
+        if body.get("resourceType") != rtype:
+            raise BadRequest("Incorrect resource type")
+        return body
+
+    def _validate(self, res: dict) -> None:
+        self.validator.validate(res)
+
+    def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
+               assigned_id: str | None = None) -> FhirResponse:
+        res = self._body_resource(body, rtype)
+        a = self._check_type(pr, P.CREATE, rtype)
+        ine = headers.get("if-none-exist")
+        if ine:
+            found = self._find(pr, rtype, ine.lstrip("?"))
+            if len(found) > 1:
+                raise MultipleMatches()
+            if len(found) == 1:
+                r = found[0]
+                return FhirResponse(200, self._out(a, r), {**_res_headers(r), "Location": self._location(r)})
+        res = {k: v for k, v in res.items() if k != "id"}
+        res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
+        self._validate(res)
+        if not a.matches(res, P.CREATE):
+            raise Forbidden()
+        stored = self.repo.create(res, id=assigned_id, project=self._project_for_write(pr, res), author=pr.profile or None)
+        return FhirResponse(201, self._out(a, stored), {**_res_headers(stored), "Location": self._location(stored)})
+
+    def _location(self, r: dict) -> str:
+        return f"{self.fhir_base}{r['resourceType']}/{r['id']}/_history/{(r.get('meta') or {}).get('versionId', '')}"
+
+    def update(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
+        res = self._body_resource(body, rtype)
+        if res.get("id") != rid:
+            raise BadRequest("Incorrect ID")
+        if not ID_RE.match(rid):
+            raise BadRequest("Invalid id")
+        return self._do_update(pr, res, headers.get("if-match"))
+
+    def _do_update(self, pr: Principal, res: dict, if_match_header: str | None, *,
+                   create_by_id: bool = False) -> FhirResponse:
+        """PUT Type/id. Like Medplum repo.ts checkExistingResource: a deleted resource may be restored by anyone
+        allowed to update; a never-existing id is 404 unless the caller is a super admin (canSetId) — then it is
+        created and answered 200 like any update. `create_by_id` = a server-assigned id (batch conditional PUT)."""
+        rtype, rid = res["resourceType"], res["id"]
+        a = self._check_type(pr, P.UPDATE, rtype)
+        existing = None
+        try:
+            existing = self.repo.read(rtype, rid)
+        except FhirError as e:
+            if e.status not in (404, 410):
+                raise
+            if e.status == 404 and not (pr.superuser or create_by_id):
+                raise
+        if existing is not None:
+            if not self._visible(pr, existing):
+                raise NotFound()
+            if not a.matches(existing, P.UPDATE):
+                raise Forbidden()
+            res = a.protect_readonly(res, existing, P.UPDATE) if not a.full else res
+        else:
+            if not a.can(P.CREATE, rtype):
+                raise Forbidden()
+            res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
+        self._validate(res)
+        if not a.matches(res, P.UPDATE if existing is not None else P.CREATE):
+            raise Forbidden()
+        if_match = None
+        if if_match_header:
+            m = _VERSION_RE.match(if_match_header.strip())
+            if_match = m.group(1) if m else if_match_header
+            if existing is None:
+                raise PreconditionFailed()
+        stored, created, changed = self.repo.update(res, if_match=if_match, project=self._project_for_write(pr, res),
+                                                    author=pr.profile or None)
+        headers = _res_headers(stored)
+        if created and create_by_id:
+            headers["Location"] = self._location(stored)
+            return FhirResponse(201, self._out(a, stored), headers)
+        return FhirResponse(200, self._out(a, stored), headers)
+
+    def conditional_update(self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any,
+                           headers: dict[str, str]) -> FhirResponse:
+        res = self._body_resource(body, rtype)
+        found = self._find(pr, rtype, query)
+        if len(found) > 1:
+            raise MultipleMatches()
+        if not found:
+            if res.get("id"):
+                raise BadRequest("Cannot perform create as update with client-assigned ID", f"{rtype}.id")
+            return self.create(pr, rtype, res, {})
+        target = found[0]
+        if res.get("id") and res["id"] != target["id"]:
+            raise BadRequest("Resource ID did not match resolved ID", f"{rtype}.id")
+        res = {**res, "id": target["id"]}
+        return self._do_update(pr, res, headers.get("if-match"))
+
+    def patch(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
+        ctype = headers.get("content-type", "application/json-patch+json").split(";")[0].strip().lower()
+        if ctype and ctype not in ("application/json-patch+json", "application/json", "application/fhir+json"):
+            raise UnsupportedMediaType()
+        a = self._check_type(pr, P.UPDATE, rtype)
+        current = self.repo.read(rtype, rid)
+        if not self._visible(pr, current):
+            raise NotFound()
+        if not a.matches(current, P.UPDATE):
+            raise Forbidden()
+        patched = apply_patch(current, body)
+        if patched.get("resourceType") != rtype:
+            raise BadRequest("Incorrect resource type")
+        if patched.get("id") != rid:
+            raise BadRequest("Incorrect ID")
+        return self._do_update(pr, patched, headers.get("if-match"))
+
+    def conditional_patch(self, pr: Principal, rtype: str, query, body: Any, headers: dict[str, str]) -> FhirResponse:
+        found = self._find(pr, rtype, query)
+        if len(found) > 1:
+            raise MultipleMatches()
+        if not found:
+            raise NotFound()
+        return self.patch(pr, rtype, found[0]["id"], body, headers)
+
+    def delete(self, pr: Principal, rtype: str, rid: str) -> FhirResponse:
+        a = self._check_type(pr, P.DELETE, rtype)
+        try:
+            current = self.repo.read(rtype, rid)
+        except FhirError as e:
+            if e.status == 410:           # Medplum: deleting a deleted resource is 200 All OK
+                return FhirResponse(200, all_ok(), {})
+            raise
+        if not self._visible(pr, current):
+            raise NotFound()
+        if not a.matches(current, P.DELETE):
+            raise Forbidden()
+        self.repo.delete(rtype, rid)
+        return FhirResponse(200, all_ok(), {})
+
+    def conditional_delete(self, pr: Principal, rtype: str, query: list[tuple[str, str]]) -> FhirResponse:
+        self._check_type(pr, P.DELETE, rtype)
+        found = self._find(pr, rtype, query, limit=1000)
+        with self.repo.transaction():
+            for r in found:
+                self.delete(pr, rtype, r["id"])
+        return FhirResponse(200, all_ok(), {})
+
+    # ================================================================== batch / transaction
+    def batch(self, pr: Principal, bundle: Any) -> FhirResponse:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("Not a bundle")
+        btype = bundle.get("type")
+        if btype not in ("batch", "transaction"):
+            raise BadRequest(f"Unrecognized bundle type: {btype}")
+        entries = bundle.get("entry")
+        if not isinstance(entries, list) or not entries:
+            raise BadRequest("Missing bundle entries")
+        tx = btype == "transaction" and self.transactions
+        entries = [_shallow_entry(e) for e in entries]
+        results: list[dict | None] = [None] * len(entries)
+        identities: dict[str, str] = {}
+        buckets: dict[str, list[int]] = {k: [] for k in
+                                         ("delete", "create", "update", "patch", "operation", "search", "read", "history")}
+        updates, strong, seen = 0, False, set()
+
+        for i, entry in enumerate(entries):
+            try:
+                kind = self._preprocess(pr, entry, i, identities, seen, tx)
+            except FhirError as e:
+                if tx:
+                    return FhirResponse(e.status, e.outcome, {})
+                results[i] = _entry_response(e.outcome)
+                continue
+            if kind in ("create-conditional", "update-conditional", "delete-conditional"):
+                strong = True
+            if kind.startswith("update"):
+                updates += 1
+            buckets[kind.split("-")[0]].append(i)
+
+        if tx:
+            if updates > MAX_TRANSACTION_UPDATES:
+                raise BadRequest("Transaction contains more update operations than allowed")
+            if strong and len(entries) > MAX_SERIALIZABLE_TRANSACTION_ENTRIES:
+                raise BadRequest("Transaction requires strict isolation but has too many entries")
+
+        order = [i for b in buckets.values() for i in b]
+        try:
+            with self.repo.transaction():
+                for i in order:
+                    entry = _rewrite(entries[i], identities)
+                    if tx:
+                        resp = self._run_entry(pr, entry)
+                        if resp.status >= 400:
+                            raise _EntryFailed(resp)
+                        results[i] = self._entry_from_response(resp)
+                    else:
+                        try:
+                            with self.repo.transaction():
+                                resp = self._run_entry(pr, entry)
+                                if resp.status >= 400:
+                                    raise _EntryFailed(resp)
+                        except _EntryFailed as ef:
+                            resp = ef.resp
+                        except RecursionError:
+                            err = BadRequest("Resource is nested too deeply")
+                            resp = FhirResponse(err.status, err.outcome, {})
+                        except Exception as ex:  # a bug in one entry must not sink the whole batch
+                            resp = FhirResponse(500, ServerError(f"{type(ex).__name__}: {ex}").outcome, {})
+                        results[i] = self._entry_from_response(resp)
+        except _EntryFailed as ef:
+            return FhirResponse(ef.resp.status, ef.resp.body, {})
+        out = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{btype}-response",
+               "entry": [r or _entry_response(ServerError().outcome) for r in results]}
+        return FhirResponse(200, out, {})
+
+    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool) -> str:
+        """Classify the entry and resolve its urn:uuid identity (ids assigned before anything runs)."""
+        if not isinstance(entry, dict):
+            raise BadRequest("Invalid Bundle entry", f"Bundle.entry[{i}]")
+        req = entry.get("request")
+        if not isinstance(req, dict) or not req.get("method"):
+            raise BadRequest("Missing Bundle entry request method", f"Bundle.entry[{i}].request.method")
+        if not isinstance(req.get("url"), str) or not req["url"]:
+            raise BadRequest("Missing Bundle entry request URL", f"Bundle.entry[{i}].request.url")
+        method = str(req["method"]).upper()
+        url = req["url"]
+        path, qs = _entry_path(url)
+        parts = [p for p in path.strip("/").split("/") if p]
+        n = len(parts)
+        op = n and any(p.startswith("$") for p in parts)
+        if method == "GET":
+            kind = "operation" if op else ("search" if n == 1 or (n == 2 and parts[1] == "_search") else
+                                           "history" if "_history" in parts and n != 4 else "read")
+        elif method == "POST":
+            kind = "operation" if op else ("search" if n == 2 and parts[1] == "_search" else
+                                           "create-conditional" if n == 1 and req.get("ifNoneExist") else "create")
+            if n != 1 and kind == "create":
+                raise NotFound()
+        elif method == "PUT":
+            kind = "update-conditional" if (n == 1 and qs) else "update"
+        elif method == "PATCH":
+            kind = "patch"
+        elif method == "DELETE":
+            kind = "delete-conditional" if (n == 1 and qs) else "delete"
+        else:
+            raise BadRequest(f"Invalid REST interaction in batch: {method} {url}")
+        full = entry.get("fullUrl")
+        if not (isinstance(full, str) and full.startswith("urn:uuid")):
+            return kind
+        placeholder = full
+        reference = None
+        rtype = parts[0] if parts else None
+        res = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
+        if kind.startswith("create") and rtype in RESOURCE_TYPES:
+            if req.get("ifNoneExist"):
+                found = self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
+                if len(found) == 1:
+                    reference = f"{rtype}/{found[0]['id']}"
+            if reference is None and res is not None:
+                new_id = str(uuid.uuid4())
+                entry["_assigned_id"] = new_id
+                reference = f"{rtype}/{new_id}"
+        elif kind in ("update-conditional", "delete-conditional") and rtype in RESOURCE_TYPES:
+            found = self._find(pr, rtype, qs)
+            if not found:
+                if kind == "update-conditional" and res is not None:
+                    if res.get("id"):
+                        if tx:
+                            raise BadRequest("Cannot provide ID for create by update")
+                    else:
+                        new_id = str(uuid.uuid4())
+                        # resolved like Medplum: the entry is created with a server-assigned id
+                        entry["resource"] = {**res, "id": new_id}
+                        entry["request"]["url"] = f"{rtype}/{new_id}"
+                        entry["_create_by_update"] = True
+                        reference = f"{rtype}/{new_id}"
+            elif len(found) > 1:
+                if tx:
+                    raise BadRequest(f"Conditional {method} matched multiple resources", f"Bundle.entry[{i}].request.url")
+            else:
+                target = found[0]["id"]
+                reference = f"{rtype}/{target}"
+                if kind == "update-conditional" and res is not None and res.get("id") in (None, target):
+                    entry["resource"] = {**res, "id": target}
+                    entry["request"]["url"] = reference
+                elif kind == "delete-conditional":
+                    entry["request"]["url"] = reference
+        elif kind in ("update", "delete", "patch") and n == 2:
+            reference = f"{parts[0]}/{parts[1]}"
+        if reference:
+            identities[placeholder] = reference
+            if tx:
+                if reference in seen:
+                    raise BadRequest("Duplicate resource identity found in Bundle")
+                seen.add(reference)
+        return kind
+
+    def _run_entry(self, pr: Principal, entry: dict) -> FhirResponse:
+        req = entry["request"]
+        method = str(req["method"]).upper()
+        path, qs = _entry_path(req["url"])
+        query = parse_qsl(qs, keep_blank_values=True)
+        headers = {}
+        for k, h in (("ifNoneExist", "if-none-exist"), ("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match")):
+            if req.get(k):
+                headers[h] = str(req[k])
+        body = entry.get("resource")
+        assigned = entry.get("_assigned_id")
+        try:
+            if method == "PATCH":
+                body = _patch_body(body)
+                headers["content-type"] = "application/json-patch+json"
+            parts = [p for p in path.strip("/").split("/") if p]
+            if assigned and method == "POST" and len(parts) == 1 and parts[0] in RESOURCE_TYPES:
+                return self.create(pr, parts[0], body, headers, assigned_id=assigned)
+            if entry.get("_create_by_update") and method == "PUT" and len(parts) == 2 and isinstance(body, dict):
+                if body.get("resourceType") != parts[0]:
+                    raise BadRequest("Incorrect resource type")
+                if not self.repo.exists(parts[0], parts[1]):
+                    self._check_type(pr, P.CREATE, parts[0])
+                return self._do_update(pr, body, None, create_by_id=True)
+            return self._dispatch(pr, method, path, query, body, headers)
+        except FhirError as e:
+            return FhirResponse(e.status, e.outcome, {})
+
+    def _entry_from_response(self, resp: FhirResponse) -> dict:
+        body = resp.body
+        status = resp.status
+        if status >= 400:
+            return {"response": {"status": str(status), "outcome": body}}
+        e: dict[str, Any] = {}
+        r: dict[str, Any] = {"status": str(status)}
+        if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+            r["outcome"] = body
+        else:
+            r["outcome"] = created_outcome() if status == 201 else all_ok()
+            if isinstance(body, dict):
+                if body.get("id") and body.get("resourceType") != "Bundle":
+                    r["location"] = f"{body['resourceType']}/{body['id']}"
+                    meta = body.get("meta") or {}
+                    if meta.get("versionId"):
+                        r["etag"] = f'W/"{meta["versionId"]}"'
+                    if meta.get("lastUpdated"):
+                        r["lastModified"] = meta["lastUpdated"]
+                e["resource"] = body
+        e["response"] = r
+        return e
+
+
+def _shallow_entry(e: Any) -> Any:
+    if not isinstance(e, dict):
+        return e
+    e = dict(e)
+    if isinstance(e.get("request"), dict):
+        e["request"] = dict(e["request"])
+    return e
+
+
+def _entry_response(oo: dict) -> dict:
+    return {"response": {"status": str(status_of(oo)), "outcome": oo}}
+
+
+def _rewrite(node: Any, ids: dict[str, str]) -> Any:
+    """Replace every `urn:uuid:<uuid>` placeholder (also inside longer strings) with its "Type/id"."""
+    if not ids:
+        return node
+    text = _json_dumps(node)
+    if "urn" not in text:
+        return node
+
+    def sub(m: re.Match) -> str:
+        return ids.get(m.group(0).replace("%3A", ":"), m.group(0))
+
+    return json.loads(_URN.sub(sub, text))
+
+
+def _patch_body(res: Any) -> Any:
+    import base64
+    import json
+    if isinstance(res, dict) and res.get("resourceType") == "Binary":
+        try:
+            return json.loads(base64.b64decode(res.get("data") or ""))
+        except Exception:
+            raise BadRequest("Invalid Binary patch body") from None
+    if isinstance(res, dict) and res.get("resourceType") == "Parameters":
+        ops = []
+        for p in res.get("parameter") or []:
+            if not isinstance(p, dict) or p.get("name") != "operation":
+                continue
+            parts = {x.get("name"): x for x in p.get("part") or [] if isinstance(x, dict)}
+            o = (parts.get("op") or {}).get("valueCode")
+            if not o:
+                raise BadRequest("PATCH Parameters missing op")
+            d: dict[str, Any] = {"op": o}
+            if "path" in parts:
+                d["path"] = parts["path"].get("valueString")
+            if "from" in parts:
+                d["from"] = parts["from"].get("valueString")
+            if "value" in parts:
+                try:
+                    d["value"] = json.loads(parts["value"].get("valueString") or "null")
+                except ValueError:
+                    raise BadRequest("Invalid patch value") from None
+            ops.append(d)
+        return ops
+    if isinstance(res, list):
+        return res
+    raise BadRequest("Patch entry must include a Binary or Parameters resource")
+
+
+def _form_params(body: Any) -> list[tuple[str, str]]:
+    """POST _search body: urlencoded form given as a dict (values str or list), or a raw query string."""
+    if isinstance(body, str):
+        return parse_qsl(body, keep_blank_values=True)
+    if not isinstance(body, dict) or "resourceType" in body:
+        return []
+    out = []
+    for k, v in body.items():
+        if isinstance(v, list):
+            out += [(str(k), str(x)) for x in v]
+        elif v is not None:
+            out.append((str(k), str(v)))
+    return out

@@ -1,0 +1,452 @@
+"""SQLite-backed FHIR repository: current versions, full history, search index rows, change listeners.
+
+One connection guarded by a re-entrant lock (the HTTP server is threaded; SQLite serialises writers
+anyway). `transaction()` groups several writes into one SQLite transaction (nested = savepoint);
+listeners run after the outermost commit, never for rolled-back or no-op writes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from medport.emulator.medplum.errors import BadRequest, Gone, NotFound, PreconditionFailed
+from medport.emulator.medplum.fhir import values as V
+from medport.emulator.medplum.fhir.search import SearchRequest, filter_sql, parse_search, sort_sql
+from medport.emulator.medplum.fhir.searchparams import patient_compartment_params, registry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+  rid INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, vid TEXT NOT NULL,
+  lu REAL NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, project TEXT, content TEXT NOT NULL,
+  UNIQUE (type, id));
+CREATE INDEX IF NOT EXISTS resources_type_lu ON resources (type, deleted, lu);
+CREATE TABLE IF NOT EXISTS history (
+  seq INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, vid TEXT NOT NULL, lu REAL NOT NULL,
+  deleted INTEGER NOT NULL DEFAULT 0, content TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS history_tid ON history (type, id);
+CREATE UNIQUE INDEX IF NOT EXISTS history_vid ON history (type, id, vid);
+CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT);
+CREATE INDEX IF NOT EXISTS idx_token_v ON idx_token (param, code, system);
+CREATE INDEX IF NOT EXISTS idx_token_r ON idx_token (rid);
+CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT, raw TEXT);
+CREATE INDEX IF NOT EXISTS idx_string_v ON idx_string (param, value);
+CREATE INDEX IF NOT EXISTS idx_string_r ON idx_string (rid);
+CREATE TABLE IF NOT EXISTS idx_ref (rid INTEGER NOT NULL, param TEXT NOT NULL, ref TEXT);
+CREATE INDEX IF NOT EXISTS idx_ref_v ON idx_ref (param, ref);
+CREATE INDEX IF NOT EXISTS idx_ref_r ON idx_ref (rid);
+CREATE TABLE IF NOT EXISTS idx_date (rid INTEGER NOT NULL, param TEXT NOT NULL, lo REAL, hi REAL);
+CREATE INDEX IF NOT EXISTS idx_date_v ON idx_date (param, lo);
+CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rid);
+CREATE TABLE IF NOT EXISTS idx_num (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL, system TEXT, code TEXT);
+CREATE INDEX IF NOT EXISTS idx_num_v ON idx_num (param, value);
+CREATE INDEX IF NOT EXISTS idx_num_r ON idx_num (rid);
+"""
+_INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num")
+
+
+@dataclass
+class ChangeEvent:
+    interaction: str          # "create" | "update" | "delete"
+    resource: dict            # the new version, or the deleted resource
+    previous: dict | None
+
+
+def now_iso() -> tuple[str, float]:
+    t = time.time()
+    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z", float(int(t * 1000)) / 1000
+
+
+def _strip_meta(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k != "meta"}
+
+
+def _meta_sans_server(meta: Any) -> Any:
+    if not isinstance(meta, dict):
+        return meta
+    return {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated", "author", "project", "compartment")}
+
+
+def same_content(a: dict, b: dict) -> bool:
+    """Equal ignoring server-managed meta (Medplum's no-op update detection)."""
+    return _strip_meta(a) == _strip_meta(b) and (_meta_sans_server(a.get("meta")) or None) == \
+        (_meta_sans_server(b.get("meta")) or None)
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Repository:
+    def __init__(self, path: str | None = None):
+        self.path = path if path not in (None, "", ":memory:") else None
+        self._conn = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._depth = 0
+        self._pending: list[ChangeEvent] = []
+        c = self._conn
+        if self.path:
+            c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("PRAGMA temp_store=MEMORY")
+        c.execute("PRAGMA cache_size=-65536")
+        if self.path:
+            c.execute("PRAGMA wal_autocheckpoint=10000")
+        c.executescript(SCHEMA)
+        self._params = registry()
+
+    # ------------------------------------------------------------------ infrastructure
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add_listener(self, fn: Callable[[ChangeEvent], None]) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[ChangeEvent], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    @contextmanager
+    def transaction(self) -> Iterator["Repository"]:
+        """All writes inside are atomic; nested use creates a savepoint. Listeners fire after the outer commit."""
+        with self._lock:
+            c = self._conn
+            outer = self._depth == 0
+            sp = f"sp{self._depth}"
+            mark = len(self._pending)
+            if outer:
+                c.execute("BEGIN IMMEDIATE")
+            else:
+                c.execute(f"SAVEPOINT {sp}")
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                del self._pending[mark:]
+                if outer:
+                    c.execute("ROLLBACK")
+                else:
+                    c.execute(f"ROLLBACK TO {sp}")
+                    c.execute(f"RELEASE {sp}")
+                raise
+            self._depth -= 1
+            if outer:
+                c.execute("COMMIT")
+                events, self._pending = self._pending, []
+            else:
+                c.execute(f"RELEASE {sp}")
+                events = []
+        for ev in events:
+            self._emit(ev)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """A transaction for one repository write: joins an enclosing transaction without a savepoint."""
+        with self._lock:
+            if self._depth > 0:
+                yield
+                return
+        with self.transaction():
+            yield
+
+    def _emit(self, ev: ChangeEvent) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(ev)
+            except Exception:  # a listener must never break a write
+                pass
+
+    def _event(self, ev: ChangeEvent) -> None:
+        self._pending.append(ev)
+
+    # ------------------------------------------------------------------ reads
+    def _row(self, rtype: str, rid: str):
+        return self._conn.execute(
+            "SELECT rid, vid, deleted, content FROM resources WHERE type = ? AND id = ?", (rtype, rid)).fetchone()
+
+    def read(self, rtype: str, rid: str) -> dict:
+        with self._lock:
+            row = self._row(rtype, rid)
+        if row is None:
+            raise NotFound()
+        if row[2]:
+            raise Gone()
+        return json.loads(row[3])
+
+    def exists(self, rtype: str, rid: str) -> bool:
+        with self._lock:
+            row = self._row(rtype, rid)
+        return bool(row and not row[2])
+
+    def vread(self, rtype: str, rid: str, vid: str) -> dict:
+        with self._lock:
+            row = self._conn.execute("SELECT deleted, content FROM history WHERE type=? AND id=? AND vid=?",
+                                     (rtype, rid, vid)).fetchone()
+        if row is None:
+            raise NotFound()
+        if row[0]:
+            raise Gone()
+        return json.loads(row[1])
+
+    def history(self, rtype: str, rid: str | None = None, count: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+        """Versions newest first: [{"resource": dict, "deleted": bool, "lastUpdated": str, "versionId": str,
+        "type": str, "id": str}], total."""
+        with self._lock:
+            if rid is not None:
+                if self._row(rtype, rid) is None:
+                    raise NotFound()
+                where, args = "type = ? AND id = ?", [rtype, rid]
+            else:
+                where, args = "type = ?", [rtype]
+            total = self._conn.execute(f"SELECT COUNT(*) FROM history WHERE {where}", args).fetchone()[0]
+            rows = self._conn.execute(
+                f"SELECT type, id, vid, lu, deleted, content FROM history WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*args, count, offset]).fetchall()
+        out = []
+        for t, i, vid, lu, deleted, content in rows:
+            res = json.loads(content)
+            out.append({"type": t, "id": i, "versionId": vid, "deleted": bool(deleted), "resource": res,
+                        "lastUpdated": (res.get("meta") or {}).get("lastUpdated")})
+        return out, total
+
+    # ------------------------------------------------------------------ writes
+    def _stamp(self, resource: dict, rid: str, project: str | None, author: str | None,
+               previous: dict | None) -> tuple[dict, float]:
+        lu_iso, lu = now_iso()
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(uuid.uuid4())
+        meta["lastUpdated"] = lu_iso
+        prev_meta = (previous or {}).get("meta") or {}
+        proj = project or prev_meta.get("project")
+        compartments = []
+        if proj:
+            meta["project"] = proj
+            compartments.append(f"Project/{proj}")
+        elif "project" in meta and not isinstance(meta.get("project"), str):
+            meta.pop("project")
+        # Medplum also places resources in their Patient compartments (compartmentdefinition-patient.json)
+        if resource["resourceType"] == "Patient":
+            compartments.append(f"Patient/{rid}")
+        else:
+            for sp in patient_compartment_params(resource["resourceType"]):
+                for ref in V.reference_values(sp.extract(resource)):
+                    if ref.startswith("Patient/") and ref not in compartments:
+                        compartments.append(ref)
+        if compartments:
+            meta["compartment"] = [{"reference": c} for c in compartments]
+        else:
+            meta.pop("compartment", None)
+        if author:
+            meta["author"] = {"reference": author}
+        elif prev_meta.get("author") and "author" not in meta:
+            meta["author"] = prev_meta["author"]
+        out = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+        for k, v in resource.items():
+            if k not in ("resourceType", "id", "meta"):
+                out[k] = v
+        return out, lu
+
+    def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
+               clear_index: bool = True) -> None:
+        c = self._conn
+        content = _dumps(res)
+        rtype, rid, vid = res["resourceType"], res["id"], res["meta"]["versionId"]
+        proj = (res.get("meta") or {}).get("project")
+        if existing_rid is None:
+            cur = c.execute("INSERT INTO resources (type, id, vid, lu, deleted, project, content) VALUES (?,?,?,?,0,?,?)",
+                            (rtype, rid, vid, lu, proj, content))
+            row_id = cur.lastrowid
+        else:
+            row_id = existing_rid
+            c.execute("UPDATE resources SET vid=?, lu=?, deleted=0, project=?, content=? WHERE rid=?",
+                      (vid, lu, proj, content, row_id))
+            if clear_index:
+                self._clear_index(row_id)
+        c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
+                  (rtype, rid, vid, lu, content))
+        self._index(row_id, res)
+
+    def _clear_index(self, row_id: int) -> None:
+        for t in _INDEX_TABLES:
+            self._conn.execute(f"DELETE FROM {t} WHERE rid = ?", (row_id,))
+
+    def _index(self, row_id: int, res: dict) -> None:
+        params = self._params.for_type(res["resourceType"])
+        tok, st, ref, dt, num = V.index_rows(params, res)
+        c = self._conn
+        if tok:
+            c.executemany("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
+                          [(row_id, p, s, v) for p, s, v in tok])
+        if st:
+            c.executemany("INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
+                          [(row_id, p, v, raw) for p, v, raw in st])
+        if ref:
+            c.executemany("INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)", [(row_id, p, v) for p, v in ref])
+        if dt:
+            c.executemany("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
+                          [(row_id, p, lo, hi) for p, lo, hi in dt])
+        if num:
+            c.executemany("INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
+                          [(row_id, p, n, s, cd) for p, n, s, cd in num])
+
+    def create(self, resource: dict, *, id: str | None = None, project: str | None = None,
+               author: str | None = None) -> dict:
+        """Store a new resource (server-assigned UUID unless `id` is given). Returns the stored resource."""
+        with self._tx():
+            rid = id or str(uuid.uuid4())
+            row = self._row(resource["resourceType"], rid)
+            if row is not None and not row[2]:
+                raise BadRequest("Resource already exists")
+            res, lu = self._stamp(resource, rid, project, author, None)
+            self._write(res, lu, project, row[0] if row else None, clear_index=False)
+            self._event(ChangeEvent("create", res, None))
+        return res
+
+    def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
+               author: str | None = None, create_if_missing: bool = True) -> tuple[dict, bool, bool]:
+        """Update (or create with the given id). Returns (resource, created, changed)."""
+        rtype, rid = resource["resourceType"], resource.get("id")
+        if not rid:
+            raise BadRequest("Missing id")
+        with self._tx():
+            row = self._row(rtype, rid)
+            if row is None or row[2]:
+                if if_match is not None and row is not None:
+                    raise PreconditionFailed()
+                if not create_if_missing:
+                    raise NotFound()
+                res, lu = self._stamp(resource, rid, project, author, None)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False)
+                self._event(ChangeEvent("create", res, None))
+                return res, True, True
+            if if_match is not None and if_match != row[1]:
+                raise PreconditionFailed()
+            previous = json.loads(row[3])
+            if same_content(previous, resource):
+                return previous, False, False
+            res, lu = self._stamp(resource, rid, project, author, previous)
+            self._write(res, lu, project, row[0])
+            self._event(ChangeEvent("update", res, previous))
+        return res, False, True
+
+    def delete(self, rtype: str, rid: str) -> dict:
+        """Delete; history keeps every version and a deletion marker. Returns the deleted resource."""
+        with self._tx():
+            row = self._row(rtype, rid)
+            if row is None:
+                raise NotFound()
+            if row[2]:
+                raise Gone()
+            previous = json.loads(row[3])
+            lu_iso, lu = now_iso()
+            vid = str(uuid.uuid4())
+            marker = {"resourceType": rtype, "id": rid, "meta": {"versionId": vid, "lastUpdated": lu_iso}}
+            c = self._conn
+            c.execute("UPDATE resources SET deleted=1, vid=?, lu=? WHERE rid=?", (vid, lu, row[0]))
+            c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,1,?)",
+                      (rtype, rid, vid, lu, _dumps(marker)))
+            self._clear_index(row[0])
+            self._event(ChangeEvent("delete", previous, previous))
+        return previous
+
+    def reset(self, keep: Callable[[dict], bool] = lambda r: False) -> int:
+        """Delete (with history and index rows) every resource for which keep(resource) is False."""
+        removed = 0
+        with self.transaction():
+            c = self._conn
+            rows = c.execute("SELECT rid, type, id, deleted, content FROM resources").fetchall()
+            for row_id, t, i, deleted, content in rows:
+                if not deleted and keep(json.loads(content)):
+                    continue
+                c.execute("DELETE FROM resources WHERE rid = ?", (row_id,))
+                c.execute("DELETE FROM history WHERE type = ? AND id = ?", (t, i))
+                self._clear_index(row_id)
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------------ search
+    def search(self, req: SearchRequest | tuple[str, Any], *, extra_where: tuple[str, list] | None = None,
+               count_total: bool | None = None) -> tuple[list[dict], int | None, bool]:
+        """Run a search. Returns (resources (at most req.count), total or None, has_more)."""
+        if isinstance(req, tuple):
+            req = parse_search(req[0], req[1])
+        params = self._params.for_type(req.resource_type)
+        for f in req.filters:
+            if f.chain is not None and f.chain_refs is None:
+                target, inner = f.chain
+                inner_req = parse_search(target, [(inner, f.values[0])])
+                inner_req.count, inner_req.sort = 1000, []
+                found = self.search(inner_req, count_total=False)[0]
+                f.chain_refs = [f"{target}/{r['id']}" for r in found]
+        where = ["r.type = ?", "r.deleted = 0"]
+        args: list[Any] = [req.resource_type]
+        selective = False
+        for f in req.filters:
+            sql, a = filter_sql(f)
+            where.append(sql)
+            args += a
+            selective = selective or sql.startswith(("r.rid IN", "(r.rid IN"))
+        if selective:
+            # let SQLite drive the query from the index sub-selects, not from a scan of the whole type
+            where[0], where[1] = "+r.type = ?", "+r.deleted = 0"
+        if extra_where:
+            where.append(extra_where[0])
+            args += extra_where[1]
+        wsql = " AND ".join(where)
+        order, oargs = sort_sql(req, params)
+        want_total = count_total if count_total is not None else req.total in ("accurate", "estimate")
+        with self._lock:
+            total = None
+            if want_total:
+                total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
+            rows = []
+            if req.count > 0:
+                rows = self._conn.execute(
+                    f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
+                    [*args, *oargs, req.count + 1, req.offset]).fetchall()
+        has_more = len(rows) > req.count
+        return [json.loads(r[0]) for r in rows[:req.count]], total, has_more
+
+    def search_ids(self, rtype: str, query, limit: int = 2) -> list[dict]:
+        """Resources matching `query` (at most `limit`) — the conditional create/update/delete lookup."""
+        req = parse_search(rtype, query)
+        req.count, req.offset, req.sort = limit, 0, []
+        return self.search(req, count_total=False)[0]
+
+    def references_to(self, targets: list[str], rtype: str, param: str) -> list[dict]:
+        """Resources of `rtype` whose `param` references one of targets ("Type/id") — for _revinclude."""
+        if not targets:
+            return []
+        ph = ",".join("?" * len(targets))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT DISTINCT r.content FROM resources r JOIN idx_ref x ON x.rid = r.rid "
+                f"WHERE r.type = ? AND r.deleted = 0 AND x.param = ? AND x.ref IN ({ph}) LIMIT 1000",
+                [rtype, param, *targets]).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def read_many(self, refs: list[str]) -> list[dict]:
+        out = []
+        with self._lock:
+            for ref in refs:
+                t, _, i = ref.partition("/")
+                row = self._row(t, i)
+                if row and not row[2]:
+                    out.append(json.loads(row[3]))
+        return out
+
+    def count(self, rtype: str | None = None) -> int:
+        with self._lock:
+            if rtype:
+                return self._conn.execute("SELECT COUNT(*) FROM resources WHERE type=? AND deleted=0", (rtype,)).fetchone()[0]
+            return self._conn.execute("SELECT COUNT(*) FROM resources WHERE deleted=0").fetchone()[0]

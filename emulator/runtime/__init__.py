@@ -1,4 +1,0 @@
-"""Bot runtime: warm Node 22 workers that run Medplum bots (vmcontext / awslambda) exactly like Medplum."""
-from emulator.runtime.pool import BotRuntime, ExecRequest, ExecResult
-
-__all__ = ["BotRuntime", "ExecRequest", "ExecResult"]

@@ -1,0 +1,176 @@
+"""`medport check`, `medport replay` and `medport runs`: success and failure paths against the emulator."""
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import medport.generator.render as render
+import pytest
+from click.testing import CliRunner
+from medport.generator.check import check_command, run_check
+from medport.generator.cli import main
+from medport.generator.config import load_config
+from medport.generator.flow import (
+    create_facility_org,
+    create_patient,
+    task_ids,
+    wait_for_consolidated,
+)
+from medport.generator.replay import replay_command
+from medport.generator.runs import runs_command
+from medport.generator.scenarios import snapshot_versions
+from medport.generator.stack import start_stack
+
+from tests.paths import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
+    return tmp_path
+
+
+def test_check_passes_on_the_example_config_and_writes_junit(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    junit = tmp_path / "junit.xml"
+    r = CliRunner().invoke(check_command, ["--junit", str(junit)])
+    assert r.exit_code == 0, r.output
+    assert "0 failed" in r.output
+    suite = ET.parse(junit).getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) >= 8
+    names = [c.get("name") for c in suite.iter("testcase")]
+    assert any("replay" in n for n in names) and any("signature" in n for n in names)
+
+
+def test_check_fails_naming_a_stale_file(tmp_path):
+    proj = project(tmp_path)
+    (proj / "bots" / "metriport-patient-bot.js").write_text("// stale\n")
+    ch = run_check(str(proj / "medport.toml"), str(proj / "bots"), scenarios=False, echo=lambda s: None)
+    failed = [r for r in ch.results if not r.ok]
+    assert len(failed) == 1 and "stale: " in failed[0].message and "metriport-patient-bot.js" in failed[0].message
+
+
+def test_check_fails_naming_an_invalid_config(tmp_path):
+    (tmp_path / "medport.toml").write_text('[patient_bot]\nflow = "sometimes"\n')
+    r = CliRunner().invoke(check_command, ["-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")])
+    assert r.exit_code == 1
+    assert "patient_bot.flow: 'sometimes' is not one of" in r.output and "skip" in r.output
+
+
+def test_check_fails_on_a_bot_that_breaks_a_scenario(tmp_path, monkeypatch):
+    """A webhook bot that no longer refuses bad signatures must fail the signature scenario."""
+    proj = project(tmp_path)
+    real = render.render_bots
+
+    def broken(cfg):
+        files = real(cfg)
+        name = f"{cfg['webhook_bot']['name']}.js"
+        code = files[name]
+        assert "throw new Error('Refused: the x-metriport-signature does not match the body');" in code
+        files[name] = code.replace("throw new Error('Refused: the x-metriport-signature does not match the body');", "")
+        return files
+
+    monkeypatch.setattr(render, "render_bots", broken)  # a broken template, as far as medport can tell
+    CliRunner().invoke(main, ["generate", "-c", str(proj / "medport.toml"), "-o", str(proj / "bots")])
+    ch = run_check(str(proj / "medport.toml"), str(proj / "bots"), only="signature", echo=lambda s: None)
+    failed = {r.name: r.message for r in ch.results if not r.ok}
+    assert any("signature" in n for n in failed), failed
+    assert any("bad signature: accepted" in m for m in failed.values()), failed
+
+
+@pytest.fixture(scope="module")
+def stack():
+    s = start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.05)
+    org = create_facility_org(s)
+    base = task_ids(s)
+    create_patient(s, "Jane", org["id"])
+    out = wait_for_consolidated(s, timeout=60, baseline=base)
+    assert out.done and not out.failed_tasks
+    yield s
+    s.close()
+
+
+def _admin_args(stack):
+    return ["--base-url", stack.base_url, "--client-id", stack.emulator.admin_client_id,
+            "--client-secret", stack.emulator.admin_client_secret]
+
+
+def test_replay_file_is_resigned_delivered_and_idempotent(stack, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    msg = [d for d in stack.fake.state.deliveries_log() if d["type"] == "medical.consolidated-data"][-1]
+    f = tmp_path / "webhook.json"
+    f.write_text(json.dumps(msg["payload"], indent=2))  # pretty-printed on disk: replay re-serializes like Metriport
+    before = snapshot_versions(stack)
+    r = CliRunner().invoke(replay_command, [str(f), *_admin_args(stack)])
+    assert r.exit_code == 0, r.output
+    assert "answer: HTTP 200" in r.output and "consolidated-data" in r.output
+    stack.wait_idle(30)
+    assert snapshot_versions(stack) == before
+    bad = CliRunner().invoke(replay_command, [str(f), *_admin_args(stack), "--webhook-key", "wrong"])
+    assert bad.exit_code == 1 and "refused" in bad.output
+    assert stack.webhook_url.split("@")[0].split(":")[-1] not in r.output + bad.output, "a secret was printed"
+
+
+def test_replay_rejects_a_file_that_is_not_a_webhook(stack, tmp_path):
+    f = tmp_path / "x.json"
+    f.write_text('{"hello": 1}')
+    r = CliRunner().invoke(replay_command, [str(f), *_admin_args(stack)])
+    assert r.exit_code == 1 and "not a Metriport webhook" in r.output
+
+
+def test_replay_failed_requeues_and_reprocesses(stack):
+    n = len([d for d in stack.fake.state.deliveries_log(False) if d["type"] == "medical.consolidated-data"])
+    base = task_ids(stack)
+    stack.fake.state.set_faults(expired_urls=True)
+    try:
+        create_patient(stack, "Kyla", create_facility_org(stack)["id"])
+        # the original message and the one re-requested after its expired URL
+        out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
+    finally:
+        stack.fake.state.set_faults(expired_urls=False)
+    assert out.failed_tasks
+    # the stored message's URL stays expired, so the replay fails again — but it ran again and says so
+    r = CliRunner().invoke(replay_command, ["--failed", "--wait", "30", *_admin_args(stack)])
+    assert "requeued Task/" in r.output and "failed" in r.output
+    assert r.exit_code == 1
+
+
+def test_runs_lists_filters_and_reads_audit_events(stack):
+    r = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--limit", "50"])
+    assert r.exit_code == 0 and "metriport-patient-bot" in r.output and "metriport-webhook-bot" in r.output
+    only = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--bot", "metriport-patient-bot", "--logs"])
+    assert "metriport-webhook-bot" not in only.output and "metriport-patient-bot" in only.output
+    failed = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--failed"])
+    assert failed.exit_code == 0 and " success " not in failed.output
+    audit = CliRunner().invoke(runs_command, [*_admin_args(stack), "--limit", "5"])
+    assert audit.exit_code == 0 and "metriport-" in audit.output, audit.output
+
+
+def test_runs_without_an_emulator_says_what_to_do():
+    r = CliRunner().invoke(runs_command, ["--base-url", "http://127.0.0.1:9/"])
+    assert r.exit_code == 1 and "medport emulate" in r.output
+
+
+def test_runs_follow_streams_new_executions(stack):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from medport.generator.replay import deliver
+
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "runs", "--follow", "--limit", "1",
+                             "--base-url", stack.base_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    try:
+        time.sleep(2.0)  # let it print the newest run and start following
+        r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)
+        assert r.status_code == 200
+        time.sleep(2.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    lines = [ln for ln in out.splitlines() if "metriport-" in ln]
+    assert len(lines) >= 2, out  # the newest run at start, then the ping's run as it happened
+    assert "execute" in lines[-1] and "success" in lines[-1]

@@ -1,0 +1,110 @@
+"""Config loading and validation: good configs, many bad ones, every problem named at once."""
+import tomllib
+
+import pytest
+from medport.generator.config import ConfigError, load_config, schema, validate_data
+from medport.generator.starter import config_reference_markdown, starter_toml
+
+from tests.paths import ROOT
+
+
+def problems_of(data):
+    with pytest.raises(ConfigError) as exc:
+        validate_data(data)
+    return exc.value.problems
+
+
+def test_empty_config_gets_every_default():
+    cfg = validate_data({})
+    assert cfg["medplum"]["runtime"] == "vmcontext"
+    assert cfg["patient_bot"]["flow"] == "document-query"
+    assert cfg["import"]["batch_max_bytes"] < 1048576
+    assert cfg.metriport_base_url == "https://api.sandbox.metriport.com"
+    for section, node in schema()["properties"].items():
+        for key, sub in node["properties"].items():
+            if "default" in sub:
+                assert key in cfg[section], f"{section}.{key} default not applied"
+
+
+@pytest.mark.parametrize("env,url", [("sandbox", "https://api.sandbox.metriport.com"),
+                                     ("production", "https://api.metriport.com"),
+                                     ("http://127.0.0.1:8180/", "http://127.0.0.1:8180")])
+def test_metriport_environment(env, url):
+    assert validate_data({"metriport": {"environment": env}}).metriport_base_url == url
+
+
+def test_misspelled_resource_type_gets_a_hint():
+    probs = problems_of({"webhook_bot": {"resources": ["Condition", "Encounter", "Procedure", "Observaton"]}})
+    assert probs == ["webhook_bot.resources[3]: 'Observaton' is not an R4 resource type — did you mean 'Observation'?"]
+
+
+def test_every_problem_reported_at_once():
+    probs = problems_of({
+        "medplum": {"runtime": "lambda", "colour": "red"},
+        "patient_bot": {"flow": "docs", "timeout": "10", "nmae": "x"},
+        "webhook_bot": {"resources": ["Patient", "Bot", "Provenance"]},
+        "retry": {"max_attempts": 0},
+        "consolidated": {"date_from": "2024-13-01"},
+    })
+    text = "\n".join(probs)
+    for needle in ["medplum.runtime: 'lambda' is not one of 'vmcontext', 'awslambda'",
+                   "medplum.colour: unknown key",
+                   "patient_bot.nmae: unknown key — did you mean 'name'?",
+                   "patient_bot.flow: 'docs' is not one of",
+                   "patient_bot.timeout: expected integer",
+                   "retry.max_attempts:",
+                   "consolidated.date_from: '2024-13-01' has the wrong form",
+                   "webhook_bot.resources[0]: 'Patient' cannot be imported",
+                   "webhook_bot.resources[1]: 'Bot' is not clinical data",
+                   "webhook_bot.resources[2]: 'Provenance' has no identifier element"]:
+        assert needle in text, f"missing {needle!r} in:\n{text}"
+
+
+def test_unknown_section_is_an_error():
+    assert problems_of({"metriprot": {}})[0].startswith("metriprot: unknown key — did you mean 'metriport'?")
+
+
+def test_cross_field_rules():
+    probs = problems_of({"patient_bot": {"name": "same", "identifier": "x"},
+                         "webhook_bot": {"name": "same", "identifier": "x"},
+                         "consolidated": {"date_from": "2024-05-01", "date_to": "2024-01-01"},
+                         "retry": {"initial_delay_ms": 9000, "max_delay_ms": 1000}})
+    assert any(p.startswith("webhook_bot.name: must differ") for p in probs)
+    assert any(p.startswith("webhook_bot.identifier: must differ") for p in probs)
+    assert any(p.startswith("consolidated.date_to:") for p in probs)
+    assert any(p.startswith("retry.initial_delay_ms:") for p in probs)
+
+
+def test_batch_bytes_cannot_exceed_medplum_body_limit():
+    assert problems_of({"import": {"batch_max_bytes": 2_000_000}})[0].startswith("import.batch_max_bytes:")
+
+
+def test_invalid_toml_reports_line_and_column(tmp_path):
+    p = tmp_path / "medport.toml"
+    p.write_text('[medplum]\nruntime = "vmcontext"\nbase_url = \n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "line 3" in str(exc.value) and "column" in str(exc.value)
+
+
+def test_missing_config_points_to_init(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "medport.toml")
+    assert "medport init" in str(exc.value)
+
+
+def test_starter_config_is_valid_and_documents_every_key():
+    text = starter_toml()
+    cfg = validate_data(tomllib.loads(text))
+    assert cfg.data == validate_data({}).data
+    for section, node in schema()["properties"].items():
+        assert f"[{section}]" in text
+        for key in node["properties"]:
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} missing from starter"
+
+
+def test_example_config_is_the_starter_and_readme_documents_every_key():
+    root = ROOT
+    validate_data(tomllib.loads((root / "medport.toml").read_text()))
+    readme = (root / "README.md").read_text()
+    assert config_reference_markdown() in readme, "README config reference is stale: run `python -m medport.generator.docs`"

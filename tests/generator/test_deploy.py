@@ -1,0 +1,183 @@
+"""`medport deploy` against the emulator: first deploy, idempotent redeploy, config change, bad
+credentials, injected server errors (transient and persistent, and an error OperationOutcome in a 200)."""
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+from medport.emulator.medplum.server import start_in_thread
+from medport.emulator.medplum.state import Settings
+from medport.generator.config import validate_data
+from medport.generator.deploy import Deployer, deploy_command
+from medport.generator.medplum_http import MedplumError, MedplumHttp
+
+from tests.paths import ROOT
+
+
+class Faults:
+    """WSGI middleware injecting failures in front of the emulator (the requests still cross real HTTP)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.rules = []   # (method, path regex, status, remaining count, body)
+        self.seen = []
+
+    def add(self, method, pattern, status, count=1, body=None):
+        self.rules.append([method, re.compile(pattern), status, count, body])
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        self.seen.append((method, path))
+        for rule in self.rules:
+            if rule[0] == method and rule[1].search(path) and rule[3] > 0:
+                rule[3] -= 1
+                body = json.dumps(rule[4] or {"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "exception", "details": {"text": "injected failure"}}]}).encode()
+                start_response(f"{rule[2]} Injected", [("Content-Type", "application/fhir+json"),
+                                                       ("Content-Length", str(len(body)))])
+                return [body]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def emu():
+    h = start_in_thread(Settings(db_path=None))
+    h.faults = Faults(h.app.wsgi_app)
+    h.app.wsgi_app = h.faults
+    yield h
+    h.stop()
+
+
+def deployer(h, cfg, **kw):
+    http = MedplumHttp(h.base_url, h.admin_client_id, h.admin_client_secret, backoff_s=0.01)
+    return Deployer(cfg, http, **kw)
+
+
+def statuses(result):
+    return {(c.kind, c.name): c.status for c in result.changes}
+
+
+def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
+    cfg = validate_data({})
+    first = deployer(emu, cfg).run()
+    st = statuses(first)
+    assert set(st.values()) == {"created"}, st
+    assert len([k for k in st if k[0] == "Bot"]) == 2 and len([k for k in st if k[0] == "Subscription"]) == 2
+    assert first.client_secret and first.webhook_url.endswith(f"fhir/R4/Bot/{first.bot_ids['webhook_bot']}/$execute")
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    # the bots have their code, their own memberships and policies; the subscription points at the bot
+    for key, bot_id in first.bot_ids.items():
+        bot = admin.fhir("read", "GET", f"Bot/{bot_id}")
+        assert bot["executableCode"]["url"].startswith("Binary/") and bot["sourceCode"]["url"].startswith("Binary/")
+        m = admin.fhir("m", "GET", f"ProjectMembership?profile=Bot/{bot_id}")["entry"][0]["resource"]
+        policy = admin.fhir("p", "GET", m["accessPolicy"]["reference"])
+        assert policy["meta"]["tag"][0]["code"] == f"{key.replace('_', '-')}-policy"
+    subs = admin.fhir("s", "GET", "Subscription")["entry"]
+    assert {s["resource"]["channel"]["endpoint"] for s in subs} >= {f"Bot/{first.bot_ids['patient_bot']}"}
+    second = deployer(emu, cfg).run()
+    assert set(statuses(second).values()) == {"unchanged"}, statuses(second)
+    assert second.client_secret is None, "an existing client's secret is never shown again"
+    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")  # noqa: E731
+                      and "/oauth2/" not in s[1]]
+    before = len(writes())
+    deployer(emu, cfg).run()
+    assert len(writes()) == before, "a redeploy of an unchanged config wrote to the server"
+
+
+def test_config_change_updates_only_what_changed(emu):
+    deployer(emu, validate_data({})).run()
+    changed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]}})).run()
+    st = statuses(changed)
+    assert st[("Bot", "metriport-patient-bot")] == "updated"
+    assert st[("Subscription", "patient-subscription")] == "updated"
+    assert st[("Bot", "metriport-webhook-bot")] == "unchanged"
+    assert st[("AccessPolicy", "webhook-bot-policy")] == "unchanged"
+    narrowed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]},
+                                            "webhook_bot": {"resources": ["Condition"]}})).run()
+    st = statuses(narrowed)
+    assert st[("AccessPolicy", "webhook-bot-policy")] == "updated"
+    assert st[("Bot", "metriport-webhook-bot")] == "updated", "the bot's code embeds the allow-list"
+
+
+def test_dry_run_changes_nothing(emu):
+    plan = deployer(emu, validate_data({}), dry_run=True).run()
+    assert set(statuses(plan).values()) == {"create"}
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    assert admin.fhir("b", "GET", "Bot?_summary=count")["total"] == 0
+
+
+def test_transient_server_errors_are_retried(emu):
+    emu.faults.add("POST", r"/\$deploy$", 503, count=2)
+    emu.faults.add("GET", r"/fhir/R4/AccessPolicy$", 429, count=1)
+    retries = []
+    http = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret, backoff_s=0.01, on_retry=retries.append)
+    result = Deployer(validate_data({}), http).run()
+    assert set(statuses(result).values()) == {"created"}
+    assert len(retries) == 3 and "HTTP 503" in retries[-1]
+
+
+def test_persistent_server_error_fails_naming_the_step(emu):
+    emu.faults.add("POST", r"/\$deploy$", 500, count=100)
+    with pytest.raises(MedplumError) as exc:
+        deployer(emu, validate_data({})).run()
+    assert "$deploy" in str(exc.value) and "injected failure" in str(exc.value)
+
+
+def test_error_outcome_inside_a_200_is_a_failure(emu):
+    emu.faults.add("POST", r"/admin/projects/[^/]+/bot$", 200, count=1, body={
+        "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",
+                                                      "details": {"text": "Bot name is required"}}]})
+    with pytest.raises(MedplumError) as exc:
+        deployer(emu, validate_data({})).run()
+    assert "create" in exc.value.step and "Bot name is required" in str(exc.value)
+
+
+def test_cli_deploy_prints_plan_changes_and_webhook_url_once(emu, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret, "METRIPORT_API_KEY": "key-should-never-print",
+           "METRIPORT_WEBHOOK_KEY": "whk-should-never-print"}
+    runner = CliRunner()
+    dry = runner.invoke(deploy_command, ["--dry-run"], env=env)
+    assert dry.exit_code == 0 and "dry run: nothing was changed" in dry.output and "create" in dry.output
+    first = runner.invoke(deploy_command, ["--set-secrets"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "created" in first.output and "shown this once" in first.output
+    assert "key-should-never-print" not in first.output and "whk-should-never-print" not in first.output
+    second = runner.invoke(deploy_command, ["--set-secrets"], env=env)
+    assert second.exit_code == 0 and "created" not in second.output and "updated" not in second.output
+    assert "<client-secret>" in second.output
+    bad = runner.invoke(deploy_command, [], env={**env, "MEDPLUM_CLIENT_SECRET": "wrong"})
+    assert bad.exit_code == 1 and "deploy failed at login" in bad.output
+    missing = runner.invoke(deploy_command, [], env={"MEDPLUM_BASE_URL": emu.base_url})
+    assert missing.exit_code == 1 and "MEDPLUM_CLIENT_ID" in missing.output
+
+
+def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
+    """The documented path for teams that use the Medplum CLI: put the server's bot ids in medport.toml,
+    `medport generate`, then `medplum bot deploy <name>` from bots/ with the generated medplum.config.json."""
+    import subprocess
+
+    from medport.emulator.node import node_binary, node_modules_dir
+    from medport.generator.cli import main
+
+    first = deployer(emu, validate_data({})).run()
+    (tmp_path / "medport.toml").write_text(
+        f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["generate"]).exit_code == 0
+    cfg = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
+    assert {b["id"] for b in cfg["bots"]} == set(first.bot_ids.values())
+    cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
+    res = subprocess.run([node_binary(), str(cli), "bot", "deploy", "metriport-patient-bot", "--base-url", emu.base_url],
+                         cwd=tmp_path / "bots", capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+                              "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Deploy result: All OK" in res.stdout
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    bot = admin.fhir("read", "GET", f"Bot/{first.bot_ids['patient_bot']}")
+    assert bot["executableCode"]["title"] == "metriport-patient-bot.js"
+    out = admin.fhir("execute", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}})
+    assert out == {"status": "ignored", "reason": "deleted"}

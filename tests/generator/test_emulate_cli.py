@@ -1,0 +1,110 @@
+"""`medport emulate` as users run it: a process, a medport.toml in the working directory, the bots
+deployed at start, the fake Metriport beside it, the subscription firing when a Patient is created,
+and the SQLite file surviving a restart."""
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.paths import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def start(cwd: Path, *args: str) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "emulate", "--port", "0", "--metriport-port", "0", *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith("bots:") or "webhook bot registered" in line:
+            if "webhook bot registered" in line or "not deployed" in line or "nothing deployed" in line:
+                return proc, lines
+    return proc, lines
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def token(base):
+    r = requests.post(base + "oauth2/token", data={"grant_type": "client_credentials", "client_id": "medport-admin",
+                                                   "client_secret": "medport-admin-secret"}, timeout=10)
+    return {"Authorization": "Bearer " + r.json()["access_token"], "Content-Type": "application/fhir+json"}
+
+
+def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    proc, lines = start(tmp_path, "--db", str(tmp_path / "emu.sqlite3"))
+    try:
+        out = "\n".join(lines)
+        assert "medport-admin-secret" in out and "bots: deployed from medport.toml" in out, out
+        base = re.search(r"listening on (http://\S+)", out).group(1)
+        fake_id = re.search(r"facility id:\s+(\S+)", out).group(1)
+        h = token(base)
+        org = requests.post(base + "fhir/R4/Organization", headers=h, timeout=10, json={
+            "resourceType": "Organization", "name": "C",
+            "identifier": [{"system": "https://metriport.com/fhir/identifiers/organization-id", "value": fake_id}]}).json()
+        pat = requests.post(base + "fhir/R4/Patient", headers=h, timeout=10, json={
+            "resourceType": "Patient", "name": [{"given": ["Jane"], "family": "Smith"}], "birthDate": "1996-02-10",
+            "gender": "female", "managingOrganization": {"reference": f"Organization/{org['id']}"},
+            "address": [{"line": ["1 Main St"], "city": "Austin", "state": "TX", "postalCode": "78701"}],
+            "telecom": [{"system": "phone", "value": "512-555-0100"}]}).json()
+        deadline = time.monotonic() + 30
+        ran = []
+        while time.monotonic() < deadline and not ran:
+            runs = requests.get(base + "_emulator/runs", timeout=10).json()["runs"]
+            ran = [r for r in runs if r["bot_name"] == "metriport-patient-bot" and r.get("resource") == f"Patient/{pat['id']}"]
+            time.sleep(0.2)
+        assert ran and ran[-1]["outcome"] == "success" and ran[-1]["trigger"].startswith("subscription:"), ran
+    finally:
+        stop(proc)
+    # restart on the same file: the data is still there and the redeploy changed nothing
+    proc, lines = start(tmp_path, "--db", str(tmp_path / "emu.sqlite3"))
+    try:
+        out = "\n".join(lines)
+        # only the secrets change: the fake Metriport restarted with a new API key and port
+        assert "(changed: Project secrets)" in out, out
+        base = re.search(r"listening on (http://\S+)", out).group(1)
+        assert requests.get(base + f"fhir/R4/Patient/{pat['id']}", headers=token(base), timeout=10).status_code == 200
+    finally:
+        stop(proc)
+
+
+def test_emulate_without_config_serves_with_nothing_deployed(tmp_path):
+    proc, lines = start(tmp_path, "--memory")
+    try:
+        assert any("no medport.toml here" in ln for ln in lines), lines
+    finally:
+        stop(proc)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--port", str(port)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr
