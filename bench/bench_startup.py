@@ -1,4 +1,4 @@
-"""Emulator start to ready (target <= 3 s with warm dependencies): spawn `python -m medport.emulator.medplum.server
+"""Emulator start to ready (target <= 3 s with warm dependencies): spawn `python -m medport.emulator.medplum
 --memory --port 0`, wait for /_emulator/health, then do the same in-process with start_in_thread.
 
 Usage: .venv/bin/python bench/bench_startup.py [runs]
@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 def spawn_once() -> float:
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "medport.emulator.medplum.server", "--memory", "--port", "0"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

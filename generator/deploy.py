@@ -17,7 +17,7 @@ import click
 
 from .config import Config
 from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
-                       subscriptions)
+                       subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
 from . import render
 from .render import bot_specs
@@ -246,10 +246,9 @@ class Deployer:
         self._subscriptions()
         if self.set_secrets:
             self._secrets()
-        webhook_id = self.result.bot_ids.get("webhook_bot", "<webhook-bot-id>")
-        scheme, _, rest = self.http.base_url.partition("://")
-        self.result.webhook_url = (f"{scheme}://{self.result.client_id or '<client-id>'}:<client-secret>@{rest}"
-                                   f"fhir/R4/Bot/{webhook_id}/$execute")
+        self.result.webhook_url = webhook_execute_url(self.http.base_url,
+                                                      self.result.bot_ids.get("webhook_bot", "<webhook-bot-id>"),
+                                                      self.result.client_id or "<client-id>", "<client-secret>")
         return self.result
 
 
@@ -289,7 +288,6 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
         return
     click.echo("\nWebhook URL for Metriport's dashboard (Settings → Webhook):")
     if result.client_secret:
-        scheme, _, rest = result.webhook_url.partition("://")
         click.echo("  " + result.webhook_url.replace("<client-secret>", result.client_secret))
         click.echo("  (the client secret is shown this once; store it now)")
     else:

@@ -1,74 +1,100 @@
-"""`medport emulate` = the emulator's own command plus what only medport knows: at start, the fake
-Metriport beside it and, when a medport.toml is in the working directory, the bots generated from it
-deployed through the same code as `medport deploy` (medport.generator.stack.deploy_into)."""
+"""`medport emulate`: the Medplum emulator, the fake Metriport beside it (or the real sandbox), and — when
+a medport.toml is in the working directory — the bots generated from it deployed through the one deploy
+path (`stack.start_stack`), served until Ctrl-C."""
 from __future__ import annotations
 
-import os
-import secrets
+import time
 from pathlib import Path
 
 import click
 
-from medport.emulator.medplum.server import EMULATE_HOOKS, emulate_command  # noqa: F401 — the command medport exposes
+from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
+from medport.emulator.medplum.state import DEFAULT_ADMIN_CLIENT_SECRET
+from medport.emulator.serving import PortInUse, wait_for_stop
 
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
-from .stack import SANDBOX_URL, deploy_into
+from .stack import Stack, start_stack
 
 
-_RUNNING: list = []
-
-
-def _on_ready(handle, extra: dict) -> None:
-    fake = None
-    if extra.get("metriport", "fake") == "fake":
-        from medport.emulator.metriport.server import make_server
-
-        port = int(extra.get("metriport_port") or 0)
-        try:
-            fake = make_server(host="127.0.0.1", port=port, data_path=extra.get("metriport_data"))
-        except OSError as e:
-            raise click.ClickException(f"cannot start the fake Metriport on 127.0.0.1:{port} ({e.strerror or e}) — "
-                                       "pass --metriport-port (0 picks a free port), or --metriport sandbox") from None
-        _RUNNING.append(fake)  # lives as long as the emulator process
-        base, api_key = fake.base_url, fake.api_key
+def _banner(stack: Stack, storage: str, seconds: float) -> None:
+    emu = stack.emulator
+    click.echo(f"medport emulator (Medplum) listening on {emu.base_url}")
+    click.echo(f"  FHIR base:     {emu.base_url}fhir/R4/")
+    click.echo(f"  token URL:     {emu.base_url}oauth2/token")
+    # A secret is printed only when it is the built-in development default.
+    secret = emu.admin_client_secret if emu.admin_client_secret == DEFAULT_ADMIN_CLIENT_SECRET else "(yours, not shown)"
+    click.echo(f"  admin client:  id={emu.admin_client_id} secret={secret}")
+    click.echo(f"  project:       {emu.state.project()['id']}")
+    click.echo(f"  storage:       {storage}")
+    click.echo(f"  ready in {seconds:.2f} s")
+    if stack.fake is not None:
+        base = stack.fake.base_url
         click.echo(f"fake Metriport listening on {base}/medical/v1")
-        click.echo(f"  api key:       {api_key}   (header x-api-key; a local fake key)")
-        click.echo(f"  facility id:   {fake.facility_id}")
+        click.echo(f"  api key:       {stack.fake.api_key}   (header x-api-key; a local fake key)")
+        click.echo(f"  facility id:   {stack.fake.facility_id}")
         click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults")
     else:
-        base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
-        api_key = os.environ.get("METRIPORT_API_KEY", "")
-        click.echo(f"Metriport: the real service at {base}")
-        if not api_key:
-            click.echo(click.style("  METRIPORT_API_KEY is not set: the patient bot will fail until it is", fg="yellow"))
-    if not extra.get("deploy", True):
+        click.echo(f"Metriport: the real service at {stack.metriport_base_url}")
+
+
+def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> None:
+    if no_deploy:
         click.echo("bots: not deployed (--no-deploy)")
-        return
-    if not Path(CONFIG_FILENAME).exists():
+    elif config_problem:
+        click.echo(click.style(f"bots: not deployed — {config_problem}", fg="red"))
+    elif stack.deploy is None:
         click.echo(f"bots: no {CONFIG_FILENAME} here, nothing deployed (`medport init` writes one)")
-        return
-    try:
-        cfg = load_config(CONFIG_FILENAME)
-    except ConfigError as e:
-        click.echo(click.style(f"bots: not deployed — {e}", fg="red"))
-        return
-    webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") or secrets.token_hex(32)
-    try:
-        result, _admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,
-                                          webhook_key=webhook_key)
-    except MedplumError as e:
-        click.echo(click.style(f"bots: deployment failed at {e}", fg="red"))
-        return
-    changed = sorted({c.kind for c in result.changes if c.status != "unchanged"})
-    click.echo(f"bots: deployed from {CONFIG_FILENAME} ({'changed: ' + ', '.join(changed) if changed else 'no change'}): "
-               + ", ".join(f"{k}=Bot/{v}" for k, v in result.bot_ids.items()))
-    if fake is not None:
-        fake.state.set_webhook(url, webhook_key, ping=True)
-        click.echo("  webhook bot registered as the fake Metriport's webhook URL (ping sent)")
     else:
-        click.echo("  Metriport cannot reach this machine's loopback address: expose the webhook with a public URL,")
-        click.echo("  or save a delivery and re-send it with `medport replay FILE`.")
+        changed = sorted({c.kind for c in stack.deploy.changes if c.status != "unchanged"})
+        click.echo(f"bots: deployed from {CONFIG_FILENAME} "
+                   f"({'changed: ' + ', '.join(changed) if changed else 'no change'}): "
+                   + ", ".join(f"{k}=Bot/{v}" for k, v in stack.deploy.bot_ids.items()))
+        if stack.fake is not None:
+            click.echo("  webhook bot registered as the fake Metriport's webhook URL (ping sent)")
+        else:
+            click.echo("  Metriport cannot reach this machine's loopback address: expose the webhook with a public URL,")
+            click.echo("  or save a delivery and re-send it with `medport replay FILE`.")
 
 
-EMULATE_HOOKS.append(_on_ready)
+@click.command("emulate")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0 = any free port).")
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
+              help="SQLite file holding the FHIR store.")
+@click.option("--memory", is_flag=True, help="Keep everything in memory (nothing survives a restart).")
+@click.option("--no-deploy", is_flag=True, help="Do not deploy the generated bots on start.")
+@click.option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=None,
+              help="Admin ClientApplication id [env MEDPORT_ADMIN_CLIENT_ID].")
+@click.option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=None,
+              help="Admin ClientApplication secret [env MEDPORT_ADMIN_CLIENT_SECRET].")
+@click.option("--metriport-port", default=8180, show_default=True, type=int, help="Port of the fake Metriport.")
+@click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
+              show_default=True, help="Use the fake Metriport, or the real sandbox (env METRIPORT_API_KEY).")
+@click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")
+def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
+                    metriport_port, metriport_mode, metriport_data) -> None:
+    """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
+    cfg, problem = None, None
+    if not no_deploy and Path(CONFIG_FILENAME).exists():
+        try:
+            cfg = load_config(CONFIG_FILENAME)
+        except ConfigError as e:
+            problem = str(e)
+    overrides = {k: v for k, v in (("admin_client_id", admin_client_id),
+                                   ("admin_client_secret", admin_client_secret)) if v}
+    t0 = time.perf_counter()
+    try:
+        stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
+                            metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
+                            metriport_delay_s=0.3, deploy=cfg is not None, settings_overrides=overrides)
+    except PortInUse as e:
+        raise click.ClickException(str(e)) from None
+    except MedplumError as e:
+        raise click.ClickException(f"bots: deployment failed at {e}") from None
+    try:
+        _banner(stack, db_path if not memory else "memory", time.perf_counter() - t0)
+        _deployment(stack, no_deploy, problem)
+        wait_for_stop()
+    finally:
+        stack.close()

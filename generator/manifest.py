@@ -132,5 +132,12 @@ def medplum_cli_config(cfg: Config) -> dict:
                      for s in bot_specs(cfg).values()]}
 
 
+def webhook_execute_url(base_url: str, bot_id: str, client_id: str, client_secret: str) -> str:
+    """The URL Metriport posts webhooks to: the webhook bot's $execute with the webhook client's credentials
+    inline (Metriport's dashboard takes one URL). It holds a secret: never log it."""
+    scheme, _, rest = base_url.rstrip("/").partition("://")
+    return f"{scheme}://{client_id}:{client_secret}@{rest}/fhir/R4/Bot/{bot_id}/$execute"
+
+
 def dumps(obj: dict) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"

@@ -14,6 +14,7 @@ import requests
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp
 from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, bot_specs
+from .manifest import webhook_execute_url
 
 
 def metriport_body(payload) -> str:
@@ -60,8 +61,7 @@ def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
     me = http.request("read project", "GET", "auth/me")
     project = http.fhir("read project", "GET", f"Project/{me['project']['id']}")
     key = next((s.get("valueString") for s in project.get("secret", []) if s.get("name") == "METRIPORT_WEBHOOK_KEY"), "")
-    scheme, _, rest = http.base_url.partition("://")
-    return f"{scheme}://{client['id']}:{client['secret']}@{rest}fhir/R4/Bot/{bot['id']}/$execute", key
+    return webhook_execute_url(http.base_url, bot["id"], client["id"], client["secret"]), key
 
 
 def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[int, int]:

@@ -11,8 +11,13 @@ import secrets as pysecrets
 from dataclasses import dataclass
 from typing import Callable
 
+from medport.emulator.medplum.server import start_in_thread
+from medport.emulator.medplum.state import Settings
+from medport.emulator.metriport.server import make_server
+
 from .config import Config
 from .deploy import DeployResult, Deployer
+from .manifest import webhook_execute_url
 from .medplum_http import MedplumError, MedplumHttp
 
 SANDBOX_URL = "https://api.sandbox.metriport.com"
@@ -20,13 +25,14 @@ SANDBOX_URL = "https://api.sandbox.metriport.com"
 
 @dataclass
 class Stack:
-    cfg: Config
+    cfg: Config | None                 # None: nothing deployed
     emulator: object                   # medport.emulator.medplum.server.EmulatorHandle
     fake: object | None                # medport.emulator.metriport.server.FakeMetriport (None with the real sandbox)
     admin: MedplumHttp
     deploy: DeployResult | None
     webhook_key: str = ""
     webhook_url: str = ""               # with credentials: never print it
+    metriport_base_url: str = ""
 
     @property
     def base_url(self) -> str:
@@ -64,25 +70,18 @@ def deploy_into(handle, cfg: Config, *, metriport_base_url: str, api_key: str, w
                       secrets={"METRIPORT_API_KEY": api_key, "METRIPORT_WEBHOOK_KEY": webhook_key,
                                "METRIPORT_BASE_URL": metriport_base_url}).run()
     secret = result.client_secret or webhook_client_secret(admin, result.client_id)
-    scheme, _, rest = handle.base_url.partition("://")
-    url = f"{scheme}://{result.client_id}:{secret}@{rest}fhir/R4/Bot/{result.bot_ids['webhook_bot']}/$execute"
-    return result, admin, url
+    return result, admin, webhook_execute_url(handle.base_url, result.bot_ids["webhook_bot"], result.client_id, secret)
 
 
-def start_stack(cfg: Config, *, db_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
+def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
                 metriport: str = "fake", metriport_port: int = 0, metriport_data: str | None = None,
                 metriport_delay_s: float = 0.2, deploy: bool = True, settings_overrides: dict | None = None,
                 echo: Callable[[str], None] = lambda s: None) -> Stack:
     """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook."""
-    from medport.emulator.medplum.server import start_in_thread
-    from medport.emulator.medplum.state import Settings
-
     handle = start_in_thread(Settings(db_path=db_path, **(settings_overrides or {})), host=host, port=port)
     fake = None
     try:
         if metriport == "fake":
-            from medport.emulator.metriport.server import make_server
-
             fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
                                delay_s=metriport_delay_s)
             base, api_key = fake.base_url, fake.api_key
@@ -90,12 +89,12 @@ def start_stack(cfg: Config, *, db_path: str | None = None, host: str = "127.0.0
             base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
             api_key = os.environ.get("METRIPORT_API_KEY", "")
             if not api_key:
-                raise MedplumError("Metriport sandbox", "METRIPORT_API_KEY is not set — get a sandbox API key from "
-                                                        "the Metriport dashboard (Developers → API key)")
+                raise MedplumError("Metriport sandbox", "METRIPORT_API_KEY is not set — export your sandbox API key "
+                                                        "(Metriport dashboard → Developers → API key), or use --metriport fake")
         webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
         webhook_key = webhook_key or pysecrets.token_hex(32)
-        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key)
-        if not deploy:
+        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base)
+        if not deploy or cfg is None:
             return stack
         result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,
                                          webhook_key=webhook_key, echo=echo)

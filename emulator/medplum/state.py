@@ -20,7 +20,7 @@ DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
-from medport import __version__ as VERSION
+from medport import __version__ as VERSION  # noqa: F401 — re-exported (devapi health)
 
 
 @dataclass

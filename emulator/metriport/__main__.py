@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     fixtures = converted_ccda_dir()
     data = a.data or (str(fixtures) if fixtures else None)
-    fake = make_server(a.host, a.port, api_key=a.api_key, data_path=data, delay_s=a.delay, background=True)
+    fake = make_server(a.host, a.port, api_key=a.api_key, data_path=data, delay_s=a.delay)
     print(json.dumps({"baseUrl": fake.base_url, "apiKey": fake.api_key, "facilityId": fake.facility_id}), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

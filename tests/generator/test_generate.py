@@ -113,15 +113,45 @@ def test_webhook_bot_policy_grants_exactly_the_allowed_types():
     assert "create" not in pol["resource"][1]["interaction"], "the webhook bot never writes Patients"
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_templates_ship_in_the_wheel(tmp_path):
+def test_wheel_installs_one_medport_namespace(tmp_path):
+    """The wheel puts only `medport` into site-packages: the repository's generator/, templates/ and
+    emulator/ folders are mapped under it (pyproject package-dir), so a user's own `generator.py` can
+    neither shadow medport nor collide with it, and the data files travel with the code."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
                     str(ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("medport-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ["templates/patient-bot.js.j2", "templates/webhook-bot.js.j2", "generator/config.schema.json",
-                   "generator/resource_types.json", "emulator/runtime/worker.js"]:
+    top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert top == {"medport"}, top
+    for needed in ["medport/templates/patient-bot.js.j2", "medport/templates/webhook-bot.js.j2",
+                   "medport/generator/config.schema.json", "medport/generator/resource_types.json",
+                   "medport/emulator/medplum/runtime/worker.js"]:
         assert needed in names, f"{needed} missing from the wheel"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    zipfile.ZipFile(wheel).extractall(site)  # what pip does with a pure wheel, without the network
+    user = tmp_path / "user-project"
+    user.mkdir()
+    (user / "generator.py").write_text("raise SystemExit('the user generator.py was imported')\n")
+    probe = (
+        "import importlib, importlib.util, sys\n"
+        "sys.path.remove('') if '' in sys.path else None\n"
+        "for name in ('emulator', 'templates'):\n"
+        "    assert importlib.util.find_spec(name) is None, name\n"
+        "import medport, medport.emulator, medport.templates\n"
+        "from importlib import resources\n"
+        "assert resources.files('medport.generator').joinpath('config.schema.json').is_file()\n"
+        "print(medport.__version__)\n"
+    )
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=user, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    import medport
+    assert out.stdout.strip() == medport.__version__
+    # from the user's directory, `import generator` is the user's file, never medport's
+    clash = subprocess.run([str(venv / "bin" / "python"), "-c", "import generator"], cwd=user, capture_output=True,
+                           text=True)
+    assert "the user generator.py was imported" in clash.stderr
 
 
 @pytest.mark.parametrize("variant", [{}, {"medplum": {"runtime": "awslambda"}, "webhook_bot": {"async_processing": False}}])

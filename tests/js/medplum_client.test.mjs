@@ -19,7 +19,7 @@ let proc;
 
 before(async () => {
   if (baseUrl) return;
-  proc = spawn(join(root, '.venv', 'bin', 'python'), ['-m', 'medport.emulator.medplum.server', '--memory', '--port', '0'], {
+  proc = spawn(join(root, '.venv', 'bin', 'python'), ['-m', 'medport.emulator.medplum', '--memory', '--port', '0'], {
     cwd: root,
     env: { ...process.env, PYTHONUNBUFFERED: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,35 @@
+"""`python -m medport.emulator.medplum [--host H] [--port N] [--db PATH | --memory]`: the Medplum emulator
+alone (no fake Metriport, no bots deployed) — what `medport emulate --no-deploy` minus the fake does.
+Prints `listening on <base url>` once it serves."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..serving import PortInUse, wait_for_stop
+from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
+from .state import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medport.emulator.medplum")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite file of the FHIR store")
+    p.add_argument("--memory", action="store_true", help="keep everything in memory")
+    a = p.parse_args(argv)
+    try:
+        handle = start_in_thread(Settings(db_path=None if a.memory else a.db), host=a.host, port=a.port)
+    except PortInUse as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"medport emulator (Medplum) listening on {handle.base_url}", flush=True)
+    try:
+        wait_for_stop()
+    finally:
+        handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
