@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medport.emulator.medplum.state import Settings  # noqa: E402
+from medport.emulator.medplum.settings import Settings  # noqa: E402
 from medport.emulator.medplum.testing import admin_client, running_emulator  # noqa: E402
 
 TRIVIAL = "exports.handler = async (medplum, event) => ({ ok: true, echo: event.input });\n"

@@ -41,7 +41,7 @@ def spawn_once() -> float:
 
 def in_process_once() -> float:
     from medport.emulator.medplum.server import start_in_thread
-    from medport.emulator.medplum.state import Settings
+    from medport.emulator.medplum.settings import Settings
     t0 = time.perf_counter()
     h = start_in_thread(Settings())
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
-from medport.emulator.medplum.state import DEFAULT_ADMIN_CLIENT_SECRET
+from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.serving import PortInUse, wait_for_stop
 
 from .config import CONFIG_FILENAME, ConfigError, load_config

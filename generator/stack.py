@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medport.emulator.medplum.server import start_in_thread
-from medport.emulator.medplum.state import Settings
+from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.server import make_server
 
 from .config import Config

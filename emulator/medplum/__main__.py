@@ -8,7 +8,7 @@ import sys
 
 from ..serving import PortInUse, wait_for_stop
 from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
-from .state import Settings
+from .settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,13 @@ import hmac
 import json
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, g, request
+from .errors import Unauthorized
+from .ids import generate_secret, ref_id
 
-from .errors import Forbidden, Unauthorized
-from .httpio import json_response, outcome_response
-from .state import EmulatorState, generate_secret, ref_id
+if TYPE_CHECKING:
+    from .state import EmulatorState
 
 
 def _b64url(data: bytes) -> str:
@@ -125,7 +125,7 @@ class AuthService:
     def check_client(self, client_id: str, secret: str) -> dict | None:
         if not client_id or not secret:
             return None
-        client = self.state.try_read("ClientApplication", client_id) if _safe_id(client_id) else None
+        client = self.state.try_read("ClientApplication", client_id) if safe_id(client_id) else None
         if not client or not client.get("secret"):
             return None
         if client.get("status") and client["status"] != "active":
@@ -168,92 +168,11 @@ class AuthService:
         raise Unauthorized()
 
 
-def _safe_id(value: str) -> bool:
+def safe_id(value: str) -> bool:
     return 0 < len(value) <= 64 and all(c.isalnum() or c in "-." for c in value)
 
 
-def state() -> EmulatorState:
-    return current_app.extensions["medport"]
-
-
-def require_principal():
-    """Authenticate the current request (cached on `g`)."""
-    if "principal" not in g:
-        g.principal = state().auth.authenticate(request.headers.get("Authorization"))
-    return g.principal
-
-
-def is_admin(principal) -> bool:
-    return bool(principal is not None and (principal.superuser or (principal.membership or {}).get("admin")))
-
-
-def require_admin():
-    principal = require_principal()
-    if not is_admin(principal):
-        raise Forbidden()
-    return principal
-
-
-bp = Blueprint("medport_auth", __name__)
-
-
-def _token_error(description: str, status: int = 400) -> Response:
-    return json_response({"error": "invalid_request", "error_description": description}, status, "application/json")
-
-
-@bp.post("/oauth2/token")
-def token() -> Response:
-    if request.mimetype != "application/x-www-form-urlencoded":
-        return Response("Unsupported content type", status=400, content_type="text/plain; charset=utf-8")
-    form = request.form
-    grant_type = form.get("grant_type")
-    if not grant_type:
-        return _token_error("Missing grant_type")
-    if grant_type != "client_credentials":
-        return _token_error("Unsupported grant_type")
-    header = request.headers.get("Authorization")
-    if header:
-        if not header.startswith("Basic "):
-            return _token_error("Invalid authorization header")
-        try:
-            decoded = base64.b64decode(header.split(" ", 1)[1]).decode("utf-8", "replace")
-        except Exception:
-            return _token_error("Invalid authorization header")
-        client_id, _, secret = decoded.partition(":")
-    else:
-        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-    if not client_id:
-        return _token_error("Missing client_id")
-    if not secret:
-        return _token_error("Missing client_secret")
-    st = state()
-    client = st.try_read("ClientApplication", client_id) if _safe_id(client_id) else None
-    if client is None or (client.get("status") and client["status"] != "active") or not client.get("secret"):
-        return _token_error("Invalid client")
-    if st.auth.check_client(client_id, secret) is None:
-        return _token_error("Invalid secret")
-    membership = st.membership_for_profile(f"ClientApplication/{client_id}")
-    if membership is None:
-        return _token_error("Invalid client")
-    scope = form.get("scope") or "openid"
-    lifetime = client.get("accessTokenLifetime")
-    lifetime_s = _parse_lifetime(lifetime) if lifetime else None
-    access_token = st.auth.issue_token(membership, client_id=client_id, scope=scope, lifetime_s=lifetime_s)
-    claims = st.auth.verify(access_token)
-    body = {
-        "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["iat"],
-        "scope": scope,
-        "access_token": access_token,
-        "project": membership.get("project"),
-        "profile": membership.get("profile"),
-        "smart_style_url": st.base_url + "fhir/R4/.well-known/smart-styles.json",
-        "need_patient_banner": False,
-    }
-    return json_response(body, 200, "application/json")
-
-
-def _parse_lifetime(value: Any) -> int | None:
+def parse_lifetime(value: Any) -> int | None:
     """ClientApplication.accessTokenLifetime like '1h', '30m', '3600s'."""
     text = str(value).strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -263,45 +182,3 @@ def _parse_lifetime(value: Any) -> int | None:
         return int(text)
     except (ValueError, IndexError):
         return None
-
-
-@bp.get("/auth/me")
-def me() -> Response:
-    principal = require_principal()
-    st = state()
-    membership = principal.membership or {}
-    project = dict(st.project())
-    project.pop("secret", None)
-    project.pop("systemSecret", None)
-    profile_ref = membership.get("profile", {}).get("reference", "")
-    rtype, _, rid = profile_ref.partition("/")
-    profile = st.try_read(rtype, rid) if rtype and rid else None
-    if profile:
-        profile = {k: v for k, v in profile.items() if k not in ("secret", "retiringSecret")}
-    config = {"resourceType": "UserConfiguration", "id": "medport-default-config",
-              "menu": []}
-    body = {
-        "user": profile,
-        "project": project,
-        "membership": membership,
-        "profile": profile or {"resourceType": rtype or "ClientApplication", "id": rid},
-        "config": config,
-        "accessPolicy": _merged_policy(principal),
-        "security": {"mfaEnrolled": False, "sessions": []},
-    }
-    return json_response(body, 200, "application/json")
-
-
-def _merged_policy(principal) -> dict | None:
-    st = state()
-    policies = st.policies_for(principal.membership or {}) if principal.membership else None
-    if not policies:
-        return None
-    merged = {"resourceType": "AccessPolicy", "resource": []}
-    for p in policies:
-        merged["resource"].extend(p.get("resource") or [])
-    return merged
-
-
-def unauthorized_response(err: Unauthorized) -> Response:
-    return outcome_response(err.outcome, 401)

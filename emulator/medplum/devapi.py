@@ -14,10 +14,9 @@ import time
 
 from flask import Blueprint, Response, request
 
-from .auth import is_admin, state
 from .errors import BadRequest, Forbidden, Unauthorized
-from .httpio import json_response
-from .state import PROJECT_ID, VERSION
+from .httpio import current_state, is_admin, json_response
+from .settings import PROJECT_ID, VERSION
 
 bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
 
@@ -33,7 +32,7 @@ def _guard() -> None:
     if _is_loopback(request.remote_addr):
         return
     try:
-        principal = state().auth.authenticate(request.headers.get("Authorization"))
+        principal = current_state().auth.authenticate(request.headers.get("Authorization"))
     except Unauthorized:
         raise Forbidden() from None
     if not is_admin(principal):
@@ -42,7 +41,7 @@ def _guard() -> None:
 
 @bp.get("/health")
 def health() -> Response:
-    st = state()
+    st = current_state()
     body = {"status": "ok" if st.ready else "starting", "ready": bool(st.ready), "version": VERSION,
             "emulates": "medplum-server 5.x (FHIR R4)", "python": sys.version.split()[0],
             "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),
@@ -62,7 +61,7 @@ def runs() -> Response:
     except ValueError:
         raise BadRequest("limit must be an integer", "limit") from None
     limit = max(0, min(limit, 10000))
-    items = state().runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
+    items = current_state().runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
                               trigger=request.args.get("trigger") or None)
     return json_response({"runs": items, "count": len(items)}, 200, "application/json")
 
@@ -71,7 +70,7 @@ def runs() -> Response:
 def reset() -> Response:
     """Empty the store except the seeded Project, admin ClientApplication and its membership."""
     _guard()
-    st = state()
+    st = current_state()
     admin_id = st.settings.admin_client_id
     admin_profile = f"ClientApplication/{admin_id}"
 
@@ -107,7 +106,7 @@ def idle() -> Response:
     except ValueError:
         raise BadRequest("timeout must be a number", "timeout") from None
     timeout = max(0.0, min(timeout, 600.0))
-    st = state()
+    st = current_state()
     deadline = time.monotonic() + timeout
     ok = st.subscriptions.wait_idle(timeout)
     while ok and st.bots.jobs_running() and time.monotonic() < deadline:

@@ -13,12 +13,15 @@ Facts taken from Medplum's server (packages/server/src/app.ts):
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from flask import Request, Response
+from flask import Request, Response, current_app, g, request
 
-from .errors import BadRequest, FhirError, status_of
+from .errors import BadRequest, FhirError, Forbidden, status_of
+
+if TYPE_CHECKING:
+    from .state import EmulatorState
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -105,3 +108,26 @@ def outcome_response(oo: dict, status: int | None = None, headers: dict[str, str
 
 def error_response(err: FhirError) -> Response:
     return outcome_response(err.outcome, err.status)
+
+
+def current_state() -> "EmulatorState":
+    """The emulator state of the app serving this request (the one accessor)."""
+    return current_app.extensions["medport"]
+
+
+def require_principal():
+    """Authenticate the current request (cached on `g`)."""
+    if "principal" not in g:
+        g.principal = current_state().auth.authenticate(request.headers.get("Authorization"))
+    return g.principal
+
+
+def is_admin(principal) -> bool:
+    return bool(principal is not None and (principal.superuser or (principal.membership or {}).get("admin")))
+
+
+def require_admin():
+    principal = require_principal()
+    if not is_admin(principal):
+        raise Forbidden()
+    return principal

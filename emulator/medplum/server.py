@@ -25,9 +25,9 @@ import logging
 import os
 import threading
 
-
 from ..serving import Served, bind, serve, url_of
-from .state import Settings
+from .app import create_app
+from .settings import Settings
 
 log = logging.getLogger("medport.emulator.medplum.server")
 
@@ -94,8 +94,6 @@ def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", p
                     public_base_url: str | None = None, prewarm: bool = True) -> EmulatorHandle:
     """Start the emulator on `host:port` (0 = any free port) plus the internal loopback listener, in
     background threads. Returns once both listen. `settings.base_url` is replaced by the real URL."""
-    from .app import create_app
-
     settings = settings or Settings()
     public_sock = bind(host, port, what="Medplum emulator")
     internal_sock = bind("127.0.0.1", 0, what="Medplum emulator (internal)")

@@ -1,85 +1,35 @@
-"""The emulator's shared state: settings, the FHIR backend, the bot runtime, and system-level helpers.
+"""The Medplum emulator's state, built whole: the FHIR store and service, the run log, authentication,
+the bot service and the subscription engine, plus system-level (superuser) FHIR helpers.
 
-Everything the HTTP modules (auth, admin, bots, subscriptions, devapi) share lives on one
-`EmulatorState`, stored on the Flask app as `app.extensions["medport"]`.
+One `EmulatorState` per app, stored as `app.extensions["medport"]` (read it with
+`httpio.current_state()`). No HTTP in here: the routes call into it.
 """
 from __future__ import annotations
 
+import logging
 import os
-import secrets as _secrets
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .errors import FhirError, NotFound, outcome
+from .auth import AuthService
+from .bots import BotService
+from .errors import FhirError, outcome
+from .fhir.policy import Access
+from .fhir.principal import Principal
+from .fhir.schema import default_validator
+from .fhir.service import FhirService
+from .fhir.store import Repository
+from .ids import ref_id
+from .runs import RunStore, meta_path_for
+from .runtime.pool import BotRuntime
+from .settings import PROJECT_ID, PROJECT_NAME, Settings
+from .subscriptions import SubscriptionEngine
 
-DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
-DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
-PROJECT_ID = "medport-project"
-PROJECT_NAME = "medport"
-from medport import __version__ as VERSION  # noqa: F401 — re-exported (devapi health)
+log = logging.getLogger("medport.emulator.medplum.state")
 
-
-@dataclass
-class Settings:
-    """What `create_app` needs. `db_path=None` (or ":memory:") keeps everything in memory."""
-    db_path: str | None = None
-    base_url: str = "http://127.0.0.1:8103/"
-    admin_client_id: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID",
-                                                                        DEFAULT_ADMIN_CLIENT_ID))
-    admin_client_secret: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET",
-                                                                            DEFAULT_ADMIN_CLIENT_SECRET))
-    # URL the bots' MedplumClient uses to call back (the internal loopback listener); None = base_url.
-    internal_base_url: str | None = None
-    # BotRuntime options (size, max_size, hard_cap_s, memory_mb), passed through.
-    runtime: dict = field(default_factory=dict)
-    # An already built BotRuntime to reuse (tests/benchmarks); None = create one lazily.
-    runtime_instance: Any = None
-    token_lifetime_s: int = 3600
-    max_json_bytes: int = 1024 * 1024
-    # Subscriptions: delivery threads, retry backoff base (Medplum backs off for much longer;
-    # the emulator keeps the shape but shortens the delays so a laptop run finishes).
-    subscription_workers: int = 4
-    retry_base_s: float = 0.5
-    # Loop guard (beyond Medplum): more than loop_limit self-triggered executions of one
-    # subscription on one resource within loop_window_s stops the chain.
-    loop_limit: int = 5
-    loop_window_s: float = 30.0
-    start_background: bool = True
-
-    def normalized_base(self) -> str:
-        return self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def generate_secret() -> str:
-    return _secrets.token_hex(32)
-
-
-def ref(resource: dict) -> dict:
-    r = {"reference": f"{resource['resourceType']}/{resource['id']}"}
-    display = resource.get("name")
-    if isinstance(display, str) and display:
-        r["display"] = display
-    return r
-
-
-def ref_id(reference: Any) -> str | None:
-    if isinstance(reference, dict):
-        reference = reference.get("reference")
-    if isinstance(reference, str) and "/" in reference:
-        return reference.rsplit("/", 1)[1]
-    return None
+# Writes to these types change who may do what: drop the cached projects, memberships and principals.
+_AUTH_TYPES = {"ProjectMembership", "AccessPolicy", "ClientApplication", "Project", "Bot"}
 
 
 class Cached:
@@ -113,19 +63,11 @@ class EmulatorState:
     """Holds the backend objects and offers system-level (superuser) FHIR helpers."""
 
     def __init__(self, settings: Settings):
-        from .fhir.policy import Access  # helper A's modules (docs/internals.md)
-        from .fhir.principal import Principal
-        from .fhir.schema import default_validator
-        from .fhir.service import FhirService
-        from .fhir.store import Repository
-
         self.settings = settings
         self.base_url = settings.normalized_base()
         self.internal_base_url = (settings.internal_base_url or self.base_url)
         if not self.internal_base_url.endswith("/"):
             self.internal_base_url += "/"
-        self.Access = Access
-        self.Principal = Principal
         db = settings.db_path if settings.db_path not in (None, "", ":memory:") else None
         if db:
             os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
@@ -134,18 +76,31 @@ class EmulatorState:
         self.service = FhirService(self.repo, self.base_url, validator=default_validator())
         self.system = Principal(project_id=PROJECT_ID, profile="system", membership=None,
                                 access=Access(None, superuser=True), superuser=True)
-        self._runtime = settings.runtime_instance
+        self._runtime: BotRuntime | None = settings.runtime_instance
         self._runtime_lock = threading.Lock()
         self._project = Cached(lambda: self.read("Project", PROJECT_ID))
         self._memberships = Cached(lambda: self.search("ProjectMembership"))
-        self.ready = False
         self.started_at = time.time()
-        self.on_ready: list[Callable[["EmulatorState"], None]] = []
-        # set by app.create_app
-        self.auth = None
-        self.runs = None
-        self.subscriptions = None
-        self.bots = None
+        self.runs = RunStore(meta_path_for(db))
+        self.auth = AuthService(self)
+        seed(self)
+        self.invalidate()
+        self.bots = BotService(self)
+        self.subscriptions = SubscriptionEngine(self)
+        self.repo.add_listener(self._on_change)
+        self.repo.add_listener(self.subscriptions.on_change)
+        if settings.start_background:
+            self.subscriptions.start()
+        self.ready = True
+
+    def _on_change(self, event) -> None:
+        try:
+            rtype = (event.resource or {}).get("resourceType")
+            if rtype in _AUTH_TYPES:
+                self.invalidate(rtype)
+                self.auth.invalidate()
+        except Exception:  # a listener never breaks a write
+            log.exception("auth cache invalidation failed")
 
     # -- runtime ---------------------------------------------------------------------------
     @property
@@ -153,7 +108,6 @@ class EmulatorState:
         if self._runtime is None:
             with self._runtime_lock:
                 if self._runtime is None:
-                    from .runtime.pool import BotRuntime  # helper B's module
                     self._runtime = BotRuntime(**self.settings.runtime)
         return self._runtime
 
@@ -232,11 +186,11 @@ class EmulatorState:
     def principal_for(self, membership: dict):
         """A Principal for a ProjectMembership with its access policies resolved."""
         policies = self.policies_for(membership)
-        return self.Principal(
+        return Principal(
             project_id=ref_id(membership.get("project")) or PROJECT_ID,
             profile=(membership.get("profile") or {}).get("reference", ""),
             membership=membership,
-            access=self.Access(policies, admin=bool(membership.get("admin"))),
+            access=Access(policies, admin=bool(membership.get("admin"))),
             superuser=False,
         )
 
@@ -259,5 +213,47 @@ class EmulatorState:
             policies.append(pol)
         return policies
 
-    def not_found(self) -> NotFound:
-        return NotFound()
+
+def seed(state: EmulatorState) -> None:
+    """Idempotently create the Project, the admin ClientApplication and its admin membership."""
+    s = state.settings
+    project = state.try_read("Project", PROJECT_ID)
+    if project is None:
+        state.update({"resourceType": "Project", "id": PROJECT_ID, "name": PROJECT_NAME,
+                      "features": ["bots"], "strictMode": True})
+    elif "bots" not in (project.get("features") or []):
+        project = dict(project)
+        project["features"] = [*(project.get("features") or []), "bots"]
+        state.update(project)
+    client = state.try_read("ClientApplication", s.admin_client_id)
+    if client is None or client.get("secret") != s.admin_client_secret:
+        body = dict(client or {"resourceType": "ClientApplication", "id": s.admin_client_id,
+                                "name": "medport admin", "description": "Seeded by the medport emulator"})
+        body["secret"] = s.admin_client_secret
+        state.update(body)
+    profile = f"ClientApplication/{s.admin_client_id}"
+    membership = state.membership_for_profile(profile)
+    if membership is None:
+        state.invalidate()
+        state.create({"resourceType": "ProjectMembership",
+                      "project": {"reference": f"Project/{PROJECT_ID}"},
+                      "user": {"reference": profile}, "profile": {"reference": profile}, "admin": True})
+    elif not membership.get("admin"):
+        membership = dict(membership)
+        membership["admin"] = True
+        state.update(membership)
+
+
+_AUTH_TYPES = {"ProjectMembership", "AccessPolicy", "ClientApplication", "Project", "Bot"}
+
+
+def _invalidate_listener(state: EmulatorState):
+    def listener(event) -> None:
+        try:
+            rtype = (event.resource or {}).get("resourceType")
+            if rtype in _AUTH_TYPES:
+                state.invalidate(rtype)
+                state.auth.invalidate()
+        except Exception:  # a listener never breaks a write
+            log.exception("auth cache invalidation failed")
+    return listener

@@ -27,8 +27,8 @@ that same bot) is stopped: the execution is not run, its AuditEvent (outcome 4) 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import heapq
+import hmac
 import json
 import logging
 import queue
@@ -37,11 +37,14 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
-from .state import EmulatorState
+from .fhir.search import matches as search_matches
+
+if TYPE_CHECKING:
+    from .state import EmulatorState
 
 log = logging.getLogger("medport.emulator.medplum.subscriptions")
 
@@ -225,7 +228,6 @@ class SubscriptionEngine:
         if interactions and interaction not in interactions:
             return False
         if "?" in criteria:
-            from .fhir.search import matches as search_matches
             if not search_matches(resource, criteria):
                 return False
         return True

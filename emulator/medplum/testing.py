@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import requests
 
 from .server import EmulatorHandle, start_in_thread
-from .state import Settings
+from .settings import Settings
 
 
 class Client:

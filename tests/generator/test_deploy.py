@@ -6,7 +6,7 @@ import re
 import pytest
 from click.testing import CliRunner
 from medport.emulator.medplum.server import start_in_thread
-from medport.emulator.medplum.state import Settings
+from medport.emulator.medplum.settings import Settings
 from medport.generator.config import validate_data
 from medport.generator.deploy import Deployer, deploy_command
 from medport.generator.medplum_http import MedplumError, MedplumHttp

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from medport.emulator.medplum.errors import BadRequest
+from ..errors import BadRequest
 
 
 def _tokens(pointer: Any) -> list[str]:

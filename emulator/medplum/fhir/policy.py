@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from medport.emulator.medplum.fhir.search import matches as search_matches
+from .search import matches as search_matches
 
 READ, VREAD, UPDATE, DELETE, HISTORY, CREATE, SEARCH = "read", "vread", "update", "delete", "history", "create", "search"
 READ_INTERACTIONS = (READ, VREAD, HISTORY, SEARCH)

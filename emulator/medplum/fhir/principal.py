@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medport.emulator.medplum.fhir.policy import Access
+from .policy import Access
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 import jsonschema_rs
 
-from medport.emulator.medplum.errors import BadRequest, ValidationFailed
-from medport.emulator.node import definitions_dir
+from ...node import definitions_dir
+from ..errors import BadRequest, ValidationFailed
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _ANY_RESOURCE = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}

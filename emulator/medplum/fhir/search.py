@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from medport.emulator.medplum.errors import BadRequest
-from medport.emulator.medplum.fhir import values as V
-from medport.emulator.medplum.fhir.schema import RESOURCE_TYPES
-from medport.emulator.medplum.fhir.searchparams import SearchParam, registry
+from ..errors import BadRequest
+from . import values as V
+from .schema import RESOURCE_TYPES
+from .searchparams import SearchParam, registry
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from medport.emulator.node import definitions_dir
+from ...node import definitions_dir
 
 # Medplum's special parameters, available on every type.
 SPECIAL = {"_id", "_lastUpdated", "_count", "_offset", "_sort", "_total", "_summary", "_include",

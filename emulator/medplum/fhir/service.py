@@ -20,6 +20,7 @@ Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / out
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -29,17 +30,27 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from medport.emulator.medplum.errors import (
-    BadRequest, FhirError, Forbidden, MultipleMatches, NotFound, PreconditionFailed, ServerError,
-    UnsupportedMediaType, all_ok, created_outcome, status_of,
+from ..errors import (
+    BadRequest,
+    FhirError,
+    Forbidden,
+    MultipleMatches,
+    NotFound,
+    PreconditionFailed,
+    ServerError,
+    UnsupportedMediaType,
+    all_ok,
+    created_outcome,
+    status_of,
 )
-from medport.emulator.medplum.fhir import policy as P
-from medport.emulator.medplum.fhir.patch import apply_patch
-from medport.emulator.medplum.fhir.principal import Principal
-from medport.emulator.medplum.fhir.schema import RESOURCE_TYPES, ID_RE, Validator, default_validator
-from medport.emulator.medplum.fhir.search import SearchRequest, filter_sql, parse_search
-from medport.emulator.medplum.fhir.store import Repository
-from medport.emulator.medplum.fhir.values import date_range
+from . import policy as P
+from .patch import apply_patch
+from .principal import Principal
+from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
+from .search import SearchRequest, filter_sql, parse_search
+from .searchparams import registry
+from .store import Repository
+from .values import date_range, reference_values
 
 _URI_SAFE = "-_.!~*'()"
 _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -346,8 +357,6 @@ class FhirService:
     def _includes(self, pr: Principal, req: SearchRequest, resources: list[dict]) -> list[dict]:
         out: list[dict] = []
         seen = {f"{r['resourceType']}/{r['id']}" for r in resources}
-        from medport.emulator.medplum.fhir.searchparams import registry
-        from medport.emulator.medplum.fhir.values import reference_values
         for inc in req.include:
             src, _, code = inc.partition(":")
             code, _, target = code.partition(":")
@@ -768,8 +777,6 @@ def _rewrite(node: Any, ids: dict[str, str]) -> Any:
 
 
 def _patch_body(res: Any) -> Any:
-    import base64
-    import json
     if isinstance(res, dict) and res.get("resourceType") == "Binary":
         try:
             return json.loads(base64.b64decode(res.get("data") or ""))

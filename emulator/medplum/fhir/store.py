@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from medport.emulator.medplum.errors import BadRequest, Gone, NotFound, PreconditionFailed
-from medport.emulator.medplum.fhir import values as V
-from medport.emulator.medplum.fhir.search import SearchRequest, filter_sql, parse_search, sort_sql
-from medport.emulator.medplum.fhir.searchparams import patient_compartment_params, registry
+from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
+from . import values as V
+from .search import SearchRequest, filter_sql, parse_search, sort_sql
+from .searchparams import patient_compartment_params, registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (

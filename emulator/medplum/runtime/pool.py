@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medport.emulator.node import node_binary, node_modules_dir
+from ...node import node_binary, node_modules_dir
 
 log = logging.getLogger(__name__)
 

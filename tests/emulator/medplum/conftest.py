@@ -3,7 +3,7 @@ A module that needs other settings defines its own `emu`."""
 from __future__ import annotations
 
 import pytest
-from medport.emulator.medplum.state import Settings
+from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
 
 

@@ -8,7 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from medport.emulator.medplum.state import Settings
+from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import running_emulator
 
 FP = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"

@@ -18,17 +18,24 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .auth import require_admin, state
-from .errors import BadRequest, Forbidden, ValidationFailed
-from .httpio import JSON_TYPES, json_response, parse_json_bytes, read_body
-from .state import generate_secret, ref_id
+from ..bots import deploy_code
+from ..errors import BadRequest, Forbidden, ValidationFailed
+from ..httpio import (
+    JSON_TYPES,
+    current_state,
+    json_response,
+    parse_json_bytes,
+    read_body,
+    require_admin,
+)
+from ..ids import generate_secret, ref_id
 
 bp = Blueprint("medport_admin", __name__, url_prefix="/admin")
 
 
 def _project_for(project_id: str) -> dict:
     principal = require_admin()
-    st = state()
+    st = current_state()
     if ref_id((principal.membership or {}).get("project")) != project_id and not principal.superuser:
         raise Forbidden()
     project = st.try_read("Project", project_id)
@@ -40,7 +47,7 @@ def _project_for(project_id: str) -> dict:
 def _json_body() -> Any:
     if request.mimetype not in JSON_TYPES:
         raise BadRequest("Unsupported content type")
-    return parse_json_bytes(read_body(request, state().settings.max_json_bytes))
+    return parse_json_bytes(read_body(request, current_state().settings.max_json_bytes))
 
 
 def _policy_ref(value: Any) -> dict | None:
@@ -48,7 +55,7 @@ def _policy_ref(value: Any) -> dict | None:
         return None
     if isinstance(value, dict) and isinstance(value.get("reference"), str):
         pid = ref_id(value)
-        if value["reference"].startswith("AccessPolicy/") and pid and state().try_read("AccessPolicy", pid):
+        if value["reference"].startswith("AccessPolicy/") and pid and current_state().try_read("AccessPolicy", pid):
             return {"reference": value["reference"]}
     raise BadRequest("Invalid access policy", "accessPolicy")
 
@@ -62,7 +69,7 @@ def _membership(project: dict, profile: dict, access_policy: dict | None, admin:
         m["accessPolicy"] = access_policy
     if admin:
         m["admin"] = True
-    return state().create(m)
+    return current_state().create(m)
 
 
 def _named_request(project_id: str, what: str) -> tuple[dict, dict, str, dict | None]:
@@ -89,12 +96,11 @@ def create_bot(project_id: str) -> Response:
     for key in ("identifier", "timeout", "auditEventTrigger", "runAsUser"):
         if key in body:
             bot[key] = body[key]
-    st = state()
+    st = current_state()
     created = st.create(bot)
     _membership(project, created, policy)
     code = body.get("code")
     if isinstance(code, str) and code:
-        from .bots import deploy_code
         created = deploy_code(st, created, code, body.get("filename") or "index.js")
     return json_response(created, 201)
 
@@ -106,7 +112,7 @@ def create_client(project_id: str) -> Response:
     for key in ("description", "redirectUri", "identifier"):
         if body.get(key):
             client[key] = body[key]
-    created = state().create(client)
+    created = current_state().create(client)
     _membership(project, created, policy)
     return json_response(created, 201)
 
@@ -115,7 +121,7 @@ def create_client(project_id: str) -> Response:
 def get_project(project_id: str) -> Response:
     project = _project_for(project_id)
     members = []
-    for m in state().memberships():
+    for m in current_state().memberships():
         if ref_id(m.get("project")) != project_id:
             continue
         profile_type = ((m.get("profile") or {}).get("reference") or "").split("/")[0]
@@ -141,7 +147,7 @@ def set_secrets(project_id: str) -> Response:
         updated["secret"] = body
     else:
         updated.pop("secret", None)  # an empty array is invalid FHIR
-    return json_response(state().update(updated), 200)
+    return json_response(current_state().update(updated), 200)
 
 
 @bp.post("/projects/<project_id>/members/<membership_id>")
@@ -149,7 +155,7 @@ def update_member(project_id: str, membership_id: str) -> Response:
     """Update a membership (e.g. its accessPolicy), like Medplum's admin member endpoint."""
     _project_for(project_id)
     body = _json_body()
-    st = state()
+    st = current_state()
     current = st.read("ProjectMembership", membership_id)
     if not isinstance(body, dict):
         raise BadRequest("Invalid request body")
