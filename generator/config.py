@@ -245,12 +245,12 @@ def _apply_defaults(data: dict, node: dict) -> dict:
     return out
 
 
-def _semantic_problems(cfg: dict) -> list[str]:
+def _resource_problems(resources: list) -> list[str]:
     problems = []
     r4 = set(resource_types()["r4"])
     medplum_types = set(resource_types()["medplum"])
     shapes = resource_types()["identifier"]
-    for i, rt in enumerate(cfg["webhook_bot"]["resources"]):
+    for i, rt in enumerate(resources):
         if not isinstance(rt, str):
             continue
         if rt in ("Patient",):
@@ -262,14 +262,22 @@ def _semantic_problems(cfg: dict) -> list[str]:
         elif shapes.get(rt) == "none":
             problems.append(f"webhook_bot.resources[{i}]: '{rt}' has no identifier element, so it cannot be upserted "
                             "idempotently on the Metriport id; remove it")
-    if cfg["patient_bot"]["name"] == cfg["webhook_bot"]["name"]:
+    return problems
+
+
+def _semantic_problems(raw: dict) -> list[str]:
+    """Rules the schema cannot express. They read the raw dict, not the typed Config, because they run
+    beside the schema check on data that may still be ill-typed, so every problem is reported at once."""
+    problems = _resource_problems(raw["webhook_bot"]["resources"])
+    patient, webhook = raw["patient_bot"], raw["webhook_bot"]
+    if patient["name"] == webhook["name"]:
         problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
-    if cfg["patient_bot"]["identifier"] == cfg["webhook_bot"]["identifier"]:
+    if patient["identifier"] == webhook["identifier"]:
         problems.append("webhook_bot.identifier: must differ from patient_bot.identifier")
-    c = cfg["consolidated"]
+    c = raw["consolidated"]
     if c.get("date_from") and c.get("date_to") and c["date_from"] > c["date_to"]:
         problems.append(f"consolidated.date_to: {c['date_to']!r} is before date_from {c['date_from']!r}")
-    r = cfg["retry"]
+    r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
     return problems
@@ -280,14 +288,14 @@ def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
     problems: list[str] = []
     for err in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
         problems.extend(_describe(err))
-    cfg = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
+    filled = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
     try:
-        problems += [p for p in _semantic_problems(cfg) if p not in problems]
+        problems += [p for p in _semantic_problems(filled) if p not in problems]
     except (TypeError, KeyError, AttributeError):
         pass  # shapes are wrong: the schema problems above already say so
     if problems:
         raise ConfigError(path, problems)
-    return Config.from_data(cfg, path)
+    return Config.from_data(filled, path)
 
 
 def load_config(path: str | Path | None = None) -> Config:
