@@ -182,9 +182,6 @@ class Config:
                         _bot_spec("webhook_bot", sections["webhook_bot"], system))
         return cls(**sections, bots=bots, path=path, data=data)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
     @property
     def metriport_base_url(self) -> str:
         env = self.metriport.environment

@@ -19,14 +19,17 @@ def problems_of(data):
 
 def test_empty_config_gets_every_default():
     cfg = validate_data({})
-    assert cfg["medplum"]["runtime"] == "vmcontext"
-    assert cfg["patient_bot"]["flow"] == "document-query"
-    assert cfg["import"]["batch_max_bytes"] < 1048576
+    assert cfg.medplum.runtime == "vmcontext"
+    assert cfg.patient_bot.flow == "document-query"
+    assert cfg.import_.batch_max_bytes < 1048576
     assert cfg.metriport_base_url == "https://api.sandbox.metriport.com"
-    for section, node in schema()["properties"].items():
-        for key, sub in node["properties"].items():
-            if "default" in sub:
-                assert key in cfg[section], f"{section}.{key} default not applied"
+    for f in section_fields():
+        section = getattr(cfg, f.name)
+        for g in fields(section):
+            sub = schema()["properties"][toml_key(f)]["properties"][toml_key(g)]
+            want = sub.get("default")
+            assert getattr(section, g.name) == (tuple(want) if isinstance(want, list) else want), \
+                f"{toml_key(f)}.{toml_key(g)} default not applied"
 
 
 def test_dataclasses_mirror_the_schema():
@@ -118,7 +121,7 @@ def test_missing_config_points_to_init(tmp_path):
 def test_starter_config_is_valid_and_documents_every_key():
     text = starter_toml()
     cfg = validate_data(tomllib.loads(text))
-    assert cfg.data == validate_data({}).data
+    assert cfg == validate_data({})
     for section, node in schema()["properties"].items():
         assert f"[{section}]" in text
         for key in node["properties"]:
