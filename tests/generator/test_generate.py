@@ -1,6 +1,5 @@
 """`medport generate`: deterministic output, --check, committed bots/ in sync, packaging of templates."""
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
