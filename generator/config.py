@@ -3,6 +3,8 @@
 Every problem is reported at once, each with its path and, where one exists, a hint
 (`webhook_bot.resources[3]: 'Observaton' is not an R4 resource type — did you mean 'Observation'?`).
 Defaults come from the JSON Schema itself, so the schema is the one reference for keys.
+The validated, default-filled data is then loaded once into frozen dataclasses, one per
+TOML section; they declare no defaults of their own (a test checks they mirror the schema).
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import copy
 import difflib
 import json
 import tomllib
-from dataclasses import dataclass
+import uuid
+from dataclasses import Field, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import jsonschema
 
@@ -41,19 +44,147 @@ def resource_types() -> dict[str, list[str]]:
     return json.loads(resources.files("medport.generator").joinpath("resource_types.json").read_text("utf-8"))
 
 
+# Bot ids are uuid5 of "<identifier system>|<identifier>" unless the config pins them, so they are stable.
+ID_NAMESPACE = uuid.UUID("6f1c1a52-9a8e-4d0f-9a57-2b4f4c0c8a11")
+
+
+def stable_id(system: str, value: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
+
+
+# Sections mirror config.schema.json key for key. No field has a default: the schema supplies them,
+# and keys the schema leaves optional without a default (ids, dates) load as None.
+
+@dataclass(frozen=True)
+class MedplumSection:
+    runtime: str
+    base_url: str
+    identifier_system: str
+
+
+@dataclass(frozen=True)
+class MetriportSection:
+    environment: str
+    facility_identifier_system: str
+    patient_identifier_system: str
+    resource_identifier_system: str
+
+
+@dataclass(frozen=True)
+class PatientBotSection:
+    name: str
+    identifier: str
+    id: str | None
+    flow: str
+    interactions: tuple[str, ...]
+    timeout: int
+
+
+@dataclass(frozen=True)
+class WebhookBotSection:
+    name: str
+    identifier: str
+    id: str | None
+    client_name: str
+    verify_signature: bool
+    async_processing: bool
+    resources: tuple[str, ...]
+    timeout: int
+
+
+@dataclass(frozen=True)
+class ConsolidatedSection:
+    date_from: str | None
+    date_to: str | None
+    request_allowed_resources_only: bool
+
+
+@dataclass(frozen=True)
+class ImportSection:
+    batch_max_entries: int
+    batch_max_bytes: int
+
+
+@dataclass(frozen=True)
+class RetrySection:
+    max_attempts: int
+    initial_delay_ms: int
+    max_delay_ms: int
+
+
+@dataclass(frozen=True)
+class BotSpec:
+    """One Bot as deployed: what the manifest, the renderer and deploy need to name and find it."""
+
+    key: str            # "patient_bot" | "webhook_bot": its config section
+    name: str
+    identifier: str
+    id: str             # pinned in the config, else stable_id(medplum.identifier_system, identifier)
+    filename: str       # "<name>.js"
+    timeout: int        # Bot.timeout in seconds
+
+
+@dataclass(frozen=True)
+class BotSpecs:
+    patient: BotSpec
+    webhook: BotSpec
+
+    def __iter__(self):
+        return iter((self.patient, self.webhook))
+
+
+def _section(toml: str | None = None) -> Any:
+    """A Config field holding a TOML section; `toml` names the key when it is a Python keyword."""
+    return field(metadata={"section": True, **({"toml": toml} if toml else {})})
+
+
+def toml_key(f: Field) -> str:
+    return f.metadata.get("toml", f.name)
+
+
+def section_fields() -> list[Field]:
+    return [f for f in fields(Config) if f.metadata.get("section")]
+
+
+def _load_section(cls: type, raw: dict) -> Any:
+    # Arrays become tuples so a loaded section is immutable all the way down.
+    values = {f.name: raw.get(toml_key(f)) for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _bot_spec(key: str, bot: PatientBotSection | WebhookBotSection, system: str) -> BotSpec:
+    return BotSpec(key, bot.name, bot.identifier, bot.id or stable_id(system, bot.identifier),
+                   f"{bot.name}.js", bot.timeout)
+
+
 @dataclass(frozen=True)
 class Config:
-    """The validated config with every default filled in (`data`), and where it came from."""
+    """The validated config: one typed attribute per TOML section, the bot specs, and where it came from."""
 
-    data: dict
+    medplum: MedplumSection = _section()
+    metriport: MetriportSection = _section()
+    patient_bot: PatientBotSection = _section()
+    webhook_bot: WebhookBotSection = _section()
+    consolidated: ConsolidatedSection = _section()
+    import_: ImportSection = _section("import")
+    retry: RetrySection = _section()
+    bots: BotSpecs = field(repr=False)
     path: str
+    data: dict = field(repr=False, compare=False)  # the validated dict with defaults, for callers that need JSON
 
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
+    @classmethod
+    def from_data(cls, data: dict, path: str) -> Config:
+        """Load validated, default-filled data (from `validate_data`, which checks it first)."""
+        hints = get_type_hints(cls)
+        sections = {f.name: _load_section(hints[f.name], data[toml_key(f)]) for f in section_fields()}
+        system = sections["medplum"].identifier_system
+        bots = BotSpecs(_bot_spec("patient_bot", sections["patient_bot"], system),
+                        _bot_spec("webhook_bot", sections["webhook_bot"], system))
+        return cls(**sections, bots=bots, path=path, data=data)
 
     @property
     def metriport_base_url(self) -> str:
-        env = self.data["metriport"]["environment"]
+        env = self.metriport.environment
         return {"sandbox": "https://api.sandbox.metriport.com",
                 "production": "https://api.metriport.com"}.get(env, env.rstrip("/"))
 
@@ -111,12 +242,12 @@ def _apply_defaults(data: dict, node: dict) -> dict:
     return out
 
 
-def _semantic_problems(cfg: dict) -> list[str]:
+def _resource_problems(resources: list) -> list[str]:
     problems = []
     r4 = set(resource_types()["r4"])
     medplum_types = set(resource_types()["medplum"])
     shapes = resource_types()["identifier"]
-    for i, rt in enumerate(cfg["webhook_bot"]["resources"]):
+    for i, rt in enumerate(resources):
         if not isinstance(rt, str):
             continue
         if rt in ("Patient",):
@@ -128,14 +259,22 @@ def _semantic_problems(cfg: dict) -> list[str]:
         elif shapes.get(rt) == "none":
             problems.append(f"webhook_bot.resources[{i}]: '{rt}' has no identifier element, so it cannot be upserted "
                             "idempotently on the Metriport id; remove it")
-    if cfg["patient_bot"]["name"] == cfg["webhook_bot"]["name"]:
+    return problems
+
+
+def _semantic_problems(raw: dict) -> list[str]:
+    """Rules the schema cannot express. They read the raw dict, not the typed Config, because they run
+    beside the schema check on data that may still be ill-typed, so every problem is reported at once."""
+    problems = _resource_problems(raw["webhook_bot"]["resources"])
+    patient, webhook = raw["patient_bot"], raw["webhook_bot"]
+    if patient["name"] == webhook["name"]:
         problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
-    if cfg["patient_bot"]["identifier"] == cfg["webhook_bot"]["identifier"]:
+    if patient["identifier"] == webhook["identifier"]:
         problems.append("webhook_bot.identifier: must differ from patient_bot.identifier")
-    c = cfg["consolidated"]
+    c = raw["consolidated"]
     if c.get("date_from") and c.get("date_to") and c["date_from"] > c["date_to"]:
         problems.append(f"consolidated.date_to: {c['date_to']!r} is before date_from {c['date_from']!r}")
-    r = cfg["retry"]
+    r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
     return problems
@@ -146,14 +285,14 @@ def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
     problems: list[str] = []
     for err in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
         problems.extend(_describe(err))
-    cfg = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
+    filled = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
     try:
-        problems += [p for p in _semantic_problems(cfg) if p not in problems]
+        problems += [p for p in _semantic_problems(filled) if p not in problems]
     except (TypeError, KeyError, AttributeError):
         pass  # shapes are wrong: the schema problems above already say so
     if problems:
         raise ConfigError(path, problems)
-    return Config(cfg, path)
+    return Config.from_data(filled, path)
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -20,7 +20,6 @@ from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bo
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
 from . import render
-from .render import bot_specs
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
 SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
@@ -128,26 +127,26 @@ class Deployer:
                               json_body={**m, "accessPolicy": want})
 
     def _bots(self) -> None:
-        system = self.cfg["medplum"]["identifier_system"]
+        system = self.cfg.medplum.identifier_system
         code = render.render_bots(self.cfg)
-        for key, spec in bot_specs(self.cfg).items():
+        for spec in self.cfg.bots:
             step = f"Bot {spec.name}"
-            desired = bot_resource(self.cfg, key)
+            desired = bot_resource(self.cfg, spec)
             existing = self.http.search_one(step, "Bot", f"identifier={system}|{spec.identifier}")
             if existing is None:
                 self._record("Bot", spec.name, "create")
                 if self.dry_run:
                     continue
-                policy = self.policy_ids[POLICY_OF_MEMBER[key]]
+                policy = self.policy_ids[POLICY_OF_MEMBER[spec.key]]
                 existing = self.http.request(f"{step}: create", "POST", f"admin/projects/{self.project_id}/bot",
                                              json_body={"name": spec.name, "description": desired["description"],
                                                         "runtimeVersion": desired["runtimeVersion"],
                                                         "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
                 existing = self._upsert(f"{step}: configure", existing, desired)
                 self._deploy_code(step, existing, spec.filename, code[spec.filename])
-                self.result.bot_ids[key] = existing["id"]
+                self.result.bot_ids[spec.key] = existing["id"]
                 continue
-            self.result.bot_ids[key] = existing["id"]
+            self.result.bot_ids[spec.key] = existing["id"]
             code_same = self._deployed_code_matches(existing, spec.filename, code[spec.filename])
             if _same(existing, desired) and code_same:
                 self._record("Bot", spec.name, "unchanged")
@@ -158,7 +157,7 @@ class Deployer:
                     existing = self._upsert(step, existing, desired)
                     if not code_same:
                         self._deploy_code(step, existing, spec.filename, code[spec.filename])
-            self._membership(f"{step}: membership", f"Bot/{existing['id']}", POLICY_OF_MEMBER[key])
+            self._membership(f"{step}: membership", f"Bot/{existing['id']}", POLICY_OF_MEMBER[spec.key])
 
     @staticmethod
     def _code_filename(filename: str, code: str) -> str:
@@ -204,8 +203,7 @@ class Deployer:
         self._membership(f"{step}: membership", f"ClientApplication/{existing['id']}", POLICY_OF_MEMBER["webhook_client"])
 
     def _subscriptions(self) -> None:
-        specs = bot_specs(self.cfg)
-        placeholders = {f"urn:uuid:{s.id}": key for key, s in specs.items()}
+        placeholders = {f"urn:uuid:{s.id}": s.key for s in self.cfg.bots}
         for desired in subscriptions(self.cfg):
             key = desired["meta"]["tag"][0]["code"]
             bot_key = placeholders[desired["channel"]["endpoint"]]
@@ -270,7 +268,7 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
     from .cli import load_or_exit
 
     cfg = load_or_exit(config_path)
-    base_url = base_url or cfg["medplum"]["base_url"]
+    base_url = base_url or cfg.medplum.base_url
     if not client_id or not client_secret:
         raise click.ClickException("credentials missing: pass --client-id/--client-secret or set MEDPLUM_CLIENT_ID and "
                                    "MEDPLUM_CLIENT_SECRET (an admin ClientApplication of the project)")

@@ -41,7 +41,7 @@ def patient_resource(first: str, org_id: str | None, **overrides) -> dict:
 
 
 def create_facility_org(stack, name: str = "Medport Demo Clinic") -> dict:
-    system = stack.cfg["metriport"]["facility_identifier_system"]
+    system = stack.cfg.metriport.facility_identifier_system
     facility = stack.fake.facility_id if stack.fake is not None else "<facility-id>"
     return stack.admin.fhir("create Organization", "POST", "Organization", json_body={
         "resourceType": "Organization", "name": name, "identifier": [{"system": system, "value": facility}]})
@@ -67,14 +67,14 @@ def message_tasks(stack) -> list[dict]:
 
 
 def task_ids(stack) -> set[str]:
-    return {t["id"] for t in message_tasks(stack)} if stack.cfg["webhook_bot"]["async_processing"] else set()
+    return {t["id"] for t in message_tasks(stack)} if stack.cfg.webhook_bot.async_processing else set()
 
 
 def count_imported(stack) -> dict[str, int]:
     """Resources carrying the import identifier, per allowed type."""
-    system = stack.cfg["metriport"]["resource_identifier_system"]
+    system = stack.cfg.metriport.resource_identifier_system
     out = {}
-    for rt in stack.cfg["webhook_bot"]["resources"]:
+    for rt in stack.cfg.webhook_bot.resources:
         b = stack.admin.fhir(f"count {rt}", "GET", f"{rt}?identifier={system}|&_summary=count")
         if b.get("total"):
             out[rt] = b["total"]
@@ -101,7 +101,7 @@ def wait_for_consolidated(stack, expected_messages: int = 1, timeout: float = 60
             on_tick()
         dels = [d for d in deliveries(stack) if d["type"] == "medical.consolidated-data" and d["status"] == "success"]
         pending, failed = [], []
-        if stack.cfg["webhook_bot"]["async_processing"]:
+        if stack.cfg.webhook_bot.async_processing:
             for t in message_tasks(stack):
                 if t["id"] in baseline:
                     continue

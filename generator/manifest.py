@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
-from .config import Config
-from .render import (MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, SUPPORTED_INTERACTION_EXT, bot_specs)
+from .config import BotSpec, Config
+from .render import MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, SUPPORTED_INTERACTION_EXT
 
 READ = ["read", "vread", "search", "history"]
 # Which access policy each deployed principal runs under (keys are the policy tags).
@@ -31,13 +31,12 @@ def _policy(system: str, key: str, name: str, resources: list[dict]) -> dict:
 
 
 def access_policies(cfg: Config) -> list[dict]:
-    system = cfg["medplum"]["identifier_system"]
-    specs = bot_specs(cfg)
-    webhook = specs["webhook_bot"]
-    allowed = cfg["webhook_bot"]["resources"]
+    system = cfg.medplum.identifier_system
+    webhook = cfg.bots.webhook
+    allowed = cfg.webhook_bot.resources
     return [
         # The patient bot reads the Patient and its managingOrganization (facility id) and writes back the Metriport id.
-        _policy(system, "patient-bot-policy", f"{specs['patient_bot'].name} (medport)", [
+        _policy(system, "patient-bot-policy", f"{cfg.bots.patient.name} (medport)", [
             {"resourceType": "Patient", "interaction": [*READ, "update"]},
             {"resourceType": "Organization", "interaction": READ},
         ]),
@@ -48,60 +47,57 @@ def access_policies(cfg: Config) -> list[dict]:
             *({"resourceType": t, "interaction": [*READ, "create", "update"]} for t in allowed),
         ]),
         # Metriport's credentials may only read (and so execute) the webhook bot.
-        _policy(system, "webhook-client-policy", f"{cfg['webhook_bot']['client_name']} (medport)", [
+        _policy(system, "webhook-client-policy", f"{cfg.webhook_bot.client_name} (medport)", [
             {"resourceType": "Bot", "interaction": ["read"],
              "criteria": f"Bot?identifier={system}|{webhook.identifier}"},
         ]),
     ]
 
 
-def bot_resource(cfg: Config, key: str) -> dict:
-    spec = bot_specs(cfg)[key]
-    system = cfg["medplum"]["identifier_system"]
+def bot_resource(cfg: Config, spec: BotSpec) -> dict:
     bot = {
         "resourceType": "Bot",
-        "identifier": [{"system": system, "value": spec.identifier}],
+        "identifier": [{"system": cfg.medplum.identifier_system, "value": spec.identifier}],
         "name": spec.name,
         "description": {"patient_bot": "medport: sends saved Patients to Metriport and starts their queries.",
-                        "webhook_bot": "medport: receives Metriport webhooks and imports consolidated data."}[key],
-        "runtimeVersion": cfg["medplum"]["runtime"],
-        "timeout": cfg[key]["timeout"],
+                        "webhook_bot": "medport: receives Metriport webhooks and imports consolidated data."}[spec.key],
+        "runtimeVersion": cfg.medplum.runtime,
+        "timeout": spec.timeout,
         "auditEventTrigger": "always",
     }
-    if key == "webhook_bot":
+    if spec.key == "webhook_bot":
         bot["rawBody"] = True  # the signature is computed over the exact body text
     return bot
 
 
 def client_application(cfg: Config) -> dict:
     return {"resourceType": "ClientApplication",
-            "meta": _tag(cfg["medplum"]["identifier_system"], WEBHOOK_CLIENT_KEY),
-            "name": cfg["webhook_bot"]["client_name"],
+            "meta": _tag(cfg.medplum.identifier_system, WEBHOOK_CLIENT_KEY),
+            "name": cfg.webhook_bot.client_name,
             "description": "medport: credentials Metriport uses to call the webhook bot ($execute)."}
 
 
 def subscriptions(cfg: Config) -> list[dict]:
-    system = cfg["medplum"]["identifier_system"]
-    specs = bot_specs(cfg)
+    system = cfg.medplum.identifier_system
 
-    def sub(key: str, reason: str, criteria: str, bot_key: str, interactions: list[str]) -> dict:
+    def sub(key: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str]) -> dict:
         return {
             "resourceType": "Subscription",
             "meta": _tag(system, key),
             "status": "active",
             "reason": reason,
             "criteria": criteria,
-            "channel": {"type": "rest-hook", "endpoint": f"urn:uuid:{specs[bot_key].id}",
+            "channel": {"type": "rest-hook", "endpoint": f"urn:uuid:{bot.id}",
                         "payload": "application/fhir+json"},
             "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": i} for i in interactions],
         }
 
     out = [sub("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
-               "patient_bot", list(cfg["patient_bot"]["interactions"]))]
-    if cfg["webhook_bot"]["async_processing"]:
+               cfg.bots.patient, list(cfg.patient_bot.interactions))]
+    if cfg.webhook_bot.async_processing:
         out.append(sub("webhook-task-subscription", "medport: process stored Metriport webhook messages",
                        f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
-                       "webhook_bot", ["create", "update"]))
+                       cfg.bots.webhook, ["create", "update"]))
     return out
 
 
@@ -111,16 +107,15 @@ def _tag_url(resource: dict) -> str:
 
 
 def deploy_bundle(cfg: Config) -> dict:
-    specs = bot_specs(cfg)
-    system = cfg["medplum"]["identifier_system"]
+    system = cfg.medplum.identifier_system
     entries = []
     for p in access_policies(cfg):
         entries.append({"resource": p, "request": {"method": "PUT", "url": _tag_url(p)}})
     ca = client_application(cfg)
     entries.append({"resource": ca, "request": {"method": "PUT", "url": _tag_url(ca)}})
-    for key in ("patient_bot", "webhook_bot"):
-        entries.append({"fullUrl": f"urn:uuid:{specs[key].id}", "resource": bot_resource(cfg, key),
-                        "request": {"method": "PUT", "url": f"Bot?identifier={system}|{specs[key].identifier}"}})
+    for spec in cfg.bots:
+        entries.append({"fullUrl": f"urn:uuid:{spec.id}", "resource": bot_resource(cfg, spec),
+                        "request": {"method": "PUT", "url": f"Bot?identifier={system}|{spec.identifier}"}})
     for s in subscriptions(cfg):
         entries.append({"resource": s, "request": {"method": "PUT", "url": _tag_url(s)}})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
@@ -129,7 +124,7 @@ def deploy_bundle(cfg: Config) -> dict:
 def medplum_cli_config(cfg: Config) -> dict:
     """The official Medplum CLI format, so `medplum bot deploy <name>` works on the rendered files."""
     return {"bots": [{"name": s.name, "id": s.id, "source": s.filename, "dist": s.filename}
-                     for s in bot_specs(cfg).values()]}
+                     for s in cfg.bots]}
 
 
 def webhook_execute_url(base_url: str, bot_id: str, client_id: str, client_secret: str) -> str:

@@ -1,79 +1,54 @@
 """Render the bots and their Medplum setup from a validated Config.
 
-Output is byte-for-byte deterministic: no timestamps, stable key order, ids derived
-from identifiers (uuid5) unless the config pins them.
+Output is byte-for-byte deterministic: no timestamps, stable key order, bot ids from
+`Config.bots` (uuid5 of the identifier unless the config pins them).
 """
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass
 
 import jinja2
 
 from . import __version__
-from .config import Config, resource_types
+from .config import BotSpec, Config, resource_types
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
 FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
 MESSAGE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/webhook-message-id"
 MESSAGE_TASK_CODE = "metriport-webhook-message"
 SUPPORTED_INTERACTION_EXT = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
-ID_NAMESPACE = uuid.UUID("6f1c1a52-9a8e-4d0f-9a57-2b4f4c0c8a11")
-
-
-def stable_id(system: str, value: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
-
-
-@dataclass(frozen=True)
-class BotSpec:
-    key: str            # "patient_bot" | "webhook_bot"
-    name: str
-    identifier: str
-    id: str
-    filename: str       # "<name>.js"
-
-
-def bot_specs(cfg: Config) -> dict[str, BotSpec]:
-    system = cfg["medplum"]["identifier_system"]
-    out = {}
-    for key in ("patient_bot", "webhook_bot"):
-        b = cfg[key]
-        out[key] = BotSpec(key, b["name"], b["identifier"], b.get("id") or stable_id(system, b["identifier"]), f"{b['name']}.js")
-    return out
 
 
 def _retry(cfg: Config) -> dict:
-    r = cfg["retry"]
-    return {"maxAttempts": r["max_attempts"], "initialDelayMs": r["initial_delay_ms"], "maxDelayMs": r["max_delay_ms"]}
+    r = cfg.retry
+    return {"maxAttempts": r.max_attempts, "initialDelayMs": r.initial_delay_ms, "maxDelayMs": r.max_delay_ms}
 
 
 def _consolidated(cfg: Config) -> dict:
-    c = cfg["consolidated"]
+    c = cfg.consolidated
     return {
-        "resources": list(cfg["webhook_bot"]["resources"]) if c["request_allowed_resources_only"] else [],
-        "dateFrom": c.get("date_from"),
-        "dateTo": c.get("date_to"),
+        "resources": list(cfg.webhook_bot.resources) if c.request_allowed_resources_only else [],
+        "dateFrom": c.date_from,
+        "dateTo": c.date_to,
     }
 
 
-def _bot_basics(cfg: Config, key: str) -> dict:
+def _bot_basics(cfg: Config, spec: BotSpec) -> dict:
     return {
-        "botName": cfg[key]["name"],
+        "botName": spec.name,
         "medportVersion": __version__,
         "metriportBaseUrl": cfg.metriport_base_url,
-        "patientIdentifierSystem": cfg["metriport"]["patient_identifier_system"],
+        "patientIdentifierSystem": cfg.metriport.patient_identifier_system,
     }
 
 
 def patient_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
     return {
-        **_bot_basics(cfg, "patient_bot"),
-        "facilityIdentifierSystem": cfg["metriport"]["facility_identifier_system"],
+        **_bot_basics(cfg, cfg.bots.patient),
+        "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
-        "flow": cfg["patient_bot"]["flow"],
+        "flow": cfg.patient_bot.flow,
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
@@ -81,19 +56,19 @@ def patient_bot_config(cfg: Config) -> dict:
 
 def webhook_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the webhook bot (templates/webhook-bot.js.j2)."""
-    allowed = list(cfg["webhook_bot"]["resources"])
+    allowed = list(cfg.webhook_bot.resources)
     shapes = resource_types()["identifier"]
     return {
-        **_bot_basics(cfg, "webhook_bot"),
-        "resourceIdentifierSystem": cfg["metriport"]["resource_identifier_system"],
-        "verifySignature": cfg["webhook_bot"]["verify_signature"],
-        "asyncProcessing": cfg["webhook_bot"]["async_processing"],
+        **_bot_basics(cfg, cfg.bots.webhook),
+        "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "verifySignature": cfg.webhook_bot.verify_signature,
+        "asyncProcessing": cfg.webhook_bot.async_processing,
         "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM},
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
         "requiredElements": required_elements(allowed),
         "consolidated": _consolidated(cfg),
-        "batch": {"maxEntries": cfg["import"]["batch_max_entries"], "maxBytes": cfg["import"]["batch_max_bytes"]},
+        "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes},
         "retry": _retry(cfg),
     }
 
@@ -127,10 +102,9 @@ def _env() -> jinja2.Environment:
 
 def render_bots(cfg: Config) -> dict[str, str]:
     env = _env()
-    specs = bot_specs(cfg)
     return {
-        specs["patient_bot"].filename: env.get_template("patient-bot.js.j2").render(config=patient_bot_config(cfg)),
-        specs["webhook_bot"].filename: env.get_template("webhook-bot.js.j2").render(config=webhook_bot_config(cfg)),
+        cfg.bots.patient.filename: env.get_template("patient-bot.js.j2").render(config=patient_bot_config(cfg)),
+        cfg.bots.webhook.filename: env.get_template("webhook-bot.js.j2").render(config=webhook_bot_config(cfg)),
     }
 
 

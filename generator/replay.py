@@ -13,7 +13,7 @@ import requests
 
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp
-from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, bot_specs
+from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 from .manifest import webhook_execute_url
 
 
@@ -48,8 +48,8 @@ def deliver(url: str, payload, key: str, timeout: float = 30.0) -> requests.Resp
 def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
     """(webhook $execute URL with the webhook client's credentials, the project's webhook key) on a Medplum
     the admin client can read (the emulator by default)."""
-    system = cfg["medplum"]["identifier_system"]
-    spec = bot_specs(cfg)["webhook_bot"]
+    system = cfg.medplum.identifier_system
+    spec = cfg.bots.webhook
     bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{spec.identifier}")
     if bot is None:
         raise MedplumError("find webhook bot", f"no Bot with identifier {spec.identifier} — deploy first "

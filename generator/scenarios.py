@@ -24,9 +24,9 @@ def expect(cond, message: str) -> None:
 
 
 def imported_resources(stack) -> list[dict]:
-    system = stack.cfg["metriport"]["resource_identifier_system"]
+    system = stack.cfg.metriport.resource_identifier_system
     out = []
-    for rt in stack.cfg["webhook_bot"]["resources"]:
+    for rt in stack.cfg.webhook_bot.resources:
         b = stack.admin.fhir(f"list {rt}", "GET", f"{rt}?identifier={system}|&_count=1000")
         out += [e["resource"] for e in b.get("entry", [])]
     return out
@@ -132,7 +132,7 @@ def scenario_replay_is_idempotent(stack, times: int = 3) -> dict:
 
 
 def _wait_tasks_settled(stack, timeout: float = 60.0) -> None:
-    if not stack.cfg["webhook_bot"]["async_processing"]:
+    if not stack.cfg.webhook_bot.async_processing:
         return
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -165,7 +165,7 @@ def scenario_bad_signature_refused(stack) -> dict:
 
 
 def _patient_bot_runs_for(stack, patient_id: str) -> list[dict]:
-    name = stack.cfg["patient_bot"]["name"]
+    name = stack.cfg.patient_bot.name
     return [r for r in runs(stack, 200) if r["bot_name"] == name and r.get("resource") == f"Patient/{patient_id}"]
 
 

@@ -52,7 +52,7 @@ def _calls(stack, needle: str) -> int:
 
 
 def _wait_runs(stack, patient_id: str, n: int, timeout: float = 20.0) -> list[dict]:
-    name = stack.cfg["patient_bot"]["name"]
+    name = stack.cfg.patient_bot.name
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         rs = [r for r in runs(stack, 500) if r["bot_name"] == name and r.get("resource") == f"Patient/{patient_id}"]
@@ -91,7 +91,7 @@ def test_non_seed_patient_gets_an_empty_result_handled(stack, org):
     assert out.done and not out.failed_tasks
     assert len(imported_resources(stack)) == before
     pat = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
-    assert any(i.get("system") == stack.cfg["metriport"]["patient_identifier_system"] for i in pat.get("identifier", []))
+    assert any(i.get("system") == stack.cfg.metriport.patient_identifier_system for i in pat.get("identifier", []))
 
 
 def test_demographics_change_starts_a_new_query_unrelated_change_does_not(stack, org):
@@ -124,7 +124,7 @@ def test_metriport_429_is_retried_honouring_retry_after(stack, org):
     assert first["outcome"] == "success", first.get("logs")
     assert "429" in first["logs"], "the retry is not visible in the bot's logs"
     pat = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
-    assert any(i.get("system") == stack.cfg["metriport"]["patient_identifier_system"] for i in pat.get("identifier", []))
+    assert any(i.get("system") == stack.cfg.metriport.patient_identifier_system for i in pat.get("identifier", []))
 
 
 def test_metriport_500_is_reported_and_nothing_is_lost(stack, org):
@@ -136,13 +136,13 @@ def test_metriport_500_is_reported_and_nothing_is_lost(stack, org):
         stack.fake.state.set_faults(fail_next=0, fail_status=500)
     assert rs[-1]["outcome"] == "failure" and "500" in (rs[-1]["logs"] + (rs[-1].get("error") or ""))
     pat = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
-    assert not any(i.get("system") == stack.cfg["metriport"]["patient_identifier_system"] for i in pat.get("identifier", []))
+    assert not any(i.get("system") == stack.cfg.metriport.patient_identifier_system for i in pat.get("identifier", []))
     # the next save (Metriport is back) goes through: nothing was marked done on a failure
     pat["active"] = True
     stack.admin.fhir("update", "PUT", f"Patient/{p['id']}", json_body=pat)
     _wait_runs(stack, p["id"], 3, timeout=40)
     pat = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
-    assert any(i.get("system") == stack.cfg["metriport"]["patient_identifier_system"] for i in pat.get("identifier", []))
+    assert any(i.get("system") == stack.cfg.metriport.patient_identifier_system for i in pat.get("identifier", []))
 
 
 def _consolidated_count(stack) -> int:
@@ -215,9 +215,9 @@ def test_flow_config_variants(variant):
         out = wait_for_consolidated(s, timeout=60, baseline=base)
         assert out.done and not out.failed_tasks
         bots = {b["resource"]["runtimeVersion"] for b in s.admin.fhir("bots", "GET", "Bot")["entry"]}
-        assert bots == {cfg["medplum"]["runtime"]}
+        assert bots == {cfg.medplum.runtime}
         types = [d["type"] for d in s.fake.state.deliveries_log(False) if d["type"] != "ping"]
-        if cfg["patient_bot"]["flow"] == "consolidated":
+        if cfg.patient_bot.flow == "consolidated":
             assert types == ["medical.consolidated-data"]
         else:
             assert types[:2] == ["medical.document-download", "medical.document-conversion"]

@@ -65,7 +65,7 @@ def test_check_fails_on_a_bot_that_breaks_a_scenario(tmp_path, monkeypatch):
 
     def broken(cfg):
         files = real(cfg)
-        name = f"{cfg['webhook_bot']['name']}.js"
+        name = cfg.bots.webhook.filename
         code = files[name]
         assert "throw new Error('Refused: the x-metriport-signature does not match the body');" in code
         files[name] = code.replace("throw new Error('Refused: the x-metriport-signature does not match the body');", "")

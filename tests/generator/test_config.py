@@ -1,8 +1,11 @@
 """Config loading and validation: good configs, many bad ones, every problem named at once."""
 import tomllib
+from dataclasses import MISSING, fields
+from typing import get_type_hints
 
 import pytest
-from medport.generator.config import ConfigError, load_config, schema, validate_data
+from medport.generator.config import (Config, ConfigError, load_config, schema, section_fields, toml_key,
+                                      validate_data)
 from medport.generator.starter import config_reference_markdown, starter_toml
 
 from tests.paths import ROOT
@@ -16,14 +19,36 @@ def problems_of(data):
 
 def test_empty_config_gets_every_default():
     cfg = validate_data({})
-    assert cfg["medplum"]["runtime"] == "vmcontext"
-    assert cfg["patient_bot"]["flow"] == "document-query"
-    assert cfg["import"]["batch_max_bytes"] < 1048576
+    assert cfg.medplum.runtime == "vmcontext"
+    assert cfg.patient_bot.flow == "document-query"
+    assert cfg.import_.batch_max_bytes < 1048576
     assert cfg.metriport_base_url == "https://api.sandbox.metriport.com"
-    for section, node in schema()["properties"].items():
-        for key, sub in node["properties"].items():
-            if "default" in sub:
-                assert key in cfg[section], f"{section}.{key} default not applied"
+    for f in section_fields():
+        section = getattr(cfg, f.name)
+        for g in fields(section):
+            sub = schema()["properties"][toml_key(f)]["properties"][toml_key(g)]
+            want = sub.get("default")
+            assert getattr(section, g.name) == (tuple(want) if isinstance(want, list) else want), \
+                f"{toml_key(f)}.{toml_key(g)} default not applied"
+
+
+def test_dataclasses_mirror_the_schema():
+    """A key added to or removed from config.schema.json without its dataclass field fails here."""
+    props = schema()["properties"]
+    hints = get_type_hints(Config)
+    assert sorted(toml_key(f) for f in section_fields()) == sorted(props)
+    for f in section_fields():
+        section = hints[f.name]
+        assert sorted(toml_key(g) for g in fields(section)) == sorted(props[toml_key(f)]["properties"]), f.name
+        # Defaults live in the schema only.
+        assert all(g.default is MISSING and g.default_factory is MISSING for g in fields(section)), f.name
+
+
+def test_bot_ids_derive_from_identifiers_unless_pinned():
+    cfg = validate_data({"webhook_bot": {"id": "pinned-id"}})
+    assert cfg.bots.patient.id == "a4649e5c-cd77-5a61-b3bc-ed1ab4b13871"  # uuid5 of the identifier: never change it
+    assert cfg.bots.webhook.id == "pinned-id"
+    assert [b.filename for b in cfg.bots] == ["metriport-patient-bot.js", "metriport-webhook-bot.js"]
 
 
 @pytest.mark.parametrize("env,url", [("sandbox", "https://api.sandbox.metriport.com"),
@@ -96,7 +121,7 @@ def test_missing_config_points_to_init(tmp_path):
 def test_starter_config_is_valid_and_documents_every_key():
     text = starter_toml()
     cfg = validate_data(tomllib.loads(text))
-    assert cfg.data == validate_data({}).data
+    assert cfg == validate_data({})
     for section, node in schema()["properties"].items():
         assert f"[{section}]" in text
         for key in node["properties"]:

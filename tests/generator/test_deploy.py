@@ -167,8 +167,8 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
         f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n')
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(main, ["generate"]).exit_code == 0
-    cfg = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
-    assert {b["id"] for b in cfg["bots"]} == set(first.bot_ids.values())
+    cli_config = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
+    assert {b["id"] for b in cli_config["bots"]} == set(first.bot_ids.values())
     cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
     res = subprocess.run([node_binary(), str(cli), "bot", "deploy", "metriport-patient-bot", "--base-url", emu.base_url],
                          cwd=tmp_path / "bots", capture_output=True, text=True, timeout=120,
