@@ -691,6 +691,213 @@ async function resolvePatient(medplum, msg, p) {
 }
 
 /**
+ * Process one verified message.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} msg
+ * @returns {Promise<Summary>}
+ */
+async function processMessage(medplum, event, msg) {
+  const summary = newSummary(msg);
+  const type = summary.type;
+  const patients = Array.isArray(msg.patients) ? msg.patients : [];
+  summary.patients = patients.length;
+
+  if (type === 'medical.consolidated-data') {
+    for (const p of patients) {
+      await importConsolidated(medplum, event, msg, p, summary);
+    }
+  } else if (type === 'medical.document-conversion') {
+    for (const p of patients) {
+      const mid = String(p.patientId || '');
+      if (p.status !== 'completed') {
+        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
+        continue;
+      }
+      try {
+        const medplumPatientId = await resolvePatient(medplum, msg, p);
+        await startConsolidatedQuery(event, mid, medplumPatientId);
+        summary.queriesStarted++;
+        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
+      } catch (err) {
+        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+      }
+    }
+  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
+    for (const p of patients) {
+      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
+      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+    }
+  } else if (type === 'medical.bulk-patient-create') {
+    const b = msg.bulkPatientCreate || {};
+    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
+  } else {
+    bump(summary.recorded, 'unknown-type');
+    log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
+  }
+  return summary;
+}
+
+// ---------------------------------------------------------------------------
+// Consolidated data (templates/_import.js.j2): one patient of a medical.consolidated-data message,
+// imported in phases, each a function below:
+//   fetch   fetchConsolidated   download + parse the searchset; an expired URL re-requested once
+//   plan    planImport          allowed types only, indexed by Type/id, the others counted
+//   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
+//   order   orderItems          topological levels (referenced resources first); cycles deferred
+//   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
+//   send    sendLevels          batches in flight, the ids Medplum returns recorded and used by
+//                               later levels; sendDeferredReferences writes the deferred ones
+//   report  every phase counts into the Summary; importConsolidated logs one line per patient and
+//           taskOutcome (webhook bot) turns the Summary into the run's outcome
+// importConsolidated runs them for one patient; importResources is plan to send.
+// ---------------------------------------------------------------------------
+
+/**
+ * One resource to import.
+ * @typedef {object} Item
+ * @property {string} key Type/mid
+ * @property {string} type
+ * @property {string} mid the Metriport id (or a stable hash of the content when the entry had none)
+ * @property {any} resource the copy that is repaired and sent
+ * @property {Set<string>} deps keys of the items it references
+ * @property {number} level 0 = references no other item
+ * @property {string} [medplumId] once Medplum stored it
+ * @property {boolean} [failed]
+ */
+
+/**
+ * What the plan phase found: the items and how references resolve to them.
+ * @typedef {object} Plan
+ * @property {Map<string, Item>} items by key, in bundle order
+ * @property {Map<string, string>} alias Type/mid and urn:uuid:mid -> item key
+ * @property {Set<string>} patientRefs references meaning "the patient"
+ * @property {Set<string>} notImported references to resources present but not imported
+ * @property {string} subjectRef Patient/<existing Medplum Patient id>
+ * @property {string} metriportPatientId
+ */
+
+/**
+ * @typedef {object} Order
+ * @property {Item[]} ordered by level, then key
+ * @property {Map<string, Set<string>>} deferred item key -> targets whose reference is written in a
+ *   second pass (a cycle's back edge)
+ */
+
+/** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
+
+const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
+  DocumentReference: ['date'],
+  Observation: ['issued'],
+  DiagnosticReport: ['issued'],
+  Media: ['issued'],
+});
+
+const IN_FLIGHT_BATCHES = 2;
+const UTF8 = new TextEncoder();
+/** Serialized size of an empty batch Bundle. */
+const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
+/** New consolidated queries started for one patient after expired download URLs. */
+const MAX_REQUERIES = 1;
+
+const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+
+/**
+ * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
+ * searchset fetched and imported; every problem recorded in the summary.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} msg
+ * @param {any} p one element of msg.patients
+ * @param {Summary} summary
+ */
+async function importConsolidated(medplum, event, msg, p, summary) {
+  const mid = String(p.patientId || '');
+  if (p.status && p.status !== 'completed') {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
+    return;
+  }
+  let subjectId;
+  try {
+    subjectId = await resolvePatient(medplum, msg, p);
+  } catch (err) {
+    summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
+    return;
+  }
+  if (!subjectId) {
+    summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
+    return;
+  }
+  const resources = await fetchConsolidated(event, msg, p, subjectId, summary);
+  if (!resources) {
+    return;
+  }
+  const before = summary.failures.length;
+  await importResources(medplum, resources, subjectId, mid, summary);
+  log('info', 'consolidated data imported', {
+    patient: subjectId,
+    metriportPatient: mid,
+    resources: resources.length,
+    failures: summary.failures.length - before,
+  });
+}
+
+/**
+ * Import the consolidated resources of one patient: plan, repair, order, then chunk and send level by
+ * level; a last pass writes the references deferred by cycles.
+ * @param {MedplumClient} medplum
+ * @param {any[]} resources the searchset's resources
+ * @param {string} subjectId existing Medplum Patient id
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ */
+async function importResources(medplum, resources, subjectId, metriportPatientId, summary) {
+  const plan = planImport(resources, subjectId, metriportPatientId, summary);
+  for (const item of plan.items.values()) {
+    repairItem(item, plan, summary);
+  }
+  const order = orderItems(plan.items);
+  await findDeferredTargets(medplum, plan.items, order);
+  const pending = await sendLevels(medplum, plan.items, order, summary);
+  await sendDeferredReferences(medplum, pending, plan.items, order, summary);
+}
+
+// --- fetch -----------------------------------------------------------------
+
+/**
+ * The patient's consolidated resources. A download URL that expired before the message was processed
+ * is recovered once: a new consolidated query brings a fresh one (the count travels in the query's
+ * metadata, which Metriport echoes in meta.data).
+ * @param {any} event
+ * @param {any} msg
+ * @param {any} p one element of msg.patients
+ * @param {string} subjectId existing Medplum Patient id
+ * @param {Summary} summary
+ * @returns {Promise<any[] | undefined>} undefined: nothing to import now (query re-requested, or failed)
+ */
+async function fetchConsolidated(event, msg, p, subjectId, summary) {
+  const mid = String(p.patientId || '');
+  try {
+    return await consolidatedResources(p.bundle);
+  } catch (err) {
+    const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
+    if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
+      try {
+        await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
+        bump(summary.recorded, 'consolidated-requeried-after-expired-url');
+        log('warn', 'download URL expired; consolidated query requested again', { patient: subjectId, metriportPatient: mid });
+      } catch (requeryErr) {
+        summary.failures.push({ type: 'Bundle', id: mid, status: 'requery-failed', text: errorText(requeryErr) });
+      }
+      return undefined;
+    }
+    summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
+      (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
+    return undefined;
+  }
+}
+
+/**
  * Fetch a presigned URL (no credentials sent), retrying 429/5xx/network errors.
  * @param {string} url
  * @param {boolean} gzip
@@ -749,83 +956,6 @@ async function consolidatedResources(bundle) {
     }
   }
   return out;
-}
-
-// ---------------------------------------------------------------------------
-// Import of one patient's consolidated resources, in phases:
-//   plan    planImport          allowed types only, indexed by Type/id, skipped ones counted
-//   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
-//   order   orderItems          topological levels (referenced resources first), cycles deferred
-//   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
-//   send    sendLevels          batches in flight, returned ids recorded; sendDeferredReferences
-// ---------------------------------------------------------------------------
-
-/**
- * One resource to import.
- * @typedef {object} Item
- * @property {string} key Type/mid
- * @property {string} type
- * @property {string} mid the Metriport id (or a stable hash of the content when the entry had none)
- * @property {any} resource the copy that is repaired and sent
- * @property {Set<string>} deps keys of the items it references
- * @property {number} level 0 = references no other item
- * @property {string} [medplumId] once Medplum stored it
- * @property {boolean} [failed]
- */
-
-/**
- * What the plan phase found: the items and how references resolve to them.
- * @typedef {object} Plan
- * @property {Map<string, Item>} items by key, in bundle order
- * @property {Map<string, string>} alias Type/mid and urn:uuid:mid -> item key
- * @property {Set<string>} patientRefs references meaning "the patient"
- * @property {Set<string>} notImported references to resources present but not imported
- * @property {string} subjectRef Patient/<existing Medplum Patient id>
- * @property {string} metriportPatientId
- */
-
-/**
- * @typedef {object} Order
- * @property {Item[]} ordered by level, then key
- * @property {Map<string, Set<string>>} deferred item key -> targets whose reference is written in a
- *   second pass (a cycle's back edge)
- */
-
-/** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
-
-const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
-  DocumentReference: ['date'],
-  Observation: ['issued'],
-  DiagnosticReport: ['issued'],
-  Media: ['issued'],
-});
-
-const IN_FLIGHT_BATCHES = 2;
-const UTF8 = new TextEncoder();
-/** Serialized size of an empty batch Bundle. */
-const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
-/** New consolidated queries started for one patient after expired download URLs. */
-const MAX_REQUERIES = 1;
-
-const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
-
-/**
- * Import the consolidated resources of one patient.
- * @param {MedplumClient} medplum
- * @param {any[]} resources the searchset's resources
- * @param {string} subjectId existing Medplum Patient id
- * @param {string} metriportPatientId
- * @param {Summary} summary
- */
-async function importResources(medplum, resources, subjectId, metriportPatientId, summary) {
-  const plan = planImport(resources, subjectId, metriportPatientId, summary);
-  for (const item of plan.items.values()) {
-    repairItem(item, plan, summary);
-  }
-  const order = orderItems(plan.items);
-  await findDeferredTargets(medplum, plan.items, order);
-  const pending = await sendLevels(medplum, plan.items, order, summary);
-  await sendDeferredReferences(medplum, pending, plan.items, order, summary);
 }
 
 // --- plan ------------------------------------------------------------------
@@ -1446,100 +1576,6 @@ async function sendBatch(medplum, chunk, summary, fixup) {
   });
 }
 
-/**
- * Process one verified message.
- * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
- * @returns {Promise<Summary>}
- */
-async function processMessage(medplum, event, msg) {
-  const summary = newSummary(msg);
-  const type = summary.type;
-  const patients = Array.isArray(msg.patients) ? msg.patients : [];
-  summary.patients = patients.length;
-
-  if (type === 'medical.consolidated-data') {
-    for (const p of patients) {
-      const mid = String(p.patientId || '');
-      if (p.status && p.status !== 'completed') {
-        summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
-        continue;
-      }
-      let subjectId;
-      try {
-        subjectId = await resolvePatient(medplum, msg, p);
-      } catch (err) {
-        summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
-        continue;
-      }
-      if (!subjectId) {
-        summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
-        continue;
-      }
-      /** @type {any[]} */
-      let resources;
-      try {
-        resources = await consolidatedResources(p.bundle);
-      } catch (err) {
-        // An expired URL (a message processed late) is recovered once: a new consolidated query brings a
-        // fresh one. The count travels in the query's metadata, which Metriport echoes in meta.data.
-        const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
-        if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
-          try {
-            await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
-            bump(summary.recorded, 'consolidated-requeried-after-expired-url');
-            log('warn', 'download URL expired; consolidated query requested again', { patient: subjectId, metriportPatient: mid });
-            continue;
-          } catch (requeryErr) {
-            summary.failures.push({ type: 'Bundle', id: mid, status: 'requery-failed', text: errorText(requeryErr) });
-            continue;
-          }
-        }
-        summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
-          (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
-        continue;
-      }
-      const before = summary.failures.length;
-      await importResources(medplum, resources, subjectId, mid, summary);
-      log('info', 'consolidated data imported', {
-        patient: subjectId,
-        metriportPatient: mid,
-        resources: resources.length,
-        failures: summary.failures.length - before,
-      });
-    }
-  } else if (type === 'medical.document-conversion') {
-    for (const p of patients) {
-      const mid = String(p.patientId || '');
-      if (p.status !== 'completed') {
-        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
-        continue;
-      }
-      try {
-        const medplumPatientId = await resolvePatient(medplum, msg, p);
-        await startConsolidatedQuery(event, mid, medplumPatientId);
-        summary.queriesStarted++;
-        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
-      } catch (err) {
-        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
-      }
-    }
-  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
-    for (const p of patients) {
-      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
-      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
-    }
-  } else if (type === 'medical.bulk-patient-create') {
-    const b = msg.bulkPatientCreate || {};
-    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
-  } else {
-    bump(summary.recorded, 'unknown-type');
-    log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
-  }
-  return summary;
-}
-
 // ---------------------------------------------------------------------------
 // Task persistence (async mode)
 // ---------------------------------------------------------------------------
@@ -1597,6 +1633,31 @@ async function persistMessage(medplum, msg, raw) {
 }
 
 /**
+ * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
+ * number of failures and the first 20); the summary kept as its output either way.
+ * @param {any} task the Task as stored now
+ * @param {Summary} summary
+ * @param {string | undefined} fatal
+ * @returns {any} the Task to store
+ */
+function taskOutcome(task, summary, fatal) {
+  const failed = !!fatal || summary.failures.length > 0;
+  const done = { ...task, status: failed ? 'failed' : 'completed' };
+  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
+  if (failed) {
+    done.statusReason = {
+      text: fatal
+        ? 'processing failed: ' + fatal
+        : summary.failures.length + ' failure(s): ' +
+          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + f.text).join(' | '),
+    };
+  } else {
+    delete done.statusReason;
+  }
+  return done;
+}
+
+/**
  * Process a stored message Task (Subscription on requested message Tasks).
  * @param {MedplumClient} medplum
  * @param {any} event
@@ -1639,20 +1700,8 @@ async function processTask(medplum, event, taskId) {
     summary = newSummary(undefined);
     fatal = errorText(err);
   }
-  const failed = !!fatal || summary.failures.length > 0;
-  const latest = /** @type {any} */ (await medplum.readResource('Task', taskId));
-  const done = { ...latest, status: failed ? 'failed' : 'completed' };
-  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
-  if (failed) {
-    done.statusReason = {
-      text: fatal
-        ? 'processing failed: ' + fatal
-        : summary.failures.length + ' failure(s): ' +
-          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + f.text).join(' | '),
-    };
-  } else {
-    delete done.statusReason;
-  }
+  const done = taskOutcome(await medplum.readResource('Task', taskId), summary, fatal);
+  const failed = done.status === 'failed';
   await medplum.updateResource(done);
   log(failed ? 'warn' : 'info', 'message ' + (failed ? 'failed' : 'processed'), {
     task: taskId,
