@@ -691,6 +691,213 @@ async function resolvePatient(medplum, msg, p) {
 }
 
 /**
+ * Process one verified message.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} msg
+ * @returns {Promise<Summary>}
+ */
+async function processMessage(medplum, event, msg) {
+  const summary = newSummary(msg);
+  const type = summary.type;
+  const patients = Array.isArray(msg.patients) ? msg.patients : [];
+  summary.patients = patients.length;
+
+  if (type === 'medical.consolidated-data') {
+    for (const p of patients) {
+      await importConsolidated(medplum, event, msg, p, summary);
+    }
+  } else if (type === 'medical.document-conversion') {
+    for (const p of patients) {
+      const mid = String(p.patientId || '');
+      if (p.status !== 'completed') {
+        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
+        continue;
+      }
+      try {
+        const medplumPatientId = await resolvePatient(medplum, msg, p);
+        await startConsolidatedQuery(event, mid, medplumPatientId);
+        summary.queriesStarted++;
+        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
+      } catch (err) {
+        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+      }
+    }
+  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
+    for (const p of patients) {
+      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
+      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+    }
+  } else if (type === 'medical.bulk-patient-create') {
+    const b = msg.bulkPatientCreate || {};
+    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
+  } else {
+    bump(summary.recorded, 'unknown-type');
+    log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
+  }
+  return summary;
+}
+
+// ---------------------------------------------------------------------------
+// Consolidated data (templates/_import.js.j2): one patient of a medical.consolidated-data message,
+// imported in phases, each a function below:
+//   fetch   fetchConsolidated   download + parse the searchset; an expired URL re-requested once
+//   plan    planImport          allowed types only, indexed by Type/id, the others counted
+//   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
+//   order   orderItems          topological levels (referenced resources first); cycles deferred
+//   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
+//   send    sendLevels          batches in flight, the ids Medplum returns recorded and used by
+//                               later levels; sendDeferredReferences writes the deferred ones
+//   report  every phase counts into the Summary; importConsolidated logs one line per patient and
+//           taskOutcome (webhook bot) turns the Summary into the run's outcome
+// importConsolidated runs them for one patient; importResources is plan to send.
+// ---------------------------------------------------------------------------
+
+/**
+ * One resource to import.
+ * @typedef {object} Item
+ * @property {string} key Type/mid
+ * @property {string} type
+ * @property {string} mid the Metriport id (or a stable hash of the content when the entry had none)
+ * @property {any} resource the copy that is repaired and sent
+ * @property {Set<string>} deps keys of the items it references
+ * @property {number} level 0 = references no other item
+ * @property {string} [medplumId] once Medplum stored it
+ * @property {boolean} [failed]
+ */
+
+/**
+ * What the plan phase found: the items and how references resolve to them.
+ * @typedef {object} Plan
+ * @property {Map<string, Item>} items by key, in bundle order
+ * @property {Map<string, string>} alias Type/mid and urn:uuid:mid -> item key
+ * @property {Set<string>} patientRefs references meaning "the patient"
+ * @property {Set<string>} notImported references to resources present but not imported
+ * @property {string} subjectRef Patient/<existing Medplum Patient id>
+ * @property {string} metriportPatientId
+ */
+
+/**
+ * @typedef {object} Order
+ * @property {Item[]} ordered by level, then key
+ * @property {Map<string, Set<string>>} deferred item key -> targets whose reference is written in a
+ *   second pass (a cycle's back edge)
+ */
+
+/** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
+
+const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
+  DocumentReference: ['date'],
+  Observation: ['issued'],
+  DiagnosticReport: ['issued'],
+  Media: ['issued'],
+});
+
+const IN_FLIGHT_BATCHES = 2;
+const UTF8 = new TextEncoder();
+/** Serialized size of an empty batch Bundle. */
+const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
+/** New consolidated queries started for one patient after expired download URLs. */
+const MAX_REQUERIES = 1;
+
+const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+
+/**
+ * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
+ * searchset fetched and imported; every problem recorded in the summary.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} msg
+ * @param {any} p one element of msg.patients
+ * @param {Summary} summary
+ */
+async function importConsolidated(medplum, event, msg, p, summary) {
+  const mid = String(p.patientId || '');
+  if (p.status && p.status !== 'completed') {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
+    return;
+  }
+  let subjectId;
+  try {
+    subjectId = await resolvePatient(medplum, msg, p);
+  } catch (err) {
+    summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
+    return;
+  }
+  if (!subjectId) {
+    summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
+    return;
+  }
+  const resources = await fetchConsolidated(event, msg, p, subjectId, summary);
+  if (!resources) {
+    return;
+  }
+  const before = summary.failures.length;
+  await importResources(medplum, resources, subjectId, mid, summary);
+  log('info', 'consolidated data imported', {
+    patient: subjectId,
+    metriportPatient: mid,
+    resources: resources.length,
+    failures: summary.failures.length - before,
+  });
+}
+
+/**
+ * Import the consolidated resources of one patient: plan, repair, order, then chunk and send level by
+ * level; a last pass writes the references deferred by cycles.
+ * @param {MedplumClient} medplum
+ * @param {any[]} resources the searchset's resources
+ * @param {string} subjectId existing Medplum Patient id
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ */
+async function importResources(medplum, resources, subjectId, metriportPatientId, summary) {
+  const plan = planImport(resources, subjectId, metriportPatientId, summary);
+  for (const item of plan.items.values()) {
+    repairItem(item, plan, summary);
+  }
+  const order = orderItems(plan.items);
+  await findDeferredTargets(medplum, plan.items, order);
+  const pending = await sendLevels(medplum, plan.items, order, summary);
+  await sendDeferredReferences(medplum, pending, plan.items, order, summary);
+}
+
+// --- fetch -----------------------------------------------------------------
+
+/**
+ * The patient's consolidated resources. A download URL that expired before the message was processed
+ * is recovered once: a new consolidated query brings a fresh one (the count travels in the query's
+ * metadata, which Metriport echoes in meta.data).
+ * @param {any} event
+ * @param {any} msg
+ * @param {any} p one element of msg.patients
+ * @param {string} subjectId existing Medplum Patient id
+ * @param {Summary} summary
+ * @returns {Promise<any[] | undefined>} undefined: nothing to import now (query re-requested, or failed)
+ */
+async function fetchConsolidated(event, msg, p, subjectId, summary) {
+  const mid = String(p.patientId || '');
+  try {
+    return await consolidatedResources(p.bundle);
+  } catch (err) {
+    const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
+    if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
+      try {
+        await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
+        bump(summary.recorded, 'consolidated-requeried-after-expired-url');
+        log('warn', 'download URL expired; consolidated query requested again', { patient: subjectId, metriportPatient: mid });
+      } catch (requeryErr) {
+        summary.failures.push({ type: 'Bundle', id: mid, status: 'requery-failed', text: errorText(requeryErr) });
+      }
+      return undefined;
+    }
+    summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
+      (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
+    return undefined;
+  }
+}
+
+/**
  * Fetch a presigned URL (no credentials sent), retrying 429/5xx/network errors.
  * @param {string} url
  * @param {boolean} gzip
@@ -751,16 +958,122 @@ async function consolidatedResources(bundle) {
   return out;
 }
 
-// ---------------------------------------------------------------------------
-// Import: quirks, references, ordering, chunked batches
-// ---------------------------------------------------------------------------
+// --- plan ------------------------------------------------------------------
 
-const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
-  DocumentReference: ['date'],
-  Observation: ['issued'],
-  DiagnosticReport: ['issued'],
-  Media: ['issued'],
-});
+/**
+ * Keep the resources of the allowed types, each copied, keyed by Type/id (an entry without id gets a
+ * stable one from its content, so a replay finds the same resource). The bundle's own Patient is never
+ * imported: its ids become aliases of the subject.
+ * @param {any[]} resources
+ * @param {string} subjectId existing Medplum Patient id
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ * @returns {Plan}
+ */
+function planImport(resources, subjectId, metriportPatientId, summary) {
+  const allowed = new Set(CONFIG.resources);
+  /** @type {Plan} */
+  const plan = {
+    items: new Map(),
+    alias: new Map(),
+    patientRefs: new Set(['Patient/' + metriportPatientId]),
+    notImported: new Set(),
+    subjectRef: 'Patient/' + subjectId,
+    metriportPatientId,
+  };
+  const { items, alias, patientRefs, notImported } = plan;
+  for (const original of resources) {
+    if (!original || typeof original !== 'object' || typeof original.resourceType !== 'string') {
+      bump(summary.skipped, 'invalid-entry');
+      continue;
+    }
+    const type = original.resourceType;
+    if (type === 'Patient') {
+      if (original.id) {
+        patientRefs.add('Patient/' + original.id);
+        patientRefs.add('urn:uuid:' + original.id);
+      }
+      continue;
+    }
+    if (!allowed.has(type)) {
+      bump(summary.skipped, type);
+      if (original.id) {
+        notImported.add(type + '/' + original.id);
+        notImported.add('urn:uuid:' + original.id);
+      }
+      continue;
+    }
+    const resource = JSON.parse(JSON.stringify(original));
+    let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
+    if (!mid) {
+      mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
+      bump(summary.fixes, 'missing-id');
+    }
+    const key = type + '/' + mid;
+    if (items.has(key)) {
+      bump(summary.fixes, 'duplicate-entry');
+      continue;
+    }
+    items.set(key, { key, type, mid, resource, deps: new Set(), level: 0 });
+    alias.set(key, key);
+    alias.set('urn:uuid:' + mid, key);
+  }
+  return plan;
+}
+
+// --- repair ----------------------------------------------------------------
+
+/**
+ * Make one item's resource acceptable to Medplum and ready to upsert: server fields dropped, Metriport
+ * quirks fixed (instants, contained, duplicate codings), references resolved, required elements
+ * marked absent, the identifier the upsert keys on set.
+ * @param {Item} item
+ * @param {Plan} plan
+ * @param {Summary} summary
+ */
+function repairItem(item, plan, summary) {
+  const r = item.resource;
+  delete r.id;
+  if (r.meta) {
+    delete r.meta.versionId;
+    delete r.meta.lastUpdated;
+    delete r.meta.source;
+  }
+  fixInstants(r, item.type, summary);
+  const containedIds = keepValidContained(r, summary);
+  walk(r, (obj) => {
+    if (Array.isArray(obj.coding) && obj.coding.length > 1) {
+      dedupeCodings(obj, summary);
+    }
+    if (typeof obj.reference === 'string' && !('resourceType' in obj)) {
+      resolveReference(obj, item, plan, containedIds, summary);
+    }
+  });
+  prune(r);
+  fillRequiredElements(r, item.type, summary);
+  setUpsertIdentifier(r, item.type, item.mid);
+}
+
+/**
+ * Bare dates (or dateTimes without zone) where an instant is required; unusable values dropped.
+ * @param {any} r
+ * @param {string} type
+ * @param {Summary} summary
+ */
+function fixInstants(r, type, summary) {
+  for (const field of INSTANT_FIELDS[type] || []) {
+    if (typeof r[field] === 'string') {
+      const fixed = toInstant(r[field]);
+      if (fixed === undefined) {
+        delete r[field];
+        bump(summary.fixes, 'invalid-instant-dropped');
+      } else if (fixed !== r[field]) {
+        r[field] = fixed;
+        bump(summary.fixes, 'date-to-instant');
+      }
+    }
+  }
+}
 
 /**
  * Make a FHIR instant out of a date or a dateTime without zone.
@@ -780,6 +1093,155 @@ function toInstant(value) {
     return m[1] + (m[2] || ':00') + 'Z';
   }
   return undefined;
+}
+
+/**
+ * Contained resources: keep those with a type and a unique id.
+ * @param {any} r
+ * @param {Summary} summary
+ * @returns {Set<string>} the ids kept (what "#id" references may name)
+ */
+function keepValidContained(r, summary) {
+  /** @type {Set<string>} */
+  const containedIds = new Set();
+  if (Array.isArray(r.contained)) {
+    r.contained = r.contained.filter((/** @type {any} */ c) => {
+      const ok = c && typeof c === 'object' && typeof c.resourceType === 'string' && typeof c.id === 'string' && c.id;
+      if (!ok || containedIds.has(c.id)) {
+        bump(summary.fixes, 'contained-dropped');
+        return false;
+      }
+      containedIds.add(c.id);
+      return true;
+    });
+    if (!r.contained.length) {
+      delete r.contained;
+    }
+  }
+  return containedIds;
+}
+
+/**
+ * Duplicate codings (same system and code) merged into the first, which keeps a display.
+ * @param {any} obj a CodeableConcept
+ * @param {Summary} summary
+ */
+function dedupeCodings(obj, summary) {
+  /** @type {Map<string, any>} */
+  const seen = new Map();
+  const kept = [];
+  for (const c of obj.coding) {
+    const k = c && (c.system || c.code) ? (c.system || '') + '|' + (c.code || '') : null;
+    if (k === null) {
+      kept.push(c);
+    } else if (seen.has(k)) {
+      const first = seen.get(k);
+      if (!first.display && c.display) {
+        first.display = c.display;
+      }
+      bump(summary.fixes, 'duplicate-coding');
+    } else {
+      seen.set(k, c);
+      kept.push(c);
+    }
+  }
+  obj.coding = kept;
+}
+
+/**
+ * One Reference: "#id" must name a kept contained resource; the patient (any of its aliases) becomes
+ * the existing subject; another item becomes a "@@Type/mid" placeholder, written once that item has a
+ * Medplum id, and a dependency; anything else is dropped (display kept).
+ * @param {any} obj the Reference
+ * @param {Item} item the item holding it
+ * @param {Plan} plan
+ * @param {Set<string>} containedIds
+ * @param {Summary} summary
+ */
+function resolveReference(obj, item, plan, containedIds, summary) {
+  const ref = obj.reference;
+  if (ref.startsWith('#')) {
+    if (ref !== '#' && !containedIds.has(ref.slice(1))) {
+      dropReference(obj, summary);
+    }
+  } else if (plan.patientRefs.has(ref) || (/^Patient\//.test(ref) && ref.split('/')[1] === plan.metriportPatientId)) {
+    obj.reference = plan.subjectRef;
+  } else {
+    const target = plan.alias.get(ref) || plan.alias.get(ref.replace(/^.*\/([A-Za-z]+\/[^/]+)$/, '$1'));
+    if (target && target !== item.key) {
+      obj.reference = '@@' + target;
+      item.deps.add(target);
+    } else if (target === item.key) {
+      dropReference(obj, summary);
+    } else if (/^Patient\//.test(ref) || (/^urn:uuid:/.test(ref) && plan.patientRefs.has(ref))) {
+      obj.reference = plan.subjectRef;
+    } else {
+      dropReference(obj, summary, plan.notImported.has(ref));
+    }
+  }
+}
+
+/**
+ * Drop a reference to something we cannot point at; keep the display.
+ * @param {any} obj the Reference
+ * @param {Summary | undefined} summary
+ * @param {boolean} [skippedType]
+ */
+function dropReference(obj, summary, skippedType) {
+  delete obj.reference;
+  delete obj.type;
+  if (!obj.display && !obj.identifier) {
+    obj.display = 'not included in the source bundle';
+  }
+  if (summary) {
+    bump(summary.fixes, skippedType ? 'reference-to-skipped-type-dropped' : 'dangling-reference-dropped');
+  }
+}
+
+/**
+ * Required elements the source lacks (C-CDA conversions miss e.g. Encounter.class or
+ * Composition.author) are marked absent the FHIR way (data-absent-reason "unknown"), never invented:
+ * otherwise Medplum rejects the whole resource.
+ * @param {any} r
+ * @param {string} type
+ * @param {Summary} summary
+ */
+function fillRequiredElements(r, type, summary) {
+  const required = (CONFIG.requiredElements || {})[type] || {};
+  for (const name of Object.keys(required)) {
+    const [elementType, isArray] = required[name];
+    if (r[name] !== undefined) {
+      continue;
+    }
+    /** @type {any} */
+    const value = { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
+    if (elementType === 'Reference') {
+      value.display = 'unknown';
+    } else if (elementType === 'CodeableConcept') {
+      value.text = 'unknown';
+    }
+    r[name] = isArray ? [value] : value;
+    bump(summary.fixes, 'required-element-marked-absent');
+  }
+}
+
+/**
+ * The identifier the conditional PUT keys on (<resourceIdentifierSystem>|<mid>), replacing any
+ * earlier one of that system; a single Identifier where the type's element is not a list.
+ * @param {any} r
+ * @param {string} type
+ * @param {string} mid
+ */
+function setUpsertIdentifier(r, type, mid) {
+  const ident = { system: CONFIG.resourceIdentifierSystem, value: mid };
+  if ((CONFIG.identifierShape || {})[type] === 'single') {
+    r.identifier = ident;
+  } else {
+    const others = Array.isArray(r.identifier)
+      ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
+      : [];
+    r.identifier = others.concat([ident]);
+  }
 }
 
 /**
@@ -826,207 +1288,19 @@ function prune(node) {
   return false;
 }
 
-const IN_FLIGHT_BATCHES = 2;
-const UTF8 = new TextEncoder();
-/** New consolidated queries started for one patient after expired download URLs. */
-const MAX_REQUERIES = 1;
-
-const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+// --- order -----------------------------------------------------------------
 
 /**
- * Required elements the source lacks (C-CDA conversions miss e.g. Encounter.class or
- * Composition.author) are marked absent the FHIR way (data-absent-reason "unknown"), never invented:
- * otherwise Medplum rejects the whole resource.
- * @param {any} r
- * @param {string} type
- * @param {Summary} summary
+ * Topological levels: an item's level is one more than the highest of the items it references, so a
+ * level only references lower ones. Visited in key order; a cycle is broken on its back edge, whose
+ * reference is deferred to a second pass.
+ * @param {Map<string, Item>} items repaired (deps known)
+ * @returns {Order}
  */
-function fillRequiredElements(r, type, summary) {
-  const required = (CONFIG.requiredElements || {})[type] || {};
-  for (const name of Object.keys(required)) {
-    const [elementType, isArray] = required[name];
-    if (r[name] !== undefined) {
-      continue;
-    }
-    /** @type {any} */
-    const value = { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
-    if (elementType === 'Reference') {
-      value.display = 'unknown';
-    } else if (elementType === 'CodeableConcept') {
-      value.text = 'unknown';
-    }
-    r[name] = isArray ? [value] : value;
-    bump(summary.fixes, 'required-element-marked-absent');
-  }
-}
-
-/**
- * @typedef { { key: string, type: string, mid: string, resource: any, deps: Set<string>,
- *   fullUrl?: string, level: number, medplumId?: string, failed?: boolean } } Item
- */
-
-/**
- * Import the consolidated resources of one patient.
- * @param {MedplumClient} medplum
- * @param {any[]} resources the searchset's resources
- * @param {string} subjectId existing Medplum Patient id
- * @param {string} metriportPatientId
- * @param {Summary} summary
- */
-async function importResources(medplum, resources, subjectId, metriportPatientId, summary) {
-  const allowed = new Set(CONFIG.resources);
-  const subjectRef = 'Patient/' + subjectId;
-  /** @type {Set<string>} references meaning "the patient" */
-  const patientRefs = new Set(['Patient/' + metriportPatientId]);
-  /** @type {Map<string, Item>} */
-  const items = new Map();
-  /** @type {Map<string, string>} alias (fullUrl, Type/id) -> item key */
-  const alias = new Map();
-  /** @type {Set<string>} references to resources present but not imported */
-  const notImported = new Set();
-
-  for (const original of resources) {
-    if (!original || typeof original !== 'object' || typeof original.resourceType !== 'string') {
-      bump(summary.skipped, 'invalid-entry');
-      continue;
-    }
-    const type = original.resourceType;
-    if (type === 'Patient') {
-      if (original.id) {
-        patientRefs.add('Patient/' + original.id);
-        patientRefs.add('urn:uuid:' + original.id);
-      }
-      continue; // the bundle's own Patient is never imported
-    }
-    if (!allowed.has(type)) {
-      bump(summary.skipped, type);
-      if (original.id) {
-        notImported.add(type + '/' + original.id);
-        notImported.add('urn:uuid:' + original.id);
-      }
-      continue;
-    }
-    const resource = JSON.parse(JSON.stringify(original));
-    let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
-    if (!mid) {
-      // Stable id from the content, so that a replay finds the same resource.
-      mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
-      bump(summary.fixes, 'missing-id');
-    }
-    const key = type + '/' + mid;
-    if (items.has(key)) {
-      bump(summary.fixes, 'duplicate-entry');
-      continue;
-    }
-    items.set(key, { key, type, mid, resource, deps: new Set(), level: 0 });
-    alias.set(key, key);
-    alias.set('urn:uuid:' + mid, key);
-  }
-
-  // Quirks + reference analysis.
-  for (const item of items.values()) {
-    const r = item.resource;
-    delete r.id;
-    if (r.meta) {
-      delete r.meta.versionId;
-      delete r.meta.lastUpdated;
-      delete r.meta.source;
-    }
-    // Bare dates where an instant is required.
-    for (const field of INSTANT_FIELDS[item.type] || []) {
-      if (typeof r[field] === 'string') {
-        const fixed = toInstant(r[field]);
-        if (fixed === undefined) {
-          delete r[field];
-          bump(summary.fixes, 'invalid-instant-dropped');
-        } else if (fixed !== r[field]) {
-          r[field] = fixed;
-          bump(summary.fixes, 'date-to-instant');
-        }
-      }
-    }
-    // Contained resources: keep the valid ones.
-    /** @type {Set<string>} */
-    const containedIds = new Set();
-    if (Array.isArray(r.contained)) {
-      r.contained = r.contained.filter((/** @type {any} */ c) => {
-        const ok = c && typeof c === 'object' && typeof c.resourceType === 'string' && typeof c.id === 'string' && c.id;
-        if (!ok || containedIds.has(c.id)) {
-          bump(summary.fixes, 'contained-dropped');
-          return false;
-        }
-        containedIds.add(c.id);
-        return true;
-      });
-      if (!r.contained.length) {
-        delete r.contained;
-      }
-    }
-    walk(r, (obj) => {
-      // Duplicate codings.
-      if (Array.isArray(obj.coding) && obj.coding.length > 1) {
-        /** @type {Map<string, any>} */
-        const seen = new Map();
-        const kept = [];
-        for (const c of obj.coding) {
-          const k = c && (c.system || c.code) ? (c.system || '') + '|' + (c.code || '') : null;
-          if (k === null) {
-            kept.push(c);
-          } else if (seen.has(k)) {
-            const first = seen.get(k);
-            if (!first.display && c.display) {
-              first.display = c.display;
-            }
-            bump(summary.fixes, 'duplicate-coding');
-          } else {
-            seen.set(k, c);
-            kept.push(c);
-          }
-        }
-        obj.coding = kept;
-      }
-      // References.
-      if (typeof obj.reference === 'string' && !('resourceType' in obj)) {
-        const ref = obj.reference;
-        if (ref.startsWith('#')) {
-          if (ref !== '#' && !containedIds.has(ref.slice(1))) {
-            dropReference(obj, summary);
-          }
-        } else if (patientRefs.has(ref) || (/^Patient\//.test(ref) && ref.split('/')[1] === metriportPatientId)) {
-          obj.reference = subjectRef;
-        } else {
-          const target = alias.get(ref) || alias.get(ref.replace(/^.*\/([A-Za-z]+\/[^/]+)$/, '$1'));
-          if (target && target !== item.key) {
-            obj.reference = '@@' + target; // resolved once the target has a Medplum id
-            item.deps.add(target);
-          } else if (target === item.key) {
-            dropReference(obj, summary);
-          } else if (/^Patient\//.test(ref) || (/^urn:uuid:/.test(ref) && patientRefs.has(ref))) {
-            obj.reference = subjectRef;
-          } else {
-            dropReference(obj, summary, notImported.has(ref));
-          }
-        }
-      }
-    });
-    prune(r);
-    fillRequiredElements(r, item.type, summary);
-    // The identifier the upsert keys on.
-    const ident = { system: CONFIG.resourceIdentifierSystem, value: item.mid };
-    if ((CONFIG.identifierShape || {})[item.type] === 'single') {
-      r.identifier = ident;
-    } else {
-      const others = Array.isArray(r.identifier)
-        ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
-        : [];
-      r.identifier = others.concat([ident]);
-    }
-  }
-
-  // Topological levels (referenced resources first), cycles broken on back edges.
+function orderItems(items) {
   /** @type {Map<string, number>} 1 = visiting, 2 = done */
   const state = new Map();
-  /** @type {Map<string, Set<string>>} deferred edges: item key -> targets resolved after */
+  /** @type {Map<string, Set<string>>} */
   const deferred = new Map();
   /**
    * @param {Item} item
@@ -1042,7 +1316,6 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     for (const dep of item.deps) {
       const target = /** @type {Item} */ (items.get(dep));
       if (state.get(dep) === 1) {
-        // cycle: write this reference in a later pass
         if (!deferred.has(item.key)) {
           deferred.set(item.key, new Set());
         }
@@ -1056,12 +1329,31 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     return level;
   };
   const ordered = [...items.values()];
-  ordered.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  ordered.sort(byKey);
   for (const item of ordered) {
     levelOf(item);
   }
-  // Deferred targets may exist in Medplum already (replay): use their ids from the start.
-  for (const [, targets] of deferred) {
+  ordered.sort((a, b) => a.level - b.level || byKey(a, b));
+  return { ordered, deferred };
+}
+
+/**
+ * @param {Item} a
+ * @param {Item} b
+ * @returns {number}
+ */
+function byKey(a, b) {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
+/**
+ * Deferred targets may exist in Medplum already (a replay): use their ids from the start.
+ * @param {MedplumClient} medplum
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ */
+async function findDeferredTargets(medplum, items, order) {
+  for (const [, targets] of order.deferred) {
     for (const t of targets) {
       const target = /** @type {Item} */ (items.get(t));
       if (!target.medplumId) {
@@ -1075,98 +1367,85 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
       }
     }
   }
-  ordered.sort((a, b) => a.level - b.level || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
 
-  /**
-   * Replace "@@Type/mid" placeholders; unresolved ones become dropped references.
-   * @param {Item} item
-   * @param {boolean} finalPass
-   * @returns { { resource: any, pending: boolean } }
-   */
-  const materialize = (item, finalPass) => {
-    const r = JSON.parse(JSON.stringify(item.resource));
-    let pending = false;
-    walk(r, (obj) => {
-      if (typeof obj.reference === 'string' && obj.reference.startsWith('@@')) {
-        const target = /** @type {Item} */ (items.get(obj.reference.slice(2)));
-        if (target.medplumId) {
-          obj.reference = target.type + '/' + target.medplumId;
-        } else if (!finalPass && !target.failed && deferred.has(item.key) && /** @type {Set<string>} */ (deferred.get(item.key)).has(target.key)) {
-          pending = true;
-          dropReference(obj, undefined);
-        } else {
-          dropReference(obj, summary);
-        }
-      }
-    });
-    prune(r);
-    return { resource: r, pending };
-  };
+// --- chunk -----------------------------------------------------------------
 
-  /** @type {Item[]} */
-  const again = [];
-  let i = 0;
-  while (i < ordered.length) {
-    const level = ordered[i].level;
-    /** @type { { item: Item, entry: any, size: number }[]} */
-    let chunk = [];
-    let bytes = 0;
-    const overhead = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
-    // Chunks of one level only reference lower levels (all done before this level starts), so two may
-    // be in flight at once: the next chunk is built while the server stores the previous one.
-    /** @type {Promise<void>[]} */
-    const inflight = [];
-    const flush = async () => {
-      if (chunk.length) {
-        inflight.push(sendBatch(medplum, chunk, summary)); // never rejects: failures are recorded
-        chunk = [];
-        bytes = 0;
-        if (inflight.length >= IN_FLIGHT_BATCHES) {
-          await inflight.shift();
-        }
-      }
-    };
-    while (i < ordered.length && ordered[i].level === level) {
-      const item = ordered[i++];
-      const { resource, pending } = materialize(item, false);
-      if (pending) {
-        again.push(item);
-      }
-      const entry = {
-        request: {
-          method: 'PUT',
-          url: item.type + '?identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid),
-        },
-        resource,
-      };
-      const size = byteLength(JSON.stringify(entry)) + 1;
-      if (overhead + size > CONFIG.batch.maxBytes) {
-        item.failed = true;
-        summary.failures.push({ type: item.type, id: item.mid, status: '413', text: 'entry larger than batch_max_bytes' });
-        continue;
-      }
-      if (chunk.length >= CONFIG.batch.maxEntries || overhead + bytes + size > CONFIG.batch.maxBytes) {
-        await flush();
-      }
-      chunk.push({ item, entry, size });
-      bytes += size;
+/**
+ * The upserts of one level in batches of at most CONFIG.batch.maxEntries entries and
+ * CONFIG.batch.maxBytes bytes. Lazy: a batch is built (its references written) only when asked for,
+ * while the server stores the previous one. An entry too large for any batch fails alone (413).
+ * @param {Item[]} level the items of one level
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {Item[]} pending receives the items with references deferred to the second pass
+ * @param {Summary} summary
+ * @returns {Generator<BatchEntry[], void, void>}
+ */
+function* chunkLevel(level, items, order, pending, summary) {
+  /** @type {BatchEntry[]} */
+  let chunk = [];
+  let bytes = 0;
+  for (const item of level) {
+    const { resource, pending: waits } = materialize(item, items, order.deferred, false, summary);
+    if (waits) {
+      pending.push(item);
     }
-    await flush();
-    await Promise.all(inflight.splice(0));
-  }
-  // Second pass for references deferred by cycles.
-  const fixups = again.filter((item) => !item.failed && item.medplumId);
-  for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
-    const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
-      item,
-      entry: {
-        request: { method: 'PUT', url: item.type + '/' + item.medplumId },
-        resource: Object.assign(materialize(item, true).resource, { id: item.medplumId }),
+    const entry = {
+      request: {
+        method: 'PUT',
+        url: item.type + '?identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid),
       },
-      size: 0,
-    }));
-    await sendBatch(medplum, part, summary, true);
+      resource,
+    };
+    const size = byteLength(JSON.stringify(entry)) + 1;
+    if (BATCH_OVERHEAD + size > CONFIG.batch.maxBytes) {
+      item.failed = true;
+      summary.failures.push({ type: item.type, id: item.mid, status: '413', text: 'entry larger than batch_max_bytes' });
+      continue;
+    }
+    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + size > CONFIG.batch.maxBytes) {
+      yield chunk;
+      chunk = [];
+      bytes = 0;
+    }
+    chunk.push({ item, entry, size });
+    bytes += size;
   }
+  if (chunk.length) {
+    yield chunk;
+  }
+}
+
+/**
+ * The resource to send for an item: a copy with its "@@Type/mid" placeholders replaced by the Medplum
+ * ids known now. A reference deferred by a cycle whose target has no id yet is left out and the item
+ * reported pending (the second pass writes it); any other unresolved one is dropped (its target failed).
+ * @param {Item} item
+ * @param {Map<string, Item>} items
+ * @param {Map<string, Set<string>>} deferred
+ * @param {boolean} finalPass
+ * @param {Summary} summary
+ * @returns { { resource: any, pending: boolean } }
+ */
+function materialize(item, items, deferred, finalPass, summary) {
+  const r = JSON.parse(JSON.stringify(item.resource));
+  let pending = false;
+  walk(r, (obj) => {
+    if (typeof obj.reference === 'string' && obj.reference.startsWith('@@')) {
+      const target = /** @type {Item} */ (items.get(obj.reference.slice(2)));
+      if (target.medplumId) {
+        obj.reference = target.type + '/' + target.medplumId;
+      } else if (!finalPass && !target.failed && deferred.has(item.key) && /** @type {Set<string>} */ (deferred.get(item.key)).has(target.key)) {
+        pending = true;
+        dropReference(obj, undefined);
+      } else {
+        dropReference(obj, summary);
+      }
+    }
+  });
+  prune(r);
+  return { resource: r, pending };
 }
 
 /**
@@ -1177,20 +1456,72 @@ function byteLength(text) {
   return UTF8.encode(text).length;
 }
 
+// --- send ------------------------------------------------------------------
+
 /**
- * Drop a reference to something we cannot point at; keep the display.
- * @param {any} obj the Reference
- * @param {Summary | undefined} summary
- * @param {boolean} [skippedType]
+ * Level by level (every lower level is stored before a level starts, so its references resolve), with
+ * IN_FLIGHT_BATCHES batches of a level in flight: the next batch is built while the server stores the
+ * previous one. The ids Medplum returns are recorded on the items.
+ * @param {MedplumClient} medplum
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {Summary} summary
+ * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-function dropReference(obj, summary, skippedType) {
-  delete obj.reference;
-  delete obj.type;
-  if (!obj.display && !obj.identifier) {
-    obj.display = 'not included in the source bundle';
+async function sendLevels(medplum, items, order, summary) {
+  /** @type {Item[]} */
+  const pending = [];
+  for (const level of levels(order.ordered)) {
+    /** @type {Promise<void>[]} */
+    const inflight = [];
+    for (const chunk of chunkLevel(level, items, order, pending, summary)) {
+      inflight.push(sendBatch(medplum, chunk, summary)); // never rejects: failures are recorded
+      if (inflight.length >= IN_FLIGHT_BATCHES) {
+        await inflight.shift();
+      }
+    }
+    await Promise.all(inflight);
   }
-  if (summary) {
-    bump(summary.fixes, skippedType ? 'reference-to-skipped-type-dropped' : 'dangling-reference-dropped');
+  return pending;
+}
+
+/**
+ * @param {Item[]} ordered sorted by level
+ * @returns {Generator<Item[], void, void>} the items of each level in turn
+ */
+function* levels(ordered) {
+  let i = 0;
+  while (i < ordered.length) {
+    let j = i + 1;
+    while (j < ordered.length && ordered[j].level === ordered[i].level) {
+      j++;
+    }
+    yield ordered.slice(i, j);
+    i = j;
+  }
+}
+
+/**
+ * Second pass: the references deferred by cycles, now that their targets have Medplum ids — each item
+ * stored in the first pass is PUT again by id, whole.
+ * @param {MedplumClient} medplum
+ * @param {Item[]} pending
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {Summary} summary
+ */
+async function sendDeferredReferences(medplum, pending, items, order, summary) {
+  const fixups = pending.filter((item) => !item.failed && item.medplumId);
+  for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
+    const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
+      item,
+      entry: {
+        request: { method: 'PUT', url: item.type + '/' + item.medplumId },
+        resource: Object.assign(materialize(item, items, order.deferred, true, summary).resource, { id: item.medplumId }),
+      },
+      size: 0,
+    }));
+    await sendBatch(medplum, part, summary, true);
   }
 }
 
@@ -1243,100 +1574,6 @@ async function sendBatch(medplum, chunk, summary, fixup) {
       });
     }
   });
-}
-
-/**
- * Process one verified message.
- * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
- * @returns {Promise<Summary>}
- */
-async function processMessage(medplum, event, msg) {
-  const summary = newSummary(msg);
-  const type = summary.type;
-  const patients = Array.isArray(msg.patients) ? msg.patients : [];
-  summary.patients = patients.length;
-
-  if (type === 'medical.consolidated-data') {
-    for (const p of patients) {
-      const mid = String(p.patientId || '');
-      if (p.status && p.status !== 'completed') {
-        summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
-        continue;
-      }
-      let subjectId;
-      try {
-        subjectId = await resolvePatient(medplum, msg, p);
-      } catch (err) {
-        summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
-        continue;
-      }
-      if (!subjectId) {
-        summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
-        continue;
-      }
-      /** @type {any[]} */
-      let resources;
-      try {
-        resources = await consolidatedResources(p.bundle);
-      } catch (err) {
-        // An expired URL (a message processed late) is recovered once: a new consolidated query brings a
-        // fresh one. The count travels in the query's metadata, which Metriport echoes in meta.data.
-        const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
-        if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
-          try {
-            await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
-            bump(summary.recorded, 'consolidated-requeried-after-expired-url');
-            log('warn', 'download URL expired; consolidated query requested again', { patient: subjectId, metriportPatient: mid });
-            continue;
-          } catch (requeryErr) {
-            summary.failures.push({ type: 'Bundle', id: mid, status: 'requery-failed', text: errorText(requeryErr) });
-            continue;
-          }
-        }
-        summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
-          (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
-        continue;
-      }
-      const before = summary.failures.length;
-      await importResources(medplum, resources, subjectId, mid, summary);
-      log('info', 'consolidated data imported', {
-        patient: subjectId,
-        metriportPatient: mid,
-        resources: resources.length,
-        failures: summary.failures.length - before,
-      });
-    }
-  } else if (type === 'medical.document-conversion') {
-    for (const p of patients) {
-      const mid = String(p.patientId || '');
-      if (p.status !== 'completed') {
-        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
-        continue;
-      }
-      try {
-        const medplumPatientId = await resolvePatient(medplum, msg, p);
-        await startConsolidatedQuery(event, mid, medplumPatientId);
-        summary.queriesStarted++;
-        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
-      } catch (err) {
-        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
-      }
-    }
-  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
-    for (const p of patients) {
-      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
-      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
-    }
-  } else if (type === 'medical.bulk-patient-create') {
-    const b = msg.bulkPatientCreate || {};
-    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
-  } else {
-    bump(summary.recorded, 'unknown-type');
-    log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
-  }
-  return summary;
 }
 
 // ---------------------------------------------------------------------------
@@ -1396,6 +1633,31 @@ async function persistMessage(medplum, msg, raw) {
 }
 
 /**
+ * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
+ * number of failures and the first 20); the summary kept as its output either way.
+ * @param {any} task the Task as stored now
+ * @param {Summary} summary
+ * @param {string | undefined} fatal
+ * @returns {any} the Task to store
+ */
+function taskOutcome(task, summary, fatal) {
+  const failed = !!fatal || summary.failures.length > 0;
+  const done = { ...task, status: failed ? 'failed' : 'completed' };
+  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
+  if (failed) {
+    done.statusReason = {
+      text: fatal
+        ? 'processing failed: ' + fatal
+        : summary.failures.length + ' failure(s): ' +
+          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + f.text).join(' | '),
+    };
+  } else {
+    delete done.statusReason;
+  }
+  return done;
+}
+
+/**
  * Process a stored message Task (Subscription on requested message Tasks).
  * @param {MedplumClient} medplum
  * @param {any} event
@@ -1438,20 +1700,8 @@ async function processTask(medplum, event, taskId) {
     summary = newSummary(undefined);
     fatal = errorText(err);
   }
-  const failed = !!fatal || summary.failures.length > 0;
-  const latest = /** @type {any} */ (await medplum.readResource('Task', taskId));
-  const done = { ...latest, status: failed ? 'failed' : 'completed' };
-  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
-  if (failed) {
-    done.statusReason = {
-      text: fatal
-        ? 'processing failed: ' + fatal
-        : summary.failures.length + ' failure(s): ' +
-          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + f.text).join(' | '),
-    };
-  } else {
-    delete done.statusReason;
-  }
+  const done = taskOutcome(await medplum.readResource('Task', taskId), summary, fatal);
+  const failed = done.status === 'failed';
   await medplum.updateResource(done);
   log(failed ? 'warn' : 'info', 'message ' + (failed ? 'failed' : 'processed'), {
     task: taskId,
