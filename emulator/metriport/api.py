@@ -1,238 +1,235 @@
-"""Thin Flask layer of the fake Metriport sandbox: parse, call `MetriportState`, render.
+"""The fake's Medical API: thin views that parse the request, call the backend and render.
 
-Routes under `/medical/v1` need the `x-api-key` header (missing → 401, wrong → 403).
-Settings routes answer both at `/settings...` (where @metriport/api-sdk calls them: its
-settings calls use the bare base address) and at `/medical/v1/settings...`.
-Developer API (no key): `/_fake/faults` (GET/POST), `/_fake/webhooks`, `/_fake/reset`,
-`/_fake/state`, and the presigned files at `/_fake/files/<token>/<name>`.
+Every route outside `/_fake` needs the `x-api-key` header (missing → 401, wrong → 403). The
+settings routes answer both at `/settings...` (where @metriport/api-sdk calls them: its settings
+calls use the bare base address) and at `/medical/v1/settings...` (`settings_bp`, registered
+twice). `files_bp` serves the presigned URLs (S3's stand-in): no key, S3's XML errors.
 """
 from __future__ import annotations
 
+import json
+import secrets
 import time
+from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from .errors import BadRequest, Forbidden, MetriportError, Unauthorized, ValidationError
-from .state import MetriportState
+from .backend import MetriportBackend
+from .errors import BadRequest, Forbidden, Unauthorized, ValidationError
+from .storage import NoSuchKey, RequestExpired
 
+EXTENSION = "metriport"               # app.extensions key of the backend
+API_KEY_CONFIG = "METRIPORT_API_KEY"  # app.config key of the accepted API key
 API_KEY_HEADER = "x-api-key"
+MEDICAL_PREFIX = "/medical/v1"
+DEV_PREFIX = "/_fake"
+
+bp = Blueprint("metriport_api", __name__, url_prefix=MEDICAL_PREFIX)
+settings_bp = Blueprint("metriport_settings", __name__)
+files_bp = Blueprint("metriport_files", __name__, url_prefix=f"{DEV_PREFIX}/files")
 
 
-def _json_body(required: bool = False):
+def current_backend() -> MetriportBackend:
+    return current_app.extensions[EXTENSION]
+
+
+def json_body(required: bool = False) -> Any:
     raw = request.get_data(cache=True)
     if not raw.strip():
         if required:
             raise ValidationError(["body: Required"])
         return None
     try:
-        import json
-
         return json.loads(raw)
     except ValueError:
         raise BadRequest("Malformed JSON body") from None
 
 
-def create_app(state: MetriportState, *, api_key: str, public_base_url: str | None = None) -> Flask:
-    app = Flask("fake_metriport")
-    app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.extensions["metriport_state"] = state
-    if public_base_url:
-        state.public_base_url = public_base_url.rstrip("/")
+def _patient_id_arg() -> str:
+    pid = request.args.get("patientId")
+    if not pid:
+        raise ValidationError(["patientId: Required"])
+    return pid
 
-    @app.errorhandler(MetriportError)
-    def _metriport_error(err: MetriportError):
-        resp = jsonify(err.body())
-        resp.status_code = err.status
-        for k, v in err.headers.items():
-            resp.headers[k] = v
-        return resp
 
-    @app.errorhandler(404)
-    def _not_found(_e):
-        return jsonify({"status": 404, "title": "Not Found", "detail": f"Cannot {request.method} {request.path}", "name": "Not Found"}), 404
+def _created(body: Any) -> tuple[Response, int]:
+    return jsonify(body), 201
 
-    @app.errorhandler(405)
-    def _not_allowed(_e):
-        return jsonify({"status": 405, "title": "Method Not Allowed", "detail": f"Cannot {request.method} {request.path}", "name": "Method Not Allowed"}), 405
 
-    @app.before_request
-    def _auth_and_faults():
-        path = request.path
-        if path.startswith("/_fake/") or path == "/_fake":
-            return None
-        key = request.headers.get(API_KEY_HEADER)
-        if not key:
-            raise Unauthorized("Unauthorized")
-        if key != api_key:
-            raise Forbidden("Forbidden")
-        slow = state.faults.get("slow_ms") or 0
-        if slow:
-            time.sleep(slow / 1000.0)
-        if path.startswith("/medical/v1"):
-            state.maybe_fail()
-        return None
+def _is_dev_path(path: str) -> bool:
+    return path == DEV_PREFIX or path.startswith(DEV_PREFIX + "/")
 
-    @app.after_request
-    def _log_call(resp):
-        if request.path.startswith("/medical/v1"):
-            state.record_call(request.method, request.path, resp.status_code)
-        return resp
 
-    def created(body):
-        return jsonify(body), 201
+# ---------------------------------------------------------------- app-wide hooks (registered by app.py)
+def require_api_key() -> None:
+    if _is_dev_path(request.path):
+        return
+    key = request.headers.get(API_KEY_HEADER)
+    if not key:
+        raise Unauthorized("Unauthorized")
+    if not secrets.compare_digest(key.encode(), current_app.config[API_KEY_CONFIG].encode()):
+        raise Forbidden("Forbidden")
 
-    # ---------------------------------------------------------------- facility
-    @app.get("/medical/v1/facility")
-    def list_facilities():
-        return jsonify({"facilities": state.list_facilities()})
 
-    @app.post("/medical/v1/facility")
-    def create_facility():
-        return created(state.create_facility(_json_body(required=True)))
+def inject_faults() -> None:
+    """`slow_ms` delays every keyed route; failures hit only the Medical API (settings stay reachable)."""
+    if _is_dev_path(request.path):
+        return
+    backend = current_backend()
+    slow_ms = backend.faults["slow_ms"]
+    if slow_ms:
+        time.sleep(slow_ms / 1000.0)
+    if request.path.startswith(MEDICAL_PREFIX):
+        backend.maybe_fail()
 
-    @app.get("/medical/v1/facility/<fid>")
-    def get_facility(fid):
-        return jsonify(state.get_facility(fid))
 
-    # ---------------------------------------------------------------- patient
-    @app.post("/medical/v1/patient")
-    def create_patient():
-        patient, _created = state.create_patient(_json_body(required=True), request.args.get("facilityId"))
-        return created(patient)
+def log_call(resp: Response) -> Response:
+    if request.path.startswith(MEDICAL_PREFIX):
+        current_backend().record_call(request.method, request.path, resp.status_code)
+    return resp
 
-    @app.get("/medical/v1/patient")
-    def list_patients():
-        patients = state.list_patients(request.args.get("facilityId"))
-        return jsonify({"meta": {"itemsOnPage": len(patients)}, "patients": patients})
 
-    @app.post("/medical/v1/patient/match")
-    def match_patient():
-        return jsonify(state.match_patient(_json_body(required=True)))
+# ---------------------------------------------------------------- facility
+@bp.get("/facility")
+def list_facilities():
+    return jsonify({"facilities": current_backend().list_facilities()})
 
-    @app.get("/medical/v1/patient/external-id")
-    def patient_by_external_id():
-        ext = request.args.get("externalId")
-        if not ext:
-            raise ValidationError(["externalId: Required"])
-        return jsonify(state.get_patient_by_external_id(ext))
 
-    @app.get("/medical/v1/patient/<pid>")
-    def get_patient(pid):
-        return jsonify(state.get_patient(pid))
+@bp.post("/facility")
+def create_facility():
+    return _created(current_backend().create_facility(json_body(required=True)))
 
-    @app.put("/medical/v1/patient/<pid>")
-    def update_patient(pid):
-        return jsonify(state.update_patient(pid, _json_body(required=True), request.args.get("facilityId")))
 
-    @app.delete("/medical/v1/patient/<pid>")
-    def delete_patient(pid):
-        state.delete_patient(pid)
-        return Response(status=204)
+@bp.get("/facility/<fid>")
+def get_facility(fid: str):
+    return jsonify(current_backend().get_facility(fid))
 
-    @app.post("/medical/v1/patient/<pid>/consolidated/query")
-    def start_consolidated(pid):
-        a = request.args
-        q = state.start_consolidated_query(pid, resources=a.get("resources"), date_from=a.get("dateFrom"),
-                                           date_to=a.get("dateTo"), conversion_type=a.get("conversionType"),
-                                           body=_json_body())
-        return jsonify(q)
 
-    @app.get("/medical/v1/patient/<pid>/consolidated/query")
-    def consolidated_status(pid):
-        return jsonify(state.consolidated_queries(pid))
+# ---------------------------------------------------------------- patient
+@bp.post("/patient")
+def create_patient():
+    patient, _ = current_backend().create_patient(json_body(required=True), request.args.get("facilityId"))
+    return _created(patient)  # 201 also when the same demographics returned the existing patient
 
-    @app.get("/medical/v1/patient/<pid>/consolidated/query/<rid>")
-    def consolidated_single(pid, rid):
-        return jsonify(state.consolidated_query(pid, rid))
 
-    # ---------------------------------------------------------------- documents
-    def _patient_id_arg() -> str:
-        pid = request.args.get("patientId")
-        if not pid:
-            raise ValidationError(["patientId: Required"])
-        return pid
+@bp.get("/patient")
+def list_patients():
+    patients = current_backend().list_patients(request.args.get("facilityId"))
+    return jsonify({"meta": {"itemsOnPage": len(patients)}, "patients": patients})
 
-    @app.post("/medical/v1/document/query")
-    def start_document_query():
-        return jsonify(state.start_document_query(_patient_id_arg(), request.args.get("facilityId"), _json_body()))
 
-    @app.get("/medical/v1/document/query")
-    def document_query_status():
-        return jsonify(state.get_document_query(_patient_id_arg()))
+@bp.post("/patient/match")
+def match_patient():
+    return jsonify(current_backend().match_patient(json_body(required=True)))
 
-    @app.get("/medical/v1/document")
-    def list_documents():
-        return jsonify({"documents": state.list_documents(_patient_id_arg(), request.args.get("dateFrom"), request.args.get("dateTo"))})
 
-    @app.get("/medical/v1/document/download-url")
-    def document_url():
-        return jsonify(state.document_url(request.args.get("fileName"), request.args.get("conversionType")))
+@bp.get("/patient/external-id")
+def patient_by_external_id():
+    ext = request.args.get("externalId")
+    if not ext:
+        raise ValidationError(["externalId: Required"])
+    return jsonify(current_backend().get_patient_by_external_id(ext))
 
-    @app.post("/medical/v1/document/download-url/bulk")
-    def bulk_urls():
-        return jsonify(state.start_bulk_urls(_patient_id_arg(), _json_body()))
 
-    # ---------------------------------------------------------------- settings
-    for prefix in ("", "/medical/v1"):
-        app.add_url_rule(f"{prefix}/settings", f"get_settings{prefix}", lambda: jsonify(state.get_settings()), methods=["GET"])
-        app.add_url_rule(f"{prefix}/settings", f"post_settings{prefix}",
-                         lambda: jsonify(state.update_settings(_json_body(required=True))), methods=["POST"])
-        app.add_url_rule(f"{prefix}/settings/webhook", f"webhook_status{prefix}",
-                         lambda: jsonify(state.webhook_status()), methods=["GET"])
+@bp.get("/patient/<pid>")
+def get_patient(pid: str):
+    return jsonify(current_backend().get_patient(pid))
 
-        def _retry():
-            state.retry_webhooks()
-            return Response("OK", status=200, mimetype="text/plain")
 
-        app.add_url_rule(f"{prefix}/settings/webhook/retry", f"webhook_retry{prefix}", _retry, methods=["POST"])
+@bp.put("/patient/<pid>")
+def update_patient(pid: str):
+    return jsonify(current_backend().update_patient(pid, json_body(required=True), request.args.get("facilityId")))
 
-    # ---------------------------------------------------------------- developer API
-    @app.get("/_fake/faults")
-    def get_faults():
-        return jsonify(state.faults)
 
-    @app.post("/_fake/faults")
-    def set_faults():
-        body = _json_body(required=True)
-        if not isinstance(body, dict):
-            raise ValidationError(["body: Expected object"])
-        return jsonify(state.set_faults(**body))
+@bp.delete("/patient/<pid>")
+def delete_patient(pid: str):
+    current_backend().delete_patient(pid)
+    return Response(status=204)
 
-    @app.get("/_fake/webhooks")
-    def webhooks_log():
-        return jsonify({"deliveries": state.deliveries_log(include_body=request.args.get("body", "true") != "false")})
 
-    @app.post("/_fake/reset")
-    def reset():
-        state.reset()
-        return jsonify({"ok": True, "facilityId": state.seeded_facility_id})
+@bp.post("/patient/<pid>/consolidated/query")
+def start_consolidated(pid: str):
+    a = request.args
+    return jsonify(current_backend().start_consolidated_query(
+        pid, resources=a.get("resources"), date_from=a.get("dateFrom"), date_to=a.get("dateTo"),
+        conversion_type=a.get("conversionType"), body=json_body()))
 
-    @app.get("/_fake/state")
-    def fake_state():
-        return jsonify({"facilityId": state.seeded_facility_id, "patients": state.list_patients(),
-                        "knownFirstNames": sorted(d.first_name for d in state.datasets.values()),
-                        "settings": state.get_settings() | state.webhook_status(), "faults": state.faults})
 
-    @app.post("/_fake/settings/webhook")
-    def fake_set_webhook():
-        body = _json_body(required=True) or {}
-        return jsonify(state.set_webhook(body.get("webhookUrl"), body.get("webhookKey"), ping=bool(body.get("ping"))))
+@bp.get("/patient/<pid>/consolidated/query")
+def consolidated_status(pid: str):
+    return jsonify(current_backend().consolidated_queries(pid))
 
-    @app.get("/_fake/files/<token>/<path:name>")
-    def files(token, name):
-        try:
-            f = state.get_file(token)
-        except PermissionError:
-            return Response('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-                            "<Message>Request has expired</Message></Error>", status=403, mimetype="application/xml")
-        except MetriportError:
-            return Response('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
-                            "<Message>The specified key does not exist.</Message></Error>", status=404, mimetype="application/xml")
-        if name != f.name:
-            return Response('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code></Error>',
-                            status=403, mimetype="application/xml")
-        return Response(f.content, status=200, content_type=f.content_type)
 
-    return app
+@bp.get("/patient/<pid>/consolidated/query/<rid>")
+def consolidated_single(pid: str, rid: str):
+    return jsonify(current_backend().consolidated_query(pid, rid))
+
+
+# ---------------------------------------------------------------- documents
+@bp.post("/document/query")
+def start_document_query():
+    return jsonify(current_backend().start_document_query(_patient_id_arg(), request.args.get("facilityId"),
+                                                          json_body()))
+
+
+@bp.get("/document/query")
+def document_query_status():
+    return jsonify(current_backend().get_document_query(_patient_id_arg()))
+
+
+@bp.get("/document")
+def list_documents():
+    a = request.args
+    return jsonify({"documents": current_backend().list_documents(_patient_id_arg(), a.get("dateFrom"), a.get("dateTo"))})
+
+
+@bp.get("/document/download-url")
+def document_url():
+    return jsonify(current_backend().document_url(request.args.get("fileName"), request.args.get("conversionType")))
+
+
+@bp.post("/document/download-url/bulk")
+def bulk_urls():
+    return jsonify(current_backend().start_bulk_urls(_patient_id_arg(), json_body()))
+
+
+# ---------------------------------------------------------------- settings (at "" and /medical/v1)
+@settings_bp.get("/settings")
+def get_settings():
+    return jsonify(current_backend().get_settings())
+
+
+@settings_bp.post("/settings")
+def update_settings():
+    return jsonify(current_backend().update_settings(json_body(required=True)))
+
+
+@settings_bp.get("/settings/webhook")
+def webhook_status():
+    return jsonify(current_backend().webhook_status())
+
+
+@settings_bp.post("/settings/webhook/retry")
+def retry_webhooks():
+    current_backend().retry_webhooks()
+    return Response("OK", status=200, mimetype="text/plain")
+
+
+# ---------------------------------------------------------------- presigned files (S3's stand-in)
+def _s3_error(code: str, message: str | None, status: int) -> Response:
+    text = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+    text += f"<Message>{message}</Message></Error>" if message else "</Error>"
+    return Response(text, status=status, mimetype="application/xml")
+
+
+@files_bp.get("/<token>/<path:name>")
+def get_file(token: str, name: str):
+    try:
+        f = current_backend().get_file(token)
+    except RequestExpired:
+        return _s3_error("AccessDenied", "Request has expired", 403)
+    except NoSuchKey:
+        return _s3_error("NoSuchKey", "The specified key does not exist.", 404)
+    if name != f.name:
+        return _s3_error("SignatureDoesNotMatch", None, 403)
+    return Response(f.content, status=200, content_type=f.content_type)

@@ -48,6 +48,10 @@ class NotFound(MetriportError):
     status = 404
 
 
+class MethodNotAllowed(MetriportError):
+    status = 405
+
+
 class Conflict(MetriportError):
     status = 409
 

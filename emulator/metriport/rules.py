@@ -37,6 +37,25 @@ METADATA_MAX_KEYS = 50
 METADATA_MAX_KEY_LEN = 40
 METADATA_MAX_VALUE_LEN = 500
 
+CONVERSION_TYPES = ("json", "pdf", "html")
+DOCUMENT_CONVERSION_TYPES = ("html", "pdf")
+# resource types Metriport accepts in `resources` for consolidated queries
+CONSOLIDATED_RESOURCE_TYPES = frozenset("""
+AllergyIntolerance Binary CarePlan CareTeam Communication Composition Condition Consent Coverage
+Device DiagnosticReport DocumentReference Encounter FamilyMemberHistory Goal Immunization Location
+Medication MedicationAdministration MedicationDispense MedicationRequest MedicationStatement
+Observation Organization Patient Practitioner PractitionerRole Procedure Provenance RelatedPerson
+RiskAssessment ServiceRequest Specimen
+""".split())
+# Date of a resource for dateFrom/dateTo filtering (first present wins).
+_DATE_PATHS = (
+    ("effectiveDateTime",), ("effectivePeriod", "start"), ("onsetDateTime",), ("onsetPeriod", "start"),
+    ("performedDateTime",), ("performedPeriod", "start"), ("occurrenceDateTime",), ("period", "start"),
+    ("recordedDate",), ("authoredOn",), ("issued",), ("date",),
+)
+_UNDATED_TYPES = frozenset({"Patient", "Practitioner", "Organization", "Location", "Medication", "PractitionerRole",
+                            "RelatedPerson", "Device"})
+
 
 def _digits(value: Any) -> str:
     return re.sub(r"\D", "", str(value))
@@ -248,3 +267,99 @@ def parse_iso_date(value: str | None, name: str) -> str | None:
     except ValueError:
         raise ValidationError([f"{name}: Date must be a valid ISO 8601 date formatted YYYY-MM-DD"]) from None
     return value
+
+
+def validate_facility(body: Any) -> dict:
+    """`POST /facility`: name, a 10-digit NPI and an address; returns the fields kept."""
+    if not isinstance(body, dict):
+        raise ValidationError(["body: Expected object"])
+    problems: list[str] = []
+    if not isinstance(body.get("name"), str) or not body["name"].strip():
+        problems.append("name: String must contain at least 1 character(s)")
+    npi = body.get("npi")
+    if not isinstance(npi, str) or len(npi) != 10 or not npi.isdigit():
+        problems.append("npi: String must contain exactly 10 character(s)")
+    _address(body.get("address"), "address", problems)
+    if problems:
+        raise ValidationError(problems)
+    return {k: body.get(k) for k in ("name", "npi", "tin", "active", "address")}
+
+
+def body_metadata(body: Any) -> dict[str, str] | None:
+    """The optional `{metadata}` body of query requests (echoed in the webhooks' `meta.data`)."""
+    if body is not None and not isinstance(body, dict):
+        raise ValidationError(["body: Expected object"])
+    return validate_metadata((body or {}).get("metadata"))
+
+
+def validate_consolidated_query(resources: str | None, date_from: str | None, date_to: str | None,
+                                conversion_type: str | None, body: Any) -> tuple[str, list[str] | None, dict | None]:
+    """`POST /patient/:id/consolidated/query` → (conversionType, resources, metadata); every problem reported."""
+    problems: list[str] = []
+    ctype = conversion_type or "json"
+    if ctype not in CONVERSION_TYPES:
+        problems.append("conversionType: Invalid enum value. Expected 'json' | 'pdf' | 'html'")
+    rlist = [r.strip() for r in (resources or "").split(",") if r.strip()] or None
+    problems += [f"resources: Invalid resource type {r}" for r in rlist or [] if r not in CONSOLIDATED_RESOURCE_TYPES]
+    for name, v in (("dateFrom", date_from), ("dateTo", date_to)):
+        try:
+            parse_iso_date(v, name)
+        except ValidationError as e:
+            problems += e.problems
+    if date_from and date_to and not problems and date_from > date_to:
+        problems.append("dateFrom: must be before or equal to dateTo")
+    metadata = None
+    try:
+        metadata = body_metadata(body)
+    except ValidationError as e:
+        problems += e.problems
+    if problems:
+        raise ValidationError(problems)
+    return ctype, rlist, metadata
+
+
+def validate_document_url(file_name: str | None, conversion_type: str | None) -> None:
+    """`GET /document/download-url`: fileName required; conversionType html | pdf if given."""
+    if not file_name:
+        raise ValidationError(["fileName: Required"])
+    if conversion_type not in (None, "", *DOCUMENT_CONVERSION_TYPES):
+        raise ValidationError(["conversionType: Invalid enum value. Expected 'html' | 'pdf'"])
+
+
+def validate_webhook_url(body: Any) -> str | None:
+    """`POST /settings {webhookUrl}`: an http(s) URL, or empty/absent to clear it."""
+    if not isinstance(body, dict):
+        raise ValidationError(["body: Expected object"])
+    url = body.get("webhookUrl")
+    if url in (None, ""):
+        return None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValidationError(["webhookUrl: Invalid url"])
+    return url
+
+
+def resource_date(r: dict) -> str | None:
+    """The date (YYYY-MM-DD) dateFrom/dateTo compare against, or None (undated resources are kept)."""
+    for path in _DATE_PATHS:
+        v: Any = r
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        if isinstance(v, str) and len(v) >= 4:
+            return v[:10]
+    return None
+
+
+def filter_entries(entries: list[dict], resources: list[str] | None, date_from: str | None,
+                   date_to: str | None) -> list[dict]:
+    """A consolidated query's filters: resource types (Patient always kept) and the date range."""
+    out = []
+    for e in entries:
+        r = e.get("resource") or {}
+        rt = r.get("resourceType")
+        if resources and rt not in resources and rt != "Patient":
+            continue
+        d = resource_date(r) if (date_from or date_to) and rt not in _UNDATED_TYPES else None
+        if d is not None and (date_from and d < date_from or date_to and d > date_to):
+            continue
+        out.append(e)
+    return out

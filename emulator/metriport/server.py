@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from flask import Flask
 
 from ..serving import Served, serve
-from .api import create_app
-from .state import MetriportState
+from .app import create_app
+from .backend import MetriportBackend
 
 DEFAULT_PORT = 8180
 
 
 @dataclass
 class FakeMetriport:
-    state: MetriportState
+    state: MetriportBackend
     app: Flask
     api_key: str
     base_url: str
@@ -38,13 +38,13 @@ class FakeMetriport:
 
 
 def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
-                state: MetriportState | None = None, public_base_url: str | None = None,
+                state: MetriportBackend | None = None, public_base_url: str | None = None,
                 data_path: str | None = None, delay_s: float = 0.3, threads: int = 8,
                 **state_kwargs) -> FakeMetriport:
     """Create the fake (port 0 = a free port) and start serving it in a daemon thread."""
     api_key = api_key or os.environ.get("MEDPORT_FAKE_METRIPORT_API_KEY") or secrets.token_hex(16)
     if state is None:
-        state = MetriportState(delay_s=delay_s, data_path=data_path, **state_kwargs)
+        state = MetriportBackend(delay_s=delay_s, data_path=data_path, **state_kwargs)
     app = create_app(state, api_key=api_key)
     served = serve(app, host, port, threads=threads, name="fake-metriport", what="fake Metriport",
                    flag="--metriport-port")

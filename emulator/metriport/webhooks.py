@@ -1,12 +1,12 @@
-"""Webhook signing and delivery, like Metriport's sender.
+"""Webhook bodies, signing and one POST, like Metriport's sender (the queue and retries: `sender.py`).
 
 - Body: `{meta: {messageId, when, type, data?}, ...payload}` serialized exactly like JS
   `JSON.stringify` (compact, key order kept — integer-like keys first as V8 orders them —,
   non-ASCII unescaped, JS number formatting), so a receiver that computes the HMAC over
   `JSON.stringify(JSON.parse(body))` gets the same bytes.
 - Header `x-metriport-signature`: hex HMAC-SHA256 of that body with the webhook key.
-- Delivery: POST with a ~4 s timeout, no redirects; non-2xx, timeout or connection error is a
-  failure, which disables the webhook (settings.webhookEnabled = false) until retried.
+- `post`: POST with a ~4 s timeout, no redirects; non-2xx, timeout or connection error is a
+  failure (which makes the sender disable the webhook until retried).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import json
 import math
 import re
 from typing import Any
+
+import requests
 
 SIGNATURE_HEADER = "x-metriport-signature"
 DEFAULT_TIMEOUT_S = 4.0
@@ -148,8 +150,6 @@ def build_ping_body(ping: str, message_id: str, when: str) -> str:
 
 def post(url: str, body: str, signature: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool, int | None, str, Any]:
     """POST one message; returns (ok, http_status, detail, parsed JSON response or None)."""
-    import requests  # local: keeps the module importable without it for pure signing use
-
     try:
         resp = requests.post(
             url, data=body.encode("utf-8"), timeout=timeout_s, allow_redirects=False,

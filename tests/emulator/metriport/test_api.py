@@ -219,7 +219,7 @@ def test_consolidated_filters(api, fake, receiver):
     entries = requests.get(url, timeout=5).json()["entry"]
     kinds = {e["resource"]["resourceType"] for e in entries}
     assert kinds <= {"Patient", "Condition", "Observation"} and "Observation" in kinds
-    from medport.emulator.metriport.state import resource_date
+    from medport.emulator.metriport.rules import resource_date
     for e in entries:
         if e["resource"]["resourceType"] != "Patient":
             assert "2019-01-01" <= resource_date(e["resource"]) <= "2020-12-31"

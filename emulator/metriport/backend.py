@@ -1,0 +1,499 @@
+"""The fake Metriport sandbox's state and rules, in plain Python (no Flask, no HTTP parsing).
+
+`MetriportBackend` keeps facilities, patients, document and consolidated queries (`models.py`)
+under one lock and composes the other seams: `Faults` and `RateLimiter` (`faults.py`), the
+delayed-job `Scheduler`, the `WebhookSender` and the presigned-URL `FileStore`. Timestamps,
+rate-limit windows and URL expiry use the injectable `clock`; async steps wait `delay_s` of real
+time. Lock order: the backend's lock, then a component's own lock, never the reverse.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import gzip
+import json
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from html import escape as html_escape
+from typing import Any, Callable
+from xml.sax.saxutils import escape as xml_escape
+
+from . import rules, webhooks
+from .errors import BadRequest, NotFound
+from .faults import Faults, RateLimiter
+from .models import (BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility, Patient,
+                     Progress, StoredFile, WebhookSettings, demographics_key, iso)
+from .scheduler import Scheduler
+from .seed import Dataset, load_data, seed_datasets
+from .sender import WebhookSender
+from .storage import URL_EXPIRES_S, FileStore
+
+SANDBOX_PATIENT_LIMIT = 20
+DEFAULT_FACILITY_ID = "0195a6e4-3c8b-7d21-9f4e-5a6b7c8d9e0f"
+SEEDED_FACILITY = {"name": "Medport Sandbox Clinic", "npi": "1234567893", "tin": None, "active": True,
+                   "address": {"addressLine1": "100 Main St", "city": "Springfield", "state": "IL", "zip": "62701",
+                               "country": "USA"}}
+DOCUMENTS_PER_QUERY = 3
+DEFAULT_DOCUMENT_TYPE = {"coding": [{"system": "http://loinc.org", "code": "34133-9"}]}
+EMPTY_BUNDLE = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
+
+
+class MetriportBackend:
+    def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
+                 webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
+                 seed: bool = True, data_path: str | None = None, rng_seed: int = 0,
+                 facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None):
+        self.clock = clock
+        self.delay_s = delay_s
+        self.public_base_url = public_base_url.rstrip("/")
+        self.cx_id = cx_id or str(uuid.UUID(int=random.Random(f"cx-{rng_seed}").getrandbits(128), version=4))
+        self.seeded_facility_id = facility_id
+        self._lock = threading.RLock()
+        self._rng = random.Random(rng_seed)
+        self.faults = Faults(self._rng)  # one random stream, as before the split: same patient ids per seed
+        self.rates = RateLimiter(clock)
+        self.files = FileStore(clock)
+        self.datasets: dict[str, Dataset] = seed_datasets() if seed else {}
+        if data_path:
+            self.datasets.update(load_data(data_path))
+        self._clear()
+        self._scheduler = Scheduler()
+        self._sender = WebhookSender(WebhookSettings(id=self.cx_id), faults=self.faults, clock=clock,
+                                     timeout_s=webhook_timeout_s)
+
+    # ------------------------------------------------------------------ lifecycle / dev API
+    def _clear(self) -> None:
+        with self._lock:
+            self.facilities: dict[str, Facility] = {}
+            self.add_facility({"id": self.seeded_facility_id, **SEEDED_FACILITY})
+            self.patients: dict[str, Patient] = {}
+            self.document_queries: dict[str, DocumentQuery] = {}  # patientId -> current document query
+            self.documents: dict[str, list[Document]] = {}       # patientId -> documents it found
+            self.consolidated: dict[str, list[ConsolidatedQuery]] = {}
+            self.bulk_url_queries: dict[str, BulkUrlQuery] = {}
+            self._calls: list[dict] = []
+
+    def reset(self) -> None:
+        """Forget every patient, query, file, delivery, fault and setting; keep loaded datasets and the facility."""
+        with self._lock:
+            self._scheduler.clear()
+            self._clear()
+            self.files.clear()
+            self.faults.reset()
+            self.rates.reset()
+            self._sender.reset(WebhookSettings(id=self.cx_id))
+
+    def load_data(self, path: str) -> list[str]:
+        """Add the bundles at `path` (file or folder) as known patients; returns their first names."""
+        loaded = load_data(path)
+        with self._lock:
+            self.datasets.update(loaded)
+        return [d.first_name for d in loaded.values()]
+
+    def known_first_names(self) -> list[str]:
+        with self._lock:
+            return sorted(d.first_name for d in self.datasets.values())
+
+    def close(self) -> None:
+        self._scheduler.close()
+        self._sender.close()
+
+    def set_faults(self, **changes: Any) -> dict:
+        return self.faults.set(**changes)
+
+    def maybe_fail(self) -> None:
+        self.faults.maybe_fail()
+
+    def check_rate(self, bucket: str) -> None:
+        self.rates.check(bucket, enforce=self.faults["rate_limiting"])
+
+    def schedule(self, delay_s: float, job: Callable[[], None]) -> None:
+        self._scheduler.schedule(delay_s, job)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no scheduled job and no webhook delivery is pending (tests)."""
+        end = time.monotonic() + timeout
+        while True:
+            # jobs first: a job queues its webhooks before it counts as done, never the reverse
+            if not self._scheduler.wait_idle(end - time.monotonic()):
+                return False
+            if not self._sender.wait_idle(end - time.monotonic()):
+                return False
+            if self._scheduler.idle():
+                return True
+
+    def record_call(self, method: str, path: str, status: int) -> None:
+        """Log of Medical API calls (method, path, status — never bodies: they carry demographics)."""
+        with self._lock:
+            self._calls.append({"method": method, "path": path, "status": status, "when": iso(self.clock())})
+
+    def api_calls(self) -> list[dict]:
+        with self._lock:
+            return list(self._calls)
+
+    # ------------------------------------------------------------------ facilities
+    def add_facility(self, data: dict) -> dict:
+        with self._lock:
+            fac = Facility(data.get("id") or str(uuid.uuid4()), data.get("name"), data.get("npi"), data.get("tin"),
+                           data.get("active", True), data.get("address"))
+            self.facilities[fac.id] = fac
+            return fac.to_dict()
+
+    def create_facility(self, body: Any) -> dict:
+        return self.add_facility(rules.validate_facility(body))
+
+    def list_facilities(self) -> list[dict]:
+        with self._lock:
+            return [f.to_dict() for f in self.facilities.values()]
+
+    def get_facility(self, fid: str) -> dict:
+        with self._lock:
+            if fid not in self.facilities:
+                raise NotFound(f"Could not find facility {fid}")
+            return self.facilities[fid].to_dict()
+
+    def _facility_or_default(self, facility_id: str | None, *, required: bool) -> str:
+        with self._lock:
+            if not facility_id:
+                if required and len(self.facilities) != 1:
+                    raise BadRequest("facilityId is required when the customer has more than one facility")
+                return next(iter(self.facilities))
+            if facility_id not in self.facilities:
+                raise NotFound(f"Could not find facility {facility_id}")
+            return facility_id
+
+    # ------------------------------------------------------------------ patients
+    def _today(self) -> _dt.date:
+        return _dt.datetime.fromtimestamp(self.clock(), _dt.timezone.utc).date()
+
+    def _patient(self, pid: str) -> Patient:
+        p = self.patients.get(pid)
+        if p is None:
+            raise NotFound(f"Could not find patient {pid}")
+        return p
+
+    def _snapshot(self, pid: str) -> Patient:
+        """A copy for async jobs: their webhooks name the patient as it was when the query started."""
+        with self._lock:
+            return copy.deepcopy(self._patient(pid))
+
+    def create_patient(self, body: Any, facility_id: str | None) -> tuple[dict, bool]:
+        """Returns (patient, created). Same demographics (and zip) → the existing patient."""
+        demo = rules.validate_demographics(body, today=self._today())
+        with self._lock:
+            fid = self._facility_or_default(facility_id, required=True)
+            self.check_rate("patient")
+            key, zip_ = demographics_key(demo), demo["address"][0].get("zip")
+            for p in self.patients.values():
+                if p.key() == key and p.zip() == zip_:
+                    if fid not in p.facility_ids:
+                        p.facility_ids.append(fid)
+                    return p.to_dict(), False
+            if len(self.patients) >= SANDBOX_PATIENT_LIMIT:
+                raise BadRequest(f"Cannot create more than {SANDBOX_PATIENT_LIMIT} patients in Sandbox mode!")
+            pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            external_id = demo.pop("externalId", None)
+            patient = Patient(pid, [fid], iso(self.clock()), demo, external_id)
+            self.patients[pid] = patient
+            return patient.to_dict(), True
+
+    def get_patient(self, pid: str) -> dict:
+        with self._lock:
+            return self._patient(pid).to_dict()
+
+    def update_patient(self, pid: str, body: Any, facility_id: str | None) -> dict:
+        demo = rules.validate_demographics(body, today=self._today())
+        with self._lock:
+            p = self._patient(pid)
+            if facility_id:
+                self._facility_or_default(facility_id, required=False)
+            self.check_rate("patient")
+            if "externalId" in demo:
+                p.external_id = demo.pop("externalId")
+            p.demographics.update(demo)  # absent optional fields (personalIdentifiers) keep their value
+            if facility_id and facility_id not in p.facility_ids:
+                p.facility_ids.append(facility_id)
+            p.etag += 1
+            return p.to_dict()
+
+    def delete_patient(self, pid: str) -> None:
+        with self._lock:
+            self._patient(pid)
+            del self.patients[pid]
+            self.document_queries.pop(pid, None)
+            self.consolidated.pop(pid, None)
+            self.documents.pop(pid, None)
+
+    def list_patients(self, facility_id: str | None = None) -> list[dict]:
+        with self._lock:
+            return [p.to_dict() for p in self.patients.values() if not facility_id or facility_id in p.facility_ids]
+
+    def get_patient_by_external_id(self, external_id: str) -> dict:
+        with self._lock:
+            for p in self.patients.values():
+                if p.external_id == external_id:
+                    return p.to_dict()
+        raise NotFound(f"Could not find patient with externalId {external_id}")
+
+    def match_patient(self, body: Any) -> dict:
+        key = demographics_key(rules.validate_demographics(body, today=self._today()))
+        with self._lock:
+            for p in self.patients.values():
+                if p.key() == key:
+                    return p.to_dict()
+        raise NotFound("Cannot find patient")
+
+    # ------------------------------------------------------------------ clinical data
+    def dataset_for(self, patient: Patient) -> Dataset | None:
+        first = patient.first_name.strip().split()
+        return self.datasets.get(first[0].lower()) if first else None
+
+    def patient_entries(self, patient: Patient) -> list[dict]:
+        ds = self.dataset_for(patient)
+        return ds.build(patient.id, patient.to_dict()) if ds else []
+
+    def consolidated_bundle(self, patient: Patient, resources: list[str] | None, date_from: str | None,
+                            date_to: str | None) -> dict:
+        entries = rules.filter_entries(self.patient_entries(patient), resources, date_from, date_to)
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+    # ------------------------------------------------------------------ presigned files
+    def store_file(self, content: bytes, content_type: str, name: str, expires_s: int = URL_EXPIRES_S,
+                   expired: bool = False) -> str:
+        path = self.files.put(content, content_type, name, expires_s=expires_s,
+                              expired=expired or self.faults["expired_urls"])
+        return self.public_base_url + path
+
+    def get_file(self, token: str) -> StoredFile:
+        """Raises `storage.NoSuchKey` or `storage.RequestExpired`."""
+        return self.files.get(token)
+
+    # ------------------------------------------------------------------ settings / webhooks
+    def get_settings(self) -> dict:
+        return self._sender.settings_dict()
+
+    def set_webhook(self, url: str | None, key: str | None = None, *, ping: bool = False, enabled: bool = True) -> dict:
+        """Configure the webhook directly (no ping unless asked). `key` None → keep or generate one."""
+        with self._lock:
+            settings = self._sender.configure(url, key, enabled=enabled, testing=ping and bool(url))
+            if ping and url:
+                self.schedule(0, self._sender.ping)
+            return settings
+
+    def update_settings(self, body: Any) -> dict:
+        """`POST /settings {webhookUrl}`: a new URL gets a new key; saving a URL sends a signed ping."""
+        url = rules.validate_webhook_url(body)
+        with self._lock:
+            new_url = url is not None and url != self.get_settings()["webhookUrl"]
+            return self.set_webhook(url, secrets.token_hex(16) if new_url else None, ping=url is not None)
+
+    def webhook_status(self) -> dict:
+        return self._sender.status()
+
+    def retry_webhooks(self) -> int:
+        return self._sender.retry()
+
+    def send_webhook(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:
+        return self._sender.send(type_, payload, metadata, request_id)
+
+    def deliveries_log(self, include_body: bool = True) -> list[dict]:
+        return self._sender.log(include_body)
+
+    # ------------------------------------------------------------------ document queries
+    def _documents_for(self, patient: Patient) -> list[Document]:
+        """The documents (C-CDA XML) the sandbox 'finds' for a patient: its first DocumentReferences."""
+        refs = [e["resource"] for e in self.patient_entries(patient)
+                if e["resource"].get("resourceType") == "DocumentReference"][:DOCUMENTS_PER_QUERY]
+        docs = []
+        for ref in refs:
+            did = ref.get("id") or str(uuid.uuid4())
+            docs.append(Document(id=did, file_name=f"{self.cx_id}/{patient.id}/{self.cx_id}_{patient.id}_{did}.xml",
+                                 description=ref.get("description") or "Continuity of Care Document",
+                                 indexed=iso(self.clock()), type=ref.get("type") or copy.deepcopy(DEFAULT_DOCUMENT_TYPE),
+                                 content=_ccda_xml(patient, did, ref)))
+        return docs
+
+    def _with_urls(self, docs: list[Document]) -> list[dict]:
+        """Documents as webhooks list them, each with a fresh presigned URL."""
+        return [d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name)} for d in docs]
+
+    def start_document_query(self, patient_id: str, facility_id: str | None, body: Any) -> dict:
+        metadata = rules.body_metadata(body)
+        with self._lock:
+            patient = self._snapshot(patient_id)
+            if facility_id:
+                self._facility_or_default(facility_id, required=False)
+            current = self.document_queries.get(patient_id)
+            if current and current.download.status == "processing":
+                return current.to_dict()
+            self.check_rate("document_query")
+            q = DocumentQuery(str(uuid.uuid4()), iso(self.clock()), metadata)
+            self.document_queries[patient_id] = q
+            dto = q.to_dict()
+        self.schedule(self.delay_s, lambda: self._document_download_done(patient, q))
+        return dto
+
+    def get_document_query(self, patient_id: str) -> dict:
+        with self._lock:
+            self._patient(patient_id)
+            q = self.document_queries.get(patient_id)
+            if not q:
+                return {"download": Progress.completed(0).to_dict(), "convert": Progress.completed(0).to_dict()}
+            return q.to_dict()
+
+    def _document_download_done(self, patient: Patient, q: DocumentQuery) -> None:
+        docs = self._documents_for(patient)
+        listed = self._with_urls(docs)
+        with self._lock:
+            self.documents[patient.id] = docs
+            q.download = Progress.completed(len(docs))
+            q.convert = Progress("processing", len(docs), 0, 0)
+        self.send_webhook("medical.document-download",
+                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
+                          q.metadata, q.request_id)
+        self.schedule(self.delay_s, lambda: self._document_conversion_done(patient, q))
+
+    def _document_conversion_done(self, patient: Patient, q: DocumentQuery) -> None:
+        with self._lock:
+            q.convert = Progress.completed(q.download.total or 0)
+        self.send_webhook("medical.document-conversion",
+                          {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, q.metadata, q.request_id)
+
+    def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None) -> list[dict]:
+        """FHIR DocumentReferences of the documents found by the last document query."""
+        with self._lock:
+            self._patient(patient_id)
+            docs = list(self.documents.get(patient_id, []))
+        return [d.to_fhir(patient_id, self.public_base_url) for d in docs
+                if not (date_from and d.indexed[:10] < date_from or date_to and d.indexed[:10] > date_to)]
+
+    def _find_document(self, file_name: str) -> Document:
+        with self._lock:
+            for docs in self.documents.values():
+                for d in docs:
+                    if d.file_name == file_name:
+                        return d
+        raise NotFound(f"Could not find document {file_name}")
+
+    def document_url(self, file_name: str | None, conversion_type: str | None) -> dict:
+        rules.validate_document_url(file_name, conversion_type)
+        d = self._find_document(file_name or "")
+        if not conversion_type:
+            return {"url": self.store_file(d.content, d.mime_type, d.base_name)}
+        html = f"<html><body><h1>{d.description}</h1><pre>document {d.id}</pre></body></html>".encode()
+        mime = "text/html" if conversion_type == "html" else "application/pdf"
+        return {"url": self.store_file(html, mime, f"{d.base_name}.{conversion_type}")}
+
+    def start_bulk_urls(self, patient_id: str, body: Any) -> dict:
+        metadata = rules.body_metadata(body)
+        with self._lock:
+            patient = self._snapshot(patient_id)
+            q = BulkUrlQuery(str(uuid.uuid4()))
+            self.bulk_url_queries[patient_id] = q
+        self.schedule(self.delay_s, lambda: self._bulk_urls_done(patient, q, metadata))
+        return {"status": "processing", "requestId": q.request_id}
+
+    def _bulk_urls_done(self, patient: Patient, q: BulkUrlQuery, metadata: dict | None) -> None:
+        with self._lock:
+            docs = list(self.documents.get(patient.id, []))
+        listed = self._with_urls(docs)
+        with self._lock:
+            q.status = "completed"
+        self.send_webhook("medical.document-bulk-download-urls",
+                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
+                          metadata, q.request_id)
+
+    # ------------------------------------------------------------------ consolidated queries
+    def start_consolidated_query(self, patient_id: str, *, resources: str | None, date_from: str | None,
+                                 date_to: str | None, conversion_type: str | None, body: Any) -> dict:
+        ctype, rlist, metadata = rules.validate_consolidated_query(resources, date_from, date_to, conversion_type, body)
+        with self._lock:
+            patient = self._snapshot(patient_id)
+            self.check_rate("consolidated")
+            q = ConsolidatedQuery(str(uuid.uuid4()), iso(self.clock()), ctype, metadata, rlist,
+                                  date_from or None, date_to or None)
+            self.consolidated.setdefault(patient_id, []).append(q)
+            dto = q.to_dict()
+        self.schedule(self.delay_s, lambda: self._consolidated_done(patient, q))
+        return dto
+
+    def consolidated_queries(self, patient_id: str) -> dict:
+        with self._lock:
+            self._patient(patient_id)
+            qs = [q.to_dict() for q in self.consolidated.get(patient_id, [])]
+        return {"queries": qs,
+                "message": "Trigger a new query by POST /patient/:id/consolidated/query; data will be sent through Webhook"}
+
+    def consolidated_query(self, patient_id: str, request_id: str) -> dict:
+        with self._lock:
+            self._patient(patient_id)
+            for q in self.consolidated.get(patient_id, []):
+                if q.request_id == request_id:
+                    return q.to_dict()
+        raise NotFound(f"Could not find consolidated query {request_id}")
+
+    def _consolidated_done(self, patient: Patient, q: ConsolidatedQuery) -> None:
+        bundle = self.consolidated_bundle(patient, q.resources, q.date_from, q.date_to)
+        has_data = any(e["resource"].get("resourceType") != "Patient" for e in bundle["entry"])
+        result = self._consolidated_result(patient, q, bundle) if has_data else copy.deepcopy(EMPTY_BUNDLE)
+        filters = {"resources": ",".join(q.resources) if q.resources else webhooks.UNDEFINED,
+                   "dateFrom": q.date_from or webhooks.UNDEFINED, "dateTo": q.date_to or webhooks.UNDEFINED,
+                   "conversionType": q.conversion_type}
+        payload = {"patients": [{**patient.webhook_ref(), "status": "completed", "bundle": result, "filters": filters}]}
+        with self._lock:
+            q.status = "completed"
+        self.send_webhook("medical.consolidated-data", payload, q.metadata, q.request_id)
+
+    def _consolidated_result(self, patient: Patient, q: ConsolidatedQuery, bundle: dict) -> dict:
+        """What the webhook carries: a DocumentReference whose attachments are presigned URLs to the data."""
+        base = f"{patient.id}_{q.request_id}_CONSOLIDATED"
+        expired = self.faults.take("expire_next_consolidated")
+        if q.conversion_type == "json":
+            raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            content = [
+                {"attachment": {"contentType": "application/json",
+                                "url": self.store_file(raw, "application/json", base + ".json", expired=expired)}},
+                {"attachment": {"contentType": "application/gzip",
+                                "url": self.store_file(gzip.compress(raw, 5, mtime=0), "application/gzip",
+                                                       base + ".json.gz", expired=expired)}}]
+        else:
+            ctype = q.conversion_type
+            mime = "text/html" if ctype == "html" else "application/pdf"
+            html = _summary_html(patient, bundle).encode("utf-8")
+            content = [{"attachment": {"contentType": f"application/{ctype}",
+                                       "url": self.store_file(html, mime, f"{base}.{ctype}", expired=expired)}}]
+        return {"resourceType": "Bundle", "total": 1, "type": "collection",
+                "entry": [{"resource": {"resourceType": "DocumentReference",
+                                        "subject": {"reference": f"Patient/{patient.id}"}, "content": content}}]}
+
+
+MetriportState = MetriportBackend  # the name the server, tests and generator know
+
+
+def _ccda_xml(patient: Patient, doc_id: str, ref: dict) -> bytes:
+    """A minimal C-CDA document (what a document query 'downloads')."""
+    demo = patient.demographics
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ClinicalDocument xmlns="urn:hl7-org:v3">\n'
+        '  <templateId root="2.16.840.1.113883.10.20.22.1.2"/>\n'
+        f'  <id root="{xml_escape(doc_id)}"/>\n'
+        '  <code code="34133-9" codeSystem="2.16.840.1.113883.6.1" displayName="Summarization of Episode Note"/>\n'
+        f'  <title>{xml_escape(ref.get("description") or "Continuity of Care Document")}</title>\n'
+        '  <recordTarget><patientRole><patient><name>'
+        f'<given>{xml_escape(demo.get("firstName", ""))}</given><family>{xml_escape(demo.get("lastName", ""))}</family>'
+        '</name></patient></patientRole></recordTarget>\n'
+        '</ClinicalDocument>\n'
+    ).encode("utf-8")
+
+
+def _summary_html(patient: Patient, bundle: dict) -> str:
+    """The html/pdf conversion of a consolidated query: resource counts (the fake renders no real PDF)."""
+    counts = Counter(e["resource"].get("resourceType") for e in bundle["entry"])
+    rows = "".join(f"<tr><td>{html_escape(str(k))}</td><td>{v}</td></tr>" for k, v in sorted(counts.items()))
+    return (f"<html><head><title>Medical Record Summary</title></head><body><h1>Medical Record Summary</h1>"
+            f"<p>Patient {html_escape(patient.id)}</p><table>{rows}</table></body></html>")

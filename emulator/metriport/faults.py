@@ -1,0 +1,124 @@
+"""Fault injection and rate limits of the fake Metriport (plain Python, thread-safe).
+
+`Faults` holds the developer-set fault switches (`/_fake/faults`), validates changes and
+injects API failures (`maybe_fail`); `RateLimiter` enforces Metriport's per-minute limits on
+the injectable clock, so tests move time instead of sleeping.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any, Callable
+
+from .errors import MetriportError, ServiceUnavailable, TooManyRequests, ValidationError
+
+DEFAULTS: dict[str, Any] = {
+    "rate_limiting": True,        # enforce per-minute limits (429)
+    "error_rate": 0.0,            # probability of a 500 on /medical/v1 routes
+    "slow_ms": 0,                 # added latency on every API response
+    "duplicate_deliveries": False,  # every webhook message delivered twice
+    "expired_urls": False,        # presigned URLs are born expired
+    "expire_next_consolidated": 0,  # the next N consolidated results get expired URLs (deterministic)
+    "bad_signatures": False,      # webhook messages signed with a wrong key
+    "fail_next": 0,               # the next N /medical/v1 calls fail with fail_status (deterministic)
+    "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
+}
+FAIL_STATUSES = (429, 500, 503)
+RATE_LIMITS = {"patient": 15, "document_query": 20, "consolidated": 120}  # per minute
+WINDOW_S = 60
+
+
+def _problem(name: str, value: Any) -> str | None:
+    default = DEFAULTS[name]
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"{name}: Expected boolean"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        return f"{name}: Expected a non-negative number"
+    if name == "error_rate" and value > 1:
+        return "error_rate: must be between 0 and 1"
+    if name == "fail_status" and value not in FAIL_STATUSES:
+        return "fail_status: must be 429, 500 or 503"
+    return None
+
+
+class Faults:
+    """The fault switches; `faults["name"]` reads one."""
+
+    def __init__(self, rng: random.Random | None = None):
+        self._lock = threading.Lock()
+        self._rng = rng or random.Random(0)
+        self._values = dict(DEFAULTS)
+
+    def __getitem__(self, name: str) -> Any:
+        with self._lock:
+            return self._values[name]
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._values)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._values = dict(DEFAULTS)
+
+    def set(self, **changes: Any) -> dict:
+        """Apply changes in order; the first invalid one raises `ValidationError` (earlier ones stay)."""
+        unknown = [k for k in changes if k not in DEFAULTS]
+        if unknown:
+            raise ValidationError([f"{k}: unknown fault" for k in unknown])
+        with self._lock:
+            for name, value in changes.items():
+                problem = _problem(name, value)
+                if problem:
+                    raise ValidationError([problem])
+                self._values[name] = value
+            return dict(self._values)
+
+    def take(self, counter: str) -> bool:
+        """Consume one unit of a countdown fault (`fail_next`, `expire_next_consolidated`)."""
+        with self._lock:
+            if self._values[counter] > 0:
+                self._values[counter] -= 1
+                return True
+            return False
+
+    def maybe_fail(self) -> None:
+        """Fault injection for API calls: the next `fail_next` calls, then random 5xx at `error_rate`."""
+        with self._lock:
+            forced = self._values["fail_next"] > 0
+            if forced:
+                self._values["fail_next"] -= 1
+            status = int(self._values["fail_status"])
+            rate = self._values["error_rate"]
+            hit = rate > 0 and self._rng.random() < rate
+        if forced and status == 429:
+            raise TooManyRequests("Too many requests (injected fault)", headers={"Retry-After": "1"})
+        if forced and status == 503:
+            raise ServiceUnavailable("Service unavailable (injected fault)")
+        if forced or hit:
+            raise MetriportError("Internal server error (injected fault)")
+
+
+class RateLimiter:
+    """Sliding one-minute windows per bucket (`RATE_LIMITS`), on `clock` (seconds)."""
+
+    def __init__(self, clock: Callable[[], float], limits: dict[str, int] | None = None):
+        self._clock = clock
+        self.limits = dict(limits or RATE_LIMITS)
+        self._lock = threading.Lock()
+        self._hits: dict[str, list[float]] = {k: [] for k in self.limits}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits = {k: [] for k in self.limits}
+
+    def check(self, bucket: str, *, enforce: bool = True) -> None:
+        """Count one call; over the limit raise 429 with Retry-After (unless not enforced: then only count)."""
+        with self._lock:
+            now = self._clock()
+            hits = [t for t in self._hits[bucket] if now - t < WINDOW_S]
+            self._hits[bucket] = hits
+            if enforce and len(hits) >= self.limits[bucket]:
+                retry = max(1, int(WINDOW_S - (now - hits[0])) + 1)
+                raise TooManyRequests("Too many requests, please try again later.", headers={"Retry-After": str(retry)})
+            hits.append(now)

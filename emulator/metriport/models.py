@@ -1,0 +1,219 @@
+"""What the fake Metriport stores, as plain dataclasses; `to_dict()` renders Metriport's DTOs.
+
+No locking here: the backend guards these objects with its lock.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def iso(ts: float) -> str:
+    """Metriport's timestamps: ISO 8601 UTC with milliseconds (`2025-10-09T08:26:40.000Z`)."""
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+
+
+def demographics_key(demo: dict) -> tuple:
+    """What makes two patients 'the same person' for create and match."""
+    return (demo["firstName"].strip().lower(), demo["lastName"].strip().lower(), demo["dob"], demo["genderAtBirth"])
+
+
+@dataclass
+class Facility:
+    id: str
+    name: str | None
+    npi: str | None
+    tin: str | None = None
+    active: bool = True
+    address: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "eTag": "1", "name": self.name, "npi": self.npi, "tin": self.tin,
+                "active": self.active, "address": copy.deepcopy(self.address)}
+
+
+@dataclass
+class Patient:
+    id: str
+    facility_ids: list[str]
+    date_created: str
+    demographics: dict          # validated: firstName, lastName, dob, genderAtBirth, address, contact[, personalIdentifiers]
+    external_id: str | None = None
+    etag: int = 1
+
+    @property
+    def first_name(self) -> str:
+        return self.demographics.get("firstName") or ""
+
+    def key(self) -> tuple:
+        return demographics_key(self.demographics)
+
+    def zip(self) -> str | None:
+        return self.demographics["address"][0].get("zip")
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"id": self.id, "eTag": str(self.etag), "facilityIds": list(self.facility_ids)}
+        if self.external_id is not None:
+            d["externalId"] = self.external_id
+        d["dateCreated"] = self.date_created
+        return d | copy.deepcopy(self.demographics)
+
+    def webhook_ref(self) -> dict:
+        """How webhook payloads name the patient (an empty externalId is left out)."""
+        return {"patientId": self.id, **({"externalId": self.external_id} if self.external_id else {})}
+
+
+@dataclass
+class Progress:
+    """One phase (download or convert) of a document query; counts absent until known."""
+    status: str = "processing"
+    total: int | None = None
+    successful: int | None = None
+    errors: int | None = None
+
+    @classmethod
+    def completed(cls, n: int) -> Progress:
+        return cls("completed", n, n, 0)
+
+    def to_dict(self) -> dict:
+        d = {"status": self.status, "total": self.total, "successful": self.successful, "errors": self.errors}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class DocumentQuery:
+    request_id: str
+    started_at: str
+    metadata: dict | None
+    download: Progress = field(default_factory=Progress)
+    convert: Progress = field(default_factory=Progress)
+
+    def to_dict(self) -> dict:
+        return {"download": self.download.to_dict(), "convert": self.convert.to_dict(), "requestId": self.request_id}
+
+
+@dataclass
+class Document:
+    """A document (C-CDA XML) a document query 'found'; `content` is what its URL serves."""
+    id: str
+    file_name: str
+    description: str
+    indexed: str
+    type: dict
+    content: bytes
+    mime_type: str = "application/xml"
+    status: str = "current"
+
+    @property
+    def base_name(self) -> str:
+        return self.file_name.rsplit("/", 1)[-1]
+
+    def to_dict(self) -> dict:
+        """The document as webhooks list it (the caller adds `url`)."""
+        return {"id": self.id, "fileName": self.file_name, "description": self.description, "status": self.status,
+                "indexed": self.indexed, "mimeType": self.mime_type, "size": len(self.content),
+                "type": copy.deepcopy(self.type)}
+
+    def to_fhir(self, patient_id: str, base_url: str) -> dict:
+        """The DocumentReference `GET /document` answers with."""
+        return {"resourceType": "DocumentReference", "id": self.id, "status": "current",
+                "subject": {"reference": f"Patient/{patient_id}"}, "type": copy.deepcopy(self.type),
+                "date": self.indexed, "description": self.description,
+                "content": [{"attachment": {"contentType": self.mime_type, "fileName": self.file_name,
+                                            "title": self.file_name, "size": len(self.content),
+                                            "url": f"{base_url}/medical/v1/document/download-url?fileName={self.file_name}"}}]}
+
+
+@dataclass
+class BulkUrlQuery:
+    request_id: str
+    status: str = "processing"
+
+
+@dataclass
+class ConsolidatedQuery:
+    request_id: str
+    started_at: str
+    conversion_type: str
+    metadata: dict | None = None   # sent back in the webhook's meta.data, never in the DTO
+    resources: list[str] | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+    status: str = "processing"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"requestId": self.request_id, "status": self.status, "startedAt": self.started_at,
+                             "conversionType": self.conversion_type}
+        if self.date_from:
+            d["dateFrom"] = self.date_from
+        if self.date_to:
+            d["dateTo"] = self.date_to
+        if self.resources:
+            d["resources"] = list(self.resources)
+        return d
+
+
+@dataclass
+class StoredFile:
+    """A file behind a presigned URL; past `expires_at` the URL answers S3's 'Request has expired'."""
+    content: bytes
+    content_type: str
+    expires_at: float
+    name: str
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+
+@dataclass
+class WebhookSettings:
+    id: str
+    webhook_url: str | None = None
+    webhook_key: str | None = None
+    webhook_enabled: bool = False
+    webhook_status_detail: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "webhookUrl": self.webhook_url, "webhookKey": self.webhook_key}
+
+
+@dataclass
+class Delivery:
+    """One webhook message and what became of it (the `/_fake/webhooks` log)."""
+    message_id: str
+    type: str
+    body: str
+    when: str
+    request_id: str | None = None
+    status: str = "processing"   # processing | success | failure (pings: success | ping-failed)
+    attempts: int = 0
+    http_status: int | None = None
+    detail: str | None = None
+    url: str | None = None
+    signature: str | None = None
+    response: Any = None
+    duration_ms: float | None = None  # time the receiver took to answer (Metriport allows ~4 s)
+
+    def to_dict(self, include_body: bool = True) -> dict:
+        d = {"messageId": self.message_id, "type": self.type, "when": self.when, "requestId": self.request_id,
+             "status": self.status, "attempts": self.attempts, "httpStatus": self.http_status,
+             "detail": self.detail, "url": redact_url(self.url), "signature": self.signature,
+             "durationMs": self.duration_ms}
+        if include_body:
+            d["body"] = self.body
+            d["payload"] = json.loads(self.body)
+        return d
+
+
+def redact_url(url: str | None) -> str | None:
+    """Webhook URLs carry Basic credentials (client id:secret@): never hand those out."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    host, sep, path = rest.partition("/")
+    if "@" in host:
+        host = "***@" + host.split("@", 1)[1]
+    return f"{scheme}://{host}{sep}{path}"

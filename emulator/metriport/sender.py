@@ -1,0 +1,188 @@
+"""The fake's webhook sender: the customer's webhook settings, the delivery log, one sender thread.
+
+Like Metriport: messages go out one at a time in the order they were sent, signed with the
+webhook key (`webhooks.py`); a failed delivery disables the webhook, and while it is disabled
+new messages are recorded as failed, not sent, until `retry()` re-queues them. Saving a URL
+sends a ping that must be answered with the pong. `post` is injectable (tests need no HTTP).
+"""
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+import uuid
+from typing import Any, Callable, Mapping
+
+from . import webhooks
+from .models import Delivery, WebhookSettings, iso
+
+DISABLED_DETAIL = "Webhook disabled: retry with POST /settings/webhook/retry"
+MISSING_CONFIG = "Missing webhook config"
+Post = Callable[[str, str, str, float], tuple[bool, int | None, str, Any]]  # webhooks.post
+
+
+class WebhookSender:
+    def __init__(self, settings: WebhookSettings, *, faults: Mapping[str, Any], clock: Callable[[], float],
+                 timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, post: Post = webhooks.post,
+                 name: str = "fake-metriport-webhooks"):
+        self.settings = settings
+        self.deliveries: list[Delivery] = []
+        self._faults = faults      # reads bad_signatures and duplicate_deliveries at send time
+        self._clock = clock
+        self._timeout_s = timeout_s
+        self._post = post
+        self._lock = threading.Condition()
+        self._outbox: queue.Queue[Delivery | None] = queue.Queue()
+        self._in_flight = 0          # queued or being delivered
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ settings
+    def configure(self, url: str | None, key: str | None = None, *, enabled: bool = True, testing: bool = False) -> dict:
+        """Save the webhook URL (None clears the settings); `key` None keeps the current key or makes one.
+        `testing`: disabled with "Testing webhook..." until a ping is answered."""
+        with self._lock:
+            s = self.settings
+            if not url:
+                s.webhook_url, s.webhook_key, s.webhook_enabled, s.webhook_status_detail = None, None, False, None
+                return s.to_dict()
+            s.webhook_url = url
+            s.webhook_key = key or s.webhook_key or secrets.token_hex(16)
+            if testing:
+                s.webhook_enabled, s.webhook_status_detail = False, "Testing webhook..."
+            else:
+                s.webhook_enabled, s.webhook_status_detail = enabled, "OK" if enabled else None
+            return s.to_dict()
+
+    def settings_dict(self) -> dict:
+        with self._lock:
+            return self.settings.to_dict()
+
+    def status(self) -> dict:
+        """`GET /settings/webhook`."""
+        with self._lock:
+            return {"webhookEnabled": self.settings.webhook_enabled,
+                    "webhookStatusDetail": self.settings.webhook_status_detail,
+                    "webhookRequestsProcessing": sum(1 for d in self.deliveries if d.status == "processing"),
+                    "webhookRequestsFailed": sum(1 for d in self.deliveries if d.status == "failure")}
+
+    def log(self, include_body: bool = True) -> list[dict]:
+        with self._lock:
+            return [d.to_dict(include_body) for d in self.deliveries]
+
+    def reset(self, settings: WebhookSettings) -> None:
+        """Forget the settings and the log (messages already queued still go out)."""
+        with self._lock:
+            self.settings = settings
+            self.deliveries = []
+
+    # ------------------------------------------------------------------ messages
+    def send(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:
+        """Record a message and queue it (or record it failed while the webhook is missing or disabled)."""
+        with self._lock:
+            when = iso(self._clock())
+            mid = str(uuid.uuid4())
+            body = webhooks.build_body({"messageId": mid, "when": when, "type": type_, "data": metadata}, payload)
+            d = Delivery(message_id=mid, type=type_, body=body, when=when, request_id=request_id)
+            self.deliveries.append(d)
+            s = self.settings
+            if not s.webhook_url or not s.webhook_key:
+                d.status, d.detail = "failure", MISSING_CONFIG
+            elif not s.webhook_enabled:
+                d.status, d.detail = "failure", DISABLED_DETAIL
+            else:
+                self._enqueue(d)
+            return d
+
+    def retry(self) -> int:
+        """Re-queue the failed messages in order; a success re-enables the webhook."""
+        with self._lock:
+            failed = [d for d in self.deliveries if d.status == "failure"]
+            for d in failed:
+                d.status = "processing"
+                self._enqueue(d)
+            return len(failed)
+
+    def ping(self) -> None:
+        """Send the settings ping now (blocking: runs on the scheduler); enable the webhook on the pong."""
+        with self._lock:
+            url, key = self.settings.webhook_url, self.settings.webhook_key
+        if not url or not key:
+            return
+        pong = secrets.token_urlsafe(12)
+        message_id = str(uuid.uuid4())
+        body = webhooks.build_ping_body(pong, message_id, iso(self._clock()))
+        sig = self._sign(key, body)
+        ok, status, detail, data, elapsed_ms = self._timed_post(url, body, sig)
+        with self._lock:
+            if self.settings.webhook_url != url:  # the URL changed meanwhile: this answer is stale
+                return
+            good = ok and isinstance(data, dict) and data.get("pong") == pong
+            self.settings.webhook_enabled = good
+            self.settings.webhook_status_detail = "OK" if good else (detail if not ok else "Invalid pong response")
+            self.deliveries.append(Delivery(message_id=message_id, type="ping", body=body, when=iso(self._clock()),
+                                            status="success" if good else "ping-failed", attempts=1,
+                                            http_status=status, detail=self.settings.webhook_status_detail,
+                                            url=url, signature=sig, response=data, duration_ms=elapsed_ms))
+
+    # ------------------------------------------------------------------ lifecycle
+    def idle(self) -> bool:
+        with self._lock:
+            return self._in_flight == 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self._in_flight == 0, timeout=max(0.0, timeout))
+
+    def close(self) -> None:
+        self._outbox.put(None)
+
+    # ------------------------------------------------------------------ the sender thread
+    def _enqueue(self, d: Delivery) -> None:
+        self._in_flight += 1
+        self._outbox.put(d)
+
+    def _sign(self, key: str, body: str) -> str:
+        return webhooks.sign("not-the-key" if self._faults["bad_signatures"] else key, body)
+
+    def _timed_post(self, url: str, body: str, sig: str) -> tuple:
+        """POST a signed message; (ok, status, detail, data, ms the receiver took to answer)."""
+        t0 = time.perf_counter()
+        ok, status, detail, data = self._post(url, body, sig, self._timeout_s)
+        return ok, status, detail, data, round((time.perf_counter() - t0) * 1000, 1)
+
+    def _loop(self) -> None:
+        while (d := self._outbox.get()) is not None:
+            try:
+                self._deliver(d)
+            except Exception as exc:  # never kill the sender
+                with self._lock:
+                    d.status, d.detail = "failure", f"Internal error: {type(exc).__name__}"
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._lock.notify_all()
+
+    def _deliver(self, d: Delivery) -> None:
+        with self._lock:
+            url, key = self.settings.webhook_url, self.settings.webhook_key
+        if not url or not key:
+            with self._lock:
+                d.status, d.detail = "failure", MISSING_CONFIG
+            return
+        sig = self._sign(key, d.body)
+        ok, status, detail, data, elapsed_ms = self._timed_post(url, d.body, sig)
+        if ok and self._faults["duplicate_deliveries"]:
+            self._post(url, d.body, sig, self._timeout_s)
+        with self._lock:
+            d.attempts += 1
+            d.duration_ms = elapsed_ms
+            d.url, d.signature, d.http_status, d.detail, d.response = url, sig, status, detail, data
+            if ok:
+                d.status = "success"
+                if not self.settings.webhook_enabled:
+                    self.settings.webhook_enabled, self.settings.webhook_status_detail = True, "OK"
+            else:
+                d.status = "failure"
+                self.settings.webhook_enabled, self.settings.webhook_status_detail = False, detail
