@@ -16,6 +16,14 @@ Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / out
 - conditional create `If-None-Exist`: 0 -> 201, 1 -> 200 with the existing resource, more -> 412;
   conditional update: 0 -> 201 create (a body id is rejected: "Cannot provide ID for create by update"
   inside transactions), 1 -> 200 update, more -> 412 multiple-matches;
+- conditional create, conditional update and patch are atomic (fhir-router repo.ts runs the search and the
+  write in one SERIALIZABLE transaction; patchResource reads and writes in one transaction): two
+  simultaneous requests with the same condition create one resource, the second sees it. In a batch, an
+  unmatched conditional PUT gets its id in preprocessing but is re-checked when it runs (conditionalUpdate
+  with assignedId): if another request created the resource meanwhile, that entry answers 400 "Resource ID
+  did not match resolved ID" rather than creating a second one. `inject_conflicts(n)`: the next n
+  conditional writes answer 409 with Postgres' serialization failure (40001), what Medplum answers when its
+  one retry also conflicts;
 - an update equal to the stored version (ignoring meta) creates no version: 200 with the stored resource.
 """
 from __future__ import annotations
@@ -24,6 +32,7 @@ import base64
 import copy
 import json
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -88,6 +97,16 @@ def _ok(oo: dict) -> bool:
     return status_of(oo) < 400
 
 
+SERIALIZATION_FAILURE_TEXT = "could not serialize access due to read/write dependencies among transactions"
+
+
+def serialization_conflict() -> FhirError:
+    """Medplum's normalizeDatabaseError for Postgres 40001: 409 conflict(err.message, '40001')."""
+    return FhirError({"resourceType": "OperationOutcome", "id": "conflict",
+                      "issue": [{"severity": "error", "code": "conflict",
+                                 "details": {"coding": [{"code": "40001"}], "text": SERIALIZATION_FAILURE_TEXT}}]})
+
+
 class _EntryFailed(Exception):
     def __init__(self, resp: FhirResponse):
         self.resp = resp
@@ -113,6 +132,27 @@ class FhirService:
         b = base_url.rstrip("/")
         self.fhir_base = b + "/" if b.endswith("/fhir/R4") else b + "/fhir/R4/"
         self.validator = validator or default_validator()
+        self._conflicts_lock = threading.Lock()
+        self._conflicts_next = 0
+
+    # ================================================================== faults (developer API)
+    def inject_conflicts(self, n: int) -> int:
+        """The next `n` conditional writes (conditional create/update, batch create-by-update) answer 409 like
+        a serialization failure that survived Medplum's retry. Returns the number still pending."""
+        with self._conflicts_lock:
+            self._conflicts_next = max(0, int(n))
+            return self._conflicts_next
+
+    def conflicts_pending(self) -> int:
+        with self._conflicts_lock:
+            return self._conflicts_next
+
+    def _maybe_conflict(self) -> None:
+        with self._conflicts_lock:
+            if self._conflicts_next <= 0:
+                return
+            self._conflicts_next -= 1
+        raise serialization_conflict()
 
     # ================================================================== entry point
     def handle(self, principal: Principal, method: str, path: str, query: list[tuple[str, str]] | None = None,
@@ -415,13 +455,20 @@ class FhirService:
         res = self._body_resource(body, rtype)
         a = self._check_type(pr, P.CREATE, rtype)
         ine = headers.get("if-none-exist")
-        if ine:
+        if not ine:
+            return self._create_new(pr, a, rtype, res, assigned_id)
+        # Medplum repo.conditionalCreate: the search and the create in one SERIALIZABLE transaction.
+        with self.repo.transaction():
+            self._maybe_conflict()
             found = self._find(pr, rtype, ine.lstrip("?"))
             if len(found) > 1:
                 raise MultipleMatches()
             if len(found) == 1:
                 r = found[0]
                 return FhirResponse(200, self._out(a, r), {**_res_headers(r), "Location": self._location(r)})
+            return self._create_new(pr, a, rtype, res, assigned_id)
+
+    def _create_new(self, pr: Principal, a: P.Access, rtype: str, res: dict, assigned_id: str | None) -> FhirResponse:
         res = {k: v for k, v in res.items() if k != "id"}
         res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
         self._validate(res)
@@ -486,35 +533,41 @@ class FhirService:
     def conditional_update(self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any,
                            headers: dict[str, str]) -> FhirResponse:
         res = self._body_resource(body, rtype)
-        found = self._find(pr, rtype, query)
-        if len(found) > 1:
-            raise MultipleMatches()
-        if not found:
-            if res.get("id"):
-                raise BadRequest("Cannot perform create as update with client-assigned ID", f"{rtype}.id")
-            return self.create(pr, rtype, res, {})
-        target = found[0]
-        if res.get("id") and res["id"] != target["id"]:
-            raise BadRequest("Resource ID did not match resolved ID", f"{rtype}.id")
-        res = {**res, "id": target["id"]}
-        return self._do_update(pr, res, headers.get("if-match"))
+        # Medplum repo.conditionalUpdate: the search and the write in one SERIALIZABLE transaction.
+        with self.repo.transaction():
+            self._maybe_conflict()
+            found = self._find(pr, rtype, query)
+            if len(found) > 1:
+                raise MultipleMatches()
+            if not found:
+                if res.get("id"):
+                    raise BadRequest("Cannot perform create as update with client-assigned ID", f"{rtype}.id")
+                return self.create(pr, rtype, res, {})
+            target = found[0]
+            if res.get("id") and res["id"] != target["id"]:
+                raise BadRequest("Resource ID did not match resolved ID", f"{rtype}.id")
+            res = {**res, "id": target["id"]}
+            return self._do_update(pr, res, headers.get("if-match"))
 
     def patch(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
         ctype = headers.get("content-type", "application/json-patch+json").split(";")[0].strip().lower()
         if ctype and ctype not in ("application/json-patch+json", "application/json", "application/fhir+json"):
             raise UnsupportedMediaType()
         a = self._check_type(pr, P.UPDATE, rtype)
-        current = self.repo.read(rtype, rid)
-        if not self._visible(pr, current):
-            raise NotFound()
-        if not a.matches(current, P.UPDATE):
-            raise Forbidden()
-        patched = apply_patch(current, body)
-        if patched.get("resourceType") != rtype:
-            raise BadRequest("Incorrect resource type")
-        if patched.get("id") != rid:
-            raise BadRequest("Incorrect ID")
-        return self._do_update(pr, patched, headers.get("if-match"))
+        # Medplum repo.patchResource reads, patches and writes in one transaction: a JSON Patch `test` on
+        # meta.versionId is a compare-and-set.
+        with self.repo.transaction():
+            current = self.repo.read(rtype, rid)
+            if not self._visible(pr, current):
+                raise NotFound()
+            if not a.matches(current, P.UPDATE):
+                raise Forbidden()
+            patched = apply_patch(current, body)
+            if patched.get("resourceType") != rtype:
+                raise BadRequest("Incorrect resource type")
+            if patched.get("id") != rid:
+                raise BadRequest("Incorrect ID")
+            return self._do_update(pr, patched, headers.get("if-match"))
 
     def conditional_patch(self, pr: Principal, rtype: str, query, body: Any, headers: dict[str, str]) -> FhirResponse:
         found = self._find(pr, rtype, query)
@@ -647,9 +700,11 @@ class FhirService:
         else:
             raise BadRequest(f"Invalid REST interaction in batch: {method} {url}")
         full = entry.get("fullUrl")
-        if not (isinstance(full, str) and full.startswith("urn:uuid")):
+        placeholder = full if isinstance(full, str) and full.startswith("urn:uuid") else None
+        # Medplum (batch.ts resolveModificationIdentity) resolves every conditional PUT/DELETE here, with or
+        # without a fullUrl: an unmatched conditional PUT gets its id now and is re-checked when it runs.
+        if placeholder is None and kind not in ("update-conditional", "delete-conditional"):
             return kind
-        placeholder = full
         reference = None
         rtype = parts[0] if parts else None
         res = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
@@ -674,7 +729,7 @@ class FhirService:
                         # resolved like Medplum: the entry is created with a server-assigned id
                         entry["resource"] = {**res, "id": new_id}
                         entry["request"]["url"] = f"{rtype}/{new_id}"
-                        entry["_create_by_update"] = True
+                        entry["_create_by_update"] = qs
                         reference = f"{rtype}/{new_id}"
             elif len(found) > 1:
                 if tx:
@@ -690,7 +745,8 @@ class FhirService:
         elif kind in ("update", "delete", "patch") and n == 2:
             reference = f"{parts[0]}/{parts[1]}"
         if reference:
-            identities[placeholder] = reference
+            if placeholder:
+                identities[placeholder] = reference
             if tx:
                 if reference in seen:
                     raise BadRequest("Duplicate resource identity found in Bundle")
@@ -718,6 +774,15 @@ class FhirService:
             if entry.get("_create_by_update") and method == "PUT" and len(parts) == 2 and isinstance(body, dict):
                 if body.get("resourceType") != parts[0]:
                     raise BadRequest("Incorrect resource type")
+                # Medplum runs this entry as repo.conditionalUpdate(resource with the assigned id, condition):
+                # the condition is searched again inside the (serializable) write, so a resource another
+                # request created since preprocessing is never created twice.
+                self._maybe_conflict()
+                found = self._find(pr, parts[0], entry["_create_by_update"])
+                if len(found) > 1:
+                    raise MultipleMatches()
+                if found and found[0]["id"] != parts[1]:
+                    raise BadRequest("Resource ID did not match resolved ID", f"{parts[0]}.id")
                 if not self.repo.exists(parts[0], parts[1]):
                     self._check_type(pr, P.CREATE, parts[0])
                 return self._do_update(pr, body, None, create_by_id=True)
