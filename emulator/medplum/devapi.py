@@ -115,3 +115,91 @@ def idle() -> Response:
     ok = ok and not st.bots.jobs_running()
     return json_response({"idle": ok, "pending": st.subscriptions.pending()}, 200 if ok else 408,
                          "application/json")
+
+
+# -- faults: what production throws (cut-off executions, restarts, cron, serialization conflicts) ----------
+
+def _bot_id_arg() -> str | None:
+    """`?bot=` as a Bot id or name (None = every bot)."""
+    name = request.args.get("bot") or None
+    if not name:
+        return None
+    for b in current_state().search("Bot"):
+        if name in (b.get("id"), b.get("name")):
+            return b["id"]
+    raise BadRequest(f"no Bot with id or name {name!r}", "bot")
+
+
+@bp.get("/executions")
+def executions() -> Response:
+    """Bot executions in progress (bot id, worker pid, seconds running)."""
+    _guard()
+    items = current_state().runtime.running()
+    return json_response({"executions": items, "count": len(items)}, 200, "application/json")
+
+
+@bp.post("/executions/cut-off")
+def cut_off() -> Response:
+    """Cut off the running executions of `?bot=` (id or name; default all) by killing their workers — what a
+    timeout on awslambda, a redeploy, a server restart or a recycled Lambda does midway. Each ends crashed
+    (its run and AuditEvent say so); the bot's writes so far stay."""
+    _guard()
+    bot_id = _bot_id_arg()
+    cut = current_state().runtime.cut_off(bot_id, "Execution cut off (developer API: as a restart or a "
+                                                  "recycled Lambda would)")
+    return json_response({"cut_off": cut, "count": len(cut)}, 200, "application/json")
+
+
+@bp.post("/restart")
+def restart() -> Response:
+    """Do what a server restart does to work in flight, without stopping the listeners: every running bot
+    execution is cut off and every subscription delivery not yet done (queued, scheduled for retry) is
+    dropped. Stored data, schedules and tokens stay."""
+    _guard()
+    st = current_state()
+    dropped = st.subscriptions.drop_pending()
+    cut = st.runtime.cut_off(None, "Execution cut off: the server restarted")
+    dropped += st.subscriptions.drop_pending()  # deliveries queued by writes the cut-off runs made
+    return json_response({"restarted": True, "executions_cut_off": len(cut), "deliveries_dropped": dropped},
+                         200, "application/json")
+
+
+@bp.get("/cron")
+def cron_list() -> Response:
+    """Bots with a cron schedule (cronTiming or cronString) and whether their Project has the cron feature."""
+    _guard()
+    return json_response({"bots": current_state().cron.scheduled()}, 200, "application/json")
+
+
+@bp.post("/cron/run")
+def cron_run() -> Response:
+    """Run the cron bots now, as their schedule would (all of them, or `?bot=` id or name); answers once they
+    finished, with each run's outcome. Only bots whose Project has the `cron` feature run, as on Medplum."""
+    _guard()
+    st = current_state()
+    if not any(b["enabled"] for b in st.cron.scheduled()):
+        raise BadRequest("no cron bot can run: no Bot has a valid cronString/cronTiming, or its Project lacks "
+                         "the 'cron' feature")
+    results = st.cron.run_now(_bot_id_arg())
+    return json_response({"runs": results, "count": len(results)}, 200, "application/json")
+
+
+@bp.get("/faults")
+def faults_get() -> Response:
+    _guard()
+    return json_response({"conflict_next": current_state().service.conflicts_pending()}, 200, "application/json")
+
+
+@bp.post("/faults")
+def faults_set() -> Response:
+    """`{"conflict_next": n}`: the next n conditional writes answer 409 with Postgres' serialization failure
+    (40001), what Medplum answers when two requests race and its one retry conflicts too."""
+    _guard()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"conflict_next"}:
+        raise BadRequest("expected {\"conflict_next\": <integer >= 0>}")
+    n = body.get("conflict_next", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise BadRequest("conflict_next must be an integer >= 0", "conflict_next")
+    left = current_state().service.inject_conflicts(n)
+    return json_response({"conflict_next": left}, 200, "application/json")

@@ -66,6 +66,7 @@ class EmulatorHandle:
             self._prewarm.join(timeout=30)
         try:
             self.state.subscriptions.stop()
+            self.state.cron.stop()
         except Exception:
             pass
         if self.state.settings.runtime_instance is None and self.state._runtime is not None:

@@ -39,6 +39,12 @@ class Settings:
     loop_limit: int = 5
     loop_window_s: float = 30.0
     start_background: bool = True
+    # Project.features of the seeded Project ("bots" runs bots; "cron" runs Bots with cronString/cronTiming,
+    # as Medplum's workers/cron.ts). A real Medplum project needs both enabled by its administrators.
+    project_features: tuple = ("bots", "cron")
+    # Run cron bots on their schedule (a background thread; needs start_background). The developer API
+    # `POST /_emulator/cron/run` runs them at once either way.
+    cron: bool = True
 
     def normalized_base(self) -> str:
         return self.base_url if self.base_url.endswith("/") else self.base_url + "/"

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .auth import AuthService
 from .bots import BotService
+from .cron import CronService
 from .errors import FhirError, outcome
 from .fhir.policy import Access
 from .fhir.principal import Principal
@@ -87,10 +88,13 @@ class EmulatorState:
         self.invalidate()
         self.bots = BotService(self)
         self.subscriptions = SubscriptionEngine(self)
+        self.cron = CronService(self)
         self.repo.add_listener(self._on_change)
         self.repo.add_listener(self.subscriptions.on_change)
         if settings.start_background:
             self.subscriptions.start()
+            if settings.cron:
+                self.cron.start()
         self.ready = True
 
     def _on_change(self, event) -> None:
@@ -218,12 +222,14 @@ def seed(state: EmulatorState) -> None:
     """Idempotently create the Project, the admin ClientApplication and its admin membership."""
     s = state.settings
     project = state.try_read("Project", PROJECT_ID)
+    features = list(s.project_features)
     if project is None:
         state.update({"resourceType": "Project", "id": PROJECT_ID, "name": PROJECT_NAME,
-                      "features": ["bots"], "strictMode": True})
-    elif "bots" not in (project.get("features") or []):
+                      "features": features, "strictMode": True})
+    elif any(f not in (project.get("features") or []) for f in features):
         project = dict(project)
-        project["features"] = [*(project.get("features") or []), "bots"]
+        have = list(project.get("features") or [])
+        project["features"] = have + [f for f in features if f not in have]
         state.update(project)
     client = state.try_read("ClientApplication", s.admin_client_id)
     if client is None or client.get("secret") != s.admin_client_secret:

@@ -92,6 +92,7 @@ class _Job:
     interaction: str
     resource: dict
     attempt: int = 1
+    epoch: int = 0  # restarts seen when the change was queued; a restart drops older jobs
 
 
 class SubscriptionEngine:
@@ -112,6 +113,8 @@ class SubscriptionEngine:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._http = requests.Session()
+        self._epoch = 0  # bumped by drop_pending() (a restart): older queued work is forgotten
+        self._waiting: set[int] = set()  # ids of submitted deliveries not started yet
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +150,32 @@ class SubscriptionEngine:
         with self._cond:
             return self._pending
 
+    def drop_pending(self) -> int:
+        """What a server restart does to the subscription queue (developer API `restart`): change events not
+        matched yet, deliveries not started and scheduled retries are forgotten. Returns how many. (Deliveries
+        running now end when their bot execution is cut off.)"""
+        with self._cond:
+            self._epoch += 1
+            dropped = len(self._retries) + len(self._waiting)  # the waiting ones end (skipped) on their own
+            self._pending -= len(self._retries)
+            self._retries.clear()
+            self._waiting.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # stop() marker: keep it
+                self._queue.put(None)
+                break
+            dropped += 1
+            self._dec()
+        with self._cond:
+            if self._pending <= 0:
+                self._pending = 0
+            self._cond.notify_all()
+        return dropped
+
     def _inc(self, n: int = 1) -> None:
         with self._cond:
             self._pending += n
@@ -167,7 +196,7 @@ class SubscriptionEngine:
         if rtype in _NEVER_TRIGGER:
             return
         self._inc()
-        self._queue.put((event.interaction, resource, event.previous))
+        self._queue.put((event.interaction, resource, event.previous, self._epoch))
 
     # -- matching --------------------------------------------------------------------------------
     def invalidate_subscriptions(self) -> None:
@@ -195,11 +224,13 @@ class SubscriptionEngine:
             if item is None:
                 return
             try:
-                interaction, resource, previous = item
+                interaction, resource, previous, epoch = item
+                if epoch != self._epoch:
+                    continue  # queued before a restart
                 for sub in self.active_subscriptions():
                     try:
                         if self.matches(sub, interaction, resource, previous):
-                            self._submit(_Job(sub, interaction, resource))
+                            self._submit(_Job(sub, interaction, resource, epoch=epoch))
                     except Exception:
                         log.exception("subscription %s: matching failed", sub.get("id"))
             except Exception:
@@ -235,6 +266,8 @@ class SubscriptionEngine:
     # -- delivery --------------------------------------------------------------------------------
     def _submit(self, job: _Job) -> None:
         self._inc()
+        with self._cond:
+            self._waiting.add(id(job))
         try:
             assert self._executor is not None
             self._executor.submit(self._deliver_safe, job)
@@ -243,7 +276,11 @@ class SubscriptionEngine:
             log.exception("could not submit a subscription delivery")
 
     def _deliver_safe(self, job: _Job) -> None:
+        with self._cond:
+            self._waiting.discard(id(job))
         try:
+            if job.epoch != self._epoch:
+                return  # dropped by a restart before it started
             if job.attempt > 1 and not self._still_current(job):
                 log.info("subscription %s: dropping retry, %s/%s changed", job.subscription.get("id"),
                          job.resource.get("resourceType"), job.resource.get("id"))
@@ -275,8 +312,10 @@ class SubscriptionEngine:
         if job.attempt >= self._max_attempts(sub):
             log.warning("subscription %s: giving up after %d attempts: %s", sub.get("id"), job.attempt, err)
             return
+        if job.epoch != self._epoch:
+            return
         delay = self.settings.retry_base_s * (2 ** (job.attempt - 1))
-        nxt = _Job(sub, job.interaction, job.resource, job.attempt + 1)
+        nxt = _Job(sub, job.interaction, job.resource, job.attempt + 1, epoch=job.epoch)
         self._inc()
         with self._cond:
             self._retry_seq += 1

@@ -67,7 +67,7 @@ class ExecResult:
 
 
 class _Call:
-    __slots__ = ("id", "done", "msg", "parts", "size", "crash", "joiner")
+    __slots__ = ("id", "done", "msg", "parts", "size", "crash", "joiner", "cut_reason")
 
     def __init__(self, call_id: int, joiner: str):
         self.id = call_id
@@ -77,6 +77,7 @@ class _Call:
         self.size = 0
         self.crash: str | None = None
         self.joiner = joiner
+        self.cut_reason: str | None = None  # set when the developer API cut this execution off
 
     def add_log(self, text: str) -> None:
         self.parts.append(text)
@@ -246,6 +247,9 @@ class BotRuntime:
         self._starting = 0
         self._closed = False
         self._ids = itertools.count(1)
+        # executions in progress: call id -> (bot id, worker, monotonic start, call) — for cut_off()
+        self._running: dict[int, tuple[str, _Worker, float, _Call]] = {}
+        self._running_lock = threading.Lock()
         with self._cond:
             for _ in range(self.size):
                 w = self._spawn()
@@ -371,6 +375,8 @@ class BotRuntime:
                     msg["code"] = code
                 msg["id"] = call.id
                 w.calls[call.id] = call
+                with self._running_lock:
+                    self._running[call.id] = (req.bot_id, w, time.monotonic(), call)
                 try:
                     w.send(msg)
                 except (OSError, ValueError):
@@ -378,7 +384,11 @@ class BotRuntime:
                     call.done.wait(5)
                     if call.crash is None:
                         call.crash = w.describe_exit()
-                finished = call.done.wait(deadline)
+                try:
+                    finished = call.done.wait(deadline)
+                finally:
+                    with self._running_lock:
+                        self._running.pop(call.id, None)
                 if not finished:
                     retire = True
                     w.kill()
@@ -388,7 +398,10 @@ class BotRuntime:
                 w.calls.pop(call.id, None)
                 if call.crash is not None:
                     retire = True
-                    return ExecResult(ok=False, returned=False, error=call.crash, logs=call.logs(),
+                    error = f"{call.cut_reason}: {call.crash}" if call.cut_reason else call.crash
+                    if call.cut_reason:
+                        call.add_log(error)
+                    return ExecResult(ok=False, returned=False, error=error, logs=call.logs(),
                                       duration_ms=(time.perf_counter() - t0) * 1000, crashed=True,
                                       worker_pid=w.pid)
                 res = call.msg or {}
@@ -460,6 +473,26 @@ class BotRuntime:
             return msg.get("value") or []
         finally:
             self._release(w, retire=retire)
+
+    def running(self) -> list[dict]:
+        """The executions in progress: bot id, worker pid, seconds since they started."""
+        now = time.monotonic()
+        with self._running_lock:
+            return [{"execution": cid, "bot_id": bot_id, "worker_pid": w.pid, "running_s": round(now - t, 3)}
+                    for cid, (bot_id, w, t, _call) in sorted(self._running.items())]
+
+    def cut_off(self, bot_id: str | None = None, reason: str = "Execution cut off") -> list[dict]:
+        """Kill the worker of every execution in progress (of `bot_id`, or all): what a server restart, a
+        redeploy or a recycled Lambda does to a running bot. Each one ends crashed, with `reason` in its error
+        and logs; its worker is replaced. Returns the executions cut off."""
+        with self._running_lock:
+            victims = [(cid, b, w, c) for cid, (b, w, _t, c) in self._running.items() if bot_id in (None, b)]
+        out = []
+        for cid, b, w, call in victims:
+            call.cut_reason = reason
+            w.kill()
+            out.append({"execution": cid, "bot_id": b, "worker_pid": w.pid})
+        return out
 
     def stats(self) -> dict:
         with self._cond:
