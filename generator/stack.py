@@ -13,6 +13,7 @@ from typing import Callable
 
 from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
+from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import make_server
 
 from .config import Config
@@ -82,8 +83,9 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
     fake = None
     try:
         if metriport == "fake":
+            # with a database file the fake keeps its state beside it, so a restart keeps both coherent
             fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
-                               delay_s=metriport_delay_s)
+                               delay_s=metriport_delay_s, state_path=sibling_path(db_path) if db_path else None)
             base, api_key = fake.base_url, fake.api_key
         else:
             base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)

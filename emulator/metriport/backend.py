@@ -8,7 +8,9 @@ time. Lock order: the backend's lock, then a component's own lock, never the rev
 """
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
 import datetime as _dt
 import gzip
 import json
@@ -27,6 +29,7 @@ from .errors import BadRequest, NotFound
 from .faults import Faults, RateLimiter
 from .models import (BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility, Patient,
                      Progress, StoredFile, WebhookSettings, demographics_key, iso)
+from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
 from .sender import WebhookSender
@@ -46,7 +49,7 @@ class MetriportBackend:
     def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
                  webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
                  seed: bool = True, data_path: str | None = None, rng_seed: int = 0,
-                 facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None):
+                 facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None, state_path: str | None = None):
         self.clock = clock
         self.delay_s = delay_s
         self.public_base_url = public_base_url.rstrip("/")
@@ -64,6 +67,16 @@ class MetriportBackend:
         self._scheduler = Scheduler()
         self._sender = WebhookSender(WebhookSettings(id=self.cx_id), faults=self.faults, clock=clock,
                                      timeout_s=webhook_timeout_s)
+        # `state_path`: keep the state in that SQLite file (persist.py) and pick up where an earlier run stopped
+        self._store = StateStore(state_path) if state_path else None
+        if self._store is not None:
+            self._restore()
+            self.files.on_put = lambda token, f: self._store.put_file(token, f.name, f.content_type, f.expires_at,
+                                                                      f.content)
+            self._sender.on_change = self._save_delivery
+            self._store.put("meta", "cx", {"cxId": self.cx_id})
+            for fac in self.facilities.values():
+                self._store.put("facility", fac.id, dataclasses.asdict(fac))
 
     # ------------------------------------------------------------------ lifecycle / dev API
     def _clear(self) -> None:
@@ -81,11 +94,99 @@ class MetriportBackend:
         """Forget every patient, query, file, delivery, fault and setting; keep loaded datasets and the facility."""
         with self._lock:
             self._scheduler.clear()
+            if self._store is not None:
+                self._store.clear()
             self._clear()
             self.files.clear()
             self.faults.reset()
             self.rates.reset()
             self._sender.reset(WebhookSettings(id=self.cx_id))
+            if self._store is not None:
+                self._store.put("meta", "cx", {"cxId": self.cx_id})
+                self._save_delivery(None)
+
+    # ------------------------------------------------------------------ persistence (persist.py)
+    def _save(self, kind: str, key: str, data: Any) -> None:
+        if self._store is not None:
+            self._store.put(kind, key, data)
+
+    def _forget(self, kind: str, key: str) -> None:
+        if self._store is not None:
+            self._store.delete(kind, key)
+
+    def _save_patient_state(self, pid: str) -> None:
+        """Everything kept for one patient (call with the lock held)."""
+        if self._store is None:
+            return
+        p = self.patients.get(pid)
+        if p is None:
+            for kind in ("patient", "document_query", "documents", "consolidated", "bulk_url"):
+                self._store.delete(kind, pid)
+            return
+        self._store.put("patient", pid, dataclasses.asdict(p))
+        if pid in self.document_queries:
+            self._store.put("document_query", pid, dataclasses.asdict(self.document_queries[pid]))
+        if pid in self.documents:
+            self._store.put("documents", pid, [dataclasses.asdict(d) | {"content": base64.b64encode(d.content).decode()}
+                                               for d in self.documents[pid]])
+        if pid in self.consolidated:
+            self._store.put("consolidated", pid, [dataclasses.asdict(q) for q in self.consolidated[pid]])
+        if pid in self.bulk_url_queries:
+            self._store.put("bulk_url", pid, dataclasses.asdict(self.bulk_url_queries[pid]))
+
+    def _save_delivery(self, d: Delivery | None) -> None:
+        """Sender hook: a delivery changed (None: the webhook settings did)."""
+        if self._store is None:
+            return
+        if d is None:
+            self._store.put("settings", "webhook", dataclasses.asdict(self._sender.settings))
+        else:
+            self._store.put("delivery", d.message_id, dataclasses.asdict(d))
+
+    def _restore(self) -> None:
+        """Load what an earlier run stored, then resume its work in flight: queries still processing finish
+        (their webhooks go out), messages not delivered yet are sent."""
+        st = self._store
+        assert st is not None
+        meta = st.get("meta", "cx")
+        if meta and meta.get("cxId"):
+            self.cx_id = meta["cxId"]
+            self._sender.settings.id = self.cx_id
+        with self._lock:
+            for _, d in st.all("facility"):
+                self.facilities[d["id"]] = Facility(**d)
+            for pid, d in st.all("patient"):
+                self.patients[pid] = Patient(**d)
+            for pid, d in st.all("document_query"):
+                self.document_queries[pid] = DocumentQuery(
+                    **{**d, "download": Progress(**d["download"]), "convert": Progress(**d["convert"])})
+            for pid, docs in st.all("documents"):
+                self.documents[pid] = [Document(**{**x, "content": base64.b64decode(x["content"])}) for x in docs]
+            for pid, qs in st.all("consolidated"):
+                self.consolidated[pid] = [ConsolidatedQuery(**q) for q in qs]
+            for pid, d in st.all("bulk_url"):
+                self.bulk_url_queries[pid] = BulkUrlQuery(**d)
+        for token, name, ctype, expires_at, content in st.files():
+            self.files.load(token, StoredFile(bytes(content), ctype, expires_at, name))
+        settings = st.get("settings", "webhook")
+        self._sender.load(WebhookSettings(**settings) if settings else WebhookSettings(id=self.cx_id),
+                          [Delivery(**d) for _, d in st.all("delivery")])
+        with self._lock:
+            jobs = []
+            for pid, q in self.document_queries.items():
+                if pid in self.patients and q.download.status == "processing":
+                    jobs.append(lambda p=self._snapshot(pid), q=q: self._document_download_done(p, q))
+                elif pid in self.patients and q.convert.status == "processing":
+                    jobs.append(lambda p=self._snapshot(pid), q=q: self._document_conversion_done(p, q))
+            for pid, qs in self.consolidated.items():
+                for q in qs:
+                    if pid in self.patients and q.status == "processing":
+                        jobs.append(lambda p=self._snapshot(pid), q=q: self._consolidated_done(p, q))
+            for pid, q in self.bulk_url_queries.items():
+                if pid in self.patients and q.status == "processing":
+                    jobs.append(lambda p=self._snapshot(pid), q=q: self._bulk_urls_done(p, q, q.metadata))
+        for job in jobs:
+            self.schedule(self.delay_s, job)
 
     def load_data(self, path: str) -> list[str]:
         """Add the bundles at `path` (file or folder) as known patients; returns their first names."""
@@ -101,6 +202,8 @@ class MetriportBackend:
     def close(self) -> None:
         self._scheduler.close()
         self._sender.close()
+        if self._store is not None:
+            self._store.close()
 
     def set_faults(self, **changes: Any) -> dict:
         return self.faults.set(**changes)
@@ -141,6 +244,8 @@ class MetriportBackend:
             fac = Facility(data.get("id") or str(uuid.uuid4()), data.get("name"), data.get("npi"), data.get("tin"),
                            data.get("active", True), data.get("address"))
             self.facilities[fac.id] = fac
+            if getattr(self, "_store", None) is not None:
+                self._store.put("facility", fac.id, dataclasses.asdict(fac))
             return fac.to_dict()
 
     def create_facility(self, body: Any) -> dict:
@@ -192,13 +297,17 @@ class MetriportBackend:
                 if p.key() == key and p.zip() == zip_:
                     if fid not in p.facility_ids:
                         p.facility_ids.append(fid)
+                        self._save_patient_state(p.id)
                     return p.to_dict(), False
             if len(self.patients) >= SANDBOX_PATIENT_LIMIT:
                 raise BadRequest(f"Cannot create more than {SANDBOX_PATIENT_LIMIT} patients in Sandbox mode!")
             pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            while pid in self.patients:  # a restart replays the seeded random stream
+                pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             external_id = demo.pop("externalId", None)
             patient = Patient(pid, [fid], iso(self.clock()), demo, external_id)
             self.patients[pid] = patient
+            self._save_patient_state(pid)
             return patient.to_dict(), True
 
     def get_patient(self, pid: str) -> dict:
@@ -218,6 +327,7 @@ class MetriportBackend:
             if facility_id and facility_id not in p.facility_ids:
                 p.facility_ids.append(facility_id)
             p.etag += 1
+            self._save_patient_state(pid)
             return p.to_dict()
 
     def delete_patient(self, pid: str) -> None:
@@ -227,6 +337,7 @@ class MetriportBackend:
             self.document_queries.pop(pid, None)
             self.consolidated.pop(pid, None)
             self.documents.pop(pid, None)
+            self._save_patient_state(pid)
 
     def list_patients(self, facility_id: str | None = None) -> list[dict]:
         with self._lock:
@@ -300,6 +411,10 @@ class MetriportBackend:
     def send_webhook(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:
         return self._sender.send(type_, payload, metadata, request_id)
 
+    def redeliver(self, message_id: str, times: int = 2) -> list[dict]:
+        """Send a logged message `times` times at the same moment (KeyError: unknown id)."""
+        return self._sender.redeliver(message_id, times)
+
     def deliveries_log(self, include_body: bool = True) -> list[dict]:
         return self._sender.log(include_body)
 
@@ -333,6 +448,7 @@ class MetriportBackend:
             self.check_rate("document_query")
             q = DocumentQuery(str(uuid.uuid4()), iso(self.clock()), metadata)
             self.document_queries[patient_id] = q
+            self._save_patient_state(patient_id)
             dto = q.to_dict()
         self.schedule(self.delay_s, lambda: self._document_download_done(patient, q))
         return dto
@@ -348,20 +464,22 @@ class MetriportBackend:
     def _document_download_done(self, patient: Patient, q: DocumentQuery) -> None:
         docs = self._documents_for(patient)
         listed = self._with_urls(docs)
+        self.send_webhook("medical.document-download",
+                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
+                          q.metadata, q.request_id)
         with self._lock:
             self.documents[patient.id] = docs
             q.download = Progress.completed(len(docs))
             q.convert = Progress("processing", len(docs), 0, 0)
-        self.send_webhook("medical.document-download",
-                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
-                          q.metadata, q.request_id)
+            self._save_patient_state(patient.id)
         self.schedule(self.delay_s, lambda: self._document_conversion_done(patient, q))
 
     def _document_conversion_done(self, patient: Patient, q: DocumentQuery) -> None:
-        with self._lock:
-            q.convert = Progress.completed(q.download.total or 0)
         self.send_webhook("medical.document-conversion",
                           {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, q.metadata, q.request_id)
+        with self._lock:
+            q.convert = Progress.completed(q.download.total or 0)
+            self._save_patient_state(patient.id)
 
     def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None) -> list[dict]:
         """FHIR DocumentReferences of the documents found by the last document query."""
@@ -392,8 +510,9 @@ class MetriportBackend:
         metadata = rules.body_metadata(body)
         with self._lock:
             patient = self._snapshot(patient_id)
-            q = BulkUrlQuery(str(uuid.uuid4()))
+            q = BulkUrlQuery(str(uuid.uuid4()), metadata=metadata)
             self.bulk_url_queries[patient_id] = q
+            self._save_patient_state(patient_id)
         self.schedule(self.delay_s, lambda: self._bulk_urls_done(patient, q, metadata))
         return {"status": "processing", "requestId": q.request_id}
 
@@ -401,11 +520,12 @@ class MetriportBackend:
         with self._lock:
             docs = list(self.documents.get(patient.id, []))
         listed = self._with_urls(docs)
-        with self._lock:
-            q.status = "completed"
         self.send_webhook("medical.document-bulk-download-urls",
                           {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
                           metadata, q.request_id)
+        with self._lock:
+            q.status = "completed"
+            self._save_patient_state(patient.id)
 
     # ------------------------------------------------------------------ consolidated queries
     def start_consolidated_query(self, patient_id: str, *, resources: str | None, date_from: str | None,
@@ -417,6 +537,7 @@ class MetriportBackend:
             q = ConsolidatedQuery(str(uuid.uuid4()), iso(self.clock()), ctype, metadata, rlist,
                                   date_from or None, date_to or None)
             self.consolidated.setdefault(patient_id, []).append(q)
+            self._save_patient_state(patient_id)
             dto = q.to_dict()
         self.schedule(self.delay_s, lambda: self._consolidated_done(patient, q))
         return dto
@@ -444,9 +565,12 @@ class MetriportBackend:
                    "dateFrom": q.date_from or webhooks.UNDEFINED, "dateTo": q.date_to or webhooks.UNDEFINED,
                    "conversionType": q.conversion_type}
         payload = {"patients": [{**patient.webhook_ref(), "status": "completed", "bundle": result, "filters": filters}]}
+        # the message is recorded (and persisted) before the query counts as done: a crash in between sends
+        # it twice after a restart, never zero times
+        self.send_webhook("medical.consolidated-data", payload, q.metadata, q.request_id)
         with self._lock:
             q.status = "completed"
-        self.send_webhook("medical.consolidated-data", payload, q.metadata, q.request_id)
+            self._save_patient_state(patient.id)
 
     def _consolidated_result(self, patient: Patient, q: ConsolidatedQuery, bundle: dict) -> dict:
         """What the webhook carries: a DocumentReference whose attachments are presigned URLs to the data."""

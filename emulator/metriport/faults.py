@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "error_rate": 0.0,            # probability of a 500 on /medical/v1 routes
     "slow_ms": 0,                 # added latency on every API response
     "duplicate_deliveries": False,  # every webhook message delivered twice
+    "simultaneous_deliveries": 0,   # every webhook message delivered N times at the same moment (0/1 = once)
     "expired_urls": False,        # presigned URLs are born expired
     "expire_next_consolidated": 0,  # the next N consolidated results get expired URLs (deterministic)
     "bad_signatures": False,      # webhook messages signed with a wrong key
@@ -36,6 +37,8 @@ def _problem(name: str, value: Any) -> str | None:
         return f"{name}: Expected a non-negative number"
     if name == "error_rate" and value > 1:
         return "error_rate: must be between 0 and 1"
+    if name == "simultaneous_deliveries" and (not isinstance(value, int) or value > 20):
+        return "simultaneous_deliveries: must be an integer from 0 to 20"
     if name == "fail_status" and value not in FAIL_STATUSES:
         return "fail_status: must be 429, 500 or 503"
     return None

@@ -131,6 +131,7 @@ class Document:
 class BulkUrlQuery:
     request_id: str
     status: str = "processing"
+    metadata: dict | None = None   # sent back in the webhook's meta.data
 
 
 @dataclass

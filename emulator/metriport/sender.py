@@ -37,6 +37,26 @@ class WebhookSender:
         self._in_flight = 0          # queued or being delivered
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        # persistence hook (persist.py): called after a delivery (or, with None, the settings) changed
+        self.on_change: Callable[[Delivery | None], None] | None = None
+
+    def _changed(self, d: Delivery | None) -> None:
+        if self.on_change:
+            try:
+                self.on_change(d)
+            except Exception:  # never break a delivery for the log's sake
+                pass
+
+    def load(self, settings: WebhookSettings, deliveries: list[Delivery]) -> int:
+        """Restore what an earlier run stored; messages it had not delivered yet are queued again (in order).
+        Returns how many."""
+        with self._lock:
+            self.settings = settings
+            self.deliveries = list(deliveries)
+            waiting = [d for d in self.deliveries if d.status == "processing" and d.type != "ping"]
+            for d in waiting:
+                self._enqueue(d)
+            return len(waiting)
 
     # ------------------------------------------------------------------ settings
     def configure(self, url: str | None, key: str | None = None, *, enabled: bool = True, testing: bool = False) -> dict:
@@ -46,14 +66,16 @@ class WebhookSender:
             s = self.settings
             if not url:
                 s.webhook_url, s.webhook_key, s.webhook_enabled, s.webhook_status_detail = None, None, False, None
-                return s.to_dict()
-            s.webhook_url = url
-            s.webhook_key = key or s.webhook_key or secrets.token_hex(16)
-            if testing:
-                s.webhook_enabled, s.webhook_status_detail = False, "Testing webhook..."
             else:
-                s.webhook_enabled, s.webhook_status_detail = enabled, "OK" if enabled else None
-            return s.to_dict()
+                s.webhook_url = url
+                s.webhook_key = key or s.webhook_key or secrets.token_hex(16)
+                if testing:
+                    s.webhook_enabled, s.webhook_status_detail = False, "Testing webhook..."
+                else:
+                    s.webhook_enabled, s.webhook_status_detail = enabled, "OK" if enabled else None
+            out = s.to_dict()
+        self._changed(None)
+        return out
 
     def settings_dict(self) -> dict:
         with self._lock:
@@ -93,7 +115,8 @@ class WebhookSender:
                 d.status, d.detail = "failure", DISABLED_DETAIL
             else:
                 self._enqueue(d)
-            return d
+        self._changed(d)
+        return d
 
     def retry(self) -> int:
         """Re-queue the failed messages in order; a success re-enables the webhook."""
@@ -102,7 +125,9 @@ class WebhookSender:
             for d in failed:
                 d.status = "processing"
                 self._enqueue(d)
-            return len(failed)
+        for d in failed:
+            self._changed(d)
+        return len(failed)
 
     def ping(self) -> None:
         """Send the settings ping now (blocking: runs on the scheduler); enable the webhook on the pong."""
@@ -121,10 +146,13 @@ class WebhookSender:
             good = ok and isinstance(data, dict) and data.get("pong") == pong
             self.settings.webhook_enabled = good
             self.settings.webhook_status_detail = "OK" if good else (detail if not ok else "Invalid pong response")
-            self.deliveries.append(Delivery(message_id=message_id, type="ping", body=body, when=iso(self._clock()),
-                                            status="success" if good else "ping-failed", attempts=1,
-                                            http_status=status, detail=self.settings.webhook_status_detail,
-                                            url=url, signature=sig, response=data, duration_ms=elapsed_ms))
+            ping_d = Delivery(message_id=message_id, type="ping", body=body, when=iso(self._clock()),
+                              status="success" if good else "ping-failed", attempts=1,
+                              http_status=status, detail=self.settings.webhook_status_detail,
+                              url=url, signature=sig, response=data, duration_ms=elapsed_ms)
+            self.deliveries.append(ping_d)
+        self._changed(None)
+        self._changed(ping_d)
 
     # ------------------------------------------------------------------ lifecycle
     def idle(self) -> bool:
@@ -152,6 +180,40 @@ class WebhookSender:
         ok, status, detail, data = self._post(url, body, sig, self._timeout_s)
         return ok, status, detail, data, round((time.perf_counter() - t0) * 1000, 1)
 
+    def _post_at_once(self, url: str, body: str, sig: str, times: int) -> list[tuple]:
+        """POST the same signed body `times` times at the same moment; the results in start order."""
+        barrier = threading.Barrier(times)
+        results: list[tuple] = [()] * times
+
+        def one(i: int) -> None:
+            try:
+                barrier.wait(10)
+            except threading.BrokenBarrierError:
+                pass
+            results[i] = self._timed_post(url, body, sig)
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(times)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self._timeout_s + 15)
+        return [r if r else (False, None, "no answer", None, None) for r in results]
+
+    def redeliver(self, message_id: str, times: int = 2) -> list[dict]:
+        """Send a logged message again, `times` copies at the same moment, signed with the current key (the
+        log keeps the first delivery's record). Returns each copy's answer. Raises KeyError for an unknown
+        message id, LookupError when no webhook is configured."""
+        with self._lock:
+            d = next((x for x in self.deliveries if x.message_id == message_id and x.type != "ping"), None)
+            url, key = self.settings.webhook_url, self.settings.webhook_key
+        if d is None:
+            raise KeyError(message_id)
+        if not url or not key:
+            raise LookupError(MISSING_CONFIG)
+        sig = self._sign(key, d.body)
+        return [{"ok": ok, "httpStatus": status, "detail": detail, "response": data, "durationMs": ms}
+                for ok, status, detail, data, ms in self._post_at_once(url, d.body, sig, max(1, int(times)))]
+
     def _loop(self) -> None:
         while (d := self._outbox.get()) is not None:
             try:
@@ -172,7 +234,13 @@ class WebhookSender:
                 d.status, d.detail = "failure", MISSING_CONFIG
             return
         sig = self._sign(key, d.body)
-        ok, status, detail, data, elapsed_ms = self._timed_post(url, d.body, sig)
+        copies = int(self._faults["simultaneous_deliveries"] or 0)
+        if copies > 1:
+            # the same message sent several times at the same moment (a retry racing the first send)
+            results = self._post_at_once(url, d.body, sig, copies)
+            ok, status, detail, data, elapsed_ms = next((r for r in results if r[0]), results[0])
+        else:
+            ok, status, detail, data, elapsed_ms = self._timed_post(url, d.body, sig)
         if ok and self._faults["duplicate_deliveries"]:
             self._post(url, d.body, sig, self._timeout_s)
         with self._lock:
@@ -186,3 +254,5 @@ class WebhookSender:
             else:
                 d.status = "failure"
                 self.settings.webhook_enabled, self.settings.webhook_status_detail = False, detail
+        self._changed(None)
+        self._changed(d)

@@ -28,19 +28,28 @@ class RequestExpired(PermissionError):
 
 
 class FileStore:
-    def __init__(self, clock: Callable[[], float]):
+    def __init__(self, clock: Callable[[], float], on_put: Callable[[str, StoredFile], None] | None = None):
         self._clock = clock
         self._lock = threading.Lock()
         self._secret = secrets.token_bytes(16)  # signs the X-Amz-Signature of this process's URLs
         self._files: dict[str, StoredFile] = {}
+        self.on_put = on_put  # persistence hook (persist.py): called with each new file
+
+    def load(self, token: str, f: StoredFile) -> None:
+        """Put back a file stored by an earlier run (its URL and expiry unchanged)."""
+        with self._lock:
+            self._files[token] = f
 
     def put(self, content: bytes, content_type: str, name: str, *, expires_s: int = URL_EXPIRES_S,
             expired: bool = False) -> str:
         """Store `content`; returns its presigned path (born expired if `expired`)."""
         now = self._clock()
         token = secrets.token_urlsafe(18)
+        stored = StoredFile(content, content_type, now - 1 if expired else now + expires_s, name)
         with self._lock:
-            self._files[token] = StoredFile(content, content_type, now - 1 if expired else now + expires_s, name)
+            self._files[token] = stored
+        if self.on_put:
+            self.on_put(token, stored)
         amz_date = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         sig = hmac.new(self._secret, f"{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
         return (f"{FILES_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
