@@ -4,10 +4,14 @@
  *
  * Runs when a Patient is created or updated in Medplum (Subscription). Validates the
  * demographics against Metriport's rules, matches or creates the patient in Metriport
- * (facility from the managingOrganization's identifier), starts the document query
- * (or the consolidated query), and writes the Metriport patient id and a fingerprint
- * of the demographics it sent back on the Patient, so that this write, or any update
- * that does not change the demographics, does not start another query.
+ * (facility from the managingOrganization's identifier), and links it: writes the Metriport
+ * patient id and a fingerprint of the demographics it sent on the Patient — BEFORE it starts
+ * the document query (or the consolidated query), so no message can arrive for a Patient not
+ * yet linked, and so that this write, or any update that does not change the demographics,
+ * does not start another query. One Medplum Patient per Metriport patient: when the Metriport
+ * patient is already linked to another Medplum Patient, it does not link this one, starts no
+ * query, warns naming both and leaves a review Task (code metriport-patient-conflict, for and
+ * focus = this Patient).
  *
  * Project secrets: METRIPORT_API_KEY (required), METRIPORT_BASE_URL (optional).
  * Logs name ids only: never demographics, never keys.
@@ -27,6 +31,12 @@ const CONFIG = {
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
   "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
   "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
+  "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
+  "conflictTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-conflict",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
+  },
   "flow": "document-query",
   "consolidated": {
     "resources": [
@@ -615,43 +625,136 @@ async function facilityOf(medplum, patient) {
 }
 
 /**
- * Write the Metriport id and the fingerprint on the latest version of the Patient.
- * JSON Patch guarded by a test on meta.versionId; re-read and retry on a concurrent change.
+ * @param {Patient} patient
+ * @returns {string | undefined} the fingerprint whose query could not be started (see writeLink)
+ */
+function queryFailedOf(patient) {
+  const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.queryFailedExtensionUrl);
+  return ext ? ext.valueString : undefined;
+}
+
+/**
+ * Write the link on the latest version of the Patient: the Metriport id, the fingerprint of the
+ * demographics sent, and the marker of a query that could not be started (each set, or removed when
+ * undefined). JSON Patch guarded by a test on meta.versionId; re-read and retry on a concurrent change.
  * @param {MedplumClient} medplum
  * @param {string} patientId
- * @param {string} metriportId
- * @param {string} fingerprint
+ * @param { { metriportId?: string, fingerprint?: string, queryFailed?: string } } link
  * @returns {Promise<boolean>} true when a new version was written
  */
-async function writeBack(medplum, patientId, metriportId, fingerprint) {
+async function writeLink(medplum, patientId, link) {
   for (let attempt = 1; ; attempt++) {
     const latest = /** @type {Patient} */ (await medplum.readResource('Patient', patientId));
-    if (metriportIdOf(latest) === metriportId && fingerprintOf(latest) === fingerprint) {
+    if (metriportIdOf(latest) === link.metriportId && fingerprintOf(latest) === link.fingerprint &&
+        queryFailedOf(latest) === link.queryFailed) {
       return false; // already there: nothing to write (no loop)
     }
     /** @type {Identifier[]} */
     const identifiers = (latest.identifier || []).filter((i) => !(i && i.system === CONFIG.patientIdentifierSystem));
-    identifiers.push({ system: CONFIG.patientIdentifierSystem, value: metriportId });
+    if (link.metriportId) {
+      identifiers.push({ system: CONFIG.patientIdentifierSystem, value: link.metriportId });
+    }
+    const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
     /** @type {Extension[]} */
-    const extensions = (latest.extension || []).filter((e) => !(e && e.url === CONFIG.fingerprintExtensionUrl));
-    extensions.push({ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint });
+    const extensions = (latest.extension || []).filter((e) => !(e && mine.includes(e.url)));
+    if (link.fingerprint) {
+      extensions.push({ url: CONFIG.fingerprintExtensionUrl, valueString: link.fingerprint });
+    }
+    if (link.queryFailed) {
+      extensions.push({ url: CONFIG.queryFailedExtensionUrl, valueString: link.queryFailed });
+    }
     /** @type {any[]} */
     const ops = [];
     if (latest.meta && latest.meta.versionId) {
       ops.push({ op: 'test', path: '/meta/versionId', value: latest.meta.versionId });
     }
-    ops.push({ op: latest.identifier ? 'replace' : 'add', path: '/identifier', value: identifiers });
-    ops.push({ op: latest.extension ? 'replace' : 'add', path: '/extension', value: extensions });
+    for (const [path, value, had] of /** @type {[string, any[], boolean][]} */ ([
+      ['/identifier', identifiers, !!latest.identifier],
+      ['/extension', extensions, !!latest.extension],
+    ])) {
+      if (value.length) {
+        ops.push({ op: had ? 'replace' : 'add', path, value });
+      } else if (had) {
+        ops.push({ op: 'remove', path });
+      }
+    }
     try {
       await medplum.patchResource('Patient', patientId, ops);
       return true;
     } catch (err) {
       if (attempt >= 3) {
-        throw new Error('Could not write the Metriport id back on Patient/' + patientId + ': ' + errorText(err));
+        throw new Error('Could not write the Metriport link on Patient/' + patientId + ': ' + errorText(err));
       }
       log('warn', 'write-back conflicted, re-reading the Patient', { patient: patientId, attempt });
     }
   }
+}
+
+/**
+ * The other Medplum Patients holding this Metriport id (normally none).
+ * @param {MedplumClient} medplum
+ * @param {string} metriportId
+ * @param {string} patientId
+ * @returns {Promise<string[]>}
+ */
+async function otherHolders(medplum, metriportId, patientId) {
+  const found = await medplum.searchResources('Patient', {
+    identifier: CONFIG.patientIdentifierSystem + '|' + metriportId,
+    _count: '5',
+  });
+  return found.map((p) => String(p.id)).filter((id) => id !== patientId);
+}
+
+/**
+ * Refuse to link a second Medplum Patient to a Metriport patient: warn naming both, leave a review Task
+ * (conditional create: one per Patient and Metriport patient however often this runs), start nothing.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param {string} metriportId
+ * @param {string[]} others the Patients holding it
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function refuseLink(medplum, patientId, metriportId, others) {
+  const linked = others.map((o) => 'Patient/' + o).join(', ');
+  log('warn', 'Patient/' + patientId + ' not linked: Metriport patient ' + metriportId + ' is already linked to ' + linked +
+    ' (one Medplum Patient per Metriport patient); no query started; review Task left', {
+    patient: patientId,
+    linkedPatients: others,
+    metriportPatient: metriportId,
+  });
+  const value = metriportId + ':' + patientId;
+  const task = await medplum.createResourceIfNoneExist(
+    {
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      priority: 'urgent',
+      code: {
+        coding: [{ system: CONFIG.conflictTask.system, code: CONFIG.conflictTask.code }],
+        text: 'Review: two Medplum Patients for one Metriport patient',
+      },
+      identifier: [{ system: CONFIG.conflictTask.identifierSystem, value }],
+      description: 'Patient/' + patientId + ' resolves to Metriport patient ' + metriportId + ', which is already linked to ' +
+        linked + '. medport did not link it and started no query (one Medplum Patient per Metriport patient). ' +
+        'If they are the same person, merge the Patients; if not, correct the demographics and save the Patient again.',
+      for: { reference: 'Patient/' + patientId },
+      focus: { reference: 'Patient/' + patientId },
+      authoredOn: new Date().toISOString(),
+      input: [
+        { type: { text: 'metriport-patient-id' }, valueString: metriportId },
+        ...others.map((o) => ({ type: { text: 'already-linked-patient' }, valueReference: { reference: 'Patient/' + o } })),
+      ],
+    },
+    'identifier=' + encodeURIComponent(CONFIG.conflictTask.identifierSystem + '|' + value)
+  );
+  return {
+    status: 'refused',
+    reason: 'metriport-patient-linked-to-another-patient',
+    patient: patientId,
+    metriportPatientId: metriportId,
+    linkedPatients: others,
+    reviewTask: 'Task/' + task.id,
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -696,7 +799,10 @@ exports.handler = async (medplum, event) => {
 
   const fingerprint = sha256Hex(canonicalJson(demographics));
   let metriportId = metriportIdOf(patient);
-  if (metriportId && fingerprintOf(patient) === fingerprint) {
+  const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
+  // The query of an earlier run could not be started (marker = these demographics): start it now.
+  const retryQuery = linkedBefore && queryFailedOf(patient) === fingerprint;
+  if (linkedBefore && !retryQuery) {
     log('info', 'demographics unchanged since the last query; nothing to do', {
       patient: patientId,
       metriportPatient: metriportId,
@@ -713,7 +819,15 @@ exports.handler = async (medplum, event) => {
 
   /** @type {string} */
   let action;
-  if (metriportId) {
+  if (retryQuery) {
+    action = 'query-retried';
+  } else if (metriportId) {
+    const others = await otherHolders(medplum, metriportId, patientId);
+    if (others.length) {
+      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
+      await writeLink(medplum, patientId, {});
+      return refuseLink(medplum, patientId, metriportId, others);
+    }
     await metriport(
       event,
       'PUT',
@@ -736,29 +850,54 @@ exports.handler = async (medplum, event) => {
       action = 'created';
     }
   }
-  log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: metriportId });
+  const mid = /** @type {string} */ (metriportId);
+  log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
+
+  // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
+  const holders = await otherHolders(medplum, mid, patientId);
+  if (holders.length) {
+    return refuseLink(medplum, patientId, mid, holders);
+  }
+  // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
+  const written = retryQuery ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint });
+  // ... and check again: another Patient linked at the same moment makes both step back.
+  const raced = await otherHolders(medplum, mid, patientId);
+  if (raced.length) {
+    await writeLink(medplum, patientId, {});
+    return refuseLink(medplum, patientId, mid, raced);
+  }
 
   const metadata = { medplumPatientId: patientId };
-  if (CONFIG.flow === 'consolidated') {
-    await startConsolidatedQuery(event, metriportId, patientId);
-  } else {
-    await metriport(
-      event,
-      'POST',
-      '/medical/v1/document/query',
-      { patientId: metriportId, facilityId },
-      { metadata }
-    );
+  try {
+    if (CONFIG.flow === 'consolidated') {
+      await startConsolidatedQuery(event, mid, patientId);
+    } else {
+      await metriport(
+        event,
+        'POST',
+        '/medical/v1/document/query',
+        { patientId: mid, facilityId },
+        { metadata }
+      );
+    }
+  } catch (err) {
+    // Linked, but no query: mark it, so that the next save of this Patient (or the update this mark
+    // causes, once) starts it; a run that fails again writes nothing more (no loop).
+    if (!retryQuery) {
+      await writeLink(medplum, patientId, { metriportId: mid, fingerprint, queryFailed: fingerprint });
+    }
+    throw err;
   }
-  log('info', 'Metriport ' + CONFIG.flow + ' started', { patient: patientId, metriportPatient: metriportId });
-
-  const written = await writeBack(medplum, patientId, metriportId, fingerprint);
+  log('info', 'Metriport ' + CONFIG.flow + ' started', { patient: patientId, metriportPatient: mid });
+  if (retryQuery) {
+    await writeLink(medplum, patientId, { metriportId: mid, fingerprint });
+  }
   return {
     status: 'queried',
     action,
     query: CONFIG.flow,
     patient: patientId,
-    metriportPatientId: metriportId,
+    metriportPatientId: mid,
     facilityId: facilityId || null,
     wroteBack: written,
   };

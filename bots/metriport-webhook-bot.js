@@ -4,10 +4,16 @@
  *
  * Called by Metriport (Bot $execute, Basic auth, Bot.rawBody true) for every webhook
  * message: verifies x-metriport-signature, answers pings, and (async mode) persists the
- * message as a Task and acknowledges at once. The same bot, triggered by a Subscription
- * on those Tasks, processes the stored message: starts the consolidated query when
- * document conversion completes, and imports consolidated data into the EXISTING
- * Medplum Patient with chunked batch Bundles of conditional PUTs (replays change nothing).
+ * message as a Task — one per messageId, even for simultaneous deliveries — and acknowledges
+ * at once. The same bot, triggered by a Subscription on those Tasks, processes the stored
+ * message under a lease (attempt count, expiry renewed while it works, a checkpoint of what is
+ * done): starts the consolidated query when document conversion completes, and imports
+ * consolidated data into the EXISTING Medplum Patient that holds the message's Metriport id,
+ * with chunked batch Bundles of conditional PUTs (replays change nothing). Processing cut off
+ * midway (timeout, redeploy, restart) is resumed from its checkpoint: by the sweep (the same
+ * bot on Bot.cronString; its input is then the Bot), by the next delivery of the same message,
+ * after any other message, or by `medport replay --failed`; past max_attempts the message is
+ * failed with the reason and kept for replay.
  *
  * Project secrets: METRIPORT_WEBHOOK_KEY (required unless signature checks are off),
  * METRIPORT_API_KEY (to start consolidated queries), METRIPORT_BASE_URL (optional).
@@ -24,6 +30,12 @@
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
  *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
  *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[] } } Summary
+ * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
+ *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
+ *   processing has finished: every patient before `patient`, and the first `done` items (in import
+ *   order) of that one
+ * @typedef { { lease: Lease | null, resume: Checkpoint | undefined, patient: number,
+ *   failuresAtStart: number, frozen: boolean } } Ctx how one run of a stored message goes along
  */
 
 const CONFIG = {
@@ -37,7 +49,16 @@ const CONFIG = {
   "messageTask": {
     "system": "https://medport.dev/fhir/CodeSystem/medport",
     "code": "metriport-webhook-message",
-    "identifierSystem": "https://metriport.com/fhir/identifiers/webhook-message-id"
+    "identifierSystem": "https://metriport.com/fhir/identifiers/webhook-message-id",
+    "attemptsUrl": "https://medport.dev/fhir/StructureDefinition/message-attempts",
+    "leaseUrl": "https://medport.dev/fhir/StructureDefinition/message-lease-expires",
+    "progressUrl": "https://medport.dev/fhir/StructureDefinition/message-progress"
+  },
+  "processing": {
+    "maxAttempts": 5,
+    "leaseSeconds": 120,
+    "timeoutSeconds": 60,
+    "sweep": true
   },
   "resources": [
     "AllergyIntolerance",
@@ -645,83 +666,115 @@ function bump(counts, key, n) {
 }
 
 /**
- * The existing Medplum Patient for a Metriport patient (never creates one).
+ * The existing Medplum Patient a message's data belongs to: the one Patient holding the Metriport id
+ * (identifier <patientIdentifierSystem>|<id>, which the patient bot writes before it starts any query).
+ * Refused — nothing imported, nothing queried — when no Patient or more than one holds it, or when the
+ * message's metadata names another Patient (one Medplum Patient per Metriport patient; nothing is ever
+ * moved to another subject).
  * @param {MedplumClient} medplum
  * @param {any} msg
  * @param {any} p one element of msg.patients
- * @returns {Promise<string | undefined>} Medplum Patient id
+ * @returns {Promise<{ id?: string, status?: string, reason?: string }>}
  */
 async function resolvePatient(medplum, msg, p) {
-  const fromMeta = msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data.medplumPatientId : undefined;
-  /** @type {string[]} */
-  const candidates = [];
-  if (typeof fromMeta === 'string' && fromMeta && (!Array.isArray(msg.patients) || msg.patients.length <= 1)) {
-    candidates.push(fromMeta);
+  const mid = typeof p.patientId === 'string' ? p.patientId : '';
+  if (!mid) {
+    return { status: 'not-found', reason: 'the message names no Metriport patient id' };
   }
-  if (typeof p.externalId === 'string' && p.externalId) {
-    candidates.push(p.externalId);
+  const data = msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {};
+  const single = !Array.isArray(msg.patients) || msg.patients.length <= 1;
+  const named = single && typeof data.medplumPatientId === 'string' && data.medplumPatientId ? data.medplumPatientId : undefined;
+  const holders = await medplum.searchResources('Patient', {
+    identifier: CONFIG.patientIdentifierSystem + '|' + mid,
+    _count: '3',
+  });
+  const ids = holders.map((h) => String(h.id));
+  if (ids.length > 1) {
+    return {
+      status: 'refused',
+      reason: 'Metriport patient ' + mid + ' is linked to ' + ids.length + ' Medplum Patients (' +
+        ids.map((i) => 'Patient/' + i).join(', ') + '): one Medplum Patient per Metriport patient — ' +
+        'resolve the duplicate, then replay this message',
+    };
   }
-  for (const id of candidates) {
-    if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id)) {
-      continue;
-    }
-    try {
-      const found = await medplum.readResource('Patient', id);
-      if (found && found.id) {
-        // Must be the same person: if it carries a Metriport id, it must be this one.
-        const mid = (found.identifier || []).find((i) => i.system === CONFIG.patientIdentifierSystem);
-        if (!mid || !p.patientId || mid.value === p.patientId) {
-          return found.id;
-        }
-      }
-    } catch (_err) {
-      // not found: try the next way
-    }
+  if (!ids.length) {
+    return {
+      status: 'not-found',
+      reason: named
+        ? 'Patient/' + named + ' named in the message metadata does not hold Metriport patient ' + mid + ' (no Patient does)'
+        : 'no existing Medplum Patient holds Metriport patient ' + mid,
+    };
   }
-  if (p.patientId) {
-    const found = await medplum.searchResources('Patient', {
-      identifier: CONFIG.patientIdentifierSystem + '|' + p.patientId,
-      _count: '2',
-    });
-    if (found.length === 1 && found[0].id) {
-      return found[0].id;
-    }
+  if (named && named !== ids[0]) {
+    return {
+      status: 'refused',
+      reason: 'the message metadata names Patient/' + named + ', which does not hold Metriport patient ' + mid +
+        ' (Patient/' + ids[0] + ' does): refused, nothing imported',
+    };
   }
-  return undefined;
+  return { id: ids[0] };
 }
 
 /**
- * Process one verified message.
+ * Process one verified message. With a context (a stored message), a run resumed after a cut-off skips
+ * what the checkpoint says is done, and every step done is checkpointed through the lease.
  * @param {MedplumClient} medplum
  * @param {any} event
  * @param {any} msg
+ * @param {Ctx | null} [ctx]
  * @returns {Promise<Summary>}
  */
-async function processMessage(medplum, event, msg) {
+async function processMessage(medplum, event, msg, ctx) {
   const summary = newSummary(msg);
   const type = summary.type;
   const patients = Array.isArray(msg.patients) ? msg.patients : [];
   summary.patients = patients.length;
+  const resume = ctx && ctx.resume && ctx.resume.patient <= patients.length ? ctx.resume : undefined;
+  const first = resume ? resume.patient : 0;
+  if (ctx && resume && resume.summary) {
+    Object.assign(summary.imported, resume.summary.imported || {});
+    Object.assign(summary.recorded, resume.summary.recorded || {});
+    summary.queriesStarted = resume.summary.queriesStarted || 0;
+    log('info', 'resuming a message cut off earlier', { messageId: summary.messageId, patient: first, done: resume.done });
+  }
+  if (ctx) {
+    ctx.failuresAtStart = summary.failures.length;
+  }
 
   if (type === 'medical.consolidated-data') {
-    for (const p of patients) {
-      await importConsolidated(medplum, event, msg, p, summary);
+    for (let i = first; i < patients.length; i++) {
+      if (ctx) {
+        ctx.patient = i;
+      }
+      await importConsolidated(medplum, event, msg, patients[i], summary, ctx, resume && i === resume.patient ? resume.done : 0);
+      await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.document-conversion') {
-    for (const p of patients) {
+    for (let i = first; i < patients.length; i++) {
+      const p = patients[i];
       const mid = String(p.patientId || '');
       if (p.status !== 'completed') {
         bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
+        await checkpoint(ctx, summary, i + 1, 0);
         continue;
       }
       try {
-        const medplumPatientId = await resolvePatient(medplum, msg, p);
-        await startConsolidatedQuery(event, mid, medplumPatientId);
+        const subject = await resolvePatient(medplum, msg, p);
+        if (!subject.id) {
+          summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+          log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
+          continue;
+        }
+        await startConsolidatedQuery(event, mid, subject.id);
         summary.queriesStarted++;
-        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
+        log('info', 'consolidated query started', { metriportPatient: mid, patient: subject.id });
       } catch (err) {
+        if (err instanceof LeaseLost) {
+          throw err;
+        }
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
       }
+      await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
     for (const p of patients) {
@@ -738,6 +791,29 @@ async function processMessage(medplum, event, msg) {
   return summary;
 }
 
+/**
+ * Record progress through the lease (renewing it when due): every patient before `patient`, and the first
+ * `done` items of that one, are finished. After the first failure of a run the checkpoint stays where it
+ * was, so a resumed run redoes (and reports) what failed.
+ * @param {Ctx | null | undefined} ctx
+ * @param {Summary} summary
+ * @param {number} patient
+ * @param {number} done
+ * @param {boolean} [force] renew now
+ */
+async function checkpoint(ctx, summary, patient, done, force) {
+  if (!ctx || !ctx.lease) {
+    return;
+  }
+  if (summary.failures.length > ctx.failuresAtStart) {
+    ctx.frozen = true;
+  }
+  const cp = ctx.frozen
+    ? undefined
+    : { patient, done, summary: { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted } };
+  await ctx.lease.beat(cp, force);
+}
+
 // ---------------------------------------------------------------------------
 // Consolidated data (templates/_import.js.j2): one patient of a medical.consolidated-data message,
 // imported in phases, each a function below:
@@ -747,7 +823,11 @@ async function processMessage(medplum, event, msg) {
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
 //   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
 //   send    sendLevels          batches in flight, the ids Medplum returns recorded and used by
-//                               later levels; sendDeferredReferences writes the deferred ones
+//                               later levels; entries that lost a race with another run (409, or
+//                               400 "Resource ID did not match resolved ID") sent again;
+//                               sendDeferredReferences writes the deferred ones
+//   resume  resumeFrom          a run resumed after a cut-off skips the items its checkpoint says
+//                               are stored, looking up only the ids later items reference
 //   report  every phase counts into the Summary; importConsolidated logs one line per patient and
 //           taskOutcome (webhook bot) turns the Summary into the run's outcome
 // importConsolidated runs them for one patient; importResources is plan to send.
@@ -764,6 +844,7 @@ async function processMessage(medplum, event, msg) {
  * @property {number} level 0 = references no other item
  * @property {string} [medplumId] once Medplum stored it
  * @property {boolean} [failed]
+ * @property {boolean} [retry] lost a race with another run: sent again
  */
 
 /**
@@ -799,6 +880,10 @@ const UTF8 = new TextEncoder();
 const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
 /** New consolidated queries started for one patient after expired download URLs. */
 const MAX_REQUERIES = 1;
+/** Times an entry that lost a race with another run is sent again. */
+const ENTRY_RETRIES = 2;
+/** Identifier values per search when a resumed run looks up what is stored. */
+const LOOKUP_CHUNK = 40;
 
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
 
@@ -810,22 +895,27 @@ const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-
  * @param {any} msg
  * @param {any} p one element of msg.patients
  * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {number} resumeDone items of this patient an earlier run stored (its checkpoint)
  */
-async function importConsolidated(medplum, event, msg, p, summary) {
+async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDone) {
   const mid = String(p.patientId || '');
   if (p.status && p.status !== 'completed') {
     summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
     return;
   }
+  /** @type {string | undefined} */
   let subjectId;
   try {
-    subjectId = await resolvePatient(medplum, msg, p);
+    const subject = await resolvePatient(medplum, msg, p);
+    if (!subject.id) {
+      summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+      log('warn', 'consolidated data not imported: ' + subject.reason, { metriportPatient: mid });
+      return;
+    }
+    subjectId = subject.id;
   } catch (err) {
     summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
-    return;
-  }
-  if (!subjectId) {
-    summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
     return;
   }
   const resources = await fetchConsolidated(event, msg, p, subjectId, summary);
@@ -833,11 +923,12 @@ async function importConsolidated(medplum, event, msg, p, summary) {
     return;
   }
   const before = summary.failures.length;
-  await importResources(medplum, resources, subjectId, mid, summary);
+  await importResources(medplum, resources, subjectId, mid, summary, ctx, resumeDone);
   log('info', 'consolidated data imported', {
     patient: subjectId,
     metriportPatient: mid,
     resources: resources.length,
+    resumedAfter: resumeDone || undefined,
     failures: summary.failures.length - before,
   });
 }
@@ -850,16 +941,87 @@ async function importConsolidated(medplum, event, msg, p, summary) {
  * @param {string} subjectId existing Medplum Patient id
  * @param {string} metriportPatientId
  * @param {Summary} summary
+ * @param {Ctx | null} [ctx]
+ * @param {number} [resumeDone] items (in import order) an earlier run stored
  */
-async function importResources(medplum, resources, subjectId, metriportPatientId, summary) {
+async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone) {
   const plan = planImport(resources, subjectId, metriportPatientId, summary);
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
   const order = orderItems(plan.items);
+  const start = await resumeFrom(medplum, plan.items, order, resumeDone || 0);
   await findDeferredTargets(medplum, plan.items, order);
-  const pending = await sendLevels(medplum, plan.items, order, summary);
+  const pending = await sendLevels(medplum, plan.items, order, summary, start, ctx);
   await sendDeferredReferences(medplum, pending, plan.items, order, summary);
+}
+
+// --- resume ----------------------------------------------------------------
+
+/**
+ * Where a resumed run starts: the first `done` items (in import order) are stored already, so they are
+ * not sent again; the ids of those that later items reference (or that hold references deferred by a
+ * cycle) are looked up by their identifier. Anything not found means the checkpoint cannot be trusted:
+ * start over (every upsert is idempotent, so that is only slower).
+ * @param {MedplumClient} medplum
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {number} done
+ * @returns {Promise<number>} index in order.ordered of the first item to send
+ */
+async function resumeFrom(medplum, items, order, done) {
+  if (!(done > 0) || done > order.ordered.length) {
+    return 0;
+  }
+  /** @type {Set<string>} */
+  const needed = new Set();
+  for (const item of order.ordered.slice(done)) {
+    for (const dep of item.deps) {
+      needed.add(dep);
+    }
+  }
+  for (const [holder, targets] of order.deferred) {
+    needed.add(holder);
+    for (const t of targets) {
+      needed.add(t);
+    }
+  }
+  const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
+  /** @type {Map<string, Item[]>} */
+  const byType = new Map();
+  for (const item of stored) {
+    byType.set(item.type, [...(byType.get(item.type) || []), item]);
+  }
+  for (const [type, list] of byType) {
+    for (let j = 0; j < list.length; j += LOOKUP_CHUNK) {
+      const part = list.slice(j, j + LOOKUP_CHUNK);
+      const found = await medplum.searchResources(/** @type {any} */ (type), {
+        identifier: part.map((item) => CONFIG.resourceIdentifierSystem + '|' + item.mid).join(','),
+        _count: String(part.length * 2),
+      });
+      /** @type {Map<string, string>} */
+      const ids = new Map();
+      for (const r of found) {
+        const idents = Array.isArray(r.identifier) ? r.identifier : r.identifier ? [r.identifier] : [];
+        for (const i of idents) {
+          if (i && i.system === CONFIG.resourceIdentifierSystem && r.id) {
+            ids.set(String(i.value), String(r.id));
+          }
+        }
+      }
+      for (const item of part) {
+        item.medplumId = ids.get(item.mid);
+      }
+    }
+  }
+  if (stored.some((item) => !item.medplumId)) {
+    log('warn', 'checkpoint does not match what is stored; importing this patient from the start', { done });
+    for (const item of stored) {
+      delete item.medplumId;
+    }
+    return 0;
+  }
+  return done;
 }
 
 // --- fetch -----------------------------------------------------------------
@@ -1387,34 +1549,52 @@ function* chunkLevel(level, items, order, pending, summary) {
   let chunk = [];
   let bytes = 0;
   for (const item of level) {
-    const { resource, pending: waits } = materialize(item, items, order.deferred, false, summary);
-    if (waits) {
-      pending.push(item);
-    }
-    const entry = {
-      request: {
-        method: 'PUT',
-        url: item.type + '?identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid),
-      },
-      resource,
-    };
-    const size = byteLength(JSON.stringify(entry)) + 1;
-    if (BATCH_OVERHEAD + size > CONFIG.batch.maxBytes) {
-      item.failed = true;
-      summary.failures.push({ type: item.type, id: item.mid, status: '413', text: 'entry larger than batch_max_bytes' });
+    const be = upsertEntry(item, items, order, pending, summary);
+    if (!be) {
       continue;
     }
-    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + size > CONFIG.batch.maxBytes) {
+    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + be.size > CONFIG.batch.maxBytes) {
       yield chunk;
       chunk = [];
       bytes = 0;
     }
-    chunk.push({ item, entry, size });
-    bytes += size;
+    chunk.push(be);
+    bytes += be.size;
   }
   if (chunk.length) {
     yield chunk;
   }
+}
+
+/**
+ * One item's conditional PUT, built now (its references written with the ids known now); undefined when
+ * it is too large for any batch (recorded as a 413 failure).
+ * @param {Item} item
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {Item[]} pending
+ * @param {Summary} summary
+ * @returns {BatchEntry | undefined}
+ */
+function upsertEntry(item, items, order, pending, summary) {
+  const { resource, pending: waits } = materialize(item, items, order.deferred, false, summary);
+  if (waits && !pending.includes(item)) {
+    pending.push(item);
+  }
+  const entry = {
+    request: {
+      method: 'PUT',
+      url: item.type + '?identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid),
+    },
+    resource,
+  };
+  const size = byteLength(JSON.stringify(entry)) + 1;
+  if (BATCH_OVERHEAD + size > CONFIG.batch.maxBytes) {
+    item.failed = true;
+    summary.failures.push({ type: item.type, id: item.mid, status: '413', text: 'entry larger than batch_max_bytes' });
+    return undefined;
+  }
+  return { item, entry, size };
 }
 
 /**
@@ -1461,26 +1641,64 @@ function byteLength(text) {
 /**
  * Level by level (every lower level is stored before a level starts, so its references resolve), with
  * IN_FLIGHT_BATCHES batches of a level in flight: the next batch is built while the server stores the
- * previous one. The ids Medplum returns are recorded on the items.
+ * previous one. The ids Medplum returns are recorded on the items. Entries that lost a race with another
+ * run on the same data are sent again (at most ENTRY_RETRIES times) before the next level. Progress is
+ * checkpointed as batches complete in order, so a run cut off midway is resumed after the last one.
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
  * @param {Summary} summary
+ * @param {number} [start] index in order.ordered of the first item to send (a resumed run)
+ * @param {Ctx | null} [ctx]
  * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-async function sendLevels(medplum, items, order, summary) {
+async function sendLevels(medplum, items, order, summary, start, ctx) {
   /** @type {Item[]} */
   const pending = [];
-  for (const level of levels(order.ordered)) {
-    /** @type {Promise<void>[]} */
+  for (const item of order.ordered.slice(0, start || 0)) {
+    if (order.deferred.has(item.key) && item.medplumId) {
+      pending.push(item); // stored by an earlier run: its deferred references are written again below
+    }
+  }
+  let done = start || 0;
+  const patient = ctx ? ctx.patient : 0;
+  for (const level of levels(order.ordered.slice(start || 0))) {
+    /** @type { { sent: Promise<Item[]>, count: number }[] } */
     const inflight = [];
+    /** @type {Item[]} */
+    let retry = [];
+    let inOrder = true; // every batch of this level so far went through without a retry
+    const levelStart = done;
+    const settle = async () => {
+      const head = /** @type { { sent: Promise<Item[]>, count: number } } */ (inflight.shift());
+      const again = await head.sent;
+      retry = retry.concat(again);
+      inOrder = inOrder && !again.length;
+      if (inOrder) {
+        done += head.count;
+        await checkpoint(ctx, summary, patient, done);
+      }
+    };
     for (const chunk of chunkLevel(level, items, order, pending, summary)) {
-      inflight.push(sendBatch(medplum, chunk, summary)); // never rejects: failures are recorded
+      inflight.push({ sent: sendBatch(medplum, chunk, summary), count: chunk.length }); // never rejects
       if (inflight.length >= IN_FLIGHT_BATCHES) {
-        await inflight.shift();
+        await settle();
       }
     }
-    await Promise.all(inflight);
+    while (inflight.length) {
+      await settle();
+    }
+    for (let round = 1; retry.length && round <= ENTRY_RETRIES; round++) {
+      const again = retry;
+      retry = [];
+      log('info', 'entries stored by another run at the same moment; sending them again', { entries: again.length, round });
+      for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
+        const part = again.slice(j, j + CONFIG.batch.maxEntries).map((item) => upsertEntry(item, items, order, pending, summary));
+        retry = retry.concat(await sendBatch(medplum, /** @type {BatchEntry[]} */ (part.filter(Boolean)), summary, false, round === ENTRY_RETRIES));
+      }
+    }
+    done = levelStart + level.length; // all stored (a failure froze the checkpoint before)
+    await checkpoint(ctx, summary, patient, done);
   }
   return pending;
 }
@@ -1526,13 +1744,23 @@ async function sendDeferredReferences(medplum, pending, items, order, summary) {
 }
 
 /**
- * Send one batch; record ids, counts and per-entry failures.
+ * Send one batch; record ids, counts and per-entry failures. An entry that lost a race with another run
+ * writing the same resource — Medplum answers 409 (serialization failure) or, for a conditional PUT it
+ * resolved to a new id before the other run stored it, 400 "Resource ID did not match resolved ID" — is
+ * not a failure yet: it is returned to be sent again (unless `lastTry`).
  * @param {MedplumClient} medplum
  * @param { { item: Item, entry: any }[]} chunk
  * @param {Summary} summary
  * @param {boolean} [fixup]
+ * @param {boolean} [lastTry]
+ * @returns {Promise<Item[]>} the items to send again
  */
-async function sendBatch(medplum, chunk, summary, fixup) {
+async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
+  /** @type {Item[]} */
+  const again = [];
+  if (!chunk.length) {
+    return again;
+  }
   /** @type {any} */
   const bundle = { resourceType: 'Bundle', type: 'batch', entry: chunk.map((c) => c.entry) };
   /** @type {any} */
@@ -1547,7 +1775,7 @@ async function sendBatch(medplum, chunk, summary, fixup) {
       }
       summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type {any} */ (err)).status || 'error'), text });
     }
-    return;
+    return again;
   }
   const entries = (response && response.entry) || [];
   chunk.forEach(({ item }, idx) => {
@@ -1562,23 +1790,46 @@ async function sendBatch(medplum, chunk, summary, fixup) {
       if (!fixup) {
         bump(summary.imported, item.type);
       }
-    } else {
-      if (!fixup) {
-        item.failed = true;
-      }
-      summary.failures.push({
-        type: item.type,
-        id: item.mid,
-        status: status || 'error',
-        text: res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry',
-      });
+      return;
     }
+    const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
+    if (!fixup && !lastTry && (code === 409 || (code === 400 && /Resource ID did not match resolved ID/.test(text)))) {
+      again.push(item);
+      return;
+    }
+    if (!fixup) {
+      item.failed = true;
+    }
+    summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text });
   });
+  return again;
 }
 
 // ---------------------------------------------------------------------------
-// Task persistence (async mode)
+// Stored messages (async mode): one Task per messageId, processed under a lease
 // ---------------------------------------------------------------------------
+//   status      requested -> in-progress -> completed | failed   (Task.status)
+//   attempts    how many runs claimed it (extension messageTask.attemptsUrl); past maxAttempts: failed
+//   lease       in-progress until (extension leaseUrl), renewed with the checkpoint (progressUrl) at least
+//               every BEAT_MS while a run works; an expired lease means the run was cut off
+//   every write is a compare-and-set (If-Match on the version read), so two runs never both claim it
+
+const MT = CONFIG.messageTask;
+const PROC = CONFIG.processing;
+const LEASE_MS = PROC.leaseSeconds * 1000;
+/** Renew the lease (and save the checkpoint) at least this often while a run works. */
+const BEAT_MS = Math.max(500, Math.min(LEASE_MS / 4, (PROC.timeoutSeconds * 1000) / 4, 15000));
+/** Stale Tasks looked at per sweep. */
+const SWEEP_LIMIT = 50;
+
+/** Another run took this message over (its lease expired): this run stops, writing nothing more. */
+class LeaseLost extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.name = 'LeaseLost';
+  }
+}
 
 /**
  * @param {any} task
@@ -1590,13 +1841,124 @@ function isMessageTask(task) {
     task.resourceType === 'Task' &&
     task.code &&
     (task.code.coding || []).some(
-      (/** @type {any} */ c) => c && c.system === CONFIG.messageTask.system && c.code === CONFIG.messageTask.code
+      (/** @type {any} */ c) => c && c.system === MT.system && c.code === MT.code
     )
   );
 }
 
 /**
- * Persist the message as a Task (conditional create on the message id).
+ * @param {any} task
+ * @param {string} url
+ * @returns {any} the extension with that url
+ */
+function ext(task, url) {
+  return (task.extension || []).find((/** @type {any} */ e) => e && e.url === url);
+}
+
+/**
+ * A copy of the Task with the extension `url` set to `value` (e.g. {valueInteger: 2}), or removed.
+ * @param {any} task
+ * @param {string} url
+ * @param {Record<string, any> | undefined} value
+ * @returns {any}
+ */
+function withExt(task, url, value) {
+  const others = (task.extension || []).filter((/** @type {any} */ e) => !(e && e.url === url));
+  const extension = value ? others.concat([{ url, ...value }]) : others;
+  const out = { ...task, extension };
+  if (!extension.length) {
+    delete out.extension;
+  }
+  return out;
+}
+
+/**
+ * @param {any} task
+ * @returns {number}
+ */
+function attemptsOf(task) {
+  const e = ext(task, MT.attemptsUrl);
+  return e && Number.isInteger(e.valueInteger) ? e.valueInteger : 0;
+}
+
+/**
+ * @param {any} task
+ * @param {number} now
+ * @returns {boolean} in progress, and its lease ran out: the run holding it was cut off
+ */
+function leaseExpired(task, now) {
+  if (task.status !== 'in-progress') {
+    return false;
+  }
+  const e = ext(task, MT.leaseUrl);
+  const until = e ? Date.parse(e.valueDateTime) : NaN;
+  return !(until > now);
+}
+
+/**
+ * @param {any} task
+ * @returns {Checkpoint | undefined}
+ */
+function progressOf(task) {
+  const e = ext(task, MT.progressUrl);
+  try {
+    const cp = e ? JSON.parse(e.valueString) : undefined;
+    return cp && Number.isInteger(cp.patient) && Number.isInteger(cp.done) ? cp : undefined;
+  } catch (_err) {
+    return undefined;
+  }
+}
+
+/**
+ * The id of a Medplum OperationOutcome error (conflict, precondition-failed, multiple-matches, ...).
+ * @param {unknown} err
+ * @returns {string | undefined}
+ */
+function outcomeId(err) {
+  const e = /** @type {any} */ (err);
+  return e && e.outcome && typeof e.outcome.id === 'string' ? e.outcome.id : undefined;
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {string} id
+ * @returns {Promise<any>} the Task as stored now (never a cached copy)
+ */
+function readTask(medplum, id) {
+  return medplum.readResource('Task', id, { cache: 'no-cache' });
+}
+
+/**
+ * Write a new version of the Task only if it is still the version it was built from (If-Match):
+ * a compare-and-set. Throws (412 precondition-failed) when someone wrote it meanwhile.
+ * @param {MedplumClient} medplum
+ * @param {any} task built from the version whose meta.versionId it carries
+ * @returns {Promise<any>}
+ */
+function casUpdate(medplum, task) {
+  const vid = task.meta && task.meta.versionId;
+  return medplum.updateResource(task, vid ? { headers: { 'If-Match': 'W/"' + vid + '"' } } : undefined);
+}
+
+/**
+ * The stored Tasks for a message id, oldest first.
+ * @param {MedplumClient} medplum
+ * @param {string} messageId
+ * @returns {Promise<any[]>}
+ */
+async function findMessageTasks(medplum, messageId) {
+  const found = await medplum.searchResources('Task', { identifier: MT.identifierSystem + '|' + messageId, _count: '10' });
+  return [...found].sort((a, b) =>
+    String(a.authoredOn || '') < String(b.authoredOn || '') ? -1 : String(a.authoredOn || '') > String(b.authoredOn || '') ? 1 : String(a.id) < String(b.id) ? -1 : 1
+  );
+}
+
+/**
+ * Persist the message as a Task: one per messageId, even when it is delivered several times at the same
+ * moment. Medplum runs a conditional create (If-None-Exist) in a SERIALIZABLE transaction, so two
+ * simultaneous ones cannot both create: the loser finds the winner's Task (200) — or, when its retry
+ * conflicts too, gets 409, and then reads the Task the winner stored. A Task stored before already is
+ * resumed when its processing was cut off, re-queued when it failed, and left alone otherwise.
  * @param {MedplumClient} medplum
  * @param {any} msg
  * @param {string} raw
@@ -1610,31 +1972,224 @@ async function persistMessage(medplum, msg, raw) {
     status: 'requested',
     intent: 'order',
     code: {
-      coding: [{ system: CONFIG.messageTask.system, code: CONFIG.messageTask.code }],
+      coding: [{ system: MT.system, code: MT.code }],
       text: 'Metriport webhook message',
     },
-    identifier: [{ system: CONFIG.messageTask.identifierSystem, value: messageId }],
+    identifier: [{ system: MT.identifierSystem, value: messageId }],
+    authoredOn: new Date().toISOString(),
     description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
     input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
   };
-  const saved = await medplum.createResourceIfNoneExist(
-    task,
-    'identifier=' + encodeURIComponent(CONFIG.messageTask.identifierSystem + '|' + messageId)
-  );
-  if (saved.status === 'failed') {
-    // A replay of a failed message: put it back in the queue.
-    const requeued = { ...saved, status: /** @type {const} */ ('requested') };
-    delete requeued.statusReason;
-    delete requeued.output;
-    log('info', 'failed message delivered again; re-queued', { task: saved.id, messageId });
-    return medplum.updateResource(requeued);
+  /** @type {any} */
+  let saved;
+  for (let attempt = 1; !saved; attempt++) {
+    try {
+      saved = await medplum.createResourceIfNoneExist(
+        task,
+        'identifier=' + encodeURIComponent(MT.identifierSystem + '|' + messageId)
+      );
+    } catch (err) {
+      const id = outcomeId(err);
+      // 409: a simultaneous delivery of this message won the serializable transaction (and our retry lost
+      // too); 412: stored more than once already (by a version before this one). Either way: read it.
+      if (id !== 'conflict' && id !== 'multiple-matches') {
+        throw err;
+      }
+      const found = await findMessageTasks(medplum, messageId);
+      if (found.length) {
+        saved = found[0];
+        log('info', 'message stored by a simultaneous delivery', { task: saved.id, messageId, outcome: id });
+      } else if (attempt >= 3) {
+        throw err;
+      }
+    }
+  }
+  return reviveStoredMessage(medplum, saved, messageId);
+}
+
+/**
+ * A message delivered again: resume it when its processing was cut off, re-queue it when it failed
+ * (attempts start over: a redelivery is a new chance), nudge it when it waited long for a run.
+ * @param {MedplumClient} medplum
+ * @param {any} saved
+ * @param {string} messageId
+ * @returns {Promise<any>}
+ */
+async function reviveStoredMessage(medplum, saved, messageId) {
+  const now = Date.now();
+  try {
+    if (saved.status === 'failed') {
+      log('info', 'failed message delivered again; re-queued', { task: saved.id, messageId });
+      return await requeue(medplum, saved, true);
+    }
+    if (leaseExpired(saved, now)) {
+      log('warn', 'message delivered again while its processing was cut off; resumed', { task: saved.id, messageId });
+      return await requeue(medplum, saved, false);
+    }
+    if (saved.status === 'requested' && Date.parse((saved.meta && saved.meta.lastUpdated) || '') < now - LEASE_MS) {
+      log('warn', 'message delivered again while it waited for processing; nudged', { task: saved.id, messageId });
+      return await nudge(medplum, saved);
+    }
+  } catch (err) {
+    if (outcomeId(err) !== 'precondition-failed') {
+      throw err;
+    }
+    // someone else changed it at this moment: it is being handled
   }
   return saved;
 }
 
 /**
+ * Put a stored message back in the queue (status requested: the Task subscription runs it again).
+ * @param {MedplumClient} medplum
+ * @param {any} task
+ * @param {boolean} fresh attempts start over and the old outcome goes (a failed message given a new chance)
+ * @returns {Promise<any>}
+ */
+function requeue(medplum, task, fresh) {
+  let next = withExt({ ...task, status: 'requested', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  if (fresh) {
+    next = withExt(next, MT.attemptsUrl, undefined);
+    delete next.statusReason;
+    delete next.output;
+  }
+  return casUpdate(medplum, next);
+}
+
+/**
+ * A new version of a requested Task, so that the Task subscription fires again (its delivery was lost,
+ * e.g. the server restarted before it ran).
+ * @param {MedplumClient} medplum
+ * @param {any} task
+ * @returns {Promise<any>}
+ */
+function nudge(medplum, task) {
+  return casUpdate(medplum, { ...task, lastModified: new Date().toISOString() });
+}
+
+/**
+ * Find stored messages whose processing was cut off (lease expired) or never ran (requested for longer
+ * than a lease), and put them back in the queue. Run by cron (Bot.cronString; needs the Project feature
+ * `cron`) and after each processed message.
+ * @param {MedplumClient} medplum
+ * @param {string} [exclude] a Task id to leave alone (the one this run holds)
+ * @returns {Promise<{ resumed: number, nudged: number }>}
+ */
+async function sweep(medplum, exclude) {
+  const now = Date.now();
+  const code = MT.system + '|' + MT.code;
+  const out = { resumed: 0, nudged: 0 };
+  const inProgress = await medplum.searchResources('Task', { code, status: 'in-progress', _count: String(SWEEP_LIMIT) });
+  for (const t of inProgress) {
+    if (t.id !== exclude && leaseExpired(t, now)) {
+      try {
+        await requeue(medplum, t, false);
+        out.resumed++;
+        log('warn', 'processing was cut off (lease expired); resumed', { task: t.id, attempts: attemptsOf(t) });
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed') {
+          throw err;
+        }
+      }
+    }
+  }
+  const waiting = await medplum.searchResources('Task', {
+    code,
+    status: 'requested',
+    _lastUpdated: 'lt' + new Date(now - LEASE_MS).toISOString(),
+    _count: String(SWEEP_LIMIT),
+  });
+  for (const t of waiting) {
+    if (t.id !== exclude) {
+      try {
+        await nudge(medplum, t);
+        out.nudged++;
+        log('warn', 'message waited for processing longer than a lease; nudged', { task: t.id });
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed') {
+          throw err;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The claim a run holds on a stored message: it renews it (with the checkpoint) while it works, and
+ * writes the outcome only while it still holds it.
+ */
+class Lease {
+  /**
+   * @param {MedplumClient} medplum
+   * @param {any} task the Task as this run claimed it
+   */
+  constructor(medplum, task) {
+    this.medplum = medplum;
+    this.taskId = String(task.id);
+    this.attempt = attemptsOf(task);
+    /** @type {Checkpoint | undefined} */
+    this.checkpoint = progressOf(task);
+    this.lastBeat = Date.now();
+  }
+
+  /**
+   * @param {any} cur the Task as stored now
+   */
+  verify(cur) {
+    if (cur.status !== 'in-progress' || attemptsOf(cur) !== this.attempt) {
+      throw new LeaseLost('Task/' + this.taskId + ' was taken over by another run (attempt ' + attemptsOf(cur) +
+        ', status ' + cur.status + '); this run (attempt ' + this.attempt + ') stops');
+    }
+  }
+
+  /**
+   * Save the checkpoint (when given) and renew the lease, if BEAT_MS passed since the last time (or `force`).
+   * @param {Checkpoint | undefined} cp
+   * @param {boolean} [force]
+   */
+  async beat(cp, force) {
+    if (cp) {
+      this.checkpoint = cp;
+    }
+    if (!force && Date.now() - this.lastBeat < BEAT_MS) {
+      return;
+    }
+    await this.write((cur) => {
+      let next = withExt({ ...cur, lastModified: new Date().toISOString() }, MT.leaseUrl, {
+        valueDateTime: new Date(Date.now() + LEASE_MS).toISOString(),
+      });
+      if (this.checkpoint) {
+        next = withExt(next, MT.progressUrl, { valueString: JSON.stringify(this.checkpoint) });
+      }
+      return next;
+    });
+    this.lastBeat = Date.now();
+  }
+
+  /**
+   * Write `build(current Task)` while this run holds the lease (compare-and-set, re-read on a race).
+   * @param {(cur: any) => any} build
+   * @returns {Promise<any>}
+   */
+  async write(build) {
+    for (let i = 1; ; i++) {
+      const cur = await readTask(this.medplum, this.taskId);
+      this.verify(cur);
+      try {
+        return await casUpdate(this.medplum, build(cur));
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed' || i >= 5) {
+          throw err;
+        }
+      }
+    }
+  }
+}
+
+/**
  * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
- * number of failures and the first 20); the summary kept as its output either way.
+ * number of failures and the first 20); the summary kept as its output either way; the lease released.
  * @param {any} task the Task as stored now
  * @param {Summary} summary
  * @param {string | undefined} fatal
@@ -1642,7 +2197,11 @@ async function persistMessage(medplum, msg, raw) {
  */
 function taskOutcome(task, summary, fatal) {
   const failed = !!fatal || summary.failures.length > 0;
-  const done = { ...task, status: failed ? 'failed' : 'completed' };
+  let done = withExt({ ...task, status: failed ? 'failed' : 'completed', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  if (!failed) {
+    done = withExt(done, MT.progressUrl, undefined);
+  }
+  done.executionPeriod = { ...(task.executionPeriod || {}), end: new Date().toISOString() };
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
   if (failed) {
     done.statusReason = {
@@ -1658,7 +2217,8 @@ function taskOutcome(task, summary, fatal) {
 }
 
 /**
- * Process a stored message Task (Subscription on requested message Tasks).
+ * Process a stored message Task (Subscription on requested message Tasks): claim it (compare-and-set:
+ * one run wins), process it from its checkpoint, write the outcome — unless another run took it over.
  * @param {MedplumClient} medplum
  * @param {any} event
  * @param {string} taskId
@@ -1667,7 +2227,7 @@ async function processTask(medplum, event, taskId) {
   /** @type {any} */
   let task;
   try {
-    task = await medplum.readResource('Task', taskId);
+    task = await readTask(medplum, taskId);
   } catch (err) {
     log('warn', 'Task not found; nothing to do', { task: taskId });
     return { status: 'ignored', reason: 'task-not-found' };
@@ -1679,15 +2239,32 @@ async function processTask(medplum, event, taskId) {
   if (task.status !== 'requested') {
     return { status: 'ignored', reason: 'task-' + task.status };
   }
+  const attempt = attemptsOf(task) + 1;
+  const now = new Date().toISOString();
+  if (attempt > PROC.maxAttempts) {
+    // Bounded: every attempt so far was cut off before it finished.
+    const reason = 'processing was cut off ' + (attempt - 1) + ' time(s) before it finished (webhook_bot.max_attempts = ' +
+      PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
+      '). The message is kept: `medport replay --failed` runs it again.';
+    try {
+      await casUpdate(medplum, { ...task, status: 'failed', lastModified: now, statusReason: { text: reason } });
+    } catch (err) {
+      return { status: 'ignored', reason: 'task-taken' };
+    }
+    log('warn', 'message failed: ' + reason, { task: taskId });
+    return { status: 'failed', task: 'Task/' + taskId, reason: 'max-attempts' };
+  }
   try {
-    task = await medplum.patchResource('Task', taskId, [
-      { op: 'test', path: '/meta/versionId', value: task.meta.versionId },
-      { op: 'replace', path: '/status', value: 'in-progress' },
-    ]);
+    let claim = withExt({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }, MT.attemptsUrl, { valueInteger: attempt });
+    claim = withExt(claim, MT.leaseUrl, { valueDateTime: new Date(Date.now() + LEASE_MS).toISOString() });
+    task = await casUpdate(medplum, claim);
   } catch (err) {
     log('info', 'Task taken by another run; ignored', { task: taskId });
     return { status: 'ignored', reason: 'task-taken' };
   }
+  const lease = new Lease(medplum, task);
+  /** @type {Ctx} */
+  const ctx = { lease, resume: lease.checkpoint, patient: 0, failuresAtStart: 0, frozen: false };
   const input = (task.input || []).find((/** @type {any} */ i) => typeof i.valueString === 'string');
   /** @type {Summary} */
   let summary;
@@ -1695,23 +2272,42 @@ async function processTask(medplum, event, taskId) {
   let fatal;
   try {
     const msg = JSON.parse(input ? input.valueString : '');
-    summary = await processMessage(medplum, event, msg);
+    summary = await processMessage(medplum, event, msg, ctx);
   } catch (err) {
+    if (err instanceof LeaseLost) {
+      log('warn', err.message, { task: taskId });
+      return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+    }
     summary = newSummary(undefined);
     fatal = errorText(err);
   }
-  const done = taskOutcome(await medplum.readResource('Task', taskId), summary, fatal);
+  /** @type {any} */
+  let done;
+  try {
+    done = await lease.write((cur) => taskOutcome(cur, summary, fatal));
+  } catch (err) {
+    if (err instanceof LeaseLost) {
+      log('warn', err.message, { task: taskId });
+      return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+    }
+    throw err;
+  }
   const failed = done.status === 'failed';
-  await medplum.updateResource(done);
   log(failed ? 'warn' : 'info', 'message ' + (failed ? 'failed' : 'processed'), {
     task: taskId,
     messageId: summary.messageId,
     type: summary.type,
+    attempt,
     imported: summary.imported,
     skipped: summary.skipped,
     failures: summary.failures.length,
   });
-  return { status: failed ? 'failed' : 'completed', task: 'Task/' + taskId, summary };
+  try {
+    await sweep(medplum, taskId); // others cut off meanwhile: resume them now rather than at the next cron run
+  } catch (err) {
+    log('warn', 'sweep after the message failed: ' + errorText(err));
+  }
+  return { status: failed ? 'failed' : 'completed', task: 'Task/' + taskId, attempt, summary };
 }
 
 // ---------------------------------------------------------------------------
@@ -1729,6 +2325,12 @@ exports.handler = async (medplum, event) => {
   if (input && typeof input === 'object' && input.resourceType === 'Task') {
     // Triggered by the Subscription: never trust the body, re-read the Task.
     return processTask(medplum, event, String(input.id || ''));
+  }
+  if (input && typeof input === 'object' && input.resourceType === 'Bot') {
+    // Cron (Bot.cronString): Medplum passes the Bot itself. Resume what was cut off.
+    const swept = await sweep(medplum);
+    log(swept.resumed || swept.nudged ? 'warn' : 'info', 'sweep done', swept);
+    return { sweep: swept };
   }
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
@@ -1753,11 +2355,11 @@ exports.handler = async (medplum, event) => {
 
   if (CONFIG.asyncProcessing) {
     const task = await persistMessage(medplum, msg, raw);
-    log('info', 'message stored for processing', { messageId, type, task: task.id });
+    log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
     return { received: true, messageId, task: 'Task/' + task.id };
   }
   try {
-    const summary = await processMessage(medplum, event, msg);
+    const summary = await processMessage(medplum, event, msg, null);
     log(summary.failures.length ? 'warn' : 'info', 'message processed', {
       messageId,
       type,

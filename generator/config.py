@@ -21,6 +21,8 @@ from typing import Any, get_type_hints
 
 import jsonschema
 
+from medport.emulator.cronexpr import is_valid_cron
+
 CONFIG_FILENAME = "medport.toml"
 
 
@@ -90,6 +92,9 @@ class WebhookBotSection:
     async_processing: bool
     resources: tuple[str, ...]
     timeout: int
+    max_attempts: int
+    lease_seconds: int
+    sweep_cron: str
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,10 @@ def _semantic_problems(raw: dict) -> list[str]:
     r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
+    cron = webhook.get("sweep_cron")
+    if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
+        problems.append(f"webhook_bot.sweep_cron: {cron!r} is not a 5-field cron expression (minute hour "
+                        "day-of-month month day-of-week, e.g. '*/5 * * * *'); Medplum would ignore it")
     return problems
 
 

@@ -41,6 +41,7 @@ class DeployResult:
     client_id: str = ""
     client_secret: str | None = None     # only when the client was created by this run
     webhook_url: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _same(existing: dict | None, desired: dict) -> bool:
@@ -92,6 +93,25 @@ class Deployer:
             if not self.project_id:
                 raise MedplumError("read project", "the server did not say which project these credentials belong to — pass --project")
         self.result.project_id = self.project_id
+
+    def _features(self) -> None:
+        """Project.features the bots need: `bots` to run at all, `cron` for the sweep that resumes messages
+        whose processing was cut off. Only a Medplum super admin can enable them: warn, do not fail."""
+        try:
+            project = self.http.fhir("read project features", "GET", f"Project/{self.project_id}")
+        except MedplumError:
+            return  # the credentials may not read the Project: nothing to say
+        have = set(project.get("features") or [])
+        need = {"bots": "the bots cannot run"}
+        if self.cfg.webhook_bot.sweep_cron.strip():
+            need["cron"] = ("the webhook bot's sweep (webhook_bot.sweep_cron) never runs: a message whose processing "
+                            "was cut off is then resumed only when it is delivered again, when another message is "
+                            "processed, or by `medport replay --failed`")
+        for feature, why in need.items():
+            if feature not in have:
+                msg = f"Project {self.project_id} lacks the feature '{feature}': {why}. Ask your Medplum administrator to enable it."
+                self.result.warnings.append(msg)
+                self.echo(f"  warning   {msg}")
 
     def _policies(self) -> None:
         for desired in access_policies(self.cfg):
@@ -238,6 +258,7 @@ class Deployer:
     def run(self) -> DeployResult:
         self.http.login()
         self._project()
+        self._features()
         self._policies()
         self._bots()
         self._client()
@@ -281,6 +302,8 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
         raise click.ClickException(f"deploy failed at {e}") from None
     counts = {s: sum(1 for c in result.changes if c.status == s) for s in {c.status for c in result.changes}}
     click.echo("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for w in result.warnings:
+        click.echo(click.style(f"warning: {w}", fg="yellow"))
     if dry_run:
         click.echo("dry run: nothing was changed")
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from .config import BotSpec, Config
-from .render import MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, SUPPORTED_INTERACTION_EXT
+from .render import MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE, SUPPORTED_INTERACTION_EXT
 
 READ = ["read", "vread", "search", "history"]
 # Which access policy each deployed principal runs under (keys are the policy tags).
@@ -36,9 +36,13 @@ def access_policies(cfg: Config) -> list[dict]:
     allowed = cfg.webhook_bot.resources
     return [
         # The patient bot reads the Patient and its managingOrganization (facility id) and writes back the Metriport id.
+        # It also leaves a review Task (and reads it back) when it refuses to link a second Patient to a
+        # Metriport patient: only Tasks of that code.
         _policy(system, "patient-bot-policy", f"{cfg.bots.patient.name} (medport)", [
             {"resourceType": "Patient", "interaction": [*READ, "update"]},
             {"resourceType": "Organization", "interaction": READ},
+            {"resourceType": "Task", "interaction": [*READ, "create"],
+             "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}"},
         ]),
         # The webhook bot stores messages as Tasks, reads Patients, and writes only the allowed clinical types.
         _policy(system, "webhook-bot-policy", f"{webhook.name} (medport)", [
@@ -67,6 +71,9 @@ def bot_resource(cfg: Config, spec: BotSpec) -> dict:
     }
     if spec.key == "webhook_bot":
         bot["rawBody"] = True  # the signature is computed over the exact body text
+        if cfg.webhook_bot.sweep_cron.strip():
+            # the sweep that resumes messages whose processing was cut off (needs the Project feature `cron`)
+            bot["cronString"] = cfg.webhook_bot.sweep_cron.strip()
     return bot
 
 

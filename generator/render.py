@@ -17,6 +17,14 @@ FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-
 MESSAGE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/webhook-message-id"
 MESSAGE_TASK_CODE = "metriport-webhook-message"
 SUPPORTED_INTERACTION_EXT = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
+# Resumable processing: the state a stored message carries (Task extensions; see the webhook bot).
+MESSAGE_ATTEMPTS_EXT = "https://medport.dev/fhir/StructureDefinition/message-attempts"
+MESSAGE_LEASE_EXT = "https://medport.dev/fhir/StructureDefinition/message-lease-expires"
+MESSAGE_PROGRESS_EXT = "https://medport.dev/fhir/StructureDefinition/message-progress"
+# One Medplum Patient per Metriport patient: the review Task the patient bot leaves when it refuses a link.
+PATIENT_CONFLICT_TASK_CODE = "metriport-patient-conflict"
+PATIENT_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
+QUERY_FAILED_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-query-failed"
 
 
 def _retry(cfg: Config) -> dict:
@@ -48,6 +56,9 @@ def patient_bot_config(cfg: Config) -> dict:
         **_bot_basics(cfg, cfg.bots.patient),
         "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
+        "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
+        "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
+                         "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM},
         "flow": cfg.patient_bot.flow,
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
@@ -63,7 +74,11 @@ def webhook_bot_config(cfg: Config) -> dict:
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
         "verifySignature": cfg.webhook_bot.verify_signature,
         "asyncProcessing": cfg.webhook_bot.async_processing,
-        "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM},
+        "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM,
+                        "attemptsUrl": MESSAGE_ATTEMPTS_EXT, "leaseUrl": MESSAGE_LEASE_EXT,
+                        "progressUrl": MESSAGE_PROGRESS_EXT},
+        "processing": {"maxAttempts": cfg.webhook_bot.max_attempts, "leaseSeconds": cfg.webhook_bot.lease_seconds,
+                       "timeoutSeconds": cfg.webhook_bot.timeout, "sweep": bool(cfg.webhook_bot.sweep_cron.strip())},
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
         "requiredElements": required_elements(allowed),

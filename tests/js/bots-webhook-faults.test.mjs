@@ -1,0 +1,251 @@
+// Webhook bot under the faults production throws: simultaneous deliveries (409 from Medplum's serializable
+// conditional create), a run cut off mid-import (lease expiry, sweep, resume from the checkpoint, the old
+// run stopping when it wakes up), bounded attempts, redelivery of a stuck message, entries that lost a race,
+// and messages naming a Patient that does not hold the Metriport id.
+import { test, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { OperationOutcomeError, conflict, badRequest } from '@medplum/core';
+import { createMedplum } from './harness/medplum.mjs';
+import { runBot } from './harness/vm.mjs';
+import { webhookBot } from './harness/render.mjs';
+import { startFakeMetriport } from './harness/metriport.mjs';
+
+const KEY = 'whk-test-KEY';
+const PATIENT_SYSTEM = 'https://metriport.com/fhir/identifiers/patient-id';
+const RES_SYSTEM = 'https://metriport.com/fhir/identifiers/resource-id';
+const MSG_SYSTEM = 'https://metriport.com/fhir/identifiers/webhook-message-id';
+const ATTEMPTS = 'https://medport.dev/fhir/StructureDefinition/message-attempts';
+const LEASE = 'https://medport.dev/fhir/StructureDefinition/message-lease-expires';
+const PROGRESS = 'https://medport.dev/fhir/StructureDefinition/message-progress';
+const CFG = { retry: { initial_delay_ms: 1, max_delay_ms: 5 }, webhook_bot: { lease_seconds: 2, max_attempts: 3 }, import: { batch_max_entries: 10 } };
+const SYNC = { ...CFG, webhook_bot: { ...CFG.webhook_bot, async_processing: false } };
+
+let fake;
+before(async () => { fake = await startFakeMetriport(); });
+after(async () => { await fake.close(); });
+beforeEach(() => fake.reset());
+
+const sign = (raw) => crypto.createHmac('sha256', KEY).update(raw).digest('hex');
+const secrets = () => ({
+  METRIPORT_WEBHOOK_KEY: { name: 'METRIPORT_WEBHOOK_KEY', valueString: KEY },
+  METRIPORT_API_KEY: { name: 'METRIPORT_API_KEY', valueString: 'sk-test' },
+  METRIPORT_BASE_URL: { name: 'METRIPORT_BASE_URL', valueString: fake.url },
+});
+let seq = 0;
+const ext = (t, url) => (t.extension || []).find((e) => e.url === url);
+
+async function deliver(medplum, message, config = CFG) {
+  const body = JSON.stringify(message);
+  return runBot(webhookBot(config), medplum, { input: body, headers: { 'x-metriport-signature': sign(body) }, secrets: secrets() });
+}
+const runTask = (medplum, id, config = CFG) => runBot(webhookBot(config), medplum, { input: { resourceType: 'Task', id }, secrets: secrets() });
+const runCron = (medplum, config = CFG) => runBot(webhookBot(config), medplum, { input: { resourceType: 'Bot', id: 'bot-1' }, contentType: 'application/fhir+json', secrets: secrets() });
+
+function bigBundle(mid, n = 120) {
+  const entry = [{ fullUrl: 'urn:uuid:' + mid, resource: { resourceType: 'Patient', id: mid } }];
+  for (let i = 0; i < 10; i++) entry.push({ resource: { resourceType: 'Encounter', id: 'enc-' + i, status: 'finished', class: { code: 'AMB' }, subject: { reference: 'Patient/' + mid } } });
+  for (let i = 0; i < n; i++) entry.push({ resource: { resourceType: 'Observation', id: 'obs-' + i, status: 'final', code: { text: 'o' + i }, subject: { reference: 'Patient/' + mid }, encounter: { reference: 'Encounter/enc-' + (i % 10) } } });
+  for (let i = 0; i < 5; i++) entry.push({ resource: { resourceType: 'DiagnosticReport', id: 'dr-' + i, status: 'final', code: { text: 'dr' }, subject: { reference: 'Patient/' + mid }, result: [{ reference: 'Observation/obs-' + i }, { reference: 'Observation/obs-' + (n - 1 - i) }] } });
+  return { resourceType: 'Bundle', type: 'searchset', entry };
+}
+
+function consolidated(medplumPatientId, mid, bundle) {
+  const name = 'b-' + ++seq + '.json';
+  const url = fake.serveJson(name, bundle);
+  const inner = { resourceType: 'Bundle', type: 'searchset', total: 1, entry: [{ resource: { resourceType: 'DocumentReference', status: 'current', content: [{ attachment: { contentType: 'application/json', url } }] } }] };
+  return { meta: { messageId: 'msg-' + ++seq, when: '2026-11-22T00:00:00.000Z', type: 'medical.consolidated-data', data: { medplumPatientId } }, patients: [{ patientId: mid, externalId: medplumPatientId, status: 'completed', bundle: inner }] };
+}
+
+const patient = (medplum, mid) => medplum.createResource({ resourceType: 'Patient', name: [{ family: 'X' }], ...(mid ? { identifier: [{ system: PATIENT_SYSTEM, value: mid }] } : {}) });
+
+async function counts(medplum) {
+  const out = {};
+  for (const t of ['Encounter', 'Observation', 'DiagnosticReport']) {
+    const all = await medplum.searchResources(t, { identifier: RES_SYSTEM + '|', _count: '1000' });
+    const mids = all.map((r) => r.identifier.find((i) => i.system === RES_SYSTEM).value);
+    assert.equal(new Set(mids).size, mids.length, t + ': two resources share a Metriport id');
+    out[t] = all.length;
+  }
+  return out;
+}
+
+async function expireLease(medplum, id) {
+  const t = await medplum.readResource('Task', id);
+  const extension = (t.extension || []).filter((e) => e.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]);
+  return medplum.updateResource({ ...t, extension });
+}
+
+test('simultaneous delivery: a 409 from the conditional create reads the Task the other delivery stored', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-409');
+  const msg = consolidated(p.id, 'mpt-409', bigBundle('mpt-409', 5));
+  const orig = medplum.repo.conditionalCreate.bind(medplum.repo);
+  let raced = 0;
+  medplum.repo.conditionalCreate = async (resource, search, options) => {
+    if (resource.resourceType === 'Task' && !raced++) {
+      await orig(resource, search, options); // the other delivery commits first ...
+      throw new OperationOutcomeError(conflict('could not serialize access due to concurrent update', '40001')); // ... we lose
+    }
+    return orig(resource, search, options);
+  };
+  const r = await deliver(medplum, msg);
+  assert.equal(r.ok, true, r.logText);
+  const tasks = await medplum.searchResources('Task', { identifier: MSG_SYSTEM + '|' + msg.meta.messageId });
+  assert.equal(tasks.length, 1);
+  assert.equal(r.result.task, 'Task/' + tasks[0].id);
+  const again = await deliver(medplum, msg);
+  assert.equal(again.result.task, r.result.task);
+  assert.equal((await medplum.searchResources('Task', { identifier: MSG_SYSTEM + '|' + msg.meta.messageId })).length, 1);
+});
+
+test('cut off mid-import: the sweep resumes it from the checkpoint; the result equals an uninterrupted run; the old run stops', async () => {
+  // reference: an uninterrupted run
+  const ref = await createMedplum();
+  const rp = await patient(ref, 'mpt-cut');
+  const clean = await deliver(ref, consolidated(rp.id, 'mpt-cut', bigBundle('mpt-cut')), SYNC);
+  assert.deepEqual(clean.result.summary.failures, []);
+  const expected = await counts(ref);
+
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-cut');
+  const msg = consolidated(p.id, 'mpt-cut', bigBundle('mpt-cut'));
+  const stored = await deliver(medplum, msg);
+  const taskId = stored.result.task.split('/')[1];
+  // The first run sends 6 batches slowly, then hangs forever in the 7th (as if its process died).
+  const origBatch = medplum.executeBatch;
+  let sent = 0;
+  let release;
+  const hung = new Promise((r) => { release = r; });
+  medplum.executeBatch = async (bundle, options) => {
+    if (++sent === 7) await hung;
+    await new Promise((r) => setTimeout(r, 120));
+    return origBatch(bundle, options);
+  };
+  const firstRun = runTask(medplum, taskId);
+  while (sent < 7) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 400)); // the batch in flight beside the hung one lands
+  let task = await medplum.readResource('Task', taskId);
+  assert.equal(task.status, 'in-progress');
+  assert.equal(ext(task, ATTEMPTS).valueInteger, 1);
+  const cp = JSON.parse(ext(task, PROGRESS).valueString);
+  assert.ok(cp.done > 0 && cp.done <= 60, JSON.stringify(cp));
+  const partial = await counts(medplum);
+  assert.ok(partial.Observation < expected.Observation);
+
+  // the lease is not expired yet: the sweep leaves it alone
+  const early = await runCron(medplum);
+  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0 });
+  // ... time passes without a heartbeat: the sweep puts it back in the queue, keeping attempts and checkpoint
+  await expireLease(medplum, taskId);
+  const swept = await runCron(medplum);
+  assert.equal(swept.ok, true, swept.logText);
+  assert.equal(swept.result.sweep.resumed, 1);
+  task = await medplum.readResource('Task', taskId);
+  assert.equal(task.status, 'requested');
+  const resentEntries = [];
+  const mockBatch = Object.getPrototypeOf(medplum).executeBatch.bind(medplum);
+  medplum.executeBatch = async (bundle, options) => { resentEntries.push(...bundle.entry); return mockBatch(bundle, options); };
+  const second = await runTask(medplum, taskId);
+  assert.equal(second.ok, true, second.logText);
+  assert.equal(second.result.status, 'completed', second.logText);
+  assert.equal(second.result.attempt, 2);
+  assert.match(second.logText, /resuming a message cut off earlier/);
+  assert.equal(resentEntries.length, 135 - cp.done, `the resumed run sends only what the checkpoint says is not stored`);
+  assert.deepEqual(await counts(medplum), expected);
+  task = await medplum.readResource('Task', taskId);
+  assert.equal(task.status, 'completed');
+  assert.equal(ext(task, PROGRESS), undefined);
+  assert.equal(JSON.parse(task.output[0].valueString).imported.Observation, 120);
+  // The first run wakes up: its lease is gone, it stops and writes nothing.
+  release();
+  const old = await firstRun;
+  assert.equal(old.ok, true, old.logText);
+  assert.equal(old.result.status, 'abandoned', old.logText);
+  assert.equal((await medplum.readResource('Task', taskId)).status, 'completed');
+  assert.deepEqual(await counts(medplum), expected);
+});
+
+test('attempts are bounded: past max_attempts the message fails with the reason, kept for replay', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-max');
+  const stored = await deliver(medplum, consolidated(p.id, 'mpt-max', bigBundle('mpt-max', 3)));
+  const id = stored.result.task.split('/')[1];
+  const t = await medplum.readResource('Task', id);
+  await medplum.updateResource({ ...t, extension: [{ url: ATTEMPTS, valueInteger: 3 }] });
+  const r = await runTask(medplum, id);
+  assert.equal(r.result.status, 'failed');
+  const failed = await medplum.readResource('Task', id);
+  assert.equal(failed.status, 'failed');
+  assert.match(failed.statusReason.text, /cut off 3 time\(s\).*max_attempts = 3.*replay --failed/);
+});
+
+test('the same message delivered again while its processing is cut off: resumed', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-re');
+  const msg = consolidated(p.id, 'mpt-re', bigBundle('mpt-re', 3));
+  const stored = await deliver(medplum, msg);
+  const id = stored.result.task.split('/')[1];
+  const t = await medplum.readResource('Task', id);
+  await medplum.updateResource({ ...t, status: 'in-progress', extension: [{ url: ATTEMPTS, valueInteger: 1 }, { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] });
+  await deliver(medplum, msg); // lease still running: left alone
+  assert.equal((await medplum.readResource('Task', id)).status, 'in-progress');
+  await expireLease(medplum, id);
+  const again = await deliver(medplum, msg);
+  assert.equal(again.result.task, 'Task/' + id);
+  const resumed = await medplum.readResource('Task', id);
+  assert.equal(resumed.status, 'requested');
+  assert.equal(ext(resumed, ATTEMPTS).valueInteger, 1);
+  const r = await runTask(medplum, id);
+  assert.equal(r.result.status, 'completed', r.logText);
+  assert.equal(r.result.attempt, 2);
+});
+
+test('entries that lost a race with another run are sent again, not failed', async () => {
+  let lost = 0;
+  const medplum = await createMedplum({ failWhen: (r) => (r.resourceType === 'Observation' && lost++ < 3 ? 'Resource ID did not match resolved ID' : undefined) });
+  const p = await patient(medplum, 'mpt-race');
+  const r = await deliver(medplum, consolidated(p.id, 'mpt-race', bigBundle('mpt-race', 20)), SYNC);
+  assert.equal(r.ok, true, r.logText);
+  assert.deepEqual(r.result.summary.failures, []);
+  assert.equal(r.result.summary.imported.Observation, 20);
+  assert.match(r.logText, /sending them again/);
+});
+
+test('import refused when the metadata names a Patient that does not hold the Metriport id, or two Patients hold it', async () => {
+  const medplum = await createMedplum();
+  const a = await patient(medplum, 'mpt-own');
+  const b = await patient(medplum); // not linked
+  const r = await deliver(medplum, consolidated(b.id, 'mpt-own', bigBundle('mpt-own', 3)), SYNC);
+  assert.equal(r.result.summary.failures.length, 1);
+  const f = r.result.summary.failures[0];
+  assert.equal(f.status, 'refused');
+  assert.match(f.text, new RegExp('Patient/' + b.id + '.*does not hold Metriport patient mpt-own.*Patient/' + a.id));
+  assert.deepEqual(r.result.summary.imported, {});
+  assert.equal(fake.downloads.length, 0, 'nothing downloaded');
+  await patient(medplum, 'mpt-own'); // a second holder
+  const r2 = await deliver(medplum, consolidated(a.id, 'mpt-own', bigBundle('mpt-own', 3)), SYNC);
+  assert.equal(r2.result.summary.failures[0].status, 'refused');
+  assert.match(r2.result.summary.failures[0].text, /linked to 2 Medplum Patients/);
+  assert.equal((await medplum.searchResources('Observation', { identifier: RES_SYSTEM + '|' })).length, 0);
+  // document conversion for an unlinked Patient: no consolidated query either
+  const conv = { meta: { messageId: 'conv-' + ++seq, when: 'x', type: 'medical.document-conversion', data: { medplumPatientId: b.id } }, patients: [{ patientId: 'mpt-nobody', status: 'completed' }] };
+  const r3 = await deliver(medplum, conv, SYNC);
+  assert.equal(r3.result.summary.queriesStarted, 0);
+  assert.equal(r3.result.summary.failures[0].status, 'not-found');
+  assert.equal(fake.calls.length, 0);
+});
+
+test('a requested message whose delivery was lost (e.g. a restart) is nudged by the sweep', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-lost');
+  const stored = await deliver(medplum, consolidated(p.id, 'mpt-lost', bigBundle('mpt-lost', 2)));
+  const id = stored.result.task.split('/')[1];
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0 });
+  await new Promise((r) => setTimeout(r, 2100)); // lease_seconds = 2
+  const before = (await medplum.readResource('Task', id)).meta.versionId;
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1 });
+  const after = await medplum.readResource('Task', id);
+  assert.equal(after.status, 'requested');
+  assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
+});
