@@ -51,8 +51,15 @@ def create_patient(stack, first: str, org_id: str | None, **overrides) -> dict:
     return stack.admin.fhir("create Patient", "POST", "Patient", json_body=patient_resource(first, org_id, **overrides))
 
 
+def dev_api(stack, method: str, path: str, *, timeout: float = 120.0, **kw) -> requests.Response:
+    """A call to the emulator's developer API (`/_emulator/<path>`) with the admin client's credentials."""
+    emu = stack.emulator
+    return requests.request(method, stack.base_url + "_emulator/" + path.lstrip("/"), timeout=timeout,
+                            auth=(emu.admin_client_id, emu.admin_client_secret), **kw)
+
+
 def runs(stack, limit: int = 200) -> list[dict]:
-    r = requests.get(stack.base_url + "_emulator/runs", params={"limit": limit}, timeout=10)
+    r = dev_api(stack, "GET", "runs", params={"limit": limit}, timeout=10)
     r.raise_for_status()
     return r.json()["runs"]
 

@@ -13,7 +13,7 @@ import requests
 
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp
-from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
+from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
 from .manifest import webhook_execute_url
 
 
@@ -64,20 +64,74 @@ def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
     return webhook_execute_url(http.base_url, bot["id"], client["id"], client["secret"]), key
 
 
-def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[int, int]:
-    """Put every failed stored message back to `requested`: the Task subscription processes it again."""
-    found = http.fhir("find failed messages", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=failed&_count=1000")
-    tasks = [e["resource"] for e in found.get("entry", [])]
+def _ext(task: dict, url: str) -> dict | None:
+    return next((e for e in task.get("extension") or [] if isinstance(e, dict) and e.get("url") == url), None)
+
+
+def _iso_to_epoch(value: str | None) -> float | None:
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def stuck_messages(http: MedplumHttp, stale_after_s: float = 120.0, now: float | None = None) -> list[tuple[dict, str]]:
+    """Stored messages to run again, with why: failed ones; in progress whose lease expired (their processing
+    was cut off: timeout, redeploy, restart); requested ones nothing picked up for `stale_after_s` (the
+    subscription delivery was lost)."""
+    now = time.time() if now is None else now
+    code = f"{MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}"
+    out: list[tuple[dict, str]] = []
+    for status in ("failed", "in-progress", "requested"):
+        found = http.fhir(f"find {status} messages", "GET", f"Task?code={code}&status={status}&_count=1000")
+        for t in (e["resource"] for e in found.get("entry", [])):
+            if status == "failed":
+                out.append((t, "failed"))
+            elif status == "in-progress":
+                lease = _iso_to_epoch((_ext(t, MESSAGE_LEASE_EXT) or {}).get("valueDateTime"))
+                if lease is None or lease <= now:
+                    out.append((t, "cut off (lease expired)"))
+            else:
+                updated = _iso_to_epoch((t.get("meta") or {}).get("lastUpdated"))
+                if updated is not None and updated < now - stale_after_s:
+                    out.append((t, f"waiting for more than {stale_after_s:.0f} s"))
+    return out
+
+
+def requeue_body(task: dict) -> dict:
+    """The Task put back in the queue by a person: status requested, attempts start over, the old outcome
+    and lease dropped; the checkpoint kept, so the next run resumes where the last one stopped."""
+    drop = {MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT}
+    t = {k: v for k, v in task.items() if k not in ("statusReason", "output")}
+    t["extension"] = [e for e in task.get("extension") or [] if e.get("url") not in drop]
+    if not t["extension"]:
+        del t["extension"]
+    t["status"] = "requested"
+    t["lastModified"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return t
+
+
+def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0) -> tuple[int, int]:
+    """Put every failed, cut-off or forgotten stored message back to `requested`: the Task subscription
+    processes it again (from its checkpoint, attempts counted afresh)."""
+    tasks = stuck_messages(http, stale_after_s)
     if not tasks:
-        echo("no failed messages to replay")
+        echo("no failed or stuck messages to replay")
         return 0, 0
-    for t in tasks:
-        t = {k: v for k, v in t.items() if k not in ("statusReason", "output")}
-        t["status"] = "requested"
-        http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=t)
-        echo(f"requeued Task/{t['id']} ({t.get('description', 'message')})")
+    for t, why in tasks:
+        vid = (t.get("meta") or {}).get("versionId")
+        try:
+            http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=requeue_body(t),
+                      headers={"If-Match": f'W/"{vid}"'} if vid else None)
+        except MedplumError as e:
+            if e.status == 412:
+                echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
+                continue
+            raise
+        echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
     deadline = time.monotonic() + wait_s
-    pending = {t["id"] for t in tasks}
+    pending = {t["id"] for t, _ in tasks}
     ok = failed = 0
     while pending and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -98,7 +152,8 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[in
 @click.option("--to", "to_url", help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.")
 @click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY",
               help="Key to sign with [env METRIPORT_WEBHOOK_KEY]. Default on the emulator: its Project secret.")
-@click.option("--failed", is_flag=True, help="Re-run the stored messages whose processing failed.")
+@click.option("--failed", is_flag=True,
+              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
 @click.option("--base-url", default="http://127.0.0.1:8103/", show_default=True, envvar="MEDPLUM_BASE_URL")
 @click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", "medport-admin"))
 @click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET",
@@ -113,7 +168,10 @@ def replay_command(file, config_path, to_url, webhook_key, failed, base_url, cli
     http = MedplumHttp(base_url, client_id, client_secret)
     try:
         if failed:
-            ok, bad = replay_failed(http, wait_s)
+            stale = 120.0
+            if os.path.exists(config_path):
+                stale = float(load_or_exit(config_path).webhook_bot.lease_seconds)
+            ok, bad = replay_failed(http, wait_s, stale_after_s=stale)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

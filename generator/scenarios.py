@@ -7,10 +7,14 @@ checks for users is exactly what medport's own tests check.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable
 
-from .flow import (count_imported, create_facility_org, create_patient, deliveries, message_tasks, runs, task_ids,
-                   wait_for_consolidated)
+import requests
+
+from .flow import (count_imported, create_facility_org, create_patient, deliveries, dev_api, message_tasks, runs,
+                   task_ids, wait_for_consolidated)
+from .render import MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, PATIENT_CONFLICT_TASK_CODE
 from .replay import deliver, metriport_body
 
 
@@ -205,9 +209,254 @@ def scenario_skip_reasons(stack) -> dict:
     return {"cases": 2}
 
 
+# ------------------------------------------------------------------------------------------------
+# Faults production throws (issue 10): a crash mid-import, a second Patient for one person, the same
+# message delivered several times at once.
+
+CRASH_DATASET = "Crashtest"   # a fake-Metriport patient whose consolidated data is large enough to cut off
+
+
+def metriport_ids(stack, rt: str) -> Counter:
+    """How many stored resources of type `rt` carry each Metriport resource id (import identifier)."""
+    system = stack.cfg.metriport.resource_identifier_system
+    out: Counter = Counter()
+    offset = 0
+    while True:
+        b = stack.admin.fhir(f"list {rt}", "GET", f"{rt}?identifier={system}|&_count=1000&_offset={offset}")
+        entries = [e["resource"] for e in b.get("entry", [])]
+        for r in entries:
+            idents = r.get("identifier")
+            for i in idents if isinstance(idents, list) else [idents] if idents else []:
+                if isinstance(i, dict) and i.get("system") == system:
+                    out[i.get("value")] += 1
+        if not entries or not any(link.get("relation") == "next" for link in b.get("link", [])):
+            return out
+        offset += len(entries)
+
+
+def stored_of(stack, expected: dict[str, set]) -> dict[str, int]:
+    """Per type, how many of the expected Metriport ids are stored (each counted once)."""
+    out = {}
+    for rt, ids in expected.items():
+        got = metriport_ids(stack, rt)
+        out[rt] = sum(1 for m in ids if got[m])
+    return out
+
+
+def check_exactly_once(stack, expected: dict[str, set]) -> dict[str, int]:
+    """Every expected Metriport resource id stored exactly once: nothing lost, nothing duplicated."""
+    counts = {}
+    for rt, ids in sorted(expected.items()):
+        got = metriport_ids(stack, rt)
+        dup = sorted(m for m in ids if got[m] > 1)
+        missing = sorted(m for m in ids if not got[m])
+        expect(not dup, f"{rt}: {len(dup)} Metriport id(s) stored more than once, e.g. {dup[:3]}")
+        expect(not missing, f"{rt}: {len(missing)} of {len(ids)} resource(s) missing, e.g. {missing[:3]}")
+        counts[rt] = len(ids)
+    return counts
+
+
+def _crash_dataset(stack, n: int) -> None:
+    """Give the fake Metriport a patient (first name CRASH_DATASET) with `n` synthetic resources."""
+    from medport.emulator.metriport import synth
+    from medport.emulator.metriport.seed import Dataset
+
+    def build(pid: str, demo: dict | None) -> list[dict]:
+        return synth.generate(n, seed=4242, patient_id=pid, patient=demo)["entry"]
+
+    stack.fake.state.datasets[CRASH_DATASET.lower()] = Dataset(CRASH_DATASET, build, "medport check")
+
+
+def _expected_ids(stack, metriport_patient_id: str) -> dict[str, set]:
+    """The Metriport ids the patient's consolidated data carries, per imported type (what an uninterrupted
+    import stores)."""
+    fake = stack.fake.state
+    allowed = set(stack.cfg.webhook_bot.resources)
+    expected: dict[str, set] = {}
+    for e in fake.patient_entries(fake.patients[metriport_patient_id]):
+        r = e["resource"]
+        if r.get("resourceType") in allowed and r.get("id"):
+            expected.setdefault(r["resourceType"], set()).add(r["id"])
+    return expected
+
+
+def _message_task_for(stack, patient_id: str, type_: str) -> dict | None:
+    needle = f'"medplumPatientId":"{patient_id}"'
+    for t in message_tasks(stack):
+        if t.get("description", "").endswith(type_) and needle in (t.get("input") or [{}])[0].get("valueString", ""):
+            return t
+    return None
+
+
+def _wait(cond, timeout: float, what: str, poll: float = 0.05):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll)
+    raise ScenarioFailure(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _dev(stack, method: str, path: str, **kw) -> dict:
+    r = dev_api(stack, method, path, **kw)
+    expect(r.status_code == 200, f"developer API {method} /_emulator/{path} answered {r.status_code}: {r.text[:300]}")
+    return r.json()
+
+
+def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: float = 90.0) -> dict:
+    """A consolidated import cut off midway (its execution killed, the server restarted: in-flight work
+    dropped) is resumed — by the cron sweep, or by the message delivered again when no sweep is configured —
+    and ends with exactly the data of an uninterrupted run: every resource once, none twice."""
+    cfg = stack.cfg
+    expect(cfg.webhook_bot.async_processing, "webhook_bot.async_processing is off: a message whose processing is "
+                                             "cut off midway is lost (nothing is stored to resume)")
+    _crash_dataset(stack, resources)
+    org = create_facility_org(stack, "Crash test clinic")
+    bot = cfg.bots.webhook.name
+    _dev(stack, "POST", "faults", json={"batch_delay_ms": 40})  # a slow database: the import takes a while
+    try:
+        p = create_patient(stack, CRASH_DATASET, org["id"])
+        task = _wait(lambda: (t := _message_task_for(stack, p["id"], "medical.consolidated-data")) and
+                     t["status"] == "in-progress" and t, 60, "the consolidated import to start")
+        _wait(lambda: stack.admin.fhir("count", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count")
+              .get("total", 0) >= 20, 30, "the first imported resources")
+        cut = _dev(stack, "POST", "executions/cut-off", params={"bot": bot})
+        expect(cut["count"] >= 1, "the import finished before it could be cut off")
+        _dev(stack, "POST", "restart")
+    finally:
+        _dev(stack, "POST", "faults", json={"batch_delay_ms": 0})
+    mid = next(i["value"] for i in stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")["identifier"]
+               if i.get("system") == cfg.metriport.patient_identifier_system)
+    expected = _expected_ids(stack, mid)
+    after_crash = stored_of(stack, expected)
+    total = sum(len(v) for v in expected.values())
+    expect(sum(after_crash.values()) < total, "nothing was left to recover")
+    task = stack.admin.fhir("read Task", "GET", f"Task/{task['id']}")
+    expect(task["status"] == "in-progress", f"the cut-off message is {task['status']}, expected in-progress")
+    # Time passes without a heartbeat: the lease runs out (here: moved to the past, instead of waiting
+    # webhook_bot.lease_seconds).
+    task["extension"] = [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
+        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]
+    stack.admin.fhir("expire the lease", "PUT", f"Task/{task['id']}", json_body=task)
+    t0 = time.monotonic()
+    if cfg.webhook_bot.sweep_cron.strip():
+        trigger = "cron sweep"
+        _dev(stack, "POST", "cron/run", params={"bot": bot})
+    else:
+        trigger = "redelivery"
+        delivery = next(d for d in reversed(stack.fake.state.deliveries_log(include_body=True))
+                        if d["type"] == "medical.consolidated-data" and p["id"] in d["body"])
+        r = requests.post(f"{stack.fake.base_url}/_fake/webhooks/{delivery['messageId']}/redeliver",
+                          json={"times": 1}, timeout=60)
+        expect(r.ok, f"redelivery failed: {r.text[:200]}")
+    done = _wait(lambda: (t := stack.admin.fhir("read Task", "GET", f"Task/{task['id']}"))["status"]
+                 in ("completed", "failed") and t, timeout, "the resumed import to finish")
+    recovered_s = time.monotonic() - t0
+    expect(done["status"] == "completed", f"the resumed message ended {done['status']}: "
+           + (done.get("statusReason") or {}).get("text", ""))
+    stack.wait_idle(30)
+    counts = check_exactly_once(stack, expected)
+    refs = [ref for rt in ("Observation", "Condition", "Encounter") for r in
+            stack.admin.fhir("list", "GET", f"{rt}?patient=Patient/{p['id']}&_count=1000").get("entry", [])
+            for _, ref in _references(r["resource"]) if ref.startswith("Patient/")]
+    expect(all(ref == f"Patient/{p['id']}" for ref in refs), "a resumed import pointed data at another Patient")
+    return {"trigger": trigger, "after_crash": sum(after_crash.values()), "recovered": sum(counts.values()),
+            "recover_s": round(recovered_s, 2), "by_type_after_crash": after_crash, "by_type": counts}
+
+
+def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
+    """A second Medplum Patient with the demographics of one already linked resolves to the same Metriport
+    patient: it is not linked, no query starts for it, a review Task names it, and no data moves."""
+    org = create_facility_org(stack, "Duplicate check clinic")
+    pid_system = stack.cfg.metriport.patient_identifier_system
+
+    def metriport_id(patient_id: str) -> str | None:
+        p = stack.admin.fhir("read Patient", "GET", f"Patient/{patient_id}")
+        return next((i.get("value") for i in p.get("identifier", []) if i.get("system") == pid_system), None)
+
+    a = create_patient(stack, "Twin", org["id"])
+    mid = _wait(lambda: metriport_id(a["id"]), timeout, "the first Patient to be linked")
+    if stack.cfg.webhook_bot.async_processing:  # let the first Patient's flow finish (its queries counted before)
+        _wait(lambda: (t := _message_task_for(stack, a["id"], "medical.consolidated-data")) and
+              t["status"] in ("completed", "failed"), timeout, "the first Patient's consolidated data")
+    expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
+    queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])  # noqa: E731
+    q_before = queries()
+    b = create_patient(stack, "Twin", org["id"])
+    _wait(lambda: _patient_bot_runs_for(stack, b["id"]), timeout, "the patient bot to run for the second Patient")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    expect(metriport_id(b["id"]) is None, f"Patient/{b['id']} was linked to Metriport patient {mid}, already "
+                                          f"Patient/{a['id']}'s")
+    expect(metriport_id(a["id"]) == mid, "the first Patient lost its link")
+    expect(queries() == q_before, "a query was started for the refused Patient")
+    logs = "\n".join(r.get("logs", "") for r in _patient_bot_runs_for(stack, b["id"]))
+    expect(f"Patient/{a['id']}" in logs and f"Patient/{b['id']}" in logs,
+           "the patient bot's warning does not name both Patients")
+    found = stack.admin.fhir("find review Task", "GET",
+                             f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}&focus=Patient/{b['id']}")
+    reviews = [e["resource"] for e in found.get("entry", [])]
+    expect(len(reviews) == 1, f"expected one review Task for Patient/{b['id']}, found {len(reviews)}")
+    moved = stack.admin.fhir("data on the refused Patient", "GET", f"Observation?patient=Patient/{b['id']}&_summary=count")
+    expect(not moved.get("total"), f"{moved.get('total')} Observation(s) now point at the refused Patient")
+    return {"refused": f"Patient/{b['id']}", "kept": f"Patient/{a['id']}", "review_task": f"Task/{reviews[0]['id']}"}
+
+
+def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout: float = 60.0) -> dict:
+    """The same message delivered several times at the same moment (one copy also meeting Medplum's 409
+    serialization conflict) is stored once, processed once, and changes no data."""
+    cfg = stack.cfg
+    pid_system = cfg.metriport.patient_identifier_system
+    linked = stack.admin.fhir("find a linked Patient", "GET", f"Patient?identifier={pid_system}|&_count=1")
+    entries = linked.get("entry", [])
+    if not entries:
+        org = create_facility_org(stack, "Redelivery clinic")
+        new = create_patient(stack, "Jane", org["id"])
+        _wait(lambda: (t := _message_task_for(stack, new["id"], "medical.consolidated-data")) and
+              t["status"] in ("completed", "failed"), timeout, "the Patient's first import")
+        entries = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
+    patient = entries[0]["resource"]
+    mid = next(i["value"] for i in patient["identifier"] if i.get("system") == pid_system)
+    expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
+    _wait_tasks_settled(stack)
+    before = snapshot_versions(stack)
+    n_before = len(deliveries(stack))
+    stack.fake.state.set_faults(simultaneous_deliveries=copies)
+    _dev(stack, "POST", "faults", json={"conflict_next": 1})
+    try:
+        r = requests.post(f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
+                          params={"conversionType": "json"}, headers={"x-api-key": stack.fake.api_key},
+                          json={"metadata": {"medplumPatientId": patient["id"]}}, timeout=30)
+        expect(r.ok, f"the consolidated query could not start: {r.status_code} {r.text[:200]}")
+        msg = _wait(lambda: next((d for d in deliveries(stack)[n_before:] if d["type"] == "medical.consolidated-data"
+                                  and d["status"] != "processing"), None), timeout, "the message to be delivered")
+    finally:
+        stack.fake.state.set_faults(simultaneous_deliveries=0)
+        _dev(stack, "POST", "faults", json={"conflict_next": 0})
+    expect(msg["status"] == "success", f"the delivery failed: {msg.get('detail')}")
+    # and once more, each copy answered
+    again = requests.post(f"{stack.fake.base_url}/_fake/webhooks/{msg['messageId']}/redeliver",
+                          json={"times": copies}, timeout=60).json()["answers"]
+    expect(all(a["httpStatus"] == 200 for a in again), f"a copy was refused: {[a['httpStatus'] for a in again]}")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    _wait_tasks_settled(stack)
+    tasks = stack.admin.fhir("Tasks of the message", "GET", f"Task?identifier={MESSAGE_ID_SYSTEM}|{msg['messageId']}")
+    stored = [e["resource"] for e in tasks.get("entry", [])]
+    expect(len(stored) == 1, f"{len(stored)} Tasks stored for one message (delivered {2 * copies} times)")
+    expect(stored[0]["status"] == "completed", f"the message ended {stored[0]['status']}")
+    after = snapshot_versions(stack)
+    expect(len(after) == len(before), f"the redelivered message created {len(after) - len(before)} resource(s)")
+    changed = [k for k in before if after.get(k) != before[k]]
+    expect(not changed, f"the redelivered message changed {len(changed)} resource(s)")
+    return {"deliveries": 2 * copies, "tasks": 1}
+
+
 SCENARIOS: list[tuple[str, Callable]] = [
     ("seed patients: data imported into the existing Patients", scenario_seed_patients),
     ("replay: the same webhook 3 times changes nothing", scenario_replay_is_idempotent),
     ("bad or missing signature: refused, nothing written", scenario_bad_signature_refused),
     ("skip reasons: warned, no Metriport call", scenario_skip_reasons),
+    ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
+    ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
+    ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
 ]

@@ -184,22 +184,34 @@ def cron_run() -> Response:
     return json_response({"runs": results, "count": len(results)}, 200, "application/json")
 
 
+def _faults_body() -> dict:
+    svc = current_state().service
+    return {"conflict_next": svc.conflicts_pending(), "batch_delay_ms": round(svc.batch_delay_s * 1000)}
+
+
 @bp.get("/faults")
 def faults_get() -> Response:
     _guard()
-    return json_response({"conflict_next": current_state().service.conflicts_pending()}, 200, "application/json")
+    return json_response(_faults_body(), 200, "application/json")
 
 
 @bp.post("/faults")
 def faults_set() -> Response:
     """`{"conflict_next": n}`: the next n conditional writes answer 409 with Postgres' serialization failure
-    (40001), what Medplum answers when two requests race and its one retry conflicts too."""
+    (40001), what Medplum answers when two requests race and its one retry conflicts too.
+    `{"batch_delay_ms": ms}`: every batch/transaction takes that much longer (a slow database; 0 = off)."""
     _guard()
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or set(body) - {"conflict_next"}:
-        raise BadRequest("expected {\"conflict_next\": <integer >= 0>}")
-    n = body.get("conflict_next", 0)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise BadRequest("conflict_next must be an integer >= 0", "conflict_next")
-    left = current_state().service.inject_conflicts(n)
-    return json_response({"conflict_next": left}, 200, "application/json")
+    known = {"conflict_next", "batch_delay_ms"}
+    if not isinstance(body, dict) or not body or set(body) - known:
+        raise BadRequest("expected an object with conflict_next and/or batch_delay_ms")
+    for key, top in (("conflict_next", 10_000), ("batch_delay_ms", 60_000)):
+        v = body.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
+            raise BadRequest(f"{key} must be an integer from 0 to {top}", key)
+    svc = current_state().service
+    if "conflict_next" in body:
+        svc.inject_conflicts(body["conflict_next"])
+    if "batch_delay_ms" in body:
+        svc.batch_delay_s = body["batch_delay_ms"] / 1000.0
+    return json_response(_faults_body(), 200, "application/json")

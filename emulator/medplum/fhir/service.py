@@ -33,6 +33,7 @@ import copy
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -134,6 +135,7 @@ class FhirService:
         self.validator = validator or default_validator()
         self._conflicts_lock = threading.Lock()
         self._conflicts_next = 0
+        self.batch_delay_s = 0.0  # developer API: latency added to every batch/transaction (a slow database)
 
     # ================================================================== faults (developer API)
     def inject_conflicts(self, n: int) -> int:
@@ -602,6 +604,8 @@ class FhirService:
 
     # ================================================================== batch / transaction
     def batch(self, pr: Principal, bundle: Any) -> FhirResponse:
+        if self.batch_delay_s > 0:
+            time.sleep(self.batch_delay_s)  # outside the store's lock: other requests go on
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise BadRequest("Not a bundle")
         btype = bundle.get("type")

@@ -78,8 +78,8 @@ def test_restart_cuts_off_executions_and_drops_pending_deliveries(emu, c):
 
 
 def test_injected_conflicts_over_http(c):
-    assert c.request("GET", "_emulator/faults").json() == {"conflict_next": 0}
-    assert c.request("POST", "_emulator/faults", json={"conflict_next": 1}).json() == {"conflict_next": 1}
+    assert c.request("GET", "_emulator/faults").json() == {"conflict_next": 0, "batch_delay_ms": 0}
+    assert c.request("POST", "_emulator/faults", json={"conflict_next": 1}).json()["conflict_next"] == 1
     task = {"resourceType": "Task", "status": "requested", "intent": "order",
             "identifier": [{"system": "urn:m", "value": "c-1"}]}
     hdr = {"If-None-Exist": "identifier=urn:m|c-1", "Content-Type": "application/fhir+json"}
