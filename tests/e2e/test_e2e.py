@@ -95,7 +95,8 @@ def test_non_seed_patient_gets_an_empty_result_handled(stack, org):
 
 
 def test_demographics_change_starts_a_new_query_unrelated_change_does_not(stack, org):
-    p = create_patient(stack, "Kyla", org["id"])
+    # a family name of its own: the seed patients' twins would be refused (one Medplum Patient per Metriport patient)
+    p = create_patient(stack, "Kyla", org["id"], family="Fieldstone")
     _wait_runs(stack, p["id"], 2)  # its own run + the run caused by its write-back (a no-op)
     queries = _calls(stack, "/document/query")
     puts = sum(1 for c in stack.fake.state.api_calls() if c["method"] == "PUT")
@@ -116,11 +117,11 @@ def test_demographics_change_starts_a_new_query_unrelated_change_does_not(stack,
 def test_metriport_429_is_retried_honouring_retry_after(stack, org):
     stack.fake.state.set_faults(fail_next=2, fail_status=429)
     try:
-        p = create_patient(stack, "Ollie", org["id"], family="Brown")
+        p = create_patient(stack, "Ollie", org["id"], family="Brownfield")
         rs = _wait_runs(stack, p["id"], 2, timeout=40)
     finally:
         stack.fake.state.set_faults(fail_next=0, fail_status=500)
-    first = rs[-1]  # oldest
+    first = min(rs, key=lambda r: r["started"])  # its own run (the one its link write causes may end first)
     assert first["outcome"] == "success", first.get("logs")
     assert "429" in first["logs"], "the retry is not visible in the bot's logs"
     pat = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
@@ -130,7 +131,7 @@ def test_metriport_429_is_retried_honouring_retry_after(stack, org):
 def test_metriport_500_is_reported_and_nothing_is_lost(stack, org):
     stack.fake.state.set_faults(fail_next=50, fail_status=500)
     try:
-        p = create_patient(stack, "Andreas", org["id"], family="Sims")
+        p = create_patient(stack, "Andreas", org["id"], family="Simsen")
         rs = _wait_runs(stack, p["id"], 1, timeout=60)
     finally:
         stack.fake.state.set_faults(fail_next=0, fail_status=500)
@@ -153,7 +154,7 @@ def test_expired_download_url_is_requeried_once_and_the_data_arrives(stack, org)
     n = _consolidated_count(stack)
     base = task_ids(stack)
     stack.fake.state.set_faults(expire_next_consolidated=1)
-    create_patient(stack, "Ollie", org["id"], family="Brown")
+    create_patient(stack, "Ollie", org["id"], family="Browning")
     # the first message's URL is expired: the bot asks again; the second message's URL is fresh
     out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
     assert out.done and not out.failed_tasks, [t.get("statusReason") for t in out.failed_tasks]
@@ -168,7 +169,7 @@ def test_expired_download_url_twice_is_reported_and_the_message_kept(stack, org)
     base = task_ids(stack)
     stack.fake.state.set_faults(expired_urls=True)
     try:
-        create_patient(stack, "Chris", org["id"], family="Smith")
+        create_patient(stack, "Chris", org["id"], family="Smithers")
         # original message + the one re-requested after its expired URL: both expired
         out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
     finally:
