@@ -380,3 +380,37 @@ def test_check_fails_when_the_config_breaks_recovery(tmp_path):
     failed = [r for r in ch.results if not r.ok]
     assert [r.name for r in failed] == ["crash mid-import: resumed, every resource stored exactly once"]
     assert "max_attempts = 1" in failed[0].message
+
+
+def test_without_the_cron_sweep_the_next_delivery_resumes_a_crashed_import():
+    cfg = validate_data(config_data(sweep_cron=""), "<test>")
+    with start_stack(cfg, metriport_delay_s=0.05) as s:
+        assert "cronString" not in s.admin.fhir("bot", "GET", f"Bot/{s.deploy.bot_ids['webhook_bot']}")
+        r = scenario_crash_mid_import_recovers(s, resources=500)
+        assert r["trigger"] == "redelivery" and r["after_crash"] < r["recovered"]
+
+
+def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep():
+    from medport.generator.replay import deliver
+    cfg = validate_data(config_data(lease_seconds=2, sweep_cron=NEVER), "<test>")
+    with start_stack(cfg, metriport_delay_s=0.05) as s:
+        org = create_facility_org(s)
+        p = create_patient(s, "Jane", org["id"])
+        first = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "completed" and t, 60,
+                         "the first import")
+        msg = json.loads(first["input"][0]["valueString"])
+        msg["meta"]["messageId"] += "-again"
+        dev_api(s, "POST", "faults", json={"batch_delay_ms": 500})
+        resp = deliver(s.webhook_url, msg, s.webhook_key)
+        assert resp.status_code == 200, resp.text
+        restarted = dev_api(s, "POST", "restart").json()  # the Task's processing: dropped or cut off
+        dev_api(s, "POST", "faults", json={"batch_delay_ms": 0})
+        task_id = resp.json()["task"].split("/")[1]
+        assert s.admin.fhir("t", "GET", f"Task/{task_id}")["status"] in ("requested", "in-progress"), restarted
+        time.sleep(2.2)  # lease_seconds: the sweep finds it waiting or cut off
+        ran = dev_api(s, "POST", "cron/run", params={"bot": cfg.bots.webhook.name}).json()
+        swept = ran["runs"][0]["returned"]["sweep"]
+        assert swept["resumed"] + swept["nudged"] == 1, ran
+        done = wait_for(lambda: (t := s.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed")
+                        and t, 60, "the message to be processed")
+        assert done["status"] == "completed", done.get("statusReason")
