@@ -10,6 +10,7 @@ import click
 
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
 from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
+from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, wait_for_stop
 
 from .config import CONFIG_FILENAME, ConfigError, load_config
@@ -26,7 +27,8 @@ def _banner(stack: Stack, storage: str, seconds: float) -> None:
     secret = emu.admin_client_secret if emu.admin_client_secret == DEFAULT_ADMIN_CLIENT_SECRET else "(yours, not shown)"
     click.echo(f"  admin client:  id={emu.admin_client_id} secret={secret}")
     click.echo(f"  project:       {emu.state.project()['id']}")
-    click.echo(f"  storage:       {storage}")
+    fake_storage = f", fake Metriport: {sibling_path(storage)}" if stack.fake is not None and storage != "memory" else ""
+    click.echo(f"  storage:       {storage}{fake_storage}")
     click.echo(f"  ready in {seconds:.2f} s")
     if stack.fake is not None:
         base = stack.fake.base_url
@@ -62,7 +64,8 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
               help="SQLite file holding the FHIR store.")
-@click.option("--memory", is_flag=True, help="Keep everything in memory (nothing survives a restart).")
+@click.option("--memory", is_flag=True, help="Keep everything in memory, the fake Metriport's state too (nothing "
+              "survives a restart). Without it the fake keeps its state beside the database (<db>.metriport.sqlite3).")
 @click.option("--no-deploy", is_flag=True, help="Do not deploy the generated bots on start.")
 @click.option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=None,
               help="Admin ClientApplication id [env MEDPORT_ADMIN_CLIENT_ID].")

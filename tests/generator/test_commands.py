@@ -136,6 +136,39 @@ def test_replay_failed_requeues_and_reprocesses(stack):
     assert r.exit_code == 1
 
 
+def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
+    from medport.generator.flow import message_tasks
+    from medport.generator.render import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
+    done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
+    if not done:
+        base = task_ids(stack)
+        create_patient(stack, "Chris", create_facility_org(stack)["id"], family="Replay")
+        wait_for_consolidated(stack, timeout=60, baseline=base)
+        done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
+    cut, running = done[0], dict(done[-1]) if len(done) > 1 else None
+
+    def in_progress(t: dict, lease: str) -> dict:
+        t = {k: v for k, v in t.items() if k not in ("output", "meta")}
+        t.update(status="in-progress", extension=[{"url": MESSAGE_ATTEMPTS_EXT, "valueInteger": 1},
+                                                  {"url": MESSAGE_LEASE_EXT, "valueDateTime": lease}])
+        return stack.admin.fhir("stage", "PUT", f"Task/{t['id']}", json_body=t)
+
+    in_progress(cut, "2000-01-01T00:00:00.000Z")  # its run was cut off long ago
+    if running:
+        in_progress(running, "2999-01-01T00:00:00.000Z")  # its run is alive
+    r = CliRunner().invoke(replay_command, ["--failed", "--wait", "60", *_admin_args(stack)])
+    assert r.exit_code == 0, r.output
+    assert f"requeued Task/{cut['id']}" in r.output and "cut off (lease expired)" in r.output
+    after = stack.admin.fhir("read", "GET", f"Task/{cut['id']}")
+    assert after["status"] == "completed"
+    assert [e["valueInteger"] for e in after.get("extension", []) if e["url"] == MESSAGE_ATTEMPTS_EXT] == [1]
+    if running:
+        assert f"Task/{running['id']}" not in r.output
+        assert stack.admin.fhir("read", "GET", f"Task/{running['id']}")["status"] == "in-progress"
+        stack.admin.fhir("put back", "PUT", f"Task/{running['id']}",
+                         json_body={**{k: v for k, v in running.items() if k != "meta"}})
+
+
 def test_runs_lists_filters_and_reads_audit_events(stack):
     r = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--limit", "50"])
     assert r.exit_code == 0 and "metriport-patient-bot" in r.output and "metriport-webhook-bot" in r.output

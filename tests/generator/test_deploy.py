@@ -181,3 +181,22 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     assert bot["executableCode"]["title"] == "metriport-patient-bot.js"
     out = admin.fhir("execute", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}})
     assert out == {"status": "ignored", "reason": "deleted"}
+
+
+def test_the_webhook_bot_gets_the_sweep_schedule_and_missing_project_features_are_warned(emu):
+    cfg = validate_data({"webhook_bot": {"sweep_cron": "*/2 * * * *"}})
+    result = deployer(emu, cfg).run()
+    assert result.warnings == []  # the emulator's Project has the bots and cron features
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    bot = admin.fhir("read", "GET", f"Bot/{result.bot_ids['webhook_bot']}")
+    assert bot["cronString"] == "*/2 * * * *"
+    assert "cronString" not in admin.fhir("read", "GET", f"Bot/{result.bot_ids['patient_bot']}")
+    project = admin.fhir("read", "GET", f"Project/{result.project_id}")
+    admin.fhir("update", "PUT", f"Project/{project['id']}", json_body={**project, "features": ["bots"]})
+    again = deployer(emu, cfg).run()
+    assert len(again.warnings) == 1 and "lacks the feature 'cron'" in again.warnings[0]
+    assert "medport replay --failed" in again.warnings[0]
+    # no sweep configured: nothing to warn about, and the schedule is gone
+    none = deployer(emu, validate_data({"webhook_bot": {"sweep_cron": ""}})).run()
+    assert none.warnings == []
+    assert "cronString" not in admin.fhir("read", "GET", f"Bot/{result.bot_ids['webhook_bot']}")

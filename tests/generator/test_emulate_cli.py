@@ -53,6 +53,8 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
     try:
         out = "\n".join(lines)
         assert "medport-admin-secret" in out and "bots: deployed from medport.toml" in out, out
+        assert f"fake Metriport: {tmp_path / 'emu.metriport.sqlite3'}" in out, out
+        assert (tmp_path / "emu.metriport.sqlite3").exists()
         base = re.search(r"listening on (http://\S+)", out).group(1)
         fake_id = re.search(r"facility id:\s+(\S+)", out).group(1)
         h = token(base)
@@ -81,6 +83,9 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
         assert "(changed: Project secrets)" in out, out
         base = re.search(r"listening on (http://\S+)", out).group(1)
         assert requests.get(base + f"fhir/R4/Patient/{pat['id']}", headers=token(base), timeout=10).status_code == 200
+        # the fake Metriport kept its state beside the database: the patient the bot created is still known
+        fake = re.search(r"fake Metriport listening on (http://\S+)/medical/v1", out).group(1)
+        assert requests.get(fake + "/_fake/state", timeout=10).json()["patients"], "the fake forgot its patients"
     finally:
         stop(proc)
 
@@ -89,6 +94,7 @@ def test_emulate_without_config_serves_with_nothing_deployed(tmp_path):
     proc, lines = start(tmp_path, "--memory")
     try:
         assert any("no medport.toml here" in ln for ln in lines), lines
+        assert any("storage:       memory" in ln for ln in lines) and not list(tmp_path.glob("*.sqlite3")), lines
     finally:
         stop(proc)
 
