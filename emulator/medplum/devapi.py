@@ -85,6 +85,8 @@ def reset() -> Response:
         return False
 
     st.subscriptions.wait_idle(5.0)
+    st.service.inject_conflicts(0)  # faults off
+    st.service.batch_delay_s = 0.0
     removed = st.repo.reset(keep)
     project = st.try_read("Project", PROJECT_ID)
     if project and project.get("secret"):

@@ -89,3 +89,15 @@ def test_injected_conflicts_over_http(c):
     assert c.http.post(c.fhir("Task"), json=task, headers=hdr).status_code == 200
     assert c.request("POST", "_emulator/faults", json={"conflict_next": -1}).status_code == 400
     assert c.request("POST", "_emulator/faults", json={"other": 1}).status_code == 400
+
+
+def test_batch_delay_slows_batches_and_reset_turns_faults_off(c):
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": "Patient?_count=1"}}]}
+    assert c.request("POST", "_emulator/faults", json={"batch_delay_ms": 300, "conflict_next": 2}).json() == \
+        {"batch_delay_ms": 300, "conflict_next": 2}
+    t0 = time.monotonic()
+    assert c.http.post(c.fhir(""), json=bundle).status_code == 200
+    assert time.monotonic() - t0 >= 0.3
+    assert c.request("POST", "_emulator/reset").status_code == 200
+    assert c.request("GET", "_emulator/faults").json() == {"conflict_next": 0, "batch_delay_ms": 0}
