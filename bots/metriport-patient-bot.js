@@ -856,6 +856,7 @@ exports.handler = async (medplum, event) => {
   // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
   const holders = await otherHolders(medplum, mid, patientId);
   if (holders.length) {
+    await writeLink(medplum, patientId, {}); // this Patient holds no link then (a no-op unless it did)
     return refuseLink(medplum, patientId, mid, holders);
   }
   // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...

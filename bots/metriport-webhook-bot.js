@@ -2247,7 +2247,7 @@ async function processTask(medplum, event, taskId) {
       PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
       '). The message is kept: `medport replay --failed` runs it again.';
     try {
-      await casUpdate(medplum, { ...task, status: 'failed', lastModified: now, statusReason: { text: reason } });
+      await casUpdate(medplum, withExt({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }, MT.leaseUrl, undefined));
     } catch (err) {
       return { status: 'ignored', reason: 'task-taken' };
     }
