@@ -4,6 +4,9 @@ Access rule: allowed to a request from a loopback address (the emulator binds 12
 so on a laptop or in CI this is "whoever runs the emulator"), or to any caller presenting the admin
 client's credentials (Bearer token or Basic) when the emulator is exposed on another interface.
 Everything else gets 403. `/_emulator/health` is always open (readiness probes).
+
+Faults production throws: `GET /executions`, `POST /executions/cut-off?bot=`, `POST /restart`, `GET /cron`,
+`POST /cron/run?bot=`, `GET|POST /faults` (`conflict_next`, `batch_delay_ms`).
 """
 from __future__ import annotations
 
