@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from medport.emulator.node import NodeRuntimeMissing
+
 from . import __version__
 from .config import CONFIG_FILENAME, ConfigError, load_config
 
@@ -20,10 +22,21 @@ LAZY_COMMANDS = {
     "replay": ("medport.generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
     "runs": ("medport.generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
     "synth": ("medport.emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
+    "setup": ("medport.generator.runtime_setup:setup_command",
+              "Install Node 22 and the npm packages medport needs into its cache."),
+    "doctor": ("medport.generator.doctor:doctor_command",
+               "Check Python, Node, npm packages, ports, config and credentials; say what to do."),
+    "status": ("medport.generator.status:status_command", "Show the emulator running from this folder."),
 }
 
 
 class MedportGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NodeRuntimeMissing as e:  # Node 22 / an npm package missing: one line saying what to run
+            raise click.ClickException(str(e)) from None
+
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
@@ -62,6 +75,7 @@ def main():
 
     \b
     Typical flow:
+      medport setup           install Node 22 + npm packages into medport's cache (once)
       medport init            write a commented medport.toml
       medport generate        render the two bots + their Medplum setup into bots/
       medport emulate         run a local Medplum + fake Metriport with the bots deployed
