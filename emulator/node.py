@@ -162,6 +162,18 @@ def _setup_hint() -> str:
     return "run `medport setup` (one time; it installs them into " + str(cache_dir()) + ")"
 
 
+def _cache_node() -> str | None:
+    """The cache's own Node, else the Node >= 22 that `medport setup` found on PATH and recorded in its stamp."""
+    own = cache_dir() / "node_modules" / ".bin" / "node"
+    if node_ok(own):
+        return str(own)
+    try:
+        recorded = json.loads((cache_dir() / STAMP).read_text("utf-8")).get("node")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if node_ok(recorded) else None
+
+
 def _find_node(node_modules: Path) -> tuple[str, str]:
     env = os.environ.get("MEDPORT_NODE")
     if env:
@@ -175,9 +187,9 @@ def _find_node(node_modules: Path) -> tuple[str, str]:
     found = path_node()
     if found:
         return found, "PATH"
-    cached = cache_dir() / "node_modules" / ".bin" / "node"
-    if node_ok(cached):
-        return str(cached), "cache"
+    cached = _cache_node()
+    if cached:
+        return cached, "cache"
     on_path = shutil.which("node")
     have = f"the node on PATH is {node_version(on_path)}" if on_path else "no node on PATH"
     raise NodeRuntimeMissing(f"medport needs Node >= {MIN_NODE_MAJOR} ({have}): {_setup_hint()}, "

