@@ -296,7 +296,11 @@ class MedportStack:
         """Wait until the consolidated data of every Patient created since the last wait arrived and every
         stored message was processed; count what was imported for those Patients."""
         pending, self._pending = self._pending, []
-        out = flow.wait_for_consolidated(self._stack, expected_messages=self._expected + max(1, len(pending)),
+        if not pending:   # nothing created since the last wait: let whatever runs finish
+            t0 = time.monotonic()
+            idle = self.wait_idle(timeout)
+            return FlowResult(idle, self.imported(), [], self._consolidated_count(), time.monotonic() - t0)
+        out = flow.wait_for_consolidated(self._stack, expected_messages=self._expected + len(pending),
                                          timeout=timeout, baseline=self._baseline)
         imported: dict[str, int] = {}
         for pid in pending:
@@ -304,8 +308,7 @@ class MedportStack:
                 imported[rt] = imported.get(rt, 0) + n
         failed = [f"Task/{t['id']}: {(t.get('statusReason') or {}).get('text') or t.get('description', '')}"
                   for t in out.failed_tasks]
-        return FlowResult(out.done, imported if pending else self.imported(), failed, out.consolidated_delivered,
-                          out.waited_s)
+        return FlowResult(out.done, imported, failed, out.consolidated_delivered, out.waited_s)
 
     def imported(self, patient: dict | str | None = None) -> dict[str, int]:
         """Resources imported from Metriport, per type — in all, or in one Patient's compartment."""
