@@ -51,8 +51,12 @@ def create_patient(stack, first: str, org_id: str | None, **overrides) -> dict:
     return stack.admin.fhir("create Patient", "POST", "Patient", json_body=patient_resource(first, org_id, **overrides))
 
 
-def runs(stack, limit: int = 200) -> list[dict]:
-    r = requests.get(stack.base_url + "_emulator/runs", params={"limit": limit}, timeout=10)
+def runs(stack, limit: int = 200, **filters) -> list[dict]:
+    """The emulator's run log, newest first (filters: bot=, failed=, trigger=)."""
+    params = {"limit": limit, **{k: ("true" if v is True else "false" if v is False else v)
+                                 for k, v in filters.items() if v is not None}}
+    r = requests.get(stack.base_url + "_emulator/runs", params=params, timeout=10,
+                     auth=(stack.emulator.admin_client_id, stack.emulator.admin_client_secret))
     r.raise_for_status()
     return r.json()["runs"]
 

@@ -7,6 +7,8 @@ from datetime import datetime
 import click
 import requests
 
+from . import statefile
+from .localdefaults import admin_credentials
 from .medplum_http import MedplumError, MedplumHttp
 
 AUDIT_FAILURE = {"4", "8", "12"}
@@ -50,13 +52,15 @@ def runs_from_audit_events(http: MedplumHttp, bot: str | None, limit: int) -> li
 
 
 def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int) -> list[dict]:
+    """The emulator's run log (its developer API, with the admin client's credentials)."""
     params = {"limit": limit}
     if bot:
         params["bot"] = bot
     if failed:
         params["failed"] = "true"
     try:
-        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params=params, timeout=10)
+        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params=params, timeout=10,
+                         auth=admin_credentials())
     except requests.ConnectionError:
         raise click.ClickException(f"no emulator at {base_url} — start one with `medport emulate`, or pass "
                                    "--base-url with --client-id/--client-secret to read a Medplum server's AuditEvents") from None
@@ -82,12 +86,14 @@ def format_run(r: dict, full_logs: bool) -> str:
 @click.option("--limit", default=20, show_default=True, help="How many (newest first).")
 @click.option("--follow", is_flag=True, help="Keep watching for new executions (Ctrl-C to stop).")
 @click.option("--logs", "full_logs", is_flag=True, help="Show the whole captured log of each run, not only its last line.")
-@click.option("--base-url", default="http://127.0.0.1:8103/", show_default=True, envvar="MEDPLUM_BASE_URL",
-              help="Emulator, or a Medplum server (with credentials) [env MEDPLUM_BASE_URL].")
+@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
+              help="Emulator, or a Medplum server (with credentials) [env MEDPLUM_BASE_URL; default: the emulator "
+                   "running from this folder (.medport/emulator.json), else http://127.0.0.1:8103/].")
 @click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Read AuditEvents of a real Medplum with these credentials.")
 @click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET")
 def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, client_secret):
     """List bot executions with outcome, duration and logs (newest first)."""
+    base_url = statefile.emulator_base_url(base_url)
     http = MedplumHttp(base_url, client_id, client_secret) if client_id and client_secret else None
 
     def fetch() -> list[dict]:

@@ -42,11 +42,15 @@ def _guard() -> None:
 @bp.get("/health")
 def health() -> Response:
     st = current_state()
-    body = {"status": "ok" if st.ready else "starting", "ready": bool(st.ready), "version": VERSION,
+    waiting = [f"{name}: {what}" for name, what in dict(st.waiting_for).items()]
+    ready = bool(st.ready) and not waiting
+    body = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
             "emulates": "medplum-server 5.x (FHIR R4)", "python": sys.version.split()[0],
             "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),
             "base_url": st.base_url, "project": PROJECT_ID}
-    return json_response(body, 200 if st.ready else 503, "application/json")
+    if waiting:
+        body["waiting_for"] = waiting
+    return json_response(body, 200 if ready else 503, "application/json")
 
 
 @bp.get("/runs")

@@ -39,6 +39,9 @@ class Settings:
     loop_limit: int = 5
     loop_window_s: float = 30.0
     start_background: bool = True
+    # Readiness: what the emulator waits for before /_emulator/health reports ready, name -> description
+    # (`medport emulate` waits for {"bots": ...} and drops the entry from `state.waiting_for` once deployed).
+    wait_for: dict = field(default_factory=dict)
 
     def normalized_base(self) -> str:
         return self.base_url if self.base_url.endswith("/") else self.base_url + "/"
