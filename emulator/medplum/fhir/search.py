@@ -7,6 +7,7 @@ ranges covered by each value at its precision (eq/ap = overlap, lt/gt/le/ge/sa/e
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -46,6 +47,14 @@ class SearchRequest:
     include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
     query: list[tuple[str, str]] = field(default_factory=list)   # the original (for links)
+    count_text: str | None = None   # `_count` as Medplum prints it in links when it is not a plain number ("NaN", "-3")
+    types: list[str] | None = None  # `_type` (system-level search)
+
+
+def js_parse_int(v: str) -> int | None:
+    """JavaScript `Number.parseInt(v, 10)`: leading whitespace, optional sign, leading digits; None for NaN."""
+    m = re.match(r"\s*([+-]?\d+)", v or "")
+    return int(m.group(1)) if m else None
 
 
 def split_values(s: str) -> list[str]:
@@ -86,11 +95,12 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
         code, _, modifier = name.partition(":")
         modifier = modifier or None
         if code == "_count":
-            try:
-                n = int(value)
-            except ValueError:
-                raise BadRequest(f"Invalid _count: {value}") from None
-            req.count = max(0, min(n, MAX_COUNT))
+            # @medplum/core search.ts: `count = Number.parseInt(value, 10)`, never validated; server search.ts
+            # clamps values over 1000 and runs the query only `if (count > 0)`: `_count=abc` (NaN) or a negative
+            # count is a 200 searchset without entries whose self link says `_count=NaN` / `_count=-3`.
+            n = js_parse_int(value)
+            req.count = 0 if n is None else max(0, min(n, MAX_COUNT))
+            req.count_text = "NaN" if n is None else (str(n) if n < 0 else None)
         elif code == "_offset":
             try:
                 req.offset = max(0, int(value))
@@ -117,7 +127,9 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             req.include.append(value)
         elif code == "_revinclude":
             req.revinclude.append(value)
-        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor", "_type"):
+        elif code == "_type":
+            req.types = value.split(",")
+        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor"):
             continue
         elif code in ("_id", "_lastUpdated"):
             req.filters.append(Filter(code, modifier, split_values(value), None))
