@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 
 from .errors import BadRequest, Forbidden, Unauthorized
 from .httpio import current_state, is_admin, json_response
-from .settings import PROJECT_ID, VERSION
+from .settings import MEDPLUM_VERSION, PROJECT_ID, VERSION
 
 bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
 
@@ -43,7 +43,7 @@ def _guard() -> None:
 def health() -> Response:
     st = current_state()
     body = {"status": "ok" if st.ready else "starting", "ready": bool(st.ready), "version": VERSION,
-            "emulates": "medplum-server 5.x (FHIR R4)", "python": sys.version.split()[0],
+            "emulates": f"medplum-server {MEDPLUM_VERSION} (FHIR R4)", "medplum_version": MEDPLUM_VERSION, "python": sys.version.split()[0],
             "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),
             "base_url": st.base_url, "project": PROJECT_ID}
     return json_response(body, 200 if st.ready else 503, "application/json")

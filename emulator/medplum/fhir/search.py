@@ -231,8 +231,6 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             if system:
                 return "x.system = ?", [system], neg
             return "x.system IS NULL AND x.code = ?", [code], neg
-        if f.modifier == "text":
-            return "x.code LIKE ? ESCAPE '\\'", [_like_escape(v) + "%"], False
         return "x.code = ?", [v], neg
     if t == "string":
         nv = V.normalize_string(v)
@@ -312,6 +310,14 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
         missing = f.values[0].lower() == "true"
         q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ?)"
         return (f"NOT ({q})" if missing else q), [f.code]
+    if sp.type == "token" and f.modifier in ("text", "contains"):
+        # server fhir/token-column.ts (5.x): `:text` = case-insensitive substring over the token's text values
+        # (CodeableConcept.text, Coding.display); comma = OR, each value trimmed
+        ors, args = [], []
+        for v in f.values:
+            ors.append("r.rid IN (SELECT x.rid FROM idx_text x WHERE x.param = ? AND x.value LIKE ? ESCAPE '\\')")
+            args += [f.code, "%" + _like_escape(v.strip().lower()) + "%"]
+        return "(" + " OR ".join(ors) + ")", args
     ors, args = [], []
     for v in f.values:
         cond, a, neg = _value_condition(f, v)
@@ -403,6 +409,9 @@ def _match_filter(resource: dict, f: Filter) -> bool:
     t = sp.type
     if f.modifier == "missing":
         return (not vals) == (f.values[0].lower() == "true")
+    if t == "token" and f.modifier in ("text", "contains"):
+        texts = [x.lower() for x in V.token_texts(vals)]
+        return any(v.strip().lower() in x for v in f.values for x in texts)
     for v in f.values:
         if t in ("token", "uri"):
             rows = V.token_values(vals) if t == "token" else [(None, x) for x in vals if isinstance(x, str)]
@@ -471,6 +480,4 @@ def _token_hit(system: str | None, code: str | None, v: str, t: str, modifier: s
         if s:
             return system == s
         return system is None and code == c
-    if modifier == "text":
-        return code is not None and code.lower().startswith(v.lower())
     return code == v

@@ -47,8 +47,11 @@ CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rid);
 CREATE TABLE IF NOT EXISTS idx_num (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL, system TEXT, code TEXT);
 CREATE INDEX IF NOT EXISTS idx_num_v ON idx_num (param, value);
 CREATE INDEX IF NOT EXISTS idx_num_r ON idx_num (rid);
+CREATE TABLE IF NOT EXISTS idx_text (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT);
+CREATE INDEX IF NOT EXISTS idx_text_v ON idx_text (param, value);
+CREATE INDEX IF NOT EXISTS idx_text_r ON idx_text (rid);
 """
-_INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num")
+_INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
 
 
 @dataclass
@@ -282,7 +285,7 @@ class Repository:
 
     def _index(self, row_id: int, res: dict) -> None:
         params = self._params.for_type(res["resourceType"])
-        tok, st, ref, dt, num = V.index_rows(params, res)
+        tok, st, ref, dt, num, txt = V.index_rows(params, res)
         c = self._conn
         if tok:
             c.executemany("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
@@ -295,6 +298,8 @@ class Repository:
         if dt:
             c.executemany("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
                           [(row_id, p, lo, hi) for p, lo, hi in dt])
+        if txt:
+            c.executemany("INSERT INTO idx_text (rid, param, value) VALUES (?,?,?)", [(row_id, p, v) for p, v in txt])
         if num:
             c.executemany("INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
                           [(row_id, p, n, s, cd) for p, n, s, cd in num])

@@ -196,3 +196,50 @@ def test_location_only_when_created(env):
     assert r.headers["Location"] == f"{BASE}fhir/R4/Patient/{r.body['id']}"
     again = call(svc, pr, "POST", "Patient", patient(), headers={"If-None-Exist": "identifier=urn:x|1"})
     assert again.status == 200 and "Location" not in again.headers
+
+
+# 6. server src/fhir/token-column.ts (5.x token-column strategy) and src/fhir/tokens.ts: token `:text` =
+#    case-insensitive substring over CodeableConcept.text and Coding.display; comma = OR
+def test_token_text_modifier(env):
+    _, svc, pr = env
+    for i in range(3):
+        call(svc, pr, "POST", "Observation", obs(f"t{i}", code={"text": "load-1"}))
+    call(svc, pr, "POST", "Observation", obs("t9", code={"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                                                                      "display": "Heart rate"}]}))
+    r = call(svc, pr, "GET", "Observation", query=[("code:text", "load-1")])
+    assert r.status == 200 and len(r.body["entry"]) == 3
+    assert len(call(svc, pr, "GET", "Observation", query=[("code:text", "HEART")]).body["entry"]) == 1
+    assert len(call(svc, pr, "GET", "Observation", query=[("code:text", "oad,art r")]).body["entry"]) == 4
+    assert call(svc, pr, "GET", "Observation", query=[("code:text", "8867-4")]).body["entry"] == []
+    # the in-memory matcher (subscription and access-policy criteria) agrees
+    from medport.emulator.medplum.fhir.search import matches
+    o = call(svc, pr, "GET", "Observation", query=[("code:text", "load")]).body["entry"][0]["resource"]
+    assert matches(o, "Observation?code:text=LOAD-1") and not matches(o, "Observation?code:text=heart")
+
+
+# 8. @medplum/core 5.2.13 src/subscriptions/index.ts resourceMatchesSubscriptionCriteria evaluates every
+#    subscription-supported-interaction extension (medplum PR #9854); older servers only the first (getExtension).
+#    The generated Subscriptions carry one extension each, so they fire on create and update under both rules.
+def test_generated_subscriptions_fire_on_create_and_update_on_every_version():
+    from medport.emulator.medplum.subscriptions import supports_interaction
+    from medport.generator.config import validate_data
+    from medport.generator.manifest import subscriptions
+
+    two = {"resourceType": "Subscription", "extension": [
+        {"url": "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction", "valueCode": c}
+        for c in ("create", "update")]}
+    assert supports_interaction(two, "update") and not supports_interaction(two, "delete")       # 5.2.13
+    assert not supports_interaction(two, "update", first_only=True)                              # older servers
+    assert supports_interaction({"resourceType": "Subscription"}, "delete")                       # none = all
+    subs = subscriptions(validate_data({}))
+    for first_only in (False, True):
+        fired = {i for s in subs if s["criteria"] == "Patient" for i in ("create", "update", "delete")
+                 if supports_interaction(s, i, first_only=first_only)}
+        assert fired == {"create", "update"}
+    assert all(len(s["extension"]) == 1 for s in subs)
+
+
+def test_health_names_the_emulated_medplum_version(emu):
+    import requests
+    body = requests.get(emu.base_url + "_emulator/health").json()
+    assert body["medplum_version"] == "5.2.13"
