@@ -151,6 +151,9 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             sp = params.get(code)
             if sp is None:
                 raise BadRequest(f"Unknown search parameter: {code}")
+            if sp.type in ("composite", "special") and modifier not in ("missing", "present"):
+                # @medplum/core search.ts parseParameter: a plain Error, normalized to 400 by the router
+                raise BadRequest(f"Unrecognized search parameter type: {sp.type}")
             if modifier and modifier not in _MODIFIERS and not (sp.type == "reference" and modifier[:1].isupper()):
                 raise BadRequest(f"Unknown search parameter modifier: {modifier}")
             req.filters.append(Filter(code, modifier, split_values(value), sp))

@@ -243,3 +243,77 @@ def test_health_names_the_emulated_medplum_version(emu):
     import requests
     body = requests.get(emu.base_url + "_emulator/health").json()
     assert body["medplum_version"] == "5.2.13"
+
+
+# 7. Every search parameter of the types medport imports either extracts values (plain paths, or the FHIRPath
+#    expressions that are not paths, evaluated like @medplum/core src/fhirpath) or is answered as Medplum answers
+#    it: composite/special -> 400 "Unrecognized search parameter type: <type>" (@medplum/core src/search/search.ts
+#    parseParameter); `_text`/`_content`/`_query` have no expression and are not attached to concrete types
+#    (@medplum/core src/types.ts getOrInitTypeSchema) -> 400 "Unknown search parameter".
+IMPORTED = ["Patient", "AllergyIntolerance", "Condition", "Composition", "Coverage", "Consent", "DiagnosticReport",
+            "DocumentReference", "Encounter", "FamilyMemberHistory", "Goal", "Immunization", "Location", "Medication",
+            "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement",
+            "Observation", "Organization", "Practitioner", "PractitionerRole", "Procedure", "RelatedPerson",
+            "ServiceRequest", "CarePlan", "Device", "Binary", "Task", "Communication", "Bundle", "InsurancePlan",
+            "ProjectMembership"]
+
+
+def test_every_search_parameter_extracts_or_answers_like_medplum(env):
+    from medport.emulator.medplum.fhir.schema import RESOURCE_TYPES
+    from medport.emulator.medplum.fhir.searchparams import registry
+    _, svc, pr = env
+    silent = []
+    for t in IMPORTED:
+        assert t in RESOURCE_TYPES
+        for code, sp in registry().for_type(t).items():
+            if sp.type in ("composite", "special"):
+                if t == "Binary":
+                    continue
+                r = call(svc, pr, "GET", t, query=[(code, "x")])
+                assert r.status == 400 and text(r) == f"Unrecognized search parameter type: {sp.type}", (t, code)
+            elif not (sp.paths or sp.custom is not None or code in ("_id", "_lastUpdated")):
+                silent.append(f"{t}.{code}")
+    assert silent == [], "parameters that would silently match nothing"
+    r = call(svc, pr, "GET", "Patient", query=[("_text", "x")])
+    assert r.status == 400 and text(r) == "Unknown search parameter: _text"
+
+
+CUSTOM_CASES = [
+    ("MedicationRequest", "priority-order", {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                                             "priority": "urgent", "medicationCodeableConcept": {"text": "m"},
+                                             "subject": {"reference": "Patient/1"}}, "30"),
+    ("Communication", "priority-order", {"resourceType": "Communication", "status": "completed"}, "10"),
+    ("InsurancePlan", "name", {"resourceType": "InsurancePlan", "name": "Gold", "alias": ["Aurum"]}, "aur"),
+    ("Observation", "value-string", {"resourceType": "Observation", "status": "final", "code": {"text": "c"},
+                                     "valueCodeableConcept": {"text": "Positive"}}, "posit"),
+    ("Patient", "deceased", {"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}, "true"),
+    ("Patient", "deceased", {"resourceType": "Patient", "name": [{"family": "Alive"}]}, "false"),
+    ("ProjectMembership", "profile-type", {"resourceType": "ProjectMembership", "project": {"reference": "Project/p"},
+                                           "user": {"reference": "User/u"},
+                                           "profile": {"reference": "Practitioner/1"}}, "Practitioner"),
+]
+
+
+def test_fhirpath_parameters_agree_with_medplum_and_find_the_resource(env):
+    from medport.emulator.medplum.fhir.searchparams import registry
+    from tests.emulator.medplum.oracle import medplum
+    repo, svc, pr = env
+    sps = [registry().get(t, code) for t, code, _, _ in CUSTOM_CASES]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Composition",
+                                                                                      "id": "c1"}}]}
+    sps.append(registry().get("Bundle", "composition"))
+    resources = [r for _, _, r, _ in CUSTOM_CASES] + [bundle]
+    expected = medplum([{"op": "fhirpath", "expression": sp.expression, "resource": r} for sp, r in zip(sps, resources)])
+    for sp, r, exp in zip(sps, resources, expected):
+        got = sp.extract(r)
+        if sp.type == "reference":
+            got = [x["reference"] for x in got]
+            exp["values"] = [f"{x['resourceType']}/{x['id']}" for x in exp["values"]]
+        assert got == exp["values"], (sp.code, got, exp)
+    admin = Principal("proj-1", "ClientApplication/app-1", None, Access(None), True)   # ProjectMembership
+    for t, code, res, value in CUSTOM_CASES:
+        created = repo.create(res, project="proj-1")
+        found = call(svc, admin, "GET", t, query=[(code, value), ("_id", created["id"])])
+        assert [e["resource"]["id"] for e in found.body.get("entry", [])] == [created["id"]], (t, code, found.body)
+    b = repo.create(bundle, project="proj-1")
+    assert call(svc, pr, "GET", "Bundle", query=[("composition", "Composition/c1")]).body["entry"][0]["resource"]["id"] == b["id"]
