@@ -696,10 +696,16 @@ class FhirService:
                 raise BadRequest("Transaction requires strict isolation but has too many entries")
 
         order = [i for b in buckets.values() for i in b]
+        # every identity is resolved now: rewrite the entries once and validate the resources to be written in
+        # one call to Medplum's validator (strict mode), instead of one call per entry
+        rewritten = {i: _rewrite(entries[i], identities) for i in order}
+        self.validator.prevalidate([e.get("resource") for e in rewritten.values()
+                                    if isinstance(e, dict) and str((e.get("request") or {}).get("method")).upper()
+                                    in ("POST", "PUT")])
         try:
             with self.repo.transaction():
                 for i in order:
-                    entry = _rewrite(entries[i], identities)
+                    entry = rewritten[i]
                     if tx:
                         resp = self._run_entry(pr, entry)
                         if resp.status >= 400:
@@ -721,6 +727,8 @@ class FhirService:
                         results[i] = self._entry_from_response(resp)
         except _EntryFailed as ef:
             return FhirResponse(ef.resp.status, ef.resp.body, {})
+        finally:
+            self.validator.clear_prevalidated()
         out = {"resourceType": "Bundle", "type": f"{btype}-response",
                "entry": [r or _entry_response(ServerError().outcome) for r in results]}
         return FhirResponse(200, out, {})
