@@ -494,11 +494,11 @@ class FhirService:
         return self.repo.search(req, extra_where=self._policy_where(pr, a, rtype), count_total=False)[0]
 
     # ================================================================== writes
-    def _body_resource(self, body: Any, rtype: str) -> dict:
+    def _body_resource(self, body: Any, rtype: str, mismatch: str = "Incorrect resource type") -> dict:
         if not isinstance(body, dict):
             raise BadRequest("Missing resource" if body is None else "Invalid resource")
         if body.get("resourceType") != rtype:
-            raise BadRequest("Incorrect resource type")
+            raise BadRequest(mismatch)
         return body
 
     def _validate(self, res: dict) -> None:
@@ -506,7 +506,12 @@ class FhirService:
 
     def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
                assigned_id: str | None = None) -> FhirResponse:
-        res = self._body_resource(body, rtype)
+        # fhir-router fhirrouter.ts: createResourceImpl names both types; a conditional create goes through
+        # repo.ts conditionalCreate, whose check is on the search type
+        found_type = body.get("resourceType") if isinstance(body, dict) else None
+        res = self._body_resource(body, rtype, "Search type must match resource type for conditional update"
+                                  if headers.get("if-none-exist") else
+                                  f"Incorrect resource type: expected {rtype}, but found {found_type or '<EMPTY>'}")
         a = self._check_type(pr, P.CREATE, rtype)
         ine = headers.get("if-none-exist")
         if ine:
@@ -532,7 +537,7 @@ class FhirService:
     def update(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
         res = self._body_resource(body, rtype)
         if res.get("id") != rid:
-            raise BadRequest("Incorrect ID")
+            raise BadRequest("Incorrect resource ID")     # fhir-router fhirrouter.ts updateResourceImpl
         if not ID_RE.match(rid):
             raise BadRequest("Invalid id")
         return self._do_update(pr, res, headers.get("if-match"))
@@ -578,7 +583,7 @@ class FhirService:
 
     def conditional_update(self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any,
                            headers: dict[str, str]) -> FhirResponse:
-        res = self._body_resource(body, rtype)
+        res = self._body_resource(body, rtype, "Search type must match resource type for conditional update")
         found = self._find(pr, rtype, query)
         if len(found) > 1:
             raise MultipleMatches()

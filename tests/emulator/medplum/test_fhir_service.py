@@ -65,7 +65,9 @@ def test_invalid_resource_rejected_with_field_named_and_nothing_written(env):
     assert {"Patient.birthDate", "Patient.foo"} <= exprs
     assert repo.count("Patient") == 0
     assert call(svc, pr, "POST", "Patient", {"resourceType": "Observation"}).status == 400
-    assert text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"})) == "Incorrect resource type"
+    # fhir-router fhirrouter.ts createResourceImpl
+    assert text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"})) == \
+        "Incorrect resource type: expected Patient, but found Observation"
 
 
 def test_conditional_create(env):
@@ -93,7 +95,7 @@ def test_update_put_and_if_match(env):
     assert r2.status == 412
     r3 = call(svc, pr, "PUT", f"Patient/{cid}", patient(id=cid, active=True), headers={"If-Match": f'W/"{v1}"'})
     assert r3.status == 200 and r3.body["active"] is True
-    assert text(call(svc, pr, "PUT", f"Patient/{cid}", patient(id="other"))) == "Incorrect ID"
+    assert text(call(svc, pr, "PUT", f"Patient/{cid}", patient(id="other"))) == "Incorrect resource ID"
 
 
 def test_noop_update_returns_current_without_new_version(env):

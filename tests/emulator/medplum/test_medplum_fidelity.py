@@ -1,6 +1,6 @@
 """Issue 14, "Medplum fidelity, round two": one contract test per difference, each naming the Medplum source file
 (@medplum/fhir-router and @medplum/core 5.2.13, Medplum's server packages/server/src) the rule comes from.
-The list of rules is in docs/medplum-fidelity.md."""
+Item 11 (strict validation) is tests/emulator/medplum/test_strict_validation.py."""
 import uuid
 
 import pytest
