@@ -43,7 +43,6 @@ const CONFIG = {
       "Goal",
       "Immunization",
       "Location",
-      "Medication",
       "MedicationAdministration",
       "MedicationDispense",
       "MedicationRequest",
@@ -51,7 +50,6 @@ const CONFIG = {
       "Observation",
       "Organization",
       "Practitioner",
-      "PractitionerRole",
       "Procedure",
       "RelatedPerson",
       "ServiceRequest"

@@ -116,6 +116,19 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
 
     ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=no_cfg)
 
+    def metriport_accepts():
+        """The requests the config shapes, through the fake's copy of Metriport's rules (the schema already
+        refuses what Metriport refuses; this keeps the two from drifting apart)."""
+        from medport.emulator.metriport import rules
+
+        from .render import patient_bot_config
+        c = patient_bot_config(cfg)["consolidated"]
+        rules.resources_param(",".join(c["resources"]))
+        rules.iso_date_param(c["dateFrom"])
+        rules.iso_date_param(c["dateTo"])
+
+    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts, skip_reason=no_cfg)
+
     def loads():
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
