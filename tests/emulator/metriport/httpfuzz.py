@@ -33,6 +33,9 @@ ROUTES = [("/medical/v1/patient", "GET POST"), ("/medical/v1/patient/match", "PO
           ("/settings/webhook/retry", "POST"), ("/medical/v1/settings", "GET"), ("/medical/v1/nothing", "GET"), ("/", "GET"),
           ("/_fake/state", "GET"), ("/_fake/faults", "GET POST"), ("/_fake/webhooks", "GET"),
           ("/_fake/settings/webhook", "POST"), ("/_fake/reset", "POST"), ("/_fake/files/x/y", "GET")]
+# the routes whose rules matter most, drawn more often
+ROUTES += [("/medical/v1/patient", "POST")] * 4 + [("/medical/v1/patient/match", "POST")] * 2 + \
+    [("/medical/v1/patient/{pid}", "PUT")] * 2 + [("/medical/v1/patient/{pid}/consolidated/query", "POST")] * 2
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 QUERY_NAMES = ["facilityId", "patientId", "resources", "dateFrom", "dateTo", "conversionType", "fileName", "externalId",
                "output", "content", "source", "override", "fromDashboard", "filters", "body"]
@@ -107,7 +110,10 @@ def http_requests(draw, ids: dict):
     pid = draw(st.sampled_from([ids.get("pid", "p")] * 6 + ["nope", "match", "../x", "%2e%2e", "a" * 300, "ü", "%00"]))
     path = template.format(pid=pid, rid=draw(st.sampled_from([ids.get("rid", "r"), "nope"])),
                            fid=draw(st.sampled_from([ids.get("fid", "f"), "nope"])))
-    ctype, body = draw(bodies())
+    if template in ("/medical/v1/patient", "/medical/v1/patient/match", "/medical/v1/patient/{pid}") and draw(st.booleans()):
+        ctype, body = "application/json", json.dumps(draw(patient_bodies())).encode()  # mostly near misses
+    else:
+        ctype, body = draw(bodies())
     headers = {}
     key = draw(st.sampled_from(["good"] * 12 + ["none", "wrong", "long"]))
     if key != "none":
@@ -118,7 +124,15 @@ def http_requests(draw, ids: dict):
         headers["content-encoding"] = draw(st.sampled_from(["gzip", "br", "deflate"]))
         if headers["content-encoding"] == "gzip" and draw(st.booleans()):
             body = gzip.compress(body)
-    return {"method": method, "path": path, "query": draw(query_strings(ids)),
+    query = draw(query_strings(ids))
+    if draw(st.booleans()):  # the parameters the route needs, so that bodies reach deep validation
+        needed = {"/medical/v1/patient": f"facilityId={ids.get('fid', '')}",
+                  "/medical/v1/patient/{pid}/consolidated/query": "conversionType=json",
+                  "/medical/v1/document/query": f"patientId={ids.get('pid', '')}",
+                  "/medical/v1/document": f"patientId={ids.get('pid', '')}",
+                  "/medical/v1/document/download-url/bulk": f"patientId={ids.get('pid', '')}"}.get(template)
+        query = "&".join(x for x in (needed, query) if x)
+    return {"method": method, "path": path, "query": query,
             "headers": headers, "body": body}
 
 
