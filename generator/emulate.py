@@ -33,7 +33,8 @@ def _banner(stack: Stack, storage: str, seconds: float) -> None:
         click.echo(f"fake Metriport listening on {base}/medical/v1")
         click.echo(f"  api key:       {stack.fake.api_key}   (header x-api-key; a local fake key)")
         click.echo(f"  facility id:   {stack.fake.facility_id}")
-        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults")
+        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults, {base}/_fake/state "
+                   "(header x-api-key: the same key)")
     else:
         click.echo(f"Metriport: the real service at {stack.metriport_base_url}")
 
