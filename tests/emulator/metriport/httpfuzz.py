@@ -185,7 +185,7 @@ class Target:
         backend.wait_idle(10)
         before = backend.state_digest()
         url = self.fake.base_url + quote(req["path"], safe="/%:@[]!$&'()*+,;=") + ("?" + req["query"] if req["query"] else "")
-        r = self.s.request(req["method"], url, data=req["body"], headers=req["headers"], timeout=15)
+        r = self.s.request(req["method"], url, data=req["body"], headers=req["headers"], timeout=5)
         stats.requests += 1
         stats.by_status[r.status_code] = stats.by_status.get(r.status_code, 0) + 1
         where = f"{req['method']} {req['path']}?{req['query'][:80]}"
