@@ -174,3 +174,12 @@ def test_runs_follow_streams_new_executions(stack):
     lines = [ln for ln in out.splitlines() if "metriport-" in ln]
     assert len(lines) >= 2, out  # the newest run at start, then the ping's run as it happened
     assert "execute" in lines[-1] and "success" in lines[-1]
+
+
+def test_check_fails_on_a_config_metriport_would_refuse(tmp_path):
+    """Asking Metriport for Medication (400 in production) fails `medport check`, naming the type and the list."""
+    (tmp_path / "medport.toml").write_text('[consolidated]\nresources = ["Condition", "Medication"]\n')
+    r = CliRunner().invoke(check_command, ["-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots"),
+                                           "--no-scenarios"])
+    assert r.exit_code == 1
+    assert "consolidated.resources[1]: 'Medication' is not a type Metriport's consolidated query accepts" in r.output
