@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 
 SEED_DEMOGRAPHICS = {
@@ -52,9 +50,9 @@ def create_patient(stack, first: str, org_id: str | None, **overrides) -> dict:
 
 
 def runs(stack, limit: int = 200) -> list[dict]:
-    r = requests.get(stack.base_url + "_emulator/runs", params={"limit": limit}, timeout=10)
-    r.raise_for_status()
-    return r.json()["runs"]
+    """Bot runs from the emulator's developer API (it answers only the admin client)."""
+    return stack.admin.request("read the emulator's runs", "GET", "_emulator/runs", params={"limit": limit},
+                               ok=(200,))["runs"]
 
 
 def deliveries(stack) -> list[dict]:
