@@ -3,7 +3,7 @@
 A thin HTTP layer (moto/LocalStack style) over `EmulatorState` (state.py, no HTTP): routes/ parse
 requests and render answers, devapi.py is the developer API, and typed errors (errors.py) map to
 Medplum's OperationOutcomes here. An unexpected exception renders 500 with an `exception`
-OperationOutcome (never a crash).
+OperationOutcome saying only "Internal server error" (never a crash, never exception text: that is logged).
 """
 from __future__ import annotations
 
@@ -51,5 +51,5 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return outcome_response(ServerError(f"{type(err).__name__}").outcome, 500)
+        log.exception("unhandled error in %s %s", request.method, request.path[:200])
+        return outcome_response(ServerError().outcome, 500)  # "Internal server error", no exception text

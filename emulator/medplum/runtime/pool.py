@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...node import node_binary, node_modules_dir
+from .. import jsonsafe
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ class _Worker:
 
     # -- io
     def send(self, msg: dict) -> None:
-        data = (json.dumps(msg, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+        # jsonsafe: a non-finite number would make a line JSON.parse refuses, and the call would wait for
+        # an answer that never comes (it was the hang of test_fuzz_execute_never_5xx: {"a": -Infinity})
+        data = (jsonsafe.dumps(msg, default=str, ensure_ascii=True) + "\n").encode("ascii")
         with self._wlock:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
@@ -158,7 +161,7 @@ class _Worker:
                 try:
                     msg = json.loads(line)
                 except ValueError:
-                    log.warning("worker %s: bad protocol line %r", self.pid, line[:200])
+                    log.warning("worker %s: bad protocol line (%d bytes)", self.pid, len(line))
                     continue
                 t = msg.get("t")
                 if t == "log":
