@@ -238,10 +238,10 @@ class FhirService:
         a = self._check_type(pr, P.HISTORY, rtype)
         count, offset = 100, 0
         for k, v in query:
-            if k == "_count" and v.isdigit():
+            if k == "_count" and v.isdecimal() and len(v) < 20:
                 count = min(int(v), 1000)
-            elif k == "_offset" and v.isdigit():
-                offset = int(v)
+            elif k == "_offset" and v.isdecimal():
+                offset = int(v) if len(v) < 10 else 10 ** 9  # past any history, within SQLite's integers
         if rid is not None:
             current = None
             try:
