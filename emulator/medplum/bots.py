@@ -311,14 +311,15 @@ def deploy_code(state: EmulatorState, bot: dict, code: str, filename: str = "ind
     content_type = "text/javascript"
     binary = {"resourceType": "Binary", "contentType": content_type,
               "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
-    resp = state.call("POST", "Binary", body=binary, principal=principal)
-    if resp.status >= 300:
-        raise FhirError(resp.body)
-    created = resp.body
-    updated = dict(bot)
-    updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
-                                 "title": filename}
-    resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
-    if resp.status >= 300:
-        raise FhirError(resp.body)
+    with state.repo.transaction():  # a refused Bot update leaves no orphan Binary behind
+        resp = state.call("POST", "Binary", body=binary, principal=principal)
+        if resp.status >= 300:
+            raise FhirError(resp.body)
+        created = resp.body
+        updated = dict(bot)
+        updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
+                                     "title": filename}
+        resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
+        if resp.status >= 300:
+            raise FhirError(resp.body)
     return resp.body
