@@ -25,6 +25,9 @@ log = logging.getLogger("medport.emulator.medplum")
 def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("medport-emulator")
     app.config["JSON_SORT_KEYS"] = False
+    # Express does not merge slashes; werkzeug would answer `//` with a 308 whose Location repeats the whole
+    # query (a 200 KB header line that clients cannot read). `/fhir/R4//x` is routed like Medplum routes it.
+    app.url_map.merge_slashes = False
     app.extensions["medport"] = EmulatorState(settings or Settings())
     app.register_blueprint(oauth.bp)
     app.register_blueprint(admin.bp)

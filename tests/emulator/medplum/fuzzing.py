@@ -216,7 +216,8 @@ def _sane_fhir(draw) -> Req:
     hostile = draw(st.integers(0, 3)) == 0
     body = draw(body_strategy()) if hostile else json.dumps(_resource(draw, t)).encode()
     fhir = "application/fhir+json"
-    if op == "search":
+    if op == "search":  # reads may also look at the project-admin types (writes could lock the fuzz out)
+        t = draw(st.sampled_from([t, t, t, "ClientApplication", "ProjectMembership", "AccessPolicy", "Project"]))
         return Req("GET", f"fhir/R4/{t}", draw(query_strategy()), _headers(draw, None))
     if op == "create":
         return Req("POST", f"fhir/R4/{t}", [], _headers(draw, fhir), body)

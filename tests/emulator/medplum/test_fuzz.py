@@ -87,8 +87,8 @@ def test_execute_with_infinity_answers_at_once(fz):
     assert r is not None and r.status_code == 400 and _outcome_text(r) == "Content could not be parsed"
     r = fz.send(Req("POST", "fhir/R4/Bot/@bot/$execute", headers={"Content-Type": "application/json"},
                     body=b'{"a": 1e400, "b": "\\ud800"}'))  # Node reads 1e400 as Infinity, stringifies it as null
-    assert r is not None and r.status_code == 200 and r.json() == {"a": None, "b": "\ufffd"} or \
-        r.content == b'{"a":null,"b":"\\ud800"}', r.content
+    # JSON.stringify (well-formed, Node >= 12) escapes the unpaired surrogate
+    assert r is not None and r.status_code == 200 and r.content == b'{"a":null,"b":"\\ud800"}', r.content
 
 
 def test_500_bodies_say_only_internal_server_error(emu, c, monkeypatch):
@@ -110,3 +110,11 @@ def test_fuzz_http_api(fz, req):
     fz.send(req)
     assert not fz.stats.failures, "\n".join(fz.stats.failures[:5])
 
+
+
+def test_double_slash_is_not_a_redirect(fz):
+    """werkzeug answered `//` with a 308 whose Location repeated the whole query: with a long query a header
+    line over 64 KiB that Python's http.client cannot read (found by bench_fuzz.py)."""
+    r = fz.send(Req("PATCH", "fhir/R4//g/_history", [("_id", "😀" * 17_000)]))
+    assert r is not None and 400 <= r.status_code < 500, fz.stats.failures[-1:]
+    assert "Location" not in r.headers
