@@ -196,6 +196,7 @@ def balanced(op: str, parts: list[str]) -> str:
 
 
 def _long(pattern: str) -> bool:
+    """Is this LIKE pattern (escapes included) too long for SQLite? Then compare another way."""
     return len(pattern) * 4 > LIKE_MAX_BYTES and len(pattern.encode("utf-8")) > LIKE_MAX_BYTES
 
 
@@ -274,21 +275,24 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
                 return "x.system = ?", [system], neg
             return "x.system IS NULL AND x.code = ?", [code], neg
         if f.modifier == "text":
-            if _long(v):
+            pattern = _like_escape(v) + "%"
+            if _long(pattern):
                 return "lower(substr(x.code, 1, ?)) = lower(?)", [len(v), v], False
-            return "x.code LIKE ? ESCAPE '\\'", [_like_escape(v) + "%"], False
+            return "x.code LIKE ? ESCAPE '\\'", [pattern], False
         return "x.code = ?", [v], neg
     if t == "string":
         nv = V.normalize_string(v)
         if f.modifier == "exact":
             return "x.raw = ?", [v], False
         if f.modifier == "contains":
-            if _long(nv):
+            pattern = "%" + _like_escape(nv) + "%"
+            if _long(pattern):
                 return "instr(x.value, ?) > 0", [nv], False
-            return "x.value LIKE ? ESCAPE '\\'", ["%" + _like_escape(nv) + "%"], False
-        if _long(nv):
+            return "x.value LIKE ? ESCAPE '\\'", [pattern], False
+        pattern = _like_escape(nv) + "%"
+        if _long(pattern):
             return "substr(x.value, 1, ?) = ?", [len(nv), nv], False
-        return "x.value LIKE ? ESCAPE '\\'", [_like_escape(nv) + "%"], False
+        return "x.value LIKE ? ESCAPE '\\'", [pattern], False
     if t == "reference":
         ref = V.normalize_reference(v)
         if f.modifier and f.modifier[:1].isupper():
@@ -297,9 +301,10 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             return "x.ref = ?", [ref], False
         if len(sp.targets) == 1:
             return "x.ref = ?", [f"{sp.targets[0]}/{ref}"], False
-        if _long(ref):
+        pattern = "%/" + _like_escape(ref)
+        if _long(pattern):
             return "substr(x.ref, ?) = ?", [-(len(ref) + 1), "/" + ref], False
-        return "x.ref LIKE ? ESCAPE '\\'", ["%/" + _like_escape(ref)], False
+        return "x.ref LIKE ? ESCAPE '\\'", [pattern], False
     if t == "date":
         op, rest = split_prefix(v, t)
         r = V.date_range(rest)
