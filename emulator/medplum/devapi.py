@@ -44,7 +44,7 @@ def secret_values(st) -> list[str]:
     for project in st.search("Project"):
         for s in project.get("secret") or []:
             if isinstance(s, dict):
-                values.update(str(v) for k, v in s.items() if k.startswith("value") and isinstance(v, (str, int)))
+                values.update(v for k, v in s.items() if k.startswith("value") and isinstance(v, str))
     for client in st.search("ClientApplication"):
         values.update(str(client[k]) for k in ("secret", "retiringSecret") if client.get(k))
     # longest first, so a secret containing another one is replaced whole; short values would blank out
