@@ -152,6 +152,13 @@ def test_runs_without_an_emulator_says_what_to_do():
     assert r.exit_code == 1 and "medport emulate" in r.output
 
 
+def test_runs_needs_the_emulators_admin_client(stack):
+    """The developer API answers only the admin client: `medport runs` sends its credentials (the development
+    default, or --admin-client-id/--admin-client-secret, env MEDPORT_ADMIN_CLIENT_*) and says so when refused."""
+    r = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--admin-client-secret", "wrong"])
+    assert r.exit_code == 1 and "refused the admin client" in r.output and "wrong" not in r.output, r.output
+
+
 def test_runs_follow_streams_new_executions(stack):
     import os
     import subprocess
