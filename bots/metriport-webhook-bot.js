@@ -253,7 +253,6 @@ const CONFIG = {
       "Goal",
       "Immunization",
       "Location",
-      "Medication",
       "MedicationAdministration",
       "MedicationDispense",
       "MedicationRequest",
@@ -261,7 +260,6 @@ const CONFIG = {
       "Observation",
       "Organization",
       "Practitioner",
-      "PractitionerRole",
       "Procedure",
       "RelatedPerson",
       "ServiceRequest"

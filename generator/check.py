@@ -12,7 +12,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 import click
 
+from medport.emulator.metriport import rules
+from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
+
 from .config import ConfigError, load_config
+from .render import patient_bot_config
 
 
 @dataclass
@@ -45,8 +49,6 @@ def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
 
 def load_bots_under_vmcontext(files: list[Path]) -> list[str]:
     """Problems found loading each bot the way vmcontext does (empty = all load)."""
-    from medport.emulator.node import node_binary
-
     script = Path(__file__).with_name("js") / "vmload.cjs"
     proc = subprocess.run([node_binary(), str(script), *map(str, files)], capture_output=True, text=True, timeout=60)
     problems = []
@@ -74,7 +76,7 @@ class Checker:
             detail = fn()
         except Exception as e:  # noqa: BLE001 — every failure becomes a reported case
             msg = str(e) or type(e).__name__
-            if not isinstance(e, (AssertionError, ConfigError, click.ClickException)):
+            if not isinstance(e, (AssertionError, ConfigError, click.ClickException, NodeRuntimeMissing)):
                 msg += "\n" + traceback.format_exc(limit=4)
             self.results.append(CaseResult(name, False, time.monotonic() - t0, msg))
             self.echo(click.style("  FAIL  ", fg="red", bold=True) + f"{name} ({time.monotonic() - t0:.1f} s)")
@@ -116,6 +118,23 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
 
     ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=no_cfg)
 
+    def metriport_accepts():
+        """The requests the config shapes, through the fake's copy of Metriport's rules (the schema already
+        refuses what Metriport refuses; this keeps the two from drifting apart)."""
+        c = patient_bot_config(cfg)["consolidated"]
+        rules.resources_param(",".join(c["resources"]))
+        rules.iso_date_param(c["dateFrom"])
+        rules.iso_date_param(c["dateTo"])
+
+    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts, skip_reason=no_cfg)
+
+    def runtime():
+        rt = find_runtime()
+        return {"node": rt.node_version, "packages": rt.source}
+
+    ch.case("Node 22 and the npm packages are installed", runtime)
+    no_node = None if ch.results[-1].ok else "Node 22 or an npm package is missing (see above)"
+
     def loads():
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +148,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
             raise AssertionError("\n".join(problems))
 
     ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)", loads,
-            skip_reason=no_cfg)
+            skip_reason=no_cfg or no_node)
     if not scenarios:
         return ch
     if not cfg or not ch.ok:
@@ -168,6 +187,8 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only):
     """Validate everything for CI; exit 0 only if every check passes."""
     t0 = time.monotonic()
     click.echo(f"medport check: {config_path}")
+    click.echo("Medplum: scenarios run on the emulator of Medplum 5.2.13; the generated Subscriptions carry one "
+               "interaction each, so they fire the same on every Medplum version")
     ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only)
     passed = sum(1 for r in ch.results if r.ok and not r.skipped)
     failed = sum(1 for r in ch.results if not r.ok)

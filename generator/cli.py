@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from medport.emulator.node import NodeRuntimeMissing
+
 from . import __version__
 from .config import CONFIG_FILENAME, ConfigError, load_config
 
@@ -20,10 +22,21 @@ LAZY_COMMANDS = {
     "replay": ("medport.generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
     "runs": ("medport.generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
     "synth": ("medport.emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
+    "setup": ("medport.generator.runtime_setup:setup_command",
+              "Install Node 22 and the npm packages medport needs into its cache."),
+    "doctor": ("medport.generator.doctor:doctor_command",
+               "Check Python, Node, npm packages, ports, config and credentials; say what to do."),
+    "status": ("medport.generator.status:status_command", "Show the emulator running from this folder."),
 }
 
 
 class MedportGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NodeRuntimeMissing as e:  # Node 22 / an npm package missing: one line saying what to run
+            raise click.ClickException(str(e)) from None
+
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
@@ -62,6 +75,7 @@ def main():
 
     \b
     Typical flow:
+      medport setup           install Node 22 + npm packages into medport's cache (once)
       medport init            write a commented medport.toml
       medport generate        render the two bots + their Medplum setup into bots/
       medport emulate         run a local Medplum + fake Metriport with the bots deployed
@@ -84,26 +98,43 @@ config_option = click.option("-c", "--config", "config_path", default=CONFIG_FIL
 
 @main.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
-@click.option("--force", is_flag=True, help="Overwrite an existing medport.toml.")
-@click.option("--ci", is_flag=True, help="Also write .github/workflows/medport.yml running `medport check`.")
-def init(directory, force, ci):
-    """Write a commented starter medport.toml into DIRECTORY (default: here)."""
-    from .starter import starter_toml
+@click.option("--ci", is_flag=True, help="Write .github/workflows/medport.yml running `medport check` (and medport.toml "
+                                          "only if there is none: an existing one is never touched).")
+@click.option("--force", is_flag=True, help="Overwrite the file this command writes: medport.toml, or with --ci the "
+                                             "workflow. Each overwritten file is named.")
+@click.option("--pip-spec", help="With --ci: how the workflow installs medport (a PyPI pin, `medport @ git+URL@commit`, "
+                                 "a wheel). Default: from how this medport was installed.")
+def init(directory, ci, force, pip_spec):
+    """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow."""
+    from .starter import WORKFLOW_PATH, ci_workflow, default_pip_spec, starter_toml
 
-    target = Path(directory) / CONFIG_FILENAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not force:
-        raise click.ClickException(f"{target} already exists — edit it, or pass --force to overwrite it.")
-    target.write_text(starter_toml(), "utf-8")
-    click.echo(f"wrote {target}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / CONFIG_FILENAME
     if ci:
-        from .starter import ci_workflow
-
-        wf = Path(directory) / ".github" / "workflows" / "medport.yml"
-        wf.parent.mkdir(parents=True, exist_ok=True)
-        wf.write_text(ci_workflow(), "utf-8")
-        click.echo(f"wrote {wf}")
-    click.echo("next: `medport generate` renders the bots into bots/")
+        if not config.exists():
+            config.write_text(starter_toml(), "utf-8")
+            click.echo(f"wrote {config}")
+        else:
+            click.echo(f"kept {config} (--ci adds the workflow only)")
+        workflow = root / WORKFLOW_PATH
+        if workflow.exists() and not force:
+            raise click.ClickException(f"{workflow} already exists — pass --force to overwrite it (only it)")
+        spec, warning = (pip_spec, None) if pip_spec else default_pip_spec()
+        existed = workflow.exists()
+        workflow.parent.mkdir(parents=True, exist_ok=True)
+        workflow.write_text(ci_workflow(spec), "utf-8")
+        click.echo(f"{'overwrote' if existed else 'wrote'} {workflow} (installs {spec})")
+        if warning:
+            click.echo(f"note: {warning}", err=True)
+    else:
+        if config.exists() and not force:
+            raise click.ClickException(f"{config} already exists — edit it, pass --force to overwrite it, or "
+                                       "`medport init --ci` to add the CI workflow to this project")
+        existed = config.exists()
+        config.write_text(starter_toml(), "utf-8")
+        click.echo(f"{'overwrote' if existed else 'wrote'} {config}")
+    click.echo("next: `medport generate` renders the bots into bots/; commit them with medport.toml")
 
 
 @main.command()

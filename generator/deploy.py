@@ -17,6 +17,7 @@ import click
 
 from .config import Config
 from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
+                       stale_subscription_keys,
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
 from . import render
@@ -67,10 +68,12 @@ class Deployer:
         self.secrets = secrets if secrets is not None else {n: os.environ[n] for n in SECRET_NAMES if os.environ.get(n)}
         self.result = DeployResult()
         self.policy_ids: dict[str, str] = {}
+        self._checked = False
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _record(self, kind: str, name: str, planned: str, detail: str = "") -> None:
-        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated"}[planned]
+        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated",
+                                                                                 "delete": "deleted"}[planned]
         self.result.changes.append(Change(kind, name, status, detail))
         self.echo(f"  {status:<9} {kind} {name}" + (f" — {detail}" if detail else ""))
 
@@ -237,11 +240,44 @@ class Deployer:
             self._record("Subscription", key, "update" if existing else "create")
             if not self.dry_run:
                 self._upsert(step, existing, desired)
+        system = self.cfg.medplum.identifier_system
+        for key in stale_subscription_keys(self.cfg):
+            step = f"Subscription {key}"
+            existing = self.http.search_one(step, "Subscription", f"_tag={system}|{key}")
+            if existing is None:
+                continue
+            self._record("Subscription", key, "delete", "no longer wanted by the config")
+            if not self.dry_run:
+                self.http.fhir(step, "DELETE", f"Subscription/{existing['id']}")
+
+    def missing_secrets(self) -> list[str]:
+        return [n for n in SECRET_NAMES[:2] if not self.secrets.get(n)]
+
+    def preflight(self) -> None:
+        """Check every input before changing anything: the secrets to set, the server answering, the
+        credentials accepted, the project known and administered by them."""
+        if self._checked:
+            return
+        if self.set_secrets:
+            missing = self.missing_secrets()
+            if missing:
+                raise MedplumError("check inputs", f"{' and '.join(missing)} not given: the Project secrets need them")
+            base = self.secrets.get("METRIPORT_BASE_URL")
+            if base and not base.startswith(("https://", "http://")):
+                raise MedplumError("check inputs", f"METRIPORT_BASE_URL must be an http(s) URL, not {base!r}")
+        self.http.login()
+        self._project()
+        try:
+            self.http.request("check admin rights", "GET", f"admin/projects/{self.project_id}")
+        except MedplumError as e:
+            if e.status in (401, 403, 404):
+                raise MedplumError("check admin rights", f"client {self.http.client_id} cannot administer project "
+                                   f"{self.project_id}: use the credentials of a ClientApplication that is an admin of "
+                                   "the project", e.status) from None
+            raise
+        self._checked = True
 
     def _secrets(self) -> None:
-        missing = [n for n in SECRET_NAMES[:2] if not self.secrets.get(n)]
-        if missing:
-            raise MedplumError("Project secrets", f"--set-secrets needs {' and '.join(missing)} in the environment")
         project = self.http.fhir("Project secrets: read", "GET", f"Project/{self.project_id}")
         current = {s["name"]: s for s in project.get("secret", [])}
         changed = [n for n, v in self.secrets.items() if (current.get(n) or {}).get("valueString") != v]
@@ -256,8 +292,7 @@ class Deployer:
                               json_body=list(current.values()))
 
     def run(self) -> DeployResult:
-        self.http.login()
-        self._project()
+        self.preflight()
         self._features()
         self._policies()
         self._bots()
@@ -290,16 +325,25 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
 
     cfg = load_or_exit(config_path)
     base_url = base_url or cfg.medplum.base_url
-    if not client_id or not client_secret:
-        raise click.ClickException("credentials missing: pass --client-id/--client-secret or set MEDPLUM_CLIENT_ID and "
-                                   "MEDPLUM_CLIENT_SECRET (an admin ClientApplication of the project)")
-    http = MedplumHttp(base_url, client_id, client_secret, on_retry=lambda m: click.echo(f"  retry     {m}", err=True))
+    missing = [what for what, ok in (("--client-id or MEDPLUM_CLIENT_ID", client_id),
+                                     ("--client-secret or MEDPLUM_CLIENT_SECRET", client_secret)) if not ok]
+    http = MedplumHttp(base_url, client_id or "", client_secret or "",
+                       on_retry=lambda m: click.echo(f"  retry     {m}", err=True))
+    deployer = Deployer(cfg, http, project_id=project_id, dry_run=dry_run, set_secrets=set_secrets, echo=click.echo)
+    if set_secrets:
+        missing += [f"{name} in the environment (for --set-secrets)" for name in deployer.missing_secrets()]
+    if missing:
+        raise click.ClickException("missing " + "; ".join(missing) + " — nothing was changed. The client must be an "
+                                   "admin ClientApplication of the project.")
     click.echo(f"{'plan' if dry_run else 'deploying'}: {config_path} -> {base_url}")
     try:
-        result = Deployer(cfg, http, project_id=project_id, dry_run=dry_run, set_secrets=set_secrets,
-                          echo=click.echo).run()
+        deployer.preflight()
+        click.echo(f"  checked   {base_url} answers, client {client_id} administers project {deployer.project_id}"
+                   + (", secrets present" if set_secrets else ""))
+        result = deployer.run()
     except MedplumError as e:
-        raise click.ClickException(f"deploy failed at {e}") from None
+        changed = any(c.status in ("created", "updated") for c in deployer.result.changes)
+        raise click.ClickException(f"deploy failed at {e}" + ("" if changed else " — nothing was changed")) from None
     counts = {s: sum(1 for c in result.changes if c.status == s) for s in {c.status for c in result.changes}}
     click.echo("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for w in result.warnings:

@@ -1,6 +1,7 @@
 """`medport emulate`: the Medplum emulator, the fake Metriport beside it (or the real sandbox), and — when
 a medport.toml is in the working directory — the bots generated from it deployed through the one deploy
-path (`stack.start_stack`), served until Ctrl-C."""
+path (`stack.start_stack`), served until Ctrl-C. While it runs, `.medport/emulator.json` says where
+(`statefile`), for `medport runs`, `replay` and `status`."""
 from __future__ import annotations
 
 import time
@@ -13,9 +14,11 @@ from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, wait_for_stop
 
+from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
-from .stack import Stack, start_stack
+from .localdefaults import DEV_FAKE_METRIPORT_API_KEY
+from .stack import MissingInput, Stack, start_stack
 
 
 def _banner(stack: Stack, storage: str, seconds: float) -> None:
@@ -33,9 +36,14 @@ def _banner(stack: Stack, storage: str, seconds: float) -> None:
     if stack.fake is not None:
         base = stack.fake.base_url
         click.echo(f"fake Metriport listening on {base}/medical/v1")
-        click.echo(f"  api key:       {stack.fake.api_key}   (header x-api-key; a local fake key)")
+        if stack.fake.api_key == DEV_FAKE_METRIPORT_API_KEY:
+            click.echo(f"  api key:       {stack.fake.api_key}   (header x-api-key; the fixed development key — "
+                       "--metriport-api-key or MEDPORT_FAKE_METRIPORT_API_KEY to change it)")
+        else:
+            click.echo("  api key:       (yours, from --metriport-api-key / MEDPORT_FAKE_METRIPORT_API_KEY; header x-api-key)")
         click.echo(f"  facility id:   {stack.fake.facility_id}")
-        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults")
+        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults, {base}/_fake/state "
+                   "(header x-api-key: the same key)")
     else:
         click.echo(f"Metriport: the real service at {stack.metriport_base_url}")
 
@@ -75,8 +83,11 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 @click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
               show_default=True, help="Use the fake Metriport, or the real sandbox (env METRIPORT_API_KEY).")
 @click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")
+@click.option("--metriport-api-key", envvar="MEDPORT_FAKE_METRIPORT_API_KEY", default=None,
+              help=f"API key the fake Metriport accepts [env MEDPORT_FAKE_METRIPORT_API_KEY; default "
+                   f"{DEV_FAKE_METRIPORT_API_KEY}].")
 def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
-                    metriport_port, metriport_mode, metriport_data) -> None:
+                    metriport_port, metriport_mode, metriport_data, metriport_api_key) -> None:
     """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
     cfg, problem = None, None
     if not no_deploy and Path(CONFIG_FILENAME).exists():
@@ -90,14 +101,31 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
     try:
         stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
                             metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
-                            metriport_delay_s=0.3, deploy=cfg is not None, settings_overrides=overrides)
-    except PortInUse as e:
+                            metriport_delay_s=0.3, metriport_api_key=metriport_api_key, deploy=cfg is not None,
+                            settings_overrides=overrides)
+    except (PortInUse, MissingInput) as e:
         raise click.ClickException(str(e)) from None
     except MedplumError as e:
         raise click.ClickException(f"bots: deployment failed at {e}") from None
     try:
-        _banner(stack, db_path if not memory else "memory", time.perf_counter() - t0)
+        storage = db_path if not memory else "memory"
+        _banner(stack, storage, time.perf_counter() - t0)
         _deployment(stack, no_deploy, problem)
+        statefile.write(_state(stack, host, storage, metriport_mode))
         wait_for_stop()
     finally:
+        statefile.remove()
         stack.close()
+
+
+def _state(stack: Stack, host: str, storage: str, metriport_mode: str) -> dict:
+    """What `.medport/emulator.json` holds: where to reach things, never a secret."""
+    emu = stack.emulator
+    return {"base_url": emu.base_url, "fhir_url": f"{emu.base_url}fhir/R4/", "host": host, "port": emu.port,
+            "storage": storage, "project": emu.state.project()["id"], "admin_client_id": emu.admin_client_id,
+            "config": str(Path(CONFIG_FILENAME).resolve()) if stack.deploy else None,
+            "bots": dict(stack.deploy.bot_ids) if stack.deploy else {},
+            "metriport": metriport_mode,
+            "metriport_url": stack.fake.base_url if stack.fake else stack.metriport_base_url,
+            "metriport_port": int(stack.fake.base_url.rsplit(":", 1)[1]) if stack.fake else None,
+            "facility_id": stack.fake.facility_id if stack.fake else None}

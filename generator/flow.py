@@ -58,10 +58,12 @@ def dev_api(stack, method: str, path: str, *, timeout: float = 120.0, **kw) -> r
                             auth=(emu.admin_client_id, emu.admin_client_secret), **kw)
 
 
-def runs(stack, limit: int = 200) -> list[dict]:
-    r = dev_api(stack, "GET", "runs", params={"limit": limit}, timeout=10)
-    r.raise_for_status()
-    return r.json()["runs"]
+def runs(stack, limit: int = 200, **filters) -> list[dict]:
+    """The emulator's run log, newest first (filters: bot=, failed=, trigger=); the developer API answers
+    only the admin client."""
+    params = {"limit": limit, **{k: ("true" if v is True else "false" if v is False else v)
+                                 for k, v in filters.items() if v is not None}}
+    return stack.admin.request("read the emulator's runs", "GET", "_emulator/runs", params=params, ok=(200,))["runs"]
 
 
 def deliveries(stack) -> list[dict]:

@@ -11,6 +11,7 @@ import time
 import click
 import requests
 
+from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
@@ -117,7 +118,7 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     processes it again (from its checkpoint, attempts counted afresh)."""
     tasks = stuck_messages(http, stale_after_s)
     if not tasks:
-        echo("no failed or stuck messages to replay")
+        echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
     for t, why in tasks:
         vid = (t.get("meta") or {}).get("versionId")
@@ -154,7 +155,9 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
               help="Key to sign with [env METRIPORT_WEBHOOK_KEY]. Default on the emulator: its Project secret.")
 @click.option("--failed", is_flag=True,
               help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
-@click.option("--base-url", default="http://127.0.0.1:8103/", show_default=True, envvar="MEDPLUM_BASE_URL")
+@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
+              help="[env MEDPLUM_BASE_URL; default: the emulator running from this folder (.medport/emulator.json), "
+                   "else http://127.0.0.1:8103/]")
 @click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", "medport-admin"))
 @click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET",
               default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET", "medport-admin-secret"))
@@ -165,7 +168,7 @@ def replay_command(file, config_path, to_url, webhook_key, failed, base_url, cli
 
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")
-    http = MedplumHttp(base_url, client_id, client_secret)
+    http = MedplumHttp(statefile.emulator_base_url(base_url), client_id, client_secret)
     try:
         if failed:
             stale = 120.0

@@ -15,13 +15,20 @@ from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import make_server
+from medport.emulator.node import find_runtime
 
 from .config import Config
 from .deploy import DeployResult, Deployer
+from .localdefaults import fake_metriport_api_key
 from .manifest import webhook_execute_url
-from .medplum_http import MedplumError, MedplumHttp
+from .medplum_http import MedplumHttp
 
 SANDBOX_URL = "https://api.sandbox.metriport.com"
+BOTS_READINESS = {"bots": "deploying the bots generated from the config"}
+
+
+class MissingInput(ValueError):
+    """An input the stack needs is absent (e.g. METRIPORT_API_KEY with the real sandbox); the message says which."""
 
 
 @dataclass
@@ -76,27 +83,36 @@ def deploy_into(handle, cfg: Config, *, metriport_base_url: str, api_key: str, w
 
 def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
                 metriport: str = "fake", metriport_port: int = 0, metriport_data: str | None = None,
-                metriport_delay_s: float = 0.2, deploy: bool = True, settings_overrides: dict | None = None,
-                echo: Callable[[str], None] = lambda s: None) -> Stack:
-    """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook."""
-    handle = start_in_thread(Settings(db_path=db_path, **(settings_overrides or {})), host=host, port=port)
+                metriport_delay_s: float = 0.2, metriport_api_key: str | None = None, deploy: bool = True,
+                settings_overrides: dict | None = None, echo: Callable[[str], None] = lambda s: None) -> Stack:
+    """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook.
+
+    Raises NodeRuntimeMissing (one line: what to run) before starting anything when Node 22 or an npm
+    package is missing, and MissingInput when the real sandbox is asked for without METRIPORT_API_KEY."""
+    find_runtime()
+    if metriport != "fake" and not os.environ.get("METRIPORT_API_KEY"):
+        raise MissingInput("--metriport sandbox needs METRIPORT_API_KEY: export your sandbox API key (Metriport "
+                           "dashboard → Developers → API key), or use --metriport fake")
+    deploying = deploy and cfg is not None
+    settings = Settings(db_path=db_path, **(settings_overrides or {}))
+    if deploying:
+        settings.wait_for = dict(BOTS_READINESS)   # /_emulator/health: not ready until the bots are deployed
+    handle = start_in_thread(settings, host=host, port=port)
     fake = None
     try:
         if metriport == "fake":
             # with a database file the fake keeps its state beside it, so a restart keeps both coherent
             fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
-                               delay_s=metriport_delay_s, state_path=sibling_path(db_path) if db_path else None)
+                               delay_s=metriport_delay_s, api_key=metriport_api_key or fake_metriport_api_key(),
+                               state_path=sibling_path(db_path) if db_path else None)
             base, api_key = fake.base_url, fake.api_key
         else:
             base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
-            api_key = os.environ.get("METRIPORT_API_KEY", "")
-            if not api_key:
-                raise MedplumError("Metriport sandbox", "METRIPORT_API_KEY is not set — export your sandbox API key "
-                                                        "(Metriport dashboard → Developers → API key), or use --metriport fake")
+            api_key = os.environ["METRIPORT_API_KEY"]
         webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
         webhook_key = webhook_key or pysecrets.token_hex(32)
         stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base)
-        if not deploy or cfg is None:
+        if not deploying:
             return stack
         result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,
                                          webhook_key=webhook_key, echo=echo)
@@ -106,6 +122,7 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
             # dashboard, copy the key into the METRIPORT_WEBHOOK_KEY secret), then save the URL
             # through the API so the fake pings the webhook bot like Metriport does.
             fake.state.set_webhook(url, webhook_key, ping=True)
+        handle.state.waiting_for.pop("bots", None)
         return stack
     except BaseException:
         if fake is not None:

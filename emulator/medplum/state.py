@@ -82,6 +82,7 @@ class EmulatorState:
         self._project = Cached(lambda: self.read("Project", PROJECT_ID))
         self._memberships = Cached(lambda: self.search("ProjectMembership"))
         self.started_at = time.time()
+        self.waiting_for: dict[str, str] = dict(settings.wait_for)   # health is ready once this is empty
         self.runs = RunStore(meta_path_for(db))
         self.auth = AuthService(self)
         seed(self)

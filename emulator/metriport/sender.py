@@ -77,6 +77,10 @@ class WebhookSender:
         self._changed(None)
         return out
 
+    def set_mr_filters(self, filters: list) -> None:
+        with self._lock:
+            self.settings.mr_filters = filters
+
     def settings_dict(self) -> dict:
         with self._lock:
             return self.settings.to_dict()

@@ -62,7 +62,8 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
     first = deployer(emu, cfg).run()
     st = statuses(first)
     assert set(st.values()) == {"created"}, st
-    assert len([k for k in st if k[0] == "Bot"]) == 2 and len([k for k in st if k[0] == "Subscription"]) == 2
+    # one Subscription per interaction (create, update) for each bot: they fire alike on every Medplum version
+    assert len([k for k in st if k[0] == "Bot"]) == 2 and len([k for k in st if k[0] == "Subscription"]) == 4
     assert first.client_secret and first.webhook_url.endswith(f"fhir/R4/Bot/{first.bot_ids['webhook_bot']}/$execute")
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
     # the bots have their code, their own memberships and policies; the subscription points at the bot
@@ -89,7 +90,8 @@ def test_config_change_updates_only_what_changed(emu):
     changed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]}})).run()
     st = statuses(changed)
     assert st[("Bot", "metriport-patient-bot")] == "updated"
-    assert st[("Subscription", "patient-subscription")] == "updated"
+    assert st[("Subscription", "patient-subscription")] == "unchanged"        # still the create subscription
+    assert st[("Subscription", "patient-subscription-update")] == "deleted"   # no longer wanted
     assert st[("Bot", "metriport-webhook-bot")] == "unchanged"
     assert st[("AccessPolicy", "webhook-bot-policy")] == "unchanged"
     narrowed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]},
@@ -181,6 +183,49 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     assert bot["executableCode"]["title"] == "metriport-patient-bot.js"
     out = admin.fhir("execute", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}})
     assert out == {"status": "ignored", "reason": "deleted"}
+
+
+def _bots(h) -> int:
+    admin = MedplumHttp(h.base_url, h.admin_client_id, h.admin_client_secret)
+    return admin.fhir("b", "GET", "Bot?_summary=count")["total"]
+
+
+def test_set_secrets_checks_every_input_before_changing_anything(emu, tmp_path, monkeypatch):
+    """Issue 13: `deploy --set-secrets` without METRIPORT_API_KEY used to apply everything, then fail at the
+    secrets, leaving bots live without their keys."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret, "METRIPORT_API_KEY": None, "METRIPORT_WEBHOOK_KEY": "whk"}
+    runner = CliRunner()
+    r = runner.invoke(deploy_command, ["--set-secrets"], env=env)
+    assert r.exit_code == 1 and "METRIPORT_API_KEY" in r.output and "nothing was changed" in r.output, r.output
+    assert "Traceback" not in r.output and _bots(emu) == 0
+    assert not [p for m, p in emu.faults.seen if m != "GET" and "oauth2" not in p], "a write happened before the check"
+    # every missing input named at once
+    both = runner.invoke(deploy_command, ["--set-secrets"], env={**env, "MEDPLUM_CLIENT_SECRET": None,
+                                                                  "METRIPORT_WEBHOOK_KEY": None})
+    assert all(n in both.output for n in ("MEDPLUM_CLIENT_SECRET", "METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY"))
+    # the server not answering, and a base URL that is no URL: caught before any change
+    down = runner.invoke(deploy_command, ["--set-secrets", "--base-url", "http://127.0.0.1:9/"],
+                         env={**env, "METRIPORT_API_KEY": "k"})
+    assert down.exit_code == 1 and "cannot reach" in down.output and "nothing was changed" in down.output
+    bad_url = runner.invoke(deploy_command, ["--set-secrets"], env={**env, "METRIPORT_API_KEY": "k",
+                                                                     "METRIPORT_BASE_URL": "sandbox"})
+    assert bad_url.exit_code == 1 and "METRIPORT_BASE_URL must be an http(s) URL" in bad_url.output
+    assert _bots(emu) == 0
+
+
+def test_a_client_that_is_not_project_admin_is_refused_before_any_change(emu):
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    client = admin.request("create client", "POST", "admin/projects/medport-project/client",
+                           json_body={"name": "not an admin"})
+    http = MedplumHttp(emu.base_url, client["id"], client["secret"], backoff_s=0.01)
+    with pytest.raises(MedplumError) as exc:
+        Deployer(validate_data({}), http, set_secrets=True, secrets={"METRIPORT_API_KEY": "k",
+                                                                      "METRIPORT_WEBHOOK_KEY": "w"}).run()
+    assert "cannot administer project" in str(exc.value), exc.value
+    assert _bots(emu) == 0
 
 
 def test_the_webhook_bot_gets_the_sweep_schedule_and_missing_project_features_are_warned(emu):

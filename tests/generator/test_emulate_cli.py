@@ -69,7 +69,7 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
         deadline = time.monotonic() + 30
         ran = []
         while time.monotonic() < deadline and not ran:
-            runs = requests.get(base + "_emulator/runs", timeout=10).json()["runs"]
+            runs = requests.get(base + "_emulator/runs", headers=h, timeout=10).json()["runs"]
             ran = [r for r in runs if r["bot_name"] == "metriport-patient-bot" and r.get("resource") == f"Patient/{pat['id']}"]
             time.sleep(0.2)
         assert ran and ran[-1]["outcome"] == "success" and ran[-1]["trigger"].startswith("subscription:"), ran
@@ -85,7 +85,9 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
         assert requests.get(base + f"fhir/R4/Patient/{pat['id']}", headers=token(base), timeout=10).status_code == 200
         # the fake Metriport kept its state beside the database: the patient the bot created is still known
         fake = re.search(r"fake Metriport listening on (http://\S+)/medical/v1", out).group(1)
-        assert requests.get(fake + "/_fake/state", timeout=10).json()["patients"], "the fake forgot its patients"
+        key = re.search(r"api key:\s+(\S+)", out).group(1)
+        assert requests.get(fake + "/_fake/state", headers={"x-api-key": key}, timeout=10).json()["patients"], \
+            "the fake forgot its patients"
     finally:
         stop(proc)
 

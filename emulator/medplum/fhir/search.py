@@ -7,6 +7,7 @@ ranges covered by each value at its precision (eq/ap = overlap, lt/gt/le/ge/sa/e
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,6 +19,14 @@ from .searchparams import SearchParam, registry
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+# Medplum server config `maxSearchOffset` (default 10_000): a larger `_offset` is refused with
+# "Search offset exceeds maximum (got N, max M)" (server fhir/search.ts, config/utils.ts addDefaults).
+MAX_OFFSET = 10_000
+# Limits of SQLite, not of Medplum (which has no limit on value length, parameter count or OR values):
+# SQLITE_LIMIT_LIKE_PATTERN_LENGTH is 50,000 bytes, so a longer pattern is compared with substr()/instr()
+# instead (same answer); SQLITE_MAX_EXPR_DEPTH is 1,000, so ORs and ANDs are built as balanced trees,
+# equality values as IN lists, and exact duplicates dropped (Medplum dedupes duplicate filters too).
+LIKE_MAX_BYTES = 40_000
 PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 _PREFIXED_TYPES = ("date", "number", "quantity")
 _MODIFIERS = {"missing", "not", "exact", "contains", "text", "identifier", "above", "below", "in", "not-in",
@@ -46,6 +55,14 @@ class SearchRequest:
     include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
     query: list[tuple[str, str]] = field(default_factory=list)   # the original (for links)
+    count_text: str | None = None   # `_count` as Medplum prints it in links when it is not a plain number ("NaN", "-3")
+    types: list[str] | None = None  # `_type` (system-level search)
+
+
+def js_parse_int(v: str) -> int | None:
+    """JavaScript `Number.parseInt(v, 10)`: leading whitespace, optional sign, leading digits; None for NaN."""
+    m = re.match(r"\s*([+-]?\d+)", v or "")
+    return int(m.group(1)) if m else None
 
 
 def split_values(s: str) -> list[str]:
@@ -86,16 +103,20 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
         code, _, modifier = name.partition(":")
         modifier = modifier or None
         if code == "_count":
-            try:
-                n = int(value)
-            except ValueError:
-                raise BadRequest(f"Invalid _count: {value}") from None
-            req.count = max(0, min(n, MAX_COUNT))
+            # @medplum/core search.ts: `count = Number.parseInt(value, 10)`, never validated; server search.ts
+            # clamps values over 1000 and runs the query only `if (count > 0)`: `_count=abc` (NaN) or a negative
+            # count is a 200 searchset without entries whose self link says `_count=NaN` / `_count=-3`.
+            n = js_parse_int(value)
+            req.count = 0 if n is None else max(0, min(n, MAX_COUNT))
+            req.count_text = "NaN" if n is None else (str(n) if n < 0 else None)
         elif code == "_offset":
             try:
-                req.offset = max(0, int(value))
+                offset = int(value)
             except ValueError:
                 raise BadRequest(f"Invalid _offset: {value}") from None
+            if offset > MAX_OFFSET:
+                raise BadRequest(f"Search offset exceeds maximum (got {js_number(offset)}, max {MAX_OFFSET})")
+            req.offset = max(0, offset)
         elif code == "_sort":
             for s in value.split(","):
                 s = s.strip()
@@ -105,6 +126,8 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
                 c = s[1:] if desc else s
                 if c not in ("_id", "_lastUpdated") and c not in params:
                     raise BadRequest(f"Unknown search parameter: {c}")
+                if any(c == done for done, _ in req.sort):
+                    continue  # a repeated sort key never changes the order
                 req.sort.append((c, desc))
         elif code == "_total":
             req.total = value
@@ -117,7 +140,9 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             req.include.append(value)
         elif code == "_revinclude":
             req.revinclude.append(value)
-        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor", "_type"):
+        elif code == "_type":
+            req.types = value.split(",")
+        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor"):
             continue
         elif code in ("_id", "_lastUpdated"):
             req.filters.append(Filter(code, modifier, split_values(value), None))
@@ -139,10 +164,55 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             sp = params.get(code)
             if sp is None:
                 raise BadRequest(f"Unknown search parameter: {code}")
+            if sp.type in ("composite", "special") and modifier not in ("missing", "present"):
+                # @medplum/core search.ts parseParameter: a plain Error, normalized to 400 by the router
+                raise BadRequest(f"Unrecognized search parameter type: {sp.type}")
             if modifier and modifier not in _MODIFIERS and not (sp.type == "reference" and modifier[:1].isupper()):
                 raise BadRequest(f"Unknown search parameter modifier: {modifier}")
             req.filters.append(Filter(code, modifier, split_values(value), sp))
+    req.filters = _dedupe(req.filters)
     return req
+
+
+def js_number(n: int) -> str:
+    """How JavaScript prints the Number that parseInt() makes of `n` (1e+23 past 1e21)."""
+    f = float(n) if abs(n) < 1e308 else float("inf")
+    if f != f or f in (float("inf"), float("-inf")):
+        return "Infinity" if f > 0 else "-Infinity"
+    return str(int(f)) if abs(f) < 1e21 else repr(f)
+
+
+def _dedupe(filters: list[Filter]) -> list[Filter]:
+    """Drop exact duplicate filters and duplicate values inside one filter (neither changes the answer)."""
+    seen: set = set()
+    out = []
+    for f in filters:
+        if len(f.values) > 1:
+            f.values = list(dict.fromkeys(f.values))
+        key = (f.code, f.modifier, tuple(f.values), f.chain)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(f)
+    return out
+
+
+def balanced(op: str, parts: list[str]) -> str:
+    """`a op b op c ...` as a balanced tree of parentheses: depth log2(n), never SQLite's
+    "Expression tree is too large (maximum depth 1000)". Argument order is the order of `parts`."""
+    if not parts:
+        return "1" if op == "AND" else "0"
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) <= 8:
+        return "(" + f" {op} ".join(parts) + ")"
+    mid = len(parts) // 2
+    return f"({balanced(op, parts[:mid])} {op} {balanced(op, parts[mid:])})"
+
+
+def _long(pattern: str) -> bool:
+    """Is this LIKE pattern (escapes included) too long for SQLite? Then compare another way."""
+    return len(pattern) * 4 > LIKE_MAX_BYTES and len(pattern.encode("utf-8")) > LIKE_MAX_BYTES
 
 
 def split_prefix(v: str, ptype: str) -> tuple[str, str]:
@@ -219,16 +289,20 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             if system:
                 return "x.system = ?", [system], neg
             return "x.system IS NULL AND x.code = ?", [code], neg
-        if f.modifier == "text":
-            return "x.code LIKE ? ESCAPE '\\'", [_like_escape(v) + "%"], False
         return "x.code = ?", [v], neg
     if t == "string":
         nv = V.normalize_string(v)
         if f.modifier == "exact":
             return "x.raw = ?", [v], False
         if f.modifier == "contains":
-            return "x.value LIKE ? ESCAPE '\\'", ["%" + _like_escape(nv) + "%"], False
-        return "x.value LIKE ? ESCAPE '\\'", [_like_escape(nv) + "%"], False
+            pattern = "%" + _like_escape(nv) + "%"
+            if _long(pattern):
+                return "instr(x.value, ?) > 0", [nv], False
+            return "x.value LIKE ? ESCAPE '\\'", [pattern], False
+        pattern = _like_escape(nv) + "%"
+        if _long(pattern):
+            return "substr(x.value, 1, ?) = ?", [len(nv), nv], False
+        return "x.value LIKE ? ESCAPE '\\'", [pattern], False
     if t == "reference":
         ref = V.normalize_reference(v)
         if f.modifier and f.modifier[:1].isupper():
@@ -237,7 +311,10 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             return "x.ref = ?", [ref], False
         if len(sp.targets) == 1:
             return "x.ref = ?", [f"{sp.targets[0]}/{ref}"], False
-        return "x.ref LIKE ? ESCAPE '\\'", ["%/" + _like_escape(ref)], False
+        pattern = "%/" + _like_escape(ref)
+        if _long(pattern):
+            return "substr(x.ref, ?) = ?", [-(len(ref) + 1), "/" + ref], False
+        return "x.ref LIKE ? ESCAPE '\\'", [pattern], False
     if t == "date":
         op, rest = split_prefix(v, t)
         r = V.date_range(rest)
@@ -284,7 +361,7 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
             a = _sql_range_args(op, *rng)
             ors.append(f"NOT ({c})" if op == "ne" else f"({c})")
             args += a
-        return "(" + " OR ".join(ors) + ")", args
+        return _or_with_args(ors, args)
     sp = f.param
     assert sp is not None
     if f.chain is not None:
@@ -300,13 +377,89 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
         missing = f.values[0].lower() == "true"
         q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ?)"
         return (f"NOT ({q})" if missing else q), [f.code]
+    if sp.type == "token" and f.modifier in ("text", "contains"):
+        # server fhir/token-column.ts (5.x): `:text` = case-insensitive substring over the token's text values
+        # (CodeableConcept.text, Coding.display); comma = OR, each value trimmed
+        ors, args = [], [f.code]
+        for v in f.values:
+            needle = v.strip().lower()
+            pattern = "%" + _like_escape(needle) + "%"
+            if _long(pattern):  # past SQLite's LIKE pattern limit: the same substring test by instr
+                ors.append("instr(x.value, ?) > 0")
+                args.append(needle)
+            else:
+                ors.append("x.value LIKE ? ESCAPE '\\'")
+                args.append(pattern)
+        return f"r.rid IN (SELECT x.rid FROM idx_text x WHERE x.param = ? AND {balanced('OR', ors)})", args
+    # One sub-select for all the values that select rows (`rid IN (... c1) OR rid IN (... c2)` is
+    # `rid IN (... c1 OR c2)`), equality values as IN lists; negated values keep their own NOT (...).
     ors, args = [], []
+    plain: list[tuple[str, list[Any]]] = []
     for v in f.values:
         cond, a, neg = _value_condition(f, v)
-        q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond})"
-        ors.append(f"NOT ({q})" if neg else q)
-        args += [f.code, *a]
-    return "(" + " OR ".join(ors) + ")", args
+        if neg:
+            ors.append(f"NOT (r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond}))")
+            args.append(_Args([f.code, *a]))
+        else:
+            plain.append((cond, a))
+    if plain:
+        cond, a = _merge_conditions(plain)
+        ors.insert(0, f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond})")
+        args.insert(0, _Args([f.code, *a]))
+    return _or_with_args(ors, args)
+
+
+class _Args(list):
+    """The arguments of one OR term (kept together while the terms are arranged)."""
+
+
+def _or_with_args(ors: list[str], args: list[Any]) -> tuple[str, list[Any]]:
+    # `args` is either flat (one list for all terms, in order) or one _Args per term
+    flat: list[Any] = []
+    for a in args:
+        if isinstance(a, _Args):
+            flat.extend(a)
+        else:
+            flat.append(a)
+    return balanced("OR", ors), flat
+
+
+# condition shapes from _value_condition that compare one column (or two) for equality
+_EQ_SHAPES = {"x.code = ?": "x.code", "x.ref = ?": "x.ref", "x.raw = ?": "x.raw",
+              "x.system = ?": "x.system"}
+_PAIR_SHAPE = "x.system = ? AND x.code = ?"
+
+
+def _merge_conditions(conds: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """OR of value conditions: equality values gathered into IN lists, the rest a balanced OR."""
+    eq: dict[str, list[Any]] = {}
+    pairs: list[Any] = []
+    rest: list[str] = []
+    rest_args: list[Any] = []
+    for cond, a in conds:
+        if cond in _EQ_SHAPES:
+            eq.setdefault(_EQ_SHAPES[cond], []).extend(a)
+        elif cond == _PAIR_SHAPE:
+            pairs.append(a)
+        else:
+            rest.append(f"({cond})")
+            rest_args.append(_Args(a))
+    parts: list[str] = []
+    out: list[Any] = []
+    for col, values in eq.items():
+        parts.append(f"{col} = ?" if len(values) == 1 else f"{col} IN ({','.join('?' * len(values))})")
+        out.extend(values)
+    if pairs:
+        if len(pairs) == 1:
+            parts.append(f"({_PAIR_SHAPE})")
+        else:
+            parts.append(f"(x.system, x.code) IN (VALUES {','.join(['(?,?)'] * len(pairs))})")
+        for a in pairs:
+            out.extend(a)
+    parts.extend(rest)
+    for a in rest_args:
+        out.extend(a)
+    return balanced("OR", parts), out
 
 
 def sort_sql(req: SearchRequest, params: dict[str, SearchParam]) -> tuple[str, list[Any]]:
@@ -391,6 +544,9 @@ def _match_filter(resource: dict, f: Filter) -> bool:
     t = sp.type
     if f.modifier == "missing":
         return (not vals) == (f.values[0].lower() == "true")
+    if t == "token" and f.modifier in ("text", "contains"):
+        texts = [x.lower() for x in V.token_texts(vals)]
+        return any(v.strip().lower() in x for v in f.values for x in texts)
     for v in f.values:
         if t in ("token", "uri"):
             rows = V.token_values(vals) if t == "token" else [(None, x) for x in vals if isinstance(x, str)]
@@ -459,6 +615,4 @@ def _token_hit(system: str | None, code: str | None, v: str, t: str, modifier: s
         if s:
             return system == s
         return system is None and code == c
-    if modifier == "text":
-        return code is not None and code.lower().startswith(v.lower())
     return code == v

@@ -32,7 +32,7 @@ def test_state_survives_a_restart(tmp_path):
         port = int(f.base_url.rsplit(":", 1)[1])
         api = Api(f)
         f.state.set_webhook(rcv.url, "whkey")
-        fac = f.state.create_facility({"name": "Second clinic", "npi": "1234567893", "address": {
+        fac = f.state.add_facility({"name": "Second clinic", "npi": "1234567893", "address": {
             "addressLine1": "1 A St", "city": "B", "state": "CA", "zip": "94110", "country": "USA"}})
         p = create(api, f, demo(externalId="medplum-1"))
         api.post("/medical/v1/document/query", params={"patientId": p["id"], "facilityId": f.facility_id},
@@ -82,7 +82,9 @@ def test_work_in_flight_resumes_after_a_restart(tmp_path):
         f.state.set_webhook(rcv.url, "whkey")
         f.state.delay_s = 30  # the query will still be processing when we stop
         p = create(Api(f), f)
-        Api(f).post(f"/medical/v1/patient/{p['id']}/consolidated/query", json={"metadata": {"k": "v"}})
+        r = Api(f).post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"},
+                        json={"metadata": {"k": "v"}})
+        assert r.status_code == 200, r.text
         f.close()
         # a message the sender had not delivered yet
         store = StateStore(str(path))
@@ -105,7 +107,8 @@ def test_work_in_flight_resumes_after_a_restart(tmp_path):
 def test_one_message_delivered_several_times_at_once(fake, receiver):
     p = create(Api(fake), fake)
     fake.state.set_faults(simultaneous_deliveries=3)
-    Api(fake).post(f"/medical/v1/patient/{p['id']}/consolidated/query", json={})
+    r = Api(fake).post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"}, json={})
+    assert r.status_code == 200, r.text
     msgs = receiver.wait_for("medical.consolidated-data", n=3)
     assert len({m["body"]["meta"]["messageId"] for m in msgs}) == 1
     assert fake.state.wait_idle(5)
@@ -113,11 +116,16 @@ def test_one_message_delivered_several_times_at_once(fake, receiver):
     assert len(log) == 1 and log[0]["status"] == "success"
     fake.state.set_faults(simultaneous_deliveries=0)
     receiver.requests.clear()
-    r = requests.post(f"{fake.base_url}/_fake/webhooks/{log[0]['messageId']}/redeliver", json={"times": 4}, timeout=10)
+    key = {"x-api-key": KEY}
+    r = requests.post(f"{fake.base_url}/_fake/webhooks/{log[0]['messageId']}/redeliver", json={"times": 4},
+                      headers=key, timeout=10)
     assert r.status_code == 200, r.text
     assert [a["httpStatus"] for a in r.json()["answers"]] == [200] * 4
     assert len(receiver.of_type("medical.consolidated-data")) == 4
-    assert requests.post(f"{fake.base_url}/_fake/webhooks/nope/redeliver", json={}, timeout=5).status_code == 404
-    assert requests.post(f"{fake.base_url}/_fake/webhooks/x/redeliver", json={"times": 99}, timeout=5).status_code == 400
-    assert requests.post(f"{fake.base_url}/_fake/faults", json={"simultaneous_deliveries": 1.5}, timeout=5).status_code == 400
+    assert requests.post(f"{fake.base_url}/_fake/webhooks/nope/redeliver", json={}, headers=key, timeout=5).status_code == 404
+    assert requests.post(f"{fake.base_url}/_fake/webhooks/x/redeliver", json={"times": 99}, headers=key,
+                         timeout=5).status_code == 400
+    assert requests.post(f"{fake.base_url}/_fake/webhooks/x/redeliver", json={}, timeout=5).status_code == 401
+    assert requests.post(f"{fake.base_url}/_fake/faults", json={"simultaneous_deliveries": 1.5}, headers=key,
+                         timeout=5).status_code == 400
     time.sleep(0.1)

@@ -1,0 +1,91 @@
+"""`medport status`: is an emulator running from this folder, is it ready, where is everything."""
+from __future__ import annotations
+
+import json
+
+import click
+import requests
+
+from . import statefile
+from .localdefaults import admin_credentials
+
+
+def probe(base_url: str, timeout: float = 5.0) -> dict:
+    """The emulator's health (with the admin client's credentials, which the developer API may require)."""
+    try:
+        r = requests.get(base_url.rstrip("/") + "/_emulator/health", timeout=timeout, auth=admin_credentials())
+    except requests.RequestException as e:
+        return {"reachable": False, "error": type(e).__name__}
+    try:
+        body = r.json()
+    except ValueError:
+        return {"reachable": True, "ready": False, "error": f"HTTP {r.status_code}, not the medport emulator?"}
+    return {"reachable": True, **body} if isinstance(body, dict) else {"reachable": True, "ready": False}
+
+
+def run_counts(base_url: str) -> dict | None:
+    try:
+        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params={"limit": 10000}, timeout=5,
+                         auth=admin_credentials())
+        runs = r.json()["runs"] if r.status_code == 200 else None
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+    if runs is None:
+        return None
+    return {"runs": len(runs), "failed": sum(1 for x in runs if x.get("outcome") != "success")}
+
+
+def _answers(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        requests.get(url.rstrip("/") + "/medical/v1/", timeout=3)
+    except requests.RequestException:
+        return False
+    return True
+
+
+@click.command("status")
+@click.option("--base-url", help="Ask this emulator instead of the one recorded in .medport/emulator.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_command(base_url, as_json):
+    """Show the emulator running from this folder: URLs, readiness, deployed bots, runs. Exit 1 when none is ready."""
+    state = statefile.read() if not base_url else None
+    stale = bool(state) and not statefile.pid_alive(state.get("pid"))
+    if not base_url and (not state or stale):
+        why = (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was "
+               "killed)") if stale else f"no {statefile.STATE_FILE} here"
+        if as_json:
+            click.echo(json.dumps({"running": False, "reason": why}))
+            raise SystemExit(1)
+        raise click.ClickException(f"no emulator running from this folder ({why}) — start one with `medport emulate`")
+    url = base_url or state["base_url"]
+    health = probe(url)
+    counts = run_counts(url) if health.get("reachable") else None
+    fake_up = _answers((state or {}).get("metriport_url")) if (state or {}).get("metriport") == "fake" else None
+    out = {"running": bool(health.get("reachable")), "ready": bool(health.get("ready")), "base_url": url,
+           "health": health, "state": state, "runs": counts, "fake_metriport_answers": fake_up}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        ok = click.style("ready", fg="green") if out["ready"] else click.style("not ready", fg="red")
+        click.echo(f"emulator   {url}  {ok}" + (f"  (pid {state['pid']}, since {state.get('started')})" if state else ""))
+        if not health.get("reachable"):
+            click.echo(f"           does not answer ({health.get('error')})")
+        for what in health.get("waiting_for", []):
+            click.echo(f"           waiting for {what}")
+        if state:
+            click.echo(f"FHIR       {state.get('fhir_url')}")
+            click.echo(f"storage    {state.get('storage')}")
+            bots = state.get("bots") or {}
+            click.echo("bots       " + (", ".join(f"{k}=Bot/{v}" for k, v in bots.items()) if bots else "none deployed"))
+            if state.get("metriport") == "fake":
+                click.echo(f"Metriport  fake at {state.get('metriport_url')}/medical/v1 (facility {state.get('facility_id')})"
+                           + ("" if fake_up else click.style("  — does not answer", fg="red")))
+            else:
+                click.echo(f"Metriport  {state.get('metriport_url')}")
+        if counts is not None:
+            click.echo(f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
+                       + ("  → `medport runs --failed --logs`" if counts["failed"] else ""))
+    if not out["ready"]:
+        raise SystemExit(1)

@@ -1,0 +1,92 @@
+"""pytest plugin (entry point `pytest11`, loaded automatically once medport is installed): fixtures that
+start medport's Medplum emulator and fake Metriport for your tests.
+
+    medport_stack      emulator + fake Metriport, the bots of your medport.toml deployed (`MedportStack`)
+    medport_emulator   the emulator alone, no bots (`Emulator`)
+    medport_fake       the fake Metriport alone (`FakeMetriport`)
+
+ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`):
+    medport_config = medport.toml   config the bots are rendered from (relative to the rootdir)
+    medport_scope  = session        fixture scope: session (default, one stack for the run), module or function
+
+If Node 22 or an npm package is missing the fixtures fail with one line saying what to run (`medport setup`).
+`-p no:medport` disables the plugin.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# medport.testing (Flask, the emulator, the bot runtime) is imported inside the fixtures, not here: pytest
+# imports every installed plugin at start-up, and a test run that uses none of these fixtures must not pay for it.
+
+SCOPES = ("session", "package", "module", "class", "function")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("medport_config", "medport.toml the medport_stack fixture deploys (relative to the rootdir)",
+                  default="medport.toml")
+    parser.addini("medport_scope", "scope of the medport fixtures: session (default), module or function",
+                  default="session")
+
+
+def _scope(fixture_name: str, config: pytest.Config) -> str:
+    scope = str(config.getini("medport_scope") or "session").strip()
+    if scope not in SCOPES:
+        raise pytest.UsageError(f"medport_scope = {scope!r}: use one of {', '.join(SCOPES)}")
+    return scope
+
+
+def _config_path(config: pytest.Config) -> Path:
+    value = Path(str(config.getini("medport_config") or "medport.toml"))
+    if value.is_absolute():
+        return value
+    at_root = config.rootpath / value
+    return at_root if at_root.exists() or not (Path.cwd() / value).exists() else Path.cwd() / value
+
+
+def _start(what, *args, **kw):
+    from medport.emulator.node import NodeRuntimeMissing
+    from medport.generator.config import ConfigError
+
+    try:
+        return what(*args, **kw)
+    except (NodeRuntimeMissing, ConfigError) as e:
+        problem = str(e)
+    pytest.fail(f"medport: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope=_scope)
+def medport_stack(request: pytest.FixtureRequest):
+    """The emulator and the fake Metriport on free ports, in memory, with the bots generated from your
+    medport.toml deployed (secrets set, webhook registered). A `medport.testing.MedportStack`."""
+    from medport.testing import start_stack
+
+    path = _config_path(request.config)
+    if not path.exists():
+        pytest.fail(f"medport: {path} not found — run `medport init`, or set `medport_config` in your pytest ini",
+                    pytrace=False)
+    stack = _start(start_stack, path)
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(scope=_scope)
+def medport_emulator():
+    """The Medplum emulator alone (in memory, no bots): a `medport.testing.Emulator`."""
+    from medport.testing import start_emulator
+
+    emulator = _start(start_emulator)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope=_scope)
+def medport_fake():
+    """The fake Metriport alone: a `medport.testing.FakeMetriport` (`base_url`, `api_key`, `facility_id`)."""
+    from medport.testing import start_fake_metriport
+
+    fake = _start(start_fake_metriport)
+    yield fake
+    fake.close()
