@@ -99,7 +99,8 @@ class Validator:
         content (id and meta aside) on this thread then uses the answer."""
         if not self.strict:
             return
-        todo = [r for r in resources if isinstance(r, dict) and r.get("resourceType") in RESOURCE_TYPES]
+        todo = [r for r in resources if isinstance(r, dict) and isinstance(r.get("resourceType"), str)
+                and r["resourceType"] in RESOURCE_TYPES]
         if len(todo) < 2:
             return
         from .strict import default_strict_validator

@@ -445,3 +445,14 @@ def test_bundles_never_5xx(env, btype, entries):
         assert repo.count() == before             # all-or-nothing
     if r.status == 200:
         assert len(r.body["entry"]) == len(entries)
+
+
+def test_a_batch_resource_whose_type_is_not_a_string_is_a_400_not_a_500(env):
+    """Found by test_bundles_never_5xx: a `resourceType` array in a batch entry reached a set lookup."""
+    _, svc, pr = env
+    for rt in ([], {}, ["Patient"]):
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": rt}},
+            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}]}
+        r = call(svc, pr, "POST", "", bundle)
+        assert r.status == 200 and r.body["entry"][0]["response"]["status"].startswith("4"), r.body
