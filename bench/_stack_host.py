@@ -1,0 +1,40 @@
+"""The Medplum emulator with the generated bots deployed, alone in this process (benchmarks measure its
+memory and CPU apart from the fake Metriport and the benchmark driver).
+
+Usage: python bench/_stack_host.py CONFIG METRIPORT_BASE_URL METRIPORT_API_KEY WEBHOOK_KEY [RUNTIME_JSON]
+Prints one JSON line {base_url, admin_client_id, admin_client_secret, webhook_url, pid} once deployed, then
+serves until stdin closes. RUNTIME_JSON: BotRuntime options (e.g. {"memory_mb": 64}).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from medport.generator.config import load_config  # noqa: E402
+from medport.generator.stack import start_stack  # noqa: E402
+
+
+def main() -> int:
+    cfg_path, base, api_key, webhook_key = sys.argv[1:5]
+    runtime = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    os.environ["METRIPORT_BASE_URL"] = base
+    os.environ["METRIPORT_API_KEY"] = api_key
+    os.environ["METRIPORT_WEBHOOK_KEY"] = webhook_key
+    cfg = load_config(cfg_path)
+    stack = start_stack(cfg, metriport="sandbox", settings_overrides={"runtime": runtime} if runtime else None)
+    try:
+        h = stack.emulator
+        print(json.dumps({"base_url": h.base_url, "admin_client_id": h.admin_client_id,
+                          "admin_client_secret": h.admin_client_secret, "webhook_url": stack.webhook_url,
+                          "pid": os.getpid()}), flush=True)
+        sys.stdin.read()   # until the driver closes our stdin
+    finally:
+        stack.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
