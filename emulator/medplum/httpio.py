@@ -56,13 +56,12 @@ def parse_json_bytes(data: bytes, *, allow_lone_surrogates: bool = False) -> Any
     if not data.strip():
         return {}
     try:
-        text = data.decode("utf-8")
-        value = jsonsafe.loads(text)
+        value, maybe_surrogates = jsonsafe.loads_fast(data)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("Content could not be parsed") from None
     if not isinstance(value, (dict, list)):
         raise BadRequest("Content could not be parsed")
-    if not allow_lone_surrogates:
+    if not allow_lone_surrogates and maybe_surrogates:
         where = jsonsafe.first_lone_surrogate(value)
         if where is not None:
             rt = value.get("resourceType") if isinstance(value, dict) else None

@@ -7,6 +7,12 @@
   `ensure_ascii=False`, a string that cannot be encoded as UTF-8.
 
 No Flask here: the HTTP layer and the bot runtime both use it.
+
+Speed: orjson (when installed) reads and writes first; it refuses exactly the inputs where the rules above need
+care (NaN/Infinity literals, numbers beyond double range, lone surrogates, integers past 64 bits), and those go
+the careful way below. Its answers are Node's: the same values parsed, the same JSON written (compact, UTF-8,
+non-finite numbers as null) — floats in exponent form aside (`1e-7` like Node, where Python's json writes
+`1e-07`: the same number either way).
 """
 from __future__ import annotations
 
@@ -15,8 +21,23 @@ import math
 import re
 from typing import Any
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a declared dependency; the careful path alone is correct
+    _orjson = None
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_SAFE = 2 ** 53
+# an integer of 16+ digits may exceed 2**53: Node reads it as a (rounded) double, orjson exactly — careful path.
+# (Found by mapping every digit to "0" and anything else to "x": a C-speed scan, ~10x faster than a regex.)
+_DIGITS = bytes(48 if 48 <= i <= 57 else 120 for i in range(256))
+_SIXTEEN = b"0" * 16
+
+
+def _long_digit_run(text: str | bytes) -> bool:
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    return _SIXTEEN in bytes(text).translate(_DIGITS)
 
 
 class NotJson(ValueError):
@@ -34,10 +55,26 @@ def _js_int(text: str) -> int | float:
     return value if -_MAX_SAFE <= value <= _MAX_SAFE else float(text)
 
 
-def loads(text: str) -> Any:
-    """`JSON.parse`: raises ValueError (incl. RecursionError as ValueError) for what Node refuses."""
+def loads(text: str | bytes) -> Any:
+    """`JSON.parse`: raises ValueError (incl. RecursionError as ValueError) for what Node refuses. Bytes must be
+    UTF-8 (UnicodeDecodeError otherwise)."""
+    return loads_fast(text)[0]
+
+
+def loads_fast(text: str | bytes) -> tuple[Any, bool]:
+    """`loads`, and whether the value may hold an unpaired surrogate (False when orjson read it: it refuses them)."""
+    if _orjson is not None:
+        try:
+            value = _orjson.loads(text)
+        except (ValueError, TypeError):
+            pass
+        else:
+            if not _long_digit_run(text):
+                return value, False
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8")
     try:
-        return json.loads(text, parse_constant=_constant, parse_int=_js_int)
+        return json.loads(text, parse_constant=_constant, parse_int=_js_int), True
     except RecursionError:
         raise NotJson("nested too deeply") from None
 
@@ -83,6 +120,23 @@ def finite(value: Any) -> Any:
 
 def dumps(value: Any, **kw: Any) -> str:
     """`JSON.stringify`: compact, non-ASCII kept, non-finite numbers → null, unpaired surrogates escaped."""
+    if not kw:
+        fast = _fast_dumps(value)
+        if fast is not None:
+            return fast.decode("utf-8")
+    return _careful_dumps(value, **kw)
+
+
+def _fast_dumps(value: Any) -> bytes | None:
+    if _orjson is None:
+        return None
+    try:
+        return _orjson.dumps(value)
+    except (TypeError, ValueError):   # lone surrogates, integers past 64 bits, non-str keys, other types
+        return None
+
+
+def _careful_dumps(value: Any, **kw: Any) -> str:
     kw.setdefault("separators", (",", ":"))
     kw.setdefault("ensure_ascii", False)
     try:
@@ -95,4 +149,8 @@ def dumps(value: Any, **kw: Any) -> str:
 
 
 def dumps_bytes(value: Any, **kw: Any) -> bytes:
-    return dumps(value, **kw).encode("utf-8")
+    if not kw:
+        fast = _fast_dumps(value)
+        if fast is not None:
+            return fast
+    return _careful_dumps(value, **kw).encode("utf-8")
