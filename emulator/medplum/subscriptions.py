@@ -207,6 +207,11 @@ class SubscriptionEngine:
             self.invalidate_subscriptions()
         if rtype in _NEVER_TRIGGER:
             return
+        try:
+            if rtype not in self._subscribed_types():
+                return          # no active Subscription names this type: nothing would match (a bulk import)
+        except Exception:  # noqa: BLE001 - the matching loop decides
+            pass
         self._inc()
         self._queue.put((event.interaction, resource, event.previous, self._epoch))
 
@@ -215,6 +220,15 @@ class SubscriptionEngine:
         with self._subs_lock:
             self._subs_gen += 1
             self._subs_cache = None
+
+    def _subscribed_types(self) -> frozenset:
+        subs = self.active_subscriptions()
+        cached = getattr(self, "_types_for", None)
+        if cached is not None and cached[0] is subs:
+            return cached[1]
+        types = frozenset(str(sub.get("criteria") or "").split("?", 1)[0].strip().strip("/") for sub in subs)
+        self._types_for = (subs, types)
+        return types
 
     def active_subscriptions(self) -> list[dict]:
         with self._subs_lock:

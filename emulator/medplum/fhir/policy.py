@@ -57,9 +57,17 @@ class Access:
         self.entries = entries if policies is not None else list(_DEFAULT)
         self.admin = admin
         self.superuser = superuser
+        # per (type, interaction): the entries that allow it (the entries never change after construction)
+        self._memo: dict[tuple[str, str], list[dict]] = {}
+        self._hidden = any(e.get("hiddenFields") for e in self.entries)
+        self._readonly = any(e.get("readonlyFields") for e in self.entries)
 
     def _entries_for(self, resource_type: str, interaction: str) -> list[dict]:
-        return [e for e in self.entries if _entry_allows(e, resource_type, interaction)]
+        key = (resource_type, interaction)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = [e for e in self.entries if _entry_allows(e, resource_type, interaction)]
+        return found
 
     def can(self, interaction: str, resource_type: str) -> bool:
         """May the caller perform `interaction` on some resource of this type?"""
@@ -111,6 +119,8 @@ class Access:
 
     def hide(self, resource: dict, interaction: str = READ) -> dict:
         """The resource as the caller may see it (hiddenFields removed)."""
+        if not self._hidden:
+            return resource
         e = self.matching_entry(resource, interaction) if not self.full else None
         hidden = (e or {}).get("hiddenFields") or []
         if not hidden:
@@ -122,6 +132,8 @@ class Access:
 
     def protect_readonly(self, new: dict, old: dict | None, interaction: str) -> dict:
         """Restore readonlyFields of `old` on `new` (or drop them on create)."""
+        if not self._readonly:
+            return new
         e = self.matching_entry(new, interaction) if not self.full else None
         ro = (e or {}).get("readonlyFields") or []
         if not ro:
