@@ -8,6 +8,7 @@ are compiled on first use and cached (compile ~80 ms, validate an Observation ~2
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -94,23 +95,47 @@ class Validator:
         self.strict = strict
         self._local = threading.local()
 
+    def prevalidate_async(self, resources: list[Any]) -> None:
+        """Start validating several resources (a batch's bodies) in one call to Medplum's validator and return at
+        once; `validate` of the same content (id and meta aside) on this thread later takes the answer."""
+        self._prevalidate(resources, wait=False)
+
     def prevalidate(self, resources: list[Any]) -> None:
-        """Validate several resources in one call to Medplum's validator (a batch's bodies); `validate` of the same
-        content (id and meta aside) on this thread then uses the answer."""
+        """Validate several resources in one call to Medplum's validator (those not already started on this
+        thread); `validate` of the same content (id and meta aside) on this thread then uses the answer."""
+        self._prevalidate(resources, wait=True)
+
+    def _prevalidate(self, resources: list[Any], wait: bool) -> None:
         if not self.strict:
             return
-        todo = [r for r in resources if isinstance(r, dict) and isinstance(r.get("resourceType"), str)
-                and r["resourceType"] in RESOURCE_TYPES]
-        if len(todo) < 2:
-            return
-        from .strict import default_strict_validator
-        try:
-            verdicts = default_strict_validator().check_many(todo)
-        except (RuntimeError, ValueError):
-            return
         cache = self._cache()
-        for r, v in zip(todo, verdicts):
-            cache[_content_key(r)] = v
+        todo, keys = [], []
+        for r in resources:
+            if isinstance(r, dict) and isinstance(r.get("resourceType"), str) and r["resourceType"] in RESOURCE_TYPES:
+                key = _content_key(r)
+                if key and key not in cache and key not in keys:
+                    todo.append(r)
+                    keys.append(key)
+        if todo and (len(todo) >= 2 or not wait):
+            from .strict import default_strict_validator
+            try:
+                fut = default_strict_validator().submit(todo)
+            except RecursionError:
+                fut = None      # validate() then meets it alone (and the caller answers 400)
+            except (RuntimeError, ValueError, OSError):
+                fut = None
+            if fut is not None:
+                for i, key in enumerate(keys):
+                    cache[key] = (fut, i)
+        if wait:
+            # every answer of this thread's batch in hand before the caller takes the store's lock: no write
+            # transaction ever waits for Node
+            for key, (fut, v) in list(cache.items()):
+                if fut is not None:
+                    try:
+                        cache[key] = (None, fut.result(120)[v])
+                    except Exception:  # noqa: BLE001 - that resource is then validated on its own
+                        del cache[key]
 
     def _cache(self) -> dict:
         c = getattr(self._local, "verdicts", None)
@@ -125,8 +150,16 @@ class Validator:
         cache = self._cache()
         if cache:
             key = _content_key(resource)
-            if key in cache:
-                return cache.pop(key)
+            hit = cache.pop(key, None) if key else None
+            if hit is not None:
+                fut, v = hit
+                if fut is None:
+                    return copy.deepcopy(v) if v else None
+                try:
+                    v = fut.result(120)[v]
+                    return copy.deepcopy(v) if v else None
+                except Exception:  # noqa: BLE001 - validated on its own below
+                    pass
         from .strict import default_strict_validator
         return default_strict_validator().check(resource)
 
@@ -270,10 +303,22 @@ def _empty_values(node: Any, path: str, out: list) -> None:
 
 _key_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=False).encode
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
 
-def _content_key(r: dict) -> str:
+
+def _content_key(r: dict) -> str | bytes:
+    """The resource's content apart from id and meta (what a batch's preprocessing may change before a write)."""
+    body = {k: v for k, v in r.items() if k not in ("id", "meta")}
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(body)
+        except (TypeError, ValueError):
+            pass
     try:
-        return _key_dumps({k: v for k, v in r.items() if k not in ("id", "meta")})
+        return _key_dumps(body)
     except (TypeError, ValueError):
         return ""
 

@@ -35,12 +35,12 @@ import logging
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from ..ids import uuid4
 from ..errors import (
     BadRequest,
     StructureError,
@@ -62,6 +62,7 @@ from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
 from .search import SearchRequest, filter_sql, js_parse_int, parse_search
 from .searchparams import registry
 from .store import Repository
+from .store import _loads as store_loads
 from .values import date_range, reference_values
 
 log = logging.getLogger("medport.emulator.medplum.fhir")
@@ -99,9 +100,23 @@ def _etag(res: dict) -> str:
     return f'W/"{(res.get("meta") or {}).get("versionId", "")}"'
 
 
+_HTTP_DATES: dict[str, str] = {}
+
+
 def _http_date(iso: str | None) -> str | None:
+    # the store writes "YYYY-MM-DDTHH:MM:SS.mmmZ": the HTTP date depends on the seconds only (cached)
+    key = iso[:19] if iso and len(iso) == 24 and iso[-1] == "Z" else None
+    if key is not None:
+        hit = _HTTP_DATES.get(key)
+        if hit is not None:
+            return hit
     r = date_range(iso) if iso else None
-    return formatdate(r[0], usegmt=True) if r else None
+    out = formatdate(r[0], usegmt=True) if r else None
+    if key is not None and out is not None:
+        if len(_HTTP_DATES) > 4096:
+            _HTTP_DATES.clear()
+        _HTTP_DATES[key] = out
+    return out
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -601,13 +616,12 @@ class FhirService:
         rtype, rid = res["resourceType"], res["id"]
         a = self._check_type(pr, P.UPDATE, rtype)
         existing = None
-        try:
-            existing = self.repo.read(rtype, rid)
-        except FhirError as e:
-            if e.status not in (404, 410):
-                raise
-            if e.status == 404 and not (pr.superuser or create_by_id):
-                raise
+        row = self.repo.lookup(rtype, rid)
+        if row is None:
+            if not (pr.superuser or create_by_id):
+                raise NotFound()
+        elif not row[2]:        # a deleted resource (410 on read) may be restored: existing stays None
+            existing = store_loads(row[3])
         if existing is not None:
             if not self._visible(pr, existing):
                 raise NotFound()
@@ -624,8 +638,10 @@ class FhirService:
         if_match = parse_if_match(if_match_header)
         if if_match is not None and existing is None:
             raise PreconditionFailed()
+        # inside a transaction (a batch entry, a conditional update) nothing else wrote since `lookup`: the store
+        # does not read the row again
         stored, created, changed = self.repo.update(res, if_match=if_match, project=self._project_for_write(pr, res),
-                                                    author=pr.profile or None)
+                                                    author=pr.profile or None, known=row, previous=existing)
         headers = _res_headers(stored)
         if created and create_by_id:
             headers["Location"] = self._location(stored)
@@ -738,36 +754,43 @@ class FhirService:
         buckets: dict[str, list[int]] = {k: [] for k in
                                          ("batch", "delete", "create", "update", "patch", "operation", "search", "read", "history")}
         updates, strong, seen = 0, False, set()
-
-        for i, entry in enumerate(entries):
-            try:
-                kind = self._preprocess(pr, entry, i, identities, seen, tx)
-            except FhirError as e:
-                if tx:
-                    return FhirResponse(e.status, e.outcome, {})
-                results[i] = _entry_response(e.outcome)
-                continue
-            if kind in ("create-conditional", "update-conditional", "delete-conditional"):
-                strong = True
-            if kind.startswith("update"):
-                updates += 1
-            buckets[kind.split("-")[0]].append(i)
-
-        if tx:
-            if updates > MAX_TRANSACTION_UPDATES:
-                raise BadRequest("Transaction contains more update operations than allowed")
-            if strong and len(entries) > MAX_SERIALIZABLE_TRANSACTION_ENTRIES:
-                raise BadRequest("Transaction requires strict isolation but has too many entries")
-
-        order = [i for b in buckets.values() for i in b]
-        # every identity is resolved now: rewrite the entries once and validate the resources to be written in
-        # one call to Medplum's validator (strict mode), instead of one call per entry
-        rewritten = {i: _rewrite(entries[i], identities) for i in order}
-        self.validator.prevalidate([e.get("resource") for e in rewritten.values()
-                                    if isinstance(e, dict) and str((e.get("request") or {}).get("method")).upper()
-                                    in ("POST", "PUT")])
+        # Medplum's validator (strict mode) starts on the bodies now, in its own process, while this thread
+        # resolves identities and writes; `validate` of each entry then takes its answer (a body that a urn:uuid
+        # rewrite changed is validated again below).
+        self.validator.prevalidate_async([e.get("resource") for e in entries if _writes_body(e)])
         try:
+            # Identities are resolved before anything runs and outside the write transaction, as fhir-router
+            # batch.ts does it (so two simultaneous batches can both find no match, as on Medplum).
+            resolved = self._resolve_identifiers(pr, entries)
+            for i, entry in enumerate(entries):
+                try:
+                    kind = self._preprocess(pr, entry, i, identities, seen, tx, resolved.get(i))
+                except FhirError as e:
+                    if tx:
+                        return FhirResponse(e.status, e.outcome, {})
+                    results[i] = _entry_response(e.outcome)
+                    continue
+                if kind in ("create-conditional", "update-conditional", "delete-conditional"):
+                    strong = True
+                if kind.startswith("update"):
+                    updates += 1
+                buckets[kind.split("-")[0]].append(i)
+
+            if tx:
+                if updates > MAX_TRANSACTION_UPDATES:
+                    raise BadRequest("Transaction contains more update operations than allowed")
+                if strong and len(entries) > MAX_SERIALIZABLE_TRANSACTION_ENTRIES:
+                    raise BadRequest("Transaction requires strict isolation but has too many entries")
+
+            order = [i for b in buckets.values() for i in b]
+            # every identity is resolved now: rewrite the entries once; bodies the rewrite changed are validated
+            # in one more call
+            rewritten = {i: _rewrite(entries[i], identities) for i in order}
+            self.validator.prevalidate([e.get("resource") for e in rewritten.values() if _writes_body(e)])
+            # One SQLite transaction for the bundle; each batch entry in a savepoint (its failure undoes its own
+            # writes only).
             with self.repo.transaction():
+                self._recheck_identifiers(pr, [rewritten[i] for i in order])
                 for i in order:
                     entry = rewritten[i]
                     if tx:
@@ -798,7 +821,60 @@ class FhirService:
                "entry": [r or _entry_response(ServerError().outcome) for r in results]}
         return FhirResponse(200, out, {})
 
-    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool) -> str:
+    def _resolve_identifiers(self, pr: Principal, entries: list) -> dict[int, list[str]]:
+        """The conditional entries whose condition is one `identifier=<system>|<value>` (what importers send),
+        resolved with one query per resource type: entry index -> ids of the matching resources the principal
+        may see (the answer `_find` gives, without a search per entry). Each such entry is marked `_fast_key`."""
+        keys: list[tuple[int, str, str, str]] = []
+        for i, e in enumerate(entries):
+            cond = _identifier_condition(e)
+            if cond is not None:
+                keys.append((i, *cond))
+        out = self._lookup_identifiers(pr, keys)
+        for i, rtype, system, code in keys:
+            if i in out:
+                entries[i]["_fast_key"] = (rtype, system, code)
+        return out
+
+    def _lookup_identifiers(self, pr: Principal, keys: list[tuple[int, str, str, str]]) -> dict[int, list[str]]:
+        groups: dict[str, list[tuple[int, str, str]]] = {}
+        for i, rtype, system, code in keys:
+            groups.setdefault(rtype, []).append((i, system, code))
+        out: dict[int, list[str]] = {}
+        for rtype, items in groups.items():
+            sp = registry().get(rtype, "identifier")
+            if sp is None or sp.type != "token" or not sp.supported:
+                continue
+            where = self._policy_where(pr, self._access(pr), rtype)
+            codes = sorted({c for _, _, c in items})
+            found: dict[tuple[str, str], list[str]] = {}
+            for j in range(0, len(codes), 500):
+                part = codes[j:j + 500]
+                sql = ("SELECT x.system, x.code, r.id FROM idx_token x JOIN resources r ON r.rid = x.rid "
+                       f"WHERE x.param = 'identifier' AND x.code IN ({','.join('?' * len(part))}) "
+                       "AND r.type = ? AND r.deleted = 0" + (f" AND {where[0]}" if where else ""))
+                for system, code, rid in self.repo.query(sql, [*part, rtype, *(where[1] if where else [])]):
+                    ids = found.setdefault((system, code), [])
+                    if rid not in ids:
+                        ids.append(rid)
+            for i, system, code in items:
+                out[i] = found.get((system, code), [])
+        return out
+
+    def _recheck_identifiers(self, pr: Principal, entries: list) -> None:
+        """Inside the batch's write transaction: the create-by-update entries resolved by `_resolve_identifiers`
+        are looked up again in one query per type. Those still unmatched are marked `_fast_clear`: when such an
+        entry runs and nothing written in this transaction since carries its identifier, the condition is known
+        to match nothing (the re-check Medplum's conditionalUpdate makes, without a search per entry)."""
+        todo = [e for e in entries if isinstance(e, dict) and e.get("_create_by_update") and e.get("_fast_key")]
+        if not todo:
+            return
+        again = self._lookup_identifiers(pr, [(i, *e["_fast_key"]) for i, e in enumerate(todo)])
+        for i, e in enumerate(todo):
+            e["_fast_clear"] = i in again and not again[i]
+
+    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool,
+                    resolved: list[str] | None = None) -> str:
         """Classify the entry and resolve its identity before anything runs, like fhir-router batch.ts
         preprocessEntry/resolveIdentity: every create gets its id; every conditional PUT/DELETE/PATCH (URL with
         `?`) is resolved by a search (count 2): several matches -> 400 "Conditional <METHOD> matched multiple
@@ -846,21 +922,22 @@ class FhirService:
         res = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
         if kind.startswith("create") and rtype in RESOURCE_TYPES:
             if res is not None:
-                new_id = str(uuid.uuid4())
+                new_id = uuid4()
                 entry["_assigned_id"] = new_id
                 reference = f"{rtype}/{new_id}"
             if req.get("ifNoneExist"):
-                found = self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
+                found = [{"id": x} for x in resolved] if resolved is not None else \
+                    self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
                 if len(found) == 1:
                     reference = f"{rtype}/{found[0]['id']}"
         elif kind.endswith("-conditional") and rtype in RESOURCE_TYPES:
-            found = self._find(pr, rtype, qs)
+            found = [{"id": x} for x in resolved] if resolved is not None else self._find(pr, rtype, qs)
             if not found:
                 if method == "PUT":
                     if res is not None:
                         if res.get("id"):
                             raise BadRequest("Cannot provide ID for create by update")
-                        new_id = str(uuid.uuid4())
+                        new_id = uuid4()
                         # resolved like Medplum: the entry is created with a server-assigned id
                         entry["resource"] = {**res, "id": new_id}
                         entry["request"]["url"] = f"{rtype}/{new_id}"
@@ -912,7 +989,14 @@ class FhirService:
                 # the condition is searched again inside the (serializable) write, so a resource another
                 # request created since preprocessing is never created twice.
                 self._maybe_conflict()
-                found = self._find(pr, parts[0], entry["_create_by_update"])
+                fast = entry.get("_fast_key")
+                if fast is not None and entry.get("_fast_clear") and self.repo.in_transaction() and \
+                        not self.repo.token_written(fast[0], "identifier", fast[1], fast[2]):
+                    # no match when this transaction began (_recheck_identifiers), and nothing written in it since
+                    # carries that identifier: the search would find nothing
+                    found = []
+                else:
+                    found = self._find(pr, parts[0], entry["_create_by_update"])
                 if len(found) > 1:
                     raise MultipleMatches()
                 if found and found[0]["id"] != parts[1]:
@@ -955,6 +1039,42 @@ def _shallow_entry(e: Any) -> Any:
     if isinstance(e.get("request"), dict):
         e["request"] = dict(e["request"])
     return e
+
+
+def _writes_body(e: Any) -> bool:
+    return isinstance(e, dict) and isinstance(e.get("request"), dict) and \
+        str(e["request"].get("method")).upper() in ("POST", "PUT")
+
+
+def _identifier_condition(e: Any) -> tuple[str, str, str] | None:
+    """(type, system, value) when a batch entry's condition is exactly `identifier=<system>|<value>` (a conditional
+    PUT/DELETE/PATCH URL, or a POST's ifNoneExist) on a known resource type; else None (the generic search runs)."""
+    if not isinstance(e, dict):
+        return None
+    req = e.get("request")
+    if not isinstance(req, dict) or not isinstance(req.get("url"), str):
+        return None
+    method = str(req.get("method") or "").upper()
+    path, qs = _entry_path(req["url"])
+    if method == "POST":
+        if not req.get("ifNoneExist") or not isinstance(req.get("ifNoneExist"), str):
+            return None
+        qs = req["ifNoneExist"].lstrip("?")
+    elif method not in ("PUT", "DELETE", "PATCH") or "?" not in req["url"]:
+        return None
+    parts = [p for p in path.strip("/").split("/") if p]
+    if len(parts) != 1 or parts[0] not in RESOURCE_TYPES or "identifier=" not in qs:
+        return None
+    pairs = parse_qsl(qs, keep_blank_values=True)
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return None
+    value = pairs[0][1]
+    if "," in value or "\\" in value or "\0" in value:
+        return None
+    system, bar, code = value.partition("|")
+    if not bar or not system or not code:
+        return None
+    return parts[0], system, code
 
 
 def _entry_response(oo: dict) -> dict:

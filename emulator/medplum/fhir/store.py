@@ -10,12 +10,12 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
+from ..ids import uuid4
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
 from . import values as V
 from .search import SearchRequest, balanced, filter_sql, parse_search, sort_sql
@@ -61,10 +61,18 @@ class ChangeEvent:
     previous: dict | None
 
 
+_second: tuple = (None, "")     # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
+
+
 def now_iso() -> tuple[str, float]:
-    t = time.time()
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z", float(int(t * 1000)) / 1000
+    """(ISO instant with milliseconds, epoch seconds with milliseconds) of now."""
+    global _second
+    ms = int(time.time() * 1000)
+    sec, frac = divmod(ms, 1000)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{frac:03d}Z", ms / 1000
 
 
 def _strip_meta(r: dict) -> dict:
@@ -83,7 +91,31 @@ def same_content(a: dict, b: dict) -> bool:
         (_meta_sans_server(b.get("meta")) or None)
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+
+def _dumps(res: Any) -> str:
+    """The stored JSON text (compact, UTF-8): orjson, or json for what orjson does not write."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(res).decode("utf-8")
+        except (TypeError, ValueError):
+            pass
+    return _json_dumps(res)
+
+
+def _loads(text: str) -> Any:
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except ValueError:
+            pass
+    return json.loads(text)
 
 
 class Repository:
@@ -93,7 +125,10 @@ class Repository:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._depth = 0
+        self._owner: int | None = None     # thread holding the outermost transaction
         self._pending: list[ChangeEvent] = []
+        # token index rows written in the current outermost transaction: (type, param, system, code)
+        self._tx_tokens: set[tuple] = set()
         c = self._conn
         if self.path:
             c.execute("PRAGMA journal_mode=WAL")
@@ -129,6 +164,8 @@ class Repository:
             mark = len(self._pending)
             if outer:
                 c.execute("BEGIN IMMEDIATE")
+                self._owner = threading.get_ident()
+                self._tx_tokens = set()
             else:
                 c.execute(f"SAVEPOINT {sp}")
             self._depth += 1
@@ -138,6 +175,7 @@ class Repository:
                 self._depth -= 1
                 del self._pending[mark:]
                 if outer:
+                    self._owner = None
                     c.execute("ROLLBACK")
                 else:
                     c.execute(f"ROLLBACK TO {sp}")
@@ -145,6 +183,7 @@ class Repository:
                 raise
             self._depth -= 1
             if outer:
+                self._owner = None
                 c.execute("COMMIT")
                 events, self._pending = self._pending, []
             else:
@@ -163,6 +202,15 @@ class Repository:
         with self.transaction():
             yield
 
+    def in_transaction(self) -> bool:
+        """Does the calling thread hold an open transaction (so nothing else can write until it ends)?"""
+        return self._depth > 0 and self._owner == threading.get_ident()
+
+    def token_written(self, rtype: str, param: str, system: str | None, code: str) -> bool:
+        """In the calling thread's open transaction: was a resource of `rtype` written with this token index row
+        (param, system, code)? (Rolled-back savepoints included: the answer errs on the side of yes.)"""
+        return (rtype, param, system, code) in self._tx_tokens
+
     def _emit(self, ev: ChangeEvent) -> None:
         for fn in list(self._listeners):
             try:
@@ -178,6 +226,17 @@ class Repository:
         return self._conn.execute(
             "SELECT rid, vid, deleted, content FROM resources WHERE type = ? AND id = ?", (rtype, rid)).fetchone()
 
+    def lookup(self, rtype: str, rid: str) -> tuple | None:
+        """The stored row `(rowid, versionId, deleted, content)` of a resource, or None. Inside a transaction the
+        caller then hands it to `update(..., known=row)`, which does not read it again."""
+        with self._lock:
+            return self._row(rtype, rid)
+
+    def query(self, sql: str, args: list | tuple = ()) -> list[tuple]:
+        """A read-only SQL query on the store's tables (for the FHIR service's own lookups)."""
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
     def read(self, rtype: str, rid: str) -> dict:
         with self._lock:
             row = self._row(rtype, rid)
@@ -185,7 +244,7 @@ class Repository:
             raise NotFound()
         if row[2]:
             raise Gone()
-        return json.loads(row[3])
+        return _loads(row[3])
 
     def exists(self, rtype: str, rid: str) -> bool:
         with self._lock:
@@ -200,7 +259,7 @@ class Repository:
             raise NotFound()
         if row[0]:
             raise Gone()
-        return json.loads(row[1])
+        return _loads(row[1])
 
     def history(self, rtype: str, rid: str | None = None, count: int = 100, offset: int = 0) -> tuple[list[dict], int]:
         """Versions newest first: [{"resource": dict, "deleted": bool, "lastUpdated": str, "versionId": str,
@@ -218,7 +277,7 @@ class Repository:
                 [*args, count, offset]).fetchall()
         out = []
         for t, i, vid, lu, deleted, content in rows:
-            res = json.loads(content)
+            res = _loads(content)
             out.append({"type": t, "id": i, "versionId": vid, "deleted": bool(deleted), "resource": res,
                         "lastUpdated": (res.get("meta") or {}).get("lastUpdated")})
         return out, total
@@ -228,7 +287,7 @@ class Repository:
                previous: dict | None) -> tuple[dict, float]:
         lu_iso, lu = now_iso()
         meta = dict(resource.get("meta") or {})
-        meta["versionId"] = str(uuid.uuid4())
+        meta["versionId"] = uuid4()
         meta["lastUpdated"] = lu_iso
         prev_meta = (previous or {}).get("meta") or {}
         proj = project or prev_meta.get("project")
@@ -289,6 +348,9 @@ class Repository:
         tok, st, ref, dt, num, txt = V.index_rows(params, res)
         c = self._conn
         if tok:
+            if self._depth > 0:
+                rtype = res["resourceType"]
+                self._tx_tokens.update((rtype, p, s, v) for p, s, v in tok)
             c.executemany("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
                           [(row_id, p, s, v) for p, s, v in tok])
         if st:
@@ -309,7 +371,7 @@ class Repository:
                author: str | None = None) -> dict:
         """Store a new resource (server-assigned UUID unless `id` is given). Returns the stored resource."""
         with self._tx():
-            rid = id or str(uuid.uuid4())
+            rid = id or uuid4()
             row = self._row(resource["resourceType"], rid)
             if row is not None and not row[2]:
                 raise BadRequest("Resource already exists")
@@ -319,13 +381,18 @@ class Repository:
         return res
 
     def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
-               author: str | None = None, create_if_missing: bool = True) -> tuple[dict, bool, bool]:
-        """Update (or create with the given id). Returns (resource, created, changed)."""
+               author: str | None = None, create_if_missing: bool = True, known: tuple | None | bool = False,
+               previous: dict | None = None) -> tuple[dict, bool, bool]:
+        """Update (or create with the given id). Returns (resource, created, changed). `known`: the row
+        `lookup()` answered (None = no row) within the caller's open transaction, and `previous` the resource
+        parsed from it; both are then not read again."""
         rtype, rid = resource["resourceType"], resource.get("id")
         if not rid:
             raise BadRequest("Missing id")
         with self._tx():
-            row = self._row(rtype, rid)
+            row = known if known is not False and self.in_transaction() else self._row(rtype, rid)
+            if row is not known:
+                previous = None
             if row is None or row[2]:
                 if if_match is not None and row is not None:
                     raise PreconditionFailed()
@@ -337,7 +404,8 @@ class Repository:
                 return res, True, True
             if if_match is not None and if_match != row[1]:
                 raise PreconditionFailed()
-            previous = json.loads(row[3])
+            if previous is None:
+                previous = _loads(row[3])
             if same_content(previous, resource):
                 return previous, False, False
             res, lu = self._stamp(resource, rid, project, author, previous)
@@ -353,9 +421,9 @@ class Repository:
                 raise NotFound()
             if row[2]:
                 raise Gone()
-            previous = json.loads(row[3])
+            previous = _loads(row[3])
             lu_iso, lu = now_iso()
-            vid = str(uuid.uuid4())
+            vid = uuid4()
             marker = {"resourceType": rtype, "id": rid, "meta": {"versionId": vid, "lastUpdated": lu_iso}}
             c = self._conn
             c.execute("UPDATE resources SET deleted=1, vid=?, lu=? WHERE rid=?", (vid, lu, row[0]))
@@ -372,7 +440,7 @@ class Repository:
             c = self._conn
             rows = c.execute("SELECT rid, type, id, deleted, content FROM resources").fetchall()
             for row_id, t, i, deleted, content in rows:
-                if not deleted and keep(json.loads(content)):
+                if not deleted and keep(_loads(content)):
                     continue
                 c.execute("DELETE FROM resources WHERE rid = ?", (row_id,))
                 c.execute("DELETE FROM history WHERE type = ? AND id = ?", (t, i))
@@ -417,7 +485,7 @@ class Repository:
                     f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
                     [*args, *oargs, req.count + 1, req.offset]).fetchall()
         has_more = len(rows) > req.count
-        return [json.loads(r[0]) for r in rows[:req.count]], total, has_more
+        return [_loads(r[0]) for r in rows[:req.count]], total, has_more
 
     def search_union(self, parts: list[tuple[SearchRequest, tuple[str, list] | None]], *, count: int, offset: int,
                      sort: list[tuple[str, bool]], count_total: bool = False) -> tuple[list[dict], int | None, bool]:
@@ -447,7 +515,7 @@ class Repository:
             if count > 0:
                 rows = self._conn.execute(f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
                                           [*args, count + 1, offset]).fetchall()
-        return [json.loads(r[0]) for r in rows[:count]], total, len(rows) > count
+        return [_loads(r[0]) for r in rows[:count]], total, len(rows) > count
 
     def _resolve_chains(self, req: SearchRequest) -> None:
         for f in req.filters:
@@ -474,7 +542,7 @@ class Repository:
                 f"SELECT DISTINCT r.content FROM resources r JOIN idx_ref x ON x.rid = r.rid "
                 f"WHERE r.type = ? AND r.deleted = 0 AND x.param = ? AND x.ref IN ({ph}) LIMIT 1000",
                 [rtype, param, *targets]).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [_loads(r[0]) for r in rows]
 
     def read_many(self, refs: list[str]) -> list[dict]:
         out = []
@@ -483,7 +551,7 @@ class Repository:
                 t, _, i = ref.partition("/")
                 row = self._row(t, i)
                 if row and not row[2]:
-                    out.append(json.loads(row[3]))
+                    out.append(_loads(row[3]))
         return out
 
     def count(self, rtype: str | None = None) -> int:
