@@ -65,6 +65,27 @@ def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
     return webhook_execute_url(http.base_url, bot["id"], client["id"], client["secret"]), key
 
 
+# Processing state a stored message may carry (the webhook bot's lease): a replay starts it over.
+REPLAY_DROPS_EXTENSIONS = ("https://medport.dev/fhir/StructureDefinition/message-attempts",
+                           "https://medport.dev/fhir/StructureDefinition/message-lease-expires")
+
+
+def requeue_task(http: MedplumHttp, task: dict) -> dict:
+    """Put one stored message (failed, or stuck in progress / requested) back to `requested`, its outcome and
+    attempts cleared, so the Task subscription processes it again — the same as a redelivery of a failed
+    message. The update is guarded by the version read (If-Match): a message that changed since is not touched."""
+    t = {k: v for k, v in task.items() if k not in ("statusReason", "output")}
+    ext = [e for e in t.get("extension", []) if not (isinstance(e, dict) and e.get("url") in REPLAY_DROPS_EXTENSIONS)]
+    if ext:
+        t["extension"] = ext
+    else:
+        t.pop("extension", None)
+    t["status"] = "requested"
+    version = (task.get("meta") or {}).get("versionId")
+    headers = {"If-Match": f'W/"{version}"'} if version else None
+    return http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=t, headers=headers)
+
+
 def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[int, int]:
     """Put every failed stored message back to `requested`: the Task subscription processes it again."""
     found = http.fhir("find failed messages", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=failed&_count=1000")
@@ -73,9 +94,7 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo) -> tuple[in
         echo("no failed messages to replay")
         return 0, 0
     for t in tasks:
-        t = {k: v for k, v in t.items() if k not in ("statusReason", "output")}
-        t["status"] = "requested"
-        http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=t)
+        requeue_task(http, t)
         echo(f"requeued Task/{t['id']} ({t.get('description', 'message')})")
     deadline = time.monotonic() + wait_s
     pending = {t["id"] for t in tasks}
