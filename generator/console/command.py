@@ -88,13 +88,16 @@ def serve_console(settings: Settings, host: str = "127.0.0.1", port: int = CONSO
 
     from .app import create_app
 
-    app = create_app(Source(settings))
+    source = Source(settings)
+    app = create_app(source)
     try:
-        return serve(app, host, port, threads=4, name="medport-console", what="console", flag="--console-port")
+        served = serve(app, host, port, threads=4, name="medport-console", what="console", flag="--console-port")
     except PortInUse:
         if not fallback or port == 0:
             raise
-        return serve(app, host, 0, threads=4, name="medport-console", what="console", flag="--console-port")
+        served = serve(app, host, 0, threads=4, name="medport-console", what="console", flag="--console-port")
+    served.source = source      # type: ignore[attr-defined]
+    return served
 
 
 def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: int = CONSOLE_PORT):

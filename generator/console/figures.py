@@ -41,13 +41,16 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def hist_label(i: int) -> str:
-    def fmt(s):
-        return f"{s} s" if s < 60 else f"{s // 60} min" if s < 3600 else f"{s // 3600} h"
+    def fmt(s, unit=True):
+        v, u = (s, "s") if s < 60 else (s // 60, "m") if s < 3600 else (s // 3600, "h")
+        return f"{v}{u}" if unit else str(v)
     if i == 0:
-        return f"< {fmt(HIST_EDGES_S[0])}"
+        return f"<{fmt(HIST_EDGES_S[0])}"
     if i == len(HIST_EDGES_S):
-        return f"≥ {fmt(HIST_EDGES_S[-1])}"
-    return f"{fmt(HIST_EDGES_S[i - 1])} – {fmt(HIST_EDGES_S[i])}"
+        return f"≥{fmt(HIST_EDGES_S[-1])}"
+    lo, hi = HIST_EDGES_S[i - 1], HIST_EDGES_S[i]
+    same_unit = fmt(lo)[-1] == fmt(hi)[-1]
+    return f"{fmt(lo, not same_unit)}–{fmt(hi)}"
 
 
 def histogram(values: list[float]) -> list[dict]:
@@ -59,7 +62,7 @@ def histogram(values: list[float]) -> list[dict]:
 
 
 def _rate(num: int, den: int) -> float | None:
-    return round(num / den, 4) if den else None
+    return num / den if den else None
 
 
 def _round(v: float | None, nd: int = 3) -> float | None:
