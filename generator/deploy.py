@@ -17,6 +17,7 @@ import click
 
 from .config import Config
 from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
+                       stale_subscription_keys,
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
 from . import render
@@ -70,7 +71,8 @@ class Deployer:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _record(self, kind: str, name: str, planned: str, detail: str = "") -> None:
-        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated"}[planned]
+        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated",
+                                                                                 "delete": "deleted"}[planned]
         self.result.changes.append(Change(kind, name, status, detail))
         self.echo(f"  {status:<9} {kind} {name}" + (f" — {detail}" if detail else ""))
 
@@ -218,6 +220,15 @@ class Deployer:
             self._record("Subscription", key, "update" if existing else "create")
             if not self.dry_run:
                 self._upsert(step, existing, desired)
+        system = self.cfg.medplum.identifier_system
+        for key in stale_subscription_keys(self.cfg):
+            step = f"Subscription {key}"
+            existing = self.http.search_one(step, "Subscription", f"_tag={system}|{key}")
+            if existing is None:
+                continue
+            self._record("Subscription", key, "delete", "no longer wanted by the config")
+            if not self.dry_run:
+                self.http.fhir(step, "DELETE", f"Subscription/{existing['id']}")
 
     def missing_secrets(self) -> list[str]:
         return [n for n in SECRET_NAMES[:2] if not self.secrets.get(n)]

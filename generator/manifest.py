@@ -1,6 +1,7 @@
 """The Medplum setup of the two bots: deploy-bundle.json and medplum.config.json.
 
-deploy-bundle.json is a FHIR R4 transaction of conditional PUTs, so applying it again
+deploy-bundle.json is a FHIR R4 batch of conditional PUTs (a transaction with more than 8 conditional entries is
+refused by Medplum, fhir-router batch.ts maxSerializableTransactionEntries), so applying it again
 changes nothing. Bots are keyed by `identifier`; AccessPolicy, ClientApplication and
 Subscription have no identifier element in Medplum's definitions, so they are keyed by
 a `meta.tag` in medplum.identifier_system (searchable as `_tag`). Cross-references use
@@ -77,11 +78,26 @@ def client_application(cfg: Config) -> dict:
             "description": "medport: credentials Metriport uses to call the webhook bot ($execute)."}
 
 
+SUBSCRIPTION_FAMILIES = ("patient-subscription", "webhook-task-subscription")
+INTERACTIONS = ("create", "update", "delete")
+
+
+def subscription_keys(family: str, interactions) -> list[str]:
+    """The tag keys of a family's Subscriptions: the first interaction keeps the family's key (what earlier
+    medport versions deployed), each further one gets `<family>-<interaction>`."""
+    return [family if i == 0 else f"{family}-{x}" for i, x in enumerate(interactions)]
+
+
 def subscriptions(cfg: Config) -> list[dict]:
+    """One Subscription per interaction, each with ONE `subscription-supported-interaction` extension.
+    Medplum servers before mid-2026 evaluate only the first such extension of a Subscription (core
+    subscriptions/index.ts used getExtension; medplum PR #9854 / @medplum/core 5.2.13 evaluates all of them),
+    so a single Subscription listing create and update would not fire on update there. One extension per
+    Subscription means the same behaviour on every Medplum version."""
     system = cfg.medplum.identifier_system
 
-    def sub(key: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str]) -> dict:
-        return {
+    def family(name: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str]) -> list[dict]:
+        return [{
             "resourceType": "Subscription",
             "meta": _tag(system, key),
             "status": "active",
@@ -89,16 +105,23 @@ def subscriptions(cfg: Config) -> list[dict]:
             "criteria": criteria,
             "channel": {"type": "rest-hook", "endpoint": f"urn:uuid:{bot.id}",
                         "payload": "application/fhir+json"},
-            "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": i} for i in interactions],
-        }
+            "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": interaction}],
+        } for key, interaction in zip(subscription_keys(name, interactions), interactions)]
 
-    out = [sub("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
-               cfg.bots.patient, list(cfg.patient_bot.interactions))]
+    out = family("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
+                 cfg.bots.patient, list(cfg.patient_bot.interactions))
     if cfg.webhook_bot.async_processing:
-        out.append(sub("webhook-task-subscription", "medport: process stored Metriport webhook messages",
-                       f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
-                       cfg.bots.webhook, ["create", "update"]))
+        out += family("webhook-task-subscription", "medport: process stored Metriport webhook messages",
+                      f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
+                      cfg.bots.webhook, ["create", "update"])
     return out
+
+
+def stale_subscription_keys(cfg: Config) -> list[str]:
+    """Keys medport may have deployed earlier that the current config no longer wants (to delete)."""
+    wanted = {s["meta"]["tag"][0]["code"] for s in subscriptions(cfg)}
+    possible = {k for f in SUBSCRIPTION_FAMILIES for k in [f, *(f"{f}-{x}" for x in INTERACTIONS)]}
+    return sorted(possible - wanted)
 
 
 def _tag_url(resource: dict) -> str:
@@ -118,7 +141,7 @@ def deploy_bundle(cfg: Config) -> dict:
                         "request": {"method": "PUT", "url": f"Bot?identifier={system}|{spec.identifier}"}})
     for s in subscriptions(cfg):
         entries.append({"resource": s, "request": {"method": "PUT", "url": _tag_url(s)}})
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
 
 
 def medplum_cli_config(cfg: Config) -> dict:

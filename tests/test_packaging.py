@@ -39,6 +39,10 @@ def test_wheel_has_every_package_the_plugin_and_the_npm_manifest(built):
         rel = init.relative_to(ROOT)
         if rel.parts[0] in mapping:
             assert str(Path(mapping[rel.parts[0]], *rel.parts[1:])) in names, f"{rel}: package missing from the wheel"
+    # every file git tracks in the installed folders (code, templates, JS run by Node, data) is in the wheel
+    for rel in git_files("generator", "templates", "emulator", "medport"):
+        top, _, rest = rel.partition("/")
+        assert f"{mapping[top]}/{rest}" in names, f"{rel}: missing from the wheel (pyproject package-data)"
     for needed in ("medport/py.typed", "medport/testing.py", "medport/pytest_plugin.py",
                    "medport/emulator/npm/package.json", "medport/emulator/npm/package-lock.json"):
         assert needed in names, needed

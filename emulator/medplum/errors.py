@@ -87,15 +87,25 @@ class BadRequest(FhirError):
 
 
 class ValidationFailed(FhirError):
-    """Schema or business-rule validation failure; one issue per problem (code `structure` like Medplum's validator)."""
+    """Schema or business-rule validation failure; one issue per problem (code `structure` like Medplum's validator).
+    `problems` are (text, expression) pairs or ready OperationOutcome issues (dicts, e.g. from the strict validator,
+    which also carries warnings and `invariant` issues exactly as @medplum/core validateResource reports them)."""
 
-    def __init__(self, problems: list[tuple[str, str | None]]):
+    def __init__(self, problems: list):
         issues = [
-            {"severity": "error", "code": "structure", "details": {"text": text},
-             **({"expression": [expr]} if expr else {})}
-            for text, expr in problems
+            p if isinstance(p, dict) else
+            {"severity": "error", "code": "structure", "details": {"text": p[0]},
+             **({"expression": [p[1]]} if p[1] else {})}
+            for p in problems
         ] or [{"severity": "error", "code": "structure", "details": {"text": "Invalid resource"}}]
         super().__init__({"resourceType": "OperationOutcome", "issue": issues})
+
+
+class StructureError(FhirError):
+    """@medplum/core `validationError(text)`: issue code `structure`, no id -> 400 (e.g. "Unknown resource type")."""
+
+    def __init__(self, text: str, expression: str | None = None):
+        super().__init__(outcome("error", "structure", text, expression=expression))
 
 
 class Unauthorized(FhirError):

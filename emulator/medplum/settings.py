@@ -11,6 +11,9 @@ DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
+# The Medplum release whose behaviour the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the
+# server of that line): reported by /_emulator/health as `medplum_version`.
+MEDPLUM_VERSION = "5.2.13"
 
 
 @dataclass

@@ -50,6 +50,17 @@ log = logging.getLogger("medport.emulator.medplum.subscriptions")
 
 FHIRPATH_CRITERIA_URL = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
 INTERACTION_URL = "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction"
+
+
+def supports_interaction(sub: dict, interaction: str, *, first_only: bool = False) -> bool:
+    """@medplum/core 5.2.13 src/subscriptions/index.ts resourceMatchesSubscriptionCriteria: with one or more
+    `subscription-supported-interaction` extensions the interaction must be one of them (ANY of them — medplum
+    PR #9854); with none, create, update and delete all fire. `first_only=True` is the rule of servers before
+    that change (getExtension: only the first such extension counts). The emulator follows 5.2.13."""
+    codes = [e.get("valueCode") for e in _ext(sub, INTERACTION_URL)]
+    if not codes:
+        return True
+    return interaction == codes[0] if first_only else interaction in codes
 MAX_ATTEMPTS_URL = "https://medplum.com/fhir/StructureDefinition/subscription-max-attempts"
 SECRET_URL = "https://www.medplum.com/fhir/StructureDefinition/subscription-secret"
 DEFAULT_MAX_ATTEMPTS = 4
@@ -224,8 +235,7 @@ class SubscriptionEngine:
                 return False
             if not (value and value[0] is True):
                 return False
-        interactions = [e.get("valueCode") for e in _ext(sub, INTERACTION_URL)]
-        if interactions and interaction not in interactions:
+        if not supports_interaction(sub, interaction):
             return False
         if "?" in criteria:
             if not search_matches(resource, criteria):

@@ -82,12 +82,52 @@ def _add_lagging_properties(defs: dict) -> None:
 
 
 class Validator:
-    """Validate resources against the FHIR R4 JSON schema, per resource type (thread-safe, lazily compiled)."""
+    """Validate resources like a Medplum server. `strict=True` (the default, like a Medplum project in strict
+    mode): @medplum/core validateResource itself, in a warm Node process (fhir/strict.py), so the emulator refuses
+    exactly what Medplum refuses, with Medplum's OperationOutcome. `strict=False`: the FHIR R4 JSON schema per
+    resource type (jsonschema-rs; what a non-strict Medplum project runs). Thread-safe, lazily compiled."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
         self._compiled: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._defs: dict | None = None
+        self.strict = strict
+        self._local = threading.local()
+
+    def prevalidate(self, resources: list[Any]) -> None:
+        """Validate several resources in one call to Medplum's validator (a batch's bodies); `validate` of the same
+        content (id and meta aside) on this thread then uses the answer."""
+        if not self.strict:
+            return
+        todo = [r for r in resources if isinstance(r, dict) and r.get("resourceType") in RESOURCE_TYPES]
+        if len(todo) < 2:
+            return
+        from .strict import default_strict_validator
+        try:
+            verdicts = default_strict_validator().check_many(todo)
+        except (RuntimeError, ValueError):
+            return
+        cache = self._cache()
+        for r, v in zip(todo, verdicts):
+            cache[_content_key(r)] = v
+
+    def _cache(self) -> dict:
+        c = getattr(self._local, "verdicts", None)
+        if c is None:
+            c = self._local.verdicts = {}
+        return c
+
+    def clear_prevalidated(self) -> None:
+        self._local.verdicts = {}
+
+    def _strict_outcome(self, resource: dict) -> dict | None:
+        cache = self._cache()
+        if cache:
+            key = _content_key(resource)
+            if key in cache:
+                return cache.pop(key)
+        from .strict import default_strict_validator
+        return default_strict_validator().check(resource)
 
     def _validator(self, resource_type: str):
         v = self._compiled.get(resource_type)
@@ -161,6 +201,11 @@ class Validator:
 
     def validate(self, resource: Any) -> None:
         """Raise `ValidationFailed` (or `BadRequest` for a missing/unknown resourceType) naming every problem."""
+        if self.strict and isinstance(resource, dict) and resource.get("resourceType") in RESOURCE_TYPES:
+            oo = self._strict_outcome(resource)
+            if oo is not None:
+                raise ValidationFailed(oo.get("issue") or [])
+            return
         probs = self.problems(resource)
         if probs:
             if len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object") or \
@@ -220,6 +265,16 @@ def _empty_values(node: Any, path: str, out: list) -> None:
                 _empty_values(v, f"{path}[{i}]", out)
             elif isinstance(v, str) and not v.strip():
                 out.append(("String must contain non-whitespace content", f"{path}[{i}]"))
+
+
+_key_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=False).encode
+
+
+def _content_key(r: dict) -> str:
+    try:
+        return _key_dumps({k: v for k, v in r.items() if k not in ("id", "meta")})
+    except (TypeError, ValueError):
+        return ""
 
 
 _default: Validator | None = None

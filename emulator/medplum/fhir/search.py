@@ -7,6 +7,7 @@ ranges covered by each value at its precision (eq/ap = overlap, lt/gt/le/ge/sa/e
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -46,6 +47,14 @@ class SearchRequest:
     include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
     query: list[tuple[str, str]] = field(default_factory=list)   # the original (for links)
+    count_text: str | None = None   # `_count` as Medplum prints it in links when it is not a plain number ("NaN", "-3")
+    types: list[str] | None = None  # `_type` (system-level search)
+
+
+def js_parse_int(v: str) -> int | None:
+    """JavaScript `Number.parseInt(v, 10)`: leading whitespace, optional sign, leading digits; None for NaN."""
+    m = re.match(r"\s*([+-]?\d+)", v or "")
+    return int(m.group(1)) if m else None
 
 
 def split_values(s: str) -> list[str]:
@@ -86,11 +95,12 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
         code, _, modifier = name.partition(":")
         modifier = modifier or None
         if code == "_count":
-            try:
-                n = int(value)
-            except ValueError:
-                raise BadRequest(f"Invalid _count: {value}") from None
-            req.count = max(0, min(n, MAX_COUNT))
+            # @medplum/core search.ts: `count = Number.parseInt(value, 10)`, never validated; server search.ts
+            # clamps values over 1000 and runs the query only `if (count > 0)`: `_count=abc` (NaN) or a negative
+            # count is a 200 searchset without entries whose self link says `_count=NaN` / `_count=-3`.
+            n = js_parse_int(value)
+            req.count = 0 if n is None else max(0, min(n, MAX_COUNT))
+            req.count_text = "NaN" if n is None else (str(n) if n < 0 else None)
         elif code == "_offset":
             try:
                 req.offset = max(0, int(value))
@@ -117,7 +127,9 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             req.include.append(value)
         elif code == "_revinclude":
             req.revinclude.append(value)
-        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor", "_type"):
+        elif code == "_type":
+            req.types = value.split(",")
+        elif code in ("_format", "_pretty", "_elements", "_fields", "_cursor"):
             continue
         elif code in ("_id", "_lastUpdated"):
             req.filters.append(Filter(code, modifier, split_values(value), None))
@@ -139,6 +151,9 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             sp = params.get(code)
             if sp is None:
                 raise BadRequest(f"Unknown search parameter: {code}")
+            if sp.type in ("composite", "special") and modifier not in ("missing", "present"):
+                # @medplum/core search.ts parseParameter: a plain Error, normalized to 400 by the router
+                raise BadRequest(f"Unrecognized search parameter type: {sp.type}")
             if modifier and modifier not in _MODIFIERS and not (sp.type == "reference" and modifier[:1].isupper()):
                 raise BadRequest(f"Unknown search parameter modifier: {modifier}")
             req.filters.append(Filter(code, modifier, split_values(value), sp))
@@ -219,8 +234,6 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             if system:
                 return "x.system = ?", [system], neg
             return "x.system IS NULL AND x.code = ?", [code], neg
-        if f.modifier == "text":
-            return "x.code LIKE ? ESCAPE '\\'", [_like_escape(v) + "%"], False
         return "x.code = ?", [v], neg
     if t == "string":
         nv = V.normalize_string(v)
@@ -300,6 +313,14 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
         missing = f.values[0].lower() == "true"
         q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ?)"
         return (f"NOT ({q})" if missing else q), [f.code]
+    if sp.type == "token" and f.modifier in ("text", "contains"):
+        # server fhir/token-column.ts (5.x): `:text` = case-insensitive substring over the token's text values
+        # (CodeableConcept.text, Coding.display); comma = OR, each value trimmed
+        ors, args = [], []
+        for v in f.values:
+            ors.append("r.rid IN (SELECT x.rid FROM idx_text x WHERE x.param = ? AND x.value LIKE ? ESCAPE '\\')")
+            args += [f.code, "%" + _like_escape(v.strip().lower()) + "%"]
+        return "(" + " OR ".join(ors) + ")", args
     ors, args = [], []
     for v in f.values:
         cond, a, neg = _value_condition(f, v)
@@ -391,6 +412,9 @@ def _match_filter(resource: dict, f: Filter) -> bool:
     t = sp.type
     if f.modifier == "missing":
         return (not vals) == (f.values[0].lower() == "true")
+    if t == "token" and f.modifier in ("text", "contains"):
+        texts = [x.lower() for x in V.token_texts(vals)]
+        return any(v.strip().lower() in x for v in f.values for x in texts)
     for v in f.values:
         if t in ("token", "uri"):
             rows = V.token_values(vals) if t == "token" else [(None, x) for x in vals if isinstance(x, str)]
@@ -459,6 +483,4 @@ def _token_hit(system: str | None, code: str | None, v: str, t: str, modifier: s
         if s:
             return system == s
         return system is None and code == c
-    if modifier == "text":
-        return code is not None and code.lower().startswith(v.lower())
     return code == v

@@ -42,8 +42,11 @@ class SearchParam:
     targets: list[str] = field(default_factory=list)
     supported: bool = True
     first_names: frozenset | None = None   # top-level properties a value can come from (None = unknown)
+    custom: Any = None             # a function resource -> values, for expressions that are not plain paths
 
     def extract(self, resource: dict) -> list[Any]:
+        if self.custom is not None:
+            return self.custom(resource)
         out: list[Any] = []
         for path in self.paths:
             _walk(resource, path, 0, out)
@@ -182,10 +185,73 @@ def compile_path(part: str, base_names: set[str]) -> list[Step] | None:
     return steps
 
 
+_PRIORITY_ORDER = {"stat": 50, "asap": 40, "urgent": 30, "routine": 20}
+
+
+def _priority_order(r: dict) -> list:
+    # iif(priority = 'stat', 50, iif(priority = 'asap', 40, iif(priority = 'urgent', 30, iif(priority = 'routine',
+    # 20, 10)))): an absent or other priority makes every criterion empty/false, so the value is 10
+    return [_PRIORITY_ORDER.get(r.get("priority"), 10)]
+
+
+def _first_entry_resource(r: dict) -> list:
+    # Bundle.entry[0].resource: a resource, indexed as the reference "Type/id" (server getReferenceString)
+    entries = r.get("entry")
+    res = entries[0].get("resource") if isinstance(entries, list) and entries and isinstance(entries[0], dict) else None
+    if isinstance(res, dict) and res.get("resourceType") and res.get("id"):
+        return [{"reference": f"{res['resourceType']}/{res['id']}"}]
+    return []
+
+
+def _name_or_alias(r: dict) -> list:
+    out = [r.get("name")] if isinstance(r.get("name"), str) else []
+    return out + [a for a in r.get("alias") or [] if isinstance(a, str)]
+
+
+def _value_string(r: dict) -> list:
+    out = [r["valueString"]] if isinstance(r.get("valueString"), str) else []
+    cc = r.get("valueCodeableConcept")
+    if isinstance(cc, dict) and isinstance(cc.get("text"), str):
+        out.append(cc["text"])
+    return out
+
+
+def _deceased(r: dict) -> list:
+    # Patient.deceased.exists() and Patient.deceased != false: always a boolean
+    if "deceasedBoolean" in r:
+        return [r["deceasedBoolean"] is not False]
+    return [r.get("deceasedDateTime") is not None]
+
+
+def _profile_type(r: dict) -> list:
+    # ProjectMembership.profile.resolve().resourceType: @medplum/core fhirpath resolve() takes the type from the
+    # reference string (conditional "Type?..." or literal "Type/id"); no read
+    ref = (r.get("profile") or {}).get("reference") if isinstance(r.get("profile"), dict) else None
+    if isinstance(ref, str) and ("?" in ref or "/" in ref):
+        return [ref.split("?")[0] if "?" in ref else ref.split("/")[0]]
+    return []
+
+
+# FHIRPath expressions that are not plain paths, evaluated as Medplum's FHIRPath engine evaluates them (the 13
+# R4/Medplum parameters the path compiler cannot express; checked against @medplum/core evalFhirPath in tests).
+_EXPRESSION_EXTRACTORS = {
+    "iif(priority = 'stat', 50, iif(priority = 'asap', 40, iif(priority = 'urgent', 30, iif(priority = 'routine', 20, 10))))": _priority_order,
+    "Bundle.entry[0].resource": _first_entry_resource,
+    "name | alias": _name_or_alias,
+    "(Observation.value.ofType(string)) | (Observation.value.ofType(CodeableConcept)).text": _value_string,
+    "Patient.deceased.exists() and Patient.deceased != false": _deceased,
+    "ProjectMembership.profile.resolve().resourceType": _profile_type,
+}
+
+
 def _compile(code: str, ptype: str, expression: str, base_names: set[str], targets: list[str]) -> SearchParam:
     sp = SearchParam(code=code, type=ptype, expression=expression or "", targets=targets)
     if not expression or ptype in ("composite", "special"):
         sp.supported = False
+        return sp
+    fn = _EXPRESSION_EXTRACTORS.get(expression)
+    if fn is not None:
+        sp.custom = fn
         return sp
     try:
         for part in _split_top(expression, "|"):
@@ -198,6 +264,9 @@ def _compile(code: str, ptype: str, expression: str, base_names: set[str], targe
     if sp.paths and all(p for p in sp.paths):
         sp.first_names = frozenset(p[0].name for p in sp.paths)
     return sp
+
+
+_IMPLICIT = frozenset({"_id", "_lastUpdated", "_compartment", "_profile", "_security", "_source", "_tag", "_project"})
 
 
 class SearchParamRegistry:
@@ -244,6 +313,11 @@ class SearchParamRegistry:
             params: dict[str, SearchParam] = {}
             for base in ("Resource", "DomainResource", resource_type):
                 for r in raw.get(base, []):
+                    # @medplum/core types.ts: parameters based on Resource/DomainResource are not attached to the
+                    # concrete types; each type gets _id, _lastUpdated, _compartment, _profile, _security, _source,
+                    # _tag, _project only — so `_text`, `_content`, `_query` are unknown parameters there
+                    if base != resource_type and r["code"] not in _IMPLICIT:
+                        continue
                     if r["code"] and r["type"]:
                         params[r["code"]] = _compile(r["code"], r["type"], r["expression"], base_names, r["target"])
             self._compiled[resource_type] = params

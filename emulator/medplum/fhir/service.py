@@ -24,6 +24,7 @@ import base64
 import copy
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -32,6 +33,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from ..errors import (
     BadRequest,
+    StructureError,
     FhirError,
     Forbidden,
     MultipleMatches,
@@ -47,7 +49,7 @@ from . import policy as P
 from .patch import apply_patch
 from .principal import Principal
 from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
-from .search import SearchRequest, filter_sql, parse_search
+from .search import SearchRequest, filter_sql, js_parse_int, parse_search
 from .searchparams import registry
 from .store import Repository
 from .values import date_range, reference_values
@@ -57,7 +59,21 @@ _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 MAX_TRANSACTION_UPDATES = 50
 MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
 _URN = re.compile(r"urn(?::|%3A)uuid(?::|%3A)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VERSION_RE = re.compile(r'^(?:W/)?"?([^"]*)"?$')
+_IF_MATCH_RE = re.compile(r'"([^"]+)"')
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _is_uuid(s: str) -> bool:
+    return bool(_UUID_RE.match(s))
+
+
+def parse_if_match(header: str | None) -> str | None:
+    """fhir-router fhirrouter.ts parseIfMatchHeader: the text between the first pair of double quotes
+    (`W/"abc"` -> abc); a header without quotes is ignored."""
+    if not header:
+        return None
+    m = _IF_MATCH_RE.search(header)
+    return m.group(1) if m else None
 
 
 @dataclass
@@ -74,6 +90,21 @@ def _etag(res: dict) -> str:
 def _http_date(iso: str | None) -> str | None:
     r = date_range(iso) if iso else None
     return formatdate(r[0], usegmt=True) if r else None
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _js_date_string(iso: str | None) -> str:
+    """`'' + date` of a JavaScript Date in a UTC server: "Tue Jan 02 2024 10:00:00 GMT+0000 (Coordinated
+    Universal Time)" (server repo.ts readHistory concatenates the pg Date of a deletion)."""
+    r = date_range(iso) if iso else None
+    if r is None:
+        return "Invalid Date"
+    t = time.gmtime(int(r[0]))
+    return (f"{_DAYS[t.tm_wday]} {_MONTHS[t.tm_mon - 1]} {t.tm_mday:02d} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT+0000 (Coordinated Universal Time)")
 
 
 def _res_headers(res: dict) -> dict[str, str]:
@@ -141,14 +172,20 @@ class FhirService:
         if not parts:
             if method == "POST":
                 return self.batch(pr, body)
+            if method == "GET":
+                # fhir-router fhirrouter.ts: `GET ''` is searchMultipleTypes (interaction search-system)
+                return self.search_system(pr, query)
             raise NotFound()
         rtype = parts[0]
         if rtype.startswith("$") or (len(parts) > 1 and parts[-1].startswith("$")):
             raise NotFound()
-        if rtype not in RESOURCE_TYPES:
-            # @medplum/core validateResourceType
-            raise BadRequest("Unknown resource type")
         n = len(parts)
+        if rtype not in RESOURCE_TYPES:
+            # server repo.ts readResourceImpl checks the id (UUID) before validateResourceType: `GET Foo/1` is
+            # 404 Not found; otherwise @medplum/core validateResourceType: 400 "Unknown resource type" (structure)
+            if n >= 2 and method in ("GET", "DELETE") and not _is_uuid(parts[1]):
+                raise NotFound()
+            raise StructureError("Unknown resource type")
         if n == 1:
             if method == "GET":
                 return self.search(pr, rtype, query)
@@ -163,8 +200,6 @@ class FhirService:
             raise NotFound()
         if n == 2 and parts[1] == "_search" and method == "POST":
             return self.search(pr, rtype, query + _form_params(body))
-        if n == 2 and parts[1] == "_history" and method == "GET":
-            return self.history(pr, rtype, None, query)
         rid = parts[1]
         if n == 2:
             if method == "GET":
@@ -174,7 +209,7 @@ class FhirService:
             if method == "PATCH":
                 return self.patch(pr, rtype, rid, body, headers)
             if method == "DELETE":
-                return self.delete(pr, rtype, rid)
+                return self.delete(pr, rtype, rid, if_match=parse_if_match(headers.get("if-match")))
             raise NotFound()
         if n == 3 and parts[2] == "_history" and method == "GET":
             return self.history(pr, rtype, rid, query)
@@ -231,41 +266,45 @@ class FhirService:
             raise NotFound()
         return FhirResponse(200, self._out(a, res), _res_headers(res))
 
-    def history(self, pr: Principal, rtype: str, rid: str | None, query: list[tuple[str, str]]) -> FhirResponse:
+    def history(self, pr: Principal, rtype: str, rid: str, query: list[tuple[str, str]]) -> FhirResponse:
+        """Instance history like Medplum (fhir-router fhirrouter.ts readHistory; server repo.ts readHistory):
+        newest first, `_count` (default 100, at most 1000) and `_offset` parsed with parseInt (last one wins),
+        `total` = every version; no paging links. Each entry: fullUrl, `request: {method: "GET", url:
+        "Type/id/_history/vid"}` (always GET, the vread URL), `response: {status, outcome}` and the version; a
+        deletion is `410` with a `gone` outcome "Deleted on <Date.toString()>" and no resource.
+        (fhir-router has no type-level `Type/_history` route: that URL is a read of id "_history" -> 404.)"""
         a = self._check_type(pr, P.HISTORY, rtype)
         count, offset = 100, 0
         for k, v in query:
-            if k == "_count" and v.isdigit():
-                count = min(int(v), 1000)
-            elif k == "_offset" and v.isdigit():
-                offset = int(v)
-        if rid is not None:
-            current = None
-            try:
-                current = self.repo.read(rtype, rid)
-            except FhirError as e:
-                if e.status != 410:
-                    raise
-            if current is not None and (not self._visible(pr, current) or not a.matches(current, P.HISTORY)):
-                raise NotFound()
+            if k == "_count":
+                n = js_parse_int(v)
+                count = 100 if n is None else max(0, min(n, 1000))
+            elif k == "_offset":
+                n = js_parse_int(v)
+                offset = 0 if n is None else max(0, n)
+        current = None
+        try:
+            current = self.repo.read(rtype, rid)
+        except FhirError as e:
+            if e.status != 410:
+                raise
+        if current is not None and (not self._visible(pr, current) or not a.matches(current, P.HISTORY)):
+            raise NotFound()
         versions, total = self.repo.history(rtype, rid, count, offset)
         entries = []
         for v in versions:
-            res = v["resource"]
-            if rid is None and not v["deleted"] and (not self._visible(pr, res) or not a.matches(res, P.HISTORY)):
-                continue
-            e: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}"}
+            e: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}",
+                                 "request": {"method": "GET", "url": f"{v['type']}/{v['id']}/_history/{v['versionId']}"}}
             if v["deleted"]:
-                e["request"] = {"method": "DELETE", "url": f"{v['type']}/{v['id']}"}
-                e["response"] = {"status": "410", "lastModified": v["lastUpdated"]}
+                gone = {"resourceType": "OperationOutcome", "id": "gone", "issue": [
+                    {"severity": "error", "code": "deleted",
+                     "details": {"text": "Deleted on " + _js_date_string(v["lastUpdated"])}}]}
+                e["response"] = {"status": "410", "outcome": gone}
             else:
-                e["resource"] = self._out(a, res)
-                e["request"] = {"method": "PUT", "url": f"{v['type']}/{v['id']}"}
-                e["response"] = {"status": "200", "lastModified": v["lastUpdated"], "etag": f'W/"{v["versionId"]}"'}
+                e["response"] = {"status": "200", "outcome": all_ok()}
+                e["resource"] = self._out(a, v["resource"])
             entries.append(e)
-        bundle = {"resourceType": "Bundle", "type": "history", "total": total, "entry": entries,
-                  "link": [{"relation": "self", "url": f"{self.fhir_base}{rtype}" + (f"/{rid}" if rid else "") + "/_history"}]}
-        return FhirResponse(200, bundle, {})
+        return FhirResponse(200, {"resourceType": "Bundle", "type": "history", "entry": entries, "total": total}, {})
 
     # ================================================================== search
     def _policy_where(self, pr: Principal, a: P.Access, rtype: str) -> tuple[str, list] | None:
@@ -308,16 +347,69 @@ class FhirService:
             raise BadRequest("Cannot search on Binary resource type")
         a = self._check_type(pr, P.SEARCH, rtype)
         req = parse_search(rtype, query)
+        req.types = None
         where = self._policy_where(pr, a, rtype)
         resources, total, has_more = self.repo.search(req, extra_where=where)
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset"}
-        if req.summary == "count":
-            bundle["total"] = total
+        return self._searchset(pr, a, req, resources, total, has_more)
+
+    def search_system(self, pr: Principal, query: list[tuple[str, str]]) -> FhirResponse:
+        """`GET [base]?_type=A,B&...` (fhir-router fhirrouter.ts searchMultipleTypes; server search.ts):
+        no `_type` -> 400 "No types specified"; each type validated (validateResourceType: "Resource type is
+        null" / "Unknown resource type", Binary -> "Cannot search on Binary resource type", no access -> 403);
+        every parameter must be one of each listed type's (else "Unknown search parameter: <code>"); `_sort`
+        only by `_id`/`_lastUpdated`. Links name the pseudo type `MultipleTypes` and carry `_type=`."""
+        types: list[str] | None = None
+        for k, v in query:
+            if k == "_type":
+                types = v.split(",")
+        if not types:
+            raise BadRequest("No types specified")
+        for t in types:
+            if not t:
+                raise StructureError("Resource type is null")
+            if t not in RESOURCE_TYPES:
+                raise StructureError("Unknown resource type")
+            if t == "Binary":
+                raise BadRequest("Cannot search on Binary resource type")
+            self._check_type(pr, P.SEARCH, t)
+        for k, v in query:
+            if k == "_sort":
+                for c in v.split(","):
+                    c = c.strip().lstrip("-")
+                    if c and c not in ("_id", "_lastUpdated"):
+                        raise BadRequest(f"Unknown search parameter: {c}")
+        a = self._access(pr)
+        parts = []
+        req = None
+        for t in dict.fromkeys(types):
+            r = parse_search(t, query)
+            for f in r.filters:
+                if f.chain is not None:
+                    raise BadRequest(f"Unknown search parameter: {f.code}")
+            parts.append((r, self._policy_where(pr, a, t)))
+            req = req or r
+        assert req is not None
+        resources, total, has_more = self.repo.search_union(parts, count=req.count, offset=req.offset,
+                                                            sort=req.sort, count_total=req.total in ("accurate", "estimate"))
+        req = SearchRequest(resource_type="MultipleTypes", filters=req.filters, count=req.count, offset=req.offset,
+                            sort=req.sort, total=req.total, summary=req.summary, query=req.query,
+                            count_text=req.count_text, types=types)
+        return self._searchset(pr, a, req, resources, total, has_more)
+
+    def _searchset(self, pr: Principal, a: P.Access, req: SearchRequest, resources: list[dict], total: int | None,
+                   has_more: bool) -> FhirResponse:
+        """server search.ts searchImpl: `{resourceType, type: searchset, entry, total, link}`; `entry` only when the
+        query ran (count > 0); `total` only with `_total=accurate|estimate` (or `_summary=count`)."""
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if req.summary == "count" or req.count <= 0:
+            if total is not None:
+                bundle["total"] = total
             bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset)}]
             return FhirResponse(200, bundle, {})
-        entries = [{"fullUrl": f"{self.fhir_base}{rtype}/{r['id']}", "search": {"mode": "match"},
+        entries = [{"fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}", "search": {"mode": "match"},
                     "resource": self._out(a, r)} for r in resources]
-        entries += self._includes(pr, req, resources)
+        if req.types is None:
+            entries += self._includes(pr, req, resources)
         bundle["entry"] = entries
         if total is not None:
             bundle["total"] = total
@@ -339,14 +431,16 @@ class FhirService:
         for k, v in req.query:
             code = k.partition(":")[0]
             if code in ("_count", "_offset", "_total", "_sort", "_include", "_revinclude", "_cursor", "_format",
-                        "_pretty", "_summary"):
+                        "_pretty", "_summary", "_type"):
                 continue
             items.append(f"{k}={quote(v, safe=_URI_SAFE)}")
         if req.sort:
             items.append("_sort=" + ",".join(("-" if d else "") + c for c, d in req.sort))
         if offset:
             items.append(f"_offset={offset}")
-        items.append(f"_count={req.count}")
+        items.append(f"_count={req.count_text or req.count}")
+        if req.types:
+            items.append("_type=" + ",".join(req.types))
         if req.total:
             items.append(f"_total={req.total}")
         items += [f"_include={quote(v, safe=_URI_SAFE + ':')}" for v in req.include]
@@ -400,11 +494,11 @@ class FhirService:
         return self.repo.search(req, extra_where=self._policy_where(pr, a, rtype), count_total=False)[0]
 
     # ================================================================== writes
-    def _body_resource(self, body: Any, rtype: str) -> dict:
+    def _body_resource(self, body: Any, rtype: str, mismatch: str = "Incorrect resource type") -> dict:
         if not isinstance(body, dict):
             raise BadRequest("Missing resource" if body is None else "Invalid resource")
         if body.get("resourceType") != rtype:
-            raise BadRequest("Incorrect resource type")
+            raise BadRequest(mismatch)
         return body
 
     def _validate(self, res: dict) -> None:
@@ -412,7 +506,12 @@ class FhirService:
 
     def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
                assigned_id: str | None = None) -> FhirResponse:
-        res = self._body_resource(body, rtype)
+        # fhir-router fhirrouter.ts: createResourceImpl names both types; a conditional create goes through
+        # repo.ts conditionalCreate, whose check is on the search type
+        found_type = body.get("resourceType") if isinstance(body, dict) else None
+        res = self._body_resource(body, rtype, "Search type must match resource type for conditional update"
+                                  if headers.get("if-none-exist") else
+                                  f"Incorrect resource type: expected {rtype}, but found {found_type or '<EMPTY>'}")
         a = self._check_type(pr, P.CREATE, rtype)
         ine = headers.get("if-none-exist")
         if ine:
@@ -421,7 +520,7 @@ class FhirService:
                 raise MultipleMatches()
             if len(found) == 1:
                 r = found[0]
-                return FhirResponse(200, self._out(a, r), {**_res_headers(r), "Location": self._location(r)})
+                return FhirResponse(200, self._out(a, r), _res_headers(r))
         res = {k: v for k, v in res.items() if k != "id"}
         res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
         self._validate(res)
@@ -431,12 +530,14 @@ class FhirService:
         return FhirResponse(201, self._out(a, stored), {**_res_headers(stored), "Location": self._location(stored)})
 
     def _location(self, r: dict) -> str:
-        return f"{self.fhir_base}{r['resourceType']}/{r['id']}/_history/{(r.get('meta') or {}).get('versionId', '')}"
+        """server fhir/response.ts sendResponseHeaders: `Location` only when the outcome is `created`, the
+        resource's full URL (getFullUrl), no /_history/ part."""
+        return f"{self.fhir_base}{r['resourceType']}/{r['id']}"
 
     def update(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
         res = self._body_resource(body, rtype)
         if res.get("id") != rid:
-            raise BadRequest("Incorrect ID")
+            raise BadRequest("Incorrect resource ID")     # fhir-router fhirrouter.ts updateResourceImpl
         if not ID_RE.match(rid):
             raise BadRequest("Invalid id")
         return self._do_update(pr, res, headers.get("if-match"))
@@ -469,12 +570,9 @@ class FhirService:
         self._validate(res)
         if not a.matches(res, P.UPDATE if existing is not None else P.CREATE):
             raise Forbidden()
-        if_match = None
-        if if_match_header:
-            m = _VERSION_RE.match(if_match_header.strip())
-            if_match = m.group(1) if m else if_match_header
-            if existing is None:
-                raise PreconditionFailed()
+        if_match = parse_if_match(if_match_header)
+        if if_match is not None and existing is None:
+            raise PreconditionFailed()
         stored, created, changed = self.repo.update(res, if_match=if_match, project=self._project_for_write(pr, res),
                                                     author=pr.profile or None)
         headers = _res_headers(stored)
@@ -485,7 +583,7 @@ class FhirService:
 
     def conditional_update(self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any,
                            headers: dict[str, str]) -> FhirResponse:
-        res = self._body_resource(body, rtype)
+        res = self._body_resource(body, rtype, "Search type must match resource type for conditional update")
         found = self._find(pr, rtype, query)
         if len(found) > 1:
             raise MultipleMatches()
@@ -510,10 +608,19 @@ class FhirService:
         if not a.matches(current, P.UPDATE):
             raise Forbidden()
         patched = apply_patch(current, body)
-        if patched.get("resourceType") != rtype:
-            raise BadRequest("Incorrect resource type")
-        if patched.get("id") != rid:
-            raise BadRequest("Incorrect ID")
+        # server repo.ts patchResource checks type and id BEFORE patching, then runs updateResourceImpl on the
+        # patched resource: a patched resourceType/id is simply the resource that gets updated (a type or id that
+        # does not exist -> 404 Not found for anyone but a super admin; an unknown type -> "Unknown resource type").
+        ptype, pid = patched.get("resourceType"), patched.get("id")
+        if not isinstance(pid, str) or not pid:
+            raise BadRequest("Missing id")
+        if not ID_RE.match(pid):
+            raise BadRequest("Invalid id")
+        if ptype != rtype:
+            if not isinstance(ptype, str) or not ptype:
+                raise StructureError("Resource type is null")
+            if ptype not in RESOURCE_TYPES:
+                raise StructureError("Unknown resource type")
         return self._do_update(pr, patched, headers.get("if-match"))
 
     def conditional_patch(self, pr: Principal, rtype: str, query, body: Any, headers: dict[str, str]) -> FhirResponse:
@@ -524,7 +631,9 @@ class FhirService:
             raise NotFound()
         return self.patch(pr, rtype, found[0]["id"], body, headers)
 
-    def delete(self, pr: Principal, rtype: str, rid: str) -> FhirResponse:
+    def delete(self, pr: Principal, rtype: str, rid: str, *, if_match: str | None = None) -> FhirResponse:
+        """fhir-router 5.2.13 fhirrouter.ts deleteResource passes `{ifMatch}` to repo.deleteResource; a version
+        that is not the current one -> 412 Precondition Failed (fhir-router repo.ts), nothing deleted."""
         a = self._check_type(pr, P.DELETE, rtype)
         try:
             current = self.repo.read(rtype, rid)
@@ -536,13 +645,19 @@ class FhirService:
             raise NotFound()
         if not a.matches(current, P.DELETE):
             raise Forbidden()
+        if if_match is not None and (current.get("meta") or {}).get("versionId") != if_match:
+            raise PreconditionFailed()
         self.repo.delete(rtype, rid)
         return FhirResponse(200, all_ok(), {})
 
     def conditional_delete(self, pr: Principal, rtype: str, query: list[tuple[str, str]]) -> FhirResponse:
+        """fhir-router repo.ts FhirRepository.conditionalDelete (server repo.ts calls super): search with count 2;
+        more than one match -> 412 multiple-matches and nothing deleted; none -> 200 All OK; one -> deleted."""
         self._check_type(pr, P.DELETE, rtype)
-        found = self._find(pr, rtype, query, limit=1000)
         with self.repo.transaction():
+            found = self._find(pr, rtype, query, limit=2)
+            if len(found) > 1:
+                raise MultipleMatches()
             for r in found:
                 self.delete(pr, rtype, r["id"])
         return FhirResponse(200, all_ok(), {})
@@ -562,7 +677,7 @@ class FhirService:
         results: list[dict | None] = [None] * len(entries)
         identities: dict[str, str] = {}
         buckets: dict[str, list[int]] = {k: [] for k in
-                                         ("delete", "create", "update", "patch", "operation", "search", "read", "history")}
+                                         ("batch", "delete", "create", "update", "patch", "operation", "search", "read", "history")}
         updates, strong, seen = 0, False, set()
 
         for i, entry in enumerate(entries):
@@ -586,10 +701,16 @@ class FhirService:
                 raise BadRequest("Transaction requires strict isolation but has too many entries")
 
         order = [i for b in buckets.values() for i in b]
+        # every identity is resolved now: rewrite the entries once and validate the resources to be written in
+        # one call to Medplum's validator (strict mode), instead of one call per entry
+        rewritten = {i: _rewrite(entries[i], identities) for i in order}
+        self.validator.prevalidate([e.get("resource") for e in rewritten.values()
+                                    if isinstance(e, dict) and str((e.get("request") or {}).get("method")).upper()
+                                    in ("POST", "PUT")])
         try:
             with self.repo.transaction():
                 for i in order:
-                    entry = _rewrite(entries[i], identities)
+                    entry = rewritten[i]
                     if tx:
                         resp = self._run_entry(pr, entry)
                         if resp.status >= 400:
@@ -611,12 +732,20 @@ class FhirService:
                         results[i] = self._entry_from_response(resp)
         except _EntryFailed as ef:
             return FhirResponse(ef.resp.status, ef.resp.body, {})
-        out = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{btype}-response",
+        finally:
+            self.validator.clear_prevalidated()
+        out = {"resourceType": "Bundle", "type": f"{btype}-response",
                "entry": [r or _entry_response(ServerError().outcome) for r in results]}
         return FhirResponse(200, out, {})
 
     def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool) -> str:
-        """Classify the entry and resolve its urn:uuid identity (ids assigned before anything runs)."""
+        """Classify the entry and resolve its identity before anything runs, like fhir-router batch.ts
+        preprocessEntry/resolveIdentity: every create gets its id; every conditional PUT/DELETE/PATCH (URL with
+        `?`) is resolved by a search (count 2): several matches -> 400 "Conditional <METHOD> matched multiple
+        resources" (expression `Bundle.entry[i].request.url`) — in a batch too, where only that entry fails;
+        one match -> the URL becomes `Type/id`; none -> DELETE is a no-op, PUT creates (a body id -> 400 "Cannot
+        provide ID for create by update"), PATCH -> 400 "Conditional PATCH did not match any resources".
+        A URL that matches no route -> 404."""
         if not isinstance(entry, dict):
             raise BadRequest("Invalid Bundle entry", f"Bundle.entry[{i}]")
         req = entry.get("request")
@@ -631,64 +760,64 @@ class FhirService:
         n = len(parts)
         op = n and any(p.startswith("$") for p in parts)
         if method == "GET":
-            kind = "operation" if op else ("search" if n == 1 or (n == 2 and parts[1] == "_search") else
-                                           "history" if "_history" in parts and n != 4 else "read")
-        elif method == "POST":
-            kind = "operation" if op else ("search" if n == 2 and parts[1] == "_search" else
-                                           "create-conditional" if n == 1 and req.get("ifNoneExist") else "create")
-            if n != 1 and kind == "create":
+            if n > 4 or (n == 3 and parts[2] != "_history") or (n == 4 and parts[2] != "_history"):
                 raise NotFound()
-        elif method == "PUT":
-            kind = "update-conditional" if (n == 1 and qs) else "update"
-        elif method == "PATCH":
-            kind = "patch"
-        elif method == "DELETE":
-            kind = "delete-conditional" if (n == 1 and qs) else "delete"
+            kind = "operation" if op else ("search" if n <= 1 else "history" if n == 3 else "read")
+        elif method == "POST":
+            if n == 0:
+                kind = "batch"
+            else:
+                kind = "operation" if op else ("search" if n == 2 and parts[1] == "_search" else
+                                               "create-conditional" if n == 1 and req.get("ifNoneExist") else "create")
+                if n != 1 and kind == "create":
+                    raise NotFound()
+        elif method in ("PUT", "DELETE", "PATCH") and n in (1, 2):
+            base = {"PUT": "update", "DELETE": "delete", "PATCH": "patch"}[method]
+            if n == 1 and not qs:
+                raise NotFound()
+            kind = base + ("-conditional" if "?" in url else "")
+        elif method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
+            raise NotFound()
         else:
             raise BadRequest(f"Invalid REST interaction in batch: {method} {url}")
-        full = entry.get("fullUrl")
-        if not (isinstance(full, str) and full.startswith("urn:uuid")):
-            return kind
-        placeholder = full
+        placeholder = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else ""
         reference = None
         rtype = parts[0] if parts else None
         res = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
         if kind.startswith("create") and rtype in RESOURCE_TYPES:
+            if res is not None:
+                new_id = str(uuid.uuid4())
+                entry["_assigned_id"] = new_id
+                reference = f"{rtype}/{new_id}"
             if req.get("ifNoneExist"):
                 found = self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
                 if len(found) == 1:
                     reference = f"{rtype}/{found[0]['id']}"
-            if reference is None and res is not None:
-                new_id = str(uuid.uuid4())
-                entry["_assigned_id"] = new_id
-                reference = f"{rtype}/{new_id}"
-        elif kind in ("update-conditional", "delete-conditional") and rtype in RESOURCE_TYPES:
+        elif kind.endswith("-conditional") and rtype in RESOURCE_TYPES:
             found = self._find(pr, rtype, qs)
             if not found:
-                if kind == "update-conditional" and res is not None:
-                    if res.get("id"):
-                        if tx:
+                if method == "PUT":
+                    if res is not None:
+                        if res.get("id"):
                             raise BadRequest("Cannot provide ID for create by update")
-                    else:
                         new_id = str(uuid.uuid4())
                         # resolved like Medplum: the entry is created with a server-assigned id
                         entry["resource"] = {**res, "id": new_id}
                         entry["request"]["url"] = f"{rtype}/{new_id}"
                         entry["_create_by_update"] = True
                         reference = f"{rtype}/{new_id}"
+                elif method == "PATCH":
+                    raise BadRequest("Conditional PATCH did not match any resources", f"Bundle.entry[{i}].request.url")
             elif len(found) > 1:
-                if tx:
-                    raise BadRequest(f"Conditional {method} matched multiple resources", f"Bundle.entry[{i}].request.url")
+                raise BadRequest(f"Conditional {method} matched multiple resources", f"Bundle.entry[{i}].request.url")
             else:
                 target = found[0]["id"]
                 reference = f"{rtype}/{target}"
-                if kind == "update-conditional" and res is not None and res.get("id") in (None, target):
+                entry["request"]["url"] = reference
+                if res is not None:
                     entry["resource"] = {**res, "id": target}
-                    entry["request"]["url"] = reference
-                elif kind == "delete-conditional":
-                    entry["request"]["url"] = reference
-        elif kind in ("update", "delete", "patch") and n == 2:
-            reference = f"{parts[0]}/{parts[1]}"
+        elif kind in ("update", "delete", "patch") and "/" in url:
+            reference = url
         if reference:
             identities[placeholder] = reference
             if tx:

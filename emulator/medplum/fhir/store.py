@@ -47,8 +47,11 @@ CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rid);
 CREATE TABLE IF NOT EXISTS idx_num (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL, system TEXT, code TEXT);
 CREATE INDEX IF NOT EXISTS idx_num_v ON idx_num (param, value);
 CREATE INDEX IF NOT EXISTS idx_num_r ON idx_num (rid);
+CREATE TABLE IF NOT EXISTS idx_text (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT);
+CREATE INDEX IF NOT EXISTS idx_text_v ON idx_text (param, value);
+CREATE INDEX IF NOT EXISTS idx_text_r ON idx_text (rid);
 """
-_INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num")
+_INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
 
 
 @dataclass
@@ -282,7 +285,7 @@ class Repository:
 
     def _index(self, row_id: int, res: dict) -> None:
         params = self._params.for_type(res["resourceType"])
-        tok, st, ref, dt, num = V.index_rows(params, res)
+        tok, st, ref, dt, num, txt = V.index_rows(params, res)
         c = self._conn
         if tok:
             c.executemany("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
@@ -295,6 +298,8 @@ class Repository:
         if dt:
             c.executemany("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
                           [(row_id, p, lo, hi) for p, lo, hi in dt])
+        if txt:
+            c.executemany("INSERT INTO idx_text (rid, param, value) VALUES (?,?,?)", [(row_id, p, v) for p, v in txt])
         if num:
             c.executemany("INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
                           [(row_id, p, n, s, cd) for p, n, s, cd in num])
@@ -381,13 +386,7 @@ class Repository:
         if isinstance(req, tuple):
             req = parse_search(req[0], req[1])
         params = self._params.for_type(req.resource_type)
-        for f in req.filters:
-            if f.chain is not None and f.chain_refs is None:
-                target, inner = f.chain
-                inner_req = parse_search(target, [(inner, f.values[0])])
-                inner_req.count, inner_req.sort = 1000, []
-                found = self.search(inner_req, count_total=False)[0]
-                f.chain_refs = [f"{target}/{r['id']}" for r in found]
+        self._resolve_chains(req)
         where = ["r.type = ?", "r.deleted = 0"]
         args: list[Any] = [req.resource_type]
         selective = False
@@ -416,6 +415,45 @@ class Repository:
                     [*args, *oargs, req.count + 1, req.offset]).fetchall()
         has_more = len(rows) > req.count
         return [json.loads(r[0]) for r in rows[:req.count]], total, has_more
+
+    def search_union(self, parts: list[tuple[SearchRequest, tuple[str, list] | None]], *, count: int, offset: int,
+                     sort: list[tuple[str, bool]], count_total: bool = False) -> tuple[list[dict], int | None, bool]:
+        """System-level search: the union of one query per resource type (each with its filters and extra where
+        clause), sorted by `_id` / `_lastUpdated` only. Returns (resources, total or None, has_more)."""
+        ors, args = [], []
+        for req, extra in parts:
+            self._resolve_chains(req)
+            conds, a = ["r.type = ?"], [req.resource_type]
+            for f in req.filters:
+                sql, fa = filter_sql(f)
+                conds.append(sql)
+                a += fa
+            if extra:
+                conds.append(extra[0])
+                a += extra[1]
+            ors.append("(" + " AND ".join(conds) + ")")
+            args += a
+        wsql = "r.deleted = 0 AND (" + " OR ".join(ors or ["0"]) + ")"
+        order = ", ".join(("r.id" if c == "_id" else "r.lu") + (" DESC" if d else " ASC") for c, d in sort)
+        order = "ORDER BY " + (order + ", " if order else "") + "r.rid ASC"
+        with self._lock:
+            total = None
+            if count_total:
+                total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
+            rows = []
+            if count > 0:
+                rows = self._conn.execute(f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
+                                          [*args, count + 1, offset]).fetchall()
+        return [json.loads(r[0]) for r in rows[:count]], total, len(rows) > count
+
+    def _resolve_chains(self, req: SearchRequest) -> None:
+        for f in req.filters:
+            if f.chain is not None and f.chain_refs is None:
+                target, inner = f.chain
+                inner_req = parse_search(target, [(inner, f.values[0])])
+                inner_req.count, inner_req.sort = 1000, []
+                found = self.search(inner_req, count_total=False)[0]
+                f.chain_refs = [f"{target}/{r['id']}" for r in found]
 
     def search_ids(self, rtype: str, query, limit: int = 2) -> list[dict]:
         """Resources matching `query` (at most `limit`) — the conditional create/update/delete lookup."""

@@ -114,6 +114,25 @@ def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
     return out
 
 
+def token_texts(values: list[Any]) -> list[str]:
+    """The text a token `:text` search looks at (server fhir/tokens.ts buildCodeableConceptToken /
+    buildCodingToken): CodeableConcept.text and every Coding.display."""
+    out: list[str] = []
+    for v in values:
+        if not isinstance(v, dict):
+            continue
+        t = v.get("text")
+        if isinstance(t, str) and "value" not in v:
+            out.append(t)
+        d = v.get("display")
+        if isinstance(d, str) and ("code" in v or "system" in v or "coding" not in v):
+            out.append(d)
+        for c in v.get("coding") or [] if isinstance(v.get("coding"), list) else []:
+            if isinstance(c, dict) and isinstance(c.get("display"), str):
+                out.append(c["display"])
+    return out
+
+
 def _s(x: Any) -> str | None:
     if x is None:
         return None
@@ -195,8 +214,9 @@ def present_names(resource: dict) -> set[str]:
 
 
 def index_rows(params: dict, resource: dict):
-    """Yield (kind, code, *values) rows for every supported search parameter of the resource."""
-    tok, st, ref, dt, num = [], [], [], [], []
+    """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
+    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier."""
+    tok, st, ref, dt, num, txt = [], [], [], [], [], []
     present = present_names(resource)
     for code, sp in params.items():
         if not sp.supported or code in ("_id", "_lastUpdated"):
@@ -210,7 +230,8 @@ def index_rows(params: dict, resource: dict):
         if t == "token":
             for s, c in token_values(vals):
                 tok.append((code, s, c))
-            # also let :text-ish searches on display work through strings: skipped
+            for t_ in dict.fromkeys(token_texts(vals)):
+                txt.append((code, t_.lower()))
         elif t == "string":
             for s in string_values(vals):
                 st.append((code, normalize_string(s), s))
@@ -227,4 +248,4 @@ def index_rows(params: dict, resource: dict):
             for v in vals:
                 if isinstance(v, str):
                     tok.append((code, None, v))
-    return tok, st, ref, dt, num
+    return tok, st, ref, dt, num, txt

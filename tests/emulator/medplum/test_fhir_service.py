@@ -46,7 +46,8 @@ def test_create_read_headers(env):
     assert r.status == 201
     vid = r.body["meta"]["versionId"]
     assert r.headers["ETag"] == f'W/"{vid}"'
-    assert r.headers["Location"] == f"{BASE}fhir/R4/Patient/{r.body['id']}/_history/{vid}"
+    # server fhir/response.ts sendResponseHeaders: Location = the resource's full URL, only when created
+    assert r.headers["Location"] == f"{BASE}fhir/R4/Patient/{r.body['id']}"
     assert r.headers["Last-Modified"].endswith("GMT")
     assert r.body["meta"]["project"] == "proj-1"
     assert r.body["meta"]["author"]["reference"] == "ClientApplication/app-1"
@@ -64,7 +65,9 @@ def test_invalid_resource_rejected_with_field_named_and_nothing_written(env):
     assert {"Patient.birthDate", "Patient.foo"} <= exprs
     assert repo.count("Patient") == 0
     assert call(svc, pr, "POST", "Patient", {"resourceType": "Observation"}).status == 400
-    assert text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"})) == "Incorrect resource type"
+    # fhir-router fhirrouter.ts createResourceImpl
+    assert text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"})) == \
+        "Incorrect resource type: expected Patient, but found Observation"
 
 
 def test_conditional_create(env):
@@ -92,7 +95,7 @@ def test_update_put_and_if_match(env):
     assert r2.status == 412
     r3 = call(svc, pr, "PUT", f"Patient/{cid}", patient(id=cid, active=True), headers={"If-Match": f'W/"{v1}"'})
     assert r3.status == 200 and r3.body["active"] is True
-    assert text(call(svc, pr, "PUT", f"Patient/{cid}", patient(id="other"))) == "Incorrect ID"
+    assert text(call(svc, pr, "PUT", f"Patient/{cid}", patient(id="other"))) == "Incorrect resource ID"
 
 
 def test_noop_update_returns_current_without_new_version(env):
@@ -157,9 +160,9 @@ def test_delete_then_gone_and_history(env):
 def test_conditional_delete(env):
     repo, svc, pr = env
     call(svc, pr, "POST", "Observation", obs("d"))
-    call(svc, pr, "POST", "Observation", obs("d"))
     assert call(svc, pr, "DELETE", "Observation", query=[("identifier", "urn:s|d")]).status == 200
     assert repo.count("Observation") == 0
+    assert call(svc, pr, "DELETE", "Observation", query=[("identifier", "urn:s|d")]).status == 200  # no match
 
 
 def test_search_bundle_paging_links(env):
@@ -258,19 +261,26 @@ def test_transaction_rollback_returns_first_failure(env):
 def test_transaction_conditional_entries(env):
     repo, svc, pr = env
     existing = call(svc, pr, "POST", "Observation", obs("c1")).body
+    other = call(svc, pr, "POST", "Observation", obs("c3")).body
     b = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs("c1", status="amended"),
          "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c1"}},
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs("c2"),
          "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c2"}},
-        {"resource": obs("c1"),
-         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c1"}},
+        {"resource": obs("c3"),
+         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c3"}},
     ]}
     r = call(svc, pr, "POST", "", b)
     assert r.status == 200, r.body
     assert [e["response"]["status"] for e in r.body["entry"]] == ["200", "201", "200"]
     assert r.body["entry"][0]["resource"]["id"] == existing["id"]
-    assert r.body["entry"][2]["resource"]["id"] == existing["id"]
+    assert r.body["entry"][2]["resource"]["id"] == other["id"]
+    # batch.ts resolveCreateIdentity: a conditional create that finds the resource a conditional PUT also
+    # resolved to is the same identity twice -> the transaction is refused
+    same = {**b, "entry": [b["entry"][0], {**b["entry"][2], "resource": obs("c1"), "request": {
+        "method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c1"}}]}
+    r = call(svc, pr, "POST", "", same)
+    assert r.status == 400 and text(r) == "Duplicate resource identity found in Bundle"
     # two entries resolving to the same resource: Medplum rejects the transaction
     dup = {**b, "entry": [b["entry"][0], {**b["entry"][0], "fullUrl": f"urn:uuid:{uuid.uuid4()}"}]}
     r = call(svc, pr, "POST", "", dup)
@@ -313,12 +323,12 @@ def test_batch_patch_with_binary_and_parameters(env):
     assert r.body["entry"][0]["response"]["status"] == "200" and r.body["entry"][0]["resource"]["active"] is True
 
 
-def test_type_history(env):
+def test_type_history_is_not_a_route(env):
+    # fhir-router fhirrouter.ts has no `:resourceType/_history` route: the URL is a read of id "_history" -> 404
     _, svc, pr = env
     call(svc, pr, "POST", "Patient", patient())
-    call(svc, pr, "POST", "Patient", patient())
     h = call(svc, pr, "GET", "Patient/_history")
-    assert h.status == 200 and h.body["total"] == 2
+    assert h.status == 404 and h.body["id"] == "not-found"
 
 
 def test_project_isolation(env):
