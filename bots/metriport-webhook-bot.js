@@ -23,7 +23,7 @@
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
  *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
- *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[] } } Summary
+ *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[] } } Summary
  */
 
 const CONFIG = {
@@ -288,7 +288,10 @@ class MetriportError extends Error {
  * @param {Record<string, unknown>} [fields]
  */
 function log(level, message, fields) {
-  const line = '[' + CONFIG.botName + '] ' + message + (fields ? ' ' + JSON.stringify(fields) : '');
+  // Warnings and errors say so in the text too: on vmcontext, Medplum keeps the log (AuditEvent.outcomeDesc)
+  // without levels.
+  const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
+    (fields ? ' ' + JSON.stringify(fields) : '');
   if (level === 'error') {
     console.error(line);
   } else if (level === 'warn') {
@@ -446,12 +449,13 @@ async function metriport(event, method, path, query, body, okStatuses) {
   }
   const qs = params.toString();
   const url = metriportBase(event) + path + (qs ? '?' + qs : '');
-  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/[^/]+/, '/patient/{id}');
+  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/(?!(?:match|bulk)(?:\/|$))[^/]+/, '/patient/{id}');
   /** @type {Record<string, string>} */
   const headers = { 'x-api-key': apiKey, accept: 'application/json' };
   if (body !== undefined) {
     headers['content-type'] = 'application/json';
   }
+  const started = Date.now();
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
@@ -467,6 +471,14 @@ async function metriport(event, method, path, query, body, okStatuses) {
       parsed = undefined;
     }
   }
+  // One record per call (ids and statuses only), so the sync can be reconstructed from Medplum's AuditEvents.
+  log('info', 'metriport call', {
+    method,
+    path: what.slice(what.indexOf('/')),
+    status: res.status,
+    ms: Date.now() - started,
+    ...(parsed && typeof parsed === 'object' && typeof parsed.requestId === 'string' ? { requestId: parsed.requestId } : {}),
+  });
   if ((res.status >= 200 && res.status < 300) || (okStatuses || []).includes(res.status)) {
     return { status: res.status, body: parsed };
   }
@@ -632,7 +644,19 @@ function newSummary(msg) {
     queriesStarted: 0,
     fixes: {},
     failures: [],
+    subjects: [],
   };
+}
+
+/**
+ * Record which Medplum Patient a message was about (Task.for when it is exactly one).
+ * @param {Summary} summary
+ * @param {string | undefined} patientId
+ */
+function addSubject(summary, patientId) {
+  if (patientId && !summary.subjects.includes(patientId)) {
+    summary.subjects.push(patientId);
+  }
 }
 
 /**
@@ -716,9 +740,16 @@ async function processMessage(medplum, event, msg) {
       }
       try {
         const medplumPatientId = await resolvePatient(medplum, msg, p);
-        await startConsolidatedQuery(event, mid, medplumPatientId);
+        const at = new Date().toISOString();
+        const query = await startConsolidatedQuery(event, mid, medplumPatientId);
         summary.queriesStarted++;
-        log('info', 'consolidated query started', { metriportPatient: mid, patient: medplumPatientId });
+        addSubject(summary, medplumPatientId);
+        log('info', 'consolidated query started', {
+          metriportPatient: mid,
+          patient: medplumPatientId,
+          requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+          at,
+        });
       } catch (err) {
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
       }
@@ -828,6 +859,7 @@ async function importConsolidated(medplum, event, msg, p, summary) {
     summary.failures.push({ type: 'Patient', id: mid, status: 'not-found', text: 'no existing Medplum Patient for this Metriport patient (meta.data.medplumPatientId, externalId, identifier)' });
     return;
   }
+  addSubject(summary, subjectId);
   const resources = await fetchConsolidated(event, msg, p, subjectId, summary);
   if (!resources) {
     return;
@@ -1615,6 +1647,7 @@ async function persistMessage(medplum, msg, raw) {
     },
     identifier: [{ system: CONFIG.messageTask.identifierSystem, value: messageId }],
     description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
+    authoredOn: new Date().toISOString(), // arrival
     input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
   };
   const saved = await medplum.createResourceIfNoneExist(
@@ -1643,6 +1676,10 @@ async function persistMessage(medplum, msg, raw) {
 function taskOutcome(task, summary, fatal) {
   const failed = !!fatal || summary.failures.length > 0;
   const done = { ...task, status: failed ? 'failed' : 'completed' };
+  done.executionPeriod = { ...(task.executionPeriod || {}), end: new Date().toISOString() };
+  if (summary.subjects && summary.subjects.length === 1) {
+    done.for = { reference: 'Patient/' + summary.subjects[0] };
+  }
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
   if (failed) {
     done.statusReason = {
@@ -1683,6 +1720,7 @@ async function processTask(medplum, event, taskId) {
     task = await medplum.patchResource('Task', taskId, [
       { op: 'test', path: '/meta/versionId', value: task.meta.versionId },
       { op: 'replace', path: '/status', value: 'in-progress' },
+      { op: 'add', path: '/executionPeriod', value: { start: new Date().toISOString() } },
     ]);
   } catch (err) {
     log('info', 'Task taken by another run; ignored', { task: taskId });
@@ -1747,13 +1785,14 @@ exports.handler = async (medplum, event) => {
   }
   const type = msg.meta && msg.meta.type;
   if (type === 'ping' || (msg.ping !== undefined && !type)) {
+    log('info', 'ping answered');
     return { pong: msg.ping };
   }
   const messageId = (msg.meta && msg.meta.messageId) || null;
 
   if (CONFIG.asyncProcessing) {
     const task = await persistMessage(medplum, msg, raw);
-    log('info', 'message stored for processing', { messageId, type, task: task.id });
+    log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
     return { received: true, messageId, task: 'Task/' + task.id };
   }
   try {

@@ -141,7 +141,8 @@ def sign_in(browser, url: str, stack) -> None:
     browser.find_element(By.ID, "client_id").send_keys(emu.admin_client_id)
     browser.find_element(By.ID, "client_secret").send_keys(emu.admin_client_secret)
     browser.find_element(By.ID, "sign-in").click()
-    assert "/login" not in browser.current_url, browser.page_source[:500]
+    wait_for(browser, lambda: "/login" not in browser.current_url and browser.find_elements(By.ID, "nav-health"),
+             15, "the signed-in page")
 
 
 def counts(browser) -> dict:
