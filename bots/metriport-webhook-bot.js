@@ -1785,7 +1785,6 @@ exports.handler = async (medplum, event) => {
   }
   const type = msg.meta && msg.meta.type;
   if (type === 'ping' || (msg.ping !== undefined && !type)) {
-    log('info', 'ping answered');
     return { pong: msg.ping };
   }
   const messageId = (msg.meta && msg.meta.messageId) || null;

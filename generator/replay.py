@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import time
+from datetime import datetime, timezone
 
 import click
 import requests
@@ -81,6 +82,8 @@ def requeue_task(http: MedplumHttp, task: dict) -> dict:
     else:
         t.pop("extension", None)
     t["status"] = "requested"
+    # a new version even when nothing else changed (a message stuck as `requested`): the subscription fires again
+    t["lastModified"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     version = (task.get("meta") or {}).get("versionId")
     headers = {"If-Match": f'W/"{version}"'} if version else None
     return http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=t, headers=headers)

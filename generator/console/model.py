@@ -684,6 +684,9 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
             p_details.append(f"took {human_ms(m.processing_ms)}")
         if m.attempts and m.attempts > 1:
             p_details.append(f"{m.attempts} attempts")
+        earlier = [r for r in m.processing[:-1] if not r.ok or r.line("message failed")]
+        if earlier and m.status != "failed":
+            p_details.append(f"{len(earlier)} earlier run(s) failed, then the message was processed again")
         if m.reason:
             p_details.append(f"reason: {m.reason}")
         if m.stuck:

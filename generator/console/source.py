@@ -184,9 +184,9 @@ class Source:
                         dev_api_used=deliveries is not None)
 
     def _fake_deliveries(self) -> list[dict] | None:
-        try:
-            r = self.http.session.get(self.settings.fake_url.rstrip("/") + "/_fake/webhooks", params={"body": "false"},
-                                      timeout=10)
+        try:   # its own request: the Medplum session's token is not for the fake
+            r = requests.get(self.settings.fake_url.rstrip("/") + "/_fake/webhooks", params={"body": "false"},
+                             headers={"x-api-key": self.settings.metriport_api_key or ""}, timeout=10)
             return r.json().get("deliveries") if r.status_code == 200 else None
         except (requests.RequestException, ValueError, AttributeError):
             return None
