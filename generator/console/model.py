@@ -16,7 +16,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from .source import FINGERPRINT_EXTENSION, Snapshot
 
@@ -614,6 +614,17 @@ def metriport_calls(run: Run) -> list[tuple[str, str, str]]:
     return out
 
 
+def _grouped(calls: list[tuple[str, str, str]]) -> list[tuple[str, str, str, int]]:
+    """Consecutive identical calls (the attempts of one retried call) as one, with their number."""
+    out: list[tuple[str, str, str, int]] = []
+    for c in calls:
+        if out and out[-1][:3] == c:
+            out[-1] = (*c, out[-1][3] + 1)
+        else:
+            out.append((*c, 1))
+    return out
+
+
 def _call_tone(status: str) -> str:
     if status.startswith("2") or status == "404":
         return "ok"
@@ -663,8 +674,9 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
         for q in _queries_of(r):
             details.append(f"{q.kind} started" + (f", requestId {q.request_id}" if q.request_id else ""))
         events.append(Event(r.start, "patient-bot", f"Patient bot: {title}", tone, details))
-        for method, path, status in metriport_calls(r):
-            events.append(Event(r.start, "metriport", f"Metriport {method} {path}", _call_tone(status), [f"answered {status}"]))
+        for method, path, status, n in _grouped(metriport_calls(r)):
+            events.append(Event(r.start, "metriport", f"Metriport {method} {path}", _call_tone(status),
+                                [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else "")]))
     for m in sync.messages:
         ack = m.ack_ms
         acked = [r for r in m.deliveries if r.ok]
@@ -693,10 +705,20 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
             p_details.append(f"stuck: {m.stuck}")
         events.append(Event(m.started or m.arrived, "processing", f"Processing {m.type}: {m.status}", m.tone, p_details,
                             task_id=m.task_id, replayable=m.replayable))
+        decisive = [r for r in m.processing if not r.ok or r.line("message processed", "message failed")]
         for r in m.processing:
-            for method, path, status in metriport_calls(r):
-                events.append(Event(r.start, "metriport", f"Metriport {method} {path}", _call_tone(status),
-                                    [f"answered {status}", "by the webhook bot"]))
+            earlier = bool(decisive) and r is not decisive[-1] and (not r.ok or r.line("message failed") is not None)
+            if earlier:
+                events.append(Event(r.start, "processing", f"Processing {m.type}: this run failed",
+                                    "fail" if m.status == "failed" else "warn",
+                                    [f"took {human_ms(r.duration_ms)}"] + ([f"error: {r.error}"] if r.error else [])
+                                    + ["the message was processed again later"], task_id=m.task_id))
+            last = bool(decisive) and r is decisive[-1]
+            base = max(t for t in (r.start, m.started) if t) if last and (r.start or m.started) else r.start
+            for i, (method, path, status, n) in enumerate(_grouped(metriport_calls(r))):
+                at = base + timedelta(microseconds=i + 1) if base else None
+                events.append(Event(at, "metriport", f"Metriport {method} {path}", _call_tone(status),
+                                    [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else ""), "by the webhook bot"]))
         if m.imported:
             events.append(Event(m.finished, "imported", f"{m.imported_total} resources imported", "ok",
                                 chips=dict(sorted(m.imported.items())), task_id=m.task_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from .figures import charts
-from .model import Integration, PatientSync, human_ms, human_s, timeline
+from .model import Integration, PatientSync, human_ms, human_s, metriport_calls, timeline
 
 TONE_OF_STATUS = {"completed": "ok", "failed": "fail", "in-progress": "pending", "requested": "pending"}
 
@@ -47,7 +47,7 @@ def patient_view(integ: Integration, sync: PatientSync, history: list[dict], in_
         "counts": {
             "saves": len(history), "patient_runs": len(sync.runs),
             "patient_runs_failed": sum(1 for r in sync.runs if not r.ok),
-            "metriport_calls": sum(1 for e in events if e.stage == "metriport"),
+            "metriport_calls": sum(len(metriport_calls(r)) for r in [*sync.runs, *(x for m in msgs for x in m.processing)]),
             "webhooks": len(msgs), "completed": sum(1 for m in msgs if m.status == "completed"),
             "failed": sum(1 for m in msgs if m.status == "failed"),
             "pending": sum(1 for m in msgs if m.status in ("requested", "in-progress")),

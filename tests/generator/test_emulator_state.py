@@ -108,6 +108,14 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
             assert served[key] == fig[key], key
         printed = json.loads(run("console", "--json").stdout)
         assert printed["deliveries"] == fig["deliveries"]
+        # as against a real Medplum: credentials, FHIR records only
+        real = run("status", "--json", "--base-url", state["base_url"], "--client-id", "medport-admin",
+                   "--client-secret", "medport-admin-secret")
+        real_fig = json.loads(real.stdout)["integration"]
+        assert real.returncode == 0 and real_fig["source"]["developer_api"] is False
+        assert real_fig["deliveries"] == fig["deliveries"] and real_fig["metriport_deliveries"] is None
+        bad = run("status", "--base-url", state["base_url"], "--client-id", "medport-admin", "--client-secret", "no")
+        assert bad.returncode == 1 and "client credentials rejected" in bad.stdout
         runs = run("runs")   # the webhook bot answered the fake's ping at registration
         assert runs.returncode == 0 and "metriport-webhook-bot" in runs.stdout, runs.stdout + runs.stderr
         replay = run("replay", "--failed", "--wait", "1")

@@ -241,8 +241,9 @@ def test_console_in_chromium(stack, console, browser):
         r = {x["type"]: x["status"] for x in rows(browser, "tr.msg")}
         return r.get("medical.document-conversion") == "completed" and r.get("medical.consolidated-data") == "completed"
     wait_for(browser, green, 60, "the replayed message and the data it brings to turn green")
-    ev = browser.find_element(By.CSS_SELECTOR, f'#timeline li[data-stage="processing"][data-task="{task_id}"]')
+    earlier, ev = browser.find_elements(By.CSS_SELECTOR, f'#timeline li[data-stage="processing"][data-task="{task_id}"]')
     assert ev.get_attribute("data-tone") == "ok" and "earlier run(s) failed" in ev.text
+    assert earlier.get_attribute("data-tone") == "warn" and "this run failed" in earlier.text
     assert counts(browser)["failed"] == 0
     calls = [el.get_attribute("data-tone") for el in browser.find_elements(By.CSS_SELECTOR, '#timeline li[data-stage="metriport"]')]
     assert "warn" in calls       # the consolidated query's attempts Metriport answered 500
