@@ -65,7 +65,7 @@ class Settings:
     resource_types: tuple = ()
     max_resources: int = 5000                 # per search (AuditEvents, Tasks, Patients); past it: truncated
     stuck_after_s: float = 300.0
-    cache_s: float = 1.0
+    cache_s: float = 0.0                      # >0: reuse a snapshot that young (pages read fresh by default)
 
     @property
     def metriport_configured(self) -> bool:

@@ -271,10 +271,15 @@ def test_console_in_chromium(stack, console, browser):
     assert set(WEBHOOK_TYPES) <= types
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-aggregation rect")
     screenshot(browser, "console-health.png")
+    ollie = stack.create_patient("Ollie", phone="555-01")          # no valid phone, no email: skipped
+    assert stack.wait_idle(20)
     browser.get(f"{console.url}patients")
     states = {el.get_attribute("data-patient"): el.get_attribute("data-state")
               for el in browser.find_elements(By.CSS_SELECTOR, "#patients tbody tr[data-patient]")}
-    assert states == {jane["id"]: "linked", chris["id"]: "linked"}
+    assert states == {jane["id"]: "linked", chris["id"]: "linked", ollie["id"]: "skipped"}
+    why = browser.find_element(By.CSS_SELECTOR, f'#patients tr[data-patient="{ollie["id"]}"] td.reason').text
+    assert "telecom" in why
+    screenshot(browser, "console-patients.png")
 
     # 4. the same console without any developer API (as against a real Medplum): same figures, same timeline
     auth = (stack.internal.emulator.admin_client_id, stack.internal.emulator.admin_client_secret)

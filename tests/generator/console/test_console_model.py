@@ -298,3 +298,28 @@ def test_pages_and_the_replay_action(client):
     r = client.post("/metriport/webhook/retry", data={"csrf": token})
     assert r.status_code == 302 and "re-enabled" in client.get("/health").get_data(as_text=True)
     assert client.get("/api/patients/p1").get_json()["counts"]["failed"] == 1
+
+
+def test_a_bearer_token_of_the_admin_client_opens_the_console(client, monkeypatch):
+    from medport.generator.console import app as app_module
+
+    class Answer:
+        def __init__(self, ref):
+            self.status_code, self.ref = 200, ref
+
+        def json(self):
+            return {"profile": {"reference": self.ref}}
+
+    class Http:
+        def url(self, path):
+            return "http://medplum.test/" + path
+
+    client.source.http = Http()
+    tokens = {"good": "ClientApplication/admin", "other": "ClientApplication/webhook-client"}
+    asked = []
+    monkeypatch.setattr(app_module.requests, "get", lambda url, headers, timeout: (
+        asked.append(headers["Authorization"]), Answer(tokens[headers["Authorization"][7:]]))[1])
+    assert client.get("/api/health", headers={"Authorization": "Bearer other"}).status_code == 401
+    assert client.get("/api/health", headers={"Authorization": "Bearer good"}).status_code == 200
+    assert client.get("/api/health", headers={"Authorization": "Bearer good"}).status_code == 200
+    assert asked == ["Bearer other", "Bearer good"]          # a valid token is remembered for a minute
