@@ -26,7 +26,7 @@ def main(n: int = 10_000) -> dict:
     cfg = load_config(os.path.join(ROOT, "medport.toml"))
     bundle = generate(n, seed=7, patient={"firstName": "Benchmark", "lastName": "Load", "dob": "1970-01-01",
                                           "genderAtBirth": "F"})
-    allowed = set(cfg["webhook_bot"]["resources"])
+    allowed = set(cfg.webhook_bot.resources)
     expected = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] in allowed)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.json")
@@ -43,7 +43,7 @@ def main(n: int = 10_000) -> dict:
         assert out.done and not out.failed_tasks, out
         d = [x for x in deliveries(stack) if x["type"] == "medical.consolidated-data"][-1]
         hooks = [x for x in deliveries(stack) if x["type"] != "ping"]
-        importer = max((r for r in runs(stack, 50) if r["bot_name"] == cfg["webhook_bot"]["name"]
+        importer = max((r for r in runs(stack, 50) if r["bot_name"] == cfg.webhook_bot.name
                         and (r.get("resource") or "").startswith("Task/")), key=lambda r: r["duration_ms"])
         imported = count_imported(stack)
         result = {

@@ -17,6 +17,8 @@ BENCHES = [
     ("Emulator start to ready", ["bench_startup.py", "5"]),
     ("FHIR store: 10,000 resources as batches of 50 conditional PUTs", ["bench_fhir_store.py", "--n", "10000"]),
     ("End to end: 10,000-resource consolidated bundle", ["bench_e2e_10k.py", "10000"]),
+    ("Fuzzing the fake Metriport's HTTP API (5,200 requests)", ["bench_fuzz_fake.py", "5200", "--record"]),
+    ("Fuzz of the emulator's HTTP API: 5,000 hostile requests", ["bench_fuzz.py", "5000"]),
 ]
 MARK = "## Latest run"
 

@@ -43,7 +43,6 @@ const CONFIG = {
       "Goal",
       "Immunization",
       "Location",
-      "Medication",
       "MedicationAdministration",
       "MedicationDispense",
       "MedicationRequest",
@@ -51,7 +50,6 @@ const CONFIG = {
       "Observation",
       "Organization",
       "Practitioner",
-      "PractitionerRole",
       "Procedure",
       "RelatedPerson",
       "ServiceRequest"
@@ -386,29 +384,123 @@ function outcomeText(outcome) {
 
 
 // ---------------------------------------------------------------------------
-// Validation (Metriport's rules: @metriport/api-sdk demographicsSchema,
-// @metriport/shared zip/phone/date helpers)
+// Demographics, validated field by field exactly as Metriport validates them (@metriport/api-sdk
+// demographicsSchema, address.ts; @metriport/shared zip.ts, phone.ts, email.ts, external/zod/date.ts),
+// and sent in Metriport's shapes only. A required field Metriport would refuse is a skip naming it;
+// an optional one (an extra address, a phone, an email) is dropped with a warning naming it.
 // ---------------------------------------------------------------------------
 
-const US_STATES = [
-  'AL', 'AK', 'AZ', 'AR', 'CA', 'CO', 'CT', 'DE', 'DC', 'FL', 'GA', 'HI', 'ID', 'IL', 'IN', 'IA', 'KS',
-  'KY', 'LA', 'ME', 'MD', 'MA', 'MI', 'MN', 'MS', 'MO', 'MT', 'NE', 'NV', 'NH', 'NJ', 'NM', 'NY', 'NC',
-  'ND', 'OH', 'OK', 'OR', 'PA', 'RI', 'SC', 'SD', 'TN', 'TX', 'UT', 'VT', 'VA', 'WA', 'WV', 'WI', 'WY',
-  // territories
-  'AS', 'GU', 'MP', 'PR', 'VI',
-];
+/** @type {Record<string, string>} USState (50 states + DC) and USTerritory (AS, GU, PR, VI — not MP), by name */
+const US_STATE_NAMES = {
+  AL: 'Alabama', AK: 'Alaska', AZ: 'Arizona', AR: 'Arkansas', CA: 'California', CO: 'Colorado', CT: 'Connecticut',
+  DE: 'Delaware', DC: 'District of Columbia', FL: 'Florida', GA: 'Georgia', HI: 'Hawaii', ID: 'Idaho', IL: 'Illinois',
+  IN: 'Indiana', IA: 'Iowa', KS: 'Kansas', KY: 'Kentucky', LA: 'Louisiana', ME: 'Maine', MD: 'Maryland',
+  MA: 'Massachusetts', MI: 'Michigan', MN: 'Minnesota', MS: 'Mississippi', MO: 'Missouri', MT: 'Montana',
+  NE: 'Nebraska', NV: 'Nevada', NH: 'New Hampshire', NJ: 'New Jersey', NM: 'New Mexico', NY: 'New York',
+  NC: 'North Carolina', ND: 'North Dakota', OH: 'Ohio', OK: 'Oklahoma', OR: 'Oregon', PA: 'Pennsylvania',
+  RI: 'Rhode Island', SC: 'South Carolina', SD: 'South Dakota', TN: 'Tennessee', TX: 'Texas', UT: 'Utah',
+  VT: 'Vermont', VA: 'Virginia', WA: 'Washington', WV: 'West Virginia', WI: 'Wisconsin', WY: 'Wyoming',
+  AS: 'American Samoa', GU: 'Guam', PR: 'Puerto Rico', VI: 'Virgin Islands',
+};
 const KNOWN_INVALID_ZIPS = [
   '00000', '99999', '10000', '20000', '30000', '40000', '50000', '60000', '70000', '80000', '90000',
   '12345', '54321',
 ];
 /** @type {Record<string, string>} */
 const GENDERS = { male: 'M', female: 'F', other: 'O', unknown: 'U' };
+const US_COUNTRIES = ['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'];
+
+/**
+ * A 2-letter code Metriport accepts (its schema upper-cases and trims), from a code or a full name.
+ * @param {string | undefined} value
+ * @returns {string | undefined}
+ */
+function usStateCode(value) {
+  const v = (value || '').trim();
+  const upper = v.toUpperCase();
+  if (US_STATE_NAMES[upper]) {
+    return upper;
+  }
+  const byName = Object.keys(US_STATE_NAMES).find((k) => US_STATE_NAMES[k].toLowerCase() === v.toLowerCase());
+  return byName;
+}
+
+/**
+ * @metriport/shared normalizeUsPhoneWithPlusOne + isPhoneValid: ASCII digits only, a leading 1 of
+ * 11 digits dropped, then exactly 10 digits.
+ * @param {string} value
+ * @returns {string | undefined}
+ */
+function metriportPhone(value) {
+  let digits = value.trim().replace(/\D/g, '');
+  if (digits.length === 11 && digits[0] === '1') {
+    digits = digits.slice(1);
+  }
+  return digits.length === 10 ? digits : undefined;
+}
+
+const UTF8_RANGES = '\u00A1-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF';
+const EMAIL_USER_PART = new RegExp("^[a-z\\d!#\\$%&'\\*\\+\\-\\/=\\?\\^_`{\\|}~" + UTF8_RANGES + ']+$', 'i');
+const EMAIL_QUOTED_USER = new RegExp(
+  '^([\\s\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f\\x21\\x23-\\x5b\\x5d-\\x7e\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]|' +
+    '(\\\\[\\x01-\\x09\\x0b\\x0c\\x0d-\\x7f\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]))*$',
+  'i'
+);
+const EMAIL_TLD = /^([a-z\u00A1-\u00A8\u00AA-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF]{2,}|xn[a-z0-9-]{2,})$/i;
+
+/**
+ * UTF-8 byte length (validator's isByteLength); a lone surrogate makes the address invalid.
+ * @param {string} s
+ * @returns {number}
+ */
+function utf8Length(s) {
+  try {
+    return encodeURI(s).split(/%..|./).length - 1;
+  } catch (_err) {
+    return Infinity;
+  }
+}
+
+/**
+ * @metriport/shared isEmailValid: not empty, not starting with "+1" (taken for a phone number), and
+ * validator.isEmail(email, { allow_utf8_local_part: true, blacklisted_chars: "" }) — validator.js 13's
+ * rules with its defaults for the rest (no display name, a TLD, no IP domain, no underscores).
+ * @param {string} email
+ * @returns {boolean}
+ */
+function isMetriportEmail(email) {
+  if (!email || email.trim().startsWith('+1') || email.length > 254) {
+    return false;
+  }
+  const parts = email.split('@');
+  const domain = /** @type {string} */ (parts.pop());
+  let user = parts.join('@');
+  if (utf8Length(user) > 64 || utf8Length(domain) > 254) {
+    return false;
+  }
+  const labels = domain.split('.');
+  const tld = labels[labels.length - 1];
+  if (labels.length < 2 || !EMAIL_TLD.test(tld) || /\s/.test(tld) || /^\d+$/.test(tld)) {
+    return false;
+  }
+  const labelsOk = labels.every(
+    (l) => l.length <= 63 && /^[a-z_\u00a1-\uffff0-9-]+$/i.test(l) && !/[\uff01-\uff5e]/.test(l) && !/^-|-$/.test(l) && !/_/.test(l)
+  );
+  if (!labelsOk) {
+    return false;
+  }
+  if (user[0] === '"' && user[user.length - 1] === '"') {
+    user = user.slice(1, user.length - 1);
+    return EMAIL_QUOTED_USER.test(user);
+  }
+  return user.split('.').every((p) => EMAIL_USER_PART.test(p));
+}
 
 /**
  * @param {string} value
- * @returns {boolean} true for a real calendar date written strictly YYYY-MM-DD
+ * @returns {boolean} true for a real calendar date written YYYY-MM-DD
  */
-function isStrictDate(value) {
+function isCalendarDate(value) {
   const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
   if (!m) {
     return false;
@@ -433,22 +525,78 @@ function pickName(patient) {
 }
 
 /**
+ * Current addresses, home first (a postal-only address last): the candidates for Metriport's address.
  * @param {Patient} patient
- * @returns {import('@medplum/fhirtypes').Address | undefined}
+ * @returns {import('@medplum/fhirtypes').Address[]}
  */
-function pickAddress(patient) {
-  const addresses = (patient.address || []).filter((a) => a && a.use !== 'old' && a.type !== 'postal');
-  return addresses.find((a) => a.use === 'home') || addresses[0] || (patient.address || [])[0];
+function addressCandidates(patient) {
+  const current = (patient.address || []).filter((a) => a && a.use !== 'old');
+  const rank = (/** @type {import('@medplum/fhirtypes').Address} */ a) =>
+    (a.use === 'home' ? 0 : 1) + (a.type === 'postal' ? 2 : 0);
+  return current.map((a, i) => ({ a, i })).sort((x, y) => rank(x.a) - rank(y.a) || x.i - y.i).map((x) => x.a);
 }
 
 /**
- * Build the demographics Metriport expects, or list every problem (field names only).
+ * One FHIR Address as Metriport's address (addressSchema), or the problems that would make Metriport refuse it.
+ * @param {import('@medplum/fhirtypes').Address} address
+ * @param {string} where e.g. "address" or "address[1]"
+ * @returns { { address?: Record<string, string>, problems: string[] } }
+ */
+function metriportAddress(address, where) {
+  /** @type {string[]} */
+  const problems = [];
+  const lines = (address.line || []).map((l) => (l || '').trim()).filter(Boolean);
+  const city = (address.city || '').trim();
+  const state = usStateCode(address.state);
+  const rawZip = (address.postalCode || '').trim();
+  let zip = rawZip.replace(/\D/g, '');
+  if (/^\d{5}-?\d{4}$/.test(rawZip)) {
+    zip = zip.slice(0, 5); // ZIP+4: Metriport takes 5 digits only
+  }
+  const country = (address.country || '').trim().toUpperCase();
+  if (!lines.length) {
+    problems.push(where + '.line: missing (Metriport: "Address line must be specified")');
+  }
+  if (!city) {
+    problems.push(where + '.city: missing (Metriport: "City must be specified")');
+  }
+  if (!address.state || !address.state.trim()) {
+    problems.push(where + '.state: missing');
+  } else if (!state) {
+    problems.push(where + '.state: not a US state, DC or AS/GU/PR/VI (code or name)');
+  }
+  if (!rawZip) {
+    problems.push(where + '.postalCode: missing');
+  } else if (zip.length !== 5) {
+    problems.push(where + '.postalCode: not a 5-digit zip code (Metriport: "Zip must be a string consisting of 5 numbers")');
+  } else if (KNOWN_INVALID_ZIPS.includes(zip)) {
+    problems.push(where + '.postalCode: a zip code Metriport refuses as invalid');
+  }
+  if (country && !US_COUNTRIES.includes(country)) {
+    problems.push(where + '.country: not USA (Metriport takes US addresses only)');
+  }
+  if (problems.length) {
+    return { problems };
+  }
+  /** @type {Record<string, string>} */
+  const out = { addressLine1: lines[0], city, state: /** @type {string} */ (state), zip, country: 'USA' };
+  if (lines.length > 1) {
+    out.addressLine2 = lines.slice(1).join(', ');
+  }
+  return { address: out, problems };
+}
+
+/**
+ * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
+ * with a required field; `warnings` name the optional data left out (field names only, never values).
  * @param {Patient} patient
- * @returns { { demographics?: Record<string, any>, problems: string[] } }
+ * @returns { { demographics?: Record<string, any>, problems: string[], warnings: string[] } }
  */
 function buildDemographics(patient) {
   /** @type {string[]} */
   const problems = [];
+  /** @type {string[]} */
+  const warnings = [];
 
   const name = pickName(patient);
   const firstName = name && name.given ? name.given.map((g) => (g || '').trim()).filter(Boolean).join(' ') : '';
@@ -457,22 +605,24 @@ function buildDemographics(patient) {
     problems.push('name: missing');
   } else {
     if (!firstName) {
-      problems.push('name.given: missing or empty');
+      problems.push('name.given: missing or empty (Metriport firstName)');
     }
     if (!lastName) {
-      problems.push('name.family: missing or empty');
+      problems.push('name.family: missing or empty (Metriport lastName)');
     }
   }
 
   const dob = (patient.birthDate || '').trim();
   if (!dob) {
     problems.push('birthDate: missing');
-  } else if (!isStrictDate(dob)) {
+  } else if (/^\d{4}(-\d{2})?$/.test(dob)) {
+    problems.push('birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth');
+  } else if (!isCalendarDate(dob)) {
     problems.push('birthDate: not a valid YYYY-MM-DD date');
   } else if (Number(dob.slice(0, 4)) < 1900) {
-    problems.push('birthDate: before 1900');
+    problems.push('birthDate: before 1900 (Metriport: "Date can\'t be before 1900")');
   } else if (dob > new Date().toISOString().slice(0, 10)) {
-    problems.push('birthDate: in the future');
+    problems.push('birthDate: in the future (Metriport: "Date can\'t be in the future")');
   }
 
   const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
@@ -482,45 +632,26 @@ function buildDemographics(patient) {
     problems.push('gender: not male/female/other/unknown');
   }
 
-  const address = pickAddress(patient);
   /** @type {Record<string, string> | undefined} */
-  let metriportAddress;
-  if (!address) {
+  let address;
+  const candidates = addressCandidates(patient);
+  if (!candidates.length) {
     problems.push('address: missing');
   } else {
-    const lines = (address.line || []).map((l) => (l || '').trim()).filter(Boolean);
-    const city = (address.city || '').trim();
-    const state = (address.state || '').trim().toUpperCase();
-    const rawZip = (address.postalCode || '').trim();
-    let zip = rawZip.replace(/\D/g, '');
-    if (zip.length === 9 && /^\d{5}-?\d{4}$/.test(rawZip)) {
-      zip = zip.slice(0, 5); // ZIP+4: Metriport takes the 5-digit zip
+    /** @type {string[]} */
+    let firstProblems = [];
+    for (let i = 0; i < candidates.length && !address; i++) {
+      const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
+      if (r.address) {
+        address = r.address;
+      } else if (i === 0) {
+        firstProblems = r.problems;
+      }
     }
-    const country = (address.country || '').trim().toUpperCase();
-    if (!lines.length) {
-      problems.push('address.line: missing');
-    }
-    if (!city) {
-      problems.push('address.city: missing');
-    }
-    if (!state) {
-      problems.push('address.state: missing');
-    } else if (!US_STATES.includes(state)) {
-      problems.push('address.state: not a 2-letter US state or territory code');
-    }
-    if (!rawZip) {
-      problems.push('address.postalCode: missing');
-    } else if (zip.length !== 5) {
-      problems.push('address.postalCode: not a 5-digit zip code');
-    } else if (KNOWN_INVALID_ZIPS.includes(zip)) {
-      problems.push('address.postalCode: a known-invalid zip code');
-    }
-    if (country && !['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'].includes(country)) {
-      problems.push('address.country: not USA');
-    }
-    metriportAddress = { addressLine1: lines[0] || '', city, state, zip, country: 'USA' };
-    if (lines.length > 1) {
-      metriportAddress.addressLine2 = lines.slice(1).join(', ');
+    if (!address) {
+      problems.push(...firstProblems);
+    } else if (firstProblems.length) {
+      warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
     }
   }
 
@@ -528,53 +659,54 @@ function buildDemographics(patient) {
   let phone;
   /** @type {string | undefined} */
   let email;
-  for (const t of patient.telecom || []) {
-    if (!t || !t.value || t.period?.end) {
-      continue;
+  (patient.telecom || []).forEach((t, i) => {
+    if (!t || !t.value || (t.period && t.period.end && t.period.end < new Date().toISOString())) {
+      return;
     }
-    if (t.system === 'phone' && !phone) {
-      let digits = t.value.replace(/\D/g, '');
-      if (digits.length === 11 && digits[0] === '1') {
-        digits = digits.slice(1);
+    if (t.system === 'phone' || t.system === 'sms') {
+      const p = metriportPhone(t.value);
+      if (!p) {
+        warnings.push('telecom[' + i + '] (' + t.system + ') left out: not 10 digits, as Metriport requires');
+      } else if (!phone) {
+        phone = p;
       }
-      if (digits.length === 10) {
-        phone = digits;
-      }
-    } else if (t.system === 'email' && !email) {
-      const e = t.value.trim().replace(/^mailto:/i, '');
-      if (/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(e)) {
-        email = e.toLowerCase();
+    } else if (t.system === 'email') {
+      const e = t.value.trim().replace(/^mailto:/i, '').toLowerCase();
+      if (!isMetriportEmail(e)) {
+        warnings.push('telecom[' + i + '] (email) left out: an address Metriport refuses (isEmailValid)');
+      } else if (!email) {
+        email = e;
       }
     }
-  }
-  if (!phone && !email) {
-    problems.push('telecom: no valid phone (10 digits) or email');
-  }
+  });
 
   if (problems.length) {
-    return { problems };
+    return { problems, warnings };
   }
-  /** @type {Record<string, string>} */
-  const contact = {};
-  if (phone) {
-    contact.phone = phone;
-  }
-  if (email) {
-    contact.email = email;
-  }
-  return {
-    problems,
-    demographics: {
-      firstName,
-      lastName,
-      dob,
-      genderAtBirth,
-      address: [metriportAddress],
-      contact: [contact],
-      externalId: patient.id,
-    },
+  /** @type {Record<string, any>} */
+  const demographics = {
+    firstName,
+    lastName,
+    dob,
+    genderAtBirth,
+    address: [address],
   };
+  if (phone || email) {
+    /** @type {Record<string, string>} */
+    const contact = {};
+    if (phone) {
+      contact.phone = phone;
+    }
+    if (email) {
+      contact.email = email;
+    }
+    demographics.contact = [contact];
+  }
+  return { demographics, problems, warnings };
 }
+
+/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
+exports.metriportDemographics = { buildDemographics, isMetriportEmail, metriportPhone, usStateCode };
 
 // ---------------------------------------------------------------------------
 // Medplum side
@@ -698,15 +830,21 @@ exports.handler = async (medplum, event) => {
   const patient = input;
   const patientId = /** @type {string} */ (patient.id);
 
-  const { demographics, problems } = buildDemographics(patient);
+  const { demographics, problems, warnings } = buildDemographics(patient);
   if (!demographics) {
     log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
       patient: patientId,
     });
-    return { status: 'skipped', reason: 'invalid-demographics', patient: patientId, problems };
+    return { status: 'skipped', reason: 'invalid-demographics', patient: patientId, problems, warnings };
   }
+  if (warnings.length) {
+    log('warn', 'optional demographics left out: ' + warnings.join('; '), { patient: patientId });
+  }
+  // Bodies in Metriport's shapes: match = demographicsSchema; create and update = patientCreateSchema
+  // (demographics + externalId; the update route parses the create schema too).
+  const patientBody = { ...demographics, externalId: patientId };
 
-  const fingerprint = sha256Hex(canonicalJson(demographics));
+  const fingerprint = sha256Hex(canonicalJson(patientBody));
   let metriportId = metriportIdOf(patient);
   if (metriportId && fingerprintOf(patient) === fingerprint) {
     log('info', 'demographics unchanged since the last query; nothing to do', {
@@ -731,7 +869,7 @@ exports.handler = async (medplum, event) => {
       'PUT',
       '/medical/v1/patient/' + encodeURIComponent(metriportId),
       { facilityId },
-      demographics
+      patientBody
     );
     action = 'updated';
   } else {
@@ -740,7 +878,7 @@ exports.handler = async (medplum, event) => {
       metriportId = String(matched.body.id);
       action = 'matched';
     } else {
-      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, demographics);
+      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, patientBody);
       if (!created.body || !created.body.id) {
         throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
       }
@@ -782,5 +920,6 @@ exports.handler = async (medplum, event) => {
     metriportPatientId: metriportId,
     facilityId: facilityId || null,
     wroteBack: written,
+    ...(warnings.length ? { warnings } : {}),
   };
 };

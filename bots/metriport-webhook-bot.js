@@ -232,7 +232,6 @@ const CONFIG = {
       "Goal",
       "Immunization",
       "Location",
-      "Medication",
       "MedicationAdministration",
       "MedicationDispense",
       "MedicationRequest",
@@ -240,7 +239,6 @@ const CONFIG = {
       "Observation",
       "Organization",
       "Practitioner",
-      "PractitionerRole",
       "Procedure",
       "RelatedPerson",
       "ServiceRequest"

@@ -12,9 +12,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 import click
 
+from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
 from .config import ConfigError, load_config
+from .render import patient_bot_config
 
 
 @dataclass
@@ -115,6 +117,16 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
                                  + f" — run `medport generate -c {config_path} -o {out_dir}` and commit")
 
     ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=no_cfg)
+
+    def metriport_accepts():
+        """The requests the config shapes, through the fake's copy of Metriport's rules (the schema already
+        refuses what Metriport refuses; this keeps the two from drifting apart)."""
+        c = patient_bot_config(cfg)["consolidated"]
+        rules.resources_param(",".join(c["resources"]))
+        rules.iso_date_param(c["dateFrom"])
+        rules.iso_date_param(c["dateTo"])
+
+    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts, skip_reason=no_cfg)
 
     def runtime():
         rt = find_runtime()

@@ -96,7 +96,7 @@ class WebhookBotSection:
 class ConsolidatedSection:
     date_from: str | None
     date_to: str | None
-    request_allowed_resources_only: bool
+    resources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -213,13 +213,27 @@ def _schema_at(parts) -> dict:
     return node
 
 
+# Keys that existed once, with what replaced them (an "unknown key" error says so).
+RENAMED = {("consolidated", "request_allowed_resources_only"):
+           "replaced by consolidated.resources, the types the consolidated query asks Metriport for "
+           "(webhook_bot.resources stays the import list)"}
+
+
 def _describe(err: jsonschema.ValidationError) -> list[str]:
     where = _path(err.absolute_path)
     if err.validator == "additionalProperties":
         allowed = _schema_at(err.absolute_path).get("properties", {}).keys()
         extra = sorted(set(err.instance) - set(allowed))
-        return [f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
+        return [f"{_path([*err.absolute_path, k])}: unknown key — {RENAMED[(*err.absolute_path, k)]}"
+                if (*err.absolute_path, k) in RENAMED else
+                f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
                 f" (allowed: {', '.join(sorted(allowed))})" for k in extra]
+    if err.validator == "enum" and list(err.absolute_path)[:2] == ["consolidated", "resources"]:
+        return [f"{where}: {err.instance!r} is not a type Metriport's consolidated query accepts"
+                f"{_hint(str(err.instance), map(str, err.validator_value))} — Metriport answers 400 to any other "
+                f"(its list, resourceTypeForConsolidation: {', '.join(err.validator_value)})"
+                + (". Medication and PractitionerRole come with the resources that reference them: import them "
+                   "(webhook_bot.resources), do not ask for them" if err.instance in ("Medication", "PractitionerRole") else "")]
     if err.validator == "enum":
         opts = ", ".join(repr(o) for o in err.validator_value)
         return [f"{where}: {err.instance!r} is not one of {opts}{_hint(str(err.instance), map(str, err.validator_value))}"]
@@ -267,6 +281,12 @@ def _semantic_problems(raw: dict) -> list[str]:
     beside the schema check on data that may still be ill-typed, so every problem is reported at once."""
     problems = _resource_problems(raw["webhook_bot"]["resources"])
     patient, webhook = raw["patient_bot"], raw["webhook_bot"]
+    imported = set(webhook["resources"])
+    metriport_types = schema()["properties"]["consolidated"]["properties"]["resources"]["items"]["enum"]
+    for i, rt in enumerate(raw["consolidated"]["resources"]):
+        if isinstance(rt, str) and rt in metriport_types and rt not in imported:
+            problems.append(f"consolidated.resources[{i}]: {rt!r} is asked of Metriport but not imported (not in "
+                            "webhook_bot.resources): it would be downloaded and skipped — add it there or remove it")
     if patient["name"] == webhook["name"]:
         problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
     if patient["identifier"] == webhook["identifier"]:
@@ -280,12 +300,25 @@ def _semantic_problems(raw: dict) -> list[str]:
     return problems
 
 
+def _query_types_default(data: dict, filled: dict) -> None:
+    """consolidated.resources left out: the import list's types that Metriport's query accepts (for the
+    default import list that is the schema's default), so narrowing the import list narrows the query."""
+    given = data.get("consolidated") if isinstance(data.get("consolidated"), dict) else {}
+    imports = filled.get("webhook_bot", {}).get("resources")
+    if "resources" in given or not isinstance(imports, list) or not isinstance(filled.get("consolidated"), dict):
+        return
+    accepted = schema()["properties"]["consolidated"]["properties"]["resources"]["items"]["enum"]
+    filled["consolidated"]["resources"] = [t for t in imports if t in accepted]
+
+
 def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
     validator = jsonschema.Draft202012Validator(schema())
     problems: list[str] = []
     for err in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
         problems.extend(_describe(err))
     filled = _apply_defaults(data, schema()) if isinstance(data, dict) else {}
+    if isinstance(data, dict):
+        _query_types_default(data, filled)
     try:
         problems += [p for p in _semantic_problems(filled) if p not in problems]
     except (TypeError, KeyError, AttributeError):

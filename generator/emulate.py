@@ -41,7 +41,8 @@ def _banner(stack: Stack, storage: str, seconds: float) -> None:
         else:
             click.echo("  api key:       (yours, from --metriport-api-key / MEDPORT_FAKE_METRIPORT_API_KEY; header x-api-key)")
         click.echo(f"  facility id:   {stack.fake.facility_id}")
-        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults")
+        click.echo(f"  developer API: {base}/_fake/webhooks, {base}/_fake/faults, {base}/_fake/state "
+                   "(header x-api-key: the same key)")
     else:
         click.echo(f"Metriport: the real service at {stack.metriport_base_url}")
 

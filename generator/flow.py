@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from .render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 
 SEED_DEMOGRAPHICS = {
@@ -52,13 +50,11 @@ def create_patient(stack, first: str, org_id: str | None, **overrides) -> dict:
 
 
 def runs(stack, limit: int = 200, **filters) -> list[dict]:
-    """The emulator's run log, newest first (filters: bot=, failed=, trigger=)."""
+    """The emulator's run log, newest first (filters: bot=, failed=, trigger=); the developer API answers
+    only the admin client."""
     params = {"limit": limit, **{k: ("true" if v is True else "false" if v is False else v)
                                  for k, v in filters.items() if v is not None}}
-    r = requests.get(stack.base_url + "_emulator/runs", params=params, timeout=10,
-                     auth=(stack.emulator.admin_client_id, stack.emulator.admin_client_secret))
-    r.raise_for_status()
-    return r.json()["runs"]
+    return stack.admin.request("read the emulator's runs", "GET", "_emulator/runs", params=params, ok=(200,))["runs"]
 
 
 def deliveries(stack) -> list[dict]:

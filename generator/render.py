@@ -25,9 +25,11 @@ def _retry(cfg: Config) -> dict:
 
 
 def _consolidated(cfg: Config) -> dict:
+    """The consolidated query's parameters: `resources` from consolidated.resources (types Metriport
+    accepts; the schema refuses others), never the import list."""
     c = cfg.consolidated
     return {
-        "resources": list(cfg.webhook_bot.resources) if c.request_allowed_resources_only else [],
+        "resources": list(c.resources),
         "dateFrom": c.date_from,
         "dateTo": c.date_to,
     }

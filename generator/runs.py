@@ -8,7 +8,7 @@ import click
 import requests
 
 from . import statefile
-from .localdefaults import admin_credentials
+from .localdefaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
 from .medplum_http import MedplumError, MedplumHttp
 
 AUDIT_FAILURE = {"4", "8", "12"}
@@ -51,19 +51,23 @@ def runs_from_audit_events(http: MedplumHttp, bot: str | None, limit: int) -> li
     return out[:limit]
 
 
-def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int) -> list[dict]:
-    """The emulator's run log (its developer API, with the admin client's credentials)."""
+def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int,
+                       admin: tuple[str, str] = (DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET)) -> list[dict]:
+    """The emulator's developer API; it answers only its admin client (Basic `admin` = (id, secret))."""
     params = {"limit": limit}
     if bot:
         params["bot"] = bot
     if failed:
         params["failed"] = "true"
     try:
-        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params=params, timeout=10,
-                         auth=admin_credentials())
+        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params=params, auth=admin, timeout=10)
     except requests.ConnectionError:
         raise click.ClickException(f"no emulator at {base_url} — start one with `medport emulate`, or pass "
                                    "--base-url with --client-id/--client-secret to read a Medplum server's AuditEvents") from None
+    if r.status_code in (401, 403):
+        raise click.ClickException(f"{base_url}_emulator/runs refused the admin client {admin[0]!r} (HTTP {r.status_code}) "
+                                   "— pass the emulator's --admin-client-id/--admin-client-secret "
+                                   "(env MEDPORT_ADMIN_CLIENT_ID/MEDPORT_ADMIN_CLIENT_SECRET)")
     if r.status_code != 200:
         raise click.ClickException(f"{base_url}_emulator/runs answered {r.status_code}: {r.text[:200]}")
     return r.json()["runs"]
@@ -91,14 +95,19 @@ def format_run(r: dict, full_logs: bool) -> str:
                    "running from this folder (.medport/emulator.json), else http://127.0.0.1:8103/].")
 @click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Read AuditEvents of a real Medplum with these credentials.")
 @click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET")
-def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, client_secret):
+@click.option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=DEFAULT_ADMIN_CLIENT_ID,
+              show_default=True, help="The emulator's admin client (its developer API answers only it).")
+@click.option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=DEFAULT_ADMIN_CLIENT_SECRET,
+              show_default=False, help="The emulator's admin secret [env MEDPORT_ADMIN_CLIENT_SECRET; default: the development default].")
+def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, client_secret, admin_client_id,
+                 admin_client_secret):
     """List bot executions with outcome, duration and logs (newest first)."""
     base_url = statefile.emulator_base_url(base_url)
     http = MedplumHttp(base_url, client_id, client_secret) if client_id and client_secret else None
 
     def fetch() -> list[dict]:
         if http is None:
-            return runs_from_emulator(base_url, bot, failed, limit)
+            return runs_from_emulator(base_url, bot, failed, limit, (admin_client_id, admin_client_secret))
         try:
             items = runs_from_audit_events(http, bot, limit)
         except MedplumError as e:

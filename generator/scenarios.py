@@ -200,8 +200,8 @@ def scenario_skip_reasons(stack) -> dict:
     _skip_case(stack, patient_resource("Jane", None), ["managingOrganization"])
     bad = patient_resource("Jane", org["id"], birthDate="1850-01-01")
     bad["address"][0]["postalCode"] = "00000"
-    del bad["telecom"]
-    _skip_case(stack, bad, ["birthDate", "postalCode", "telecom"])
+    del bad["gender"]
+    _skip_case(stack, bad, ["birthDate", "postalCode", "gender"])
     return {"cases": 2}
 
 

@@ -3,7 +3,7 @@
 A thin HTTP layer (moto/LocalStack style) over `EmulatorState` (state.py, no HTTP): routes/ parse
 requests and render answers, devapi.py is the developer API, and typed errors (errors.py) map to
 Medplum's OperationOutcomes here. An unexpected exception renders 500 with an `exception`
-OperationOutcome (never a crash).
+OperationOutcome saying only "Internal server error" (never a crash, never exception text: that is logged).
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ log = logging.getLogger("medport.emulator.medplum")
 def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("medport-emulator")
     app.config["JSON_SORT_KEYS"] = False
+    # Express does not merge slashes; werkzeug would answer `//` with a 308 whose Location repeats the whole
+    # query (a 200 KB header line that clients cannot read). `/fhir/R4//x` is routed like Medplum routes it.
+    app.url_map.merge_slashes = False
     app.extensions["medport"] = EmulatorState(settings or Settings())
     app.register_blueprint(oauth.bp)
     app.register_blueprint(admin.bp)
@@ -51,5 +54,5 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return outcome_response(ServerError(f"{type(err).__name__}").outcome, 500)
+        log.exception("unhandled error in %s %s", request.method, request.path[:200])
+        return outcome_response(ServerError().outcome, 500)  # "Internal server error", no exception text

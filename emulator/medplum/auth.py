@@ -12,6 +12,11 @@ auth/me.ts) and @medplum/core (client.ts `fetchTokens`/`verifyTokens`, jwt.ts):
   token as a Medplum token (then calls `/auth/me`) when the payload has a string `login_id`.
 - FHIR requests take `Authorization: Bearer <jwt>` or `Basic base64(clientId:secret)`; anything
   else → 401 `unauthorized` (an expired token adds the `expired` issue, `unauthorizedTokenExpired`).
+- A ClientApplication whose `status` is set to anything but `active` gets no new token ("Invalid client",
+  oauth/token.ts `handleClientCredentials`), but nothing else looks at the status: a Bearer token issued
+  before keeps working until it expires (oauth/utils.ts `getLoginForAccessToken` checks the JWT, the Login,
+  its membership and `revoked`), and Basic auth on API calls keeps working (oauth/utils.ts
+  `getLoginForBasicAuth` compares the secret and finds the membership). The emulator does the same.
 """
 from __future__ import annotations
 
@@ -122,13 +127,15 @@ class AuthService:
             self._principals[profile] = (time.monotonic() + 30.0, principal)
         return principal
 
-    def check_client(self, client_id: str, secret: str) -> dict | None:
+    def check_client(self, client_id: str, secret: str, *, require_active: bool = True) -> dict | None:
+        """The ClientApplication if `secret` is its secret (or retiring secret). `require_active`: refuse a
+        client whose status is not active (the token endpoint does; Basic auth on API calls does not)."""
         if not client_id or not secret:
             return None
         client = self.state.try_read("ClientApplication", client_id) if safe_id(client_id) else None
         if not client or not client.get("secret"):
             return None
-        if client.get("status") and client["status"] != "active":
+        if require_active and client.get("status") and client["status"] != "active":
             return None
         ok = hmac.compare_digest(str(client["secret"]).encode(), secret.encode())
         if client.get("retiringSecret") and hmac.compare_digest(str(client["retiringSecret"]).encode(), secret.encode()):
@@ -158,7 +165,7 @@ class AuthService:
             except Exception:
                 raise Unauthorized() from None
             client_id, _, secret = decoded.partition(":")
-            client = self.check_client(client_id, secret)
+            client = self.check_client(client_id, secret, require_active=False)
             if client is None:
                 raise Unauthorized()
             principal = self.principal_for_profile(f"ClientApplication/{client['id']}")

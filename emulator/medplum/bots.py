@@ -39,6 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import jsonsafe
 from .errors import BadRequest, FhirError, all_ok
 from .ids import now_iso, ref, ref_id
 from .runtime.pool import ExecRequest
@@ -173,8 +174,9 @@ class BotService:
                           event=event, base_url=self.state.internal_base_url, access_token=token,
                           filename=(bot.get("executableCode") or {}).get("title"))
         res = self.state.runtime.execute(req)
-        logs = res.logs or ""
-        error = res.error
+        # console text is text: an unpaired surrogate a bot printed becomes U+FFFD, as when Node writes it out
+        logs = jsonsafe.scrub_text(res.logs or "")
+        error = jsonsafe.scrub_text(res.error) if res.error else res.error
         if not res.ok and error and error not in logs:
             logs = (logs + ("\n" if logs and not logs.endswith("\n") else "") + error)
         return BotRun(success=bool(res.ok), returned=bool(res.returned), value=res.value, logs=logs,
@@ -294,7 +296,8 @@ def _js_number(v: float) -> str:
 def out_parameters(body: Any) -> dict:
     """Medplum's getOutParametersFromResult."""
     if isinstance(body, str):
-        return {"resourceType": "Parameters", "parameter": [{"name": "responseBody", "valueString": body}]}
+        return {"resourceType": "Parameters",
+                "parameter": [{"name": "responseBody", "valueString": jsonsafe.scrub_text(body)}]}
     if isinstance(body, bool):
         return {"resourceType": "Parameters", "parameter": [{"name": "responseBody", "valueBoolean": body}]}
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
@@ -308,14 +311,15 @@ def deploy_code(state: EmulatorState, bot: dict, code: str, filename: str = "ind
     content_type = "text/javascript"
     binary = {"resourceType": "Binary", "contentType": content_type,
               "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
-    resp = state.call("POST", "Binary", body=binary, principal=principal)
-    if resp.status >= 300:
-        raise FhirError(resp.body)
-    created = resp.body
-    updated = dict(bot)
-    updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
-                                 "title": filename}
-    resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
-    if resp.status >= 300:
-        raise FhirError(resp.body)
+    with state.repo.transaction():  # a refused Bot update leaves no orphan Binary behind
+        resp = state.call("POST", "Binary", body=binary, principal=principal)
+        if resp.status >= 300:
+            raise FhirError(resp.body)
+        created = resp.body
+        updated = dict(bot)
+        updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
+                                     "title": filename}
+        resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
+        if resp.status >= 300:
+            raise FhirError(resp.body)
     return resp.body

@@ -1,42 +1,65 @@
 """Developer API under `/_emulator/` (LocalStack-style inspection and reset).
 
-Access rule: allowed to a request from a loopback address (the emulator binds 127.0.0.1 by default,
-so on a laptop or in CI this is "whoever runs the emulator"), or to any caller presenting the admin
-client's credentials (Bearer token or Basic) when the emulator is exposed on another interface.
-Everything else gets 403. `/_emulator/health` is always open (readiness probes).
+Access rule: only the emulator's own admin client (`Settings.admin_client_id`), by a Bearer token from
+client_credentials or by Basic `id:secret`. There is no exemption for loopback peers: bots, other users
+of the machine and tunnels all arrive from 127.0.0.1. No credentials (or bad ones) → 401; any other
+principal (a project client, a bot's own token, another admin membership) → 403.
+`/_emulator/health` stays open (readiness probes) and tells nothing secret.
+
+No answer here carries a secret: run logs and errors have every known secret value (Project secrets,
+ClientApplication secrets) and any Authorization credentials replaced by `[redacted]`.
 """
 from __future__ import annotations
 
-import ipaddress
 import platform
+import re
 import sys
 import time
 
 from flask import Blueprint, Response, request
 
-from .errors import BadRequest, Forbidden, Unauthorized
-from .httpio import current_state, is_admin, json_response
+from .errors import BadRequest, Forbidden
+from .httpio import current_state, json_response
 from .settings import MEDPLUM_VERSION, PROJECT_ID, VERSION
 
 bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
 
 
-def _is_loopback(addr: str | None) -> bool:
-    try:
-        return bool(addr) and ipaddress.ip_address(addr.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 def _guard() -> None:
-    if _is_loopback(request.remote_addr):
-        return
-    try:
-        principal = current_state().auth.authenticate(request.headers.get("Authorization"))
-    except Unauthorized:
-        raise Forbidden() from None
-    if not is_admin(principal):
+    """Only the emulator's admin client passes (401 without valid credentials, 403 for anyone else)."""
+    st = current_state()
+    principal = st.auth.authenticate(request.headers.get("Authorization"))  # raises Unauthorized (401)
+    if principal.profile != f"ClientApplication/{st.settings.admin_client_id}":
         raise Forbidden()
+
+
+REDACTED = "[redacted]"
+_CREDENTIALS = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_URL_USERINFO = re.compile(r"(\bhttps?://)[^/@\s:]+:[^/@\s]+@")
+
+
+def secret_values(st) -> list[str]:
+    """Every secret the emulator knows of: Project secrets (all projects) and ClientApplication secrets."""
+    values: set[str] = {st.settings.admin_client_secret}
+    for project in st.search("Project"):
+        for s in project.get("secret") or []:
+            if isinstance(s, dict):
+                values.update(v for k, v in s.items() if k.startswith("value") and isinstance(v, str))
+    for client in st.search("ClientApplication"):
+        values.update(str(client[k]) for k in ("secret", "retiringSecret") if client.get(k))
+    # longest first, so a secret containing another one is replaced whole; short values would blank out
+    # ordinary words, and a secret of 1-3 characters protects nothing anyway
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+
+
+def redact(text, secrets: list[str]):
+    if not isinstance(text, str) or not text:
+        return text
+    for value in secrets:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    text = _CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
 
 
 @bp.get("/health")
@@ -66,8 +89,11 @@ def runs() -> Response:
     except ValueError:
         raise BadRequest("limit must be an integer", "limit") from None
     limit = max(0, min(limit, 10000))
-    items = current_state().runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
-                              trigger=request.args.get("trigger") or None)
+    st = current_state()
+    items = st.runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
+                         trigger=request.args.get("trigger") or None)
+    secrets = secret_values(st) if items else []
+    items = [{k: redact(v, secrets) for k, v in item.items()} for item in items]
     return json_response({"runs": items, "count": len(items)}, 200, "application/json")
 
 

@@ -165,5 +165,9 @@ class TooManyRequests(FhirError):
 
 
 class ServerError(FhirError):
+    """Medplum's `serverError`: the body says only "Internal server error". `diagnostics` (what went wrong,
+    e.g. a Python exception) is for the caller to log: it is never sent, so no body carries exception text."""
+
     def __init__(self, diagnostics: str = ""):
-        super().__init__(outcome("error", "exception", "Internal server error", diagnostics=diagnostics or None))
+        super().__init__(outcome("error", "exception", "Internal server error"))
+        self.diagnostics = diagnostics

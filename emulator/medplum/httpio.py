@@ -12,12 +12,12 @@ Facts taken from Medplum's server (packages/server/src/app.ts):
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask import Request, Response, current_app, g, request
 
+from . import jsonsafe
 from .errors import BadRequest, FhirError, Forbidden, status_of
 
 if TYPE_CHECKING:
@@ -48,17 +48,26 @@ def read_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
     return data
 
 
-def parse_json_bytes(data: bytes) -> Any:
-    """body-parser json in strict mode: empty → {}, top level must be object/array."""
+def parse_json_bytes(data: bytes, *, allow_lone_surrogates: bool = False) -> Any:
+    """body-parser json in strict mode: empty → {}, top level must be object/array; numbers read as Node
+    reads them (jsonsafe). A string holding an unpaired surrogate (`"\\ud800"`) is refused (400) unless
+    `allow_lone_surrogates` ($execute input, which the bot gets as is): it is not Unicode text, it cannot be
+    stored, and Medplum's database would not keep it either."""
     if not data.strip():
         return {}
     try:
         text = data.decode("utf-8")
-        value = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = jsonsafe.loads(text)
+    except (UnicodeDecodeError, ValueError):
         raise BadRequest("Content could not be parsed") from None
     if not isinstance(value, (dict, list)):
         raise BadRequest("Content could not be parsed")
+    if not allow_lone_surrogates:
+        where = jsonsafe.first_lone_surrogate(value)
+        if where is not None:
+            rt = value.get("resourceType") if isinstance(value, dict) else None
+            expression = ".".join(x for x in (rt if isinstance(rt, str) else None, where) if x) or None
+            raise BadRequest("Invalid string: unpaired UTF-16 surrogate", expression)
     return value
 
 
@@ -88,7 +97,7 @@ def lower_headers(request: Request) -> dict[str, str]:
 
 def json_response(body: Any, status: int = 200, content_type: str = FHIR_JSON,
                   headers: dict[str, str] | None = None) -> Response:
-    payload = b"" if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    payload = b"" if body is None else jsonsafe.dumps_bytes(body)
     resp = Response(payload, status=status, content_type=content_type if body is not None else None)
     if body is None:
         resp.headers.pop("Content-Type", None)

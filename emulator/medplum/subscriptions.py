@@ -38,6 +38,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -363,4 +364,13 @@ class SubscriptionEngine:
         headers = _hook_headers(sub, job, body)
         resp = self._http.post(url, data=body, headers=headers, timeout=HTTP_TIMEOUT_S)
         if not 200 <= resp.status_code < 300:
-            raise RuntimeError(f"POST {url} answered {resp.status_code}")
+            raise RuntimeError(f"POST {_without_credentials(url)} answered {resp.status_code}")  # it is logged
+
+
+def _without_credentials(url: str) -> str:
+    """The URL for a log line: user:password@ and the query (it may carry PHI or keys) left out."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"

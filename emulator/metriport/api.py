@@ -1,21 +1,33 @@
-"""The fake's Medical API: thin views that parse the request, call the backend and render.
+"""The fake's Medical API: thin views that read the request the way Metriport's Express app does,
+check it in the order Metriport's route does (`rules.py`), call the backend and render.
 
-Every route outside `/_fake` needs the `x-api-key` header (missing → 401, wrong → 403). The
-settings routes answer both at `/settings...` (where @metriport/api-sdk calls them: its settings
-calls use the bare base address) and at `/medical/v1/settings...` (`settings_bp`, registered
-twice). `files_bp` serves the presigned URLs (S3's stand-in): no key, S3's XML errors.
+- API key (`x-api-key`) on every route outside `/_fake` — checked first, as AWS API Gateway does in
+  front of Metriport: missing or wrong → 403 `{"message": "Forbidden"}`.
+- Bodies: `express.json({limit: "20mb"})` and `express.urlencoded({extended: false})`
+  (packages/api/src/app.ts): JSON only for `Content-Type: application/json`, form fields for
+  urlencoded, anything else reads as `{}`; an empty JSON body is `{}`; JSON must start with `{` or
+  `[`; malformed → 400, over 20 MB → 413 (body-parser errors: `title: "MetriportError"`). Strings
+  holding lone surrogates are refused as malformed too (nothing downstream could store or render them).
+- Query parameters: Express 4's `qs` makes `a=1&a=2` and `a[x]=1` arrays/objects, which
+  `getFrom("query")` refuses ("Invalid <name> query param - must be string").
+- Settings live at `/settings` (not under /medical/v1: routes/index.ts mounts them at the root).
+- `files_bp` serves the presigned URLs (S3's stand-in): no key (the token is the credential), S3's XML errors.
 """
 from __future__ import annotations
 
 import json
 import secrets
 import time
+import zlib
 from typing import Any
+from urllib.parse import unquote_plus
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from . import rules
 from .backend import MetriportBackend
-from .errors import BadRequest, Forbidden, Unauthorized, ValidationError
+from .errors import BadRequest, HttpError, api_gateway_forbidden
+from .jsrt import has_lone_surrogate
 from .storage import NoSuchKey, RequestExpired
 
 EXTENSION = "metriport"               # app.extensions key of the backend
@@ -23,52 +35,190 @@ API_KEY_CONFIG = "METRIPORT_API_KEY"  # app.config key of the accepted API key
 API_KEY_HEADER = "x-api-key"
 MEDICAL_PREFIX = "/medical/v1"
 DEV_PREFIX = "/_fake"
+FILES_PREFIX = f"{DEV_PREFIX}/files"
+MAX_BODY_BYTES = 20 * 1024 * 1024     # express.json({ limit: "20mb" })
+QS_PARAMETER_LIMIT = 1000             # qs parameterLimit
 
 bp = Blueprint("metriport_api", __name__, url_prefix=MEDICAL_PREFIX)
 settings_bp = Blueprint("metriport_settings", __name__)
-files_bp = Blueprint("metriport_files", __name__, url_prefix=f"{DEV_PREFIX}/files")
+files_bp = Blueprint("metriport_files", __name__, url_prefix=FILES_PREFIX)
 
 
 def current_backend() -> MetriportBackend:
     return current_app.extensions[EXTENSION]
 
 
-def json_body(required: bool = False) -> Any:
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        if required:
-            raise ValidationError(["body: Required"])
-        return None
+def _is_dev_path(path: str) -> bool:
+    return path == DEV_PREFIX or path.startswith(DEV_PREFIX + "/")
+
+
+def _is_files_path(path: str) -> bool:
+    return path.startswith(FILES_PREFIX + "/")
+
+
+def valid_api_key(key: str | None) -> bool:
+    expected = current_app.config[API_KEY_CONFIG]
+    return bool(key) and secrets.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+# ---------------------------------------------------------------- request reading (express.json / qs)
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"Unexpected token '{name[0]}', \"{name}\" is not valid JSON")
+
+
+def _walk_strings_ok(value: Any) -> bool:
+    """No lone surrogate in any key or string (iterative: bodies may nest deeply)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if has_lone_surrogate(v):
+                return False
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if has_lone_surrogate(k):
+                    return False
+                stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
+
+
+def _decode(raw: bytes) -> bytes:
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding == "identity":
+        return raw
+    if encoding not in ("gzip", "deflate"):
+        raise HttpError(415, f'unsupported content encoding "{encoding}"')
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise BadRequest("Malformed JSON body") from None
+        d = zlib.decompressobj(wbits=47)  # gzip or zlib header
+        out = d.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error as e:
+        raise HttpError(400, f"incorrect header check ({e})") from None
+    if len(out) > MAX_BODY_BYTES:
+        raise HttpError(413, "request entity too large")
+    return out
 
 
-def _patient_id_arg() -> str:
-    pid = request.args.get("patientId")
-    if not pid:
-        raise ValidationError(["patientId: Required"])
-    return pid
+def parse_json_text(text: str) -> Any:
+    """JSON.parse with body-parser's strict mode (object or array at the top)."""
+    stripped = text.lstrip(" \t\n\r")
+    if not stripped:
+        return {}
+    if stripped[0] not in "{[":
+        raise HttpError(400, f"Unexpected token '{stripped[0]}', \"{stripped[:10]}\" is not valid JSON")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise HttpError(400, "Unexpected JSON: nested too deeply") from None
+    except ValueError as e:
+        raise HttpError(400, f"Unexpected token in JSON: {e}") from None
+    if not _walk_strings_ok(value):
+        raise HttpError(400, "Bad Unicode escape in JSON: lone surrogate")
+    return value
+
+
+def read_body() -> Any:
+    """`req.body` as Express sets it for this request (cached on `g`)."""
+    if "body" in g:
+        return g.body
+    mimetype = (request.mimetype or "").lower()
+    body: Any = {}
+    if mimetype == "application/json":
+        charset = (request.mimetype_params.get("charset") or "utf-8").lower()
+        if not charset.startswith("utf-"):
+            raise HttpError(415, f'unsupported charset "{charset.upper()}"')
+        raw = _decode(request.get_data(cache=True))
+        try:
+            text = raw.decode(charset, errors="replace")
+        except LookupError:
+            raise HttpError(415, f'unsupported charset "{charset.upper()}"') from None
+        body = parse_json_text(text.removeprefix("\ufeff"))
+    elif mimetype == "application/x-www-form-urlencoded":
+        raw = _decode(request.get_data(cache=True)).decode("utf-8", errors="replace")
+        form: dict[str, Any] = {}
+        for pair in raw.split("&")[:QS_PARAMETER_LIMIT]:
+            if not pair:
+                continue
+            k, _, v = pair.partition("=")
+            k, v = unquote_plus(k), unquote_plus(v)
+            form[k] = [*form[k], v] if isinstance(form.get(k), list) else ([form[k], v] if k in form else v)
+        body = form
+    g.body = body
+    return body
+
+
+def _query_pairs() -> list[tuple[str, str]]:
+    if "query_pairs" not in g:
+        raw = request.query_string.decode("latin-1")
+        pairs = []
+        for part in raw.split("&")[:QS_PARAMETER_LIMIT]:
+            if not part:
+                continue
+            k, _, v = part.partition("=")
+            k = unquote_plus(k.encode("latin-1").decode("utf-8", "replace"))
+            v = unquote_plus(v.encode("latin-1").decode("utf-8", "replace"))
+            if k:
+                pairs.append((k, v))
+        g.query_pairs = pairs
+    return g.query_pairs
+
+
+def query_value(name: str) -> Any:
+    """`req.query[name]` as qs parses it: a str, None (absent) or rules.NOT_A_STRING (array/object)."""
+    plain = [v for k, v in _query_pairs() if k == name]
+    nested = any(k.startswith(name + "[") for k, _ in _query_pairs())
+    if nested or len(plain) > 1:
+        return rules.NOT_A_STRING
+    return plain[0] if plain else None
+
+
+def query_object() -> dict[str, Any]:
+    """`req.query` as an object: repeated names as arrays, `a[]`/`a[0]` as arrays, `a[b]` as objects."""
+    out: dict[str, Any] = {}
+    for k, v in _query_pairs():
+        if "[" in k and k.endswith("]") and not k.startswith("["):
+            base, sub = k.split("[", 1)[0], k[k.index("[") + 1:-1]
+            if sub == "" or sub.isdigit():
+                out[base] = [*out[base], v] if isinstance(out.get(base), list) else [v]
+            else:
+                if not isinstance(out.get(base), dict):
+                    out[base] = {}
+                out[base][sub] = v
+        elif k in out:
+            out[k] = [*out[k], v] if isinstance(out[k], list) else [out[k], v]
+        else:
+            out[k] = v
+    return out
+
+
+def q(name: str) -> str | None:
+    return rules.query(name, query_value(name))
+
+
+def q_or_fail(name: str) -> str:
+    return rules.query_or_fail(name, query_value(name))
 
 
 def _created(body: Any) -> tuple[Response, int]:
     return jsonify(body), 201
 
 
-def _is_dev_path(path: str) -> bool:
-    return path == DEV_PREFIX or path.startswith(DEV_PREFIX + "/")
-
-
 # ---------------------------------------------------------------- app-wide hooks (registered by app.py)
 def require_api_key() -> None:
+    """API Gateway in front of Metriport: no or a wrong key → 403 {"message": "Forbidden"}.
+    The developer API checks the same key itself (devapi.py); presigned file URLs need none."""
     if _is_dev_path(request.path):
         return
-    key = request.headers.get(API_KEY_HEADER)
-    if not key:
-        raise Unauthorized("Unauthorized")
-    if not secrets.compare_digest(key.encode(), current_app.config[API_KEY_CONFIG].encode()):
-        raise Forbidden("Forbidden")
+    if not valid_api_key(request.headers.get(API_KEY_HEADER)):
+        raise api_gateway_forbidden()
+
+
+def parse_body() -> None:
+    """express.json/urlencoded run before every route (errors answered before any route logic)."""
+    if _is_dev_path(request.path):
+        return
+    read_body()
 
 
 def inject_faults() -> None:
@@ -89,7 +239,7 @@ def log_call(resp: Response) -> Response:
     return resp
 
 
-# ---------------------------------------------------------------- facility
+# ---------------------------------------------------------------- facility (routes/medical/facility-root.ts, facility.ts)
 @bp.get("/facility")
 def list_facilities():
     return jsonify({"facilities": current_backend().list_facilities()})
@@ -97,7 +247,7 @@ def list_facilities():
 
 @bp.post("/facility")
 def create_facility():
-    return _created(current_backend().create_facility(json_body(required=True)))
+    return _created(current_backend().add_facility(rules.facility_create(read_body())))
 
 
 @bp.get("/facility/<fid>")
@@ -105,30 +255,39 @@ def get_facility(fid: str):
     return jsonify(current_backend().get_facility(fid))
 
 
-# ---------------------------------------------------------------- patient
+# ---------------------------------------------------------------- patient (routes/medical/patient-root.ts, patient.ts)
 @bp.post("/patient")
 def create_patient():
-    patient, _ = current_backend().create_patient(json_body(required=True), request.args.get("facilityId"))
+    backend = current_backend()
+    backend.check_rate("patient")                  # checkRateLimit("patientCreateOrUpdate") runs first
+    facility_id = q_or_fail("facilityId")
+    for name in ("rerunPdOnNewDemographics", "commonwell", "carequality"):
+        q(name)
+    demo, external_id = rules.patient_create(read_body(), now_ms=backend.now_ms())
+    patient, _ = backend.create_patient(demo, external_id, facility_id)
     return _created(patient)  # 201 also when the same demographics returned the existing patient
 
 
 @bp.get("/patient")
 def list_patients():
-    patients = current_backend().list_patients(request.args.get("facilityId"))
-    return jsonify({"meta": {"itemsOnPage": len(patients)}, "patients": patients})
+    facility_id = q("facilityId")
+    q("filters")
+    return jsonify({"patients": current_backend().list_patients(facility_id)})
 
 
 @bp.post("/patient/match")
 def match_patient():
-    return jsonify(current_backend().match_patient(json_body(required=True)))
+    backend = current_backend()
+    return jsonify(backend.match_patient(rules.demographics(read_body(), now_ms=backend.now_ms())))
 
 
 @bp.get("/patient/external-id")
 def patient_by_external_id():
-    ext = request.args.get("externalId")
-    if not ext:
-        raise ValidationError(["externalId: Required"])
-    return jsonify(current_backend().get_patient_by_external_id(ext))
+    external_id = q_or_fail("externalId")
+    source = q("source")
+    if source:
+        raise BadRequest("Invalid source", additional_info={"source": source})
+    return jsonify(current_backend().get_patient_by_external_id(external_id))
 
 
 @bp.get("/patient/<pid>")
@@ -138,21 +297,38 @@ def get_patient(pid: str):
 
 @bp.put("/patient/<pid>")
 def update_patient(pid: str):
-    return jsonify(current_backend().update_patient(pid, json_body(required=True), request.args.get("facilityId")))
+    backend = current_backend()
+    backend.get_patient(pid)                       # patientAuthorization("params")
+    backend.check_rate("patient")
+    facility_id = q("facilityId")
+    for name in ("rerunPdOnNewDemographics", "commonwell", "carequality"):
+        q(name)
+    demo, external_id = rules.patient_create(read_body(), now_ms=backend.now_ms())  # the update route parses the create schema
+    return jsonify(backend.update_patient(pid, demo, external_id, facility_id))
 
 
 @bp.delete("/patient/<pid>")
 def delete_patient(pid: str):
-    current_backend().delete_patient(pid)
+    backend = current_backend()
+    backend.get_patient(pid)
+    q("facilityId")
+    backend.delete_patient(pid)
     return Response(status=204)
 
 
 @bp.post("/patient/<pid>/consolidated/query")
 def start_consolidated(pid: str):
-    a = request.args
-    return jsonify(current_backend().start_consolidated_query(
-        pid, resources=a.get("resources"), date_from=a.get("dateFrom"), date_to=a.get("dateTo"),
-        conversion_type=a.get("conversionType"), body=json_body()))
+    backend = current_backend()
+    backend.get_patient(pid)
+    backend.check_rate("consolidated")
+    resources = rules.resources_param(q("resources"))
+    date_from = rules.iso_date_param(q("dateFrom"))
+    date_to = rules.iso_date_param(q("dateTo"))
+    conversion_type = rules.conversion_type(q_or_fail("conversionType"))
+    q("fromDashboard")
+    metadata = rules.request_metadata(read_body())
+    return jsonify(backend.start_consolidated_query(pid, resources=resources, date_from=date_from, date_to=date_to,
+                                                    conversion_type=conversion_type, metadata=metadata))
 
 
 @bp.get("/patient/<pid>/consolidated/query")
@@ -165,35 +341,53 @@ def consolidated_single(pid: str, rid: str):
     return jsonify(current_backend().consolidated_query(pid, rid))
 
 
-# ---------------------------------------------------------------- documents
+# ---------------------------------------------------------------- documents (routes/medical/document.ts)
 @bp.post("/document/query")
 def start_document_query():
-    return jsonify(current_backend().start_document_query(_patient_id_arg(), request.args.get("facilityId"),
-                                                          json_body()))
+    backend = current_backend()
+    backend.check_rate("document_query")           # checkRateLimit("documentQuery") before patientAuthorization
+    patient_id = q_or_fail("patientId")
+    backend.get_patient(patient_id)
+    facility_id = q("facilityId")
+    q("override")
+    metadata = rules.request_metadata(read_body())
+    q("commonwell")
+    q("carequality")
+    return jsonify(backend.start_document_query(patient_id, facility_id, metadata))
 
 
 @bp.get("/document/query")
 def document_query_status():
-    return jsonify(current_backend().get_document_query(_patient_id_arg()))
+    patient_id = q_or_fail("patientId")
+    return jsonify(current_backend().get_document_query(patient_id))
 
 
 @bp.get("/document")
 def list_documents():
-    a = request.args
-    return jsonify({"documents": current_backend().list_documents(_patient_id_arg(), a.get("dateFrom"), a.get("dateTo"))})
+    patient_id = q_or_fail("patientId")
+    backend = current_backend()
+    backend.get_patient(patient_id)
+    date_from, date_to, _content, output = rules.document_list_query(query_object())
+    return jsonify({"documents": backend.list_documents(patient_id, date_from, date_to, output=output)})
 
 
 @bp.get("/document/download-url")
+@bp.get("/document/downloadUrl")
 def document_url():
-    return jsonify(current_backend().document_url(request.args.get("fileName"), request.args.get("conversionType")))
+    file_name = q_or_fail("fileName")
+    conversion_type = rules.document_conversion_type(q("conversionType"))
+    return jsonify(current_backend().document_url(file_name, conversion_type))
 
 
 @bp.post("/document/download-url/bulk")
 def bulk_urls():
-    return jsonify(current_backend().start_bulk_urls(_patient_id_arg(), json_body()))
+    patient_id = q_or_fail("patientId")
+    backend = current_backend()
+    backend.get_patient(patient_id)
+    return jsonify(backend.start_bulk_urls(patient_id, rules.request_metadata(read_body())))
 
 
-# ---------------------------------------------------------------- settings (at "" and /medical/v1)
+# ---------------------------------------------------------------- settings (routes/settings.ts, mounted at /settings)
 @settings_bp.get("/settings")
 def get_settings():
     return jsonify(current_backend().get_settings())
@@ -201,7 +395,8 @@ def get_settings():
 
 @settings_bp.post("/settings")
 def update_settings():
-    return jsonify(current_backend().update_settings(json_body(required=True)))
+    url, mr_filters = rules.settings_update(read_body())
+    return jsonify(current_backend().update_settings(url, mr_filters))
 
 
 @settings_bp.get("/settings/webhook")
@@ -233,3 +428,4 @@ def get_file(token: str, name: str):
     if name != f.name:
         return _s3_error("SignatureDoesNotMatch", None, 403)
     return Response(f.content, status=200, content_type=f.content_type)
+

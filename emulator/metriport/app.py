@@ -1,29 +1,50 @@
 """`create_app(backend, api_key=...)`: the fake Metriport's Flask app.
 
-Registers the Medical API, the settings routes (twice: at "" and at /medical/v1), the presigned
-files and the developer API, and maps every error to Metriport's body `{status, title, detail, name}`.
+Registers the Medical API, the settings routes (at /settings, where Metriport mounts them), the
+presigned files and the developer API, and answers every error with Metriport's body
+(`errors.py`): no input makes it answer 5xx, except the 5xx its fault switches inject.
 """
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, request
+import json
+import logging
+
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import api, devapi
 from .backend import MetriportBackend
-from .errors import MetriportError, MethodNotAllowed, NotFound
+from .errors import HttpError, MetriportError, RawError, ServerError, route_not_found
+
+log = logging.getLogger("medport.fake_metriport")
 
 
 def _error_response(err: MetriportError) -> Response:
-    resp = jsonify(err.body())
-    resp.status_code = err.status
+    body = err.body()
+    if err.mimetype == "application/json":
+        resp = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=err.status,
+                        mimetype="application/json")
+    else:
+        resp = Response(str(body), status=err.status, mimetype=err.mimetype)
+    if not isinstance(err, RawError):
+        resp.headers["x-sentry-id"] = ""  # Metriport's error handler always sets it
     resp.headers.update(err.headers)
     return resp
 
 
-def _unrouted(e: HTTPException) -> Response:
-    """No route (404) or no such method on it (405), worded like Express: `Cannot GET /path`."""
-    kind = NotFound if e.code == 404 else MethodNotAllowed
-    return _error_response(kind(f"Cannot {request.method} {request.path}"))
+def _http_exception(e: HTTPException) -> Response:
+    """Werkzeug's own refusals in Metriport's words: no route or no such method → Express's 404
+    `{"message": "Not Found"}`; a body over the limit → body-parser's 413; others keep their status."""
+    if e.code in (404, 405):
+        return _error_response(route_not_found())
+    if e.code == 413:
+        return _error_response(HttpError(413, "request entity too large"))
+    return _error_response(HttpError(e.code or 400, e.description or "Bad Request"))
+
+
+def _unexpected(e: Exception) -> Response:
+    log.error("fake Metriport: unexpected %s on %s %s", type(e).__name__, request.method, request.path, exc_info=e)
+    return _error_response(ServerError())
 
 
 def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str | None = None) -> Flask:
@@ -31,18 +52,19 @@ def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str 
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Metriport's key order
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.config[api.API_KEY_CONFIG] = api_key
+    app.config["MAX_CONTENT_LENGTH"] = api.MAX_BODY_BYTES
     app.extensions[api.EXTENSION] = backend
     if public_base_url:
         backend.public_base_url = public_base_url.rstrip("/")
     app.before_request(api.require_api_key)
+    app.before_request(api.parse_body)
     app.before_request(api.inject_faults)
     app.after_request(api.log_call)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.settings_bp)
-    app.register_blueprint(api.settings_bp, url_prefix=api.MEDICAL_PREFIX, name="metriport_settings_v1")
     app.register_blueprint(api.files_bp)
     app.register_blueprint(devapi.bp)
     app.register_error_handler(MetriportError, _error_response)
-    app.register_error_handler(404, _unrouted)
-    app.register_error_handler(405, _unrouted)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected)
     return app

@@ -9,11 +9,9 @@ time. Lock order: the backend's lock, then a component's own lock, never the rev
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import gzip
 import json
 import random
-import secrets
 import threading
 import time
 import uuid
@@ -23,7 +21,7 @@ from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
 from . import rules, webhooks
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, document_query_in_progress, sandbox_cap
 from .faults import Faults, RateLimiter
 from .models import (BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility, Patient,
                      Progress, StoredFile, WebhookSettings, demographics_key, iso)
@@ -111,6 +109,27 @@ class MetriportBackend:
     def check_rate(self, bucket: str) -> None:
         self.rates.check(bucket, enforce=self.faults["rate_limiting"])
 
+    def now_ms(self) -> float:
+        return self.clock() * 1000
+
+    def state_digest(self) -> str:
+        """A digest of everything the fake stores (patients, queries, documents, files, settings, webhook
+        messages, faults) — not of logs or rate-limit windows. Equal before and after a refused request."""
+        import hashlib
+        with self._lock:
+            data = {"facilities": [f.to_dict() for f in self.facilities.values()],
+                    "patients": [p.to_dict() for p in self.patients.values()],
+                    "document_queries": {k: q.to_dict() for k, q in self.document_queries.items()},
+                    "documents": {k: [d.to_dict() for d in v] for k, v in self.documents.items()},
+                    "consolidated": {k: [x.to_dict() | {"metadata": x.metadata} for x in v]
+                                     for k, v in self.consolidated.items()},
+                    "bulk": {k: [q.request_id, q.status] for k, q in self.bulk_url_queries.items()},
+                    "settings": self.get_settings() | self.webhook_status(),
+                    "deliveries": len(self.deliveries_log(include_body=False)),
+                    "files": self.files.count(),
+                    "faults": self.faults.snapshot()}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
     def schedule(self, delay_s: float, job: Callable[[], None]) -> None:
         self._scheduler.schedule(delay_s, job)
 
@@ -153,27 +172,15 @@ class MetriportBackend:
     def get_facility(self, fid: str) -> dict:
         with self._lock:
             if fid not in self.facilities:
-                raise NotFound(f"Could not find facility {fid}")
+                raise NotFound("Could not find facility", additional_info={"facilityId": fid})
             return self.facilities[fid].to_dict()
 
-    def _facility_or_default(self, facility_id: str | None, *, required: bool) -> str:
-        with self._lock:
-            if not facility_id:
-                if required and len(self.facilities) != 1:
-                    raise BadRequest("facilityId is required when the customer has more than one facility")
-                return next(iter(self.facilities))
-            if facility_id not in self.facilities:
-                raise NotFound(f"Could not find facility {facility_id}")
-            return facility_id
-
     # ------------------------------------------------------------------ patients
-    def _today(self) -> _dt.date:
-        return _dt.datetime.fromtimestamp(self.clock(), _dt.timezone.utc).date()
-
     def _patient(self, pid: str) -> Patient:
+        """get-patient.ts getPatientOrFail."""
         p = self.patients.get(pid)
         if p is None:
-            raise NotFound(f"Could not find patient {pid}")
+            raise NotFound("Could not find patient", additional_info={"id": pid})
         return p
 
     def _snapshot(self, pid: str) -> Patient:
@@ -181,23 +188,21 @@ class MetriportBackend:
         with self._lock:
             return copy.deepcopy(self._patient(pid))
 
-    def create_patient(self, body: Any, facility_id: str | None) -> tuple[dict, bool]:
-        """Returns (patient, created). Same demographics (and zip) → the existing patient."""
-        demo = rules.validate_demographics(body, today=self._today())
+    def create_patient(self, demo: dict, external_id: str | None, facility_id: str) -> tuple[dict, bool]:
+        """Validated demographics (`rules.patient_create`) → (patient, created), as patient-root.ts and
+        create-patient.ts do it: the sandbox cap first, then the same demographics (and zip) return the
+        existing patient unchanged, then the facility must exist."""
         with self._lock:
-            fid = self._facility_or_default(facility_id, required=True)
-            self.check_rate("patient")
+            if len(self.patients) >= SANDBOX_PATIENT_LIMIT:
+                raise sandbox_cap(SANDBOX_PATIENT_LIMIT)
             key, zip_ = demographics_key(demo), demo["address"][0].get("zip")
             for p in self.patients.values():
                 if p.key() == key and p.zip() == zip_:
-                    if fid not in p.facility_ids:
-                        p.facility_ids.append(fid)
                     return p.to_dict(), False
-            if len(self.patients) >= SANDBOX_PATIENT_LIMIT:
-                raise BadRequest(f"Cannot create more than {SANDBOX_PATIENT_LIMIT} patients in Sandbox mode!")
+            if facility_id not in self.facilities:
+                raise NotFound("Could not find facility", additional_info={"facilityId": facility_id})
             pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-            external_id = demo.pop("externalId", None)
-            patient = Patient(pid, [fid], iso(self.clock()), demo, external_id)
+            patient = Patient(pid, [facility_id], iso(self.clock()), demo, external_id)
             self.patients[pid] = patient
             return patient.to_dict(), True
 
@@ -205,18 +210,24 @@ class MetriportBackend:
         with self._lock:
             return self._patient(pid).to_dict()
 
-    def update_patient(self, pid: str, body: Any, facility_id: str | None) -> dict:
-        demo = rules.validate_demographics(body, today=self._today())
+    def update_patient(self, pid: str, demo: dict, external_id: str | None, facility_id: str | None) -> dict:
+        """`PUT /patient/:id` after validation: 423 while a document query runs (document-status.ts), the
+        facility must be one of the patient's (patient-facility.ts getFacilityIdOrFail), then the
+        demographics are replaced ("not a PATCH": the body carries all of them)."""
         with self._lock:
             p = self._patient(pid)
-            if facility_id:
-                self._facility_or_default(facility_id, required=False)
-            self.check_rate("patient")
-            if "externalId" in demo:
-                p.external_id = demo.pop("externalId")
-            p.demographics.update(demo)  # absent optional fields (personalIdentifiers) keep their value
+            q = self.document_queries.get(pid)
+            if q and "processing" in (q.download.status, q.convert.status):
+                raise document_query_in_progress()
             if facility_id and facility_id not in p.facility_ids:
-                p.facility_ids.append(facility_id)
+                raise BadRequest("Patient not associated with given facility",
+                                 additional_info={"patientId": pid, "facilityId": facility_id})
+            if not facility_id and len(p.facility_ids) > 1:
+                raise BadRequest("Patient is associated with more than one facility (facilityId is required)",
+                                 additional_info={"patientId": pid, "facilityIdCount": len(p.facility_ids)})
+            if external_id is not None:
+                p.external_id = external_id
+            p.demographics = demo
             p.etag += 1
             return p.to_dict()
 
@@ -237,10 +248,11 @@ class MetriportBackend:
             for p in self.patients.values():
                 if p.external_id == external_id:
                     return p.to_dict()
-        raise NotFound(f"Could not find patient with externalId {external_id}")
+        raise NotFound("Cannot find patient")
 
-    def match_patient(self, body: Any) -> dict:
-        key = demographics_key(rules.validate_demographics(body, today=self._today()))
+    def match_patient(self, demo: dict) -> dict:
+        """Validated demographics (`rules.demographics`) → the patient they match, else 404."""
+        key = demographics_key(demo)
         with self._lock:
             for p in self.patients.values():
                 if p.key() == key:
@@ -284,12 +296,16 @@ class MetriportBackend:
                 self.schedule(0, self._sender.ping)
             return settings
 
-    def update_settings(self, body: Any) -> dict:
-        """`POST /settings {webhookUrl}`: a new URL gets a new key; saving a URL sends a signed ping."""
-        url = rules.validate_webhook_url(body)
+    def update_settings(self, url: str | None, mr_filters: list | None = None) -> dict:
+        """`POST /settings` after validation (`rules.settings_update`), as updateSettings.ts does it: a URL
+        is saved with the existing key (a new one only when there is none) and pinged; no URL changes
+        nothing (an empty webhookUrl does not clear it); mrFilters are stored when given."""
         with self._lock:
-            new_url = url is not None and url != self.get_settings()["webhookUrl"]
-            return self.set_webhook(url, secrets.token_hex(16) if new_url else None, ping=url is not None)
+            if mr_filters is not None:
+                self._sender.set_mr_filters(mr_filters)
+            if not url:
+                return self.get_settings()
+            return self.set_webhook(url, None, ping=True)
 
     def webhook_status(self) -> dict:
         return self._sender.status()
@@ -321,16 +337,17 @@ class MetriportBackend:
         """Documents as webhooks list them, each with a fresh presigned URL."""
         return [d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name)} for d in docs]
 
-    def start_document_query(self, patient_id: str, facility_id: str | None, body: Any) -> dict:
-        metadata = rules.body_metadata(body)
+    def start_document_query(self, patient_id: str, facility_id: str | None, metadata: dict | None) -> dict:
+        """After validation (rate limit, patient, metadata: api.py), as document-query.ts: the facility
+        must be the patient's; a query still processing is answered again instead of a new one."""
         with self._lock:
             patient = self._snapshot(patient_id)
-            if facility_id:
-                self._facility_or_default(facility_id, required=False)
+            if facility_id and facility_id not in patient.facility_ids:
+                raise BadRequest("Patient not associated with given facility",
+                                 additional_info={"patientId": patient_id, "facilityId": facility_id})
             current = self.document_queries.get(patient_id)
-            if current and current.download.status == "processing":
+            if current and "processing" in (current.download.status, current.convert.status):
                 return current.to_dict()
-            self.check_rate("document_query")
             q = DocumentQuery(str(uuid.uuid4()), iso(self.clock()), metadata)
             self.document_queries[patient_id] = q
             dto = q.to_dict()
@@ -338,12 +355,11 @@ class MetriportBackend:
         return dto
 
     def get_document_query(self, patient_id: str) -> dict:
+        """`GET /document/query`: the patient's document query progress, `{}` before any."""
         with self._lock:
             self._patient(patient_id)
             q = self.document_queries.get(patient_id)
-            if not q:
-                return {"download": Progress.completed(0).to_dict(), "convert": Progress.completed(0).to_dict()}
-            return q.to_dict()
+            return q.to_dict() if q else {}
 
     def _document_download_done(self, patient: Patient, q: DocumentQuery) -> None:
         docs = self._documents_for(patient)
@@ -363,13 +379,17 @@ class MetriportBackend:
         self.send_webhook("medical.document-conversion",
                           {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, q.metadata, q.request_id)
 
-    def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None) -> list[dict]:
-        """FHIR DocumentReferences of the documents found by the last document query."""
+    def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None,
+                       output: str | None = None) -> list[dict]:
+        """The documents found by the last document query: FHIR DocumentReferences, or DTOs (`output=dto`)."""
         with self._lock:
             self._patient(patient_id)
             docs = list(self.documents.get(patient_id, []))
-        return [d.to_fhir(patient_id, self.public_base_url) for d in docs
-                if not (date_from and d.indexed[:10] < date_from or date_to and d.indexed[:10] > date_to)]
+        dfrom, dto = rules._day(date_from), rules._day(date_to)
+        kept = [d for d in docs if not (dfrom and d.indexed[:10] < dfrom or dto and d.indexed[:10] > dto)]
+        if output == "dto":
+            return [d.to_dict() for d in kept]
+        return [d.to_fhir(patient_id, self.public_base_url) for d in kept]
 
     def _find_document(self, file_name: str) -> Document:
         with self._lock:
@@ -377,21 +397,26 @@ class MetriportBackend:
                 for d in docs:
                     if d.file_name == file_name:
                         return d
-        raise NotFound(f"Could not find document {file_name}")
+        raise NotFound("File does not exist")
 
-    def document_url(self, file_name: str | None, conversion_type: str | None) -> dict:
-        rules.validate_document_url(file_name, conversion_type)
-        d = self._find_document(file_name or "")
+    def document_url(self, file_name: str, conversion_type: str | None) -> dict:
+        """After validation (api.py); document-download.ts: a missing file is 404, only XML converts."""
+        d = self._find_document(file_name)
+        if conversion_type and d.mime_type not in ("application/xml", "text/xml"):
+            raise BadRequest(f"Source file must be xml to convert to {conversion_type}, but it was {d.mime_type}")
         if not conversion_type:
             return {"url": self.store_file(d.content, d.mime_type, d.base_name)}
         html = f"<html><body><h1>{d.description}</h1><pre>document {d.id}</pre></body></html>".encode()
         mime = "text/html" if conversion_type == "html" else "application/pdf"
         return {"url": self.store_file(html, mime, f"{d.base_name}.{conversion_type}")}
 
-    def start_bulk_urls(self, patient_id: str, body: Any) -> dict:
-        metadata = rules.body_metadata(body)
+    def start_bulk_urls(self, patient_id: str, metadata: dict | None) -> dict:
+        """start-bulk-get-doc-url.ts: a request still processing is answered again."""
         with self._lock:
             patient = self._snapshot(patient_id)
+            current = self.bulk_url_queries.get(patient_id)
+            if current and current.status == "processing":
+                return {"status": "processing", "requestId": current.request_id}
             q = BulkUrlQuery(str(uuid.uuid4()))
             self.bulk_url_queries[patient_id] = q
         self.schedule(self.delay_s, lambda: self._bulk_urls_done(patient, q, metadata))
@@ -408,15 +433,21 @@ class MetriportBackend:
                           metadata, q.request_id)
 
     # ------------------------------------------------------------------ consolidated queries
-    def start_consolidated_query(self, patient_id: str, *, resources: str | None, date_from: str | None,
-                                 date_to: str | None, conversion_type: str | None, body: Any) -> dict:
-        ctype, rlist, metadata = rules.validate_consolidated_query(resources, date_from, date_to, conversion_type, body)
+    def start_consolidated_query(self, patient_id: str, *, resources: list[str], date_from: str | None,
+                                 date_to: str | None, conversion_type: str, metadata: dict | None) -> dict:
+        """After validation (api.py). consolidated-get.ts: a query still processing with the same resources
+        (order-insensitive), dates and conversion type is answered again; a new one replaces the finished."""
         with self._lock:
             patient = self._snapshot(patient_id)
-            self.check_rate("consolidated")
-            q = ConsolidatedQuery(str(uuid.uuid4()), iso(self.clock()), ctype, metadata, rlist,
+            queries = self.consolidated.setdefault(patient_id, [])
+            for running in queries:
+                if (running.status == "processing" and sorted(running.resources or []) == sorted(resources)
+                        and running.date_from == date_from and running.date_to == date_to
+                        and running.conversion_type == conversion_type):
+                    return running.to_dict()
+            q = ConsolidatedQuery(str(uuid.uuid4()), iso(self.clock()), conversion_type, metadata, resources or None,
                                   date_from or None, date_to or None)
-            self.consolidated.setdefault(patient_id, []).append(q)
+            queries[:] = [x for x in queries if x.status == "processing"] + [q]
             dto = q.to_dict()
         self.schedule(self.delay_s, lambda: self._consolidated_done(patient, q))
         return dto
@@ -425,7 +456,8 @@ class MetriportBackend:
         with self._lock:
             self._patient(patient_id)
             qs = [q.to_dict() for q in self.consolidated.get(patient_id, [])]
-        return {"queries": qs,
+        latest = max(qs, key=lambda q: q["startedAt"]) if qs else None
+        return {"status": latest["status"] if latest else None, "queries": qs or None,
                 "message": "Trigger a new query by POST /patient/:id/consolidated/query; data will be sent through Webhook"}
 
     def consolidated_query(self, patient_id: str, request_id: str) -> dict:
@@ -434,7 +466,7 @@ class MetriportBackend:
             for q in self.consolidated.get(patient_id, []):
                 if q.request_id == request_id:
                     return q.to_dict()
-        raise NotFound(f"Could not find consolidated query {request_id}")
+        raise NotFound("Consolidated query not found")
 
     def _consolidated_done(self, patient: Patient, q: ConsolidatedQuery) -> None:
         bundle = self.consolidated_bundle(patient, q.resources, q.date_from, q.date_to)

@@ -6,11 +6,12 @@ the injectable clock, so tests move time instead of sleeping.
 """
 from __future__ import annotations
 
+import math
 import random
 import threading
 from typing import Any, Callable
 
-from .errors import MetriportError, ServiceUnavailable, TooManyRequests, ValidationError
+from .errors import DevError, ServerError, ServiceUnavailable, TooManyRequests
 
 DEFAULTS: dict[str, Any] = {
     "rate_limiting": True,        # enforce per-minute limits (429)
@@ -24,7 +25,16 @@ DEFAULTS: dict[str, Any] = {
     "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
 }
 FAIL_STATUSES = (429, 500, 503)
-RATE_LIMITS = {"patient": 15, "document_query": 20, "consolidated": 120}  # per minute
+MAX_SLOW_MS = 60_000           # one minute of added latency at most
+MAX_COUNT = 1_000_000          # fail_next / expire_next_consolidated
+# Metriport's per-operation limits per minute (@metriport/shared domain/rate-limiting defaultOperationLimits)
+RATE_LIMITS = {"patient": 15, "document_query": 20, "consolidated": 120}
+# errorMessageByOperation: the plain-text 429 body of each
+RATE_LIMIT_MESSAGES = {
+    "patient": "Too many patient creates or updates, please try again later.",
+    "document_query": "Too many patient document query starts, please try again later.",
+    "consolidated": "Too many patient consolidated data query starts, please try again later.",
+}
 WINDOW_S = 60
 
 
@@ -32,10 +42,14 @@ def _problem(name: str, value: Any) -> str | None:
     default = DEFAULTS[name]
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f"{name}: Expected boolean"
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         return f"{name}: Expected a non-negative number"
     if name == "error_rate" and value > 1:
         return "error_rate: must be between 0 and 1"
+    if name == "slow_ms" and value > MAX_SLOW_MS:
+        return f"slow_ms: must be at most {MAX_SLOW_MS}"
+    if name in ("fail_next", "expire_next_consolidated") and (value != int(value) or value > MAX_COUNT):
+        return f"{name}: must be a whole number up to {MAX_COUNT}"
     if name == "fail_status" and value not in FAIL_STATUSES:
         return "fail_status: must be 429, 500 or 503"
     return None
@@ -62,16 +76,15 @@ class Faults:
             self._values = dict(DEFAULTS)
 
     def set(self, **changes: Any) -> dict:
-        """Apply changes in order; the first invalid one raises `ValidationError` (earlier ones stay)."""
-        unknown = [k for k in changes if k not in DEFAULTS]
-        if unknown:
-            raise ValidationError([f"{k}: unknown fault" for k in unknown])
+        """Apply all changes, or none: any unknown or invalid one raises `DevError` naming every problem."""
+        problems = [f"{k}: unknown fault" for k in changes if k not in DEFAULTS]
+        problems += [p for k, v in changes.items() if k in DEFAULTS and (p := _problem(k, v))]
+        if problems:
+            raise DevError(problems)
         with self._lock:
             for name, value in changes.items():
-                problem = _problem(name, value)
-                if problem:
-                    raise ValidationError([problem])
-                self._values[name] = value
+                self._values[name] = int(value) if name in ("fail_next", "expire_next_consolidated", "fail_status") \
+                    else value
             return dict(self._values)
 
     def take(self, counter: str) -> bool:
@@ -92,11 +105,11 @@ class Faults:
             rate = self._values["error_rate"]
             hit = rate > 0 and self._rng.random() < rate
         if forced and status == 429:
-            raise TooManyRequests("Too many requests (injected fault)", headers={"Retry-After": "1"})
+            raise TooManyRequests("Too many requests, please try again later.", headers={"Retry-After": "1"})
         if forced and status == 503:
-            raise ServiceUnavailable("Service unavailable (injected fault)")
+            raise ServiceUnavailable()
         if forced or hit:
-            raise MetriportError("Internal server error (injected fault)")
+            raise ServerError()
 
 
 class RateLimiter:
@@ -120,5 +133,9 @@ class RateLimiter:
             self._hits[bucket] = hits
             if enforce and len(hits) >= self.limits[bucket]:
                 retry = max(1, int(WINDOW_S - (now - hits[0])) + 1)
-                raise TooManyRequests("Too many requests, please try again later.", headers={"Retry-After": str(retry)})
+                limit = self.limits[bucket]
+                raise TooManyRequests(RATE_LIMIT_MESSAGES.get(bucket, "Too many requests, please try again later."),
+                                      headers={"Retry-After": str(retry), "RateLimit-Policy": f"{limit};w={WINDOW_S}",
+                                               "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
+                                               "RateLimit-Reset": str(retry)})
             hits.append(now)

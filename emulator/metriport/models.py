@@ -175,9 +175,12 @@ class WebhookSettings:
     webhook_key: str | None = None
     webhook_enabled: bool = False
     webhook_status_detail: str | None = None
+    mr_filters: list | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "webhookUrl": self.webhook_url, "webhookKey": self.webhook_key}
+        """SettingsDTO (routes/settings.ts)."""
+        return {"id": self.id, "webhookUrl": self.webhook_url, "webhookKey": self.webhook_key,
+                "mrFilters": copy.deepcopy(self.mr_filters)}
 
 
 @dataclass

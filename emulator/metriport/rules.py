@@ -1,52 +1,163 @@
-"""Metriport's request validation rules, in plain Python (no HTTP).
+"""Metriport's request rules, in plain Python (no HTTP): each function takes what a route receives,
+checks it the way Metriport's route does, in the same order, and raises the same error.
 
-Facts taken from @metriport/api-sdk (medical/models/demographics, common/address) and
-@metriport/shared (domain/address/zip, domain/contact/phone, external/zod/date):
-- firstName/lastName: trimmed, at least 1 char;
-- dob: ISO date YYYY-MM-DD, a real calendar date, not in the future, not before 1900;
-- genderAtBirth: F | M | O | U;
-- address: one object or a non-empty array; addressLine1 and city non-empty (trimmed);
-  state a US state (50 + DC) or territory (AS, GU, PR, VI, MP), case-insensitive;
-  zip: non-digits stripped, exactly 5 digits, not a known-invalid zip; country "USA" (default);
-- contact: one object or an array; each needs a phone or an email; phone: non-digits stripped,
-  a leading 1 dropped when 11 digits, then exactly 10 digits; email must look like one.
-Every problem is reported, each named by its path.
+Schemas live in `schemas.py` (zod-compatible, from @metriport/api-sdk / @metriport/shared and the API's
+own files); here are the checks around them — query parameters read with `getFrom("query")`
+(packages/api/src/routes/util.ts), `getResourcesQueryParam` (routes/medical/schemas/fhir.ts),
+`parseISODate` (api shared/date.ts) — and the normalization a stored patient gets
+(routes/medical/schemas/patient.ts `schemaCreateToPatientData`). `filter_entries` is the fake's own
+stand-in for Metriport's consolidated filtering.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from typing import Any
 
-from .errors import ValidationError
+from . import jsdate, schemas, zod
+from .errors import BadRequest, ValidationError
+from .jsrt import UNDEFINED
 
-US_STATES = frozenset(
-    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ "
-    "NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY".split()
-)
-US_TERRITORIES = frozenset({"AS", "GU", "PR", "VI", "MP"})
-KNOWN_INVALID_ZIPS = frozenset(
-    {"00000", "99999", "10000", "20000", "30000", "40000", "50000", "60000", "70000", "80000",
-     "90000", "12345", "54321"}
-)
-GENDERS = ("F", "M", "O", "U")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+CONSOLIDATED_RESOURCE_TYPES = frozenset(schemas.RESOURCE_TYPES_FOR_CONSOLIDATION)
+CONVERSION_TYPES = schemas.CONVERSION_TYPES
+DOCUMENT_CONVERSION_TYPES = schemas.DOC_CONVERSION_TYPES
+US_STATES = frozenset(schemas.US_STATES)
+US_TERRITORIES = frozenset(schemas.US_TERRITORIES)
+KNOWN_INVALID_ZIPS = frozenset(schemas.KNOWN_INVALID_ZIPS)
+METADATA_MAX_KEYS = schemas.METADATA_MAX_KEYS
+METADATA_MAX_KEY_LEN = schemas.METADATA_MAX_KEY_LENGTH
+METADATA_MAX_VALUE_LEN = schemas.METADATA_MAX_VALUE_LENGTH
 
-METADATA_MAX_KEYS = 50
-METADATA_MAX_KEY_LEN = 40
-METADATA_MAX_VALUE_LEN = 500
 
-CONVERSION_TYPES = ("json", "pdf", "html")
-DOCUMENT_CONVERSION_TYPES = ("html", "pdf")
-# resource types Metriport accepts in `resources` for consolidated queries
-CONSOLIDATED_RESOURCE_TYPES = frozenset("""
-AllergyIntolerance Binary CarePlan CareTeam Communication Composition Condition Consent Coverage
-Device DiagnosticReport DocumentReference Encounter FamilyMemberHistory Goal Immunization Location
-Medication MedicationAdministration MedicationDispense MedicationRequest MedicationStatement
-Observation Organization Patient Practitioner PractitionerRole Procedure Provenance RelatedPerson
-RiskAssessment ServiceRequest Specimen
-""".split())
+class NotAString:
+    """A query parameter that Express's `qs` parser made an array or an object (repeated, or `name[...]`)."""
+
+
+NOT_A_STRING: Any = NotAString()
+
+
+def plain(value: Any) -> Any:
+    """A zod output as JSON data: keys whose value is `undefined` dropped, as JSON.stringify does."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if v is not UNDEFINED}
+    if isinstance(value, list):
+        return [None if v is UNDEFINED else plain(v) for v in value]
+    return value
+
+
+def check(schema: zod.Schema, value: Any, *, now_ms: float | None = None) -> Any:
+    """`schema.parse(value)`: the parsed value, or a ValidationError (Metriport's ZodError answer).
+    `now_ms`: the clock date-of-birth checks compare with (default: real time)."""
+    token = schemas.NOW_MS.set(now_ms)
+    try:
+        ok, out, issues = zod.parse(schema, value)
+    finally:
+        schemas.NOW_MS.reset(token)
+    if not ok:
+        raise ValidationError(issues)
+    return plain(out)
+
+
+# ------------------------------------------------------------------ query parameters (routes/util.ts)
+def query(name: str, value: Any) -> str | None:
+    """`getFrom("query").optional(name)`: a string, None when absent; an array/object is refused."""
+    if value is NOT_A_STRING:
+        raise BadRequest(f"Invalid {name} query param - must be string")
+    return value
+
+
+def query_or_fail(name: str, value: Any) -> str:
+    """`getFromQueryOrFail(name)`: a non-empty string."""
+    v = query(name, value)
+    if not v:
+        raise BadRequest(f"Missing {name} query param")
+    return v
+
+
+def string_to_boolean(value: str | None) -> bool | None:
+    """@metriport/shared `stringToBoolean`: only "true" (any case) is true; absent stays undefined."""
+    if value is None:
+        return None
+    return value.strip().lower() == "true"
+
+
+def resources_param(raw: str | None) -> list[str]:
+    """`getResourcesQueryParam`: quotes removed, split on ",", trimmed, empties dropped, each a type of
+    `resourceTypeForConsolidation` (else the ZodError, path = the index)."""
+    if not raw:
+        return []
+    items = [r.strip() for r in raw.replace('"', "").replace("'", "").split(",")]
+    return check(schemas.resource_list, [r for r in items if r])
+
+
+def iso_date_param(raw: str | None) -> str | None:
+    """api shared/date.ts `parseISODate`: any string dayjs can parse (see `jsdate`)."""
+    if raw and not jsdate.is_valid_iso_date(raw):
+        raise BadRequest(f"Date must be in format YYYY-MM-DD - got {raw}")
+    return raw or None
+
+
+def conversion_type(raw: str) -> str:
+    return check(schemas.conversion_type, raw)
+
+
+# ------------------------------------------------------------------ patients
+def _stored_demographics(parsed: dict) -> dict:
+    """`schemaCreateToPatientData`: address and contact always arrays; contact {email, phone} minus nulls."""
+    demo: dict[str, Any] = {k: parsed[k] for k in ("firstName", "lastName", "dob", "genderAtBirth") if k in parsed}
+    if parsed.get("personalIdentifiers") is not None:
+        demo["personalIdentifiers"] = parsed["personalIdentifiers"]
+    addr = parsed["address"]
+    demo["address"] = addr if isinstance(addr, list) else [addr]
+    contact = parsed.get("contact")
+    if contact is not None:
+        items = contact if isinstance(contact, list) else [contact]
+        demo["contact"] = [{k: c[k] for k in ("email", "phone") if c.get(k) is not None} for c in items]
+    return demo
+
+
+def patient_create(body: Any, *, now_ms: float | None = None) -> tuple[dict, str | None]:
+    """`patientCreateSchema.parse(body)` (also the update route's schema) → (demographics, externalId)."""
+    parsed = check(schemas.patient_create, body, now_ms=now_ms)
+    return _stored_demographics(parsed), parsed.get("externalId")
+
+
+def demographics(body: Any, *, now_ms: float | None = None) -> dict:
+    """`demographicsSchema.parse(body)` (the match route)."""
+    return _stored_demographics(check(schemas.demographics, body, now_ms=now_ms))
+
+
+# ------------------------------------------------------------------ metadata (routes/medical/schemas/request-metadata.ts)
+def request_metadata(body: Any) -> dict[str, str] | None:
+    """`cxRequestMetadataSchema.parse(req.body)`: `{metadata?: Record<1..40 chars, ≤500 chars>}`, ≤ 50 keys."""
+    return check(schemas.cx_request_metadata, body).get("metadata")
+
+
+# ------------------------------------------------------------------ documents (routes/medical/document.ts)
+def document_list_query(q: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """`getDocSchema.parse(req.query)` → (dateFrom, dateTo, content, output)."""
+    parsed = check(schemas.get_doc_query, q)
+    return parsed.get("dateFrom"), parsed.get("dateTo"), parsed.get("content"), parsed.get("output")
+
+
+def document_conversion_type(raw: str | None) -> str | None:
+    return check(schemas.doc_conversion_type, raw) if raw else None
+
+
+# ------------------------------------------------------------------ settings (routes/settings.ts)
+def settings_update(body: Any) -> tuple[str | None, list | None]:
+    """`updateSettingsSchema.parse(body)` then the URL blacklist → (webhookUrl or None, mrFilters)."""
+    parsed = check(schemas.update_settings, body)
+    url = parsed.get("webhookUrl")
+    if url and schemas.webhook_url_blacklisted(url):
+        raise BadRequest("Invalid URL")
+    return url or None, parsed.get("mrFilters")
+
+
+# ------------------------------------------------------------------ facilities (routes/medical/schemas/facility.ts)
+def facility_create(body: Any) -> dict:
+    return check(schemas.facility_create, body)
+
+
+# ------------------------------------------------------------------ the fake's consolidated filtering
 # Date of a resource for dateFrom/dateTo filtering (first present wins).
 _DATE_PATHS = (
     ("effectiveDateTime",), ("effectivePeriod", "start"), ("onsetDateTime",), ("onsetPeriod", "start"),
@@ -55,287 +166,6 @@ _DATE_PATHS = (
 )
 _UNDATED_TYPES = frozenset({"Patient", "Practitioner", "Organization", "Location", "Medication", "PractitionerRole",
                             "RelatedPerson", "Device"})
-
-
-def _digits(value: Any) -> str:
-    return re.sub(r"\D", "", str(value))
-
-
-def normalize_phone(value: Any) -> str:
-    d = _digits(value)
-    if len(d) == 11 and d.startswith("1"):
-        d = d[1:]
-    return d
-
-
-def normalize_zip(value: Any) -> str:
-    return _digits(value)
-
-
-def check_dob(value: Any, today: _dt.date | None = None) -> str | None:
-    """Return a problem message, or None when valid."""
-    if not isinstance(value, str) or not value.strip():
-        return "Required"
-    v = value.strip()
-    if not _ISO_DATE.match(v):
-        return "Date must be a valid ISO 8601 date formatted YYYY-MM-DD. Example: 2023-03-15"
-    try:
-        d = _dt.date.fromisoformat(v)
-    except ValueError:
-        return "Date must be a valid ISO 8601 date formatted YYYY-MM-DD. Example: 2023-03-15"
-    if d > (today or _dt.date.today()):
-        return "Date can't be in the future"
-    if d.year < 1900:
-        return "Date can't be before 1900"
-    return None
-
-
-def _name(body: dict, key: str, problems: list[str]) -> str | None:
-    v = body.get(key)
-    if not isinstance(v, str):
-        problems.append(f"{key}: Required" if v is None else f"{key}: Expected string")
-        return None
-    if not v.strip():
-        problems.append(f"{key}: String must contain at least 1 character(s)")
-        return None
-    return v.strip()
-
-
-def _address(a: Any, path: str, problems: list[str]) -> dict | None:
-    if not isinstance(a, dict):
-        problems.append(f"{path}: Expected object")
-        return None
-    start = len(problems)
-    out: dict[str, Any] = {}
-    line1 = a.get("addressLine1")
-    if not isinstance(line1, str) or not line1.strip():
-        problems.append(f"{path}.addressLine1: Address line must be specified")
-    else:
-        out["addressLine1"] = line1.strip()
-    line2 = a.get("addressLine2")
-    if isinstance(line2, str) and line2.strip():
-        out["addressLine2"] = line2.strip()
-    city = a.get("city")
-    if not isinstance(city, str) or not city.strip():
-        problems.append(f"{path}.city: City must be specified")
-    else:
-        out["city"] = city.strip()
-    state = a.get("state")
-    st = state.strip().upper() if isinstance(state, str) else None
-    if not st or (st not in US_STATES and st not in US_TERRITORIES):
-        problems.append(f"{path}.state: Invalid US state or territory: {state!r}")
-    else:
-        out["state"] = st
-    z = a.get("zip")
-    if z is None:
-        problems.append(f"{path}.zip: Required")
-    else:
-        zd = normalize_zip(z)
-        if len(zd) != 5:
-            problems.append(f"{path}.zip: Zip must be a string consisting of 5 numbers")
-        elif zd in KNOWN_INVALID_ZIPS:
-            problems.append(f"{path}.zip: Invalid zip code")
-        else:
-            out["zip"] = zd
-    country = a.get("country", "USA")
-    if country in (None, ""):
-        country = "USA"
-    if country != "USA":
-        problems.append(f'{path}.country: Invalid literal value, expected "USA"')
-    out["country"] = "USA"
-    if isinstance(a.get("coordinates"), dict):
-        out["coordinates"] = a["coordinates"]
-    return out if len(problems) == start else None
-
-
-def _contact(c: Any, path: str, problems: list[str]) -> dict | None:
-    if not isinstance(c, dict):
-        problems.append(f"{path}: Expected object")
-        return None
-    start = len(problems)
-    out: dict[str, Any] = {}
-    phone, email = c.get("phone"), c.get("email")
-    if phone not in (None, ""):
-        p = normalize_phone(phone)
-        if len(p) != 10:
-            problems.append(f"{path}.phone: Phone must be a string consisting of 10 numbers. For example: 1231231234")
-        else:
-            out["phone"] = p
-    if email not in (None, ""):
-        if not isinstance(email, str) or not _EMAIL.match(email.strip()):
-            problems.append(f"{path}.email: Invalid email address")
-        else:
-            out["email"] = email.strip()
-    if phone in (None, "") and email in (None, ""):
-        problems.append(f"{path}: Either email or phone must be present")
-    return out if len(problems) == start else None
-
-
-def validate_demographics(body: Any, *, today: _dt.date | None = None) -> dict:
-    """Validate a patient create/update/match body; return the normalized demographics.
-
-    Raises `ValidationError` naming every problem.
-    """
-    problems: list[str] = []
-    if not isinstance(body, dict):
-        raise ValidationError(["body: Expected object"])
-    out: dict[str, Any] = {}
-    fn = _name(body, "firstName", problems)
-    ln = _name(body, "lastName", problems)
-    if fn:
-        out["firstName"] = fn
-    if ln:
-        out["lastName"] = ln
-    dob_problem = check_dob(body.get("dob"), today)
-    if dob_problem:
-        problems.append(f"dob: {dob_problem}")
-    else:
-        out["dob"] = body["dob"].strip()
-    g = body.get("genderAtBirth")
-    if g not in GENDERS:
-        problems.append(f"genderAtBirth: Invalid enum value. Expected 'F' | 'M' | 'O' | 'U', received {g!r}")
-    else:
-        out["genderAtBirth"] = g
-    addr = body.get("address")
-    if addr is None:
-        problems.append("address: Required")
-    else:
-        items = addr if isinstance(addr, list) else [addr]
-        if not items:
-            problems.append("address: Array must contain at least 1 element(s)")
-        addrs = [_address(a, f"address[{i}]" if isinstance(addr, list) else "address", problems)
-                 for i, a in enumerate(items)]
-        out["address"] = [a for a in addrs if a]
-    contact = body.get("contact")
-    if contact is not None:
-        items = contact if isinstance(contact, list) else [contact]
-        cs = [_contact(c, f"contact[{i}]" if isinstance(contact, list) else "contact", problems)
-              for i, c in enumerate(items)]
-        out["contact"] = [c for c in cs if c]
-    else:
-        out["contact"] = []
-    pids = body.get("personalIdentifiers")
-    if pids is not None:
-        if not isinstance(pids, list):
-            problems.append("personalIdentifiers: Expected array")
-        else:
-            for i, p in enumerate(pids):
-                if not isinstance(p, dict) or p.get("type") not in ("ssn", "driversLicense") or not isinstance(p.get("value"), str):
-                    problems.append(f"personalIdentifiers[{i}]: Invalid personal identifier")
-                elif p["type"] == "driversLicense" and str(p.get("state", "")).upper() not in US_STATES:
-                    problems.append(f"personalIdentifiers[{i}].state: Invalid US state")
-            out["personalIdentifiers"] = pids
-    ext = body.get("externalId")
-    if ext is not None:
-        if not isinstance(ext, str):
-            problems.append("externalId: Expected string")
-        else:
-            out["externalId"] = ext
-    if problems:
-        raise ValidationError(problems)
-    return out
-
-
-def validate_metadata(value: Any, path: str = "metadata") -> dict[str, str] | None:
-    """Webhook metadata: a record of ≤50 string keys (1..40 chars) to string values (≤500 chars)."""
-    if value is None:
-        return None
-    problems: list[str] = []
-    if not isinstance(value, dict):
-        raise ValidationError([f"{path}: Expected object, received {type(value).__name__}"])
-    if len(value) > METADATA_MAX_KEYS:
-        problems.append(f"{path}: Record has too many properties ({len(value)} > {METADATA_MAX_KEYS})")
-    for k, v in value.items():
-        if len(k) < 1 or len(k) > METADATA_MAX_KEY_LEN:
-            problems.append(f"{path}.{k}: key must contain between 1 and {METADATA_MAX_KEY_LEN} character(s)")
-        if not isinstance(v, str):
-            problems.append(f"{path}.{k}: Expected string, received {type(v).__name__}")
-        elif len(v) > METADATA_MAX_VALUE_LEN:
-            problems.append(f"{path}.{k}: String must contain at most {METADATA_MAX_VALUE_LEN} character(s)")
-    if problems:
-        raise ValidationError(problems)
-    return dict(value)
-
-
-def parse_iso_date(value: str | None, name: str) -> str | None:
-    if value in (None, ""):
-        return None
-    if not _ISO_DATE.match(value):
-        raise ValidationError([f"{name}: Date must be a valid ISO 8601 date formatted YYYY-MM-DD"])
-    try:
-        _dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValidationError([f"{name}: Date must be a valid ISO 8601 date formatted YYYY-MM-DD"]) from None
-    return value
-
-
-def validate_facility(body: Any) -> dict:
-    """`POST /facility`: name, a 10-digit NPI and an address; returns the fields kept."""
-    if not isinstance(body, dict):
-        raise ValidationError(["body: Expected object"])
-    problems: list[str] = []
-    if not isinstance(body.get("name"), str) or not body["name"].strip():
-        problems.append("name: String must contain at least 1 character(s)")
-    npi = body.get("npi")
-    if not isinstance(npi, str) or len(npi) != 10 or not npi.isdigit():
-        problems.append("npi: String must contain exactly 10 character(s)")
-    _address(body.get("address"), "address", problems)
-    if problems:
-        raise ValidationError(problems)
-    return {k: body.get(k) for k in ("name", "npi", "tin", "active", "address")}
-
-
-def body_metadata(body: Any) -> dict[str, str] | None:
-    """The optional `{metadata}` body of query requests (echoed in the webhooks' `meta.data`)."""
-    if body is not None and not isinstance(body, dict):
-        raise ValidationError(["body: Expected object"])
-    return validate_metadata((body or {}).get("metadata"))
-
-
-def validate_consolidated_query(resources: str | None, date_from: str | None, date_to: str | None,
-                                conversion_type: str | None, body: Any) -> tuple[str, list[str] | None, dict | None]:
-    """`POST /patient/:id/consolidated/query` → (conversionType, resources, metadata); every problem reported."""
-    problems: list[str] = []
-    ctype = conversion_type or "json"
-    if ctype not in CONVERSION_TYPES:
-        problems.append("conversionType: Invalid enum value. Expected 'json' | 'pdf' | 'html'")
-    rlist = [r.strip() for r in (resources or "").split(",") if r.strip()] or None
-    problems += [f"resources: Invalid resource type {r}" for r in rlist or [] if r not in CONSOLIDATED_RESOURCE_TYPES]
-    for name, v in (("dateFrom", date_from), ("dateTo", date_to)):
-        try:
-            parse_iso_date(v, name)
-        except ValidationError as e:
-            problems += e.problems
-    if date_from and date_to and not problems and date_from > date_to:
-        problems.append("dateFrom: must be before or equal to dateTo")
-    metadata = None
-    try:
-        metadata = body_metadata(body)
-    except ValidationError as e:
-        problems += e.problems
-    if problems:
-        raise ValidationError(problems)
-    return ctype, rlist, metadata
-
-
-def validate_document_url(file_name: str | None, conversion_type: str | None) -> None:
-    """`GET /document/download-url`: fileName required; conversionType html | pdf if given."""
-    if not file_name:
-        raise ValidationError(["fileName: Required"])
-    if conversion_type not in (None, "", *DOCUMENT_CONVERSION_TYPES):
-        raise ValidationError(["conversionType: Invalid enum value. Expected 'html' | 'pdf'"])
-
-
-def validate_webhook_url(body: Any) -> str | None:
-    """`POST /settings {webhookUrl}`: an http(s) URL, or empty/absent to clear it."""
-    if not isinstance(body, dict):
-        raise ValidationError(["body: Expected object"])
-    url = body.get("webhookUrl")
-    if url in (None, ""):
-        return None
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValidationError(["webhookUrl: Invalid url"])
-    return url
 
 
 def resource_date(r: dict) -> str | None:
@@ -349,17 +179,32 @@ def resource_date(r: dict) -> str | None:
     return None
 
 
+def _day(value: str | None) -> str | None:
+    """A lax dateFrom/dateTo as the YYYY-MM-DD day it stands for (dayjs, UTC)."""
+    if not value:
+        return None
+    t = jsdate.dayjs_utc(value)
+    if t is None:
+        return None
+    import datetime as _dt
+    try:
+        return (_dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=t)).strftime("%Y-%m-%d")
+    except OverflowError:
+        return None
+
+
 def filter_entries(entries: list[dict], resources: list[str] | None, date_from: str | None,
                    date_to: str | None) -> list[dict]:
     """A consolidated query's filters: resource types (Patient always kept) and the date range."""
+    dfrom, dto = _day(date_from), _day(date_to)
     out = []
     for e in entries:
         r = e.get("resource") or {}
         rt = r.get("resourceType")
         if resources and rt not in resources and rt != "Patient":
             continue
-        d = resource_date(r) if (date_from or date_to) and rt not in _UNDATED_TYPES else None
-        if d is not None and (date_from and d < date_from or date_to and d > date_to):
+        d = resource_date(r) if (dfrom or dto) and rt not in _UNDATED_TYPES else None
+        if d is not None and (dfrom and d < dfrom or dto and d > dto):
             continue
         out.append(e)
     return out

@@ -55,6 +55,10 @@ class WebhookSender:
                 s.webhook_enabled, s.webhook_status_detail = enabled, "OK" if enabled else None
             return s.to_dict()
 
+    def set_mr_filters(self, filters: list) -> None:
+        with self._lock:
+            self.settings.mr_filters = filters
+
     def settings_dict(self) -> dict:
         with self._lock:
             return self.settings.to_dict()

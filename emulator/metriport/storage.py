@@ -57,6 +57,10 @@ class FileStore:
             raise RequestExpired("Request has expired")
         return f
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._files)
+
     def clear(self) -> None:
         with self._lock:
             self._files.clear()

@@ -28,9 +28,11 @@ from medport.generator.scenarios import (
 )
 from medport.generator.stack import start_stack
 
+from tests.e2e import metriport_requests
 from tests.paths import ROOT
 
 FIXTURES = converted_ccda_dir() or Path("/nonexistent")
+RECORDED: list[dict] = []  # every request the bots sent to the fake Metriport in this module
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def stack():
     s = start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.05)
+    metriport_requests.record(s.fake, RECORDED)
     yield s
     s.close()
 
@@ -208,6 +211,7 @@ def test_flow_config_variants(variant):
     from medport.generator.config import validate_data
     cfg = validate_data(variant)
     s = start_stack(cfg, metriport_delay_s=0.05)
+    metriport_requests.record(s.fake, RECORDED)
     try:
         org = create_facility_org(s)
         base = task_ids(s)
@@ -226,3 +230,16 @@ def test_flow_config_variants(variant):
         check_references(s, resources, {p["id"]})
     finally:
         s.close()
+
+
+def test_every_request_the_bots_sent_passes_metriports_validation():
+    """Runs last: each request recorded above (patient match/create/update, document and consolidated queries,
+    download URLs) judged with Metriport's own schemas in Node — none would be refused in production."""
+    if not RECORDED:
+        pytest.skip("no end-to-end flow ran in this session")
+    problems, counts = metriport_requests.problems(RECORDED)
+    assert not problems, "\n".join(problems[:20])
+    assert counts.get("consolidated", 0) >= 5 and counts.get("document-query", 0) >= 3 and counts.get("create", 0) >= 3, counts
+    assert counts.get("match", 0) >= 3 and counts.get("update", 0) >= 1, counts
+    refused = [r for r in RECORDED if r["status"] == 400]
+    assert not refused, [(r["method"], r["path"], r["body"][:200]) for r in refused]

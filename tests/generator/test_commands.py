@@ -152,6 +152,13 @@ def test_runs_without_an_emulator_says_what_to_do():
     assert r.exit_code == 1 and "medport emulate" in r.output
 
 
+def test_runs_needs_the_emulators_admin_client(stack):
+    """The developer API answers only the admin client: `medport runs` sends its credentials (the development
+    default, or --admin-client-id/--admin-client-secret, env MEDPORT_ADMIN_CLIENT_*) and says so when refused."""
+    r = CliRunner().invoke(runs_command, ["--base-url", stack.base_url, "--admin-client-secret", "wrong"])
+    assert r.exit_code == 1 and "refused the admin client" in r.output and "wrong" not in r.output, r.output
+
+
 def test_runs_follow_streams_new_executions(stack):
     import os
     import subprocess
@@ -174,3 +181,12 @@ def test_runs_follow_streams_new_executions(stack):
     lines = [ln for ln in out.splitlines() if "metriport-" in ln]
     assert len(lines) >= 2, out  # the newest run at start, then the ping's run as it happened
     assert "execute" in lines[-1] and "success" in lines[-1]
+
+
+def test_check_fails_on_a_config_metriport_would_refuse(tmp_path):
+    """Asking Metriport for Medication (400 in production) fails `medport check`, naming the type and the list."""
+    (tmp_path / "medport.toml").write_text('[consolidated]\nresources = ["Condition", "Medication"]\n')
+    r = CliRunner().invoke(check_command, ["-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots"),
+                                           "--no-scenarios"])
+    assert r.exit_code == 1
+    assert "consolidated.resources[1]: 'Medication' is not a type Metriport's consolidated query accepts" in r.output

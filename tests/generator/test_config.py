@@ -133,3 +133,57 @@ def test_example_config_is_the_starter_and_readme_documents_every_key():
     validate_data(tomllib.loads((root / "medport.toml").read_text()))
     readme = (root / "README.md").read_text()
     assert config_reference_markdown() in readme, "README config reference is stale: run `python -m medport.generator.docs`"
+
+
+# ------------------------------------------------------------------ what to import vs what to ask Metriport for
+def test_query_types_are_only_metriports_and_the_list_is_named():
+    probs = problems_of({"consolidated": {"resources": ["Condition", "Medication", "Observaton"]}})
+    assert len(probs) == 2
+    assert probs[0].startswith("consolidated.resources[1]: 'Medication' is not a type Metriport's consolidated query "
+                               "accepts") and "AllergyIntolerance, Appointment" in probs[0] and "import them" in probs[0]
+    assert probs[1].startswith("consolidated.resources[2]: 'Observaton' is not a type") and "did you mean 'Observation'" in probs[1]
+
+
+def test_the_import_list_may_name_what_the_query_cannot_ask_for():
+    cfg = validate_data({})
+    assert {"Medication", "PractitionerRole"} <= set(cfg.webhook_bot.resources)
+    assert not {"Medication", "PractitionerRole"} & set(cfg.consolidated.resources)
+    assert set(cfg.consolidated.resources) <= set(cfg.webhook_bot.resources)
+    assert validate_data({"consolidated": {"resources": []}}).consolidated.resources == ()  # every type
+
+
+def test_asked_but_not_imported_is_a_problem():
+    probs = problems_of({"consolidated": {"resources": ["Condition", "Account"]}})
+    assert probs == ["consolidated.resources[1]: 'Account' is asked of Metriport but not imported (not in "
+                     "webhook_bot.resources): it would be downloaded and skipped — add it there or remove it"]
+
+
+def test_the_old_key_says_what_replaced_it():
+    probs = problems_of({"consolidated": {"request_allowed_resources_only": True}})
+    assert probs == ["consolidated.request_allowed_resources_only: unknown key — replaced by consolidated.resources, "
+                     "the types the consolidated query asks Metriport for (webhook_bot.resources stays the import list)"]
+
+
+def test_schema_list_is_metriports_list():
+    """config.schema.json, the fake and @metriport/api-sdk name the same 69 consolidation types."""
+    import json
+    import os
+    import subprocess
+
+    from medport.emulator.metriport.schemas import RESOURCE_TYPES_FOR_CONSOLIDATION
+
+    from tests.paths import NODE
+    enum = schema()["properties"]["consolidated"]["properties"]["resources"]["items"]["enum"]
+    assert enum == list(RESOURCE_TYPES_FOR_CONSOLIDATION)
+    if os.path.exists(NODE):
+        sdk = subprocess.run([NODE, "-e", "process.stdout.write(JSON.stringify(require('@metriport/api-sdk')"
+                              ".resourceTypeForConsolidation))"], capture_output=True, text=True, cwd=ROOT, check=True)
+        assert json.loads(sdk.stdout) == enum
+
+
+def test_query_types_follow_a_narrowed_import_list_unless_given():
+    cfg = validate_data({"webhook_bot": {"resources": ["Condition", "Medication", "MedicationStatement"]}})
+    assert cfg.consolidated.resources == ("Condition", "MedicationStatement")
+    cfg = validate_data({"webhook_bot": {"resources": ["Condition", "Observation"]},
+                         "consolidated": {"resources": ["Observation"]}})
+    assert cfg.consolidated.resources == ("Observation",)

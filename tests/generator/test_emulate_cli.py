@@ -67,7 +67,7 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
         deadline = time.monotonic() + 30
         ran = []
         while time.monotonic() < deadline and not ran:
-            runs = requests.get(base + "_emulator/runs", timeout=10).json()["runs"]
+            runs = requests.get(base + "_emulator/runs", headers=h, timeout=10).json()["runs"]
             ran = [r for r in runs if r["bot_name"] == "metriport-patient-bot" and r.get("resource") == f"Patient/{pat['id']}"]
             time.sleep(0.2)
         assert ran and ran[-1]["outcome"] == "success" and ran[-1]["trigger"].startswith("subscription:"), ran

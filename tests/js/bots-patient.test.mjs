@@ -208,21 +208,21 @@ const REASONS = [
   ['name: missing', (p) => { delete p.name; }],
   ['birthDate: missing', (p) => { delete p.birthDate; }],
   ['birthDate: not a valid', (p) => { p.birthDate = '1971-02-30'; }],
-  ['birthDate: not a valid', (p) => { p.birthDate = '1971-04'; }],
+  ['birthDate: a partial date', (p) => { p.birthDate = '1971-04'; }],
   ['birthDate: before 1900', (p) => { p.birthDate = '1899-12-31'; }],
   ['birthDate: in the future', (p) => { p.birthDate = future; }],
   ['gender: missing', (p) => { delete p.gender; }],
   ['address: missing', (p) => { delete p.address; }],
   ['address.line', (p) => { delete p.address[0].line; }],
   ['address.city', (p) => { delete p.address[0].city; }],
-  ['address.state: not a 2-letter', (p) => { p.address[0].state = 'Illinois'; }],
+  ['address.state: not a US state', (p) => { p.address[0].state = 'Ontario'; }],
+  ['address.state: not a US state', (p) => { p.address[0].state = 'MP'; }], // Northern Mariana Islands: not in USTerritory
   ['address.state: missing', (p) => { delete p.address[0].state; }],
   ['address.postalCode: not a 5-digit', (p) => { p.address[0].postalCode = '6270'; }],
-  ['address.postalCode: a known-invalid', (p) => { p.address[0].postalCode = '12345'; }],
-  ['address.postalCode: a known-invalid', (p) => { p.address[0].postalCode = '00000'; }],
+  ['address.postalCode: a zip code Metriport refuses', (p) => { p.address[0].postalCode = '12345'; }],
+  ['address.postalCode: a zip code Metriport refuses', (p) => { p.address[0].postalCode = '00000'; }],
   ['address.postalCode: missing', (p) => { delete p.address[0].postalCode; }],
   ['address.country', (p) => { p.address[0].country = 'Canada'; }],
-  ['telecom', (p) => { p.telecom = [{ system: 'phone', value: '555-0142' }, { system: 'email', value: 'not-an-email' }]; }],
 ];
 for (const [reason, mutate] of REASONS) {
   test(`validation skip: ${reason}`, async () => {
@@ -249,7 +249,7 @@ test('validation: every problem named in one warning', async () => {
   const p = await medplum.createResource({ resourceType: 'Patient', gender: 'nonsense', birthDate: '1850-01-01', address: [{ state: 'XX', postalCode: '99999', country: 'MX' }] });
   const r = await run(medplum, p);
   assert.equal(r.result.status, 'skipped');
-  const names = ['name: missing', 'birthDate: before 1900', 'gender: not', 'address.line', 'address.city', 'address.state', 'address.postalCode: a known-invalid', 'address.country', 'telecom'];
+  const names = ['name: missing', 'birthDate: before 1900', 'gender: not', 'address.line', 'address.city', 'address.state', 'address.postalCode: a zip code Metriport refuses', 'address.country'];
   for (const n of names) assert.ok(r.result.problems.some((x) => x.startsWith(n)), n + ' in ' + r.result.problems);
   const warns = r.logs.filter((l) => l.level === 'warn');
   assert.equal(warns.length, 1);
@@ -268,4 +268,62 @@ test('valid edge cases pass: territory state, email only, DC', async () => {
     const r = await run(medplum, p);
     assert.equal(r.result.status, 'queried', state + ' ' + JSON.stringify(r.result));
   }
+});
+
+test('bodies in Metriport\'s shapes: match = demographics only, create/update add externalId', async () => {
+  const { medplum, org } = await setup();
+  const p = await medplum.createResource(goodPatient(org));
+  const r = await run(medplum, p);
+  assert.equal(r.ok, true, r.logText);
+  const [match, create] = fake.calls;
+  assert.deepEqual(Object.keys(match.body).sort(), ['address', 'contact', 'dob', 'firstName', 'genderAtBirth', 'lastName']);
+  assert.deepEqual(Object.keys(create.body).sort(), ['address', 'contact', 'dob', 'externalId', 'firstName', 'genderAtBirth', 'lastName']);
+  const latest = await medplum.readResource('Patient', p.id);
+  fake.reset();
+  await run(medplum, await medplum.updateResource({ ...latest, address: [{ line: ['1 Main St'], city: 'Chicago', state: 'Illinois', postalCode: '60601' }] }));
+  const put = fake.calls[0];
+  assert.equal(put.method, 'PUT');
+  assert.equal(put.body.externalId, p.id);
+  assert.equal(put.body.address[0].state, 'IL', 'a state name is sent as its code');
+});
+
+test('invalid optional contacts are left out with a warning naming them; the rest is sent', async () => {
+  const { medplum, org } = await setup();
+  const data = goodPatient(org);
+  data.telecom = [
+    { system: 'email', value: '+13035550107@example.com' }, // isEmailValid: "+1…" is a phone number to Metriport
+    { system: 'email', value: 'theo..grant@example.com' }, // validator.isEmail refuses ".."
+    { system: 'phone', value: '555-0142' }, // 7 digits
+    { system: 'phone', value: '+1 (217) 555-0142' },
+  ];
+  const p = await medplum.createResource(data);
+  const r = await run(medplum, p);
+  assert.equal(r.result.status, 'queried', r.logText);
+  assert.equal(r.result.warnings.length, 3);
+  assert.match(r.result.warnings[0], /^telecom\[0\] \(email\) left out/);
+  assert.match(r.result.warnings[2], /^telecom\[2\] \(phone\) left out/);
+  assert.deepEqual(fake.calls[1].body.contact, [{ phone: '2175550142' }]);
+  assert.equal(r.logs.filter((l) => l.level === 'warn').length, 1);
+  assertNoPhi(r.logText);
+});
+
+test('no valid contact at all: Metriport does not require one, so none is sent', async () => {
+  const { medplum, org } = await setup();
+  const data = goodPatient(org);
+  data.telecom = [{ system: 'email', value: 'not-an-email' }];
+  const p = await medplum.createResource(data);
+  const r = await run(medplum, p);
+  assert.equal(r.result.status, 'queried', r.logText);
+  assert.equal(fake.calls[1].body.contact, undefined);
+});
+
+test('an invalid preferred address gives way to a valid one, with a warning', async () => {
+  const { medplum, org } = await setup();
+  const data = goodPatient(org);
+  data.address = [{ use: 'home', line: ['1 Nowhere'], city: 'X', state: 'ZZ', postalCode: '99999' }, data.address[0]];
+  const p = await medplum.createResource(data);
+  const r = await run(medplum, p);
+  assert.equal(r.result.status, 'queried', r.logText);
+  assert.equal(fake.calls[1].body.address[0].city, 'Springfield');
+  assert.match(r.result.warnings[0], /preferred address was left out.*address\[0\]\.state/);
 });

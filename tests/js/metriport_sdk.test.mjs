@@ -84,10 +84,23 @@ function verifyAll(key, msgs) {
   }
 }
 
-test('settings: ping/pong, signed with the webhook key', async () => {
-  const settings = await api.updateSettings(hookUrl);
-  assert.equal(settings.webhookUrl, hookUrl);
+test('settings: local URLs refused like Metriport; ping/pong, signed with the webhook key', async () => {
+  // routes/settings.ts: "127.0.0.1", "localhost", ... are blacklisted → 400 "Invalid URL"
+  await assert.rejects(api.updateSettings(hookUrl), (err) => {
+    assert.equal(err.response.status, 400);
+    assert.deepEqual(err.response.data, { status: 400, title: 'BadRequestError', detail: 'Invalid URL', name: 'Bad Request' });
+    return true;
+  });
+  const settings = await api.updateSettings('https://hooks.example.com/metriport');
+  assert.equal(settings.webhookUrl, 'https://hooks.example.com/metriport');
   assert.ok(settings.webhookKey);
+  // the local receiver goes in through the fake's developer API (its API key required), same webhook key
+  const res = await fetch(`${info.baseUrl}/_fake/settings/webhook`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+    body: JSON.stringify({ webhookUrl: hookUrl, ping: true }),
+  });
+  assert.equal(res.status, 200);
+  assert.equal((await res.json()).webhookKey, undefined, 'the developer API never shows the key');
   const [ping] = await waitFor('ping');
   assert.ok(ping.body.ping);
   verifyAll(settings.webhookKey, [ping]);
@@ -137,11 +150,23 @@ test('patients, document query, consolidated query through the SDK', async () =>
   assert.equal(single.status, 'completed');
 });
 
-test('bad api key → 403 with Metriport error body', async () => {
+test('bad api key → 403 as API Gateway answers it', async () => {
   const bad = new MetriportMedicalApi('wrong', { baseAddress: info.baseUrl });
   await assert.rejects(bad.getPatient('x'), (err) => {
     assert.equal(err.response.status, 403);
-    assert.deepEqual(Object.keys(err.response.data).sort(), ['detail', 'name', 'status', 'title']);
+    assert.deepEqual(err.response.data, { message: 'Forbidden' });
     return true;
   });
+});
+
+test('a refused request: the SDK sees Metriport\'s 400 body', async () => {
+  await assert.rejects(api.createPatient({ ...demographics, dob: '2999-01-01', address: [{ ...demographics.address[0], zip: '12345' }] }, info.facilityId), (err) => {
+    assert.equal(err.response.status, 400);
+    assert.deepEqual(err.response.data, {
+      status: 400, title: 'Missing or invalid parameters', name: 'Bad Request',
+      detail: "Date can't be in the future, on [dob], Invalid zip code, on [address,0,zip]",
+    });
+    return true;
+  });
+  await assert.rejects(api.startConsolidatedQuery('nope', ['Medication']), (err) => err.response.status === 404);
 });

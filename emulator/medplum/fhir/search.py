@@ -19,6 +19,14 @@ from .searchparams import SearchParam, registry
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+# Medplum server config `maxSearchOffset` (default 10_000): a larger `_offset` is refused with
+# "Search offset exceeds maximum (got N, max M)" (server fhir/search.ts, config/utils.ts addDefaults).
+MAX_OFFSET = 10_000
+# Limits of SQLite, not of Medplum (which has no limit on value length, parameter count or OR values):
+# SQLITE_LIMIT_LIKE_PATTERN_LENGTH is 50,000 bytes, so a longer pattern is compared with substr()/instr()
+# instead (same answer); SQLITE_MAX_EXPR_DEPTH is 1,000, so ORs and ANDs are built as balanced trees,
+# equality values as IN lists, and exact duplicates dropped (Medplum dedupes duplicate filters too).
+LIKE_MAX_BYTES = 40_000
 PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 _PREFIXED_TYPES = ("date", "number", "quantity")
 _MODIFIERS = {"missing", "not", "exact", "contains", "text", "identifier", "above", "below", "in", "not-in",
@@ -103,9 +111,12 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             req.count_text = "NaN" if n is None else (str(n) if n < 0 else None)
         elif code == "_offset":
             try:
-                req.offset = max(0, int(value))
+                offset = int(value)
             except ValueError:
                 raise BadRequest(f"Invalid _offset: {value}") from None
+            if offset > MAX_OFFSET:
+                raise BadRequest(f"Search offset exceeds maximum (got {js_number(offset)}, max {MAX_OFFSET})")
+            req.offset = max(0, offset)
         elif code == "_sort":
             for s in value.split(","):
                 s = s.strip()
@@ -115,6 +126,8 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
                 c = s[1:] if desc else s
                 if c not in ("_id", "_lastUpdated") and c not in params:
                     raise BadRequest(f"Unknown search parameter: {c}")
+                if any(c == done for done, _ in req.sort):
+                    continue  # a repeated sort key never changes the order
                 req.sort.append((c, desc))
         elif code == "_total":
             req.total = value
@@ -157,7 +170,49 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str) -> Sear
             if modifier and modifier not in _MODIFIERS and not (sp.type == "reference" and modifier[:1].isupper()):
                 raise BadRequest(f"Unknown search parameter modifier: {modifier}")
             req.filters.append(Filter(code, modifier, split_values(value), sp))
+    req.filters = _dedupe(req.filters)
     return req
+
+
+def js_number(n: int) -> str:
+    """How JavaScript prints the Number that parseInt() makes of `n` (1e+23 past 1e21)."""
+    f = float(n) if abs(n) < 1e308 else float("inf")
+    if f != f or f in (float("inf"), float("-inf")):
+        return "Infinity" if f > 0 else "-Infinity"
+    return str(int(f)) if abs(f) < 1e21 else repr(f)
+
+
+def _dedupe(filters: list[Filter]) -> list[Filter]:
+    """Drop exact duplicate filters and duplicate values inside one filter (neither changes the answer)."""
+    seen: set = set()
+    out = []
+    for f in filters:
+        if len(f.values) > 1:
+            f.values = list(dict.fromkeys(f.values))
+        key = (f.code, f.modifier, tuple(f.values), f.chain)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(f)
+    return out
+
+
+def balanced(op: str, parts: list[str]) -> str:
+    """`a op b op c ...` as a balanced tree of parentheses: depth log2(n), never SQLite's
+    "Expression tree is too large (maximum depth 1000)". Argument order is the order of `parts`."""
+    if not parts:
+        return "1" if op == "AND" else "0"
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) <= 8:
+        return "(" + f" {op} ".join(parts) + ")"
+    mid = len(parts) // 2
+    return f"({balanced(op, parts[:mid])} {op} {balanced(op, parts[mid:])})"
+
+
+def _long(pattern: str) -> bool:
+    """Is this LIKE pattern (escapes included) too long for SQLite? Then compare another way."""
+    return len(pattern) * 4 > LIKE_MAX_BYTES and len(pattern.encode("utf-8")) > LIKE_MAX_BYTES
 
 
 def split_prefix(v: str, ptype: str) -> tuple[str, str]:
@@ -240,8 +295,14 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
         if f.modifier == "exact":
             return "x.raw = ?", [v], False
         if f.modifier == "contains":
-            return "x.value LIKE ? ESCAPE '\\'", ["%" + _like_escape(nv) + "%"], False
-        return "x.value LIKE ? ESCAPE '\\'", [_like_escape(nv) + "%"], False
+            pattern = "%" + _like_escape(nv) + "%"
+            if _long(pattern):
+                return "instr(x.value, ?) > 0", [nv], False
+            return "x.value LIKE ? ESCAPE '\\'", [pattern], False
+        pattern = _like_escape(nv) + "%"
+        if _long(pattern):
+            return "substr(x.value, 1, ?) = ?", [len(nv), nv], False
+        return "x.value LIKE ? ESCAPE '\\'", [pattern], False
     if t == "reference":
         ref = V.normalize_reference(v)
         if f.modifier and f.modifier[:1].isupper():
@@ -250,7 +311,10 @@ def _value_condition(f: Filter, v: str) -> tuple[str, list[Any], bool]:
             return "x.ref = ?", [ref], False
         if len(sp.targets) == 1:
             return "x.ref = ?", [f"{sp.targets[0]}/{ref}"], False
-        return "x.ref LIKE ? ESCAPE '\\'", ["%/" + _like_escape(ref)], False
+        pattern = "%/" + _like_escape(ref)
+        if _long(pattern):
+            return "substr(x.ref, ?) = ?", [-(len(ref) + 1), "/" + ref], False
+        return "x.ref LIKE ? ESCAPE '\\'", [pattern], False
     if t == "date":
         op, rest = split_prefix(v, t)
         r = V.date_range(rest)
@@ -297,7 +361,7 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
             a = _sql_range_args(op, *rng)
             ors.append(f"NOT ({c})" if op == "ne" else f"({c})")
             args += a
-        return "(" + " OR ".join(ors) + ")", args
+        return _or_with_args(ors, args)
     sp = f.param
     assert sp is not None
     if f.chain is not None:
@@ -316,18 +380,86 @@ def filter_sql(f: Filter) -> tuple[str, list[Any]]:
     if sp.type == "token" and f.modifier in ("text", "contains"):
         # server fhir/token-column.ts (5.x): `:text` = case-insensitive substring over the token's text values
         # (CodeableConcept.text, Coding.display); comma = OR, each value trimmed
-        ors, args = [], []
+        ors, args = [], [f.code]
         for v in f.values:
-            ors.append("r.rid IN (SELECT x.rid FROM idx_text x WHERE x.param = ? AND x.value LIKE ? ESCAPE '\\')")
-            args += [f.code, "%" + _like_escape(v.strip().lower()) + "%"]
-        return "(" + " OR ".join(ors) + ")", args
+            needle = v.strip().lower()
+            pattern = "%" + _like_escape(needle) + "%"
+            if _long(pattern):  # past SQLite's LIKE pattern limit: the same substring test by instr
+                ors.append("instr(x.value, ?) > 0")
+                args.append(needle)
+            else:
+                ors.append("x.value LIKE ? ESCAPE '\\'")
+                args.append(pattern)
+        return f"r.rid IN (SELECT x.rid FROM idx_text x WHERE x.param = ? AND {balanced('OR', ors)})", args
+    # One sub-select for all the values that select rows (`rid IN (... c1) OR rid IN (... c2)` is
+    # `rid IN (... c1 OR c2)`), equality values as IN lists; negated values keep their own NOT (...).
     ors, args = [], []
+    plain: list[tuple[str, list[Any]]] = []
     for v in f.values:
         cond, a, neg = _value_condition(f, v)
-        q = f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond})"
-        ors.append(f"NOT ({q})" if neg else q)
-        args += [f.code, *a]
-    return "(" + " OR ".join(ors) + ")", args
+        if neg:
+            ors.append(f"NOT (r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond}))")
+            args.append(_Args([f.code, *a]))
+        else:
+            plain.append((cond, a))
+    if plain:
+        cond, a = _merge_conditions(plain)
+        ors.insert(0, f"r.rid IN (SELECT x.rid FROM {table} x WHERE x.param = ? AND {cond})")
+        args.insert(0, _Args([f.code, *a]))
+    return _or_with_args(ors, args)
+
+
+class _Args(list):
+    """The arguments of one OR term (kept together while the terms are arranged)."""
+
+
+def _or_with_args(ors: list[str], args: list[Any]) -> tuple[str, list[Any]]:
+    # `args` is either flat (one list for all terms, in order) or one _Args per term
+    flat: list[Any] = []
+    for a in args:
+        if isinstance(a, _Args):
+            flat.extend(a)
+        else:
+            flat.append(a)
+    return balanced("OR", ors), flat
+
+
+# condition shapes from _value_condition that compare one column (or two) for equality
+_EQ_SHAPES = {"x.code = ?": "x.code", "x.ref = ?": "x.ref", "x.raw = ?": "x.raw",
+              "x.system = ?": "x.system"}
+_PAIR_SHAPE = "x.system = ? AND x.code = ?"
+
+
+def _merge_conditions(conds: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """OR of value conditions: equality values gathered into IN lists, the rest a balanced OR."""
+    eq: dict[str, list[Any]] = {}
+    pairs: list[Any] = []
+    rest: list[str] = []
+    rest_args: list[Any] = []
+    for cond, a in conds:
+        if cond in _EQ_SHAPES:
+            eq.setdefault(_EQ_SHAPES[cond], []).extend(a)
+        elif cond == _PAIR_SHAPE:
+            pairs.append(a)
+        else:
+            rest.append(f"({cond})")
+            rest_args.append(_Args(a))
+    parts: list[str] = []
+    out: list[Any] = []
+    for col, values in eq.items():
+        parts.append(f"{col} = ?" if len(values) == 1 else f"{col} IN ({','.join('?' * len(values))})")
+        out.extend(values)
+    if pairs:
+        if len(pairs) == 1:
+            parts.append(f"({_PAIR_SHAPE})")
+        else:
+            parts.append(f"(x.system, x.code) IN (VALUES {','.join(['(?,?)'] * len(pairs))})")
+        for a in pairs:
+            out.extend(a)
+    parts.extend(rest)
+    for a in rest_args:
+        out.extend(a)
+    return balanced("OR", parts), out
 
 
 def sort_sql(req: SearchRequest, params: dict[str, SearchParam]) -> tuple[str, list[Any]]:

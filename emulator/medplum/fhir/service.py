@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import re
 import time
 import uuid
@@ -53,6 +54,8 @@ from .search import SearchRequest, filter_sql, js_parse_int, parse_search
 from .searchparams import registry
 from .store import Repository
 from .values import date_range, reference_values
+
+log = logging.getLogger("medport.emulator.medplum.fhir")
 
 _URI_SAFE = "-_.!~*'()"
 _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -158,9 +161,9 @@ class FhirService:
         except RecursionError:
             err = BadRequest("Resource is nested too deeply")
             return FhirResponse(err.status, err.outcome, {})
-        except Exception as e:  # pragma: no cover - a bug; still an OperationOutcome
-            err = ServerError(f"{type(e).__name__}: {e}")
-            return FhirResponse(500, err.outcome, {})
+        except Exception:  # pragma: no cover - a bug; still an OperationOutcome, the details only in the log
+            log.exception("unexpected error in %s %s", method, str(path).split("?")[0][:200])  # no query: no PHI
+            return FhirResponse(500, ServerError().outcome, {})
 
     # ================================================================== routing
     def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,
@@ -281,7 +284,7 @@ class FhirService:
                 count = 100 if n is None else max(0, min(n, 1000))
             elif k == "_offset":
                 n = js_parse_int(v)
-                offset = 0 if n is None else max(0, n)
+                offset = 0 if n is None else min(max(0, n), 10 ** 9)  # past any history, within SQLite's integers
         current = None
         try:
             current = self.repo.read(rtype, rid)
@@ -727,8 +730,9 @@ class FhirService:
                         except RecursionError:
                             err = BadRequest("Resource is nested too deeply")
                             resp = FhirResponse(err.status, err.outcome, {})
-                        except Exception as ex:  # a bug in one entry must not sink the whole batch
-                            resp = FhirResponse(500, ServerError(f"{type(ex).__name__}: {ex}").outcome, {})
+                        except Exception:  # a bug in one entry must not sink the whole batch
+                            log.exception("unexpected error in a batch entry")
+                            resp = FhirResponse(500, ServerError().outcome, {})
                         results[i] = self._entry_from_response(resp)
         except _EntryFailed as ef:
             return FhirResponse(ef.resp.status, ef.resp.body, {})

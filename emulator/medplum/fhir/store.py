@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
 from . import values as V
-from .search import SearchRequest, filter_sql, parse_search, sort_sql
+from .search import SearchRequest, balanced, filter_sql, parse_search, sort_sql
 from .searchparams import patient_compartment_params, registry
 
 SCHEMA = """
@@ -105,6 +105,7 @@ class Repository:
             c.execute("PRAGMA wal_autocheckpoint=10000")
         c.executescript(SCHEMA)
         self._params = registry()
+        self._max_vars = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     # ------------------------------------------------------------------ infrastructure
     def close(self) -> None:
@@ -401,8 +402,10 @@ class Repository:
         if extra_where:
             where.append(extra_where[0])
             args += extra_where[1]
-        wsql = " AND ".join(where)
+        wsql = balanced("AND", where)  # thousands of filters stay under SQLite's expression depth limit
         order, oargs = sort_sql(req, params)
+        if len(args) + len(oargs) + 2 > self._max_vars:  # SQLite's limit (32,766 on many builds), not Medplum's
+            raise BadRequest(f"Search has too many values (SQLite allows {self._max_vars} in one query)")
         want_total = count_total if count_total is not None else req.total in ("accurate", "estimate")
         with self._lock:
             total = None

@@ -97,11 +97,13 @@ def create_bot(project_id: str) -> Response:
         if key in body:
             bot[key] = body[key]
     st = current_state()
-    created = st.create(bot)
-    _membership(project, created, policy)
-    code = body.get("code")
-    if isinstance(code, str) and code:
-        created = deploy_code(st, created, code, body.get("filename") or "index.js")
+    with st.repo.transaction():  # all or nothing: a refused request writes nothing
+        created = st.create(bot)
+        _membership(project, created, policy)
+        code = body.get("code")
+        if isinstance(code, str) and code:
+            filename = body.get("filename")
+            created = deploy_code(st, created, code, filename if isinstance(filename, str) and filename else "index.js")
     return json_response(created, 201)
 
 
@@ -112,8 +114,10 @@ def create_client(project_id: str) -> Response:
     for key in ("description", "redirectUri", "identifier"):
         if body.get(key):
             client[key] = body[key]
-    created = current_state().create(client)
-    _membership(project, created, policy)
+    st = current_state()
+    with st.repo.transaction():  # all or nothing: a refused request writes nothing
+        created = st.create(client)
+        _membership(project, created, policy)
     return json_response(created, 201)
 
 

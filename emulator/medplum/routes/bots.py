@@ -2,11 +2,11 @@
 `job/{id}/status` — request parsing and response rendering around `BotService` (bots.py holds Medplum's rules)."""
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
+from .. import jsonsafe
 from ..bots import deploy_code, response_body
 from ..errors import BadRequest, FhirError, accepted_outcome, all_ok
 from ..httpio import (
@@ -58,7 +58,8 @@ def _execute_input(raw_body: bool = False) -> tuple[Any, str | None]:
     mimetype = request.mimetype
     if mimetype in JSON_TYPES:
         data = read_body(request, limit)
-        parsed = parse_json_bytes(data)  # malformed JSON is a 400 even for rawBody bots
+        # malformed JSON is a 400 even for rawBody bots; unpaired surrogates reach the bot as on Medplum
+        parsed = parse_json_bytes(data, allow_lone_surrogates=True)
         # Bot.rawBody: the bot gets the original UTF-8 JSON text (what a webhook signature covers).
         return (data.decode("utf-8") if raw_body else parsed), content_type
     if mimetype in ("text/plain", HL7_V2):
@@ -92,9 +93,9 @@ def execute_handler(principal, bot_id: str | None) -> Response:
     body = response_body(run)
     status = 200 if run.success else 400
     ctype = _response_content_type()
-    if isinstance(body, str):
-        return Response(body.encode("utf-8"), status=status, content_type=_with_charset(ctype))
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if isinstance(body, str):  # express res.send(string): UTF-8, an unpaired surrogate becomes U+FFFD
+        return Response(jsonsafe.scrub_text(body).encode("utf-8"), status=status, content_type=_with_charset(ctype))
+    payload = jsonsafe.dumps_bytes(body)
     return Response(payload, status=status, content_type=_with_charset(ctype))
 
 

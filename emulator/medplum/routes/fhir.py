@@ -10,7 +10,11 @@ Medplum facts
   OperationOutcome so clients get a FHIR body).
 - `POST /fhir/R4/Binary` takes any content type: the raw bytes become the Binary.
 - Responses are `application/fhir+json`; `Prefer: return=minimal` sends no body.
-- An unexpected exception renders 500 with an `exception` OperationOutcome (never a crash).
+- A query string over 70,000 characters → 400 "Query string exceeds maximum length of 70000 characters"
+  (fhir-router urlrouter.ts). A real deployment may refuse a long URL earlier (Node's 16 KiB header limit
+  answers 431); the emulator serves up to the router's limit.
+- An unexpected exception renders 500 with an `exception` OperationOutcome saying only "Internal server
+  error" (never a crash, never exception text).
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
     from ..state import EmulatorState
 
 _WRITE_METHODS = {"POST", "PUT", "PATCH"}
+# @medplum/fhir-router urlrouter.ts MAX_QUERY_STRING_LENGTH (characters after '?', as sent: percent-encoded)
+MAX_QUERY_STRING_LENGTH = 70_000
 
 
 def register(app: Flask) -> None:
@@ -65,6 +71,9 @@ def fhir_handler(path: str) -> Response:
             return execute_handler(principal, parts[1] if len(parts) == 3 else None)
         if parts[-1] == "$deploy" and len(parts) == 3 and method == "POST":
             return deploy_handler(principal, parts[1])
+    if len(request.query_string) > MAX_QUERY_STRING_LENGTH:
+        # fhir-router urlrouter.ts: every URL the FhirRouter routes (not $execute, which has its own route)
+        raise BadRequest(f"Query string exceeds maximum length of {MAX_QUERY_STRING_LENGTH} characters")
     if len(parts) == 3 and parts[0] == "job" and parts[2] == "status" and method == "GET":
         return job_status_handler(principal, parts[1])
     if parts and parts[0] == "Binary" and method in ("POST", "PUT") and len(parts) <= 2 \

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...node import node_binary, node_modules_dir
+from .. import jsonsafe
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,22 @@ LOG_LIMIT_BYTES = 10 * 1024  # DESIGN: AuditEvent.outcomeDesc keeps the last 10 
 DEFAULT_TIMEOUT_S = 10.0  # Medplum: Bot.timeout default (vmcontext DEFAULT_VM_CONTEXT_TIMEOUT, Lambda default)
 READY_TIMEOUT_S = 30.0
 IDLE_TTL_S = 30.0  # extra workers (beyond `size`) idle this long are stopped
+
+# The only variables a worker inherits (DESIGN "Security model"): what Node itself needs to find programs,
+# the home directory, temp space, time zone, locale and extra CA certificates for TLS. Nothing else of the
+# emulator's environment (MEDPORT_ADMIN_CLIENT_SECRET, METRIPORT_*, MEDPLUM_CLIENT_SECRET, cloud credentials,
+# NODE_OPTIONS...) reaches a bot: on Medplum bots get secrets only through `event.secrets`.
+WORKER_ENV_KEEP = ("PATH", "HOME", "TZ", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TMPDIR",
+                   "TEMP", "TMP", "SYSTEMROOT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def worker_env(base: dict[str, str] | None = None, **runtime_vars: str) -> dict[str, str]:
+    """The environment of a bot worker: the allow-listed variables of `base` (default os.environ) plus the
+    runtime's own plumbing (`runtime_vars`, MEDPORT_* names that worker.js reads and then deletes)."""
+    base = os.environ if base is None else base
+    env = {k: base[k] for k in WORKER_ENV_KEEP if k in base}
+    env.update(runtime_vars)
+    return env
 
 
 @dataclass
@@ -131,7 +148,9 @@ class _Worker:
 
     # -- io
     def send(self, msg: dict) -> None:
-        data = (json.dumps(msg, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+        # jsonsafe: a non-finite number would make a line JSON.parse refuses, and the call would wait for
+        # an answer that never comes (it was the hang of test_fuzz_execute_never_5xx: {"a": -Infinity})
+        data = (jsonsafe.dumps(msg, default=str, ensure_ascii=True) + "\n").encode("ascii")
         with self._wlock:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
@@ -142,7 +161,7 @@ class _Worker:
                 try:
                     msg = json.loads(line)
                 except ValueError:
-                    log.warning("worker %s: bad protocol line %r", self.pid, line[:200])
+                    log.warning("worker %s: bad protocol line (%d bytes)", self.pid, len(line))
                     continue
                 t = msg.get("t")
                 if t == "log":
@@ -238,8 +257,7 @@ class BotRuntime:
             os.symlink(nm, os.path.join(self._bot_dir, "node_modules"), target_is_directory=True)
         except OSError:
             pass
-        self._env = dict(os.environ, MEDPORT_NODE_MODULES=str(nm), MEDPORT_BOT_DIR=self._bot_dir)
-        self._env.pop("NODE_OPTIONS", None)
+        self._env = worker_env(MEDPORT_NODE_MODULES=str(nm), MEDPORT_BOT_DIR=self._bot_dir)
         self._cond = threading.Condition()
         self._workers: set[_Worker] = set()
         self._idle: list[_Worker] = []

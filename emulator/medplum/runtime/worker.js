@@ -28,6 +28,9 @@ const { AsyncLocalStorage } = require('node:async_hooks');
 const PROTO_FD = Number(process.env.MEDPORT_PROTO_FD);
 const NODE_MODULES = process.env.MEDPORT_NODE_MODULES || path.resolve(__dirname, '..', '..', 'node_modules');
 const BOT_DIR = process.env.MEDPORT_BOT_DIR || fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'medport-bots-'));
+// The pool starts the worker with a minimal environment (pool.py WORKER_ENV_KEEP); the runtime's own
+// plumbing is read above and removed, so `process.env` as a bot sees it holds nothing of medport's.
+for (const name of ['MEDPORT_PROTO_FD', 'MEDPORT_NODE_MODULES', 'MEDPORT_BOT_DIR']) delete process.env[name];
 const SCRIPT_CACHE_MAX = 256;
 
 // `require` as Medplum gives it to vmcontext bots: a createRequire() rooted where the npm packages live.

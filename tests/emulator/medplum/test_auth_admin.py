@@ -97,6 +97,7 @@ def test_admin_endpoints(c):
 
 
 def test_developer_api(c, emu):
+    """As the admin client (access rules: test_security.py)."""
     assert requests.get(emu.base_url + "_emulator/health").json()["ready"] is True
     bot = c.create_bot("dev", "exports.handler = async () => { throw new Error('dev-fail'); };")
     c.execute(bot["id"], {})
@@ -104,9 +105,9 @@ def test_developer_api(c, emu):
     assert runs and runs[0]["outcome"] == "failure" and "dev-fail" in runs[0]["error"] + runs[0]["logs"]
     assert runs[0]["bot_name"] == "dev" and runs[0]["duration_ms"] >= 0 and runs[0]["started"]
     assert c.runs(bot=bot["id"], failed="false") == []
-    assert requests.post(emu.base_url + "_emulator/idle?timeout=5").json()["idle"] is True
+    assert c.idle(5) is True
     c.create({"resourceType": "Patient", "name": [{"family": "Reset"}]})
-    r = requests.post(emu.base_url + "_emulator/reset")
+    r = c.request("POST", "_emulator/reset")
     assert r.status_code == 200
     c2 = admin_client(emu)  # the admin client survives a reset
     assert c2.search("Patient") == [] and c2.runs() == []
@@ -141,15 +142,15 @@ _paths = st.one_of(
     st.lists(_segment, min_size=1, max_size=4).map("/".join))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]), path=_paths, ctype=_ctypes, body=_bodies,
        query=st.dictionaries(st.sampled_from(["_count", "_sort", "identifier", "name", "_id", "x", "_offset"]),
                              st.text(max_size=10), max_size=3))
 def test_fuzz_never_5xx(c, method, path, ctype, body, query):
     headers = {"Content-Type": ctype} if ctype else {}
     r = c.http.request(method, c.base_url + "fhir/R4/" + requests.utils.quote(path, safe="/$"), params=query,
-                       data=body if method != "GET" else None, headers=headers, timeout=30)
+                       data=body if method != "GET" else None, headers=headers, timeout=10)
     assert r.status_code < 500, (method, path, ctype, body[:100], r.status_code, r.text[:300])
 
 
@@ -158,8 +159,10 @@ def fuzz_bot(c):
     return c.create_bot("fuzz", "exports.handler = async (m, e) => e.input;")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+# It used to hang: a body with -Infinity (Python's json reads it, JSON.parse does not) was written to the bot
+# worker as a line its JSON.parse dropped, and the request waited for the runtime's hard cap (test_fuzz.py).
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(method=st.sampled_from(["GET", "POST"]), ctype=_ctypes, body=_bodies,
        query=st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=10), max_size=3),
        prefer=st.sampled_from([None, "respond-async", "return=minimal"]))
@@ -168,5 +171,5 @@ def test_fuzz_execute_never_5xx(c, fuzz_bot, method, ctype, body, query, prefer)
     if prefer:
         headers["Prefer"] = prefer
     r = c.http.request(method, c.fhir(f"Bot/{fuzz_bot['id']}/$execute"), params=query,
-                       data=body if method == "POST" else None, headers=headers, timeout=30)
+                       data=body if method == "POST" else None, headers=headers, timeout=10)
     assert r.status_code < 500, (method, ctype, body[:100], r.status_code, r.text[:300])

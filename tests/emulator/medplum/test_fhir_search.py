@@ -169,3 +169,16 @@ def test_patient_compartment():
     assert {"reference": f"Patient/{p['id']}"} in p["meta"]["compartment"]
     assert ids(repo, "Observation", f"_compartment=Patient/{p['id']}") == {o["id"]}
     repo.close()
+
+
+def test_token_text_with_long_and_many_values_stays_within_sqlite_limits():
+    """`:text` is a substring match (server fhir/token-column.ts); a value past SQLite's LIKE pattern limit and
+    thousands of OR values still answer correctly instead of 'pattern too complex' / 'Expression tree is too large'."""
+    repo = Repository(None)
+    long_text = "x_" * 30000
+    repo.create({"resourceType": "Observation", "status": "final", "code": {"text": "load-1 " + long_text}})
+    many = ",".join(f"v{i}" for i in range(3000))
+    assert ids(repo, "Observation", "code:text=" + long_text)
+    assert ids(repo, "Observation", f"code:text={many},LOAD-1")
+    assert not ids(repo, "Observation", f"code:text={many}")
+    repo.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from medport.emulator.metriport.errors import MetriportError, ServiceUnavailable, TooManyRequests, ValidationError
+from medport.emulator.metriport.errors import DevError, MetriportError, ServiceUnavailable, TooManyRequests
 from medport.emulator.metriport.faults import DEFAULTS, Faults, RateLimiter
 
 from tests.emulator.metriport.conftest import Clock
@@ -14,14 +14,26 @@ from tests.emulator.metriport.conftest import Clock
     ({"slow_ms": -1}, "slow_ms: Expected a non-negative number"),
     ({"fail_next": True}, "fail_next: Expected a non-negative number"),
     ({"error_rate": 1.5}, "error_rate: must be between 0 and 1"),
+    ({"error_rate": float("nan")}, "error_rate: Expected a non-negative number"),
+    ({"slow_ms": 1e30}, "slow_ms: must be at most 60000"),
+    ({"slow_ms": float("inf")}, "slow_ms: Expected a non-negative number"),
+    ({"fail_next": 1.5}, "fail_next: must be a whole number up to 1000000"),
     ({"fail_status": 418}, "fail_status: must be 429, 500 or 503"),
 ])
 def test_set_names_the_invalid_fault(changes, problem):
     faults = Faults()
-    with pytest.raises(ValidationError) as e:
+    with pytest.raises(DevError) as e:
         faults.set(**changes)
     assert e.value.problems == [problem]
     assert faults.snapshot() == DEFAULTS
+
+
+def test_set_is_all_or_nothing():
+    faults = Faults()
+    with pytest.raises(DevError) as e:
+        faults.set(error_rate=0.5, slow_ms=-1, bogus=True)
+    assert e.value.problems == ["bogus: unknown fault", "slow_ms: Expected a non-negative number"]
+    assert faults.snapshot() == DEFAULTS  # the valid error_rate was not applied either
 
 
 def test_fail_next_counts_down_with_the_chosen_status():
@@ -29,7 +41,7 @@ def test_fail_next_counts_down_with_the_chosen_status():
     faults.set(fail_next=3, fail_status=429)
     with pytest.raises(TooManyRequests) as e:
         faults.maybe_fail()
-    assert e.value.headers == {"Retry-After": "1"}
+    assert e.value.headers == {"Retry-After": "1"} and e.value.status == 429
     faults.set(fail_status=503)
     with pytest.raises(ServiceUnavailable):
         faults.maybe_fail()

@@ -1,84 +1,19 @@
-"""Fake Metriport: demographics rules, JS-compatible webhook JSON, synthetic bundles, data loading."""
+"""Fake Metriport: JS-compatible webhook JSON, signatures, synthetic bundles, data loading (the request
+rules are in test_rules.py and test_sdk_parity.py)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
 
 import pytest
-from medport.emulator.metriport import rules, synth, webhooks
-from medport.emulator.metriport.errors import ValidationError
+from medport.emulator.metriport import synth, webhooks
 from medport.emulator.metriport.seed import load_data, seed_datasets
 from medport.emulator.shared import converted_ccda_dir
 
 from tests.paths import NODE
 
 FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
-GOOD = {"firstName": "Jane", "lastName": "Smith", "dob": "1996-02-10", "genderAtBirth": "F",
-        "address": [{"addressLine1": "2 Walnut St", "city": "Denver", "state": "co", "zip": "80203-1234"}],
-        "contact": [{"phone": "+1 (303) 555-0199"}]}
-
-
-def test_valid_demographics_normalized():
-    body = dict(GOOD, address=[dict(GOOD["address"][0], zip=" 80203 ")])
-    d = rules.validate_demographics(body, today=dt.date(2026, 1, 1))
-    assert d["address"][0] == {"addressLine1": "2 Walnut St", "city": "Denver", "state": "CO", "zip": "80203", "country": "USA"}
-    assert d["contact"] == [{"phone": "3035550199"}]
-
-
-def test_zip_plus4_is_not_five_digits():
-    # zip: non-digits stripped, then exactly 5 digits (ZIP+4 "80203-1234" → 9 digits → invalid)
-    with pytest.raises(ValidationError) as e:
-        rules.validate_demographics(GOOD)
-    assert any("zip" in p for p in e.value.problems)
-
-
-def test_every_problem_named():
-    bad = {"firstName": " ", "lastName": "", "dob": "1899-12-31", "genderAtBirth": "X",
-           "address": [{"addressLine1": "", "city": "", "state": "ZZ", "zip": "12345", "country": "CAN"}],
-           "contact": [{"phone": "555-0199"}, {}]}
-    with pytest.raises(ValidationError) as e:
-        rules.validate_demographics(bad)
-    text = " | ".join(e.value.problems)
-    for needle in ("firstName", "lastName", "dob: Date can't be before 1900", "genderAtBirth", "address[0].addressLine1",
-                   "address[0].city", "address[0].state", "address[0].zip: Invalid zip code", "address[0].country",
-                   "contact[0].phone", "contact[1]: Either email or phone"):
-        assert needle in text, needle
-
-
-@pytest.mark.parametrize("dob,ok", [("2000-02-29", True), ("2001-02-29", False), ("2000-1-01", False),
-                                    ("01/02/2000", False), ("1900-01-01", True), ("2999-01-01", False)])
-def test_dob(dob, ok):
-    assert (rules.check_dob(dob, dt.date(2026, 1, 1)) is None) == ok
-
-
-@pytest.mark.parametrize("state,ok", [("DC", True), ("pr", True), ("GU", True), ("VI", True), ("AS", True), ("MP", True), ("XX", False)])
-def test_states_and_territories(state, ok):
-    body = dict(GOOD, address={"addressLine1": "1 A St", "city": "X", "state": state, "zip": "00901"}, contact={"email": "a@b.co"})
-    if ok:
-        rules.validate_demographics(body)
-    else:
-        with pytest.raises(ValidationError):
-            rules.validate_demographics(body)
-
-
-def test_phone_leading_one_and_email_alternative():
-    assert rules.normalize_phone("1-303-555-0199") == "3035550199"
-    body = dict(GOOD, address=[{"addressLine1": "1 A", "city": "B", "state": "CA", "zip": "94114"}], contact=[{"email": "x@example.com"}])
-    assert rules.validate_demographics(body)["contact"] == [{"email": "x@example.com"}]
-
-
-def test_metadata_limits():
-    assert rules.validate_metadata({"a": "b"}) == {"a": "b"}
-    with pytest.raises(ValidationError) as e:
-        rules.validate_metadata({**{f"k{i}": "v" for i in range(51)}, "x" * 41: "v", "big": "v" * 501, "num": 1})
-    text = " ".join(e.value.problems)
-    assert "too many" in text and "x" * 41 in text and "big" in text and "num" in text
-
-
-
-
 def test_js_stringify_matches_node():
     values = [{"meta": {"messageId": "m", "data": {"b": "ü", "10": "x", "2": "y", "a": "\u2028"}}, "n": [1.0, 0.1, 1e21, 1e-7, 123456789.125, -0.0, 2.5e-5, 1e300],
                "s": "tab\tquote\"back\\slash/\x01 é 😀", "nested": [None, True, False, {}, []]}]

@@ -100,5 +100,5 @@ def test_bad_signature_and_duplicate_faults(sender, receiver, faults):
 
 def test_configure_keeps_or_clears_the_key(sender):
     assert sender.configure("http://hook.test/other")["webhookKey"] == "key-1"
-    assert sender.configure(None) == {"id": "cx", "webhookUrl": None, "webhookKey": None}
+    assert sender.configure(None) == {"id": "cx", "webhookUrl": None, "webhookKey": None, "mrFilters": None}
     assert sender.send("medical.consolidated-data", {}, None).detail == "Missing webhook config"

@@ -1,0 +1,184 @@
+"""JavaScript semantics Metriport's validation depends on, in Python.
+
+Metriport validates requests in Node (zod + @metriport/shared), so its outcome depends on how
+JavaScript treats strings and numbers: `String.prototype.trim` (its own whitespace set),
+`String(value)` of JSON values (what `z.coerce.string()` does to a zip or a phone),
+`Number(string)`, lengths counted in UTF-16 code units, and the order of an object's keys
+(integer-like keys first). Each helper here reproduces one of those for the JSON values a
+request body can hold (dict, list, str, int, float, bool, None); `UNDEFINED` stands for a
+missing key.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+# ECMAScript WhiteSpace + LineTerminator (what trim() strips and regex \s matches)
+JS_WHITESPACE = ("\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                 "\u2028\u2029\u202f\u205f\u3000\ufeff")
+JS_SPACE_CLASS = "[" + re.escape(JS_WHITESPACE) + "]"
+
+
+class _Undefined:
+    """JavaScript's `undefined` (a key absent from an object)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "undefined"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNDEFINED: Any = _Undefined()
+
+
+def js_trim(s: str) -> str:
+    return s.strip(JS_WHITESPACE)
+
+
+def is_js_space(ch: str) -> bool:
+    return len(ch) == 1 and ch in JS_WHITESPACE
+
+
+def utf16_units(s: str) -> list[int]:
+    """The string as JavaScript sees it: UTF-16 code units (astral characters are two)."""
+    out: list[int] = []
+    for ch in s:
+        c = ord(ch)
+        if c > 0xFFFF:
+            c -= 0x10000
+            out += [0xD800 + (c >> 10), 0xDC00 + (c & 0x3FF)]
+        else:
+            out.append(c)
+    return out
+
+
+def js_length(s: str) -> int:
+    """`s.length`: UTF-16 code units."""
+    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in s)
+
+
+def js_substring(s: str, start: int, end: int) -> str:
+    """`s.substring(start, end)` on code units (a cut astral character leaves a lone surrogate)."""
+    units = utf16_units(s)[start:end]
+    return "".join(chr(u) for u in units)  # surrogates stay as lone code points: never digits
+
+
+def has_lone_surrogate(s: str) -> bool:
+    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
+
+
+def js_type(v: Any) -> str:
+    """zod's parsed type name of a JSON value (`getParsedType`)."""
+    if v is UNDEFINED:
+        return "undefined"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "nan" if isinstance(v, float) and math.isnan(v) else "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def js_float(v: int | float) -> float:
+    """A JSON number as JavaScript holds it (a double; huge integers round, overflow to ±Infinity)."""
+    if isinstance(v, float):
+        return v
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def js_number_to_string(x: float) -> str:
+    """`Number.prototype.toString()` (ECMAScript Number::toString, radix 10)."""
+    if math.isnan(x):
+        return "NaN"
+    if x == 0:
+        return "0"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x < 0:
+        return "-" + js_number_to_string(-x)
+    mant, _, exp = repr(x).partition("e")   # repr is the shortest round-trip form, like V8's
+    int_part, _, frac = mant.partition(".")
+    digits = (int_part + frac).lstrip("0")
+    point = len(int_part) + (int(exp) if exp else 0)    # decimal point position within int_part+frac
+    lead = len(int_part + frac) - len((int_part + frac).lstrip("0"))
+    n = point - lead                                     # value = 0.digits × 10^n
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * (-n) + digits
+    e = n - 1
+    sign = "+" if e >= 0 else "-"
+    return (digits if k == 1 else digits[0] + "." + digits[1:]) + "e" + sign + str(abs(e))
+
+
+def js_string(v: Any, _depth: int = 0) -> str:
+    """`String(v)` for a JSON value (what `z.coerce.string()` does)."""
+    if v is UNDEFINED:
+        return "undefined"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return js_number_to_string(js_float(v))
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        if _depth > 200:
+            raise RecursionError("array nested too deeply")
+        return ",".join("" if x is None or x is UNDEFINED else js_string(x, _depth + 1) for x in v)
+    return "[object Object]"
+
+
+_DECIMAL = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|Infinity)\Z")
+_RADIX = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)\Z")
+
+
+def js_number(s: str) -> float:
+    """`Number(s)` for a string (StringToNumber)."""
+    t = js_trim(s)
+    if t == "":
+        return 0.0
+    if _RADIX.match(t):
+        return float(int(t[2:], {"x": 16, "o": 8, "b": 2}[t[1].lower()]))
+    if _DECIMAL.match(t):
+        if t.lstrip("+-") == "Infinity":
+            return -math.inf if t.startswith("-") else math.inf
+        return float(t)
+    return math.nan
+
+
+_INDEX_KEY = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+
+
+def js_keys(obj: dict) -> list[str]:
+    """`Object.keys` order of an object parsed from JSON: array-index keys ascending, then the rest as inserted."""
+    idx = [k for k in obj if _INDEX_KEY.match(k) and int(k) < 2**32 - 1]
+    rest = [k for k in obj if not (_INDEX_KEY.match(k) and int(k) < 2**32 - 1)]
+    return sorted(idx, key=int) + rest
+
+
+def strip_non_numeric(s: str) -> str:
+    """@metriport/shared `stripNonNumericChars`: `str.trim().replace(/\\D/g, "")` (ASCII digits kept)."""
+    return re.sub(r"[^0-9]", "", js_trim(s))
