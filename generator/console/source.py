@@ -228,7 +228,7 @@ class Source:
         if not self.settings.metriport_configured:
             return None
         try:
-            r = self._metriport("GET", "/medical/v1/settings/webhook")
+            r = self._metriport("GET", "/settings/webhook")
         except requests.RequestException as e:
             return {"error": f"Metriport did not answer ({type(e).__name__})"}
         if r.status_code != 200:
@@ -243,7 +243,7 @@ class Source:
         if not self.settings.metriport_configured:
             return False, "Metriport's API is not configured (METRIPORT_API_KEY)"
         try:
-            r = self._metriport("POST", "/medical/v1/settings/webhook/retry")
+            r = self._metriport("POST", "/settings/webhook/retry")
         except requests.RequestException as e:
             return False, f"Metriport did not answer ({type(e).__name__})"
         self.invalidate()
