@@ -125,3 +125,4 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert not state_path.exists(), "the state file outlived the emulator"
     assert "medport-dev-metriport-key" in out and "the fixed development key" in out
+    assert f"sync console: {state['console_url']}" in out

@@ -323,3 +323,13 @@ def test_a_bearer_token_of_the_admin_client_opens_the_console(client, monkeypatc
     assert client.get("/api/health", headers={"Authorization": "Bearer good"}).status_code == 200
     assert client.get("/api/health", headers={"Authorization": "Bearer good"}).status_code == 200
     assert asked == ["Bearer other", "Bearer good"]          # a valid token is remembered for a minute
+
+
+def test_the_figures_need_no_flask():
+    """`medport status --json` computes the console's figures without loading the web app."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medport.generator.status, medport.generator.console.figures, medport.generator.console.command; "
+            "print('flask' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
