@@ -141,7 +141,8 @@ class Source:
                 bot = self.http.search_one("find bot", "Bot", f"name={DEFAULT_BOT_NAMES[role]}")
             if bot is not None:
                 found[role] = {"id": bot["id"], "name": bot.get("name") or DEFAULT_BOT_NAMES[role]}
-        self._bots = found
+        if len(found) == 2:
+            self._bots = found          # both found: no need to look again (a missing one is looked up each time)
         return found
 
     # -- snapshot -----------------------------------------------------------------------------
