@@ -53,7 +53,8 @@ def _browser():
 
 @pytest.fixture(scope="module")
 def stack():
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.4) as s:
+    # 1 s between the fake's messages: time to inject the fault between document download and conversion
+    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=1.0) as s:
         yield s
 
 
@@ -226,7 +227,8 @@ def test_console_in_chromium(stack, console, browser):
     failed = testing.wait_until(lambda: [t for t in message_tasks(stack, chris["id"]) if t["status"] == "failed"],
                                 timeout=60)
     stack.fake.set_faults(fail_next=0)
-    assert failed and "conversion" in failed[0]["description"], failed
+    assert failed and "conversion" in failed[0]["description"], [
+        (t["description"], t["status"]) for t in message_tasks(stack, chris["id"])]
     task_id = failed[0]["id"]
     browser.get(f"{console.url}patients/{chris['id']}")
     row = browser.find_element(By.CSS_SELECTOR, f'tr.msg[data-task="{task_id}"]')
