@@ -28,7 +28,7 @@ demo: setup
 
 test: setup
 	@$(NODE) --test --test-reporter=spec 'tests/js/*.test.mjs'
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	@$(PY) bench/run.py

@@ -103,7 +103,10 @@ class MetriportError extends Error {
  * @param {Record<string, unknown>} [fields]
  */
 function log(level, message, fields) {
-  const line = '[' + CONFIG.botName + '] ' + message + (fields ? ' ' + JSON.stringify(fields) : '');
+  // Warnings and errors say so in the text too: on vmcontext, Medplum keeps the log (AuditEvent.outcomeDesc)
+  // without levels.
+  const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
+    (fields ? ' ' + JSON.stringify(fields) : '');
   if (level === 'error') {
     console.error(line);
   } else if (level === 'warn') {
@@ -261,12 +264,13 @@ async function metriport(event, method, path, query, body, okStatuses) {
   }
   const qs = params.toString();
   const url = metriportBase(event) + path + (qs ? '?' + qs : '');
-  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/[^/]+/, '/patient/{id}');
+  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/(?!(?:match|bulk)(?:\/|$))[^/]+/, '/patient/{id}');
   /** @type {Record<string, string>} */
   const headers = { 'x-api-key': apiKey, accept: 'application/json' };
   if (body !== undefined) {
     headers['content-type'] = 'application/json';
   }
+  const started = Date.now();
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
@@ -282,6 +286,14 @@ async function metriport(event, method, path, query, body, okStatuses) {
       parsed = undefined;
     }
   }
+  // One record per call (ids and statuses only), so the sync can be reconstructed from Medplum's AuditEvents.
+  log('info', 'metriport call', {
+    method,
+    path: what.slice(what.indexOf('/')),
+    status: res.status,
+    ms: Date.now() - started,
+    ...(parsed && typeof parsed === 'object' && typeof parsed.requestId === 'string' ? { requestId: parsed.requestId } : {}),
+  });
   if ((res.status >= 200 && res.status < 300) || (okStatuses || []).includes(res.status)) {
     return { status: res.status, body: parsed };
   }
@@ -1007,17 +1019,20 @@ exports.handler = async (medplum, event) => {
   }
 
   const metadata = { medplumPatientId: patientId };
+  const queryAt = new Date().toISOString();
+  /** @type {any} */
+  let query;
   try {
     if (CONFIG.flow === 'consolidated') {
-      await startConsolidatedQuery(event, mid, patientId);
+      query = await startConsolidatedQuery(event, mid, patientId);
     } else {
-      await metriport(
+      query = (await metriport(
         event,
         'POST',
         '/medical/v1/document/query',
         { patientId: mid, facilityId },
         { metadata }
-      );
+      )).body;
     }
   } catch (err) {
     // Linked, but no query: mark it, so that the next save of this Patient (or the update this mark
@@ -1027,7 +1042,13 @@ exports.handler = async (medplum, event) => {
     }
     throw err;
   }
-  log('info', 'Metriport ' + CONFIG.flow + ' started', { patient: patientId, metriportPatient: mid });
+  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
+  log('info', 'Metriport ' + CONFIG.flow + ' started', {
+    patient: patientId,
+    metriportPatient: mid,
+    requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+    at: queryAt,
+  });
   if (retryQuery) {
     await writeLink(medplum, patientId, { metriportId: mid, fingerprint });
   }

@@ -29,7 +29,7 @@
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
  *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
- *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[] } } Summary
+ *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[] } } Summary
  * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
  *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
  *   processing has finished: every patient before `patient`, and the first `done` items (in import
@@ -307,7 +307,10 @@ class MetriportError extends Error {
  * @param {Record<string, unknown>} [fields]
  */
 function log(level, message, fields) {
-  const line = '[' + CONFIG.botName + '] ' + message + (fields ? ' ' + JSON.stringify(fields) : '');
+  // Warnings and errors say so in the text too: on vmcontext, Medplum keeps the log (AuditEvent.outcomeDesc)
+  // without levels.
+  const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
+    (fields ? ' ' + JSON.stringify(fields) : '');
   if (level === 'error') {
     console.error(line);
   } else if (level === 'warn') {
@@ -465,12 +468,13 @@ async function metriport(event, method, path, query, body, okStatuses) {
   }
   const qs = params.toString();
   const url = metriportBase(event) + path + (qs ? '?' + qs : '');
-  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/[^/]+/, '/patient/{id}');
+  const what = 'Metriport ' + method + ' ' + path.replace(/\/patient\/(?!(?:match|bulk)(?:\/|$))[^/]+/, '/patient/{id}');
   /** @type {Record<string, string>} */
   const headers = { 'x-api-key': apiKey, accept: 'application/json' };
   if (body !== undefined) {
     headers['content-type'] = 'application/json';
   }
+  const started = Date.now();
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
@@ -486,6 +490,14 @@ async function metriport(event, method, path, query, body, okStatuses) {
       parsed = undefined;
     }
   }
+  // One record per call (ids and statuses only), so the sync can be reconstructed from Medplum's AuditEvents.
+  log('info', 'metriport call', {
+    method,
+    path: what.slice(what.indexOf('/')),
+    status: res.status,
+    ms: Date.now() - started,
+    ...(parsed && typeof parsed === 'object' && typeof parsed.requestId === 'string' ? { requestId: parsed.requestId } : {}),
+  });
   if ((res.status >= 200 && res.status < 300) || (okStatuses || []).includes(res.status)) {
     return { status: res.status, body: parsed };
   }
@@ -651,7 +663,19 @@ function newSummary(msg) {
     queriesStarted: 0,
     fixes: {},
     failures: [],
+    subjects: [],
   };
+}
+
+/**
+ * Record which Medplum Patient a message was about (Task.for when it is exactly one).
+ * @param {Summary} summary
+ * @param {string | undefined} patientId
+ */
+function addSubject(summary, patientId) {
+  if (patientId && !summary.subjects.includes(patientId)) {
+    summary.subjects.push(patientId);
+  }
 }
 
 /**
@@ -763,9 +787,16 @@ async function processMessage(medplum, event, msg, ctx) {
           log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
           continue;
         }
-        await startConsolidatedQuery(event, mid, subject.id);
+        const at = new Date().toISOString();
+        const query = await startConsolidatedQuery(event, mid, subject.id);
         summary.queriesStarted++;
-        log('info', 'consolidated query started', { metriportPatient: mid, patient: subject.id });
+        addSubject(summary, subject.id);
+        log('info', 'consolidated query started', {
+          metriportPatient: mid,
+          patient: subject.id,
+          requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+          at,
+        });
       } catch (err) {
         if (err instanceof LeaseLost) {
           throw err;
@@ -916,6 +947,7 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
     summary.failures.push({ type: 'Patient', id: mid, status: 'error', text: errorText(err) });
     return;
   }
+  addSubject(summary, subjectId);
   const resources = await fetchConsolidated(event, msg, p, subjectId, summary);
   if (!resources) {
     return;
@@ -1976,6 +2008,7 @@ async function persistMessage(medplum, msg, raw) {
     identifier: [{ system: MT.identifierSystem, value: messageId }],
     authoredOn: new Date().toISOString(),
     description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
+    authoredOn: new Date().toISOString(), // arrival
     input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
   };
   /** @type {any} */
@@ -2200,6 +2233,9 @@ function taskOutcome(task, summary, fatal) {
     done = withExt(done, MT.progressUrl, undefined);
   }
   done.executionPeriod = { ...(task.executionPeriod || {}), end: new Date().toISOString() };
+  if (summary.subjects && summary.subjects.length === 1) {
+    done.for = { reference: 'Patient/' + summary.subjects[0] };
+  }
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
   if (failed) {
     done.statusReason = {

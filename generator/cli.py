@@ -27,6 +27,8 @@ LAZY_COMMANDS = {
     "doctor": ("medport.generator.doctor:doctor_command",
                "Check Python, Node, npm packages, ports, config and credentials; say what to do."),
     "status": ("medport.generator.status:status_command", "Show the emulator running from this folder."),
+    "console": ("medport.generator.console.command:console_command",
+                "Serve the sync console: patients' timelines, the integration's health, replay."),
 }
 
 

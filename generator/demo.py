@@ -112,11 +112,22 @@ def demo_command(config_path, patient, timeout, keep_running):
             raise click.ClickException(f"demo failed: {why} — the bot runs above show where")
         click.echo(click.style(f"✓ flow complete in {time.monotonic() - t0:.1f} s", fg="green", bold=True))
         if keep_running:
+            from .console.command import serve_for_stack
+
+            from .localdefaults import DEFAULT_ADMIN_CLIENT_SECRET
+
+            console = serve_for_stack(stack, cfg)
+            emu = stack.emulator
+            secret = emu.admin_client_secret if emu.admin_client_secret == DEFAULT_ADMIN_CLIENT_SECRET else "(yours)"
+            click.echo(f"sync console: {console.url}patients/{pat['id']}   (sign in with the admin client: "
+                       f"id {emu.admin_client_id}, secret {secret})")
             click.echo("serving; Ctrl-C to stop")
             try:
                 while True:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
+            finally:
+                console.stop()
     finally:
         stack.close()

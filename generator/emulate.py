@@ -17,7 +17,8 @@ from medport.emulator.serving import PortInUse, wait_for_stop
 from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
-from .localdefaults import DEV_FAKE_METRIPORT_API_KEY
+from .console.command import serve_for_stack
+from .localdefaults import CONSOLE_PORT, DEV_FAKE_METRIPORT_API_KEY
 from .stack import MissingInput, Stack, start_stack
 
 
@@ -86,8 +87,12 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 @click.option("--metriport-api-key", envvar="MEDPORT_FAKE_METRIPORT_API_KEY", default=None,
               help=f"API key the fake Metriport accepts [env MEDPORT_FAKE_METRIPORT_API_KEY; default "
                    f"{DEV_FAKE_METRIPORT_API_KEY}].")
+@click.option("--console-port", default=CONSOLE_PORT, show_default=True, type=int,
+              help="Port of the sync console (on 127.0.0.1; a busy port falls back to a free one).")
+@click.option("--no-console", is_flag=True, help="Do not serve the sync console.")
 def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
-                    metriport_port, metriport_mode, metriport_data, metriport_api_key) -> None:
+                    metriport_port, metriport_mode, metriport_data, metriport_api_key, console_port,
+                    no_console) -> None:
     """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
     cfg, problem = None, None
     if not no_deploy and Path(CONFIG_FILENAME).exists():
@@ -107,18 +112,25 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
         raise click.ClickException(str(e)) from None
     except MedplumError as e:
         raise click.ClickException(f"bots: deployment failed at {e}") from None
+    console = None
     try:
         storage = db_path if not memory else "memory"
         _banner(stack, storage, time.perf_counter() - t0)
         _deployment(stack, no_deploy, problem)
-        statefile.write(_state(stack, host, storage, metriport_mode))
+        if not no_console:
+            console = serve_for_stack(stack, cfg, port=console_port)
+            click.echo(f"sync console: {console.url}   (sign in with the admin client id and secret above; "
+                       "`medport status --json` prints its health figures)")
+        statefile.write(_state(stack, host, storage, metriport_mode, console.url if console else None))
         wait_for_stop()
     finally:
         statefile.remove()
+        if console is not None:
+            console.stop()
         stack.close()
 
 
-def _state(stack: Stack, host: str, storage: str, metriport_mode: str) -> dict:
+def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_url: str | None = None) -> dict:
     """What `.medport/emulator.json` holds: where to reach things, never a secret."""
     emu = stack.emulator
     return {"base_url": emu.base_url, "fhir_url": f"{emu.base_url}fhir/R4/", "host": host, "port": emu.port,
@@ -128,4 +140,5 @@ def _state(stack: Stack, host: str, storage: str, metriport_mode: str) -> dict:
             "metriport": metriport_mode,
             "metriport_url": stack.fake.base_url if stack.fake else stack.metriport_base_url,
             "metriport_port": int(stack.fake.base_url.rsplit(":", 1)[1]) if stack.fake else None,
-            "facility_id": stack.fake.facility_id if stack.fake else None}
+            "facility_id": stack.fake.facility_id if stack.fake else None,
+            "console_url": console_url}

@@ -10,6 +10,7 @@ import os
 
 EMULATOR_PORT = 8103                    # Medplum's own port
 FAKE_METRIPORT_PORT = 8180
+CONSOLE_PORT = 8104                     # `medport console`, and the console `medport emulate` serves
 DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 # The fake Metriport's API key unless MEDPORT_FAKE_METRIPORT_API_KEY (or `medport emulate --metriport-api-key`)

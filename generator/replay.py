@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import time
+from datetime import datetime
 
 import click
 import requests
@@ -70,7 +71,6 @@ def _ext(task: dict, url: str) -> dict | None:
 
 
 def _iso_to_epoch(value: str | None) -> float | None:
-    from datetime import datetime
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except (TypeError, ValueError):
@@ -113,6 +113,14 @@ def requeue_body(task: dict) -> dict:
     return t
 
 
+def requeue_task(http: MedplumHttp, task: dict) -> dict:
+    """Put one stored message back to `requested` (`requeue_body`), guarded by the version read (If-Match): a
+    message that changed since (being processed) is not touched — MedplumError with status 412."""
+    vid = (task.get("meta") or {}).get("versionId")
+    return http.fhir(f"requeue Task/{task['id']}", "PUT", f"Task/{task['id']}", json_body=requeue_body(task),
+                     headers={"If-Match": f'W/"{vid}"'} if vid else None)
+
+
 def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0) -> tuple[int, int]:
     """Put every failed, cut-off or forgotten stored message back to `requested`: the Task subscription
     processes it again (from its checkpoint, attempts counted afresh)."""
@@ -121,10 +129,8 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
     for t, why in tasks:
-        vid = (t.get("meta") or {}).get("versionId")
         try:
-            http.fhir(f"requeue Task/{t['id']}", "PUT", f"Task/{t['id']}", json_body=requeue_body(t),
-                      headers={"If-Match": f'W/"{vid}"'} if vid else None)
+            requeue_task(http, t)
         except MedplumError as e:
             if e.status == 412:
                 echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")

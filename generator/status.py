@@ -45,11 +45,68 @@ def _answers(url: str | None) -> bool:
     return True
 
 
+def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
+                        fhir_only: bool = False) -> dict:
+    """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
+    from .config import CONFIG_FILENAME, ConfigError, load_config
+    from .console.command import settings_for
+    from .console.figures import health
+    from .console.model import reconstruct
+    from .console.source import Source
+    from .medplum_http import MedplumError
+
+    try:
+        cfg = load_config(CONFIG_FILENAME)
+    except (ConfigError, OSError):
+        cfg = None
+    settings = settings_for(base_url=base_url, client_id=client_id, client_secret=client_secret, fhir_only=fhir_only,
+                            metriport_url=None, metriport_api_key=None, cfg=cfg)
+    try:
+        return health(reconstruct(Source(settings).snapshot()))
+    except (MedplumError, requests.RequestException) as e:
+        return {"error": str(e)}
+
+
+def _echo_integration(fig: dict) -> None:
+    if "error" in fig:
+        click.echo(click.style(f"sync       could not read the records: {fig['error']}", fg="red"))
+        return
+    d, m, p, s, a = fig["deliveries"], fig["messages"], fig["processing"], fig["stuck"], fig["aggregation"]
+    rate = "—" if d["success_rate"] is None else f"{d['success_rate'] * 100:.1f} %"
+    click.echo(f"webhooks   {d['total']} delivered to the webhook bot, {rate} acknowledged within 4 s")
+    click.echo(f"messages   {m['total']} stored: " + (", ".join(f"{n} {k}" for k, n in m["by_status"].items()) or "none")
+               + (click.style(f"; {p['failed_messages']} failed", fg="red") if p["failed_messages"] else "")
+               + (click.style(f"; {s['count']} stuck", fg="yellow") if s["count"] else ""))
+    if a["count"]:
+        click.echo(f"aggregation  query start → data in Medplum: p50 {a['p50_s']:.1f} s, p95 {a['p95_s']:.1f} s "
+                   f"({a['count']} done, {a['pending']} awaiting data)")
+    wh = fig["metriport_webhook"]
+    if wh["configured"]:
+        label = "enabled" if wh.get("enabled") else "DISABLED" if wh.get("enabled") is False else "unknown"
+        click.echo(f"Metriport  webhook {label}" + (f" ({wh['detail']})" if wh.get("detail") else ""))
+
+
 @click.command("status")
-@click.option("--base-url", help="Ask this emulator instead of the one recorded in .medport/emulator.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status_command(base_url, as_json):
-    """Show the emulator running from this folder: URLs, readiness, deployed bots, runs. Exit 1 when none is ready."""
+@click.option("--base-url", help="Ask this emulator (or, with --client-id/--client-secret, this Medplum) instead of "
+                                 "the one recorded in .medport/emulator.json.")
+@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID",
+              help="An admin client of a real Medplum: report the integration's figures from its records.")
+@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON; `integration` holds the sync console's health figures.")
+def status_command(base_url, client_id, client_secret, as_json):
+    """Show the emulator running from this folder: URLs, readiness, deployed bots, runs, and the integration's
+    health figures (those of `medport console`). Exit 1 when none is ready."""
+    if base_url and client_id and client_secret:
+        fig = integration_figures(base_url, client_id, client_secret, fhir_only=True)
+        if as_json:
+            click.echo(json.dumps({"running": "error" not in fig, "base_url": base_url, "integration": fig}, indent=2))
+        else:
+            click.echo(f"Medplum    {base_url}")
+            _echo_integration(fig)
+        if "error" in fig:
+            raise SystemExit(1)
+        return
     state = statefile.read() if not base_url else None
     stale = bool(state) and not statefile.pid_alive(state.get("pid"))
     if not base_url and (not state or stale):
@@ -63,8 +120,10 @@ def status_command(base_url, as_json):
     health = probe(url)
     counts = run_counts(url) if health.get("reachable") else None
     fake_up = _answers((state or {}).get("metriport_url")) if (state or {}).get("metriport") == "fake" else None
+    fig = integration_figures(base_url, None, None) if health.get("reachable") and health.get("ready") else None
     out = {"running": bool(health.get("reachable")), "ready": bool(health.get("ready")), "base_url": url,
-           "health": health, "state": state, "runs": counts, "fake_metriport_answers": fake_up}
+           "health": health, "state": state, "runs": counts, "fake_metriport_answers": fake_up,
+           "console_url": (state or {}).get("console_url"), "integration": fig}
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
@@ -87,5 +146,9 @@ def status_command(base_url, as_json):
         if counts is not None:
             click.echo(f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
                        + ("  → `medport runs --failed --logs`" if counts["failed"] else ""))
+        if fig is not None:
+            _echo_integration(fig)
+        if out["console_url"]:
+            click.echo(f"console    {out['console_url']}")
     if not out["ready"]:
         raise SystemExit(1)

@@ -95,6 +95,27 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         assert "metriport-patient-bot" not in st.stdout and "webhook_bot=Bot/" in st.stdout
         as_json = json.loads(run("status", "--json").stdout)
         assert as_json["ready"] and as_json["state"]["pid"] == proc.pid
+        # the sync console served beside it: admin credentials required, the same figures as status --json
+        console = state["console_url"]
+        assert console.startswith("http://127.0.0.1:") and as_json["console_url"] == console
+        assert requests.get(console + "api/health", timeout=10).status_code == 401
+        assert requests.get(console + "api/health", auth=("medport-admin", "wrong"), timeout=10).status_code == 401
+        served = requests.get(console + "api/health", auth=("medport-admin", "medport-admin-secret"), timeout=30).json()
+        fig = as_json["integration"]
+        assert fig["deliveries"]["total"] >= 1 and fig["deliveries"]["success_rate"] == 1.0   # the registration ping
+        assert fig["metriport_webhook"]["enabled"] is True and fig["source"]["developer_api"] is True
+        for key in ("patients", "deliveries", "messages", "processing", "aggregation", "metriport_webhook"):
+            assert served[key] == fig[key], key
+        printed = json.loads(run("console", "--json").stdout)
+        assert printed["deliveries"] == fig["deliveries"]
+        # as against a real Medplum: credentials, FHIR records only
+        real = run("status", "--json", "--base-url", state["base_url"], "--client-id", "medport-admin",
+                   "--client-secret", "medport-admin-secret")
+        real_fig = json.loads(real.stdout)["integration"]
+        assert real.returncode == 0 and real_fig["source"]["developer_api"] is False
+        assert real_fig["deliveries"] == fig["deliveries"] and real_fig["metriport_deliveries"] is None
+        bad = run("status", "--base-url", state["base_url"], "--client-id", "medport-admin", "--client-secret", "no")
+        assert bad.returncode == 1 and "client credentials rejected" in bad.stdout
         runs = run("runs")   # the webhook bot answered the fake's ping at registration
         assert runs.returncode == 0 and "metriport-webhook-bot" in runs.stdout, runs.stdout + runs.stderr
         replay = run("replay", "--failed", "--wait", "1")
@@ -104,3 +125,4 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert not state_path.exists(), "the state file outlived the emulator"
     assert "medport-dev-metriport-key" in out and "the fixed development key" in out
+    assert f"sync console: {state['console_url']}" in out

@@ -21,10 +21,12 @@ def c(emu):
     return admin_client(emu)
 
 
-def wait_running(c, bot_id, n=1, timeout=20.0):
+def wait_running(c, bot_id, n=1, timeout=20.0, settled_s=0.5):
+    """Until n executions of the bot run, each for `settled_s` (long enough to have logged its first line)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        ex = [e for e in c.request("GET", "_emulator/executions").json()["executions"] if e["bot_id"] == bot_id]
+        ex = [e for e in c.request("GET", "_emulator/executions").json()["executions"]
+              if e["bot_id"] == bot_id and e["running_s"] >= settled_s]
         if len(ex) >= n:
             return ex
         time.sleep(0.05)
