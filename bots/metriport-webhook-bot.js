@@ -269,7 +269,8 @@ const CONFIG = {
   },
   "batch": {
     "maxEntries": 50,
-    "maxBytes": 900000
+    "maxBytes": 900000,
+    "window": 4000
   },
   "retry": {
     "maxAttempts": 4,
@@ -846,8 +847,12 @@ async function checkpoint(ctx, summary, patient, done, force) {
 // ---------------------------------------------------------------------------
 // Consolidated data (templates/_import.js.j2): one patient of a medical.consolidated-data message,
 // imported in phases, each a function below:
-//   fetch   fetchConsolidated   download + parse the searchset; an expired URL re-requested once
-//   plan    planImport          allowed types only, indexed by Type/id, the others counted
+//   fetch   fetchConsolidated   open the searchset's download (an expired URL re-requested once) and
+//                               stream it: bundleResources splits the `entry` array as the bytes
+//                               arrive, so the bundle is never held whole (real ones reach ~85 MB)
+//   window  importResources     the resources taken WINDOW_ITEMS at a time; each window is planned,
+//                               repaired, ordered and sent before the next is read
+//   plan    planImport          allowed types only, indexed by Type/mid, the others counted
 //   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
 //   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
@@ -855,11 +860,18 @@ async function checkpoint(ctx, summary, patient, done, force) {
 //                               later levels; entries that lost a race with another run (409, or
 //                               400 "Resource ID did not match resolved ID") sent again;
 //                               sendDeferredReferences writes the deferred ones
+//   link    sendFixups          references to resources outside their window: an earlier window's
+//                               resource by the id Medplum gave it (kept in a bounded index, else
+//                               looked up by identifier); one later in the bundle (or not in it) is
+//                               left out of the first write and written once the whole bundle is in
 //   resume  resumeFrom          a run resumed after a cut-off skips the items its checkpoint says
 //                               are stored, looking up only the ids later items reference
 //   report  every phase counts into the Summary; importConsolidated logs one line per patient and
 //           taskOutcome (webhook bot) turns the Summary into the run's outcome
-// importConsolidated runs them for one patient; importResources is plan to send.
+// importConsolidated runs them for one patient; importResources (an array or a stream of resources)
+// is window to link.
+// Memory: one window of resources (WINDOW_ITEMS), the index of ids (at most INDEX_LIMIT entries), and
+// the resources waiting for a reference to a later one (sendFixups) — never the whole bundle.
 // ---------------------------------------------------------------------------
 
 /**
@@ -869,22 +881,44 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {string} type
  * @property {string} mid the Metriport id (or a stable hash of the content when the entry had none)
  * @property {any} resource the copy that is repaired and sent
- * @property {Set<string>} deps keys of the items it references
+ * @property {Set<string>} deps keys of the items of this window it references
+ * @property {Set<string>} ext references (keys, or urn:uuid: not resolved yet) to resources outside this window
  * @property {number} level 0 = references no other item
  * @property {string} [medplumId] once Medplum stored it
  * @property {boolean} [failed]
  * @property {boolean} [retry] lost a race with another run: sent again
+ * @property {boolean} [waiting] written without a reference whose target has no Medplum id yet
  */
 
 /**
- * What the plan phase found: the items and how references resolve to them.
+ * What the plan phase found: the items of one window and how references resolve to them.
  * @typedef {object} Plan
  * @property {Map<string, Item>} items by key, in bundle order
- * @property {Map<string, string>} alias Type/mid and urn:uuid:mid -> item key
+ * @property {Map<string, string>} alias Type/mid and urn:uuid:mid -> item key (this window)
  * @property {Set<string>} patientRefs references meaning "the patient"
- * @property {Set<string>} notImported references to resources present but not imported
  * @property {string} subjectRef Patient/<existing Medplum Patient id>
  * @property {string} metriportPatientId
+ * @property {Index} index what earlier windows left
+ */
+
+/**
+ * What one patient's import keeps across windows (bounded).
+ * @typedef {object} Index
+ * @property {Map<string, string>} ids key -> Medplum id; '' = in the bundle, not stored by this run;
+ *   '?' = stored by an earlier run (a checkpoint says so), id not known yet. Least recently used
+ *   entries are dropped past INDEX_LIMIT (their ids are then looked up by identifier when needed).
+ * @property {Map<string, string>} urns urn:uuid:<id> -> key of every resource seen (same limit)
+ * @property {Set<string>} patientRefs
+ * @property {Map<string, Fixup>} fixups holders of references to resources later in the bundle
+ * @property {number} base items (in import order) of the windows before this one
+ * @property {number} resumeDone items an earlier run stored (its checkpoint)
+ * @property {boolean} copy resources are the caller's: copied before they are repaired
+ */
+
+/**
+ * A resource stored without some references (their targets had no Medplum id yet), written again once
+ * the whole bundle is in.
+ * @typedef { { key: string, type: string, mid: string, medplumId: string, text: string } } Fixup
  */
 
 /**
@@ -911,10 +945,19 @@ const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type:
 const MAX_REQUERIES = 1;
 /** Times an entry that lost a race with another run is sent again. */
 const ENTRY_RETRIES = 2;
-/** Identifier values per search when a resumed run looks up what is stored. */
+/** Identifier values per search when ids are looked up in Medplum. */
 const LOOKUP_CHUNK = 40;
+/** Resources of the bundle planned, ordered and sent together (memory ~ this many resources). */
+const WINDOW_ITEMS = CONFIG.batch.window || 4000;
+/** Ids (and urn:uuid aliases) remembered across windows; older ones are looked up again when needed. */
+const INDEX_LIMIT = 100000;
+/** Times a download cut mid-stream is opened again (the entries already read are skipped). */
+const STREAM_REOPENS = 2;
 
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+
+/** The checkpoint says items are stored that are not: the import starts over (every upsert is idempotent). */
+class CheckpointMismatch extends Error {}
 
 /**
  * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
@@ -953,46 +996,319 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
     return;
   }
   const before = summary.failures.length;
-  await importResources(medplum, resources, subjectId, mid, summary, ctx, resumeDone);
+  let count = 0;
+  try {
+    count = await importResources(medplum, resources, subjectId, mid, summary, ctx, resumeDone);
+  } catch (err) {
+    if (!(/** @type {any} */ (err)).streamFailed) {
+      throw err;
+    }
+    summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) + ' (what was read before is stored; a replay goes on from there)' });
+  }
   log('info', 'consolidated data imported', {
     patient: subjectId,
     metriportPatient: mid,
-    resources: resources.length,
+    resources: count,
     resumedAfter: resumeDone || undefined,
     failures: summary.failures.length - before,
   });
 }
 
 /**
- * Import the consolidated resources of one patient: plan, repair, order, then chunk and send level by
- * level; a last pass writes the references deferred by cycles.
+ * Import the consolidated resources of one patient, WINDOW_ITEMS at a time: each window planned,
+ * repaired, ordered, chunked and sent level by level (a last pass per window writes the references
+ * deferred by cycles); references between windows resolved through the index; at the end the
+ * resources that referenced later ones are written again with those references.
  * @param {MedplumClient} medplum
- * @param {any[]} resources the searchset's resources
+ * @param {any[] | AsyncIterable<any>} resources the searchset's resources: an array, or a stream (with
+ *   `reopen()` to read it again from the start) as fetchConsolidated gives
  * @param {string} subjectId existing Medplum Patient id
  * @param {string} metriportPatientId
  * @param {Summary} summary
  * @param {Ctx | null} [ctx]
  * @param {number} [resumeDone] items (in import order) an earlier run stored
+ * @returns {Promise<number>} resources read
  */
 async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone) {
-  const plan = planImport(resources, subjectId, metriportPatientId, summary);
+  try {
+    return await importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone || 0);
+  } catch (err) {
+    if (!(err instanceof CheckpointMismatch)) {
+      throw err;
+    }
+    log('warn', 'checkpoint does not match what is stored; importing this patient from the start', { done: resumeDone });
+    const again = Array.isArray(resources) ? resources : await /** @type {any} */ (resources).reopen();
+    return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, 0);
+  }
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {any[] | AsyncIterable<any>} resources
+ * @param {string} subjectId
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {number} resumeDone
+ * @returns {Promise<number>}
+ */
+async function importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone) {
+  /** @type {Index} */
+  const index = {
+    ids: new Map(),
+    urns: new Map(),
+    patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
+    fixups: new Map(),
+    base: 0,
+    resumeDone,
+    copy: Array.isArray(resources),
+  };
+  let read = 0;
+  /** @type {any[]} */
+  let window = [];
+  for await (const resource of resilient(resources)) {
+    read++;
+    window.push(resource);
+    if (window.length >= WINDOW_ITEMS) {
+      await importWindow(medplum, window, subjectId, metriportPatientId, summary, ctx, index);
+      window = [];
+    }
+  }
+  if (window.length || read === 0) {
+    await importWindow(medplum, window, subjectId, metriportPatientId, summary, ctx, index);
+  }
+  window = [];
+  await sendFixups(medplum, index, summary);
+  return read;
+}
+
+/**
+ * The resources of a stream; a download cut midway is opened again (at most STREAM_REOPENS times) and
+ * the resources already read are skipped. Arrays pass through.
+ * @param {any[] | AsyncIterable<any>} resources
+ * @returns {AsyncGenerator<any, void, void>}
+ */
+async function* resilient(resources) {
+  if (Array.isArray(resources)) {
+    yield* resources;
+    return;
+  }
+  const source = /** @type {any} */ (resources);
+  let it = source[Symbol.asyncIterator]();
+  let read = 0;
+  for (let reopened = 0; ; ) {
+    /** @type {IteratorResult<any>} */
+    let next;
+    try {
+      next = await it.next();
+    } catch (err) {
+      const e = /** @type {any} */ (err);
+      if (e instanceof SyntaxError || e.corrupt || e.expired || reopened >= STREAM_REOPENS || typeof source.reopen !== 'function') {
+        throw Object.assign(e instanceof Error ? e : new Error(String(e)), { streamFailed: true });
+      }
+      reopened++;
+      log('warn', 'the download stopped midway; reading it again', { read, error: errorText(err) });
+      try {
+        it = (await source.reopen())[Symbol.asyncIterator]();
+        for (let skip = 0; skip < read; skip++) {
+          if ((await it.next()).done) {
+            throw new Error('the download is shorter than before (' + skip + ' of ' + read + ' resources)');
+          }
+        }
+      } catch (again) {
+        throw Object.assign(again instanceof Error ? again : new Error(String(again)), { streamFailed: true });
+      }
+      continue;
+    }
+    if (next.done) {
+      return;
+    }
+    read++;
+    yield next.value;
+  }
+}
+
+/**
+ * One window: plan, repair, order, then chunk and send level by level (or skip what the checkpoint says
+ * an earlier run stored); the items whose references wait for a later resource become fixups.
+ * @param {MedplumClient} medplum
+ * @param {any[]} resources
+ * @param {string} subjectId
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Index} index
+ */
+async function importWindow(medplum, resources, subjectId, metriportPatientId, summary, ctx, index) {
+  const plan = planImport(resources, subjectId, metriportPatientId, summary, index);
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
   const order = orderItems(plan.items);
-  const start = await resumeFrom(medplum, plan.items, order, resumeDone || 0);
+  const n = order.ordered.length;
+  const wanted = Math.max(0, Math.min(n, index.resumeDone - index.base));
+  let start = 0;
+  if (wanted > 0) {
+    start = await resumeFrom(medplum, plan.items, order, wanted);
+    if (start !== wanted) {
+      throw new CheckpointMismatch('checkpoint ' + index.resumeDone);
+    }
+    for (const item of order.ordered.slice(0, start)) {
+      if (item.medplumId) {
+        rememberId(index, item.key, item.medplumId);
+      } else if (!index.ids.get(item.key)) {
+        rememberId(index, item.key, '?');
+      }
+      if (item.ext.size) {
+        // stored by the earlier run, maybe before the resources it references were: written again at the
+        // end (an unchanged resource makes no new version)
+        index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId || '', text: JSON.stringify(item.resource) });
+      }
+    }
+  }
+  await resolveExternal(medplum, order.ordered.slice(start), index);
   await findDeferredTargets(medplum, plan.items, order);
-  const pending = await sendLevels(medplum, plan.items, order, summary, start, ctx);
-  await sendDeferredReferences(medplum, pending, plan.items, order, summary);
+  const pending = await sendLevels(medplum, plan.items, order, summary, start, ctx, index);
+  await sendDeferredReferences(medplum, pending, plan.items, order, summary, index);
+  for (const item of order.ordered.slice(start)) {
+    rememberId(index, item.key, item.medplumId || '');
+    if (item.waiting && item.medplumId && !item.failed) {
+      index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId, text: JSON.stringify(item.resource) });
+    }
+  }
+  index.base += n;
+}
+
+// --- index -----------------------------------------------------------------
+
+/**
+ * @param {Index} index
+ * @param {string} key
+ * @param {string} id
+ */
+function rememberId(index, key, id) {
+  index.ids.delete(key);
+  index.ids.set(key, id);
+  if (index.ids.size > INDEX_LIMIT) {
+    index.ids.delete(/** @type {string} */ (index.ids.keys().next().value));
+  }
+}
+
+/**
+ * @param {Index} index
+ * @param {string} key
+ * @returns {string | undefined} the id remembered (touched: recently used)
+ */
+function knownId(index, key) {
+  const id = index.ids.get(key);
+  if (id !== undefined) {
+    index.ids.delete(key);
+    index.ids.set(key, id);
+  }
+  return id;
+}
+
+/**
+ * A reference outside the window as an index key: "Type/mid" (from a relative or absolute reference),
+ * "urn:uuid:<id>" mapped to the key of the resource that had that fullUrl id, or the urn itself when
+ * that resource was not seen yet; undefined when it cannot name a resource of the bundle.
+ * @param {string} ref
+ * @param {Index} index
+ * @returns {string | undefined}
+ */
+function externalKey(ref, index) {
+  if (ref.startsWith('urn:uuid:')) {
+    return index.urns.get(ref) || ref;
+  }
+  const m = /^(?:.*\/)?([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(ref);
+  return m ? m[1] + '/' + m[2] : undefined;
+}
+
+/**
+ * Ids of the stored resources (by their upsert identifier) for index keys ("Type/mid").
+ * @param {MedplumClient} medplum
+ * @param {string[]} keys
+ * @returns {Promise<Map<string, string>>} key -> Medplum id, for those found
+ */
+async function lookupIds(medplum, keys) {
+  /** @type {Map<string, string[]>} */
+  const byType = new Map();
+  for (const key of new Set(keys)) {
+    const slash = key.indexOf('/');
+    const type = key.slice(0, slash);
+    byType.set(type, [...(byType.get(type) || []), key.slice(slash + 1)]);
+  }
+  /** @type {Map<string, string>} */
+  const found = new Map();
+  for (const [type, mids] of byType) {
+    for (let j = 0; j < mids.length; j += LOOKUP_CHUNK) {
+      const part = mids.slice(j, j + LOOKUP_CHUNK);
+      const stored = await medplum.searchResources(/** @type {any} */ (type), {
+        identifier: part.map((mid) => CONFIG.resourceIdentifierSystem + '|' + mid).join(','),
+        _count: String(part.length * 2),
+      });
+      for (const r of stored) {
+        const idents = Array.isArray(r.identifier) ? r.identifier : r.identifier ? [r.identifier] : [];
+        for (const i of idents) {
+          if (i && i.system === CONFIG.resourceIdentifierSystem && r.id) {
+            found.set(type + '/' + String(i.value), String(r.id));
+          }
+        }
+      }
+    }
+  }
+  return found;
+}
+
+/**
+ * Before a window is sent: the ids of the resources outside it that its items reference — remembered,
+ * or looked up (stored by an earlier run, or forgotten past INDEX_LIMIT). One that is not found is
+ * either later in the bundle or not in it: the item is written without that reference for now.
+ * @param {MedplumClient} medplum
+ * @param {Item[]} items the items to send
+ * @param {Index} index
+ */
+async function resolveExternal(medplum, items, index) {
+  /** @type {Set<string>} */
+  const unknown = new Set();
+  /** @type {Set<string>} */
+  const claimed = new Set();
+  for (const item of items) {
+    for (const ref of item.ext) {
+      const key = ref.startsWith('urn:uuid:') ? index.urns.get(ref) : ref;
+      if (!key) {
+        continue;
+      }
+      const id = knownId(index, key);
+      if (id === undefined || id === '?') {
+        unknown.add(key);
+        if (id === '?') {
+          claimed.add(key);
+        }
+      }
+    }
+  }
+  if (!unknown.size) {
+    return;
+  }
+  const found = await lookupIds(medplum, [...unknown]);
+  for (const key of unknown) {
+    const id = found.get(key);
+    if (id) {
+      rememberId(index, key, id);
+    } else if (claimed.has(key)) {
+      throw new CheckpointMismatch(key + ' is not stored');
+    }
+  }
 }
 
 // --- resume ----------------------------------------------------------------
 
 /**
- * Where a resumed run starts: the first `done` items (in import order) are stored already, so they are
- * not sent again; the ids of those that later items reference (or that hold references deferred by a
- * cycle) are looked up by their identifier. Anything not found means the checkpoint cannot be trusted:
- * start over (every upsert is idempotent, so that is only slower).
+ * Where a resumed run starts in a window: the first `done` items (in import order) are stored already,
+ * so they are not sent again; the ids of those that later items reference (or that hold references
+ * deferred by a cycle) are looked up by their identifier. Anything not found means the checkpoint cannot
+ * be trusted: start over (every upsert is idempotent, so that is only slower).
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
@@ -1017,35 +1333,11 @@ async function resumeFrom(medplum, items, order, done) {
     }
   }
   const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
-  /** @type {Map<string, Item[]>} */
-  const byType = new Map();
+  const found = await lookupIds(medplum, stored.map((item) => item.key));
   for (const item of stored) {
-    byType.set(item.type, [...(byType.get(item.type) || []), item]);
-  }
-  for (const [type, list] of byType) {
-    for (let j = 0; j < list.length; j += LOOKUP_CHUNK) {
-      const part = list.slice(j, j + LOOKUP_CHUNK);
-      const found = await medplum.searchResources(/** @type {any} */ (type), {
-        identifier: part.map((item) => CONFIG.resourceIdentifierSystem + '|' + item.mid).join(','),
-        _count: String(part.length * 2),
-      });
-      /** @type {Map<string, string>} */
-      const ids = new Map();
-      for (const r of found) {
-        const idents = Array.isArray(r.identifier) ? r.identifier : r.identifier ? [r.identifier] : [];
-        for (const i of idents) {
-          if (i && i.system === CONFIG.resourceIdentifierSystem && r.id) {
-            ids.set(String(i.value), String(r.id));
-          }
-        }
-      }
-      for (const item of part) {
-        item.medplumId = ids.get(item.mid);
-      }
-    }
+    item.medplumId = found.get(item.key);
   }
   if (stored.some((item) => !item.medplumId)) {
-    log('warn', 'checkpoint does not match what is stored; importing this patient from the start', { done });
     for (const item of stored) {
       delete item.medplumId;
     }
@@ -1065,7 +1357,8 @@ async function resumeFrom(medplum, items, order, done) {
  * @param {any} p one element of msg.patients
  * @param {string} subjectId existing Medplum Patient id
  * @param {Summary} summary
- * @returns {Promise<any[] | undefined>} undefined: nothing to import now (query re-requested, or failed)
+ * @returns {Promise<any[] | AsyncIterable<any> | undefined>} undefined: nothing to import now (query
+ *   re-requested, or failed)
  */
 async function fetchConsolidated(event, msg, p, subjectId, summary) {
   const mid = String(p.patientId || '');
@@ -1090,12 +1383,11 @@ async function fetchConsolidated(event, msg, p, subjectId, summary) {
 }
 
 /**
- * Fetch a presigned URL (no credentials sent), retrying 429/5xx/network errors.
+ * Open a presigned URL (no credentials sent), retrying 429/5xx/network errors; a 403 is an expired URL.
  * @param {string} url
- * @param {boolean} gzip
- * @returns {Promise<any>}
+ * @returns {Promise<Response>}
  */
-async function download(url, gzip) {
+async function openDownload(url) {
   const res = await fetchWithRetry(url, { method: 'GET' }, 'download of the consolidated bundle');
   if (!res.ok) {
     /** @type {any} */
@@ -1106,6 +1398,18 @@ async function download(url, gzip) {
     err.expired = res.status === 403;
     throw err;
   }
+  return res;
+}
+
+/**
+ * Fetch a presigned URL and parse the whole JSON document (small bundles: the realtime notifications'
+ * Encounter bundles). Consolidated data is streamed instead (bundleResources).
+ * @param {string} url
+ * @param {boolean} gzip
+ * @returns {Promise<any>}
+ */
+async function download(url, gzip) {
+  const res = await openDownload(url);
   const bytes = new Uint8Array(await res.arrayBuffer());
   let text;
   if (gzip || (bytes.length > 2 && bytes[0] === 0x1f && bytes[1] === 0x8b)) {
@@ -1117,10 +1421,11 @@ async function download(url, gzip) {
 }
 
 /**
- * The consolidated searchset for one patient of the message: downloaded from the
- * DocumentReference attachment URL(s) (JSON preferred), or the inline bundle.
+ * The consolidated searchset for one patient of the message: streamed from the DocumentReference
+ * attachment URL(s) (JSON preferred), or the inline bundle's resources.
  * @param {any} bundle
- * @returns {Promise<any[]>} resources
+ * @returns {Promise<any[] | AsyncIterable<any>>} resources: an array (inline), or a stream with
+ *   `reopen()`; the first download is opened before this returns (an expired URL throws here)
  */
 async function consolidatedResources(bundle) {
   const entries = bundle && Array.isArray(bundle.entry) ? bundle.entry : [];
@@ -1133,47 +1438,249 @@ async function consolidatedResources(bundle) {
   if (!pointers.length || pointers.length !== resources.length) {
     return resources; // inline data (possibly none)
   }
-  /** @type {any[]} */
-  const out = [];
-  for (const docRef of pointers) {
+  const sources = pointers.map((/** @type {any} */ docRef) => {
     const atts = (docRef.content || []).map((/** @type {any} */ c) => c && c.attachment).filter((/** @type {any} */ a) => a && a.url);
     const isGzip = (/** @type {any} */ a) => /gzip/i.test(a.contentType || '') || /\.gz(\?|$)/i.test(a.url);
     const json = atts.find((/** @type {any} */ a) => /json/i.test(a.contentType || '') && !isGzip(a));
     const chosen = json || atts.find(isGzip) || atts[0];
-    const downloaded = await download(chosen.url, !json && isGzip(chosen));
-    for (const e of (downloaded && downloaded.entry) || []) {
-      if (e && e.resource) {
-        out.push(e.resource);
+    return { url: String(chosen.url), gzip: !json && isGzip(chosen) };
+  });
+  const open = async () => {
+    const first = await openDownload(sources[0].url);
+    return streamSources(first, sources);
+  };
+  const stream = /** @type {any} */ (await open());
+  stream.reopen = open;
+  return stream;
+}
+
+/**
+ * @param {Response} first the first source, opened
+ * @param { { url: string, gzip: boolean }[] } sources
+ * @returns {AsyncGenerator<any, void, void>}
+ */
+async function* streamSources(first, sources) {
+  for (let i = 0; i < sources.length; i++) {
+    const res = i === 0 ? first : await openDownload(sources[i].url);
+    yield* bundleResources(await byteStream(res, sources[i].gzip));
+  }
+}
+
+/**
+ * The response body as bytes, gunzipped when declared or when it starts with the gzip magic number.
+ * @param {Response} res
+ * @param {boolean} gzip
+ * @returns {Promise<ReadableStream<Uint8Array>>}
+ */
+async function byteStream(res, gzip) {
+  const reader = /** @type {ReadableStream<Uint8Array>} */ (res.body || new ReadableStream({ start: (c) => c.close() })).getReader();
+  const first = await reader.read();
+  const head = first.done || !first.value ? new Uint8Array(0) : first.value;
+  const gzipped = gzip || (head.length > 2 && head[0] === 0x1f && head[1] === 0x8b);
+  let ended = first.done;
+  const body = new ReadableStream({
+    start(controller) {
+      if (head.length) {
+        controller.enqueue(head);
+      }
+      if (ended) {
+        controller.close();
+      }
+    },
+    async pull(controller) {
+      if (ended) {
+        return;
+      }
+      const r = await reader.read();
+      if (r.done) {
+        ended = true;
+        controller.close();
+      } else {
+        controller.enqueue(r.value);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  if (!gzipped) {
+    return body;
+  }
+  // vmcontext has no DecompressionStream global: Node's own (stream/web) through require
+  const Decompression = /** @type {any} */ (globalThis).DecompressionStream || require('stream/web').DecompressionStream;
+  return body.pipeThrough(new Decompression('gzip'));
+}
+
+/**
+ * The resources of a FHIR Bundle as its JSON text streams in: the elements of its top-level `entry`
+ * array are cut out one at a time and parsed alone (EntryScanner), so memory holds one entry, not the
+ * document. Throws when the text is not a JSON object or ends early.
+ * @param {ReadableStream<Uint8Array>} bytes
+ * @returns {AsyncGenerator<any, void, void>}
+ */
+async function* bundleResources(bytes) {
+  const reader = bytes.getReader();
+  const decoder = new TextDecoder();
+  const scanner = new EntryScanner();
+  for (;;) {
+    const { done, value } = await reader.read();
+    const text = done ? decoder.decode() : decoder.decode(value, { stream: true });
+    for (const element of scanner.push(text)) {
+      const entry = JSON.parse(element);
+      if (entry && typeof entry === 'object' && entry.resource) {
+        yield entry.resource;
       }
     }
+    if (done) {
+      scanner.end();
+      return;
+    }
   }
-  return out;
+}
+
+/**
+ * An incremental scanner of JSON text that cuts out the elements of the top-level object's `entry`
+ * array (a Bundle's entries) as complete texts. It tracks only nesting depth and strings; string
+ * contents are skipped with indexOf, so it runs at memory speed.
+ */
+class EntryScanner {
+  constructor() {
+    /** text kept from the previous chunk: the entry being cut out (or the key being read) */
+    this.buf = '';
+    this.pos = 0;
+    this.depth = 0;
+    this.inStr = false;
+    /** start of the string being read at depth 1 (an object key), -1 otherwise */
+    this.strStart = -1;
+    this.lastStr = '';
+    /** depth of the entry array's elements while inside it, 0 otherwise */
+    this.entryDepth = 0;
+    this.elemStart = -1;
+    this.started = false;
+  }
+
+  /**
+   * @param {string} text the next chunk
+   * @returns {string[]} the entries completed by it
+   */
+  push(text) {
+    /** @type {string[]} */
+    const out = [];
+    const s = this.buf.length ? this.buf + text : text;
+    const n = s.length;
+    let { pos: i, depth, inStr, strStart, elemStart } = this;
+    let backslash = -2;
+    while (i < n) {
+      if (inStr) {
+        if (backslash < i && backslash !== -1) {
+          backslash = s.indexOf('\\', i);
+        }
+        const quote = s.indexOf('"', i);
+        if (backslash !== -1 && (quote === -1 || backslash < quote)) {
+          i = backslash + 2; // the escaped character is skipped (it may be in the next chunk)
+          continue;
+        }
+        if (quote === -1) {
+          i = n;
+          break;
+        }
+        inStr = false;
+        if (strStart >= 0) {
+          this.lastStr = s.slice(strStart, quote);
+          strStart = -1;
+        }
+        i = quote + 1;
+        continue;
+      }
+      const c = s.charCodeAt(i);
+      if (!this.started) {
+        if (c === 32 || c === 9 || c === 10 || c === 13 || c === 0xfeff) {
+          i++;
+          continue;
+        }
+        if (c !== 123) {
+          throw Object.assign(new Error('the consolidated bundle is not a JSON object'), { corrupt: true });
+        }
+        this.started = true;
+      }
+      if (c === 34) {
+        inStr = true;
+        strStart = depth === 1 ? i + 1 : -1;
+      } else if (c === 123 || c === 91) {
+        if (c === 91 && depth === 1 && this.entryDepth === 0 && this.lastStr === 'entry') {
+          this.entryDepth = 2;
+        } else if (c === 123 && depth === this.entryDepth && depth > 0) {
+          elemStart = i;
+        }
+        depth++;
+      } else if (c === 125 || c === 93) {
+        depth--;
+        if (depth < 0) {
+          throw Object.assign(new Error('the consolidated bundle is not valid JSON'), { corrupt: true });
+        }
+        if (c === 125 && elemStart >= 0 && depth === this.entryDepth) {
+          out.push(s.slice(elemStart, i + 1));
+          elemStart = -1;
+        } else if (c === 93 && this.entryDepth && depth === this.entryDepth - 1) {
+          this.entryDepth = -1; // done: a later "entry" key is not the Bundle's
+        }
+      }
+      i++;
+    }
+    let keep = n;
+    if (elemStart >= 0) {
+      keep = elemStart;
+    }
+    if (inStr && strStart >= 0 && strStart - 1 < keep) {
+      keep = strStart - 1;
+    }
+    this.buf = keep < n ? s.slice(keep) : '';
+    this.pos = i - keep;
+    this.elemStart = elemStart >= 0 ? elemStart - keep : -1;
+    this.strStart = strStart >= 0 ? strStart - keep : -1;
+    this.depth = depth;
+    this.inStr = inStr;
+    return out;
+  }
+
+  /** The text ended: it must have been one whole JSON object. */
+  end() {
+    if (!this.started || this.depth !== 0 || this.inStr) {
+      throw new Error('the consolidated bundle ended early (a truncated download)'); // reopened: the network cut it
+    }
+  }
 }
 
 // --- plan ------------------------------------------------------------------
 
 /**
- * Keep the resources of the allowed types, each copied, keyed by Type/id (an entry without id gets a
- * stable one from its content, so a replay finds the same resource). The bundle's own Patient is never
- * imported: its ids become aliases of the subject.
- * @param {any[]} resources
+ * Keep the resources of the allowed types (copied when they are the caller's), keyed by Type/mid (an
+ * entry without id gets a stable one from its content, so a replay finds the same resource). The
+ * bundle's own Patient is never imported: its ids become aliases of the subject. A resource seen in an
+ * earlier window is a duplicate.
+ * @param {any[]} resources one window of them
  * @param {string} subjectId existing Medplum Patient id
  * @param {string} metriportPatientId
  * @param {Summary} summary
+ * @param {Index} [index] what earlier windows left (a fresh one when planning alone)
  * @returns {Plan}
  */
-function planImport(resources, subjectId, metriportPatientId, summary) {
+function planImport(resources, subjectId, metriportPatientId, summary, index) {
   const allowed = new Set(CONFIG.resources);
+  const idx = index || {
+    ids: new Map(), urns: new Map(), fixups: new Map(), base: 0, resumeDone: 0, copy: true,
+    patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
+  };
   /** @type {Plan} */
   const plan = {
     items: new Map(),
     alias: new Map(),
-    patientRefs: new Set(['Patient/' + metriportPatientId]),
-    notImported: new Set(),
+    patientRefs: idx.patientRefs,
     subjectRef: 'Patient/' + subjectId,
     metriportPatientId,
+    index: idx,
   };
-  const { items, alias, patientRefs, notImported } = plan;
+  const { items, alias, patientRefs } = plan;
   for (const original of resources) {
     if (!original || typeof original !== 'object' || typeof original.resourceType !== 'string') {
       bump(summary.skipped, 'invalid-entry');
@@ -1189,28 +1696,41 @@ function planImport(resources, subjectId, metriportPatientId, summary) {
     }
     if (!allowed.has(type)) {
       bump(summary.skipped, type);
-      if (original.id) {
-        notImported.add(type + '/' + original.id);
-        notImported.add('urn:uuid:' + original.id);
+      if (typeof original.id === 'string' && original.id) {
+        rememberUrn(idx, 'urn:uuid:' + original.id, type + '/' + original.id);
       }
       continue;
     }
-    const resource = JSON.parse(JSON.stringify(original));
+    const resource = idx.copy ? JSON.parse(JSON.stringify(original)) : original;
     let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
     if (!mid) {
       mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
       bump(summary.fixes, 'missing-id');
     }
     const key = type + '/' + mid;
-    if (items.has(key)) {
+    if (items.has(key) || idx.ids.has(key)) {
       bump(summary.fixes, 'duplicate-entry');
       continue;
     }
-    items.set(key, { key, type, mid, resource, deps: new Set(), level: 0 });
+    items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), level: 0 });
     alias.set(key, key);
     alias.set('urn:uuid:' + mid, key);
+    rememberUrn(idx, 'urn:uuid:' + mid, key);
   }
   return plan;
+}
+
+/**
+ * @param {Index} index
+ * @param {string} urn
+ * @param {string} key
+ */
+function rememberUrn(index, urn, key) {
+  index.urns.delete(urn);
+  index.urns.set(urn, key);
+  if (index.urns.size > INDEX_LIMIT) {
+    index.urns.delete(/** @type {string} */ (index.urns.keys().next().value));
+  }
 }
 
 // --- repair ----------------------------------------------------------------
@@ -1342,8 +1862,10 @@ function dedupeCodings(obj, summary) {
 
 /**
  * One Reference: "#id" must name a kept contained resource; the patient (any of its aliases) becomes
- * the existing subject; another item becomes a "@@Type/mid" placeholder, written once that item has a
- * Medplum id, and a dependency; anything else is dropped (display kept).
+ * the existing subject; another item of this window becomes a "@@Type/mid" placeholder, written once
+ * that item has a Medplum id, and a dependency; a resource outside the window (earlier, later, or not
+ * in the bundle) becomes a placeholder resolved through the index when the item is sent; a reference
+ * to a type not imported, or that names no resource, is dropped (display kept).
  * @param {any} obj the Reference
  * @param {Item} item the item holding it
  * @param {Plan} plan
@@ -1368,7 +1890,16 @@ function resolveReference(obj, item, plan, containedIds, summary) {
     } else if (/^Patient\//.test(ref) || (/^urn:uuid:/.test(ref) && plan.patientRefs.has(ref))) {
       obj.reference = plan.subjectRef;
     } else {
-      dropReference(obj, summary, plan.notImported.has(ref));
+      const key = externalKey(ref, plan.index);
+      const type = key && !key.startsWith('urn:uuid:') ? key.slice(0, key.indexOf('/')) : undefined;
+      if (!key || type === 'Patient') {
+        dropReference(obj, summary);
+      } else if (type && !CONFIG.resources.includes(type)) {
+        dropReference(obj, summary, true);
+      } else {
+        obj.reference = '@@' + key;
+        item.ext.add(key);
+      }
     }
   }
 }
@@ -1545,18 +2076,23 @@ function byKey(a, b) {
  * @param {Order} order
  */
 async function findDeferredTargets(medplum, items, order) {
-  for (const [, targets] of order.deferred) {
-    for (const t of targets) {
+  /** @type {Item[]} */
+  const targets = [];
+  for (const [, keys] of order.deferred) {
+    for (const t of keys) {
       const target = /** @type {Item} */ (items.get(t));
-      if (!target.medplumId) {
-        const found = await medplum.searchResources(/** @type {any} */ (target.type), {
-          identifier: CONFIG.resourceIdentifierSystem + '|' + target.mid,
-          _count: '1',
-        });
-        if (found.length && found[0].id) {
-          target.medplumId = found[0].id;
-        }
+      if (!target.medplumId && !targets.includes(target)) {
+        targets.push(target);
       }
+    }
+  }
+  if (!targets.length) {
+    return;
+  }
+  const found = await lookupIds(medplum, targets.map((t) => t.key));
+  for (const target of targets) {
+    if (found.has(target.key)) {
+      target.medplumId = found.get(target.key);
     }
   }
 }
@@ -1572,14 +2108,15 @@ async function findDeferredTargets(medplum, items, order) {
  * @param {Order} order
  * @param {Item[]} pending receives the items with references deferred to the second pass
  * @param {Summary} summary
+ * @param {Index} [index]
  * @returns {Generator<BatchEntry[], void, void>}
  */
-function* chunkLevel(level, items, order, pending, summary) {
+function* chunkLevel(level, items, order, pending, summary, index) {
   /** @type {BatchEntry[]} */
   let chunk = [];
   let bytes = 0;
   for (const item of level) {
-    const be = upsertEntry(item, items, order, pending, summary);
+    const be = upsertEntry(item, items, order, pending, summary, index);
     if (!be) {
       continue;
     }
@@ -1604,10 +2141,11 @@ function* chunkLevel(level, items, order, pending, summary) {
  * @param {Order} order
  * @param {Item[]} pending
  * @param {Summary} summary
+ * @param {Index} [index]
  * @returns {BatchEntry | undefined}
  */
-function upsertEntry(item, items, order, pending, summary) {
-  const { resource, pending: waits } = materialize(item, items, order.deferred, false, summary);
+function upsertEntry(item, items, order, pending, summary, index) {
+  const { resource, pending: waits } = materialize(item, items, order.deferred, false, summary, index);
   if (waits && !pending.includes(item)) {
     pending.push(item);
   }
@@ -1630,32 +2168,60 @@ function upsertEntry(item, items, order, pending, summary) {
 /**
  * The resource to send for an item: a copy with its "@@Type/mid" placeholders replaced by the Medplum
  * ids known now. A reference deferred by a cycle whose target has no id yet is left out and the item
- * reported pending (the second pass writes it); any other unresolved one is dropped (its target failed).
+ * reported pending (the second pass writes it); a reference to a resource outside the window that has
+ * no id yet is left out and the item marked waiting (sendFixups writes it once the bundle is in; with
+ * `linkPass`, the final one, it is dropped for good); any other unresolved one is dropped (its target
+ * failed).
  * @param {Item} item
  * @param {Map<string, Item>} items
  * @param {Map<string, Set<string>>} deferred
  * @param {boolean} finalPass
  * @param {Summary} summary
- * @returns { { resource: any, pending: boolean } }
+ * @param {Index} [index]
+ * @param {boolean} [linkPass]
+ * @returns { { resource: any, pending: boolean, linked: number } } linked: references to resources
+ *   outside the window written
  */
-function materialize(item, items, deferred, finalPass, summary) {
+function materialize(item, items, deferred, finalPass, summary, index, linkPass) {
   const r = JSON.parse(JSON.stringify(item.resource));
   let pending = false;
+  let dropped = false;
+  let linked = 0;
   walk(r, (obj) => {
     if (typeof obj.reference === 'string' && obj.reference.startsWith('@@')) {
-      const target = /** @type {Item} */ (items.get(obj.reference.slice(2)));
-      if (target.medplumId) {
-        obj.reference = target.type + '/' + target.medplumId;
-      } else if (!finalPass && !target.failed && deferred.has(item.key) && /** @type {Set<string>} */ (deferred.get(item.key)).has(target.key)) {
-        pending = true;
-        dropReference(obj, undefined);
+      const placeholder = obj.reference.slice(2);
+      const target = items.get(placeholder);
+      if (target) {
+        if (target.medplumId) {
+          obj.reference = target.type + '/' + target.medplumId;
+        } else if (!finalPass && !target.failed && deferred.has(item.key) && /** @type {Set<string>} */ (deferred.get(item.key)).has(target.key)) {
+          pending = true;
+          dropped = true;
+          dropReference(obj, undefined);
+        } else {
+          dropped = true;
+          dropReference(obj, summary);
+        }
+        return;
+      }
+      const key = placeholder.startsWith('urn:uuid:') && index ? index.urns.get(placeholder) : placeholder;
+      const id = key && index ? knownId(index, key) : undefined;
+      if (key && id && id !== '?') {
+        obj.reference = key.slice(0, key.indexOf('/')) + '/' + id;
+        linked++;
       } else {
-        dropReference(obj, summary);
+        dropped = true;
+        if (!linkPass) {
+          item.waiting = true;
+        }
+        dropReference(obj, linkPass ? summary : undefined);
       }
     }
   });
-  prune(r);
-  return { resource: r, pending };
+  if (dropped) {
+    prune(r);
+  }
+  return { resource: r, pending, linked };
 }
 
 /**
@@ -1663,7 +2229,8 @@ function materialize(item, items, deferred, finalPass, summary) {
  * @returns {number} UTF-8 length
  */
 function byteLength(text) {
-  return UTF8.encode(text).length;
+  // ASCII (the common case) is one byte per character: no encoding needed
+  return /[^\x00-\x7f]/.test(text) ? UTF8.encode(text).length : text.length;
 }
 
 // --- send ------------------------------------------------------------------
@@ -1680,9 +2247,10 @@ function byteLength(text) {
  * @param {Summary} summary
  * @param {number} [start] index in order.ordered of the first item to send (a resumed run)
  * @param {Ctx | null} [ctx]
+ * @param {Index} [index] the import's index; its `base` (items of earlier windows) offsets the checkpoint
  * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-async function sendLevels(medplum, items, order, summary, start, ctx) {
+async function sendLevels(medplum, items, order, summary, start, ctx, index) {
   /** @type {Item[]} */
   const pending = [];
   for (const item of order.ordered.slice(0, start || 0)) {
@@ -1690,6 +2258,7 @@ async function sendLevels(medplum, items, order, summary, start, ctx) {
       pending.push(item); // stored by an earlier run: its deferred references are written again below
     }
   }
+  const base = index ? index.base : 0;
   let done = start || 0;
   const patient = ctx ? ctx.patient : 0;
   for (const level of levels(order.ordered.slice(start || 0))) {
@@ -1706,10 +2275,10 @@ async function sendLevels(medplum, items, order, summary, start, ctx) {
       inOrder = inOrder && !again.length;
       if (inOrder) {
         done += head.count;
-        await checkpoint(ctx, summary, patient, done);
+        await checkpoint(ctx, summary, patient, base + done);
       }
     };
-    for (const chunk of chunkLevel(level, items, order, pending, summary)) {
+    for (const chunk of chunkLevel(level, items, order, pending, summary, index)) {
       inflight.push({ sent: sendBatch(medplum, chunk, summary), count: chunk.length }); // never rejects
       if (inflight.length >= IN_FLIGHT_BATCHES) {
         await settle();
@@ -1723,12 +2292,12 @@ async function sendLevels(medplum, items, order, summary, start, ctx) {
       retry = [];
       log('info', 'entries stored by another run at the same moment; sending them again', { entries: again.length, round });
       for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
-        const part = again.slice(j, j + CONFIG.batch.maxEntries).map((item) => upsertEntry(item, items, order, pending, summary));
+        const part = again.slice(j, j + CONFIG.batch.maxEntries).map((item) => upsertEntry(item, items, order, pending, summary, index));
         retry = retry.concat(await sendBatch(medplum, /** @type {BatchEntry[]} */ (part.filter(Boolean)), summary, false, round === ENTRY_RETRIES));
       }
     }
     done = levelStart + level.length; // all stored (a failure froze the checkpoint before)
-    await checkpoint(ctx, summary, patient, done);
+    await checkpoint(ctx, summary, patient, base + done);
   }
   return pending;
 }
@@ -1757,19 +2326,80 @@ function* levels(ordered) {
  * @param {Map<string, Item>} items
  * @param {Order} order
  * @param {Summary} summary
+ * @param {Index} [index]
  */
-async function sendDeferredReferences(medplum, pending, items, order, summary) {
+async function sendDeferredReferences(medplum, pending, items, order, summary, index) {
   const fixups = pending.filter((item) => !item.failed && item.medplumId);
   for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
     const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
       item,
       entry: {
         request: { method: 'PUT', url: item.type + '/' + item.medplumId },
-        resource: Object.assign(materialize(item, items, order.deferred, true, summary).resource, { id: item.medplumId }),
+        resource: Object.assign(materialize(item, items, order.deferred, true, summary, index).resource, { id: item.medplumId }),
       },
       size: 0,
     }));
     await sendBatch(medplum, part, summary, true);
+  }
+}
+
+// --- link ------------------------------------------------------------------
+
+/**
+ * Last pass, once the whole bundle is in: the resources stored without references to resources that had
+ * no Medplum id then (later in the bundle; or stored by an earlier run that was cut off) are written
+ * again by id with those references — looked up by identifier when the index does not hold them. A
+ * reference whose target is nowhere (not in the bundle) is dropped for good, as the first write did.
+ * @param {MedplumClient} medplum
+ * @param {Index} index
+ * @param {Summary} summary
+ */
+async function sendFixups(medplum, index, summary) {
+  if (!index.fixups.size) {
+    return;
+  }
+  const fixups = [...index.fixups.values()];
+  index.fixups = new Map();
+  /** @type {Set<string>} */
+  const unknown = new Set();
+  /** @type {Set<string>} */
+  const holders = new Set();
+  for (const f of fixups) {
+    if (!f.medplumId) {
+      holders.add(f.key);
+    }
+    for (const m of f.text.matchAll(/"reference":"@@([^"]+)"/g)) {
+      const key = m[1].startsWith('urn:uuid:') ? index.urns.get(m[1]) : m[1];
+      const id = key ? knownId(index, key) : undefined;
+      if (key && (!id || id === '?')) {
+        unknown.add(key);
+      }
+    }
+  }
+  if (unknown.size || holders.size) {
+    const found = await lookupIds(medplum, [...unknown, ...holders]);
+    for (const [key, id] of found) {
+      rememberId(index, key, id);
+    }
+  }
+  /** @type {BatchEntry[]} */
+  const entries = [];
+  const empty = /** @type {Map<string, Item>} */ (new Map());
+  for (const f of fixups) {
+    const medplumId = f.medplumId || index.ids.get(f.key);
+    /** @type {Item} */
+    const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId };
+    const { resource, linked } = materialize(item, empty, new Map(), true, summary, index, true);
+    if (!linked || !medplumId || medplumId === '?') {
+      continue; // nothing to add: the stored version already leaves those references out
+    }
+    entries.push({ item, entry: { request: { method: 'PUT', url: f.type + '/' + medplumId }, resource: Object.assign(resource, { id: medplumId }) }, size: 0 });
+  }
+  for (let j = 0; j < entries.length; j += CONFIG.batch.maxEntries) {
+    await sendBatch(medplum, entries.slice(j, j + CONFIG.batch.maxEntries), summary, true);
+  }
+  if (entries.length) {
+    log('info', 'references to resources later in the bundle written', { resources: entries.length });
   }
 }
 

@@ -108,6 +108,7 @@ class ConsolidatedSection:
 class ImportSection:
     batch_max_entries: int
     batch_max_bytes: int
+    window_resources: int
 
 
 @dataclass(frozen=True)

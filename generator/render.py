@@ -85,7 +85,8 @@ def webhook_bot_config(cfg: Config) -> dict:
         "identifierShape": {t: shapes[t] for t in allowed},
         "requiredElements": required_elements(allowed),
         "consolidated": _consolidated(cfg),
-        "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes},
+        "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes,
+                  "window": cfg.import_.window_resources},
         "retry": _retry(cfg),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import calendar
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Any
 
 _DT = re.compile(
@@ -14,6 +15,11 @@ def date_range(s: Any) -> tuple[float, float] | None:
     """[lo, hi) epoch seconds covered by a FHIR date/dateTime/instant at its precision; None if unparsable."""
     if not isinstance(s, str):
         return None
+    return _date_range(s)
+
+
+@lru_cache(maxsize=65536)       # the dates of one patient's record repeat (every resource of an encounter)
+def _date_range(s: str) -> tuple[float, float] | None:
     m = _DT.match(s.strip())
     if not m:
         return None
@@ -207,10 +213,13 @@ def present_names(resource: dict) -> set[str]:
     out = set(resource)
     for k in resource:
         if not k.islower():
-            for j in range(1, len(k)):
-                if k[j].isupper():
-                    out.add(k[:j])
+            out.update(_bases(k))
     return out
+
+
+@lru_cache(maxsize=4096)
+def _bases(k: str) -> tuple[str, ...]:
+    return tuple(k[:j] for j in range(1, len(k)) if k[j].isupper())
 
 
 def index_rows(params: dict, resource: dict):
