@@ -26,6 +26,13 @@ def main() -> int:
     cfg = load_config(cfg_path)
     stack = start_stack(cfg, metriport="sandbox", settings_overrides={"runtime": runtime} if runtime else None)
     try:
+        code_file = os.environ.get("MEDPORT_BENCH_WEBHOOK_CODE")
+        if code_file:  # measure another build of the webhook bot (e.g. an earlier commit's) in the same stack
+            bot = stack.admin.fhir("bot", "GET", f"Bot?identifier={cfg.medplum.identifier_system}|"
+                                   f"{cfg.webhook_bot.identifier}")["entry"][0]["resource"]
+            with open(code_file) as f:
+                stack.admin.fhir("deploy", "POST", f"Bot/{bot['id']}/$deploy",
+                                 json_body={"code": f.read(), "filename": "metriport-webhook-bot.js"})
         h = stack.emulator
         print(json.dumps({"base_url": h.base_url, "admin_client_id": h.admin_client_id,
                           "admin_client_secret": h.admin_client_secret, "webhook_url": stack.webhook_url,

@@ -275,8 +275,9 @@ if __name__ == "__main__":
     ap.add_argument("--runtime", default="vmcontext", choices=["vmcontext", "awslambda"])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--runtime-opts", default="{}")
+    ap.add_argument("--wait", type=float, default=900.0, help="give up after this many seconds")
     a = ap.parse_args()
     for _ in range(a.repeat):
-        res = run_import(a.n, runtime=a.runtime, runtime_opts=json.loads(a.runtime_opts))
+        res = run_import(a.n, runtime=a.runtime, runtime_opts=json.loads(a.runtime_opts), wait_s=a.wait)
         print(summary_line(res), flush=True)
         print("RESULT " + json.dumps(res), flush=True)

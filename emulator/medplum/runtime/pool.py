@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,35 @@ LOG_LIMIT_BYTES = 10 * 1024  # DESIGN: AuditEvent.outcomeDesc keeps the last 10 
 DEFAULT_TIMEOUT_S = 10.0  # Medplum: Bot.timeout default (vmcontext DEFAULT_VM_CONTEXT_TIMEOUT, Lambda default)
 READY_TIMEOUT_S = 30.0
 IDLE_TTL_S = 30.0  # extra workers (beyond `size`) idle this long are stopped
+
+# Medplum's limits per runtime (server bots/vmcontext.ts, cloud/aws/deploy.ts; notes Q12):
+# - vmcontext runs in the Medplum server's own process: no memory limit of its own (the server's heap, Node's
+#   default unless the operator sets one) and only the vm timeout, which stops synchronous code. The emulator
+#   runs it in workers with Node's default heap (memory_mb=None) and adds a generous wall-clock cap so nothing
+#   hangs forever (VMCONTEXT_HARD_CAP_S; on Medplum an OOM there takes the whole server down).
+# - awslambda is a Lambda with MemorySize 1024 MB (LAMBDA_MEMORY) and Timeout Bot.timeout (default 10 s, at most
+#   900 s): wall clock. Lambda's Node bootstrap gives V8 the function's memory minus a tenth for the young
+#   generation (--max-old-space-size = 90 %, --max-semi-space-size = 5 %), and the sandbox is killed when the
+#   process as a whole passes MemorySize ("Runtime exited with error: signal: killed", Runtime.OutOfMemory).
+LAMBDA_MEMORY_MB = 1024
+MAX_LAMBDA_TIMEOUT_S = 900.0
+VMCONTEXT_HARD_CAP_S = 900.0
+FHIRPATH_TIMEOUT_S = 60.0
+WATCH_INTERVAL_S = 0.05      # how often the memory of running Lambda workers is looked at
+
+
+def lambda_node_args(memory_mb: int) -> list[str]:
+    """The V8 limits Lambda's Node runtime sets for a function of `memory_mb` MB."""
+    new_space = memory_mb // 10
+    return [f"--max-semi-space-size={max(1, new_space // 2)}", f"--max-old-space-size={memory_mb - new_space}"]
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 # The only variables a worker inherits (DESIGN "Security model"): what Node itself needs to find programs,
 # the home directory, temp space, time zone, locale and extra CA certificates for TLS. Nothing else of the
@@ -115,12 +145,16 @@ class _Call:
 
 
 class _Worker:
-    def __init__(self, node: str, env: dict, memory_mb: int):
+    def __init__(self, node: str, env: dict, node_args: list[str], flavor: str = "vmcontext",
+                 memory_limit: int | None = None):
         r, w = os.pipe()
         env = dict(env, MEDPORT_PROTO_FD=str(w))
+        self.flavor = flavor                    # "vmcontext" | "awslambda": which runtime's limits it has
+        self.memory_limit = memory_limit        # bytes of RSS past which it is killed (Lambda's MemorySize)
+        self.over_memory = False                # killed for passing memory_limit
         try:
             self.proc = subprocess.Popen(
-                [node, f"--max-old-space-size={int(memory_mb)}", "--disable-warning=ExperimentalWarning", WORKER_JS],
+                [node, *node_args, "--disable-warning=ExperimentalWarning", WORKER_JS],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -212,6 +246,9 @@ class _Worker:
     def describe_exit(self) -> str:
         status = self.exit_status
         tail = "\n".join(self._stderr_tail)
+        if self.over_memory:
+            mb = (self.memory_limit or 0) // (1024 * 1024)
+            return f"Runtime exited with error: signal: killed (memory over the function's {mb} MB)"
         if "heap out of memory" in tail or "Reached heap limit" in tail:
             return "Runtime exited with error: JavaScript heap out of memory"
         if status is None:
@@ -219,6 +256,22 @@ class _Worker:
         if status < 0:
             return f"Runtime exited with error: signal {-status}"
         return f"Runtime exited with error: exit status {status}"
+
+    def lambda_error(self) -> dict:
+        """The invoke payload AWS Lambda answers when the runtime process dies (what Medplum gets back)."""
+        status = self.exit_status
+        tail = "\n".join(self._stderr_tail)
+        if self.over_memory:
+            detail, kind = "signal: killed", "Runtime.OutOfMemory"
+        elif "heap out of memory" in tail or "Reached heap limit" in tail:
+            detail, kind = "signal: aborted (core dumped)", "Runtime.ExitError"   # V8's fatal OOM aborts
+        elif status is not None and status < 0:
+            detail, kind = {9: "signal: killed", 6: "signal: aborted (core dumped)", 15: "signal: terminated",
+                            11: "signal: segmentation fault (core dumped)"}.get(-status, f"signal: {-status}"), \
+                "Runtime.ExitError"
+        else:
+            detail, kind = f"exit status {status}", "Runtime.ExitError"
+        return {"errorType": kind, "errorMessage": f"RequestId: {uuid.uuid4()} Error: Runtime exited with error: {detail}"}
 
     def kill(self) -> None:
         self.dead = True
@@ -244,11 +297,19 @@ class _Worker:
 
 
 class BotRuntime:
-    def __init__(self, size: int = 2, max_size: int = 8, hard_cap_s: float = 60, memory_mb: int = 256):
+    """Warm bot workers, each with the limits of the runtime it serves (Medplum's, see LAMBDA_MEMORY_MB):
+    `memory_mb` caps the heap of vmcontext workers (None = Node's default, like the Medplum server process that
+    runs vmcontext bots); `lambda_memory_mb` is the Lambda's MemorySize (V8 limits as Lambda sets them, and the
+    worker killed when its memory passes it); `hard_cap_s` bounds a vmcontext execution's wall clock (Medplum
+    has none for async code: a generous cap so nothing hangs forever)."""
+
+    def __init__(self, size: int = 2, max_size: int = 8, hard_cap_s: float = VMCONTEXT_HARD_CAP_S,
+                 memory_mb: int | None = None, lambda_memory_mb: int = LAMBDA_MEMORY_MB):
         self.size = max(0, int(size))
         self.max_size = max(1, int(max_size), self.size)
         self.hard_cap_s = float(hard_cap_s)
-        self.memory_mb = int(memory_mb)
+        self.memory_mb = int(memory_mb) if memory_mb else None
+        self.lambda_memory_mb = int(lambda_memory_mb)
         self._node = node_binary()
         nm = node_modules_dir()
         # awslambda code is written here; a node_modules link makes `require`/`import` of @medplum/core work
@@ -261,32 +322,40 @@ class BotRuntime:
         self._env = worker_env(MEDPORT_NODE_MODULES=str(nm), MEDPORT_BOT_DIR=self._bot_dir)
         self._cond = threading.Condition()
         self._workers: set[_Worker] = set()
-        self._idle: list[_Worker] = []
+        self._idle: dict[str, list[_Worker]] = {"vmcontext": [], "awslambda": []}
         self._starting = 0
         self._closed = False
         self._ids = itertools.count(1)
         # executions in progress: call id -> (bot id, worker, monotonic start, call) — for cut_off()
         self._running: dict[int, tuple[str, _Worker, float, _Call]] = {}
         self._running_lock = threading.Lock()
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         with self._cond:
             for _ in range(self.size):
-                w = self._spawn()
+                w = self._spawn("vmcontext")
                 self._workers.add(w)
-                self._idle.append(w)
+                self._idle["vmcontext"].append(w)
 
     # ------------------------------------------------------------ pool
-    def _spawn(self) -> _Worker:
-        return _Worker(self._node, self._env, self.memory_mb)
+    def _spawn(self, flavor: str = "vmcontext") -> _Worker:
+        if flavor == "awslambda":
+            limit = self.lambda_memory_mb * 1024 * 1024
+            return _Worker(self._node, self._env, lambda_node_args(self.lambda_memory_mb), "awslambda", limit)
+        args = [f"--max-old-space-size={self.memory_mb}"] if self.memory_mb else []
+        return _Worker(self._node, self._env, args, "vmcontext")
 
-    def _acquire(self) -> _Worker:
+    def _acquire(self, flavor: str = "vmcontext") -> _Worker:
         while True:
             spawn = False
+            to_stop: _Worker | None = None
             with self._cond:
                 while True:
                     if self._closed:
                         raise RuntimeError("BotRuntime is closed")
-                    if self._idle:
-                        w = self._idle.pop()  # LIFO: the warmest worker
+                    idle = self._idle[flavor]
+                    if idle:
+                        w = idle.pop()  # LIFO: the warmest worker
                         if w.dead:
                             self._workers.discard(w)
                             continue
@@ -295,11 +364,20 @@ class BotRuntime:
                         self._starting += 1
                         spawn = True
                         break
+                    other = self._idle["awslambda" if flavor == "vmcontext" else "vmcontext"]
+                    if other:  # every slot taken, some idle with the other runtime's limits: swap one
+                        to_stop = other.pop(0)
+                        self._workers.discard(to_stop)
+                        self._starting += 1
+                        spawn = True
+                        break
                     self._cond.wait()
+            if to_stop is not None:
+                threading.Thread(target=to_stop.stop, daemon=True).start()
             if spawn:
                 new_w = None
                 try:
-                    new_w = self._spawn()
+                    new_w = self._spawn(flavor)
                 finally:
                     with self._cond:
                         self._starting -= 1
@@ -315,6 +393,8 @@ class BotRuntime:
                     self._workers.discard(w)
                     self._cond.notify_all()
                 raise RuntimeError(f"bot worker failed to start: {reason}")
+            if w.memory_limit:
+                self._ensure_watcher()
             return w
 
     def _release(self, w: _Worker, retire: bool = False) -> None:
@@ -327,34 +407,50 @@ class BotRuntime:
                 if not w.dead:
                     to_stop.append(w)
             else:
-                self._idle.append(w)
-            # stop extra workers that stayed idle (the pool shrinks back to `size`)
+                self._idle[w.flavor].append(w)
+            # stop extra workers that stayed idle (the pool shrinks back to `size` vmcontext workers)
             excess = len(self._workers) - self.size
             if excess > 0:
-                for old in list(self._idle):
-                    if excess <= 0:
-                        break
-                    if now - old.last_used > IDLE_TTL_S:
-                        self._idle.remove(old)
-                        self._workers.discard(old)
-                        to_stop.append(old)
-                        excess -= 1
-            # keep `size` warm workers: replace dead ones in the background of this call
-            missing = self.size - (len(self._workers) + self._starting)
-            replacements = []
+                for flavor in ("awslambda", "vmcontext"):
+                    for old in list(self._idle[flavor]):
+                        if excess <= 0:
+                            break
+                        if now - old.last_used > IDLE_TTL_S:
+                            self._idle[flavor].remove(old)
+                            self._workers.discard(old)
+                            to_stop.append(old)
+                            excess -= 1
+            # keep `size` warm vmcontext workers: replace dead ones in the background of this call
+            missing = self.size - (sum(1 for x in self._workers if x.flavor == "vmcontext") + self._starting)
             if missing > 0 and not self._closed:
                 for _ in range(missing):
                     try:
-                        nw = self._spawn()
+                        nw = self._spawn("vmcontext")
                     except OSError as exc:  # pragma: no cover
                         log.error("could not start a bot worker: %s", exc)
                         break
                     self._workers.add(nw)
-                    self._idle.insert(0, nw)
-                    replacements.append(nw)
+                    self._idle["vmcontext"].insert(0, nw)
             self._cond.notify_all()
         for old in to_stop:
             threading.Thread(target=old.stop, daemon=True).start()
+
+    def _ensure_watcher(self) -> None:
+        with self._cond:
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch, name="medport-worker-memory", daemon=True)
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        """Lambda's memory limit: a worker running an execution whose resident memory passes its function's
+        MemorySize is killed, as Lambda kills the sandbox (the execution then fails with Runtime.OutOfMemory)."""
+        while not self._watch_stop.wait(WATCH_INTERVAL_S):
+            with self._running_lock:
+                busy = {w for _b, w, _t, _c in self._running.values() if w.memory_limit}
+            for w in busy:
+                if not w.dead and _rss_bytes(w.pid) > (w.memory_limit or 0):
+                    w.over_memory = True
+                    w.kill()
 
     # ------------------------------------------------------------ API
     def execute(self, req: ExecRequest) -> ExecResult:
@@ -362,13 +458,14 @@ class BotRuntime:
         runtime = req.runtime if req.runtime in ("vmcontext", "awslambda") else "vmcontext"
         timeout_s = float(req.timeout_s) if req.timeout_s else DEFAULT_TIMEOUT_S
         if runtime == "awslambda":
+            timeout_s = min(timeout_s, MAX_LAMBDA_TIMEOUT_S)   # Medplum refuses to deploy a longer one
             deadline = timeout_s  # Lambda: wall clock
         else:
             deadline = max(self.hard_cap_s, timeout_s + 1.0)  # vm timeout covers sync code; the cap the rest
         code = req.code or ""
         key = f"{runtime}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
         try:
-            w = self._acquire()
+            w = self._acquire(runtime)
         except RuntimeError as exc:
             return ExecResult(ok=False, returned=False, error=str(exc), crashed=True,
                               duration_ms=(time.perf_counter() - t0) * 1000)
@@ -415,8 +512,18 @@ class BotRuntime:
                     return self._timeout_result(runtime, timeout_s, deadline, call, w, t0)
                 w.calls.pop(call.id, None)
                 if call.crash is not None:
+                    # the worker died (killed, out of memory, process.exit): noticed as its pipe closed, the
+                    # execution fails now with that reason
                     retire = True
                     error = f"{call.cut_reason}: {call.crash}" if call.cut_reason else call.crash
+                    if runtime == "awslambda" and not call.cut_reason:
+                        # Lambda answers the invoke with its error payload (Medplum returns it), and the log tail
+                        # ends with the runtime's own line
+                        payload = w.lambda_error()
+                        call.add_log(f"{payload['errorMessage']}\n{payload['errorType']}\n")
+                        return ExecResult(ok=False, returned=True, value=payload, error=error, logs=call.logs(),
+                                          duration_ms=(time.perf_counter() - t0) * 1000, crashed=True,
+                                          worker_pid=w.pid)
                     if call.cut_reason:
                         call.add_log(error)
                     return ExecResult(ok=False, returned=False, error=error, logs=call.logs(),
@@ -477,10 +584,11 @@ class BotRuntime:
                         "variables": variables or {}})
             except (OSError, ValueError):
                 w.kill()
-            if not call.done.wait(self.hard_cap_s):
+            limit = min(self.hard_cap_s, FHIRPATH_TIMEOUT_S)
+            if not call.done.wait(limit):
                 retire = True
                 w.kill()
-                raise TimeoutError(f"FHIRPath evaluation exceeded {self.hard_cap_s:g} s")
+                raise TimeoutError(f"FHIRPath evaluation exceeded {limit:g} s")
             w.calls.pop(call.id, None)
             if call.crash is not None:
                 retire = True
@@ -514,7 +622,9 @@ class BotRuntime:
 
     def stats(self) -> dict:
         with self._cond:
-            return {"workers": len(self._workers), "idle": len(self._idle), "starting": self._starting,
+            return {"workers": len(self._workers), "idle": sum(len(v) for v in self._idle.values()),
+                    "starting": self._starting,
+                    "by_runtime": {f: sum(1 for w in self._workers if w.flavor == f) for f in self._idle},
                     "pids": sorted(w.pid for w in self._workers)}
 
     def close(self) -> None:
@@ -524,7 +634,9 @@ class BotRuntime:
             self._closed = True
             workers = list(self._workers)
             self._workers.clear()
-            self._idle.clear()
+            for idle in self._idle.values():
+                idle.clear()
+            self._watch_stop.set()
             self._cond.notify_all()
         threads = [threading.Thread(target=w.stop, daemon=True) for w in workers]
         for t in threads:

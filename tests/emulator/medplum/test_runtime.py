@@ -280,8 +280,10 @@ def test_out_of_memory_crashes_and_pool_recovers():
     with BotRuntime(size=1, max_size=2, memory_mb=64) as small:
         code = ("exports.handler = async () => { console.log('before'); const a = [];"
                 " while (true) { a.push(new Array(100000).fill(Math.random())); } };")
+        t0 = time.monotonic()
         r = small.execute(ExecRequest("oom", code, "vmcontext", 30, ev({}), "http://127.0.0.1:9/", "t"))
         assert r.crashed and not r.ok and "heap out of memory" in r.error
+        assert time.monotonic() - t0 < 15, "the death is noticed at once, not at the timeout (30 s) or the hard cap"
         assert r.logs == "before"
         r2 = small.execute(ExecRequest("ok", "exports.handler = async () => 2;", "vmcontext", 5, ev({}),
                                        "http://127.0.0.1:9/", "t"))
@@ -400,3 +402,64 @@ def test_workers_exit_when_parent_dies(tmp_path):
             except (ProcessLookupError, FileNotFoundError):
                 pass
     assert not alive
+
+
+# ---------------------------------------------------------------- Medplum's limits per runtime (issue 12)
+
+HEAP = "exports.handler = async () => require('v8').getHeapStatistics().heap_size_limit / 1048576;"
+
+
+def test_each_runtime_gets_medplums_limits():
+    """awslambda: a Lambda of 1024 MB (Medplum's LAMBDA_MEMORY), V8 sized as Lambda's Node bootstrap does
+    (old space = memory - memory/10); vmcontext: no cap of its own, Node's default heap, like the Medplum server
+    process it runs in."""
+    import subprocess
+    from medport.emulator.node import node_binary
+    with BotRuntime(size=1, max_size=3) as rt:
+        lam = run(rt, HEAP, runtime="awslambda")
+        assert lam.ok, lam.error
+        assert 922 <= lam.value <= 1024 + 128, lam.value  # old space + the young generation
+        vm = run(rt, HEAP)
+        assert vm.ok, vm.error
+        plain = float(subprocess.run([str(node_binary()), "-e", "console.log(require('v8').getHeapStatistics()"
+                                      ".heap_size_limit / 1048576)"], capture_output=True, text=True).stdout)
+        assert abs(vm.value - plain) < 1, (vm.value, plain)
+        assert rt.stats()["by_runtime"] == {"vmcontext": 1, "awslambda": 1}
+    with BotRuntime(size=1, max_size=2, memory_mb=96, lambda_memory_mb=256) as small:
+        assert run(small, HEAP).value < 200
+        assert 230 <= run(small, HEAP, runtime="awslambda").value < 300
+
+
+def test_awslambda_past_its_memory_size_is_killed_like_lambda():
+    """Memory outside the V8 heap (buffers) counts too: past MemorySize the sandbox is killed, the execution fails
+    at once with Lambda's Runtime.OutOfMemory payload, and the next execution gets a fresh worker."""
+    with BotRuntime(size=0, max_size=2, lambda_memory_mb=160) as rt:
+        code = ("exports.handler = async () => { console.log('allocating'); const keep = [];"
+                " for (let i = 0; i < 100; i++) { keep.push(new Uint8Array(16 * 1024 * 1024).fill(1));"
+                " await new Promise((r) => setTimeout(r, 5)); } return keep.length; };")
+        t0 = time.monotonic()
+        r = run(rt, code, runtime="awslambda", timeout_s=60)
+        assert time.monotonic() - t0 < 15
+        assert r.crashed and not r.ok and r.returned
+        assert r.value["errorType"] == "Runtime.OutOfMemory", r.value
+        assert r.value["errorMessage"].startswith("RequestId: ")
+        assert r.value["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
+        assert "allocating" in r.logs and "Runtime.OutOfMemory" in r.logs
+        r2 = run(rt, "exports.handler = async () => 'after';", runtime="awslambda")
+        assert r2.ok and r2.value == "after" and r2.worker_pid != r.worker_pid
+
+
+def test_awslambda_heap_out_of_memory_is_an_exit_error():
+    with BotRuntime(size=0, max_size=2, lambda_memory_mb=128) as rt:
+        code = ("exports.handler = async () => { const a = [];"
+                " while (true) { a.push(new Array(100000).fill(Math.random())); } };")
+        r = run(rt, code, runtime="awslambda", timeout_s=60)
+        assert r.crashed and not r.ok and r.returned
+        assert r.value["errorType"] in ("Runtime.ExitError", "Runtime.OutOfMemory"), r.value
+        assert "Runtime exited with error: signal: " in r.value["errorMessage"]
+
+
+def test_awslambda_timeout_is_at_most_lambdas_maximum():
+    from medport.emulator.medplum.runtime import pool
+    assert pool.MAX_LAMBDA_TIMEOUT_S == 900
+    assert BotRuntime.__init__.__defaults__[2] >= 900  # vmcontext: a generous cap (Medplum has none)
