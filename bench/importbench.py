@@ -234,6 +234,16 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
         for r in importers:   # the consolidated-data message's runs (a resumed import has several)
             by_task[r["resource"]] = by_task.get(r["resource"], 0.0) + r["duration_ms"]
         ack = [d for d in dels if d["type"] == "medical.consolidated-data"]
+        if os.environ.get("MEDPORT_BENCH_TIMELINE"):
+            t_start = time.time() - (time.monotonic() - t0)
+            for r in sorted(runs, key=lambda r: r["started"]):
+                from datetime import datetime
+                st = datetime.fromisoformat(r["started"].replace("Z", "+00:00")).timestamp() - t_start
+                print(f"  run {st:7.3f} s +{r['duration_ms'] / 1000:6.3f} s {r['bot_name']:24s} {r['trigger']:12s} "
+                      f"{r.get('resource') or ''}", file=sys.stderr)
+            for d in dels:
+                print(f"  delivery {d.get('type')} {d.get('status')} {d.get('durationMs')} ms at {d.get('sentAt') or d.get('at')}",
+                      file=sys.stderr)
         return {
             "resources_in_bundle": n, "resources_expected": expected, "resources_in_medplum": in_medplum,
             "runtime": runtime, "done": done, "failed_tasks": failed,

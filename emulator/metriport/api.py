@@ -427,5 +427,5 @@ def get_file(token: str, name: str):
         return _s3_error("NoSuchKey", "The specified key does not exist.", 404)
     if name != f.name:
         return _s3_error("SignatureDoesNotMatch", None, 403)
-    return Response(f.content, status=200, content_type=f.content_type)
+    return Response(f.body(), status=200, content_type=f.content_type)
 

@@ -59,6 +59,7 @@ class MetriportBackend:
         self.rates = RateLimiter(clock)
         self.files = FileStore(clock)
         self.datasets: dict[str, Dataset] = seed_datasets() if seed else {}
+        self._entries_cache: tuple | None = None
         if data_path:
             self.datasets.update(load_data(data_path))
         self._clear()
@@ -70,7 +71,7 @@ class MetriportBackend:
         if self._store is not None:
             self._restore()
             self.files.on_put = lambda token, f: self._store.put_file(token, f.name, f.content_type, f.expires_at,
-                                                                      f.content)
+                                                                      f.body())
             self._sender.on_change = self._save_delivery
             self._store.put("meta", "cx", {"cxId": self.cx_id})
             for fac in self.facilities.values():
@@ -375,8 +376,19 @@ class MetriportBackend:
         return self.datasets.get(first[0].lower()) if first else None
 
     def patient_entries(self, patient: Patient) -> list[dict]:
+        """The patient's clinical data (built from its dataset; the last one built is kept — a document query and
+        the consolidated query that follows read the same entries, which nothing changes)."""
         ds = self.dataset_for(patient)
-        return ds.build(patient.id, patient.to_dict()) if ds else []
+        if not ds:
+            return []
+        demo = patient.to_dict()
+        key = (id(ds), patient.id, json.dumps(demo, sort_keys=True, default=str))
+        cached = self._entries_cache
+        if cached is not None and cached[0] == key and cached[1] is ds:
+            return cached[2]
+        entries = ds.build(patient.id, demo)
+        self._entries_cache = (key, ds, entries)
+        return entries
 
     def consolidated_bundle(self, patient: Patient, resources: list[str] | None, date_from: str | None,
                             date_to: str | None) -> dict:
@@ -608,12 +620,12 @@ class MetriportBackend:
         base = f"{patient.id}_{q.request_id}_CONSOLIDATED"
         expired = self.faults.take("expire_next_consolidated")
         if q.conversion_type == "json":
-            raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            raw = _bundle_json(bundle)
             content = [
                 {"attachment": {"contentType": "application/json",
                                 "url": self.store_file(raw, "application/json", base + ".json", expired=expired)}},
-                {"attachment": {"contentType": "application/gzip",
-                                "url": self.store_file(gzip.compress(raw, 5, mtime=0), "application/gzip",
+                {"attachment": {"contentType": "application/gzip",   # compressed when first downloaded
+                                "url": self.store_file(lambda: gzip.compress(raw, 5, mtime=0), "application/gzip",
                                                        base + ".json.gz", expired=expired)}}]
         else:
             ctype = q.conversion_type
@@ -644,6 +656,16 @@ def _ccda_xml(patient: Patient, doc_id: str, ref: dict) -> bytes:
         '</name></patient></patientRole></recordTarget>\n'
         '</ClinicalDocument>\n'
     ).encode("utf-8")
+
+
+def _bundle_json(bundle: dict) -> bytes:
+    """The consolidated bundle as the file serves it: compact JSON, UTF-8 (orjson when installed: the same text,
+    written ~10x faster — a real bundle is tens of MB)."""
+    try:
+        import orjson
+        return orjson.dumps(bundle)
+    except (ImportError, TypeError, ValueError):
+        return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _summary_html(patient: Patient, bundle: dict) -> str:

@@ -159,14 +159,21 @@ class ConsolidatedQuery:
 
 @dataclass
 class StoredFile:
-    """A file behind a presigned URL; past `expires_at` the URL answers S3's 'Request has expired'."""
+    """A file behind a presigned URL; past `expires_at` the URL answers S3's 'Request has expired'. `make`: the
+    content is made on first read (the gzip copy of a consolidated bundle: bots download the JSON one)."""
     content: bytes
     content_type: str
     expires_at: float
     name: str
+    make: Any = field(default=None, repr=False, compare=False)
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
+
+    def body(self) -> bytes:
+        if self.make is not None:
+            self.content, self.make = self.make(), None
+        return self.content
 
 
 @dataclass

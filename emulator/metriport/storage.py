@@ -40,12 +40,16 @@ class FileStore:
         with self._lock:
             self._files[token] = f
 
-    def put(self, content: bytes, content_type: str, name: str, *, expires_s: int = URL_EXPIRES_S,
-            expired: bool = False) -> str:
-        """Store `content`; returns its presigned path (born expired if `expired`)."""
+    def put(self, content: bytes | Callable[[], bytes], content_type: str, name: str, *,
+            expires_s: int = URL_EXPIRES_S, expired: bool = False) -> str:
+        """Store `content` (or a function making it on first read); returns its presigned path (born expired
+        if `expired`)."""
         now = self._clock()
         token = secrets.token_urlsafe(18)
-        stored = StoredFile(content, content_type, now - 1 if expired else now + expires_s, name)
+        if callable(content):
+            stored = StoredFile(b"", content_type, now - 1 if expired else now + expires_s, name, make=content)
+        else:
+            stored = StoredFile(content, content_type, now - 1 if expired else now + expires_s, name)
         with self._lock:
             self._files[token] = stored
         if self.on_put:

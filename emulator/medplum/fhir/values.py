@@ -222,16 +222,49 @@ def _bases(k: str) -> tuple[str, ...]:
     return tuple(k[:j] for j in range(1, len(k)) if k[j].isupper())
 
 
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(params: dict) -> tuple:
+    """A type's parameters as (params, always, by_first_name): each entry (order, code, param), reachable from
+    the top-level property its paths start with (or always, when that is not known)."""
+    plan = _PLANS.get(id(params))
+    if plan is None or plan[0] is not params:
+        always: list[tuple] = []
+        by_name: dict[str, list[tuple]] = {}
+        for order, (code, sp) in enumerate(params.items()):
+            if not sp.supported or code in ("_id", "_lastUpdated"):
+                continue
+            entry = (order, code, sp)
+            if sp.first_names is None:
+                always.append(entry)
+            else:
+                for name in sp.first_names:
+                    by_name.setdefault(name, []).append(entry)
+        plan = _PLANS[id(params)] = (params, always, by_name)
+    return plan
+
+
 def index_rows(params: dict, resource: dict):
     """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
-    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier."""
+    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
+    paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40)."""
     tok, st, ref, dt, num, txt = [], [], [], [], [], []
-    present = present_names(resource)
-    for code, sp in params.items():
-        if not sp.supported or code in ("_id", "_lastUpdated"):
-            continue
-        if sp.first_names is not None and present.isdisjoint(sp.first_names):
-            continue
+    _, always, by_name = _plan(params)
+    todo: dict[int, tuple] = {e[0]: e for e in always}
+    for k in resource:
+        found = by_name.get(k)
+        if found:
+            for e in found:
+                todo[e[0]] = e
+        if not k.islower():
+            for base in _bases(k):
+                found = by_name.get(base)
+                if found:
+                    for e in found:
+                        todo[e[0]] = e
+    for order in sorted(todo):
+        _, code, sp = todo[order]
         vals = sp.extract(resource)
         if not vals:
             continue

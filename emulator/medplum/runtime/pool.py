@@ -152,9 +152,11 @@ class _Worker:
         self.flavor = flavor                    # "vmcontext" | "awslambda": which runtime's limits it has
         self.memory_limit = memory_limit        # bytes of RSS past which it is killed (Lambda's MemorySize)
         self.over_memory = False                # killed for passing memory_limit
+        # MEDPORT_WORKER_NODE_ARGS (a profiling aid, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"): extra Node flags
+        extra = os.environ.get("MEDPORT_WORKER_NODE_ARGS", "").split()
         try:
             self.proc = subprocess.Popen(
-                [node, *node_args, "--disable-warning=ExperimentalWarning", WORKER_JS],
+                [node, *node_args, *extra, "--disable-warning=ExperimentalWarning", WORKER_JS],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
