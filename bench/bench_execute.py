@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ class Conn:
     def __init__(self, host: str, port: int, request: bytes):
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(60)
         self.request = request
         self.buf = b""
 
@@ -59,11 +61,37 @@ class Conn:
         return data
 
 
+def _tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process (the emulator) and of its children (Node), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"emulator": 0.0, "node": 0.0}
+
+    def walk(p: int, kind: str) -> None:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            out[kind] += (int(parts[11]) + int(parts[12])) / tick
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            return
+        for k in kids:
+            walk(k, "node")
+
+    walk(pid, "emulator")
+    return out
+
+
 def start_emulator() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"],
+    prof = os.environ.get("MEDPORT_BENCH_PYSPY")  # record a py-spy profile (raw) of the emulator's process
+    wrap = [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-r", "500", "-f", "raw", "-o", prof,
+            *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []), "--"] if prof else []
+    proc = subprocess.Popen([*wrap, sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = proc.stdout.readline()
+    while line and "listening on" not in line:   # py-spy's own lines first
+        line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
         raise RuntimeError("emulator did not start: " + proc.stderr.read()[-2000:])
@@ -120,6 +148,7 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
                 out.append((time.perf_counter() - t) * 1000)
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+        cpu0 = _tree_cpu(proc.pid) if proc is not None else {}
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -128,24 +157,28 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
+        cpu1 = _tree_cpu(proc.pid) if proc is not None else {}
         allc = [x for xs in lat for x in xs]
         rate = len(allc) / elapsed
+        per_exec = {k: round((cpu1.get(k, 0) - cpu0.get(k, 0)) / max(1, len(allc)) * 1000, 3) for k in cpu1}
         out = {"n": n, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "mean_ms": round(statistics.mean(samples), 2),
                "clients": clients, "executions_per_s": round(rate), "concurrent_p50_ms": round(statistics.median(allc), 1),
                "concurrent_p99_ms": round(percentile(allc, 0.99), 1), "errors": errors[0],
-               "emulator": "in the benchmark's process" if inprocess else "own process"}
+               "emulator": "in the benchmark's process" if inprocess else "own process",
+               "cpu_ms_per_execution": per_exec, "load_average": round(os.getloadavg()[0], 2)}
         print(f"warm $execute (trivial bot, HTTP, emulator in {out['emulator']}): sequential n={n} p50 {p50:.2f} ms, "
               f"p99 {p99:.2f} ms (targets <= 3 / <= 10 ms); {clients} concurrent clients: {rate:.0f} executions/s "
-              f"(target >= 800), p50 {out['concurrent_p50_ms']} ms, p99 {out['concurrent_p99_ms']} ms, errors {errors[0]}")
+              f"(target >= 800), p50 {out['concurrent_p50_ms']} ms, p99 {out['concurrent_p99_ms']} ms, errors {errors[0]}; "
+              f"CPU ms per execution {per_exec}; load {out['load_average']}")
         print("RESULT " + json.dumps(out))
         return out
     finally:
         if handle is not None:
             handle.stop()
         if proc is not None:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)   # (py-spy writes its profile on SIGINT)
             try:
-                proc.wait(10)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets as _secrets
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,8 +25,18 @@ def uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
+_second: tuple = (None, "")     # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now as an instant with milliseconds, "2026-11-30T13:00:05.123Z" (the formatted second is reused)."""
+    global _second
+    ms = int(time.time() * 1000)
+    sec, frac = divmod(ms, 1000)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{frac:03d}Z"
 
 
 def new_id() -> str:

@@ -30,6 +30,23 @@ MIRRORED_CONTENT_TYPES = ("text/plain", HL7_V2)
 
 def _bot_for_request(state: "EmulatorState", principal, bot_id: str | None) -> dict:
     if bot_id:
+        # The Bot as last read for this caller, until any write to a Bot or to who may do what (the auth caches'
+        # generation): Medplum reads it through its cache too. The same dict is handed out: callers only read it.
+        cache = state.__dict__.setdefault("_execute_bot_cache", {})
+        gen = state.auth._generation
+        hit = cache.get((id(principal), bot_id))
+        if hit is not None and hit[0] == gen and hit[1] is principal:
+            return hit[2]
+        bot = _read_bot(state, principal, bot_id)
+        if len(cache) > 1024:
+            cache.clear()
+        cache[(id(principal), bot_id)] = (gen, principal, bot)
+        return bot
+    return _read_bot(state, principal, None)
+
+
+def _read_bot(state: "EmulatorState", principal, bot_id: str | None) -> dict:
+    if bot_id:
         resp = state.call("GET", f"Bot/{bot_id}", principal=principal)
         if resp.status != 200:
             raise FhirError(resp.body)

@@ -31,6 +31,11 @@ from typing import Any
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
 log = logging.getLogger(__name__)
 
 WORKER_JS = str(Path(__file__).with_name("worker.js"))
@@ -187,7 +192,12 @@ class _Worker:
     def send(self, msg: dict) -> None:
         # jsonsafe: a non-finite number would make a line JSON.parse refuses, and the call would wait for
         # an answer that never comes (it was the hang of test_fuzz_execute_never_5xx: {"a": -Infinity})
-        data = (jsonsafe.dumps(msg, default=str, ensure_ascii=True) + "\n").encode("ascii")
+        try:  # orjson: non-finite numbers as null like jsonsafe; anything it refuses goes the careful way
+            data = _orjson.dumps(msg) + b"\n" if _orjson is not None else None
+        except (TypeError, ValueError):
+            data = None
+        if data is None:
+            data = (jsonsafe.dumps(msg, default=str, ensure_ascii=True) + "\n").encode("ascii")
         with self._wlock:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
@@ -323,6 +333,10 @@ class BotRuntime:
             pass
         self._env = worker_env(MEDPORT_NODE_MODULES=str(nm), MEDPORT_BOT_DIR=self._bot_dir)
         self._cond = threading.Condition()
+        # waiters for a worker of one runtime wait on its own condition (same lock): a worker that goes idle
+        # wakes one of them, not every waiting thread
+        self._avail = {f: threading.Condition(self._cond._lock) for f in ("vmcontext", "awslambda")}  # type: ignore[attr-defined]
+        self._waiting = {"vmcontext": 0, "awslambda": 0}
         self._workers: set[_Worker] = set()
         self._idle: dict[str, list[_Worker]] = {"vmcontext": [], "awslambda": []}
         self._starting = 0
@@ -373,7 +387,11 @@ class BotRuntime:
                         self._starting += 1
                         spawn = True
                         break
-                    self._cond.wait()
+                    self._waiting[flavor] += 1
+                    try:
+                        self._avail[flavor].wait()
+                    finally:
+                        self._waiting[flavor] -= 1
             if to_stop is not None:
                 threading.Thread(target=to_stop.stop, daemon=True).start()
             if spawn:
@@ -385,7 +403,7 @@ class BotRuntime:
                         self._starting -= 1
                         if new_w is not None:
                             self._workers.add(new_w)
-                        self._cond.notify_all()
+                        self._wake_all()
                 w = new_w
             if not w.ready.wait(READY_TIMEOUT_S) or w.dead:
                 reason = w.describe_exit() if w.dead else "worker did not become ready"
@@ -393,7 +411,7 @@ class BotRuntime:
                 w.kill()
                 with self._cond:
                     self._workers.discard(w)
-                    self._cond.notify_all()
+                    self._wake_all()
                 raise RuntimeError(f"bot worker failed to start: {reason}")
             if w.memory_limit:
                 self._ensure_watcher()
@@ -404,10 +422,12 @@ class BotRuntime:
         w.last_used = now
         to_stop: list[_Worker] = []
         with self._cond:
+            freed = False
             if retire or w.dead or self._closed:
                 self._workers.discard(w)
                 if not w.dead:
                     to_stop.append(w)
+                freed = True
             else:
                 self._idle[w.flavor].append(w)
             # stop extra workers that stayed idle (the pool shrinks back to `size` vmcontext workers)
@@ -433,9 +453,18 @@ class BotRuntime:
                         break
                     self._workers.add(nw)
                     self._idle["vmcontext"].insert(0, nw)
-            self._cond.notify_all()
+                    freed = True
+            if freed or to_stop or not self._waiting[w.flavor]:
+                self._wake_all()   # a slot or another runtime's waiter: everyone looks again
+            else:
+                self._avail[w.flavor].notify()
         for old in to_stop:
             threading.Thread(target=old.stop, daemon=True).start()
+
+    def _wake_all(self) -> None:
+        """(lock held) Wake every thread waiting for a worker."""
+        for cond in self._avail.values():
+            cond.notify_all()
 
     def _ensure_watcher(self) -> None:
         with self._cond:
@@ -639,7 +668,7 @@ class BotRuntime:
             for idle in self._idle.values():
                 idle.clear()
             self._watch_stop.set()
-            self._cond.notify_all()
+            self._wake_all()
         threads = [threading.Thread(target=w.stop, daemon=True) for w in workers]
         for t in threads:
             t.start()

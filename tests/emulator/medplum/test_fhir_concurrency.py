@@ -29,6 +29,14 @@ def env():
         return found
 
     svc._find = find
+    slow_lookup = svc._lookup_identifiers
+
+    def lookup(*a, **kw):  # the batched identifier lookup of batch preprocessing, widened the same way
+        found = slow_lookup(*a, **kw)
+        time.sleep(0.02)
+        return found
+
+    svc._lookup_identifiers = lookup
     yield repo, svc, pr
     repo.close()
 
