@@ -50,7 +50,9 @@ def _references(node, path=""):
 
 def check_references(stack, resources: list[dict], patient_ids: set[str]) -> None:
     """Every reference resolves; every Patient reference points at one of the existing Patients."""
-    cache: dict[str, bool] = {}
+    # the resources just listed exist: only references to anything else are read (one GET each)
+    cache: dict[str, bool] = {f"{r['resourceType']}/{r['id']}": True for r in resources
+                              if r.get("resourceType") and r.get("id")}
     for r in resources:
         contained = {f"#{c.get('id')}" for c in r.get("contained", [])}
         for path, ref in _references(r):
@@ -86,7 +88,8 @@ def scenario_seed_patients(stack, names=("Jane", "Chris", "Ollie", "Andreas", "K
     before_msgs = len([d for d in deliveries(stack) if d["type"] == "medical.consolidated-data"])
     base = task_ids(stack)
     pats = {n: create_patient(stack, n, org["id"]) for n in names}
-    out = wait_for_consolidated(stack, expected_messages=before_msgs + len(names), timeout=timeout, baseline=base)
+    out = wait_for_consolidated(stack, expected_messages=before_msgs + len(names), timeout=timeout, baseline=base,
+                                poll=0.05)
     expect(out.done, f"timed out after {out.waited_s:.0f} s: {out.consolidated_delivered - before_msgs} of "
                      f"{len(names)} consolidated-data webhooks delivered and processed")
     expect(not out.failed_tasks, f"{len(out.failed_tasks)} message(s) failed: "
