@@ -13,10 +13,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("Bot runtime: warm execute (no HTTP)", ["bench_runtime.py", "1000"]),
-    ("$execute over HTTP: warm trivial bot", ["bench_execute.py", "500"]),
+    ("$execute over HTTP: warm trivial bot, sequential and 16 concurrent clients", ["bench_execute.py", "500"]),
     ("Emulator start to ready", ["bench_startup.py", "5"]),
     ("FHIR store: 10,000 resources as batches of 50 conditional PUTs", ["bench_fhir_store.py", "--n", "10000"]),
     ("End to end: 10,000-resource consolidated bundle", ["bench_e2e_10k.py", "10000"]),
+    ("Import curve: 1,000 to 100,000 resources (vmcontext, one run each)",
+     ["bench_import_curve.py", "--sizes", "1000,10000,30000,100000", "--repeat", "1"]),
     ("Fuzzing the fake Metriport's HTTP API (5,200 requests)", ["bench_fuzz_fake.py", "5200", "--record"]),
     ("Fuzz of the emulator's HTTP API: 5,000 hostile requests", ["bench_fuzz.py", "5000"]),
 ]
@@ -29,7 +31,7 @@ def main() -> int:
         print(f"== {title}", flush=True)
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], capture_output=True, text=True,
-                              cwd=HERE.parent, timeout=900)
+                              cwd=HERE.parent, timeout=1800)
         out = "\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("RESULT "))
         print(out, flush=True)
         if proc.returncode != 0:
