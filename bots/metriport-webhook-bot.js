@@ -911,7 +911,8 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {Map<string, string>} urns urn:uuid:<id> -> key of every resource seen (same limit)
  * @property {Set<string>} patientRefs
  * @property {Map<string, Fixup>} fixups holders of references to resources later in the bundle
- * @property {number} base items (in import order) of the windows before this one
+ * @property {number} base items (in import order) of the windows before the one being sent
+ * @property {number} planned items (in import order) of the windows prepared so far
  * @property {number} resumeDone items an earlier run stored (its checkpoint)
  * @property {boolean} copy resources are the caller's: copied before they are repaired
  */
@@ -950,6 +951,8 @@ const ENTRY_RETRIES = 2;
 const LOOKUP_CHUNK = 40;
 /** Resources of the bundle planned, ordered and sent together (memory ~ this many resources). */
 const WINDOW_ITEMS = CONFIG.batch.window || 4000;
+/** The first window: smaller, so that the first batches go out sooner. */
+const FIRST_WINDOW_ITEMS = 1000;
 /** Ids (and urn:uuid aliases) remembered across windows; older ones are looked up again when needed. */
 const INDEX_LIMIT = 100000;
 /** Times a download cut mid-stream is opened again (the entries already read are skipped). */
@@ -1061,24 +1064,51 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
     patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
     fixups: new Map(),
     base: 0,
+    planned: 0,
     resumeDone,
     copy: Array.isArray(resources),
   };
+  const it = resilient(resources)[Symbol.asyncIterator]();
   let read = 0;
-  /** @type {any[]} */
-  let window = [];
-  for await (const resource of resilient(resources)) {
-    read++;
-    window.push(resource);
-    if (window.length >= WINDOW_ITEMS) {
-      await importWindow(medplum, window, subjectId, metriportPatientId, summary, ctx, index);
-      window = [];
+  /**
+   * The next window read from the source and prepared (planned, repaired, ordered): while one window is sent,
+   * the next is read and prepared in the gaps (the event loop interleaves them), so Medplum is not left idle
+   * between windows. Two windows at most are held.
+   * @param {number} size
+   * @returns {Promise<{ window: Window, done: boolean }>}
+   */
+  const next = async (size) => {
+    /** @type {any[]} */
+    const batch = [];
+    let done = false;
+    while (batch.length < size) {
+      const r = await it.next();
+      if (r.done) {
+        done = true;
+        break;
+      }
+      read++;
+      batch.push(r.value);
+    }
+    return { window: prepareWindow(batch, subjectId, metriportPatientId, summary, index), done };
+  };
+  // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
+  let coming = next(Math.min(WINDOW_ITEMS, FIRST_WINDOW_ITEMS));
+  for (let first = true; ; first = false) {
+    const { window, done } = await coming;
+    if (!window.order.ordered.length && !first && done) {
+      break;
+    }
+    coming = done ? undefined : next(WINDOW_ITEMS);
+    // a failure of the window being sent must not leave the next one's read unobserved
+    if (coming) {
+      coming.catch(() => undefined);
+    }
+    await sendWindow(medplum, window, summary, ctx, index);
+    if (done || !coming) {
+      break;
     }
   }
-  if (window.length || read === 0) {
-    await importWindow(medplum, window, subjectId, metriportPatientId, summary, ctx, index);
-  }
-  window = [];
   await sendFixups(medplum, index, summary);
   return read;
 }
@@ -1130,22 +1160,43 @@ async function* resilient(resources) {
 }
 
 /**
- * One window: plan, repair, order, then chunk and send level by level (or skip what the checkpoint says
- * an earlier run stored); the items whose references wait for a later resource become fixups.
- * @param {MedplumClient} medplum
+ * One window of resources planned, repaired and ordered (no request yet).
+ * @typedef { { plan: Plan, order: Order, base: number } } Window
+ */
+
+/**
+ * Prepare a window: plan, repair, order. Its items are counted into the index (keys seen, urn:uuid aliases), so
+ * the next window can be prepared while this one is sent.
  * @param {any[]} resources
  * @param {string} subjectId
  * @param {string} metriportPatientId
  * @param {Summary} summary
- * @param {Ctx | null | undefined} ctx
  * @param {Index} index
+ * @returns {Window}
  */
-async function importWindow(medplum, resources, subjectId, metriportPatientId, summary, ctx, index) {
+function prepareWindow(resources, subjectId, metriportPatientId, summary, index) {
   const plan = planImport(resources, subjectId, metriportPatientId, summary, index);
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
   const order = orderItems(plan.items);
+  const base = index.planned;
+  index.planned += order.ordered.length;
+  return { plan, order, base };
+}
+
+/**
+ * Send one prepared window: chunk and send level by level (or skip what the checkpoint says an earlier run
+ * stored); the items whose references wait for a later resource become fixups.
+ * @param {MedplumClient} medplum
+ * @param {Window} window
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Index} index
+ */
+async function sendWindow(medplum, window, summary, ctx, index) {
+  const { plan, order } = window;
+  index.base = window.base;
   const n = order.ordered.length;
   const wanted = Math.max(0, Math.min(n, index.resumeDone - index.base));
   let start = 0;
@@ -1177,7 +1228,6 @@ async function importWindow(medplum, resources, subjectId, metriportPatientId, s
       index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId, text: JSON.stringify(item.resource) });
     }
   }
-  index.base += n;
 }
 
 // --- index -----------------------------------------------------------------
@@ -1669,7 +1719,7 @@ class EntryScanner {
 function planImport(resources, subjectId, metriportPatientId, summary, index) {
   const allowed = new Set(CONFIG.resources);
   const idx = index || {
-    ids: new Map(), urns: new Map(), fixups: new Map(), base: 0, resumeDone: 0, copy: true,
+    ids: new Map(), urns: new Map(), fixups: new Map(), base: 0, planned: 0, resumeDone: 0, copy: true,
     patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
   };
   /** @type {Plan} */
@@ -1714,6 +1764,9 @@ function planImport(resources, subjectId, metriportPatientId, summary, index) {
       continue;
     }
     items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
+    if (!idx.ids.has(key)) {
+      rememberId(idx, key, ''); // seen (a later duplicate is skipped); its id once Medplum stores it
+    }
     alias.set(key, key);
     alias.set('urn:uuid:' + mid, key);
     rememberUrn(idx, 'urn:uuid:' + mid, key);
