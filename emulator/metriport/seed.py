@@ -74,6 +74,17 @@ def _bundles_in(path: Path) -> list[Path]:
     return [path]
 
 
+def _loads(text: str):
+    """json.loads, through orjson when installed (a real-sized dataset is tens of MB)."""
+    try:
+        import orjson
+        return orjson.loads(text)
+    except ImportError:
+        return json.loads(text)
+    except ValueError:
+        return json.loads(text)
+
+
 def load_data(path: str | os.PathLike) -> dict[str, Dataset]:
     """Read a FHIR bundle file or a folder of them.
 
@@ -84,7 +95,7 @@ def load_data(path: str | os.PathLike) -> dict[str, Dataset]:
     grouped: dict[str, dict] = {}
     for file in _bundles_in(Path(path)):
         try:
-            bundle = json.loads(file.read_text(encoding="utf-8"))
+            bundle = _loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -117,7 +128,7 @@ def load_data(path: str | os.PathLike) -> dict[str, Dataset]:
             t = _text
             for old in _ids:
                 t = t.replace(old, patient_id)
-            res = json.loads(t)
+            res = _loads(t)
             entries = []
             for r in res:
                 if r.get("resourceType") == "Patient":

@@ -112,7 +112,7 @@ class Validator:
         todo, keys = [], []
         for r in resources:
             if isinstance(r, dict) and isinstance(r.get("resourceType"), str) and r["resourceType"] in RESOURCE_TYPES:
-                key = _content_key(r)
+                key = self._key(r)
                 if key and key not in cache and key not in keys:
                     todo.append(r)
                     keys.append(key)
@@ -143,13 +143,27 @@ class Validator:
             c = self._local.verdicts = {}
         return c
 
+    def _key(self, r: dict) -> str | bytes:
+        """`_content_key`, remembered per object for this thread's batch (a body is keyed once, not three times);
+        the object is kept with its key, so its id cannot be reused meanwhile."""
+        keys = getattr(self._local, "keys", None)
+        if keys is None:
+            keys = self._local.keys = {}
+        hit = keys.get(id(r))
+        if hit is not None and hit[0] is r:
+            return hit[1]
+        key = _content_key(r)
+        keys[id(r)] = (r, key)
+        return key
+
     def clear_prevalidated(self) -> None:
         self._local.verdicts = {}
+        self._local.keys = {}
 
     def _strict_outcome(self, resource: dict) -> dict | None:
         cache = self._cache()
         if cache:
-            key = _content_key(resource)
+            key = self._key(resource)
             hit = cache.pop(key, None) if key else None
             if hit is not None:
                 fut, v = hit
