@@ -17,8 +17,31 @@ from medport.generator.config import load_config  # noqa: E402
 from medport.generator.stack import start_stack  # noqa: E402
 
 
+def trace_batches(path: str) -> None:
+    """MEDPORT_TRACE_BATCH=<file>: write (start, end, thread CPU s, entries) of every batch Bundle at exit."""
+    import atexit
+    import time
+
+    from medport.emulator.medplum.fhir import service
+
+    orig, log = service.FhirService.batch, []
+
+    def batch(self, pr, bundle):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return orig(self, pr, bundle)
+        finally:
+            n = len(bundle.get("entry") or []) if isinstance(bundle, dict) else 0
+            log.append((t0, time.perf_counter(), time.thread_time() - c0, n))
+
+    service.FhirService.batch = batch
+    atexit.register(lambda: json.dump(log, open(path, "w")))
+
+
 def main() -> int:
     cfg_path, base, api_key, webhook_key = sys.argv[1:5]
+    if os.environ.get("MEDPORT_TRACE_BATCH"):
+        trace_batches(os.environ["MEDPORT_TRACE_BATCH"])
     runtime = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     os.environ["METRIPORT_BASE_URL"] = base
     os.environ["METRIPORT_API_KEY"] = api_key

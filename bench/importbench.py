@@ -245,6 +245,8 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
                 st = datetime.fromisoformat(r["started"].replace("Z", "+00:00")).timestamp() - t_start
                 print(f"  run {st:7.3f} s +{r['duration_ms'] / 1000:6.3f} s {r['bot_name']:24s} {r['trigger']:12s} "
                       f"{r.get('resource') or ''}", file=sys.stderr)
+                if os.environ.get("MEDPORT_BENCH_TIMELINE") == "logs" and r["duration_ms"] < 2000:
+                    print("      " + (r.get("logs") or "").replace("\n", "\n      ")[:1500], file=sys.stderr)
             for d in dels:
                 print(f"  delivery {d.get('type')} {d.get('status')} {d.get('durationMs')} ms at {d.get('sentAt') or d.get('at')}",
                       file=sys.stderr)
