@@ -161,6 +161,10 @@ class _EntryFailed(Exception):
         self.resp = resp
 
 
+class _PartialWrite(Exception):
+    """A batch entry run without a savepoint failed after writing: the bundle is run again with savepoints."""
+
+
 def _entry_path(url: str) -> tuple[str, str]:
     """A batch entry's request URL as (path relative to the FHIR base, query string); absolute URLs allowed."""
     path, _, qs = url.partition("?")
@@ -791,30 +795,16 @@ class FhirService:
             self.validator.prevalidate([e.get("resource") for e in rewritten.values() if _writes_body(e)])
             # One SQLite transaction for the bundle; each batch entry in a savepoint (its failure undoes its own
             # writes only).
-            with self.repo.transaction():
-                self._recheck_identifiers(pr, [rewritten[i] for i in order])
-                for i in order:
-                    entry = rewritten[i]
-                    if tx:
-                        resp = self._run_entry(pr, entry)
-                        if resp.status >= 400:
-                            raise _EntryFailed(resp)
-                        results[i] = self._entry_from_response(resp)
-                    else:
-                        try:
-                            with self.repo.transaction():
-                                resp = self._run_entry(pr, entry)
-                                if resp.status >= 400:
-                                    raise _EntryFailed(resp)
-                        except _EntryFailed as ef:
-                            resp = ef.resp
-                        except RecursionError:
-                            err = BadRequest("Resource is nested too deeply")
-                            resp = FhirResponse(err.status, err.outcome, {})
-                        except Exception:  # a bug in one entry must not sink the whole batch
-                            log.exception("unexpected error in a batch entry")
-                            resp = FhirResponse(500, ServerError().outcome, {})
-                        results[i] = self._entry_from_response(resp)
+            for careful in (False, True):
+                try:
+                    with self.repo.transaction():
+                        self._run_entries(pr, order, rewritten, results, tx, careful)
+                    break
+                except _PartialWrite:
+                    # an entry failed after writing part of itself: undo the whole bundle and run it again with a
+                    # savepoint around every entry
+                    results = [r if i not in order else None for i, r in enumerate(results)]
+                    continue
         except _EntryFailed as ef:
             return FhirResponse(ef.resp.status, ef.resp.body, {})
         finally:
@@ -862,6 +852,50 @@ class FhirService:
             for i, system, code in items:
                 out[i] = found.get((system, code), [])
         return out
+
+    def _run_entries(self, pr: Principal, order: list[int], rewritten: dict, results: list, tx: bool,
+                     careful: bool) -> None:
+        """Run the entries of a bundle inside its transaction. A transaction fails whole on the first failing entry.
+        A batch isolates each entry's failure: an entry that writes one resource (create, update, conditional
+        ones) runs without a savepoint of its own — its failures come before its write — and should it ever fail
+        after writing (`Repository.writes` moved), `_PartialWrite` makes the caller run the bundle again
+        `careful`ly: every entry in a savepoint (as every other kind of entry always is)."""
+        self._recheck_identifiers(pr, [rewritten[i] for i in order])
+        for i in order:
+            entry = rewritten[i]
+            if tx:
+                resp = self._run_entry(pr, entry)
+                if resp.status >= 400:
+                    raise _EntryFailed(resp)
+                results[i] = self._entry_from_response(resp)
+                continue
+            single = not careful and _single_write(entry)
+            before = self.repo.writes
+            try:
+                if single:
+                    resp = self._run_entry(pr, entry)
+                    if resp.status >= 400 and self.repo.writes != before:
+                        raise _PartialWrite()
+                else:
+                    with self.repo.transaction():
+                        resp = self._run_entry(pr, entry)
+                        if resp.status >= 400:
+                            raise _EntryFailed(resp)
+            except _EntryFailed as ef:
+                resp = ef.resp
+            except _PartialWrite:
+                raise
+            except RecursionError:
+                if single and self.repo.writes != before:
+                    raise _PartialWrite() from None
+                err = BadRequest("Resource is nested too deeply")
+                resp = FhirResponse(err.status, err.outcome, {})
+            except Exception:  # a bug in one entry must not sink the whole batch
+                if single and self.repo.writes != before:
+                    raise _PartialWrite() from None
+                log.exception("unexpected error in a batch entry")
+                resp = FhirResponse(500, ServerError().outcome, {})
+            results[i] = self._entry_from_response(resp)
 
     def _recheck_identifiers(self, pr: Principal, entries: list) -> None:
         """Inside the batch's write transaction: the create-by-update entries resolved by `_resolve_identifiers`
@@ -1041,6 +1075,19 @@ def _shallow_entry(e: Any) -> Any:
     if isinstance(e.get("request"), dict):
         e["request"] = dict(e["request"])
     return e
+
+
+def _single_write(e: Any) -> bool:
+    """An entry that writes at most one resource, last: a create or an update (conditional ones too)."""
+    if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
+        return False
+    req = e.get("request") or {}
+    method = str(req.get("method")).upper()
+    if method not in ("POST", "PUT"):
+        return False
+    path, _ = _entry_path(str(req.get("url") or ""))
+    parts = [p for p in path.strip("/").split("/") if p]
+    return len(parts) in (1, 2) and not any(p.startswith("$") or p == "_search" for p in parts)
 
 
 def _writes_body(e: Any) -> bool:

@@ -125,6 +125,7 @@ class Repository:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._depth = 0
+        self.writes = 0                     # resources written (and deleted) so far: tells a caller it wrote
         self._owner: int | None = None     # thread holding the outermost transaction
         self._pending: list[ChangeEvent] = []
         # token index rows written in the current outermost transaction: (type, param, system, code)
@@ -321,6 +322,7 @@ class Repository:
 
     def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
                clear_index: bool = True) -> None:
+        self.writes += 1
         c = self._conn
         content = _dumps(res)
         rtype, rid, vid = res["resourceType"], res["id"], res["meta"]["versionId"]
@@ -422,6 +424,7 @@ class Repository:
             if row[2]:
                 raise Gone()
             previous = _loads(row[3])
+            self.writes += 1
             lu_iso, lu = now_iso()
             vid = uuid4()
             marker = {"resourceType": rtype, "id": rid, "meta": {"versionId": vid, "lastUpdated": lu_iso}}

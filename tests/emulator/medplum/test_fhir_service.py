@@ -456,3 +456,28 @@ def test_a_batch_resource_whose_type_is_not_a_string_is_a_400_not_a_500(env):
             {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}]}
         r = call(svc, pr, "POST", "", bundle)
         assert r.status == 200 and r.body["entry"][0]["response"]["status"].startswith("4"), r.body
+
+
+def test_a_batch_entry_that_fails_after_writing_part_of_itself_leaves_nothing_of_it(env):
+    """Write entries of a batch run without a savepoint each (their failures come before their write); one that
+    fails after writing part of itself (here: its index rows) makes the bundle run again with savepoints, so that
+    entry leaves nothing behind and the others are stored once."""
+    repo, svc, pr = env
+    orig = repo._index
+
+    def index(row_id, res):
+        if any(i.get("value") == "boom" for i in res.get("identifier") or []):
+            raise RuntimeError("disk full")      # after the resources and history rows of this entry
+        return orig(row_id, res)
+
+    repo._index = index
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": obs(v), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{v}"}}
+        for v in ("a", "boom", "c")] + [{"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]}
+    r = call(svc, pr, "POST", "", bundle)
+    assert r.status == 200
+    assert [e["response"]["status"] for e in r.body["entry"]] == ["201", "500", "201", "201"]
+    assert repo.count("Observation") == 2 and repo.count("Patient") == 1
+    history = repo.query("SELECT COUNT(*) FROM history WHERE type = 'Observation'")[0][0]
+    assert history == 2, "no version of the failed entry kept"
+    assert not svc.search_resources(pr, "Observation", "identifier=urn:s|boom")
