@@ -855,10 +855,10 @@ async function checkpoint(ctx, summary, patient, done, force) {
 //   plan    planImport          allowed types only, indexed by Type/mid, the others counted
 //   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
-//   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
-//   send    sendLevels          batches in flight, the ids Medplum returns recorded and used by
-//                               later levels; entries that lost a race with another run (409, or
-//                               400 "Resource ID did not match resolved ID") sent again;
+//   send    sendLevels          batch Bundles within CONFIG.batch.maxEntries and maxBytes, built
+//                               as their items' references get ids (upsertEntry), batches in
+//                               flight; entries that lost a race with another run (409, or 400
+//                               "Resource ID did not match resolved ID") sent again;
 //                               sendDeferredReferences writes the deferred ones
 //   link    sendFixups          references to resources outside their window: an earlier window's
 //                               resource by the id Medplum gave it (kept in a bounded index, else
@@ -889,6 +889,7 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {boolean} [failed]
  * @property {boolean} [retry] lost a race with another run: sent again
  * @property {boolean} [waiting] written without a reference whose target has no Medplum id yet
+ * @property {boolean} [sentOnce] its upsert was built (sendLevels)
  */
 
 /**
@@ -2160,40 +2161,6 @@ async function findDeferredTargets(medplum, items, order) {
 // --- chunk -----------------------------------------------------------------
 
 /**
- * The upserts of one level in batches of at most CONFIG.batch.maxEntries entries and
- * CONFIG.batch.maxBytes bytes. Lazy: a batch is built (its references written) only when asked for,
- * while the server stores the previous one. An entry too large for any batch fails alone (413).
- * @param {Item[]} level the items of one level
- * @param {Map<string, Item>} items
- * @param {Order} order
- * @param {Item[]} pending receives the items with references deferred to the second pass
- * @param {Summary} summary
- * @param {Index} [index]
- * @returns {Generator<BatchEntry[], void, void>}
- */
-function* chunkLevel(level, items, order, pending, summary, index) {
-  /** @type {BatchEntry[]} */
-  let chunk = [];
-  let bytes = 0;
-  for (const item of level) {
-    const be = upsertEntry(item, items, order, pending, summary, index);
-    if (!be) {
-      continue;
-    }
-    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + be.size > CONFIG.batch.maxBytes) {
-      yield chunk;
-      chunk = [];
-      bytes = 0;
-    }
-    chunk.push(be);
-    bytes += be.size;
-  }
-  if (chunk.length) {
-    yield chunk;
-  }
-}
-
-/**
  * One item's conditional PUT, built now (its references written with the ids known now); undefined when
  * it is too large for any batch (recorded as a 413 failure).
  * @param {Item} item
@@ -2348,11 +2315,12 @@ function byteLength(text) {
 // --- send ------------------------------------------------------------------
 
 /**
- * Level by level (every lower level is stored before a level starts, so its references resolve), with
- * IN_FLIGHT_BATCHES batches of a level in flight: the next batch is built while the server stores the
- * previous one. The ids Medplum returns are recorded on the items. Entries that lost a race with another
- * run on the same data are sent again (at most ENTRY_RETRIES times) before the next level. Progress is
- * checkpointed as batches complete in order, so a run cut off midway is resumed after the last one.
+ * Send a window's items in import order (by level, then key), IN_FLIGHT_BATCHES batches in flight: an item joins
+ * the next batch once the items it references are stored (their ids written into it), so batches stay full across
+ * level boundaries and Medplum is not left idle between levels. The ids Medplum returns are recorded on the items.
+ * An entry that lost a race with another run on the same data is sent again at once (at most ENTRY_RETRIES
+ * times); the items referencing it wait for it. Progress is checkpointed up to the first item not stored yet, so
+ * a run cut off midway is resumed after the items stored in order.
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
@@ -2365,69 +2333,112 @@ function byteLength(text) {
 async function sendLevels(medplum, items, order, summary, start, ctx, index) {
   /** @type {Item[]} */
   const pending = [];
-  for (const item of order.ordered.slice(0, start || 0)) {
+  const first = start || 0;
+  for (const item of order.ordered.slice(0, first)) {
     if (order.deferred.has(item.key) && item.medplumId) {
       pending.push(item); // stored by an earlier run: its deferred references are written again below
     }
   }
   const base = index ? index.base : 0;
-  let done = start || 0;
   const patient = ctx ? ctx.patient : 0;
-  for (const level of levels(order.ordered.slice(start || 0))) {
-    /** @type { { sent: Promise<Item[]>, count: number }[] } */
-    const inflight = [];
-    /** @type {Item[]} */
-    let retry = [];
-    let inOrder = true; // every batch of this level so far went through without a retry
-    const levelStart = done;
-    const settle = async () => {
-      const head = /** @type { { sent: Promise<Item[]>, count: number } } */ (inflight.shift());
-      const again = await head.sent;
-      retry = retry.concat(again);
-      inOrder = inOrder && !again.length;
-      if (inOrder) {
-        done += head.count;
-        await checkpoint(ctx, summary, patient, base + done);
+  const todo = order.ordered.slice(first);
+  /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] }[] } */
+  const inflight = [];
+  /** @type {BatchEntry[]} */
+  let chunk = [];
+  let bytes = 0;
+  /** @type {Set<Item>} items in a batch not answered yet (or in the open one) */
+  const unsettled = new Set();
+  /** @type {Set<Item>} items in the open batch */
+  const open = new Set();
+  let done = 0; // todo[0..done) stored (or failed): the checkpoint
+  /** @type {Map<Item, number>} */
+  const tries = new Map();
+
+  const flush = () => {
+    if (chunk.length) {
+      inflight.push({ sent: sendBatch(medplum, chunk, summary), chunk }); // never rejects
+      chunk = [];
+      bytes = 0;
+      open.clear();
+    }
+  };
+  const settle = async () => {
+    const head = /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] } } */ (inflight.shift());
+    const again = await head.sent;
+    const retry = new Set(again);
+    for (const { item } of head.chunk) {
+      if (!retry.has(item)) {
+        unsettled.delete(item);
       }
-    };
-    for (const chunk of chunkLevel(level, items, order, pending, summary, index)) {
-      inflight.push({ sent: sendBatch(medplum, chunk, summary), count: chunk.length }); // never rejects
-      if (inflight.length >= IN_FLIGHT_BATCHES) {
+    }
+    if (again.length) {
+      const round = (tries.get(again[0]) || 0) + 1;
+      for (const item of again) {
+        tries.set(item, (tries.get(item) || 0) + 1);
+      }
+      log('info', 'entries stored by another run at the same moment; sending them again', { entries: again.length, round });
+      for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
+        const part = /** @type {BatchEntry[]} */ (again.slice(j, j + CONFIG.batch.maxEntries)
+          .map((item) => upsertEntry(item, items, order, pending, summary, index)).filter(Boolean));
+        const lastTry = part.some(({ item }) => (tries.get(item) || 0) >= ENTRY_RETRIES);
+        for (const item of again.slice(j, j + CONFIG.batch.maxEntries)) {
+          if (!part.some((be) => be.item === item)) {
+            unsettled.delete(item); // too large now: failed
+          }
+        }
+        if (part.length) {
+          inflight.push({ sent: sendBatch(medplum, part, summary, false, lastTry), chunk: part });
+        }
+      }
+    }
+    const before = done;
+    while (done < todo.length && todo[done].sentOnce && !unsettled.has(todo[done])) {
+      done++; // stored (or failed: the first failure froze the checkpoint)
+    }
+    if (done > before) {
+      await checkpoint(ctx, summary, patient, base + first + done);
+    }
+  };
+
+  for (const item of todo) {
+    const cyclic = order.deferred.get(item.key);
+    for (const dep of item.deps) {
+      const target = items.get(dep);
+      if (!target || (cyclic && cyclic.has(dep))) {
+        continue; // a cycle's back edge is written by the second pass
+      }
+      while (unsettled.has(target)) {
+        if (open.has(target)) {
+          flush();
+        }
         await settle();
       }
     }
-    while (inflight.length) {
+    const be = upsertEntry(item, items, order, pending, summary, index);
+    item.sentOnce = true;
+    if (!be) {
+      continue; // too large for any batch: failed
+    }
+    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + be.size > CONFIG.batch.maxBytes) {
+      flush();
+    }
+    chunk.push(be);
+    bytes += be.size;
+    unsettled.add(item);
+    open.add(item);
+    if (chunk.length >= CONFIG.batch.maxEntries) {
+      flush();
+    }
+    while (inflight.length >= IN_FLIGHT_BATCHES) {
       await settle();
     }
-    for (let round = 1; retry.length && round <= ENTRY_RETRIES; round++) {
-      const again = retry;
-      retry = [];
-      log('info', 'entries stored by another run at the same moment; sending them again', { entries: again.length, round });
-      for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
-        const part = again.slice(j, j + CONFIG.batch.maxEntries).map((item) => upsertEntry(item, items, order, pending, summary, index));
-        retry = retry.concat(await sendBatch(medplum, /** @type {BatchEntry[]} */ (part.filter(Boolean)), summary, false, round === ENTRY_RETRIES));
-      }
-    }
-    done = levelStart + level.length; // all stored (a failure froze the checkpoint before)
-    await checkpoint(ctx, summary, patient, base + done);
+  }
+  flush();
+  while (inflight.length) {
+    await settle();
   }
   return pending;
-}
-
-/**
- * @param {Item[]} ordered sorted by level
- * @returns {Generator<Item[], void, void>} the items of each level in turn
- */
-function* levels(ordered) {
-  let i = 0;
-  while (i < ordered.length) {
-    let j = i + 1;
-    while (j < ordered.length && ordered[j].level === ordered[i].level) {
-      j++;
-    }
-    yield ordered.slice(i, j);
-    i = j;
-  }
 }
 
 /**
