@@ -161,7 +161,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     stack_box = {}
 
     def start():
-        stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.05)
+        stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.02)   # async like Metriport, without idling
 
     ch.case("fresh in-memory emulator + fake Metriport, bots deployed", start)
     stack = stack_box.get("stack")
