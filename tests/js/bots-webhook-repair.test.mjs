@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import vm from 'node:vm';
 import { getDataType, normalizeOperationOutcome, validateResource } from '@medplum/core';
 import { createMedplum } from './harness/medplum.mjs';
-import { runBot } from './harness/vm.mjs';
+import { runBot, sandboxGlobals } from './harness/vm.mjs';
 import { ROOT, webhookBot } from './harness/render.mjs';
 
 const KEY = 'whk-repair-KEY';
@@ -333,6 +334,62 @@ test('no safe repair: the resource is skipped with the invariant named, referenc
   assert.deepEqual(comp.section[0].entry.map((e) => e.reference || e.display), ['not included in the source bundle', 'Condition/' + ok.id]);
   assert.equal(summary.fixes['reference-to-skipped-resource-dropped'], 1);
   assert.equal(summary.fixes['invariant-cmp-1-repaired'], 1);
+});
+
+test('fuzz: converted resources broken at random are repaired into what Medplum accepts, or skipped with a reason', async () => {
+  // The bot's repair functions themselves (function declarations are globals of its vm context).
+  const bot = { ...sandboxGlobals([]), exports: {} };
+  vm.runInNewContext(webhookBot(CONFIG), bot);
+  let seed = 14;
+  const rnd = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x7fffffff;
+  };
+  const pick = (a) => a[Math.floor(rnd() * a.length)];
+  const ODD = ['x', 3, true, [[1]], { a: 1 }, [null], ['  '], '2020-13-45', '20200230', 'http://x/<%= y %>', 1.5, -1, { extension: [{ url: 'http://x' }] }];
+  const mutate = (node) => {
+    if (Array.isArray(node)) {
+      node.forEach(mutate);
+      if (rnd() < 0.05 && node.length) node.push(node[0]);
+      return;
+    }
+    if (!node || typeof node !== 'object') return;
+    for (const k of Object.keys(node)) {
+      if (k === 'resourceType') continue;
+      const r = rnd();
+      if (r < 0.04) delete node[k];
+      else if (r < 0.08) node[k] = Array.isArray(node[k]) ? node[k][0] : [node[k], node[k]];
+      else if (r < 0.10 && typeof node[k] === 'string') node[k] = pick([' ' + node[k] + ' ', '', '  ', node[k].replace(/-/g, ''), node[k] + ' x', 'bad\u0001', 12]);
+      else if (r < 0.11) node[k] = null;
+      else if (r < 0.12) node[k] = {};
+      else if (r < 0.13 && typeof node[k] === 'number') node[k] = String(node[k]);
+      else if (r < 0.15) node[k] = pick(ODD);
+      else mutate(node[k]);
+    }
+    if (rnd() < 0.02) node.unknownElement = 1;
+  };
+  const sources = corpus().bundles.flatMap(resourcesOf).filter((r) => TYPES.includes(r.resourceType));
+  const refusedAfter = [];
+  let skipped = 0;
+  let n = 0;
+  for (let round = 0; round < 10; round++) {
+    for (const source of sources) {
+      const r = JSON.parse(JSON.stringify(source));
+      mutate(r);
+      delete r.id;
+      const skip = bot.conformResource(r, r.resourceType, { fixes: {}, skipped: {} });
+      bot.prune(r);
+      n++;
+      if (skip) {
+        assert.match(skip, /^[a-z]+-\d+ not met: .+ \(no safe repair\)$/);
+        skipped++;
+      } else if (refusal(r)) {
+        refusedAfter.push([r.resourceType, refusal(r)]);
+      }
+    }
+  }
+  assert.deepEqual(refusedAfter.slice(0, 5), []);
+  assert.ok(n >= 2000 && skipped < n / 50, `${n} resources, ${skipped} skipped`);
 });
 
 test('the generated rules read the StructureDefinitions as Medplum does (min, list or single, types, backbone elements)', () => {
