@@ -1422,7 +1422,7 @@ function setUpsertIdentifier(r, type, mid) {
 /**
  * @typedef {object} TypeRules
  * @property {Map<string, { rule: ElementRule, type: string }>} byKey JSON property -> rule and type
- * @property {ElementRule[]} elements
+ * @property {ElementRule[]} required the elements with min >= 1
  * @property {string[]} root the resource's own invariants
  */
 /**
@@ -1451,6 +1451,9 @@ const PRIMITIVE_FORMATS = /** @type {Record<string, RegExp>} */ ({
 const PRIMITIVE_JS = /** @type {Record<string, string>} */ ({
   boolean: 'boolean', decimal: 'number', integer: 'number', positiveInt: 'number', unsignedInt: 'number',
 });
+/** validation.ts: strings up to 1 MB; dates checked against the calendar too. */
+const MAX_STRING = 1024 * 1024;
+const DATE_TYPES = new Set(['date', 'dateTime', 'instant']);
 /** validation.ts base64BinaryMaxBytes default: larger data is refused. */
 const BASE64_MAX_BYTES = 1024 * 1024;
 const INT_MIN = /** @type {Record<string, number>} */ ({ integer: -2147483648, positiveInt: 1, unsignedInt: 0 });
@@ -1486,7 +1489,7 @@ function rulesOf(type) {
  */
 function parseTypeRules(text) {
   /** @type {TypeRules} */
-  const out = { byKey: new Map(), elements: [], root: [] };
+  const out = { byKey: new Map(), required: [], root: [] };
   for (const part of text.split(' ')) {
     const eq = part.indexOf('=');
     const name = part.slice(0, eq);
@@ -1509,7 +1512,9 @@ function parseTypeRules(text) {
     const choice = name.endsWith('[x]');
     /** @type {ElementRule} */
     const rule = { name: choice ? name.slice(0, -3) : name, types: spec.split('|'), choice, min, array, inv };
-    out.elements.push(rule);
+    if (min) {
+      out.required.push(rule);
+    }
     for (const t of rule.types) {
       out.byKey.set(choice ? rule.name + capitalize(t) : rule.name, { rule, type: t });
     }
@@ -1587,8 +1592,8 @@ function conformObject(obj, type, ctx) {
       conformElement(obj, key, found.rule, found.type, ctx);
     }
   }
-  for (const rule of rules.elements) {
-    if (rule.min > 0 && !hasElement(obj, rule)) {
+  for (const rule of rules.required) {
+    if (!hasElement(obj, rule)) {
       markAbsent(obj, rule, ctx);
     }
   }
@@ -1631,8 +1636,9 @@ function conformElement(obj, key, rule, type, ctx) {
   }
   // A primitive list's extensions are a parallel list ("_given"): kept aligned, a value only dropped with
   // its extension unless the extension has content (then the value becomes null, as FHIR JSON allows).
-  const partner = Array.isArray(obj['_' + key]) ? obj['_' + key] : undefined;
+  const partner = isPrimitiveType(type) && Array.isArray(obj['_' + key]) ? obj['_' + key] : undefined;
   const values = [];
+  /** @type {any[]} */
   const partners = [];
   for (let i = 0; i < list.length; i++) {
     const had = list[i] !== null && list[i] !== undefined;
@@ -1642,7 +1648,9 @@ function conformElement(obj, key, rule, type, ctx) {
     }
     if (fixed !== undefined || (partner && partner[i])) {
       values.push(fixed === undefined ? null : fixed);
-      partners.push(partner ? (partner[i] === undefined ? null : partner[i]) : null);
+      if (partner) {
+        partners.push(partner[i] === undefined ? null : partner[i]);
+      }
     }
   }
   if (values.length) {
@@ -1868,6 +1876,11 @@ function conformPrimitive(v, type, ctx) {
  * @returns {string | undefined}
  */
 function fixString(value, type) {
+  const format = PRIMITIVE_FORMATS[type];
+  if (type !== 'base64Binary' && value.length <= MAX_STRING && (!format || format.test(value)) && /\S/.test(value) &&
+    !(DATE_TYPES.has(type) && !calendarDayOk(value))) {
+    return value;
+  }
   if (type === 'base64Binary') {
     const s = value.replace(/\s+/g, '');
     return isBase64(s) && Math.floor((s.length * 3) / 4) <= BASE64_MAX_BYTES + 2 ? s : undefined;
@@ -1880,15 +1893,14 @@ function fixString(value, type) {
     s = s.replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F]/g, ' ');
   } else if (type === 'code') {
     s = s.trim().replace(/\s+/g, ' ');
-  } else if (type === 'date' || type === 'dateTime' || type === 'instant') {
+  } else if (DATE_TYPES.has(type)) {
     s = fixDate(s.trim(), type) || '';
   } else {
     s = s.trim();
   }
-  if (!s.trim() || s.length > 1024 * 1024) {
+  if (!s.trim() || s.length > MAX_STRING) {
     return undefined;
   }
-  const format = PRIMITIVE_FORMATS[type];
   if (format && !format.test(s) && (type === 'uri' || type === 'url' || type === 'canonical')) {
     const url = fixUrl(s);
     if (url === undefined) {
@@ -1943,9 +1955,8 @@ function fixDate(value, type) {
     }
   }
   s = s.replace(/^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?=$|[Z+-])/, '$1T$2:00').replace(/^(\d{4}-\d{2}-\d{2}) (?=\d)/, '$1T');
-  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(s);
-  if (m && Number(m[3]) > new Date(Date.UTC(Number(m[1]), Number(m[2]), 0)).getUTCDate()) {
-    s = m[1] + '-' + m[2];
+  if (!calendarDayOk(s)) {
+    s = s.slice(0, 7);
   }
   if (type === 'date') {
     s = s.replace(/^(\d{4}(-\d{2}(-\d{2})?)?)T.*$/, '$1');
@@ -1953,6 +1964,16 @@ function fixDate(value, type) {
     return toInstant(s);
   }
   return s;
+}
+
+/**
+ * validation.ts isValidCalendarDate: the day exists in its month (2023-02-29 does not).
+ * @param {string} s a date, dateTime or instant
+ * @returns {boolean}
+ */
+function calendarDayOk(s) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(s);
+  return !m || Number(m[3]) <= new Date(Date.UTC(Number(m[1]), Number(m[2]), 0)).getUTCDate();
 }
 
 /**
