@@ -1740,7 +1740,7 @@ function conformValue(v, type, rule, ctx) {
   }
   if (type === 'Extension') {
     for (const key of (CONFIG.fhirRules || {}).extensionInvariants || []) {
-      if (checkInvariant(key, v, ctx) === 'drop') {
+      if (checkInvariant(key, v, ctx, rule.name === 'modifierExtension') === 'drop') {
         return undefined;
       }
     }
@@ -1982,11 +1982,12 @@ function calendarDayOk(s) {
  * @param {string} key
  * @param {any} v the value the invariant constrains
  * @param {ConformCtx} ctx
+ * @param {boolean} [modifier] v is a modifierExtension (it changes the meaning of what holds it: never dropped)
  * @returns {string | undefined}
  */
-function checkInvariant(key, v, ctx) {
+function checkInvariant(key, v, ctx, modifier) {
   const repair = INVARIANT_REPAIRS[key];
-  const outcome = repair ? repair(v) : undefined;
+  const outcome = repair ? repair(v, !!modifier) : undefined;
   if (outcome === 'skip') {
     ctx.skip = ctx.skip || key + ' not met: ' + (((CONFIG.fhirRules || {}).invariants || {})[key] || key) + ' (no safe repair)';
   } else if (outcome) {
@@ -2032,7 +2033,7 @@ const CONDITION_CLINICAL = 'http://terminology.hl7.org/CodeSystem/condition-clin
 /**
  * The invariants the bot checks (generator/fhir_rules.py INVARIANTS holds the FHIRPath each one mirrors):
  * undefined when it holds, else 'fixed', 'drop' or 'skip'.
- * @type {Record<string, (v: any) => string | undefined>}
+ * @type {Record<string, (v: any, modifier: boolean) => string | undefined>}
  */
 const INVARIANT_REPAIRS = {
   // AllergyIntolerance: clinicalStatus required unless entered-in-error (marked absent), forbidden then (dropped).
@@ -2053,11 +2054,13 @@ const INVARIANT_REPAIRS = {
     ? undefined : (delete r.clinicalStatus, 'fixed'),
   // CarePlan.activity with both a reference and a detail: which one is meant is unknown — skipped.
   'cpl-3': (a) => !exists(a, 'detail') || !exists(a, 'reference') ? undefined : 'skip',
-  // Extension with neither a value nor extensions: only a url, dropped; with both: skipped.
-  'ext-1': (x) => {
+  // Extension with neither a value nor extensions: only a url, dropped. With both: which one is meant is unknown;
+  // an extension may be ignored (FHIR: it does not change the meaning of what holds it), so it is dropped — a
+  // modifierExtension may not: the resource is skipped.
+  'ext-1': (x, modifier) => {
     const nested = exists(x, 'extension');
     const value = existsChoice(x, 'value');
-    return nested !== value ? undefined : nested ? 'skip' : 'drop';
+    return nested !== value ? undefined : nested && modifier ? 'skip' : 'drop';
   },
   // Observation.referenceRange without low, high or text: nothing to keep, dropped.
   'obs-3': (rr) => exists(rr, 'low') || exists(rr, 'high') || exists(rr, 'text') ? undefined : 'drop',

@@ -283,7 +283,10 @@ test('repairs keep the data: the best of repeated values, absent markers only wh
     // a status with a trailing space, a decimal as a string.
     { resource: { resourceType: 'Observation', id: 'obs-1', status: 'final ', code: { text: 'hr' }, subject: { reference: 'Patient/mpt-keep' },
       valueQuantity: { value: '72', unit: '/min' }, dataAbsentReason: { text: 'unknown' }, referenceRange: [{ type: { text: 'normal' } }],
-      effectiveDateTime: '20240105103000-0500', foo: 'bar' } },
+      effectiveDateTime: '20240105103000-0500', foo: 'bar',
+      // ext-1: an extension with a value and extensions (dropped: an extension may be ignored), one with only a url.
+      extension: [{ url: 'http://example.org/both', valueString: 'a', extension: [{ url: 'x', valueString: 'b' }] }, { url: 'http://example.org/empty' },
+        { url: 'http://example.org/kept', valueString: 'kept' }] } },
   ] };
   const refused = [];
   const { medplum, summary } = await importBundle(bundle, refused);
@@ -302,9 +305,11 @@ test('repairs keep the data: the best of repeated values, absent markers only wh
   assert.equal(obs.referenceRange, undefined);
   assert.equal(obs.effectiveDateTime, '2024-01-05T10:30:00-05:00');
   assert.equal(obs.foo, undefined);
+  assert.deepEqual(obs.extension, [{ url: 'http://example.org/kept', valueString: 'kept' }]);
   assert.deepEqual(summary.fixes, {
     'repeated-single-value-reduced': 2, 'required-element-marked-absent': 1, 'single-value-wrapped': 1, 'invalid-code-fixed': 1,
     'invalid-decimal-fixed': 1, 'invalid-dateTime-fixed': 1, 'invariant-obs-3-repaired': 1, 'invariant-obs-6-repaired': 1,
+    'invariant-ext-1-repaired': 2,
     'unknown-element-dropped': 1,
   });
 });
@@ -318,6 +323,9 @@ test('no safe repair: the resource is skipped with the invariant named, referenc
     { resource: { resourceType: 'Composition', id: 'comp-1', status: 'final', type: { text: 'ccd' }, date: '2024-01-01', title: 'CCD', author: [{ display: 'Dr' }],
       subject: { reference: 'Patient/mpt-skip' }, section: [{ title: 'Problems', entry: [{ reference: 'Condition/cond-abated' }, { reference: 'Condition/cond-ok' }] }, { title: 'Empty' }] } },
     { resource: { resourceType: 'Condition', id: 'cond-ok', subject: { reference: 'Patient/mpt-skip' }, code: { text: 'cough' } } },
+    // A modifierExtension with a value and extensions: it changes the meaning, which one is unknown (ext-1).
+    { resource: { resourceType: 'Observation', id: 'obs-mod', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/mpt-skip' },
+      modifierExtension: [{ url: 'http://example.org/negated', valueBoolean: true, extension: [{ url: 'why', valueString: 'b' }] }] } },
   ] };
   const refused = [];
   const { medplum, summary, run } = await importBundle(bundle, refused);
@@ -325,7 +333,9 @@ test('no safe repair: the resource is skipped with the invariant named, referenc
   assert.deepEqual(refused, []);
   assert.deepEqual(summary.skipped, {
     'Condition: con-4 not met: If condition is abated, then clinicalStatus must be either inactive, resolved, or remission (no safe repair)': 1,
+    'Observation: ext-1 not met: Must have either extensions or value[x], not both (no safe repair)': 1,
   });
+  assert.equal(await stored(medplum, 'Observation', 'obs-mod'), undefined);
   assert.match(run.logText, /resource skipped: con-4 not met.*Condition\/cond-abated/);
   assert.equal(await stored(medplum, 'Condition', 'cond-abated'), undefined);
   const ok = await stored(medplum, 'Condition', 'cond-ok');
