@@ -114,128 +114,142 @@ const CONFIG = {
     "RelatedPerson": "array",
     "ServiceRequest": "array"
   },
-  "requiredElements": {
-    "AllergyIntolerance": {
-      "patient": [
-        "Reference",
-        false
-      ]
+  "fhirRules": {
+    "invariants": {
+      "ait-1": "AllergyIntolerance.clinicalStatus SHALL be present if verificationStatus is not entered-in-error.",
+      "ait-2": "AllergyIntolerance.clinicalStatus SHALL NOT be present if verification Status is entered-in-error",
+      "cmp-1": "A section must contain at least one of text, entries, or sub-sections",
+      "cmp-2": "A section can only have an emptyReason if it is empty",
+      "con-1": "Stage SHALL have summary or assessment",
+      "con-2": "evidence SHALL have code or details",
+      "con-4": "If condition is abated, then clinicalStatus must be either inactive, resolved, or remission",
+      "con-5": "Condition.clinicalStatus SHALL NOT be present if verification Status is entered-in-error",
+      "cpl-3": "Provide a reference or detail, not both",
+      "ext-1": "Must have either extensions or value[x], not both",
+      "obs-3": "Must have at least a low or a high or text",
+      "obs-6": "dataAbsentReason SHALL only be present if Observation.value[x] is not present",
+      "prr-1": "orderDetail SHALL only be present if code is present"
     },
-    "CarePlan": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Composition": {
-      "author": [
-        "Reference",
-        true
-      ],
-      "type": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Condition": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Coverage": {
-      "beneficiary": [
-        "Reference",
-        false
-      ],
-      "payor": [
-        "Reference",
-        true
-      ]
-    },
-    "DiagnosticReport": {
-      "code": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Encounter": {
-      "class": [
-        "Coding",
-        false
-      ]
-    },
-    "FamilyMemberHistory": {
-      "patient": [
-        "Reference",
-        false
-      ],
-      "relationship": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Goal": {
-      "description": [
-        "CodeableConcept",
-        false
-      ],
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Immunization": {
-      "patient": [
-        "Reference",
-        false
-      ],
-      "vaccineCode": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "MedicationAdministration": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "MedicationRequest": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "MedicationStatement": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Observation": {
-      "code": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Procedure": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "RelatedPerson": {
-      "patient": [
-        "Reference",
-        false
-      ]
-    },
-    "ServiceRequest": {
-      "subject": [
-        "Reference",
-        false
-      ]
+    "extensionInvariants": [
+      "ext-1"
+    ],
+    "types": {
+      "Address": "use=code type=code text=string line=string* city=string district=string state=string postalCode=string country=string period=Period",
+      "Age": "value=decimal comparator=code unit=string system=uri code=code",
+      "AllergyIntolerance": ".=ait-1,ait-2 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* clinicalStatus=CodeableConcept verificationStatus=CodeableConcept type=code category=code* criticality=code code=CodeableConcept patient=Reference! encounter=Reference onset[x]=dateTime|Age|Period|Range|string recordedDate=dateTime recorder=Reference asserter=Reference lastOccurrence=dateTime note=Annotation* reaction=AllergyIntolerance.reaction*",
+      "AllergyIntolerance.reaction": "substance=CodeableConcept manifestation=CodeableConcept!* description=string onset=dateTime severity=code exposureRoute=CodeableConcept note=Annotation*",
+      "Annotation": "author[x]=Reference|string time=dateTime text=markdown!",
+      "Attachment": "contentType=code language=code data=base64Binary url=url size=unsignedInt hash=base64Binary title=string creation=dateTime",
+      "CarePlan": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* replaces=Reference* partOf=Reference* status=code! intent=code! category=CodeableConcept* title=string description=string subject=Reference! encounter=Reference period=Period created=dateTime author=Reference contributor=Reference* careTeam=Reference* addresses=Reference* supportingInfo=Reference* goal=Reference* activity=CarePlan.activity*#cpl-3 note=Annotation*",
+      "CarePlan.activity": "outcomeCodeableConcept=CodeableConcept* outcomeReference=Reference* progress=Annotation* reference=Reference detail=CarePlan.activity.detail",
+      "CarePlan.activity.detail": "kind=code instantiatesCanonical=canonical* instantiatesUri=uri* code=CodeableConcept reasonCode=CodeableConcept* reasonReference=Reference* goal=Reference* status=code! statusReason=CodeableConcept doNotPerform=boolean scheduled[x]=Timing|Period|string location=Reference performer=Reference* product[x]=CodeableConcept|Reference dailyAmount=Quantity quantity=Quantity description=string",
+      "CodeableConcept": "coding=Coding* text=string",
+      "Coding": "system=uri version=string code=code display=string userSelected=boolean",
+      "Composition": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier status=code! type=CodeableConcept! category=CodeableConcept* subject=Reference encounter=Reference date=dateTime! author=Reference!* title=string! confidentiality=code attester=Composition.attester* custodian=Reference relatesTo=Composition.relatesTo* event=Composition.event* section=Composition.section*#cmp-1,cmp-2",
+      "Composition.attester": "mode=code! time=dateTime party=Reference",
+      "Composition.event": "code=CodeableConcept* period=Period detail=Reference*",
+      "Composition.relatesTo": "code=code! target[x]=Identifier|Reference!",
+      "Composition.section": "title=string code=CodeableConcept author=Reference* focus=Reference text=Narrative mode=code orderedBy=CodeableConcept entry=Reference* emptyReason=CodeableConcept section=Composition.section*",
+      "Condition": ".=con-4,con-5 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* clinicalStatus=CodeableConcept verificationStatus=CodeableConcept category=CodeableConcept* severity=CodeableConcept code=CodeableConcept bodySite=CodeableConcept* subject=Reference! encounter=Reference onset[x]=dateTime|Age|Period|Range|string abatement[x]=dateTime|Age|Period|Range|string recordedDate=dateTime recorder=Reference asserter=Reference stage=Condition.stage*#con-1 evidence=Condition.evidence*#con-2 note=Annotation*",
+      "Condition.evidence": "code=CodeableConcept* detail=Reference*",
+      "Condition.stage": "summary=CodeableConcept assessment=Reference* type=CodeableConcept",
+      "ContactDetail": "name=string telecom=ContactPoint*",
+      "ContactPoint": "system=code value=string use=code rank=positiveInt period=Period",
+      "Contributor": "type=code! name=string! contact=ContactDetail*",
+      "Count": "value=decimal comparator=code unit=string system=uri code=code",
+      "Coverage": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! type=CodeableConcept policyHolder=Reference subscriber=Reference subscriberId=string beneficiary=Reference! dependent=string relationship=CodeableConcept period=Period payor=Reference!* class=Coverage.class* order=positiveInt network=string costToBeneficiary=Coverage.costToBeneficiary* subrogation=boolean contract=Reference*",
+      "Coverage.class": "type=CodeableConcept! value=string! name=string",
+      "Coverage.costToBeneficiary": "type=CodeableConcept value[x]=Quantity|Money! exception=Coverage.costToBeneficiary.exception*",
+      "Coverage.costToBeneficiary.exception": "type=CodeableConcept! period=Period",
+      "DataRequirement": "type=code! profile=canonical* subject[x]=CodeableConcept|Reference mustSupport=string* codeFilter=DataRequirement.codeFilter* dateFilter=DataRequirement.dateFilter* limit=positiveInt sort=DataRequirement.sort*",
+      "DataRequirement.codeFilter": "path=string searchParam=string valueSet=canonical code=Coding*",
+      "DataRequirement.dateFilter": "path=string searchParam=string value[x]=dateTime|Period|Duration",
+      "DataRequirement.sort": "path=string! direction=code!",
+      "Device": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* definition=Reference udiCarrier=Device.udiCarrier* status=code statusReason=CodeableConcept* distinctIdentifier=string manufacturer=string manufactureDate=dateTime expirationDate=dateTime lotNumber=string serialNumber=string deviceName=Device.deviceName* modelNumber=string partNumber=string type=CodeableConcept specialization=Device.specialization* version=Device.version* property=Device.property* patient=Reference owner=Reference contact=ContactPoint* location=Reference url=uri note=Annotation* safety=CodeableConcept* parent=Reference",
+      "Device.deviceName": "name=string! type=code!",
+      "Device.property": "type=CodeableConcept! valueQuantity=Quantity* valueCode=CodeableConcept*",
+      "Device.specialization": "systemType=CodeableConcept! version=string",
+      "Device.udiCarrier": "deviceIdentifier=string issuer=uri jurisdiction=uri carrierAIDC=base64Binary carrierHRF=string entryType=code",
+      "Device.version": "type=CodeableConcept component=Identifier value=string!",
+      "DiagnosticReport": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* status=code! category=CodeableConcept* code=CodeableConcept! subject=Reference encounter=Reference effective[x]=dateTime|Period issued=instant performer=Reference* resultsInterpreter=Reference* specimen=Reference* result=Reference* imagingStudy=Reference* media=DiagnosticReport.media* conclusion=string conclusionCode=CodeableConcept* presentedForm=Attachment*",
+      "DiagnosticReport.media": "comment=string link=Reference!",
+      "Distance": "value=decimal comparator=code unit=string system=uri code=code",
+      "DocumentReference": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* masterIdentifier=Identifier identifier=Identifier* status=code! docStatus=code type=CodeableConcept category=CodeableConcept* subject=Reference date=instant author=Reference* authenticator=Reference custodian=Reference relatesTo=DocumentReference.relatesTo* description=string securityLabel=CodeableConcept* content=DocumentReference.content!* context=DocumentReference.context",
+      "DocumentReference.content": "attachment=Attachment! format=Coding",
+      "DocumentReference.context": "encounter=Reference* event=CodeableConcept* period=Period facilityType=CodeableConcept practiceSetting=CodeableConcept sourcePatientInfo=Reference related=Reference*",
+      "DocumentReference.relatesTo": "code=code! target=Reference!",
+      "Dosage": "sequence=integer text=string additionalInstruction=CodeableConcept* patientInstruction=string timing=Timing asNeeded[x]=boolean|CodeableConcept site=CodeableConcept route=CodeableConcept method=CodeableConcept doseAndRate=Dosage.doseAndRate* maxDosePerPeriod=Ratio maxDosePerAdministration=Quantity maxDosePerLifetime=Quantity",
+      "Dosage.doseAndRate": "type=CodeableConcept dose[x]=Range|Quantity rate[x]=Ratio|Range|Quantity",
+      "Duration": "value=decimal comparator=code unit=string system=uri code=code",
+      "Encounter": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusHistory=Encounter.statusHistory* class=Coding! classHistory=Encounter.classHistory* type=CodeableConcept* serviceType=CodeableConcept priority=CodeableConcept subject=Reference episodeOfCare=Reference* basedOn=Reference* participant=Encounter.participant* appointment=Reference* period=Period length=Duration reasonCode=CodeableConcept* reasonReference=Reference* diagnosis=Encounter.diagnosis* account=Reference* hospitalization=Encounter.hospitalization location=Encounter.location* serviceProvider=Reference partOf=Reference",
+      "Encounter.classHistory": "class=Coding! period=Period!",
+      "Encounter.diagnosis": "condition=Reference! use=CodeableConcept rank=positiveInt",
+      "Encounter.hospitalization": "preAdmissionIdentifier=Identifier origin=Reference admitSource=CodeableConcept reAdmission=CodeableConcept dietPreference=CodeableConcept* specialCourtesy=CodeableConcept* specialArrangement=CodeableConcept* destination=Reference dischargeDisposition=CodeableConcept",
+      "Encounter.location": "location=Reference! status=code physicalType=CodeableConcept period=Period",
+      "Encounter.participant": "type=CodeableConcept* period=Period individual=Reference",
+      "Encounter.statusHistory": "status=code! period=Period!",
+      "Expression": "description=string name=id language=code! expression=string reference=uri",
+      "Extension": "url=uri! value[x]=base64Binary|boolean|canonical|code|date|dateTime|decimal|id|instant|integer|markdown|oid|positiveInt|string|time|unsignedInt|uri|url|uuid|Address|Age|Annotation|Attachment|CodeableConcept|Coding|ContactPoint|Count|Distance|Duration|HumanName|Identifier|Money|Period|Quantity|Range|Ratio|Reference|SampledData|Signature|Timing|ContactDetail|Contributor|DataRequirement|Expression|ParameterDefinition|RelatedArtifact|TriggerDefinition|UsageContext|Dosage|Meta",
+      "FamilyMemberHistory": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* status=code! dataAbsentReason=CodeableConcept patient=Reference! date=dateTime name=string relationship=CodeableConcept! sex=CodeableConcept born[x]=Period|date|string age[x]=Age|Range|string estimatedAge=boolean deceased[x]=boolean|Age|Range|date|string reasonCode=CodeableConcept* reasonReference=Reference* note=Annotation* condition=FamilyMemberHistory.condition*",
+      "FamilyMemberHistory.condition": "code=CodeableConcept! outcome=CodeableConcept contributedToDeath=boolean onset[x]=Age|Range|Period|string note=Annotation*",
+      "Goal": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* lifecycleStatus=code! achievementStatus=CodeableConcept category=CodeableConcept* priority=CodeableConcept description=CodeableConcept! subject=Reference! start[x]=date|CodeableConcept target=Goal.target* statusDate=date statusReason=string expressedBy=Reference addresses=Reference* note=Annotation* outcomeCode=CodeableConcept* outcomeReference=Reference*",
+      "Goal.target": "measure=CodeableConcept detail[x]=Quantity|Range|CodeableConcept|string|boolean|integer|Ratio due[x]=date|Duration",
+      "HumanName": "use=code text=string family=string given=string* prefix=string* suffix=string* period=Period",
+      "Identifier": "use=code type=CodeableConcept system=uri value=string period=Period assigner=Reference",
+      "Immunization": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusReason=CodeableConcept vaccineCode=CodeableConcept! patient=Reference! encounter=Reference occurrence[x]=dateTime|string! recorded=dateTime primarySource=boolean reportOrigin=CodeableConcept location=Reference manufacturer=Reference lotNumber=string expirationDate=date site=CodeableConcept route=CodeableConcept doseQuantity=Quantity performer=Immunization.performer* note=Annotation* reasonCode=CodeableConcept* reasonReference=Reference* isSubpotent=boolean subpotentReason=CodeableConcept* education=Immunization.education* programEligibility=CodeableConcept* fundingSource=CodeableConcept reaction=Immunization.reaction* protocolApplied=Immunization.protocolApplied*",
+      "Immunization.education": "documentType=string reference=uri publicationDate=dateTime presentationDate=dateTime",
+      "Immunization.performer": "function=CodeableConcept actor=Reference!",
+      "Immunization.protocolApplied": "series=string authority=Reference targetDisease=CodeableConcept* doseNumber[x]=positiveInt|string! seriesDoses[x]=positiveInt|string",
+      "Immunization.reaction": "date=dateTime detail=Reference reported=boolean",
+      "Location": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code operationalStatus=Coding name=string alias=string* description=string mode=code type=CodeableConcept* telecom=ContactPoint* address=Address physicalType=CodeableConcept position=Location.position managingOrganization=Reference partOf=Reference hoursOfOperation=Location.hoursOfOperation* availabilityExceptions=string endpoint=Reference*",
+      "Location.hoursOfOperation": "daysOfWeek=code* allDay=boolean openingTime=time closingTime=time",
+      "Location.position": "longitude=decimal! latitude=decimal! altitude=decimal",
+      "Medication": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* code=CodeableConcept status=code manufacturer=Reference form=CodeableConcept amount=Ratio ingredient=Medication.ingredient* batch=Medication.batch",
+      "Medication.batch": "lotNumber=string expirationDate=dateTime",
+      "Medication.ingredient": "item[x]=CodeableConcept|Reference! isActive=boolean strength=Ratio",
+      "MedicationAdministration": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiates=uri* partOf=Reference* status=code! statusReason=CodeableConcept* category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference! context=Reference supportingInformation=Reference* effective[x]=dateTime|Period! performer=MedicationAdministration.performer* reasonCode=CodeableConcept* reasonReference=Reference* request=Reference device=Reference* note=Annotation* dosage=MedicationAdministration.dosage eventHistory=Reference*",
+      "MedicationAdministration.dosage": "text=string site=CodeableConcept route=CodeableConcept method=CodeableConcept dose=Quantity rate[x]=Ratio|Quantity",
+      "MedicationAdministration.performer": "function=CodeableConcept actor=Reference!",
+      "MedicationDispense": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* partOf=Reference* status=code! statusReason[x]=CodeableConcept|Reference category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference context=Reference supportingInformation=Reference* performer=MedicationDispense.performer* location=Reference authorizingPrescription=Reference* type=CodeableConcept quantity=Quantity daysSupply=Quantity whenPrepared=dateTime whenHandedOver=dateTime destination=Reference receiver=Reference* note=Annotation* dosageInstruction=Dosage* substitution=MedicationDispense.substitution detectedIssue=Reference* eventHistory=Reference*",
+      "MedicationDispense.performer": "function=CodeableConcept actor=Reference!",
+      "MedicationDispense.substitution": "wasSubstituted=boolean! type=CodeableConcept reason=CodeableConcept* responsibleParty=Reference*",
+      "MedicationRequest": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusReason=CodeableConcept intent=code! category=CodeableConcept* priority=code doNotPerform=boolean reported[x]=boolean|Reference medication[x]=CodeableConcept|Reference! subject=Reference! encounter=Reference supportingInformation=Reference* authoredOn=dateTime requester=Reference performer=Reference performerType=CodeableConcept recorder=Reference reasonCode=CodeableConcept* reasonReference=Reference* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* groupIdentifier=Identifier courseOfTherapyType=CodeableConcept insurance=Reference* note=Annotation* dosageInstruction=Dosage* dispenseRequest=MedicationRequest.dispenseRequest substitution=MedicationRequest.substitution priorPrescription=Reference detectedIssue=Reference* eventHistory=Reference*",
+      "MedicationRequest.dispenseRequest": "initialFill=MedicationRequest.dispenseRequest.initialFill dispenseInterval=Duration validityPeriod=Period numberOfRepeatsAllowed=unsignedInt quantity=Quantity expectedSupplyDuration=Duration performer=Reference",
+      "MedicationRequest.dispenseRequest.initialFill": "quantity=Quantity duration=Duration",
+      "MedicationRequest.substitution": "allowed[x]=boolean|CodeableConcept! reason=CodeableConcept",
+      "MedicationStatement": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* partOf=Reference* status=code! statusReason=CodeableConcept* category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference! context=Reference effective[x]=dateTime|Period dateAsserted=dateTime informationSource=Reference derivedFrom=Reference* reasonCode=CodeableConcept* reasonReference=Reference* note=Annotation* dosage=Dosage*",
+      "Meta": "versionId=id lastUpdated=instant source=uri profile=canonical* security=Coding* tag=Coding* project=uri author=Reference onBehalfOf=Reference account=Reference accounts=Reference* compartment=Reference* deleted=boolean",
+      "Money": "value=decimal currency=code",
+      "Narrative": "status=code! div=xhtml!",
+      "Observation": ".=obs-6 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* partOf=Reference* status=code! category=CodeableConcept* code=CodeableConcept! subject=Reference focus=Reference* encounter=Reference effective[x]=dateTime|Period|Timing|instant issued=instant performer=Reference* value[x]=Quantity|CodeableConcept|string|boolean|integer|Range|Ratio|SampledData|time|dateTime|Period dataAbsentReason=CodeableConcept interpretation=CodeableConcept* note=Annotation* bodySite=CodeableConcept method=CodeableConcept specimen=Reference device=Reference referenceRange=Observation.referenceRange*#obs-3 hasMember=Reference* derivedFrom=Reference* component=Observation.component*",
+      "Observation.component": "code=CodeableConcept! value[x]=Quantity|CodeableConcept|string|boolean|integer|Range|Ratio|SampledData|time|dateTime|Period dataAbsentReason=CodeableConcept interpretation=CodeableConcept* referenceRange=Observation.referenceRange*",
+      "Observation.referenceRange": "low=Quantity high=Quantity type=CodeableConcept appliesTo=CodeableConcept* age=Range text=string",
+      "Organization": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean type=CodeableConcept* name=string alias=string* telecom=ContactPoint* address=Address* partOf=Reference contact=Organization.contact* endpoint=Reference*",
+      "Organization.contact": "purpose=CodeableConcept name=HumanName telecom=ContactPoint* address=Address",
+      "ParameterDefinition": "name=code use=code! min=integer max=string documentation=string type=code! profile=canonical",
+      "Period": "start=dateTime end=dateTime",
+      "Practitioner": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean name=HumanName* telecom=ContactPoint* address=Address* gender=code birthDate=date photo=Attachment* qualification=Practitioner.qualification* communication=CodeableConcept*",
+      "Practitioner.qualification": "identifier=Identifier* code=CodeableConcept! period=Period issuer=Reference",
+      "PractitionerRole": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean period=Period practitioner=Reference organization=Reference code=CodeableConcept* specialty=CodeableConcept* location=Reference* healthcareService=Reference* telecom=ContactPoint* availableTime=PractitionerRole.availableTime* notAvailable=PractitionerRole.notAvailable* availabilityExceptions=string endpoint=Reference*",
+      "PractitionerRole.availableTime": "daysOfWeek=code* allDay=boolean availableStartTime=time availableEndTime=time",
+      "PractitionerRole.notAvailable": "description=string! during=Period",
+      "Procedure": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* partOf=Reference* status=code! statusReason=CodeableConcept category=CodeableConcept code=CodeableConcept subject=Reference! encounter=Reference performed[x]=dateTime|Period|string|Age|Range recorder=Reference asserter=Reference performer=Procedure.performer* location=Reference reasonCode=CodeableConcept* reasonReference=Reference* bodySite=CodeableConcept* outcome=CodeableConcept report=Reference* complication=CodeableConcept* complicationDetail=Reference* followUp=CodeableConcept* note=Annotation* focalDevice=Procedure.focalDevice* usedReference=Reference* usedCode=CodeableConcept*",
+      "Procedure.focalDevice": "action=CodeableConcept manipulated=Reference!",
+      "Procedure.performer": "function=CodeableConcept actor=Reference! onBehalfOf=Reference",
+      "Quantity": "value=decimal comparator=code unit=string system=uri code=code",
+      "Range": "low=Quantity high=Quantity",
+      "Ratio": "numerator=Quantity denominator=Quantity",
+      "Reference": "reference=string type=uri identifier=Identifier display=string",
+      "RelatedArtifact": "type=code! label=string display=string citation=markdown url=url document=Attachment resource=canonical",
+      "RelatedPerson": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean patient=Reference! relationship=CodeableConcept* name=HumanName* telecom=ContactPoint* gender=code birthDate=date address=Address* photo=Attachment* period=Period communication=RelatedPerson.communication*",
+      "RelatedPerson.communication": "language=CodeableConcept! preferred=boolean",
+      "SampledData": "origin=Quantity! period=decimal! factor=decimal lowerLimit=decimal upperLimit=decimal dimensions=positiveInt! data=string",
+      "ServiceRequest": ".=prr-1 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* replaces=Reference* requisition=Identifier status=code! intent=code! category=CodeableConcept* priority=code doNotPerform=boolean code=CodeableConcept orderDetail=CodeableConcept* quantity[x]=Quantity|Ratio|Range subject=Reference! encounter=Reference occurrence[x]=dateTime|Period|Timing asNeeded[x]=boolean|CodeableConcept authoredOn=dateTime requester=Reference performerType=CodeableConcept performer=Reference* locationCode=CodeableConcept* locationReference=Reference* reasonCode=CodeableConcept* reasonReference=Reference* insurance=Reference* supportingInfo=Reference* specimen=Reference* bodySite=CodeableConcept* note=Annotation* patientInstruction=string relevantHistory=Reference*",
+      "Signature": "type=Coding!* when=instant! who=Reference! onBehalfOf=Reference targetFormat=code sigFormat=code data=base64Binary",
+      "Timing": "event=dateTime* repeat=Timing.repeat code=CodeableConcept",
+      "Timing.repeat": "bounds[x]=Duration|Range|Period count=positiveInt countMax=positiveInt duration=decimal durationMax=decimal durationUnit=code frequency=positiveInt frequencyMax=positiveInt period=decimal periodMax=decimal periodUnit=code dayOfWeek=code* timeOfDay=time* when=code* offset=unsignedInt",
+      "TriggerDefinition": "type=code! name=string timing[x]=Timing|Reference|date|dateTime data=DataRequirement* condition=Expression",
+      "UsageContext": "code=Coding! value[x]=CodeableConcept|Quantity|Range|Reference!"
     }
   },
   "consolidated": {
@@ -848,7 +862,9 @@ async function checkpoint(ctx, summary, patient, done, force) {
 // imported in phases, each a function below:
 //   fetch   fetchConsolidated   download + parse the searchset; an expired URL re-requested once
 //   plan    planImport          allowed types only, indexed by Type/id, the others counted
-//   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
+//   repair  repairItem          Metriport quirks fixed, resources made to pass Medplum's validator
+//                               (rules generated from the StructureDefinitions), references resolved,
+//                               upsert identifier set; what cannot be repaired skipped with the reason
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
 //   chunk   chunkLevel          batch Bundles within CONFIG.batch.maxEntries and maxBytes
 //   send    sendLevels          batches in flight, the ids Medplum returns recorded and used by
@@ -874,6 +890,7 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {string} [medplumId] once Medplum stored it
  * @property {boolean} [failed]
  * @property {boolean} [retry] lost a race with another run: sent again
+ * @property {string} [skip] why the repair phase could not make it valid (it is not imported)
  */
 
 /**
@@ -895,13 +912,6 @@ async function checkpoint(ctx, summary, patient, done, force) {
  */
 
 /** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
-
-const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
-  DocumentReference: ['date'],
-  Observation: ['issued'],
-  DiagnosticReport: ['issued'],
-  Media: ['issued'],
-});
 
 const IN_FLIGHT_BATCHES = 2;
 const UTF8 = new TextEncoder();
@@ -979,6 +989,7 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
+  dropUnrepairable(plan, summary);
   const order = orderItems(plan.items);
   const start = await resumeFrom(medplum, plan.items, order, resumeDone || 0);
   await findDeferredTargets(medplum, plan.items, order);
@@ -1217,8 +1228,10 @@ function planImport(resources, subjectId, metriportPatientId, summary) {
 
 /**
  * Make one item's resource acceptable to Medplum and ready to upsert: server fields dropped, Metriport
- * quirks fixed (instants, contained, duplicate codings), references resolved, required elements
- * marked absent, the identifier the upsert keys on set.
+ * quirks fixed (contained, duplicate codings), the resource made to pass Medplum's validator
+ * (conformResource: cardinality, formats, required elements marked absent, invariants), references
+ * resolved, the identifier the upsert keys on set. A resource no safe repair makes valid gets
+ * `item.skip` (the reason); dropUnrepairable then takes it out of the import.
  * @param {Item} item
  * @param {Plan} plan
  * @param {Summary} summary
@@ -1231,8 +1244,11 @@ function repairItem(item, plan, summary) {
     delete r.meta.lastUpdated;
     delete r.meta.source;
   }
-  fixInstants(r, item.type, summary);
   const containedIds = keepValidContained(r, summary);
+  item.skip = conformResource(r, item.type, summary);
+  if (item.skip) {
+    return;
+  }
   walk(r, (obj) => {
     if (Array.isArray(obj.coding) && obj.coding.length > 1) {
       dedupeCodings(obj, summary);
@@ -1242,29 +1258,7 @@ function repairItem(item, plan, summary) {
     }
   });
   prune(r);
-  fillRequiredElements(r, item.type, summary);
   setUpsertIdentifier(r, item.type, item.mid);
-}
-
-/**
- * Bare dates (or dateTimes without zone) where an instant is required; unusable values dropped.
- * @param {any} r
- * @param {string} type
- * @param {Summary} summary
- */
-function fixInstants(r, type, summary) {
-  for (const field of INSTANT_FIELDS[type] || []) {
-    if (typeof r[field] === 'string') {
-      const fixed = toInstant(r[field]);
-      if (fixed === undefined) {
-        delete r[field];
-        bump(summary.fixes, 'invalid-instant-dropped');
-      } else if (fixed !== r[field]) {
-        r[field] = fixed;
-        bump(summary.fixes, 'date-to-instant');
-      }
-    }
-  }
 }
 
 /**
@@ -1391,33 +1385,6 @@ function dropReference(obj, summary, skippedType) {
 }
 
 /**
- * Required elements the source lacks (C-CDA conversions miss e.g. Encounter.class or
- * Composition.author) are marked absent the FHIR way (data-absent-reason "unknown"), never invented:
- * otherwise Medplum rejects the whole resource.
- * @param {any} r
- * @param {string} type
- * @param {Summary} summary
- */
-function fillRequiredElements(r, type, summary) {
-  const required = (CONFIG.requiredElements || {})[type] || {};
-  for (const name of Object.keys(required)) {
-    const [elementType, isArray] = required[name];
-    if (r[name] !== undefined) {
-      continue;
-    }
-    /** @type {any} */
-    const value = { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
-    if (elementType === 'Reference') {
-      value.display = 'unknown';
-    } else if (elementType === 'CodeableConcept') {
-      value.text = 'unknown';
-    }
-    r[name] = isArray ? [value] : value;
-    bump(summary.fixes, 'required-element-marked-absent');
-  }
-}
-
-/**
  * The identifier the conditional PUT keys on (<resourceIdentifierSystem>|<mid>), replacing any
  * earlier one of that system; a single Identifier where the type's element is not a list.
  * @param {any} r
@@ -1433,6 +1400,713 @@ function setUpsertIdentifier(r, type, mid) {
       ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
       : [];
     r.identifier = others.concat([ident]);
+  }
+}
+
+// --- repair: FHIR element rules ---------------------------------------------
+// What Medplum's validateResource (@medplum/core src/typeschema/validation.ts, run on every write of a
+// strict-mode project) refuses, repaired generically from CONFIG.fhirRules: element rules generated from
+// the StructureDefinitions for the configured types only (generator/fhir_rules.py), one string per type
+// (a resource, a complex data type, or a backbone element named by its path):
+// "name=type[|type...][!][*][#invariant,...]", `!` required, `*` a list, `.=...` the resource's invariants.
+
+/**
+ * @typedef {object} ElementRule
+ * @property {string} name element name (a choice element without its "[x]")
+ * @property {string[]} types type codes (several for a choice element)
+ * @property {boolean} choice
+ * @property {number} min
+ * @property {boolean} array
+ * @property {string[]} inv invariants checked on each value
+ */
+/**
+ * @typedef {object} TypeRules
+ * @property {Map<string, { rule: ElementRule, type: string }>} byKey JSON property -> rule and type
+ * @property {ElementRule[]} required the elements with min >= 1
+ * @property {string[]} root the resource's own invariants
+ */
+/**
+ * @typedef {object} ConformCtx
+ * @property {Summary} summary
+ * @property {string} type the resource type
+ * @property {string} [skip] why the resource cannot be repaired (it is skipped)
+ */
+
+/** Medplum's primitive formats (validation.ts validationRegexes); JS types (fhirTypeToJsType). */
+const PRIMITIVE_FORMATS = /** @type {Record<string, RegExp>} */ ({
+  canonical: /^\S*$/,
+  code: /^[^\s]+( [^\s]+)*$/,
+  date: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1]))?)?$/,
+  dateTime: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1])(T([01]\d|2[0-3])(:[0-5]\d:([0-5]\d|60)(\.\d{1,9})?)?)?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)?)?)?$/,
+  id: /^[A-Za-z0-9\-.]{1,64}$/,
+  instant: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2]\d|3[0-1])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))$/,
+  markdown: /^[\r\n\t\u0020-\uFFFF]+$/,
+  oid: /^urn:oid:[0-2](\.(0|[1-9]\d*))+$/,
+  string: /^[\r\n\t\u0020-\uFFFF]+$/,
+  time: /^([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?$/,
+  uri: /^\S*$/,
+  url: /^\S*$/,
+  uuid: /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+});
+const PRIMITIVE_JS = /** @type {Record<string, string>} */ ({
+  boolean: 'boolean', decimal: 'number', integer: 'number', positiveInt: 'number', unsignedInt: 'number',
+});
+/** validation.ts: strings up to 1 MB; dates checked against the calendar too. */
+const MAX_STRING = 1024 * 1024;
+const DATE_TYPES = new Set(['date', 'dateTime', 'instant']);
+/** validation.ts base64BinaryMaxBytes default: larger data is refused. */
+const BASE64_MAX_BYTES = 1024 * 1024;
+const INT_MIN = /** @type {Record<string, number>} */ ({ integer: -2147483648, positiveInt: 1, unsignedInt: 0 });
+/** Elements every type has, handled alike: extensions (Extension lists) and an element's id. */
+const EXTENSION_RULE = /** @type {ElementRule} */ ({ name: 'extension', types: ['Extension'], choice: false, min: 0, array: true, inv: [] });
+const GENERIC_ELEMENTS = new Map([
+  ['extension', { rule: EXTENSION_RULE, type: 'Extension' }],
+  ['modifierExtension', { rule: { ...EXTENSION_RULE, name: 'modifierExtension' }, type: 'Extension' }],
+]);
+const ELEMENT_ID = { rule: /** @type {ElementRule} */ ({ name: 'id', types: ['string'], choice: false, min: 0, array: false, inv: [] }), type: 'string' };
+
+/** @type {Map<string, TypeRules | null>} */
+const TYPE_RULES = new Map();
+
+/**
+ * The rules of one type (parsed from CONFIG.fhirRules on first use), or null when the bot has none.
+ * @param {string} type
+ * @returns {TypeRules | null}
+ */
+function rulesOf(type) {
+  let parsed = TYPE_RULES.get(type);
+  if (parsed === undefined) {
+    const text = ((CONFIG.fhirRules || {}).types || {})[type];
+    parsed = typeof text === 'string' ? parseTypeRules(text) : null;
+    TYPE_RULES.set(type, parsed);
+  }
+  return parsed;
+}
+
+/**
+ * @param {string} text
+ * @returns {TypeRules}
+ */
+function parseTypeRules(text) {
+  /** @type {TypeRules} */
+  const out = { byKey: new Map(), required: [], root: [] };
+  for (const part of text.split(' ')) {
+    const eq = part.indexOf('=');
+    const name = part.slice(0, eq);
+    let spec = part.slice(eq + 1);
+    if (name === '.') {
+      out.root = spec.split(',');
+      continue;
+    }
+    /** @type {string[]} */
+    let inv = [];
+    const hash = spec.indexOf('#');
+    if (hash >= 0) {
+      inv = spec.slice(hash + 1).split(',');
+      spec = spec.slice(0, hash);
+    }
+    const array = spec.endsWith('*');
+    spec = array ? spec.slice(0, -1) : spec;
+    const min = spec.endsWith('!') ? 1 : 0;
+    spec = min ? spec.slice(0, -1) : spec;
+    const choice = name.endsWith('[x]');
+    /** @type {ElementRule} */
+    const rule = { name: choice ? name.slice(0, -3) : name, types: spec.split('|'), choice, min, array, inv };
+    if (min) {
+      out.required.push(rule);
+    }
+    for (const t of rule.types) {
+      out.byKey.set(choice ? rule.name + capitalize(t) : rule.name, { rule, type: t });
+    }
+  }
+  return out;
+}
+
+/**
+ * @param {string} s
+ * @returns {string}
+ */
+function capitalize(s) {
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/**
+ * @param {string} type
+ * @returns {boolean}
+ */
+function isPrimitiveType(type) {
+  return /^[a-z]/.test(type);
+}
+
+/**
+ * Make a resource acceptable to Medplum's validator the generic way, counting each repair: a list where
+ * one value is allowed keeps the first (or the richest) value, a single value where a list is required
+ * becomes a list, unknown elements and nulls are dropped, primitives of the wrong JSON type or format are
+ * fixed when the fix is certain (e.g. "20240105" -> "2024-01-05") or dropped, required elements the
+ * source lacks (also inside backbone elements and data types, also choice elements) are marked absent with
+ * data-absent-reason "unknown", and the invariants known in converted data are repaired — or, where no
+ * safe repair exists, the resource is skipped with the reason.
+ * @param {any} r
+ * @param {string} type
+ * @param {Summary} summary
+ * @returns {string | undefined} why the resource must be skipped
+ */
+function conformResource(r, type, summary) {
+  /** @type {ConformCtx} */
+  const ctx = { summary, type };
+  if (!rulesOf(type)) {
+    return undefined;
+  }
+  conformObject(r, type, ctx);
+  for (const key of /** @type {TypeRules} */ (rulesOf(type)).root) {
+    checkInvariant(key, r, ctx);
+  }
+  return ctx.skip;
+}
+
+/**
+ * Every element of one object (a resource, a data type value or a backbone element), then its required
+ * elements.
+ * @param {any} obj
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ */
+function conformObject(obj, type, ctx) {
+  const rules = rulesOf(type);
+  if (!rules) {
+    return;
+  }
+  const isResource = typeof obj.resourceType === 'string';
+  for (const key of Object.keys(obj)) {
+    if (key === 'resourceType' && isResource) {
+      continue;
+    }
+    const base = key.startsWith('_') ? key.slice(1) : key;
+    const found = rules.byKey.get(base) || GENERIC_ELEMENTS.get(base) || (base === 'id' && !isResource ? ELEMENT_ID : undefined);
+    if (!found) {
+      delete obj[key];
+      bump(ctx.summary.fixes, 'unknown-element-dropped');
+    } else if (key !== base) {
+      conformPrimitiveExtension(obj, key, ctx);
+    } else {
+      conformElement(obj, key, found.rule, found.type, ctx);
+    }
+  }
+  for (const rule of rules.required) {
+    if (!hasElement(obj, rule)) {
+      markAbsent(obj, rule, ctx);
+    }
+  }
+}
+
+/**
+ * One element's value(s): cardinality, then each value.
+ * @param {any} obj
+ * @param {string} key
+ * @param {ElementRule} rule
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ */
+function conformElement(obj, key, rule, type, ctx) {
+  const v = obj[key];
+  if (v === null || v === undefined) {
+    delete obj[key];
+    bump(ctx.summary.fixes, 'null-value-dropped');
+    return;
+  }
+  if (!rule.array) {
+    let value = v;
+    if (Array.isArray(v)) {
+      value = bestValue(v, type, rule, ctx);
+      bump(ctx.summary.fixes, v.length ? 'repeated-single-value-reduced' : 'empty-value-dropped');
+    } else {
+      value = conformValue(v, type, rule, ctx);
+    }
+    if (value === undefined) {
+      delete obj[key];
+    } else {
+      obj[key] = value;
+    }
+    return;
+  }
+  let list = v;
+  if (!Array.isArray(v)) {
+    list = [v];
+    bump(ctx.summary.fixes, 'single-value-wrapped');
+  }
+  // A primitive list's extensions are a parallel list ("_given"): kept aligned, a value only dropped with
+  // its extension unless the extension has content (then the value becomes null, as FHIR JSON allows).
+  const partner = isPrimitiveType(type) && Array.isArray(obj['_' + key]) ? obj['_' + key] : undefined;
+  const values = [];
+  /** @type {any[]} */
+  const partners = [];
+  for (let i = 0; i < list.length; i++) {
+    const had = list[i] !== null && list[i] !== undefined;
+    const fixed = had ? conformValue(list[i], type, rule, ctx) : undefined;
+    if (!had && !(partner && partner[i])) {
+      bump(ctx.summary.fixes, 'null-value-dropped');
+    }
+    if (fixed !== undefined || (partner && partner[i])) {
+      values.push(fixed === undefined ? null : fixed);
+      if (partner) {
+        partners.push(partner[i] === undefined ? null : partner[i]);
+      }
+    }
+  }
+  if (values.length) {
+    obj[key] = values;
+  } else {
+    delete obj[key];
+  }
+  if (partner) {
+    obj['_' + key] = partners;
+  }
+}
+
+/**
+ * Of several values where one is allowed: the first with the most content (a coded value over text only),
+ * repaired; the others dropped.
+ * @param {any[]} values
+ * @param {string} type
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ * @returns {any}
+ */
+function bestValue(values, type, rule, ctx) {
+  const ranked = values.map((v, i) => ({ v, i, score: richness(v) })).filter((x) => x.score > 0);
+  ranked.sort((a, b) => b.score - a.score || a.i - b.i);
+  for (const { v } of ranked) {
+    const fixed = conformValue(v, type, rule, ctx);
+    if (fixed !== undefined) {
+      return fixed;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * @param {any} v
+ * @returns {number} 0 = nothing, higher = more to keep
+ */
+function richness(v) {
+  if (v === null || v === undefined || v === '' || Array.isArray(v)) {
+    return 0;
+  }
+  if (typeof v !== 'object') {
+    return 1;
+  }
+  let score = Object.keys(v).length ? 1 : 0;
+  if (Array.isArray(v.coding) && v.coding.some((/** @type {any} */ c) => c && c.code)) {
+    score += 2;
+  }
+  if (v.text || v.display || v.reference || v.value !== undefined) {
+    score += 1;
+  }
+  return score;
+}
+
+/**
+ * One value of an element, repaired; undefined when it must go.
+ * @param {any} v
+ * @param {string} type
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ * @returns {any}
+ */
+function conformValue(v, type, rule, ctx) {
+  if (isPrimitiveType(type)) {
+    return conformPrimitive(v, type, ctx);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) {
+    bump(ctx.summary.fixes, 'invalid-' + type + '-dropped');
+    return undefined;
+  }
+  if (type === 'Resource') {
+    // Contained resources: repaired against their own type's rules when the bot has them.
+    if (typeof v.resourceType === 'string') {
+      conformObject(v, v.resourceType, ctx);
+    }
+    return v;
+  }
+  if (type === 'Extension' && (typeof v.url !== 'string' || !v.url.trim())) {
+    bump(ctx.summary.fixes, 'invalid-Extension-dropped');
+    return undefined;
+  }
+  conformObject(v, type, ctx);
+  for (const key of rule.inv) {
+    if (checkInvariant(key, v, ctx) === 'drop') {
+      return undefined;
+    }
+  }
+  if (type === 'Extension') {
+    for (const key of (CONFIG.fhirRules || {}).extensionInvariants || []) {
+      if (checkInvariant(key, v, ctx, rule.name === 'modifierExtension') === 'drop') {
+        return undefined;
+      }
+    }
+  }
+  return Object.keys(v).length ? v : undefined;
+}
+
+/**
+ * A primitive's extensions ("_status": {extension: [...]}, or a list of them for a list of values).
+ * @param {any} obj
+ * @param {string} key
+ * @param {ConformCtx} ctx
+ */
+function conformPrimitiveExtension(obj, key, ctx) {
+  const v = obj[key];
+  const one = (/** @type {any} */ x) => {
+    if (x && typeof x === 'object' && !Array.isArray(x)) {
+      conformElement(x, 'extension', EXTENSION_RULE, 'Extension', ctx);
+      if (x.extension === undefined) {
+        delete x.extension;
+      }
+    }
+  };
+  if (Array.isArray(v)) {
+    v.forEach(one);
+  } else if (v && typeof v === 'object') {
+    one(v);
+    if (!Object.keys(v).length) {
+      delete obj[key];
+    }
+  } else {
+    delete obj[key];
+    bump(ctx.summary.fixes, 'null-value-dropped');
+  }
+}
+
+/**
+ * Whether an element has a value (or, for a primitive, extensions); for a choice element, in any of its types.
+ * @param {any} obj
+ * @param {ElementRule} rule
+ * @returns {boolean}
+ */
+function hasElement(obj, rule) {
+  const keys = rule.choice ? rule.types.map((t) => rule.name + capitalize(t)) : [rule.name];
+  return keys.some((k) => obj[k] !== undefined || obj['_' + k] !== undefined);
+}
+
+/**
+ * @returns {any} a data-absent-reason "unknown" extension list holder
+ */
+function absentElement() {
+  return { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
+}
+
+/**
+ * A required element the source lacks, marked absent the FHIR way (data-absent-reason "unknown"), never
+ * invented: a data type or backbone element carries the extension itself (its own required elements marked
+ * absent in turn), a primitive in its "_name" element; for a choice element the first type that says
+ * least: CodeableConcept, Reference, another data type, string, then the first.
+ * @param {any} obj
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ */
+function markAbsent(obj, rule, ctx) {
+  let type = rule.types[0];
+  if (rule.choice) {
+    type = ['CodeableConcept', 'Reference'].find((t) => rule.types.includes(t)) ||
+      rule.types.find((t) => !isPrimitiveType(t)) ||
+      (rule.types.includes('string') ? 'string' : rule.types[0]);
+  }
+  const key = rule.choice ? rule.name + capitalize(type) : rule.name;
+  if (isPrimitiveType(type)) {
+    obj['_' + key] = rule.array ? [absentElement()] : absentElement();
+    if (rule.array) {
+      obj[key] = [null];
+    }
+  } else {
+    const value = absentElement();
+    if (type === 'Reference') {
+      value.display = 'unknown';
+    } else if (type === 'CodeableConcept') {
+      value.text = 'unknown';
+    }
+    conformObject(value, type, ctx);
+    obj[key] = rule.array ? [value] : value;
+  }
+  bump(ctx.summary.fixes, 'required-element-marked-absent');
+}
+
+/**
+ * A primitive value of the JSON type and format Medplum checks; fixed when the fix is certain, else
+ * undefined (dropped). Counted as invalid-<type>-fixed / -dropped (a bare date made an instant:
+ * date-to-instant).
+ * @param {any} v
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ * @returns {any}
+ */
+function conformPrimitive(v, type, ctx) {
+  const fixes = ctx.summary.fixes;
+  const js = PRIMITIVE_JS[type] || 'string';
+  let value = v;
+  if (typeof value !== js) {
+    if (js === 'number' && typeof value === 'string' && /^\s*-?\d+(\.\d+)?([eE][+-]?\d+)?\s*$/.test(value)) {
+      value = Number(value);
+    } else if (js === 'boolean' && (value === 'true' || value === 'false')) {
+      value = value === 'true';
+    } else if (js === 'string' && (typeof value === 'number' || typeof value === 'boolean') && type !== 'base64Binary') {
+      value = String(value);
+    } else {
+      bump(fixes, 'invalid-' + type + '-dropped');
+      return undefined;
+    }
+  }
+  let fixed = value;
+  if (js === 'number') {
+    const bad = !Number.isFinite(value) || (type in INT_MIN && (!Number.isInteger(value) || value < INT_MIN[type] || value > 2147483647));
+    fixed = bad ? undefined : value;
+  } else if (js === 'string') {
+    fixed = fixString(value, type);
+  }
+  if (fixed === undefined) {
+    bump(fixes, 'invalid-' + type + '-dropped');
+  } else if (fixed !== v) {
+    bump(fixes, type === 'instant' && /^\d{4}(-\d{2}(-\d{2})?)?$/.test(String(v)) ? 'date-to-instant' : 'invalid-' + type + '-fixed');
+  }
+  return fixed;
+}
+
+/**
+ * @param {string} value
+ * @param {string} type
+ * @returns {string | undefined}
+ */
+function fixString(value, type) {
+  const format = PRIMITIVE_FORMATS[type];
+  if (type !== 'base64Binary' && value.length <= MAX_STRING && (!format || format.test(value)) && /\S/.test(value) &&
+    !(DATE_TYPES.has(type) && !calendarDayOk(value))) {
+    return value;
+  }
+  if (type === 'base64Binary') {
+    const s = value.replace(/\s+/g, '');
+    return isBase64(s) && Math.floor((s.length * 3) / 4) <= BASE64_MAX_BYTES + 2 ? s : undefined;
+  }
+  if (type === 'xhtml') {
+    return value.trim() ? value : undefined;
+  }
+  let s = value;
+  if (type === 'string' || type === 'markdown') {
+    s = s.replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F]/g, ' ');
+  } else if (type === 'code') {
+    s = s.trim().replace(/\s+/g, ' ');
+  } else if (DATE_TYPES.has(type)) {
+    s = fixDate(s.trim(), type) || '';
+  } else {
+    s = s.trim();
+  }
+  if (!s.trim() || s.length > MAX_STRING) {
+    return undefined;
+  }
+  if (format && !format.test(s) && (type === 'uri' || type === 'url' || type === 'canonical')) {
+    const url = fixUrl(s);
+    if (url === undefined) {
+      return undefined;
+    }
+    s = url;
+  }
+  return !format || format.test(s) ? s : undefined;
+}
+
+/**
+ * An absolute URL with spaces inside (e.g. "https://x/discharge summary.pdf") percent-encoded; anything else
+ * (an unfilled template such as "https://x/Binary/<%= id %>", text) is not a URL: undefined.
+ * @param {string} s
+ * @returns {string | undefined}
+ */
+function fixUrl(s) {
+  const encoded = s.replace(/ /g, '%20');
+  return /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/]/.test(encoded) && /^([A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/.test(encoded)
+    ? encoded : undefined;
+}
+
+/**
+ * @param {string} s
+ * @returns {boolean}
+ */
+function isBase64(s) {
+  const padding = s.endsWith('==') ? 2 : s.endsWith('=') ? 1 : 0;
+  return s.length > 0 && s.length % 4 === 0 && /^[A-Za-z\d+/]+$/.test(s.slice(0, s.length - padding));
+}
+
+/**
+ * A date, dateTime or instant in the form FHIR wants when the value says it unambiguously: HL7 v3
+ * timestamps ("20240105", "202401051030-0500"), a space instead of "T", minutes without seconds, a time
+ * given where only a date is allowed (the date kept), a day the month does not have (the month kept), a
+ * bare date or a dateTime without zone where an instant is required (midnight / UTC, as before).
+ * @param {string} value
+ * @param {string} type
+ * @returns {string | undefined}
+ */
+function fixDate(value, type) {
+  let s = value;
+  const ts = /^(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(\d{2}(?:\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$/.exec(s);
+  if (ts && s.length !== 4) {
+    const [, y, mo, d, h, mi, sec, zone] = ts;
+    s = y + (mo ? '-' + mo : '') + (d ? '-' + d : '');
+    if (h) {
+      s += 'T' + h + ':' + (mi || '00') + ':' + (sec || '00');
+      if (zone) {
+        s += zone === 'Z' ? 'Z' : zone.slice(0, 3) + ':' + zone.slice(-2);
+      }
+    }
+  }
+  s = s.replace(/^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?=$|[Z+-])/, '$1T$2:00').replace(/^(\d{4}-\d{2}-\d{2}) (?=\d)/, '$1T');
+  if (!calendarDayOk(s)) {
+    s = s.slice(0, 7);
+  }
+  if (type === 'date') {
+    s = s.replace(/^(\d{4}(-\d{2}(-\d{2})?)?)T.*$/, '$1');
+  } else if (type === 'instant') {
+    return toInstant(s);
+  }
+  return s;
+}
+
+/**
+ * validation.ts isValidCalendarDate: the day exists in its month (2023-02-29 does not).
+ * @param {string} s a date, dateTime or instant
+ * @returns {boolean}
+ */
+function calendarDayOk(s) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(s);
+  return !m || Number(m[3]) <= new Date(Date.UTC(Number(m[1]), Number(m[2]), 0)).getUTCDate();
+}
+
+/**
+ * Medplum's reading of an invariant, repaired: 'fixed' (counted invariant-<key>-repaired), 'drop' (the value
+ * goes; counted too), or, with no safe repair, the resource is skipped (ctx.skip names the invariant).
+ * @param {string} key
+ * @param {any} v the value the invariant constrains
+ * @param {ConformCtx} ctx
+ * @param {boolean} [modifier] v is a modifierExtension (it changes the meaning of what holds it: never dropped)
+ * @returns {string | undefined}
+ */
+function checkInvariant(key, v, ctx, modifier) {
+  const repair = INVARIANT_REPAIRS[key];
+  const outcome = repair ? repair(v, !!modifier) : undefined;
+  if (outcome === 'skip') {
+    ctx.skip = ctx.skip || key + ' not met: ' + (((CONFIG.fhirRules || {}).invariants || {})[key] || key) + ' (no safe repair)';
+  } else if (outcome) {
+    bump(ctx.summary.fixes, 'invariant-' + key + '-repaired');
+  }
+  return outcome;
+}
+
+/**
+ * @param {any} concept a CodeableConcept
+ * @param {string} system
+ * @param {string[]} codes
+ * @returns {boolean}
+ */
+function hasCoding(concept, system, codes) {
+  return !!concept && Array.isArray(concept.coding) &&
+    concept.coding.some((/** @type {any} */ c) => c && c.system === system && codes.includes(c.code));
+}
+
+/**
+ * @param {any} obj
+ * @param {string} name
+ * @returns {boolean} FHIRPath `name.exists()` (values are never empty here: empty ones were dropped)
+ */
+function exists(obj, name) {
+  return obj[name] !== undefined || obj['_' + name] !== undefined;
+}
+
+/**
+ * @param {any} obj
+ * @param {string} name a choice element without "[x]"
+ * @returns {boolean} FHIRPath `name.exists()` for a choice element, in any of its types
+ */
+function existsChoice(obj, name) {
+  const prefix = new RegExp('^_?' + name + '[A-Z]');
+  return Object.keys(obj).some((k) => prefix.test(k));
+}
+
+const ALLERGY_VERIFICATION = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification';
+const CONDITION_VERIFICATION = 'http://terminology.hl7.org/CodeSystem/condition-ver-status';
+const CONDITION_CLINICAL = 'http://terminology.hl7.org/CodeSystem/condition-clinical';
+
+/**
+ * The invariants the bot checks (generator/fhir_rules.py INVARIANTS holds the FHIRPath each one mirrors):
+ * undefined when it holds, else 'fixed', 'drop' or 'skip'.
+ * @type {Record<string, (v: any, modifier: boolean) => string | undefined>}
+ */
+const INVARIANT_REPAIRS = {
+  // AllergyIntolerance: clinicalStatus required unless entered-in-error (marked absent), forbidden then (dropped).
+  'ait-1': (r) => hasCoding(r.verificationStatus, ALLERGY_VERIFICATION, ['entered-in-error']) || exists(r, 'clinicalStatus')
+    ? undefined : ((r.clinicalStatus = { ...absentElement(), text: 'unknown' }), 'fixed'),
+  'ait-2': (r) => !hasCoding(r.verificationStatus, ALLERGY_VERIFICATION, ['entered-in-error']) || !exists(r, 'clinicalStatus')
+    ? undefined : (delete r.clinicalStatus, 'fixed'),
+  // Composition.section with nothing in it: dropped; emptyReason beside entries: dropped.
+  'cmp-1': (s) => exists(s, 'text') || exists(s, 'entry') || exists(s, 'section') ? undefined : 'drop',
+  'cmp-2': (s) => !exists(s, 'emptyReason') || !exists(s, 'entry') ? undefined : (delete s.emptyReason, 'fixed'),
+  // Condition.stage / evidence with neither of the elements that make them: dropped.
+  'con-1': (s) => exists(s, 'summary') || exists(s, 'assessment') ? undefined : 'drop',
+  'con-2': (e) => exists(e, 'code') || exists(e, 'detail') ? undefined : 'drop',
+  // An abated Condition that is not inactive/resolved/remission: which one is wrong is unknown — skipped.
+  'con-4': (r) => !existsChoice(r, 'abatement') || hasCoding(r.clinicalStatus, CONDITION_CLINICAL, ['resolved', 'remission', 'inactive'])
+    ? undefined : 'skip',
+  'con-5': (r) => !hasCoding(r.verificationStatus, CONDITION_VERIFICATION, ['entered-in-error']) || !exists(r, 'clinicalStatus')
+    ? undefined : (delete r.clinicalStatus, 'fixed'),
+  // CarePlan.activity with both a reference and a detail: which one is meant is unknown — skipped.
+  'cpl-3': (a) => !exists(a, 'detail') || !exists(a, 'reference') ? undefined : 'skip',
+  // Extension with neither a value nor extensions: only a url, dropped. With both: which one is meant is unknown;
+  // an extension may be ignored (FHIR: it does not change the meaning of what holds it), so it is dropped — a
+  // modifierExtension may not: the resource is skipped.
+  'ext-1': (x, modifier) => {
+    const nested = exists(x, 'extension');
+    const value = existsChoice(x, 'value');
+    return nested !== value ? undefined : nested && modifier ? 'skip' : 'drop';
+  },
+  // Observation.referenceRange without low, high or text: nothing to keep, dropped.
+  'obs-3': (rr) => exists(rr, 'low') || exists(rr, 'high') || exists(rr, 'text') ? undefined : 'drop',
+  // Observation with a value and a dataAbsentReason: the value is there, the reason dropped.
+  'obs-6': (r) => !exists(r, 'dataAbsentReason') || !existsChoice(r, 'value') ? undefined : (delete r.dataAbsentReason, 'fixed'),
+  // Consent without policy or policyRule: the rule marked absent (data-absent-reason "unknown").
+  'ppc-1': (r) => exists(r, 'policy') || exists(r, 'policyRule') ? undefined : ((r.policyRule = { ...absentElement(), text: 'unknown' }), 'fixed'),
+  // ServiceRequest.orderDetail without a code: the code marked absent.
+  'prr-1': (r) => !exists(r, 'orderDetail') || exists(r, 'code') ? undefined : ((r.code = { ...absentElement(), text: 'unknown' }), 'fixed'),
+};
+
+/**
+ * Items the repair phase had to skip (no safe repair): taken out of the import with their reason counted
+ * in summary.skipped, and every reference other items hold to them dropped (display kept).
+ * @param {Plan} plan
+ * @param {Summary} summary
+ */
+function dropUnrepairable(plan, summary) {
+  /** @type {Set<string>} */
+  const gone = new Set();
+  for (const item of plan.items.values()) {
+    if (item.skip) {
+      gone.add(item.key);
+      bump(summary.skipped, item.type + ': ' + item.skip);
+      log('warn', 'resource skipped: ' + item.skip, { resource: item.key });
+    }
+  }
+  if (!gone.size) {
+    return;
+  }
+  for (const key of gone) {
+    plan.items.delete(key);
+  }
+  for (const item of plan.items.values()) {
+    if (![...item.deps].some((d) => gone.has(d))) {
+      continue;
+    }
+    walk(item.resource, (obj) => {
+      if (typeof obj.reference === 'string' && obj.reference.startsWith('@@') && gone.has(obj.reference.slice(2))) {
+        dropReference(obj, undefined);
+        bump(summary.fixes, 'reference-to-skipped-resource-dropped');
+      }
+    });
+    for (const d of gone) {
+      item.deps.delete(d);
+    }
   }
 }
 

@@ -11,6 +11,7 @@ import jinja2
 
 from . import __version__
 from .config import BotSpec, Config, resource_types
+from .fhir_rules import bot_rules
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
 FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
@@ -83,27 +84,11 @@ def webhook_bot_config(cfg: Config) -> dict:
                        "timeoutSeconds": cfg.webhook_bot.timeout, "sweep": bool(cfg.webhook_bot.sweep_cron.strip())},
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
-        "requiredElements": required_elements(allowed),
+        "fhirRules": bot_rules(allowed),
         "consolidated": _consolidated(cfg),
         "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes},
         "retry": _retry(cfg),
     }
-
-
-ABSENT_FILLABLE = ("Coding", "CodeableConcept", "Reference")
-
-
-def required_elements(types: list[str]) -> dict[str, dict[str, list]]:
-    """Required (min >= 1) top-level elements the webhook bot may mark absent when the source lacks them:
-    {type: {element: [element type, is-array]}}, only for element types that can carry a data-absent-reason."""
-    req = resource_types()["required"]
-    out = {}
-    for t in types:
-        fill = {name: [spec["type"], spec["max"] == "*"] for name, spec in sorted(req.get(t, {}).items())
-                if spec["type"] in ABSENT_FILLABLE}
-        if fill:
-            out[t] = fill
-    return out
 
 
 def _env() -> jinja2.Environment:

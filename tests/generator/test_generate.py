@@ -117,6 +117,7 @@ def test_wheel_installs_one_medport_namespace(tmp_path):
     assert top == {"medport"}, top
     for needed in ["medport/templates/patient-bot.js.j2", "medport/templates/webhook-bot.js.j2",
                    "medport/generator/config.schema.json", "medport/generator/resource_types.json",
+                   "medport/generator/fhir_rules.json",
                    "medport/emulator/medplum/runtime/worker.js"]:
         assert needed in names, f"{needed} missing from the wheel"
     venv = tmp_path / "venv"
