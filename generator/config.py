@@ -105,6 +105,28 @@ class ConsolidatedSection:
 
 
 @dataclass(frozen=True)
+class DocumentsSection:
+    store: bool
+    content: str
+    max_bytes: int
+    identifier_system: str
+    request_bulk_urls: bool
+
+
+@dataclass(frozen=True)
+class RealtimeSection:
+    import_: bool = field(metadata={"toml": "import"})
+    types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnrollSection:
+    criteria: str
+    only_unlinked: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class ImportSection:
     batch_max_entries: int
     batch_max_bytes: int
@@ -171,6 +193,9 @@ class Config:
     patient_bot: PatientBotSection = _section()
     webhook_bot: WebhookBotSection = _section()
     consolidated: ConsolidatedSection = _section()
+    documents: DocumentsSection = _section()
+    realtime: RealtimeSection = _section()
+    enroll: EnrollSection = _section()
     import_: ImportSection = _section("import")
     retry: RetrySection = _section()
     bots: BotSpecs = field(repr=False)
@@ -302,6 +327,11 @@ def _semantic_problems(raw: dict) -> list[str]:
     r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
+    realtime = raw.get("realtime") or {}
+    if realtime.get("import") and realtime.get("types") and "Encounter" not in imported:
+        problems.append("realtime.import: the notification bundles hold the stay's Encounter, which webhook_bot.resources "
+                        "does not import — add Encounter (and Location, Practitioner, Condition, Organization) or set "
+                        "realtime.import = false")
     cron = webhook.get("sweep_cron")
     if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
         problems.append(f"webhook_bot.sweep_cron: {cron!r} is not a 5-field cron expression (minute hour "
