@@ -327,11 +327,6 @@ def _semantic_problems(raw: dict) -> list[str]:
     r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
-    realtime = raw.get("realtime") or {}
-    if realtime.get("import") and realtime.get("types") and "Encounter" not in imported:
-        problems.append("realtime.import: the notification bundles hold the stay's Encounter, which webhook_bot.resources "
-                        "does not import — add Encounter (and Location, Practitioner, Condition, Organization) or set "
-                        "realtime.import = false")
     cron = webhook.get("sweep_cron")
     if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
         problems.append(f"webhook_bot.sweep_cron: {cron!r} is not a 5-field cron expression (minute hour "
