@@ -2710,39 +2710,13 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
  * @returns {Promise<{ output: any[], counts: Record<string, number> } | undefined>}
  */
 async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
-  const kept = (task.output || []).find((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
-  /** @type {string} */
-  let text;
-  /** @type {any} */
-  let attachment = kept ? kept.valueAttachment : undefined;
-  if (attachment) {
-    text = await readBinaryText(medplum, String(attachment.url));
-  } else {
-    if (!url) {
-      summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: 'no-result', text: 'a completed bulk patient create without a result URL' });
-      return undefined;
-    }
-    /** @type {Response} */
-    let res;
-    try {
-      res = await fetchWithRetry(url, { method: 'GET' }, 'download of the bulk patient create result');
-    } catch (err) {
-      summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: 'download-failed', text: errorText(err) });
-      return undefined;
-    }
-    if (!res.ok) {
-      summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: String(res.status), text: 'the result CSV answered ' + res.status +
-        (res.status === 403 ? ': its URL expired (Metriport keeps it 180 s) and cannot be asked for again — run `medport enroll` again: ' +
-          'it selects the Patients still unlinked, and Metriport answers their existing patients' : '') });
-      return undefined;
-    }
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    text = new TextDecoder().decode(bytes);
-    const binary = await medplum.createBinary({ data: bytes, contentType: 'text/csv' });
-    attachment = { contentType: 'text/csv', url: 'Binary/' + binary.id, size: bytes.length, title: 'metriport-bulk-result-' + requestId + '.csv' };
-    // kept on the Task at once: a run resumed after a cut-off (or a replay once the URL expired) reads it there
-    await updateRequestTask(medplum, String(task.id), (cur) => ({ ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] }));
+  const got = await keepBulkResult(medplum, task, url, requestId);
+  if (got.failure) {
+    summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: got.failure.status, text: got.failure.text });
+    return undefined;
   }
+  const text = /** @type {string} */ (got.text);
+  const attachment = got.attachment;
   const rows = parseCsv(text);
   const header = (rows.shift() || []).map((h) => h.trim().toLowerCase());
   const col = (/** @type {string} */ name) => header.indexOf(name);
@@ -2790,6 +2764,68 @@ async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
     { type: { text: 'counts' }, valueString: JSON.stringify({ ...counts, dryRun }) },
   ];
   return { output, counts };
+}
+
+/**
+ * The result CSV of a completed bulk create, kept as a Binary on the request's Task the first time it is read:
+ * by the webhook call itself (before it answers — the URL lasts 180 s, a backlog of stored messages can outlast
+ * that), else by the message's processing; later runs and replays read the Binary.
+ * @param {MedplumClient} medplum
+ * @param {any} task the request's Task
+ * @param {string} url
+ * @param {string} requestId
+ * @returns {Promise<{ text?: string, attachment?: any, failure?: { status: string, text: string } }>}
+ */
+async function keepBulkResult(medplum, task, url, requestId) {
+  const kept = (task.output || []).find((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+  if (kept) {
+    return { text: await readBinaryText(medplum, String(kept.valueAttachment.url)), attachment: kept.valueAttachment };
+  }
+  if (!url) {
+    return { failure: { status: 'no-result', text: 'a completed bulk patient create without a result URL' } };
+  }
+  /** @type {Response} */
+  let res;
+  try {
+    res = await fetchWithRetry(url, { method: 'GET' }, 'download of the bulk patient create result');
+  } catch (err) {
+    return { failure: { status: 'download-failed', text: errorText(err) } };
+  }
+  if (!res.ok) {
+    return { failure: { status: String(res.status), text: 'the result CSV answered ' + res.status +
+      (res.status === 403 ? ': its URL expired (Metriport keeps it 180 s) and cannot be asked for again — run `medport enroll` again: ' +
+        'it selects the Patients still unlinked, and Metriport answers their existing patients' : '') } };
+  }
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const binary = await medplum.createBinary({ data: bytes, contentType: 'text/csv' });
+  const attachment = { contentType: 'text/csv', url: 'Binary/' + binary.id, size: bytes.length, title: 'metriport-bulk-result-' + requestId + '.csv' };
+  await updateRequestTask(medplum, String(task.id), (cur) => {
+    const has = (cur.output || []).some((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+    return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
+  });
+  return { text: new TextDecoder().decode(bytes), attachment };
+}
+
+/**
+ * In the webhook call, right after the message is stored: keep a completed bulk create's result CSV before its
+ * URL expires. Best effort — its processing fetches it otherwise.
+ * @param {MedplumClient} medplum
+ * @param {any} msg
+ */
+async function keepBulkResultNow(medplum, msg) {
+  const b = msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {};
+  const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
+  if (b.status !== 'completed' || !b.result || !requestId) {
+    return;
+  }
+  try {
+    const got = await keepBulkResult(medplum, await bulkRequestTask(medplum, requestId), String(b.result), requestId);
+    if (got.failure) {
+      log('warn', 'bulk patient create result not kept at once: ' + got.failure.text, { requestId });
+    }
+  } catch (err) {
+    log('warn', 'bulk patient create result not kept at once: ' + errorText(err), { requestId });
+  }
 }
 
 /**
@@ -3750,6 +3786,9 @@ exports.handler = async (medplum, event) => {
   if (CONFIG.asyncProcessing) {
     const task = await persistMessage(medplum, msg, raw);
     log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
+    if (type === 'medical.bulk-patient-create') {
+      await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
+    }
     return { received: true, messageId, task: 'Task/' + task.id };
   }
   try {

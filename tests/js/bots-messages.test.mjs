@@ -110,3 +110,21 @@ test('bulk result CSV parser: RFC 4180 and Metriport\'s unescaped inner quotes',
   const rows = parseCsv('a,b,c\n"x, y","say ""hi""",z\r\n"a"b",,"reason ({""k"":1})"\nlast,1,2');
   assert.deepEqual(JSON.parse(JSON.stringify(rows)), [['a', 'b', 'c'], ['x, y', 'say "hi"', 'z'], ['a"b', '', 'reason ({"k":1})'], ['last', '1', '2']]);
 });
+
+test('bulk patient create completed (async): the webhook call keeps the result CSV before answering; its URL may expire before processing', async () => {
+  const medplum = await createMedplum();
+  fake.state.files.set('result.csv', { contentType: 'text/csv', body: Buffer.from('externalid,firstname,metriportId,status,reason\np1,Amy,m1,successful,\n') });
+  const msg = { meta: meta('medical.bulk-patient-create'), bulkPatientCreate: { requestId: 'req-1', status: 'completed', result: fake.url + '/files/result.csv' } };
+  const r = await deliver(medplum, msg, { retry: { initial_delay_ms: 1, max_delay_ms: 5 } });
+  assert.equal(r.ok, true, r.logText);
+  assert.equal(r.result.received, true);
+  const [task] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-bulk-request|req-1' });
+  const att = task.output.find((o) => o.type.text === 'result-csv').valueAttachment;
+  assert.match(att.url, /^Binary\//);
+  assert.equal(att.contentType, 'text/csv');
+  fake.state.files.delete('result.csv'); // expired
+  const again = await deliver(medplum, { ...msg, meta: meta('medical.bulk-patient-create') }, { retry: { initial_delay_ms: 1, max_delay_ms: 5 } });
+  assert.equal(again.ok, true, again.logText);
+  const [same] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-bulk-request|req-1' });
+  assert.equal(same.output.length, 1, 'kept once');
+});
