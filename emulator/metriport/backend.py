@@ -45,6 +45,7 @@ BULK_URL_EXPIRES_S = 600  # bulk download URLs: 10 minutes (core document-signin
 NOTIFICATION_URL_EXPIRES_S = 600  # realtime notification bundles: 10 minutes (hl7-notification-webhook-sender-direct.ts)
 BULK_RESULT_EXPIRES_S = 180  # the bulk create result CSV: 3 minutes (process-patient-import-webhook.ts)
 BULK_CREATE_CHUNK = 200      # patients created per scheduler step (other jobs run in between)
+BULK_OUTBOX_WAIT_S = 900     # at most this long for the per-patient webhooks to go out before `completed`
 UPLOAD_NAME = "raw.csv"      # S3 key patient-import/cxid=<cx>/jobid=<job>/files/raw.csv
 
 
@@ -820,6 +821,10 @@ class MetriportBackend:
         else:
             with self._lock:
                 self._bulk_payloads.pop(jid, None)
+            # a patient's pipeline finishes after its webhooks were sent (finishSinglePatientImport follows
+            # processPatientDocumentRequest), so the job completes — and its result URL's 3 minutes start —
+            # once the fake's outbox has delivered them
+            self._sender.wait_idle(BULK_OUTBOX_WAIT_S)
             self._bulk_status(job, "completed")
 
     def _bulk_data_pipeline(self, pid: str) -> None:
