@@ -392,7 +392,6 @@ function outcomeText(outcome) {
     .join('; ');
 }
 
-
 // ---------------------------------------------------------------------------
 // Demographics, validated field by field exactly as Metriport validates them (@metriport/api-sdk
 // demographicsSchema, address.ts; @metriport/shared zip.ts, phone.ts, email.ts, external/zod/date.ts),
@@ -715,11 +714,30 @@ function buildDemographics(patient) {
   return { demographics, problems, warnings };
 }
 
-/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
-exports.metriportDemographics = { buildDemographics, isMetriportEmail, metriportPhone, usStateCode };
+
+/**
+ * What medport sends Metriport for a Patient and the fingerprint it writes back with the link: the
+ * demographics (match body), the patient body (create/update: plus externalId = the Medplum Patient id) and
+ * sha256 of its canonical JSON. The patient bot, the webhook bot (bulk patient create results) and
+ * `medport enroll` all use this one function, so a link written by any of them looks the same to the others.
+ * @param {Patient} patient
+ * @returns { { demographics?: Record<string, any>, patientBody?: Record<string, any>, fingerprint?: string,
+ *   problems: string[], warnings: string[] } }
+ */
+function demographicsFor(patient) {
+  const { demographics, problems, warnings } = buildDemographics(patient);
+  if (!demographics) {
+    return { problems, warnings };
+  }
+  const patientBody = { ...demographics, externalId: String(patient.id) };
+  return { demographics, patientBody, fingerprint: sha256Hex(canonicalJson(patientBody)), problems, warnings };
+}
 
 // ---------------------------------------------------------------------------
-// Medplum side
+// The link between a Medplum Patient and its Metriport patient (templates/_link.js.j2), written the same
+// way by the patient bot and by the webhook bot (bulk patient create results): the Metriport id
+// identifier, the fingerprint of the demographics, the marker of a query that could not be started; one
+// Medplum Patient per Metriport patient (a second one is refused with a review Task).
 // ---------------------------------------------------------------------------
 
 /**
@@ -738,34 +756,6 @@ function metriportIdOf(patient) {
 function fingerprintOf(patient) {
   const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.fingerprintExtensionUrl);
   return ext ? ext.valueString : undefined;
-}
-
-/**
- * The Metriport facility id on the managingOrganization, or a reason why there is none.
- * @param {MedplumClient} medplum
- * @param {Patient} patient
- * @returns {Promise<{ facilityId?: string, reason?: string }>}
- */
-async function facilityOf(medplum, patient) {
-  const ref = patient.managingOrganization && patient.managingOrganization.reference;
-  if (!ref) {
-    return { reason: 'Patient.managingOrganization is not set' };
-  }
-  if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
-    return { reason: 'Patient.managingOrganization is not an Organization reference' };
-  }
-  /** @type {Organization} */
-  let org;
-  try {
-    org = /** @type {Organization} */ (await medplum.readReference(/** @type {any} */ ({ reference: ref })));
-  } catch (err) {
-    return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
-  }
-  const ident = (org.identifier || []).find((i) => i && i.system === CONFIG.facilityIdentifierSystem && i.value);
-  if (!ident) {
-    return { reason: 'managingOrganization ' + ref + ' has no identifier with system ' + CONFIG.facilityIdentifierSystem };
-  }
-  return { facilityId: ident.value };
 }
 
 /**
@@ -901,6 +891,42 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+
+/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
+exports.metriportDemographics = { buildDemographics, demographicsFor, isMetriportEmail, metriportPhone, usStateCode };
+
+// ---------------------------------------------------------------------------
+// Medplum side
+// ---------------------------------------------------------------------------
+
+/**
+ * The Metriport facility id on the managingOrganization, or a reason why there is none.
+ * @param {MedplumClient} medplum
+ * @param {Patient} patient
+ * @returns {Promise<{ facilityId?: string, reason?: string }>}
+ */
+async function facilityOf(medplum, patient) {
+  const ref = patient.managingOrganization && patient.managingOrganization.reference;
+  if (!ref) {
+    return { reason: 'Patient.managingOrganization is not set' };
+  }
+  if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
+    return { reason: 'Patient.managingOrganization is not an Organization reference' };
+  }
+  /** @type {Organization} */
+  let org;
+  try {
+    org = /** @type {Organization} */ (await medplum.readReference(/** @type {any} */ ({ reference: ref })));
+  } catch (err) {
+    return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
+  }
+  const ident = (org.identifier || []).find((i) => i && i.system === CONFIG.facilityIdentifierSystem && i.value);
+  if (!ident) {
+    return { reason: 'managingOrganization ' + ref + ' has no identifier with system ' + CONFIG.facilityIdentifierSystem };
+  }
+  return { facilityId: ident.value };
+}
+
 // ---------------------------------------------------------------------------
 // Handler
 // ---------------------------------------------------------------------------
@@ -933,8 +959,8 @@ exports.handler = async (medplum, event) => {
   const patient = input;
   const patientId = /** @type {string} */ (patient.id);
 
-  const { demographics, problems, warnings } = buildDemographics(patient);
-  if (!demographics) {
+  const { demographics, patientBody: body, fingerprint: fp, problems, warnings } = demographicsFor(patient);
+  if (!demographics || !body || !fp) {
     log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
       patient: patientId,
     });
@@ -945,9 +971,8 @@ exports.handler = async (medplum, event) => {
   }
   // Bodies in Metriport's shapes: match = demographicsSchema; create and update = patientCreateSchema
   // (demographics + externalId; the update route parses the create schema too).
-  const patientBody = { ...demographics, externalId: patientId };
-
-  const fingerprint = sha256Hex(canonicalJson(patientBody));
+  const patientBody = body;
+  const fingerprint = fp;
   let metriportId = metriportIdOf(patient);
   const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
   // The query of an earlier run could not be started (marker = these demographics): start it now.

@@ -24,6 +24,8 @@
  * @typedef {import('@medplum/fhirtypes').Resource} Resource
  * @typedef {import('@medplum/fhirtypes').Task} Task
  * @typedef {import('@medplum/fhirtypes').Patient} Patient
+ * @typedef {import('@medplum/fhirtypes').Identifier} Identifier
+ * @typedef {import('@medplum/fhirtypes').Extension} Extension
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
  * @typedef {import('@medplum/core').BotEvent} BotEvent
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
@@ -43,6 +45,36 @@ const CONFIG = {
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
+  "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
+  "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
+  "conflictTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-conflict",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
+  },
+  "documents": {
+    "store": false,
+    "content": "binary",
+    "maxBytes": 10485760,
+    "identifierSystem": "https://metriport.com/fhir/identifiers/document-id",
+    "requestBulkUrls": false
+  },
+  "realtime": {
+    "types": [
+      "patient.admit",
+      "patient.transfer",
+      "patient.discharge"
+    ]
+  },
+  "bulk": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "taskCode": "metriport-bulk-patient-create",
+    "rowFailedCode": "metriport-bulk-patient-create-failed",
+    "requestIdSystem": "https://medport.dev/fhir/identifiers/metriport-bulk-request",
+    "rowIdSystem": "https://medport.dev/fhir/identifiers/metriport-bulk-row",
+    "awaitingLinkSystem": "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
+  },
+  "notificationExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-notification",
   "resourceIdentifierSystem": "https://metriport.com/fhir/identifiers/resource-id",
   "verifySignature": true,
   "asyncProcessing": true,
@@ -765,7 +797,9 @@ async function processMessage(medplum, event, msg, ctx) {
   const type = summary.type;
   const patients = Array.isArray(msg.patients) ? msg.patients : [];
   summary.patients = patients.length;
-  const resume = ctx && ctx.resume && ctx.resume.patient <= patients.length ? ctx.resume : undefined;
+  // a checkpoint counts patients (rows of a bulk patient create's result)
+  const units = type === 'medical.bulk-patient-create' ? Number.MAX_SAFE_INTEGER : patients.length;
+  const resume = ctx && ctx.resume && ctx.resume.patient <= units ? ctx.resume : undefined;
   const first = resume ? resume.patient : 0;
   if (ctx && resume && resume.summary) {
     Object.assign(summary.imported, resume.summary.imported || {});
@@ -811,6 +845,10 @@ async function processMessage(medplum, event, msg, ctx) {
           requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
           at,
         });
+        if (CONFIG.documents.requestBulkUrls) {
+          await startBulkDownloadUrls(event, mid, subject.id);
+          bump(summary.recorded, 'bulk-download-urls-requested');
+        }
       } catch (err) {
         if (err instanceof LeaseLost) {
           throw err;
@@ -820,13 +858,14 @@ async function processMessage(medplum, event, msg, ctx) {
       await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
-    for (const p of patients) {
-      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
-      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+    for (let i = first; i < patients.length; i++) {
+      await storeDocuments(medplum, event, msg, patients[i], summary);
+      await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.bulk-patient-create') {
-    const b = msg.bulkPatientCreate || {};
-    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
+    await bulkPatientCreate(medplum, msg, summary, ctx, resume);
+  } else if (REALTIME_TYPES.includes(type)) {
+    await importNotification(medplum, msg, summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
   } else {
     bump(summary.recorded, 'unknown-type');
     log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
@@ -2510,6 +2549,1395 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
 }
 
 // ---------------------------------------------------------------------------
+// Demographics, validated field by field exactly as Metriport validates them (@metriport/api-sdk
+// demographicsSchema, address.ts; @metriport/shared zip.ts, phone.ts, email.ts, external/zod/date.ts),
+// and sent in Metriport's shapes only. A required field Metriport would refuse is a skip naming it;
+// an optional one (an extra address, a phone, an email) is dropped with a warning naming it.
+// ---------------------------------------------------------------------------
+
+/** @type {Record<string, string>} USState (50 states + DC) and USTerritory (AS, GU, PR, VI — not MP), by name */
+const US_STATE_NAMES = {
+  AL: 'Alabama', AK: 'Alaska', AZ: 'Arizona', AR: 'Arkansas', CA: 'California', CO: 'Colorado', CT: 'Connecticut',
+  DE: 'Delaware', DC: 'District of Columbia', FL: 'Florida', GA: 'Georgia', HI: 'Hawaii', ID: 'Idaho', IL: 'Illinois',
+  IN: 'Indiana', IA: 'Iowa', KS: 'Kansas', KY: 'Kentucky', LA: 'Louisiana', ME: 'Maine', MD: 'Maryland',
+  MA: 'Massachusetts', MI: 'Michigan', MN: 'Minnesota', MS: 'Mississippi', MO: 'Missouri', MT: 'Montana',
+  NE: 'Nebraska', NV: 'Nevada', NH: 'New Hampshire', NJ: 'New Jersey', NM: 'New Mexico', NY: 'New York',
+  NC: 'North Carolina', ND: 'North Dakota', OH: 'Ohio', OK: 'Oklahoma', OR: 'Oregon', PA: 'Pennsylvania',
+  RI: 'Rhode Island', SC: 'South Carolina', SD: 'South Dakota', TN: 'Tennessee', TX: 'Texas', UT: 'Utah',
+  VT: 'Vermont', VA: 'Virginia', WA: 'Washington', WV: 'West Virginia', WI: 'Wisconsin', WY: 'Wyoming',
+  AS: 'American Samoa', GU: 'Guam', PR: 'Puerto Rico', VI: 'Virgin Islands',
+};
+const KNOWN_INVALID_ZIPS = [
+  '00000', '99999', '10000', '20000', '30000', '40000', '50000', '60000', '70000', '80000', '90000',
+  '12345', '54321',
+];
+/** @type {Record<string, string>} */
+const GENDERS = { male: 'M', female: 'F', other: 'O', unknown: 'U' };
+const US_COUNTRIES = ['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'];
+
+/**
+ * A 2-letter code Metriport accepts (its schema upper-cases and trims), from a code or a full name.
+ * @param {string | undefined} value
+ * @returns {string | undefined}
+ */
+function usStateCode(value) {
+  const v = (value || '').trim();
+  const upper = v.toUpperCase();
+  if (US_STATE_NAMES[upper]) {
+    return upper;
+  }
+  const byName = Object.keys(US_STATE_NAMES).find((k) => US_STATE_NAMES[k].toLowerCase() === v.toLowerCase());
+  return byName;
+}
+
+/**
+ * @metriport/shared normalizeUsPhoneWithPlusOne + isPhoneValid: ASCII digits only, a leading 1 of
+ * 11 digits dropped, then exactly 10 digits.
+ * @param {string} value
+ * @returns {string | undefined}
+ */
+function metriportPhone(value) {
+  let digits = value.trim().replace(/\D/g, '');
+  if (digits.length === 11 && digits[0] === '1') {
+    digits = digits.slice(1);
+  }
+  return digits.length === 10 ? digits : undefined;
+}
+
+const UTF8_RANGES = '\u00A1-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF';
+const EMAIL_USER_PART = new RegExp("^[a-z\\d!#\\$%&'\\*\\+\\-\\/=\\?\\^_`{\\|}~" + UTF8_RANGES + ']+$', 'i');
+const EMAIL_QUOTED_USER = new RegExp(
+  '^([\\s\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f\\x21\\x23-\\x5b\\x5d-\\x7e\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]|' +
+    '(\\\\[\\x01-\\x09\\x0b\\x0c\\x0d-\\x7f\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]))*$',
+  'i'
+);
+const EMAIL_TLD = /^([a-z\u00A1-\u00A8\u00AA-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF]{2,}|xn[a-z0-9-]{2,})$/i;
+
+/**
+ * UTF-8 byte length (validator's isByteLength); a lone surrogate makes the address invalid.
+ * @param {string} s
+ * @returns {number}
+ */
+function utf8Length(s) {
+  try {
+    return encodeURI(s).split(/%..|./).length - 1;
+  } catch (_err) {
+    return Infinity;
+  }
+}
+
+/**
+ * @metriport/shared isEmailValid: not empty, not starting with "+1" (taken for a phone number), and
+ * validator.isEmail(email, { allow_utf8_local_part: true, blacklisted_chars: "" }) — validator.js 13's
+ * rules with its defaults for the rest (no display name, a TLD, no IP domain, no underscores).
+ * @param {string} email
+ * @returns {boolean}
+ */
+function isMetriportEmail(email) {
+  if (!email || email.trim().startsWith('+1') || email.length > 254) {
+    return false;
+  }
+  const parts = email.split('@');
+  const domain = /** @type {string} */ (parts.pop());
+  let user = parts.join('@');
+  if (utf8Length(user) > 64 || utf8Length(domain) > 254) {
+    return false;
+  }
+  const labels = domain.split('.');
+  const tld = labels[labels.length - 1];
+  if (labels.length < 2 || !EMAIL_TLD.test(tld) || /\s/.test(tld) || /^\d+$/.test(tld)) {
+    return false;
+  }
+  const labelsOk = labels.every(
+    (l) => l.length <= 63 && /^[a-z_\u00a1-\uffff0-9-]+$/i.test(l) && !/[\uff01-\uff5e]/.test(l) && !/^-|-$/.test(l) && !/_/.test(l)
+  );
+  if (!labelsOk) {
+    return false;
+  }
+  if (user[0] === '"' && user[user.length - 1] === '"') {
+    user = user.slice(1, user.length - 1);
+    return EMAIL_QUOTED_USER.test(user);
+  }
+  return user.split('.').every((p) => EMAIL_USER_PART.test(p));
+}
+
+/**
+ * @param {string} value
+ * @returns {boolean} true for a real calendar date written YYYY-MM-DD
+ */
+function isCalendarDate(value) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+  if (!m) {
+    return false;
+  }
+  const y = Number(m[1]);
+  const mo = Number(m[2]);
+  const d = Number(m[3]);
+  if (mo < 1 || mo > 12 || d < 1) {
+    return false;
+  }
+  const dim = [31, y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+  return d <= dim[mo - 1];
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {import('@medplum/fhirtypes').HumanName | undefined}
+ */
+function pickName(patient) {
+  const names = (patient.name || []).filter((n) => n && n.use !== 'old');
+  return names.find((n) => n.use === 'official') || names.find((n) => n.use === 'usual') || names[0];
+}
+
+/**
+ * Current addresses, home first (a postal-only address last): the candidates for Metriport's address.
+ * @param {Patient} patient
+ * @returns {import('@medplum/fhirtypes').Address[]}
+ */
+function addressCandidates(patient) {
+  const current = (patient.address || []).filter((a) => a && a.use !== 'old');
+  const rank = (/** @type {import('@medplum/fhirtypes').Address} */ a) =>
+    (a.use === 'home' ? 0 : 1) + (a.type === 'postal' ? 2 : 0);
+  return current.map((a, i) => ({ a, i })).sort((x, y) => rank(x.a) - rank(y.a) || x.i - y.i).map((x) => x.a);
+}
+
+/**
+ * One FHIR Address as Metriport's address (addressSchema), or the problems that would make Metriport refuse it.
+ * @param {import('@medplum/fhirtypes').Address} address
+ * @param {string} where e.g. "address" or "address[1]"
+ * @returns { { address?: Record<string, string>, problems: string[] } }
+ */
+function metriportAddress(address, where) {
+  /** @type {string[]} */
+  const problems = [];
+  const lines = (address.line || []).map((l) => (l || '').trim()).filter(Boolean);
+  const city = (address.city || '').trim();
+  const state = usStateCode(address.state);
+  const rawZip = (address.postalCode || '').trim();
+  let zip = rawZip.replace(/\D/g, '');
+  if (/^\d{5}-?\d{4}$/.test(rawZip)) {
+    zip = zip.slice(0, 5); // ZIP+4: Metriport takes 5 digits only
+  }
+  const country = (address.country || '').trim().toUpperCase();
+  if (!lines.length) {
+    problems.push(where + '.line: missing (Metriport: "Address line must be specified")');
+  }
+  if (!city) {
+    problems.push(where + '.city: missing (Metriport: "City must be specified")');
+  }
+  if (!address.state || !address.state.trim()) {
+    problems.push(where + '.state: missing');
+  } else if (!state) {
+    problems.push(where + '.state: not a US state, DC or AS/GU/PR/VI (code or name)');
+  }
+  if (!rawZip) {
+    problems.push(where + '.postalCode: missing');
+  } else if (zip.length !== 5) {
+    problems.push(where + '.postalCode: not a 5-digit zip code (Metriport: "Zip must be a string consisting of 5 numbers")');
+  } else if (KNOWN_INVALID_ZIPS.includes(zip)) {
+    problems.push(where + '.postalCode: a zip code Metriport refuses as invalid');
+  }
+  if (country && !US_COUNTRIES.includes(country)) {
+    problems.push(where + '.country: not USA (Metriport takes US addresses only)');
+  }
+  if (problems.length) {
+    return { problems };
+  }
+  /** @type {Record<string, string>} */
+  const out = { addressLine1: lines[0], city, state: /** @type {string} */ (state), zip, country: 'USA' };
+  if (lines.length > 1) {
+    out.addressLine2 = lines.slice(1).join(', ');
+  }
+  return { address: out, problems };
+}
+
+/**
+ * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
+ * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * @param {Patient} patient
+ * @returns { { demographics?: Record<string, any>, problems: string[], warnings: string[] } }
+ */
+function buildDemographics(patient) {
+  /** @type {string[]} */
+  const problems = [];
+  /** @type {string[]} */
+  const warnings = [];
+
+  const name = pickName(patient);
+  const firstName = name && name.given ? name.given.map((g) => (g || '').trim()).filter(Boolean).join(' ') : '';
+  const lastName = name && name.family ? name.family.trim() : '';
+  if (!name) {
+    problems.push('name: missing');
+  } else {
+    if (!firstName) {
+      problems.push('name.given: missing or empty (Metriport firstName)');
+    }
+    if (!lastName) {
+      problems.push('name.family: missing or empty (Metriport lastName)');
+    }
+  }
+
+  const dob = (patient.birthDate || '').trim();
+  if (!dob) {
+    problems.push('birthDate: missing');
+  } else if (/^\d{4}(-\d{2})?$/.test(dob)) {
+    problems.push('birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth');
+  } else if (!isCalendarDate(dob)) {
+    problems.push('birthDate: not a valid YYYY-MM-DD date');
+  } else if (Number(dob.slice(0, 4)) < 1900) {
+    problems.push('birthDate: before 1900 (Metriport: "Date can\'t be before 1900")');
+  } else if (dob > new Date().toISOString().slice(0, 10)) {
+    problems.push('birthDate: in the future (Metriport: "Date can\'t be in the future")');
+  }
+
+  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
+  if (!patient.gender) {
+    problems.push('gender: missing');
+  } else if (!genderAtBirth) {
+    problems.push('gender: not male/female/other/unknown');
+  }
+
+  /** @type {Record<string, string> | undefined} */
+  let address;
+  const candidates = addressCandidates(patient);
+  if (!candidates.length) {
+    problems.push('address: missing');
+  } else {
+    /** @type {string[]} */
+    let firstProblems = [];
+    for (let i = 0; i < candidates.length && !address; i++) {
+      const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
+      if (r.address) {
+        address = r.address;
+      } else if (i === 0) {
+        firstProblems = r.problems;
+      }
+    }
+    if (!address) {
+      problems.push(...firstProblems);
+    } else if (firstProblems.length) {
+      warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+    }
+  }
+
+  /** @type {string | undefined} */
+  let phone;
+  /** @type {string | undefined} */
+  let email;
+  (patient.telecom || []).forEach((t, i) => {
+    if (!t || !t.value || (t.period && t.period.end && t.period.end < new Date().toISOString())) {
+      return;
+    }
+    if (t.system === 'phone' || t.system === 'sms') {
+      const p = metriportPhone(t.value);
+      if (!p) {
+        warnings.push('telecom[' + i + '] (' + t.system + ') left out: not 10 digits, as Metriport requires');
+      } else if (!phone) {
+        phone = p;
+      }
+    } else if (t.system === 'email') {
+      const e = t.value.trim().replace(/^mailto:/i, '').toLowerCase();
+      if (!isMetriportEmail(e)) {
+        warnings.push('telecom[' + i + '] (email) left out: an address Metriport refuses (isEmailValid)');
+      } else if (!email) {
+        email = e;
+      }
+    }
+  });
+
+  if (problems.length) {
+    return { problems, warnings };
+  }
+  /** @type {Record<string, any>} */
+  const demographics = {
+    firstName,
+    lastName,
+    dob,
+    genderAtBirth,
+    address: [address],
+  };
+  if (phone || email) {
+    /** @type {Record<string, string>} */
+    const contact = {};
+    if (phone) {
+      contact.phone = phone;
+    }
+    if (email) {
+      contact.email = email;
+    }
+    demographics.contact = [contact];
+  }
+  return { demographics, problems, warnings };
+}
+
+
+/**
+ * What medport sends Metriport for a Patient and the fingerprint it writes back with the link: the
+ * demographics (match body), the patient body (create/update: plus externalId = the Medplum Patient id) and
+ * sha256 of its canonical JSON. The patient bot, the webhook bot (bulk patient create results) and
+ * `medport enroll` all use this one function, so a link written by any of them looks the same to the others.
+ * @param {Patient} patient
+ * @returns { { demographics?: Record<string, any>, patientBody?: Record<string, any>, fingerprint?: string,
+ *   problems: string[], warnings: string[] } }
+ */
+function demographicsFor(patient) {
+  const { demographics, problems, warnings } = buildDemographics(patient);
+  if (!demographics) {
+    return { problems, warnings };
+  }
+  const patientBody = { ...demographics, externalId: String(patient.id) };
+  return { demographics, patientBody, fingerprint: sha256Hex(canonicalJson(patientBody)), problems, warnings };
+}
+
+// ---------------------------------------------------------------------------
+// The link between a Medplum Patient and its Metriport patient (templates/_link.js.j2), written the same
+// way by the patient bot and by the webhook bot (bulk patient create results): the Metriport id
+// identifier, the fingerprint of the demographics, the marker of a query that could not be started; one
+// Medplum Patient per Metriport patient (a second one is refused with a review Task).
+// ---------------------------------------------------------------------------
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined}
+ */
+function metriportIdOf(patient) {
+  const id = (patient.identifier || []).find((i) => i && i.system === CONFIG.patientIdentifierSystem && i.value);
+  return id ? id.value : undefined;
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined}
+ */
+function fingerprintOf(patient) {
+  const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.fingerprintExtensionUrl);
+  return ext ? ext.valueString : undefined;
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined} the fingerprint whose query could not be started (see writeLink)
+ */
+function queryFailedOf(patient) {
+  const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.queryFailedExtensionUrl);
+  return ext ? ext.valueString : undefined;
+}
+
+/**
+ * Write the link on the latest version of the Patient: the Metriport id, the fingerprint of the
+ * demographics sent, and the marker of a query that could not be started (each set, or removed when
+ * undefined). JSON Patch guarded by a test on meta.versionId; re-read and retry on a concurrent change.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param { { metriportId?: string, fingerprint?: string, queryFailed?: string } } link
+ * @returns {Promise<boolean>} true when a new version was written
+ */
+async function writeLink(medplum, patientId, link) {
+  for (let attempt = 1; ; attempt++) {
+    const latest = /** @type {Patient} */ (await medplum.readResource('Patient', patientId));
+    if (metriportIdOf(latest) === link.metriportId && fingerprintOf(latest) === link.fingerprint &&
+        queryFailedOf(latest) === link.queryFailed) {
+      return false; // already there: nothing to write (no loop)
+    }
+    /** @type {Identifier[]} */
+    const identifiers = (latest.identifier || []).filter((i) => !(i && i.system === CONFIG.patientIdentifierSystem));
+    if (link.metriportId) {
+      identifiers.push({ system: CONFIG.patientIdentifierSystem, value: link.metriportId });
+    }
+    const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
+    /** @type {Extension[]} */
+    const extensions = (latest.extension || []).filter((e) => !(e && mine.includes(e.url)));
+    if (link.fingerprint) {
+      extensions.push({ url: CONFIG.fingerprintExtensionUrl, valueString: link.fingerprint });
+    }
+    if (link.queryFailed) {
+      extensions.push({ url: CONFIG.queryFailedExtensionUrl, valueString: link.queryFailed });
+    }
+    /** @type {any[]} */
+    const ops = [];
+    if (latest.meta && latest.meta.versionId) {
+      ops.push({ op: 'test', path: '/meta/versionId', value: latest.meta.versionId });
+    }
+    for (const [path, value, had] of /** @type {[string, any[], boolean][]} */ ([
+      ['/identifier', identifiers, !!latest.identifier],
+      ['/extension', extensions, !!latest.extension],
+    ])) {
+      if (value.length) {
+        ops.push({ op: had ? 'replace' : 'add', path, value });
+      } else if (had) {
+        ops.push({ op: 'remove', path });
+      }
+    }
+    try {
+      await medplum.patchResource('Patient', patientId, ops);
+      return true;
+    } catch (err) {
+      if (attempt >= 3) {
+        throw new Error('Could not write the Metriport link on Patient/' + patientId + ': ' + errorText(err));
+      }
+      log('warn', 'write-back conflicted, re-reading the Patient', { patient: patientId, attempt });
+    }
+  }
+}
+
+/**
+ * The other Medplum Patients holding this Metriport id (normally none).
+ * @param {MedplumClient} medplum
+ * @param {string} metriportId
+ * @param {string} patientId
+ * @returns {Promise<string[]>}
+ */
+async function otherHolders(medplum, metriportId, patientId) {
+  const found = await medplum.searchResources('Patient', {
+    identifier: CONFIG.patientIdentifierSystem + '|' + metriportId,
+    _count: '5',
+  });
+  return found.map((p) => String(p.id)).filter((id) => id !== patientId);
+}
+
+/**
+ * Refuse to link a second Medplum Patient to a Metriport patient: warn naming both, leave a review Task
+ * (conditional create: one per Patient and Metriport patient however often this runs), start nothing.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param {string} metriportId
+ * @param {string[]} others the Patients holding it
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function refuseLink(medplum, patientId, metriportId, others) {
+  const linked = others.map((o) => 'Patient/' + o).join(', ');
+  log('warn', 'Patient/' + patientId + ' not linked: Metriport patient ' + metriportId + ' is already linked to ' + linked +
+    ' (one Medplum Patient per Metriport patient); no query started; review Task left', {
+    patient: patientId,
+    linkedPatients: others,
+    metriportPatient: metriportId,
+  });
+  const value = metriportId + ':' + patientId;
+  const task = await medplum.createResourceIfNoneExist(
+    {
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      priority: 'urgent',
+      code: {
+        coding: [{ system: CONFIG.conflictTask.system, code: CONFIG.conflictTask.code }],
+        text: 'Review: two Medplum Patients for one Metriport patient',
+      },
+      identifier: [{ system: CONFIG.conflictTask.identifierSystem, value }],
+      description: 'Patient/' + patientId + ' resolves to Metriport patient ' + metriportId + ', which is already linked to ' +
+        linked + '. medport did not link it and started no query (one Medplum Patient per Metriport patient). ' +
+        'If they are the same person, merge the Patients; if not, correct the demographics and save the Patient again.',
+      for: { reference: 'Patient/' + patientId },
+      focus: { reference: 'Patient/' + patientId },
+      authoredOn: new Date().toISOString(),
+      input: [
+        { type: { text: 'metriport-patient-id' }, valueString: metriportId },
+        ...others.map((o) => ({ type: { text: 'already-linked-patient' }, valueReference: { reference: 'Patient/' + o } })),
+      ],
+    },
+    'identifier=' + encodeURIComponent(CONFIG.conflictTask.identifierSystem + '|' + value)
+  );
+  return {
+    status: 'refused',
+    reason: 'metriport-patient-linked-to-another-patient',
+    patient: patientId,
+    metriportPatientId: metriportId,
+    linkedPatients: others,
+    reviewTask: 'Task/' + task.id,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The other messages (templates/_messages.js.j2), each handled completely:
+//   medical.document-download / medical.document-bulk-download-urls   storeDocuments
+//       when CONFIG.documents.store: each document a DocumentReference on the existing Patient, upserted on
+//       <documents.identifierSystem>|<Metriport document id>, its content a Binary (or the URL)
+//   medical.bulk-patient-create                                        bulkPatientCreate
+//       the request's Task follows the status; on completed the result CSV (180 s) is kept as a Binary and
+//       each created row's metriportId linked to its Patient like the patient bot links it; failed rows
+//       become Tasks on their Patient
+//   patient.admit / patient.transfer / patient.discharge               importNotification
+//       the message Bundle behind payload.url (600 s) imported with importResources: one stay, one Encounter
+// ---------------------------------------------------------------------------
+
+const REALTIME_TYPES = ['patient.admit', 'patient.transfer', 'patient.discharge'];
+/** Rows of a bulk patient create linked per round (a few searches and one batch each). */
+const LINK_CHUNK = 50;
+/** Notes kept in a message's summary (what was skipped and why), at most. */
+const MAX_NOTES = 50;
+
+/**
+ * @param {Summary} summary
+ * @param {string} type
+ * @param {string} id
+ * @param {string} text
+ */
+function note(summary, type, id, text) {
+  const s = /** @type {any} */ (summary);
+  s.notes = s.notes || [];
+  if (s.notes.length < MAX_NOTES) {
+    s.notes.push({ type, id, text });
+  }
+}
+
+/**
+ * The Metriport ids a failed message was about while no Medplum Patient held them yet (its failures
+ * `Patient/<mid> not-found`): the bulk create that links them later puts the message back in the queue.
+ * @param {Summary} summary
+ * @returns {string[]}
+ */
+function awaitingLink(summary) {
+  return [...new Set(summary.failures.filter((f) => f.type === 'Patient' && f.status === 'not-found' && f.id).map((f) => f.id))];
+}
+
+// --- documents ---------------------------------------------------------------
+
+/**
+ * One patient of a medical.document-download or medical.document-bulk-download-urls message.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} msg
+ * @param {any} p
+ * @param {Summary} summary
+ */
+async function storeDocuments(medplum, event, msg, p, summary) {
+  const docs = Array.isArray(p.documents) ? p.documents : [];
+  bump(summary.recorded, 'documents', docs.length);
+  bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+  if (!CONFIG.documents.store || p.status !== 'completed' || !docs.length) {
+    return;
+  }
+  const mid = String(p.patientId || '');
+  const subject = await resolvePatient(medplum, msg, p);
+  if (!subject.id) {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+    log('warn', 'documents not stored: ' + subject.reason, { metriportPatient: mid });
+    return;
+  }
+  for (const doc of docs) {
+    try {
+      await storeDocument(medplum, event, doc, subject.id, summary);
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        throw err;
+      }
+      summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+    }
+  }
+}
+
+/**
+ * @param {any} type a CodeableConceptDTO ({coding?: [{system?, code?, display?}], text?})
+ * @returns {any} a FHIR CodeableConcept, or undefined when empty
+ */
+function codeableConcept(type) {
+  if (!type || typeof type !== 'object') {
+    return undefined;
+  }
+  const coding = (Array.isArray(type.coding) ? type.coding : [])
+    .map((/** @type {any} */ c) => {
+      /** @type {Record<string, string>} */
+      const out = {};
+      for (const k of ['system', 'code', 'display']) {
+        if (c && typeof c[k] === 'string' && c[k]) {
+          out[k] = c[k];
+        }
+      }
+      return out;
+    })
+    .filter((/** @type {any} */ c) => Object.keys(c).length);
+  /** @type {any} */
+  const cc = {};
+  if (coding.length) {
+    cc.coding = coding;
+  }
+  if (typeof type.text === 'string' && type.text) {
+    cc.text = type.text;
+  }
+  return Object.keys(cc).length ? cc : undefined;
+}
+
+/**
+ * A Metriport document as a DocumentReference on the Patient: upserted on its Metriport id, its content
+ * downloaded into a Binary (documents.content "binary") or its URL kept ("url"). A document stored before
+ * with the same size is left alone (replays change nothing, and download nothing); one over
+ * documents.max_bytes is skipped with the reason; one stored for another Patient is never moved.
+ * @param {MedplumClient} medplum
+ * @param {any} event
+ * @param {any} doc a DocumentReferenceDTO (+ url for bulk download URLs)
+ * @param {string} subjectId
+ * @param {Summary} summary
+ */
+async function storeDocument(medplum, event, doc, subjectId, summary) {
+  const D = CONFIG.documents;
+  const id = doc && (typeof doc.id === 'string' || typeof doc.id === 'number') ? String(doc.id) : '';
+  if (!id) {
+    bump(summary.skipped, 'document-without-id');
+    return;
+  }
+  const key = D.identifierSystem + '|' + id;
+  const existing = (await medplum.searchResources('DocumentReference', { identifier: key, _count: '2' }))[0];
+  const subjectRef = 'Patient/' + subjectId;
+  if (existing && existing.subject && existing.subject.reference && existing.subject.reference !== subjectRef) {
+    summary.failures.push({ type: 'DocumentReference', id, status: 'refused', text: 'document ' + id + ' is stored for ' +
+      existing.subject.reference + ', not moved to ' + subjectRef + ' (no import ever changes a subject)' });
+    return;
+  }
+  const declared = doc.size === undefined || doc.size === null || doc.size === '' ? NaN : Number(doc.size);
+  const att = existing && existing.content && existing.content[0] && existing.content[0].attachment;
+  if (D.content === 'binary' && att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
+    bump(summary.recorded, 'documents-unchanged');
+    return;
+  }
+  if (D.content === 'binary' && Number.isFinite(declared) && declared > D.maxBytes) {
+    skipDocument(summary, id, declared);
+    return;
+  }
+  let url = typeof doc.url === 'string' && doc.url ? doc.url : '';
+  if (!url) {
+    // medical.document-download lists documents without a URL (DocumentReferenceDTO): ask for one (180 s)
+    const res = await metriport(event, 'GET', '/medical/v1/document/download-url', { fileName: String(doc.fileName || '') });
+    url = res.body && typeof res.body.url === 'string' ? res.body.url : '';
+    if (!url) {
+      throw new MetriportError('Metriport GET /medical/v1/document/download-url answered without a url', res.status);
+    }
+  }
+  const contentType = typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream';
+  /** @type {any} */
+  const attachment = { contentType };
+  if (D.content === 'binary') {
+    const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
+    if (!res.ok) {
+      /** @type {any} */
+      const err = new Error('download of document ' + id + ' answered ' + res.status +
+        (res.status === 403 ? ' (the presigned URL expired: bulk download URLs last 10 minutes — request them again with `medport document-urls`)' : ''));
+      err.status = res.status;
+      throw err;
+    }
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (bytes.length > D.maxBytes) {
+      skipDocument(summary, id, bytes.length);
+      return;
+    }
+    const hash = nodeCrypto.createHash('sha1').update(bytes).digest('base64');
+    if (att && att.hash === hash && /^Binary\//.test(String(att.url || ''))) {
+      bump(summary.recorded, 'documents-unchanged');
+      return;
+    }
+    const binary = await medplum.createBinary({ data: bytes, contentType });
+    bump(summary.imported, 'Binary');
+    Object.assign(attachment, { url: 'Binary/' + binary.id, size: bytes.length, hash });
+  } else {
+    attachment.url = url;
+    if (Number.isFinite(declared)) {
+      attachment.size = declared;
+    }
+  }
+  if (typeof doc.fileName === 'string' && doc.fileName) {
+    attachment.title = doc.fileName;
+  }
+  const indexed = typeof doc.indexed === 'string' ? toInstant(doc.indexed) : undefined;
+  if (indexed) {
+    attachment.creation = indexed;
+  }
+  /** @type {any} */
+  const docRef = {
+    resourceType: 'DocumentReference',
+    identifier: [{ system: D.identifierSystem, value: id }],
+    status: ['current', 'superseded', 'entered-in-error'].includes(doc.status) ? doc.status : 'current',
+    subject: { reference: subjectRef },
+    content: [{ attachment }],
+  };
+  const type = codeableConcept(doc.type);
+  if (type) {
+    docRef.type = type;
+  }
+  if (indexed) {
+    docRef.date = indexed;
+  }
+  if (typeof doc.description === 'string' && doc.description) {
+    docRef.description = doc.description;
+  }
+  await medplum.upsertResource(docRef, { identifier: key });
+  bump(summary.imported, 'DocumentReference');
+}
+
+/**
+ * @param {Summary} summary
+ * @param {string} id
+ * @param {number} size
+ */
+function skipDocument(summary, id, size) {
+  const text = 'document ' + id + ' not stored: ' + size + ' bytes, over documents.max_bytes (' + CONFIG.documents.maxBytes + ')';
+  bump(summary.skipped, 'document-too-large');
+  note(summary, 'DocumentReference', id, text);
+  log('warn', text);
+}
+
+/**
+ * Ask Metriport for a patient's bulk download URLs (they arrive as medical.document-bulk-download-urls).
+ * @param {any} event
+ * @param {string} metriportPatientId
+ * @param {string} medplumPatientId
+ * @returns {Promise<any>}
+ */
+async function startBulkDownloadUrls(event, metriportPatientId, medplumPatientId) {
+  const res = await metriport(event, 'POST', '/medical/v1/document/download-url/bulk', { patientId: metriportPatientId },
+    { metadata: { medplumPatientId } });
+  return res.body;
+}
+
+// --- bulk patient create -------------------------------------------------------
+
+/** Task.status of the request's Task per Metriport status, and how far along each is. */
+const BULK_TASK_STATUS = /** @type {Record<string, string>} */ ({
+  waiting: 'requested', processing: 'in-progress', completed: 'completed', failed: 'failed', expired: 'cancelled',
+});
+const BULK_RANK = /** @type {Record<string, number>} */ ({ waiting: 0, processing: 1, completed: 2, failed: 2, expired: 2 });
+
+/**
+ * The Task recording a bulk patient create (one per Metriport requestId; `medport enroll` creates it when it
+ * starts the request, the bot when it did not).
+ * @param {MedplumClient} medplum
+ * @param {string} requestId
+ * @returns {Promise<any>}
+ */
+async function bulkRequestTask(medplum, requestId) {
+  const B = CONFIG.bulk;
+  return medplum.createResourceIfNoneExist({
+    resourceType: 'Task',
+    status: 'requested',
+    intent: 'order',
+    code: { coding: [{ system: B.system, code: B.taskCode }], text: 'Metriport bulk patient create' },
+    identifier: [{ system: B.requestIdSystem, value: requestId }],
+    businessStatus: { text: 'waiting' },
+    authoredOn: new Date().toISOString(),
+    description: 'Metriport bulk patient create ' + requestId,
+  }, 'identifier=' + encodeURIComponent(B.requestIdSystem + '|' + requestId));
+}
+
+/**
+ * @param {any} task
+ * @param {string} text
+ * @returns {any}
+ */
+function taskInput(task, text) {
+  const i = (task.input || []).find((/** @type {any} */ x) => x && x.type && x.type.text === text);
+  return i ? (i.valueBoolean !== undefined ? i.valueBoolean : i.valueString !== undefined ? i.valueString : i.valueInteger) : undefined;
+}
+
+/**
+ * Write the request's Task (compare-and-set, re-read on a race): the status only moves forward (a
+ * `processing` message handled after `completed` changes nothing).
+ * @param {MedplumClient} medplum
+ * @param {string} taskId
+ * @param {(cur: any) => any} build
+ */
+async function updateRequestTask(medplum, taskId, build) {
+  for (let i = 1; ; i++) {
+    const cur = await readTask(medplum, taskId);
+    const next = build(cur);
+    if (!next) {
+      return cur;
+    }
+    try {
+      return await casUpdate(medplum, next);
+    } catch (err) {
+      if (outcomeId(err) !== 'precondition-failed' || i >= 5) {
+        throw err;
+      }
+    }
+  }
+}
+
+/**
+ * medical.bulk-patient-create: every status (waiting, processing, completed, failed, expired) moves the
+ * request's Task; `completed` brings the result.
+ * @param {MedplumClient} medplum
+ * @param {any} msg
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Checkpoint | undefined} resume
+ */
+async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
+  const b = msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {};
+  const status = String(b.status || 'unknown');
+  const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
+  bump(summary.recorded, 'bulk-patient-create-' + status);
+  if (!requestId) {
+    summary.failures.push({ type: 'BulkPatientCreate', id: '', status: 'invalid', text: 'the message names no requestId' });
+    return;
+  }
+  const task = await bulkRequestTask(medplum, requestId);
+  /** @type {any} */
+  let outcome;
+  if (status === 'completed') {
+    outcome = await bulkResult(medplum, task, String(b.result || ''), requestId, summary, ctx, resume);
+    if (!outcome) {
+      return; // the result could not be read: the failure is recorded, the Task stays as it was
+    }
+  }
+  const known = BULK_TASK_STATUS[status];
+  await updateRequestTask(medplum, String(task.id), (cur) => {
+    const was = String((cur.businessStatus && cur.businessStatus.text) || 'waiting');
+    // only forward: a `processing` handled after `completed`, or a replay, changes nothing
+    const forward = known && BULK_RANK[status] > (BULK_RANK[was] === undefined ? -1 : BULK_RANK[was]);
+    if (!forward) {
+      return undefined;
+    }
+    /** @type {any} */
+    const next = { ...cur, status: known, businessStatus: { text: status }, lastModified: new Date().toISOString() };
+    if (typeof b.reason === 'string' && b.reason) {
+      next.statusReason = { text: b.reason };
+    } else if (status === 'expired') {
+      next.statusReason = { text: 'no file was uploaded before the upload URL expired' };
+    }
+    if (outcome) {
+      next.output = outcome.output;
+      next.executionPeriod = { ...(cur.executionPeriod || {}), end: new Date().toISOString() };
+    }
+    return next;
+  });
+  log(status === 'failed' || status === 'expired' ? 'warn' : 'info', 'bulk patient create ' + status, {
+    requestId, task: 'Task/' + task.id, ...(outcome ? outcome.counts : {}),
+  });
+}
+
+/**
+ * A completed bulk create: the result CSV (from its URL, valid 180 s, or the Binary an earlier run kept), then
+ * each row linked or recorded.
+ * @param {MedplumClient} medplum
+ * @param {any} task the request's Task
+ * @param {string} url
+ * @param {string} requestId
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Checkpoint | undefined} resume
+ * @returns {Promise<{ output: any[], counts: Record<string, number> } | undefined>}
+ */
+async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
+  const got = await keepBulkResult(medplum, task, url, requestId);
+  if (got.failure) {
+    summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: got.failure.status, text: got.failure.text });
+    return undefined;
+  }
+  const text = /** @type {string} */ (got.text);
+  const attachment = got.attachment;
+  const rows = parseCsv(text);
+  const header = (rows.shift() || []).map((h) => h.trim().toLowerCase());
+  const col = (/** @type {string} */ name) => header.indexOf(name);
+  const ix = { ext: col('externalid') >= 0 ? col('externalid') : col('id'), mid: col('metriportid'), status: col('status'), reason: col('reason') };
+  const records = rows
+    .filter((r) => r.some((v) => v !== ''))
+    .map((r, n) => ({
+      row: n + 1,
+      externalId: ix.ext >= 0 ? String(r[ix.ext] || '').trim() : '',
+      metriportId: ix.mid >= 0 ? String(r[ix.mid] || '').trim() : '',
+      status: ix.status >= 0 ? String(r[ix.status] || '').trim().toLowerCase() : '',
+      reason: ix.reason >= 0 ? String(r[ix.reason] || '').trim() : '',
+    }));
+  const dryRun = taskInput(task, 'dry-run') === true || (records.length > 0 && records.every((r) => r.status === 'waiting' || r.status === 'failed') &&
+    records.some((r) => r.status === 'waiting'));
+  /** @type {Record<string, number>} */
+  const counts = { rows: records.length };
+  const ok = (/** @type {string} */ s) => s === 'successful' || s === 'succeeded'; // the code writes `successful`, the docs say `succeeded`
+  if (dryRun) {
+    counts.valid = records.filter((r) => r.status === 'waiting').length;
+    counts.failed = records.filter((r) => r.status === 'failed').length;
+    bump(summary.recorded, 'bulk-dry-run-rows', records.length);
+  } else {
+    const start = resume && resume.patient > 0 ? Math.min(resume.patient, records.length) : 0;
+    const prior = resume && resume.summary && resume.summary.recorded ? resume.summary.recorded : {};
+    for (let i = start; i < records.length; i += LINK_CHUNK) {
+      const part = records.slice(i, i + LINK_CHUNK);
+      await linkRows(medplum, part.filter((r) => ok(r.status) && r.metriportId && r.externalId), summary);
+      await recordFailedRows(medplum, task, requestId, part.filter((r) => r.status === 'failed'), summary);
+      for (const r of part) {
+        if (ok(r.status) && (!r.metriportId || !r.externalId)) {
+          bump(summary.skipped, 'bulk-row-without-' + (r.externalId ? 'metriportId' : 'externalId'));
+        } else if (!ok(r.status) && r.status !== 'failed') {
+          bump(summary.skipped, 'bulk-row-' + (r.status || 'without-status'));
+        }
+      }
+      await checkpoint(ctx, summary, i + part.length, 0);
+    }
+    for (const k of ['bulk-linked', 'bulk-unchanged', 'bulk-refused', 'bulk-failed-rows']) {
+      counts[k.replace('bulk-', '')] = summary.recorded[k] || prior[k] || 0;
+    }
+  }
+  const output = [
+    { type: { text: 'result-csv' }, valueAttachment: attachment },
+    { type: { text: 'counts' }, valueString: JSON.stringify({ ...counts, dryRun }) },
+  ];
+  return { output, counts };
+}
+
+/**
+ * The result CSV of a completed bulk create, kept as a Binary on the request's Task the first time it is read:
+ * by the webhook call itself (before it answers — the URL lasts 180 s, a backlog of stored messages can outlast
+ * that), else by the message's processing; later runs and replays read the Binary.
+ * @param {MedplumClient} medplum
+ * @param {any} task the request's Task
+ * @param {string} url
+ * @param {string} requestId
+ * @returns {Promise<{ text?: string, attachment?: any, failure?: { status: string, text: string } }>}
+ */
+async function keepBulkResult(medplum, task, url, requestId) {
+  const kept = (task.output || []).find((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+  if (kept) {
+    return { text: await readBinaryText(medplum, String(kept.valueAttachment.url)), attachment: kept.valueAttachment };
+  }
+  if (!url) {
+    return { failure: { status: 'no-result', text: 'a completed bulk patient create without a result URL' } };
+  }
+  /** @type {Response} */
+  let res;
+  try {
+    res = await fetchWithRetry(url, { method: 'GET' }, 'download of the bulk patient create result');
+  } catch (err) {
+    return { failure: { status: 'download-failed', text: errorText(err) } };
+  }
+  if (!res.ok) {
+    return { failure: { status: String(res.status), text: 'the result CSV answered ' + res.status +
+      (res.status === 403 ? ': its URL expired (Metriport keeps it 180 s) and cannot be asked for again — run `medport enroll` again: ' +
+        'it selects the Patients still unlinked, and Metriport answers their existing patients' : '') } };
+  }
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const binary = await medplum.createBinary({ data: bytes, contentType: 'text/csv' });
+  const attachment = { contentType: 'text/csv', url: 'Binary/' + binary.id, size: bytes.length, title: 'metriport-bulk-result-' + requestId + '.csv' };
+  await updateRequestTask(medplum, String(task.id), (cur) => {
+    const has = (cur.output || []).some((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+    return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
+  });
+  return { text: new TextDecoder().decode(bytes), attachment };
+}
+
+/**
+ * In the webhook call, right after the message is stored: keep a completed bulk create's result CSV before its
+ * URL expires. Best effort — its processing fetches it otherwise.
+ * @param {MedplumClient} medplum
+ * @param {any} msg
+ */
+async function keepBulkResultNow(medplum, msg) {
+  const b = msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {};
+  const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
+  if (b.status !== 'completed' || !b.result || !requestId) {
+    return;
+  }
+  try {
+    const got = await keepBulkResult(medplum, await bulkRequestTask(medplum, requestId), String(b.result), requestId);
+    if (got.failure) {
+      log('warn', 'bulk patient create result not kept at once: ' + got.failure.text, { requestId });
+    }
+  } catch (err) {
+    log('warn', 'bulk patient create result not kept at once: ' + errorText(err), { requestId });
+  }
+}
+
+/**
+ * The text of a Binary (its raw content, or — on servers that answer JSON — its base64 `data`).
+ * @param {MedplumClient} medplum
+ * @param {string} url Binary/<id>
+ * @returns {Promise<string>}
+ */
+async function readBinaryText(medplum, url) {
+  const blob = await medplum.download(url);
+  const text = await blob.text();
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed && parsed.resourceType === 'Binary' && typeof parsed.data === 'string') {
+      return new TextDecoder().decode(base64Bytes(parsed.data));
+    }
+  } catch (_err) {
+    // raw CSV
+  }
+  return text;
+}
+
+/**
+ * @param {string} b64
+ * @returns {Uint8Array} (vmcontext has neither atob nor Buffer)
+ */
+function base64Bytes(b64) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  const clean = b64.replace(/[^A-Za-z0-9+/]/g, '');
+  const out = new Uint8Array(Math.floor((clean.length * 3) / 4));
+  let bits = 0;
+  let acc = 0;
+  let k = 0;
+  for (const ch of clean) {
+    acc = (acc << 6) | alphabet.indexOf(ch);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[k++] = (acc >> bits) & 0xff;
+    }
+  }
+  return out.subarray(0, k);
+}
+
+/**
+ * CSV rows as Metriport writes the result: RFC 4180 quoting, and tolerant of its quirk — a quoted value whose
+ * inner quotes are not doubled (a `"` not followed by a separator or a line end is part of the value).
+ * @param {string} text
+ * @returns {string[][]}
+ */
+function parseCsv(text) {
+  /** @type {string[][]} */
+  const rows = [];
+  /** @type {string[]} */
+  let row = [];
+  let i = 0;
+  const n = text.length;
+  while (i <= n) {
+    let value = '';
+    if (text[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= n) {
+          break;
+        }
+        const c = text[i];
+        if (c === '"') {
+          if (text[i + 1] === '"') {
+            value += '"';
+            i += 2;
+          } else if (i + 1 >= n || text[i + 1] === ',' || text[i + 1] === '\n' || text[i + 1] === '\r') {
+            i++;
+            break;
+          } else {
+            value += '"';
+            i++;
+          }
+        } else {
+          value += c;
+          i++;
+        }
+      }
+    } else {
+      while (i < n && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') {
+        value += text[i];
+        i++;
+      }
+    }
+    row.push(value);
+    if (i >= n) {
+      rows.push(row);
+      break;
+    }
+    if (text[i] === ',') {
+      i++;
+      continue;
+    }
+    if (text[i] === '\r' && text[i + 1] === '\n') {
+      i++;
+    }
+    i++;
+    rows.push(row);
+    row = [];
+    if (i >= n) {
+      break;
+    }
+  }
+  return rows;
+}
+
+/**
+ * Link created rows to their Patients (externalId = the Medplum Patient id) with the identifier and the
+ * fingerprint the patient bot writes — so the update this causes, and any update that does not change the
+ * demographics, starts nothing — one Medplum Patient per Metriport patient: a Metriport id another Patient
+ * holds (or another row of this result took) is refused with the patient bot's review Task; a Patient linked
+ * to another Metriport patient is left alone and noted. Then the messages that waited for these links are
+ * queued again.
+ * @param {MedplumClient} medplum
+ * @param { { row: number, externalId: string, metriportId: string }[] } rows
+ * @param {Summary} summary
+ */
+async function linkRows(medplum, rows, summary) {
+  if (!rows.length) {
+    return;
+  }
+  const P = CONFIG.patientIdentifierSystem;
+  const ids = [...new Set(rows.map((r) => r.externalId))];
+  const found = await medplum.searchResources('Patient', { _id: ids.join(','), _count: String(ids.length + 1) });
+  /** @type {Map<string, any>} */
+  const patients = new Map(found.map((p) => [String(p.id), p]));
+  const holders = await holdersOf(medplum, rows.map((r) => r.metriportId));
+  /** @type { { patient: any, mid: string, fingerprint: string | undefined }[] } */
+  const writes = [];
+  /** @type {Map<string, string>} Metriport id -> the row's Patient that takes it in this result */
+  const claimed = new Map();
+  for (const r of rows) {
+    const p = patients.get(r.externalId);
+    if (!p) {
+      bump(summary.skipped, 'bulk-row-patient-not-found');
+      note(summary, 'Patient', r.externalId, 'row ' + r.row + ': no Patient/' + r.externalId + ' (deleted since enrollment?); Metriport patient ' + r.metriportId + ' not linked');
+      continue;
+    }
+    const own = metriportIdOf(p);
+    const others = (holders.get(r.metriportId) || []).filter((h) => h !== r.externalId);
+    if (own === r.metriportId && !others.length) {
+      if (fingerprintOf(p)) {
+        bump(summary.recorded, 'bulk-unchanged');
+      } else {
+        writes.push({ patient: p, mid: r.metriportId, fingerprint: demographicsFor(p).fingerprint });
+      }
+      continue;
+    }
+    if (own && own !== r.metriportId) {
+      bump(summary.recorded, 'bulk-refused');
+      note(summary, 'Patient', r.externalId, 'Patient/' + r.externalId + ' is linked to Metriport patient ' + own +
+        '; the bulk create answered ' + r.metriportId + ' — left as it is, review the two');
+      continue;
+    }
+    const taker = claimed.get(r.metriportId);
+    if (others.length || (taker && taker !== r.externalId)) {
+      bump(summary.recorded, 'bulk-refused');
+      await refuseLink(medplum, r.externalId, r.metriportId, others.length ? others : [String(taker)]);
+      continue;
+    }
+    claimed.set(r.metriportId, r.externalId);
+    writes.push({ patient: p, mid: r.metriportId, fingerprint: demographicsFor(p).fingerprint });
+  }
+  if (!writes.length) {
+    return;
+  }
+  // one batch of compare-and-set updates; an entry that lost a race is written again through writeLink (re-read)
+  const bundle = {
+    resourceType: 'Bundle',
+    type: 'batch',
+    entry: writes.map(({ patient, mid, fingerprint }) => {
+      const identifier = (patient.identifier || []).filter((/** @type {any} */ i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
+      const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
+      const extension = (patient.extension || []).filter((/** @type {any} */ e) => !(e && mine.includes(e.url)))
+        .concat(fingerprint ? [{ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint }] : []);
+      /** @type {any} */
+      const resource = { ...patient, identifier };
+      if (extension.length) {
+        resource.extension = extension;
+      } else {
+        delete resource.extension;
+      }
+      /** @type {any} */
+      const request = { method: 'PUT', url: 'Patient/' + patient.id };
+      if (patient.meta && patient.meta.versionId) {
+        request.ifMatch = 'W/"' + patient.meta.versionId + '"';
+      }
+      return { request, resource };
+    }),
+  };
+  const response = await medplum.executeBatch(/** @type {any} */ (bundle));
+  /** @type {string[]} */
+  const linked = [];
+  for (let k = 0; k < writes.length; k++) {
+    const w = writes[k];
+    const res = response && response.entry && response.entry[k] && response.entry[k].response;
+    const code = res ? parseInt(String(res.status || ''), 10) : 0;
+    if (code >= 200 && code < 300) {
+      linked.push(w.mid);
+      continue;
+    }
+    try {
+      await writeLink(medplum, String(w.patient.id), { metriportId: w.mid, fingerprint: w.fingerprint });
+      linked.push(w.mid);
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        throw err;
+      }
+      summary.failures.push({ type: 'Patient', id: String(w.patient.id), status: String(code || 'error'), text: 'link to Metriport patient ' + w.mid + ' not written: ' + errorText(err) });
+    }
+  }
+  // a Patient linked to the same Metriport patient at the same moment (the patient bot): both step back
+  const after = await holdersOf(medplum, linked);
+  for (const w of writes) {
+    const all = after.get(w.mid) || [];
+    if (linked.includes(w.mid) && all.length > 1) {
+      await writeLink(medplum, String(w.patient.id), {});
+      await refuseLink(medplum, String(w.patient.id), w.mid, all.filter((h) => h !== w.patient.id));
+      bump(summary.recorded, 'bulk-refused');
+      linked.splice(linked.indexOf(w.mid), 1);
+    }
+  }
+  bump(summary.recorded, 'bulk-linked', linked.length);
+  await requeueAwaiting(medplum, linked, summary);
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {string[]} mids
+ * @returns {Promise<Map<string, string[]>>} Metriport id -> the Patients holding it
+ */
+async function holdersOf(medplum, mids) {
+  /** @type {Map<string, string[]>} */
+  const out = new Map();
+  const unique = [...new Set(mids)];
+  for (let j = 0; j < unique.length; j += LINK_CHUNK) {
+    const part = unique.slice(j, j + LINK_CHUNK);
+    const found = await medplum.searchResources('Patient', {
+      identifier: part.map((m) => CONFIG.patientIdentifierSystem + '|' + m).join(','),
+      _count: String(part.length * 3),
+    });
+    for (const p of found) {
+      const mid = metriportIdOf(p);
+      if (mid) {
+        out.set(mid, [...(out.get(mid) || []), String(p.id)]);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Messages that failed because no Patient held their Metriport id yet (documents, conversion, consolidated
+ * data or notifications that Metriport sent for a bulk-created patient before the result): queued again
+ * with fresh attempts, now that the link is there.
+ * @param {MedplumClient} medplum
+ * @param {string[]} mids
+ * @param {Summary} summary
+ */
+async function requeueAwaiting(medplum, mids, summary) {
+  for (let j = 0; j < mids.length; j += LINK_CHUNK) {
+    const part = mids.slice(j, j + LINK_CHUNK);
+    const waiting = await medplum.searchResources('Task', {
+      identifier: part.map((m) => CONFIG.bulk.awaitingLinkSystem + '|' + m).join(','),
+      status: 'failed',
+      _count: String(part.length * 4),
+    });
+    for (const t of waiting) {
+      if (!isMessageTask(t)) {
+        continue;
+      }
+      try {
+        await requeue(medplum, t, true);
+        bump(summary.recorded, 'messages-requeued-after-link');
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed') {
+          throw err;
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Rows Metriport refused, each a Task on its Patient (for/focus) with the reason, part of the request's Task:
+ * one per request and row however often the message is processed (conditional create).
+ * @param {MedplumClient} medplum
+ * @param {any} task
+ * @param {string} requestId
+ * @param { { row: number, externalId: string, reason: string }[] } rows
+ * @param {Summary} summary
+ */
+async function recordFailedRows(medplum, task, requestId, rows, summary) {
+  if (!rows.length) {
+    return;
+  }
+  const B = CONFIG.bulk;
+  const bundle = {
+    resourceType: 'Bundle',
+    type: 'batch',
+    entry: rows.map((r) => {
+      const value = requestId + ':' + (r.externalId || 'row-' + r.row);
+      /** @type {any} */
+      const t = {
+        resourceType: 'Task',
+        status: 'requested',
+        intent: 'order',
+        priority: 'routine',
+        code: { coding: [{ system: B.system, code: B.rowFailedCode }], text: 'Metriport bulk patient create: row refused' },
+        identifier: [{ system: B.rowIdSystem, value }],
+        description: 'Metriport did not create this patient (bulk patient create ' + requestId + ', row ' + r.row + '): ' +
+          (r.reason || 'no reason given') + '. Correct the demographics and run `medport enroll` again (or save the Patient: the patient bot sends it).',
+        partOf: [{ reference: 'Task/' + task.id }],
+        authoredOn: new Date().toISOString(),
+        input: [
+          { type: { text: 'reason' }, valueString: r.reason || 'no reason given' },
+          { type: { text: 'metriport-request-id' }, valueString: requestId },
+          { type: { text: 'row' }, valueInteger: r.row },
+        ],
+      };
+      if (r.externalId) {
+        t.for = { reference: 'Patient/' + r.externalId };
+        t.focus = { reference: 'Patient/' + r.externalId };
+      }
+      return { request: { method: 'POST', url: 'Task', ifNoneExist: 'identifier=' + encodeURIComponent(B.rowIdSystem + '|' + value) }, resource: t };
+    }),
+  };
+  const response = await medplum.executeBatch(/** @type {any} */ (bundle));
+  rows.forEach((r, k) => {
+    const res = response && response.entry && response.entry[k] && response.entry[k].response;
+    const code = res ? parseInt(String(res.status || ''), 10) : 0;
+    if (code >= 200 && code < 300) {
+      bump(summary.recorded, 'bulk-failed-rows');
+    } else {
+      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(res.outcome) : 'no response' });
+    }
+  });
+}
+
+// --- realtime patient notifications -------------------------------------------
+
+/**
+ * patient.admit / patient.transfer / patient.discharge: the Bundle behind payload.url (600 s) imported on the
+ * existing Patient. Each message's bundle is the stay's Encounter as Metriport merged it so far, so a message
+ * older than the one that last wrote the Encounter (replayed late) imports nothing: the newer one carried all.
+ * @param {MedplumClient} medplum
+ * @param {any} msg
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {number} resumeDone
+ */
+async function importNotification(medplum, msg, summary, ctx, resumeDone) {
+  const type = String(msg.meta && msg.meta.type);
+  const pl = msg.payload && typeof msg.payload === 'object' ? msg.payload : {};
+  bump(summary.recorded, type);
+  if (!CONFIG.realtime.types.includes(type)) {
+    bump(summary.skipped, type + '-not-imported');
+    return;
+  }
+  const mid = String(pl.patientId || '');
+  summary.patients = 1;
+  const subject = await resolvePatient(medplum, msg, { patientId: mid });
+  if (!subject.id) {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+    log('warn', 'notification not imported: ' + subject.reason, { metriportPatient: mid, type });
+    return;
+  }
+  /** @type {any} */
+  let bundle;
+  try {
+    bundle = await download(String(pl.url || ''), false);
+  } catch (err) {
+    const e = /** @type {any} */ (err);
+    summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err).replace('consolidated bundle', type + ' bundle') +
+      (e.expired ? ' — notification URLs last 600 s; the stay also arrives with the next consolidated data' : '') });
+    return;
+  }
+  const resources = (bundle && Array.isArray(bundle.entry) ? bundle.entry : []).map((/** @type {any} */ e) => e && e.resource).filter(Boolean);
+  const encounter = resources.find((/** @type {any} */ r) => r.resourceType === 'Encounter');
+  const when = String((msg.meta && msg.meta.when) || '');
+  if (encounter && encounter.id) {
+    const stored = (await medplum.searchResources('Encounter', { identifier: CONFIG.resourceIdentifierSystem + '|' + encounter.id, _count: '1' }))[0];
+    const mark = stored && (stored.extension || []).find((/** @type {any} */ e) => e && e.url === CONFIG.notificationExtensionUrl);
+    let prev;
+    try {
+      prev = mark && mark.valueString ? JSON.parse(mark.valueString) : undefined;
+    } catch (_err) {
+      prev = undefined;
+    }
+    if (prev && typeof prev.when === 'string' && prev.when > when) {
+      bump(summary.skipped, 'notification-older-than-stored');
+      note(summary, 'Encounter', String(encounter.id), type + ' of ' + when + ' is older than the ' + prev.type + ' of ' + prev.when + ' that wrote the Encounter: nothing imported');
+      return;
+    }
+    encounter.extension = (encounter.extension || []).filter((/** @type {any} */ e) => !(e && e.url === CONFIG.notificationExtensionUrl))
+      .concat([{ url: CONFIG.notificationExtensionUrl, valueString: JSON.stringify({ when, type }) }]);
+  }
+  await importResources(medplum, resources, subject.id, mid, summary, ctx, resumeDone);
+  log('info', 'notification imported', { patient: subject.id, metriportPatient: mid, type, resources: resources.length });
+}
+
+// ---------------------------------------------------------------------------
 // Stored messages (async mode): one Task per messageId, processed under a lease
 // ---------------------------------------------------------------------------
 //   status      requested -> in-progress -> completed | failed   (Task.status)
@@ -2911,6 +4339,10 @@ function taskOutcome(task, summary, fatal) {
     done.for = { reference: 'Patient/' + summary.subjects[0] };
   }
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
+  // failed because no Patient held its Metriport id yet: findable by that id (a bulk create's link re-queues it)
+  const waiting = failed ? awaitingLink(summary) : [];
+  done.identifier = (task.identifier || []).filter((/** @type {any} */ i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))
+    .concat(waiting.map((value) => ({ system: CONFIG.bulk.awaitingLinkSystem, value })));
   if (failed) {
     done.statusReason = {
       text: fatal
@@ -3064,6 +4496,9 @@ exports.handler = async (medplum, event) => {
   if (CONFIG.asyncProcessing) {
     const task = await persistMessage(medplum, msg, raw);
     log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
+    if (type === 'medical.bulk-patient-create') {
+      await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
+    }
     return { received: true, messageId, task: 'Task/' + task.id };
   }
   try {

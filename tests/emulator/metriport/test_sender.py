@@ -23,7 +23,7 @@ class Receiver:
 
     def __call__(self, url, body, signature, timeout_s):
         msg = json.loads(body)
-        self.posts.append({"url": url, "body": body, "msg": msg, "signature": signature})
+        self.posts.append({"url": url, "body": body, "msg": msg, "signature": signature, "timeout_s": timeout_s})
         if self.fail:
             return False, 500, "Failed to send payload: HTTP 500", None
         if "ping" in msg:
@@ -102,3 +102,26 @@ def test_configure_keeps_or_clears_the_key(sender):
     assert sender.configure("http://hook.test/other")["webhookKey"] == "key-1"
     assert sender.configure(None) == {"id": "cx", "webhookUrl": None, "webhookKey": None, "mrFilters": None}
     assert sender.send("medical.consolidated-data", {}, None).detail == "Missing webhook config"
+
+
+def test_timeouts_five_seconds_for_a_message_two_for_the_ping(sender, receiver):
+    """packages/api/src/command/webhook/webhook.ts: DEFAULT_TIMEOUT_SEND_PAYLOAD_MS = 5_000,
+    DEFAULT_TIMEOUT_SEND_TEST_MS = 2_000."""
+    sender.ping()
+    sender.send("medical.document-download", {"patients": []}, None, request_id="r1")
+    assert sender.wait_idle(2.0)
+    assert [(p["msg"]["meta"]["type"], p["timeout_s"]) for p in receiver.posts] == [
+        ("ping", 2.0), ("medical.document-download", 5.0)]
+
+
+def test_meta_request_id_where_the_request_has_one(sender, receiver):
+    """webhook.ts processRequest: meta = {messageId, requestId (only when set), when, type, data}."""
+    sender.send("medical.consolidated-data", {"patients": []}, {"k": "v"}, request_id="req-1")
+    sender.send("medical.document-conversion", {"patients": []}, None, request_id=None)
+    sender.ping()
+    assert sender.wait_idle(2.0)
+    by_type = {p["msg"]["meta"]["type"]: p["msg"]["meta"] for p in receiver.posts}
+    first, second, ping = (by_type[t] for t in ("medical.consolidated-data", "medical.document-conversion", "ping"))
+    assert list(first) == ["messageId", "requestId", "when", "type", "data"] and first["requestId"] == "req-1"
+    assert list(second) == ["messageId", "when", "type"]
+    assert list(ping) == ["messageId", "when", "type"]  # pings carry no requestId
