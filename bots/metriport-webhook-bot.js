@@ -22,16 +22,115 @@
  * @typedef {import('@medplum/fhirtypes').Bundle} Bundle
  * @typedef {import('@medplum/fhirtypes').BundleEntry} BundleEntry
  * @typedef {import('@medplum/fhirtypes').Resource} Resource
+ * @typedef {import('@medplum/fhirtypes').ResourceType} ResourceType
  * @typedef {import('@medplum/fhirtypes').Task} Task
  * @typedef {import('@medplum/fhirtypes').Patient} Patient
  * @typedef {import('@medplum/fhirtypes').Identifier} Identifier
  * @typedef {import('@medplum/fhirtypes').Extension} Extension
+ * @typedef {import('@medplum/fhirtypes').CodeableConcept} CodeableConcept
+ * @typedef {import('@medplum/fhirtypes').Attachment} Attachment
+ * @typedef {import('@medplum/fhirtypes').DocumentReference} DocumentReference
+ * @typedef {import('@medplum/fhirtypes').TaskOutput} TaskOutput
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
- * @typedef {import('@medplum/core').BotEvent} BotEvent
+ * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
+ * @typedef {import('@medplum/core').WithId<Task>} StoredTask a Task as Medplum stores it (id set)
+ *
+ * @typedef {'patient.admit' | 'patient.transfer' | 'patient.discharge'} RealtimeType
+ * @typedef {object} WebhookBotConfig what render.webhook_bot_config embeds (with BotBasics and LinkConfig)
+ * @property { { store: boolean, content: 'binary' | 'url', maxBytes: number, identifierSystem: string,
+ *   requestBulkUrls: boolean } } documents
+ * @property { { types: RealtimeType[] } } realtime the notifications imported (none when realtime.import is off)
+ * @property { { system: string, taskCode: string, rowFailedCode: string, requestIdSystem: string, rowIdSystem: string,
+ *   awaitingLinkSystem: string } } bulk
+ * @property {string} notificationExtensionUrl
+ * @property {string} resourceIdentifierSystem
+ * @property {boolean} verifySignature
+ * @property {boolean} asyncProcessing
+ * @property { { system: string, code: string, identifierSystem: string, attemptsUrl: string, leaseUrl: string,
+ *   progressUrl: string } } messageTask
+ * @property { { maxAttempts: number, leaseSeconds: number, timeoutSeconds: number, sweep: boolean } } processing
+ * @property {ResourceType[]} resources the types imported
+ * @property {Record<string, 'single' | 'array'>} identifierShape per imported type: its identifier element
+ * @property { { invariants: Record<string, string>, extensionInvariants: string[], types: Record<string, string> } }
+ *   fhirRules what Medplum's validator checks (generator/fhir_rules.py bot_rules)
+ * @property {ConsolidatedConfig} consolidated
+ * @property { { maxEntries: number, maxBytes: number } } batch
+ * @property {RetryConfig} retry
+ *
+ * @typedef {(Message & { resourceType?: unknown, id?: unknown }) | string | number | boolean | null | undefined}
+ *   WebhookBotInput event.input as the handler checks it: the message's raw text (Bot.rawBody) or its JSON, a
+ *   message Task (Subscription) or the Bot (cron) — or anything, from whoever may run the bot
+ *
+ * Metriport's webhook messages, as @metriport/shared declares them (medical/webhook/webhook-request.ts; `when`
+ * an ISO instant). Signed by Metriport, they are read as these types, each field still checked where a wrong
+ * one would do harm.
+ * @typedef {object} WebhookMeta
+ * @property {string} messageId
+ * @property {string} [requestId]
+ * @property {string} when
+ * @property {unknown} [data] the `metadata` the request was made with (medport's: { medplumPatientId })
+ * @property {string} type
+ *
+ * @typedef {object} MetriportDocument DocumentReferenceDTO (+ url in medical.document-bulk-download-urls)
+ * @property {string} id
+ * @property {string} fileName
+ * @property {string} [description]
+ * @property {string} [status]
+ * @property {string} [indexed]
+ * @property {string} [mimeType]
+ * @property {number | string} [size] a number (a numeric string is read too)
+ * @property { { coding?: { system?: string | null, code?: string | null, display?: string | null }[], text?: string } }
+ *   [type] a CodeableConceptDTO
+ * @property {string} [url]
+ *
+ * @typedef {object} MessagePatient one element of `patients` (medical.consolidated-data,
+ *   medical.document-download, medical.document-conversion, medical.document-bulk-download-urls)
+ * @property {string} patientId the Metriport patient id
+ * @property {string} [externalId]
+ * @property {Record<string, string[]>} [additionalIds]
+ * @property {'completed' | 'failed'} status
+ * @property {Bundle} [bundle] consolidated-data: the searchset (a DocumentReference pointing at it when large)
+ * @property {Record<string, string | boolean | null | undefined> | null} [filters] consolidated-data
+ * @property {MetriportDocument[]} [documents] document-download, document-bulk-download-urls
+ *
+ * @typedef {object} BulkPatientCreateStatus
+ * @property {string} requestId
+ * @property {'waiting' | 'processing' | 'completed' | 'failed' | 'expired'} status (medport also handles expired)
+ * @property {string | null} [result] completed: the result CSV's URL (180 s)
+ * @property {string} [reason] failed, expired (read when present)
+ *
+ * @typedef {object} NotificationPayload patient.admit, patient.transfer, patient.discharge
+ * @property {string} url the Bundle of the stay (600 s)
+ * @property {string} patientId
+ * @property {string} [externalId]
+ * @property {Record<string, string[]>} [additionalIds]
+ * @property {string} admitTimestamp
+ * @property {string} [dischargeTimestamp] patient.discharge
+ * @property { { timestamp: string, sourceLocation: { name: string, type: string },
+ *   destinationLocation: { name: string, type: string } }[] } [transfers] patient.transfer
+ * @property {string} [whenSourceSent]
+ *
+ * @typedef { { meta: WebhookMeta & { type: 'ping' }, ping: string } } PingMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.consolidated-data' }, patients: MessagePatient[] } } ConsolidatedMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.document-download' | 'medical.document-bulk-download-urls' },
+ *   patients: MessagePatient[] } } DocumentsMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.document-conversion' }, patients: MessagePatient[] } } ConversionMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.bulk-patient-create' }, bulkPatientCreate: BulkPatientCreateStatus } }
+ *   BulkPatientCreateMessage
+ * @typedef { { meta: WebhookMeta & { type: RealtimeType }, payload: NotificationPayload } } NotificationMessage
+ * @typedef {object} Message a signed message before its type is looked at: one of the above, or a type the bot
+ *   does not handle (acknowledged); the parts each type has
+ * @property {Partial<WebhookMeta>} [meta]
+ * @property {string} [ping] ping
+ * @property {MessagePatient[]} [patients] consolidated-data, document-*
+ * @property {BulkPatientCreateStatus} [bulkPatientCreate] bulk-patient-create
+ * @property {NotificationPayload} [payload] patient.*
+ *
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
  *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
- *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[] } } Summary
+ *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[],
+ *   notes?: { type: string, id: string, text: string }[] } } Summary
  * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
  *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
  *   processing has finished: every patient before `patient`, and the first `done` items (in import
@@ -40,6 +139,7 @@
  *   failuresAtStart: number, frozen: boolean } } Ctx how one run of a stored message goes along
  */
 
+/** @type {BotBasics & LinkConfig & WebhookBotConfig} */
 const CONFIG = {
   "botName": "metriport-webhook-bot",
   "medportVersion": "0.1.0",
@@ -331,6 +431,40 @@ const CONFIG = {
 
 const nodeCrypto = require('crypto');
 
+/**
+ * The CONFIG parts both bots have (generator/render.py: _bot_basics, _link, _consolidated, _retry). `medport
+ * check` type-checks the rendered CONFIG against these: a key render.py adds, drops or retypes is an error.
+ * @typedef {object} BotBasics
+ * @property {string} botName
+ * @property {string} medportVersion
+ * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
+ * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ *
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @property {string} fingerprintExtensionUrl
+ * @property {string} queryFailedExtensionUrl
+ * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ *
+ * @typedef {object} ConsolidatedConfig the consolidated query's parameters
+ * @property {string[]} resources
+ * @property {string | null} dateFrom YYYY-MM-DD
+ * @property {string | null} dateTo YYYY-MM-DD
+ *
+ * @typedef {object} RetryConfig Metriport calls: bounded retries with backoff
+ * @property {number} maxAttempts
+ * @property {number} initialDelayMs
+ * @property {number} maxDelayMs
+ *
+ * @typedef { { [key: string]: unknown } } JsonObject parsed JSON: every field unknown until checked (an array
+ *   reads the same way: it has none of the fields looked for)
+ * @typedef {JsonObject | null | undefined} JsonBody a parsed JSON answer (Metriport's, a download's): untrusted,
+ *   each field checked where it is read (a number or string answer has none of the fields looked for)
+ * @typedef {JsonObject | string | number | boolean | null | undefined} JsonInput a bot's event.input before it
+ *   is checked: whoever may run the bot can send anything
+ *
+ * @typedef {import('@medplum/fhirtypes').OperationOutcome} OperationOutcome
+ */
+
 /** Error raised for a Metriport answer the bot cannot recover from. */
 class MetriportError extends Error {
   /**
@@ -368,7 +502,7 @@ function log(level, message, fields) {
 
 /**
  * Read a Project secret (event.secrets[NAME].valueString).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} name
  * @param {boolean} required
  * @returns {string | undefined}
@@ -390,7 +524,7 @@ function getSecret(event, name, required) {
 
 /**
  * Metriport base URL: the METRIPORT_BASE_URL secret wins over the rendered default.
- * @param {any} event
+ * @param {BotEvent} event
  * @returns {string}
  */
 function metriportBase(event) {
@@ -408,8 +542,10 @@ async function sleep(ms) {
   if (!(ms > 0)) {
     return;
   }
-  if (typeof setTimeout === 'function') {
-    await new Promise((resolve) => setTimeout(resolve, ms));
+  // Looked up on globalThis, never by its bare name: a bot naming a global vmcontext lacks fails the type check.
+  const timer = /** @type { { setTimeout?: (callback: () => void, ms: number) => unknown } } */ (globalThis).setTimeout;
+  if (typeof timer === 'function') {
+    await new Promise((resolve) => timer(() => resolve(undefined), ms));
     return;
   }
   try {
@@ -496,13 +632,13 @@ async function fetchWithRetry(url, init, what) {
 
 /**
  * Call Metriport's Medical API.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
- * @returns {Promise<{ status: number, body: any }>}
+ * @returns {Promise<{ status: number, body: JsonBody }>}
  */
 async function metriport(event, method, path, query, body, okStatuses) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
@@ -527,7 +663,7 @@ async function metriport(event, method, path, query, body, okStatuses) {
     what
   );
   const text = await res.text();
-  /** @type {any} */
+  /** @type {JsonBody} */
   let parsed = undefined;
   if (text) {
     try {
@@ -557,11 +693,11 @@ async function metriport(event, method, path, query, body, okStatuses) {
 
 /**
  * Start a consolidated query (JSON) for a Metriport patient.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} metriportPatientId
  * @param {string | undefined} medplumPatientId
  * @param {Record<string, string>} [extraMetadata] more `metadata` keys (Metriport echoes them in meta.data)
- * @returns {Promise<any>}
+ * @returns {Promise<JsonBody>} Metriport's answer ({ requestId })
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
@@ -612,12 +748,13 @@ function sha256Hex(text) {
  */
 function errorText(err) {
   if (err && typeof err === 'object') {
-    const e = /** @type {any} */ (err);
+    // an OperationOutcomeError (@medplum/core) carries the outcome; an Error its message
+    const e = /** @type { { outcome?: OperationOutcome, resourceType?: unknown, message?: unknown } } */ (err);
     if (e.outcome && Array.isArray(e.outcome.issue)) {
       return outcomeText(e.outcome);
     }
     if (e.resourceType === 'OperationOutcome') {
-      return outcomeText(e);
+      return outcomeText(/** @type {OperationOutcome} */ (e));
     }
     if (typeof e.message === 'string') {
       return e.message;
@@ -627,7 +764,7 @@ function errorText(err) {
 }
 
 /**
- * @param {any} outcome an OperationOutcome
+ * @param {OperationOutcome | undefined} outcome
  * @returns {string}
  */
 function outcomeText(outcome) {
@@ -635,7 +772,7 @@ function outcomeText(outcome) {
     return '';
   }
   return outcome.issue
-    .map((/** @type {any} */ i) => {
+    .map((i) => {
       const text = (i.details && i.details.text) || i.diagnostics || i.code || 'error';
       return i.expression && i.expression.length ? text + ' (' + i.expression.join(', ') + ')' : text;
     })
@@ -649,7 +786,7 @@ function outcomeText(outcome) {
 
 /**
  * Header value by lower-cased name (event.headers keys are lower-cased by Medplum).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} name
  * @returns {string | undefined}
  */
@@ -668,7 +805,7 @@ function header(event, name) {
 
 /**
  * Refuse (throw) unless x-metriport-signature is the hex HMAC-SHA256 of the raw body.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} raw
  */
 function verifySignature(event, raw) {
@@ -695,7 +832,7 @@ function verifySignature(event, raw) {
 // ---------------------------------------------------------------------------
 
 /**
- * @param {any} msg
+ * @param {Message | undefined} msg
  * @returns {Summary}
  */
 function newSummary(msg) {
@@ -740,8 +877,8 @@ function bump(counts, key, n) {
  * message's metadata names another Patient (one Medplum Patient per Metriport patient; nothing is ever
  * moved to another subject).
  * @param {MedplumClient} medplum
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {Message} msg
+ * @param { { patientId?: unknown } } p one element of msg.patients (or of a notification's payload)
  * @returns {Promise<{ id?: string, status?: string, reason?: string }>}
  */
 async function resolvePatient(medplum, msg, p) {
@@ -749,7 +886,7 @@ async function resolvePatient(medplum, msg, p) {
   if (!mid) {
     return { status: 'not-found', reason: 'the message names no Metriport patient id' };
   }
-  const data = msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {};
+  const data = /** @type { { medplumPatientId?: unknown } } */ (msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {});
   const single = !Array.isArray(msg.patients) || msg.patients.length <= 1;
   const named = single && typeof data.medplumPatientId === 'string' && data.medplumPatientId ? data.medplumPatientId : undefined;
   const holders = await medplum.searchResources('Patient', {
@@ -787,8 +924,8 @@ async function resolvePatient(medplum, msg, p) {
  * Process one verified message. With a context (a stored message), a run resumed after a cut-off skips
  * what the checkpoint says is done, and every step done is checkpointed through the lease.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
+ * @param {BotEvent} event
+ * @param {Message} msg
  * @param {Ctx | null} [ctx]
  * @returns {Promise<Summary>}
  */
@@ -853,7 +990,7 @@ async function processMessage(medplum, event, msg, ctx) {
         if (err instanceof LeaseLost) {
           throw err;
         }
-        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
       await checkpoint(ctx, summary, i + 1, 0);
     }
@@ -863,9 +1000,9 @@ async function processMessage(medplum, event, msg, ctx) {
       await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.bulk-patient-create') {
-    await bulkPatientCreate(medplum, msg, summary, ctx, resume);
+    await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, resume);
   } else if (REALTIME_TYPES.includes(type)) {
-    await importNotification(medplum, msg, summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
+    await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
   } else {
     bump(summary.recorded, 'unknown-type');
     log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
@@ -1075,7 +1212,8 @@ async function resumeFrom(medplum, items, order, done) {
   for (const [type, list] of byType) {
     for (let j = 0; j < list.length; j += LOOKUP_CHUNK) {
       const part = list.slice(j, j + LOOKUP_CHUNK);
-      const found = await medplum.searchResources(/** @type {any} */ (type), {
+      /** @type { { id?: string, identifier?: Identifier | Identifier[] }[] } */
+      const found = await medplum.searchResources(/** @type {ResourceType} */ (type), {
         identifier: part.map((item) => CONFIG.resourceIdentifierSystem + '|' + item.mid).join(','),
         _count: String(part.length * 2),
       });
@@ -2555,6 +2693,31 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
 // an optional one (an extra address, a phone, an email) is dropped with a warning naming it.
 // ---------------------------------------------------------------------------
 
+/**
+ * What medport sends Metriport (@metriport/api-sdk medical/models/demographics.ts and common/address.ts: the
+ * fields medport fills; Metriport's own types allow more).
+ * @typedef {object} MetriportAddress
+ * @property {string} addressLine1
+ * @property {string} [addressLine2]
+ * @property {string} city
+ * @property {string} state a USState or USTerritory code
+ * @property {string} zip 5 digits
+ * @property {'USA'} country
+ *
+ * @typedef { { phone?: string, email?: string } } MetriportContact
+ *
+ * @typedef {object} MetriportDemographics demographicsSchema: the match body
+ * @property {string} firstName
+ * @property {string} lastName
+ * @property {string} dob YYYY-MM-DD
+ * @property {'F' | 'M' | 'O' | 'U'} genderAtBirth
+ * @property {MetriportAddress[]} address
+ * @property {MetriportContact[]} [contact]
+ *
+ * @typedef {MetriportDemographics & { externalId: string }} MetriportPatientBody patientCreateSchema: the create
+ *   and update body (externalId = the Medplum Patient id)
+ */
+
 /** @type {Record<string, string>} USState (50 states + DC) and USTerritory (AS, GU, PR, VI — not MP), by name */
 const US_STATE_NAMES = {
   AL: 'Alabama', AK: 'Alaska', AZ: 'Arizona', AR: 'Arkansas', CA: 'California', CO: 'Colorado', CT: 'Connecticut',
@@ -2571,7 +2734,7 @@ const KNOWN_INVALID_ZIPS = [
   '00000', '99999', '10000', '20000', '30000', '40000', '50000', '60000', '70000', '80000', '90000',
   '12345', '54321',
 ];
-/** @type {Record<string, string>} */
+/** @type {Record<string, 'F' | 'M' | 'O' | 'U'>} */
 const GENDERS = { male: 'M', female: 'F', other: 'O', unknown: 'U' };
 const US_COUNTRIES = ['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'];
 
@@ -2705,7 +2868,7 @@ function addressCandidates(patient) {
  * One FHIR Address as Metriport's address (addressSchema), or the problems that would make Metriport refuse it.
  * @param {import('@medplum/fhirtypes').Address} address
  * @param {string} where e.g. "address" or "address[1]"
- * @returns { { address?: Record<string, string>, problems: string[] } }
+ * @returns { { address?: MetriportAddress, problems: string[] } }
  */
 function metriportAddress(address, where) {
   /** @type {string[]} */
@@ -2743,7 +2906,7 @@ function metriportAddress(address, where) {
   if (problems.length) {
     return { problems };
   }
-  /** @type {Record<string, string>} */
+  /** @type {MetriportAddress} */
   const out = { addressLine1: lines[0], city, state: /** @type {string} */ (state), zip, country: 'USA' };
   if (lines.length > 1) {
     out.addressLine2 = lines.slice(1).join(', ');
@@ -2755,7 +2918,7 @@ function metriportAddress(address, where) {
  * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
  * with a required field; `warnings` name the optional data left out (field names only, never values).
  * @param {Patient} patient
- * @returns { { demographics?: Record<string, any>, problems: string[], warnings: string[] } }
+ * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
  */
 function buildDemographics(patient) {
   /** @type {string[]} */
@@ -2797,7 +2960,7 @@ function buildDemographics(patient) {
     problems.push('gender: not male/female/other/unknown');
   }
 
-  /** @type {Record<string, string> | undefined} */
+  /** @type {MetriportAddress | undefined} */
   let address;
   const candidates = addressCandidates(patient);
   if (!candidates.length) {
@@ -2848,16 +3011,17 @@ function buildDemographics(patient) {
   if (problems.length) {
     return { problems, warnings };
   }
-  /** @type {Record<string, any>} */
+  // no problem: every required field is there
+  /** @type {MetriportDemographics} */
   const demographics = {
     firstName,
     lastName,
     dob,
-    genderAtBirth,
-    address: [address],
+    genderAtBirth: /** @type {'F' | 'M' | 'O' | 'U'} */ (genderAtBirth),
+    address: [/** @type {MetriportAddress} */ (address)],
   };
   if (phone || email) {
-    /** @type {Record<string, string>} */
+    /** @type {MetriportContact} */
     const contact = {};
     if (phone) {
       contact.phone = phone;
@@ -2877,7 +3041,7 @@ function buildDemographics(patient) {
  * sha256 of its canonical JSON. The patient bot, the webhook bot (bulk patient create results) and
  * `medport enroll` all use this one function, so a link written by any of them looks the same to the others.
  * @param {Patient} patient
- * @returns { { demographics?: Record<string, any>, patientBody?: Record<string, any>, fingerprint?: string,
+ * @returns { { demographics?: MetriportDemographics, patientBody?: MetriportPatientBody, fingerprint?: string,
  *   problems: string[], warnings: string[] } }
  */
 function demographicsFor(patient) {
@@ -2953,12 +3117,12 @@ async function writeLink(medplum, patientId, link) {
     if (link.queryFailed) {
       extensions.push({ url: CONFIG.queryFailedExtensionUrl, valueString: link.queryFailed });
     }
-    /** @type {any[]} */
+    /** @type {import('@medplum/core').PatchOperation[]} */
     const ops = [];
     if (latest.meta && latest.meta.versionId) {
       ops.push({ op: 'test', path: '/meta/versionId', value: latest.meta.versionId });
     }
-    for (const [path, value, had] of /** @type {[string, any[], boolean][]} */ ([
+    for (const [path, value, had] of /** @type {[string, unknown[], boolean][]} */ ([
       ['/identifier', identifiers, !!latest.identifier],
       ['/extension', extensions, !!latest.extension],
     ])) {
@@ -3073,7 +3237,7 @@ const MAX_NOTES = 50;
  * @param {string} text
  */
 function note(summary, type, id, text) {
-  const s = /** @type {any} */ (summary);
+  const s = summary;
   s.notes = s.notes || [];
   if (s.notes.length < MAX_NOTES) {
     s.notes.push({ type, id, text });
@@ -3095,9 +3259,9 @@ function awaitingLink(summary) {
 /**
  * One patient of a medical.document-download or medical.document-bulk-download-urls message.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
- * @param {any} p
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p
  * @param {Summary} summary
  */
 async function storeDocuments(medplum, event, msg, p, summary) {
@@ -3121,32 +3285,32 @@ async function storeDocuments(medplum, event, msg, p, summary) {
       if (err instanceof LeaseLost) {
         throw err;
       }
-      summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+      summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
     }
   }
 }
 
 /**
- * @param {any} type a CodeableConceptDTO ({coding?: [{system?, code?, display?}], text?})
- * @returns {any} a FHIR CodeableConcept, or undefined when empty
+ * @param {MetriportDocument['type']} type a CodeableConceptDTO ({coding?: [{system?, code?, display?}], text?})
+ * @returns {CodeableConcept | undefined} a FHIR CodeableConcept, or undefined when empty
  */
 function codeableConcept(type) {
   if (!type || typeof type !== 'object') {
     return undefined;
   }
   const coding = (Array.isArray(type.coding) ? type.coding : [])
-    .map((/** @type {any} */ c) => {
-      /** @type {Record<string, string>} */
+    .map((c) => {
+      /** @type {import('@medplum/fhirtypes').Coding} */
       const out = {};
-      for (const k of ['system', 'code', 'display']) {
+      for (const k of /** @type {const} */ (['system', 'code', 'display'])) {
         if (c && typeof c[k] === 'string' && c[k]) {
-          out[k] = c[k];
+          out[k] = /** @type {string} */ (c[k]);
         }
       }
       return out;
     })
-    .filter((/** @type {any} */ c) => Object.keys(c).length);
-  /** @type {any} */
+    .filter((c) => Object.keys(c).length);
+  /** @type {CodeableConcept} */
   const cc = {};
   if (coding.length) {
     cc.coding = coding;
@@ -3163,8 +3327,8 @@ function codeableConcept(type) {
  * with the same size is left alone (replays change nothing, and download nothing); one over
  * documents.max_bytes is skipped with the reason; one stored for another Patient is never moved.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} doc a DocumentReferenceDTO (+ url for bulk download URLs)
+ * @param {BotEvent} event
+ * @param {MetriportDocument} doc a DocumentReferenceDTO (+ url for bulk download URLs)
  * @param {string} subjectId
  * @param {Summary} summary
  */
@@ -3203,12 +3367,12 @@ async function storeDocument(medplum, event, doc, subjectId, summary) {
     }
   }
   const contentType = typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream';
-  /** @type {any} */
+  /** @type {Attachment} */
   const attachment = { contentType };
   if (D.content === 'binary') {
     const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
     if (!res.ok) {
-      /** @type {any} */
+      /** @type {Error & { status?: number }} */
       const err = new Error('download of document ' + id + ' answered ' + res.status +
         (res.status === 403 ? ' (the presigned URL expired: bulk download URLs last 10 minutes — request them again with `medport document-urls`)' : ''));
       err.status = res.status;
@@ -3240,11 +3404,12 @@ async function storeDocument(medplum, event, doc, subjectId, summary) {
   if (indexed) {
     attachment.creation = indexed;
   }
-  /** @type {any} */
+  /** @type {DocumentReference} */
   const docRef = {
     resourceType: 'DocumentReference',
     identifier: [{ system: D.identifierSystem, value: id }],
-    status: ['current', 'superseded', 'entered-in-error'].includes(doc.status) ? doc.status : 'current',
+    status: /** @type {DocumentReference['status']} */ (
+      /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
     subject: { reference: subjectRef },
     content: [{ attachment }],
   };
@@ -3276,10 +3441,10 @@ function skipDocument(summary, id, size) {
 
 /**
  * Ask Metriport for a patient's bulk download URLs (they arrive as medical.document-bulk-download-urls).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} metriportPatientId
  * @param {string} medplumPatientId
- * @returns {Promise<any>}
+ * @returns {Promise<JsonBody>}
  */
 async function startBulkDownloadUrls(event, metriportPatientId, medplumPatientId) {
   const res = await metriport(event, 'POST', '/medical/v1/document/download-url/bulk', { patientId: metriportPatientId },
@@ -3290,7 +3455,7 @@ async function startBulkDownloadUrls(event, metriportPatientId, medplumPatientId
 // --- bulk patient create -------------------------------------------------------
 
 /** Task.status of the request's Task per Metriport status, and how far along each is. */
-const BULK_TASK_STATUS = /** @type {Record<string, string>} */ ({
+const BULK_TASK_STATUS = /** @type {Record<string, Task['status']>} */ ({
   waiting: 'requested', processing: 'in-progress', completed: 'completed', failed: 'failed', expired: 'cancelled',
 });
 const BULK_RANK = /** @type {Record<string, number>} */ ({ waiting: 0, processing: 1, completed: 2, failed: 2, expired: 2 });
@@ -3300,7 +3465,7 @@ const BULK_RANK = /** @type {Record<string, number>} */ ({ waiting: 0, processin
  * starts the request, the bot when it did not).
  * @param {MedplumClient} medplum
  * @param {string} requestId
- * @returns {Promise<any>}
+ * @returns {Promise<StoredTask>}
  */
 async function bulkRequestTask(medplum, requestId) {
   const B = CONFIG.bulk;
@@ -3317,12 +3482,12 @@ async function bulkRequestTask(medplum, requestId) {
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @param {string} text
- * @returns {any}
+ * @returns {boolean | string | number | undefined} the input's value
  */
 function taskInput(task, text) {
-  const i = (task.input || []).find((/** @type {any} */ x) => x && x.type && x.type.text === text);
+  const i = (task.input || []).find((x) => x && x.type && x.type.text === text);
   return i ? (i.valueBoolean !== undefined ? i.valueBoolean : i.valueString !== undefined ? i.valueString : i.valueInteger) : undefined;
 }
 
@@ -3331,7 +3496,8 @@ function taskInput(task, text) {
  * `processing` message handled after `completed` changes nothing).
  * @param {MedplumClient} medplum
  * @param {string} taskId
- * @param {(cur: any) => any} build
+ * @param {(cur: StoredTask) => Task | undefined} build the new version (undefined: leave it)
+ * @returns {Promise<StoredTask>}
  */
 async function updateRequestTask(medplum, taskId, build) {
   for (let i = 1; ; i++) {
@@ -3354,13 +3520,13 @@ async function updateRequestTask(medplum, taskId, build) {
  * medical.bulk-patient-create: every status (waiting, processing, completed, failed, expired) moves the
  * request's Task; `completed` brings the result.
  * @param {MedplumClient} medplum
- * @param {any} msg
+ * @param {BulkPatientCreateMessage} msg
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {Checkpoint | undefined} resume
  */
 async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
-  const b = msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {};
+  const b = /** @type {Partial<BulkPatientCreateStatus>} */ (msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {});
   const status = String(b.status || 'unknown');
   const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
   bump(summary.recorded, 'bulk-patient-create-' + status);
@@ -3369,7 +3535,7 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
     return;
   }
   const task = await bulkRequestTask(medplum, requestId);
-  /** @type {any} */
+  /** @type { { output: TaskOutput[], counts: Record<string, number> } | undefined } */
   let outcome;
   if (status === 'completed') {
     outcome = await bulkResult(medplum, task, String(b.result || ''), requestId, summary, ctx, resume);
@@ -3385,7 +3551,7 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
     if (!forward) {
       return undefined;
     }
-    /** @type {any} */
+    /** @type {Task} */
     const next = { ...cur, status: known, businessStatus: { text: status }, lastModified: new Date().toISOString() };
     if (typeof b.reason === 'string' && b.reason) {
       next.statusReason = { text: b.reason };
@@ -3407,13 +3573,13 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
  * A completed bulk create: the result CSV (from its URL, valid 180 s, or the Binary an earlier run kept), then
  * each row linked or recorded.
  * @param {MedplumClient} medplum
- * @param {any} task the request's Task
+ * @param {Task} task the request's Task
  * @param {string} url
  * @param {string} requestId
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {Checkpoint | undefined} resume
- * @returns {Promise<{ output: any[], counts: Record<string, number> } | undefined>}
+ * @returns {Promise<{ output: TaskOutput[], counts: Record<string, number> } | undefined>}
  */
 async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
   const got = await keepBulkResult(medplum, task, url, requestId);
@@ -3477,15 +3643,16 @@ async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
  * by the webhook call itself (before it answers — the URL lasts 180 s, a backlog of stored messages can outlast
  * that), else by the message's processing; later runs and replays read the Binary.
  * @param {MedplumClient} medplum
- * @param {any} task the request's Task
+ * @param {Task} task the request's Task
  * @param {string} url
  * @param {string} requestId
- * @returns {Promise<{ text?: string, attachment?: any, failure?: { status: string, text: string } }>}
+ * @returns {Promise<{ text?: string, attachment?: Attachment, failure?: { status: string, text: string } }>}
  */
 async function keepBulkResult(medplum, task, url, requestId) {
-  const kept = (task.output || []).find((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+  const kept = (task.output || []).find((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
   if (kept) {
-    return { text: await readBinaryText(medplum, String(kept.valueAttachment.url)), attachment: kept.valueAttachment };
+    const att = /** @type {Attachment} */ (kept.valueAttachment); // found by it
+    return { text: await readBinaryText(medplum, String(att.url)), attachment: att };
   }
   if (!url) {
     return { failure: { status: 'no-result', text: 'a completed bulk patient create without a result URL' } };
@@ -3506,7 +3673,7 @@ async function keepBulkResult(medplum, task, url, requestId) {
   const binary = await medplum.createBinary({ data: bytes, contentType: 'text/csv' });
   const attachment = { contentType: 'text/csv', url: 'Binary/' + binary.id, size: bytes.length, title: 'metriport-bulk-result-' + requestId + '.csv' };
   await updateRequestTask(medplum, String(task.id), (cur) => {
-    const has = (cur.output || []).some((/** @type {any} */ o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+    const has = (cur.output || []).some((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
     return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
   });
   return { text: new TextDecoder().decode(bytes), attachment };
@@ -3516,10 +3683,10 @@ async function keepBulkResult(medplum, task, url, requestId) {
  * In the webhook call, right after the message is stored: keep a completed bulk create's result CSV before its
  * URL expires. Best effort — its processing fetches it otherwise.
  * @param {MedplumClient} medplum
- * @param {any} msg
+ * @param {Message} msg
  */
 async function keepBulkResultNow(medplum, msg) {
-  const b = msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {};
+  const b = /** @type {Partial<BulkPatientCreateStatus>} */ (msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {});
   const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
   if (b.status !== 'completed' || !b.result || !requestId) {
     return;
@@ -3544,6 +3711,7 @@ async function readBinaryText(medplum, url) {
   const blob = await medplum.download(url);
   const text = await blob.text();
   try {
+    /** @type {JsonBody} */
     const parsed = JSON.parse(text);
     if (parsed && parsed.resourceType === 'Binary' && typeof parsed.data === 'string') {
       return new TextDecoder().decode(base64Bytes(parsed.data));
@@ -3660,10 +3828,10 @@ async function linkRows(medplum, rows, summary) {
   const P = CONFIG.patientIdentifierSystem;
   const ids = [...new Set(rows.map((r) => r.externalId))];
   const found = await medplum.searchResources('Patient', { _id: ids.join(','), _count: String(ids.length + 1) });
-  /** @type {Map<string, any>} */
+  /** @type {Map<string, Patient>} */
   const patients = new Map(found.map((p) => [String(p.id), p]));
   const holders = await holdersOf(medplum, rows.map((r) => r.metriportId));
-  /** @type { { patient: any, mid: string, fingerprint: string | undefined }[] } */
+  /** @type { { patient: Patient, mid: string, fingerprint: string | undefined }[] } */
   const writes = [];
   /** @type {Map<string, string>} Metriport id -> the row's Patient that takes it in this result */
   const claimed = new Map();
@@ -3703,22 +3871,23 @@ async function linkRows(medplum, rows, summary) {
     return;
   }
   // one batch of compare-and-set updates; an entry that lost a race is written again through writeLink (re-read)
+  /** @type {Bundle} */
   const bundle = {
     resourceType: 'Bundle',
     type: 'batch',
     entry: writes.map(({ patient, mid, fingerprint }) => {
-      const identifier = (patient.identifier || []).filter((/** @type {any} */ i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
+      const identifier = (patient.identifier || []).filter((i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
       const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
-      const extension = (patient.extension || []).filter((/** @type {any} */ e) => !(e && mine.includes(e.url)))
+      const extension = (patient.extension || []).filter((e) => !(e && mine.includes(e.url)))
         .concat(fingerprint ? [{ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint }] : []);
-      /** @type {any} */
+      /** @type {Patient} */
       const resource = { ...patient, identifier };
       if (extension.length) {
         resource.extension = extension;
       } else {
         delete resource.extension;
       }
-      /** @type {any} */
+      /** @type {import('@medplum/fhirtypes').BundleEntryRequest} */
       const request = { method: 'PUT', url: 'Patient/' + patient.id };
       if (patient.meta && patient.meta.versionId) {
         request.ifMatch = 'W/"' + patient.meta.versionId + '"';
@@ -3726,7 +3895,7 @@ async function linkRows(medplum, rows, summary) {
       return { request, resource };
     }),
   };
-  const response = await medplum.executeBatch(/** @type {any} */ (bundle));
+  const response = await medplum.executeBatch(bundle);
   /** @type {string[]} */
   const linked = [];
   for (let k = 0; k < writes.length; k++) {
@@ -3823,7 +3992,7 @@ async function requeueAwaiting(medplum, mids, summary) {
  * Rows Metriport refused, each a Task on its Patient (for/focus) with the reason, part of the request's Task:
  * one per request and row however often the message is processed (conditional create).
  * @param {MedplumClient} medplum
- * @param {any} task
+ * @param {Task} task
  * @param {string} requestId
  * @param { { row: number, externalId: string, reason: string }[] } rows
  * @param {Summary} summary
@@ -3833,12 +4002,13 @@ async function recordFailedRows(medplum, task, requestId, rows, summary) {
     return;
   }
   const B = CONFIG.bulk;
+  /** @type {Bundle} */
   const bundle = {
     resourceType: 'Bundle',
     type: 'batch',
     entry: rows.map((r) => {
       const value = requestId + ':' + (r.externalId || 'row-' + r.row);
-      /** @type {any} */
+      /** @type {Task} */
       const t = {
         resourceType: 'Task',
         status: 'requested',
@@ -3863,14 +4033,14 @@ async function recordFailedRows(medplum, task, requestId, rows, summary) {
       return { request: { method: 'POST', url: 'Task', ifNoneExist: 'identifier=' + encodeURIComponent(B.rowIdSystem + '|' + value) }, resource: t };
     }),
   };
-  const response = await medplum.executeBatch(/** @type {any} */ (bundle));
+  const response = await medplum.executeBatch(bundle);
   rows.forEach((r, k) => {
     const res = response && response.entry && response.entry[k] && response.entry[k].response;
     const code = res ? parseInt(String(res.status || ''), 10) : 0;
     if (code >= 200 && code < 300) {
       bump(summary.recorded, 'bulk-failed-rows');
     } else {
-      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(res.outcome) : 'no response' });
+      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(/** @type {OperationOutcome} */ (res.outcome)) : 'no response' });
     }
   });
 }
@@ -3882,16 +4052,16 @@ async function recordFailedRows(medplum, task, requestId, rows, summary) {
  * existing Patient. Each message's bundle is the stay's Encounter as Metriport merged it so far, so a message
  * older than the one that last wrote the Encounter (replayed late) imports nothing: the newer one carried all.
  * @param {MedplumClient} medplum
- * @param {any} msg
+ * @param {NotificationMessage} msg
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {number} resumeDone
  */
 async function importNotification(medplum, msg, summary, ctx, resumeDone) {
   const type = String(msg.meta && msg.meta.type);
-  const pl = msg.payload && typeof msg.payload === 'object' ? msg.payload : {};
+  const pl = /** @type {Partial<NotificationPayload>} */ (msg.payload && typeof msg.payload === 'object' ? msg.payload : {});
   bump(summary.recorded, type);
-  if (!CONFIG.realtime.types.includes(type)) {
+  if (!/** @type {string[]} */ (CONFIG.realtime.types).includes(type)) {
     bump(summary.skipped, type + '-not-imported');
     return;
   }
@@ -3903,22 +4073,23 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
     log('warn', 'notification not imported: ' + subject.reason, { metriportPatient: mid, type });
     return;
   }
-  /** @type {any} */
+  /** @type {Bundle | undefined} */
   let bundle;
   try {
     bundle = await download(String(pl.url || ''), false);
   } catch (err) {
-    const e = /** @type {any} */ (err);
+    const e = /** @type { { expired?: unknown } } */ (err);
     summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err).replace('consolidated bundle', type + ' bundle') +
       (e.expired ? ' — notification URLs last 600 s; the stay also arrives with the next consolidated data' : '') });
     return;
   }
-  const resources = (bundle && Array.isArray(bundle.entry) ? bundle.entry : []).map((/** @type {any} */ e) => e && e.resource).filter(Boolean);
-  const encounter = resources.find((/** @type {any} */ r) => r.resourceType === 'Encounter');
+  const resources = /** @type {Resource[]} */ ((bundle && Array.isArray(bundle.entry) ? bundle.entry : []).map((e) => e && e.resource).filter(Boolean));
+  const encounter = resources.find((r) => r.resourceType === 'Encounter');
   const when = String((msg.meta && msg.meta.when) || '');
   if (encounter && encounter.id) {
     const stored = (await medplum.searchResources('Encounter', { identifier: CONFIG.resourceIdentifierSystem + '|' + encounter.id, _count: '1' }))[0];
-    const mark = stored && (stored.extension || []).find((/** @type {any} */ e) => e && e.url === CONFIG.notificationExtensionUrl);
+    const mark = stored && (stored.extension || []).find((e) => e && e.url === CONFIG.notificationExtensionUrl);
+    /** @type {JsonBody} */
     let prev;
     try {
       prev = mark && mark.valueString ? JSON.parse(mark.valueString) : undefined;
@@ -3930,7 +4101,7 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
       note(summary, 'Encounter', String(encounter.id), type + ' of ' + when + ' is older than the ' + prev.type + ' of ' + prev.when + ' that wrote the Encounter: nothing imported');
       return;
     }
-    encounter.extension = (encounter.extension || []).filter((/** @type {any} */ e) => !(e && e.url === CONFIG.notificationExtensionUrl))
+    encounter.extension = (encounter.extension || []).filter((e) => !(e && e.url === CONFIG.notificationExtensionUrl))
       .concat([{ url: CONFIG.notificationExtensionUrl, valueString: JSON.stringify({ when, type }) }]);
   }
   await importResources(medplum, resources, subject.id, mid, summary, ctx, resumeDone);
@@ -3964,7 +4135,7 @@ class LeaseLost extends Error {
 }
 
 /**
- * @param {any} task
+ * @param {Task | undefined} task
  * @returns {boolean}
  */
 function isMessageTask(task) {
@@ -3973,30 +4144,32 @@ function isMessageTask(task) {
     task.resourceType === 'Task' &&
     task.code &&
     (task.code.coding || []).some(
-      (/** @type {any} */ c) => c && c.system === MT.system && c.code === MT.code
+      (c) => c && c.system === MT.system && c.code === MT.code
     )
   );
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @param {string} url
- * @returns {any} the extension with that url
+ * @returns {Extension | undefined} the extension with that url
  */
 function ext(task, url) {
-  return (task.extension || []).find((/** @type {any} */ e) => e && e.url === url);
+  return (task.extension || []).find((e) => e && e.url === url);
 }
 
 /**
  * A copy of the Task with the extension `url` set to `value` (e.g. {valueInteger: 2}), or removed.
- * @param {any} task
+ * @template {Task} T
+ * @param {T} task
  * @param {string} url
- * @param {Record<string, any> | undefined} value
- * @returns {any}
+ * @param {Omit<Extension, 'url'> | undefined} value
+ * @returns {T}
  */
 function withExt(task, url, value) {
-  const others = (task.extension || []).filter((/** @type {any} */ e) => !(e && e.url === url));
+  const others = (task.extension || []).filter((e) => !(e && e.url === url));
   const extension = value ? others.concat([{ url, ...value }]) : others;
+  /** @type {T} */
   const out = { ...task, extension };
   if (!extension.length) {
     delete out.extension;
@@ -4005,16 +4178,16 @@ function withExt(task, url, value) {
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @returns {number}
  */
 function attemptsOf(task) {
   const e = ext(task, MT.attemptsUrl);
-  return e && Number.isInteger(e.valueInteger) ? e.valueInteger : 0;
+  return e && Number.isInteger(e.valueInteger) ? /** @type {number} */ (e.valueInteger) : 0;
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @param {number} now
  * @returns {boolean} in progress, and its lease ran out: the run holding it was cut off
  */
@@ -4023,19 +4196,20 @@ function leaseExpired(task, now) {
     return false;
   }
   const e = ext(task, MT.leaseUrl);
-  const until = e ? Date.parse(e.valueDateTime) : NaN;
+  const until = e ? Date.parse(/** @type {string} */ (e.valueDateTime)) : NaN; // none: NaN, expired
   return !(until > now);
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @returns {Checkpoint | undefined}
  */
 function progressOf(task) {
   const e = ext(task, MT.progressUrl);
   try {
-    const cp = e ? JSON.parse(e.valueString) : undefined;
-    return cp && Number.isInteger(cp.patient) && Number.isInteger(cp.done) ? cp : undefined;
+    /** @type {JsonBody} */
+    const cp = e ? JSON.parse(/** @type {string} */ (e.valueString)) : undefined; // none: throws, no checkpoint
+    return cp && Number.isInteger(cp.patient) && Number.isInteger(cp.done) ? /** @type {Checkpoint} */ (cp) : undefined;
   } catch (_err) {
     return undefined;
   }
@@ -4047,14 +4221,14 @@ function progressOf(task) {
  * @returns {string | undefined}
  */
 function outcomeId(err) {
-  const e = /** @type {any} */ (err);
+  const e = /** @type { { outcome?: { id?: unknown } } | null | undefined } */ (err);
   return e && e.outcome && typeof e.outcome.id === 'string' ? e.outcome.id : undefined;
 }
 
 /**
  * @param {MedplumClient} medplum
  * @param {string} id
- * @returns {Promise<any>} the Task as stored now (never a cached copy)
+ * @returns {Promise<StoredTask>} the Task as stored now (never a cached copy)
  */
 function readTask(medplum, id) {
   return medplum.readResource('Task', id, { cache: 'no-cache' });
@@ -4064,8 +4238,8 @@ function readTask(medplum, id) {
  * Write a new version of the Task only if it is still the version it was built from (If-Match):
  * a compare-and-set. Throws (412 precondition-failed) when someone wrote it meanwhile.
  * @param {MedplumClient} medplum
- * @param {any} task built from the version whose meta.versionId it carries
- * @returns {Promise<any>}
+ * @param {Task} task built from the version whose meta.versionId it carries
+ * @returns {Promise<StoredTask>}
  */
 function casUpdate(medplum, task) {
   const vid = task.meta && task.meta.versionId;
@@ -4076,7 +4250,7 @@ function casUpdate(medplum, task) {
  * The stored Tasks for a message id, oldest first.
  * @param {MedplumClient} medplum
  * @param {string} messageId
- * @returns {Promise<any[]>}
+ * @returns {Promise<StoredTask[]>}
  */
 async function findMessageTasks(medplum, messageId) {
   const found = await medplum.searchResources('Task', { identifier: MT.identifierSystem + '|' + messageId, _count: '10' });
@@ -4092,9 +4266,9 @@ async function findMessageTasks(medplum, messageId) {
  * conflicts too, gets 409, and then reads the Task the winner stored. A Task stored before already is
  * resumed when its processing was cut off, re-queued when it failed, and left alone otherwise.
  * @param {MedplumClient} medplum
- * @param {any} msg
+ * @param {Message} msg
  * @param {string} raw
- * @returns {Promise<Task>}
+ * @returns {Promise<StoredTask>}
  */
 async function persistMessage(medplum, msg, raw) {
   const messageId = String((msg.meta && msg.meta.messageId) || 'sha256-' + sha256Hex(raw));
@@ -4108,12 +4282,11 @@ async function persistMessage(medplum, msg, raw) {
       text: 'Metriport webhook message',
     },
     identifier: [{ system: MT.identifierSystem, value: messageId }],
-    authoredOn: new Date().toISOString(),
-    description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
     authoredOn: new Date().toISOString(), // arrival
+    description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
     input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
   };
-  /** @type {any} */
+  /** @type {StoredTask | undefined} */
   let saved;
   for (let attempt = 1; !saved; attempt++) {
     try {
@@ -4144,9 +4317,9 @@ async function persistMessage(medplum, msg, raw) {
  * A message delivered again: resume it when its processing was cut off, re-queue it when it failed
  * (attempts start over: a redelivery is a new chance), nudge it when it waited long for a run.
  * @param {MedplumClient} medplum
- * @param {any} saved
+ * @param {StoredTask} saved
  * @param {string} messageId
- * @returns {Promise<any>}
+ * @returns {Promise<StoredTask>}
  */
 async function reviveStoredMessage(medplum, saved, messageId) {
   const now = Date.now();
@@ -4175,12 +4348,12 @@ async function reviveStoredMessage(medplum, saved, messageId) {
 /**
  * Put a stored message back in the queue (status requested: the Task subscription runs it again).
  * @param {MedplumClient} medplum
- * @param {any} task
+ * @param {Task} task
  * @param {boolean} fresh attempts start over and the old outcome goes (a failed message given a new chance)
- * @returns {Promise<any>}
+ * @returns {Promise<StoredTask>}
  */
 function requeue(medplum, task, fresh) {
-  let next = withExt({ ...task, status: 'requested', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  let next = withExt(/** @type {Task} */ ({ ...task, status: 'requested', lastModified: new Date().toISOString() }), MT.leaseUrl, undefined);
   if (fresh) {
     next = withExt(next, MT.attemptsUrl, undefined);
     delete next.statusReason;
@@ -4193,8 +4366,8 @@ function requeue(medplum, task, fresh) {
  * A new version of a requested Task, so that the Task subscription fires again (its delivery was lost,
  * e.g. the server restarted before it ran).
  * @param {MedplumClient} medplum
- * @param {any} task
- * @returns {Promise<any>}
+ * @param {Task} task
+ * @returns {Promise<StoredTask>}
  */
 function nudge(medplum, task) {
   return casUpdate(medplum, { ...task, lastModified: new Date().toISOString() });
@@ -4255,7 +4428,7 @@ async function sweep(medplum, exclude) {
 class Lease {
   /**
    * @param {MedplumClient} medplum
-   * @param {any} task the Task as this run claimed it
+   * @param {Task} task the Task as this run claimed it
    */
   constructor(medplum, task) {
     this.medplum = medplum;
@@ -4267,7 +4440,7 @@ class Lease {
   }
 
   /**
-   * @param {any} cur the Task as stored now
+   * @param {Task} cur the Task as stored now
    */
   verify(cur) {
     if (cur.status !== 'in-progress' || attemptsOf(cur) !== this.attempt) {
@@ -4302,8 +4475,8 @@ class Lease {
 
   /**
    * Write `build(current Task)` while this run holds the lease (compare-and-set, re-read on a race).
-   * @param {(cur: any) => any} build
-   * @returns {Promise<any>}
+   * @param {(cur: StoredTask) => Task} build
+   * @returns {Promise<StoredTask>}
    */
   async write(build) {
     for (let i = 1; ; i++) {
@@ -4323,14 +4496,14 @@ class Lease {
 /**
  * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
  * number of failures and the first 20); the summary kept as its output either way; the lease released.
- * @param {any} task the Task as stored now
+ * @param {Task} task the Task as stored now
  * @param {Summary} summary
  * @param {string | undefined} fatal
- * @returns {any} the Task to store
+ * @returns {Task} the Task to store
  */
 function taskOutcome(task, summary, fatal) {
   const failed = !!fatal || summary.failures.length > 0;
-  let done = withExt({ ...task, status: failed ? 'failed' : 'completed', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  let done = withExt(/** @type {Task} */ ({ ...task, status: failed ? 'failed' : 'completed', lastModified: new Date().toISOString() }), MT.leaseUrl, undefined);
   if (!failed) {
     done = withExt(done, MT.progressUrl, undefined);
   }
@@ -4341,7 +4514,7 @@ function taskOutcome(task, summary, fatal) {
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
   // failed because no Patient held its Metriport id yet: findable by that id (a bulk create's link re-queues it)
   const waiting = failed ? awaitingLink(summary) : [];
-  done.identifier = (task.identifier || []).filter((/** @type {any} */ i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))
+  done.identifier = (task.identifier || []).filter((i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))
     .concat(waiting.map((value) => ({ system: CONFIG.bulk.awaitingLinkSystem, value })));
   if (failed) {
     done.statusReason = {
@@ -4360,11 +4533,12 @@ function taskOutcome(task, summary, fatal) {
  * Process a stored message Task (Subscription on requested message Tasks): claim it (compare-and-set:
  * one run wins), process it from its checkpoint, write the outcome — unless another run took it over.
  * @param {MedplumClient} medplum
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} taskId
+ * @returns {Promise<Record<string, unknown>>}
  */
 async function processTask(medplum, event, taskId) {
-  /** @type {any} */
+  /** @type {StoredTask} */
   let task;
   try {
     task = await readTask(medplum, taskId);
@@ -4387,7 +4561,7 @@ async function processTask(medplum, event, taskId) {
       PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
       '). The message is kept: `medport replay --failed` runs it again.';
     try {
-      await casUpdate(medplum, withExt({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }, MT.leaseUrl, undefined));
+      await casUpdate(medplum, withExt(/** @type {Task} */ ({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }), MT.leaseUrl, undefined));
     } catch (err) {
       return { status: 'ignored', reason: 'task-taken' };
     }
@@ -4395,7 +4569,7 @@ async function processTask(medplum, event, taskId) {
     return { status: 'failed', task: 'Task/' + taskId, reason: 'max-attempts' };
   }
   try {
-    let claim = withExt({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }, MT.attemptsUrl, { valueInteger: attempt });
+    let claim = withExt(/** @type {Task} */ ({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }), MT.attemptsUrl, { valueInteger: attempt });
     claim = withExt(claim, MT.leaseUrl, { valueDateTime: new Date(Date.now() + LEASE_MS).toISOString() });
     task = await casUpdate(medplum, claim);
   } catch (err) {
@@ -4405,13 +4579,14 @@ async function processTask(medplum, event, taskId) {
   const lease = new Lease(medplum, task);
   /** @type {Ctx} */
   const ctx = { lease, resume: lease.checkpoint, patient: 0, failuresAtStart: 0, frozen: false };
-  const input = (task.input || []).find((/** @type {any} */ i) => typeof i.valueString === 'string');
+  const input = (task.input || []).find((i) => typeof i.valueString === 'string');
   /** @type {Summary} */
   let summary;
   /** @type {string | undefined} */
   let fatal;
   try {
-    const msg = JSON.parse(input ? input.valueString : '');
+    /** @type {Message} */
+    const msg = JSON.parse(input ? /** @type {string} */ (input.valueString) : ''); // stored by persistMessage: a signed message
     summary = await processMessage(medplum, event, msg, ctx);
   } catch (err) {
     if (err instanceof LeaseLost) {
@@ -4421,7 +4596,7 @@ async function processTask(medplum, event, taskId) {
     summary = newSummary(undefined);
     fatal = errorText(err);
   }
-  /** @type {any} */
+  /** @type {StoredTask} */
   let done;
   try {
     done = await lease.write((cur) => taskOutcome(cur, summary, fatal));
@@ -4457,11 +4632,10 @@ async function processTask(medplum, event, taskId) {
 /**
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
- * @returns {Promise<any>}
+ * @returns {Promise<Record<string, unknown>>}
  */
 exports.handler = async (medplum, event) => {
-  /** @type {any} */
-  const input = event.input;
+  const input = /** @type {WebhookBotInput} */ (event.input);
   if (input && typeof input === 'object' && input.resourceType === 'Task') {
     // Triggered by the Subscription: never trust the body, re-read the Task.
     return processTask(medplum, event, String(input.id || ''));
@@ -4475,7 +4649,7 @@ exports.handler = async (medplum, event) => {
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
 
-  /** @type {any} */
+  /** @type {WebhookBotInput} */
   let msg;
   try {
     msg = typeof input === 'string' ? JSON.parse(input) : input;
