@@ -421,7 +421,7 @@ function errorText(err) {
 }
 
 /**
- * @param {OperationOutcome | undefined} outcome
+ * @param {Pick<OperationOutcome, 'issue'> | undefined} outcome an OperationOutcome (a batch entry's is typed Resource)
  * @returns {string}
  */
 function outcomeText(outcome) {

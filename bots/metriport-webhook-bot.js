@@ -68,7 +68,8 @@
  * @property {string} messageId
  * @property {string} [requestId]
  * @property {string} when
- * @property {unknown} [data] the `metadata` the request was made with (medport's: { medplumPatientId })
+ * @property {JsonObject | null} [data] the `metadata` the request was made with, echoed (Metriport declares it
+ *   unknown; medport sends an object of strings: { medplumPatientId, medportRequery })
  * @property {string} type
  *
  * @typedef {object} MetriportDocument DocumentReferenceDTO (+ url in medical.document-bulk-download-urls)
@@ -764,7 +765,7 @@ function errorText(err) {
 }
 
 /**
- * @param {OperationOutcome | undefined} outcome
+ * @param {Pick<OperationOutcome, 'issue'> | undefined} outcome an OperationOutcome (a batch entry's is typed Resource)
  * @returns {string}
  */
 function outcomeText(outcome) {
@@ -1106,9 +1107,9 @@ const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-
  * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
  * searchset fetched and imported; every problem recorded in the summary.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p one element of msg.patients
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {number} resumeDone items of this patient an earlier run stored (its checkpoint)
@@ -1248,9 +1249,9 @@ async function resumeFrom(medplum, items, order, done) {
  * The patient's consolidated resources. A download URL that expired before the message was processed
  * is recovered once: a new consolidated query brings a fresh one (the count travels in the query's
  * metadata, which Metriport echoes in meta.data).
- * @param {any} event
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p one element of msg.patients
  * @param {string} subjectId existing Medplum Patient id
  * @param {Summary} summary
  * @returns {Promise<any[] | undefined>} undefined: nothing to import now (query re-requested, or failed)
@@ -1261,7 +1262,7 @@ async function fetchConsolidated(event, msg, p, subjectId, summary) {
     return await consolidatedResources(p.bundle);
   } catch (err) {
     const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
-    if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
+    if (/** @type { { expired?: boolean } } */ (err).expired && requeries < MAX_REQUERIES) {
       try {
         await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
         bump(summary.recorded, 'consolidated-requeried-after-expired-url');
@@ -1272,7 +1273,7 @@ async function fetchConsolidated(event, msg, p, subjectId, summary) {
       return undefined;
     }
     summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
-      (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
+      (/** @type { { expired?: boolean } } */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
     return undefined;
   }
 }
@@ -1546,7 +1547,7 @@ function resolveReference(obj, item, plan, containedIds, summary) {
 
 /**
  * Drop a reference to something we cannot point at; keep the display.
- * @param {any} obj the Reference
+ * @param {import('@medplum/fhirtypes').Reference} obj the Reference
  * @param {Summary | undefined} summary
  * @param {boolean} [skippedType]
  */
@@ -1564,7 +1565,7 @@ function dropReference(obj, summary, skippedType) {
 /**
  * The identifier the conditional PUT keys on (<resourceIdentifierSystem>|<mid>), replacing any
  * earlier one of that system; a single Identifier where the type's element is not a list.
- * @param {any} r
+ * @param { { identifier?: Identifier | Identifier[] } } r
  * @param {string} type
  * @param {string} mid
  */
@@ -1574,7 +1575,7 @@ function setUpsertIdentifier(r, type, mid) {
     r.identifier = ident;
   } else {
     const others = Array.isArray(r.identifier)
-      ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
+      ? r.identifier.filter((i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
       : [];
     r.identifier = others.concat([ident]);
   }
@@ -1723,7 +1724,7 @@ function isPrimitiveType(type) {
  * source lacks (also inside backbone elements and data types, also choice elements) are marked absent with
  * data-absent-reason "unknown", and the invariants known in converted data are repaired — or, where no
  * safe repair exists, the resource is skipped with the reason.
- * @param {any} r
+ * @param {JsonObject} r
  * @param {string} type
  * @param {Summary} summary
  * @returns {string | undefined} why the resource must be skipped
@@ -1744,7 +1745,7 @@ function conformResource(r, type, summary) {
 /**
  * Every element of one object (a resource, a data type value or a backbone element), then its required
  * elements.
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {string} type
  * @param {ConformCtx} ctx
  */
@@ -1815,7 +1816,7 @@ function conformElement(obj, key, rule, type, ctx) {
   // its extension unless the extension has content (then the value becomes null, as FHIR JSON allows).
   const partner = isPrimitiveType(type) && Array.isArray(obj['_' + key]) ? obj['_' + key] : undefined;
   const values = [];
-  /** @type {any[]} */
+  /** @type {unknown[]} */
   const partners = [];
   for (let i = 0; i < list.length; i++) {
     const had = list[i] !== null && list[i] !== undefined;
@@ -1843,11 +1844,11 @@ function conformElement(obj, key, rule, type, ctx) {
 /**
  * Of several values where one is allowed: the first with the most content (a coded value over text only),
  * repaired; the others dropped.
- * @param {any[]} values
+ * @param {unknown[]} values
  * @param {string} type
  * @param {ElementRule} rule
  * @param {ConformCtx} ctx
- * @returns {any}
+ * @returns {unknown} the value kept, repaired (undefined: none)
  */
 function bestValue(values, type, rule, ctx) {
   const ranked = values.map((v, i) => ({ v, i, score: richness(v) })).filter((x) => x.score > 0);
@@ -1927,7 +1928,7 @@ function conformValue(v, type, rule, ctx) {
 
 /**
  * A primitive's extensions ("_status": {extension: [...]}, or a list of them for a list of values).
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {string} key
  * @param {ConformCtx} ctx
  */
@@ -1956,7 +1957,7 @@ function conformPrimitiveExtension(obj, key, ctx) {
 
 /**
  * Whether an element has a value (or, for a primitive, extensions); for a choice element, in any of its types.
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {ElementRule} rule
  * @returns {boolean}
  */
@@ -1966,7 +1967,8 @@ function hasElement(obj, rule) {
 }
 
 /**
- * @returns {any} a data-absent-reason "unknown" extension list holder
+ * @returns { { extension: Extension[], display?: string, text?: string } } a data-absent-reason "unknown"
+ *   extension list holder
  */
 function absentElement() {
   return { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
@@ -1977,7 +1979,7 @@ function absentElement() {
  * invented: a data type or backbone element carries the extension itself (its own required elements marked
  * absent in turn), a primitive in its "_name" element; for a choice element the first type that says
  * least: CodeableConcept, Reference, another data type, string, then the first.
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {ElementRule} rule
  * @param {ConformCtx} ctx
  */
@@ -2157,7 +2159,7 @@ function calendarDayOk(s) {
  * Medplum's reading of an invariant, repaired: 'fixed' (counted invariant-<key>-repaired), 'drop' (the value
  * goes; counted too), or, with no safe repair, the resource is skipped (ctx.skip names the invariant).
  * @param {string} key
- * @param {any} v the value the invariant constrains
+ * @param {JsonObject} v the value the invariant constrains
  * @param {ConformCtx} ctx
  * @param {boolean} [modifier] v is a modifierExtension (it changes the meaning of what holds it: never dropped)
  * @returns {string | undefined}
@@ -2185,7 +2187,7 @@ function hasCoding(concept, system, codes) {
 }
 
 /**
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {string} name
  * @returns {boolean} FHIRPath `name.exists()` (values are never empty here: empty ones were dropped)
  */
@@ -2194,7 +2196,7 @@ function exists(obj, name) {
 }
 
 /**
- * @param {any} obj
+ * @param {JsonObject} obj
  * @param {string} name a choice element without "[x]"
  * @returns {boolean} FHIRPath `name.exists()` for a choice element, in any of its types
  */
@@ -2210,7 +2212,7 @@ const CONDITION_CLINICAL = 'http://terminology.hl7.org/CodeSystem/condition-clin
 /**
  * The invariants the bot checks (generator/fhir_rules.py INVARIANTS holds the FHIRPath each one mirrors):
  * undefined when it holds, else 'fixed', 'drop' or 'skip'.
- * @type {Record<string, (v: any, modifier: boolean) => string | undefined>}
+ * @type {Record<string, (v: JsonObject, modifier: boolean) => string | undefined>}
  */
 const INVARIANT_REPAIRS = {
   // AllergyIntolerance: clinicalStatus required unless entered-in-error (marked absent), forbidden then (dropped).
@@ -2612,6 +2614,7 @@ function* levels(ordered) {
 async function sendDeferredReferences(medplum, pending, items, order, summary) {
   const fixups = pending.filter((item) => !item.failed && item.medplumId);
   for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
+    /** @type {BatchEntry[]} */
     const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
       item,
       entry: {
@@ -2630,7 +2633,7 @@ async function sendDeferredReferences(medplum, pending, items, order, summary) {
  * resolved to a new id before the other run stored it, 400 "Resource ID did not match resolved ID" — is
  * not a failure yet: it is returned to be sent again (unless `lastTry`).
  * @param {MedplumClient} medplum
- * @param { { item: Item, entry: any }[]} chunk
+ * @param { { item: Item, entry: BundleEntry }[]} chunk
  * @param {Summary} summary
  * @param {boolean} [fixup]
  * @param {boolean} [lastTry]
@@ -2642,9 +2645,9 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
   if (!chunk.length) {
     return again;
   }
-  /** @type {any} */
+  /** @type {Bundle} */
   const bundle = { resourceType: 'Bundle', type: 'batch', entry: chunk.map((c) => c.entry) };
-  /** @type {any} */
+  /** @type {Bundle} */
   let response;
   try {
     response = await medplum.executeBatch(bundle);
@@ -2654,7 +2657,7 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
       if (!fixup) {
         item.failed = true;
       }
-      summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type {any} */ (err)).status || 'error'), text });
+      summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text });
     }
     return again;
   }
@@ -4040,7 +4043,7 @@ async function recordFailedRows(medplum, task, requestId, rows, summary) {
     if (code >= 200 && code < 300) {
       bump(summary.recorded, 'bulk-failed-rows');
     } else {
-      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(/** @type {OperationOutcome} */ (res.outcome)) : 'no response' });
+      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(res.outcome) : 'no response' });
     }
   });
 }

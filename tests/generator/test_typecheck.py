@@ -215,3 +215,32 @@ def test_diagnostics_are_one_line_each_with_the_file_named():
     assert problems[3].startswith("c.js:1:2: TS2322: Type '{ a: string; b: string;")
     assert problems[3].endswith("… — Property 'batch' is missing in type '{ a: string; }' but required in type 'D'.")
     assert len(problems) == 4
+
+
+JSDOC_TAG = re.compile(r"@(?:param|returns?|type|typedef|property|template|callback)\s*\{")
+
+
+def jsdoc_types(code: str) -> list[str]:
+    """The type expressions of every JSDoc tag (`@param {…}`, `@type {…}`, ...) in the code."""
+    out = []
+    for comment in re.findall(r"/\*\*.*?\*/", code, re.S):
+        for m in JSDOC_TAG.finditer(comment):
+            i, depth = m.end(), 1
+            while i < len(comment) and depth:
+                depth += {"{": 1, "}": -1}.get(comment[i], 0)
+                i += 1
+            out.append(comment[m.end():i - 1])
+    return out
+
+
+# `any` left in the webhook bot: the generic JSON walkers of the import's repair phase (a resource read and
+# rewritten by key) and the download/parse phase (being reworked for streaming). Lower it when you can.
+ANY_BUDGET = {"metriport-patient-bot.js": 0, "metriport-webhook-bot.js": 37}
+
+
+def test_any_in_the_bots_jsdoc_types_stays_within_its_budget():
+    for name, budget in ANY_BUDGET.items():
+        types = jsdoc_types((ROOT / "bots" / name).read_text("utf-8"))
+        assert len(types) > 150, name  # the counter sees the annotations
+        count = sum(len(re.findall(r"\bany\b", t)) for t in types)
+        assert count <= budget, f"{name}: {count} `any` in JSDoc types (budget {budget}): use a real type, or `unknown` and narrow"
