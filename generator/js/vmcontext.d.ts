@@ -38,11 +38,9 @@ interface BotConsole {
 }
 declare var console: BotConsole;
 
-// require: Node's (vmcontext's is createRequire()), limited here to the modules the bots use and the
-// members they call. Any other module fails the check ("Cannot find module").
-declare function require(id: 'crypto'): typeof import('crypto');
-declare function require(id: 'zlib'): typeof import('zlib');
-declare function require(id: 'timers/promises'): typeof import('timers/promises');
+// require: Node's (vmcontext's is createRequire()); TypeScript types a JavaScript file's `require('x')` as the
+// module 'x', so the modules below — the ones the bots use, with the members they call — are all a bot can
+// require: any other fails the check ("Cannot find module"), once.
 
 declare module 'crypto' {
   interface Hash {
