@@ -99,10 +99,20 @@ class WebhookSender:
             return [d.to_dict(include_body) for d in self.deliveries]
 
     def reset(self, settings: WebhookSettings) -> None:
-        """Forget the settings and the log (messages already queued still go out)."""
+        """Forget the settings, the log and the messages waiting to be sent (one already being sent finishes)."""
         with self._lock:
             self.settings = settings
             self.deliveries = []
+            while True:
+                try:
+                    d = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if d is None:  # the stop signal stays
+                    self._outbox.put(None)
+                    break
+                self._in_flight -= 1
+            self._lock.notify_all()
 
     # ------------------------------------------------------------------ messages
     def send(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:

@@ -146,8 +146,11 @@ def test_docs_only_statuses_through_the_developer_api(api, fake, receiver):
     dev = Api(fake)
     r = dev.post(f"/_fake/bulk/{job['requestId']}/webhook", json={"status": "failed", "reason": "bad file"})
     assert r.status_code == 200, r.text
-    msg = receiver.wait_for("medical.bulk-patient-create")[0]["body"]
-    assert msg["bulkPatientCreate"] == {"requestId": job["requestId"], "status": "failed", "reason": "bad file"}
+    def this_job():
+        return [m["body"] for m in receiver.of_type("medical.bulk-patient-create")
+                if m["body"]["bulkPatientCreate"]["requestId"] == job["requestId"]]
+    receiver.wait_until(this_job)
+    assert this_job()[0]["bulkPatientCreate"] == {"requestId": job["requestId"], "status": "failed", "reason": "bad file"}
     assert dev.post(f"/_fake/bulk/{job['requestId']}/webhook", json={"status": "gone"}).status_code == 400
     assert dev.post("/_fake/bulk/nope/webhook", json={"status": "expired"}).status_code == 404
     assert Api(fake, key=None).get("/_fake/bulk").status_code == 401

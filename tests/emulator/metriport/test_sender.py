@@ -125,3 +125,25 @@ def test_meta_request_id_where_the_request_has_one(sender, receiver):
     assert list(first) == ["messageId", "requestId", "when", "type", "data"] and first["requestId"] == "req-1"
     assert list(second) == ["messageId", "when", "type"]
     assert list(ping) == ["messageId", "when", "type"]  # pings carry no requestId
+
+
+def test_reset_drops_the_messages_waiting_to_be_sent(receiver, faults):
+    import threading
+    gate = threading.Event()
+
+    def slow_post(url, body, signature, timeout_s):
+        gate.wait(5)
+        return receiver(url, body, signature, timeout_s)
+
+    s = WebhookSender(WebhookSettings(id="cx"), faults=faults, clock=Clock(), post=slow_post, name="test-sender")
+    try:
+        s.configure("http://hook.test/h", "key-1")
+        for i in range(4):
+            s.send("medical.consolidated-data", {"patients": [{"n": i}]}, None)
+        s.reset(WebhookSettings(id="cx"))
+        gate.set()
+        assert s.wait_idle(2.0)
+        assert len(receiver.posts) <= 1, "messages queued before the reset went out after it"
+        assert s.log() == []
+    finally:
+        s.close()
