@@ -98,6 +98,7 @@ class MetriportBackend:
             self.facilities: dict[str, Facility] = {}
             self.add_facility({"id": self.seeded_facility_id, **SEEDED_FACILITY})
             self.patients: dict[str, Patient] = {}
+            self._by_key: dict[tuple, list[str]] | None = None  # demographics key -> patient ids (built on use)
             self.document_queries: dict[str, DocumentQuery] = {}  # patientId -> current document query
             self.documents: dict[str, list[Document]] = {}       # patientId -> documents it found
             self.consolidated: dict[str, list[ConsolidatedQuery]] = {}
@@ -180,6 +181,7 @@ class MetriportBackend:
                 self.facilities[d["id"]] = Facility(**d)
             for pid, d in st.all("patient"):
                 self.patients[pid] = Patient(**d)
+            self._by_key = None
             for pid, d in st.all("document_query"):
                 self.document_queries[pid] = DocumentQuery(
                     **{**d, "download": Progress(**d["download"]), "convert": Progress(**d["convert"])})
@@ -339,8 +341,8 @@ class MetriportBackend:
             if cap and len(self.patients) >= SANDBOX_PATIENT_LIMIT:
                 raise sandbox_cap(SANDBOX_PATIENT_LIMIT)
             key, zip_ = demographics_key(demo), demo["address"][0].get("zip")
-            for p in self.patients.values():
-                if p.key() == key and p.zip() == zip_:
+            for p in self._same_demographics(key):
+                if p.zip() == zip_:
                     return p.to_dict(), False
             if facility_id not in self.facilities:
                 raise NotFound("Could not find facility", additional_info={"facilityId": facility_id})
@@ -349,6 +351,8 @@ class MetriportBackend:
                 pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             patient = Patient(pid, [facility_id], iso(self.clock()), demo, external_id)
             self.patients[pid] = patient
+            if self._by_key is not None:
+                self._by_key.setdefault(key, []).append(pid)
             self._save_patient_state(pid)
             return patient.to_dict(), True
 
@@ -375,6 +379,7 @@ class MetriportBackend:
                 p.external_id = external_id
             p.demographics = demo
             p.etag += 1
+            self._by_key = None
             self._save_patient_state(pid)
             return p.to_dict()
 
@@ -382,6 +387,7 @@ class MetriportBackend:
         with self._lock:
             self._patient(pid)
             del self.patients[pid]
+            self._by_key = None
             self.document_queries.pop(pid, None)
             self.consolidated.pop(pid, None)
             self.documents.pop(pid, None)
@@ -402,10 +408,18 @@ class MetriportBackend:
         """Validated demographics (`rules.demographics`) → the patient they match, else 404."""
         key = demographics_key(demo)
         with self._lock:
-            for p in self.patients.values():
-                if p.key() == key:
-                    return p.to_dict()
+            for p in self._same_demographics(key):
+                return p.to_dict()
         raise NotFound("Cannot find patient")
+
+    def _same_demographics(self, key: tuple) -> list[Patient]:
+        """The patients whose demographics key is `key`, oldest first (an index, so a bulk create of N
+        patients is not N scans of every patient; call with the lock held)."""
+        if self._by_key is None:
+            self._by_key = {}
+            for pid, p in self.patients.items():
+                self._by_key.setdefault(p.key(), []).append(pid)
+        return [self.patients[pid] for pid in self._by_key.get(key, ())]
 
     # ------------------------------------------------------------------ clinical data
     def dataset_for(self, patient: Patient) -> Dataset | None:
