@@ -20,10 +20,17 @@
  * @typedef {import('@medplum/fhirtypes').Organization} Organization
  * @typedef {import('@medplum/fhirtypes').Identifier} Identifier
  * @typedef {import('@medplum/fhirtypes').Extension} Extension
+ * @typedef {import('@medplum/fhirtypes').Reference<Organization>} OrganizationReference
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
- * @typedef {import('@medplum/core').BotEvent} BotEvent
+ * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
+ * @typedef {BotBasics & LinkConfig & { facilityIdentifierSystem: string, flow: 'document-query' | 'consolidated',
+ *   consolidated: ConsolidatedConfig, retry: RetryConfig } } PatientBotConfig what render.patient_bot_config embeds
+ * @typedef { { resourceType?: unknown, id?: unknown, deletedResource?: { id?: unknown } | null } | string | number |
+ *   boolean | null | undefined } PatientBotInput event.input as the handler checks it: Medplum passes the Patient
+ *   (create, update) or { deletedResource } (delete), but whoever may run the bot can send anything
  */
 
+/** @type {PatientBotConfig} */
 const CONFIG = {
   "botName": "metriport-patient-bot",
   "medportVersion": "0.1.0",
@@ -81,6 +88,40 @@ const CONFIG = {
 
 const nodeCrypto = require('crypto');
 
+/**
+ * The CONFIG parts both bots have (generator/render.py: _bot_basics, _link, _consolidated, _retry). `medport
+ * check` type-checks the rendered CONFIG against these: a key render.py adds, drops or retypes is an error.
+ * @typedef {object} BotBasics
+ * @property {string} botName
+ * @property {string} medportVersion
+ * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
+ * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ *
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @property {string} fingerprintExtensionUrl
+ * @property {string} queryFailedExtensionUrl
+ * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ *
+ * @typedef {object} ConsolidatedConfig the consolidated query's parameters
+ * @property {string[]} resources
+ * @property {string | null} dateFrom YYYY-MM-DD
+ * @property {string | null} dateTo YYYY-MM-DD
+ *
+ * @typedef {object} RetryConfig Metriport calls: bounded retries with backoff
+ * @property {number} maxAttempts
+ * @property {number} initialDelayMs
+ * @property {number} maxDelayMs
+ *
+ * @typedef { { [key: string]: unknown } } JsonObject parsed JSON: every field unknown until checked (an array
+ *   reads the same way: it has none of the fields looked for)
+ * @typedef {JsonObject | null | undefined} JsonBody a parsed JSON answer (Metriport's, a download's): untrusted,
+ *   each field checked where it is read (a number or string answer has none of the fields looked for)
+ * @typedef {JsonObject | string | number | boolean | null | undefined} JsonInput a bot's event.input before it
+ *   is checked: whoever may run the bot can send anything
+ *
+ * @typedef {import('@medplum/fhirtypes').OperationOutcome} OperationOutcome
+ */
+
 /** Error raised for a Metriport answer the bot cannot recover from. */
 class MetriportError extends Error {
   /**
@@ -118,7 +159,7 @@ function log(level, message, fields) {
 
 /**
  * Read a Project secret (event.secrets[NAME].valueString).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} name
  * @param {boolean} required
  * @returns {string | undefined}
@@ -140,7 +181,7 @@ function getSecret(event, name, required) {
 
 /**
  * Metriport base URL: the METRIPORT_BASE_URL secret wins over the rendered default.
- * @param {any} event
+ * @param {BotEvent} event
  * @returns {string}
  */
 function metriportBase(event) {
@@ -158,8 +199,10 @@ async function sleep(ms) {
   if (!(ms > 0)) {
     return;
   }
-  if (typeof setTimeout === 'function') {
-    await new Promise((resolve) => setTimeout(resolve, ms));
+  // Looked up on globalThis, never by its bare name: a bot naming a global vmcontext lacks fails the type check.
+  const timer = /** @type { { setTimeout?: (callback: () => void, ms: number) => unknown } } */ (globalThis).setTimeout;
+  if (typeof timer === 'function') {
+    await new Promise((resolve) => timer(() => resolve(undefined), ms));
     return;
   }
   try {
@@ -246,13 +289,13 @@ async function fetchWithRetry(url, init, what) {
 
 /**
  * Call Metriport's Medical API.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
- * @returns {Promise<{ status: number, body: any }>}
+ * @returns {Promise<{ status: number, body: JsonBody }>}
  */
 async function metriport(event, method, path, query, body, okStatuses) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
@@ -277,7 +320,7 @@ async function metriport(event, method, path, query, body, okStatuses) {
     what
   );
   const text = await res.text();
-  /** @type {any} */
+  /** @type {JsonBody} */
   let parsed = undefined;
   if (text) {
     try {
@@ -307,11 +350,11 @@ async function metriport(event, method, path, query, body, okStatuses) {
 
 /**
  * Start a consolidated query (JSON) for a Metriport patient.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} metriportPatientId
  * @param {string | undefined} medplumPatientId
  * @param {Record<string, string>} [extraMetadata] more `metadata` keys (Metriport echoes them in meta.data)
- * @returns {Promise<any>}
+ * @returns {Promise<JsonBody>} Metriport's answer ({ requestId })
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
@@ -362,12 +405,13 @@ function sha256Hex(text) {
  */
 function errorText(err) {
   if (err && typeof err === 'object') {
-    const e = /** @type {any} */ (err);
+    // an OperationOutcomeError (@medplum/core) carries the outcome; an Error its message
+    const e = /** @type { { outcome?: OperationOutcome, resourceType?: unknown, message?: unknown } } */ (err);
     if (e.outcome && Array.isArray(e.outcome.issue)) {
       return outcomeText(e.outcome);
     }
     if (e.resourceType === 'OperationOutcome') {
-      return outcomeText(e);
+      return outcomeText(/** @type {OperationOutcome} */ (e));
     }
     if (typeof e.message === 'string') {
       return e.message;
@@ -377,7 +421,7 @@ function errorText(err) {
 }
 
 /**
- * @param {any} outcome an OperationOutcome
+ * @param {Pick<OperationOutcome, 'issue'> | undefined} outcome an OperationOutcome (a batch entry's is typed Resource)
  * @returns {string}
  */
 function outcomeText(outcome) {
@@ -385,13 +429,12 @@ function outcomeText(outcome) {
     return '';
   }
   return outcome.issue
-    .map((/** @type {any} */ i) => {
+    .map((i) => {
       const text = (i.details && i.details.text) || i.diagnostics || i.code || 'error';
       return i.expression && i.expression.length ? text + ' (' + i.expression.join(', ') + ')' : text;
     })
     .join('; ');
 }
-
 
 // ---------------------------------------------------------------------------
 // Demographics, validated field by field exactly as Metriport validates them (@metriport/api-sdk
@@ -399,6 +442,31 @@ function outcomeText(outcome) {
 // and sent in Metriport's shapes only. A required field Metriport would refuse is a skip naming it;
 // an optional one (an extra address, a phone, an email) is dropped with a warning naming it.
 // ---------------------------------------------------------------------------
+
+/**
+ * What medport sends Metriport (@metriport/api-sdk medical/models/demographics.ts and common/address.ts: the
+ * fields medport fills; Metriport's own types allow more).
+ * @typedef {object} MetriportAddress
+ * @property {string} addressLine1
+ * @property {string} [addressLine2]
+ * @property {string} city
+ * @property {string} state a USState or USTerritory code
+ * @property {string} zip 5 digits
+ * @property {'USA'} country
+ *
+ * @typedef { { phone?: string, email?: string } } MetriportContact
+ *
+ * @typedef {object} MetriportDemographics demographicsSchema: the match body
+ * @property {string} firstName
+ * @property {string} lastName
+ * @property {string} dob YYYY-MM-DD
+ * @property {'F' | 'M' | 'O' | 'U'} genderAtBirth
+ * @property {MetriportAddress[]} address
+ * @property {MetriportContact[]} [contact]
+ *
+ * @typedef {MetriportDemographics & { externalId: string }} MetriportPatientBody patientCreateSchema: the create
+ *   and update body (externalId = the Medplum Patient id)
+ */
 
 /** @type {Record<string, string>} USState (50 states + DC) and USTerritory (AS, GU, PR, VI — not MP), by name */
 const US_STATE_NAMES = {
@@ -416,7 +484,7 @@ const KNOWN_INVALID_ZIPS = [
   '00000', '99999', '10000', '20000', '30000', '40000', '50000', '60000', '70000', '80000', '90000',
   '12345', '54321',
 ];
-/** @type {Record<string, string>} */
+/** @type {Record<string, 'F' | 'M' | 'O' | 'U'>} */
 const GENDERS = { male: 'M', female: 'F', other: 'O', unknown: 'U' };
 const US_COUNTRIES = ['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'];
 
@@ -550,7 +618,7 @@ function addressCandidates(patient) {
  * One FHIR Address as Metriport's address (addressSchema), or the problems that would make Metriport refuse it.
  * @param {import('@medplum/fhirtypes').Address} address
  * @param {string} where e.g. "address" or "address[1]"
- * @returns { { address?: Record<string, string>, problems: string[] } }
+ * @returns { { address?: MetriportAddress, problems: string[] } }
  */
 function metriportAddress(address, where) {
   /** @type {string[]} */
@@ -588,7 +656,7 @@ function metriportAddress(address, where) {
   if (problems.length) {
     return { problems };
   }
-  /** @type {Record<string, string>} */
+  /** @type {MetriportAddress} */
   const out = { addressLine1: lines[0], city, state: /** @type {string} */ (state), zip, country: 'USA' };
   if (lines.length > 1) {
     out.addressLine2 = lines.slice(1).join(', ');
@@ -600,7 +668,7 @@ function metriportAddress(address, where) {
  * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
  * with a required field; `warnings` name the optional data left out (field names only, never values).
  * @param {Patient} patient
- * @returns { { demographics?: Record<string, any>, problems: string[], warnings: string[] } }
+ * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
  */
 function buildDemographics(patient) {
   /** @type {string[]} */
@@ -642,7 +710,7 @@ function buildDemographics(patient) {
     problems.push('gender: not male/female/other/unknown');
   }
 
-  /** @type {Record<string, string> | undefined} */
+  /** @type {MetriportAddress | undefined} */
   let address;
   const candidates = addressCandidates(patient);
   if (!candidates.length) {
@@ -693,16 +761,17 @@ function buildDemographics(patient) {
   if (problems.length) {
     return { problems, warnings };
   }
-  /** @type {Record<string, any>} */
+  // no problem: every required field is there
+  /** @type {MetriportDemographics} */
   const demographics = {
     firstName,
     lastName,
     dob,
-    genderAtBirth,
-    address: [address],
+    genderAtBirth: /** @type {'F' | 'M' | 'O' | 'U'} */ (genderAtBirth),
+    address: [/** @type {MetriportAddress} */ (address)],
   };
   if (phone || email) {
-    /** @type {Record<string, string>} */
+    /** @type {MetriportContact} */
     const contact = {};
     if (phone) {
       contact.phone = phone;
@@ -715,11 +784,30 @@ function buildDemographics(patient) {
   return { demographics, problems, warnings };
 }
 
-/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
-exports.metriportDemographics = { buildDemographics, isMetriportEmail, metriportPhone, usStateCode };
+
+/**
+ * What medport sends Metriport for a Patient and the fingerprint it writes back with the link: the
+ * demographics (match body), the patient body (create/update: plus externalId = the Medplum Patient id) and
+ * sha256 of its canonical JSON. The patient bot, the webhook bot (bulk patient create results) and
+ * `medport enroll` all use this one function, so a link written by any of them looks the same to the others.
+ * @param {Patient} patient
+ * @returns { { demographics?: MetriportDemographics, patientBody?: MetriportPatientBody, fingerprint?: string,
+ *   problems: string[], warnings: string[] } }
+ */
+function demographicsFor(patient) {
+  const { demographics, problems, warnings } = buildDemographics(patient);
+  if (!demographics) {
+    return { problems, warnings };
+  }
+  const patientBody = { ...demographics, externalId: String(patient.id) };
+  return { demographics, patientBody, fingerprint: sha256Hex(canonicalJson(patientBody)), problems, warnings };
+}
 
 // ---------------------------------------------------------------------------
-// Medplum side
+// The link between a Medplum Patient and its Metriport patient (templates/_link.js.j2), written the same
+// way by the patient bot and by the webhook bot (bulk patient create results): the Metriport id
+// identifier, the fingerprint of the demographics, the marker of a query that could not be started; one
+// Medplum Patient per Metriport patient (a second one is refused with a review Task).
 // ---------------------------------------------------------------------------
 
 /**
@@ -738,34 +826,6 @@ function metriportIdOf(patient) {
 function fingerprintOf(patient) {
   const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.fingerprintExtensionUrl);
   return ext ? ext.valueString : undefined;
-}
-
-/**
- * The Metriport facility id on the managingOrganization, or a reason why there is none.
- * @param {MedplumClient} medplum
- * @param {Patient} patient
- * @returns {Promise<{ facilityId?: string, reason?: string }>}
- */
-async function facilityOf(medplum, patient) {
-  const ref = patient.managingOrganization && patient.managingOrganization.reference;
-  if (!ref) {
-    return { reason: 'Patient.managingOrganization is not set' };
-  }
-  if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
-    return { reason: 'Patient.managingOrganization is not an Organization reference' };
-  }
-  /** @type {Organization} */
-  let org;
-  try {
-    org = /** @type {Organization} */ (await medplum.readReference(/** @type {any} */ ({ reference: ref })));
-  } catch (err) {
-    return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
-  }
-  const ident = (org.identifier || []).find((i) => i && i.system === CONFIG.facilityIdentifierSystem && i.value);
-  if (!ident) {
-    return { reason: 'managingOrganization ' + ref + ' has no identifier with system ' + CONFIG.facilityIdentifierSystem };
-  }
-  return { facilityId: ident.value };
 }
 
 /**
@@ -807,12 +867,12 @@ async function writeLink(medplum, patientId, link) {
     if (link.queryFailed) {
       extensions.push({ url: CONFIG.queryFailedExtensionUrl, valueString: link.queryFailed });
     }
-    /** @type {any[]} */
+    /** @type {import('@medplum/core').PatchOperation[]} */
     const ops = [];
     if (latest.meta && latest.meta.versionId) {
       ops.push({ op: 'test', path: '/meta/versionId', value: latest.meta.versionId });
     }
-    for (const [path, value, had] of /** @type {[string, any[], boolean][]} */ ([
+    for (const [path, value, had] of /** @type {[string, unknown[], boolean][]} */ ([
       ['/identifier', identifiers, !!latest.identifier],
       ['/extension', extensions, !!latest.extension],
     ])) {
@@ -901,6 +961,42 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+
+/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
+exports.metriportDemographics = { buildDemographics, demographicsFor, isMetriportEmail, metriportPhone, usStateCode };
+
+// ---------------------------------------------------------------------------
+// Medplum side
+// ---------------------------------------------------------------------------
+
+/**
+ * The Metriport facility id on the managingOrganization, or a reason why there is none.
+ * @param {MedplumClient} medplum
+ * @param {Patient} patient
+ * @returns {Promise<{ facilityId?: string, reason?: string }>}
+ */
+async function facilityOf(medplum, patient) {
+  const ref = patient.managingOrganization && patient.managingOrganization.reference;
+  if (!ref) {
+    return { reason: 'Patient.managingOrganization is not set' };
+  }
+  if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
+    return { reason: 'Patient.managingOrganization is not an Organization reference' };
+  }
+  /** @type {Organization} */
+  let org;
+  try {
+    org = await medplum.readReference(/** @type {OrganizationReference} */ ({ reference: ref }));
+  } catch (err) {
+    return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
+  }
+  const ident = (org.identifier || []).find((i) => i && i.system === CONFIG.facilityIdentifierSystem && i.value);
+  if (!ident) {
+    return { reason: 'managingOrganization ' + ref + ' has no identifier with system ' + CONFIG.facilityIdentifierSystem };
+  }
+  return { facilityId: ident.value };
+}
+
 // ---------------------------------------------------------------------------
 // Handler
 // ---------------------------------------------------------------------------
@@ -911,8 +1007,7 @@ async function refuseLink(medplum, patientId, metriportId, others) {
  * @returns {Promise<Record<string, unknown>>}
  */
 exports.handler = async (medplum, event) => {
-  /** @type {any} */
-  const input = event.input;
+  const input = /** @type {PatientBotInput} */ (event.input);
   if (input && typeof input === 'object' && input.deletedResource) {
     const deleted = input.deletedResource;
     log('info', 'Patient deleted in Medplum; nothing sent to Metriport', {
@@ -929,12 +1024,11 @@ exports.handler = async (medplum, event) => {
   // Fail fast on configuration problems, before touching anything.
   getSecret(event, 'METRIPORT_API_KEY', true);
 
-  /** @type {Patient} */
-  const patient = input;
+  const patient = /** @type {Patient} */ (input); // a saved Patient: Medplum validated it
   const patientId = /** @type {string} */ (patient.id);
 
-  const { demographics, problems, warnings } = buildDemographics(patient);
-  if (!demographics) {
+  const { demographics, patientBody: body, fingerprint: fp, problems, warnings } = demographicsFor(patient);
+  if (!demographics || !body || !fp) {
     log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
       patient: patientId,
     });
@@ -945,9 +1039,8 @@ exports.handler = async (medplum, event) => {
   }
   // Bodies in Metriport's shapes: match = demographicsSchema; create and update = patientCreateSchema
   // (demographics + externalId; the update route parses the create schema too).
-  const patientBody = { ...demographics, externalId: patientId };
-
-  const fingerprint = sha256Hex(canonicalJson(patientBody));
+  const patientBody = body;
+  const fingerprint = fp;
   let metriportId = metriportIdOf(patient);
   const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
   // The query of an earlier run could not be started (marker = these demographics): start it now.
@@ -1020,7 +1113,7 @@ exports.handler = async (medplum, event) => {
 
   const metadata = { medplumPatientId: patientId };
   const queryAt = new Date().toISOString();
-  /** @type {any} */
+  /** @type {JsonBody} */
   let query;
   try {
     if (CONFIG.flow === 'consolidated') {

@@ -22,14 +22,116 @@
  * @typedef {import('@medplum/fhirtypes').Bundle} Bundle
  * @typedef {import('@medplum/fhirtypes').BundleEntry} BundleEntry
  * @typedef {import('@medplum/fhirtypes').Resource} Resource
+ * @typedef {import('@medplum/fhirtypes').ResourceType} ResourceType
  * @typedef {import('@medplum/fhirtypes').Task} Task
  * @typedef {import('@medplum/fhirtypes').Patient} Patient
+ * @typedef {import('@medplum/fhirtypes').Identifier} Identifier
+ * @typedef {import('@medplum/fhirtypes').Extension} Extension
+ * @typedef {import('@medplum/fhirtypes').CodeableConcept} CodeableConcept
+ * @typedef {import('@medplum/fhirtypes').Attachment} Attachment
+ * @typedef {import('@medplum/fhirtypes').DocumentReference} DocumentReference
+ * @typedef {import('@medplum/fhirtypes').TaskOutput} TaskOutput
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
- * @typedef {import('@medplum/core').BotEvent} BotEvent
+ * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
+ * @typedef {import('@medplum/core').WithId<Task>} StoredTask a Task as Medplum stores it (id set)
+ *
+ * @typedef {'patient.admit' | 'patient.transfer' | 'patient.discharge'} RealtimeType
+ * @typedef {object} WebhookBotConfig what render.webhook_bot_config embeds (with BotBasics and LinkConfig)
+ * @property { { store: boolean, content: 'binary' | 'url', maxBytes: number, identifierSystem: string,
+ *   requestBulkUrls: boolean } } documents
+ * @property { { types: RealtimeType[] } } realtime the notifications imported (none when realtime.import is off)
+ * @property { { system: string, taskCode: string, rowFailedCode: string, requestIdSystem: string, rowIdSystem: string,
+ *   awaitingLinkSystem: string } } bulk
+ * @property {string} notificationExtensionUrl
+ * @property {string} resourceIdentifierSystem
+ * @property {boolean} verifySignature
+ * @property {boolean} asyncProcessing
+ * @property { { system: string, code: string, identifierSystem: string, attemptsUrl: string, leaseUrl: string,
+ *   progressUrl: string } } messageTask
+ * @property { { maxAttempts: number, leaseSeconds: number, timeoutSeconds: number, sweep: boolean } } processing
+ * @property {ResourceType[]} resources the types imported
+ * @property {Record<string, 'single' | 'array'>} identifierShape per imported type: its identifier element
+ * @property { { invariants: Record<string, string>, extensionInvariants: string[], types: Record<string, string> } }
+ *   fhirRules what Medplum's validator checks (generator/fhir_rules.py bot_rules)
+ * @property {ConsolidatedConfig} consolidated
+ * @property { { maxEntries: number, maxBytes: number, window: number } } batch
+ * @property {RetryConfig} retry
+ *
+ * @typedef {(Message & { resourceType?: unknown, id?: unknown }) | string | number | boolean | null | undefined}
+ *   WebhookBotInput event.input as the handler checks it: the message's raw text (Bot.rawBody) or its JSON, a
+ *   message Task (Subscription) or the Bot (cron) — or anything, from whoever may run the bot
+ *
+ * Metriport's webhook messages, as @metriport/shared declares them (medical/webhook/webhook-request.ts; `when`
+ * an ISO instant). Signed by Metriport, they are read as these types, each field still checked where a wrong
+ * one would do harm.
+ * @typedef {object} WebhookMeta
+ * @property {string} messageId
+ * @property {string} [requestId]
+ * @property {string} when
+ * @property {JsonObject | null} [data] the `metadata` the request was made with, echoed (Metriport declares it
+ *   unknown; medport sends an object of strings: { medplumPatientId, medportRequery })
+ * @property {string} type
+ *
+ * @typedef {object} MetriportDocument DocumentReferenceDTO (+ url in medical.document-bulk-download-urls)
+ * @property {string} id
+ * @property {string} fileName
+ * @property {string} [description]
+ * @property {string} [status]
+ * @property {string} [indexed]
+ * @property {string} [mimeType]
+ * @property {number | string} [size] a number (a numeric string is read too)
+ * @property { { coding?: { system?: string | null, code?: string | null, display?: string | null }[], text?: string } }
+ *   [type] a CodeableConceptDTO
+ * @property {string} [url]
+ *
+ * @typedef {object} MessagePatient one element of `patients` (medical.consolidated-data,
+ *   medical.document-download, medical.document-conversion, medical.document-bulk-download-urls)
+ * @property {string} patientId the Metriport patient id
+ * @property {string} [externalId]
+ * @property {Record<string, string[]>} [additionalIds]
+ * @property {'completed' | 'failed'} status
+ * @property {Bundle} [bundle] consolidated-data: the searchset (a DocumentReference pointing at it when large)
+ * @property {Record<string, string | boolean | null | undefined> | null} [filters] consolidated-data
+ * @property {MetriportDocument[]} [documents] document-download, document-bulk-download-urls
+ *
+ * @typedef {object} BulkPatientCreateStatus
+ * @property {string} requestId
+ * @property {'waiting' | 'processing' | 'completed' | 'failed' | 'expired'} status (medport also handles expired)
+ * @property {string | null} [result] completed: the result CSV's URL (180 s)
+ * @property {string} [reason] failed, expired (read when present)
+ *
+ * @typedef {object} NotificationPayload patient.admit, patient.transfer, patient.discharge
+ * @property {string} url the Bundle of the stay (600 s)
+ * @property {string} patientId
+ * @property {string} [externalId]
+ * @property {Record<string, string[]>} [additionalIds]
+ * @property {string} admitTimestamp
+ * @property {string} [dischargeTimestamp] patient.discharge
+ * @property { { timestamp: string, sourceLocation: { name: string, type: string },
+ *   destinationLocation: { name: string, type: string } }[] } [transfers] patient.transfer
+ * @property {string} [whenSourceSent]
+ *
+ * @typedef { { meta: WebhookMeta & { type: 'ping' }, ping: string } } PingMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.consolidated-data' }, patients: MessagePatient[] } } ConsolidatedMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.document-download' | 'medical.document-bulk-download-urls' },
+ *   patients: MessagePatient[] } } DocumentsMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.document-conversion' }, patients: MessagePatient[] } } ConversionMessage
+ * @typedef { { meta: WebhookMeta & { type: 'medical.bulk-patient-create' }, bulkPatientCreate: BulkPatientCreateStatus } }
+ *   BulkPatientCreateMessage
+ * @typedef { { meta: WebhookMeta & { type: RealtimeType }, payload: NotificationPayload } } NotificationMessage
+ * @typedef {object} Message a signed message before its type is looked at: one of the above, or a type the bot
+ *   does not handle (acknowledged); the parts each type has
+ * @property {Partial<WebhookMeta>} [meta]
+ * @property {string} [ping] ping
+ * @property {MessagePatient[]} [patients] consolidated-data, document-*
+ * @property {BulkPatientCreateStatus} [bulkPatientCreate] bulk-patient-create
+ * @property {NotificationPayload} [payload] patient.*
+ *
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
  *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
- *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[] } } Summary
+ *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[],
+ *   notes?: { type: string, id: string, text: string }[] } } Summary
  * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
  *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
  *   processing has finished: every patient before `patient`, and the first `done` items (in import
@@ -38,11 +140,42 @@
  *   failuresAtStart: number, frozen: boolean } } Ctx how one run of a stored message goes along
  */
 
+/** @type {BotBasics & LinkConfig & WebhookBotConfig} */
 const CONFIG = {
   "botName": "metriport-webhook-bot",
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
+  "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
+  "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
+  "conflictTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-conflict",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
+  },
+  "documents": {
+    "store": false,
+    "content": "binary",
+    "maxBytes": 10485760,
+    "identifierSystem": "https://metriport.com/fhir/identifiers/document-id",
+    "requestBulkUrls": false
+  },
+  "realtime": {
+    "types": [
+      "patient.admit",
+      "patient.transfer",
+      "patient.discharge"
+    ]
+  },
+  "bulk": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "taskCode": "metriport-bulk-patient-create",
+    "rowFailedCode": "metriport-bulk-patient-create-failed",
+    "requestIdSystem": "https://medport.dev/fhir/identifiers/metriport-bulk-request",
+    "rowIdSystem": "https://medport.dev/fhir/identifiers/metriport-bulk-row",
+    "awaitingLinkSystem": "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
+  },
+  "notificationExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-notification",
   "resourceIdentifierSystem": "https://metriport.com/fhir/identifiers/resource-id",
   "verifySignature": true,
   "asyncProcessing": true,
@@ -114,128 +247,142 @@ const CONFIG = {
     "RelatedPerson": "array",
     "ServiceRequest": "array"
   },
-  "requiredElements": {
-    "AllergyIntolerance": {
-      "patient": [
-        "Reference",
-        false
-      ]
+  "fhirRules": {
+    "invariants": {
+      "ait-1": "AllergyIntolerance.clinicalStatus SHALL be present if verificationStatus is not entered-in-error.",
+      "ait-2": "AllergyIntolerance.clinicalStatus SHALL NOT be present if verification Status is entered-in-error",
+      "cmp-1": "A section must contain at least one of text, entries, or sub-sections",
+      "cmp-2": "A section can only have an emptyReason if it is empty",
+      "con-1": "Stage SHALL have summary or assessment",
+      "con-2": "evidence SHALL have code or details",
+      "con-4": "If condition is abated, then clinicalStatus must be either inactive, resolved, or remission",
+      "con-5": "Condition.clinicalStatus SHALL NOT be present if verification Status is entered-in-error",
+      "cpl-3": "Provide a reference or detail, not both",
+      "ext-1": "Must have either extensions or value[x], not both",
+      "obs-3": "Must have at least a low or a high or text",
+      "obs-6": "dataAbsentReason SHALL only be present if Observation.value[x] is not present",
+      "prr-1": "orderDetail SHALL only be present if code is present"
     },
-    "CarePlan": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Composition": {
-      "author": [
-        "Reference",
-        true
-      ],
-      "type": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Condition": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Coverage": {
-      "beneficiary": [
-        "Reference",
-        false
-      ],
-      "payor": [
-        "Reference",
-        true
-      ]
-    },
-    "DiagnosticReport": {
-      "code": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Encounter": {
-      "class": [
-        "Coding",
-        false
-      ]
-    },
-    "FamilyMemberHistory": {
-      "patient": [
-        "Reference",
-        false
-      ],
-      "relationship": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Goal": {
-      "description": [
-        "CodeableConcept",
-        false
-      ],
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Immunization": {
-      "patient": [
-        "Reference",
-        false
-      ],
-      "vaccineCode": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "MedicationAdministration": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "MedicationRequest": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "MedicationStatement": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "Observation": {
-      "code": [
-        "CodeableConcept",
-        false
-      ]
-    },
-    "Procedure": {
-      "subject": [
-        "Reference",
-        false
-      ]
-    },
-    "RelatedPerson": {
-      "patient": [
-        "Reference",
-        false
-      ]
-    },
-    "ServiceRequest": {
-      "subject": [
-        "Reference",
-        false
-      ]
+    "extensionInvariants": [
+      "ext-1"
+    ],
+    "types": {
+      "Address": "use=code type=code text=string line=string* city=string district=string state=string postalCode=string country=string period=Period",
+      "Age": "value=decimal comparator=code unit=string system=uri code=code",
+      "AllergyIntolerance": ".=ait-1,ait-2 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* clinicalStatus=CodeableConcept verificationStatus=CodeableConcept type=code category=code* criticality=code code=CodeableConcept patient=Reference! encounter=Reference onset[x]=dateTime|Age|Period|Range|string recordedDate=dateTime recorder=Reference asserter=Reference lastOccurrence=dateTime note=Annotation* reaction=AllergyIntolerance.reaction*",
+      "AllergyIntolerance.reaction": "substance=CodeableConcept manifestation=CodeableConcept!* description=string onset=dateTime severity=code exposureRoute=CodeableConcept note=Annotation*",
+      "Annotation": "author[x]=Reference|string time=dateTime text=markdown!",
+      "Attachment": "contentType=code language=code data=base64Binary url=url size=unsignedInt hash=base64Binary title=string creation=dateTime",
+      "CarePlan": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* replaces=Reference* partOf=Reference* status=code! intent=code! category=CodeableConcept* title=string description=string subject=Reference! encounter=Reference period=Period created=dateTime author=Reference contributor=Reference* careTeam=Reference* addresses=Reference* supportingInfo=Reference* goal=Reference* activity=CarePlan.activity*#cpl-3 note=Annotation*",
+      "CarePlan.activity": "outcomeCodeableConcept=CodeableConcept* outcomeReference=Reference* progress=Annotation* reference=Reference detail=CarePlan.activity.detail",
+      "CarePlan.activity.detail": "kind=code instantiatesCanonical=canonical* instantiatesUri=uri* code=CodeableConcept reasonCode=CodeableConcept* reasonReference=Reference* goal=Reference* status=code! statusReason=CodeableConcept doNotPerform=boolean scheduled[x]=Timing|Period|string location=Reference performer=Reference* product[x]=CodeableConcept|Reference dailyAmount=Quantity quantity=Quantity description=string",
+      "CodeableConcept": "coding=Coding* text=string",
+      "Coding": "system=uri version=string code=code display=string userSelected=boolean",
+      "Composition": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier status=code! type=CodeableConcept! category=CodeableConcept* subject=Reference encounter=Reference date=dateTime! author=Reference!* title=string! confidentiality=code attester=Composition.attester* custodian=Reference relatesTo=Composition.relatesTo* event=Composition.event* section=Composition.section*#cmp-1,cmp-2",
+      "Composition.attester": "mode=code! time=dateTime party=Reference",
+      "Composition.event": "code=CodeableConcept* period=Period detail=Reference*",
+      "Composition.relatesTo": "code=code! target[x]=Identifier|Reference!",
+      "Composition.section": "title=string code=CodeableConcept author=Reference* focus=Reference text=Narrative mode=code orderedBy=CodeableConcept entry=Reference* emptyReason=CodeableConcept section=Composition.section*",
+      "Condition": ".=con-4,con-5 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* clinicalStatus=CodeableConcept verificationStatus=CodeableConcept category=CodeableConcept* severity=CodeableConcept code=CodeableConcept bodySite=CodeableConcept* subject=Reference! encounter=Reference onset[x]=dateTime|Age|Period|Range|string abatement[x]=dateTime|Age|Period|Range|string recordedDate=dateTime recorder=Reference asserter=Reference stage=Condition.stage*#con-1 evidence=Condition.evidence*#con-2 note=Annotation*",
+      "Condition.evidence": "code=CodeableConcept* detail=Reference*",
+      "Condition.stage": "summary=CodeableConcept assessment=Reference* type=CodeableConcept",
+      "ContactDetail": "name=string telecom=ContactPoint*",
+      "ContactPoint": "system=code value=string use=code rank=positiveInt period=Period",
+      "Contributor": "type=code! name=string! contact=ContactDetail*",
+      "Count": "value=decimal comparator=code unit=string system=uri code=code",
+      "Coverage": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! type=CodeableConcept policyHolder=Reference subscriber=Reference subscriberId=string beneficiary=Reference! dependent=string relationship=CodeableConcept period=Period payor=Reference!* class=Coverage.class* order=positiveInt network=string costToBeneficiary=Coverage.costToBeneficiary* subrogation=boolean contract=Reference*",
+      "Coverage.class": "type=CodeableConcept! value=string! name=string",
+      "Coverage.costToBeneficiary": "type=CodeableConcept value[x]=Quantity|Money! exception=Coverage.costToBeneficiary.exception*",
+      "Coverage.costToBeneficiary.exception": "type=CodeableConcept! period=Period",
+      "DataRequirement": "type=code! profile=canonical* subject[x]=CodeableConcept|Reference mustSupport=string* codeFilter=DataRequirement.codeFilter* dateFilter=DataRequirement.dateFilter* limit=positiveInt sort=DataRequirement.sort*",
+      "DataRequirement.codeFilter": "path=string searchParam=string valueSet=canonical code=Coding*",
+      "DataRequirement.dateFilter": "path=string searchParam=string value[x]=dateTime|Period|Duration",
+      "DataRequirement.sort": "path=string! direction=code!",
+      "Device": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* definition=Reference udiCarrier=Device.udiCarrier* status=code statusReason=CodeableConcept* distinctIdentifier=string manufacturer=string manufactureDate=dateTime expirationDate=dateTime lotNumber=string serialNumber=string deviceName=Device.deviceName* modelNumber=string partNumber=string type=CodeableConcept specialization=Device.specialization* version=Device.version* property=Device.property* patient=Reference owner=Reference contact=ContactPoint* location=Reference url=uri note=Annotation* safety=CodeableConcept* parent=Reference",
+      "Device.deviceName": "name=string! type=code!",
+      "Device.property": "type=CodeableConcept! valueQuantity=Quantity* valueCode=CodeableConcept*",
+      "Device.specialization": "systemType=CodeableConcept! version=string",
+      "Device.udiCarrier": "deviceIdentifier=string issuer=uri jurisdiction=uri carrierAIDC=base64Binary carrierHRF=string entryType=code",
+      "Device.version": "type=CodeableConcept component=Identifier value=string!",
+      "DiagnosticReport": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* status=code! category=CodeableConcept* code=CodeableConcept! subject=Reference encounter=Reference effective[x]=dateTime|Period issued=instant performer=Reference* resultsInterpreter=Reference* specimen=Reference* result=Reference* imagingStudy=Reference* media=DiagnosticReport.media* conclusion=string conclusionCode=CodeableConcept* presentedForm=Attachment*",
+      "DiagnosticReport.media": "comment=string link=Reference!",
+      "Distance": "value=decimal comparator=code unit=string system=uri code=code",
+      "DocumentReference": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* masterIdentifier=Identifier identifier=Identifier* status=code! docStatus=code type=CodeableConcept category=CodeableConcept* subject=Reference date=instant author=Reference* authenticator=Reference custodian=Reference relatesTo=DocumentReference.relatesTo* description=string securityLabel=CodeableConcept* content=DocumentReference.content!* context=DocumentReference.context",
+      "DocumentReference.content": "attachment=Attachment! format=Coding",
+      "DocumentReference.context": "encounter=Reference* event=CodeableConcept* period=Period facilityType=CodeableConcept practiceSetting=CodeableConcept sourcePatientInfo=Reference related=Reference*",
+      "DocumentReference.relatesTo": "code=code! target=Reference!",
+      "Dosage": "sequence=integer text=string additionalInstruction=CodeableConcept* patientInstruction=string timing=Timing asNeeded[x]=boolean|CodeableConcept site=CodeableConcept route=CodeableConcept method=CodeableConcept doseAndRate=Dosage.doseAndRate* maxDosePerPeriod=Ratio maxDosePerAdministration=Quantity maxDosePerLifetime=Quantity",
+      "Dosage.doseAndRate": "type=CodeableConcept dose[x]=Range|Quantity rate[x]=Ratio|Range|Quantity",
+      "Duration": "value=decimal comparator=code unit=string system=uri code=code",
+      "Encounter": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusHistory=Encounter.statusHistory* class=Coding! classHistory=Encounter.classHistory* type=CodeableConcept* serviceType=CodeableConcept priority=CodeableConcept subject=Reference episodeOfCare=Reference* basedOn=Reference* participant=Encounter.participant* appointment=Reference* period=Period length=Duration reasonCode=CodeableConcept* reasonReference=Reference* diagnosis=Encounter.diagnosis* account=Reference* hospitalization=Encounter.hospitalization location=Encounter.location* serviceProvider=Reference partOf=Reference",
+      "Encounter.classHistory": "class=Coding! period=Period!",
+      "Encounter.diagnosis": "condition=Reference! use=CodeableConcept rank=positiveInt",
+      "Encounter.hospitalization": "preAdmissionIdentifier=Identifier origin=Reference admitSource=CodeableConcept reAdmission=CodeableConcept dietPreference=CodeableConcept* specialCourtesy=CodeableConcept* specialArrangement=CodeableConcept* destination=Reference dischargeDisposition=CodeableConcept",
+      "Encounter.location": "location=Reference! status=code physicalType=CodeableConcept period=Period",
+      "Encounter.participant": "type=CodeableConcept* period=Period individual=Reference",
+      "Encounter.statusHistory": "status=code! period=Period!",
+      "Expression": "description=string name=id language=code! expression=string reference=uri",
+      "Extension": "url=uri! value[x]=base64Binary|boolean|canonical|code|date|dateTime|decimal|id|instant|integer|markdown|oid|positiveInt|string|time|unsignedInt|uri|url|uuid|Address|Age|Annotation|Attachment|CodeableConcept|Coding|ContactPoint|Count|Distance|Duration|HumanName|Identifier|Money|Period|Quantity|Range|Ratio|Reference|SampledData|Signature|Timing|ContactDetail|Contributor|DataRequirement|Expression|ParameterDefinition|RelatedArtifact|TriggerDefinition|UsageContext|Dosage|Meta",
+      "FamilyMemberHistory": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* status=code! dataAbsentReason=CodeableConcept patient=Reference! date=dateTime name=string relationship=CodeableConcept! sex=CodeableConcept born[x]=Period|date|string age[x]=Age|Range|string estimatedAge=boolean deceased[x]=boolean|Age|Range|date|string reasonCode=CodeableConcept* reasonReference=Reference* note=Annotation* condition=FamilyMemberHistory.condition*",
+      "FamilyMemberHistory.condition": "code=CodeableConcept! outcome=CodeableConcept contributedToDeath=boolean onset[x]=Age|Range|Period|string note=Annotation*",
+      "Goal": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* lifecycleStatus=code! achievementStatus=CodeableConcept category=CodeableConcept* priority=CodeableConcept description=CodeableConcept! subject=Reference! start[x]=date|CodeableConcept target=Goal.target* statusDate=date statusReason=string expressedBy=Reference addresses=Reference* note=Annotation* outcomeCode=CodeableConcept* outcomeReference=Reference*",
+      "Goal.target": "measure=CodeableConcept detail[x]=Quantity|Range|CodeableConcept|string|boolean|integer|Ratio due[x]=date|Duration",
+      "HumanName": "use=code text=string family=string given=string* prefix=string* suffix=string* period=Period",
+      "Identifier": "use=code type=CodeableConcept system=uri value=string period=Period assigner=Reference",
+      "Immunization": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusReason=CodeableConcept vaccineCode=CodeableConcept! patient=Reference! encounter=Reference occurrence[x]=dateTime|string! recorded=dateTime primarySource=boolean reportOrigin=CodeableConcept location=Reference manufacturer=Reference lotNumber=string expirationDate=date site=CodeableConcept route=CodeableConcept doseQuantity=Quantity performer=Immunization.performer* note=Annotation* reasonCode=CodeableConcept* reasonReference=Reference* isSubpotent=boolean subpotentReason=CodeableConcept* education=Immunization.education* programEligibility=CodeableConcept* fundingSource=CodeableConcept reaction=Immunization.reaction* protocolApplied=Immunization.protocolApplied*",
+      "Immunization.education": "documentType=string reference=uri publicationDate=dateTime presentationDate=dateTime",
+      "Immunization.performer": "function=CodeableConcept actor=Reference!",
+      "Immunization.protocolApplied": "series=string authority=Reference targetDisease=CodeableConcept* doseNumber[x]=positiveInt|string! seriesDoses[x]=positiveInt|string",
+      "Immunization.reaction": "date=dateTime detail=Reference reported=boolean",
+      "Location": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code operationalStatus=Coding name=string alias=string* description=string mode=code type=CodeableConcept* telecom=ContactPoint* address=Address physicalType=CodeableConcept position=Location.position managingOrganization=Reference partOf=Reference hoursOfOperation=Location.hoursOfOperation* availabilityExceptions=string endpoint=Reference*",
+      "Location.hoursOfOperation": "daysOfWeek=code* allDay=boolean openingTime=time closingTime=time",
+      "Location.position": "longitude=decimal! latitude=decimal! altitude=decimal",
+      "Medication": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* code=CodeableConcept status=code manufacturer=Reference form=CodeableConcept amount=Ratio ingredient=Medication.ingredient* batch=Medication.batch",
+      "Medication.batch": "lotNumber=string expirationDate=dateTime",
+      "Medication.ingredient": "item[x]=CodeableConcept|Reference! isActive=boolean strength=Ratio",
+      "MedicationAdministration": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiates=uri* partOf=Reference* status=code! statusReason=CodeableConcept* category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference! context=Reference supportingInformation=Reference* effective[x]=dateTime|Period! performer=MedicationAdministration.performer* reasonCode=CodeableConcept* reasonReference=Reference* request=Reference device=Reference* note=Annotation* dosage=MedicationAdministration.dosage eventHistory=Reference*",
+      "MedicationAdministration.dosage": "text=string site=CodeableConcept route=CodeableConcept method=CodeableConcept dose=Quantity rate[x]=Ratio|Quantity",
+      "MedicationAdministration.performer": "function=CodeableConcept actor=Reference!",
+      "MedicationDispense": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* partOf=Reference* status=code! statusReason[x]=CodeableConcept|Reference category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference context=Reference supportingInformation=Reference* performer=MedicationDispense.performer* location=Reference authorizingPrescription=Reference* type=CodeableConcept quantity=Quantity daysSupply=Quantity whenPrepared=dateTime whenHandedOver=dateTime destination=Reference receiver=Reference* note=Annotation* dosageInstruction=Dosage* substitution=MedicationDispense.substitution detectedIssue=Reference* eventHistory=Reference*",
+      "MedicationDispense.performer": "function=CodeableConcept actor=Reference!",
+      "MedicationDispense.substitution": "wasSubstituted=boolean! type=CodeableConcept reason=CodeableConcept* responsibleParty=Reference*",
+      "MedicationRequest": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* status=code! statusReason=CodeableConcept intent=code! category=CodeableConcept* priority=code doNotPerform=boolean reported[x]=boolean|Reference medication[x]=CodeableConcept|Reference! subject=Reference! encounter=Reference supportingInformation=Reference* authoredOn=dateTime requester=Reference performer=Reference performerType=CodeableConcept recorder=Reference reasonCode=CodeableConcept* reasonReference=Reference* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* groupIdentifier=Identifier courseOfTherapyType=CodeableConcept insurance=Reference* note=Annotation* dosageInstruction=Dosage* dispenseRequest=MedicationRequest.dispenseRequest substitution=MedicationRequest.substitution priorPrescription=Reference detectedIssue=Reference* eventHistory=Reference*",
+      "MedicationRequest.dispenseRequest": "initialFill=MedicationRequest.dispenseRequest.initialFill dispenseInterval=Duration validityPeriod=Period numberOfRepeatsAllowed=unsignedInt quantity=Quantity expectedSupplyDuration=Duration performer=Reference",
+      "MedicationRequest.dispenseRequest.initialFill": "quantity=Quantity duration=Duration",
+      "MedicationRequest.substitution": "allowed[x]=boolean|CodeableConcept! reason=CodeableConcept",
+      "MedicationStatement": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* partOf=Reference* status=code! statusReason=CodeableConcept* category=CodeableConcept medication[x]=CodeableConcept|Reference! subject=Reference! context=Reference effective[x]=dateTime|Period dateAsserted=dateTime informationSource=Reference derivedFrom=Reference* reasonCode=CodeableConcept* reasonReference=Reference* note=Annotation* dosage=Dosage*",
+      "Meta": "versionId=id lastUpdated=instant source=uri profile=canonical* security=Coding* tag=Coding* project=uri author=Reference onBehalfOf=Reference account=Reference accounts=Reference* compartment=Reference* deleted=boolean",
+      "Money": "value=decimal currency=code",
+      "Narrative": "status=code! div=xhtml!",
+      "Observation": ".=obs-6 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* basedOn=Reference* partOf=Reference* status=code! category=CodeableConcept* code=CodeableConcept! subject=Reference focus=Reference* encounter=Reference effective[x]=dateTime|Period|Timing|instant issued=instant performer=Reference* value[x]=Quantity|CodeableConcept|string|boolean|integer|Range|Ratio|SampledData|time|dateTime|Period dataAbsentReason=CodeableConcept interpretation=CodeableConcept* note=Annotation* bodySite=CodeableConcept method=CodeableConcept specimen=Reference device=Reference referenceRange=Observation.referenceRange*#obs-3 hasMember=Reference* derivedFrom=Reference* component=Observation.component*",
+      "Observation.component": "code=CodeableConcept! value[x]=Quantity|CodeableConcept|string|boolean|integer|Range|Ratio|SampledData|time|dateTime|Period dataAbsentReason=CodeableConcept interpretation=CodeableConcept* referenceRange=Observation.referenceRange*",
+      "Observation.referenceRange": "low=Quantity high=Quantity type=CodeableConcept appliesTo=CodeableConcept* age=Range text=string",
+      "Organization": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean type=CodeableConcept* name=string alias=string* telecom=ContactPoint* address=Address* partOf=Reference contact=Organization.contact* endpoint=Reference*",
+      "Organization.contact": "purpose=CodeableConcept name=HumanName telecom=ContactPoint* address=Address",
+      "ParameterDefinition": "name=code use=code! min=integer max=string documentation=string type=code! profile=canonical",
+      "Period": "start=dateTime end=dateTime",
+      "Practitioner": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean name=HumanName* telecom=ContactPoint* address=Address* gender=code birthDate=date photo=Attachment* qualification=Practitioner.qualification* communication=CodeableConcept*",
+      "Practitioner.qualification": "identifier=Identifier* code=CodeableConcept! period=Period issuer=Reference",
+      "PractitionerRole": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean period=Period practitioner=Reference organization=Reference code=CodeableConcept* specialty=CodeableConcept* location=Reference* healthcareService=Reference* telecom=ContactPoint* availableTime=PractitionerRole.availableTime* notAvailable=PractitionerRole.notAvailable* availabilityExceptions=string endpoint=Reference*",
+      "PractitionerRole.availableTime": "daysOfWeek=code* allDay=boolean availableStartTime=time availableEndTime=time",
+      "PractitionerRole.notAvailable": "description=string! during=Period",
+      "Procedure": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* partOf=Reference* status=code! statusReason=CodeableConcept category=CodeableConcept code=CodeableConcept subject=Reference! encounter=Reference performed[x]=dateTime|Period|string|Age|Range recorder=Reference asserter=Reference performer=Procedure.performer* location=Reference reasonCode=CodeableConcept* reasonReference=Reference* bodySite=CodeableConcept* outcome=CodeableConcept report=Reference* complication=CodeableConcept* complicationDetail=Reference* followUp=CodeableConcept* note=Annotation* focalDevice=Procedure.focalDevice* usedReference=Reference* usedCode=CodeableConcept*",
+      "Procedure.focalDevice": "action=CodeableConcept manipulated=Reference!",
+      "Procedure.performer": "function=CodeableConcept actor=Reference! onBehalfOf=Reference",
+      "Quantity": "value=decimal comparator=code unit=string system=uri code=code",
+      "Range": "low=Quantity high=Quantity",
+      "Ratio": "numerator=Quantity denominator=Quantity",
+      "Reference": "reference=string type=uri identifier=Identifier display=string",
+      "RelatedArtifact": "type=code! label=string display=string citation=markdown url=url document=Attachment resource=canonical",
+      "RelatedPerson": "id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* active=boolean patient=Reference! relationship=CodeableConcept* name=HumanName* telecom=ContactPoint* gender=code birthDate=date address=Address* photo=Attachment* period=Period communication=RelatedPerson.communication*",
+      "RelatedPerson.communication": "language=CodeableConcept! preferred=boolean",
+      "SampledData": "origin=Quantity! period=decimal! factor=decimal lowerLimit=decimal upperLimit=decimal dimensions=positiveInt! data=string",
+      "ServiceRequest": ".=prr-1 id=string meta=Meta implicitRules=uri language=code text=Narrative contained=Resource* identifier=Identifier* instantiatesCanonical=canonical* instantiatesUri=uri* basedOn=Reference* replaces=Reference* requisition=Identifier status=code! intent=code! category=CodeableConcept* priority=code doNotPerform=boolean code=CodeableConcept orderDetail=CodeableConcept* quantity[x]=Quantity|Ratio|Range subject=Reference! encounter=Reference occurrence[x]=dateTime|Period|Timing asNeeded[x]=boolean|CodeableConcept authoredOn=dateTime requester=Reference performerType=CodeableConcept performer=Reference* locationCode=CodeableConcept* locationReference=Reference* reasonCode=CodeableConcept* reasonReference=Reference* insurance=Reference* supportingInfo=Reference* specimen=Reference* bodySite=CodeableConcept* note=Annotation* patientInstruction=string relevantHistory=Reference*",
+      "Signature": "type=Coding!* when=instant! who=Reference! onBehalfOf=Reference targetFormat=code sigFormat=code data=base64Binary",
+      "Timing": "event=dateTime* repeat=Timing.repeat code=CodeableConcept",
+      "Timing.repeat": "bounds[x]=Duration|Range|Period count=positiveInt countMax=positiveInt duration=decimal durationMax=decimal durationUnit=code frequency=positiveInt frequencyMax=positiveInt period=decimal periodMax=decimal periodUnit=code dayOfWeek=code* timeOfDay=time* when=code* offset=unsignedInt",
+      "TriggerDefinition": "type=code! name=string timing[x]=Timing|Reference|date|dateTime data=DataRequirement* condition=Expression",
+      "UsageContext": "code=Coding! value[x]=CodeableConcept|Quantity|Range|Reference!"
     }
   },
   "consolidated": {
@@ -286,6 +433,40 @@ const CONFIG = {
 
 const nodeCrypto = require('crypto');
 
+/**
+ * The CONFIG parts both bots have (generator/render.py: _bot_basics, _link, _consolidated, _retry). `medport
+ * check` type-checks the rendered CONFIG against these: a key render.py adds, drops or retypes is an error.
+ * @typedef {object} BotBasics
+ * @property {string} botName
+ * @property {string} medportVersion
+ * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
+ * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ *
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @property {string} fingerprintExtensionUrl
+ * @property {string} queryFailedExtensionUrl
+ * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ *
+ * @typedef {object} ConsolidatedConfig the consolidated query's parameters
+ * @property {string[]} resources
+ * @property {string | null} dateFrom YYYY-MM-DD
+ * @property {string | null} dateTo YYYY-MM-DD
+ *
+ * @typedef {object} RetryConfig Metriport calls: bounded retries with backoff
+ * @property {number} maxAttempts
+ * @property {number} initialDelayMs
+ * @property {number} maxDelayMs
+ *
+ * @typedef { { [key: string]: unknown } } JsonObject parsed JSON: every field unknown until checked (an array
+ *   reads the same way: it has none of the fields looked for)
+ * @typedef {JsonObject | null | undefined} JsonBody a parsed JSON answer (Metriport's, a download's): untrusted,
+ *   each field checked where it is read (a number or string answer has none of the fields looked for)
+ * @typedef {JsonObject | string | number | boolean | null | undefined} JsonInput a bot's event.input before it
+ *   is checked: whoever may run the bot can send anything
+ *
+ * @typedef {import('@medplum/fhirtypes').OperationOutcome} OperationOutcome
+ */
+
 /** Error raised for a Metriport answer the bot cannot recover from. */
 class MetriportError extends Error {
   /**
@@ -323,7 +504,7 @@ function log(level, message, fields) {
 
 /**
  * Read a Project secret (event.secrets[NAME].valueString).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} name
  * @param {boolean} required
  * @returns {string | undefined}
@@ -345,7 +526,7 @@ function getSecret(event, name, required) {
 
 /**
  * Metriport base URL: the METRIPORT_BASE_URL secret wins over the rendered default.
- * @param {any} event
+ * @param {BotEvent} event
  * @returns {string}
  */
 function metriportBase(event) {
@@ -363,8 +544,10 @@ async function sleep(ms) {
   if (!(ms > 0)) {
     return;
   }
-  if (typeof setTimeout === 'function') {
-    await new Promise((resolve) => setTimeout(resolve, ms));
+  // Looked up on globalThis, never by its bare name: a bot naming a global vmcontext lacks fails the type check.
+  const timer = /** @type { { setTimeout?: (callback: () => void, ms: number) => unknown } } */ (globalThis).setTimeout;
+  if (typeof timer === 'function') {
+    await new Promise((resolve) => timer(() => resolve(undefined), ms));
     return;
   }
   try {
@@ -451,13 +634,13 @@ async function fetchWithRetry(url, init, what) {
 
 /**
  * Call Metriport's Medical API.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
- * @returns {Promise<{ status: number, body: any }>}
+ * @returns {Promise<{ status: number, body: JsonBody }>}
  */
 async function metriport(event, method, path, query, body, okStatuses) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
@@ -482,7 +665,7 @@ async function metriport(event, method, path, query, body, okStatuses) {
     what
   );
   const text = await res.text();
-  /** @type {any} */
+  /** @type {JsonBody} */
   let parsed = undefined;
   if (text) {
     try {
@@ -512,11 +695,11 @@ async function metriport(event, method, path, query, body, okStatuses) {
 
 /**
  * Start a consolidated query (JSON) for a Metriport patient.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} metriportPatientId
  * @param {string | undefined} medplumPatientId
  * @param {Record<string, string>} [extraMetadata] more `metadata` keys (Metriport echoes them in meta.data)
- * @returns {Promise<any>}
+ * @returns {Promise<JsonBody>} Metriport's answer ({ requestId })
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
@@ -567,12 +750,13 @@ function sha256Hex(text) {
  */
 function errorText(err) {
   if (err && typeof err === 'object') {
-    const e = /** @type {any} */ (err);
+    // an OperationOutcomeError (@medplum/core) carries the outcome; an Error its message
+    const e = /** @type { { outcome?: OperationOutcome, resourceType?: unknown, message?: unknown } } */ (err);
     if (e.outcome && Array.isArray(e.outcome.issue)) {
       return outcomeText(e.outcome);
     }
     if (e.resourceType === 'OperationOutcome') {
-      return outcomeText(e);
+      return outcomeText(/** @type {OperationOutcome} */ (e));
     }
     if (typeof e.message === 'string') {
       return e.message;
@@ -582,7 +766,7 @@ function errorText(err) {
 }
 
 /**
- * @param {any} outcome an OperationOutcome
+ * @param {Pick<OperationOutcome, 'issue'> | undefined} outcome an OperationOutcome (a batch entry's is typed Resource)
  * @returns {string}
  */
 function outcomeText(outcome) {
@@ -590,7 +774,7 @@ function outcomeText(outcome) {
     return '';
   }
   return outcome.issue
-    .map((/** @type {any} */ i) => {
+    .map((i) => {
       const text = (i.details && i.details.text) || i.diagnostics || i.code || 'error';
       return i.expression && i.expression.length ? text + ' (' + i.expression.join(', ') + ')' : text;
     })
@@ -604,7 +788,7 @@ function outcomeText(outcome) {
 
 /**
  * Header value by lower-cased name (event.headers keys are lower-cased by Medplum).
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} name
  * @returns {string | undefined}
  */
@@ -623,7 +807,7 @@ function header(event, name) {
 
 /**
  * Refuse (throw) unless x-metriport-signature is the hex HMAC-SHA256 of the raw body.
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} raw
  */
 function verifySignature(event, raw) {
@@ -650,7 +834,7 @@ function verifySignature(event, raw) {
 // ---------------------------------------------------------------------------
 
 /**
- * @param {any} msg
+ * @param {Message | undefined} msg
  * @returns {Summary}
  */
 function newSummary(msg) {
@@ -695,8 +879,8 @@ function bump(counts, key, n) {
  * message's metadata names another Patient (one Medplum Patient per Metriport patient; nothing is ever
  * moved to another subject).
  * @param {MedplumClient} medplum
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {Message} msg
+ * @param { { patientId?: unknown } } p one element of msg.patients (or of a notification's payload)
  * @returns {Promise<{ id?: string, status?: string, reason?: string }>}
  */
 async function resolvePatient(medplum, msg, p) {
@@ -704,7 +888,7 @@ async function resolvePatient(medplum, msg, p) {
   if (!mid) {
     return { status: 'not-found', reason: 'the message names no Metriport patient id' };
   }
-  const data = msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {};
+  const data = /** @type { { medplumPatientId?: unknown } } */ (msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {});
   const single = !Array.isArray(msg.patients) || msg.patients.length <= 1;
   const named = single && typeof data.medplumPatientId === 'string' && data.medplumPatientId ? data.medplumPatientId : undefined;
   const holders = await medplum.searchResources('Patient', {
@@ -742,8 +926,8 @@ async function resolvePatient(medplum, msg, p) {
  * Process one verified message. With a context (a stored message), a run resumed after a cut-off skips
  * what the checkpoint says is done, and every step done is checkpointed through the lease.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
+ * @param {BotEvent} event
+ * @param {Message} msg
  * @param {Ctx | null} [ctx]
  * @returns {Promise<Summary>}
  */
@@ -752,7 +936,9 @@ async function processMessage(medplum, event, msg, ctx) {
   const type = summary.type;
   const patients = Array.isArray(msg.patients) ? msg.patients : [];
   summary.patients = patients.length;
-  const resume = ctx && ctx.resume && ctx.resume.patient <= patients.length ? ctx.resume : undefined;
+  // a checkpoint counts patients (rows of a bulk patient create's result)
+  const units = type === 'medical.bulk-patient-create' ? Number.MAX_SAFE_INTEGER : patients.length;
+  const resume = ctx && ctx.resume && ctx.resume.patient <= units ? ctx.resume : undefined;
   const first = resume ? resume.patient : 0;
   if (ctx && resume && resume.summary) {
     Object.assign(summary.imported, resume.summary.imported || {});
@@ -798,22 +984,27 @@ async function processMessage(medplum, event, msg, ctx) {
           requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
           at,
         });
+        if (CONFIG.documents.requestBulkUrls) {
+          await startBulkDownloadUrls(event, mid, subject.id);
+          bump(summary.recorded, 'bulk-download-urls-requested');
+        }
       } catch (err) {
         if (err instanceof LeaseLost) {
           throw err;
         }
-        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type {any} */ (err)).status || 'error'), text: errorText(err) });
+        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
       await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
-    for (const p of patients) {
-      bump(summary.recorded, 'documents', Array.isArray(p.documents) ? p.documents.length : 0);
-      bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+    for (let i = first; i < patients.length; i++) {
+      await storeDocuments(medplum, event, msg, patients[i], summary);
+      await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.bulk-patient-create') {
-    const b = msg.bulkPatientCreate || {};
-    bump(summary.recorded, 'bulk-patient-create-' + String(b.status || 'unknown'));
+    await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, resume);
+  } else if (REALTIME_TYPES.includes(type)) {
+    await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
   } else {
     bump(summary.recorded, 'unknown-type');
     log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
@@ -853,7 +1044,9 @@ async function checkpoint(ctx, summary, patient, done, force) {
 //   window  importResources     the resources taken WINDOW_ITEMS at a time; each window is planned,
 //                               repaired, ordered and sent before the next is read
 //   plan    planImport          allowed types only, indexed by Type/mid, the others counted
-//   repair  repairItem          Metriport quirks fixed, references resolved, upsert identifier set
+//   repair  repairItem          Metriport quirks fixed, resources made to pass Medplum's validator
+//                               (rules generated from the StructureDefinitions), references resolved,
+//                               upsert identifier set; what cannot be repaired skipped with the reason
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
 //   send    sendLevels          batch Bundles within CONFIG.batch.maxEntries and maxBytes, built
 //                               as their items' references get ids (upsertEntry), batches in
@@ -890,6 +1083,7 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {boolean} [retry] lost a race with another run: sent again
  * @property {boolean} [waiting] written without a reference whose target has no Medplum id yet
  * @property {boolean} [sentOnce] its upsert was built (sendLevels)
+ * @property {string} [skip] why the repair phase could not make it valid (it is not imported)
  */
 
 /**
@@ -933,13 +1127,6 @@ async function checkpoint(ctx, summary, patient, done, force) {
 
 /** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
 
-const INSTANT_FIELDS = /** @type {Record<string, string[]>} */ ({
-  DocumentReference: ['date'],
-  Observation: ['issued'],
-  DiagnosticReport: ['issued'],
-  Media: ['issued'],
-});
-
 const IN_FLIGHT_BATCHES = 2;
 const UTF8 = new TextEncoder();
 /** Serialized size of an empty batch Bundle. */
@@ -968,9 +1155,9 @@ class CheckpointMismatch extends Error {}
  * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
  * searchset fetched and imported; every problem recorded in the summary.
  * @param {MedplumClient} medplum
- * @param {any} event
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p one element of msg.patients
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {number} resumeDone items of this patient an earlier run stored (its checkpoint)
@@ -1094,9 +1281,12 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
     return { window: prepareWindow(batch, subjectId, metriportPatientId, summary, index), done };
   };
   // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
+  /** @type {Promise<{ window: Window, done: boolean }> | undefined} */
   let coming = next(Math.min(WINDOW_ITEMS, FIRST_WINDOW_ITEMS));
-  for (let first = true; ; first = false) {
-    const { window, done } = await coming;
+  for (let first = true; coming; first = false) {
+    /** @type { { window: Window, done: boolean } } */
+    const got = await coming;
+    const { window, done } = got;
     if (!window.order.ordered.length && !first && done) {
       break;
     }
@@ -1180,6 +1370,7 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
+  dropUnrepairable(plan, summary);
   const order = orderItems(plan.items);
   const base = index.planned;
   index.planned += order.ordered.length;
@@ -1295,7 +1486,8 @@ async function lookupIds(medplum, keys) {
   for (const [type, mids] of byType) {
     for (let j = 0; j < mids.length; j += LOOKUP_CHUNK) {
       const part = mids.slice(j, j + LOOKUP_CHUNK);
-      const stored = await medplum.searchResources(/** @type {any} */ (type), {
+      /** @type { { id?: string, identifier?: Identifier | Identifier[] }[] } */
+      const stored = await medplum.searchResources(/** @type {ResourceType} */ (type), {
         identifier: part.map((mid) => CONFIG.resourceIdentifierSystem + '|' + mid).join(','),
         _count: String(part.length * 2),
       });
@@ -1404,9 +1596,9 @@ async function resumeFrom(medplum, items, order, done) {
  * The patient's consolidated resources. A download URL that expired before the message was processed
  * is recovered once: a new consolidated query brings a fresh one (the count travels in the query's
  * metadata, which Metriport echoes in meta.data).
- * @param {any} event
- * @param {any} msg
- * @param {any} p one element of msg.patients
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p one element of msg.patients
  * @param {string} subjectId existing Medplum Patient id
  * @param {Summary} summary
  * @returns {Promise<any[] | AsyncIterable<any> | undefined>} undefined: nothing to import now (query
@@ -1418,7 +1610,7 @@ async function fetchConsolidated(event, msg, p, subjectId, summary) {
     return await consolidatedResources(p.bundle);
   } catch (err) {
     const requeries = Number((msg.meta && msg.meta.data && msg.meta.data.medportRequery) || 0);
-    if (/** @type {any} */ (err).expired && requeries < MAX_REQUERIES) {
+    if (/** @type { { expired?: boolean } } */ (err).expired && requeries < MAX_REQUERIES) {
       try {
         await startConsolidatedQuery(event, mid, subjectId, { medportRequery: String(requeries + 1) });
         bump(summary.recorded, 'consolidated-requeried-after-expired-url');
@@ -1429,7 +1621,7 @@ async function fetchConsolidated(event, msg, p, subjectId, summary) {
       return undefined;
     }
     summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) +
-      (/** @type {any} */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
+      (/** @type { { expired?: boolean } } */ (err).expired ? ' — already re-requested ' + requeries + ' time(s); replay after a new query' : '') });
     return undefined;
   }
 }
@@ -1792,8 +1984,10 @@ function rememberUrn(index, urn, key) {
 
 /**
  * Make one item's resource acceptable to Medplum and ready to upsert: server fields dropped, Metriport
- * quirks fixed (instants, contained, duplicate codings), references resolved, required elements
- * marked absent, the identifier the upsert keys on set.
+ * quirks fixed (contained, duplicate codings), the resource made to pass Medplum's validator
+ * (conformResource: cardinality, formats, required elements marked absent, invariants), references
+ * resolved, the identifier the upsert keys on set. A resource no safe repair makes valid gets
+ * `item.skip` (the reason); dropUnrepairable then takes it out of the import.
  * @param {Item} item
  * @param {Plan} plan
  * @param {Summary} summary
@@ -1806,8 +2000,11 @@ function repairItem(item, plan, summary) {
     delete r.meta.lastUpdated;
     delete r.meta.source;
   }
-  fixInstants(r, item.type, summary);
   const containedIds = keepValidContained(r, summary);
+  item.skip = conformResource(r, item.type, summary);
+  if (item.skip) {
+    return;
+  }
   walk(r, (obj) => {
     if (Array.isArray(obj.coding) && obj.coding.length > 1) {
       dedupeCodings(obj, summary);
@@ -1817,29 +2014,7 @@ function repairItem(item, plan, summary) {
     }
   });
   prune(r);
-  fillRequiredElements(r, item.type, summary);
   setUpsertIdentifier(r, item.type, item.mid);
-}
-
-/**
- * Bare dates (or dateTimes without zone) where an instant is required; unusable values dropped.
- * @param {any} r
- * @param {string} type
- * @param {Summary} summary
- */
-function fixInstants(r, type, summary) {
-  for (const field of INSTANT_FIELDS[type] || []) {
-    if (typeof r[field] === 'string') {
-      const fixed = toInstant(r[field]);
-      if (fixed === undefined) {
-        delete r[field];
-        bump(summary.fixes, 'invalid-instant-dropped');
-      } else if (fixed !== r[field]) {
-        r[field] = fixed;
-        bump(summary.fixes, 'date-to-instant');
-      }
-    }
-  }
 }
 
 /**
@@ -1952,7 +2127,7 @@ function resolveReference(obj, item, plan, containedIds, summary) {
       const type = key && !key.startsWith('urn:uuid:') ? key.slice(0, key.indexOf('/')) : undefined;
       if (!key || type === 'Patient') {
         dropReference(obj, summary);
-      } else if (type && !CONFIG.resources.includes(type)) {
+      } else if (type && !/** @type {string[]} */ (CONFIG.resources).includes(type)) {
         dropReference(obj, summary, true);
       } else {
         obj.reference = '@@' + key;
@@ -1967,7 +2142,7 @@ function resolveReference(obj, item, plan, containedIds, summary) {
 
 /**
  * Drop a reference to something we cannot point at; keep the display.
- * @param {any} obj the Reference
+ * @param {import('@medplum/fhirtypes').Reference} obj the Reference
  * @param {Summary | undefined} summary
  * @param {boolean} [skippedType]
  */
@@ -1983,36 +2158,9 @@ function dropReference(obj, summary, skippedType) {
 }
 
 /**
- * Required elements the source lacks (C-CDA conversions miss e.g. Encounter.class or
- * Composition.author) are marked absent the FHIR way (data-absent-reason "unknown"), never invented:
- * otherwise Medplum rejects the whole resource.
- * @param {any} r
- * @param {string} type
- * @param {Summary} summary
- */
-function fillRequiredElements(r, type, summary) {
-  const required = (CONFIG.requiredElements || {})[type] || {};
-  for (const name of Object.keys(required)) {
-    const [elementType, isArray] = required[name];
-    if (r[name] !== undefined) {
-      continue;
-    }
-    /** @type {any} */
-    const value = { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
-    if (elementType === 'Reference') {
-      value.display = 'unknown';
-    } else if (elementType === 'CodeableConcept') {
-      value.text = 'unknown';
-    }
-    r[name] = isArray ? [value] : value;
-    bump(summary.fixes, 'required-element-marked-absent');
-  }
-}
-
-/**
  * The identifier the conditional PUT keys on (<resourceIdentifierSystem>|<mid>), replacing any
  * earlier one of that system; a single Identifier where the type's element is not a list.
- * @param {any} r
+ * @param { { identifier?: Identifier | Identifier[] } } r
  * @param {string} type
  * @param {string} mid
  */
@@ -2022,9 +2170,720 @@ function setUpsertIdentifier(r, type, mid) {
     r.identifier = ident;
   } else {
     const others = Array.isArray(r.identifier)
-      ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
+      ? r.identifier.filter((i) => !(i && i.system === CONFIG.resourceIdentifierSystem))
       : [];
     r.identifier = others.concat([ident]);
+  }
+}
+
+// --- repair: FHIR element rules ---------------------------------------------
+// What Medplum's validateResource (@medplum/core src/typeschema/validation.ts, run on every write of a
+// strict-mode project) refuses, repaired generically from CONFIG.fhirRules: element rules generated from
+// the StructureDefinitions for the configured types only (generator/fhir_rules.py), one string per type
+// (a resource, a complex data type, or a backbone element named by its path):
+// "name=type[|type...][!][*][#invariant,...]", `!` required, `*` a list, `.=...` the resource's invariants.
+
+/**
+ * @typedef {object} ElementRule
+ * @property {string} name element name (a choice element without its "[x]")
+ * @property {string[]} types type codes (several for a choice element)
+ * @property {boolean} choice
+ * @property {number} min
+ * @property {boolean} array
+ * @property {string[]} inv invariants checked on each value
+ */
+/**
+ * @typedef {object} TypeRules
+ * @property {Map<string, { rule: ElementRule, type: string }>} byKey JSON property -> rule and type
+ * @property {ElementRule[]} required the elements with min >= 1
+ * @property {string[]} root the resource's own invariants
+ */
+/**
+ * @typedef {object} ConformCtx
+ * @property {Summary} summary
+ * @property {string} type the resource type
+ * @property {string} [skip] why the resource cannot be repaired (it is skipped)
+ */
+
+/** Medplum's primitive formats (validation.ts validationRegexes); JS types (fhirTypeToJsType). */
+const PRIMITIVE_FORMATS = /** @type {Record<string, RegExp>} */ ({
+  canonical: /^\S*$/,
+  code: /^[^\s]+( [^\s]+)*$/,
+  date: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1]))?)?$/,
+  dateTime: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1])(T([01]\d|2[0-3])(:[0-5]\d:([0-5]\d|60)(\.\d{1,9})?)?)?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)?)?)?$/,
+  id: /^[A-Za-z0-9\-.]{1,64}$/,
+  instant: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2]\d|3[0-1])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))$/,
+  markdown: /^[\r\n\t\u0020-\uFFFF]+$/,
+  oid: /^urn:oid:[0-2](\.(0|[1-9]\d*))+$/,
+  string: /^[\r\n\t\u0020-\uFFFF]+$/,
+  time: /^([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?$/,
+  uri: /^\S*$/,
+  url: /^\S*$/,
+  uuid: /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+});
+const PRIMITIVE_JS = /** @type {Record<string, string>} */ ({
+  boolean: 'boolean', decimal: 'number', integer: 'number', positiveInt: 'number', unsignedInt: 'number',
+});
+/** validation.ts: strings up to 1 MB; dates checked against the calendar too. */
+const MAX_STRING = 1024 * 1024;
+const DATE_TYPES = new Set(['date', 'dateTime', 'instant']);
+/** validation.ts base64BinaryMaxBytes default: larger data is refused. */
+const BASE64_MAX_BYTES = 1024 * 1024;
+const INT_MIN = /** @type {Record<string, number>} */ ({ integer: -2147483648, positiveInt: 1, unsignedInt: 0 });
+/** Elements every type has, handled alike: extensions (Extension lists) and an element's id. */
+const EXTENSION_RULE = /** @type {ElementRule} */ ({ name: 'extension', types: ['Extension'], choice: false, min: 0, array: true, inv: [] });
+const GENERIC_ELEMENTS = new Map([
+  ['extension', { rule: EXTENSION_RULE, type: 'Extension' }],
+  ['modifierExtension', { rule: { ...EXTENSION_RULE, name: 'modifierExtension' }, type: 'Extension' }],
+]);
+const ELEMENT_ID = { rule: /** @type {ElementRule} */ ({ name: 'id', types: ['string'], choice: false, min: 0, array: false, inv: [] }), type: 'string' };
+
+/** @type {Map<string, TypeRules | null>} */
+const TYPE_RULES = new Map();
+
+/**
+ * The rules of one type (parsed from CONFIG.fhirRules on first use), or null when the bot has none.
+ * @param {string} type
+ * @returns {TypeRules | null}
+ */
+function rulesOf(type) {
+  let parsed = TYPE_RULES.get(type);
+  if (parsed === undefined) {
+    const text = ((CONFIG.fhirRules || {}).types || {})[type];
+    parsed = typeof text === 'string' ? parseTypeRules(text) : null;
+    TYPE_RULES.set(type, parsed);
+  }
+  return parsed;
+}
+
+/**
+ * @param {string} text
+ * @returns {TypeRules}
+ */
+function parseTypeRules(text) {
+  /** @type {TypeRules} */
+  const out = { byKey: new Map(), required: [], root: [] };
+  for (const part of text.split(' ')) {
+    const eq = part.indexOf('=');
+    const name = part.slice(0, eq);
+    let spec = part.slice(eq + 1);
+    if (name === '.') {
+      out.root = spec.split(',');
+      continue;
+    }
+    /** @type {string[]} */
+    let inv = [];
+    const hash = spec.indexOf('#');
+    if (hash >= 0) {
+      inv = spec.slice(hash + 1).split(',');
+      spec = spec.slice(0, hash);
+    }
+    const array = spec.endsWith('*');
+    spec = array ? spec.slice(0, -1) : spec;
+    const min = spec.endsWith('!') ? 1 : 0;
+    spec = min ? spec.slice(0, -1) : spec;
+    const choice = name.endsWith('[x]');
+    /** @type {ElementRule} */
+    const rule = { name: choice ? name.slice(0, -3) : name, types: spec.split('|'), choice, min, array, inv };
+    if (min) {
+      out.required.push(rule);
+    }
+    for (const t of rule.types) {
+      out.byKey.set(choice ? rule.name + capitalize(t) : rule.name, { rule, type: t });
+    }
+  }
+  return out;
+}
+
+/**
+ * @param {string} s
+ * @returns {string}
+ */
+function capitalize(s) {
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/**
+ * @param {string} type
+ * @returns {boolean}
+ */
+function isPrimitiveType(type) {
+  return /^[a-z]/.test(type);
+}
+
+/**
+ * Make a resource acceptable to Medplum's validator the generic way, counting each repair: a list where
+ * one value is allowed keeps the first (or the richest) value, a single value where a list is required
+ * becomes a list, unknown elements and nulls are dropped, primitives of the wrong JSON type or format are
+ * fixed when the fix is certain (e.g. "20240105" -> "2024-01-05") or dropped, required elements the
+ * source lacks (also inside backbone elements and data types, also choice elements) are marked absent with
+ * data-absent-reason "unknown", and the invariants known in converted data are repaired — or, where no
+ * safe repair exists, the resource is skipped with the reason.
+ * @param {JsonObject} r
+ * @param {string} type
+ * @param {Summary} summary
+ * @returns {string | undefined} why the resource must be skipped
+ */
+function conformResource(r, type, summary) {
+  /** @type {ConformCtx} */
+  const ctx = { summary, type };
+  if (!rulesOf(type)) {
+    return undefined;
+  }
+  conformObject(r, type, ctx);
+  for (const key of /** @type {TypeRules} */ (rulesOf(type)).root) {
+    checkInvariant(key, r, ctx);
+  }
+  return ctx.skip;
+}
+
+/**
+ * Every element of one object (a resource, a data type value or a backbone element), then its required
+ * elements.
+ * @param {JsonObject} obj
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ */
+function conformObject(obj, type, ctx) {
+  const rules = rulesOf(type);
+  if (!rules) {
+    return;
+  }
+  const isResource = typeof obj.resourceType === 'string';
+  for (const key of Object.keys(obj)) {
+    if (key === 'resourceType' && isResource) {
+      continue;
+    }
+    const base = key.startsWith('_') ? key.slice(1) : key;
+    const found = rules.byKey.get(base) || GENERIC_ELEMENTS.get(base) || (base === 'id' && !isResource ? ELEMENT_ID : undefined);
+    if (!found) {
+      delete obj[key];
+      bump(ctx.summary.fixes, 'unknown-element-dropped');
+    } else if (key !== base) {
+      conformPrimitiveExtension(obj, key, ctx);
+    } else {
+      conformElement(obj, key, found.rule, found.type, ctx);
+    }
+  }
+  for (const rule of rules.required) {
+    if (!hasElement(obj, rule)) {
+      markAbsent(obj, rule, ctx);
+    }
+  }
+}
+
+/**
+ * One element's value(s): cardinality, then each value.
+ * @param {any} obj
+ * @param {string} key
+ * @param {ElementRule} rule
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ */
+function conformElement(obj, key, rule, type, ctx) {
+  const v = obj[key];
+  if (v === null || v === undefined) {
+    delete obj[key];
+    bump(ctx.summary.fixes, 'null-value-dropped');
+    return;
+  }
+  if (!rule.array) {
+    let value = v;
+    if (Array.isArray(v)) {
+      value = bestValue(v, type, rule, ctx);
+      bump(ctx.summary.fixes, v.length ? 'repeated-single-value-reduced' : 'empty-value-dropped');
+    } else {
+      value = conformValue(v, type, rule, ctx);
+    }
+    if (value === undefined) {
+      delete obj[key];
+    } else {
+      obj[key] = value;
+    }
+    return;
+  }
+  let list = v;
+  if (!Array.isArray(v)) {
+    list = [v];
+    bump(ctx.summary.fixes, 'single-value-wrapped');
+  }
+  // A primitive list's extensions are a parallel list ("_given"): kept aligned, a value only dropped with
+  // its extension unless the extension has content (then the value becomes null, as FHIR JSON allows).
+  const partner = isPrimitiveType(type) && Array.isArray(obj['_' + key]) ? obj['_' + key] : undefined;
+  const values = [];
+  /** @type {unknown[]} */
+  const partners = [];
+  for (let i = 0; i < list.length; i++) {
+    const had = list[i] !== null && list[i] !== undefined;
+    const fixed = had ? conformValue(list[i], type, rule, ctx) : undefined;
+    if (!had && !(partner && partner[i])) {
+      bump(ctx.summary.fixes, 'null-value-dropped');
+    }
+    if (fixed !== undefined || (partner && partner[i])) {
+      values.push(fixed === undefined ? null : fixed);
+      if (partner) {
+        partners.push(partner[i] === undefined ? null : partner[i]);
+      }
+    }
+  }
+  if (values.length) {
+    obj[key] = values;
+  } else {
+    delete obj[key];
+  }
+  if (partner) {
+    obj['_' + key] = partners;
+  }
+}
+
+/**
+ * Of several values where one is allowed: the first with the most content (a coded value over text only),
+ * repaired; the others dropped.
+ * @param {unknown[]} values
+ * @param {string} type
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ * @returns {unknown} the value kept, repaired (undefined: none)
+ */
+function bestValue(values, type, rule, ctx) {
+  const ranked = values.map((v, i) => ({ v, i, score: richness(v) })).filter((x) => x.score > 0);
+  ranked.sort((a, b) => b.score - a.score || a.i - b.i);
+  for (const { v } of ranked) {
+    const fixed = conformValue(v, type, rule, ctx);
+    if (fixed !== undefined) {
+      return fixed;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * @param {any} v
+ * @returns {number} 0 = nothing, higher = more to keep
+ */
+function richness(v) {
+  if (v === null || v === undefined || v === '' || Array.isArray(v)) {
+    return 0;
+  }
+  if (typeof v !== 'object') {
+    return 1;
+  }
+  let score = Object.keys(v).length ? 1 : 0;
+  if (Array.isArray(v.coding) && v.coding.some((/** @type {any} */ c) => c && c.code)) {
+    score += 2;
+  }
+  if (v.text || v.display || v.reference || v.value !== undefined) {
+    score += 1;
+  }
+  return score;
+}
+
+/**
+ * One value of an element, repaired; undefined when it must go.
+ * @param {any} v
+ * @param {string} type
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ * @returns {any}
+ */
+function conformValue(v, type, rule, ctx) {
+  if (isPrimitiveType(type)) {
+    return conformPrimitive(v, type, ctx);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) {
+    bump(ctx.summary.fixes, 'invalid-' + type + '-dropped');
+    return undefined;
+  }
+  if (type === 'Resource') {
+    // Contained resources: repaired against their own type's rules when the bot has them.
+    if (typeof v.resourceType === 'string') {
+      conformObject(v, v.resourceType, ctx);
+    }
+    return v;
+  }
+  if (type === 'Extension' && (typeof v.url !== 'string' || !v.url.trim())) {
+    bump(ctx.summary.fixes, 'invalid-Extension-dropped');
+    return undefined;
+  }
+  conformObject(v, type, ctx);
+  for (const key of rule.inv) {
+    if (checkInvariant(key, v, ctx) === 'drop') {
+      return undefined;
+    }
+  }
+  if (type === 'Extension') {
+    for (const key of (CONFIG.fhirRules || {}).extensionInvariants || []) {
+      if (checkInvariant(key, v, ctx, rule.name === 'modifierExtension') === 'drop') {
+        return undefined;
+      }
+    }
+  }
+  return Object.keys(v).length ? v : undefined;
+}
+
+/**
+ * A primitive's extensions ("_status": {extension: [...]}, or a list of them for a list of values).
+ * @param {JsonObject} obj
+ * @param {string} key
+ * @param {ConformCtx} ctx
+ */
+function conformPrimitiveExtension(obj, key, ctx) {
+  const v = obj[key];
+  const one = (/** @type {any} */ x) => {
+    if (x && typeof x === 'object' && !Array.isArray(x)) {
+      conformElement(x, 'extension', EXTENSION_RULE, 'Extension', ctx);
+      if (x.extension === undefined) {
+        delete x.extension;
+      }
+    }
+  };
+  if (Array.isArray(v)) {
+    v.forEach(one);
+  } else if (v && typeof v === 'object') {
+    one(v);
+    if (!Object.keys(v).length) {
+      delete obj[key];
+    }
+  } else {
+    delete obj[key];
+    bump(ctx.summary.fixes, 'null-value-dropped');
+  }
+}
+
+/**
+ * Whether an element has a value (or, for a primitive, extensions); for a choice element, in any of its types.
+ * @param {JsonObject} obj
+ * @param {ElementRule} rule
+ * @returns {boolean}
+ */
+function hasElement(obj, rule) {
+  const keys = rule.choice ? rule.types.map((t) => rule.name + capitalize(t)) : [rule.name];
+  return keys.some((k) => obj[k] !== undefined || obj['_' + k] !== undefined);
+}
+
+/**
+ * @returns { { extension: Extension[], display?: string, text?: string } } a data-absent-reason "unknown"
+ *   extension list holder
+ */
+function absentElement() {
+  return { extension: [{ url: DATA_ABSENT_REASON, valueCode: 'unknown' }] };
+}
+
+/**
+ * A required element the source lacks, marked absent the FHIR way (data-absent-reason "unknown"), never
+ * invented: a data type or backbone element carries the extension itself (its own required elements marked
+ * absent in turn), a primitive in its "_name" element; for a choice element the first type that says
+ * least: CodeableConcept, Reference, another data type, string, then the first.
+ * @param {JsonObject} obj
+ * @param {ElementRule} rule
+ * @param {ConformCtx} ctx
+ */
+function markAbsent(obj, rule, ctx) {
+  let type = rule.types[0];
+  if (rule.choice) {
+    type = ['CodeableConcept', 'Reference'].find((t) => rule.types.includes(t)) ||
+      rule.types.find((t) => !isPrimitiveType(t)) ||
+      (rule.types.includes('string') ? 'string' : rule.types[0]);
+  }
+  const key = rule.choice ? rule.name + capitalize(type) : rule.name;
+  if (isPrimitiveType(type)) {
+    obj['_' + key] = rule.array ? [absentElement()] : absentElement();
+    if (rule.array) {
+      obj[key] = [null];
+    }
+  } else {
+    const value = absentElement();
+    if (type === 'Reference') {
+      value.display = 'unknown';
+    } else if (type === 'CodeableConcept') {
+      value.text = 'unknown';
+    }
+    conformObject(value, type, ctx);
+    obj[key] = rule.array ? [value] : value;
+  }
+  bump(ctx.summary.fixes, 'required-element-marked-absent');
+}
+
+/**
+ * A primitive value of the JSON type and format Medplum checks; fixed when the fix is certain, else
+ * undefined (dropped). Counted as invalid-<type>-fixed / -dropped (a bare date made an instant:
+ * date-to-instant).
+ * @param {any} v
+ * @param {string} type
+ * @param {ConformCtx} ctx
+ * @returns {any}
+ */
+function conformPrimitive(v, type, ctx) {
+  const fixes = ctx.summary.fixes;
+  const js = PRIMITIVE_JS[type] || 'string';
+  let value = v;
+  if (typeof value !== js) {
+    if (js === 'number' && typeof value === 'string' && /^\s*-?\d+(\.\d+)?([eE][+-]?\d+)?\s*$/.test(value)) {
+      value = Number(value);
+    } else if (js === 'boolean' && (value === 'true' || value === 'false')) {
+      value = value === 'true';
+    } else if (js === 'string' && (typeof value === 'number' || typeof value === 'boolean') && type !== 'base64Binary') {
+      value = String(value);
+    } else {
+      bump(fixes, 'invalid-' + type + '-dropped');
+      return undefined;
+    }
+  }
+  let fixed = value;
+  if (js === 'number') {
+    const bad = !Number.isFinite(value) || (type in INT_MIN && (!Number.isInteger(value) || value < INT_MIN[type] || value > 2147483647));
+    fixed = bad ? undefined : value;
+  } else if (js === 'string') {
+    fixed = fixString(value, type);
+  }
+  if (fixed === undefined) {
+    bump(fixes, 'invalid-' + type + '-dropped');
+  } else if (fixed !== v) {
+    bump(fixes, type === 'instant' && /^\d{4}(-\d{2}(-\d{2})?)?$/.test(String(v)) ? 'date-to-instant' : 'invalid-' + type + '-fixed');
+  }
+  return fixed;
+}
+
+/**
+ * @param {string} value
+ * @param {string} type
+ * @returns {string | undefined}
+ */
+function fixString(value, type) {
+  const format = PRIMITIVE_FORMATS[type];
+  if (type !== 'base64Binary' && value.length <= MAX_STRING && (!format || format.test(value)) && /\S/.test(value) &&
+    !(DATE_TYPES.has(type) && !calendarDayOk(value))) {
+    return value;
+  }
+  if (type === 'base64Binary') {
+    const s = value.replace(/\s+/g, '');
+    return isBase64(s) && Math.floor((s.length * 3) / 4) <= BASE64_MAX_BYTES + 2 ? s : undefined;
+  }
+  if (type === 'xhtml') {
+    return value.trim() ? value : undefined;
+  }
+  let s = value;
+  if (type === 'string' || type === 'markdown') {
+    s = s.replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F]/g, ' ');
+  } else if (type === 'code') {
+    s = s.trim().replace(/\s+/g, ' ');
+  } else if (DATE_TYPES.has(type)) {
+    s = fixDate(s.trim(), type) || '';
+  } else {
+    s = s.trim();
+  }
+  if (!s.trim() || s.length > MAX_STRING) {
+    return undefined;
+  }
+  if (format && !format.test(s) && (type === 'uri' || type === 'url' || type === 'canonical')) {
+    const url = fixUrl(s);
+    if (url === undefined) {
+      return undefined;
+    }
+    s = url;
+  }
+  return !format || format.test(s) ? s : undefined;
+}
+
+/**
+ * An absolute URL with spaces inside (e.g. "https://x/discharge summary.pdf") percent-encoded; anything else
+ * (an unfilled template such as "https://x/Binary/<%= id %>", text) is not a URL: undefined.
+ * @param {string} s
+ * @returns {string | undefined}
+ */
+function fixUrl(s) {
+  const encoded = s.replace(/ /g, '%20');
+  return /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/]/.test(encoded) && /^([A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/.test(encoded)
+    ? encoded : undefined;
+}
+
+/**
+ * @param {string} s
+ * @returns {boolean}
+ */
+function isBase64(s) {
+  const padding = s.endsWith('==') ? 2 : s.endsWith('=') ? 1 : 0;
+  return s.length > 0 && s.length % 4 === 0 && /^[A-Za-z\d+/]+$/.test(s.slice(0, s.length - padding));
+}
+
+/**
+ * A date, dateTime or instant in the form FHIR wants when the value says it unambiguously: HL7 v3
+ * timestamps ("20240105", "202401051030-0500"), a space instead of "T", minutes without seconds, a time
+ * given where only a date is allowed (the date kept), a day the month does not have (the month kept), a
+ * bare date or a dateTime without zone where an instant is required (midnight / UTC, as before).
+ * @param {string} value
+ * @param {string} type
+ * @returns {string | undefined}
+ */
+function fixDate(value, type) {
+  let s = value;
+  const ts = /^(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(\d{2}(?:\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$/.exec(s);
+  if (ts && s.length !== 4) {
+    const [, y, mo, d, h, mi, sec, zone] = ts;
+    s = y + (mo ? '-' + mo : '') + (d ? '-' + d : '');
+    if (h) {
+      s += 'T' + h + ':' + (mi || '00') + ':' + (sec || '00');
+      if (zone) {
+        s += zone === 'Z' ? 'Z' : zone.slice(0, 3) + ':' + zone.slice(-2);
+      }
+    }
+  }
+  s = s.replace(/^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?=$|[Z+-])/, '$1T$2:00').replace(/^(\d{4}-\d{2}-\d{2}) (?=\d)/, '$1T');
+  if (!calendarDayOk(s)) {
+    s = s.slice(0, 7);
+  }
+  if (type === 'date') {
+    s = s.replace(/^(\d{4}(-\d{2}(-\d{2})?)?)T.*$/, '$1');
+  } else if (type === 'instant') {
+    return toInstant(s);
+  }
+  return s;
+}
+
+/**
+ * validation.ts isValidCalendarDate: the day exists in its month (2023-02-29 does not).
+ * @param {string} s a date, dateTime or instant
+ * @returns {boolean}
+ */
+function calendarDayOk(s) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(s);
+  return !m || Number(m[3]) <= new Date(Date.UTC(Number(m[1]), Number(m[2]), 0)).getUTCDate();
+}
+
+/**
+ * Medplum's reading of an invariant, repaired: 'fixed' (counted invariant-<key>-repaired), 'drop' (the value
+ * goes; counted too), or, with no safe repair, the resource is skipped (ctx.skip names the invariant).
+ * @param {string} key
+ * @param {JsonObject} v the value the invariant constrains
+ * @param {ConformCtx} ctx
+ * @param {boolean} [modifier] v is a modifierExtension (it changes the meaning of what holds it: never dropped)
+ * @returns {string | undefined}
+ */
+function checkInvariant(key, v, ctx, modifier) {
+  const repair = INVARIANT_REPAIRS[key];
+  const outcome = repair ? repair(v, !!modifier) : undefined;
+  if (outcome === 'skip') {
+    ctx.skip = ctx.skip || key + ' not met: ' + (((CONFIG.fhirRules || {}).invariants || {})[key] || key) + ' (no safe repair)';
+  } else if (outcome) {
+    bump(ctx.summary.fixes, 'invariant-' + key + '-repaired');
+  }
+  return outcome;
+}
+
+/**
+ * @param {any} concept a CodeableConcept
+ * @param {string} system
+ * @param {string[]} codes
+ * @returns {boolean}
+ */
+function hasCoding(concept, system, codes) {
+  return !!concept && Array.isArray(concept.coding) &&
+    concept.coding.some((/** @type {any} */ c) => c && c.system === system && codes.includes(c.code));
+}
+
+/**
+ * @param {JsonObject} obj
+ * @param {string} name
+ * @returns {boolean} FHIRPath `name.exists()` (values are never empty here: empty ones were dropped)
+ */
+function exists(obj, name) {
+  return obj[name] !== undefined || obj['_' + name] !== undefined;
+}
+
+/**
+ * @param {JsonObject} obj
+ * @param {string} name a choice element without "[x]"
+ * @returns {boolean} FHIRPath `name.exists()` for a choice element, in any of its types
+ */
+function existsChoice(obj, name) {
+  const prefix = new RegExp('^_?' + name + '[A-Z]');
+  return Object.keys(obj).some((k) => prefix.test(k));
+}
+
+const ALLERGY_VERIFICATION = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification';
+const CONDITION_VERIFICATION = 'http://terminology.hl7.org/CodeSystem/condition-ver-status';
+const CONDITION_CLINICAL = 'http://terminology.hl7.org/CodeSystem/condition-clinical';
+
+/**
+ * The invariants the bot checks (generator/fhir_rules.py INVARIANTS holds the FHIRPath each one mirrors):
+ * undefined when it holds, else 'fixed', 'drop' or 'skip'.
+ * @type {Record<string, (v: JsonObject, modifier: boolean) => string | undefined>}
+ */
+const INVARIANT_REPAIRS = {
+  // AllergyIntolerance: clinicalStatus required unless entered-in-error (marked absent), forbidden then (dropped).
+  'ait-1': (r) => hasCoding(r.verificationStatus, ALLERGY_VERIFICATION, ['entered-in-error']) || exists(r, 'clinicalStatus')
+    ? undefined : ((r.clinicalStatus = { ...absentElement(), text: 'unknown' }), 'fixed'),
+  'ait-2': (r) => !hasCoding(r.verificationStatus, ALLERGY_VERIFICATION, ['entered-in-error']) || !exists(r, 'clinicalStatus')
+    ? undefined : (delete r.clinicalStatus, 'fixed'),
+  // Composition.section with nothing in it: dropped; emptyReason beside entries: dropped.
+  'cmp-1': (s) => exists(s, 'text') || exists(s, 'entry') || exists(s, 'section') ? undefined : 'drop',
+  'cmp-2': (s) => !exists(s, 'emptyReason') || !exists(s, 'entry') ? undefined : (delete s.emptyReason, 'fixed'),
+  // Condition.stage / evidence with neither of the elements that make them: dropped.
+  'con-1': (s) => exists(s, 'summary') || exists(s, 'assessment') ? undefined : 'drop',
+  'con-2': (e) => exists(e, 'code') || exists(e, 'detail') ? undefined : 'drop',
+  // An abated Condition that is not inactive/resolved/remission: which one is wrong is unknown — skipped.
+  'con-4': (r) => !existsChoice(r, 'abatement') || hasCoding(r.clinicalStatus, CONDITION_CLINICAL, ['resolved', 'remission', 'inactive'])
+    ? undefined : 'skip',
+  'con-5': (r) => !hasCoding(r.verificationStatus, CONDITION_VERIFICATION, ['entered-in-error']) || !exists(r, 'clinicalStatus')
+    ? undefined : (delete r.clinicalStatus, 'fixed'),
+  // CarePlan.activity with both a reference and a detail: which one is meant is unknown — skipped.
+  'cpl-3': (a) => !exists(a, 'detail') || !exists(a, 'reference') ? undefined : 'skip',
+  // Extension with neither a value nor extensions: only a url, dropped. With both: which one is meant is unknown;
+  // an extension may be ignored (FHIR: it does not change the meaning of what holds it), so it is dropped — a
+  // modifierExtension may not: the resource is skipped.
+  'ext-1': (x, modifier) => {
+    const nested = exists(x, 'extension');
+    const value = existsChoice(x, 'value');
+    return nested !== value ? undefined : nested && modifier ? 'skip' : 'drop';
+  },
+  // Observation.referenceRange without low, high or text: nothing to keep, dropped.
+  'obs-3': (rr) => exists(rr, 'low') || exists(rr, 'high') || exists(rr, 'text') ? undefined : 'drop',
+  // Observation with a value and a dataAbsentReason: the value is there, the reason dropped.
+  'obs-6': (r) => !exists(r, 'dataAbsentReason') || !existsChoice(r, 'value') ? undefined : (delete r.dataAbsentReason, 'fixed'),
+  // Consent without policy or policyRule: the rule marked absent (data-absent-reason "unknown").
+  'ppc-1': (r) => exists(r, 'policy') || exists(r, 'policyRule') ? undefined : ((r.policyRule = { ...absentElement(), text: 'unknown' }), 'fixed'),
+  // ServiceRequest.orderDetail without a code: the code marked absent.
+  'prr-1': (r) => !exists(r, 'orderDetail') || exists(r, 'code') ? undefined : ((r.code = { ...absentElement(), text: 'unknown' }), 'fixed'),
+};
+
+/**
+ * Items the repair phase had to skip (no safe repair): taken out of the import with their reason counted
+ * in summary.skipped, and every reference other items hold to them dropped (display kept).
+ * @param {Plan} plan
+ * @param {Summary} summary
+ */
+function dropUnrepairable(plan, summary) {
+  /** @type {Set<string>} */
+  const gone = new Set();
+  for (const item of plan.items.values()) {
+    if (item.skip) {
+      gone.add(item.key);
+      bump(summary.skipped, item.type + ': ' + item.skip);
+      log('warn', 'resource skipped: ' + item.skip, { resource: item.key });
+    }
+  }
+  if (!gone.size) {
+    return;
+  }
+  for (const key of gone) {
+    plan.items.delete(key);
+  }
+  for (const item of plan.items.values()) {
+    if (![...item.deps].some((d) => gone.has(d))) {
+      continue;
+    }
+    walk(item.resource, (obj) => {
+      if (typeof obj.reference === 'string' && obj.reference.startsWith('@@') && gone.has(obj.reference.slice(2))) {
+        dropReference(obj, undefined);
+        bump(summary.fixes, 'reference-to-skipped-resource-dropped');
+      }
+    });
+    for (const d of gone) {
+      item.deps.delete(d);
+    }
+    if (item.refs) {
+      item.refs = item.refs.filter((obj) => typeof obj.reference === 'string');
+    }
   }
 }
 
@@ -2454,6 +3313,7 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
 async function sendDeferredReferences(medplum, pending, items, order, summary, index) {
   const fixups = pending.filter((item) => !item.failed && item.medplumId);
   for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
+    /** @type {BatchEntry[]} */
     const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
       item,
       entry: {
@@ -2532,7 +3392,7 @@ async function sendFixups(medplum, index, summary) {
  * resolved to a new id before the other run stored it, 400 "Resource ID did not match resolved ID" — is
  * not a failure yet: it is returned to be sent again (unless `lastTry`).
  * @param {MedplumClient} medplum
- * @param { { item: Item, entry: any }[]} chunk
+ * @param { { item: Item, entry: BundleEntry }[]} chunk
  * @param {Summary} summary
  * @param {boolean} [fixup]
  * @param {boolean} [lastTry]
@@ -2544,9 +3404,9 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
   if (!chunk.length) {
     return again;
   }
-  /** @type {any} */
+  /** @type {Bundle} */
   const bundle = { resourceType: 'Bundle', type: 'batch', entry: chunk.map((c) => c.entry) };
-  /** @type {any} */
+  /** @type {Bundle} */
   let response;
   try {
     response = await medplum.executeBatch(bundle);
@@ -2556,7 +3416,7 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
       if (!fixup) {
         item.failed = true;
       }
-      summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type {any} */ (err)).status || 'error'), text });
+      summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text });
     }
     return again;
   }
@@ -2589,6 +3449,1428 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
 }
 
 // ---------------------------------------------------------------------------
+// Demographics, validated field by field exactly as Metriport validates them (@metriport/api-sdk
+// demographicsSchema, address.ts; @metriport/shared zip.ts, phone.ts, email.ts, external/zod/date.ts),
+// and sent in Metriport's shapes only. A required field Metriport would refuse is a skip naming it;
+// an optional one (an extra address, a phone, an email) is dropped with a warning naming it.
+// ---------------------------------------------------------------------------
+
+/**
+ * What medport sends Metriport (@metriport/api-sdk medical/models/demographics.ts and common/address.ts: the
+ * fields medport fills; Metriport's own types allow more).
+ * @typedef {object} MetriportAddress
+ * @property {string} addressLine1
+ * @property {string} [addressLine2]
+ * @property {string} city
+ * @property {string} state a USState or USTerritory code
+ * @property {string} zip 5 digits
+ * @property {'USA'} country
+ *
+ * @typedef { { phone?: string, email?: string } } MetriportContact
+ *
+ * @typedef {object} MetriportDemographics demographicsSchema: the match body
+ * @property {string} firstName
+ * @property {string} lastName
+ * @property {string} dob YYYY-MM-DD
+ * @property {'F' | 'M' | 'O' | 'U'} genderAtBirth
+ * @property {MetriportAddress[]} address
+ * @property {MetriportContact[]} [contact]
+ *
+ * @typedef {MetriportDemographics & { externalId: string }} MetriportPatientBody patientCreateSchema: the create
+ *   and update body (externalId = the Medplum Patient id)
+ */
+
+/** @type {Record<string, string>} USState (50 states + DC) and USTerritory (AS, GU, PR, VI — not MP), by name */
+const US_STATE_NAMES = {
+  AL: 'Alabama', AK: 'Alaska', AZ: 'Arizona', AR: 'Arkansas', CA: 'California', CO: 'Colorado', CT: 'Connecticut',
+  DE: 'Delaware', DC: 'District of Columbia', FL: 'Florida', GA: 'Georgia', HI: 'Hawaii', ID: 'Idaho', IL: 'Illinois',
+  IN: 'Indiana', IA: 'Iowa', KS: 'Kansas', KY: 'Kentucky', LA: 'Louisiana', ME: 'Maine', MD: 'Maryland',
+  MA: 'Massachusetts', MI: 'Michigan', MN: 'Minnesota', MS: 'Mississippi', MO: 'Missouri', MT: 'Montana',
+  NE: 'Nebraska', NV: 'Nevada', NH: 'New Hampshire', NJ: 'New Jersey', NM: 'New Mexico', NY: 'New York',
+  NC: 'North Carolina', ND: 'North Dakota', OH: 'Ohio', OK: 'Oklahoma', OR: 'Oregon', PA: 'Pennsylvania',
+  RI: 'Rhode Island', SC: 'South Carolina', SD: 'South Dakota', TN: 'Tennessee', TX: 'Texas', UT: 'Utah',
+  VT: 'Vermont', VA: 'Virginia', WA: 'Washington', WV: 'West Virginia', WI: 'Wisconsin', WY: 'Wyoming',
+  AS: 'American Samoa', GU: 'Guam', PR: 'Puerto Rico', VI: 'Virgin Islands',
+};
+const KNOWN_INVALID_ZIPS = [
+  '00000', '99999', '10000', '20000', '30000', '40000', '50000', '60000', '70000', '80000', '90000',
+  '12345', '54321',
+];
+/** @type {Record<string, 'F' | 'M' | 'O' | 'U'>} */
+const GENDERS = { male: 'M', female: 'F', other: 'O', unknown: 'U' };
+const US_COUNTRIES = ['US', 'USA', 'UNITED STATES', 'UNITED STATES OF AMERICA'];
+
+/**
+ * A 2-letter code Metriport accepts (its schema upper-cases and trims), from a code or a full name.
+ * @param {string | undefined} value
+ * @returns {string | undefined}
+ */
+function usStateCode(value) {
+  const v = (value || '').trim();
+  const upper = v.toUpperCase();
+  if (US_STATE_NAMES[upper]) {
+    return upper;
+  }
+  const byName = Object.keys(US_STATE_NAMES).find((k) => US_STATE_NAMES[k].toLowerCase() === v.toLowerCase());
+  return byName;
+}
+
+/**
+ * @metriport/shared normalizeUsPhoneWithPlusOne + isPhoneValid: ASCII digits only, a leading 1 of
+ * 11 digits dropped, then exactly 10 digits.
+ * @param {string} value
+ * @returns {string | undefined}
+ */
+function metriportPhone(value) {
+  let digits = value.trim().replace(/\D/g, '');
+  if (digits.length === 11 && digits[0] === '1') {
+    digits = digits.slice(1);
+  }
+  return digits.length === 10 ? digits : undefined;
+}
+
+const UTF8_RANGES = '\u00A1-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF';
+const EMAIL_USER_PART = new RegExp("^[a-z\\d!#\\$%&'\\*\\+\\-\\/=\\?\\^_`{\\|}~" + UTF8_RANGES + ']+$', 'i');
+const EMAIL_QUOTED_USER = new RegExp(
+  '^([\\s\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f\\x21\\x23-\\x5b\\x5d-\\x7e\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]|' +
+    '(\\\\[\\x01-\\x09\\x0b\\x0c\\x0d-\\x7f\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF]))*$',
+  'i'
+);
+const EMAIL_TLD = /^([a-z\u00A1-\u00A8\u00AA-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF]{2,}|xn[a-z0-9-]{2,})$/i;
+
+/**
+ * UTF-8 byte length (validator's isByteLength); a lone surrogate makes the address invalid.
+ * @param {string} s
+ * @returns {number}
+ */
+function utf8Length(s) {
+  try {
+    return encodeURI(s).split(/%..|./).length - 1;
+  } catch (_err) {
+    return Infinity;
+  }
+}
+
+/**
+ * @metriport/shared isEmailValid: not empty, not starting with "+1" (taken for a phone number), and
+ * validator.isEmail(email, { allow_utf8_local_part: true, blacklisted_chars: "" }) — validator.js 13's
+ * rules with its defaults for the rest (no display name, a TLD, no IP domain, no underscores).
+ * @param {string} email
+ * @returns {boolean}
+ */
+function isMetriportEmail(email) {
+  if (!email || email.trim().startsWith('+1') || email.length > 254) {
+    return false;
+  }
+  const parts = email.split('@');
+  const domain = /** @type {string} */ (parts.pop());
+  let user = parts.join('@');
+  if (utf8Length(user) > 64 || utf8Length(domain) > 254) {
+    return false;
+  }
+  const labels = domain.split('.');
+  const tld = labels[labels.length - 1];
+  if (labels.length < 2 || !EMAIL_TLD.test(tld) || /\s/.test(tld) || /^\d+$/.test(tld)) {
+    return false;
+  }
+  const labelsOk = labels.every(
+    (l) => l.length <= 63 && /^[a-z_\u00a1-\uffff0-9-]+$/i.test(l) && !/[\uff01-\uff5e]/.test(l) && !/^-|-$/.test(l) && !/_/.test(l)
+  );
+  if (!labelsOk) {
+    return false;
+  }
+  if (user[0] === '"' && user[user.length - 1] === '"') {
+    user = user.slice(1, user.length - 1);
+    return EMAIL_QUOTED_USER.test(user);
+  }
+  return user.split('.').every((p) => EMAIL_USER_PART.test(p));
+}
+
+/**
+ * @param {string} value
+ * @returns {boolean} true for a real calendar date written YYYY-MM-DD
+ */
+function isCalendarDate(value) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+  if (!m) {
+    return false;
+  }
+  const y = Number(m[1]);
+  const mo = Number(m[2]);
+  const d = Number(m[3]);
+  if (mo < 1 || mo > 12 || d < 1) {
+    return false;
+  }
+  const dim = [31, y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+  return d <= dim[mo - 1];
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {import('@medplum/fhirtypes').HumanName | undefined}
+ */
+function pickName(patient) {
+  const names = (patient.name || []).filter((n) => n && n.use !== 'old');
+  return names.find((n) => n.use === 'official') || names.find((n) => n.use === 'usual') || names[0];
+}
+
+/**
+ * Current addresses, home first (a postal-only address last): the candidates for Metriport's address.
+ * @param {Patient} patient
+ * @returns {import('@medplum/fhirtypes').Address[]}
+ */
+function addressCandidates(patient) {
+  const current = (patient.address || []).filter((a) => a && a.use !== 'old');
+  const rank = (/** @type {import('@medplum/fhirtypes').Address} */ a) =>
+    (a.use === 'home' ? 0 : 1) + (a.type === 'postal' ? 2 : 0);
+  return current.map((a, i) => ({ a, i })).sort((x, y) => rank(x.a) - rank(y.a) || x.i - y.i).map((x) => x.a);
+}
+
+/**
+ * One FHIR Address as Metriport's address (addressSchema), or the problems that would make Metriport refuse it.
+ * @param {import('@medplum/fhirtypes').Address} address
+ * @param {string} where e.g. "address" or "address[1]"
+ * @returns { { address?: MetriportAddress, problems: string[] } }
+ */
+function metriportAddress(address, where) {
+  /** @type {string[]} */
+  const problems = [];
+  const lines = (address.line || []).map((l) => (l || '').trim()).filter(Boolean);
+  const city = (address.city || '').trim();
+  const state = usStateCode(address.state);
+  const rawZip = (address.postalCode || '').trim();
+  let zip = rawZip.replace(/\D/g, '');
+  if (/^\d{5}-?\d{4}$/.test(rawZip)) {
+    zip = zip.slice(0, 5); // ZIP+4: Metriport takes 5 digits only
+  }
+  const country = (address.country || '').trim().toUpperCase();
+  if (!lines.length) {
+    problems.push(where + '.line: missing (Metriport: "Address line must be specified")');
+  }
+  if (!city) {
+    problems.push(where + '.city: missing (Metriport: "City must be specified")');
+  }
+  if (!address.state || !address.state.trim()) {
+    problems.push(where + '.state: missing');
+  } else if (!state) {
+    problems.push(where + '.state: not a US state, DC or AS/GU/PR/VI (code or name)');
+  }
+  if (!rawZip) {
+    problems.push(where + '.postalCode: missing');
+  } else if (zip.length !== 5) {
+    problems.push(where + '.postalCode: not a 5-digit zip code (Metriport: "Zip must be a string consisting of 5 numbers")');
+  } else if (KNOWN_INVALID_ZIPS.includes(zip)) {
+    problems.push(where + '.postalCode: a zip code Metriport refuses as invalid');
+  }
+  if (country && !US_COUNTRIES.includes(country)) {
+    problems.push(where + '.country: not USA (Metriport takes US addresses only)');
+  }
+  if (problems.length) {
+    return { problems };
+  }
+  /** @type {MetriportAddress} */
+  const out = { addressLine1: lines[0], city, state: /** @type {string} */ (state), zip, country: 'USA' };
+  if (lines.length > 1) {
+    out.addressLine2 = lines.slice(1).join(', ');
+  }
+  return { address: out, problems };
+}
+
+/**
+ * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
+ * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * @param {Patient} patient
+ * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
+ */
+function buildDemographics(patient) {
+  /** @type {string[]} */
+  const problems = [];
+  /** @type {string[]} */
+  const warnings = [];
+
+  const name = pickName(patient);
+  const firstName = name && name.given ? name.given.map((g) => (g || '').trim()).filter(Boolean).join(' ') : '';
+  const lastName = name && name.family ? name.family.trim() : '';
+  if (!name) {
+    problems.push('name: missing');
+  } else {
+    if (!firstName) {
+      problems.push('name.given: missing or empty (Metriport firstName)');
+    }
+    if (!lastName) {
+      problems.push('name.family: missing or empty (Metriport lastName)');
+    }
+  }
+
+  const dob = (patient.birthDate || '').trim();
+  if (!dob) {
+    problems.push('birthDate: missing');
+  } else if (/^\d{4}(-\d{2})?$/.test(dob)) {
+    problems.push('birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth');
+  } else if (!isCalendarDate(dob)) {
+    problems.push('birthDate: not a valid YYYY-MM-DD date');
+  } else if (Number(dob.slice(0, 4)) < 1900) {
+    problems.push('birthDate: before 1900 (Metriport: "Date can\'t be before 1900")');
+  } else if (dob > new Date().toISOString().slice(0, 10)) {
+    problems.push('birthDate: in the future (Metriport: "Date can\'t be in the future")');
+  }
+
+  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
+  if (!patient.gender) {
+    problems.push('gender: missing');
+  } else if (!genderAtBirth) {
+    problems.push('gender: not male/female/other/unknown');
+  }
+
+  /** @type {MetriportAddress | undefined} */
+  let address;
+  const candidates = addressCandidates(patient);
+  if (!candidates.length) {
+    problems.push('address: missing');
+  } else {
+    /** @type {string[]} */
+    let firstProblems = [];
+    for (let i = 0; i < candidates.length && !address; i++) {
+      const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
+      if (r.address) {
+        address = r.address;
+      } else if (i === 0) {
+        firstProblems = r.problems;
+      }
+    }
+    if (!address) {
+      problems.push(...firstProblems);
+    } else if (firstProblems.length) {
+      warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+    }
+  }
+
+  /** @type {string | undefined} */
+  let phone;
+  /** @type {string | undefined} */
+  let email;
+  (patient.telecom || []).forEach((t, i) => {
+    if (!t || !t.value || (t.period && t.period.end && t.period.end < new Date().toISOString())) {
+      return;
+    }
+    if (t.system === 'phone' || t.system === 'sms') {
+      const p = metriportPhone(t.value);
+      if (!p) {
+        warnings.push('telecom[' + i + '] (' + t.system + ') left out: not 10 digits, as Metriport requires');
+      } else if (!phone) {
+        phone = p;
+      }
+    } else if (t.system === 'email') {
+      const e = t.value.trim().replace(/^mailto:/i, '').toLowerCase();
+      if (!isMetriportEmail(e)) {
+        warnings.push('telecom[' + i + '] (email) left out: an address Metriport refuses (isEmailValid)');
+      } else if (!email) {
+        email = e;
+      }
+    }
+  });
+
+  if (problems.length) {
+    return { problems, warnings };
+  }
+  // no problem: every required field is there
+  /** @type {MetriportDemographics} */
+  const demographics = {
+    firstName,
+    lastName,
+    dob,
+    genderAtBirth: /** @type {'F' | 'M' | 'O' | 'U'} */ (genderAtBirth),
+    address: [/** @type {MetriportAddress} */ (address)],
+  };
+  if (phone || email) {
+    /** @type {MetriportContact} */
+    const contact = {};
+    if (phone) {
+      contact.phone = phone;
+    }
+    if (email) {
+      contact.email = email;
+    }
+    demographics.contact = [contact];
+  }
+  return { demographics, problems, warnings };
+}
+
+
+/**
+ * What medport sends Metriport for a Patient and the fingerprint it writes back with the link: the
+ * demographics (match body), the patient body (create/update: plus externalId = the Medplum Patient id) and
+ * sha256 of its canonical JSON. The patient bot, the webhook bot (bulk patient create results) and
+ * `medport enroll` all use this one function, so a link written by any of them looks the same to the others.
+ * @param {Patient} patient
+ * @returns { { demographics?: MetriportDemographics, patientBody?: MetriportPatientBody, fingerprint?: string,
+ *   problems: string[], warnings: string[] } }
+ */
+function demographicsFor(patient) {
+  const { demographics, problems, warnings } = buildDemographics(patient);
+  if (!demographics) {
+    return { problems, warnings };
+  }
+  const patientBody = { ...demographics, externalId: String(patient.id) };
+  return { demographics, patientBody, fingerprint: sha256Hex(canonicalJson(patientBody)), problems, warnings };
+}
+
+// ---------------------------------------------------------------------------
+// The link between a Medplum Patient and its Metriport patient (templates/_link.js.j2), written the same
+// way by the patient bot and by the webhook bot (bulk patient create results): the Metriport id
+// identifier, the fingerprint of the demographics, the marker of a query that could not be started; one
+// Medplum Patient per Metriport patient (a second one is refused with a review Task).
+// ---------------------------------------------------------------------------
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined}
+ */
+function metriportIdOf(patient) {
+  const id = (patient.identifier || []).find((i) => i && i.system === CONFIG.patientIdentifierSystem && i.value);
+  return id ? id.value : undefined;
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined}
+ */
+function fingerprintOf(patient) {
+  const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.fingerprintExtensionUrl);
+  return ext ? ext.valueString : undefined;
+}
+
+/**
+ * @param {Patient} patient
+ * @returns {string | undefined} the fingerprint whose query could not be started (see writeLink)
+ */
+function queryFailedOf(patient) {
+  const ext = (patient.extension || []).find((e) => e && e.url === CONFIG.queryFailedExtensionUrl);
+  return ext ? ext.valueString : undefined;
+}
+
+/**
+ * Write the link on the latest version of the Patient: the Metriport id, the fingerprint of the
+ * demographics sent, and the marker of a query that could not be started (each set, or removed when
+ * undefined). JSON Patch guarded by a test on meta.versionId; re-read and retry on a concurrent change.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param { { metriportId?: string, fingerprint?: string, queryFailed?: string } } link
+ * @returns {Promise<boolean>} true when a new version was written
+ */
+async function writeLink(medplum, patientId, link) {
+  for (let attempt = 1; ; attempt++) {
+    const latest = /** @type {Patient} */ (await medplum.readResource('Patient', patientId));
+    if (metriportIdOf(latest) === link.metriportId && fingerprintOf(latest) === link.fingerprint &&
+        queryFailedOf(latest) === link.queryFailed) {
+      return false; // already there: nothing to write (no loop)
+    }
+    /** @type {Identifier[]} */
+    const identifiers = (latest.identifier || []).filter((i) => !(i && i.system === CONFIG.patientIdentifierSystem));
+    if (link.metriportId) {
+      identifiers.push({ system: CONFIG.patientIdentifierSystem, value: link.metriportId });
+    }
+    const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
+    /** @type {Extension[]} */
+    const extensions = (latest.extension || []).filter((e) => !(e && mine.includes(e.url)));
+    if (link.fingerprint) {
+      extensions.push({ url: CONFIG.fingerprintExtensionUrl, valueString: link.fingerprint });
+    }
+    if (link.queryFailed) {
+      extensions.push({ url: CONFIG.queryFailedExtensionUrl, valueString: link.queryFailed });
+    }
+    /** @type {import('@medplum/core').PatchOperation[]} */
+    const ops = [];
+    if (latest.meta && latest.meta.versionId) {
+      ops.push({ op: 'test', path: '/meta/versionId', value: latest.meta.versionId });
+    }
+    for (const [path, value, had] of /** @type {[string, unknown[], boolean][]} */ ([
+      ['/identifier', identifiers, !!latest.identifier],
+      ['/extension', extensions, !!latest.extension],
+    ])) {
+      if (value.length) {
+        ops.push({ op: had ? 'replace' : 'add', path, value });
+      } else if (had) {
+        ops.push({ op: 'remove', path });
+      }
+    }
+    try {
+      await medplum.patchResource('Patient', patientId, ops);
+      return true;
+    } catch (err) {
+      if (attempt >= 3) {
+        throw new Error('Could not write the Metriport link on Patient/' + patientId + ': ' + errorText(err));
+      }
+      log('warn', 'write-back conflicted, re-reading the Patient', { patient: patientId, attempt });
+    }
+  }
+}
+
+/**
+ * The other Medplum Patients holding this Metriport id (normally none).
+ * @param {MedplumClient} medplum
+ * @param {string} metriportId
+ * @param {string} patientId
+ * @returns {Promise<string[]>}
+ */
+async function otherHolders(medplum, metriportId, patientId) {
+  const found = await medplum.searchResources('Patient', {
+    identifier: CONFIG.patientIdentifierSystem + '|' + metriportId,
+    _count: '5',
+  });
+  return found.map((p) => String(p.id)).filter((id) => id !== patientId);
+}
+
+/**
+ * Refuse to link a second Medplum Patient to a Metriport patient: warn naming both, leave a review Task
+ * (conditional create: one per Patient and Metriport patient however often this runs), start nothing.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param {string} metriportId
+ * @param {string[]} others the Patients holding it
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function refuseLink(medplum, patientId, metriportId, others) {
+  const linked = others.map((o) => 'Patient/' + o).join(', ');
+  log('warn', 'Patient/' + patientId + ' not linked: Metriport patient ' + metriportId + ' is already linked to ' + linked +
+    ' (one Medplum Patient per Metriport patient); no query started; review Task left', {
+    patient: patientId,
+    linkedPatients: others,
+    metriportPatient: metriportId,
+  });
+  const value = metriportId + ':' + patientId;
+  const task = await medplum.createResourceIfNoneExist(
+    {
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      priority: 'urgent',
+      code: {
+        coding: [{ system: CONFIG.conflictTask.system, code: CONFIG.conflictTask.code }],
+        text: 'Review: two Medplum Patients for one Metriport patient',
+      },
+      identifier: [{ system: CONFIG.conflictTask.identifierSystem, value }],
+      description: 'Patient/' + patientId + ' resolves to Metriport patient ' + metriportId + ', which is already linked to ' +
+        linked + '. medport did not link it and started no query (one Medplum Patient per Metriport patient). ' +
+        'If they are the same person, merge the Patients; if not, correct the demographics and save the Patient again.',
+      for: { reference: 'Patient/' + patientId },
+      focus: { reference: 'Patient/' + patientId },
+      authoredOn: new Date().toISOString(),
+      input: [
+        { type: { text: 'metriport-patient-id' }, valueString: metriportId },
+        ...others.map((o) => ({ type: { text: 'already-linked-patient' }, valueReference: { reference: 'Patient/' + o } })),
+      ],
+    },
+    'identifier=' + encodeURIComponent(CONFIG.conflictTask.identifierSystem + '|' + value)
+  );
+  return {
+    status: 'refused',
+    reason: 'metriport-patient-linked-to-another-patient',
+    patient: patientId,
+    metriportPatientId: metriportId,
+    linkedPatients: others,
+    reviewTask: 'Task/' + task.id,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The other messages (templates/_messages.js.j2), each handled completely:
+//   medical.document-download / medical.document-bulk-download-urls   storeDocuments
+//       when CONFIG.documents.store: each document a DocumentReference on the existing Patient, upserted on
+//       <documents.identifierSystem>|<Metriport document id>, its content a Binary (or the URL)
+//   medical.bulk-patient-create                                        bulkPatientCreate
+//       the request's Task follows the status; on completed the result CSV (180 s) is kept as a Binary and
+//       each created row's metriportId linked to its Patient like the patient bot links it; failed rows
+//       become Tasks on their Patient
+//   patient.admit / patient.transfer / patient.discharge               importNotification
+//       the message Bundle behind payload.url (600 s) imported with importResources: one stay, one Encounter
+// ---------------------------------------------------------------------------
+
+const REALTIME_TYPES = ['patient.admit', 'patient.transfer', 'patient.discharge'];
+/** Rows of a bulk patient create linked per round (a few searches and one batch each). */
+const LINK_CHUNK = 50;
+/** Notes kept in a message's summary (what was skipped and why), at most. */
+const MAX_NOTES = 50;
+
+/**
+ * @param {Summary} summary
+ * @param {string} type
+ * @param {string} id
+ * @param {string} text
+ */
+function note(summary, type, id, text) {
+  const s = summary;
+  s.notes = s.notes || [];
+  if (s.notes.length < MAX_NOTES) {
+    s.notes.push({ type, id, text });
+  }
+}
+
+/**
+ * The Metriport ids a failed message was about while no Medplum Patient held them yet (its failures
+ * `Patient/<mid> not-found`): the bulk create that links them later puts the message back in the queue.
+ * @param {Summary} summary
+ * @returns {string[]}
+ */
+function awaitingLink(summary) {
+  return [...new Set(summary.failures.filter((f) => f.type === 'Patient' && f.status === 'not-found' && f.id).map((f) => f.id))];
+}
+
+// --- documents ---------------------------------------------------------------
+
+/**
+ * One patient of a medical.document-download or medical.document-bulk-download-urls message.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {MessagePatient} p
+ * @param {Summary} summary
+ */
+async function storeDocuments(medplum, event, msg, p, summary) {
+  const docs = Array.isArray(p.documents) ? p.documents : [];
+  bump(summary.recorded, 'documents', docs.length);
+  bump(summary.recorded, 'status-' + String(p.status || 'unknown'));
+  if (!CONFIG.documents.store || p.status !== 'completed' || !docs.length) {
+    return;
+  }
+  const mid = String(p.patientId || '');
+  const subject = await resolvePatient(medplum, msg, p);
+  if (!subject.id) {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+    log('warn', 'documents not stored: ' + subject.reason, { metriportPatient: mid });
+    return;
+  }
+  for (const doc of docs) {
+    try {
+      await storeDocument(medplum, event, doc, subject.id, summary);
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        throw err;
+      }
+      summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
+    }
+  }
+}
+
+/**
+ * @param {MetriportDocument['type']} type a CodeableConceptDTO ({coding?: [{system?, code?, display?}], text?})
+ * @returns {CodeableConcept | undefined} a FHIR CodeableConcept, or undefined when empty
+ */
+function codeableConcept(type) {
+  if (!type || typeof type !== 'object') {
+    return undefined;
+  }
+  const coding = (Array.isArray(type.coding) ? type.coding : [])
+    .map((c) => {
+      /** @type {import('@medplum/fhirtypes').Coding} */
+      const out = {};
+      for (const k of /** @type {const} */ (['system', 'code', 'display'])) {
+        if (c && typeof c[k] === 'string' && c[k]) {
+          out[k] = /** @type {string} */ (c[k]);
+        }
+      }
+      return out;
+    })
+    .filter((c) => Object.keys(c).length);
+  /** @type {CodeableConcept} */
+  const cc = {};
+  if (coding.length) {
+    cc.coding = coding;
+  }
+  if (typeof type.text === 'string' && type.text) {
+    cc.text = type.text;
+  }
+  return Object.keys(cc).length ? cc : undefined;
+}
+
+/**
+ * A Metriport document as a DocumentReference on the Patient: upserted on its Metriport id, its content
+ * downloaded into a Binary (documents.content "binary") or its URL kept ("url"). A document stored before
+ * with the same size is left alone (replays change nothing, and download nothing); one over
+ * documents.max_bytes is skipped with the reason; one stored for another Patient is never moved.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {MetriportDocument} doc a DocumentReferenceDTO (+ url for bulk download URLs)
+ * @param {string} subjectId
+ * @param {Summary} summary
+ */
+async function storeDocument(medplum, event, doc, subjectId, summary) {
+  const D = CONFIG.documents;
+  const id = doc && (typeof doc.id === 'string' || typeof doc.id === 'number') ? String(doc.id) : '';
+  if (!id) {
+    bump(summary.skipped, 'document-without-id');
+    return;
+  }
+  const key = D.identifierSystem + '|' + id;
+  const existing = (await medplum.searchResources('DocumentReference', { identifier: key, _count: '2' }))[0];
+  const subjectRef = 'Patient/' + subjectId;
+  if (existing && existing.subject && existing.subject.reference && existing.subject.reference !== subjectRef) {
+    summary.failures.push({ type: 'DocumentReference', id, status: 'refused', text: 'document ' + id + ' is stored for ' +
+      existing.subject.reference + ', not moved to ' + subjectRef + ' (no import ever changes a subject)' });
+    return;
+  }
+  const declared = doc.size === undefined || doc.size === null || doc.size === '' ? NaN : Number(doc.size);
+  const att = existing && existing.content && existing.content[0] && existing.content[0].attachment;
+  if (D.content === 'binary' && att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
+    bump(summary.recorded, 'documents-unchanged');
+    return;
+  }
+  if (D.content === 'binary' && Number.isFinite(declared) && declared > D.maxBytes) {
+    skipDocument(summary, id, declared);
+    return;
+  }
+  let url = typeof doc.url === 'string' && doc.url ? doc.url : '';
+  if (!url) {
+    // medical.document-download lists documents without a URL (DocumentReferenceDTO): ask for one (180 s)
+    const res = await metriport(event, 'GET', '/medical/v1/document/download-url', { fileName: String(doc.fileName || '') });
+    url = res.body && typeof res.body.url === 'string' ? res.body.url : '';
+    if (!url) {
+      throw new MetriportError('Metriport GET /medical/v1/document/download-url answered without a url', res.status);
+    }
+  }
+  const contentType = typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream';
+  /** @type {Attachment} */
+  const attachment = { contentType };
+  if (D.content === 'binary') {
+    const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
+    if (!res.ok) {
+      /** @type {Error & { status?: number }} */
+      const err = new Error('download of document ' + id + ' answered ' + res.status +
+        (res.status === 403 ? ' (the presigned URL expired: bulk download URLs last 10 minutes — request them again with `medport document-urls`)' : ''));
+      err.status = res.status;
+      throw err;
+    }
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (bytes.length > D.maxBytes) {
+      skipDocument(summary, id, bytes.length);
+      return;
+    }
+    const hash = nodeCrypto.createHash('sha1').update(bytes).digest('base64');
+    if (att && att.hash === hash && /^Binary\//.test(String(att.url || ''))) {
+      bump(summary.recorded, 'documents-unchanged');
+      return;
+    }
+    const binary = await medplum.createBinary({ data: bytes, contentType });
+    bump(summary.imported, 'Binary');
+    Object.assign(attachment, { url: 'Binary/' + binary.id, size: bytes.length, hash });
+  } else {
+    attachment.url = url;
+    if (Number.isFinite(declared)) {
+      attachment.size = declared;
+    }
+  }
+  if (typeof doc.fileName === 'string' && doc.fileName) {
+    attachment.title = doc.fileName;
+  }
+  const indexed = typeof doc.indexed === 'string' ? toInstant(doc.indexed) : undefined;
+  if (indexed) {
+    attachment.creation = indexed;
+  }
+  /** @type {DocumentReference} */
+  const docRef = {
+    resourceType: 'DocumentReference',
+    identifier: [{ system: D.identifierSystem, value: id }],
+    status: /** @type {DocumentReference['status']} */ (
+      /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
+    subject: { reference: subjectRef },
+    content: [{ attachment }],
+  };
+  const type = codeableConcept(doc.type);
+  if (type) {
+    docRef.type = type;
+  }
+  if (indexed) {
+    docRef.date = indexed;
+  }
+  if (typeof doc.description === 'string' && doc.description) {
+    docRef.description = doc.description;
+  }
+  await medplum.upsertResource(docRef, { identifier: key });
+  bump(summary.imported, 'DocumentReference');
+}
+
+/**
+ * @param {Summary} summary
+ * @param {string} id
+ * @param {number} size
+ */
+function skipDocument(summary, id, size) {
+  const text = 'document ' + id + ' not stored: ' + size + ' bytes, over documents.max_bytes (' + CONFIG.documents.maxBytes + ')';
+  bump(summary.skipped, 'document-too-large');
+  note(summary, 'DocumentReference', id, text);
+  log('warn', text);
+}
+
+/**
+ * Ask Metriport for a patient's bulk download URLs (they arrive as medical.document-bulk-download-urls).
+ * @param {BotEvent} event
+ * @param {string} metriportPatientId
+ * @param {string} medplumPatientId
+ * @returns {Promise<JsonBody>}
+ */
+async function startBulkDownloadUrls(event, metriportPatientId, medplumPatientId) {
+  const res = await metriport(event, 'POST', '/medical/v1/document/download-url/bulk', { patientId: metriportPatientId },
+    { metadata: { medplumPatientId } });
+  return res.body;
+}
+
+// --- bulk patient create -------------------------------------------------------
+
+/** Task.status of the request's Task per Metriport status, and how far along each is. */
+const BULK_TASK_STATUS = /** @type {Record<string, Task['status']>} */ ({
+  waiting: 'requested', processing: 'in-progress', completed: 'completed', failed: 'failed', expired: 'cancelled',
+});
+const BULK_RANK = /** @type {Record<string, number>} */ ({ waiting: 0, processing: 1, completed: 2, failed: 2, expired: 2 });
+
+/**
+ * The Task recording a bulk patient create (one per Metriport requestId; `medport enroll` creates it when it
+ * starts the request, the bot when it did not).
+ * @param {MedplumClient} medplum
+ * @param {string} requestId
+ * @returns {Promise<StoredTask>}
+ */
+async function bulkRequestTask(medplum, requestId) {
+  const B = CONFIG.bulk;
+  return medplum.createResourceIfNoneExist({
+    resourceType: 'Task',
+    status: 'requested',
+    intent: 'order',
+    code: { coding: [{ system: B.system, code: B.taskCode }], text: 'Metriport bulk patient create' },
+    identifier: [{ system: B.requestIdSystem, value: requestId }],
+    businessStatus: { text: 'waiting' },
+    authoredOn: new Date().toISOString(),
+    description: 'Metriport bulk patient create ' + requestId,
+  }, 'identifier=' + encodeURIComponent(B.requestIdSystem + '|' + requestId));
+}
+
+/**
+ * @param {Task} task
+ * @param {string} text
+ * @returns {boolean | string | number | undefined} the input's value
+ */
+function taskInput(task, text) {
+  const i = (task.input || []).find((x) => x && x.type && x.type.text === text);
+  return i ? (i.valueBoolean !== undefined ? i.valueBoolean : i.valueString !== undefined ? i.valueString : i.valueInteger) : undefined;
+}
+
+/**
+ * Write the request's Task (compare-and-set, re-read on a race): the status only moves forward (a
+ * `processing` message handled after `completed` changes nothing).
+ * @param {MedplumClient} medplum
+ * @param {string} taskId
+ * @param {(cur: StoredTask) => Task | undefined} build the new version (undefined: leave it)
+ * @returns {Promise<StoredTask>}
+ */
+async function updateRequestTask(medplum, taskId, build) {
+  for (let i = 1; ; i++) {
+    const cur = await readTask(medplum, taskId);
+    const next = build(cur);
+    if (!next) {
+      return cur;
+    }
+    try {
+      return await casUpdate(medplum, next);
+    } catch (err) {
+      if (outcomeId(err) !== 'precondition-failed' || i >= 5) {
+        throw err;
+      }
+    }
+  }
+}
+
+/**
+ * medical.bulk-patient-create: every status (waiting, processing, completed, failed, expired) moves the
+ * request's Task; `completed` brings the result.
+ * @param {MedplumClient} medplum
+ * @param {BulkPatientCreateMessage} msg
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Checkpoint | undefined} resume
+ */
+async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
+  const b = /** @type {Partial<BulkPatientCreateStatus>} */ (msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {});
+  const status = String(b.status || 'unknown');
+  const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
+  bump(summary.recorded, 'bulk-patient-create-' + status);
+  if (!requestId) {
+    summary.failures.push({ type: 'BulkPatientCreate', id: '', status: 'invalid', text: 'the message names no requestId' });
+    return;
+  }
+  const task = await bulkRequestTask(medplum, requestId);
+  /** @type { { output: TaskOutput[], counts: Record<string, number> } | undefined } */
+  let outcome;
+  if (status === 'completed') {
+    outcome = await bulkResult(medplum, task, String(b.result || ''), requestId, summary, ctx, resume);
+    if (!outcome) {
+      return; // the result could not be read: the failure is recorded, the Task stays as it was
+    }
+  }
+  const known = BULK_TASK_STATUS[status];
+  await updateRequestTask(medplum, String(task.id), (cur) => {
+    const was = String((cur.businessStatus && cur.businessStatus.text) || 'waiting');
+    // only forward: a `processing` handled after `completed`, or a replay, changes nothing
+    const forward = known && BULK_RANK[status] > (BULK_RANK[was] === undefined ? -1 : BULK_RANK[was]);
+    if (!forward) {
+      return undefined;
+    }
+    /** @type {Task} */
+    const next = { ...cur, status: known, businessStatus: { text: status }, lastModified: new Date().toISOString() };
+    if (typeof b.reason === 'string' && b.reason) {
+      next.statusReason = { text: b.reason };
+    } else if (status === 'expired') {
+      next.statusReason = { text: 'no file was uploaded before the upload URL expired' };
+    }
+    if (outcome) {
+      next.output = outcome.output;
+      next.executionPeriod = { ...(cur.executionPeriod || {}), end: new Date().toISOString() };
+    }
+    return next;
+  });
+  log(status === 'failed' || status === 'expired' ? 'warn' : 'info', 'bulk patient create ' + status, {
+    requestId, task: 'Task/' + task.id, ...(outcome ? outcome.counts : {}),
+  });
+}
+
+/**
+ * A completed bulk create: the result CSV (from its URL, valid 180 s, or the Binary an earlier run kept), then
+ * each row linked or recorded.
+ * @param {MedplumClient} medplum
+ * @param {Task} task the request's Task
+ * @param {string} url
+ * @param {string} requestId
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Checkpoint | undefined} resume
+ * @returns {Promise<{ output: TaskOutput[], counts: Record<string, number> } | undefined>}
+ */
+async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
+  const got = await keepBulkResult(medplum, task, url, requestId);
+  if (got.failure) {
+    summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: got.failure.status, text: got.failure.text });
+    return undefined;
+  }
+  const text = /** @type {string} */ (got.text);
+  const attachment = got.attachment;
+  const rows = parseCsv(text);
+  const header = (rows.shift() || []).map((h) => h.trim().toLowerCase());
+  const col = (/** @type {string} */ name) => header.indexOf(name);
+  const ix = { ext: col('externalid') >= 0 ? col('externalid') : col('id'), mid: col('metriportid'), status: col('status'), reason: col('reason') };
+  const records = rows
+    .filter((r) => r.some((v) => v !== ''))
+    .map((r, n) => ({
+      row: n + 1,
+      externalId: ix.ext >= 0 ? String(r[ix.ext] || '').trim() : '',
+      metriportId: ix.mid >= 0 ? String(r[ix.mid] || '').trim() : '',
+      status: ix.status >= 0 ? String(r[ix.status] || '').trim().toLowerCase() : '',
+      reason: ix.reason >= 0 ? String(r[ix.reason] || '').trim() : '',
+    }));
+  const dryRun = taskInput(task, 'dry-run') === true || (records.length > 0 && records.every((r) => r.status === 'waiting' || r.status === 'failed') &&
+    records.some((r) => r.status === 'waiting'));
+  /** @type {Record<string, number>} */
+  const counts = { rows: records.length };
+  const ok = (/** @type {string} */ s) => s === 'successful' || s === 'succeeded'; // the code writes `successful`, the docs say `succeeded`
+  if (dryRun) {
+    counts.valid = records.filter((r) => r.status === 'waiting').length;
+    counts.failed = records.filter((r) => r.status === 'failed').length;
+    bump(summary.recorded, 'bulk-dry-run-rows', records.length);
+  } else {
+    const start = resume && resume.patient > 0 ? Math.min(resume.patient, records.length) : 0;
+    const prior = resume && resume.summary && resume.summary.recorded ? resume.summary.recorded : {};
+    for (let i = start; i < records.length; i += LINK_CHUNK) {
+      const part = records.slice(i, i + LINK_CHUNK);
+      await linkRows(medplum, part.filter((r) => ok(r.status) && r.metriportId && r.externalId), summary);
+      await recordFailedRows(medplum, task, requestId, part.filter((r) => r.status === 'failed'), summary);
+      for (const r of part) {
+        if (ok(r.status) && (!r.metriportId || !r.externalId)) {
+          bump(summary.skipped, 'bulk-row-without-' + (r.externalId ? 'metriportId' : 'externalId'));
+        } else if (!ok(r.status) && r.status !== 'failed') {
+          bump(summary.skipped, 'bulk-row-' + (r.status || 'without-status'));
+        }
+      }
+      await checkpoint(ctx, summary, i + part.length, 0);
+    }
+    for (const k of ['bulk-linked', 'bulk-unchanged', 'bulk-refused', 'bulk-failed-rows']) {
+      counts[k.replace('bulk-', '')] = summary.recorded[k] || prior[k] || 0;
+    }
+  }
+  const output = [
+    { type: { text: 'result-csv' }, valueAttachment: attachment },
+    { type: { text: 'counts' }, valueString: JSON.stringify({ ...counts, dryRun }) },
+  ];
+  return { output, counts };
+}
+
+/**
+ * The result CSV of a completed bulk create, kept as a Binary on the request's Task the first time it is read:
+ * by the webhook call itself (before it answers — the URL lasts 180 s, a backlog of stored messages can outlast
+ * that), else by the message's processing; later runs and replays read the Binary.
+ * @param {MedplumClient} medplum
+ * @param {Task} task the request's Task
+ * @param {string} url
+ * @param {string} requestId
+ * @returns {Promise<{ text?: string, attachment?: Attachment, failure?: { status: string, text: string } }>}
+ */
+async function keepBulkResult(medplum, task, url, requestId) {
+  const kept = (task.output || []).find((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+  if (kept) {
+    const att = /** @type {Attachment} */ (kept.valueAttachment); // found by it
+    return { text: await readBinaryText(medplum, String(att.url)), attachment: att };
+  }
+  if (!url) {
+    return { failure: { status: 'no-result', text: 'a completed bulk patient create without a result URL' } };
+  }
+  /** @type {Response} */
+  let res;
+  try {
+    res = await fetchWithRetry(url, { method: 'GET' }, 'download of the bulk patient create result');
+  } catch (err) {
+    return { failure: { status: 'download-failed', text: errorText(err) } };
+  }
+  if (!res.ok) {
+    return { failure: { status: String(res.status), text: 'the result CSV answered ' + res.status +
+      (res.status === 403 ? ': its URL expired (Metriport keeps it 180 s) and cannot be asked for again — run `medport enroll` again: ' +
+        'it selects the Patients still unlinked, and Metriport answers their existing patients' : '') } };
+  }
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const binary = await medplum.createBinary({ data: bytes, contentType: 'text/csv' });
+  const attachment = { contentType: 'text/csv', url: 'Binary/' + binary.id, size: bytes.length, title: 'metriport-bulk-result-' + requestId + '.csv' };
+  await updateRequestTask(medplum, String(task.id), (cur) => {
+    const has = (cur.output || []).some((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
+    return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
+  });
+  return { text: new TextDecoder().decode(bytes), attachment };
+}
+
+/**
+ * In the webhook call, right after the message is stored: keep a completed bulk create's result CSV before its
+ * URL expires. Best effort — its processing fetches it otherwise.
+ * @param {MedplumClient} medplum
+ * @param {Message} msg
+ */
+async function keepBulkResultNow(medplum, msg) {
+  const b = /** @type {Partial<BulkPatientCreateStatus>} */ (msg.bulkPatientCreate && typeof msg.bulkPatientCreate === 'object' ? msg.bulkPatientCreate : {});
+  const requestId = String(b.requestId || (msg.meta && msg.meta.requestId) || '');
+  if (b.status !== 'completed' || !b.result || !requestId) {
+    return;
+  }
+  try {
+    const got = await keepBulkResult(medplum, await bulkRequestTask(medplum, requestId), String(b.result), requestId);
+    if (got.failure) {
+      log('warn', 'bulk patient create result not kept at once: ' + got.failure.text, { requestId });
+    }
+  } catch (err) {
+    log('warn', 'bulk patient create result not kept at once: ' + errorText(err), { requestId });
+  }
+}
+
+/**
+ * The text of a Binary (its raw content, or — on servers that answer JSON — its base64 `data`).
+ * @param {MedplumClient} medplum
+ * @param {string} url Binary/<id>
+ * @returns {Promise<string>}
+ */
+async function readBinaryText(medplum, url) {
+  const blob = await medplum.download(url);
+  const text = await blob.text();
+  try {
+    /** @type {JsonBody} */
+    const parsed = JSON.parse(text);
+    if (parsed && parsed.resourceType === 'Binary' && typeof parsed.data === 'string') {
+      return new TextDecoder().decode(base64Bytes(parsed.data));
+    }
+  } catch (_err) {
+    // raw CSV
+  }
+  return text;
+}
+
+/**
+ * @param {string} b64
+ * @returns {Uint8Array} (vmcontext has neither atob nor Buffer)
+ */
+function base64Bytes(b64) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  const clean = b64.replace(/[^A-Za-z0-9+/]/g, '');
+  const out = new Uint8Array(Math.floor((clean.length * 3) / 4));
+  let bits = 0;
+  let acc = 0;
+  let k = 0;
+  for (const ch of clean) {
+    acc = (acc << 6) | alphabet.indexOf(ch);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[k++] = (acc >> bits) & 0xff;
+    }
+  }
+  return out.subarray(0, k);
+}
+
+/**
+ * CSV rows as Metriport writes the result: RFC 4180 quoting, and tolerant of its quirk — a quoted value whose
+ * inner quotes are not doubled (a `"` not followed by a separator or a line end is part of the value).
+ * @param {string} text
+ * @returns {string[][]}
+ */
+function parseCsv(text) {
+  /** @type {string[][]} */
+  const rows = [];
+  /** @type {string[]} */
+  let row = [];
+  let i = 0;
+  const n = text.length;
+  while (i <= n) {
+    let value = '';
+    if (text[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= n) {
+          break;
+        }
+        const c = text[i];
+        if (c === '"') {
+          if (text[i + 1] === '"') {
+            value += '"';
+            i += 2;
+          } else if (i + 1 >= n || text[i + 1] === ',' || text[i + 1] === '\n' || text[i + 1] === '\r') {
+            i++;
+            break;
+          } else {
+            value += '"';
+            i++;
+          }
+        } else {
+          value += c;
+          i++;
+        }
+      }
+    } else {
+      while (i < n && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') {
+        value += text[i];
+        i++;
+      }
+    }
+    row.push(value);
+    if (i >= n) {
+      rows.push(row);
+      break;
+    }
+    if (text[i] === ',') {
+      i++;
+      continue;
+    }
+    if (text[i] === '\r' && text[i + 1] === '\n') {
+      i++;
+    }
+    i++;
+    rows.push(row);
+    row = [];
+    if (i >= n) {
+      break;
+    }
+  }
+  return rows;
+}
+
+/**
+ * Link created rows to their Patients (externalId = the Medplum Patient id) with the identifier and the
+ * fingerprint the patient bot writes — so the update this causes, and any update that does not change the
+ * demographics, starts nothing — one Medplum Patient per Metriport patient: a Metriport id another Patient
+ * holds (or another row of this result took) is refused with the patient bot's review Task; a Patient linked
+ * to another Metriport patient is left alone and noted. Then the messages that waited for these links are
+ * queued again.
+ * @param {MedplumClient} medplum
+ * @param { { row: number, externalId: string, metriportId: string }[] } rows
+ * @param {Summary} summary
+ */
+async function linkRows(medplum, rows, summary) {
+  if (!rows.length) {
+    return;
+  }
+  const P = CONFIG.patientIdentifierSystem;
+  const ids = [...new Set(rows.map((r) => r.externalId))];
+  const found = await medplum.searchResources('Patient', { _id: ids.join(','), _count: String(ids.length + 1) });
+  /** @type {Map<string, Patient>} */
+  const patients = new Map(found.map((p) => [String(p.id), p]));
+  const holders = await holdersOf(medplum, rows.map((r) => r.metriportId));
+  /** @type { { patient: Patient, mid: string, fingerprint: string | undefined }[] } */
+  const writes = [];
+  /** @type {Map<string, string>} Metriport id -> the row's Patient that takes it in this result */
+  const claimed = new Map();
+  for (const r of rows) {
+    const p = patients.get(r.externalId);
+    if (!p) {
+      bump(summary.skipped, 'bulk-row-patient-not-found');
+      note(summary, 'Patient', r.externalId, 'row ' + r.row + ': no Patient/' + r.externalId + ' (deleted since enrollment?); Metriport patient ' + r.metriportId + ' not linked');
+      continue;
+    }
+    const own = metriportIdOf(p);
+    const others = (holders.get(r.metriportId) || []).filter((h) => h !== r.externalId);
+    if (own === r.metriportId && !others.length) {
+      if (fingerprintOf(p)) {
+        bump(summary.recorded, 'bulk-unchanged');
+      } else {
+        writes.push({ patient: p, mid: r.metriportId, fingerprint: demographicsFor(p).fingerprint });
+      }
+      continue;
+    }
+    if (own && own !== r.metriportId) {
+      bump(summary.recorded, 'bulk-refused');
+      note(summary, 'Patient', r.externalId, 'Patient/' + r.externalId + ' is linked to Metriport patient ' + own +
+        '; the bulk create answered ' + r.metriportId + ' — left as it is, review the two');
+      continue;
+    }
+    const taker = claimed.get(r.metriportId);
+    if (others.length || (taker && taker !== r.externalId)) {
+      bump(summary.recorded, 'bulk-refused');
+      await refuseLink(medplum, r.externalId, r.metriportId, others.length ? others : [String(taker)]);
+      continue;
+    }
+    claimed.set(r.metriportId, r.externalId);
+    writes.push({ patient: p, mid: r.metriportId, fingerprint: demographicsFor(p).fingerprint });
+  }
+  if (!writes.length) {
+    return;
+  }
+  // one batch of compare-and-set updates; an entry that lost a race is written again through writeLink (re-read)
+  /** @type {Bundle} */
+  const bundle = {
+    resourceType: 'Bundle',
+    type: 'batch',
+    entry: writes.map(({ patient, mid, fingerprint }) => {
+      const identifier = (patient.identifier || []).filter((i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
+      const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
+      const extension = (patient.extension || []).filter((e) => !(e && mine.includes(e.url)))
+        .concat(fingerprint ? [{ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint }] : []);
+      /** @type {Patient} */
+      const resource = { ...patient, identifier };
+      if (extension.length) {
+        resource.extension = extension;
+      } else {
+        delete resource.extension;
+      }
+      /** @type {import('@medplum/fhirtypes').BundleEntryRequest} */
+      const request = { method: 'PUT', url: 'Patient/' + patient.id };
+      if (patient.meta && patient.meta.versionId) {
+        request.ifMatch = 'W/"' + patient.meta.versionId + '"';
+      }
+      return { request, resource };
+    }),
+  };
+  const response = await medplum.executeBatch(bundle);
+  /** @type {string[]} */
+  const linked = [];
+  for (let k = 0; k < writes.length; k++) {
+    const w = writes[k];
+    const res = response && response.entry && response.entry[k] && response.entry[k].response;
+    const code = res ? parseInt(String(res.status || ''), 10) : 0;
+    if (code >= 200 && code < 300) {
+      linked.push(w.mid);
+      continue;
+    }
+    try {
+      await writeLink(medplum, String(w.patient.id), { metriportId: w.mid, fingerprint: w.fingerprint });
+      linked.push(w.mid);
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        throw err;
+      }
+      summary.failures.push({ type: 'Patient', id: String(w.patient.id), status: String(code || 'error'), text: 'link to Metriport patient ' + w.mid + ' not written: ' + errorText(err) });
+    }
+  }
+  // a Patient linked to the same Metriport patient at the same moment (the patient bot): both step back
+  const after = await holdersOf(medplum, linked);
+  for (const w of writes) {
+    const all = after.get(w.mid) || [];
+    if (linked.includes(w.mid) && all.length > 1) {
+      await writeLink(medplum, String(w.patient.id), {});
+      await refuseLink(medplum, String(w.patient.id), w.mid, all.filter((h) => h !== w.patient.id));
+      bump(summary.recorded, 'bulk-refused');
+      linked.splice(linked.indexOf(w.mid), 1);
+    }
+  }
+  bump(summary.recorded, 'bulk-linked', linked.length);
+  await requeueAwaiting(medplum, linked, summary);
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {string[]} mids
+ * @returns {Promise<Map<string, string[]>>} Metriport id -> the Patients holding it
+ */
+async function holdersOf(medplum, mids) {
+  /** @type {Map<string, string[]>} */
+  const out = new Map();
+  const unique = [...new Set(mids)];
+  for (let j = 0; j < unique.length; j += LINK_CHUNK) {
+    const part = unique.slice(j, j + LINK_CHUNK);
+    const found = await medplum.searchResources('Patient', {
+      identifier: part.map((m) => CONFIG.patientIdentifierSystem + '|' + m).join(','),
+      _count: String(part.length * 3),
+    });
+    for (const p of found) {
+      const mid = metriportIdOf(p);
+      if (mid) {
+        out.set(mid, [...(out.get(mid) || []), String(p.id)]);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Messages that failed because no Patient held their Metriport id yet (documents, conversion, consolidated
+ * data or notifications that Metriport sent for a bulk-created patient before the result): queued again
+ * with fresh attempts, now that the link is there.
+ * @param {MedplumClient} medplum
+ * @param {string[]} mids
+ * @param {Summary} summary
+ */
+async function requeueAwaiting(medplum, mids, summary) {
+  for (let j = 0; j < mids.length; j += LINK_CHUNK) {
+    const part = mids.slice(j, j + LINK_CHUNK);
+    const waiting = await medplum.searchResources('Task', {
+      identifier: part.map((m) => CONFIG.bulk.awaitingLinkSystem + '|' + m).join(','),
+      status: 'failed',
+      _count: String(part.length * 4),
+    });
+    for (const t of waiting) {
+      if (!isMessageTask(t)) {
+        continue;
+      }
+      try {
+        await requeue(medplum, t, true);
+        bump(summary.recorded, 'messages-requeued-after-link');
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed') {
+          throw err;
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Rows Metriport refused, each a Task on its Patient (for/focus) with the reason, part of the request's Task:
+ * one per request and row however often the message is processed (conditional create).
+ * @param {MedplumClient} medplum
+ * @param {Task} task
+ * @param {string} requestId
+ * @param { { row: number, externalId: string, reason: string }[] } rows
+ * @param {Summary} summary
+ */
+async function recordFailedRows(medplum, task, requestId, rows, summary) {
+  if (!rows.length) {
+    return;
+  }
+  const B = CONFIG.bulk;
+  /** @type {Bundle} */
+  const bundle = {
+    resourceType: 'Bundle',
+    type: 'batch',
+    entry: rows.map((r) => {
+      const value = requestId + ':' + (r.externalId || 'row-' + r.row);
+      /** @type {Task} */
+      const t = {
+        resourceType: 'Task',
+        status: 'requested',
+        intent: 'order',
+        priority: 'routine',
+        code: { coding: [{ system: B.system, code: B.rowFailedCode }], text: 'Metriport bulk patient create: row refused' },
+        identifier: [{ system: B.rowIdSystem, value }],
+        description: 'Metriport did not create this patient (bulk patient create ' + requestId + ', row ' + r.row + '): ' +
+          (r.reason || 'no reason given') + '. Correct the demographics and run `medport enroll` again (or save the Patient: the patient bot sends it).',
+        partOf: [{ reference: 'Task/' + task.id }],
+        authoredOn: new Date().toISOString(),
+        input: [
+          { type: { text: 'reason' }, valueString: r.reason || 'no reason given' },
+          { type: { text: 'metriport-request-id' }, valueString: requestId },
+          { type: { text: 'row' }, valueInteger: r.row },
+        ],
+      };
+      if (r.externalId) {
+        t.for = { reference: 'Patient/' + r.externalId };
+        t.focus = { reference: 'Patient/' + r.externalId };
+      }
+      return { request: { method: 'POST', url: 'Task', ifNoneExist: 'identifier=' + encodeURIComponent(B.rowIdSystem + '|' + value) }, resource: t };
+    }),
+  };
+  const response = await medplum.executeBatch(bundle);
+  rows.forEach((r, k) => {
+    const res = response && response.entry && response.entry[k] && response.entry[k].response;
+    const code = res ? parseInt(String(res.status || ''), 10) : 0;
+    if (code >= 200 && code < 300) {
+      bump(summary.recorded, 'bulk-failed-rows');
+    } else {
+      summary.failures.push({ type: 'Task', id: r.externalId || 'row-' + r.row, status: String(code || 'error'), text: res && res.outcome ? outcomeText(res.outcome) : 'no response' });
+    }
+  });
+}
+
+// --- realtime patient notifications -------------------------------------------
+
+/**
+ * patient.admit / patient.transfer / patient.discharge: the Bundle behind payload.url (600 s) imported on the
+ * existing Patient. Each message's bundle is the stay's Encounter as Metriport merged it so far, so a message
+ * older than the one that last wrote the Encounter (replayed late) imports nothing: the newer one carried all.
+ * @param {MedplumClient} medplum
+ * @param {NotificationMessage} msg
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {number} resumeDone
+ */
+async function importNotification(medplum, msg, summary, ctx, resumeDone) {
+  const type = String(msg.meta && msg.meta.type);
+  const pl = /** @type {Partial<NotificationPayload>} */ (msg.payload && typeof msg.payload === 'object' ? msg.payload : {});
+  bump(summary.recorded, type);
+  if (!/** @type {string[]} */ (CONFIG.realtime.types).includes(type)) {
+    bump(summary.skipped, type + '-not-imported');
+    return;
+  }
+  const mid = String(pl.patientId || '');
+  summary.patients = 1;
+  const subject = await resolvePatient(medplum, msg, { patientId: mid });
+  if (!subject.id) {
+    summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+    log('warn', 'notification not imported: ' + subject.reason, { metriportPatient: mid, type });
+    return;
+  }
+  /** @type {Bundle | undefined} */
+  let bundle;
+  try {
+    bundle = await download(String(pl.url || ''), false);
+  } catch (err) {
+    const e = /** @type { { expired?: unknown } } */ (err);
+    summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err).replace('consolidated bundle', type + ' bundle') +
+      (e.expired ? ' — notification URLs last 600 s; the stay also arrives with the next consolidated data' : '') });
+    return;
+  }
+  const resources = /** @type {Resource[]} */ ((bundle && Array.isArray(bundle.entry) ? bundle.entry : []).map((e) => e && e.resource).filter(Boolean));
+  const encounter = resources.find((r) => r.resourceType === 'Encounter');
+  const when = String((msg.meta && msg.meta.when) || '');
+  if (encounter && encounter.id) {
+    const stored = (await medplum.searchResources('Encounter', { identifier: CONFIG.resourceIdentifierSystem + '|' + encounter.id, _count: '1' }))[0];
+    const mark = stored && (stored.extension || []).find((e) => e && e.url === CONFIG.notificationExtensionUrl);
+    /** @type {JsonBody} */
+    let prev;
+    try {
+      prev = mark && mark.valueString ? JSON.parse(mark.valueString) : undefined;
+    } catch (_err) {
+      prev = undefined;
+    }
+    if (prev && typeof prev.when === 'string' && prev.when > when) {
+      bump(summary.skipped, 'notification-older-than-stored');
+      note(summary, 'Encounter', String(encounter.id), type + ' of ' + when + ' is older than the ' + prev.type + ' of ' + prev.when + ' that wrote the Encounter: nothing imported');
+      return;
+    }
+    encounter.extension = (encounter.extension || []).filter((e) => !(e && e.url === CONFIG.notificationExtensionUrl))
+      .concat([{ url: CONFIG.notificationExtensionUrl, valueString: JSON.stringify({ when, type }) }]);
+  }
+  await importResources(medplum, resources, subject.id, mid, summary, ctx, resumeDone);
+  log('info', 'notification imported', { patient: subject.id, metriportPatient: mid, type, resources: resources.length });
+}
+
+// ---------------------------------------------------------------------------
 // Stored messages (async mode): one Task per messageId, processed under a lease
 // ---------------------------------------------------------------------------
 //   status      requested -> in-progress -> completed | failed   (Task.status)
@@ -2615,7 +4897,7 @@ class LeaseLost extends Error {
 }
 
 /**
- * @param {any} task
+ * @param {Task | undefined} task
  * @returns {boolean}
  */
 function isMessageTask(task) {
@@ -2624,30 +4906,32 @@ function isMessageTask(task) {
     task.resourceType === 'Task' &&
     task.code &&
     (task.code.coding || []).some(
-      (/** @type {any} */ c) => c && c.system === MT.system && c.code === MT.code
+      (c) => c && c.system === MT.system && c.code === MT.code
     )
   );
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @param {string} url
- * @returns {any} the extension with that url
+ * @returns {Extension | undefined} the extension with that url
  */
 function ext(task, url) {
-  return (task.extension || []).find((/** @type {any} */ e) => e && e.url === url);
+  return (task.extension || []).find((e) => e && e.url === url);
 }
 
 /**
  * A copy of the Task with the extension `url` set to `value` (e.g. {valueInteger: 2}), or removed.
- * @param {any} task
+ * @template {Task} T
+ * @param {T} task
  * @param {string} url
- * @param {Record<string, any> | undefined} value
- * @returns {any}
+ * @param {Omit<Extension, 'url'> | undefined} value
+ * @returns {T}
  */
 function withExt(task, url, value) {
-  const others = (task.extension || []).filter((/** @type {any} */ e) => !(e && e.url === url));
+  const others = (task.extension || []).filter((e) => !(e && e.url === url));
   const extension = value ? others.concat([{ url, ...value }]) : others;
+  /** @type {T} */
   const out = { ...task, extension };
   if (!extension.length) {
     delete out.extension;
@@ -2656,16 +4940,16 @@ function withExt(task, url, value) {
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @returns {number}
  */
 function attemptsOf(task) {
   const e = ext(task, MT.attemptsUrl);
-  return e && Number.isInteger(e.valueInteger) ? e.valueInteger : 0;
+  return e && Number.isInteger(e.valueInteger) ? /** @type {number} */ (e.valueInteger) : 0;
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @param {number} now
  * @returns {boolean} in progress, and its lease ran out: the run holding it was cut off
  */
@@ -2674,19 +4958,20 @@ function leaseExpired(task, now) {
     return false;
   }
   const e = ext(task, MT.leaseUrl);
-  const until = e ? Date.parse(e.valueDateTime) : NaN;
+  const until = e ? Date.parse(/** @type {string} */ (e.valueDateTime)) : NaN; // none: NaN, expired
   return !(until > now);
 }
 
 /**
- * @param {any} task
+ * @param {Task} task
  * @returns {Checkpoint | undefined}
  */
 function progressOf(task) {
   const e = ext(task, MT.progressUrl);
   try {
-    const cp = e ? JSON.parse(e.valueString) : undefined;
-    return cp && Number.isInteger(cp.patient) && Number.isInteger(cp.done) ? cp : undefined;
+    /** @type {JsonBody} */
+    const cp = e ? JSON.parse(/** @type {string} */ (e.valueString)) : undefined; // none: throws, no checkpoint
+    return cp && Number.isInteger(cp.patient) && Number.isInteger(cp.done) ? /** @type {Checkpoint} */ (cp) : undefined;
   } catch (_err) {
     return undefined;
   }
@@ -2698,14 +4983,14 @@ function progressOf(task) {
  * @returns {string | undefined}
  */
 function outcomeId(err) {
-  const e = /** @type {any} */ (err);
+  const e = /** @type { { outcome?: { id?: unknown } } | null | undefined } */ (err);
   return e && e.outcome && typeof e.outcome.id === 'string' ? e.outcome.id : undefined;
 }
 
 /**
  * @param {MedplumClient} medplum
  * @param {string} id
- * @returns {Promise<any>} the Task as stored now (never a cached copy)
+ * @returns {Promise<StoredTask>} the Task as stored now (never a cached copy)
  */
 function readTask(medplum, id) {
   return medplum.readResource('Task', id, { cache: 'no-cache' });
@@ -2715,8 +5000,8 @@ function readTask(medplum, id) {
  * Write a new version of the Task only if it is still the version it was built from (If-Match):
  * a compare-and-set. Throws (412 precondition-failed) when someone wrote it meanwhile.
  * @param {MedplumClient} medplum
- * @param {any} task built from the version whose meta.versionId it carries
- * @returns {Promise<any>}
+ * @param {Task} task built from the version whose meta.versionId it carries
+ * @returns {Promise<StoredTask>}
  */
 function casUpdate(medplum, task) {
   const vid = task.meta && task.meta.versionId;
@@ -2727,7 +5012,7 @@ function casUpdate(medplum, task) {
  * The stored Tasks for a message id, oldest first.
  * @param {MedplumClient} medplum
  * @param {string} messageId
- * @returns {Promise<any[]>}
+ * @returns {Promise<StoredTask[]>}
  */
 async function findMessageTasks(medplum, messageId) {
   const found = await medplum.searchResources('Task', { identifier: MT.identifierSystem + '|' + messageId, _count: '10' });
@@ -2743,9 +5028,9 @@ async function findMessageTasks(medplum, messageId) {
  * conflicts too, gets 409, and then reads the Task the winner stored. A Task stored before already is
  * resumed when its processing was cut off, re-queued when it failed, and left alone otherwise.
  * @param {MedplumClient} medplum
- * @param {any} msg
+ * @param {Message} msg
  * @param {string} raw
- * @returns {Promise<Task>}
+ * @returns {Promise<StoredTask>}
  */
 async function persistMessage(medplum, msg, raw) {
   const messageId = String((msg.meta && msg.meta.messageId) || 'sha256-' + sha256Hex(raw));
@@ -2759,12 +5044,11 @@ async function persistMessage(medplum, msg, raw) {
       text: 'Metriport webhook message',
     },
     identifier: [{ system: MT.identifierSystem, value: messageId }],
-    authoredOn: new Date().toISOString(),
-    description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
     authoredOn: new Date().toISOString(), // arrival
+    description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
     input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
   };
-  /** @type {any} */
+  /** @type {StoredTask | undefined} */
   let saved;
   for (let attempt = 1; !saved; attempt++) {
     try {
@@ -2795,9 +5079,9 @@ async function persistMessage(medplum, msg, raw) {
  * A message delivered again: resume it when its processing was cut off, re-queue it when it failed
  * (attempts start over: a redelivery is a new chance), nudge it when it waited long for a run.
  * @param {MedplumClient} medplum
- * @param {any} saved
+ * @param {StoredTask} saved
  * @param {string} messageId
- * @returns {Promise<any>}
+ * @returns {Promise<StoredTask>}
  */
 async function reviveStoredMessage(medplum, saved, messageId) {
   const now = Date.now();
@@ -2826,12 +5110,12 @@ async function reviveStoredMessage(medplum, saved, messageId) {
 /**
  * Put a stored message back in the queue (status requested: the Task subscription runs it again).
  * @param {MedplumClient} medplum
- * @param {any} task
+ * @param {Task} task
  * @param {boolean} fresh attempts start over and the old outcome goes (a failed message given a new chance)
- * @returns {Promise<any>}
+ * @returns {Promise<StoredTask>}
  */
 function requeue(medplum, task, fresh) {
-  let next = withExt({ ...task, status: 'requested', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  let next = withExt(/** @type {Task} */ ({ ...task, status: 'requested', lastModified: new Date().toISOString() }), MT.leaseUrl, undefined);
   if (fresh) {
     next = withExt(next, MT.attemptsUrl, undefined);
     delete next.statusReason;
@@ -2844,8 +5128,8 @@ function requeue(medplum, task, fresh) {
  * A new version of a requested Task, so that the Task subscription fires again (its delivery was lost,
  * e.g. the server restarted before it ran).
  * @param {MedplumClient} medplum
- * @param {any} task
- * @returns {Promise<any>}
+ * @param {Task} task
+ * @returns {Promise<StoredTask>}
  */
 function nudge(medplum, task) {
   return casUpdate(medplum, { ...task, lastModified: new Date().toISOString() });
@@ -2906,7 +5190,7 @@ async function sweep(medplum, exclude) {
 class Lease {
   /**
    * @param {MedplumClient} medplum
-   * @param {any} task the Task as this run claimed it
+   * @param {Task} task the Task as this run claimed it
    */
   constructor(medplum, task) {
     this.medplum = medplum;
@@ -2918,7 +5202,7 @@ class Lease {
   }
 
   /**
-   * @param {any} cur the Task as stored now
+   * @param {Task} cur the Task as stored now
    */
   verify(cur) {
     if (cur.status !== 'in-progress' || attemptsOf(cur) !== this.attempt) {
@@ -2953,8 +5237,8 @@ class Lease {
 
   /**
    * Write `build(current Task)` while this run holds the lease (compare-and-set, re-read on a race).
-   * @param {(cur: any) => any} build
-   * @returns {Promise<any>}
+   * @param {(cur: StoredTask) => Task} build
+   * @returns {Promise<StoredTask>}
    */
   async write(build) {
     for (let i = 1; ; i++) {
@@ -2974,14 +5258,14 @@ class Lease {
 /**
  * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
  * number of failures and the first 20); the summary kept as its output either way; the lease released.
- * @param {any} task the Task as stored now
+ * @param {Task} task the Task as stored now
  * @param {Summary} summary
  * @param {string | undefined} fatal
- * @returns {any} the Task to store
+ * @returns {Task} the Task to store
  */
 function taskOutcome(task, summary, fatal) {
   const failed = !!fatal || summary.failures.length > 0;
-  let done = withExt({ ...task, status: failed ? 'failed' : 'completed', lastModified: new Date().toISOString() }, MT.leaseUrl, undefined);
+  let done = withExt(/** @type {Task} */ ({ ...task, status: failed ? 'failed' : 'completed', lastModified: new Date().toISOString() }), MT.leaseUrl, undefined);
   if (!failed) {
     done = withExt(done, MT.progressUrl, undefined);
   }
@@ -2990,6 +5274,10 @@ function taskOutcome(task, summary, fatal) {
     done.for = { reference: 'Patient/' + summary.subjects[0] };
   }
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
+  // failed because no Patient held its Metriport id yet: findable by that id (a bulk create's link re-queues it)
+  const waiting = failed ? awaitingLink(summary) : [];
+  done.identifier = (task.identifier || []).filter((i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))
+    .concat(waiting.map((value) => ({ system: CONFIG.bulk.awaitingLinkSystem, value })));
   if (failed) {
     done.statusReason = {
       text: fatal
@@ -3007,11 +5295,12 @@ function taskOutcome(task, summary, fatal) {
  * Process a stored message Task (Subscription on requested message Tasks): claim it (compare-and-set:
  * one run wins), process it from its checkpoint, write the outcome — unless another run took it over.
  * @param {MedplumClient} medplum
- * @param {any} event
+ * @param {BotEvent} event
  * @param {string} taskId
+ * @returns {Promise<Record<string, unknown>>}
  */
 async function processTask(medplum, event, taskId) {
-  /** @type {any} */
+  /** @type {StoredTask} */
   let task;
   try {
     task = await readTask(medplum, taskId);
@@ -3034,7 +5323,7 @@ async function processTask(medplum, event, taskId) {
       PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
       '). The message is kept: `medport replay --failed` runs it again.';
     try {
-      await casUpdate(medplum, withExt({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }, MT.leaseUrl, undefined));
+      await casUpdate(medplum, withExt(/** @type {Task} */ ({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }), MT.leaseUrl, undefined));
     } catch (err) {
       return { status: 'ignored', reason: 'task-taken' };
     }
@@ -3042,7 +5331,7 @@ async function processTask(medplum, event, taskId) {
     return { status: 'failed', task: 'Task/' + taskId, reason: 'max-attempts' };
   }
   try {
-    let claim = withExt({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }, MT.attemptsUrl, { valueInteger: attempt });
+    let claim = withExt(/** @type {Task} */ ({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }), MT.attemptsUrl, { valueInteger: attempt });
     claim = withExt(claim, MT.leaseUrl, { valueDateTime: new Date(Date.now() + LEASE_MS).toISOString() });
     task = await casUpdate(medplum, claim);
   } catch (err) {
@@ -3052,13 +5341,14 @@ async function processTask(medplum, event, taskId) {
   const lease = new Lease(medplum, task);
   /** @type {Ctx} */
   const ctx = { lease, resume: lease.checkpoint, patient: 0, failuresAtStart: 0, frozen: false };
-  const input = (task.input || []).find((/** @type {any} */ i) => typeof i.valueString === 'string');
+  const input = (task.input || []).find((i) => typeof i.valueString === 'string');
   /** @type {Summary} */
   let summary;
   /** @type {string | undefined} */
   let fatal;
   try {
-    const msg = JSON.parse(input ? input.valueString : '');
+    /** @type {Message} */
+    const msg = JSON.parse(input ? /** @type {string} */ (input.valueString) : ''); // stored by persistMessage: a signed message
     summary = await processMessage(medplum, event, msg, ctx);
   } catch (err) {
     if (err instanceof LeaseLost) {
@@ -3068,7 +5358,7 @@ async function processTask(medplum, event, taskId) {
     summary = newSummary(undefined);
     fatal = errorText(err);
   }
-  /** @type {any} */
+  /** @type {StoredTask} */
   let done;
   try {
     done = await lease.write((cur) => taskOutcome(cur, summary, fatal));
@@ -3104,11 +5394,10 @@ async function processTask(medplum, event, taskId) {
 /**
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
- * @returns {Promise<any>}
+ * @returns {Promise<Record<string, unknown>>}
  */
 exports.handler = async (medplum, event) => {
-  /** @type {any} */
-  const input = event.input;
+  const input = /** @type {WebhookBotInput} */ (event.input);
   if (input && typeof input === 'object' && input.resourceType === 'Task') {
     // Triggered by the Subscription: never trust the body, re-read the Task.
     return processTask(medplum, event, String(input.id || ''));
@@ -3122,7 +5411,7 @@ exports.handler = async (medplum, event) => {
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
 
-  /** @type {any} */
+  /** @type {WebhookBotInput} */
   let msg;
   try {
     msg = typeof input === 'string' ? JSON.parse(input) : input;
@@ -3143,6 +5432,9 @@ exports.handler = async (medplum, event) => {
   if (CONFIG.asyncProcessing) {
     const task = await persistMessage(medplum, msg, raw);
     log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
+    if (type === 'medical.bulk-patient-create') {
+      await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
+    }
     return { received: true, messageId, task: 'Task/' + task.id };
   }
   try {

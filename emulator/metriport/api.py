@@ -11,7 +11,8 @@ check it in the order Metriport's route does (`rules.py`), call the backend and 
 - Query parameters: Express 4's `qs` makes `a=1&a=2` and `a[x]=1` arrays/objects, which
   `getFrom("query")` refuses ("Invalid <name> query param - must be string").
 - Settings live at `/settings` (not under /medical/v1: routes/index.ts mounts them at the root).
-- `files_bp` serves the presigned URLs (S3's stand-in): no key (the token is the credential), S3's XML errors.
+- `files_bp` serves the presigned URLs (S3's stand-in): no key (the token is the credential), S3's XML errors;
+  `uploads_bp` takes the PUT of a bulk patient create's CSV the same way.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from urllib.parse import unquote_plus
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import rules
-from .backend import MetriportBackend
+from .backend import MetriportBackend, UploadRefused
 from .errors import BadRequest, HttpError, api_gateway_forbidden
 from .jsrt import has_lone_surrogate
 from .storage import NoSuchKey, RequestExpired
@@ -36,12 +37,15 @@ API_KEY_HEADER = "x-api-key"
 MEDICAL_PREFIX = "/medical/v1"
 DEV_PREFIX = "/_fake"
 FILES_PREFIX = f"{DEV_PREFIX}/files"
+UPLOADS_PREFIX = f"{DEV_PREFIX}/uploads"
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # S3 takes far more; 100,000 rows of demographics are ~20 MB
 MAX_BODY_BYTES = 20 * 1024 * 1024     # express.json({ limit: "20mb" })
 QS_PARAMETER_LIMIT = 1000             # qs parameterLimit
 
 bp = Blueprint("metriport_api", __name__, url_prefix=MEDICAL_PREFIX)
 settings_bp = Blueprint("metriport_settings", __name__)
 files_bp = Blueprint("metriport_files", __name__, url_prefix=FILES_PREFIX)
+uploads_bp = Blueprint("metriport_uploads", __name__, url_prefix=UPLOADS_PREFIX)
 
 
 def current_backend() -> MetriportBackend:
@@ -281,6 +285,15 @@ def match_patient():
     return jsonify(backend.match_patient(rules.demographics(read_body(), now_ms=backend.now_ms())))
 
 
+@bp.post("/patient/bulk")
+def bulk_patient_create():
+    """patient-root.ts POST /bulk: `facilityId` optional (getFromQuery), `dryRun` (getFromQueryAsBoolean: only
+    "true" in any case is true); no body read, no rate limit, no sandbox cap; 200 with PatientImportDto."""
+    facility_id = q("facilityId")
+    dry_run = rules.string_to_boolean(q("dryRun")) or False
+    return jsonify(current_backend().start_bulk_import(facility_id, dry_run))
+
+
 @bp.get("/patient/external-id")
 def patient_by_external_id():
     external_id = q_or_fail("externalId")
@@ -415,6 +428,24 @@ def _s3_error(code: str, message: str | None, status: int) -> Response:
     text = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
     text += f"<Message>{message}</Message></Error>" if message else "</Error>"
     return Response(text, status=status, mimetype="application/xml")
+
+
+@uploads_bp.put("/<token>/<path:name>")
+def put_upload(token: str, name: str):
+    """The presigned PUT of a bulk patient create's CSV: 200 with an empty body and an ETag, as S3 answers;
+    S3's XML errors otherwise (expired after 10 minutes; the fake also refuses a second use)."""
+    request.max_content_length = MAX_UPLOAD_BYTES
+    content = request.get_data(cache=False)
+    try:
+        current_backend().upload_bulk_file(token, name, content, request.headers.get("Content-Type"))
+    except RequestExpired:
+        return _s3_error("AccessDenied", "Request has expired", 403)
+    except NoSuchKey:
+        return _s3_error("NoSuchKey", "The specified key does not exist.", 404)
+    except UploadRefused as e:
+        return _s3_error(e.code, str(e) or None, 403)
+    import hashlib
+    return Response(b"", status=200, headers={"ETag": f'"{hashlib.md5(content).hexdigest()}"'})
 
 
 @files_bp.get("/<token>/<path:name>")

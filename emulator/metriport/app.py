@@ -63,6 +63,7 @@ def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str 
     app.register_blueprint(api.bp)
     app.register_blueprint(api.settings_bp)
     app.register_blueprint(api.files_bp)
+    app.register_blueprint(api.uploads_bp)
     app.register_blueprint(devapi.bp)
     app.register_error_handler(MetriportError, _error_response)
     app.register_error_handler(HTTPException, _http_exception)

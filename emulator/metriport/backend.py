@@ -22,16 +22,16 @@ from html import escape as html_escape
 from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
-from . import rules, webhooks
-from .errors import BadRequest, NotFound, document_query_in_progress, sandbox_cap
+from . import adt, bulkcsv, rules, webhooks
+from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import Faults, RateLimiter
-from .models import (BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility, Patient,
-                     Progress, StoredFile, WebhookSettings, demographics_key, iso)
+from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
+                     Patient, Progress, Stay, StoredFile, WebhookSettings, demographics_key, iso)
 from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
 from .sender import WebhookSender
-from .storage import URL_EXPIRES_S, FileStore
+from .storage import UPLOAD_EXPIRES_S, URL_EXPIRES_S, FileStore, NoSuchKey, RequestExpired
 
 SANDBOX_PATIENT_LIMIT = 20
 DEFAULT_FACILITY_ID = "0195a6e4-3c8b-7d21-9f4e-5a6b7c8d9e0f"
@@ -41,11 +41,27 @@ SEEDED_FACILITY = {"name": "Medport Sandbox Clinic", "npi": "1234567893", "tin":
 DOCUMENTS_PER_QUERY = 3
 DEFAULT_DOCUMENT_TYPE = {"coding": [{"system": "http://loinc.org", "code": "34133-9"}]}
 EMPTY_BUNDLE = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
+BULK_URL_EXPIRES_S = 600  # bulk download URLs: 10 minutes (core document-signing/bulk-sign.ts)
+NOTIFICATION_URL_EXPIRES_S = 600  # realtime notification bundles: 10 minutes (hl7-notification-webhook-sender-direct.ts)
+BULK_RESULT_EXPIRES_S = 180  # the bulk create result CSV: 3 minutes (process-patient-import-webhook.ts)
+BULK_CREATE_CHUNK = 200      # patients created per scheduler step (other jobs run in between)
+BULK_OUTBOX_WAIT_S = 900     # at most this long for the per-patient webhooks to go out before `completed`
+UPLOAD_NAME = "raw.csv"      # S3 key patient-import/cxid=<cx>/jobid=<job>/files/raw.csv
+
+
+class UploadRefused(PermissionError):
+    """S3 would refuse this PUT: the signature does not match (wrong name), or — the fake's rule — the
+    upload URL was used already (Metriport: "valid for 10 minutes and should only be used once")."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 class MetriportBackend:
     def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
-                 webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
+                 webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
+                 ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
                  seed: bool = True, data_path: str | None = None, rng_seed: int = 0,
                  facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None, state_path: str | None = None):
         self.clock = clock
@@ -65,7 +81,7 @@ class MetriportBackend:
         self._clear()
         self._scheduler = Scheduler()
         self._sender = WebhookSender(WebhookSettings(id=self.cx_id), faults=self.faults, clock=clock,
-                                     timeout_s=webhook_timeout_s)
+                                     timeout_s=webhook_timeout_s, ping_timeout_s=ping_timeout_s)
         # `state_path`: keep the state in that SQLite file (persist.py) and pick up where an earlier run stopped
         self._store = StateStore(state_path) if state_path else None
         if self._store is not None:
@@ -83,10 +99,14 @@ class MetriportBackend:
             self.facilities: dict[str, Facility] = {}
             self.add_facility({"id": self.seeded_facility_id, **SEEDED_FACILITY})
             self.patients: dict[str, Patient] = {}
+            self._by_key: dict[tuple, list[str]] | None = None  # demographics key -> patient ids (built on use)
             self.document_queries: dict[str, DocumentQuery] = {}  # patientId -> current document query
             self.documents: dict[str, list[Document]] = {}       # patientId -> documents it found
             self.consolidated: dict[str, list[ConsolidatedQuery]] = {}
             self.bulk_url_queries: dict[str, BulkUrlQuery] = {}
+            self.bulk_jobs: dict[str, BulkImportJob] = {}     # requestId -> job
+            self._bulk_payloads: dict[str, dict[int, dict]] = {}  # requestId -> row number -> parsed payload
+            self.stays: dict[str, list[Stay]] = {}              # patientId -> its stays (realtime notifications)
             self._calls: list[dict] = []
 
     def reset(self) -> None:
@@ -119,7 +139,7 @@ class MetriportBackend:
             return
         p = self.patients.get(pid)
         if p is None:
-            for kind in ("patient", "document_query", "documents", "consolidated", "bulk_url"):
+            for kind in ("patient", "document_query", "documents", "consolidated", "bulk_url", "stays"):
                 self._store.delete(kind, pid)
             return
         self._store.put("patient", pid, dataclasses.asdict(p))
@@ -132,6 +152,12 @@ class MetriportBackend:
             self._store.put("consolidated", pid, [dataclasses.asdict(q) for q in self.consolidated[pid]])
         if pid in self.bulk_url_queries:
             self._store.put("bulk_url", pid, dataclasses.asdict(self.bulk_url_queries[pid]))
+        if pid in self.stays:
+            self._store.put("stays", pid, [dataclasses.asdict(x) for x in self.stays[pid]])
+
+    def _save_bulk(self, job: BulkImportJob) -> None:
+        if self._store is not None:
+            self._store.put("bulk_job", job.id, dataclasses.asdict(job))
 
     def _save_delivery(self, d: Delivery | None) -> None:
         """Sender hook: a delivery changed (None: the webhook settings did)."""
@@ -156,6 +182,7 @@ class MetriportBackend:
                 self.facilities[d["id"]] = Facility(**d)
             for pid, d in st.all("patient"):
                 self.patients[pid] = Patient(**d)
+            self._by_key = None
             for pid, d in st.all("document_query"):
                 self.document_queries[pid] = DocumentQuery(
                     **{**d, "download": Progress(**d["download"]), "convert": Progress(**d["convert"])})
@@ -165,6 +192,10 @@ class MetriportBackend:
                 self.consolidated[pid] = [ConsolidatedQuery(**q) for q in qs]
             for pid, d in st.all("bulk_url"):
                 self.bulk_url_queries[pid] = BulkUrlQuery(**d)
+            for pid, stays in st.all("stays"):
+                self.stays[pid] = [Stay(**x) for x in stays]
+            for jid, d in st.all("bulk_job"):
+                self.bulk_jobs[jid] = BulkImportJob(**d)
         for token, name, ctype, expires_at, content in st.files():
             self.files.load(token, StoredFile(bytes(content), ctype, expires_at, name))
         settings = st.get("settings", "webhook")
@@ -184,6 +215,11 @@ class MetriportBackend:
             for pid, q in self.bulk_url_queries.items():
                 if pid in self.patients and q.status == "processing":
                     jobs.append(lambda p=self._snapshot(pid), q=q: self._bulk_urls_done(p, q, q.metadata))
+            for jid, job in self.bulk_jobs.items():
+                # an uploaded file not parsed yet, or a job cut off while creating its patients: parsed again,
+                # the rows not created yet are created (the created ones are found by their demographics)
+                if job.uploads and job.status in ("waiting", "processing"):
+                    jobs.append(lambda jid=jid: self._bulk_parse(jid))
         for job in jobs:
             self.schedule(self.delay_s, job)
 
@@ -228,6 +264,8 @@ class MetriportBackend:
                     "consolidated": {k: [x.to_dict() | {"metadata": x.metadata} for x in v]
                                      for k, v in self.consolidated.items()},
                     "bulk": {k: [q.request_id, q.status] for k, q in self.bulk_url_queries.items()},
+                    "bulk_jobs": {k: [j.summary(), j.entries] for k, j in self.bulk_jobs.items()},
+                    "stays": {k: [dataclasses.asdict(x) for x in v] for k, v in self.stays.items()},
                     "settings": self.get_settings() | self.webhook_status(),
                     "deliveries": len(self.deliveries_log(include_body=False)),
                     "files": self.files.count(),
@@ -294,16 +332,18 @@ class MetriportBackend:
         with self._lock:
             return copy.deepcopy(self._patient(pid))
 
-    def create_patient(self, demo: dict, external_id: str | None, facility_id: str) -> tuple[dict, bool]:
+    def create_patient(self, demo: dict, external_id: str | None, facility_id: str, *,
+                       cap: bool = True) -> tuple[dict, bool]:
         """Validated demographics (`rules.patient_create`) → (patient, created), as patient-root.ts and
         create-patient.ts do it: the sandbox cap first, then the same demographics (and zip) return the
-        existing patient unchanged, then the facility must exist."""
+        existing patient unchanged, then the facility must exist. `cap=False`: the internal create route a
+        bulk patient create uses, which has no sandbox cap."""
         with self._lock:
-            if len(self.patients) >= SANDBOX_PATIENT_LIMIT:
+            if cap and len(self.patients) >= SANDBOX_PATIENT_LIMIT:
                 raise sandbox_cap(SANDBOX_PATIENT_LIMIT)
             key, zip_ = demographics_key(demo), demo["address"][0].get("zip")
-            for p in self.patients.values():
-                if p.key() == key and p.zip() == zip_:
+            for p in self._same_demographics(key):
+                if p.zip() == zip_:
                     return p.to_dict(), False
             if facility_id not in self.facilities:
                 raise NotFound("Could not find facility", additional_info={"facilityId": facility_id})
@@ -312,6 +352,8 @@ class MetriportBackend:
                 pid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             patient = Patient(pid, [facility_id], iso(self.clock()), demo, external_id)
             self.patients[pid] = patient
+            if self._by_key is not None:
+                self._by_key.setdefault(key, []).append(pid)
             self._save_patient_state(pid)
             return patient.to_dict(), True
 
@@ -338,6 +380,7 @@ class MetriportBackend:
                 p.external_id = external_id
             p.demographics = demo
             p.etag += 1
+            self._by_key = None
             self._save_patient_state(pid)
             return p.to_dict()
 
@@ -345,6 +388,7 @@ class MetriportBackend:
         with self._lock:
             self._patient(pid)
             del self.patients[pid]
+            self._by_key = None
             self.document_queries.pop(pid, None)
             self.consolidated.pop(pid, None)
             self.documents.pop(pid, None)
@@ -365,10 +409,18 @@ class MetriportBackend:
         """Validated demographics (`rules.demographics`) → the patient they match, else 404."""
         key = demographics_key(demo)
         with self._lock:
-            for p in self.patients.values():
-                if p.key() == key:
-                    return p.to_dict()
+            for p in self._same_demographics(key):
+                return p.to_dict()
         raise NotFound("Cannot find patient")
+
+    def _same_demographics(self, key: tuple) -> list[Patient]:
+        """The patients whose demographics key is `key`, oldest first (an index, so a bulk create of N
+        patients is not N scans of every patient; call with the lock held)."""
+        if self._by_key is None:
+            self._by_key = {}
+            for pid, p in self.patients.items():
+                self._by_key.setdefault(p.key(), []).append(pid)
+        return [self.patients[pid] for pid in self._by_key.get(key, ())]
 
     # ------------------------------------------------------------------ clinical data
     def dataset_for(self, patient: Patient) -> Dataset | None:
@@ -460,8 +512,10 @@ class MetriportBackend:
         return docs
 
     def _with_urls(self, docs: list[Document]) -> list[dict]:
-        """Documents as webhooks list them, each with a fresh presigned URL."""
-        return [d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name)} for d in docs]
+        """Documents as `medical.document-bulk-download-urls` lists them (DocumentBulkUrlDTO), each with a fresh
+        presigned URL valid 10 minutes (core `document-signing/bulk-sign.ts`)."""
+        return [d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name, expires_s=BULK_URL_EXPIRES_S)}
+                for d in docs]
 
     def start_document_query(self, patient_id: str, facility_id: str | None, metadata: dict | None) -> dict:
         """After validation (rate limit, patient, metadata: api.py), as document-query.ts: the facility
@@ -490,7 +544,9 @@ class MetriportBackend:
 
     def _document_download_done(self, patient: Patient, q: DocumentQuery) -> None:
         docs = self._documents_for(patient)
-        listed = self._with_urls(docs)
+        # DocumentReferenceDTO (routes/medical/dtos/documentDTO.ts): no `url` — a receiver asks for one with
+        # GET /document/download-url?fileName= (or for all of them with POST /document/download-url/bulk)
+        listed = [d.to_dict() for d in docs]
         self.send_webhook("medical.document-download",
                           {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
                           q.metadata, q.request_id)
@@ -636,6 +692,258 @@ class MetriportBackend:
         return {"resourceType": "Bundle", "total": 1, "type": "collection",
                 "entry": [{"resource": {"resourceType": "DocumentReference",
                                         "subject": {"reference": f"Patient/{patient.id}"}, "content": content}}]}
+
+    # ------------------------------------------------------------------ bulk patient create
+    # routes/medical/patient-root.ts POST /patient/bulk; command/medical/patient/patient-import/*; core
+    # command/patient-import/* (parse, create, query, result steps). The fake runs the steps on its scheduler.
+    def _bulk_facility(self, facility_id: str | None) -> str:
+        """get-facility.ts getOptionalFacilityOrFail."""
+        if facility_id:
+            if facility_id not in self.facilities:
+                raise NotFound("Could not find facility", additional_info={"facilityId": facility_id})
+            return facility_id
+        if len(self.facilities) > 1:
+            raise BadRequest("More than one facility found, please specify a facility ID",
+                             additional_info={"cxId": self.cx_id})
+        if not self.facilities:
+            raise NotFound("Could not find facility", additional_info={"cxId": self.cx_id})
+        return next(iter(self.facilities))
+
+    def start_bulk_import(self, facility_id: str | None, dry_run: bool) -> dict:
+        """`POST /patient/bulk` after the query checks: a job `waiting` for its file and the presigned upload
+        URL (PUT, 10 minutes). No sandbox cap, no rate limit."""
+        import secrets as _secrets
+        with self._lock:
+            fid = self._bulk_facility(facility_id)
+            now = self.clock()
+            expired = self.faults.take("expire_next_upload") or self.faults["expired_urls"]
+            job = BulkImportJob(str(uuid.uuid4()), fid, bool(dry_run), iso(now), _secrets.token_urlsafe(18),
+                                upload_expires_at=now - 1 if expired else now + UPLOAD_EXPIRES_S)
+            self.bulk_jobs[job.id] = job
+            self._save_bulk(job)
+            url = self.public_base_url + self.files.upload_url(job.upload_token, UPLOAD_NAME)
+            return job.to_dto(url)
+
+    def upload_bulk_file(self, token: str, name: str, content: bytes, content_type: str | None) -> None:
+        """The PUT to a job's upload URL (S3's stand-in). Raises storage.NoSuchKey (no such URL),
+        RequestExpired (after 10 minutes: the job stays `waiting`, as in Metriport's code), UploadRefused."""
+        with self._lock:
+            job = next((j for j in self.bulk_jobs.values() if j.upload_token == token), None)
+            if job is None:
+                raise NoSuchKey("The specified key does not exist.")
+            if name != UPLOAD_NAME:
+                raise UploadRefused("SignatureDoesNotMatch", "")
+            if self.clock() >= job.upload_expires_at:
+                raise RequestExpired("Request has expired")
+            if job.uploads:
+                raise UploadRefused("AccessDenied", "medport fake: this upload URL was used already (Metriport: "
+                                                    "valid for 10 minutes and should only be used once)")
+            job.uploads += 1
+            job.upload_content_type = content_type
+            self.files.load(f"upload-{job.id}", StoredFile(content, content_type or "text/csv", float("inf"),
+                                                           UPLOAD_NAME))
+            if self._store is not None:
+                self._store.put_file(f"upload-{job.id}", UPLOAD_NAME, content_type or "text/csv", 1e18, content)
+            self._save_bulk(job)
+        self.schedule(self.delay_s, lambda: self._bulk_parse(job.id))
+
+    def _bulk_status(self, job: BulkImportJob, status: str, reason: str | None = None) -> None:
+        """update-tracking.ts: a webhook only when the job *just turned* processing or completed (none for
+        failed, none for waiting); `result` (3 minutes) only with completed. Call without the lock."""
+        with self._lock:
+            old = job.status
+            job.status, job.reason = status, reason
+            now = iso(self.clock())
+            if status == "processing" and old != "processing":
+                job.started_at = now
+            if status in ("completed", "failed") and old != status:
+                job.finished_at = now
+            self._save_bulk(job)
+        if status == old or status not in ("processing", "completed"):
+            return
+        entry: dict[str, Any] = {"requestId": job.id, "status": status}
+        if status == "completed":
+            csv_text = bulkcsv.result_csv(job.headers, job.entries)
+            entry["result"] = self.store_file(csv_text.encode("utf-8"), "text/csv", "result.csv",
+                                              expires_s=BULK_RESULT_EXPIRES_S)
+        self.send_webhook("medical.bulk-patient-create", {"bulkPatientCreate": entry}, None, job.id)
+
+    def _bulk_parse(self, jid: str) -> None:
+        """patient-import-parse-command.ts: processing (webhook), rows validated; none valid → failed "Empty or
+        invalid file" (no webhook); dry run → completed with the result at once; else the patients are created."""
+        with self._lock:
+            job = self.bulk_jobs.get(jid)
+            if job is None or job.status in ("completed", "failed"):
+                return
+            try:
+                raw = self.files.get(f"upload-{jid}").content
+            except (NoSuchKey, RequestExpired):
+                return
+            resuming = job.status == "processing" and bool(job.entries)
+        self._bulk_status(job, "processing")
+        try:
+            parsed = bulkcsv.parse_import(raw.decode("utf-8", errors="replace"), self.now_ms())
+        except bulkcsv.CsvParseError:
+            self._bulk_status(job, "failed", "Unknown error while parsing the inputfile")
+            return
+        valid = [r for r in parsed.rows if r.payload is not None]
+        with self._lock:
+            if not valid:
+                job.total = job.failed = len(parsed.rows)
+                job.successful = 0
+            elif not resuming:
+                job.headers = parsed.headers
+                job.entries = [{"rowNumber": r.row_number, "raw": r.raw,
+                                **({"status": "waiting"} if r.payload is not None else
+                                   {"status": "failed", "reason": r.error})} for r in parsed.rows]
+                job.total, job.failed, job.successful = len(parsed.rows), len(parsed.rows) - len(valid), 0
+            self._bulk_payloads[jid] = {r.row_number: r.payload for r in valid}
+            self._save_bulk(job)
+        if not valid:
+            self._bulk_status(job, "failed", "Empty or invalid file")
+            return
+        if job.dry_run:
+            with self._lock:
+                job.successful = len(valid)
+            self._bulk_status(job, "completed")
+            return
+        self.schedule(0, lambda: self._bulk_create(jid))
+
+    def _bulk_create(self, jid: str) -> None:
+        """patient-import-create-command.ts for the next rows: each created through the internal route (its
+        `patientCreateSchema`, no sandbox cap; the same demographics give the existing patient), then its data
+        pipeline (the sandbox's document query), then `successful`; a refused create is `failed` "Internal
+        error". The job completes when every row is done."""
+        with self._lock:
+            job = self.bulk_jobs.get(jid)
+            payloads = self._bulk_payloads.get(jid, {})
+            if job is None or job.status != "processing":
+                return
+            todo = [e for e in job.entries if e["status"] in ("waiting", "processing")][:BULK_CREATE_CHUNK]
+        for e in todo:
+            payload = payloads.get(e["rowNumber"])
+            try:
+                if payload is None:
+                    raise BadRequest("row not parsed")
+                demo, external_id = rules.patient_create(payload, now_ms=self.now_ms())
+                patient, _ = self.create_patient(demo, external_id, job.facility_id, cap=False)
+            except MetriportError:
+                with self._lock:
+                    e.update(status="failed", reason=bulkcsv.REASON_INTERNAL_ERROR)
+                    job.failed += 1
+                continue
+            with self._lock:
+                e.update(status="processing", patientId=patient["id"])
+            if self.faults["bulk_document_queries"]:
+                self._bulk_data_pipeline(patient["id"])
+            with self._lock:
+                e["status"] = "successful"
+                job.successful += 1
+        with self._lock:
+            self._save_bulk(job)
+            more = any(e["status"] in ("waiting", "processing") for e in job.entries)
+        if more:
+            self.schedule(0, lambda: self._bulk_create(jid))
+        else:
+            with self._lock:
+                self._bulk_payloads.pop(jid, None)
+            # a patient's pipeline finishes after its webhooks were sent (finishSinglePatientImport follows
+            # processPatientDocumentRequest), so the job completes — and its result URL's 3 minutes start —
+            # once the fake's outbox has delivered them
+            self._sender.wait_idle(BULK_OUTBOX_WAIT_S)
+            self._bulk_status(job, "completed")
+
+    def _bulk_data_pipeline(self, pid: str) -> None:
+        """The sandbox's document query for a patient of a bulk create (document-query-sandbox.ts): a patient
+        without seed data gets a `medical.document-download` with no documents; a seed patient its documents
+        and a `medical.document-conversion`. No metadata (the job has none)."""
+        with self._lock:
+            patient = self._snapshot(pid)
+            q = DocumentQuery(str(uuid.uuid4()), iso(self.clock()), None)
+            self.document_queries[pid] = q
+        docs = self._documents_for(patient) if self.dataset_for(patient) else []
+        self.send_webhook("medical.document-download",
+                          {"patients": [{**patient.webhook_ref(), "status": "completed",
+                                         "documents": [d.to_dict() for d in docs]}]}, None, q.request_id)
+        if docs:
+            self.send_webhook("medical.document-conversion",
+                              {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, None, q.request_id)
+        with self._lock:
+            if docs:
+                self.documents[pid] = docs
+            q.download, q.convert = Progress.completed(len(docs)), Progress.completed(len(docs))
+            self._save_patient_state(pid)
+
+    def bulk_jobs_summary(self) -> list[dict]:
+        with self._lock:
+            return [j.summary() for j in self.bulk_jobs.values()]
+
+    def bulk_job(self, jid: str) -> dict:
+        """A job with its rows and its result CSV as Metriport would write it now (developer API)."""
+        with self._lock:
+            job = self.bulk_jobs.get(jid)
+            if job is None:
+                raise NotFound(f"No bulk patient create {jid}")
+            return job.summary() | {"entries": [dict(e) for e in job.entries],
+                                    "resultCsv": bulkcsv.result_csv(job.headers, job.entries) if job.entries else None}
+
+    def send_bulk_status(self, jid: str, status: str, reason: str | None = None) -> Delivery:
+        """Developer API: a `medical.bulk-patient-create` message Metriport's *docs* describe and its code never
+        sends (`failed` with a `reason`, `expired`, `waiting`), to test a receiver against them."""
+        with self._lock:
+            if jid not in self.bulk_jobs:
+                raise NotFound(f"No bulk patient create {jid}")
+        entry = {"requestId": jid, "status": status, **({"reason": reason} if reason else {})}
+        return self.send_webhook("medical.bulk-patient-create", {"bulkPatientCreate": entry}, None, jid)
+
+    # ------------------------------------------------------------------ realtime patient notifications
+    def send_patient_notification(self, pid: str, event: str, *, at: str | None = None,
+                                  facility: str | None = None, to: dict | None = None) -> dict:
+        """Developer API: a realtime notification for a patient (`adt.py`): `patient.admit` starts a stay,
+        `patient.transfer` moves it to `to` ({name, type}), `patient.discharge` finishes it. The bundle is
+        stored behind a presigned URL (10 minutes) and the message sent with a fresh `meta.requestId`."""
+        if event not in adt.EVENTS:
+            raise DevError([f"type: must be one of {', '.join(adt.EVENTS)}"])
+        with self._lock:
+            patient = self._snapshot(pid)
+            when = at or iso(self.clock())
+            stays = self.stays.setdefault(pid, [])
+            current = stays[-1] if stays and stays[-1].status == "in-progress" else None
+            if event == "patient.admit":
+                visit = f"V{self._rng.randrange(10**8, 10**9)}"
+                loc = dict(adt.DEFAULT_LOCATION)
+                current = Stay(adt.encounter_id(visit, pid), visit, facility or "Springfield General Hospital", when,
+                               locations=[{**loc, "since": when}])
+                stays.append(current)
+            elif current is None:
+                raise DevError([f"patient {pid} has no stay in progress: send patient.admit first"])
+            elif event == "patient.transfer":
+                dest = to or {"name": "General Medical Ward", "type": "unit"}
+                if not isinstance(dest, dict) or not all(isinstance(dest.get(k), str) and dest.get(k) for k in ("name", "type")):
+                    raise DevError(["to: expected {name, type} strings"])
+                src = current.locations[-1]
+                current.transfers.append({"timestamp": when, "sourceLocation": {"name": src["name"], "type": src["type"]},
+                                          "destinationLocation": {"name": dest["name"], "type": dest["type"]}})
+                current.locations.append({"name": dest["name"], "type": dest["type"], "since": when})
+            else:
+                current.status, current.discharged_at = "finished", when
+            stay = Stay(**dataclasses.asdict(current))
+            self._save_patient_state(pid)
+        bundle = adt.message_bundle(patient, stay, event, when)
+        raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        url = self.store_file(raw, "application/json", f"{stay.encounter_id}_{event}.json",
+                              expires_s=NOTIFICATION_URL_EXPIRES_S)
+        request_id = str(uuid.uuid4())
+        d = self.send_webhook(event, {"payload": adt.payload(patient, stay, event, url, iso(self.clock()))}, None,
+                              request_id)
+        return {"messageId": d.message_id, "requestId": request_id, "encounterId": stay.encounter_id, "url": url,
+                "status": stay.status}
+
+    def patient_stays(self, pid: str) -> list[dict]:
+        with self._lock:
+            self._patient(pid)
+            return [dataclasses.asdict(x) for x in self.stays.get(pid, [])]
+
 
 
 MetriportState = MetriportBackend  # the name the server, tests and generator know

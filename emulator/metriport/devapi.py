@@ -9,7 +9,12 @@ are redacted, here and in the delivery log.
 `GET|POST /faults`, `GET /webhooks[?body=false]` (the delivery log), `POST /webhooks/<messageId>/redeliver
 {times}` (the same message N times at once), `POST /reset`, `GET /state`,
 `POST /settings/webhook {webhookUrl, webhookKey?, ping?}` (configure without Metriport's URL
-blacklist; no ping unless asked). Bodies are checked strictly; a refused request changes nothing.
+blacklist; no ping unless asked), `GET /bulk` and `GET /bulk/<requestId>` (bulk patient creates: status,
+counts, rows, the result CSV), `POST /bulk/<requestId>/webhook {status, reason?}` (a
+`medical.bulk-patient-create` message Metriport's docs describe but its code never sends: `failed` with a
+reason, `expired`, `waiting`), `POST /patients/<id>/notifications {type, at?, facility?, to?}` (a realtime
+patient notification: `patient.admit` | `patient.transfer` | `patient.discharge`, with its Encounter bundle)
+and `GET /patients/<id>/stays`. Bodies are checked strictly; a refused request changes nothing.
 """
 from __future__ import annotations
 
@@ -129,3 +134,59 @@ def redeliver(message_id: str):
     except LookupError as e:
         raise DevError([str(e)]) from None
     return jsonify({"messageId": message_id, "answers": answers})
+
+
+@bp.get("/bulk")
+def bulk_jobs():
+    return jsonify({"jobs": current_backend().bulk_jobs_summary()})
+
+
+@bp.get("/bulk/<request_id>")
+def bulk_job(request_id: str):
+    return jsonify(current_backend().bulk_job(request_id))
+
+
+BULK_STATUSES = ("waiting", "processing", "completed", "failed", "expired")
+
+
+@bp.post("/bulk/<request_id>/webhook")
+def bulk_webhook(request_id: str):
+    """Send a `medical.bulk-patient-create` message for a job with the status (and reason) given — the ones
+    Metriport's docs list and its code never sends (a `failed` message with its `reason`, `expired`)."""
+    body = _object_body()
+    problems = [f"{k}: unknown key (allowed: status, reason)" for k in body if k not in ("status", "reason")]
+    status = body.get("status")
+    if status not in BULK_STATUSES:
+        problems.append(f"status: must be one of {', '.join(BULK_STATUSES)}")
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        problems.append("reason: Expected string")
+    if problems:
+        raise DevError(problems)
+    d = current_backend().send_bulk_status(request_id, status, reason)
+    return jsonify({"messageId": d.message_id, "status": d.status})
+
+
+@bp.post("/patients/<patient_id>/notifications")
+def patient_notification(patient_id: str):
+    """A realtime patient notification for a patient of the fake: `{"type": "patient.admit" | "patient.transfer"
+    | "patient.discharge", "at"?: ISO datetime, "facility"?: name (admit), "to"?: {name, type} (transfer)}`."""
+    body = _object_body()
+    allowed = ("type", "at", "facility", "to")
+    problems = [f"{k}: unknown key (allowed: {', '.join(allowed)})" for k in body if k not in allowed]
+    for k in ("type", "at", "facility"):
+        if body.get(k) is not None and not isinstance(body[k], str):
+            problems.append(f"{k}: Expected string")
+    if body.get("at") is not None and isinstance(body["at"], str) and not re.fullmatch(
+            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z", body["at"]):
+        problems.append("at: expected an ISO datetime like 2025-01-28T23:00:00.000Z")
+    if problems:
+        raise DevError(problems)
+    out = current_backend().send_patient_notification(patient_id, body.get("type") or "", at=body.get("at"),
+                                                      facility=body.get("facility"), to=body.get("to"))
+    return jsonify(out)
+
+
+@bp.get("/patients/<patient_id>/stays")
+def patient_stays(patient_id: str):
+    return jsonify({"stays": current_backend().patient_stays(patient_id)})

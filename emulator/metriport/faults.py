@@ -24,6 +24,11 @@ DEFAULTS: dict[str, Any] = {
     "bad_signatures": False,      # webhook messages signed with a wrong key
     "fail_next": 0,               # the next N /medical/v1 calls fail with fail_status (deterministic)
     "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
+    "expire_next_upload": 0,      # the next N bulk patient create upload URLs are born expired (deterministic)
+    # bulk patient create: every patient created goes through the sandbox's document query (its
+    # medical.document-download, and for the seed names medical.document-conversion) before the job completes,
+    # as Metriport's sandbox does (external/commonwell/document/document-query-sandbox.ts); off: created only
+    "bulk_document_queries": True,
 }
 FAIL_STATUSES = (429, 500, 503)
 MAX_SLOW_MS = 60_000           # one minute of added latency at most
@@ -51,7 +56,7 @@ def _problem(name: str, value: Any) -> str | None:
         return "simultaneous_deliveries: must be an integer from 0 to 20"
     if name == "slow_ms" and value > MAX_SLOW_MS:
         return f"slow_ms: must be at most {MAX_SLOW_MS}"
-    if name in ("fail_next", "expire_next_consolidated") and (value != int(value) or value > MAX_COUNT):
+    if name in ("fail_next", "expire_next_consolidated", "expire_next_upload") and (value != int(value) or value > MAX_COUNT):
         return f"{name}: must be a whole number up to {MAX_COUNT}"
     if name == "fail_status" and value not in FAIL_STATUSES:
         return "fail_status: must be 429, 500 or 503"
@@ -86,7 +91,7 @@ class Faults:
             raise DevError(problems)
         with self._lock:
             for name, value in changes.items():
-                self._values[name] = int(value) if name in ("fail_next", "expire_next_consolidated", "fail_status") \
+                self._values[name] = int(value) if name in ("fail_next", "expire_next_consolidated", "expire_next_upload", "fail_status") \
                     else value
             return dict(self._values)
 

@@ -228,3 +228,56 @@ def redact_url(url: str | None) -> str | None:
     if "@" in host:
         host = "***@" + host.split("@", 1)[1]
     return f"{scheme}://{host}{sep}{path}"
+
+
+@dataclass
+class BulkImportJob:
+    """A bulk patient create (`POST /patient/bulk`): Metriport's PatientImportJob and its rows.
+
+    `status`: waiting → processing → completed, or failed (core patient-import `status.ts`: there is no
+    `expired` in the code — a job whose upload URL expired just stays `waiting`). `entries`: one per CSV row,
+    `{rowNumber, raw, status (waiting|processing|successful|failed), patientId?, reason?}`."""
+    id: str
+    facility_id: str
+    dry_run: bool
+    created_at: str
+    upload_token: str
+    upload_expires_at: float = 0.0
+    status: str = "waiting"
+    reason: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    total: int = 0
+    successful: int = 0
+    failed: int = 0
+    uploads: int = 0                         # PUTs to the upload URL (Metriport: "should only be used once")
+    upload_content_type: str | None = None
+    headers: list[str] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    result_token: str | None = None
+
+    def to_dto(self, upload_url: str) -> dict:
+        """PatientImportDto (routes/medical/dtos/patient-import.ts)."""
+        return {"requestId": self.id, "facilityId": self.facility_id, "status": self.status, "uploadUrl": upload_url,
+                "params": {"dryRun": self.dry_run}, "createdAt": self.created_at}
+
+    def summary(self) -> dict:
+        return {"requestId": self.id, "facilityId": self.facility_id, "status": self.status, "reason": self.reason,
+                "dryRun": self.dry_run, "createdAt": self.created_at, "startedAt": self.started_at,
+                "finishedAt": self.finished_at, "total": self.total, "successful": self.successful,
+                "failed": self.failed, "uploads": self.uploads, "uploadContentType": self.upload_content_type}
+
+
+@dataclass
+class Stay:
+    """A patient's hospital stay as realtime notifications report it (one Encounter, like Metriport's
+    ADT-sourced encounter: its id derived from the visit number and the patient, merged message by message)."""
+    encounter_id: str
+    visit_number: str
+    facility: str
+    admitted_at: str
+    status: str = "in-progress"              # in-progress | finished
+    discharged_at: str | None = None
+    transfers: list[dict] = field(default_factory=list)   # {timestamp, sourceLocation, destinationLocation}
+    locations: list[dict] = field(default_factory=list)   # {name, type, since}: every location of the stay, in order
+    reason: str = "Chest pain"

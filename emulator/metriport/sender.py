@@ -24,13 +24,14 @@ Post = Callable[[str, str, str, float], tuple[bool, int | None, str, Any]]  # we
 
 class WebhookSender:
     def __init__(self, settings: WebhookSettings, *, faults: Mapping[str, Any], clock: Callable[[], float],
-                 timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, post: Post = webhooks.post,
-                 name: str = "fake-metriport-webhooks"):
+                 timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, ping_timeout_s: float = webhooks.PING_TIMEOUT_S,
+                 post: Post = webhooks.post, name: str = "fake-metriport-webhooks"):
         self.settings = settings
         self.deliveries: list[Delivery] = []
         self._faults = faults      # reads bad_signatures and duplicate_deliveries at send time
         self._clock = clock
-        self._timeout_s = timeout_s
+        self._timeout_s = timeout_s            # a message: 5 s, as Metriport
+        self._ping_timeout_s = ping_timeout_s  # the settings ping: 2 s
         self._post = post
         self._lock = threading.Condition()
         self._outbox: queue.Queue[Delivery | None] = queue.Queue()
@@ -98,10 +99,20 @@ class WebhookSender:
             return [d.to_dict(include_body) for d in self.deliveries]
 
     def reset(self, settings: WebhookSettings) -> None:
-        """Forget the settings and the log (messages already queued still go out)."""
+        """Forget the settings, the log and the messages waiting to be sent (one already being sent finishes)."""
         with self._lock:
             self.settings = settings
             self.deliveries = []
+            while True:
+                try:
+                    d = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if d is None:  # the stop signal stays
+                    self._outbox.put(None)
+                    break
+                self._in_flight -= 1
+            self._lock.notify_all()
 
     # ------------------------------------------------------------------ messages
     def send(self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None) -> Delivery:
@@ -109,7 +120,8 @@ class WebhookSender:
         with self._lock:
             when = iso(self._clock())
             mid = str(uuid.uuid4())
-            body = webhooks.build_body({"messageId": mid, "when": when, "type": type_, "data": metadata}, payload)
+            body = webhooks.build_body({"messageId": mid, "requestId": request_id, "when": when, "type": type_,
+                                        "data": metadata}, payload)
             d = Delivery(message_id=mid, type=type_, body=body, when=when, request_id=request_id)
             self.deliveries.append(d)
             s = self.settings
@@ -143,7 +155,7 @@ class WebhookSender:
         message_id = str(uuid.uuid4())
         body = webhooks.build_ping_body(pong, message_id, iso(self._clock()))
         sig = self._sign(key, body)
-        ok, status, detail, data, elapsed_ms = self._timed_post(url, body, sig)
+        ok, status, detail, data, elapsed_ms = self._timed_post(url, body, sig, self._ping_timeout_s)
         with self._lock:
             if self.settings.webhook_url != url:  # the URL changed meanwhile: this answer is stale
                 return
@@ -178,10 +190,11 @@ class WebhookSender:
     def _sign(self, key: str, body: str) -> str:
         return webhooks.sign("not-the-key" if self._faults["bad_signatures"] else key, body)
 
-    def _timed_post(self, url: str, body: str, sig: str) -> tuple:
-        """POST a signed message; (ok, status, detail, data, ms the receiver took to answer)."""
+    def _timed_post(self, url: str, body: str, sig: str, timeout_s: float | None = None) -> tuple:
+        """POST a signed message (timeout: a message's 5 s unless given); (ok, status, detail, data, ms the
+        receiver took to answer)."""
         t0 = time.perf_counter()
-        ok, status, detail, data = self._post(url, body, sig, self._timeout_s)
+        ok, status, detail, data = self._post(url, body, sig, self._timeout_s if timeout_s is None else timeout_s)
         return ok, status, detail, data, round((time.perf_counter() - t0) * 1000, 1)
 
     def _post_at_once(self, url: str, body: str, sig: str, times: int) -> list[tuple]:

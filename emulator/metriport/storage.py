@@ -16,7 +16,9 @@ from typing import Callable
 from .models import StoredFile
 
 URL_EXPIRES_S = 180
+UPLOAD_EXPIRES_S = 600   # bulk patient create upload URL: 10 minutes (patient-import/create.ts)
 FILES_PREFIX = "/_fake/files"
+UPLOADS_PREFIX = "/_fake/uploads"
 
 
 class NoSuchKey(LookupError):
@@ -69,6 +71,16 @@ class FileStore:
         if f.expired(self._clock()):
             raise RequestExpired("Request has expired")
         return f
+
+    def upload_url(self, token: str, name: str, *, expires_s: int = UPLOAD_EXPIRES_S, expired: bool = False) -> str:
+        """A presigned PUT path for an upload slot the caller keeps (`/_fake/uploads/<token>/<name>?X-Amz-...`);
+        its expiry is the caller's to check (`expires_at`)."""
+        now = self._clock()
+        amz_date = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        sig = hmac.new(self._secret, f"PUT/{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
+        return (f"{UPLOADS_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
+                f"&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}")
 
     def count(self) -> int:
         with self._lock:

@@ -1,12 +1,14 @@
 """Webhook bodies, signing and one POST, like Metriport's sender (the queue and retries: `sender.py`).
 
-- Body: `{meta: {messageId, when, type, data?}, ...payload}` serialized exactly like JS
+- Body: `{meta: {messageId, requestId?, when, type, data?}, ...payload}` serialized exactly like JS
   `JSON.stringify` (compact, key order kept — integer-like keys first as V8 orders them —,
   non-ASCII unescaped, JS number formatting), so a receiver that computes the HMAC over
   `JSON.stringify(JSON.parse(body))` gets the same bytes.
 - Header `x-metriport-signature`: hex HMAC-SHA256 of that body with the webhook key.
-- `post`: POST with a ~4 s timeout, no redirects; non-2xx, timeout or connection error is a
-  failure (which makes the sender disable the webhook until retried).
+- `post`: POST with a timeout — 5 s for a message, 2 s for the settings ping, as Metriport's sender
+  (packages/api/src/command/webhook/webhook.ts `DEFAULT_TIMEOUT_SEND_PAYLOAD_MS` / `DEFAULT_TIMEOUT_SEND_TEST_MS`) —,
+  no redirects; non-2xx, timeout or connection error is a failure (which makes the sender disable the webhook
+  until retried).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import Any
 import requests
 
 SIGNATURE_HEADER = "x-metriport-signature"
-DEFAULT_TIMEOUT_S = 4.0
+DEFAULT_TIMEOUT_S = 5.0       # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
+PING_TIMEOUT_S = 2.0          # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
 
 _ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
 
@@ -137,8 +140,12 @@ def verify(key: str, body: str | bytes, signature: str | None) -> bool:
 
 
 def build_body(meta: dict, payload: dict) -> str:
-    """`{meta, ...payload}` as Metriport builds it; `meta.data` omitted when undefined."""
-    m = {"messageId": meta["messageId"], "when": meta["when"], "type": meta["type"]}
+    """`{meta, ...payload}` as Metriport builds it (webhook.ts `processRequest`): key order messageId,
+    requestId (only when the request has one), when, type, data (omitted when undefined)."""
+    m = {"messageId": meta["messageId"]}
+    if meta.get("requestId"):
+        m["requestId"] = meta["requestId"]
+    m |= {"when": meta["when"], "type": meta["type"]}
     if meta.get("data") is not None:
         m["data"] = meta["data"]
     return js_stringify({"meta": m, **payload})

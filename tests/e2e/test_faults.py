@@ -289,7 +289,7 @@ def _drive_to_completion(stack, patient_id: str, timeout: float) -> dict:
 
 
 def test_bot_timeout_cuts_off_the_import_and_it_converges(capsys):
-    cfg = validate_data(config_data(timeout=2, lease_seconds=2, max_attempts=12, sweep_cron=NEVER)
+    cfg = validate_data(config_data(timeout=2, lease_seconds=2, max_attempts=20, sweep_cron=NEVER)  # the bound, with room for a loaded machine
                         | {"medplum": {"runtime": "awslambda"}}, "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as stack:
         _crash_dataset(stack, 1500)

@@ -130,7 +130,7 @@ test('verify_signature false: accepted with a warning', async () => {
 for (const [type, extra] of [
   ['medical.document-download', { patients: [{ patientId: 'm1', status: 'completed', documents: [{ id: 'd1', fileName: 'a.xml' }, { id: 'd2', fileName: 'b.xml' }] }] }],
   ['medical.document-bulk-download-urls', { patients: [{ patientId: 'm1', status: 'completed', documents: [{ id: 'd1', fileName: 'a.xml', url: 'https://x' }] }] }],
-  ['medical.bulk-patient-create', { bulkPatientCreate: { requestId: 'r1', status: 'completed', result: 'https://x' } }],
+  ['medical.bulk-patient-create', { bulkPatientCreate: { requestId: 'r1', status: 'processing' } }],
   ['some.future-type', { anything: true }],
 ]) {
   test(`type ${type}: acknowledged and recorded (sync)`, async () => {

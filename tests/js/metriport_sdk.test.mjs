@@ -170,3 +170,46 @@ test('a refused request: the SDK sees Metriport\'s 400 body', async () => {
   });
   await assert.rejects(api.startConsolidatedQuery('nope', ['Medication']), (err) => err.response.status === 404);
 });
+
+test('bulk download URLs (startBulkGetDocumentUrl), bulk patient create and realtime notifications: the SDK parses what the fake sends', async () => {
+  const { webhookKey } = await api.getSettings();
+  const created = await api.createPatient({ ...demographics, firstName: 'Ollie', lastName: 'Brown', externalId: 'medplum-ollie' }, info.facilityId);
+  await api.startDocumentQuery(created.id, info.facilityId, { medplumPatientId: 'ollie-1' });
+  const [download] = await waitFor('medical.document-download');
+  const bulk = await api.startBulkGetDocumentUrl(created.id, { medplumPatientId: 'ollie-1' });
+  assert.equal(bulk.status, 'processing');
+  assert.ok(bulk.requestId);
+  const [urls] = await waitFor('medical.document-bulk-download-urls');
+  assert.equal(urls.body.meta.requestId, bulk.requestId);
+  assert.deepEqual(urls.body.meta.data, { medplumPatientId: 'ollie-1' });
+  const doc = urls.body.patients[0].documents[0];
+  const file = await fetch(doc.url);
+  assert.equal(file.status, 200);
+  assert.equal(file.headers.get('content-type'), doc.mimeType);
+
+  // no SDK method starts a bulk patient create (neither @metriport/api-sdk nor the PyPI SDK has one): plain HTTP
+  assert.equal(typeof api.bulkCreatePatients, 'undefined');
+  const job = await (await fetch(`${info.baseUrl}/medical/v1/patient/bulk?facilityId=${info.facilityId}&dryRun=true`, {
+    method: 'POST', headers: { 'x-api-key': API_KEY },
+  })).json();
+  const put = await fetch(job.uploadUrl, { method: 'PUT', headers: { 'content-type': 'text/csv' },
+    body: 'externalId,firstName,lastName,dob,gender,addressLine1-1,city-1,state-1,zip-1\nm1,Amy,Lee,1980-01-02,F,1 Main St,Austin,TX,78701\n' });
+  assert.equal(put.status, 200);
+  const [, completed] = await waitFor('medical.bulk-patient-create', 2);
+  assert.equal(completed.body.bulkPatientCreate.status, 'completed');
+
+  for (const type of ['patient.admit', 'patient.transfer', 'patient.discharge']) {
+    const r = await fetch(`${info.baseUrl}/_fake/patients/${created.id}/notifications`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': API_KEY }, body: JSON.stringify({ type }),
+    });
+    assert.equal(r.status, 200, await r.text());
+  }
+  const realtime = [];
+  for (const type of ['patient.admit', 'patient.transfer', 'patient.discharge']) realtime.push((await waitFor(type))[0]);
+  const all = [download, urls, completed, ...realtime];
+  verifyAll(webhookKey, all);
+  for (const m of all) {
+    const parsed = MetriportMedicalApi.parseWebhookResponse(m.body, true);  // the SDK's webhookRequestSchema (throws when it does not parse)
+    assert.equal(parsed.meta.type, m.body.meta.type);
+  }
+});

@@ -130,11 +130,13 @@ def render_fhir(resp) -> Response:
 
 
 def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Response:
-    """Raw upload (MedplumClient.createBinary/createAttachment): the bytes become Binary.data."""
+    """Raw upload (MedplumClient.createBinary/createAttachment). Like Medplum's server (`binary.ts`): the Binary
+    resource is written — access policy and validation — without its content, which goes to storage; so the
+    content is not held to the 1 MiB `base64BinaryMaxBytes` of a JSON Binary. Here the storage is the stored
+    resource's `data` (what GET Binary/<id> answers)."""
     data = read_body(request, limit=64 * 1024 * 1024)
     binary: dict[str, Any] = {"resourceType": "Binary",
-                              "contentType": request.mimetype or "application/octet-stream",
-                              "data": base64.b64encode(data).decode("ascii")}
+                              "contentType": request.mimetype or "application/octet-stream"}
     security_context = request.headers.get("X-Security-Context")
     if security_context:
         binary["securityContext"] = {"reference": security_context}
@@ -144,7 +146,13 @@ def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Respo
     else:
         resp = state.call("POST", "Binary", body=binary, principal=principal)
     if resp.status < 300 and isinstance(resp.body, dict) and resp.body.get("id"):
-        created = dict(resp.body)
+        stored = dict(resp.body)
+        stored["data"] = base64.b64encode(data).decode("ascii")
+        meta = stored.get("meta") or {}
+        with_content, _, _ = state.repo.update(stored, project=meta.get("project"),
+                                               author=(meta.get("author") or {}).get("reference"))
+        created = dict(with_content)
+        created.pop("data", None)
         created["url"] = f"{state.base_url}fhir/R4/Binary/{created['id']}"
         return json_response(created, resp.status, FHIR_JSON, dict(resp.headers or {}))
     return render_fhir(resp)

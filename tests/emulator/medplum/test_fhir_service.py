@@ -3,28 +3,12 @@ import base64
 import json
 import uuid
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
-from medport.emulator.medplum.fhir.service import FhirService
-from medport.emulator.medplum.fhir.store import Repository
 
-BASE = "http://localhost:8103/"
-
-
-@pytest.fixture
-def env():
-    repo = Repository(None)
-    svc = FhirService(repo, BASE)
-    pr = Principal("proj-1", "ClientApplication/app-1", None, Access(None), False)
-    yield repo, svc, pr
-    repo.close()
-
-
-def call(svc, pr, method, path, body=None, query=None, headers=None):
-    return svc.handle(pr, method, path, query or [], body, headers or {})
+from tests.emulator.medplum.conftest import BASE, call  # noqa: F401 (env is a conftest fixture)
 
 
 def patient(**kw):

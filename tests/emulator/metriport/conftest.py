@@ -63,6 +63,17 @@ class Receiver:
                 self.cond.wait(left)
         return self.of_type(t)
 
+    def wait_until(self, found, timeout=5.0):
+        """Until `found()` (a look at the requests received) is truthy; its value."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not (value := found()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"not received; got {[r['body'].get('meta') for r in self.requests]}")
+                self.cond.wait(left)
+        return value
+
     def close(self):
         self.server.shutdown()
 

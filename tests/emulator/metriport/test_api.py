@@ -240,12 +240,13 @@ def test_document_query_sends_download_then_conversion(api, fake, receiver):
     for msg in (dl, conv):
         assert msg["headers"]["x-metriport-signature"] == webhooks.sign("whkey", msg["raw"])
         assert msg["body"]["meta"]["data"] == {"medplumPatientId": "abc"}
+        assert msg["body"]["meta"]["requestId"] == dq["requestId"]  # webhook.ts processRequest
+        assert list(msg["body"]["meta"]) == ["messageId", "requestId", "when", "type", "data"]
         pt = msg["body"]["patients"][0]
         assert pt["patientId"] == p["id"] and pt["externalId"] == "ext-9" and pt["status"] == "completed"
     docs = dl["body"]["patients"][0]["documents"]
-    assert docs and {"id", "fileName", "mimeType", "size", "url"} <= set(docs[0])
-    xml = requests.get(docs[0]["url"], timeout=5)
-    assert xml.status_code == 200 and b"ClinicalDocument" in xml.content
+    # DocumentReferenceDTO (routes/medical/dtos/documentDTO.ts): no url — GET /document/download-url gives one
+    assert docs and {"id", "fileName", "mimeType", "size"} <= set(docs[0]) and "url" not in docs[0]
     fake.state.wait_idle()
     st = api.get("/medical/v1/document/query", params={"patientId": p["id"]}).json()
     assert st["download"]["status"] == "completed" and st["convert"]["status"] == "completed"
@@ -265,6 +266,11 @@ def test_document_query_sends_download_then_conversion(api, fake, receiver):
     assert r.json()["status"] == "processing"
     bulk = receiver.wait_for("medical.document-bulk-download-urls")[0]["body"]
     assert bulk["patients"][0]["documents"][0]["url"].startswith(fake.base_url) and bulk["meta"]["data"] == {"k": "v"}
+    assert bulk["meta"]["requestId"] == r.json()["requestId"]
+    bulk_doc = bulk["patients"][0]["documents"][0]
+    assert "X-Amz-Expires=600" in bulk_doc["url"]  # bulk-sign.ts: 10 minutes
+    xml = requests.get(bulk_doc["url"], timeout=5)
+    assert xml.status_code == 200 and b"ClinicalDocument" in xml.content and xml.headers["content-type"] == "application/xml"
 
 
 def test_document_query_checks(api, fake):

@@ -24,3 +24,23 @@ def test_pypi_metriport_sdk(fake, receiver):
     receiver.wait_for("medical.consolidated-data")
     st = client.medical.fhir.get_consolidated_query_status(p.id)
     assert st.queries[0].request_id == q.request_id
+
+
+def test_pypi_sdk_bulk_download_urls(fake, receiver):
+    """`client.medical.document.start_bulk_get_document_url` (the PyPI SDK sends the metadata dict as the body,
+    not wrapped in {metadata}: Metriport strips it, so meta.data is absent). The SDK has no bulk patient create."""
+    from metriport.client import Metriport
+    from metriport.commons.types.address import Address
+
+    client = Metriport(api_key=KEY, base_url=fake.base_url)
+    addr = [Address(address_line_1="201 Armada Dr", city="Brownsville", state="TX", zip="78520", country="USA")]
+    p = client.medical.patient.create(facility_id=fake.facility_id, first_name="Ollie", last_name="Brown", dob="1946-03-18",
+                                      gender_at_birth="M", address=addr)
+    client.medical.document.start_query(patient_id=p.id, facility_id=fake.facility_id, request={})
+    receiver.wait_for("medical.document-conversion")
+    out = client.medical.document.start_bulk_get_document_url(patient_id=p.id, request={"medplumPatientId": "x"})
+    assert out.status == "processing" and out.request_id
+    msg = receiver.wait_for("medical.document-bulk-download-urls")[0]["body"]
+    assert msg["meta"]["requestId"] == out.request_id and "data" not in msg["meta"]
+    assert msg["patients"][0]["documents"] and all(d["url"] for d in msg["patients"][0]["documents"])
+    assert not any("bulk" in name and "patient" in name for name in dir(client.medical.patient))

@@ -23,7 +23,7 @@ class Receiver:
 
     def __call__(self, url, body, signature, timeout_s):
         msg = json.loads(body)
-        self.posts.append({"url": url, "body": body, "msg": msg, "signature": signature})
+        self.posts.append({"url": url, "body": body, "msg": msg, "signature": signature, "timeout_s": timeout_s})
         if self.fail:
             return False, 500, "Failed to send payload: HTTP 500", None
         if "ping" in msg:
@@ -102,3 +102,48 @@ def test_configure_keeps_or_clears_the_key(sender):
     assert sender.configure("http://hook.test/other")["webhookKey"] == "key-1"
     assert sender.configure(None) == {"id": "cx", "webhookUrl": None, "webhookKey": None, "mrFilters": None}
     assert sender.send("medical.consolidated-data", {}, None).detail == "Missing webhook config"
+
+
+def test_timeouts_five_seconds_for_a_message_two_for_the_ping(sender, receiver):
+    """packages/api/src/command/webhook/webhook.ts: DEFAULT_TIMEOUT_SEND_PAYLOAD_MS = 5_000,
+    DEFAULT_TIMEOUT_SEND_TEST_MS = 2_000."""
+    sender.ping()
+    sender.send("medical.document-download", {"patients": []}, None, request_id="r1")
+    assert sender.wait_idle(2.0)
+    assert [(p["msg"]["meta"]["type"], p["timeout_s"]) for p in receiver.posts] == [
+        ("ping", 2.0), ("medical.document-download", 5.0)]
+
+
+def test_meta_request_id_where_the_request_has_one(sender, receiver):
+    """webhook.ts processRequest: meta = {messageId, requestId (only when set), when, type, data}."""
+    sender.send("medical.consolidated-data", {"patients": []}, {"k": "v"}, request_id="req-1")
+    sender.send("medical.document-conversion", {"patients": []}, None, request_id=None)
+    sender.ping()
+    assert sender.wait_idle(2.0)
+    by_type = {p["msg"]["meta"]["type"]: p["msg"]["meta"] for p in receiver.posts}
+    first, second, ping = (by_type[t] for t in ("medical.consolidated-data", "medical.document-conversion", "ping"))
+    assert list(first) == ["messageId", "requestId", "when", "type", "data"] and first["requestId"] == "req-1"
+    assert list(second) == ["messageId", "when", "type"]
+    assert list(ping) == ["messageId", "when", "type"]  # pings carry no requestId
+
+
+def test_reset_drops_the_messages_waiting_to_be_sent(receiver, faults):
+    import threading
+    gate = threading.Event()
+
+    def slow_post(url, body, signature, timeout_s):
+        gate.wait(5)
+        return receiver(url, body, signature, timeout_s)
+
+    s = WebhookSender(WebhookSettings(id="cx"), faults=faults, clock=Clock(), post=slow_post, name="test-sender")
+    try:
+        s.configure("http://hook.test/h", "key-1")
+        for i in range(4):
+            s.send("medical.consolidated-data", {"patients": [{"n": i}]}, None)
+        s.reset(WebhookSettings(id="cx"))
+        gate.set()
+        assert s.wait_idle(2.0)
+        assert len(receiver.posts) <= 1, "messages queued before the reset went out after it"
+        assert s.log() == []
+    finally:
+        s.close()

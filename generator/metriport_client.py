@@ -1,0 +1,80 @@
+"""What medport's own commands (`enroll`, `document-urls`) need to reach: Metriport's Medical API (a small
+client; the fake's URL and key when the emulator runs here) and the Medplum server (the admin client)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import click
+import requests
+
+from . import statefile
+from .config import Config
+from .localdefaults import admin_credentials, fake_metriport_api_key
+from .medplum_http import MedplumHttp
+
+
+class MetriportCallError(click.ClickException):
+    def __init__(self, what: str, resp: requests.Response):
+        detail = ""
+        try:
+            body = resp.json()
+            detail = body.get("detail") or body.get("message") or body.get("title") or "" if isinstance(body, dict) else ""
+        except ValueError:
+            detail = resp.text[:200]
+        super().__init__(f"Metriport {what} answered {resp.status_code}" + (f": {detail}" if detail else ""))
+        self.status = resp.status_code
+
+
+@dataclass
+class MetriportApi:
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout_s: float = 30.0
+
+    def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
+        resp = requests.request(method, self.base_url.rstrip("/") + path, params=params, json=json_body,
+                                headers={"x-api-key": self.api_key, "accept": "application/json"}, timeout=self.timeout_s)
+        if not 200 <= resp.status_code < 300:
+            raise MetriportCallError(f"{method} {path}", resp)
+        return resp.json() if resp.content else {}
+
+    def start_bulk_patient_create(self, facility_id: str | None, dry_run: bool) -> dict:
+        """POST /medical/v1/patient/bulk?facilityId=&dryRun= (no body): {requestId, status, uploadUrl, ...}."""
+        params = {"dryRun": "true" if dry_run else "false"}
+        if facility_id:
+            params["facilityId"] = facility_id
+        return self.call("POST", "/medical/v1/patient/bulk", params=params)
+
+    def start_bulk_download_urls(self, patient_id: str, metadata: dict | None = None) -> dict:
+        """POST /medical/v1/document/download-url/bulk?patientId= with {metadata}: {status, requestId}."""
+        return self.call("POST", "/medical/v1/document/download-url/bulk", params={"patientId": patient_id},
+                         json_body={"metadata": metadata or {}})
+
+
+def upload_csv(url: str, text: str, timeout_s: float = 300.0) -> requests.Response:
+    """The PUT to a presigned upload URL, as Metriport's docs show it (`Content-Type: text/csv`); no API key
+    (the URL is the credential)."""
+    return requests.put(url, data=text.encode("utf-8"), headers={"Content-Type": "text/csv"}, timeout=timeout_s)
+
+
+def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> MetriportApi:
+    """--metriport-url / METRIPORT_BASE_URL, else the fake of the emulator running from this folder, else the
+    config's environment; --metriport-api-key / METRIPORT_API_KEY, else (for that local fake) its dev key."""
+    running = statefile.running() or {}
+    local_fake = running.get("metriport_url") if running.get("metriport") == "fake" else None
+    base = base_url or os.environ.get("METRIPORT_BASE_URL") or local_fake or cfg.metriport_base_url
+    key = api_key or os.environ.get("METRIPORT_API_KEY")
+    if not key and local_fake and base.rstrip("/") == local_fake.rstrip("/"):
+        key = fake_metriport_api_key()
+    if not key:
+        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key)")
+    return MetriportApi(base, key)
+
+
+def medplum_http(base_url: str | None, client_id: str | None, client_secret: str | None) -> MedplumHttp:
+    """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (or :8103); the admin client
+    (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's admin client)."""
+    base = statefile.emulator_base_url(base_url)
+    cid, secret = admin_credentials()
+    return MedplumHttp(base, client_id or cid, client_secret or secret)
