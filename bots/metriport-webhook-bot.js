@@ -1076,7 +1076,7 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {any} resource the copy that is repaired and sent
  * @property {Set<string>} deps keys of the items of this window it references
  * @property {Set<string>} ext references (keys, or urn:uuid: not resolved yet) to resources outside this window
- * @property {any[]} [refs] the Reference objects of `resource` holding a "@@" placeholder (set by repair)
+ * @property { { reference?: string }[] } [refs] the Reference objects of `resource` holding a "@@" placeholder (set by repair)
  * @property {number} level 0 = references no other item
  * @property {string} [medplumId] once Medplum stored it
  * @property {boolean} [failed]
@@ -1152,6 +1152,13 @@ const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-
 class CheckpointMismatch extends Error {}
 
 /**
+ * A download of a searchset's resources (untrusted JSON, one at a time) that can be read again from the start.
+ * @typedef {AsyncIterable<unknown> & { reopen: () => Promise<ResourceStream> }} ResourceStream
+ */
+/** @typedef {unknown[] | ResourceStream} ResourceSource an inline bundle's resources, or a download */
+/** @typedef {Error & { streamFailed?: boolean, corrupt?: boolean, expired?: boolean }} DownloadError */
+
+/**
  * medical.consolidated-data, one patient of the message: the existing Medplum Patient found, the
  * searchset fetched and imported; every problem recorded in the summary.
  * @param {MedplumClient} medplum
@@ -1192,7 +1199,7 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
   try {
     count = await importResources(medplum, resources, subjectId, mid, summary, ctx, resumeDone);
   } catch (err) {
-    if (!(/** @type {any} */ (err)).streamFailed) {
+    if (!(/** @type {DownloadError} */ (err)).streamFailed) {
       throw err;
     }
     summary.failures.push({ type: 'Bundle', id: mid, status: 'download-failed', text: errorText(err) + ' (what was read before is stored; a replay goes on from there)' });
@@ -1212,7 +1219,7 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
  * deferred by cycles); references between windows resolved through the index; at the end the
  * resources that referenced later ones are written again with those references.
  * @param {MedplumClient} medplum
- * @param {any[] | AsyncIterable<any>} resources the searchset's resources: an array, or a stream (with
+ * @param {ResourceSource} resources the searchset's resources: an array, or a stream (with
  *   `reopen()` to read it again from the start) as fetchConsolidated gives
  * @param {string} subjectId existing Medplum Patient id
  * @param {string} metriportPatientId
@@ -1229,14 +1236,14 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
       throw err;
     }
     log('warn', 'checkpoint does not match what is stored; importing this patient from the start', { done: resumeDone });
-    const again = Array.isArray(resources) ? resources : await /** @type {any} */ (resources).reopen();
+    const again = Array.isArray(resources) ? resources : await resources.reopen();
     return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, 0);
   }
 }
 
 /**
  * @param {MedplumClient} medplum
- * @param {any[] | AsyncIterable<any>} resources
+ * @param {ResourceSource} resources
  * @param {string} subjectId
  * @param {string} metriportPatientId
  * @param {Summary} summary
@@ -1266,7 +1273,7 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
    * @returns {Promise<{ window: Window, done: boolean }>}
    */
   const next = async (size) => {
-    /** @type {any[]} */
+    /** @type {unknown[]} */
     const batch = [];
     let done = false;
     while (batch.length < size) {
@@ -1307,24 +1314,24 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
 /**
  * The resources of a stream; a download cut midway is opened again (at most STREAM_REOPENS times) and
  * the resources already read are skipped. Arrays pass through.
- * @param {any[] | AsyncIterable<any>} resources
- * @returns {AsyncGenerator<any, void, void>}
+ * @param {ResourceSource} resources
+ * @returns {AsyncGenerator<unknown, void, void>}
  */
 async function* resilient(resources) {
   if (Array.isArray(resources)) {
     yield* resources;
     return;
   }
-  const source = /** @type {any} */ (resources);
+  const source = resources;
   let it = source[Symbol.asyncIterator]();
   let read = 0;
   for (let reopened = 0; ; ) {
-    /** @type {IteratorResult<any>} */
+    /** @type {IteratorResult<unknown>} */
     let next;
     try {
       next = await it.next();
     } catch (err) {
-      const e = /** @type {any} */ (err);
+      const e = /** @type {DownloadError} */ (err);
       if (e instanceof SyntaxError || e.corrupt || e.expired || reopened >= STREAM_REOPENS || typeof source.reopen !== 'function') {
         throw Object.assign(e instanceof Error ? e : new Error(String(e)), { streamFailed: true });
       }
@@ -1601,7 +1608,7 @@ async function resumeFrom(medplum, items, order, done) {
  * @param {MessagePatient} p one element of msg.patients
  * @param {string} subjectId existing Medplum Patient id
  * @param {Summary} summary
- * @returns {Promise<any[] | AsyncIterable<any> | undefined>} undefined: nothing to import now (query
+ * @returns {Promise<ResourceSource | undefined>} undefined: nothing to import now (query
  *   re-requested, or failed)
  */
 async function fetchConsolidated(event, msg, p, subjectId, summary) {
@@ -1668,7 +1675,7 @@ async function download(url, gzip) {
  * The consolidated searchset for one patient of the message: streamed from the DocumentReference
  * attachment URL(s) (JSON preferred), or the inline bundle's resources.
  * @param {any} bundle
- * @returns {Promise<any[] | AsyncIterable<any>>} resources: an array (inline), or a stream with
+ * @returns {Promise<ResourceSource>} resources: an array (inline), or a stream with
  *   `reopen()`; the first download is opened before this returns (an expired URL throws here)
  */
 async function consolidatedResources(bundle) {
@@ -1689,19 +1696,18 @@ async function consolidatedResources(bundle) {
     const chosen = json || atts.find(isGzip) || atts[0];
     return { url: String(chosen.url), gzip: !json && isGzip(chosen) };
   });
+  /** @returns {Promise<ResourceStream>} */
   const open = async () => {
     const first = await openDownload(sources[0].url);
-    return streamSources(first, sources);
+    return Object.assign(streamSources(first, sources), { reopen: open });
   };
-  const stream = /** @type {any} */ (await open());
-  stream.reopen = open;
-  return stream;
+  return open();
 }
 
 /**
  * @param {Response} first the first source, opened
  * @param { { url: string, gzip: boolean }[] } sources
- * @returns {AsyncGenerator<any, void, void>}
+ * @returns {AsyncGenerator<unknown, void, void>}
  */
 async function* streamSources(first, sources) {
   for (let i = 0; i < sources.length; i++) {
@@ -1760,7 +1766,7 @@ async function byteStream(res, gzip) {
  * array are cut out one at a time and parsed alone (EntryScanner), so memory holds one entry, not the
  * document. Throws when the text is not a JSON object or ends early.
  * @param {ReadableStream<Uint8Array>} bytes
- * @returns {AsyncGenerator<any, void, void>}
+ * @returns {AsyncGenerator<unknown, void, void>}
  */
 async function* bundleResources(bytes) {
   const reader = bytes.getReader();
@@ -3124,7 +3130,7 @@ function materialize(item, items, deferred, finalPass, summary, index, linkPass)
  *   placeholder does not resolve now (materialize takes the long way)
  */
 function quickMaterialize(item, items, index) {
-  const refs = /** @type {any[]} */ (item.refs);
+  const refs = /** @type { { reference?: string }[] } */ (item.refs);
   /** @type {string[]} */
   const resolved = [];
   let linked = 0;
@@ -3146,8 +3152,7 @@ function quickMaterialize(item, items, index) {
     resolved.push(key.slice(0, key.indexOf('/')) + '/' + id);
     linked++;
   }
-  /** @type {string[]} */
-  const placeholders = refs.map((obj) => obj.reference);
+  const placeholders = refs.map((obj) => String(obj.reference));
   refs.forEach((obj, i) => {
     obj.reference = resolved[i];
   });
