@@ -59,11 +59,19 @@ def expected_count(path: Path, cfg) -> int:
 
 # ------------------------------------------------------------------------------------------- /proc sampling
 def _children(pid: int) -> list[int]:
+    """Children of every thread of pid (a worker started from a request thread is that thread's child only)."""
+    out: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
 
 
 def _tree(pid: int) -> list[int]:
