@@ -28,15 +28,21 @@ def uuid4() -> str:
 _second: tuple = (None, "")     # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
 
 
-def now_iso() -> str:
-    """Now as an instant with milliseconds, "2026-11-30T13:00:05.123Z" (the formatted second is reused)."""
+def now_instant() -> tuple[str, float]:
+    """Now as (an instant with milliseconds, "2026-11-30T13:00:05.123Z"; epoch seconds to the millisecond): the
+    formatted second is reused, as a store write needs both and writes come thousands a second."""
     global _second
     ms = int(time.time() * 1000)
     sec, frac = divmod(ms, 1000)
     cached = _second
     if cached[0] != sec:
         cached = _second = (sec, datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
-    return f"{cached[1]}{frac:03d}Z"
+    return f"{cached[1]}{frac:03d}Z", ms / 1000
+
+
+def now_iso() -> str:
+    """Now as an instant with milliseconds, "2026-11-30T13:00:05.123Z"."""
+    return now_instant()[0]
 
 
 def new_id() -> str:

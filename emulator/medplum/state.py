@@ -257,15 +257,3 @@ def seed(state: EmulatorState) -> None:
 
 
 _AUTH_TYPES = {"ProjectMembership", "AccessPolicy", "ClientApplication", "Project", "Bot"}
-
-
-def _invalidate_listener(state: EmulatorState):
-    def listener(event) -> None:
-        try:
-            rtype = (event.resource or {}).get("resourceType")
-            if rtype in _AUTH_TYPES:
-                state.invalidate(rtype)
-                state.auth.invalidate()
-        except Exception:  # a listener never breaks a write
-            log.exception("auth cache invalidation failed")
-    return listener

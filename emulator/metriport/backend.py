@@ -23,6 +23,7 @@ from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
 from . import adt, bulkcsv, rules, webhooks
+from .jsrt import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
@@ -660,8 +661,8 @@ class MetriportBackend:
         bundle = self.consolidated_bundle(patient, q.resources, q.date_from, q.date_to)
         has_data = any(e["resource"].get("resourceType") != "Patient" for e in bundle["entry"])
         result = self._consolidated_result(patient, q, bundle) if has_data else copy.deepcopy(EMPTY_BUNDLE)
-        filters = {"resources": ",".join(q.resources) if q.resources else webhooks.UNDEFINED,
-                   "dateFrom": q.date_from or webhooks.UNDEFINED, "dateTo": q.date_to or webhooks.UNDEFINED,
+        filters = {"resources": ",".join(q.resources) if q.resources else UNDEFINED,
+                   "dateFrom": q.date_from or UNDEFINED, "dateTo": q.date_to or UNDEFINED,
                    "conversionType": q.conversion_type}
         payload = {"patients": [{**patient.webhook_ref(), "status": "completed", "bundle": result, "filters": filters}]}
         # the message is recorded (and persisted) before the query counts as done: a crash in between sends

@@ -40,6 +40,16 @@ class _Undefined:
 UNDEFINED: Any = _Undefined()
 
 
+def drop_undefined(value: Any) -> Any:
+    """JSON data as JSON.stringify sees it: object keys whose value is `undefined` dropped, `undefined` in an
+    array written as null."""
+    if isinstance(value, dict):
+        return {k: drop_undefined(v) for k, v in value.items() if v is not UNDEFINED}
+    if isinstance(value, list):
+        return [None if v is UNDEFINED else drop_undefined(v) for v in value]
+    return value
+
+
 def js_trim(s: str) -> str:
     return s.strip(JS_WHITESPACE)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import jsdate, schemas, zod
 from .errors import BadRequest, ValidationError
-from .jsrt import UNDEFINED
+from .jsrt import drop_undefined
 
 CONSOLIDATED_RESOURCE_TYPES = frozenset(schemas.RESOURCE_TYPES_FOR_CONSOLIDATION)
 CONVERSION_TYPES = schemas.CONVERSION_TYPES
@@ -36,11 +36,7 @@ NOT_A_STRING: Any = NotAString()
 
 def plain(value: Any) -> Any:
     """A zod output as JSON data: keys whose value is `undefined` dropped, as JSON.stringify does."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if v is not UNDEFINED}
-    if isinstance(value, list):
-        return [None if v is UNDEFINED else plain(v) for v in value]
-    return value
+    return drop_undefined(value)
 
 
 def check(schema: zod.Schema, value: Any, *, now_ms: float | None = None) -> Any:

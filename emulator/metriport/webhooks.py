@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from .jsrt import drop_undefined, js_number_to_string
+
 SIGNATURE_HEADER = "x-metriport-signature"
 DEFAULT_TIMEOUT_S = 5.0       # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
 PING_TIMEOUT_S = 2.0          # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
@@ -29,32 +31,8 @@ _ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
 
 
 def _js_number(x: float) -> str:
-    """Format a float the way JS Number.prototype.toString / JSON.stringify does."""
-    if math.isnan(x) or math.isinf(x):
-        return "null"
-    if x == 0:
-        return "0"
-    if x.is_integer() and abs(x) < 1e21:
-        return str(int(x))
-    r = repr(x)  # shortest round-trip digits, like JS
-    if "e" not in r and "E" not in r:
-        return r
-    mant, exp = r.split("e")
-    e = int(exp)
-    # JS uses exponent notation only for exp >= 21 or exp <= -7
-    digits = mant.replace("-", "").replace(".", "")
-    neg = x < 0
-    point = (mant.replace("-", "").index(".") if "." in mant else len(mant.replace("-", ""))) + e
-    if -7 < point - 1 < 21:
-        if point <= 0:
-            s = "0." + "0" * (-point) + digits
-        elif point >= len(digits):
-            s = digits + "0" * (point - len(digits))
-        else:
-            s = digits[:point] + "." + digits[point:]
-        return ("-" if neg else "") + s
-    m = mant.rstrip("0").rstrip(".") if "." in mant else mant
-    return f"{m}e{'+' if e > 0 else '-'}{abs(e)}"
+    """A number as JSON.stringify writes it: Number::toString, and null for NaN and the infinities."""
+    return "null" if math.isnan(x) or math.isinf(x) else js_number_to_string(x)
 
 
 def _js_order(obj: dict) -> list[tuple[str, Any]]:
@@ -104,27 +82,10 @@ def _enc(v: Any, out: list[str]) -> None:
         raise TypeError(f"not JSON serializable: {type(v).__name__}")
 
 
-def _drop_undefined(v: Any) -> Any:
-    """JSON.stringify omits undefined properties; Python callers use the _UNDEFINED sentinel."""
-    if isinstance(v, dict):
-        return {k: _drop_undefined(x) for k, x in v.items() if x is not UNDEFINED}
-    if isinstance(v, list):
-        return [None if x is UNDEFINED else _drop_undefined(x) for x in v]
-    return v
-
-
-class _Undefined:
-    def __repr__(self) -> str:
-        return "undefined"
-
-
-UNDEFINED = _Undefined()
-
-
 def js_stringify(value: Any) -> str:
     """`JSON.stringify(value)` as V8 would produce it."""
     out: list[str] = []
-    _enc(_drop_undefined(value), out)
+    _enc(drop_undefined(value), out)
     return "".join(out)
 
 

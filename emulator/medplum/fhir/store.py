@@ -12,10 +12,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from ..ids import uuid4
+from ..ids import now_instant, uuid4
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
 from . import values as V
 from .search import SearchRequest, balanced, filter_sql, parse_search, sort_sql
@@ -59,20 +58,6 @@ class ChangeEvent:
     interaction: str          # "create" | "update" | "delete"
     resource: dict            # the new version, or the deleted resource
     previous: dict | None
-
-
-_second: tuple = (None, "")     # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
-
-
-def now_iso() -> tuple[str, float]:
-    """(ISO instant with milliseconds, epoch seconds with milliseconds) of now."""
-    global _second
-    ms = int(time.time() * 1000)
-    sec, frac = divmod(ms, 1000)
-    cached = _second
-    if cached[0] != sec:
-        cached = _second = (sec, datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
-    return f"{cached[1]}{frac:03d}Z", ms / 1000
 
 
 def _strip_meta(r: dict) -> dict:
@@ -286,7 +271,7 @@ class Repository:
     # ------------------------------------------------------------------ writes
     def _stamp(self, resource: dict, rid: str, project: str | None, author: str | None,
                previous: dict | None) -> tuple[dict, float]:
-        lu_iso, lu = now_iso()
+        lu_iso, lu = now_instant()
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = uuid4()
         meta["lastUpdated"] = lu_iso
@@ -425,7 +410,7 @@ class Repository:
                 raise Gone()
             previous = _loads(row[3])
             self.writes += 1
-            lu_iso, lu = now_iso()
+            lu_iso, lu = now_instant()
             vid = uuid4()
             marker = {"resourceType": rtype, "id": rid, "meta": {"versionId": vid, "lastUpdated": lu_iso}}
             c = self._conn
