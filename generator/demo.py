@@ -102,8 +102,11 @@ def demo_command(config_path, patient, timeout, keep_running):
             click.echo(f"  {rt:<{width}}  {n:>5}")
         click.echo(f"  {'total':<{width}}  {sum(imported.values()):>5}")
         click.echo()
-        click.echo(f"bot logs: `medport runs --base-url {stack.base_url}` (or GET {stack.base_url}_emulator/runs "
-                   "with the admin client's credentials)")
+        if keep_running:
+            click.echo(f"bot logs: `medport runs --base-url {stack.base_url}` (or GET {stack.base_url}_emulator/runs "
+                       "with the admin client's credentials)")
+        else:
+            click.echo("to look around afterwards (bot logs, the sync console): `medport demo --keep-running`")
         ok = outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0
         if not ok:
             why = ("timed out waiting for the consolidated data" if not outcome.done else
