@@ -38,10 +38,31 @@ def trace_batches(path: str) -> None:
     atexit.register(lambda: json.dump(log, open(path, "w")))
 
 
+def capture_batches(path: str) -> None:
+    """MEDPORT_CAPTURE_BATCH=<file>: write every batch Bundle the emulator receives, one JSON per line (to replay
+    the emulator's side of an import alone: bench/bench_batches.py)."""
+    import threading
+
+    from medport.emulator.medplum.fhir import service
+
+    orig, lock, out = service.FhirService.batch, threading.Lock(), open(path, "w")
+
+    def batch(self, pr, bundle):
+        if isinstance(bundle, dict):
+            with lock:
+                out.write(json.dumps(bundle, separators=(",", ":")) + "\n")
+                out.flush()
+        return orig(self, pr, bundle)
+
+    service.FhirService.batch = batch
+
+
 def main() -> int:
     cfg_path, base, api_key, webhook_key = sys.argv[1:5]
     if os.environ.get("MEDPORT_TRACE_BATCH"):
         trace_batches(os.environ["MEDPORT_TRACE_BATCH"])
+    if os.environ.get("MEDPORT_CAPTURE_BATCH"):
+        capture_batches(os.environ["MEDPORT_CAPTURE_BATCH"])
     runtime = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     os.environ["METRIPORT_BASE_URL"] = base
     os.environ["METRIPORT_API_KEY"] = api_key

@@ -199,7 +199,7 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
         f = _line(fake, "the fake Metriport")
         # MEDPORT_BENCH_PYSPY=<file>: record a py-spy profile (raw, GIL-holding samples) of the emulator's process
         prof = os.environ.get("MEDPORT_BENCH_PYSPY")
-        wrap = [str(Path(py).with_name("py-spy")), "record", "-r", "200", "-f", "raw", "-o", prof,
+        wrap = [str(Path(py).with_name("py-spy")), "record", "-r", os.environ.get("MEDPORT_BENCH_PYSPY_RATE", "200"), "-f", "raw", "-o", prof,
                 *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []), "--"] if prof else []
         host = subprocess.Popen([*wrap, py, str(ROOT / "bench" / "_stack_host.py"), str(cfg_path), f["baseUrl"], api_key,
                                  webhook_key, json.dumps(runtime_opts or {})],
