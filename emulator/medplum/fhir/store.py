@@ -300,7 +300,7 @@ class Repository:
 
     # ------------------------------------------------------------------ writes
     def _stamp(self, resource: dict, rid: str, project: str | None, author: str | None,
-               previous: dict | None) -> tuple[dict, float]:
+               previous: dict | None) -> tuple[dict, float, dict | None]:
         lu_iso, lu = now_instant()
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = uuid4()
@@ -314,11 +314,19 @@ class Repository:
         elif "project" in meta and not isinstance(meta.get("project"), str):
             meta.pop("project")
         # Medplum also places resources in their Patient compartments (compartmentdefinition-patient.json)
+        known = None       # these parameters' reference values, handed to `_index` so it does not extract them again
         if resource["resourceType"] == "Patient":
             compartments.append(f"Patient/{rid}")
         else:
             for sp in patient_compartment_params(resource["resourceType"]):
-                for ref in V.reference_values(sp.extract(resource)):
+                refs = V.reference_values(sp.extract(resource))
+                # values read outside id/meta are the same in the stamped resource
+                if sp.custom is None and sp.first_names is not None and "meta" not in sp.first_names \
+                        and "id" not in sp.first_names:
+                    if known is None:
+                        known = {}
+                    known[sp.code] = refs
+                for ref in refs:
                     if ref.startswith("Patient/") and ref not in compartments:
                         compartments.append(ref)
         if compartments:
@@ -333,10 +341,10 @@ class Repository:
         for k, v in resource.items():
             if k not in ("resourceType", "id", "meta"):
                 out[k] = v
-        return out, lu
+        return out, lu, known
 
     def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
-               clear_index: bool = True) -> None:
+               clear_index: bool = True, known_refs: dict | None = None) -> None:
         self.writes += 1
         c = self._conn
         content = _dumps(res)
@@ -354,7 +362,7 @@ class Repository:
                 self._clear_index(row_id)
         c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
                   (rtype, rid, vid, lu, content))
-        self._index(row_id, res)
+        self._index(row_id, res, known_refs)
 
     def _clear_index(self, row_id: int) -> None:
         if row_id in self._pend_rids:
@@ -362,9 +370,9 @@ class Repository:
         for t in _INDEX_TABLES:
             self._conn.execute(f"DELETE FROM {t} WHERE rid = ?", (row_id,))
 
-    def _index(self, row_id: int, res: dict) -> None:
+    def _index(self, row_id: int, res: dict, known_refs: dict | None = None) -> None:
         params = self._params.for_type(res["resourceType"])
-        tok, st, ref, dt, num, txt = V.index_rows(params, res)
+        tok, st, ref, dt, num, txt = V.index_rows(params, res, known_refs)
         if tok:
             if self._depth > 0:
                 rtype = res["resourceType"]
@@ -396,8 +404,8 @@ class Repository:
             row = self._row(resource["resourceType"], rid)
             if row is not None and not row[2]:
                 raise BadRequest("Resource already exists")
-            res, lu = self._stamp(resource, rid, project, author, None)
-            self._write(res, lu, project, row[0] if row else None, clear_index=False)
+            res, lu, known = self._stamp(resource, rid, project, author, None)
+            self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
             self._event(ChangeEvent("create", res, None))
         return res
 
@@ -419,8 +427,8 @@ class Repository:
                     raise PreconditionFailed()
                 if not create_if_missing:
                     raise NotFound()
-                res, lu = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None, clear_index=False)
+                res, lu, known = self._stamp(resource, rid, project, author, None)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
             if if_match is not None and if_match != row[1]:
@@ -429,8 +437,8 @@ class Repository:
                 previous = _loads(row[3])
             if same_content(previous, resource):
                 return previous, False, False
-            res, lu = self._stamp(resource, rid, project, author, previous)
-            self._write(res, lu, project, row[0])
+            res, lu, known = self._stamp(resource, rid, project, author, previous)
+            self._write(res, lu, project, row[0], known_refs=known)
             self._event(ChangeEvent("update", res, previous))
         return res, False, True
 

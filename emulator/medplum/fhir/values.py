@@ -245,10 +245,11 @@ def _plan(params: dict) -> tuple:
     return plan
 
 
-def index_rows(params: dict, resource: dict):
+def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):
     """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
     numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
-    paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40)."""
+    paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40).
+    `known_refs`: reference parameter code -> its `reference_values`, already extracted by the caller."""
     tok, st, ref, dt, num, txt = [], [], [], [], [], []
     _, always, by_name = _plan(params)
     todo: dict[int, tuple] = {e[0]: e for e in always}
@@ -265,6 +266,10 @@ def index_rows(params: dict, resource: dict):
                         todo[e[0]] = e
     for order in sorted(todo):
         _, code, sp = todo[order]
+        if known_refs is not None and code in known_refs:
+            for r in known_refs[code]:
+                ref.append((code, r))
+            continue
         vals = sp.extract(resource)
         if not vals:
             continue
