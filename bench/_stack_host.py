@@ -69,6 +69,9 @@ def main() -> int:
     os.environ["METRIPORT_WEBHOOK_KEY"] = webhook_key
     cfg = load_config(cfg_path)
     stack = start_stack(cfg, metriport="sandbox", settings_overrides={"runtime": runtime} if runtime else None)
+    if not os.environ.get("MEDPORT_GC_DEFAULT"):   # as `medport emulate` does; set to compare with the defaults
+        from medport.emulator.serving import tune_gc_for_serving
+        tune_gc_for_serving()
     try:
         code_file = os.environ.get("MEDPORT_BENCH_WEBHOOK_CODE")
         if code_file:  # measure another build of the webhook bot (e.g. an earlier commit's) in the same stack

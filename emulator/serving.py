@@ -7,12 +7,23 @@ waitress's loop (and the stop) waiting.
 """
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import threading
 from dataclasses import dataclass, field
 
 from waitress.server import create_server
+
+
+def tune_gc_for_serving() -> None:
+    """For a process that serves (call once start-up is done): what start-up loaded is moved out of the cyclic
+    collector's reach (`gc.freeze`), and young collections run every 20,000 container allocations, not 700.
+    A batch import allocates millions of short-lived objects that reference counting frees; with the default
+    thresholds the collections (each older one scanning the whole heap) took ~0.14 CPU-s of a 10,000-resource import (~6%)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 20, 20)
 
 
 class PortInUse(OSError):

@@ -12,7 +12,7 @@ import click
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
 from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.metriport.persist import sibling_path
-from medport.emulator.serving import PortInUse, wait_for_stop
+from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
 
 from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
@@ -122,6 +122,7 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
             click.echo(f"sync console: {console.url}   (sign in with the admin client id and secret above; "
                        "`medport status --json` prints its health figures)")
         statefile.write(_state(stack, host, storage, metriport_mode, console.url if console else None))
+        tune_gc_for_serving()
         wait_for_stop()
     finally:
         statefile.remove()

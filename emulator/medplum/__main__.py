@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..serving import PortInUse, wait_for_stop
+from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
 from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
 from .settings import Settings
 
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     print(f"medport emulator (Medplum) listening on {handle.base_url}", flush=True)
+    tune_gc_for_serving()
     try:
         wait_for_stop()
     finally:

@@ -337,7 +337,8 @@ def _patient_compartment() -> dict[str, list[str]]:
     return {r["code"]: list(r.get("param") or []) for r in d.get("resource", []) if r.get("param")}
 
 
-def patient_compartment_params(resource_type: str) -> list[SearchParam]:
+@lru_cache(maxsize=None)          # the registry compiles each type once and never changes it
+def patient_compartment_params(resource_type: str) -> tuple[SearchParam, ...]:
     """The reference parameters placing a resource of this type in a Patient compartment."""
     reg = registry()
     out = []
@@ -345,7 +346,7 @@ def patient_compartment_params(resource_type: str) -> list[SearchParam]:
         sp = reg.get(resource_type, code)
         if sp is not None and sp.supported and sp.type == "reference":
             out.append(sp)
-    return out
+    return tuple(out)
 
 
 @lru_cache(maxsize=1)

@@ -51,6 +51,12 @@ CREATE INDEX IF NOT EXISTS idx_text_v ON idx_text (param, value);
 CREATE INDEX IF NOT EXISTS idx_text_r ON idx_text (rid);
 """
 _INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
+_INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
+                  "INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
+                  "INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)",
+                  "INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
+                  "INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
+                  "INSERT INTO idx_text (rid, param, value) VALUES (?,?,?)")
 
 
 @dataclass
@@ -115,6 +121,10 @@ class Repository:
         self._pending: list[ChangeEvent] = []
         # token index rows written in the current outermost transaction: (type, param, system, code)
         self._tx_tokens: set[tuple] = set()
+        # Index rows written in the open transaction but not yet inserted (one executemany per table at commit,
+        # not ~5 per resource): every query of the index tables flushes them first (`_flush`).
+        self._pend: tuple[list, ...] = tuple([] for _ in _INDEX_TABLES)
+        self._pend_rids: set[int] = set()
         c = self._conn
         if self.path:
             c.execute("PRAGMA journal_mode=WAL")
@@ -153,13 +163,17 @@ class Repository:
                 self._owner = threading.get_ident()
                 self._tx_tokens = set()
             else:
+                self._flush()  # so a rollback to the savepoint can drop exactly the rows pending then
                 c.execute(f"SAVEPOINT {sp}")
             self._depth += 1
             try:
                 yield self
+                if outer:
+                    self._flush()
             except BaseException:
                 self._depth -= 1
                 del self._pending[mark:]
+                self._drop_pending()
                 if outer:
                     self._owner = None
                     c.execute("ROLLBACK")
@@ -187,6 +201,21 @@ class Repository:
                 return
         with self.transaction():
             yield
+
+    def _flush(self) -> None:
+        """Insert the pending index rows (callers hold the lock)."""
+        if self._pend_rids:
+            self._pend_rids.clear()
+            c = self._conn
+            for sql, rows in zip(_INDEX_INSERTS, self._pend):
+                if rows:
+                    c.executemany(sql, rows)
+                    rows.clear()
+
+    def _drop_pending(self) -> None:
+        self._pend_rids.clear()
+        for rows in self._pend:
+            rows.clear()
 
     def in_transaction(self) -> bool:
         """Does the calling thread hold an open transaction (so nothing else can write until it ends)?"""
@@ -221,6 +250,7 @@ class Repository:
     def query(self, sql: str, args: list | tuple = ()) -> list[tuple]:
         """A read-only SQL query on the store's tables (for the FHIR service's own lookups)."""
         with self._lock:
+            self._flush()
             return self._conn.execute(sql, args).fetchall()
 
     def read(self, rtype: str, rid: str) -> dict:
@@ -270,7 +300,7 @@ class Repository:
 
     # ------------------------------------------------------------------ writes
     def _stamp(self, resource: dict, rid: str, project: str | None, author: str | None,
-               previous: dict | None) -> tuple[dict, float]:
+               previous: dict | None) -> tuple[dict, float, dict | None]:
         lu_iso, lu = now_instant()
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = uuid4()
@@ -284,11 +314,19 @@ class Repository:
         elif "project" in meta and not isinstance(meta.get("project"), str):
             meta.pop("project")
         # Medplum also places resources in their Patient compartments (compartmentdefinition-patient.json)
+        known = None       # these parameters' reference values, handed to `_index` so it does not extract them again
         if resource["resourceType"] == "Patient":
             compartments.append(f"Patient/{rid}")
         else:
             for sp in patient_compartment_params(resource["resourceType"]):
-                for ref in V.reference_values(sp.extract(resource)):
+                refs = V.reference_values(sp.extract(resource))
+                # values read outside id/meta are the same in the stamped resource
+                if sp.custom is None and sp.first_names is not None and "meta" not in sp.first_names \
+                        and "id" not in sp.first_names:
+                    if known is None:
+                        known = {}
+                    known[sp.code] = refs
+                for ref in refs:
                     if ref.startswith("Patient/") and ref not in compartments:
                         compartments.append(ref)
         if compartments:
@@ -303,10 +341,10 @@ class Repository:
         for k, v in resource.items():
             if k not in ("resourceType", "id", "meta"):
                 out[k] = v
-        return out, lu
+        return out, lu, known
 
     def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
-               clear_index: bool = True) -> None:
+               clear_index: bool = True, known_refs: dict | None = None) -> None:
         self.writes += 1
         c = self._conn
         content = _dumps(res)
@@ -324,35 +362,39 @@ class Repository:
                 self._clear_index(row_id)
         c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
                   (rtype, rid, vid, lu, content))
-        self._index(row_id, res)
+        self._index(row_id, res, known_refs)
 
     def _clear_index(self, row_id: int) -> None:
+        if row_id in self._pend_rids:
+            self._flush()
         for t in _INDEX_TABLES:
             self._conn.execute(f"DELETE FROM {t} WHERE rid = ?", (row_id,))
 
-    def _index(self, row_id: int, res: dict) -> None:
+    def _index(self, row_id: int, res: dict, known_refs: dict | None = None) -> None:
         params = self._params.for_type(res["resourceType"])
-        tok, st, ref, dt, num, txt = V.index_rows(params, res)
-        c = self._conn
+        tok, st, ref, dt, num, txt = V.index_rows(params, res, known_refs)
         if tok:
             if self._depth > 0:
                 rtype = res["resourceType"]
                 self._tx_tokens.update((rtype, p, s, v) for p, s, v in tok)
-            c.executemany("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
-                          [(row_id, p, s, v) for p, s, v in tok])
+        if not (tok or st or ref or dt or num or txt):
+            return
+        p_tok, p_st, p_ref, p_dt, p_num, p_txt = self._pend
+        if tok:
+            p_tok.extend([(row_id, p, s, v) for p, s, v in tok])
         if st:
-            c.executemany("INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
-                          [(row_id, p, v, raw) for p, v, raw in st])
+            p_st.extend([(row_id, p, v, raw) for p, v, raw in st])
         if ref:
-            c.executemany("INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)", [(row_id, p, v) for p, v in ref])
+            p_ref.extend([(row_id, p, v) for p, v in ref])
         if dt:
-            c.executemany("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
-                          [(row_id, p, lo, hi) for p, lo, hi in dt])
-        if txt:
-            c.executemany("INSERT INTO idx_text (rid, param, value) VALUES (?,?,?)", [(row_id, p, v) for p, v in txt])
+            p_dt.extend([(row_id, p, lo, hi) for p, lo, hi in dt])
         if num:
-            c.executemany("INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
-                          [(row_id, p, n, s, cd) for p, n, s, cd in num])
+            p_num.extend([(row_id, p, n, s, cd) for p, n, s, cd in num])
+        if txt:
+            p_txt.extend([(row_id, p, v) for p, v in txt])
+        self._pend_rids.add(row_id)
+        if self._depth == 0:
+            self._flush()
 
     def create(self, resource: dict, *, id: str | None = None, project: str | None = None,
                author: str | None = None) -> dict:
@@ -362,8 +404,8 @@ class Repository:
             row = self._row(resource["resourceType"], rid)
             if row is not None and not row[2]:
                 raise BadRequest("Resource already exists")
-            res, lu = self._stamp(resource, rid, project, author, None)
-            self._write(res, lu, project, row[0] if row else None, clear_index=False)
+            res, lu, known = self._stamp(resource, rid, project, author, None)
+            self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
             self._event(ChangeEvent("create", res, None))
         return res
 
@@ -385,8 +427,8 @@ class Repository:
                     raise PreconditionFailed()
                 if not create_if_missing:
                     raise NotFound()
-                res, lu = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None, clear_index=False)
+                res, lu, known = self._stamp(resource, rid, project, author, None)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
             if if_match is not None and if_match != row[1]:
@@ -395,8 +437,8 @@ class Repository:
                 previous = _loads(row[3])
             if same_content(previous, resource):
                 return previous, False, False
-            res, lu = self._stamp(resource, rid, project, author, previous)
-            self._write(res, lu, project, row[0])
+            res, lu, known = self._stamp(resource, rid, project, author, previous)
+            self._write(res, lu, project, row[0], known_refs=known)
             self._event(ChangeEvent("update", res, previous))
         return res, False, True
 
@@ -464,6 +506,7 @@ class Repository:
             raise BadRequest(f"Search has too many values (SQLite allows {self._max_vars} in one query)")
         want_total = count_total if count_total is not None else req.total in ("accurate", "estimate")
         with self._lock:
+            self._flush()
             total = None
             if want_total:
                 total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
@@ -496,6 +539,7 @@ class Repository:
         order = ", ".join(("r.id" if c == "_id" else "r.lu") + (" DESC" if d else " ASC") for c, d in sort)
         order = "ORDER BY " + (order + ", " if order else "") + "r.rid ASC"
         with self._lock:
+            self._flush()
             total = None
             if count_total:
                 total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
@@ -526,6 +570,7 @@ class Repository:
             return []
         ph = ",".join("?" * len(targets))
         with self._lock:
+            self._flush()
             rows = self._conn.execute(
                 f"SELECT DISTINCT r.content FROM resources r JOIN idx_ref x ON x.rid = r.rid "
                 f"WHERE r.type = ? AND r.deleted = 0 AND x.param = ? AND x.ref IN ({ph}) LIMIT 1000",

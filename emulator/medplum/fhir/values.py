@@ -245,14 +245,19 @@ def _plan(params: dict) -> tuple:
     return plan
 
 
-def index_rows(params: dict, resource: dict):
-    """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
-    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
-    paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40)."""
-    tok, st, ref, dt, num, txt = [], [], [], [], [], []
+_TODO: dict[tuple, list] = {}
+
+
+def _todo(params: dict, keys: tuple) -> list[tuple]:
+    """The plan's entries reachable from these top-level property names, in order — remembered per key set (the
+    resources of an import share a few dozen)."""
+    ck = (id(params), keys)
+    hit = _TODO.get(ck)
+    if hit is not None and hit[0] is params:
+        return hit[1]
     _, always, by_name = _plan(params)
     todo: dict[int, tuple] = {e[0]: e for e in always}
-    for k in resource:
+    for k in keys:
         found = by_name.get(k)
         if found:
             for e in found:
@@ -263,8 +268,24 @@ def index_rows(params: dict, resource: dict):
                 if found:
                     for e in found:
                         todo[e[0]] = e
-    for order in sorted(todo):
-        _, code, sp = todo[order]
+    out = [todo[order] for order in sorted(todo)]
+    if len(_TODO) >= 4096:
+        _TODO.clear()
+    _TODO[ck] = (params, out)
+    return out
+
+
+def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):
+    """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
+    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
+    paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40).
+    `known_refs`: reference parameter code -> its `reference_values`, already extracted by the caller."""
+    tok, st, ref, dt, num, txt = [], [], [], [], [], []
+    for _, code, sp in _todo(params, tuple(resource)):
+        if known_refs is not None and code in known_refs:
+            for r in known_refs[code]:
+                ref.append((code, r))
+            continue
         vals = sp.extract(resource)
         if not vals:
             continue

@@ -449,10 +449,10 @@ def test_a_batch_entry_that_fails_after_writing_part_of_itself_leaves_nothing_of
     repo, svc, pr = env
     orig = repo._index
 
-    def index(row_id, res):
+    def index(row_id, res, *rest):
         if any(i.get("value") == "boom" for i in res.get("identifier") or []):
             raise RuntimeError("disk full")      # after the resources and history rows of this entry
-        return orig(row_id, res)
+        return orig(row_id, res, *rest)
 
     repo._index = index
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [

@@ -94,6 +94,35 @@ def test_listener_after_commit_and_not_on_rollback(repo):
     assert seen == [("create", True)]
 
 
+def test_index_rows_written_in_a_transaction_are_searchable_in_it(repo):
+    # index rows are inserted at commit; every query inside the transaction must still see them
+    def ids(q):
+        return sorted(r["id"] for r in repo.search(("Patient", q))[0])
+
+    with repo.transaction():
+        a = repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "a"}]})
+        assert ids([("identifier", "s|a")]) == [a["id"]]
+        assert repo.query("SELECT COUNT(*) FROM idx_token WHERE param = 'identifier' AND code = 'a'")[0][0] == 1
+        with pytest.raises(RuntimeError):
+            with repo.transaction():
+                repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "b"}]})
+                assert len(ids([("identifier", "s|b")])) == 1
+                raise RuntimeError("undo")
+        assert ids([("identifier", "s|b")]) == []
+        repo.update({**a, "identifier": [{"system": "s", "value": "c"}]})
+        assert ids([("identifier", "s|a")]) == [] and ids([("identifier", "s|c")]) == [a["id"]]
+        o = repo.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "subject": {"reference": f"Patient/{a['id']}"}})
+        assert [r["id"] for r in repo.references_to([f"Patient/{a['id']}"], "Observation", "subject")] == [o["id"]]
+    assert ids([("identifier", "s|c")]) == [a["id"]]
+    assert repo.query("SELECT COUNT(*) FROM idx_token WHERE code IN ('a', 'b')")[0][0] == 0
+    with pytest.raises(RuntimeError):
+        with repo.transaction():
+            repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "d"}]})
+            raise RuntimeError("undo")
+    assert ids([("identifier", "s|d")]) == []
+
+
 def test_update_event_has_previous(repo):
     events = []
     repo.add_listener(events.append)
