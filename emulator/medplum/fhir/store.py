@@ -418,8 +418,11 @@ class Repository:
         rtype, rid = resource["resourceType"], resource.get("id")
         if not rid:
             raise BadRequest("Missing id")
+        # `known` is trusted only when the caller's transaction was already open when it read the row (asked before
+        # `_tx` opens one: inside it in_transaction() is always true); otherwise another write may have come since
+        trusted = known is not False and self.in_transaction()
         with self._tx():
-            row = known if known is not False and self.in_transaction() else self._row(rtype, rid)
+            row = known if trusted else self._row(rtype, rid)
             if row is not known:
                 previous = None
             if row is None or row[2]:

@@ -133,3 +133,34 @@ def test_injected_conflict_answers_409_like_a_serialization_failure(env):
     assert svc.conflicts_pending() == 0
     assert repo.count("Task") == 0 and repo.count("Observation") == 0
     assert call(svc, pr, "POST", "Task", task("m-3"), headers={"If-None-Exist": "identifier=urn:msg|m-3"}).status == 201
+
+
+def test_plain_put_with_if_match_is_compare_and_set(env):
+    """PUT Type/id with If-Match outside any transaction: the row read before validation is read again under the
+    write lock, so of N updates carrying the same version exactly one is stored and the others answer 412
+    (Medplum repo.ts updateResource: the version check runs in the write's transaction)."""
+    repo, svc, pr = env
+    created = svc.handle(pr, "POST", "Patient", [], {"resourceType": "Patient", "name": [{"family": "Base"}]}, {})
+    pid, vid = created.body["id"], created.body["meta"]["versionId"]
+    slow_lookup = repo.lookup
+
+    def lookup(*a, **kw):  # widen the window between the service's read and the store's write
+        row = slow_lookup(*a, **kw)
+        time.sleep(0.02)
+        return row
+
+    repo.lookup = lookup
+    statuses = []
+
+    def put(i):
+        body = {"resourceType": "Patient", "id": pid, "name": [{"family": f"Writer{i}"}]}
+        statuses.append(svc.handle(pr, "PUT", f"Patient/{pid}", [], body, {"if-match": f'W/"{vid}"'}).status)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(N)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [412] * (N - 1), statuses
+    history = svc.handle(pr, "GET", f"Patient/{pid}/_history", [], None, {}).body
+    assert history["total"] == 2, history["total"]
