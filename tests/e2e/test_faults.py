@@ -34,6 +34,7 @@ from medport.generator.localdefaults import fake_metriport_api_key
 from medport.generator.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
 from medport.generator.medplum_http import MedplumHttp
 from medport.generator.render import MESSAGE_ATTEMPTS_EXT
+from medport.testing import wait_until
 from medport.generator.scenarios import (
     CRASH_DATASET,
     _crash_dataset,
@@ -114,13 +115,10 @@ def consolidated_task(admin_or_stack, patient_id: str) -> dict | None:
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 0.1):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """`wait_until` of the public test API, failing the test with what it waited for."""
+    value = wait_until(cond, timeout, poll)
+    assert value, f"timed out after {timeout:.0f} s waiting for {what}"
+    return value
 
 
 def attempts_of(task: dict) -> int:
