@@ -165,7 +165,7 @@ class MetriportBackend:
         if self._store is None:
             return
         if d is None:
-            self._store.put("settings", "webhook", dataclasses.asdict(self._sender.settings))
+            self._store.put("settings", "webhook", self._sender.settings_record())
         else:
             self._store.put("delivery", d.message_id, dataclasses.asdict(d))
 
@@ -880,13 +880,13 @@ class MetriportBackend:
             return [j.summary() for j in self.bulk_jobs.values()]
 
     def bulk_job(self, jid: str) -> dict:
-        """A job with its rows and its result CSV as Metriport would write it now (developer API)."""
+        """A job and the outcome of each row (developer API): row number, status, Metriport id, reason — never the
+        row's demographics (the result CSV with them goes only to the receiver, through the presigned URL)."""
         with self._lock:
             job = self.bulk_jobs.get(jid)
             if job is None:
                 raise NotFound(f"No bulk patient create {jid}")
-            return job.summary() | {"entries": [dict(e) for e in job.entries],
-                                    "resultCsv": bulkcsv.result_csv(job.headers, job.entries) if job.entries else None}
+            return job.summary() | {"entries": [{k: v for k, v in e.items() if k != "raw"} for e in job.entries]}
 
     def send_bulk_status(self, jid: str, status: str, reason: str | None = None) -> Delivery:
         """Developer API: a `medical.bulk-patient-create` message Metriport's *docs* describe and its code never
@@ -937,7 +937,8 @@ class MetriportBackend:
         request_id = str(uuid.uuid4())
         d = self.send_webhook(event, {"payload": adt.payload(patient, stay, event, url, iso(self.clock()))}, None,
                               request_id)
-        return {"messageId": d.message_id, "requestId": request_id, "encounterId": stay.encounter_id, "url": url,
+        # the presigned URL is left out: it travels only in the signed message
+        return {"messageId": d.message_id, "requestId": request_id, "encounterId": stay.encounter_id,
                 "status": stay.status}
 
     def patient_stays(self, pid: str) -> list[dict]:

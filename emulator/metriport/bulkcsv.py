@@ -30,7 +30,7 @@ from typing import Any
 
 from . import jsdate
 from .emailcheck import is_email_valid
-from .jsrt import js_length, js_trim
+from .jsrt import js_length, js_trim, strip_non_numeric
 from .webhooks import _js_order
 
 MAX_NUMBER_ROWS = 100_000
@@ -156,13 +156,9 @@ def normalize_zip_code_new_safe(zip_code: str) -> str | None:
     return main[:5]
 
 
-def _strip_non_numeric(s: str) -> str:
-    return re.sub(r"[^0-9]", "", js_trim(s))
-
-
 def normalize_phone_number_strict(phone: str) -> str | None:
     """normalizePhoneNumberStrict (None where it throws)."""
-    stripped = _strip_non_numeric(phone)
+    stripped = strip_non_numeric(phone)
     if stripped[:1] == "1" and len(stripped) == 11:
         stripped = stripped[1:]
     if len(stripped) > 10:
@@ -179,7 +175,7 @@ def normalize_email_new_safe(email: str) -> str | None:
 
 
 def normalize_ssn(ssn: str) -> str:
-    digits = _strip_non_numeric(ssn)
+    digits = strip_non_numeric(ssn)
     if len(digits) == 9:
         return digits
     if len(digits) < 2:

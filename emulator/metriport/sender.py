@@ -7,6 +7,7 @@ sends a ping that must be answered with the pong. `post` is injectable (tests ne
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import secrets
 import threading
@@ -47,6 +48,11 @@ class WebhookSender:
                 self.on_change(d)
             except Exception:  # never break a delivery for the log's sake
                 pass
+
+    def settings_record(self) -> dict:
+        """The settings as stored, copied under the lock deliveries change them with."""
+        with self._lock:
+            return dataclasses.asdict(self.settings)
 
     def load(self, settings: WebhookSettings, deliveries: list[Delivery]) -> int:
         """Restore what an earlier run stored; messages it had not delivered yet are queued again (in order).
@@ -271,5 +277,8 @@ class WebhookSender:
             else:
                 d.status = "failure"
                 self.settings.webhook_enabled, self.settings.webhook_status_detail = False, detail
-        self._changed(None)
-        self._changed(d)
+            # a reset while it was on the wire forgot it: it must not come back from the store after a restart
+            kept = any(x is d for x in self.deliveries)
+        if kept:
+            self._changed(None)
+            self._changed(d)
