@@ -213,6 +213,9 @@ def start_job(http: MedplumHttp, api: MetriportApi, facility_id: str, rows: list
     replaced: list[str] = []
     for attempt in (1, 2):
         started = api.start_bulk_patient_create(facility_id, dry_run)
+        if not isinstance(started.get("requestId"), str) or not isinstance(started.get("uploadUrl"), str):
+            raise click.ClickException("Metriport's bulk patient create answered without requestId/uploadUrl: "
+                                       "is the base URL Metriport's API?")
         rid = started["requestId"]
         task = request_task(http, rid, facility_id, len(rows), dry_run, replaces=replaced[-1] if replaced else None)
         resp = upload_csv(started["uploadUrl"], text)

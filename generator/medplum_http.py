@@ -38,13 +38,13 @@ def outcome_text(body: Any) -> str | None:
 class MedplumHttp:
     base_url: str
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     attempts: int = 4
     backoff_s: float = 0.5
     timeout_s: float = 30.0
     on_retry: Callable[[str], None] | None = None
     session: requests.Session = field(default_factory=requests.Session)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/") + "/"

@@ -19,7 +19,8 @@ class MetriportCallError(click.ClickException):
         detail = ""
         try:
             body = resp.json()
-            detail = body.get("detail") or body.get("message") or body.get("title") or "" if isinstance(body, dict) else ""
+            if isinstance(body, dict):
+                detail = body.get("detail") or body.get("message") or body.get("title") or ""
         except ValueError:
             detail = resp.text[:200]
         super().__init__(f"Metriport {what} answered {resp.status_code}" + (f": {detail}" if detail else ""))
@@ -33,11 +34,24 @@ class MetriportApi:
     timeout_s: float = 30.0
 
     def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
-        resp = requests.request(method, self.base_url.rstrip("/") + path, params=params, json=json_body,
-                                headers={"x-api-key": self.api_key, "accept": "application/json"}, timeout=self.timeout_s)
+        try:
+            resp = requests.request(method, self.base_url.rstrip("/") + path, params=params, json=json_body,
+                                    headers={"x-api-key": self.api_key, "accept": "application/json"},
+                                    timeout=self.timeout_s)
+        except requests.RequestException as e:
+            raise click.ClickException(f"cannot reach Metriport at {self.base_url} ({type(e).__name__}): check "
+                                       "--metriport-url / METRIPORT_BASE_URL, or start `medport emulate`") from None
         if not 200 <= resp.status_code < 300:
             raise MetriportCallError(f"{method} {path}", resp)
-        return resp.json() if resp.content else {}
+        try:
+            body = resp.json() if resp.content else {}
+        except ValueError:
+            raise click.ClickException(f"Metriport {method} {path} answered {resp.status_code} with a body that is "
+                                       "not JSON: is the base URL Metriport's API?") from None
+        if not isinstance(body, dict):
+            raise click.ClickException(f"Metriport {method} {path} answered {resp.status_code} with JSON that is not "
+                                       "an object: is the base URL Metriport's API?")
+        return body
 
     def start_bulk_patient_create(self, facility_id: str | None, dry_run: bool) -> dict:
         """POST /medical/v1/patient/bulk?facilityId=&dryRun= (no body): {requestId, status, uploadUrl, ...}."""
@@ -55,7 +69,11 @@ class MetriportApi:
 def upload_csv(url: str, text: str, timeout_s: float = 300.0) -> requests.Response:
     """The PUT to a presigned upload URL, as Metriport's docs show it (`Content-Type: text/csv`); no API key
     (the URL is the credential)."""
-    return requests.put(url, data=text.encode("utf-8"), headers={"Content-Type": "text/csv"}, timeout=timeout_s)
+    try:
+        return requests.put(url, data=text.encode("utf-8"), headers={"Content-Type": "text/csv"}, timeout=timeout_s)
+    except requests.RequestException as e:   # the URL is a credential: not shown
+        raise click.ClickException(f"uploading the CSV to Metriport's upload URL failed ({type(e).__name__}); "
+                                   "run `medport enroll` again") from None
 
 
 def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> MetriportApi:

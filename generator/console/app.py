@@ -118,7 +118,9 @@ def create_app(source: Source, *, secret_key: bytes | None = None) -> Flask:
         return render_template("error.html", title="Developer API forbidden", message=str(e)), 500
 
     def safe_next(target: str | None, default: str) -> str:
-        return target if target and target.startswith("/") and not target.startswith("//") else default
+        # a path on this site only: "//host" and "/\\host" are other sites to a browser
+        return target if target and target.startswith("/") and not target.startswith("//") and "\\" not in target \
+            else default
 
     @app.get("/favicon.ico")
     def favicon():

@@ -53,11 +53,11 @@ class Settings:
     """What the console reads and how (no secret is ever rendered)."""
     base_url: str
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     dev_api: bool = False                     # the emulator's/fake's developer APIs may be used
     fake_url: str | None = None               # the fake Metriport (its delivery log: developer API)
     metriport_url: str | None = None          # Metriport's API root (https://api.sandbox.metriport.com, the fake)
-    metriport_api_key: str | None = None
+    metriport_api_key: str | None = field(default=None, repr=False)
     bot_ids: dict = field(default_factory=dict)          # {"patient": id, "webhook": id} when known
     bot_identifiers: dict = field(default_factory=dict)  # {"patient": "system|value", ...} from the config
     patient_identifier_system: str = DEFAULT_PATIENT_ID_SYSTEM

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
 from medport.generator.config import validate_data
 from medport.generator.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_row, demographics_rules, to_csv
 
@@ -42,3 +43,40 @@ def test_validation_is_the_patient_bots_demographics_for():
     assert ok["demographics"]["contact"] == [{"phone": "5125550100"}] and len(ok["fingerprint"]) == 64
     assert any("email" in w for w in ok["warnings"])
     assert not skipped.get("demographics") and len(skipped["problems"]) == 3  # given name, before 1900, zip
+
+
+def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
+    """`enroll` / `document-urls` reach Metriport through MetriportApi: a refused connection or an answer that is
+    not Metriport's JSON is a one-line ClickException naming what to check, never a traceback."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import click
+    from medport.generator.metriport_client import MetriportApi
+
+    with socket.socket() as s:      # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(click.ClickException) as e:
+        MetriportApi(f"http://127.0.0.1:{port}", "key", timeout_s=2).call("GET", "/medical/v1/patient")
+    assert "cannot reach Metriport" in e.value.message and "key" not in e.value.message
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>not an API</html>")
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(click.ClickException) as e:
+            MetriportApi(f"http://127.0.0.1:{srv.server_port}", "key").call("GET", "/medical/v1/patient")
+        assert "not JSON" in e.value.message
+    finally:
+        srv.shutdown()

@@ -277,6 +277,9 @@ def test_console_requires_the_admin_credentials(client):
     assert r.status_code == 302 and r.headers["Location"].endswith("/patients")
     page = client.get("/patients").get_data(as_text=True)
     assert "Patient/p1" in page and "admin-secret" not in page
+    for elsewhere in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):   # no open redirect
+        r = client.post(f"/login?next={elsewhere}", data={"client_id": "admin", "client_secret": "admin-secret"})
+        assert r.status_code == 302 and "evil.example" not in r.headers["Location"], elsewhere
 
 
 def test_pages_and_the_replay_action(client):
