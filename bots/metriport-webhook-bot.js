@@ -994,7 +994,8 @@ async function processMessage(medplum, event, msg, ctx) {
         }
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
-      await checkpoint(ctx, summary, i + 1, 0);
+      // stored now, not at the next beat: a run cut off after starting a query must not start it again
+      await checkpoint(ctx, summary, i + 1, 0, true);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
     for (let i = first; i < patients.length; i++) {
@@ -4734,22 +4735,32 @@ async function holdersOf(medplum, mids) {
 async function requeueAwaiting(medplum, mids, summary) {
   for (let j = 0; j < mids.length; j += LINK_CHUNK) {
     const part = mids.slice(j, j + LINK_CHUNK);
-    const waiting = await medplum.searchResources('Task', {
-      identifier: part.map((m) => CONFIG.bulk.awaitingLinkSystem + '|' + m).join(','),
-      status: 'failed',
-      _count: String(part.length * 4),
-    });
-    for (const t of waiting) {
-      if (!isMessageTask(t)) {
-        continue;
-      }
-      try {
-        await requeue(medplum, t, true);
-        bump(summary.recorded, 'messages-requeued-after-link');
-      } catch (err) {
-        if (outcomeId(err) !== 'precondition-failed') {
-          throw err;
+    const page = Math.max(100, part.length * 4);
+    // a requeued Task leaves `status=failed`: search again until a page is not full (any number of waiting
+    // messages per Metriport id), or nothing on it could be moved
+    for (;;) {
+      const waiting = await medplum.searchResources('Task', {
+        identifier: part.map((m) => CONFIG.bulk.awaitingLinkSystem + '|' + m).join(','),
+        status: 'failed',
+        _count: String(page),
+      });
+      let moved = 0;
+      for (const t of waiting) {
+        if (!isMessageTask(t)) {
+          continue;
         }
+        try {
+          await requeue(medplum, t, true);
+          bump(summary.recorded, 'messages-requeued-after-link');
+        } catch (err) {
+          if (outcomeId(err) !== 'precondition-failed') {
+            throw err;
+          }
+        }
+        moved++; // requeued here, or by another run (precondition failed): either way no longer failed
+      }
+      if (waiting.length < page || !moved) {
+        break;
       }
     }
   }
@@ -5260,6 +5271,9 @@ class Lease {
   }
 }
 
+/** Failures kept in a message Task's summary output (the count in statusReason is always complete). */
+const MAX_FAILURES_KEPT = 200;
+
 /**
  * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
  * number of failures and the first 20); the summary kept as its output either way; the lease released.
@@ -5278,7 +5292,12 @@ function taskOutcome(task, summary, fatal) {
   if (summary.subjects && summary.subjects.length === 1) {
     done.for = { reference: 'Patient/' + summary.subjects[0] };
   }
-  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(summary) }];
+  // the first MAX_FAILURES_KEPT failures (a systematic one repeats per entry: the Task must stay storable)
+  /** @type {Summary & { failuresNotKept?: number }} */
+  const kept = summary.failures.length > MAX_FAILURES_KEPT
+    ? { ...summary, failures: summary.failures.slice(0, MAX_FAILURES_KEPT), failuresNotKept: summary.failures.length - MAX_FAILURES_KEPT }
+    : summary;
+  done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(kept) }];
   // failed because no Patient held its Metriport id yet: findable by that id (a bulk create's link re-queues it)
   const waiting = failed ? awaitingLink(summary) : [];
   done.identifier = (task.identifier || []).filter((i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))

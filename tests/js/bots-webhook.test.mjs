@@ -350,6 +350,21 @@ test('async: per-entry failures -> Task failed with details, successful entries 
   assert.equal((await medplum.readResource('Task', taskId)).status, 'requested');
 });
 
+test('async: a failure repeated for every entry keeps the Task storable: 200 failures kept, the count complete', async () => {
+  const medplum = await createMedplum({ failWhen: (r) => (r.resourceType === 'Observation' ? 'Observation rejected for the test' : undefined) });
+  const p = await existingPatient(medplum, 'mpt-many');
+  const entry = Array.from({ length: 250 }, (_, i) => ({ fullUrl: 'urn:uuid:o' + i, resource: { resourceType: 'Observation', id: 'o' + i, status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/mpt-many' } } }));
+  const msg = consolidatedMessage(p.id, 'mpt-many', { resourceType: 'Bundle', type: 'searchset', entry });
+  const taskId = (await deliver(medplum, msg, ASYNC)).result.task.split('/')[1];
+  await runBot(webhookBot(ASYNC), medplum, { input: { resourceType: 'Task', id: taskId }, secrets: secrets() });
+  const failed = await medplum.readResource('Task', taskId);
+  assert.equal(failed.status, 'failed');
+  assert.match(failed.statusReason.text, /^250 failure\(s\): /);
+  const s = JSON.parse(failed.output[0].valueString);
+  assert.equal(s.failures.length, 200);
+  assert.equal(s.failuresNotKept, 50);
+});
+
 test('converted C-CDA fixture (or generated data) imports without failures and replays unchanged', async () => {
   const medplum = await createMedplum();
   let bundles = [];
