@@ -303,6 +303,10 @@ def test_raw_binary_upload_over_one_mib_like_medplum(stack):
     assert r.status_code == 201, r.text[:300]
     b = fhir(stack, "GET", f"Binary/{r.json()['id']}")
     assert base64.b64decode(b["data"]) == big and b["contentType"] == "text/csv"
+    # one write: one version, and the answer's ETag is that version's
+    history = fhir(stack, "GET", f"Binary/{b['id']}/_history")
+    assert history["total"] == 1 and b["meta"]["versionId"] == r.json()["meta"]["versionId"]
+    assert r.headers["ETag"] == f'W/"{b["meta"]["versionId"]}"' and "data" not in r.json()
     too_big_json = {"resourceType": "Binary", "contentType": "text/csv", "data": base64.b64encode(b"y" * (1024 * 1024 + 10)).decode()}
     with pytest.raises(Exception):
         fhir(stack, "POST", "Binary", json_body=too_big_json)  # a JSON Binary is still held to the limit (or 1 MB body)

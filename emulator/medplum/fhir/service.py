@@ -35,6 +35,7 @@ import logging
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -188,6 +189,36 @@ class FhirService:
         self._conflicts_lock = threading.Lock()
         self._conflicts_next = 0
         self.batch_delay_s = 0.0  # developer API: latency added to every batch/transaction (a slow database)
+        self._raw = threading.local()   # raw_content: fields the next write on this thread stores unvalidated
+
+    @contextmanager
+    def raw_content(self, fields: dict):
+        """Fields stored with this thread's writes inside the block, after validation and access checks: the
+        content of a raw Binary upload, which Medplum keeps in binary storage beside the resource (not held to a
+        JSON Binary's 1 MiB `data`). One write, one version, as on Medplum."""
+        self._raw.fields = fields
+        try:
+            yield
+        finally:
+            self._raw.fields = None
+
+    @contextmanager
+    def _verdict_first(self, res: dict):
+        """Medplum's verdict on `res` (strict validation runs in Node) fetched before the caller takes the store's
+        write lock, so no other request waits on Node meanwhile; inside a batch the bundle has done this."""
+        if self.repo.in_transaction() or not self.validator.strict:
+            yield
+            return
+        self.validator.prevalidate_async([res])
+        self.validator.prevalidate([])      # wait for the answer here, outside the lock
+        try:
+            yield
+        finally:
+            self.validator.clear_prevalidated()
+
+    def _with_raw(self, res: dict) -> dict:
+        fields = getattr(self._raw, "fields", None)
+        return {**res, **fields} if fields else res
 
     # ================================================================== faults (developer API)
     def inject_conflicts(self, n: int) -> int:
@@ -580,7 +611,7 @@ class FhirService:
         if not ine:
             return self._create_new(pr, a, rtype, res, assigned_id, trusted)
         # Medplum repo.conditionalCreate: the search and the create in one SERIALIZABLE transaction.
-        with self.repo.transaction():
+        with self._verdict_first(res), self.repo.transaction():
             self._maybe_conflict()
             found = self._find(pr, rtype, ine.lstrip("?"))
             if len(found) > 1:
@@ -598,7 +629,8 @@ class FhirService:
             self._validate(res)
         if not a.matches(res, P.CREATE):
             raise Forbidden()
-        stored = self.repo.create(res, id=assigned_id, project=self._project_for_write(pr, res), author=pr.profile or None)
+        stored = self.repo.create(self._with_raw(res), id=assigned_id, project=self._project_for_write(pr, res),
+                                  author=pr.profile or None)
         return FhirResponse(201, self._out(a, stored), {**_res_headers(stored), "Location": self._location(stored)})
 
     def _location(self, r: dict) -> str:
@@ -646,7 +678,8 @@ class FhirService:
             raise PreconditionFailed()
         # inside a transaction (a batch entry, a conditional update) nothing else wrote since `lookup`: the store
         # does not read the row again
-        stored, created, changed = self.repo.update(res, if_match=if_match, project=self._project_for_write(pr, res),
+        stored, created, changed = self.repo.update(self._with_raw(res), if_match=if_match,
+                                                    project=self._project_for_write(pr, res),
                                                     author=pr.profile or None, known=row, previous=existing)
         headers = _res_headers(stored)
         if created and create_by_id:
@@ -658,7 +691,7 @@ class FhirService:
                            headers: dict[str, str]) -> FhirResponse:
         res = self._body_resource(body, rtype, "Search type must match resource type for conditional update")
         # Medplum repo.conditionalUpdate: the search and the write in one SERIALIZABLE transaction.
-        with self.repo.transaction():
+        with self._verdict_first(res), self.repo.transaction():
             self._maybe_conflict()
             found = self._find(pr, rtype, query)
             if len(found) > 1:

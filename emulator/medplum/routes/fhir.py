@@ -140,18 +140,14 @@ def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Respo
     security_context = request.headers.get("X-Security-Context")
     if security_context:
         binary["securityContext"] = {"reference": security_context}
-    if len(parts) == 2:
-        binary["id"] = parts[1]
-        resp = state.call("PUT", f"Binary/{parts[1]}", body=binary, principal=principal)
-    else:
-        resp = state.call("POST", "Binary", body=binary, principal=principal)
+    with state.service.raw_content({"data": base64.b64encode(data).decode("ascii")}):
+        if len(parts) == 2:
+            binary["id"] = parts[1]
+            resp = state.call("PUT", f"Binary/{parts[1]}", body=binary, principal=principal)
+        else:
+            resp = state.call("POST", "Binary", body=binary, principal=principal)
     if resp.status < 300 and isinstance(resp.body, dict) and resp.body.get("id"):
-        stored = dict(resp.body)
-        stored["data"] = base64.b64encode(data).decode("ascii")
-        meta = stored.get("meta") or {}
-        with_content, _, _ = state.repo.update(stored, project=meta.get("project"),
-                                               author=(meta.get("author") or {}).get("reference"))
-        created = dict(with_content)
+        created = dict(resp.body)
         created.pop("data", None)
         created["url"] = f"{state.base_url}fhir/R4/Binary/{created['id']}"
         return json_response(created, resp.status, FHIR_JSON, dict(resp.headers or {}))

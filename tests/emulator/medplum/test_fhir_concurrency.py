@@ -164,3 +164,28 @@ def test_plain_put_with_if_match_is_compare_and_set(env):
     assert sorted(statuses) == [200] + [412] * (N - 1), statuses
     history = svc.handle(pr, "GET", f"Patient/{pid}/_history", [], None, {}).body
     assert history["total"] == 2, history["total"]
+
+
+def test_conditional_writes_do_not_wait_for_node_inside_the_write_lock(env, monkeypatch):
+    """Strict validation runs in Node: for a conditional create or update the verdict is fetched before the
+    store's write lock is taken (every other request waits on that lock), and the write then uses it."""
+    from medport.emulator.medplum.fhir import strict
+
+    repo, svc, pr = env
+    v = strict.default_strict_validator()
+    inside: list[bool] = []
+    for name in ("submit", "check", "check_many"):
+        orig = getattr(v, name)
+
+        def spy(*a, _orig=orig, **kw):
+            inside.append(repo.in_transaction())
+            return _orig(*a, **kw)
+
+        monkeypatch.setattr(v, name, spy)
+    ident = {"system": "urn:test", "value": "lock-1"}
+    body = {"resourceType": "Patient", "identifier": [ident], "name": [{"family": "Lock"}]}
+    r = svc.handle(pr, "POST", "Patient", [], body, {"if-none-exist": "identifier=urn:test|lock-1"})
+    assert r.status == 201, r.body
+    r = svc.handle(pr, "PUT", "Patient", [("identifier", "urn:test|lock-1")], {**body, "gender": "female"}, {})
+    assert r.status == 200, r.body
+    assert inside and not any(inside), inside
