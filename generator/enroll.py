@@ -33,7 +33,7 @@ from urllib.parse import quote
 import click
 
 from .config import Config
-from .medplum_http import MedplumError, MedplumHttp
+from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
 from .render import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM, render_bots
 
@@ -183,12 +183,6 @@ def batches(rows: list[dict], size: int) -> list[list[dict]]:
 
 
 # ----------------------------------------------------------------------------------- the requests
-def _now() -> str:
-    """An instant with milliseconds, like the bots' `new Date().toISOString()` (Task inv-1 compares authoredOn
-    with lastModified, and FHIRPath cannot compare two precisions)."""
-    import datetime as dt
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 def request_task(http: MedplumHttp, request_id: str, facility_id: str, rows: int, dry_run: bool,
                  replaces: str | None = None) -> dict:
     """The Task recording a bulk create in Medplum (the webhook bot moves it with each message)."""
@@ -196,7 +190,7 @@ def request_task(http: MedplumHttp, request_id: str, facility_id: str, rows: int
             "code": {"coding": [{"system": MEDPORT_CODESYSTEM, "code": BULK_TASK_CODE}],
                      "text": "Metriport bulk patient create"},
             "identifier": [{"system": BULK_REQUEST_ID_SYSTEM, "value": request_id}],
-            "businessStatus": {"text": "waiting"}, "authoredOn": _now(),
+            "businessStatus": {"text": "waiting"}, "authoredOn": instant_now(),
             "description": f"Metriport bulk patient create {request_id} (medport enroll)",
             "input": [{"type": {"text": "facility-id"}, "valueString": facility_id},
                       {"type": {"text": "dry-run"}, "valueBoolean": dry_run},

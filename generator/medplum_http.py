@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import urljoin
 
@@ -33,6 +34,12 @@ def outcome_text(body: Any) -> str | None:
                              for i in errs)
     return None
 
+
+
+def instant_now() -> str:
+    """Now as an instant with milliseconds, as the bots write them (`new Date().toISOString()`): Task inv-1
+    compares authoredOn with lastModified, and FHIRPath cannot compare two precisions."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 @dataclass
 class MedplumHttp:

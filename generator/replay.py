@@ -14,7 +14,7 @@ import requests
 
 from . import statefile
 from .config import Config
-from .medplum_http import MedplumError, MedplumHttp
+from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
 from .manifest import webhook_execute_url
 
@@ -109,7 +109,7 @@ def requeue_body(task: dict) -> dict:
     if not t["extension"]:
         del t["extension"]
     t["status"] = "requested"
-    t["lastModified"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    t["lastModified"] = instant_now()
     return t
 
 

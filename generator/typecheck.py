@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from medport.emulator.node import TYPECHECK_PACKAGES, NodeRuntimeMissing, Runtime, find_runtime
+from medport.emulator.node import TYPECHECK_PACKAGES, NodeRuntimeMissing, Runtime, find_runtime, package_version
 
 AMBIENT = Path(__file__).with_name("js") / "vmcontext.d.ts"
 # The values of lib.dom that both bot runtimes have (vmcontext's sandbox ∩ Node's globals); console is
@@ -181,12 +181,7 @@ def typecheck_files(files: Mapping[str, Path] | list[Path], runtime: Runtime | N
         problems = parse_diagnostics(proc.stdout, work, bots)
     if proc.returncode != 0 and not problems:
         raise RuntimeError(f"tsc exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
-    version = ""
-    try:
-        version = json.loads((nm / "typescript" / "package.json").read_text("utf-8"))["version"]
-    except (OSError, ValueError, KeyError):
-        pass
-    return TypecheckResult(problems, seconds, version)
+    return TypecheckResult(problems, seconds, package_version(nm, "typescript") or "")
 
 
 def typecheck_sources(sources: Mapping[str, str], runtime: Runtime | None = None, shown_in: str = "") -> TypecheckResult:

@@ -18,11 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from ..render import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
 from .source import FINGERPRINT_EXTENSION, Snapshot
 
 AUDIT_FAILURE = {"4", "8", "12"}
-ATTEMPTS_EXT = "https://medport.dev/fhir/StructureDefinition/message-attempts"
-LEASE_EXT = "https://medport.dev/fhir/StructureDefinition/message-lease-expires"
+ATTEMPTS_EXT, LEASE_EXT = MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
 ACK_BUDGET_MS = 4000.0      # Metriport wants a 200 within 4 s
 CONSOLIDATED = "medical.consolidated-data"
 

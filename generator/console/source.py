@@ -20,10 +20,11 @@ from urllib.parse import quote
 import requests
 
 from ..medplum_http import MedplumError, MedplumHttp
-from ..render import FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: F401 (re-exported)
+from ..render import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,  # noqa: F401 (re-exported)
+                      PATIENT_CONFLICT_TASK_CODE)
 
 DEV_API_PREFIXES = ("/_emulator/", "/_fake/")
-CONFLICT_TASK_CODE = "metriport-patient-conflict"     # the patient bot's review Task (one Patient per Metriport patient)
+CONFLICT_TASK_CODE = PATIENT_CONFLICT_TASK_CODE     # the patient bot's review Task (one Patient per Metriport patient)
 DEFAULT_BOT_NAMES = {"patient": "metriport-patient-bot", "webhook": "metriport-webhook-bot"}
 DEFAULT_PATIENT_ID_SYSTEM = "https://metriport.com/fhir/identifiers/patient-id"
 DEFAULT_RESOURCE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
