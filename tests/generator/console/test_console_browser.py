@@ -162,7 +162,9 @@ def rows(browser, selector: str) -> list[dict]:
 
 
 def wait_for(browser, predicate, timeout: float = 60.0, what: str = ""):
-    from selenium.common.exceptions import StaleElementReferenceException, NoSuchElementException
+    # the page refreshes itself: an element read while its document is replaced fails in several ways (stale
+    # reference, "Node ... does not belong to the document"): all are read again
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + timeout
     while True:
@@ -170,7 +172,7 @@ def wait_for(browser, predicate, timeout: float = 60.0, what: str = ""):
             value = predicate()
             if value:
                 return value
-        except (StaleElementReferenceException, NoSuchElementException):
+        except WebDriverException:
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
