@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 
-from ..serving import Served, bind, serve, url_of
+from ..serving import Served, allowed_hosts, bind, serve, url_of
 from .app import create_app
 from .settings import Settings
 
@@ -102,6 +102,7 @@ def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", p
     internal_url = url_of("127.0.0.1", internal_sock.getsockname()[1])
     settings.base_url = base_url
     settings.internal_base_url = internal_url
+    settings.allowed_hosts = (settings.allowed_hosts or frozenset()) | allowed_hosts(host, base_url)
     app = create_app(settings)
     served = [serve(app, "127.0.0.1" if sock is internal_sock else host, 0, sock=sock, threads=n,
                     name=f"medport-emulator-{name}", channel_timeout=300, connection_limit=1000,
