@@ -110,6 +110,11 @@ class MetriportBackend:
             self.stays: dict[str, list[Stay]] = {}              # patientId -> its stays (realtime notifications)
             self._calls: list[dict] = []
 
+    def describe_owner(self, **info) -> None:
+        """Where this fake serves, for a second one refused on the same state file."""
+        if self._store is not None:
+            self._store.lock.describe(**info)
+
     def reset(self) -> None:
         """Forget every patient, query, file, delivery, fault and setting; keep loaded datasets and the facility."""
         with self._lock:

@@ -50,4 +50,5 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: s
                    flag="--metriport-port")
     base = (public_base_url or served.url).rstrip("/")
     state.public_base_url = base
+    state.describe_owner(port=served.port, base_url=base)
     return FakeMetriport(state, app, api_key, base, served)
