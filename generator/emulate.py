@@ -4,12 +4,14 @@ path (`stack.start_stack`), served until Ctrl-C. While it runs, `.medport/emulat
 (`statefile`), for `medport runs`, `replay` and `status`."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import click
 
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused
+from medport.emulator.procenv import hide_process_environment, take_secrets
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
 from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.metriport.persist import sibling_path
@@ -98,6 +100,10 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
                     metriport_port, metriport_mode, metriport_data, metriport_api_key, console_port,
                     no_console) -> None:
     """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
+    # the bots run as this user: no secret may stay readable in /proc/<this pid>/environ or cmdline (click read
+    # the options and their environment variables already)
+    secrets = take_secrets()
+    hide_process_environment()
     cfg, problem = None, None
     if not no_deploy and Path(CONFIG_FILENAME).exists():
         try:
@@ -116,7 +122,7 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
         stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
                             metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
                             metriport_delay_s=0.3, metriport_api_key=metriport_api_key, deploy=cfg is not None,
-                            settings_overrides=overrides)
+                            settings_overrides=overrides, env={**os.environ, **secrets})
     except BaseException as e:
         folder.release()
         if isinstance(e, (PortInUse, MissingInput, InUse, StoreRefused)):
