@@ -189,7 +189,7 @@ const CONFIG = {
   },
   "processing": {
     "maxAttempts": 5,
-    "leaseSeconds": 120,
+    "leaseSeconds": 30,
     "timeoutSeconds": 60,
     "sweep": true
   },
@@ -4898,8 +4898,9 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
 const MT = CONFIG.messageTask;
 const PROC = CONFIG.processing;
 const LEASE_MS = PROC.leaseSeconds * 1000;
-/** Renew the lease (and save the checkpoint) at least this often while a run works. */
-const BEAT_MS = Math.max(500, Math.min(LEASE_MS / 4, (PROC.timeoutSeconds * 1000) / 4, 15000));
+/** Renew the lease (and save the checkpoint) this often while a run works: a sixth of the lease, so a run is
+ * taken for dead only after its step outlasted five renewals (every write is a compare-and-set either way). */
+const BEAT_MS = Math.max(500, Math.min(LEASE_MS / 6, (PROC.timeoutSeconds * 1000) / 6, 5000));
 /** Stale Tasks looked at per sweep. */
 const SWEEP_LIMIT = 50;
 
