@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape as xml_escape
 from . import adt, bulkcsv, rules, webhooks
 from .jsrt import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
-from .faults import Faults, RateLimiter
+from .faults import RATE_LIMITS, WINDOW_S, Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
                      Patient, Progress, Stay, StoredFile, WebhookSettings, demographics_key, iso)
 from .persist import StateStore
@@ -125,6 +125,7 @@ class MetriportBackend:
             self.files.clear()
             self.faults.reset()
             self.rates.reset()
+            self.rates.set_limits(RATE_LIMITS, WINDOW_S)
             self._sender.reset(WebhookSettings(id=self.cx_id))
             if self._store is not None:
                 self._store.put("meta", "cx", {"cxId": self.cx_id})

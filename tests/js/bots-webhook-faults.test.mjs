@@ -135,7 +135,7 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
 
   // the lease is not expired yet: the sweep leaves it alone
   const early = await runCron(medplum);
-  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0, requeued: 0, synced: 0 });
   // ... time passes without a heartbeat: the sweep puts it back in the queue, keeping attempts and checkpoint
   await expireLease(medplum, taskId);
   const swept = await runCron(medplum);
@@ -241,10 +241,10 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   const p = await patient(medplum, 'mpt-lost');
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-lost', bigBundle('mpt-lost', 2)));
   const id = stored.result.task.split('/')[1];
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0, requeued: 0, synced: 0 });
   await new Promise((r) => setTimeout(r, 2100)); // lease_seconds = 2
   const before = (await medplum.readResource('Task', id)).meta.versionId;
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1, requeued: 0, synced: 0 });
   const after = await medplum.readResource('Task', id);
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
