@@ -1088,30 +1088,49 @@ function syncDueAt(task) {
 }
 
 /**
+ * One of the sync Task's inputs (attempts, claim — the run holding it —, waiting — what it waits for).
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @param {string} name
+ * @returns {number | string | undefined}
+ */
+function syncInput(task, name) {
+  const input = (task.input || []).find((i) => i && i.type && i.type.text === name);
+  return input ? (Number.isInteger(input.valueInteger) ? input.valueInteger : input.valueString) : undefined;
+}
+
+/**
  * @param {import('@medplum/fhirtypes').Task} task
  * @returns {number}
  */
 function syncAttempts(task) {
-  const input = (task.input || []).find((i) => i && i.type && i.type.text === 'attempts');
-  return input && Number.isInteger(input.valueInteger) ? /** @type {number} */ (input.valueInteger) : 0;
+  const n = syncInput(task, 'attempts');
+  return typeof n === 'number' ? n : 0;
 }
 
 /**
- * The sync Task as `fields` change it: status, when it may run next, attempts, the reason it waits.
+ * The sync Task as `fields` change it: status, when it may run next and what it waits for until then (the run
+ * holding it, Metriport's Retry-After, the backoff after a failure), attempts, the reason.
  * @param {import('@medplum/fhirtypes').Task} task
- * @param { { status: 'requested' | 'completed' | 'failed', dueAt?: number, attempts?: number, reason?: string } } fields
+ * @param { { status: 'requested' | 'completed' | 'failed', dueAt?: number, attempts?: number, reason?: string,
+ *   waiting?: 'run' | 'metriport' | 'backoff' } } fields
  * @returns {import('@medplum/fhirtypes').Task}
  */
 function syncTaskWith(task, fields) {
-  const now = new Date().toISOString();
+  /** @type {import('@medplum/fhirtypes').TaskInput[]} */
+  const input = [{ type: { text: 'attempts' }, valueInteger: fields.attempts === undefined ? syncAttempts(task) : fields.attempts }];
+  if (fields.waiting) {
+    input.push({ type: { text: 'waiting' }, valueString: fields.waiting });
+  }
+  if (fields.waiting === 'run') {
+    input.push({ type: { text: 'claim' }, valueString: runToken });
+  }
   /** @type {import('@medplum/fhirtypes').Task} */
   const next = {
     ...task,
     status: fields.status,
-    lastModified: now,
+    lastModified: new Date().toISOString(),
     executionPeriod: { start: new Date(fields.dueAt || Date.now()).toISOString() },
-    input: (task.input || []).filter((i) => !(i && i.type && i.type.text === 'attempts'))
-      .concat([{ type: { text: 'attempts' }, valueInteger: fields.attempts === undefined ? syncAttempts(task) : fields.attempts }]),
+    input,
   };
   if (fields.reason) {
     next.statusReason = { text: fields.reason };
@@ -1143,9 +1162,11 @@ function writeSyncTask(medplum, task) {
  */
 async function claimSync(medplum, patientId, known) {
   const holdUntil = Math.min(runDeadline, Date.now() + 900000) + 2000;
+  const held = (/** @type {import('@medplum/fhirtypes').Task} */ t) => syncTaskWith(t, { status: 'requested', dueAt: holdUntil,
+    attempts: t.status === 'requested' ? syncAttempts(t) + 1 : 1, waiting: 'run' }); // a finished one: a new sync
   /** @type {import('@medplum/fhirtypes').Task} */
-  let cur = known || (await medplum.createResourceIfNoneExist(
-    {
+  const cur = known || (await medplum.createResourceIfNoneExist(
+    held({
       resourceType: 'Task',
       status: 'requested',
       intent: 'order',
@@ -1155,25 +1176,19 @@ async function claimSync(medplum, patientId, known) {
       for: { reference: 'Patient/' + patientId },
       focus: { reference: 'Patient/' + patientId },
       authoredOn: new Date().toISOString(),
-      // created held by this run: one that finds it created (a simultaneous run) sees it busy
-      executionPeriod: { start: new Date(holdUntil).toISOString() },
-      input: [{ type: { text: 'attempts' }, valueInteger: 1 }, { type: { text: 'claim' }, valueString: runToken }],
-    },
+    }),
     'identifier=' + encodeURIComponent(CONFIG.syncTask.identifierSystem + '|' + patientId)
   ));
-  const claimedBy = (cur.input || []).find((i) => i && i.type && i.type.text === 'claim');
-  if (!known && claimedBy && claimedBy.valueString === runToken && syncAttempts(cur) === 1 && cur.status === 'requested') {
-    return { task: cur }; // created just now by this run
+  if (!known && syncInput(cur, 'claim') === runToken && cur.status === 'requested') {
+    return { task: cur }; // created just now, held by this run
   }
-  if (cur.status === 'requested' && syncDueAt(cur) > Date.now()) {
+  // held by a live run, or Metriport asked to wait: left alone; a save does not wait for a failure's backoff
+  const waiting = syncInput(cur, 'waiting');
+  if (cur.status === 'requested' && syncDueAt(cur) > Date.now() && (known || waiting !== 'backoff')) {
     return { busy: syncDueAt(cur) };
   }
-  const attempts = cur.status === 'requested' ? syncAttempts(cur) + 1 : 1; // a finished one starts a new sync
-  let next = syncTaskWith(cur, { status: 'requested', dueAt: holdUntil, attempts });
-  next.input = (next.input || []).filter((i) => !(i && i.type && i.type.text === 'claim'))
-    .concat([{ type: { text: 'claim' }, valueString: runToken }]);
   try {
-    return { task: await writeSyncTask(medplum, next) };
+    return { task: await writeSyncTask(medplum, held(cur)) };
   } catch (err) {
     return { busy: holdUntil }; // another run took it at this moment (412)
   }
@@ -1192,12 +1207,14 @@ async function deferSync(medplum, task, reason, dueAt) {
   /** @type {import('@medplum/fhirtypes').Task} */
   let next;
   if (dueAt !== undefined) {
-    next = syncTaskWith(task, { status: 'requested', dueAt, attempts: Math.max(0, attempts - 1), reason: 'waiting for Metriport: ' + reason });
+    next = syncTaskWith(task, { status: 'requested', dueAt, attempts: Math.max(0, attempts - 1), reason: 'waiting for Metriport: ' + reason,
+      waiting: 'metriport' });
   } else if (attempts >= CONFIG.syncTask.maxAttempts) {
     next = syncTaskWith(task, { status: 'failed', reason: 'failed ' + attempts + ' time(s), the last: ' + reason +
       ' — save the Patient again to retry' });
   } else {
-    next = syncTaskWith(task, { status: 'requested', dueAt: Date.now() + Math.min(3600000, SYNC_BACKOFF_MS * Math.pow(2, attempts - 1)), reason });
+    next = syncTaskWith(task, { status: 'requested', dueAt: Date.now() + Math.min(3600000, SYNC_BACKOFF_MS * Math.pow(2, attempts - 1)), reason,
+      waiting: 'backoff' });
   }
   try {
     await writeSyncTask(medplum, next);
