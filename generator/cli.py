@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import click
 from medport.emulator.node import NodeRuntimeMissing
 
 from . import __version__
-from .config import CONFIG_FILENAME, ConfigError, load_config
+from .config import CONFIG_FILENAME
+from .options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
@@ -36,17 +40,51 @@ LAZY_COMMANDS = {
 }
 
 
+def one_line(e: BaseException) -> str:
+    """An exception no command turned into a message, as one line saying what to do next."""
+    import requests
+
+    from .medplum_http import MedplumError
+
+    if isinstance(e, (NodeRuntimeMissing, MedplumError)):   # their messages already say what to do
+        return str(e)
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect ({type(e).__name__}): is the server up and its URL right (--base-url)?"
+    if isinstance(e, requests.Timeout):
+        return "the server did not answer in time: try again, or check that it is not overloaded"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e} — check the path and its permissions"
+    return (f"unexpected error: {type(e).__name__}: {e} — run again with -vv for the traceback, and report it "
+            "if it persists")
+
+
 class MedportGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        load_dotenv_file()   # before any option reads its environment variable, as Medplum's CLI does
+        return super().make_context(info_name, args, parent=parent, **extra)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except NodeRuntimeMissing as e:  # Node 22 / an npm package missing: one line saying what to run
-            raise click.ClickException(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 — every error is one line; -vv shows the traceback
+            if is_verbose():
+                log.exception("traceback of the error below")
+            raise click.ClickException(one_line(e)) from None
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
     def get_command(self, ctx, name):
+        cmd = self._command(ctx, name)
+        if cmd is not None and not any(p.name == "verbose" for p in cmd.params):
+            cmd.params.append(verbose_param())   # -v/--verbose on every command, one definition
+        return cmd
+
+    def _command(self, ctx, name):
         cmd = super().get_command(ctx, name)
         if cmd is not None or name not in LAZY_COMMANDS:
             return cmd
@@ -88,18 +126,14 @@ def main():
       medport demo            watch Patient -> Metriport -> webhook -> data imported
       medport check           validate everything in CI
       medport deploy          push the bots to your Medplum server
+
+    \b
+    Every command reads .env in the working directory (variables already set win), takes -v/-vv
+    (or MEDPORT_LOG_LEVEL) for log lines on stderr, and prints each error as one line.
     """
 
 
-def load_or_exit(config_path: str | None):
-    try:
-        return load_config(config_path)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-config_option = click.option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True,
-                             type=click.Path(dir_okay=False), help="Path to the config file.")
+main.params.append(verbose_param())
 
 
 @main.command()

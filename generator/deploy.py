@@ -20,6 +20,7 @@ from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bo
                        stale_subscription_keys,
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
+from .options import config_option, load_or_exit, medplum_options, out_option
 from . import render
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
@@ -307,10 +308,9 @@ class Deployer:
 
 
 @click.command("deploy")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (env MEDPLUM_BASE_URL; default: medplum.base_url).")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (env MEDPLUM_CLIENT_ID).")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret (env MEDPLUM_CLIENT_SECRET).")
+@config_option
+@out_option
+@medplum_options("config", purpose="to deploy to")
 @click.option("--project", "project_id", help="Project id (default: the credentials' project).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--set-secrets", is_flag=True,
@@ -321,8 +321,6 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
     Idempotent: a second run reports everything unchanged. Needs credentials of a
     ClientApplication that is an admin of the project.
     """
-    from .cli import load_or_exit
-
     cfg = load_or_exit(config_path)
     base_url = base_url or cfg.medplum.base_url
     missing = [what for what, ok in (("--client-id or MEDPLUM_CLIENT_ID", client_id),

@@ -34,6 +34,7 @@ import click
 
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
+from .options import config_option, load_or_exit, medplum_options, metriport_options
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
 from .render import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM, render_bots
 
@@ -322,23 +323,18 @@ def report(result: EnrollResult, echo: Callable[[str], None]) -> None:
 
 
 @click.command("enroll")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--criteria", default=None, help="Extra Patient search parameters (default: enroll.criteria), e.g. 'active=true'.")
 @click.option("--facility", help="Only the Patients of this Metriport facility id.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many Patients.")
 @click.option("--dry-run", is_flag=True, help="Metriport validates the rows and creates nothing; print its verdict per row.")
 @click.option("--no-wait", is_flag=True, help="Start the requests and return (the webhook bot links the Patients).")
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds to wait for the requests.")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (default: the emulator running here).")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (default: the emulator's).")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret.")
-@click.option("--metriport-url", help="Metriport base URL (env METRIPORT_BASE_URL; default: the emulator's fake, else the config).")
-@click.option("--metriport-api-key", help="Metriport API key (env METRIPORT_API_KEY).")
+@medplum_options("emulator-here", purpose="holding the Patients")
+@metriport_options
 def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, timeout_s, base_url, client_id,
                    client_secret, metriport_url, metriport_api_key):
     """Enroll existing Medplum Patients in Metriport with one bulk patient create per facility."""
-    from .cli import load_or_exit
-
     cfg = load_or_exit(config_path)
     http = medplum_http(base_url, client_id, client_secret)
     api = metriport_api(cfg, metriport_url, metriport_api_key)

@@ -16,7 +16,9 @@ from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from .localdefaults import admin_credentials
 from .manifest import webhook_execute_url
+from .options import config_option, load_or_exit, medplum_options
 
 
 def metriport_body(payload) -> str:
@@ -155,26 +157,20 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
 
 @click.command("replay")
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--to", "to_url", help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.")
-@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY",
-              help="Key to sign with [env METRIPORT_WEBHOOK_KEY]. Default on the emulator: its Project secret.")
+@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY", show_envvar=True,
+              help="Key to sign with. Default on the emulator: its Project secret.")
 @click.option("--failed", is_flag=True,
               help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
-              help="[env MEDPLUM_BASE_URL; default: the emulator running from this folder (.medport/emulator.json), "
-                   "else http://127.0.0.1:8103/]")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", "medport-admin"))
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET",
-              default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET", "medport-admin-secret"))
+@medplum_options("emulator", purpose="holding the webhook bot and its messages")
 @click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
 def replay_command(file, config_path, to_url, webhook_key, failed, base_url, client_id, client_secret, wait_s):
     """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
-    from .cli import load_or_exit
-
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")
-    http = MedplumHttp(statefile.emulator_base_url(base_url), client_id, client_secret)
+    admin_id, admin_secret = admin_credentials()
+    http = MedplumHttp(statefile.emulator_base_url(base_url), client_id or admin_id, client_secret or admin_secret)
     try:
         if failed:
             stale = 120.0
