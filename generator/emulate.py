@@ -81,7 +81,7 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None, confi
 @admin_options
 @click.option("--metriport-port", default=8180, show_default=True, type=int, help="Port of the fake Metriport.")
 @click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
-              show_default=True, help="Use the fake Metriport, or the real sandbox (env METRIPORT_API_KEY).")
+              show_default=True, help="Use the fake Metriport, or the real sandbox (its key from METRIPORT_API_KEY).")
 @click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")
 @click.option("--metriport-api-key", envvar="MEDPORT_FAKE_METRIPORT_API_KEY", show_envvar=True, default=None,
               show_default=DEV_FAKE_METRIPORT_API_KEY, help="API key the fake Metriport accepts.")

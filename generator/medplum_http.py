@@ -96,6 +96,9 @@ class MedplumHttp:
     def login(self) -> None:
         resp = self._send("login", "POST", "oauth2/token", data={
             "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret})
+        log.debug("POST oauth2/token -> %s in %.0f ms", resp.status_code, resp.elapsed.total_seconds() * 1000)
+        if resp.content and _json(resp) is None:
+            raise MedplumError("login", not_json_reason(resp), resp.status_code)
         if resp.status_code != 200:
             detail = _json(resp)
             msg = (detail or {}).get("error_description") or outcome_text(detail) or resp.text[:200]

@@ -19,6 +19,9 @@ from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT,
 from .localdefaults import admin_credentials
 from .manifest import webhook_execute_url
 from .options import config_option, load_or_exit, medplum_options
+from .progress import Progress
+
+SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
 
 
 def metriport_body(payload) -> str:
@@ -130,7 +133,9 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
-    for t, why in tasks:
+    many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
+    bar = Progress(len(tasks), "requeued", echo=echo) if many else None
+    for i, (t, why) in enumerate(tasks, 1):
         try:
             requeue_task(http, t)
         except MedplumError as e:
@@ -138,10 +143,16 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
                 echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
                 continue
             raise
-        echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+        if bar:
+            bar.update(i)
+        else:
+            echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+    if bar:
+        bar.close(f"requeued {len(tasks)} message(s)")
     deadline = time.monotonic() + wait_s
     pending = {t["id"] for t, _ in tasks}
     ok = failed = 0
+    bar = Progress(len(pending), "processed", echo=echo) if many else None
     while pending and time.monotonic() < deadline:
         time.sleep(0.3)
         for tid in list(pending):
@@ -149,8 +160,16 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
             if status in ("completed", "failed"):
                 pending.discard(tid)
                 ok, failed = ok + (status == "completed"), failed + (status == "failed")
-                echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
-    for tid in pending:
+                if not bar or status == "failed" and failed <= SHOWN_ONE_BY_ONE:
+                    echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
+        if bar:
+            bar.update(ok + failed, f"{failed} failed" if failed else "")
+    if bar:
+        bar.close(f"{ok} completed, {failed} failed")
+    for i, tid in enumerate(pending):
+        if i == SHOWN_ONE_BY_ONE:
+            echo(f"… and {len(pending) - i} more still processing — check `medport runs`")
+            break
         echo(f"Task/{tid}: still processing after {wait_s:.0f} s — check `medport runs`")
     return ok, failed
 
