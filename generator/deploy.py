@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -307,6 +308,27 @@ class Deployer:
         return self.result
 
 
+def _report_bot_ids(cfg: Config, result: DeployResult, base_url: str, out_dir: str | None) -> None:
+    """Print the Bots' ids and (unless --no-write-ids) record them where `medplum bot deploy` reads them."""
+    from . import deployed
+    from .manifest import dumps, medplum_cli_config
+
+    by_name = {spec.name: result.bot_ids[spec.key] for spec in cfg.bots if spec.key in result.bot_ids}
+    click.echo(f"\nBots on {base_url} (project {result.project_id}):")
+    for name, bot_id in by_name.items():
+        click.echo(f"  {name:<28} Bot/{bot_id}")
+    for problem in deployed.pin_conflicts(cfg, by_name):
+        click.echo(click.style(f"warning: {problem}", fg="yellow"))
+    if out_dir is None:
+        return
+    record = deployed.record(base_url, result.project_id, by_name)
+    path = deployed.write(out_dir, record)
+    config_json = Path(out_dir) / "medplum.config.json"
+    config_json.write_text(dumps(medplum_cli_config(cfg, deployed.bot_ids(cfg, record))), "utf-8")
+    click.echo(f"  recorded in {path} and {config_json} — commit both; `cd {out_dir} && npx medplum bot deploy "
+               f"<name>` now finds these Bots")
+
+
 @click.command("deploy")
 @config_option
 @out_option
@@ -315,7 +337,11 @@ class Deployer:
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--set-secrets", is_flag=True,
               help="Also set Project secrets METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY, METRIPORT_BASE_URL from the environment.")
-def deploy_command(config_path, base_url, client_id, client_secret, project_id, dry_run, set_secrets):
+@click.option("--write-ids/--no-write-ids", default=True, show_default=True,
+              help="Record the deployed Bot ids in <out>/medport.deployed.json and <out>/medplum.config.json (where "
+                   "Medplum's CLI reads them).")
+def deploy_command(config_path, out_dir, base_url, client_id, client_secret, project_id, dry_run, set_secrets,
+                   write_ids):
     """Deploy the bots, their policies, client and subscriptions to a Medplum server.
 
     Idempotent: a second run reports everything unchanged. Needs credentials of a
@@ -349,6 +375,7 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
+    _report_bot_ids(cfg, result, base_url, out_dir if write_ids else None)
     click.echo("\nWebhook URL for Metriport's dashboard (Settings → Webhook):")
     if result.client_secret:
         click.echo("  " + result.webhook_url.replace("<client-secret>", result.client_secret))
