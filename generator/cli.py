@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -143,10 +144,12 @@ main.params.append(verbose_param())
 @click.option("--force", is_flag=True, help="Overwrite the file this command writes: medport.toml, or with --ci the "
                                              "workflow. Each overwritten file is named.")
 @click.option("--pip-spec", help="With --ci: how the workflow installs medport (a PyPI pin, `medport @ git+URL@commit`, "
-                                 "a wheel). Default: from how this medport was installed.")
+                                 "./vendor/<wheel> committed in the repository, a wheel URL). Default: from how this "
+                                 "medport was installed (a wheel outside the repository is copied into vendor/).")
 def init(directory, ci, force, pip_spec):
-    """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow."""
-    from .starter import WORKFLOW_PATH, ci_workflow, default_pip_spec, starter_toml
+    """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow.
+    Both put .medport/ (the emulator's state and databases) in .gitignore."""
+    from .starter import WORKFLOW_PATH, InstallSpec, ci_workflow, default_pip_spec, ensure_gitignored, starter_toml
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -160,13 +163,20 @@ def init(directory, ci, force, pip_spec):
         workflow = root / WORKFLOW_PATH
         if workflow.exists() and not force:
             raise click.ClickException(f"{workflow} already exists — pass --force to overwrite it (only it)")
-        spec, warning = (pip_spec, None) if pip_spec else default_pip_spec()
+        install = InstallSpec(pip_spec) if pip_spec else default_pip_spec(root)
+        if install.vendor is not None:
+            target = root / install.spec
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(install.vendor, target)
+            click.echo(f"copied {install.vendor} to {target}: commit it, the workflow installs medport from it")
+        elif install.spec.startswith(("./", "../")) and not (root / install.spec).is_file():
+            click.echo(f"note: {install.spec} is not in {root}: commit the wheel there before pushing", err=True)
         existed = workflow.exists()
         workflow.parent.mkdir(parents=True, exist_ok=True)
-        workflow.write_text(ci_workflow(spec), "utf-8")
-        click.echo(f"{'overwrote' if existed else 'wrote'} {workflow} (installs {spec})")
-        if warning:
-            click.echo(f"note: {warning}", err=True)
+        workflow.write_text(ci_workflow(install.spec), "utf-8")
+        click.echo(f"{'overwrote' if existed else 'wrote'} {workflow} (installs {install.spec})")
+        if install.warning:
+            click.echo(f"note: {install.warning}", err=True)
     else:
         if config.exists() and not force:
             raise click.ClickException(f"{config} already exists — edit it, pass --force to overwrite it, or "
@@ -174,6 +184,8 @@ def init(directory, ci, force, pip_spec):
         existed = config.exists()
         config.write_text(starter_toml(), "utf-8")
         click.echo(f"{'overwrote' if existed else 'wrote'} {config}")
+    if ensure_gitignored(root):
+        click.echo(f"added .medport/ to {root / '.gitignore'} (the local emulator's state and databases)")
     click.echo("next: `medport generate` renders the bots into bots/; commit them with medport.toml")
 
 
