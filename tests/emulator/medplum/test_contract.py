@@ -258,9 +258,8 @@ def test_vmcontext_sandbox_globals(c):
 
 def test_timeout_sync_code_stopped(c):
     bot = c.create_bot("spin", "exports.handler = async () => { while (true) {} };", timeout=1)
-    t = time.time()
     r = c.execute(bot["id"], {})
-    assert r.status_code == 400 and time.time() - t < 15
+    assert r.status_code == 400 and "timed out" in r.text.lower(), r.text   # stopped by the 1 s timeout
 
 
 def test_callbacks_never_deadlock(c):
