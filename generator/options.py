@@ -60,24 +60,26 @@ def medplum_options(default: str = "emulator", *, purpose: str = "") -> Callable
     client = ("an admin ClientApplication of the project; Medplum's CLI reads the same variables" if default == "config" else
               "default: the emulator's admin client")
     return _stack(
-        _option("--base-url", envvar="MEDPLUM_BASE_URL", show_default=where,
+        _option("--base-url", envvar="MEDPLUM_BASE_URL", show_default=where, metavar="URL",
                 help="The Medplum server" + (f" {purpose}" if purpose else "") + "."),
-        _option("--client-id", envvar="MEDPLUM_CLIENT_ID", help=f"Client id ({client})."),
-        _option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="That client's secret."),
+        _option("--client-id", envvar="MEDPLUM_CLIENT_ID", metavar="ID", help=f"Client id ({client})."),
+        _option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", metavar="SECRET", help="That client's secret."),
     )
 
 
 admin_options = _stack(
     _option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=DEFAULT_ADMIN_CLIENT_ID, show_default=True,
+            metavar="ID",
             help="The emulator's admin client (its developer API answers only it)."),
     _option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=DEFAULT_ADMIN_CLIENT_SECRET,
+            metavar="SECRET",
             show_default="the development default", help="The emulator's admin client secret."),
 )
 
 metriport_options = _stack(
-    _option("--metriport-url", envvar="METRIPORT_BASE_URL", show_default="the fake of the emulator running here, "
+    _option("--metriport-url", envvar="METRIPORT_BASE_URL", metavar="URL", show_default="the fake of the emulator running here, "
             "else metriport.environment of the config", help="Metriport's API root."),
-    _option("--metriport-api-key", envvar="METRIPORT_API_KEY", help="Metriport API key (the fake's is known)."),
+    _option("--metriport-api-key", envvar="METRIPORT_API_KEY", metavar="KEY", help="Metriport API key (the fake's is known)."),
 )
 
 

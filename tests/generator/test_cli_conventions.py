@@ -257,3 +257,11 @@ def test_enroll_progress_on_ten_thousand_patients_is_a_bar_not_hundreds_of_lines
     assert enroll.wait(None, validate_data({}, "t"), jobs, 60, lines.append, 0, poll_s=0, tty=False)
     assert state["polls"] > 400 and len(lines) <= 15, lines
     assert "10000/10000" in lines[-1]
+
+
+def test_the_readmes_command_reference_is_the_commands_own():
+    from medport.generator.docs import command_reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    assert command_reference_markdown() in readme, \
+        "README command reference is stale: run `python -m medport.generator.docs`"
