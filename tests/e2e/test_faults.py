@@ -291,13 +291,19 @@ def sweep_until(stack, found, what: str) -> dict:
 def _drive_to_completion(stack, patient_id: str) -> dict:
     """Run the sweep whenever the message's lease ran out, until it is done. The bound is the bot's own
     max_attempts (past them it fails the message, and the test with it); the guard only stops a hang."""
+    seen = {}
+
     def step():
         t = consolidated_task(stack, patient_id)
+        seen["task"] = t and (t["status"], attempts_of(t))
         if t and t["status"] in ("completed", "failed"):
             return t
         sweep(stack)
         return None
-    return wait_for(step, HANG_GUARD_S, "the message to be processed", poll=0.5)
+    done = wait_until(step, HANG_GUARD_S, 0.5)
+    assert done, (f"the message was not processed (its Task: status and attempts {seen['task']}); last runs: "
+                  + json.dumps([(r.get("bot_name"), r.get("outcome"), (r.get("error") or "")[:80]) for r in runs(stack, 8)]))
+    return done
 
 
 def test_bot_timeout_cuts_off_the_import_and_it_converges(capsys):
