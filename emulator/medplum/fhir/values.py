@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Any
 
@@ -65,10 +64,9 @@ def _date_range(s: str) -> tuple[float, float] | None:
 
 
 def normalize_string(s: str) -> str:
-    """Case- and accent-insensitive form used for string search."""
-    if s.isascii():
-        return s.lower()
-    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c)).lower()
+    """The case-insensitive form string search compares (Postgres LOWER / to_tsvector('simple') on Medplum: no
+    accent folding, "José" is not "jose")."""
+    return s.lower()
 
 
 def _strings(v: Any, out: list[str]) -> None:
@@ -120,9 +118,26 @@ def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
     return out
 
 
+def token_rows(values: list[Any], kind: str | None) -> list[tuple[str | None, str | None]]:
+    """The (system, code) rows Medplum indexes for a token (core search/ir.ts buildTokens, server token-column.ts):
+    system and code trimmed, the code lowercased for a case-insensitive (ContactPoint) parameter."""
+    out = []
+    lower = kind == "i"
+    for system, code in token_values(values):
+        if isinstance(system, str):
+            system = system.strip() or None
+        if isinstance(code, str):
+            code = code.strip()
+            code = (code.lower() if lower else code) or None
+        if system or code:
+            out.append((system, code))
+    return out
+
+
 def token_texts(values: list[Any]) -> list[str]:
-    """The text a token `:text` search looks at (server fhir/tokens.ts buildCodeableConceptToken /
-    buildCodingToken): CodeableConcept.text and every Coding.display."""
+    """The text values of a token (core search/ir.ts buildCodeableConceptToken / buildCodingToken /
+    buildIdentifierToken): CodeableConcept.text, every Coding.display, Identifier.type.text — what `:text` searches,
+    and what a plain `code=x` also matches."""
     out: list[str] = []
     for v in values:
         if not isinstance(v, dict):
@@ -130,6 +145,8 @@ def token_texts(values: list[Any]) -> list[str]:
         t = v.get("text")
         if isinstance(t, str) and "value" not in v:
             out.append(t)
+        if "value" in v and isinstance(v.get("type"), dict) and isinstance(v["type"].get("text"), str):
+            out.append(v["type"]["text"])
         d = v.get("display")
         if isinstance(d, str) and ("code" in v or "system" in v or "coding" not in v):
             out.append(d)
@@ -277,7 +294,7 @@ def _todo(params: dict, keys: tuple) -> list[tuple]:
 
 def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):
     """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
-    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
+    numbers, token texts) — token texts (lowercased, and as written) serve `:text` and plain-value matches. Only the parameters whose
     paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40).
     `known_refs`: reference parameter code -> its `reference_values`, already extracted by the caller."""
     tok, st, ref, dt, num, txt = [], [], [], [], [], []
@@ -291,10 +308,12 @@ def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | 
             continue
         t = sp.type
         if t == "token":
-            for s, c in token_values(vals):
+            for s, c in token_rows(vals, sp.kind):
                 tok.append((code, s, c))
             for t_ in dict.fromkeys(token_texts(vals)):
-                txt.append((code, t_.lower()))
+                t_ = t_.strip()
+                if t_:
+                    txt.append((code, t_.lower(), t_))
         elif t == "string":
             for s in string_values(vals):
                 st.append((code, normalize_string(s), s))
