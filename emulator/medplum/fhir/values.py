@@ -93,45 +93,47 @@ def string_values(values: list[Any]) -> list[str]:
 
 
 def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
-    """(system, code) pairs: Coding, CodeableConcept, Identifier, ContactPoint, code/boolean/string primitives."""
+    """(system, code) pairs: Coding, CodeableConcept, Identifier, ContactPoint, code/boolean/string primitives —
+    trimmed, as Medplum indexes them (server token-column.ts buildTokenColumns); a pair with neither is left out."""
     out: list[tuple[str | None, str | None]] = []
     for v in values:
         if isinstance(v, bool):
             out.append((None, "true" if v else "false"))
         elif isinstance(v, str):
-            out.append((None, v))
+            v = v.strip()
+            if v:
+                out.append((None, v))
         elif isinstance(v, (int, float)):
             out.append((None, str(v)))
         elif isinstance(v, dict):
             if "coding" in v or ("text" in v and "code" not in v and "value" not in v):
                 for c in v.get("coding") or []:
-                    if isinstance(c, dict) and (c.get("code") is not None or c.get("system")):
-                        out.append((c.get("system"), _s(c.get("code"))))
+                    if isinstance(c, dict):
+                        _pair(out, c.get("system"), c.get("code"))
             elif "code" in v and ("system" in v or "display" in v or "version" in v or len(v) == 1):
-                out.append((v.get("system"), _s(v.get("code"))))
+                _pair(out, v.get("system"), v.get("code"))
             elif "value" in v:  # Identifier, ContactPoint
-                out.append((v.get("system") if isinstance(v.get("system"), str) else None, _s(v.get("value"))))
-            elif "code" in v:
-                out.append((v.get("system"), _s(v.get("code"))))
-            elif "system" in v:
-                out.append((v.get("system"), None))
+                _pair(out, v.get("system"), v.get("value"))
+            elif "code" in v or "system" in v:
+                _pair(out, v.get("system"), v.get("code"))
     return out
+
+
+def _pair(out: list, system: Any, code: Any) -> None:
+    system = system.strip() or None if isinstance(system, str) else None
+    if code is not None:
+        code = code.strip() if isinstance(code, str) else str(code)
+    if system or code:
+        out.append((system, code or None))
 
 
 def token_rows(values: list[Any], kind: str | None) -> list[tuple[str | None, str | None]]:
-    """The (system, code) rows Medplum indexes for a token (core search/ir.ts buildTokens, server token-column.ts):
-    system and code trimmed, the code lowercased for a case-insensitive (ContactPoint) parameter."""
-    out = []
-    lower = kind == "i"
-    for system, code in token_values(values):
-        if isinstance(system, str):
-            system = system.strip() or None
-        if isinstance(code, str):
-            code = code.strip()
-            code = (code.lower() if lower else code) or None
-        if system or code:
-            out.append((system, code))
-    return out
+    """The (system, code) rows Medplum indexes for a token (core search/ir.ts buildTokens): the code lowercased
+    for a case-insensitive (ContactPoint) parameter."""
+    rows = token_values(values)
+    if kind == "i":
+        return [(system, code.lower() if code else code) for system, code in rows]
+    return rows
 
 
 def token_texts(values: list[Any]) -> list[str]:
@@ -154,12 +156,6 @@ def token_texts(values: list[Any]) -> list[str]:
             if isinstance(c, dict) and isinstance(c.get("display"), str):
                 out.append(c["display"])
     return out
-
-
-def _s(x: Any) -> str | None:
-    if x is None:
-        return None
-    return x if isinstance(x, str) else str(x)
 
 
 def reference_values(values: list[Any]) -> list[str]:

@@ -116,10 +116,9 @@ def _fhir_handler(path: str) -> Response:
 
 def _parse_fhir_body(path: str, method: str) -> Any:
     g.outside_fhir_router = True      # app.ts: the JSON body parser runs before the FHIR router
-    try:
-        return _read_fhir_body(path, method)
-    finally:
-        g.outside_fhir_router = False
+    body = _read_fhir_body(path, method)
+    g.outside_fhir_router = False
+    return body
 
 
 def _read_fhir_body(path: str, method: str) -> Any:
