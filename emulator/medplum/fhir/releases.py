@@ -3,6 +3,9 @@ each change a release is on. The emulator follows NEWEST unless told otherwise (
 
 Each rule names the first release that has it (read from Medplum's history: the first "Release Version x.y.z"
 commit containing the change) and where it lives:
+- token_not_keeps_missing 5.0.8 / boolean_not_keeps_missing 5.0.9: `:not` with one value on a plain token column
+  (code, string, uri) / a boolean is `IS DISTINCT FROM` — resources without a value match (server src/fhir/search.ts
+  buildCondition, buildBooleanSearchFilter; PRs #7999, #8009); before, `NOT (col = v)` / `!=` left them out.
 - bare_id_single_target 5.1.14: a bare UUID on a reference parameter with one target type is read as
   `<Type>/<uuid>` (server src/fhir/search.ts buildReferenceSearchFilter, PR #9325); before, only the `subject`
   and `patient` columns took a bare id (as `Patient/<id>`).
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 NEWEST = "5.2.13"
 
 _SINCE = {
+    "token_not_keeps_missing": "5.0.8",
+    "boolean_not_keeps_missing": "5.0.9",
     "bare_id_single_target": "5.1.14",
     "search_date_regex": "5.2.0",
     "filter_trailing_tokens": "5.2.0",
@@ -34,6 +39,8 @@ def _key(version: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Release:
     version: str
+    token_not_keeps_missing: bool
+    boolean_not_keeps_missing: bool
     bare_id_single_target: bool
     search_date_regex: bool
     filter_trailing_tokens: bool

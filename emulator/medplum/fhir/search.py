@@ -76,6 +76,7 @@ class Filter:
     chain: list[Link] | None = None    # a chained search: the links, then `inner` on the last target type
     inner: "Filter | None" = None
     tree: Any = None               # `_filter`: ("and"|"or", a, b) / ("not", a) / Filter
+    not_needs_value: bool = False  # `:not` leaves out resources without a value (older releases' one-value `:not`)
 
 
 FilterTree = Union[Filter, tuple]
@@ -322,7 +323,8 @@ def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None
             raise invalid_operator(op, code)
         if value not in ("true", "false"):
             raise BadRequest("Boolean search value must be 'true' or 'false'")
-        return Filter(code, "not" if op in ("not", "ne") else None, [value], sp)
+        return Filter(code, "not" if op in ("not", "ne") else None, [value], sp,
+                      not_needs_value=not release.boolean_not_keeps_missing)
     if kind in ("t", "i"):
         if op in _TOKEN_COLUMN_REFUSED:
             raise invalid_operator(op, sp.id or code)
@@ -330,7 +332,8 @@ def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None
         mod = {"text": "text", "contains": "text", "not": "not", "ne": "not"}.get(op)
         return Filter(code, mod, values, sp)
     # a plain column (code, string, uri): any operator but a negation compares for equality
-    return Filter(code, "not" if op in ("not", "ne") else None, values, sp)
+    return Filter(code, "not" if op in ("not", "ne") else None, values, sp,
+                  not_needs_value=not release.token_not_keeps_missing)
 
 
 def _special_parameter(code: str, modifier: str | None, value: str, release: Release, operator: str,
@@ -646,7 +649,7 @@ def _negated(f: Filter, table: str, cond: str, args: list[Any]) -> tuple[str, li
     """A negation as Medplum's column makes it: `NOT (col = v)` / `NOT (col IN (...))` on a one-value column leaves out
     resources without a value; `IS DISTINCT FROM` (one value) and array overlaps keep them."""
     sp = f.param
-    keeps_missing = sp is None or sp.array or (len(f.values) == 1 and sp.type != "reference")
+    keeps_missing = sp is None or sp.array or (len(f.values) == 1 and sp.type != "reference" and not f.not_needs_value)
     if keeps_missing:
         return f"NOT ({cond})", args
     return f"({_has_value(table)} AND NOT ({cond}))", [f.code, *args]
@@ -1043,7 +1046,7 @@ def _match_token(sp: SearchParam, f: Filter, vals: list[Any]) -> bool:
     codes = [c for _, c in V.token_rows(vals, kind)] if sp.type == "token" else [x for x in vals if isinstance(x, str)]
     hit = any(v in codes for v in f.values)
     if f.modifier == "not":
-        if not codes and len(f.values) > 1 and not sp.array and kind != "b":
+        if not codes and not sp.array and (len(f.values) > 1 or f.not_needs_value):
             return False
         return not hit
     return hit

@@ -229,6 +229,9 @@ def test_token_not_with_or_list(env):
     q = post(svc, pr, patient())
     assert sorted(ids(search(svc, pr, "Patient", ("gender:not", "female")))) == sorted([p["id"], q["id"]])
     assert ids(search(svc, pr, "Patient", ("gender:not", "female,other"))) == [p["id"]]
+    # before 5.0.8 (PR #7999) a one-value `:not` was NOT (col = v): no value, no match
+    old = FhirService(svc.repo, BASE, release=Release.of("5.0.7"))
+    assert ids(call(old, pr, "GET", "Patient", query=[("gender:not", "female")])) == [p["id"]]
     linked = post(svc, pr, obs(subject={"reference": f"Patient/{p['id']}"}))
     assert ids(search(svc, pr, "Observation", ("subject:not", f"Patient/{q['id']}"))) == [linked["id"]]
     for o in (a, b, cc):
@@ -317,6 +320,8 @@ def test_boolean_values_and_of_type_refused(env):
     assert search(svc, pr, "Patient", ("active", "TRUE")).status == 400
     assert ids(search(svc, pr, "Patient", ("active", "true"))) == [yes["id"]]
     assert ids(search(svc, pr, "Patient", ("active:not", "true"))) == [unset["id"]]
+    old = FhirService(svc.repo, BASE, release=Release.of("5.0.8"))     # `!=` before 5.0.9 (PR #8009)
+    assert ids(call(old, pr, "GET", "Patient", query=[("active:not", "true")])) == []
     of_type = search(svc, pr, "Patient", ("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|1"))
     assert of_type.status == 400 and text(of_type) == "Invalid modifier :of-type for Patient-identifier"
     assert text(search(svc, pr, "Observation", ("code:in", "http://x/vs"))) == "Invalid modifier :in for clinical-code"
