@@ -97,14 +97,11 @@ def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
     trimmed, as Medplum indexes them (server token-column.ts buildTokenColumns); a pair with neither is left out."""
     out: list[tuple[str | None, str | None]] = []
     for v in values:
-        if isinstance(v, bool):
-            out.append((None, "true" if v else "false"))
-        elif isinstance(v, str):
-            v = v.strip()
+        if isinstance(v, str):
+            if v[:1].isspace() or v[-1:].isspace():
+                v = v.strip()
             if v:
                 out.append((None, v))
-        elif isinstance(v, (int, float)):
-            out.append((None, str(v)))
         elif isinstance(v, dict):
             if "coding" in v or ("text" in v and "code" not in v and "value" not in v):
                 for c in v.get("coding") or []:
@@ -116,13 +113,25 @@ def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
                 _pair(out, v.get("system"), v.get("value"))
             elif "code" in v or "system" in v:
                 _pair(out, v.get("system"), v.get("code"))
+        elif isinstance(v, bool):
+            out.append((None, "true" if v else "false"))
+        elif isinstance(v, (int, float)):
+            out.append((None, str(v)))
     return out
 
 
 def _pair(out: list, system: Any, code: Any) -> None:
-    system = system.strip() or None if isinstance(system, str) else None
-    if code is not None:
-        code = code.strip() if isinstance(code, str) else str(code)
+    if isinstance(system, str):
+        if system[:1].isspace() or system[-1:].isspace():
+            system = system.strip()
+        system = system or None
+    else:
+        system = None
+    if isinstance(code, str):
+        if code[:1].isspace() or code[-1:].isspace():
+            code = code.strip()
+    elif code is not None:
+        code = str(code)
     if system or code:
         out.append((system, code or None))
 
