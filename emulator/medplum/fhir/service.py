@@ -6,7 +6,7 @@ headers) and renders the FhirResponse. Every error is an OperationOutcome with M
 Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / outcomes):
 - batch and transaction entries are processed in interaction order (delete, create, update, patch,
   operations, search, read, history) while results keep their input positions; entry response
-  `{status: "<code>", location: "Type/id", outcome, etag, lastModified}` plus the resource;
+  `{outcome, status: "<code>", location: "Type/id"}` plus the resource (no etag, no lastModified);
 - `urn:uuid:` placeholders anywhere in an entry (also inside longer strings) are rewritten to "Type/id";
   resources to be created get their ids before any entry runs, so forward references work;
 - a transaction is all-or-nothing: the first failing entry's OperationOutcome and status are returned;

@@ -7,7 +7,6 @@ import gzip
 import json
 import uuid
 
-import pytest
 import requests
 from medport.emulator.medplum.fhir.releases import Release
 from medport.emulator.medplum.fhir.search import matches
