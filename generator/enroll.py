@@ -256,9 +256,7 @@ def refresh(http: MedplumHttp, job: Job) -> None:
             job.counts = json.loads(o.get("valueString") or "{}")
         att = o.get("valueAttachment") or {}
         if att.get("url", "").startswith("Binary/") and job.result_csv is None and job.status == "completed":
-            b = http.fhir("read the result CSV", "GET", att["url"])
-            import base64
-            job.result_csv = base64.b64decode(b.get("data") or "").decode("utf-8", "replace") if "data" in b else None
+            job.result_csv = http.download("read the result CSV", att["url"]).decode("utf-8", "replace")
 
 
 DONE = ("completed", "failed", "expired")
