@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused, open_versioned
-from medport.emulator.medplum.fhir.store import SCHEMA as FHIR_SCHEMA, STORE_KIND, Repository
+from medport.emulator.medplum.fhir.store import SCHEMA as FHIR_SCHEMA, STORE_KIND, STORE_VERSION as FHIR_VERSION, Repository
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import running_emulator
 from medport.emulator.metriport.persist import SCHEMA as FAKE_SCHEMA, StateStore
@@ -64,14 +64,21 @@ def test_two_fakes_on_one_state_file(tmp_path):
     StateStore(path).close()
 
 
-@pytest.mark.parametrize("opener, schema, kind", [
-    (Repository, FHIR_SCHEMA, STORE_KIND),
-    (StateStore, FAKE_SCHEMA, "medport-fake-metriport"),
+# the FHIR store's layout before stores had a version (1): token texts without their raw value, no binary_content
+FHIR_SCHEMA_1 = FHIR_SCHEMA.replace("value TEXT, raw TEXT);\nCREATE INDEX IF NOT EXISTS idx_text_v",
+                                    "value TEXT);\nCREATE INDEX IF NOT EXISTS idx_text_v").split(
+    "CREATE TABLE IF NOT EXISTS binary_content")[0]
+
+
+@pytest.mark.parametrize("opener, schema, kind, version", [
+    (Repository, FHIR_SCHEMA_1, STORE_KIND, str(FHIR_VERSION)),
+    (StateStore, FAKE_SCHEMA, "medport-fake-metriport", "1"),
 ])
-def test_stores_carry_a_version_and_an_unversioned_one_is_migrated(tmp_path, opener, schema, kind):
+def test_stores_carry_a_version_and_an_unversioned_one_is_migrated(tmp_path, opener, schema, kind, version):
+    assert "binary_content" not in FHIR_SCHEMA_1 and "raw TEXT);\nCREATE INDEX IF NOT EXISTS idx_text_v" not in FHIR_SCHEMA_1
     new = str(tmp_path / "new.sqlite3")
     opener(new).close()
-    assert _stamp(new) == {"kind": kind, "version": "1"}
+    assert _stamp(new) == {"kind": kind, "version": version}
     # a store an earlier medport wrote (same tables, no version row) keeps its data and gets the version
     old = str(tmp_path / "old.sqlite3")
     with sqlite3.connect(old) as c:
@@ -85,11 +92,15 @@ def test_stores_carry_a_version_and_an_unversioned_one_is_migrated(tmp_path, ope
     try:
         if opener is Repository:
             assert store.read("Patient", "p1")["id"] == "p1"
+            store.create({"resourceType": "Patient", "name": [{"text": "Migrated"}]})   # writes the new columns
+            with sqlite3.connect(old) as c:
+                assert "raw" in {r[1] for r in c.execute("PRAGMA table_info(idx_text)")}
+                assert c.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'binary_content'").fetchone()[0] == 1
         else:
             assert store.get("meta", "cx") == {"cxId": "c"}
     finally:
         store.close()
-    assert _stamp(old) == {"kind": kind, "version": "1"}
+    assert _stamp(old) == {"kind": kind, "version": version}
 
 
 @pytest.mark.parametrize("opener", [Repository, StateStore])
