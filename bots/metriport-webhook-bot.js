@@ -1065,8 +1065,8 @@ async function processMessage(medplum, event, msg, ctx) {
           bump(summary.recorded, 'bulk-download-urls-requested');
         }
       } catch (err) {
-        if (err instanceof LeaseLost) {
-          throw err;
+        if (err instanceof LeaseLost || err instanceof RateLimited) {
+          throw err; // RateLimited: the message waits for Metriport (processTask), the patients before it are done
         }
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
@@ -5687,7 +5687,7 @@ async function sweep(medplum, event, exclude) {
     _count: String(SWEEP_LIMIT),
   });
   for (const t of waiting) {
-    if (t.id !== exclude) {
+    if (t.id !== exclude && waitsUntil(t) <= now) {
       try {
         await nudge(medplum, t);
         out.nudged++;
@@ -5812,6 +5812,40 @@ class Lease {
   }
 }
 
+/**
+ * Metriport asked to wait longer than this run has (a 429 starting a query): the message goes back to the queue
+ * with its checkpoint, to run again once the wait is over (the lease extension of a requested Task says until
+ * when; the sweep nudges it then). The attempt counts: a limit that never lifts fails it after max_attempts.
+ * @param {Lease} lease
+ * @param {RateLimited} err
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function deferMessage(lease, err) {
+  const until = new Date(err.retryAt).toISOString();
+  try {
+    await lease.write((cur) => withExt(/** @type {Task} */ ({ ...cur, status: 'requested', lastModified: new Date().toISOString(),
+      statusReason: { text: 'waiting for Metriport until ' + until + ': ' + err.message } }), MT.leaseUrl, { valueDateTime: until }));
+  } catch (writeErr) {
+    if (writeErr instanceof LeaseLost) {
+      log('warn', writeErr.message, { task: lease.taskId });
+      return { status: 'abandoned', task: 'Task/' + lease.taskId, reason: 'lease-lost' };
+    }
+    throw writeErr;
+  }
+  log('warn', 'Metriport asked to wait (' + err.status + '); the message runs again after ' + until, { task: lease.taskId });
+  return { status: 'deferred', task: 'Task/' + lease.taskId, until };
+}
+
+/**
+ * @param {Task} task
+ * @returns {number} a requested message waits for Metriport until then (epoch ms; 0: it does not)
+ */
+function waitsUntil(task) {
+  const e = task.status === 'requested' ? ext(task, MT.leaseUrl) : undefined;
+  const at = e ? Date.parse(String(e.valueDateTime)) : NaN;
+  return isNaN(at) ? 0 : at;
+}
+
 /** Failures kept in a message Task's summary output (the count in statusReason is always complete). */
 const MAX_FAILURES_KEPT = 200;
 
@@ -5880,6 +5914,9 @@ async function processTask(medplum, event, taskId) {
   if (task.status !== 'requested') {
     return { status: 'ignored', reason: 'task-' + task.status };
   }
+  if (waitsUntil(task) > Date.now()) {
+    return { status: 'ignored', reason: 'waiting-for-metriport' }; // the sweep nudges it once the wait is over
+  }
   const attempt = attemptsOf(task) + 1;
   const now = new Date().toISOString();
   if (attempt > PROC.maxAttempts) {
@@ -5919,6 +5956,9 @@ async function processTask(medplum, event, taskId) {
     if (err instanceof LeaseLost) {
       log('warn', err.message, { task: taskId });
       return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+    }
+    if (err instanceof RateLimited) {
+      return deferMessage(lease, err);
     }
     summary = newSummary(undefined);
     fatal = errorText(err);

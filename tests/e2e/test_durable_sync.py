@@ -45,16 +45,25 @@ def test_rate_limited_patients_are_resumed_by_the_sweep(stack):
 def test_the_patient_bot_waits_out_a_short_retry_after_within_its_run(stack):
     """A 429 whose Retry-After ends within the execution is waited out in the same run: no pending step."""
     org = create_facility_org(stack, "Short wait clinic")
-    stack.fake.state.set_faults(fail_next=1, fail_status=429)   # the fake's injected 429 asks for 1 s
+    fake = stack.fake
+    # one patient create a 2-second window, taken: the bot's create is answered 429 with Retry-After <= 3 s
+    fake_rate_limits(stack, limits={"patient": 1}, windowSeconds=2, reset=True)
     try:
+        requests.post(f"{fake.base_url}/medical/v1/patient", params={"facilityId": fake.facility_id},
+                      headers={"x-api-key": fake.api_key}, timeout=30, json={
+                          "firstName": "Taken", "lastName": "Slot", "dob": "1980-01-01", "genderAtBirth": "F",
+                          "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701",
+                                       "country": "USA"}]}).raise_for_status()
         p = create_patient(stack, "Shortwait", org["id"], family="Retry")
-        wait_for(lambda: (t := sync_task(stack, p["id"])) and t["status"] == "completed", 60, "the sync to complete")
+        wait_for(lambda: (t := sync_task(stack, p["id"])) and t["status"] in ("completed", "failed"), 60,
+                 "the sync to end")
     finally:
-        stack.fake.state.set_faults(fail_next=0, fail_status=500)
+        fake_rate_limits(stack, limits={"patient": 15}, windowSeconds=60, reset=True)
+    task = sync_task(stack, p["id"])
     mid = metriport_id_of(stack, p["id"])
-    assert mid and queried(stack, mid)
-    logs = "\n".join(r.get("logs", "") for r in runs(stack, 50) if r.get("resource") == f"Patient/{p['id']}")
-    assert "will be retried" in logs and '"status":429' in logs
+    logs = "\n".join(r.get("logs", "") for r in runs(stack, 100) if r.get("resource") == f"Patient/{p['id']}")
+    assert task["status"] == "completed" and mid and queried(stack, mid), (task.get("statusReason"), logs[-1500:])
+    assert "will be retried" in logs and '"status":429' in logs, logs[-1500:]
 
 
 def test_a_run_cut_off_between_link_and_query_is_resumed(stack):

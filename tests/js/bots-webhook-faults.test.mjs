@@ -249,3 +249,38 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
 });
+
+test('a consolidated query Metriport refuses for longer than the run has: the message waits (not failed), then runs on from its checkpoint', async () => {
+  const medplum = await createMedplum();
+  const a = await patient(medplum, 'mp-rl-a');
+  const b = await patient(medplum, 'mp-rl-b');
+  const msg = {
+    meta: { messageId: 'msg-rl-' + ++seq, when: '2026-11-22T00:00:00.000Z', type: 'medical.document-conversion' },
+    patients: [{ patientId: 'mp-rl-a', externalId: a.id, status: 'completed' }, { patientId: 'mp-rl-b', externalId: b.id, status: 'completed' }],
+  };
+  const stored = await deliver(medplum, msg);
+  const id = stored.result.task.split('/')[1];
+  fake.state.queue.push({ status: 200, body: { status: 'processing' } }); // patient a's query starts
+  fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient consolidated data query starts, please try again later.' });
+  const first = await runTask(medplum, id);
+  assert.equal(first.result.status, 'deferred', first.logText);
+  let task = await medplum.readResource('Task', id);
+  assert.equal(task.status, 'requested');
+  assert.ok(Date.parse(ext(task, LEASE).valueDateTime) > Date.now() + 50000, 'waits for the Retry-After');
+  assert.match(task.statusReason.text, /waiting for Metriport/);
+  // a run the subscription starts meanwhile, or the sweep: nothing sent to Metriport
+  const calls = fake.calls.length;
+  assert.equal((await runTask(medplum, id)).result.reason, 'waiting-for-metriport');
+  assert.equal((await runCron(medplum)).result.sweep.nudged, 0);
+  assert.equal(fake.calls.length, calls);
+  // the wait is over: it runs on from patient b (a's query is not started twice)
+  await medplum.updateResource(withLease(task, '2000-01-01T00:00:00.000Z'));
+  const second = await runTask(medplum, id);
+  assert.equal(second.result.status, 'completed', second.logText);
+  const queried = fake.calls.filter((c) => c.path.endsWith('/consolidated/query')).map((c) => c.path.split('/')[4]);
+  assert.deepEqual(queried, ['mp-rl-a', 'mp-rl-b', 'mp-rl-b']);
+});
+
+function withLease(task, when) {
+  return { ...task, extension: [...(task.extension || []).filter((e) => e.url !== LEASE), { url: LEASE, valueDateTime: when }] };
+}
