@@ -124,8 +124,14 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   };
   const firstRun = runTask(medplum, taskId);
   while (sent < 7) await new Promise((r) => setTimeout(r, 20));
-  await new Promise((r) => setTimeout(r, 400)); // the batch in flight beside the hung one lands
-  let task = await medplum.readResource('Task', taskId);
+  // the batches before the hung one land and are checkpointed: polled, however slow the machine (bounded attempts)
+  let task;
+  for (let i = 0; i < 1000; i++) {
+    task = await medplum.readResource('Task', taskId);
+    const saved = ext(task, PROGRESS);
+    if (saved && JSON.parse(saved.valueString).done > 0) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   assert.equal(task.status, 'in-progress');
   assert.equal(ext(task, ATTEMPTS).valueInteger, 1);
   const cp = JSON.parse(ext(task, PROGRESS).valueString);
