@@ -31,7 +31,7 @@ from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, D
                      NetworkQuery, Patient, PatientAdditions, Progress, Stay, StoredFile, WebhookSettings,
                      demographics_key, iso)
 from .contribution import Contributions
-from .network import NetworkQueries, bundle_json
+from .network import NOTIFICATION_URL_EXPIRES_S, NetworkQueries, SourceNotifications, bundle_json
 from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
@@ -47,7 +47,6 @@ DOCUMENTS_PER_QUERY = 3
 DEFAULT_DOCUMENT_TYPE = {"coding": [{"system": "http://loinc.org", "code": "34133-9"}]}
 EMPTY_BUNDLE = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
 BULK_URL_EXPIRES_S = 600  # bulk download URLs: 10 minutes (core document-signing/bulk-sign.ts)
-NOTIFICATION_URL_EXPIRES_S = 600  # realtime notification bundles: 10 minutes (hl7-notification-webhook-sender-direct.ts)
 BULK_RESULT_EXPIRES_S = 180  # the bulk create result CSV: 3 minutes (process-patient-import-webhook.ts)
 BULK_CREATE_CHUNK = 200      # patients created per scheduler step (other jobs run in between)
 BULK_OUTBOX_WAIT_S = 900     # at most this long for the per-patient webhooks to go out before `completed`
@@ -63,7 +62,7 @@ class UploadRefused(PermissionError):
         self.code = code
 
 
-class MetriportBackend(NetworkQueries, Contributions):
+class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
     def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
                  webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
                  ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",

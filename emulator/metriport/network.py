@@ -25,6 +25,7 @@ from .errors import NotFound
 from .models import NQ_TERMINAL, DocumentQuery, NetworkQuery, Patient, PatientAdditions, iso
 
 CONSOLIDATED_URL_EXPIRES_S = 4 * 3600  # network-query-webhook.ts CONSOLIDATED_URL_DURATION
+NOTIFICATION_URL_EXPIRES_S = 600  # as the ADT notifications' (hl7-notification-webhook-sender-direct.ts)
 SOURCE_DELAYS = {src.PHARMACY: 2, src.LAB: 3}  # roster fills after this many delay_s steps (HIE: its document query)
 # hie-query.ts, pharmacy-query.ts, laboratory-query.ts
 NOT_ENABLED = {src.HIE: "HIE data source is not enabled for this account",
@@ -199,3 +200,56 @@ class NetworkQueries:
                     jobs.append(lambda p=nq.patient_id, r=nq.request_id, s=row["source"]:
                                 self._network_source_done(p, r, s))
         return jobs
+
+
+class SourceNotifications:
+    """Mixed into MetriportBackend: the developer API's way to make Metriport's other messages — realtime
+    pharmacy and laboratory notifications, an outbound message's status, paged bulk download URLs."""
+
+    def send_source_notification(self, pid: str, kind: str, *, at: str | None = None) -> dict:
+        """`patient.pharmacy` (a dispense, `medicationDispensedDate`) or `patient.laboratory` (a report,
+        `specimenCollectedDate`): the Bundle behind `url` (10 minutes, as the ADT notifications' — Metriport's
+        sender for these is not public), its resources merged into the record (@metriport/shared 0.37
+        webhook-request.ts pharmacy/laboratoryNotificationWebhookPayloadSchema)."""
+        with self._lock:
+            patient = self._snapshot(pid)
+            when = at or iso(self.clock())
+            adds = self.additions(pid)
+            bundle = src.notification_bundle(kind, pid, str(len(adds.extra)), when)
+            known = {(r["resourceType"], r["id"]) for r in adds.extra}
+            adds.extra += [e["resource"] for e in bundle["entry"]
+                           if (e["resource"]["resourceType"], e["resource"]["id"]) not in known]
+            self._save_patient_state(pid)
+        url = self.store_file(bundle_json(bundle), "application/json", f"{pid}_{kind}.json",
+                              expires_s=NOTIFICATION_URL_EXPIRES_S)
+        date_key = "medicationDispensedDate" if kind == "patient.pharmacy" else "specimenCollectedDate"
+        request_id = str(uuid.uuid4())
+        d = self.send_webhook(kind, {"payload": {"url": url, **patient.webhook_ref(), date_key: when}}, None,
+                              request_id)
+        return {"messageId": d.message_id, "requestId": request_id, "resources": len(bundle["entry"])}
+
+    def send_message_status(self, pid: str, status: str, reason: str | None = None) -> dict:
+        """`message.status`: an outbound message (`POST /medical/v1/message`, which medport does not send)
+        delivered or failed (messageStatusWebhookPayloadSchema: ids are UUIDs, `reason` 1..5000 characters)."""
+        with self._lock:
+            self._patient(pid)
+        now = iso(self.clock())
+        payload = {"id": str(uuid.uuid4()), "patientId": pid, "status": status, "sentAt": now, "completedAt": now,
+                   **({"reason": reason} if reason else {})}
+        d = self.send_webhook("message.status", {"payload": payload}, None, str(uuid.uuid4()))
+        return {"messageId": d.message_id, "id": payload["id"]}
+
+    def send_bulk_download_paged(self, pid: str, page_size: int) -> dict:
+        """`medical.document-bulk-download-paged`: the patient's documents with their URLs, `page_size` a message
+        (documentBulkDownloadWebhookRequestSchemaPaged: each document's `url` and `downloadUrl`, `pagination`)."""
+        with self._lock:
+            patient = self._snapshot(pid)
+            docs = list(self.documents.get(pid, []))
+        pages = [docs[i:i + page_size] for i in range(0, len(docs), page_size)] or [[]]
+        request_id, sent = str(uuid.uuid4()), []
+        for n, page in enumerate(pages, 1):
+            listed = [d | {"downloadUrl": d["url"]} for d in self._with_urls(page)]
+            body = {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed,
+                                  "pagination": {"page": n, "totalPages": len(pages), "totalItems": len(docs)}}]}
+            sent.append(self.send_webhook("medical.document-bulk-download-paged", body, None, request_id).message_id)
+        return {"requestId": request_id, "messageIds": sent}

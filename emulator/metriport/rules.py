@@ -168,3 +168,17 @@ def settings_update(body: Any) -> tuple[str | None, list | None]:
 # ------------------------------------------------------------------ facilities (routes/medical/schemas/facility.ts)
 def facility_create(body: Any) -> dict:
     return check(schemas.facility_create, body)
+
+
+def _day(value: str | None) -> str | None:
+    """A lax dateFrom/dateTo as the YYYY-MM-DD day it stands for (dayjs, UTC)."""
+    if not value:
+        return None
+    t = jsdate.dayjs_utc(value)
+    if t is None:
+        return None
+    import datetime as _dt
+    try:
+        return (_dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=t)).strftime("%Y-%m-%d")
+    except OverflowError:
+        return None

@@ -12,6 +12,7 @@ brings one more dispense or one more report (`notification_bundle`).
 """
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from . import synth
@@ -32,11 +33,23 @@ def _gen(kind: str, patient_id: str, salt: str = "") -> synth._Gen:
     return g
 
 
+def _stable_id(patient_id: str, what: str) -> str:
+    """The same pharmacy, laboratory and prescriber for every message about a patient (one resource each)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"metriport-fake:{patient_id}:{what}"))
+
+
 def _org(g: synth._Gen, name: str, npi: str) -> dict:
-    oid = g.uid()
+    oid = _stable_id(g.patient_id, name)
     g.organizations.append(oid)
     return g.add({"resourceType": "Organization", "id": oid, "active": True, "name": name,
                   "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": npi}]})
+
+
+def _prescriber(g: synth._Gen) -> dict:
+    p = g.practitioner()
+    p["id"] = _stable_id(g.patient_id, "prescriber")
+    g.entries[-1]["fullUrl"] = f"urn:uuid:{p['id']}"
+    return p
 
 
 def _source_extension(code: str) -> list[dict]:
@@ -85,7 +98,7 @@ def pharmacy_entries(patient_id: str) -> list[dict]:
     """The patient's medication prescription and pickup history (the Surescripts source)."""
     g = _gen(PHARMACY, patient_id)
     pharmacy = _org(g, PHARMACY_ORG, "1972639548")
-    prescriber = g.practitioner()
+    prescriber = _prescriber(g)
     for _ in range(g.rng.randint(3, 6)):
         _dispense(g, pharmacy["id"], prescriber["id"])
     return g.entries
@@ -109,7 +122,7 @@ def notification_bundle(kind: str, patient_id: str, salt: str, when: str) -> dic
     g = _gen(kind, patient_id, salt)
     if kind == "patient.pharmacy":
         pharmacy = _org(g, PHARMACY_ORG, "1972639548")
-        _dispense(g, pharmacy["id"], g.practitioner()["id"], when)
+        _dispense(g, pharmacy["id"], _prescriber(g)["id"], when)
     else:
         _report(g, _org(g, LAB_ORG, "1598760091")["id"], when)
     return {"resourceType": "Bundle", "type": "collection", "total": len(g.entries), "entry": g.entries}

@@ -109,3 +109,27 @@ def test_network_query_shares_the_document_query_rate_limit(api, fake):
         assert start(api, p["id"], {"sources": ["lab"]}).status_code == 200
     r = start(api, p["id"], {"sources": ["lab"]})
     assert r.status_code == 429 and "document query" in r.text
+
+
+def test_every_other_message_type_the_fake_sends_passes_shareds_schemas(api, fake, receiver):
+    """patient.pharmacy / patient.laboratory (their data joins the record), message.status,
+    medical.document-bulk-download-paged: the developer API sends them; @metriport/shared 0.37 judges them."""
+    p = create(api, fake, {**demo(first="Ollie"), "externalId": "mp-ollie"})
+    api.post("/medical/v1/document/query", params={"patientId": p["id"]}, json={})
+    receiver.wait_for("medical.document-conversion")
+    dev = {"x-api-key": KEY}
+    base = fake.base_url + "/_fake/patients/" + p["id"]
+    for kind in ("patient.pharmacy", "patient.laboratory"):
+        r = requests.post(base + "/notifications", json={"type": kind, "at": "2025-03-01T10:00:00.000Z"}, headers=dev)
+        assert r.status_code == 200, r.text
+    assert requests.post(base + "/messages", json={"status": "failed", "reason": "no route"}, headers=dev).ok
+    paged = requests.post(base + "/bulk-download-paged", json={"pageSize": 2}, headers=dev).json()
+    assert requests.post(base + "/notifications", json={"type": "patient.nothing"}, headers=dev).status_code == 400
+    msgs = [receiver.wait_for(t)[0]["body"] for t in ("patient.pharmacy", "patient.laboratory", "message.status")]
+    pages = receiver.wait_for("medical.document-bulk-download-paged", len(paged["messageIds"]))
+    assert len(pages) >= 2 and {m["body"]["meta"]["requestId"] for m in pages} == {paged["requestId"]}
+    judged("webhook", msgs + [m["body"] for m in pages])
+    pharmacy = requests.get(msgs[0]["payload"]["url"], timeout=5).json()
+    ids = {e["resource"]["id"] for e in pharmacy["entry"]}
+    record = {e["resource"].get("id") for e in fake.state.patient_record(fake.state._patient(p["id"]))}
+    assert ids <= record and msgs[0]["payload"]["medicationDispensedDate"] == "2025-03-01T10:00:00.000Z"
