@@ -142,7 +142,12 @@ test('patients, document query, consolidated query through the SDK', async () =>
   assert.equal(docRef.resourceType, 'DocumentReference');
   const bundle = await (await fetch(docRef.content[0].attachment.url)).json();
   assert.equal(bundle.type, 'searchset');
-  assert.ok(bundle.entry.every((e) => ['Patient', 'Condition', 'Observation'].includes(e.resource.resourceType)));
+  // the asked types, then what they reference, hydrated from the whole record (core consolidated-filter.ts)
+  const asked = bundle.entry.filter((e) => ['Condition', 'Observation'].includes(e.resource.resourceType));
+  const referenced = new Set(JSON.stringify(asked.map((e) => e.resource)).match(/"reference":"[^"]+"/g).map((r) => r.slice(13, -1)));
+  assert.ok(asked.length && bundle.entry.some((e) => e.resource.resourceType === 'Patient'));
+  const hydrated = bundle.entry.filter((e) => !asked.includes(e)).map((e) => e.resource.resourceType + '/' + e.resource.id);
+  assert.ok(hydrated.length && hydrated.every((k) => referenced.has(k) || /^(Practitioner|Organization|Location)\//.test(k)), hydrated.join(' '));
 
   const status = await api.getConsolidatedQueryStatus(created.id);
   assert.equal(status.queries[0].requestId, q.requestId);
