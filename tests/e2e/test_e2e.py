@@ -37,9 +37,18 @@ RECORDED: list[dict] = []  # every request the bots sent to the fake Metriport i
 pytestmark = pytest.mark.slow
 
 
+def legacy_flow_config():
+    """medport.toml with Metriport's legacy flow (document query, then consolidated query): this module checks
+    that flow's messages (document-conversion, consolidated-data, its expired URLs); the network-query flow, the
+    default, has test_network_query_flow.py."""
+    from medport.generator.config import validate_data
+    data = load_config(ROOT / "medport.toml").data
+    return validate_data({**data, "patient_bot": {**data["patient_bot"], "flow": "document-query"}})
+
+
 @pytest.fixture(scope="module")
 def stack():
-    s = start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.05)
+    s = start_stack(legacy_flow_config(), metriport_delay_s=0.05)
     metriport_requests.record(s.fake, RECORDED)
     yield s
     s.close()
@@ -207,7 +216,7 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
     {"medplum": {"runtime": "awslambda"}},          # Medplum's cloud runs bots as Node modules
     {"webhook_bot": {"async_processing": False}},   # import inside the webhook call
     {"patient_bot": {"flow": "consolidated"}},      # no document query: consolidated query directly
-], ids=["awslambda", "sync-processing", "consolidated-flow"])
+], ids=["awslambda", "sync-processing", "consolidated-flow"])  # the first two in the network-query flow (default)
 def test_flow_config_variants(variant):
     from medport.generator.config import validate_data
     cfg = validate_data(variant)
@@ -224,6 +233,9 @@ def test_flow_config_variants(variant):
         types = [d["type"] for d in s.fake.state.deliveries_log(False) if d["type"] != "ping"]
         if cfg.patient_bot.flow == "consolidated":
             assert types == ["medical.consolidated-data"]
+        elif cfg.patient_bot.flow == "network-query":
+            assert sorted(t for t in types if t.startswith("network-query.")) == [
+                "network-query.hie", "network-query.hie.first-data-ready", "network-query.lab", "network-query.pharmacy"]
         else:
             assert types[:2] == ["medical.document-download", "medical.document-conversion"]
         resources = imported_resources(s)
