@@ -979,8 +979,8 @@ async function processMessage(medplum, event, msg, ctx) {
     for (let i = first; i < patients.length; i++) {
       const p = patients[i];
       const mid = String(p.patientId || '');
-      if (p.status !== 'completed' || conversionOfNetworkQuery(msg)) {
-        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown') + (conversionOfNetworkQuery(msg) ? '-network-query' : ''));
+      if (p.status !== 'completed') {
+        bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
         await checkpoint(ctx, summary, i + 1, 0);
         continue;
       }
@@ -991,16 +991,20 @@ async function processMessage(medplum, event, msg, ctx) {
           log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
           continue;
         }
-        const at = new Date().toISOString();
-        const query = await startConsolidatedQuery(event, mid, subject.id);
-        summary.queriesStarted++;
         addSubject(summary, subject.id);
-        log('info', 'consolidated query started', {
-          metriportPatient: mid,
-          patient: subject.id,
-          requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
-          at,
-        });
+        if (conversionOfNetworkQuery(msg)) {
+          bump(summary.recorded, 'conversion-completed-network-query'); // its network-query.hie brings the data
+        } else {
+          const at = new Date().toISOString();
+          const query = await startConsolidatedQuery(event, mid, subject.id);
+          summary.queriesStarted++;
+          log('info', 'consolidated query started', {
+            metriportPatient: mid,
+            patient: subject.id,
+            requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+            at,
+          });
+        }
         if (CONFIG.documents.requestBulkUrls) {
           await startBulkDownloadUrls(event, mid, subject.id);
           bump(summary.recorded, 'bulk-download-urls-requested');
