@@ -43,7 +43,9 @@
  * @property {ConsolidatedConfig} consolidated
  * @property {RetryConfig} retry
  *
- * @typedef { { key: string, id: string, resource: any, hash: string, deps: string[] } } Prepared one resource as
+ * @typedef { { resourceType: string, id: string, identifier?: unknown, [key: string]: unknown } } Clinical a
+ *   resource read from Medplum (its elements checked where they are used)
+ * @typedef { { key: string, id: string, resource: Clinical, hash: string, deps: string[] } } Prepared one resource as
  *   it is contributed: key Type/<Medplum id>, its hash, the keys of the other contributed resources it references
  * @typedef { { patient: string, contributed: number, unchanged: number, bundles: number, documents: number,
  *   skipped: Record<string, number>, failures: string[] } } Report
@@ -697,22 +699,38 @@ function tally(counts, key) {
 }
 
 /**
- * @param {any} resource
- * @returns {boolean} it came from Metriport (the webhook bot's import identifier): never contributed
+ * @param {Resource} resource
+ * @returns {Clinical} the same resource, its elements read as untrusted data
  */
-function fromMetriport(resource) {
-  const ids = Array.isArray(resource.identifier) ? resource.identifier : resource.identifier ? [resource.identifier] : [];
-  return ids.some((/** @type {any} */ i) => i && i.system === CONFIG.resourceIdentifierSystem);
+function asClinical(resource) {
+  return /** @type {Clinical} */ (/** @type {unknown} */ (resource));
 }
 
 /**
- * @param {any} resource
- * @returns {string | undefined} the Metriport id of a resource that came from Metriport
+ * @param {Clinical} resource
+ * @returns {Identifier[]} its identifiers (a list, or the single one some types have)
+ */
+function identifiersOf(resource) {
+  const raw = resource.identifier;
+  return /** @type {Identifier[]} */ (Array.isArray(raw) ? raw : raw && typeof raw === 'object' ? [raw] : []);
+}
+
+/**
+ * @param {Clinical} resource
+ * @returns {string | undefined} the Metriport id of a resource that came from Metriport (the webhook bot's import
+ *   identifier): such a resource is never contributed
  */
 function metriportResourceId(resource) {
-  const ids = Array.isArray(resource.identifier) ? resource.identifier : resource.identifier ? [resource.identifier] : [];
-  const i = ids.find((/** @type {any} */ x) => x && x.system === CONFIG.resourceIdentifierSystem && x.value);
+  const i = identifiersOf(resource).find((x) => x && x.system === CONFIG.resourceIdentifierSystem && x.value);
   return i ? String(i.value) : undefined;
+}
+
+/**
+ * @param {Clinical} resource
+ * @returns {boolean}
+ */
+function fromMetriport(resource) {
+  return metriportResourceId(resource) !== undefined;
 }
 
 /**
@@ -731,15 +749,16 @@ function contributedUuid(key) {
 
 /**
  * Every Reference object in a resource (contained resources keep their own).
- * @param {any} node
- * @param {(ref: any) => void} fn
+ * @param {unknown} node
+ * @param {(ref: { reference?: string, display?: string }) => void} fn
  */
 function eachReference(node, fn) {
   if (Array.isArray(node)) {
     node.forEach((n) => eachReference(n, fn));
   } else if (node && typeof node === 'object') {
-    if (typeof node.reference === 'string') {
-      fn(node);
+    const obj = /** @type { { reference?: unknown } } */ (node);
+    if (typeof obj.reference === 'string') {
+      fn(/** @type { { reference: string, display?: string } } */ (obj));
     }
     for (const [k, v] of Object.entries(node)) {
       if (k !== 'contained' && v && typeof v === 'object') {
@@ -750,14 +769,14 @@ function eachReference(node, fn) {
 }
 
 /**
- * @param {any} resource
+ * @param {Clinical} resource
  * @returns {string | undefined} Patient/<id> the resource is about (subject or patient), if any
  */
 function patientOf(resource) {
   for (const k of ['subject', 'patient']) {
-    const ref = resource[k] && typeof resource[k].reference === 'string' ? resource[k].reference : '';
-    if (ref) {
-      return ref;
+    const ref = /** @type { { reference?: unknown } | undefined } */ (resource[k]);
+    if (ref && typeof ref === 'object' && typeof ref.reference === 'string' && ref.reference) {
+      return ref.reference;
     }
   }
   return undefined;
@@ -771,13 +790,13 @@ function patientOf(resource) {
  * Metriport is kept aside in `fromMetriport` (Type/id -> Metriport id), to point references at.
  * @param {MedplumClient} medplum
  * @param {string} patientId
- * @param {any[]} seed
+ * @param {Clinical[]} seed
  * @param {Report} report
- * @returns {Promise<{ resources: Map<string, any>, metriportIds: Map<string, string> }>}
+ * @returns {Promise<{ resources: Map<string, Clinical>, metriportIds: Map<string, string> }>}
  */
 async function collect(medplum, patientId, seed, report) {
   const allowed = new Set(/** @type {string[]} */ (CONFIG.contribution.resources));
-  /** @type {Map<string, any>} */
+  /** @type {Map<string, Clinical>} */
   const resources = new Map();
   /** @type {Map<string, string>} */
   const metriportIds = new Map();
@@ -805,9 +824,10 @@ async function collect(medplum, patientId, seed, report) {
       }
       resources.set(key, r);
       eachReference(r, (ref) => {
-        const m = /^([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(ref.reference);
-        if (m && m[1] !== 'Patient' && allowed.has(m[1]) && !seen.has(ref.reference)) {
-          next.add(ref.reference);
+        const target = String(ref.reference);
+        const m = /^([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(target);
+        if (m && m[1] !== 'Patient' && allowed.has(m[1]) && !seen.has(target)) {
+          next.add(target);
         }
       });
       seen.add(key);
@@ -816,7 +836,7 @@ async function collect(medplum, patientId, seed, report) {
     for (const ref of next) {
       seen.add(ref);
       try {
-        frontier.push(await medplum.readReference({ reference: ref }));
+        frontier.push(asClinical(await medplum.readReference({ reference: ref })));
       } catch (_err) {
         tally(report.skipped, 'reference-not-readable');
       }
@@ -829,9 +849,9 @@ async function collect(medplum, patientId, seed, report) {
 
 /**
  * One resource as Metriport takes it, with its hash.
- * @param {any} original
+ * @param {Clinical} original
  * @param {string} metriportPatientId
- * @param {Map<string, any>} contributed Type/id -> resource (those sent)
+ * @param {Map<string, Clinical>} contributed Type/id -> resource (those sent)
  * @param {Map<string, string>} metriportIds Type/id -> Metriport id (those that came from Metriport)
  * @param {string} patientId
  * @returns {Prepared}
@@ -866,7 +886,7 @@ function prepare(original, metriportPatientId, contributed, metriportIds, patien
   if (CONFIG.identifierShape[r.resourceType] === 'single') {
     r.identifier = mark;
   } else {
-    const others = Array.isArray(r.identifier) ? r.identifier.filter((/** @type {any} */ i) => !(i && i.system === mark.system)) : [];
+    const others = identifiersOf(r).filter((i) => !(i && i.system === mark.system));
     r.identifier = others.concat([mark]);
   }
   return { key, id: r.id, resource: r, hash: sha256Hex(canonicalJson(r)), deps };
@@ -1001,7 +1021,7 @@ async function recordContributed(medplum, patientId, hashes) {
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @param {string} patientId
- * @param {any[]} seed
+ * @param {Clinical[]} seed
  * @returns {Promise<Report>}
  */
 async function contributePatient(medplum, event, patientId, seed) {
@@ -1027,7 +1047,10 @@ async function contributePatient(medplum, event, patientId, seed) {
     try {
       const res = await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(mid) + '/consolidated', {}, body);
       const entries = res.body && Array.isArray(res.body.entry) ? res.body.entry : [];
-      const bad = entries.filter((/** @type {any} */ e) => !/^2\d\d/.test(String(e && e.response && e.response.status)));
+      const bad = entries.filter((/** @type {JsonBody} */ e) => {
+        const response = /** @type {JsonBody} */ (e && e.response);
+        return !/^2\d\d/.test(String(response && response.status));
+      });
       if (bad.length) {
         report.failures.push(bad.length + ' of ' + chunk.length + ' resources refused by Metriport\'s FHIR server');
       }
@@ -1054,14 +1077,15 @@ async function contributePatient(medplum, event, patientId, seed) {
  * /medical/v1/document/upload; the draft needs description, type and context). Once per content.
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
- * @param {any} doc
+ * @param {Clinical} doc
  * @param {string} mid
  * @param {string} patientId
  * @param {Map<string, string>} ledger
  * @returns {Promise<number>} 1 when uploaded
  */
 async function contributeDocument(medplum, event, doc, mid, patientId, ledger) {
-  const att = (doc.content || []).map((/** @type {any} */ c) => c && c.attachment).find((/** @type {any} */ a) => a && /^Binary\/[A-Za-z0-9\-.]+$/.test(String(a.url || '')));
+  const content = /** @type { { attachment?: { url?: string, contentType?: string } }[] } */ (Array.isArray(doc.content) ? doc.content : []);
+  const att = content.map((c) => c && c.attachment).find((a) => a && /^Binary\/[A-Za-z0-9\-.]+$/.test(String(a.url || '')));
   if (!att || !doc.description || !doc.type || !doc.context) {
     return 0;
   }
@@ -1104,19 +1128,19 @@ async function contributeDocument(medplum, event, doc, mid, patientId, ledger) {
  */
 async function contributeEncounter(medplum, event, encounterId) {
   const enc = await medplum.readResource('Encounter', encounterId, { cache: 'no-cache' });
-  if (enc.status !== 'finished' || fromMetriport(enc)) {
+  if (enc.status !== 'finished' || fromMetriport(asClinical(enc))) {
     return { status: 'ignored', reason: enc.status !== 'finished' ? 'not-finished' : 'came-from-metriport' };
   }
-  const patientRef = patientOf(enc);
+  const patientRef = patientOf(asClinical(enc));
   if (!patientRef || !patientRef.startsWith('Patient/')) {
     return { status: 'ignored', reason: 'no-patient' };
   }
-  /** @type {any[]} */
-  const seed = [enc];
+  /** @type {Clinical[]} */
+  const seed = [asClinical(enc)];
   const types = [...CONFIG.encounterTypes, ...(CONFIG.contribution.documents ? ['DocumentReference'] : [])];
   for (const type of types.filter((t, i, a) => a.indexOf(t) === i)) {
     const found = await medplum.searchResources(/** @type {ResourceType} */ (type), { encounter: 'Encounter/' + encounterId, _count: '1000' });
-    seed.push(...found);
+    seed.push(...found.map(asClinical));
   }
   return { status: 'contributed', report: await contributePatient(medplum, event, patientRef.split('/')[1], seed) };
 }
@@ -1126,10 +1150,10 @@ async function contributeEncounter(medplum, event, encounterId) {
  * @param {MedplumClient} medplum
  * @param {string} patientId
  * @param {string | undefined} since only resources written after this instant
- * @returns {Promise<any[]>}
+ * @returns {Promise<Clinical[]>}
  */
 async function patientResources(medplum, patientId, since) {
-  /** @type {any[]} */
+  /** @type {Clinical[]} */
   const out = [];
   for (const type of CONFIG.contribution.resources) {
     /** @type {Record<string, string>} */
@@ -1137,7 +1161,7 @@ async function patientResources(medplum, patientId, since) {
     if (since) {
       query._lastUpdated = 'gt' + since;
     }
-    out.push(...await medplum.searchResources(type, query));
+    out.push(...(await medplum.searchResources(type, query)).map(asClinical));
   }
   return out;
 }
@@ -1157,7 +1181,7 @@ async function contributeScheduled(medplum, event) {
   const patients = new Set();
   for (const type of CONFIG.contribution.resources) {
     const found = await medplum.searchResources(type, { _count: '1000', ...(since ? { _lastUpdated: 'gt' + since } : {}) });
-    for (const r of found) {
+    for (const r of found.map(asClinical)) {
       const ref = patientOf(r);
       if (ref && ref.startsWith('Patient/') && !fromMetriport(r)) {
         patients.add(ref.split('/')[1]);

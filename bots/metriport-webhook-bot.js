@@ -1974,8 +1974,9 @@ function planImport(resources, subjectId, metriportPatientId, summary, index) {
     const own = contributedId(original);
     if (own) {
       // medport's own contribution, back from Metriport: the Medplum resource it came from is the one
-      rememberId(idx, type + '/' + own, own);
-      rememberUrn(idx, 'urn:uuid:' + own, type + '/' + own);
+      const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
+      rememberId(idx, key, own);
+      rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
       bump(summary.skipped, 'contributed-by-medport');
       continue;
     }
@@ -4982,18 +4983,23 @@ function conversionOfNetworkQuery(msg) {
 
 /**
  * The Medplum id of a resource medport contributed (contribution bot) that Metriport returns: it carries
- * <contributionIdentifierSystem>|<Type>/<Medplum id>, and Metriport keeps the id it was contributed with.
- * @param {any} resource
+ * <contributionIdentifierSystem>|<Type>/<Medplum id> (Metriport keeps the identifiers it was given; a document's
+ * DocumentReference comes back under Metriport's own id, the identifier still names the Medplum one).
+ * @param { { resourceType?: unknown, identifier?: unknown } } resource
  * @returns {string | undefined}
  */
 function contributedId(resource) {
-  const ids = Array.isArray(resource.identifier) ? resource.identifier : resource.identifier ? [resource.identifier] : [];
-  const mark = ids.find((/** @type {any} */ i) => i && i.system === CONFIG.contributionIdentifierSystem && typeof i.value === 'string');
-  if (!mark) {
-    return undefined;
+  const raw = resource.identifier;
+  /** @type {unknown[]} */
+  const ids = Array.isArray(raw) ? raw : raw ? [raw] : [];
+  for (const i of ids) {
+    const mark = /** @type { { system?: unknown, value?: unknown } | null } */ (i && typeof i === 'object' ? i : null);
+    if (mark && mark.system === CONFIG.contributionIdentifierSystem && typeof mark.value === 'string') {
+      const [type, id] = mark.value.split('/');
+      return type === resource.resourceType && id ? id : undefined;
+    }
   }
-  const [type, id] = String(mark.value).split('/');
-  return type === resource.resourceType && id && id === resource.id ? id : undefined;
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from medport.emulator.shared import converted_ccda_dir
-from medport.generator.config import load_config
 from medport.generator.flow import (
     create_facility_org,
     create_patient,
@@ -29,7 +28,7 @@ from medport.generator.scenarios import (
 from medport.generator.stack import start_stack
 
 from tests.e2e import metriport_requests
-from tests.paths import ROOT
+from tests.flows import legacy_flow_config
 
 FIXTURES = converted_ccda_dir() or Path("/nonexistent")
 RECORDED: list[dict] = []  # every request the bots sent to the fake Metriport in this module
@@ -37,17 +36,9 @@ RECORDED: list[dict] = []  # every request the bots sent to the fake Metriport i
 pytestmark = pytest.mark.slow
 
 
-def legacy_flow_config():
-    """medport.toml with Metriport's legacy flow (document query, then consolidated query): this module checks
-    that flow's messages (document-conversion, consolidated-data, its expired URLs); the network-query flow, the
-    default, has test_network_query_flow.py."""
-    from medport.generator.config import validate_data
-    data = load_config(ROOT / "medport.toml").data
-    return validate_data({**data, "patient_bot": {**data["patient_bot"], "flow": "document-query"}})
-
-
 @pytest.fixture(scope="module")
 def stack():
+    # the legacy flow: this module checks its messages (the default network-query flow: test_network_query_flow.py)
     s = start_stack(legacy_flow_config(), metriport_delay_s=0.05)
     metriport_requests.record(s.fake, RECORDED)
     yield s
