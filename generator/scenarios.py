@@ -473,6 +473,81 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     return {"deliveries": 2 * copies, "tasks": 1}
 
 
+def _linked_patient(stack, timeout: float) -> tuple[dict, str]:
+    """A Patient linked to Metriport whose data arrived (one of the seed patients'), and its Metriport id."""
+    pid_system = stack.cfg.metriport.patient_identifier_system
+    found = stack.admin.fhir("find a linked Patient", "GET", f"Patient?identifier={pid_system}|&_count=1").get("entry")
+    if not found:
+        base = task_ids(stack)
+        n = len(data_deliveries(stack))
+        create_patient(stack, "Kyla", create_facility_org(stack, "Contribution clinic")["id"])
+        out = wait_for_consolidated(stack, expected_messages=n + data_messages_per_patient(stack.cfg), timeout=timeout,
+                                    baseline=base)
+        expect(out.done, "the Patient's data did not arrive")
+        found = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
+    patient = found[0]["resource"]
+    return patient, next(i["value"] for i in patient["identifier"] if i.get("system") == pid_system)
+
+
+def _contributed(stack, mid: str) -> dict:
+    adds = stack.fake.state.patient_additions.get(mid)
+    return dict(adds.contributed) if adds else {}
+
+
+def scenario_contribution_once(stack, timeout: float = 60.0) -> dict:
+    """An Encounter written in Medplum, finished: it, its Condition and Observation go to Metriport once (PUT
+    consolidated); contributing again sends nothing; what Metriport returns of them in the next import is
+    recognised, not stored a second time; nothing that came from Metriport is contributed."""
+    cfg = stack.cfg
+    if not (cfg.bots.contribution and cfg.contribution.on_encounter_finished):
+        return {"skipped": "contribution.enabled or contribution.on_encounter_finished is off"}
+    expect({"Encounter", "Condition", "Observation"} <= set(cfg.contribution.resources),
+           "contribution.resources leaves out Encounter, Condition or Observation")
+    patient, mid = _linked_patient(stack, timeout)
+    pid, subject = patient["id"], {"reference": f"Patient/{patient['id']}"}
+    enc = stack.admin.fhir("write an Encounter", "POST", "Encounter", json_body={
+        "resourceType": "Encounter", "status": "in-progress", "subject": subject, "period": {"start": "2026-11-30T09:00:00Z"},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+    about = {"subject": subject, "encounter": {"reference": f"Encounter/{enc['id']}"}}
+    cond = stack.admin.fhir("write a Condition", "POST", "Condition", json_body={
+        "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, **about})
+    obs = stack.admin.fhir("write an Observation", "POST", "Observation", json_body={
+        "resourceType": "Observation", "status": "final", "code": {"text": "Heart rate"},
+        "valueQuantity": {"value": 72, "unit": "/min"}, **about})
+    mine = {f"Encounter/{enc['id']}", f"Condition/{cond['id']}", f"Observation/{obs['id']}"}
+    expect(stack.wait_idle(timeout) and not mine & set(_contributed(stack, mid)), "an Encounter in progress was contributed")
+    stack.admin.fhir("finish the Encounter", "PUT", f"Encounter/{enc['id']}",
+                     json_body={**enc, "status": "finished", "period": {"start": "2026-11-30T09:00:00Z",
+                                                                         "end": "2026-11-30T09:30:00Z"}})
+    sent = _wait(lambda: mine <= set(_contributed(stack, mid)) and _contributed(stack, mid), timeout,
+                 "the finished Encounter's contribution")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    rsys = cfg.metriport.resource_identifier_system
+    came_back = [k for k, r in _contributed(stack, mid).items() if rsys in str(r.get("identifier"))]
+    expect(not came_back, f"data that came from Metriport was contributed: {came_back[:3]}")
+    digest = stack.fake.state.state_digest()
+    again = stack.admin.fhir("contribute again", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
+                             json_body={"contribute": f"Patient/{pid}"})
+    report = again.get("report") or {}
+    expect(report.get("contributed") == 0 and not report.get("failures"), f"contributing again sent data: {report}")
+    expect(stack.fake.state.state_digest() == digest, "contributing again changed what Metriport holds")
+    # the next import brings the contribution back: recognised, one copy of each
+    base, n = task_ids(stack), len(deliveries(stack))
+    r = requests.post(f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
+                      params={"conversionType": "json"}, json={"metadata": {"medplumPatientId": pid}},
+                      headers={"x-api-key": stack.fake.api_key}, timeout=30)
+    expect(r.ok, f"the consolidated query could not start: {r.status_code} {r.text[:200]}")
+    _wait(lambda: any(d["type"] == "medical.consolidated-data" for d in deliveries(stack)[n:]), timeout,
+          "the consolidated data")
+    _wait_tasks_settled(stack)
+    copies = [k for k in mine if stack.admin.fhir("find a copy", "GET",
+                                                  f"{k.split('/')[0]}?identifier={rsys}|{k.split('/')[1]}").get("entry")]
+    expect(not copies, f"the import stored a second copy of {copies}")
+    failed = [t for t in message_tasks(stack) if t["id"] not in base and t["status"] == "failed"]
+    expect(not failed, f"the import after the contribution failed: {[(t.get('statusReason') or {}).get('text') for t in failed]}")
+    return {"contributed": len(sent), "patient": f"Patient/{pid}"}
+
+
 SCENARIOS: list[tuple[str, Callable]] = [
     ("seed patients: data imported into the existing Patients", scenario_seed_patients),
     ("replay: the same webhook 3 times changes nothing", scenario_replay_is_idempotent),
@@ -481,4 +556,5 @@ SCENARIOS: list[tuple[str, Callable]] = [
     ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
     ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
     ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
+    ("contribution: a finished Encounter contributed once, not again, not imported back", scenario_contribution_once),
 ]
