@@ -191,6 +191,41 @@ def test_pharmacy_and_laboratory_notifications_are_imported(stack, org):
     assert after["DiagnosticReport"] == before["DiagnosticReport"] + 1
 
 
+def test_a_document_of_the_encounter_goes_through_the_upload_url_once():
+    """contribution.documents: a DocumentReference naming the finished Encounter, its content a Medplum Binary,
+    is contributed through POST /document/upload and the upload URL; once (the ledger); Metriport lists it."""
+    from medport.generator.config import validate_data
+    data = load_config(ROOT / "medport.toml").data
+    cfg = validate_data({**data, "contribution": {**data["contribution"], "documents": True}}, "<test>")
+    with start_stack(cfg, metriport_delay_s=0.05) as s:
+        metriport_requests.record(s.fake, RECORDED)
+        p, mid = _flow(s, create_facility_org(s), "Andreas", "")
+        subject = {"reference": f"Patient/{p['id']}"}
+        enc = s.admin.fhir("c", "POST", "Encounter", json_body={
+            "resourceType": "Encounter", "status": "in-progress", "subject": subject,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+        binary = s.admin.fhir("c", "POST", "Binary", json_body={"resourceType": "Binary", "contentType": "text/plain",
+                                                                 "data": "VmlzaXQgbm90ZTogYWxsIHdlbGwu"})
+        doc = s.admin.fhir("c", "POST", "DocumentReference", json_body={
+            "resourceType": "DocumentReference", "status": "current", "subject": subject, "description": "Visit note",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+            "context": {"encounter": [{"reference": f"Encounter/{enc['id']}"}]},
+            "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{binary['id']}"}}]})
+        s.admin.fhir("u", "PUT", f"Encounter/{enc['id']}", json_body={**enc, "status": "finished"})
+        fake = s.fake.state
+        listed = _wait(lambda: [d for d in fake.documents.get(mid, []) if d.description == "Visit note"],
+                       what="the document upload")
+        assert listed[0].content == b"Visit note: all well." and listed[0].mime_type == "text/plain"
+        stored = fake.patient_additions[mid].contributed[f"DocumentReference/{listed[0].id}"]
+        assert {"system": cfg.contribution.identifier_system, "value": f"DocumentReference/{doc['id']}"} in stored["identifier"]
+        assert s.wait_idle(30)
+        uploads = sum(1 for c in fake.api_calls() if c["path"] == "/medical/v1/document/upload")
+        r = s.admin.fhir("execute", "POST", f"Bot/{s.deploy.bot_ids['contribution']}/$execute",
+                         json_body={"contribute": f"Patient/{p['id']}"})
+        assert r["report"]["documents"] == 0 and not r["report"]["failures"], r
+        assert sum(1 for c in fake.api_calls() if c["path"] == "/medical/v1/document/upload") == uploads == 1
+
+
 def test_every_request_the_bots_sent_passes_metriports_validation():
     if not RECORDED:
         pytest.skip("no end-to-end flow ran in this module")

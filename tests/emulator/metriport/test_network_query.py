@@ -133,3 +133,44 @@ def test_every_other_message_type_the_fake_sends_passes_shareds_schemas(api, fak
     ids = {e["resource"]["id"] for e in pharmacy["entry"]}
     record = {e["resource"].get("id") for e in fake.state.patient_record(fake.state._patient(p["id"]))}
     assert ids <= record and msgs[0]["payload"]["medicationDispensedDate"] == "2025-03-01T10:00:00.000Z"
+
+
+def test_a_restart_mid_network_query_finishes_it_and_keeps_the_contributions(tmp_path):
+    """The state file (persist.py): a network query cut by a stop finishes after the restart (its sources' messages
+    go out once), and what was contributed is still in the record."""
+    from medport.emulator.metriport import make_server
+    from tests.emulator.metriport.conftest import Clock, Receiver
+
+    path, clock, rcv = tmp_path / "m.sqlite3", Clock(), Receiver()
+
+    def start(port=0):
+        f = make_server("127.0.0.1", port, api_key=KEY, delay_s=0.3, clock=clock, state_path=str(path))
+        f.state.set_webhook(rcv.url, "whkey")
+        return f
+
+    try:
+        f = start()
+        port = int(f.base_url.rsplit(":", 1)[1])
+        api = Api(f)
+        p = create(api, f, demo(first="Jane", last="Smith"))
+        cond = {"resourceType": "Condition", "id": "0195a6e4-0000-7000-8000-0000000000c1", "code": {"text": "Asthma"},
+                "subject": {"reference": f"Patient/{p['id']}"}}
+        assert api.put(f"/medical/v1/patient/{p['id']}/consolidated",
+                       json={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": cond}]}).ok
+        rid = api.post("/medical/v1/network/query", params={"patientId": p["id"]},
+                       json={"sources": ["hie", "lab"]}).json()["requestId"]
+        f.close()   # before any source completed
+        g = start(port)
+        try:
+            for t in ("network-query.hie", "network-query.lab"):
+                rcv.wait_for(t, timeout=15)
+            assert g.state.wait_idle(10)
+            assert [len(rcv.of_type(t)) for t in ("network-query.hie", "network-query.lab")] == [1, 1]
+            assert Api(g).get(f"/medical/v1/network/query/{rid}").json()["status"] == "completed"
+            record = requests.get(rcv.of_type("network-query.lab")[0]["body"]["payload"]["consolidatedDataUrl"],
+                                  timeout=5).json()
+            assert cond["id"] in {e["resource"].get("id") for e in record["entry"]}
+        finally:
+            g.close()
+    finally:
+        rcv.close()
