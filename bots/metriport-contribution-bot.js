@@ -685,6 +685,8 @@ async function refuseLink(medplum, patientId, metriportId, others) {
 const UTF8_BYTES = new TextEncoder();
 /** Rounds of "and what they reference" when collecting. */
 const REFERENCE_ROUNDS = 3;
+/** Resources of one type a scheduled run reads; more wait for the next run. */
+const SCHEDULE_PAGE = 1000;
 /** Compare-and-set attempts on a ledger Task written by two runs at once. */
 const LEDGER_ATTEMPTS = 5;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -1168,7 +1170,8 @@ async function patientResources(medplum, patientId, since) {
 
 /**
  * The schedule: every Patient with a resource of the contributed types written since the last scheduled run
- * (a schedule Task in the ledger's code keeps when that was).
+ * (a schedule Task in the ledger's code keeps when that was; at most SCHEDULE_PAGE resources of a type per run,
+ * the next run going on from the last one read).
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @returns {Promise<Record<string, unknown>>}
@@ -1177,10 +1180,17 @@ async function contributeScheduled(medplum, event) {
   const started = new Date().toISOString();
   const mark = await ledgerTask(medplum, 'schedule');
   const since = mark.executionPeriod && mark.executionPeriod.end;
+  let next = started;
   /** @type {Set<string>} */
   const patients = new Set();
   for (const type of CONFIG.contribution.resources) {
-    const found = await medplum.searchResources(type, { _count: '1000', ...(since ? { _lastUpdated: 'gt' + since } : {}) });
+    const found = await medplum.searchResources(type, { _count: String(SCHEDULE_PAGE), _sort: '_lastUpdated',
+      ...(since ? { _lastUpdated: 'ge' + since } : {}) });
+    const tail = found.length >= SCHEDULE_PAGE ? found[found.length - 1].meta : undefined;
+    const last = tail ? tail.lastUpdated : undefined;
+    if (last && last < next) {
+      next = last; // more than a page of this type: the next run goes on from here (the ledger skips what was sent)
+    }
     for (const r of found.map(asClinical)) {
       const ref = patientOf(r);
       if (ref && ref.startsWith('Patient/') && !fromMetriport(r)) {
@@ -1192,7 +1202,7 @@ async function contributeScheduled(medplum, event) {
   for (const pid of patients) {
     reports.push(await contributePatient(medplum, event, pid, await patientResources(medplum, pid, since)));
   }
-  await medplum.updateResource({ ...mark, executionPeriod: { start: since || started, end: started } },
+  await medplum.updateResource({ ...mark, executionPeriod: { start: since || started, end: next } },
     { headers: { 'If-Match': 'W/"' + (mark.meta && mark.meta.versionId) + '"' } });
   return { status: 'scheduled', since: since || null, patients: reports.length,
     contributed: reports.reduce((n, r) => n + r.contributed, 0), failures: reports.flatMap((r) => r.failures) };

@@ -191,12 +191,15 @@ def test_pharmacy_and_laboratory_notifications_are_imported(stack, org):
     assert after["DiagnosticReport"] == before["DiagnosticReport"] + 1
 
 
-def test_a_document_of_the_encounter_goes_through_the_upload_url_once():
+def test_documents_through_the_upload_url_and_the_schedule():
     """contribution.documents: a DocumentReference naming the finished Encounter, its content a Medplum Binary,
-    is contributed through POST /document/upload and the upload URL; once (the ledger); Metriport lists it."""
+    is contributed through POST /document/upload and the upload URL; once (the ledger); Metriport lists it.
+    contribution.cron: what was written since the last scheduled run goes (a Condition without an Encounter)."""
     from medport.generator.config import validate_data
+    from medport.generator.flow import dev_api
     data = load_config(ROOT / "medport.toml").data
-    cfg = validate_data({**data, "contribution": {**data["contribution"], "documents": True}}, "<test>")
+    cfg = validate_data({**data, "contribution": {**data["contribution"], "documents": True,
+                                                  "cron": "0 3 * * *"}}, "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         metriport_requests.record(s.fake, RECORDED)
         p, mid = _flow(s, create_facility_org(s), "Andreas", "")
@@ -224,6 +227,16 @@ def test_a_document_of_the_encounter_goes_through_the_upload_url_once():
                          json_body={"contribute": f"Patient/{p['id']}"})
         assert r["report"]["documents"] == 0 and not r["report"]["failures"], r
         assert sum(1 for c in fake.api_calls() if c["path"] == "/medical/v1/document/upload") == uploads == 1
+        # the schedule: a Condition written with no Encounter goes at the next scheduled run, once
+        later = s.admin.fhir("c", "POST", "Condition", json_body={
+            "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, "subject": subject})
+        bot = cfg.bots.contribution.name
+        for _ in range(2):
+            assert dev_api(s, "POST", "cron/run", params={"bot": bot}).ok
+            assert s.wait_idle(30)
+        assert f"Condition/{later['id']}" in fake.patient_additions[mid].contributed
+        puts = [c for c in fake.api_calls() if c["method"] == "PUT" and c["path"].endswith("/consolidated")]
+        assert len(puts) == 2, "the Encounter's data, then the Condition; the second scheduled run sent nothing"
 
 
 def test_every_request_the_bots_sent_passes_metriports_validation():
