@@ -175,6 +175,20 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     assert sum(1 for e in encounters if e["resource"]["id"] == enc["id"]) == 1
     assert set(fake.patient_additions[mid].contributed) == mine
     assert digest
+    # two runs at once for new data: both succeed, each resource once at Metriport, the ledger holds both's entries
+    from concurrent.futures import ThreadPoolExecutor
+    extra = [stack.admin.fhir("c", "POST", "Observation", json_body={
+        "resourceType": "Observation", "status": "final", "code": {"text": f"Weight {i}"}, "subject": {"reference": f"Patient/{pid}"},
+        "valueQuantity": {"value": 70 + i, "unit": "kg"}}) for i in range(3)]
+    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",  # noqa: E731
+                                     json_body={"contribute": f"Patient/{pid}"})
+    with ThreadPoolExecutor(2) as pool:
+        reports = [r["report"] for r in pool.map(run, range(2))]
+    assert all(not r["failures"] for r in reports), reports
+    assert {f"Observation/{o['id']}" for o in extra} <= set(fake.patient_additions[mid].contributed)
+    ledger = stack.admin.fhir("l", "GET", f"Task?identifier={CONTRIBUTION_LEDGER_SYSTEM}|{pid}")["entry"][0]["resource"]
+    keys = [o["type"]["text"] for o in ledger["output"]]
+    assert len(keys) == len(set(keys)) and {f"Observation/{o['id']}" for o in extra} <= set(keys)
 
 
 def test_pharmacy_and_laboratory_notifications_are_imported(stack, org):
