@@ -132,6 +132,17 @@ class MedplumHttp:
     def fhir(self, step: str, method: str, path: str, **kw) -> Any:
         return self.request(step, method, f"fhir/R4/{path.lstrip('/')}", **kw)
 
+    def download(self, step: str, path: str) -> bytes:
+        """A Binary's content (`Binary/<id>`): Medplum answers the bytes themselves to an Accept that is not FHIR JSON
+        (server fhir/response.ts); read as FHIR JSON, an uploaded Binary has no `data`."""
+        if self.token is None:
+            self.login()
+        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={"Accept": "*/*"})
+        if resp.status_code != 200:
+            body = _json(resp)
+            raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
+        return resp.content
+
     def search_one(self, step: str, resource_type: str, query: str) -> dict | None:
         bundle = self.fhir(step, "GET", f"{resource_type}?{query}")
         entries = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]

@@ -57,14 +57,17 @@ RESOURCE_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
 
 
 def config_data(**webhook_bot) -> dict:
+    """The example config on Metriport's legacy flow (one consolidated-data message per Patient: what these fault
+    cases count), with keys of its [webhook_bot] section changed."""
     data = tomllib.loads((ROOT / "medport.toml").read_text("utf-8"))
     data["webhook_bot"].update(webhook_bot)
+    data["patient_bot"]["flow"] = "document-query"
     return data
 
 
 def config_toml(**webhook_bot) -> str:
-    """The example medport.toml with keys of its [webhook_bot] section changed."""
-    text = (ROOT / "medport.toml").read_text("utf-8")
+    """The example medport.toml on Metriport's legacy flow, with keys of its [webhook_bot] section changed."""
+    text = (ROOT / "medport.toml").read_text("utf-8").replace('flow = "network-query"', 'flow = "document-query"')
     head, rest = text.split("\n[webhook_bot]\n", 1)
     section, sep, tail = rest.partition("\n[")
     for key, value in webhook_bot.items():
