@@ -6,7 +6,7 @@
  * demographics against Metriport's rules, matches or creates the patient in Metriport
  * (facility from the managingOrganization's identifier), and links it: writes the Metriport
  * patient id and a fingerprint of the demographics it sent on the Patient — BEFORE it starts
- * the document query (or the consolidated query), so no message can arrive for a Patient not
+ * the query (network query; or the legacy document query or consolidated query), so no message can arrive for a Patient not
  * yet linked, and so that this write, or any update that does not change the demographics,
  * does not start another query. One Medplum Patient per Metriport patient: when the Metriport
  * patient is already linked to another Medplum Patient, it does not link this one, starts no
@@ -53,7 +53,12 @@ const CONFIG = {
     "maxAttempts": 5
   },
   "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
-  "flow": "document-query",
+  "flow": "network-query",
+  "sources": [
+    "hie",
+    "pharmacy",
+    "lab"
+  ],
   "consolidated": {
     "resources": [
       "AllergyIntolerance",
@@ -114,7 +119,8 @@ const nodeCrypto = require('crypto');
  * @property { { system: string, code: string, identifierSystem: string, maxAttempts: number } } syncTask the
  *   durable record of a Patient's sync (one Task per Patient)
  * @property {string} facilityIdentifierSystem
- * @property {'document-query' | 'consolidated'} flow
+ * @property {'network-query' | 'document-query' | 'consolidated'} flow the query a sync starts
+ * @property {('hie' | 'pharmacy' | 'lab')[]} sources the network query's
  *
  * @typedef {object} ConsolidatedConfig the consolidated query's parameters
  * @property {string[]} resources
@@ -1037,8 +1043,58 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+
 // ---------------------------------------------------------------------------
-// A Patient's sync with Metriport as a durable step. One Task per Patient (CONFIG.syncTask, identifier
+// Network query (templates/_network_query.js.j2, patient bot): Metriport's current flow. One request per
+// patient over the configured sources; as each source completes Metriport sends network-query.<source> with a
+// link to the patient's whole consolidated record, which the webhook bot imports.
+// ---------------------------------------------------------------------------
+
+/**
+ * The source failures of a network query answer (Metriport answers 2xx even when a source cannot start:
+ * @metriport/shared sourceQueryErrorSchema entries in `errors`), as "source: message (status)".
+ * @param {JsonBody} answer
+ * @returns {string[]}
+ */
+function networkQueryErrors(answer) {
+  const errors = answer && Array.isArray(answer.errors) ? answer.errors : [];
+  return errors.map((/** @type {JsonBody} */ e) => e && typeof e === 'object'
+    ? String(e.source) + ': ' + String(e.message) + ' (' + String(e.httpStatus) + ')'
+    : String(e));
+}
+
+/**
+ * Start a network query for a Metriport patient (POST /medical/v1/network/query?patientId=, body
+ * @metriport/shared networkQueryBodySchema: { sources, metadata }). Sources that could not start are logged;
+ * when none could, the query counts as not started (thrown: the Patient is marked for a retry).
+ * @param {BotEvent} event
+ * @param {string} metriportPatientId
+ * @param {string} medplumPatientId
+ * @param {string | undefined} facilityId the patient's facility (Metriport takes the primary one without it)
+ * @returns {Promise<JsonBody>} Metriport's answer: { requestId, startedAt, status, sources, errors? }
+ */
+async function startNetworkQuery(event, metriportPatientId, medplumPatientId, facilityId) {
+  const res = await metriport(
+    event,
+    'POST',
+    '/medical/v1/network/query',
+    { patientId: metriportPatientId, facilityId },
+    { sources: CONFIG.sources, metadata: { medplumPatientId } }
+  );
+  const answer = res.body;
+  const failed = networkQueryErrors(answer);
+  if (failed.length) {
+    log('warn', 'network query sources not started: ' + failed.join('; '), { patient: medplumPatientId, metriportPatient: metriportPatientId });
+  }
+  if (answer && answer.status === 'failed') {
+    throw new MetriportError('Metriport could start no source of the network query: ' + failed.join('; '), res.status);
+  }
+  return answer;
+}
+
+// ---------------------------------------------------------------------------
+// A Patient's sync with Metriport as a durable step (templates/_sync.js.j2: the patient bot and the webhook
+// bot's sweep; needs _demographics, _link and _network_query). One Task per Patient (CONFIG.syncTask, identifier
 // <system>|<patient id>, for = the Patient) is `requested` from before the first Metriport call until the query
 // started; its executionPeriod.start says when a run may take it next: the end of the run holding it (so a run cut
 // off anywhere — even between the link and the query — is resumed), or when Metriport's Retry-After ends. The
@@ -1388,6 +1444,8 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
   let query;
   if (CONFIG.flow === 'consolidated') {
     query = await startConsolidatedQuery(event, mid, patientId);
+  } else if (CONFIG.flow === 'network-query') {
+    query = await startNetworkQuery(event, mid, patientId, facilityId);
   } else {
     // idempotent: a document query still processing is answered again (command/medical/document/document-query.ts)
     query = (await metriport(event, 'POST', '/medical/v1/document/query', { patientId: mid, facilityId },

@@ -14,7 +14,8 @@ const FP_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-demograph
 const QF_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-query-failed';
 const SYNC_ID = 'https://medport.dev/fhir/identifiers/metriport-patient-sync';
 const CONFLICT = { system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-patient-conflict' };
-const FAST = { retry: { max_attempts: 2, initial_delay_ms: 1, max_delay_ms: 5 } };
+// the legacy document-query flow: these cases check its calls (the network query flow: bots-network-query.test.mjs)
+const FAST = { retry: { max_attempts: 2, initial_delay_ms: 1, max_delay_ms: 5 }, patient_bot: { flow: 'document-query' } };
 
 let fake;
 before(async () => { fake = await startFakeMetriport(); });
