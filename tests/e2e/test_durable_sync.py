@@ -29,8 +29,11 @@ def wait_for(cond, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def stack():
-    # the patient bot runs on create only: the test's own Patient updates (unlinking) start nothing
-    cfg = validate_data(config_data(sweep_cron=NEVER) | {"patient_bot": {"interactions": ["create"]}}, "<test>")
+    # the patient bot runs on create only: the test's own Patient updates (unlinking) start nothing; the legacy flow
+    # (document query, then one consolidated-data message per Patient) the tests count — `medport check` runs the
+    # rate-limit scenario on the default network query
+    cfg = validate_data(config_data(sweep_cron=NEVER) | {"patient_bot": {"interactions": ["create"],
+                                                                         "flow": "document-query"}}, "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         yield s
 
