@@ -11,7 +11,7 @@
  * does not start another query. One Medplum Patient per Metriport patient: when the Metriport
  * patient is already linked to another Medplum Patient, it does not link this one, starts no
  * query, warns naming both and leaves a review Task (code metriport-patient-conflict, for and
- * focus = this Patient). The sync is a durable step (a Task per Patient, templates/_link.js.j2): Metriport's
+ * focus = this Patient). The sync is a durable step (a Task per Patient, templates/_sync.js.j2): Metriport's
  * rate limits are waited out within this execution, and beyond it — or when the run is cut off between the link
  * and the query — left pending for the webhook bot's sweep, so every valid Patient ends linked and queried.
  *
@@ -112,7 +112,7 @@ const nodeCrypto = require('crypto');
  * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
  * @property {number} timeoutSeconds Bot.timeout as deployed: how long one execution may take
  *
- * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how it syncs a Patient
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how templates/_sync.js.j2 syncs a Patient
  * @property {string} fingerprintExtensionUrl
  * @property {string} queryFailedExtensionUrl
  * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code

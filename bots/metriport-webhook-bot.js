@@ -473,7 +473,7 @@ const nodeCrypto = require('crypto');
  * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
  * @property {number} timeoutSeconds Bot.timeout as deployed: how long one execution may take
  *
- * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how it syncs a Patient
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how templates/_sync.js.j2 syncs a Patient
  * @property {string} fingerprintExtensionUrl
  * @property {string} queryFailedExtensionUrl
  * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code

@@ -1,5 +1,5 @@
 """Every valid Patient ends linked and queried, whatever Metriport's rate limits and wherever a run is cut off
-(the patient sync as a durable step: templates/_link.js.j2, resumed by the webhook bot's sweep), and a message
+(the patient sync as a durable step: templates/_sync.js.j2, resumed by the webhook bot's sweep), and a message
 that waited for a link is processed once the link exists, even when the run that linked was cut off before it
 re-queued it. End to end over real HTTP with the fake's and the emulator's fault injection."""
 from __future__ import annotations
