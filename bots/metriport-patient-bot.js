@@ -1359,7 +1359,8 @@ async function syncPatient(medplum, event, patient, task) {
   const claim = await claimSync(medplum, patientId, pending);
   if (!claim.task) {
     const until = new Date(/** @type {number} */ (claim.busy)).toISOString();
-    log('info', 'this Patient\'s sync is held by another run or waits for Metriport until ' + until + '; left to it', { patient: patientId });
+    // worded as no decision (the console reads the last decisive line of the Patient's runs)
+    log('info', 'this Patient\'s sync is with another run, or waits for Metriport until ' + until + ': nothing to do now', { patient: patientId });
     return { status: 'pending', reason: 'held-or-waiting', patient: patientId, until };
   }
   const held = claim.task;
