@@ -17,6 +17,7 @@ from .config import BotSpec, Config
 from .render import MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE, SUPPORTED_INTERACTION_EXT
 
 READ = ["read", "vread", "search", "history"]
+FHIRPATH_CRITERIA_EXT = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
 # Which access policy each deployed principal runs under (keys are the policy tags).
 POLICY_OF_MEMBER = {"patient_bot": "patient-bot-policy", "webhook_bot": "webhook-bot-policy",
                     "webhook_client": "webhook-client-policy"}
@@ -110,7 +111,8 @@ def subscriptions(cfg: Config) -> list[dict]:
     Subscription means the same behaviour on every Medplum version."""
     system = cfg.medplum.identifier_system
 
-    def family(name: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str]) -> list[dict]:
+    def family(name: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str],
+               fhirpath: str | None = None) -> list[dict]:
         return [{
             "resourceType": "Subscription",
             "meta": _tag(system, key),
@@ -119,15 +121,21 @@ def subscriptions(cfg: Config) -> list[dict]:
             "criteria": criteria,
             "channel": {"type": "rest-hook", "endpoint": f"urn:uuid:{bot.id}",
                         "payload": "application/fhir+json"},
-            "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": interaction}],
+            "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": interaction}]
+            + ([{"url": FHIRPATH_CRITERIA_EXT, "valueString": fhirpath}] if fhirpath else []),
         } for key, interaction in zip(subscription_keys(name, interactions), interactions)]
 
     out = family("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
                  cfg.bots.patient, list(cfg.patient_bot.interactions))
     if cfg.webhook_bot.async_processing:
+        # Only Tasks the webhook bot itself wrote fire it (Medplum evaluates the expression on the stored version,
+        # meta.author included: server workers/subscription.ts, core subscriptions isFhirCriteriaMet); the bot
+        # checks the author again and refuses any other. `urn:uuid:<bot id>` is the Bot's placeholder: the
+        # batch (fhir-router batch.ts rewriteIdsInString) and `medport deploy` write its id in.
         out += family("webhook-task-subscription", "medport: process stored Metriport webhook messages",
                       f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
-                      cfg.bots.webhook, ["create", "update"])
+                      cfg.bots.webhook, ["create", "update"],
+                      fhirpath=f"%current.meta.author.reference = 'urn:uuid:{cfg.bots.webhook.id}'")
     return out
 
 

@@ -101,8 +101,9 @@ def stuck_messages(http: MedplumHttp, stale_after_s: float = 120.0, now: float |
 
 
 def requeue_body(task: dict) -> dict:
-    """The Task put back in the queue by a person: status requested, attempts start over, the old outcome
-    and lease dropped; the checkpoint kept, so the next run resumes where the last one stopped."""
+    """The Task put back in the queue: status requested, attempts start over, the old outcome and lease dropped;
+    the checkpoint kept, so the next run resumes where the last one stopped. What the webhook bot writes when it
+    is asked to requeue (`requeue_task`); written by anyone else, the bot refuses the Task."""
     drop = {MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT}
     t = {k: v for k, v in task.items() if k not in ("statusReason", "output")}
     t["extension"] = [e for e in task.get("extension") or [] if e.get("url") not in drop]
@@ -113,27 +114,50 @@ def requeue_body(task: dict) -> dict:
     return t
 
 
-def requeue_task(http: MedplumHttp, task: dict) -> dict:
-    """Put one stored message back to `requested` (`requeue_body`), guarded by the version read (If-Match): a
-    message that changed since (being processed) is not touched — MedplumError with status 412."""
-    vid = (task.get("meta") or {}).get("versionId")
-    return http.fhir(f"requeue Task/{task['id']}", "PUT", f"Task/{task['id']}", json_body=requeue_body(task),
-                     headers={"If-Match": f'W/"{vid}"'} if vid else None)
+def webhook_bot_id(http: MedplumHttp, cfg: Config | None = None, tasks=()) -> str:
+    """The webhook bot's id: by its identifier (from the config), else the Bot that stored one of the messages
+    (meta.author, read in extended mode)."""
+    if cfg is not None:
+        system = cfg.medplum.identifier_system
+        bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{cfg.bots.webhook.identifier}")
+        if bot is not None:
+            return bot["id"]
+    for t in tasks:
+        author = ((t.get("meta") or {}).get("author") or {}).get("reference", "")
+        if author.startswith("Bot/"):
+            return author.split("/", 1)[1]
+    raise MedplumError("find webhook bot", "no webhook bot found — deploy first (`medport emulate` does it at start; "
+                                           "`medport deploy` elsewhere), or pass -c with your medport.toml")
 
 
-def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0) -> tuple[int, int]:
-    """Put every failed, cut-off or forgotten stored message back to `requested`: the Task subscription
-    processes it again (from its checkpoint, attempts counted afresh)."""
+def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = False) -> dict:
+    """Put one stored message back in the queue through the webhook bot itself (`$execute` with
+    `{"medportRequeue": <Task id>}`): the bot checks the message's stored signature and writes the Task as itself —
+    a message Task written by anyone else is refused by the bot, so people never write it. A message that changed
+    since (being processed), or that does not verify, is not touched: MedplumError with status 412."""
+    body = {"medportRequeue": task["id"], **({"takeOver": True} if take_over else {})}
+    out = http.fhir(f"requeue Task/{task['id']}", "POST", f"Bot/{bot_id}/$execute", json_body=body)
+    if not isinstance(out, dict) or not out.get("requeued"):
+        reason = out.get("reason") if isinstance(out, dict) else None
+        raise MedplumError(f"requeue Task/{task['id']}", reason or "not requeued", 412)
+    return out
+
+
+def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0,
+                  cfg: Config | None = None) -> tuple[int, int]:
+    """Put every failed, cut-off or forgotten stored message back to `requested` (through the webhook bot): the
+    Task subscription processes it again (from its checkpoint, attempts counted afresh)."""
     tasks = stuck_messages(http, stale_after_s)
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
+    bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
     for t, why in tasks:
         try:
-            requeue_task(http, t)
+            requeue_task(http, t, bot_id)
         except MedplumError as e:
             if e.status == 412:
-                echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
+                echo(f"Task/{t['id']}: left alone — {str(e).split(': ', 1)[-1]}")
                 continue
             raise
         echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
@@ -144,9 +168,9 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         time.sleep(0.3)
         for tid in list(pending):
             status = http.fhir("read Task", "GET", f"Task/{tid}")["status"]
-            if status in ("completed", "failed"):
+            if status in ("completed", "failed", "rejected"):
                 pending.discard(tid)
-                ok, failed = ok + (status == "completed"), failed + (status == "failed")
+                ok, failed = ok + (status == "completed"), failed + (status != "completed")
                 echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
     for tid in pending:
         echo(f"Task/{tid}: still processing after {wait_s:.0f} s — check `medport runs`")
@@ -177,10 +201,11 @@ def replay_command(file, config_path, to_url, webhook_key, failed, base_url, cli
     http = MedplumHttp(statefile.emulator_base_url(base_url), client_id, client_secret)
     try:
         if failed:
-            stale = 120.0
+            stale, cfg = 120.0, None
             if os.path.exists(config_path):
-                stale = float(load_or_exit(config_path).webhook_bot.lease_seconds)
-            ok, bad = replay_failed(http, wait_s, stale_after_s=stale)
+                cfg = load_or_exit(config_path)
+                stale = float(cfg.webhook_bot.lease_seconds)
+            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, cfg=cfg)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

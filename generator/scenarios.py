@@ -310,6 +310,17 @@ def _dev(stack, method: str, path: str, **kw) -> dict:
     return r.json()
 
 
+def _lease_runs_out(stack, task: dict) -> None:
+    """Time passes without a heartbeat: the lease the bot wrote runs out — here moved to the past, instead of waiting
+    webhook_bot.lease_seconds. Written into the emulator's store as the bot itself (its own state, aged): a Task
+    changed over FHIR by anyone else is refused by the bot, as it must be."""
+    aged = {**task, "extension": [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
+        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]}
+    author = ((task.get("meta") or {}).get("author") or {}).get("reference")
+    stack.emulator.state.repo.update(aged, if_match=task["meta"]["versionId"], project=task["meta"].get("project"),
+                                     author=author)
+
+
 def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: float = 90.0) -> dict:
     """A consolidated import cut off midway (its execution killed, the server restarted: in-flight work
     dropped) is resumed — by the cron sweep, or by the message delivered again when no sweep is configured —
@@ -340,11 +351,7 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     expect(sum(after_crash.values()) < total, "nothing was left to recover")
     task = stack.admin.fhir("read Task", "GET", f"Task/{task['id']}")
     expect(task["status"] == "in-progress", f"the cut-off message is {task['status']}, expected in-progress")
-    # Time passes without a heartbeat: the lease runs out (here: moved to the past, instead of waiting
-    # webhook_bot.lease_seconds).
-    task["extension"] = [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
-        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]
-    stack.admin.fhir("expire the lease", "PUT", f"Task/{task['id']}", json_body=task)
+    _lease_runs_out(stack, task)
     t0 = time.monotonic()
     if cfg.webhook_bot.sweep_cron.strip():
         trigger = "cron sweep"

@@ -110,7 +110,9 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
             base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
             api_key = os.environ["METRIPORT_API_KEY"]
         webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
-        webhook_key = webhook_key or pysecrets.token_hex(32)
+        # a restart on the same files keeps the fake's key (Metriport's does not change): stored messages verify
+        webhook_key = webhook_key or (fake.state.webhook_key() if fake is not None and db_path else None) \
+            or pysecrets.token_hex(32)
         stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base)
         if not deploying:
             return stack

@@ -254,10 +254,12 @@ class Source:
     # -- replay ---------------------------------------------------------------------------------
     def replay(self, task_id: str) -> str:
         """Put one failed or stuck message back in the queue (medport replay's requeue)."""
-        from ..replay import requeue_task
+        from ..replay import requeue_task, webhook_bot_id
 
         task = self.http.fhir("read Task", "GET", f"Task/{quote(task_id)}")
-        requeue_task(self.http, task)
+        bot_id = self.settings.bot_ids.get("webhook") or (self.bots().get("webhook") or {}).get("id") \
+            or webhook_bot_id(self.http, None, [task])
+        requeue_task(self.http, task, bot_id)  # through the webhook bot: it writes message Tasks, nobody else
         self.invalidate()
         return task.get("description") or "message"
 

@@ -6,7 +6,7 @@ import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { OperationOutcomeError, conflict, badRequest } from '@medplum/core';
-import { createMedplum } from './harness/medplum.mjs';
+import { createMedplum, asBot } from './harness/medplum.mjs';
 import { runBot } from './harness/vm.mjs';
 import { webhookBot } from './harness/render.mjs';
 import { startFakeMetriport } from './harness/metriport.mjs';
@@ -62,7 +62,7 @@ const patient = (medplum, mid) => medplum.createResource({ resourceType: 'Patien
 async function counts(medplum) {
   const out = {};
   for (const t of ['Encounter', 'Observation', 'DiagnosticReport']) {
-    const all = await medplum.searchResources(t, { identifier: RES_SYSTEM + '|', _count: '1000' });
+    const all = await medplum.searchResources(t, { identifier: RES_SYSTEM + '|', _count: '1000' }, { cache: 'no-cache' });
     const mids = all.map((r) => r.identifier.find((i) => i.system === RES_SYSTEM).value);
     assert.equal(new Set(mids).size, mids.length, t + ': two resources share a Metriport id');
     out[t] = all.length;
@@ -70,10 +70,11 @@ async function counts(medplum) {
   return out;
 }
 
+/** Time passes without a heartbeat: the lease the bot wrote runs out (written as the bot: it is its own state). */
 async function expireLease(medplum, id) {
   const t = await medplum.readResource('Task', id);
   const extension = (t.extension || []).filter((e) => e.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]);
-  return medplum.updateResource({ ...t, extension });
+  return asBot(() => medplum.updateResource({ ...t, extension }));
 }
 
 test('simultaneous delivery: a 409 from the conditional create reads the Task the other delivery stored', async () => {
@@ -128,14 +129,14 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   let task = await medplum.readResource('Task', taskId);
   assert.equal(task.status, 'in-progress');
   assert.equal(ext(task, ATTEMPTS).valueInteger, 1);
-  const cp = JSON.parse(ext(task, PROGRESS).valueString);
-  assert.ok(cp.done > 0 && cp.done <= 60, JSON.stringify(cp));
+  // inside one patient only the lease is renewed: a resumed run imports it again from its start, finding what is stored
+  assert.equal(ext(task, PROGRESS), undefined);
   const partial = await counts(medplum);
-  assert.ok(partial.Observation < expected.Observation);
+  assert.ok(partial.Observation > 0 && partial.Observation < expected.Observation, JSON.stringify(partial));
 
   // the lease is not expired yet: the sweep leaves it alone
   const early = await runCron(medplum);
-  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0, refused: 0 });
   // ... time passes without a heartbeat: the sweep puts it back in the queue, keeping attempts and checkpoint
   await expireLease(medplum, taskId);
   const swept = await runCron(medplum);
@@ -143,6 +144,14 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   assert.equal(swept.result.sweep.resumed, 1);
   task = await medplum.readResource('Task', taskId);
   assert.equal(task.status, 'requested');
+  // what the first run stored (its batch in flight beside the hung one may land late): counted once it is still
+  const total = async () => Object.values(await counts(medplum)).reduce((a, b) => a + b, 0);
+  let storedBefore = await total();
+  for (let prev = -1; prev !== storedBefore; ) {
+    prev = storedBefore;
+    await new Promise((r) => setTimeout(r, 300));
+    storedBefore = await total();
+  }
   const resentEntries = [];
   const mockBatch = Object.getPrototypeOf(medplum).executeBatch.bind(medplum);
   medplum.executeBatch = async (bundle, options) => { resentEntries.push(...bundle.entry); return mockBatch(bundle, options); };
@@ -151,7 +160,8 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   assert.equal(second.result.status, 'completed', second.logText);
   assert.equal(second.result.attempt, 2);
   assert.match(second.logText, /resuming a message cut off earlier/);
-  assert.equal(resentEntries.length, 135 - cp.done, `the resumed run sends only what the checkpoint says is not stored`);
+  assert.equal(resentEntries.length, 135 - storedBefore, 'the resumed run writes only what is not stored');
+  assert.ok(resentEntries.every((e) => e.request.method === 'POST'), 'nothing stored is written again');
   assert.deepEqual(await counts(medplum), expected);
   task = await medplum.readResource('Task', taskId);
   assert.equal(task.status, 'completed');
@@ -172,7 +182,7 @@ test('attempts are bounded: past max_attempts the message fails with the reason,
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-max', bigBundle('mpt-max', 3)));
   const id = stored.result.task.split('/')[1];
   const t = await medplum.readResource('Task', id);
-  await medplum.updateResource({ ...t, extension: [{ url: ATTEMPTS, valueInteger: 3 }] });
+  await asBot(() => medplum.updateResource({ ...t, extension: [{ url: ATTEMPTS, valueInteger: 3 }] })); // three runs were cut off
   const r = await runTask(medplum, id);
   assert.equal(r.result.status, 'failed');
   const failed = await medplum.readResource('Task', id);
@@ -187,7 +197,7 @@ test('the same message delivered again while its processing is cut off: resumed'
   const stored = await deliver(medplum, msg);
   const id = stored.result.task.split('/')[1];
   const t = await medplum.readResource('Task', id);
-  await medplum.updateResource({ ...t, status: 'in-progress', extension: [{ url: ATTEMPTS, valueInteger: 1 }, { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] });
+  await asBot(() => medplum.updateResource({ ...t, status: 'in-progress', extension: [{ url: ATTEMPTS, valueInteger: 1 }, { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] }));
   await deliver(medplum, msg); // lease still running: left alone
   assert.equal((await medplum.readResource('Task', id)).status, 'in-progress');
   await expireLease(medplum, id);
@@ -209,7 +219,7 @@ test('entries that lost a race with another run are sent again, not failed', asy
   assert.equal(r.ok, true, r.logText);
   assert.deepEqual(r.result.summary.failures, []);
   assert.equal(r.result.summary.imported.Observation, 20);
-  assert.match(r.logText, /sending them again/);
+  assert.match(r.logText, /looked up and decided again/);
 });
 
 test('import refused when the metadata names a Patient that does not hold the Metriport id, or two Patients hold it', async () => {
@@ -241,10 +251,10 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   const p = await patient(medplum, 'mpt-lost');
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-lost', bigBundle('mpt-lost', 2)));
   const id = stored.result.task.split('/')[1];
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0, refused: 0 });
   await new Promise((r) => setTimeout(r, 2100)); // lease_seconds = 2
   const before = (await medplum.readResource('Task', id)).meta.versionId;
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1, refused: 0 });
   const after = await medplum.readResource('Task', id);
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');

@@ -8,7 +8,8 @@ Medplum facts
 - FHIR create/update/batch need application/json or application/fhir+json, PATCH needs
   application/json-patch+json; otherwise 400 "Unsupported content type" (rendered here as an
   OperationOutcome so clients get a FHIR body).
-- `POST /fhir/R4/Binary` takes any content type: the raw bytes become the Binary.
+- `POST /fhir/R4/Binary` takes any content type: the raw bytes become the Binary; `GET /fhir/R4/Binary/<id>` answers
+  the content itself unless Accept starts with application/fhir+json (Medplum's server fhir/response.ts).
 - Responses are `application/fhir+json`; `Prefer: return=minimal` sends no body.
 - A query string over 70,000 characters → 400 "Query string exceeds maximum length of 70000 characters"
   (fhir-router urlrouter.ts). A real deployment may refuse a long URL earlier (Node's 16 KiB header limit
@@ -118,7 +119,19 @@ def _query() -> list[tuple[str, str]]:
 def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
     resp = state.service.handle(principal, request.method, path, _query(), body, headers)
+    if _raw_binary_read(path, resp):
+        # server fhir/response.ts sendResponse: a Binary read whose Accept does not start with
+        # application/fhir+json answers the content itself (MedplumClient.download with Accept */*)
+        return Response(base64.b64decode(resp.body.get("data") or ""), status=200,
+                        content_type=resp.body.get("contentType") or "application/octet-stream")
     return render_fhir(resp)
+
+
+def _raw_binary_read(path: str, resp) -> bool:
+    parts = [p for p in path.strip("/").split("/") if p]
+    return (request.method == "GET" and len(parts) == 2 and parts[0] == "Binary" and resp.status == 200
+            and isinstance(resp.body, dict) and resp.body.get("resourceType") == "Binary"
+            and not (request.headers.get("Accept") or "").startswith(FHIR_JSON))
 
 
 def render_fhir(resp) -> Response:
