@@ -138,12 +138,15 @@
  *   unchanged?: number, conflicts?: number, skipped: Record<string, number>, recorded: Record<string, number>,
  *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[],
  *   notes?: { type: string, id: string, text: string }[] } } Summary
- * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
- *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
- *   processing has finished: every patient before `patient` (that one is imported again from its start:
- *   what is stored is found and left alone), and the counts so far; `done` (rows of a bulk create's result)
+ * @typedef { { patient: number, done: number, chain?: string, imported?: Record<string, number>,
+ *   summary?: { imported?: Record<string, number>, queriesStarted?: number, recorded?: Record<string, number> } } }
+ *   Checkpoint what a stored message's processing has finished: every patient before `patient` (`summary`: the
+ *   counts then), and the first `done` items (in import order) of that one — `chain` the digest of their keys, so a
+ *   run that orders them otherwise imports the patient from its start; `imported` their counts — or, for a bulk
+ *   create's result, its first `patient` rows
  * @typedef { { lease: Lease | null, resume: Checkpoint | undefined, patient: number,
- *   failuresAtStart: number, frozen: boolean } } Ctx how one run of a stored message goes along
+ *   failuresAtStart: number, frozen: boolean, start?: Checkpoint['summary'] } } Ctx how one run of a stored message
+ *   goes along (`start`: the counts at the current patient's start)
  */
 
 /** @type {BotBasics & LinkConfig & WebhookBotConfig} */
@@ -1046,6 +1049,7 @@ async function processMessage(medplum, event, msg, ctx) {
   }
   if (ctx) {
     ctx.failuresAtStart = summary.failures.length;
+    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
   }
 
   if (type === 'medical.consolidated-data') {
@@ -1093,7 +1097,7 @@ async function processMessage(medplum, event, msg, ctx) {
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
       // stored now, not at the next beat: a run cut off after starting a query must not start it again
-      await checkpoint(ctx, summary, i + 1, 0, true);
+      await checkpoint(ctx, summary, i + 1, 0, undefined, undefined, true);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
     for (let i = first; i < patients.length; i++) {
@@ -1112,25 +1116,31 @@ async function processMessage(medplum, event, msg, ctx) {
 }
 
 /**
- * Record progress through the lease (renewing it when due): every patient before `patient` is finished (and
- * for a bulk create's result, the first `done` rows). After the first failure of a run the checkpoint stays
- * where it was, so a resumed run redoes (and reports) what failed.
+ * Record progress through the lease (renewing it when due): every patient before `patient`, and the first
+ * `done` items (their keys' digest `chain`, their counts `imported`) of that one, are finished; the summary
+ * kept is the one at that patient's start. After the first failure of a run the checkpoint stays where it
+ * was, so a resumed run redoes (and reports) what failed.
  * @param {Ctx | null | undefined} ctx
  * @param {Summary} summary
  * @param {number} patient
  * @param {number} done
+ * @param {string} [chain]
+ * @param {Record<string, number>} [imported]
  * @param {boolean} [force] renew now
  */
-async function checkpoint(ctx, summary, patient, done, force) {
+async function checkpoint(ctx, summary, patient, done, chain, imported, force) {
   if (!ctx || !ctx.lease) {
     return;
   }
   if (summary.failures.length > ctx.failuresAtStart) {
     ctx.frozen = true;
   }
+  if (!done) {
+    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
+  }
   const cp = ctx.frozen
     ? undefined
-    : { patient, done, summary: { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted } };
+    : { patient, done, ...(done && chain ? { chain, imported: { ...(imported || {}) } } : {}), summary: ctx.start };
   await ctx.lease.beat(cp, force);
 }
 
@@ -1176,9 +1186,12 @@ async function renewLease(ctx) {
 //                               left out of the first write and written once the whole bundle is in
 //   report  every phase counts into the Summary; importConsolidated logs one line per patient and
 //           taskOutcome (webhook bot) turns the Summary into the run's outcome
-// A run resumed after a cut-off imports the patient again from the start: what is stored is found and
-// left alone (nothing written twice), so a resume never depends on the window size, the types or the bot
-// version of the run that was cut off.
+//   resume  resumeFrom          a run resumed after a cut-off skips the items its checkpoint says are
+//                               stored — only when the checkpoint's digest (a hash chained over the
+//                               keys in import order) matches the order this run computes; any other
+//                               window size, types or bot version gives another digest, and then the
+//                               patient is imported again from its start (what is stored is found and
+//                               left alone: nothing written twice, nothing skipped)
 // Memory: one window of resources (WINDOW_ITEMS), the index of ids (at most INDEX_LIMIT entries), and
 // the resources waiting for a reference to a later one (sendFixups) — never the whole bundle.
 // ---------------------------------------------------------------------------
@@ -1204,6 +1217,8 @@ async function renewLease(ctx) {
  * @property {boolean} [failed]
  * @property {boolean} [waiting] written without a reference whose target has no Medplum id yet
  * @property {boolean} [sentOnce] its upsert was built (sendLevels)
+ * @property {string} [chain] the digest of the keys of every item up to this one, in import order (checkpoints)
+ * @property {boolean} [counted] this run's summary counts it as imported (written by this message)
  * @property {string} [skip] why the repair phase could not make it valid (it is not imported)
  */
 
@@ -1240,6 +1255,12 @@ async function renewLease(ctx) {
  * @property {Extension | undefined} stamp the extension every resource of this import carries (its Source)
  * @property {string | undefined} messageId the message imported (its stamp names it)
  * @property {Map<string, Conflict[]>} conflicts other Patient -> the resources this import created beside theirs
+ * @property {number} base items (in import order) of the windows before the one being sent
+ * @property {number} planned items (in import order) of the windows prepared so far
+ * @property {string} chain the digest of the keys of the items prepared so far, in import order
+ * @property {Resume | undefined} resume what an earlier run of this patient stored (its checkpoint)
+ * @property {Record<string, number>} prefixImported imported counts of the items before the checkpoint
+ *   (what a resumed run adds to the summary when it skips them)
  * @property {boolean} copy resources are the caller's: copied before they are repaired
  */
 
@@ -1251,6 +1272,10 @@ async function renewLease(ctx) {
  */
 
 /** @typedef { { key: string, mine: string, theirs: string } } Conflict a resource both Patients hold a copy of */
+/**
+ * @typedef { { done: number, chain: string, imported?: Record<string, number> } } Resume a checkpoint within a
+ *   patient: its first `done` items (in import order, whose keys' digest is `chain`) are stored
+ */
 
 /**
  * @typedef {object} Order
@@ -1273,6 +1298,8 @@ const ENTRY_RETRIES = 3;
 const LOOKUP_CHUNK = 40;
 /** Identifier values per search (POST _search) when a window's stored resources are found. */
 const FIND_CHUNK = 200;
+/** Those searches in flight at once. */
+const FINDS_IN_FLIGHT = 4;
 /** Resources of the bundle planned, ordered and sent together (memory ~ this many resources). */
 const WINDOW_ITEMS = CONFIG.batch.window || 4000;
 /** The first window: smaller, so that the first batches go out sooner. */
@@ -1281,6 +1308,9 @@ const FIRST_WINDOW_ITEMS = 1000;
 const INDEX_LIMIT = 100000;
 /** Times a download cut mid-stream is opened again (the entries already read are skipped). */
 const STREAM_REOPENS = 2;
+/** The checkpoint says items are stored that are not (another order, or not found): the patient starts over. */
+class CheckpointMismatch extends Error {}
+
 /** Resources named in one review Task of a conflict (the count is always complete). */
 const MAX_CONFLICTS_NAMED = 200;
 
@@ -1378,6 +1408,33 @@ function sourceOf(msg, order) {
  * @returns {Promise<number>} resources read
  */
 async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, source) {
+  const cp = ctx && ctx.resume && ctx.resume.patient === ctx.patient && ctx.resume.done > 0 && typeof ctx.resume.chain === 'string'
+    ? { done: ctx.resume.done, chain: ctx.resume.chain, imported: ctx.resume.imported } : undefined;
+  try {
+    return await importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, cp);
+  } catch (err) {
+    if (!(err instanceof CheckpointMismatch)) {
+      throw err;
+    }
+    log('warn', 'checkpoint does not match this run (another window size, types or bot version, or data not stored): ' +
+      'importing this patient from the start; what is stored is found and left alone', { done: cp && cp.done, reason: err.message });
+    const again = Array.isArray(resources) ? resources : await resources.reopen();
+    return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, source, undefined);
+  }
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {ResourceSource} resources
+ * @param {string} subjectId
+ * @param {string} metriportPatientId
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Source | undefined} source
+ * @param {Resume | undefined} resume
+ * @returns {Promise<number>}
+ */
+async function importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, resume) {
   /** @type {Index} */
   const index = {
     ids: new Map(),
@@ -1389,6 +1446,11 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     stamp: stampExtension(source),
     messageId: source && source.messageId,
     conflicts: new Map(),
+    base: 0,
+    planned: 0,
+    chain: '',
+    resume,
+    prefixImported: {},
     copy: Array.isArray(resources),
   };
   const it = resilient(resources)[Symbol.asyncIterator]();
@@ -1414,7 +1476,8 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
       batch.push(r.value);
     }
     const window = prepareWindow(batch, subjectId, metriportPatientId, summary, index);
-    await findStored(medplum, window.order.ordered, index, summary);
+    const skipped = resume ? Math.max(0, Math.min(window.order.ordered.length, resume.done - window.base)) : 0;
+    await findStored(medplum, window.order.ordered.slice(skipped), index, summary);
     return { window, done };
   };
   // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
@@ -1436,6 +1499,9 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     if (done || !coming) {
       break;
     }
+  }
+  if (resume && index.planned < resume.done) {
+    throw new CheckpointMismatch('the bundle holds ' + index.planned + ' items, the checkpoint ' + resume.done);
   }
   await sendFixups(medplum, index, summary);
   await recordConflicts(medplum, index.subjectRef, index.conflicts, summary, source);
@@ -1490,7 +1556,7 @@ async function* resilient(resources) {
 
 /**
  * One window of resources planned, repaired and ordered (no request yet).
- * @typedef { { plan: Plan, order: Order } } Window
+ * @typedef { { plan: Plan, order: Order, base: number } } Window
  */
 
 /**
@@ -1509,7 +1575,14 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
     repairItem(item, plan, summary);
   }
   dropUnrepairable(plan, summary);
-  return { plan, order: orderItems(plan.items) };
+  const order = orderItems(plan.items);
+  for (const item of order.ordered) {
+    index.chain = sha256Hex(index.chain + '\n' + item.key);
+    item.chain = index.chain;
+  }
+  const base = index.planned;
+  index.planned += order.ordered.length;
+  return { plan, order, base };
 }
 
 /**
@@ -1523,11 +1596,18 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
  */
 async function sendWindow(medplum, window, summary, ctx, index) {
   const { plan, order } = window;
-  await resolveExternal(medplum, order.ordered, index);
+  index.base = window.base;
+  const start = await resumeFrom(medplum, plan.items, order, index, summary);
+  await resolveExternal(medplum, order.ordered.slice(start), index);
   await findDeferredTargets(medplum, plan.items, order, index);
-  const pending = await sendLevels(medplum, plan.items, order, summary, ctx, index);
+  const pending = await sendLevels(medplum, plan.items, order, summary, ctx, index, start);
   await sendDeferredReferences(medplum, pending, plan.items, order, summary, index);
-  for (const item of order.ordered) {
+  for (const item of order.ordered.slice(0, start)) {
+    if (!index.ids.get(item.key)) {
+      rememberId(index, item.key, item.medplumId || '?');
+    }
+  }
+  for (const item of order.ordered.slice(start)) {
     rememberId(index, item.key, item.medplumId || '');
     if (item.waiting && item.medplumId && !item.failed && !item.kept) {
       index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId, version: item.version || '',
@@ -1605,15 +1685,27 @@ function upsertIdOf(r) {
 }
 
 /**
- * Ids of this patient's stored resources (by their upsert identifier) for index keys ("Type/mid"): a copy
- * in another Patient's compartment is never taken; of the types outside the compartment (Practitioner,
- * Organization, ...) the one shared copy.
+ * Ids of this patient's stored resources (by their upsert identifier) for index keys ("Type/mid").
  * @param {MedplumClient} medplum
  * @param {string[]} keys
  * @param {string} subjectRef
  * @returns {Promise<Map<string, string>>} key -> Medplum id, for those found
  */
 async function lookupIds(medplum, keys, subjectRef) {
+  const own = await findOwn(medplum, keys, subjectRef);
+  return new Map([...own].map(([key, st]) => [key, st.id]));
+}
+
+/**
+ * This patient's stored copies (by their upsert identifier) of index keys ("Type/mid"): a copy in another
+ * Patient's compartment is never taken; of the types outside the compartment (Practitioner, Organization,
+ * ...) the one shared copy.
+ * @param {MedplumClient} medplum
+ * @param {string[]} keys
+ * @param {string} subjectRef
+ * @returns {Promise<Map<string, Stored>>} key -> the stored copy, for those found
+ */
+async function findOwn(medplum, keys, subjectRef) {
   /** @type {Map<string, string[]>} */
   const byType = new Map();
   for (const key of new Set(keys)) {
@@ -1621,21 +1713,21 @@ async function lookupIds(medplum, keys, subjectRef) {
     const type = key.slice(0, slash);
     byType.set(type, [...(byType.get(type) || []), key.slice(slash + 1)]);
   }
-  /** @type {Map<string, string>} */
+  /** @type {Map<string, Stored>} */
   const found = new Map();
   for (const [type, mids] of byType) {
     for (let j = 0; j < mids.length; j += LOOKUP_CHUNK) {
       const part = mids.slice(j, j + LOOKUP_CHUNK);
-      /** @type { { id?: string, identifier?: Identifier | Identifier[] }[] } */
+      /** @type {any[]} */
       const stored = await medplum.searchResources(/** @type {ResourceType} */ (type), {
         identifier: part.map((mid) => CONFIG.resourceIdentifierSystem + '|' + mid).join(','),
         _count: String(part.length * 4),
-      });
+      }, { cache: 'no-cache' });
       for (const r of stored) {
         const mid = upsertIdOf(r);
         const patients = patientsOf(r);
         if (mid && r.id && (!patients.length ? !found.has(type + '/' + mid) : patients.includes(subjectRef))) {
-          found.set(type + '/' + mid, String(r.id));
+          found.set(type + '/' + mid, { id: String(r.id), versionId: String((r.meta && r.meta.versionId) || ''), resource: r });
         }
       }
     }
@@ -1654,11 +1746,17 @@ async function lookupIds(medplum, keys, subjectRef) {
 async function resolveExternal(medplum, items, index) {
   /** @type {Set<string>} */
   const unknown = new Set();
+  /** @type {Set<string>} */
+  const claimed = new Set();
   for (const item of items) {
     for (const ref of item.ext) {
       const key = ref.startsWith('urn:uuid:') ? index.urns.get(ref) : ref;
-      if (key && !knownId(index, key)) {
+      const id = key ? knownId(index, key) : undefined;
+      if (key && (!id || id === '?')) {
         unknown.add(key);
+        if (id === '?') {
+          claimed.add(key);
+        }
       }
     }
   }
@@ -1666,9 +1764,79 @@ async function resolveExternal(medplum, items, index) {
     return;
   }
   const found = await lookupIds(medplum, [...unknown], index.subjectRef);
-  for (const [key, id] of found) {
-    rememberId(index, key, id);
+  for (const key of unknown) {
+    const id = found.get(key);
+    if (id) {
+      rememberId(index, key, id);
+    } else if (claimed.has(key)) {
+      throw new CheckpointMismatch(key + ' is not stored');
+    }
   }
+}
+
+// --- resume ------------------------------------------------------------------
+
+/**
+ * Where a resumed run starts in a window: the items its checkpoint says an earlier run stored are not sent
+ * again — when the checkpoint's digest matches this run's order (checked in the window holding the checkpoint;
+ * windows before it are skipped on that promise, and a mismatch found later starts the patient over). The ids of
+ * the skipped items that later items reference are looked up; one not found means the checkpoint cannot be
+ * trusted: start over (every write is idempotent, so that is only slower).
+ * @param {MedplumClient} medplum
+ * @param {Map<string, Item>} items
+ * @param {Order} order
+ * @param {Index} index
+ * @param {Summary} summary
+ * @returns {Promise<number>} index in order.ordered of the first item to send
+ */
+async function resumeFrom(medplum, items, order, index, summary) {
+  const cp = index.resume;
+  const n = order.ordered.length;
+  const done = cp ? Math.max(0, Math.min(n, cp.done - index.base)) : 0;
+  if (!cp || !done) {
+    return 0;
+  }
+  if (cp.done <= index.base + n) {
+    if (order.ordered[done - 1].chain !== cp.chain) {
+      throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
+    }
+    for (const [type, count] of Object.entries(cp.imported || {})) {
+      bump(summary.imported, type, count); // what the earlier run wrote of this patient, counted by it
+      bump(index.prefixImported, type, count);
+    }
+  }
+  /** @type {Set<string>} */
+  const needed = new Set();
+  for (const item of order.ordered.slice(done)) {
+    for (const dep of item.deps) {
+      needed.add(dep);
+    }
+  }
+  for (const [holder, targets] of order.deferred) {
+    needed.add(holder);
+    for (const t of targets) {
+      needed.add(t);
+    }
+  }
+  const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
+  if (stored.length) {
+    const found = await lookupIds(medplum, stored.map((item) => item.key), index.subjectRef);
+    for (const item of stored) {
+      item.medplumId = found.get(item.key);
+      if (!item.medplumId) {
+        throw new CheckpointMismatch(item.key + ' is not stored');
+      }
+    }
+  }
+  for (const item of order.ordered.slice(0, done)) {
+    item.sentOnce = true;
+    if (item.ext.size) {
+      // stored by the earlier run, maybe before the resources it references were: written again at the end
+      // (compare-and-set against what is stored then; an unchanged resource makes no new version)
+      index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId || '', version: '', text: JSON.stringify(item.resource) });
+    }
+  }
+  return done;
 }
 
 // --- ownership and stamps -----------------------------------------------------
@@ -1810,11 +1978,20 @@ async function findStored(medplum, items, index, summary) {
     delete item.others;
     byType.set(item.type, [...(byType.get(item.type) || []), item]);
   }
+  /** @type { { type: string, part: Item[] }[] } */
+  const chunks = [];
   for (const [type, list] of byType) {
     for (let j = 0; j < list.length; j += FIND_CHUNK) {
-      await findChunk(medplum, type, list.slice(j, j + FIND_CHUNK), index, summary);
+      chunks.push({ type, part: list.slice(j, j + FIND_CHUNK) });
     }
   }
+  // FINDS_IN_FLIGHT searches at once: the window's types are found in a few round trips
+  const workers = Array.from({ length: Math.min(FINDS_IN_FLIGHT, chunks.length) }, async () => {
+    for (let c = chunks.shift(); c; c = chunks.shift()) {
+      await findChunk(medplum, c.type, c.part, index, summary);
+    }
+  });
+  await Promise.all(workers);
 }
 
 /**
@@ -2260,7 +2437,8 @@ function planImport(resources, subjectId, metriportPatientId, summary, index) {
   const allowed = new Set(CONFIG.resources);
   const idx = index || {
     ids: new Map(), urns: new Map(), seen: new Set(), fixups: new Map(), copy: true, subjectRef: 'Patient/' + subjectId,
-    stamp: undefined, messageId: undefined, conflicts: new Map(),
+    stamp: undefined, messageId: undefined, conflicts: new Map(), base: 0, planned: 0, chain: '', resume: undefined,
+    prefixImported: {},
     patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
   };
   /** @type {Plan} */
@@ -3415,6 +3593,7 @@ function upsertEntry(item, items, order, pending, summary, index) {
     if (sameContent(stored.resource, resource)) {
       if (index.messageId && stampMessage(stored.resource) === index.messageId) {
         bump(summary.imported, item.type); // written by an earlier attempt of this message (a resumed run)
+        item.counted = true;
       } else {
         summary.unchanged = (summary.unchanged || 0) + 1;
       }
@@ -3504,7 +3683,7 @@ function materialize(item, items, deferred, finalPass, summary, index, linkPass)
       }
       const key = placeholder.startsWith('urn:uuid:') && index ? index.urns.get(placeholder) : placeholder;
       const id = key && index ? knownId(index, key) : undefined;
-      if (key && id) {
+      if (key && id && id !== '?') {
         obj.reference = key.slice(0, key.indexOf('/')) + '/' + id;
         linked++;
       } else {
@@ -3548,7 +3727,7 @@ function quickMaterialize(item, items, index) {
     }
     const key = placeholder.startsWith('urn:uuid:') ? (index ? index.urns.get(placeholder) : undefined) : placeholder;
     const id = key && index ? knownId(index, key) : undefined;
-    if (!key || !id) {
+    if (!key || !id || id === '?') {
       return undefined;
     }
     resolved.push(key.slice(0, key.indexOf('/')) + '/' + id);
@@ -3593,11 +3772,21 @@ function byteLength(text) {
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
  * @param {Index} index
+ * @param {number} [start] index in order.ordered of the first item to send (a resumed run)
  * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-async function sendLevels(medplum, items, order, summary, ctx, index) {
+async function sendLevels(medplum, items, order, summary, ctx, index, start) {
   /** @type {Item[]} */
   const pending = [];
+  const first = start || 0;
+  for (const item of order.ordered.slice(0, first)) {
+    if (order.deferred.has(item.key) && item.medplumId) {
+      pending.push(item); // stored by an earlier run: its deferred references are written again below
+    }
+  }
+  const todo = order.ordered.slice(first);
+  const patient = ctx ? ctx.patient : 0;
+  let done = 0; // todo[0..done) stored (or failed: the first failure freezes the checkpoint)
   /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] }[] } */
   const inflight = [];
   /** @type {BatchEntry[]} */
@@ -3648,10 +3837,22 @@ async function sendLevels(medplum, items, order, summary, ctx, index) {
         }
       }
     }
-    await renewLease(ctx);
+    const before = done;
+    while (done < todo.length && todo[done].sentOnce && !unsettled.has(todo[done])) {
+      const item = todo[done++];
+      if (item.counted) {
+        bump(index.prefixImported, item.type);
+      }
+    }
+    if (done > before) {
+      const last = todo[done - 1];
+      await checkpoint(ctx, summary, patient, index.base + first + done, last.chain, index.prefixImported);
+    } else {
+      await renewLease(ctx);
+    }
   };
 
-  for (const item of order.ordered) {
+  for (const item of todo) {
     const cyclic = order.deferred.get(item.key);
     for (const dep of item.deps) {
       const target = items.get(dep);
@@ -3755,7 +3956,8 @@ async function sendFixups(medplum, index, summary) {
   for (const f of fixups) {
     for (const m of f.text.matchAll(/"reference":"@@([^"]+)"/g)) {
       const key = m[1].startsWith('urn:uuid:') ? index.urns.get(m[1]) : m[1];
-      if (key && !knownId(index, key)) {
+      const id = key ? knownId(index, key) : undefined;
+      if (key && (!id || id === '?')) {
         unknown.add(key);
       }
     }
@@ -3766,17 +3968,25 @@ async function sendFixups(medplum, index, summary) {
       rememberId(index, key, id);
     }
   }
+  // stored by an earlier run (a resume skipped them): their id, version and content as stored now
+  const earlier = fixups.filter((f) => !f.medplumId || !f.version);
+  const stored = earlier.length ? await findOwn(medplum, earlier.map((f) => f.key), index.subjectRef) : new Map();
   /** @type {BatchEntry[]} */
   const entries = [];
   const empty = /** @type {Map<string, Item>} */ (new Map());
   for (const f of fixups) {
+    const st = stored.get(f.key);
+    const medplumId = f.medplumId || (st && st.id);
+    const version = f.version || (st && st.versionId) || '';
     /** @type {Item} */
-    const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId: f.medplumId, version: f.version };
+    const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId, version };
     const { resource, linked } = materialize(item, empty, new Map(), true, summary, index, true);
-    if (!linked || (f.written && sameContent(JSON.parse(f.written), resource))) {
-      continue; // nothing to add: the references are still unknown, or the stored version has them already
+    const written = f.written ? JSON.parse(f.written) : st && st.resource;
+    if (!linked || !medplumId || (written && sameContent(written, resource)) ||
+        (st && newerThan(stampOf(st.resource), stampOf(resource)))) {
+      continue; // nothing to add, stored that way already, or a newer message wrote it since
     }
-    entries.push({ item, entry: { request: linkRequest(f.type, f.medplumId, f.version), resource: Object.assign(resource, { id: f.medplumId }) }, size: 0 });
+    entries.push({ item, entry: { request: linkRequest(f.type, medplumId, version), resource: Object.assign(resource, { id: medplumId }) }, size: 0 });
   }
   for (let j = 0; j < entries.length; j += CONFIG.batch.maxEntries) {
     await sendBatch(medplum, entries.slice(j, j + CONFIG.batch.maxEntries), summary, index, true);
@@ -3839,6 +4049,7 @@ async function sendBatch(medplum, chunk, summary, index, link, lastTry) {
       item.version = v ? v[1] : undefined;
       if (!link) {
         bump(summary.imported, item.type);
+        item.counted = true;
         if (code === 201 && item.others && item.others.length && index) {
           noteConflict(index, item);
         }

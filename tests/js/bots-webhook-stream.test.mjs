@@ -257,10 +257,8 @@ test('a run cut off in a later window resumes from its checkpoint and ends equal
   const first = runBot(webhookBot(ASYNC), medplum, { input: { resourceType: 'Task', id: taskId }, secrets: secrets() });
   while (sent < 14) await new Promise((r) => setTimeout(r, 10));
   let task = await medplum.readResource('Task', taskId);
-  // inside one patient nothing but the lease is renewed: the resumed run imports the patient again from its start
-  assert.equal((task.extension || []).find((x) => x.url === PROGRESS), undefined);
-  const partial = Object.keys(await snapshot(medplum)).length;
-  assert.ok(partial >= 10 && partial < Object.keys(expected).length, 'cut off a few windows in: ' + partial);
+  const cp = JSON.parse((task.extension || []).find((x) => x.url === PROGRESS).valueString);
+  assert.ok(cp.done >= 10 && cp.chain, 'checkpoint past the first window: ' + JSON.stringify(cp));
   // lease expired -> sweep -> the next run resumes
   task = await medplum.readResource('Task', taskId);
   await asBot(() => medplum.updateResource({ ...task, extension: task.extension.filter((x) => x.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]) }));
@@ -271,11 +269,49 @@ test('a run cut off in a later window resumes from its checkpoint and ends equal
   assert.equal(second.ok, true, second.logText);
   assert.equal(second.result.status, 'completed', second.logText);
   assert.match(second.logText, /resuming a message cut off earlier/);
-  // what the first run stored is found and left alone: the resumed run writes only the rest (and the links)
+  assert.doesNotMatch(second.logText, /checkpoint does not match/);
+  // what the first run stored is skipped (checkpoint) or found and left alone: the resumed run writes the rest
   assert.equal(second.result.summary.unchanged, undefined);
   assert.deepEqual(second.result.summary.imported, uninterrupted.result.summary.imported);
   const got = await snapshot(medplum);
   assert.deepEqual(Object.keys(got).sort(), Object.keys(expected).sort());
   for (const k of Object.keys(expected)) assert.deepEqual(got[k], expected[k], k);
   void first;
+});
+
+test('redeployed with another window size between the cut and the resume: the checkpoint does not match, nothing is skipped', async () => {
+  const bundle = windowedBundle('mpt-redeploy');
+  const ASYNC = (w) => ({ ...BASE, webhook_bot: { lease_seconds: 2, max_attempts: 3 }, import: { window_resources: w, batch_max_entries: 4 } });
+  const ref = await createMedplum();
+  const rp = await patient(ref, 'mpt-redeploy');
+  const uninterrupted = await deliver(ref, message(rp.id, 'mpt-redeploy', fake.serveJson('ref2.json', bundle)), WINDOWED);
+  const expected = await snapshot(ref);
+
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-redeploy');
+  const stored = await deliver(medplum, message(p.id, 'mpt-redeploy', fake.serveJson('rd.json', bundle)), ASYNC(10));
+  const taskId = stored.result.task.split('/')[1];
+  const mockBatch = Object.getPrototypeOf(medplum).executeBatch.bind(medplum);
+  let sent = 0;
+  medplum.executeBatch = async (b, o) => {
+    if (++sent >= 10) await new Promise(() => {}); // cut off
+    await new Promise((r) => setTimeout(r, 80));
+    return mockBatch(b, o);
+  };
+  void runBot(webhookBot(ASYNC(10)), medplum, { input: { resourceType: 'Task', id: taskId }, secrets: secrets() });
+  while (sent < 10) await new Promise((r) => setTimeout(r, 10));
+  let task = await medplum.readResource('Task', taskId);
+  const cp = JSON.parse((task.extension || []).find((x) => x.url === PROGRESS).valueString);
+  assert.ok(cp.done > 0, JSON.stringify(cp));
+  await asBot(() => medplum.updateResource({ ...task, extension: task.extension.filter((x) => x.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]) }));
+  medplum.executeBatch = async (b, o) => mockBatch(b, o);
+  // the next run is another version of the bot: windows of 13
+  await runBot(webhookBot(ASYNC(13)), medplum, { input: { resourceType: 'Bot', id: 'b' }, contentType: 'application/fhir+json', secrets: secrets() });
+  const second = await runBot(webhookBot(ASYNC(13)), medplum, { input: { resourceType: 'Task', id: taskId }, secrets: secrets() });
+  assert.equal(second.result.status, 'completed', second.logText);
+  assert.match(second.logText, /checkpoint does not match this run/);
+  assert.deepEqual(second.result.summary.imported, uninterrupted.result.summary.imported);
+  const got = await snapshot(medplum);
+  assert.deepEqual(Object.keys(got).sort(), Object.keys(expected).sort());
+  for (const k of Object.keys(expected)) assert.deepEqual(got[k], expected[k], k);
 });
