@@ -1869,8 +1869,9 @@ function patientsOf(r) {
 }
 
 /**
- * The extension every resource of an import carries: which message last changed it. Undefined when the
- * message has no usable `when` (nothing is then compared).
+ * The extension every resource of an import carries: which message last changed it, one string (cheap to store
+ * and to validate): "<meta.when> <event time or -> <messageId>". Undefined when the message has no usable
+ * `when` (nothing is then compared).
  * @param {Source | undefined} source
  * @returns {Extension | undefined}
  */
@@ -1879,15 +1880,18 @@ function stampExtension(source) {
   if (typeof when !== 'string' || isNaN(Date.parse(when)) || !/^\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:\d{2})$/.test(when)) {
     return undefined;
   }
-  /** @type {Extension[]} */
-  const parts = [{ url: 'when', valueDateTime: when }];
-  if (source && typeof source.order === 'string' && !isNaN(Date.parse(source.order))) {
-    parts.push({ url: 'order', valueDateTime: source.order });
-  }
-  if (source && source.messageId) {
-    parts.push({ url: 'message', valueString: source.messageId });
-  }
-  return { url: CONFIG.stampUrl, extension: parts };
+  const order = source && typeof source.order === 'string' && !isNaN(Date.parse(source.order)) && !/\s/.test(source.order) ? source.order : '-';
+  const message = source && source.messageId ? source.messageId.replace(/\s+/g, '_') : '-';
+  return { url: CONFIG.stampUrl, valueString: when + ' ' + order + ' ' + message };
+}
+
+/**
+ * @param {any} r
+ * @returns {string[] | undefined} the parts of the stamp a resource carries: [when, order, message]
+ */
+function stampParts(r) {
+  const e = r && Array.isArray(r.extension) ? r.extension.find((/** @type {any} */ x) => x && x.url === CONFIG.stampUrl) : undefined;
+  return e && typeof e.valueString === 'string' ? e.valueString.split(' ') : undefined;
 }
 
 /**
@@ -1897,16 +1901,12 @@ function stampExtension(source) {
  * @returns {[number, number] | undefined}
  */
 function stampOf(r) {
-  const e = r && Array.isArray(r.extension) ? r.extension.find((/** @type {any} */ x) => x && x.url === CONFIG.stampUrl) : undefined;
-  const part = (/** @type {string} */ name) => {
-    const p = e && Array.isArray(e.extension) ? e.extension.find((/** @type {any} */ x) => x && x.url === name) : undefined;
-    return p && typeof p.valueDateTime === 'string' ? Date.parse(p.valueDateTime) : NaN;
-  };
-  const when = part('when');
+  const parts = stampParts(r);
+  const when = parts ? Date.parse(parts[0]) : NaN;
   if (isNaN(when)) {
     return undefined;
   }
-  const order = part('order');
+  const order = parts && parts[1] && parts[1] !== '-' ? Date.parse(parts[1]) : NaN;
   return [when, isNaN(order) ? -Infinity : order];
 }
 
@@ -1915,9 +1915,8 @@ function stampOf(r) {
  * @returns {string | undefined} the message a resource's stamp names
  */
 function stampMessage(r) {
-  const e = r && Array.isArray(r.extension) ? r.extension.find((/** @type {any} */ x) => x && x.url === CONFIG.stampUrl) : undefined;
-  const p = e && Array.isArray(e.extension) ? e.extension.find((/** @type {any} */ x) => x && x.url === 'message') : undefined;
-  return p && typeof p.valueString === 'string' ? p.valueString : undefined;
+  const parts = stampParts(r);
+  return parts && parts[2] && parts[2] !== '-' ? parts[2] : undefined;
 }
 
 /**

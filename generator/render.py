@@ -37,7 +37,7 @@ BULK_ROW_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-row"
 AWAITING_LINK_SYSTEM = "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
 ADT_MESSAGE_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-notification"
 # Newer wins: every imported resource names the message that last changed it (its meta.when, and for realtime
-# notifications the event's time breaking a tie): a complex extension with `when`, `order`, `message`.
+# notifications the event's time breaking a tie): valueString "<when> <order or -> <messageId>".
 MESSAGE_WHEN_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-message-when"
 # A resource never changes its patient: an import that meets another Patient's copy of a resource (same Metriport
 # id) creates its own and leaves one review Task per pair of Patients (for = the importing one, focus = the other).
