@@ -481,3 +481,21 @@ def test_a_message_naming_five_thousand_patients_is_processed(stack, org, capsys
     assert s["patients"] == 5000 and len(s["failures"]) + s["failuresNotKept"] == 5000
     awaiting = [i for i in tasks[0]["identifier"] if i["system"] == AWAITING_LINK_SYSTEM]
     assert len(awaiting) + s["awaitingNotKept"] == 5000
+
+
+# ------------------------------------------------------------------------------------------------ medport check
+def test_the_check_scenarios_of_these_guarantees_pass_on_the_default_config():
+    """`medport check` runs them for users' CI: shared ids, a forged Task, newer wins (each a few seconds)."""
+    from medport.generator.config import load_config
+    from medport.generator.scenarios import (SCENARIOS, scenario_forged_message_task_refused,
+                                             scenario_newer_message_wins,
+                                             scenario_shared_resource_ids_stay_with_their_patient)
+    from tests.paths import ROOT
+
+    fns = {fn for _, fn in SCENARIOS}
+    assert {scenario_shared_resource_ids_stay_with_their_patient, scenario_forged_message_task_refused,
+            scenario_newer_message_wins} <= fns
+    with start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.02) as s:
+        assert scenario_shared_resource_ids_stay_with_their_patient(s)["second_patient"] > 100
+        assert scenario_forged_message_task_refused(s)["status"] == "rejected"
+        assert scenario_newer_message_wins(s)["status"] == "finished"
