@@ -1222,7 +1222,12 @@ async function renewLease(ctx) {
  * @property {string} [skip] why the repair phase could not make it valid (it is not imported)
  */
 
-/** @typedef { { id: string, versionId: string, resource: any } } Stored a resource as found in Medplum */
+/**
+ * A resource as a search answered it: the fields the import reads typed, the rest unknown.
+ * @typedef { { resourceType?: string, id?: string, meta?: import('@medplum/fhirtypes').Meta, extension?: Extension[],
+ *   identifier?: Identifier | Identifier[], [key: string]: unknown } } FoundResource
+ */
+/** @typedef { { id: string, versionId: string, resource: FoundResource } } Stored a resource as found in Medplum */
 /** @typedef { { patient: string, id: string } } Other another Patient's copy: its Patient and its id */
 
 /**
@@ -1718,11 +1723,10 @@ async function findOwn(medplum, keys, subjectRef) {
   for (const [type, mids] of byType) {
     for (let j = 0; j < mids.length; j += LOOKUP_CHUNK) {
       const part = mids.slice(j, j + LOOKUP_CHUNK);
-      /** @type {any[]} */
-      const stored = await medplum.searchResources(/** @type {ResourceType} */ (type), {
+      const stored = /** @type {FoundResource[]} */ (/** @type {unknown} */ (await medplum.searchResources(/** @type {ResourceType} */ (type), {
         identifier: part.map((mid) => CONFIG.resourceIdentifierSystem + '|' + mid).join(','),
         _count: String(part.length * 4),
-      }, { cache: 'no-cache' });
+      }, { cache: 'no-cache' })));
       for (const r of stored) {
         const mid = upsertIdOf(r);
         const patients = patientsOf(r);
@@ -1845,21 +1849,24 @@ async function resumeFrom(medplum, items, order, index, summary) {
  * The Patients a resource belongs to: the Patient references at its Patient-compartment elements
  * (CONFIG.patientCompartment, from the compartment definition Medplum computes meta.compartment with).
  * Empty for the types outside the compartment (Practitioner, Organization, Medication, Location: shared).
- * @param {any} r
+ * @param {FoundResource | undefined} r
  * @returns {string[]} "Patient/<id>" references
  */
 function patientsOf(r) {
-  const paths = r && CONFIG.patientCompartment[r.resourceType];
+  const paths = r && r.resourceType ? CONFIG.patientCompartment[r.resourceType] : undefined;
   /** @type {string[]} */
   const out = [];
   for (const path of paths || []) {
-    /** @type {any[]} */
+    /** @type {unknown[]} */
     let values = [r];
     for (const name of path.split('.')) {
-      values = values.flatMap((v) => (v && typeof v === 'object' ? [].concat(v[name] === undefined ? [] : v[name]) : []));
+      values = values.flatMap((v) => {
+        const x = v && typeof v === 'object' ? /** @type {Record<string, unknown>} */ (v)[name] : undefined;
+        return x === undefined ? [] : Array.isArray(x) ? x : [x];
+      });
     }
     for (const v of values) {
-      const ref = v && typeof v === 'object' ? v.reference : undefined;
+      const ref = v && typeof v === 'object' ? /** @type { { reference?: unknown } } */ (v).reference : undefined;
       if (typeof ref === 'string' && /^Patient\/[^/]+$/.test(ref) && !out.includes(ref)) {
         out.push(ref);
       }
@@ -1886,18 +1893,18 @@ function stampExtension(source) {
 }
 
 /**
- * @param {any} r
+ * @param {FoundResource} r
  * @returns {string[] | undefined} the parts of the stamp a resource carries: [when, order, message]
  */
 function stampParts(r) {
-  const e = r && Array.isArray(r.extension) ? r.extension.find((/** @type {any} */ x) => x && x.url === CONFIG.stampUrl) : undefined;
+  const e = r && Array.isArray(r.extension) ? r.extension.find((x) => x && x.url === CONFIG.stampUrl) : undefined;
   return e && typeof e.valueString === 'string' ? e.valueString.split(' ') : undefined;
 }
 
 /**
  * The stamp a resource carries: [when, order] in milliseconds (order -Infinity when none); undefined when
  * it has none (written before stamps, or by someone else).
- * @param {any} r
+ * @param {FoundResource} r
  * @returns {[number, number] | undefined}
  */
 function stampOf(r) {
@@ -1911,7 +1918,7 @@ function stampOf(r) {
 }
 
 /**
- * @param {any} r
+ * @param {FoundResource} r
  * @returns {string | undefined} the message a resource's stamp names
  */
 function stampMessage(r) {
@@ -1936,16 +1943,16 @@ function newerThan(a, b) {
 
 /**
  * The same data, whatever the server fields and the stamp (which message wrote it) say.
- * @param {any} stored
- * @param {any} wanted
+ * @param {FoundResource} stored
+ * @param {FoundResource} wanted
  * @returns {boolean}
  */
 function sameContent(stored, wanted) {
-  const strip = (/** @type {any} */ r) => {
+  const strip = (/** @type {FoundResource} */ r) => {
     const c = { ...r };
     delete c.id;
     delete c.meta;
-    const ext = Array.isArray(c.extension) ? c.extension.filter((/** @type {any} */ x) => !(x && x.url === CONFIG.stampUrl)) : undefined;
+    const ext = Array.isArray(c.extension) ? c.extension.filter((x) => !(x && x.url === CONFIG.stampUrl)) : undefined;
     if (ext && ext.length) {
       c.extension = ext;
     } else {
@@ -2008,7 +2015,7 @@ async function findChunk(medplum, type, part, index, summary) {
   }).toString();
   /** @type {Bundle} */
   const bundle = await medplum.post(medplum.fhirUrl(type, '_search'), body, 'application/x-www-form-urlencoded');
-  const found = (bundle.entry || []).map((e) => /** @type {any} */ (e.resource)).filter(Boolean);
+  const found = /** @type {FoundResource[]} */ ((bundle.entry || []).map((e) => e.resource).filter(Boolean));
   if (found.length >= count && part.length > 1) {
     // more copies than a page holds: look the halves up apart
     const half = Math.ceil(part.length / 2);
@@ -2544,7 +2551,7 @@ function repairItem(item, plan, summary) {
   setUpsertIdentifier(r, item.type, item.mid);
   const stamp = plan.index.stamp;
   if (stamp) {
-    r.extension = (Array.isArray(r.extension) ? r.extension.filter((/** @type {any} */ e) => !(e && e.url === CONFIG.stampUrl)) : [])
+    r.extension = (Array.isArray(r.extension) ? r.extension.filter((/** @type {Extension} */ e) => !(e && e.url === CONFIG.stampUrl)) : [])
       .concat([stamp]);
   }
   // of the Patient's compartment through the subject: found and created only within it (never another Patient's)
