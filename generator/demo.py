@@ -5,7 +5,9 @@ import time
 
 import click
 
-from .flow import count_imported, create_facility_org, create_patient, deliveries, runs, wait_for_consolidated
+from .options import config_option, load_or_exit
+from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
+                   wait_for_consolidated)
 
 
 class LiveView:
@@ -53,7 +55,7 @@ class LiveView:
 
 
 @click.command("demo")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--patient", default="Jane", show_default=True,
               type=click.Choice(["Jane", "Chris", "Ollie", "Andreas", "Kyla"]), help="Which sandbox seed patient to create.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the data to arrive.")
@@ -61,7 +63,6 @@ class LiveView:
 def demo_command(config_path, patient, timeout, keep_running):
     """Run the whole flow end to end: Patient saved → patient bot → Metriport → signed webhooks →
     webhook bot → clinical data in Medplum. Exits 0 only when the data is really in Medplum."""
-    from .cli import load_or_exit
     from .outputs import stale_files
     from .stack import start_stack
 
@@ -92,7 +93,8 @@ def demo_command(config_path, patient, timeout, keep_running):
         org = create_facility_org(stack)
         pat = create_patient(stack, patient, org["id"])
         step(f"created Organization/{org['id']} (facility id) and Patient/{pat['id']} ({patient}) through the FHIR API")
-        outcome = wait_for_consolidated(stack, timeout=timeout, on_tick=view.tick)
+        outcome = wait_for_consolidated(stack, expected_messages=data_messages_per_patient(cfg), timeout=timeout,
+                                        on_tick=view.tick)
         view.tick()
         imported = count_imported(stack)
         click.echo()
@@ -109,7 +111,7 @@ def demo_command(config_path, patient, timeout, keep_running):
             click.echo("to look around afterwards (bot logs, the sync console): `medport demo --keep-running`")
         ok = outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0
         if not ok:
-            why = ("timed out waiting for the consolidated data" if not outcome.done else
+            why = ("timed out waiting for the patient's data" if not outcome.done else
                    f"{len(outcome.failed_tasks)} message(s) failed to import" if outcome.failed_tasks else
                    "no resources were imported")
             raise click.ClickException(f"demo failed: {why} — the bot runs above show where")

