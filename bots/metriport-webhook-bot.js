@@ -6462,9 +6462,9 @@ async function processTask(medplum, event, taskId) {
 
 /**
  * An operator puts a stored message back in the queue through the bot (`medport replay --failed`, the console),
- * so that the Task stays one this bot wrote: the stored message must verify; a failed or refused one starts
- * over, one cut off (lease expired, or `takeOver`: the operator asserts its run is dead) resumes from its
- * checkpoint, a waiting one is nudged. Whoever may execute this bot may ask; nothing unsigned is ever queued.
+ * so that the Task stays one this bot wrote: the stored message must verify; a failed, refused or cut-off one
+ * (lease expired, or `takeOver`: the operator asserts its run is dead) is queued again with fresh attempts,
+ * resuming from its checkpoint; a waiting one is nudged. Whoever may execute this bot may ask; nothing unsigned is ever queued.
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @param {string} taskId
@@ -6491,10 +6491,9 @@ async function requeueCommand(medplum, event, taskId, takeOver) {
   try {
     /** @type {StoredTask} */
     let next;
-    if (status === 'failed' || status === 'rejected' || status === 'cancelled') {
-      next = await requeue(medplum, task, true);
-    } else if (status === 'in-progress' && (takeOver || leaseExpired(task, Date.now()))) {
-      next = await requeue(medplum, task, false);
+    if (status === 'failed' || status === 'rejected' || status === 'cancelled' ||
+        (status === 'in-progress' && (takeOver || leaseExpired(task, Date.now())))) {
+      next = await requeue(medplum, task, true); // a new chance: attempts afresh, the checkpoint kept
     } else if (status === 'requested') {
       next = await nudge(medplum, task);
     } else {
@@ -6508,6 +6507,30 @@ async function requeueCommand(medplum, event, taskId, takeOver) {
     }
     return { requeued: false, reason: 'Task/' + taskId + ' changed meanwhile (being processed)' };
   }
+}
+
+/**
+ * An operator's requeue request ({medportRequeue: <Task id>, takeOver?: true}), unsigned: as JSON, or as its text
+ * (Bot.rawBody passes the body as text). Anything signed is a Metriport message.
+ * @param {BotEvent} event
+ * @param {WebhookBotInput} input
+ * @returns { { taskId: string, takeOver: boolean } | undefined }
+ */
+function requeueRequest(event, input) {
+  /** @type {unknown} */
+  let body = input;
+  if (typeof input === 'string') {
+    if (header(event, 'x-metriport-signature') || !input.includes('medportRequeue')) {
+      return undefined;
+    }
+    try {
+      body = JSON.parse(input);
+    } catch (_err) {
+      return undefined;
+    }
+  }
+  const b = /** @type { { medportRequeue?: unknown, takeOver?: unknown, meta?: unknown } | null } */ (body && typeof body === 'object' ? body : null);
+  return b && typeof b.medportRequeue === 'string' && !b.meta ? { taskId: b.medportRequeue, takeOver: b.takeOver === true } : undefined;
 }
 
 // ---------------------------------------------------------------------------
@@ -6531,8 +6554,9 @@ exports.handler = async (medplum, event) => {
     log(swept.resumed || swept.nudged || swept.refused ? 'warn' : 'info', 'sweep done', swept);
     return { sweep: swept };
   }
-  if (input && typeof input === 'object' && typeof input.medportRequeue === 'string' && !input.meta) {
-    return requeueCommand(medplum, event, input.medportRequeue, input.takeOver === true);
+  const command = requeueRequest(event, input);
+  if (command) {
+    return requeueCommand(medplum, event, command.taskId, command.takeOver);
   }
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
