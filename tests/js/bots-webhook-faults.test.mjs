@@ -266,3 +266,34 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
 });
+
+test('a message Task the bot did not write, or whose message does not verify, is refused: rejected, nothing written; an operator requeues through the bot', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-forged');
+  const msg = consolidated(p.id, 'mpt-forged', bigBundle('mpt-forged', 2));
+  const raw = JSON.stringify(msg);
+  const base = { resourceType: 'Task', status: 'requested', intent: 'order', code: { coding: [{ system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-webhook-message' }] } };
+  // written by someone else (the test's admin), with a good signature even
+  const forged = await medplum.createResource({ ...base, input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }, { type: { text: 'metriport-signature' }, valueString: sign(raw) }] });
+  let r = await runTask(medplum, forged.id);
+  assert.equal(r.result.status, 'refused');
+  assert.match(r.result.reason, /written by ClientApplication\/test-admin, not stored by this bot \(Bot\/test\)/);
+  assert.equal((await medplum.readResource('Task', forged.id)).status, 'rejected');
+  assert.deepEqual(await counts(medplum), { Encounter: 0, Observation: 0, DiagnosticReport: 0 });
+  // stored by the bot, its message changed since
+  const stored = (await deliver(medplum, msg)).result.task.split('/')[1];
+  const t = await medplum.readResource('Task', stored);
+  await asBot(() => medplum.updateResource({ ...t, input: t.input.map((i) => (i.type.text === 'metriport-webhook-message' ? { ...i, valueString: raw.replace('"status":"completed"', '"status":"failed"') } : i)) }));
+  r = await runTask(medplum, stored);
+  assert.match(r.result.reason, /does not match its x-metriport-signature/);
+  assert.deepEqual(await counts(medplum), { Encounter: 0, Observation: 0, DiagnosticReport: 0 });
+  // an operator asks the bot to requeue them: the forged one verifies (a genuine message) and is queued, written by
+  // the bot; the tampered one is refused
+  const ask = (id) => runBot(webhookBot(CFG), medplum, { input: JSON.stringify({ medportRequeue: id }), secrets: secrets() });
+  assert.deepEqual((await ask(stored)).result.requeued, false);
+  const ok = (await ask(forged.id)).result;
+  assert.equal(ok.requeued, true, JSON.stringify(ok));
+  const again = await runTask(medplum, forged.id);
+  assert.equal(again.result.status, 'completed', again.logText);
+  assert.deepEqual(await counts(medplum), { Encounter: 10, Observation: 2, DiagnosticReport: 5 });
+});
