@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import requests
-from flask import (Blueprint, Flask, Response, abort, current_app, jsonify, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, Flask, Response, abort, current_app, g, jsonify, redirect, render_template,
+                   request, session, url_for)
 
 from ..medplum_http import MedplumError
 from .figures import RANGES, health
@@ -112,7 +112,8 @@ def _csrf_token() -> str:
 def common():
     s = _source().settings
     return {"csrf_token": _csrf_token(), "server": s.base_url, "dev_api": s.dev_api,
-            "signed_in": _guard().signed_in(), "flash_msg": session.pop("flash", None)}
+            "authenticated": g.get("authenticated", False), "signed_in": _guard().signed_in(),
+            "flash_msg": session.pop("flash", None)}
 
 
 @bp.before_app_request
@@ -124,6 +125,7 @@ def require_admin():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if _guard().authenticated():
+        g.authenticated = True
         if request.method == "POST":
             token = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
             if not session.get("csrf") or not _same(token, session["csrf"]):
@@ -233,52 +235,40 @@ def patients_page():
     return render_template("patients.html", v=view, page="patients")
 
 
-def _patient_data(pid: str) -> dict:
+def _found(lookup, missing: str):
+    """(model, what `lookup(model)` finds): in the current model, else in one read now (it may be that new)."""
     integ = _console().integration()
-    sync = integ.patient(pid)
-    if sync is None:
-        if _source().patient(pid) is None:
-            abort(404, f"no Patient/{pid}")
+    hit = lookup(integ)
+    if hit is None:
         integ = _console().integration(fresh=True)
-        sync = integ.patient(pid)
-        if sync is None:
-            abort(404, f"Patient/{pid} is not in the console's window")
+        hit = lookup(integ)
+        if hit is None:
+            abort(404, missing)
+    return integ, hit
+
+
+def _patient_data(pid: str) -> dict:
+    integ, sync = _found(lambda i: i.patient(pid), f"no Patient/{pid} (or not in the console's window)")
     s = _source().settings
     newest = max((m.updated.isoformat() for m in sync.messages if m.updated), default="")
     return patient_view(integ, sync, _source().patient_history(pid), _source().imported_counts(pid, newest),
                         s.links_base, s.resource_identifier_system)
 
 
-@bp.get("/patients/<pid>")
-def patient_page(pid):
-    return render_template("patient.html", v=_patient_data(pid), page="patients")
-
-
-@bp.get("/api/patients/<pid>")
-def patient_json(pid):
-    return jsonify(_patient_data(pid))
-
-
 def _message_data(task_id: str) -> dict:
-    integ = _console().integration()
-    m = integ.message(task_id)
-    if m is None:
-        integ = _console().integration(fresh=True)
-        m = integ.message(task_id)
-        if m is None:
-            abort(404, f"no message Task/{task_id}")
+    integ, m = _found(lambda i: i.message(task_id), f"no message Task/{task_id}")
     s = _source().settings
     return message_view(integ, m, _source().task_history(task_id), s.links_base, s.resource_identifier_system)
 
 
-@bp.get("/messages/<task_id>")
-def message_page(task_id):
-    return render_template("message.html", v=_message_data(task_id), page="messages")
+def _page_and_json(rule: str, endpoint: str, template: str, page: str, data) -> None:
+    """A page, and the same data as JSON under /api."""
+    bp.add_url_rule(rule, endpoint, lambda **kw: render_template(template, v=data(**kw), page=page))
+    bp.add_url_rule("/api" + rule, endpoint + "_json", lambda **kw: jsonify(data(**kw)))
 
 
-@bp.get("/api/messages/<task_id>")
-def message_json(task_id):
-    return jsonify(_message_data(task_id))
+_page_and_json("/patients/<pid>", "patient_page", "patient.html", "patients", _patient_data)
+_page_and_json("/messages/<task_id>", "message_page", "message.html", "messages", _message_data)
 
 
 def _back(default: str) -> Response:

@@ -94,17 +94,18 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def _fmt_s(s: int, unit: bool = True) -> str:
-    v, u = (s, "s") if s < 60 else (s // 60, "min") if s < 3600 else (s // 3600, "h")
-    return f"{v} {u}" if unit else str(v)
+    v, u = (s, "s") if s < 60 else (s // 60, "m") if s < 3600 else (s // 3600, "h")
+    return f"{v}{u}" if unit else str(v)
 
 
 def hist_label(i: int) -> str:
+    """Short bucket labels (s = seconds, m = minutes, h = hours: the axis title says so)."""
     if i == 0:
         return f"<{_fmt_s(HIST_EDGES_S[0])}"
     if i == len(HIST_EDGES_S):
         return f"≥{_fmt_s(HIST_EDGES_S[-1])}"
     lo, hi = HIST_EDGES_S[i - 1], HIST_EDGES_S[i]
-    same_unit = _fmt_s(lo).split()[-1] == _fmt_s(hi).split()[-1]
+    same_unit = _fmt_s(lo)[-1] == _fmt_s(hi)[-1]
     return f"{_fmt_s(lo, not same_unit)}–{_fmt_s(hi)}"
 
 
@@ -291,16 +292,23 @@ def metriport_deliveries(log: list[dict] | None) -> dict | None:
 PAD_L, PAD_R, PAD_T, PAD_B = 52, 10, 14, 46      # room for the y axis title and tick labels, and the x axis title
 
 
+def _nice_step(top: float) -> int:
+    """A whole, round tick step (1, 2, 5 × a power of ten) giving at most 5 intervals up to `top` (counts)."""
+    raw = max(top, 1) / 5
+    exp = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    return int(next(m * exp for m in (1, 2, 5, 10) if m * exp >= raw))
+
+
 def _nice_top(top: float) -> float:
-    """A round axis maximum ≥ top (1, 2, 5 × a power of ten)."""
-    if top <= 0:
-        return 1.0
-    exp = 10 ** math.floor(math.log10(top))
-    return next(m * exp for m in (1, 2, 5, 10) if m * exp >= top)
+    """The axis maximum: the first whole tick at or above `top`."""
+    step = _nice_step(top)
+    return float(step * max(1, math.ceil(top / step)))
 
 
 def _y_ticks(top: float, plot_h: float) -> list[dict]:
-    return [{"y": round(PAD_T + plot_h - plot_h * f, 1), "label": f"{top * f:g}"} for f in (0, 0.25, 0.5, 0.75, 1)]
+    step = _nice_step(top)
+    n = round(top / step)
+    return [{"y": round(PAD_T + plot_h - plot_h * k / n, 1), "label": str(k * step)} for k in range(n + 1)]
 
 
 def _frame(width: int, height: int, x_title: str, y_title: str) -> dict:
@@ -377,7 +385,7 @@ def charts(figures: dict) -> dict:
     by_type = figures["messages"]["by_type"]
     return {
         "aggregation": bar_chart([(h["label"], h["count"]) for h in agg["histogram"]],
-                                 x_title="aggregation time: query start → data in Medplum (seconds, minutes, hours)",
+                                 x_title="query start → data in Medplum (s = seconds, m = minutes, h = hours)",
                                  y_title="queries"),
         "by_status": stacked_chart(ot["buckets"], key="by_status", family="status", order=STATUSES,
                                    bucket_s=ot["bucket_s"]),

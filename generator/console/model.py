@@ -344,6 +344,11 @@ class Message:
         return self.finished or self.started or self.arrived or self.updated
 
     @property
+    def touched(self) -> datetime | None:
+        """When the message's record last changed (a message stuck now, or failed, is as new as that)."""
+        return newest(self.finished, self.started, self.updated, self.arrived)
+
+    @property
     def requeried(self) -> bool:
         return bool((self.summary.get("recorded") or {}).get("consolidated-requeried-after-expired-url"))
 
@@ -788,10 +793,10 @@ def data_side(linked_at: datetime | None, messages: list[Message], queries: list
     """A linked Patient's state from its messages: a failed or stuck message newer than the last import, else
     imported (the newest query answered), else awaiting data since the newest query (or the link)."""
     problems = [m for m in messages if m.status == "failed" or m.stuck]
-    done = [m for m in messages if m.status == "completed" and m.brings_data and m.at]
-    last_done = max(done, key=lambda m: m.at) if done else None
-    problem = max(problems, key=lambda m: m.at or EPOCH) if problems else None
-    if problem and (last_done is None or (problem.at or EPOCH) >= last_done.at):
+    done = [m for m in messages if m.status == "completed" and m.brings_data and m.touched]
+    last_done = max(done, key=lambda m: m.touched) if done else None
+    problem = max(problems, key=lambda m: m.touched or EPOCH) if problems else None
+    if problem and (last_done is None or (problem.touched or EPOCH) >= last_done.touched):
         if problem.status == "failed":
             return SyncState("failed", f"{problem.type} failed: {problem.reason or 'no reason recorded'}",
                              problem.at, "replay", problem.task_id)

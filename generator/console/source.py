@@ -345,7 +345,7 @@ class Source:
         if total and total <= BIG_COMPARTMENT:
             found, _ = self.search_all("", f"_type={types}&{compartment}&_count={PAGE}", limit=BIG_COMPARTMENT)
             for r in found:
-                if any(isinstance(i, dict) and i.get("system") == system for i in r.get("identifier") or []):
+                if any(isinstance(i, dict) and i.get("system") == system for i in _identifiers(r)):
                     out[r["resourceType"]] = out.get(r["resourceType"], 0) + 1
         elif total:     # a very large record: count per type rather than read it
             ident = quote(system + "|", safe="|:/")
@@ -409,6 +409,12 @@ class Source:
         self.fhir("execute the patient bot", "POST", f"Bot/{quote(bot['id'])}/$execute", json_body=patient)
         self.invalidate()
         return bot["name"]
+
+
+def _identifiers(resource: dict) -> list:
+    """A resource's identifiers: a list on most types, one object on a few (Composition, Bundle, QuestionnaireResponse)."""
+    ident = resource.get("identifier")
+    return [ident] if isinstance(ident, dict) else ident if isinstance(ident, list) else []
 
 
 def _is_message_task(task: dict) -> bool:

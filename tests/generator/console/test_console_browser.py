@@ -275,7 +275,9 @@ controls.forEach((a, i) => controls.slice(i + 1).forEach((b) => { const x = box(
   if (x.left < y.right && y.left < x.right && x.top < y.bottom && y.top < x.bottom) overlaps.push([a.id, b.id]); }));
 const columns = (sel) => [...document.querySelectorAll(sel)].map((g) => new Set([...g.children].filter(
   (c) => c.getBoundingClientRect().width > 0).map((c) => Math.round(c.getBoundingClientRect().left))).size);
-return {vw: vw, overflow: document.documentElement.scrollWidth - vw,
+const hidden = [...document.querySelectorAll('.pill, li.item, button, .state-link, td')].filter((e) => {
+  const r = e.getBoundingClientRect(); return !e.closest('.scroll') && r.width > 0 && (r.left < -1 || r.right > vw + 1); }).map((e) => e.outerHTML.slice(0, 80));
+return {vw: window.innerWidth, overflow: document.documentElement.scrollWidth - vw, hidden: hidden,
         controls: controls.map((e) => [e.id, usable(e)]), overlaps: overlaps,
         cols2: columns('.cols2'), cards: columns('.cards'), cols: columns('.cols')};
 """
@@ -312,6 +314,7 @@ def check_layout(browser, width: int, page: str) -> None:
     assert lay["overflow"] <= 1, f"{page} at {width} px scrolls sideways by {lay['overflow']} px"
     assert lay["controls"] and all(ok for _, ok in lay["controls"]), (page, width, lay["controls"])
     assert lay["overlaps"] == [], (page, width, lay["overlaps"])
+    assert lay["hidden"] == [], (page, width, lay["hidden"])          # nothing pushed off the page
     if width < 600:
         assert all(n == 1 for n in lay["cols2"] + lay["cards"] + lay["cols"]), (page, lay)
     else:
@@ -394,6 +397,14 @@ def test_console_in_chromium(stack, people, console, browser):
     rows = {el.get_attribute("data-type"): int(el.get_attribute("data-count"))
             for el in browser.find_elements(By.CSS_SELECTOR, "#in-medplum tbody tr[data-type]")}
     assert rows == stack.imported(people["jane"])
+    conv = next(t for t in message_tasks(stack, ids["chris"]) if "conversion" in t["description"])
+    for width in WIDTHS:
+        visit(browser, f"{base}patients/{ids['chris']}", width, "patient, failed", "console-patient-failed")
+        assert attr(browser, "#sync-state", "data-state") == "failed"
+        assert "500" in browser.find_element(By.ID, "state-reason").text
+        assert browser.find_elements(By.CSS_SELECTOR, f'#patient-actions button.replay-btn[data-task="{conv["id"]}"]')
+        ev = browser.find_element(By.CSS_SELECTOR, f'#timeline li[data-stage="processing"][data-task="{conv["id"]}"]')
+        assert ev.get_attribute("data-tone") == "fail"
 
     # 3. needs attention, first, with everything actionable
     stack.fake.set_faults(bad_signatures=True)       # what Metriport sends next is refused: it disables the webhook
@@ -447,7 +458,6 @@ def test_console_in_chromium(stack, people, console, browser):
     assert stack.wait_idle(60)
 
     # 4. Chris's conversion message: redacted payload, every attempt, request ids, links into Medplum
-    conv = next(t for t in message_tasks(stack, ids["chris"]) if "conversion" in t["description"])
     for width in WIDTHS:
         visit(browser, f"{base}messages/{conv['id']}", width, "message", "console-message")
         assert attr(browser, "#message-status", "data-status") == "completed"

@@ -19,8 +19,8 @@ def test_percentiles_and_histogram():
     assert figures.percentile([], 50) is None and figures.percentile([3.0], 95) == 3.0
     assert figures.percentile([1, 2, 3, 4], 50) == 2.5 and figures.percentile([1, 2], 95) == pytest.approx(1.95)
     hist = figures.histogram([0.5, 1.5, 1.7, 7200])
-    assert [h["count"] for h in hist][:2] == [1, 2] and hist[-1] == {"label": "≥1 h", "count": 1}
-    assert [h["label"] for h in hist][:3] == ["<1 s", "1–2 s", "2–5 s"]
+    assert [h["count"] for h in hist][:2] == [1, 2] and hist[-1] == {"label": "≥1h", "count": 1}
+    assert [h["label"] for h in hist][:3] == ["<1s", "1–2s", "2–5s"]
 
 
 def _integration(now=100.0):

@@ -141,6 +141,16 @@ def test_a_failed_message_newer_than_the_import_wins_then_a_replay_wins_back():
     assert state_of([patient("p1", "m1")], tasks + [early], ev).state == "imported"
 
 
+def test_a_message_stuck_now_is_as_new_as_its_record_not_as_old_as_its_sending():
+    """A message Metriport sent before the import, cut off after it: stuck (its lease expired), not imported."""
+    ev, tasks = flow()
+    lease = {"url": model.LEASE_EXT, "valueDateTime": iso(40)}
+    cut = task("p1-t9", "medical.document-download", "in-progress", "p1", updated=30, extension=[lease])
+    cut["input"][0]["valueString"] = cut["input"][0]["valueString"].replace(iso(29.9), iso(0.5))
+    st = state_of([patient("p1", "m1")], tasks + [cut], ev)
+    assert (st.state, st.task_id) == ("stuck", "p1-t9") and "lease expired" in st.reason
+
+
 def test_the_consolidated_query_the_webhook_bot_starts_does_not_leave_the_patient_awaiting():
     ev, tasks = flow()
     conv = next(e for e in ev if e["id"] == "p1-t1-proc")

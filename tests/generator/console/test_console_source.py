@@ -26,7 +26,7 @@ def emu():
 
 def _source(emu, **kw) -> tuple[Source, list[str]]:
     s = Settings(emu.base_url, emu.admin_client_id, emu.admin_client_secret,
-                 resource_types=("Condition", "Observation", "Encounter"), **kw)
+                 resource_types=("Condition", "Observation", "Encounter", "Composition"), **kw)
     src = Source(s)
     seen: list[str] = []
     src.http.session.hooks["response"].append(lambda r, *a, **k: seen.append(r.request.method + " " + r.request.url))
@@ -83,12 +83,15 @@ def test_a_patients_imported_resources_are_counted_distinct_in_one_search(emu, m
     emu.fhir.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": ref,
                      "identifier": [{"system": RID_SYSTEM, "value": "o1"}]})
     emu.fhir.create({"resourceType": "Observation", "status": "final", "code": {"text": "mine"}, "subject": ref})
+    emu.fhir.create({"resourceType": "Composition", "status": "final", "type": {"text": "x"}, "date": "2026-01-01",
+                     "author": [ref], "title": "t", "subject": ref,
+                     "identifier": {"system": RID_SYSTEM, "value": "comp1"}})        # one identifier, not a list
     src, seen = _source(emu)
     fhir = lambda: [u for u in seen if "/fhir/R4/" in u]  # noqa: E731
-    assert src.imported_counts(p["id"], "t1") == {"Condition": 3, "Observation": 1}
+    assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1}
     assert len(fhir()) == 2                                           # a count, then the resources: two requests
-    assert src.imported_counts(p["id"], "t1") == {"Condition": 3, "Observation": 1} and len(fhir()) == 2
+    assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1} and len(fhir()) == 2
     emu.fhir.create({"resourceType": "Condition", "subject": ref, "identifier": [{"system": RID_SYSTEM, "value": "c9"}]})
     assert src.imported_counts(p["id"], "t2")["Condition"] == 4         # a newer message: counted again
     monkeypatch.setattr(source_module, "BIG_COMPARTMENT", 2)
-    assert Source(src.settings).imported_counts(p["id"]) == {"Condition": 4, "Observation": 1}   # per type past it
+    assert Source(src.settings).imported_counts(p["id"]) == {"Composition": 1, "Condition": 4, "Observation": 1}   # per type past it
