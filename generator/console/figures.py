@@ -163,7 +163,8 @@ def _group(kind: str, title: str, tone: str, items: list[dict], action: str | No
 def attention(integ: Integration) -> list[dict]:
     """Everything a person can act on, most urgent first, each with the Patients it concerns and its action:
     Metriport's webhook disabled (retry it), failed and stuck messages (replay), patient bot failures (rerun),
-    refused deliveries (retry the webhook once the key is right), open review Tasks (resolve in Medplum),
+    deliveries refused since the last one that got through (retry the webhook once the key is right), open
+    review Tasks (resolve in Medplum),
     skipped Patients (fix their demographics)."""
     groups = []
     wh = metriport_webhook(integ.snapshot.metriport_webhook)
@@ -185,8 +186,10 @@ def attention(integ: Integration) -> list[dict]:
     groups.append(_group("patient-bot-failed", "Patient bot failures", "fail", [
         {"title": f"Patient/{p.id} not synced", "detail": p.state.reason, "at": p.state.since, "patients": [p.id],
          "task": None} for p in sorted(bot_failed, key=lambda p: p.state.since or integ.now, reverse=True)], "rerun"))
-    refused = sorted((r for r in integ.delivery_runs if r.refused_delivery), key=lambda r: r.start or integ.now,
-                     reverse=True)
+    # a refusal is settled once a delivery got through after it (Metriport resends what failed when retried)
+    last_ok = max((r.start for r in integ.delivery_runs if r.ok and r.start), default=None)
+    refused = sorted((r for r in integ.delivery_runs if r.refused_delivery and (last_ok is None or (
+        r.start and r.start > last_ok))), key=lambda r: r.start or integ.now, reverse=True)
     groups.append(_group("delivery-refused", "Refused deliveries", "fail", [
         {"title": "a delivery was refused: nothing stored", "detail": r.error or "", "at": r.start, "patients": [],
          "task": None} for r in refused], "retry-webhook" if wh.get("configured") else None))

@@ -15,8 +15,8 @@ failed), a patient bot failure left as it is (Zoe), a stuck message. Then, in th
 6. sign-in that never redirects off-site (`next=/%09/evil.example`), and sign-out.
 Nothing here asserts a duration: the test polls the DOM for what it waits for, and the aggregation figure is
 compared with the same figure computed here from the same records (no second clock).
-Screenshots of every page at both widths go to bench/out/console/ (and to docs/screenshots/ with
-MEDPORT_UPDATE_SCREENSHOTS=1).
+Screenshots of every page at both widths go to bench/out/console/ (and those the README shows to
+docs/screenshots/ with MEDPORT_UPDATE_SCREENSHOTS=1).
 """
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 SHOTS = ROOT / "bench" / "out" / "console"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
 WIDTHS = (390, 1366)
+# the screenshots the README shows (MEDPORT_UPDATE_SCREENSHOTS=1 refreshes them in docs/screenshots/)
+DOC_SET = {"console-patients-390.png", "console-patients-1366.png", "console-patient-failed-1366.png",
+           "console-health-attention-1366.png", "console-health-webhook-disabled-390.png", "console-message-390.png",
+           "console-health-1366.png"}
 MESSAGE_CODE = "https://medport.dev/fhir/CodeSystem/medport|metriport-webhook-message"
 LEASE = "https://medport.dev/fhir/StructureDefinition/message-lease-expires"
 MRN = "urn:example:mrn"
@@ -257,7 +261,7 @@ def screenshot(browser, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
     path.write_bytes(base64.b64decode(shot["data"]))
-    if os.environ.get("MEDPORT_UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("MEDPORT_UPDATE_SCREENSHOTS") == "1" and name in DOC_SET:
         DOC_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOC_SHOTS / name)
     return path

@@ -82,6 +82,14 @@ def test_needs_attention_lists_everything_actionable_with_its_action():
     assert h["attention"]["count"] == sum(g["count"] for g in groups.values())
 
 
+def test_a_refused_delivery_is_settled_by_a_delivery_that_got_through_after_it():
+    ev, tasks = flow()
+    refused = ae("bad", WBOT, 0.5, 0.51, "Error Refused: the x-metriport-signature does not match the body", "4")
+    integ = model.reconstruct(snapshot([patient("p1", "m1")], tasks, ev + [refused]))
+    assert "delivery-refused" not in [g["kind"] for g in figures.attention(integ)]
+    assert figures.health(integ)["deliveries"]["refused"] == 1
+
+
 def test_attention_is_capped_and_counts_the_rest():
     pats = [patient(f"p{i}") for i in range(80)]
     runs = [patient_run(f"p{i}", i, "Metriport POST /medical/v1/patient answered 429", outcome="4") for i in range(80)]
