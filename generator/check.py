@@ -17,6 +17,7 @@ from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
 from .config import ConfigError, load_config
+from .options import config_option, out_option
 from .render import patient_bot_config
 
 
@@ -207,16 +208,28 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     return ch
 
 
+def _prepare_report(path: Path) -> None:
+    """The report's folder created (as pytest's --junitxml does) and the file writable, or one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise click.ClickException(f"cannot write the JUnit report {path}: {e.strerror or e} — choose another "
+                                   "--junit path") from None
+
+
 @click.command("check")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
-              help="Where the generated files are committed.")
+@config_option
+@out_option
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
 @click.option("-k", "only", help="Run only the scenarios whose name contains this text.")
 def check_command(config_path, out_dir, junit_path, no_scenarios, only):
     """Validate everything for CI; exit 0 only if every check passes."""
     t0 = time.monotonic()
+    if junit_path:   # before the checks run: a report that cannot be written is known now, not after them
+        _prepare_report(Path(junit_path))
     click.echo(f"medport check: {config_path}")
     click.echo("Medplum: scenarios run on the emulator of Medplum 5.2.13; the generated Subscriptions carry one "
                "interaction each, so they fire the same on every Medplum version")
@@ -225,7 +238,10 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only):
     failed = sum(1 for r in ch.results if not r.ok)
     skipped = sum(1 for r in ch.results if r.skipped)
     if junit_path:
-        Path(junit_path).write_text(junit_xml(ch.results), "utf-8")
+        try:
+            Path(junit_path).write_text(junit_xml(ch.results), "utf-8")
+        except OSError as e:
+            raise click.ClickException(f"cannot write the JUnit report {junit_path}: {e.strerror or e}") from None
     summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (JUnit: {junit_path})" if junit_path else ""))
     if not ch.ok:

@@ -24,6 +24,8 @@ class Client:
         r.raise_for_status()
         self.token = r.json()["access_token"]
         self.http.headers["Authorization"] = f"Bearer {self.token}"
+        # MedplumClient's default Accept (core client.ts DEFAULT_ACCEPT): a Binary read answers the resource
+        self.http.headers["Accept"] = "application/fhir+json, */*; q=0.1"
 
     def url(self, path: str) -> str:
         return self.base_url + path.lstrip("/")
