@@ -147,8 +147,8 @@ def console_command(base_url, client_id, client_secret, host, allowed_hosts, por
                                    allowed_hosts=tuple(allowed_hosts))
     if binds_everything(host) and not as_json:
         click.echo(f"warning: --host {host} binds every interface: anyone who can reach this machine can try to sign "
-                   "in to the console (over plain HTTP). Keep 127.0.0.1 unless you must, and name the address you "
-                   "will open it by with --allowed-host.", err=True)
+                   "in to the console, over plain HTTP. Keep 127.0.0.1 unless you must; it answers to this machine's "
+                   "name, other names need --allowed-host.", err=True)
     source = Source(settings)
     try:
         figures = health(reconstruct(source.snapshot()))

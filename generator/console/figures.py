@@ -182,8 +182,8 @@ def attention(integ: Integration) -> list[dict]:
     groups.append(_group("message-stuck", "Stuck messages", "stuck", [
         {"title": f"{m.type} {m.status}", "detail": m.stuck, "at": m.started or m.updated,
          "patients": sorted(m.patient_ids), "task": m.task_id} for m in sorted(stuck, key=_newest_first)], "replay"))
-    bot_failed = [p for p in integ.patients if p.state.state == "failed" and p.state.action == "rerun"]
-    groups.append(_group("patient-bot-failed", "Patient bot failures", "fail", [
+    bot_failed = [p for p in integ.patients if p.state.state in ("failed", "stuck") and p.state.action == "rerun"]
+    groups.append(_group("patient-bot-failed", "Patients the patient bot could not sync", "fail", [
         {"title": f"Patient/{p.id} not synced", "detail": p.state.reason, "at": p.state.since, "patients": [p.id],
          "task": None} for p in sorted(bot_failed, key=lambda p: p.state.since or integ.now, reverse=True)], "rerun"))
     # a refusal is settled once a delivery got through after it (Metriport resends what failed when retried)
@@ -193,7 +193,7 @@ def attention(integ: Integration) -> list[dict]:
     groups.append(_group("delivery-refused", "Refused deliveries", "fail", [
         {"title": "a delivery was refused: nothing stored", "detail": r.error or "", "at": r.start, "patients": [],
          "task": None} for r in refused], "retry-webhook" if wh.get("configured") else None))
-    reviews = [rv for rv in integ.reviews if rv.open]
+    reviews = [rv for rv in integ.reviews if rv.needs_review]
     groups.append(_group("review", "To review in Medplum", "warn", [
         {"title": rv.title, "detail": rv.description, "at": rv.at, "patients": rv.patient_ids, "task": rv.task_id,
          "review": rv.kind} for rv in sorted(reviews, key=lambda r: r.at or integ.now, reverse=True)]))

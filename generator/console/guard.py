@@ -6,14 +6,17 @@
   revokes it, so a copied cookie stops working at logout (and after `SESSION_IDLE_S` without use).
 - `Throttle`: sign-in attempts per client address — after `FREE_FAILURES` failures, each further attempt waits
   twice as long as the one before (capped), until a success.
-- `host_allowed`: the Host header names this console (127.0.0.1, localhost, [::1], the bound interface, names
-  given with --allowed-host): a page on another origin that resolves to 127.0.0.1 (DNS rebinding) is refused.
+- `host_allowed`: the Host header names this console (127.0.0.1, localhost, [::1], the bound interface — a
+  wildcard: the machine's names —, names given with --allowed-host or MEDPORT_ALLOWED_HOSTS), as the emulator's
+  check: a page on another origin that resolves to 127.0.0.1 (DNS rebinding) is refused.
 - `SECURITY_HEADERS`: CSP (scripts and styles from the console only, no framing, forms post to it only),
   X-Frame-Options, no caching of pages that show the integration's records, no referrer (URLs hold ids).
 """
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import threading
 import time
 from urllib.parse import urlsplit
@@ -22,7 +25,7 @@ FREE_FAILURES = 5
 MAX_WAIT_S = 300.0
 FORGET_AFTER_S = 900.0      # failures older than this are forgotten
 SESSION_IDLE_S = 12 * 3600.0
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 SECURITY_HEADERS = {
@@ -113,24 +116,32 @@ class Throttle:
 
 
 def host_name(host_header: str) -> str:
-    """The name part of a Host header (`[::1]:8104` → `[::1]`, `Localhost:80` → `localhost`)."""
+    """The name part of a Host header (`[::1]:8104` → `::1`, `Localhost.:80` → `localhost`)."""
     h = (host_header or "").strip().lower()
     if h.startswith("["):
-        return h[:h.find("]") + 1] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+        name = h[1:h.find("]")] if "]" in h else ""
+    else:
+        name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return name.rstrip(".")
 
 
 def allowed_hosts(bind_host: str, extra: tuple = ()) -> frozenset:
+    """The names the Host header may carry, as the emulator's check has them: loopback, the address bound (a
+    wildcard bind: the machine's own names), `--allowed-host` names and `MEDPORT_ALLOWED_HOSTS` (comma-separated)."""
     names = set(LOOPBACK_NAMES)
     b = (bind_host or "").strip().lower()
-    if b not in WILDCARDS:
-        names.add(f"[{b}]" if ":" in b and not b.startswith("[") else b)
-    names.update(host_name(h) for h in extra if h)
-    return frozenset(names)
+    if b in WILDCARDS:
+        names.update({socket.gethostname(), socket.getfqdn()})
+    else:
+        names.add(b)
+    names.update(extra)
+    names.update(os.environ.get("MEDPORT_ALLOWED_HOSTS", "").split(","))
+    return frozenset(n.strip().strip("[]").rstrip(".").lower() for n in names if n and n.strip())
 
 
-def host_allowed(host_header: str, allowed: frozenset) -> bool:
-    return host_name(host_header) in allowed
+def host_allowed(host_header: str | None, allowed: frozenset) -> bool:
+    """No Host header at all (HTTP/1.0, some tools) passes: a browser always sends one."""
+    return host_header is None or host_name(host_header) in allowed
 
 
 def binds_everything(host: str) -> bool:

@@ -534,11 +534,22 @@ def human_ms(ms: float | None) -> str:
     return "—" if ms is None else human_s(ms / 1000.0)
 
 
-# ---------------------------------------------------------------------------------------------- reviews
+# ---------------------------------------------------------------------------------------------- other Tasks
+# The other Tasks the bots write in medport's CodeSystem, by code: what a person must review, the durable sync
+# step of a Patient (one per Patient: requested until its query started, executionPeriod.start = when a run may
+# take it next), and records that ask nothing of anyone. A code not listed is a review when its code or title
+# says so (conflict, review, refused, forged), else a record.
+SYNC_TASK_CODE = "metriport-patient-sync"
+TASK_KINDS = {PATIENT_CONFLICT_TASK_CODE: "duplicate", BULK_ROW_FAILED_CODE: "enrollment",
+              "metriport-resource-conflict": "review", SYNC_TASK_CODE: "sync", "metriport-contribution": "record"}
+_REVIEW_WORDS = re.compile(r"conflict|review|refus|forged|reject", re.I)
+CLOSED = ("completed", "cancelled", "rejected", "entered-in-error")
+
+
 @dataclass
 class Review:
-    """A Task the bots left for a person (any medport-coded Task that is not a message): a refused duplicate
-    link, a refused bulk row, or a kind this console does not know yet — shown by its own description."""
+    """A Task the bots left beside the messages: a refused duplicate link, a refused bulk row, a conflict, a
+    Patient's sync step, or a kind this console does not know yet — shown by its own title and description."""
     task_id: str
     code: str
     status: str
@@ -546,7 +557,10 @@ class Review:
     description: str
     subjects: list[str]         # the Patients it is about (for/focus)
     others: list[str]           # Patients it names besides (e.g. the one already holding the Metriport id)
-    at: datetime | None
+    at: datetime | None         # authored
+    updated: datetime | None = None
+    due: datetime | None = None  # a sync step: when a run may take it next
+    waiting: str | None = None   # a sync step: what it waits for (run | metriport | backoff)
 
     @property
     def patient_ids(self) -> list[str]:
@@ -554,11 +568,18 @@ class Review:
 
     @property
     def open(self) -> bool:
-        return self.status not in ("completed", "cancelled", "rejected", "entered-in-error")
+        return self.status not in CLOSED
 
     @property
     def kind(self) -> str:
-        return {PATIENT_CONFLICT_TASK_CODE: "duplicate", BULK_ROW_FAILED_CODE: "enrollment"}.get(self.code, "review")
+        known = TASK_KINDS.get(self.code)
+        if known:
+            return known
+        return "review" if _REVIEW_WORDS.search(f"{self.code} {self.title}") else "record"
+
+    @property
+    def needs_review(self) -> bool:
+        return self.open and self.kind in ("duplicate", "enrollment", "review")
 
 
 def _code_of(task: dict) -> str:
@@ -574,6 +595,11 @@ def _patients_named(refs: list) -> list[str]:
     return out
 
 
+def _input_text(task: dict, name: str) -> str | None:
+    return next((i.get("valueString") for i in task.get("input") or [] if isinstance(i, dict)
+                 and (i.get("type") or {}).get("text") == name and isinstance(i.get("valueString"), str)), None)
+
+
 def build_reviews(snap: Snapshot) -> list[Review]:
     out = []
     for t in snap.review_tasks:
@@ -583,10 +609,13 @@ def build_reviews(snap: Snapshot) -> list[Review]:
         subjects = _patients_named([t.get("for"), t.get("focus")])
         others = _patients_named([i.get("valueReference") for i in t.get("input") or [] if isinstance(i, dict)])
         reason = (t.get("statusReason") or {}).get("text") if isinstance(t.get("statusReason"), dict) else None
+        updated = parse_time((t.get("meta") or {}).get("lastUpdated"))
+        period = t.get("executionPeriod") if isinstance(t.get("executionPeriod"), dict) else {}
         out.append(Review(t.get("id", ""), code, str(t.get("status", "")),
                           (t.get("code") or {}).get("text") or code or "review",
                           reason or t.get("description") or "", subjects, [p for p in others if p not in subjects],
-                          parse_time(t.get("authoredOn")) or parse_time((t.get("meta") or {}).get("lastUpdated"))))
+                          parse_time(t.get("authoredOn")) or updated, updated, parse_time(period.get("start")),
+                          _input_text(t, "waiting")))
     out.sort(key=lambda r: (r.at or EPOCH, r.task_id))
     return out
 
@@ -696,7 +725,7 @@ class PatientSync:
 
     @property
     def open_reviews(self) -> list[Review]:
-        return [r for r in self.reviews if r.open]
+        return [r for r in self.reviews if r.needs_review]
 
     @property
     def pending(self) -> bool:
@@ -747,12 +776,30 @@ def _run_verdict(r: Run) -> tuple[str, str] | None:
     return None
 
 
-def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[Review]) -> SyncState | None:
+def sync_step_state(rv: Review, now: datetime, stuck_after_s: float) -> SyncState:
+    """What a Patient's pending (or failed) sync step says: failed with its reason; waiting for Metriport or a
+    retry until its due time; stuck when that time is long past and no run took it."""
+    if rv.status == "failed":
+        return SyncState("failed", f"the sync step failed: {rv.description}", rv.updated, "rerun")
+    if rv.due and (now - rv.due).total_seconds() > stuck_after_s:
+        return SyncState("stuck", f"the sync step was due at {rv.due:%Y-%m-%d %H:%M:%S} UTC and no run took it"
+                         + (f" ({rv.description})" if rv.description else ""), rv.due, "rerun")
+    what = {"run": "a patient bot run is sending it to Metriport",
+            "metriport": "waiting for Metriport's rate limit", "backoff": "waiting to try again"}.get(
+        rv.waiting or "", "the patient bot's sync step is pending")
+    when = f"; next attempt at {rv.due:%H:%M:%S} UTC" if rv.due and rv.due > now else ""
+    return SyncState("awaiting", what + when + (f" ({rv.description})" if rv.description and rv.waiting != "run"
+                                                else ""), rv.at)
+
+
+def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[Review],
+                 now: datetime | None = None, stuck_after_s: float = 300.0) -> SyncState | None:
     """The newest evidence about the link itself: a failed, skipped or refused patient bot run, an open review
     Task (duplicate, refused bulk row), the query-failed mark — against the Patient's current Metriport id. None
     when the Patient is linked and nothing newer says otherwise (the messages decide then)."""
     version_at = parse_time((patient.get("meta") or {}).get("lastUpdated"))
     pid = patient.get("id")
+    now = now or datetime.now(timezone.utc)
     evidence: list[tuple[datetime, int, SyncState]] = []
     decisive = _decisive_runs(runs)
     for r in decisive:
@@ -761,9 +808,13 @@ def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[
             state, reason = verdict
             evidence.append((r.start, 1, SyncState(state, reason, r.start, "rerun" if state == "failed" else None)))
     for rv in reviews:
-        if rv.open and rv.kind in ("duplicate", "enrollment") and rv.at and pid in rv.subjects:
+        if pid not in rv.subjects:
+            continue
+        if rv.open and rv.kind in ("duplicate", "enrollment") and rv.at:
             state = "duplicate" if rv.kind == "duplicate" else "failed"
             evidence.append((rv.at, 1, SyncState(state, rv.description or rv.title, rv.at)))
+        elif rv.kind == "sync" and rv.updated and rv.status != "completed":
+            evidence.append((rv.updated, 1, sync_step_state(rv, now, stuck_after_s)))
     if mid and version_at:
         marked = next((e for e in patient.get("extension") or [] if isinstance(e, dict)
                        and e.get("url") == QUERY_FAILED_EXTENSION), None)
@@ -843,8 +894,8 @@ def pair_aggregations(patient_id: str, queries: list[Query], messages: list[Mess
 
 
 def sync_state(patient: dict, mid: str | None, runs: list[Run], reviews: list[Review], messages: list[Message],
-               queries: list[Query]) -> SyncState:
-    decided = patient_side(patient, mid, runs, reviews)
+               queries: list[Query], now: datetime | None = None, stuck_after_s: float = 300.0) -> SyncState:
+    decided = patient_side(patient, mid, runs, reviews, now, stuck_after_s)
     if decided is not None:
         return decided
     linked_at = next((r.end for r in reversed(_decisive_runs(runs)) if r.ok and r.verdict is None), None) \
@@ -853,7 +904,7 @@ def sync_state(patient: dict, mid: str | None, runs: list[Run], reviews: list[Re
 
 
 def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], reviews: list[Review],
-                   mid_system: str) -> list[PatientSync]:
+                   mid_system: str, stuck_after_s: float = 300.0) -> list[PatientSync]:
     runs_by_patient = defaultdict(list)
     webhook_queries = defaultdict(list)
     for r in runs:
@@ -886,7 +937,7 @@ def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], rev
         pmsgs = sorted(msgs_by_patient.get(pid, []), key=lambda m: (m.arrived or m.updated or snap.fetched_at))
         aggs = pair_aggregations(pid, queries, pmsgs)
         prev = reviews_by_patient.get(pid, [])
-        state = sync_state(p, mid, prs, prev, pmsgs, queries)
+        state = sync_state(p, mid, prs, prev, pmsgs, queries, snap.fetched_at, stuck_after_s)
         out.append(PatientSync(pid, mid, fp, parse_time((p.get("meta") or {}).get("lastUpdated")), prs, pmsgs,
                                queries, aggs, state, prev, idents))
     out.sort(key=lambda s: s.last_activity or snap.fetched_at, reverse=True)
@@ -940,7 +991,7 @@ def reconstruct(snap: Snapshot, *, stuck_after_s: float | None = None, now: date
                 mid_to_patient[i["value"]] = p.get("id")
     messages = build_messages(snap, runs, mid_to_patient, after, now, memo)
     reviews = build_reviews(snap)
-    patients = build_patients(snap, runs, messages, reviews, mid_system)
+    patients = build_patients(snap, runs, messages, reviews, mid_system, after)
     return Integration(snap, runs, messages, patients, now, reviews)
 
 
@@ -1133,8 +1184,9 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
                                 [f"query {a.query.kind}" + (f" {a.query.request_id}" if a.query.request_id else "")
                                  + waited]))
     for rv in sync.reviews:
-        events.append(Event(rv.at, "review", f"Review: {rv.title}", "warn" if rv.open else "muted",
-                            [rv.description, f"Task/{rv.task_id} {rv.status}"]))
+        title = rv.title if rv.title.lower().startswith("review") or not rv.needs_review else f"Review: {rv.title}"
+        events.append(Event(rv.updated if rv.kind == "sync" else rv.at, "review", title,
+                            "warn" if rv.needs_review else "muted", [rv.description, f"Task/{rv.task_id} {rv.status}"]))
     floor = datetime.max.replace(tzinfo=timezone.utc)
     order = {"saved": 0, "patient-bot": 1, "metriport": 2, "webhook": 3, "processing": 4, "imported": 5,
              "aggregation": 6, "review": 7}

@@ -196,6 +196,47 @@ def test_unknown_review_tasks_and_message_types_show_by_their_own_words():
     assert "review" in [e.stage for e in model.timeline(sync, [], integ.snapshot.bots)]
 
 
+def _sync_task(pid, status, *, updated, due, waiting=None, reason=None):
+    t = review(f"sync-{pid}", pid, code=model.SYNC_TASK_CODE, status=status, at_s=0, text="Metriport patient sync")
+    t["meta"]["lastUpdated"] = iso(updated)
+    t["executionPeriod"] = {"start": iso(due)}
+    t["input"] = [{"type": {"text": "attempts"}, "valueInteger": 1}] + (
+        [{"type": {"text": "waiting"}, "valueString": waiting}] if waiting else [])
+    if reason:
+        t["statusReason"] = {"text": reason}
+    return t
+
+
+def test_a_patients_sync_step_waiting_for_metriport_stuck_or_failed():
+    """The patient bot's durable sync step (one Task per Patient): a 429 waited out is not a failure."""
+    failed_run = patient_run("p1", 1, "Metriport POST /medical/v1/patient answered 429", outcome="4")
+    waiting = _sync_task("p1", "requested", updated=2, due=60, waiting="metriport", reason="waiting for Metriport: 429")
+    st = state_of([patient("p1")], events=[failed_run], reviews=[waiting], now=10)
+    assert st.state == "awaiting" and "rate limit" in st.reason and "429" in st.reason
+    st = state_of([patient("p1")], events=[failed_run], reviews=[waiting], now=60 + 301)
+    assert (st.state, st.action) == ("stuck", "rerun") and "no run took it" in st.reason
+    gave_up = _sync_task("p1", "failed", updated=5, due=5, reason="failed 5 time(s), the last: 400 Bad Request")
+    st = state_of([patient("p1")], reviews=[gave_up], now=10)
+    assert (st.state, st.action) == ("failed", "rerun") and "400 Bad Request" in st.reason
+    done = _sync_task("p1", "completed", updated=5, due=5)
+    ev, tasks = flow()
+    assert state_of([patient("p1", "m1")], tasks, ev, reviews=[done]).state == "imported"
+    integ = model.reconstruct(snapshot([patient("p1")], [], [], [waiting], now=10))
+    assert integ.patient("p1").open_reviews == [] and not figures_attention(integ, "review")
+
+
+def test_a_record_asks_nothing_of_anyone():
+    ledger = review("c1", "p1", code="metriport-contribution", text="Contribution ledger")
+    integ = model.reconstruct(snapshot([patient("p1")], [], [], [ledger]))
+    assert integ.reviews[0].kind == "record" and integ.patient("p1").open_reviews == []
+    assert not figures_attention(integ, "review")
+
+
+def figures_attention(integ, kind):
+    from medport.generator.console import figures
+    return [g for g in figures.attention(integ) if g["kind"] == kind]
+
+
 def test_search_by_patient_id_metriport_id_or_a_whole_identifier():
     p = patient("abc-123", "mid-777", identifiers=[{"system": "urn:mrn", "value": "MRN42"}])
     sync = model.reconstruct(snapshot([p], [], [])).patient("abc-123")
