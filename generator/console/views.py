@@ -156,7 +156,7 @@ def patients_view(integ: Integration, *, state: str = "", q: str = "", sort: str
             "last": (page - 1) * PAGE_SIZE + len(shown),
             "prev_url": list_url(state=state, q=q, sort=sort, page=page - 1) if page > 1 else "",
             "next_url": list_url(state=state, q=q, sort=sort, page=page + 1) if page < pages else "",
-            "truncated": ", ".join(integ.snapshot.truncated),
+            "truncated": ", ".join(integ.snapshot.truncated), "as_of": when(integ.snapshot.fetched_at),
             "refresh": any(p.pending for p in shown)}
 
 
@@ -199,7 +199,7 @@ def patient_view(integ: Integration, sync: PatientSync, history: list[dict], in_
         "reviews": [{"task_id": r.task_id, "title": r.title, "description": r.description, "status": r.status,
                      "open": r.open, "at": when(r.at), "url": f"{links_base}Task/{quote(r.task_id)}"}
                     for r in sync.reviews],
-        "refresh": sync.pending,
+        "refresh": sync.pending, "as_of": when(integ.snapshot.fetched_at),
     }
 
 
@@ -321,7 +321,7 @@ def message_view(integ: Integration, m: Message, history: list[dict], links_base
         "imported": imported, "written": m.imported_total,
         "failures": [{"type": f.get("type"), "id": f.get("id"), "status": f.get("status"), "text": f.get("text")}
                      for f in m.failures[:50]],
-        "refresh": m.in_flight,
+        "refresh": m.in_flight, "as_of": when(integ.snapshot.fetched_at),
     }
 
 
@@ -399,4 +399,5 @@ def health_view(integ: Integration, range_key: str = "all") -> dict:
                         "rate": pct(md["success_rate"])},
         "truncated": ", ".join(figures["source"]["truncated"]),
         "refresh": bool(s["count"]) or any(st in m["by_status"] for st in ("requested", "in-progress")),
+        "as_of": when(integ.snapshot.fetched_at),
     }
