@@ -13,6 +13,7 @@ import hmac
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +29,7 @@ from .views import Console, health_view, message_view, patient_view, patients_vi
 
 HERE = Path(__file__).parent
 TOKEN_CHECK_TTL_S = 60.0
+_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medport-console-read")
 PUBLIC_ENDPOINTS = ("console.login", "static", "console.favicon")
 
 bp = Blueprint("console", __name__)
@@ -249,10 +251,13 @@ def _found(lookup, missing: str):
 
 def _patient_data(pid: str) -> dict:
     integ, sync = _found(lambda i: i.patient(pid), f"no Patient/{pid} (or not in the console's window)")
-    s = _source().settings
+    src = _source()
     newest = max((m.updated.isoformat() for m in sync.messages if m.updated), default="")
-    return patient_view(integ, sync, _source().patient_history(pid), _source().imported_counts(pid, newest),
-                        s.links_base, s.resource_identifier_system)
+    # the Patient's versions and its imported resources, both kept until they change: read side by side
+    history = _READS.submit(src.patient_history, pid, sync.version)
+    counts = src.imported_counts(pid, newest)
+    return patient_view(integ, sync, history.result(), counts, src.settings.links_base,
+                        src.settings.resource_identifier_system)
 
 
 def _message_data(task_id: str) -> dict:

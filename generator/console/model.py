@@ -705,6 +705,7 @@ class PatientSync:
     state: SyncState
     reviews: list[Review]
     identifiers: tuple = ()     # (system, value) of the Patient's identifiers: searched, never shown
+    version: str = ""           # the Patient's current versionId
 
     @property
     def last_activity(self) -> datetime | None:
@@ -939,7 +940,7 @@ def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], rev
         prev = reviews_by_patient.get(pid, [])
         state = sync_state(p, mid, prs, prev, pmsgs, queries, snap.fetched_at, stuck_after_s)
         out.append(PatientSync(pid, mid, fp, parse_time((p.get("meta") or {}).get("lastUpdated")), prs, pmsgs,
-                               queries, aggs, state, prev, idents))
+                               queries, aggs, state, prev, idents, str((p.get("meta") or {}).get("versionId") or "")))
     out.sort(key=lambda s: s.last_activity or snap.fetched_at, reverse=True)
     return out
 

@@ -34,7 +34,7 @@ DEFAULT_PATIENT_ID_SYSTEM = "https://metriport.com/fhir/identifiers/patient-id"
 DEFAULT_RESOURCE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
 OVERLAP_S = 15.0            # an incremental read starts this long before the newest record seen (late commits)
 PAGE = 1000                 # Medplum's largest _count
-BIG_COMPARTMENT = 5000      # past this many resources, a Patient's imported resources are counted per type
+BIG_COMPARTMENT = PAGE      # past one page of resources, a Patient's imported resources are counted per type
 
 
 class DevApiForbidden(RuntimeError):
@@ -162,6 +162,7 @@ class Source:
         self._full_running = False
         self._version = 0
         self._counts: dict[str, tuple[str, dict[str, int]]] = {}
+        self._histories: dict[str, tuple[str, list[dict]]] = {}
         self.dirty = False          # an action changed records since the last read
 
     @property
@@ -321,9 +322,15 @@ class Source:
                 return None
             raise
 
-    def patient_history(self, patient_id: str) -> list[dict]:
+    def patient_history(self, patient_id: str, version: str = "") -> list[dict]:
+        """The Patient's versions (newest 100); kept while its current version is `version`."""
+        hit = self._histories.get(patient_id)
+        if hit is not None and version and hit[0] == version:
+            return hit[1]
         bundle = self.fhir("Patient history", "GET", f"Patient/{quote(patient_id)}/_history?_count=100")
-        return [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
+        found = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
+        self._histories[patient_id] = (version, found)
+        return found
 
     def task_history(self, task_id: str) -> list[dict]:
         bundle = self.fhir("Task history", "GET", f"Task/{quote(task_id)}/_history?_count=100")
@@ -340,14 +347,13 @@ class Source:
         compartment = f"_compartment=Patient/{quote(patient_id)}"
         system = self.settings.resource_identifier_system
         out: dict[str, int] = {}
-        total = self.fhir("count the compartment", "GET", f"?_type={types}&{compartment}&_summary=count").get(
-            "total", 0) if types else 0
-        if total and total <= BIG_COMPARTMENT:
-            found, _ = self.search_all("", f"_type={types}&{compartment}&_count={PAGE}", limit=BIG_COMPARTMENT)
+        found, big = self.search_all("", f"_type={types}&{compartment}&_count={PAGE}", limit=BIG_COMPARTMENT) \
+            if types else ([], False)
+        if not big:
             for r in found:
                 if any(isinstance(i, dict) and i.get("system") == system for i in _identifiers(r)):
                     out[r["resourceType"]] = out.get(r["resourceType"], 0) + 1
-        elif total:     # a very large record: count per type rather than read it
+        else:           # a very large record: count per type rather than read it all
             ident = quote(system + "|", safe="|:/")
             for rt in self.settings.resource_types:
                 n = self.fhir(f"count {rt}", "GET", f"{rt}?identifier={ident}&{compartment}&_summary=count").get("total")

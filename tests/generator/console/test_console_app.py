@@ -29,7 +29,7 @@ class FakeSource:
     def patient(self, pid):
         return {"id": pid}
 
-    def patient_history(self, pid):
+    def patient_history(self, pid, version=""):
         return [{"meta": {"lastUpdated": iso(0), "versionId": "v1", "author": {"reference": "ClientApplication/x"}}}]
 
     def task_history(self, tid):

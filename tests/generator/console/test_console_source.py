@@ -89,8 +89,10 @@ def test_a_patients_imported_resources_are_counted_distinct_in_one_search(emu, m
     src, seen = _source(emu)
     fhir = lambda: [u for u in seen if "/fhir/R4/" in u]  # noqa: E731
     assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1}
-    assert len(fhir()) == 2                                           # a count, then the resources: two requests
-    assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1} and len(fhir()) == 2
+    assert len(fhir()) == 1                                           # one search of the compartment
+    assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1} and len(fhir()) == 1
+    assert len(src.patient_history(p["id"], p["meta"]["versionId"])) == 1 and len(fhir()) == 2
+    assert len(src.patient_history(p["id"], p["meta"]["versionId"])) == 1 and len(fhir()) == 2   # kept
     emu.fhir.create({"resourceType": "Condition", "subject": ref, "identifier": [{"system": RID_SYSTEM, "value": "c9"}]})
     assert src.imported_counts(p["id"], "t2")["Condition"] == 4         # a newer message: counted again
     monkeypatch.setattr(source_module, "BIG_COMPARTMENT", 2)
