@@ -95,6 +95,7 @@ def serve_console(settings: Settings, host: str = "127.0.0.1", port: int = CONSO
         settings = dataclasses.replace(settings, host=host)
     source = Source(settings)
     app = create_app(source)
+    warm_up(app)
     try:
         served = serve(app, host, port, threads=4, name="medport-console", what="console", flag="--console-port")
     except PortInUse:
@@ -102,7 +103,21 @@ def serve_console(settings: Settings, host: str = "127.0.0.1", port: int = CONSO
             raise
         served = serve(app, host, 0, threads=4, name="medport-console", what="console", flag="--console-port")
     served.source = source      # type: ignore[attr-defined]
+    served.console = app.extensions["medport_console"]      # type: ignore[attr-defined]
     return served
+
+
+def warm_up(app) -> None:
+    """Read the records and build the model in the background as the console starts, so the first page does not
+    wait for the complete first read (an error is left for that page to show)."""
+    import threading
+
+    def build():
+        try:
+            app.extensions["medport_console"].integration()
+        except Exception:  # noqa: BLE001 - the first page reads again and says what is wrong
+            pass
+    threading.Thread(target=build, name="medport-console-warm-up", daemon=True).start()
 
 
 def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: int = CONSOLE_PORT):
