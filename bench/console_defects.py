@@ -20,7 +20,6 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import requests
 
