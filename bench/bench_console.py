@@ -1,9 +1,9 @@
 """The sync console's page timings at 1,000 Patients (default), over real HTTP.
 
-Records: the emulator and the fake Metriport in this process; the real flow for a few template Patients (imported,
-a failed message, a skipped Patient, a failed patient-bot run, a Patient linked by a bulk create after a failed
-run), then their records — Patient, message Tasks, the bots' AuditEvents and the imported resources — cloned with
-fresh ids up to N Patients (written straight into the emulator's store, subscriptions off, so no bot runs on them).
+Records: the emulator and the fake Metriport in this process (Metriport's document-query flow); the real flow for
+a few template Patients (imported, a failed message, a skipped Patient, a failed patient-bot run), then their
+records — Patient, message Tasks, the bots' AuditEvents and the imported resources — cloned with fresh ids up to N
+Patients (written straight into the emulator's store, subscriptions off, so no bot runs on them).
 
 Timings: the console served on a free port (`serve_console`, its default settings); each page requested
 sequentially with HTTP Basic: the first request (no snapshot yet), then `--requests` more of each page (patient
@@ -29,6 +29,14 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def legacy_flow_config():
+    """medport.toml with Metriport's document-query flow: its conversion message is where a fault is injected."""
+    from medport.generator.config import load_config, validate_data
+
+    data = load_config(ROOT / "medport.toml").data
+    return validate_data({**data, "patient_bot": {**data["patient_bot"], "flow": "document-query"}}, "medport.toml")
 
 
 def load_console(src: str | None):
@@ -231,7 +239,7 @@ def main() -> int:
     from medport import testing
 
     t0 = time.monotonic()
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.05) as stack:
+    with testing.start_stack(legacy_flow_config(), metriport_delay_s=0.05) as stack:
         templates = template_patients(stack)
         print(f"templates: {len(templates)} Patients through the real flow in {time.monotonic() - t0:.0f} s", flush=True)
         t1 = time.monotonic()

@@ -50,13 +50,13 @@ def scenario(stack) -> dict:
                criteria=f"_id={out['andreas']}", timeout_s=120)
     assert testing.wait_until(lambda: stack.metriport_id(out["andreas"]), timeout=60)
     # Jane's phone changes: the patient bot updates Metriport and queries again; the same record comes twice
-    before = sum(1 for t in stack.fhir.search("Task", {"_count": "1000"}) if "consolidated-data" in t.get("description", "")
-                 and t["status"] == "completed")
+    def answers() -> int:
+        return sum(1 for t in stack.fhir.search("Task", {"_count": "1000"}) if t["status"] == "completed" and (
+            "consolidated-data" in t.get("description", "") or "network-query.hie" in t.get("description", "")))
+    before = answers()
     cur = stack.fhir.read("Patient", jane["id"])
     stack.fhir.update(dict(cur, telecom=[{"system": "phone", "value": "512-555-0142"}]))
-    assert testing.wait_until(lambda: sum(1 for t in stack.fhir.search("Task", {"_count": "1000"})
-                                          if "consolidated-data" in t.get("description", "")
-                                          and t["status"] == "completed") > before, timeout=120)
+    assert testing.wait_until(lambda: answers() > before, timeout=120)
     assert stack.wait_idle(60)
     return out
 
@@ -138,7 +138,7 @@ def main() -> int:
     command = load_console(args.console_src)
     from medport import testing
 
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.1) as stack:
+    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.1) as stack:     # today's default flow
         ids = scenario(stack)
         served = command.serve_console(command.settings_for_stack(stack.internal, stack.config), port=0)
         try:

@@ -38,6 +38,7 @@ from medport.generator.console.command import serve_console, settings_for_stack
 from medport.generator.console.figures import STATUS_COLORS, type_color
 from medport.generator.enroll import run_enroll
 from medport.generator.metriport_client import MetriportApi
+from tests.flows import legacy_flow_config
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
@@ -128,8 +129,9 @@ def percentile(xs: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def stack():
-    # 1 s between the fake's messages: time to inject a fault between the document download and its conversion
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=1.0) as s:
+    # Metriport's legacy flow (document query, conversion, consolidated data): a fault is injected between the
+    # document download and its conversion; 1 s between the fake's messages gives the time to
+    with testing.start_stack(legacy_flow_config(), metriport_delay_s=1.0) as s:
         yield s
 
 
