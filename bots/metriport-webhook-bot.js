@@ -7,9 +7,11 @@
  * message as a Task — one per messageId, even for simultaneous deliveries — and acknowledges
  * at once. The same bot, triggered by a Subscription on those Tasks, processes the stored
  * message under a lease (attempt count, expiry renewed while it works, a checkpoint of what is
- * done): starts the consolidated query when document conversion completes, and imports
- * consolidated data into the EXISTING Medplum Patient that holds the message's Metriport id,
- * with chunked batch Bundles of conditional PUTs (replays change nothing). Processing cut off
+ * done) — only a Task this bot wrote whose stored message still verifies: starts the consolidated
+ * query when document conversion completes, and imports consolidated data into the EXISTING
+ * Medplum Patient that holds the message's Metriport id, in chunked batch Bundles, within that
+ * Patient's compartment (another Patient's copy is never touched), newer message wins,
+ * compare-and-set (replays change nothing). Processing cut off
  * midway (timeout, redeploy, restart) is resumed from its checkpoint: by the sweep (the same
  * bot on Bot.cronString; its input is then the Bot), by the next delivery of the same message,
  * after any other message, or by `medport replay --failed`; past max_attempts the message is
