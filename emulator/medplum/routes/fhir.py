@@ -151,19 +151,7 @@ def _query() -> list[tuple[str, str]]:
 def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
     resp = state.service.handle(principal, request.method, path, _query(), body, headers)
-    if _raw_binary_read(path, resp):
-        # server fhir/response.ts sendResponse: a Binary read whose Accept does not start with
-        # application/fhir+json answers the content itself (MedplumClient.download with Accept */*)
-        return Response(base64.b64decode(resp.body.get("data") or ""), status=200,
-                        content_type=resp.body.get("contentType") or "application/octet-stream")
     return render_fhir(resp)
-
-
-def _raw_binary_read(path: str, resp) -> bool:
-    parts = [p for p in path.strip("/").split("/") if p]
-    return (request.method == "GET" and len(parts) == 2 and parts[0] == "Binary" and resp.status == 200
-            and isinstance(resp.body, dict) and resp.body.get("resourceType") == "Binary"
-            and not (request.headers.get("Accept") or "").startswith(FHIR_JSON))
 
 
 def render_fhir(resp) -> Response:
