@@ -359,6 +359,10 @@ def _semantic_problems(raw: dict) -> list[str]:
     r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
+    if raw.get("documents", {}).get("content") == "url":
+        problems.append("documents.content: 'url' is no longer supported — it kept Metriport's presigned URLs in Medplum "
+                        "(the document to anyone holding one, then a dead link): use 'binary' (the default); "
+                        "`medport document-urls PATIENT` asks Metriport for fresh URLs")
     for key, cron in (("webhook_bot.sweep_cron", webhook.get("sweep_cron")), ("contribution.cron", contribution.get("cron"))):
         if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
             problems.append(f"{key}: {cron!r} is not a 5-field cron expression (minute hour "

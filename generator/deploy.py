@@ -264,7 +264,11 @@ class Deployer:
             key = desired["meta"]["tag"][0]["code"]
             bot_key = placeholders[desired["channel"]["endpoint"]]
             bot_id = self.result.bot_ids.get(bot_key, "<new bot>")
+            placeholder = desired["channel"]["endpoint"]
             desired["channel"]["endpoint"] = f"Bot/{bot_id}"
+            for e in desired.get("extension", []):  # the FHIRPath criteria name the Bot too
+                if isinstance(e.get("valueString"), str):
+                    e["valueString"] = e["valueString"].replace(placeholder, f"Bot/{bot_id}")
             step = f"Subscription {key}"
             existing = self.http.search_one(step, "Subscription", _tag_query(desired))
             if _same(existing, desired):

@@ -152,9 +152,14 @@ def subscriptions(cfg: Config) -> list[dict]:
     out = family("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
                  cfg.bots.patient, list(cfg.patient_bot.interactions))
     if cfg.webhook_bot.async_processing:
+        # Only Tasks the webhook bot itself wrote fire it (Medplum evaluates the expression on the stored version,
+        # meta.author included: server workers/subscription.ts, core subscriptions isFhirCriteriaMet); the bot
+        # checks the author again and refuses any other. `urn:uuid:<bot id>` is the Bot's placeholder: the
+        # batch (fhir-router batch.ts rewriteIdsInString) and `medport deploy` write its id in.
         out += family("webhook-task-subscription", "medport: process stored Metriport webhook messages",
                       f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
-                      cfg.bots.webhook, ["create", "update"])
+                      cfg.bots.webhook, ["create", "update"],
+                      f"%current.meta.author.reference = 'urn:uuid:{cfg.bots.webhook.id}'")
     if cfg.bots.contribution and cfg.contribution.on_encounter_finished:
         # Encounters the webhook bot imported carry the resource-id identifier: they never start a contribution
         out += family("contribution-encounter-subscription",

@@ -11,7 +11,7 @@ import jinja2
 
 from . import __version__
 from .config import BotSpec, Config, resource_types
-from .fhir_rules import bot_rules
+from .fhir_rules import bot_rules, rules
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
 FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
@@ -41,6 +41,16 @@ BULK_REQUEST_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-re
 BULK_ROW_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-row"
 AWAITING_LINK_SYSTEM = "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
 ADT_MESSAGE_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-notification"
+# Newer wins: every imported resource names the message that last changed it (its meta.when, and for realtime
+# notifications the event's time breaking a tie): valueString "<when> <order or -> <messageId>".
+MESSAGE_WHEN_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-message-when"
+# A resource never changes its patient: an import that meets another Patient's copy of a resource (same Metriport
+# id) creates its own and leaves one review Task per pair of Patients (for = the importing one, focus = the other).
+RESOURCE_CONFLICT_TASK_CODE = "metriport-resource-conflict"
+RESOURCE_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-resource-conflict"
+# One Binary per stored document: the run that creates (or takes over) a DocumentReference marks it with a claim
+# (valueDateTime: until when) and only that run downloads the document and creates its Binary.
+DOCUMENT_CLAIM_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-document-claim"
 # Contribution (contribution bot): one ledger Task per Patient (identifier CONTRIBUTION_LEDGER_SYSTEM|<Patient id>,
 # a hash per resource contributed) and one for the schedule (…|schedule: when it last ran).
 CONTRIBUTION_TASK_CODE = "metriport-contribution"
@@ -112,14 +122,18 @@ def webhook_bot_config(cfg: Config) -> dict:
     return {
         **_bot_basics(cfg, cfg.bots.webhook),
         **_link(cfg),
-        "documents": {"store": d.store, "content": d.content, "maxBytes": d.max_bytes,
-                      "identifierSystem": d.identifier_system, "requestBulkUrls": d.request_bulk_urls},
+        "documents": {"store": d.store, "maxBytes": d.max_bytes, "identifierSystem": d.identifier_system,
+                      "claimUrl": DOCUMENT_CLAIM_EXTENSION, "requestBulkUrls": d.request_bulk_urls},
         "realtime": {"types": list(rt.types) if rt.import_ else []},
         "bulk": {"system": MEDPORT_CODESYSTEM, "taskCode": BULK_TASK_CODE, "rowFailedCode": BULK_ROW_FAILED_CODE,
                  "requestIdSystem": BULK_REQUEST_ID_SYSTEM, "rowIdSystem": BULK_ROW_ID_SYSTEM,
                  "awaitingLinkSystem": AWAITING_LINK_SYSTEM},
         "notificationExtensionUrl": ADT_MESSAGE_EXTENSION,
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "patientCompartment": {t: rules()["compartment"][t] for t in allowed if t in rules()["compartment"]},
+        "stampUrl": MESSAGE_WHEN_EXTENSION,
+        "conflictResourceTask": {"system": MEDPORT_CODESYSTEM, "code": RESOURCE_CONFLICT_TASK_CODE,
+                                 "identifierSystem": RESOURCE_CONFLICT_ID_SYSTEM},
         "contributionIdentifierSystem": cfg.contribution.identifier_system,
         "flow": cfg.patient_bot.flow,
         "verifySignature": cfg.webhook_bot.verify_signature,

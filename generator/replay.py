@@ -125,8 +125,9 @@ def _described(t: dict) -> str:
 
 
 def requeue_body(task: dict) -> dict:
-    """The Task put back in the queue by a person: status requested, attempts start over, the old outcome
-    and lease dropped; the checkpoint kept, so the next run resumes where the last one stopped."""
+    """The Task put back in the queue: status requested, attempts start over, the old outcome and lease dropped;
+    the checkpoint kept, so the next run resumes where the last one stopped. What the webhook bot writes when it
+    is asked to requeue (`requeue_task`); written by anyone else, the bot refuses the Task."""
     drop = {MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT}
     t = {k: v for k, v in task.items() if k not in ("statusReason", "output")}
     t["extension"] = [e for e in task.get("extension") or [] if e.get("url") not in drop]
@@ -137,22 +138,44 @@ def requeue_body(task: dict) -> dict:
     return t
 
 
-def requeue_task(http: MedplumHttp, task: dict) -> dict:
-    """Put one stored message back to `requested` (`requeue_body`), guarded by the version read (If-Match): a
-    message that changed since (being processed) is not touched — MedplumError with status 412."""
-    vid = (task.get("meta") or {}).get("versionId")
-    return http.fhir(f"requeue Task/{task['id']}", "PUT", f"Task/{task['id']}", json_body=requeue_body(task),
-                     headers={"If-Match": f'W/"{vid}"'} if vid else None)
+def webhook_bot_id(http: MedplumHttp, cfg: Config | None = None, tasks=()) -> str:
+    """The webhook bot's id: by its identifier (from the config), else the Bot that stored one of the messages
+    (meta.author, read in extended mode)."""
+    if cfg is not None:
+        system = cfg.medplum.identifier_system
+        bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{cfg.bots.webhook.identifier}")
+        if bot is not None:
+            return bot["id"]
+    for t in tasks:
+        author = ((t.get("meta") or {}).get("author") or {}).get("reference", "")
+        if author.startswith("Bot/"):
+            return author.split("/", 1)[1]
+    raise MedplumError("find webhook bot", "no webhook bot found — deploy first (`medport emulate` does it at start; "
+                                           "`medport deploy` elsewhere), or pass -c with your medport.toml")
+
+
+def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = False) -> dict:
+    """Put one stored message back in the queue through the webhook bot itself (`$execute` with
+    `{"medportRequeue": <Task id>}`): the bot checks the message's stored signature and writes the Task as itself —
+    a message Task written by anyone else is refused by the bot, so people never write it. A message that changed
+    since (being processed), or that does not verify, is not touched: MedplumError with status 412."""
+    body = {"medportRequeue": task["id"], **({"takeOver": True} if take_over else {})}
+    out = http.fhir(f"requeue Task/{task['id']}", "POST", f"Bot/{bot_id}/$execute", json_body=body)
+    if not isinstance(out, dict) or not out.get("requeued"):
+        reason = out.get("reason") if isinstance(out, dict) else None
+        raise MedplumError(f"requeue Task/{task['id']}", reason or "not requeued", 412)
+    return out
 
 
 def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 30.0,
-                  take_over: bool = False) -> tuple[int, int]:
-    """Put every failed, cut-off or forgotten stored message back to `requested`: the Task subscription
-    processes it again (from its checkpoint, attempts counted afresh). Messages still under a lease are listed
-    with the time left; `take_over` requeues them too (the user says the run holding them is dead: it stops at
-    its next lease renewal if it is not)."""
+                  take_over: bool = False, cfg: Config | None = None) -> tuple[int, int]:
+    """Put every failed, cut-off or forgotten stored message back to `requested` (through the webhook bot): the
+    Task subscription processes it again (from its checkpoint, attempts counted afresh). Messages still under a
+    lease are listed with the time left; `take_over` requeues them too (the user says the run holding them is dead:
+    it stops at its next lease renewal if it is not)."""
     states = message_states(http, stale_after_s)
     tasks = list(states.stuck)
+    in_flight = {t["id"] for t, _ in states.in_flight}
     for n, (t, left) in enumerate(states.in_flight):
         if take_over:
             tasks.append((t, f"in progress, lease taken over {left:.0f} s before it ran out"))
@@ -166,14 +189,15 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
+    bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
     many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
     bar = Progress(len(tasks), "requeued", echo=echo) if many else None
     for i, (t, why) in enumerate(tasks, 1):
         try:
-            requeue_task(http, t)
+            requeue_task(http, t, bot_id, take_over=t["id"] in in_flight)
         except MedplumError as e:
             if e.status == 412:
-                echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
+                echo(f"Task/{t['id']}: left alone — {str(e).split(': ', 1)[-1]}")
                 continue
             raise
         if bar:
@@ -190,10 +214,10 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         time.sleep(0.3)
         for tid in list(pending):
             status = http.fhir("read Task", "GET", f"Task/{tid}")["status"]
-            if status in ("completed", "failed"):
+            if status in ("completed", "failed", "rejected"):
                 pending.discard(tid)
-                ok, failed = ok + (status == "completed"), failed + (status == "failed")
-                if not bar or status == "failed" and failed <= SHOWN_ONE_BY_ONE:
+                ok, failed = ok + (status == "completed"), failed + (status != "completed")
+                if not bar or status != "completed" and failed <= SHOWN_ONE_BY_ONE:
                     echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
         if bar:
             bar.update(ok + failed, f"{failed} failed" if failed else "")
@@ -231,10 +255,11 @@ def replay_command(file, config_path, to_url, webhook_key, failed, take_over, ba
     http = MedplumHttp(statefile.emulator_base_url(base_url), client_id or admin_id, client_secret or admin_secret)
     try:
         if failed:
-            stale = 30.0
+            stale, cfg = 30.0, None
             if os.path.exists(config_path):
-                stale = float(load_or_exit(config_path).webhook_bot.lease_seconds)
-            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over)
+                cfg = load_or_exit(config_path)
+                stale = float(cfg.webhook_bot.lease_seconds)
+            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over, cfg=cfg)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

@@ -115,7 +115,9 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
             base = env.get("METRIPORT_BASE_URL", SANDBOX_URL)
             api_key = env["METRIPORT_API_KEY"]
         webhook_key = env.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
-        webhook_key = webhook_key or pysecrets.token_hex(32)
+        # a restart on the same files keeps the fake's key (Metriport's does not change): stored messages verify
+        webhook_key = webhook_key or (fake.state.webhook_key() if fake is not None and db_path else None) \
+            or pysecrets.token_hex(32)
         stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base,
                       metriport_api_key=api_key)
         if not deploying:

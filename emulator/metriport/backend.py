@@ -507,6 +507,11 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
                 return self.get_settings()
             return self.set_webhook(url, None, ping=True)
 
+    def webhook_key(self) -> str | None:
+        """The key webhooks are signed with (None before one is set); never shown by any route."""
+        with self._lock:
+            return self._sender.settings.webhook_key
+
     def webhook_status(self) -> dict:
         return self._sender.status()
 
