@@ -414,8 +414,9 @@ async function metriport(event, method, path, query, body, okStatuses, idempoten
     return { status: res.status, body: parsed };
   }
   const detail = parsed && typeof parsed === 'object' ? parsed.detail || parsed.title || parsed.message : undefined;
-  if (res.status === 429 || res.status === 503) {
-    const wait = retryAfterMs(res.headers.get('retry-after'));
+  const wait = retryAfterMs(res.headers.get('retry-after'));
+  // Metriport's limit (429), or an outage that says when it ends (503 with Retry-After): a wait, not a failure
+  if (res.status === 429 || (res.status === 503 && wait !== null)) {
     throw new RateLimited(what + ' answered ' + res.status + (wait !== null ? ' (Retry-After ' + Math.ceil(wait / 1000) + ' s)' : ''),
       res.status, Date.now() + (wait !== null ? wait : 60000));
   }

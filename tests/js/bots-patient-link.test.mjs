@@ -96,7 +96,8 @@ test('a query that could not start: linked, the step left pending (sync Task); l
   const p = await person();
   fake.state.queue.push({ status: 404, body: { status: 404, detail: 'Cannot find patient' } }); // match
   fake.state.queue.push({ status: 201, body: { id: 'mp-1' } }); // create
-  for (let i = 0; i < 2; i++) fake.state.queue.push({ status: 503, body: { status: 503, detail: 'down' } });
+  // Metriport's document query limit (20 a minute): more than this run can wait
+  for (let i = 0; i < 2; i++) fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient document query starts, please try again later.' });
   const r1 = await run(medplum, p);
   assert.equal(r1.ok, true, r1.logText);
   assert.equal(r1.result.status, 'pending');

@@ -210,15 +210,21 @@ test('5xx until attempts run out: error names the status', async () => {
   assert.equal(fake.calls.length, 3, 'the match is idempotent: repeated');
 });
 
-test('503 until attempts run out: Metriport asks to come back, the sync is left pending (no failure)', async () => {
+test('503 until attempts run out: without Retry-After a failure (named), with it a wait (the sync left pending)', async () => {
   const { medplum, org } = await setup();
   const p = await medplum.createResource(goodPatient(org));
-  for (let i = 0; i < 4; i++) fake.state.queue.push({ status: 503, body: { status: 503, title: 'Unavailable', detail: 'down' } });
+  for (let i = 0; i < 3; i++) fake.state.queue.push({ status: 503, body: { status: 503, title: 'Unavailable', detail: 'down' } });
   const r = await run(medplum, p, { retry: { max_attempts: 3, initial_delay_ms: 1, max_delay_ms: 5 } });
-  assert.equal(r.ok, true, r.logText);
-  assert.equal(r.result.status, 'pending');
-  assert.match(r.logText, /503/);
-  assert.equal(fake.calls.length, 3);
+  assert.equal(r.ok, false);
+  assert.match(r.error.message, /503/);
+  assert.equal(fake.calls.length, 3, 'a 503 says the server did not act: repeated');
+  let [task] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-patient-sync|' + p.id });
+  assert.equal(task.status, 'requested', 'the failure is retried later (backoff)');
+  const p2 = await medplum.createResource(goodPatient(org));
+  for (let i = 0; i < 3; i++) fake.state.queue.push({ status: 503, headers: { 'retry-after': '120' }, body: { status: 503, detail: 'maintenance' } });
+  const w = await run(medplum, p2, { retry: { max_attempts: 3, initial_delay_ms: 1, max_delay_ms: 5 } });
+  assert.equal(w.ok, true, w.logText);
+  assert.equal(w.result.status, 'pending');
 });
 
 test('4xx: clear error with status and detail, no retry', async () => {
