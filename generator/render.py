@@ -26,6 +26,11 @@ MESSAGE_PROGRESS_EXT = "https://medport.dev/fhir/StructureDefinition/message-pro
 PATIENT_CONFLICT_TASK_CODE = "metriport-patient-conflict"
 PATIENT_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
 QUERY_FAILED_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-query-failed"
+# A Patient's sync as a durable step: one Task per Patient (identifier PATIENT_SYNC_ID_SYSTEM|<patient id>),
+# `requested` from before the first Metriport call until the query started; its executionPeriod.start says when
+# it may run next (the end of the run holding it, or Metriport's Retry-After). The sweep resumes the due ones.
+PATIENT_SYNC_TASK_CODE = "metriport-patient-sync"
+PATIENT_SYNC_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-sync"
 # Bulk patient create (medport enroll): one Task per Metriport request (its status, counts and the result CSV
 # as a Binary), one Task per failed row (for/focus = the Patient, the reason); the messages that named a
 # Metriport patient no Medplum Patient held yet carry an identifier in AWAITING_LINK_SYSTEM (value = that id),
@@ -82,6 +87,7 @@ def _bot_basics(cfg: Config, spec: BotSpec) -> dict:
         "medportVersion": __version__,
         "metriportBaseUrl": cfg.metriport_base_url,
         "patientIdentifierSystem": cfg.metriport.patient_identifier_system,
+        "timeoutSeconds": spec.timeout,
     }
 
 
@@ -89,20 +95,23 @@ def patient_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
     return {
         **_bot_basics(cfg, cfg.bots.patient),
-        "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         **_link(cfg),
-        "flow": cfg.patient_bot.flow,
-        "sources": list(cfg.patient_bot.sources),
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
 
 
 def _link(cfg: Config) -> dict:
-    """What templates/_link.js.j2 needs (both bots write the same link)."""
+    """What templates/_link.js.j2 needs: both bots write the same link, and both sync a Patient (the patient bot
+    when it is saved, the webhook bot's sweep when a step was left pending)."""
     return {"fingerprintExtensionUrl": FINGERPRINT_EXTENSION, "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
             "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
-                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM}}
+                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM},
+            "syncTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_SYNC_TASK_CODE,
+                         "identifierSystem": PATIENT_SYNC_ID_SYSTEM, "maxAttempts": cfg.webhook_bot.max_attempts},
+            "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
+            "flow": cfg.patient_bot.flow,
+            "sources": list(cfg.patient_bot.sources)}
 
 
 def webhook_bot_config(cfg: Config) -> dict:

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 import click
@@ -82,27 +83,45 @@ def _iso_to_epoch(value: str | None) -> float | None:
         return None
 
 
-def stuck_messages(http: MedplumHttp, stale_after_s: float = 120.0, now: float | None = None) -> list[tuple[dict, str]]:
-    """Stored messages to run again, with why: failed ones; in progress whose lease expired (their processing
-    was cut off: timeout, redeploy, restart); requested ones nothing picked up for `stale_after_s` (the
-    subscription delivery was lost)."""
+@dataclass
+class MessageStates:
+    """Stored messages by what `replay --failed` can do with them."""
+    stuck: list[tuple[dict, str]]         # to run again, with why: failed, cut off, or forgotten
+    in_flight: list[tuple[dict, float]]   # in progress under a live lease, with its seconds left
+
+
+def message_states(http: MedplumHttp, stale_after_s: float = 30.0, now: float | None = None) -> MessageStates:
+    """Failed messages; in progress whose lease expired (their processing was cut off: timeout, redeploy,
+    restart); requested ones nothing picked up for `stale_after_s` (the subscription delivery was lost); and those
+    still in progress under a live lease (a run holds them — or held them, if it crashed since)."""
     now = time.time() if now is None else now
     code = f"{MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}"
-    out: list[tuple[dict, str]] = []
+    out = MessageStates([], [])
     for status in ("failed", "in-progress", "requested"):
         found = http.fhir(f"find {status} messages", "GET", f"Task?code={code}&status={status}&_count=1000")
         for t in (e["resource"] for e in found.get("entry", [])):
             if status == "failed":
-                out.append((t, "failed"))
+                out.stuck.append((t, "failed"))
             elif status == "in-progress":
                 lease = _iso_to_epoch((_ext(t, MESSAGE_LEASE_EXT) or {}).get("valueDateTime"))
                 if lease is None or lease <= now:
-                    out.append((t, "cut off (lease expired)"))
+                    out.stuck.append((t, "cut off (lease expired)"))
+                else:
+                    out.in_flight.append((t, lease - now))
             else:
                 updated = _iso_to_epoch((t.get("meta") or {}).get("lastUpdated"))
                 if updated is not None and updated < now - stale_after_s:
-                    out.append((t, f"waiting for more than {stale_after_s:.0f} s"))
+                    out.stuck.append((t, f"waiting for more than {stale_after_s:.0f} s"))
     return out
+
+
+def stuck_messages(http: MedplumHttp, stale_after_s: float = 30.0, now: float | None = None) -> list[tuple[dict, str]]:
+    """The stored messages to run again, with why (`message_states(...).stuck`)."""
+    return message_states(http, stale_after_s, now).stuck
+
+
+def _described(t: dict) -> str:
+    return f"Task/{t['id']} ({t.get('description', 'message')}"
 
 
 def requeue_body(task: dict) -> dict:
@@ -148,11 +167,25 @@ def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = F
     return out
 
 
-def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0,
-                  cfg: Config | None = None) -> tuple[int, int]:
+def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 30.0,
+                  take_over: bool = False, cfg: Config | None = None) -> tuple[int, int]:
     """Put every failed, cut-off or forgotten stored message back to `requested` (through the webhook bot): the
-    Task subscription processes it again (from its checkpoint, attempts counted afresh)."""
-    tasks = stuck_messages(http, stale_after_s)
+    Task subscription processes it again (from its checkpoint, attempts counted afresh). Messages still under a
+    lease are listed with the time left; `take_over` requeues them too (the user says the run holding them is dead:
+    it stops at its next lease renewal if it is not)."""
+    states = message_states(http, stale_after_s)
+    tasks = list(states.stuck)
+    in_flight = {t["id"] for t, _ in states.in_flight}
+    for n, (t, left) in enumerate(states.in_flight):
+        if take_over:
+            tasks.append((t, f"in progress, lease taken over {left:.0f} s before it ran out"))
+        elif n < SHOWN_ONE_BY_ONE:
+            echo(f"{_described(t)}) is in progress under a lease for {left:.0f} s more: a run holds it, or held it "
+                 "before a crash")
+    if states.in_flight and not take_over:
+        echo(f"{len(states.in_flight)} message(s) in flight: the sweep resumes them once their lease runs out; if "
+             "their run is dead (the server or the emulator crashed), `medport replay --failed --take-over` resumes "
+             "them now")
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
@@ -161,7 +194,7 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     bar = Progress(len(tasks), "requeued", echo=echo) if many else None
     for i, (t, why) in enumerate(tasks, 1):
         try:
-            requeue_task(http, t, bot_id)
+            requeue_task(http, t, bot_id, take_over=t["id"] in in_flight)
         except MedplumError as e:
             if e.status == 412:
                 echo(f"Task/{t['id']}: left alone — {str(e).split(': ', 1)[-1]}")
@@ -170,7 +203,7 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         if bar:
             bar.update(i)
         else:
-            echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+            echo(f"requeued {_described(t)}; {why})")
     if bar:
         bar.close(f"requeued {len(tasks)} message(s)")
     deadline = time.monotonic() + wait_s
@@ -205,22 +238,28 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
 @click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY", show_envvar=True,
               help="Key to sign with. Default on the emulator: its Project secret.")
 @click.option("--failed", is_flag=True,
-              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
+              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started; "
+                   "list those still under a lease, with the time left.")
+@click.option("--take-over", is_flag=True,
+              help="With --failed: also resume the messages still under a lease now (after a crash: their run is dead).")
 @medplum_options("emulator", purpose="holding the webhook bot and its messages")
 @click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
-def replay_command(file, config_path, to_url, webhook_key, failed, base_url, client_id, client_secret, wait_s):
+def replay_command(file, config_path, to_url, webhook_key, failed, take_over, base_url, client_id, client_secret,
+                   wait_s):
     """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")
+    if take_over and not failed:
+        raise click.UsageError("--take-over goes with --failed")
     admin_id, admin_secret = admin_credentials()
     http = MedplumHttp(statefile.emulator_base_url(base_url), client_id or admin_id, client_secret or admin_secret)
     try:
         if failed:
-            stale, cfg = 120.0, None
+            stale, cfg = 30.0, None
             if os.path.exists(config_path):
                 cfg = load_or_exit(config_path)
                 stale = float(cfg.webhook_bot.lease_seconds)
-            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, cfg=cfg)
+            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over, cfg=cfg)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

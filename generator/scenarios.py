@@ -15,7 +15,7 @@ import requests
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
                    data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
 from .render import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
-                     PATIENT_CONFLICT_TASK_CODE, RESOURCE_CONFLICT_TASK_CODE)
+                     PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
 from .replay import deliver, metriport_body, sign
 
 
@@ -482,6 +482,114 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
 
 
 # ------------------------------------------------------------------------------------------------
+# Metriport's rate limits: waited out, never dropped.
+
+def sync_task(stack, patient_id: str) -> dict | None:
+    """The Patient's sync Task (the durable step of its sync), or None."""
+    found = stack.admin.fhir("find the sync Task", "GET", f"Task?identifier={PATIENT_SYNC_ID_SYSTEM}|{patient_id}")
+    return next((e["resource"] for e in found.get("entry", [])), None)
+
+
+def metriport_id_of(stack, patient_id: str) -> str | None:
+    p = stack.admin.fhir("read Patient", "GET", f"Patient/{patient_id}")
+    system = stack.cfg.metriport.patient_identifier_system
+    return next((i.get("value") for i in p.get("identifier", []) if i.get("system") == system), None)
+
+
+def queried(stack, metriport_patient_id: str) -> bool:
+    """Metriport has the query the patient bot starts (network query, or the legacy document or consolidated one)."""
+    fake = stack.fake.state
+    flow = stack.cfg.patient_bot.flow
+    if flow == "consolidated":
+        return bool(fake.consolidated.get(metriport_patient_id))
+    if flow == "network-query":
+        return any(q.patient_id == metriport_patient_id for q in list(fake.network_queries.values()))
+    return metriport_patient_id in fake.document_queries
+
+
+def fake_rate_limits(stack, **body) -> dict:
+    r = requests.post(f"{stack.fake.base_url}/_fake/rate-limits", json=body, headers={"x-api-key": stack.fake.api_key},
+                      timeout=30)
+    expect(r.ok, f"the fake's rate limits could not be set: {r.status_code} {r.text[:200]}")
+    return r.json()
+
+
+def let_pending_syncs_run(stack, tasks: list[dict]) -> None:
+    """Time passes: each pending sync Task is due now (instead of waiting out Metriport's Retry-After)."""
+    for t in tasks:
+        cur = stack.admin.fhir("read Task", "GET", f"Task/{t['id']}")
+        if cur["status"] == "requested":
+            cur["executionPeriod"] = {"start": "2000-01-01T00:00:00.000Z"}
+            stack.admin.fhir("make the sync due", "PUT", f"Task/{cur['id']}", json_body=cur)
+
+
+def run_sweep(stack) -> str:
+    """What resumes pending work: the cron sweep, or — without one — the sweep after any processed message."""
+    cfg = stack.cfg
+    if cfg.webhook_bot.sweep_cron.strip():
+        _dev(stack, "POST", "cron/run", params={"bot": cfg.bots.webhook.name})
+        return "cron sweep"
+    expect(cfg.webhook_bot.async_processing, "webhook_bot.sweep_cron is empty and async_processing is off: nothing "
+                                              "resumes a Patient whose sync Metriport's rate limit deferred")
+    msg = {"meta": {"messageId": f"medport-check-sweep-{time.time_ns()}", "when": "2024-01-01T00:00:00.000Z",
+                    "type": "medport.check.nudge"}}
+    resp = deliver(stack.webhook_url, msg, stack.webhook_key)
+    expect(resp.status_code == 200, f"a message to trigger the sweep was refused: {resp.status_code} {resp.text[:200]}")
+    task = resp.json()["task"]
+    _wait(lambda: stack.admin.fhir("read Task", "GET", task)["status"] in ("completed", "failed"), 60,
+          "the message that triggers the sweep to be processed")
+    stack.wait_idle(30)
+    return "sweep after a processed message"
+
+
+def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, timeout: float = 90.0) -> dict:
+    """A burst of new Patients over Metriport's patient-create limit (lowered here to `limit` a minute; Metriport
+    allows 15 and answers 429 with Retry-After up to 60 s): those it refuses longer than the patient bot's execution
+    can wait are left pending, the minute passes, the sweep resumes them — every Patient ends linked and queried."""
+    expect(stack.fake is not None, "needs the fake Metriport")
+    org = create_facility_org(stack, "Rate limit clinic")
+    fake_rate_limits(stack, limits={"patient": limit}, reset=True)
+    try:
+        made = [create_patient(stack, f"Burst{chr(65 + i)}", org["id"], family=f"Ratelimit{time.time_ns() % 10**6}")
+                for i in range(patients)]
+        ids = [p["id"] for p in made]
+
+        def settled():
+            out = {}
+            for pid in ids:
+                t = sync_task(stack, pid)
+                if metriport_id_of(stack, pid) and t and t["status"] == "completed":
+                    out[pid] = "linked"
+                elif t and t["status"] == "requested" and "waiting for Metriport" in (t.get("statusReason") or {}).get("text", ""):
+                    out[pid] = "pending"
+                else:
+                    return None
+            return out
+
+        first = _wait(settled, timeout, "each Patient linked or left pending")
+        waiting = [pid for pid, s in first.items() if s == "pending"]
+        deferred = len(waiting)
+        expect(deferred == patients - limit, f"{deferred} Patient(s) left pending for Metriport's limit, expected "
+                                             f"{patients - limit}: {first}")
+        rounds = 0
+        while waiting:   # each round: a minute passes, the sweep resumes what is due, up to the limit again
+            rounds += 1
+            expect(rounds <= patients, f"{len(waiting)} Patient(s) still pending after {patients} sweeps")
+            fake_rate_limits(stack, reset=True)
+            let_pending_syncs_run(stack, [sync_task(stack, pid) for pid in waiting])
+            trigger = run_sweep(stack)
+            state = _wait(settled, timeout, "the resumed Patients linked or left pending")
+            waiting = [pid for pid, s in state.items() if s == "pending"]
+        _wait(lambda: all(queried(stack, m) for pid in ids if (m := metriport_id_of(stack, pid))), timeout,
+              "every Patient's query")
+    finally:
+        fake_rate_limits(stack, limits={"patient": 15}, windowSeconds=60, reset=True)
+    mids = [metriport_id_of(stack, pid) for pid in ids]
+    expect(len(set(mids)) == len(ids), f"two Patients share a Metriport patient: {mids}")
+    return {"patients": patients, "deferred": deferred, "sweeps": rounds, "resumed_by": trigger}
+
+
+# ------------------------------------------------------------------------------------------------
 # Nothing misplaced, nothing forged: shared resource ids, a forged message Task, an older message after a newer one.
 
 def _compartment_versions(stack, patient_id: str) -> dict[str, str]:
@@ -722,6 +830,7 @@ SCENARIOS: list[tuple[str, Callable]] = [
     ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
     ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
     ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
+    ("Metriport's rate limit: deferred Patients resumed, every one linked and queried", scenario_rate_limits_waited_out),
     ("two patients' data share resource ids: each keeps its own, the conflict recorded",
      scenario_shared_resource_ids_stay_with_their_patient),
     ("a forged or tampered message Task: refused, nothing written", scenario_forged_message_task_refused),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..locks import InUse, StoreRefused
 from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
 from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
 from .settings import Settings
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         handle = start_in_thread(Settings(db_path=None if a.memory else a.db), host=a.host, port=a.port)
-    except PortInUse as e:
+    except (PortInUse, InUse, StoreRefused) as e:
         print(e, file=sys.stderr)
         return 2
     print(f"medport emulator (Medplum) listening on {handle.base_url}", flush=True)

@@ -81,7 +81,7 @@ def settings_for_stack(stack, cfg: Config | None, *, fhir_only: bool = False) ->
     return Settings(base_url=emu.base_url, client_id=emu.admin_client_id, client_secret=emu.admin_client_secret,
                     dev_api=not fhir_only, fake_url=fake.base_url if fake else None,
                     metriport_url=fake.base_url if fake else stack.metriport_base_url,
-                    metriport_api_key=fake.api_key if fake else os.environ.get("METRIPORT_API_KEY"),
+                    metriport_api_key=fake.api_key if fake else stack.metriport_api_key,
                     bot_ids={"patient": bots.get("patient_bot"), "webhook": bots.get("webhook_bot")}, **fields)
 
 

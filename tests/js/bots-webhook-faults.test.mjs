@@ -143,7 +143,7 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
 
   // the lease is not expired yet: the sweep leaves it alone
   const early = await runCron(medplum);
-  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0, refused: 0 });
+  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0, refused: 0, requeued: 0, synced: 0 });
   // ... time passes without a heartbeat: the sweep puts it back in the queue, keeping attempts and checkpoint
   await expireLease(medplum, taskId);
   const swept = await runCron(medplum);
@@ -258,14 +258,49 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   const p = await patient(medplum, 'mpt-lost');
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-lost', bigBundle('mpt-lost', 2)));
   const id = stored.result.task.split('/')[1];
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0, refused: 0 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0, refused: 0, requeued: 0, synced: 0 });
   await new Promise((r) => setTimeout(r, 2100)); // lease_seconds = 2
   const before = (await medplum.readResource('Task', id)).meta.versionId;
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1, refused: 0 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1, refused: 0, requeued: 0, synced: 0 });
   const after = await medplum.readResource('Task', id);
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
 });
+
+test('a consolidated query Metriport refuses for longer than the run has: the message waits (not failed), then runs on from its checkpoint', async () => {
+  const medplum = await createMedplum();
+  const a = await patient(medplum, 'mp-rl-a');
+  const b = await patient(medplum, 'mp-rl-b');
+  const msg = {
+    meta: { messageId: 'msg-rl-' + ++seq, when: '2026-11-22T00:00:00.000Z', type: 'medical.document-conversion' },
+    patients: [{ patientId: 'mp-rl-a', externalId: a.id, status: 'completed' }, { patientId: 'mp-rl-b', externalId: b.id, status: 'completed' }],
+  };
+  const stored = await deliver(medplum, msg);
+  const id = stored.result.task.split('/')[1];
+  fake.state.queue.push({ status: 200, body: { status: 'processing' } }); // patient a's query starts
+  fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient consolidated data query starts, please try again later.' });
+  const first = await runTask(medplum, id);
+  assert.equal(first.result.status, 'deferred', first.logText);
+  let task = await medplum.readResource('Task', id);
+  assert.equal(task.status, 'requested');
+  assert.ok(Date.parse(ext(task, LEASE).valueDateTime) > Date.now() + 50000, 'waits for the Retry-After');
+  assert.match(task.statusReason.text, /waiting for Metriport/);
+  // a run the subscription starts meanwhile, or the sweep: nothing sent to Metriport
+  const calls = fake.calls.length;
+  assert.equal((await runTask(medplum, id)).result.reason, 'waiting-for-metriport');
+  assert.equal((await runCron(medplum)).result.sweep.nudged, 0);
+  assert.equal(fake.calls.length, calls);
+  // the wait is over: it runs on from patient b (a's query is not started twice)
+  await asBot(() => medplum.updateResource(withLease(task, '2000-01-01T00:00:00.000Z'))); // time passes (the bot's own Task)
+  const second = await runTask(medplum, id);
+  assert.equal(second.result.status, 'completed', second.logText);
+  const queried = fake.calls.filter((c) => c.path.endsWith('/consolidated/query')).map((c) => c.path.split('/')[4]);
+  assert.deepEqual(queried, ['mp-rl-a', 'mp-rl-b', 'mp-rl-b']);
+});
+
+function withLease(task, when) {
+  return { ...task, extension: [...(task.extension || []).filter((e) => e.url !== LEASE), { url: LEASE, valueDateTime: when }] };
+}
 
 test('a message Task the bot did not write, or whose message does not verify, is refused: rejected, nothing written; an operator requeues through the bot', async () => {
   const medplum = await createMedplum();
