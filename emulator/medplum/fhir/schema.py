@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema_rs
 
+from medport import jsoncodec
+
 from ...node import definitions_dir
 from ..errors import BadRequest, ValidationFailed
 
@@ -315,26 +317,13 @@ def _empty_values(node: Any, path: str, out: list) -> None:
                 out.append(("String must contain non-whitespace content", f"{path}[{i}]"))
 
 
-_key_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=False).encode
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
-
-def _content_key(r: dict) -> str | bytes:
+def _content_key(r: dict) -> bytes:
     """The resource's content apart from id and meta (what a batch's preprocessing may change before a write)."""
     body = {k: v for k, v in r.items() if k not in ("id", "meta")}
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(body)
-        except (TypeError, ValueError):
-            pass
     try:
-        return _key_dumps(body)
+        return jsoncodec.dumps(body)
     except (TypeError, ValueError):
-        return ""
+        return b""
 
 
 _default: Validator | None = None
