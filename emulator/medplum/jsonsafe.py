@@ -16,7 +16,6 @@ floats in exponent form aside: `1e-7` like Node, where Python's json writes `1e-
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -24,7 +23,8 @@ import orjson
 from medport import jsoncodec
 from medport.jsoncodec import finite  # noqa: F401 (part of this module's API)
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from ..jsbehaviour import first_lone_surrogate, scrub_text  # noqa: F401 (part of this module's API)
+
 _MAX_SAFE = 2 ** 53
 # an integer of 16+ digits may exceed 2**53: Node reads it as a (rounded) double, orjson exactly — careful path.
 # (Found by mapping every digit to "0" and anything else to "x": a C-speed scan, ~10x faster than a regex.)
@@ -74,34 +74,6 @@ def loads_fast(text: str | bytes) -> tuple[Any, bool]:
         return json.loads(text, parse_constant=_constant, parse_int=_js_int), True
     except RecursionError:
         raise NotJson("nested too deeply") from None
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Does any string (key or value) hold an unpaired surrogate — text that is not valid Unicode?"""
-    return first_lone_surrogate(value) is not None
-
-
-def first_lone_surrogate(value: Any, path: str = "") -> str | None:
-    """The FHIRPath-ish location of the first string holding an unpaired surrogate, or None."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        v, p = stack.pop()
-        if isinstance(v, str):
-            if _SURROGATE.search(v):
-                return p
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                if isinstance(k, str) and _SURROGATE.search(k):
-                    return p
-                stack.append((x, f"{p}.{k}" if p else str(k)))
-        elif isinstance(v, list):
-            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
-    return None
-
-
-def scrub_text(text: str) -> str:
-    """Unpaired surrogates replaced by U+FFFD (what writing the text as UTF-8 does in Node)."""
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def dumps(value: Any, **kw: Any) -> str:

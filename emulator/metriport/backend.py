@@ -24,7 +24,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from . import adt, bulkcsv, rules, webhooks
 from .consolidated_filter import filter_consolidated
-from .jsrt import UNDEFINED
+from ..jsbehaviour import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import RATE_LIMITS, WINDOW_S, Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,

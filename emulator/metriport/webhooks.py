@@ -15,24 +15,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import re
 from typing import Any
 
 import requests
 
-from .jsrt import drop_undefined, js_number_to_string
+from ..jsbehaviour import drop_undefined, json_number
 
 SIGNATURE_HEADER = "x-metriport-signature"
 DEFAULT_TIMEOUT_S = 5.0       # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
 PING_TIMEOUT_S = 2.0          # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
 
 _ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
-
-
-def _js_number(x: float) -> str:
-    """A number as JSON.stringify writes it: Number::toString, and null for NaN and the infinities."""
-    return "null" if math.isnan(x) or math.isinf(x) else js_number_to_string(x)
 
 
 def _js_order(obj: dict) -> list[tuple[str, Any]]:
@@ -56,10 +50,8 @@ def _enc(v: Any, out: list[str]) -> None:
         out.append("true")
     elif v is False:
         out.append("false")
-    elif isinstance(v, int):
-        out.append(_js_number(float(v)) if abs(v) >= 2**53 else str(v))
-    elif isinstance(v, float):
-        out.append(_js_number(v))
+    elif isinstance(v, (int, float)):
+        out.append(json_number(v))
     elif isinstance(v, dict):
         out.append("{")
         first = True

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 from urllib.parse import parse_qsl
 
+from ...jsbehaviour import js_number_to_string
 from ..errors import BadRequest
 from . import filterexpr as FX
 from . import values as V
@@ -163,7 +164,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,
             except ValueError:
                 raise BadRequest(f"Invalid _offset: {value}") from None
             if offset > MAX_OFFSET:
-                raise BadRequest(f"Search offset exceeds maximum (got {js_number(offset)}, max {MAX_OFFSET})")
+                raise BadRequest(f"Search offset exceeds maximum (got {js_number_to_string(offset)}, max {MAX_OFFSET})")
             req.offset = max(0, offset)
         elif code == "_sort":
             _parse_sort(req, params, value)
@@ -506,14 +507,6 @@ def _tree_of(rtype: str, node: FX.Node, release: Release) -> FilterTree:
     if sp is None:
         raise BadRequest(f"Unknown search parameter: {path}")
     return parse_parameter(rtype, sp, path, None, value, release, op, raw=True)
-
-
-def js_number(n: int) -> str:
-    """How JavaScript prints the Number that parseInt() makes of `n` (1e+23 past 1e21)."""
-    f = float(n) if abs(n) < 1e308 else float("inf")
-    if f != f or f in (float("inf"), float("-inf")):
-        return "Infinity" if f > 0 else "-Infinity"
-    return str(int(f)) if abs(f) < 1e21 else repr(f)
 
 
 def _dedupe(filters: list[Filter]) -> list[Filter]:
