@@ -219,11 +219,23 @@ def js_number(s: str) -> float:
 _INDEX_KEY = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 
 
+def _is_index_key(k: Any) -> bool:
+    return isinstance(k, str) and _INDEX_KEY.match(k) is not None and int(k) < 2**32 - 1
+
+
+def js_entries(obj: dict) -> list[tuple[Any, Any]]:
+    """`Object.entries` order of an object parsed from JSON: array-index keys ascending, then the rest as
+    inserted."""
+    items = list(obj.items())
+    idx = [kv for kv in items if _is_index_key(kv[0])]
+    if not idx:
+        return items
+    return sorted(idx, key=lambda kv: int(kv[0])) + [kv for kv in items if not _is_index_key(kv[0])]
+
+
 def js_keys(obj: dict) -> list[str]:
-    """`Object.keys` order of an object parsed from JSON: array-index keys ascending, then the rest as inserted."""
-    idx = [k for k in obj if _INDEX_KEY.match(k) and int(k) < 2**32 - 1]
-    rest = [k for k in obj if not (_INDEX_KEY.match(k) and int(k) < 2**32 - 1)]
-    return sorted(idx, key=int) + rest
+    """`Object.keys` order (see `js_entries`)."""
+    return [k for k, _ in js_entries(obj)]
 
 
 def strip_non_numeric(s: str) -> str:

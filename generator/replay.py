@@ -2,8 +2,6 @@
 the stored messages whose processing failed. Safe: imports are idempotent upserts."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -12,6 +10,8 @@ from datetime import datetime
 
 import click
 import requests
+
+from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
 from . import statefile
 from .config import Config
@@ -30,10 +30,6 @@ def metriport_body(payload) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def sign(body: str, key: str) -> str:
-    return hmac.new(key.encode("utf-8"), body.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
 def load_webhook(path: str):
     try:
         with open(path, encoding="utf-8") as f:
@@ -50,7 +46,7 @@ def load_webhook(path: str):
 def deliver(url: str, payload, key: str, timeout: float = 30.0) -> requests.Response:
     body = metriport_body(payload)
     return requests.post(url, data=body.encode("utf-8"), timeout=timeout,
-                         headers={"Content-Type": "application/json", "x-metriport-signature": sign(body, key)})
+                         headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body)})
 
 
 def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:

@@ -30,8 +30,7 @@ from typing import Any
 
 from . import jsdate
 from .emailcheck import is_email_valid
-from ..jsbehaviour import iso_string, js_length, js_trim, strip_non_numeric
-from .webhooks import _js_order
+from ..jsbehaviour import iso_string, js_entries, js_length, js_trim, strip_non_numeric
 
 MAX_NUMBER_ROWS = 100_000
 MAX_ADDRESSES = 10
@@ -475,7 +474,7 @@ def parse_import(text: str, now_ms: float) -> ParsedFile:
     headers, rows = read_rows(text)
     out = ParsedFile(headers)
     for n, row in enumerate(rows, start=1):
-        data = {k: _normalize_property(v) for k, v in _js_order(row)}
+        data = {k: _normalize_property(v) for k, v in js_entries(row)}
         raw = ",".join(_csv_record(v) for v in data.values())
         payload, errors = map_patient(data, now_ms)
         if payload is None:
