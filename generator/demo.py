@@ -119,7 +119,7 @@ def demo_command(config_path, patient, timeout, keep_running):
         if keep_running:
             from .console.command import serve_for_stack
 
-            from .localdefaults import DEFAULT_ADMIN_CLIENT_SECRET
+            from medport.defaults import DEFAULT_ADMIN_CLIENT_SECRET
 
             console = serve_for_stack(stack, cfg)
             emu = stack.emulator

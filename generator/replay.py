@@ -17,7 +17,7 @@ from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
-from .localdefaults import admin_credentials
+from medport.defaults import admin_credentials
 from .manifest import webhook_execute_url
 from .options import config_option, load_or_exit, medplum_options
 from .progress import Progress
