@@ -44,7 +44,8 @@ from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .progress import Progress
 from .options import config_option, load_or_exit, medplum_options, metriport_options
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
-from .render import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM, render_bots
+from .render import render_bots
+from .fhir_codes import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM
 
 MAX_ROWS = 100_000  # Metriport's maximum per bulk patient create (csv/validate-and-parse-import.ts MAX_NUMBER_ROWS)
 CSV_COLUMNS = ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1", "city-1",

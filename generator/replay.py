@@ -16,7 +16,7 @@ from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
-from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from .fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
 from medport.defaults import admin_credentials
 from .manifest import webhook_execute_url
 from .options import config_option, load_or_exit, medplum_options

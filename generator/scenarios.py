@@ -16,8 +16,8 @@ from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
                    data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
-from .render import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
-                     PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
+from .fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
+                         PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
 from .replay import deliver, metriport_body
 
 

@@ -22,8 +22,8 @@ import requests
 from medport.generator.config import validate_data
 from medport.generator.medplum_http import MedplumError, MedplumHttp
 from medport.generator.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
-from medport.generator.render import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
-                                      RESOURCE_CONFLICT_TASK_CODE)
+from medport.generator.fhir_codes import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
+                                          RESOURCE_CONFLICT_TASK_CODE)
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 from medport.generator.replay import deliver, metriport_body
 from medport.generator.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, _message_task_for
