@@ -39,6 +39,10 @@ from urllib.parse import quote
 
 import click
 
+from medport.emulator.metriport import bulkcsv, rules
+from medport.emulator.metriport.errors import MetriportError
+from medport.emulator.node import node_binary
+
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .progress import Progress
@@ -140,8 +144,6 @@ def select_patients(http: MedplumHttp, cfg: Config, criteria: str, only_unlinked
 
 def demographics_rules(cfg: Config, patients: list[dict]) -> list[dict]:
     """The patient bot's demographicsFor on every Patient, run in Node on the bot rendered from this config."""
-    from medport.emulator.node import node_binary
-
     code = render_bots(cfg)[cfg.bots.patient.filename]
     script = Path(__file__).with_name("js") / "demographics.cjs"
     with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False, encoding="utf-8") as f:
@@ -180,8 +182,6 @@ def metriport_refusals(rows: list[dict], now_ms: float | None = None) -> dict[st
     """externalId -> the reason, for each row Metriport would refuse: its CSV parser (core
     command/patient-import/csv/validate-and-parse-import.ts) or the create route each parsed row goes through
     (`patientCreateSchema`: Metriport's result says "Internal error"), as the fake ports them."""
-    from medport.emulator.metriport import bulkcsv, rules
-    from medport.emulator.metriport.errors import MetriportError
     if not rows:
         return {}
     now = now_ms if now_ms is not None else time.time() * 1000

@@ -12,6 +12,8 @@ from typing import Callable
 
 import requests
 
+from medport.emulator.metriport import synth
+from medport.emulator.metriport.seed import Dataset
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
@@ -267,9 +269,6 @@ def check_exactly_once(stack, expected: dict[str, set]) -> dict[str, int]:
 
 def _crash_dataset(stack, n: int) -> None:
     """Give the fake Metriport a patient (first name CRASH_DATASET) with `n` synthetic resources."""
-    from medport.emulator.metriport import synth
-    from medport.emulator.metriport.seed import Dataset
-
     def build(pid: str, demo: dict | None) -> list[dict]:
         return synth.generate(n, seed=4242, patient_id=pid, patient=demo)["entry"]
 

@@ -22,7 +22,7 @@ from ..errors import BadRequest
 from . import filterexpr as FX
 from . import values as V
 from .releases import NEWEST_RELEASE, Release
-from .schema import RESOURCE_TYPES
+from .schema import resource_types
 from .searchparams import SearchParam, choice_properties, registry, type_properties
 
 DEFAULT_COUNT = 20
@@ -139,7 +139,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,
     """Parse `query` ([(name, value)] or a query string) for `resource_type`; raises BadRequest."""
     if isinstance(query, str):
         query = parse_query_string(query.lstrip("?"))
-    if resource_type not in RESOURCE_TYPES:
+    if resource_type not in resource_types():
         raise BadRequest(f"Unknown resource type: {resource_type}")
     params = registry().for_type(resource_type)
     req = SearchRequest(resource_type=resource_type, query=list(query))
@@ -443,7 +443,7 @@ def chain_filter(rtype: str, name: str, value: str, release: Release = NEWEST_RE
     for i, part in enumerate(parts):
         if part.startswith("_has"):
             _, t, code = (part.split(":", 2) + ["", ""])[:3]
-            sp = registry().get(t, code) if t in RESOURCE_TYPES else None
+            sp = registry().get(t, code) if t in resource_types() else None
             if sp is None:
                 raise BadRequest(f"Invalid search parameter in chain: {t}?{code}")
             if current not in sp.targets:
