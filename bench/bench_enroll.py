@@ -15,7 +15,7 @@ import time
 from medport.generator.config import validate_data
 from medport.generator.enroll import run_enroll
 from medport.generator.flow import create_facility_org
-from medport.generator.render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
+from medport.generator.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 from medport.generator.metriport_client import MetriportApi
 from medport.generator.stack import start_stack
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from medport.generator.config import load_config  # noqa: E402
 from medport.generator.flow import patient_resource  # noqa: E402
 from medport.generator.medplum_http import MedplumHttp  # noqa: E402
-from medport.generator.render import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
+from medport.generator.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "medport-bench"
 FIRST, FAMILY = "Benchmark", "Load"

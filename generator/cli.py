@@ -13,8 +13,7 @@ from medport.emulator.node import NodeRuntimeMissing
 
 from . import __version__
 from .config import CONFIG_FILENAME
-# load_or_exit and config_option stay importable from here (command modules used to take them from cli)
-from .options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param  # noqa: F401
+from .options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ import time
 import click
 
 from .options import config_option, load_or_exit
+from .outputs import stale_files
+from .stack import start_stack
 from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
                    wait_for_consolidated)
 
@@ -63,9 +65,6 @@ class LiveView:
 def demo_command(config_path, patient, timeout, keep_running):
     """Run the whole flow end to end: Patient saved → patient bot → Metriport → signed webhooks →
     webhook bot → clinical data in Medplum. Exits 0 only when the data is really in Medplum."""
-    from .outputs import stale_files
-    from .stack import start_stack
-
     cfg = load_or_exit(config_path)
     t0 = time.monotonic()
     step = lambda msg: click.echo(click.style("▸ ", fg="cyan") + msg)  # noqa: E731
@@ -119,7 +118,7 @@ def demo_command(config_path, patient, timeout, keep_running):
         if keep_running:
             from .console.command import serve_for_stack
 
-            from .localdefaults import DEFAULT_ADMIN_CLIENT_SECRET
+            from medport.defaults import DEFAULT_ADMIN_CLIENT_SECRET
 
             console = serve_for_stack(stack, cfg)
             emu = stack.emulator

@@ -15,7 +15,7 @@ from medport import __version__
 from medport.emulator import node as noderuntime
 from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
-from .localdefaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
+from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
 from .options import config_option, out_option
 from .outputs import stale_files
 from .runtime_setup import read_stamp

@@ -12,8 +12,7 @@ import click
 
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused
 from medport.emulator.procenv import hide_process_environment, take_secrets
-from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
-from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
+from medport.emulator.medplum.server import DEFAULT_DB
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
 
@@ -22,7 +21,8 @@ from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
 from .console.command import serve_for_stack
 from .options import admin_options, config_option
-from .localdefaults import CONSOLE_PORT, DEV_FAKE_METRIPORT_API_KEY
+from medport.defaults import (CONSOLE_PORT, DEFAULT_ADMIN_CLIENT_SECRET, DEV_FAKE_METRIPORT_API_KEY, EMULATOR_PORT,
+                             FAKE_METRIPORT_PORT)
 from .stack import MissingInput, Stack, start_stack
 
 
@@ -78,14 +78,14 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None, confi
 @click.command("emulate")
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0 = any free port).")
+@click.option("--port", default=EMULATOR_PORT, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
               help="SQLite file holding the FHIR store.")
 @click.option("--memory", is_flag=True, help="Keep everything in memory, the fake Metriport's state too (nothing "
               "survives a restart). Without it the fake keeps its state beside the database (<db>.metriport.sqlite3).")
 @click.option("--no-deploy", is_flag=True, help="Do not deploy the generated bots on start.")
 @admin_options
-@click.option("--metriport-port", default=8180, show_default=True, type=int, help="Port of the fake Metriport.")
+@click.option("--metriport-port", default=FAKE_METRIPORT_PORT, show_default=True, type=int, help="Port of the fake Metriport.")
 @click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
               show_default=True, help="Use the fake Metriport, or the real sandbox (its key from METRIPORT_API_KEY).")
 @click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")

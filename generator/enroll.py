@@ -39,12 +39,17 @@ from urllib.parse import quote
 
 import click
 
+from medport.emulator.metriport import bulkcsv, rules
+from medport.emulator.metriport.errors import MetriportError
+from medport.emulator.node import node_binary
+
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .progress import Progress
 from .options import config_option, load_or_exit, medplum_options, metriport_options
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
-from .render import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM, render_bots
+from .render import render_bots
+from .fhir_codes import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM
 
 MAX_ROWS = 100_000  # Metriport's maximum per bulk patient create (csv/validate-and-parse-import.ts MAX_NUMBER_ROWS)
 CSV_COLUMNS = ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1", "city-1",
@@ -139,8 +144,6 @@ def select_patients(http: MedplumHttp, cfg: Config, criteria: str, only_unlinked
 
 def demographics_rules(cfg: Config, patients: list[dict]) -> list[dict]:
     """The patient bot's demographicsFor on every Patient, run in Node on the bot rendered from this config."""
-    from medport.emulator.node import node_binary
-
     code = render_bots(cfg)[cfg.bots.patient.filename]
     script = Path(__file__).with_name("js") / "demographics.cjs"
     with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False, encoding="utf-8") as f:
@@ -179,8 +182,6 @@ def metriport_refusals(rows: list[dict], now_ms: float | None = None) -> dict[st
     """externalId -> the reason, for each row Metriport would refuse: its CSV parser (core
     command/patient-import/csv/validate-and-parse-import.ts) or the create route each parsed row goes through
     (`patientCreateSchema`: Metriport's result says "Internal error"), as the fake ports them."""
-    from medport.emulator.metriport import bulkcsv, rules
-    from medport.emulator.metriport.errors import MetriportError
     if not rows:
         return {}
     now = now_ms if now_ms is not None else time.time() * 1000

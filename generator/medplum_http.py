@@ -14,6 +14,8 @@ from urllib.parse import urljoin
 
 import requests
 
+from medport import jsoncodec
+
 from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint, never_sent
 
 log = logging.getLogger(__name__)
@@ -174,18 +176,7 @@ class MedplumHttp:
 
 
 def _json(resp: requests.Response) -> Any:
-    if _orjson is not None and resp.content:
-        try:
-            return _orjson.loads(resp.content)   # several times faster on search bundles
-        except ValueError:
-            pass
     try:
-        return resp.json()
+        return jsoncodec.loads(resp.content)   # orjson: several times faster on search bundles
     except ValueError:
         return None
-
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None

@@ -12,7 +12,7 @@ import requests
 from . import statefile
 from .config import Config
 from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint
-from .localdefaults import admin_credentials, fake_metriport_api_key
+from medport.defaults import admin_credentials, fake_metriport_api_key
 from .medplum_http import MedplumHttp
 
 

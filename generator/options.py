@@ -23,11 +23,11 @@ from typing import Callable, TextIO
 import click
 
 from .config import CONFIG_FILENAME, ConfigError, load_config
-from .localdefaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
+from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, EMULATOR_BASE_URL
 
 LOG_LEVEL_ENV = "MEDPORT_LOG_LEVEL"
 CONFIG_ENV = "MEDPORT_CONFIG"
-EMULATOR_DEFAULT = "the emulator running from this folder (.medport/emulator.json), else http://127.0.0.1:8103/"
+EMULATOR_DEFAULT = f"the emulator running from this folder (.medport/emulator.json), else {EMULATOR_BASE_URL}"
 
 
 def _option(*decls, **kw) -> Callable:

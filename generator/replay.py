@@ -2,8 +2,6 @@
 the stored messages whose processing failed. Safe: imports are idempotent upserts."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -13,11 +11,13 @@ from datetime import datetime
 import click
 import requests
 
+from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
+
 from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
-from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
-from .localdefaults import admin_credentials
+from .fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from medport.defaults import admin_credentials
 from .manifest import webhook_execute_url
 from .options import config_option, load_or_exit, medplum_options
 from .progress import Progress
@@ -28,10 +28,6 @@ SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a l
 def metriport_body(payload) -> str:
     """What Metriport sends: JSON.stringify(payload) — compact, key order kept, non-ASCII unescaped."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-
-
-def sign(body: str, key: str) -> str:
-    return hmac.new(key.encode("utf-8"), body.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def load_webhook(path: str):
@@ -50,7 +46,7 @@ def load_webhook(path: str):
 def deliver(url: str, payload, key: str, timeout: float = 30.0) -> requests.Response:
     body = metriport_body(payload)
     return requests.post(url, data=body.encode("utf-8"), timeout=timeout,
-                         headers={"Content-Type": "application/json", "x-metriport-signature": sign(body, key)})
+                         headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body)})
 
 
 def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:

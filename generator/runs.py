@@ -8,7 +8,7 @@ import click
 import requests
 
 from . import statefile
-from .localdefaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
+from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
 from .medplum_http import MedplumError, MedplumHttp, not_json_reason
 from .options import admin_options, medplum_options
 

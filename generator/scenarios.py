@@ -12,11 +12,15 @@ from typing import Callable
 
 import requests
 
+from medport.emulator.metriport import synth
+from medport.emulator.metriport.seed import Dataset
+from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
+
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
                    data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
-from .render import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
-                     PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
-from .replay import deliver, metriport_body, sign
+from .fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
+                         PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
+from .replay import deliver, metriport_body
 
 
 class ScenarioFailure(AssertionError):
@@ -265,9 +269,6 @@ def check_exactly_once(stack, expected: dict[str, set]) -> dict[str, int]:
 
 def _crash_dataset(stack, n: int) -> None:
     """Give the fake Metriport a patient (first name CRASH_DATASET) with `n` synthetic resources."""
-    from medport.emulator.metriport import synth
-    from medport.emulator.metriport.seed import Dataset
-
     def build(pid: str, demo: dict | None) -> list[dict]:
         return synth.generate(n, seed=4242, patient_id=pid, patient=demo)["entry"]
 
@@ -688,7 +689,7 @@ def scenario_forged_message_task_refused(stack, timeout: float = 30.0) -> dict:
         "code": {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]},
         "identifier": [{"system": MESSAGE_ID_SYSTEM, "value": "medport-check-forged-task"}],
         "input": [{"type": {"text": "metriport-webhook-message"}, "valueString": raw},
-                  {"type": {"text": "metriport-signature"}, "valueString": sign(raw, "a guessed key")}]})
+                  {"type": {"text": "metriport-signature"}, "valueString": sign("a guessed key", raw)}]})
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     ran = [r for r in runs(stack, 100) if r.get("resource") == f"Task/{forged['id']}"]
     expect(not ran, "the webhook bot's Task subscription fired for a Task another principal wrote")
@@ -725,7 +726,7 @@ def scenario_newer_message_wins(stack, timeout: float = 60.0) -> dict:
     def post(body: str) -> None:
         gate.wait()
         answers.append(requests.post(stack.webhook_url, data=body.encode(), timeout=60, headers={
-            "Content-Type": "application/json", "x-metriport-signature": sign(body, stack.webhook_key)}).status_code)
+            "Content-Type": "application/json", SIGNATURE_HEADER: sign(stack.webhook_key, body)}).status_code)
 
     threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
     for t in threads:

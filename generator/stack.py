@@ -19,7 +19,7 @@ from medport.emulator.node import find_runtime
 
 from .config import Config
 from .deploy import DeployResult, Deployer
-from .localdefaults import fake_metriport_api_key
+from medport.defaults import fake_metriport_api_key
 from .manifest import webhook_execute_url
 from .medplum_http import MedplumHttp
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from medport import __version__
 
-from .localdefaults import EMULATOR_PORT
+from medport.defaults import EMULATOR_BASE_URL
 
 STATE_FILE = Path(".medport") / "emulator.json"
-DEFAULT_BASE_URL = f"http://127.0.0.1:{EMULATOR_PORT}/"
+DEFAULT_BASE_URL = EMULATOR_BASE_URL
 
 
 def write(info: dict, path: Path = STATE_FILE) -> Path:

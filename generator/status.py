@@ -8,7 +8,7 @@ import requests
 
 from . import statefile
 from .config import CONFIG_FILENAME
-from .localdefaults import admin_credentials
+from medport.defaults import admin_credentials
 from .options import config_option, medplum_options
 
 

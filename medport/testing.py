@@ -26,7 +26,7 @@ import requests
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
 from medport.generator import flow
 from medport.generator.config import CONFIG_FILENAME, Config, ConfigError, load_config
-from medport.generator.localdefaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
+from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
 from medport.generator.medplum_http import MedplumError, MedplumHttp
 
 if TYPE_CHECKING:

@@ -6,8 +6,15 @@ auth.py, bots.py + runtime/ (warm Node workers), subscriptions.py, runs.py. HTTP
 error mapping), routes/ (FHIR, OAuth, admin, bot operations), devapi.py, httpio.py (request helpers and
 the one `current_state()` accessor). server.py serves it (two listeners, see its docstring).
 """
-from .app import create_app
-from .server import EmulatorHandle, start_in_thread
-from .settings import Settings
+_EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start_in_thread": ".server", "Settings": ".settings"}
 
 __all__ = ["create_app", "EmulatorHandle", "start_in_thread", "Settings"]
+
+
+def __getattr__(name: str):
+    # loaded on first use: importing one light module of the package (a signer, the rules, the settings) must not
+    # start the whole service (Flask, the backend) — the CLI's commands import those alone
+    if name in _EXPORTS:
+        from importlib import import_module
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

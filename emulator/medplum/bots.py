@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import jsonsafe
+from ..jsbehaviour import js_number_to_string
 from .errors import BadRequest, FhirError, all_ok
 from .ids import now_iso, ref, ref_id
 from .runtime.pool import ExecRequest
@@ -298,14 +299,8 @@ def response_body(run: BotRun) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        return _js_number(value)
+        return js_number_to_string(value)
     return value
-
-
-def _js_number(v: float) -> str:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
-        return str(int(v))
-    return str(v)
 
 
 def out_parameters(body: Any) -> dict:

@@ -8,25 +8,23 @@
 
 No Flask here: the HTTP layer and the bot runtime both use it.
 
-Speed: orjson (when installed) reads and writes first; it refuses exactly the inputs where the rules above need
-care (NaN/Infinity literals, numbers beyond double range, lone surrogates, integers past 64 bits), and those go
-the careful way below. Its answers are Node's: the same values parsed, the same JSON written (compact, UTF-8,
-non-finite numbers as null) — floats in exponent form aside (`1e-7` like Node, where Python's json writes
-`1e-07`: the same number either way).
+Speed: orjson reads first; it refuses exactly the inputs where the rules above need care (NaN/Infinity literals,
+numbers beyond double range, lone surrogates, integers past 64 bits), and those go the careful way below. Its
+answers are Node's: the same values parsed. Writing is `medport.jsoncodec` (the same JSON as JSON.stringify —
+floats in exponent form aside: `1e-7` like Node, where Python's json writes `1e-07`: the same number either way).
 """
 from __future__ import annotations
 
 import json
-import math
-import re
 from typing import Any
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson is a declared dependency; the careful path alone is correct
-    _orjson = None
+import orjson
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from medport import jsoncodec
+from medport.jsoncodec import finite  # noqa: F401 (part of this module's API)
+
+from ..jsbehaviour import first_lone_surrogate, scrub_text  # noqa: F401 (part of this module's API)
+
 _MAX_SAFE = 2 ** 53
 # an integer of 16+ digits may exceed 2**53: Node reads it as a (rounded) double, orjson exactly — careful path.
 # (Found by mapping every digit to "0" and anything else to "x": a C-speed scan, ~10x faster than a regex.)
@@ -63,14 +61,13 @@ def loads(text: str | bytes) -> Any:
 
 def loads_fast(text: str | bytes) -> tuple[Any, bool]:
     """`loads`, and whether the value may hold an unpaired surrogate (False when orjson read it: it refuses them)."""
-    if _orjson is not None:
-        try:
-            value = _orjson.loads(text)
-        except (ValueError, TypeError):
-            pass
-        else:
-            if not _long_digit_run(text):
-                return value, False
+    try:
+        value = orjson.loads(text)
+    except (ValueError, TypeError):
+        pass
+    else:
+        if not _long_digit_run(text):
+            return value, False
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8")
     try:
@@ -79,78 +76,10 @@ def loads_fast(text: str | bytes) -> tuple[Any, bool]:
         raise NotJson("nested too deeply") from None
 
 
-def has_lone_surrogate(value: Any) -> bool:
-    """Does any string (key or value) hold an unpaired surrogate — text that is not valid Unicode?"""
-    return first_lone_surrogate(value) is not None
-
-
-def first_lone_surrogate(value: Any, path: str = "") -> str | None:
-    """The FHIRPath-ish location of the first string holding an unpaired surrogate, or None."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        v, p = stack.pop()
-        if isinstance(v, str):
-            if _SURROGATE.search(v):
-                return p
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                if isinstance(k, str) and _SURROGATE.search(k):
-                    return p
-                stack.append((x, f"{p}.{k}" if p else str(k)))
-        elif isinstance(v, list):
-            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
-    return None
-
-
-def scrub_text(text: str) -> str:
-    """Unpaired surrogates replaced by U+FFFD (what writing the text as UTF-8 does in Node)."""
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
-
-
-def finite(value: Any) -> Any:
-    """A copy with every non-finite float replaced by None (JSON.stringify semantics)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def dumps(value: Any, **kw: Any) -> str:
     """`JSON.stringify`: compact, non-ASCII kept, non-finite numbers → null, unpaired surrogates escaped."""
-    if not kw:
-        fast = _fast_dumps(value)
-        if fast is not None:
-            return fast.decode("utf-8")
-    return _careful_dumps(value, **kw)
-
-
-def _fast_dumps(value: Any) -> bytes | None:
-    if _orjson is None:
-        return None
-    try:
-        return _orjson.dumps(value)
-    except (TypeError, ValueError):   # lone surrogates, integers past 64 bits, non-str keys, other types
-        return None
-
-
-def _careful_dumps(value: Any, **kw: Any) -> str:
-    kw.setdefault("separators", (",", ":"))
-    kw.setdefault("ensure_ascii", False)
-    try:
-        text = json.dumps(value, allow_nan=False, **kw)
-    except ValueError:
-        text = json.dumps(finite(value), allow_nan=False, **kw)
-    if _SURROGATE.search(text):  # only inside strings: escape like well-formed JSON.stringify
-        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text
+    return jsoncodec.dumps_text(value, **kw)
 
 
 def dumps_bytes(value: Any, **kw: Any) -> bytes:
-    if not kw:
-        fast = _fast_dumps(value)
-        if fast is not None:
-            return fast
-    return _careful_dumps(value, **kw).encode("utf-8")
+    return jsoncodec.dumps(value, **kw)

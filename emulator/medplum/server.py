@@ -25,13 +25,15 @@ import logging
 import os
 import threading
 
+from medport.defaults import EMULATOR_PORT
+
 from ..serving import Served, allowed_hosts, bind, serve, url_of
 from .app import create_app
 from .settings import Settings
 
 log = logging.getLogger("medport.emulator.medplum.server")
 
-DEFAULT_PORT = 8103
+DEFAULT_PORT = EMULATOR_PORT
 DEFAULT_DB = os.path.join(".medport", "emulator.sqlite3")
 
 

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medport import __version__ as VERSION  # noqa: F401 — reported by /_emulator/health
+from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, EMULATOR_BASE_URL
 
-DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
-DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
 # The Medplum release whose behaviour the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the
@@ -20,7 +19,7 @@ MEDPLUM_VERSION = "5.2.13"
 class Settings:
     """What `create_app` needs. `db_path=None` (or ":memory:") keeps everything in memory."""
     db_path: str | None = None
-    base_url: str = "http://127.0.0.1:8103/"
+    base_url: str = EMULATOR_BASE_URL
     admin_client_id: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID",
                                                                         DEFAULT_ADMIN_CLIENT_ID))
     admin_client_secret: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET",

@@ -1,6 +1,14 @@
 """Fake Metriport Medical API sandbox: a plain-Python backend, a thin Flask layer, signed webhooks."""
-from .app import create_app
-from .backend import MetriportBackend, MetriportState
-from .server import FakeMetriport, make_server
+_EXPORTS = {"create_app": ".app", "MetriportBackend": ".backend", "MetriportState": ".backend",
+            "FakeMetriport": ".server", "make_server": ".server"}
 
 __all__ = ["create_app", "MetriportBackend", "MetriportState", "FakeMetriport", "make_server"]
+
+
+def __getattr__(name: str):
+    # loaded on first use: importing one light module of the package (a signer, the rules, the settings) must not
+    # start the whole service (Flask, the backend) — the CLI's commands import those alone
+    if name in _EXPORTS:
+        from importlib import import_module
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 
+from medport.defaults import FAKE_METRIPORT_PORT
+
 from ..shared import converted_ccda_dir
 from .server import make_server
 
@@ -17,7 +19,7 @@ from .server import make_server
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medport.emulator.metriport")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8180)
+    p.add_argument("--port", type=int, default=FAKE_METRIPORT_PORT)
     p.add_argument("--api-key", default=None)
     p.add_argument("--data", default=None, help="FHIR bundle file or folder of bundles (default: shared fixtures if present)")
     p.add_argument("--delay", type=float, default=0.3, help="seconds between async steps")

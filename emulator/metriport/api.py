@@ -29,7 +29,7 @@ from . import rules
 from .backend import MetriportBackend, UploadRefused
 from .contribution import REQUEST_ID_HEADER
 from .errors import BadRequest, HttpError, api_gateway_forbidden
-from .jsrt import has_lone_surrogate
+from ..jsbehaviour import first_lone_surrogate
 from .storage import NoSuchKey, RequestExpired
 
 EXTENSION = "metriport"               # app.extensions key of the backend
@@ -73,24 +73,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"Unexpected token '{name[0]}', \"{name}\" is not valid JSON")
 
 
-def _walk_strings_ok(value: Any) -> bool:
-    """No lone surrogate in any key or string (iterative: bodies may nest deeply)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            if has_lone_surrogate(v):
-                return False
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                if has_lone_surrogate(k):
-                    return False
-                stack.append(x)
-        elif isinstance(v, list):
-            stack.extend(v)
-    return True
-
-
 def _decode(raw: bytes) -> bytes:
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding == "identity":
@@ -120,7 +102,7 @@ def parse_json_text(text: str) -> Any:
         raise HttpError(400, "Unexpected JSON: nested too deeply") from None
     except ValueError as e:
         raise HttpError(400, f"Unexpected token in JSON: {e}") from None
-    if not _walk_strings_ok(value):
+    if first_lone_surrogate(value) is not None:
         raise HttpError(400, "Bad Unicode escape in JSON: lone surrogate")
     return value
 

@@ -23,9 +23,11 @@ from html import escape as html_escape
 from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
+from medport.defaults import FAKE_METRIPORT_URL
+
 from . import adt, bulkcsv, rules, webhooks
 from .consolidated_filter import filter_consolidated
-from .jsrt import UNDEFINED
+from ..jsbehaviour import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import RATE_LIMITS, WINDOW_S, Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
@@ -66,7 +68,7 @@ class UploadRefused(PermissionError):
 class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
     def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
                  webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
-                 ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
+                 ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = FAKE_METRIPORT_URL,
                  seed: bool = True, data_path: str | None = None, rng_seed: int = 0,
                  facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None, state_path: str | None = None):
         self.clock = clock

@@ -30,8 +30,7 @@ from typing import Any
 
 from . import jsdate
 from .emailcheck import is_email_valid
-from .jsrt import js_length, js_trim, strip_non_numeric
-from .webhooks import _js_order
+from ..jsbehaviour import iso_string, js_entries, js_length, js_trim, strip_non_numeric
 
 MAX_NUMBER_ROWS = 100_000
 MAX_ADDRESSES = 10
@@ -185,23 +184,6 @@ def normalize_ssn(ssn: str) -> str:
     return digits[:9]
 
 
-def _iso_string(ms: float) -> str:
-    """Date.prototype.toISOString (years outside 0..9999 as ±YYYYYY)."""
-    import datetime as _dt
-    days, rem = divmod(int(ms), 86_400_000)
-    d = _dt.date(1970, 1, 1).toordinal() + days
-    if 1 <= d <= _dt.date.max.toordinal():
-        date = _dt.date.fromordinal(d)
-        y, mo, dd = date.year, date.month, date.day
-    else:  # far outside Python's calendar: only the sign and the year matter to the callers
-        y, mo, dd = (-1 if d < 1 else 10000), 1, 1
-    h, rem = divmod(rem, 3_600_000)
-    mi, rem = divmod(rem, 60_000)
-    s, msec = divmod(rem, 1000)
-    year = f"{y:04d}" if 0 <= y <= 9999 else (f"+{y:06d}" if y > 9999 else f"-{-y:06d}")
-    return f"{year}-{mo:02d}-{dd:02d}T{h:02d}:{mi:02d}:{s:02d}.{msec:03d}Z"
-
-
 def normalize_dob_safe(value: str, now_ms: float) -> str | None:
     """normalizeDobSafe → validateDateOfBirth: at least 10 characters, dayjs-parseable, `toISOString()` year
     >= 1900, not in the future (that one *throws* "Date can't be in the future" with the date), then formatted
@@ -212,7 +194,7 @@ def normalize_dob_safe(value: str, now_ms: float) -> str | None:
     t = jsdate.dayjs_utc(d)
     if t is None:
         return None
-    iso = _iso_string(t)
+    iso = iso_string(t)   # dayjs_utc gives a valid time
     if not jsdate.is_after_1900(iso):
         return None
     if t > now_ms:
@@ -492,7 +474,7 @@ def parse_import(text: str, now_ms: float) -> ParsedFile:
     headers, rows = read_rows(text)
     out = ParsedFile(headers)
     for n, row in enumerate(rows, start=1):
-        data = {k: _normalize_property(v) for k, v in _js_order(row)}
+        data = {k: _normalize_property(v) for k, v in js_entries(row)}
         raw = ",".join(_csv_record(v) for v in data.values())
         payload, errors = map_patient(data, now_ms)
         if payload is None:

@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any, Callable, Iterable, cast
 
+from ..jsbehaviour import iso_string
 from . import jsdate
 
 MAX_HYDRATION_ITERATIONS = 5  # consolidated-filter.ts maxHydrationIterations
@@ -116,10 +117,10 @@ def safe_date(value: Any) -> Any:
 
 
 def _iso(t: float) -> str:
-    """`toISOString()` (an out-of-range instant: "", which no date check accepts)."""
+    """`toISOString()` (an invalid time: "", which no date check accepts)."""
     try:
-        return (_dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=t)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    except (OverflowError, ValueError):
+        return iso_string(t)
+    except ValueError:
         return ""
 
 

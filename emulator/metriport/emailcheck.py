@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .jsrt import JS_SPACE_CLASS, js_length, js_trim
+from ..jsbehaviour import JS_SPACE_CLASS, js_length, js_trim
 
 _SP = JS_SPACE_CLASS[1:-1]
 _UTF8_RANGES = "\u00a1-\ud7ff\uf900-\ufdcf\ufdf0-\uffef"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .jsrt import JS_SPACE_CLASS, JS_WHITESPACE, js_number, js_substring, utf16_units
+from ..jsbehaviour import JS_SPACE_CLASS, JS_WHITESPACE, js_number, js_substring, utf16_units
 
 MAX_TIME_MS = 8.64e15            # ECMAScript TimeClip bound
 _DAYJS_REGEX_PARSE = re.compile(

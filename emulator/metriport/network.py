@@ -15,9 +15,10 @@ consolidated record and `network-query.<source>` goes out (update-datasource-que
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from typing import Any
+
+from medport import jsoncodec
 
 from . import sources as src
 from .consolidated_filter import bundle_entry
@@ -38,13 +39,8 @@ QUERY_FAILED = {src.HIE: "Unexpected error querying HIE data source"}
 
 
 def bundle_json(bundle: dict) -> bytes:
-    """A bundle as a file serves it: compact JSON, UTF-8 (orjson when installed: the same text, written ~10x
-    faster — a real record is tens of MB)."""
-    try:
-        import orjson
-        return orjson.dumps(bundle)
-    except (ImportError, TypeError, ValueError):
-        return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """A bundle as a file serves it: compact JSON, UTF-8 (a real record is tens of MB: the codec's orjson)."""
+    return jsoncodec.dumps(bundle)
 
 
 def normalize_sources(sources: Any) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import jsdate, schemas, zod
 from .errors import BadRequest, ValidationError
-from .jsrt import drop_undefined
+from ..jsbehaviour import drop_undefined
 
 CONSOLIDATED_RESOURCE_TYPES = frozenset(schemas.RESOURCE_TYPES_FOR_CONSOLIDATION)
 CONVERSION_TYPES = schemas.CONVERSION_TYPES

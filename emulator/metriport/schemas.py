@@ -5,7 +5,7 @@ the API's own schemas from github metriport/metriport (packages/api/src/..., dev
 which are not published. The SDK is newer than that API snapshot; where they differ the SDK wins
 for the patient bodies (what a client can send today) and the API for the query bodies (the SDK
 only mirrors them). Date checks are `jsdate.py` (dayjs/V8, lax as in production), emails
-`emailcheck.py` (validator.js), JavaScript string semantics `jsrt.py`.
+`emailcheck.py` (validator.js), JavaScript string semantics `emulator/jsbehaviour.py`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from . import jsdate
 from .emailcheck import is_email_valid
-from .jsrt import UNDEFINED, strip_non_numeric
+from ..jsbehaviour import UNDEFINED, strip_non_numeric
 from .zod import (AnyValue, Array, Boolean, Enum, Literal, Number, Object, Optional, Preprocess, Record, String,
                   SuperRefine, Tuple, Undefined, Union, Null)
 
@@ -56,12 +56,12 @@ def now_ms() -> float:
 
 
 def _upper_trim(v: Any) -> Any:
-    from .jsrt import js_trim
+    from ..jsbehaviour import js_trim
     return js_trim(v.upper()) if isinstance(v, str) else v
 
 
 def _empty_to_undefined(v: Any) -> Any:
-    from .jsrt import UNDEFINED, js_trim
+    from ..jsbehaviour import UNDEFINED, js_trim
     if v is None or v is UNDEFINED:
         return UNDEFINED
     if isinstance(v, str) and len(js_trim(v)) < 1:
@@ -151,7 +151,7 @@ _hie_network_control = Object({"exclude": Optional(Boolean())}, strict=True)
 
 
 def _hie_not_implemented(v: dict) -> list[tuple[str, tuple]]:
-    from .jsrt import UNDEFINED
+    from ..jsbehaviour import UNDEFINED
     return [(f"hie.{k} control is not yet implemented", (k,)) for k in ("commonwell", "ehex")
             if v.get(k, UNDEFINED) is not UNDEFINED]
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from medport.jsoncodec import loads as _loads
+
 from . import synth
 
 SEED_PATIENTS: list[dict] = [
@@ -72,17 +74,6 @@ def _bundles_in(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix == ".json" and p.is_file())
     return [path]
-
-
-def _loads(text: str):
-    """json.loads, through orjson when installed (a real-sized dataset is tens of MB)."""
-    try:
-        import orjson
-        return orjson.loads(text)
-    except ImportError:
-        return json.loads(text)
-    except ValueError:
-        return json.loads(text)
 
 
 def load_data(path: str | os.PathLike) -> dict[str, Dataset]:

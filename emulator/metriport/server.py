@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from flask import Flask
 
+from medport.defaults import FAKE_METRIPORT_PORT
+
 from ..serving import Served, allowed_hosts, serve
 from .app import create_app
 from .backend import MetriportBackend
 
-DEFAULT_PORT = 8180
+DEFAULT_PORT = FAKE_METRIPORT_PORT
 
 
 @dataclass

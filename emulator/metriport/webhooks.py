@@ -15,34 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
-import re
 from typing import Any
 
 import requests
 
-from .jsrt import drop_undefined, js_number_to_string
+from ..jsbehaviour import drop_undefined, js_entries, json_number
 
 SIGNATURE_HEADER = "x-metriport-signature"
 DEFAULT_TIMEOUT_S = 5.0       # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
 PING_TIMEOUT_S = 2.0          # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
-
-_ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
-
-
-def _js_number(x: float) -> str:
-    """A number as JSON.stringify writes it: Number::toString, and null for NaN and the infinities."""
-    return "null" if math.isnan(x) or math.isinf(x) else js_number_to_string(x)
-
-
-def _js_order(obj: dict) -> list[tuple[str, Any]]:
-    items = list(obj.items())
-    idx = [(k, v) for k, v in items if isinstance(k, str) and _ARRAY_INDEX.match(k) and int(k) < 4294967295]
-    if not idx:
-        return items
-    rest = [(k, v) for k, v in items if not (isinstance(k, str) and _ARRAY_INDEX.match(k) and int(k) < 4294967295)]
-    return sorted(idx, key=lambda kv: int(kv[0])) + rest
-
 
 _str_encoder = json.JSONEncoder(ensure_ascii=False).encode  # escapes like JSON.stringify
 
@@ -56,14 +37,12 @@ def _enc(v: Any, out: list[str]) -> None:
         out.append("true")
     elif v is False:
         out.append("false")
-    elif isinstance(v, int):
-        out.append(_js_number(float(v)) if abs(v) >= 2**53 else str(v))
-    elif isinstance(v, float):
-        out.append(_js_number(v))
+    elif isinstance(v, (int, float)):
+        out.append(json_number(v))
     elif isinstance(v, dict):
         out.append("{")
         first = True
-        for k, val in _js_order(v):
+        for k, val in js_entries(v):
             if not first:
                 out.append(",")
             first = False

@@ -10,7 +10,7 @@ What it keeps from zod, because Metriport's error bodies show it:
 - a union returns its first valid option, else its first dirty option's issues, else one
   "Invalid input" issue at the union's path;
 - messages are zod's English ones; string lengths are UTF-16 code units; object keys are walked in
-  JavaScript order (`jsrt.js_keys`).
+  JavaScript order (`jsbehaviour.js_keys`).
 
 `parse(schema, value) -> Result(ok, value, issues)`; issues are `Issue(message, path)`.
 """
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .jsrt import UNDEFINED, js_keys, js_length, js_string, js_trim, js_type
+from ..jsbehaviour import UNDEFINED, js_keys, js_length, js_string, js_trim, js_type
 
 VALID, DIRTY, ABORTED = "valid", "dirty", "aborted"
 # zod 3 uuidRegex

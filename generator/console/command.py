@@ -12,7 +12,7 @@ import click
 
 from .. import statefile
 from ..config import Config, ConfigError, load_config
-from ..localdefaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
+from medport.defaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
 from ..options import config_option, medplum_options, metriport_options
 from .guard import binds_everything
 from .source import Settings, Source

@@ -25,9 +25,10 @@ from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..render import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT,
-                      PATIENT_CONFLICT_TASK_CODE, QUERY_FAILED_EXTENSION)
-from .source import FINGERPRINT_EXTENSION, Snapshot
+from ..fhir_codes import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, CONTRIBUTION_TASK_CODE, FINGERPRINT_EXTENSION,
+                          MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE,
+                          PATIENT_SYNC_TASK_CODE, QUERY_FAILED_EXTENSION, RESOURCE_CONFLICT_TASK_CODE)
+from .source import Snapshot
 
 AUDIT_FAILURE = {"4", "8", "12"}
 ATTEMPTS_EXT, LEASE_EXT = MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
@@ -547,9 +548,8 @@ def human_ms(ms: float | None) -> str:
 # step of a Patient (one per Patient: requested until its query started, executionPeriod.start = when a run may
 # take it next), and records that ask nothing of anyone. A code not listed is a review when its code or title
 # says so (conflict, review, refused, forged), else a record.
-SYNC_TASK_CODE = "metriport-patient-sync"
 TASK_KINDS = {PATIENT_CONFLICT_TASK_CODE: "duplicate", BULK_ROW_FAILED_CODE: "enrollment",
-              "metriport-resource-conflict": "review", SYNC_TASK_CODE: "sync", "metriport-contribution": "record"}
+              RESOURCE_CONFLICT_TASK_CODE: "review", PATIENT_SYNC_TASK_CODE: "sync", CONTRIBUTION_TASK_CODE: "record"}
 _REVIEW_WORDS = re.compile(r"conflict|review|refus|forged|reject", re.I)
 CLOSED = ("completed", "cancelled", "rejected", "entered-in-error")
 
@@ -995,7 +995,7 @@ class Integration:
 def reconstruct(snap: Snapshot, *, stuck_after_s: float | None = None, now: datetime | None = None,
                 memo: Memo | None = None) -> Integration:
     settings = snap.settings
-    mid_system = settings.patient_identifier_system if settings else "https://metriport.com/fhir/identifiers/patient-id"
+    mid_system = settings.patient_identifier_system if settings else METRIPORT_PATIENT_ID_SYSTEM
     after = stuck_after_s if stuck_after_s is not None else (settings.stuck_after_s if settings else 300.0)
     now = now or snap.fetched_at
     runs = build_runs(snap, memo)

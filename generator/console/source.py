@@ -24,14 +24,11 @@ from urllib.parse import quote
 import requests
 
 from ..medplum_http import MedplumError, MedplumHttp
-from ..render import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,  # noqa: F401 (re-exported)
-                      PATIENT_CONFLICT_TASK_CODE)
+from ..fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, METRIPORT_PATIENT_ID_SYSTEM,
+                          METRIPORT_RESOURCE_ID_SYSTEM)
 
 DEV_API_PREFIXES = ("/_emulator/", "/_fake/")
-CONFLICT_TASK_CODE = PATIENT_CONFLICT_TASK_CODE     # the patient bot's review Task (one Patient per Metriport patient)
 DEFAULT_BOT_NAMES = {"patient": "metriport-patient-bot", "webhook": "metriport-webhook-bot"}
-DEFAULT_PATIENT_ID_SYSTEM = "https://metriport.com/fhir/identifiers/patient-id"
-DEFAULT_RESOURCE_ID_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
 OVERLAP_S = 15.0            # an incremental read starts this long before the newest record seen (late commits)
 PAGE = 1000                 # Medplum's largest _count
 BIG_COMPARTMENT = PAGE      # past one page of resources, a Patient's imported resources are counted per type
@@ -68,8 +65,8 @@ class Settings:
     metriport_api_key: str | None = field(default=None, repr=False)
     bot_ids: dict = field(default_factory=dict)          # {"patient": id, "webhook": id} when known
     bot_identifiers: dict = field(default_factory=dict)  # {"patient": "system|value", ...} from the config
-    patient_identifier_system: str = DEFAULT_PATIENT_ID_SYSTEM
-    resource_identifier_system: str = DEFAULT_RESOURCE_ID_SYSTEM
+    patient_identifier_system: str = METRIPORT_PATIENT_ID_SYSTEM
+    resource_identifier_system: str = METRIPORT_RESOURCE_ID_SYSTEM
     resource_types: tuple = ()
     max_resources: int = 50_000               # per kind of record (newest first); past it: truncated
     stuck_after_s: float = 300.0

@@ -30,10 +30,10 @@ import requests
 from medport.emulator.metriport import synth
 from medport.emulator.metriport.backend import DEFAULT_FACILITY_ID
 from medport.generator.config import load_config, validate_data
-from medport.generator.localdefaults import fake_metriport_api_key
+from medport.defaults import fake_metriport_api_key
 from medport.generator.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
 from medport.generator.medplum_http import MedplumHttp
-from medport.generator.render import MESSAGE_ATTEMPTS_EXT
+from medport.generator.fhir_codes import MESSAGE_ATTEMPTS_EXT
 from medport.testing import wait_until
 from medport.generator.scenarios import (
     CRASH_DATASET,

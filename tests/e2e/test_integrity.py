@@ -22,9 +22,10 @@ import requests
 from medport.generator.config import validate_data
 from medport.generator.medplum_http import MedplumError, MedplumHttp
 from medport.generator.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
-from medport.generator.render import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
-                                      RESOURCE_CONFLICT_TASK_CODE)
-from medport.generator.replay import deliver, metriport_body, sign
+from medport.generator.fhir_codes import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
+                                          RESOURCE_CONFLICT_TASK_CODE)
+from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
+from medport.generator.replay import deliver, metriport_body
 from medport.generator.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, _message_task_for
 from medport.generator.stack import deploy_into, start_stack
 from medport.testing import wait_until
@@ -211,7 +212,7 @@ def test_a_forged_message_task_is_refused_and_writes_nothing(stack, org, capsys)
               "identifier": [{"system": "https://metriport.com/fhir/identifiers/webhook-message-id", "value": "forged-1"}],
               "description": "Metriport webhook medical.consolidated-data",
               "input": [{"type": {"text": "metriport-webhook-message"}, "valueString": raw},
-                        {"type": {"text": "metriport-signature"}, "valueString": sign(raw, "a-guessed-key")}]}
+                        {"type": {"text": "metriport-signature"}, "valueString": sign("a-guessed-key", raw)}]}
     forged_id = writer.fhir("forge a message Task", "POST", "Task", json_body=forged)["id"]
     # a genuine stored message tampered with: its message replaced, set to run again
     genuine = _message_task_for(stack, p["id"], data_types(stack.cfg))
@@ -306,7 +307,7 @@ def test_admit_and_discharge_at_the_same_instant_end_discharged(stack, org, caps
         def post(body: str) -> None:
             start.wait()
             r = requests.post(stack.webhook_url, data=body.encode(), timeout=60, headers={
-                "Content-Type": "application/json", "x-metriport-signature": sign(body, stack.webhook_key)})
+                "Content-Type": "application/json", SIGNATURE_HEADER: sign(stack.webhook_key, body)})
             assert r.status_code == 200, r.text
 
         threads = [threading.Thread(target=post, args=(bodies[m],)) for m in sent]

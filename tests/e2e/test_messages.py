@@ -16,8 +16,8 @@ from medport.generator.config import validate_data
 from medport.generator.enroll import demographics_rules, run_enroll
 from medport.generator.flow import create_facility_org, message_tasks, patient_resource
 from medport.generator.metriport_client import MetriportApi
-from medport.generator.render import (BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, FINGERPRINT_EXTENSION,
-                                      MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE)
+from medport.generator.fhir_codes import (BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, FINGERPRINT_EXTENSION,
+                                          MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE)
 from medport.generator.replay import deliver
 from medport.generator.stack import start_stack
 

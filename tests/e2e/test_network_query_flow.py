@@ -17,7 +17,7 @@ from medport.emulator.metriport.consolidated_filter import filter_consolidated
 from medport.generator.config import load_config
 from medport.generator.flow import (count_imported, create_facility_org, create_patient, data_deliveries, runs,
                                     task_ids, wait_for_consolidated)
-from medport.generator.render import CONTRIBUTION_LEDGER_SYSTEM
+from medport.generator.fhir_codes import CONTRIBUTION_LEDGER_SYSTEM
 from medport.generator.stack import start_stack
 
 from tests.e2e import metriport_requests

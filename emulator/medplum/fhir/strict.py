@@ -27,35 +27,27 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from medport import jsoncodec
+
 from ...node import node_binary, node_modules_dir
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
 _SCRIPT = Path(__file__).with_name("strict.js")
-_json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 CACHE_SIZE = 200_000          # verdicts kept (~100 bytes each)
 TIMEOUT_S = 120.0
 
 
 def _dumps(value: Any) -> bytes:
-    """JSON bytes as Node's JSON.parse reads them; ValueError for NaN/Infinity (Medplum never gets those)."""
-    if _orjson is not None:
-        try:
-            out = _orjson.dumps(value)
-        except (TypeError, ValueError):
-            pass
-        else:
-            # orjson writes a non-finite number as null: only a text with a null can have held one
-            if b"null" not in out or not _has_non_finite(value):
-                return out
-    return _json_dumps(value).encode("ascii")   # lone surrogates travel escaped, as JSON.parse reads them
+    """JSON bytes as Node's JSON.parse reads them (lone surrogates escaped); ValueError for NaN/Infinity
+    (Medplum never gets those)."""
+    out = jsoncodec.dumps(value)
+    # the codec writes a non-finite number as null: only a text with a null can have held one
+    if b"null" in out and _has_non_finite(value):
+        raise ValueError("Out of range float values are not JSON compliant")
+    return out
 
 
 def _has_non_finite(v: Any) -> bool:
-    # orjson writes NaN/Infinity as null; the careful path refuses them instead (handled by the caller)
+    # the codec writes NaN/Infinity as null; here they are refused instead (handled by the caller)
     if isinstance(v, float):
         return v != v or v in (float("inf"), float("-inf"))
     if isinstance(v, dict):
@@ -96,12 +88,9 @@ class StrictValidator:
         try:
             for line in proc.stdout:
                 try:
-                    msg = _orjson.loads(line) if _orjson is not None else json.loads(line)
+                    msg = jsoncodec.loads(line)
                 except ValueError:
-                    try:    # e.g. an escaped lone surrogate, which orjson refuses
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue
+                    continue
                 fut = self._waiting.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg.get("results"))

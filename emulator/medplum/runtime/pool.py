@@ -33,11 +33,6 @@ from ...procenv import KEEP, hide_process_environment
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
 log = logging.getLogger(__name__)
 
 WORKER_JS = str(Path(__file__).with_name("worker.js"))
@@ -196,12 +191,10 @@ class _Worker:
     def send(self, msg: dict) -> None:
         # jsonsafe: a non-finite number would make a line JSON.parse refuses, and the call would wait for
         # an answer that never comes (it was the hang of test_fuzz_execute_never_5xx: {"a": -Infinity})
-        try:  # orjson: non-finite numbers as null like jsonsafe; anything it refuses goes the careful way
-            data = _orjson.dumps(msg) + b"\n" if _orjson is not None else None
-        except (TypeError, ValueError):
-            data = None
-        if data is None:
-            data = (jsonsafe.dumps(msg, default=str, ensure_ascii=True) + "\n").encode("ascii")
+        try:
+            data = jsonsafe.dumps_bytes(msg) + b"\n"
+        except (TypeError, ValueError):   # a value no JSON type holds: as its str
+            data = jsonsafe.dumps_bytes(msg, default=str) + b"\n"
         with self._wlock:
             self._stdin.write(data)
             self._stdin.flush()

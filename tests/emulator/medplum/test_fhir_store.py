@@ -4,7 +4,7 @@ import threading
 
 import pytest
 from medport.emulator.medplum.errors import Gone, NotFound, PreconditionFailed
-from medport.emulator.medplum.fhir.schema import RESOURCE_TYPES, Validator
+from medport.emulator.medplum.fhir.schema import resource_types, Validator
 from medport.emulator.medplum.fhir.store import ChangeEvent, Repository
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -21,8 +21,8 @@ def repo():
 def test_resource_types_include_medplum_types():
     for t in ("Patient", "Observation", "Bot", "ClientApplication", "AccessPolicy", "Project",
               "ProjectMembership", "AsyncJob", "Subscription", "AuditEvent", "Binary", "Login"):
-        assert t in RESOURCE_TYPES
-    assert "ProjectSetting" not in RESOURCE_TYPES  # a backbone element, not a resource
+        assert t in resource_types()
+    assert "ProjectSetting" not in resource_types()  # a backbone element, not a resource
 
 
 def test_create_assigns_uuid_version_and_ms_timestamp(repo):

@@ -9,7 +9,7 @@ import pytest
 from medport.emulator.metriport import jsdate, rules, schemas
 from medport.emulator.metriport.emailcheck import is_email_valid
 from medport.emulator.metriport.errors import BadRequest, ValidationError
-from medport.emulator.metriport.jsrt import js_keys, js_number_to_string, js_string, js_trim
+from medport.emulator.jsbehaviour import js_keys, js_number_to_string, js_string, js_trim
 
 NOW = 1_760_000_000_000  # 2025-10-09, ms
 GOOD = {"firstName": "Jane", "lastName": "Smith", "dob": "1996-02-10", "genderAtBirth": "F",
@@ -198,7 +198,7 @@ def test_settings_schema_and_blacklist():
         rules.settings_update({"webhookUrl": 5})
 
 
-# ------------------------------------------------------------------ JavaScript semantics (jsrt.py)
+# ------------------------------------------------------------------ JavaScript semantics (emulator/jsbehaviour.py)
 def test_js_semantics():
     assert js_trim("\u00a0\ufeff x \u3000") == "x" and js_trim("\x1c x") == "\x1c x"  # JS whitespace, not Python's
     assert js_string(None) == "null" and js_string([1, None, [2, 3]]) == "1,,2,3" and js_string({}) == "[object Object]"

@@ -109,7 +109,7 @@ def test_emails_like_is_email_valid():
 
 
 def test_coerced_strings_like_javascript():
-    from medport.emulator.metriport.jsrt import js_string
+    from medport.emulator.jsbehaviour import js_string
     values = [94110, 94110.0, 1e21, 1e-7, 0.1, -0.0, 123456789012345678901234567890, True, None, [1, [2, None]], {},
               [], 4155551234, 1.5e300, 2 ** 53 + 1]
     theirs = oracle("string", values)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from medport.generator.console.source import FINGERPRINT_EXTENSION, Settings, Snapshot
-from medport.generator.render import (MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE, QUERY_FAILED_EXTENSION)
+from medport.generator.console.source import Settings, Snapshot
+from medport.generator.fhir_codes import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
+                                          METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE, QUERY_FAILED_EXTENSION)
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
 PBOT, WBOT = "pbot", "wbot"
-MID_SYSTEM = "https://metriport.com/fhir/identifiers/patient-id"
-TASK_CODE = {"coding": [{"system": MEDPORT_CODESYSTEM, "code": "metriport-webhook-message"}]}
+MID_SYSTEM = METRIPORT_PATIENT_ID_SYSTEM
+TASK_CODE = {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]}
 
 
 def at(seconds: float) -> datetime:

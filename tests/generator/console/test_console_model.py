@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from medport.generator.console import model
-from medport.generator.render import BULK_ROW_FAILED_CODE
+from medport.generator.fhir_codes import BULK_ROW_FAILED_CODE, PATIENT_SYNC_TASK_CODE
 from tests.generator.console.synthetic import (PBOT, WBOT, ae, at, flow, iso, line, patient, patient_run,
                                                review, snapshot, task)
 
@@ -199,7 +199,7 @@ def test_unknown_review_tasks_and_message_types_show_by_their_own_words():
 
 
 def _sync_task(pid, status, *, updated, due, waiting=None, reason=None):
-    t = review(f"sync-{pid}", pid, code=model.SYNC_TASK_CODE, status=status, at_s=0, text="Metriport patient sync")
+    t = review(f"sync-{pid}", pid, code=PATIENT_SYNC_TASK_CODE, status=status, at_s=0, text="Metriport patient sync")
     t["meta"]["lastUpdated"] = iso(updated)
     t["executionPeriod"] = {"start": iso(due)}
     t["input"] = [{"type": {"text": "attempts"}, "valueInteger": 1}] + (

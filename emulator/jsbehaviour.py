@@ -1,12 +1,11 @@
-"""JavaScript semantics Metriport's validation depends on, in Python.
+"""JavaScript behaviour both services depend on, in Python.
 
-Metriport validates requests in Node (zod + @metriport/shared), so its outcome depends on how
-JavaScript treats strings and numbers: `String.prototype.trim` (its own whitespace set),
-`String(value)` of JSON values (what `z.coerce.string()` does to a zip or a phone),
-`Number(string)`, lengths counted in UTF-16 code units, and the order of an object's keys
-(integer-like keys first). Each helper here reproduces one of those for the JSON values a
-request body can hold (dict, list, str, int, float, bool, None); `UNDEFINED` stands for a
-missing key.
+Medplum and Metriport run in Node, so what they answer depends on how JavaScript treats strings, numbers and
+dates: `String.prototype.trim` (its own whitespace set), `String(value)` of JSON values (what `z.coerce.string()`
+does to a zip or a phone; how a number is printed), `Number(string)`, lengths counted in UTF-16 code units, lone
+surrogates (text that is not Unicode), the order of an object's keys (integer-like keys first) and
+`Date.prototype.toISOString`. Each helper here reproduces one of those for the JSON values a request body can
+hold (dict, list, str, int, float, bool, None); `UNDEFINED` stands for a missing key.
 """
 from __future__ import annotations
 
@@ -82,8 +81,35 @@ def js_substring(s: str, start: int, end: int) -> str:
     return "".join(chr(u) for u in units)  # surrogates stay as lone code points: never digits
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")   # in a Python str, only an unpaired surrogate can be one
+
+
 def has_lone_surrogate(s: str) -> bool:
-    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
+    return SURROGATE.search(s) is not None
+
+
+def first_lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The FHIRPath-ish location of the first string (key or value) holding an unpaired surrogate, or None.
+    Iterative: bodies may nest deeply."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, str):
+            if SURROGATE.search(v):
+                return p
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(k, str) and SURROGATE.search(k):
+                    return p
+                stack.append((x, f"{p}.{k}" if p else str(k)))
+        elif isinstance(v, list):
+            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def scrub_text(text: str) -> str:
+    """Unpaired surrogates replaced by U+FFFD (what writing the text as UTF-8 does in Node)."""
+    return SURROGATE.sub("\ufffd", text) if SURROGATE.search(text) else text
 
 
 def js_type(v: Any) -> str:
@@ -113,8 +139,11 @@ def js_float(v: int | float) -> float:
         return math.inf if v > 0 else -math.inf
 
 
-def js_number_to_string(x: float) -> str:
-    """`Number.prototype.toString()` (ECMAScript Number::toString, radix 10)."""
+def js_number_to_string(x: int | float) -> str:
+    """`Number.prototype.toString()` (ECMAScript Number::toString, radix 10) of a JSON number as JavaScript holds
+    it (an integer past 2**53 rounds: `js_float`)."""
+    if not isinstance(x, float):
+        x = js_float(x)
     if math.isnan(x):
         return "NaN"
     if x == 0:
@@ -142,6 +171,14 @@ def js_number_to_string(x: float) -> str:
     return (digits if k == 1 else digits[0] + "." + digits[1:]) + "e" + sign + str(abs(e))
 
 
+def json_number(x: int | float) -> str:
+    """A number as JSON.stringify writes it: Number::toString, and null for NaN and the infinities."""
+    if isinstance(x, int) and abs(x) < 2**53:
+        return str(x)
+    x = js_float(x)
+    return "null" if math.isnan(x) or math.isinf(x) else js_number_to_string(x)
+
+
 def js_string(v: Any, _depth: int = 0) -> str:
     """`String(v)` for a JSON value (what `z.coerce.string()` does)."""
     if v is UNDEFINED:
@@ -151,7 +188,7 @@ def js_string(v: Any, _depth: int = 0) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
-        return js_number_to_string(js_float(v))
+        return js_number_to_string(v)
     if isinstance(v, str):
         return v
     if isinstance(v, list):
@@ -182,13 +219,55 @@ def js_number(s: str) -> float:
 _INDEX_KEY = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 
 
+def _is_index_key(k: Any) -> bool:
+    return isinstance(k, str) and _INDEX_KEY.match(k) is not None and int(k) < 2**32 - 1
+
+
+def js_entries(obj: dict) -> list[tuple[Any, Any]]:
+    """`Object.entries` order of an object parsed from JSON: array-index keys ascending, then the rest as
+    inserted."""
+    items = list(obj.items())
+    idx = [kv for kv in items if _is_index_key(kv[0])]
+    if not idx:
+        return items
+    return sorted(idx, key=lambda kv: int(kv[0])) + [kv for kv in items if not _is_index_key(kv[0])]
+
+
 def js_keys(obj: dict) -> list[str]:
-    """`Object.keys` order of an object parsed from JSON: array-index keys ascending, then the rest as inserted."""
-    idx = [k for k in obj if _INDEX_KEY.match(k) and int(k) < 2**32 - 1]
-    rest = [k for k in obj if not (_INDEX_KEY.match(k) and int(k) < 2**32 - 1)]
-    return sorted(idx, key=int) + rest
+    """`Object.keys` order (see `js_entries`)."""
+    return [k for k, _ in js_entries(obj)]
 
 
 def strip_non_numeric(s: str) -> str:
     """@metriport/shared `stripNonNumericChars`: `str.trim().replace(/\\D/g, "")` (ASCII digits kept)."""
     return re.sub(r"[^0-9]", "", js_trim(s))
+
+
+MAX_TIME_MS = 8.64e15   # ECMAScript TimeClip: a Date holds at most ±100,000,000 days around the epoch
+
+
+def iso_string(ms: float) -> str:
+    """`new Date(ms).toISOString()`: milliseconds truncated toward zero, years outside 0..9999 as ±YYYYYY;
+    ValueError where JavaScript throws RangeError ("Invalid time value": NaN, ±Infinity, past TimeClip)."""
+    if ms != ms or abs(ms) > MAX_TIME_MS:
+        raise ValueError("Invalid time value")
+    days, rem = divmod(int(ms), 86_400_000)
+    y, mo, d = _civil_from_days(days)
+    h, rem = divmod(rem, 3_600_000)
+    mi, rem = divmod(rem, 60_000)
+    s, msec = divmod(rem, 1000)
+    year = f"{y:04d}" if 0 <= y <= 9999 else (f"+{y:06d}" if y > 9999 else f"-{-y:06d}")
+    return f"{year}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{msec:03d}Z"
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month 1..12, day) of a day count since 1970-01-01, proleptic Gregorian, any year."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d

@@ -1,8 +1,9 @@
-"""Where medport's local services listen by default and the development credentials they accept.
+"""Where medport's local services listen by default and the development credentials they accept: the one home
+of these values — the services, the CLI's options and `medport.testing` read them here (the config schema and the
+README, which cannot import, are tested to say the same).
 
-Kept apart from the services themselves so the commands that only talk to them (`runs`, `replay`, `status`,
-`doctor`) and `medport.testing` load without the emulator (which needs Node 22 and the npm packages at
-import). The emulator's and the fake's own constants are tested to be equal to these.
+A leaf module (it imports nothing of medport), so the commands that only talk to the services (`runs`, `replay`,
+`status`, `doctor`) load without them.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 EMULATOR_PORT = 8103                    # Medplum's own port
 FAKE_METRIPORT_PORT = 8180
 CONSOLE_PORT = 8104                     # `medport console`, and the console `medport emulate` serves
+EMULATOR_BASE_URL = f"http://127.0.0.1:{EMULATOR_PORT}/"   # also medplum.base_url's default in config.schema.json
+FAKE_METRIPORT_URL = f"http://127.0.0.1:{FAKE_METRIPORT_PORT}"
 DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 # The fake Metriport's API key unless MEDPORT_FAKE_METRIPORT_API_KEY (or `medport emulate --metriport-api-key`)
