@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE := node_modules/.bin/node
 
-.PHONY: demo test test-loaded setup bench clean
+.PHONY: demo test test-loaded setup bench clean typecheck
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: setup
 # the whole suite with 4 busy loops beside it (MEDPORT_BURNERS=N for another number): it must pass on a loaded machine
 test-loaded: setup
 	@bash tests/loaded.sh
+
+# mypy on the installed package (.ci/mypy builds the medport.* tree it needs under .medport/mypy)
+$(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@touch $@
+
+typecheck: $(VENV)/.lint-installed
+	@$(PY) .ci/mypy
 
 bench: setup
 	@$(PY) bench/run.py

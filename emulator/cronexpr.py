@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
 # (low, high) per field: minute hour day-of-month month day-of-week (cron-validator's ranges)
@@ -55,7 +55,7 @@ def _field_ok(text: str, lo: int, hi: int) -> bool:
     return True
 
 
-def is_valid_cron(expr: Any) -> bool:
+def is_valid_cron(expr: Any) -> TypeGuard[str]:
     """cron-validator 1.4.0 `isValidCron(expr)` with its default options, as Medplum's server calls it."""
     if not isinstance(expr, str):
         return False

@@ -124,7 +124,7 @@ def node_version(path: str) -> str | None:
 
 
 def node_ok(path: str | os.PathLike | None) -> bool:
-    return bool(path) and os.path.exists(path) and (_major(node_version(str(path))) or 0) >= MIN_NODE_MAJOR
+    return path is not None and bool(path) and os.path.exists(path) and (_major(node_version(str(path))) or 0) >= MIN_NODE_MAJOR
 
 
 def path_node() -> str | None:

@@ -158,7 +158,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     # tsc runs in its own process for ~2 s: started now, it works on the other core while the scenarios run, and
     # its case is reported when its answer is in (after the scenarios)
     typecheck = None
-    if not (no_cfg or no_node):
+    if not (no_cfg or no_node) and cfg is not None:
         from concurrent.futures import ThreadPoolExecutor
 
         from .typecheck import typecheck_sources

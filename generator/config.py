@@ -42,7 +42,7 @@ def schema() -> dict:
 
 
 @lru_cache(maxsize=1)
-def resource_types() -> dict[str, list[str]]:
+def resource_types() -> dict[str, Any]:
     return json.loads(resources.files("medport.generator").joinpath("resource_types.json").read_text("utf-8"))
 
 
@@ -179,9 +179,9 @@ class BotSpecs:
         return iter((self.patient, self.webhook, *([self.contribution] if self.contribution else [])))
 
 
-def _section(toml: str | None = None) -> Any:
-    """A Config field holding a TOML section; `toml` names the key when it is a Python keyword."""
-    return field(metadata={"section": True, **({"toml": toml} if toml else {})})
+def _section(toml: str | None = None) -> dict[str, Any]:
+    """The metadata of a Config field holding a TOML section; `toml` names the key when it is a Python keyword."""
+    return {"section": True, **({"toml": toml} if toml else {})}
 
 
 def toml_key(f: Field) -> str:
@@ -207,17 +207,17 @@ def _bot_spec(key: str, bot: PatientBotSection | WebhookBotSection | Contributio
 class Config:
     """The validated config: one typed attribute per TOML section, the bot specs, and where it came from."""
 
-    medplum: MedplumSection = _section()
-    metriport: MetriportSection = _section()
-    patient_bot: PatientBotSection = _section()
-    webhook_bot: WebhookBotSection = _section()
-    consolidated: ConsolidatedSection = _section()
-    documents: DocumentsSection = _section()
-    realtime: RealtimeSection = _section()
-    contribution: ContributionSection = _section()
-    enroll: EnrollSection = _section()
-    import_: ImportSection = _section("import")
-    retry: RetrySection = _section()
+    medplum: MedplumSection = field(metadata=_section())
+    metriport: MetriportSection = field(metadata=_section())
+    patient_bot: PatientBotSection = field(metadata=_section())
+    webhook_bot: WebhookBotSection = field(metadata=_section())
+    consolidated: ConsolidatedSection = field(metadata=_section())
+    documents: DocumentsSection = field(metadata=_section())
+    realtime: RealtimeSection = field(metadata=_section())
+    contribution: ContributionSection = field(metadata=_section())
+    enroll: EnrollSection = field(metadata=_section())
+    import_: ImportSection = field(metadata=_section("import"))
+    retry: RetrySection = field(metadata=_section())
     bots: BotSpecs = field(repr=False)
     path: str
     data: dict = field(repr=False, compare=False)  # the validated dict with defaults, for callers that need JSON
@@ -273,27 +273,29 @@ RENAMED = {("consolidated", "request_allowed_resources_only"):
 
 def _describe(err: jsonschema.ValidationError) -> list[str]:
     where = _path(err.absolute_path)
+    instance: Any = err.instance         # the JSON value and the schema keyword's value (never unset here)
+    expected: Any = err.validator_value
     if err.validator == "additionalProperties":
         allowed = _schema_at(err.absolute_path).get("properties", {}).keys()
-        extra = sorted(set(err.instance) - set(allowed))
+        extra = sorted(set(instance) - set(allowed))
         return [f"{_path([*err.absolute_path, k])}: unknown key — {RENAMED[(*err.absolute_path, k)]}"
                 if (*err.absolute_path, k) in RENAMED else
                 f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
                 f" (allowed: {', '.join(sorted(allowed))})" for k in extra]
     if err.validator == "enum" and list(err.absolute_path)[:2] == ["consolidated", "resources"]:
-        return [f"{where}: {err.instance!r} is not a type Metriport's consolidated query accepts"
-                f"{_hint(str(err.instance), map(str, err.validator_value))} — Metriport answers 400 to any other "
-                f"(its list, resourceTypeForConsolidation: {', '.join(err.validator_value)})"
+        return [f"{where}: {instance!r} is not a type Metriport's consolidated query accepts"
+                f"{_hint(str(instance), map(str, expected))} — Metriport answers 400 to any other "
+                f"(its list, resourceTypeForConsolidation: {', '.join(expected)})"
                 + (". Medication and PractitionerRole come with the resources that reference them: import them "
-                   "(webhook_bot.resources), do not ask for them" if err.instance in ("Medication", "PractitionerRole") else "")]
+                   "(webhook_bot.resources), do not ask for them" if instance in ("Medication", "PractitionerRole") else "")]
     if err.validator == "enum":
-        opts = ", ".join(repr(o) for o in err.validator_value)
-        return [f"{where}: {err.instance!r} is not one of {opts}{_hint(str(err.instance), map(str, err.validator_value))}"]
+        opts = ", ".join(repr(o) for o in expected)
+        return [f"{where}: {instance!r} is not one of {opts}{_hint(str(instance), map(str, expected))}"]
     if err.validator == "type":
-        return [f"{where}: expected {err.validator_value}, got {type(err.instance).__name__} {err.instance!r}"]
+        return [f"{where}: expected {expected}, got {type(instance).__name__} {instance!r}"]
     if err.validator == "pattern":
         desc = _schema_at(err.absolute_path).get("description", "")
-        return [f"{where}: {err.instance!r} has the wrong form" + (f" ({desc})" if desc else f" (must match {err.validator_value})")]
+        return [f"{where}: {instance!r} has the wrong form" + (f" ({desc})" if desc else f" (must match {expected})")]
     return [f"{where}: {err.message}"]
 
 
@@ -373,7 +375,8 @@ def _semantic_problems(raw: dict) -> list[str]:
 def _query_types_default(data: dict, filled: dict) -> None:
     """consolidated.resources left out: the import list's types that Metriport's query accepts (for the
     default import list that is the schema's default), so narrowing the import list narrows the query."""
-    given = data.get("consolidated") if isinstance(data.get("consolidated"), dict) else {}
+    consolidated = data.get("consolidated")
+    given = consolidated if isinstance(consolidated, dict) else {}
     imports = filled.get("webhook_bot", {}).get("resources")
     if "resources" in given or not isinstance(imports, list) or not isinstance(filled.get("consolidated"), dict):
         return

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeGuard
 
 import click
 
@@ -48,7 +48,7 @@ class DeployResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _same(existing: dict | None, desired: dict) -> bool:
+def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
     if existing is None:
         return False
     strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}  # noqa: E731

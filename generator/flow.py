@@ -129,7 +129,8 @@ def wait_for_consolidated(stack, expected_messages: int = 1, timeout: float = 60
         if on_tick:
             on_tick()
         dels = [d for d in data_deliveries(stack) if d["status"] == "success"]
-        pending, failed = [], []
+        pending: list[dict] = []
+        failed: list[dict] = []
         if stack.cfg.webhook_bot.async_processing:
             for t in message_tasks(stack):
                 if t["id"] in baseline:

@@ -12,6 +12,7 @@ through the admin API and links each to the policy named in `POLICY_OF_MEMBER`.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .config import BotSpec, Config
 from .fhir_codes import (CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, PATIENT_CONFLICT_TASK_CODE,
@@ -183,7 +184,7 @@ def _tag_url(resource: dict) -> str:
 
 def deploy_bundle(cfg: Config) -> dict:
     system = cfg.medplum.identifier_system
-    entries = []
+    entries: list[dict[str, Any]] = []
     for p in access_policies(cfg):
         entries.append({"resource": p, "request": {"method": "PUT", "url": _tag_url(p)}})
     ca = client_application(cfg)

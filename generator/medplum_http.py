@@ -80,11 +80,13 @@ class MedplumHttp:
         """One request under the retry policy (http_retry.py): what the server certainly did not act on is repeated,
         what it may have acted on only when repeating it is harmless."""
         safe = is_idempotent(method, kw.get("headers"), idempotent)
-        for attempt in range(1, self.policy.attempts + 1):
+        policy = self.policy
+        assert policy is not None  # set by __post_init__
+        for attempt in range(1, policy.attempts + 1):
             try:
                 resp = self.session.request(method, self.url(path), timeout=self.timeout_s, **kw)
             except (requests.ConnectionError, requests.Timeout) as e:
-                delay = self.policy.delay(attempt, safe, error=e)
+                delay = policy.delay(attempt, safe, error=e)
                 if delay is None:
                     if never_sent(e):
                         raise MedplumError(step, f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up "
@@ -95,15 +97,15 @@ class MedplumHttp:
                 reason = type(e).__name__
             else:
                 try:
-                    delay = self.policy.delay(attempt, safe, resp=resp)
+                    delay = policy.delay(attempt, safe, resp=resp)
                 except WaitTooLong as e:
                     raise MedplumError(step, f"rate limited: {e}; try again then", resp.status_code) from None
                 if delay is None:
                     return resp
                 reason = f"HTTP {resp.status_code}"
             if self.on_retry:
-                self.on_retry(f"{step}: {reason}, retrying in {delay:.1f}s (attempt {attempt + 1}/{self.policy.attempts})")
-            self.policy.sleep(delay)
+                self.on_retry(f"{step}: {reason}, retrying in {delay:.1f}s (attempt {attempt + 1}/{policy.attempts})")
+            policy.sleep(delay)
         raise AssertionError("unreachable")
 
     def login(self) -> None:

@@ -143,10 +143,12 @@ def medplum_http(base_url: str | None, client_id: str | None, client_secret: str
     """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (none: one line saying what to
     do); the admin client (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's)."""
     running = statefile.running()
-    if not base_url and running is None:
-        raise click.ClickException("no emulator running from this folder (no live .medport/emulator.json) and no "
-                                   "--base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your Medplum "
-                                   "server with --base-url and an admin client (--client-id/--client-secret)")
-    base = base_url or running["base_url"]
+    if not base_url:
+        if running is None:
+            raise click.ClickException("no emulator running from this folder (no live .medport/emulator.json) and "
+                                       "no --base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your "
+                                       "Medplum server with --base-url and an admin client (--client-id/--client-secret)")
+        base_url = running["base_url"]
+    base = base_url
     cid, secret = admin_credentials()
     return MedplumHttp(base, client_id or cid, client_secret or secret)

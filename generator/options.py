@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 import click
 
@@ -130,18 +130,18 @@ def log_level(verbose: int = 0, env: str | None = None) -> int:
     return LEVELS[raw]
 
 
-class _Handler(logging.StreamHandler):
+class _Handler(logging.StreamHandler[TextIO]):
     """Writes to the sys.stderr of the moment (click's test runner swaps it)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value):
+    def stream(self, _value: TextIO) -> None:
         pass
 
 

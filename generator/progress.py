@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 
 def on_terminal(stream=None) -> bool:
@@ -29,8 +32,8 @@ class Progress:
         self.t0 = clock()
         self._last_line_at: float | None = None
         self._last_tenth = -1
-        self._last_note = None
-        self._bar = None
+        self._last_note: str | None = None
+        self._bar: ProgressBar[int] | None = None
         if self.tty and self.total:
             self._bar = click.progressbar(length=self.total, label=label, show_eta=True, show_percent=True,
                                           show_pos=True, item_show_func=lambda _: self.note or None, file=file)

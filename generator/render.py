@@ -121,9 +121,11 @@ def webhook_bot_config(cfg: Config) -> dict:
 def contribution_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the contribution bot (templates/contribution-bot.js.j2)."""
     c = cfg.contribution
+    spec = cfg.bots.contribution
+    assert spec is not None, "rendered only when contribution.enabled is on"
     shapes = resource_types()["identifier"]
     return {
-        **_bot_basics(cfg, cfg.bots.contribution),
+        **_bot_basics(cfg, spec),
         **_link(cfg),
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
         "contribution": {"resources": list(c.resources), "identifierSystem": c.identifier_system,

@@ -55,7 +55,7 @@ def runs_from_audit_events(http: MedplumHttp, bot: str | None, limit: int) -> li
 def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int,
                        admin: tuple[str, str] = (DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET)) -> list[dict]:
     """The emulator's developer API; it answers only its admin client (Basic `admin` = (id, secret))."""
-    params = {"limit": limit}
+    params: dict[str, int | str] = {"limit": limit}
     if bot:
         params["bot"] = bot
     if failed:

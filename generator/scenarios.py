@@ -515,9 +515,11 @@ def fake_rate_limits(stack, **body) -> dict:
     return r.json()
 
 
-def let_pending_syncs_run(stack, tasks: list[dict]) -> None:
+def let_pending_syncs_run(stack, tasks: list[dict | None]) -> None:
     """Time passes: each pending sync Task is due now (instead of waiting out Metriport's Retry-After)."""
     for t in tasks:
+        if t is None:   # no sync Task (yet): nothing to make due
+            continue
         cur = stack.admin.fhir("read Task", "GET", f"Task/{t['id']}")
         if cur["status"] == "requested":
             cur["executionPeriod"] = {"start": "2000-01-01T00:00:00.000Z"}

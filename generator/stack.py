@@ -11,10 +11,10 @@ import secrets as pysecrets
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from medport.emulator.medplum.server import start_in_thread
+from medport.emulator.medplum.server import EmulatorHandle, start_in_thread
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
-from medport.emulator.metriport.server import make_server
+from medport.emulator.metriport.server import FakeMetriport, make_server
 from medport.emulator.node import find_runtime
 
 from .config import Config
@@ -34,8 +34,8 @@ class MissingInput(ValueError):
 @dataclass
 class Stack:
     cfg: Config | None                 # None: nothing deployed
-    emulator: object                   # medport.emulator.medplum.server.EmulatorHandle
-    fake: object | None                # medport.emulator.metriport.server.FakeMetriport (None with the real sandbox)
+    emulator: EmulatorHandle
+    fake: FakeMetriport | None         # None with the real sandbox
     admin: MedplumHttp
     deploy: DeployResult | None
     webhook_key: str = ""
@@ -120,7 +120,7 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
             or pysecrets.token_hex(32)
         stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base,
                       metriport_api_key=api_key)
-        if not deploying:
+        if not deploying or cfg is None:
             return stack
         result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,
                                          webhook_key=webhook_key, echo=echo)

@@ -151,7 +151,7 @@ def parse_diagnostics(output: str, workdir: Path, names: Mapping[Path, str]) -> 
                 path = (workdir / m.group("file")).resolve()
                 shown = names.get(path, m.group("file"))
                 head = f"{shown}:{m.group('line')}:{m.group('col')}: {m.group('code')}: {m.group('text')}"
-            else:
+            elif g is not None:
                 head = f"{g.group('code')}: {g.group('text')}"
         elif head is not None and line.startswith(" ") and line.strip():
             detail = line.strip()

@@ -15,13 +15,15 @@ If Node 22 or an npm package is missing the fixtures fail with one line saying w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import pytest
 
 # medport.testing (Flask, the emulator, the bot runtime) is imported inside the fixtures, not here: pytest
 # imports every installed plugin at start-up, and a test run that uses none of these fixtures must not pay for it.
 
-SCOPES = ("session", "package", "module", "class", "function")
+Scope = Literal["session", "package", "module", "class", "function"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default="session")
 
 
-def _scope(fixture_name: str, config: pytest.Config) -> str:
+def _scope(fixture_name: str, config: pytest.Config) -> Scope:
     scope = str(config.getini("medport_scope") or "session").strip()
     if scope not in SCOPES:
         raise pytest.UsageError(f"medport_scope = {scope!r}: use one of {', '.join(SCOPES)}")

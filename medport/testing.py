@@ -239,6 +239,7 @@ class MedportStack:
 
     def __init__(self, stack: "Stack"):
         self._stack = stack
+        assert stack.cfg is not None, "a medport stack runs deployed bots"
         self.config: Config = stack.cfg
         self.emulator = Emulator(stack.emulator)
         self.fhir = self.emulator.fhir

@@ -18,6 +18,7 @@ import platform
 import re
 import sys
 import time
+from typing import Any
 
 from flask import Blueprint, Response, request
 
@@ -70,7 +71,7 @@ def health() -> Response:
     st = current_state()
     waiting = [f"{name}: {what}" for name, what in dict(st.waiting_for).items()]
     ready = bool(st.ready) and not waiting
-    body = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
+    body: dict[str, Any] = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
             "emulates": f"medplum-server {MEDPLUM_VERSION} (FHIR R4)", "medplum_version": MEDPLUM_VERSION,
             "python": sys.version.split()[0],
             "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),

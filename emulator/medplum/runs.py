@@ -73,7 +73,8 @@ class RunStore:
     def list(self, bot: str | None = None, failed: bool | None = None, limit: int = 100,
              trigger: str | None = None) -> list[dict]:
         sql = f"SELECT {', '.join(_FIELDS)}, extra FROM runs"
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if bot:
             where.append("(bot_id = ? OR bot_name = ?)")
             args += [bot, bot]

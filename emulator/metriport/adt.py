@@ -14,6 +14,7 @@ Plain Python; `backend.py` keeps the stays (`models.Stay`) and sends the message
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from .models import Patient, Stay
 
@@ -96,7 +97,7 @@ def message_bundle(patient: Patient, stay: Stay, event: str, timestamp: str) -> 
     demo = patient.demographics
     fhir_patient = {"resourceType": "Patient", "id": pid,
                     "name": [{"family": demo.get("lastName"), "given": [demo.get("firstName")]}],
-                    "gender": {"M": "male", "F": "female", "O": "other"}.get(demo.get("genderAtBirth"), "unknown"),
+                    "gender": {"M": "male", "F": "female", "O": "other"}.get(demo.get("genderAtBirth") or "", "unknown"),
                     "birthDate": demo.get("dob")}
     practitioner = {"resourceType": "Practitioner", "id": prac_id, "name": [PRACTITIONER]}
     condition = {"resourceType": "Condition", "id": cond_id,
@@ -109,7 +110,7 @@ def message_bundle(patient: Patient, stay: Stay, event: str, timestamp: str) -> 
                  "encounter": {"reference": f"Encounter/{stay.encounter_id}", "type": "Encounter"},
                  "recordedDate": stay.admitted_at}
     organization = {"resourceType": "Organization", "id": org_id, "active": True, "name": stay.facility}
-    resources = [encounter, fhir_patient, *locations, practitioner, condition, organization]
+    resources: list[dict[str, Any]] = [encounter, fhir_patient, *locations, practitioner, condition, organization]
     return {"resourceType": "Bundle", "id": uid("message", stay.encounter_id, event, timestamp), "type": "message",
             "timestamp": timestamp,
             "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}

@@ -63,7 +63,9 @@ def _is_files_path(path: str) -> bool:
 
 def valid_api_key(key: str | None) -> bool:
     expected = current_app.config[API_KEY_CONFIG]
-    return bool(key) and secrets.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode())
+    if not key:
+        return False
+    return secrets.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 # ---------------------------------------------------------------- request reading (express.json / qs)
@@ -122,9 +124,9 @@ def read_body() -> Any:
             raise HttpError(415, f'unsupported charset "{charset.upper()}"') from None
         body = parse_json_text(text.removeprefix("\ufeff"))
     elif mimetype == "application/x-www-form-urlencoded":
-        raw = _decode(request.get_data(cache=True)).decode("utf-8", errors="replace")
+        query = _decode(request.get_data(cache=True)).decode("utf-8", errors="replace")
         form: dict[str, Any] = {}
-        for pair in raw.split("&")[:QS_PARAMETER_LIMIT]:
+        for pair in query.split("&")[:QS_PARAMETER_LIMIT]:
             if not pair:
                 continue
             k, _, v = pair.partition("=")

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from html import escape as html_escape
 from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
@@ -92,8 +93,8 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         self._store = StateStore(state_path) if state_path else None
         if self._store is not None:
             self._restore()
-            self.files.on_put = lambda token, f: self._store.put_file(token, f.name, f.content_type, f.expires_at,
-                                                                      f.body())
+            store = self._store
+            self.files.on_put = lambda token, f: store.put_file(token, f.name, f.content_type, f.expires_at, f.body())
             self._sender.on_change = self._save_delivery
             self._store.put("meta", "cx", {"cxId": self.cx_id})
             for fac in self.facilities.values():
@@ -225,24 +226,24 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         self._sender.load(WebhookSettings(**settings) if settings else WebhookSettings(id=self.cx_id),
                           [Delivery(**d) for _, d in st.all("delivery")])
         with self._lock:
-            jobs = []
-            for pid, q in self.document_queries.items():
-                if pid in self.patients and q.download.status == "processing":
-                    jobs.append(lambda p=self._snapshot(pid), q=q: self._document_download_done(p, q))
-                elif pid in self.patients and q.convert.status == "processing":
-                    jobs.append(lambda p=self._snapshot(pid), q=q: self._document_conversion_done(p, q))
-            for pid, qs in self.consolidated.items():
-                for q in qs:
-                    if pid in self.patients and q.status == "processing":
-                        jobs.append(lambda p=self._snapshot(pid), q=q: self._consolidated_done(p, q))
-            for pid, q in self.bulk_url_queries.items():
-                if pid in self.patients and q.status == "processing":
-                    jobs.append(lambda p=self._snapshot(pid), q=q: self._bulk_urls_done(p, q, q.metadata))
-            for jid, job in self.bulk_jobs.items():
+            jobs: list[Callable[[], None]] = []
+            for pid, dq in self.document_queries.items():
+                if pid in self.patients and dq.download.status == "processing":
+                    jobs.append(partial(self._document_download_done, self._snapshot(pid), dq))
+                elif pid in self.patients and dq.convert.status == "processing":
+                    jobs.append(partial(self._document_conversion_done, self._snapshot(pid), dq))
+            for pid, cqs in self.consolidated.items():
+                for cq in cqs:
+                    if pid in self.patients and cq.status == "processing":
+                        jobs.append(partial(self._consolidated_done, self._snapshot(pid), cq))
+            for pid, bq in self.bulk_url_queries.items():
+                if pid in self.patients and bq.status == "processing":
+                    jobs.append(partial(self._bulk_urls_done, self._snapshot(pid), bq, bq.metadata))
+            for jid, bulk in self.bulk_jobs.items():
                 # an uploaded file not parsed yet, or a job cut off while creating its patients: parsed again,
                 # the rows not created yet are created (the created ones are found by their demographics)
-                if job.uploads and job.status in ("waiting", "processing"):
-                    jobs.append(lambda jid=jid: self._bulk_parse(jid))
+                if bulk.uploads and bulk.status in ("waiting", "processing"):
+                    jobs.append(partial(self._bulk_parse, jid))
             jobs += self._resume_network_queries()
         for job in jobs:
             self.schedule(self.delay_s, job)
@@ -328,12 +329,13 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             fac = Facility(data.get("id") or str(uuid.uuid4()), data.get("name"), data.get("npi"), data.get("tin"),
                            data.get("active", True), data.get("address"))
             self.facilities[fac.id] = fac
-            if getattr(self, "_store", None) is not None:
-                self._store.put("facility", fac.id, dataclasses.asdict(fac))
+            store = getattr(self, "_store", None)  # None while __init__ seeds the facility, before the store
+            if store is not None:
+                store.put("facility", fac.id, dataclasses.asdict(fac))
             return fac.to_dict()
 
     def create_facility(self, body: Any) -> dict:
-        return self.add_facility(rules.validate_facility(body))
+        return self.add_facility(rules.facility_create(body))
 
     def list_facilities(self) -> list[dict]:
         with self._lock:
@@ -476,7 +478,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
     # ------------------------------------------------------------------ presigned files
-    def store_file(self, content: bytes, content_type: str, name: str, expires_s: int = URL_EXPIRES_S,
+    def store_file(self, content: bytes | Callable[[], bytes], content_type: str, name: str, expires_s: int = URL_EXPIRES_S,
                    expired: bool = False) -> str:
         path = self.files.put(content, content_type, name, expires_s=expires_s,
                               expired=expired or self.faults["expired_urls"])
@@ -832,7 +834,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
                                 **({"status": "waiting"} if r.payload is not None else
                                    {"status": "failed", "reason": r.error})} for r in parsed.rows]
                 job.total, job.failed, job.successful = len(parsed.rows), len(parsed.rows) - len(valid), 0
-            self._bulk_payloads[jid] = {r.row_number: r.payload for r in valid}
+            self._bulk_payloads[jid] = {r.row_number: r.payload for r in valid if r.payload is not None}
             self._save_bulk(job)
         if not valid:
             self._bulk_status(job, "failed", "Empty or invalid file")

@@ -18,7 +18,7 @@ import calendar
 import datetime as _dt
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from ..jsbehaviour import iso_string
 from . import jsdate
@@ -27,8 +27,8 @@ MAX_HYDRATION_ITERATIONS = 5  # consolidated-filter.ts maxHydrationIterations
 _REFERENCE_RX = re.compile(r'"reference":\s*"(.+?)"')  # core external/fhir/bundle/bundle.ts referenceRegex
 _UUID_RX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _DAY_MS = 86_400_000
-_MIN_MS = jsdate.dayjs_utc("1900-01-01")  # safeDate's bounds
-_MAX_MS = jsdate.dayjs_utc("2100-01-01")
+_MIN_MS = cast(float, jsdate.dayjs_utc("1900-01-01"))  # safeDate's bounds
+_MAX_MS = cast(float, jsdate.dayjs_utc("2100-01-01"))
 
 
 # ------------------------------------------------------------------ the steps
@@ -51,7 +51,7 @@ def add_missing_references(filtered: list[dict], original: list[dict], iteration
     """The filtered entries plus the resources they reference, from `original` (by id), up to 5 rounds."""
     kept = [e["resource"] for e in filtered if isinstance(e.get("resource"), dict)]
     missing = missing_references(kept)
-    index: dict[Any, dict] = {}
+    index: dict[Any, Any] = {}
     for e in original:
         r = e.get("resource")
         index[r.get("id") if isinstance(r, dict) else None] = r  # a later entry with the same id wins (a JS Map)
@@ -133,6 +133,8 @@ def is_date_within(date: Any, rng: dict | None) -> bool | None:
     if not date or not safe_date(date) or not rng:
         return None
     t = _ms(date)
+    if t is None:  # safe_date parsed it: not reached
+        return None
     lo = _ms(rng["dateFrom"]) if rng.get("dateFrom") else None
     hi = _ms(rng["dateTo"]) if rng.get("dateTo") else None
     after = (lambda: lo is not None and t >= _start_of_day(lo))
@@ -231,7 +233,7 @@ def _effective(r: dict) -> list:
 def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:
     """Whether one resource passes `filterBundleByDate`'s check for its type."""
     t = r.get("resourceType")
-    g = r.get
+    g: Callable[[str], Any] = r.get
     if t in ("AllergyIntolerance", "Condition"):
         onset = [
             lambda: are_periods_within([g("onsetPeriod")], rng) if g("onsetPeriod") else None,

@@ -38,13 +38,14 @@ from typing import Any
 
 from . import rules
 from .errors import BadRequest
+from .parts import BackendCore
 from .models import Document, iso
 from .storage import UPLOAD_EXPIRES_S, NoSuchKey, RequestExpired
 
 MAX_RESOURCE_COUNT_PER_REQUEST = 50      # data-contribution/shared.ts (sandbox)
 MAX_RESOURCE_STORED_LIMIT = 1000         # data-contribution/shared.ts (sandbox)
 BASE_EXTENSION_URL = "https://public.metriport.com/fhir/StructureDefinition"
-DATA_SOURCE_EXTENSION = {"url": f"{BASE_EXTENSION_URL}/data-source.json",
+DATA_SOURCE_EXTENSION: dict[str, Any] = {"url": f"{BASE_EXTENSION_URL}/data-source.json",
                          "valueCoding": {"system": f"{BASE_EXTENSION_URL}/data-source.json", "code": "METRIPORT"}}
 DOC_ID_EXTENSION_URL = f"{BASE_EXTENSION_URL}/doc-id-extension.json"
 OPERATION_OUTCOME_SYSTEM = f"{BASE_EXTENSION_URL}/operation-outcome"
@@ -129,7 +130,7 @@ def _content(r: dict) -> str:
     return json.dumps({k: v for k, v in r.items() if k != "meta"}, sort_keys=True)
 
 
-class Contributions:
+class Contributions(BackendCore):
     """Mixed into MetriportBackend: contributed data and documents."""
 
     def contribute(self, patient_id: str, body: Any) -> tuple[dict, str]:
@@ -176,7 +177,8 @@ class Contributions:
                                         f'Successfully updated resource "{key}/_history/{version}" with no changes '
                                         'detected.')}
         version += 1
-        contributed[key] = {**r, "meta": {**(r.get("meta") if isinstance(r.get("meta"), dict) else {}),
+        meta = r.get("meta")
+        contributed[key] = {**r, "meta": {**(meta if isinstance(meta, dict) else {}),
                                           "versionId": str(version), "lastUpdated": now}}
         created = old is None
         return {"status": "201 Created" if created else "200 OK", "location": f"{key}/_history/{version}",

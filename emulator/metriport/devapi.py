@@ -203,6 +203,7 @@ def bulk_webhook(request_id: str):
         problems.append("reason: Expected string")
     if problems:
         raise DevError(problems)
+    assert isinstance(status, str)  # one of BULK_STATUSES
     d = current_backend().send_bulk_status(request_id, status, reason)
     return jsonify({"messageId": d.message_id, "status": d.status})
 

@@ -425,8 +425,8 @@ def v8_parse(s: str) -> tuple[int, int, int, int, int, int, int, int | None] | N
             tz.sign = -1 if tok.sign() < 0 else 1
             n = length = 0
             if sc.peek().kind == "number":
-                t = sc.next()
-                n, length = t.value, t.length
+                offset_tok = sc.next()
+                n, length = offset_tok.value, offset_tok.length
             has_read_number = True
             if sc.peek().is_sym(":"):
                 tz.hour, tz.minute = n, _NONE

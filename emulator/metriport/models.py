@@ -304,6 +304,13 @@ class NetworkQuery:
     def row(self, source: str) -> dict | None:
         return next((r for r in self.sources if r["source"] == source), None)
 
+    def asked_row(self, source: str) -> dict:
+        """The row of a source this query asked for (a KeyError when it did not)."""
+        row = self.row(source)
+        if row is None:
+            raise KeyError(source)
+        return row
+
     def status(self) -> str:
         """deriveNetworkQueryStatus: processing while any source is; completed / failed when all are; else partial."""
         statuses = [r["status"] for r in self.sources]

@@ -24,6 +24,7 @@ from . import sources as src
 from .consolidated_filter import bundle_entry
 from .errors import NotFound
 from .models import NQ_TERMINAL, DocumentQuery, NetworkQuery, Patient, PatientAdditions, iso
+from .parts import BackendCore
 
 CONSOLIDATED_URL_EXPIRES_S = 4 * 3600  # network-query-webhook.ts CONSOLIDATED_URL_DURATION
 NOTIFICATION_URL_EXPIRES_S = 600  # as the ADT notifications' (hl7-notification-webhook-sender-direct.ts)
@@ -50,7 +51,7 @@ def normalize_sources(sources: Any) -> list[str]:
     return list(dict.fromkeys(sources))
 
 
-class NetworkQueries:
+class NetworkQueries(BackendCore):
     """Mixed into MetriportBackend: network queries, the sources' data and the consolidated record they feed."""
 
     # ------------------------------------------------------------------ the consolidated record
@@ -116,14 +117,14 @@ class NetworkQueries:
             q = DocumentQuery(nq.request_id, nq.created_at, nq.metadata)
             self.document_queries[patient.id] = q
             self._save_patient_state(patient.id)
-            nq.row(source)["status"] = "requested"
+            nq.asked_row(source)["status"] = "requested"
             return lambda: self.schedule(self.delay_s, lambda: self._document_download_done(patient, q))
-        nq.row(source)["status"] = "on-roster"
+        nq.asked_row(source)["status"] = "on-roster"
         return lambda: self.schedule(self.delay_s * SOURCE_DELAYS[source],
                                      lambda: self._network_source_done(patient.id, nq.request_id, source))
 
     def _fail_source(self, nq: NetworkQuery, source: str, status: int, message: str) -> None:
-        row = nq.row(source)
+        row = nq.asked_row(source)
         row.update(status="failed", completedAt=iso(self.clock()),
                    error={"httpStatus": status, "message": message, "timestamp": iso(self.clock())})
         return None
@@ -154,7 +155,7 @@ class NetworkQueries:
             nq = self.network_queries.get(q.request_id)
             if nq is None:
                 return
-            nq.row(src.HIE)["status"] = "converted"
+            nq.asked_row(src.HIE)["status"] = "converted"
             self._save_network_query(nq)
         self.schedule(self.delay_s, lambda: self._network_source_done(patient.id, q.request_id, src.HIE))
 
@@ -163,7 +164,7 @@ class NetworkQueries:
         with self._lock:
             nq = self.network_queries.get(rid)
             row = nq.row(source) if nq else None
-            if row is None or row["status"] in NQ_TERMINAL or pid not in self.patients:
+            if nq is None or row is None or row["status"] in NQ_TERMINAL or pid not in self.patients:
                 return
             patient = self._snapshot(pid)
             adds = self.additions(pid)
@@ -198,7 +199,7 @@ class NetworkQueries:
         return jobs
 
 
-class SourceNotifications:
+class SourceNotifications(BackendCore):
     """Mixed into MetriportBackend: the developer API's way to make Metriport's other messages — realtime
     pharmacy and laboratory notifications, an outbound message's status, paged bulk download URLs."""
 

@@ -280,8 +280,8 @@ def _host_ok(host: str, special: bool) -> bool:
     if re.fullmatch(r"[0-9]+", last) or re.fullmatch(r"0[xX][0-9a-fA-F]*", last):  # ends in a number: IPv4
         if len(parts) > 4:
             return False
-        nums = [_ipv4_number(p) for p in parts]
-        if any(n is None for n in nums) or any(n > 255 for n in nums[:-1]):
+        nums = [n for n in map(_ipv4_number, parts) if n is not None]
+        if len(nums) < len(parts) or any(n > 255 for n in nums[:-1]):
             return False
         return nums[-1] < 256 ** (5 - len(nums))
     return True

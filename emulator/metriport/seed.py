@@ -91,7 +91,7 @@ def load_data(path: str | os.PathLike) -> dict[str, Dataset]:
             continue
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             continue
-        resources = [e.get("resource") for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        resources: list[dict] = [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
         patients = [r for r in resources if r.get("resourceType") == "Patient"]
         if not patients:
             continue

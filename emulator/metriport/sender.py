@@ -13,9 +13,10 @@ import secrets
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from . import webhooks
+from .faults import Faults
 from .models import Delivery, WebhookSettings, iso
 
 DISABLED_DETAIL = "Webhook disabled: retry with POST /settings/webhook/retry"
@@ -24,7 +25,7 @@ Post = Callable[[str, str, str, float], tuple[bool, int | None, str, Any]]  # we
 
 
 class WebhookSender:
-    def __init__(self, settings: WebhookSettings, *, faults: Mapping[str, Any], clock: Callable[[], float],
+    def __init__(self, settings: WebhookSettings, *, faults: Faults, clock: Callable[[], float],
                  timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, ping_timeout_s: float = webhooks.PING_TIMEOUT_S,
                  post: Post = webhooks.post, name: str = "fake-metriport-webhooks"):
         self.settings = settings

@@ -340,7 +340,7 @@ class _Gen:
 
     def procedure(self) -> dict:
         code, display = self.pick(PROCEDURES)
-        res = {
+        res: dict[str, Any] = {
             "resourceType": "Procedure", "id": self.uid(), "status": "completed",
             "code": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display},
             "subject": self.patient_ref,
@@ -394,7 +394,7 @@ class _Gen:
 
     def composition(self, n_dangling: int = 2) -> dict:
         present = [e["resource"] for e in self.entries if e["resource"].get("id") and e["resource"]["resourceType"] != "Patient"]
-        sections = []
+        sections: list[dict[str, Any]] = []
         for title, code, rtype in (("Problems", "11450-4", "Condition"), ("Results", "30954-2", "Observation"),
                                    ("Medications", "10160-0", "MedicationStatement"), ("Allergies", "48765-2", "AllergyIntolerance")):
             refs = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in present if r["resourceType"] == rtype][:20]

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import requests
 from flask import (Blueprint, Flask, Response, abort, current_app, g, jsonify, redirect, render_template,
                    request, session, url_for)
+from werkzeug.wrappers import Response as BaseResponse
 
 from ..medplum_http import MedplumError
 from .figures import RANGES, health
@@ -276,7 +277,7 @@ _page_and_json("/patients/<pid>", "patient_page", "patient.html", "patients", _p
 _page_and_json("/messages/<task_id>", "message_page", "message.html", "messages", _message_data)
 
 
-def _back(default: str) -> Response:
+def _back(default: str) -> BaseResponse:
     return redirect(safe_next(request.form.get("next"), default))
 
 

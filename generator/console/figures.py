@@ -21,6 +21,7 @@ import hashlib
 import math
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from .model import ACK_BUDGET_MS, STATE_LABELS, STATES, Integration, human_s
 from .source import jsonable
@@ -130,8 +131,7 @@ def _in(t: datetime | None, since: datetime | None) -> bool:
 
 
 def over_time(integ: Integration, since: datetime | None = None) -> dict:
-    times = [(m.arrived or m.updated, m) for m in integ.messages if (m.arrived or m.updated)]
-    times = [(t, m) for t, m in times if _in(t, since)]
+    times = [(at, m) for m in integ.messages if (at := m.arrived or m.updated) and _in(at, since)]
     if not times:
         return {"bucket_s": None, "buckets": []}
     lo = since or min(t for t, _ in times)
@@ -142,7 +142,7 @@ def over_time(integ: Integration, since: datetime | None = None) -> dict:
     first = int((lo - epoch).total_seconds() // bucket)
     last = int((hi - epoch).total_seconds() // bucket)
     first = max(first, last - 4 * MAX_BUCKETS)
-    rows = {k: {"start": epoch + timedelta(seconds=k * bucket), "by_status": Counter(), "by_type": Counter()}
+    rows: dict[int, dict[str, Any]] = {k: {"start": epoch + timedelta(seconds=k * bucket), "by_status": Counter(), "by_type": Counter()}
             for k in range(first, last + 1)}
     for t, m in times:
         k = int((t - epoch).total_seconds() // bucket)

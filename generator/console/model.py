@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from ..fhir_codes import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, CONTRIBUTION_TASK_CODE, FINGERPRINT_EXTENSION,
                           MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE,
@@ -255,8 +256,8 @@ class Memo:
     def forget_except(self, ae_ids: set[str], task_keys: set[tuple[str, str]]) -> None:
         for k in [k for k in self.runs if k not in ae_ids]:
             del self.runs[k]
-        for k in [k for k in self.tasks if k not in task_keys]:
-            del self.tasks[k]
+        for key in [key for key in self.tasks if key not in task_keys]:
+            del self.tasks[key]
 
 
 def build_runs(snap: Snapshot, memo: Memo | None = None) -> list[Run]:
@@ -362,12 +363,18 @@ class Message:
     def waits(self) -> list[tuple[datetime, datetime]]:
         """The intervals this message sat failed until someone (or a redelivery) put it back: from the end of a
         run that left it failed to the start of the next processing run."""
-        runs = sorted((r for r in self.processing if r.start), key=lambda r: r.start)
+        runs = sorted((r for r in self.processing if r.start), key=lambda r: r.start or EPOCH)
         out = []
         for a, b in zip(runs, runs[1:]):
             if a.left_failed and a.end and b.start and b.start > a.end:
                 out.append((a.end, b.start))
         return out
+
+
+def _dict_at(d: dict, key: str) -> dict:
+    """The object at `key`, or {} when it is missing or not an object."""
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _ext(task: dict, url: str) -> dict | None:
@@ -430,7 +437,7 @@ class TaskRecord:
 
 def task_record(t: dict) -> TaskRecord:
     msg, summary = _message_of(t), _summary_of(t)
-    meta = msg.get("meta") if isinstance(msg.get("meta"), dict) else {}
+    meta = _dict_at(msg, "meta")
     mtype = str(meta.get("type") or summary.get("type") or (t.get("description") or "").replace(
         "Metriport webhook ", "") or "unknown")
     ident = next((i.get("value") for i in t.get("identifier", []) or [] if isinstance(i, dict)), None)
@@ -438,11 +445,11 @@ def task_record(t: dict) -> TaskRecord:
     for_ref = ((t.get("for") or {}).get("reference") or "") if isinstance(t.get("for"), dict) else ""
     if for_ref.startswith("Patient/"):
         subjects.append(for_ref.split("/", 1)[1])
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    data = _dict_at(meta, "data")
     named = [p for p in msg.get("patients") or [] if isinstance(p, dict)]
     if isinstance(msg.get("payload"), dict):
         named.append(msg["payload"])            # a notification's payload names one patient
-    period = t.get("executionPeriod") if isinstance(t.get("executionPeriod"), dict) else {}
+    period = _dict_at(t, "executionPeriod")
     a, lease = _ext(t, ATTEMPTS_EXT), _ext(t, LEASE_EXT)
     return TaskRecord(
         t.get("id", ""), str(meta.get("messageId") or ident or ""), mtype, str(t.get("status", "unknown")),
@@ -475,7 +482,8 @@ def _subjects(m: Message, rec: TaskRecord, mid_to_patient: dict, known: set) -> 
 def build_messages(snap: Snapshot, runs: list[Run], mid_to_patient: dict[str, str], stuck_after_s: float,
                    now: datetime, memo: Memo | None = None) -> list[Message]:
     memo = memo or Memo()
-    deliveries, processing = defaultdict(list), defaultdict(list)
+    deliveries: defaultdict[str, list[Run]] = defaultdict(list)
+    processing: defaultdict[str, list[Run]] = defaultdict(list)
     for r in runs:
         if r.role != "webhook" or not r.task_id:
             continue
@@ -610,7 +618,7 @@ def build_reviews(snap: Snapshot) -> list[Review]:
         others = _patients_named([i.get("valueReference") for i in t.get("input") or [] if isinstance(i, dict)])
         reason = (t.get("statusReason") or {}).get("text") if isinstance(t.get("statusReason"), dict) else None
         updated = parse_time((t.get("meta") or {}).get("lastUpdated"))
-        period = t.get("executionPeriod") if isinstance(t.get("executionPeriod"), dict) else {}
+        period = _dict_at(t, "executionPeriod")
         out.append(Review(t.get("id", ""), code, str(t.get("status", "")),
                           (t.get("code") or {}).get("text") or code or "review",
                           reason or t.get("description") or "", subjects, [p for p in others if p not in subjects],
@@ -633,16 +641,16 @@ class Query:
 def merged_overlap(intervals: list[tuple[datetime, datetime]], lo: datetime, hi: datetime) -> float:
     """Seconds of [lo, hi] covered by the union of `intervals`."""
     clipped = sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi)
-    total, cur_a, cur_b = 0.0, None, None
+    total, cur = 0.0, None
     for a, b in clipped:
-        if cur_b is None or a > cur_b:
-            if cur_b is not None:
-                total += (cur_b - cur_a).total_seconds()
-            cur_a, cur_b = a, b
+        if cur is None or a > cur[1]:
+            if cur is not None:
+                total += (cur[1] - cur[0]).total_seconds()
+            cur = (a, b)
         else:
-            cur_b = max(cur_b, b)
-    if cur_b is not None:
-        total += (cur_b - cur_a).total_seconds()
+            cur = (cur[0], max(cur[1], b))
+    if cur is not None:
+        total += (cur[1] - cur[0]).total_seconds()
     return total
 
 
@@ -839,10 +847,10 @@ def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[
         return SyncState("not-synced", "the patient bot has not run for this Patient" if not runs else
                          (runs[-1].last_text or "the patient bot did nothing for this Patient"), version_at)
     # the newest evidence wins; at the same instant, a mark on the current version beats the link
-    _, _, state = max(evidence, key=lambda e: (e[0], e[1]))
-    if state.state == "linked":
+    _, _, newest = max(evidence, key=lambda e: (e[0], e[1]))
+    if newest.state == "linked":
         return None if mid else SyncState("not-synced", "the Patient holds no Metriport id", version_at)
-    return state
+    return newest
 
 
 def data_side(linked_at: datetime | None, messages: list[Message], queries: list[Query]) -> SyncState:
@@ -850,18 +858,18 @@ def data_side(linked_at: datetime | None, messages: list[Message], queries: list
     imported (the newest query answered), else awaiting data since the newest query (or the link)."""
     problems = [m for m in messages if m.status == "failed" or m.stuck]
     done = [m for m in messages if m.status == "completed" and m.brings_data and m.touched]
-    last_done = max(done, key=lambda m: m.touched) if done else None
+    last_done = max(done, key=lambda m: m.touched or EPOCH) if done else None
     problem = max(problems, key=lambda m: m.touched or EPOCH) if problems else None
-    if problem and (last_done is None or (problem.touched or EPOCH) >= last_done.touched):
+    if problem and (last_done is None or (problem.touched or EPOCH) >= (last_done.touched or EPOCH)):
         if problem.status == "failed":
             return SyncState("failed", f"{problem.type} failed: {problem.reason or 'no reason recorded'}",
                              problem.at, "replay", problem.task_id)
         return SyncState("stuck", f"{problem.type}: {problem.stuck}", problem.started or problem.updated,
                          "replay", problem.task_id)
     started = [q for q in queries if q.at]
-    last_q = max(started, key=lambda q: q.at) if started else None
+    last_q = max(started, key=lambda q: q.at or EPOCH) if started else None
     answered = last_q is not None and any(m.answers_query and not m.requeried and m in done
-                                          and (m.arrived or m.at) >= last_q.at for m in messages)
+                                          and (m.arrived or m.at or EPOCH) >= (last_q.at or EPOCH) for m in messages)
     in_flight = [m for m in messages if m.in_flight]
     if last_q is not None and not answered:
         doing = f"; {in_flight[-1].type} being processed" if in_flight else ""
@@ -880,21 +888,23 @@ def pair_aggregations(patient_id: str, queries: list[Query], messages: list[Mess
     """Each query the patient bot started, paired with the first message that answered it for the Patient (the
     consolidated data, or a network query's first source) and completed with the data — not one answered by
     re-querying an expired URL. The time the Patient's messages sat failed meanwhile is counted apart."""
-    starts = sorted([q for q in queries if q.by == "patient-bot" and q.at], key=lambda q: q.at)
-    done = sorted([m for m in messages if m.answers_query and m.status == "completed" and m.finished
-                   and not m.requeried], key=lambda m: m.finished)
+    # times kept: each start has its query's time, each answer its finish
+    starts = sorted([(q.at, q) for q in queries if q.by == "patient-bot" and q.at], key=lambda s: s[0])
+    done = sorted([(m.finished, m) for m in messages if m.answers_query and m.status == "completed" and m.finished
+                   and not m.requeried], key=lambda d: d[0])
     waits = [w for m in messages for w in m.waits]
-    out, used = [], set()
-    for i, q in enumerate(starts):
-        nxt = starts[i + 1].at if i + 1 < len(starts) else None
-        match = next((m for m in done if m.task_id not in used and (m.arrived or m.finished) >= q.at
-                      and (nxt is None or (m.arrived or m.finished) < nxt or i + 1 == len(starts))), None)
-        if match is None and nxt is not None:
+    out: list[Aggregation] = []
+    used: set[str] = set()
+    for i, (at, q) in enumerate(starts):
+        nxt = starts[i + 1][0] if i + 1 < len(starts) else None
+        found = next(((m, finished) for finished, m in done if m.task_id not in used and (m.arrived or finished) >= at
+                      and (nxt is None or (m.arrived or finished) < nxt or i + 1 == len(starts))), None)
+        if found is None and nxt is not None:
             continue            # superseded by a later query before its data came
-        if match is not None:
-            used.add(match.task_id)
-        waited = merged_overlap(waits, q.at, match.finished) if match is not None else 0.0
-        out.append(Aggregation(patient_id, q, match, waited))
+        if found is not None:
+            used.add(found[0].task_id)
+        waited = merged_overlap(waits, at, found[1]) if found is not None else 0.0
+        out.append(Aggregation(patient_id, q, found[0] if found is not None else None, waited))
     return out
 
 
@@ -989,7 +999,7 @@ def reconstruct(snap: Snapshot, *, stuck_after_s: float | None = None, now: date
     after = stuck_after_s if stuck_after_s is not None else (settings.stuck_after_s if settings else 300.0)
     now = now or snap.fetched_at
     runs = build_runs(snap, memo)
-    mid_to_patient = {}
+    mid_to_patient: dict[str, Any] = {}  # Metriport id -> the Patient's id
     for p in snap.patients:
         for i in p.get("identifier", []) or []:
             if isinstance(i, dict) and i.get("system") == mid_system and i.get("value"):
@@ -1182,7 +1192,7 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
     for m in sync.messages:
         events += _message_events(m)
     for a in sync.aggregations:
-        if a.seconds is not None:
+        if a.seconds is not None and a.message is not None:  # (seconds are known only with the message)
             waited = f"; {human_s(a.waited_s)} waiting for a replay not counted" if a.waited_s else ""
             events.append(Event(a.message.finished, "aggregation",
                                 f"Data in Medplum {human_s(a.seconds)} after the query started", "ok",

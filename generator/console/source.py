@@ -45,7 +45,7 @@ class GuardedSession(requests.Session):
         super().__init__()
         self.refused: list[str] = []
 
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+    def request(self, method, url, *args, **kwargs):
         path = requests.utils.urlparse(str(url)).path
         if any(p in path for p in DEV_API_PREFIXES):
             self.refused.append(f"{method} {path}")
@@ -294,7 +294,7 @@ class Source:
         others = [t for t in tasks if not _is_message_task(t)]
         deliveries = None
         if self.settings.dev_api and self.settings.fake_url:
-            deliveries = self._fake_deliveries()
+            deliveries = self._fake_deliveries(self.settings.fake_url)
         truncated = [r.name for r in records.values() if r.truncated]
         return Snapshot(utcnow(), self.settings.base_url, self.bots(), list(records["Patient"].by_id.values()),
                         messages, others,
@@ -302,9 +302,9 @@ class Source:
                         self.metriport_webhook_status(), deliveries, truncated, self.settings,
                         dev_api_used=deliveries is not None, version=self._version)
 
-    def _fake_deliveries(self) -> list[dict] | None:
+    def _fake_deliveries(self, fake_url: str) -> list[dict] | None:
         try:   # its own request: the Medplum session's token is not for the fake
-            r = requests.get(self.settings.fake_url.rstrip("/") + "/_fake/webhooks", params={"body": "false"},
+            r = requests.get(fake_url.rstrip("/") + "/_fake/webhooks", params={"body": "false"},
                              headers={"x-api-key": self.settings.metriport_api_key or ""}, timeout=10)
             return r.json().get("deliveries") if r.status_code == 200 else None
         except (requests.RequestException, ValueError, AttributeError):
@@ -361,6 +361,8 @@ class Source:
 
     # -- Metriport ------------------------------------------------------------------------------
     def _metriport(self, method: str, path: str) -> requests.Response:
+        """(only when `metriport_configured`)"""
+        assert self.settings.metriport_url is not None
         return requests.request(method, self.settings.metriport_url.rstrip("/") + path, timeout=10,
                                 headers={"x-api-key": self.settings.metriport_api_key or "",
                                          "accept": "application/json"})

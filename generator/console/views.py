@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from .figures import RANGES, attention, charts, color_of, health, state_labels
@@ -248,7 +249,8 @@ def _attachment_urls(resource: dict) -> list[str]:
 
 def _status_changes(history: list[dict]) -> list[dict]:
     """The Task's versions, oldest first, where its status changed (what the bots and people did to it)."""
-    out, prev = [], None
+    out: list[dict] = []
+    prev = None
     for v in sorted(history, key=lambda r: (r.get("meta") or {}).get("lastUpdated", "")):
         status = v.get("status")
         if status == prev:
@@ -258,7 +260,7 @@ def _status_changes(history: list[dict]) -> list[dict]:
         reason = (v.get("statusReason") or {}).get("text") if isinstance(v.get("statusReason"), dict) else None
         author = (meta.get("author") or {}).get("reference", "")
         out.append({"at": parse_time(meta.get("lastUpdated")), "what": f"Task {status}",
-                    "tone": {"completed": "ok", "failed": "fail"}.get(status, "pending"),
+                    "tone": {"completed": "ok", "failed": "fail"}.get(status or "", "pending"),
                     "detail": reason or (f"by {author}" if author else ""), "request_ids": []})
     return out
 
@@ -267,7 +269,7 @@ def attempts(m: Message, history: list[dict], metriport_log: list[dict] | None) 
     """Every delivery and processing attempt of one message, in time order: as Metriport sent it (the fake's
     log, on the emulator), as the webhook bot received it, each status the Task took, each processing run with
     its Metriport calls and their request ids."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for d in metriport_log or []:
         if d.get("messageId") == m.message_id:
             ok = d.get("status") == "success"
@@ -307,8 +309,8 @@ def message_view(integ: Integration, m: Message, history: list[dict], links_base
     imported = [{"type": t, "count": n, "urls": [f"{links_base}{t}?_compartment=Patient/{quote(p)}&identifier="
                                                  f"{quote(system + '|', safe='')}" for p in pids]}
                 for t, n in sorted(m.imported.items())]
-    request_ids = sorted({m.request_id} - {None} | {c.request_id for r in m.processing for c in calls_of(r)
-                                                    if c.request_id})
+    request_ids = sorted(({m.request_id} if m.request_id is not None else set())
+                         | {c.request_id for r in m.processing for c in calls_of(r) if c.request_id})
     return {
         "task_id": m.task_id, "message_id": m.message_id, "type": m.type, "status": m.status, "tone": m.tone,
         "color": color_of(m.type, "type"), "reason": m.reason or m.stuck or "", "replayable": m.replayable,

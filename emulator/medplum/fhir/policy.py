@@ -25,7 +25,7 @@ PROJECT_ADMIN_TYPES = frozenset({"AccessPolicy", "Cron", "Package", "PackageRele
 _DEFAULT = [{"resourceType": "*"}]
 
 
-def _entry_allows(entry: dict, resource_type: str, interaction: str) -> bool:
+def _entry_allows(entry: dict, resource_type: str | None, interaction: str) -> bool:
     rt = entry.get("resourceType")
     if rt != resource_type and (rt != "*" or resource_type in PROJECT_ADMIN_TYPES):
         return False
@@ -58,11 +58,11 @@ class Access:
         self.admin = admin
         self.superuser = superuser
         # per (type, interaction): the entries that allow it (the entries never change after construction)
-        self._memo: dict[tuple[str, str], list[dict]] = {}
+        self._memo: dict[tuple[str | None, str], list[dict]] = {}
         self._hidden = any(e.get("hiddenFields") for e in self.entries)
         self._readonly = any(e.get("readonlyFields") for e in self.entries)
 
-    def _entries_for(self, resource_type: str, interaction: str) -> list[dict]:
+    def _entries_for(self, resource_type: str | None, interaction: str) -> list[dict]:
         key = (resource_type, interaction)
         found = self._memo.get(key)
         if found is None:

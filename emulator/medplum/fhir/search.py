@@ -813,15 +813,15 @@ def _ordered_sql(f: Filter) -> tuple[str, list[Any]]:
             cond, a = "x.value >= ? AND x.value <= ?", [lo, hi]
         else:
             cond, a = _sql_range(op, "x.value", "x.value"), _sql_range_args(op, x, x)
+        args += a
         if t == "quantity" and len(parts) == 3:
             if parts[1]:
                 cond += " AND x.system = ?"
-                a.append(parts[1])
+                args.append(parts[1])
             if parts[2]:
                 cond += " AND x.code = ?"
-                a.append(parts[2])
+                args.append(parts[2])
         ors.append(f"({cond})")
-        args += a
     cond = _rows(table, balanced("OR", ors))
     if op == "ne":
         # server: `col != value` — a resource without a value is not matched either
@@ -891,7 +891,8 @@ def cursor_sql(req: SearchRequest) -> tuple[str, list[Any]] | None:
     if req.after is None:
         return None
     instant, excluded = req.after
-    sql, args = "r.lu >= ?", [instant]
+    sql = "r.lu >= ?"
+    args: list[Any] = [instant]
     if excluded:
         sql += f" AND r.id NOT IN ({','.join('?' * len(excluded))})"
         args += excluded
@@ -952,7 +953,7 @@ def matches(resource: dict, criteria: str | SearchRequest) -> bool:
         if path and path != rt:
             return False
         try:
-            req = parse_search(rt, qs)
+            req = parse_search(rt or "", qs)  # no type: "Unknown resource type"
         except BadRequest:
             return False
     else:
@@ -1029,8 +1030,8 @@ def _match_special(resource: dict, f: Filter) -> bool:
 def _match_token(sp: SearchParam, f: Filter, vals: list[Any]) -> bool:
     kind = sp.kind or "c"
     if f.modifier == "text":
-        texts = [x.lower() for x in V.token_texts(vals)]
-        return any(v.strip().lower() in x for v in f.values for x in texts)
+        lowered = [x.lower() for x in V.token_texts(vals)]
+        return any(v.strip().lower() in x for v in f.values for x in lowered)
     if kind in ("t", "i"):
         rows = V.token_rows(vals, kind)
         texts = {x.strip() for x in V.token_texts(vals)} if kind == "t" else set()
@@ -1062,13 +1063,15 @@ def _match_ordered(sp: SearchParam, f: Filter, vals: list[Any]) -> bool:
     t, op = sp.type, f.modifier or "eq"
     if t == "date":
         have = V.date_values(vals)
-        hits = [_cmp_range(op, lo, hi, *V.date_range(v)) for v in f.values for lo, hi in have]
+        wanted = [V.date_range(v) for v in f.values]   # parse_search checked each: none is None
+        hits = [_cmp_range(op, lo, hi, *w) for w in wanted if w is not None for lo, hi in have]
     else:
         have_n = V.number_values(vals)
         hits = []
         for v in f.values:
             parts = v.split("|")
             rng = number_range(parts[0])
+            assert rng is not None
             x = float(parts[0])
             for n, system, code in have_n:
                 if op in ("eq", "ne"):

@@ -119,7 +119,9 @@ _AS_FUNC = re.compile(r"^as\(([A-Za-z]+)\)$")
 
 
 def _split_top(expr: str, sep: str) -> list[str]:
-    parts, depth, buf, in_str = [], 0, [], False
+    parts: list[str] = []
+    buf: list[str] = []
+    depth, in_str = 0, False
     for ch in expr:
         if ch == "'":
             in_str = not in_str
@@ -201,7 +203,7 @@ _PRIORITY_ORDER = {"stat": 50, "asap": 40, "urgent": 30, "routine": 20}
 def _priority_order(r: dict) -> list:
     # iif(priority = 'stat', 50, iif(priority = 'asap', 40, iif(priority = 'urgent', 30, iif(priority = 'routine',
     # 20, 10)))): an absent or other priority makes every criterion empty/false, so the value is 10
-    return [_PRIORITY_ORDER.get(r.get("priority"), 10)]
+    return [_PRIORITY_ORDER.get(r.get("priority") or "", 10)]
 
 
 def _first_entry_resource(r: dict) -> list:
@@ -363,12 +365,12 @@ def _apply_facts(resource_type: str, params: dict[str, SearchParam]) -> None:
             sp.single_target = flags.split(">", 1)[1]
 
 
-def type_properties(resource_type: str, which: str) -> list[str]:
+def type_properties(resource_type: str | None, which: str) -> list[str]:
     """A resource type's top-level "summary" or "mandatory" properties (@medplum/core getDataType)."""
     return facts()[which].get(resource_type) or []
 
 
-def choice_properties(resource_type: str) -> dict[str, list[str]]:
+def choice_properties(resource_type: str | None) -> dict[str, list[str]]:
     """A resource type's top-level choice properties (`value[x]` -> "value") and their type codes."""
     return facts()["choices"].get(resource_type) or {}
 

@@ -391,12 +391,12 @@ class FhirService:
         (fhir-router has no type-level `Type/_history` route: that URL is a read of id "_history" -> 404.)"""
         a = self._check_type(pr, P.HISTORY, rtype)
         count, offset = 100, 0
-        for k, v in query:
+        for k, value in query:
             if k == "_count":
-                n = js_parse_int(v)
+                n = js_parse_int(value)
                 count = 100 if n is None else max(0, min(n, 1000))
             elif k == "_offset":
-                n = js_parse_int(v)
+                n = js_parse_int(value)
                 offset = 0 if n is None else min(max(0, n), 10 ** 9)  # past any history, within SQLite's integers
         current = None
         try:
@@ -409,17 +409,17 @@ class FhirService:
         versions, total = self.repo.history(rtype, rid, count, offset)
         entries = []
         for v in versions:
-            e: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}",
+            item: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}",
                                  "request": {"method": "GET", "url": f"{v['type']}/{v['id']}/_history/{v['versionId']}"}}
             if v["deleted"]:
                 gone = {"resourceType": "OperationOutcome", "id": "gone", "issue": [
                     {"severity": "error", "code": "deleted",
                      "details": {"text": "Deleted on " + _js_date_string(v["lastUpdated"])}}]}
-                e["response"] = {"status": "410", "outcome": gone}
+                item["response"] = {"status": "410", "outcome": gone}
             else:
-                e["response"] = {"status": "200", "outcome": all_ok()}
-                e["resource"] = self._out(a, v["resource"])
-            entries.append(e)
+                item["response"] = {"status": "200", "outcome": all_ok()}
+                item["resource"] = self._out(a, v["resource"])
+            entries.append(item)
         return FhirResponse(200, {"resourceType": "Bundle", "type": "history", "entry": entries, "total": total}, {})
 
     # ================================================================== search
@@ -482,7 +482,7 @@ class FhirService:
         """server search.ts validateSearchResourceTypes / buildChainedSearch: every type a chain reaches and every
         _include / _revinclude source type must be a known, searchable type the caller may search (else 400 / 403)."""
         types = [inc.split(":", 1)[0] for inc in (*req.include, *req.revinclude)]
-        todo = list(req.filters)
+        todo: list[Any] = list(req.filters)   # filters, and the tuples of an OR
         while todo:
             f = todo.pop()
             if isinstance(f, tuple):
@@ -555,7 +555,7 @@ class FhirService:
                 bundle["total"] = total
             bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset, req.cursor)}]
             return FhirResponse(200, bundle, {})
-        entries = [{"fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}", "search": {"mode": "match"},
+        entries: list[dict[str, Any]] = [{"fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}", "search": {"mode": "match"},
                     "resource": self._out(a, r)} for r in resources]
         if req.types is None:
             entries += self._includes(pr, req, resources)
@@ -582,7 +582,9 @@ class FhirService:
             if (entries[0]["resource"].get("meta") or {}).get("lastUpdated") != next_lu:
                 excluded = [e["resource"]["id"] for e in entries
                             if (e["resource"].get("meta") or {}).get("lastUpdated") == next_lu]
-                cursor = format_cursor(date_range(next_lu)[0], excluded)
+                next_range = date_range(next_lu)
+                assert next_range is not None  # a stored lastUpdated
+                cursor = format_cursor(next_range[0], excluded)
                 links.append({"relation": "first", "url": self._search_url(req, 0, None)})
                 links.append({"relation": "next", "url": self._search_url(req, 0, cursor)})
                 return links
@@ -977,7 +979,8 @@ class FhirService:
         identities: dict[str, str] = {}
         buckets: dict[str, list[int]] = {k: [] for k in
                                          ("batch", "delete", "create", "update", "patch", "operation", "search", "read", "history")}
-        updates, strong, seen = 0, False, set()
+        updates, strong = 0, False
+        seen: set[str] = set()
         # Medplum's validator (strict mode) starts on the bodies now, in its own process, while this thread
         # resolves identities and writes; `validate` of each entry then takes its answer (a body that a urn:uuid
         # rewrite changed is validated again below).

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 from medport import jsoncodec
 
@@ -62,7 +62,7 @@ def _text_index_keeps_raw(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE idx_text ADD COLUMN raw TEXT")
 
 
-MIGRATIONS = {1: _text_index_keeps_raw}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _text_index_keeps_raw}
 _INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
 _INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
                   "INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
@@ -357,6 +357,7 @@ class Repository:
             cur = c.execute("INSERT INTO resources (type, id, vid, lu, deleted, project, content) VALUES (?,?,?,?,0,?,?)",
                             (rtype, rid, vid, lu, proj, content))
             row_id = cur.lastrowid
+            assert row_id is not None  # an INSERT sets it
         else:
             row_id = existing_rid
             c.execute("UPDATE resources SET vid=?, lu=?, deleted=0, project=?, content=? WHERE rid=?",
@@ -433,7 +434,7 @@ class Repository:
         return res
 
     def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
-               author: str | None = None, create_if_missing: bool = True, known: tuple | None | bool = False,
+               author: str | None = None, create_if_missing: bool = True, known: tuple | None | Literal[False] = False,
                previous: dict | None = None, binary: bytes | None = None) -> tuple[dict, bool, bool]:
         """Update (or create with the given id). Returns (resource, created, changed). `known`: the row
         `lookup()` answered (None = no row) within the caller's open transaction, and `previous` the resource
@@ -445,7 +446,7 @@ class Repository:
         # `_tx` opens one: inside it in_transaction() is always true); otherwise another write may have come since
         trusted = known is not False and self.in_transaction()
         with self._tx():
-            row = known if trusted else self._row(rtype, rid)
+            row = known if trusted and known is not False else self._row(rtype, rid)
             if row is not known:
                 previous = None
             if row is None or row[2]:
@@ -453,8 +454,8 @@ class Repository:
                     raise PreconditionFailed()
                 if not create_if_missing:
                     raise NotFound()
-                res, lu, known = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known,
+                res, lu, refs = self._stamp(resource, rid, project, author, None)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=refs,
                             binary=binary)
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
@@ -464,8 +465,8 @@ class Repository:
                 previous = _loads(row[3])
             if same_content(previous, resource) and binary is None:
                 return previous, False, False
-            res, lu, known = self._stamp(resource, rid, project, author, previous)
-            self._write(res, lu, project, row[0], known_refs=known, binary=binary, previous=previous)
+            res, lu, refs = self._stamp(resource, rid, project, author, previous)
+            self._write(res, lu, project, row[0], known_refs=refs, binary=binary, previous=previous)
             self._event(ChangeEvent("update", res, previous))
         return res, False, True
 

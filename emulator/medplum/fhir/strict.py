@@ -75,6 +75,7 @@ class StrictValidator:
         env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(node_modules_dir())}
         proc = subprocess.Popen([str(node_binary()), str(_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=env)
+        assert proc.stdout is not None  # PIPE
         first = proc.stdout.readline()
         if not first or not json.loads(first).get("ready"):
             proc.kill()
@@ -83,6 +84,7 @@ class StrictValidator:
         return proc
 
     def _read_loop(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None  # PIPE
         try:
             for line in proc.stdout:
                 try:
@@ -114,8 +116,10 @@ class StrictValidator:
             fut._medport_proc = self._proc  # type: ignore[attr-defined]
             self._waiting[rid] = fut
             try:
-                self._proc.stdin.write(b'{"id":' + str(rid).encode() + b"," + payload + b"}\n")
-                self._proc.stdin.flush()
+                stdin = self._proc.stdin
+                assert stdin is not None  # PIPE
+                stdin.write(b'{"id":' + str(rid).encode() + b"," + payload + b"}\n")
+                stdin.flush()
             except (OSError, ValueError) as e:
                 self._waiting.pop(rid, None)
                 self._kill()

@@ -267,7 +267,7 @@ def _plan(params: dict) -> tuple:
     return plan
 
 
-_TODO: dict[tuple, list] = {}
+_TODO: dict[tuple, tuple[dict, list[tuple]]] = {}
 
 
 def _todo(params: dict, keys: tuple) -> list[tuple]:

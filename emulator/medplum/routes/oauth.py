@@ -3,6 +3,7 @@ Basic) and `GET /auth/me` — the answers Medplum's server gives (packages/serve
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from flask import Blueprint, Response, request
 
@@ -100,7 +101,7 @@ def _merged_policy(principal) -> dict | None:
     policies = st.policies_for(principal.membership or {}) if principal.membership else None
     if not policies:
         return None
-    merged = {"resourceType": "AccessPolicy", "resource": []}
+    merged: dict[str, Any] = {"resourceType": "AccessPolicy", "resource": []}
     for p in policies:
         merged["resource"].extend(p.get("resource") or [])
     return merged

@@ -26,7 +26,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ...procenv import KEEP, hide_process_environment
 
@@ -78,11 +78,11 @@ def _rss_bytes(pid: int) -> int:
 WORKER_ENV_KEEP = tuple(sorted(KEEP))
 
 
-def worker_env(base: dict[str, str] | None = None, **runtime_vars: str) -> dict[str, str]:
+def worker_env(base: Mapping[str, str] | None = None, **runtime_vars: str) -> dict[str, str]:
     """The environment of a bot worker: the allow-listed variables of `base` (default os.environ) plus the
     runtime's own plumbing (`runtime_vars`, MEDPORT_* names that worker.js reads and then deletes)."""
-    base = os.environ if base is None else base
-    env = {k: base[k] for k in WORKER_ENV_KEEP if k in base}
+    source = os.environ if base is None else base
+    env = {k: source[k] for k in WORKER_ENV_KEEP if k in source}
     env.update(runtime_vars)
     return env
 
@@ -171,6 +171,8 @@ class _Worker:
             os.close(w)
             raise
         os.close(w)
+        assert self.proc.stdin is not None and self.proc.stderr is not None  # PIPEs
+        self._stdin, self._stderr = self.proc.stdin, self.proc.stderr
         self.pid = self.proc.pid
         self._rfile = os.fdopen(r, "rb")
         self.ready = threading.Event()
@@ -194,8 +196,8 @@ class _Worker:
         except (TypeError, ValueError):   # a value no JSON type holds: as its str
             data = jsonsafe.dumps_bytes(msg, default=str) + b"\n"
         with self._wlock:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self._stdin.write(data)
+            self._stdin.flush()
 
     def _read_loop(self) -> None:
         try:
@@ -224,7 +226,7 @@ class _Worker:
 
     def _stderr_loop(self) -> None:
         try:
-            for raw in self.proc.stderr:
+            for raw in self._stderr:
                 line = raw.decode("utf-8", "replace").rstrip()
                 self._stderr_tail.append(line)
                 log.debug("worker %s: %s", self.pid, line)
@@ -290,7 +292,7 @@ class _Worker:
     def stop(self) -> None:
         self.dead = True
         try:
-            self.proc.stdin.close()  # EOF -> the worker exits
+            self._stdin.close()  # EOF -> the worker exits
         except OSError:
             pass
         try:
