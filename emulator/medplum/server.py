@@ -1,5 +1,5 @@
 """Serving the emulator with waitress: `start_in_thread(settings) -> EmulatorHandle`.
-(`medport emulate` is the user's command, in medport.generator.emulate; `python -m medport.emulator.medplum`
+(`medport emulate` is the user's command, in medport.generator.local.emulate; `python -m medport.emulator.medplum`
 runs the emulator alone.)
 
 Deadlock-free design (DESIGN: "a bot calls back into the emulator over HTTP while its own $execute

@@ -6,10 +6,10 @@ import json
 import click
 import requests
 
-from . import statefile
-from .config import CONFIG_FILENAME
+from .. import statefile
+from ..generation.config import CONFIG_FILENAME
 from medport.defaults import admin_credentials
-from .options import config_option, medplum_options
+from ..options import config_option, medplum_options
 
 
 def probe(base_url: str, timeout: float = 5.0) -> dict:
@@ -50,12 +50,12 @@ def _answers(url: str | None) -> bool:
 def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
                         fhir_only: bool = False, config_path: str = CONFIG_FILENAME) -> dict:
     """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
-    from .config import ConfigError, load_config
-    from .console.command import settings_for
-    from .console.figures import health
-    from .console.model import reconstruct
-    from .console.source import Source
-    from .medplum_http import MedplumError
+    from ..generation.config import ConfigError, load_config
+    from ..console.command import settings_for
+    from ..console.figures import health
+    from ..console.model import reconstruct
+    from ..console.source import Source
+    from ..remote.medplum_http import MedplumError
 
     try:
         cfg = load_config(config_path)

@@ -13,14 +13,14 @@ import requests
 
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
-from . import statefile
-from .config import Config
+from .. import statefile
+from ..generation.config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
-from .fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from ..generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
 from medport.defaults import admin_credentials
-from .manifest import webhook_execute_url
-from .options import config_option, load_or_exit, medplum_options
-from .progress import Progress
+from ..generation.manifest import webhook_execute_url
+from ..options import config_option, load_or_exit, medplum_options
+from ..progress import Progress
 
 SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
 

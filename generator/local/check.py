@@ -16,9 +16,10 @@ import click
 from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
-from .config import ConfigError, load_config
-from .options import config_option, out_option
-from .render import patient_bot_config
+from ..generation import JS_DIR
+from ..generation.config import ConfigError, load_config
+from ..options import config_option, out_option
+from ..generation.render import patient_bot_config
 
 
 @dataclass
@@ -51,7 +52,7 @@ def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
 
 def load_bots_under_vmcontext(files: list[Path]) -> list[str]:
     """Problems found loading each bot the way vmcontext does (empty = all load)."""
-    script = Path(__file__).with_name("js") / "vmload.cjs"
+    script = JS_DIR / "vmload.cjs"
     proc = subprocess.run([node_binary(), str(script), *map(str, files)], capture_output=True, text=True, timeout=60)
     problems = []
     for line in proc.stdout.splitlines():
@@ -103,7 +104,7 @@ class Checker:
 
 def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
               echo=click.echo) -> Checker:
-    from .outputs import render_all, stale_files
+    from ..generation.outputs import render_all, stale_files
 
     ch = Checker(echo)
     holder = {}
@@ -161,7 +162,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     if not (no_cfg or no_node) and cfg is not None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from .typecheck import typecheck_sources
+        from ..generation.typecheck import typecheck_sources
         pool = ThreadPoolExecutor(1, thread_name_prefix="medport-typecheck")
         typecheck = pool.submit(typecheck_sources, render_all(cfg), shown_in=out_dir)
         pool.shutdown(wait=False)

@@ -5,8 +5,8 @@ import time
 
 import click
 
-from .options import config_option, load_or_exit
-from .outputs import stale_files
+from ..options import config_option, load_or_exit
+from ..generation.outputs import stale_files
 from .stack import start_stack
 from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
                    wait_for_consolidated)
@@ -116,7 +116,7 @@ def demo_command(config_path, patient, timeout, keep_running):
             raise click.ClickException(f"demo failed: {why} — the bot runs above show where")
         click.echo(click.style(f"✓ flow complete in {time.monotonic() - t0:.1f} s", fg="green", bold=True))
         if keep_running:
-            from .console.command import serve_for_stack
+            from ..console.command import serve_for_stack
 
             from medport.defaults import DEFAULT_ADMIN_CLIENT_SECRET
 
