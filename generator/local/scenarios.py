@@ -221,7 +221,7 @@ def scenario_skip_reasons(stack) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Faults production throws (issue 10): a crash mid-import, a second Patient for one person, the same
+# Faults production throws: a crash mid-import, a second Patient for one person, the same
 # message delivered several times at once.
 
 CRASH_DATASET = "Crashtest"   # a fake-Metriport patient whose consolidated data is large enough to cut off
