@@ -7,19 +7,23 @@ from typing import Any
 
 from medport import __version__ as VERSION  # noqa: F401 — reported by /_emulator/health
 
+from ..medplum_releases import NEWEST
+
 DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
-# The Medplum release whose behaviour the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the
-# server of that line): reported by /_emulator/health as `medplum_version`.
-MEDPLUM_VERSION = "5.2.13"
+# The newest Medplum release the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the server of
+# that line), its default; `Settings.medplum_version` picks another (medport.emulator.medplum_releases).
+MEDPLUM_VERSION = NEWEST
 
 
 @dataclass
 class Settings:
     """What `create_app` needs. `db_path=None` (or ":memory:") keeps everything in memory."""
     db_path: str | None = None
+    # The Medplum release emulated (its bot sandbox, Bot schema, admin-only types; reported by /healthcheck).
+    medplum_version: str = MEDPLUM_VERSION
     base_url: str = "http://127.0.0.1:8103/"
     admin_client_id: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID",
                                                                         DEFAULT_ADMIN_CLIENT_ID))

@@ -24,6 +24,7 @@ class Client:
         r.raise_for_status()
         self.token = r.json()["access_token"]
         self.http.headers["Authorization"] = f"Bearer {self.token}"
+        self.http.headers["X-Medplum"] = "extended"   # as MedplumClient: the meta fields Medplum hides otherwise
 
     def url(self, path: str) -> str:
         return self.base_url + path.lstrip("/")

