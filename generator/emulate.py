@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
+from medport.emulator.medplum_releases import NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum_releases import release as medplum_release
 from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
@@ -24,7 +26,7 @@ from .stack import MissingInput, Stack, start_stack
 
 def _banner(stack: Stack, storage: str, seconds: float) -> None:
     emu = stack.emulator
-    click.echo(f"medport emulator (Medplum) listening on {emu.base_url}")
+    click.echo(f"medport emulator (Medplum {emu.state.release.version}) listening on {emu.base_url}")
     click.echo(f"  FHIR base:     {emu.base_url}fhir/R4/")
     click.echo(f"  token URL:     {emu.base_url}oauth2/token")
     # A secret is printed only when it is the built-in development default.
@@ -90,10 +92,18 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 @click.option("--console-port", default=CONSOLE_PORT, show_default=True, type=int,
               help="Port of the sync console (on 127.0.0.1; a busy port falls back to a free one).")
 @click.option("--no-console", is_flag=True, help="Do not serve the sync console.")
+@click.option("--medplum-version", metavar="VERSION", default=None,
+              help=f"Medplum release to emulate: its bot sandbox, Bot schema, admin-only types ({OLDEST} to {NEWEST}; "
+                   f"default: medplum.version of {CONFIG_FILENAME}, else {NEWEST}).")
 def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
                     metriport_port, metriport_mode, metriport_data, metriport_api_key, console_port,
-                    no_console) -> None:
+                    no_console, medplum_version) -> None:
     """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
+    if medplum_version:
+        try:
+            medplum_release(medplum_version)
+        except UnsupportedRelease as e:
+            raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
     cfg, problem = None, None
     if not no_deploy and Path(CONFIG_FILENAME).exists():
         try:
@@ -107,7 +117,7 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
         stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
                             metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
                             metriport_delay_s=0.3, metriport_api_key=metriport_api_key, deploy=cfg is not None,
-                            settings_overrides=overrides)
+                            settings_overrides=overrides, medplum_version=medplum_version)
     except (PortInUse, MissingInput) as e:
         raise click.ClickException(str(e)) from None
     except MedplumError as e:
@@ -136,6 +146,7 @@ def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_u
     emu = stack.emulator
     return {"base_url": emu.base_url, "fhir_url": f"{emu.base_url}fhir/R4/", "host": host, "port": emu.port,
             "storage": storage, "project": emu.state.project()["id"], "admin_client_id": emu.admin_client_id,
+            "medplum_version": emu.state.release.version,
             "config": str(Path(CONFIG_FILENAME).resolve()) if stack.deploy else None,
             "bots": dict(stack.deploy.bot_ids) if stack.deploy else {},
             "metriport": metriport_mode,
