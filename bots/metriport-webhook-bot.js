@@ -1161,6 +1161,8 @@ const FIRST_WINDOW_ITEMS = 1000;
 const INDEX_LIMIT = 100000;
 /** Times a download cut mid-stream is opened again (the entries already read are skipped). */
 const STREAM_REOPENS = 2;
+/** A download that sends nothing for this long is taken as cut (and opened again). */
+const DOWNLOAD_STALL_MS = 30000;
 
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
 
@@ -1751,7 +1753,7 @@ function bodyChunks(res) {
  * @returns {AsyncGenerator<Uint8Array, void, void>}
  */
 async function* byteStream(res, gzip) {
-  const it = bodyChunks(res)[Symbol.asyncIterator]();
+  const it = stallGuarded(bodyChunks(res), DOWNLOAD_STALL_MS)[Symbol.asyncIterator]();
   try {
     const first = await it.next();
     const head = first.done || !first.value ? new Uint8Array(0) : first.value;
@@ -1771,6 +1773,45 @@ async function* byteStream(res, gzip) {
 
 /** @returns {AsyncGenerator<Uint8Array, void, void>} */
 async function* emptyChunks() {}
+
+/**
+ * The chunks of `source`, failing when none arrives for `ms`: node-fetch v2 (vmcontext's fetch before Medplum
+ * 5.2) never ends nor fails a body whose connection dropped midway, so a cut download would hang the run; failed
+ * here, it is opened again like any cut download. The timer comes from Node's `timers` (vmcontext has no
+ * setTimeout global) and is cleared as each chunk arrives.
+ * @param {AsyncIterable<Uint8Array>} source
+ * @param {number} ms
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* stallGuarded(source, ms) {
+  const timers = require('timers');
+  const it = source[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      /** @type {unknown} */
+      let timer;
+      const stalled = new Promise((_resolve, reject) => {
+        timer = timers.setTimeout(() => reject(new Error('the download stalled: no data for ' + ms / 1000 + ' s')), ms);
+      });
+      /** @type {IteratorResult<Uint8Array>} */
+      let r;
+      try {
+        r = await Promise.race([it.next(), stalled]);
+      } finally {
+        timers.clearTimeout(timer);
+      }
+      if (r.done) {
+        return;
+      }
+      yield r.value;
+    }
+  } finally {
+    // a stalled node-fetch body is destroyed here (its pending read is then abandoned): not awaited
+    if (typeof it.return === 'function') {
+      Promise.resolve(it.return(undefined)).catch(() => undefined);
+    }
+  }
+}
 
 /**
  * @param {Uint8Array} head the chunk already read

@@ -92,6 +92,11 @@ _PROTECTED_TYPES: list[tuple[Version, frozenset[str]]] = [
 ]
 
 
+# The project setting `redactAuditEvents` drops the displays of execution AuditEvents' references (server
+# util/auditevent.ts applyOptionalRedaction, medplum#7820; bots/utils.ts createAuditEvent before had none).
+_AUDIT_REDACTION: list[tuple[Version, bool]] = [((5, 0, 0), False), ((5, 0, 4), True)]
+
+
 class UnsupportedRelease(ValueError):
     """A Medplum version medport does not support or cannot read; the message is one line."""
 
@@ -103,6 +108,7 @@ class Release:
     bot_elements: frozenset[str]          # of OPTIONAL_BOT_ELEMENTS, the ones this release knows
     project_admin_types: frozenset[str]
     protected_types: frozenset[str]
+    audit_redaction: bool                 # Project.setting redactAuditEvents is honoured
 
     @property
     def key(self) -> Version:
@@ -159,7 +165,8 @@ def release(text: str = NEWEST, *, newer_ok: bool = False) -> Release:
     if v > parse_version(NEWEST) and not newer_ok:
         raise UnsupportedRelease(f"Medplum {text} is newer than {NEWEST}, the newest release medport emulates")
     return Release(version="%d.%d.%d" % v, sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
-                   project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v))
+                   project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v),
+                   audit_redaction=_at(_AUDIT_REDACTION, v))
 
 
 def sandboxes() -> list[Sandbox]:
@@ -170,6 +177,6 @@ def sandboxes() -> list[Sandbox]:
 def representatives() -> list[str]:
     """One release per distinct set of facts (the first release of each), oldest first: what a compatibility run
     covers."""
-    firsts = sorted({v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES)
+    firsts = sorted({v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES, _AUDIT_REDACTION)
                      for v, _ in table})
     return ["%d.%d.%d" % v for v in firsts]

@@ -224,14 +224,15 @@ class BotService:
             return None
         bot_meta = bot.get("meta") or {}
         meta = {k: bot_meta[k] for k in ("account", "accounts") if bot_meta.get(k)}
+        shown = self._redaction(run_as)
         event = {
             "resourceType": "AuditEvent",
             "period": {"start": start_iso, "end": now_iso()},
             "recorded": now_iso(),
             "type": dict(AUDIT_TYPE),
-            "agent": [_agent(requester, True), _agent((run_as or {}).get("profile"), False)],
-            "source": {"observer": ref(bot)},
-            "entity": [{"what": ref(r), "role": _entity_role(r)} for r in (bot, input, subscription)
+            "agent": [_agent(shown(requester), True), _agent(shown((run_as or {}).get("profile")), False)],
+            "source": {"observer": shown(ref(bot))},
+            "entity": [{"what": shown(ref(r)), "role": _entity_role(r)} for r in (bot, input, subscription)
                        if _is_resource_with_id(r)],
             "outcome": outcome_code,
         }
@@ -245,6 +246,17 @@ class BotService:
             event["extension"] = [tracing]
         created = self.state.create_own(event)
         return created.get("id")
+
+    def _redaction(self, run_as: dict | None):
+        """server util/auditevent.ts applyOptionalRedaction: the Project setting `redactAuditEvents` drops every
+        reference's display (from 5.0.4)."""
+        project = self.state.project_of(ref_id((run_as or {}).get("project")))
+        redact = self.state.release.audit_redaction and any(
+            isinstance(s, dict) and s.get("name") == "redactAuditEvents" and s.get("valueBoolean") is True
+            for s in project.get("setting") or [])
+        if not redact:
+            return lambda r: r
+        return lambda r: {k: v for k, v in r.items() if k != "display"} if isinstance(r, dict) else r
 
     def _record(self, bot, run: BotRun, trigger, start_iso, subscription, input) -> None:
         try:

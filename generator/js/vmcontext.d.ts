@@ -73,6 +73,12 @@ declare module 'util' {
   const TextDecoder: { new (): TextDecoder };
 }
 
+declare module 'timers' {
+  /** Node's timers, which `require` gives even where the sandbox has no setTimeout global. */
+  function setTimeout(callback: () => void, ms: number): unknown;
+  function clearTimeout(timer: unknown): void;
+}
+
 declare module 'timers/promises' {
   function setTimeout(delay: number): Promise<void>;
 }

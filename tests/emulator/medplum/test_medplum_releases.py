@@ -236,6 +236,17 @@ def test_execution_audit_events_have_medplums_shape(emu_5126):
     assert tracing["url"] == "https://medplum.com/fhir/StructureDefinition/tracing"
     parts = {p["url"]: p["valueId"] for p in tracing["extension"]}
     assert parts["traceId"] == "trace-abc-123" and len(parts["requestId"]) == 36
+    # util/auditevent.ts applyOptionalRedaction: the Project setting redactAuditEvents drops every display
+    project = c.read("Project", "medport-project")
+    c.update({**project, "setting": [{"name": "redactAuditEvents", "valueBoolean": True}]})
+    try:
+        c.execute(bot["id"], patient)
+        latest = c.search("AuditEvent", {"entity": f"Patient/{patient['id']}", "_sort": "-_lastUpdated"})[0]
+        assert latest["source"]["observer"] == {"reference": f"Bot/{bot['id']}"}
+        assert [e["what"] for e in latest["entity"]] == [{"reference": f"Bot/{bot['id']}"},
+                                                         {"reference": f"Patient/{patient['id']}"}]
+    finally:
+        c.update({k: v for k, v in c.read("Project", "medport-project").items() if k != "setting"})
 
 
 def test_reference_displays_are_those_of_medplums_create_reference():
