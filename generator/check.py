@@ -4,6 +4,7 @@ in-memory emulator and fake Metriport."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import traceback
@@ -202,8 +203,11 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         return ch
 
     versions = medplum_versions or cfg.medplum.versions
-    for version in versions:
-        run_scenarios(ch, cfg, version, only)
+    if os.environ.get("MEDPORT_CHECK_SEQUENTIAL") or len(versions) == 1:
+        for version in versions:
+            run_scenarios(ch, cfg, version, only)
+    else:
+        run_releases_at_once(ch, cfg, versions, only)
     report_types()
     failing = ch.failing_releases()
     if failing:
@@ -211,6 +215,27 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
              + (f" and pass on {', '.join(passing)}" if passing else ""))
     return ch
+
+
+def run_releases_at_once(ch: Checker, cfg, versions, only: str | None) -> None:
+    """Each release's scenarios on its own stack, the releases side by side (much of a scenario is waiting on
+    the flow's asynchronous steps): the first release's cases are reported as they finish, the others' after it,
+    in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(version: str, echo) -> list[CaseResult]:
+        sub = Checker(echo)
+        run_scenarios(sub, cfg, version, only)
+        return sub.results
+
+    held: dict[str, list[str]] = {v: [] for v in versions[1:]}
+    with ThreadPoolExecutor(len(versions), thread_name_prefix="medport-check") as pool:
+        futures = [pool.submit(run, v, ch.echo if i == 0 else held[v].append) for i, v in enumerate(versions)]
+        for version, future in zip(versions, futures):
+            results = future.result()
+            for line in held.get(version, []):
+                ch.echo(line)
+            ch.results.extend(results)
 
 
 def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
