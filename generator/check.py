@@ -4,7 +4,6 @@ in-memory emulator and fake Metriport."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import traceback
@@ -116,9 +115,10 @@ class Checker:
 
 
 def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
-              echo=click.echo, medplum_versions: tuple[str, ...] | None = None) -> Checker:
+              echo=click.echo, medplum_versions: tuple[str, ...] | None = None,
+              side_by_side: bool = True) -> Checker:
     """The checks, then the scenarios on each Medplum release of `medplum_versions` (default: the config's
-    `medplum.versions`)."""
+    `medplum.versions`), the releases side by side unless `side_by_side` is False."""
     from .outputs import render_all, stale_files
 
     ch = Checker(echo)
@@ -203,7 +203,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         return ch
 
     versions = medplum_versions or cfg.medplum.versions
-    if os.environ.get("MEDPORT_CHECK_SEQUENTIAL") or len(versions) == 1:
+    if not side_by_side or len(versions) == 1:
         for version in versions:
             run_scenarios(ch, cfg, version, only)
     else:
