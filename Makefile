@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE := node_modules/.bin/node
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test test-loaded setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: setup
 test: setup
 	@$(NODE) --test --test-reporter=spec 'tests/js/*.test.mjs'
 	@$(PY) -m pytest -q -n 2 --dist loadfile
+
+# the whole suite with 4 busy loops beside it (MEDPORT_BURNERS=N for another number): it must pass on a loaded machine
+test-loaded: setup
+	@bash tests/loaded.sh
 
 bench: setup
 	@$(PY) bench/run.py

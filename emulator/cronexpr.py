@@ -1,61 +1,95 @@
-"""Cron expressions as Medplum reads them (server workers/cron.ts): 5-field `cronString` validated like npm
-cron-validator (no seconds field), `cronTiming` converted by `convertTimingToCron`. Plain Python, shared by
-the emulator's cron bots and the config check of `webhook_bot.sweep_cron`."""
+"""Cron expressions as Medplum reads them (server workers/cron.ts): a `cronString` is scheduled only when npm
+cron-validator's `isValidCron(cronString)` accepts it — called with no options, so: exactly 5 fields, digits,
+`*`, `-`, `,` and `/` only (no month or day names, no `?`, no `L`/`#`), day-of-week 0-6 (7 is refused),
+steps of digits > 0; `cronTiming` is converted by `convertTimingToCron`. `is_valid_cron` is a port of
+cron-validator 1.4.0 (the version Medplum's server pins) with its default options; tests compare it with the
+real package in Node. Plain Python, shared by the emulator's cron bots and the config check of
+`webhook_bot.sweep_cron`."""
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Any
 
-_MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
-                                        "nov", "dec"], start=1)}
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-# (low, high, names) per field: minute hour day-of-month month day-of-week
-_FIELDS = ((0, 59, None), (0, 23, None), (1, 31, None), (1, 12, _MONTHS), (0, 7, _DAYS))
+# (low, high) per field: minute hour day-of-month month day-of-week (cron-validator's ranges)
+_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+# JavaScript's \s (String.prototype.trim and the /\s+/ split of cron-validator), not Python's str.split()
+_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200b)))
+_SPLIT = re.compile(f"[{re.escape(_JS_SPACE)}]+")
+_ALLOWED = re.compile(r"[0-9\-,/*]*\Z")
+_DIGITS = re.compile(r"[0-9]+\Z")
 
 
-def _value(text: str, names: dict | None) -> int:
-    t = text.strip().lower()
-    if names and t in names:
-        return names[t]
-    if not t.isdigit():
-        raise ValueError(f"not a number: {text!r}")
-    return int(t)
+def _js_fields(expr: str) -> list[str]:
+    return _SPLIT.split(expr.strip(_JS_SPACE))
 
 
-def _field(text: str, lo: int, hi: int, names: dict | None) -> set[int]:
+def _int(text: str) -> int | None:
+    """cron-validator's safeParseInt: ASCII digits only (NaN otherwise)."""
+    return int(text) if _DIGITS.match(text) else None
+
+
+def _range_ok(text: str, lo: int, hi: int) -> bool:
+    sides = text.split("-")
+    if len(sides) == 1:
+        v = _int(text)
+        return text == "*" or (v is not None and lo <= v <= hi)
+    if len(sides) == 2:
+        a, b = _int(sides[0]), _int(sides[1])
+        return a is not None and b is not None and a <= b and lo <= a <= hi and lo <= b <= hi
+    return False
+
+
+def _field_ok(text: str, lo: int, hi: int) -> bool:
+    if not _ALLOWED.match(text):
+        return False
+    for condition in text.split(","):
+        parts = condition.split("/")
+        if condition.endswith("/") or len(parts) > 2:
+            return False
+        if not _range_ok(parts[0], lo, hi):
+            return False
+        if len(parts) == 2 and not ((_int(parts[1]) or 0) > 0):
+            return False
+    return True
+
+
+def is_valid_cron(expr: Any) -> bool:
+    """cron-validator 1.4.0 `isValidCron(expr)` with its default options, as Medplum's server calls it."""
+    if not isinstance(expr, str):
+        return False
+    fields = _js_fields(expr)
+    return len(fields) == 5 and all(_field_ok(f, lo, hi) for f, (lo, hi) in zip(fields, _FIELDS))
+
+
+def _values(text: str, lo: int, hi: int) -> set[int]:
     out: set[int] = set()
     for part in text.split(","):
-        if not part:
-            raise ValueError("empty list element")
         rng, _, step_s = part.partition("/")
-        step = _value(step_s, None) if step_s else 1
-        if step < 1:
-            raise ValueError("step must be >= 1")
+        step = int(step_s) if step_s else 1
         if rng == "*":
             a, b = lo, hi
         elif "-" in rng:
-            a_s, b_s = rng.split("-", 1)
-            a, b = _value(a_s, names), _value(b_s, names)
+            a, b = (int(x) for x in rng.split("-", 1))
         else:
-            a = _value(rng, names)
-            b = hi if step_s else a
-        if not (lo <= a <= hi and lo <= b <= hi) or a > b:
-            raise ValueError(f"{part!r} is outside {lo}-{hi}")
+            a = int(rng)
+            b = hi if step_s else a   # `5/10`: from 5 every 10 (cron-parser, which schedules Medplum's jobs)
         out.update(range(a, b + 1, step))
     return out
 
 
 class CronSpec:
-    """A parsed 5-field cron expression (minute hour day-of-month month day-of-week)."""
+    """A 5-field cron expression Medplum would schedule (minute hour day-of-month month day-of-week)."""
 
     def __init__(self, expr: str):
-        parts = str(expr).split()
-        if len(parts) != 5:
-            raise ValueError("a cron expression has 5 fields (minute hour day-of-month month day-of-week)")
+        if not is_valid_cron(expr):
+            raise ValueError(f"{expr!r} is not a cron expression Medplum schedules (5 fields of digits, *, -, "
+                             "',' and /; day of week 0-6; no names)")
+        parts = _js_fields(expr)
         self.expr = " ".join(parts)
-        sets = [_field(p, lo, hi, names) for p, (lo, hi, names) in zip(parts, _FIELDS)]
-        self.minutes, self.hours, self.days, self.months, dows = sets
-        self.dows = {d % 7 for d in dows}  # 7 = Sunday too
+        sets = [_values(p, lo, hi) for p, (lo, hi) in zip(parts, _FIELDS)]
+        self.minutes, self.hours, self.days, self.months, self.dows = sets
         self.dom_any = parts[2] == "*"
         self.dow_any = parts[4] == "*"
 
@@ -75,16 +109,6 @@ class CronSpec:
                 return t
             t += _dt.timedelta(minutes=1)
         return None
-
-
-def is_valid_cron(expr: Any) -> bool:
-    if not isinstance(expr, str) or not expr.strip():
-        return False
-    try:
-        CronSpec(expr)
-    except ValueError:
-        return False
-    return True
 
 
 def timing_to_cron(timing: Any) -> str | None:

@@ -19,6 +19,7 @@ from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
 from .config import ConfigError, load_config
+from .options import config_option, out_option
 from .render import patient_bot_config
 
 
@@ -267,10 +268,20 @@ def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
             stack.close()
 
 
+def _prepare_report(path: Path) -> None:
+    """The report's folder created (as pytest's --junitxml does) and the file writable, or one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise click.ClickException(f"cannot write the JUnit report {path}: {e.strerror or e} — choose another "
+                                   "--junit path") from None
+
+
 @click.command("check")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
-              help="Where the generated files are committed.")
+@config_option
+@out_option
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
 @click.option("-k", "only", help="Run only the scenarios whose name contains this text.")
@@ -285,6 +296,8 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_
             medplum_release(version)
         except UnsupportedRelease as e:
             raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
+    if junit_path:   # before the checks run: a report that cannot be written is known now, not after them
+        _prepare_report(Path(junit_path))
     click.echo(f"medport check: {config_path}")
     ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only,
                    medplum_versions=tuple(medplum_versions) or None)
@@ -292,7 +305,10 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_
     failed = sum(1 for r in ch.results if not r.ok)
     skipped = sum(1 for r in ch.results if r.skipped)
     if junit_path:
-        Path(junit_path).write_text(junit_xml(ch.results), "utf-8")
+        try:
+            Path(junit_path).write_text(junit_xml(ch.results), "utf-8")
+        except OSError as e:
+            raise click.ClickException(f"cannot write the JUnit report {junit_path}: {e.strerror or e}") from None
     summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     per_release = ", ".join(f"Medplum {v} {s:.1f} s" for v, s in ch.seconds_per_release().items())
     click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (scenarios: {per_release})" if per_release else "")

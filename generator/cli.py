@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,7 +12,11 @@ import click
 from medport.emulator.node import NodeRuntimeMissing
 
 from . import __version__
-from .config import CONFIG_FILENAME, ConfigError, load_config
+from .config import CONFIG_FILENAME
+# load_or_exit and config_option stay importable from here (command modules used to take them from cli)
+from .options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
@@ -36,17 +42,51 @@ LAZY_COMMANDS = {
 }
 
 
+def one_line(e: BaseException) -> str:
+    """An exception no command turned into a message, as one line saying what to do next."""
+    import requests
+
+    from .medplum_http import MedplumError
+
+    if isinstance(e, (NodeRuntimeMissing, MedplumError)):   # their messages already say what to do
+        return str(e)
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect ({type(e).__name__}): is the server up and its URL right (--base-url)?"
+    if isinstance(e, requests.Timeout):
+        return "the server did not answer in time: try again, or check that it is not overloaded"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e} — check the path and its permissions"
+    return (f"unexpected error: {type(e).__name__}: {e} — run again with -vv for the traceback, and report it "
+            "if it persists")
+
+
 class MedportGroup(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        load_dotenv_file()   # before any option reads its environment variable, as Medplum's CLI does
+        return super().make_context(info_name, args, parent=parent, **extra)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except NodeRuntimeMissing as e:  # Node 22 / an npm package missing: one line saying what to run
-            raise click.ClickException(str(e)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 — every error is one line; -vv shows the traceback
+            if is_verbose():
+                log.exception("traceback of the error below")
+            raise click.ClickException(one_line(e)) from None
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
     def get_command(self, ctx, name):
+        cmd = self._command(ctx, name)
+        if cmd is not None and not any(p.name == "verbose" for p in cmd.params):
+            cmd.params.append(verbose_param())   # -v/--verbose on every command, one definition
+        return cmd
+
+    def _command(self, ctx, name):
         cmd = super().get_command(ctx, name)
         if cmd is not None or name not in LAZY_COMMANDS:
             return cmd
@@ -88,18 +128,14 @@ def main():
       medport demo            watch Patient -> Metriport -> webhook -> data imported
       medport check           validate everything in CI
       medport deploy          push the bots to your Medplum server
+
+    \b
+    Every command reads .env in the working directory (variables already set win), takes -v/-vv
+    (or MEDPORT_LOG_LEVEL) for log lines on stderr, and prints each error as one line.
     """
 
 
-def load_or_exit(config_path: str | None):
-    try:
-        return load_config(config_path)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
-config_option = click.option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True,
-                             type=click.Path(dir_okay=False), help="Path to the config file.")
+main.params.append(verbose_param())
 
 
 @main.command()
@@ -109,10 +145,12 @@ config_option = click.option("-c", "--config", "config_path", default=CONFIG_FIL
 @click.option("--force", is_flag=True, help="Overwrite the file this command writes: medport.toml, or with --ci the "
                                              "workflow. Each overwritten file is named.")
 @click.option("--pip-spec", help="With --ci: how the workflow installs medport (a PyPI pin, `medport @ git+URL@commit`, "
-                                 "a wheel). Default: from how this medport was installed.")
+                                 "./vendor/<wheel> committed in the repository, a wheel URL). Default: from how this "
+                                 "medport was installed (a wheel outside the repository is copied into vendor/).")
 def init(directory, ci, force, pip_spec):
-    """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow."""
-    from .starter import WORKFLOW_PATH, ci_workflow, default_pip_spec, starter_toml
+    """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow.
+    Both put .medport/ (the emulator's state and databases) in .gitignore."""
+    from .starter import WORKFLOW_PATH, InstallSpec, ci_workflow, default_pip_spec, ensure_gitignored, starter_toml
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,13 +164,20 @@ def init(directory, ci, force, pip_spec):
         workflow = root / WORKFLOW_PATH
         if workflow.exists() and not force:
             raise click.ClickException(f"{workflow} already exists — pass --force to overwrite it (only it)")
-        spec, warning = (pip_spec, None) if pip_spec else default_pip_spec()
+        install = InstallSpec(pip_spec) if pip_spec else default_pip_spec(root)
+        if install.vendor is not None:
+            target = root / install.spec
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(install.vendor, target)
+            click.echo(f"copied {install.vendor} to {target}: commit it, the workflow installs medport from it")
+        elif install.spec.startswith(("./", "../")) and not (root / install.spec).is_file():
+            click.echo(f"note: {install.spec} is not in {root}: commit the wheel there before pushing", err=True)
         existed = workflow.exists()
         workflow.parent.mkdir(parents=True, exist_ok=True)
-        workflow.write_text(ci_workflow(spec), "utf-8")
-        click.echo(f"{'overwrote' if existed else 'wrote'} {workflow} (installs {spec})")
-        if warning:
-            click.echo(f"note: {warning}", err=True)
+        workflow.write_text(ci_workflow(install.spec), "utf-8")
+        click.echo(f"{'overwrote' if existed else 'wrote'} {workflow} (installs {install.spec})")
+        if install.warning:
+            click.echo(f"note: {install.warning}", err=True)
     else:
         if config.exists() and not force:
             raise click.ClickException(f"{config} already exists — edit it, pass --force to overwrite it, or "
@@ -140,6 +185,8 @@ def init(directory, ci, force, pip_spec):
         existed = config.exists()
         config.write_text(starter_toml(), "utf-8")
         click.echo(f"{'overwrote' if existed else 'wrote'} {config}")
+    if ensure_gitignored(root):
+        click.echo(f"added .medport/ to {root / '.gitignore'} (the local emulator's state and databases)")
     click.echo("next: `medport generate` renders the bots into bots/; commit them with medport.toml")
 
 

@@ -5,6 +5,7 @@ import time
 
 import click
 
+from .options import config_option, load_or_exit
 from .flow import count_imported, create_facility_org, create_patient, deliveries, runs, wait_for_consolidated
 
 
@@ -53,7 +54,7 @@ class LiveView:
 
 
 @click.command("demo")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--patient", default="Jane", show_default=True,
               type=click.Choice(["Jane", "Chris", "Ollie", "Andreas", "Kyla"]), help="Which sandbox seed patient to create.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the data to arrive.")
@@ -61,7 +62,6 @@ class LiveView:
 def demo_command(config_path, patient, timeout, keep_running):
     """Run the whole flow end to end: Patient saved → patient bot → Metriport → signed webhooks →
     webhook bot → clinical data in Medplum. Exits 0 only when the data is really in Medplum."""
-    from .cli import load_or_exit
     from .outputs import stale_files
     from .stack import start_stack
 

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -27,6 +28,7 @@ from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bo
                        stale_subscription_keys,
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
+from .options import config_option, load_or_exit, medplum_options, out_option
 from . import render
 from medport.emulator.medplum_releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
                                                release as medplum_release)
@@ -379,23 +381,45 @@ class Deployer:
         return self.result
 
 
+def _report_bot_ids(cfg: Config, result: DeployResult, base_url: str, out_dir: str | None) -> None:
+    """Print the Bots' ids and (unless --no-write-ids) record them where `medplum bot deploy` reads them."""
+    from . import deployed
+    from .manifest import dumps, medplum_cli_config
+
+    by_name = {spec.name: result.bot_ids[spec.key] for spec in cfg.bots if spec.key in result.bot_ids}
+    click.echo(f"\nBots on {base_url} (project {result.project_id}):")
+    for name, bot_id in by_name.items():
+        click.echo(f"  {name:<28} Bot/{bot_id}")
+    for problem in deployed.pin_conflicts(cfg, by_name):
+        click.echo(click.style(f"warning: {problem}", fg="yellow"))
+    if out_dir is None:
+        return
+    record = deployed.record(base_url, result.project_id, by_name)
+    path = deployed.write(out_dir, record)
+    config_json = Path(out_dir) / "medplum.config.json"
+    config_json.write_text(dumps(medplum_cli_config(cfg, deployed.bot_ids(cfg, record))), "utf-8")
+    click.echo(f"  recorded in {path} and {config_json} — commit both; `cd {out_dir} && npx medplum bot deploy "
+               f"<name>` now finds these Bots")
+
+
 @click.command("deploy")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (env MEDPLUM_BASE_URL; default: medplum.base_url).")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (env MEDPLUM_CLIENT_ID).")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret (env MEDPLUM_CLIENT_SECRET).")
+@config_option
+@out_option
+@medplum_options("config", purpose="to deploy to")
 @click.option("--project", "project_id", help="Project id (default: the credentials' project).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--set-secrets", is_flag=True,
               help="Also set Project secrets METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY, METRIPORT_BASE_URL from the environment.")
-def deploy_command(config_path, base_url, client_id, client_secret, project_id, dry_run, set_secrets):
+@click.option("--write-ids/--no-write-ids", default=True, show_default=True,
+              help="Record the deployed Bot ids in <out>/medport.deployed.json and <out>/medplum.config.json (where "
+                   "Medplum's CLI reads them).")
+def deploy_command(config_path, out_dir, base_url, client_id, client_secret, project_id, dry_run, set_secrets,
+                   write_ids):
     """Deploy the bots, their policies, client and subscriptions to a Medplum server.
 
     Idempotent: a second run reports everything unchanged. Needs credentials of a
     ClientApplication that is an admin of the project.
     """
-    from .cli import load_or_exit
-
     cfg = load_or_exit(config_path)
     base_url = base_url or cfg.medplum.base_url
     missing = [what for what, ok in (("--client-id or MEDPLUM_CLIENT_ID", client_id),
@@ -424,6 +448,7 @@ def deploy_command(config_path, base_url, client_id, client_secret, project_id, 
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
+    _report_bot_ids(cfg, result, base_url, out_dir if write_ids else None)
     click.echo("\nWebhook URL for Metriport's dashboard (Settings → Webhook):")
     if result.client_secret:
         click.echo("  " + result.webhook_url.replace("<client-secret>", result.client_secret))

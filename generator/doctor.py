@@ -16,6 +16,7 @@ from medport.emulator import node as noderuntime
 from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .localdefaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
+from .options import config_option, out_option
 from .outputs import stale_files
 from .runtime_setup import read_stamp
 
@@ -38,7 +39,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots") -> list[Finding]:
+def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_required: bool = False) -> list[Finding]:
+    """What is there and what is missing; `config_required`: the config was named (-c, MEDPORT_CONFIG), so its
+    absence is a failure, not a hint."""
     f: list[Finding] = []
     py = ".".join(map(str, sys.version_info[:3]))
     f.append(Finding("ok" if sys.version_info >= (3, 11) else "fail", "python",
@@ -85,7 +88,11 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots") -> list[
                              f"stop it, or run `medport emulate {flag} 0` (any free port)"))
     # config and generated files
     if not Path(config_path).exists():
-        f.append(Finding("warn", "config", f"no {config_path} here", "`medport init` writes one"))
+        if config_required:
+            f.append(Finding("fail", "config", f"{config_path} does not exist",
+                             f"check the path, or `medport init` writes {CONFIG_FILENAME} here"))
+        else:
+            f.append(Finding("warn", "config", f"no {config_path} here", "`medport init` writes one"))
     else:
         try:
             cfg = load_config(config_path)
@@ -121,11 +128,13 @@ STYLE = {"ok": ("ok", "green"), "info": ("info", "blue"), "warn": ("warn", "yell
 
 
 @click.command("doctor")
-@click.option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False))
-def doctor_command(config_path, out_dir):
+@config_option
+@out_option
+@click.pass_context
+def doctor_command(ctx, config_path, out_dir):
     """Check Python, Node 22 and npm packages, ports, config and credentials; say what to do. Exit 1 on a failure."""
-    findings = diagnose(config_path, out_dir)
+    named = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
+    findings = diagnose(config_path, out_dir, config_required=named)
     for x in findings:
         label, color = STYLE[x.level]
         click.echo(click.style(f"  {label:<5}", fg=color, bold=x.level == "fail") + f" {x.topic:<10} {x.text}")

@@ -7,20 +7,16 @@ import click
 
 from .medplum_http import MedplumError
 from .metriport_client import medplum_http, metriport_api
+from .options import config_option, load_or_exit, medplum_options, metriport_options
 
 
 @click.command("document-urls")
 @click.argument("patients", nargs=-1, required=True)
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (default: the emulator running here).")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (default: the emulator's).")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret.")
-@click.option("--metriport-url", help="Metriport base URL (env METRIPORT_BASE_URL; default: the emulator's fake, else the config).")
-@click.option("--metriport-api-key", help="Metriport API key (env METRIPORT_API_KEY).")
+@config_option
+@medplum_options("emulator-here", purpose="holding the Patients")
+@metriport_options
 def document_urls_command(patients, config_path, base_url, client_id, client_secret, metriport_url, metriport_api_key):
     """Ask Metriport for the bulk download URLs of each Medplum PATIENT (its Metriport id from the link)."""
-    from .cli import load_or_exit
-
     cfg = load_or_exit(config_path)
     http = medplum_http(base_url, client_id, client_secret)
     api = metriport_api(cfg, metriport_url, metriport_api_key)

@@ -20,6 +20,7 @@ from . import statefile
 from .config import CONFIG_FILENAME, ConfigError, load_config
 from .medplum_http import MedplumError
 from .console.command import serve_for_stack
+from .options import admin_options, config_option
 from .localdefaults import CONSOLE_PORT, DEV_FAKE_METRIPORT_API_KEY
 from .stack import MissingInput, Stack, start_stack
 
@@ -51,16 +52,16 @@ def _banner(stack: Stack, storage: str, seconds: float) -> None:
         click.echo(f"Metriport: the real service at {stack.metriport_base_url}")
 
 
-def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> None:
+def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None, config_path: str = CONFIG_FILENAME) -> None:
     if no_deploy:
         click.echo("bots: not deployed (--no-deploy)")
     elif config_problem:
         click.echo(click.style(f"bots: not deployed — {config_problem}", fg="red"))
     elif stack.deploy is None:
-        click.echo(f"bots: no {CONFIG_FILENAME} here, nothing deployed (`medport init` writes one)")
+        click.echo(f"bots: no {config_path} here, nothing deployed (`medport init` writes one)")
     else:
         changed = sorted({c.kind for c in stack.deploy.changes if c.status != "unchanged"})
-        click.echo(f"bots: deployed from {CONFIG_FILENAME} "
+        click.echo(f"bots: deployed from {config_path} "
                    f"({'changed: ' + ', '.join(changed) if changed else 'no change'}): "
                    + ", ".join(f"{k}=Bot/{v}" for k, v in stack.deploy.bot_ids.items()))
         if stack.fake is not None:
@@ -71,6 +72,7 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 
 
 @click.command("emulate")
+@config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--db", "db_path", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
@@ -78,36 +80,32 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None) -> No
 @click.option("--memory", is_flag=True, help="Keep everything in memory, the fake Metriport's state too (nothing "
               "survives a restart). Without it the fake keeps its state beside the database (<db>.metriport.sqlite3).")
 @click.option("--no-deploy", is_flag=True, help="Do not deploy the generated bots on start.")
-@click.option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=None,
-              help="Admin ClientApplication id [env MEDPORT_ADMIN_CLIENT_ID].")
-@click.option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=None,
-              help="Admin ClientApplication secret [env MEDPORT_ADMIN_CLIENT_SECRET].")
+@admin_options
 @click.option("--metriport-port", default=8180, show_default=True, type=int, help="Port of the fake Metriport.")
 @click.option("--metriport", "metriport_mode", type=click.Choice(["fake", "sandbox"]), default="fake",
-              show_default=True, help="Use the fake Metriport, or the real sandbox (env METRIPORT_API_KEY).")
+              show_default=True, help="Use the fake Metriport, or the real sandbox (its key from METRIPORT_API_KEY).")
 @click.option("--metriport-data", default=None, type=click.Path(), help="Seed data for the fake Metriport.")
-@click.option("--metriport-api-key", envvar="MEDPORT_FAKE_METRIPORT_API_KEY", default=None,
-              help=f"API key the fake Metriport accepts [env MEDPORT_FAKE_METRIPORT_API_KEY; default "
-                   f"{DEV_FAKE_METRIPORT_API_KEY}].")
+@click.option("--metriport-api-key", envvar="MEDPORT_FAKE_METRIPORT_API_KEY", show_envvar=True, default=None,
+              show_default=DEV_FAKE_METRIPORT_API_KEY, help="API key the fake Metriport accepts.")
 @click.option("--console-port", default=CONSOLE_PORT, show_default=True, type=int,
               help="Port of the sync console (on 127.0.0.1; a busy port falls back to a free one).")
 @click.option("--no-console", is_flag=True, help="Do not serve the sync console.")
 @click.option("--medplum-version", metavar="VERSION", default=None,
               help=f"Medplum release to emulate: its bot sandbox, Bot schema, admin-only types ({OLDEST} to {NEWEST}; "
-                   f"default: medplum.version of {CONFIG_FILENAME}, else {NEWEST}).")
-def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
+                   f"default: medplum.version of the config, else {NEWEST}).")
+def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
                     metriport_port, metriport_mode, metriport_data, metriport_api_key, console_port,
                     no_console, medplum_version) -> None:
-    """Run the local Medplum emulator and the fake Metriport, with the bots deployed."""
+    """Run the local Medplum emulator and the fake Metriport, with the bots generated from the config deployed."""
     if medplum_version:
         try:
             medplum_release(medplum_version)
         except UnsupportedRelease as e:
             raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
     cfg, problem = None, None
-    if not no_deploy and Path(CONFIG_FILENAME).exists():
+    if not no_deploy and Path(config_path).exists():
         try:
-            cfg = load_config(CONFIG_FILENAME)
+            cfg = load_config(config_path)
         except ConfigError as e:
             problem = str(e)
     overrides = {k: v for k, v in (("admin_client_id", admin_client_id),
@@ -126,12 +124,12 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
     try:
         storage = db_path if not memory else "memory"
         _banner(stack, storage, time.perf_counter() - t0)
-        _deployment(stack, no_deploy, problem)
+        _deployment(stack, no_deploy, problem, config_path)
         if not no_console:
             console = serve_for_stack(stack, cfg, port=console_port)
             click.echo(f"sync console: {console.url}   (sign in with the admin client id and secret above; "
                        "`medport status --json` prints its health figures)")
-        statefile.write(_state(stack, host, storage, metriport_mode, console.url if console else None))
+        statefile.write(_state(stack, host, storage, metriport_mode, console.url if console else None, config_path))
         tune_gc_for_serving()
         wait_for_stop()
     finally:
@@ -141,13 +139,14 @@ def emulate_command(host, port, db_path, memory, no_deploy, admin_client_id, adm
         stack.close()
 
 
-def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_url: str | None = None) -> dict:
+def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_url: str | None = None,
+           config_path: str = CONFIG_FILENAME) -> dict:
     """What `.medport/emulator.json` holds: where to reach things, never a secret."""
     emu = stack.emulator
     return {"base_url": emu.base_url, "fhir_url": f"{emu.base_url}fhir/R4/", "host": host, "port": emu.port,
             "storage": storage, "project": emu.state.project()["id"], "admin_client_id": emu.admin_client_id,
             "medplum_version": emu.state.release.version,
-            "config": str(Path(CONFIG_FILENAME).resolve()) if stack.deploy else None,
+            "config": str(Path(config_path).resolve()) if stack.deploy else None,
             "bots": dict(stack.deploy.bot_ids) if stack.deploy else {},
             "metriport": metriport_mode,
             "metriport_url": stack.fake.base_url if stack.fake else stack.metriport_base_url,

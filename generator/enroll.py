@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,8 @@ import click
 
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
+from .progress import Progress
+from .options import config_option, load_or_exit, medplum_options, metriport_options
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
 from .render import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM, render_bots
 
@@ -41,6 +44,8 @@ MAX_ROWS = 100_000  # Metriport's maximum per bulk patient create (csv/validate-
 CSV_COLUMNS = ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1", "city-1",
                "state-1", "zip-1", "phone-1", "email-1"]
 PAGE = 1000
+SHOWN_SKIPPED = 20      # skipped Patients listed one per line; the rest at -v
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -251,33 +256,40 @@ def refresh(http: MedplumHttp, job: Job) -> None:
             job.counts = json.loads(o.get("valueString") or "{}")
         att = o.get("valueAttachment") or {}
         if att.get("url", "").startswith("Binary/") and job.result_csv is None and job.status == "completed":
-            b = http.fhir("read the result CSV", "GET", att["url"])
-            import base64
-            job.result_csv = base64.b64decode(b.get("data") or "").decode("utf-8", "replace") if "data" in b else None
+            job.result_csv = http.download("read the result CSV", att["url"]).decode("utf-8", "replace")
 
 
 DONE = ("completed", "failed", "expired")
 
 
+def _statuses(jobs: list[Job]) -> str:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    return "requests " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
 def wait(http: MedplumHttp, cfg: Config, jobs: list[Job], timeout_s: float, echo: Callable[[str], None],
-         baseline: int, poll_s: float = 1.0) -> bool:
+         baseline: int, poll_s: float = 1.0, tty: bool | None = None) -> bool:
+    """Until every request is done: a bar of the Patients linked (a line now and then without a terminal)."""
     t0 = time.monotonic()
-    last = ""
-    while True:
-        for j in jobs:
-            if j.status not in DONE or (j.status == "completed" and not j.counts):
-                refresh(http, j)
-        linked = linked_count(http, cfg) - baseline
-        line = "  progress: " + ", ".join(f"{j.request_id[:8]} {j.status}" for j in jobs) + \
-               ("" if all(j.dry_run for j in jobs) else f"; {linked} Patient(s) linked")
-        if line != last:
-            echo(line)
-            last = line
-        if all(j.status in DONE and (j.status != "completed" or j.counts) for j in jobs):
-            return True
-        if time.monotonic() - t0 > timeout_s:
-            return False
-        time.sleep(poll_s)
+    dry = all(j.dry_run for j in jobs)
+    bar = Progress(0 if dry else sum(j.rows for j in jobs), "requests" if dry else "Patients linked", echo=echo,
+                   tty=tty)
+    try:
+        while True:
+            for j in jobs:
+                if j.status not in DONE or (j.status == "completed" and not j.counts):
+                    refresh(http, j)
+            done = sum(1 for j in jobs if j.status in DONE)
+            bar.update(done if dry else linked_count(http, cfg) - baseline, _statuses(jobs))
+            if all(j.status in DONE and (j.status != "completed" or j.counts) for j in jobs):
+                return True
+            if time.monotonic() - t0 > timeout_s:
+                return False
+            time.sleep(poll_s)
+    finally:
+        bar.close()
 
 
 def run_enroll(cfg: Config, http: MedplumHttp, api: MetriportApi, *, criteria: str | None = None,
@@ -287,8 +299,14 @@ def run_enroll(cfg: Config, http: MedplumHttp, api: MetriportApi, *, criteria: s
     crit = cfg.enroll.criteria if criteria is None else criteria
     p = plan(cfg, http, criteria=crit, only_unlinked=cfg.enroll.only_unlinked, facility=facility, limit=limit)
     echo(f"selected {p.selected} Patient(s): {p.valid} valid, {len(p.skipped)} skipped")
-    for s in p.skipped:
-        echo(f"  skipped Patient/{s.patient_id}: " + "; ".join(s.problems))
+    for i, s in enumerate(p.skipped):
+        line = f"  skipped Patient/{s.patient_id}: " + "; ".join(s.problems)
+        if i < SHOWN_SKIPPED:
+            echo(line)
+        else:
+            log.info(line.strip())
+    if len(p.skipped) > SHOWN_SKIPPED:
+        echo(f"  … and {len(p.skipped) - SHOWN_SKIPPED} more skipped (-v lists them all)")
     result = EnrollResult(p, [], linked_before=linked_count(http, cfg))
     for fid, rows in sorted(p.rows.items()):
         parts = batches(rows, cfg.enroll.batch_size)
@@ -311,8 +329,11 @@ def report(result: EnrollResult, echo: Callable[[str], None]) -> None:
             rows = list(csv.DictReader(io.StringIO(j.result_csv)))
             bad = [r for r in rows if r.get("status") == "failed"]
             echo(f"request {j.request_id} (dry run): {len(rows) - len(bad)} row(s) valid, {len(bad)} refused by Metriport")
-            for r in bad:
-                echo(f"  Patient/{r.get('externalid') or r.get('id') or '?'}: {r.get('reason')}")
+            for i, r in enumerate(bad):
+                line = f"  Patient/{r.get('externalid') or r.get('id') or '?'}: {r.get('reason')}"
+                echo(line) if i < SHOWN_SKIPPED else log.info(line.strip())
+            if len(bad) > SHOWN_SKIPPED:
+                echo(f"  … and {len(bad) - SHOWN_SKIPPED} more refused (-v lists them all)")
         elif j.status == "completed":
             echo(f"request {j.request_id}: {c.get('linked', 0)} linked, {c.get('unchanged', 0)} already linked, "
                  f"{c.get('refused', 0)} refused (review Tasks), {c.get('failed-rows', 0)} row(s) Metriport refused "
@@ -322,23 +343,18 @@ def report(result: EnrollResult, echo: Callable[[str], None]) -> None:
 
 
 @click.command("enroll")
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--criteria", default=None, help="Extra Patient search parameters (default: enroll.criteria), e.g. 'active=true'.")
 @click.option("--facility", help="Only the Patients of this Metriport facility id.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many Patients.")
 @click.option("--dry-run", is_flag=True, help="Metriport validates the rows and creates nothing; print its verdict per row.")
 @click.option("--no-wait", is_flag=True, help="Start the requests and return (the webhook bot links the Patients).")
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds to wait for the requests.")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL", help="Medplum server (default: the emulator running here).")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Admin client id (default: the emulator's).")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="Admin client secret.")
-@click.option("--metriport-url", help="Metriport base URL (env METRIPORT_BASE_URL; default: the emulator's fake, else the config).")
-@click.option("--metriport-api-key", help="Metriport API key (env METRIPORT_API_KEY).")
+@medplum_options("emulator-here", purpose="holding the Patients")
+@metriport_options
 def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, timeout_s, base_url, client_id,
                    client_secret, metriport_url, metriport_api_key):
     """Enroll existing Medplum Patients in Metriport with one bulk patient create per facility."""
-    from .cli import load_or_exit
-
     cfg = load_or_exit(config_path)
     http = medplum_http(base_url, client_id, client_secret)
     api = metriport_api(cfg, metriport_url, metriport_api_key)

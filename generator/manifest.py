@@ -158,9 +158,10 @@ def deploy_bundle(cfg: Config) -> dict:
     return {"resourceType": "Bundle", "type": "batch", "entry": entries}
 
 
-def medplum_cli_config(cfg: Config) -> dict:
-    """The official Medplum CLI format, so `medplum bot deploy <name>` works on the rendered files."""
-    return {"bots": [{"name": s.name, "id": s.id, "source": s.filename, "dist": s.filename}
+def medplum_cli_config(cfg: Config, ids: dict[str, str] | None = None) -> dict:
+    """The official Medplum CLI format, so `medplum bot deploy <name>` works on the rendered files; `ids` (bot
+    name -> id, `deployed.bot_ids`) names the Bots as deployed, else each BotSpec's id."""
+    return {"bots": [{"name": s.name, "id": (ids or {}).get(s.name, s.id), "source": s.filename, "dist": s.filename}
                      for s in cfg.bots]}
 
 

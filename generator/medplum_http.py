@@ -12,6 +12,7 @@ authorization header"), so a client logged in before can log in again (a second 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from urllib.parse import urljoin
 import requests
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
 
 
 class MedplumError(Exception):
@@ -40,6 +42,15 @@ def outcome_text(body: Any) -> str | None:
                              for i in errs)
     return None
 
+
+
+def not_json_reason(resp: requests.Response) -> str:
+    """Why a body that should be FHIR JSON is not, in a few words (never the body itself: an HTML page or a
+    proxy's text is no message for a terminal)."""
+    ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip() or "no content type"
+    if "html" in ctype:
+        return f"an HTML page ({ctype}), not FHIR JSON: is the base URL a Medplum server's API?"
+    return f"a {ctype} body that is not JSON: is the base URL a Medplum server's API?"
 
 
 def instant_now() -> str:
@@ -92,6 +103,9 @@ class MedplumHttp:
     def login(self) -> None:
         resp = self._send("login", "POST", "oauth2/token", data={
             "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret})
+        log.debug("POST oauth2/token -> %s in %.0f ms", resp.status_code, resp.elapsed.total_seconds() * 1000)
+        if resp.content and _json(resp) is None:
+            raise MedplumError("login", not_json_reason(resp), resp.status_code)
         if resp.status_code != 200:
             detail = _json(resp)
             msg = (detail or {}).get("error_description") or outcome_text(detail) or resp.text[:200]
@@ -127,9 +141,14 @@ class MedplumHttp:
             self.login()   # the token expired (or the server restarted): log in again, once
             resp = self._send(step, method, path, json=json_body, data=data,
                               headers={**self.auth_headers(), **hdrs}, params=params)
+        log.debug("%s %s -> %s in %.0f ms", method, path.split("?", 1)[0], resp.status_code,
+                  resp.elapsed.total_seconds() * 1000)
         body = _json(resp)
+        if body is None and resp.content and (resp.status_code not in ok
+                                               or "html" in resp.headers.get("Content-Type", "")):
+            raise MedplumError(step, not_json_reason(resp), resp.status_code)
         if resp.status_code not in ok:
-            raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
+            raise MedplumError(step, outcome_text(body) or resp.reason or "no reason given", resp.status_code)
         text = outcome_text(body)
         if text:
             raise MedplumError(step, text, resp.status_code)
@@ -137,6 +156,17 @@ class MedplumHttp:
 
     def fhir(self, step: str, method: str, path: str, **kw) -> Any:
         return self.request(step, method, f"fhir/R4/{path.lstrip('/')}", **kw)
+
+    def download(self, step: str, path: str) -> bytes:
+        """A Binary's content (`Binary/<id>`): Medplum answers the bytes themselves to an Accept that is not FHIR JSON
+        (server fhir/response.ts); read as FHIR JSON, an uploaded Binary has no `data`."""
+        if self.token is None:
+            self.login()
+        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={"Accept": "*/*"})
+        if resp.status_code != 200:
+            body = _json(resp)
+            raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
+        return resp.content
 
     def search_one(self, step: str, resource_type: str, query: str) -> dict | None:
         bundle = self.fhir(step, "GET", f"{resource_type}?{query}")

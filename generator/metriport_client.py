@@ -86,13 +86,20 @@ def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> Met
     if not key and local_fake and base.rstrip("/") == local_fake.rstrip("/"):
         key = fake_metriport_api_key()
     if not key:
-        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key)")
+        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key) "
+                                   "for that Metriport, or run `medport emulate` here (its fake Metriport's key is "
+                                   "known)")
     return MetriportApi(base, key)
 
 
 def medplum_http(base_url: str | None, client_id: str | None, client_secret: str | None) -> MedplumHttp:
-    """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (or :8103); the admin client
-    (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's admin client)."""
-    base = statefile.emulator_base_url(base_url)
+    """--base-url / MEDPLUM_BASE_URL, else the emulator running from this folder (none: one line saying what to
+    do); the admin client (--client-id/--client-secret, MEDPLUM_CLIENT_ID/SECRET, else the emulator's)."""
+    running = statefile.running()
+    if not base_url and running is None:
+        raise click.ClickException("no emulator running from this folder (no live .medport/emulator.json) and no "
+                                   "--base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your Medplum "
+                                   "server with --base-url and an admin client (--client-id/--client-secret)")
+    base = base_url or running["base_url"]
     cid, secret = admin_credentials()
     return MedplumHttp(base, client_id or cid, client_secret or secret)

@@ -5,14 +5,15 @@ from pathlib import Path
 
 from .config import Config
 from .manifest import deploy_bundle, dumps, medplum_cli_config
-from . import render
+from . import deployed as deployed_bots, render
 
 DEFAULT_OUT = "bots"
 
 
-def render_all(cfg: Config) -> dict[str, str]:
+def render_all(cfg: Config, deployed: dict | None = None) -> dict[str, str]:
+    """Every generated file; `deployed` is the record `medport deploy` keeps (`deployed.read(out_dir)`)."""
     files = dict(render.render_bots(cfg))
-    files["medplum.config.json"] = dumps(medplum_cli_config(cfg))
+    files["medplum.config.json"] = dumps(medplum_cli_config(cfg, deployed_bots.bot_ids(cfg, deployed)))
     files["deploy-bundle.json"] = dumps(deploy_bundle(cfg))
     return dict(sorted(files.items()))
 
@@ -20,7 +21,7 @@ def render_all(cfg: Config) -> dict[str, str]:
 def stale_files(cfg: Config, out_dir: str | Path) -> list[tuple[str, str]]:
     """[(name, 'missing' | 'stale')] for every rendered file that differs from what is on disk."""
     out = []
-    for name, text in render_all(cfg).items():
+    for name, text in render_all(cfg, deployed_bots.read(out_dir)).items():
         p = Path(out_dir) / name
         if not p.exists():
             out.append((name, "missing"))
@@ -34,7 +35,7 @@ def write_all(cfg: Config, out_dir: str | Path) -> list[tuple[str, str]]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []
-    for name, text in render_all(cfg).items():
+    for name, text in render_all(cfg, deployed_bots.read(out_dir)).items():
         p = out_dir / name
         data = text.encode("utf-8")
         if p.exists() and p.read_bytes() == data:

@@ -16,7 +16,12 @@ from . import statefile
 from .config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from .localdefaults import admin_credentials
 from .manifest import webhook_execute_url
+from .options import config_option, load_or_exit, medplum_options
+from .progress import Progress
+
+SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
 
 
 def metriport_body(payload) -> str:
@@ -128,7 +133,9 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
-    for t, why in tasks:
+    many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
+    bar = Progress(len(tasks), "requeued", echo=echo) if many else None
+    for i, (t, why) in enumerate(tasks, 1):
         try:
             requeue_task(http, t)
         except MedplumError as e:
@@ -136,10 +143,16 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
                 echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
                 continue
             raise
-        echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+        if bar:
+            bar.update(i)
+        else:
+            echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+    if bar:
+        bar.close(f"requeued {len(tasks)} message(s)")
     deadline = time.monotonic() + wait_s
     pending = {t["id"] for t, _ in tasks}
     ok = failed = 0
+    bar = Progress(len(pending), "processed", echo=echo) if many else None
     while pending and time.monotonic() < deadline:
         time.sleep(0.3)
         for tid in list(pending):
@@ -147,34 +160,36 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
             if status in ("completed", "failed"):
                 pending.discard(tid)
                 ok, failed = ok + (status == "completed"), failed + (status == "failed")
-                echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
-    for tid in pending:
+                if not bar or status == "failed" and failed <= SHOWN_ONE_BY_ONE:
+                    echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
+        if bar:
+            bar.update(ok + failed, f"{failed} failed" if failed else "")
+    if bar:
+        bar.close(f"{ok} completed, {failed} failed")
+    for i, tid in enumerate(pending):
+        if i == SHOWN_ONE_BY_ONE:
+            echo(f"… and {len(pending) - i} more still processing — check `medport runs`")
+            break
         echo(f"Task/{tid}: still processing after {wait_s:.0f} s — check `medport runs`")
     return ok, failed
 
 
 @click.command("replay")
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("-c", "--config", "config_path", default="medport.toml", show_default=True, type=click.Path(dir_okay=False))
+@config_option
 @click.option("--to", "to_url", help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.")
-@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY",
-              help="Key to sign with [env METRIPORT_WEBHOOK_KEY]. Default on the emulator: its Project secret.")
+@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY", show_envvar=True,
+              help="Key to sign with. Default on the emulator: its Project secret.")
 @click.option("--failed", is_flag=True,
               help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
-              help="[env MEDPLUM_BASE_URL; default: the emulator running from this folder (.medport/emulator.json), "
-                   "else http://127.0.0.1:8103/]")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", "medport-admin"))
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET",
-              default=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET", "medport-admin-secret"))
+@medplum_options("emulator", purpose="holding the webhook bot and its messages")
 @click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
 def replay_command(file, config_path, to_url, webhook_key, failed, base_url, client_id, client_secret, wait_s):
     """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
-    from .cli import load_or_exit
-
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")
-    http = MedplumHttp(statefile.emulator_base_url(base_url), client_id, client_secret)
+    admin_id, admin_secret = admin_credentials()
+    http = MedplumHttp(statefile.emulator_base_url(base_url), client_id or admin_id, client_secret or admin_secret)
     try:
         if failed:
             stale = 120.0

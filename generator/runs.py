@@ -9,7 +9,8 @@ import requests
 
 from . import statefile
 from .localdefaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
-from .medplum_http import MedplumError, MedplumHttp
+from .medplum_http import MedplumError, MedplumHttp, not_json_reason
+from .options import admin_options, medplum_options
 
 AUDIT_FAILURE = {"4", "8", "12"}
 
@@ -68,9 +69,25 @@ def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int,
         raise click.ClickException(f"{base_url}_emulator/runs refused the admin client {admin[0]!r} (HTTP {r.status_code}) "
                                    "— pass the emulator's --admin-client-id/--admin-client-secret "
                                    "(env MEDPORT_ADMIN_CLIENT_ID/MEDPORT_ADMIN_CLIENT_SECRET)")
+    body = _json_object(r)
+    if body is None or not isinstance(body.get("runs"), list):
+        raise click.ClickException(f"{base_url} is not the medport emulator ({_what_answered(r)}): to list the bot runs "
+                                   "of a Medplum server, pass --client-id/--client-secret (it reads its AuditEvents)")
     if r.status_code != 200:
-        raise click.ClickException(f"{base_url}_emulator/runs answered {r.status_code}: {r.text[:200]}")
-    return r.json()["runs"]
+        raise click.ClickException(f"{base_url}_emulator/runs answered HTTP {r.status_code}")
+    return body["runs"]
+
+
+def _json_object(r: requests.Response) -> dict | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _what_answered(r: requests.Response) -> str:
+    return f"HTTP {r.status_code}" + (f", {not_json_reason(r)}" if _json_object(r) is None else "")
 
 
 def format_run(r: dict, full_logs: bool) -> str:
@@ -87,21 +104,14 @@ def format_run(r: dict, full_logs: bool) -> str:
 @click.command("runs")
 @click.option("--bot", help="Only this bot (name or id).")
 @click.option("--failed", is_flag=True, help="Only failed executions.")
-@click.option("--limit", default=20, show_default=True, help="How many (newest first).")
-@click.option("--follow", is_flag=True, help="Keep watching for new executions (Ctrl-C to stop).")
+@click.option("--limit", default=20, show_default=True, help="How many, the newest.")
+@click.option("--follow", is_flag=True, help="Then keep printing new executions as they come, below (Ctrl-C to stop).")
 @click.option("--logs", "full_logs", is_flag=True, help="Show the whole captured log of each run, not only its last line.")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
-              help="Emulator, or a Medplum server (with credentials) [env MEDPLUM_BASE_URL; default: the emulator "
-                   "running from this folder (.medport/emulator.json), else http://127.0.0.1:8103/].")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="Read AuditEvents of a real Medplum with these credentials.")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET")
-@click.option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=DEFAULT_ADMIN_CLIENT_ID,
-              show_default=True, help="The emulator's admin client (its developer API answers only it).")
-@click.option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=DEFAULT_ADMIN_CLIENT_SECRET,
-              show_default=False, help="The emulator's admin secret [env MEDPORT_ADMIN_CLIENT_SECRET; default: the development default].")
+@medplum_options("emulator", purpose="(with --client-id/--client-secret: its AuditEvents)")
+@admin_options
 def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, client_secret, admin_client_id,
                  admin_client_secret):
-    """List bot executions with outcome, duration and logs (newest first)."""
+    """List bot executions with outcome, duration and logs, the newest first."""
     base_url = statefile.emulator_base_url(base_url)
     http = MedplumHttp(base_url, client_id, client_secret) if client_id and client_secret else None
 
@@ -117,7 +127,7 @@ def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, cli
     items = fetch()
     if not items and not follow:
         click.echo("no bot executions" + (" matching the filters" if bot or failed else " yet"))
-    for r in reversed(items):
+    for r in items:   # newest first, as both sources answer
         click.echo(format_run(r, full_logs))
     if not follow:
         return

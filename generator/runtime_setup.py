@@ -25,6 +25,8 @@ import click
 from medport import __version__
 from medport.emulator import node as noderuntime
 
+from .progress import Progress
+
 NPM_FILES = ("package.json", "package-lock.json")
 
 
@@ -89,11 +91,14 @@ def _stream(cmd: list[str], cwd: Path, env: dict, echo: Callable[[str], None]) -
     """Run npm, echoing its output, and a progress line every few seconds (npm is silent without a terminal)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = threading.Event()
-    t0 = time.monotonic()
+    packages = _locked_packages(cwd, omit_optional="--omit=optional" in cmd)
+    bar = Progress(len(packages), "        npm packages", echo=echo, every_s=15.0)
 
     def ticker() -> None:
-        while not done.wait(3.0):
-            echo(f"        … {time.monotonic() - t0:.0f} s, {_size_mb(cwd / 'node_modules'):.0f} MB in node_modules")
+        while not done.wait(0.5 if bar.tty else 3.0):
+            nm = cwd / "node_modules"
+            bar.update(sum(1 for p in packages if (cwd / p / "package.json").is_file()),
+                       f"{_size_mb(nm):.0f} MB in node_modules")
 
     threading.Thread(target=ticker, daemon=True, name="medport-setup-progress").start()
     lines: list[str] = []
@@ -107,6 +112,17 @@ def _stream(cmd: list[str], cwd: Path, env: dict, echo: Callable[[str], None]) -
         return proc.wait(), lines
     finally:
         done.set()
+        bar.close()
+
+
+def _locked_packages(directory: Path, omit_optional: bool) -> list[str]:
+    """The node_modules/<name> folders npm ci will fill, from the lockfile (the progress bar's length)."""
+    try:
+        lock = json.loads((directory / "package-lock.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [k for k, v in (lock.get("packages") or {}).items()
+            if k.startswith("node_modules/") and not (omit_optional and v.get("optional"))]
 
 
 def run_setup(directory: Path | None = None, *, force: bool = False, use_path_node: bool = True,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from medport import __version__
 
@@ -90,28 +93,64 @@ ACTIONS = {
 WORKFLOW_PATH = ".github/workflows/medport.yml"
 
 
-def default_pip_spec() -> tuple[str, str | None]:
-    """(pip spec for the workflow, a warning when it may not resolve) from how this medport was installed
-    (PEP 610 direct_url.json): a Git URL at its commit, an http(s) wheel URL, else `medport==<version>`."""
+@dataclass
+class InstallSpec:
+    """How the workflow installs medport: `spec` for pip, `vendor` a wheel outside the project that `init` copies
+    into vendor/ (the spec names the copy), `warning` when CI may not resolve it."""
+    spec: str
+    vendor: Path | None = None
+    warning: str | None = None
+
+
+def _direct_url() -> dict | None:
     try:
         raw = importlib.metadata.distribution("medport").read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:
-        raw = None
-    pypi = f"medport=={__version__}"
-    if not raw:
-        return pypi, None
+        return None
     try:
-        d = json.loads(raw)
+        d = json.loads(raw) if raw else None
     except ValueError:
-        return pypi, None
-    url = d.get("url", "")
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def default_pip_spec(project: Path | str = ".") -> InstallSpec:
+    """The pip spec that installs this medport in CI, from how it was installed here (PEP 610 direct_url.json):
+    a Git URL at its commit; a wheel URL; a wheel file inside `project` by its path from the repository root
+    (./vendor/...), or outside it copied into vendor/; none (an index) `medport==<version>`."""
+    pypi = f"medport=={__version__}"
+    d = _direct_url()
+    if d is None:
+        return InstallSpec(pypi)
+    url = str(d.get("url", ""))
     vcs = d.get("vcs_info")
-    if vcs and vcs.get("vcs") == "git" and url.startswith(("https://", "ssh://", "git://")):
-        return f"medport @ git+{url}@{vcs.get('commit_id') or vcs.get('requested_revision', '')}", None
-    if "archive_info" in d and url.startswith("https://"):
-        return f"medport @ {url}", None
-    return pypi, (f"this medport was installed from {url}, which CI cannot reach; the workflow installs {pypi} "
-                  "from PyPI — pass --pip-spec with a Git URL or a wheel if that version is not published")
+    if isinstance(vcs, dict) and vcs.get("vcs") == "git" and url.startswith(("https://", "ssh://", "git://")):
+        return InstallSpec(f"medport @ git+{url}@{vcs.get('commit_id') or vcs.get('requested_revision', '')}")
+    if "archive_info" in d and url.startswith(("https://", "http://")):
+        return InstallSpec(f"medport @ {url}")
+    if "archive_info" in d and url.startswith("file://") and url.endswith(".whl"):
+        wheel = Path(unquote(urlparse(url).path))
+        root = Path(project).resolve()
+        if wheel.resolve().is_relative_to(root):
+            return InstallSpec("./" + wheel.resolve().relative_to(root).as_posix())
+        if wheel.is_file():
+            return InstallSpec(f"./vendor/{wheel.name}", vendor=wheel)
+    return InstallSpec(pypi, warning=(
+        f"this medport was installed from {url or 'a local folder'}, which CI cannot reach: the workflow installs "
+        f"{pypi} from PyPI — build a wheel into the repository (`pip wheel --no-deps -w vendor <medport checkout>`) "
+        "and pass --pip-spec ./vendor/<wheel>, or a Git URL"))
+
+
+def ensure_gitignored(project: Path, entry: str = ".medport/") -> bool:
+    """Add `entry` (the emulator's state, SQLite stores and logs) to the project's .gitignore; True if added."""
+    path = project / ".gitignore"
+    text = path.read_text("utf-8") if path.exists() else ""
+    lines = {ln.strip() for ln in text.splitlines()}
+    if entry in lines or entry.rstrip("/") in lines or f"/{entry}" in lines:
+        return False
+    prefix = "" if not text or text.endswith("\n") else "\n"
+    path.write_text(f"{text}{prefix}# medport: the local emulator's state and databases\n{entry}\n", "utf-8")
+    return True
 
 
 def ci_workflow(pip_spec: str) -> str:
@@ -126,9 +165,11 @@ def ci_workflow(pip_spec: str) -> str:
 # MEDPORT_PIP_SPEC says which medport to install. Pin it to one of:
 #   medport=={__version__}                                    a release on PyPI (once published)
 #   medport @ git+https://github.com/<org>/medport@<commit>   a Git URL at a commit (or tag)
-#   medport @ https://<host>/medport-{__version__}-py3-none-any.whl   a wheel URL; or ./<dir>/medport-….whl committed here
+#   medport @ https://<host>/medport-{__version__}-py3-none-any.whl   a wheel URL
+#   ./vendor/medport-{__version__}-py3-none-any.whl            a wheel committed in this repository
 # `medport setup` installs Node 22 and the pinned npm packages into medport's cache, restored by actions/cache
-# (keyed on medport's version and npm pins). Actions are pinned to commit SHAs; the tag is in the comment.
+# (keyed on the runner's OS and architecture, medport's version and npm pins). Actions are pinned to commit
+# SHAs; the tag is in the comment.
 name: medport
 on:
   pull_request:
@@ -162,7 +203,7 @@ jobs:
         uses: {a["cache-restore"]}
         with:
           path: ${{{{ steps.medport.outputs.dir }}}}
-          key: ${{{{ runner.os }}}}-${{{{ steps.medport.outputs.key }}}}
+          key: ${{{{ runner.os }}}}-${{{{ runner.arch }}}}-${{{{ steps.medport.outputs.key }}}}
       - name: medport setup
         run: medport setup
       - name: Save medport's cache
@@ -170,7 +211,7 @@ jobs:
         uses: {a["cache-save"]}
         with:
           path: ${{{{ steps.medport.outputs.dir }}}}
-          key: ${{{{ runner.os }}}}-${{{{ steps.medport.outputs.key }}}}
+          key: ${{{{ runner.os }}}}-${{{{ runner.arch }}}}-${{{{ steps.medport.outputs.key }}}}
       - name: medport check
         run: medport check --junit medport-junit.xml
       - name: Upload the JUnit report

@@ -7,7 +7,9 @@ import click
 import requests
 
 from . import statefile
+from .config import CONFIG_FILENAME
 from .localdefaults import admin_credentials
+from .options import config_option, medplum_options
 
 
 def probe(base_url: str, timeout: float = 5.0) -> dict:
@@ -46,9 +48,9 @@ def _answers(url: str | None) -> bool:
 
 
 def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
-                        fhir_only: bool = False) -> dict:
+                        fhir_only: bool = False, config_path: str = CONFIG_FILENAME) -> dict:
     """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
-    from .config import CONFIG_FILENAME, ConfigError, load_config
+    from .config import ConfigError, load_config
     from .console.command import settings_for
     from .console.figures import health
     from .console.model import reconstruct
@@ -56,7 +58,7 @@ def integration_figures(base_url: str | None, client_id: str | None, client_secr
     from .medplum_http import MedplumError
 
     try:
-        cfg = load_config(CONFIG_FILENAME)
+        cfg = load_config(config_path)
     except (ConfigError, OSError):
         cfg = None
     settings = settings_for(base_url=base_url, client_id=client_id, client_secret=client_secret, fhir_only=fhir_only,
@@ -87,18 +89,15 @@ def _echo_integration(fig: dict) -> None:
 
 
 @click.command("status")
-@click.option("--base-url", help="Ask this emulator (or, with --client-id/--client-secret, this Medplum) instead of "
-                                 "the one recorded in .medport/emulator.json.")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID",
-              help="An admin client of a real Medplum: report the integration's figures from its records.")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET")
+@medplum_options("emulator", purpose="(with --client-id/--client-secret: the integration's figures from its records)")
+@config_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the status as JSON; `integration` holds the sync console's health figures.")
-def status_command(base_url, client_id, client_secret, as_json):
+def status_command(base_url, client_id, client_secret, config_path, as_json):
     """Show the emulator running from this folder: URLs, readiness, deployed bots, runs, and the integration's
     health figures (those of `medport console`). Exit 1 when none is ready."""
     if base_url and client_id and client_secret:
-        fig = integration_figures(base_url, client_id, client_secret, fhir_only=True)
+        fig = integration_figures(base_url, client_id, client_secret, fhir_only=True, config_path=config_path)
         if as_json:
             click.echo(json.dumps({"running": "error" not in fig, "base_url": base_url, "integration": fig}, indent=2))
         else:
@@ -120,7 +119,8 @@ def status_command(base_url, client_id, client_secret, as_json):
     health = probe(url)
     counts = run_counts(url) if health.get("reachable") else None
     fake_up = _answers((state or {}).get("metriport_url")) if (state or {}).get("metriport") == "fake" else None
-    fig = integration_figures(base_url, None, None) if health.get("reachable") and health.get("ready") else None
+    fig = (integration_figures(base_url, None, None, config_path=config_path)
+           if health.get("reachable") and health.get("ready") else None)
     out = {"running": bool(health.get("reachable")), "ready": bool(health.get("ready")), "base_url": url,
            "health": health, "state": state, "runs": counts, "fake_metriport_answers": fake_up,
            "console_url": (state or {}).get("console_url"), "integration": fig}

@@ -110,9 +110,9 @@ class BotService:
             if bid in self._code_cache:
                 self._code_cache.move_to_end(bid)
                 return self._code_cache[bid]
-        binary = self.state.read("Binary", bid)
-        data = binary.get("data") or ""
-        code = base64.b64decode(data).decode("utf-8", "replace") if data else ""
+        # the Binary's `data`, or what a raw upload (`medport deploy`) stored beside it
+        _, content = self.state.service.binary_content(self.state.system, bid)
+        code = content.decode("utf-8", "replace")
         with self._code_lock:
             self._code_cache[bid] = code
             while len(self._code_cache) > 256:

@@ -18,6 +18,7 @@ from .cron import CronService
 from .errors import FhirError, outcome
 from .fhir.policy import Access
 from .fhir.principal import Principal
+from .fhir.releases import Release as FhirRules
 from .fhir.schema import default_validator
 from .fhir.service import FhirService
 from .fhir.store import Repository
@@ -80,7 +81,8 @@ class EmulatorState:
         self.db_path = db
         self.repo = Repository(db)
         self.service = FhirService(self.repo, self.base_url, validator=default_validator(),
-                                   transactions=lambda pr: self.has_feature(pr.project_id, "transaction-bundles"))
+                                   transactions=lambda pr: self.has_feature(pr.project_id, "transaction-bundles"),
+                                   release=FhirRules.of(self.release.version))
         self.service.unknown_elements = {"Bot": OPTIONAL_BOT_ELEMENTS - self.release.bot_elements}
         self.system = Principal(project_id=PROJECT_ID, profile="system", membership=None,
                                 access=Access(None, superuser=True), superuser=True)

@@ -48,7 +48,9 @@ def _problem(name: str, value: Any) -> str | None:
     default = DEFAULTS[name]
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f"{name}: Expected boolean"
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+    # an int of any size is finite (math.isfinite of a 400-digit int raises OverflowError)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+            (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         return f"{name}: Expected a non-negative number"
     if name == "error_rate" and value > 1:
         return "error_rate: must be between 0 and 1"

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from .. import statefile
-from ..config import CONFIG_FILENAME, Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from ..localdefaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
+from ..options import config_option, medplum_options, metriport_options
 from .source import Settings, Source
 
 
@@ -105,22 +106,14 @@ def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: in
 
 
 @click.command("console")
-@click.option("--base-url", envvar="MEDPLUM_BASE_URL",
-              help="A Medplum server [env MEDPLUM_BASE_URL; default: the emulator running from this folder "
-                   "(.medport/emulator.json), else http://127.0.0.1:8103/].")
-@click.option("--client-id", envvar="MEDPLUM_CLIENT_ID",
-              help="Admin client of that project [env MEDPLUM_CLIENT_ID; default the emulator's admin client].")
-@click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", help="[env MEDPLUM_CLIENT_SECRET]")
+@medplum_options("emulator", purpose="whose records the console reads")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
 @click.option("--port", default=CONSOLE_PORT, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--fhir-only", is_flag=True,
               help="Read only Medplum's FHIR records (AuditEvents, Tasks, Patients), never a developer API — what "
                    "the console does against a real Medplum.")
-@click.option("--metriport-url", envvar="METRIPORT_BASE_URL",
-              help="Metriport's API root for the webhook status [env METRIPORT_BASE_URL; the fake's on the emulator].")
-@click.option("--metriport-api-key", envvar="METRIPORT_API_KEY", help="[env METRIPORT_API_KEY]")
-@click.option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True,
-              type=click.Path(dir_okay=False), help="medport.toml (bot identifiers, identifier systems), if present.")
+@metriport_options
+@config_option
 @click.option("--stuck-after", "stuck_after_s", default=300.0, show_default=True,
               help="Seconds after which a message waiting or in progress without a lease counts as stuck.")
 @click.option("--json", "as_json", is_flag=True, help="Print the health figures as JSON and exit (no server).")

@@ -50,6 +50,7 @@ from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
+HANG_GUARD_S = 600   # waits are for conditions; this only stops a test that hangs (never a speed target)
 NEVER = "0 3 29 2 *"  # a sweep schedule that does not fire during a test: the tests run it through the dev API
 RESOURCE_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
 
@@ -190,7 +191,7 @@ def uninterrupted_counts(cfg, data: Path, timeout: float = 240.0) -> dict[str, C
         org = create_facility_org(stack)
         p = create_patient(stack, CRASH_DATASET, org["id"])
         t = wait_for(lambda: (x := consolidated_task(stack, p["id"])) and x["status"] in ("completed", "failed") and x,
-                     timeout, "the uninterrupted import")
+                     max(timeout, HANG_GUARD_S), "the uninterrupted import")
         assert t["status"] == "completed", t.get("statusReason")
         return per_type(stack.admin, cfg.webhook_bot.resources)
 
@@ -219,7 +220,7 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
         def observations() -> int:
             return admin.fhir("count", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count").get("total", 0)
 
-        wait_for(lambda: observations() >= obs_total // 4, 180, "a quarter of the import", poll=0.05)
+        wait_for(lambda: observations() >= obs_total // 4, HANG_GUARD_S, "a quarter of the import", poll=0.05)
         emu.kill9()  # kill -9, mid-import
         killed_at = time.monotonic()
 
@@ -248,9 +249,9 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
             requests.post(base + "_emulator/cron/run", params={"bot": cfg.bots.webhook.name}, auth=auth, timeout=120)
             return False
 
-        wait_for(resumed, 60, "the sweep to resume the message", poll=0.5)
+        wait_for(resumed, HANG_GUARD_S, "the sweep to resume the message", poll=0.5)
         done = wait_for(lambda: (t := admin.fhir("task", "GET", f"Task/{task['id']}"))["status"]
-                        in ("completed", "failed") and t, 300, "the resumed import")
+                        in ("completed", "failed") and t, HANG_GUARD_S, "the resumed import")
         recovered_at = time.monotonic()
         assert done["status"] == "completed", done.get("statusReason")
         after = per_type(admin, cfg.webhook_bot.resources)
@@ -275,31 +276,53 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 # the bot's own timeout cuts the import off (awslambda), again and again
 
-def _drive_to_completion(stack, patient_id: str, timeout: float) -> dict:
-    """Run the sweep (cron, through the developer API) whenever the message's lease ran out, until it is done."""
+def sweep(stack) -> dict:
+    """The webhook bot's cron run now (developer API): what its sweep found (resumed, nudged)."""
+    ran = dev_api(stack, "POST", "cron/run", params={"bot": stack.cfg.bots.webhook.name}).json()
+    return ran["runs"][0]["returned"]["sweep"]
+
+
+def sweep_until(stack, found, what: str) -> dict:
+    """Sweep again and again until the sweep reports `found(sweep)` — the lease it waits for runs out on the
+    machine's clock, however loaded: no sleep stands for it. Bounded only by the guard against a hang."""
+    return wait_for(lambda: (s := sweep(stack)) and found(s) and s, HANG_GUARD_S, what, poll=0.3)
+
+
+def _drive_to_completion(stack, patient_id: str) -> dict:
+    """Run the sweep whenever the message's lease ran out, until it is done. The bound is the bot's own
+    max_attempts (past them it fails the message, and the test with it); the guard only stops a hang."""
+    seen = {}
+
     def step():
         t = consolidated_task(stack, patient_id)
+        seen["task"] = t and (t["status"], attempts_of(t))
         if t and t["status"] in ("completed", "failed"):
             return t
-        dev_api(stack, "POST", "cron/run", params={"bot": stack.cfg.bots.webhook.name})
+        sweep(stack)
         return None
-    return wait_for(step, timeout, "the message to be processed", poll=0.5)
+    done = wait_until(step, HANG_GUARD_S, 0.5)
+    assert done, (f"the message was not processed (its Task: status and attempts {seen['task']}); last runs: "
+                  + json.dumps([(r.get("bot_name"), r.get("outcome"), (r.get("error") or "")[:80]) for r in runs(stack, 8)]))
+    return done
 
 
 def test_bot_timeout_cuts_off_the_import_and_it_converges(capsys):
-    cfg = validate_data(config_data(timeout=2, lease_seconds=2, max_attempts=20, sweep_cron=NEVER)  # the bound, with room for a loaded machine
+    # Bounded by attempts, not by wall time: each attempt has 5 s (awslambda: wall clock) and every batch waits
+    # 300 ms in the emulator, so the import (~10 s of waits alone) is cut off at least once even on an idle
+    # machine, and each attempt stores a part of it however loaded the machine is; 20 attempts is the bound.
+    cfg = validate_data(config_data(timeout=5, lease_seconds=2, max_attempts=20, sweep_cron=NEVER)
                         | {"medplum": {"runtime": "awslambda"}}, "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as stack:
         _crash_dataset(stack, 1500)
         org = create_facility_org(stack)
-        dev_api(stack, "POST", "faults", json={"batch_delay_ms": 120})  # each attempt stores part of it, then dies
+        dev_api(stack, "POST", "faults", json={"batch_delay_ms": 300})  # each attempt stores part of it, then dies
         p = create_patient(stack, CRASH_DATASET, org["id"])
         t0 = time.monotonic()
-        done = _drive_to_completion(stack, p["id"], 300)
+        done = _drive_to_completion(stack, p["id"])
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 0})
         assert done["status"] == "completed", done.get("statusReason")
         assert attempts_of(done) >= 2, "the timeout never cut the import off"
-        timed_out = [r for r in runs(stack, 500) if "Task timed out after 2.00 seconds" in (r.get("error") or "")]
+        timed_out = [r for r in runs(stack, 500) if "Task timed out after 5.00 seconds" in (r.get("error") or "")]
         assert timed_out, "no execution was cut off by its timeout"
         mid = next(i["value"] for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
                    if i["system"] == cfg.metriport.patient_identifier_system)
@@ -318,19 +341,20 @@ def test_an_old_vmcontext_run_still_alive_when_its_message_is_resumed(capsys):
         org = create_facility_org(stack)
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 3000})  # every batch stalls past the lease
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "in-progress", 60,
+        wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "in-progress", HANG_GUARD_S,
                  "the first run to start")
-        time.sleep(2.3)  # its lease (2 s) runs out while its first batches stall
-        swept = dev_api(stack, "POST", "cron/run", params={"bot": cfg.bots.webhook.name}).json()
-        assert swept["runs"][0]["returned"]["sweep"]["resumed"] == 1, swept
-        wait_for(lambda: attempts_of(consolidated_task(stack, p["id"])) == 2, 30, "the second run to claim it")
+        # its lease (2 s) runs out while its first batches stall: the sweep resumes it then
+        swept = sweep_until(stack, lambda s: s["resumed"] >= 1, "the sweep to resume the stalled message")
+        assert swept["resumed"] == 1, swept
+        wait_for(lambda: attempts_of(consolidated_task(stack, p["id"])) == 2, HANG_GUARD_S,
+                 "the second run to claim it")
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 0})
         done = wait_for(lambda: (t := consolidated_task(stack, p["id"]))["status"] in ("completed", "failed") and t,
-                        120, "the message to be processed")
+                        HANG_GUARD_S, "the message to be processed")
         assert done["status"] == "completed", done.get("statusReason")
         assert stack.wait_idle(60)
         abandoned = wait_for(lambda: [r for r in runs(stack, 500) if "taken over by another run" in r.get("logs", "")],
-                             30, "the old run to stop")
+                             HANG_GUARD_S, "the old run to stop")
         mid = next(i["value"] for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
                    if i["system"] == cfg.metriport.patient_identifier_system)
         counts = check_exactly_once(stack, _expected_ids(stack, mid))
@@ -391,7 +415,8 @@ def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         org = create_facility_org(s)
         p = create_patient(s, "Jane", org["id"])
-        first = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "completed" and t, 60,
+        first = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "completed" and t,
+                         HANG_GUARD_S,
                          "the first import")
         msg = json.loads(first["input"][0]["valueString"])
         msg["meta"]["messageId"] += "-again"
@@ -402,10 +427,9 @@ def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep
         dev_api(s, "POST", "faults", json={"batch_delay_ms": 0})
         task_id = resp.json()["task"].split("/")[1]
         assert s.admin.fhir("t", "GET", f"Task/{task_id}")["status"] in ("requested", "in-progress"), restarted
-        time.sleep(2.2)  # lease_seconds: the sweep finds it waiting or cut off
-        ran = dev_api(s, "POST", "cron/run", params={"bot": cfg.bots.webhook.name}).json()
-        swept = ran["runs"][0]["returned"]["sweep"]
-        assert swept["resumed"] + swept["nudged"] == 1, ran
+        # nothing else delivers it again: once its lease (2 s) is over, a sweep finds it waiting or cut off
+        swept = sweep_until(s, lambda x: x["resumed"] + x["nudged"] >= 1, "the sweep to pick the message up")
+        assert swept["resumed"] + swept["nudged"] == 1, swept
         done = wait_for(lambda: (t := s.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed")
-                        and t, 60, "the message to be processed")
+                        and t, HANG_GUARD_S, "the message to be processed")
         assert done["status"] == "completed", done.get("statusReason")

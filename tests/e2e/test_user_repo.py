@@ -10,6 +10,7 @@ npm registry through `medport setup` (npm's cache), into a cache folder of this 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,10 +77,14 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
     project = tmp_path / "project"
     project.mkdir()
 
-    # pip install <wheel> (the session's pip, targeting the fresh venv; dependencies from the wheelhouse)
+    # the wheel vendored in the repository (a spec the README lists), installed with the pytest extra (the
+    # session's pip, targeting the fresh venv; dependencies from the wheelhouse)
+    vendored = project / "vendor" / wheel.name
+    vendored.parent.mkdir()
+    vendored.write_bytes(wheel.read_bytes())
     user.run("pip install", [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python",
                              str(bindir / "python"), "install", "-q", "--no-index", "--find-links", str(house),
-                             str(wheel), "pytest"], project)
+                             f"medport[pytest] @ {vendored.as_uri()}"], project)
     site = subprocess.run([str(bindir / "python"), "-c", "import medport, sys; print(medport.__file__)"],
                           capture_output=True, text=True, env=user.env, cwd=project).stdout
     assert str(tmp_path / "venv") in site, f"medport imported from outside the fresh venv: {site}"
@@ -103,16 +108,20 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
 
     # the CI workflow, written into the existing project, then run step by step
     toml_before = (project / "medport.toml").read_bytes()
-    out = user.run("medport init --ci", ["medport", "init", "--ci", "--pip-spec", str(wheel)], project)
+    # no --pip-spec: init finds the vendored wheel through the installed distribution's direct_url.json
+    out = user.run("medport init --ci", ["medport", "init", "--ci"], project)
+    assert f"installs ./vendor/{wheel.name}" in out
     assert (project / "medport.toml").read_bytes() == toml_before
+    assert ".medport/" in (project / ".gitignore").read_text().splitlines()
     workflow_path = project / ".github" / "workflows" / "medport.yml"
     workflow = yaml.safe_load(workflow_path.read_text())
     checkout = tmp_path / "ci-checkout"          # what actions/checkout gives: the committed project only
     checkout.mkdir()
     subprocess.run(["cp", "-r", str(project / "medport.toml"), str(project / "bots"), str(project / ".github"),
-                    str(checkout)], check=True)
+                    str(project / "vendor"), str(project / ".gitignore"), str(checkout)], check=True)
     ci_bin = fresh_venv(tmp_path / "ci-venv", with_pip=True)           # what setup-python gives
     runner = User(ci_bin, xdg, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(house)})  # the cache, as restored
+    assert workflow["env"]["MEDPORT_PIP_SPEC"] == f"./vendor/{wheel.name}"
     output_file = tmp_path / "github_output"
     output_file.touch()
     step_env = {**{k: str(v) for k, v in workflow["env"].items()}, "GITHUB_OUTPUT": str(output_file), "CI": "true"}
@@ -129,6 +138,13 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
     outputs = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
     assert Path(outputs["dir"]) == (xdg / "medport").resolve() / outputs["key"].split("-")[1]
     assert outputs["key"].startswith("medport-")
+    # the cache key as GitHub evaluates it: the runner's OS and architecture, then medport's key
+    context = {"runner.os": "Linux", "runner.arch": "X64", "steps.medport.outputs.key": outputs["key"],
+               "steps.medport.outputs.dir": outputs["dir"]}
+    for step in workflow["jobs"]["check"]["steps"]:
+        if "cache/" in step.get("uses", ""):
+            key = re.sub(r"\$\{\{ ([\w.-]+) \}\}", lambda m: context[m.group(1)], step["with"]["key"])
+            assert key == f"Linux-X64-{outputs['key']}"
     assert "nothing to do" in subprocess.run(["medport", "setup"], cwd=checkout, env=runner.env, capture_output=True,
                                              text=True).stdout
     suite = ET.parse(checkout / "medport-junit.xml").getroot()

@@ -232,24 +232,26 @@ def test_runs_follow_streams_new_executions(stack):
     import os
     import subprocess
     import sys
-    import time
+    import threading
 
     from medport.generator.replay import deliver
+    from medport.testing import wait_until
 
-    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "runs", "--follow", "--limit", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "medport", "runs", "--follow", "--limit", "1",
                              "--base-url", stack.base_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    out: list[str] = []
+    threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
+    runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]  # noqa: E731 (not log lines)
     try:
-        time.sleep(2.0)  # let it print the newest run and start following
+        assert wait_until(lambda: len(runs()) >= 1, 60), out   # the newest run printed: now following
         r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)
         assert r.status_code == 200
-        time.sleep(2.5)
+        assert wait_until(lambda: len(runs()) >= 2, 60), out   # the ping's run, as it happened
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    lines = [ln for ln in out.splitlines() if "metriport-" in ln]
-    assert len(lines) >= 2, out  # the newest run at start, then the ping's run as it happened
-    assert "execute" in lines[-1] and "success" in lines[-1]
+        proc.wait(30)
+    assert "execute" in runs()[-1] and "success" in runs()[-1]
 
 
 def test_check_fails_on_a_config_metriport_would_refuse(tmp_path):

@@ -185,6 +185,72 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     assert out == {"status": "ignored", "reason": "deleted"}
 
 
+def medplum_cli(h, cwd, *args):
+    """Medplum's own CLI (node_modules/@medplum/cli) with the emulator's admin client in the environment."""
+    import subprocess
+
+    from medport.emulator.node import node_binary, node_modules_dir
+
+    cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
+    return subprocess.run([node_binary(), str(cli), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "MEDPLUM_BASE_URL": h.base_url,
+                               "MEDPLUM_CLIENT_ID": h.admin_client_id, "MEDPLUM_CLIENT_SECRET": h.admin_client_secret})
+
+
+def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tmp_path, monkeypatch):
+    """Before: `medport deploy` created Bots with server-assigned ids it neither printed nor wrote back, while
+    bots/medplum.config.json named derived ids — `medplum bot deploy` failed on medport's output ("1 bot(s) had
+    failures"). Now deploy prints the ids and records them (bots/medport.deployed.json, medplum.config.json),
+    `generate` keeps medplum.config.json in step, and Medplum's CLI deploys to the Bots medport created."""
+    from medport.generator import deployed
+    from medport.generator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    assert CliRunner().invoke(main, ["generate"]).exit_code == 0
+    before = CliRunner().invoke(main, ["deploy", "--no-write-ids"], env=env)
+    assert before.exit_code == 0, before.output
+    res = medplum_cli(emu, tmp_path / "bots", "bot", "deploy", "metriport-patient-bot")
+    assert res.returncode != 0 and "had failures" in res.stdout + res.stderr   # the defect, as it was
+
+    out = CliRunner().invoke(main, ["deploy"], env=env)
+    assert out.exit_code == 0, out.output
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    on_server = {b["resource"]["name"]: b["resource"]["id"] for b in admin.fhir("b", "GET", "Bot")["entry"]}
+    for name, bot_id in on_server.items():
+        assert re.search(rf"{name}\s+Bot/{bot_id}", out.output), out.output   # printed
+    cli_config = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
+    assert {b["name"]: b["id"] for b in cli_config["bots"]} == on_server
+    assert deployed.read(tmp_path / "bots")["bots"] == on_server
+    assert CliRunner().invoke(main, ["generate", "--check"]).exit_code == 0   # generate agrees with deploy
+    again = CliRunner().invoke(main, ["deploy"], env=env)
+    assert again.exit_code == 0 and "created" not in again.output and "updated" not in again.output
+
+    for name in on_server:
+        res = medplum_cli(emu, tmp_path / "bots", "bot", "deploy", name)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "Deploy result: All OK" in res.stdout
+    bot = admin.fhir("read", "GET", f"Bot/{on_server['metriport-patient-bot']}")
+    assert bot["executableCode"]["title"] == "metriport-patient-bot.js"   # Medplum's CLI deployed it
+    assert (admin.fhir("x", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {
+        "resourceType": "Patient", "id": "x"}}) == {"status": "ignored", "reason": "deleted"})
+
+
+def test_a_pinned_bot_id_wins_and_a_mismatch_is_warned(emu, tmp_path, monkeypatch):
+    from medport.generator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text('[patient_bot]\nid = "pinned-but-wrong"\n')
+    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    out = CliRunner().invoke(main, ["deploy"], env=env)
+    assert out.exit_code == 0 and "patient_bot.id = 'pinned-but-wrong'" in out.output, out.output
+    ids = {b["name"]: b["id"] for b in json.loads((tmp_path / "bots" / "medplum.config.json").read_text())["bots"]}
+    assert ids["metriport-patient-bot"] == "pinned-but-wrong" and ids["metriport-webhook-bot"] != "pinned-but-wrong"
+
+
 def _bots(h) -> int:
     admin = MedplumHttp(h.base_url, h.admin_client_id, h.admin_client_secret)
     return admin.fhir("b", "GET", "Bot?_summary=count")["total"]

@@ -81,7 +81,9 @@ def test_the_workflow_is_pinned_least_privilege_cached_and_has_no_unused_step():
     assert setup_python["with"]["cache-dependency-path"] == starter.WORKFLOW_PATH
 
 
-def test_default_pip_spec_follows_how_medport_was_installed(monkeypatch):
+def test_default_pip_spec_follows_how_medport_was_installed(monkeypatch, tmp_path):
+    """Before: a wheel vendored in the repository (a spec the README lists) made the workflow install
+    medport==<version> from PyPI, where it is not published: CI failed on its first push."""
     class Dist:
         def __init__(self, direct):
             self.direct = direct
@@ -89,15 +91,56 @@ def test_default_pip_spec_follows_how_medport_was_installed(monkeypatch):
         def read_text(self, name):
             return json.dumps(self.direct) if self.direct is not None else None
 
-    def installed(direct):
+    def installed(direct, project=tmp_path):
         monkeypatch.setattr(starter.importlib.metadata, "distribution", lambda name: Dist(direct))
-        return starter.default_pip_spec()
+        return starter.default_pip_spec(project)
 
-    assert installed(None) == (f"medport=={__version__}", None)
-    spec, warning = installed({"url": "https://github.com/acme/medport.git",
-                               "vcs_info": {"vcs": "git", "commit_id": "a" * 40}})
-    assert spec == f"medport @ git+https://github.com/acme/medport.git@{'a' * 40}" and warning is None
-    spec, warning = installed({"url": "https://example.com/medport-0.1.0-py3-none-any.whl", "archive_info": {}})
-    assert spec == "medport @ https://example.com/medport-0.1.0-py3-none-any.whl" and warning is None
-    spec, warning = installed({"url": "file:///home/me/medport", "dir_info": {"editable": True}})
-    assert spec == f"medport=={__version__}" and "--pip-spec" in warning
+    assert installed(None) == starter.InstallSpec(f"medport=={__version__}")          # an index
+    got = installed({"url": "https://github.com/acme/medport.git", "vcs_info": {"vcs": "git", "commit_id": "a" * 40}})
+    assert got == starter.InstallSpec(f"medport @ git+https://github.com/acme/medport.git@{'a' * 40}")
+    got = installed({"url": "https://example.com/medport-0.1.0-py3-none-any.whl", "archive_info": {}})
+    assert got == starter.InstallSpec("medport @ https://example.com/medport-0.1.0-py3-none-any.whl")
+    wheel = tmp_path / "vendor" / "medport-0.1.0-py3-none-any.whl"     # vendored in the repository
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK")
+    got = installed({"url": wheel.as_uri(), "archive_info": {"hash": "sha256=00"}})
+    assert got == starter.InstallSpec("./vendor/medport-0.1.0-py3-none-any.whl")
+    outside = tmp_path / "elsewhere"                                     # a wheel outside: copied into vendor/
+    outside.mkdir()
+    got = installed({"url": wheel.as_uri(), "archive_info": {}}, project=outside)
+    assert got == starter.InstallSpec("./vendor/medport-0.1.0-py3-none-any.whl", vendor=wheel)
+    got = installed({"url": "file:///home/me/medport", "dir_info": {"editable": True}})
+    assert got.spec == f"medport=={__version__}" and "--pip-spec" in got.warning and "pip wheel" in got.warning
+
+
+def test_init_ci_copies_a_wheel_from_outside_into_vendor_and_ignores_local_state(monkeypatch, tmp_path):
+    wheel = tmp_path / "dist" / "medport-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK-wheel")
+    monkeypatch.setattr(starter, "_direct_url", lambda: {"url": wheel.as_uri(), "archive_info": {}})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".gitignore").write_text("node_modules")                      # no newline at the end
+    r = run("init", str(repo), "--ci")
+    assert r.exit_code == 0, r.output
+    assert (repo / "vendor" / wheel.name).read_bytes() == b"PK-wheel" and "commit it" in r.output
+    wf = yaml.safe_load((repo / starter.WORKFLOW_PATH).read_text())
+    assert wf["env"]["MEDPORT_PIP_SPEC"] == f"./vendor/{wheel.name}"
+    assert (repo / ".gitignore").read_text().splitlines()[0] == "node_modules"
+    assert ".medport/" in (repo / ".gitignore").read_text().splitlines()
+    run("init", str(repo), "--force")
+    assert (repo / ".gitignore").read_text().count(".medport/") == 1
+
+
+def test_the_cache_key_names_the_runners_os_and_architecture():
+    wf = yaml.safe_load(starter.ci_workflow("medport==1.0"))
+    keys = [s["with"]["key"] for s in wf["jobs"]["check"]["steps"] if "cache/" in s.get("uses", "")]
+    assert keys == ["${{ runner.os }}-${{ runner.arch }}-${{ steps.medport.outputs.key }}"] * 2
+
+
+def test_the_pytest_extra_brings_pytest():
+    import tomllib
+
+    from tests.paths import ROOT
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("pytest>=") for req in extras["pytest"])

@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from ...node import definitions_dir
@@ -43,6 +44,15 @@ class SearchParam:
     supported: bool = True
     first_names: frozenset | None = None   # top-level properties a value can come from (None = unknown)
     custom: Any = None             # a function resource -> values, for expressions that are not plain paths
+    id: str = ""                   # SearchParameter.id (named in Medplum's "Invalid modifier" errors)
+    url: str = ""
+    # How Medplum's server stores the parameter (medplum_facts.json, from @medplum/core and server tokens.ts):
+    # token kind "t" token column (system|value; CodeableConcept.text and Coding.display also match as values),
+    # "i" the same, case-insensitive (ContactPoint), "b" a boolean column, "c" a plain column (code, string, uri)
+    kind: str = ""
+    array: bool = False            # several values per resource (Medplum's array column)
+    single_target: str | None = None   # a reference to one resource type: a bare UUID is read as Type/<uuid>
+    canonical: bool = False
 
     def extract(self, resource: dict) -> list[Any]:
         if self.custom is not None:
@@ -246,6 +256,7 @@ _EXPRESSION_EXTRACTORS = {
 
 def _compile(code: str, ptype: str, expression: str, base_names: set[str], targets: list[str]) -> SearchParam:
     sp = SearchParam(code=code, type=ptype, expression=expression or "", targets=targets)
+    sp.kind = "c" if ptype in ("token", "uri") else ""
     if not expression or ptype in ("composite", "special"):
         sp.supported = False
         return sp
@@ -289,7 +300,7 @@ class SearchParamRegistry:
                     if r.get("resourceType") != "SearchParameter":
                         continue
                     slim = {"code": r.get("code"), "type": r.get("type"), "expression": r.get("expression"),
-                            "target": r.get("target") or []}
+                            "target": r.get("target") or [], "id": r.get("id") or "", "url": r.get("url") or ""}
                     for base in r.get("base") or []:
                         raw.setdefault(base, []).append(slim)
             # Medplum's implicit parameters on every type (@medplum/core getSearchParameters)
@@ -319,12 +330,47 @@ class SearchParamRegistry:
                     if base != resource_type and r["code"] not in _IMPLICIT:
                         continue
                     if r["code"] and r["type"]:
-                        params[r["code"]] = _compile(r["code"], r["type"], r["expression"], base_names, r["target"])
+                        sp = _compile(r["code"], r["type"], r["expression"], base_names, r["target"])
+                        sp.id, sp.url = r.get("id") or "", r.get("url") or ""
+                        params[r["code"]] = sp
+            _apply_facts(resource_type, params)
             self._compiled[resource_type] = params
             return params
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.for_type(resource_type).get(code)
+
+
+@lru_cache(maxsize=1)
+def facts() -> dict:
+    """medplum_facts.json: what @medplum/core (and the server's token indexing) says about each parameter and each
+    resource type's summary / mandatory / choice properties (written by medplum_facts.js)."""
+    with open(Path(__file__).with_name("medplum_facts.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _apply_facts(resource_type: str, params: dict[str, SearchParam]) -> None:
+    for code, flags in (facts()["params"].get(resource_type) or {}).items():
+        sp = params.get(code)
+        if sp is None:
+            continue
+        kinds = [f for f in flags if f in "tibc"]
+        if kinds:
+            sp.kind = kinds[0]
+        sp.array = "A" in flags
+        sp.canonical = "R" in flags
+        if ">" in flags:
+            sp.single_target = flags.split(">", 1)[1]
+
+
+def type_properties(resource_type: str, which: str) -> list[str]:
+    """A resource type's top-level "summary" or "mandatory" properties (@medplum/core getDataType)."""
+    return facts()[which].get(resource_type) or []
+
+
+def choice_properties(resource_type: str) -> dict[str, list[str]]:
+    """A resource type's top-level choice properties (`value[x]` -> "value") and their type codes."""
+    return facts()["choices"].get(resource_type) or {}
 
 
 @lru_cache(maxsize=1)

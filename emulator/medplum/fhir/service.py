@@ -6,7 +6,7 @@ headers) and renders the FhirResponse. Every error is an OperationOutcome with M
 Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / outcomes):
 - batch and transaction entries are processed in interaction order (delete, create, update, patch,
   operations, search, read, history) while results keep their input positions; entry response
-  `{status: "<code>", location: "Type/id", outcome, etag, lastModified}` plus the resource;
+  `{outcome, status: "<code>", location: "Type/id"}` plus the resource (no etag, no lastModified);
 - `urn:uuid:` placeholders anywhere in an entry (also inside longer strings) are rewritten to "Type/id";
   resources to be created get their ids before any entry runs, so forward references work;
 - a transaction is all-or-nothing: the first failing entry's OperationOutcome and status are returned;
@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Callable
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote
 
 from ..ids import uuid4
 from ..errors import (
@@ -58,12 +58,25 @@ from ..errors import (
     status_of,
 )
 from . import policy as P
+from .capability import capability_statement
 from .patch import apply_patch
 from .principal import Principal
+from .releases import NEWEST_RELEASE, Release
 from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
-from .search import SearchRequest, filter_sql, js_parse_int, parse_search
+from .search import (
+    MAX_COUNT,
+    Filter,
+    SearchRequest,
+    can_use_cursor,
+    filter_sql,
+    format_cursor,
+    js_parse_int,
+    parse_search,
+    subset,
+)
 from .searchparams import registry
 from .store import Repository
+from .store import _dumps as store_dumps
 from .store import _loads as store_loads
 from .values import date_range, reference_values
 
@@ -76,6 +89,10 @@ MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
 _URN = re.compile(r"urn(?::|%3A)uuid(?::|%3A)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _IF_MATCH_RE = re.compile(r'"([^"]+)"')
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# a Reference whose `reference` is a search ("Patient?identifier=..."), found in a resource's compact JSON
+_CONDITIONAL_REF = re.compile(r'"reference":"[^"?]*\?')
+# server src/fhir/search.ts getExtraEntries: rounds of _include/_revinclude (:iterate) before it gives up
+MAX_INCLUDE_DEPTH = 5
 
 
 def _is_uuid(s: str) -> bool:
@@ -168,19 +185,18 @@ class _PartialWrite(Exception):
 
 
 def _entry_path(url: str) -> tuple[str, str]:
-    """A batch entry's request URL as (path relative to the FHIR base, query string); absolute URLs allowed."""
+    """A batch entry's request URL as (path relative to the FHIR base, query string). fhir-router urlrouter.ts
+    matches the URL's segments against its routes as written: an absolute URL ("https://host/fhir/R4/Patient/1")
+    has too many segments for any route, so that entry is 404."""
     path, _, qs = url.partition("?")
-    if "://" in path:
-        path = urlsplit(path).path
-        if "/fhir/R4/" in path:
-            path = path.split("/fhir/R4/", 1)[1]
     return path, qs
 
 
 class FhirService:
     def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
-                 transactions: bool | Callable[[Principal], bool] = True):
+                 transactions: bool | Callable[[Principal], bool] = True, release: Release = NEWEST_RELEASE):
         self.repo = repo
+        self.release = release      # the Medplum release whose rules differ from others' (releases.py)
         # Medplum only runs a `transaction` Bundle atomically when transactions are enabled: server fhir/routes.ts
         # passes `transactions: project.features includes 'transaction-bundles'` to the router; otherwise it is
         # processed entry by entry like a batch (fhir-router batch.ts isTransaction()). A callable decides per
@@ -195,18 +211,19 @@ class FhirService:
         self._conflicts_lock = threading.Lock()
         self._conflicts_next = 0
         self.batch_delay_s = 0.0  # developer API: latency added to every batch/transaction (a slow database)
-        self._raw = threading.local()   # raw_content: fields the next write on this thread stores unvalidated
+        self._raw = threading.local()   # raw_content: the bytes the next Binary write on this thread stores
 
     @contextmanager
-    def raw_content(self, fields: dict):
-        """Fields stored with this thread's writes inside the block, after validation and access checks: the
-        content of a raw Binary upload, which Medplum keeps in binary storage beside the resource (not held to a
-        JSON Binary's 1 MiB `data`). One write, one version, as on Medplum."""
-        self._raw.fields = fields
+    def raw_content(self, content: bytes):
+        """The content of a raw Binary upload, stored with this thread's Binary write inside the block (after
+        validation and access checks) beside the resource, as Medplum keeps it in binary storage (server binary.ts
+        uploadBinaryData): not in the resource (a FHIR read shows no `data`), not held to a JSON Binary's 1 MiB
+        `data`. One write, one version, as on Medplum."""
+        self._raw.content = content
         try:
             yield
         finally:
-            self._raw.fields = None
+            self._raw.content = None
 
     @contextmanager
     def _verdict_first(self, res: dict):
@@ -222,9 +239,8 @@ class FhirService:
         finally:
             self.validator.clear_prevalidated()
 
-    def _with_raw(self, res: dict) -> dict:
-        fields = getattr(self._raw, "fields", None)
-        return {**res, **fields} if fields else res
+    def _raw_bytes(self, res: dict) -> bytes | None:
+        return getattr(self._raw, "content", None) if res.get("resourceType") == "Binary" else None
 
     # ================================================================== faults (developer API)
     def inject_conflicts(self, n: int) -> int:
@@ -277,6 +293,10 @@ class FhirService:
                 return self.search_system(pr, query)
             raise NotFound()
         rtype = parts[0]
+        if parts == ["metadata"] and method == "GET":
+            return FhirResponse(200, self.capability_statement(), {})
+        if len(parts) == 2 and parts[1] == "$validate" and method == "POST":
+            return self.validate_operation(body)
         if rtype.startswith("$") or (len(parts) > 1 and parts[-1].startswith("$")):
             raise NotFound()
         n = len(parts)
@@ -291,11 +311,13 @@ class FhirService:
                 return self.search(pr, rtype, query)
             if method == "POST":
                 return self.create(pr, rtype, body, headers)
-            if method == "PUT" and query:
+            # fhir-router fhirrouter.ts routes `PUT|DELETE|PATCH :resourceType` to the conditional interaction with
+            # whatever query it has: with none, the search runs over the whole type (count 2)
+            if method == "PUT":
                 return self.conditional_update(pr, rtype, query, body, headers)
-            if method == "DELETE" and query:
+            if method == "DELETE":
                 return self.conditional_delete(pr, rtype, query)
-            if method == "PATCH" and query:
+            if method == "PATCH":
                 return self.conditional_patch(pr, rtype, query, body, headers)
             raise NotFound()
         if n == 2 and parts[1] == "_search" and method == "POST":
@@ -446,11 +468,43 @@ class FhirService:
         if rtype == "Binary":
             raise BadRequest("Cannot search on Binary resource type")
         a = self._check_type(pr, P.SEARCH, rtype)
-        req = parse_search(rtype, query)
+        req = parse_search(rtype, query, self.release)
         req.types = None
+        self._check_search_types(pr, req)
         where = self._policy_where(pr, a, rtype)
-        resources, total, has_more = self.repo.search(req, extra_where=where)
-        return self._searchset(pr, a, req, resources, total, has_more)
+        nxt = None
+        if can_use_cursor(req):
+            # one more resource than the page: the next page's cursor is its lastUpdated
+            req.count += 1
+            resources, total, _ = self.repo.search(req, extra_where=where)
+            req.count -= 1
+            nxt = resources[req.count] if len(resources) > req.count else None
+            resources, has_more = resources[:req.count], nxt is not None
+        else:
+            resources, total, has_more = self.repo.search(req, extra_where=where)
+        return self._searchset(pr, a, req, resources, total, has_more, nxt)
+
+    def _check_search_types(self, pr: Principal, req: SearchRequest) -> None:
+        """server search.ts validateSearchResourceTypes / buildChainedSearch: every type a chain reaches and every
+        _include / _revinclude source type must be a known, searchable type the caller may search (else 400 / 403)."""
+        types = [inc.split(":", 1)[0] for inc in (*req.include, *req.revinclude)]
+        todo = list(req.filters)
+        while todo:
+            f = todo.pop()
+            if isinstance(f, tuple):
+                todo.extend(f[1:])
+                continue
+            if f.chain is not None:
+                types += [link.target for link in f.chain]
+                todo.append(f.inner)
+            if f.tree is not None:
+                todo.append(f.tree)
+        for t in dict.fromkeys(types):
+            if t not in RESOURCE_TYPES:
+                raise StructureError("Unknown resource type")
+            if t == "Binary":
+                raise BadRequest("Cannot search on Binary resource type")
+            self._check_type(pr, P.SEARCH, t)
 
     def search_system(self, pr: Principal, query: list[tuple[str, str]]) -> FhirResponse:
         """`GET [base]?_type=A,B&...` (fhir-router fhirrouter.ts searchMultipleTypes; server search.ts):
@@ -482,7 +536,7 @@ class FhirService:
         parts = []
         req = None
         for t in dict.fromkeys(types):
-            r = parse_search(t, query)
+            r = parse_search(t, query, self.release)
             for f in r.filters:
                 if f.chain is not None:
                     raise BadRequest(f"Unknown search parameter: {f.code}")
@@ -492,50 +546,75 @@ class FhirService:
         resources, total, has_more = self.repo.search_union(parts, count=req.count, offset=req.offset,
                                                             sort=req.sort, count_total=req.total in ("accurate", "estimate"))
         req = SearchRequest(resource_type="MultipleTypes", filters=req.filters, count=req.count, offset=req.offset,
-                            sort=req.sort, total=req.total, summary=req.summary, query=req.query,
+                            sort=req.sort, total=req.total, summary=req.summary, fields=req.fields, query=req.query,
                             count_text=req.count_text, types=types)
         return self._searchset(pr, a, req, resources, total, has_more)
 
     def _searchset(self, pr: Principal, a: P.Access, req: SearchRequest, resources: list[dict], total: int | None,
-                   has_more: bool) -> FhirResponse:
+                   has_more: bool, nxt: dict | None = None) -> FhirResponse:
         """server search.ts searchImpl: `{resourceType, type: searchset, entry, total, link}`; `entry` only when the
-        query ran (count > 0); `total` only with `_total=accurate|estimate` (or `_summary=count`)."""
+        query ran (count > 0); `total` only with `_total=accurate|estimate` (or `_summary=count`). `_summary` /
+        `_elements` subset every entry's resource (removeResourceFields)."""
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if req.summary == "count" or req.count <= 0:
             if total is not None:
                 bundle["total"] = total
-            bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset)}]
+            bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset, req.cursor)}]
             return FhirResponse(200, bundle, {})
         entries = [{"fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}", "search": {"mode": "match"},
                     "resource": self._out(a, r)} for r in resources]
         if req.types is None:
             entries += self._includes(pr, req, resources)
+        if req.fields is not None or req.summary:
+            for e in entries:
+                e["resource"] = subset(e["resource"], req)
         bundle["entry"] = entries
         if total is not None:
             bundle["total"] = total
-        # Medplum (server search.ts getSearchLinks): self always; first/next/previous when the page has entries
-        links = [{"relation": "self", "url": self._search_url(req, req.offset)}]
-        if req.count > 0 and entries:
-            links.append({"relation": "first", "url": self._search_url(req, 0)})
-            if has_more:
-                links.append({"relation": "next", "url": self._search_url(req, req.offset + req.count)})
-            if req.offset > 0:
-                links.append({"relation": "previous", "url": self._search_url(req, max(0, req.offset - req.count))})
-        bundle["link"] = links
+        bundle["link"] = self._search_links(req, entries, has_more, nxt)
         return FhirResponse(200, bundle, {})
 
-    def _search_url(self, req: SearchRequest, offset: int) -> str:
-        """Like @medplum/core formatSearchQuery: filters, _sort, _offset (if not 0), _count, _total, includes;
-        each `name=encodeURIComponent(value)`, sorted."""
+    def _search_links(self, req: SearchRequest, entries: list[dict], has_more: bool, nxt: dict | None) -> list[dict]:
+        """server search.ts getSearchLinks: self always; first/next (and previous with an offset) when the page has
+        entries — as `_cursor` links when sorted by `_lastUpdated` ascending from offset 0 with 20 or more a page
+        (canUseCursorLinks): next = `2-<lastUpdated ms of the next resource>[-ids on this page updated then]`."""
+        links = [{"relation": "self", "url": self._search_url(req, req.offset, req.cursor)}]
+        if req.count <= 0 or not entries:
+            return links
+        if nxt is not None:
+            next_lu = (nxt.get("meta") or {}).get("lastUpdated")
+            # Medplum answers 500 "Cursor fails to make progress" when the next page would start where this one did
+            # (more than a page updated in the same millisecond); the emulator pages by offset instead
+            if (entries[0]["resource"].get("meta") or {}).get("lastUpdated") != next_lu:
+                excluded = [e["resource"]["id"] for e in entries
+                            if (e["resource"].get("meta") or {}).get("lastUpdated") == next_lu]
+                cursor = format_cursor(date_range(next_lu)[0], excluded)
+                links.append({"relation": "first", "url": self._search_url(req, 0, None)})
+                links.append({"relation": "next", "url": self._search_url(req, 0, cursor)})
+                return links
+        links.append({"relation": "first", "url": self._search_url(req, 0, None)})
+        if has_more:
+            links.append({"relation": "next", "url": self._search_url(req, req.offset + req.count, None)})
+        if req.offset > 0:
+            links.append({"relation": "previous", "url": self._search_url(req, max(0, req.offset - req.count), None)})
+        return links
+
+    def _search_url(self, req: SearchRequest, offset: int, cursor: str | None) -> str:
+        """Like @medplum/core formatSearchQuery: `_fields`, filters, _sort, _cursor, _offset (if not 0), _count,
+        _total, _type, includes; each `name=encodeURIComponent(value)`, sorted."""
         items = []
         for k, v in req.query:
             code = k.partition(":")[0]
             if code in ("_count", "_offset", "_total", "_sort", "_include", "_revinclude", "_cursor", "_format",
-                        "_pretty", "_summary", "_type"):
+                        "_pretty", "_summary", "_type", "_elements", "_fields", "_"):
                 continue
             items.append(f"{k}={quote(v, safe=_URI_SAFE)}")
+        if req.fields is not None:
+            items.append("_fields=" + ",".join(req.fields))
         if req.sort:
             items.append("_sort=" + ",".join(("-" if d else "") + c for c, d in req.sort))
+        if cursor is not None:
+            items.append("_cursor=" + quote(cursor, safe=_URI_SAFE))
         if offset:
             items.append(f"_offset={offset}")
         items.append(f"_count={req.count_text or req.count}")
@@ -543,55 +622,158 @@ class FhirService:
             items.append("_type=" + ",".join(req.types))
         if req.total:
             items.append(f"_total={req.total}")
-        items += [f"_include={quote(v, safe=_URI_SAFE + ':')}" for v in req.include]
-        items += [f"_revinclude={quote(v, safe=_URI_SAFE + ':')}" for v in req.revinclude]
+        for key, targets, iterate in (("_include", req.include, req.include_iterate),
+                                      ("_revinclude", req.revinclude, req.revinclude_iterate)):
+            items += [f"{key}{':iterate' if i in iterate else ''}={quote(v, safe=_URI_SAFE + ':')}"
+                      for i, v in enumerate(targets)]
         items.sort()
         return f"{self.fhir_base}{req.resource_type}?" + "&".join(items)
 
     def _includes(self, pr: Principal, req: SearchRequest, resources: list[dict]) -> list[dict]:
-        out: list[dict] = []
+        """server search.ts getExtraEntries: every _include / _revinclude on the matches, then the `:iterate` ones
+        again on what the previous round found (all of it, seen or not) until a round finds nothing; five rounds or
+        more than 1,000 entries -> 400 "Search with _(rev)include reached query scope limit"."""
+        if not req.include and not req.revinclude:
+            return []
+        a = self._access(pr)
         seen = {f"{r['resourceType']}/{r['id']}" for r in resources}
-        for inc in req.include:
-            src, _, code = inc.partition(":")
-            code, _, target = code.partition(":")
-            sp = registry().get(src, code) if src in RESOURCE_TYPES else None
-            if sp is None or sp.type != "reference":
-                raise BadRequest(f"Invalid include parameter: {inc}")
-            refs = []
-            for r in resources:
-                if r["resourceType"] == src:
-                    refs += [x for x in reference_values(sp.extract(r)) if not target or x.startswith(target + "/")]
-            for res in self.repo.read_many(list(dict.fromkeys(x for x in refs if x not in seen))):
-                a = self._access(pr)
-                if self._visible(pr, res) and a.can(P.READ, res["resourceType"]) and a.matches(res, P.READ):
-                    seen.add(f"{res['resourceType']}/{res['id']}")
-                    out.append({"fullUrl": f"{self.fhir_base}{res['resourceType']}/{res['id']}",
-                                "search": {"mode": "include"}, "resource": self._out(a, res)})
-        for inc in req.revinclude:
-            src, _, code = inc.partition(":")
-            code = code.partition(":")[0]
-            sp = registry().get(src, code) if src in RESOURCE_TYPES else None
-            if sp is None or sp.type != "reference":
-                raise BadRequest(f"Invalid revinclude parameter: {inc}")
-            targets = [f"{r['resourceType']}/{r['id']}" for r in resources]
-            a = self._access(pr)
-            if not a.can(P.SEARCH, src):
-                continue
-            for res in self.repo.references_to(targets, src, code):
+        out: list[dict] = []
+        base, first, depth = resources, True, 0
+        while base:
+            if depth >= MAX_INCLUDE_DEPTH or len(resources) + len(out) > MAX_COUNT:
+                raise BadRequest(f"Search with _(rev)include reached query scope limit: depth={depth}, "
+                                 f"results={len(resources) + len(out)}")
+            found: list[dict] = []
+            for i, inc in enumerate(req.include):
+                if first or i in req.include_iterate:
+                    found += self._include_round(pr, a, inc, base)
+            for i, inc in enumerate(req.revinclude):
+                if first or i in req.revinclude_iterate:
+                    found += self._revinclude_round(pr, a, inc, base)
+            for res in found:
                 key = f"{res['resourceType']}/{res['id']}"
-                if key in seen or not self._visible(pr, res) or not a.matches(res, P.READ):
-                    continue
-                seen.add(key)
-                out.append({"fullUrl": f"{self.fhir_base}{key}", "search": {"mode": "include"},
-                            "resource": self._out(a, res)})
+                if key not in seen:
+                    seen.add(key)
+                    out.append({"fullUrl": f"{self.fhir_base}{key}", "search": {"mode": "include"},
+                                "resource": self._out(a, res)})
+            base, first, depth = found, False, depth + 1
         return out
+
+    def _include_round(self, pr: Principal, a: P.Access, inc: str, base: list[dict]) -> list[dict]:
+        """server search.ts getSearchIncludeEntries: the resources `Type:param[:target]` references from `base`
+        that the caller may read."""
+        src, _, code = inc.partition(":")
+        code, _, target = code.partition(":")
+        sp = registry().get(src, code)
+        if sp is None:
+            raise BadRequest(f"Invalid include parameter: {src}:{code}")
+        if sp.type != "reference":
+            return []
+        refs = []
+        for r in base:
+            if r["resourceType"] == src:
+                refs += [x for x in reference_values(sp.extract(r)) if not target or x.startswith(target + "/")]
+        return [res for res in self.repo.read_many(refs)
+                if self._visible(pr, res) and a.can(P.READ, res["resourceType"]) and a.matches(res, P.READ)]
+
+    def _revinclude_round(self, pr: Principal, a: P.Access, inc: str, base: list[dict]) -> list[dict]:
+        """server search.ts getSearchRevIncludeEntries: a search of `Type?param=<base references>` (count 1000)."""
+        src, _, code = inc.partition(":")
+        code, _, target = code.partition(":")
+        sp = registry().get(src, code)
+        if sp is None:
+            raise BadRequest(f"Invalid include parameter: {src}:{code}")
+        refs = [f"{r['resourceType']}/{r['id']}" for r in base if not target or r["resourceType"] == target]
+        if not refs or sp.type != "reference":
+            return []
+        req = SearchRequest(resource_type=src, count=MAX_COUNT,
+                            filters=[Filter(code, None, list(dict.fromkeys(refs)), sp)])
+        return self.repo.search(req, extra_where=self._policy_where(pr, a, src), count_total=False)[0]
 
     def _find(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str, limit: int = 2) -> list[dict]:
         """Conditional-interaction lookup: at most `limit` matches visible to the principal."""
         a = self._access(pr)
-        req = parse_search(rtype, query)
+        req = parse_search(rtype, query, self.release)
         req.count, req.offset, req.sort, req.include, req.revinclude = limit, 0, [], [], []
+        req.cursor = req.after = None
         return self.repo.search(req, extra_where=self._policy_where(pr, a, rtype), count_total=False)[0]
+
+    # ================================================================== operations and metadata
+    def capability_statement(self) -> dict:
+        """server src/fhir/metadata.ts getCapabilityStatement (public: `GET metadata` needs no login)."""
+        return capability_statement(self.fhir_base[:-len("fhir/R4/")], self.release.version)
+
+    def validate_operation(self, body: Any) -> FhirResponse:
+        """server src/fhir/routes.ts `POST /:resourceType/$validate`: the body is the resource; Medplum's strict
+        validation (validateRepositoryResourceStrictly) -> 200 All OK, or 400 with its OperationOutcome. Nothing is
+        written and the resource type in the URL is not compared with the body's."""
+        if not isinstance(body, dict):
+            raise BadRequest("Missing resourceType")
+        self._validate(body)
+        return FhirResponse(200, all_ok(), {})
+
+    def binary_content(self, pr: Principal, rid: str, vid: str | None = None) -> tuple[dict, bytes]:
+        """A Binary read as its raw content (server fhir/response.ts sendBinaryResponse): the resource (read or vread
+        with the caller's access) and its bytes — its `data` when it has one, else what a raw upload stored."""
+        if vid is None:
+            _, res = self._read_visible(pr, "Binary", rid)
+        else:
+            a = self._check_type(pr, P.VREAD, "Binary")
+            res = self.repo.vread("Binary", rid, vid)
+            if not self._visible(pr, res) or not a.matches(res, P.VREAD):
+                raise NotFound()
+        data = res.get("data")
+        if isinstance(data, str):
+            try:
+                return res, base64.b64decode(data)
+            except ValueError:
+                return res, b""
+        stored = self.repo.binary_content(rid, (res.get("meta") or {}).get("versionId", ""))
+        return res, stored or b""
+
+    def _resolve_conditional_references(self, pr: Principal, res: dict) -> dict:
+        """server src/fhir/references.ts replaceConditionalReferences (on every create and update, before
+        validation): a Reference whose `reference` is a search ("Patient?identifier=s|v") becomes a reference to the
+        one resource the caller finds with it — `{reference: "Patient/<id>", display}` as createReference makes it;
+        none or several -> 400 "Conditional reference '<search>' did not match any / matched multiple resources"
+        with the element's path. Nothing to do (and no cost but one JSON dump) for a resource without one."""
+        try:
+            text = store_dumps(res)
+        except (TypeError, ValueError):
+            return res
+        if not _CONDITIONAL_REF.search(text):
+            return res
+        res = store_loads(text)
+        found: list[tuple[Any, Any, str, str]] = []      # (container, key, path, search)
+        _conditional_references(res, res.get("resourceType") or "", found)
+        targets = []
+        for container, key, path, search in found:
+            rtype, _, qs = search.partition("?")
+            rtype = rtype.rsplit("/", 1)[-1]
+            if rtype not in RESOURCE_TYPES:
+                raise StructureError("Unknown resource type")
+            matches = self._find(pr, rtype, qs, limit=2)
+            if len(matches) != 1:
+                how = "matched multiple" if matches else "did not match any"
+                raise BadRequest(f"Conditional reference '{search}' {how} resources", path)
+            targets.append(matches[0])
+        for (container, key, _, _), target, display in zip(found, targets, self._displays(targets)):
+            ref: dict[str, Any] = {"reference": f"{target['resourceType']}/{target['id']}"}
+            if display and display != ref["reference"]:
+                ref["display"] = display
+            container[key] = ref
+        return res
+
+    def _displays(self, resources: list[dict]) -> list[str | None]:
+        """The display @medplum/core createReference gives each resource (Medplum's own code, in the validator's
+        Node process); without it, none."""
+        if not resources or not self.validator.strict:
+            return [None] * len(resources)
+        from .strict import default_strict_validator
+        try:
+            return default_strict_validator().displays(resources)
+        except (RuntimeError, OSError, ValueError):
+            return [None] * len(resources)
 
     # ================================================================== writes
     def _body_resource(self, body: Any, rtype: str, mismatch: str = "Incorrect resource type") -> dict:
@@ -641,11 +823,12 @@ class FhirService:
         res = {k: v for k, v in res.items() if k != "id"}
         res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
         if not trusted:   # trusted: written by the emulator itself from a fixed shape (execution AuditEvents)
+            res = self._resolve_conditional_references(pr, res)
             self._validate(res)
         if not a.matches(res, P.CREATE):
             raise Forbidden()
-        stored = self.repo.create(self._with_raw(res), id=assigned_id, project=self._project_for_write(pr, res),
-                                  author=pr.profile or None)
+        stored = self.repo.create(res, id=assigned_id, project=self._project_for_write(pr, res),
+                                  author=pr.profile or None, binary=self._raw_bytes(res))
         return FhirResponse(201, self._out(a, stored), {**_res_headers(stored), "Location": self._location(stored)})
 
     def _location(self, r: dict) -> str:
@@ -685,6 +868,7 @@ class FhirService:
             if not a.can(P.CREATE, rtype):
                 raise Forbidden()
             res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
+        res = self._resolve_conditional_references(pr, res)
         self._validate(res)
         if not a.matches(res, P.UPDATE if existing is not None else P.CREATE):
             raise Forbidden()
@@ -693,9 +877,10 @@ class FhirService:
             raise PreconditionFailed()
         # inside a transaction (a batch entry, a conditional update) nothing else wrote since `lookup`: the store
         # does not read the row again
-        stored, created, changed = self.repo.update(self._with_raw(res), if_match=if_match,
+        stored, created, changed = self.repo.update(res, if_match=if_match,
                                                     project=self._project_for_write(pr, res),
-                                                    author=pr.profile or None, known=row, previous=existing)
+                                                    author=pr.profile or None, known=row, previous=existing,
+                                                    binary=self._raw_bytes(res))
         headers = _res_headers(stored)
         if created and create_by_id:
             headers["Location"] = self._location(stored)
@@ -993,8 +1178,6 @@ class FhirService:
                     raise NotFound()
         elif method in ("PUT", "DELETE", "PATCH") and n in (1, 2):
             base = {"PUT": "update", "DELETE": "delete", "PATCH": "patch"}[method]
-            if n == 1 and not qs:
-                raise NotFound()
             kind = base + ("-conditional" if "?" in url else "")
         elif method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
             raise NotFound()
@@ -1093,26 +1276,20 @@ class FhirService:
             return FhirResponse(e.status, e.outcome, {})
 
     def _entry_from_response(self, resp: FhirResponse) -> dict:
+        """fhir-router batch.ts buildBundleResponse: `response` carries the outcome, the status and (when it
+        succeeded with a resource) its location `Type/id` — no etag, no lastModified; then the resource."""
         body = resp.body
         status = resp.status
         if status >= 400:
-            return {"response": {"status": str(status), "outcome": body}}
-        e: dict[str, Any] = {}
-        r: dict[str, Any] = {"status": str(status)}
+            return {"response": {"outcome": body, "status": str(status)}}
         if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-            r["outcome"] = body
-        else:
-            r["outcome"] = created_outcome() if status == 201 else all_ok()
-            if isinstance(body, dict):
-                if body.get("id") and body.get("resourceType") != "Bundle":
-                    r["location"] = f"{body['resourceType']}/{body['id']}"
-                    meta = body.get("meta") or {}
-                    if meta.get("versionId"):
-                        r["etag"] = f'W/"{meta["versionId"]}"'
-                    if meta.get("lastUpdated"):
-                        r["lastModified"] = meta["lastUpdated"]
-                e["resource"] = body
-        e["response"] = r
+            return {"response": {"outcome": body, "status": str(status)}}
+        r: dict[str, Any] = {"outcome": created_outcome() if status == 201 else all_ok(), "status": str(status)}
+        e: dict[str, Any] = {"response": r}
+        if isinstance(body, dict):
+            if body.get("id") and body.get("resourceType") != "Bundle":
+                r["location"] = f"{body['resourceType']}/{body['id']}"
+            e["resource"] = body
         return e
 
 
@@ -1175,7 +1352,7 @@ def _identifier_condition(e: Any) -> tuple[str, str, str] | None:
 
 
 def _entry_response(oo: dict) -> dict:
-    return {"response": {"status": str(status_of(oo)), "outcome": oo}}
+    return {"response": {"outcome": oo, "status": str(status_of(oo))}}
 
 
 def _rewrite(node: Any, ids: dict[str, str]) -> Any:
@@ -1190,6 +1367,27 @@ def _rewrite(node: Any, ids: dict[str, str]) -> Any:
         return ids.get(m.group(0).replace("%3A", ":"), m.group(0))
 
     return json.loads(_URN.sub(sub, text))
+
+
+def _conditional_references(node: Any, path: str, out: list) -> None:
+    """Collect (container, key, element path, search) for every Reference whose `reference` contains "?" — paths as
+    Medplum's crawler names them (`Observation.performer[0]`: the index only on the Reference itself)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            sub = f"{path}.{k}"
+            if isinstance(v, dict):
+                ref = v.get("reference")
+                if isinstance(ref, str) and "?" in ref:
+                    out.append((node, k, sub, ref))
+                else:
+                    _conditional_references(v, sub, out)
+            elif isinstance(v, list):
+                for i, item in enumerate(v):
+                    ref = item.get("reference") if isinstance(item, dict) else None
+                    if isinstance(ref, str) and "?" in ref:
+                        out.append((v, i, f"{sub}[{i}]", ref))
+                    else:
+                        _conditional_references(item, sub, out)
 
 
 def _patch_body(res: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 from ..ids import now_instant, uuid4
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
 from . import values as V
-from .search import SearchRequest, balanced, filter_sql, parse_search, sort_sql
+from .search import SearchRequest, balanced, cursor_sql, filter_sql, parse_search, sort_sql
 from .searchparams import patient_compartment_params, registry
 
 SCHEMA = """
@@ -45,9 +45,11 @@ CREATE INDEX IF NOT EXISTS idx_date_r ON idx_date (rid);
 CREATE TABLE IF NOT EXISTS idx_num (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL, system TEXT, code TEXT);
 CREATE INDEX IF NOT EXISTS idx_num_v ON idx_num (param, value);
 CREATE INDEX IF NOT EXISTS idx_num_r ON idx_num (rid);
-CREATE TABLE IF NOT EXISTS idx_text (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT);
+CREATE TABLE IF NOT EXISTS idx_text (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT, raw TEXT);
 CREATE INDEX IF NOT EXISTS idx_text_v ON idx_text (param, value);
 CREATE INDEX IF NOT EXISTS idx_text_r ON idx_text (rid);
+CREATE TABLE IF NOT EXISTS binary_content (id TEXT NOT NULL, vid TEXT NOT NULL, content BLOB NOT NULL,
+  PRIMARY KEY (id, vid));
 """
 _INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
 _INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
@@ -55,7 +57,7 @@ _INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,
                   "INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)",
                   "INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
                   "INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
-                  "INSERT INTO idx_text (rid, param, value) VALUES (?,?,?)")
+                  "INSERT INTO idx_text (rid, param, value, raw) VALUES (?,?,?,?)")
 
 
 @dataclass
@@ -134,6 +136,8 @@ class Repository:
         if self.path:
             c.execute("PRAGMA wal_autocheckpoint=10000")
         c.executescript(SCHEMA)
+        if "raw" not in {row[1] for row in c.execute("PRAGMA table_info(idx_text)")}:
+            c.execute("ALTER TABLE idx_text ADD COLUMN raw TEXT")   # a store written before token texts kept it
         self._params = registry()
         self._max_vars = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
@@ -343,11 +347,14 @@ class Repository:
         return out, lu, known
 
     def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
-               clear_index: bool = True, known_refs: dict | None = None) -> None:
+               clear_index: bool = True, known_refs: dict | None = None, binary: bytes | None = None,
+               previous: dict | None = None) -> None:
         self.writes += 1
         c = self._conn
         content = _dumps(res)
         rtype, rid, vid = res["resourceType"], res["id"], res["meta"]["versionId"]
+        if rtype == "Binary":
+            self._write_binary(res, binary, previous)
         proj = (res.get("meta") or {}).get("project")
         if existing_rid is None:
             cur = c.execute("INSERT INTO resources (type, id, vid, lu, deleted, project, content) VALUES (?,?,?,?,0,?,?)",
@@ -362,6 +369,25 @@ class Repository:
         c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
                   (rtype, rid, vid, lu, content))
         self._index(row_id, res, known_refs)
+
+    def _write_binary(self, res: dict, binary: bytes | None, previous: dict | None) -> None:
+        """Binary content kept beside the resource, per version (Medplum's binary storage, server repo.ts
+        handleBinaryUpdate): raw bytes uploaded with this write; else, for an update without `data`, the previous
+        version's content (copyBinary)."""
+        vid = res["meta"]["versionId"]
+        if binary is not None:
+            self._conn.execute("INSERT INTO binary_content (id, vid, content) VALUES (?,?,?)", (res["id"], vid, binary))
+        elif previous is not None and "data" not in res:
+            prev_vid = (previous.get("meta") or {}).get("versionId")
+            self._conn.execute("INSERT INTO binary_content (id, vid, content) SELECT id, ?, content FROM binary_content "
+                               "WHERE id = ? AND vid = ?", (vid, res["id"], prev_vid))
+
+    def binary_content(self, rid: str, vid: str) -> bytes | None:
+        """The stored content of a Binary version (raw upload or copied), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT content FROM binary_content WHERE id = ? AND vid = ?",
+                                     (rid, vid)).fetchone()
+        return bytes(row[0]) if row else None
 
     def _clear_index(self, row_id: int) -> None:
         if row_id in self._pend_rids:
@@ -390,27 +416,28 @@ class Repository:
         if num:
             p_num.extend([(row_id, p, n, s, cd) for p, n, s, cd in num])
         if txt:
-            p_txt.extend([(row_id, p, v) for p, v in txt])
+            p_txt.extend([(row_id, p, v, raw) for p, v, raw in txt])
         self._pend_rids.add(row_id)
         if self._depth == 0:
             self._flush()
 
     def create(self, resource: dict, *, id: str | None = None, project: str | None = None,
-               author: str | None = None) -> dict:
-        """Store a new resource (server-assigned UUID unless `id` is given). Returns the stored resource."""
+               author: str | None = None, binary: bytes | None = None) -> dict:
+        """Store a new resource (server-assigned UUID unless `id` is given; `binary`: a Binary's raw content).
+        Returns the stored resource."""
         with self._tx():
             rid = id or uuid4()
             row = self._row(resource["resourceType"], rid)
             if row is not None and not row[2]:
                 raise BadRequest("Resource already exists")
             res, lu, known = self._stamp(resource, rid, project, author, None)
-            self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
+            self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known, binary=binary)
             self._event(ChangeEvent("create", res, None))
         return res
 
     def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
                author: str | None = None, create_if_missing: bool = True, known: tuple | None | bool = False,
-               previous: dict | None = None) -> tuple[dict, bool, bool]:
+               previous: dict | None = None, binary: bytes | None = None) -> tuple[dict, bool, bool]:
         """Update (or create with the given id). Returns (resource, created, changed). `known`: the row
         `lookup()` answered (None = no row) within the caller's open transaction, and `previous` the resource
         parsed from it; both are then not read again."""
@@ -430,17 +457,18 @@ class Repository:
                 if not create_if_missing:
                     raise NotFound()
                 res, lu, known = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known)
+                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=known,
+                            binary=binary)
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
             if if_match is not None and if_match != row[1]:
                 raise PreconditionFailed()
             if previous is None:
                 previous = _loads(row[3])
-            if same_content(previous, resource):
+            if same_content(previous, resource) and binary is None:
                 return previous, False, False
             res, lu, known = self._stamp(resource, rid, project, author, previous)
-            self._write(res, lu, project, row[0], known_refs=known)
+            self._write(res, lu, project, row[0], known_refs=known, binary=binary, previous=previous)
             self._event(ChangeEvent("update", res, previous))
         return res, False, True
 
@@ -476,6 +504,8 @@ class Repository:
                     continue
                 c.execute("DELETE FROM resources WHERE rid = ?", (row_id,))
                 c.execute("DELETE FROM history WHERE type = ? AND id = ?", (t, i))
+                if t == "Binary":
+                    c.execute("DELETE FROM binary_content WHERE id = ?", (i,))
                 self._clear_index(row_id)
                 removed += 1
         return removed
@@ -487,7 +517,6 @@ class Repository:
         if isinstance(req, tuple):
             req = parse_search(req[0], req[1])
         params = self._params.for_type(req.resource_type)
-        self._resolve_chains(req)
         where = ["r.type = ?", "r.deleted = 0"]
         args: list[Any] = [req.resource_type]
         selective = False
@@ -502,6 +531,7 @@ class Repository:
         if extra_where:
             where.append(extra_where[0])
             args += extra_where[1]
+        after = cursor_sql(req)
         wsql = balanced("AND", where)  # thousands of filters stay under SQLite's expression depth limit
         order, oargs = sort_sql(req, params)
         if len(args) + len(oargs) + 2 > self._max_vars:  # SQLite's limit (32,766 on many builds), not Medplum's
@@ -514,9 +544,12 @@ class Repository:
                 total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
             rows = []
             if req.count > 0:
+                page_sql, page_args = wsql, args
+                if after is not None:   # the count ignores the cursor, as Medplum's does
+                    page_sql, page_args = f"{wsql} AND {after[0]}", [*args, *after[1]]
                 rows = self._conn.execute(
-                    f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
-                    [*args, *oargs, req.count + 1, req.offset]).fetchall()
+                    f"SELECT r.content FROM resources r WHERE {page_sql} {order} LIMIT ? OFFSET ?",
+                    [*page_args, *oargs, req.count + 1, req.offset]).fetchall()
         has_more = len(rows) > req.count
         return [_loads(r[0]) for r in rows[:req.count]], total, has_more
 
@@ -526,7 +559,6 @@ class Repository:
         clause), sorted by `_id` / `_lastUpdated` only. Returns (resources, total or None, has_more)."""
         ors, args = [], []
         for req, extra in parts:
-            self._resolve_chains(req)
             conds, a = ["r.type = ?"], [req.resource_type]
             for f in req.filters:
                 sql, fa = filter_sql(f)
@@ -550,15 +582,6 @@ class Repository:
                 rows = self._conn.execute(f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
                                           [*args, count + 1, offset]).fetchall()
         return [_loads(r[0]) for r in rows[:count]], total, len(rows) > count
-
-    def _resolve_chains(self, req: SearchRequest) -> None:
-        for f in req.filters:
-            if f.chain is not None and f.chain_refs is None:
-                target, inner = f.chain
-                inner_req = parse_search(target, [(inner, f.values[0])])
-                inner_req.count, inner_req.sort = 1000, []
-                found = self.search(inner_req, count_total=False)[0]
-                f.chain_refs = [f"{target}/{r['id']}" for r in found]
 
     def search_ids(self, rtype: str, query, limit: int = 2) -> list[dict]:
         """Resources matching `query` (at most `limit`) — the conditional create/update/delete lookup."""

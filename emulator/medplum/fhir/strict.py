@@ -204,6 +204,15 @@ class StrictValidator:
     def check(self, resource: Any) -> dict | None:
         return self.check_many([resource])[0]
 
+    def displays(self, resources: list[Any]) -> list[str | None]:
+        """The `display` @medplum/core createReference puts on a reference to each resource (None: none)."""
+        if not resources:
+            return []
+        result = self._send(b'"display":[' + b",".join(_dumps(r) for r in resources) + b"]").result(TIMEOUT_S)
+        if not isinstance(result, list) or len(result) != len(resources):
+            raise RuntimeError("the strict validator (Node) answered badly")
+        return result
+
     def _kill(self) -> None:
         if self._proc is not None:
             try:

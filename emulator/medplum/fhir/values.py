@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Any
 
@@ -65,10 +64,9 @@ def _date_range(s: str) -> tuple[float, float] | None:
 
 
 def normalize_string(s: str) -> str:
-    """Case- and accent-insensitive form used for string search."""
-    if s.isascii():
-        return s.lower()
-    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c)).lower()
+    """The case-insensitive form string search compares (Postgres LOWER / to_tsvector('simple') on Medplum: no
+    accent folding, "José" is not "jose")."""
+    return s.lower()
 
 
 def _strings(v: Any, out: list[str]) -> None:
@@ -95,34 +93,62 @@ def string_values(values: list[Any]) -> list[str]:
 
 
 def token_values(values: list[Any]) -> list[tuple[str | None, str | None]]:
-    """(system, code) pairs: Coding, CodeableConcept, Identifier, ContactPoint, code/boolean/string primitives."""
+    """(system, code) pairs: Coding, CodeableConcept, Identifier, ContactPoint, code/boolean/string primitives —
+    trimmed, as Medplum indexes them (server token-column.ts buildTokenColumns); a pair with neither is left out."""
     out: list[tuple[str | None, str | None]] = []
     for v in values:
-        if isinstance(v, bool):
-            out.append((None, "true" if v else "false"))
-        elif isinstance(v, str):
-            out.append((None, v))
-        elif isinstance(v, (int, float)):
-            out.append((None, str(v)))
+        if isinstance(v, str):
+            if v[:1].isspace() or v[-1:].isspace():
+                v = v.strip()
+            if v:
+                out.append((None, v))
         elif isinstance(v, dict):
             if "coding" in v or ("text" in v and "code" not in v and "value" not in v):
                 for c in v.get("coding") or []:
-                    if isinstance(c, dict) and (c.get("code") is not None or c.get("system")):
-                        out.append((c.get("system"), _s(c.get("code"))))
+                    if isinstance(c, dict):
+                        _pair(out, c.get("system"), c.get("code"))
             elif "code" in v and ("system" in v or "display" in v or "version" in v or len(v) == 1):
-                out.append((v.get("system"), _s(v.get("code"))))
+                _pair(out, v.get("system"), v.get("code"))
             elif "value" in v:  # Identifier, ContactPoint
-                out.append((v.get("system") if isinstance(v.get("system"), str) else None, _s(v.get("value"))))
-            elif "code" in v:
-                out.append((v.get("system"), _s(v.get("code"))))
-            elif "system" in v:
-                out.append((v.get("system"), None))
+                _pair(out, v.get("system"), v.get("value"))
+            elif "code" in v or "system" in v:
+                _pair(out, v.get("system"), v.get("code"))
+        elif isinstance(v, bool):
+            out.append((None, "true" if v else "false"))
+        elif isinstance(v, (int, float)):
+            out.append((None, str(v)))
     return out
 
 
+def _pair(out: list, system: Any, code: Any) -> None:
+    if isinstance(system, str):
+        if system[:1].isspace() or system[-1:].isspace():
+            system = system.strip()
+        system = system or None
+    else:
+        system = None
+    if isinstance(code, str):
+        if code[:1].isspace() or code[-1:].isspace():
+            code = code.strip()
+    elif code is not None:
+        code = str(code)
+    if system or code:
+        out.append((system, code or None))
+
+
+def token_rows(values: list[Any], kind: str | None) -> list[tuple[str | None, str | None]]:
+    """The (system, code) rows Medplum indexes for a token (core search/ir.ts buildTokens): the code lowercased
+    for a case-insensitive (ContactPoint) parameter."""
+    rows = token_values(values)
+    if kind == "i":
+        return [(system, code.lower() if code else code) for system, code in rows]
+    return rows
+
+
 def token_texts(values: list[Any]) -> list[str]:
-    """The text a token `:text` search looks at (server fhir/tokens.ts buildCodeableConceptToken /
-    buildCodingToken): CodeableConcept.text and every Coding.display."""
+    """The text values of a token (core search/ir.ts buildCodeableConceptToken / buildCodingToken /
+    buildIdentifierToken): CodeableConcept.text, every Coding.display, Identifier.type.text — what `:text` searches,
+    and what a plain `code=x` also matches."""
     out: list[str] = []
     for v in values:
         if not isinstance(v, dict):
@@ -130,6 +156,8 @@ def token_texts(values: list[Any]) -> list[str]:
         t = v.get("text")
         if isinstance(t, str) and "value" not in v:
             out.append(t)
+        if "value" in v and isinstance(v.get("type"), dict) and isinstance(v["type"].get("text"), str):
+            out.append(v["type"]["text"])
         d = v.get("display")
         if isinstance(d, str) and ("code" in v or "system" in v or "coding" not in v):
             out.append(d)
@@ -137,12 +165,6 @@ def token_texts(values: list[Any]) -> list[str]:
             if isinstance(c, dict) and isinstance(c.get("display"), str):
                 out.append(c["display"])
     return out
-
-
-def _s(x: Any) -> str | None:
-    if x is None:
-        return None
-    return x if isinstance(x, str) else str(x)
 
 
 def reference_values(values: list[Any]) -> list[str]:
@@ -277,7 +299,7 @@ def _todo(params: dict, keys: tuple) -> list[tuple]:
 
 def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):
     """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
-    numbers, token texts) — token texts (lowercased) serve the token `:text` modifier. Only the parameters whose
+    numbers, token texts) — token texts (lowercased, and as written) serve `:text` and plain-value matches. Only the parameters whose
     paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40).
     `known_refs`: reference parameter code -> its `reference_values`, already extracted by the caller."""
     tok, st, ref, dt, num, txt = [], [], [], [], [], []
@@ -291,10 +313,12 @@ def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | 
             continue
         t = sp.type
         if t == "token":
-            for s, c in token_values(vals):
+            for s, c in token_rows(vals, sp.kind):
                 tok.append((code, s, c))
             for t_ in dict.fromkeys(token_texts(vals)):
-                txt.append((code, t_.lower()))
+                t_ = t_.strip()
+                if t_:
+                    txt.append((code, t_.lower(), t_))
         elif t == "string":
             for s in string_values(vals):
                 st.append((code, normalize_string(s), s))

@@ -2,14 +2,23 @@
 (fhir/), render what it answers; bot operations go to routes/bots.py.
 
 Medplum facts
-(packages/server/src/app.ts, fhir/routes.ts, fhir/outcomes.ts):
+(packages/server/src/app.ts, fhir/routes.ts, fhir/binary.ts, fhir/response.ts, fhir/outcomes.ts):
 - JSON bodies over 1 MB → 400 `badRequest('File too large')`; unparsable JSON → 400
   `badRequest('Content could not be parsed')` — nothing is written either way.
 - FHIR create/update/batch need application/json or application/fhir+json, PATCH needs
   application/json-patch+json; otherwise 400 "Unsupported content type" (rendered here as an
   OperationOutcome so clients get a FHIR body).
-- `POST /fhir/R4/Binary` takes any content type: the raw bytes become the Binary.
-- Responses are `application/fhir+json`; `Prefer: return=minimal` sends no body.
+- `/fhir/R4/Binary` has its own router, ahead of the JSON body parser (app.ts, binary.ts): `POST Binary` and
+  `PUT Binary/{id}` store the raw bytes of any content type — a JSON document (`application/json`) too — with the
+  request's Content-Type as the Binary's; only a body sent as exactly `application/fhir+json` that is a Binary
+  resource (with the URL's id) is written as that resource. `Content-Encoding` gzip/deflate is inflated, another
+  one is 400 "Unsupported content encoding". `GET Binary/{id}` (and a vread) without an Accept starting with
+  `application/fhir+json` answers the content itself with the Binary's content type (response.ts
+  sendFhirResponse / sendBinaryResponse); as FHIR JSON a raw upload has no `data`.
+- Responses are `application/fhir+json`; `Prefer: return=minimal` sends no body — errors included, since
+  routes.ts replaces `res.json` for everything under the FHIR router (not for a body the JSON parser refused, nor
+  the Binary router's own routes).
+- `GET metadata` is public: the CapabilityStatement (metadata.ts).
 - A query string over 70,000 characters → 400 "Query string exceeds maximum length of 70000 characters"
   (fhir-router urlrouter.ts). A real deployment may refuse a long URL earlier (Node's 16 KiB header limit
   answers 431); the emulator serves up to the router's limit.
@@ -18,17 +27,16 @@ Medplum facts
 """
 from __future__ import annotations
 
-import base64
 import sys
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
-from ..errors import BadRequest
+from ..errors import BadRequest, FhirError
 from ..httpio import (
     FHIR_JSON,
     FORM_TYPE,
-    JSON_TYPES,
     current_state,
     is_extended_mode,
     json_response,
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
 _WRITE_METHODS = {"POST", "PUT", "PATCH"}
 # @medplum/fhir-router urlrouter.ts MAX_QUERY_STRING_LENGTH (characters after '?', as sent: percent-encoded)
 MAX_QUERY_STRING_LENGTH = 70_000
+# binary.ts streams uploads to storage without a size limit; the emulator keeps them in SQLite up to this
+MAX_BINARY_BYTES = 64 * 1024 * 1024
 
 
 def register(app: Flask) -> None:
@@ -69,13 +79,29 @@ def healthcheck() -> Response:
 
 
 def fhir_handler(path: str) -> Response:
+    try:
+        return _fhir_handler(path)
+    except FhirError as err:
+        # fhir/routes.ts: under the FHIR router every JSON answer obeys `Prefer: return=minimal`, errors too
+        if g.get("outside_fhir_router") or request.headers.get("Prefer") != "return=minimal":
+            raise
+        return Response(b"", status=err.status)
+
+
+def _fhir_handler(path: str) -> Response:
     state = current_state()
     path = path.strip("/")
     if path == "metadata" and request.method == "GET":
         return _delegate(state, state.system, path, None)
-    principal = require_principal()
     method = request.method
     parts = path.split("/") if path else []
+    if parts and parts[0] == "Binary" and _binary_route(method, parts):
+        g.outside_fhir_router = True
+        principal = require_principal()
+        if method == "GET":
+            return _binary_read(state, principal, parts)
+        return _binary_upload(state, principal, parts)
+    principal = require_principal()
     # operations owned by bots.py
     if parts and parts[0] == "Bot" and parts[-1] in ("$execute", "$deploy"):
         if parts[-1] == "$execute" and len(parts) in (2, 3) and method in ("GET", "POST"):
@@ -87,9 +113,9 @@ def fhir_handler(path: str) -> Response:
         raise BadRequest(f"Query string exceeds maximum length of {MAX_QUERY_STRING_LENGTH} characters")
     if len(parts) == 3 and parts[0] == "job" and parts[2] == "status" and method == "GET":
         return job_status_handler(principal, parts[1])
-    if parts and parts[0] == "Binary" and method in ("POST", "PUT") and len(parts) <= 2 \
-            and request.mimetype not in JSON_TYPES:
-        return _binary_upload(state, principal, parts)
+    if len(parts) == 4 and parts[0] == "Binary" and parts[2] == "_history" and method == "GET" \
+            and not _wants_fhir_json():
+        return _binary_read(state, principal, parts)
 
     body: Any = None
     if method in _WRITE_METHODS:
@@ -100,6 +126,13 @@ def fhir_handler(path: str) -> Response:
 
 
 def _parse_fhir_body(path: str, method: str) -> Any:
+    g.outside_fhir_router = True      # app.ts: the JSON body parser runs before the FHIR router
+    body = _read_fhir_body(path, method)
+    g.outside_fhir_router = False
+    return body
+
+
+def _read_fhir_body(path: str, method: str) -> Any:
     mimetype = request.mimetype
     limit = current_state().settings.max_json_bytes
     if method == "POST" and path.endswith("_search"):
@@ -137,31 +170,104 @@ def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Respon
 def render_fhir(resp) -> Response:
     headers = dict(resp.headers or {})
     content_type = headers.pop("Content-Type", None) or headers.pop("content-type", None) or FHIR_JSON
-    if request.headers.get("Prefer") == "return=minimal" and resp.status < 400:
+    if request.headers.get("Prefer") == "return=minimal" and not g.get("outside_fhir_router"):
         return json_response(None, resp.status, content_type, headers)
     return json_response(resp.body, resp.status, content_type, headers)
 
 
+# ---------------------------------------------------------------------------------------------- Binary (binary.ts)
+
+def _binary_route(method: str, parts: list[str]) -> bool:
+    """binary.ts binaryRouter: POST /, PUT /:id, GET /:id (the rest of /Binary goes on to the FHIR router)."""
+    if method == "POST":
+        return len(parts) == 1
+    if method == "PUT":
+        return len(parts) == 2
+    return method == "GET" and len(parts) == 2 and not _wants_fhir_json()
+
+
+def _wants_fhir_json() -> bool:
+    """response.ts sendFhirResponse: a GET whose Accept does not start with application/fhir+json gets a Binary's
+    content, not the resource."""
+    return request.headers.get("Accept", "").startswith(FHIR_JSON)
+
+
+def _binary_read(state: "EmulatorState", principal, parts: list[str]) -> Response:
+    resp = state.service.handle(principal, "GET", "/".join(parts), [], None, {})
+    if resp.status >= 400:
+        return render_fhir(resp)
+    vid = parts[3] if len(parts) == 4 else None
+    binary, content = state.service.binary_content(principal, parts[1], vid)
+    response = Response(content, status=200, content_type=_with_charset(binary.get("contentType")))
+    for k, v in resp.headers.items():
+        response.headers[k] = v
+    return response
+
+
+# mime-types charset(): the types Express sends with "; charset=utf-8" (res.contentType)
+_UTF8_TYPES = ("application/json", "application/javascript", "application/fhir+json", "application/ld+json",
+               "application/xhtml+xml")
+
+
+def _with_charset(content_type: Any) -> str:
+    ct = content_type if isinstance(content_type, str) and content_type else "application/octet-stream"
+    base = ct.split(";")[0].strip().lower()
+    if "charset" not in ct.lower() and (base.startswith("text/") or base in _UTF8_TYPES):
+        ct += "; charset=utf-8"
+    return ct
+
+
+def _binary_body() -> bytes:
+    """binary.ts getContentStream: the body as sent, inflated for Content-Encoding deflate / gzip."""
+    data = read_body(request, limit=MAX_BINARY_BYTES)
+    encoding = (request.headers.get("Content-Encoding") or "").lower()
+    if not encoding:
+        return data
+    try:
+        if encoding == "deflate":
+            return zlib.decompress(data)
+        if encoding == "gzip":
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    except zlib.error:
+        raise BadRequest("Content could not be parsed") from None
+    raise BadRequest("Unsupported content encoding")
+
+
 def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Response:
-    """Raw upload (MedplumClient.createBinary/createAttachment). Like Medplum's server (`binary.ts`): the Binary
-    resource is written — access policy and validation — without its content, which goes to storage; so the
-    content is not held to the 1 MiB `base64BinaryMaxBytes` of a JSON Binary. Here the storage is the stored
-    resource's `data` (what GET Binary/<id> answers)."""
-    data = read_body(request, limit=64 * 1024 * 1024)
-    binary: dict[str, Any] = {"resourceType": "Binary",
-                              "contentType": request.mimetype or "application/octet-stream"}
+    """binary.ts handleBinaryWriteRequest: the Binary resource is written — access policy and validation — without
+    its content, which goes to storage beside it (uploadBinaryData), so the content is not held to the 1 MiB
+    `base64BinaryMaxBytes` of a JSON Binary; the answer is the Binary with a `url` to read it back."""
+    data = _binary_body()
+    content_type = request.headers.get("Content-Type")
+    rid = parts[1] if len(parts) == 2 else None
+    if content_type == FHIR_JSON:
+        resource = _binary_resource(data, rid)
+        if resource is not None:
+            resp = state.call("PUT" if rid else "POST", f"Binary/{rid}" if rid else "Binary", body=resource,
+                              principal=principal)
+            return json_response(resp.body, resp.status, FHIR_JSON, dict(resp.headers or {}))
+    binary: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or "application/octet-stream"}
     security_context = request.headers.get("X-Security-Context")
     if security_context:
         binary["securityContext"] = {"reference": security_context}
-    with state.service.raw_content({"data": base64.b64encode(data).decode("ascii")}):
-        if len(parts) == 2:
-            binary["id"] = parts[1]
-            resp = state.call("PUT", f"Binary/{parts[1]}", body=binary, principal=principal)
+    with state.service.raw_content(data):
+        if rid:
+            binary["id"] = rid
+            resp = state.call("PUT", f"Binary/{rid}", body=binary, principal=principal)
         else:
             resp = state.call("POST", "Binary", body=binary, principal=principal)
-    if resp.status < 300 and isinstance(resp.body, dict) and resp.body.get("id"):
-        created = dict(resp.body)
-        created.pop("data", None)
-        created["url"] = f"{state.base_url}fhir/R4/Binary/{created['id']}"
-        return json_response(created, resp.status, FHIR_JSON, dict(resp.headers or {}))
-    return render_fhir(resp)
+    body = resp.body
+    if resp.status < 300 and isinstance(body, dict) and body.get("id"):
+        body = {**body, "url": f"{state.base_url}fhir/R4/Binary/{body['id']}"}
+    return json_response(body, resp.status, FHIR_JSON, dict(resp.headers or {}))
+
+
+def _binary_resource(data: bytes, rid: str | None) -> dict | None:
+    """The special case of binary.ts: the body is itself a Binary resource (for PUT, with the URL's id)."""
+    try:
+        body = parse_json_bytes(data)
+    except FhirError:
+        return None
+    if isinstance(body, dict) and body.get("resourceType") == "Binary" and (rid is None or body.get("id") == rid):
+        return body
+    return None

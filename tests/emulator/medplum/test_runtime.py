@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from medport.emulator.medplum.runtime import BotRuntime, ExecRequest
 from medport.emulator.medplum.runtime.pool import LOG_LIMIT_BYTES
+from medport.testing import wait_until
 
 from tests.paths import ROOT
 
@@ -167,7 +168,7 @@ def test_vmcontext_hard_cap_kills_async_busy_loop(rt):
     r = run(rt, code, timeout_s=0.2)
     assert r.timed_out and not r.ok and "hard cap" in r.error
     assert r.logs.startswith("looping")
-    assert 2.5 < time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 > 2.5      # only the cap stopped it (no upper bound: a loaded machine is slow)
     assert run(rt, "exports.handler = async () => 1;").value == 1
 
 
@@ -243,8 +244,7 @@ def test_awslambda_unhandled_rejection_fails_invocation_and_recycles(rt):
             " await new Promise((r) => setTimeout(r, 20)); return 1; };")
     r = run(rt, code, runtime="awslambda")
     assert not r.ok and r.value["errorType"] == "Runtime.UnhandledPromiseRejection" and r.error == "stray"
-    time.sleep(0.05)
-    assert r.worker_pid not in rt.stats()["pids"]
+    assert wait_until(lambda: r.worker_pid not in rt.stats()["pids"], 30)
 
 
 def test_awslambda_wall_clock_timeout_kills_worker(rt, http):
@@ -254,15 +254,12 @@ def test_awslambda_wall_clock_timeout_kills_worker(rt, http):
       await fetch('{base}slow/3');
       return 'late';
     }};"""
-    t0 = time.monotonic()
     r = run(rt, code, runtime="awslambda", timeout_s=0.5)
     assert r.timed_out and not r.ok
     assert r.error == "Task timed out after 0.50 seconds"
-    assert "waiting" in r.logs
-    assert time.monotonic() - t0 < 2.5
+    assert "waiting" in r.logs and r.value != "late"   # cut off by its timeout, not answered by the slow server
     dead_pid = r.worker_pid
-    time.sleep(0.05)
-    assert dead_pid not in rt.stats()["pids"]
+    assert wait_until(lambda: dead_pid not in rt.stats()["pids"], 30)
     r2 = run(rt, "exports.handler = async () => 'next';", runtime="awslambda")
     assert r2.ok and r2.value == "next"
 
@@ -280,10 +277,10 @@ def test_out_of_memory_crashes_and_pool_recovers():
     with BotRuntime(size=1, max_size=2, memory_mb=64) as small:
         code = ("exports.handler = async () => { console.log('before'); const a = [];"
                 " while (true) { a.push(new Array(100000).fill(Math.random())); } };")
-        t0 = time.monotonic()
         r = small.execute(ExecRequest("oom", code, "vmcontext", 30, ev({}), "http://127.0.0.1:9/", "t"))
         assert r.crashed and not r.ok and "heap out of memory" in r.error
-        assert time.monotonic() - t0 < 15, "the death is noticed at once, not at the timeout (30 s) or the hard cap"
+        # the death is noticed as a crash, not by the timeout (30 s) or the hard cap
+        assert not r.timed_out and "timed out" not in r.error and "hard cap" not in r.error
         assert r.logs == "before"
         r2 = small.execute(ExecRequest("ok", "exports.handler = async () => 2;", "vmcontext", 5, ev({}),
                                        "http://127.0.0.1:9/", "t"))
@@ -332,10 +329,10 @@ def test_nested_execution_does_not_deadlock(rt):
 
         th = threading.Thread(target=lambda: inner.append(outer_thread()))
         th.start()
-        time.sleep(0.05)
+        assert wait_until(lambda: any(x["bot_id"] == "outer" for x in small.running()), 30)   # the outer one runs
         r = small.execute(ExecRequest("inner", "exports.handler = async () => 'inner';", "vmcontext", 5, ev({}),
                                       "http://127.0.0.1:9/", "t"))
-        th.join(5)
+        th.join(60)
         assert r.ok and r.value == "inner" and inner[0].value == "outer"
     finally:
         small.close()
@@ -361,10 +358,14 @@ def test_close_stops_workers():
     pids = r.stats()["pids"]
     assert res.ok and len(pids) == 2
     r.close()
-    time.sleep(0.1)
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
+
+    def gone(pid: int) -> bool:
+        try:
             os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    assert wait_until(lambda: all(gone(pid) for pid in pids), 30), "workers still running after close()"
 
 
 def test_workers_exit_when_parent_dies(tmp_path):
@@ -388,7 +389,7 @@ def test_workers_exit_when_parent_dies(tmp_path):
     assert len(pids) == 2
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30      # a bound for a hang, not a speed target
     alive = pids
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -437,9 +438,8 @@ def test_awslambda_past_its_memory_size_is_killed_like_lambda():
         code = ("exports.handler = async () => { console.log('allocating'); const keep = [];"
                 " for (let i = 0; i < 100; i++) { keep.push(new Uint8Array(16 * 1024 * 1024).fill(1));"
                 " await new Promise((r) => setTimeout(r, 5)); } return keep.length; };")
-        t0 = time.monotonic()
         r = run(rt, code, runtime="awslambda", timeout_s=60)
-        assert time.monotonic() - t0 < 15
+        assert not r.timed_out          # killed for its memory, not stopped by the 60 s timeout
         assert r.crashed and not r.ok and r.returned
         assert r.value["errorType"] == "Runtime.OutOfMemory", r.value
         assert r.value["errorMessage"].startswith("RequestId: ")

@@ -53,7 +53,7 @@ class Receiver:
     def of_type(self, t):
         return [r for r in self.requests if r["body"].get("meta", {}).get("type") == t]
 
-    def wait_for(self, t, n=1, timeout=5.0):
+    def wait_for(self, t, n=1, timeout=30.0):
         end = time.monotonic() + timeout
         with self.cond:
             while len(self.of_type(t)) < n:
@@ -63,7 +63,7 @@ class Receiver:
                 self.cond.wait(left)
         return self.of_type(t)
 
-    def wait_until(self, found, timeout=5.0):
+    def wait_until(self, found, timeout=30.0):
         """Until `found()` (a look at the requests received) is truthy; its value."""
         end = time.monotonic() + timeout
         with self.cond:

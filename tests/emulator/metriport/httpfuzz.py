@@ -204,7 +204,8 @@ class Target:
 def _metriport_error_body(r: requests.Response) -> bool:
     if r.status_code == 429:
         return r.headers.get("content-type", "").startswith("text/html")
-    if r.request.path_url.startswith("/_fake/files/") and r.headers.get("content-type", "").startswith("application/xml"):
+    if r.request.path_url.startswith(("/_fake/files/", "/_fake/uploads/")) and \
+            r.headers.get("content-type", "").startswith("application/xml"):
         return True  # S3's XML errors
     try:
         b = r.json()

@@ -1,0 +1,5 @@
+"""`python -m medport`: the `medport` command."""
+from medport.generator.cli import main
+
+if __name__ == "__main__":
+    main(prog_name="medport")
