@@ -14,6 +14,8 @@ boundaries has the earlier boundary's value.
 - what every release shares: a transaction Bundle is atomic only when the Project has the `transaction-bundles`
   feature (server fhir/routes.ts), and `GET /healthcheck` answers `{ok, version: "<release>-<commit>", ...}`
   (server healthcheck.ts, MEDPLUM_VERSION of @medplum/core).
+The FHIR search rules that changed between releases are the emulator's `fhir/releases.py`; the emulator follows
+both for the release it is set to.
 """
 from __future__ import annotations
 

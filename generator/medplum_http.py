@@ -162,7 +162,11 @@ class MedplumHttp:
         (server fhir/response.ts); read as FHIR JSON, an uploaded Binary has no `data`."""
         if self.token is None:
             self.login()
-        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={"Accept": "*/*"})
+        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={**self.auth_headers(), "Accept": "*/*"})
+        if resp.status_code == 401:
+            self.login()   # the token expired: log in again, once
+            resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}",
+                              headers={**self.auth_headers(), "Accept": "*/*"})
         if resp.status_code != 200:
             body = _json(resp)
             raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
