@@ -116,10 +116,9 @@ class Checker:
 
 
 def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
-              echo=click.echo, medplum_versions: tuple[str, ...] | None = None,
-              side_by_side: bool = True) -> Checker:
+              echo=click.echo, medplum_versions: tuple[str, ...] | None = None) -> Checker:
     """The checks, then the scenarios on each Medplum release of `medplum_versions` (default: the config's
-    `medplum.versions`), the releases side by side unless `side_by_side` is False."""
+    `medplum.versions`), one after the other."""
     from .outputs import render_all, stale_files
 
     ch = Checker(echo)
@@ -204,11 +203,8 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         return ch
 
     versions = medplum_versions or cfg.medplum.versions
-    if not side_by_side or len(versions) == 1:
-        for version in versions:
-            run_scenarios(ch, cfg, version, only)
-    else:
-        run_releases_at_once(ch, cfg, versions, only)
+    for version in versions:
+        run_scenarios(ch, cfg, version, only)
     report_types()
     failing = ch.failing_releases()
     if failing:
@@ -216,27 +212,6 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
              + (f" and pass on {', '.join(passing)}" if passing else ""))
     return ch
-
-
-def run_releases_at_once(ch: Checker, cfg, versions, only: str | None) -> None:
-    """Each release's scenarios on its own stack, the releases side by side (much of a scenario is waiting on
-    the flow's asynchronous steps): the first release's cases are reported as they finish, the others' after it,
-    in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def run(version: str, echo) -> list[CaseResult]:
-        sub = Checker(echo)
-        run_scenarios(sub, cfg, version, only)
-        return sub.results
-
-    held: dict[str, list[str]] = {v: [] for v in versions[1:]}
-    with ThreadPoolExecutor(len(versions), thread_name_prefix="medport-check") as pool:
-        futures = [pool.submit(run, v, ch.echo if i == 0 else held[v].append) for i, v in enumerate(versions)]
-        for version, future in zip(versions, futures):
-            results = future.result()
-            for line in held.get(version, []):
-                ch.echo(line)
-            ch.results.extend(results)
 
 
 def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
