@@ -154,6 +154,9 @@ class Sampler:
 def _config(runtime: str, timeout: int | None) -> Path:
     text = (ROOT / "medport.toml").read_text()
     text = re.sub(r'(?m)^runtime = "[a-z]+"', f'runtime = "{runtime}"', text, count=1)
+    # one consolidated-data import per patient: what the targets measure (the network-query flow imports the
+    # record once per source)
+    text = text.replace('flow = "network-query"', 'flow = "document-query"')
     if timeout:
         # [webhook_bot] timeout: the whole import in one execution (awslambda's timeout is wall clock)
         head, sep, tail = text.partition("[webhook_bot]")

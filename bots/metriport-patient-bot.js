@@ -6,7 +6,7 @@
  * demographics against Metriport's rules, matches or creates the patient in Metriport
  * (facility from the managingOrganization's identifier), and links it: writes the Metriport
  * patient id and a fingerprint of the demographics it sent on the Patient — BEFORE it starts
- * the document query (or the consolidated query), so no message can arrive for a Patient not
+ * the query (network query; or the legacy document query or consolidated query), so no message can arrive for a Patient not
  * yet linked, and so that this write, or any update that does not change the demographics,
  * does not start another query. One Medplum Patient per Metriport patient: when the Metriport
  * patient is already linked to another Medplum Patient, it does not link this one, starts no
@@ -23,7 +23,8 @@
  * @typedef {import('@medplum/fhirtypes').Reference<Organization>} OrganizationReference
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
  * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
- * @typedef {BotBasics & LinkConfig & { facilityIdentifierSystem: string, flow: 'document-query' | 'consolidated',
+ * @typedef {BotBasics & LinkConfig & { facilityIdentifierSystem: string,
+ *   flow: 'network-query' | 'document-query' | 'consolidated', sources: ('hie' | 'pharmacy' | 'lab')[],
  *   consolidated: ConsolidatedConfig, retry: RetryConfig } } PatientBotConfig what render.patient_bot_config embeds
  * @typedef { { resourceType?: unknown, id?: unknown, deletedResource?: { id?: unknown } | null } | string | number |
  *   boolean | null | undefined } PatientBotInput event.input as the handler checks it: Medplum passes the Patient
@@ -44,7 +45,12 @@ const CONFIG = {
     "code": "metriport-patient-conflict",
     "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
   },
-  "flow": "document-query",
+  "flow": "network-query",
+  "sources": [
+    "hie",
+    "pharmacy",
+    "lab"
+  ],
   "consolidated": {
     "resources": [
       "AllergyIntolerance",
@@ -976,6 +982,54 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+// ---------------------------------------------------------------------------
+// Network query (templates/_network_query.js.j2, patient bot): Metriport's current flow. One request per
+// patient over the configured sources; as each source completes Metriport sends network-query.<source> with a
+// link to the patient's whole consolidated record, which the webhook bot imports.
+// ---------------------------------------------------------------------------
+
+/**
+ * The source failures of a network query answer (Metriport answers 2xx even when a source cannot start:
+ * @metriport/shared sourceQueryErrorSchema entries in `errors`), as "source: message (status)".
+ * @param {JsonBody} answer
+ * @returns {string[]}
+ */
+function networkQueryErrors(answer) {
+  const errors = answer && Array.isArray(answer.errors) ? answer.errors : [];
+  return errors.map((/** @type {JsonBody} */ e) => e && typeof e === 'object'
+    ? String(e.source) + ': ' + String(e.message) + ' (' + String(e.httpStatus) + ')'
+    : String(e));
+}
+
+/**
+ * Start a network query for a Metriport patient (POST /medical/v1/network/query?patientId=, body
+ * @metriport/shared networkQueryBodySchema: { sources, metadata }). Sources that could not start are logged;
+ * when none could, the query counts as not started (thrown: the Patient is marked for a retry).
+ * @param {BotEvent} event
+ * @param {string} metriportPatientId
+ * @param {string} medplumPatientId
+ * @param {string | undefined} facilityId the patient's facility (Metriport takes the primary one without it)
+ * @returns {Promise<JsonBody>} Metriport's answer: { requestId, startedAt, status, sources, errors? }
+ */
+async function startNetworkQuery(event, metriportPatientId, medplumPatientId, facilityId) {
+  const res = await metriport(
+    event,
+    'POST',
+    '/medical/v1/network/query',
+    { patientId: metriportPatientId, facilityId },
+    { sources: CONFIG.sources, metadata: { medplumPatientId } }
+  );
+  const answer = res.body;
+  const failed = networkQueryErrors(answer);
+  if (failed.length) {
+    log('warn', 'network query sources not started: ' + failed.join('; '), { patient: medplumPatientId, metriportPatient: metriportPatientId });
+  }
+  if (answer && answer.status === 'failed') {
+    throw new MetriportError('Metriport could start no source of the network query: ' + failed.join('; '), res.status);
+  }
+  return answer;
+}
+
 
 /** The rules above, for tests and inspection (Medplum only calls exports.handler). */
 exports.metriportDemographics = { buildDemographics, demographicsFor, isMetriportEmail, metriportPhone, usStateCode };
@@ -1133,6 +1187,8 @@ exports.handler = async (medplum, event) => {
   try {
     if (CONFIG.flow === 'consolidated') {
       query = await startConsolidatedQuery(event, mid, patientId);
+    } else if (CONFIG.flow === 'network-query') {
+      query = await startNetworkQuery(event, mid, patientId, facilityId);
     } else {
       query = (await metriport(
         event,

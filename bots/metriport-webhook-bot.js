@@ -35,7 +35,8 @@
  * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
  * @typedef {import('@medplum/core').WithId<Task>} StoredTask a Task as Medplum stores it (id set)
  *
- * @typedef {'patient.admit' | 'patient.transfer' | 'patient.discharge'} RealtimeType
+ * @typedef {'patient.admit' | 'patient.transfer' | 'patient.discharge' | 'patient.pharmacy' | 'patient.laboratory'}
+ *   RealtimeType
  * @typedef {object} WebhookBotConfig what render.webhook_bot_config embeds (with BotBasics and LinkConfig)
  * @property { { store: boolean, content: 'binary' | 'url', maxBytes: number, identifierSystem: string,
  *   requestBulkUrls: boolean } } documents
@@ -44,6 +45,8 @@
  *   awaitingLinkSystem: string } } bulk
  * @property {string} notificationExtensionUrl
  * @property {string} resourceIdentifierSystem
+ * @property {string} contributionIdentifierSystem what the contribution bot marks its contributions with
+ * @property {'network-query' | 'document-query' | 'consolidated'} flow the patient bot's
  * @property {boolean} verifySignature
  * @property {boolean} asyncProcessing
  * @property { { system: string, code: string, identifierSystem: string, attemptsUrl: string, leaseUrl: string,
@@ -110,6 +113,15 @@
  * @property { { timestamp: string, sourceLocation: { name: string, type: string },
  *   destinationLocation: { name: string, type: string } }[] } [transfers] patient.transfer
  * @property {string} [whenSourceSent]
+ * @property {string} [medicationDispensedDate] patient.pharmacy
+ * @property {string} [specimenCollectedDate] patient.laboratory
+ *
+ * @typedef {object} NetworkQueryPayload network-query.hie / .pharmacy / .lab / .hie.first-data-ready
+ * @property {string} patientId
+ * @property {string} [externalId]
+ * @property {string} consolidatedDataUrl the patient's whole consolidated record (presigned)
+ * @property { { type: 'hie' | 'pharmacy' | 'lab', source?: string, status: 'completed' | 'failed' | 'processing',
+ *   completedAt?: string, firstDataReadyAt?: string } } source
  *
  * @typedef { { meta: WebhookMeta & { type: 'ping' }, ping: string } } PingMessage
  * @typedef { { meta: WebhookMeta & { type: 'medical.consolidated-data' }, patients: MessagePatient[] } } ConsolidatedMessage
@@ -119,13 +131,14 @@
  * @typedef { { meta: WebhookMeta & { type: 'medical.bulk-patient-create' }, bulkPatientCreate: BulkPatientCreateStatus } }
  *   BulkPatientCreateMessage
  * @typedef { { meta: WebhookMeta & { type: RealtimeType }, payload: NotificationPayload } } NotificationMessage
+ * @typedef { { meta: WebhookMeta, payload: NetworkQueryPayload } } NetworkQueryMessage
  * @typedef {object} Message a signed message before its type is looked at: one of the above, or a type the bot
  *   does not handle (acknowledged); the parts each type has
  * @property {Partial<WebhookMeta>} [meta]
  * @property {string} [ping] ping
  * @property {MessagePatient[]} [patients] consolidated-data, document-*
  * @property {BulkPatientCreateStatus} [bulkPatientCreate] bulk-patient-create
- * @property {NotificationPayload} [payload] patient.*
+ * @property {NotificationPayload | NetworkQueryPayload} [payload] patient.*, network-query.*
  *
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
@@ -164,7 +177,9 @@ const CONFIG = {
     "types": [
       "patient.admit",
       "patient.transfer",
-      "patient.discharge"
+      "patient.discharge",
+      "patient.pharmacy",
+      "patient.laboratory"
     ]
   },
   "bulk": {
@@ -177,6 +192,8 @@ const CONFIG = {
   },
   "notificationExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-notification",
   "resourceIdentifierSystem": "https://metriport.com/fhir/identifiers/resource-id",
+  "contributionIdentifierSystem": "https://medport.dev/fhir/identifiers/contributed-to-metriport",
+  "flow": "network-query",
   "verifySignature": true,
   "asyncProcessing": true,
   "messageTask": {
@@ -989,16 +1006,20 @@ async function processMessage(medplum, event, msg, ctx) {
           log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
           continue;
         }
-        const at = new Date().toISOString();
-        const query = await startConsolidatedQuery(event, mid, subject.id);
-        summary.queriesStarted++;
         addSubject(summary, subject.id);
-        log('info', 'consolidated query started', {
-          metriportPatient: mid,
-          patient: subject.id,
-          requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
-          at,
-        });
+        if (conversionOfNetworkQuery(msg)) {
+          bump(summary.recorded, 'conversion-completed-network-query'); // its network-query.hie brings the data
+        } else {
+          const at = new Date().toISOString();
+          const query = await startConsolidatedQuery(event, mid, subject.id);
+          summary.queriesStarted++;
+          log('info', 'consolidated query started', {
+            metriportPatient: mid,
+            patient: subject.id,
+            requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+            at,
+          });
+        }
         if (CONFIG.documents.requestBulkUrls) {
           await startBulkDownloadUrls(event, mid, subject.id);
           bump(summary.recorded, 'bulk-download-urls-requested');
@@ -1012,7 +1033,8 @@ async function processMessage(medplum, event, msg, ctx) {
       // stored now, not at the next beat: a run cut off after starting a query must not start it again
       await checkpoint(ctx, summary, i + 1, 0, true);
     }
-  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls') {
+  } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls' ||
+    type === 'medical.document-bulk-download-paged') {
     for (let i = first; i < patients.length; i++) {
       await storeDocuments(medplum, event, msg, patients[i], summary);
       await checkpoint(ctx, summary, i + 1, 0);
@@ -1021,6 +1043,10 @@ async function processMessage(medplum, event, msg, ctx) {
     await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, resume);
   } else if (REALTIME_TYPES.includes(type)) {
     await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
+  } else if (NETWORK_QUERY_TYPES.includes(type)) {
+    await importNetworkQuery(medplum, event, /** @type {NetworkQueryMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
+  } else if (RECORDED_TYPES.includes(type)) {
+    bump(summary.recorded, type);
   } else {
     bump(summary.recorded, 'unknown-type');
     log('info', 'message type not handled; acknowledged', { type, messageId: summary.messageId });
@@ -2037,6 +2063,15 @@ function planImport(resources, subjectId, metriportPatientId, summary, index) {
         patientRefs.add('Patient/' + original.id);
         patientRefs.add('urn:uuid:' + original.id);
       }
+      continue;
+    }
+    const own = contributedId(original);
+    if (own) {
+      // medport's own contribution, back from Metriport: the Medplum resource it came from is the one
+      const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
+      rememberId(idx, key, own);
+      rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
+      bump(summary.skipped, 'contributed-by-medport');
       continue;
     }
     if (!allowed.has(type)) {
@@ -4086,7 +4121,7 @@ async function refuseLink(medplum, patientId, metriportId, others) {
 //       the message Bundle behind payload.url (600 s) imported with importResources: one stay, one Encounter
 // ---------------------------------------------------------------------------
 
-const REALTIME_TYPES = ['patient.admit', 'patient.transfer', 'patient.discharge'];
+const REALTIME_TYPES = ['patient.admit', 'patient.transfer', 'patient.discharge', 'patient.pharmacy', 'patient.laboratory'];
 /** Rows of a bulk patient create linked per round (a few searches and one batch each). */
 const LINK_CHUNK = 50;
 /** Notes kept in a message's summary (what was skipped and why), at most. */
@@ -4978,6 +5013,87 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
   }
   await importResources(medplum, resources, subject.id, mid, summary, ctx, resumeDone);
   log('info', 'notification imported', { patient: subject.id, metriportPatient: mid, type, resources: resources.length });
+}
+
+// ---------------------------------------------------------------------------
+// Network query messages (templates/_network_messages.js.j2, webhook bot):
+//   network-query.hie / .pharmacy / .lab                                   importNetworkQuery
+//       each one links the patient's WHOLE consolidated record (consolidatedDataUrl): imported with the
+//       consolidated-data machinery, so the per-source messages are idempotent (every upsert keys on
+//       <resourceIdentifierSystem>|<Metriport id>: what an earlier message stored is left unchanged)
+//   network-query.hie.first-data-ready, message.status                    acknowledged and recorded
+//       (first-data-ready's link is to a record still being built: the network-query.hie that always
+//       follows links the whole of it, so the largest import is not done twice)
+// and what medport contributed (contribution bot) coming back in Metriport's data: recognised by the
+// identifier the contribution carries (contributedId), never imported as a second copy.
+// ---------------------------------------------------------------------------
+
+const NETWORK_QUERY_TYPES = ['network-query.hie', 'network-query.pharmacy', 'network-query.lab'];
+/** Messages only acknowledged and recorded. */
+const RECORDED_TYPES = ['network-query.hie.first-data-ready', 'message.status'];
+
+/**
+ * network-query.<source>: the record behind payload.consolidatedDataUrl imported on
+ * the existing Patient. An expired URL is recovered once by a consolidated query (its own message brings the
+ * data). A source Metriport reports as failed brings no data.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {NetworkQueryMessage} msg
+ * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {number} resumeDone
+ */
+async function importNetworkQuery(medplum, event, msg, summary, ctx, resumeDone) {
+  const pl = /** @type {Partial<NetworkQueryPayload>} */ (msg.payload && typeof msg.payload === 'object' ? msg.payload : {});
+  const source = pl.source && typeof pl.source === 'object' ? pl.source : undefined;
+  bump(summary.recorded, String(msg.meta && msg.meta.type));
+  summary.patients = 1;
+  if (source && source.status === 'failed') {
+    bump(summary.recorded, 'source-failed');
+    return;
+  }
+  const url = typeof pl.consolidatedDataUrl === 'string' ? pl.consolidatedDataUrl : '';
+  /** @type {MessagePatient} */
+  const p = {
+    patientId: String(pl.patientId || ''),
+    status: 'completed',
+    bundle: { resourceType: 'Bundle', type: 'collection', entry: url
+      ? [{ resource: { resourceType: 'DocumentReference', status: 'current', content: [{ attachment: { contentType: 'application/json', url } }] } }]
+      : [] },
+  };
+  await importConsolidated(medplum, event, msg, p, summary, ctx, resumeDone);
+}
+
+/**
+ * A medical.document-conversion that a network query's HIE source sent (it carries the query's metadata): the
+ * network-query.hie message that follows brings the data, so no consolidated query is started for it.
+ * @param {Message} msg
+ * @returns {boolean}
+ */
+function conversionOfNetworkQuery(msg) {
+  const data = /** @type { { medplumPatientId?: unknown } } */ (msg.meta && msg.meta.data && typeof msg.meta.data === 'object' ? msg.meta.data : {});
+  return CONFIG.flow === 'network-query' && typeof data.medplumPatientId === 'string';
+}
+
+/**
+ * The Medplum id of a resource medport contributed (contribution bot) that Metriport returns: it carries
+ * <contributionIdentifierSystem>|<Type>/<Medplum id> (Metriport keeps the identifiers it was given; a document's
+ * DocumentReference comes back under Metriport's own id, the identifier still names the Medplum one).
+ * @param { { resourceType?: unknown, identifier?: unknown } } resource
+ * @returns {string | undefined}
+ */
+function contributedId(resource) {
+  const raw = resource.identifier;
+  /** @type {unknown[]} */
+  const ids = Array.isArray(raw) ? raw : raw ? [raw] : [];
+  for (const i of ids) {
+    const mark = /** @type { { system?: unknown, value?: unknown } | null } */ (i && typeof i === 'object' ? i : null);
+    if (mark && mark.system === CONFIG.contributionIdentifierSystem && typeof mark.value === 'string') {
+      const [type, id] = mark.value.split('/');
+      return type === resource.resourceType && id ? id : undefined;
+    }
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class PatientBotSection:
     identifier: str
     id: str | None
     flow: str
+    sources: tuple[str, ...]
     interactions: tuple[str, ...]
     timeout: int
 
@@ -123,6 +124,22 @@ class RealtimeSection:
 
 
 @dataclass(frozen=True)
+class ContributionSection:
+    enabled: bool
+    name: str
+    identifier: str
+    id: str | None
+    timeout: int
+    resources: tuple[str, ...]
+    on_encounter_finished: bool
+    cron: str
+    documents: bool
+    max_resources: int
+    max_bytes: int
+    identifier_system: str
+
+
+@dataclass(frozen=True)
 class EnrollSection:
     criteria: str
     only_unlinked: bool
@@ -147,7 +164,7 @@ class RetrySection:
 class BotSpec:
     """One Bot as deployed: what the manifest, the renderer and deploy need to name and find it."""
 
-    key: str            # "patient_bot" | "webhook_bot": its config section
+    key: str            # "patient_bot" | "webhook_bot" | "contribution": its config section
     name: str
     identifier: str
     id: str             # pinned in the config, else stable_id(medplum.identifier_system, identifier)
@@ -159,9 +176,10 @@ class BotSpec:
 class BotSpecs:
     patient: BotSpec
     webhook: BotSpec
+    contribution: BotSpec | None  # None when contribution.enabled is off
 
     def __iter__(self):
-        return iter((self.patient, self.webhook))
+        return iter((self.patient, self.webhook, *([self.contribution] if self.contribution else [])))
 
 
 def _section(toml: str | None = None) -> Any:
@@ -183,7 +201,7 @@ def _load_section(cls: type, raw: dict) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def _bot_spec(key: str, bot: PatientBotSection | WebhookBotSection, system: str) -> BotSpec:
+def _bot_spec(key: str, bot: PatientBotSection | WebhookBotSection | ContributionSection, system: str) -> BotSpec:
     return BotSpec(key, bot.name, bot.identifier, bot.id or stable_id(system, bot.identifier),
                    f"{bot.name}.js", bot.timeout)
 
@@ -199,6 +217,7 @@ class Config:
     consolidated: ConsolidatedSection = _section()
     documents: DocumentsSection = _section()
     realtime: RealtimeSection = _section()
+    contribution: ContributionSection = _section()
     enroll: EnrollSection = _section()
     import_: ImportSection = _section("import")
     retry: RetrySection = _section()
@@ -212,8 +231,10 @@ class Config:
         hints = get_type_hints(cls)
         sections = {f.name: _load_section(hints[f.name], data[toml_key(f)]) for f in section_fields()}
         system = sections["medplum"].identifier_system
+        contribution = sections["contribution"]
         bots = BotSpecs(_bot_spec("patient_bot", sections["patient_bot"], system),
-                        _bot_spec("webhook_bot", sections["webhook_bot"], system))
+                        _bot_spec("webhook_bot", sections["webhook_bot"], system),
+                        _bot_spec("contribution", contribution, system) if contribution.enabled else None)
         return cls(**sections, bots=bots, path=path, data=data)
 
     @property
@@ -290,7 +311,7 @@ def _apply_defaults(data: dict, node: dict) -> dict:
     return out
 
 
-def _resource_problems(resources: list) -> list[str]:
+def _resource_problems(resources: list, key: str = "webhook_bot.resources", verb: str = "imported") -> list[str]:
     problems = []
     r4 = set(resource_types()["r4"])
     medplum_types = set(resource_types()["medplum"])
@@ -299,14 +320,18 @@ def _resource_problems(resources: list) -> list[str]:
         if not isinstance(rt, str):
             continue
         if rt in ("Patient",):
-            problems.append(f"webhook_bot.resources[{i}]: 'Patient' cannot be imported — data is attached to the existing Medplum Patient; remove it")
+            problems.append(f"{key}[{i}]: 'Patient' cannot be {verb} — " + (
+                "data is attached to the existing Medplum Patient" if verb == "imported" else
+                "Metriport holds the patient's demographics already (the patient bot sends them)") + "; remove it")
         elif rt in medplum_types or rt in ("Bundle", "Binary", "Subscription", "AuditEvent", "Task"):
-            problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not clinical data medport may import; remove it")
+            problems.append(f"{key}[{i}]: '{rt}' is not clinical data medport may {verb[:-1]}; remove it")
         elif rt not in r4:
-            problems.append(f"webhook_bot.resources[{i}]: '{rt}' is not an R4 resource type{_hint(rt, r4)}")
+            problems.append(f"{key}[{i}]: '{rt}' is not an R4 resource type{_hint(rt, r4)}")
         elif shapes.get(rt) == "none":
-            problems.append(f"webhook_bot.resources[{i}]: '{rt}' has no identifier element, so it cannot be upserted "
-                            "idempotently on the Metriport id; remove it")
+            problems.append(f"{key}[{i}]: '{rt}' has no identifier element, so it cannot be " + (
+                "upserted idempotently on the Metriport id" if verb == "imported" else
+                "marked as contributed (what Metriport returns of it would be imported as a second copy)") +
+                "; remove it")
     return problems
 
 
@@ -321,10 +346,16 @@ def _semantic_problems(raw: dict) -> list[str]:
         if isinstance(rt, str) and rt in metriport_types and rt not in imported:
             problems.append(f"consolidated.resources[{i}]: {rt!r} is asked of Metriport but not imported (not in "
                             "webhook_bot.resources): it would be downloaded and skipped — add it there or remove it")
-    if patient["name"] == webhook["name"]:
-        problems.append("webhook_bot.name: must differ from patient_bot.name (each bot is rendered to <name>.js)")
-    if patient["identifier"] == webhook["identifier"]:
-        problems.append("webhook_bot.identifier: must differ from patient_bot.identifier")
+    contribution = raw["contribution"]
+    problems += _resource_problems(contribution["resources"], "contribution.resources", "contributed")
+    bots = [("patient_bot", patient), ("webhook_bot", webhook)] + ([("contribution", contribution)]
+                                                                   if contribution["enabled"] else [])
+    for i, (key, bot) in enumerate(bots):
+        for other_key, other in bots[:i]:
+            if bot["name"] == other["name"]:
+                problems.append(f"{key}.name: must differ from {other_key}.name (each bot is rendered to <name>.js)")
+            if bot["identifier"] == other["identifier"]:
+                problems.append(f"{key}.identifier: must differ from {other_key}.identifier")
     c = raw["consolidated"]
     if c.get("date_from") and c.get("date_to") and c["date_from"] > c["date_to"]:
         problems.append(f"consolidated.date_to: {c['date_to']!r} is before date_from {c['date_from']!r}")
@@ -339,10 +370,10 @@ def _semantic_problems(raw: dict) -> list[str]:
                 medplum_release(version)
         except UnsupportedRelease as e:
             problems.append(f"{where}: {e} (use {OLDEST} to {NEWEST})")
-    cron = webhook.get("sweep_cron")
-    if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
-        problems.append(f"webhook_bot.sweep_cron: {cron!r} is not a 5-field cron expression (minute hour "
-                        "day-of-month month day-of-week, e.g. '*/5 * * * *'); Medplum would ignore it")
+    for key, cron in (("webhook_bot.sweep_cron", webhook.get("sweep_cron")), ("contribution.cron", contribution.get("cron"))):
+        if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
+            problems.append(f"{key}: {cron!r} is not a 5-field cron expression (minute hour "
+                            "day-of-month month day-of-week, e.g. '*/5 * * * *'); Medplum would ignore it")
     return problems
 
 

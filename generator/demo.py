@@ -6,7 +6,8 @@ import time
 import click
 
 from .options import config_option, load_or_exit
-from .flow import count_imported, create_facility_org, create_patient, deliveries, runs, wait_for_consolidated
+from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
+                   wait_for_consolidated)
 
 
 class LiveView:
@@ -92,7 +93,8 @@ def demo_command(config_path, patient, timeout, keep_running):
         org = create_facility_org(stack)
         pat = create_patient(stack, patient, org["id"])
         step(f"created Organization/{org['id']} (facility id) and Patient/{pat['id']} ({patient}) through the FHIR API")
-        outcome = wait_for_consolidated(stack, timeout=timeout, on_tick=view.tick)
+        outcome = wait_for_consolidated(stack, expected_messages=data_messages_per_patient(cfg), timeout=timeout,
+                                        on_tick=view.tick)
         view.tick()
         imported = count_imported(stack)
         click.echo()
@@ -109,7 +111,7 @@ def demo_command(config_path, patient, timeout, keep_running):
             click.echo("to look around afterwards (bot logs, the sync console): `medport demo --keep-running`")
         ok = outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0
         if not ok:
-            why = ("timed out waiting for the consolidated data" if not outcome.done else
+            why = ("timed out waiting for the patient's data" if not outcome.done else
                    f"{len(outcome.failed_tasks)} message(s) failed to import" if outcome.failed_tasks else
                    "no resources were imported")
             raise click.ClickException(f"demo failed: {why} — the bot runs above show where")

@@ -6,12 +6,18 @@
 2. Validate each with the patient bot's own rules: the rendered patient bot is loaded in Node and its
    `exports.metriportDemographics.demographicsFor` runs on every Patient (`generator/js/demographics.cjs`), so a
    Patient enroll sends is a Patient the patient bot would send, with the same demographics and fingerprint;
-   the skipped ones are listed with every reason.
+   then with Metriport's: a row Metriport's CSV parser or its create route would refuse (their rules as the fake
+   ports them, `emulator/metriport/bulkcsv.py` and `rules.py`), or a Patient whose row Metriport refused in an
+   earlier request and that has not changed since, is refused up front. The skipped ones are listed with every
+   reason; when no row is left no request is made (Metriport fails a bulk create without a valid row and sends no
+   message for it).
 3. Per facility (and per `enroll.batch_size` rows, at most Metriport's 100,000): `POST
    /medical/v1/patient/bulk?facilityId=&dryRun=`, a Task recording the request in Medplum, the CSV PUT to the
    upload URL once (`text/csv`; an upload URL that expired is replaced by a new request, once).
 4. Progress: the webhook bot handles the `medical.bulk-patient-create` messages (links each created row's
-   Patient, records failed rows); enroll watches the request Tasks and the links until every request is done.
+   Patient, records failed rows); enroll watches the request Tasks and the links until every request is done. A
+   request Metriport failed sends no message: enroll sees it failed on the emulator (the fake's developer API
+   tells), elsewhere when it stays `processing` without news for `--stall-timeout` seconds.
    `--dry-run`: Metriport validates only; the per-row result is printed from the result CSV the bot keeps.
 
 The CSV columns are Metriport's: externalId (the Medplum Patient id), firstName, lastName, dob, gender and the
@@ -169,16 +175,65 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def metriport_refusals(rows: list[dict], now_ms: float | None = None) -> dict[str, str]:
+    """externalId -> the reason, for each row Metriport would refuse: its CSV parser (core
+    command/patient-import/csv/validate-and-parse-import.ts) or the create route each parsed row goes through
+    (`patientCreateSchema`: Metriport's result says "Internal error"), as the fake ports them."""
+    from medport.emulator.metriport import bulkcsv, rules
+    from medport.emulator.metriport.errors import MetriportError
+    if not rows:
+        return {}
+    now = now_ms if now_ms is not None else time.time() * 1000
+    out = {}
+    for row, parsed in zip(rows, bulkcsv.parse_import(to_csv(rows), now).rows):
+        if parsed.payload is None:
+            out[row["externalId"]] = parsed.error or "refused"
+            continue
+        try:
+            rules.patient_create(parsed.payload, now_ms=now)
+        except MetriportError:
+            out[row["externalId"]] = bulkcsv.REASON_INTERNAL_ERROR
+    return out
+
+
+def known_refusals(http: MedplumHttp) -> dict[str, tuple[str, str]]:
+    """Patient id -> (when, reason) of the rows Metriport refused in earlier requests (the webhook bot's Tasks)."""
+    out: dict[str, tuple[str, str]] = {}
+    query = f"Task?code={quote(MEDPORT_CODESYSTEM, safe='')}|{BULK_ROW_FAILED_CODE}&status=requested&_count={PAGE}"
+    for t in _pages(http, "find rows Metriport refused", query):
+        ref = (t.get("for") or {}).get("reference", "")
+        reason = next((i.get("valueString") for i in t.get("input", []) if (i.get("type") or {}).get("text") == "reason"),
+                      None)
+        if ref.startswith("Patient/") and reason and t.get("authoredOn", "") > out.get(ref[8:], ("", ""))[0]:
+            out[ref[8:]] = (t["authoredOn"], reason)
+    return out
+
+
 def plan(cfg: Config, http: MedplumHttp, *, criteria: str, only_unlinked: bool, facility: str | None = None,
-         limit: int | None = None) -> Plan:
+         limit: int | None = None, precheck: bool = True) -> Plan:
+    """The rows to send per facility, and every Patient left out with its reasons: the patient bot's rules, then
+    (`precheck`) Metriport's rules and the refusals Metriport already gave for unchanged Patients."""
     selected = select_patients(http, cfg, criteria, only_unlinked, facility, limit)
     out = Plan(selected=len(selected))
     verdicts = demographics_rules(cfg, [p for p, _ in selected]) if selected else []
+    earlier = known_refusals(http) if precheck and selected else {}
+    rows: list[tuple[str, dict]] = []
     for (p, fid), v in zip(selected, verdicts):
         if not v.get("demographics"):
             out.skipped.append(Skipped(p["id"], v.get("problems") or ["demographics not accepted"]))
             continue
-        out.rows.setdefault(fid, []).append(csv_row(p["id"], v["demographics"]))
+        when, reason = earlier.get(p["id"], ("", ""))
+        if when and when >= ((p.get("meta") or {}).get("lastUpdated") or ""):
+            out.skipped.append(Skipped(p["id"], [f"Metriport refused this Patient's row on {when[:19]}Z ({reason}) "
+                                                 "and it has not changed since: correct it, then enroll again"]))
+            continue
+        rows.append((fid, csv_row(p["id"], v["demographics"])))
+    refused = metriport_refusals([r for _, r in rows]) if precheck else {}
+    for fid, row in rows:
+        if row["externalId"] in refused:
+            out.skipped.append(Skipped(row["externalId"], [f"Metriport would refuse this row: {refused[row['externalId']]}"]))
+        else:
+            out.rows.setdefault(fid, []).append(row)
     return out
 
 
@@ -260,6 +315,20 @@ def refresh(http: MedplumHttp, job: Job) -> None:
 
 
 DONE = ("completed", "failed", "expired")
+NO_MESSAGE = ("Metriport sends no message when a bulk patient create fails (no valid row: \"Empty or invalid "
+              "file\"; an unreadable file)")
+
+
+def detect_failed(api: MetriportApi, job: Job, quiet_s: float, stall_s: float) -> None:
+    """A request Metriport failed sends no message: ask the fake's developer API when it is one (the emulator);
+    elsewhere a request still `processing` with no news for `stall_s` counts as failed."""
+    status = api.bulk_job_status(job.request_id)
+    if status and status.get("status") == "failed":
+        job.status, job.reason = "failed", f"Metriport failed the request: {status.get('reason')} — {NO_MESSAGE}"
+    elif status is None and job.status == "processing" and quiet_s >= stall_s:
+        job.status = "failed"
+        job.reason = (f"no news from Metriport for {quiet_s:.0f} s after `processing`: it probably failed the request "
+                      f"— {NO_MESSAGE}. Run `medport enroll --dry-run` to see Metriport's verdict per row")
 
 
 def _statuses(jobs: list[Job]) -> str:
@@ -270,17 +339,24 @@ def _statuses(jobs: list[Job]) -> str:
 
 
 def wait(http: MedplumHttp, cfg: Config, jobs: list[Job], timeout_s: float, echo: Callable[[str], None],
-         baseline: int, poll_s: float = 1.0, tty: bool | None = None) -> bool:
-    """Until every request is done: a bar of the Patients linked (a line now and then without a terminal)."""
+         baseline: int, poll_s: float = 1.0, tty: bool | None = None, api: MetriportApi | None = None,
+         stall_s: float = 600.0) -> bool:
+    """Until every request is done: a bar of the Patients linked (a line now and then without a terminal). A
+    request Metriport failed (no message comes for it) is seen through `detect_failed`."""
     t0 = time.monotonic()
     dry = all(j.dry_run for j in jobs)
     bar = Progress(0 if dry else sum(j.rows for j in jobs), "requests" if dry else "Patients linked", echo=echo,
                    tty=tty)
+    changed = {j.request_id: (j.status, time.monotonic()) for j in jobs}
     try:
         while True:
             for j in jobs:
                 if j.status not in DONE or (j.status == "completed" and not j.counts):
                     refresh(http, j)
+                if changed[j.request_id][0] != j.status:
+                    changed[j.request_id] = (j.status, time.monotonic())
+                if api is not None and j.status not in DONE:
+                    detect_failed(api, j, time.monotonic() - changed[j.request_id][1], stall_s)
             done = sum(1 for j in jobs if j.status in DONE)
             bar.update(done if dry else linked_count(http, cfg) - baseline, _statuses(jobs))
             if all(j.status in DONE and (j.status != "completed" or j.counts) for j in jobs):
@@ -294,10 +370,12 @@ def wait(http: MedplumHttp, cfg: Config, jobs: list[Job], timeout_s: float, echo
 
 def run_enroll(cfg: Config, http: MedplumHttp, api: MetriportApi, *, criteria: str | None = None,
                dry_run: bool = False, facility: str | None = None, limit: int | None = None, no_wait: bool = False,
-               timeout_s: float = 3600.0, echo: Callable[[str], None] = lambda s: None) -> EnrollResult:
+               timeout_s: float = 3600.0, echo: Callable[[str], None] = lambda s: None, precheck: bool = True,
+               stall_s: float = 600.0) -> EnrollResult:
     t0 = time.monotonic()
     crit = cfg.enroll.criteria if criteria is None else criteria
-    p = plan(cfg, http, criteria=crit, only_unlinked=cfg.enroll.only_unlinked, facility=facility, limit=limit)
+    p = plan(cfg, http, criteria=crit, only_unlinked=cfg.enroll.only_unlinked, facility=facility, limit=limit,
+             precheck=precheck)
     echo(f"selected {p.selected} Patient(s): {p.valid} valid, {len(p.skipped)} skipped")
     for i, s in enumerate(p.skipped):
         line = f"  skipped Patient/{s.patient_id}: " + "; ".join(s.problems)
@@ -316,7 +394,7 @@ def run_enroll(cfg: Config, http: MedplumHttp, api: MetriportApi, *, criteria: s
         for part in parts:
             result.jobs.append(start_job(http, api, fid, part, dry_run, echo))
     if result.jobs and not no_wait:
-        result.done = wait(http, cfg, result.jobs, timeout_s, echo, result.linked_before)
+        result.done = wait(http, cfg, result.jobs, timeout_s, echo, result.linked_before, api=api, stall_s=stall_s)
     result.linked_after = linked_count(http, cfg)
     result.seconds = time.monotonic() - t0
     return result
@@ -350,9 +428,12 @@ def report(result: EnrollResult, echo: Callable[[str], None]) -> None:
 @click.option("--dry-run", is_flag=True, help="Metriport validates the rows and creates nothing; print its verdict per row.")
 @click.option("--no-wait", is_flag=True, help="Start the requests and return (the webhook bot links the Patients).")
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds to wait for the requests.")
+@click.option("--stall-timeout", "stall_s", default=600.0, show_default=True,
+              help="A request still `processing` with no news from Metriport for this long counts as failed (a failed "
+                   "bulk create sends no message).")
 @medplum_options("emulator-here", purpose="holding the Patients")
 @metriport_options
-def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, timeout_s, base_url, client_id,
+def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, timeout_s, stall_s, base_url, client_id,
                    client_secret, metriport_url, metriport_api_key):
     """Enroll existing Medplum Patients in Metriport with one bulk patient create per facility."""
     cfg = load_or_exit(config_path)
@@ -360,11 +441,14 @@ def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, tim
     api = metriport_api(cfg, metriport_url, metriport_api_key)
     try:
         result = run_enroll(cfg, http, api, criteria=criteria, dry_run=dry_run, facility=facility, limit=limit,
-                            no_wait=no_wait, timeout_s=timeout_s, echo=click.echo)
+                            no_wait=no_wait, timeout_s=timeout_s, echo=click.echo, stall_s=stall_s)
     except MedplumError as e:
         raise click.ClickException(str(e)) from None
     report(result, click.echo)
     if not result.jobs:
+        if result.plan.skipped:
+            raise click.ClickException(f"nothing sent to Metriport: every one of the {result.plan.selected} selected "
+                                       "Patient(s) is refused (reasons above) — correct them, then run enroll again")
         click.echo("nothing to enroll")
         return
     if no_wait:
@@ -372,5 +456,8 @@ def enroll_command(config_path, criteria, facility, limit, dry_run, no_wait, tim
                    f"{MEDPORT_CODESYSTEM}|{BULK_TASK_CODE})")
         return
     click.echo(f"{result.linked_after - result.linked_before} Patient(s) linked in {result.seconds:.1f} s")
-    if not result.done or any(j.status != "completed" for j in result.jobs):
-        raise click.ClickException("not every request completed" + ("" if result.done else f" within {timeout_s:.0f} s"))
+    failed = [j for j in result.jobs if j.status != "completed"]
+    if not result.done or failed:
+        raise click.ClickException(f"{len(failed)} of {len(result.jobs)} request(s) did not complete"
+                                   + ("" if result.done else f" within {timeout_s:.0f} s")
+                                   + (f": {failed[0].reason}" if failed and failed[0].reason else ""))

@@ -70,6 +70,25 @@ def deliveries(stack) -> list[dict]:
     return stack.fake.state.deliveries_log(include_body=False) if stack.fake is not None else []
 
 
+NETWORK_QUERY_DATA_TYPES = ("network-query.hie", "network-query.pharmacy", "network-query.lab")
+
+
+def data_types(cfg) -> tuple[str, ...]:
+    """The messages that bring a patient's data in the config's flow: one network-query.<source> per source (each
+    with the whole record), or the consolidated-data of the legacy flows."""
+    return NETWORK_QUERY_DATA_TYPES if cfg.patient_bot.flow == "network-query" else ("medical.consolidated-data",)
+
+
+def data_messages_per_patient(cfg) -> int:
+    """Data messages one queried Patient gets from the fake (every source enabled there)."""
+    return len(cfg.patient_bot.sources) if cfg.patient_bot.flow == "network-query" else 1
+
+
+def data_deliveries(stack) -> list[dict]:
+    types = data_types(stack.cfg)
+    return [d for d in deliveries(stack) if d["type"] in types]
+
+
 def message_tasks(stack) -> list[dict]:
     b = stack.admin.fhir("search Tasks", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&_count=1000")
     return [e["resource"] for e in b.get("entry", [])]
@@ -100,15 +119,16 @@ class FlowOutcome:
 
 def wait_for_consolidated(stack, expected_messages: int = 1, timeout: float = 60.0, poll: float = 0.2,
                           on_tick=None, baseline: set[str] | None = None) -> FlowOutcome:
-    """Wait until `expected_messages` consolidated-data webhooks (in all) were delivered and every stored
-    message was processed (no Task left requested/in-progress), with the emulator idle. Failed Tasks whose
-    ids are in `baseline` (taken before the flow started) are not reported."""
+    """Wait until `expected_messages` data webhooks (in all: consolidated-data, or network-query.<source> in the
+    network-query flow) were delivered and every stored message was processed (no Task left
+    requested/in-progress), with the emulator idle. Failed Tasks whose ids are in `baseline` (taken before the
+    flow started) are not reported."""
     baseline = baseline or set()
     t0 = time.monotonic()
     while True:
         if on_tick:
             on_tick()
-        dels = [d for d in deliveries(stack) if d["type"] == "medical.consolidated-data" and d["status"] == "success"]
+        dels = [d for d in data_deliveries(stack) if d["status"] == "success"]
         pending, failed = [], []
         if stack.cfg.webhook_bot.async_processing:
             for t in message_tasks(stack):

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 
 from .config import BotSpec, Config
-from .render import MESSAGE_TASK_CODE, MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE, SUPPORTED_INTERACTION_EXT
+from .render import (CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, PATIENT_CONFLICT_TASK_CODE,
+                     SUPPORTED_INTERACTION_EXT)
 
 READ = ["read", "vread", "search", "history"]
 # Which access policy each deployed principal runs under (keys are the policy tags).
 POLICY_OF_MEMBER = {"patient_bot": "patient-bot-policy", "webhook_bot": "webhook-bot-policy",
-                    "webhook_client": "webhook-client-policy"}
+                    "webhook_client": "webhook-client-policy", "contribution": "contribution-bot-policy"}
+FHIRPATH_CRITERIA_EXT = "https://medplum.com/fhir/StructureDefinition/fhir-path-criteria-expression"
 WEBHOOK_CLIENT_KEY = "webhook-client"
 
 
@@ -63,7 +65,23 @@ def access_policies(cfg: Config) -> list[dict]:
             {"resourceType": "Bot", "interaction": ["read"],
              "criteria": f"Bot?identifier={system}|{webhook.identifier}"},
         ]),
+        *([contribution_policy(cfg)] if cfg.bots.contribution else []),
     ]
+
+
+def contribution_policy(cfg: Config) -> dict:
+    """The contribution bot reads the contributed types and the Patients (their Metriport id) — and the Binaries
+    of the documents it uploads when documents are contributed — and writes only its ledger Tasks."""
+    c = cfg.contribution
+    return _policy(cfg.medplum.identifier_system, "contribution-bot-policy", f"{c.name} (medport)", [
+        {"resourceType": "Patient", "interaction": READ},
+        {"resourceType": "Task", "interaction": [*READ, "create", "update"],
+         "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{CONTRIBUTION_TASK_CODE}"},
+        *({"resourceType": t, "interaction": READ}
+          for t in [*c.resources, *(["DocumentReference"] if c.documents and "DocumentReference" not in c.resources
+                                    else [])]),
+        *([{"resourceType": "Binary", "interaction": ["read", "vread"]}] if c.documents else []),
+    ])
 
 
 def bot_resource(cfg: Config, spec: BotSpec) -> dict:
@@ -72,7 +90,9 @@ def bot_resource(cfg: Config, spec: BotSpec) -> dict:
         "identifier": [{"system": cfg.medplum.identifier_system, "value": spec.identifier}],
         "name": spec.name,
         "description": {"patient_bot": "medport: sends saved Patients to Metriport and starts their queries.",
-                        "webhook_bot": "medport: receives Metriport webhooks and imports consolidated data."}[spec.key],
+                        "webhook_bot": "medport: receives Metriport webhooks and imports consolidated data.",
+                        "contribution": "medport: contributes Medplum-authored clinical data of linked Patients "
+                                        "back to the networks through Metriport."}[spec.key],
         "runtimeVersion": cfg.medplum.runtime,
         "timeout": spec.timeout,
         "auditEventTrigger": "always",
@@ -82,6 +102,8 @@ def bot_resource(cfg: Config, spec: BotSpec) -> dict:
         if cfg.webhook_bot.sweep_cron.strip():
             # the sweep that resumes messages whose processing was cut off (needs the Project feature `cron`)
             bot["cronString"] = cfg.webhook_bot.sweep_cron.strip()
+    if spec.key == "contribution" and cfg.contribution.cron.strip():
+        bot["cronString"] = cfg.contribution.cron.strip()  # contribute what was written since the last run
     return bot
 
 
@@ -92,7 +114,7 @@ def client_application(cfg: Config) -> dict:
             "description": "medport: credentials Metriport uses to call the webhook bot ($execute)."}
 
 
-SUBSCRIPTION_FAMILIES = ("patient-subscription", "webhook-task-subscription")
+SUBSCRIPTION_FAMILIES = ("patient-subscription", "webhook-task-subscription", "contribution-encounter-subscription")
 INTERACTIONS = ("create", "update", "delete")
 
 
@@ -110,7 +132,8 @@ def subscriptions(cfg: Config) -> list[dict]:
     Subscription means the same behaviour on every Medplum version."""
     system = cfg.medplum.identifier_system
 
-    def family(name: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str]) -> list[dict]:
+    def family(name: str, reason: str, criteria: str, bot: BotSpec, interactions: list[str],
+               fhirpath: str | None = None) -> list[dict]:
         return [{
             "resourceType": "Subscription",
             "meta": _tag(system, key),
@@ -119,7 +142,8 @@ def subscriptions(cfg: Config) -> list[dict]:
             "criteria": criteria,
             "channel": {"type": "rest-hook", "endpoint": f"urn:uuid:{bot.id}",
                         "payload": "application/fhir+json"},
-            "extension": [{"url": SUPPORTED_INTERACTION_EXT, "valueCode": interaction}],
+            "extension": [*([{"url": FHIRPATH_CRITERIA_EXT, "valueString": fhirpath}] if fhirpath else []),
+                          {"url": SUPPORTED_INTERACTION_EXT, "valueCode": interaction}],
         } for key, interaction in zip(subscription_keys(name, interactions), interactions)]
 
     out = family("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
@@ -128,6 +152,12 @@ def subscriptions(cfg: Config) -> list[dict]:
         out += family("webhook-task-subscription", "medport: process stored Metriport webhook messages",
                       f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
                       cfg.bots.webhook, ["create", "update"])
+    if cfg.bots.contribution and cfg.contribution.on_encounter_finished:
+        # Encounters the webhook bot imported carry the resource-id identifier: they never start a contribution
+        out += family("contribution-encounter-subscription",
+                      "medport: contribute a finished Encounter's data back to the networks", "Encounter?status=finished",
+                      cfg.bots.contribution, ["create", "update"],
+                      f"%current.identifier.where(system = '{cfg.metriport.resource_identifier_system}').exists().not()")
     return out
 
 

@@ -32,6 +32,7 @@ class MetriportApi:
     base_url: str
     api_key: str = field(repr=False)
     timeout_s: float = 30.0
+    _no_status_route: bool = field(default=False, repr=False)
 
     def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
         try:
@@ -59,6 +60,22 @@ class MetriportApi:
         if facility_id:
             params["facilityId"] = facility_id
         return self.call("POST", "/medical/v1/patient/bulk", params=params)
+
+    def bulk_job_status(self, request_id: str) -> dict | None:
+        """A bulk patient create's status, when Metriport is the fake (its developer API, `GET /_fake/bulk/<id>`):
+        Metriport itself has no route for it. None elsewhere (asked once)."""
+        if self._no_status_route:
+            return None
+        try:
+            resp = requests.get(self.base_url.rstrip("/") + f"/_fake/bulk/{request_id}",
+                                headers={"x-api-key": self.api_key}, timeout=self.timeout_s)
+            body = resp.json() if resp.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            body = None
+        if not isinstance(body, dict) or "status" not in body:
+            self._no_status_route = True
+            return None
+        return body
 
     def start_bulk_download_urls(self, patient_id: str, metadata: dict | None = None) -> dict:
         """POST /medical/v1/document/download-url/bulk?patientId= with {metadata}: {status, requestId}."""

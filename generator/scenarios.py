@@ -12,8 +12,8 @@ from typing import Callable
 
 import requests
 
-from .flow import (count_imported, create_facility_org, create_patient, deliveries, dev_api, message_tasks, runs,
-                   task_ids, wait_for_consolidated)
+from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
+                   data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
 from .render import MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, PATIENT_CONFLICT_TASK_CODE
 from .replay import deliver, metriport_body
 
@@ -85,13 +85,14 @@ def scenario_seed_patients(stack, names=("Jane", "Chris", "Ollie", "Andreas", "K
     every reference resolves."""
     org = create_facility_org(stack)
     before_patients = _patients_total(stack)
-    before_msgs = len([d for d in deliveries(stack) if d["type"] == "medical.consolidated-data"])
+    before_msgs = len(data_deliveries(stack))
     base = task_ids(stack)
     pats = {n: create_patient(stack, n, org["id"]) for n in names}
-    out = wait_for_consolidated(stack, expected_messages=before_msgs + len(names), timeout=timeout, baseline=base,
+    want = len(names) * data_messages_per_patient(stack.cfg)
+    out = wait_for_consolidated(stack, expected_messages=before_msgs + want, timeout=timeout, baseline=base,
                                 poll=0.05)
     expect(out.done, f"timed out after {out.waited_s:.0f} s: {out.consolidated_delivered - before_msgs} of "
-                     f"{len(names)} consolidated-data webhooks delivered and processed")
+                     f"{want} data webhooks ({', '.join(data_types(stack.cfg))}) delivered and processed")
     expect(not out.failed_tasks, f"{len(out.failed_tasks)} message(s) failed: "
            + "; ".join((t.get('statusReason') or {}).get('text', '?') for t in out.failed_tasks))
     expect(_patients_total(stack) == before_patients + len(names), "the import created Patients: "
@@ -115,13 +116,15 @@ def snapshot_versions(stack) -> dict[str, str]:
 
 
 def _last_consolidated(stack) -> dict:
-    dels = [d for d in stack.fake.state.deliveries_log(include_body=True) if d["type"] == "medical.consolidated-data"]
-    expect(dels, "no consolidated-data webhook was delivered yet")
+    types = data_types(stack.cfg)
+    dels = [d for d in stack.fake.state.deliveries_log(include_body=True) if d["type"] in types]
+    expect(dels, f"no data webhook ({', '.join(types)}) was delivered yet")
     return dels[-1]["payload"]
 
 
 def scenario_replay_is_idempotent(stack, times: int = 3) -> dict:
-    """A consolidated-data webhook replayed N times: no new resources, no new versions."""
+    """A data webhook (consolidated-data, or network-query.<source>) replayed N times: no new resources, no new
+    versions."""
     payload = _last_consolidated(stack)
     before = snapshot_versions(stack)
     for i in range(times):
@@ -272,24 +275,29 @@ def _crash_dataset(stack, n: int) -> None:
 
 def _expected_ids(stack, metriport_patient_id: str) -> dict[str, set]:
     """The Metriport ids the patient's consolidated data carries, per imported type (what an uninterrupted
-    import stores): the bundle the fake serves for the query the bot made (its resources and dates)."""
+    import stores): the bundle the fake serves for the query the bot made (its resources and dates), or the whole
+    record the network query's messages link."""
     fake = stack.fake.state
     allowed = set(stack.cfg.webhook_bot.resources)
     c = stack.cfg.consolidated
-    bundle = fake.consolidated_bundle(fake.patients[metriport_patient_id], list(c.resources) or None,
-                                      c.date_from, c.date_to)
+    patient = fake.patients[metriport_patient_id]
+    if stack.cfg.patient_bot.flow == "network-query":  # the messages link the whole record
+        entries = fake.patient_record(patient)
+    else:
+        entries = fake.consolidated_bundle(patient, list(c.resources) or None, c.date_from, c.date_to)["entry"]
     expected: dict[str, set] = {}
-    for e in bundle["entry"]:
+    for e in entries:
         r = e["resource"]
         if r.get("resourceType") in allowed and r.get("id"):
             expected.setdefault(r["resourceType"], set()).add(r["id"])
     return expected
 
 
-def _message_task_for(stack, patient_id: str, type_: str) -> dict | None:
+def _message_task_for(stack, patient_id: str, types: tuple[str, ...]) -> dict | None:
+    """The first stored message of one of `types` about the Patient (its metadata names it)."""
     needle = f'"medplumPatientId":"{patient_id}"'
     for t in message_tasks(stack):
-        if t.get("description", "").endswith(type_) and needle in (t.get("input") or [{}])[0].get("valueString", ""):
+        if t.get("description", "").endswith(types) and needle in (t.get("input") or [{}])[0].get("valueString", ""):
             return t
     return None
 
@@ -321,9 +329,12 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     org = create_facility_org(stack, "Crash test clinic")
     bot = cfg.bots.webhook.name
     _dev(stack, "POST", "faults", json={"batch_delay_ms": 40})  # a slow database: the import takes a while
+    # one data message for this patient: the network query's pharmacy and lab sources off (their messages bring
+    # the same record: one of them would finish the import the crash cut off)
+    stack.fake.state.set_faults(pharmacy_source_enabled=False, lab_source_enabled=False)
     try:
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        task = _wait(lambda: (t := _message_task_for(stack, p["id"], "medical.consolidated-data")) and
+        task = _wait(lambda: (t := _message_task_for(stack, p["id"], data_types(cfg))) and
                      t["status"] == "in-progress" and t, 60, "the consolidated import to start")
         _wait(lambda: stack.admin.fhir("count", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count")
               .get("total", 0) >= 20, 30, "the first imported resources")
@@ -332,6 +343,7 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
         _dev(stack, "POST", "restart")
     finally:
         _dev(stack, "POST", "faults", json={"batch_delay_ms": 0})
+        stack.fake.state.set_faults(pharmacy_source_enabled=True, lab_source_enabled=True)
     mid = next(i["value"] for i in stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")["identifier"]
                if i.get("system") == cfg.metriport.patient_identifier_system)
     expected = _expected_ids(stack, mid)
@@ -352,7 +364,7 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     else:
         trigger = "redelivery"
         delivery = next(d for d in reversed(stack.fake.state.deliveries_log(include_body=True))
-                        if d["type"] == "medical.consolidated-data" and p["id"] in d["body"])
+                        if d["type"] in data_types(cfg) and p["id"] in d["body"])
         r = requests.post(f"{stack.fake.base_url}/_fake/webhooks/{delivery['messageId']}/redeliver",
                           json={"times": 1}, headers={"x-api-key": stack.fake.api_key}, timeout=60)
         expect(r.ok, f"redelivery failed: {r.text[:200]}")
@@ -384,8 +396,9 @@ def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
     a = create_patient(stack, "Twin", org["id"])
     mid = _wait(lambda: metriport_id(a["id"]), timeout, "the first Patient to be linked")
     if stack.cfg.webhook_bot.async_processing:  # let the first Patient's flow finish (its queries counted before)
-        _wait(lambda: (t := _message_task_for(stack, a["id"], "medical.consolidated-data")) and
+        _wait(lambda: (t := _message_task_for(stack, a["id"], data_types(stack.cfg))) and
               t["status"] in ("completed", "failed"), timeout, "the first Patient's consolidated data")
+        _wait_tasks_settled(stack)
     expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
     queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])  # noqa: E731
     q_before = queries()
@@ -418,7 +431,7 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     if not entries:
         org = create_facility_org(stack, "Redelivery clinic")
         new = create_patient(stack, "Jane", org["id"])
-        _wait(lambda: (t := _message_task_for(stack, new["id"], "medical.consolidated-data")) and
+        _wait(lambda: (t := _message_task_for(stack, new["id"], data_types(cfg))) and
               t["status"] in ("completed", "failed"), timeout, "the Patient's first import")
         entries = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
     patient = entries[0]["resource"]
@@ -460,6 +473,81 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     return {"deliveries": 2 * copies, "tasks": 1}
 
 
+def _linked_patient(stack, timeout: float) -> tuple[dict, str]:
+    """A Patient linked to Metriport whose data arrived (one of the seed patients'), and its Metriport id."""
+    pid_system = stack.cfg.metriport.patient_identifier_system
+    found = stack.admin.fhir("find a linked Patient", "GET", f"Patient?identifier={pid_system}|&_count=1").get("entry")
+    if not found:
+        base = task_ids(stack)
+        n = len(data_deliveries(stack))
+        create_patient(stack, "Kyla", create_facility_org(stack, "Contribution clinic")["id"])
+        out = wait_for_consolidated(stack, expected_messages=n + data_messages_per_patient(stack.cfg), timeout=timeout,
+                                    baseline=base)
+        expect(out.done, "the Patient's data did not arrive")
+        found = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
+    patient = found[0]["resource"]
+    return patient, next(i["value"] for i in patient["identifier"] if i.get("system") == pid_system)
+
+
+def _contributed(stack, mid: str) -> dict:
+    adds = stack.fake.state.patient_additions.get(mid)
+    return dict(adds.contributed) if adds else {}
+
+
+def scenario_contribution_once(stack, timeout: float = 60.0) -> dict:
+    """An Encounter written in Medplum, finished: it, its Condition and Observation go to Metriport once (PUT
+    consolidated); contributing again sends nothing; what Metriport returns of them in the next import is
+    recognised, not stored a second time; nothing that came from Metriport is contributed."""
+    cfg = stack.cfg
+    if not (cfg.bots.contribution and cfg.contribution.on_encounter_finished):
+        return {"skipped": "contribution.enabled or contribution.on_encounter_finished is off"}
+    expect({"Encounter", "Condition", "Observation"} <= set(cfg.contribution.resources),
+           "contribution.resources leaves out Encounter, Condition or Observation")
+    patient, mid = _linked_patient(stack, timeout)
+    pid, subject = patient["id"], {"reference": f"Patient/{patient['id']}"}
+    enc = stack.admin.fhir("write an Encounter", "POST", "Encounter", json_body={
+        "resourceType": "Encounter", "status": "in-progress", "subject": subject, "period": {"start": "2026-11-30T09:00:00Z"},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+    about = {"subject": subject, "encounter": {"reference": f"Encounter/{enc['id']}"}}
+    cond = stack.admin.fhir("write a Condition", "POST", "Condition", json_body={
+        "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, **about})
+    obs = stack.admin.fhir("write an Observation", "POST", "Observation", json_body={
+        "resourceType": "Observation", "status": "final", "code": {"text": "Heart rate"},
+        "valueQuantity": {"value": 72, "unit": "/min"}, **about})
+    mine = {f"Encounter/{enc['id']}", f"Condition/{cond['id']}", f"Observation/{obs['id']}"}
+    expect(stack.wait_idle(timeout) and not mine & set(_contributed(stack, mid)), "an Encounter in progress was contributed")
+    stack.admin.fhir("finish the Encounter", "PUT", f"Encounter/{enc['id']}",
+                     json_body={**enc, "status": "finished", "period": {"start": "2026-11-30T09:00:00Z",
+                                                                         "end": "2026-11-30T09:30:00Z"}})
+    sent = _wait(lambda: mine <= set(_contributed(stack, mid)) and _contributed(stack, mid), timeout,
+                 "the finished Encounter's contribution")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    rsys = cfg.metriport.resource_identifier_system
+    came_back = [k for k, r in _contributed(stack, mid).items() if rsys in str(r.get("identifier"))]
+    expect(not came_back, f"data that came from Metriport was contributed: {came_back[:3]}")
+    digest = stack.fake.state.state_digest()
+    again = stack.admin.fhir("contribute again", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
+                             json_body={"contribute": f"Patient/{pid}"})
+    report = again.get("report") or {}
+    expect(report.get("contributed") == 0 and not report.get("failures"), f"contributing again sent data: {report}")
+    expect(stack.fake.state.state_digest() == digest, "contributing again changed what Metriport holds")
+    # the next import brings the contribution back: recognised, one copy of each
+    base, n = task_ids(stack), len(deliveries(stack))
+    r = requests.post(f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
+                      params={"conversionType": "json"}, json={"metadata": {"medplumPatientId": pid}},
+                      headers={"x-api-key": stack.fake.api_key}, timeout=30)
+    expect(r.ok, f"the consolidated query could not start: {r.status_code} {r.text[:200]}")
+    _wait(lambda: any(d["type"] == "medical.consolidated-data" for d in deliveries(stack)[n:]), timeout,
+          "the consolidated data")
+    _wait_tasks_settled(stack)
+    copies = [k for k in mine if stack.admin.fhir("find a copy", "GET",
+                                                  f"{k.split('/')[0]}?identifier={rsys}|{k.split('/')[1]}").get("entry")]
+    expect(not copies, f"the import stored a second copy of {copies}")
+    failed = [t for t in message_tasks(stack) if t["id"] not in base and t["status"] == "failed"]
+    expect(not failed, f"the import after the contribution failed: {[(t.get('statusReason') or {}).get('text') for t in failed]}")
+    return {"contributed": len(sent), "patient": f"Patient/{pid}"}
+
+
 SCENARIOS: list[tuple[str, Callable]] = [
     ("seed patients: data imported into the existing Patients", scenario_seed_patients),
     ("replay: the same webhook 3 times changes nothing", scenario_replay_is_idempotent),
@@ -468,4 +556,5 @@ SCENARIOS: list[tuple[str, Callable]] = [
     ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
     ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
     ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
+    ("contribution: a finished Encounter contributed once, not again, not imported back", scenario_contribution_once),
 ]

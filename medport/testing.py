@@ -291,18 +291,20 @@ class MedportStack:
         return patient
 
     def _consolidated_count(self) -> int:
-        return sum(1 for d in flow.deliveries(self._stack)
-                   if d["type"] == "medical.consolidated-data" and d["status"] == "success")
+        """Data messages delivered: consolidated-data, or network-query.<source> in the network-query flow."""
+        return sum(1 for d in flow.data_deliveries(self._stack) if d["status"] == "success")
 
     def wait_for_flow(self, timeout: float = 60.0) -> FlowResult:
-        """Wait until the consolidated data of every Patient created since the last wait arrived and every
-        stored message was processed; count what was imported for those Patients."""
+        """Wait until the data of every Patient created since the last wait arrived (its consolidated-data, or one
+        network-query.<source> message per source) and every stored message was processed; count what was
+        imported for those Patients."""
         pending, self._pending = self._pending, []
         if not pending:   # nothing created since the last wait: let whatever runs finish
             t0 = time.monotonic()
             idle = self.wait_idle(timeout)
             return FlowResult(idle, self.imported(), [], self._consolidated_count(), time.monotonic() - t0)
-        out = flow.wait_for_consolidated(self._stack, expected_messages=self._expected + len(pending),
+        per_patient = flow.data_messages_per_patient(self.config)
+        out = flow.wait_for_consolidated(self._stack, expected_messages=self._expected + per_patient * len(pending),
                                          timeout=timeout, baseline=self._baseline)
         imported: dict[str, int] = {}
         for pid in pending:

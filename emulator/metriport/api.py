@@ -27,6 +27,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import rules
 from .backend import MetriportBackend, UploadRefused
+from .contribution import REQUEST_ID_HEADER
 from .errors import BadRequest, HttpError, api_gateway_forbidden
 from .jsrt import has_lone_surrogate
 from .storage import NoSuchKey, RequestExpired
@@ -344,6 +345,17 @@ def start_consolidated(pid: str):
                                                     conversion_type=conversion_type, metadata=metadata))
 
 
+@bp.route("/patient/<pid>/consolidated", methods=["PUT", "POST"])
+def contribute(pid: str):
+    """PUT (and the deprecated POST) /patient/:id/consolidated: data contribution."""
+    backend = current_backend()
+    backend.get_patient(pid)
+    result, request_id = backend.contribute(pid, read_body())
+    resp = jsonify(result)
+    resp.headers[REQUEST_ID_HEADER] = request_id
+    return resp
+
+
 @bp.get("/patient/<pid>/consolidated/query")
 def consolidated_status(pid: str):
     return jsonify(current_backend().consolidated_queries(pid))
@@ -352,6 +364,41 @@ def consolidated_status(pid: str):
 @bp.get("/patient/<pid>/consolidated/query/<rid>")
 def consolidated_single(pid: str, rid: str):
     return jsonify(current_backend().consolidated_query(pid, rid))
+
+
+@bp.post("/document/upload")
+def document_upload():
+    """A contributed document: its DocumentReference and the URL to PUT the file to."""
+    backend = current_backend()
+    patient_id = q_or_fail("patientId")
+    backend.get_patient(patient_id)
+    return jsonify(backend.start_document_upload(patient_id, read_body()))
+
+
+@bp.post("/document/upload-url")
+def document_upload_url():
+    """Deprecated form of POST /document/upload: the URL alone."""
+    backend = current_backend()
+    patient_id = q_or_fail("patientId")
+    backend.get_patient(patient_id)
+    return jsonify(backend.start_document_upload(patient_id, read_body())["uploadUrl"])
+
+
+# ---------------------------------------------------------------- network query (routes/medical/network-query.ts)
+@bp.post("/network/query")
+def start_network_query():
+    backend = current_backend()
+    backend.check_rate("document_query")            # checkRateLimit("documentQuery"), then patientAuthorization("query")
+    patient_id = q_or_fail("patientId")
+    backend.get_patient(patient_id)
+    facility_id = q("facilityId")
+    body = rules.network_query_body(read_body())
+    return jsonify(backend.start_network_query(patient_id, facility_id, body))
+
+
+@bp.get("/network/query/<rid>")
+def network_query_status(rid: str):
+    return jsonify(current_backend().network_query_status(rules.uuid_param("requestId", rid)))
 
 
 # ---------------------------------------------------------------- documents (routes/medical/document.ts)
@@ -437,7 +484,9 @@ def put_upload(token: str, name: str):
     request.max_content_length = MAX_UPLOAD_BYTES
     content = request.get_data(cache=False)
     try:
-        current_backend().upload_bulk_file(token, name, content, request.headers.get("Content-Type"))
+        backend = current_backend()
+        if not backend.upload_document(token, name, content, request.headers.get("Content-Type")):
+            backend.upload_bulk_file(token, name, content, request.headers.get("Content-Type"))
     except RequestExpired:
         return _s3_error("AccessDenied", "Request has expired", 403)
     except NoSuchKey:

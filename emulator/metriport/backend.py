@@ -23,11 +23,15 @@ from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
 from . import adt, bulkcsv, rules, webhooks
+from .consolidated_filter import filter_consolidated
 from .jsrt import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
-                     Patient, Progress, Stay, StoredFile, WebhookSettings, demographics_key, iso)
+                     NetworkQuery, Patient, PatientAdditions, Progress, Stay, StoredFile, WebhookSettings,
+                     demographics_key, iso)
+from .contribution import Contributions
+from .network import NOTIFICATION_URL_EXPIRES_S, NetworkQueries, SourceNotifications, bundle_json
 from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
@@ -43,7 +47,6 @@ DOCUMENTS_PER_QUERY = 3
 DEFAULT_DOCUMENT_TYPE = {"coding": [{"system": "http://loinc.org", "code": "34133-9"}]}
 EMPTY_BUNDLE = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
 BULK_URL_EXPIRES_S = 600  # bulk download URLs: 10 minutes (core document-signing/bulk-sign.ts)
-NOTIFICATION_URL_EXPIRES_S = 600  # realtime notification bundles: 10 minutes (hl7-notification-webhook-sender-direct.ts)
 BULK_RESULT_EXPIRES_S = 180  # the bulk create result CSV: 3 minutes (process-patient-import-webhook.ts)
 BULK_CREATE_CHUNK = 200      # patients created per scheduler step (other jobs run in between)
 BULK_OUTBOX_WAIT_S = 900     # at most this long for the per-patient webhooks to go out before `completed`
@@ -59,7 +62,7 @@ class UploadRefused(PermissionError):
         self.code = code
 
 
-class MetriportBackend:
+class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
     def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
                  webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
                  ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = "http://127.0.0.1:8180",
@@ -108,6 +111,9 @@ class MetriportBackend:
             self.bulk_jobs: dict[str, BulkImportJob] = {}     # requestId -> job
             self._bulk_payloads: dict[str, dict[int, dict]] = {}  # requestId -> row number -> parsed payload
             self.stays: dict[str, list[Stay]] = {}              # patientId -> its stays (realtime notifications)
+            self.network_queries: dict[str, NetworkQuery] = {}  # requestId -> network query
+            self.patient_additions: dict[str, PatientAdditions] = {}  # patientId -> its record beyond the seed data
+            self.document_uploads: dict[str, dict] = {}         # upload token -> the contributed document it fills
             self._calls: list[dict] = []
 
     def reset(self) -> None:
@@ -140,7 +146,7 @@ class MetriportBackend:
             return
         p = self.patients.get(pid)
         if p is None:
-            for kind in ("patient", "document_query", "documents", "consolidated", "bulk_url", "stays"):
+            for kind in ("patient", "document_query", "documents", "consolidated", "bulk_url", "stays", "additions"):
                 self._store.delete(kind, pid)
             return
         self._store.put("patient", pid, dataclasses.asdict(p))
@@ -155,6 +161,8 @@ class MetriportBackend:
             self._store.put("bulk_url", pid, dataclasses.asdict(self.bulk_url_queries[pid]))
         if pid in self.stays:
             self._store.put("stays", pid, [dataclasses.asdict(x) for x in self.stays[pid]])
+        if pid in self.patient_additions:
+            self._store.put("additions", pid, dataclasses.asdict(self.patient_additions[pid]))
 
     def _save_bulk(self, job: BulkImportJob) -> None:
         if self._store is not None:
@@ -197,6 +205,12 @@ class MetriportBackend:
                 self.stays[pid] = [Stay(**x) for x in stays]
             for jid, d in st.all("bulk_job"):
                 self.bulk_jobs[jid] = BulkImportJob(**d)
+            for pid, d in st.all("additions"):
+                self.patient_additions[pid] = PatientAdditions(**d)
+            for rid, d in st.all("network_query"):
+                self.network_queries[rid] = NetworkQuery(**d)
+            for token, d in st.all("document_upload"):
+                self.document_uploads[token] = d
         for token, name, ctype, expires_at, content in st.files():
             self.files.load(token, StoredFile(bytes(content), ctype, expires_at, name))
         settings = st.get("settings", "webhook")
@@ -221,6 +235,7 @@ class MetriportBackend:
                 # the rows not created yet are created (the created ones are found by their demographics)
                 if job.uploads and job.status in ("waiting", "processing"):
                     jobs.append(lambda jid=jid: self._bulk_parse(jid))
+            jobs += self._resume_network_queries()
         for job in jobs:
             self.schedule(self.delay_s, job)
 
@@ -267,6 +282,8 @@ class MetriportBackend:
                     "bulk": {k: [q.request_id, q.status] for k, q in self.bulk_url_queries.items()},
                     "bulk_jobs": {k: [j.summary(), j.entries] for k, j in self.bulk_jobs.items()},
                     "stays": {k: [dataclasses.asdict(x) for x in v] for k, v in self.stays.items()},
+                    "network_queries": {k: dataclasses.asdict(q) for k, q in self.network_queries.items()},
+                    "additions": {k: dataclasses.asdict(a) for k, a in self.patient_additions.items()},
                     "settings": self.get_settings() | self.webhook_status(),
                     "deliveries": len(self.deliveries_log(include_body=False)),
                     "files": self.files.count(),
@@ -393,6 +410,7 @@ class MetriportBackend:
             self.document_queries.pop(pid, None)
             self.consolidated.pop(pid, None)
             self.documents.pop(pid, None)
+            self.patient_additions.pop(pid, None)
             self._save_patient_state(pid)
 
     def list_patients(self, facility_id: str | None = None) -> list[dict]:
@@ -445,7 +463,8 @@ class MetriportBackend:
 
     def consolidated_bundle(self, patient: Patient, resources: list[str] | None, date_from: str | None,
                             date_to: str | None) -> dict:
-        entries = rules.filter_entries(self.patient_entries(patient), resources, date_from, date_to)
+        """What a consolidated query delivers: the whole record filtered and hydrated (consolidated_filter.py)."""
+        entries = filter_consolidated(self.patient_record(patient), resources, date_from, date_to)
         return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
     # ------------------------------------------------------------------ presigned files
@@ -556,6 +575,7 @@ class MetriportBackend:
             q.download = Progress.completed(len(docs))
             q.convert = Progress("processing", len(docs), 0, 0)
             self._save_patient_state(patient.id)
+        self._hie_first_data(patient, q, len(docs))
         self.schedule(self.delay_s, lambda: self._document_conversion_done(patient, q))
 
     def _document_conversion_done(self, patient: Patient, q: DocumentQuery) -> None:
@@ -564,6 +584,7 @@ class MetriportBackend:
         with self._lock:
             q.convert = Progress.completed(q.download.total or 0)
             self._save_patient_state(patient.id)
+        self._hie_converted(patient, q)
 
     def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None,
                        output: str | None = None) -> list[dict]:
@@ -677,7 +698,7 @@ class MetriportBackend:
         base = f"{patient.id}_{q.request_id}_CONSOLIDATED"
         expired = self.faults.take("expire_next_consolidated")
         if q.conversion_type == "json":
-            raw = _bundle_json(bundle)
+            raw = bundle_json(bundle)
             content = [
                 {"attachment": {"contentType": "application/json",
                                 "url": self.store_file(raw, "application/json", base + ".json", expired=expired)}},
@@ -966,16 +987,6 @@ def _ccda_xml(patient: Patient, doc_id: str, ref: dict) -> bytes:
         '</name></patient></patientRole></recordTarget>\n'
         '</ClinicalDocument>\n'
     ).encode("utf-8")
-
-
-def _bundle_json(bundle: dict) -> bytes:
-    """The consolidated bundle as the file serves it: compact JSON, UTF-8 (orjson when installed: the same text,
-    written ~10x faster — a real bundle is tens of MB)."""
-    try:
-        import orjson
-        return orjson.dumps(bundle)
-    except (ImportError, TypeError, ValueError):
-        return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _summary_html(patient: Patient, bundle: dict) -> str:

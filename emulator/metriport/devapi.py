@@ -13,8 +13,10 @@ blacklist; no ping unless asked), `GET /bulk` and `GET /bulk/<requestId>` (bulk 
 counts, rows, the result CSV), `POST /bulk/<requestId>/webhook {status, reason?}` (a
 `medical.bulk-patient-create` message Metriport's docs describe but its code never sends: `failed` with a
 reason, `expired`, `waiting`), `POST /patients/<id>/notifications {type, at?, facility?, to?}` (a realtime
-patient notification: `patient.admit` | `patient.transfer` | `patient.discharge`, with its Encounter bundle)
-and `GET /patients/<id>/stays`. Bodies are checked strictly; a refused request changes nothing.
+patient notification: `patient.admit` | `patient.transfer` | `patient.discharge`, with its Encounter bundle;
+`patient.pharmacy` | `patient.laboratory`, with a dispense or a lab report that joins the record),
+`POST /patients/<id>/messages {status, reason?}` (`message.status`), `POST /patients/<id>/bulk-download-paged
+{pageSize?}` (`medical.document-bulk-download-paged`) and `GET /patients/<id>/stays`. Bodies are checked strictly; a refused request changes nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from . import schemas
+from . import adt, schemas
 from .api import DEV_PREFIX, current_backend, parse_json_text, valid_api_key
 from .errors import DevError, DevUnauthorized, NotFound
 from .models import redact_url
@@ -167,10 +169,14 @@ def bulk_webhook(request_id: str):
     return jsonify({"messageId": d.message_id, "status": d.status})
 
 
+SOURCE_NOTIFICATIONS = ("patient.pharmacy", "patient.laboratory")
+
+
 @bp.post("/patients/<patient_id>/notifications")
 def patient_notification(patient_id: str):
     """A realtime patient notification for a patient of the fake: `{"type": "patient.admit" | "patient.transfer"
-    | "patient.discharge", "at"?: ISO datetime, "facility"?: name (admit), "to"?: {name, type} (transfer)}`."""
+    | "patient.discharge" | "patient.pharmacy" | "patient.laboratory", "at"?: ISO datetime, "facility"?: name
+    (admit), "to"?: {name, type} (transfer)}`."""
     body = _object_body()
     allowed = ("type", "at", "facility", "to")
     problems = [f"{k}: unknown key (allowed: {', '.join(allowed)})" for k in body if k not in allowed]
@@ -180,11 +186,45 @@ def patient_notification(patient_id: str):
     if body.get("at") is not None and isinstance(body["at"], str) and not re.fullmatch(
             r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z", body["at"]):
         problems.append("at: expected an ISO datetime like 2025-01-28T23:00:00.000Z")
+    kinds = (*adt.EVENTS, *SOURCE_NOTIFICATIONS)
+    if body.get("type") not in kinds:
+        problems.append(f"type: must be one of {', '.join(kinds)}")
     if problems:
         raise DevError(problems)
+    if body.get("type") in SOURCE_NOTIFICATIONS:
+        return jsonify(current_backend().send_source_notification(patient_id, body["type"], at=body.get("at")))
     out = current_backend().send_patient_notification(patient_id, body.get("type") or "", at=body.get("at"),
                                                       facility=body.get("facility"), to=body.get("to"))
     return jsonify(out)
+
+
+@bp.post("/patients/<patient_id>/messages")
+def message_status(patient_id: str):
+    """`message.status` for an outbound message of the patient: `{"status": "completed" | "failed", "reason"?}`."""
+    body = _object_body()
+    problems = [f"{k}: unknown key (allowed: status, reason)" for k in body if k not in ("status", "reason")]
+    if body.get("status") not in ("completed", "failed"):
+        problems.append("status: must be completed or failed")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= 5000):
+        problems.append("reason: a string of 1 to 5000 characters")
+    if problems:
+        raise DevError(problems)
+    return jsonify(current_backend().send_message_status(patient_id, body["status"], reason))
+
+
+@bp.post("/patients/<patient_id>/bulk-download-paged")
+def bulk_download_paged(patient_id: str):
+    """`medical.document-bulk-download-paged` for the documents the patient's document query found:
+    `{"pageSize"?: 1..1000 (default 100)}`, one message a page."""
+    body = _object_body()
+    size = body.get("pageSize", 100)
+    problems = [f"{k}: unknown key (allowed: pageSize)" for k in body if k != "pageSize"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1000:
+        problems.append("pageSize: an integer from 1 to 1000")
+    if problems:
+        raise DevError(problems)
+    return jsonify(current_backend().send_bulk_download_paged(patient_id, size))
 
 
 @bp.get("/patients/<patient_id>/stays")

@@ -29,6 +29,13 @@ DEFAULTS: dict[str, Any] = {
     # medical.document-download, and for the seed names medical.document-conversion) before the job completes,
     # as Metriport's sandbox does (external/commonwell/document/document-query-sandbox.ts); off: created only
     "bulk_document_queries": True,
+    # network query sources (hie, pharmacy, lab): off = the source fails to start ("... is not enabled for this
+    # account"); sandbox_network_sources = pharmacy and lab fail as in Metriport's sandbox ("... is not supported in
+    # sandbox mode"). The fake answers as an account with all three enabled.
+    "hie_source_enabled": True,
+    "pharmacy_source_enabled": True,
+    "lab_source_enabled": True,
+    "sandbox_network_sources": False,
 }
 FAIL_STATUSES = (429, 500, 503)
 MAX_SLOW_MS = 60_000           # one minute of added latency at most

@@ -281,3 +281,64 @@ class Stay:
     transfers: list[dict] = field(default_factory=list)   # {timestamp, sourceLocation, destinationLocation}
     locations: list[dict] = field(default_factory=list)   # {name, type, since}: every location of the stay, in order
     reason: str = "Chest pain"
+
+
+# Network query (@metriport/shared domain/network-query/source.ts): per-source tracking statuses; the
+# DTO shows every non-terminal one as "processing".
+NQ_PROCESSING = ("initialized", "requested", "on-roster", "converted")
+NQ_TERMINAL = ("completed", "failed")
+
+
+@dataclass
+class NetworkQuery:
+    """One network query (`POST /network/query`): Metriport's datasource_query rows of one requestId.
+    `sources`: one `{source, specificSource, status, createdAt, completedAt?, error?}` per source, in the
+    order asked; `error` = `{httpStatus, message, timestamp}` (SourceQueryError without `source`)."""
+    request_id: str
+    patient_id: str
+    created_at: str
+    metadata: dict | None = None
+    sources: list[dict] = field(default_factory=list)
+    first_data_sent: bool = False
+
+    def row(self, source: str) -> dict | None:
+        return next((r for r in self.sources if r["source"] == source), None)
+
+    def status(self) -> str:
+        """deriveNetworkQueryStatus: processing while any source is; completed / failed when all are; else partial."""
+        statuses = [r["status"] for r in self.sources]
+        if not statuses or any(s in NQ_PROCESSING for s in statuses):
+            return "processing"
+        if all(s == "completed" for s in statuses):
+            return "completed"
+        if all(s == "failed" for s in statuses):
+            return "failed"
+        return "partial"
+
+    def to_dto(self) -> dict:
+        """toNetworkQueryStatusDto: one entry per source type (aggregateSourcesByType, one row per type here),
+        `errors` only when a source failed (with its error data)."""
+        sources = []
+        for r in self.sources:
+            s = {"type": r["source"], "status": "processing" if r["status"] in NQ_PROCESSING else r["status"],
+                 "startedAt": r["createdAt"]}
+            if r.get("completedAt"):
+                s["completedAt"] = r["completedAt"]
+            sources.append(s)
+        dto: dict[str, Any] = {"requestId": self.request_id, "startedAt": self.created_at, "status": self.status(),
+                               "sources": sources}
+        errors = [{"source": r["source"], **r["error"]} for r in self.sources
+                  if r["status"] == "failed" and r.get("error")]
+        if errors:
+            dto["errors"] = errors
+        return dto
+
+
+@dataclass
+class PatientAdditions:
+    """What a patient's consolidated record holds beyond its HIE (seed) data: the network sources that completed
+    (their data merged), resources from realtime pharmacy/lab notifications, and the customer's contributions
+    (`PUT /patient/:id/consolidated`, `POST /document/upload`) by `Type/id`."""
+    sources: list[str] = field(default_factory=list)
+    extra: list[dict] = field(default_factory=list)
+    contributed: dict[str, dict] = field(default_factory=dict)

@@ -5,8 +5,8 @@ Schemas live in `schemas.py` (zod-compatible, from @metriport/api-sdk / @metripo
 own files); here are the checks around them — query parameters read with `getFrom("query")`
 (packages/api/src/routes/util.ts), `getResourcesQueryParam` (routes/medical/schemas/fhir.ts),
 `parseISODate` (api shared/date.ts) — and the normalization a stored patient gets
-(routes/medical/schemas/patient.ts `schemaCreateToPatientData`). `filter_entries` is the fake's own
-stand-in for Metriport's consolidated filtering.
+(routes/medical/schemas/patient.ts `schemaCreateToPatientData`). What a consolidated query delivers
+(Metriport's filter and hydration) is `consolidated_filter.py`.
 """
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ def plain(value: Any) -> Any:
     return drop_undefined(value)
 
 
-def check(schema: zod.Schema, value: Any, *, now_ms: float | None = None) -> Any:
+def check(schema: zod.Schema, value: Any, *, now_ms: float | None = None, path: tuple = ()) -> Any:
     """`schema.parse(value)`: the parsed value, or a ValidationError (Metriport's ZodError answer).
-    `now_ms`: the clock date-of-birth checks compare with (default: real time)."""
+    `now_ms`: the clock date-of-birth checks compare with (default: real time); `path`: zod's parse path."""
     token = schemas.NOW_MS.set(now_ms)
     try:
-        ok, out, issues = zod.parse(schema, value)
+        ok, out, issues = zod.parse(schema, value, path)
     finally:
         schemas.NOW_MS.reset(token)
     if not ok:
@@ -122,6 +122,23 @@ def demographics(body: Any, *, now_ms: float | None = None) -> dict:
 
 
 # ------------------------------------------------------------------ metadata (routes/medical/schemas/request-metadata.ts)
+def network_query_body(body: Any) -> dict:
+    """`networkQueryBodySchema.parse(req.body)` (routes/medical/network-query.ts; @metriport/shared
+    domain/network-query/query.ts): sources (a non-empty list, or an object with one enabled), flags, metadata."""
+    return check(schemas.network_query_body, body)
+
+
+def contribution_bundle(body: Any) -> dict:
+    """`bundleSchema.parse(req.body)` (routes/medical/schemas/fhir.ts): a Bundle of type collection or searchset
+    whose entries each hold a resource (the resource itself unchecked here)."""
+    return check(schemas.contribution_bundle, body)
+
+
+def uuid_param(name: str, value: str) -> str:
+    """`getUUIDFrom("params", req, name).orFail()` (routes/schemas/uuid.ts): z.string().uuid() at [name]."""
+    return check(schemas.uuid_string, value, path=(name,))
+
+
 def request_metadata(body: Any) -> dict[str, str] | None:
     """`cxRequestMetadataSchema.parse(req.body)`: `{metadata?: Record<1..40 chars, ≤500 chars>}`, ≤ 50 keys."""
     return check(schemas.cx_request_metadata, body).get("metadata")
@@ -153,28 +170,6 @@ def facility_create(body: Any) -> dict:
     return check(schemas.facility_create, body)
 
 
-# ------------------------------------------------------------------ the fake's consolidated filtering
-# Date of a resource for dateFrom/dateTo filtering (first present wins).
-_DATE_PATHS = (
-    ("effectiveDateTime",), ("effectivePeriod", "start"), ("onsetDateTime",), ("onsetPeriod", "start"),
-    ("performedDateTime",), ("performedPeriod", "start"), ("occurrenceDateTime",), ("period", "start"),
-    ("recordedDate",), ("authoredOn",), ("issued",), ("date",),
-)
-_UNDATED_TYPES = frozenset({"Patient", "Practitioner", "Organization", "Location", "Medication", "PractitionerRole",
-                            "RelatedPerson", "Device"})
-
-
-def resource_date(r: dict) -> str | None:
-    """The date (YYYY-MM-DD) dateFrom/dateTo compare against, or None (undated resources are kept)."""
-    for path in _DATE_PATHS:
-        v: Any = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, str) and len(v) >= 4:
-            return v[:10]
-    return None
-
-
 def _day(value: str | None) -> str | None:
     """A lax dateFrom/dateTo as the YYYY-MM-DD day it stands for (dayjs, UTC)."""
     if not value:
@@ -187,20 +182,3 @@ def _day(value: str | None) -> str | None:
         return (_dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=t)).strftime("%Y-%m-%d")
     except OverflowError:
         return None
-
-
-def filter_entries(entries: list[dict], resources: list[str] | None, date_from: str | None,
-                   date_to: str | None) -> list[dict]:
-    """A consolidated query's filters: resource types (Patient always kept) and the date range."""
-    dfrom, dto = _day(date_from), _day(date_to)
-    out = []
-    for e in entries:
-        r = e.get("resource") or {}
-        rt = r.get("resourceType")
-        if resources and rt not in resources and rt != "Patient":
-            continue
-        d = resource_date(r) if (dfrom or dto) and rt not in _UNDATED_TYPES else None
-        if d is not None and (dfrom and d < dfrom or dto and d > dto):
-            continue
-        out.append(e)
-    return out

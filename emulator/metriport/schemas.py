@@ -17,9 +17,9 @@ from typing import Any
 
 from . import jsdate
 from .emailcheck import is_email_valid
-from .jsrt import strip_non_numeric
-from .zod import (Array, Boolean, Enum, Literal, Number, Object, Optional, Preprocess, Record, String, SuperRefine,
-                  Tuple, Undefined, Union, Null)
+from .jsrt import UNDEFINED, strip_non_numeric
+from .zod import (AnyValue, Array, Boolean, Enum, Literal, Number, Object, Optional, Preprocess, Record, String,
+                  SuperRefine, Tuple, Undefined, Union, Null)
 
 # @metriport/shared domain/address/state.ts (USState, 50 states + DC) and territory.ts (USTerritory)
 US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
@@ -173,6 +173,13 @@ network_query_body = Object({
     **{k: Optional(Boolean()) for k in ("override", "commonwell", "carequality", "ehex", "healthix")},
     "metadata": Optional(Record(String().min(1).max(40), String().max(500))),
 })
+# api routes/medical/schemas/fhir.ts bundleSchema (PUT /patient/:id/consolidated)
+contribution_bundle = Object({
+    "resourceType": Enum(["Bundle"]),
+    "type": Enum(["collection", "searchset"]),
+    "entry": Array(Object({"resource": AnyValue().refine(lambda v: v is not UNDEFINED, "Resource is required")})),
+})
+uuid_string = String().uuid()  # api routes/schemas/uuid.ts uuidSchema
 patient_additional_ids = Object({"healthix": Tuple([String().trim().min(1)])}, strict=True)
 patient_create = demographics.extend({
     "externalId": Optional(String()),

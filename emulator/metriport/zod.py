@@ -16,12 +16,15 @@ What it keeps from zod, because Metriport's error bodies show it:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .jsrt import UNDEFINED, js_keys, js_length, js_string, js_trim, js_type
 
 VALID, DIRTY, ABORTED = "valid", "dirty", "aborted"
+# zod 3 uuidRegex
+_UUID_RX = re.compile(r"^[0-9a-fA-F]{8}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{12}$", re.I)
 Path = tuple  # of str | int
 
 
@@ -117,6 +120,9 @@ class String(Schema):
     def url(self, is_url: Callable[[str], bool]) -> String:
         return self._with("url", is_url)
 
+    def uuid(self) -> String:
+        return self._with("uuid")
+
     def parse(self, v, path, ctx):
         if self.coerce:
             v = js_string(v)
@@ -140,7 +146,17 @@ class String(Schema):
             elif kind == "url" and not check[1](v):
                 ctx.add("Invalid url", path)
                 status = DIRTY
+            elif kind == "uuid" and not _UUID_RX.match(v):
+                ctx.add("Invalid uuid", path)
+                status = DIRTY
         return Result(status, v)
+
+
+class AnyValue(Schema):
+    """z.any(): every value (undefined too) passes."""
+
+    def parse(self, v, path, ctx):
+        return Result(VALID, v)
 
 
 class Boolean(Schema):

@@ -25,6 +25,8 @@ AUDIT_FAILURE = {"4", "8", "12"}
 ATTEMPTS_EXT, LEASE_EXT = MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
 ACK_BUDGET_MS = 4000.0      # Metriport wants a 200 within 4 s
 CONSOLIDATED = "medical.consolidated-data"
+# the messages that bring a patient's data: consolidated-data (legacy flows), one network-query.<source> per source
+DATA_TYPES = (CONSOLIDATED, "network-query.hie", "network-query.pharmacy", "network-query.lab")
 
 _BOT_TAG = re.compile(r"\[([a-z0-9][a-z0-9-]*)\] ")
 _LAMBDA_LEVEL = re.compile(r"\t(INFO|WARN|ERROR)\t")
@@ -362,7 +364,7 @@ def human_ms(ms: float | None) -> str:
 @dataclass
 class Query:
     at: datetime | None
-    kind: str                   # document-query | consolidated
+    kind: str                   # network-query | document-query | consolidated
     request_id: str | None
     by: str                     # patient-bot | webhook-bot
     run_id: str
@@ -372,7 +374,8 @@ class Query:
 class Aggregation:
     patient_id: str
     query: Query
-    message: Message | None     # the consolidated-data message that brought the data (None: not yet)
+    message: Message | None     # the first data message (consolidated-data, network-query.<source>) that brought
+                                # the data (None: not yet)
 
     @property
     def seconds(self) -> float | None:
@@ -439,7 +442,7 @@ def _queries_of(run: Run) -> list[Query]:
     for ln in run.lines:
         f = ln.fields
         if run.role == "patient" and ln.text.startswith("Metriport ") and "started" in ln.text:
-            kind = "consolidated" if "consolidated" in ln.text else "document-query"
+            kind = next((k for k in ("network-query", "consolidated") if k in ln.text), "document-query")
             out.append(Query(parse_time(f.get("at")) or run.start, kind, f.get("requestId"), "patient-bot", run.id))
         elif run.role == "webhook" and ln.text.startswith("consolidated query started"):
             out.append(Query(parse_time(f.get("at")) or run.start, "consolidated", f.get("requestId"), "webhook-bot", run.id))
@@ -515,10 +518,11 @@ def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], mid
 
 
 def pair_aggregations(patient_id: str, queries: list[Query], messages: list[Message]) -> list[Aggregation]:
-    """Each query the patient bot started, paired with the first consolidated-data message for the Patient that
-    arrived after it and completed with the data (not one answered by re-querying an expired URL)."""
+    """Each query the patient bot started, paired with the first data message (consolidated-data, or a
+    network-query.<source>) for the Patient that arrived after it and completed with the data (not one answered by
+    re-querying an expired URL)."""
     starts = sorted([q for q in queries if q.by == "patient-bot" and q.at], key=lambda q: q.at)
-    done = sorted([m for m in messages if m.type == CONSOLIDATED and m.status == "completed" and m.finished
+    done = sorted([m for m in messages if m.type in DATA_TYPES and m.status == "completed" and m.finished
                    and not m.requeried], key=lambda m: m.finished)
     out, used = [], set()
     for i, q in enumerate(starts):

@@ -62,6 +62,9 @@ ROUTES = [
     ("POST", re.compile(r"/medical/v1/document/query"), "document-query"),
     ("GET", re.compile(r"/medical/v1/document/download-url"), "download-url"),
     ("POST", re.compile(r"/medical/v1/document/download-url/bulk"), "bulk-urls"),
+    ("POST", re.compile(r"/medical/v1/network/query"), "network-query"),
+    ("PUT", re.compile(r"/medical/v1/patient/[^/]+/consolidated"), "contribute"),
+    ("POST", re.compile(r"/medical/v1/document/upload"), "document-upload"),
 ]
 
 
@@ -70,6 +73,24 @@ def classify(method: str, path: str) -> str | None:
         if m == method and rx.fullmatch(path):
             return name
     return None
+
+
+def _hydrate_problems(where: str, patient_id: str, body) -> list[str]:
+    """What Metriport's hydrate-bundle.ts and json-validator.ts refuse of a contributed bundle (the fake's port)."""
+    import copy
+
+    from medport.emulator.metriport.contribution import fhir_schema_problems, hydrate
+    from medport.emulator.metriport.errors import MetriportError
+    if not isinstance(body, dict) or not isinstance(body.get("entry"), list):
+        return []
+    try:
+        resources = hydrate(copy.deepcopy(body), patient_id, "key")
+    except MetriportError as e:
+        return [f"{where}: refused by Metriport's hydrateBundle: {e}"]
+    out = [f"{where}: the bundle type is {body.get('type')!r}, Metriport takes only collection"] \
+        if body.get("type") != "collection" else []
+    return out + [f"{where}: {r['resourceType']}/{r['id']} is not valid FHIR R4" for r in resources
+                  if fhir_schema_problems(r)]
 
 
 def problems(requests: list[dict]) -> tuple[list[str], dict[str, int]]:
@@ -132,6 +153,19 @@ def problems(requests: list[dict]) -> tuple[list[str], dict[str, int]]:
             out.append(f"{where}: no fileName")
         elif name == "bulk-urls":
             judge(i, "cxRequestMetadata", body if body is not None else {}, "body (cxRequestMetadataSchema)")
+        elif name == "network-query":
+            if not q.get("patientId"):
+                out.append(f"{where}: no patientId (Metriport: 'Missing patientId query param')")
+            judge(i, "networkQueryBody", body if body is not None else {}, "body (networkQueryBodySchema)")
+        elif name == "contribute":
+            judge(i, "contributionBundle", body, "body (bundleSchema)")
+            out += _hydrate_problems(where, r["path"].split("/")[4], body)
+        elif name == "document-upload":
+            if not q.get("patientId"):
+                out.append(f"{where}: no patientId")
+            for field in ("description", "type", "context"):
+                if not (body or {}).get(field):
+                    out.append(f"{where}: the DocumentReference draft has no {field} (Metriport's docRefCheck)")
     for (i, what), verdict in zip(owners, _oracle(cases) if cases else []):
         ok = verdict["ok"] if "issues" in verdict or "error" in verdict else bool(verdict.get("value"))
         if not ok:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from medport.emulator.shared import converted_ccda_dir
-from medport.generator.config import load_config
 from medport.generator.flow import (
     create_facility_org,
     create_patient,
@@ -29,7 +28,7 @@ from medport.generator.scenarios import (
 from medport.generator.stack import start_stack
 
 from tests.e2e import metriport_requests
-from tests.paths import ROOT
+from tests.flows import legacy_flow_config
 
 FIXTURES = converted_ccda_dir() or Path("/nonexistent")
 RECORDED: list[dict] = []  # every request the bots sent to the fake Metriport in this module
@@ -39,7 +38,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack():
-    s = start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.05)
+    # the legacy flow: this module checks its messages (the default network-query flow: test_network_query_flow.py)
+    s = start_stack(legacy_flow_config(), metriport_delay_s=0.05)
     metriport_requests.record(s.fake, RECORDED)
     yield s
     s.close()
@@ -207,7 +207,7 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
     {"medplum": {"runtime": "awslambda"}},          # Medplum's cloud runs bots as Node modules
     {"webhook_bot": {"async_processing": False}},   # import inside the webhook call
     {"patient_bot": {"flow": "consolidated"}},      # no document query: consolidated query directly
-], ids=["awslambda", "sync-processing", "consolidated-flow"])
+], ids=["awslambda", "sync-processing", "consolidated-flow"])  # the first two in the network-query flow (default)
 def test_flow_config_variants(variant):
     from medport.generator.config import validate_data
     cfg = validate_data(variant)
@@ -224,6 +224,9 @@ def test_flow_config_variants(variant):
         types = [d["type"] for d in s.fake.state.deliveries_log(False) if d["type"] != "ping"]
         if cfg.patient_bot.flow == "consolidated":
             assert types == ["medical.consolidated-data"]
+        elif cfg.patient_bot.flow == "network-query":
+            assert sorted(t for t in types if t.startswith("network-query.")) == [
+                "network-query.hie", "network-query.hie.first-data-ready", "network-query.lab", "network-query.pharmacy"]
         else:
             assert types[:2] == ["medical.document-download", "medical.document-conversion"]
         resources = imported_resources(s)

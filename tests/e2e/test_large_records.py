@@ -29,6 +29,7 @@ def config(webhook_bot: dict, window: int) -> object:
     data = tomllib.loads((ROOT / "medport.toml").read_text("utf-8"))
     data["webhook_bot"].update(webhook_bot)
     data["import"]["window_resources"] = window
+    data["patient_bot"]["flow"] = "document-query"  # one consolidated-data message per Patient
     return validate_data(data, "<test>")
 
 

@@ -204,16 +204,20 @@ def test_enroll_dry_run_then_enroll_links_once(stack, org):
 
     dry = run_enroll(stack.cfg, stack.admin, api, dry_run=True, timeout_s=60, echo=lines.append)
     assert dry.done and dry.plan.selected >= 8 and by_name["NodobSkip"]["id"] in [s.patient_id for s in dry.plan.skipped]
+    # the row Metriport's CSV rules refuse is refused up front, with Metriport's reason
+    careof_skip = next(s for s in dry.plan.skipped if s.patient_id == by_name["CareofRefused"]["id"])
+    assert careof_skip.problems[0].startswith("Metriport would refuse this row: Missing addressLine1-1")
     job = dry.jobs[0]
     assert job.status == "completed" and job.counts["dryRun"] is True
     rows = {r.split(",")[0]: r for r in job.result_csv.splitlines()[1:]}
-    assert ",failed,Missing addressLine1-1" in rows[by_name["CareofRefused"]["id"]]
+    assert by_name["CareofRefused"]["id"] not in rows and all(",failed," not in r for r in rows.values())
     assert len(stack.fake.state.list_patients()) == metriport_before  # a dry run creates nothing
     assert not any("identifier" in fhir(stack, "GET", f"Patient/{p['id']}") for p in patients)
 
     calls_before = len(stack.fake.state.api_calls())
     stack.fake.state.set_faults(expire_next_upload=1)
-    result = run_enroll(stack.cfg, stack.admin, api, timeout_s=120, echo=lines.append)
+    # sent anyway (no check up front): the row Metriport refuses comes back as a Task on its Patient
+    result = run_enroll(stack.cfg, stack.admin, api, timeout_s=120, echo=lines.append, precheck=False)
     assert result.done and len(result.jobs) == 1
     job = result.jobs[0]
     assert len(job.replaced) == 1 and job.status == "completed"  # the expired upload URL was replaced once
@@ -261,6 +265,39 @@ def test_enroll_dry_run_then_enroll_links_once(stack, org):
     assert len(search(stack, "Task?_count=1000")) == tasks_before + 1  # the replayed message's own Task only
     replayed = [t for t in message_tasks(stack) if t["identifier"][0]["value"].endswith("-replayed")][0]
     assert replayed["status"] == "completed"
+
+
+def test_enroll_with_only_refused_rows_sends_nothing_and_exits_1_with_the_reasons(stack, org, tmp_path):
+    """Metriport fails a bulk create without a valid row and sends no message for it: enroll never sends one
+    (Metriport's CSV rules run first; a row Metriport refused earlier, unchanged since, is refused again), says
+    why per Patient and exits 1 at once; a request Metriport fails anyway is seen failed, not waited for."""
+    from medport.generator.enroll import enroll_command
+    for first, line in (("Onlyrefused", "(c/o)"), ("Alsorefused", "(C/O)")):
+        fhir(stack, "POST", "Patient", json_body=patient_resource(
+            first, org["id"], family="Refusedonly", address={"line": [line], "city": "Austin", "state": "TX",
+                                                             "postalCode": "78701"}))
+    bulk_before = [c for c in stack.fake.state.api_calls() if c["path"] == "/medical/v1/patient/bulk"]
+    emu = stack.emulator
+    args = ["-c", str(tmp_path / "medport.toml"), "--criteria", "family=Refusedonly", "--timeout", "3600",
+            "--base-url", stack.base_url, "--client-id", emu.admin_client_id, "--client-secret", emu.admin_client_secret,
+            "--metriport-url", stack.fake.base_url, "--metriport-api-key", stack.fake.api_key]
+    (tmp_path / "medport.toml").write_text('[patient_bot]\ninteractions = ["update"]\n')
+    out = CliRunner().invoke(enroll_command, args)
+    assert out.exit_code == 1, out.output
+    assert "selected 2 Patient(s): 0 valid, 2 skipped" in out.output
+    assert out.output.count("Metriport would refuse this row: Missing addressLine1-1") == 2, out.output
+    assert "every one of the 2 selected Patient(s) is refused" in out.output
+    assert [c for c in stack.fake.state.api_calls() if c["path"] == "/medical/v1/patient/bulk"] == bulk_before
+    # sent anyway: Metriport fails the request ("Empty or invalid file", no message); enroll sees it, does not wait
+    api = MetriportApi(stack.fake.base_url, stack.fake.api_key)
+    result = run_enroll(stack.cfg, stack.admin, api, criteria="family=Refusedonly", timeout_s=3600, precheck=False)
+    assert result.done and [j.status for j in result.jobs] == ["failed"]
+    assert "Empty or invalid file" in result.jobs[0].reason and "sends no message" in result.jobs[0].reason
+    # the row refused in the earlier request (CareofRefused), unchanged since: refused up front with that reason
+    known = run_enroll(stack.cfg, stack.admin, api, criteria="family:exact=Refused", dry_run=True, timeout_s=3600)
+    assert not known.jobs and len(known.plan.skipped) == 1
+    assert "Metriport refused this Patient's row on" in known.plan.skipped[0].problems[0]
+    assert "(Missing addressLine1-1" in known.plan.skipped[0].problems[0] and "not changed since" in known.plan.skipped[0].problems[0]
 
 
 def test_every_bulk_status_moves_the_request_task(stack):

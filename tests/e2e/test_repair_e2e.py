@@ -26,7 +26,8 @@ def test_converted_data_is_stored_completely_through_medplums_validator(tmp_path
     types = sorted({e["resource"]["resourceType"] for b in data["bundles"] for e in b.get("entry", [])
                     if isinstance(e.get("resource"), dict)} - {"Patient"})
     # consolidated.resources empty: the query asks for every type, so the fake serves Medication too.
-    cfg = validate_data({"webhook_bot": {"resources": types}, "consolidated": {"resources": []}})
+    cfg = validate_data({"webhook_bot": {"resources": types}, "consolidated": {"resources": []},
+                         "patient_bot": {"flow": "document-query"}})  # one consolidated-data message per Patient
     s = start_stack(cfg, metriport_delay_s=0.05)
     try:
         names = s.fake.state.load_data(str(tmp_path))   # bundles of the same first name are one patient's data

@@ -33,8 +33,11 @@ NEEDS_MEDPLUM = {"deploy", "runs", "replay", "status", "console", "enroll", "doc
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
+    # setenv first so that monkeypatch records each name's original state: a `.env` the CLI loads writes
+    # os.environ directly, and must not leak into later tests.
     for name in [*SHARED.values(), options.LOG_LEVEL_ENV]:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
     options.configure_logging(logging.WARNING)

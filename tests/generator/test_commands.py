@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from medport.generator.check import check_command, run_check
 from medport.generator.cli import main
-from medport.generator.config import load_config
 from medport.generator.flow import (
     create_facility_org,
     create_patient,
@@ -21,6 +20,7 @@ from medport.generator.runs import runs_command
 from medport.generator.scenarios import snapshot_versions
 from medport.generator.stack import start_stack
 
+from tests.flows import legacy_flow_config
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,8 @@ def test_check_runs_the_scenarios_per_release_and_names_the_one_that_fails(tmp_p
 
 @pytest.fixture(scope="module")
 def stack():
-    s = start_stack(load_config(ROOT / "medport.toml"), metriport_delay_s=0.05)
+    # the replay cases use consolidated-data messages: Metriport's legacy flow
+    s = start_stack(legacy_flow_config(), metriport_delay_s=0.05)
     org = create_facility_org(s)
     base = task_ids(s)
     create_patient(s, "Jane", org["id"])

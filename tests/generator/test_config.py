@@ -20,7 +20,8 @@ def problems_of(data):
 def test_empty_config_gets_every_default():
     cfg = validate_data({})
     assert cfg.medplum.runtime == "vmcontext"
-    assert cfg.patient_bot.flow == "document-query"
+    assert cfg.patient_bot.flow == "network-query" and cfg.patient_bot.sources == ("hie", "pharmacy", "lab")
+    assert cfg.contribution.enabled and [b.key for b in cfg.bots] == ["patient_bot", "webhook_bot", "contribution"]
     assert cfg.import_.batch_max_bytes < 1048576
     assert cfg.metriport_base_url == "https://api.sandbox.metriport.com"
     for f in section_fields():
@@ -48,7 +49,10 @@ def test_bot_ids_derive_from_identifiers_unless_pinned():
     cfg = validate_data({"webhook_bot": {"id": "pinned-id"}})
     assert cfg.bots.patient.id == "a4649e5c-cd77-5a61-b3bc-ed1ab4b13871"  # uuid5 of the identifier: never change it
     assert cfg.bots.webhook.id == "pinned-id"
-    assert [b.filename for b in cfg.bots] == ["metriport-patient-bot.js", "metriport-webhook-bot.js"]
+    assert [b.filename for b in cfg.bots] == ["metriport-patient-bot.js", "metriport-webhook-bot.js",
+                                              "metriport-contribution-bot.js"]
+    assert [b.filename for b in validate_data({"contribution": {"enabled": False}}).bots] == [
+        "metriport-patient-bot.js", "metriport-webhook-bot.js"]
 
 
 @pytest.mark.parametrize("env,url", [("sandbox", "https://api.sandbox.metriport.com"),

@@ -9,6 +9,7 @@ from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
 from medport.generator.config import validate_data
 from medport.generator.deploy import Deployer, deploy_command
+from medport.generator.manifest import POLICY_OF_MEMBER
 from medport.generator.medplum_http import MedplumError, MedplumHttp
 
 from tests.paths import ROOT
@@ -63,7 +64,8 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
     st = statuses(first)
     assert set(st.values()) == {"created"}, st
     # one Subscription per interaction (create, update) for each bot: they fire alike on every Medplum version
-    assert len([k for k in st if k[0] == "Bot"]) == 2 and len([k for k in st if k[0] == "Subscription"]) == 4
+    # (the patient bot's Patients, the webhook bot's Tasks, the contribution bot's finished Encounters)
+    assert len([k for k in st if k[0] == "Bot"]) == 3 and len([k for k in st if k[0] == "Subscription"]) == 6
     assert first.client_secret and first.webhook_url.endswith(f"fhir/R4/Bot/{first.bot_ids['webhook_bot']}/$execute")
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
     # the bots have their code, their own memberships and policies; the subscription points at the bot
@@ -72,9 +74,10 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
         assert bot["executableCode"]["url"].startswith("Binary/") and bot["sourceCode"]["url"].startswith("Binary/")
         m = admin.fhir("m", "GET", f"ProjectMembership?profile=Bot/{bot_id}")["entry"][0]["resource"]
         policy = admin.fhir("p", "GET", m["accessPolicy"]["reference"])
-        assert policy["meta"]["tag"][0]["code"] == f"{key.replace('_', '-')}-policy"
+        assert policy["meta"]["tag"][0]["code"] == POLICY_OF_MEMBER[key]
     subs = admin.fhir("s", "GET", "Subscription")["entry"]
-    assert {s["resource"]["channel"]["endpoint"] for s in subs} >= {f"Bot/{first.bot_ids['patient_bot']}"}
+    assert {s["resource"]["channel"]["endpoint"] for s in subs} >= {f"Bot/{first.bot_ids['patient_bot']}",
+                                                                      f"Bot/{first.bot_ids['contribution']}"}
     second = deployer(emu, cfg).run()
     assert set(statuses(second).values()) == {"unchanged"}, statuses(second)
     assert second.client_secret is None, "an existing client's secret is never shown again"
@@ -166,7 +169,8 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
 
     first = deployer(emu, validate_data({})).run()
     (tmp_path / "medport.toml").write_text(
-        f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n')
+        f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n'
+        f'[contribution]\nid = "{first.bot_ids["contribution"]}"\n')
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(main, ["generate"]).exit_code == 0
     cli_config = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())

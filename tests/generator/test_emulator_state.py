@@ -77,7 +77,8 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         assert state_path.exists(), proc.stdout.read() if proc.poll() is not None else "no state file"
         state = json.loads(state_path.read_text())
         assert state["pid"] == proc.pid and state["base_url"].startswith("http://127.0.0.1:")
-        assert state["base_url"] != "http://127.0.0.1:8103/" and set(state["bots"]) == {"patient_bot", "webhook_bot"}
+        assert state["base_url"] != "http://127.0.0.1:8103/" and set(state["bots"]) == {"patient_bot", "webhook_bot",
+                                                                                                "contribution"}
         text = state_path.read_text()
         assert not [k for k in state if "secret" in k or "key" in k], state
         assert "medport-admin-secret" not in text and "medport-dev-metriport-key" not in text

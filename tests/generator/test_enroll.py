@@ -80,3 +80,38 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
         assert "not JSON" in e.value.message
     finally:
         srv.shutdown()
+
+
+def test_a_request_metriport_failed_is_seen_failed_not_waited_for():
+    """Metriport has no route for a bulk create's status and sends no message when it fails one: the fake's
+    developer API says so (the emulator); elsewhere a request `processing` with no news for the stall time."""
+    from medport.generator.enroll import Job, detect_failed
+
+    class Api:
+        def __init__(self, status):
+            self.status = status
+
+        def bulk_job_status(self, rid):
+            return self.status
+
+    job = Job("r1", "f1", 3, False, "t1", status="processing")
+    detect_failed(Api({"status": "processing"}), job, quiet_s=10_000, stall_s=600)
+    assert job.status == "processing", "the fake says it is still processing: no guess"
+    detect_failed(Api({"status": "failed", "reason": "Empty or invalid file"}), job, quiet_s=1, stall_s=600)
+    assert job.status == "failed" and "Empty or invalid file" in job.reason
+    other = Job("r2", "f1", 3, False, "t2", status="processing")
+    detect_failed(Api(None), other, quiet_s=599, stall_s=600)
+    assert other.status == "processing"
+    detect_failed(Api(None), other, quiet_s=600, stall_s=600)
+    assert other.status == "failed" and "no news from Metriport for 600 s" in other.reason
+
+
+def test_rows_metriport_refuses_are_found_with_its_own_rules():
+    from medport.generator.enroll import metriport_refusals
+    good = csv_row("p1", {"firstName": "Ann", "lastName": "Lee", "dob": "1980-01-02", "genderAtBirth": "F",
+                          "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701"}]})
+    care_of = {**good, "externalId": "p2", "addressLine1-1": "(c/o)"}
+    known_bad_zip = {**good, "externalId": "p3", "zip-1": "12345"}  # passes the CSV, fails the create route
+    assert metriport_refusals([good, care_of, known_bad_zip]) == {
+        "p2": metriport_refusals([care_of])["p2"], "p3": "Internal error"}
+    assert metriport_refusals([care_of])["p2"].startswith("Missing addressLine1-1")

@@ -46,7 +46,7 @@ def test_generate_then_check(tmp_path, monkeypatch):
     assert run("generate", "--check").exit_code == 0
     assert "unchanged" in run("generate").output
     # a config change makes exactly the affected files stale, and --check names each
-    text = (tmp_path / "medport.toml").read_text().replace('flow = "document-query"', 'flow = "consolidated"')
+    text = (tmp_path / "medport.toml").read_text().replace('flow = "network-query"', 'flow = "consolidated"')
     (tmp_path / "medport.toml").write_text(text)
     (tmp_path / "bots" / "metriport-webhook-bot.js").write_text("// edited by hand\n")
     r = run("generate", "--check")
@@ -80,13 +80,13 @@ def test_rendered_bots_pass_node_check(tmp_path):
 
 def test_deploy_bundle_is_idempotent_batch():
     b = deploy_bundle(validate_data({}))
-    # a transaction with conditional entries may have at most 8 entries (fhir-router batch.ts); this has 10
+    # a transaction with conditional entries may have at most 8 entries (fhir-router batch.ts); this has 14
     assert b["type"] == "batch"
     methods = {e["request"]["method"] for e in b["entry"]}
     assert methods == {"PUT"}
     assert all("?" in e["request"]["url"] for e in b["entry"]), "every entry is a conditional PUT"
     kinds = [e["resource"]["resourceType"] for e in b["entry"]]
-    assert kinds.count("AccessPolicy") == 3 and kinds.count("Bot") == 2 and "ClientApplication" in kinds
+    assert kinds.count("AccessPolicy") == 4 and kinds.count("Bot") == 3 and "ClientApplication" in kinds
     client_policy = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
                          and e["resource"]["meta"]["tag"][0]["code"] == "webhook-client-policy")
     assert client_policy["resource"] == [{"resourceType": "Bot", "interaction": ["read"],

@@ -243,7 +243,7 @@ def jsdoc_types(code: str) -> list[str]:
 
 # `any` left in the webhook bot: the generic JSON walkers of the import's repair phase (a resource read and
 # rewritten by key) and the download/parse phase (being reworked for streaming). Lower it when you can.
-ANY_BUDGET = {"metriport-patient-bot.js": 0, "metriport-webhook-bot.js": 37}
+ANY_BUDGET = {"metriport-patient-bot.js": 0, "metriport-webhook-bot.js": 37, "metriport-contribution-bot.js": 0}
 
 
 def test_any_in_the_bots_jsdoc_types_stays_within_its_budget():

@@ -13,7 +13,8 @@ const PATIENT_SYSTEM = 'https://metriport.com/fhir/identifiers/patient-id';
 const FP_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint';
 const QF_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-query-failed';
 const CONFLICT = { system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-patient-conflict' };
-const FAST = { retry: { max_attempts: 2, initial_delay_ms: 1, max_delay_ms: 5 } };
+// the legacy document-query flow: these cases check its calls (the network query flow: bots-network-query.test.mjs)
+const FAST = { retry: { max_attempts: 2, initial_delay_ms: 1, max_delay_ms: 5 }, patient_bot: { flow: 'document-query' } };
 
 let fake;
 before(async () => { fake = await startFakeMetriport(); });

@@ -9,7 +9,8 @@ import { startFakeMetriport } from './harness/metriport.mjs';
 const FACILITY_SYSTEM = 'https://metriport.com/fhir/identifiers/organization-id';
 const PATIENT_SYSTEM = 'https://metriport.com/fhir/identifiers/patient-id';
 const FP_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint';
-const FAST = { retry: { initial_delay_ms: 5, max_delay_ms: 200 } };
+// the legacy document-query flow: these cases check its calls (the network query flow: bots-network-query.test.mjs)
+const FAST = { retry: { initial_delay_ms: 5, max_delay_ms: 200 }, patient_bot: { flow: 'document-query' } };
 
 let fake;
 before(async () => { fake = await startFakeMetriport(); });

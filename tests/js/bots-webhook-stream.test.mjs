@@ -252,9 +252,17 @@ test('a run cut off in a later window resumes from its checkpoint and ends equal
   };
   const first = runBot(webhookBot(ASYNC), medplum, { input: { resourceType: 'Task', id: taskId }, secrets: secrets() });
   while (sent < 14) await new Promise((r) => setTimeout(r, 10));
-  let task = await medplum.readResource('Task', taskId);
-  const cp = JSON.parse((task.extension || []).find((x) => x.url === PROGRESS).valueString);
-  assert.ok(cp.done >= 10, 'checkpoint past the first window: ' + JSON.stringify(cp));
+  // the heartbeat (still beating beside the hung batch) saves the checkpoint: polled, bounded by attempts
+  let task;
+  let cp;
+  for (let i = 0; i < 1000; i++) {
+    task = await medplum.readResource('Task', taskId);
+    const saved = (task.extension || []).find((x) => x.url === PROGRESS);
+    cp = saved && JSON.parse(saved.valueString);
+    if (cp && cp.done >= 10) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(cp && cp.done >= 10, 'checkpoint past the first window: ' + JSON.stringify(cp));
   // lease expired -> sweep -> the next run resumes
   task = await medplum.readResource('Task', taskId);
   await medplum.updateResource({ ...task, extension: task.extension.filter((x) => x.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]) });

@@ -149,7 +149,8 @@ test('document-conversion completed: starts the consolidated query with metadata
   const medplum = await createMedplum();
   const p = await existingPatient(medplum, 'mpt-c');
   const msg = { meta: meta('medical.document-conversion', { medplumPatientId: p.id }), patients: [{ patientId: 'mpt-c', externalId: p.id, status: 'completed' }] };
-  const r = await deliver(medplum, msg, { ...SYNC, webhook_bot: { async_processing: false, resources: ['Condition', 'Encounter'] }, consolidated: { date_to: '2025-12-31' } });
+  // the legacy flow (in the network-query flow a conversion medport's query caused starts nothing: bots-network-query)
+  const r = await deliver(medplum, msg, { ...SYNC, webhook_bot: { async_processing: false, resources: ['Condition', 'Encounter'] }, consolidated: { date_to: '2025-12-31' }, patient_bot: { flow: 'document-query' } });
   assert.equal(r.ok, true, r.logText);
   assert.equal(r.result.summary.queriesStarted, 1);
   assert.equal(fake.calls.length, 1);

@@ -142,7 +142,12 @@ test('patients, document query, consolidated query through the SDK', async () =>
   assert.equal(docRef.resourceType, 'DocumentReference');
   const bundle = await (await fetch(docRef.content[0].attachment.url)).json();
   assert.equal(bundle.type, 'searchset');
-  assert.ok(bundle.entry.every((e) => ['Patient', 'Condition', 'Observation'].includes(e.resource.resourceType)));
+  // the asked types, then what they reference, hydrated from the whole record (core consolidated-filter.ts)
+  const asked = bundle.entry.filter((e) => ['Condition', 'Observation'].includes(e.resource.resourceType));
+  const referenced = new Set(JSON.stringify(asked.map((e) => e.resource)).match(/"reference":"[^"]+"/g).map((r) => r.slice(13, -1)));
+  assert.ok(asked.length && bundle.entry.some((e) => e.resource.resourceType === 'Patient'));
+  const hydrated = bundle.entry.filter((e) => !asked.includes(e)).map((e) => e.resource.resourceType + '/' + e.resource.id);
+  assert.ok(hydrated.length && hydrated.every((k) => referenced.has(k) || /^(Practitioner|Organization|Location)\//.test(k)), hydrated.join(' '));
 
   const status = await api.getConsolidatedQueryStatus(created.id);
   assert.equal(status.queries[0].requestId, q.requestId);
@@ -212,4 +217,30 @@ test('bulk download URLs (startBulkGetDocumentUrl), bulk patient create and real
     const parsed = MetriportMedicalApi.parseWebhookResponse(m.body, true);  // the SDK's webhookRequestSchema (throws when it does not parse)
     assert.equal(parsed.meta.type, m.body.meta.type);
   }
+});
+
+test('network query and contribution through the SDK (startNetworkQuery, getNetworkQueryStatus, createPatientConsolidated)', async () => {
+  const { webhookKey } = await api.getSettings();
+  const created = await api.createPatient({ ...demographics, firstName: 'Andreas', lastName: 'Sims', externalId: 'medplum-andreas' }, info.facilityId);
+  // the SDK parses the answer with @metriport/shared's networkQueryStatusDtoSchema: it throws on anything else
+  const started = await api.startNetworkQuery({ patientId: created.id, sources: ['hie', 'pharmacy', 'lab'], metadata: { medplumPatientId: 'andreas-1' } });
+  assert.equal(started.status, 'processing');
+  assert.deepEqual(started.sources.map((s) => s.type), ['hie', 'pharmacy', 'lab']);
+  const msgs = [];
+  for (const type of ['network-query.hie', 'network-query.pharmacy', 'network-query.lab']) msgs.push(...(await waitFor(type)).filter((m) => m.body.payload.patientId === created.id));
+  verifyAll(webhookKey, msgs);
+  for (const m of msgs) {
+    assert.equal(MetriportMedicalApi.parseWebhookResponse(m.body, true).meta.type, m.body.meta.type);
+    assert.equal(m.body.meta.requestId, started.requestId);
+  }
+  const status = await api.getNetworkQueryStatus({ requestId: started.requestId });
+  assert.equal(status.status, 'completed');
+  assert.ok(status.startedAt instanceof Date);
+
+  const condition = { resourceType: 'Condition', id: '0195a6e4-0000-7000-8000-0000000000a1', code: { text: 'Asthma' }, subject: { reference: `Patient/${created.id}` } };
+  const result = await api.createPatientConsolidated(created.id, { resourceType: 'Bundle', type: 'collection', entry: [{ resource: condition }] });
+  assert.equal(result.type, 'transaction-response');
+  assert.equal(result.entry[0].response.status, '201 Created');
+  await assert.rejects(api.createPatientConsolidated(created.id, { resourceType: 'Bundle', type: 'collection', entry: [{ resource: { ...condition, id: 'not-a-uuid' } }] }),
+    (err) => err.response.status === 400 && err.response.data.detail === 'Invalid UUID: not-a-uuid');
 });

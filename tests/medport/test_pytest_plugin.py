@@ -35,7 +35,7 @@ def test_ini_options_scope_and_config_path(pytester):
 
         def test_one(medport_stack, medport_emulator):
             seen.append(medport_stack.base_url)
-            assert medport_stack.bot_ids.keys() == {"patient_bot", "webhook_bot"}
+            assert medport_stack.bot_ids.keys() == {"patient_bot", "webhook_bot", "contribution"}
             assert medport_emulator.fhir.search("Bot") == []          # the emulator alone has no bots
             assert medport_emulator.health()["ready"] is True
 

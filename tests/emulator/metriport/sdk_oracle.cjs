@@ -5,9 +5,13 @@
 // stdout: [{"ok": bool, "issues": [{"message", "path"}], "value"?: any}, ...] in the same order.
 //
 // Schemas: the SDK's demographicsSchema, patientCreateSchema, resourceSchema, documentQueryBodySchema;
-// the API's cxRequestMetadataSchema and updateSettingsSchema are rebuilt here from
-// packages/api/src/routes/medical/schemas/request-metadata.ts and packages/api/src/routes/settings.ts
-// (the API package is not published); plus the bare helpers (dayjs date parsing, isEmailValid).
+// @metriport/shared's networkQueryBodySchema and networkQueryStatusDtoSchema (what the SDK's startNetworkQuery /
+// getNetworkQueryStatus parse the answer with), and `webhook`: the option of @metriport/shared's
+// webhookRequestSchema whose meta.type takes the message's type (one of the 17); the API's cxRequestMetadataSchema,
+// updateSettingsSchema and the contribution bundleSchema are rebuilt here from
+// packages/api/src/routes/medical/schemas/request-metadata.ts, packages/api/src/routes/settings.ts and
+// packages/api/src/routes/medical/schemas/fhir.ts (the API package is not published); plus the bare helpers
+// (dayjs date parsing, isEmailValid).
 'use strict';
 const sdk = require('@metriport/api-sdk');
 const shared = require('@metriport/shared');
@@ -46,6 +50,26 @@ const updateSettingsSchema = z
   })
   .strict();
 
+// api routes/medical/schemas/fhir.ts: the body of PUT /patient/:id/consolidated
+const contributionBundleSchema = z.object({
+  resourceType: z.enum(['Bundle']),
+  type: z.enum(['collection', 'searchset']),
+  entry: z.array(z.object({ resource: z.any().refine((v) => v !== undefined, { message: 'Resource is required' }) })),
+});
+const medical = require('@metriport/shared/medical');
+const networkQuery = require('@metriport/shared/domain/network-query');
+// a webhook message judged by the one option of webhookRequestSchema its meta.type selects
+const webhookSchema = {
+  safeParse(body) {
+    const type = body && body.meta && body.meta.type;
+    const typeOk = medical.webhookTypeSchema.safeParse(type);
+    if (!typeOk.success) return typeOk;
+    const options = medical.webhookRequestSchema._def.options.filter((o) => o.shape.meta.shape.type.safeParse(type).success);
+    if (options.length !== 1) throw new Error(`${options.length} schemas take the type ${type}`);
+    return options[0].safeParse(body);
+  },
+};
+
 const SCHEMAS = {
   demographics: sdk.demographicsSchema,
   patientCreate: sdk.patientCreateSchema,
@@ -56,6 +80,10 @@ const SCHEMAS = {
   updateSettings: updateSettingsSchema,
   address: sdk.addressSchema,
   contact: sdk.contactSchema,
+  networkQueryBody: networkQuery.networkQueryBodySchema,
+  networkQueryStatus: networkQuery.networkQueryStatusDtoSchema,
+  contributionBundle: contributionBundleSchema,
+  webhook: webhookSchema,
 };
 
 const HELPERS = {

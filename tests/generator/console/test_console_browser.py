@@ -23,6 +23,7 @@ import requests
 
 from medport import testing
 from medport.generator.console.command import serve_console, settings_for_stack
+from tests.flows import legacy_flow_config
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def _browser():
 @pytest.fixture(scope="module")
 def stack():
     # 1 s between the fake's messages: time to inject the fault between document download and conversion
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=1.0) as s:
+    with testing.start_stack(legacy_flow_config(), metriport_delay_s=1.0) as s:  # the flow the pages show
         yield s
 
 

@@ -42,6 +42,12 @@ export async function startFakeMetriport() {
       let m;
       if (req.method === 'PUT' && (m = /^\/medical\/v1\/patient\/([^/]+)$/.exec(p))) return send(200, { id: m[1] });
       if (req.method === 'POST' && p === '/medical/v1/document/query') return send(200, { download: { status: 'processing' } });
+      if (req.method === 'POST' && p === '/medical/v1/network/query') {
+        const at = new Date().toISOString();
+        const sources = Array.isArray(body && body.sources) ? body.sources : [];
+        return send(200, { requestId: '0195a6e4-0000-7000-8000-00000000000' + calls.length % 10, startedAt: at, status: 'processing',
+          sources: sources.map((type) => ({ type, status: 'processing', startedAt: at })) });
+      }
       if (req.method === 'POST' && /^\/medical\/v1\/patient\/[^/]+\/consolidated\/query$/.test(p)) return send(200, { status: 'processing' });
       return send(404, { status: 404, title: 'Not Found', name: 'NotFoundError', detail: 'no route' });
     });
