@@ -14,8 +14,10 @@ from __future__ import annotations
 import pytest
 import requests
 
+import tomllib
+
 from medport.emulator.medplum_releases import NEWEST, OLDEST
-from medport.generator.config import load_config
+from medport.generator.config import validate_data
 from medport.generator.flow import create_facility_org, create_patient, runs
 from medport.generator.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, check_exactly_once
 from medport.generator.stack import start_stack
@@ -31,7 +33,11 @@ RESOURCES = 3_000
 
 @pytest.mark.parametrize("version", [OLDEST, "5.1.26", NEWEST])
 def test_the_bots_import_every_resource_of_a_3000_resource_bundle_on_each_release(version):
-    cfg = load_config(ROOT / "medport.toml")
+    # the legacy flow: one consolidated-data message whose bundle is streamed (the default network-query flow
+    # streams the record the same way; `medport check` runs it on the oldest and the newest release)
+    data = tomllib.loads((ROOT / "medport.toml").read_text("utf-8"))
+    data["patient_bot"]["flow"] = "document-query"
+    cfg = validate_data(data, "<test>")
     with start_stack(cfg, medplum_version=version, metriport_delay_s=0.02) as stack:
         health = requests.get(stack.base_url + "healthcheck", timeout=10).json()
         assert health["version"].startswith(version + "-")
