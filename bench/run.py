@@ -21,6 +21,7 @@ BENCHES = [
      ["bench_import_curve.py", "--sizes", "1000,10000,30000,100000", "--repeat", "1"]),
     ("Fuzzing the fake Metriport's HTTP API (5,200 requests)", ["bench_fuzz_fake.py", "5200", "--record"]),
     ("Fuzz of the emulator's HTTP API: 5,000 hostile requests", ["bench_fuzz.py", "5000"]),
+    ("Sync console: page timings at 1,000 Patients", ["bench_console.py", "--patients", "1000"]),
 ]
 MARK = "## Latest run"
 

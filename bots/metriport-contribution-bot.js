@@ -59,6 +59,7 @@ const CONFIG = {
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
+  "timeoutSeconds": 60,
   "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
   "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
   "conflictTask": {
@@ -66,6 +67,19 @@ const CONFIG = {
     "code": "metriport-patient-conflict",
     "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
   },
+  "syncTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-sync",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-sync",
+    "maxAttempts": 5
+  },
+  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
+  "flow": "network-query",
+  "sources": [
+    "hie",
+    "pharmacy",
+    "lab"
+  ],
   "resourceIdentifierSystem": "https://metriport.com/fhir/identifiers/resource-id",
   "contribution": {
     "resources": [
@@ -173,11 +187,17 @@ const nodeCrypto = require('crypto');
  * @property {string} medportVersion
  * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
  * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ * @property {number} timeoutSeconds Bot.timeout as deployed: how long one execution may take
  *
- * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how templates/_sync.js.j2 syncs a Patient
  * @property {string} fingerprintExtensionUrl
  * @property {string} queryFailedExtensionUrl
  * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ * @property { { system: string, code: string, identifierSystem: string, maxAttempts: number } } syncTask the
+ *   durable record of a Patient's sync (one Task per Patient)
+ * @property {string} facilityIdentifierSystem
+ * @property {'network-query' | 'document-query' | 'consolidated'} flow the query a sync starts
+ * @property {('hie' | 'pharmacy' | 'lab')[]} sources the network query's
  *
  * @typedef {object} ConsolidatedConfig the consolidated query's parameters
  * @property {string[]} resources
@@ -277,6 +297,39 @@ function metriportBase(event) {
 }
 
 /**
+ * Metriport asked to wait (429 or 503) longer than this execution has left: the step is to be resumed at
+ * `retryAt` (epoch ms) by a later run.
+ */
+class RateLimited extends MetriportError {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {number} retryAt
+   */
+  constructor(message, status, retryAt) {
+    super(message, status);
+    this.name = 'RateLimited';
+    this.retryAt = retryAt;
+  }
+}
+
+/** When this execution must have finished its work (epoch ms): set by the handler from Bot.timeout (startRun). */
+let runDeadline = Number.POSITIVE_INFINITY;
+/** This execution's mark on what it claims (a sync Task). */
+let runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+
+/**
+ * Start the clock of this execution: waits (Retry-After, backoff) are kept within Bot.timeout, leaving a fifth of
+ * it (at least a second) to record what is left for a later run. A module's state survives between awslambda
+ * invocations: set at the start of every one.
+ */
+function startRun() {
+  const ms = CONFIG.timeoutSeconds * 1000;
+  runDeadline = Date.now() + ms - Math.max(1000, ms / 5);
+  runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+}
+
+/**
  * Wait, if the runtime lets us. vmcontext has no setTimeout: then try
  * timers/promises, else do not wait at all (the retry count still bounds the loop).
  * @param {number} ms
@@ -303,41 +356,58 @@ async function sleep(ms) {
 }
 
 /**
- * Delay before the next attempt: exponential backoff, Retry-After when larger.
- * @param {number} attempt 1-based attempt that just failed
- * @param {string | null} retryAfter
- * @returns {number}
+ * Retry-After (delta-seconds or an HTTP date) in ms from now, or null.
+ * @param {string | null} value
+ * @returns {number | null}
  */
-function backoffMs(attempt, retryAfter) {
-  const r = CONFIG.retry;
-  let delay = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1));
-  if (retryAfter) {
-    let fromHeader = NaN;
-    if (/^\s*\d+(\.\d+)?\s*$/.test(retryAfter)) {
-      fromHeader = Number(retryAfter) * 1000;
-    } else {
-      const when = Date.parse(retryAfter);
-      if (!isNaN(when)) {
-        fromHeader = when - Date.now();
-      }
-    }
-    if (fromHeader > delay) {
-      // Honour the server, but never wait more than the configured cap (the bot has a timeout).
-      delay = Math.min(fromHeader, Math.max(r.maxDelayMs, delay));
-    }
+function retryAfterMs(value) {
+  if (!value) {
+    return null;
   }
-  return Math.max(0, Math.round(delay));
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) {
+    return Number(value) * 1000;
+  }
+  const when = Date.parse(value);
+  return isNaN(when) ? null : Math.max(0, when - Date.now());
 }
 
 /**
- * fetch with bounded retries on network errors, 429 and 5xx.
+ * Exponential backoff before the attempt after `attempt` (1-based).
+ * @param {number} attempt
+ * @returns {number}
+ */
+function backoffMs(attempt) {
+  const r = CONFIG.retry;
+  return Math.max(0, Math.round(Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1))));
+}
+
+/**
+ * A fetch that failed before the request went out (refused, no such host, connect timeout): Node's fetch
+ * (TypeError with a `cause`) and node-fetch v2 (FetchError with a `code`).
+ * @param {unknown} err
+ * @returns {boolean}
+ */
+function neverSent(err) {
+  const e = /** @type { { code?: unknown, cause?: { code?: unknown } } | null } */ (err);
+  const code = String((e && (e.code || (e.cause && e.cause.code))) || '');
+  return ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'].includes(code);
+}
+
+/**
+ * fetch under medport's one retry policy (the CLI's generator/http_retry.py keeps the same rules): what the server
+ * did not act on — no connection made, 429, 503 — is sent again after its Retry-After, but only when that wait
+ * ends within this execution (else the last answer is returned: a 429/503 the caller turns into RateLimited);
+ * what it may have acted on — 500, 502, 504, a connection lost after sending — only when `idempotent`. Bounded
+ * by CONFIG.retry.maxAttempts.
  * @param {string} url
  * @param {RequestInit} init
  * @param {string} what description for logs and errors (method + path, no PHI)
- * @returns {Promise<Response>} the last response (may be an error status other than 429/5xx)
+ * @param {boolean} [idempotent] repeating it cannot do a thing twice (default: GET, HEAD, PUT, DELETE)
+ * @returns {Promise<Response>} the last response (may be an error status)
  */
-async function fetchWithRetry(url, init, what) {
+async function fetchWithRetry(url, init, what, idempotent) {
   const max = Math.max(1, CONFIG.retry.maxAttempts);
+  const safe = idempotent !== undefined ? idempotent : ['GET', 'HEAD', 'PUT', 'DELETE'].includes(String(init.method || 'GET').toUpperCase());
   for (let attempt = 1; ; attempt++) {
     /** @type {Response | undefined} */
     let res;
@@ -348,20 +418,20 @@ async function fetchWithRetry(url, init, what) {
     } catch (err) {
       netErr = err;
     }
-    const retryable = !res || res.status === 429 || res.status >= 500;
-    if (!retryable && res) {
-      return res;
-    }
-    if (attempt >= max) {
+    const notActed = res ? res.status === 429 || res.status === 503 : neverSent(netErr);
+    const retryable = notActed || (safe && (!res || res.status === 500 || res.status === 502 || res.status === 504));
+    const asked = res ? retryAfterMs(res.headers.get('retry-after')) : null;
+    const delay = Math.max(backoffMs(attempt), asked || 0);
+    if (!retryable || attempt >= max || Date.now() + delay > runDeadline) {
       if (res) {
         return res;
       }
       throw new MetriportError(
-        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)),
+        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)) +
+          (safe || notActed ? '' : ' (not repeated: the server may have acted on it)'),
         0
       );
     }
-    const delay = backoffMs(attempt, res ? res.headers.get('retry-after') : null);
     log('warn', what + ' will be retried', { attempt, status: res ? res.status : 'network-error', delayMs: delay });
     if (res) {
       try {
@@ -375,16 +445,18 @@ async function fetchWithRetry(url, init, what) {
 }
 
 /**
- * Call Metriport's Medical API.
+ * Call Metriport's Medical API. A 429 or 503 it still answers once this execution cannot wait any longer throws
+ * RateLimited (when to try again).
  * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
+ * @param {boolean} [idempotent] a POST Metriport answers the same when repeated (fetchWithRetry)
  * @returns {Promise<{ status: number, body: JsonBody }>}
  */
-async function metriport(event, method, path, query, body, okStatuses) {
+async function metriport(event, method, path, query, body, okStatuses, idempotent) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query || {})) {
@@ -404,7 +476,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
-    what
+    what,
+    idempotent
   );
   const text = await res.text();
   /** @type {JsonBody} */
@@ -428,6 +501,12 @@ async function metriport(event, method, path, query, body, okStatuses) {
     return { status: res.status, body: parsed };
   }
   const detail = parsed && typeof parsed === 'object' ? parsed.detail || parsed.title || parsed.message : undefined;
+  const wait = retryAfterMs(res.headers.get('retry-after'));
+  // Metriport's limit (429), or an outage that says when it ends (503 with Retry-After): a wait, not a failure
+  if (res.status === 429 || (res.status === 503 && wait !== null)) {
+    throw new RateLimited(what + ' answered ' + res.status + (wait !== null ? ' (Retry-After ' + Math.ceil(wait / 1000) + ' s)' : ''),
+      res.status, Date.now() + (wait !== null ? wait : 60000));
+  }
   throw new MetriportError(
     what + ' answered ' + res.status + (detail ? ': ' + String(detail) : ''),
     res.status,
@@ -445,6 +524,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
+  // idempotent: while a query with the same parameters is processing, Metriport answers it again
+  // (packages/api/src/command/medical/patient/consolidated-get.ts)
   const res = await metriport(
     event,
     'POST',
@@ -455,7 +536,9 @@ async function startConsolidatedQuery(event, metriportPatientId, medplumPatientI
       dateFrom: c.dateFrom || undefined,
       dateTo: c.dateTo || undefined,
     },
-    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } }
+    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } },
+    undefined,
+    true
   );
   return res.body;
 }
@@ -680,6 +763,7 @@ async function refuseLink(medplum, patientId, metriportId, others) {
     reviewTask: 'Task/' + task.id,
   };
 }
+
 
 // ---------------------------------------------------------------------------
 // Contribution (templates/_contribute.js.j2, contribution bot): Medplum-authored data of a linked Patient sent
@@ -1233,6 +1317,7 @@ async function contributeScheduled(medplum, event) {
  * @returns {Promise<Record<string, unknown>>}
  */
 exports.handler = async (medplum, event) => {
+  startRun(); // waits for Metriport (Retry-After) stay within Bot.timeout
   const input = /** @type {ContributionInput} */ (event.input);
   getSecret(event, 'METRIPORT_API_KEY', true);
   if (input && typeof input === 'object' && input.resourceType === 'Bot') {

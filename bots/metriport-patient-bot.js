@@ -11,7 +11,9 @@
  * does not start another query. One Medplum Patient per Metriport patient: when the Metriport
  * patient is already linked to another Medplum Patient, it does not link this one, starts no
  * query, warns naming both and leaves a review Task (code metriport-patient-conflict, for and
- * focus = this Patient).
+ * focus = this Patient). The sync is a durable step (a Task per Patient, templates/_sync.js.j2): Metriport's
+ * rate limits are waited out within this execution, and beyond it — or when the run is cut off between the link
+ * and the query — left pending for the webhook bot's sweep, so every valid Patient ends linked and queried.
  *
  * Project secrets: METRIPORT_API_KEY (required), METRIPORT_BASE_URL (optional).
  * Logs name ids only: never demographics, never keys.
@@ -23,9 +25,8 @@
  * @typedef {import('@medplum/fhirtypes').Reference<Organization>} OrganizationReference
  * @typedef {import('@medplum/core').MedplumClient} MedplumClient
  * @typedef {import('@medplum/core').BotEvent} BotEvent the event Medplum passes (input: unknown until checked)
- * @typedef {BotBasics & LinkConfig & { facilityIdentifierSystem: string,
- *   flow: 'network-query' | 'document-query' | 'consolidated', sources: ('hie' | 'pharmacy' | 'lab')[],
- *   consolidated: ConsolidatedConfig, retry: RetryConfig } } PatientBotConfig what render.patient_bot_config embeds
+ * @typedef {BotBasics & LinkConfig & { consolidated: ConsolidatedConfig, retry: RetryConfig } } PatientBotConfig
+ *   what render.patient_bot_config embeds
  * @typedef { { resourceType?: unknown, id?: unknown, deletedResource?: { id?: unknown } | null } | string | number |
  *   boolean | null | undefined } PatientBotInput event.input as the handler checks it: Medplum passes the Patient
  *   (create, update) or { deletedResource } (delete), but whoever may run the bot can send anything
@@ -37,7 +38,7 @@ const CONFIG = {
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
-  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
+  "timeoutSeconds": 10,
   "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
   "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
   "conflictTask": {
@@ -45,6 +46,13 @@ const CONFIG = {
     "code": "metriport-patient-conflict",
     "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
   },
+  "syncTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-sync",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-sync",
+    "maxAttempts": 5
+  },
+  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
   "flow": "network-query",
   "sources": [
     "hie",
@@ -107,11 +115,17 @@ const nodeCrypto = require('crypto');
  * @property {string} medportVersion
  * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
  * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ * @property {number} timeoutSeconds Bot.timeout as deployed: how long one execution may take
  *
- * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how templates/_sync.js.j2 syncs a Patient
  * @property {string} fingerprintExtensionUrl
  * @property {string} queryFailedExtensionUrl
  * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ * @property { { system: string, code: string, identifierSystem: string, maxAttempts: number } } syncTask the
+ *   durable record of a Patient's sync (one Task per Patient)
+ * @property {string} facilityIdentifierSystem
+ * @property {'network-query' | 'document-query' | 'consolidated'} flow the query a sync starts
+ * @property {('hie' | 'pharmacy' | 'lab')[]} sources the network query's
  *
  * @typedef {object} ConsolidatedConfig the consolidated query's parameters
  * @property {string[]} resources
@@ -211,6 +225,39 @@ function metriportBase(event) {
 }
 
 /**
+ * Metriport asked to wait (429 or 503) longer than this execution has left: the step is to be resumed at
+ * `retryAt` (epoch ms) by a later run.
+ */
+class RateLimited extends MetriportError {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {number} retryAt
+   */
+  constructor(message, status, retryAt) {
+    super(message, status);
+    this.name = 'RateLimited';
+    this.retryAt = retryAt;
+  }
+}
+
+/** When this execution must have finished its work (epoch ms): set by the handler from Bot.timeout (startRun). */
+let runDeadline = Number.POSITIVE_INFINITY;
+/** This execution's mark on what it claims (a sync Task). */
+let runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+
+/**
+ * Start the clock of this execution: waits (Retry-After, backoff) are kept within Bot.timeout, leaving a fifth of
+ * it (at least a second) to record what is left for a later run. A module's state survives between awslambda
+ * invocations: set at the start of every one.
+ */
+function startRun() {
+  const ms = CONFIG.timeoutSeconds * 1000;
+  runDeadline = Date.now() + ms - Math.max(1000, ms / 5);
+  runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+}
+
+/**
  * Wait, if the runtime lets us. vmcontext has no setTimeout: then try
  * timers/promises, else do not wait at all (the retry count still bounds the loop).
  * @param {number} ms
@@ -237,41 +284,58 @@ async function sleep(ms) {
 }
 
 /**
- * Delay before the next attempt: exponential backoff, Retry-After when larger.
- * @param {number} attempt 1-based attempt that just failed
- * @param {string | null} retryAfter
- * @returns {number}
+ * Retry-After (delta-seconds or an HTTP date) in ms from now, or null.
+ * @param {string | null} value
+ * @returns {number | null}
  */
-function backoffMs(attempt, retryAfter) {
-  const r = CONFIG.retry;
-  let delay = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1));
-  if (retryAfter) {
-    let fromHeader = NaN;
-    if (/^\s*\d+(\.\d+)?\s*$/.test(retryAfter)) {
-      fromHeader = Number(retryAfter) * 1000;
-    } else {
-      const when = Date.parse(retryAfter);
-      if (!isNaN(when)) {
-        fromHeader = when - Date.now();
-      }
-    }
-    if (fromHeader > delay) {
-      // Honour the server, but never wait more than the configured cap (the bot has a timeout).
-      delay = Math.min(fromHeader, Math.max(r.maxDelayMs, delay));
-    }
+function retryAfterMs(value) {
+  if (!value) {
+    return null;
   }
-  return Math.max(0, Math.round(delay));
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) {
+    return Number(value) * 1000;
+  }
+  const when = Date.parse(value);
+  return isNaN(when) ? null : Math.max(0, when - Date.now());
 }
 
 /**
- * fetch with bounded retries on network errors, 429 and 5xx.
+ * Exponential backoff before the attempt after `attempt` (1-based).
+ * @param {number} attempt
+ * @returns {number}
+ */
+function backoffMs(attempt) {
+  const r = CONFIG.retry;
+  return Math.max(0, Math.round(Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1))));
+}
+
+/**
+ * A fetch that failed before the request went out (refused, no such host, connect timeout): Node's fetch
+ * (TypeError with a `cause`) and node-fetch v2 (FetchError with a `code`).
+ * @param {unknown} err
+ * @returns {boolean}
+ */
+function neverSent(err) {
+  const e = /** @type { { code?: unknown, cause?: { code?: unknown } } | null } */ (err);
+  const code = String((e && (e.code || (e.cause && e.cause.code))) || '');
+  return ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'].includes(code);
+}
+
+/**
+ * fetch under medport's one retry policy (the CLI's generator/http_retry.py keeps the same rules): what the server
+ * did not act on — no connection made, 429, 503 — is sent again after its Retry-After, but only when that wait
+ * ends within this execution (else the last answer is returned: a 429/503 the caller turns into RateLimited);
+ * what it may have acted on — 500, 502, 504, a connection lost after sending — only when `idempotent`. Bounded
+ * by CONFIG.retry.maxAttempts.
  * @param {string} url
  * @param {RequestInit} init
  * @param {string} what description for logs and errors (method + path, no PHI)
- * @returns {Promise<Response>} the last response (may be an error status other than 429/5xx)
+ * @param {boolean} [idempotent] repeating it cannot do a thing twice (default: GET, HEAD, PUT, DELETE)
+ * @returns {Promise<Response>} the last response (may be an error status)
  */
-async function fetchWithRetry(url, init, what) {
+async function fetchWithRetry(url, init, what, idempotent) {
   const max = Math.max(1, CONFIG.retry.maxAttempts);
+  const safe = idempotent !== undefined ? idempotent : ['GET', 'HEAD', 'PUT', 'DELETE'].includes(String(init.method || 'GET').toUpperCase());
   for (let attempt = 1; ; attempt++) {
     /** @type {Response | undefined} */
     let res;
@@ -282,20 +346,20 @@ async function fetchWithRetry(url, init, what) {
     } catch (err) {
       netErr = err;
     }
-    const retryable = !res || res.status === 429 || res.status >= 500;
-    if (!retryable && res) {
-      return res;
-    }
-    if (attempt >= max) {
+    const notActed = res ? res.status === 429 || res.status === 503 : neverSent(netErr);
+    const retryable = notActed || (safe && (!res || res.status === 500 || res.status === 502 || res.status === 504));
+    const asked = res ? retryAfterMs(res.headers.get('retry-after')) : null;
+    const delay = Math.max(backoffMs(attempt), asked || 0);
+    if (!retryable || attempt >= max || Date.now() + delay > runDeadline) {
       if (res) {
         return res;
       }
       throw new MetriportError(
-        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)),
+        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)) +
+          (safe || notActed ? '' : ' (not repeated: the server may have acted on it)'),
         0
       );
     }
-    const delay = backoffMs(attempt, res ? res.headers.get('retry-after') : null);
     log('warn', what + ' will be retried', { attempt, status: res ? res.status : 'network-error', delayMs: delay });
     if (res) {
       try {
@@ -309,16 +373,18 @@ async function fetchWithRetry(url, init, what) {
 }
 
 /**
- * Call Metriport's Medical API.
+ * Call Metriport's Medical API. A 429 or 503 it still answers once this execution cannot wait any longer throws
+ * RateLimited (when to try again).
  * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
+ * @param {boolean} [idempotent] a POST Metriport answers the same when repeated (fetchWithRetry)
  * @returns {Promise<{ status: number, body: JsonBody }>}
  */
-async function metriport(event, method, path, query, body, okStatuses) {
+async function metriport(event, method, path, query, body, okStatuses, idempotent) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query || {})) {
@@ -338,7 +404,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
-    what
+    what,
+    idempotent
   );
   const text = await res.text();
   /** @type {JsonBody} */
@@ -362,6 +429,12 @@ async function metriport(event, method, path, query, body, okStatuses) {
     return { status: res.status, body: parsed };
   }
   const detail = parsed && typeof parsed === 'object' ? parsed.detail || parsed.title || parsed.message : undefined;
+  const wait = retryAfterMs(res.headers.get('retry-after'));
+  // Metriport's limit (429), or an outage that says when it ends (503 with Retry-After): a wait, not a failure
+  if (res.status === 429 || (res.status === 503 && wait !== null)) {
+    throw new RateLimited(what + ' answered ' + res.status + (wait !== null ? ' (Retry-After ' + Math.ceil(wait / 1000) + ' s)' : ''),
+      res.status, Date.now() + (wait !== null ? wait : 60000));
+  }
   throw new MetriportError(
     what + ' answered ' + res.status + (detail ? ': ' + String(detail) : ''),
     res.status,
@@ -379,6 +452,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
+  // idempotent: while a query with the same parameters is processing, Metriport answers it again
+  // (packages/api/src/command/medical/patient/consolidated-get.ts)
   const res = await metriport(
     event,
     'POST',
@@ -389,7 +464,9 @@ async function startConsolidatedQuery(event, metriportPatientId, medplumPatientI
       dateFrom: c.dateFrom || undefined,
       dateTo: c.dateTo || undefined,
     },
-    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } }
+    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } },
+    undefined,
+    true
   );
   return res.body;
 }
@@ -982,6 +1059,7 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+
 // ---------------------------------------------------------------------------
 // Network query (templates/_network_query.js.j2, patient bot): Metriport's current flow. One request per
 // patient over the configured sources; as each source completes Metriport sends network-query.<source> with a
@@ -1030,13 +1108,19 @@ async function startNetworkQuery(event, metriportPatientId, medplumPatientId, fa
   return answer;
 }
 
-
-/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
-exports.metriportDemographics = { buildDemographics, demographicsFor, isMetriportEmail, metriportPhone, usStateCode };
-
 // ---------------------------------------------------------------------------
-// Medplum side
+// A Patient's sync with Metriport as a durable step (templates/_sync.js.j2: the patient bot and the webhook
+// bot's sweep; needs _demographics, _link and _network_query). One Task per Patient (CONFIG.syncTask, identifier
+// <system>|<patient id>, for = the Patient) is `requested` from before the first Metriport call until the query
+// started; its executionPeriod.start says when a run may take it next: the end of the run holding it (so a run cut
+// off anywhere — even between the link and the query — is resumed), or when Metriport's Retry-After ends. The
+// patient bot runs it when the Patient is saved, the webhook bot's sweep resumes the due ones; every write of it is
+// a compare-and-set, so two runs never both hold it. Failures other than rate limits are bounded
+// (syncTask.maxAttempts), then the Task is failed with the reason.
 // ---------------------------------------------------------------------------
+
+/** Bounded backoff of a failed sync step (attempt 1: one minute, then doubling, at most an hour). */
+const SYNC_BACKOFF_MS = 60000;
 
 /**
  * The Metriport facility id on the managingOrganization, or a reason why there is none.
@@ -1052,10 +1136,10 @@ async function facilityOf(medplum, patient) {
   if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
     return { reason: 'Patient.managingOrganization is not an Organization reference' };
   }
-  /** @type {Organization} */
+  /** @type {import('@medplum/fhirtypes').Organization} */
   let org;
   try {
-    org = await medplum.readReference(/** @type {OrganizationReference} */ ({ reference: ref }));
+    org = await medplum.readResource('Organization', ref.slice('Organization/'.length));
   } catch (err) {
     return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
   }
@@ -1065,6 +1149,395 @@ async function facilityOf(medplum, patient) {
   }
   return { facilityId: ident.value };
 }
+
+/**
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {number} when the sync may run next (epoch ms; 0 = now)
+ */
+function syncDueAt(task) {
+  const at = Date.parse(String((task.executionPeriod && task.executionPeriod.start) || ''));
+  return isNaN(at) ? 0 : at;
+}
+
+/**
+ * One of the sync Task's inputs (attempts, claim — the run holding it —, waiting — what it waits for).
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @param {string} name
+ * @returns {number | string | undefined}
+ */
+function syncInput(task, name) {
+  const input = (task.input || []).find((i) => i && i.type && i.type.text === name);
+  return input ? (Number.isInteger(input.valueInteger) ? input.valueInteger : input.valueString) : undefined;
+}
+
+/**
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {number}
+ */
+function syncAttempts(task) {
+  const n = syncInput(task, 'attempts');
+  return typeof n === 'number' ? n : 0;
+}
+
+/**
+ * The sync Task as `fields` change it: status, when it may run next and what it waits for until then (the run
+ * holding it, Metriport's Retry-After, the backoff after a failure), attempts, the reason.
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @param { { status: 'requested' | 'completed' | 'failed', dueAt?: number, attempts?: number, reason?: string,
+ *   waiting?: 'run' | 'metriport' | 'backoff' } } fields
+ * @returns {import('@medplum/fhirtypes').Task}
+ */
+function syncTaskWith(task, fields) {
+  /** @type {import('@medplum/fhirtypes').TaskInput[]} */
+  const input = [{ type: { text: 'attempts' }, valueInteger: fields.attempts === undefined ? syncAttempts(task) : fields.attempts }];
+  if (fields.waiting) {
+    input.push({ type: { text: 'waiting' }, valueString: fields.waiting });
+  }
+  if (fields.waiting === 'run') {
+    input.push({ type: { text: 'claim' }, valueString: runToken });
+  }
+  /** @type {import('@medplum/fhirtypes').Task} */
+  const next = {
+    ...task,
+    status: fields.status,
+    lastModified: new Date().toISOString(),
+    executionPeriod: { start: new Date(fields.dueAt || Date.now()).toISOString() },
+    input,
+  };
+  if (fields.reason) {
+    next.statusReason = { text: fields.reason };
+  } else {
+    delete next.statusReason;
+  }
+  return next;
+}
+
+/**
+ * Write a new version of a sync Task only if it is still the version it was built from (If-Match).
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {Promise<import('@medplum/fhirtypes').Task>}
+ */
+function writeSyncTask(medplum, task) {
+  const vid = task.meta && task.meta.versionId;
+  return medplum.updateResource(task, vid ? { headers: { 'If-Match': 'W/"' + vid + '"' } } : undefined);
+}
+
+/**
+ * Take this Patient's sync for this run (it may run next when this run's time is up: if the run is cut off, a
+ * later one resumes it). Undefined when another run holds it, or Metriport asked to wait and the wait is not
+ * over: `busy` says until when.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param {import('@medplum/fhirtypes').Task | undefined} known the Task as a caller found it (the sweep)
+ * @returns {Promise<{ task?: import('@medplum/fhirtypes').Task, busy?: number }>}
+ */
+async function claimSync(medplum, patientId, known) {
+  const holdUntil = Math.min(runDeadline, Date.now() + 900000) + 2000;
+  const held = (/** @type {import('@medplum/fhirtypes').Task} */ t) => syncTaskWith(t, { status: 'requested', dueAt: holdUntil,
+    attempts: t.status === 'requested' ? syncAttempts(t) + 1 : 1, waiting: 'run' }); // a finished one: a new sync
+  /** @type {import('@medplum/fhirtypes').Task} */
+  const cur = known || (await medplum.createResourceIfNoneExist(
+    held({
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      code: { coding: [{ system: CONFIG.syncTask.system, code: CONFIG.syncTask.code }], text: 'Metriport patient sync' },
+      identifier: [{ system: CONFIG.syncTask.identifierSystem, value: patientId }],
+      description: 'medport: send Patient/' + patientId + ' to Metriport, link it and start its query',
+      for: { reference: 'Patient/' + patientId },
+      focus: { reference: 'Patient/' + patientId },
+      authoredOn: new Date().toISOString(),
+    }),
+    'identifier=' + encodeURIComponent(CONFIG.syncTask.identifierSystem + '|' + patientId)
+  ));
+  if (!known && syncInput(cur, 'claim') === runToken && cur.status === 'requested') {
+    return { task: cur }; // created just now, held by this run
+  }
+  // held by a live run, or Metriport asked to wait: left alone; a save does not wait for a failure's backoff
+  const waiting = syncInput(cur, 'waiting');
+  if (cur.status === 'requested' && syncDueAt(cur) > Date.now() && (known || waiting !== 'backoff')) {
+    return { busy: syncDueAt(cur) };
+  }
+  try {
+    return { task: await writeSyncTask(medplum, held(cur)) };
+  } catch (err) {
+    return { busy: holdUntil }; // another run took it at this moment (412)
+  }
+}
+
+/**
+ * Leave the sync for a later run: at `dueAt` (Metriport's Retry-After: the attempt is not counted), or after a
+ * backoff (counted; past maxAttempts the Task is failed with the reason).
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task} task the Task as this run claimed it
+ * @param {string} reason
+ * @param {number | undefined} dueAt set: rate limited until then
+ */
+async function deferSync(medplum, task, reason, dueAt) {
+  const attempts = syncAttempts(task);
+  /** @type {import('@medplum/fhirtypes').Task} */
+  let next;
+  if (dueAt !== undefined) {
+    next = syncTaskWith(task, { status: 'requested', dueAt, attempts: Math.max(0, attempts - 1), reason: 'waiting for Metriport: ' + reason,
+      waiting: 'metriport' });
+  } else if (attempts >= CONFIG.syncTask.maxAttempts) {
+    next = syncTaskWith(task, { status: 'failed', reason: 'failed ' + attempts + ' time(s), the last: ' + reason +
+      ' — save the Patient again to retry' });
+  } else {
+    next = syncTaskWith(task, { status: 'requested', dueAt: Date.now() + Math.min(3600000, SYNC_BACKOFF_MS * Math.pow(2, attempts - 1)), reason,
+      waiting: 'backoff' });
+  }
+  try {
+    await writeSyncTask(medplum, next);
+  } catch (err) {
+    log('warn', 'the sync Task changed meanwhile; left to the run that changed it', { task: task.id });
+  }
+}
+
+/**
+ * The sync is done (queried, refused, skipped): the Task is completed.
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task | undefined} task
+ * @param {string} outcome
+ */
+async function completeSync(medplum, task, outcome) {
+  if (!task) {
+    return;
+  }
+  try {
+    const end = new Date().toISOString();
+    const start = String((task.executionPeriod && task.executionPeriod.start) || end); // held until: maybe later
+    await writeSyncTask(medplum, { ...syncTaskWith(task, { status: 'completed', reason: outcome }),
+      executionPeriod: { start: start < end ? start : end, end } });
+  } catch (err) {
+    log('warn', 'the sync Task changed meanwhile; left to the run that changed it', { task: task.id });
+  }
+}
+
+/**
+ * This Patient's sync Task when a step is still pending (a run cut off, Metriport's limit), else undefined.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @returns {Promise<import('@medplum/fhirtypes').Task | undefined>}
+ */
+async function pendingSync(medplum, patientId) {
+  const found = await medplum.searchResources('Task', {
+    identifier: CONFIG.syncTask.identifierSystem + '|' + patientId,
+    status: 'requested',
+    _count: '1',
+  });
+  return found[0];
+}
+
+/**
+ * Send a Patient to Metriport and link it (match or create; one Medplum Patient per Metriport patient), then start
+ * its query — as a durable step (see above). `task`: the sync Task the sweep found due (undefined: the Patient was
+ * saved).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Patient} patient
+ * @param {import('@medplum/fhirtypes').Task | undefined} task
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function syncPatient(medplum, event, patient, task) {
+  const patientId = /** @type {string} */ (patient.id);
+  const { demographics, patientBody, fingerprint, problems, warnings } = demographicsFor(patient);
+  if (!demographics || !patientBody || !fingerprint) {
+    log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
+      patient: patientId,
+    });
+    await completeSync(medplum, task, 'skipped: invalid demographics');
+    return { status: 'skipped', reason: 'invalid-demographics', patient: patientId, problems, warnings };
+  }
+  if (warnings.length) {
+    log('warn', 'optional demographics left out: ' + warnings.join('; '), { patient: patientId });
+  }
+  let metriportId = metriportIdOf(patient);
+  const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
+  // Linked with these demographics: only a query left pending (a run cut off between the link and the query, a
+  // rate limit, or the marker of an earlier medport version) is still to do.
+  const pending = linkedBefore ? task || (queryFailedOf(patient) === fingerprint ? undefined : await pendingSync(medplum, patientId)) : task;
+  const queryOnly = linkedBefore && (!!pending || queryFailedOf(patient) === fingerprint);
+  if (linkedBefore && !queryOnly) {
+    log('info', 'demographics unchanged since the last query; nothing to do', {
+      patient: patientId,
+      metriportPatient: metriportId,
+    });
+    return { status: 'unchanged', patient: patientId, metriportPatientId: metriportId };
+  }
+  const facility = await facilityOf(medplum, patient);
+  if (!facility.facilityId && !metriportId) {
+    log('warn', 'Patient skipped: no Metriport facility id (' + facility.reason + ')', { patient: patientId });
+    await completeSync(medplum, task, 'skipped: no facility');
+    return { status: 'skipped', reason: 'no-facility', patient: patientId, problems: [/** @type {string} */ (facility.reason)] };
+  }
+  const claim = await claimSync(medplum, patientId, pending);
+  if (!claim.task) {
+    const until = new Date(/** @type {number} */ (claim.busy)).toISOString();
+    // worded as no decision (the console reads the last decisive line of the Patient's runs)
+    log('info', 'this Patient\'s sync is with another run, or waits for Metriport until ' + until + ': nothing to do now', { patient: patientId });
+    return { status: 'pending', reason: 'held-or-waiting', patient: patientId, until };
+  }
+  const held = claim.task;
+  try {
+    const out = await linkAndQuery(medplum, event, patient, facility.facilityId, { demographics, patientBody, fingerprint }, metriportId, queryOnly);
+    await completeSync(medplum, held, String(out.status));
+    return warnings.length ? { ...out, warnings } : out;
+  } catch (err) {
+    if (err instanceof RateLimited) {
+      log('warn', 'Metriport asked to wait (' + err.status + '): the sync of this Patient resumes at ' + new Date(err.retryAt).toISOString() +
+        ' (the sweep)', { patient: patientId, status: err.status });
+      await deferSync(medplum, held, err.message, err.retryAt);
+      return { status: 'pending', reason: 'rate-limited', patient: patientId, until: new Date(err.retryAt).toISOString() };
+    }
+    await deferSync(medplum, held, errorText(err), undefined);
+    throw err;
+  }
+}
+
+/**
+ * The Metriport side of a sync, in order: match or create (or update) the Metriport patient, refuse a second
+ * Medplum Patient, write the link, start the query.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Patient} patient
+ * @param {string | undefined} facilityId
+ * @param { { demographics: unknown, patientBody: unknown, fingerprint: string } } d
+ * @param {string | undefined} metriportId the one the Patient holds
+ * @param {boolean} queryOnly linked already: only the query is left
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId, queryOnly) {
+  const patientId = /** @type {string} */ (patient.id);
+  /** @type {string} */
+  let action;
+  if (queryOnly) {
+    action = 'query-resumed';
+  } else if (metriportId) {
+    const others = await otherHolders(medplum, metriportId, patientId);
+    if (others.length) {
+      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
+      await writeLink(medplum, patientId, {});
+      return refuseLink(medplum, patientId, metriportId, others);
+    }
+    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, d.patientBody);
+    action = 'updated';
+  } else {
+    // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
+    const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, d.demographics, [404], true);
+    if (matched.status !== 404 && matched.body && matched.body.id) {
+      metriportId = String(matched.body.id);
+      action = 'matched';
+    } else {
+      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, d.patientBody, undefined, true);
+      if (!created.body || !created.body.id) {
+        throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
+      }
+      metriportId = String(created.body.id);
+      action = 'created';
+    }
+  }
+  const mid = /** @type {string} */ (metriportId);
+  log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
+
+  // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
+  const holders = await otherHolders(medplum, mid, patientId);
+  if (holders.length) {
+    await writeLink(medplum, patientId, {}); // this Patient holds no link then (a no-op unless it did)
+    return refuseLink(medplum, patientId, mid, holders);
+  }
+  // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
+  const written = queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint });
+  // ... and check again: another Patient linked at the same moment makes both step back.
+  const raced = await otherHolders(medplum, mid, patientId);
+  if (raced.length) {
+    await writeLink(medplum, patientId, {});
+    return refuseLink(medplum, patientId, mid, raced);
+  }
+  // (cut off here, the sync Task is still requested: a later run starts the query)
+  const queryAt = new Date().toISOString();
+  /** @type {JsonBody} */
+  let query;
+  if (CONFIG.flow === 'consolidated') {
+    query = await startConsolidatedQuery(event, mid, patientId);
+  } else if (CONFIG.flow === 'network-query') {
+    query = await startNetworkQuery(event, mid, patientId, facilityId);
+  } else {
+    // idempotent: a document query still processing is answered again (command/medical/document/document-query.ts)
+    query = (await metriport(event, 'POST', '/medical/v1/document/query', { patientId: mid, facilityId },
+      { metadata: { medplumPatientId: patientId } }, undefined, true)).body;
+  }
+  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
+  log('info', 'Metriport ' + CONFIG.flow + ' started', {
+    patient: patientId,
+    metriportPatient: mid,
+    requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+    at: queryAt,
+  });
+  if (queryFailedOf(patient)) {
+    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint }); // an earlier version's marker
+  }
+  return {
+    status: 'queried',
+    action,
+    query: CONFIG.flow,
+    patient: patientId,
+    metriportPatientId: mid,
+    facilityId: facilityId || null,
+    wroteBack: written,
+  };
+}
+
+/**
+ * Resume the Patients' syncs that are due (a run cut off, a rate limit whose wait is over), oldest first, while
+ * this execution has time; stop at the first rate limit (it holds for every Patient).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {number} limit
+ * @returns {Promise<{ resumed: number, waiting: number }>}
+ */
+async function resumeSyncs(medplum, event, limit) {
+  const out = { resumed: 0, waiting: 0 };
+  const now = Date.now();
+  const due = (await medplum.searchResources('Task', {
+    code: CONFIG.syncTask.system + '|' + CONFIG.syncTask.code,
+    status: 'requested',
+    period: 'le' + new Date(now).toISOString(),
+    _sort: 'period',
+    _count: String(limit),
+  })).filter((t) => syncDueAt(t) <= now);
+  for (const task of due) {
+    if (runDeadline - Date.now() < 3000) {
+      break; // the rest at the next sweep
+    }
+    const ref = String((task.for && task.for.reference) || '');
+    /** @type {Patient} */
+    let patient;
+    try {
+      patient = await medplum.readResource('Patient', ref.replace(/^Patient\//, ''), { cache: 'no-cache' });
+    } catch (err) {
+      await completeSync(medplum, task, 'the Patient is gone: ' + errorText(err));
+      continue;
+    }
+    try {
+      const res = await syncPatient(medplum, event, patient, task);
+      out.resumed++;
+      log('info', 'Patient sync resumed: ' + String(res.status), { patient: patient.id, task: task.id });
+      if (res.status === 'pending' && res.reason === 'rate-limited') {
+        out.waiting++;
+        break;
+      }
+    } catch (err) {
+      log('warn', 'Patient sync resumed and failed again: ' + errorText(err), { patient: patient.id, task: task.id });
+    }
+  }
+  return out;
+}
+
+
+/** The rules above, for tests and inspection (Medplum only calls exports.handler). */
+exports.metriportDemographics = { buildDemographics, demographicsFor, isMetriportEmail, metriportPhone, usStateCode };
 
 // ---------------------------------------------------------------------------
 // Handler
@@ -1092,138 +1565,6 @@ exports.handler = async (medplum, event) => {
   }
   // Fail fast on configuration problems, before touching anything.
   getSecret(event, 'METRIPORT_API_KEY', true);
-
-  const patient = /** @type {Patient} */ (input); // a saved Patient: Medplum validated it
-  const patientId = /** @type {string} */ (patient.id);
-
-  const { demographics, patientBody: body, fingerprint: fp, problems, warnings } = demographicsFor(patient);
-  if (!demographics || !body || !fp) {
-    log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
-      patient: patientId,
-    });
-    return { status: 'skipped', reason: 'invalid-demographics', patient: patientId, problems, warnings };
-  }
-  if (warnings.length) {
-    log('warn', 'optional demographics left out: ' + warnings.join('; '), { patient: patientId });
-  }
-  // Bodies in Metriport's shapes: match = demographicsSchema; create and update = patientCreateSchema
-  // (demographics + externalId; the update route parses the create schema too).
-  const patientBody = body;
-  const fingerprint = fp;
-  let metriportId = metriportIdOf(patient);
-  const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
-  // The query of an earlier run could not be started (marker = these demographics): start it now.
-  const retryQuery = linkedBefore && queryFailedOf(patient) === fingerprint;
-  if (linkedBefore && !retryQuery) {
-    log('info', 'demographics unchanged since the last query; nothing to do', {
-      patient: patientId,
-      metriportPatient: metriportId,
-    });
-    return { status: 'unchanged', patient: patientId, metriportPatientId: metriportId };
-  }
-
-  const facility = await facilityOf(medplum, patient);
-  if (!facility.facilityId && !metriportId) {
-    log('warn', 'Patient skipped: no Metriport facility id (' + facility.reason + ')', { patient: patientId });
-    return { status: 'skipped', reason: 'no-facility', patient: patientId, problems: [/** @type {string} */ (facility.reason)] };
-  }
-  const facilityId = facility.facilityId;
-
-  /** @type {string} */
-  let action;
-  if (retryQuery) {
-    action = 'query-retried';
-  } else if (metriportId) {
-    const others = await otherHolders(medplum, metriportId, patientId);
-    if (others.length) {
-      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
-      await writeLink(medplum, patientId, {});
-      return refuseLink(medplum, patientId, metriportId, others);
-    }
-    await metriport(
-      event,
-      'PUT',
-      '/medical/v1/patient/' + encodeURIComponent(metriportId),
-      { facilityId },
-      patientBody
-    );
-    action = 'updated';
-  } else {
-    const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, demographics, [404]);
-    if (matched.status !== 404 && matched.body && matched.body.id) {
-      metriportId = String(matched.body.id);
-      action = 'matched';
-    } else {
-      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, patientBody);
-      if (!created.body || !created.body.id) {
-        throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
-      }
-      metriportId = String(created.body.id);
-      action = 'created';
-    }
-  }
-  const mid = /** @type {string} */ (metriportId);
-  log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
-
-  // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
-  const holders = await otherHolders(medplum, mid, patientId);
-  if (holders.length) {
-    await writeLink(medplum, patientId, {}); // this Patient holds no link then (a no-op unless it did)
-    return refuseLink(medplum, patientId, mid, holders);
-  }
-  // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
-  const written = retryQuery ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint });
-  // ... and check again: another Patient linked at the same moment makes both step back.
-  const raced = await otherHolders(medplum, mid, patientId);
-  if (raced.length) {
-    await writeLink(medplum, patientId, {});
-    return refuseLink(medplum, patientId, mid, raced);
-  }
-
-  const metadata = { medplumPatientId: patientId };
-  const queryAt = new Date().toISOString();
-  /** @type {JsonBody} */
-  let query;
-  try {
-    if (CONFIG.flow === 'consolidated') {
-      query = await startConsolidatedQuery(event, mid, patientId);
-    } else if (CONFIG.flow === 'network-query') {
-      query = await startNetworkQuery(event, mid, patientId, facilityId);
-    } else {
-      query = (await metriport(
-        event,
-        'POST',
-        '/medical/v1/document/query',
-        { patientId: mid, facilityId },
-        { metadata }
-      )).body;
-    }
-  } catch (err) {
-    // Linked, but no query: mark it, so that the next save of this Patient (or the update this mark
-    // causes, once) starts it; a run that fails again writes nothing more (no loop).
-    if (!retryQuery) {
-      await writeLink(medplum, patientId, { metriportId: mid, fingerprint, queryFailed: fingerprint });
-    }
-    throw err;
-  }
-  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
-  log('info', 'Metriport ' + CONFIG.flow + ' started', {
-    patient: patientId,
-    metriportPatient: mid,
-    requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
-    at: queryAt,
-  });
-  if (retryQuery) {
-    await writeLink(medplum, patientId, { metriportId: mid, fingerprint });
-  }
-  return {
-    status: 'queried',
-    action,
-    query: CONFIG.flow,
-    patient: patientId,
-    metriportPatientId: mid,
-    facilityId: facilityId || null,
-    wroteBack: written,
-    ...(warnings.length ? { warnings } : {}),
-  };
+  startRun();
+  return syncPatient(medplum, event, /** @type {Patient} */ (input), undefined); // a saved Patient: Medplum validated it
 };

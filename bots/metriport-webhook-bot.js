@@ -7,9 +7,11 @@
  * message as a Task — one per messageId, even for simultaneous deliveries — and acknowledges
  * at once. The same bot, triggered by a Subscription on those Tasks, processes the stored
  * message under a lease (attempt count, expiry renewed while it works, a checkpoint of what is
- * done): starts the consolidated query when document conversion completes, and imports
- * consolidated data into the EXISTING Medplum Patient that holds the message's Metriport id,
- * with chunked batch Bundles of conditional PUTs (replays change nothing). Processing cut off
+ * done) — only a Task this bot wrote whose stored message still verifies: starts the consolidated
+ * query when document conversion completes, and imports consolidated data into the EXISTING
+ * Medplum Patient that holds the message's Metriport id, in chunked batch Bundles, within that
+ * Patient's compartment (another Patient's copy is never touched), newer message wins,
+ * compare-and-set (replays change nothing). Processing cut off
  * midway (timeout, redeploy, restart) is resumed from its checkpoint: by the sweep (the same
  * bot on Bot.cronString; its input is then the Bot), by the next delivery of the same message,
  * after any other message, or by `medport replay --failed`; past max_attempts the message is
@@ -38,13 +40,18 @@
  * @typedef {'patient.admit' | 'patient.transfer' | 'patient.discharge' | 'patient.pharmacy' | 'patient.laboratory'}
  *   RealtimeType
  * @typedef {object} WebhookBotConfig what render.webhook_bot_config embeds (with BotBasics and LinkConfig)
- * @property { { store: boolean, content: 'binary' | 'url', maxBytes: number, identifierSystem: string,
+ * @property { { store: boolean, maxBytes: number, identifierSystem: string, claimUrl: string,
  *   requestBulkUrls: boolean } } documents
  * @property { { types: RealtimeType[] } } realtime the notifications imported (none when realtime.import is off)
  * @property { { system: string, taskCode: string, rowFailedCode: string, requestIdSystem: string, rowIdSystem: string,
  *   awaitingLinkSystem: string } } bulk
  * @property {string} notificationExtensionUrl
  * @property {string} resourceIdentifierSystem
+ * @property {Record<string, string[]>} patientCompartment per imported type in the Patient compartment, the element
+ *   paths whose Patient references put a resource in it (generator/fhir_rules.py patient_compartment)
+ * @property {string} stampUrl the extension naming the message that last changed an imported resource
+ * @property { { system: string, code: string, identifierSystem: string } } conflictResourceTask the review Task of a
+ *   resource two Patients hold
  * @property {string} contributionIdentifierSystem what the contribution bot marks its contributions with
  * @property {'network-query' | 'document-query' | 'consolidated'} flow the patient bot's
  * @property {boolean} verifySignature
@@ -60,9 +67,10 @@
  * @property { { maxEntries: number, maxBytes: number, window: number } } batch
  * @property {RetryConfig} retry
  *
- * @typedef {(Message & { resourceType?: unknown, id?: unknown }) | string | number | boolean | null | undefined}
- *   WebhookBotInput event.input as the handler checks it: the message's raw text (Bot.rawBody) or its JSON, a
- *   message Task (Subscription) or the Bot (cron) — or anything, from whoever may run the bot
+ * @typedef {(Message & { resourceType?: unknown, id?: unknown, medportRequeue?: unknown, takeOver?: unknown }) | string |
+ *   number | boolean | null | undefined} WebhookBotInput event.input as the handler checks it: the message's raw text
+ *   (Bot.rawBody) or its JSON, a message Task (Subscription), the Bot (cron), an operator's requeue request — or
+ *   anything, from whoever may run the bot
  *
  * Metriport's webhook messages, as @metriport/shared declares them (medical/webhook/webhook-request.ts; `when`
  * an ISO instant). Signed by Metriport, they are read as these types, each field still checked where a wrong
@@ -142,15 +150,18 @@
  *
  * @typedef { { type: string, id: string, status: string, text: string } } Failure
  * @typedef { { messageId: string | null, type: string, patients: number, imported: Record<string, number>,
- *   unchanged?: number, skipped: Record<string, number>, recorded: Record<string, number>,
+ *   unchanged?: number, conflicts?: number, skipped: Record<string, number>, recorded: Record<string, number>,
  *   queriesStarted: number, fixes: Record<string, number>, failures: Failure[], subjects: string[],
  *   notes?: { type: string, id: string, text: string }[] } } Summary
- * @typedef { { patient: number, done: number, summary?: { imported?: Record<string, number>,
- *   queriesStarted?: number, recorded?: Record<string, number> } } } Checkpoint what a stored message's
- *   processing has finished: every patient before `patient`, and the first `done` items (in import
- *   order) of that one
+ * @typedef { { patient: number, done: number, chain?: string, imported?: Record<string, number>,
+ *   summary?: { imported?: Record<string, number>, queriesStarted?: number, recorded?: Record<string, number> } } }
+ *   Checkpoint what a stored message's processing has finished: every patient before `patient` (`summary`: the
+ *   counts then), and the first `done` items (in import order) of that one — `chain` the digest of their keys, so a
+ *   run that orders them otherwise imports the patient from its start; `imported` their counts — or, for a bulk
+ *   create's result, its first `patient` rows
  * @typedef { { lease: Lease | null, resume: Checkpoint | undefined, patient: number,
- *   failuresAtStart: number, frozen: boolean } } Ctx how one run of a stored message goes along
+ *   failuresAtStart: number, frozen: boolean, start?: Checkpoint['summary'] } } Ctx how one run of a stored message
+ *   goes along (`start`: the counts at the current patient's start)
  */
 
 /** @type {BotBasics & LinkConfig & WebhookBotConfig} */
@@ -159,6 +170,7 @@ const CONFIG = {
   "medportVersion": "0.1.0",
   "metriportBaseUrl": "https://api.sandbox.metriport.com",
   "patientIdentifierSystem": "https://metriport.com/fhir/identifiers/patient-id",
+  "timeoutSeconds": 60,
   "fingerprintExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint",
   "queryFailedExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-query-failed",
   "conflictTask": {
@@ -166,11 +178,24 @@ const CONFIG = {
     "code": "metriport-patient-conflict",
     "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
   },
+  "syncTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-patient-sync",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-patient-sync",
+    "maxAttempts": 5
+  },
+  "facilityIdentifierSystem": "https://metriport.com/fhir/identifiers/organization-id",
+  "flow": "network-query",
+  "sources": [
+    "hie",
+    "pharmacy",
+    "lab"
+  ],
   "documents": {
     "store": false,
-    "content": "binary",
     "maxBytes": 10485760,
     "identifierSystem": "https://metriport.com/fhir/identifiers/document-id",
+    "claimUrl": "https://medport.dev/fhir/StructureDefinition/metriport-document-claim",
     "requestBulkUrls": false
   },
   "realtime": {
@@ -192,8 +217,87 @@ const CONFIG = {
   },
   "notificationExtensionUrl": "https://medport.dev/fhir/StructureDefinition/metriport-notification",
   "resourceIdentifierSystem": "https://metriport.com/fhir/identifiers/resource-id",
+  "patientCompartment": {
+    "AllergyIntolerance": [
+      "patient",
+      "recorder",
+      "asserter"
+    ],
+    "CarePlan": [
+      "subject",
+      "activity.detail.performer"
+    ],
+    "Composition": [
+      "subject",
+      "author",
+      "attester.party"
+    ],
+    "Condition": [
+      "subject",
+      "asserter"
+    ],
+    "Coverage": [
+      "policyHolder",
+      "subscriber",
+      "beneficiary",
+      "payor"
+    ],
+    "DiagnosticReport": [
+      "subject"
+    ],
+    "DocumentReference": [
+      "subject",
+      "author"
+    ],
+    "Encounter": [
+      "subject"
+    ],
+    "FamilyMemberHistory": [
+      "patient"
+    ],
+    "Goal": [
+      "subject"
+    ],
+    "Immunization": [
+      "patient"
+    ],
+    "MedicationAdministration": [
+      "subject",
+      "performer.actor"
+    ],
+    "MedicationDispense": [
+      "subject",
+      "receiver"
+    ],
+    "MedicationRequest": [
+      "subject"
+    ],
+    "MedicationStatement": [
+      "subject"
+    ],
+    "Observation": [
+      "subject",
+      "performer"
+    ],
+    "Procedure": [
+      "subject",
+      "performer.actor"
+    ],
+    "RelatedPerson": [
+      "patient"
+    ],
+    "ServiceRequest": [
+      "subject",
+      "performer"
+    ]
+  },
+  "stampUrl": "https://medport.dev/fhir/StructureDefinition/metriport-message-when",
+  "conflictResourceTask": {
+    "system": "https://medport.dev/fhir/CodeSystem/medport",
+    "code": "metriport-resource-conflict",
+    "identifierSystem": "https://medport.dev/fhir/identifiers/metriport-resource-conflict"
+  },
   "contributionIdentifierSystem": "https://medport.dev/fhir/identifiers/contributed-to-metriport",
-  "flow": "network-query",
   "verifySignature": true,
   "asyncProcessing": true,
   "messageTask": {
@@ -206,7 +310,7 @@ const CONFIG = {
   },
   "processing": {
     "maxAttempts": 5,
-    "leaseSeconds": 120,
+    "leaseSeconds": 30,
     "timeoutSeconds": 60,
     "sweep": true
   },
@@ -463,11 +567,17 @@ const nodeCrypto = require('crypto');
  * @property {string} medportVersion
  * @property {string} metriportBaseUrl the default (the METRIPORT_BASE_URL secret wins)
  * @property {string} patientIdentifierSystem the Patient identifier holding the Metriport patient id
+ * @property {number} timeoutSeconds Bot.timeout as deployed: how long one execution may take
  *
- * @typedef {object} LinkConfig what templates/_link.js.j2 writes
+ * @typedef {object} LinkConfig what templates/_link.js.j2 writes and how templates/_sync.js.j2 syncs a Patient
  * @property {string} fingerprintExtensionUrl
  * @property {string} queryFailedExtensionUrl
  * @property { { system: string, code: string, identifierSystem: string } } conflictTask the review Task's code
+ * @property { { system: string, code: string, identifierSystem: string, maxAttempts: number } } syncTask the
+ *   durable record of a Patient's sync (one Task per Patient)
+ * @property {string} facilityIdentifierSystem
+ * @property {'network-query' | 'document-query' | 'consolidated'} flow the query a sync starts
+ * @property {('hie' | 'pharmacy' | 'lab')[]} sources the network query's
  *
  * @typedef {object} ConsolidatedConfig the consolidated query's parameters
  * @property {string[]} resources
@@ -567,6 +677,39 @@ function metriportBase(event) {
 }
 
 /**
+ * Metriport asked to wait (429 or 503) longer than this execution has left: the step is to be resumed at
+ * `retryAt` (epoch ms) by a later run.
+ */
+class RateLimited extends MetriportError {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {number} retryAt
+   */
+  constructor(message, status, retryAt) {
+    super(message, status);
+    this.name = 'RateLimited';
+    this.retryAt = retryAt;
+  }
+}
+
+/** When this execution must have finished its work (epoch ms): set by the handler from Bot.timeout (startRun). */
+let runDeadline = Number.POSITIVE_INFINITY;
+/** This execution's mark on what it claims (a sync Task). */
+let runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+
+/**
+ * Start the clock of this execution: waits (Retry-After, backoff) are kept within Bot.timeout, leaving a fifth of
+ * it (at least a second) to record what is left for a later run. A module's state survives between awslambda
+ * invocations: set at the start of every one.
+ */
+function startRun() {
+  const ms = CONFIG.timeoutSeconds * 1000;
+  runDeadline = Date.now() + ms - Math.max(1000, ms / 5);
+  runToken = sha256Hex(String(Date.now()) + ':' + String(Math.random())).slice(0, 16);
+}
+
+/**
  * Wait, if the runtime lets us. vmcontext has no setTimeout: then try
  * timers/promises, else do not wait at all (the retry count still bounds the loop).
  * @param {number} ms
@@ -593,41 +736,58 @@ async function sleep(ms) {
 }
 
 /**
- * Delay before the next attempt: exponential backoff, Retry-After when larger.
- * @param {number} attempt 1-based attempt that just failed
- * @param {string | null} retryAfter
- * @returns {number}
+ * Retry-After (delta-seconds or an HTTP date) in ms from now, or null.
+ * @param {string | null} value
+ * @returns {number | null}
  */
-function backoffMs(attempt, retryAfter) {
-  const r = CONFIG.retry;
-  let delay = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1));
-  if (retryAfter) {
-    let fromHeader = NaN;
-    if (/^\s*\d+(\.\d+)?\s*$/.test(retryAfter)) {
-      fromHeader = Number(retryAfter) * 1000;
-    } else {
-      const when = Date.parse(retryAfter);
-      if (!isNaN(when)) {
-        fromHeader = when - Date.now();
-      }
-    }
-    if (fromHeader > delay) {
-      // Honour the server, but never wait more than the configured cap (the bot has a timeout).
-      delay = Math.min(fromHeader, Math.max(r.maxDelayMs, delay));
-    }
+function retryAfterMs(value) {
+  if (!value) {
+    return null;
   }
-  return Math.max(0, Math.round(delay));
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) {
+    return Number(value) * 1000;
+  }
+  const when = Date.parse(value);
+  return isNaN(when) ? null : Math.max(0, when - Date.now());
 }
 
 /**
- * fetch with bounded retries on network errors, 429 and 5xx.
+ * Exponential backoff before the attempt after `attempt` (1-based).
+ * @param {number} attempt
+ * @returns {number}
+ */
+function backoffMs(attempt) {
+  const r = CONFIG.retry;
+  return Math.max(0, Math.round(Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(2, attempt - 1))));
+}
+
+/**
+ * A fetch that failed before the request went out (refused, no such host, connect timeout): Node's fetch
+ * (TypeError with a `cause`) and node-fetch v2 (FetchError with a `code`).
+ * @param {unknown} err
+ * @returns {boolean}
+ */
+function neverSent(err) {
+  const e = /** @type { { code?: unknown, cause?: { code?: unknown } } | null } */ (err);
+  const code = String((e && (e.code || (e.cause && e.cause.code))) || '');
+  return ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'].includes(code);
+}
+
+/**
+ * fetch under medport's one retry policy (the CLI's generator/http_retry.py keeps the same rules): what the server
+ * did not act on — no connection made, 429, 503 — is sent again after its Retry-After, but only when that wait
+ * ends within this execution (else the last answer is returned: a 429/503 the caller turns into RateLimited);
+ * what it may have acted on — 500, 502, 504, a connection lost after sending — only when `idempotent`. Bounded
+ * by CONFIG.retry.maxAttempts.
  * @param {string} url
  * @param {RequestInit} init
  * @param {string} what description for logs and errors (method + path, no PHI)
- * @returns {Promise<Response>} the last response (may be an error status other than 429/5xx)
+ * @param {boolean} [idempotent] repeating it cannot do a thing twice (default: GET, HEAD, PUT, DELETE)
+ * @returns {Promise<Response>} the last response (may be an error status)
  */
-async function fetchWithRetry(url, init, what) {
+async function fetchWithRetry(url, init, what, idempotent) {
   const max = Math.max(1, CONFIG.retry.maxAttempts);
+  const safe = idempotent !== undefined ? idempotent : ['GET', 'HEAD', 'PUT', 'DELETE'].includes(String(init.method || 'GET').toUpperCase());
   for (let attempt = 1; ; attempt++) {
     /** @type {Response | undefined} */
     let res;
@@ -638,20 +798,20 @@ async function fetchWithRetry(url, init, what) {
     } catch (err) {
       netErr = err;
     }
-    const retryable = !res || res.status === 429 || res.status >= 500;
-    if (!retryable && res) {
-      return res;
-    }
-    if (attempt >= max) {
+    const notActed = res ? res.status === 429 || res.status === 503 : neverSent(netErr);
+    const retryable = notActed || (safe && (!res || res.status === 500 || res.status === 502 || res.status === 504));
+    const asked = res ? retryAfterMs(res.headers.get('retry-after')) : null;
+    const delay = Math.max(backoffMs(attempt), asked || 0);
+    if (!retryable || attempt >= max || Date.now() + delay > runDeadline) {
       if (res) {
         return res;
       }
       throw new MetriportError(
-        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)),
+        what + ' failed after ' + attempt + ' attempt(s): ' + (netErr instanceof Error ? netErr.message : String(netErr)) +
+          (safe || notActed ? '' : ' (not repeated: the server may have acted on it)'),
         0
       );
     }
-    const delay = backoffMs(attempt, res ? res.headers.get('retry-after') : null);
     log('warn', what + ' will be retried', { attempt, status: res ? res.status : 'network-error', delayMs: delay });
     if (res) {
       try {
@@ -665,16 +825,18 @@ async function fetchWithRetry(url, init, what) {
 }
 
 /**
- * Call Metriport's Medical API.
+ * Call Metriport's Medical API. A 429 or 503 it still answers once this execution cannot wait any longer throws
+ * RateLimited (when to try again).
  * @param {BotEvent} event
  * @param {string} method
  * @param {string} path e.g. "/medical/v1/patient/match"
  * @param {Record<string, string | undefined>} query
  * @param {unknown} [body]
  * @param {number[]} [okStatuses] statuses returned to the caller rather than thrown (besides 2xx)
+ * @param {boolean} [idempotent] a POST Metriport answers the same when repeated (fetchWithRetry)
  * @returns {Promise<{ status: number, body: JsonBody }>}
  */
-async function metriport(event, method, path, query, body, okStatuses) {
+async function metriport(event, method, path, query, body, okStatuses, idempotent) {
   const apiKey = /** @type {string} */ (getSecret(event, 'METRIPORT_API_KEY', true));
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query || {})) {
@@ -694,7 +856,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
   const res = await fetchWithRetry(
     url,
     { method, headers, body: body === undefined ? undefined : JSON.stringify(body) },
-    what
+    what,
+    idempotent
   );
   const text = await res.text();
   /** @type {JsonBody} */
@@ -718,6 +881,12 @@ async function metriport(event, method, path, query, body, okStatuses) {
     return { status: res.status, body: parsed };
   }
   const detail = parsed && typeof parsed === 'object' ? parsed.detail || parsed.title || parsed.message : undefined;
+  const wait = retryAfterMs(res.headers.get('retry-after'));
+  // Metriport's limit (429), or an outage that says when it ends (503 with Retry-After): a wait, not a failure
+  if (res.status === 429 || (res.status === 503 && wait !== null)) {
+    throw new RateLimited(what + ' answered ' + res.status + (wait !== null ? ' (Retry-After ' + Math.ceil(wait / 1000) + ' s)' : ''),
+      res.status, Date.now() + (wait !== null ? wait : 60000));
+  }
   throw new MetriportError(
     what + ' answered ' + res.status + (detail ? ': ' + String(detail) : ''),
     res.status,
@@ -735,6 +904,8 @@ async function metriport(event, method, path, query, body, okStatuses) {
  */
 async function startConsolidatedQuery(event, metriportPatientId, medplumPatientId, extraMetadata) {
   const c = CONFIG.consolidated;
+  // idempotent: while a query with the same parameters is processing, Metriport answers it again
+  // (packages/api/src/command/medical/patient/consolidated-get.ts)
   const res = await metriport(
     event,
     'POST',
@@ -745,7 +916,9 @@ async function startConsolidatedQuery(event, metriportPatientId, medplumPatientI
       dateFrom: c.dateFrom || undefined,
       dateTo: c.dateTo || undefined,
     },
-    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } }
+    { metadata: { ...(medplumPatientId ? { medplumPatientId } : {}), ...(extraMetadata || {}) } },
+    undefined,
+    true
   );
   return res.body;
 }
@@ -847,18 +1020,28 @@ function verifySignature(event, raw) {
     log('warn', 'signature verification is DISABLED by configuration (webhook_bot.verify_signature = false)');
     return;
   }
-  const key = /** @type {string} */ (getSecret(event, 'METRIPORT_WEBHOOK_KEY', true));
   const given = header(event, 'x-metriport-signature');
   if (!given) {
     throw new Error('Refused: the x-metriport-signature header is missing');
   }
+  if (!signatureMatches(event, raw, given)) {
+    throw new Error('Refused: the x-metriport-signature does not match the body');
+  }
+}
+
+/**
+ * @param {BotEvent} event
+ * @param {string} raw the exact body Metriport signed
+ * @param {string} given the signature it came with (hex)
+ * @returns {boolean} the hex HMAC-SHA256 of `raw` with METRIPORT_WEBHOOK_KEY is `given` (constant-time)
+ */
+function signatureMatches(event, raw, given) {
+  const key = /** @type {string} */ (getSecret(event, 'METRIPORT_WEBHOOK_KEY', true));
   const expected = nodeCrypto.createHmac('sha256', key).update(raw, 'utf8').digest('hex');
   const enc = new TextEncoder();
   const a = enc.encode(given.trim().toLowerCase());
   const b = enc.encode(expected);
-  if (a.length !== b.length || !nodeCrypto.timingSafeEqual(a, b)) {
-    throw new Error('Refused: the x-metriport-signature does not match the body');
-  }
+  return a.length === b.length && nodeCrypto.timingSafeEqual(a, b);
 }
 
 // ---------------------------------------------------------------------------
@@ -976,10 +1159,13 @@ async function processMessage(medplum, event, msg, ctx) {
     Object.assign(summary.imported, resume.summary.imported || {});
     Object.assign(summary.recorded, resume.summary.recorded || {});
     summary.queriesStarted = resume.summary.queriesStarted || 0;
-    log('info', 'resuming a message cut off earlier', { messageId: summary.messageId, patient: first, done: resume.done });
+  }
+  if (ctx && ctx.lease && ctx.lease.attempt > 1) {
+    log('info', 'resuming a message cut off earlier', { messageId: summary.messageId, patient: first, done: resume ? resume.done : 0 });
   }
   if (ctx) {
     ctx.failuresAtStart = summary.failures.length;
+    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
   }
 
   if (type === 'medical.consolidated-data') {
@@ -987,7 +1173,7 @@ async function processMessage(medplum, event, msg, ctx) {
       if (ctx) {
         ctx.patient = i;
       }
-      await importConsolidated(medplum, event, msg, patients[i], summary, ctx, resume && i === resume.patient ? resume.done : 0);
+      await importConsolidated(medplum, event, msg, patients[i], summary, ctx);
       await checkpoint(ctx, summary, i + 1, 0);
     }
   } else if (type === 'medical.document-conversion') {
@@ -1025,13 +1211,13 @@ async function processMessage(medplum, event, msg, ctx) {
           bump(summary.recorded, 'bulk-download-urls-requested');
         }
       } catch (err) {
-        if (err instanceof LeaseLost) {
-          throw err;
+        if (err instanceof LeaseLost || err instanceof RateLimited) {
+          throw err; // RateLimited: the message waits for Metriport (processTask), the patients before it are done
         }
         summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
       }
       // stored now, not at the next beat: a run cut off after starting a query must not start it again
-      await checkpoint(ctx, summary, i + 1, 0, true);
+      await checkpoint(ctx, summary, i + 1, 0, undefined, undefined, true);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls' ||
     type === 'medical.document-bulk-download-paged') {
@@ -1042,9 +1228,9 @@ async function processMessage(medplum, event, msg, ctx) {
   } else if (type === 'medical.bulk-patient-create') {
     await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, resume);
   } else if (REALTIME_TYPES.includes(type)) {
-    await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
+    await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx);
   } else if (NETWORK_QUERY_TYPES.includes(type)) {
-    await importNetworkQuery(medplum, event, /** @type {NetworkQueryMessage} */ (msg), summary, ctx, resume && resume.patient === 0 ? resume.done : 0);
+    await importNetworkQuery(medplum, event, /** @type {NetworkQueryMessage} */ (msg), summary, ctx);
   } else if (RECORDED_TYPES.includes(type)) {
     bump(summary.recorded, type);
   } else {
@@ -1056,25 +1242,42 @@ async function processMessage(medplum, event, msg, ctx) {
 
 /**
  * Record progress through the lease (renewing it when due): every patient before `patient`, and the first
- * `done` items of that one, are finished. After the first failure of a run the checkpoint stays where it
+ * `done` items (their keys' digest `chain`, their counts `imported`) of that one, are finished; the summary
+ * kept is the one at that patient's start. After the first failure of a run the checkpoint stays where it
  * was, so a resumed run redoes (and reports) what failed.
  * @param {Ctx | null | undefined} ctx
  * @param {Summary} summary
  * @param {number} patient
  * @param {number} done
+ * @param {string} [chain]
+ * @param {Record<string, number>} [imported]
  * @param {boolean} [force] renew now
  */
-async function checkpoint(ctx, summary, patient, done, force) {
+async function checkpoint(ctx, summary, patient, done, chain, imported, force) {
   if (!ctx || !ctx.lease) {
     return;
   }
   if (summary.failures.length > ctx.failuresAtStart) {
     ctx.frozen = true;
   }
+  if (!done) {
+    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
+  }
   const cp = ctx.frozen
     ? undefined
-    : { patient, done, summary: { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted } };
+    : { patient, done, ...(done && chain ? { chain, imported: { ...(imported || {}) } } : {}), summary: ctx.start };
   await ctx.lease.beat(cp, force);
+}
+
+/**
+ * Renew the lease when due, the checkpoint unchanged (work inside one patient: a resumed run imports that
+ * patient again from its start, finding what is stored).
+ * @param {Ctx | null | undefined} ctx
+ */
+async function renewLease(ctx) {
+  if (ctx && ctx.lease) {
+    await ctx.lease.beat(undefined);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1088,23 +1291,32 @@ async function checkpoint(ctx, summary, patient, done, force) {
 //   plan    planImport          allowed types only, indexed by Type/mid, the others counted
 //   repair  repairItem          Metriport quirks fixed, resources made to pass Medplum's validator
 //                               (rules generated from the StructureDefinitions), references resolved,
-//                               upsert identifier set; what cannot be repaired skipped with the reason
+//                               upsert identifier and the message's stamp set, ownership (the Patient
+//                               compartment) decided
 //   order   orderItems          topological levels (referenced resources first); cycles deferred
+//   find    findStored          what Medplum holds under the window's identifiers, a few searches per
+//                               window: this patient's copy (compared before writing: newer wins,
+//                               unchanged is not written), other Patients' copies (never touched: a
+//                               conflict recorded)
 //   send    sendLevels          batch Bundles within CONFIG.batch.maxEntries and maxBytes, built
 //                               as their items' references get ids (upsertEntry), batches in
-//                               flight; entries that lost a race with another run (409, or 400
-//                               "Resource ID did not match resolved ID") sent again;
-//                               sendDeferredReferences writes the deferred ones
+//                               flight: a new resource by conditional create within the Patient's
+//                               compartment, a stored one by compare-and-set (If-Match on the version
+//                               found); an entry that lost a race (another run wrote it meanwhile) is
+//                               looked up again and decided again; sendDeferredReferences writes the
+//                               deferred ones
 //   link    sendFixups          references to resources outside their window: an earlier window's
 //                               resource by the id Medplum gave it (kept in a bounded index, else
 //                               looked up by identifier); one later in the bundle (or not in it) is
 //                               left out of the first write and written once the whole bundle is in
-//   resume  resumeFrom          a run resumed after a cut-off skips the items its checkpoint says
-//                               are stored, looking up only the ids later items reference
 //   report  every phase counts into the Summary; importConsolidated logs one line per patient and
 //           taskOutcome (webhook bot) turns the Summary into the run's outcome
-// importConsolidated runs them for one patient; importResources (an array or a stream of resources)
-// is window to link.
+//   resume  resumeFrom          a run resumed after a cut-off skips the items its checkpoint says are
+//                               stored — only when the checkpoint's digest (a hash chained over the
+//                               keys in import order) matches the order this run computes; any other
+//                               window size, types or bot version gives another digest, and then the
+//                               patient is imported again from its start (what is stored is found and
+//                               left alone: nothing written twice, nothing skipped)
 // Memory: one window of resources (WINDOW_ITEMS), the index of ids (at most INDEX_LIMIT entries), and
 // the resources waiting for a reference to a later one (sendFixups) — never the whole bundle.
 // ---------------------------------------------------------------------------
@@ -1120,12 +1332,33 @@ async function checkpoint(ctx, summary, patient, done, force) {
  * @property {Set<string>} ext references (keys, or urn:uuid: not resolved yet) to resources outside this window
  * @property { { reference?: string }[] } [refs] the Reference objects of `resource` holding a "@@" placeholder (set by repair)
  * @property {number} level 0 = references no other item
+ * @property {boolean} [owned] in the Patient compartment through the subject: found and created only within it
+ * @property {Stored} [stored] this patient's copy (or the shared one) as Medplum held it when the window was found
+ * @property {Other[]} [others] copies another Patient holds under the same identifier (left untouched)
  * @property {string} [medplumId] once Medplum stored it
+ * @property {string} [version] the versionId this run wrote (later writes of it are compare-and-set on it)
+ * @property {string} [written] the resource as this run wrote it, or found it, when references were left out (waiting)
+ * @property {boolean} [kept] stored by a newer message: left alone
  * @property {boolean} [failed]
- * @property {boolean} [retry] lost a race with another run: sent again
  * @property {boolean} [waiting] written without a reference whose target has no Medplum id yet
  * @property {boolean} [sentOnce] its upsert was built (sendLevels)
+ * @property {string} [chain] the digest of the keys of every item up to this one, in import order (checkpoints)
+ * @property {boolean} [counted] this run's summary counts it as imported (written by this message)
  * @property {string} [skip] why the repair phase could not make it valid (it is not imported)
+ */
+
+/**
+ * A resource as a search answered it: the fields the import reads typed, the rest unknown.
+ * @typedef { { resourceType?: string, id?: string, meta?: import('@medplum/fhirtypes').Meta, extension?: Extension[],
+ *   identifier?: Identifier | Identifier[], [key: string]: unknown } } FoundResource
+ */
+/** @typedef { { id: string, versionId: string, resource: FoundResource } } Stored a resource as found in Medplum */
+/** @typedef { { patient: string, id: string } } Other another Patient's copy: its Patient and its id */
+
+/**
+ * The message the resources come from: Metriport's meta.when, and for realtime notifications the event's own
+ * time, which breaks a tie between two messages sent in the same millisecond (an admit and its discharge).
+ * @typedef { { when?: string, order?: string, messageId?: string } } Source
  */
 
 /**
@@ -1142,22 +1375,36 @@ async function checkpoint(ctx, summary, patient, done, force) {
 /**
  * What one patient's import keeps across windows (bounded).
  * @typedef {object} Index
- * @property {Map<string, string>} ids key -> Medplum id; '' = in the bundle, not stored by this run;
- *   '?' = stored by an earlier run (a checkpoint says so), id not known yet. Least recently used
- *   entries are dropped past INDEX_LIMIT (their ids are then looked up by identifier when needed).
+ * @property {Map<string, string>} ids key -> Medplum id; '' = in the bundle, not stored by this run. Least
+ *   recently used entries are dropped past INDEX_LIMIT (their ids are then looked up by identifier when needed).
  * @property {Map<string, string>} urns urn:uuid:<id> -> key of every resource seen (same limit)
+ * @property {Set<string>} seen keys of the resources read so far (same limit): a later entry with one is a duplicate
  * @property {Set<string>} patientRefs
  * @property {Map<string, Fixup>} fixups holders of references to resources later in the bundle
+ * @property {string} subjectRef Patient/<existing Medplum Patient id>
+ * @property {Extension | undefined} stamp the extension every resource of this import carries (its Source)
+ * @property {string | undefined} messageId the message imported (its stamp names it)
+ * @property {Map<string, Conflict[]>} conflicts other Patient -> the resources this import created beside theirs
  * @property {number} base items (in import order) of the windows before the one being sent
  * @property {number} planned items (in import order) of the windows prepared so far
- * @property {number} resumeDone items an earlier run stored (its checkpoint)
+ * @property {string} chain the digest of the keys of the items prepared so far, in import order
+ * @property {Resume | undefined} resume what an earlier run of this patient stored (its checkpoint)
+ * @property {Record<string, number>} prefixImported imported counts of the items before the checkpoint
+ *   (what a resumed run adds to the summary when it skips them)
  * @property {boolean} copy resources are the caller's: copied before they are repaired
  */
 
 /**
  * A resource stored without some references (their targets had no Medplum id yet), written again once
- * the whole bundle is in.
- * @typedef { { key: string, type: string, mid: string, medplumId: string, text: string } } Fixup
+ * the whole bundle is in (compare-and-set on the version this run wrote).
+ * @typedef { { key: string, type: string, mid: string, medplumId: string, version: string, text: string,
+ *   written?: string } } Fixup
+ */
+
+/** @typedef { { key: string, mine: string, theirs: string } } Conflict a resource both Patients hold a copy of */
+/**
+ * @typedef { { done: number, chain: string, imported?: Record<string, number> } } Resume a checkpoint within a
+ *   patient: its first `done` items (in import order, whose keys' digest is `chain`) are stored
  */
 
 /**
@@ -1175,10 +1422,14 @@ const UTF8 = new TextEncoder();
 const BATCH_OVERHEAD = byteLength(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [] }));
 /** New consolidated queries started for one patient after expired download URLs. */
 const MAX_REQUERIES = 1;
-/** Times an entry that lost a race with another run is sent again. */
-const ENTRY_RETRIES = 2;
-/** Identifier values per search when ids are looked up in Medplum. */
+/** Times an entry that lost a race with another run is looked up and sent again. */
+const ENTRY_RETRIES = 3;
+/** Identifier values per search when ids are looked up in Medplum (GET). */
 const LOOKUP_CHUNK = 40;
+/** Identifier values per search (POST _search) when a window's stored resources are found. */
+const FIND_CHUNK = 200;
+/** Those searches in flight at once. */
+const FINDS_IN_FLIGHT = 4;
 /** Resources of the bundle planned, ordered and sent together (memory ~ this many resources). */
 const WINDOW_ITEMS = CONFIG.batch.window || 4000;
 /** The first window: smaller, so that the first batches go out sooner. */
@@ -1189,11 +1440,13 @@ const INDEX_LIMIT = 100000;
 const STREAM_REOPENS = 2;
 /** A download that sends nothing for this long is taken as cut (and opened again). */
 const DOWNLOAD_STALL_MS = 30000;
+/** The checkpoint says items are stored that are not (another order, or not found): the patient starts over. */
+class CheckpointMismatch extends Error {}
+
+/** Resources named in one review Task of a conflict (the count is always complete). */
+const MAX_CONFLICTS_NAMED = 200;
 
 const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
-
-/** The checkpoint says items are stored that are not: the import starts over (every upsert is idempotent). */
-class CheckpointMismatch extends Error {}
 
 /**
  * A download of a searchset's resources (untrusted JSON, one at a time) that can be read again from the start.
@@ -1211,9 +1464,8 @@ class CheckpointMismatch extends Error {}
  * @param {MessagePatient} p one element of msg.patients
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
- * @param {number} resumeDone items of this patient an earlier run stored (its checkpoint)
  */
-async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDone) {
+async function importConsolidated(medplum, event, msg, p, summary, ctx) {
   const mid = String(p.patientId || '');
   if (p.status && p.status !== 'completed') {
     summary.failures.push({ type: 'Patient', id: mid, status: String(p.status), text: 'Metriport reported the consolidated query as ' + p.status });
@@ -1241,7 +1493,7 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
   const before = summary.failures.length;
   let count = 0;
   try {
-    count = await importResources(medplum, resources, subjectId, mid, summary, ctx, resumeDone);
+    count = await importResources(medplum, resources, subjectId, mid, summary, ctx, sourceOf(msg));
   } catch (err) {
     if (!(/** @type {DownloadError} */ (err)).streamFailed) {
       throw err;
@@ -1252,16 +1504,31 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
     patient: subjectId,
     metriportPatient: mid,
     resources: count,
-    resumedAfter: resumeDone || undefined,
     failures: summary.failures.length - before,
   });
 }
 
 /**
+ * The Source of a message's resources: its meta.when (and messageId).
+ * @param {Message} msg
+ * @param {string} [order] the event's own time (realtime notifications)
+ * @returns {Source}
+ */
+function sourceOf(msg, order) {
+  const meta = msg.meta || {};
+  return {
+    when: typeof meta.when === 'string' ? meta.when : undefined,
+    order,
+    messageId: typeof meta.messageId === 'string' ? meta.messageId : undefined,
+  };
+}
+
+/**
  * Import the consolidated resources of one patient, WINDOW_ITEMS at a time: each window planned,
- * repaired, ordered, chunked and sent level by level (a last pass per window writes the references
+ * repaired, ordered, found, chunked and sent level by level (a last pass per window writes the references
  * deferred by cycles); references between windows resolved through the index; at the end the
- * resources that referenced later ones are written again with those references.
+ * resources that referenced later ones are written again with those references, and the conflicts with
+ * other Patients' copies recorded for review.
  * @param {MedplumClient} medplum
  * @param {ResourceSource} resources the searchset's resources: an array, or a stream (with
  *   `reopen()` to read it again from the start) as fetchConsolidated gives
@@ -1269,19 +1536,22 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx, resumeDo
  * @param {string} metriportPatientId
  * @param {Summary} summary
  * @param {Ctx | null} [ctx]
- * @param {number} [resumeDone] items (in import order) an earlier run stored
+ * @param {Source} [source] the message they come from (its stamp: newer wins)
  * @returns {Promise<number>} resources read
  */
-async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone) {
+async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, source) {
+  const cp = ctx && ctx.resume && ctx.resume.patient === ctx.patient && ctx.resume.done > 0 && typeof ctx.resume.chain === 'string'
+    ? { done: ctx.resume.done, chain: ctx.resume.chain, imported: ctx.resume.imported } : undefined;
   try {
-    return await importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone || 0);
+    return await importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, cp);
   } catch (err) {
     if (!(err instanceof CheckpointMismatch)) {
       throw err;
     }
-    log('warn', 'checkpoint does not match what is stored; importing this patient from the start', { done: resumeDone });
+    log('warn', 'checkpoint does not match this run (another window size, types or bot version, or data not stored): ' +
+      'importing this patient from the start; what is stored is found and left alone', { done: cp && cp.done, reason: err.message });
     const again = Array.isArray(resources) ? resources : await resources.reopen();
-    return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, 0);
+    return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, source, undefined);
   }
 }
 
@@ -1292,27 +1562,35 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
  * @param {string} metriportPatientId
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
- * @param {number} resumeDone
+ * @param {Source | undefined} source
+ * @param {Resume | undefined} resume
  * @returns {Promise<number>}
  */
-async function importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, resumeDone) {
+async function importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, resume) {
   /** @type {Index} */
   const index = {
     ids: new Map(),
     urns: new Map(),
+    seen: new Set(),
     patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
     fixups: new Map(),
+    subjectRef: 'Patient/' + subjectId,
+    stamp: stampExtension(source),
+    messageId: source && source.messageId,
+    conflicts: new Map(),
     base: 0,
     planned: 0,
-    resumeDone,
+    chain: '',
+    resume,
+    prefixImported: {},
     copy: Array.isArray(resources),
   };
   const it = resilient(resources)[Symbol.asyncIterator]();
   let read = 0;
   /**
-   * The next window read from the source and prepared (planned, repaired, ordered): while one window is sent,
-   * the next is read and prepared in the gaps (the event loop interleaves them), so Medplum is not left idle
-   * between windows. Two windows at most are held.
+   * The next window read from the source and prepared (planned, repaired, ordered, what is stored found):
+   * while one window is sent, the next is read and prepared in the gaps (the event loop interleaves them), so
+   * Medplum is not left idle between windows. Two windows at most are held.
    * @param {number} size
    * @returns {Promise<{ window: Window, done: boolean }>}
    */
@@ -1329,7 +1607,10 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
       read++;
       batch.push(r.value);
     }
-    return { window: prepareWindow(batch, subjectId, metriportPatientId, summary, index), done };
+    const window = prepareWindow(batch, subjectId, metriportPatientId, summary, index);
+    const skipped = resume ? Math.max(0, Math.min(window.order.ordered.length, resume.done - window.base)) : 0;
+    await findStored(medplum, window.order.ordered.slice(skipped), index, summary);
+    return { window, done };
   };
   // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
   /** @type {Promise<{ window: Window, done: boolean }> | undefined} */
@@ -1351,7 +1632,11 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
       break;
     }
   }
+  if (resume && index.planned < resume.done) {
+    throw new CheckpointMismatch('the bundle holds ' + index.planned + ' items, the checkpoint ' + resume.done);
+  }
   await sendFixups(medplum, index, summary);
+  await recordConflicts(medplum, index.subjectRef, index.conflicts, summary, source);
   return read;
 }
 
@@ -1423,14 +1708,18 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
   }
   dropUnrepairable(plan, summary);
   const order = orderItems(plan.items);
+  for (const item of order.ordered) {
+    index.chain = sha256Hex(index.chain + '\n' + item.key);
+    item.chain = index.chain;
+  }
   const base = index.planned;
   index.planned += order.ordered.length;
   return { plan, order, base };
 }
 
 /**
- * Send one prepared window: chunk and send level by level (or skip what the checkpoint says an earlier run
- * stored); the items whose references wait for a later resource become fixups.
+ * Send one prepared window: chunk and send level by level; the items whose references wait for a later
+ * resource become fixups.
  * @param {MedplumClient} medplum
  * @param {Window} window
  * @param {Summary} summary
@@ -1440,35 +1729,21 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
 async function sendWindow(medplum, window, summary, ctx, index) {
   const { plan, order } = window;
   index.base = window.base;
-  const n = order.ordered.length;
-  const wanted = Math.max(0, Math.min(n, index.resumeDone - index.base));
-  let start = 0;
-  if (wanted > 0) {
-    start = await resumeFrom(medplum, plan.items, order, wanted);
-    if (start !== wanted) {
-      throw new CheckpointMismatch('checkpoint ' + index.resumeDone);
-    }
-    for (const item of order.ordered.slice(0, start)) {
-      if (item.medplumId) {
-        rememberId(index, item.key, item.medplumId);
-      } else if (!index.ids.get(item.key)) {
-        rememberId(index, item.key, '?');
-      }
-      if (item.ext.size) {
-        // stored by the earlier run, maybe before the resources it references were: written again at the
-        // end (an unchanged resource makes no new version)
-        index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId || '', text: JSON.stringify(item.resource) });
-      }
+  const start = await resumeFrom(medplum, plan.items, order, index, summary);
+  await resolveExternal(medplum, order.ordered.slice(start), index);
+  await findDeferredTargets(medplum, plan.items, order, index);
+  const pending = await sendLevels(medplum, plan.items, order, summary, ctx, index, start);
+  await sendDeferredReferences(medplum, pending, plan.items, order, summary, index);
+  for (const item of order.ordered.slice(0, start)) {
+    if (!index.ids.get(item.key)) {
+      rememberId(index, item.key, item.medplumId || '?');
     }
   }
-  await resolveExternal(medplum, order.ordered.slice(start), index);
-  await findDeferredTargets(medplum, plan.items, order);
-  const pending = await sendLevels(medplum, plan.items, order, summary, start, ctx, index);
-  await sendDeferredReferences(medplum, pending, plan.items, order, summary, index);
   for (const item of order.ordered.slice(start)) {
     rememberId(index, item.key, item.medplumId || '');
-    if (item.waiting && item.medplumId && !item.failed) {
-      index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId, text: JSON.stringify(item.resource) });
+    if (item.waiting && item.medplumId && !item.failed && !item.kept) {
+      index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId, version: item.version || '',
+        text: JSON.stringify(item.resource), written: item.written });
     }
   }
 }
@@ -1485,6 +1760,18 @@ function rememberId(index, key, id) {
   index.ids.set(key, id);
   if (index.ids.size > INDEX_LIMIT) {
     index.ids.delete(/** @type {string} */ (index.ids.keys().next().value));
+  }
+}
+
+/**
+ * Add to a bounded set (the oldest dropped past INDEX_LIMIT).
+ * @param {Set<string>} set
+ * @param {string} key
+ */
+function remember(set, key) {
+  set.add(key);
+  if (set.size > INDEX_LIMIT) {
+    set.delete(/** @type {string} */ (set.values().next().value));
   }
 }
 
@@ -1519,12 +1806,38 @@ function externalKey(ref, index) {
 }
 
 /**
- * Ids of the stored resources (by their upsert identifier) for index keys ("Type/mid").
+ * The Metriport id a stored resource carries (its upsert identifier).
+ * @param { { identifier?: Identifier | Identifier[] } } r
+ * @returns {string | undefined}
+ */
+function upsertIdOf(r) {
+  const idents = Array.isArray(r.identifier) ? r.identifier : r.identifier ? [r.identifier] : [];
+  const i = idents.find((x) => x && x.system === CONFIG.resourceIdentifierSystem && typeof x.value === 'string');
+  return i ? i.value : undefined;
+}
+
+/**
+ * Ids of this patient's stored resources (by their upsert identifier) for index keys ("Type/mid").
  * @param {MedplumClient} medplum
  * @param {string[]} keys
+ * @param {string} subjectRef
  * @returns {Promise<Map<string, string>>} key -> Medplum id, for those found
  */
-async function lookupIds(medplum, keys) {
+async function lookupIds(medplum, keys, subjectRef) {
+  const own = await findOwn(medplum, keys, subjectRef);
+  return new Map([...own].map(([key, st]) => [key, st.id]));
+}
+
+/**
+ * This patient's stored copies (by their upsert identifier) of index keys ("Type/mid"): a copy in another
+ * Patient's compartment is never taken; of the types outside the compartment (Practitioner, Organization,
+ * ...) the one shared copy.
+ * @param {MedplumClient} medplum
+ * @param {string[]} keys
+ * @param {string} subjectRef
+ * @returns {Promise<Map<string, Stored>>} key -> the stored copy, for those found
+ */
+async function findOwn(medplum, keys, subjectRef) {
   /** @type {Map<string, string[]>} */
   const byType = new Map();
   for (const key of new Set(keys)) {
@@ -1532,22 +1845,20 @@ async function lookupIds(medplum, keys) {
     const type = key.slice(0, slash);
     byType.set(type, [...(byType.get(type) || []), key.slice(slash + 1)]);
   }
-  /** @type {Map<string, string>} */
+  /** @type {Map<string, Stored>} */
   const found = new Map();
   for (const [type, mids] of byType) {
     for (let j = 0; j < mids.length; j += LOOKUP_CHUNK) {
       const part = mids.slice(j, j + LOOKUP_CHUNK);
-      /** @type { { id?: string, identifier?: Identifier | Identifier[] }[] } */
-      const stored = await medplum.searchResources(/** @type {ResourceType} */ (type), {
+      const stored = /** @type {FoundResource[]} */ (/** @type {unknown} */ (await medplum.searchResources(/** @type {ResourceType} */ (type), {
         identifier: part.map((mid) => CONFIG.resourceIdentifierSystem + '|' + mid).join(','),
-        _count: String(part.length * 2),
-      });
+        _count: String(part.length * 4),
+      }, { cache: 'no-cache' })));
       for (const r of stored) {
-        const idents = Array.isArray(r.identifier) ? r.identifier : r.identifier ? [r.identifier] : [];
-        for (const i of idents) {
-          if (i && i.system === CONFIG.resourceIdentifierSystem && r.id) {
-            found.set(type + '/' + String(i.value), String(r.id));
-          }
+        const mid = upsertIdOf(r);
+        const patients = patientsOf(r);
+        if (mid && r.id && (!patients.length ? !found.has(type + '/' + mid) : patients.includes(subjectRef))) {
+          found.set(type + '/' + mid, { id: String(r.id), versionId: String((r.meta && r.meta.versionId) || ''), resource: r });
         }
       }
     }
@@ -1557,7 +1868,7 @@ async function lookupIds(medplum, keys) {
 
 /**
  * Before a window is sent: the ids of the resources outside it that its items reference — remembered,
- * or looked up (stored by an earlier run, or forgotten past INDEX_LIMIT). One that is not found is
+ * or looked up (forgotten past INDEX_LIMIT, or stored by an earlier run). One that is not found is
  * either later in the bundle or not in it: the item is written without that reference for now.
  * @param {MedplumClient} medplum
  * @param {Item[]} items the items to send
@@ -1571,11 +1882,8 @@ async function resolveExternal(medplum, items, index) {
   for (const item of items) {
     for (const ref of item.ext) {
       const key = ref.startsWith('urn:uuid:') ? index.urns.get(ref) : ref;
-      if (!key) {
-        continue;
-      }
-      const id = knownId(index, key);
-      if (id === undefined || id === '?') {
+      const id = key ? knownId(index, key) : undefined;
+      if (key && (!id || id === '?')) {
         unknown.add(key);
         if (id === '?') {
           claimed.add(key);
@@ -1586,7 +1894,7 @@ async function resolveExternal(medplum, items, index) {
   if (!unknown.size) {
     return;
   }
-  const found = await lookupIds(medplum, [...unknown]);
+  const found = await lookupIds(medplum, [...unknown], index.subjectRef);
   for (const key of unknown) {
     const id = found.get(key);
     if (id) {
@@ -1597,22 +1905,36 @@ async function resolveExternal(medplum, items, index) {
   }
 }
 
-// --- resume ----------------------------------------------------------------
+// --- resume ------------------------------------------------------------------
 
 /**
- * Where a resumed run starts in a window: the first `done` items (in import order) are stored already,
- * so they are not sent again; the ids of those that later items reference (or that hold references
- * deferred by a cycle) are looked up by their identifier. Anything not found means the checkpoint cannot
- * be trusted: start over (every upsert is idempotent, so that is only slower).
+ * Where a resumed run starts in a window: the items its checkpoint says an earlier run stored are not sent
+ * again — when the checkpoint's digest matches this run's order (checked in the window holding the checkpoint;
+ * windows before it are skipped on that promise, and a mismatch found later starts the patient over). The ids of
+ * the skipped items that later items reference are looked up; one not found means the checkpoint cannot be
+ * trusted: start over (every write is idempotent, so that is only slower).
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
- * @param {number} done
+ * @param {Index} index
+ * @param {Summary} summary
  * @returns {Promise<number>} index in order.ordered of the first item to send
  */
-async function resumeFrom(medplum, items, order, done) {
-  if (!(done > 0) || done > order.ordered.length) {
+async function resumeFrom(medplum, items, order, index, summary) {
+  const cp = index.resume;
+  const n = order.ordered.length;
+  const done = cp ? Math.max(0, Math.min(n, cp.done - index.base)) : 0;
+  if (!cp || !done) {
     return 0;
+  }
+  if (cp.done <= index.base + n) {
+    if (order.ordered[done - 1].chain !== cp.chain) {
+      throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
+    }
+    for (const [type, count] of Object.entries(cp.imported || {})) {
+      bump(summary.imported, type, count); // what the earlier run wrote of this patient, counted by it
+      bump(index.prefixImported, type, count);
+    }
   }
   /** @type {Set<string>} */
   const needed = new Set();
@@ -1628,17 +1950,302 @@ async function resumeFrom(medplum, items, order, done) {
     }
   }
   const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
-  const found = await lookupIds(medplum, stored.map((item) => item.key));
-  for (const item of stored) {
-    item.medplumId = found.get(item.key);
-  }
-  if (stored.some((item) => !item.medplumId)) {
+  if (stored.length) {
+    const found = await lookupIds(medplum, stored.map((item) => item.key), index.subjectRef);
     for (const item of stored) {
-      delete item.medplumId;
+      item.medplumId = found.get(item.key);
+      if (!item.medplumId) {
+        throw new CheckpointMismatch(item.key + ' is not stored');
+      }
     }
-    return 0;
+  }
+  for (const item of order.ordered.slice(0, done)) {
+    item.sentOnce = true;
+    if (item.ext.size) {
+      // stored by the earlier run, maybe before the resources it references were: written again at the end
+      // (compare-and-set against what is stored then; an unchanged resource makes no new version)
+      index.fixups.set(item.key, { key: item.key, type: item.type, mid: item.mid, medplumId: item.medplumId || '', version: '', text: JSON.stringify(item.resource) });
+    }
   }
   return done;
+}
+
+// --- ownership and stamps -----------------------------------------------------
+
+/**
+ * The Patients a resource belongs to: the Patient references at its Patient-compartment elements
+ * (CONFIG.patientCompartment, from the compartment definition Medplum computes meta.compartment with).
+ * Empty for the types outside the compartment (Practitioner, Organization, Medication, Location: shared).
+ * @param {FoundResource | undefined} r
+ * @returns {string[]} "Patient/<id>" references
+ */
+function patientsOf(r) {
+  const paths = r && r.resourceType ? CONFIG.patientCompartment[r.resourceType] : undefined;
+  /** @type {string[]} */
+  const out = [];
+  for (const path of paths || []) {
+    /** @type {unknown[]} */
+    let values = [r];
+    for (const name of path.split('.')) {
+      values = values.flatMap((v) => {
+        const x = v && typeof v === 'object' ? /** @type {Record<string, unknown>} */ (v)[name] : undefined;
+        return x === undefined ? [] : Array.isArray(x) ? x : [x];
+      });
+    }
+    for (const v of values) {
+      const ref = v && typeof v === 'object' ? /** @type { { reference?: unknown } } */ (v).reference : undefined;
+      if (typeof ref === 'string' && /^Patient\/[^/]+$/.test(ref) && !out.includes(ref)) {
+        out.push(ref);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The extension every resource of an import carries: which message last changed it, one string (cheap to store
+ * and to validate): "<meta.when> <event time or -> <messageId>". Undefined when the message has no usable
+ * `when` (nothing is then compared).
+ * @param {Source | undefined} source
+ * @returns {Extension | undefined}
+ */
+function stampExtension(source) {
+  const when = source && source.when;
+  if (typeof when !== 'string' || isNaN(Date.parse(when)) || !/^\d{4}-\d{2}-\d{2}T[\d:.]+(Z|[+-]\d{2}:\d{2})$/.test(when)) {
+    return undefined;
+  }
+  const order = source && typeof source.order === 'string' && !isNaN(Date.parse(source.order)) && !/\s/.test(source.order) ? source.order : '-';
+  const message = source && source.messageId ? source.messageId.replace(/\s+/g, '_') : '-';
+  return { url: CONFIG.stampUrl, valueString: when + ' ' + order + ' ' + message };
+}
+
+/**
+ * @param {FoundResource} r
+ * @returns {string[] | undefined} the parts of the stamp a resource carries: [when, order, message]
+ */
+function stampParts(r) {
+  const e = r && Array.isArray(r.extension) ? r.extension.find((x) => x && x.url === CONFIG.stampUrl) : undefined;
+  return e && typeof e.valueString === 'string' ? e.valueString.split(' ') : undefined;
+}
+
+/**
+ * The stamp a resource carries: [when, order] in milliseconds (order -Infinity when none); undefined when
+ * it has none (written before stamps, or by someone else).
+ * @param {FoundResource} r
+ * @returns {[number, number] | undefined}
+ */
+function stampOf(r) {
+  const parts = stampParts(r);
+  const when = parts ? Date.parse(parts[0]) : NaN;
+  if (isNaN(when)) {
+    return undefined;
+  }
+  const order = parts && parts[1] && parts[1] !== '-' ? Date.parse(parts[1]) : NaN;
+  return [when, isNaN(order) ? -Infinity : order];
+}
+
+/**
+ * @param {FoundResource} r
+ * @returns {string | undefined} the message a resource's stamp names
+ */
+function stampMessage(r) {
+  const parts = stampParts(r);
+  return parts && parts[2] && parts[2] !== '-' ? parts[2] : undefined;
+}
+
+/**
+ * @param {[number, number] | undefined} a
+ * @param {[number, number] | undefined} b
+ * @returns {boolean} a is a newer message than b (no stamp: older than any)
+ */
+function newerThan(a, b) {
+  if (!a) {
+    return false;
+  }
+  if (!b) {
+    return true;
+  }
+  return a[0] > b[0] || (a[0] === b[0] && a[1] > b[1]);
+}
+
+/**
+ * The same data, whatever the server fields and the stamp (which message wrote it) say.
+ * @param {FoundResource} stored
+ * @param {FoundResource} wanted
+ * @returns {boolean}
+ */
+function sameContent(stored, wanted) {
+  const strip = (/** @type {FoundResource} */ r) => {
+    const c = { ...r };
+    delete c.id;
+    delete c.meta;
+    const ext = Array.isArray(c.extension) ? c.extension.filter((x) => !(x && x.url === CONFIG.stampUrl)) : undefined;
+    if (ext && ext.length) {
+      c.extension = ext;
+    } else {
+      delete c.extension;
+    }
+    return canonicalJson(c);
+  };
+  return strip(stored) === strip(wanted);
+}
+
+// --- find --------------------------------------------------------------------
+
+/**
+ * What Medplum holds under the identifiers of the items to send, one POST _search per type and FIND_CHUNK
+ * identifiers: each item gets `stored` (its own copy: this Patient's, or the one shared copy of a type
+ * outside the compartment) and `others` (copies in another Patient's compartment — never matched, never
+ * written). A resource outside the compartment found in another Patient's (an item without the subject)
+ * is skipped: writing it would move that Patient's data.
+ * @param {MedplumClient} medplum
+ * @param {Item[]} items
+ * @param {Index} index
+ * @param {Summary} summary
+ */
+async function findStored(medplum, items, index, summary) {
+  /** @type {Map<string, Item[]>} */
+  const byType = new Map();
+  for (const item of items) {
+    delete item.stored;
+    delete item.others;
+    byType.set(item.type, [...(byType.get(item.type) || []), item]);
+  }
+  /** @type { { type: string, part: Item[] }[] } */
+  const chunks = [];
+  for (const [type, list] of byType) {
+    for (let j = 0; j < list.length; j += FIND_CHUNK) {
+      chunks.push({ type, part: list.slice(j, j + FIND_CHUNK) });
+    }
+  }
+  // FINDS_IN_FLIGHT searches at once: the window's types are found in a few round trips
+  const workers = Array.from({ length: Math.min(FINDS_IN_FLIGHT, chunks.length) }, async () => {
+    for (let c = chunks.shift(); c; c = chunks.shift()) {
+      await findChunk(medplum, c.type, c.part, index, summary);
+    }
+  });
+  await Promise.all(workers);
+}
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {string} type
+ * @param {Item[]} part
+ * @param {Index} index
+ * @param {Summary} summary
+ */
+async function findChunk(medplum, type, part, index, summary) {
+  const count = part.length * 3 + 1;
+  const body = new URLSearchParams({
+    identifier: part.map((item) => CONFIG.resourceIdentifierSystem + '|' + item.mid).join(','),
+    _count: String(count),
+  }).toString();
+  /** @type {Bundle} */
+  const bundle = await medplum.post(medplum.fhirUrl(type, '_search'), body, 'application/x-www-form-urlencoded');
+  const found = /** @type {FoundResource[]} */ ((bundle.entry || []).map((e) => e.resource).filter(Boolean));
+  if (found.length >= count && part.length > 1) {
+    // more copies than a page holds: look the halves up apart
+    const half = Math.ceil(part.length / 2);
+    await findChunk(medplum, type, part.slice(0, half), index, summary);
+    await findChunk(medplum, type, part.slice(half), index, summary);
+    return;
+  }
+  /** @type {Map<string, Item>} */
+  const byMid = new Map(part.map((item) => [item.mid, item]));
+  for (const r of found) {
+    const item = byMid.get(String(upsertIdOf(r)));
+    if (!item || !r.id) {
+      continue;
+    }
+    const patients = patientsOf(r);
+    const mine = patients.includes(index.subjectRef);
+    if (item.owned ? mine : !patients.length) {
+      if (item.stored) {
+        item.skip = 'more than one stored resource carries ' + CONFIG.resourceIdentifierSystem + '|' + item.mid +
+          (item.owned ? ' for ' + index.subjectRef : '') + ' (' + type + '/' + item.stored.id + ', ' + type + '/' + r.id + ')';
+      }
+      item.stored = { id: String(r.id), versionId: String((r.meta && r.meta.versionId) || ''), resource: r };
+    } else if (!mine && patients.length) {
+      item.others = (item.others || []).concat([{ patient: patients[0], id: String(r.id) }]);
+    }
+  }
+  for (const item of part) {
+    if (!item.owned && item.others && !item.stored) {
+      item.skip = 'the stored ' + type + ' with ' + CONFIG.resourceIdentifierSystem + '|' + item.mid + ' belongs to ' +
+        item.others[0].patient + ', and this one names no Patient: not written over it';
+    }
+    if (item.skip) {
+      item.failed = true;
+      summary.failures.push({ type, id: item.mid, status: 'conflict', text: item.skip });
+    }
+  }
+}
+
+/**
+ * The conflicts met by an import (or by stored documents), each written as one review Task per other Patient
+ * (conditional create: one per pair of Patients; resources of later imports added by compare-and-set), naming
+ * both Patients and the resources, counted in the summary. Both Patients keep their own copy; nothing was moved.
+ * @param {MedplumClient} medplum
+ * @param {string} subject Patient/<id> whose import met them
+ * @param {Map<string, Conflict[]>} conflicts other Patient -> the resources created beside theirs
+ * @param {Summary} summary
+ * @param {Source | undefined} source
+ */
+async function recordConflicts(medplum, subject, conflicts, summary, source) {
+  for (const [other, list] of conflicts) {
+    summary.conflicts = (summary.conflicts || 0) + list.length;
+    const value = subject.slice(8) + ':' + other.slice(8);
+    const T = CONFIG.conflictResourceTask;
+    const named = (/** @type {Conflict[]} */ l) => l.map((c) => ({
+      type: { text: 'resource' },
+      valueString: c.key + ': ' + subject + ' has ' + c.key.slice(0, c.key.indexOf('/')) + '/' + c.mine + ', ' + other + ' has ' + c.theirs,
+    }));
+    const description = (/** @type {number} */ n) => n + ' resource(s) of Metriport data imported for ' + subject + ' carry the ids of resources ' +
+      other + ' holds (two Metriport patients whose records share resource ids: shared or content-derived ids, or one ' +
+      'person linked twice). Both Patients keep their own copy; nothing was moved. Review whether ' + subject + ' and ' +
+      other + ' are the same person.';
+    try {
+      const existing = (await medplum.searchResources('Task', { identifier: T.identifierSystem + '|' + value, _count: '1' }))[0];
+      if (!existing) {
+        /** @type {Task} */
+        const task = {
+          resourceType: 'Task',
+          status: 'requested',
+          intent: 'order',
+          priority: 'routine',
+          code: { coding: [{ system: T.system, code: T.code }], text: 'Metriport data: resources shared by two Patients' },
+          identifier: [{ system: T.identifierSystem, value }],
+          for: { reference: subject },
+          focus: { reference: other },
+          authoredOn: new Date().toISOString(),
+          description: description(list.length),
+          input: /** @type {import('@medplum/fhirtypes').TaskInput[]} */ ([{ type: { text: 'other-patient' }, valueReference: { reference: other } }])
+            .concat(source && source.messageId ? [{ type: { text: 'message' }, valueString: source.messageId }] : [])
+            .concat(named(list.slice(0, MAX_CONFLICTS_NAMED))),
+        };
+        await medplum.createResourceIfNoneExist(task, 'identifier=' + encodeURIComponent(T.identifierSystem + '|' + value));
+      } else {
+        // resources of a later import added (compare-and-set, re-read on a race)
+        await updateRequestTask(medplum, String(existing.id), (cur) => {
+          const have = (cur.input || []).filter((i) => i.type && i.type.text === 'resource');
+          const known = new Set(have.map((i) => String(i.valueString || '').split(':')[0]));
+          const fresh = list.filter((c) => !known.has(c.key));
+          if (!fresh.length) {
+            return undefined;
+          }
+          const total = Number((/^(\d+)/.exec(cur.description || '') || [])[1] || have.length) + fresh.length;
+          return { ...cur, description: description(total),
+            input: (cur.input || []).concat(named(fresh.slice(0, Math.max(0, MAX_CONFLICTS_NAMED - have.length)))) };
+        });
+      }
+      log('warn', 'resources also held by another Patient: both kept, review Task written', { patient: subject, other, resources: list.length });
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        throw err;
+      }
+      summary.failures.push({ type: 'Task', id: value, status: 'error', text: 'conflict review Task not written: ' + errorText(err) });
+    }
+  }
 }
 
 // --- fetch -----------------------------------------------------------------
@@ -2039,7 +2646,9 @@ class EntryScanner {
 function planImport(resources, subjectId, metriportPatientId, summary, index) {
   const allowed = new Set(CONFIG.resources);
   const idx = index || {
-    ids: new Map(), urns: new Map(), fixups: new Map(), base: 0, planned: 0, resumeDone: 0, copy: true,
+    ids: new Map(), urns: new Map(), seen: new Set(), fixups: new Map(), copy: true, subjectRef: 'Patient/' + subjectId,
+    stamp: undefined, messageId: undefined, conflicts: new Map(), base: 0, planned: 0, chain: '', resume: undefined,
+    prefixImported: {},
     patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
   };
   /** @type {Plan} */
@@ -2088,13 +2697,14 @@ function planImport(resources, subjectId, metriportPatientId, summary, index) {
       bump(summary.fixes, 'missing-id');
     }
     const key = type + '/' + mid;
-    if (items.has(key) || idx.ids.has(key)) {
+    if (items.has(key) || idx.seen.has(key)) {
       bump(summary.fixes, 'duplicate-entry');
       continue;
     }
     items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
+    remember(idx.seen, key); // a later duplicate is skipped
     if (!idx.ids.has(key)) {
-      rememberId(idx, key, ''); // seen (a later duplicate is skipped); its id once Medplum stores it
+      rememberId(idx, key, ''); // its id once Medplum stores it (one looked up already stays)
     }
     alias.set(key, key);
     alias.set('urn:uuid:' + mid, key);
@@ -2122,7 +2732,8 @@ function rememberUrn(index, urn, key) {
  * Make one item's resource acceptable to Medplum and ready to upsert: server fields dropped, Metriport
  * quirks fixed (contained, duplicate codings), the resource made to pass Medplum's validator
  * (conformResource: cardinality, formats, required elements marked absent, invariants), references
- * resolved, the identifier the upsert keys on set. A resource no safe repair makes valid gets
+ * resolved, the identifier the upsert keys on and the message's stamp set, its ownership decided (the
+ * Patient compartment through the subject). A resource no safe repair makes valid gets
  * `item.skip` (the reason); dropUnrepairable then takes it out of the import.
  * @param {Item} item
  * @param {Plan} plan
@@ -2151,6 +2762,13 @@ function repairItem(item, plan, summary) {
   });
   prune(r);
   setUpsertIdentifier(r, item.type, item.mid);
+  const stamp = plan.index.stamp;
+  if (stamp) {
+    r.extension = (Array.isArray(r.extension) ? r.extension.filter((/** @type {Extension} */ e) => !(e && e.url === CONFIG.stampUrl)) : [])
+      .concat([stamp]);
+  }
+  // of the Patient's compartment through the subject: found and created only within it (never another Patient's)
+  item.owned = patientsOf(r).includes(plan.subjectRef);
 }
 
 /**
@@ -3130,8 +3748,9 @@ function byKey(a, b) {
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
+ * @param {Index} index
  */
-async function findDeferredTargets(medplum, items, order) {
+async function findDeferredTargets(medplum, items, order, index) {
   /** @type {Item[]} */
   const targets = [];
   for (const [, keys] of order.deferred) {
@@ -3142,11 +3761,17 @@ async function findDeferredTargets(medplum, items, order) {
       }
     }
   }
-  if (!targets.length) {
+  for (const target of targets) {
+    if (target.stored) {
+      target.medplumId = target.stored.id;
+    }
+  }
+  const unknown = targets.filter((t) => !t.medplumId);
+  if (!unknown.length) {
     return;
   }
-  const found = await lookupIds(medplum, targets.map((t) => t.key));
-  for (const target of targets) {
+  const found = await lookupIds(medplum, unknown.map((t) => t.key), index.subjectRef);
+  for (const target of unknown) {
     if (found.has(target.key)) {
       target.medplumId = found.get(target.key);
     }
@@ -3156,28 +3781,61 @@ async function findDeferredTargets(medplum, items, order) {
 // --- chunk -----------------------------------------------------------------
 
 /**
- * One item's conditional PUT, built now (its references written with the ids known now); undefined when
- * it is too large for any batch (recorded as a 413 failure).
+ * One item's write, decided against what Medplum holds (findStored) and built now (its references written
+ * with the ids known now):
+ * - stored by a newer message: left alone (newer wins), its id used;
+ * - stored with the same data: left alone (nothing to write), its id used;
+ * - stored: written over by compare-and-set (PUT Type/id, If-Match its version);
+ * - not stored: created by a conditional create within the Patient's compartment (If-None-Exist
+ *   identifier + _compartment), so another Patient's copy is never matched and a simultaneous run's is.
+ * Undefined when nothing is sent (left alone, failed, or too large for any batch: a 413 failure).
  * @param {Item} item
  * @param {Map<string, Item>} items
  * @param {Order} order
  * @param {Item[]} pending
  * @param {Summary} summary
- * @param {Index} [index]
+ * @param {Index} index
  * @returns {BatchEntry | undefined}
  */
 function upsertEntry(item, items, order, pending, summary, index) {
+  if (item.failed) {
+    return undefined;
+  }
   const { resource, pending: waits, text } = materialize(item, items, order.deferred, false, summary, index);
+  const stored = item.stored;
+  if (item.waiting) {
+    item.written = JSON.stringify(resource);
+  }
+  if (stored && (newerThan(stampOf(stored.resource), stampOf(resource)) || sameContent(stored.resource, resource))) {
+    item.medplumId = stored.id;
+    item.version = stored.versionId;
+    if (sameContent(stored.resource, resource)) {
+      if (index.messageId && stampMessage(stored.resource) === index.messageId) {
+        bump(summary.imported, item.type); // written by an earlier attempt of this message (a resumed run)
+        item.counted = true;
+      } else {
+        summary.unchanged = (summary.unchanged || 0) + 1;
+      }
+    } else {
+      item.kept = true; // a newer message wrote it: nothing of this one goes over it (its links neither)
+      bump(summary.skipped, 'older-than-stored');
+    }
+    if (waits && !pending.includes(item)) {
+      pending.push(item);
+    }
+    return undefined;
+  }
   if (waits && !pending.includes(item)) {
     pending.push(item);
   }
-  const request = {
-    method: 'PUT',
-    url: item.type + '?identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid),
-  };
-  const entry = { request, resource };
+  /** @type {import('@medplum/fhirtypes').BundleEntryRequest} */
+  const request = stored
+    ? { method: 'PUT', url: item.type + '/' + stored.id, ifMatch: 'W/"' + stored.versionId + '"' }
+    : { method: 'POST', url: item.type, ifNoneExist: upsertCondition(item, index) };
+  const body = stored ? Object.assign(resource, { id: stored.id }) : resource;
+  const entry = { request, resource: body };
   // the entry's JSON is '{"request":…,"resource":…}': its size from the resource's text when materialize made it
-  const size = (text === undefined ? byteLength(JSON.stringify(entry))
+  const size = (text === undefined || stored ? byteLength(JSON.stringify(entry))
     : byteLength('{"request":' + JSON.stringify(request) + ',"resource":' + text + '}')) + 1;
   if (BATCH_OVERHEAD + size > CONFIG.batch.maxBytes) {
     item.failed = true;
@@ -3185,6 +3843,18 @@ function upsertEntry(item, items, order, pending, summary, index) {
     return undefined;
   }
   return { item, entry, size };
+}
+
+/**
+ * The condition a new resource is created under: its upsert identifier, within the Patient's compartment
+ * when it belongs to the Patient (another Patient's copy never matches).
+ * @param {Item} item
+ * @param {Index} index
+ * @returns {string}
+ */
+function upsertCondition(item, index) {
+  return 'identifier=' + encodeURIComponent(CONFIG.resourceIdentifierSystem + '|' + item.mid) +
+    (item.owned ? '&_compartment=' + encodeURIComponent(index.subjectRef) : '');
 }
 
 /**
@@ -3312,19 +3982,19 @@ function byteLength(text) {
  * Send a window's items in import order (by level, then key), IN_FLIGHT_BATCHES batches in flight: an item joins
  * the next batch once the items it references are stored (their ids written into it), so batches stay full across
  * level boundaries and Medplum is not left idle between levels. The ids Medplum returns are recorded on the items.
- * An entry that lost a race with another run on the same data is sent again at once (at most ENTRY_RETRIES
- * times); the items referencing it wait for it. Progress is checkpointed up to the first item not stored yet, so
- * a run cut off midway is resumed after the items stored in order.
+ * An entry that lost a race with another run on the same data (created or changed by it meanwhile) is looked up
+ * again and decided again at once (at most ENTRY_RETRIES times); the items referencing it wait for it. The lease
+ * is renewed as batches complete.
  * @param {MedplumClient} medplum
  * @param {Map<string, Item>} items
  * @param {Order} order
  * @param {Summary} summary
+ * @param {Ctx | null | undefined} ctx
+ * @param {Index} index
  * @param {number} [start] index in order.ordered of the first item to send (a resumed run)
- * @param {Ctx | null} [ctx]
- * @param {Index} [index] the import's index; its `base` (items of earlier windows) offsets the checkpoint
  * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-async function sendLevels(medplum, items, order, summary, start, ctx, index) {
+async function sendLevels(medplum, items, order, summary, ctx, index, start) {
   /** @type {Item[]} */
   const pending = [];
   const first = start || 0;
@@ -3333,9 +4003,9 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
       pending.push(item); // stored by an earlier run: its deferred references are written again below
     }
   }
-  const base = index ? index.base : 0;
-  const patient = ctx ? ctx.patient : 0;
   const todo = order.ordered.slice(first);
+  const patient = ctx ? ctx.patient : 0;
+  let done = 0; // todo[0..done) stored (or failed: the first failure freezes the checkpoint)
   /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] }[] } */
   const inflight = [];
   /** @type {BatchEntry[]} */
@@ -3345,13 +4015,12 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
   const unsettled = new Set();
   /** @type {Set<Item>} items in the open batch */
   const open = new Set();
-  let done = 0; // todo[0..done) stored (or failed): the checkpoint
   /** @type {Map<Item, number>} */
   const tries = new Map();
 
   const flush = () => {
     if (chunk.length) {
-      inflight.push({ sent: sendBatch(medplum, chunk, summary), chunk }); // never rejects
+      inflight.push({ sent: sendBatch(medplum, chunk, summary, index), chunk }); // never rejects
       chunk = [];
       bytes = 0;
       open.clear();
@@ -3371,27 +4040,34 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
       for (const item of again) {
         tries.set(item, (tries.get(item) || 0) + 1);
       }
-      log('info', 'entries stored by another run at the same moment; sending them again', { entries: again.length, round });
+      log('info', 'entries written by another run at the same moment; looked up and decided again', { entries: again.length, round });
+      await findStored(medplum, again, index, summary);
       for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
-        const part = /** @type {BatchEntry[]} */ (again.slice(j, j + CONFIG.batch.maxEntries)
-          .map((item) => upsertEntry(item, items, order, pending, summary, index)).filter(Boolean));
+        const slice = again.slice(j, j + CONFIG.batch.maxEntries);
+        const part = /** @type {BatchEntry[]} */ (slice.map((item) => upsertEntry(item, items, order, pending, summary, index)).filter(Boolean));
         const lastTry = part.some(({ item }) => (tries.get(item) || 0) >= ENTRY_RETRIES);
-        for (const item of again.slice(j, j + CONFIG.batch.maxEntries)) {
+        for (const item of slice) {
           if (!part.some((be) => be.item === item)) {
-            unsettled.delete(item); // too large now: failed
+            unsettled.delete(item); // left alone now (stored newer or equal), or failed
           }
         }
         if (part.length) {
-          inflight.push({ sent: sendBatch(medplum, part, summary, false, lastTry), chunk: part });
+          inflight.push({ sent: sendBatch(medplum, part, summary, index, false, lastTry), chunk: part });
         }
       }
     }
     const before = done;
     while (done < todo.length && todo[done].sentOnce && !unsettled.has(todo[done])) {
-      done++; // stored (or failed: the first failure froze the checkpoint)
+      const item = todo[done++];
+      if (item.counted) {
+        bump(index.prefixImported, item.type);
+      }
     }
     if (done > before) {
-      await checkpoint(ctx, summary, patient, base + first + done);
+      const last = todo[done - 1];
+      await checkpoint(ctx, summary, patient, index.base + first + done, last.chain, index.prefixImported);
+    } else {
+      await renewLease(ctx);
     }
   };
 
@@ -3412,7 +4088,7 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
     const be = upsertEntry(item, items, order, pending, summary, index);
     item.sentOnce = true;
     if (!be) {
-      continue; // too large for any batch: failed
+      continue; // left alone, or failed
     }
     if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + be.size > CONFIG.batch.maxBytes) {
       flush();
@@ -3437,37 +4113,53 @@ async function sendLevels(medplum, items, order, summary, start, ctx, index) {
 
 /**
  * Second pass: the references deferred by cycles, now that their targets have Medplum ids — each item
- * stored in the first pass is PUT again by id, whole.
+ * stored in the first pass is PUT again by id, whole, compare-and-set on the version this run wrote.
  * @param {MedplumClient} medplum
  * @param {Item[]} pending
  * @param {Map<string, Item>} items
  * @param {Order} order
  * @param {Summary} summary
- * @param {Index} [index]
+ * @param {Index} index
  */
 async function sendDeferredReferences(medplum, pending, items, order, summary, index) {
-  const fixups = pending.filter((item) => !item.failed && item.medplumId);
-  for (let j = 0; j < fixups.length; j += CONFIG.batch.maxEntries) {
-    /** @type {BatchEntry[]} */
-    const part = fixups.slice(j, j + CONFIG.batch.maxEntries).map((item) => ({
-      item,
-      entry: {
-        request: { method: 'PUT', url: item.type + '/' + item.medplumId },
-        resource: Object.assign(materialize(item, items, order.deferred, true, summary, index).resource, { id: item.medplumId }),
-      },
-      size: 0,
-    }));
-    await sendBatch(medplum, part, summary, true);
+  /** @type {BatchEntry[]} */
+  const writes = [];
+  for (const item of pending) {
+    if (item.failed || !item.medplumId || item.kept) {
+      continue;
+    }
+    const resource = Object.assign(materialize(item, items, order.deferred, true, summary, index).resource, { id: item.medplumId });
+    if (item.stored && item.stored.id === item.medplumId && item.version === item.stored.versionId &&
+        (sameContent(item.stored.resource, resource) || newerThan(stampOf(item.stored.resource), stampOf(resource)))) {
+      continue; // stored that way already, or by a newer message
+    }
+    writes.push({ item, entry: { request: linkRequest(item.type, item.medplumId, item.version), resource }, size: 0 });
   }
+  for (let j = 0; j < writes.length; j += CONFIG.batch.maxEntries) {
+    await sendBatch(medplum, writes.slice(j, j + CONFIG.batch.maxEntries), summary, index, true);
+  }
+}
+
+/**
+ * A second write of a resource this run wrote (its links added): compare-and-set on that version, so a newer
+ * message's write in between is never undone.
+ * @param {string} type
+ * @param {string} id
+ * @param {string | undefined} version
+ * @returns {import('@medplum/fhirtypes').BundleEntryRequest}
+ */
+function linkRequest(type, id, version) {
+  return version ? { method: 'PUT', url: type + '/' + id, ifMatch: 'W/"' + version + '"' } : { method: 'PUT', url: type + '/' + id };
 }
 
 // --- link ------------------------------------------------------------------
 
 /**
  * Last pass, once the whole bundle is in: the resources stored without references to resources that had
- * no Medplum id then (later in the bundle; or stored by an earlier run that was cut off) are written
- * again by id with those references — looked up by identifier when the index does not hold them. A
- * reference whose target is nowhere (not in the bundle) is dropped for good, as the first write did.
+ * no Medplum id then (later in the bundle) are written again by id with those references — looked up by
+ * identifier when the index does not hold them; compare-and-set on the version this run wrote (a newer
+ * message's write in between wins). A reference whose target is nowhere (not in the bundle) is dropped for
+ * good, as the first write did.
  * @param {MedplumClient} medplum
  * @param {Index} index
  * @param {Summary} summary
@@ -3480,12 +4172,7 @@ async function sendFixups(medplum, index, summary) {
   index.fixups = new Map();
   /** @type {Set<string>} */
   const unknown = new Set();
-  /** @type {Set<string>} */
-  const holders = new Set();
   for (const f of fixups) {
-    if (!f.medplumId) {
-      holders.add(f.key);
-    }
     for (const m of f.text.matchAll(/"reference":"@@([^"]+)"/g)) {
       const key = m[1].startsWith('urn:uuid:') ? index.urns.get(m[1]) : m[1];
       const id = key ? knownId(index, key) : undefined;
@@ -3494,27 +4181,34 @@ async function sendFixups(medplum, index, summary) {
       }
     }
   }
-  if (unknown.size || holders.size) {
-    const found = await lookupIds(medplum, [...unknown, ...holders]);
+  if (unknown.size) {
+    const found = await lookupIds(medplum, [...unknown], index.subjectRef);
     for (const [key, id] of found) {
       rememberId(index, key, id);
     }
   }
+  // stored by an earlier run (a resume skipped them): their id, version and content as stored now
+  const earlier = fixups.filter((f) => !f.medplumId || !f.version);
+  const stored = earlier.length ? await findOwn(medplum, earlier.map((f) => f.key), index.subjectRef) : new Map();
   /** @type {BatchEntry[]} */
   const entries = [];
   const empty = /** @type {Map<string, Item>} */ (new Map());
   for (const f of fixups) {
-    const medplumId = f.medplumId || index.ids.get(f.key);
+    const st = stored.get(f.key);
+    const medplumId = f.medplumId || (st && st.id);
+    const version = f.version || (st && st.versionId) || '';
     /** @type {Item} */
-    const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId };
+    const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId, version };
     const { resource, linked } = materialize(item, empty, new Map(), true, summary, index, true);
-    if (!linked || !medplumId || medplumId === '?') {
-      continue; // nothing to add: the stored version already leaves those references out
+    const written = f.written ? JSON.parse(f.written) : st && st.resource;
+    if (!linked || !medplumId || (written && sameContent(written, resource)) ||
+        (st && newerThan(stampOf(st.resource), stampOf(resource)))) {
+      continue; // nothing to add, stored that way already, or a newer message wrote it since
     }
-    entries.push({ item, entry: { request: { method: 'PUT', url: f.type + '/' + medplumId }, resource: Object.assign(resource, { id: medplumId }) }, size: 0 });
+    entries.push({ item, entry: { request: linkRequest(f.type, medplumId, version), resource: Object.assign(resource, { id: medplumId }) }, size: 0 });
   }
   for (let j = 0; j < entries.length; j += CONFIG.batch.maxEntries) {
-    await sendBatch(medplum, entries.slice(j, j + CONFIG.batch.maxEntries), summary, true);
+    await sendBatch(medplum, entries.slice(j, j + CONFIG.batch.maxEntries), summary, index, true);
   }
   if (entries.length) {
     log('info', 'references to resources later in the bundle written', { resources: entries.length });
@@ -3522,18 +4216,22 @@ async function sendFixups(medplum, index, summary) {
 }
 
 /**
- * Send one batch; record ids, counts and per-entry failures. An entry that lost a race with another run
- * writing the same resource — Medplum answers 409 (serialization failure) or, for a conditional PUT it
- * resolved to a new id before the other run stored it, 400 "Resource ID did not match resolved ID" — is
- * not a failure yet: it is returned to be sent again (unless `lastTry`).
+ * Send one batch; record ids, versions, counts and per-entry failures. An entry that lost a race with another
+ * run writing the same resource is not a failure yet: it is returned to be looked up and decided again (unless
+ * `lastTry`) — its conditional create found the resource the other run created (200, nothing written), its
+ * compare-and-set met a newer version (412), or Medplum answered 409 (serialization failure) or, for a
+ * conditional write it resolved before the other run stored it, 400 "Resource ID did not match resolved ID".
+ * A second write (`link`: references added) that meets a newer version is left to it: a newer message wrote
+ * the resource since, or another run of this one (which adds the same references).
  * @param {MedplumClient} medplum
  * @param { { item: Item, entry: BundleEntry }[]} chunk
  * @param {Summary} summary
- * @param {boolean} [fixup]
+ * @param {Index} [index]
+ * @param {boolean} [link]
  * @param {boolean} [lastTry]
  * @returns {Promise<Item[]>} the items to send again
  */
-async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
+async function sendBatch(medplum, chunk, summary, index, link, lastTry) {
   /** @type {Item[]} */
   const again = [];
   if (!chunk.length) {
@@ -3548,7 +4246,7 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
   } catch (err) {
     const text = errorText(err);
     for (const { item } of chunk) {
-      if (!fixup) {
+      if (!link) {
         item.failed = true;
       }
       summary.failures.push({ type: item.type, id: item.mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text });
@@ -3556,31 +4254,56 @@ async function sendBatch(medplum, chunk, summary, fixup, lastTry) {
     return again;
   }
   const entries = (response && response.entry) || [];
-  chunk.forEach(({ item }, idx) => {
+  chunk.forEach(({ item, entry }, idx) => {
     const res = entries[idx] && entries[idx].response;
     const status = res ? String(res.status || '') : '';
     const code = parseInt(status, 10);
-    if (res && code >= 200 && code < 300) {
+    const creating = !!(entry.request && entry.request.ifNoneExist);
+    if (res && (code === 201 || (code >= 200 && code < 300 && !creating))) {
       const m = /(?:^|\/)([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(res.location || '');
       if (m) {
         item.medplumId = m[2];
       }
-      if (!fixup) {
+      const v = /W\/"([^"]+)"/.exec(res.etag || '');
+      item.version = v ? v[1] : undefined;
+      if (!link) {
         bump(summary.imported, item.type);
+        item.counted = true;
+        if (code === 201 && item.others && item.others.length && index) {
+          noteConflict(index, item);
+        }
       }
       return;
     }
     const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
-    if (!fixup && !lastTry && (code === 409 || (code === 400 && /Resource ID did not match resolved ID/.test(text)))) {
+    const raced = (creating && code >= 200 && code < 300) || code === 412 || code === 409 ||
+      (code === 400 && /Resource ID did not match resolved ID/.test(text));
+    if (link && code === 412) {
+      return; // written since by a newer message, or by another run of this one
+    }
+    if (!link && !lastTry && raced) {
       again.push(item);
       return;
     }
-    if (!fixup) {
+    if (!link) {
       item.failed = true;
     }
-    summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text });
+    summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text: raced && code < 300 ? 'written by another run at the same moment, again and again' : text });
   });
   return again;
+}
+
+/**
+ * A resource this import created beside another Patient's copy (same identifier): recorded for review.
+ * @param {Index} index
+ * @param {Item} item
+ */
+function noteConflict(index, item) {
+  for (const o of item.others || []) {
+    const list = index.conflicts.get(o.patient) || [];
+    list.push({ key: item.key, mine: String(item.medplumId), theirs: item.type + '/' + o.id });
+    index.conflicts.set(o.patient, list);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -4108,11 +4831,488 @@ async function refuseLink(medplum, patientId, metriportId, others) {
   };
 }
 
+
+// ---------------------------------------------------------------------------
+// Network query (templates/_network_query.js.j2, patient bot): Metriport's current flow. One request per
+// patient over the configured sources; as each source completes Metriport sends network-query.<source> with a
+// link to the patient's whole consolidated record, which the webhook bot imports.
+// ---------------------------------------------------------------------------
+
+/**
+ * The source failures of a network query answer (Metriport answers 2xx even when a source cannot start:
+ * @metriport/shared sourceQueryErrorSchema entries in `errors`), as "source: message (status)".
+ * @param {JsonBody} answer
+ * @returns {string[]}
+ */
+function networkQueryErrors(answer) {
+  const errors = answer && Array.isArray(answer.errors) ? answer.errors : [];
+  return errors.map((/** @type {JsonBody} */ e) => e && typeof e === 'object'
+    ? String(e.source) + ': ' + String(e.message) + ' (' + String(e.httpStatus) + ')'
+    : String(e));
+}
+
+/**
+ * Start a network query for a Metriport patient (POST /medical/v1/network/query?patientId=, body
+ * @metriport/shared networkQueryBodySchema: { sources, metadata }). Sources that could not start are logged;
+ * when none could, the query counts as not started (thrown: the Patient is marked for a retry).
+ * @param {BotEvent} event
+ * @param {string} metriportPatientId
+ * @param {string} medplumPatientId
+ * @param {string | undefined} facilityId the patient's facility (Metriport takes the primary one without it)
+ * @returns {Promise<JsonBody>} Metriport's answer: { requestId, startedAt, status, sources, errors? }
+ */
+async function startNetworkQuery(event, metriportPatientId, medplumPatientId, facilityId) {
+  const res = await metriport(
+    event,
+    'POST',
+    '/medical/v1/network/query',
+    { patientId: metriportPatientId, facilityId },
+    { sources: CONFIG.sources, metadata: { medplumPatientId } }
+  );
+  const answer = res.body;
+  const failed = networkQueryErrors(answer);
+  if (failed.length) {
+    log('warn', 'network query sources not started: ' + failed.join('; '), { patient: medplumPatientId, metriportPatient: metriportPatientId });
+  }
+  if (answer && answer.status === 'failed') {
+    throw new MetriportError('Metriport could start no source of the network query: ' + failed.join('; '), res.status);
+  }
+  return answer;
+}
+
+// ---------------------------------------------------------------------------
+// A Patient's sync with Metriport as a durable step (templates/_sync.js.j2: the patient bot and the webhook
+// bot's sweep; needs _demographics, _link and _network_query). One Task per Patient (CONFIG.syncTask, identifier
+// <system>|<patient id>, for = the Patient) is `requested` from before the first Metriport call until the query
+// started; its executionPeriod.start says when a run may take it next: the end of the run holding it (so a run cut
+// off anywhere — even between the link and the query — is resumed), or when Metriport's Retry-After ends. The
+// patient bot runs it when the Patient is saved, the webhook bot's sweep resumes the due ones; every write of it is
+// a compare-and-set, so two runs never both hold it. Failures other than rate limits are bounded
+// (syncTask.maxAttempts), then the Task is failed with the reason.
+// ---------------------------------------------------------------------------
+
+/** Bounded backoff of a failed sync step (attempt 1: one minute, then doubling, at most an hour). */
+const SYNC_BACKOFF_MS = 60000;
+
+/**
+ * The Metriport facility id on the managingOrganization, or a reason why there is none.
+ * @param {MedplumClient} medplum
+ * @param {Patient} patient
+ * @returns {Promise<{ facilityId?: string, reason?: string }>}
+ */
+async function facilityOf(medplum, patient) {
+  const ref = patient.managingOrganization && patient.managingOrganization.reference;
+  if (!ref) {
+    return { reason: 'Patient.managingOrganization is not set' };
+  }
+  if (!/^Organization\/[A-Za-z0-9\-.]{1,64}$/.test(ref)) {
+    return { reason: 'Patient.managingOrganization is not an Organization reference' };
+  }
+  /** @type {import('@medplum/fhirtypes').Organization} */
+  let org;
+  try {
+    org = await medplum.readResource('Organization', ref.slice('Organization/'.length));
+  } catch (err) {
+    return { reason: 'managingOrganization ' + ref + ' could not be read: ' + errorText(err) };
+  }
+  const ident = (org.identifier || []).find((i) => i && i.system === CONFIG.facilityIdentifierSystem && i.value);
+  if (!ident) {
+    return { reason: 'managingOrganization ' + ref + ' has no identifier with system ' + CONFIG.facilityIdentifierSystem };
+  }
+  return { facilityId: ident.value };
+}
+
+/**
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {number} when the sync may run next (epoch ms; 0 = now)
+ */
+function syncDueAt(task) {
+  const at = Date.parse(String((task.executionPeriod && task.executionPeriod.start) || ''));
+  return isNaN(at) ? 0 : at;
+}
+
+/**
+ * One of the sync Task's inputs (attempts, claim — the run holding it —, waiting — what it waits for).
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @param {string} name
+ * @returns {number | string | undefined}
+ */
+function syncInput(task, name) {
+  const input = (task.input || []).find((i) => i && i.type && i.type.text === name);
+  return input ? (Number.isInteger(input.valueInteger) ? input.valueInteger : input.valueString) : undefined;
+}
+
+/**
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {number}
+ */
+function syncAttempts(task) {
+  const n = syncInput(task, 'attempts');
+  return typeof n === 'number' ? n : 0;
+}
+
+/**
+ * The sync Task as `fields` change it: status, when it may run next and what it waits for until then (the run
+ * holding it, Metriport's Retry-After, the backoff after a failure), attempts, the reason.
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @param { { status: 'requested' | 'completed' | 'failed', dueAt?: number, attempts?: number, reason?: string,
+ *   waiting?: 'run' | 'metriport' | 'backoff' } } fields
+ * @returns {import('@medplum/fhirtypes').Task}
+ */
+function syncTaskWith(task, fields) {
+  /** @type {import('@medplum/fhirtypes').TaskInput[]} */
+  const input = [{ type: { text: 'attempts' }, valueInteger: fields.attempts === undefined ? syncAttempts(task) : fields.attempts }];
+  if (fields.waiting) {
+    input.push({ type: { text: 'waiting' }, valueString: fields.waiting });
+  }
+  if (fields.waiting === 'run') {
+    input.push({ type: { text: 'claim' }, valueString: runToken });
+  }
+  /** @type {import('@medplum/fhirtypes').Task} */
+  const next = {
+    ...task,
+    status: fields.status,
+    lastModified: new Date().toISOString(),
+    executionPeriod: { start: new Date(fields.dueAt || Date.now()).toISOString() },
+    input,
+  };
+  if (fields.reason) {
+    next.statusReason = { text: fields.reason };
+  } else {
+    delete next.statusReason;
+  }
+  return next;
+}
+
+/**
+ * Write a new version of a sync Task only if it is still the version it was built from (If-Match).
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task} task
+ * @returns {Promise<import('@medplum/fhirtypes').Task>}
+ */
+function writeSyncTask(medplum, task) {
+  const vid = task.meta && task.meta.versionId;
+  return medplum.updateResource(task, vid ? { headers: { 'If-Match': 'W/"' + vid + '"' } } : undefined);
+}
+
+/**
+ * Take this Patient's sync for this run (it may run next when this run's time is up: if the run is cut off, a
+ * later one resumes it). Undefined when another run holds it, or Metriport asked to wait and the wait is not
+ * over: `busy` says until when.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @param {import('@medplum/fhirtypes').Task | undefined} known the Task as a caller found it (the sweep)
+ * @returns {Promise<{ task?: import('@medplum/fhirtypes').Task, busy?: number }>}
+ */
+async function claimSync(medplum, patientId, known) {
+  const holdUntil = Math.min(runDeadline, Date.now() + 900000) + 2000;
+  const held = (/** @type {import('@medplum/fhirtypes').Task} */ t) => syncTaskWith(t, { status: 'requested', dueAt: holdUntil,
+    attempts: t.status === 'requested' ? syncAttempts(t) + 1 : 1, waiting: 'run' }); // a finished one: a new sync
+  /** @type {import('@medplum/fhirtypes').Task} */
+  const cur = known || (await medplum.createResourceIfNoneExist(
+    held({
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      code: { coding: [{ system: CONFIG.syncTask.system, code: CONFIG.syncTask.code }], text: 'Metriport patient sync' },
+      identifier: [{ system: CONFIG.syncTask.identifierSystem, value: patientId }],
+      description: 'medport: send Patient/' + patientId + ' to Metriport, link it and start its query',
+      for: { reference: 'Patient/' + patientId },
+      focus: { reference: 'Patient/' + patientId },
+      authoredOn: new Date().toISOString(),
+    }),
+    'identifier=' + encodeURIComponent(CONFIG.syncTask.identifierSystem + '|' + patientId)
+  ));
+  if (!known && syncInput(cur, 'claim') === runToken && cur.status === 'requested') {
+    return { task: cur }; // created just now, held by this run
+  }
+  // held by a live run, or Metriport asked to wait: left alone; a save does not wait for a failure's backoff
+  const waiting = syncInput(cur, 'waiting');
+  if (cur.status === 'requested' && syncDueAt(cur) > Date.now() && (known || waiting !== 'backoff')) {
+    return { busy: syncDueAt(cur) };
+  }
+  try {
+    return { task: await writeSyncTask(medplum, held(cur)) };
+  } catch (err) {
+    return { busy: holdUntil }; // another run took it at this moment (412)
+  }
+}
+
+/**
+ * Leave the sync for a later run: at `dueAt` (Metriport's Retry-After: the attempt is not counted), or after a
+ * backoff (counted; past maxAttempts the Task is failed with the reason).
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task} task the Task as this run claimed it
+ * @param {string} reason
+ * @param {number | undefined} dueAt set: rate limited until then
+ */
+async function deferSync(medplum, task, reason, dueAt) {
+  const attempts = syncAttempts(task);
+  /** @type {import('@medplum/fhirtypes').Task} */
+  let next;
+  if (dueAt !== undefined) {
+    next = syncTaskWith(task, { status: 'requested', dueAt, attempts: Math.max(0, attempts - 1), reason: 'waiting for Metriport: ' + reason,
+      waiting: 'metriport' });
+  } else if (attempts >= CONFIG.syncTask.maxAttempts) {
+    next = syncTaskWith(task, { status: 'failed', reason: 'failed ' + attempts + ' time(s), the last: ' + reason +
+      ' — save the Patient again to retry' });
+  } else {
+    next = syncTaskWith(task, { status: 'requested', dueAt: Date.now() + Math.min(3600000, SYNC_BACKOFF_MS * Math.pow(2, attempts - 1)), reason,
+      waiting: 'backoff' });
+  }
+  try {
+    await writeSyncTask(medplum, next);
+  } catch (err) {
+    log('warn', 'the sync Task changed meanwhile; left to the run that changed it', { task: task.id });
+  }
+}
+
+/**
+ * The sync is done (queried, refused, skipped): the Task is completed.
+ * @param {MedplumClient} medplum
+ * @param {import('@medplum/fhirtypes').Task | undefined} task
+ * @param {string} outcome
+ */
+async function completeSync(medplum, task, outcome) {
+  if (!task) {
+    return;
+  }
+  try {
+    const end = new Date().toISOString();
+    const start = String((task.executionPeriod && task.executionPeriod.start) || end); // held until: maybe later
+    await writeSyncTask(medplum, { ...syncTaskWith(task, { status: 'completed', reason: outcome }),
+      executionPeriod: { start: start < end ? start : end, end } });
+  } catch (err) {
+    log('warn', 'the sync Task changed meanwhile; left to the run that changed it', { task: task.id });
+  }
+}
+
+/**
+ * This Patient's sync Task when a step is still pending (a run cut off, Metriport's limit), else undefined.
+ * @param {MedplumClient} medplum
+ * @param {string} patientId
+ * @returns {Promise<import('@medplum/fhirtypes').Task | undefined>}
+ */
+async function pendingSync(medplum, patientId) {
+  const found = await medplum.searchResources('Task', {
+    identifier: CONFIG.syncTask.identifierSystem + '|' + patientId,
+    status: 'requested',
+    _count: '1',
+  });
+  return found[0];
+}
+
+/**
+ * Send a Patient to Metriport and link it (match or create; one Medplum Patient per Metriport patient), then start
+ * its query — as a durable step (see above). `task`: the sync Task the sweep found due (undefined: the Patient was
+ * saved).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Patient} patient
+ * @param {import('@medplum/fhirtypes').Task | undefined} task
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function syncPatient(medplum, event, patient, task) {
+  const patientId = /** @type {string} */ (patient.id);
+  const { demographics, patientBody, fingerprint, problems, warnings } = demographicsFor(patient);
+  if (!demographics || !patientBody || !fingerprint) {
+    log('warn', 'Patient skipped: demographics do not meet Metriport requirements: ' + problems.join('; '), {
+      patient: patientId,
+    });
+    await completeSync(medplum, task, 'skipped: invalid demographics');
+    return { status: 'skipped', reason: 'invalid-demographics', patient: patientId, problems, warnings };
+  }
+  if (warnings.length) {
+    log('warn', 'optional demographics left out: ' + warnings.join('; '), { patient: patientId });
+  }
+  let metriportId = metriportIdOf(patient);
+  const linkedBefore = !!metriportId && fingerprintOf(patient) === fingerprint;
+  // Linked with these demographics: only a query left pending (a run cut off between the link and the query, a
+  // rate limit, or the marker of an earlier medport version) is still to do.
+  const pending = linkedBefore ? task || (queryFailedOf(patient) === fingerprint ? undefined : await pendingSync(medplum, patientId)) : task;
+  const queryOnly = linkedBefore && (!!pending || queryFailedOf(patient) === fingerprint);
+  if (linkedBefore && !queryOnly) {
+    log('info', 'demographics unchanged since the last query; nothing to do', {
+      patient: patientId,
+      metriportPatient: metriportId,
+    });
+    return { status: 'unchanged', patient: patientId, metriportPatientId: metriportId };
+  }
+  const facility = await facilityOf(medplum, patient);
+  if (!facility.facilityId && !metriportId) {
+    log('warn', 'Patient skipped: no Metriport facility id (' + facility.reason + ')', { patient: patientId });
+    await completeSync(medplum, task, 'skipped: no facility');
+    return { status: 'skipped', reason: 'no-facility', patient: patientId, problems: [/** @type {string} */ (facility.reason)] };
+  }
+  const claim = await claimSync(medplum, patientId, pending);
+  if (!claim.task) {
+    const until = new Date(/** @type {number} */ (claim.busy)).toISOString();
+    // worded as no decision (the console reads the last decisive line of the Patient's runs)
+    log('info', 'this Patient\'s sync is with another run, or waits for Metriport until ' + until + ': nothing to do now', { patient: patientId });
+    return { status: 'pending', reason: 'held-or-waiting', patient: patientId, until };
+  }
+  const held = claim.task;
+  try {
+    const out = await linkAndQuery(medplum, event, patient, facility.facilityId, { demographics, patientBody, fingerprint }, metriportId, queryOnly);
+    await completeSync(medplum, held, String(out.status));
+    return warnings.length ? { ...out, warnings } : out;
+  } catch (err) {
+    if (err instanceof RateLimited) {
+      log('warn', 'Metriport asked to wait (' + err.status + '): the sync of this Patient resumes at ' + new Date(err.retryAt).toISOString() +
+        ' (the sweep)', { patient: patientId, status: err.status });
+      await deferSync(medplum, held, err.message, err.retryAt);
+      return { status: 'pending', reason: 'rate-limited', patient: patientId, until: new Date(err.retryAt).toISOString() };
+    }
+    await deferSync(medplum, held, errorText(err), undefined);
+    throw err;
+  }
+}
+
+/**
+ * The Metriport side of a sync, in order: match or create (or update) the Metriport patient, refuse a second
+ * Medplum Patient, write the link, start the query.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Patient} patient
+ * @param {string | undefined} facilityId
+ * @param { { demographics: unknown, patientBody: unknown, fingerprint: string } } d
+ * @param {string | undefined} metriportId the one the Patient holds
+ * @param {boolean} queryOnly linked already: only the query is left
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId, queryOnly) {
+  const patientId = /** @type {string} */ (patient.id);
+  /** @type {string} */
+  let action;
+  if (queryOnly) {
+    action = 'query-resumed';
+  } else if (metriportId) {
+    const others = await otherHolders(medplum, metriportId, patientId);
+    if (others.length) {
+      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
+      await writeLink(medplum, patientId, {});
+      return refuseLink(medplum, patientId, metriportId, others);
+    }
+    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, d.patientBody);
+    action = 'updated';
+  } else {
+    // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
+    const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, d.demographics, [404], true);
+    if (matched.status !== 404 && matched.body && matched.body.id) {
+      metriportId = String(matched.body.id);
+      action = 'matched';
+    } else {
+      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, d.patientBody, undefined, true);
+      if (!created.body || !created.body.id) {
+        throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
+      }
+      metriportId = String(created.body.id);
+      action = 'created';
+    }
+  }
+  const mid = /** @type {string} */ (metriportId);
+  log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
+
+  // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
+  const holders = await otherHolders(medplum, mid, patientId);
+  if (holders.length) {
+    await writeLink(medplum, patientId, {}); // this Patient holds no link then (a no-op unless it did)
+    return refuseLink(medplum, patientId, mid, holders);
+  }
+  // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
+  const written = queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint });
+  // ... and check again: another Patient linked at the same moment makes both step back.
+  const raced = await otherHolders(medplum, mid, patientId);
+  if (raced.length) {
+    await writeLink(medplum, patientId, {});
+    return refuseLink(medplum, patientId, mid, raced);
+  }
+  // (cut off here, the sync Task is still requested: a later run starts the query)
+  const queryAt = new Date().toISOString();
+  /** @type {JsonBody} */
+  let query;
+  if (CONFIG.flow === 'consolidated') {
+    query = await startConsolidatedQuery(event, mid, patientId);
+  } else if (CONFIG.flow === 'network-query') {
+    query = await startNetworkQuery(event, mid, patientId, facilityId);
+  } else {
+    // idempotent: a document query still processing is answered again (command/medical/document/document-query.ts)
+    query = (await metriport(event, 'POST', '/medical/v1/document/query', { patientId: mid, facilityId },
+      { metadata: { medplumPatientId: patientId } }, undefined, true)).body;
+  }
+  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
+  log('info', 'Metriport ' + CONFIG.flow + ' started', {
+    patient: patientId,
+    metriportPatient: mid,
+    requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+    at: queryAt,
+  });
+  if (queryFailedOf(patient)) {
+    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint }); // an earlier version's marker
+  }
+  return {
+    status: 'queried',
+    action,
+    query: CONFIG.flow,
+    patient: patientId,
+    metriportPatientId: mid,
+    facilityId: facilityId || null,
+    wroteBack: written,
+  };
+}
+
+/**
+ * Resume the Patients' syncs that are due (a run cut off, a rate limit whose wait is over), oldest first, while
+ * this execution has time; stop at the first rate limit (it holds for every Patient).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {number} limit
+ * @returns {Promise<{ resumed: number, waiting: number }>}
+ */
+async function resumeSyncs(medplum, event, limit) {
+  const out = { resumed: 0, waiting: 0 };
+  const now = Date.now();
+  const due = (await medplum.searchResources('Task', {
+    code: CONFIG.syncTask.system + '|' + CONFIG.syncTask.code,
+    status: 'requested',
+    period: 'le' + new Date(now).toISOString(),
+    _sort: 'period',
+    _count: String(limit),
+  })).filter((t) => syncDueAt(t) <= now);
+  for (const task of due) {
+    if (runDeadline - Date.now() < 3000) {
+      break; // the rest at the next sweep
+    }
+    const ref = String((task.for && task.for.reference) || '');
+    /** @type {Patient} */
+    let patient;
+    try {
+      patient = await medplum.readResource('Patient', ref.replace(/^Patient\//, ''), { cache: 'no-cache' });
+    } catch (err) {
+      await completeSync(medplum, task, 'the Patient is gone: ' + errorText(err));
+      continue;
+    }
+    try {
+      const res = await syncPatient(medplum, event, patient, task);
+      out.resumed++;
+      log('info', 'Patient sync resumed: ' + String(res.status), { patient: patient.id, task: task.id });
+      if (res.status === 'pending' && res.reason === 'rate-limited') {
+        out.waiting++;
+        break;
+      }
+    } catch (err) {
+      log('warn', 'Patient sync resumed and failed again: ' + errorText(err), { patient: patient.id, task: task.id });
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // The other messages (templates/_messages.js.j2), each handled completely:
 //   medical.document-download / medical.document-bulk-download-urls   storeDocuments
-//       when CONFIG.documents.store: each document a DocumentReference on the existing Patient, upserted on
-//       <documents.identifierSystem>|<Metriport document id>, its content a Binary (or the URL)
+//       when CONFIG.documents.store: each document a DocumentReference on the existing Patient (one per document
+//       and Patient: <documents.identifierSystem>|<Metriport document id> within its compartment), claimed
+//       before its content is downloaded into one Binary (never a presigned URL)
 //   medical.bulk-patient-create                                        bulkPatientCreate
 //       the request's Task follows the status; on completed the result CSV (180 s) is kept as a Binary and
 //       each created row's metriportId linked to its Patient like the patient bot links it; failed rows
@@ -4175,9 +5375,11 @@ async function storeDocuments(medplum, event, msg, p, summary) {
     log('warn', 'documents not stored: ' + subject.reason, { metriportPatient: mid });
     return;
   }
+  /** @type {Map<string, Conflict[]>} */
+  const conflicts = new Map();
   for (const doc of docs) {
     try {
-      await storeDocument(medplum, event, doc, subject.id, summary);
+      await storeDocument(medplum, event, doc, subject.id, summary, conflicts);
     } catch (err) {
       if (err instanceof LeaseLost) {
         throw err;
@@ -4185,6 +5387,7 @@ async function storeDocuments(medplum, event, msg, p, summary) {
       summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
     }
   }
+  await recordConflicts(medplum, 'Patient/' + subject.id, conflicts, summary, sourceOf(msg));
 }
 
 /**
@@ -4218,40 +5421,41 @@ function codeableConcept(type) {
   return Object.keys(cc).length ? cc : undefined;
 }
 
+/** How long a run may take to store a document it claimed before another run may take the claim over. */
+const DOCUMENT_CLAIM_MS = Math.max(30000, CONFIG.processing.leaseSeconds * 1000);
+
 /**
- * A Metriport document as a DocumentReference on the Patient: upserted on its Metriport id, its content
- * downloaded into a Binary (documents.content "binary") or its URL kept ("url"). A document stored before
- * with the same size is left alone (replays change nothing, and download nothing); one over
- * documents.max_bytes is skipped with the reason; one stored for another Patient is never moved.
+ * A Metriport document as a DocumentReference on the Patient, its content downloaded into a Binary. One
+ * DocumentReference per document and Patient (its identifier, within the Patient's compartment: another
+ * Patient's copy is never matched nor changed — a conflict recorded), one Binary per DocumentReference: the
+ * DocumentReference is created (conditional create) or claimed (compare-and-set) first, with a claim that
+ * expires; only the run holding the claim downloads the document and creates the Binary, then links it by
+ * compare-and-set. So two messages storing the same document at the same moment make one Binary, and a run cut
+ * off after its claim leaves no Binary behind (the claim expires; the next run stores it). A document stored
+ * before with the same size is left alone (replays change nothing, and download nothing); one over
+ * documents.max_bytes is skipped with the reason. No presigned URL is ever stored.
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @param {MetriportDocument} doc a DocumentReferenceDTO (+ url for bulk download URLs)
  * @param {string} subjectId
  * @param {Summary} summary
+ * @param {Map<string, Conflict[]>} conflicts
  */
-async function storeDocument(medplum, event, doc, subjectId, summary) {
+async function storeDocument(medplum, event, doc, subjectId, summary, conflicts) {
   const D = CONFIG.documents;
   const id = doc && (typeof doc.id === 'string' || typeof doc.id === 'number') ? String(doc.id) : '';
   if (!id) {
     bump(summary.skipped, 'document-without-id');
     return;
   }
-  const key = D.identifierSystem + '|' + id;
-  const existing = (await medplum.searchResources('DocumentReference', { identifier: key, _count: '2' }))[0];
   const subjectRef = 'Patient/' + subjectId;
-  if (existing && existing.subject && existing.subject.reference && existing.subject.reference !== subjectRef) {
-    summary.failures.push({ type: 'DocumentReference', id, status: 'refused', text: 'document ' + id + ' is stored for ' +
-      existing.subject.reference + ', not moved to ' + subjectRef + ' (no import ever changes a subject)' });
-    return;
-  }
   const declared = doc.size === undefined || doc.size === null || doc.size === '' ? NaN : Number(doc.size);
-  const att = existing && existing.content && existing.content[0] && existing.content[0].attachment;
-  if (D.content === 'binary' && att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
-    bump(summary.recorded, 'documents-unchanged');
+  if (Number.isFinite(declared) && declared > D.maxBytes) {
+    skipDocument(summary, id, declared);
     return;
   }
-  if (D.content === 'binary' && Number.isFinite(declared) && declared > D.maxBytes) {
-    skipDocument(summary, id, declared);
+  const claimed = await claimDocument(medplum, doc, id, subjectRef, declared, summary, conflicts);
+  if (!claimed) {
     return;
   }
   let url = typeof doc.url === 'string' && doc.url ? doc.url : '';
@@ -4263,37 +5467,58 @@ async function storeDocument(medplum, event, doc, subjectId, summary) {
       throw new MetriportError('Metriport GET /medical/v1/document/download-url answered without a url', res.status);
     }
   }
+  const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
+  if (!res.ok) {
+    /** @type {Error & { status?: number }} */
+    const err = new Error('download of document ' + id + ' answered ' + res.status +
+      (res.status === 403 ? ' (the presigned URL expired: bulk download URLs last 10 minutes — request them again with `medport document-urls`)' : ''));
+    err.status = res.status;
+    throw err;
+  }
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  if (bytes.length > D.maxBytes) {
+    skipDocument(summary, id, bytes.length);
+    return;
+  }
+  const hash = nodeCrypto.createHash('sha1').update(bytes).digest('base64');
   const contentType = typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream';
-  /** @type {Attachment} */
-  const attachment = { contentType };
-  if (D.content === 'binary') {
-    const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
-    if (!res.ok) {
-      /** @type {Error & { status?: number }} */
-      const err = new Error('download of document ' + id + ' answered ' + res.status +
-        (res.status === 403 ? ' (the presigned URL expired: bulk download URLs last 10 minutes — request them again with `medport document-urls`)' : ''));
-      err.status = res.status;
+  // the claim is still ours (nobody took it over): only now is the Binary made
+  const current = await medplum.readResource('DocumentReference', String(claimed.id), { cache: 'no-cache' });
+  if (!holdsClaim(current, claimed)) {
+    bump(summary.recorded, 'documents-stored-by-another-run');
+    return;
+  }
+  const binary = await medplum.createBinary({ data: bytes, contentType });
+  bump(summary.imported, 'Binary');
+  /** @type {DocumentReference} */
+  const done = { ...current, content: [{ attachment: { ...documentAttachment(doc, declared), url: 'Binary/' + binary.id, size: bytes.length, hash } }] };
+  done.extension = (current.extension || []).filter((e) => !(e && e.url === D.claimUrl));
+  if (!done.extension.length) {
+    delete done.extension;
+  }
+  try {
+    await casUpdate(medplum, done);
+  } catch (err) {
+    if (outcomeId(err) !== 'precondition-failed') {
       throw err;
     }
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (bytes.length > D.maxBytes) {
-      skipDocument(summary, id, bytes.length);
-      return;
-    }
-    const hash = nodeCrypto.createHash('sha1').update(bytes).digest('base64');
-    if (att && att.hash === hash && /^Binary\//.test(String(att.url || ''))) {
-      bump(summary.recorded, 'documents-unchanged');
-      return;
-    }
-    const binary = await medplum.createBinary({ data: bytes, contentType });
-    bump(summary.imported, 'Binary');
-    Object.assign(attachment, { url: 'Binary/' + binary.id, size: bytes.length, hash });
-  } else {
-    attachment.url = url;
-    if (Number.isFinite(declared)) {
-      attachment.size = declared;
-    }
+    // our claim ran out while the document downloaded and another run took it over: its Binary or ours
+    summary.failures.push({ type: 'DocumentReference', id, status: 'conflict', text: 'document ' + id +
+      ' was taken over by another run while this one stored it: Binary/' + binary.id + ' is not referenced (documents.max_bytes or a slow download)' });
+    return;
   }
+  bump(summary.imported, 'DocumentReference');
+}
+
+/**
+ * The attachment describing a Metriport document (no URL: the content is a Binary once stored).
+ * @param {MetriportDocument} doc
+ * @param {number} declared
+ * @returns {Attachment}
+ */
+function documentAttachment(doc, declared) {
+  /** @type {Attachment} */
+  const attachment = { contentType: typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream' };
   if (typeof doc.fileName === 'string' && doc.fileName) {
     attachment.title = doc.fileName;
   }
@@ -4301,27 +5526,102 @@ async function storeDocument(medplum, event, doc, subjectId, summary) {
   if (indexed) {
     attachment.creation = indexed;
   }
-  /** @type {DocumentReference} */
-  const docRef = {
-    resourceType: 'DocumentReference',
-    identifier: [{ system: D.identifierSystem, value: id }],
-    status: /** @type {DocumentReference['status']} */ (
-      /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
-    subject: { reference: subjectRef },
-    content: [{ attachment }],
-  };
-  const type = codeableConcept(doc.type);
-  if (type) {
-    docRef.type = type;
+  if (Number.isFinite(declared)) {
+    attachment.size = declared;
   }
-  if (indexed) {
-    docRef.date = indexed;
+  return attachment;
+}
+
+/**
+ * @param {DocumentReference} docRef
+ * @param {DocumentReference} claimed the version this run's claim wrote
+ * @returns {boolean} still that version (nobody took the claim over)
+ */
+function holdsClaim(docRef, claimed) {
+  return !!(docRef.meta && claimed.meta && docRef.meta.versionId === claimed.meta.versionId);
+}
+
+/**
+ * The Patient's DocumentReference for a document, claimed by this run to store its content — or undefined
+ * when there is nothing to do: stored already (with the same size), being stored by another run (its claim
+ * not expired), or held only by another Patient (never moved: a conflict recorded, and this Patient's own copy
+ * created).
+ * @param {MedplumClient} medplum
+ * @param {MetriportDocument} doc
+ * @param {string} id the Metriport document id
+ * @param {string} subjectRef
+ * @param {number} declared
+ * @param {Summary} summary
+ * @param {Map<string, Conflict[]>} conflicts other Patient -> the documents created beside theirs (recorded after)
+ * @returns {Promise<DocumentReference | undefined>}
+ */
+async function claimDocument(medplum, doc, id, subjectRef, declared, summary, conflicts) {
+  const D = CONFIG.documents;
+  const key = D.identifierSystem + '|' + id;
+  const claim = () => ({ url: D.claimUrl, valueDateTime: new Date(Date.now() + DOCUMENT_CLAIM_MS).toISOString() });
+  for (let attempt = 1; ; attempt++) {
+    const copies = await medplum.searchResources('DocumentReference', { identifier: key, _count: '20' }, { cache: 'no-cache' });
+    const own = copies.find((c) => c.subject && c.subject.reference === subjectRef);
+    const others = copies.filter((c) => c !== own && c.subject && c.subject.reference && c.subject.reference !== subjectRef);
+    if (own) {
+      const att = own.content && own.content[0] && own.content[0].attachment;
+      if (att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
+        bump(summary.recorded, 'documents-unchanged');
+        return undefined;
+      }
+      const mark = (own.extension || []).find((e) => e && e.url === D.claimUrl);
+      const until = mark ? Date.parse(String(mark.valueDateTime)) : NaN;
+      if (until > Date.now()) {
+        bump(summary.recorded, 'documents-stored-by-another-run');
+        return undefined;
+      }
+      try {
+        const ext = (own.extension || []).filter((e) => !(e && e.url === D.claimUrl)).concat([claim()]);
+        return await casUpdate(medplum, { ...own, extension: ext });
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed' || attempt >= 3) {
+          throw err;
+        }
+        continue; // claimed by another run at the same moment: look again
+      }
+    }
+    /** @type {DocumentReference} */
+    const docRef = {
+      resourceType: 'DocumentReference',
+      identifier: [{ system: D.identifierSystem, value: id }],
+      status: /** @type {DocumentReference['status']} */ (
+        /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
+      subject: { reference: subjectRef },
+      content: [{ attachment: documentAttachment(doc, declared) }],
+      extension: [claim()],
+    };
+    const type = codeableConcept(doc.type);
+    if (type) {
+      docRef.type = type;
+    }
+    const indexed = typeof doc.indexed === 'string' ? toInstant(doc.indexed) : undefined;
+    if (indexed) {
+      docRef.date = indexed;
+    }
+    if (typeof doc.description === 'string' && doc.description) {
+      docRef.description = doc.description;
+    }
+    const created = await medplum.createResourceIfNoneExist(docRef,
+      'identifier=' + encodeURIComponent(key) + '&_compartment=' + encodeURIComponent(subjectRef));
+    const mark = (created.extension || []).find((e) => e && e.url === D.claimUrl);
+    if (!mark || mark.valueDateTime !== (docRef.extension || [])[0].valueDateTime) {
+      if (attempt >= 3) {
+        bump(summary.recorded, 'documents-stored-by-another-run');
+        return undefined;
+      }
+      continue; // another run created it at the same moment: look again
+    }
+    for (const o of others) {
+      const other = String(o.subject && o.subject.reference);
+      conflicts.set(other, (conflicts.get(other) || []).concat([{ key: 'DocumentReference/' + id, mine: String(created.id), theirs: 'DocumentReference/' + o.id }]));
+    }
+    return created;
   }
-  if (typeof doc.description === 'string' && doc.description) {
-    docRef.description = doc.description;
-  }
-  await medplum.upsertResource(docRef, { identifier: key });
-  bump(summary.imported, 'DocumentReference');
 }
 
 /**
@@ -4513,7 +5813,7 @@ async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
     const prior = resume && resume.summary && resume.summary.recorded ? resume.summary.recorded : {};
     for (let i = start; i < records.length; i += LINK_CHUNK) {
       const part = records.slice(i, i + LINK_CHUNK);
-      await linkRows(medplum, part.filter((r) => ok(r.status) && r.metriportId && r.externalId), summary);
+      await linkRows(medplum, part.filter((r) => ok(r.status) && r.metriportId && r.externalId), summary, ctx && ctx.lease ? ctx.lease.self : '');
       await recordFailedRows(medplum, task, requestId, part.filter((r) => r.status === 'failed'), summary);
       for (const r of part) {
         if (ok(r.status) && (!r.metriportId || !r.externalId)) {
@@ -4717,8 +6017,9 @@ function parseCsv(text) {
  * @param {MedplumClient} medplum
  * @param { { row: number, externalId: string, metriportId: string }[] } rows
  * @param {Summary} summary
+ * @param {string} self this bot ("Bot/<id>"): the messages it re-queues are only those it stored
  */
-async function linkRows(medplum, rows, summary) {
+async function linkRows(medplum, rows, summary, self) {
   if (!rows.length) {
     return;
   }
@@ -4825,7 +6126,7 @@ async function linkRows(medplum, rows, summary) {
     }
   }
   bump(summary.recorded, 'bulk-linked', linked.length);
-  await requeueAwaiting(medplum, linked, summary);
+  await requeueAwaiting(medplum, linked, summary, self);
 }
 
 /**
@@ -4860,8 +6161,9 @@ async function holdersOf(medplum, mids) {
  * @param {MedplumClient} medplum
  * @param {string[]} mids
  * @param {Summary} summary
+ * @param {string} self this bot ("Bot/<id>")
  */
-async function requeueAwaiting(medplum, mids, summary) {
+async function requeueAwaiting(medplum, mids, summary, self) {
   for (let j = 0; j < mids.length; j += LINK_CHUNK) {
     const part = mids.slice(j, j + LINK_CHUNK);
     const page = Math.max(100, part.length * 4);
@@ -4872,11 +6174,11 @@ async function requeueAwaiting(medplum, mids, summary) {
         identifier: part.map((m) => CONFIG.bulk.awaitingLinkSystem + '|' + m).join(','),
         status: 'failed',
         _count: String(page),
-      });
+      }, { cache: 'no-cache', ...EXTENDED });
       let moved = 0;
       for (const t of waiting) {
-        if (!isMessageTask(t)) {
-          continue;
+        if (!isMessageTask(t) || authorOf(t) !== self) {
+          continue; // only messages this bot stored (another principal's Task is never queued by it)
         }
         try {
           await requeue(medplum, t, true);
@@ -4956,15 +6258,16 @@ async function recordFailedRows(medplum, task, requestId, rows, summary) {
 
 /**
  * patient.admit / patient.transfer / patient.discharge: the Bundle behind payload.url (600 s) imported on the
- * existing Patient. Each message's bundle is the stay's Encounter as Metriport merged it so far, so a message
- * older than the one that last wrote the Encounter (replayed late) imports nothing: the newer one carried all.
+ * existing Patient. Each message's bundle is the stay's Encounter as Metriport merged it so far: every resource
+ * carries the message's stamp (meta.when; the event's own time breaks a tie), so a message older than the one
+ * that last changed a resource (an admit processed after its discharge, or at the same moment) leaves it alone
+ * — decided by compare-and-set in the import (upsertEntry, sendBatch), never by a read then a blind write.
  * @param {MedplumClient} medplum
  * @param {NotificationMessage} msg
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
- * @param {number} resumeDone
  */
-async function importNotification(medplum, msg, summary, ctx, resumeDone) {
+async function importNotification(medplum, msg, summary, ctx) {
   const type = String(msg.meta && msg.meta.type);
   const pl = /** @type {Partial<NotificationPayload>} */ (msg.payload && typeof msg.payload === 'object' ? msg.payload : {});
   bump(summary.recorded, type);
@@ -4980,6 +6283,7 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
     log('warn', 'notification not imported: ' + subject.reason, { metriportPatient: mid, type });
     return;
   }
+  addSubject(summary, subject.id);
   /** @type {Bundle | undefined} */
   let bundle;
   try {
@@ -4994,25 +6298,29 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
   const encounter = resources.find((r) => r.resourceType === 'Encounter');
   const when = String((msg.meta && msg.meta.when) || '');
   if (encounter && encounter.id) {
-    const stored = (await medplum.searchResources('Encounter', { identifier: CONFIG.resourceIdentifierSystem + '|' + encounter.id, _count: '1' }))[0];
-    const mark = stored && (stored.extension || []).find((e) => e && e.url === CONFIG.notificationExtensionUrl);
-    /** @type {JsonBody} */
-    let prev;
-    try {
-      prev = mark && mark.valueString ? JSON.parse(mark.valueString) : undefined;
-    } catch (_err) {
-      prev = undefined;
-    }
-    if (prev && typeof prev.when === 'string' && prev.when > when) {
-      bump(summary.skipped, 'notification-older-than-stored');
-      note(summary, 'Encounter', String(encounter.id), type + ' of ' + when + ' is older than the ' + prev.type + ' of ' + prev.when + ' that wrote the Encounter: nothing imported');
-      return;
-    }
     encounter.extension = (encounter.extension || []).filter((e) => !(e && e.url === CONFIG.notificationExtensionUrl))
       .concat([{ url: CONFIG.notificationExtensionUrl, valueString: JSON.stringify({ when, type }) }]);
   }
-  await importResources(medplum, resources, subject.id, mid, summary, ctx, resumeDone);
+  await importResources(medplum, resources, subject.id, mid, summary, ctx, sourceOf(msg, eventTime(type, pl)));
   log('info', 'notification imported', { patient: subject.id, metriportPatient: mid, type, resources: resources.length });
+}
+
+/**
+ * The time of the event a notification reports (its admit, last transfer or discharge): what orders two
+ * notifications Metriport sent in the same millisecond.
+ * @param {string} type
+ * @param {Partial<NotificationPayload>} pl
+ * @returns {string | undefined}
+ */
+function eventTime(type, pl) {
+  if (type === 'patient.discharge') {
+    return pl.dischargeTimestamp;
+  }
+  if (type === 'patient.transfer' && Array.isArray(pl.transfers) && pl.transfers.length) {
+    const last = pl.transfers[pl.transfers.length - 1];
+    return last && typeof last.timestamp === 'string' ? last.timestamp : undefined;
+  }
+  return pl.admitTimestamp;
 }
 
 // ---------------------------------------------------------------------------
@@ -5020,7 +6328,8 @@ async function importNotification(medplum, msg, summary, ctx, resumeDone) {
 //   network-query.hie / .pharmacy / .lab                                   importNetworkQuery
 //       each one links the patient's WHOLE consolidated record (consolidatedDataUrl): imported with the
 //       consolidated-data machinery, so the per-source messages are idempotent (every upsert keys on
-//       <resourceIdentifierSystem>|<Metriport id>: what an earlier message stored is left unchanged)
+//       <resourceIdentifierSystem>|<Metriport id> within the Patient's compartment: what an earlier message
+//       stored is found and left unchanged)
 //   network-query.hie.first-data-ready, message.status                    acknowledged and recorded
 //       (first-data-ready's link is to a record still being built: the network-query.hie that always
 //       follows links the whole of it, so the largest import is not done twice)
@@ -5041,9 +6350,8 @@ const RECORDED_TYPES = ['network-query.hie.first-data-ready', 'message.status'];
  * @param {NetworkQueryMessage} msg
  * @param {Summary} summary
  * @param {Ctx | null | undefined} ctx
- * @param {number} resumeDone
  */
-async function importNetworkQuery(medplum, event, msg, summary, ctx, resumeDone) {
+async function importNetworkQuery(medplum, event, msg, summary, ctx) {
   const pl = /** @type {Partial<NetworkQueryPayload>} */ (msg.payload && typeof msg.payload === 'object' ? msg.payload : {});
   const source = pl.source && typeof pl.source === 'object' ? pl.source : undefined;
   bump(summary.recorded, String(msg.meta && msg.meta.type));
@@ -5061,7 +6369,7 @@ async function importNetworkQuery(medplum, event, msg, summary, ctx, resumeDone)
       ? [{ resource: { resourceType: 'DocumentReference', status: 'current', content: [{ attachment: { contentType: 'application/json', url } }] } }]
       : [] },
   };
-  await importConsolidated(medplum, event, msg, p, summary, ctx, resumeDone);
+  await importConsolidated(medplum, event, msg, p, summary, ctx);
 }
 
 /**
@@ -5099,21 +6407,39 @@ function contributedId(resource) {
 // ---------------------------------------------------------------------------
 // Stored messages (async mode): one Task per messageId, processed under a lease
 // ---------------------------------------------------------------------------
-//   status      requested -> in-progress -> completed | failed   (Task.status)
+//   status      requested -> in-progress -> completed | failed   (Task.status); rejected: refused, see below
 //   attempts    how many runs claimed it (extension messageTask.attemptsUrl); past maxAttempts: failed
 //   lease       in-progress until (extension leaseUrl), renewed with the checkpoint (progressUrl) at least
 //               every BEAT_MS while a run works; an expired lease means the run was cut off
+//   message     the exact body Metriport signed and its x-metriport-signature (inputs): inline when small, a
+//               Binary the bot created when larger (MESSAGE_INLINE_MAX), so the Task stays far under Medplum's
+//               1 MiB body limit whatever the message
 //   every write is a compare-and-set (If-Match on the version read), so two runs never both claim it
+// Only messages the bot itself stored and can verify are processed: the Task's last version written by this
+// bot (meta.author = event.bot, read in extended mode) and its stored message signed with METRIPORT_WEBHOOK_KEY.
+// Anything else — a Task another principal created or changed — is refused (status rejected, the reason in
+// statusReason) and writes nothing; an operator puts a message back in the queue through the bot itself
+// (input {medportRequeue: <Task id>}: `medport replay --failed`, the console), which checks the signature first.
 
 const MT = CONFIG.messageTask;
 const PROC = CONFIG.processing;
 const LEASE_MS = PROC.leaseSeconds * 1000;
-/** Renew the lease (and save the checkpoint) at least this often while a run works. */
-const BEAT_MS = Math.max(500, Math.min(LEASE_MS / 4, (PROC.timeoutSeconds * 1000) / 4, 15000));
+/** Renew the lease (and save the checkpoint) this often while a run works: a sixth of the lease, so a run is
+ * taken for dead only after its step outlasted five renewals (every write is a compare-and-set either way). */
+const BEAT_MS = Math.max(500, Math.min(LEASE_MS / 6, (PROC.timeoutSeconds * 1000) / 6, 5000));
 /** Stale Tasks looked at per sweep. */
 const SWEEP_LIMIT = 50;
+/** A message larger than this (bytes) is stored as a Binary, not in Task.input. */
+const MESSAGE_INLINE_MAX = 64 * 1024;
+/** Metriport ids a failed message keeps to be found when they get linked (the count of the others is noted). */
+const MAX_AWAITING_KEPT = 500;
+const MESSAGE_INPUT = 'metriport-webhook-message';
+const META_INPUT = 'metriport-webhook-message-meta';
+const SIGNATURE_INPUT = 'metriport-signature';
+/** Reads in extended mode: Medplum shows meta.author only then (server repo.ts removeHiddenFields). */
+const EXTENDED = { headers: { 'X-Medplum': 'extended' } };
 
-/** Another run took this message over (its lease expired): this run stops, writing nothing more. */
+/** Another run took this message over (its lease expired), or someone else changed it: this run stops, writing nothing more. */
 class LeaseLost extends Error {
   /** @param {string} message */
   constructor(message) {
@@ -5135,6 +6461,23 @@ function isMessageTask(task) {
       (c) => c && c.system === MT.system && c.code === MT.code
     )
   );
+}
+
+/**
+ * @param {BotEvent} event
+ * @returns {string} "Bot/<id>": who this bot is (Medplum passes it in every event)
+ */
+function me(event) {
+  const ref = event && event.bot && typeof event.bot.reference === 'string' ? event.bot.reference : '';
+  return ref;
+}
+
+/**
+ * @param {Resource} r
+ * @returns {string} who wrote its current version (meta.author; read in extended mode)
+ */
+function authorOf(r) {
+  return (r.meta && r.meta.author && r.meta.author.reference) || '';
 }
 
 /**
@@ -5216,22 +6559,23 @@ function outcomeId(err) {
 /**
  * @param {MedplumClient} medplum
  * @param {string} id
- * @returns {Promise<StoredTask>} the Task as stored now (never a cached copy)
+ * @returns {Promise<StoredTask>} the Task as stored now (never a cached copy), its author shown
  */
 function readTask(medplum, id) {
-  return medplum.readResource('Task', id, { cache: 'no-cache' });
+  return medplum.readResource('Task', id, { cache: 'no-cache', ...EXTENDED });
 }
 
 /**
- * Write a new version of the Task only if it is still the version it was built from (If-Match):
+ * Write a new version of a resource only if it is still the version it was built from (If-Match):
  * a compare-and-set. Throws (412 precondition-failed) when someone wrote it meanwhile.
+ * @template {Resource} T
  * @param {MedplumClient} medplum
- * @param {Task} task built from the version whose meta.versionId it carries
- * @returns {Promise<StoredTask>}
+ * @param {T} resource built from the version whose meta.versionId it carries
+ * @returns {Promise<import('@medplum/core').WithId<T>>}
  */
-function casUpdate(medplum, task) {
-  const vid = task.meta && task.meta.versionId;
-  return medplum.updateResource(task, vid ? { headers: { 'If-Match': 'W/"' + vid + '"' } } : undefined);
+function casUpdate(medplum, resource) {
+  const vid = resource.meta && resource.meta.versionId;
+  return medplum.updateResource(resource, vid ? { headers: { 'If-Match': 'W/"' + vid + '"' } } : undefined);
 }
 
 /**
@@ -5241,10 +6585,105 @@ function casUpdate(medplum, task) {
  * @returns {Promise<StoredTask[]>}
  */
 async function findMessageTasks(medplum, messageId) {
-  const found = await medplum.searchResources('Task', { identifier: MT.identifierSystem + '|' + messageId, _count: '10' });
+  const found = await medplum.searchResources('Task', { identifier: MT.identifierSystem + '|' + messageId, _count: '10' }, EXTENDED);
   return [...found].sort((a, b) =>
     String(a.authoredOn || '') < String(b.authoredOn || '') ? -1 : String(a.authoredOn || '') > String(b.authoredOn || '') ? 1 : String(a.id) < String(b.id) ? -1 : 1
   );
+}
+
+/**
+ * The inputs that keep a message: its meta (what people and tools read), the exact signed body — inline when
+ * small, else a Binary this bot creates — and the signature it came with.
+ * @param {MedplumClient} medplum
+ * @param {Message} msg
+ * @param {string} raw
+ * @param {string} signature
+ * @returns {Promise<import('@medplum/fhirtypes').TaskInput[]>}
+ */
+async function messageInputs(medplum, msg, raw, signature) {
+  /** @type {import('@medplum/fhirtypes').TaskInput[]} */
+  const inputs = [];
+  if (byteLength(raw) <= MESSAGE_INLINE_MAX) {
+    inputs.push({ type: { text: MESSAGE_INPUT }, valueString: raw });
+  } else {
+    // text/plain: the exact bytes Metriport signed, whatever they hold (a JSON content type asks some servers to
+    // read the body as a FHIR resource)
+    const binary = await medplum.createBinary({ data: raw, contentType: 'text/plain; charset=utf-8' });
+    inputs.push({ type: { text: META_INPUT }, valueString: JSON.stringify({ meta: msg.meta || {} }) });
+    inputs.push({ type: { text: MESSAGE_INPUT }, valueAttachment: { contentType: 'text/plain; charset=utf-8', url: 'Binary/' + binary.id, size: byteLength(raw) } });
+  }
+  if (signature) {
+    inputs.push({ type: { text: SIGNATURE_INPUT }, valueString: signature });
+  }
+  return inputs;
+}
+
+/**
+ * The message a Task keeps: the exact signed body (inline, or downloaded from its Binary) and its signature.
+ * @param {MedplumClient} medplum
+ * @param {Task} task
+ * @returns {Promise<{ raw: string, signature: string }>}
+ */
+async function storedMessage(medplum, task) {
+  const input = (task.input || []).find((i) => i && i.type && i.type.text === MESSAGE_INPUT) ||
+    (task.input || []).find((i) => i && typeof i.valueString === 'string'); // stored by an earlier version
+  const sig = (task.input || []).find((i) => i && i.type && i.type.text === SIGNATURE_INPUT);
+  let raw = input && typeof input.valueString === 'string' ? input.valueString : '';
+  const url = input && input.valueAttachment && input.valueAttachment.url;
+  if (!raw && typeof url === 'string' && /^Binary\/[A-Za-z0-9\-.]+$/.test(url)) {
+    // Accept */*: the content itself, not the Binary resource (server fhir/response.ts)
+    const blob = await medplum.download(url, { cache: 'no-cache', headers: { Accept: '*/*' } });
+    raw = await blob.text();
+  }
+  return { raw, signature: sig && typeof sig.valueString === 'string' ? sig.valueString : '' };
+}
+
+/**
+ * Why a stored message Task must not be processed (undefined: it may). Only a Task whose current version this
+ * bot wrote, holding a message whose stored signature verifies with METRIPORT_WEBHOOK_KEY, is processed.
+ * @param {BotEvent} event
+ * @param {Task} task read in extended mode
+ * @param { { raw: string, signature: string } } stored
+ * @param {boolean} [authorChecked] the author was vouched for (an operator's requeue through the bot)
+ * @returns {string | undefined}
+ */
+function refusalOf(event, task, stored, authorChecked) {
+  const self = me(event);
+  const author = authorOf(task);
+  if (!authorChecked && (!self || author !== self)) {
+    return 'written by ' + (author || 'an unknown author') + ', not stored by this bot (' + (self || 'no Bot in the event') + ')';
+  }
+  if (!stored.raw) {
+    return 'it holds no message';
+  }
+  if (CONFIG.verifySignature) {
+    if (!stored.signature) {
+      return 'it keeps no signature to verify (stored before signatures were kept: deliver the message again)';
+    }
+    if (!signatureMatches(event, stored.raw, stored.signature)) {
+      return 'its message does not match its x-metriport-signature (changed after Metriport signed it)';
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Mark a refused Task: status rejected, the reason in statusReason (nothing processed, nothing else written).
+ * @param {MedplumClient} medplum
+ * @param {StoredTask} task
+ * @param {string} reason
+ * @returns {Promise<void>}
+ */
+async function reject(medplum, task, reason) {
+  log('warn', 'message Task refused: ' + reason + '; nothing processed', { task: task.id });
+  try {
+    await casUpdate(medplum, withExt(/** @type {Task} */ ({ ...task, status: 'rejected', lastModified: new Date().toISOString(),
+      statusReason: { text: 'refused: ' + reason + '; nothing processed' } }), MT.leaseUrl, undefined));
+  } catch (err) {
+    if (outcomeId(err) !== 'precondition-failed') {
+      throw err;
+    }
+  }
 }
 
 /**
@@ -5252,36 +6691,38 @@ async function findMessageTasks(medplum, messageId) {
  * moment. Medplum runs a conditional create (If-None-Exist) in a SERIALIZABLE transaction, so two
  * simultaneous ones cannot both create: the loser finds the winner's Task (200) — or, when its retry
  * conflicts too, gets 409, and then reads the Task the winner stored. A Task stored before already is
- * resumed when its processing was cut off, re-queued when it failed, and left alone otherwise.
+ * resumed when its processing was cut off, re-queued when it failed, repaired when someone else changed it,
+ * and left alone otherwise.
  * @param {MedplumClient} medplum
+ * @param {BotEvent} event
  * @param {Message} msg
  * @param {string} raw
  * @returns {Promise<StoredTask>}
  */
-async function persistMessage(medplum, msg, raw) {
+async function persistMessage(medplum, event, msg, raw) {
   const messageId = String((msg.meta && msg.meta.messageId) || 'sha256-' + sha256Hex(raw));
-  /** @type {Task} */
-  const task = {
-    resourceType: 'Task',
-    status: 'requested',
-    intent: 'order',
-    code: {
-      coding: [{ system: MT.system, code: MT.code }],
-      text: 'Metriport webhook message',
-    },
-    identifier: [{ system: MT.identifierSystem, value: messageId }],
-    authoredOn: new Date().toISOString(), // arrival
-    description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
-    input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }],
-  };
+  const signature = header(event, 'x-metriport-signature') || '';
+  const condition = 'identifier=' + encodeURIComponent(MT.identifierSystem + '|' + messageId);
+  const existing = (await findMessageTasks(medplum, messageId))[0];
   /** @type {StoredTask | undefined} */
-  let saved;
+  let saved = existing;
   for (let attempt = 1; !saved; attempt++) {
+    /** @type {Task} */
+    const task = {
+      resourceType: 'Task',
+      status: 'requested',
+      intent: 'order',
+      code: {
+        coding: [{ system: MT.system, code: MT.code }],
+        text: 'Metriport webhook message',
+      },
+      identifier: [{ system: MT.identifierSystem, value: messageId }],
+      authoredOn: new Date().toISOString(), // arrival
+      description: 'Metriport webhook ' + String((msg.meta && msg.meta.type) || 'message'),
+      input: await messageInputs(medplum, msg, raw, signature),
+    };
     try {
-      saved = await medplum.createResourceIfNoneExist(
-        task,
-        'identifier=' + encodeURIComponent(MT.identifierSystem + '|' + messageId)
-      );
+      saved = await medplum.createResourceIfNoneExist(task, condition);
     } catch (err) {
       const id = outcomeId(err);
       // 409: a simultaneous delivery of this message won the serializable transaction (and our retry lost
@@ -5298,20 +6739,35 @@ async function persistMessage(medplum, msg, raw) {
       }
     }
   }
-  return reviveStoredMessage(medplum, saved, messageId);
+  if (!existing) {
+    return saved;
+  }
+  return reviveStoredMessage(medplum, event, saved, messageId, msg, raw, signature);
 }
 
 /**
  * A message delivered again: resume it when its processing was cut off, re-queue it when it failed
- * (attempts start over: a redelivery is a new chance), nudge it when it waited long for a run.
+ * (attempts start over: a redelivery is a new chance), nudge it when it waited long for a run. A Task someone
+ * else changed (or that keeps no signature) gets the delivered message back and starts over: the delivery
+ * is signed, the Task's content was not.
  * @param {MedplumClient} medplum
+ * @param {BotEvent} event
  * @param {StoredTask} saved
  * @param {string} messageId
+ * @param {Message} msg
+ * @param {string} raw
+ * @param {string} signature
  * @returns {Promise<StoredTask>}
  */
-async function reviveStoredMessage(medplum, saved, messageId) {
+async function reviveStoredMessage(medplum, event, saved, messageId, msg, raw, signature) {
   const now = Date.now();
   try {
+    if (authorOf(saved) !== me(event) || saved.status === 'rejected' ||
+        (CONFIG.verifySignature && !(saved.input || []).some((i) => i && i.type && i.type.text === SIGNATURE_INPUT))) {
+      log('warn', 'stored message Task was not left as this bot stored it; the delivered message takes its place', { task: saved.id, messageId });
+      const fresh = await requeue(medplum, saved, true, await messageInputs(medplum, msg, raw, signature));
+      return fresh;
+    }
     if (saved.status === 'failed') {
       log('info', 'failed message delivered again; re-queued', { task: saved.id, messageId });
       return await requeue(medplum, saved, true);
@@ -5338,14 +6794,18 @@ async function reviveStoredMessage(medplum, saved, messageId) {
  * @param {MedplumClient} medplum
  * @param {Task} task
  * @param {boolean} fresh attempts start over and the old outcome goes (a failed message given a new chance)
+ * @param {import('@medplum/fhirtypes').TaskInput[]} [inputs] the message to keep instead of the Task's
  * @returns {Promise<StoredTask>}
  */
-function requeue(medplum, task, fresh) {
+function requeue(medplum, task, fresh, inputs) {
   let next = withExt(/** @type {Task} */ ({ ...task, status: 'requested', lastModified: new Date().toISOString() }), MT.leaseUrl, undefined);
   if (fresh) {
     next = withExt(next, MT.attemptsUrl, undefined);
     delete next.statusReason;
     delete next.output;
+  }
+  if (inputs) {
+    next = withExt({ ...next, input: inputs }, MT.progressUrl, undefined);
   }
   return casUpdate(medplum, next);
 }
@@ -5362,78 +6822,138 @@ function nudge(medplum, task) {
 }
 
 /**
- * Find stored messages whose processing was cut off (lease expired) or never ran (requested for longer
- * than a lease), and put them back in the queue. Run by cron (Bot.cronString; needs the Project feature
- * `cron`) and after each processed message.
+ * Resume what was left halfway: stored messages whose processing was cut off (lease expired) or never ran
+ * (requested for longer than a lease) go back in the queue — only those this bot stored (a Task another principal
+ * wrote is refused: writing it as this bot would make it look stored by the bot); messages that failed for want of
+ * a link are queued again once a Patient holds their Metriport id (a bulk create cut off between linking and
+ * re-queueing them); Patients' syncs left pending (a run cut off, Metriport's rate limit) are resumed. Run by cron
+ * (Bot.cronString; needs the Project feature `cron`) and after each processed message.
  * @param {MedplumClient} medplum
+ * @param {BotEvent} event
  * @param {string} [exclude] a Task id to leave alone (the one this run holds)
- * @returns {Promise<{ resumed: number, nudged: number }>}
+ * @returns {Promise<{ resumed: number, nudged: number, refused: number, requeued: number, synced: number }>}
  */
-async function sweep(medplum, exclude) {
+async function sweep(medplum, event, exclude) {
   const now = Date.now();
   const code = MT.system + '|' + MT.code;
-  const out = { resumed: 0, nudged: 0 };
-  const inProgress = await medplum.searchResources('Task', { code, status: 'in-progress', _count: String(SWEEP_LIMIT) });
-  for (const t of inProgress) {
-    if (t.id !== exclude && leaseExpired(t, now)) {
-      try {
-        await requeue(medplum, t, false);
-        out.resumed++;
-        log('warn', 'processing was cut off (lease expired); resumed', { task: t.id, attempts: attemptsOf(t) });
-      } catch (err) {
-        if (outcomeId(err) !== 'precondition-failed') {
-          throw err;
-        }
+  const out = { resumed: 0, nudged: 0, refused: 0, requeued: 0, synced: 0 };
+  /**
+   * @param {StoredTask} t
+   * @param {() => Promise<unknown>} write
+   * @returns {Promise<boolean>} written
+   */
+  const act = async (t, write) => {
+    try {
+      if (authorOf(t) !== me(event)) {
+        await reject(medplum, t, 'written by ' + (authorOf(t) || 'an unknown author') + ', not stored by this bot (' + me(event) + ')');
+        out.refused++;
+        return false;
       }
+      await write();
+      return true;
+    } catch (err) {
+      if (outcomeId(err) !== 'precondition-failed') {
+        throw err;
+      }
+      return false;
+    }
+  };
+  const inProgress = await medplum.searchResources('Task', { code, status: 'in-progress', _count: String(SWEEP_LIMIT) }, { cache: 'no-cache', ...EXTENDED });
+  for (const t of inProgress) {
+    if (t.id !== exclude && leaseExpired(t, now) && await act(t, () => requeue(medplum, t, false))) {
+      out.resumed++;
+      log('warn', 'processing was cut off (lease expired); resumed', { task: t.id, attempts: attemptsOf(t) });
     }
   }
-  const waiting = await medplum.searchResources('Task', {
-    code,
-    status: 'requested',
-    _lastUpdated: 'lt' + new Date(now - LEASE_MS).toISOString(),
-    _count: String(SWEEP_LIMIT),
-  });
+  // oldest first: those waiting longer than a lease are nudged; any another principal wrote is refused (the
+  // Task subscription never fires for those)
+  const waiting = await medplum.searchResources('Task', { code, status: 'requested', _sort: '_lastUpdated', _count: String(SWEEP_LIMIT) },
+    { cache: 'no-cache', ...EXTENDED });
   for (const t of waiting) {
-    if (t.id !== exclude) {
-      try {
-        await nudge(medplum, t);
-        out.nudged++;
-        log('warn', 'message waited for processing longer than a lease; nudged', { task: t.id });
-      } catch (err) {
-        if (outcomeId(err) !== 'precondition-failed') {
-          throw err;
-        }
-      }
+    const stale = Date.parse((t.meta && t.meta.lastUpdated) || '') < now - LEASE_MS;
+    const mine = authorOf(t) === me(event);
+    if (t.id === exclude || (mine && (!stale || waitsUntil(t) > now))) {
+      continue; // (a message waiting for Metriport is nudged once the wait is over)
     }
+    if (await act(t, () => nudge(medplum, t))) {
+      out.nudged++;
+      log('warn', 'message waited for processing longer than a lease; nudged', { task: t.id });
+    }
+  }
+  out.requeued = await requeueLinked(medplum, event, exclude);
+  if (getSecret(event, 'METRIPORT_API_KEY', false)) {
+    out.synced = (await resumeSyncs(medplum, event, SWEEP_LIMIT)).resumed;
   }
   return out;
 }
 
 /**
+ * Failed messages waiting for a link (identifier bulk.awaitingLinkSystem|<Metriport id>) whose Metriport id a
+ * Patient now holds: queued again with fresh attempts. What the bulk create does after linking, done again here,
+ * so a run cut off between the two loses nothing.
+ * Only messages this bot stored (another principal's Task is never written as this bot's).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {string | undefined} exclude
+ * @returns {Promise<number>}
+ */
+async function requeueLinked(medplum, event, exclude) {
+  const waiting = (await medplum.searchResources('Task', {
+    identifier: CONFIG.bulk.awaitingLinkSystem + '|',
+    status: 'failed',
+    _count: String(SWEEP_LIMIT),
+  }, { cache: 'no-cache', ...EXTENDED })).filter((t) => t.id !== exclude && isMessageTask(t) && authorOf(t) === me(event));
+  const mids = (/** @type {Task} */ t) => (t.identifier || []).filter((i) => i && i.system === CONFIG.bulk.awaitingLinkSystem && i.value)
+    .map((i) => String(i.value));
+  const holders = await holdersOf(medplum, waiting.flatMap(mids));
+  let moved = 0;
+  for (const t of waiting) {
+    if (mids(t).some((m) => (holders.get(m) || []).length === 1)) {
+      try {
+        await requeue(medplum, t, true);
+        moved++;
+        log('info', 'message that waited for a link queued again: the Patient is linked now', { task: t.id });
+      } catch (err) {
+        if (outcomeId(err) !== 'precondition-failed') {
+          throw err;
+        }
+      }
+    }
+  }
+  return moved;
+}
+
+/**
  * The claim a run holds on a stored message: it renews it (with the checkpoint) while it works, and
- * writes the outcome only while it still holds it.
+ * writes the outcome only while it still holds it — and while nobody else changed the Task.
  */
 class Lease {
   /**
    * @param {MedplumClient} medplum
    * @param {Task} task the Task as this run claimed it
+   * @param {string} self this bot ("Bot/<id>")
    */
-  constructor(medplum, task) {
+  constructor(medplum, task, self) {
     this.medplum = medplum;
     this.taskId = String(task.id);
     this.attempt = attemptsOf(task);
+    this.self = self;
     /** @type {Checkpoint | undefined} */
     this.checkpoint = progressOf(task);
     this.lastBeat = Date.now();
   }
 
   /**
-   * @param {Task} cur the Task as stored now
+   * @param {Task} cur the Task as stored now (read in extended mode)
    */
   verify(cur) {
     if (cur.status !== 'in-progress' || attemptsOf(cur) !== this.attempt) {
       throw new LeaseLost('Task/' + this.taskId + ' was taken over by another run (attempt ' + attemptsOf(cur) +
         ', status ' + cur.status + '); this run (attempt ' + this.attempt + ') stops');
+    }
+    if (authorOf(cur) !== this.self) {
+      throw new LeaseLost('Task/' + this.taskId + ' was changed by ' + (authorOf(cur) || 'an unknown author') +
+        ' while this run processed it; this run stops (writing it would make it look stored by the bot)');
     }
   }
 
@@ -5481,12 +7001,48 @@ class Lease {
   }
 }
 
+/**
+ * Metriport asked to wait longer than this run has (a 429 starting a query): the message goes back to the queue
+ * with its checkpoint, to run again once the wait is over (the lease extension of a requested Task says until
+ * when; the sweep nudges it then). The attempt counts: a limit that never lifts fails it after max_attempts.
+ * @param {Lease} lease
+ * @param {RateLimited} err
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function deferMessage(lease, err) {
+  const until = new Date(err.retryAt).toISOString();
+  try {
+    await lease.write((cur) => withExt(/** @type {Task} */ ({ ...cur, status: 'requested', lastModified: new Date().toISOString(),
+      statusReason: { text: 'waiting for Metriport until ' + until + ': ' + err.message } }), MT.leaseUrl, { valueDateTime: until }));
+  } catch (writeErr) {
+    if (writeErr instanceof LeaseLost) {
+      log('warn', writeErr.message, { task: lease.taskId });
+      return { status: 'abandoned', task: 'Task/' + lease.taskId, reason: 'lease-lost' };
+    }
+    throw writeErr;
+  }
+  log('warn', 'Metriport asked to wait (' + err.status + '); the message runs again after ' + until, { task: lease.taskId });
+  return { status: 'deferred', task: 'Task/' + lease.taskId, until };
+}
+
+/**
+ * @param {Task} task
+ * @returns {number} a requested message waits for Metriport until then (epoch ms; 0: it does not)
+ */
+function waitsUntil(task) {
+  const e = task.status === 'requested' ? ext(task, MT.leaseUrl) : undefined;
+  const at = e ? Date.parse(String(e.valueDateTime)) : NaN;
+  return isNaN(at) ? 0 : at;
+}
+
 /** Failures kept in a message Task's summary output (the count in statusReason is always complete). */
 const MAX_FAILURES_KEPT = 200;
 
 /**
  * The Task as processing leaves it: completed, or failed with the reason (the fatal error, or the
  * number of failures and the first 20); the summary kept as its output either way; the lease released.
+ * Bounded whatever the message (thousands of patients): failures, subjects and the Metriport ids awaiting
+ * a link are capped, their full counts kept.
  * @param {Task} task the Task as stored now
  * @param {Summary} summary
  * @param {string | undefined} fatal
@@ -5503,21 +7059,29 @@ function taskOutcome(task, summary, fatal) {
     done.for = { reference: 'Patient/' + summary.subjects[0] };
   }
   // the first MAX_FAILURES_KEPT failures (a systematic one repeats per entry: the Task must stay storable)
-  /** @type {Summary & { failuresNotKept?: number }} */
+  /** @type {Summary & { failuresNotKept?: number, subjectsNotKept?: number, awaitingNotKept?: number }} */
   const kept = summary.failures.length > MAX_FAILURES_KEPT
     ? { ...summary, failures: summary.failures.slice(0, MAX_FAILURES_KEPT), failuresNotKept: summary.failures.length - MAX_FAILURES_KEPT }
-    : summary;
+    : { ...summary };
+  if (kept.subjects.length > MAX_FAILURES_KEPT) {
+    kept.subjectsNotKept = kept.subjects.length - MAX_FAILURES_KEPT;
+    kept.subjects = kept.subjects.slice(0, MAX_FAILURES_KEPT);
+  }
   done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(kept) }];
   // failed because no Patient held its Metriport id yet: findable by that id (a bulk create's link re-queues it)
   const waiting = failed ? awaitingLink(summary) : [];
+  if (waiting.length > MAX_AWAITING_KEPT) {
+    kept.awaitingNotKept = waiting.length - MAX_AWAITING_KEPT;
+    done.output = [{ type: { text: 'medport-import-summary' }, valueString: JSON.stringify(kept) }];
+  }
   done.identifier = (task.identifier || []).filter((i) => !(i && i.system === CONFIG.bulk.awaitingLinkSystem))
-    .concat(waiting.map((value) => ({ system: CONFIG.bulk.awaitingLinkSystem, value })));
+    .concat(waiting.slice(0, MAX_AWAITING_KEPT).map((value) => ({ system: CONFIG.bulk.awaitingLinkSystem, value })));
   if (failed) {
     done.statusReason = {
       text: fatal
         ? 'processing failed: ' + fatal
         : summary.failures.length + ' failure(s): ' +
-          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + f.text).join(' | '),
+          summary.failures.slice(0, 20).map((f) => f.type + '/' + f.id + ' ' + f.status + ' ' + String(f.text).slice(0, 300)).join(' | '),
     };
   } else {
     delete done.statusReason;
@@ -5526,8 +7090,9 @@ function taskOutcome(task, summary, fatal) {
 }
 
 /**
- * Process a stored message Task (Subscription on requested message Tasks): claim it (compare-and-set:
- * one run wins), process it from its checkpoint, write the outcome — unless another run took it over.
+ * Process a stored message Task (Subscription on requested message Tasks): refuse it unless this bot stored
+ * it and its message verifies, claim it (compare-and-set: one run wins), process it from its checkpoint,
+ * write the outcome — unless another run took it over.
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @param {string} taskId
@@ -5548,6 +7113,15 @@ async function processTask(medplum, event, taskId) {
   }
   if (task.status !== 'requested') {
     return { status: 'ignored', reason: 'task-' + task.status };
+  }
+  const stored = authorOf(task) === me(event) ? await storedMessage(medplum, task) : { raw: '', signature: '' };
+  const refusal = refusalOf(event, task, stored);
+  if (refusal) {
+    await reject(medplum, task, refusal);
+    return { status: 'refused', task: 'Task/' + taskId, reason: refusal };
+  }
+  if (waitsUntil(task) > Date.now()) {
+    return { status: 'ignored', reason: 'waiting-for-metriport' }; // the sweep nudges it once the wait is over
   }
   const attempt = attemptsOf(task) + 1;
   const now = new Date().toISOString();
@@ -5572,22 +7146,24 @@ async function processTask(medplum, event, taskId) {
     log('info', 'Task taken by another run; ignored', { task: taskId });
     return { status: 'ignored', reason: 'task-taken' };
   }
-  const lease = new Lease(medplum, task);
+  const lease = new Lease(medplum, task, me(event));
   /** @type {Ctx} */
   const ctx = { lease, resume: lease.checkpoint, patient: 0, failuresAtStart: 0, frozen: false };
-  const input = (task.input || []).find((i) => typeof i.valueString === 'string');
   /** @type {Summary} */
   let summary;
   /** @type {string | undefined} */
   let fatal;
   try {
     /** @type {Message} */
-    const msg = JSON.parse(input ? /** @type {string} */ (input.valueString) : ''); // stored by persistMessage: a signed message
+    const msg = JSON.parse(stored.raw); // a signed message: verified above
     summary = await processMessage(medplum, event, msg, ctx);
   } catch (err) {
     if (err instanceof LeaseLost) {
       log('warn', err.message, { task: taskId });
       return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+    }
+    if (err instanceof RateLimited) {
+      return deferMessage(lease, err);
     }
     summary = newSummary(undefined);
     fatal = errorText(err);
@@ -5611,14 +7187,88 @@ async function processTask(medplum, event, taskId) {
     attempt,
     imported: summary.imported,
     skipped: summary.skipped,
+    conflicts: summary.conflicts,
     failures: summary.failures.length,
   });
   try {
-    await sweep(medplum, taskId); // others cut off meanwhile: resume them now rather than at the next cron run
+    await sweep(medplum, event, taskId); // others cut off meanwhile: resume them now rather than at the next cron run
   } catch (err) {
     log('warn', 'sweep after the message failed: ' + errorText(err));
   }
   return { status: failed ? 'failed' : 'completed', task: 'Task/' + taskId, attempt, summary };
+}
+
+/**
+ * An operator puts a stored message back in the queue through the bot (`medport replay --failed`, the console),
+ * so that the Task stays one this bot wrote: the stored message must verify; a failed, refused or cut-off one
+ * (lease expired, or `takeOver`: the operator asserts its run is dead) is queued again with fresh attempts,
+ * resuming from its checkpoint; a waiting one is nudged. Whoever may execute this bot may ask; nothing unsigned is ever queued.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {string} taskId
+ * @param {boolean} takeOver
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function requeueCommand(medplum, event, taskId, takeOver) {
+  /** @type {StoredTask} */
+  let task;
+  try {
+    task = await readTask(medplum, taskId);
+  } catch (err) {
+    return { requeued: false, reason: 'Task/' + taskId + ' not found' };
+  }
+  if (!isMessageTask(task)) {
+    return { requeued: false, reason: 'Task/' + taskId + ' is not a Metriport message Task' };
+  }
+  const refusal = refusalOf(event, task, await storedMessage(medplum, task), true);
+  if (refusal) {
+    log('warn', 'requeue refused: ' + refusal, { task: taskId });
+    return { requeued: false, reason: 'refused: ' + refusal };
+  }
+  const status = String(task.status);
+  try {
+    /** @type {StoredTask} */
+    let next;
+    if (status === 'failed' || status === 'rejected' || status === 'cancelled' ||
+        (status === 'in-progress' && (takeOver || leaseExpired(task, Date.now())))) {
+      next = await requeue(medplum, task, true); // a new chance: attempts afresh, the checkpoint kept
+    } else if (status === 'requested') {
+      next = await nudge(medplum, task);
+    } else {
+      return { requeued: false, reason: 'Task/' + taskId + ' is ' + status + (status === 'in-progress' ? ' under a lease (being processed)' : '') };
+    }
+    log('info', 'message put back in the queue by request', { task: taskId, was: status, requester: event.requester && event.requester.reference });
+    return { requeued: true, task: 'Task/' + next.id, was: status };
+  } catch (err) {
+    if (outcomeId(err) !== 'precondition-failed') {
+      throw err;
+    }
+    return { requeued: false, reason: 'Task/' + taskId + ' changed meanwhile (being processed)' };
+  }
+}
+
+/**
+ * An operator's requeue request ({medportRequeue: <Task id>, takeOver?: true}), unsigned: as JSON, or as its text
+ * (Bot.rawBody passes the body as text). Anything signed is a Metriport message.
+ * @param {BotEvent} event
+ * @param {WebhookBotInput} input
+ * @returns { { taskId: string, takeOver: boolean } | undefined }
+ */
+function requeueRequest(event, input) {
+  /** @type {unknown} */
+  let body = input;
+  if (typeof input === 'string') {
+    if (header(event, 'x-metriport-signature') || !input.includes('medportRequeue')) {
+      return undefined;
+    }
+    try {
+      body = JSON.parse(input);
+    } catch (_err) {
+      return undefined;
+    }
+  }
+  const b = /** @type { { medportRequeue?: unknown, takeOver?: unknown, meta?: unknown } | null } */ (body && typeof body === 'object' ? body : null);
+  return b && typeof b.medportRequeue === 'string' && !b.meta ? { taskId: b.medportRequeue, takeOver: b.takeOver === true } : undefined;
 }
 
 // ---------------------------------------------------------------------------
@@ -5631,6 +7281,7 @@ async function processTask(medplum, event, taskId) {
  * @returns {Promise<Record<string, unknown>>}
  */
 exports.handler = async (medplum, event) => {
+  startRun();
   const input = /** @type {WebhookBotInput} */ (event.input);
   if (input && typeof input === 'object' && input.resourceType === 'Task') {
     // Triggered by the Subscription: never trust the body, re-read the Task.
@@ -5638,9 +7289,13 @@ exports.handler = async (medplum, event) => {
   }
   if (input && typeof input === 'object' && input.resourceType === 'Bot') {
     // Cron (Bot.cronString): Medplum passes the Bot itself. Resume what was cut off.
-    const swept = await sweep(medplum);
-    log(swept.resumed || swept.nudged ? 'warn' : 'info', 'sweep done', swept);
+    const swept = await sweep(medplum, event);
+    log(swept.resumed || swept.nudged || swept.refused ? 'warn' : 'info', 'sweep done', swept);
     return { sweep: swept };
+  }
+  const command = requeueRequest(event, input);
+  if (command) {
+    return requeueCommand(medplum, event, command.taskId, command.takeOver);
   }
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
@@ -5664,7 +7319,7 @@ exports.handler = async (medplum, event) => {
   const messageId = (msg.meta && msg.meta.messageId) || null;
 
   if (CONFIG.asyncProcessing) {
-    const task = await persistMessage(medplum, msg, raw);
+    const task = await persistMessage(medplum, event, msg, raw);
     log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
     if (type === 'medical.bulk-patient-create') {
       await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it

@@ -8,10 +8,12 @@ waitress's loop (and the stop) waiting.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import socket
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from waitress.server import create_server
 
@@ -24,6 +26,38 @@ def tune_gc_for_serving() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(bind_host: str = "127.0.0.1", *urls: str | None) -> frozenset[str]:
+    """The names a `Host` header may carry (ports aside): loopback, the address bound, the hosts of the URLs the
+    server is published under, and `MEDPORT_ALLOWED_HOSTS` (comma-separated: a tunnel's name). A page on another
+    origin whose name resolves to 127.0.0.1 (DNS rebinding) sends its own name and is refused. A wildcard bind is
+    also reached by the machine's own name."""
+    names = set(LOOPBACK_NAMES)
+    if bind_host in WILDCARD_HOSTS:
+        names.update({socket.gethostname(), socket.getfqdn()})
+    else:
+        names.add(bind_host)
+    names.update(urlsplit(u).hostname or "" for u in urls if u)
+    names.update(os.environ.get("MEDPORT_ALLOWED_HOSTS", "").split(","))
+    return frozenset(n.strip().strip("[]").rstrip(".").lower() for n in names if n and n.strip())
+
+
+def host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a request's `Host` (name, `name:port`, `[v6]:port`) names this server. No header at all
+    (HTTP/1.0, some tools) passes: a browser always sends one."""
+    if host_header is None:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.rstrip(".") in allowed
 
 
 class PortInUse(OSError):

@@ -370,6 +370,10 @@ def _semantic_problems(raw: dict) -> list[str]:
                 medplum_release(version)
         except UnsupportedRelease as e:
             problems.append(f"{where}: {e} (use {OLDEST} to {NEWEST})")
+    if raw.get("documents", {}).get("content") == "url":
+        problems.append("documents.content: 'url' is no longer supported — it kept Metriport's presigned URLs in Medplum "
+                        "(the document to anyone holding one, then a dead link): use 'binary' (the default); "
+                        "`medport document-urls PATIENT` asks Metriport for fresh URLs")
     for key, cron in (("webhook_bot.sweep_cron", webhook.get("sweep_cron")), ("contribution.cron", contribution.get("cron"))):
         if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
             problems.append(f"{key}: {cron!r} is not a 5-field cron expression (minute hour "

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -121,8 +122,11 @@ class Deployer:
                 desired = {k: v for k, v in desired.items() if k != element}
 
     def _write(self, step: str, existing: dict | None, desired: dict) -> dict:
+        """One write: a conditional create on the resource's tag (a create repeated after a lost answer finds the
+        first one), or a PUT over the existing one."""
         if existing is None:
-            return self.http.fhir(step, "POST", desired["resourceType"], json_body=desired)
+            return self.http.fhir(step, "POST", desired["resourceType"], json_body=desired,
+                                  headers={"If-None-Exist": _tag_query(desired)})
         merged = {**{k: v for k, v in existing.items() if k in SERVER_FIELDS - {"meta"}}, **desired, "id": existing["id"]}
         meta = dict(existing.get("meta") or {})
         meta["tag"] = [*[t for t in meta.get("tag", []) if t not in desired.get("meta", {}).get("tag", [])],
@@ -221,7 +225,7 @@ class Deployer:
         self._record("ProjectMembership", profile, "update", f"access policy {policy_key}")
         if not self.dry_run:
             self.http.request(step, "POST", f"admin/projects/{self.project_id}/members/{m['id']}",
-                              json_body={**m, "accessPolicy": want})
+                              json_body={**m, "accessPolicy": want}, idempotent=True)   # the same state again
 
     def _bots(self) -> None:
         system = self.cfg.medplum.identifier_system
@@ -235,10 +239,10 @@ class Deployer:
                 if self.dry_run:
                     continue
                 policy = self.policy_ids[POLICY_OF_MEMBER[spec.key]]
-                existing = self.http.request(f"{step}: create", "POST", f"admin/projects/{self.project_id}/bot",
-                                             json_body={"name": spec.name, "description": desired["description"],
-                                                        "runtimeVersion": desired["runtimeVersion"],
-                                                        "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+                existing = self._create_member(f"{step}: create", "bot", "Bot", spec.name,
+                                               {"name": spec.name, "description": desired["description"],
+                                                "runtimeVersion": desired["runtimeVersion"],
+                                                "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
                 existing = self._upsert(f"{step}: configure", existing, desired)
                 self._deploy_code(step, existing, spec.filename, code[spec.filename])
                 self.result.bot_ids[spec.key] = existing["id"]
@@ -255,6 +259,34 @@ class Deployer:
                     if not code_same:
                         self._deploy_code(step, existing, spec.filename, code[spec.filename])
             self._membership(f"{step}: membership", f"Bot/{existing['id']}", POLICY_OF_MEMBER[spec.key])
+
+    def _create_member(self, step: str, kind: str, rtype: str, name: str, body: dict) -> dict:
+        """`POST /admin/projects/{id}/{kind}` (a Bot or a ClientApplication with its membership). Not idempotent:
+        after an answer the server may have sent after acting (5xx) it is not repeated blindly — the one it may
+        have created (that name, not yet given medport's identifier or tag) is adopted instead."""
+        path = f"admin/projects/{self.project_id}/{kind}"
+        sent = datetime.now(timezone.utc) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
+        try:
+            return self.http.request(step, "POST", path, json_body=body)
+        except MedplumError as e:
+            if not e.maybe_applied:
+                raise
+            orphans = self._unconfigured(step, rtype, name, sent)
+            if orphans:
+                self.echo(f"  adopted   {rtype} {name} — created by the request answered HTTP {e.status}")
+                return self.http.fhir(f"{step}: read", "GET", f"{rtype}/{orphans[-1]['id']}")
+            return self.http.request(step, "POST", path, json_body=body)   # it had not acted: once more
+
+    def _unconfigured(self, step: str, rtype: str, name: str, since: datetime) -> list[dict]:
+        """Resources of that name updated since `since` without medport's identifier (Bot) or tag
+        (ClientApplication), oldest first."""
+        system = self.cfg.medplum.identifier_system
+        after = since.isoformat(timespec="seconds").replace("+00:00", "Z")
+        found = self.http.fhir(f"{step}: look for it", "GET", rtype, params={
+            "name": name, "_lastUpdated": f"ge{after}", "_count": "20", "_sort": "_lastUpdated"})
+        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(  # noqa: E731
+            t.get("system") == system for t in (r.get("meta") or {}).get("tag") or [])
+        return [e["resource"] for e in found.get("entry", []) if not mine(e["resource"])]
 
     @staticmethod
     def _code_filename(filename: str, code: str) -> str:
@@ -273,7 +305,7 @@ class Deployer:
         bot = self.http.fhir(f"{step}: read", "GET", f"Bot/{bot['id']}")
         bot["sourceCode"] = {"contentType": "text/javascript", "title": filename, "url": f"Binary/{source['id']}"}
         self.http.fhir(f"{step}: set source", "PUT", f"Bot/{bot['id']}", json_body=bot)
-        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy",
+        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy", idempotent=True,  # the same code again
                        json_body={"code": code, "filename": self._code_filename(filename, code)})
 
     def _client(self) -> None:
@@ -285,9 +317,9 @@ class Deployer:
             if self.dry_run:
                 return
             policy = self.policy_ids[POLICY_OF_MEMBER["webhook_client"]]
-            created = self.http.request(f"{step}: create", "POST", f"admin/projects/{self.project_id}/client",
-                                        json_body={"name": desired["name"], "description": desired["description"],
-                                                   "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+            created = self._create_member(f"{step}: create", "client", "ClientApplication", desired["name"],
+                                          {"name": desired["name"], "description": desired["description"],
+                                           "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
             self.result.client_secret = created.get("secret")
             existing = self._upsert(f"{step}: tag", created, desired)
         elif _same(existing, desired):
@@ -305,7 +337,11 @@ class Deployer:
             key = desired["meta"]["tag"][0]["code"]
             bot_key = placeholders[desired["channel"]["endpoint"]]
             bot_id = self.result.bot_ids.get(bot_key, "<new bot>")
+            placeholder = desired["channel"]["endpoint"]
             desired["channel"]["endpoint"] = f"Bot/{bot_id}"
+            for e in desired.get("extension", []):  # the FHIRPath criteria name the Bot too
+                if isinstance(e.get("valueString"), str):
+                    e["valueString"] = e["valueString"].replace(placeholder, f"Bot/{bot_id}")
             step = f"Subscription {key}"
             existing = self.http.search_one(step, "Subscription", _tag_query(desired))
             if _same(existing, desired):
@@ -364,7 +400,7 @@ class Deployer:
             for n, v in self.secrets.items():
                 current[n] = {"name": n, "valueString": v}
             self.http.request("Project secrets: write", "POST", f"admin/projects/{self.project_id}/secrets",
-                              json_body=list(current.values()))
+                              json_body=list(current.values()), idempotent=True)   # the whole list: same state again
 
     def run(self) -> DeployResult:
         self.preflight()

@@ -4,11 +4,14 @@ path (`stack.start_stack`), served until Ctrl-C. While it runs, `.medport/emulat
 (`statefile`), for `medport runs`, `replay` and `status`."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import click
 
+from medport.emulator.locks import InUse, OwnerLock, StoreRefused
+from medport.emulator.procenv import hide_process_environment, take_secrets
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
 from medport.emulator.medplum_releases import NEWEST, OLDEST, UnsupportedRelease
 from medport.emulator.medplum_releases import release as medplum_release
@@ -23,6 +26,9 @@ from .console.command import serve_for_stack
 from .options import admin_options, config_option
 from .localdefaults import CONSOLE_PORT, DEV_FAKE_METRIPORT_API_KEY
 from .stack import MissingInput, Stack, start_stack
+
+
+FOLDER_LOCK = statefile.STATE_FILE.parent / "emulate.lock"
 
 
 def _banner(stack: Stack, storage: str, seconds: float) -> None:
@@ -102,6 +108,10 @@ def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_c
             medplum_release(medplum_version)
         except UnsupportedRelease as e:
             raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
+    # the bots run as this user: no secret may stay readable in /proc/<this pid>/environ or cmdline (click read
+    # the options and their environment variables already)
+    secrets = take_secrets()
+    hide_process_environment()
     cfg, problem = None, None
     if not no_deploy and Path(config_path).exists():
         try:
@@ -111,15 +121,24 @@ def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_c
     overrides = {k: v for k, v in (("admin_client_id", admin_client_id),
                                    ("admin_client_secret", admin_client_secret)) if v}
     t0 = time.perf_counter()
+    # one emulator per folder: a second one would deploy over the first's bots, change its secrets and, on exit,
+    # leave `medport status` without the state file
+    folder = OwnerLock(str(FOLDER_LOCK), "this folder's .medport/",
+                       "stop it first (Ctrl-C where it runs), or run the second one from another folder")
     try:
+        folder.acquire()
         stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
                             metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
                             metriport_delay_s=0.3, metriport_api_key=metriport_api_key, deploy=cfg is not None,
-                            settings_overrides=overrides, medplum_version=medplum_version)
-    except (PortInUse, MissingInput) as e:
-        raise click.ClickException(str(e)) from None
-    except MedplumError as e:
-        raise click.ClickException(f"bots: deployment failed at {e}") from None
+                            settings_overrides=overrides, medplum_version=medplum_version,
+                            env={**os.environ, **secrets})
+    except BaseException as e:
+        folder.release()
+        if isinstance(e, (PortInUse, MissingInput, InUse, StoreRefused)):
+            raise click.ClickException(str(e)) from None
+        if isinstance(e, MedplumError):
+            raise click.ClickException(f"bots: deployment failed at {e}") from None
+        raise
     console = None
     try:
         storage = db_path if not memory else "memory"
@@ -130,6 +149,7 @@ def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_c
             click.echo(f"sync console: {console.url}   (sign in with the admin client id and secret above; "
                        "`medport status --json` prints its health figures)")
         statefile.write(_state(stack, host, storage, metriport_mode, console.url if console else None, config_path))
+        folder.describe(port=stack.emulator.port, base_url=stack.emulator.base_url)
         tune_gc_for_serving()
         wait_for_stop()
     finally:
@@ -137,6 +157,7 @@ def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_c
         if console is not None:
             console.stop()
         stack.close()
+        folder.release()
 
 
 def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_url: str | None = None,

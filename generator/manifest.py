@@ -15,7 +15,7 @@ import json
 
 from .config import BotSpec, Config
 from .render import (CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, PATIENT_CONFLICT_TASK_CODE,
-                     SUPPORTED_INTERACTION_EXT)
+                     PATIENT_SYNC_TASK_CODE, SUPPORTED_INTERACTION_EXT)
 
 READ = ["read", "vread", "search", "history"]
 # Which access policy each deployed principal runs under (keys are the policy tags).
@@ -40,12 +40,14 @@ def access_policies(cfg: Config) -> list[dict]:
     return [
         # The patient bot reads the Patient and its managingOrganization (facility id) and writes back the Metriport id.
         # It also leaves a review Task (and reads it back) when it refuses to link a second Patient to a
-        # Metriport patient: only Tasks of that code.
+        # Metriport patient, and keeps each Patient's sync Task (the durable step): only Tasks of those codes.
         _policy(system, "patient-bot-policy", f"{cfg.bots.patient.name} (medport)", [
             {"resourceType": "Patient", "interaction": [*READ, "update"]},
             {"resourceType": "Organization", "interaction": READ},
             {"resourceType": "Task", "interaction": [*READ, "create"],
              "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}"},
+            {"resourceType": "Task", "interaction": [*READ, "create", "update"],
+             "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_SYNC_TASK_CODE}"},
         ]),
         # The webhook bot stores messages as Tasks (and the bulk create Tasks: the request, its failed rows; the
         # review Tasks of refused links), reads Patients and updates them only to write the Metriport link of a
@@ -56,6 +58,7 @@ def access_policies(cfg: Config) -> list[dict]:
             {"resourceType": "Task", "interaction": [*READ, "create", "update"]},
             {"resourceType": "Patient", "interaction": [*READ, "update"]},
             {"resourceType": "Binary", "interaction": ["read", "vread", "create"]},
+            {"resourceType": "Organization", "interaction": READ},   # its sweep resumes Patients' syncs (facility id)
             *({"resourceType": t, "interaction": [*READ, "create", "update"]}
               for t in [*allowed, *(["DocumentReference"] if cfg.documents.store and "DocumentReference" not in allowed
                                     else [])]),
@@ -149,9 +152,14 @@ def subscriptions(cfg: Config) -> list[dict]:
     out = family("patient-subscription", "medport: run the patient bot when a Patient is saved", "Patient",
                  cfg.bots.patient, list(cfg.patient_bot.interactions))
     if cfg.webhook_bot.async_processing:
+        # Only Tasks the webhook bot itself wrote fire it (Medplum evaluates the expression on the stored version,
+        # meta.author included: server workers/subscription.ts, core subscriptions isFhirCriteriaMet); the bot
+        # checks the author again and refuses any other. `urn:uuid:<bot id>` is the Bot's placeholder: the
+        # batch (fhir-router batch.ts rewriteIdsInString) and `medport deploy` write its id in.
         out += family("webhook-task-subscription", "medport: process stored Metriport webhook messages",
                       f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&status=requested",
-                      cfg.bots.webhook, ["create", "update"])
+                      cfg.bots.webhook, ["create", "update"],
+                      f"%current.meta.author.reference = 'urn:uuid:{cfg.bots.webhook.id}'")
     if cfg.bots.contribution and cfg.contribution.on_encounter_finished:
         # Encounters the webhook bot imported carry the resource-id identifier: they never start a contribution
         out += family("contribution-encounter-subscription",

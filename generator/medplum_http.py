@@ -13,7 +13,6 @@ authorization header"), so a client logged in before can log in again (a second 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -21,15 +20,17 @@ from urllib.parse import urljoin
 
 import requests
 
-RETRY_STATUSES = {429, 500, 502, 503, 504}
+from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint, never_sent
+
 log = logging.getLogger(__name__)
 
 
 class MedplumError(Exception):
     """A failed step: `step` names what was being done, the message carries the server's words."""
 
-    def __init__(self, step: str, message: str, status: int | None = None):
+    def __init__(self, step: str, message: str, status: int | None = None, maybe_applied: bool = False):
         self.step, self.status = step, status
+        self.maybe_applied = maybe_applied   # failed after the server may have acted (a POST answered 5xx)
         super().__init__(f"{step}: {message}" + (f" (HTTP {status})" if status else ""))
 
 
@@ -67,41 +68,52 @@ class MedplumHttp:
     backoff_s: float = 0.5
     timeout_s: float = 30.0
     on_retry: Callable[[str], None] | None = None
+    policy: RetryPolicy | None = None       # default: attempts and backoff_s above
     session: requests.Session = field(default_factory=requests.Session)
     token: str | None = field(default=None, repr=False)
     extended: bool = True      # send `X-Medplum: extended` (meta.author/project/compartment returned)
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/") + "/"
+        if self.policy is None:
+            self.policy = RetryPolicy(attempts=self.attempts, backoff_s=self.backoff_s)
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))
 
-    def _send(self, step: str, method: str, path: str, **kw) -> requests.Response:
-        delay = self.backoff_s
-        for attempt in range(1, self.attempts + 1):
+    def _send(self, step: str, method: str, path: str, idempotent: bool | None = None, **kw) -> requests.Response:
+        """One request under the retry policy (http_retry.py): what the server certainly did not act on is repeated,
+        what it may have acted on only when repeating it is harmless."""
+        safe = is_idempotent(method, kw.get("headers"), idempotent)
+        for attempt in range(1, self.policy.attempts + 1):
             try:
                 resp = self.session.request(method, self.url(path), timeout=self.timeout_s, **kw)
             except (requests.ConnectionError, requests.Timeout) as e:
-                if attempt == self.attempts:
-                    raise MedplumError(step, f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up and "
-                                             "the base URL right?") from None
+                delay = self.policy.delay(attempt, safe, error=e)
+                if delay is None:
+                    if never_sent(e):
+                        raise MedplumError(step, f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up "
+                                                 "and the base URL right?") from None
+                    raise MedplumError(step, f"no answer from {self.base_url} ({type(e).__name__}); "
+                                             + (maybe_applied_hint(method) if not safe else "tried "
+                                                f"{attempt} time(s)")) from None
                 reason = type(e).__name__
             else:
-                if resp.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                try:
+                    delay = self.policy.delay(attempt, safe, resp=resp)
+                except WaitTooLong as e:
+                    raise MedplumError(step, f"rate limited: {e}; try again then", resp.status_code) from None
+                if delay is None:
                     return resp
                 reason = f"HTTP {resp.status_code}"
-                ra = resp.headers.get("Retry-After", "")
-                if ra.isdigit():
-                    delay = max(delay, min(float(ra), 30.0))
             if self.on_retry:
-                self.on_retry(f"{step}: {reason}, retrying in {delay:.1f}s (attempt {attempt + 1}/{self.attempts})")
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
+                self.on_retry(f"{step}: {reason}, retrying in {delay:.1f}s (attempt {attempt + 1}/{self.policy.attempts})")
+            self.policy.sleep(delay)
         raise AssertionError("unreachable")
 
     def login(self) -> None:
-        resp = self._send("login", "POST", "oauth2/token", data={
+        # a repeated token request only mints another token: safe to repeat
+        resp = self._send("login", "POST", "oauth2/token", idempotent=True, data={
             "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret})
         log.debug("POST oauth2/token -> %s in %.0f ms", resp.status_code, resp.elapsed.total_seconds() * 1000)
         if resp.content and _json(resp) is None:
@@ -128,18 +140,21 @@ class MedplumHttp:
         return headers
 
     def request(self, step: str, method: str, path: str, *, json_body: Any = None, data: Any = None,
-                headers: dict | None = None, params: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+                headers: dict | None = None, params: Any = None, ok: tuple[int, ...] = (200, 201),
+                idempotent: bool | None = None) -> Any:
+        """`idempotent`: True for a POST that may be repeated (a search, a write of the same whole state);
+        default: by method and headers (http_retry.is_idempotent)."""
         if self.token is None:
             self.login()
         hdrs = {"Accept": "application/fhir+json, application/json"}
         if json_body is not None:
             hdrs["Content-Type"] = "application/fhir+json"
         hdrs.update(headers or {})
-        resp = self._send(step, method, path, json=json_body, data=data, headers={**self.auth_headers(), **hdrs},
-                          params=params)
+        resp = self._send(step, method, path, idempotent, json=json_body, data=data,
+                          headers={**self.auth_headers(), **hdrs}, params=params)
         if resp.status_code == 401 and "Authorization" not in (headers or {}):
             self.login()   # the token expired (or the server restarted): log in again, once
-            resp = self._send(step, method, path, json=json_body, data=data,
+            resp = self._send(step, method, path, idempotent, json=json_body, data=data,
                               headers={**self.auth_headers(), **hdrs}, params=params)
         log.debug("%s %s -> %s in %.0f ms", method, path.split("?", 1)[0], resp.status_code,
                   resp.elapsed.total_seconds() * 1000)
@@ -148,7 +163,11 @@ class MedplumHttp:
                                                or "html" in resp.headers.get("Content-Type", "")):
             raise MedplumError(step, not_json_reason(resp), resp.status_code)
         if resp.status_code not in ok:
-            raise MedplumError(step, outcome_text(body) or resp.reason or "no reason given", resp.status_code)
+            message = outcome_text(body) or resp.reason or "no reason given"
+            if resp.status_code in MAYBE_ACTED_STATUSES and not is_idempotent(method, hdrs, idempotent):
+                raise MedplumError(step, f"{message}; {maybe_applied_hint(method)}", resp.status_code,
+                                   maybe_applied=True)
+            raise MedplumError(step, message, resp.status_code)
         text = outcome_text(body)
         if text:
             raise MedplumError(step, text, resp.status_code)

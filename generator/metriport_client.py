@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import click
 import requests
 
 from . import statefile
 from .config import Config
+from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint
 from .localdefaults import admin_credentials, fake_metriport_api_key
 from .medplum_http import MedplumHttp
 
@@ -27,21 +29,48 @@ class MetriportCallError(click.ClickException):
         self.status = resp.status_code
 
 
+def send(what: str, method: str, url: str, policy: RetryPolicy, *, idempotent: bool | None = None,
+         on_error: Callable[[requests.RequestException], click.ClickException], **kw) -> requests.Response:
+    """One request to Metriport under the retry policy (http_retry.py): a 429 or 503 waited out as its Retry-After
+    asks, a request that may have been acted on repeated only when that is harmless."""
+    safe = is_idempotent(method, kw.get("headers"), idempotent)
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            resp = requests.request(method, url, **kw)
+        except requests.RequestException as e:
+            delay = policy.delay(attempt, safe, error=e)
+            if delay is None:
+                raise on_error(e) from None
+        else:
+            try:
+                delay = policy.delay(attempt, safe, resp=resp)
+            except WaitTooLong as e:
+                raise click.ClickException(f"Metriport {what}: rate limited, {e}: run the command again then") from None
+            if delay is None:
+                if resp.status_code in MAYBE_ACTED_STATUSES and not safe:
+                    raise click.ClickException(f"Metriport {what} answered {resp.status_code}: "
+                                               f"{maybe_applied_hint(method)}")
+                return resp
+        policy.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class MetriportApi:
     base_url: str
     api_key: str = field(repr=False)
     timeout_s: float = 30.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
     _no_status_route: bool = field(default=False, repr=False)
 
     def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
-        try:
-            resp = requests.request(method, self.base_url.rstrip("/") + path, params=params, json=json_body,
-                                    headers={"x-api-key": self.api_key, "accept": "application/json"},
-                                    timeout=self.timeout_s)
-        except requests.RequestException as e:
-            raise click.ClickException(f"cannot reach Metriport at {self.base_url} ({type(e).__name__}): check "
-                                       "--metriport-url / METRIPORT_BASE_URL, or start `medport emulate`") from None
+        def unreachable(e: requests.RequestException) -> click.ClickException:
+            return click.ClickException(f"cannot reach Metriport at {self.base_url} ({type(e).__name__}): check "
+                                        "--metriport-url / METRIPORT_BASE_URL, or start `medport emulate`")
+
+        resp = send(f"{method} {path}", method, self.base_url.rstrip("/") + path, self.policy, params=params,
+                    json=json_body, headers={"x-api-key": self.api_key, "accept": "application/json"},
+                    timeout=self.timeout_s, on_error=unreachable)
         if not 200 <= resp.status_code < 300:
             raise MetriportCallError(f"{method} {path}", resp)
         try:
@@ -83,14 +112,15 @@ class MetriportApi:
                          json_body={"metadata": metadata or {}})
 
 
-def upload_csv(url: str, text: str, timeout_s: float = 300.0) -> requests.Response:
+def upload_csv(url: str, text: str, timeout_s: float = 300.0, policy: RetryPolicy | None = None) -> requests.Response:
     """The PUT to a presigned upload URL, as Metriport's docs show it (`Content-Type: text/csv`); no API key
-    (the URL is the credential)."""
-    try:
-        return requests.put(url, data=text.encode("utf-8"), headers={"Content-Type": "text/csv"}, timeout=timeout_s)
-    except requests.RequestException as e:   # the URL is a credential: not shown
-        raise click.ClickException(f"uploading the CSV to Metriport's upload URL failed ({type(e).__name__}); "
-                                   "run `medport enroll` again") from None
+    (the URL is the credential). The URL is good for one upload: a PUT that may have landed is not repeated."""
+    def failed(e: requests.RequestException) -> click.ClickException:   # the URL is a credential: not shown
+        return click.ClickException(f"uploading the CSV to Metriport's upload URL failed ({type(e).__name__}); "
+                                    "run `medport enroll` again")
+
+    return send("upload", "PUT", url, policy or RetryPolicy(), idempotent=False, data=text.encode("utf-8"),
+                headers={"Content-Type": "text/csv"}, timeout=timeout_s, on_error=failed)
 
 
 def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> MetriportApi:

@@ -11,7 +11,7 @@ import jinja2
 
 from . import __version__
 from .config import BotSpec, Config, resource_types
-from .fhir_rules import bot_rules
+from .fhir_rules import bot_rules, rules
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"
 FINGERPRINT_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint"
@@ -26,6 +26,11 @@ MESSAGE_PROGRESS_EXT = "https://medport.dev/fhir/StructureDefinition/message-pro
 PATIENT_CONFLICT_TASK_CODE = "metriport-patient-conflict"
 PATIENT_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-conflict"
 QUERY_FAILED_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-query-failed"
+# A Patient's sync as a durable step: one Task per Patient (identifier PATIENT_SYNC_ID_SYSTEM|<patient id>),
+# `requested` from before the first Metriport call until the query started; its executionPeriod.start says when
+# it may run next (the end of the run holding it, or Metriport's Retry-After). The sweep resumes the due ones.
+PATIENT_SYNC_TASK_CODE = "metriport-patient-sync"
+PATIENT_SYNC_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-patient-sync"
 # Bulk patient create (medport enroll): one Task per Metriport request (its status, counts and the result CSV
 # as a Binary), one Task per failed row (for/focus = the Patient, the reason); the messages that named a
 # Metriport patient no Medplum Patient held yet carry an identifier in AWAITING_LINK_SYSTEM (value = that id),
@@ -36,6 +41,16 @@ BULK_REQUEST_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-re
 BULK_ROW_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-bulk-row"
 AWAITING_LINK_SYSTEM = "https://medport.dev/fhir/identifiers/awaiting-metriport-link"
 ADT_MESSAGE_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-notification"
+# Newer wins: every imported resource names the message that last changed it (its meta.when, and for realtime
+# notifications the event's time breaking a tie): valueString "<when> <order or -> <messageId>".
+MESSAGE_WHEN_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-message-when"
+# A resource never changes its patient: an import that meets another Patient's copy of a resource (same Metriport
+# id) creates its own and leaves one review Task per pair of Patients (for = the importing one, focus = the other).
+RESOURCE_CONFLICT_TASK_CODE = "metriport-resource-conflict"
+RESOURCE_CONFLICT_ID_SYSTEM = "https://medport.dev/fhir/identifiers/metriport-resource-conflict"
+# One Binary per stored document: the run that creates (or takes over) a DocumentReference marks it with a claim
+# (valueDateTime: until when) and only that run downloads the document and creates its Binary.
+DOCUMENT_CLAIM_EXTENSION = "https://medport.dev/fhir/StructureDefinition/metriport-document-claim"
 # Contribution (contribution bot): one ledger Task per Patient (identifier CONTRIBUTION_LEDGER_SYSTEM|<Patient id>,
 # a hash per resource contributed) and one for the schedule (…|schedule: when it last ran).
 CONTRIBUTION_TASK_CODE = "metriport-contribution"
@@ -72,6 +87,7 @@ def _bot_basics(cfg: Config, spec: BotSpec) -> dict:
         "medportVersion": __version__,
         "metriportBaseUrl": cfg.metriport_base_url,
         "patientIdentifierSystem": cfg.metriport.patient_identifier_system,
+        "timeoutSeconds": spec.timeout,
     }
 
 
@@ -79,20 +95,23 @@ def patient_bot_config(cfg: Config) -> dict:
     """The CONFIG object embedded in the patient bot (templates/patient-bot.js.j2)."""
     return {
         **_bot_basics(cfg, cfg.bots.patient),
-        "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
         **_link(cfg),
-        "flow": cfg.patient_bot.flow,
-        "sources": list(cfg.patient_bot.sources),
         "consolidated": _consolidated(cfg),
         "retry": _retry(cfg),
     }
 
 
 def _link(cfg: Config) -> dict:
-    """What templates/_link.js.j2 needs (both bots write the same link)."""
+    """What templates/_link.js.j2 needs: both bots write the same link, and both sync a Patient (the patient bot
+    when it is saved, the webhook bot's sweep when a step was left pending)."""
     return {"fingerprintExtensionUrl": FINGERPRINT_EXTENSION, "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
             "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
-                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM}}
+                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM},
+            "syncTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_SYNC_TASK_CODE,
+                         "identifierSystem": PATIENT_SYNC_ID_SYSTEM, "maxAttempts": cfg.webhook_bot.max_attempts},
+            "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
+            "flow": cfg.patient_bot.flow,
+            "sources": list(cfg.patient_bot.sources)}
 
 
 def webhook_bot_config(cfg: Config) -> dict:
@@ -103,14 +122,18 @@ def webhook_bot_config(cfg: Config) -> dict:
     return {
         **_bot_basics(cfg, cfg.bots.webhook),
         **_link(cfg),
-        "documents": {"store": d.store, "content": d.content, "maxBytes": d.max_bytes,
-                      "identifierSystem": d.identifier_system, "requestBulkUrls": d.request_bulk_urls},
+        "documents": {"store": d.store, "maxBytes": d.max_bytes, "identifierSystem": d.identifier_system,
+                      "claimUrl": DOCUMENT_CLAIM_EXTENSION, "requestBulkUrls": d.request_bulk_urls},
         "realtime": {"types": list(rt.types) if rt.import_ else []},
         "bulk": {"system": MEDPORT_CODESYSTEM, "taskCode": BULK_TASK_CODE, "rowFailedCode": BULK_ROW_FAILED_CODE,
                  "requestIdSystem": BULK_REQUEST_ID_SYSTEM, "rowIdSystem": BULK_ROW_ID_SYSTEM,
                  "awaitingLinkSystem": AWAITING_LINK_SYSTEM},
         "notificationExtensionUrl": ADT_MESSAGE_EXTENSION,
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
+        "patientCompartment": {t: rules()["compartment"][t] for t in allowed if t in rules()["compartment"]},
+        "stampUrl": MESSAGE_WHEN_EXTENSION,
+        "conflictResourceTask": {"system": MEDPORT_CODESYSTEM, "code": RESOURCE_CONFLICT_TASK_CODE,
+                                 "identifierSystem": RESOURCE_CONFLICT_ID_SYSTEM},
         "contributionIdentifierSystem": cfg.contribution.identifier_system,
         "flow": cfg.patient_bot.flow,
         "verifySignature": cfg.webhook_bot.verify_signature,

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 import click
@@ -82,32 +83,51 @@ def _iso_to_epoch(value: str | None) -> float | None:
         return None
 
 
-def stuck_messages(http: MedplumHttp, stale_after_s: float = 120.0, now: float | None = None) -> list[tuple[dict, str]]:
-    """Stored messages to run again, with why: failed ones; in progress whose lease expired (their processing
-    was cut off: timeout, redeploy, restart); requested ones nothing picked up for `stale_after_s` (the
-    subscription delivery was lost)."""
+@dataclass
+class MessageStates:
+    """Stored messages by what `replay --failed` can do with them."""
+    stuck: list[tuple[dict, str]]         # to run again, with why: failed, cut off, or forgotten
+    in_flight: list[tuple[dict, float]]   # in progress under a live lease, with its seconds left
+
+
+def message_states(http: MedplumHttp, stale_after_s: float = 30.0, now: float | None = None) -> MessageStates:
+    """Failed messages; in progress whose lease expired (their processing was cut off: timeout, redeploy,
+    restart); requested ones nothing picked up for `stale_after_s` (the subscription delivery was lost); and those
+    still in progress under a live lease (a run holds them — or held them, if it crashed since)."""
     now = time.time() if now is None else now
     code = f"{MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}"
-    out: list[tuple[dict, str]] = []
+    out = MessageStates([], [])
     for status in ("failed", "in-progress", "requested"):
         found = http.fhir(f"find {status} messages", "GET", f"Task?code={code}&status={status}&_count=1000")
         for t in (e["resource"] for e in found.get("entry", [])):
             if status == "failed":
-                out.append((t, "failed"))
+                out.stuck.append((t, "failed"))
             elif status == "in-progress":
                 lease = _iso_to_epoch((_ext(t, MESSAGE_LEASE_EXT) or {}).get("valueDateTime"))
                 if lease is None or lease <= now:
-                    out.append((t, "cut off (lease expired)"))
+                    out.stuck.append((t, "cut off (lease expired)"))
+                else:
+                    out.in_flight.append((t, lease - now))
             else:
                 updated = _iso_to_epoch((t.get("meta") or {}).get("lastUpdated"))
                 if updated is not None and updated < now - stale_after_s:
-                    out.append((t, f"waiting for more than {stale_after_s:.0f} s"))
+                    out.stuck.append((t, f"waiting for more than {stale_after_s:.0f} s"))
     return out
 
 
+def stuck_messages(http: MedplumHttp, stale_after_s: float = 30.0, now: float | None = None) -> list[tuple[dict, str]]:
+    """The stored messages to run again, with why (`message_states(...).stuck`)."""
+    return message_states(http, stale_after_s, now).stuck
+
+
+def _described(t: dict) -> str:
+    return f"Task/{t['id']} ({t.get('description', 'message')}"
+
+
 def requeue_body(task: dict) -> dict:
-    """The Task put back in the queue by a person: status requested, attempts start over, the old outcome
-    and lease dropped; the checkpoint kept, so the next run resumes where the last one stopped."""
+    """The Task put back in the queue: status requested, attempts start over, the old outcome and lease dropped;
+    the checkpoint kept, so the next run resumes where the last one stopped. What the webhook bot writes when it
+    is asked to requeue (`requeue_task`); written by anyone else, the bot refuses the Task."""
     drop = {MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT}
     t = {k: v for k, v in task.items() if k not in ("statusReason", "output")}
     t["extension"] = [e for e in task.get("extension") or [] if e.get("url") not in drop]
@@ -118,35 +138,72 @@ def requeue_body(task: dict) -> dict:
     return t
 
 
-def requeue_task(http: MedplumHttp, task: dict) -> dict:
-    """Put one stored message back to `requested` (`requeue_body`), guarded by the version read (If-Match): a
-    message that changed since (being processed) is not touched — MedplumError with status 412."""
-    vid = (task.get("meta") or {}).get("versionId")
-    return http.fhir(f"requeue Task/{task['id']}", "PUT", f"Task/{task['id']}", json_body=requeue_body(task),
-                     headers={"If-Match": f'W/"{vid}"'} if vid else None)
+def webhook_bot_id(http: MedplumHttp, cfg: Config | None = None, tasks=()) -> str:
+    """The webhook bot's id: by its identifier (from the config), else the Bot that stored one of the messages
+    (meta.author, read in extended mode)."""
+    if cfg is not None:
+        system = cfg.medplum.identifier_system
+        bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{cfg.bots.webhook.identifier}")
+        if bot is not None:
+            return bot["id"]
+    for t in tasks:
+        author = ((t.get("meta") or {}).get("author") or {}).get("reference", "")
+        if author.startswith("Bot/"):
+            return author.split("/", 1)[1]
+    raise MedplumError("find webhook bot", "no webhook bot found — deploy first (`medport emulate` does it at start; "
+                                           "`medport deploy` elsewhere), or pass -c with your medport.toml")
 
 
-def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 120.0) -> tuple[int, int]:
-    """Put every failed, cut-off or forgotten stored message back to `requested`: the Task subscription
-    processes it again (from its checkpoint, attempts counted afresh)."""
-    tasks = stuck_messages(http, stale_after_s)
+def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = False) -> dict:
+    """Put one stored message back in the queue through the webhook bot itself (`$execute` with
+    `{"medportRequeue": <Task id>}`): the bot checks the message's stored signature and writes the Task as itself —
+    a message Task written by anyone else is refused by the bot, so people never write it. A message that changed
+    since (being processed), or that does not verify, is not touched: MedplumError with status 412."""
+    body = {"medportRequeue": task["id"], **({"takeOver": True} if take_over else {})}
+    out = http.fhir(f"requeue Task/{task['id']}", "POST", f"Bot/{bot_id}/$execute", json_body=body)
+    if not isinstance(out, dict) or not out.get("requeued"):
+        reason = out.get("reason") if isinstance(out, dict) else None
+        raise MedplumError(f"requeue Task/{task['id']}", reason or "not requeued", 412)
+    return out
+
+
+def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 30.0,
+                  take_over: bool = False, cfg: Config | None = None) -> tuple[int, int]:
+    """Put every failed, cut-off or forgotten stored message back to `requested` (through the webhook bot): the
+    Task subscription processes it again (from its checkpoint, attempts counted afresh). Messages still under a
+    lease are listed with the time left; `take_over` requeues them too (the user says the run holding them is dead:
+    it stops at its next lease renewal if it is not)."""
+    states = message_states(http, stale_after_s)
+    tasks = list(states.stuck)
+    in_flight = {t["id"] for t, _ in states.in_flight}
+    for n, (t, left) in enumerate(states.in_flight):
+        if take_over:
+            tasks.append((t, f"in progress, lease taken over {left:.0f} s before it ran out"))
+        elif n < SHOWN_ONE_BY_ONE:
+            echo(f"{_described(t)}) is in progress under a lease for {left:.0f} s more: a run holds it, or held it "
+                 "before a crash")
+    if states.in_flight and not take_over:
+        echo(f"{len(states.in_flight)} message(s) in flight: the sweep resumes them once their lease runs out; if "
+             "their run is dead (the server or the emulator crashed), `medport replay --failed --take-over` resumes "
+             "them now")
     if not tasks:
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
+    bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
     many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
     bar = Progress(len(tasks), "requeued", echo=echo) if many else None
     for i, (t, why) in enumerate(tasks, 1):
         try:
-            requeue_task(http, t)
+            requeue_task(http, t, bot_id, take_over=t["id"] in in_flight)
         except MedplumError as e:
             if e.status == 412:
-                echo(f"Task/{t['id']}: changed meanwhile (being processed) — left alone")
+                echo(f"Task/{t['id']}: left alone — {str(e).split(': ', 1)[-1]}")
                 continue
             raise
         if bar:
             bar.update(i)
         else:
-            echo(f"requeued Task/{t['id']} ({t.get('description', 'message')}; {why})")
+            echo(f"requeued {_described(t)}; {why})")
     if bar:
         bar.close(f"requeued {len(tasks)} message(s)")
     deadline = time.monotonic() + wait_s
@@ -157,10 +214,10 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         time.sleep(0.3)
         for tid in list(pending):
             status = http.fhir("read Task", "GET", f"Task/{tid}")["status"]
-            if status in ("completed", "failed"):
+            if status in ("completed", "failed", "rejected"):
                 pending.discard(tid)
-                ok, failed = ok + (status == "completed"), failed + (status == "failed")
-                if not bar or status == "failed" and failed <= SHOWN_ONE_BY_ONE:
+                ok, failed = ok + (status == "completed"), failed + (status != "completed")
+                if not bar or status != "completed" and failed <= SHOWN_ONE_BY_ONE:
                     echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
         if bar:
             bar.update(ok + failed, f"{failed} failed" if failed else "")
@@ -181,21 +238,28 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
 @click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY", show_envvar=True,
               help="Key to sign with. Default on the emulator: its Project secret.")
 @click.option("--failed", is_flag=True,
-              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started.")
+              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started; "
+                   "list those still under a lease, with the time left.")
+@click.option("--take-over", is_flag=True,
+              help="With --failed: also resume the messages still under a lease now (after a crash: their run is dead).")
 @medplum_options("emulator", purpose="holding the webhook bot and its messages")
 @click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
-def replay_command(file, config_path, to_url, webhook_key, failed, base_url, client_id, client_secret, wait_s):
+def replay_command(file, config_path, to_url, webhook_key, failed, take_over, base_url, client_id, client_secret,
+                   wait_s):
     """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")
+    if take_over and not failed:
+        raise click.UsageError("--take-over goes with --failed")
     admin_id, admin_secret = admin_credentials()
     http = MedplumHttp(statefile.emulator_base_url(base_url), client_id or admin_id, client_secret or admin_secret)
     try:
         if failed:
-            stale = 120.0
+            stale, cfg = 30.0, None
             if os.path.exists(config_path):
-                stale = float(load_or_exit(config_path).webhook_bot.lease_seconds)
-            ok, bad = replay_failed(http, wait_s, stale_after_s=stale)
+                cfg = load_or_exit(config_path)
+                stale = float(cfg.webhook_bot.lease_seconds)
+            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over, cfg=cfg)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

@@ -14,8 +14,9 @@ import requests
 
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
                    data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
-from .render import MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, PATIENT_CONFLICT_TASK_CODE
-from .replay import deliver, metriport_body
+from .render import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
+                     PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
+from .replay import deliver, metriport_body, sign
 
 
 class ScenarioFailure(AssertionError):
@@ -318,6 +319,17 @@ def _dev(stack, method: str, path: str, **kw) -> dict:
     return r.json()
 
 
+def _lease_runs_out(stack, task: dict) -> None:
+    """Time passes without a heartbeat: the lease the bot wrote runs out — here moved to the past, instead of waiting
+    webhook_bot.lease_seconds. Written into the emulator's store as the bot itself (its own state, aged): a Task
+    changed over FHIR by anyone else is refused by the bot, as it must be."""
+    aged = {**task, "extension": [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
+        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]}
+    author = ((task.get("meta") or {}).get("author") or {}).get("reference")
+    stack.emulator.state.repo.update(aged, if_match=task["meta"]["versionId"], project=task["meta"].get("project"),
+                                     author=author)
+
+
 def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: float = 90.0) -> dict:
     """A consolidated import cut off midway (its execution killed, the server restarted: in-flight work
     dropped) is resumed — by the cron sweep, or by the message delivered again when no sweep is configured —
@@ -352,11 +364,7 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     expect(sum(after_crash.values()) < total, "nothing was left to recover")
     task = stack.admin.fhir("read Task", "GET", f"Task/{task['id']}")
     expect(task["status"] == "in-progress", f"the cut-off message is {task['status']}, expected in-progress")
-    # Time passes without a heartbeat: the lease runs out (here: moved to the past, instead of waiting
-    # webhook_bot.lease_seconds).
-    task["extension"] = [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
-        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]
-    stack.admin.fhir("expire the lease", "PUT", f"Task/{task['id']}", json_body=task)
+    _lease_runs_out(stack, task)
     t0 = time.monotonic()
     if cfg.webhook_bot.sweep_cron.strip():
         trigger = "cron sweep"
@@ -473,6 +481,272 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     return {"deliveries": 2 * copies, "tasks": 1}
 
 
+# ------------------------------------------------------------------------------------------------
+# Metriport's rate limits: waited out, never dropped.
+
+def sync_task(stack, patient_id: str) -> dict | None:
+    """The Patient's sync Task (the durable step of its sync), or None."""
+    found = stack.admin.fhir("find the sync Task", "GET", f"Task?identifier={PATIENT_SYNC_ID_SYSTEM}|{patient_id}")
+    return next((e["resource"] for e in found.get("entry", [])), None)
+
+
+def metriport_id_of(stack, patient_id: str) -> str | None:
+    p = stack.admin.fhir("read Patient", "GET", f"Patient/{patient_id}")
+    system = stack.cfg.metriport.patient_identifier_system
+    return next((i.get("value") for i in p.get("identifier", []) if i.get("system") == system), None)
+
+
+def queried(stack, metriport_patient_id: str) -> bool:
+    """Metriport has the query the patient bot starts (network query, or the legacy document or consolidated one)."""
+    fake = stack.fake.state
+    flow = stack.cfg.patient_bot.flow
+    if flow == "consolidated":
+        return bool(fake.consolidated.get(metriport_patient_id))
+    if flow == "network-query":
+        return any(q.patient_id == metriport_patient_id for q in list(fake.network_queries.values()))
+    return metriport_patient_id in fake.document_queries
+
+
+def fake_rate_limits(stack, **body) -> dict:
+    r = requests.post(f"{stack.fake.base_url}/_fake/rate-limits", json=body, headers={"x-api-key": stack.fake.api_key},
+                      timeout=30)
+    expect(r.ok, f"the fake's rate limits could not be set: {r.status_code} {r.text[:200]}")
+    return r.json()
+
+
+def let_pending_syncs_run(stack, tasks: list[dict]) -> None:
+    """Time passes: each pending sync Task is due now (instead of waiting out Metriport's Retry-After)."""
+    for t in tasks:
+        cur = stack.admin.fhir("read Task", "GET", f"Task/{t['id']}")
+        if cur["status"] == "requested":
+            cur["executionPeriod"] = {"start": "2000-01-01T00:00:00.000Z"}
+            stack.admin.fhir("make the sync due", "PUT", f"Task/{cur['id']}", json_body=cur)
+
+
+def run_sweep(stack) -> str:
+    """What resumes pending work: the cron sweep, or — without one — the sweep after any processed message."""
+    cfg = stack.cfg
+    if cfg.webhook_bot.sweep_cron.strip():
+        _dev(stack, "POST", "cron/run", params={"bot": cfg.bots.webhook.name})
+        return "cron sweep"
+    expect(cfg.webhook_bot.async_processing, "webhook_bot.sweep_cron is empty and async_processing is off: nothing "
+                                              "resumes a Patient whose sync Metriport's rate limit deferred")
+    msg = {"meta": {"messageId": f"medport-check-sweep-{time.time_ns()}", "when": "2024-01-01T00:00:00.000Z",
+                    "type": "medport.check.nudge"}}
+    resp = deliver(stack.webhook_url, msg, stack.webhook_key)
+    expect(resp.status_code == 200, f"a message to trigger the sweep was refused: {resp.status_code} {resp.text[:200]}")
+    task = resp.json()["task"]
+    _wait(lambda: stack.admin.fhir("read Task", "GET", task)["status"] in ("completed", "failed"), 60,
+          "the message that triggers the sweep to be processed")
+    stack.wait_idle(30)
+    return "sweep after a processed message"
+
+
+def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, timeout: float = 90.0) -> dict:
+    """A burst of new Patients over Metriport's patient-create limit (lowered here to `limit` a minute; Metriport
+    allows 15 and answers 429 with Retry-After up to 60 s): those it refuses longer than the patient bot's execution
+    can wait are left pending, the minute passes, the sweep resumes them — every Patient ends linked and queried."""
+    expect(stack.fake is not None, "needs the fake Metriport")
+    org = create_facility_org(stack, "Rate limit clinic")
+    fake_rate_limits(stack, limits={"patient": limit}, reset=True)
+    try:
+        made = [create_patient(stack, f"Burst{chr(65 + i)}", org["id"], family=f"Ratelimit{time.time_ns() % 10**6}")
+                for i in range(patients)]
+        ids = [p["id"] for p in made]
+
+        def settled():
+            out = {}
+            for pid in ids:
+                t = sync_task(stack, pid)
+                if metriport_id_of(stack, pid) and t and t["status"] == "completed":
+                    out[pid] = "linked"
+                elif t and t["status"] == "requested" and "waiting for Metriport" in (t.get("statusReason") or {}).get("text", ""):
+                    out[pid] = "pending"
+                else:
+                    return None
+            return out
+
+        first = _wait(settled, timeout, "each Patient linked or left pending")
+        waiting = [pid for pid, s in first.items() if s == "pending"]
+        deferred = len(waiting)
+        expect(deferred == patients - limit, f"{deferred} Patient(s) left pending for Metriport's limit, expected "
+                                             f"{patients - limit}: {first}")
+        rounds = 0
+        while waiting:   # each round: a minute passes, the sweep resumes what is due, up to the limit again
+            rounds += 1
+            expect(rounds <= patients, f"{len(waiting)} Patient(s) still pending after {patients} sweeps")
+            fake_rate_limits(stack, reset=True)
+            let_pending_syncs_run(stack, [sync_task(stack, pid) for pid in waiting])
+            trigger = run_sweep(stack)
+            state = _wait(settled, timeout, "the resumed Patients linked or left pending")
+            waiting = [pid for pid, s in state.items() if s == "pending"]
+        _wait(lambda: all(queried(stack, m) for pid in ids if (m := metriport_id_of(stack, pid))), timeout,
+              "every Patient's query")
+    finally:
+        fake_rate_limits(stack, limits={"patient": 15}, windowSeconds=60, reset=True)
+    mids = [metriport_id_of(stack, pid) for pid in ids]
+    expect(len(set(mids)) == len(ids), f"two Patients share a Metriport patient: {mids}")
+    return {"patients": patients, "deferred": deferred, "sweeps": rounds, "resumed_by": trigger}
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing misplaced, nothing forged: shared resource ids, a forged message Task, an older message after a newer one.
+
+def _compartment_versions(stack, patient_id: str) -> dict[str, str]:
+    """Type/id -> versionId of every imported resource in the Patient's compartment."""
+    out = {}
+    for rt in stack.cfg.webhook_bot.resources:
+        b = stack.admin.fhir(f"list {rt}", "GET", f"{rt}?_compartment=Patient/{patient_id}&_count=1000")
+        out.update({f"{rt}/{e['resource']['id']}": e["resource"]["meta"]["versionId"] for e in b.get("entry", [])})
+    return out
+
+
+_SCENARIO_FAMILIES = ("Sharedsecond", "Forgecheck", "Newercheck")
+
+
+def _patient_with_data(stack, first: str, family: str | None, timeout: float = 60.0, **overrides) -> dict:
+    """A Patient of that name (any family name when None) whose data is in (created — family "Check" — and its flow
+    waited for, when none is)."""
+    pid_system = stack.cfg.metriport.patient_identifier_system
+    named = f"&family={family}" if family else ""
+    found = stack.admin.fhir("find Patient", "GET", f"Patient?given={first}{named}&identifier={pid_system}|&_count=20")
+    mine = [e["resource"] for e in found.get("entry", []) if family or not any(
+        n.get("family") in _SCENARIO_FAMILIES for n in e["resource"].get("name", []))]
+    if mine:
+        return mine[0]
+    org = create_facility_org(stack, "Integrity check clinic")
+    p = create_patient(stack, first, org["id"], family=family or "Check", **overrides)
+    if stack.cfg.webhook_bot.async_processing:
+        _wait(lambda: (t := _message_task_for(stack, p["id"], data_types(stack.cfg))) and
+              t["status"] in ("completed", "failed") and t, timeout, f"{first} {family}'s data")
+    expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
+    _wait_tasks_settled(stack)
+    return stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")
+
+
+def _identifiers(r: dict) -> list[dict]:
+    idents = r.get("identifier")
+    return [i for i in (idents if isinstance(idents, list) else [idents] if idents else []) if isinstance(i, dict)]
+
+
+def scenario_shared_resource_ids_stay_with_their_patient(stack, timeout: float = 60.0) -> dict:
+    """Two Metriport patients whose consolidated data carry the same resource ids (the fake serves the same ids to
+    every patient with the same first name; in production shared or content-derived ids repeat): the second
+    import leaves the first Patient's resources untouched, gets its own copies, and records the conflict (a review
+    Task naming both Patients)."""
+    a = _patient_with_data(stack, "Jane", None)   # the seed scenario's Jane when it ran
+    before = _compartment_versions(stack, a["id"])
+    expect(before, f"Patient/{a['id']} got no data")
+    b = _patient_with_data(stack, "Jane", "Sharedsecond", birthDate="1988-08-08")
+    after, of_b = _compartment_versions(stack, a["id"]), _compartment_versions(stack, b["id"])
+    changed = [k for k in before if after.get(k) != before[k]]
+    expect(not changed, f"{len(changed)} of Patient/{a['id']}'s {len(before)} resources were changed or moved by "
+                        f"Patient/{b['id']}'s import, e.g. {changed[:3]}")
+    system = stack.cfg.metriport.resource_identifier_system
+    mid_b = next(i["value"] for i in b["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
+    held = {(rt, str(i.get("value"))) for rt in stack.cfg.webhook_bot.resources
+            for e in stack.admin.fhir(f"list {rt}", "GET", f"{rt}?_compartment=Patient/{b['id']}&_count=1000").get("entry", [])
+            for i in _identifiers(e["resource"]) if i.get("system") == system}
+    from .fhir_rules import rules
+    # this Patient's own resources in its compartment; the shared types (Practitioner, Organization, ...) are shared
+    missing = [(rt, m) for rt, ids in _expected_ids(stack, mid_b).items() if rt in rules()["compartment"]
+               for m in ids if (rt, m) not in held]
+    expect(not missing, f"{len(missing)} of Patient/{b['id']}'s resources are not in its record (e.g. {missing[:3]}): "
+                        "its data was not imported beside the other Patient's")
+    reviews = stack.admin.fhir("find review Task", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{RESOURCE_CONFLICT_TASK_CODE}"
+                                                          f"&subject=Patient/{b['id']}&focus=Patient/{a['id']}")
+    expect(reviews.get("entry"), f"no review Task names Patient/{b['id']} and Patient/{a['id']}")
+    return {"kept": len(before), "second_patient": len(of_b), "review_task": f"Task/{reviews['entry'][0]['resource']['id']}"}
+
+
+def scenario_forged_message_task_refused(stack, timeout: float = 30.0) -> dict:
+    """A project member allowed to write Tasks only forges a message Task (an unsigned message adding
+    resources to a Patient) and tampers with a stored one: the webhook bot processes neither — its Task
+    subscription does not fire for Tasks it did not write, its sweep marks them rejected — and nothing is written."""
+    if not stack.cfg.webhook_bot.async_processing:
+        return {"skipped": "webhook_bot.async_processing is off: no message is stored as a Task"}
+    p = _patient_with_data(stack, "Chris", "Forgecheck")
+    mid = next(i["value"] for i in p["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
+    policy = stack.admin.fhir("create policy", "POST", "AccessPolicy", json_body={
+        "resourceType": "AccessPolicy", "name": "medport check: Tasks only", "resource": [{"resourceType": "Task"}]})
+    client = stack.admin.request("create client", "POST", "admin/projects/medport-project/client", ok=(201,),
+                                 json_body={"name": "medport check task writer",
+                                            "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}})
+    from .medplum_http import MedplumHttp
+    writer = MedplumHttp(stack.base_url, client["id"], client["secret"])
+    invented = {"resourceType": "AllergyIntolerance", "id": "medport-check-forged", "code": {"text": "medport check forgery"},
+                "patient": {"reference": f"Patient/{mid}"}}
+    msg = {"meta": {"messageId": "medport-check-forged-task", "when": "2099-01-01T00:00:00.000Z",
+                    "type": "medical.consolidated-data", "data": {"medplumPatientId": p["id"]}},
+           "patients": [{"patientId": mid, "status": "completed",
+                         "bundle": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": invented}]}}]}
+    raw = metriport_body(msg)
+    forged = writer.fhir("forge a message Task", "POST", "Task", json_body={
+        "resourceType": "Task", "status": "requested", "intent": "order",
+        "code": {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]},
+        "identifier": [{"system": MESSAGE_ID_SYSTEM, "value": "medport-check-forged-task"}],
+        "input": [{"type": {"text": "metriport-webhook-message"}, "valueString": raw},
+                  {"type": {"text": "metriport-signature"}, "valueString": sign(raw, "a guessed key")}]})
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    ran = [r for r in runs(stack, 100) if r.get("resource") == f"Task/{forged['id']}"]
+    expect(not ran, "the webhook bot's Task subscription fired for a Task another principal wrote")
+    swept = _dev(stack, "POST", "cron/run", params={"bot": stack.cfg.bots.webhook.name})
+    _wait_tasks_settled(stack)
+    t = stack.admin.fhir("read Task", "GET", f"Task/{forged['id']}")
+    expect(t["status"] == "rejected", f"the forged Task is {t['status']}, expected rejected by the sweep ({swept})")
+    landed = stack.admin.fhir("search", "GET", f"AllergyIntolerance?patient=Patient/{p['id']}&code:text=medport check")
+    expect(not landed.get("entry"), "the forged message's resource landed in the Patient's record")
+    return {"forged_task": f"Task/{forged['id']}", "status": t["status"]}
+
+
+def scenario_newer_message_wins(stack, timeout: float = 60.0) -> dict:
+    """A stay's admit and discharge delivered at the same instant, then the admit again (older, late): the
+    Encounter ends discharged — the older message never overwrites what the newer one wrote."""
+    rt = stack.cfg.realtime
+    if not rt.import_ or "patient.admit" not in rt.types or "patient.discharge" not in rt.types:
+        return {"skipped": "realtime.import is off (or admit/discharge not imported): no Encounter to keep"}
+    p = _patient_with_data(stack, "Ollie", "Newercheck")
+    mid = next(i["value"] for i in p["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
+    fake = stack.fake.state
+    fake.set_webhook(stack.webhook_url, stack.webhook_key, enabled=False)   # recorded, delivered below at once
+    try:
+        admit = fake.send_patient_notification(mid, "patient.admit", at="2025-03-01T08:00:00.000Z")
+        fake.send_patient_notification(mid, "patient.discharge", at="2025-03-02T08:00:00.000Z")
+    finally:
+        fake.set_webhook(stack.webhook_url, stack.webhook_key, enabled=True)
+    bodies = [d["body"] for d in fake.deliveries_log(include_body=True)
+              if d["type"] in ("patient.admit", "patient.discharge") and mid in d["body"]][-2:]
+    import threading
+    gate = threading.Barrier(len(bodies))
+    answers: list[int] = []
+
+    def post(body: str) -> None:
+        gate.wait()
+        answers.append(requests.post(stack.webhook_url, data=body.encode(), timeout=60, headers={
+            "Content-Type": "application/json", "x-metriport-signature": sign(body, stack.webhook_key)}).status_code)
+
+    threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expect(answers == [200, 200], f"the notifications were answered {answers}")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    _wait_tasks_settled(stack)
+    system = stack.cfg.metriport.resource_identifier_system
+    enc = _wait(lambda: stack.admin.fhir("find", "GET", f"Encounter?identifier={system}|{admit['encounterId']}").get("entry"),
+                timeout, "the stay's Encounter")[0]["resource"]
+    expect(enc["status"] == "finished" and (enc.get("period") or {}).get("end"),
+           f"the Encounter is {enc['status']} (period {enc.get('period')}): the admit overwrote the discharge")
+    late = next(d["payload"] for d in fake.deliveries_log(include_body=True) if d["messageId"] == admit["messageId"])
+    resp = deliver(stack.webhook_url, {**late, "meta": {**late["meta"], "messageId": late["meta"]["messageId"] + "-late"}},
+                   stack.webhook_key)
+    expect(resp.status_code == 200, f"the late admit was answered {resp.status_code}")
+    expect(stack.wait_idle(timeout), "the emulator did not go idle")
+    _wait_tasks_settled(stack)
+    again = stack.admin.fhir("read", "GET", f"Encounter/{enc['id']}")
+    expect(again["meta"]["versionId"] == enc["meta"]["versionId"], "the late (older) admit changed the Encounter")
+    return {"encounter": f"Encounter/{enc['id']}", "status": again["status"]}
 def _linked_patient(stack, timeout: float) -> tuple[dict, str]:
     """A Patient linked to Metriport whose data arrived (one of the seed patients'), and its Metriport id."""
     pid_system = stack.cfg.metriport.patient_identifier_system
@@ -556,5 +830,10 @@ SCENARIOS: list[tuple[str, Callable]] = [
     ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
     ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
     ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
+    ("Metriport's rate limit: deferred Patients resumed, every one linked and queried", scenario_rate_limits_waited_out),
+    ("two patients' data share resource ids: each keeps its own, the conflict recorded",
+     scenario_shared_resource_ids_stay_with_their_patient),
+    ("a forged or tampered message Task: refused, nothing written", scenario_forged_message_task_refused),
+    ("admit and discharge at the same instant, then the admit late: the newer message wins", scenario_newer_message_wins),
     ("contribution: a finished Encounter contributed once, not again, not imported back", scenario_contribution_once),
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets as pysecrets
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
@@ -42,6 +42,7 @@ class Stack:
     webhook_key: str = ""
     webhook_url: str = ""               # with credentials: never print it
     metriport_base_url: str = ""
+    metriport_api_key: str = ""         # the fake's, or the real sandbox's: never print it
 
     @property
     def base_url(self) -> str:
@@ -86,16 +87,19 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
                 metriport: str = "fake", metriport_port: int = 0, metriport_data: str | None = None,
                 metriport_delay_s: float = 0.2, metriport_api_key: str | None = None, deploy: bool = True,
                 settings_overrides: dict | None = None, medplum_version: str | None = None,
-                echo: Callable[[str], None] = lambda s: None) -> Stack:
+                echo: Callable[[str], None] = lambda s: None, env: Mapping[str, str] | None = None) -> Stack:
     """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook.
 
     `medplum_version`: the Medplum release emulated (default: the config's `medplum.version`, else the newest).
+    `env`: where METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY and METRIPORT_BASE_URL are read (default os.environ;
+    `medport emulate` passes the secrets it took out of its environment).
     Raises NodeRuntimeMissing (one line: what to run) before starting anything when Node 22 or an npm
     package is missing, UnsupportedRelease for a release medport does not emulate, and MissingInput when the
     real sandbox is asked for without METRIPORT_API_KEY."""
     version = medplum_version or (cfg.medplum.version if cfg is not None else NEWEST)
     find_runtime(NODE_FETCH_PACKAGES if medplum_release(version).sandbox.fetch == "node-fetch" else RUNTIME_PACKAGES)
-    if metriport != "fake" and not os.environ.get("METRIPORT_API_KEY"):
+    env = os.environ if env is None else env
+    if metriport != "fake" and not env.get("METRIPORT_API_KEY"):
         raise MissingInput("--metriport sandbox needs METRIPORT_API_KEY: export your sandbox API key (Metriport "
                            "dashboard → Developers → API key), or use --metriport fake")
     deploying = deploy and cfg is not None
@@ -112,11 +116,14 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
                                state_path=sibling_path(db_path) if db_path else None)
             base, api_key = fake.base_url, fake.api_key
         else:
-            base = os.environ.get("METRIPORT_BASE_URL", SANDBOX_URL)
-            api_key = os.environ["METRIPORT_API_KEY"]
-        webhook_key = os.environ.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
-        webhook_key = webhook_key or pysecrets.token_hex(32)
-        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base)
+            base = env.get("METRIPORT_BASE_URL", SANDBOX_URL)
+            api_key = env["METRIPORT_API_KEY"]
+        webhook_key = env.get("METRIPORT_WEBHOOK_KEY") if metriport != "fake" else None
+        # a restart on the same files keeps the fake's key (Metriport's does not change): stored messages verify
+        webhook_key = webhook_key or (fake.state.webhook_key() if fake is not None and db_path else None) \
+            or pysecrets.token_hex(32)
+        stack = Stack(cfg, handle, fake, admin_client(handle), None, webhook_key, metriport_base_url=base,
+                      metriport_api_key=api_key)
         if not deploying:
             return stack
         result, admin, url = deploy_into(handle, cfg, metriport_base_url=base, api_key=api_key,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..locks import InUse, StoreRefused
 from ..medplum_releases import NEWEST, OLDEST, UnsupportedRelease
 from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
 from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handle = start_in_thread(Settings(db_path=None if a.memory else a.db, medplum_version=a.medplum_version),
                                  host=a.host, port=a.port)
-    except (PortInUse, UnsupportedRelease) as e:
+    except (PortInUse, InUse, StoreRefused, UnsupportedRelease) as e:
         print(e, file=sys.stderr)
         return 2
     print(f"medport emulator (Medplum {a.medplum_version}) listening on {handle.base_url}", flush=True)

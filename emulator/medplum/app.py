@@ -13,7 +13,8 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from . import devapi
-from .errors import BadRequest, FhirError, NotFound, ServerError, outcome
+from ..serving import allowed_hosts, host_allowed
+from .errors import BadRequest, FhirError, MisdirectedRequest, NotFound, ServerError, outcome
 from .httpio import outcome_response
 from .routes import admin, fhir, oauth
 from .settings import Settings
@@ -28,7 +29,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Express does not merge slashes; werkzeug would answer `//` with a 308 whose Location repeats the whole
     # query (a 200 KB header line that clients cannot read). `/fhir/R4//x` is routed like Medplum routes it.
     app.url_map.merge_slashes = False
-    app.extensions["medport"] = EmulatorState(settings or Settings())
+    app.extensions["medport"] = state = EmulatorState(settings or Settings())
+    hosts = state.settings.allowed_hosts or allowed_hosts()
+
+    @app.before_request
+    def _check_host():
+        host = request.environ.get("HTTP_HOST")
+        if not host_allowed(host, hosts):
+            raise MisdirectedRequest(host or "")
+
     app.register_blueprint(oauth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(devapi.bp)

@@ -164,6 +164,20 @@ class TooManyRequests(FhirError):
         super().__init__(outcome("error", "throttled", "Too Many Requests", id="too-many-requests"))
 
 
+class MisdirectedRequest(FhirError):
+    """A request whose `Host` names another server (DNS rebinding): 421, before any route runs. Medplum has no
+    such check (its load balancer routes by name); the emulator, reachable on loopback, needs it."""
+
+    def __init__(self, host: str):
+        super().__init__(outcome("error", "security", f"Misdirected request: this server does not answer for host "
+                                 f"{host[:100]!r} (allowed: 127.0.0.1, localhost, [::1], the --host given, "
+                                 "MEDPORT_ALLOWED_HOSTS)"))
+
+    @property
+    def status(self) -> int:
+        return 421
+
+
 class ServerError(FhirError):
     """Medplum's `serverError`: the body says only "Internal server error". `diagnostics` (what went wrong,
     e.g. a Python exception) is for the caller to log: it is never sent, so no body carries exception text."""

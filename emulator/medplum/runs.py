@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..locks import open_versioned
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,7 +44,7 @@ class RunStore:
         if path:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        open_versioned(self._conn, path, kind="medport-emulator-runs", version=1, schema=_SCHEMA, tables={"meta", "runs"})
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM runs").fetchone()
         self._seq = int(row[0])
 

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 
-from ..serving import Served, bind, serve, url_of
+from ..serving import Served, allowed_hosts, bind, serve, url_of
 from .app import create_app
 from .settings import Settings
 
@@ -102,12 +102,20 @@ def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", p
     internal_url = url_of("127.0.0.1", internal_sock.getsockname()[1])
     settings.base_url = base_url
     settings.internal_base_url = internal_url
-    app = create_app(settings)
+    settings.allowed_hosts = (settings.allowed_hosts or frozenset()) | allowed_hosts(host, base_url)
+    try:
+        app = create_app(settings)   # opens (and locks) the database
+    except BaseException:
+        public_sock.close()
+        internal_sock.close()
+        raise
     served = [serve(app, "127.0.0.1" if sock is internal_sock else host, 0, sock=sock, threads=n,
                     name=f"medport-emulator-{name}", channel_timeout=300, connection_limit=1000,
                     max_request_body_size=256 * 1024 * 1024)
               for sock, n, name in ((public_sock, threads, "public"), (internal_sock, internal_threads, "internal"))]
     handle = EmulatorHandle(app, served, base_url, internal_url)
+    if handle.state.repo.lock is not None:   # a second emulator on this database is told where this one is
+        handle.state.repo.lock.describe(port=handle.port, base_url=base_url)
     if prewarm and settings.runtime_instance is None:
         # start the Node workers now, off the startup path, so the first $execute is warm
         handle._prewarm = threading.Thread(target=_prewarm, args=(handle.state,), name="medport-prewarm",

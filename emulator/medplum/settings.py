@@ -55,6 +55,9 @@ class Settings:
     # Readiness: what the emulator waits for before /_emulator/health reports ready, name -> description
     # (`medport emulate` waits for {"bots": ...} and drops the entry from `state.waiting_for` once deployed).
     wait_for: dict = field(default_factory=dict)
+    # Names a request's Host header may carry (serving.allowed_hosts); None = loopback only. start_in_thread
+    # adds the address bound and the public base URL's host.
+    allowed_hosts: frozenset | None = None
 
     def normalized_base(self) -> str:
         return self.base_url if self.base_url.endswith("/") else self.base_url + "/"

@@ -92,7 +92,11 @@ class EmulatorState:
         self._memberships = Cached(lambda: self.search("ProjectMembership"))
         self.started_at = time.time()
         self.waiting_for: dict[str, str] = dict(settings.wait_for)   # health is ready once this is empty
-        self.runs = RunStore(meta_path_for(db))
+        try:
+            self.runs = RunStore(meta_path_for(db))
+        except BaseException:   # refused (a newer store): give the database (and its lock) back
+            self.repo.close()
+            raise
         self.auth = AuthService(self)
         seed(self)
         self.invalidate()

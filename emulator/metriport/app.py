@@ -12,6 +12,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from ..serving import allowed_hosts, host_allowed
 from . import api, devapi
 from .backend import MetriportBackend
 from .errors import HttpError, MetriportError, RawError, ServerError, route_not_found
@@ -47,7 +48,14 @@ def _unexpected(e: Exception) -> Response:
     return _error_response(ServerError())
 
 
-def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str | None = None) -> Flask:
+def _misdirected(host: str) -> HttpError:
+    return HttpError(421, f"Misdirected request: this server does not answer for host {host[:100]!r} (allowed: "
+                          "127.0.0.1, localhost, [::1], the --host given, MEDPORT_ALLOWED_HOSTS)")
+
+
+def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str | None = None,
+               hosts: frozenset[str] | None = None) -> Flask:
+    """`hosts`: the names a request's Host header may carry (serving.allowed_hosts; default loopback only)."""
     app = Flask("fake_metriport")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Metriport's key order
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -56,6 +64,14 @@ def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str 
     app.extensions[api.EXTENSION] = backend
     if public_base_url:
         backend.public_base_url = public_base_url.rstrip("/")
+    hosts = (hosts or allowed_hosts()) | allowed_hosts("127.0.0.1", public_base_url)
+
+    @app.before_request
+    def _check_host() -> None:  # DNS rebinding: a page on another origin sends its own name
+        host = request.environ.get("HTTP_HOST")
+        if not host_allowed(host, hosts):
+            raise _misdirected(host or "")
+
     app.before_request(api.require_api_key)
     app.before_request(api.parse_body)
     app.before_request(api.inject_faults)

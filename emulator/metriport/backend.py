@@ -26,7 +26,7 @@ from . import adt, bulkcsv, rules, webhooks
 from .consolidated_filter import filter_consolidated
 from .jsrt import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
-from .faults import Faults, RateLimiter
+from .faults import RATE_LIMITS, WINDOW_S, Faults, RateLimiter
 from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
                      NetworkQuery, Patient, PatientAdditions, Progress, Stay, StoredFile, WebhookSettings,
                      demographics_key, iso)
@@ -116,6 +116,11 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self.document_uploads: dict[str, dict] = {}         # upload token -> the contributed document it fills
             self._calls: list[dict] = []
 
+    def describe_owner(self, **info) -> None:
+        """Where this fake serves, for a second one refused on the same state file."""
+        if self._store is not None:
+            self._store.lock.describe(**info)
+
     def reset(self) -> None:
         """Forget every patient, query, file, delivery, fault and setting; keep loaded datasets and the facility."""
         with self._lock:
@@ -126,6 +131,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self.files.clear()
             self.faults.reset()
             self.rates.reset()
+            self.rates.set_limits(RATE_LIMITS, WINDOW_S)
             self._sender.reset(WebhookSettings(id=self.cx_id))
             if self._store is not None:
                 self._store.put("meta", "cx", {"cxId": self.cx_id})
@@ -500,6 +506,11 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             if not url:
                 return self.get_settings()
             return self.set_webhook(url, None, ping=True)
+
+    def webhook_key(self) -> str | None:
+        """The key webhooks are signed with (None before one is set); never shown by any route."""
+        with self._lock:
+            return self._sender.settings.webhook_key
 
     def webhook_status(self) -> dict:
         return self._sender.status()

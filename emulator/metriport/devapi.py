@@ -6,7 +6,8 @@ URLs, are a separate blueprint and stay open: like S3 presigned URLs they carry 
 No route returns a secret: the webhook key is never shown and a webhook URL's inline credentials
 are redacted, here and in the delivery log.
 
-`GET|POST /faults`, `GET /webhooks[?body=false]` (the delivery log), `POST /webhooks/<messageId>/redeliver
+`GET|POST /faults`, `GET|POST /rate-limits {limits?, windowSeconds?, reset?}` (Metriport's per-minute limits: lower
+them, shorten the window, let it pass), `GET /webhooks[?body=false]` (the delivery log), `POST /webhooks/<messageId>/redeliver
 {times}` (the same message N times at once), `POST /reset`, `GET /state`,
 `POST /settings/webhook {webhookUrl, webhookKey?, ping?}` (configure without Metriport's URL
 blacklist; no ping unless asked), `GET /bulk` and `GET /bulk/<requestId>` (bulk patient creates: status,
@@ -63,6 +64,43 @@ def get_faults():
 @bp.post("/faults")
 def set_faults():
     return jsonify(current_backend().set_faults(**_object_body()))
+
+
+@bp.get("/rate-limits")
+def rate_limits():
+    return jsonify(current_backend().rates.snapshot())
+
+
+@bp.post("/rate-limits")
+def set_rate_limits():
+    """`{"limits": {"patient": n, "document_query": n, "consolidated": n}, "windowSeconds": s, "reset": true}`: lower
+    (or raise) the limits and the window they count (Metriport: a minute), and/or let the current window pass
+    (`reset`: every call counted so far is forgotten) — so tests hit Metriport's limits with a few calls and see
+    them lifted without waiting a minute."""
+    body = _object_body()
+    rates = current_backend().rates
+    problems = [f"{k}: unknown key (allowed: limits, windowSeconds, reset)" for k in body
+                if k not in ("limits", "windowSeconds", "reset")]
+    window: Any = body.get("windowSeconds")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 3600):
+        problems.append("windowSeconds: must be an integer from 1 to 3600")
+    limits: Any = body.get("limits", {})
+    if not isinstance(limits, dict):
+        problems.append("limits: Expected object")
+        limits = {}
+    for name, value in limits.items():
+        if name not in rates.limits:
+            problems.append(f"limits.{name}: unknown bucket (allowed: {', '.join(rates.limits)})")
+        elif not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+            problems.append(f"limits.{name}: must be an integer from 1 to 100000")
+    if not isinstance(body.get("reset", False), bool):
+        problems.append("reset: Expected boolean")
+    if problems:
+        raise DevError(problems)
+    rates.set_limits(limits, window)
+    if body.get("reset"):
+        rates.reset()
+    return jsonify(rates.snapshot())
 
 
 @bp.get("/webhooks")

@@ -135,24 +135,40 @@ class RateLimiter:
     def __init__(self, clock: Callable[[], float], limits: dict[str, int] | None = None):
         self._clock = clock
         self.limits = dict(limits or RATE_LIMITS)
+        self.window_s = WINDOW_S
         self._lock = threading.Lock()
         self._hits: dict[str, list[float]] = {k: [] for k in self.limits}
 
     def reset(self) -> None:
+        """Forget every call counted: the minute has passed for every bucket."""
         with self._lock:
             self._hits = {k: [] for k in self.limits}
+
+    def set_limits(self, limits: dict[str, int], window_s: int | None = None) -> None:
+        with self._lock:
+            self.limits.update(limits)
+            if window_s is not None:
+                self.window_s = window_s
+
+    def snapshot(self) -> dict:
+        """Per bucket: its limit per minute and the calls counted in the current window."""
+        with self._lock:
+            now = self._clock()
+            return {k: {"limit": self.limits[k], "used": sum(1 for t in self._hits[k] if now - t < self.window_s)}
+                    for k in self.limits} | {"windowSeconds": self.window_s}
 
     def check(self, bucket: str, *, enforce: bool = True) -> None:
         """Count one call; over the limit raise 429 with Retry-After (unless not enforced: then only count)."""
         with self._lock:
             now = self._clock()
-            hits = [t for t in self._hits[bucket] if now - t < WINDOW_S]
+            window = self.window_s
+            hits = [t for t in self._hits[bucket] if now - t < window]
             self._hits[bucket] = hits
             if enforce and len(hits) >= self.limits[bucket]:
-                retry = max(1, int(WINDOW_S - (now - hits[0])) + 1)
+                retry = max(1, int(window - (now - hits[0])) + 1)
                 limit = self.limits[bucket]
                 raise TooManyRequests(RATE_LIMIT_MESSAGES.get(bucket, "Too many requests, please try again later."),
-                                      headers={"Retry-After": str(retry), "RateLimit-Policy": f"{limit};w={WINDOW_S}",
+                                      headers={"Retry-After": str(retry), "RateLimit-Policy": f"{limit};w={window}",
                                                "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
                                                "RateLimit-Reset": str(retry)})
             hits.append(now)

@@ -15,6 +15,8 @@ import sqlite3
 import threading
 from typing import Any, Iterator
 
+from ..locks import OwnerLock, lock_path, open_versioned
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,
                                     PRIMARY KEY (kind, key));
@@ -30,16 +32,26 @@ def sibling_path(db_path: str) -> str:
     return f"{root}.metriport{ext or '.sqlite3'}"
 
 
+STORE_KIND, STORE_VERSION = "medport-fake-metriport", 1
+
+
 class StateStore:
     def __init__(self, path: str):
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        # one fake per state file: two would hand out the same Metriport ids
+        self.lock = OwnerLock(lock_path(path), f"the fake Metriport's state {path}",
+                              "stop it, or pass another file (medport emulate --db)").acquire()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                open_versioned(self._conn, path, kind=STORE_KIND, version=STORE_VERSION, schema=SCHEMA,
+                               tables={"objects", "files"})
+        except BaseException:
+            self.close()
+            raise
 
     # -- objects ------------------------------------------------------------------------------
     def put(self, kind: str, key: str, data: Any) -> None:
@@ -85,3 +97,4 @@ class StateStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self.lock.release()

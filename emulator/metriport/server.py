@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from ..serving import Served, serve
+from ..serving import Served, allowed_hosts, serve
 from .app import create_app
 from .backend import MetriportBackend
 
@@ -45,9 +45,10 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: s
     api_key = api_key or os.environ.get("MEDPORT_FAKE_METRIPORT_API_KEY") or secrets.token_hex(16)
     if state is None:
         state = MetriportBackend(delay_s=delay_s, data_path=data_path, **state_kwargs)
-    app = create_app(state, api_key=api_key)
+    app = create_app(state, api_key=api_key, hosts=allowed_hosts(host, public_base_url))
     served = serve(app, host, port, threads=threads, name="fake-metriport", what="fake Metriport",
                    flag="--metriport-port")
     base = (public_base_url or served.url).rstrip("/")
     state.public_base_url = base
+    state.describe_owner(port=served.port, base_url=base)
     return FakeMetriport(state, app, api_key, base, served)

@@ -3,6 +3,7 @@
 `medport emulate` and `medport demo --keep-running` serve it too (`serve_for_stack`)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from .. import statefile
 from ..config import Config, ConfigError, load_config
 from ..localdefaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
 from ..options import config_option, medplum_options, metriport_options
+from .guard import binds_everything
 from .source import Settings, Source
 
 
@@ -79,7 +81,7 @@ def settings_for_stack(stack, cfg: Config | None, *, fhir_only: bool = False) ->
     return Settings(base_url=emu.base_url, client_id=emu.admin_client_id, client_secret=emu.admin_client_secret,
                     dev_api=not fhir_only, fake_url=fake.base_url if fake else None,
                     metriport_url=fake.base_url if fake else stack.metriport_base_url,
-                    metriport_api_key=fake.api_key if fake else os.environ.get("METRIPORT_API_KEY"),
+                    metriport_api_key=fake.api_key if fake else stack.metriport_api_key,
                     bot_ids={"patient": bots.get("patient_bot"), "webhook": bots.get("webhook_bot")}, **fields)
 
 
@@ -89,8 +91,11 @@ def serve_console(settings: Settings, host: str = "127.0.0.1", port: int = CONSO
 
     from .app import create_app
 
+    if settings.host != host:
+        settings = dataclasses.replace(settings, host=host)
     source = Source(settings)
     app = create_app(source)
+    warm_up(app)
     try:
         served = serve(app, host, port, threads=4, name="medport-console", what="console", flag="--console-port")
     except PortInUse:
@@ -98,7 +103,21 @@ def serve_console(settings: Settings, host: str = "127.0.0.1", port: int = CONSO
             raise
         served = serve(app, host, 0, threads=4, name="medport-console", what="console", flag="--console-port")
     served.source = source      # type: ignore[attr-defined]
+    served.console = app.extensions["medport_console"]      # type: ignore[attr-defined]
     return served
+
+
+def warm_up(app) -> None:
+    """Read the records and build the model in the background as the console starts, so the first page does not
+    wait for the complete first read (an error is left for that page to show)."""
+    import threading
+
+    def build():
+        try:
+            app.extensions["medport_console"].integration()
+        except Exception:  # noqa: BLE001 - the first page reads again and says what is wrong
+            pass
+    threading.Thread(target=build, name="medport-console-warm-up", daemon=True).start()
 
 
 def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: int = CONSOLE_PORT):
@@ -107,7 +126,11 @@ def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: in
 
 @click.command("console")
 @medplum_options("emulator", purpose="whose records the console reads")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. Keep it on loopback: 0.0.0.0 binds every interface (a warning says so).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another name the console answers to in the Host header (besides 127.0.0.1, localhost, [::1] "
+                   "and --host); repeatable. Needed to open it by this machine's name with --host 0.0.0.0.")
 @click.option("--port", default=CONSOLE_PORT, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--fhir-only", is_flag=True,
               help="Read only Medplum's FHIR records (AuditEvents, Tasks, Patients), never a developer API — what "
@@ -116,10 +139,14 @@ def serve_for_stack(stack, cfg: Config | None, host: str = "127.0.0.1", port: in
 @config_option
 @click.option("--stuck-after", "stuck_after_s", default=300.0, show_default=True,
               help="Seconds after which a message waiting or in progress without a lease counts as stuck.")
+@click.option("--cache-seconds", "cache_s", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Pages reuse records read this recently (0: read on every page); only what changed is read again.")
+@click.option("--app-url", help="The Medplum app, for links to resources (default: app.medplum.com for "
+                                "api.medplum.com, else the FHIR API's URLs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the health figures as JSON and exit (no server).")
-def console_command(base_url, client_id, client_secret, host, port, fhir_only, metriport_url, metriport_api_key,
-                    config_path, stuck_after_s, as_json):
-    """Serve the sync console: each patient's timeline, the integration's health, replay of failed messages."""
+def console_command(base_url, client_id, client_secret, host, allowed_hosts, port, fhir_only, metriport_url,
+                    metriport_api_key, config_path, stuck_after_s, cache_s, app_url, as_json):
+    """Serve the sync console: each Patient's sync state and timeline, what needs attention, replay and rerun."""
     from medport.emulator.serving import PortInUse, wait_for_stop
 
     from ..medplum_http import MedplumError
@@ -131,6 +158,12 @@ def console_command(base_url, client_id, client_secret, host, port, fhir_only, m
     settings = settings_for(base_url=base_url, client_id=client_id, client_secret=client_secret, fhir_only=fhir_only,
                             metriport_url=metriport_url, metriport_api_key=metriport_api_key,
                             cfg=_config(config_path), stuck_after_s=stuck_after_s)
+    settings = dataclasses.replace(settings, cache_s=cache_s, app_url=app_url, host=host,
+                                   allowed_hosts=tuple(allowed_hosts))
+    if binds_everything(host) and not as_json:
+        click.echo(f"warning: --host {host} binds every interface: anyone who can reach this machine can try to sign "
+                   "in to the console, over plain HTTP. Keep 127.0.0.1 unless you must; it answers to this machine's "
+                   "name, other names need --allowed-host.", err=True)
     source = Source(settings)
     try:
         figures = health(reconstruct(source.snapshot()))

@@ -446,3 +446,46 @@ def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep
         done = wait_for(lambda: (t := s.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed")
                         and t, HANG_GUARD_S, "the message to be processed")
         assert done["status"] == "completed", done.get("statusReason")
+
+
+def test_after_a_crash_replay_failed_lists_the_message_under_its_lease_and_take_over_resumes_it():
+    """The emulator restarts mid-import (the run holding the message is gone, its lease still runs): `medport replay
+    --failed` names the message with the time its lease has left instead of "nothing to do"; `--take-over`
+    resumes it now and it ends with exactly the data of an uninterrupted run."""
+    import re
+
+    from click.testing import CliRunner
+    from medport.generator.replay import replay_command
+    from medport.generator.scenarios import _dev
+
+    cfg = validate_data(config_data(sweep_cron=NEVER), "<test>")   # the default lease
+    lease_s = cfg.webhook_bot.lease_seconds
+    with start_stack(cfg, metriport_delay_s=0.05) as s:
+        _crash_dataset(s, 600)
+        org = create_facility_org(s, "Take-over clinic")
+        _dev(s, "POST", "faults", json={"batch_delay_ms": 40})
+        try:
+            p = create_patient(s, CRASH_DATASET, org["id"])
+            task = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "in-progress" and t, 60,
+                            "the import to start")
+            wait_for(lambda: s.admin.fhir("n", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count")
+                     .get("total", 0) >= 20, 60, "the first resources")
+            _dev(s, "POST", "restart")
+        finally:
+            _dev(s, "POST", "faults", json={"batch_delay_ms": 0})
+        assert s.admin.fhir("t", "GET", f"Task/{task['id']}")["status"] == "in-progress"
+        args = ["--base-url", s.base_url, "--client-id", s.emulator.admin_client_id,
+                "--client-secret", s.emulator.admin_client_secret, "--wait", "0"]
+        listed = CliRunner().invoke(replay_command, ["--failed", *args])
+        assert listed.exit_code == 0, listed.output
+        line = next(ln for ln in listed.output.splitlines() if f"Task/{task['id']}" in ln)
+        left = float(re.search(r"under a lease for (\d+) s more", line).group(1))
+        assert 0 <= left <= lease_s, line
+        assert "--take-over" in listed.output and "requeued" not in listed.output
+        assert s.admin.fhir("t", "GET", f"Task/{task['id']}")["status"] == "in-progress"   # listed, not touched
+        taken = CliRunner().invoke(replay_command, ["--failed", "--take-over", *args[:-1], "120"])
+        assert f"requeued Task/{task['id']}" in taken.output and "lease taken over" in taken.output, taken.output
+        assert f"Task/{task['id']}: completed" in taken.output, taken.output
+        mid = next(i["value"] for i in s.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
+                   if i.get("system") == cfg.metriport.patient_identifier_system)
+        check_exactly_once(s, _expected_ids(s, mid))

@@ -200,7 +200,8 @@ def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
     assert after["status"] == "completed"
     assert [e["valueInteger"] for e in after.get("extension", []) if e["url"] == MESSAGE_ATTEMPTS_EXT] == [1]
     if running:
-        assert f"Task/{running['id']}" not in r.output
+        assert f"requeued Task/{running['id']}" not in r.output   # listed with its lease's time left, not touched
+        assert any(f"Task/{running['id']}" in ln and "under a lease for" in ln for ln in r.output.splitlines())
         assert stack.admin.fhir("read", "GET", f"Task/{running['id']}")["status"] == "in-progress"
         stack.admin.fhir("put back", "PUT", f"Task/{running['id']}",
                          json_body={**{k: v for k, v in running.items() if k != "meta"}})

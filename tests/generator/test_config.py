@@ -191,3 +191,11 @@ def test_query_types_follow_a_narrowed_import_list_unless_given():
     cfg = validate_data({"webhook_bot": {"resources": ["Condition", "Observation"]},
                          "consolidated": {"resources": ["Observation"]}})
     assert cfg.consolidated.resources == ("Observation",)
+
+
+def test_documents_content_url_is_refused_with_the_reason():
+    """A presigned URL kept in Medplum gives the document to anyone holding it, then expires: refused."""
+    probs = problems_of({"documents": {"content": "url"}})
+    assert any(p.startswith("documents.content: 'url' is no longer supported") and "binary" in p and
+               "medport document-urls" in p for p in probs), probs
+    assert validate_data({"documents": {"content": "binary"}}).documents.content == "binary"

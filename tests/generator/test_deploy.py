@@ -23,8 +23,9 @@ class Faults:
         self.rules = []   # (method, path regex, status, remaining count, body)
         self.seen = []
 
-    def add(self, method, pattern, status, count=1, body=None):
-        self.rules.append([method, re.compile(pattern), status, count, body])
+    def add(self, method, pattern, status, count=1, body=None, after=False):
+        """`after`: the request is processed first and its answer replaced (a gateway that lost the answer)."""
+        self.rules.append([method, re.compile(pattern), status, count, body, after])
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -32,6 +33,9 @@ class Faults:
         for rule in self.rules:
             if rule[0] == method and rule[1].search(path) and rule[3] > 0:
                 rule[3] -= 1
+                if rule[5]:
+                    for _ in self.app(environ, lambda *a, **k: None):
+                        pass
                 body = json.dumps(rule[4] or {"resourceType": "OperationOutcome", "issue": [
                     {"severity": "error", "code": "exception", "details": {"text": "injected failure"}}]}).encode()
                 start_response(f"{rule[2]} Injected", [("Content-Type", "application/fhir+json"),
@@ -119,6 +123,39 @@ def test_transient_server_errors_are_retried(emu):
     result = Deployer(validate_data({}), http).run()
     assert set(statuses(result).values()) == {"created"}
     assert len(retries) == 3 and "HTTP 503" in retries[-1]
+
+
+def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
+    """A gateway answers 502 after the server created the resource: the create is not sent again blindly (base:
+    one deploy made two webhook Bots); the deploy ends with one of each, and a redeploy changes nothing."""
+    emu.faults.add("POST", r"/admin/projects/[^/]+/bot$", 502, count=2, after=True)      # both bots
+    emu.faults.add("POST", r"/admin/projects/[^/]+/client$", 502, count=1, after=True)
+    emu.faults.add("POST", r"/fhir/R4/AccessPolicy$", 504, count=1, after=True)
+    emu.faults.add("POST", r"/fhir/R4/Subscription$", 500, count=1, after=True)
+    result = deployer(emu, validate_data({})).run()
+    assert set(statuses(result).values()) == {"created"}
+    admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
+    count = lambda rt: admin.fhir("count", "GET", f"{rt}?_summary=count")["total"]  # noqa: E731
+    cfg = validate_data({})
+    kinds = [kind for kind, _ in statuses(result)]
+    for rt in ("Bot", "Subscription", "AccessPolicy"):
+        assert count(rt) == kinds.count(rt), rt
+    from medport.generator.manifest import client_application
+    name = client_application(cfg)["name"]
+    assert len(admin.fhir("c", "GET", "ClientApplication", params={"name": name}).get("entry", [])) == 1
+    assert {m["resource"]["profile"]["reference"] for m in admin.fhir("m", "GET", "ProjectMembership?_count=100")["entry"]} \
+        >= {f"Bot/{i}" for i in result.bot_ids.values()} | {f"ClientApplication/{result.client_id}"}
+    assert set(statuses(deployer(emu, cfg).run()).values()) == {"unchanged"}
+
+
+def test_a_non_idempotent_post_is_not_repeated_after_a_5xx(emu):
+    """The Binary holding a bot's source is a plain create: answered 502 after it was stored, the deploy stops
+    saying it may have been applied (a repeat would store it twice) instead of sending it again."""
+    emu.faults.add("POST", r"/fhir/R4/Binary$", 502, count=1, after=True)
+    with pytest.raises(MedplumError) as exc:
+        deployer(emu, validate_data({})).run()
+    assert exc.value.maybe_applied and "may have done it" in str(exc.value) and "upload source" in str(exc.value)
+    assert sum(1 for m, p in emu.faults.seen if m == "POST" and p.endswith("/Binary")) == 1
 
 
 def test_persistent_server_error_fails_naming_the_step(emu):

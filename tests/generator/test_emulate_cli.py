@@ -1,6 +1,7 @@
 """`medport emulate` as users run it: a process, a medport.toml in the working directory, the bots
 deployed at start, the fake Metriport beside it, the subscription firing when a Patient is created,
 and the SQLite file surviving a restart."""
+import json
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from medport.testing import wait_until
 
 from tests.paths import ROOT
 
@@ -128,3 +130,43 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _project_secrets(base: str) -> dict:
+    project = requests.get(base + "fhir/R4/Project/medport-project", headers=token(base), timeout=10).json()
+    return {s["name"]: s.get("valueString") for s in project.get("secret", [])}
+
+
+def test_one_emulator_per_folder_and_per_database(tmp_path):
+    """A second `medport emulate` in the same folder, or on the same database from another folder, exits with one
+    line naming the first (pid, port); the first keeps its state file, its secrets and its data."""
+    first_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    other_dir.mkdir()
+    (first_dir / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    db = first_dir / "emu.sqlite3"
+    proc, lines = start(first_dir, "--db", str(db))
+    try:
+        out = "\n".join(lines)
+        base = re.search(r"listening on (http://\S+)", out).group(1)
+        port = base.rstrip("/").rsplit(":", 1)[1]
+        state_file = first_dir / ".medport" / "emulator.json"
+        assert wait_until(state_file.exists, 30), out
+        secrets = _project_secrets(base)
+        assert secrets.get("METRIPORT_WEBHOOK_KEY")
+        for cwd, args in ((first_dir, ["--memory"]), (first_dir, ["--db", str(first_dir / "other.sqlite3")]),
+                          (other_dir, ["--db", str(db)]), (other_dir, ["--db", str(db), "--no-deploy"])):
+            second = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--port", "0",
+                                     "--metriport-port", "0", "--no-console", *args], cwd=cwd, capture_output=True,
+                                    text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            err = second.stderr.strip()
+            assert second.returncode == 1, (args, second.stdout[-500:], err[-500:])
+            assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert f"pid {proc.pid}" in err and f"port {port}" in err, err
+        assert not (other_dir / ".medport" / "emulator.json").exists()
+        assert json.loads(state_file.read_text())["pid"] == proc.pid   # still the first one's
+        assert _project_secrets(base) == secrets                        # not redeployed over
+        assert requests.get(base + "_emulator/health", timeout=10).json()["ready"] is True
+    finally:
+        stop(proc)
+    assert not (first_dir / ".medport" / "emulator.json").exists()      # the first one removes its own on exit

@@ -82,6 +82,40 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
         srv.shutdown()
 
 
+def test_metriport_calls_follow_the_retry_policy():
+    """Over real HTTP to the fake with its fault switches: a 429 is waited out as its Retry-After asks and the call
+    goes through (base: `medport enroll` gave up at once); a 503 likewise; a POST answered 500 is not sent again
+    (the bulk create may have been started), a GET answered 500 is."""
+    import click
+    from medport.emulator.metriport import make_server
+    from medport.generator.http_retry import RetryPolicy
+    from medport.generator.metriport_client import MetriportApi
+
+    fake = make_server("127.0.0.1", 0, api_key="retry-key", delay_s=0.01)
+    waits: list[float] = []
+    api = MetriportApi(fake.base_url, "retry-key", policy=RetryPolicy(sleep=waits.append))
+    bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]  # noqa: E731
+    try:
+        for status in (429, 503):
+            fake.state.set_faults(fail_next=1, fail_status=status)
+            started = api.start_bulk_patient_create(fake.facility_id, dry_run=True)
+            assert started["requestId"] and started["uploadUrl"], started
+        assert waits[0] == 1.0   # the fake's Retry-After on an injected 429
+        assert len(bulk()) == 4  # each refused once, then accepted
+        fake.state.set_faults(fail_next=1, fail_status=500)
+        with pytest.raises(click.ClickException) as exc:
+            api.start_bulk_patient_create(fake.facility_id, dry_run=True)
+        assert "may have done it" in exc.value.message and len(bulk()) == 5   # not repeated
+        fake.state.set_faults(fail_next=1, fail_status=500)
+        assert "id" in api.call("GET", f"/medical/v1/facility/{fake.facility_id}")   # a GET is repeated
+        fake.state.set_faults(fail_next=4, fail_status=429)   # bounded: 4 attempts in all
+        with pytest.raises(click.ClickException) as exc:
+            api.start_bulk_patient_create(fake.facility_id, dry_run=True)
+        assert "429" in exc.value.message
+    finally:
+        fake.close()
+
+
 def test_a_request_metriport_failed_is_seen_failed_not_waited_for():
     """Metriport has no route for a bulk create's status and sends no message when it fails one: the fake's
     developer API says so (the emulator); elsewhere a request `processing` with no news for the stall time."""

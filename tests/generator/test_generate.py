@@ -101,14 +101,16 @@ def test_webhook_bot_policy_grants_exactly_the_allowed_types():
     b = deploy_bundle(validate_data({"webhook_bot": {"resources": ["Condition", "Observation"]}}))
     pol = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
                and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy")
-    assert [r["resourceType"] for r in pol["resource"]] == ["Task", "Patient", "Binary", "Condition", "Observation"]
+    assert [r["resourceType"] for r in pol["resource"]] == ["Task", "Patient", "Binary", "Organization", "Condition",
+                                                            "Observation"]
+    assert "create" not in pol["resource"][3]["interaction"] and "update" not in pol["resource"][3]["interaction"]
     # Patients: updated only for a bulk patient create's links, never created; Binaries: created and read only
     assert "create" not in pol["resource"][1]["interaction"] and "update" in pol["resource"][1]["interaction"]
     assert pol["resource"][2]["interaction"] == ["read", "vread", "create"]
     docs = deploy_bundle(validate_data({"webhook_bot": {"resources": ["Condition"]}, "documents": {"store": True}}))
     pol = next(e["resource"] for e in docs["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
                and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy")
-    assert [r["resourceType"] for r in pol["resource"]][3:] == ["Condition", "DocumentReference"]
+    assert [r["resourceType"] for r in pol["resource"]][4:] == ["Condition", "DocumentReference"]
 
 
 def test_wheel_installs_one_medport_namespace(tmp_path):

@@ -27,8 +27,8 @@ VARIANTS = {
     "awslambda": {"medplum": {"runtime": "awslambda"}},
     "consolidated-flow": {"patient_bot": {"flow": "consolidated"}},
     "sync-unsigned": {"webhook_bot": {"async_processing": False, "verify_signature": False}},
-    "documents-url-no-realtime": {"documents": {"store": True, "content": "url", "request_bulk_urls": True},
-                                  "realtime": {"import": False}},
+    "documents-bulk-no-realtime": {"documents": {"store": True, "request_bulk_urls": True},
+                                   "realtime": {"import": False}},
     "documents-binary-dated": {"documents": {"store": True}, "consolidated": {"date_from": "2020-01-01",
                                                                            "date_to": "2024-12-31"}},
 }

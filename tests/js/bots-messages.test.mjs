@@ -73,21 +73,49 @@ test('documents: stored as Binary + DocumentReference once; over max_bytes skipp
   assert.equal(after[0].meta.versionId, ref.meta.versionId);
 });
 
-test('documents: url mode keeps the URL; document-download (no url) asks Metriport for one; store off only counts', async () => {
+test('documents: document-download (no url) asks Metriport for one and keeps a Binary, never the URL; store off only counts', async () => {
   const medplum = await createMedplum();
   await linked(medplum, 'mpt-u');
   const off = await deliver(medplum, bulkUrls('mpt-u', [{ id: 'd1', fileName: 'f', url: 'https://x' }]), SYNC);
   assert.equal(off.result.summary.recorded.documents, 1);
   assert.equal((await medplum.searchResources('DocumentReference', {})).length, 0);
-  fake.state.queue.push({ status: 200, body: { url: 'https://s3.example/f.xml?X-Amz-Expires=180' } });
+  fake.state.files.set('f.xml', { contentType: 'application/xml', body: Buffer.from('<ClinicalDocument/>') });
+  fake.state.queue.push({ status: 200, body: { url: fake.url + '/files/f.xml?X-Amz-Expires=180' } });
   const msg = { meta: meta('medical.document-download'), patients: [{ patientId: 'mpt-u', status: 'completed', documents: [{ id: 'd2', fileName: 'cx/p/f.xml', mimeType: 'application/xml' }] }] };
-  const r = await deliver(medplum, msg, { ...SYNC, documents: { store: true, content: 'url' } });
+  const r = await deliver(medplum, msg, { ...SYNC, documents: { store: true } });
   assert.equal(r.ok, true, r.logText);
   assert.deepEqual(r.result.summary.failures, []);
   assert.equal(fake.calls[0].path, '/medical/v1/document/download-url');
   assert.deepEqual(fake.calls[0].query, { fileName: 'cx/p/f.xml' });
   const [ref] = await medplum.searchResources('DocumentReference', { identifier: DOC_SYSTEM + '|d2' });
-  assert.equal(ref.content[0].attachment.url, 'https://s3.example/f.xml?X-Amz-Expires=180');
+  assert.match(ref.content[0].attachment.url, /^Binary\//);
+  assert.doesNotMatch(JSON.stringify(ref.content), /X-Amz|127\.0\.0\.1|https?:/, 'no presigned URL kept in Medplum');
+  assert.equal(ref.extension, undefined, 'the claim is gone once the Binary is linked');
+});
+
+test('documents: a claim another run holds is left to it; one that ran out is taken over; the loser makes no Binary', async () => {
+  const medplum = await createMedplum();
+  const p = await linked(medplum, 'mpt-c');
+  fake.state.files.set('c.xml', { contentType: 'application/xml', body: Buffer.from('<ClinicalDocument/>') });
+  const docs = [{ id: 'doc-c', fileName: 'c.xml', mimeType: 'application/xml', url: fake.url + '/files/c.xml' }];
+  const config = { ...SYNC, documents: { store: true } };
+  const CLAIM = 'https://medport.dev/fhir/StructureDefinition/metriport-document-claim';
+  // another run claimed it a moment ago (and is downloading)
+  const claimed = await medplum.createResource({ resourceType: 'DocumentReference', status: 'current', subject: { reference: 'Patient/' + p.id },
+    identifier: [{ system: DOC_SYSTEM, value: 'doc-c' }], content: [{ attachment: { contentType: 'application/xml' } }],
+    extension: [{ url: CLAIM, valueDateTime: new Date(Date.now() + 60000).toISOString() }] });
+  const binaries = () => fake.downloads.filter((d) => d.name === 'c.xml').length;
+  const r = await deliver(medplum, bulkUrls('mpt-c', docs), config);
+  assert.equal(r.result.summary.recorded['documents-stored-by-another-run'], 1);
+  assert.equal(binaries(), 0, 'nothing downloaded, no Binary made');
+  // that run was cut off: its claim runs out, the next delivery takes it over and stores the one Binary
+  await medplum.updateResource({ ...claimed, extension: [{ url: CLAIM, valueDateTime: new Date(Date.now() - 1000).toISOString() }] });
+  const again = await deliver(medplum, bulkUrls('mpt-c', docs), config);
+  assert.deepEqual(again.result.summary.failures, []);
+  assert.equal(again.result.summary.imported.Binary, 1);
+  const [ref] = await medplum.searchResources('DocumentReference', { identifier: DOC_SYSTEM + '|doc-c' });
+  assert.equal(ref.id, claimed.id);
+  assert.match(ref.content[0].attachment.url, /^Binary\//);
 });
 
 test('realtime: a type left out of realtime.types is acknowledged and recorded, nothing downloaded', async () => {

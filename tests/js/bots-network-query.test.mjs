@@ -90,7 +90,7 @@ test('patient bot: one network query over the configured sources, a body Metripo
   assert.equal(networkQueryBodySchema.safeParse(q.body).success, true);
   assert.match(r.logText, /WARN: network query sources not started: lab: Laboratory data source is not enabled for this account \(400\)/);
 
-  // no source could start: the query counts as not started, the Patient is marked for a retry
+  // no source could start: the query counts as not started, the Patient's sync is left for a retry
   fake.reset();
   const other = await medplum.updateResource({ ...(await medplum.readResource('Patient', patient.id)), address: [{ line: ['1 New St'], city: 'Springfield', state: 'IL', postalCode: '62704' }] });
   fake.state.queue.push({ status: 200, body: { id: 'mpt-nq' } }); // update
@@ -98,8 +98,10 @@ test('patient bot: one network query over the configured sources, a body Metripo
     errors: [{ source: 'hie', httpStatus: 400, message: 'HIE data source is not enabled for this account', timestamp: 'x' }] } });
   const failed = await runBot(patientBot(cfg), medplum, { input: other, secrets: secrets() });
   assert.equal(failed.ok, false);
-  const marked = await medplum.readResource('Patient', patient.id);
-  assert.ok((marked.extension || []).some((e) => e.url === 'https://medport.dev/fhir/StructureDefinition/metriport-query-failed'));
+  const [sync] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-patient-sync|' + patient.id });
+  assert.equal(sync.status, 'requested');
+  assert.match(sync.statusReason.text, /could start no source/);
+  assert.ok(Date.parse(sync.executionPeriod.start) > Date.now(), 'retried after a backoff (by the sweep, or the next save)');
 });
 
 test('webhook bot: each per-source message imports the whole record, the next ones change nothing', async () => {

@@ -12,6 +12,7 @@ const FACILITY_SYSTEM = 'https://metriport.com/fhir/identifiers/organization-id'
 const PATIENT_SYSTEM = 'https://metriport.com/fhir/identifiers/patient-id';
 const FP_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-demographics-fingerprint';
 const QF_URL = 'https://medport.dev/fhir/StructureDefinition/metriport-query-failed';
+const SYNC_ID = 'https://medport.dev/fhir/identifiers/metriport-patient-sync';
 const CONFLICT = { system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-patient-conflict' };
 // the legacy document-query flow: these cases check its calls (the network query flow: bots-network-query.test.mjs)
 const FAST = { retry: { max_attempts: 2, initial_delay_ms: 1, max_delay_ms: 5 }, patient_bot: { flow: 'document-query' } };
@@ -90,32 +91,39 @@ test('the link is written before the query starts', async () => {
   assert.equal((await run(medplum, linked)).result.status, 'unchanged');
 });
 
-test('a query that could not start: linked and marked; the next run retries only the query, then clears the mark; no loop', async () => {
+test('a query that could not start: linked, the step left pending (sync Task); later runs leave it to its time, then retry only the query; no loop', async () => {
   const { medplum, person } = await setup();
   const p = await person();
   fake.state.queue.push({ status: 404, body: { status: 404, detail: 'Cannot find patient' } }); // match
   fake.state.queue.push({ status: 201, body: { id: 'mp-1' } }); // create
-  for (let i = 0; i < 2; i++) fake.state.queue.push({ status: 503, body: { status: 503, detail: 'down' } });
+  // Metriport's document query limit (20 a minute): more than this run can wait
+  for (let i = 0; i < 2; i++) fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient document query starts, please try again later.' });
   const r1 = await run(medplum, p);
-  assert.equal(r1.ok, false);
+  assert.equal(r1.ok, true, r1.logText);
+  assert.equal(r1.result.status, 'pending');
+  assert.equal(r1.result.reason, 'rate-limited');
   let cur = await medplum.readResource('Patient', p.id);
   assert.equal(mid(cur), 'mp-1');
-  assert.equal(extOf(cur, QF_URL), extOf(cur, FP_URL), 'marked: the query for these demographics did not start');
-  // the run the marking update triggers: fails again (still down) and writes nothing
-  for (let i = 0; i < 2; i++) fake.state.queue.push({ status: 503, body: { status: 503, detail: 'down' } });
+  assert.equal(extOf(cur, QF_URL), undefined, 'no marker on the Patient: the sync Task holds the step');
+  let [task] = await medplum.searchResources('Task', { identifier: SYNC_ID + '|' + p.id });
+  assert.equal(task.status, 'requested');
+  assert.ok(Date.parse(task.executionPeriod.start) > Date.now() + 50000, 'resumed once Metriport\'s wait is over');
+  // the run the link write triggers, or any save meanwhile: no Metriport call, no write
   const v = cur.meta.versionId;
-  const r2 = await run(medplum, cur);
-  assert.equal(r2.ok, false);
-  assert.equal((await medplum.readResource('Patient', p.id)).meta.versionId, v, 'no write: no loop');
-  // Metriport is back: the next run starts the query (no match, no create, no update) and clears the mark
   fake.reset();
+  const r2 = await run(medplum, cur);
+  assert.equal(r2.result.status, 'pending', r2.logText);
+  assert.equal(fake.calls.length, 0);
+  assert.equal((await medplum.readResource('Patient', p.id)).meta.versionId, v, 'no write: no loop');
+  // its time is over: the next run starts the query (no match, no create, no update) and completes the step
+  task = await medplum.readResource('Task', task.id);
+  await medplum.updateResource({ ...task, executionPeriod: { start: '2000-01-01T00:00:00.000Z' } });
   const r3 = await run(medplum, cur);
   assert.equal(r3.result.status, 'queried', r3.logText);
-  assert.equal(r3.result.action, 'query-retried');
+  assert.equal(r3.result.action, 'query-resumed');
   assert.deepEqual(fake.calls.map((c) => c.path), ['/medical/v1/document/query']);
-  cur = await medplum.readResource('Patient', p.id);
-  assert.equal(extOf(cur, QF_URL), undefined);
-  assert.equal((await run(medplum, cur)).result.status, 'unchanged');
+  assert.equal((await medplum.readResource('Task', task.id)).status, 'completed');
+  assert.equal((await run(medplum, await medplum.readResource('Patient', p.id))).result.status, 'unchanged');
 });
 
 test('two Patients linked at the same moment: the one that finds the other steps back (unlinked, refused, no query)', async () => {

@@ -169,6 +169,25 @@ test('consolidated flow: starts the consolidated query with resources and metada
   assert.deepEqual(q.body, { metadata: { medplumPatientId: p.id } });
 });
 
+test('a Retry-After longer than the run has left is not waited out: the step is left pending until then', async () => {
+  const { medplum, org } = await setup();
+  const p = await medplum.createResource(goodPatient(org));
+  fake.state.queue.push({ status: 404, body: { status: 404, detail: 'Cannot find patient' } }); // match
+  // Metriport's limit on patient creates (15 a minute): more than the bot's 10 s can wait
+  fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient creates or updates, please try again later.' });
+  const before = Date.now();
+  const r = await run(medplum, p);
+  assert.equal(r.ok, true, r.logText);
+  assert.equal(r.result.status, 'pending');
+  assert.deepEqual(fake.calls.map((c) => c.path), ['/medical/v1/patient/match', '/medical/v1/patient'], 'not repeated in this run');
+  const [task] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-patient-sync|' + p.id });
+  assert.equal(task.status, 'requested');
+  const due = Date.parse(task.executionPeriod.start);
+  assert.ok(due >= before + 59000 && due <= Date.now() + 61000, task.executionPeriod.start);
+  assert.match(task.statusReason.text, /429 \(Retry-After 60 s\)/);
+  assert.equal((await medplum.readResource('Patient', p.id)).identifier, undefined, 'not linked yet');
+});
+
 test('429 then success: retried, honouring Retry-After', async () => {
   const { medplum, org } = await setup();
   const p = await medplum.createResource(goodPatient(org));
@@ -184,11 +203,28 @@ test('429 then success: retried, honouring Retry-After', async () => {
 test('5xx until attempts run out: error names the status', async () => {
   const { medplum, org } = await setup();
   const p = await medplum.createResource(goodPatient(org));
-  for (let i = 0; i < 4; i++) fake.state.queue.push({ status: 503, body: { status: 503, title: 'Unavailable', detail: 'down' } });
+  for (let i = 0; i < 4; i++) fake.state.queue.push({ status: 500, body: { status: 500, title: 'Internal', detail: 'down' } });
+  const r = await run(medplum, p, { retry: { max_attempts: 3, initial_delay_ms: 1, max_delay_ms: 5 } });
+  assert.equal(r.ok, false);
+  assert.match(r.error.message, /500/);
+  assert.equal(fake.calls.length, 3, 'the match is idempotent: repeated');
+});
+
+test('503 until attempts run out: without Retry-After a failure (named), with it a wait (the sync left pending)', async () => {
+  const { medplum, org } = await setup();
+  const p = await medplum.createResource(goodPatient(org));
+  for (let i = 0; i < 3; i++) fake.state.queue.push({ status: 503, body: { status: 503, title: 'Unavailable', detail: 'down' } });
   const r = await run(medplum, p, { retry: { max_attempts: 3, initial_delay_ms: 1, max_delay_ms: 5 } });
   assert.equal(r.ok, false);
   assert.match(r.error.message, /503/);
-  assert.equal(fake.calls.length, 3);
+  assert.equal(fake.calls.length, 3, 'a 503 says the server did not act: repeated');
+  let [task] = await medplum.searchResources('Task', { identifier: 'https://medport.dev/fhir/identifiers/metriport-patient-sync|' + p.id });
+  assert.equal(task.status, 'requested', 'the failure is retried later (backoff)');
+  const p2 = await medplum.createResource(goodPatient(org));
+  for (let i = 0; i < 3; i++) fake.state.queue.push({ status: 503, headers: { 'retry-after': '120' }, body: { status: 503, detail: 'maintenance' } });
+  const w = await run(medplum, p2, { retry: { max_attempts: 3, initial_delay_ms: 1, max_delay_ms: 5 } });
+  assert.equal(w.ok, true, w.logText);
+  assert.equal(w.result.status, 'pending');
 });
 
 test('4xx: clear error with status and detail, no retry', async () => {

@@ -6,7 +6,7 @@ import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { OperationOutcomeError, conflict, badRequest } from '@medplum/core';
-import { createMedplum } from './harness/medplum.mjs';
+import { createMedplum, asBot } from './harness/medplum.mjs';
 import { runBot } from './harness/vm.mjs';
 import { webhookBot } from './harness/render.mjs';
 import { startFakeMetriport } from './harness/metriport.mjs';
@@ -62,7 +62,7 @@ const patient = (medplum, mid) => medplum.createResource({ resourceType: 'Patien
 async function counts(medplum) {
   const out = {};
   for (const t of ['Encounter', 'Observation', 'DiagnosticReport']) {
-    const all = await medplum.searchResources(t, { identifier: RES_SYSTEM + '|', _count: '1000' });
+    const all = await medplum.searchResources(t, { identifier: RES_SYSTEM + '|', _count: '1000' }, { cache: 'no-cache' });
     const mids = all.map((r) => r.identifier.find((i) => i.system === RES_SYSTEM).value);
     assert.equal(new Set(mids).size, mids.length, t + ': two resources share a Metriport id');
     out[t] = all.length;
@@ -70,10 +70,11 @@ async function counts(medplum) {
   return out;
 }
 
+/** Time passes without a heartbeat: the lease the bot wrote runs out (written as the bot: it is its own state). */
 async function expireLease(medplum, id) {
   const t = await medplum.readResource('Task', id);
   const extension = (t.extension || []).filter((e) => e.url !== LEASE).concat([{ url: LEASE, valueDateTime: new Date(Date.now() - 1000).toISOString() }]);
-  return medplum.updateResource({ ...t, extension });
+  return asBot(() => medplum.updateResource({ ...t, extension }));
 }
 
 test('simultaneous delivery: a 409 from the conditional create reads the Task the other delivery stored', async () => {
@@ -134,14 +135,15 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   }
   assert.equal(task.status, 'in-progress');
   assert.equal(ext(task, ATTEMPTS).valueInteger, 1);
+  // the checkpoint: the first `done` items in import order, and the digest of their keys
   const cp = JSON.parse(ext(task, PROGRESS).valueString);
-  assert.ok(cp.done > 0 && cp.done <= 60, JSON.stringify(cp));
+  assert.ok(cp.done > 0 && cp.done <= 70 && /^[0-9a-f]{64}$/.test(cp.chain), JSON.stringify(cp));
   const partial = await counts(medplum);
-  assert.ok(partial.Observation < expected.Observation);
+  assert.ok(partial.Observation > 0 && partial.Observation < expected.Observation, JSON.stringify(partial));
 
   // the lease is not expired yet: the sweep leaves it alone
   const early = await runCron(medplum);
-  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual(early.result.sweep, { resumed: 0, nudged: 0, refused: 0, requeued: 0, synced: 0 });
   // ... time passes without a heartbeat: the sweep puts it back in the queue, keeping attempts and checkpoint
   await expireLease(medplum, taskId);
   const swept = await runCron(medplum);
@@ -149,6 +151,14 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   assert.equal(swept.result.sweep.resumed, 1);
   task = await medplum.readResource('Task', taskId);
   assert.equal(task.status, 'requested');
+  // what the first run stored (its batch in flight beside the hung one may land late): counted once it is still
+  const total = async () => Object.values(await counts(medplum)).reduce((a, b) => a + b, 0);
+  let storedBefore = await total();
+  for (let prev = -1; prev !== storedBefore; ) {
+    prev = storedBefore;
+    await new Promise((r) => setTimeout(r, 300));
+    storedBefore = await total();
+  }
   const resentEntries = [];
   const mockBatch = Object.getPrototypeOf(medplum).executeBatch.bind(medplum);
   medplum.executeBatch = async (bundle, options) => { resentEntries.push(...bundle.entry); return mockBatch(bundle, options); };
@@ -157,7 +167,8 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   assert.equal(second.result.status, 'completed', second.logText);
   assert.equal(second.result.attempt, 2);
   assert.match(second.logText, /resuming a message cut off earlier/);
-  assert.equal(resentEntries.length, 135 - cp.done, `the resumed run sends only what the checkpoint says is not stored`);
+  assert.equal(resentEntries.length, 135 - storedBefore, 'the resumed run writes only what is not stored');
+  assert.ok(resentEntries.every((e) => e.request.method === 'POST'), 'nothing stored is written again');
   assert.deepEqual(await counts(medplum), expected);
   task = await medplum.readResource('Task', taskId);
   assert.equal(task.status, 'completed');
@@ -178,7 +189,7 @@ test('attempts are bounded: past max_attempts the message fails with the reason,
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-max', bigBundle('mpt-max', 3)));
   const id = stored.result.task.split('/')[1];
   const t = await medplum.readResource('Task', id);
-  await medplum.updateResource({ ...t, extension: [{ url: ATTEMPTS, valueInteger: 3 }] });
+  await asBot(() => medplum.updateResource({ ...t, extension: [{ url: ATTEMPTS, valueInteger: 3 }] })); // three runs were cut off
   const r = await runTask(medplum, id);
   assert.equal(r.result.status, 'failed');
   const failed = await medplum.readResource('Task', id);
@@ -193,7 +204,7 @@ test('the same message delivered again while its processing is cut off: resumed'
   const stored = await deliver(medplum, msg);
   const id = stored.result.task.split('/')[1];
   const t = await medplum.readResource('Task', id);
-  await medplum.updateResource({ ...t, status: 'in-progress', extension: [{ url: ATTEMPTS, valueInteger: 1 }, { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] });
+  await asBot(() => medplum.updateResource({ ...t, status: 'in-progress', extension: [{ url: ATTEMPTS, valueInteger: 1 }, { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] }));
   await deliver(medplum, msg); // lease still running: left alone
   assert.equal((await medplum.readResource('Task', id)).status, 'in-progress');
   await expireLease(medplum, id);
@@ -215,7 +226,7 @@ test('entries that lost a race with another run are sent again, not failed', asy
   assert.equal(r.ok, true, r.logText);
   assert.deepEqual(r.result.summary.failures, []);
   assert.equal(r.result.summary.imported.Observation, 20);
-  assert.match(r.logText, /sending them again/);
+  assert.match(r.logText, /looked up and decided again/);
 });
 
 test('import refused when the metadata names a Patient that does not hold the Metriport id, or two Patients hold it', async () => {
@@ -247,11 +258,77 @@ test('a requested message whose delivery was lost (e.g. a restart) is nudged by 
   const p = await patient(medplum, 'mpt-lost');
   const stored = await deliver(medplum, consolidated(p.id, 'mpt-lost', bigBundle('mpt-lost', 2)));
   const id = stored.result.task.split('/')[1];
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 0, refused: 0, requeued: 0, synced: 0 });
   await new Promise((r) => setTimeout(r, 2100)); // lease_seconds = 2
   const before = (await medplum.readResource('Task', id)).meta.versionId;
-  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1 });
+  assert.deepEqual((await runCron(medplum)).result.sweep, { resumed: 0, nudged: 1, refused: 0, requeued: 0, synced: 0 });
   const after = await medplum.readResource('Task', id);
   assert.equal(after.status, 'requested');
   assert.notEqual(after.meta.versionId, before, 'a new version: the Task subscription fires again');
+});
+
+test('a consolidated query Metriport refuses for longer than the run has: the message waits (not failed), then runs on from its checkpoint', async () => {
+  const medplum = await createMedplum();
+  const a = await patient(medplum, 'mp-rl-a');
+  const b = await patient(medplum, 'mp-rl-b');
+  const msg = {
+    meta: { messageId: 'msg-rl-' + ++seq, when: '2026-11-22T00:00:00.000Z', type: 'medical.document-conversion' },
+    patients: [{ patientId: 'mp-rl-a', externalId: a.id, status: 'completed' }, { patientId: 'mp-rl-b', externalId: b.id, status: 'completed' }],
+  };
+  const stored = await deliver(medplum, msg);
+  const id = stored.result.task.split('/')[1];
+  fake.state.queue.push({ status: 200, body: { status: 'processing' } }); // patient a's query starts
+  fake.state.queue.push({ status: 429, headers: { 'retry-after': '60' }, body: 'Too many patient consolidated data query starts, please try again later.' });
+  const first = await runTask(medplum, id);
+  assert.equal(first.result.status, 'deferred', first.logText);
+  let task = await medplum.readResource('Task', id);
+  assert.equal(task.status, 'requested');
+  assert.ok(Date.parse(ext(task, LEASE).valueDateTime) > Date.now() + 50000, 'waits for the Retry-After');
+  assert.match(task.statusReason.text, /waiting for Metriport/);
+  // a run the subscription starts meanwhile, or the sweep: nothing sent to Metriport
+  const calls = fake.calls.length;
+  assert.equal((await runTask(medplum, id)).result.reason, 'waiting-for-metriport');
+  assert.equal((await runCron(medplum)).result.sweep.nudged, 0);
+  assert.equal(fake.calls.length, calls);
+  // the wait is over: it runs on from patient b (a's query is not started twice)
+  await asBot(() => medplum.updateResource(withLease(task, '2000-01-01T00:00:00.000Z'))); // time passes (the bot's own Task)
+  const second = await runTask(medplum, id);
+  assert.equal(second.result.status, 'completed', second.logText);
+  const queried = fake.calls.filter((c) => c.path.endsWith('/consolidated/query')).map((c) => c.path.split('/')[4]);
+  assert.deepEqual(queried, ['mp-rl-a', 'mp-rl-b', 'mp-rl-b']);
+});
+
+function withLease(task, when) {
+  return { ...task, extension: [...(task.extension || []).filter((e) => e.url !== LEASE), { url: LEASE, valueDateTime: when }] };
+}
+
+test('a message Task the bot did not write, or whose message does not verify, is refused: rejected, nothing written; an operator requeues through the bot', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-forged');
+  const msg = consolidated(p.id, 'mpt-forged', bigBundle('mpt-forged', 2));
+  const raw = JSON.stringify(msg);
+  const base = { resourceType: 'Task', status: 'requested', intent: 'order', code: { coding: [{ system: 'https://medport.dev/fhir/CodeSystem/medport', code: 'metriport-webhook-message' }] } };
+  // written by someone else (the test's admin), with a good signature even
+  const forged = await medplum.createResource({ ...base, input: [{ type: { text: 'metriport-webhook-message' }, valueString: raw }, { type: { text: 'metriport-signature' }, valueString: sign(raw) }] });
+  let r = await runTask(medplum, forged.id);
+  assert.equal(r.result.status, 'refused');
+  assert.match(r.result.reason, /written by ClientApplication\/test-admin, not stored by this bot \(Bot\/test\)/);
+  assert.equal((await medplum.readResource('Task', forged.id)).status, 'rejected');
+  assert.deepEqual(await counts(medplum), { Encounter: 0, Observation: 0, DiagnosticReport: 0 });
+  // stored by the bot, its message changed since
+  const stored = (await deliver(medplum, msg)).result.task.split('/')[1];
+  const t = await medplum.readResource('Task', stored);
+  await asBot(() => medplum.updateResource({ ...t, input: t.input.map((i) => (i.type.text === 'metriport-webhook-message' ? { ...i, valueString: raw.replace('"status":"completed"', '"status":"failed"') } : i)) }));
+  r = await runTask(medplum, stored);
+  assert.match(r.result.reason, /does not match its x-metriport-signature/);
+  assert.deepEqual(await counts(medplum), { Encounter: 0, Observation: 0, DiagnosticReport: 0 });
+  // an operator asks the bot to requeue them: the forged one verifies (a genuine message) and is queued, written by
+  // the bot; the tampered one is refused
+  const ask = (id) => runBot(webhookBot(CFG), medplum, { input: JSON.stringify({ medportRequeue: id }), secrets: secrets() });
+  assert.deepEqual((await ask(stored)).result.requeued, false);
+  const ok = (await ask(forged.id)).result;
+  assert.equal(ok.requeued, true, JSON.stringify(ok));
+  const again = await runTask(medplum, forged.id);
+  assert.equal(again.result.status, 'completed', again.logText);
+  assert.deepEqual(await counts(medplum), { Encounter: 10, Observation: 2, DiagnosticReport: 5 });
 });

@@ -1048,42 +1048,57 @@ class FhirService:
 
     def _resolve_identifiers(self, pr: Principal, entries: list) -> dict[int, list[str]]:
         """The conditional entries whose condition is one `identifier=<system>|<value>` (what importers send),
-        resolved with one query per resource type: entry index -> ids of the matching resources the principal
-        may see (the answer `_find` gives, without a search per entry). Each such entry is marked `_fast_key`."""
-        keys: list[tuple[int, str, str, str]] = []
+        optionally within one compartment (`&_compartment=Patient/<id>`), resolved with one query per resource
+        type: entry index -> ids of the matching resources the principal may see (the answer `_find` gives,
+        without a search per entry). Each such entry is marked `_fast_key`."""
+        keys: list[tuple[int, str, str, str, str | None]] = []
         for i, e in enumerate(entries):
             cond = _identifier_condition(e)
             if cond is not None:
                 keys.append((i, *cond))
         out = self._lookup_identifiers(pr, keys)
-        for i, rtype, system, code in keys:
+        for i, rtype, system, code, _compartment in keys:
             if i in out:
                 entries[i]["_fast_key"] = (rtype, system, code)
+                entries[i]["_fast_compartment"] = _compartment
         return out
 
-    def _lookup_identifiers(self, pr: Principal, keys: list[tuple[int, str, str, str]]) -> dict[int, list[str]]:
-        groups: dict[str, list[tuple[int, str, str]]] = {}
-        for i, rtype, system, code in keys:
-            groups.setdefault(rtype, []).append((i, system, code))
+    def _lookup_identifiers(self, pr: Principal, keys: list[tuple[int, str, str, str, str | None]]) -> dict[int, list[str]]:
+        groups: dict[str, list[tuple[int, str, str, str | None]]] = {}
+        for i, rtype, system, code, compartment in keys:
+            groups.setdefault(rtype, []).append((i, system, code, compartment))
         out: dict[int, list[str]] = {}
         for rtype, items in groups.items():
             sp = registry().get(rtype, "identifier")
             if sp is None or sp.type != "token" or not sp.supported:
                 continue
             where = self._policy_where(pr, self._access(pr), rtype)
-            codes = sorted({c for _, _, c in items})
-            found: dict[tuple[str, str], list[str]] = {}
+            codes = sorted({c for _, _, c, _ in items})
+            found: dict[tuple[str, str], list[tuple[str, int]]] = {}
             for j in range(0, len(codes), 500):
                 part = codes[j:j + 500]
-                sql = ("SELECT x.system, x.code, r.id FROM idx_token x JOIN resources r ON r.rid = x.rid "
+                sql = ("SELECT x.system, x.code, r.id, r.rid FROM idx_token x JOIN resources r ON r.rid = x.rid "
                        f"WHERE x.param = 'identifier' AND x.code IN ({','.join('?' * len(part))}) "
                        "AND r.type = ? AND r.deleted = 0" + (f" AND {where[0]}" if where else ""))
-                for system, code, rid in self.repo.query(sql, [*part, rtype, *(where[1] if where else [])]):
+                for system, code, rid, row in self.repo.query(sql, [*part, rtype, *(where[1] if where else [])]):
                     ids = found.setdefault((system, code), [])
-                    if rid not in ids:
-                        ids.append(rid)
-            for i, system, code in items:
-                out[i] = found.get((system, code), [])
+                    if all(rid != x for x, _ in ids):
+                        ids.append((rid, row))
+            compartments = self._compartments_of([row for ids in found.values() for _, row in ids]) \
+                if any(c for _, _, _, c in items) else {}
+            for i, system, code, compartment in items:
+                out[i] = [rid for rid, row in found.get((system, code), [])
+                          if compartment is None or compartment in compartments.get(row, ())]
+        return out
+
+    def _compartments_of(self, rows: list[int]) -> dict[int, set[str]]:
+        """row -> the compartments it is in (meta.compartment, indexed as `_compartment`)."""
+        out: dict[int, set[str]] = {}
+        for j in range(0, len(rows), 500):
+            part = rows[j:j + 500]
+            sql = f"SELECT rid, ref FROM idx_ref WHERE param = '_compartment' AND rid IN ({','.join('?' * len(part))})"
+            for row, ref in self.repo.query(sql, part):
+                out.setdefault(row, set()).add(ref)
         return out
 
     def _run_entries(self, pr: Principal, order: list[int], rewritten: dict, results: list, tx: bool,
@@ -1135,10 +1150,11 @@ class FhirService:
         are looked up again in one query per type. Those still unmatched are marked `_fast_clear`: when such an
         entry runs and nothing written in this transaction since carries its identifier, the condition is known
         to match nothing (the re-check Medplum's conditionalUpdate makes, without a search per entry)."""
-        todo = [e for e in entries if isinstance(e, dict) and e.get("_create_by_update") and e.get("_fast_key")]
+        todo = [e for e in entries if isinstance(e, dict) and e.get("_fast_key") and (
+            e.get("_create_by_update") or (e.get("_assigned_id") and (e.get("request") or {}).get("ifNoneExist")))]
         if not todo:
             return
-        again = self._lookup_identifiers(pr, [(i, *e["_fast_key"]) for i, e in enumerate(todo)])
+        again = self._lookup_identifiers(pr, [(i, *e["_fast_key"], e.get("_fast_compartment")) for i, e in enumerate(todo)])
         for i, e in enumerate(todo):
             e["_fast_clear"] = i in again and not again[i]
 
@@ -1248,6 +1264,11 @@ class FhirService:
                 headers["content-type"] = "application/json-patch+json"
             parts = [p for p in path.strip("/").split("/") if p]
             if assigned and method == "POST" and len(parts) == 1 and parts[0] in RESOURCE_TYPES:
+                if headers.get("if-none-exist") and self._fast_clear(entry):
+                    # a conditional create whose condition matched nothing when this transaction began, and
+                    # nothing written in it since carries that identifier: the search would find nothing
+                    self._maybe_conflict()
+                    headers = {k: v for k, v in headers.items() if k != "if-none-exist"}
                 return self.create(pr, parts[0], body, headers, assigned_id=assigned)
             if entry.get("_create_by_update") and method == "PUT" and len(parts) == 2 and isinstance(body, dict):
                 if body.get("resourceType") != parts[0]:
@@ -1256,9 +1277,7 @@ class FhirService:
                 # the condition is searched again inside the (serializable) write, so a resource another
                 # request created since preprocessing is never created twice.
                 self._maybe_conflict()
-                fast = entry.get("_fast_key")
-                if fast is not None and entry.get("_fast_clear") and self.repo.in_transaction() and \
-                        not self.repo.token_written(fast[0], "identifier", fast[1], fast[2]):
+                if self._fast_clear(entry):
                     # no match when this transaction began (_recheck_identifiers), and nothing written in it since
                     # carries that identifier: the search would find nothing
                     found = []
@@ -1274,6 +1293,13 @@ class FhirService:
             return self._dispatch(pr, method, path, query, body, headers)
         except FhirError as e:
             return FhirResponse(e.status, e.outcome, {})
+
+    def _fast_clear(self, entry: dict) -> bool:
+        """The entry's identifier condition matched nothing when the batch's transaction began
+        (`_recheck_identifiers`), and nothing written in it since carries that identifier."""
+        fast = entry.get("_fast_key")
+        return fast is not None and bool(entry.get("_fast_clear")) and self.repo.in_transaction() and \
+            not self.repo.token_written(fast[0], "identifier", fast[1], fast[2])
 
     def _entry_from_response(self, resp: FhirResponse) -> dict:
         """fhir-router batch.ts buildBundleResponse: `response` carries the outcome, the status and (when it
@@ -1320,9 +1346,10 @@ def _writes_body(e: Any) -> bool:
         str(e["request"].get("method")).upper() in ("POST", "PUT")
 
 
-def _identifier_condition(e: Any) -> tuple[str, str, str] | None:
-    """(type, system, value) when a batch entry's condition is exactly `identifier=<system>|<value>` (a conditional
-    PUT/DELETE/PATCH URL, or a POST's ifNoneExist) on a known resource type; else None (the generic search runs)."""
+def _identifier_condition(e: Any) -> tuple[str, str, str, str | None] | None:
+    """(type, system, value, compartment) when a batch entry's condition is exactly `identifier=<system>|<value>`,
+    optionally `&_compartment=<Type>/<id>` (a conditional PUT/DELETE/PATCH URL, or a POST's ifNoneExist) on a known
+    resource type; else None (the generic search runs)."""
     if not isinstance(e, dict):
         return None
     req = e.get("request")
@@ -1340,6 +1367,9 @@ def _identifier_condition(e: Any) -> tuple[str, str, str] | None:
     if len(parts) != 1 or parts[0] not in RESOURCE_TYPES or "identifier=" not in qs:
         return None
     pairs = parse_qsl(qs, keep_blank_values=True)
+    compartment = None
+    if len(pairs) == 2 and pairs[1][0] == "_compartment" and re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}", pairs[1][1]):
+        compartment = pairs.pop()[1]
     if len(pairs) != 1 or pairs[0][0] != "identifier":
         return None
     value = pairs[0][1]
@@ -1348,7 +1378,7 @@ def _identifier_condition(e: Any) -> tuple[str, str, str] | None:
     system, bar, code = value.partition("|")
     if not bar or not system or not code:
         return None
-    return parts[0], system, code
+    return parts[0], system, code, compartment
 
 
 def _entry_response(oo: dict) -> dict:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ...locks import OwnerLock, lock_path, open_versioned
 from ..ids import now_instant, uuid4
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
 from . import values as V
@@ -51,6 +52,16 @@ CREATE INDEX IF NOT EXISTS idx_text_r ON idx_text (rid);
 CREATE TABLE IF NOT EXISTS binary_content (id TEXT NOT NULL, vid TEXT NOT NULL, content BLOB NOT NULL,
   PRIMARY KEY (id, vid));
 """
+STORE_KIND, STORE_VERSION = "medport-emulator-fhir", 2
+
+
+def _text_index_keeps_raw(c: sqlite3.Connection) -> None:
+    """1 → 2: token texts keep their raw value (`idx_text.raw`); `binary_content` comes with the schema."""
+    if "raw" not in {row[1] for row in c.execute("PRAGMA table_info(idx_text)")}:
+        c.execute("ALTER TABLE idx_text ADD COLUMN raw TEXT")
+
+
+MIGRATIONS = {1: _text_index_keeps_raw}
 _INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
 _INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
                   "INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
@@ -113,6 +124,9 @@ def _loads(text: str) -> Any:
 class Repository:
     def __init__(self, path: str | None = None):
         self.path = path if path not in (None, "", ":memory:") else None
+        # one emulator per database: a second one is refused before it touches the file
+        self.lock = OwnerLock(lock_path(self.path), f"the database {self.path}",
+                              "stop it, or pass --db with another file (or --memory)").acquire() if self.path else None
         self._conn = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
@@ -135,9 +149,12 @@ class Repository:
         c.execute("PRAGMA cache_size=-65536")
         if self.path:
             c.execute("PRAGMA wal_autocheckpoint=10000")
-        c.executescript(SCHEMA)
-        if "raw" not in {row[1] for row in c.execute("PRAGMA table_info(idx_text)")}:
-            c.execute("ALTER TABLE idx_text ADD COLUMN raw TEXT")   # a store written before token texts kept it
+        try:
+            open_versioned(c, self.path, kind=STORE_KIND, version=STORE_VERSION, schema=SCHEMA,
+                           tables={"resources", "history", "binary_content", *_INDEX_TABLES}, migrations=MIGRATIONS)
+        except BaseException:
+            self.close()
+            raise
         self._params = registry()
         self._max_vars = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
@@ -145,6 +162,8 @@ class Repository:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self.lock is not None:
+                self.lock.release()
 
     def add_listener(self, fn: Callable[[ChangeEvent], None]) -> None:
         self._listeners.append(fn)

@@ -29,6 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ...procenv import KEEP, hide_process_environment
+
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
 from ...medplum_releases import Sandbox
@@ -78,9 +80,9 @@ def _rss_bytes(pid: int) -> int:
 # The only variables a worker inherits (DESIGN "Security model"): what Node itself needs to find programs,
 # the home directory, temp space, time zone, locale and extra CA certificates for TLS. Nothing else of the
 # emulator's environment (MEDPORT_ADMIN_CLIENT_SECRET, METRIPORT_*, MEDPLUM_CLIENT_SECRET, cloud credentials,
-# NODE_OPTIONS...) reaches a bot: on Medplum bots get secrets only through `event.secrets`.
-WORKER_ENV_KEEP = ("PATH", "HOME", "TZ", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TMPDIR",
-                   "TEMP", "TMP", "SYSTEMROOT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+# NODE_OPTIONS...) reaches a bot: on Medplum bots get secrets only through `event.secrets`. The emulator's own
+# /proc view shows no more than these either (procenv.hide_process_environment).
+WORKER_ENV_KEEP = tuple(sorted(KEEP))
 
 
 def worker_env(base: dict[str, str] | None = None, **runtime_vars: str) -> dict[str, str]:
@@ -332,6 +334,8 @@ class BotRuntime:
         self.hard_cap_s = float(hard_cap_s)
         self.memory_mb = int(memory_mb) if memory_mb else None
         self.lambda_memory_mb = int(lambda_memory_mb)
+        # a bot can read /proc/<this pid>/environ and cmdline: no secret may show there
+        hide_process_environment()
         self._node = node_binary()
         nm = node_modules_dir()
         # awslambda code is written here; a node_modules link makes `require`/`import` of @medplum/core work

@@ -1,5 +1,5 @@
-// medport console: reload while messages are pending (so a replayed message turns green by itself);
-// the choice is kept per browser. Nothing else: pages are rendered by the server.
+// medport console: reload while messages are being processed (so a replayed message turns green by itself), only
+// while the tab is visible; the choice is kept per browser. Nothing else: pages are rendered by the server.
 (function () {
   var box = document.getElementById('auto-refresh');
   var stored = window.localStorage ? localStorage.getItem('medport-auto-refresh') : null;
@@ -10,13 +10,15 @@
     });
   }
   var seconds = Number(document.body.getAttribute('data-refresh') || 0);
-  if (seconds > 0) {
-    setTimeout(function () { if (!box || box.checked) { window.location.reload(); } }, seconds * 1000);
+  function tick() {
+    if (document.hidden) { setTimeout(tick, seconds * 1000); return; }
+    if (!box || box.checked) { window.location.reload(); }
   }
-  document.querySelectorAll('form.replay').forEach(function (form) {
+  if (seconds > 0) { setTimeout(tick, seconds * 1000); }
+  document.querySelectorAll('form.act').forEach(function (form) {
     form.addEventListener('submit', function () {
       var b = form.querySelector('button');
-      if (b) { b.disabled = true; b.textContent = 'Replaying…'; }
+      if (b) { b.disabled = true; b.textContent = 'Sending…'; }
     });
   });
 })();

@@ -275,3 +275,58 @@ def test_deactivated_client_keeps_its_tokens_like_medplum(emu, c):
     basic = requests.get(emu.base_url + "fhir/R4/Patient", headers=_basic(created["id"], created["secret"]),
                          timeout=10)
     assert basic.status_code == 401
+
+
+# --- the emulator's own environment and arguments, read through /proc by a bot ---------------------------------
+PROC_BOT = """
+const fs = require('fs');
+exports.handler = async () => {
+  const ppid = /PPid:\\s*(\\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];
+  const read = (name) => { try { return fs.readFileSync('/proc/' + ppid + '/' + name, 'latin1'); } catch (e) { return 'unreadable: ' + e.code; } };
+  return { ppid: Number(ppid), environ: read('environ'), cmdline: read('cmdline') };
+};
+"""
+PROC_CANARIES = {"MEDPORT_ADMIN_CLIENT_SECRET": "canary-admin-secret-5150", "METRIPORT_WEBHOOK_KEY": "canary-webhook-5150",
+                 "METRIPORT_API_KEY": "canary-api-key-5150", "AWS_SECRET_ACCESS_KEY": "canary-aws-5150"}
+FLAG_CANARY = "canary-fake-key-on-the-command-line-5150"
+
+
+def test_bots_cannot_read_secrets_through_proc(tmp_path):
+    """`medport emulate` started with secrets in its environment and on its command line: neither a vmcontext nor an
+    awslambda bot finds them in /proc/<ppid>/environ or /proc/<ppid>/cmdline (ppid = the emulator)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from medport.testing import wait_until
+    from tests.paths import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--port", "0",
+                             "--metriport-port", "0", "--no-console", "--metriport-api-key", FLAG_CANARY],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **PROC_CANARIES, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:
+        assert wait_until(lambda: (line := proc.stdout.readline()) and lines.append(line) is None
+                          and line.startswith("bots:"), 60), "".join(lines)
+        base = re.search(r"listening on (http://\S+)", "".join(lines)).group(1)
+        c = Client(base, "medport-admin", PROC_CANARIES["MEDPORT_ADMIN_CLIENT_SECRET"])  # the secret still works
+        for runtime in ("vmcontext", "awslambda"):
+            bot = c.create_bot(f"proc-{runtime}", PROC_BOT, runtimeVersion=runtime)
+            r = c.execute(bot["id"], {})
+            assert r.status_code == 200, r.text
+            seen = r.json()
+            assert seen["ppid"] == proc.pid, (runtime, seen["ppid"], proc.pid)
+            assert "PATH=" in seen["environ"], (runtime, seen["environ"][:200])   # the bot could read the file
+            assert "emulate" in seen["cmdline"]
+            for value in (*PROC_CANARIES.values(), FLAG_CANARY):
+                assert value not in seen["environ"] and value not in seen["cmdline"], (runtime, value)
+            names = {e.split("=", 1)[0] for e in seen["environ"].split("\0") if "=" in e}
+            assert names <= set(WORKER_ENV_KEEP), (runtime, sorted(names - set(WORKER_ENV_KEEP)))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -5,6 +5,7 @@
 import vm from 'node:vm';
 import { createRequire } from 'node:module';
 import { ContentType, Hl7Message, MedplumClient } from '@medplum/core';
+import { principal } from './medplum.mjs';
 
 const require = createRequire(import.meta.url);
 
@@ -63,7 +64,8 @@ export async function runBot(code, medplum, event, { timeout = 10000, release = 
   })();`;
   const out = { logs };
   try {
-    const value = await vm.runInNewContext(wrapped, sandbox, { timeout });
+    // its writes are the Bot's (meta.author), as on Medplum where a bot runs as its own membership
+    const value = await principal.run({ author: sandbox.event.bot.reference }, () => vm.runInNewContext(wrapped, sandbox, { timeout }));
     out.ok = true;
     out.result = value === undefined ? undefined : JSON.parse(JSON.stringify(value));
   } catch (err) {
