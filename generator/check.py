@@ -13,8 +13,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import click
 
-from medport.emulator.medplum_releases import DEFAULT_CHECKED, NEWEST, OLDEST, UnsupportedRelease
-from medport.emulator.medplum_releases import release as medplum_release
+from medport.emulator.medplum.releases import DEFAULT_CHECKED, NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 

@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 import jsonschema
 
 from medport.emulator.cronexpr import is_valid_cron
-from medport.emulator.medplum_releases import NEWEST, OLDEST, UnsupportedRelease, release as medplum_release
+from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease, release as medplum_release
 
 CONFIG_FILENAME = "medport.toml"
 

@@ -31,7 +31,7 @@ from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bo
 from .medplum_http import MedplumError, MedplumHttp
 from .options import config_option, load_or_exit, medplum_options, out_option
 from . import render
-from medport.emulator.medplum_releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
+from medport.emulator.medplum.releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
                                                release as medplum_release)
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")

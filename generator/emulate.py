@@ -13,8 +13,8 @@ import click
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused
 from medport.emulator.procenv import hide_process_environment, take_secrets
 from medport.emulator.medplum.server import DEFAULT_DB, DEFAULT_PORT
-from medport.emulator.medplum_releases import NEWEST, OLDEST, UnsupportedRelease
-from medport.emulator.medplum_releases import release as medplum_release
+from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.medplum.settings import DEFAULT_ADMIN_CLIENT_SECRET
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop

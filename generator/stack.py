@@ -15,7 +15,7 @@ from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import make_server
-from medport.emulator.medplum_releases import NEWEST, release as medplum_release
+from medport.emulator.medplum.releases import NEWEST, release as medplum_release
 from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
 from .config import Config

@@ -59,7 +59,7 @@ def _config_path(config: pytest.Config) -> Path:
 
 
 def _start(what, *args, **kw):
-    from medport.emulator.medplum_releases import UnsupportedRelease
+    from medport.emulator.medplum.releases import UnsupportedRelease
     from medport.emulator.node import NodeRuntimeMissing
     from medport.generator.config import ConfigError
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from medport.emulator.medplum_releases import NEWEST, UnsupportedRelease
-from medport.emulator.medplum_releases import release as medplum_release
+from medport.emulator.medplum.releases import NEWEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
 from medport.generator import flow
 from medport.generator.config import CONFIG_FILENAME, Config, ConfigError, load_config

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..locks import InUse, StoreRefused
-from ..medplum_releases import NEWEST, OLDEST, UnsupportedRelease
+from .releases import NEWEST, OLDEST, UnsupportedRelease
 from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
 from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
 from .settings import Settings

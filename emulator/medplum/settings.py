@@ -7,14 +7,14 @@ from typing import Any
 
 from medport import __version__ as VERSION  # noqa: F401 — reported by /_emulator/health
 
-from ..medplum_releases import NEWEST
+from .releases import NEWEST
 
 DEFAULT_ADMIN_CLIENT_ID = "medport-admin"
 DEFAULT_ADMIN_CLIENT_SECRET = "medport-admin-secret"
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
 # The newest Medplum release the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the server of
-# that line), its default; `Settings.medplum_version` picks another (medport.emulator.medplum_releases).
+# that line), its default; `Settings.medplum_version` picks another (medport.emulator.medplum.releases).
 MEDPLUM_VERSION = NEWEST
 
 

@@ -18,13 +18,12 @@ from .cron import CronService
 from .errors import FhirError, outcome
 from .fhir.policy import Access
 from .fhir.principal import Principal
-from .fhir.releases import Release as FhirRules
 from .fhir.schema import default_validator
 from .fhir.service import FhirService
 from .fhir.store import Repository
 from ..node import NODE_FETCH_PACKAGES, find_runtime
 from .ids import ref_id
-from ..medplum_releases import OPTIONAL_BOT_ELEMENTS, release
+from .releases import OPTIONAL_BOT_ELEMENTS, release
 from .runs import RunStore, meta_path_for
 from .runtime.pool import BotRuntime
 from .settings import PROJECT_ID, PROJECT_NAME, Settings
@@ -82,7 +81,7 @@ class EmulatorState:
         self.repo = Repository(db)
         self.service = FhirService(self.repo, self.base_url, validator=default_validator(),
                                    transactions=lambda pr: self.has_feature(pr.project_id, "transaction-bundles"),
-                                   release=FhirRules.of(self.release.version))
+                                   release=self.release)
         self.service.unknown_elements = {"Bot": OPTIONAL_BOT_ELEMENTS - self.release.bot_elements}
         self.system = Principal(project_id=PROJECT_ID, profile="system", membership=None,
                                 access=Access(None, superuser=True), superuser=True)

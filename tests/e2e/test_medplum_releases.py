@@ -16,7 +16,7 @@ import requests
 
 import tomllib
 
-from medport.emulator.medplum_releases import NEWEST, OLDEST
+from medport.emulator.medplum.releases import NEWEST, OLDEST
 from medport.generator.config import validate_data
 from medport.generator.flow import create_facility_org, create_patient, runs
 from medport.generator.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, check_exactly_once

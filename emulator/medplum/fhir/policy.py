@@ -1,5 +1,5 @@
 """Medplum AccessPolicy semantics (facts from @medplum/core access.ts, 5.2.13; the type lists of older releases
-are passed in from medport.emulator.medplum_releases).
+are passed in from medport.emulator.medplum.releases).
 
 - `resource[]` entries: `resourceType` (exact, or "*" which does NOT cover the project-admin types),
   `interaction` list (when present it is the whole truth), else `readonly` allows only
@@ -46,7 +46,7 @@ class Access:
         """`variables`: AccessPolicy parameters (ProjectMembership.access[].parameter), e.g.
         {"%patient": "Patient/123", "%profile": "Practitioner/9"}, substituted into criteria strings.
         `admin_types` / `protected_types`: the emulated release's lists (they grew release by release:
-        medport.emulator.medplum_releases); the defaults are the newest release's."""
+        medport.emulator.medplum.releases); the defaults are the newest release's."""
         self.full = policies is None
         subs = {(k if k.startswith("%") else "%" + k): str(v) for k, v in (variables or {}).items()}
         entries: list[dict] = []

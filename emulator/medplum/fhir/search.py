@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from ..errors import BadRequest
 from . import filterexpr as FX
 from . import values as V
-from .releases import NEWEST_RELEASE, Release
+from ..releases import NEWEST_RELEASE, Release
 from .schema import RESOURCE_TYPES
 from .searchparams import SearchParam, choice_properties, registry, type_properties
 

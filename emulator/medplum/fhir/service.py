@@ -61,7 +61,7 @@ from . import policy as P
 from .capability import capability_statement
 from .patch import apply_patch
 from .principal import Principal
-from .releases import NEWEST_RELEASE, Release
+from ..releases import NEWEST_RELEASE, Release
 from .schema import ID_RE, RESOURCE_TYPES, Validator, default_validator
 from .search import (
     MAX_COUNT,

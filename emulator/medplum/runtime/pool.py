@@ -33,7 +33,7 @@ from ...procenv import KEEP, hide_process_environment
 
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
-from ...medplum_releases import Sandbox
+from ..releases import Sandbox
 
 try:
     import orjson as _orjson

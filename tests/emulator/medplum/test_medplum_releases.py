@@ -13,7 +13,7 @@ from medport.emulator.medplum.ids import ref
 from medport.emulator.medplum.runtime.pool import BotRuntime, ExecRequest
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import Client, admin_client, running_emulator
-from medport.emulator.medplum_releases import (NEWEST, OLDEST, UnsupportedRelease, parse_version, release,
+from medport.emulator.medplum.releases import (NEWEST, OLDEST, UnsupportedRelease, parse_version, release,
                                                representatives)
 from medport.emulator.node import find_runtime, node_binary
 

@@ -11,11 +11,23 @@ boundaries has the earlier boundary's value.
 - the Bot elements its StructureDefinitions know (definitions profiles-medplum.json): a write naming another one is
   refused with 400 `Invalid additional property "<name>"`;
 - the resource types only project admins reach, and those only the super admin reaches (core access.ts);
+- the FHIR search rules that changed (the FHIR layer reads them off the Release it is given, `fhir/search.py`):
+  - token_not_keeps_missing 5.0.8 / boolean_not_keeps_missing 5.0.9: `:not` with one value on a plain token column
+    (code, string, uri) / a boolean is `IS DISTINCT FROM` — resources without a value match (server
+    src/fhir/search.ts buildCondition, buildBooleanSearchFilter; PRs #7999, #8009); before, `NOT (col = v)` / `!=`
+    left them out;
+  - bare_id_single_target 5.1.14: a bare UUID on a reference parameter with one target type is read as
+    `<Type>/<uuid>` (server src/fhir/search.ts buildReferenceSearchFilter, PR #9325); before, only the `subject`
+    and `patient` columns took a bare id (as `Patient/<id>`);
+  - search_date_regex 5.2.0: date search values are checked by @medplum/core search.ts `searchDateRegex` (hh:mm
+    allowed, an hour alone refused, calendar dates checked); before, by the dateTime datatype regex (hh:mm refused);
+  - filter_trailing_tokens 5.2.0: `_filter` text left over after a complete expression is 400 "Unexpected token in
+    _filter expression: x" (@medplum/core filter/parse.ts); before, it was ignored;
 - what every release shares: a transaction Bundle is atomic only when the Project has the `transaction-bundles`
   feature (server fhir/routes.ts), and `GET /healthcheck` answers `{ok, version: "<release>-<commit>", ...}`
   (server healthcheck.ts, MEDPLUM_VERSION of @medplum/core).
-The FHIR search rules that changed between releases are the emulator's `fhir/releases.py`; the emulator follows
-both for the release it is set to.
+The emulator follows every fact of the release it is set to (`Settings.medplum_version`); `medport deploy` reads
+the server's release and writes what it accepts; `medport check` runs its scenarios per release.
 """
 from __future__ import annotations
 
@@ -99,6 +111,16 @@ _PROTECTED_TYPES: list[tuple[Version, frozenset[str]]] = [
 _AUDIT_REDACTION: list[tuple[Version, bool]] = [((5, 0, 0), False), ((5, 0, 4), True)]
 
 
+# FHIR search rules, each true from its first release on (the docstring above names the source of each).
+_FHIR_RULES_SINCE: dict[str, Version] = {
+    "token_not_keeps_missing": (5, 0, 8),
+    "boolean_not_keeps_missing": (5, 0, 9),
+    "bare_id_single_target": (5, 1, 14),
+    "search_date_regex": (5, 2, 0),
+    "filter_trailing_tokens": (5, 2, 0),
+}
+
+
 class UnsupportedRelease(ValueError):
     """A Medplum version medport does not support or cannot read; the message is one line."""
 
@@ -111,6 +133,12 @@ class Release:
     project_admin_types: frozenset[str]
     protected_types: frozenset[str]
     audit_redaction: bool                 # Project.setting redactAuditEvents is honoured
+    # FHIR search rules (_FHIR_RULES_SINCE)
+    token_not_keeps_missing: bool
+    boolean_not_keeps_missing: bool
+    bare_id_single_target: bool
+    search_date_regex: bool
+    filter_trailing_tokens: bool
 
     @property
     def key(self) -> Version:
@@ -168,7 +196,8 @@ def release(text: str = NEWEST, *, newer_ok: bool = False) -> Release:
         raise UnsupportedRelease(f"Medplum {text} is newer than {NEWEST}, the newest release medport emulates")
     return Release(version="%d.%d.%d" % v, sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
                    project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v),
-                   audit_redaction=_at(_AUDIT_REDACTION, v))
+                   audit_redaction=_at(_AUDIT_REDACTION, v),
+                   **{rule: v >= first for rule, first in _FHIR_RULES_SINCE.items()})
 
 
 def sandboxes() -> list[Sandbox]:
@@ -179,6 +208,10 @@ def sandboxes() -> list[Sandbox]:
 def representatives() -> list[str]:
     """One release per distinct set of facts (the first release of each), oldest first: what a compatibility run
     covers."""
-    firsts = sorted({v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES, _AUDIT_REDACTION)
-                     for v, _ in table})
+    firsts = sorted({*(v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES,
+                                       _AUDIT_REDACTION) for v, _ in table),
+                     *_FHIR_RULES_SINCE.values()})
     return ["%d.%d.%d" % v for v in firsts]
+
+
+NEWEST_RELEASE = release(NEWEST)
