@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import http from 'node:http';
 import zlib from 'node:zlib';
-import { createMedplum } from './harness/medplum.mjs';
+import { asBot, createMedplum } from './harness/medplum.mjs';
 import { runBot } from './harness/vm.mjs';
 import { patientBot, webhookBot } from './harness/render.mjs';
 import { startFakeMetriport } from './harness/metriport.mjs';
@@ -53,6 +53,11 @@ function message(medplumPatientId, mid, url, contentType) {
 }
 
 const STALL = 'const DOWNLOAD_STALL_MS = 30000;';
+const LEASE = 'https://medport.dev/fhir/StructureDefinition/message-lease-expires';
+const QUEUED = { retry: SYNC.retry, import: SYNC.import };   // async processing: the message is stored as a Task
+
+/** What $execute hands the bot for a JSON body: its text with Bot.rawBody (5.2 on), the parsed JSON before. */
+const executeInput = (body, release) => (release === 'newest' ? JSON.stringify(body) : body);
 
 async function deliver(medplum, msg, release) {
   const body = JSON.stringify(msg);
@@ -117,5 +122,35 @@ for (const release of RELEASES) {
     assert.equal(r.ok, true, r.logText);
     assert.match(r.logText, /WARN: Patient skipped: demographics do not meet Metriport requirements: .*birthDate: missing/);
     assert.equal(fake.calls.length, 0);
+  });
+
+  test(`Medplum ${release}: an operator's requeue {medportRequeue, takeOver} of a message under a dead run's lease`, async () => {
+    const medplum = await createMedplum();
+    const mid = 'mpt-requeue';
+    const p = await medplum.createResource({ resourceType: 'Patient', identifier: [{ system: PATIENT_SYSTEM, value: mid }] });
+    const msg = message(p.id, mid, fake.serveJson(`${release}-requeue-${seq}.json`, bundle(mid, 5)), 'application/json');
+    const raw = JSON.stringify(msg);
+    const headers = { 'x-metriport-signature': crypto.createHmac('sha256', KEY).update(raw).digest('hex') };
+    const code = webhookBot(QUEUED);
+    const run = (input, hdrs = {}) => runBot(code, medplum, { input, headers: hdrs, secrets: secrets() }, { release });
+    const stored = await run(executeInput(msg, release), headers);
+    assert.equal(stored.ok, true, stored.logText);
+    const id = stored.result.task.split('/')[1];
+    // a run took it and died: in progress under a lease that has a minute left
+    const t = await medplum.readResource('Task', id);
+    await asBot(() => medplum.updateResource({ ...t, status: 'in-progress', extension: [...(t.extension || []).filter((e) => e.url !== LEASE),
+      { url: LEASE, valueDateTime: new Date(Date.now() + 60000).toISOString() }] }));
+    const held = await run(executeInput({ medportRequeue: id }, release));
+    assert.equal(held.ok, true, held.logText);
+    assert.equal(held.result.requeued, false);
+    assert.match(held.result.reason, /is in-progress under a lease/);
+    const taken = await run(executeInput({ medportRequeue: id, takeOver: true }, release));
+    assert.equal(taken.ok, true, taken.logText);
+    assert.deepEqual([taken.result.requeued, taken.result.was], [true, 'in-progress']);
+    assert.equal((await medplum.readResource('Task', id)).status, 'requested');
+    const done = await run({ resourceType: 'Task', id });
+    assert.equal(done.ok, true, done.logText);
+    assert.equal(done.result.status, 'completed', done.logText);
+    assert.deepEqual(done.result.summary.imported, { Encounter: 1, Observation: 5 });
   });
 }
