@@ -785,8 +785,12 @@ def sync_step_state(rv: Review, now: datetime, stuck_after_s: float) -> SyncStat
     if rv.due and (now - rv.due).total_seconds() > stuck_after_s:
         return SyncState("stuck", f"the sync step was due at {rv.due:%Y-%m-%d %H:%M:%S} UTC and no run took it"
                          + (f" ({rv.description})" if rv.description else ""), rv.due, "rerun")
+    if rv.waiting == "backoff":   # the last attempt failed: say so, and when it is tried again by itself
+        again = f"; tried again at {rv.due:%H:%M:%S} UTC" if rv.due and rv.due > now else ""
+        return SyncState("failed", f"the patient bot failed: {rv.description or 'no reason recorded'}{again}",
+                         rv.at, "rerun")
     what = {"run": "a patient bot run is sending it to Metriport",
-            "metriport": "waiting for Metriport's rate limit", "backoff": "waiting to try again"}.get(
+            "metriport": "waiting for Metriport's rate limit"}.get(
         rv.waiting or "", "the patient bot's sync step is pending")
     when = f"; next attempt at {rv.due:%H:%M:%S} UTC" if rv.due and rv.due > now else ""
     return SyncState("awaiting", what + when + (f" ({rv.description})" if rv.description and rv.waiting != "run"

@@ -3,6 +3,8 @@ messages' timing, ONE sync state per Patient from the newest evidence (each stat
 evidence must lose), stuck messages, aggregation pairing without the time spent waiting for a replay, reviews."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from medport.generator.console import model
@@ -302,3 +304,25 @@ def test_overlapping_waits_count_once():
 def test_human_durations():
     assert model.human_s(None) == "—" and model.human_s(0.25) == "250 ms" and model.human_s(90) == "1.5 min"
     assert model.human_ms(1500) == "1.5 s" and model.human_ms(None) == "—"
+
+
+def test_a_sync_step_says_what_it_waits_for_and_a_failed_attempt_stays_a_failure():
+    from datetime import timedelta
+
+    from medport.generator.console.model import Review, sync_step_state
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    step = dict(task_id="t1", code="metriport-patient-sync", status="requested", title="sync", subjects=["p1"],
+                others=[], at=now - timedelta(minutes=2), updated=now - timedelta(minutes=1))
+    # the last attempt failed (503 without Retry-After): a failure with its reason, retried by itself
+    failed = sync_step_state(Review(**step, description="Metriport answered 503", due=now + timedelta(minutes=1),
+                                    waiting="backoff"), now, 300)
+    assert (failed.state, failed.action) == ("failed", "rerun")
+    assert "503" in failed.reason and "tried again at 12:01:00 UTC" in failed.reason
+    # Metriport's rate limit: a wait, not a failure
+    waiting = sync_step_state(Review(**step, description="429", due=now + timedelta(seconds=60), waiting="metriport"),
+                              now, 300)
+    assert waiting.state == "awaiting" and "rate limit" in waiting.reason
+    # due long ago and no run took it: stuck
+    stuck = sync_step_state(Review(**step, description="429", due=now - timedelta(hours=1), waiting="metriport"),
+                            now, 300)
+    assert stuck.state == "stuck"
