@@ -133,7 +133,7 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     blocked = no_cfg or no_node
     ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)",
             lambda: _load_bots(cfg), skip_reason=blocked)
-    typecheck = None if blocked else _start_typecheck(cfg, out_dir)
+    typecheck = None if blocked or cfg is None else _start_typecheck(cfg, out_dir)
     ready = bool(cfg) and ch.ok
     versions = medplum_versions or (cfg.medplum.versions if cfg else ())
     if scenarios and ready:
@@ -193,11 +193,12 @@ def _check_runtime(ch: Checker) -> str | None:
     return None if ch.results[-1].ok else "Node 22 or an npm package is missing (see above)"
 
 
-def _load_bots(cfg: Config) -> None:
+def _load_bots(cfg: Config | None) -> None:
     import tempfile
 
     from ..generation.outputs import render_all
 
+    assert cfg is not None   # the case is skipped without a valid config
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for name, text in render_all(cfg).items():

@@ -132,11 +132,10 @@ def _status_of_server(base_url: str, client_id: str, client_secret: str, config_
 def _running_here(as_json: bool) -> dict:
     """The state file of the emulator running from this folder, or exit 1 saying why there is none."""
     state = statefile.read()
-    stale = bool(state) and not statefile.pid_alive(state.get("pid"))
-    if state and not stale:
+    if state and statefile.pid_alive(state.get("pid")):
         return state
     why = (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was "
-           "killed)") if stale else f"no {statefile.STATE_FILE} here"
+           "killed)") if state else f"no {statefile.STATE_FILE} here"
     if as_json:
         click.echo(json.dumps({"running": False, "reason": why}))
         raise SystemExit(1)
