@@ -19,15 +19,15 @@ from collections import Counter
 
 import pytest
 import requests
-from medport.generator.config import validate_data
-from medport.generator.medplum_http import MedplumError, MedplumHttp
-from medport.generator.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
-from medport.generator.fhir_codes import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
+from medport.generator.local.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
+from medport.generator.generation.fhir_codes import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
                                           RESOURCE_CONFLICT_TASK_CODE)
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
-from medport.generator.replay import deliver, metriport_body
-from medport.generator.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, _message_task_for
-from medport.generator.stack import deploy_into, start_stack
+from medport.generator.remote.replay import deliver, metriport_body
+from medport.generator.local.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, _message_task_for
+from medport.generator.local.stack import deploy_into, start_stack
 from medport.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ def test_two_patients_whose_bundles_share_ids_keep_their_own_data(stack, org, ca
         print("\nshared resource ids:", json.dumps(result))
     assert after == before, f"{result['a_changed']} of Jane Smith's {len(before)} resources changed (moved or rewritten)"
     # Jane Doe's record is complete: every resource her data carries is in her compartment
-    from medport.generator.fhir_rules import rules
+    from medport.generator.generation.fhir_rules import rules
     held = metriport_keys(compartment_resources(stack, b["id"]).values())
     expected = _expected_ids(stack, metriport_id(stack, b["id"]))
     missing = [(rt, m) for rt, ids in expected.items() if rt in rules()["compartment"] for m in ids if (rt, m) not in held]
@@ -496,8 +496,8 @@ def test_a_message_naming_five_thousand_patients_is_processed(stack, org, capsys
 # ------------------------------------------------------------------------------------------------ medport check
 def test_the_check_scenarios_of_these_guarantees_pass_on_the_default_config():
     """`medport check` runs them for users' CI: shared ids, a forged Task, newer wins (each a few seconds)."""
-    from medport.generator.config import load_config
-    from medport.generator.scenarios import (SCENARIOS, scenario_forged_message_task_refused,
+    from medport.generator.generation.config import load_config
+    from medport.generator.local.scenarios import (SCENARIOS, scenario_forged_message_task_refused,
                                              scenario_newer_message_wins,
                                              scenario_shared_resource_ids_stay_with_their_patient)
     from tests.paths import ROOT
