@@ -1752,7 +1752,7 @@ async function* resilient(resources) {
  */
 function prepareWindow(resources, run) {
   const { summary, index } = run;
-  const plan = planImport(resources, run.subjectId, run.metriportPatientId, summary, index);
+  const plan = planImport(resources, run);
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
@@ -2608,80 +2608,97 @@ class EntryScanner {
  * bundle's own Patient is never imported: its ids become aliases of the subject. A resource seen in an
  * earlier window is a duplicate.
  * @param {any[]} resources one window of them
- * @param {string} subjectId existing Medplum Patient id
- * @param {string} metriportPatientId
- * @param {Summary} summary
- * @param {Index} [index] what earlier windows left (a fresh one when planning alone)
+ * @param {ImportRun} run
  * @returns {Plan}
  */
-function planImport(resources, subjectId, metriportPatientId, summary, index) {
-  const allowed = new Set(CONFIG.resources);
-  const idx = index || {
-    ids: new Map(), urns: new Map(), seen: new Set(), fixups: new Map(), copy: true, subjectRef: 'Patient/' + subjectId,
-    stamp: undefined, messageId: undefined, conflicts: new Map(), base: 0, planned: 0, chain: '', resume: undefined,
-    prefixImported: {},
-    patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
-  };
+function planImport(resources, run) {
+  const { index, summary } = run;
   /** @type {Plan} */
   const plan = {
     items: new Map(),
     alias: new Map(),
-    patientRefs: idx.patientRefs,
-    subjectRef: 'Patient/' + subjectId,
-    metriportPatientId,
-    index: idx,
+    patientRefs: index.patientRefs,
+    subjectRef: 'Patient/' + run.subjectId,
+    metriportPatientId: run.metriportPatientId,
+    index,
   };
-  const { items, alias, patientRefs } = plan;
   for (const original of resources) {
     if (!original || typeof original !== 'object' || typeof original.resourceType !== 'string') {
       bump(summary.skipped, 'invalid-entry');
-      continue;
+    } else if (!notImported(plan, original, summary)) {
+      planItem(plan, original, summary);
     }
-    const type = original.resourceType;
-    if (type === 'Patient') {
-      if (original.id) {
-        patientRefs.add('Patient/' + original.id);
-        patientRefs.add('urn:uuid:' + original.id);
-      }
-      continue;
-    }
-    const own = contributedId(original);
-    if (own) {
-      // medport's own contribution, back from Metriport: the Medplum resource it came from is the one
-      const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
-      rememberId(idx, key, own);
-      rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
-      bump(summary.skipped, 'contributed-by-medport');
-      continue;
-    }
-    if (!allowed.has(type)) {
-      bump(summary.skipped, type);
-      if (typeof original.id === 'string' && original.id) {
-        rememberUrn(idx, 'urn:uuid:' + original.id, type + '/' + original.id);
-      }
-      continue;
-    }
-    const resource = idx.copy ? JSON.parse(JSON.stringify(original)) : original;
-    let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
-    if (!mid) {
-      mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
-      bump(summary.fixes, 'missing-id');
-    }
-    const key = type + '/' + mid;
-    if (items.has(key) || idx.seen.has(key)) {
-      bump(summary.fixes, 'duplicate-entry');
-      continue;
-    }
-    items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
-    remember(idx.seen, key); // a later duplicate is skipped
-    if (!idx.ids.has(key)) {
-      rememberId(idx, key, ''); // its id once Medplum stores it (one looked up already stays)
-    }
-    alias.set(key, key);
-    alias.set('urn:uuid:' + mid, key);
-    rememberUrn(idx, 'urn:uuid:' + mid, key);
   }
   return plan;
+}
+
+/**
+ * Whether an entry is left out of the import, its ids remembered: the bundle's own Patient (its ids become
+ * aliases of the subject), medport's own contribution back from Metriport (the Medplum resource it came from is
+ * the one), or a type not allowed (counted as skipped).
+ * @param {Plan} plan
+ * @param { { resourceType: string, id?: unknown } } original
+ * @param {Summary} summary
+ * @returns {boolean}
+ */
+function notImported(plan, original, summary) {
+  const idx = plan.index;
+  const type = original.resourceType;
+  if (type === 'Patient') {
+    if (original.id) {
+      plan.patientRefs.add('Patient/' + original.id);
+      plan.patientRefs.add('urn:uuid:' + original.id);
+    }
+    return true;
+  }
+  const own = contributedId(original);
+  if (own) {
+    const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
+    rememberId(idx, key, own);
+    rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
+    bump(summary.skipped, 'contributed-by-medport');
+    return true;
+  }
+  if (!/** @type {string[]} */ (CONFIG.resources).includes(type)) {
+    bump(summary.skipped, type);
+    if (typeof original.id === 'string' && original.id) {
+      rememberUrn(idx, 'urn:uuid:' + original.id, type + '/' + original.id);
+    }
+    return true;
+  }
+  return false;
+}
+
+/**
+ * An entry of an allowed type as an item of the plan (copied when it is the caller's), keyed by Type/mid: an
+ * entry without id gets a stable one from its content; one seen already (this window or an earlier one) is a
+ * duplicate, left out.
+ * @param {Plan} plan
+ * @param { { resourceType: string } } original
+ * @param {Summary} summary
+ */
+function planItem(plan, original, summary) {
+  const idx = plan.index;
+  const type = original.resourceType;
+  const resource = idx.copy ? JSON.parse(JSON.stringify(original)) : original;
+  let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
+  if (!mid) {
+    mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
+    bump(summary.fixes, 'missing-id');
+  }
+  const key = type + '/' + mid;
+  if (plan.items.has(key) || idx.seen.has(key)) {
+    bump(summary.fixes, 'duplicate-entry');
+    return;
+  }
+  plan.items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
+  remember(idx.seen, key); // a later duplicate is skipped
+  if (!idx.ids.has(key)) {
+    rememberId(idx, key, ''); // its id once Medplum stores it (one looked up already stays)
+  }
+  plan.alias.set(key, key);
+  plan.alias.set('urn:uuid:' + mid, key);
+  rememberUrn(idx, 'urn:uuid:' + mid, key);
 }
 
 /**
@@ -4270,8 +4287,8 @@ async function sendFixups(run) {
  * @returns {Promise<Item[]>} the items to send again
  */
 async function sendBatch(run, chunk, options) {
-  const { medplum, summary, index } = run;
-  const { link, lastTry } = options || {};
+  const { medplum, summary } = run;
+  const link = options && options.link;
   /** @type {Item[]} */
   const again = [];
   if (!chunk.length) {
@@ -4294,43 +4311,60 @@ async function sendBatch(run, chunk, options) {
     return again;
   }
   const entries = (response && response.entry) || [];
-  chunk.forEach(({ item, entry }, idx) => {
-    const res = entries[idx] && entries[idx].response;
-    const status = res ? String(res.status || '') : '';
-    const code = parseInt(status, 10);
-    const creating = !!(entry.request && entry.request.ifNoneExist);
-    if (res && (code === 201 || (code >= 200 && code < 300 && !creating))) {
-      const m = /(?:^|\/)([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(res.location || '');
-      if (m) {
-        item.medplumId = m[2];
-      }
-      const v = /W\/"([^"]+)"/.exec(res.etag || '');
-      item.version = v ? v[1] : undefined;
-      if (!link) {
-        bump(summary.imported, item.type);
-        item.counted = true;
-        if (code === 201 && item.others && item.others.length && index) {
-          noteConflict(index, item);
-        }
-      }
-      return;
+  chunk.forEach((be, idx) => {
+    if (recordEntry(run, be, entries[idx] && entries[idx].response, options)) {
+      again.push(be.item);
     }
-    const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
-    const raced = (creating && code >= 200 && code < 300) || code === 412 || code === 409 ||
-      (code === 400 && /Resource ID did not match resolved ID/.test(text));
-    if (link && code === 412) {
-      return; // written since by a newer message, or by another run of this one
-    }
-    if (!link && !lastTry && raced) {
-      again.push(item);
-      return;
-    }
-    if (!link) {
-      item.failed = true;
-    }
-    summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text: raced && code < 300 ? 'written by another run at the same moment, again and again' : text });
   });
   return again;
+}
+
+/**
+ * Record one entry's answer in a batch response: its id, version and count when written; a failure, unless it
+ * lost a race to send again (or, for a second write, met a newer version: left to it).
+ * @param { { summary: Summary, index?: Index } } run
+ * @param { { item: Item, entry: BundleEntry } } be
+ * @param {import('@medplum/fhirtypes').BundleEntryResponse | undefined} res
+ * @param { { link?: boolean, lastTry?: boolean } } [options] as sendBatch's
+ * @returns {boolean} send it again
+ */
+function recordEntry(run, be, res, options) {
+  const { summary, index } = run;
+  const { link, lastTry } = options || {};
+  const { item, entry } = be;
+  const status = res ? String(res.status || '') : '';
+  const code = parseInt(status, 10);
+  const creating = !!(entry.request && entry.request.ifNoneExist);
+  if (res && (code === 201 || (code >= 200 && code < 300 && !creating))) {
+    const m = /(?:^|\/)([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(res.location || '');
+    if (m) {
+      item.medplumId = m[2];
+    }
+    const v = /W\/"([^"]+)"/.exec(res.etag || '');
+    item.version = v ? v[1] : undefined;
+    if (!link) {
+      bump(summary.imported, item.type);
+      item.counted = true;
+      if (code === 201 && item.others && item.others.length && index) {
+        noteConflict(index, item);
+      }
+    }
+    return false;
+  }
+  const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
+  const raced = (creating && code >= 200 && code < 300) || code === 412 || code === 409 ||
+    (code === 400 && /Resource ID did not match resolved ID/.test(text));
+  if (link && code === 412) {
+    return false; // written since by a newer message, or by another run of this one
+  }
+  if (!link && !lastTry && raced) {
+    return true;
+  }
+  if (!link) {
+    item.failed = true;
+  }
+  summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text: raced && code < 300 ? 'written by another run at the same moment, again and again' : text });
+  return false;
 }
 
 /**
@@ -7613,6 +7647,18 @@ exports.handler = async (medplum, event) => {
   if (command) {
     return requeueCommand(medplum, event, command.taskId, command.takeOver);
   }
+  return receiveMessage(medplum, event, input);
+};
+
+/**
+ * A webhook delivery from Metriport: its signature verified (refused, nothing written, unless it holds), a ping
+ * answered, a message stored for processing (async mode) or processed now.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {WebhookBotInput} input
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function receiveMessage(medplum, event, input) {
   const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
   verifySignature(event, raw); // throws: refuse, write nothing
 
@@ -7632,16 +7678,42 @@ exports.handler = async (medplum, event) => {
   if (type === 'ping' || (msg.ping !== undefined && !type)) {
     return { pong: msg.ping };
   }
-  const messageId = (msg.meta && msg.meta.messageId) || null;
-
   if (CONFIG.asyncProcessing) {
-    const task = await persistMessage(medplum, event, msg, raw);
-    log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
-    if (type === 'medical.bulk-patient-create') {
-      await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
-    }
-    return { received: true, messageId, task: 'Task/' + task.id };
+    return storeForProcessing(medplum, event, msg, raw);
   }
+  return processNow(medplum, event, msg);
+}
+
+/**
+ * Async mode: the message stored as a Task for processing (the Task subscription runs it).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {string} raw the body as signed
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function storeForProcessing(medplum, event, msg, raw) {
+  const type = msg.meta && msg.meta.type;
+  const messageId = (msg.meta && msg.meta.messageId) || null;
+  const task = await persistMessage(medplum, event, msg, raw);
+  log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
+  if (type === 'medical.bulk-patient-create') {
+    await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
+  }
+  return { received: true, messageId, task: 'Task/' + task.id };
+}
+
+/**
+ * Sync mode: the message processed within the webhook call. A failure is logged and answered 200: a
+ * well-signed message never fails, or Metriport would disable the webhook.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function processNow(medplum, event, msg) {
+  const type = msg.meta && msg.meta.type;
+  const messageId = (msg.meta && msg.meta.messageId) || null;
   try {
     const summary = await processMessage(medplum, event, msg, null);
     log(summary.failures.length ? 'warn' : 'info', 'message processed', {
@@ -7656,4 +7728,4 @@ exports.handler = async (medplum, event) => {
     log('error', 'message processing failed: ' + errorText(err), { messageId, type });
     return { received: true, messageId, error: errorText(err) };
   }
-};
+}
