@@ -549,7 +549,12 @@ const CONFIG = {
 
 // ---------------------------------------------------------------------------
 // Shared helpers (templates/_common.js.j2). Plain JavaScript: no npm packages,
-// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them).
+// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them), and
+// only what every supported Medplum release gives its bots: console.log (the
+// other console methods from 5.2), fetch (node-fetch v2 before 5.2: a Node Readable
+// body; native after: a web ReadableStream — both async-iterable), TextEncoder,
+// URL, URLSearchParams, require. TextDecoder and the stream classes are not
+// assumed (vmcontext has TextDecoder from 5.0.5, the streams from 5.2).
 // ---------------------------------------------------------------------------
 
 const nodeCrypto = require('crypto');
@@ -620,13 +625,23 @@ function log(level, message, fields) {
   // without levels.
   const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
     (fields ? ' ' + JSON.stringify(fields) : '');
-  if (level === 'error') {
-    console.error(line);
-  } else if (level === 'warn') {
-    console.warn(line);
+  // vmcontext's console before Medplum 5.2 has only log(): warn/error where the console has them (Lambda keeps
+  // the level), log otherwise. Called on the console itself: Medplum's console methods use `this`.
+  const method = level === 'info' ? undefined : console[level];
+  if (typeof method === 'function') {
+    method.call(console, line);
   } else {
     console.log(line);
   }
+}
+
+/**
+ * A UTF-8 decoder: the global TextDecoder, or Node's (vmcontext has no TextDecoder before Medplum 5.0.5).
+ * @returns {TextDecoder}
+ */
+function utf8Decoder() {
+  const Decoder = /** @type { { TextDecoder?: { new (): TextDecoder } } } */ (globalThis).TextDecoder || require('util').TextDecoder;
+  return new Decoder();
 }
 
 /**
@@ -1482,6 +1497,8 @@ const FIRST_WINDOW_ITEMS = 1000;
 const INDEX_LIMIT = 100000;
 /** Times a download cut mid-stream is opened again (the entries already read are skipped). */
 const STREAM_REOPENS = 2;
+/** A download that sends nothing for this long is taken as cut (and opened again). */
+const DOWNLOAD_STALL_MS = 30000;
 /** The checkpoint says items are stored that are not (another order, or not found): the patient starts over. */
 class CheckpointMismatch extends Error {}
 
@@ -2363,9 +2380,9 @@ async function download(url, gzip) {
   const bytes = new Uint8Array(await res.arrayBuffer());
   let text;
   if (gzip || (bytes.length > 2 && bytes[0] === 0x1f && bytes[1] === 0x8b)) {
-    text = new TextDecoder().decode(require('zlib').gunzipSync(bytes));
+    text = utf8Decoder().decode(require('zlib').gunzipSync(bytes));
   } else {
-    text = new TextDecoder().decode(bytes);
+    text = utf8Decoder().decode(bytes);
   }
   return JSON.parse(text);
 }
@@ -2411,78 +2428,155 @@ async function consolidatedResources(bundle) {
 async function* streamSources(first, sources) {
   for (let i = 0; i < sources.length; i++) {
     const res = i === 0 ? first : await openDownload(sources[i].url);
-    yield* bundleResources(await byteStream(res, sources[i].gzip));
+    yield* bundleResources(byteStream(res, sources[i].gzip));
   }
+}
+
+/**
+ * A response body's chunks as they arrive. Medplum's vmcontext `fetch` is node-fetch v2 before 5.2 (the body
+ * is a Node Readable: no getReader()) and the native fetch after (a web ReadableStream); Lambda's is native.
+ * Both bodies are async-iterable in Node, so no stream class is needed.
+ * @param {Response} res
+ * @returns {AsyncIterable<Uint8Array>}
+ */
+function bodyChunks(res) {
+  const body = /** @type {AsyncIterable<Uint8Array> | null} */ (/** @type {unknown} */ (res.body));
+  return body || emptyChunks();
 }
 
 /**
  * The response body as bytes, gunzipped when declared or when it starts with the gzip magic number.
  * @param {Response} res
  * @param {boolean} gzip
- * @returns {Promise<ReadableStream<Uint8Array>>}
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
  */
-async function byteStream(res, gzip) {
-  const reader = /** @type {ReadableStream<Uint8Array>} */ (res.body || new ReadableStream({ start: (c) => c.close() })).getReader();
-  const first = await reader.read();
-  const head = first.done || !first.value ? new Uint8Array(0) : first.value;
-  const gzipped = gzip || (head.length > 2 && head[0] === 0x1f && head[1] === 0x8b);
-  let ended = first.done;
-  const body = new ReadableStream({
-    start(controller) {
-      if (head.length) {
-        controller.enqueue(head);
+async function* byteStream(res, gzip) {
+  const it = stallGuarded(bodyChunks(res), DOWNLOAD_STALL_MS)[Symbol.asyncIterator]();
+  try {
+    const first = await it.next();
+    const head = first.done || !first.value ? new Uint8Array(0) : first.value;
+    const rest = first.done ? emptyChunks() : remainingChunks(head, it);
+    if (gzip || (head.length > 2 && head[0] === 0x1f && head[1] === 0x8b)) {
+      yield* gunzipChunks(rest);
+    } else {
+      yield* rest;
+    }
+  } finally {
+    // stop the download when the reader stops early (a failed import, a cut run)
+    if (typeof it.return === 'function') {
+      await it.return(undefined);
+    }
+  }
+}
+
+/** @returns {AsyncGenerator<Uint8Array, void, void>} */
+async function* emptyChunks() {}
+
+/**
+ * The chunks of `source`, failing when none arrives for `ms`: node-fetch v2 (vmcontext's fetch before Medplum
+ * 5.2) never ends nor fails a body whose connection dropped midway, so a cut download would hang the run; failed
+ * here, it is opened again like any cut download. The timer comes from Node's `timers` (vmcontext has no
+ * setTimeout global) and is cleared as each chunk arrives.
+ * @param {AsyncIterable<Uint8Array>} source
+ * @param {number} ms
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* stallGuarded(source, ms) {
+  const timers = require('timers');
+  const it = source[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      /** @type {unknown} */
+      let timer;
+      const stalled = new Promise((_resolve, reject) => {
+        timer = timers.setTimeout(() => reject(new Error('the download stalled: no data for ' + ms / 1000 + ' s')), ms);
+      });
+      /** @type {IteratorResult<Uint8Array>} */
+      let r;
+      try {
+        r = await Promise.race([it.next(), stalled]);
+      } finally {
+        timers.clearTimeout(timer);
       }
-      if (ended) {
-        controller.close();
-      }
-    },
-    async pull(controller) {
-      if (ended) {
+      if (r.done) {
         return;
       }
-      const r = await reader.read();
-      if (r.done) {
-        ended = true;
-        controller.close();
-      } else {
-        controller.enqueue(r.value);
-      }
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  });
-  if (!gzipped) {
-    return body;
+      yield r.value;
+    }
+  } finally {
+    // a stalled node-fetch body is destroyed here (its pending read is then abandoned): not awaited
+    if (typeof it.return === 'function') {
+      Promise.resolve(it.return(undefined)).catch(() => undefined);
+    }
   }
-  // vmcontext has no DecompressionStream global: Node's own (stream/web) through require
-  const Decompression = /** @type {any} */ (globalThis).DecompressionStream || require('stream/web').DecompressionStream;
-  return body.pipeThrough(new Decompression('gzip'));
+}
+
+/**
+ * @param {Uint8Array} head the chunk already read
+ * @param {AsyncIterator<Uint8Array>} it the rest
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* remainingChunks(head, it) {
+  if (head.length) {
+    yield head;
+  }
+  for (;;) {
+    const r = await it.next();
+    if (r.done) {
+      return;
+    }
+    yield r.value;
+  }
+}
+
+/**
+ * Gunzip chunks as they come, with Node's zlib (no DecompressionStream: vmcontext has no stream globals
+ * before Medplum 5.2).
+ * @param {AsyncIterable<Uint8Array>} chunks
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* gunzipChunks(chunks) {
+  const input = require('stream').Readable.from(chunks);
+  const gunzip = require('zlib').createGunzip();
+  input.on('error', (/** @type {Error} */ err) => gunzip.destroy(err));
+  input.pipe(gunzip);
+  try {
+    for await (const out of gunzip) {
+      yield /** @type {Uint8Array} */ (out);
+    }
+  } finally {
+    input.destroy();
+    gunzip.destroy();
+  }
 }
 
 /**
  * The resources of a FHIR Bundle as its JSON text streams in: the elements of its top-level `entry`
  * array are cut out one at a time and parsed alone (EntryScanner), so memory holds one entry, not the
  * document. Throws when the text is not a JSON object or ends early.
- * @param {ReadableStream<Uint8Array>} bytes
+ * @param {AsyncIterable<Uint8Array>} bytes
  * @returns {AsyncGenerator<unknown, void, void>}
  */
 async function* bundleResources(bytes) {
-  const reader = bytes.getReader();
-  const decoder = new TextDecoder();
+  const decoder = utf8Decoder();
   const scanner = new EntryScanner();
-  for (;;) {
-    const { done, value } = await reader.read();
-    const text = done ? decoder.decode() : decoder.decode(value, { stream: true });
-    for (const element of scanner.push(text)) {
-      const entry = JSON.parse(element);
-      if (entry && typeof entry === 'object' && entry.resource) {
-        yield entry.resource;
-      }
-    }
-    if (done) {
-      scanner.end();
-      return;
+  for await (const value of bytes) {
+    yield* scannedResources(scanner, decoder.decode(value, { stream: true }));
+  }
+  yield* scannedResources(scanner, decoder.decode());
+  scanner.end();
+}
+
+/**
+ * @param {EntryScanner} scanner
+ * @param {string} text the next text
+ * @returns {Generator<unknown, void, void>}
+ */
+function* scannedResources(scanner, text) {
+  for (const element of scanner.push(text)) {
+    const entry = JSON.parse(element);
+    if (entry && typeof entry === 'object' && entry.resource) {
+      yield entry.resource;
     }
   }
 }
@@ -6139,7 +6233,7 @@ async function keepBulkResult(medplum, task, url, requestId) {
     const has = (cur.output || []).some((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
     return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
   });
-  return { text: new TextDecoder().decode(bytes), attachment };
+  return { text: utf8Decoder().decode(bytes), attachment };
 }
 
 /**
@@ -6177,7 +6271,7 @@ async function readBinaryText(medplum, url) {
     /** @type {JsonBody} */
     const parsed = JSON.parse(text);
     if (parsed && parsed.resourceType === 'Binary' && typeof parsed.data === 'string') {
-      return new TextDecoder().decode(base64Bytes(parsed.data));
+      return utf8Decoder().decode(base64Bytes(parsed.data));
     }
   } catch (_err) {
     // raw CSV

@@ -13,6 +13,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import click
 
+from medport.emulator.medplum.releases import DEFAULT_CHECKED, NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
@@ -28,6 +30,7 @@ class CaseResult:
     seconds: float
     message: str = ""
     skipped: bool = False
+    release: str | None = None      # the Medplum release a scenario ran on
 
 
 def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
@@ -68,9 +71,9 @@ class Checker:
         self.results: list[CaseResult] = []
         self.echo = echo
 
-    def case(self, name: str, fn, *, skip_reason: str | None = None):
+    def case(self, name: str, fn, *, skip_reason: str | None = None, release: str | None = None):
         if skip_reason:
-            self.results.append(CaseResult(name, True, 0.0, skip_reason, skipped=True))
+            self.results.append(CaseResult(name, True, 0.0, skip_reason, skipped=True, release=release))
             self.echo(click.style("  skip  ", fg="yellow") + f"{name} — {skip_reason}")
             return None
         t0 = time.monotonic()
@@ -80,7 +83,7 @@ class Checker:
             msg = str(e) or type(e).__name__
             if not isinstance(e, (AssertionError, ConfigError, click.ClickException, NodeRuntimeMissing)):
                 msg += "\n" + traceback.format_exc(limit=4)
-            self.results.append(CaseResult(name, False, time.monotonic() - t0, msg))
+            self.results.append(CaseResult(name, False, time.monotonic() - t0, msg, release=release))
             self.echo(click.style("  FAIL  ", fg="red", bold=True) + f"{name} ({time.monotonic() - t0:.1f} s)")
             lines = msg.splitlines()
             for ln in lines[:25]:
@@ -89,7 +92,7 @@ class Checker:
                 self.echo(f"        … {len(lines) - 25} more line(s) (all in the JUnit report)")
             return None
         dt = time.monotonic() - t0
-        self.results.append(CaseResult(name, True, dt))
+        self.results.append(CaseResult(name, True, dt, release=release))
         extra = ""
         if isinstance(detail, dict) and detail:
             extra = "  " + click.style(", ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, dict)), dim=True)
@@ -100,9 +103,22 @@ class Checker:
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
 
+    def failing_releases(self) -> list[str]:
+        """The Medplum releases on which a scenario failed, in the order they ran."""
+        return list(dict.fromkeys(r.release for r in self.results if r.release and not r.ok))
+
+    def seconds_per_release(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.results:
+            if r.release:
+                out[r.release] = out.get(r.release, 0.0) + r.seconds
+        return out
+
 
 def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
-              echo=click.echo) -> Checker:
+              echo=click.echo, medplum_versions: tuple[str, ...] | None = None) -> Checker:
+    """The checks, then the scenarios on each Medplum release of `medplum_versions` (default: the config's
+    `medplum.versions`), one after the other."""
     from .outputs import render_all, stale_files
 
     ch = Checker(echo)
@@ -186,26 +202,45 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         ch.case("end-to-end scenarios", lambda: None, skip_reason="earlier checks failed")
         return ch
 
+    versions = medplum_versions or cfg.medplum.versions
+    for version in versions:
+        run_scenarios(ch, cfg, version, only)
+    report_types()
+    failing = ch.failing_releases()
+    if failing:
+        passing = [v for v in versions if v not in failing]
+        echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
+             + (f" and pass on {', '.join(passing)}" if passing else ""))
+    return ch
+
+
+def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
+    """The end-to-end scenarios on a fresh in-memory emulator of Medplum `version` (its bot sandbox, Bot schema
+    and admin-only types) with the fake Metriport, the bots deployed through `medport deploy`'s path. Each case
+    is named with the release, so a failure says which one."""
     from .scenarios import SCENARIOS
     from .stack import start_stack
 
+    label = f"[Medplum {version}] "
     stack_box = {}
 
     def start():
-        stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.02)   # async like Metriport, without idling
+        # async like Metriport, without idling
+        stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.02, medplum_version=version)
+        return {"bots": "deployed" + ("" if not stack_box["stack"].deploy.omitted else
+                                      " without Bot." + ", Bot.".join(stack_box["stack"].deploy.omitted))}
 
-    ch.case("fresh in-memory emulator + fake Metriport, bots deployed", start)
+    ch.case(label + "fresh in-memory emulator + fake Metriport, bots deployed", start, release=version)
     stack = stack_box.get("stack")
     try:
         for name, fn in SCENARIOS:
             if only and only.lower() not in name.lower():
                 continue
-            ch.case(name, (lambda f=fn: f(stack)), skip_reason=None if stack else "the stack did not start")
+            ch.case(label + name, (lambda f=fn: f(stack)), skip_reason=None if stack else "the stack did not start",
+                    release=version)
     finally:
         if stack:
             stack.close()
-    report_types()
-    return ch
 
 
 def _prepare_report(path: Path) -> None:
@@ -225,15 +260,22 @@ def _prepare_report(path: Path) -> None:
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
 @click.option("-k", "only", help="Run only the scenarios whose name contains this text.")
-def check_command(config_path, out_dir, junit_path, no_scenarios, only):
+@click.option("--medplum-version", "medplum_versions", multiple=True, metavar="VERSION",
+              help="Run the scenarios on this Medplum release (repeatable; default: the config's medplum.versions, "
+                   f"else {', '.join(DEFAULT_CHECKED)}).")
+def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_versions):
     """Validate everything for CI; exit 0 only if every check passes."""
     t0 = time.monotonic()
+    for version in medplum_versions:
+        try:
+            medplum_release(version)
+        except UnsupportedRelease as e:
+            raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
     if junit_path:   # before the checks run: a report that cannot be written is known now, not after them
         _prepare_report(Path(junit_path))
     click.echo(f"medport check: {config_path}")
-    click.echo("Medplum: scenarios run on the emulator of Medplum 5.2.13; the generated Subscriptions carry one "
-               "interaction each, so they fire the same on every Medplum version")
-    ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only)
+    ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only,
+                   medplum_versions=tuple(medplum_versions) or None)
     passed = sum(1 for r in ch.results if r.ok and not r.skipped)
     failed = sum(1 for r in ch.results if not r.ok)
     skipped = sum(1 for r in ch.results if r.skipped)
@@ -243,6 +285,8 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only):
         except OSError as e:
             raise click.ClickException(f"cannot write the JUnit report {junit_path}: {e.strerror or e}") from None
     summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
-    click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (JUnit: {junit_path})" if junit_path else ""))
+    per_release = ", ".join(f"Medplum {v} {s:.1f} s" for v, s in ch.seconds_per_release().items())
+    click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (scenarios: {per_release})" if per_release else "")
+               + (f" (JUnit: {junit_path})" if junit_path else ""))
     if not ch.ok:
         raise SystemExit(1)

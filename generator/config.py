@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import jsonschema
 
 from medport.emulator.cronexpr import is_valid_cron
+from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease, release as medplum_release
 
 CONFIG_FILENAME = "medport.toml"
 
@@ -62,6 +63,8 @@ class MedplumSection:
     runtime: str
     base_url: str
     identifier_system: str
+    version: str                    # the release the emulator emulates
+    versions: tuple[str, ...]       # the releases `medport check` runs its scenarios on
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,14 @@ def _semantic_problems(raw: dict) -> list[str]:
     r = raw["retry"]
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
+    m = raw["medplum"]
+    for where, version in [("medplum.version", m["version"]),
+                           *((f"medplum.versions[{i}]", v) for i, v in enumerate(m["versions"]))]:
+        try:
+            if isinstance(version, str) and version.startswith("5."):   # other forms: the schema says so
+                medplum_release(version)
+        except UnsupportedRelease as e:
+            problems.append(f"{where}: {e} (use {OLDEST} to {NEWEST})")
     if raw.get("documents", {}).get("content") == "url":
         problems.append("documents.content: 'url' is no longer supported — it kept Metriport's presigned URLs in Medplum "
                         "(the document to anyone holding one, then a dead link): use 'binary' (the default); "

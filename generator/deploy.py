@@ -5,11 +5,18 @@ One path for everything (the CLI, `medport emulate`'s deployment at start, the t
 creates or updates only what differs, reporting created / updated / unchanged per
 resource. With dry_run it stops after reading. Order matters: policies first (bots and
 the client reference them), then bots (subscriptions point at them), then the rest.
+
+It reads the server's release first (`GET /healthcheck`, server healthcheck.ts) and writes only what that
+release accepts: a Medplum older than the oldest supported one is refused before anything is written, and the
+Bot elements a release does not know (Bot.rawBody before 5.2) are left out — the webhook bot then verifies
+signatures over `JSON.stringify(event.input)`, which reproduces the body Metriport signed. A server that still
+refuses an element as an additional property gets the Bot again without it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +31,8 @@ from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bo
 from .medplum_http import MedplumError, MedplumHttp
 from .options import config_option, load_or_exit, medplum_options, out_option
 from . import render
+from medport.emulator.medplum.releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
+                                               release as medplum_release)
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
 SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
@@ -46,6 +55,8 @@ class DeployResult:
     client_secret: str | None = None     # only when the client was created by this run
     webhook_url: str = ""
     warnings: list[str] = field(default_factory=list)
+    medplum_version: str = ""          # the server's release as /healthcheck says ("" when it did not say)
+    omitted: list[str] = field(default_factory=list)   # Bot elements left out for that release ("rawBody")
 
 
 def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
@@ -54,6 +65,20 @@ def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
     strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}  # noqa: E731
     tags = lambda r: (r.get("meta") or {}).get("tag", [])  # noqa: E731
     return strip(existing) == strip(desired) and all(t in tags(existing) for t in tags(desired))
+
+
+OMITTED_WHY = {"rawBody": " (the webhook bot verifies signatures over JSON.stringify(event.input), which "
+                          "reproduces the body Metriport signed)"}
+_ADDITIONAL_PROPERTY = re.compile(r'Invalid additional property "([A-Za-z]+)"')
+
+
+def _refused_element(err: MedplumError, desired: dict) -> str | None:
+    """The optional Bot element a 400 refused as an additional property (Medplum's validator,
+    core typeschema/validation.ts), when the resource is a Bot that holds it."""
+    if err.status != 400 or desired.get("resourceType") != "Bot":
+        return None
+    m = _ADDITIONAL_PROPERTY.search(str(err))
+    return m.group(1) if m and m.group(1) in OPTIONAL_BOT_ELEMENTS and m.group(1) in desired else None
 
 
 def _tag_query(resource: dict) -> str:
@@ -72,6 +97,8 @@ class Deployer:
         self.result = DeployResult()
         self.policy_ids: dict[str, str] = {}
         self._checked = False
+        self.release: Release = medplum_release(NEWEST)
+        self._refused_elements: set[str] = set()     # Bot elements the server refused as additional properties
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _record(self, kind: str, name: str, planned: str, detail: str = "") -> None:
@@ -81,8 +108,22 @@ class Deployer:
         self.echo(f"  {status:<9} {kind} {name}" + (f" — {detail}" if detail else ""))
 
     def _upsert(self, step: str, existing: dict | None, desired: dict) -> dict:
-        """PUT the desired resource over the existing one (keeping server-managed fields), or create it — a
-        conditional create on its tag, so a create repeated after a lost answer finds the first one."""
+        """PUT the desired resource over the existing one (keeping server-managed fields), or create it. A Bot
+        element the server refuses as an additional property (a release older than medport knows it by its
+        version) is left out and the write made again, once per element."""
+        while True:
+            try:
+                return self._write(step, existing, desired)
+            except MedplumError as e:
+                element = _refused_element(e, desired)
+                if element is None:
+                    raise
+                self._omit(element)
+                desired = {k: v for k, v in desired.items() if k != element}
+
+    def _write(self, step: str, existing: dict | None, desired: dict) -> dict:
+        """One write: a conditional create on the resource's tag (a create repeated after a lost answer finds the
+        first one), or a PUT over the existing one."""
         if existing is None:
             return self.http.fhir(step, "POST", desired["resourceType"], json_body=desired,
                                   headers={"If-None-Exist": _tag_query(desired)})
@@ -92,6 +133,38 @@ class Deployer:
                        *desired.get("meta", {}).get("tag", [])]
         merged["meta"] = {"tag": meta["tag"]} if meta["tag"] else {}
         return self.http.fhir(step, "PUT", f"{desired['resourceType']}/{existing['id']}", json_body=merged)
+
+    # -- the server's release ------------------------------------------------------------------
+    def _server_release(self) -> None:
+        """Which Medplum release answers (`GET /healthcheck` → `{ok, version: "5.1.26-<commit>"}`, no credentials
+        needed): refuse one older than medport supports before anything is written; one that does not say is
+        taken as the newest (a refused element is then dropped when the server refuses it)."""
+        version = (self.http.healthcheck() or {}).get("version")
+        if not isinstance(version, str) or not version.strip():
+            self.echo(f"  note      {self.http.base_url}healthcheck did not say the server's version: writing what "
+                      f"Medplum {NEWEST} accepts")
+            return
+        try:
+            self.release = medplum_release(version, newer_ok=True)
+        except UnsupportedRelease as e:
+            raise MedplumError("check the server's version",
+                               f"{e}: upgrade the server to Medplum {OLDEST} or newer") from None
+        self.result.medplum_version = self.release.version
+
+    def _omit(self, element: str) -> None:
+        if element not in self.result.omitted:
+            self.result.omitted.append(element)
+            why = OMITTED_WHY.get(element, "")
+            self.echo(f"  note      Medplum {self.result.medplum_version or '(version unknown)'} has no "
+                      f"Bot.{element}: left out{why}")
+        self._refused_elements.add(element)
+
+    def _accepted_bot(self, desired: dict) -> dict:
+        """The Bot as this server's release accepts it."""
+        drop = set(self.release.refused_bot_elements(desired)) | (self._refused_elements & set(desired))
+        for element in sorted(drop):
+            self._omit(element)
+        return {k: v for k, v in desired.items() if k not in drop}
 
     # -- steps ---------------------------------------------------------------------------------
     def _project(self) -> None:
@@ -159,7 +232,7 @@ class Deployer:
         code = render.render_bots(self.cfg)
         for spec in self.cfg.bots:
             step = f"Bot {spec.name}"
-            desired = bot_resource(self.cfg, spec)
+            desired = self._accepted_bot(bot_resource(self.cfg, spec))
             existing = self.http.search_one(step, "Bot", f"identifier={system}|{spec.identifier}")
             if existing is None:
                 self._record("Bot", spec.name, "create")
@@ -302,6 +375,7 @@ class Deployer:
             base = self.secrets.get("METRIPORT_BASE_URL")
             if base and not base.startswith(("https://", "http://")):
                 raise MedplumError("check inputs", f"METRIPORT_BASE_URL must be an http(s) URL, not {base!r}")
+        self._server_release()
         self.http.login()
         self._project()
         try:

@@ -13,6 +13,8 @@ import click
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused
 from medport.emulator.procenv import hide_process_environment, take_secrets
 from medport.emulator.medplum.server import DEFAULT_DB
+from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
 
@@ -31,7 +33,7 @@ FOLDER_LOCK = statefile.STATE_FILE.parent / "emulate.lock"
 
 def _banner(stack: Stack, storage: str, seconds: float) -> None:
     emu = stack.emulator
-    click.echo(f"medport emulator (Medplum) listening on {emu.base_url}")
+    click.echo(f"medport emulator (Medplum {emu.state.release.version}) listening on {emu.base_url}")
     click.echo(f"  FHIR base:     {emu.base_url}fhir/R4/")
     click.echo(f"  token URL:     {emu.base_url}oauth2/token")
     # A secret is printed only when it is the built-in development default.
@@ -94,10 +96,18 @@ def _deployment(stack: Stack, no_deploy: bool, config_problem: str | None, confi
 @click.option("--console-port", default=CONSOLE_PORT, show_default=True, type=int,
               help="Port of the sync console (on 127.0.0.1; a busy port falls back to a free one).")
 @click.option("--no-console", is_flag=True, help="Do not serve the sync console.")
+@click.option("--medplum-version", metavar="VERSION", default=None,
+              help=f"Medplum release to emulate: its bot sandbox, Bot schema, admin-only types ({OLDEST} to {NEWEST}; "
+                   f"default: medplum.version of the config, else {NEWEST}).")
 def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_client_id, admin_client_secret,
                     metriport_port, metriport_mode, metriport_data, metriport_api_key, console_port,
-                    no_console) -> None:
+                    no_console, medplum_version) -> None:
     """Run the local Medplum emulator and the fake Metriport, with the bots generated from the config deployed."""
+    if medplum_version:
+        try:
+            medplum_release(medplum_version)
+        except UnsupportedRelease as e:
+            raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
     # the bots run as this user: no secret may stay readable in /proc/<this pid>/environ or cmdline (click read
     # the options and their environment variables already)
     secrets = take_secrets()
@@ -120,7 +130,8 @@ def emulate_command(config_path, host, port, db_path, memory, no_deploy, admin_c
         stack = start_stack(cfg, db_path=None if memory else db_path, host=host, port=port,
                             metriport=metriport_mode, metriport_port=metriport_port, metriport_data=metriport_data,
                             metriport_delay_s=0.3, metriport_api_key=metriport_api_key, deploy=cfg is not None,
-                            settings_overrides=overrides, env={**os.environ, **secrets})
+                            settings_overrides=overrides, medplum_version=medplum_version,
+                            env={**os.environ, **secrets})
     except BaseException as e:
         folder.release()
         if isinstance(e, (PortInUse, MissingInput, InUse, StoreRefused)):
@@ -155,6 +166,7 @@ def _state(stack: Stack, host: str, storage: str, metriport_mode: str, console_u
     emu = stack.emulator
     return {"base_url": emu.base_url, "fhir_url": f"{emu.base_url}fhir/R4/", "host": host, "port": emu.port,
             "storage": storage, "project": emu.state.project()["id"], "admin_client_id": emu.admin_client_id,
+            "medplum_version": emu.state.release.version,
             "config": str(Path(config_path).resolve()) if stack.deploy else None,
             "bots": dict(stack.deploy.bot_ids) if stack.deploy else {},
             "metriport": metriport_mode,

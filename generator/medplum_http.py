@@ -3,6 +3,12 @@
 Client-credentials login, retries with backoff on 429/5xx/connection errors, and
 OperationOutcome errors surfaced even inside a 200 (a batch entry, an admin answer).
 Secrets and tokens are never part of any message it produces.
+
+Like MedplumClient it asks for Medplum's extended mode (`X-Medplum: extended`, core client.ts), so resources
+come back with meta.author / meta.project / meta.compartment, which the server hides otherwise (server
+fhir/repo.ts removeHiddenFields). The bearer token goes with each request, never with a login: the token
+endpoint refuses a bearer Authorization header (server oauth/token.ts getClientIdAndSecret → 400 "Invalid
+authorization header"), so a client logged in before can log in again (a second deploy, an expired token).
 """
 from __future__ import annotations
 
@@ -67,6 +73,7 @@ class MedplumHttp:
     policy: RetryPolicy | None = None       # default: attempts and backoff_s above
     session: requests.Session = field(default_factory=requests.Session)
     token: str | None = field(default=None, repr=False)
+    extended: bool = True      # send `X-Medplum: extended` (meta.author/project/compartment returned)
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -121,7 +128,20 @@ class MedplumHttp:
             raise MedplumError("login", f"client credentials rejected: {msg} — check the client id and secret",
                                resp.status_code)
         self.token = resp.json()["access_token"]
-        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def healthcheck(self) -> dict | None:
+        """`GET /healthcheck`, which needs no credentials: Medplum's `{ok, version, ...}` (server healthcheck.ts),
+        or None when the server does not answer it with JSON. MedplumError when the server cannot be reached."""
+        resp = self._send("read the server's version", "GET", "healthcheck", headers={"Accept": "application/json"})
+        body = _json(resp) if resp.status_code == 200 else None
+        return body if isinstance(body, dict) else None
+
+    def auth_headers(self) -> dict[str, str]:
+        """What goes with every request after login: the bearer token and, unless turned off, extended mode."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.extended:
+            headers["X-Medplum"] = "extended"
+        return headers
 
     def request(self, step: str, method: str, path: str, *, json_body: Any = None, data: Any = None,
                 headers: dict | None = None, params: Any = None, ok: tuple[int, ...] = (200, 201),
@@ -134,7 +154,12 @@ class MedplumHttp:
         if json_body is not None:
             hdrs["Content-Type"] = "application/fhir+json"
         hdrs.update(headers or {})
-        resp = self._send(step, method, path, idempotent, json=json_body, data=data, headers=hdrs, params=params)
+        resp = self._send(step, method, path, idempotent, json=json_body, data=data,
+                          headers={**self.auth_headers(), **hdrs}, params=params)
+        if resp.status_code == 401 and "Authorization" not in (headers or {}):
+            self.login()   # the token expired (or the server restarted): log in again, once
+            resp = self._send(step, method, path, idempotent, json=json_body, data=data,
+                              headers={**self.auth_headers(), **hdrs}, params=params)
         log.debug("%s %s -> %s in %.0f ms", method, path.split("?", 1)[0], resp.status_code,
                   resp.elapsed.total_seconds() * 1000)
         body = _json(resp)
@@ -160,7 +185,11 @@ class MedplumHttp:
         (server fhir/response.ts); read as FHIR JSON, an uploaded Binary has no `data`."""
         if self.token is None:
             self.login()
-        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={"Accept": "*/*"})
+        resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={**self.auth_headers(), "Accept": "*/*"})
+        if resp.status_code == 401:
+            self.login()   # the token expired: log in again, once
+            resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}",
+                              headers={**self.auth_headers(), "Accept": "*/*"})
         if resp.status_code != 200:
             body = _json(resp)
             raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)

@@ -15,7 +15,8 @@ from medport.emulator.medplum.server import EmulatorHandle, start_in_thread
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import FakeMetriport, make_server
-from medport.emulator.node import find_runtime
+from medport.emulator.medplum.releases import NEWEST, release as medplum_release
+from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
 from .config import Config
 from .deploy import DeployResult, Deployer
@@ -85,21 +86,24 @@ def deploy_into(handle, cfg: Config, *, metriport_base_url: str, api_key: str, w
 def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
                 metriport: str = "fake", metriport_port: int = 0, metriport_data: str | None = None,
                 metriport_delay_s: float = 0.2, metriport_api_key: str | None = None, deploy: bool = True,
-                settings_overrides: dict | None = None, echo: Callable[[str], None] = lambda s: None,
-                env: Mapping[str, str] | None = None) -> Stack:
+                settings_overrides: dict | None = None, medplum_version: str | None = None,
+                echo: Callable[[str], None] = lambda s: None, env: Mapping[str, str] | None = None) -> Stack:
     """Start the emulator (+ fake Metriport), deploy the bots, set secrets, register the webhook.
 
+    `medplum_version`: the Medplum release emulated (default: the config's `medplum.version`, else the newest).
     `env`: where METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY and METRIPORT_BASE_URL are read (default os.environ;
     `medport emulate` passes the secrets it took out of its environment).
     Raises NodeRuntimeMissing (one line: what to run) before starting anything when Node 22 or an npm
-    package is missing, and MissingInput when the real sandbox is asked for without METRIPORT_API_KEY."""
-    find_runtime()
+    package is missing, UnsupportedRelease for a release medport does not emulate, and MissingInput when the
+    real sandbox is asked for without METRIPORT_API_KEY."""
+    version = medplum_version or (cfg.medplum.version if cfg is not None else NEWEST)
+    find_runtime(NODE_FETCH_PACKAGES if medplum_release(version).sandbox.fetch == "node-fetch" else RUNTIME_PACKAGES)
     env = os.environ if env is None else env
     if metriport != "fake" and not env.get("METRIPORT_API_KEY"):
         raise MissingInput("--metriport sandbox needs METRIPORT_API_KEY: export your sandbox API key (Metriport "
                            "dashboard → Developers → API key), or use --metriport fake")
     deploying = deploy and cfg is not None
-    settings = Settings(db_path=db_path, **(settings_overrides or {}))
+    settings = Settings(db_path=db_path, **{"medplum_version": version, **(settings_overrides or {})})
     if deploying:
         settings.wait_for = dict(BOTS_READINESS)   # /_emulator/health: not ready until the bots are deployed
     handle = start_in_thread(settings, host=host, port=port)

@@ -4,8 +4,8 @@
 The program holds no declaration of a global beyond ECMAScript's (lib es2022) and these:
 - `js/vmcontext.d.ts` (shipped with medport): console (Medplum's MockConsole), require limited to the
   modules the bots use ('crypto', 'zlib', 'timers/promises') and the members they call;
-- the web classes both bot runtimes give (WEB_GLOBALS: fetch, URL, Headers, Response, TextDecoder, the
-  streams, ...), whose declarations are taken from TypeScript's own lib.dom.d.ts: `web_lib` keeps every
+- the web classes both bot runtimes give on every supported Medplum release (WEB_GLOBALS: fetch, TextEncoder,
+  URL, URLSearchParams), whose declarations are taken from TypeScript's own lib.dom.d.ts: `web_lib` keeps every
   interface and type alias of it (types create no value) and, of its `declare var` / `declare function`
   statements, only those in WEB_GLOBALS. So `setTimeout`, `process`, `Buffer`, `atob`, `document`, ...
   are errors, as they are failures on Medplum's vmcontext.
@@ -30,10 +30,9 @@ from medport.emulator.node import TYPECHECK_PACKAGES, NodeRuntimeMissing, Runtim
 AMBIENT = Path(__file__).with_name("js") / "vmcontext.d.ts"
 # The values of lib.dom that both bot runtimes have (vmcontext's sandbox ∩ Node's globals); console is
 # declared in AMBIENT (Medplum's MockConsole has fewer methods than lib.dom's Console).
-WEB_GLOBALS = frozenset({
-    "fetch", "TextDecoder", "TextEncoder", "TextDecoderStream", "TextEncoderStream", "ReadableStream",
-    "WritableStream", "TransformStream", "URL", "URLSearchParams", "Headers", "Request", "Response",
-})
+# What every supported Medplum release's vmcontext sandbox and Lambda both give (js/vmcontext.d.ts says which
+# release added what): TextDecoder (5.0.5), the stream classes, Headers, Request and Response (5.2) are not values.
+WEB_GLOBALS = frozenset({"fetch", "TextEncoder", "URL", "URLSearchParams"})
 WEB_LIBS = ("lib.dom.d.ts", "lib.dom.iterable.d.ts", "lib.dom.asynciterable.d.ts")
 COMPILER_OPTIONS = {
     "allowJs": True,

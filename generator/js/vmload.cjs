@@ -1,6 +1,7 @@
 // Loads each bot file the way Medplum's vmcontext does — code run in a vm context whose globals are
-// Medplum's sandbox (no setTimeout, process or Buffer), with local `exports`/`module` — and checks
-// that it sets exports.handler to a function. Prints one JSON line per file.
+// Medplum's sandbox, the oldest supported release's (5.0.0: a console with only log(), no TextDecoder, no
+// setTimeout, process or Buffer), with local `exports`/`module` — and checks that it sets exports.handler to a
+// function. Prints one JSON line per file.
 'use strict';
 const fs = require('fs');
 const vm = require('vm');
@@ -9,9 +10,9 @@ for (const file of process.argv.slice(2)) {
   try {
     const code = fs.readFileSync(file, 'utf8');
     const sandbox = {
-      console: { log() {}, info() {}, warn() {}, error() {}, debug() {} },
+      console: { log() {} },
       fetch: async () => { throw new Error('no network while loading'); },
-      require, URL, URLSearchParams, TextEncoder, TextDecoder, Headers, Request, Response,
+      require, URL, URLSearchParams, TextEncoder,
       event: {},
     };
     const wrapped = `const exports = {};\nconst module = {exports};\n${code}\n;({ handler: exports.handler, setTimeout: typeof setTimeout, process: typeof process, Buffer: typeof Buffer })`;

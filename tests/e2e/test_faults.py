@@ -407,9 +407,10 @@ def test_check_fails_when_the_config_breaks_recovery(tmp_path):
     out.mkdir()
     for name, text in render_all(load_config(tmp_path / "medport.toml")).items():
         (out / name).write_text(text, "utf-8")
-    ch = run_check(str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None)
+    ch = run_check(str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None,
+                   medplum_versions=("5.2.13",))
     failed = [r for r in ch.results if not r.ok]
-    assert [r.name for r in failed] == ["crash mid-import: resumed, every resource stored exactly once"]
+    assert [r.name for r in failed] == ["[Medplum 5.2.13] crash mid-import: resumed, every resource stored exactly once"]
     assert "max_attempts = 1" in failed[0].message
 
 

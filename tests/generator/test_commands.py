@@ -3,6 +3,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import click
 import medport.generator.render as render
 import pytest
 from click.testing import CliRunner
@@ -77,6 +78,40 @@ def test_check_fails_on_a_bot_that_breaks_a_scenario(tmp_path, monkeypatch):
     failed = {r.name: r.message for r in ch.results if not r.ok}
     assert any("signature" in n for n in failed), failed
     assert any("bad signature: accepted" in m for m in failed.values()), failed
+
+
+def test_check_runs_the_scenarios_per_release_and_names_the_one_that_fails(tmp_path, monkeypatch):
+    """A bot calling console.warn unguarded works on the newest sandbox and throws on Medplum 5.0.0's (its
+    MockConsole has only log(): server util/console.ts): the skip scenario fails there only, and check says so;
+    the type check (console's other methods are optional) already names the line."""
+    proj = project(tmp_path)
+    real = render.render_bots
+    guarded = "  if (typeof method === 'function') {\n    method.call(console, line);"
+
+    def unguarded(cfg):
+        files = real(cfg)
+        name = cfg.bots.patient.filename
+        assert guarded in files[name]
+        files[name] = files[name].replace(guarded, "  if (level !== 'info') {\n    console.warn(line);")
+        return files
+
+    monkeypatch.setattr(render, "render_bots", unguarded)
+    CliRunner().invoke(main, ["generate", "-c", str(proj / "medport.toml"), "-o", str(proj / "bots")])
+    lines: list[str] = []
+    ch = run_check(str(proj / "medport.toml"), str(proj / "bots"), only="skip reasons", echo=lines.append)
+    assert ch.failing_releases() == ["5.0.0"], [(r.name, r.message[:200]) for r in ch.results if not r.ok]
+    failed = {r.name: r.message for r in ch.results if not r.ok}
+    assert sorted(failed) == ["[Medplum 5.0.0] skip reasons: warned, no Metriport call",
+                              "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and "
+                              "@medplum/core)"], failed
+    assert "made the patient bot fail" in failed["[Medplum 5.0.0] skip reasons: warned, no Metriport call"]
+    assert any("the scenarios fail on Medplum 5.0.0 and pass on 5.2.13" in click.unstyle(ln) for ln in lines), lines
+    # one release from the command line
+    r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "-o", str(proj / "bots"), "-k", "skip",
+                                           "--medplum-version", "5.2.13"])
+    assert "  ok    [Medplum 5.2.13] skip reasons" in r.output and "[Medplum 5.0.0]" not in r.output, r.output
+    r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "--medplum-version", "6.0.0"])
+    assert r.exit_code == 2 and "Medplum 6.0.0 is newer than 5.2.13" in r.output
 
 
 @pytest.fixture(scope="module")

@@ -95,12 +95,24 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
 
 
 def test_emulate_without_config_serves_with_nothing_deployed(tmp_path):
-    proc, lines = start(tmp_path, "--memory")
+    proc, lines = start(tmp_path, "--memory", "--medplum-version", "5.1.26")
     try:
         assert any("no medport.toml here" in ln for ln in lines), lines
         assert any("storage:       memory" in ln for ln in lines) and not list(tmp_path.glob("*.sqlite3")), lines
+        # --medplum-version: the release the emulator answers as (server healthcheck.ts reports MEDPLUM_VERSION)
+        base = re.search(r"medport emulator \(Medplum 5\.1\.26\) listening on (http://\S+)", "\n".join(lines)).group(1)
+        assert requests.get(base + "healthcheck", timeout=10).json()["version"].startswith("5.1.26-")
     finally:
         stop(proc)
+
+
+def test_an_unsupported_medplum_version_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--medplum-version",
+                           "4.5.2"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "Medplum 4.5.2 is older than 5.0.0, the oldest release medport supports (use 5.0.0 to 5.2.13)" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):

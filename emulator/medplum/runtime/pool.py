@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +33,7 @@ from ...procenv import KEEP, hide_process_environment
 
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
+from ..releases import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,14 @@ class ExecRequest:
     # Additions (optional):
     default_headers: dict | None = None  # MedplumClient defaultHeaders (Medplum: Cookie when Bot.runAsUser)
     filename: str | None = None  # Bot.executableCode.title: a .mjs/.cjs title decides ESM/CJS on awslambda
+    sandbox: Sandbox | None = None  # the vmcontext sandbox of the emulated Medplum release (None = the newest)
+
+
+@lru_cache(maxsize=16)
+def _sandbox_message(sb: Sandbox) -> dict:
+    """What worker.js builds a vmcontext sandbox from."""
+    return {"name": sb.name, "console": "log" if sb.console == ("log",) else "full", "fetch": sb.fetch,
+            "globals": list(sb.globals), "requester": sb.requester, "response_stream": sb.response_stream}
 
 
 @dataclass
@@ -493,7 +503,9 @@ class BotRuntime:
         else:
             deadline = max(self.hard_cap_s, timeout_s + 1.0)  # vm timeout covers sync code; the cap the rest
         code = req.code or ""
-        key = f"{runtime}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
+        sandbox = req.sandbox if runtime == "vmcontext" else None
+        flavor = f"{runtime}@{sandbox.name}" if sandbox else runtime   # a release wraps the code its own way
+        key = f"{flavor}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
         try:
             w = self._acquire(runtime)
         except RuntimeError as exc:
@@ -514,6 +526,8 @@ class BotRuntime:
                 "default_headers": req.default_headers,
                 "filename": req.filename,
             }
+            if sandbox is not None:
+                msg["sandbox"] = _sandbox_message(sandbox)
             for _attempt in range(2):
                 call = _Call(next(self._ids), "" if runtime == "awslambda" else "\n")
                 if key not in w.known or _attempt:
