@@ -7720,31 +7720,6 @@ function requeueRequest(event, input) {
 // ---------------------------------------------------------------------------
 
 /**
- * @param {MedplumClient} medplum
- * @param {BotEvent} event
- * @returns {Promise<Record<string, unknown>>}
- */
-exports.handler = async (medplum, event) => {
-  startRun();
-  const input = /** @type {WebhookBotInput} */ (event.input);
-  if (input && typeof input === 'object' && input.resourceType === 'Task') {
-    // Triggered by the Subscription: never trust the body, re-read the Task.
-    return processTask(medplum, event, String(input.id || ''));
-  }
-  if (input && typeof input === 'object' && input.resourceType === 'Bot') {
-    // Cron (Bot.cronString): Medplum passes the Bot itself. Resume what was cut off.
-    const swept = await sweep(medplum, event);
-    log(swept.resumed || swept.nudged || swept.refused ? 'warn' : 'info', 'sweep done', swept);
-    return { sweep: swept };
-  }
-  const command = requeueRequest(event, input);
-  if (command) {
-    return requeueCommand(medplum, event, command.taskId, command.takeOver);
-  }
-  return receiveMessage(medplum, event, input);
-};
-
-/**
  * A webhook delivery from Metriport: its signature verified (refused, nothing written, unless it holds), a ping
  * answered, a message stored for processing (async mode) or processed now.
  * @param {MedplumClient} medplum
@@ -7823,3 +7798,28 @@ async function processNow(medplum, event, msg) {
     return { received: true, messageId, error: errorText(err) };
   }
 }
+
+/**
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @returns {Promise<Record<string, unknown>>}
+ */
+exports.handler = async (medplum, event) => {
+  startRun();
+  const input = /** @type {WebhookBotInput} */ (event.input);
+  if (input && typeof input === 'object' && input.resourceType === 'Task') {
+    // Triggered by the Subscription: never trust the body, re-read the Task.
+    return processTask(medplum, event, String(input.id || ''));
+  }
+  if (input && typeof input === 'object' && input.resourceType === 'Bot') {
+    // Cron (Bot.cronString): Medplum passes the Bot itself. Resume what was cut off.
+    const swept = await sweep(medplum, event);
+    log(swept.resumed || swept.nudged || swept.refused ? 'warn' : 'info', 'sweep done', swept);
+    return { sweep: swept };
+  }
+  const command = requeueRequest(event, input);
+  if (command) {
+    return requeueCommand(medplum, event, command.taskId, command.takeOver);
+  }
+  return receiveMessage(medplum, event, input);
+};
