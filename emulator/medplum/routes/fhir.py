@@ -37,7 +37,7 @@ from ..errors import BadRequest, FhirError
 from ..httpio import (
     FHIR_JSON,
     FORM_TYPE,
-    current_state,
+    current_backend,
     is_extended_mode,
     json_response,
     parse_form,
@@ -49,7 +49,7 @@ from ..httpio import (
 from .bots import deploy_handler, execute_handler, job_status_handler
 
 if TYPE_CHECKING:
-    from ..state import EmulatorState
+    from ..backend import MedplumBackend
 
 _WRITE_METHODS = {"POST", "PUT", "PATCH"}
 # @medplum/fhir-router urlrouter.ts MAX_QUERY_STRING_LENGTH (characters after '?', as sent: percent-encoded)
@@ -72,7 +72,7 @@ def register(app: Flask) -> None:
 def healthcheck() -> Response:
     """server healthcheck.ts: `{ok, version: MEDPLUM_VERSION ("<release>-<git commit>"), platform, runtime (the
     server's Node), postgres, redis}`, no authentication: how a client learns which release it talks to."""
-    state = current_state()
+    state = current_backend()
     return json_response({"ok": True, "version": f"{state.release.version}-medport", "platform": sys.platform,
                           "runtime": state.node_version(), "postgres": True, "redis": True}, 200,
                          "application/json")
@@ -89,7 +89,7 @@ def fhir_handler(path: str) -> Response:
 
 
 def _fhir_handler(path: str) -> Response:
-    state = current_state()
+    state = current_backend()
     path = path.strip("/")
     if path == "metadata" and request.method == "GET":
         return _delegate(state, state.system, path, None)
@@ -134,7 +134,7 @@ def _parse_fhir_body(path: str, method: str) -> Any:
 
 def _read_fhir_body(path: str, method: str) -> Any:
     mimetype = request.mimetype
-    limit = current_state().settings.max_json_bytes
+    limit = current_backend().settings.max_json_bytes
     if method == "POST" and path.endswith("_search"):
         if mimetype == FORM_TYPE:
             g.extra_query = list(parse_form(read_body(request, limit)).items())
@@ -159,7 +159,7 @@ def _query() -> list[tuple[str, str]]:
     return q
 
 
-def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Response:
+def _delegate(state: "MedplumBackend", principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
     resp = state.service.handle(principal, request.method, path, _query(), body, headers)
     if not is_extended_mode(request):
@@ -192,7 +192,7 @@ def _wants_fhir_json() -> bool:
     return request.headers.get("Accept", "").startswith(FHIR_JSON)
 
 
-def _binary_read(state: "EmulatorState", principal, parts: list[str]) -> Response:
+def _binary_read(state: "MedplumBackend", principal, parts: list[str]) -> Response:
     resp = state.service.handle(principal, "GET", "/".join(parts), [], None, {})
     if resp.status >= 400:
         return render_fhir(resp)
@@ -233,7 +233,7 @@ def _binary_body() -> bytes:
     raise BadRequest("Unsupported content encoding")
 
 
-def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Response:
+def _binary_upload(state: "MedplumBackend", principal, parts: list[str]) -> Response:
     """binary.ts handleBinaryWriteRequest: the Binary resource is written — access policy and validation — without
     its content, which goes to storage beside it (uploadBinaryData), so the content is not held to the 1 MiB
     `base64BinaryMaxBytes` of a JSON Binary; the answer is the Binary with a `url` to read it back."""
