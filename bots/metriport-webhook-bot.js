@@ -1608,8 +1608,8 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
       batch.push(r.value);
     }
     const window = prepareWindow(batch, subjectId, metriportPatientId, summary, index);
-    const skipped = resume ? Math.max(0, Math.min(window.order.ordered.length, resume.done - window.base)) : 0;
-    await findStored(medplum, window.order.ordered.slice(skipped), index, summary);
+    // the items a checkpoint says are stored are found too: resumeFrom skips only those it sees stored
+    await findStored(medplum, window.order.ordered, index, summary);
     return { window, done };
   };
   // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
@@ -1729,7 +1729,7 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
 async function sendWindow(medplum, window, summary, ctx, index) {
   const { plan, order } = window;
   index.base = window.base;
-  const start = await resumeFrom(medplum, plan.items, order, index, summary);
+  const start = resumeFrom(order, index, summary);
   await resolveExternal(medplum, order.ordered.slice(start), index);
   await findDeferredTargets(medplum, plan.items, order, index);
   const pending = await sendLevels(medplum, plan.items, order, summary, ctx, index, start);
@@ -1910,57 +1910,39 @@ async function resolveExternal(medplum, items, index) {
 /**
  * Where a resumed run starts in a window: the items its checkpoint says an earlier run stored are not sent
  * again — when the checkpoint's digest matches this run's order (checked in the window holding the checkpoint;
- * windows before it are skipped on that promise, and a mismatch found later starts the patient over). The ids of
- * the skipped items that later items reference are looked up; one not found means the checkpoint cannot be
- * trusted: start over (every write is idempotent, so that is only slower).
- * @param {MedplumClient} medplum
- * @param {Map<string, Item>} items
+ * windows before it are skipped on that promise, and a mismatch found later starts the patient over), and when
+ * every one of them is found stored (the window's find phase looked them up: a checkpoint is a claim, and an
+ * item it names that Medplum does not hold — whatever the reason — would otherwise be skipped for good). One not
+ * found means the checkpoint cannot be trusted: start over (every write is idempotent, so that is only slower).
  * @param {Order} order
  * @param {Index} index
  * @param {Summary} summary
- * @returns {Promise<number>} index in order.ordered of the first item to send
+ * @returns {number} index in order.ordered of the first item to send
  */
-async function resumeFrom(medplum, items, order, index, summary) {
+function resumeFrom(order, index, summary) {
   const cp = index.resume;
   const n = order.ordered.length;
   const done = cp ? Math.max(0, Math.min(n, cp.done - index.base)) : 0;
   if (!cp || !done) {
     return 0;
   }
+  const chainMatches = cp.done > index.base + n || order.ordered[done - 1].chain === cp.chain;
+  if (!chainMatches) {
+    throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
+  }
+  const missing = order.ordered.slice(0, done).filter((item) => !item.stored);
+  if (missing.length) {
+    throw new CheckpointMismatch(missing.length + ' item(s) it names are not stored (' + missing[0].key + ', ...)');
+  }
   if (cp.done <= index.base + n) {
-    if (order.ordered[done - 1].chain !== cp.chain) {
-      throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
-    }
     for (const [type, count] of Object.entries(cp.imported || {})) {
       bump(summary.imported, type, count); // what the earlier run wrote of this patient, counted by it
       bump(index.prefixImported, type, count);
     }
   }
-  /** @type {Set<string>} */
-  const needed = new Set();
-  for (const item of order.ordered.slice(done)) {
-    for (const dep of item.deps) {
-      needed.add(dep);
-    }
-  }
-  for (const [holder, targets] of order.deferred) {
-    needed.add(holder);
-    for (const t of targets) {
-      needed.add(t);
-    }
-  }
-  const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
-  if (stored.length) {
-    const found = await lookupIds(medplum, stored.map((item) => item.key), index.subjectRef);
-    for (const item of stored) {
-      item.medplumId = found.get(item.key);
-      if (!item.medplumId) {
-        throw new CheckpointMismatch(item.key + ' is not stored');
-      }
-    }
-  }
   for (const item of order.ordered.slice(0, done)) {
     item.sentOnce = true;
+    item.medplumId = /** @type {Stored} */ (item.stored).id;
     if (item.ext.size) {
       // stored by the earlier run, maybe before the resources it references were: written again at the end
       // (compare-and-set against what is stored then; an unchanged resource makes no new version)

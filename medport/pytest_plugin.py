@@ -63,7 +63,7 @@ def _config_path(config: pytest.Config) -> Path:
 def _start(what, *args, **kw):
     from medport.emulator.medplum.releases import UnsupportedRelease
     from medport.emulator.node import NodeRuntimeMissing
-    from medport.generator.config import ConfigError
+    from medport.generator.generation.config import ConfigError
 
     try:
         return what(*args, **kw)

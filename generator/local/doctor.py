@@ -13,11 +13,11 @@ import click
 
 from medport import __version__
 from medport.emulator import node as noderuntime
-from . import statefile
-from .config import CONFIG_FILENAME, ConfigError, load_config
+from .. import statefile
+from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
 from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
-from .options import config_option, out_option
-from .outputs import stale_files
+from ..options import config_option, out_option
+from ..generation.outputs import stale_files
 from .runtime_setup import read_stamp
 
 
@@ -42,12 +42,26 @@ def _port_free(port: int) -> bool:
 def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_required: bool = False) -> list[Finding]:
     """What is there and what is missing; `config_required`: the config was named (-c, MEDPORT_CONFIG), so its
     absence is a failure, not a hint."""
-    f: list[Finding] = []
+    running = statefile.running()
+    f = [*_python(), *_node(), *_ports(running), *_config(config_path, out_dir, config_required), *_credentials()]
+    if running:
+        f.append(Finding("info", "emulator", f"`medport emulate` is running here at {running['base_url']} "
+                                             f"(pid {running['pid']}) — `medport status`"))
+    return f
+
+
+def _python() -> list[Finding]:
+    """The Python running medport and medport's version."""
     py = ".".join(map(str, sys.version_info[:3]))
-    f.append(Finding("ok" if sys.version_info >= (3, 11) else "fail", "python",
-                     f"Python {py} ({sys.executable}), medport {__version__}",
-                     "" if sys.version_info >= (3, 11) else "medport needs Python >= 3.11"))
-    # Node and npm packages: the same discovery emulate/demo/check use
+    return [Finding("ok" if sys.version_info >= (3, 11) else "fail", "python",
+                    f"Python {py} ({sys.executable}), medport {__version__}",
+                    "" if sys.version_info >= (3, 11) else "medport needs Python >= 3.11")]
+
+
+def _node() -> list[Finding]:
+    """Node and the npm packages (the same discovery emulate, demo and check use), those `medport check`
+    type-checks with, medport's cache, npm."""
+    f: list[Finding] = []
     noderuntime.clear_cache()
     try:
         rt = noderuntime.find_runtime()
@@ -75,8 +89,12 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_r
     if rt is None and not shutil.which("npm"):
         f.append(Finding("fail", "npm", "no npm on PATH: `medport setup` needs it to fetch Node 22 and the packages",
                          "install Node.js + npm from your package manager (any version)"))
-    # ports of `medport emulate`
-    running = statefile.running()
+    return f
+
+
+def _ports(running: dict | None) -> list[Finding]:
+    """The ports of `medport emulate`: free, taken by the emulator running here, or by another program."""
+    f: list[Finding] = []
     for port, what, flag in ((EMULATOR_PORT, "Medplum emulator", "--port"),
                              (FAKE_METRIPORT_PORT, "fake Metriport", "--metriport-port")):
         if _port_free(port):
@@ -86,7 +104,12 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_r
         else:
             f.append(Finding("warn", "port", f"{port} is taken by another program",
                              f"stop it, or run `medport emulate {flag} 0` (any free port)"))
-    # config and generated files
+    return f
+
+
+def _config(config_path: str, out_dir: str, config_required: bool) -> list[Finding]:
+    """The config and the files generated from it."""
+    f: list[Finding] = []
     if not Path(config_path).exists():
         if config_required:
             f.append(Finding("fail", "config", f"{config_path} does not exist",
@@ -104,7 +127,12 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_r
             f.append(Finding("ok", "bots", f"{out_dir}/ is up to date") if not stale else
                      Finding("warn", "bots", f"{len(stale)} file(s) in {out_dir}/ missing or stale",
                              f"`medport generate -c {config_path} -o {out_dir}`"))
-    # credentials (presence only: values are never shown)
+    return f
+
+
+def _credentials() -> list[Finding]:
+    """The credentials deploy and the real Metriport need (present or not: values are never shown)."""
+    f: list[Finding] = []
     have = lambda *names: [n for n in names if os.environ.get(n)]  # noqa: E731
     medplum = have("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
     f.append(Finding("ok" if len(medplum) == 3 else "info", "deploy",
@@ -118,9 +146,6 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_r
                      f"for `deploy --set-secrets` and `emulate --metriport sandbox`: "
                      f"{', '.join(n for n in ('METRIPORT_API_KEY', 'METRIPORT_WEBHOOK_KEY') if n not in metriport)} not set",
                      "" if len(metriport) == 2 else "not needed for emulate, demo or check (the fake Metriport)"))
-    if running:
-        f.append(Finding("info", "emulator", f"`medport emulate` is running here at {running['base_url']} "
-                                             f"(pid {running['pid']}) — `medport status`"))
     return f
 
 

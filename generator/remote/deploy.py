@@ -24,13 +24,13 @@ from typing import Callable, TypeGuard
 
 import click
 
-from .config import Config
-from .manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
+from ..generation.config import Config
+from ..generation.manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
                        stale_subscription_keys,
                        subscriptions, webhook_execute_url)
 from .medplum_http import MedplumError, MedplumHttp
-from .options import config_option, load_or_exit, medplum_options, out_option
-from . import render
+from ..options import config_option, load_or_exit, medplum_options, out_option
+from ..generation import render
 from medport.emulator.medplum.releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
                                                release as medplum_release)
 
@@ -419,8 +419,8 @@ class Deployer:
 
 def _report_bot_ids(cfg: Config, result: DeployResult, base_url: str, out_dir: str | None) -> None:
     """Print the Bots' ids and (unless --no-write-ids) record them where `medplum bot deploy` reads them."""
-    from . import deployed
-    from .manifest import dumps, medplum_cli_config
+    from ..generation import deployed
+    from ..generation.manifest import dumps, medplum_cli_config
 
     by_name = {spec.name: result.bot_ids[spec.key] for spec in cfg.bots if spec.key in result.bot_ids}
     click.echo(f"\nBots on {base_url} (project {result.project_id}):")

@@ -1,10 +1,10 @@
-"""`python -m medport.generator.docs` refreshes the README's generated parts: the config reference (from the
+"""`python -m medport.generator.cli.docs` refreshes the README's generated parts: the config reference (from the
 schema) and the command reference (from the commands' own options and help, what `--help` prints)."""
 from pathlib import Path
 
 import click
 
-from .starter import config_reference_markdown
+from ..generation.starter import config_reference_markdown
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 COMMANDS_BEGIN, COMMANDS_END = "<!-- command-reference:begin -->", "<!-- command-reference:end -->"
@@ -24,7 +24,7 @@ def _first_paragraph(text: str | None) -> str:
 
 
 def command_reference_markdown() -> str:
-    from .cli import main
+    from .main import main
 
     ctx = click.Context(main, info_name="medport")
     rows = ["| command | options | what it does |", "| --- | --- | --- |"]
@@ -54,4 +54,4 @@ def refresh(readme: Path) -> bool:
 
 
 if __name__ == "__main__":
-    print("README updated" if refresh(Path(__file__).resolve().parent.parent / "README.md") else "README up to date")
+    print("README updated" if refresh(Path(__file__).resolve().parents[2] / "README.md") else "README up to date")

@@ -11,31 +11,31 @@ import click
 
 from medport.emulator.node import NodeRuntimeMissing
 
-from . import __version__
-from .config import CONFIG_FILENAME
-from .options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param
+from medport import __version__
+from ..generation.config import CONFIG_FILENAME
+from ..options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param
 
 log = logging.getLogger(__name__)
 
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
 LAZY_COMMANDS = {
-    "emulate": ("medport.generator.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
-    "demo": ("medport.generator.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
-    "deploy": ("medport.generator.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
-    "check": ("medport.generator.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
-    "replay": ("medport.generator.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
-    "runs": ("medport.generator.runs:runs_command", "List bot executions with outcome, duration and logs."),
+    "emulate": ("medport.generator.local.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
+    "demo": ("medport.generator.local.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
+    "deploy": ("medport.generator.remote.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
+    "check": ("medport.generator.local.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
+    "replay": ("medport.generator.remote.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
+    "runs": ("medport.generator.remote.runs:runs_command", "List bot executions with outcome, duration and logs."),
     "synth": ("medport.emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
-    "enroll": ("medport.generator.enroll:enroll_command",
+    "enroll": ("medport.generator.remote.enroll:enroll_command",
                "Enroll existing Medplum Patients in Metriport (bulk patient create, one per facility)."),
-    "document-urls": ("medport.generator.documents:document_urls_command",
+    "document-urls": ("medport.generator.remote.documents:document_urls_command",
                       "Ask Metriport for a Patient's bulk document download URLs."),
-    "setup": ("medport.generator.runtime_setup:setup_command",
+    "setup": ("medport.generator.local.runtime_setup:setup_command",
               "Install Node 22 and the npm packages medport needs into its cache."),
-    "doctor": ("medport.generator.doctor:doctor_command",
+    "doctor": ("medport.generator.local.doctor:doctor_command",
                "Check Python, Node, npm packages, ports, config and credentials; say what to do."),
-    "status": ("medport.generator.status:status_command", "Show the emulator running from this folder."),
+    "status": ("medport.generator.local.status:status_command", "Show the emulator running from this folder."),
     "console": ("medport.generator.console.command:console_command",
                 "Serve the sync console: patients' timelines, the integration's health, replay."),
 }
@@ -45,7 +45,7 @@ def one_line(e: BaseException) -> str:
     """An exception no command turned into a message, as one line saying what to do next."""
     import requests
 
-    from .medplum_http import MedplumError
+    from ..remote.medplum_http import MedplumError
 
     if isinstance(e, (NodeRuntimeMissing, MedplumError)):   # their messages already say what to do
         return str(e)
@@ -149,7 +149,7 @@ main.params.append(verbose_param())
 def init(directory, ci, force, pip_spec):
     """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow.
     Both put .medport/ (the emulator's state and databases) in .gitignore."""
-    from .starter import WORKFLOW_PATH, InstallSpec, ci_workflow, default_pip_spec, ensure_gitignored, starter_toml
+    from ..generation.starter import WORKFLOW_PATH, InstallSpec, ci_workflow, default_pip_spec, ensure_gitignored, starter_toml
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def init(directory, ci, force, pip_spec):
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing file (for CI).")
 def generate(config_path, out_dir, check):
     """Render both bots, medplum.config.json and deploy-bundle.json from the config."""
-    from .outputs import stale_files, write_all
+    from ..generation.outputs import stale_files, write_all
 
     cfg = load_or_exit(config_path)
     if check:

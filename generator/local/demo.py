@@ -5,8 +5,8 @@ import time
 
 import click
 
-from .options import config_option, load_or_exit
-from .outputs import stale_files
+from ..options import config_option, load_or_exit
+from ..generation.outputs import stale_files
 from .stack import start_stack
 from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
                    wait_for_consolidated)
@@ -74,21 +74,9 @@ def demo_command(config_path, patient, timeout, keep_running):
     step("starting the Medplum emulator (in memory) and the fake Metriport; deploying the bots …")
     stack = start_stack(cfg, echo=lambda s: None)
     try:
-        d = stack.deploy
-        counts = {}
-        for c in d.changes:
-            counts[c.kind] = counts.get(c.kind, 0) + 1
-        step(f"Medplum emulator {stack.base_url}  ·  fake Metriport {stack.fake.base_url} "
-             f"(facility {stack.fake.facility_id})")
-        step("deployed: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f"  ({time.monotonic() - t0:.1f} s)")
+        _announce_stack(stack, t0, step)
         view = LiveView(stack, t0)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not stack.fake.state.webhook_status()["webhookEnabled"]:
-            view.tick()
-            time.sleep(0.05)
-        view.tick()
-        step("webhook registered with Metriport; ping answered" if stack.fake.state.webhook_status()["webhookEnabled"]
-             else click.style("webhook ping was not answered — see the webhook bot's run above", fg="red"))
+        _wait_for_webhook(stack, view, step)
         org = create_facility_org(stack)
         pat = create_patient(stack, patient, org["id"])
         step(f"created Organization/{org['id']} (facility id) and Patient/{pat['id']} ({patient}) through the FHIR API")
@@ -96,42 +84,76 @@ def demo_command(config_path, patient, timeout, keep_running):
                                         on_tick=view.tick)
         view.tick()
         imported = count_imported(stack)
-        click.echo()
-        click.echo(click.style(f"Resources now in Medplum for Patient/{pat['id']}:", bold=True))
-        width = max([len(k) for k in imported] + [8])
-        for rt, n in sorted(imported.items()):
-            click.echo(f"  {rt:<{width}}  {n:>5}")
-        click.echo(f"  {'total':<{width}}  {sum(imported.values()):>5}")
-        click.echo()
+        _print_imported(pat["id"], imported)
         if keep_running:
             click.echo(f"bot logs: `medport runs --base-url {stack.base_url}` (or GET {stack.base_url}_emulator/runs "
                        "with the admin client's credentials)")
         else:
             click.echo("to look around afterwards (bot logs, the sync console): `medport demo --keep-running`")
-        ok = outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0
-        if not ok:
-            why = ("timed out waiting for the patient's data" if not outcome.done else
-                   f"{len(outcome.failed_tasks)} message(s) failed to import" if outcome.failed_tasks else
-                   "no resources were imported")
-            raise click.ClickException(f"demo failed: {why} — the bot runs above show where")
+        _require_imported(outcome, imported)
         click.echo(click.style(f"✓ flow complete in {time.monotonic() - t0:.1f} s", fg="green", bold=True))
         if keep_running:
-            from .console.command import serve_for_stack
-
-            from medport.defaults import DEFAULT_ADMIN_CLIENT_SECRET
-
-            console = serve_for_stack(stack, cfg)
-            emu = stack.emulator
-            secret = emu.admin_client_secret if emu.admin_client_secret == DEFAULT_ADMIN_CLIENT_SECRET else "(yours)"
-            click.echo(f"sync console: {console.url}patients/{pat['id']}   (sign in with the admin client: "
-                       f"id {emu.admin_client_id}, secret {secret})")
-            click.echo("serving; Ctrl-C to stop")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                console.stop()
+            _serve_console(stack, cfg, pat["id"])
     finally:
         stack.close()
+
+
+def _announce_stack(stack, t0: float, step) -> None:
+    counts: dict[str, int] = {}
+    for c in stack.deploy.changes:
+        counts[c.kind] = counts.get(c.kind, 0) + 1
+    step(f"Medplum emulator {stack.base_url}  ·  fake Metriport {stack.fake.base_url} "
+         f"(facility {stack.fake.facility_id})")
+    step("deployed: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f"  ({time.monotonic() - t0:.1f} s)")
+
+
+def _wait_for_webhook(stack, view: LiveView, step) -> None:
+    """Up to 10 s for the webhook bot to answer Metriport's ping (the fake enables the webhook then)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not stack.fake.state.webhook_status()["webhookEnabled"]:
+        view.tick()
+        time.sleep(0.05)
+    view.tick()
+    step("webhook registered with Metriport; ping answered" if stack.fake.state.webhook_status()["webhookEnabled"]
+         else click.style("webhook ping was not answered — see the webhook bot's run above", fg="red"))
+
+
+def _print_imported(patient_id: str, imported: dict[str, int]) -> None:
+    click.echo()
+    click.echo(click.style(f"Resources now in Medplum for Patient/{patient_id}:", bold=True))
+    width = max([len(k) for k in imported] + [8])
+    for rt, n in sorted(imported.items()):
+        click.echo(f"  {rt:<{width}}  {n:>5}")
+    click.echo(f"  {'total':<{width}}  {sum(imported.values()):>5}")
+    click.echo()
+
+
+def _require_imported(outcome, imported: dict[str, int]) -> None:
+    """The demo passes only when every message was imported and data is in Medplum."""
+    if outcome.done and not outcome.failed_tasks and sum(imported.values()) > 0:
+        return
+    why = ("timed out waiting for the patient's data" if not outcome.done else
+           f"{len(outcome.failed_tasks)} message(s) failed to import" if outcome.failed_tasks else
+           "no resources were imported")
+    raise click.ClickException(f"demo failed: {why} — the bot runs above show where")
+
+
+def _serve_console(stack, cfg, patient_id: str) -> None:
+    """The sync console over the stack, until Ctrl-C."""
+    from medport.defaults import DEFAULT_ADMIN_CLIENT_SECRET
+
+    from ..console.command import serve_for_stack
+
+    console = serve_for_stack(stack, cfg)
+    emu = stack.emulator
+    secret = emu.admin_client_secret if emu.admin_client_secret == DEFAULT_ADMIN_CLIENT_SECRET else "(yours)"
+    click.echo(f"sync console: {console.url}patients/{patient_id}   (sign in with the admin client: "
+               f"id {emu.admin_client_id}, secret {secret})")
+    click.echo("serving; Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.stop()

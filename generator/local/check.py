@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -18,9 +19,10 @@ from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.metriport import rules
 from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
-from .config import ConfigError, load_config
-from .options import config_option, out_option
-from .render import patient_bot_config
+from ..generation import JS_DIR
+from ..generation.config import Config, ConfigError, load_config
+from ..options import config_option, out_option
+from ..generation.render import patient_bot_config
 
 
 @dataclass
@@ -54,7 +56,7 @@ def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
 
 def load_bots_under_vmcontext(files: list[Path]) -> list[str]:
     """Problems found loading each bot the way vmcontext does (empty = all load)."""
-    script = Path(__file__).with_name("js") / "vmload.cjs"
+    script = JS_DIR / "vmload.cjs"
     proc = subprocess.run([node_binary(), str(script), *map(str, files)], capture_output=True, text=True, timeout=60)
     problems = []
     for line in proc.stdout.splitlines():
@@ -115,29 +117,58 @@ class Checker:
         return out
 
 
+TYPES_CASE = "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)"
+
+
 def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
               echo=click.echo, medplum_versions: tuple[str, ...] | None = None) -> Checker:
-    """The checks, then the scenarios on each Medplum release of `medplum_versions` (default: the config's
-    `medplum.versions`), one after the other."""
-    from .outputs import render_all, stale_files
-
+    """Every case in order: the config, the generated files, Node, the bots loading, the scenarios on each Medplum
+    release of `medplum_versions` (default: the config's `medplum.versions`, one after the other), the bots'
+    type-check (run meanwhile); a case whose prerequisite failed is reported skipped, with the reason."""
     ch = Checker(echo)
-    holder = {}
+    cfg = _check_config(ch, config_path)
+    no_cfg = None if cfg else "the config is invalid"
+    _check_generated(ch, cfg, config_path, out_dir, skip_reason=no_cfg)
+    no_node = _check_runtime(ch)
+    blocked = no_cfg or no_node
+    ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)",
+            lambda: _load_bots(cfg), skip_reason=blocked)
+    typecheck = None if blocked or cfg is None else _start_typecheck(cfg, out_dir)
+    ready = bool(cfg) and ch.ok
+    versions = medplum_versions or (cfg.medplum.versions if cfg else ())
+    if scenarios and ready:
+        for version in versions:
+            run_scenarios(ch, cfg, version, only)
+    ch.case(TYPES_CASE, lambda: _typecheck_result(typecheck), skip_reason=blocked)
+    if scenarios and not ready:
+        ch.case("end-to-end scenarios", lambda: None, skip_reason="earlier checks failed")
+    failing = ch.failing_releases()
+    if failing:
+        passing = [v for v in versions if v not in failing]
+        echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
+             + (f" and pass on {', '.join(passing)}" if passing else ""))
+    return ch
+
+
+def _check_config(ch: Checker, config_path: str) -> Config | None:
+    holder: dict[str, Config] = {}
 
     def config():
         holder["cfg"] = load_config(config_path)
 
     ch.case(f"config {config_path} is valid", config)
-    cfg = holder.get("cfg")
-    no_cfg = None if cfg else "the config is invalid"
+    return holder.get("cfg")
+
+
+def _check_generated(ch: Checker, cfg: Config | None, config_path: str, out_dir: str, skip_reason: str | None) -> None:
+    """The committed files match the config, and the requests the config shapes pass Metriport's rules."""
+    from ..generation.outputs import stale_files
 
     def fresh():
         stale = stale_files(cfg, out_dir)
         if stale:
             raise AssertionError("; ".join(f"{why}: {Path(out_dir) / n}" for n, why in stale)
                                  + f" — run `medport generate -c {config_path} -o {out_dir}` and commit")
-
-    ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=no_cfg)
 
     def metriport_accepts():
         """The requests the config shapes, through the fake's copy of Metriport's rules (the schema already
@@ -147,71 +178,58 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
         rules.iso_date_param(c["dateFrom"])
         rules.iso_date_param(c["dateTo"])
 
-    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts, skip_reason=no_cfg)
+    ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=skip_reason)
+    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts,
+            skip_reason=skip_reason)
 
+
+def _check_runtime(ch: Checker) -> str | None:
+    """Node 22 and the npm packages as a case; the reason the cases that need them are skipped, if missing."""
     def runtime():
         rt = find_runtime()
         return {"node": rt.node_version, "packages": rt.source}
 
     ch.case("Node 22 and the npm packages are installed", runtime)
-    no_node = None if ch.results[-1].ok else "Node 22 or an npm package is missing (see above)"
+    return None if ch.results[-1].ok else "Node 22 or an npm package is missing (see above)"
 
-    def loads():
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            files = []
-            for name, text in render_all(cfg).items():
-                if name.endswith(".js"):
-                    (Path(tmp) / name).write_text(text, "utf-8")
-                    files.append(Path(tmp) / name)
-            problems = load_bots_under_vmcontext(files)
-        if problems:
-            raise AssertionError("\n".join(problems))
 
-    ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)", loads,
-            skip_reason=no_cfg or no_node)
+def _load_bots(cfg: Config | None) -> None:
+    import tempfile
 
-    # tsc runs in its own process for ~2 s: started now, it works on the other core while the scenarios run, and
-    # its case is reported when its answer is in (after the scenarios)
-    typecheck = None
-    if not (no_cfg or no_node) and cfg is not None:
-        from concurrent.futures import ThreadPoolExecutor
+    from ..generation.outputs import render_all
 
-        from .typecheck import typecheck_sources
-        pool = ThreadPoolExecutor(1, thread_name_prefix="medport-typecheck")
-        typecheck = pool.submit(typecheck_sources, render_all(cfg), shown_in=out_dir)
-        pool.shutdown(wait=False)
+    assert cfg is not None   # the case is skipped without a valid config
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for name, text in render_all(cfg).items():
+            if name.endswith(".js"):
+                (Path(tmp) / name).write_text(text, "utf-8")
+                files.append(Path(tmp) / name)
+        problems = load_bots_under_vmcontext(files)
+    if problems:
+        raise AssertionError("\n".join(problems))
 
-    def types():
-        result = typecheck.result()
-        if result.problems:
-            raise AssertionError(f"{len(result.problems)} TypeScript error(s) (tsc --checkJs --strict, "
-                                 "@medplum/fhirtypes + @medplum/core, Medplum's bot globals only):\n"
-                                 + "\n".join(result.problems))
-        return {"errors": 0, "typescript": result.typescript}
 
-    def report_types():
-        ch.case("generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)",
-                types, skip_reason=no_cfg or no_node)
+def _start_typecheck(cfg: Config, out_dir: str) -> Future:
+    """tsc runs in its own process for ~2 s: started now, it works on the other core while the scenarios run, and
+    its case is reported when its answer is in (after the scenarios)."""
+    from ..generation.outputs import render_all
+    from ..generation.typecheck import typecheck_sources
 
-    if not scenarios:
-        report_types()
-        return ch
-    if not cfg or not ch.ok:
-        report_types()
-        ch.case("end-to-end scenarios", lambda: None, skip_reason="earlier checks failed")
-        return ch
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medport-typecheck")
+    typecheck = pool.submit(typecheck_sources, render_all(cfg), shown_in=out_dir)
+    pool.shutdown(wait=False)
+    return typecheck
 
-    versions = medplum_versions or cfg.medplum.versions
-    for version in versions:
-        run_scenarios(ch, cfg, version, only)
-    report_types()
-    failing = ch.failing_releases()
-    if failing:
-        passing = [v for v in versions if v not in failing]
-        echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
-             + (f" and pass on {', '.join(passing)}" if passing else ""))
-    return ch
+
+def _typecheck_result(typecheck: Future | None) -> dict:
+    assert typecheck is not None   # the case is skipped when tsc was not started
+    result = typecheck.result()
+    if result.problems:
+        raise AssertionError(f"{len(result.problems)} TypeScript error(s) (tsc --checkJs --strict, "
+                             "@medplum/fhirtypes + @medplum/core, Medplum's bot globals only):\n"
+                             + "\n".join(result.problems))
+    return {"errors": 0, "typescript": result.typescript}
 
 
 def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:

@@ -9,7 +9,7 @@ import json
 
 import jinja2
 
-from . import __version__
+from medport import __version__
 from .config import BotSpec, Config, resource_types
 from .fhir_codes import (ADT_MESSAGE_EXTENSION, AWAITING_LINK_SYSTEM, BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE,
                          BULK_ROW_ID_SYSTEM, BULK_TASK_CODE, CONTRIBUTION_LEDGER_SYSTEM, CONTRIBUTION_TASK_CODE,
@@ -163,7 +163,7 @@ def render_bots(cfg: Config) -> dict[str, str]:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m medport.generator.render '<config json>'` prints {filename: code} — used by the node tests to render variants."""
+    """`python -m medport.generator.generation.render '<config json>'` prints {filename: code} — used by the node tests to render variants."""
     import sys
 
     from .config import validate_data

@@ -13,14 +13,14 @@ import requests
 
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
-from . import statefile
-from .config import Config
+from .. import statefile
+from ..generation.config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
-from .fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
+from ..generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
 from medport.defaults import admin_credentials
-from .manifest import webhook_execute_url
-from .options import config_option, load_or_exit, medplum_options
-from .progress import Progress
+from ..generation.manifest import webhook_execute_url
+from ..options import config_option, load_or_exit, medplum_options
+from ..progress import Progress
 
 SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
 
@@ -170,8 +170,20 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
     lease are listed with the time left; `take_over` requeues them too (the user says the run holding them is dead:
     it stops at its next lease renewal if it is not)."""
     states = message_states(http, stale_after_s)
-    tasks = list(states.stuck)
+    tasks = _to_requeue(states, take_over, echo)
+    if not tasks:
+        echo("no failed messages to replay (none cut off or left waiting either)")
+        return 0, 0
+    bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
+    many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
     in_flight = {t["id"] for t, _ in states.in_flight}
+    _requeue_all(http, tasks, bot_id, in_flight, echo, many)
+    return _await_outcomes(http, {t["id"] for t, _ in tasks}, wait_s, echo, many)
+
+
+def _to_requeue(states, take_over: bool, echo) -> list[tuple[dict, str]]:
+    """The stuck messages, and those in flight when `take_over`; the others in flight are named, not touched."""
+    tasks = list(states.stuck)
     for n, (t, left) in enumerate(states.in_flight):
         if take_over:
             tasks.append((t, f"in progress, lease taken over {left:.0f} s before it ran out"))
@@ -182,11 +194,12 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         echo(f"{len(states.in_flight)} message(s) in flight: the sweep resumes them once their lease runs out; if "
              "their run is dead (the server or the emulator crashed), `medport replay --failed --take-over` resumes "
              "them now")
-    if not tasks:
-        echo("no failed messages to replay (none cut off or left waiting either)")
-        return 0, 0
-    bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
-    many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
+    return tasks
+
+
+def _requeue_all(http: MedplumHttp, tasks: list[tuple[dict, str]], bot_id: str, in_flight: set[str], echo,
+                 many: bool) -> None:
+    """Each Task back to `requested`; one changed meanwhile (412) is left alone."""
     bar = Progress(len(tasks), "requeued", echo=echo) if many else None
     for i, (t, why) in enumerate(tasks, 1):
         try:
@@ -202,8 +215,11 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
             echo(f"requeued {_described(t)}; {why})")
     if bar:
         bar.close(f"requeued {len(tasks)} message(s)")
+
+
+def _await_outcomes(http: MedplumHttp, pending: set[str], wait_s: float, echo, many: bool) -> tuple[int, int]:
+    """(completed, failed) among the requeued Tasks within `wait_s`; those still processing are named."""
     deadline = time.monotonic() + wait_s
-    pending = {t["id"] for t, _ in tasks}
     ok = failed = 0
     bar = Progress(len(pending), "processed", echo=echo) if many else None
     while pending and time.monotonic() < deadline:

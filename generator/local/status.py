@@ -6,10 +6,10 @@ import json
 import click
 import requests
 
-from . import statefile
-from .config import CONFIG_FILENAME
+from .. import statefile
+from ..generation.config import CONFIG_FILENAME
 from medport.defaults import admin_credentials
-from .options import config_option, medplum_options
+from ..options import config_option, medplum_options
 
 
 def probe(base_url: str, timeout: float = 5.0) -> dict:
@@ -50,12 +50,12 @@ def _answers(url: str | None) -> bool:
 def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
                         fhir_only: bool = False, config_path: str = CONFIG_FILENAME) -> dict:
     """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
-    from .config import ConfigError, load_config
-    from .console.command import settings_for
-    from .console.figures import health
-    from .console.model import reconstruct
-    from .console.source import Source
-    from .medplum_http import MedplumError
+    from ..generation.config import ConfigError, load_config
+    from ..console.command import settings_for
+    from ..console.figures import health
+    from ..console.model import reconstruct
+    from ..console.source import Source
+    from ..remote.medplum_http import MedplumError
 
     try:
         cfg = load_config(config_path)
@@ -97,24 +97,9 @@ def status_command(base_url, client_id, client_secret, config_path, as_json):
     """Show the emulator running from this folder: URLs, readiness, deployed bots, runs, and the integration's
     health figures (those of `medport console`). Exit 1 when none is ready."""
     if base_url and client_id and client_secret:
-        fig = integration_figures(base_url, client_id, client_secret, fhir_only=True, config_path=config_path)
-        if as_json:
-            click.echo(json.dumps({"running": "error" not in fig, "base_url": base_url, "integration": fig}, indent=2))
-        else:
-            click.echo(f"Medplum    {base_url}")
-            _echo_integration(fig)
-        if "error" in fig:
-            raise SystemExit(1)
+        _status_of_server(base_url, client_id, client_secret, config_path, as_json)
         return
-    state = statefile.read() if not base_url else None
-    stale = bool(state) and not statefile.pid_alive(state.get("pid"))
-    if not base_url and (not state or stale):
-        why = (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was "
-               "killed)") if stale else f"no {statefile.STATE_FILE} here"
-        if as_json:
-            click.echo(json.dumps({"running": False, "reason": why}))
-            raise SystemExit(1)
-        raise click.ClickException(f"no emulator running from this folder ({why}) — start one with `medport emulate`")
+    state = None if base_url else _running_here(as_json)
     url = base_url or state["base_url"]
     health = probe(url)
     counts = run_counts(url) if health.get("reachable") else None
@@ -127,28 +112,63 @@ def status_command(base_url, client_id, client_secret, config_path, as_json):
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
-        ok = click.style("ready", fg="green") if out["ready"] else click.style("not ready", fg="red")
-        click.echo(f"emulator   {url}  {ok}" + (f"  (pid {state['pid']}, since {state.get('started')})" if state else ""))
-        if not health.get("reachable"):
-            click.echo(f"           does not answer ({health.get('error')})")
-        for what in health.get("waiting_for", []):
-            click.echo(f"           waiting for {what}")
-        if state:
-            click.echo(f"FHIR       {state.get('fhir_url')}")
-            click.echo(f"storage    {state.get('storage')}")
-            bots = state.get("bots") or {}
-            click.echo("bots       " + (", ".join(f"{k}=Bot/{v}" for k, v in bots.items()) if bots else "none deployed"))
-            if state.get("metriport") == "fake":
-                click.echo(f"Metriport  fake at {state.get('metriport_url')}/medical/v1 (facility {state.get('facility_id')})"
-                           + ("" if fake_up else click.style("  — does not answer", fg="red")))
-            else:
-                click.echo(f"Metriport  {state.get('metriport_url')}")
-        if counts is not None:
-            click.echo(f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
-                       + ("  → `medport runs --failed --logs`" if counts["failed"] else ""))
-        if fig is not None:
-            _echo_integration(fig)
-        if out["console_url"]:
-            click.echo(f"console    {out['console_url']}")
+        _echo_status(out)
     if not out["ready"]:
         raise SystemExit(1)
+
+
+def _status_of_server(base_url: str, client_id: str, client_secret: str, config_path, as_json: bool) -> None:
+    """A server named with its admin credentials: the integration's figures from its FHIR API only."""
+    fig = integration_figures(base_url, client_id, client_secret, fhir_only=True, config_path=config_path)
+    if as_json:
+        click.echo(json.dumps({"running": "error" not in fig, "base_url": base_url, "integration": fig}, indent=2))
+    else:
+        click.echo(f"Medplum    {base_url}")
+        _echo_integration(fig)
+    if "error" in fig:
+        raise SystemExit(1)
+
+
+def _running_here(as_json: bool) -> dict:
+    """The state file of the emulator running from this folder, or exit 1 saying why there is none."""
+    state = statefile.read()
+    if state and statefile.pid_alive(state.get("pid")):
+        return state
+    why = (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was "
+           "killed)") if state else f"no {statefile.STATE_FILE} here"
+    if as_json:
+        click.echo(json.dumps({"running": False, "reason": why}))
+        raise SystemExit(1)
+    raise click.ClickException(f"no emulator running from this folder ({why}) — start one with `medport emulate`")
+
+
+def _echo_status(out: dict) -> None:
+    state, health, counts, fig = out["state"], out["health"], out["runs"], out["integration"]
+    ok = click.style("ready", fg="green") if out["ready"] else click.style("not ready", fg="red")
+    click.echo(f"emulator   {out['base_url']}  {ok}"
+               + (f"  (pid {state['pid']}, since {state.get('started')})" if state else ""))
+    if not health.get("reachable"):
+        click.echo(f"           does not answer ({health.get('error')})")
+    for what in health.get("waiting_for", []):
+        click.echo(f"           waiting for {what}")
+    if state:
+        _echo_state(state, out["fake_metriport_answers"])
+    if counts is not None:
+        click.echo(f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
+                   + ("  → `medport runs --failed --logs`" if counts["failed"] else ""))
+    if fig is not None:
+        _echo_integration(fig)
+    if out["console_url"]:
+        click.echo(f"console    {out['console_url']}")
+
+
+def _echo_state(state: dict, fake_up: bool | None) -> None:
+    click.echo(f"FHIR       {state.get('fhir_url')}")
+    click.echo(f"storage    {state.get('storage')}")
+    bots = state.get("bots") or {}
+    click.echo("bots       " + (", ".join(f"{k}=Bot/{v}" for k, v in bots.items()) if bots else "none deployed"))
+    if state.get("metriport") == "fake":
+        click.echo(f"Metriport  fake at {state.get('metriport_url')}/medical/v1 (facility {state.get('facility_id')})"
+                   + ("" if fake_up else click.style("  — does not answer", fg="red")))
+    else:
+        click.echo(f"Metriport  {state.get('metriport_url')}")

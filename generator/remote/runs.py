@@ -7,10 +7,10 @@ from datetime import datetime
 import click
 import requests
 
-from . import statefile
+from .. import statefile
 from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
 from .medplum_http import MedplumError, MedplumHttp, not_json_reason
-from .options import admin_options, medplum_options
+from ..options import admin_options, medplum_options
 
 AUDIT_FAILURE = {"4", "8", "12"}
 

@@ -18,9 +18,9 @@ from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
 from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
                    data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
-from .fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
+from ..generation.fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
                          PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
-from .replay import deliver, metriport_body
+from ..remote.replay import deliver, metriport_body
 
 
 class ScenarioFailure(AssertionError):
@@ -221,7 +221,7 @@ def scenario_skip_reasons(stack) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Faults production throws (issue 10): a crash mid-import, a second Patient for one person, the same
+# Faults production throws: a crash mid-import, a second Patient for one person, the same
 # message delivered several times at once.
 
 CRASH_DATASET = "Crashtest"   # a fake-Metriport patient whose consolidated data is large enough to cut off
@@ -650,7 +650,7 @@ def scenario_shared_resource_ids_stay_with_their_patient(stack, timeout: float =
     held = {(rt, str(i.get("value"))) for rt in stack.cfg.webhook_bot.resources
             for e in stack.admin.fhir(f"list {rt}", "GET", f"{rt}?_compartment=Patient/{b['id']}&_count=1000").get("entry", [])
             for i in _identifiers(e["resource"]) if i.get("system") == system}
-    from .fhir_rules import rules
+    from ..generation.fhir_rules import rules
     # this Patient's own resources in its compartment; the shared types (Practitioner, Organization, ...) are shared
     missing = [(rt, m) for rt, ids in _expected_ids(stack, mid_b).items() if rt in rules()["compartment"]
                for m in ids if (rt, m) not in held]
@@ -675,7 +675,7 @@ def scenario_forged_message_task_refused(stack, timeout: float = 30.0) -> dict:
     client = stack.admin.request("create client", "POST", "admin/projects/medport-project/client", ok=(201,),
                                  json_body={"name": "medport check task writer",
                                             "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}})
-    from .medplum_http import MedplumHttp
+    from ..remote.medplum_http import MedplumHttp
     writer = MedplumHttp(stack.base_url, client["id"], client["secret"])
     invented = {"resourceType": "AllergyIntolerance", "id": "medport-check-forged", "code": {"text": "medport check forgery"},
                 "patient": {"reference": f"Patient/{mid}"}}

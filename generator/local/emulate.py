@@ -18,11 +18,11 @@ from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
 
-from . import statefile
-from .config import CONFIG_FILENAME, ConfigError, load_config
-from .medplum_http import MedplumError
-from .console.command import serve_for_stack
-from .options import admin_options, config_option
+from .. import statefile
+from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
+from ..remote.medplum_http import MedplumError
+from ..console.command import serve_for_stack
+from ..options import admin_options, config_option
 from medport.defaults import (CONSOLE_PORT, DEFAULT_ADMIN_CLIENT_SECRET, DEV_FAKE_METRIPORT_API_KEY, EMULATOR_PORT,
                              FAKE_METRIPORT_PORT)
 from .stack import MissingInput, Stack, start_stack

@@ -25,7 +25,7 @@ import click
 from medport import __version__
 from medport.emulator import node as noderuntime
 
-from .progress import Progress
+from ..progress import Progress
 
 NPM_FILES = ("package.json", "package-lock.json")
 

@@ -43,13 +43,14 @@ from medport.emulator.metriport import bulkcsv, rules
 from medport.emulator.metriport.errors import MetriportError
 from medport.emulator.node import node_binary
 
-from .config import Config
+from ..generation import JS_DIR
+from ..generation.config import Config
 from .medplum_http import MedplumError, MedplumHttp, instant_now
-from .progress import Progress
-from .options import config_option, load_or_exit, medplum_options, metriport_options
+from ..progress import Progress
+from ..options import config_option, load_or_exit, medplum_options, metriport_options
 from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
-from .render import render_bots
-from .fhir_codes import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM
+from ..generation.render import render_bots
+from ..generation.fhir_codes import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM
 
 MAX_ROWS = 100_000  # Metriport's maximum per bulk patient create (csv/validate-and-parse-import.ts MAX_NUMBER_ROWS)
 CSV_COLUMNS = ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1", "city-1",
@@ -145,7 +146,7 @@ def select_patients(http: MedplumHttp, cfg: Config, criteria: str, only_unlinked
 def demographics_rules(cfg: Config, patients: list[dict]) -> list[dict]:
     """The patient bot's demographicsFor on every Patient, run in Node on the bot rendered from this config."""
     code = render_bots(cfg)[cfg.bots.patient.filename]
-    script = Path(__file__).with_name("js") / "demographics.cjs"
+    script = JS_DIR / "demographics.cjs"
     with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False, encoding="utf-8") as f:
         f.write(code)
         bot_file = f.name

@@ -1,6 +1,6 @@
 """A running medport stack: the Medplum emulator, the fake Metriport beside it, and the bots
 generated from the config deployed into the emulator through the one deploy path
-(`medport.generator.deploy.Deployer`), with the Project secrets set and the webhook registered.
+(`medport.generator.remote.deploy.Deployer`), with the Project secrets set and the webhook registered.
 
 Used by `medport emulate`, `medport demo`, `medport check`, the end-to-end tests and the benchmarks.
 """
@@ -18,11 +18,11 @@ from medport.emulator.metriport.server import FakeMetriport, make_server
 from medport.emulator.medplum.releases import NEWEST, release as medplum_release
 from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
-from .config import Config
-from .deploy import DeployResult, Deployer
+from ..generation.config import Config
+from ..remote.deploy import DeployResult, Deployer
 from medport.defaults import fake_metriport_api_key
-from .manifest import webhook_execute_url
-from .medplum_http import MedplumHttp
+from ..generation.manifest import webhook_execute_url
+from ..remote.medplum_http import MedplumHttp
 
 SANDBOX_URL = "https://api.sandbox.metriport.com"
 BOTS_READINESS = {"bots": "deploying the bots generated from the config"}

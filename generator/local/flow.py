@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from .fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
+from ..generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 
 SEED_DEMOGRAPHICS = {
     "Jane": {"family": "Smith", "birthDate": "1996-02-10", "gender": "female",

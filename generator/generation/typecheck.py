@@ -93,7 +93,7 @@ def _web_lib_for(typescript_lib: Path, mtime: float) -> str:
     for name in WEB_LIBS:
         f = typescript_lib / name
         if f.is_file():
-            parts.append(f"// from typescript/lib/{name} (values kept: medport.generator.typecheck.WEB_GLOBALS)\n")
+            parts.append(f"// from typescript/lib/{name} (values kept: medport.generator.generation.typecheck.WEB_GLOBALS)\n")
             parts.append(web_lib(f.read_text("utf-8")))
     return "".join(parts)
 

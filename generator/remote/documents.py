@@ -7,7 +7,7 @@ import click
 
 from .medplum_http import MedplumError
 from .metriport_client import medplum_http, metriport_api
-from .options import config_option, load_or_exit, medplum_options, metriport_options
+from ..options import config_option, load_or_exit, medplum_options, metriport_options
 
 
 @click.command("document-urls")

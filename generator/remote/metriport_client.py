@@ -9,8 +9,8 @@ from typing import Callable
 import click
 import requests
 
-from . import statefile
-from .config import Config
+from .. import statefile
+from ..generation.config import Config
 from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint
 from medport.defaults import admin_credentials, fake_metriport_api_key
 from .medplum_http import MedplumHttp

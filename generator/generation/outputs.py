@@ -5,7 +5,8 @@ from pathlib import Path
 
 from .config import Config
 from .manifest import deploy_bundle, dumps, medplum_cli_config
-from . import deployed as deployed_bots, render
+from . import deployed as deployed_bots
+from . import render
 
 DEFAULT_OUT = "bots"
 
