@@ -1,9 +1,9 @@
 """Start the fake Metriport sandbox (waitress, in a background thread or in the foreground).
 
-    fake = make_server(host="127.0.0.1", port=8180, api_key="...")   # started
+    fake = start(host="127.0.0.1", port=8180, api_key="...")   # started
     fake.base_url, fake.state.seeded_facility_id, fake.api_key
     fake.state.set_webhook(url, key)          # configure without the ping
-    fake.close()
+    fake.close()                              # or: with start(...) as fake:
 """
 from __future__ import annotations
 
@@ -38,11 +38,17 @@ class FakeMetriport:
         self._served.stop()
         self.state.close()
 
+    def __enter__(self) -> "FakeMetriport":
+        return self
 
-def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
-                state: MetriportBackend | None = None, public_base_url: str | None = None,
-                data_path: str | None = None, delay_s: float = 0.3, threads: int = 8,
-                **state_kwargs) -> FakeMetriport:
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
+          state: MetriportBackend | None = None, public_base_url: str | None = None,
+          data_path: str | None = None, delay_s: float = 0.3, threads: int = 8,
+          **state_kwargs) -> FakeMetriport:
     """Create the fake (port 0 = a free port) and start serving it in a daemon thread."""
     api_key = api_key or os.environ.get("MEDPORT_FAKE_METRIPORT_API_KEY") or secrets.token_hex(16)
     if state is None:
