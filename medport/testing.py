@@ -397,9 +397,10 @@ def start_fake_metriport(*, port: int = 0, api_key: str | None = None, delay_s: 
     """The fake Metriport alone: point your Metriport client at `base_url` with `api_key` (default the
     development key, or MEDPORT_FAKE_METRIPORT_API_KEY); it knows the sandbox's seed patients."""
     from medport.emulator.metriport.server import start
+    from medport.emulator.metriport.settings import Settings
 
-    return FakeMetriport(start(host="127.0.0.1", port=port, api_key=api_key or fake_metriport_api_key(),
-                                     delay_s=delay_s, data_path=data_path))
+    return FakeMetriport(start(Settings(api_key=api_key or fake_metriport_api_key(), delay_s=delay_s,
+                                          data_path=data_path), "127.0.0.1", port))
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):

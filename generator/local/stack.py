@@ -17,6 +17,7 @@ from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import FakeMetriport
 from medport.emulator.metriport.server import start as start_fake
+from medport.emulator.metriport.settings import Settings as FakeSettings
 from medport.emulator.medplum.releases import NEWEST, release as medplum_release
 from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
@@ -113,9 +114,10 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
     try:
         if metriport == "fake":
             # with a database file the fake keeps its state beside it, so a restart keeps both coherent
-            fake = start_fake(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
-                              delay_s=metriport_delay_s, api_key=metriport_api_key or fake_metriport_api_key(),
-                              state_path=sibling_path(db_path) if db_path else None)
+            fake_settings = FakeSettings(api_key=metriport_api_key or fake_metriport_api_key(),
+                                         delay_s=metriport_delay_s, data_path=metriport_data,
+                                         state_path=sibling_path(db_path) if db_path else None)
+            fake = start_fake(fake_settings, "127.0.0.1", metriport_port)
             base, api_key = fake.base_url, fake.api_key
         else:
             base = env.get("METRIPORT_BASE_URL", SANDBOX_URL)
