@@ -106,8 +106,8 @@ def percentile(samples: list[float], q: float) -> float:
 def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool = False) -> dict:
     handle = proc = None
     if inprocess:
-        from medport.emulator.medplum.server import start_in_thread
-        handle = start_in_thread()
+        from medport.emulator.medplum.server import start
+        handle = start()
         base = handle.base_url
     else:
         proc, base = start_emulator()
@@ -174,7 +174,7 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
         return out
     finally:
         if handle is not None:
-            handle.stop()
+            handle.close()
         if proc is not None:
             proc.send_signal(signal.SIGINT)   # (py-spy writes its profile on SIGINT)
             try:

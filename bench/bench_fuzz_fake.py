@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from medport.emulator.metriport import make_server  # noqa: E402
+from medport.emulator.metriport import Settings as FakeSettings, start as start_fake  # noqa: E402
 from tests.emulator.metriport import httpfuzz  # noqa: E402
 
 KEY = "bench-fuzz-key"
@@ -39,7 +39,7 @@ class _Clock:
 
 def run(n: int) -> dict:
     clock = _Clock()
-    fake = make_server("127.0.0.1", 0, api_key=KEY, delay_s=0.01, clock=clock)
+    fake = start_fake(FakeSettings(api_key=KEY, delay_s=0.01, clock=clock), "127.0.0.1", 0)
     stats = httpfuzz.Stats()
     try:
         target = httpfuzz.Target(fake, KEY)

@@ -1,5 +1,5 @@
 """Emulator start to ready (target <= 3 s with warm dependencies): spawn `python -m medport.emulator.medplum
---memory --port 0`, wait for /_emulator/health, then do the same in-process with start_in_thread.
+--memory --port 0`, wait for /_emulator/health, then do the same in-process with server.start.
 
 Usage: .venv/bin/python bench/bench_startup.py [runs]
 """
@@ -40,15 +40,15 @@ def spawn_once() -> float:
 
 
 def in_process_once() -> float:
-    from medport.emulator.medplum.server import start_in_thread
+    from medport.emulator.medplum.server import start
     from medport.emulator.medplum.settings import Settings
     t0 = time.perf_counter()
-    h = start_in_thread(Settings())
+    h = start(Settings())
     try:
         requests.get(h.base_url + "_emulator/health", timeout=5).raise_for_status()
         return time.perf_counter() - t0
     finally:
-        h.stop()
+        h.close()
 
 
 def main(runs: int = 3) -> dict:

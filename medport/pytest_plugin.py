@@ -95,7 +95,7 @@ def medport_emulator(request: pytest.FixtureRequest):
     version = _medplum_version(request.config)
     emulator = _start(start_emulator, **({"medplum_version": version} if version else {}))
     yield emulator
-    emulator.stop()
+    emulator.close()
 
 
 @pytest.fixture(scope=_scope)

@@ -138,14 +138,16 @@ class Emulator:
         """Delete everything but the seeded Project and admin client (deployed bots included)."""
         requests.post(self.base_url + "_emulator/reset", timeout=30, auth=self._auth).raise_for_status()
 
-    def stop(self) -> None:
-        self.handle.stop()
+    def close(self) -> None:
+        self.handle.close()
+
+    stop = close   # the name this public class had first; kept for users' code
 
     def __enter__(self) -> "Emulator":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
 class FakeMetriport:
@@ -384,20 +386,21 @@ def start_emulator(*, db_path: str | None = None, port: int = 0, host: str = "12
     `medplum_version`."""
     medplum_release(medplum_version)   # UnsupportedRelease before anything starts
     find_runtime()
-    from medport.emulator.medplum.server import start_in_thread
+    from medport.emulator.medplum.server import start
     from medport.emulator.medplum.settings import Settings
 
-    return Emulator(start_in_thread(Settings(db_path=db_path, medplum_version=medplum_version), host=host, port=port))
+    return Emulator(start(Settings(db_path=db_path, medplum_version=medplum_version), host=host, port=port))
 
 
 def start_fake_metriport(*, port: int = 0, api_key: str | None = None, delay_s: float = 0.05,
                          data_path: str | None = None) -> FakeMetriport:
     """The fake Metriport alone: point your Metriport client at `base_url` with `api_key` (default the
     development key, or MEDPORT_FAKE_METRIPORT_API_KEY); it knows the sandbox's seed patients."""
-    from medport.emulator.metriport.server import make_server
+    from medport.emulator.metriport.server import start
+    from medport.emulator.metriport.settings import Settings
 
-    return FakeMetriport(make_server(host="127.0.0.1", port=port, api_key=api_key or fake_metriport_api_key(),
-                                     delay_s=delay_s, data_path=data_path))
+    return FakeMetriport(start(Settings(api_key=api_key or fake_metriport_api_key(), delay_s=delay_s,
+                                          data_path=data_path), "127.0.0.1", port))
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):

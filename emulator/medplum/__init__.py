@@ -6,9 +6,9 @@ batch), projects.py, auth.py, bots.py + runtime/ (warm Node workers), subscripti
 HTTP: app.py (factory and error mapping), routes/ (FHIR, OAuth, admin, bot operations), devapi.py, httpio.py
 (request helpers and the one `current_backend()` accessor). server.py serves it (two listeners, see its docstring).
 """
-_EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start_in_thread": ".server", "Settings": ".settings"}
+_EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start": ".server", "Settings": ".settings"}
 
-__all__ = ["create_app", "EmulatorHandle", "start_in_thread", "Settings"]
+__all__ = ["create_app", "EmulatorHandle", "start", "Settings"]
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ import sys
 from ..locks import InUse, StoreRefused
 from .releases import NEWEST, OLDEST, UnsupportedRelease
 from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
-from .server import DEFAULT_DB, DEFAULT_PORT, start_in_thread
+from .server import DEFAULT_DB, DEFAULT_PORT, start
 from .settings import Settings
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--medplum-version", default=NEWEST, help=f"Medplum release to emulate ({OLDEST} to {NEWEST})")
     a = p.parse_args(argv)
     try:
-        handle = start_in_thread(Settings(db_path=None if a.memory else a.db, medplum_version=a.medplum_version),
+        handle = start(Settings(db_path=None if a.memory else a.db, medplum_version=a.medplum_version),
                                  host=a.host, port=a.port)
     except (PortInUse, InUse, StoreRefused, UnsupportedRelease) as e:
         print(e, file=sys.stderr)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_stop()
     finally:
-        handle.stop()
+        handle.close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Serving the emulator with waitress: `start_in_thread(settings) -> EmulatorHandle`.
+"""Serving the emulator with waitress: `start(settings) -> EmulatorHandle` (`close()` it, or `with start(...)`).
 (`medport emulate` is the user's command, in medport.generator.local.emulate; `python -m medport.emulator.medplum`
 runs the emulator alone.)
 
@@ -38,7 +38,7 @@ DEFAULT_DB = os.path.join(".medport", "emulator.sqlite3")
 
 
 class EmulatorHandle:
-    """A running emulator: `base_url`, `internal_base_url`, `app`, `state`, `stop()`."""
+    """A running emulator: `base_url`, `internal_base_url`, `app`, `state`, `close()`; a context manager."""
 
     def __init__(self, app, served: list[Served], base_url: str, internal_base_url: str):
         self.app = app
@@ -58,7 +58,7 @@ class EmulatorHandle:
     def wait_idle(self, timeout: float = 30.0) -> bool:
         return self.state.subscriptions.wait_idle(timeout)
 
-    def stop(self) -> None:
+    def close(self) -> None:
         if self._stopped:
             return
         self._stopped = True
@@ -72,12 +72,12 @@ class EmulatorHandle:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
-def start_in_thread(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0,
-                    threads: int = 16, internal_threads: int = 32,
-                    public_base_url: str | None = None, prewarm: bool = True) -> EmulatorHandle:
+def start(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0,
+          threads: int = 16, internal_threads: int = 32,
+          public_base_url: str | None = None, prewarm: bool = True) -> EmulatorHandle:
     """Start the emulator on `host:port` (0 = any free port) plus the internal loopback listener, in
     background threads. Returns once both listen. `settings.base_url` is replaced by the real URL."""
     settings = settings or Settings()

@@ -54,7 +54,7 @@ class Settings:
     # Readiness: what the emulator waits for before /_emulator/health reports ready, name -> description
     # (`medport emulate` waits for {"bots": ...} and drops the entry from `state.waiting_for` once deployed).
     wait_for: dict = field(default_factory=dict)
-    # Names a request's Host header may carry (serving.allowed_hosts); None = loopback only. start_in_thread
+    # Names a request's Host header may carry (serving.allowed_hosts); None = loopback only. server.start
     # adds the address bound and the public base URL's host.
     allowed_hosts: frozenset | None = None
 

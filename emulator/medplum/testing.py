@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import requests
 
-from .server import EmulatorHandle, start_in_thread
+from .server import EmulatorHandle, start
 from .settings import Settings
 
 
@@ -80,11 +80,11 @@ class Client:
 
 @contextlib.contextmanager
 def running_emulator(settings: Settings | None = None, **kw) -> Iterator[EmulatorHandle]:
-    handle = start_in_thread(settings or Settings(), **kw)
+    handle = start(settings or Settings(), **kw)
     try:
         yield handle
     finally:
-        handle.stop()
+        handle.close()
 
 
 def admin_client(handle: EmulatorHandle) -> Client:

@@ -1,8 +1,8 @@
 """Fake Metriport Medical API sandbox: a plain-Python backend, a thin Flask layer, signed webhooks."""
 _EXPORTS = {"create_app": ".app", "MetriportBackend": ".backend", "MetriportState": ".backend",
-            "FakeMetriport": ".server", "make_server": ".server"}
+            "FakeMetriport": ".server", "start": ".server", "Settings": ".settings"}
 
-__all__ = ["create_app", "MetriportBackend", "MetriportState", "FakeMetriport", "make_server"]
+__all__ = ["create_app", "MetriportBackend", "MetriportState", "FakeMetriport", "start", "Settings"]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,8 @@ import threading
 from medport.defaults import FAKE_METRIPORT_PORT
 
 from ..shared import converted_ccda_dir
-from .server import make_server
+from .server import start
+from .settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     fixtures = converted_ccda_dir()
     data = a.data or (str(fixtures) if fixtures else None)
-    fake = make_server(a.host, a.port, api_key=a.api_key, data_path=data, delay_s=a.delay)
+    fake = start(Settings(api_key=a.api_key, data_path=data, delay_s=a.delay), a.host, a.port)
     print(json.dumps({"baseUrl": fake.base_url, "apiKey": fake.api_key, "facilityId": fake.facility_id}), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

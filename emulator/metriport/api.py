@@ -16,41 +16,28 @@ check it in the order Metriport's route does (`rules.py`), call the backend and 
 """
 from __future__ import annotations
 
-import json
-import secrets
 import time
-import zlib
-from typing import Any
-from urllib.parse import unquote_plus
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from . import rules
-from .backend import MetriportBackend, UploadRefused
+from .backend import UploadRefused
 from .contribution import REQUEST_ID_HEADER
-from .errors import BadRequest, HttpError, api_gateway_forbidden
-from ..jsbehaviour import first_lone_surrogate
+from .errors import BadRequest, api_gateway_forbidden
 from .storage import NoSuchKey, RequestExpired
+from .httpio import (API_KEY_HEADER, created, current_backend, q, q_or_fail, query_object, read_body,
+                     valid_api_key)
 
-EXTENSION = "metriport"               # app.extensions key of the backend
-API_KEY_CONFIG = "METRIPORT_API_KEY"  # app.config key of the accepted API key
-API_KEY_HEADER = "x-api-key"
 MEDICAL_PREFIX = "/medical/v1"
 DEV_PREFIX = "/_fake"
 FILES_PREFIX = f"{DEV_PREFIX}/files"
 UPLOADS_PREFIX = f"{DEV_PREFIX}/uploads"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # S3 takes far more; 100,000 rows of demographics are ~20 MB
-MAX_BODY_BYTES = 20 * 1024 * 1024     # express.json({ limit: "20mb" })
-QS_PARAMETER_LIMIT = 1000             # qs parameterLimit
 
 bp = Blueprint("metriport_api", __name__, url_prefix=MEDICAL_PREFIX)
 settings_bp = Blueprint("metriport_settings", __name__)
 files_bp = Blueprint("metriport_files", __name__, url_prefix=FILES_PREFIX)
 uploads_bp = Blueprint("metriport_uploads", __name__, url_prefix=UPLOADS_PREFIX)
-
-
-def current_backend() -> MetriportBackend:
-    return current_app.extensions[EXTENSION]
 
 
 def _is_dev_path(path: str) -> bool:
@@ -59,138 +46,6 @@ def _is_dev_path(path: str) -> bool:
 
 def _is_files_path(path: str) -> bool:
     return path.startswith(FILES_PREFIX + "/")
-
-
-def valid_api_key(key: str | None) -> bool:
-    expected = current_app.config[API_KEY_CONFIG]
-    if not key:
-        return False
-    return secrets.compare_digest(key.encode("utf-8", "surrogateescape"), expected.encode())
-
-
-# ---------------------------------------------------------------- request reading (express.json / qs)
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"Unexpected token '{name[0]}', \"{name}\" is not valid JSON")
-
-
-def _decode(raw: bytes) -> bytes:
-    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding == "identity":
-        return raw
-    if encoding not in ("gzip", "deflate"):
-        raise HttpError(415, f'unsupported content encoding "{encoding}"')
-    try:
-        d = zlib.decompressobj(wbits=47)  # gzip or zlib header
-        out = d.decompress(raw, MAX_BODY_BYTES + 1)
-    except zlib.error as e:
-        raise HttpError(400, f"incorrect header check ({e})") from None
-    if len(out) > MAX_BODY_BYTES:
-        raise HttpError(413, "request entity too large")
-    return out
-
-
-def parse_json_text(text: str) -> Any:
-    """JSON.parse with body-parser's strict mode (object or array at the top)."""
-    stripped = text.lstrip(" \t\n\r")
-    if not stripped:
-        return {}
-    if stripped[0] not in "{[":
-        raise HttpError(400, f"Unexpected token '{stripped[0]}', \"{stripped[:10]}\" is not valid JSON")
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise HttpError(400, "Unexpected JSON: nested too deeply") from None
-    except ValueError as e:
-        raise HttpError(400, f"Unexpected token in JSON: {e}") from None
-    if first_lone_surrogate(value) is not None:
-        raise HttpError(400, "Bad Unicode escape in JSON: lone surrogate")
-    return value
-
-
-def read_body() -> Any:
-    """`req.body` as Express sets it for this request (cached on `g`)."""
-    if "body" in g:
-        return g.body
-    mimetype = (request.mimetype or "").lower()
-    body: Any = {}
-    if mimetype == "application/json":
-        charset = (request.mimetype_params.get("charset") or "utf-8").lower()
-        if not charset.startswith("utf-"):
-            raise HttpError(415, f'unsupported charset "{charset.upper()}"')
-        raw = _decode(request.get_data(cache=True))
-        try:
-            text = raw.decode(charset, errors="replace")
-        except LookupError:
-            raise HttpError(415, f'unsupported charset "{charset.upper()}"') from None
-        body = parse_json_text(text.removeprefix("\ufeff"))
-    elif mimetype == "application/x-www-form-urlencoded":
-        query = _decode(request.get_data(cache=True)).decode("utf-8", errors="replace")
-        form: dict[str, Any] = {}
-        for pair in query.split("&")[:QS_PARAMETER_LIMIT]:
-            if not pair:
-                continue
-            k, _, v = pair.partition("=")
-            k, v = unquote_plus(k), unquote_plus(v)
-            form[k] = [*form[k], v] if isinstance(form.get(k), list) else ([form[k], v] if k in form else v)
-        body = form
-    g.body = body
-    return body
-
-
-def _query_pairs() -> list[tuple[str, str]]:
-    if "query_pairs" not in g:
-        raw = request.query_string.decode("latin-1")
-        pairs = []
-        for part in raw.split("&")[:QS_PARAMETER_LIMIT]:
-            if not part:
-                continue
-            k, _, v = part.partition("=")
-            k = unquote_plus(k.encode("latin-1").decode("utf-8", "replace"))
-            v = unquote_plus(v.encode("latin-1").decode("utf-8", "replace"))
-            if k:
-                pairs.append((k, v))
-        g.query_pairs = pairs
-    return g.query_pairs
-
-
-def query_value(name: str) -> Any:
-    """`req.query[name]` as qs parses it: a str, None (absent) or rules.NOT_A_STRING (array/object)."""
-    plain = [v for k, v in _query_pairs() if k == name]
-    nested = any(k.startswith(name + "[") for k, _ in _query_pairs())
-    if nested or len(plain) > 1:
-        return rules.NOT_A_STRING
-    return plain[0] if plain else None
-
-
-def query_object() -> dict[str, Any]:
-    """`req.query` as an object: repeated names as arrays, `a[]`/`a[0]` as arrays, `a[b]` as objects."""
-    out: dict[str, Any] = {}
-    for k, v in _query_pairs():
-        if "[" in k and k.endswith("]") and not k.startswith("["):
-            base, sub = k.split("[", 1)[0], k[k.index("[") + 1:-1]
-            if sub == "" or sub.isdigit():
-                out[base] = [*out[base], v] if isinstance(out.get(base), list) else [v]
-            else:
-                if not isinstance(out.get(base), dict):
-                    out[base] = {}
-                out[base][sub] = v
-        elif k in out:
-            out[k] = [*out[k], v] if isinstance(out[k], list) else [out[k], v]
-        else:
-            out[k] = v
-    return out
-
-
-def q(name: str) -> str | None:
-    return rules.query(name, query_value(name))
-
-
-def q_or_fail(name: str) -> str:
-    return rules.query_or_fail(name, query_value(name))
-
-
-def _created(body: Any) -> tuple[Response, int]:
-    return jsonify(body), 201
 
 
 # ---------------------------------------------------------------- app-wide hooks (registered by app.py)
@@ -236,7 +91,7 @@ def list_facilities():
 
 @bp.post("/facility")
 def create_facility():
-    return _created(current_backend().add_facility(rules.facility_create(read_body())))
+    return created(current_backend().add_facility(rules.facility_create(read_body())))
 
 
 @bp.get("/facility/<fid>")
@@ -254,7 +109,7 @@ def create_patient():
         q(name)
     demo, external_id = rules.patient_create(read_body(), now_ms=backend.now_ms())
     patient, _ = backend.create_patient(demo, external_id, facility_id)
-    return _created(patient)  # 201 also when the same demographics returned the existing patient
+    return created(patient)  # 201 also when the same demographics returned the existing patient
 
 
 @bp.get("/patient")

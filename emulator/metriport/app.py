@@ -13,7 +13,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ..serving import allowed_hosts, host_allowed
-from . import api, devapi
+from . import api, devapi, httpio
 from .backend import MetriportBackend
 from .errors import HttpError, MetriportError, RawError, ServerError, route_not_found
 
@@ -59,9 +59,9 @@ def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str 
     app = Flask("fake_metriport")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Metriport's key order
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.config[api.API_KEY_CONFIG] = api_key
-    app.config["MAX_CONTENT_LENGTH"] = api.MAX_BODY_BYTES
-    app.extensions[api.EXTENSION] = backend
+    app.config[httpio.API_KEY_CONFIG] = api_key
+    app.config["MAX_CONTENT_LENGTH"] = httpio.MAX_BODY_BYTES
+    app.extensions[httpio.EXTENSION] = backend
     if public_base_url:
         backend.public_base_url = public_base_url.rstrip("/")
     hosts = (hosts or allowed_hosts()) | allowed_hosts("127.0.0.1", public_base_url)

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from medport.defaults import FAKE_METRIPORT_URL
 
-from . import adt, bulkcsv, rules, webhooks
+from . import adt, bulkcsv, rules
 from .consolidated_filter import filter_consolidated
 from ..jsbehaviour import UNDEFINED
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
@@ -38,11 +38,11 @@ from .network import NOTIFICATION_URL_EXPIRES_S, NetworkQueries, SourceNotificat
 from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
+from .settings import DEFAULT_FACILITY_ID, Settings  # noqa: F401 — DEFAULT_FACILITY_ID: read from here too
 from .sender import WebhookSender
 from .storage import UPLOAD_EXPIRES_S, URL_EXPIRES_S, FileStore, NoSuchKey, RequestExpired
 
 SANDBOX_PATIENT_LIMIT = 20
-DEFAULT_FACILITY_ID = "0195a6e4-3c8b-7d21-9f4e-5a6b7c8d9e0f"
 SEEDED_FACILITY = {"name": "Medport Sandbox Clinic", "npi": "1234567893", "tin": None, "active": True,
                    "address": {"addressLine1": "100 Main St", "city": "Springfield", "state": "IL", "zip": "62701",
                                "country": "USA"}}
@@ -66,31 +66,29 @@ class UploadRefused(PermissionError):
 
 
 class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
-    def __init__(self, *, clock: Callable[[], float] = time.time, delay_s: float = 0.3,
-                 webhook_timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
-                 ping_timeout_s: float = webhooks.PING_TIMEOUT_S, public_base_url: str = FAKE_METRIPORT_URL,
-                 seed: bool = True, data_path: str | None = None, rng_seed: int = 0,
-                 facility_id: str = DEFAULT_FACILITY_ID, cx_id: str | None = None, state_path: str | None = None):
-        self.clock = clock
-        self.delay_s = delay_s
-        self.public_base_url = public_base_url.rstrip("/")
-        self.cx_id = cx_id or str(uuid.UUID(int=random.Random(f"cx-{rng_seed}").getrandbits(128), version=4))
-        self.seeded_facility_id = facility_id
+    def __init__(self, settings: Settings | None = None):
+        settings = settings or Settings()
+        self.clock = clock = settings.clock
+        self.delay_s = settings.delay_s
+        self.public_base_url = FAKE_METRIPORT_URL   # server.start sets the URL it serves at
+        rng_seed = settings.rng_seed
+        self.cx_id = settings.cx_id or str(uuid.UUID(int=random.Random(f"cx-{rng_seed}").getrandbits(128), version=4))
+        self.seeded_facility_id = settings.facility_id
         self._lock = threading.RLock()
         self._rng = random.Random(rng_seed)
         self.faults = Faults(self._rng)  # one random stream, as before the split: same patient ids per seed
         self.rates = RateLimiter(clock)
         self.files = FileStore(clock)
-        self.datasets: dict[str, Dataset] = seed_datasets() if seed else {}
+        self.datasets: dict[str, Dataset] = seed_datasets() if settings.seed else {}
         self._entries_cache: tuple | None = None
-        if data_path:
-            self.datasets.update(load_data(data_path))
+        if settings.data_path:
+            self.datasets.update(load_data(settings.data_path))
         self._clear()
         self._scheduler = Scheduler()
         self._sender = WebhookSender(WebhookSettings(id=self.cx_id), faults=self.faults, clock=clock,
-                                     timeout_s=webhook_timeout_s, ping_timeout_s=ping_timeout_s)
+                                     timeout_s=settings.webhook_timeout_s, ping_timeout_s=settings.ping_timeout_s)
         # `state_path`: keep the state in that SQLite file (persist.py) and pick up where an earlier run stopped
-        self._store = StateStore(state_path) if state_path else None
+        self._store = StateStore(settings.state_path) if settings.state_path else None
         if self._store is not None:
             self._restore()
             store = self._store

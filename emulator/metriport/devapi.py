@@ -27,7 +27,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from . import adt, schemas
-from .api import DEV_PREFIX, current_backend, parse_json_text, valid_api_key
+from .api import DEV_PREFIX
+from .httpio import current_backend, parse_json_text, valid_api_key
 from .errors import DevError, DevUnauthorized, NotFound
 from .models import redact_url
 

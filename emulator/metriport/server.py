@@ -1,9 +1,9 @@
 """Start the fake Metriport sandbox (waitress, in a background thread or in the foreground).
 
-    fake = make_server(host="127.0.0.1", port=8180, api_key="...")   # started
+    fake = start(Settings(api_key="..."), port=8180)   # started
     fake.base_url, fake.state.seeded_facility_id, fake.api_key
     fake.state.set_webhook(url, key)          # configure without the ping
-    fake.close()
+    fake.close()                              # or: with start(...) as fake:
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from medport.defaults import FAKE_METRIPORT_PORT
 from ..serving import Served, allowed_hosts, serve
 from .app import create_app
 from .backend import MetriportBackend
+from .settings import Settings
 
 DEFAULT_PORT = FAKE_METRIPORT_PORT
 
@@ -38,15 +39,19 @@ class FakeMetriport:
         self._served.stop()
         self.state.close()
 
+    def __enter__(self) -> "FakeMetriport":
+        return self
 
-def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
-                state: MetriportBackend | None = None, public_base_url: str | None = None,
-                data_path: str | None = None, delay_s: float = 0.3, threads: int = 8,
-                **state_kwargs) -> FakeMetriport:
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start(settings: Settings | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+          public_base_url: str | None = None, threads: int = 8) -> FakeMetriport:
     """Create the fake (port 0 = a free port) and start serving it in a daemon thread."""
-    api_key = api_key or os.environ.get("MEDPORT_FAKE_METRIPORT_API_KEY") or secrets.token_hex(16)
-    if state is None:
-        state = MetriportBackend(delay_s=delay_s, data_path=data_path, **state_kwargs)
+    settings = settings or Settings()
+    api_key = settings.api_key or os.environ.get("MEDPORT_FAKE_METRIPORT_API_KEY") or secrets.token_hex(16)
+    state = MetriportBackend(settings)
     app = create_app(state, api_key=api_key, hosts=allowed_hosts(host, public_base_url))
     served = serve(app, host, port, threads=threads, name="fake-metriport", what="fake Metriport",
                    flag="--metriport-port")

@@ -11,10 +11,13 @@ import secrets as pysecrets
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from medport.emulator.medplum.server import EmulatorHandle, start_in_thread
+from medport.emulator.medplum.server import EmulatorHandle
+from medport.emulator.medplum.server import start as start_emulator
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.metriport.persist import sibling_path
-from medport.emulator.metriport.server import FakeMetriport, make_server
+from medport.emulator.metriport.server import FakeMetriport
+from medport.emulator.metriport.server import start as start_fake
+from medport.emulator.metriport.settings import Settings as FakeSettings
 from medport.emulator.medplum.releases import NEWEST, release as medplum_release
 from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
@@ -54,7 +57,7 @@ class Stack:
     def close(self) -> None:
         if self.fake is not None:
             self.fake.close()
-        self.emulator.stop()
+        self.emulator.close()
 
     def __enter__(self):
         return self
@@ -106,14 +109,15 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
     settings = Settings(db_path=db_path, **{"medplum_version": version, **(settings_overrides or {})})
     if deploying:
         settings.wait_for = dict(BOTS_READINESS)   # /_emulator/health: not ready until the bots are deployed
-    handle = start_in_thread(settings, host=host, port=port)
+    handle = start_emulator(settings, host=host, port=port)
     fake = None
     try:
         if metriport == "fake":
             # with a database file the fake keeps its state beside it, so a restart keeps both coherent
-            fake = make_server(host="127.0.0.1", port=metriport_port, data_path=metriport_data,
-                               delay_s=metriport_delay_s, api_key=metriport_api_key or fake_metriport_api_key(),
-                               state_path=sibling_path(db_path) if db_path else None)
+            fake_settings = FakeSettings(api_key=metriport_api_key or fake_metriport_api_key(),
+                                         delay_s=metriport_delay_s, data_path=metriport_data,
+                                         state_path=sibling_path(db_path) if db_path else None)
+            fake = start_fake(fake_settings, "127.0.0.1", metriport_port)
             base, api_key = fake.base_url, fake.api_key
         else:
             base = env.get("METRIPORT_BASE_URL", SANDBOX_URL)
@@ -139,5 +143,5 @@ def start_stack(cfg: Config | None, *, db_path: str | None = None, host: str = "
     except BaseException:
         if fake is not None:
             fake.close()
-        handle.stop()
+        handle.close()
         raise

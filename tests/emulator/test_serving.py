@@ -7,7 +7,7 @@ import pytest
 import requests
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
-from medport.emulator.metriport import make_server
+from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
 from medport.emulator.serving import allowed_hosts, host_allowed
 
 FOREIGN = ("evil.example", "evil.example:8103", "127.0.0.1.nip.io", "localhost.evil.example", "[::2]:80")
@@ -73,7 +73,7 @@ def test_bot_callbacks_pass_the_check(emu):
 
 
 def test_the_fake_refuses_a_foreign_host_with_metriports_error_body():
-    fake = make_server("127.0.0.2", 0, api_key="host-check-key", delay_s=0.01)
+    fake = start_fake(FakeSettings(api_key="host-check-key", delay_s=0.01), "127.0.0.2", 0)
     try:
         key = {"x-api-key": fake.api_key}
         url = fake.base_url + "/medical/v1/patient"

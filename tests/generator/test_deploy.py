@@ -5,7 +5,7 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from medport.emulator.medplum.server import start_in_thread
+from medport.emulator.medplum.server import start
 from medport.emulator.medplum.settings import Settings
 from medport.generator.generation.config import validate_data
 from medport.generator.remote.deploy import Deployer, deploy_command
@@ -46,11 +46,11 @@ class Faults:
 
 @pytest.fixture
 def emu():
-    h = start_in_thread(Settings(db_path=None))
+    h = start(Settings(db_path=None))
     h.faults = Faults(h.app.wsgi_app)
     h.app.wsgi_app = h.faults
     yield h
-    h.stop()
+    h.close()
 
 
 def deployer(h, cfg, **kw):
@@ -359,11 +359,11 @@ def test_the_webhook_bot_gets_the_sweep_schedule_and_missing_project_features_ar
 def emu_5126():
     """The emulator answering as Medplum 5.1.26, whose Bot definition has no rawBody (definitions 5.1.x
     profiles-medplum.json): a Bot write naming it is refused like the real server refuses it."""
-    h = start_in_thread(Settings(db_path=None, medplum_version="5.1.26"))
+    h = start(Settings(db_path=None, medplum_version="5.1.26"))
     h.faults = Faults(h.app.wsgi_app)
     h.app.wsgi_app = h.faults
     yield h
-    h.stop()
+    h.close()
 
 
 def test_deploy_to_a_release_without_bot_rawbody_leaves_it_out_and_stays_idempotent(emu_5126, tmp_path, monkeypatch):

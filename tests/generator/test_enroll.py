@@ -87,11 +87,11 @@ def test_metriport_calls_follow_the_retry_policy():
     goes through (base: `medport enroll` gave up at once); a 503 likewise; a POST answered 500 is not sent again
     (the bulk create may have been started), a GET answered 500 is."""
     import click
-    from medport.emulator.metriport import make_server
+    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
     from medport.generator.remote.http_retry import RetryPolicy
     from medport.generator.remote.metriport_client import MetriportApi
 
-    fake = make_server("127.0.0.1", 0, api_key="retry-key", delay_s=0.01)
+    fake = start_fake(FakeSettings(api_key="retry-key", delay_s=0.01), "127.0.0.1", 0)
     waits: list[float] = []
     api = MetriportApi(fake.base_url, "retry-key", policy=RetryPolicy(sleep=waits.append))
     bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]  # noqa: E731

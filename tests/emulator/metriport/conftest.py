@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from medport.emulator.metriport import make_server
+from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
 from medport.emulator.shared import converted_ccda_dir
 
 FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
@@ -97,7 +97,7 @@ def receiver():
 def fake_module():
     clock = Clock()
     data = FIXTURES if os.path.isdir(FIXTURES) else None
-    f = make_server("127.0.0.1", 0, api_key=KEY, delay_s=0.02, clock=clock, data_path=data)
+    f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, clock=clock, data_path=data), "127.0.0.1", 0)
     f.clock = clock
     yield f
     f.close()

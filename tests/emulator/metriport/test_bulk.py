@@ -157,16 +157,16 @@ def test_docs_only_statuses_through_the_developer_api(api, fake, receiver):
 
 
 def test_bulk_job_survives_a_restart(tmp_path, receiver):
-    from medport.emulator.metriport import make_server
+    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
     path = str(tmp_path / "fake.sqlite3")
-    f = make_server("127.0.0.1", 0, api_key=KEY, delay_s=0.02, state_path=path)
+    f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, state_path=path), "127.0.0.1", 0)
     try:
         f.state.set_webhook(receiver.url, "k")
         receiver.requests.clear()
         job = start(Api(f))
     finally:
         f.close()
-    f = make_server("127.0.0.1", 0, api_key=KEY, delay_s=0.02, state_path=path)
+    f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, state_path=path), "127.0.0.1", 0)
     try:
         url = job["uploadUrl"].replace(job["uploadUrl"].split("/_fake")[0], f.base_url)
         assert upload(url, HEADER + "\n" + row("a")).status_code == 200

@@ -138,13 +138,13 @@ def test_every_other_message_type_the_fake_sends_passes_shareds_schemas(api, fak
 def test_a_restart_mid_network_query_finishes_it_and_keeps_the_contributions(tmp_path):
     """The state file (persist.py): a network query cut by a stop finishes after the restart (its sources' messages
     go out once), and what was contributed is still in the record."""
-    from medport.emulator.metriport import make_server
+    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
     from tests.emulator.metriport.conftest import Clock, Receiver
 
     path, clock, rcv = tmp_path / "m.sqlite3", Clock(), Receiver()
 
     def start(port=0):
-        f = make_server("127.0.0.1", port, api_key=KEY, delay_s=0.3, clock=clock, state_path=str(path))
+        f = start_fake(FakeSettings(api_key=KEY, delay_s=0.3, clock=clock, state_path=str(path)), "127.0.0.1", port)
         f.state.set_webhook(rcv.url, "whkey")
         return f
 

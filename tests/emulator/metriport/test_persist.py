@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import requests
-from medport.emulator.metriport import make_server
+from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
 from medport.emulator.metriport.persist import StateStore, sibling_path
 
 from tests.emulator.metriport.conftest import KEY, Api, Clock, Receiver
@@ -15,7 +15,7 @@ from tests.emulator.metriport.test_api import create, demo
 
 
 def start(path, clock, port=0):
-    f = make_server("127.0.0.1", port, api_key=KEY, delay_s=0.02, clock=clock, state_path=str(path))
+    f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, clock=clock, state_path=str(path)), "127.0.0.1", port)
     f.clock = clock
     return f
 
