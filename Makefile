@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE := node_modules/.bin/node
 
-.PHONY: demo test test-loaded setup bench clean typecheck
+.PHONY: demo test test-loaded setup bench clean typecheck lint format
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ $(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
 
 typecheck: $(VENV)/.lint-installed
 	@$(PY) .ci/mypy
+
+# ruff (rules, then the format) and mypy: what CI runs before the tests; `make format` rewrites what lint would refuse
+LINTED := generator emulator medport tests bench .ci/mypy
+lint: $(VENV)/.lint-installed
+	@$(VENV)/bin/ruff check $(LINTED)
+	@$(VENV)/bin/ruff format --check $(LINTED)
+	@$(PY) .ci/mypy
+
+format: $(VENV)/.lint-installed
+	@$(VENV)/bin/ruff check --fix $(LINTED)
+	@$(VENV)/bin/ruff format $(LINTED)
 
 bench: setup
 	@$(PY) bench/run.py
