@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medport.generator.config import load_config  # noqa: E402
-from medport.generator.stack import start_stack  # noqa: E402
+from medport.generator.generation.config import load_config  # noqa: E402
+from medport.generator.local.stack import start_stack  # noqa: E402
 
 
 def trace_batches(path: str) -> None:

@@ -33,7 +33,7 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 def legacy_flow_config():
     """medport.toml with Metriport's document-query flow: its conversion message is where a fault is injected."""
-    from medport.generator.config import load_config, validate_data
+    from medport.generator.generation.config import load_config, validate_data
 
     data = load_config(ROOT / "medport.toml").data
     return validate_data({**data, "patient_bot": {**data["patient_bot"], "flow": "document-query"}}, "medport.toml")

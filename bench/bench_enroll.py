@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 import time
 
-from medport.generator.config import validate_data
-from medport.generator.enroll import run_enroll
-from medport.generator.flow import create_facility_org
-from medport.generator.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
-from medport.generator.metriport_client import MetriportApi
-from medport.generator.stack import start_stack
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.enroll import run_enroll
+from medport.generator.local.flow import create_facility_org
+from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
+from medport.generator.remote.metriport_client import MetriportApi
+from medport.generator.local.stack import start_stack
 
 STATES = ["TX", "CA", "NY", "IL", "CO", "WA", "GA", "OH"]
 

@@ -30,8 +30,8 @@ from bench_console import ROOT, load_console  # noqa: E402
 
 def scenario(stack) -> dict:
     from medport import testing
-    from medport.generator.enroll import run_enroll
-    from medport.generator.metriport_client import MetriportApi
+    from medport.generator.remote.enroll import run_enroll
+    from medport.generator.remote.metriport_client import MetriportApi
 
     retries = stack.config.retry.max_attempts
     jane = stack.create_patient("Jane")

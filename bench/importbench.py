@@ -26,10 +26,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medport.generator.config import load_config  # noqa: E402
-from medport.generator.flow import patient_resource  # noqa: E402
-from medport.generator.medplum_http import MedplumHttp  # noqa: E402
-from medport.generator.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
+from medport.generator.generation.config import load_config  # noqa: E402
+from medport.generator.local.flow import patient_resource  # noqa: E402
+from medport.generator.remote.medplum_http import MedplumHttp  # noqa: E402
+from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "medport-bench"
 FIRST, FAMILY = "Benchmark", "Load"

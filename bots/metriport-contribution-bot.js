@@ -169,7 +169,12 @@ const CONFIG = {
 
 // ---------------------------------------------------------------------------
 // Shared helpers (templates/_common.js.j2). Plain JavaScript: no npm packages,
-// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them).
+// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them), and
+// only what every supported Medplum release gives its bots: console.log (the
+// other console methods from 5.2), fetch (node-fetch v2 before 5.2: a Node Readable
+// body; native after: a web ReadableStream — both async-iterable), TextEncoder,
+// URL, URLSearchParams, require. TextDecoder and the stream classes are not
+// assumed (vmcontext has TextDecoder from 5.0.5, the streams from 5.2).
 // ---------------------------------------------------------------------------
 
 const nodeCrypto = require('crypto');
@@ -240,13 +245,23 @@ function log(level, message, fields) {
   // without levels.
   const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
     (fields ? ' ' + JSON.stringify(fields) : '');
-  if (level === 'error') {
-    console.error(line);
-  } else if (level === 'warn') {
-    console.warn(line);
+  // vmcontext's console before Medplum 5.2 has only log(): warn/error where the console has them (Lambda keeps
+  // the level), log otherwise. Called on the console itself: Medplum's console methods use `this`.
+  const method = level === 'info' ? undefined : console[level];
+  if (typeof method === 'function') {
+    method.call(console, line);
   } else {
     console.log(line);
   }
+}
+
+/**
+ * A UTF-8 decoder: the global TextDecoder, or Node's (vmcontext has no TextDecoder before Medplum 5.0.5).
+ * @returns {TextDecoder}
+ */
+function utf8Decoder() {
+  const Decoder = /** @type { { TextDecoder?: { new (): TextDecoder } } } */ (globalThis).TextDecoder || require('util').TextDecoder;
+  return new Decoder();
 }
 
 /**

@@ -97,7 +97,12 @@ const CONFIG = {
 
 // ---------------------------------------------------------------------------
 // Shared helpers (templates/_common.js.j2). Plain JavaScript: no npm packages,
-// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them).
+// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them), and
+// only what every supported Medplum release gives its bots: console.log (the
+// other console methods from 5.2), fetch (node-fetch v2 before 5.2: a Node Readable
+// body; native after: a web ReadableStream — both async-iterable), TextEncoder,
+// URL, URLSearchParams, require. TextDecoder and the stream classes are not
+// assumed (vmcontext has TextDecoder from 5.0.5, the streams from 5.2).
 // ---------------------------------------------------------------------------
 
 const nodeCrypto = require('crypto');
@@ -168,13 +173,23 @@ function log(level, message, fields) {
   // without levels.
   const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
     (fields ? ' ' + JSON.stringify(fields) : '');
-  if (level === 'error') {
-    console.error(line);
-  } else if (level === 'warn') {
-    console.warn(line);
+  // vmcontext's console before Medplum 5.2 has only log(): warn/error where the console has them (Lambda keeps
+  // the level), log otherwise. Called on the console itself: Medplum's console methods use `this`.
+  const method = level === 'info' ? undefined : console[level];
+  if (typeof method === 'function') {
+    method.call(console, line);
   } else {
     console.log(line);
   }
+}
+
+/**
+ * A UTF-8 decoder: the global TextDecoder, or Node's (vmcontext has no TextDecoder before Medplum 5.0.5).
+ * @returns {TextDecoder}
+ */
+function utf8Decoder() {
+  const Decoder = /** @type { { TextDecoder?: { new (): TextDecoder } } } */ (globalThis).TextDecoder || require('util').TextDecoder;
+  return new Decoder();
 }
 
 /**
@@ -748,17 +763,12 @@ function metriportAddress(address, where) {
 }
 
 /**
- * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
- * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * The first and last name Metriport gets from the chosen HumanName; a problem for each one missing.
  * @param {Patient} patient
- * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
+ * @param {string[]} problems
+ * @returns { { firstName: string, lastName: string } }
  */
-function buildDemographics(patient) {
-  /** @type {string[]} */
-  const problems = [];
-  /** @type {string[]} */
-  const warnings = [];
-
+function demographicName(patient, problems) {
   const name = pickName(patient);
   const firstName = name && name.given ? name.given.map((g) => (g || '').trim()).filter(Boolean).join(' ') : '';
   const lastName = name && name.family ? name.family.trim() : '';
@@ -772,50 +782,75 @@ function buildDemographics(patient) {
       problems.push('name.family: missing or empty (Metriport lastName)');
     }
   }
+  return { firstName, lastName };
+}
 
-  const dob = (patient.birthDate || '').trim();
+/**
+ * What is wrong with a birthDate for Metriport (a full calendar date from 1900 to today), or undefined.
+ * @param {string} dob trimmed
+ * @returns {string | undefined}
+ */
+function birthDateProblem(dob) {
   if (!dob) {
-    problems.push('birthDate: missing');
-  } else if (/^\d{4}(-\d{2})?$/.test(dob)) {
-    problems.push('birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth');
-  } else if (!isCalendarDate(dob)) {
-    problems.push('birthDate: not a valid YYYY-MM-DD date');
-  } else if (Number(dob.slice(0, 4)) < 1900) {
-    problems.push('birthDate: before 1900 (Metriport: "Date can\'t be before 1900")');
-  } else if (dob > new Date().toISOString().slice(0, 10)) {
-    problems.push('birthDate: in the future (Metriport: "Date can\'t be in the future")');
+    return 'birthDate: missing';
   }
-
-  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
-  if (!patient.gender) {
-    problems.push('gender: missing');
-  } else if (!genderAtBirth) {
-    problems.push('gender: not male/female/other/unknown');
+  if (/^\d{4}(-\d{2})?$/.test(dob)) {
+    return 'birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth';
   }
+  if (!isCalendarDate(dob)) {
+    return 'birthDate: not a valid YYYY-MM-DD date';
+  }
+  if (Number(dob.slice(0, 4)) < 1900) {
+    return 'birthDate: before 1900 (Metriport: "Date can\'t be before 1900")';
+  }
+  if (dob > new Date().toISOString().slice(0, 10)) {
+    return 'birthDate: in the future (Metriport: "Date can\'t be in the future")';
+  }
+  return undefined;
+}
 
-  /** @type {MetriportAddress | undefined} */
-  let address;
+/**
+ * The first address Metriport accepts, preferred first. When none is accepted the problems are those of the
+ * preferred one; when a later one is used, a warning says why the preferred one was left out.
+ * @param {Patient} patient
+ * @param {string[]} problems
+ * @param {string[]} warnings
+ * @returns {MetriportAddress | undefined}
+ */
+function demographicAddress(patient, problems, warnings) {
   const candidates = addressCandidates(patient);
   if (!candidates.length) {
     problems.push('address: missing');
-  } else {
-    /** @type {string[]} */
-    let firstProblems = [];
-    for (let i = 0; i < candidates.length && !address; i++) {
-      const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
-      if (r.address) {
-        address = r.address;
-      } else if (i === 0) {
-        firstProblems = r.problems;
-      }
-    }
-    if (!address) {
-      problems.push(...firstProblems);
-    } else if (firstProblems.length) {
-      warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+    return undefined;
+  }
+  /** @type {MetriportAddress | undefined} */
+  let address;
+  /** @type {string[]} */
+  let firstProblems = [];
+  for (let i = 0; i < candidates.length && !address; i++) {
+    const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
+    if (r.address) {
+      address = r.address;
+    } else if (i === 0) {
+      firstProblems = r.problems;
     }
   }
+  if (!address) {
+    problems.push(...firstProblems);
+  } else if (firstProblems.length) {
+    warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+  }
+  return address;
+}
 
+/**
+ * The first current phone (or sms) and email Metriport accepts, as its contact entry (undefined when neither);
+ * a warning names each telecom left out (by index and system, never its value).
+ * @param {Patient} patient
+ * @param {string[]} warnings
+ * @returns {MetriportContact | undefined}
+ */
+function demographicContact(patient, warnings) {
   /** @type {string | undefined} */
   let phone;
   /** @type {string | undefined} */
@@ -840,7 +875,46 @@ function buildDemographics(patient) {
       }
     }
   });
+  if (!phone && !email) {
+    return undefined;
+  }
+  /** @type {MetriportContact} */
+  const contact = {};
+  if (phone) {
+    contact.phone = phone;
+  }
+  if (email) {
+    contact.email = email;
+  }
+  return contact;
+}
 
+/**
+ * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
+ * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * Problems come in field order: name, birthDate, gender, address.
+ * @param {Patient} patient
+ * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
+ */
+function buildDemographics(patient) {
+  /** @type {string[]} */
+  const problems = [];
+  /** @type {string[]} */
+  const warnings = [];
+  const { firstName, lastName } = demographicName(patient, problems);
+  const dob = (patient.birthDate || '').trim();
+  const dobProblem = birthDateProblem(dob);
+  if (dobProblem) {
+    problems.push(dobProblem);
+  }
+  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
+  if (!patient.gender) {
+    problems.push('gender: missing');
+  } else if (!genderAtBirth) {
+    problems.push('gender: not male/female/other/unknown');
+  }
+  const address = demographicAddress(patient, problems, warnings);
+  const contact = demographicContact(patient, warnings);
   if (problems.length) {
     return { problems, warnings };
   }
@@ -853,15 +927,7 @@ function buildDemographics(patient) {
     genderAtBirth: /** @type {'F' | 'M' | 'O' | 'U'} */ (genderAtBirth),
     address: [/** @type {MetriportAddress} */ (address)],
   };
-  if (phone || email) {
-    /** @type {MetriportContact} */
-    const contact = {};
-    if (phone) {
-      contact.phone = phone;
-    }
-    if (email) {
-      contact.email = email;
-    }
+  if (contact) {
     demographics.contact = [contact];
   }
   return { demographics, problems, warnings };
@@ -1366,7 +1432,8 @@ async function syncPatient(medplum, event, patient, task) {
   }
   const held = claim.task;
   try {
-    const out = await linkAndQuery(medplum, event, patient, facility.facilityId, { demographics, patientBody, fingerprint }, metriportId, queryOnly);
+    const out = await linkAndQuery({ medplum, event, patient, facilityId: facility.facilityId, demographics, patientBody, fingerprint,
+      metriportId, queryOnly });
     await completeSync(medplum, held, String(out.status));
     return warnings.length ? { ...out, warnings } : out;
   } catch (err) {
@@ -1382,48 +1449,33 @@ async function syncPatient(medplum, event, patient, task) {
 }
 
 /**
+ * One Patient's sync with Metriport, its demographics valid.
+ * @typedef {object} PatientSync
+ * @property {MedplumClient} medplum
+ * @property {BotEvent} event
+ * @property {Patient} patient
+ * @property {string | undefined} facilityId
+ * @property {unknown} demographics the match body
+ * @property {unknown} patientBody the create/update body
+ * @property {string} fingerprint of patientBody, written with the link
+ * @property {string | undefined} metriportId the one the Patient holds
+ * @property {boolean} queryOnly linked already: only the query is left
+ */
+
+/**
  * The Metriport side of a sync, in order: match or create (or update) the Metriport patient, refuse a second
  * Medplum Patient, write the link, start the query.
- * @param {MedplumClient} medplum
- * @param {BotEvent} event
- * @param {Patient} patient
- * @param {string | undefined} facilityId
- * @param { { demographics: unknown, patientBody: unknown, fingerprint: string } } d
- * @param {string | undefined} metriportId the one the Patient holds
- * @param {boolean} queryOnly linked already: only the query is left
+ * @param {PatientSync} sync
  * @returns {Promise<Record<string, unknown>>}
  */
-async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId, queryOnly) {
+async function linkAndQuery(sync) {
+  const { medplum, patient, facilityId } = sync;
   const patientId = /** @type {string} */ (patient.id);
-  /** @type {string} */
-  let action;
-  if (queryOnly) {
-    action = 'query-resumed';
-  } else if (metriportId) {
-    const others = await otherHolders(medplum, metriportId, patientId);
-    if (others.length) {
-      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
-      await writeLink(medplum, patientId, {});
-      return refuseLink(medplum, patientId, metriportId, others);
-    }
-    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, d.patientBody);
-    action = 'updated';
-  } else {
-    // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
-    const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, d.demographics, [404], true);
-    if (matched.status !== 404 && matched.body && matched.body.id) {
-      metriportId = String(matched.body.id);
-      action = 'matched';
-    } else {
-      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, d.patientBody, undefined, true);
-      if (!created.body || !created.body.id) {
-        throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
-      }
-      metriportId = String(created.body.id);
-      action = 'created';
-    }
+  const found = await metriportPatientOf(sync);
+  if (found.refused) {
+    return found.refused;
   }
-  const mid = /** @type {string} */ (metriportId);
+  const { mid, action } = found;
   log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
 
   // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
@@ -1433,7 +1485,7 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     return refuseLink(medplum, patientId, mid, holders);
   }
   // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
-  const written = queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint });
+  const written = sync.queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: sync.fingerprint });
   // ... and check again: another Patient linked at the same moment makes both step back.
   const raced = await otherHolders(medplum, mid, patientId);
   if (raced.length) {
@@ -1441,6 +1493,65 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     return refuseLink(medplum, patientId, mid, raced);
   }
   // (cut off here, the sync Task is still requested: a later run starts the query)
+  await startQuery(sync, mid);
+  if (queryFailedOf(patient)) {
+    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: sync.fingerprint }); // drops the query-failed marker older bots left
+  }
+  return {
+    status: 'queried',
+    action,
+    query: CONFIG.flow,
+    patient: patientId,
+    metriportPatientId: mid,
+    facilityId: facilityId || null,
+    wroteBack: written,
+  };
+}
+
+/**
+ * The Metriport patient for the sync and how it was found: the one linked (updated with the demographics, or
+ * as it is when only the query is left), else matched, else created. A linked id another Patient holds too
+ * (a race) is refused instead, the link removed.
+ * @param {PatientSync} sync
+ * @returns {Promise<{ mid: string, action: string, refused?: undefined } | { refused: Record<string, unknown> }>}
+ */
+async function metriportPatientOf(sync) {
+  const { medplum, event, facilityId, metriportId } = sync;
+  const patientId = /** @type {string} */ (sync.patient.id);
+  if (sync.queryOnly) {
+    return { mid: /** @type {string} */ (metriportId), action: 'query-resumed' };
+  }
+  if (metriportId) {
+    const others = await otherHolders(medplum, metriportId, patientId);
+    if (others.length) {
+      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
+      await writeLink(medplum, patientId, {});
+      return { refused: await refuseLink(medplum, patientId, metriportId, others) };
+    }
+    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, sync.patientBody);
+    return { mid: metriportId, action: 'updated' };
+  }
+  // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
+  const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, sync.demographics, [404], true);
+  if (matched.status !== 404 && matched.body && matched.body.id) {
+    return { mid: String(matched.body.id), action: 'matched' };
+  }
+  const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, sync.patientBody, undefined, true);
+  if (!created.body || !created.body.id) {
+    throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
+  }
+  return { mid: String(created.body.id), action: 'created' };
+}
+
+/**
+ * Start the configured flow's query for the linked Metriport patient, and log where it started: its `at` and
+ * Metriport's requestId are where the aggregation time (query start -> data in Medplum) starts.
+ * @param {PatientSync} sync
+ * @param {string} mid
+ */
+async function startQuery(sync, mid) {
+  const { event, facilityId } = sync;
+  const patientId = /** @type {string} */ (sync.patient.id);
   const queryAt = new Date().toISOString();
   /** @type {JsonBody} */
   let query;
@@ -1453,25 +1564,12 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     query = (await metriport(event, 'POST', '/medical/v1/document/query', { patientId: mid, facilityId },
       { metadata: { medplumPatientId: patientId } }, undefined, true)).body;
   }
-  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
   log('info', 'Metriport ' + CONFIG.flow + ' started', {
     patient: patientId,
     metriportPatient: mid,
     requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
     at: queryAt,
   });
-  if (queryFailedOf(patient)) {
-    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint }); // an earlier version's marker
-  }
-  return {
-    status: 'queried',
-    action,
-    query: CONFIG.flow,
-    patient: patientId,
-    metriportPatientId: mid,
-    facilityId: facilityId || null,
-    wroteBack: written,
-  };
 }
 
 /**

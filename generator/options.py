@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 
 import click
 
-from .config import CONFIG_FILENAME, ConfigError, load_config
+from .generation.config import CONFIG_FILENAME, ConfigError, load_config
 from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, EMULATOR_BASE_URL
 
 LOG_LEVEL_ENV = "MEDPORT_LOG_LEVEL"

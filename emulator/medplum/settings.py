@@ -8,11 +8,13 @@ from typing import Any
 from medport import __version__ as VERSION  # noqa: F401 — reported by /_emulator/health
 from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, EMULATOR_BASE_URL
 
+from .releases import NEWEST
+
 PROJECT_ID = "medport-project"
 PROJECT_NAME = "medport"
-# The Medplum release whose behaviour the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the
-# server of that line): reported by /_emulator/health as `medplum_version`.
-MEDPLUM_VERSION = "5.2.13"
+# The newest Medplum release the emulator follows (@medplum/core, @medplum/fhir-router 5.2.13 and the server of
+# that line), its default; `Settings.medplum_version` picks another (medport.emulator.medplum.releases).
+MEDPLUM_VERSION = NEWEST
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Settings:
     """What `create_app` needs. `db_path=None` (or ":memory:") keeps everything in memory."""
     db_path: str | None = None
     base_url: str = EMULATOR_BASE_URL
+    # The Medplum release emulated (its bot sandbox, Bot schema, admin-only types; reported by /healthcheck).
+    medplum_version: str = MEDPLUM_VERSION
     admin_client_id: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID",
                                                                         DEFAULT_ADMIN_CLIENT_ID))
     admin_client_secret: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET",

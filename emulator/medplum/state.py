@@ -21,7 +21,9 @@ from .fhir.principal import Principal
 from .fhir.schema import default_validator
 from .fhir.service import FhirService
 from .fhir.store import Repository
+from ..node import NODE_FETCH_PACKAGES, find_runtime
 from .ids import ref_id
+from .releases import OPTIONAL_BOT_ELEMENTS, release
 from .runs import RunStore, meta_path_for
 from .runtime.pool import BotRuntime
 from .settings import PROJECT_ID, PROJECT_NAME, Settings
@@ -65,6 +67,9 @@ class EmulatorState:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.release = release(settings.medplum_version)
+        if self.release.sandbox.fetch == "node-fetch":
+            find_runtime(NODE_FETCH_PACKAGES)     # one line naming what to run when node-fetch v2 is missing
         self.base_url = settings.normalized_base()
         self.internal_base_url = (settings.internal_base_url or self.base_url)
         if not self.internal_base_url.endswith("/"):
@@ -74,7 +79,10 @@ class EmulatorState:
             os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
         self.db_path = db
         self.repo = Repository(db)
-        self.service = FhirService(self.repo, self.base_url, validator=default_validator())
+        self.service = FhirService(self.repo, self.base_url, validator=default_validator(),
+                                   transactions=lambda pr: self.has_feature(pr.project_id, "transaction-bundles"),
+                                   release=self.release)
+        self.service.unknown_elements = {"Bot": OPTIONAL_BOT_ELEMENTS - self.release.bot_elements}
         self.system = Principal(project_id=PROJECT_ID, profile="system", membership=None,
                                 access=Access(None, superuser=True), superuser=True)
         self._runtime: BotRuntime | None = settings.runtime_instance
@@ -119,6 +127,13 @@ class EmulatorState:
                 if self._runtime is None:
                     self._runtime = BotRuntime(**self.settings.runtime)
         return self._runtime
+
+    def node_version(self) -> str:
+        """The Node version bots run on (Medplum's healthcheck reports its server's `process.version`)."""
+        try:
+            return find_runtime().node_version
+        except Exception:   # the healthcheck answers even when Node is missing
+            return ""
 
     def set_base_urls(self, base_url: str, internal_base_url: str | None = None) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -184,6 +199,15 @@ class EmulatorState:
     def memberships(self) -> list[dict]:
         return self._memberships.get()
 
+    def project_of(self, project_id: str | None) -> dict:
+        """A Project by id (the seeded one when none or unknown)."""
+        if project_id in (None, "", PROJECT_ID):
+            return self.project()
+        return self.try_read("Project", project_id) or self.project()
+
+    def has_feature(self, project_id: str | None, feature: str) -> bool:
+        return feature in (self.project_of(project_id).get("features") or [])
+
     def invalidate(self, resource_type: str | None = None) -> None:
         """Drop cached project/membership data (called by the store listener on writes)."""
         if resource_type in (None, "Project"):
@@ -204,7 +228,8 @@ class EmulatorState:
             project_id=ref_id(membership.get("project")) or PROJECT_ID,
             profile=(membership.get("profile") or {}).get("reference", ""),
             membership=membership,
-            access=Access(policies, admin=bool(membership.get("admin"))),
+            access=Access(policies, admin=bool(membership.get("admin")), admin_types=self.release.project_admin_types,
+                          protected_types=self.release.protected_types),
             superuser=False,
         )
 

@@ -24,6 +24,7 @@ class Client:
         r.raise_for_status()
         self.token = r.json()["access_token"]
         self.http.headers["Authorization"] = f"Bearer {self.token}"
+        self.http.headers["X-Medplum"] = "extended"   # as MedplumClient: the meta fields Medplum hides otherwise
         # MedplumClient's default Accept (core client.ts DEFAULT_ACCEPT): a Binary read answers the resource
         self.http.headers["Accept"] = "application/fhir+json, */*; q=0.1"
 

@@ -22,7 +22,7 @@ from flask import (Blueprint, Flask, Response, abort, current_app, g, jsonify, r
                    request, session, url_for)
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..medplum_http import MedplumError
+from ..remote.medplum_http import MedplumError
 from .figures import RANGES, health
 from .guard import SECURITY_HEADERS, Sessions, Throttle, allowed_hosts, host_allowed, safe_next
 from .source import DevApiForbidden, Source, describe_error

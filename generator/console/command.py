@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .. import statefile
-from ..config import Config, ConfigError, load_config
+from ..generation.config import Config, ConfigError, load_config
 from medport.defaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
 from ..options import config_option, medplum_options, metriport_options
 from .guard import binds_everything
@@ -41,7 +41,7 @@ def config_fields(cfg: Config | None) -> dict:
 
 def default_resource_types() -> tuple:
     try:
-        from ..config import validate_data
+        from ..generation.config import validate_data
         return tuple(validate_data({}).webhook_bot.resources)
     except Exception:   # pragma: no cover - the schema always has defaults
         return ()
@@ -149,7 +149,7 @@ def console_command(base_url, client_id, client_secret, host, allowed_hosts, por
     """Serve the sync console: each Patient's sync state and timeline, what needs attention, replay and rerun."""
     from medport.emulator.serving import PortInUse, wait_for_stop
 
-    from ..medplum_http import MedplumError
+    from ..remote.medplum_http import MedplumError
     from .figures import health
     from .model import reconstruct
 

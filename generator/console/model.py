@@ -25,7 +25,7 @@ from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..fhir_codes import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, CONTRIBUTION_TASK_CODE, FINGERPRINT_EXTENSION,
+from ..generation.fhir_codes import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, CONTRIBUTION_TASK_CODE, FINGERPRINT_EXTENSION,
                           MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE,
                           PATIENT_SYNC_TASK_CODE, QUERY_FAILED_EXTENSION, RESOURCE_CONFLICT_TASK_CODE)
 from .source import Snapshot

@@ -23,8 +23,8 @@ from urllib.parse import quote
 
 import requests
 
-from ..medplum_http import MedplumError, MedplumHttp
-from ..fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, METRIPORT_PATIENT_ID_SYSTEM,
+from ..remote.medplum_http import MedplumError, MedplumHttp
+from ..generation.fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, METRIPORT_PATIENT_ID_SYSTEM,
                           METRIPORT_RESOURCE_ID_SYSTEM)
 
 DEV_API_PREFIXES = ("/_emulator/", "/_fake/")
@@ -395,7 +395,7 @@ class Source:
     # -- actions --------------------------------------------------------------------------------
     def replay(self, task_id: str) -> str:
         """Put one failed or stuck message back in the queue (medport replay's requeue)."""
-        from ..replay import requeue_task, webhook_bot_id
+        from ..remote.replay import requeue_task, webhook_bot_id
 
         task = self.fhir("read Task", "GET", f"Task/{quote(task_id)}")
         bot_id = self.settings.bot_ids.get("webhook") or (self.bots().get("webhook") or {}).get("id") \

@@ -1,6 +1,6 @@
 """End to end, over real HTTP: emulator + fake Metriport + the bots generated from medport.toml.
 
-The scenario functions are the ones `medport check` runs (generator/scenarios.py); the rest covers
+The scenario functions are the ones `medport check` runs (generator/local/scenarios.py); the rest covers
 failure paths (429/500, expired URLs), empty results, and the no-loop rules of the patient bot.
 """
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from medport.emulator.shared import converted_ccda_dir
-from medport.generator.flow import (
+from medport.generator.local.flow import (
     create_facility_org,
     create_patient,
     message_tasks,
@@ -17,7 +17,7 @@ from medport.generator.flow import (
     task_ids,
     wait_for_consolidated,
 )
-from medport.generator.scenarios import (
+from medport.generator.local.scenarios import (
     check_references,
     imported_resources,
     scenario_bad_signature_refused,
@@ -25,7 +25,7 @@ from medport.generator.scenarios import (
     scenario_seed_patients,
     scenario_skip_reasons,
 )
-from medport.generator.stack import start_stack
+from medport.generator.local.stack import start_stack
 
 from tests.e2e import metriport_requests
 from tests.flows import legacy_flow_config
@@ -209,7 +209,7 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
     {"patient_bot": {"flow": "consolidated"}},      # no document query: consolidated query directly
 ], ids=["awslambda", "sync-processing", "consolidated-flow"])  # the first two in the network-query flow (default)
 def test_flow_config_variants(variant):
-    from medport.generator.config import validate_data
+    from medport.generator.generation.config import validate_data
     cfg = validate_data(variant)
     s = start_stack(cfg, metriport_delay_s=0.05)
     metriport_requests.record(s.fake, RECORDED)

@@ -29,13 +29,13 @@ import pytest
 import requests
 from medport.emulator.metriport import synth
 from medport.emulator.metriport.backend import DEFAULT_FACILITY_ID
-from medport.generator.config import load_config, validate_data
+from medport.generator.generation.config import load_config, validate_data
 from medport.defaults import fake_metriport_api_key
-from medport.generator.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
-from medport.generator.medplum_http import MedplumHttp
-from medport.generator.fhir_codes import MESSAGE_ATTEMPTS_EXT
+from medport.generator.local.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
+from medport.generator.remote.medplum_http import MedplumHttp
+from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT
 from medport.testing import wait_until
-from medport.generator.scenarios import (
+from medport.generator.local.scenarios import (
     CRASH_DATASET,
     _crash_dataset,
     _expected_ids,
@@ -44,7 +44,7 @@ from medport.generator.scenarios import (
     scenario_duplicate_patient_refused,
     scenario_simultaneous_redelivery_stores_one,
 )
-from medport.generator.stack import start_stack
+from medport.generator.local.stack import start_stack
 
 from tests.paths import ROOT
 
@@ -399,17 +399,18 @@ def test_scenario_simultaneous_redelivery(stack):
 
 
 def test_check_fails_when_the_config_breaks_recovery(tmp_path):
-    from medport.generator.check import run_check
-    from medport.generator.outputs import render_all
+    from medport.generator.local.check import run_check
+    from medport.generator.generation.outputs import render_all
 
     (tmp_path / "medport.toml").write_text(config_toml(max_attempts=1), "utf-8")
     out = tmp_path / "bots"
     out.mkdir()
     for name, text in render_all(load_config(tmp_path / "medport.toml")).items():
         (out / name).write_text(text, "utf-8")
-    ch = run_check(str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None)
+    ch = run_check(str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None,
+                   medplum_versions=("5.2.13",))
     failed = [r for r in ch.results if not r.ok]
-    assert [r.name for r in failed] == ["crash mid-import: resumed, every resource stored exactly once"]
+    assert [r.name for r in failed] == ["[Medplum 5.2.13] crash mid-import: resumed, every resource stored exactly once"]
     assert "max_attempts = 1" in failed[0].message
 
 
@@ -422,7 +423,7 @@ def test_without_the_cron_sweep_the_next_delivery_resumes_a_crashed_import():
 
 
 def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep():
-    from medport.generator.replay import deliver
+    from medport.generator.remote.replay import deliver
     cfg = validate_data(config_data(lease_seconds=2, sweep_cron=NEVER), "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         org = create_facility_org(s)
@@ -454,8 +455,8 @@ def test_after_a_crash_replay_failed_lists_the_message_under_its_lease_and_take_
     import re
 
     from click.testing import CliRunner
-    from medport.generator.replay import replay_command
-    from medport.generator.scenarios import _dev
+    from medport.generator.remote.replay import replay_command
+    from medport.generator.local.scenarios import _dev
 
     cfg = validate_data(config_data(sweep_cron=NEVER), "<test>")   # the default lease
     lease_s = cfg.webhook_bot.lease_seconds

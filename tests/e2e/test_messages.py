@@ -12,14 +12,14 @@ from urllib.parse import quote
 import pytest
 import requests
 from click.testing import CliRunner
-from medport.generator.config import validate_data
-from medport.generator.enroll import demographics_rules, run_enroll
-from medport.generator.flow import create_facility_org, message_tasks, patient_resource
-from medport.generator.metriport_client import MetriportApi
-from medport.generator.fhir_codes import (BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, FINGERPRINT_EXTENSION,
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.enroll import demographics_rules, run_enroll
+from medport.generator.local.flow import create_facility_org, message_tasks, patient_resource
+from medport.generator.remote.metriport_client import MetriportApi
+from medport.generator.generation.fhir_codes import (BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, FINGERPRINT_EXTENSION,
                                           MEDPORT_CODESYSTEM, PATIENT_CONFLICT_TASK_CODE)
-from medport.generator.replay import deliver
-from medport.generator.stack import start_stack
+from medport.generator.remote.replay import deliver
+from medport.generator.local.stack import start_stack
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ def test_documents_stored_once_as_binaries_on_the_existing_patient(stack, org):
 
 
 def test_bulk_download_urls_from_the_cli(stack, org, tmp_path):
-    from medport.generator.documents import document_urls_command
+    from medport.generator.remote.documents import document_urls_command
     p, mid = linked_patient(stack, org, "Kyla")
     emu = stack.emulator
     before = len(tasks_of_type(stack, "medical.document-bulk-download-urls"))
@@ -271,7 +271,7 @@ def test_enroll_with_only_refused_rows_sends_nothing_and_exits_1_with_the_reason
     """Metriport fails a bulk create without a valid row and sends no message for it: enroll never sends one
     (Metriport's CSV rules run first; a row Metriport refused earlier, unchanged since, is refused again), says
     why per Patient and exits 1 at once; a request Metriport fails anyway is seen failed, not waited for."""
-    from medport.generator.enroll import enroll_command
+    from medport.generator.remote.enroll import enroll_command
     for first, line in (("Onlyrefused", "(c/o)"), ("Alsorefused", "(C/O)")):
         fhir(stack, "POST", "Patient", json_body=patient_resource(
             first, org["id"], family="Refusedonly", address={"line": [line], "city": "Austin", "state": "TX",
@@ -317,7 +317,7 @@ def test_every_bulk_status_moves_the_request_task(stack):
 
 
 def test_enroll_command_dry_run(stack, org, tmp_path, monkeypatch):
-    from medport.generator.enroll import enroll_command
+    from medport.generator.remote.enroll import enroll_command
     fhir(stack, "POST", "Patient", json_body=patient_resource("Clirow", org["id"], family="Command"))
     toml = tmp_path / "medport.toml"
     toml.write_text('[patient_bot]\ninteractions = ["update"]\n[documents]\nstore = true\nrequest_bulk_urls = true\n')

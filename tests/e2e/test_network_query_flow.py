@@ -14,11 +14,11 @@ import time
 import pytest
 import requests
 from medport.emulator.metriport.consolidated_filter import filter_consolidated
-from medport.generator.config import load_config
-from medport.generator.flow import (count_imported, create_facility_org, create_patient, data_deliveries, runs,
+from medport.generator.generation.config import load_config
+from medport.generator.local.flow import (count_imported, create_facility_org, create_patient, data_deliveries, runs,
                                     task_ids, wait_for_consolidated)
-from medport.generator.fhir_codes import CONTRIBUTION_LEDGER_SYSTEM
-from medport.generator.stack import start_stack
+from medport.generator.generation.fhir_codes import CONTRIBUTION_LEDGER_SYSTEM
+from medport.generator.local.stack import start_stack
 
 from tests.e2e import metriport_requests
 from tests.paths import ROOT
@@ -209,8 +209,8 @@ def test_documents_through_the_upload_url_and_the_schedule():
     """contribution.documents: a DocumentReference naming the finished Encounter, its content a Medplum Binary,
     is contributed through POST /document/upload and the upload URL; once (the ledger); Metriport lists it.
     contribution.cron: what was written since the last scheduled run goes (a Condition without an Encounter)."""
-    from medport.generator.config import validate_data
-    from medport.generator.flow import dev_api
+    from medport.generator.generation.config import validate_data
+    from medport.generator.local.flow import dev_api
     data = load_config(ROOT / "medport.toml").data
     cfg = validate_data({**data, "contribution": {**data["contribution"], "documents": True,
                                                   "cron": "0 3 * * *"}}, "<test>")

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from medport.emulator.cronexpr import CronSpec, is_valid_cron
 from medport.emulator.node import node_binary
-from medport.generator.config import ConfigError, validate_data
+from medport.generator.generation.config import ConfigError, validate_data
 
 from tests.paths import ROOT
 

@@ -147,7 +147,7 @@ def test_the_emulator_refuses_a_newer_database_with_one_line(tmp_path):
     Repository(db).close()
     with sqlite3.connect(db) as c:
         c.execute("UPDATE medport_store SET value = '99' WHERE key = 'version'")
-    proc = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--db", db, "--port", "0",
+    proc = subprocess.run([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--db", db, "--port", "0",
                            "--metriport-port", "0", "--no-console", "--no-deploy"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1

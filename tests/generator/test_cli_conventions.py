@@ -17,7 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner
 from medport.generator import options
-from medport.generator.cli import main
+from medport.generator.cli.main import main
 from medport.generator.progress import Progress
 
 from tests.paths import ROOT
@@ -112,7 +112,7 @@ def test_python_dash_m_medport():
 
 
 def test_an_unexpected_error_is_one_line_and_vv_shows_its_traceback(monkeypatch):
-    from medport.generator import doctor
+    from medport.generator.local import doctor
 
     def boom(*a, **k):
         raise RuntimeError("boom")
@@ -184,7 +184,7 @@ def test_runs_against_a_server_answering_html_is_one_line():
         # with credentials it reads AuditEvents through the FHIR client: the same page is named, not printed
         r = CliRunner().invoke(main, ["-vv", "runs", "--base-url", srv.url, "--client-id", "x", "--client-secret", "y"])
         assert r.exit_code == 1 and "<html" not in r.output and "an HTML page (text/html)" in r.output, r.output
-        assert "DEBUG medport.generator.medplum_http: POST oauth2/token -> 404" in r.output
+        assert "DEBUG medport.generator.remote.medplum_http: POST oauth2/token -> 404" in r.output
 
 
 def test_runs_prints_the_newest_first():
@@ -241,8 +241,8 @@ def test_progress_on_a_terminal_is_a_bar_with_its_eta():
 
 def test_enroll_progress_on_ten_thousand_patients_is_a_bar_not_hundreds_of_lines(monkeypatch):
     """Before: a 10,000-patient enroll printed a line per poll (hundreds). The wait loop now feeds one Progress."""
-    from medport.generator import enroll
-    from medport.generator.config import validate_data
+    from medport.generator.remote import enroll
+    from medport.generator.generation.config import validate_data
 
     jobs = [enroll.Job(f"req-{i}", "fac", 5000, False, f"task-{i}") for i in range(2)]
     state = {"polls": 0}
@@ -263,8 +263,8 @@ def test_enroll_progress_on_ten_thousand_patients_is_a_bar_not_hundreds_of_lines
 
 
 def test_the_readmes_command_reference_is_the_commands_own():
-    from medport.generator.docs import command_reference_markdown
+    from medport.generator.cli.docs import command_reference_markdown
 
     readme = (ROOT / "README.md").read_text()
     assert command_reference_markdown() in readme, \
-        "README command reference is stale: run `python -m medport.generator.docs`"
+        "README command reference is stale: run `python -m medport.generator.cli.docs`"

@@ -3,21 +3,22 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import medport.generator.render as render
+import click
+import medport.generator.generation.render as render
 import pytest
 from click.testing import CliRunner
-from medport.generator.check import check_command, run_check
-from medport.generator.cli import main
-from medport.generator.flow import (
+from medport.generator.local.check import check_command, run_check
+from medport.generator.cli.main import main
+from medport.generator.local.flow import (
     create_facility_org,
     create_patient,
     task_ids,
     wait_for_consolidated,
 )
-from medport.generator.replay import replay_command
-from medport.generator.runs import runs_command
-from medport.generator.scenarios import snapshot_versions
-from medport.generator.stack import start_stack
+from medport.generator.remote.replay import replay_command
+from medport.generator.remote.runs import runs_command
+from medport.generator.local.scenarios import snapshot_versions
+from medport.generator.local.stack import start_stack
 
 from tests.flows import legacy_flow_config
 from tests.paths import ROOT
@@ -79,6 +80,40 @@ def test_check_fails_on_a_bot_that_breaks_a_scenario(tmp_path, monkeypatch):
     assert any("bad signature: accepted" in m for m in failed.values()), failed
 
 
+def test_check_runs_the_scenarios_per_release_and_names_the_one_that_fails(tmp_path, monkeypatch):
+    """A bot calling console.warn unguarded works on the newest sandbox and throws on Medplum 5.0.0's (its
+    MockConsole has only log(): server util/console.ts): the skip scenario fails there only, and check says so;
+    the type check (console's other methods are optional) already names the line."""
+    proj = project(tmp_path)
+    real = render.render_bots
+    guarded = "  if (typeof method === 'function') {\n    method.call(console, line);"
+
+    def unguarded(cfg):
+        files = real(cfg)
+        name = cfg.bots.patient.filename
+        assert guarded in files[name]
+        files[name] = files[name].replace(guarded, "  if (level !== 'info') {\n    console.warn(line);")
+        return files
+
+    monkeypatch.setattr(render, "render_bots", unguarded)
+    CliRunner().invoke(main, ["generate", "-c", str(proj / "medport.toml"), "-o", str(proj / "bots")])
+    lines: list[str] = []
+    ch = run_check(str(proj / "medport.toml"), str(proj / "bots"), only="skip reasons", echo=lines.append)
+    assert ch.failing_releases() == ["5.0.0"], [(r.name, r.message[:200]) for r in ch.results if not r.ok]
+    failed = {r.name: r.message for r in ch.results if not r.ok}
+    assert sorted(failed) == ["[Medplum 5.0.0] skip reasons: warned, no Metriport call",
+                              "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and "
+                              "@medplum/core)"], failed
+    assert "made the patient bot fail" in failed["[Medplum 5.0.0] skip reasons: warned, no Metriport call"]
+    assert any("the scenarios fail on Medplum 5.0.0 and pass on 5.2.13" in click.unstyle(ln) for ln in lines), lines
+    # one release from the command line
+    r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "-o", str(proj / "bots"), "-k", "skip",
+                                           "--medplum-version", "5.2.13"])
+    assert "  ok    [Medplum 5.2.13] skip reasons" in r.output and "[Medplum 5.0.0]" not in r.output, r.output
+    r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "--medplum-version", "6.0.0"])
+    assert r.exit_code == 2 and "Medplum 6.0.0 is newer than 5.2.13" in r.output
+
+
 @pytest.fixture(scope="module")
 def stack():
     # the replay cases use consolidated-data messages: Metriport's legacy flow
@@ -138,8 +173,8 @@ def test_replay_failed_requeues_and_reprocesses(stack):
 
 
 def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
-    from medport.generator.flow import message_tasks
-    from medport.generator.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
+    from medport.generator.local.flow import message_tasks
+    from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
     done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
     if not done:
         base = task_ids(stack)
@@ -201,7 +236,7 @@ def test_runs_follow_streams_new_executions(stack):
     import sys
     import threading
 
-    from medport.generator.replay import deliver
+    from medport.generator.remote.replay import deliver
     from medport.testing import wait_until
 
     proc = subprocess.Popen([sys.executable, "-m", "medport", "runs", "--follow", "--limit", "1",

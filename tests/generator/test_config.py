@@ -4,9 +4,9 @@ from dataclasses import MISSING, fields
 from typing import get_type_hints
 
 import pytest
-from medport.generator.config import (Config, ConfigError, load_config, schema, section_fields, toml_key,
+from medport.generator.generation.config import (Config, ConfigError, load_config, schema, section_fields, toml_key,
                                       validate_data)
-from medport.generator.starter import config_reference_markdown, starter_toml
+from medport.generator.generation.starter import config_reference_markdown, starter_toml
 
 from tests.paths import ROOT
 
@@ -136,7 +136,7 @@ def test_example_config_is_the_starter_and_readme_documents_every_key():
     root = ROOT
     validate_data(tomllib.loads((root / "medport.toml").read_text()))
     readme = (root / "README.md").read_text()
-    assert config_reference_markdown() in readme, "README config reference is stale: run `python -m medport.generator.docs`"
+    assert config_reference_markdown() in readme, "README config reference is stale: run `python -m medport.generator.cli.docs`"
 
 
 # ------------------------------------------------------------------ what to import vs what to ask Metriport for

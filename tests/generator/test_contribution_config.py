@@ -1,10 +1,10 @@
-"""The contribution bot's config, access policy and Subscription (generator/config.py, manifest.py, render.py):
+"""The contribution bot's config, access policy and Subscription (generator/generation/config.py, manifest.py, render.py):
 least privilege, loop-safe criteria, off when disabled, every problem named."""
 import pytest
-from medport.generator.config import ConfigError, validate_data
-from medport.generator.manifest import FHIRPATH_CRITERIA_EXT, access_policies, subscriptions
-from medport.generator.render import ENCOUNTER_SEARCH_TYPES, render_bots
-from medport.generator.fhir_codes import CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM
+from medport.generator.generation.config import ConfigError, validate_data
+from medport.generator.generation.manifest import FHIRPATH_CRITERIA_EXT, access_policies, subscriptions
+from medport.generator.generation.render import ENCOUNTER_SEARCH_TYPES, render_bots
+from medport.generator.generation.fhir_codes import CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM
 
 READ = ["read", "vread", "search", "history"]
 
@@ -59,6 +59,6 @@ def test_every_contribution_problem_is_named():
 
 def test_the_encounter_search_types_are_the_definitions():
     from medport.emulator.medplum.fhir.searchparams import registry
-    from medport.generator.config import resource_types
+    from medport.generator.generation.config import resource_types
     found = {t for t in resource_types()["r4"] if registry().get(t, "encounter") is not None}
     assert found == ENCOUNTER_SEARCH_TYPES

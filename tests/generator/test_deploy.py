@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 from medport.emulator.medplum.server import start_in_thread
 from medport.emulator.medplum.settings import Settings
-from medport.generator.config import validate_data
-from medport.generator.deploy import Deployer, deploy_command
-from medport.generator.manifest import POLICY_OF_MEMBER
-from medport.generator.medplum_http import MedplumError, MedplumHttp
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.deploy import Deployer, deploy_command
+from medport.generator.generation.manifest import POLICY_OF_MEMBER
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 from tests.paths import ROOT
 
@@ -140,7 +140,7 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     kinds = [kind for kind, _ in statuses(result)]
     for rt in ("Bot", "Subscription", "AccessPolicy"):
         assert count(rt) == kinds.count(rt), rt
-    from medport.generator.manifest import client_application
+    from medport.generator.generation.manifest import client_application
     name = client_application(cfg)["name"]
     assert len(admin.fhir("c", "GET", "ClientApplication", params={"name": name}).get("entry", [])) == 1
     assert {m["resource"]["profile"]["reference"] for m in admin.fhir("m", "GET", "ProjectMembership?_count=100")["entry"]} \
@@ -202,7 +202,7 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     import subprocess
 
     from medport.emulator.node import node_binary, node_modules_dir
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
 
     first = deployer(emu, validate_data({})).run()
     (tmp_path / "medport.toml").write_text(
@@ -243,8 +243,8 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
     bots/medplum.config.json named derived ids — `medplum bot deploy` failed on medport's output ("1 bot(s) had
     failures"). Now deploy prints the ids and records them (bots/medport.deployed.json, medplum.config.json),
     `generate` keeps medplum.config.json in step, and Medplum's CLI deploys to the Bots medport created."""
-    from medport.generator import deployed
-    from medport.generator.cli import main
+    from medport.generator.generation import deployed
+    from medport.generator.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
@@ -280,7 +280,7 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
 
 
 def test_a_pinned_bot_id_wins_and_a_mismatch_is_warned(emu, tmp_path, monkeypatch):
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text('[patient_bot]\nid = "pinned-but-wrong"\n')
@@ -352,3 +352,87 @@ def test_the_webhook_bot_gets_the_sweep_schedule_and_missing_project_features_ar
     none = deployer(emu, validate_data({"webhook_bot": {"sweep_cron": ""}})).run()
     assert none.warnings == []
     assert "cronString" not in admin.fhir("read", "GET", f"Bot/{result.bot_ids['webhook_bot']}")
+
+
+# ------------------------------------------------------------------------------------------- Medplum releases
+@pytest.fixture
+def emu_5126():
+    """The emulator answering as Medplum 5.1.26, whose Bot definition has no rawBody (definitions 5.1.x
+    profiles-medplum.json): a Bot write naming it is refused like the real server refuses it."""
+    h = start_in_thread(Settings(db_path=None, medplum_version="5.1.26"))
+    h.faults = Faults(h.app.wsgi_app)
+    h.app.wsgi_app = h.faults
+    yield h
+    h.stop()
+
+
+def test_deploy_to_a_release_without_bot_rawbody_leaves_it_out_and_stays_idempotent(emu_5126, tmp_path, monkeypatch):
+    """Before, `medport deploy` stopped halfway on Medplum 5.1.26: policies and bots created, then 400
+    `Invalid additional property "rawBody"` on the webhook bot. It reads the release (GET /healthcheck, server
+    healthcheck.ts) first and writes only what that release accepts."""
+    admin = MedplumHttp(emu_5126.base_url, emu_5126.admin_client_id, emu_5126.admin_client_secret)
+    refused = pytest.raises(MedplumError, admin.fhir, "bot", "POST", "Bot",
+                            json_body={"resourceType": "Bot", "name": "x", "rawBody": True})
+    assert refused.value.status == 400 and 'Invalid additional property "rawBody"' in str(refused.value)
+    cfg = validate_data({})
+    notes: list[str] = []
+    first = deployer(emu_5126, cfg, echo=notes.append).run()
+    assert set(statuses(first).values()) == {"created"}, statuses(first)
+    assert (first.medplum_version, first.omitted) == ("5.1.26", ["rawBody"])
+    assert any("Medplum 5.1.26 has no Bot.rawBody: left out" in n and "JSON.stringify(event.input)" in n
+               for n in notes), notes
+    bot = admin.fhir("read", "GET", f"Bot/{first.bot_ids['webhook_bot']}")
+    assert "rawBody" not in bot and bot["cronString"]
+    assert set(statuses(deployer(emu_5126, cfg).run()).values()) == {"unchanged"}
+    # the CLI says it in one line per note, and succeeds
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    env = {"MEDPLUM_BASE_URL": emu_5126.base_url, "MEDPLUM_CLIENT_ID": emu_5126.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu_5126.admin_client_secret}
+    r = CliRunner().invoke(deploy_command, [], env=env)
+    assert r.exit_code == 0 and "Medplum 5.1.26 has no Bot.rawBody" in r.output, r.output
+
+
+def test_a_server_that_does_not_say_its_version_gets_the_bot_again_without_what_it_refuses(emu_5126):
+    """/healthcheck without a version (a proxy in front of it): the newest shape is written; the element the
+    server refuses as an additional property (core typeschema/validation.ts) is dropped and the write made again."""
+    emu_5126.faults.add("GET", r"^/healthcheck$", 404, count=10, body={"error": "not here"})
+    notes: list[str] = []
+    result = deployer(emu_5126, validate_data({}), echo=notes.append).run()
+    assert set(statuses(result).values()) == {"created"}
+    assert result.medplum_version == "" and result.omitted == ["rawBody"]
+    assert any("did not say the server's version" in n for n in notes), notes
+
+
+def test_a_server_older_than_the_oldest_supported_release_is_refused_before_any_write(emu, tmp_path, monkeypatch):
+    emu.faults.add("GET", r"^/healthcheck$", 200, count=10, body={"ok": True, "version": "4.5.2-515c26d74"})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
+    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    r = CliRunner().invoke(deploy_command, [], env=env)
+    assert r.exit_code == 1
+    line = [ln for ln in r.output.splitlines() if "deploy failed" in ln]
+    assert line == ["Error: deploy failed at check the server's version: Medplum 4.5.2-515c26d74 is older than "
+                    "5.0.0, the oldest release medport supports: upgrade the server to Medplum 5.0.0 or newer — "
+                    "nothing was changed"], r.output
+    assert not [s for s in emu.faults.seen if s[0] != "GET"], "something was written"
+
+
+def test_a_logged_in_client_deploys_again(emu):
+    """Before, a MedplumHttp reused for a second deploy logged in again with its bearer token in the session: the
+    token endpoint refuses a non-Basic Authorization header (server oauth/token.ts getClientIdAndSecret, 400
+    "Invalid authorization header"). The token now goes with each request, never with a login."""
+    http = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret, backoff_s=0.01)
+    cfg = validate_data({})
+    Deployer(cfg, http).run()
+    assert set(statuses(Deployer(cfg, http).run()).values()) == {"unchanged"}
+    token_posts = [s for s in emu.faults.seen if s == ("POST", "/oauth2/token")]
+    assert len(token_posts) == 2
+    # the emulator refuses a bearer token at the token endpoint the way Medplum does
+    import requests
+    r = requests.post(emu.base_url + "oauth2/token", headers={"Authorization": f"Bearer {http.token}"},
+                      data={"grant_type": "client_credentials", "client_id": emu.admin_client_id,
+                            "client_secret": emu.admin_client_secret}, timeout=10)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid_request",
+                                               "error_description": "Invalid authorization header"})

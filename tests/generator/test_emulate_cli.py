@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def start(cwd: Path, *args: str) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "emulate", "--port", "0", "--metriport-port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--port", "0", "--metriport-port", "0", *args],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
@@ -95,12 +95,24 @@ def test_emulate_deploys_bots_and_the_subscription_fires(tmp_path):
 
 
 def test_emulate_without_config_serves_with_nothing_deployed(tmp_path):
-    proc, lines = start(tmp_path, "--memory")
+    proc, lines = start(tmp_path, "--memory", "--medplum-version", "5.1.26")
     try:
         assert any("no medport.toml here" in ln for ln in lines), lines
         assert any("storage:       memory" in ln for ln in lines) and not list(tmp_path.glob("*.sqlite3")), lines
+        # --medplum-version: the release the emulator answers as (server healthcheck.ts reports MEDPLUM_VERSION)
+        base = re.search(r"medport emulator \(Medplum 5\.1\.26\) listening on (http://\S+)", "\n".join(lines)).group(1)
+        assert requests.get(base + "healthcheck", timeout=10).json()["version"].startswith("5.1.26-")
     finally:
         stop(proc)
+
+
+def test_an_unsupported_medplum_version_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medport", "emulate", "--memory", "--medplum-version",
+                           "4.5.2"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "Medplum 4.5.2 is older than 5.0.0, the oldest release medport supports (use 5.0.0 to 5.2.13)" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):
@@ -110,7 +122,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     busy.listen(1)
     port = busy.getsockname()[1]
     try:
-        proc = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--port", str(port)],
+        proc = subprocess.run([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--memory", "--port", str(port)],
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     finally:
@@ -144,7 +156,7 @@ def test_one_emulator_per_folder_and_per_database(tmp_path):
         assert secrets.get("METRIPORT_WEBHOOK_KEY")
         for cwd, args in ((first_dir, ["--memory"]), (first_dir, ["--db", str(first_dir / "other.sqlite3")]),
                           (other_dir, ["--db", str(db)]), (other_dir, ["--db", str(db), "--no-deploy"])):
-            second = subprocess.run([sys.executable, "-m", "medport.generator.cli", "emulate", "--port", "0",
+            second = subprocess.run([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--port", "0",
                                      "--metriport-port", "0", "--no-console", *args], cwd=cwd, capture_output=True,
                                     text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
             err = second.stderr.strip()

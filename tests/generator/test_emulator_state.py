@@ -20,8 +20,8 @@ from medport.emulator.medplum.server import DEFAULT_PORT
 from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
 from medport import defaults
 from medport.generator import statefile
-from medport.generator.cli import main
-from medport.generator.emulate import emulate_command
+from medport.generator.cli.main import main
+from medport.generator.local.emulate import emulate_command
 
 from tests.paths import ROOT
 
@@ -48,7 +48,7 @@ def test_the_local_defaults_are_written_once():
                for p in sorted((ROOT / d).rglob("*.py")) if p.name != "defaults.py"
                for line, value in _literals(p) if value in _DEFAULT_VALUES]
     assert not written, "use medport.defaults instead: " + ", ".join(written)
-    schema = json.loads((ROOT / "generator" / "config.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((ROOT / "generator" / "generation" / "config.schema.json").read_text(encoding="utf-8"))
     assert schema["properties"]["medplum"]["properties"]["base_url"]["default"] == defaults.EMULATOR_BASE_URL
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f'| `"{defaults.EMULATOR_BASE_URL}"` |' in readme and f"{defaults.FAKE_METRIPORT_URL}/medical/v1" in readme
@@ -95,7 +95,7 @@ def test_status_without_an_emulator_and_with_a_stale_file(tmp_path, monkeypatch)
 def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
     env = {k: v for k, v in os.environ.items() if k not in ("MEDPORT_FAKE_METRIPORT_API_KEY", "MEDPLUM_BASE_URL")}
-    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--memory", "--port", "0",
                              "--metriport-port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     state_path = tmp_path / ".medport" / "emulator.json"
@@ -118,7 +118,7 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         r = requests.get(state["metriport_url"] + "/medical/v1/patient", headers={"x-api-key": "medport-dev-metriport-key"},
                          params={"facilityId": state["facility_id"]}, timeout=10)
         assert r.status_code == 200, r.text
-        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli", *args], cwd=tmp_path,  # noqa: E731
+        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli.main", *args], cwd=tmp_path,  # noqa: E731
                                            capture_output=True, text=True, env=env, timeout=60)
         st = run("status")
         assert st.returncode == 0 and "ready" in st.stdout and state["base_url"] in st.stdout, st.stdout + st.stderr

@@ -6,8 +6,8 @@ import csv
 import io
 
 import pytest
-from medport.generator.config import validate_data
-from medport.generator.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_row, demographics_rules, to_csv
+from medport.generator.generation.config import validate_data
+from medport.generator.remote.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_row, demographics_rules, to_csv
 
 
 def test_csv_columns_are_metriports():
@@ -53,7 +53,7 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     import click
-    from medport.generator.metriport_client import MetriportApi
+    from medport.generator.remote.metriport_client import MetriportApi
 
     with socket.socket() as s:      # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -88,8 +88,8 @@ def test_metriport_calls_follow_the_retry_policy():
     (the bulk create may have been started), a GET answered 500 is."""
     import click
     from medport.emulator.metriport import make_server
-    from medport.generator.http_retry import RetryPolicy
-    from medport.generator.metriport_client import MetriportApi
+    from medport.generator.remote.http_retry import RetryPolicy
+    from medport.generator.remote.metriport_client import MetriportApi
 
     fake = make_server("127.0.0.1", 0, api_key="retry-key", delay_s=0.01)
     waits: list[float] = []
@@ -119,7 +119,7 @@ def test_metriport_calls_follow_the_retry_policy():
 def test_a_request_metriport_failed_is_seen_failed_not_waited_for():
     """Metriport has no route for a bulk create's status and sends no message when it fails one: the fake's
     developer API says so (the emulator); elsewhere a request `processing` with no news for the stall time."""
-    from medport.generator.enroll import Job, detect_failed
+    from medport.generator.remote.enroll import Job, detect_failed
 
     class Api:
         def __init__(self, status):
@@ -141,7 +141,7 @@ def test_a_request_metriport_failed_is_seen_failed_not_waited_for():
 
 
 def test_rows_metriport_refuses_are_found_with_its_own_rules():
-    from medport.generator.enroll import metriport_refusals
+    from medport.generator.remote.enroll import metriport_refusals
     good = csv_row("p1", {"firstName": "Ann", "lastName": "Lee", "dob": "1980-01-02", "genderAtBirth": "F",
                           "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701"}]})
     care_of = {**good, "externalId": "p2", "addressLine1-1": "(c/o)"}

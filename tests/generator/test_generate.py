@@ -7,10 +7,10 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 from medport.emulator.node import node_binary
-from medport.generator.cli import main
-from medport.generator.config import load_config, validate_data
-from medport.generator.manifest import deploy_bundle
-from medport.generator.outputs import render_all
+from medport.generator.cli.main import main
+from medport.generator.generation.config import load_config, validate_data
+from medport.generator.generation.manifest import deploy_bundle
+from medport.generator.generation.outputs import render_all
 
 from tests.paths import ROOT
 
@@ -23,8 +23,8 @@ def test_rendering_is_byte_for_byte_deterministic():
     cfg = validate_data({})
     assert render_all(cfg) == render_all(validate_data({}))
     # a separate interpreter (other hash seed) renders the same bytes
-    out = subprocess.run([sys.executable, "-c", "import json;from medport.generator.config import validate_data;"
-                          "from medport.generator.outputs import render_all;print(json.dumps(render_all(validate_data({}))))"],
+    out = subprocess.run([sys.executable, "-c", "import json;from medport.generator.generation.config import validate_data;"
+                          "from medport.generator.generation.outputs import render_all;print(json.dumps(render_all(validate_data({}))))"],
                          capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin"},
                          cwd=ROOT)
     assert json.loads(out.stdout) == render_all(cfg)
@@ -124,8 +124,8 @@ def test_wheel_installs_one_medport_namespace(tmp_path):
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"medport"}, top
     for needed in ["medport/templates/patient-bot.js.j2", "medport/templates/webhook-bot.js.j2",
-                   "medport/generator/config.schema.json", "medport/generator/resource_types.json",
-                   "medport/generator/fhir_rules.json",
+                   "medport/generator/generation/config.schema.json", "medport/generator/generation/resource_types.json",
+                   "medport/generator/generation/fhir_rules.json",
                    "medport/emulator/medplum/runtime/worker.js"]:
         assert needed in names, f"{needed} missing from the wheel"
     venv = tmp_path / "venv"
@@ -142,7 +142,7 @@ def test_wheel_installs_one_medport_namespace(tmp_path):
         "    assert importlib.util.find_spec(name) is None, name\n"
         "import medport, medport.emulator, medport.templates\n"
         "from importlib import resources\n"
-        "assert resources.files('medport.generator').joinpath('config.schema.json').is_file()\n"
+        "assert resources.files('medport.generator.generation').joinpath('config.schema.json').is_file()\n"
         "print(medport.__version__)\n"
     )
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=user, capture_output=True, text=True)

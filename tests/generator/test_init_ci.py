@@ -8,8 +8,8 @@ import re
 import yaml
 from click.testing import CliRunner
 from medport import __version__
-from medport.generator import starter
-from medport.generator.cli import main
+from medport.generator.generation import starter
+from medport.generator.cli.main import main
 
 
 def run(*args):

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from medport import __version__
 from medport.emulator import node
-from medport.generator.cli import main
-from medport.generator.runtime_setup import cache_key, lock_digest
+from medport.generator.cli.main import main
+from medport.generator.local.runtime_setup import cache_key, lock_digest
 
 from tests.paths import NODE, ROOT
 

@@ -1,15 +1,15 @@
-"""generator/typecheck.py: the bots type-check under `tsc --checkJs --strict` against @medplum/fhirtypes and
+"""generator/generation/typecheck.py: the bots type-check under `tsc --checkJs --strict` against @medplum/fhirtypes and
 @medplum/core with exactly the globals Medplum gives a bot — the committed bots/, the config variants, and
 what the check refuses (a global vmcontext lacks, a module outside the allowed ones, CONFIG out of step with
 render.py)."""
 import re
 from pathlib import Path
 
-import medport.generator.render as render
-from medport.generator.check import run_check
-from medport.generator.config import validate_data
-from medport.generator.render import render_bots
-from medport.generator.typecheck import (
+import medport.generator.generation.render as render
+from medport.generator.local.check import run_check
+from medport.generator.generation.config import validate_data
+from medport.generator.generation.render import render_bots
+from medport.generator.generation.typecheck import (
     WEB_GLOBALS,
     parse_diagnostics,
     typecheck_files,
@@ -72,8 +72,15 @@ def line_of(code: str, text: str) -> int:
 def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
     """vmcontext's sandbox has no setTimeout, process, Buffer, atob, structuredClone, AbortController, crypto
     global, document, event (only a handler argument on awslambda) — each use is one error on its line; what
-    both runtimes give passes."""
+    both runtimes give on every supported release passes. Medplum 5.0.0's sandbox (server bots/vmcontext.ts at
+    "Release Version 5.0.0") has no TextDecoder; the stream classes, Headers, Request and Response arrive with
+    the newest sandbox; MockConsole has only log() before it (util/console.ts): each of these is an error too."""
     forbidden = {
+        "const decoder = new TextDecoder();": "TextDecoder",
+        "const stream = new ReadableStream();": "ReadableStream",
+        "const hdrs = new Headers();": "Headers",
+        "const made = new Response('x');": "Response",
+        "console.warn('x');": "Cannot invoke an object which is possibly 'undefined'",
         "setTimeout(() => undefined, 1);": "setTimeout",
         "const envNow = process.env.HOME;": "process",
         "const buf = Buffer.from('x');": "Buffer",
@@ -84,9 +91,8 @@ def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
         "const title = document.title;": "document",
         "const secretsNow = event.secrets;": "event",
     }
-    allowed = ("const probe = [fetch, URL, URLSearchParams, Headers, Request, Response, TextEncoder, TextDecoder, "
-               "TextDecoderStream, TextEncoderStream, ReadableStream, WritableStream, TransformStream, "
-               "console.log, JSON, Math, Promise, Uint8Array, Map, Set];")
+    allowed = ("const probe = [fetch, URL, URLSearchParams, TextEncoder, require('util').TextDecoder, "
+               "console.log, console.warn, JSON, Math, Promise, Uint8Array, Map, Set];")
     sources = patient_bot_with("\n".join([allowed, *forbidden]))
     (name, code), = sources.items()
     result = typecheck_sources(sources, shown_in="bots")
@@ -94,7 +100,7 @@ def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
     for stmt, ident in forbidden.items():
         line = line_of(code, stmt)
         hits = [p for p in result.problems if p.startswith(f"bots/{name}:{line}:")]
-        assert len(hits) == 1 and f"'{ident}'" in hits[0], (stmt, result.problems)
+        assert len(hits) == 1 and (f"'{ident}'" in hits[0] or ident in hits[0]), (stmt, result.problems)
     assert all(re.match(r"^bots/[\w.-]+\.js:\d+:\d+: TS\d+: .+", p) and "\n" not in p for p in result.problems)
 
 
@@ -151,7 +157,7 @@ def test_check_fails_on_a_bot_that_does_not_type_check(tmp_path, monkeypatch):
         return files
 
     monkeypatch.setattr(render, "render_bots", broken)
-    from medport.generator.cli import main
+    from medport.generator.cli.main import main
     from click.testing import CliRunner
     assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
     lines: list[str] = []

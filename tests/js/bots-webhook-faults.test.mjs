@@ -100,6 +100,34 @@ test('simultaneous delivery: a 409 from the conditional create reads the Task th
   assert.equal((await medplum.searchResources('Task', { identifier: MSG_SYSTEM + '|' + msg.meta.messageId })).length, 1);
 });
 
+/**
+ * A run of the Task that sends 6 batches slowly, then hangs forever in the 7th (as if its process died): returned
+ * once the batches before the hung one landed and were checkpointed (at least `minDone` items) — polled, however
+ * slow the machine (bounded attempts). `release()` lets the hung run go on. A batch taking `batchMs` longer than the
+ * lease's beat (500 ms) makes every other batch's checkpoint saved.
+ */
+async function cutOffMidImport(medplum, taskId, minDone = 1, batchMs = 120) {
+  const origBatch = medplum.executeBatch;
+  let sent = 0;
+  let release;
+  const hung = new Promise((r) => { release = r; });
+  medplum.executeBatch = async (bundle, options) => {
+    if (++sent === 7) await hung;
+    await new Promise((r) => setTimeout(r, batchMs));
+    return origBatch(bundle, options);
+  };
+  const firstRun = runTask(medplum, taskId);
+  while (sent < 7) await new Promise((r) => setTimeout(r, 20));
+  let task;
+  for (let i = 0; i < 1000; i++) {
+    task = await medplum.readResource('Task', taskId);
+    const saved = ext(task, PROGRESS);
+    if (saved && JSON.parse(saved.valueString).done >= minDone) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { firstRun, release, task };
+}
+
 test('cut off mid-import: the sweep resumes it from the checkpoint; the result equals an uninterrupted run; the old run stops', async () => {
   // reference: an uninterrupted run
   const ref = await createMedplum();
@@ -113,26 +141,8 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   const msg = consolidated(p.id, 'mpt-cut', bigBundle('mpt-cut'));
   const stored = await deliver(medplum, msg);
   const taskId = stored.result.task.split('/')[1];
-  // The first run sends 6 batches slowly, then hangs forever in the 7th (as if its process died).
-  const origBatch = medplum.executeBatch;
-  let sent = 0;
-  let release;
-  const hung = new Promise((r) => { release = r; });
-  medplum.executeBatch = async (bundle, options) => {
-    if (++sent === 7) await hung;
-    await new Promise((r) => setTimeout(r, 120));
-    return origBatch(bundle, options);
-  };
-  const firstRun = runTask(medplum, taskId);
-  while (sent < 7) await new Promise((r) => setTimeout(r, 20));
-  // the batches before the hung one land and are checkpointed: polled, however slow the machine (bounded attempts)
-  let task;
-  for (let i = 0; i < 1000; i++) {
-    task = await medplum.readResource('Task', taskId);
-    const saved = ext(task, PROGRESS);
-    if (saved && JSON.parse(saved.valueString).done > 0) break;
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const { firstRun, release, task: cutTask } = await cutOffMidImport(medplum, taskId);
+  let task = cutTask;
   assert.equal(task.status, 'in-progress');
   assert.equal(ext(task, ATTEMPTS).valueInteger, 1);
   // the checkpoint: the first `done` items in import order, and the digest of their keys
@@ -181,6 +191,39 @@ test('cut off mid-import: the sweep resumes it from the checkpoint; the result e
   assert.equal(old.result.status, 'abandoned', old.logText);
   assert.equal((await medplum.readResource('Task', taskId)).status, 'completed');
   assert.deepEqual(await counts(medplum), expected);
+});
+
+test('a checkpoint claiming resources Medplum does not hold: the resumed run imports them anyway (none skipped for good)', async () => {
+  const medplum = await createMedplum();
+  const p = await patient(medplum, 'mpt-claim');
+  const stored = await deliver(medplum, consolidated(p.id, 'mpt-claim', bigBundle('mpt-claim')));
+  const taskId = stored.result.task.split('/')[1];
+  // import order: 10 Encounters, then the Observations by key (obs-0, obs-1, obs-10, ...): 13 items hold one
+  // Observation no later item references, so only the checkpoint vouches for it
+  const { firstRun, release } = await cutOffMidImport(medplum, taskId, 13, 600);
+  const cp = JSON.parse(ext(await medplum.readResource('Task', taskId), PROGRESS).valueString);
+  assert.ok(cp.done >= 13, JSON.stringify(cp));
+  await expireLease(medplum, taskId);
+  assert.equal((await runCron(medplum)).result.sweep.resumed, 1);
+  // what the checkpoint claims is gone (deleted, a restored database, a write lost): all but the Observations the
+  // DiagnosticReports reference
+  const referenced = new Set([0, 1, 2, 3, 4, 115, 116, 117, 118, 119].map((i) => 'obs-' + i));
+  const observations = await medplum.searchResources('Observation', { identifier: RES_SYSTEM + '|', _count: '1000' }, { cache: 'no-cache' });
+  let deleted = 0;
+  for (const o of observations) {
+    if (!referenced.has(o.identifier.find((i) => i.system === RES_SYSTEM).value)) {
+      await medplum.deleteResource('Observation', o.id);
+      deleted++;
+    }
+  }
+  assert.ok(deleted > 0);
+  medplum.executeBatch = Object.getPrototypeOf(medplum).executeBatch.bind(medplum);
+  const second = await runTask(medplum, taskId);
+  assert.equal(second.result.status, 'completed', second.logText);
+  assert.deepEqual(await counts(medplum), { Encounter: 10, Observation: 120, DiagnosticReport: 5 });
+  assert.match(second.logText, /checkpoint does not match this run.*not stored/);
+  release();
+  assert.equal((await firstRun).result.status, 'abandoned');
 });
 
 test('attempts are bounded: past max_attempts the message fails with the reason, kept for replay', async () => {

@@ -1,7 +1,7 @@
 // Issue 14 item 11, the bot side: what Medplum's validator (@medplum/core validateResource, what a Medplum server in
 // strict mode runs on every write: server src/fhir/repository/validation.ts) refuses in converted C-CDA data, the
 // webhook bot's repair phase fixes — generically, from rules generated from the StructureDefinitions
-// (generator/fhir_rules.py) — and counts. Every write below goes through Medplum's validator (the harness refuses
+// (generator/generation/fhir_rules.py) — and counts. Every write below goes through Medplum's validator (the harness refuses
 // what it refuses), so "stored" means "Medplum in strict mode accepts it".
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -404,7 +404,7 @@ test('fuzz: converted resources broken at random are repaired into what Medplum 
 });
 
 test('the generated rules read the StructureDefinitions as Medplum does (min, list or single, types, backbone elements)', () => {
-  const rules = JSON.parse(python('-c', `import json; from medport.generator.fhir_rules import bot_rules; print(json.dumps(bot_rules(${JSON.stringify(TYPES)})))`));
+  const rules = JSON.parse(python('-c', `import json; from medport.generator.generation.fhir_rules import bot_rules; print(json.dumps(bot_rules(${JSON.stringify(TYPES)})))`));
   const parse = (text) => Object.fromEntries(text.split(' ').filter((p) => !p.startsWith('.=')).map((p) => {
     const [name, spec] = p.split('=');
     const s = spec.split('#')[0];

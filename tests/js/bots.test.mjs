@@ -24,7 +24,7 @@ test('node --check passes on every rendered bot', () => {
 
 test('output is deterministic and has the required shape', () => {
   const a = render({});
-  const b = JSON.parse(execFileSync(path.join(ROOT, '.venv/bin/python'), ['-m', 'medport.generator.render', '{}'], { cwd: ROOT, encoding: 'utf8' }));
+  const b = JSON.parse(execFileSync(path.join(ROOT, '.venv/bin/python'), ['-m', 'medport.generator.generation.render', '{}'], { cwd: ROOT, encoding: 'utf8' }));
   assert.deepEqual(a, b);
   for (const code of Object.values(a)) {
     assert.ok(code.startsWith('// @ts-check'));

@@ -3,7 +3,7 @@ init` + `medport generate`, the README's example test), run by pytest in a subpr
 plugin loaded from its `pytest11` entry point."""
 import pytest
 from click.testing import CliRunner
-from medport.generator.cli import main
+from medport.generator.cli.main import main
 
 from tests.paths import readme_block
 
@@ -76,3 +76,26 @@ def test_the_plugin_can_be_disabled(pytester):
     result = pytester.runpytest_subprocess("-p", "no:medport", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(errors=1)
     assert "fixture 'medport_stack' not found" in result.stdout.str()
+
+
+def test_the_medplum_release_comes_from_the_command_line_or_the_ini(pytester):
+    """`--medplum-version` (or the `medport_medplum_version` ini option) sets the release the fixtures' emulator
+    emulates; an unsupported one is one line, no traceback."""
+    user_project(pytester)
+    pytester.makeini("[pytest]\nmedport_medplum_version = 5.0.12\n")
+    pytester.makepyfile(test_release="""
+        import requests
+
+        def test_release(medport_stack, medport_emulator, request):
+            want = request.config.getoption("medport_medplum_version") or "5.0.12"
+            for base in (medport_stack.base_url, medport_emulator.base_url):
+                assert requests.get(base + "healthcheck", timeout=10).json()["version"].startswith(want + "-")
+    """)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=240).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--medplum-version", "5.1.26",
+                                  timeout=240).assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--medplum-version", "4.2.0", timeout=120)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "medport: Medplum 4.2.0 is older than 5.0.0, the oldest release medport supports" in out
+    assert "Traceback" not in out

@@ -1,4 +1,5 @@
-"""Medplum AccessPolicy semantics (facts from @medplum/core access.ts, 5.2.13).
+"""Medplum AccessPolicy semantics (facts from @medplum/core access.ts, 5.2.13; the type lists of older releases
+are passed in from medport.emulator.medplum.releases).
 
 - `resource[]` entries: `resourceType` (exact, or "*" which does NOT cover the project-admin types),
   `interaction` list (when present it is the whole truth), else `readonly` allows only
@@ -25,9 +26,10 @@ PROJECT_ADMIN_TYPES = frozenset({"AccessPolicy", "Cron", "Package", "PackageRele
 _DEFAULT = [{"resourceType": "*"}]
 
 
-def _entry_allows(entry: dict, resource_type: str | None, interaction: str) -> bool:
+def _entry_allows(entry: dict, resource_type: str | None, interaction: str,
+                  admin_types: frozenset[str] = PROJECT_ADMIN_TYPES) -> bool:
     rt = entry.get("resourceType")
-    if rt != resource_type and (rt != "*" or resource_type in PROJECT_ADMIN_TYPES):
+    if rt != resource_type and (rt != "*" or resource_type in admin_types):
         return False
     inter = entry.get("interaction")
     if isinstance(inter, list):
@@ -39,9 +41,12 @@ class Access:
     """Evaluate one or more AccessPolicy resources (None = full project access)."""
 
     def __init__(self, policies: list[dict] | None, *, admin: bool = False, superuser: bool = False,
-                 variables: dict[str, str] | None = None):
+                 variables: dict[str, str] | None = None, admin_types: frozenset[str] = PROJECT_ADMIN_TYPES,
+                 protected_types: frozenset[str] = PROTECTED_TYPES):
         """`variables`: AccessPolicy parameters (ProjectMembership.access[].parameter), e.g.
-        {"%patient": "Patient/123", "%profile": "Practitioner/9"}, substituted into criteria strings."""
+        {"%patient": "Patient/123", "%profile": "Practitioner/9"}, substituted into criteria strings.
+        `admin_types` / `protected_types`: the emulated release's lists (they grew release by release:
+        medport.emulator.medplum.releases); the defaults are the newest release's."""
         self.full = policies is None
         subs = {(k if k.startswith("%") else "%" + k): str(v) for k, v in (variables or {}).items()}
         entries: list[dict] = []
@@ -57,6 +62,8 @@ class Access:
         self.entries = entries if policies is not None else list(_DEFAULT)
         self.admin = admin
         self.superuser = superuser
+        self.admin_types = admin_types
+        self.protected_types = protected_types
         # per (type, interaction): the entries that allow it (the entries never change after construction)
         self._memo: dict[tuple[str | None, str], list[dict]] = {}
         self._hidden = any(e.get("hiddenFields") for e in self.entries)
@@ -66,24 +73,25 @@ class Access:
         key = (resource_type, interaction)
         found = self._memo.get(key)
         if found is None:
-            found = self._memo[key] = [e for e in self.entries if _entry_allows(e, resource_type, interaction)]
+            found = self._memo[key] = [e for e in self.entries
+                                       if _entry_allows(e, resource_type, interaction, self.admin_types)]
         return found
 
     def can(self, interaction: str, resource_type: str) -> bool:
         """May the caller perform `interaction` on some resource of this type?"""
         if self.superuser:
             return True
-        if resource_type in PROTECTED_TYPES:
+        if resource_type in self.protected_types:
             return False
-        if resource_type in PROJECT_ADMIN_TYPES and (self.admin and self.full):
+        if resource_type in self.admin_types and (self.admin and self.full):
             return True
         return bool(self._entries_for(resource_type, interaction))
 
     def matching_entry(self, resource: dict, interaction: str) -> dict | None:
         rt = resource.get("resourceType")
-        if self.superuser or (rt in PROJECT_ADMIN_TYPES and self.admin and self.full):
+        if self.superuser or (rt in self.admin_types and self.admin and self.full):
             return {"resourceType": rt}
-        if rt in PROTECTED_TYPES:
+        if rt in self.protected_types:
             return None
         for e in self._entries_for(rt, interaction):
             if rt == "Binary":
@@ -105,9 +113,9 @@ class Access:
 
     def search_filters(self, resource_type: str) -> list[str] | None:
         """Criteria query strings OR-ed together to restrict a search; None = unrestricted; [] = nothing allowed."""
-        if self.superuser or (resource_type in PROJECT_ADMIN_TYPES and self.admin and self.full):
+        if self.superuser or (resource_type in self.admin_types and self.admin and self.full):
             return None
-        if resource_type in PROTECTED_TYPES:
+        if resource_type in self.protected_types:
             return []
         out: list[str] = []
         for e in self._entries_for(resource_type, SEARCH):

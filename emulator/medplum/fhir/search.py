@@ -21,7 +21,7 @@ from ...jsbehaviour import js_number_to_string
 from ..errors import BadRequest
 from . import filterexpr as FX
 from . import values as V
-from .releases import NEWEST_RELEASE, Release
+from ..releases import NEWEST_RELEASE, Release
 from .schema import resource_types
 from .searchparams import SearchParam, choice_properties, registry, type_properties
 

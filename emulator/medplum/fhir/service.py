@@ -38,7 +38,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, quote
 
 from ..ids import uuid4
@@ -52,6 +52,7 @@ from ..errors import (
     PreconditionFailed,
     ServerError,
     UnsupportedMediaType,
+    ValidationFailed,
     all_ok,
     created_outcome,
     status_of,
@@ -60,7 +61,7 @@ from . import policy as P
 from .capability import capability_statement
 from .patch import apply_patch
 from .principal import Principal
-from .releases import NEWEST_RELEASE, Release
+from ..releases import NEWEST_RELEASE, Release
 from .schema import ID_RE, Validator, default_validator, resource_types
 from .search import (
     MAX_COUNT,
@@ -193,12 +194,17 @@ def _entry_path(url: str) -> tuple[str, str]:
 
 class FhirService:
     def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
-                 transactions: bool = True, release: Release = NEWEST_RELEASE):
+                 transactions: bool | Callable[[Principal], bool] = True, release: Release = NEWEST_RELEASE):
         self.repo = repo
         self.release = release      # the Medplum release whose rules differ from others' (releases.py)
-        # Medplum only runs a `transaction` Bundle atomically when transactions are enabled (project feature
-        # "transaction-bundles"); otherwise it is processed entry by entry like a batch (batch.ts isTransaction()).
+        # Medplum only runs a `transaction` Bundle atomically when transactions are enabled: server fhir/routes.ts
+        # passes `transactions: project.features includes 'transaction-bundles'` to the router; otherwise it is
+        # processed entry by entry like a batch (fhir-router batch.ts isTransaction()). A callable decides per
+        # caller (the emulator asks the caller's Project).
         self.transactions = transactions
+        # Elements the emulated release's StructureDefinitions lack, per resource type (a newer release's Bot
+        # fields): Medplum's validator refuses each as an additional property (core typeschema/validation.ts).
+        self.unknown_elements: dict[str, frozenset[str]] = {}
         b = base_url.rstrip("/")
         self.fhir_base = b + "/" if b.endswith("/fhir/R4") else b + "/fhir/R4/"
         self.validator = validator or default_validator()
@@ -780,7 +786,16 @@ class FhirService:
         return body
 
     def _validate(self, res: dict) -> None:
+        unknown = self.unknown_elements.get(str(res.get("resourceType")))
+        if unknown:
+            extra = [k for k in res if k in unknown]
+            if extra:
+                raise ValidationFailed([(f'Invalid additional property "{k}"', f"{res['resourceType']}.{k}")
+                                        for k in extra])
         self.validator.validate(res)
+
+    def transactions_for(self, pr: Principal) -> bool:
+        return self.transactions(pr) if callable(self.transactions) else bool(self.transactions)
 
     def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
                assigned_id: str | None = None, trusted: bool = False) -> FhirResponse:
@@ -973,7 +988,7 @@ class FhirService:
         entries = bundle.get("entry")
         if not isinstance(entries, list) or not entries:
             raise BadRequest("Missing bundle entries")
-        tx = btype == "transaction" and self.transactions
+        tx = btype == "transaction" and self.transactions_for(pr)
         entries = [_shallow_entry(e) for e in entries]
         results: list[dict | None] = [None] * len(entries)
         identities: dict[str, str] = {}

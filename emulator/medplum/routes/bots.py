@@ -14,12 +14,14 @@ from ..httpio import (
     HL7_V2,
     JSON_TYPES,
     current_state,
+    is_extended_mode,
     json_response,
     lower_headers,
     outcome_response,
     parse_form,
     parse_json_bytes,
     read_body,
+    without_extended_meta,
 )
 
 if TYPE_CHECKING:
@@ -97,7 +99,8 @@ def _response_content_type() -> str:
 def execute_handler(principal, bot_id: str | None) -> Response:
     state = current_state()
     bot = _bot_for_request(state, principal, bot_id)
-    input, content_type = _execute_input(raw_body=bot.get("rawBody") is True)
+    # Bot.rawBody exists from 5.2 (a release without it refuses the element: no stored Bot has it there)
+    input, content_type = _execute_input(raw_body=bot.get("rawBody") is True and state.release.raw_body)
     run_as = state.bots.run_as_for(bot, principal.membership)
     kwargs = dict(run_as=run_as, input=input, content_type=content_type, headers=lower_headers(request),
                   requester={"reference": principal.profile} if principal.profile else None,
@@ -148,6 +151,8 @@ def job_status_handler(principal, job_id: str) -> Response:
     if resp.status != 200:
         raise FhirError(resp.body)
     job = resp.body
+    if not is_extended_mode(request):
+        job = without_extended_meta(job)
     if job.get("status") in ("completed", "error", "cancelled"):
         return json_response(job, 200)
     location = f"{state.base_url}fhir/R4/job/{job_id}/status"

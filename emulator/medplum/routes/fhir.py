@@ -27,6 +27,7 @@ Medplum facts
 """
 from __future__ import annotations
 
+import sys
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +38,13 @@ from ..httpio import (
     FHIR_JSON,
     FORM_TYPE,
     current_state,
+    is_extended_mode,
     json_response,
     parse_form,
     parse_json_bytes,
     read_body,
     require_principal,
+    without_extended_meta,
 )
 from .bots import deploy_handler, execute_handler, job_status_handler
 
@@ -63,8 +66,16 @@ def register(app: Flask) -> None:
     app.add_url_rule("/fhir/R4/", "fhir_root_slash", fhir_handler, methods=methods, defaults={"path": ""})
     app.add_url_rule("/fhir/R4/<path:path>", "fhir", fhir_handler, methods=methods)
     app.add_url_rule("/", "root", lambda: Response("", 200))
-    app.add_url_rule("/healthcheck", "healthcheck",
-                     lambda: json_response({"ok": True, "version": "medport-emulator"}, 200, "application/json"))
+    app.add_url_rule("/healthcheck", "healthcheck", healthcheck)
+
+
+def healthcheck() -> Response:
+    """server healthcheck.ts: `{ok, version: MEDPLUM_VERSION ("<release>-<git commit>"), platform, runtime (the
+    server's Node), postgres, redis}`, no authentication: how a client learns which release it talks to."""
+    state = current_state()
+    return json_response({"ok": True, "version": f"{state.release.version}-medport", "platform": sys.platform,
+                          "runtime": state.node_version(), "postgres": True, "redis": True}, 200,
+                         "application/json")
 
 
 def fhir_handler(path: str) -> Response:
@@ -151,6 +162,8 @@ def _query() -> list[tuple[str, str]]:
 def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
     resp = state.service.handle(principal, request.method, path, _query(), body, headers)
+    if not is_extended_mode(request):
+        resp.body = without_extended_meta(resp.body)
     return render_fhir(resp)
 
 

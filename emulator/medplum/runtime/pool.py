@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,16 +33,17 @@ from ...procenv import KEEP, hide_process_environment
 
 from ...node import node_binary, node_modules_dir
 from .. import jsonsafe
+from ..releases import Sandbox
 
 log = logging.getLogger(__name__)
 
 WORKER_JS = str(Path(__file__).with_name("worker.js"))
-LOG_LIMIT_BYTES = 10 * 1024  # DESIGN: AuditEvent.outcomeDesc keeps the last 10 KiB of console text
+LOG_LIMIT_BYTES = 10 * 1024  # AuditEvent.outcomeDesc keeps the last 10 KiB of console text
 DEFAULT_TIMEOUT_S = 10.0  # Medplum: Bot.timeout default (vmcontext DEFAULT_VM_CONTEXT_TIMEOUT, Lambda default)
 READY_TIMEOUT_S = 30.0
 IDLE_TTL_S = 30.0  # extra workers (beyond `size`) idle this long are stopped
 
-# Medplum's limits per runtime (server bots/vmcontext.ts, cloud/aws/deploy.ts; notes Q12):
+# Medplum's limits per runtime (server bots/vmcontext.ts, cloud/aws/deploy.ts):
 # - vmcontext runs in the Medplum server's own process: no memory limit of its own (the server's heap, Node's
 #   default unless the operator sets one) and only the vm timeout, which stops synchronous code. The emulator
 #   runs it in workers with Node's default heap (memory_mb=None) and adds a generous wall-clock cap so nothing
@@ -70,7 +72,7 @@ def _rss_bytes(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         return 0
 
-# The only variables a worker inherits (DESIGN "Security model"): what Node itself needs to find programs,
+# The only variables a worker inherits: what Node itself needs to find programs,
 # the home directory, temp space, time zone, locale and extra CA certificates for TLS. Nothing else of the
 # emulator's environment (MEDPORT_ADMIN_CLIENT_SECRET, METRIPORT_*, MEDPLUM_CLIENT_SECRET, cloud credentials,
 # NODE_OPTIONS...) reaches a bot: on Medplum bots get secrets only through `event.secrets`. The emulator's own
@@ -96,9 +98,17 @@ class ExecRequest:
     event: dict = field(default_factory=dict)  # {bot, contentType, input, secrets, traceId, requester, headers}
     base_url: str = ""
     access_token: str = ""
-    # Additions (optional):
+    # The emulator's own, beyond what Medplum hands its runtime (optional):
     default_headers: dict | None = None  # MedplumClient defaultHeaders (Medplum: Cookie when Bot.runAsUser)
     filename: str | None = None  # Bot.executableCode.title: a .mjs/.cjs title decides ESM/CJS on awslambda
+    sandbox: Sandbox | None = None  # the vmcontext sandbox of the emulated Medplum release (None = the newest)
+
+
+@lru_cache(maxsize=16)
+def _sandbox_message(sb: Sandbox) -> dict:
+    """What worker.js builds a vmcontext sandbox from."""
+    return {"name": sb.name, "console": "log" if sb.console == ("log",) else "full", "fetch": sb.fetch,
+            "globals": list(sb.globals), "requester": sb.requester, "response_stream": sb.response_stream}
 
 
 @dataclass
@@ -111,7 +121,7 @@ class ExecResult:
     duration_ms: float = 0.0
     timed_out: bool = False
     crashed: bool = False
-    # Additions:
+    # The emulator's own, beyond what Medplum's runtime reports:
     worker_pid: int | None = None
 
 
@@ -493,7 +503,9 @@ class BotRuntime:
         else:
             deadline = max(self.hard_cap_s, timeout_s + 1.0)  # vm timeout covers sync code; the cap the rest
         code = req.code or ""
-        key = f"{runtime}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
+        sandbox = req.sandbox if runtime == "vmcontext" else None
+        flavor = f"{runtime}@{sandbox.name}" if sandbox else runtime   # a release wraps the code its own way
+        key = f"{flavor}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
         try:
             w = self._acquire(runtime)
         except RuntimeError as exc:
@@ -514,6 +526,8 @@ class BotRuntime:
                 "default_headers": req.default_headers,
                 "filename": req.filename,
             }
+            if sandbox is not None:
+                msg["sandbox"] = _sandbox_message(sandbox)
             for _attempt in range(2):
                 call = _Call(next(self._ids), "" if runtime == "awslambda" else "\n")
                 if key not in w.known or _attempt:

@@ -76,51 +76,65 @@ class Execution {
   }
 }
 
-// Medplum's MockConsole (packages/server/src/util/console.ts): every method appends params.join(' ').
-function makeMockConsole(exec) {
-  const counts = new Map();
-  const timers = new Map();
-  const log = (...params) => exec.log(params.join(' '));
-  return {
-    log,
-    info: log,
-    warn: log,
-    error: log,
-    debug: log,
-    trace: log,
-    dir: log,
-    table: log,
-    dirxml: log,
-    assert: (condition, ...params) => {
-      if (!condition) log('Assertion failed:', ...params);
-    },
-    clear: () => undefined,
-    count: (label = 'default') => {
-      const n = (counts.get(label) ?? 0) + 1;
-      counts.set(label, n);
-      log(`${label}: ${n}`);
-    },
-    countReset: (label = 'default') => {
-      counts.delete(label);
-    },
-    group: log,
-    groupCollapsed: log,
-    groupEnd: () => undefined,
-    time: (label = 'default') => {
-      timers.set(label, Date.now());
-    },
-    timeEnd: (label = 'default') => {
-      const start = timers.get(label);
-      if (start !== undefined) {
-        log(`${label}: ${Date.now() - start}ms`);
-        timers.delete(label);
-      }
-    },
-    timeLog: (label = 'default', ...params) => {
-      const start = timers.get(label);
-      if (start !== undefined) log(`${label}: ${Date.now() - start}ms`, ...params);
-    },
-  };
+// Medplum's MockConsole (packages/server/src/util/console.ts): a class whose methods append params.join(' ')
+// (so, as on Medplum, a method called without its console as `this` throws). Releases up to the 5.1 line have
+// only `log()`; the newest has the whole console API. The text is streamed to the pool as it is written.
+class MockConsole {
+  constructor(exec) {
+    Object.defineProperty(this, 'exec', { value: exec });
+  }
+  log(...params) {
+    this.exec.log(params.join(' '));
+  }
+}
+
+class FullMockConsole extends MockConsole {
+  constructor(exec) {
+    super(exec);
+    Object.defineProperty(this, 'counts', { value: new Map() });
+    Object.defineProperty(this, 'timers', { value: new Map() });
+  }
+  info(...params) { this.log(...params); }
+  warn(...params) { this.log(...params); }
+  error(...params) { this.log(...params); }
+  debug(...params) { this.log(...params); }
+  trace(...params) { this.log(...params); }
+  dir(...params) { this.log(...params); }
+  table(...params) { this.log(...params); }
+  dirxml(...params) { this.log(...params); }
+  assert(condition, ...params) {
+    if (!condition) this.log('Assertion failed:', ...params);
+  }
+  clear() {}
+  count(label = 'default') {
+    const n = (this.counts.get(label) ?? 0) + 1;
+    this.counts.set(label, n);
+    this.log(`${label}: ${n}`);
+  }
+  countReset(label = 'default') {
+    this.counts.delete(label);
+  }
+  group(...params) { this.log(...params); }
+  groupCollapsed(...params) { this.log(...params); }
+  groupEnd() {}
+  time(label = 'default') {
+    this.timers.set(label, Date.now());
+  }
+  timeEnd(label = 'default') {
+    const start = this.timers.get(label);
+    if (start !== undefined) {
+      this.log(`${label}: ${Date.now() - start}ms`);
+      this.timers.delete(label);
+    }
+  }
+  timeLog(label = 'default', ...params) {
+    const start = this.timers.get(label);
+    if (start !== undefined) this.log(`${label}: ${Date.now() - start}ms`, ...params);
+  }
+}
+
+function makeMockConsole(exec, kind) {
+  return kind === 'log' ? new MockConsole(exec) : new FullMockConsole(exec);
 }
 
 // The AWS Lambda Node runtime's console: "<ISO time>\t<request id>\t<LEVEL>\t<util.format(...)>\n".
@@ -176,9 +190,48 @@ function cachePut(map, key, value) {
   while (map.size > SCRIPT_CACHE_MAX) map.delete(map.keys().next().value);
 }
 
+// The newest release's sandbox: what a request naming none gets (pool.py sends the emulated release's).
+const NEWEST_SANDBOX = {
+  name: '5.2',
+  console: 'full', // 'log': only log()
+  fetch: 'native',
+  globals: ['ContentType', 'Hl7Message', 'MedplumClient', 'TextDecoder', 'TextEncoder', 'TextDecoderStream',
+    'TextEncoderStream', 'ReadableStream', 'WritableStream', 'TransformStream', 'URL', 'URLSearchParams', 'Headers',
+    'Request', 'Response'],
+  requester: true,
+  response_stream: false,
+};
+
+// The values a sandbox's globals name: Medplum's classes, Node's web classes and its `process`.
+const SANDBOX_VALUES = {
+  process, ContentType, Hl7Message, MedplumClient, TextDecoder, TextEncoder, TextDecoderStream, TextEncoderStream,
+  ReadableStream, WritableStream, TransformStream, URL, URLSearchParams, Headers, Request, Response,
+};
+
+// node-fetch v2, the `fetch` of vmcontext bots up to the 5.1 line (server package.json "node-fetch": "2.7.0"):
+// its Response body is a Node Readable (async-iterable; no getReader()). Loaded when a release needs it.
+let nodeFetchV2;
+function nodeFetch() {
+  if (nodeFetchV2 === undefined) {
+    try {
+      const mod = botRequire('node-fetch');
+      nodeFetchV2 = typeof mod === 'function' ? mod : mod.default;
+    } catch (err) {
+      throw new Error('node-fetch@2 (the fetch of vmcontext bots before Medplum 5.2) is not installed: run `medport setup`');
+    }
+  }
+  return nodeFetchV2;
+}
+
 // Same shape (and so the same line numbers in stack traces) as Medplum's wrapped code: user code starts
-// on line 6, `exports`/`module` are block-scoped consts, the handler is `exports.handler`.
-function wrapVmCode(code) {
+// on line 6, `exports`/`module` are block-scoped consts, the handler is `exports.handler`. What the handler's
+// event holds follows the release: `requester` from 5.0.6, `responseStream` from 5.0.12 to the 5.1 line.
+function wrapVmCode(code, sb) {
+  const extra = (sb.requester ? ['requester'] : []).concat(sb.response_stream ? ['responseStream'] : []);
+  const fromEvent = ['bot', 'baseUrl', 'accessToken', ...(sb.requester ? ['requester'] : []), 'contentType', 'secrets',
+    'traceId', 'headers', 'defaultHeaders', ...(sb.response_stream ? ['responseStream'] : [])].join(', ');
+  const handlerEvent = ['bot', ...extra.filter((k) => k === 'requester'), 'input', 'contentType', 'secrets', 'traceId',
+    'headers', ...extra.filter((k) => k === 'responseStream')].join(', ');
   return `
   const exports = {};
   const module = {exports};
@@ -188,7 +241,7 @@ function wrapVmCode(code) {
   // End user code
 
   (async () => {
-    const { bot, baseUrl, accessToken, requester, contentType, secrets, traceId, headers, defaultHeaders } = event;
+    const { ${fromEvent} } = event;
     const medplum = new MedplumClient({
       baseUrl,
       defaultHeaders,
@@ -205,7 +258,7 @@ function wrapVmCode(code) {
       if (contentType === ContentType.HL7_V2 && input) {
         input = Hl7Message.parse(input);
       }
-      let result = await exports.handler(medplum, { bot, requester, input, contentType, secrets, traceId, headers });
+      let result = await exports.handler(medplum, { ${handlerEvent} });
       if (contentType === ContentType.HL7_V2 && result) {
         result = result.toString();
       }
@@ -224,12 +277,38 @@ function wrapVmCode(code) {
   `;
 }
 
+// The bot's context, built like that release's runInVmContext builds it.
+function vmSandbox(exec, req, sb) {
+  const ev = req.event || {};
+  const sandbox = {
+    console: makeMockConsole(exec, sb.console),
+    fetch: sb.fetch === 'node-fetch' ? nodeFetch() : globalThis.fetch,
+    require: botRequire,
+  };
+  for (const name of sb.globals) sandbox[name] = SANDBOX_VALUES[name];
+  sandbox.event = {
+    bot: ev.bot,
+    baseUrl: req.base_url,
+    accessToken: req.access_token,
+    requester: ev.requester,
+    input: ev.input,
+    contentType: ev.contentType,
+    secrets: ev.secrets,
+    traceId: ev.traceId,
+    headers: ev.headers,
+    defaultHeaders: req.default_headers ?? undefined,
+  };
+  if (sb.response_stream) sandbox.event.responseStream = undefined;
+  return sandbox;
+}
+
 async function runVmContext(exec, req) {
+  const sb = req.sandbox || NEWEST_SANDBOX;
   let script = cacheGet(scriptCache, req.key);
   if (!script) {
     if (typeof req.code !== 'string') return { need_code: true };
     try {
-      script = new vm.Script(wrapVmCode(req.code), { filename: 'evalmachine.<anonymous>' });
+      script = new vm.Script(wrapVmCode(req.code, sb), { filename: 'evalmachine.<anonymous>' });
     } catch (err) {
       // Medplum compiles inside runInNewContext: a syntax error is an ordinary failed execution.
       exec.log(['Error', normalizeErrorString(err)].join(' '));
@@ -237,39 +316,13 @@ async function runVmContext(exec, req) {
     }
     cachePut(scriptCache, req.key, script);
   }
-  const ev = req.event || {};
-  const sandbox = {
-    console: makeMockConsole(exec),
-    fetch: globalThis.fetch,
-    require: botRequire,
-    ContentType,
-    Hl7Message,
-    MedplumClient,
-    TextDecoder,
-    TextEncoder,
-    TextDecoderStream,
-    TextEncoderStream,
-    ReadableStream,
-    WritableStream,
-    TransformStream,
-    URL,
-    URLSearchParams,
-    Headers,
-    Request,
-    Response,
-    event: {
-      bot: ev.bot,
-      baseUrl: req.base_url,
-      accessToken: req.access_token,
-      requester: ev.requester,
-      input: ev.input,
-      contentType: ev.contentType,
-      secrets: ev.secrets,
-      traceId: ev.traceId,
-      headers: ev.headers,
-      defaultHeaders: req.default_headers ?? undefined,
-    },
-  };
+  let sandbox;
+  try {
+    sandbox = vmSandbox(exec, req, sb);
+  } catch (err) {
+    exec.log(['Error', normalizeErrorString(err)].join(' '));
+    return { ok: false, returned: true, value: normalizeOperationOutcome(err), error: normalizeErrorString(err) };
+  }
   try {
     const ctx = vm.createContext(sandbox);
     const value = await script.runInContext(ctx, { timeout: req.timeout_ms });

@@ -3,8 +3,8 @@ Medplum's StructureDefinitions), so what medport deploys is checked the way Medp
 import pytest
 from medport.emulator.medplum.errors import ValidationFailed
 from medport.emulator.medplum.fhir.schema import Validator
-from medport.generator.config import validate_data
-from medport.generator.manifest import deploy_bundle
+from medport.generator.generation.config import validate_data
+from medport.generator.generation.manifest import deploy_bundle
 
 V = Validator()
 

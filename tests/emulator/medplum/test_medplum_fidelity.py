@@ -207,8 +207,8 @@ def test_token_text_modifier(env):
 #    The generated Subscriptions carry one extension each, so they fire on create and update under both rules.
 def test_generated_subscriptions_fire_on_create_and_update_on_every_version():
     from medport.emulator.medplum.subscriptions import supports_interaction
-    from medport.generator.config import validate_data
-    from medport.generator.manifest import subscriptions
+    from medport.generator.generation.config import validate_data
+    from medport.generator.generation.manifest import subscriptions
 
     two = {"resourceType": "Subscription", "extension": [
         {"url": "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction", "valueCode": c}

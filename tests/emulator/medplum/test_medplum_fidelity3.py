@@ -1,6 +1,6 @@
 """Medplum fidelity, round three: one contract test per difference the differential run found, each naming the
 Medplum source file the rule comes from (server packages/server/src at release 5.1.26, @medplum/core and
-@medplum/fhir-router 5.2.13). Where a rule changed between releases the test runs both sides (fhir/releases.py)."""
+@medplum/fhir-router 5.2.13). Where a rule changed between releases the test runs both sides (emulator/medplum/releases.py)."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +8,7 @@ import json
 import uuid
 
 import requests
-from medport.emulator.medplum.fhir.releases import Release
+from medport.emulator.medplum.releases import release
 from medport.emulator.medplum.fhir.search import matches
 from medport.emulator.medplum.fhir.service import FhirService
 
@@ -199,7 +199,7 @@ def test_filter_parameter(env):
     trailing = search(svc, pr, "Patient", ("_filter", "family eq Smith extra"))
     assert trailing.status == 400 and text(trailing) == "Unexpected token in _filter expression: extra"
     # Medplum before 5.2 (core filter/parse.ts without the leftover check) ignored the rest
-    old = FhirService(svc.repo, BASE, release=Release.of("5.1.26"))
+    old = FhirService(svc.repo, BASE, release=release("5.1.26"))
     assert ids(call(old, pr, "GET", "Patient", query=[("_filter", "family eq Smith extra")])) == [smith["id"]]
 
 
@@ -229,7 +229,7 @@ def test_token_not_with_or_list(env):
     assert sorted(ids(search(svc, pr, "Patient", ("gender:not", "female")))) == sorted([p["id"], q["id"]])
     assert ids(search(svc, pr, "Patient", ("gender:not", "female,other"))) == [p["id"]]
     # before 5.0.8 (PR #7999) a one-value `:not` was NOT (col = v): no value, no match
-    old = FhirService(svc.repo, BASE, release=Release.of("5.0.7"))
+    old = FhirService(svc.repo, BASE, release=release("5.0.7"))
     assert ids(call(old, pr, "GET", "Patient", query=[("gender:not", "female")])) == [p["id"]]
     linked = post(svc, pr, obs(subject={"reference": f"Patient/{p['id']}"}))
     assert ids(search(svc, pr, "Observation", ("subject:not", f"Patient/{q['id']}"))) == [linked["id"]]
@@ -249,7 +249,7 @@ def test_date_comma_list_and_format(env):
     assert search(svc, pr, "Patient", ("birthdate", "ge1990-01-01T10:30Z")).status == 200
     assert text(search(svc, pr, "Patient", ("birthdate", "1990-01-01T10"))) == \
         "Invalid format for date search parameter: 1990-01-01T10"
-    old = FhirService(repo, BASE, release=Release.of("5.1.26"))
+    old = FhirService(repo, BASE, release=release("5.1.26"))
     assert call(old, pr, "GET", "Patient", query=[("birthdate", "ge1990-01-01T10:30Z")]).status == 400
 
 
@@ -283,7 +283,7 @@ def test_bare_id_on_reference_parameters(env):
     assert ids(search(svc, pr, "Observation", ("subject", p["id"]))) == [o["id"]]
     assert ids(search(svc, pr, "Observation", ("performer", pract["id"]))) == []
     assert ids(search(svc, pr, "Observation", ("performer", f"Practitioner/{pract['id']}"))) == [o["id"]]
-    old = FhirService(repo, BASE, release=Release.of("5.1.13"))
+    old = FhirService(repo, BASE, release=release("5.1.13"))
     assert ids(call(old, pr, "GET", "Observation", query=[("encounter", enc["id"])])) == []
 
 
@@ -319,7 +319,7 @@ def test_boolean_values_and_of_type_refused(env):
     assert search(svc, pr, "Patient", ("active", "TRUE")).status == 400
     assert ids(search(svc, pr, "Patient", ("active", "true"))) == [yes["id"]]
     assert ids(search(svc, pr, "Patient", ("active:not", "true"))) == [unset["id"]]
-    old = FhirService(svc.repo, BASE, release=Release.of("5.0.8"))     # `!=` before 5.0.9 (PR #8009)
+    old = FhirService(svc.repo, BASE, release=release("5.0.8"))     # `!=` before 5.0.9 (PR #8009)
     assert ids(call(old, pr, "GET", "Patient", query=[("active:not", "true")])) == []
     of_type = search(svc, pr, "Patient", ("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|1"))
     assert of_type.status == 400 and text(of_type) == "Invalid modifier :of-type for Patient-identifier"

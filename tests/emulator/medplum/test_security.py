@@ -302,7 +302,7 @@ def test_bots_cannot_read_secrets_through_proc(tmp_path):
     from medport.testing import wait_until
     from tests.paths import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli", "emulate", "--memory", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--memory", "--port", "0",
                              "--metriport-port", "0", "--no-console", "--metriport-api-key", FLAG_CANARY],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **PROC_CANARIES, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from medport.generator.console.source import Settings, Snapshot
-from medport.generator.fhir_codes import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
+from medport.generator.generation.fhir_codes import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
                                           METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE, QUERY_FAILED_EXTENSION)
 
 T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from medport.generator.console import command
 from medport.generator.console.app import create_app
-from medport.generator.medplum_http import MedplumError
+from medport.generator.remote.medplum_http import MedplumError
 from tests.generator.console.synthetic import flow, iso, patient, patient_run, snapshot, task
 
 CREDS = {"client_id": "admin", "client_secret": "admin-secret"}

@@ -36,8 +36,8 @@ import requests
 from medport import testing
 from medport.generator.console.command import serve_console, settings_for_stack
 from medport.generator.console.figures import STATUS_COLORS, type_color
-from medport.generator.enroll import run_enroll
-from medport.generator.metriport_client import MetriportApi
+from medport.generator.remote.enroll import run_enroll
+from medport.generator.remote.metriport_client import MetriportApi
 from tests.flows import legacy_flow_config
 from tests.paths import ROOT
 

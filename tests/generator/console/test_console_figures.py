@@ -165,6 +165,6 @@ def test_charts_have_titled_axes_with_units_and_utc():
 
 def test_the_figures_need_no_flask():
     """`medport status --json` computes the console's figures without loading the web app."""
-    code = ("import sys, medport.generator.status, medport.generator.console.figures, "
+    code = ("import sys, medport.generator.local.status, medport.generator.console.figures, "
             "medport.generator.console.views, medport.generator.console.command; print('flask' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from medport.generator.console import model
-from medport.generator.fhir_codes import BULK_ROW_FAILED_CODE, PATIENT_SYNC_TASK_CODE
+from medport.generator.generation.fhir_codes import BULK_ROW_FAILED_CODE, PATIENT_SYNC_TASK_CODE
 from tests.generator.console.synthetic import (PBOT, WBOT, ae, at, flow, iso, line, patient, patient_run,
                                                review, snapshot, task)
 

@@ -11,7 +11,7 @@ import pytest
 from medport import testing
 from medport.generator.console import source as source_module
 from medport.generator.console.source import Settings, Source
-from medport.generator.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
+from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
 
 RID_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
 

@@ -1,4 +1,4 @@
-// Renders the bots for a config (medport.generator.render), cached per config.
+// Renders the bots for a config (medport.generator.generation.render), cached per config.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +9,7 @@ const cache = new Map();
 export function render(config = {}) {
   const key = JSON.stringify(config);
   if (!cache.has(key)) {
-    const out = execFileSync(path.join(ROOT, '.venv/bin/python'), ['-m', 'medport.generator.render', key], { cwd: ROOT, encoding: 'utf8' });
+    const out = execFileSync(path.join(ROOT, '.venv/bin/python'), ['-m', 'medport.generator.generation.render', key], { cwd: ROOT, encoding: 'utf8' });
     cache.set(key, JSON.parse(out));
   }
   return cache.get(key);

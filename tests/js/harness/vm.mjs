@@ -7,13 +7,29 @@ import { createRequire } from 'node:module';
 import { ContentType, Hl7Message, MedplumClient } from '@medplum/core';
 import { principal } from './medplum.mjs';
 
-export function sandboxGlobals(logs) {
+const require = createRequire(import.meta.url);
+
+/**
+ * The globals of a Medplum release's vmcontext sandbox (server bots/vmcontext.ts at that release): 'newest' (the
+ * default: the whole console, the native fetch, the stream classes), '5.1.26' (MockConsole with only log(),
+ * node-fetch v2, TextDecoder, process) or '5.0.0' (the same without TextDecoder and process).
+ */
+export function sandboxGlobals(logs, release = 'newest') {
   const fmt = (...a) => a.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join(' ');
   const c = (level) => (...a) => logs.push({ level, text: fmt(...a) });
+  if (release !== 'newest') {
+    return {
+      console: { log: c('log') },
+      fetch: require('node-fetch'),
+      require,
+      ...(release === '5.0.0' ? {} : { process, TextDecoder }),
+      ContentType, Hl7Message, MedplumClient, TextEncoder, URL, URLSearchParams,
+    };
+  }
   return {
     console: { log: c('log'), info: c('info'), warn: c('warn'), error: c('error'), debug: c('debug') },
     fetch: globalThis.fetch,
-    require: createRequire(import.meta.url),
+    require,
     ContentType, Hl7Message, MedplumClient,
     TextDecoder, TextEncoder, TextDecoderStream, TextEncoderStream,
     ReadableStream, WritableStream, TransformStream,
@@ -24,10 +40,10 @@ export function sandboxGlobals(logs) {
 /**
  * @returns {Promise<{ ok: boolean, result?: any, error?: any, logs: {level: string, text: string}[], logText: string }>}
  */
-export async function runBot(code, medplum, event, { timeout = 10000 } = {}) {
+export async function runBot(code, medplum, event, { timeout = 10000, release = 'newest' } = {}) {
   const logs = [];
   const sandbox = {
-    ...sandboxGlobals(logs),
+    ...sandboxGlobals(logs, release),
     event: { bot: { reference: 'Bot/test' }, requester: { reference: 'ClientApplication/test' }, contentType: 'application/json', traceId: 'trace-1', headers: {}, secrets: {}, ...event },
     __medplum: medplum,
   };
