@@ -25,7 +25,7 @@ import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_console import ROOT, load_console  # noqa: E402
+from bench_console import ROOT, load_console
 
 
 def scenario(stack) -> dict:
@@ -41,7 +41,7 @@ def scenario(stack) -> dict:
     for name in ("Andreas", "Zoe"):
         stack.fake.set_faults(fail_next=retries, fail_status=503)
         p = stack.create_patient(name)
-        testing.wait_until(lambda: any(ae.get("outcome") != "0" for ae in stack.fhir.search(
+        testing.wait_until(lambda p=p: any(ae.get("outcome") != "0" for ae in stack.fhir.search(
             "AuditEvent", {"entity": f"Patient/{p['id']}"})), timeout=60)
         stack.fake.set_faults(fail_next=0)
         out[name.lower()] = p["id"]

@@ -2,7 +2,7 @@
 _EXPORTS = {"create_app": ".app", "MetriportBackend": ".backend", "MetriportState": ".backend",
             "FakeMetriport": ".server", "make_server": ".server"}
 
-__all__ = ["create_app", "MetriportBackend", "MetriportState", "FakeMetriport", "make_server"]
+__all__ = ["FakeMetriport", "MetriportBackend", "MetriportState", "create_app", "make_server"]
 
 
 def __getattr__(name: str):

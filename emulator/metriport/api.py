@@ -25,11 +25,11 @@ from urllib.parse import unquote_plus
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from ..jsbehaviour import first_lone_surrogate
 from . import rules
 from .backend import MetriportBackend, UploadRefused
 from .contribution import REQUEST_ID_HEADER
 from .errors import BadRequest, HttpError, api_gateway_forbidden
-from ..jsbehaviour import first_lone_surrogate
 from .storage import NoSuchKey, RequestExpired
 
 EXTENSION = "metriport"               # app.extensions key of the backend

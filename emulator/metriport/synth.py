@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -132,7 +133,7 @@ class _Gen:
 
     def num(self, lo: float, hi: float, decimals: int) -> float | int:
         v = self.rng.uniform(lo, hi)
-        return int(round(v)) if decimals == 0 else round(v, decimals)
+        return round(v) if decimals == 0 else round(v, decimals)
 
     def pick(self, items: list) -> Any:
         return items[self.rng.randrange(len(items))]

@@ -5,11 +5,18 @@ import time
 
 import click
 
-from ..options import config_option, load_or_exit
 from ..generation.outputs import stale_files
+from ..options import config_option, load_or_exit
+from .flow import (
+    count_imported,
+    create_facility_org,
+    create_patient,
+    data_messages_per_patient,
+    deliveries,
+    runs,
+    wait_for_consolidated,
+)
 from .stack import start_stack
-from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
-                   wait_for_consolidated)
 
 
 class LiveView:

@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 
 from medport import __version__
+from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
 from medport.emulator import node as noderuntime
+
 from .. import statefile
 from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
-from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
-from ..options import config_option, out_option
 from ..generation.outputs import stale_files
+from ..options import config_option, out_option
 from .runtime_setup import read_stamp
 
 

@@ -17,22 +17,31 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, TypeGuard
+from typing import TypeGuard
 
 import click
 
-from ..generation.config import Config
-from ..generation.manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
-                       stale_subscription_keys,
-                       subscriptions, webhook_execute_url)
-from .medplum_http import MedplumError, MedplumHttp
-from ..options import config_option, load_or_exit, medplum_options, out_option
+from medport.emulator.medplum.releases import NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
+
 from ..generation import render
-from medport.emulator.medplum.releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
-                                               release as medplum_release)
+from ..generation.config import Config
+from ..generation.manifest import (
+    POLICY_OF_MEMBER,
+    WEBHOOK_CLIENT_KEY,
+    access_policies,
+    bot_resource,
+    client_application,
+    stale_subscription_keys,
+    subscriptions,
+    webhook_execute_url,
+)
+from ..options import config_option, load_or_exit, medplum_options, out_option
+from .medplum_http import MedplumError, MedplumHttp
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
 SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
@@ -265,7 +274,7 @@ class Deployer:
         after an answer the server may have sent after acting (5xx) it is not repeated blindly — the one it may
         have created (that name, not yet given medport's identifier or tag) is adopted instead."""
         path = f"admin/projects/{self.project_id}/{kind}"
-        sent = datetime.now(timezone.utc) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
+        sent = datetime.now(UTC) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
         try:
             return self.http.request(step, "POST", path, json_body=body)
         except MedplumError as e:

@@ -8,14 +8,21 @@ import time
 
 import pytest
 import requests
+
 from medport.generator.generation.config import validate_data
 from medport.generator.local.flow import create_facility_org, create_patient, dev_api, runs
-from medport.generator.remote.replay import deliver
-from medport.generator.local.scenarios import (fake_rate_limits, let_pending_syncs_run, metriport_id_of, queried, run_sweep,
-                                         scenario_rate_limits_waited_out, sync_task)
+from medport.generator.local.scenarios import (
+    fake_rate_limits,
+    let_pending_syncs_run,
+    metriport_id_of,
+    queried,
+    run_sweep,
+    scenario_rate_limits_waited_out,
+    sync_task,
+)
 from medport.generator.local.stack import start_stack
+from medport.generator.remote.replay import deliver
 from medport.testing import wait_until
-
 from tests.e2e.test_faults import NEVER, config_data, consolidated_task
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
 from medport.emulator.metriport import make_server

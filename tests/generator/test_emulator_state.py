@@ -14,17 +14,16 @@ import tokenize
 import pytest
 import requests
 from click.testing import CliRunner
-from medport.emulator.medplum.app import create_app
-from medport.emulator.medplum.settings import Settings
-from medport.emulator.medplum.server import DEFAULT_PORT
-from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
+
 from medport import defaults
+from medport.emulator.medplum.app import create_app
+from medport.emulator.medplum.server import DEFAULT_PORT
+from medport.emulator.medplum.settings import Settings
+from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
 from medport.generator import statefile
 from medport.generator.cli.main import main
 from medport.generator.local.emulate import emulate_command
-
 from tests.paths import ROOT
-
 
 _DEFAULT_VALUES = {defaults.EMULATOR_PORT, defaults.FAKE_METRIPORT_PORT, defaults.CONSOLE_PORT,
                    defaults.EMULATOR_BASE_URL, defaults.FAKE_METRIPORT_URL, defaults.DEFAULT_ADMIN_CLIENT_ID,

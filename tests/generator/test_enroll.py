@@ -6,6 +6,7 @@ import csv
 import io
 
 import pytest
+
 from medport.generator.generation.config import validate_data
 from medport.generator.remote.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_row, demographics_rules, to_csv
 
@@ -53,6 +54,7 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     import click
+
     from medport.generator.remote.metriport_client import MetriportApi
 
     with socket.socket() as s:      # a port nothing listens on
@@ -87,6 +89,7 @@ def test_metriport_calls_follow_the_retry_policy():
     goes through (base: `medport enroll` gave up at once); a 503 likewise; a POST answered 500 is not sent again
     (the bulk create may have been started), a GET answered 500 is."""
     import click
+
     from medport.emulator.metriport import make_server
     from medport.generator.remote.http_retry import RetryPolicy
     from medport.generator.remote.metriport_client import MetriportApi

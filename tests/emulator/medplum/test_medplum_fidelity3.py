@@ -8,11 +8,11 @@ import json
 import uuid
 
 import requests
-from medport.emulator.medplum.releases import release
+
 from medport.emulator.medplum.fhir.search import matches
 from medport.emulator.medplum.fhir.service import FhirService
-
-from tests.emulator.medplum.conftest import BASE, call  # noqa: F401 (env, emu and c are conftest fixtures)
+from medport.emulator.medplum.releases import release
+from tests.emulator.medplum.conftest import BASE, call
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 

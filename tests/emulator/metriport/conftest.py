@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+
 from medport.emulator.metriport import make_server
 from medport.emulator.shared import converted_ccda_dir
 

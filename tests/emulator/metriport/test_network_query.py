@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 
-from tests.emulator.metriport.conftest import KEY, Api  # noqa: F401
+from tests.emulator.metriport.conftest import KEY, Api
 from tests.emulator.metriport.test_api import create, demo, error
 from tests.emulator.metriport.test_sdk_parity import oracle
 from tests.paths import NODE

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 import requests
+
 from medport.emulator.metriport import make_server
 from medport.emulator.metriport.persist import StateStore, sibling_path
-
 from tests.emulator.metriport.conftest import KEY, Api, Clock, Receiver
 from tests.emulator.metriport.test_api import create, demo
 

@@ -9,8 +9,20 @@ import pytest
 
 from medport.generator.console import model
 from medport.generator.generation.fhir_codes import BULK_ROW_FAILED_CODE, PATIENT_SYNC_TASK_CODE
-from tests.generator.console.synthetic import (PBOT, WBOT, ae, at, flow, iso, line, patient, patient_run,
-                                               review, snapshot, task)
+from tests.generator.console.synthetic import (
+    PBOT,
+    WBOT,
+    ae,
+    at,
+    flow,
+    iso,
+    line,
+    patient,
+    patient_run,
+    review,
+    snapshot,
+    task,
+)
 
 
 def state_of(patients, tasks=(), events=(), reviews=(), pid="p1", now=100.0):
