@@ -1,10 +1,10 @@
 """The Medplum emulator: FHIR store and REST, auth and access policies, bots run the way Medplum runs
 them, subscriptions, and a developer API under /_emulator.
 
-Backend (no HTTP): state.py builds it whole — fhir/ (store, search, validation, policies, FhirService),
-auth.py, bots.py + runtime/ (warm Node workers), subscriptions.py, runs.py. HTTP: app.py (factory and
-error mapping), routes/ (FHIR, OAuth, admin, bot operations), devapi.py, httpio.py (request helpers and
-the one `current_state()` accessor). server.py serves it (two listeners, see its docstring).
+Backend (no HTTP): backend.py builds it whole — fhir/ (store, search, validation, policies, FhirService,
+batch), projects.py, auth.py, bots.py + runtime/ (warm Node workers), subscriptions.py, cron.py, runs.py.
+HTTP: app.py (factory and error mapping), routes/ (FHIR, OAuth, admin, bot operations), devapi.py, httpio.py
+(request helpers and the one `current_backend()` accessor). server.py serves it (two listeners, see its docstring).
 """
 _EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start_in_thread": ".server", "Settings": ".settings"}
 

@@ -1,6 +1,6 @@
 """The Medplum emulator's Flask app factory: `create_app(settings) -> Flask`.
 
-A thin HTTP layer (moto/LocalStack style) over `EmulatorState` (state.py, no HTTP): routes/ parse
+A thin HTTP layer (moto/LocalStack style) over `MedplumBackend` (backend.py, no HTTP): routes/ parse
 requests and render answers, devapi.py is the developer API, and typed errors (errors.py) map to
 Medplum's OperationOutcomes here. An unexpected exception renders 500 with an `exception`
 OperationOutcome saying only "Internal server error" (never a crash, never exception text: that is logged).
@@ -18,7 +18,7 @@ from .errors import BadRequest, FhirError, MisdirectedRequest, NotFound, ServerE
 from .httpio import outcome_response
 from .routes import admin, fhir, oauth
 from .settings import Settings
-from .state import EmulatorState
+from .backend import MedplumBackend
 
 log = logging.getLogger("medport.emulator.medplum")
 
@@ -29,8 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Express does not merge slashes; werkzeug would answer `//` with a 308 whose Location repeats the whole
     # query (a 200 KB header line that clients cannot read). `/fhir/R4//x` is routed like Medplum routes it.
     app.url_map.merge_slashes = False
-    app.extensions["medport"] = state = EmulatorState(settings or Settings())
-    hosts = state.settings.allowed_hosts or allowed_hosts()
+    app.extensions["medport"] = backend = MedplumBackend(settings or Settings())
+    hosts = backend.settings.allowed_hosts or allowed_hosts()
 
     @app.before_request
     def _check_host():

@@ -26,13 +26,13 @@ import hmac
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import Unauthorized
-from .ids import generate_secret, ref_id
-
-if TYPE_CHECKING:
-    from .state import EmulatorState
+from .fhir.principal import Principal
+from .fhir.system import SystemFhir
+from .ids import ref_id
+from .projects import Projects
 
 
 def _b64url(data: bytes) -> str:
@@ -50,15 +50,15 @@ class TokenError(Exception):
 
 
 class AuthService:
-    """Issues and checks HS256 JWTs signed with a per-install secret (kept in the meta store)."""
+    """Issues and checks HS256 JWTs signed with a per-install secret (`jwt_secret`, kept in the meta store)."""
 
-    def __init__(self, state: EmulatorState):
-        self.state = state
-        secret = state.runs.get_meta("jwt_secret")
-        if not secret:
-            secret = generate_secret()
-            state.runs.set_meta("jwt_secret", secret)
-        self._key = secret.encode("ascii")
+    def __init__(self, fhir: SystemFhir, projects: Projects, *, jwt_secret: str, issuer: str,
+                 token_lifetime_s: int):
+        self._fhir = fhir
+        self._projects = projects
+        self._key = jwt_secret.encode("ascii")
+        self._issuer = issuer
+        self._token_lifetime_s = token_lifetime_s
         self._principals: dict[str, tuple[float, Any]] = {}
         self._generation = 0  # bumped by invalidate(): a principal built across it is not cached
 
@@ -96,9 +96,9 @@ class AuthService:
         profile = (membership.get("profile") or {}).get("reference", "")
         user_id = ref_id(membership.get("user")) or ref_id(profile) or ""
         claims = {
-            "iss": self.state.base_url,
+            "iss": self._issuer,
             "iat": now,
-            "exp": now + int(lifetime_s or self.state.settings.token_lifetime_s),
+            "exp": now + int(lifetime_s or self._token_lifetime_s),
             "login_id": str(uuid.uuid4()),
             "sub": user_id,
             "username": user_id,
@@ -114,15 +114,15 @@ class AuthService:
         self._generation += 1
         self._principals.clear()
 
-    def principal_for_profile(self, profile: str):
+    def principal_for_profile(self, profile: str) -> Principal | None:
         cached = self._principals.get(profile)
         if cached and cached[0] > time.monotonic():
             return cached[1]
         gen = self._generation
-        membership = self.state.membership_for_profile(profile)
+        membership = self._projects.membership_for_profile(profile)
         if membership is None:
             return None
-        principal = self.state.principal_for(membership)
+        principal = self._projects.principal_for(membership)
         if gen == self._generation:  # not if a membership/policy write raced with this build
             self._principals[profile] = (time.monotonic() + 30.0, principal)
         return principal
@@ -132,7 +132,7 @@ class AuthService:
         client whose status is not active (the token endpoint does; Basic auth on API calls does not)."""
         if not client_id or not secret:
             return None
-        client = self.state.try_read("ClientApplication", client_id) if safe_id(client_id) else None
+        client = self._fhir.try_read("ClientApplication", client_id) if safe_id(client_id) else None
         if not client or not client.get("secret"):
             return None
         if require_active and client.get("status") and client["status"] != "active":
@@ -142,7 +142,7 @@ class AuthService:
             ok = True
         return client if ok else None
 
-    def authenticate(self, authorization: str | None):
+    def authenticate(self, authorization: str | None) -> Principal:
         """The Principal for an Authorization header; raises Unauthorized (401)."""
         if not authorization:
             raise Unauthorized()

@@ -37,17 +37,20 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from . import jsonsafe
 from ..jsbehaviour import js_number_to_string
 from .errors import BadRequest, FhirError, all_ok
+from .fhir.principal import Principal
 from .fhir.schema import ID_RE
+from .fhir.system import SystemFhir
 from .ids import now_iso, ref, ref_id
+from .projects import Projects
+from .releases import Release
+from .runs import RunStore
+from .runtime.lazy import LazyRuntime
 from .runtime.pool import ExecRequest
-
-if TYPE_CHECKING:
-    from .state import EmulatorState
 
 log = logging.getLogger("medport.emulator.medplum.bots")
 
@@ -95,14 +98,102 @@ def _is_resource_with_id(v: Any) -> bool:
 
 
 class BotService:
-    """Runs bots the way Medplum's executeBot does; used by $execute, async jobs and subscriptions."""
+    """Finds, deploys and runs bots the way Medplum's operations do; used by $execute, $deploy, async jobs,
+    subscriptions and cron."""
 
-    def __init__(self, state: EmulatorState):
-        self.state = state
+    def __init__(self, fhir: SystemFhir, projects: Projects, *, runtime: LazyRuntime, runs: RunStore,
+                 release: Release, issue_token: Callable[[dict], str], internal_base_url: str):
+        self._fhir = fhir
+        self._projects = projects
+        self._runtime = runtime
+        self._runs = runs
+        self._release = release
+        self._issue_token = issue_token
+        self._internal_base_url = internal_base_url
+        self._tokens: dict[tuple, tuple[float, str]] = {}
+        self._bots_seen: dict[tuple, tuple[int, Principal, dict]] = {}
+        self._generation = 0
         self._code_cache: OrderedDict[str, str] = OrderedDict()
         self._code_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self._jobs_running = 0
+
+    # -- lookup (execute.ts getBotForRequest, deploy.ts) -------------------------------------
+    def invalidate(self) -> None:
+        """A write to a Bot or to who may do what: the Bots read for callers are read again."""
+        self._generation += 1
+        self._bots_seen.clear()
+
+    def bot_for(self, principal: Principal, bot_id: str | None, identifier: str | None = None) -> dict:
+        """The Bot an operation names, read as the caller (their 404/403) and then as the system. By id, the Bot as
+        last read for this caller until a write invalidates it (Medplum reads it through its cache too); the same
+        dict is handed out, callers only read it."""
+        if not bot_id:
+            return self._read_bot(principal, None, identifier)
+        gen = self._generation
+        hit = self._bots_seen.get((id(principal), bot_id))
+        if hit is not None and hit[0] == gen and hit[1] is principal:
+            return hit[2]
+        bot = self._read_bot(principal, bot_id, None)
+        if len(self._bots_seen) > 1024:
+            self._bots_seen.clear()
+        self._bots_seen[(id(principal), bot_id)] = (gen, principal, bot)
+        return bot
+
+    def _read_bot(self, principal: Principal, bot_id: str | None, identifier: str | None) -> dict:
+        bot = None
+        if bot_id:
+            bot = self._fhir_ok(self._fhir.call("GET", f"Bot/{bot_id}", principal=principal))
+        elif identifier:
+            found = self._fhir_ok(self._fhir.call("GET", "Bot", [("identifier", identifier), ("_count", "1")],
+                                                  principal=principal))
+            entries = [e.get("resource") for e in (found or {}).get("entry") or []
+                       if (e.get("resource") or {}).get("resourceType") == "Bot"]
+            bot = entries[0] if entries else None
+        if bot is None:
+            raise BadRequest("Must specify bot ID or identifier.")
+        # then as the system, for everything (Medplum reads it again with the system repo)
+        return self._fhir.read("Bot", bot["id"])
+
+    @staticmethod
+    def _fhir_ok(resp: Any) -> Any:
+        """The body of a call made as the caller; its refusal (404, 403, ...) as it is."""
+        if resp.status >= 300:
+            raise FhirError(resp.body)
+        return resp.body
+
+    def job_for(self, principal: Principal, job_id: str) -> dict:
+        """An AsyncJob, read as the caller (job.ts)."""
+        return self._fhir_ok(self._fhir.call("GET", f"AsyncJob/{job_id}", principal=principal))
+
+    # -- $deploy -----------------------------------------------------------------------------
+    def deploy(self, principal: Principal, bot_id: str, body: Any) -> None:
+        """deploy.ts: `{code, filename}` (missing code: 400), the Bot read as the caller, its Project must have
+        the `bots` feature; the code is stored as the caller."""
+        code = body.get("code") if isinstance(body, dict) else None
+        if not code or not isinstance(code, str):
+            raise BadRequest("Missing code")
+        self._fhir_ok(self._fhir.call("GET", f"Bot/{bot_id}", principal=principal))
+        bot = self._fhir.read("Bot", bot_id)
+        project_id = (bot.get("meta") or {}).get("project") or ""
+        project = self._fhir.try_read("Project", project_id) or self._projects.project()
+        if "bots" not in (project.get("features") or []):
+            raise BadRequest("Bots not enabled")
+        filename = body.get("filename") or "index.js"
+        self.deploy_code(bot, code, filename if isinstance(filename, str) else "index.js", principal)
+
+    def deploy_code(self, bot: dict, code: str, filename: str = "index.js",
+                    principal: Principal | None = None) -> dict:
+        """Store the code as a Binary and point Bot.executableCode at it (as `principal`, default system)."""
+        content_type = "text/javascript"
+        binary = {"resourceType": "Binary", "contentType": content_type,
+                  "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
+        with self._fhir.transaction():  # a refused Bot update leaves no orphan Binary behind
+            created = self._fhir_ok(self._fhir.call("POST", "Binary", body=binary, principal=principal))
+            updated = dict(bot)
+            updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
+                                         "title": filename}
+            return self._fhir_ok(self._fhir.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal))
 
     # -- helpers ----------------------------------------------------------------------------
     def _load_code(self, url: str) -> str:
@@ -112,7 +203,7 @@ class BotService:
                 self._code_cache.move_to_end(bid)
                 return self._code_cache[bid]
         # the Binary's `data`, or what a raw upload (`medport deploy`) stored beside it
-        _, content = self.state.service.binary_content(self.state.system, bid)
+        _, content = self._fhir.service.binary_content(self._fhir.principal, bid)
         code = content.decode("utf-8", "replace")
         with self._code_lock:
             self._code_cache[bid] = code
@@ -124,12 +215,12 @@ class BotService:
         """An access token for the bot's membership (Medplum issues one per execution; the emulator reuses one for a
         minute: the same claims, and signing costs as much as the rest of a trivial execution)."""
         key = (run_as.get("id"), (run_as.get("profile") or {}).get("reference"))
-        cache = self.__dict__.setdefault("_tokens", {})
+        cache = self._tokens
         hit = cache.get(key)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
-        token = self.state.auth.issue_token(run_as)
+        token = self._issue_token(run_as)
         if len(cache) > 256:
             cache.clear()
         cache[key] = (now + 60.0, token)
@@ -138,13 +229,21 @@ class BotService:
     def run_as_for(self, bot: dict, caller_membership: dict | None) -> dict | None:
         if bot.get("runAsUser") and caller_membership:
             return caller_membership
-        return self.state.membership_for_profile(f"Bot/{bot['id']}") or caller_membership
+        return self._projects.membership_for_profile(f"Bot/{bot['id']}") or caller_membership
 
     def secrets(self, run_as: dict | None) -> dict:
-        project = self.state.project_of(ref_id((run_as or {}).get("project")))
+        project = self._projects.project_of(ref_id((run_as or {}).get("project")))
         return {s["name"]: s for s in project.get("secret") or [] if isinstance(s, dict) and s.get("name")}
 
     # -- execution --------------------------------------------------------------------------
+    def caller_run(self, bot: dict, principal: Principal, *, input: Any, content_type: str | None,
+                   headers: dict, trace_id: str | None) -> dict:
+        """What `execute` needs for a run a caller asks for ($execute): run as whom (runAsUser: the caller), asked
+        by whom."""
+        return dict(run_as=self.run_as_for(bot, principal.membership), input=input, content_type=content_type,
+                    headers=headers, requester={"reference": principal.profile} if principal.profile else None,
+                    trace_id=trace_id)
+
     def execute(self, bot: dict, *, run_as: dict | None, input: Any, content_type: str | None,
                 headers: dict | None = None, requester: dict | None = None, trigger: str = "execute",
                 subscription: dict | None = None, trace_id: str | None = None,
@@ -167,7 +266,7 @@ class BotService:
         if loop_message:
             return BotRun(success=False, logs=loop_message, error=loop_message)
         project_id = ref_id((run_as or {}).get("project")) or (bot.get("meta") or {}).get("project")
-        if not self.state.has_feature(project_id, "bots"):
+        if not self._projects.has_feature(project_id, "bots"):
             return BotRun(success=False, logs="Bots not enabled", error="Bots not enabled")
         if run_as is None:
             msg = "Could not find project membership for bot"
@@ -198,10 +297,10 @@ class BotService:
         timeout = bot.get("timeout")
         req = ExecRequest(bot_id=bot["id"], code=code, runtime=runtime,
                           timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None,
-                          event=event, base_url=self.state.internal_base_url, access_token=token,
+                          event=event, base_url=self._internal_base_url, access_token=token,
                           filename=(bot.get("executableCode") or {}).get("title"),
-                          sandbox=self.state.release.sandbox)
-        res = self.state.runtime.execute(req)
+                          sandbox=self._release.sandbox)
+        res = self._runtime.get().execute(req)
         # console text is text: an unpaired surrogate a bot printed becomes U+FFFD, as when Node writes it out
         logs = jsonsafe.scrub_text(res.logs or "")
         error = jsonsafe.scrub_text(res.error) if res.error else res.error
@@ -245,14 +344,14 @@ class BotService:
         tracing = _tracing_extension(trace_id)
         if tracing:
             event["extension"] = [tracing]
-        created = self.state.create_own(event)
+        created = self._fhir.create_own(event)
         return created.get("id")
 
     def _redaction(self, run_as: dict | None):
         """server util/auditevent.ts applyOptionalRedaction: the Project setting `redactAuditEvents` drops every
         reference's display (from 5.0.4)."""
-        project = self.state.project_of(ref_id((run_as or {}).get("project")))
-        redact = self.state.release.audit_redaction and any(
+        project = self._projects.project_of(ref_id((run_as or {}).get("project")))
+        redact = self._release.audit_redaction and any(
             isinstance(s, dict) and s.get("name") == "redactAuditEvents" and s.get("valueBoolean") is True
             for s in project.get("setting") or [])
         if not redact:
@@ -261,7 +360,7 @@ class BotService:
 
     def _record(self, bot, run: BotRun, trigger, start_iso, subscription, input) -> None:
         try:
-            self.state.runs.add({
+            self._runs.add({
                 "id": run.run_id,
                 "bot_id": bot.get("id"),
                 "bot_name": bot.get("name"),
@@ -283,8 +382,8 @@ class BotService:
         with self._jobs_lock:
             return self._jobs_running
 
-    def start_async(self, principal, bot: dict, kwargs: dict, request_url: str) -> dict:
-        job = self.state.create({"resourceType": "AsyncJob", "status": "accepted", "request": request_url,
+    def start_async(self, bot: dict, kwargs: dict, request_url: str) -> dict:
+        job = self._fhir.create({"resourceType": "AsyncJob", "status": "accepted", "request": request_url,
                                  "requestTime": now_iso()})
         with self._jobs_lock:
             self._jobs_running += 1
@@ -295,13 +394,13 @@ class BotService:
                 body = response_body(run)
                 updated = dict(job)
                 updated.update(status="completed", transactionTime=now_iso(), output=out_parameters(body))
-                self.state.update(updated)
+                self._fhir.update(updated)
             except Exception as e:  # the job records the failure
                 log.exception("async bot execution failed")
                 updated = dict(job)
                 updated.update(status="error", transactionTime=now_iso())
                 try:
-                    self.state.update(updated)
+                    self._fhir.update(updated)
                 except Exception:
                     log.exception("could not update the AsyncJob")
                 del e
@@ -340,22 +439,3 @@ def out_parameters(body: Any) -> dict:
         return {"resourceType": "Parameters", "parameter": [{"name": "outcome", "resource": body}]}
     return {"resourceType": "Parameters",
             "parameter": [{"name": "responseBody", "valueString": json.dumps(body, separators=(",", ":"))}]}
-
-
-def deploy_code(state: EmulatorState, bot: dict, code: str, filename: str = "index.js", principal=None) -> dict:
-    """Store the code as a Binary and point Bot.executableCode at it (as `principal`, default system)."""
-    content_type = "text/javascript"
-    binary = {"resourceType": "Binary", "contentType": content_type,
-              "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
-    with state.repo.transaction():  # a refused Bot update leaves no orphan Binary behind
-        resp = state.call("POST", "Binary", body=binary, principal=principal)
-        if resp.status >= 300:
-            raise FhirError(resp.body)
-        created = resp.body
-        updated = dict(bot)
-        updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
-                                     "title": filename}
-        resp = state.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal)
-        if resp.status >= 300:
-            raise FhirError(resp.body)
-    return resp.body

@@ -17,22 +17,23 @@ import datetime as _dt
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
-
 from ..cronexpr import CronSpec, cron_string_for_bot, is_valid_cron, timing_to_cron
 
-__all__ = ["CronService", "CronSpec", "cron_string_for_bot", "is_valid_cron", "timing_to_cron"]
+from .bots import BotService
+from .fhir.system import SystemFhir
+from .projects import Projects
 
-if TYPE_CHECKING:
-    from .state import EmulatorState
+__all__ = ["CronService", "CronSpec", "cron_string_for_bot", "is_valid_cron", "timing_to_cron"]
 
 log = logging.getLogger("medport.emulator.medplum.cron")
 
 class CronService:
     """Runs the cron bots of the emulator's projects at each matching minute (a daemon thread)."""
 
-    def __init__(self, state: EmulatorState):
-        self.state = state
+    def __init__(self, fhir: SystemFhir, projects: Projects, bots: BotService):
+        self._fhir = fhir
+        self._projects = projects
+        self._bots = bots
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medport-cron")
@@ -42,16 +43,16 @@ class CronService:
 
     # -- schedule ----------------------------------------------------------------------------
     def _project_has_cron(self, bot: dict) -> bool:
-        from .settings import PROJECT_ID
         pid = (bot.get("meta") or {}).get("project")
-        project = self.state.project() if pid in (None, PROJECT_ID) else (self.state.try_read("Project", pid) or {})
+        project = (self._projects.project() if pid in (None, self._projects.project_id)
+                   else (self._fhir.try_read("Project", pid) or {}))
         return "cron" in (project.get("features") or [])
 
     def scheduled(self) -> list[dict]:
         """Bots with a schedule: {bot, name, cron, enabled (the Project has the cron feature), next}."""
         now = _dt.datetime.now()
         out = []
-        for bot in self.state.search("Bot"):
+        for bot in self._fhir.search("Bot"):
             cron = cron_string_for_bot(bot)
             if not cron:
                 continue
@@ -63,7 +64,7 @@ class CronService:
     def _due(self, when: _dt.datetime | None, only: str | None = None) -> list[dict]:
         """Bots to run at `when` (None: every scheduled bot), or only the one named by id or name."""
         bots = []
-        for bot in self.state.search("Bot"):
+        for bot in self._fhir.search("Bot"):
             if only and only not in (bot.get("id"), bot.get("name")):
                 continue
             cron = cron_string_for_bot(bot)
@@ -78,9 +79,9 @@ class CronService:
         with self._lock:
             self._running += 1
         try:
-            run_as = self.state.bots.run_as_for(bot, None)
-            run = self.state.bots.execute(bot, run_as=run_as, input=bot, content_type="application/fhir+json",
-                                          trigger="cron")
+            run_as = self._bots.run_as_for(bot, None)
+            run = self._bots.execute(bot, run_as=run_as, input=bot, content_type="application/fhir+json",
+                                     trigger="cron")
             return {"bot": f"Bot/{bot['id']}", "name": bot.get("name"), "success": run.success,
                     "returned": run.value if run.returned else None, "error": run.error,
                     "logs": (run.logs or "")[-2000:], "run": run.run_id}

@@ -23,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from .errors import BadRequest, Forbidden
-from .httpio import current_state, json_response
+from .httpio import current_backend, json_response
 from .settings import PROJECT_ID, VERSION
 
 bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
@@ -31,7 +31,7 @@ bp = Blueprint("medport_dev", __name__, url_prefix="/_emulator")
 
 def _guard() -> None:
     """Only the emulator's admin client passes (401 without valid credentials, 403 for anyone else)."""
-    st = current_state()
+    st = current_backend()
     principal = st.auth.authenticate(request.headers.get("Authorization"))  # raises Unauthorized (401)
     if principal.profile != f"ClientApplication/{st.settings.admin_client_id}":
         raise Forbidden()
@@ -68,7 +68,7 @@ def redact(text, secrets: list[str]):
 
 @bp.get("/health")
 def health() -> Response:
-    st = current_state()
+    st = current_backend()
     waiting = [f"{name}: {what}" for name, what in dict(st.waiting_for).items()]
     ready = bool(st.ready) and not waiting
     body: dict[str, Any] = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
@@ -93,7 +93,7 @@ def runs() -> Response:
     except ValueError:
         raise BadRequest("limit must be an integer", "limit") from None
     limit = max(0, min(limit, 10000))
-    st = current_state()
+    st = current_backend()
     items = st.runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
                          trigger=request.args.get("trigger") or None)
     secrets = secret_values(st) if items else []
@@ -105,7 +105,7 @@ def runs() -> Response:
 def reset() -> Response:
     """Empty the store except the seeded Project, admin ClientApplication and its membership."""
     _guard()
-    st = current_state()
+    st = current_backend()
     admin_id = st.settings.admin_client_id
     admin_profile = f"ClientApplication/{admin_id}"
 
@@ -130,7 +130,6 @@ def reset() -> Response:
         st.update(project)
     st.runs.clear()
     st.invalidate()
-    st.auth.invalidate()
     st.subscriptions.invalidate_subscriptions()
     return json_response({"reset": True, "removed": removed}, 200, "application/json")
 
@@ -143,7 +142,7 @@ def idle() -> Response:
     except ValueError:
         raise BadRequest("timeout must be a number", "timeout") from None
     timeout = max(0.0, min(timeout, 600.0))
-    st = current_state()
+    st = current_backend()
     deadline = time.monotonic() + timeout
     ok = st.subscriptions.wait_idle(timeout)
     while ok and st.bots.jobs_running() and time.monotonic() < deadline:
@@ -161,7 +160,7 @@ def _bot_id_arg() -> str | None:
     name = request.args.get("bot") or None
     if not name:
         return None
-    for b in current_state().search("Bot"):
+    for b in current_backend().search("Bot"):
         if name in (b.get("id"), b.get("name")):
             return b["id"]
     raise BadRequest(f"no Bot with id or name {name!r}", "bot")
@@ -171,7 +170,7 @@ def _bot_id_arg() -> str | None:
 def executions() -> Response:
     """Bot executions in progress (bot id, worker pid, seconds running)."""
     _guard()
-    items = current_state().runtime.running()
+    items = current_backend().runtime.running()
     return json_response({"executions": items, "count": len(items)}, 200, "application/json")
 
 
@@ -182,7 +181,7 @@ def cut_off() -> Response:
     (its run and AuditEvent say so); the bot's writes so far stay."""
     _guard()
     bot_id = _bot_id_arg()
-    cut = current_state().runtime.cut_off(bot_id, "Execution cut off (developer API: as a restart or a "
+    cut = current_backend().runtime.cut_off(bot_id, "Execution cut off (developer API: as a restart or a "
                                                   "recycled Lambda would)")
     return json_response({"cut_off": cut, "count": len(cut)}, 200, "application/json")
 
@@ -193,7 +192,7 @@ def restart() -> Response:
     execution is cut off and every subscription delivery not yet done (queued, scheduled for retry) is
     dropped. Stored data, schedules and tokens stay."""
     _guard()
-    st = current_state()
+    st = current_backend()
     dropped = st.subscriptions.drop_pending()
     cut = st.runtime.cut_off(None, "Execution cut off: the server restarted")
     dropped += st.subscriptions.drop_pending()  # deliveries queued by writes the cut-off runs made
@@ -205,7 +204,7 @@ def restart() -> Response:
 def cron_list() -> Response:
     """Bots with a cron schedule (cronTiming or cronString) and whether their Project has the cron feature."""
     _guard()
-    return json_response({"bots": current_state().cron.scheduled()}, 200, "application/json")
+    return json_response({"bots": current_backend().cron.scheduled()}, 200, "application/json")
 
 
 @bp.post("/cron/run")
@@ -213,7 +212,7 @@ def cron_run() -> Response:
     """Run the cron bots now, as their schedule would (all of them, or `?bot=` id or name); answers once they
     finished, with each run's outcome. Only bots whose Project has the `cron` feature run, as on Medplum."""
     _guard()
-    st = current_state()
+    st = current_backend()
     if not any(b["enabled"] for b in st.cron.scheduled()):
         raise BadRequest("no cron bot can run: no Bot has a valid cronString/cronTiming, or its Project lacks "
                          "the 'cron' feature")
@@ -224,7 +223,7 @@ def cron_run() -> Response:
 
 
 def _faults_body() -> dict:
-    svc = current_state().service
+    svc = current_backend().service
     return {"conflict_next": svc.conflicts_pending(), "batch_delay_ms": round(svc.batch_delay_s * 1000)}
 
 
@@ -248,7 +247,7 @@ def faults_set() -> Response:
         v = body.get(key, 0)
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
             raise BadRequest(f"{key} must be an integer from 0 to {top}", key)
-    svc = current_state().service
+    svc = current_backend().service
     if "conflict_next" in body:
         svc.inject_conflicts(body["conflict_next"])
     if "batch_delay_ms" in body:

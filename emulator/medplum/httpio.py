@@ -21,7 +21,7 @@ from . import jsonsafe
 from .errors import BadRequest, FhirError, Forbidden, status_of
 
 if TYPE_CHECKING:
-    from .state import EmulatorState
+    from .backend import MedplumBackend
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -148,15 +148,15 @@ def error_response(err: FhirError) -> Response:
     return outcome_response(err.outcome, err.status)
 
 
-def current_state() -> "EmulatorState":
-    """The emulator state of the app serving this request (the one accessor)."""
+def current_backend() -> "MedplumBackend":
+    """The backend of the app serving this request (the one accessor)."""
     return current_app.extensions["medport"]
 
 
 def require_principal():
     """Authenticate the current request (cached on `g`)."""
     if "principal" not in g:
-        g.principal = current_state().auth.authenticate(request.headers.get("Authorization"))
+        g.principal = current_backend().auth.authenticate(request.headers.get("Authorization"))
     return g.principal
 
 

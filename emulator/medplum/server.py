@@ -66,24 +66,7 @@ class EmulatorHandle:
             served.stop()
         if self._prewarm is not None:
             self._prewarm.join(timeout=30)
-        try:
-            self.state.subscriptions.stop()
-            self.state.cron.stop()
-        except Exception:
-            pass
-        if self.state.settings.runtime_instance is None and self.state._runtime is not None:
-            try:
-                self.state._runtime.close()
-            except Exception:
-                pass
-        try:
-            self.state.repo.close()
-        except Exception:
-            pass
-        try:
-            self.state.runs.close()
-        except Exception:
-            pass
+        self.state.close()
 
     def __enter__(self) -> "EmulatorHandle":
         return self

@@ -37,15 +37,17 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from .bots import BotService
 from .fhir.search import matches as search_matches
-
-if TYPE_CHECKING:
-    from .state import EmulatorState
+from .fhir.system import SystemFhir
+from .projects import Projects
+from .runtime.lazy import LazyRuntime
+from .settings import Settings
 
 log = logging.getLogger("medport.emulator.medplum.subscriptions")
 
@@ -108,9 +110,16 @@ class _Job:
 
 
 class SubscriptionEngine:
-    def __init__(self, state: EmulatorState):
-        self.state = state
-        self.settings = state.settings
+    """Matches each committed change against the active Subscriptions and delivers it: `bots` runs a Bot
+    endpoint, `runtime` evaluates FHIRPath criteria."""
+
+    def __init__(self, fhir: SystemFhir, projects: Projects, bots: BotService, runtime: LazyRuntime,
+                 settings: Settings):
+        self._fhir = fhir
+        self._projects = projects
+        self._bots = bots
+        self._runtime = runtime
+        self.settings = settings
         self._queue: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
         self._pending = 0  # queued change events + running deliveries + scheduled retries
@@ -235,7 +244,7 @@ class SubscriptionEngine:
             if self._subs_cache is not None:
                 return self._subs_cache
             gen = self._subs_gen
-        subs = [s for s in self.state.search("Subscription") if s.get("status") == "active"
+        subs = [s for s in self._fhir.search("Subscription") if s.get("status") == "active"
                 and (s.get("channel") or {}).get("type") == "rest-hook"
                 and (s.get("channel") or {}).get("endpoint")]
         with self._subs_lock:
@@ -274,7 +283,7 @@ class SubscriptionEngine:
         fp = _ext(sub, FHIRPATH_CRITERIA_URL)
         if fp and fp[0].get("valueString"):
             try:
-                value = self.state.runtime.eval_fhirpath(fp[0]["valueString"], resource,
+                value = self._runtime.get().eval_fhirpath(fp[0]["valueString"], resource,
                                                          {"%current": resource, "%previous": previous or {}})
             except Exception as e:
                 log.warning("subscription %s: FHIRPath criteria failed: %s", sub.get("id"), e)
@@ -320,8 +329,8 @@ class SubscriptionEngine:
     def _still_current(self, job: _Job) -> bool:
         r = job.resource
         if job.interaction == "delete":
-            return self.state.try_read(r["resourceType"], r["id"]) is None
-        current = self.state.try_read(r["resourceType"], r["id"])
+            return self._fhir.try_read(r["resourceType"], r["id"]) is None
+        current = self._fhir.try_read(r["resourceType"], r["id"])
         if current is None:
             return False
         return (current.get("meta") or {}).get("versionId") == (r.get("meta") or {}).get("versionId")
@@ -373,22 +382,21 @@ class SubscriptionEngine:
             log.warning("subscription %s: unsupported endpoint %r", job.subscription.get("id"), endpoint)
 
     def _deliver_bot(self, job: _Job, bot_id: str) -> None:
-        st = self.state
-        bot = st.try_read("Bot", bot_id)
+        bot = self._fhir.try_read("Bot", bot_id)
         if bot is None:
             raise RuntimeError(f"Bot/{bot_id} not found")
         sub = job.subscription
         resource = job.resource
         author = ((resource.get("meta") or {}).get("author") or {}).get("reference")
-        author_membership = st.membership_for_profile(author) if author else None
-        run_as = st.bots.run_as_for(bot, author_membership)
+        author_membership = self._projects.membership_for_profile(author) if author else None
+        run_as = self._bots.run_as_for(bot, author_membership)
         input = {"deletedResource": resource} if job.interaction == "delete" else resource
         loop_msg = self._loop_check(sub, bot, resource, author, job.interaction)
         body = json.dumps(input, separators=(",", ":")).encode()
         headers = {k.lower(): v for k, v in _hook_headers(sub, job, body).items()}
-        st.bots.execute(bot, run_as=run_as, input=input, content_type="application/fhir+json",
-                        headers=headers, requester={"reference": author} if author else None,
-                        trigger=f"subscription:{sub.get('id')}", subscription=sub, loop_message=loop_msg)
+        self._bots.execute(bot, run_as=run_as, input=input, content_type="application/fhir+json",
+                           headers=headers, requester={"reference": author} if author else None,
+                           trigger=f"subscription:{sub.get('id')}", subscription=sub, loop_message=loop_msg)
 
     def _loop_check(self, sub: dict, bot: dict, resource: dict, author: str | None,
                     interaction: str) -> str | None:

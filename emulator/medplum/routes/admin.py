@@ -18,11 +18,10 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..bots import deploy_code
 from ..errors import BadRequest, Forbidden, ValidationFailed
 from ..httpio import (
     JSON_TYPES,
-    current_state,
+    current_backend,
     json_response,
     parse_json_bytes,
     read_body,
@@ -35,7 +34,7 @@ bp = Blueprint("medport_admin", __name__, url_prefix="/admin")
 
 def _project_for(project_id: str) -> dict:
     principal = require_admin()
-    st = current_state()
+    st = current_backend()
     if ref_id((principal.membership or {}).get("project")) != project_id and not principal.superuser:
         raise Forbidden()
     project = st.try_read("Project", project_id)
@@ -47,7 +46,7 @@ def _project_for(project_id: str) -> dict:
 def _json_body() -> Any:
     if request.mimetype not in JSON_TYPES:
         raise BadRequest("Unsupported content type")
-    return parse_json_bytes(read_body(request, current_state().settings.max_json_bytes))
+    return parse_json_bytes(read_body(request, current_backend().settings.max_json_bytes))
 
 
 def _policy_ref(value: Any) -> dict | None:
@@ -55,7 +54,7 @@ def _policy_ref(value: Any) -> dict | None:
         return None
     if isinstance(value, dict) and isinstance(value.get("reference"), str):
         pid = ref_id(value)
-        if value["reference"].startswith("AccessPolicy/") and pid and current_state().try_read("AccessPolicy", pid):
+        if value["reference"].startswith("AccessPolicy/") and pid and current_backend().try_read("AccessPolicy", pid):
             return {"reference": value["reference"]}
     raise BadRequest("Invalid access policy", "accessPolicy")
 
@@ -69,7 +68,7 @@ def _membership(project: dict, profile: dict, access_policy: dict | None, admin:
         m["accessPolicy"] = access_policy
     if admin:
         m["admin"] = True
-    return current_state().create(m)
+    return current_backend().create(m)
 
 
 def _named_request(project_id: str, what: str) -> tuple[dict, dict, str, dict | None]:
@@ -96,14 +95,15 @@ def create_bot(project_id: str) -> Response:
     for key in ("identifier", "timeout", "auditEventTrigger", "runAsUser"):
         if key in body:
             bot[key] = body[key]
-    st = current_state()
+    st = current_backend()
     with st.repo.transaction():  # all or nothing: a refused request writes nothing
         created = st.create(bot)
         _membership(project, created, policy)
         code = body.get("code")
         if isinstance(code, str) and code:
             filename = body.get("filename")
-            created = deploy_code(st, created, code, filename if isinstance(filename, str) and filename else "index.js")
+            filename = filename if isinstance(filename, str) and filename else "index.js"
+            created = st.bots.deploy_code(created, code, filename)
     return json_response(created, 201)
 
 
@@ -114,7 +114,7 @@ def create_client(project_id: str) -> Response:
     for key in ("description", "redirectUri", "identifier"):
         if body.get(key):
             client[key] = body[key]
-    st = current_state()
+    st = current_backend()
     with st.repo.transaction():  # all or nothing: a refused request writes nothing
         created = st.create(client)
         _membership(project, created, policy)
@@ -125,7 +125,7 @@ def create_client(project_id: str) -> Response:
 def get_project(project_id: str) -> Response:
     project = _project_for(project_id)
     members = []
-    for m in current_state().memberships():
+    for m in current_backend().projects.memberships():
         if ref_id(m.get("project")) != project_id:
             continue
         profile_type = ((m.get("profile") or {}).get("reference") or "").split("/")[0]
@@ -151,7 +151,7 @@ def set_secrets(project_id: str) -> Response:
         updated["secret"] = body
     else:
         updated.pop("secret", None)  # an empty array is invalid FHIR
-    return json_response(current_state().update(updated), 200)
+    return json_response(current_backend().update(updated), 200)
 
 
 @bp.post("/projects/<project_id>/members/<membership_id>")
@@ -159,7 +159,7 @@ def update_member(project_id: str, membership_id: str) -> Response:
     """Update a membership (e.g. its accessPolicy), like Medplum's admin member endpoint."""
     _project_for(project_id)
     body = _json_body()
-    st = current_state()
+    st = current_backend()
     current = st.read("ProjectMembership", membership_id)
     if not isinstance(body, dict):
         raise BadRequest("Invalid request body")

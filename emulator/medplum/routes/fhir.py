@@ -27,9 +27,10 @@ Medplum facts
 """
 from __future__ import annotations
 
+import functools
 import sys
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Flask, Response, g, request
 
@@ -37,7 +38,7 @@ from ..errors import BadRequest, FhirError
 from ..httpio import (
     FHIR_JSON,
     FORM_TYPE,
-    current_state,
+    current_backend,
     is_extended_mode,
     json_response,
     parse_form,
@@ -49,7 +50,7 @@ from ..httpio import (
 from .bots import deploy_handler, execute_handler, job_status_handler
 
 if TYPE_CHECKING:
-    from ..state import EmulatorState
+    from ..backend import MedplumBackend
 
 _WRITE_METHODS = {"POST", "PUT", "PATCH"}
 # @medplum/fhir-router urlrouter.ts MAX_QUERY_STRING_LENGTH (characters after '?', as sent: percent-encoded)
@@ -59,8 +60,22 @@ MAX_BINARY_BYTES = 64 * 1024 * 1024
 
 
 def register(app: Flask) -> None:
-    """FHIR REST under /fhir/R4 plus the root and /healthcheck answers."""
+    """FHIR REST under /fhir/R4, the routes Medplum serves beside its FHIR router (bot operations, AsyncJob status,
+    raw Binary), the root and /healthcheck. A URL that matches a specific rule with another method goes on to the
+    FHIR router, as in Express (no 405 from here)."""
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    rules: list[tuple[str, str, Callable[..., Response], list[str]]] = [
+        ("/fhir/R4/Binary", "binary_create", binary_create, ["POST"]),
+        ("/fhir/R4/Binary/<binary_id>", "binary_read", binary_read, ["GET"]),
+        ("/fhir/R4/Binary/<binary_id>", "binary_update", binary_update, ["PUT"]),
+        ("/fhir/R4/Binary/<binary_id>/_history/<version_id>", "binary_vread", binary_vread, ["GET"]),
+        ("/fhir/R4/Bot/$execute", "bot_execute_by_identifier", bot_execute, ["GET", "POST"]),
+        ("/fhir/R4/Bot/<bot_id>/$execute", "bot_execute", bot_execute, ["GET", "POST"]),
+        ("/fhir/R4/Bot/<bot_id>/$deploy", "bot_deploy", bot_deploy, ["POST"]),
+        ("/fhir/R4/job/<job_id>/status", "job_status", job_status, ["GET"]),
+    ]
+    for rule, endpoint, view, rule_methods in rules:   # Express routing is not strict about a trailing slash
+        app.add_url_rule(rule, endpoint, _under_fhir_router(view), methods=rule_methods, strict_slashes=False)
     app.add_url_rule("/fhir/R4", "fhir_root", fhir_handler, methods=methods, defaults={"path": ""},
                      strict_slashes=False)
     app.add_url_rule("/fhir/R4/", "fhir_root_slash", fhir_handler, methods=methods, defaults={"path": ""})
@@ -72,57 +87,65 @@ def register(app: Flask) -> None:
 def healthcheck() -> Response:
     """server healthcheck.ts: `{ok, version: MEDPLUM_VERSION ("<release>-<git commit>"), platform, runtime (the
     server's Node), postgres, redis}`, no authentication: how a client learns which release it talks to."""
-    state = current_state()
-    return json_response({"ok": True, "version": f"{state.release.version}-medport", "platform": sys.platform,
-                          "runtime": state.node_version(), "postgres": True, "redis": True}, 200,
+    backend = current_backend()
+    return json_response({"ok": True, "version": f"{backend.release.version}-medport", "platform": sys.platform,
+                          "runtime": backend.node_version(), "postgres": True, "redis": True}, 200,
                          "application/json")
 
 
+def _under_fhir_router(view: Callable[..., Response]) -> Callable[..., Response]:
+    """fhir/routes.ts: under the FHIR router every JSON answer obeys `Prefer: return=minimal`, errors too (not the
+    routes that run before it: the Binary router's, a body the JSON parser refused)."""
+    @functools.wraps(view)
+    def routed(**args: str) -> Response:
+        try:
+            return view(**args)
+        except FhirError as err:
+            if g.get("outside_fhir_router") or request.headers.get("Prefer") != "return=minimal":
+                raise
+            return Response(b"", status=err.status)
+    return routed
+
+
+def _check_query_length() -> None:
+    """fhir-router urlrouter.ts: every URL the FhirRouter routes (not $execute, which has its own route)."""
+    if len(request.query_string) > MAX_QUERY_STRING_LENGTH:
+        raise BadRequest(f"Query string exceeds maximum length of {MAX_QUERY_STRING_LENGTH} characters")
+
+
+# ------------------------------------------------------------------------------------- bot operations (bots.py)
+
+def bot_execute(bot_id: str | None = None) -> Response:
+    return execute_handler(require_principal(), bot_id)
+
+
+def bot_deploy(bot_id: str) -> Response:
+    return deploy_handler(require_principal(), bot_id)
+
+
+def job_status(job_id: str) -> Response:
+    principal = require_principal()
+    _check_query_length()
+    return job_status_handler(principal, job_id)
+
+
+# ------------------------------------------------------------------------------------------------ the FHIR router
+
+@_under_fhir_router
 def fhir_handler(path: str) -> Response:
-    try:
-        return _fhir_handler(path)
-    except FhirError as err:
-        # fhir/routes.ts: under the FHIR router every JSON answer obeys `Prefer: return=minimal`, errors too
-        if g.get("outside_fhir_router") or request.headers.get("Prefer") != "return=minimal":
-            raise
-        return Response(b"", status=err.status)
-
-
-def _fhir_handler(path: str) -> Response:
-    state = current_state()
+    backend = current_backend()
     path = path.strip("/")
     if path == "metadata" and request.method == "GET":
-        return _delegate(state, state.system, path, None)
-    method = request.method
-    parts = path.split("/") if path else []
-    if parts and parts[0] == "Binary" and _binary_route(method, parts):
-        g.outside_fhir_router = True
-        principal = require_principal()
-        if method == "GET":
-            return _binary_read(state, principal, parts)
-        return _binary_upload(state, principal, parts)
+        return _delegate(backend, backend.system, path, None)
     principal = require_principal()
-    # operations owned by bots.py
-    if parts and parts[0] == "Bot" and parts[-1] in ("$execute", "$deploy"):
-        if parts[-1] == "$execute" and len(parts) in (2, 3) and method in ("GET", "POST"):
-            return execute_handler(principal, parts[1] if len(parts) == 3 else None)
-        if parts[-1] == "$deploy" and len(parts) == 3 and method == "POST":
-            return deploy_handler(principal, parts[1])
-    if len(request.query_string) > MAX_QUERY_STRING_LENGTH:
-        # fhir-router urlrouter.ts: every URL the FhirRouter routes (not $execute, which has its own route)
-        raise BadRequest(f"Query string exceeds maximum length of {MAX_QUERY_STRING_LENGTH} characters")
-    if len(parts) == 3 and parts[0] == "job" and parts[2] == "status" and method == "GET":
-        return job_status_handler(principal, parts[1])
-    if len(parts) == 4 and parts[0] == "Binary" and parts[2] == "_history" and method == "GET" \
-            and not _wants_fhir_json():
-        return _binary_read(state, principal, parts)
-
+    _check_query_length()
+    method = request.method
     body: Any = None
     if method in _WRITE_METHODS:
         body = _parse_fhir_body(path, method)
         if isinstance(body, Response):
             return body
-    return _delegate(state, principal, path, body)
+    return _delegate(backend, principal, path, body)
 
 
 def _parse_fhir_body(path: str, method: str) -> Any:
@@ -134,7 +157,7 @@ def _parse_fhir_body(path: str, method: str) -> Any:
 
 def _read_fhir_body(path: str, method: str) -> Any:
     mimetype = request.mimetype
-    limit = current_state().settings.max_json_bytes
+    limit = current_backend().settings.max_json_bytes
     if method == "POST" and path.endswith("_search"):
         if mimetype == FORM_TYPE:
             g.extra_query = list(parse_form(read_body(request, limit)).items())
@@ -159,9 +182,9 @@ def _query() -> list[tuple[str, str]]:
     return q
 
 
-def _delegate(state: "EmulatorState", principal, path: str, body: Any) -> Response:
+def _delegate(backend: "MedplumBackend", principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
-    resp = state.service.handle(principal, request.method, path, _query(), body, headers)
+    resp = backend.service.handle(principal, request.method, path, _query(), body, headers)
     if not is_extended_mode(request):
         resp.body = without_extended_meta(resp.body)
     return render_fhir(resp)
@@ -177,13 +200,33 @@ def render_fhir(resp) -> Response:
 
 # ---------------------------------------------------------------------------------------------- Binary (binary.ts)
 
-def _binary_route(method: str, parts: list[str]) -> bool:
-    """binary.ts binaryRouter: POST /, PUT /:id, GET /:id (the rest of /Binary goes on to the FHIR router)."""
-    if method == "POST":
-        return len(parts) == 1
-    if method == "PUT":
-        return len(parts) == 2
-    return method == "GET" and len(parts) == 2 and not _wants_fhir_json()
+# binary.ts binaryRouter: POST /, PUT /:id, GET /:id ahead of the FHIR router; a GET asking for FHIR JSON (and the
+# rest of /Binary) goes on to the FHIR router.
+
+def binary_create() -> Response:
+    g.outside_fhir_router = True
+    return _binary_upload(current_backend(), require_principal(), None)
+
+
+def binary_update(binary_id: str) -> Response:
+    g.outside_fhir_router = True
+    return _binary_upload(current_backend(), require_principal(), binary_id)
+
+
+def binary_read(binary_id: str) -> Response:
+    if _wants_fhir_json():
+        return fhir_handler(path=f"Binary/{binary_id}")
+    g.outside_fhir_router = True
+    return _binary_read(current_backend(), require_principal(), binary_id)
+
+
+def binary_vread(binary_id: str, version_id: str) -> Response:
+    """A version of a Binary: served by the FHIR router, which answers the content unless FHIR JSON is asked for."""
+    if _wants_fhir_json():
+        return fhir_handler(path=f"Binary/{binary_id}/_history/{version_id}")
+    principal = require_principal()
+    _check_query_length()
+    return _binary_read(current_backend(), principal, binary_id, version_id)
 
 
 def _wants_fhir_json() -> bool:
@@ -192,12 +235,12 @@ def _wants_fhir_json() -> bool:
     return request.headers.get("Accept", "").startswith(FHIR_JSON)
 
 
-def _binary_read(state: "EmulatorState", principal, parts: list[str]) -> Response:
-    resp = state.service.handle(principal, "GET", "/".join(parts), [], None, {})
+def _binary_read(backend: "MedplumBackend", principal, rid: str, vid: str | None = None) -> Response:
+    path = f"Binary/{rid}/_history/{vid}" if vid else f"Binary/{rid}"
+    resp = backend.service.handle(principal, "GET", path, [], None, {})
     if resp.status >= 400:
         return render_fhir(resp)
-    vid = parts[3] if len(parts) == 4 else None
-    binary, content = state.service.binary_content(principal, parts[1], vid)
+    binary, content = backend.service.binary_content(principal, rid, vid)
     response = Response(content, status=200, content_type=_with_charset(binary.get("contentType")))
     for k, v in resp.headers.items():
         response.headers[k] = v
@@ -233,32 +276,31 @@ def _binary_body() -> bytes:
     raise BadRequest("Unsupported content encoding")
 
 
-def _binary_upload(state: "EmulatorState", principal, parts: list[str]) -> Response:
+def _binary_upload(backend: "MedplumBackend", principal, rid: str | None) -> Response:
     """binary.ts handleBinaryWriteRequest: the Binary resource is written — access policy and validation — without
     its content, which goes to storage beside it (uploadBinaryData), so the content is not held to the 1 MiB
     `base64BinaryMaxBytes` of a JSON Binary; the answer is the Binary with a `url` to read it back."""
     data = _binary_body()
     content_type = request.headers.get("Content-Type")
-    rid = parts[1] if len(parts) == 2 else None
     if content_type == FHIR_JSON:
         resource = _binary_resource(data, rid)
         if resource is not None:
-            resp = state.call("PUT" if rid else "POST", f"Binary/{rid}" if rid else "Binary", body=resource,
+            resp = backend.call("PUT" if rid else "POST", f"Binary/{rid}" if rid else "Binary", body=resource,
                               principal=principal)
             return json_response(resp.body, resp.status, FHIR_JSON, dict(resp.headers or {}))
     binary: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or "application/octet-stream"}
     security_context = request.headers.get("X-Security-Context")
     if security_context:
         binary["securityContext"] = {"reference": security_context}
-    with state.service.raw_content(data):
+    with backend.service.raw_content(data):
         if rid:
             binary["id"] = rid
-            resp = state.call("PUT", f"Binary/{rid}", body=binary, principal=principal)
+            resp = backend.call("PUT", f"Binary/{rid}", body=binary, principal=principal)
         else:
-            resp = state.call("POST", "Binary", body=binary, principal=principal)
+            resp = backend.call("POST", "Binary", body=binary, principal=principal)
     body = resp.body
     if resp.status < 300 and isinstance(body, dict) and body.get("id"):
-        body = {**body, "url": f"{state.base_url}fhir/R4/Binary/{body['id']}"}
+        body = {**body, "url": f"{backend.base_url}fhir/R4/Binary/{body['id']}"}
     return json_response(body, resp.status, FHIR_JSON, dict(resp.headers or {}))
 
 

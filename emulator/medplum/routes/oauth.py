@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from ..auth import parse_lifetime, safe_id
-from ..httpio import current_state, json_response, require_principal
+from ..httpio import current_backend, json_response, require_principal
 
 bp = Blueprint("medport_auth", __name__)
 
@@ -42,7 +42,7 @@ def token() -> Response:
         return _token_error("Missing client_id")
     if not secret:
         return _token_error("Missing client_secret")
-    st = current_state()
+    st = current_backend()
     client = st.try_read("ClientApplication", client_id) if safe_id(client_id) else None
     if client is None or (client.get("status") and client["status"] != "active") or not client.get("secret"):
         return _token_error("Invalid client")
@@ -72,7 +72,7 @@ def token() -> Response:
 @bp.get("/auth/me")
 def me() -> Response:
     principal = require_principal()
-    st = current_state()
+    st = current_backend()
     membership = principal.membership or {}
     project = dict(st.project())
     project.pop("secret", None)
@@ -97,8 +97,8 @@ def me() -> Response:
 
 
 def _merged_policy(principal) -> dict | None:
-    st = current_state()
-    policies = st.policies_for(principal.membership or {}) if principal.membership else None
+    st = current_backend()
+    policies = st.projects.policies_for(principal.membership or {}) if principal.membership else None
     if not policies:
         return None
     merged: dict[str, Any] = {"resourceType": "AccessPolicy", "resource": []}

