@@ -8,7 +8,7 @@ HTTP: app.py (factory and error mapping), routes/ (FHIR, OAuth, admin, bot opera
 """
 _EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start_in_thread": ".server", "Settings": ".settings"}
 
-__all__ = ["create_app", "EmulatorHandle", "start_in_thread", "Settings"]
+__all__ = ["EmulatorHandle", "Settings", "create_app", "start_in_thread"]
 
 
 def __getattr__(name: str):
