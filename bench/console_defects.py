@@ -66,7 +66,7 @@ def read_back(stack, served, ids: dict) -> dict:
     auth = (emu.admin_client_id, emu.admin_client_secret)
     base = served.url
     page = requests.get(base + "patients", auth=auth, timeout=60, headers={"Accept": "text/html"}).text
-    row = lambda pid: page[page.index(f'data-patient="{pid}"'):][:3000]  # noqa: E731
+    row = lambda pid: page[page.index(f'data-patient="{pid}"'):][:3000]
     andreas = re.search(r'data-state="([^"]+)"', row(ids["andreas"])).group(1)
     cells = re.findall(r'<td[^>]*class="num[^"]*"[^>]*>\s*(\d+)', row(ids["jane"]))
     health = requests.get(base + "health", auth=auth, timeout=60, headers={"Accept": "text/html"}).text

@@ -134,7 +134,7 @@ def _config(config_path: str, out_dir: str, config_required: bool) -> list[Findi
 def _credentials() -> list[Finding]:
     """The credentials deploy and the real Metriport need (present or not: values are never shown)."""
     f: list[Finding] = []
-    have = lambda *names: [n for n in names if os.environ.get(n)]  # noqa: E731
+    have = lambda *names: [n for n in names if os.environ.get(n)]
     medplum = have("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
     f.append(Finding("ok" if len(medplum) == 3 else "info", "deploy",
                      "MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET set" if len(medplum) == 3 else

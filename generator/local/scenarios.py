@@ -428,7 +428,7 @@ def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
               t["status"] in ("completed", "failed"), timeout, "the first Patient's consolidated data")
         _wait_tasks_settled(stack)
     expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
-    queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])  # noqa: E731
+    queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])
     q_before = queries()
     b = create_patient(stack, "Twin", org["id"])
     _wait(lambda: _patient_bot_runs_for(stack, b["id"]), timeout, "the patient bot to run for the second Patient")

@@ -71,8 +71,8 @@ class DeployResult:
 def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
     if existing is None:
         return False
-    strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}  # noqa: E731
-    tags = lambda r: (r.get("meta") or {}).get("tag", [])  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}
+    tags = lambda r: (r.get("meta") or {}).get("tag", [])
     return strip(existing) == strip(desired) and all(t in tags(existing) for t in tags(desired))
 
 
@@ -293,7 +293,7 @@ class Deployer:
         after = since.isoformat(timespec="seconds").replace("+00:00", "Z")
         found = self.http.fhir(f"{step}: look for it", "GET", rtype, params={
             "name": name, "_lastUpdated": f"ge{after}", "_count": "20", "_sort": "_lastUpdated"})
-        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(  # noqa: E731
+        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(
             t.get("system") == system for t in (r.get("meta") or {}).get("tag") or [])
         return [e["resource"] for e in found.get("entry", []) if not mine(e["resource"])]
 

@@ -92,7 +92,7 @@ def test_a_run_cut_off_between_link_and_query_is_resumed(stack):
                       params={"patientId": metriport_id_of(stack, other["id"]), "facilityId": fake.facility_id},
                       json={"metadata": {}}).raise_for_status()
         p = create_patient(stack, "Cutoff", org["id"], family="Linkquery")
-        throttled = lambda: [c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query"  # noqa: E731
+        throttled = lambda: [c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query"
                              and c["status"] == 429]
         wait_for(lambda: metriport_id_of(stack, p["id"]) and throttled(), 60, "the link, then the query throttled")
         cut = dev_api(stack, "POST", "executions/cut-off", params={"bot": stack.cfg.bots.patient.name}).json()

@@ -187,7 +187,7 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     extra = [stack.admin.fhir("c", "POST", "Observation", json_body={
         "resourceType": "Observation", "status": "final", "code": {"text": f"Weight {i}"}, "subject": {"reference": f"Patient/{pid}"},
         "valueQuantity": {"value": 70 + i, "unit": "kg"}}) for i in range(3)]
-    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",  # noqa: E731
+    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
                                      json_body={"contribute": f"Patient/{pid}"})
     with ThreadPoolExecutor(2) as pool:
         reports = [r["report"] for r in pool.map(run, range(2))]

@@ -244,7 +244,7 @@ def test_runs_follow_streams_new_executions(stack):
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     out: list[str] = []
     threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
-    runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]  # noqa: E731 (not log lines)
+    runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]
     try:
         assert wait_until(lambda: len(runs()) >= 1, 60), out   # the newest run printed: now following
         r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)

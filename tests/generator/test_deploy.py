@@ -85,7 +85,7 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
     second = deployer(emu, cfg).run()
     assert set(statuses(second).values()) == {"unchanged"}, statuses(second)
     assert second.client_secret is None, "an existing client's secret is never shown again"
-    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")  # noqa: E731
+    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")
                       and "/oauth2/" not in s[1]]
     before = len(writes())
     deployer(emu, cfg).run()
@@ -135,7 +135,7 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     result = deployer(emu, validate_data({})).run()
     assert set(statuses(result).values()) == {"created"}
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
-    count = lambda rt: admin.fhir("count", "GET", f"{rt}?_summary=count")["total"]  # noqa: E731
+    count = lambda rt: admin.fhir("count", "GET", f"{rt}?_summary=count")["total"]
     cfg = validate_data({})
     kinds = [kind for kind, _ in statuses(result)]
     for rt in ("Bot", "Subscription", "AccessPolicy"):

@@ -117,7 +117,7 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         r = requests.get(state["metriport_url"] + "/medical/v1/patient", headers={"x-api-key": "medport-dev-metriport-key"},
                          params={"facilityId": state["facility_id"]}, timeout=10)
         assert r.status_code == 200, r.text
-        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli.main", *args], cwd=tmp_path,  # noqa: E731
+        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli.main", *args], cwd=tmp_path,
                                            capture_output=True, text=True, env=env, timeout=60)
         st = run("status")
         assert st.returncode == 0 and "ready" in st.stdout and state["base_url"] in st.stdout, st.stdout + st.stderr

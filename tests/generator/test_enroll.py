@@ -97,7 +97,7 @@ def test_metriport_calls_follow_the_retry_policy():
     fake = make_server("127.0.0.1", 0, api_key="retry-key", delay_s=0.01)
     waits: list[float] = []
     api = MetriportApi(fake.base_url, "retry-key", policy=RetryPolicy(sleep=waits.append))
-    bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]  # noqa: E731
+    bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]
     try:
         for status in (429, 503):
             fake.state.set_faults(fail_next=1, fail_status=status)

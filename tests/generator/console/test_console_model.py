@@ -273,7 +273,7 @@ def test_stuck_messages_and_the_failed_ones_are_replayable():
 
 # ------------------------------------------------------------------------------------------- aggregation
 def test_aggregation_pairs_each_query_with_the_data_that_followed():
-    q = lambda s, rid: model.Query(at(s), "document-query", rid, "patient-bot", rid)  # noqa: E731
+    q = lambda s, rid: model.Query(at(s), "document-query", rid, "patient-bot", rid)
 
     def msg(tid, arrived, finished, requeried=False):
         m = model.Message(tid, tid, model.CONSOLIDATED, "completed", at(arrived), None)
