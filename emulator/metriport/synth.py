@@ -401,7 +401,9 @@ class _Gen:
             refs = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in present if r["resourceType"] == rtype][:20]
             sections.append({"title": title, "code": {"coding": [{"system": LOINC, "code": code}]}, "entry": refs})
         for i in range(n_dangling):  # Metriport quirk: references to resources not in the bundle
-            sections[i % len(sections)]["entry"].append({"reference": f"{sections[i % len(sections)]['entry'][0]['reference'].split('/')[0] if sections[i % len(sections)]['entry'] else 'Condition'}/{self.uid()}"})
+            entries = sections[i % len(sections)]["entry"]
+            rtype = entries[0]["reference"].split("/")[0] if entries else "Condition"
+            entries.append({"reference": f"{rtype}/{self.uid()}"})
         for s in sections:
             if not s["entry"]:
                 del s["entry"]

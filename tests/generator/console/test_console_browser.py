@@ -283,7 +283,8 @@ controls.forEach((a, i) => controls.slice(i + 1).forEach((b) => { const x = box(
 const columns = (sel) => [...document.querySelectorAll(sel)].map((g) => new Set([...g.children].filter(
   (c) => c.getBoundingClientRect().width > 0).map((c) => Math.round(c.getBoundingClientRect().left))).size);
 const hidden = [...document.querySelectorAll('.pill, li.item, button, .state-link, td')].filter((e) => {
-  const r = e.getBoundingClientRect(); return !e.closest('.scroll') && r.width > 0 && (r.left < -1 || r.right > vw + 1); }).map((e) => e.outerHTML.slice(0, 80));
+  const r = e.getBoundingClientRect();
+  return !e.closest('.scroll') && r.width > 0 && (r.left < -1 || r.right > vw + 1); }).map((e) => e.outerHTML.slice(0, 80));
 return {vw: window.innerWidth, overflow: document.documentElement.scrollWidth - vw, hidden: hidden,
         controls: controls.map((e) => [e.id, usable(e)]), overlaps: overlaps,
         cols2: columns('.cols2'), cards: columns('.cards'), cols: columns('.cols')};
