@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE := node_modules/.bin/node
 
-.PHONY: demo test test-loaded setup bench clean typecheck
+.PHONY: demo test test-loaded setup bench clean typecheck lint format
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,16 @@ setup: $(VENV)/.installed node_modules/.installed
 demo: setup
 	@$(VENV)/bin/medport demo
 
+# The Node suite runs beside pytest (it mostly waits on its fake servers): its report is printed when both are done,
+# whole when it failed, its totals otherwise.
+JS_LOG := .medport/js-tests.log
 test: setup
-	@$(NODE) --test --test-reporter=spec 'tests/js/*.test.mjs'
-	@$(PY) -m pytest -q -n 2 --dist loadfile
+	@mkdir -p .medport
+	@$(NODE) --test --test-reporter=spec 'tests/js/*.test.mjs' >$(JS_LOG) 2>&1 & js=$$!; \
+	  $(PY) -m pytest -q -n 2 --dist loadfile; py=$$?; \
+	  wait $$js; jsrc=$$?; \
+	  if [ $$jsrc -ne 0 ]; then cat $(JS_LOG); else grep -E '^ℹ (tests|pass|fail|duration_ms)' $(JS_LOG) | sed 's/^ℹ/node:/'; fi; \
+	  if [ $$py -ne 0 ] || [ $$jsrc -ne 0 ]; then echo "make test: pytest exit $$py, node exit $$jsrc"; exit 1; fi
 
 # the whole suite with 4 busy loops beside it (MEDPORT_BURNERS=N for another number): it must pass on a loaded machine
 test-loaded: setup
@@ -41,6 +48,17 @@ $(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
 
 typecheck: $(VENV)/.lint-installed
 	@$(PY) .ci/mypy
+
+# ruff (rules, then the format) and mypy: what CI runs before the tests; `make format` rewrites what lint would refuse
+LINTED := generator emulator medport tests bench .ci/mypy
+lint: $(VENV)/.lint-installed
+	@$(VENV)/bin/ruff check $(LINTED)
+	@$(VENV)/bin/ruff format --check $(LINTED)
+	@$(PY) .ci/mypy
+
+format: $(VENV)/.lint-installed
+	@$(VENV)/bin/ruff check --fix $(LINTED)
+	@$(VENV)/bin/ruff format $(LINTED)
 
 bench: setup
 	@$(PY) bench/run.py

@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medport.generator.generation.config import load_config  # noqa: E402
-from medport.generator.local.stack import start_stack  # noqa: E402
+from medport.generator.generation.config import load_config
+from medport.generator.local.stack import start_stack
 
 
 def trace_batches(path: str) -> None:
@@ -35,7 +35,11 @@ def trace_batches(path: str) -> None:
             log.append((t0, time.perf_counter(), time.thread_time() - c0, n))
 
     service.FhirService.batch = batch
-    atexit.register(lambda: json.dump(log, open(path, "w")))
+    def dump() -> None:
+        with open(path, "w") as f:
+            json.dump(log, f)
+
+    atexit.register(dump)
 
 
 def capture_batches(path: str) -> None:
@@ -45,7 +49,7 @@ def capture_batches(path: str) -> None:
 
     from medport.emulator.medplum.fhir import service
 
-    orig, lock, out = service.FhirService.batch, threading.Lock(), open(path, "w")
+    orig, lock, out = service.FhirService.batch, threading.Lock(), open(path, "w")  # noqa: SIM115 — open for the process's life
 
     def batch(self, pr, bundle):
         if isinstance(bundle, dict):

@@ -17,11 +17,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from medport.emulator.medplum.fhir import strict  # noqa: E402
-from medport.emulator.medplum.fhir.policy import Access  # noqa: E402
-from medport.emulator.medplum.fhir.principal import Principal  # noqa: E402
-from medport.emulator.medplum.fhir.service import FhirService  # noqa: E402
-from medport.emulator.medplum.fhir.store import Repository  # noqa: E402
+from medport.emulator.medplum.fhir import strict
+from medport.emulator.medplum.fhir.policy import Access
+from medport.emulator.medplum.fhir.principal import Principal
+from medport.emulator.medplum.fhir.service import FhirService
+from medport.emulator.medplum.fhir.store import Repository
 
 
 def replay(bundles: list[dict], db: str | None) -> tuple[float, int, int]:

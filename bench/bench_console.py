@@ -202,9 +202,8 @@ def profile_refresh(command, stack) -> None:
     import cProfile
     import pstats
 
-    from medport.generator.console.source import Source
-
     from medport.generator.console.model import Memo, reconstruct
+    from medport.generator.console.source import Source
 
     source = Source(command.settings_for_stack(stack.internal, stack.config))
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from importbench import run_import, summary_line  # noqa: E402
+from importbench import run_import, summary_line
 
 
 def main(n: int = 10_000, runtime: str = "vmcontext") -> dict:

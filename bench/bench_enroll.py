@@ -13,11 +13,11 @@ import sys
 import time
 
 from medport.generator.generation.config import validate_data
-from medport.generator.remote.enroll import run_enroll
-from medport.generator.local.flow import create_facility_org
 from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE
-from medport.generator.remote.metriport_client import MetriportApi
+from medport.generator.local.flow import create_facility_org
 from medport.generator.local.stack import start_stack
+from medport.generator.remote.enroll import run_enroll
+from medport.generator.remote.metriport_client import MetriportApi
 
 STATES = ["TX", "CA", "NY", "IL", "CO", "WA", "GA", "OH"]
 

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medport.emulator.medplum.testing import Client  # noqa: E402
+from medport.emulator.medplum.testing import Client
 
 TRIVIAL = "exports.handler = async (medplum, event) => ({ ok: true, echo: event.input });\n"
 

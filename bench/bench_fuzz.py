@@ -17,11 +17,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from medport.emulator.medplum.settings import Settings  # noqa: E402
-from medport.emulator.medplum.testing import running_emulator  # noqa: E402
-from tests.emulator.medplum.fuzzing import Fuzzer, request_strategy  # noqa: E402
+from medport.emulator.medplum.settings import Settings
+from medport.emulator.medplum.testing import running_emulator
+from tests.emulator.medplum.fuzzing import Fuzzer, request_strategy
 
 
 def main(n: int, seed_value: int) -> dict:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings
 
-from medport.emulator.metriport import Settings as FakeSettings, start as start_fake  # noqa: E402
-from tests.emulator.metriport import httpfuzz  # noqa: E402
+from medport.emulator.metriport import Settings as FakeSettings
+from medport.emulator.metriport import start as start_fake
+from tests.emulator.metriport import httpfuzz
 
 KEY = "bench-fuzz-key"
 SECTION = "## Fuzzing the fake Metriport"
@@ -62,7 +63,7 @@ def run(n: int) -> dict:
 def record(result: dict, n: int) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     body = (f"{SECTION}\n\n`python bench/bench_fuzz_fake.py {n} --record` — "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
+            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
             f"{os.cpu_count()} cores\n\n"
             "Generated requests to every route of the fake (and unknown ones): mutated valid and wild patients, "
             "arbitrary JSON, malformed and hostile bodies (lone surrogates, 100,000 nested `[`, NaN, wrong content "

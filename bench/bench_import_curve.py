@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from importbench import run_import, summary_line  # noqa: E402
+from importbench import run_import, summary_line
 
 
 def median_run(runs: list[dict]) -> dict:

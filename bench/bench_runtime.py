@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medport.emulator.medplum.runtime import BotRuntime, ExecRequest  # noqa: E402
+from medport.emulator.medplum.runtime import BotRuntime, ExecRequest
 
 CODE = "exports.handler = async (medplum, event) => { return { ok: true, input: event.input }; };"
 EVENT = {"bot": {"reference": "Bot/bench"}, "contentType": "application/json", "input": {"resourceType": "Patient"},
@@ -19,7 +19,7 @@ EVENT = {"bot": {"reference": "Bot/bench"}, "contentType": "application/json", "
 
 
 def pct(sorted_ms: list[float], p: float) -> float:
-    return sorted_ms[min(len(sorted_ms) - 1, int(round(p / 100 * (len(sorted_ms) - 1))))]
+    return sorted_ms[min(len(sorted_ms) - 1, round(p / 100 * (len(sorted_ms) - 1)))]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_console import ROOT, load_console  # noqa: E402
+from bench_console import ROOT, load_console
 
 
 def scenario(stack) -> dict:
@@ -41,7 +41,7 @@ def scenario(stack) -> dict:
     for name in ("Andreas", "Zoe"):
         stack.fake.set_faults(fail_next=retries, fail_status=503)
         p = stack.create_patient(name)
-        testing.wait_until(lambda: any(ae.get("outcome") != "0" for ae in stack.fhir.search(
+        testing.wait_until(lambda p=p: any(ae.get("outcome") != "0" for ae in stack.fhir.search(
             "AuditEvent", {"entity": f"Patient/{p['id']}"})), timeout=60)
         stack.fake.set_faults(fail_next=0)
         out[name.lower()] = p["id"]
@@ -66,7 +66,7 @@ def read_back(stack, served, ids: dict) -> dict:
     auth = (emu.admin_client_id, emu.admin_client_secret)
     base = served.url
     page = requests.get(base + "patients", auth=auth, timeout=60, headers={"Accept": "text/html"}).text
-    row = lambda pid: page[page.index(f'data-patient="{pid}"'):][:3000]  # noqa: E731
+    row = lambda pid: page[page.index(f'data-patient="{pid}"'):][:3000]
     andreas = re.search(r'data-state="([^"]+)"', row(ids["andreas"])).group(1)
     cells = re.findall(r'<td[^>]*class="num[^"]*"[^>]*>\s*(\d+)', row(ids["jane"]))
     health = requests.get(base + "health", auth=auth, timeout=60, headers={"Accept": "text/html"}).text

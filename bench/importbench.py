@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from medport.generator.generation.config import load_config  # noqa: E402
+from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
 from medport.generator.local.flow import patient_resource  # noqa: E402
 from medport.generator.remote.medplum_http import MedplumHttp  # noqa: E402
-from medport.generator.generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "medport-bench"
 FIRST, FAMILY = "Benchmark", "Load"
@@ -110,7 +110,7 @@ class Sampler:
     cpu: dict = field(default_factory=dict)          # pid -> (kind, cpu seconds, peak rss)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._base = {p: s[1] for p in _tree(self.pid) if (s := _stat(p))}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

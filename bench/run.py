@@ -41,7 +41,7 @@ def main() -> int:
             print(proc.stderr[-1500:], file=sys.stderr)
         sections.append(f"### {title}\n\n`python bench/{' '.join(args)}` ({time.monotonic() - t0:.0f} s)\n\n```\n{out.strip()}\n```\n")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    header = (f"{MARK}\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
+    header = (f"{MARK}\n\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
               f"Python {platform.python_version()} · {os.cpu_count()} cores · load average at the end {load:.2f}\n\n")
     results = HERE / "RESULTS.md"
     text = results.read_text() if results.exists() else "# Benchmark results\n\n"

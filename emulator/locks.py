@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 try:
     import fcntl
@@ -42,7 +42,7 @@ class OwnerLock:
         self.path, self.what, self.hint = path, what, hint
         self._fd: int | None = None
 
-    def acquire(self) -> "OwnerLock":
+    def acquire(self) -> OwnerLock:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)) or ".", exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if fcntl is not None:

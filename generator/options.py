@@ -17,13 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import click
 
-from .generation.config import CONFIG_FILENAME, ConfigError, load_config
 from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET, EMULATOR_BASE_URL
+
+from .generation.config import CONFIG_FILENAME, ConfigError, load_config
 
 LOG_LEVEL_ENV = "MEDPORT_LOG_LEVEL"
 CONFIG_ENV = "MEDPORT_CONFIG"

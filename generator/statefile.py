@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from medport import __version__
-
 from medport.defaults import EMULATOR_BASE_URL
 
 STATE_FILE = Path(".medport") / "emulator.json"

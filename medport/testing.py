@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
+from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
 from medport.emulator.medplum.releases import NEWEST, UnsupportedRelease
 from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.node import NodeRuntimeMissing, find_runtime
-from medport.generator.local import flow
 from medport.generator.generation.config import CONFIG_FILENAME, Config, ConfigError, load_config
-from medport.defaults import DEV_FAKE_METRIPORT_API_KEY, fake_metriport_api_key
+from medport.generator.local import flow
 from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
 
 if TYPE_CHECKING:
@@ -39,9 +38,23 @@ if TYPE_CHECKING:
 # without Node 22 so that a missing `medport setup` is reported by find_runtime() in one line, not as an
 # import error in the middle of a test collection.
 
-__all__ = ["DEV_FAKE_METRIPORT_API_KEY", "ConfigError", "Emulator", "FakeMetriport", "FhirClient", "FlowResult",
-           "MedplumError", "MedportStack", "NodeRuntimeMissing", "SEED_PATIENTS", "UnsupportedRelease", "start_emulator",
-           "start_fake_metriport", "start_stack", "wait_until"]
+__all__ = [
+    "DEV_FAKE_METRIPORT_API_KEY",
+    "SEED_PATIENTS",
+    "ConfigError",
+    "Emulator",
+    "FakeMetriport",
+    "FhirClient",
+    "FlowResult",
+    "MedplumError",
+    "MedportStack",
+    "NodeRuntimeMissing",
+    "UnsupportedRelease",
+    "start_emulator",
+    "start_fake_metriport",
+    "start_stack",
+    "wait_until",
+]
 
 # First names the fake Metriport (and Metriport's real sandbox) knows, each with clinical data.
 SEED_PATIENTS = tuple(flow.SEED_DEMOGRAPHICS)
@@ -143,7 +156,7 @@ class Emulator:
 
     stop = close   # the name this public class had first; kept for users' code
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -205,7 +218,7 @@ class FakeMetriport:
     def close(self) -> None:
         self.server.close()
 
-    def __enter__(self) -> "FakeMetriport":
+    def __enter__(self) -> FakeMetriport:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -241,7 +254,7 @@ class MedportStack:
     Attributes: `config` (the typed Config), `base_url`, `fhir_url`, `fhir` (admin FhirClient), `emulator`
     (Emulator), `fake` (FakeMetriport, None against the real sandbox), `bot_ids`."""
 
-    def __init__(self, stack: "Stack"):
+    def __init__(self, stack: Stack):
         self._stack = stack
         assert stack.cfg is not None, "a medport stack runs deployed bots"
         self.config: Config = stack.cfg
@@ -267,7 +280,7 @@ class MedportStack:
         return dict(self._stack.deploy.bot_ids) if self._stack.deploy else {}
 
     @property
-    def internal(self) -> "Stack":
+    def internal(self) -> Stack:
         """medport's own Stack object (not a stable interface)."""
         return self._stack
 
@@ -357,7 +370,7 @@ class MedportStack:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> "MedportStack":
+    def __enter__(self) -> MedportStack:
         return self
 
     def __exit__(self, *exc) -> None:

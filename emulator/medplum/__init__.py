@@ -8,7 +8,7 @@ HTTP: app.py (factory and error mapping), routes/ (FHIR, OAuth, admin, bot opera
 """
 _EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start": ".server", "Settings": ".settings"}
 
-__all__ = ["create_app", "EmulatorHandle", "start", "Settings"]
+__all__ = ["EmulatorHandle", "Settings", "create_app", "start"]
 
 
 def __getattr__(name: str):

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from ..locks import InUse, StoreRefused
-from .releases import NEWEST, OLDEST, UnsupportedRelease
 from ..serving import PortInUse, tune_gc_for_serving, wait_for_stop
+from .releases import NEWEST, OLDEST, UnsupportedRelease
 from .server import DEFAULT_DB, DEFAULT_PORT, start
 from .settings import Settings
 

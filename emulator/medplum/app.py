@@ -12,13 +12,13 @@ import logging
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from . import devapi
 from ..serving import allowed_hosts, host_allowed
+from . import devapi
+from .backend import MedplumBackend
 from .errors import BadRequest, FhirError, MisdirectedRequest, NotFound, ServerError, outcome
 from .httpio import outcome_response
 from .routes import admin, fhir, oauth
 from .settings import Settings
-from .backend import MedplumBackend
 
 log = logging.getLogger("medport.emulator.medplum")
 

@@ -36,11 +36,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from . import jsonsafe
 from ..jsbehaviour import js_number_to_string
+from . import jsonsafe
 from .errors import BadRequest, FhirError, all_ok
 from .fhir.principal import Principal
 from .fhir.schema import ID_RE

@@ -17,8 +17,8 @@ import datetime as _dt
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from ..cronexpr import CronSpec, cron_string_for_bot, is_valid_cron, timing_to_cron
 
+from ..cronexpr import CronSpec, cron_string_for_bot, is_valid_cron, timing_to_cron
 from .bots import BotService
 from .fhir.system import SystemFhir
 from .projects import Projects

@@ -115,9 +115,7 @@ def reset() -> Response:
             return True
         if rt == "ClientApplication" and r.get("id") == admin_id:
             return True
-        if rt == "ProjectMembership" and (r.get("profile") or {}).get("reference") == admin_profile:
-            return True
-        return False
+        return rt == "ProjectMembership" and (r.get("profile") or {}).get("reference") == admin_profile
 
     st.subscriptions.wait_idle(5.0)
     st.service.inject_conflicts(0)  # faults off

@@ -148,7 +148,7 @@ def error_response(err: FhirError) -> Response:
     return outcome_response(err.outcome, err.status)
 
 
-def current_backend() -> "MedplumBackend":
+def current_backend() -> MedplumBackend:
     """The backend of the app serving this request (the one accessor)."""
     return current_app.extensions["medport"]
 

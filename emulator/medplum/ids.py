@@ -5,7 +5,7 @@ import os
 import secrets as _secrets
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _random = threading.local()
@@ -36,7 +36,7 @@ def now_instant() -> tuple[str, float]:
     sec, frac = divmod(ms, 1000)
     cached = _second
     if cached[0] != sec:
-        cached = _second = (sec, datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+        cached = _second = (sec, datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S."))
     return f"{cached[1]}{frac:03d}Z", ms / 1000
 
 
@@ -87,7 +87,7 @@ def _codeable_concept(cc: Any) -> str:
     return ""
 
 
-def display_string(resource: dict) -> str:
+def display_string(resource: dict) -> str:  # noqa: C901 — one branch per resource type, as Medplum's getDisplayString
     """@medplum/core utils.ts getDisplayString (a Slot's time range, formatted by the locale, is not ported)."""
     rt = resource.get("resourceType")
     if rt in ("Patient", "Practitioner", "RelatedPerson"):

@@ -3,7 +3,8 @@ write changes them (the backend invalidates on writes to Project, ProjectMembers
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .fhir.policy import Access
 from .fhir.principal import Principal

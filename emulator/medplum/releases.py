@@ -31,11 +31,10 @@ the server's release and writes what it accepts; `medport check` runs its scenar
 """
 from __future__ import annotations
 
-from typing import Any
-
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 Version = tuple[int, int, int]
 
@@ -196,7 +195,7 @@ def release(text: str = NEWEST, *, newer_ok: bool = False) -> Release:
         raise UnsupportedRelease(f"Medplum {text} is older than {OLDEST}, the oldest release medport supports")
     if v > parse_version(NEWEST) and not newer_ok:
         raise UnsupportedRelease(f"Medplum {text} is newer than {NEWEST}, the newest release medport emulates")
-    return Release(version="%d.%d.%d" % v, sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
+    return Release(version="{}.{}.{}".format(*v), sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
                    project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v),
                    audit_redaction=_at(_AUDIT_REDACTION, v),
                    **{rule: v >= first for rule, first in _FHIR_RULES_SINCE.items()})
@@ -213,7 +212,7 @@ def representatives() -> list[str]:
     firsts = sorted({*(v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES,
                                        _AUDIT_REDACTION) for v, _ in table),
                      *_FHIR_RULES_SINCE.values()})
-    return ["%d.%d.%d" % v for v in firsts]
+    return ["{}.{}.{}".format(*v) for v in firsts]
 
 
 NEWEST_RELEASE = release(NEWEST)

@@ -68,7 +68,7 @@ class EmulatorHandle:
             self._prewarm.join(timeout=30)
         self.state.close()
 
-    def __enter__(self) -> "EmulatorHandle":
+    def __enter__(self) -> EmulatorHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -111,6 +111,6 @@ def start(settings: Settings | None = None, host: str = "127.0.0.1", port: int =
 
 def _prewarm(state) -> None:
     try:
-        state.runtime
+        _ = state.runtime  # starting it is the point: the property starts the runtime on first use
     except Exception:  # node missing etc.: reported on the first execution instead
         log.warning("bot runtime could not start", exc_info=True)

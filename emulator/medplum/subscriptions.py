@@ -219,7 +219,7 @@ class SubscriptionEngine:
         try:
             if rtype not in self._subscribed_types():
                 return          # no active Subscription names this type: nothing would match (a bulk import)
-        except Exception:  # noqa: BLE001 - the matching loop decides
+        except Exception:
             pass
         self._inc()
         self._queue.put((event.interaction, resource, event.previous, self._epoch))
@@ -292,10 +292,7 @@ class SubscriptionEngine:
                 return False
         if not supports_interaction(sub, interaction):
             return False
-        if "?" in criteria:
-            if not search_matches(resource, criteria):
-                return False
-        return True
+        return "?" not in criteria or search_matches(resource, criteria)
 
     # -- delivery --------------------------------------------------------------------------------
     def _submit(self, job: _Job) -> None:

@@ -2,7 +2,7 @@
 _EXPORTS = {"create_app": ".app", "MetriportBackend": ".backend", "MetriportState": ".backend",
             "FakeMetriport": ".server", "start": ".server", "Settings": ".settings"}
 
-__all__ = ["create_app", "MetriportBackend", "MetriportState", "FakeMetriport", "start", "Settings"]
+__all__ = ["FakeMetriport", "MetriportBackend", "MetriportState", "Settings", "create_app", "start"]
 
 
 def __getattr__(name: str):

@@ -24,9 +24,8 @@ from . import rules
 from .backend import UploadRefused
 from .contribution import REQUEST_ID_HEADER
 from .errors import BadRequest, api_gateway_forbidden
+from .httpio import API_KEY_HEADER, created, current_backend, q, q_or_fail, query_object, read_body, valid_api_key
 from .storage import NoSuchKey, RequestExpired
-from .httpio import (API_KEY_HEADER, created, current_backend, q, q_or_fail, query_object, read_body,
-                     valid_api_key)
 
 MEDICAL_PREFIX = "/medical/v1"
 DEV_PREFIX = "/_fake"

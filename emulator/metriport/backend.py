@@ -18,28 +18,44 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from html import escape as html_escape
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from medport.defaults import FAKE_METRIPORT_URL
 
+from ..jsbehaviour import UNDEFINED
 from . import adt, bulkcsv, rules
 from .consolidated_filter import filter_consolidated
-from ..jsbehaviour import UNDEFINED
+from .contribution import Contributions
 from .errors import BadRequest, DevError, MetriportError, NotFound, document_query_in_progress, sandbox_cap
 from .faults import RATE_LIMITS, WINDOW_S, Faults, RateLimiter
-from .models import (BulkImportJob, BulkUrlQuery, ConsolidatedQuery, Delivery, Document, DocumentQuery, Facility,
-                     NetworkQuery, Patient, PatientAdditions, Progress, Stay, StoredFile, WebhookSettings,
-                     demographics_key, iso)
-from .contribution import Contributions
+from .models import (
+    BulkImportJob,
+    BulkUrlQuery,
+    ConsolidatedQuery,
+    Delivery,
+    Document,
+    DocumentQuery,
+    Facility,
+    NetworkQuery,
+    Patient,
+    PatientAdditions,
+    Progress,
+    Stay,
+    StoredFile,
+    WebhookSettings,
+    demographics_key,
+    iso,
+)
 from .network import NOTIFICATION_URL_EXPIRES_S, NetworkQueries, SourceNotifications, bundle_json
 from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
-from .settings import DEFAULT_FACILITY_ID, Settings  # noqa: F401 — DEFAULT_FACILITY_ID: read from here too
 from .sender import WebhookSender
+from .settings import DEFAULT_FACILITY_ID, Settings  # noqa: F401 — DEFAULT_FACILITY_ID: read from here too
 from .storage import UPLOAD_EXPIRES_S, URL_EXPIRES_S, FileStore, NoSuchKey, RequestExpired
 
 SANDBOX_PATIENT_LIMIT = 20
@@ -184,7 +200,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         else:
             self._store.put("delivery", d.message_id, dataclasses.asdict(d))
 
-    def _restore(self) -> None:
+    def _restore(self) -> None:  # noqa: C901 — one pass over the saved state, a branch per kind of record
         """Load what an earlier run stored, then resume its work in flight: queries still processing finish
         (their webhooks go out), messages not delivered yet are sent."""
         st = self._store
@@ -606,7 +622,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self._patient(patient_id)
             docs = list(self.documents.get(patient_id, []))
         dfrom, dto = rules._day(date_from), rules._day(date_to)
-        kept = [d for d in docs if not (dfrom and d.indexed[:10] < dfrom or dto and d.indexed[:10] > dto)]
+        kept = [d for d in docs if not ((dfrom and d.indexed[:10] < dfrom) or (dto and d.indexed[:10] > dto))]
         if output == "dto":
             return [d.to_dict() for d in kept]
         return [d.to_fhir(patient_id, self.public_base_url) for d in kept]
@@ -999,7 +1015,7 @@ def _ccda_xml(patient: Patient, doc_id: str, ref: dict) -> bytes:
         f'<given>{xml_escape(demo.get("firstName", ""))}</given><family>{xml_escape(demo.get("lastName", ""))}</family>'
         '</name></patient></patientRole></recordTarget>\n'
         '</ClinicalDocument>\n'
-    ).encode("utf-8")
+    ).encode()
 
 
 def _summary_html(patient: Patient, bundle: dict) -> str:

@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jsbehaviour import iso_string, js_entries, js_length, js_trim, strip_non_numeric
 from . import jsdate
 from .emailcheck import is_email_valid
-from ..jsbehaviour import iso_string, js_entries, js_length, js_trim, strip_non_numeric
 
 MAX_NUMBER_ROWS = 100_000
 MAX_ADDRESSES = 10

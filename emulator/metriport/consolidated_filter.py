@@ -18,7 +18,8 @@ import calendar
 import datetime as _dt
 import json
 import re
-from typing import Any, Callable, Iterable, cast
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from ..jsbehaviour import iso_string
 from . import jsdate
@@ -55,7 +56,7 @@ def add_missing_references(filtered: list[dict], original: list[dict], iteration
     for e in original:
         r = e.get("resource")
         index[r.get("id") if isinstance(r, dict) else None] = r  # a later entry with the same id wins (a JS Map)
-    to_add = [index[ref_id] for _, ref_id in missing if ref_id in index and index[ref_id]]
+    to_add = [index[ref_id] for _, ref_id in missing if index.get(ref_id)]
     result = filtered + [bundle_entry(r) for r in to_add]
     if missing_references(to_add) and iteration < MAX_HYDRATION_ITERATIONS:
         return add_missing_references(result, original, iteration + 1)
@@ -137,8 +138,10 @@ def is_date_within(date: Any, rng: dict | None) -> bool | None:
         return None
     lo = _ms(rng["dateFrom"]) if rng.get("dateFrom") else None
     hi = _ms(rng["dateTo"]) if rng.get("dateTo") else None
-    after = (lambda: lo is not None and t >= _start_of_day(lo))
-    before = (lambda: hi is not None and t <= _start_of_day(hi) + _DAY_MS - 1)
+    def after():
+        return (lo is not None and t >= _start_of_day(lo))
+    def before():
+        return (hi is not None and t <= _start_of_day(hi) + _DAY_MS - 1)
     if rng.get("dateFrom") and rng.get("dateTo"):
         return after() and before()
     if rng.get("dateFrom"):
@@ -230,7 +233,7 @@ def _effective(r: dict) -> list:
             p.get("end") if isinstance(p, dict) else None]
 
 
-def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:
+def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:  # noqa: C901 — one branch per resource type, as consolidated-filter.ts
     """Whether one resource passes `filterBundleByDate`'s check for its type."""
     t = r.get("resourceType")
     g: Callable[[str], Any] = r.get

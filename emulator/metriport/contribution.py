@@ -38,8 +38,8 @@ from typing import Any
 
 from . import rules
 from .errors import BadRequest
-from .parts import BackendCore
 from .models import Document, iso
+from .parts import BackendCore
 from .storage import UPLOAD_EXPIRES_S, NoSuchKey, RequestExpired
 
 MAX_RESOURCE_COUNT_PER_REQUEST = 50      # data-contribution/shared.ts (sandbox)

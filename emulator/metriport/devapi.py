@@ -28,8 +28,8 @@ from flask import Blueprint, jsonify, request
 
 from . import adt, schemas
 from .api import DEV_PREFIX
-from .httpio import current_backend, parse_json_text, valid_api_key
 from .errors import DevError, DevUnauthorized, NotFound
+from .httpio import current_backend, parse_json_text, valid_api_key
 from .models import redact_url
 
 bp = Blueprint("metriport_dev", __name__, url_prefix=DEV_PREFIX)

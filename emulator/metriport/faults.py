@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import random
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import DevError, ServerError, ServiceUnavailable, TooManyRequests
 

@@ -11,10 +11,10 @@ from urllib.parse import unquote_plus
 
 from flask import Response, current_app, g, jsonify, request
 
+from ..jsbehaviour import first_lone_surrogate
 from . import rules
 from .backend import MetriportBackend
 from .errors import HttpError
-from ..jsbehaviour import first_lone_surrogate
 
 EXTENSION = "metriport"               # app.extensions key of the backend
 API_KEY_CONFIG = "METRIPORT_API_KEY"  # app.config key of the accepted API key

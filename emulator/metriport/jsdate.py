@@ -115,7 +115,7 @@ class _Scanner:
         self.ch = self.u[self.i] if self.i < len(self.u) else 0
         self.i += 1
 
-    def _scan(self) -> _Tok:
+    def _scan(self) -> _Tok:  # noqa: C901 — V8's date scanner, kept in its shape to compare with dateparser-inl.h
         pre = self.i
         ch = self.ch
         if ch == 0:
@@ -248,9 +248,9 @@ class _Time:
             if not _between(h, 0, 12):
                 return None
             h = h % 12 + self.hour_offset
-        if not (_between(h, 0, 23) and _between(mi, 0, 59) and _between(s, 0, 59) and _between(ms, 0, 999)):
-            if not (h == 24 and mi == 0 and s == 0 and ms == 0):
-                return None
+        in_range = _between(h, 0, 23) and _between(mi, 0, 59) and _between(s, 0, 59) and _between(ms, 0, 999)
+        if not in_range and not (h == 24 and mi == 0 and s == 0 and ms == 0):
+            return None
         return h, mi, s, ms
 
 
@@ -293,7 +293,7 @@ def _read_ms(t: _Tok) -> int:
     return n
 
 
-def _es5(sc: _Scanner, day: _Day, time: _Time, tz: _Zone) -> _Tok:
+def _es5(sc: _Scanner, day: _Day, time: _Time, tz: _Zone) -> _Tok:  # noqa: C901 — V8's ES5 ISO branch, in its shape
     """ES5 ISO date-time; returns the first token left for the legacy parser (end = done, invalid = fail)."""
     if sc.peek().is_sign():
         sign_tok = sc.next()
@@ -366,7 +366,7 @@ def _es5(sc: _Scanner, day: _Day, time: _Time, tz: _Zone) -> _Tok:
     return _Tok("end")
 
 
-def v8_parse(s: str) -> tuple[int, int, int, int, int, int, int, int | None] | None:
+def v8_parse(s: str) -> tuple[int, int, int, int, int, int, int, int | None] | None:  # noqa: C901 — V8's legacy parser loop, in its shape
     """V8 `DateParser::Parse`: (year, month0, day, h, mi, s, ms, utcOffsetSeconds|None) or None."""
     sc = _Scanner(s)
     day, time, tz = _Day(), _Time(), _Zone()

@@ -13,7 +13,7 @@ from typing import Any
 
 def iso(ts: float) -> str:
     """Metriport's timestamps: ISO 8601 UTC with milliseconds (`2025-10-09T08:26:40.000Z`)."""
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
 
 
 def demographics_key(demo: dict) -> tuple:

@@ -13,7 +13,8 @@ import json
 import os
 import sqlite3
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..locks import OwnerLock, lock_path, open_versioned
 

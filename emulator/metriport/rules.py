@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..jsbehaviour import drop_undefined
 from . import jsdate, schemas, zod
 from .errors import BadRequest, ValidationError
-from ..jsbehaviour import drop_undefined
 
 CONSOLIDATED_RESOURCE_TYPES = frozenset(schemas.RESOURCE_TYPES_FOR_CONSOLIDATION)
 CONVERSION_TYPES = schemas.CONVERSION_TYPES

@@ -9,7 +9,7 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Job = Callable[[], None]
 

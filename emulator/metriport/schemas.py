@@ -15,15 +15,30 @@ import re
 import time
 from typing import Any
 
+from ..jsbehaviour import UNDEFINED, strip_non_numeric
 from . import jsdate
 from .emailcheck import is_email_valid
-from ..jsbehaviour import UNDEFINED, strip_non_numeric
-from .zod import (AnyValue, Array, Boolean, Enum, Literal, Number, Object, Optional, Preprocess, Record, String,
-                  SuperRefine, Tuple, Undefined, Union, Null)
+from .zod import (
+    AnyValue,
+    Array,
+    Boolean,
+    Enum,
+    Literal,
+    Null,
+    Number,
+    Object,
+    Optional,
+    Preprocess,
+    Record,
+    String,
+    SuperRefine,
+    Tuple,
+    Undefined,
+    Union,
+)
 
 # @metriport/shared domain/address/state.ts (USState, 50 states + DC) and territory.ts (USTerritory)
-US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
-             "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
+US_STATES = ["AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY"]
 US_TERRITORIES = ("AS", "GU", "PR", "VI")
 # @metriport/shared domain/address/zip.ts knownInvalidZipCodes
 KNOWN_INVALID_ZIPS = ("00000", "99999", "10000", "20000", "30000", "40000", "50000", "60000", "70000", "80000",
@@ -31,17 +46,7 @@ KNOWN_INVALID_ZIPS = ("00000", "99999", "10000", "20000", "30000", "40000", "500
 ZIP_LENGTH = 5      # zip.ts zipLength
 PHONE_LENGTH = 10   # domain/contact/phone.ts phoneLength
 # @metriport/shared medical/fhir/resources.ts resourceTypeForConsolidation (= api-sdk's), in its order
-RESOURCE_TYPES_FOR_CONSOLIDATION = (
-    "Account AllergyIntolerance Appointment AppointmentResponse AuditEvent Basic BodyStructure CarePlan CareTeam "
-    "ChargeItem Claim ClaimResponse ClinicalImpression Communication CommunicationRequest Composition Condition "
-    "Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device "
-    "DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference Encounter "
-    "EnrollmentRequest EpisodeOfCare ExplanationOfBenefit FamilyMemberHistory Flag Goal GuidanceResponse "
-    "ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation Invoice List MeasureReport Media "
-    "MedicationAdministration MedicationDispense MedicationRequest MedicationStatement MolecularSequence "
-    "NutritionOrder Observation Person Procedure Provenance QuestionnaireResponse RelatedPerson RequestGroup "
-    "ResearchSubject RiskAssessment ServiceRequest Specimen AdverseEvent Task Location Organization Patient "
-    "Practitioner Binary").split()
+RESOURCE_TYPES_FOR_CONSOLIDATION = ["Account", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent", "Basic", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression", "Communication", "CommunicationRequest", "Composition", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference", "Encounter", "EnrollmentRequest", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "GuidanceResponse", "ImagingStudy", "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "Invoice", "List", "MeasureReport", "Media", "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement", "MolecularSequence", "NutritionOrder", "Observation", "Person", "Procedure", "Provenance", "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchSubject", "RiskAssessment", "ServiceRequest", "Specimen", "AdverseEvent", "Task", "Location", "Organization", "Patient", "Practitioner", "Binary"]
 CONVERSION_TYPES = ("html", "pdf", "json")           # shared medical/fhir/conversion.ts consolidationConversionType
 DOC_CONVERSION_TYPES = ("html", "pdf")               # core domain/conversion/cda-to-html-pdf.ts validConversionTypes
 DOB_FORMAT_MESSAGE = "Date must be a valid ISO 8601 date formatted YYYY-MM-DD. Example: 2023-03-15"
@@ -306,9 +311,8 @@ def is_url(s: str) -> bool:
         return True  # an opaque path: anything goes
     hostport = authority.rsplit("@", 1)[-1]
     host, port = hostport, ""
-    if not hostport.startswith("[") or "]:" in hostport:
-        if ":" in hostport.rsplit("]", 1)[-1]:
-            host, port = hostport.rsplit(":", 1)
+    if (not hostport.startswith("[") or "]:" in hostport) and ":" in hostport.rsplit("]", 1)[-1]:
+        host, port = hostport.rsplit(":", 1)
     if port and (not port.isdigit() or not port.isascii() or int(port) > 65535):
         return False
     return _host_ok(host, special)

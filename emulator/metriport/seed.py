@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from medport.jsoncodec import loads as _loads
 
@@ -76,7 +76,7 @@ def _bundles_in(path: Path) -> list[Path]:
     return [path]
 
 
-def load_data(path: str | os.PathLike) -> dict[str, Dataset]:
+def load_data(path: str | os.PathLike) -> dict[str, Dataset]:  # noqa: C901 — reads every shape a user's data folder may hold
     """Read a FHIR bundle file or a folder of them.
 
     Each bundle holding a Patient becomes data of a patient known by that Patient's first name;

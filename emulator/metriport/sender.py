@@ -13,7 +13,8 @@ import secrets
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import webhooks
 from .faults import Faults

@@ -39,7 +39,7 @@ class FakeMetriport:
         self._served.stop()
         self.state.close()
 
-    def __enter__(self) -> "FakeMetriport":
+    def __enter__(self) -> FakeMetriport:
         return self
 
     def __exit__(self, *exc) -> None:

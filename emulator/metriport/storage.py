@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .models import StoredFile
 
@@ -56,7 +56,7 @@ class FileStore:
             self._files[token] = stored
         if self.on_put:
             self.on_put(token, stored)
-        amz_date = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = _dt.datetime.fromtimestamp(now, _dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         sig = hmac.new(self._secret, f"{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
         return (f"{FILES_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
                 f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
@@ -76,7 +76,7 @@ class FileStore:
         """A presigned PUT path for an upload slot the caller keeps (`/_fake/uploads/<token>/<name>?X-Amz-...`);
         its expiry is the caller's to check (`expires_at`)."""
         now = self._clock()
-        amz_date = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = _dt.datetime.fromtimestamp(now, _dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         sig = hmac.new(self._secret, f"PUT/{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
         return (f"{UPLOADS_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
                 f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"

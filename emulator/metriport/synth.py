@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -132,7 +133,7 @@ class _Gen:
 
     def num(self, lo: float, hi: float, decimals: int) -> float | int:
         v = self.rng.uniform(lo, hi)
-        return int(round(v)) if decimals == 0 else round(v, decimals)
+        return round(v) if decimals == 0 else round(v, decimals)
 
     def pick(self, items: list) -> Any:
         return items[self.rng.randrange(len(items))]
@@ -400,7 +401,9 @@ class _Gen:
             refs = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in present if r["resourceType"] == rtype][:20]
             sections.append({"title": title, "code": {"coding": [{"system": LOINC, "code": code}]}, "entry": refs})
         for i in range(n_dangling):  # Metriport quirk: references to resources not in the bundle
-            sections[i % len(sections)]["entry"].append({"reference": f"{sections[i % len(sections)]['entry'][0]['reference'].split('/')[0] if sections[i % len(sections)]['entry'] else 'Condition'}/{self.uid()}"})
+            entries = sections[i % len(sections)]["entry"]
+            rtype = entries[0]["reference"].split("/")[0] if entries else "Condition"
+            entries.append({"reference": f"{rtype}/{self.uid()}"})
         for s in sections:
             if not s["entry"]:
                 del s["entry"]

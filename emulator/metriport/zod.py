@@ -17,8 +17,9 @@ What it keeps from zod, because Metriport's error bodies show it:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..jsbehaviour import UNDEFINED, js_keys, js_length, js_string, js_trim, js_type
 

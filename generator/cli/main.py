@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
+from medport import __version__
 from medport.emulator.node import NodeRuntimeMissing
 
-from medport import __version__
 from ..generation.config import CONFIG_FILENAME
 from ..options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param
 
@@ -71,7 +71,7 @@ class MedportGroup(click.Group):
             raise
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
-        except Exception as e:  # noqa: BLE001 — every error is one line; -vv shows the traceback
+        except Exception as e:
             if is_verbose():
                 log.exception("traceback of the error below")
             raise click.ClickException(one_line(e)) from None
@@ -149,7 +149,14 @@ main.params.append(verbose_param())
 def init(directory, ci, force, pip_spec):
     """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow.
     Both put .medport/ (the emulator's state and databases) in .gitignore."""
-    from ..generation.starter import WORKFLOW_PATH, InstallSpec, ci_workflow, default_pip_spec, ensure_gitignored, starter_toml
+    from ..generation.starter import (
+        WORKFLOW_PATH,
+        InstallSpec,
+        ci_workflow,
+        default_pip_spec,
+        ensure_gitignored,
+        starter_toml,
+    )
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,20 @@ from pathlib import Path
 from urllib.parse import quote
 
 import requests
-from flask import (Blueprint, Flask, Response, abort, current_app, g, jsonify, redirect, render_template,
-                   request, session, url_for)
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..remote.medplum_http import MedplumError

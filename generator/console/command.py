@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
+from medport.defaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
+
 from .. import statefile
 from ..generation.config import Config, ConfigError, load_config
-from medport.defaults import CONSOLE_PORT, admin_credentials, fake_metriport_api_key
 from ..options import config_option, medplum_options, metriport_options
 from .guard import binds_everything
 from .source import Settings, Source
@@ -115,7 +116,7 @@ def warm_up(app) -> None:
     def build():
         try:
             app.extensions["medport_console"].integration()
-        except Exception:  # noqa: BLE001 - the first page reads again and says what is wrong
+        except Exception:
             pass
     threading.Thread(target=build, name="medport-console-warm-up", daemon=True).start()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .model import ACK_BUDGET_MS, STATE_LABELS, STATES, Integration, human_s
@@ -138,7 +138,7 @@ def over_time(integ: Integration, since: datetime | None = None) -> dict:
     hi = max([t for t, _ in times] + ([integ.now] if since else []))
     span = max((hi - lo).total_seconds(), 1.0)
     bucket = next((b for b in BUCKETS_S if span / b <= MAX_BUCKETS), BUCKETS_S[-1])
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     first = int((lo - epoch).total_seconds() // bucket)
     last = int((hi - epoch).total_seconds() // bucket)
     first = max(first, last - 4 * MAX_BUCKETS)

@@ -17,17 +17,28 @@ newer failure beats an older link, a failed or stuck message newer than the last
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..generation.fhir_codes import (BULK_ROW_FAILED_CODE, BULK_TASK_CODE, CONTRIBUTION_TASK_CODE, FINGERPRINT_EXTENSION,
-                          MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE,
-                          PATIENT_SYNC_TASK_CODE, QUERY_FAILED_EXTENSION, RESOURCE_CONFLICT_TASK_CODE)
+from ..generation.fhir_codes import (
+    BULK_ROW_FAILED_CODE,
+    BULK_TASK_CODE,
+    CONTRIBUTION_TASK_CODE,
+    FINGERPRINT_EXTENSION,
+    MESSAGE_ATTEMPTS_EXT,
+    MESSAGE_LEASE_EXT,
+    METRIPORT_PATIENT_ID_SYSTEM,
+    PATIENT_CONFLICT_TASK_CODE,
+    PATIENT_SYNC_TASK_CODE,
+    QUERY_FAILED_EXTENSION,
+    RESOURCE_CONFLICT_TASK_CODE,
+)
 from .source import Snapshot
 
 AUDIT_FAILURE = {"4", "8", "12"}
@@ -39,7 +50,7 @@ ANSWER_TYPES = (CONSOLIDATED, "network-query.")
 # ... and messages that bring data of their own (notifications): with the answers, the "data" messages.
 NOTIFICATION_TYPES = ("patient.admit", "patient.transfer", "patient.discharge", "patient.pharmacy",
                       "patient.laboratory")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _BOT_TAG = re.compile(r"\[([a-z0-9][a-z0-9-]*)\] ")
 _LAMBDA_LEVEL = re.compile(r"\t(INFO|WARN|ERROR)\t")
@@ -57,7 +68,7 @@ def parse_time(value) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def ms_between(a: datetime | None, b: datetime | None) -> float | None:
@@ -183,7 +194,7 @@ class Run:
         return _run_verdict(self)
 
     @cached_property
-    def queries(self) -> list["Query"]:
+    def queries(self) -> list[Query]:
         return _queries_of(self)
 
 
@@ -246,7 +257,7 @@ class Memo:
         meta = task.get("meta") or {}
         return task.get("id", ""), str(meta.get("versionId") or meta.get("lastUpdated") or "")
 
-    def message(self, task: dict) -> "TaskRecord":
+    def message(self, task: dict) -> TaskRecord:
         key = self.task_key(task)
         hit = self.tasks.get(key)
         if hit is None:
@@ -365,7 +376,7 @@ class Message:
         run that left it failed to the start of the next processing run."""
         runs = sorted((r for r in self.processing if r.start), key=lambda r: r.start or EPOCH)
         out = []
-        for a, b in zip(runs, runs[1:]):
+        for a, b in itertools.pairwise(runs):
             if a.left_failed and a.end and b.start and b.start > a.end:
                 out.append((a.end, b.start))
         return out
@@ -812,7 +823,7 @@ def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[
     when the Patient is linked and nothing newer says otherwise (the messages decide then)."""
     version_at = parse_time((patient.get("meta") or {}).get("lastUpdated"))
     pid = patient.get("id")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     evidence: list[tuple[datetime, int, SyncState]] = []
     decisive = _decisive_runs(runs)
     for r in decisive:
@@ -1202,7 +1213,7 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
         title = rv.title if rv.title.lower().startswith("review") or not rv.needs_review else f"Review: {rv.title}"
         events.append(Event(rv.updated if rv.kind == "sync" else rv.at, "review", title,
                             "warn" if rv.needs_review else "muted", [rv.description, f"Task/{rv.task_id} {rv.status}"]))
-    floor = datetime.max.replace(tzinfo=timezone.utc)
+    floor = datetime.max.replace(tzinfo=UTC)
     order = {"saved": 0, "patient-bot": 1, "metriport": 2, "webhook": 3, "processing": 4, "imported": 5,
              "aggregation": 6, "review": 7}
     events.sort(key=lambda e: (e.at or floor, order.get(e.stage, 9)))

@@ -17,15 +17,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from ..generation.fhir_codes import (
+    MEDPORT_CODESYSTEM,
+    MESSAGE_TASK_CODE,
+    METRIPORT_PATIENT_ID_SYSTEM,
+    METRIPORT_RESOURCE_ID_SYSTEM,
+)
 from ..remote.medplum_http import MedplumError, MedplumHttp
-from ..generation.fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, METRIPORT_PATIENT_ID_SYSTEM,
-                          METRIPORT_RESOURCE_ID_SYSTEM)
 
 DEV_API_PREFIXES = ("/_emulator/", "/_fake/")
 DEFAULT_BOT_NAMES = {"patient": "metriport-patient-bot", "webhook": "metriport-webhook-bot"}
@@ -108,7 +112,7 @@ class Snapshot:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _updated(resource: dict) -> str:

@@ -15,8 +15,22 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from .figures import RANGES, attention, charts, color_of, health, state_labels
-from .model import (STATE_LABELS, STATE_TONES, STATES, Integration, Memo, Message, PatientSync, calls_of, call_tone, human_ms,
-                    human_s, parse_time, reconstruct, timeline)
+from .model import (
+    STATE_LABELS,
+    STATE_TONES,
+    STATES,
+    Integration,
+    Memo,
+    Message,
+    PatientSync,
+    call_tone,
+    calls_of,
+    human_ms,
+    human_s,
+    parse_time,
+    reconstruct,
+    timeline,
+)
 from .source import Source
 
 PAGE_SIZE = 50

@@ -22,7 +22,8 @@ from typing import Any, get_type_hints
 import jsonschema
 
 from medport.emulator.cronexpr import is_valid_cron
-from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease, release as medplum_release
+from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
 
 CONFIG_FILENAME = "medport.toml"
 

@@ -38,14 +38,29 @@ SKIPPED_CONSTRAINTS = frozenset({"ele-1", "dom-3", "org-1", "sdf-19"})
 # Invariants seen (or expected) in C-CDA conversions that the webhook bot checks in JavaScript and repairs (or,
 # where no safe repair exists, skips the resource with the reason): key -> the expression it was written for.
 INVARIANTS = {
-    "ait-1": "verificationStatus.coding.where(system = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification' and code = 'entered-in-error').exists() or clinicalStatus.exists()",
-    "ait-2": "verificationStatus.coding.where(system = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification' and code = 'entered-in-error').empty() or clinicalStatus.empty()",
+    "ait-1": (
+        "verificationStatus.coding.where(system = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification'"
+        " and code = 'entered-in-error').exists()"
+        " or clinicalStatus.exists()"
+    ),
+    "ait-2": (
+        "verificationStatus.coding.where(system = 'http://terminology.hl7.org/CodeSystem/allergyintolerance-verification'"
+        " and code = 'entered-in-error').empty()"
+        " or clinicalStatus.empty()"
+    ),
     "cmp-1": "text.exists() or entry.exists() or section.exists()",
     "cmp-2": "emptyReason.empty() or entry.empty()",
     "con-1": "summary.exists() or assessment.exists()",
     "con-2": "code.exists() or detail.exists()",
-    "con-4": "abatement.empty() or clinicalStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-clinical' and (code='resolved' or code='remission' or code='inactive')).exists()",
-    "con-5": "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-ver-status' and code='entered-in-error').empty() or clinicalStatus.empty()",
+    "con-4": (
+        "abatement.empty()"
+        " or clinicalStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-clinical'"
+        " and (code='resolved' or code='remission' or code='inactive')).exists()"
+    ),
+    "con-5": (
+        "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-ver-status' and code='entered-in-error').empty()"
+        " or clinicalStatus.empty()"
+    ),
     "cpl-3": "detail.empty() or reference.empty()",
     "ext-1": "extension.exists() != value.exists()",
     "obs-3": "low.exists() or high.exists() or text.exists()",

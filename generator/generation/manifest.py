@@ -15,8 +15,14 @@ import json
 from typing import Any
 
 from .config import BotSpec, Config
-from .fhir_codes import (CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE, PATIENT_CONFLICT_TASK_CODE,
-                         PATIENT_SYNC_TASK_CODE, SUPPORTED_INTERACTION_EXT)
+from .fhir_codes import (
+    CONTRIBUTION_TASK_CODE,
+    MEDPORT_CODESYSTEM,
+    MESSAGE_TASK_CODE,
+    PATIENT_CONFLICT_TASK_CODE,
+    PATIENT_SYNC_TASK_CODE,
+    SUPPORTED_INTERACTION_EXT,
+)
 
 READ = ["read", "vread", "search", "history"]
 # Which access policy each deployed principal runs under (keys are the policy tags).

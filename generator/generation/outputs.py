@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config
-from .manifest import deploy_bundle, dumps, medplum_cli_config
 from . import deployed as deployed_bots
 from . import render
+from .config import Config
+from .manifest import deploy_bundle, dumps, medplum_cli_config
 
 DEFAULT_OUT = "bots"
 

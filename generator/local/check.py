@@ -21,8 +21,8 @@ from medport.emulator.node import NodeRuntimeMissing, find_runtime, node_binary
 
 from ..generation import JS_DIR
 from ..generation.config import Config, ConfigError, load_config
-from ..options import config_option, out_option
 from ..generation.render import patient_bot_config
+from ..options import config_option, out_option
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Checker:
         t0 = time.monotonic()
         try:
             detail = fn()
-        except Exception as e:  # noqa: BLE001 — every failure becomes a reported case
+        except Exception as e:
             msg = str(e) or type(e).__name__
             if not isinstance(e, (AssertionError, ConfigError, click.ClickException, NodeRuntimeMissing)):
                 msg += "\n" + traceback.format_exc(limit=4)

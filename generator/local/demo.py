@@ -5,11 +5,18 @@ import time
 
 import click
 
-from ..options import config_option, load_or_exit
 from ..generation.outputs import stale_files
+from ..options import config_option, load_or_exit
+from .flow import (
+    count_imported,
+    create_facility_org,
+    create_patient,
+    data_messages_per_patient,
+    deliveries,
+    runs,
+    wait_for_consolidated,
+)
 from .stack import start_stack
-from .flow import (count_imported, create_facility_org, create_patient, data_messages_per_patient, deliveries, runs,
-                   wait_for_consolidated)
 
 
 class LiveView:
@@ -67,7 +74,7 @@ def demo_command(config_path, patient, timeout, keep_running):
     webhook bot → clinical data in Medplum. Exits 0 only when the data is really in Medplum."""
     cfg = load_or_exit(config_path)
     t0 = time.monotonic()
-    step = lambda msg: click.echo(click.style("▸ ", fg="cyan") + msg)  # noqa: E731
+    step = lambda msg: click.echo(click.style("▸ ", fg="cyan") + msg)
     stale = stale_files(cfg, "bots")
     step(f"bots rendered from {config_path}" + (f" (bots/ has {len(stale)} stale file(s): run `medport generate`)"
                                                   if stale else " (bots/ is up to date)"))

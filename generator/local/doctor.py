@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 
 from medport import __version__
+from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
 from medport.emulator import node as noderuntime
+
 from .. import statefile
 from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
-from medport.defaults import EMULATOR_PORT, FAKE_METRIPORT_PORT
-from ..options import config_option, out_option
 from ..generation.outputs import stale_files
+from ..options import config_option, out_option
 from .runtime_setup import read_stamp
 
 
@@ -133,7 +134,7 @@ def _config(config_path: str, out_dir: str, config_required: bool) -> list[Findi
 def _credentials() -> list[Finding]:
     """The credentials deploy and the real Metriport need (present or not: values are never shown)."""
     f: list[Finding] = []
-    have = lambda *names: [n for n in names if os.environ.get(n)]  # noqa: E731
+    have = lambda *names: [n for n in names if os.environ.get(n)]
     medplum = have("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
     f.append(Finding("ok" if len(medplum) == 3 else "info", "deploy",
                      "MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET set" if len(medplum) == 3 else

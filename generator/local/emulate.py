@@ -10,23 +10,27 @@ from pathlib import Path
 
 import click
 
+from medport.defaults import (
+    CONSOLE_PORT,
+    DEFAULT_ADMIN_CLIENT_SECRET,
+    DEV_FAKE_METRIPORT_API_KEY,
+    EMULATOR_PORT,
+    FAKE_METRIPORT_PORT,
+)
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused
-from medport.emulator.procenv import hide_process_environment, take_secrets
-from medport.emulator.medplum.server import DEFAULT_DB
 from medport.emulator.medplum.releases import NEWEST, OLDEST, UnsupportedRelease
 from medport.emulator.medplum.releases import release as medplum_release
+from medport.emulator.medplum.server import DEFAULT_DB
 from medport.emulator.metriport.persist import sibling_path
+from medport.emulator.procenv import hide_process_environment, take_secrets
 from medport.emulator.serving import PortInUse, tune_gc_for_serving, wait_for_stop
 
 from .. import statefile
-from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
-from ..remote.medplum_http import MedplumError
 from ..console.command import serve_for_stack
+from ..generation.config import CONFIG_FILENAME, ConfigError, load_config
 from ..options import admin_options, config_option
-from medport.defaults import (CONSOLE_PORT, DEFAULT_ADMIN_CLIENT_SECRET, DEV_FAKE_METRIPORT_API_KEY, EMULATOR_PORT,
-                             FAKE_METRIPORT_PORT)
+from ..remote.medplum_http import MedplumError
 from .stack import MissingInput, Stack, start_stack
-
 
 FOLDER_LOCK = statefile.STATE_FILE.parent / "emulate.lock"
 

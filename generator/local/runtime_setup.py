@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -171,7 +171,7 @@ def _install(directory: Path, use_path_node: bool, echo, t0: float) -> SetupResu
                          "registry setting (`npm config get registry`), then run `medport setup` again")
     echo(f"        done in {time.monotonic() - t1:.1f} s")
     nm = directory / "node_modules"
-    node = str(nm / ".bin" / "node") if not path_node else path_node
+    node = path_node if path_node else str(nm / ".bin" / "node")
     if not noderuntime.node_ok(node):
         raise SetupError(f"Node {pins['node']} did not install into {nm} (npm skipped its install script?) — run "
                          "`medport setup --force`, or put a Node >= 22 on PATH")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 
@@ -16,11 +16,30 @@ from medport.emulator.metriport import synth
 from medport.emulator.metriport.seed import Dataset
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
-from .flow import (count_imported, create_facility_org, create_patient, data_deliveries, data_messages_per_patient,
-                   data_types, deliveries, dev_api, message_tasks, runs, task_ids, wait_for_consolidated)
-from ..generation.fhir_codes import (MEDPORT_CODESYSTEM, MESSAGE_ID_SYSTEM, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE,
-                         PATIENT_CONFLICT_TASK_CODE, PATIENT_SYNC_ID_SYSTEM, RESOURCE_CONFLICT_TASK_CODE)
+from ..generation.fhir_codes import (
+    MEDPORT_CODESYSTEM,
+    MESSAGE_ID_SYSTEM,
+    MESSAGE_LEASE_EXT,
+    MESSAGE_TASK_CODE,
+    PATIENT_CONFLICT_TASK_CODE,
+    PATIENT_SYNC_ID_SYSTEM,
+    RESOURCE_CONFLICT_TASK_CODE,
+)
 from ..remote.replay import deliver, metriport_body
+from .flow import (
+    count_imported,
+    create_facility_org,
+    create_patient,
+    data_deliveries,
+    data_messages_per_patient,
+    data_types,
+    deliveries,
+    dev_api,
+    message_tasks,
+    runs,
+    task_ids,
+    wait_for_consolidated,
+)
 
 
 class ScenarioFailure(AssertionError):
@@ -69,7 +88,7 @@ def check_references(stack, resources: list[dict], patient_ids: set[str]) -> Non
             if ref.startswith("Patient/"):
                 expect(ref.split("/", 1)[1] in patient_ids, f"{where}: points at {ref}, not the existing Medplum Patient")
             if ref not in cache:
-                rt, _, rid = ref.partition("/")
+                _rt, _, rid = ref.partition("/")
                 if not rid or "/" in rid:
                     cache[ref] = False
                 else:
@@ -409,7 +428,7 @@ def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
               t["status"] in ("completed", "failed"), timeout, "the first Patient's consolidated data")
         _wait_tasks_settled(stack)
     expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
-    queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])  # noqa: E731
+    queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])
     q_before = queries()
     b = create_patient(stack, "Twin", org["id"])
     _wait(lambda: _patient_bot_runs_for(stack, b["id"]), timeout, "the patient bot to run for the second Patient")

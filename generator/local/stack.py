@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
+from medport.defaults import fake_metriport_api_key
+from medport.emulator.medplum.releases import NEWEST
+from medport.emulator.medplum.releases import release as medplum_release
 from medport.emulator.medplum.server import EmulatorHandle
 from medport.emulator.medplum.server import start as start_emulator
 from medport.emulator.medplum.settings import Settings
@@ -18,13 +21,11 @@ from medport.emulator.metriport.persist import sibling_path
 from medport.emulator.metriport.server import FakeMetriport
 from medport.emulator.metriport.server import start as start_fake
 from medport.emulator.metriport.settings import Settings as FakeSettings
-from medport.emulator.medplum.releases import NEWEST, release as medplum_release
 from medport.emulator.node import NODE_FETCH_PACKAGES, RUNTIME_PACKAGES, find_runtime
 
 from ..generation.config import Config
-from ..remote.deploy import DeployResult, Deployer
-from medport.defaults import fake_metriport_api_key
 from ..generation.manifest import webhook_execute_url
+from ..remote.deploy import Deployer, DeployResult
 from ..remote.medplum_http import MedplumHttp
 
 SANDBOX_URL = "https://api.sandbox.metriport.com"

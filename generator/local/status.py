@@ -6,9 +6,10 @@ import json
 import click
 import requests
 
+from medport.defaults import admin_credentials
+
 from .. import statefile
 from ..generation.config import CONFIG_FILENAME
-from medport.defaults import admin_credentials
 from ..options import config_option, medplum_options
 
 
@@ -50,11 +51,11 @@ def _answers(url: str | None) -> bool:
 def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
                         fhir_only: bool = False, config_path: str = CONFIG_FILENAME) -> dict:
     """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
-    from ..generation.config import ConfigError, load_config
     from ..console.command import settings_for
     from ..console.figures import health
     from ..console.model import reconstruct
     from ..console.source import Source
+    from ..generation.config import ConfigError, load_config
     from ..remote.medplum_http import MedplumError
 
     try:

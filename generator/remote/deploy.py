@@ -17,22 +17,31 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, TypeGuard
+from typing import TypeGuard
 
 import click
 
-from ..generation.config import Config
-from ..generation.manifest import (POLICY_OF_MEMBER, WEBHOOK_CLIENT_KEY, access_policies, bot_resource, client_application,
-                       stale_subscription_keys,
-                       subscriptions, webhook_execute_url)
-from .medplum_http import MedplumError, MedplumHttp
-from ..options import config_option, load_or_exit, medplum_options, out_option
+from medport.emulator.medplum.releases import NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease
+from medport.emulator.medplum.releases import release as medplum_release
+
 from ..generation import render
-from medport.emulator.medplum.releases import (NEWEST, OLDEST, OPTIONAL_BOT_ELEMENTS, Release, UnsupportedRelease,
-                                               release as medplum_release)
+from ..generation.config import Config
+from ..generation.manifest import (
+    POLICY_OF_MEMBER,
+    WEBHOOK_CLIENT_KEY,
+    access_policies,
+    bot_resource,
+    client_application,
+    stale_subscription_keys,
+    subscriptions,
+    webhook_execute_url,
+)
+from ..options import config_option, load_or_exit, medplum_options, out_option
+from .medplum_http import MedplumError, MedplumHttp
 
 SECRET_NAMES = ("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY", "METRIPORT_BASE_URL")
 SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret", "retiringSecret"}
@@ -62,8 +71,8 @@ class DeployResult:
 def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
     if existing is None:
         return False
-    strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}  # noqa: E731
-    tags = lambda r: (r.get("meta") or {}).get("tag", [])  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in SERVER_FIELDS}
+    tags = lambda r: (r.get("meta") or {}).get("tag", [])
     return strip(existing) == strip(desired) and all(t in tags(existing) for t in tags(desired))
 
 
@@ -265,7 +274,7 @@ class Deployer:
         after an answer the server may have sent after acting (5xx) it is not repeated blindly — the one it may
         have created (that name, not yet given medport's identifier or tag) is adopted instead."""
         path = f"admin/projects/{self.project_id}/{kind}"
-        sent = datetime.now(timezone.utc) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
+        sent = datetime.now(UTC) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
         try:
             return self.http.request(step, "POST", path, json_body=body)
         except MedplumError as e:
@@ -284,7 +293,7 @@ class Deployer:
         after = since.isoformat(timespec="seconds").replace("+00:00", "Z")
         found = self.http.fhir(f"{step}: look for it", "GET", rtype, params={
             "name": name, "_lastUpdated": f"ge{after}", "_count": "20", "_sort": "_lastUpdated"})
-        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(  # noqa: E731
+        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(
             t.get("system") == system for t in (r.get("meta") or {}).get("tag") or [])
         return [e["resource"] for e in found.get("entry", []) if not mine(e["resource"])]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
+from ..options import config_option, load_or_exit, medplum_options, metriport_options
 from .medplum_http import MedplumError
 from .metriport_client import medplum_http, metriport_api
-from ..options import config_option, load_or_exit, medplum_options, metriport_options
 
 
 @click.command("document-urls")

@@ -32,9 +32,9 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote
 
 import click
@@ -45,12 +45,12 @@ from medport.emulator.node import node_binary
 
 from ..generation import JS_DIR
 from ..generation.config import Config
-from .medplum_http import MedplumError, MedplumHttp, instant_now
-from ..progress import Progress
-from ..options import config_option, load_or_exit, medplum_options, metriport_options
-from .metriport_client import MetriportApi, metriport_api, medplum_http, upload_csv
-from ..generation.render import render_bots
 from ..generation.fhir_codes import BULK_REQUEST_ID_SYSTEM, BULK_ROW_FAILED_CODE, BULK_TASK_CODE, MEDPORT_CODESYSTEM
+from ..generation.render import render_bots
+from ..options import config_option, load_or_exit, medplum_options, metriport_options
+from ..progress import Progress
+from .medplum_http import MedplumError, MedplumHttp, instant_now
+from .metriport_client import MetriportApi, medplum_http, metriport_api, upload_csv
 
 MAX_ROWS = 100_000  # Metriport's maximum per bulk patient create (csv/validate-and-parse-import.ts MAX_NUMBER_ROWS)
 CSV_COLUMNS = ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1", "city-1",

@@ -13,9 +13,10 @@ authorization header"), so a client logged in before can log in again (a second 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
@@ -59,7 +60,7 @@ def not_json_reason(resp: requests.Response) -> str:
 def instant_now() -> str:
     """Now as an instant with milliseconds, as the bots write them (`new Date().toISOString()`): Task inv-1
     compares authoredOn with lastModified, and FHIRPath cannot compare two precisions."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 @dataclass
 class MedplumHttp:

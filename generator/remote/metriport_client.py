@@ -3,16 +3,17 @@ client; the fake's URL and key when the emulator runs here) and the Medplum serv
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import click
 import requests
 
+from medport.defaults import admin_credentials, fake_metriport_api_key
+
 from .. import statefile
 from ..generation.config import Config
 from .http_retry import MAYBE_ACTED_STATUSES, RetryPolicy, WaitTooLong, is_idempotent, maybe_applied_hint
-from medport.defaults import admin_credentials, fake_metriport_api_key
 from .medplum_http import MedplumHttp
 
 

@@ -11,16 +11,16 @@ from datetime import datetime
 import click
 import requests
 
+from medport.defaults import admin_credentials
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
 
 from .. import statefile
 from ..generation.config import Config
-from .medplum_http import MedplumError, MedplumHttp, instant_now
 from ..generation.fhir_codes import MEDPORT_CODESYSTEM, MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT, MESSAGE_TASK_CODE
-from medport.defaults import admin_credentials
 from ..generation.manifest import webhook_execute_url
 from ..options import config_option, load_or_exit, medplum_options
 from ..progress import Progress
+from .medplum_http import MedplumError, MedplumHttp, instant_now
 
 SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
 
@@ -38,7 +38,7 @@ def load_webhook(path: str):
         raise click.ClickException(f"{path}: cannot read a webhook JSON file ({e})") from None
     if isinstance(data, dict) and "payload" in data and "meta" not in data:
         data = data["payload"]  # a delivery record from the fake's /_fake/webhooks
-    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict) and "ping" not in data:
+    if not isinstance(data, dict) or (not isinstance(data.get("meta"), dict) and "ping" not in data):
         raise click.ClickException(f"{path}: not a Metriport webhook message (expected an object with `meta`)")
     return data
 
@@ -229,7 +229,7 @@ def _await_outcomes(http: MedplumHttp, pending: set[str], wait_s: float, echo, m
             if status in ("completed", "failed", "rejected"):
                 pending.discard(tid)
                 ok, failed = ok + (status == "completed"), failed + (status != "completed")
-                if not bar or status != "completed" and failed <= SHOWN_ONE_BY_ONE:
+                if not bar or (status != "completed" and failed <= SHOWN_ONE_BY_ONE):
                     echo(f"Task/{tid}: " + click.style(status, fg="green" if status == "completed" else "red"))
         if bar:
             bar.update(ok + failed, f"{failed} failed" if failed else "")
@@ -271,7 +271,7 @@ def replay_command(file, config_path, to_url, webhook_key, failed, take_over, ba
             if os.path.exists(config_path):
                 cfg = load_or_exit(config_path)
                 stale = float(cfg.webhook_bot.lease_seconds)
-            ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over, cfg=cfg)
+            _ok, bad = replay_failed(http, wait_s, stale_after_s=stale, take_over=take_over, cfg=cfg)
             if bad:
                 raise click.ClickException(f"{bad} message(s) failed again — `medport runs --failed --logs` shows why")
             return

@@ -7,10 +7,11 @@ from datetime import datetime
 import click
 import requests
 
-from .. import statefile
 from medport.defaults import DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET
-from .medplum_http import MedplumError, MedplumHttp, not_json_reason
+
+from .. import statefile
 from ..options import admin_options, medplum_options
+from .medplum_http import MedplumError, MedplumHttp, not_json_reason
 
 AUDIT_FAILURE = {"4", "8", "12"}
 

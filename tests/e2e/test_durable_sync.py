@@ -8,14 +8,21 @@ import time
 
 import pytest
 import requests
+
 from medport.generator.generation.config import validate_data
 from medport.generator.local.flow import create_facility_org, create_patient, dev_api, runs
-from medport.generator.remote.replay import deliver
-from medport.generator.local.scenarios import (fake_rate_limits, let_pending_syncs_run, metriport_id_of, queried, run_sweep,
-                                         scenario_rate_limits_waited_out, sync_task)
+from medport.generator.local.scenarios import (
+    fake_rate_limits,
+    let_pending_syncs_run,
+    metriport_id_of,
+    queried,
+    run_sweep,
+    scenario_rate_limits_waited_out,
+    sync_task,
+)
 from medport.generator.local.stack import start_stack
+from medport.generator.remote.replay import deliver
 from medport.testing import wait_until
-
 from tests.e2e.test_faults import NEVER, config_data, consolidated_task
 
 pytestmark = pytest.mark.slow
@@ -85,7 +92,7 @@ def test_a_run_cut_off_between_link_and_query_is_resumed(stack):
                       params={"patientId": metriport_id_of(stack, other["id"]), "facilityId": fake.facility_id},
                       json={"metadata": {}}).raise_for_status()
         p = create_patient(stack, "Cutoff", org["id"], family="Linkquery")
-        throttled = lambda: [c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query"  # noqa: E731
+        throttled = lambda: [c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query"
                              and c["status"] == 429]
         wait_for(lambda: metriport_id_of(stack, p["id"]) and throttled(), 60, "the link, then the query throttled")
         cut = dev_api(stack, "POST", "executions/cut-off", params={"bot": stack.cfg.bots.patient.name}).json()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from medport.emulator.shared import converted_ccda_dir
 from medport.generator.local.flow import (
     create_facility_org,
@@ -26,7 +27,6 @@ from medport.generator.local.scenarios import (
     scenario_skip_reasons,
 )
 from medport.generator.local.stack import start_stack
-
 from tests.e2e import metriport_requests
 from tests.flows import legacy_flow_config
 

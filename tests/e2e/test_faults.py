@@ -27,14 +27,13 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from medport.defaults import fake_metriport_api_key
 from medport.emulator.metriport import synth
 from medport.emulator.metriport.backend import DEFAULT_FACILITY_ID
 from medport.generator.generation.config import load_config, validate_data
-from medport.defaults import fake_metriport_api_key
-from medport.generator.local.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
-from medport.generator.remote.medplum_http import MedplumHttp
 from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT
-from medport.testing import wait_until
+from medport.generator.local.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
 from medport.generator.local.scenarios import (
     CRASH_DATASET,
     _crash_dataset,
@@ -45,7 +44,8 @@ from medport.generator.local.scenarios import (
     scenario_simultaneous_redelivery_stores_one,
 )
 from medport.generator.local.stack import start_stack
-
+from medport.generator.remote.medplum_http import MedplumHttp
+from medport.testing import wait_until
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
@@ -399,8 +399,8 @@ def test_scenario_simultaneous_redelivery(stack):
 
 
 def test_check_fails_when_the_config_breaks_recovery(tmp_path):
-    from medport.generator.local.check import run_check
     from medport.generator.generation.outputs import render_all
+    from medport.generator.local.check import run_check
 
     (tmp_path / "medport.toml").write_text(config_toml(max_attempts=1), "utf-8")
     out = tmp_path / "bots"
@@ -455,8 +455,9 @@ def test_after_a_crash_replay_failed_lists_the_message_under_its_lease_and_take_
     import re
 
     from click.testing import CliRunner
-    from medport.generator.remote.replay import replay_command
+
     from medport.generator.local.scenarios import _dev
+    from medport.generator.remote.replay import replay_command
 
     cfg = validate_data(config_data(sweep_cron=NEVER), "<test>")   # the default lease
     lease_s = cfg.webhook_bot.lease_seconds

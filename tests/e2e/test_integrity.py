@@ -19,15 +19,20 @@ from collections import Counter
 
 import pytest
 import requests
-from medport.generator.generation.config import validate_data
-from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
-from medport.generator.local.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
-from medport.generator.generation.fhir_codes import (AWAITING_LINK_SYSTEM, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
-                                          RESOURCE_CONFLICT_TASK_CODE)
+
 from medport.emulator.metriport.webhooks import SIGNATURE_HEADER, sign
-from medport.generator.remote.replay import deliver, metriport_body
-from medport.generator.local.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, _message_task_for
+from medport.generator.generation.config import validate_data
+from medport.generator.generation.fhir_codes import (
+    AWAITING_LINK_SYSTEM,
+    MEDPORT_CODESYSTEM,
+    MESSAGE_TASK_CODE,
+    RESOURCE_CONFLICT_TASK_CODE,
+)
+from medport.generator.local.flow import create_facility_org, create_patient, data_types, dev_api, message_tasks, runs
+from medport.generator.local.scenarios import CRASH_DATASET, _expected_ids, _message_task_for
 from medport.generator.local.stack import deploy_into, start_stack
+from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
+from medport.generator.remote.replay import deliver, metriport_body
 from medport.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -264,7 +269,7 @@ def test_a_discharge_processed_while_the_older_admit_is_slow_wins(stack, org, ca
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 2500})  # the admit's writes are slow
         try:
             admit = _notify(stack, mid, {"type": "patient.admit", "at": "2025-01-28T23:00:00.000Z"})
-            wait_for(lambda: any(t["status"] == "in-progress" for t in message_tasks(stack)
+            wait_for(lambda mid=mid: any(t["status"] == "in-progress" for t in message_tasks(stack)
                                  if t["description"].endswith("patient.admit") and mid in t["input"][0].get("valueString", "")),
                      30, "the admit's processing to start")
             time.sleep(0.6)  # the admit has read the stored state and is writing
@@ -304,7 +309,7 @@ def test_admit_and_discharge_at_the_same_instant_end_discharged(stack, org, caps
                   if d["messageId"] in sent}
         start = threading.Barrier(len(sent))
 
-        def post(body: str) -> None:
+        def post(body: str, start: threading.Barrier = start) -> None:
             start.wait()
             r = requests.post(stack.webhook_url, data=body.encode(), timeout=60, headers={
                 "Content-Type": "application/json", SIGNATURE_HEADER: sign(stack.webhook_key, body)})
@@ -545,9 +550,12 @@ def test_a_message_naming_five_thousand_patients_is_processed(stack, org, capsys
 def test_the_check_scenarios_of_these_guarantees_pass_on_the_default_config():
     """`medport check` runs them for users' CI: shared ids, a forged Task, newer wins (each a few seconds)."""
     from medport.generator.generation.config import load_config
-    from medport.generator.local.scenarios import (SCENARIOS, scenario_forged_message_task_refused,
-                                             scenario_newer_message_wins,
-                                             scenario_shared_resource_ids_stay_with_their_patient)
+    from medport.generator.local.scenarios import (
+        SCENARIOS,
+        scenario_forged_message_task_refused,
+        scenario_newer_message_wins,
+        scenario_shared_resource_ids_stay_with_their_patient,
+    )
     from tests.paths import ROOT
 
     fns = {fn for _, fn in SCENARIOS}

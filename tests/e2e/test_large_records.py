@@ -14,11 +14,11 @@ import time
 import tomllib
 
 import pytest
+
 from medport.generator.generation.config import validate_data
 from medport.generator.local.flow import create_facility_org, create_patient, dev_api, runs
 from medport.generator.local.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, check_exactly_once
 from medport.generator.local.stack import start_stack
-
 from tests.e2e.test_faults import NEVER, attempts_of, consolidated_task, wait_for
 from tests.paths import ROOT
 

@@ -11,19 +11,18 @@ every signature (over JSON.stringify(event.input)): the messages it stored are t
 """
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 import requests
 
-import tomllib
-
 from medport.emulator.medplum.releases import NEWEST, OLDEST
 from medport.generator.generation.config import validate_data
-from medport.generator.local.flow import create_facility_org, create_patient, runs
 from medport.generator.generation.render import MESSAGE_LEASE_EXT
-from medport.generator.remote.replay import requeue_task
+from medport.generator.local.flow import create_facility_org, create_patient, runs
 from medport.generator.local.scenarios import CRASH_DATASET, _crash_dataset, _expected_ids, check_exactly_once
 from medport.generator.local.stack import start_stack
-
+from medport.generator.remote.replay import requeue_task
 from tests.e2e.test_faults import consolidated_task, wait_for
 from tests.e2e.test_large_records import metriport_id
 from tests.paths import ROOT

@@ -13,13 +13,20 @@ import time
 
 import pytest
 import requests
+
 from medport.emulator.metriport.consolidated_filter import filter_consolidated
 from medport.generator.generation.config import load_config
-from medport.generator.local.flow import (count_imported, create_facility_org, create_patient, data_deliveries, runs,
-                                    task_ids, wait_for_consolidated)
 from medport.generator.generation.fhir_codes import CONTRIBUTION_LEDGER_SYSTEM
+from medport.generator.local.flow import (
+    count_imported,
+    create_facility_org,
+    create_patient,
+    data_deliveries,
+    runs,
+    task_ids,
+    wait_for_consolidated,
+)
 from medport.generator.local.stack import start_stack
-
 from tests.e2e import metriport_requests
 from tests.paths import ROOT
 
@@ -180,7 +187,7 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     extra = [stack.admin.fhir("c", "POST", "Observation", json_body={
         "resourceType": "Observation", "status": "final", "code": {"text": f"Weight {i}"}, "subject": {"reference": f"Patient/{pid}"},
         "valueQuantity": {"value": 70 + i, "unit": "kg"}}) for i in range(3)]
-    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",  # noqa: E731
+    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
                                      json_body={"contribute": f"Patient/{pid}"})
     with ThreadPoolExecutor(2) as pool:
         reports = [r["report"] for r in pool.map(run, range(2))]
@@ -192,7 +199,7 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
 
 
 def test_pharmacy_and_laboratory_notifications_are_imported(stack, org):
-    p, mid = _flow(stack, org, "Ollie", "")
+    _p, mid = _flow(stack, org, "Ollie", "")
     before = count_imported(stack)
     base = task_ids(stack)
     for kind in ("patient.pharmacy", "patient.laboratory"):

@@ -5,10 +5,16 @@ nothing refused, nothing skipped, the repairs counted in the messages' reports."
 import json
 
 import pytest
-from medport.generator.generation.config import validate_data
-from medport.generator.local.flow import create_facility_org, create_patient, message_tasks, task_ids, wait_for_consolidated
-from medport.generator.local.stack import start_stack
 
+from medport.generator.generation.config import validate_data
+from medport.generator.local.flow import (
+    create_facility_org,
+    create_patient,
+    message_tasks,
+    task_ids,
+    wait_for_consolidated,
+)
+from medport.generator.local.stack import start_stack
 from tests.converted_corpus import corpus
 
 pytestmark = pytest.mark.slow

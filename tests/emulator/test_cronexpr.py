@@ -9,10 +9,10 @@ import random
 import subprocess
 
 import pytest
+
 from medport.emulator.cronexpr import CronSpec, is_valid_cron
 from medport.emulator.node import node_binary
 from medport.generator.generation.config import ConfigError, validate_data
-
 from tests.paths import ROOT
 
 VALIDATOR = ROOT / "node_modules" / "cron-validator"

@@ -4,8 +4,14 @@ import subprocess
 
 import pytest
 
-from medport.emulator.jsbehaviour import (first_lone_surrogate, has_lone_surrogate, iso_string, js_number_to_string,
-                                          json_number, scrub_text)
+from medport.emulator.jsbehaviour import (
+    first_lone_surrogate,
+    has_lone_surrogate,
+    iso_string,
+    js_number_to_string,
+    json_number,
+    scrub_text,
+)
 from medport.emulator.node import node_binary
 
 NUMBERS = [0, 1, -1, 5, 2.5, -0.0, 1e21, 1e-7, 1.5e16, 123.456, 0.1 + 0.2, 2 ** 53 + 1, 2 ** 60, -(2 ** 70), 1e300,

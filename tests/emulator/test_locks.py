@@ -8,12 +8,15 @@ import subprocess
 import sys
 
 import pytest
+
 from medport.emulator.locks import InUse, OwnerLock, StoreRefused, open_versioned
-from medport.emulator.medplum.fhir.store import SCHEMA as FHIR_SCHEMA, STORE_KIND, STORE_VERSION as FHIR_VERSION, Repository
+from medport.emulator.medplum.fhir.store import SCHEMA as FHIR_SCHEMA
+from medport.emulator.medplum.fhir.store import STORE_KIND, Repository
+from medport.emulator.medplum.fhir.store import STORE_VERSION as FHIR_VERSION
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import running_emulator
-from medport.emulator.metriport.persist import SCHEMA as FAKE_SCHEMA, StateStore
-
+from medport.emulator.metriport.persist import SCHEMA as FAKE_SCHEMA
+from medport.emulator.metriport.persist import StateStore
 from tests.paths import ROOT
 
 

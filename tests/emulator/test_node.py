@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from medport.emulator import node
 
+from medport.emulator import node
 from tests.paths import NODE, ROOT
 
 

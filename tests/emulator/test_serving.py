@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import requests
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
-from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
+from medport.emulator.metriport import Settings as FakeSettings
+from medport.emulator.metriport import start as start_fake
 from medport.emulator.serving import allowed_hosts, host_allowed
 
 FOREIGN = ("evil.example", "evil.example:8103", "127.0.0.1.nip.io", "localhost.evil.example", "[::2]:80")

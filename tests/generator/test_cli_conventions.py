@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import click
 import pytest
 from click.testing import CliRunner
+
 from medport.generator import options
 from medport.generator.cli.main import main
 from medport.generator.progress import Progress
-
 from tests.paths import ROOT
 
 SHARED = {"--base-url": "MEDPLUM_BASE_URL", "--client-id": "MEDPLUM_CLIENT_ID",
@@ -241,8 +241,8 @@ def test_progress_on_a_terminal_is_a_bar_with_its_eta():
 
 def test_enroll_progress_on_ten_thousand_patients_is_a_bar_not_hundreds_of_lines(monkeypatch):
     """Before: a 10,000-patient enroll printed a line per poll (hundreds). The wait loop now feeds one Progress."""
-    from medport.generator.remote import enroll
     from medport.generator.generation.config import validate_data
+    from medport.generator.remote import enroll
 
     jobs = [enroll.Job(f"req-{i}", "fac", 5000, False, f"task-{i}") for i in range(2)]
     state = {"polls": 0}

@@ -4,22 +4,22 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
-import medport.generator.generation.render as render
 import pytest
 from click.testing import CliRunner
-from medport.generator.local.check import check_command, run_check
+
+import medport.generator.generation.render as render
 from medport.generator.cli.main import main
+from medport.generator.local.check import check_command, run_check
 from medport.generator.local.flow import (
     create_facility_org,
     create_patient,
     task_ids,
     wait_for_consolidated,
 )
-from medport.generator.remote.replay import replay_command
-from medport.generator.remote.runs import runs_command
 from medport.generator.local.scenarios import snapshot_versions
 from medport.generator.local.stack import start_stack
-
+from medport.generator.remote.replay import replay_command
+from medport.generator.remote.runs import runs_command
 from tests.flows import legacy_flow_config
 from tests.paths import ROOT
 
@@ -173,8 +173,8 @@ def test_replay_failed_requeues_and_reprocesses(stack):
 
 
 def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
-    from medport.generator.local.flow import message_tasks
     from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
+    from medport.generator.local.flow import message_tasks
     done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
     if not done:
         base = task_ids(stack)
@@ -244,7 +244,7 @@ def test_runs_follow_streams_new_executions(stack):
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     out: list[str] = []
     threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
-    runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]  # noqa: E731 (not log lines)
+    runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]
     try:
         assert wait_until(lambda: len(runs()) >= 1, 60), out   # the newest run printed: now following
         r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)

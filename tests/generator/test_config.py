@@ -4,10 +4,17 @@ from dataclasses import MISSING, fields
 from typing import get_type_hints
 
 import pytest
-from medport.generator.generation.config import (Config, ConfigError, load_config, schema, section_fields, toml_key,
-                                      validate_data)
-from medport.generator.generation.starter import config_reference_markdown, starter_toml
 
+from medport.generator.generation.config import (
+    Config,
+    ConfigError,
+    load_config,
+    schema,
+    section_fields,
+    toml_key,
+    validate_data,
+)
+from medport.generator.generation.starter import config_reference_markdown, starter_toml
 from tests.paths import ROOT
 
 
@@ -175,7 +182,6 @@ def test_schema_list_is_metriports_list():
     import subprocess
 
     from medport.emulator.metriport.schemas import RESOURCE_TYPES_FOR_CONSOLIDATION
-
     from tests.paths import NODE
     enum = schema()["properties"]["consolidated"]["properties"]["resources"]["items"]["enum"]
     assert enum == list(RESOURCE_TYPES_FOR_CONSOLIDATION)

@@ -1,10 +1,11 @@
 """The contribution bot's config, access policy and Subscription (generator/generation/config.py, manifest.py, render.py):
 least privilege, loop-safe criteria, off when disabled, every problem named."""
 import pytest
+
 from medport.generator.generation.config import ConfigError, validate_data
+from medport.generator.generation.fhir_codes import CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM
 from medport.generator.generation.manifest import FHIRPATH_CRITERIA_EXT, access_policies, subscriptions
 from medport.generator.generation.render import ENCOUNTER_SEARCH_TYPES, render_bots
-from medport.generator.generation.fhir_codes import CONTRIBUTION_TASK_CODE, MEDPORT_CODESYSTEM
 
 READ = ["read", "vread", "search", "history"]
 

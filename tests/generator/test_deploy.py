@@ -5,13 +5,13 @@ import re
 
 import pytest
 from click.testing import CliRunner
+
 from medport.emulator.medplum.server import start
 from medport.emulator.medplum.settings import Settings
 from medport.generator.generation.config import validate_data
-from medport.generator.remote.deploy import Deployer, deploy_command
 from medport.generator.generation.manifest import POLICY_OF_MEMBER
+from medport.generator.remote.deploy import Deployer, deploy_command
 from medport.generator.remote.medplum_http import MedplumError, MedplumHttp
-
 from tests.paths import ROOT
 
 
@@ -85,7 +85,7 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
     second = deployer(emu, cfg).run()
     assert set(statuses(second).values()) == {"unchanged"}, statuses(second)
     assert second.client_secret is None, "an existing client's secret is never shown again"
-    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")  # noqa: E731
+    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")
                       and "/oauth2/" not in s[1]]
     before = len(writes())
     deployer(emu, cfg).run()
@@ -135,7 +135,7 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     result = deployer(emu, validate_data({})).run()
     assert set(statuses(result).values()) == {"created"}
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
-    count = lambda rt: admin.fhir("count", "GET", f"{rt}?_summary=count")["total"]  # noqa: E731
+    count = lambda rt: admin.fhir("count", "GET", f"{rt}?_summary=count")["total"]
     cfg = validate_data({})
     kinds = [kind for kind, _ in statuses(result)]
     for rt in ("Bot", "Subscription", "AccessPolicy"):
@@ -243,8 +243,8 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
     bots/medplum.config.json named derived ids — `medplum bot deploy` failed on medport's output ("1 bot(s) had
     failures"). Now deploy prints the ids and records them (bots/medport.deployed.json, medplum.config.json),
     `generate` keeps medplum.config.json in step, and Medplum's CLI deploys to the Bots medport created."""
-    from medport.generator.generation import deployed
     from medport.generator.cli.main import main
+    from medport.generator.generation import deployed
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
@@ -371,8 +371,8 @@ def test_deploy_to_a_release_without_bot_rawbody_leaves_it_out_and_stays_idempot
     `Invalid additional property "rawBody"` on the webhook bot. It reads the release (GET /healthcheck, server
     healthcheck.ts) first and writes only what that release accepts."""
     admin = MedplumHttp(emu_5126.base_url, emu_5126.admin_client_id, emu_5126.admin_client_secret)
-    refused = pytest.raises(MedplumError, admin.fhir, "bot", "POST", "Bot",
-                            json_body={"resourceType": "Bot", "name": "x", "rawBody": True})
+    with pytest.raises(MedplumError) as refused:
+        admin.fhir("bot", "POST", "Bot", json_body={"resourceType": "Bot", "name": "x", "rawBody": True})
     assert refused.value.status == 400 and 'Invalid additional property "rawBody"' in str(refused.value)
     cfg = validate_data({})
     notes: list[str] = []

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from medport.testing import wait_until
 
+from medport.testing import wait_until
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,9 @@ def start(cwd: Path, *args: str) -> tuple[subprocess.Popen, list[str]]:
         if not line:
             break
         lines.append(line.rstrip())
-        if line.startswith("bots:") or "webhook bot registered" in line:
-            if "webhook bot registered" in line or "not deployed" in line or "nothing deployed" in line:
-                return proc, lines
+        if (line.startswith("bots:") or "webhook bot registered" in line) and (
+                "webhook bot registered" in line or "not deployed" in line or "nothing deployed" in line):
+            return proc, lines
     return proc, lines
 
 

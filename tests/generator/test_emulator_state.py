@@ -14,17 +14,16 @@ import tokenize
 import pytest
 import requests
 from click.testing import CliRunner
-from medport.emulator.medplum.app import create_app
-from medport.emulator.medplum.settings import Settings
-from medport.emulator.medplum.server import DEFAULT_PORT
-from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
+
 from medport import defaults
+from medport.emulator.medplum.app import create_app
+from medport.emulator.medplum.server import DEFAULT_PORT
+from medport.emulator.medplum.settings import Settings
+from medport.emulator.metriport.server import DEFAULT_PORT as FAKE_DEFAULT_PORT
 from medport.generator import statefile
 from medport.generator.cli.main import main
 from medport.generator.local.emulate import emulate_command
-
 from tests.paths import ROOT
-
 
 _DEFAULT_VALUES = {defaults.EMULATOR_PORT, defaults.FAKE_METRIPORT_PORT, defaults.CONSOLE_PORT,
                    defaults.EMULATOR_BASE_URL, defaults.FAKE_METRIPORT_URL, defaults.DEFAULT_ADMIN_CLIENT_ID,
@@ -118,7 +117,7 @@ def test_running_emulator_is_found_by_status_runs_and_replay(tmp_path):
         r = requests.get(state["metriport_url"] + "/medical/v1/patient", headers={"x-api-key": "medport-dev-metriport-key"},
                          params={"facilityId": state["facility_id"]}, timeout=10)
         assert r.status_code == 200, r.text
-        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli.main", *args], cwd=tmp_path,  # noqa: E731
+        run = lambda *args: subprocess.run([sys.executable, "-m", "medport.generator.cli.main", *args], cwd=tmp_path,
                                            capture_output=True, text=True, env=env, timeout=60)
         st = run("status")
         assert st.returncode == 0 and "ready" in st.stdout and state["base_url"] in st.stdout, st.stdout + st.stderr

@@ -6,6 +6,7 @@ import csv
 import io
 
 import pytest
+
 from medport.generator.generation.config import validate_data
 from medport.generator.remote.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_row, demographics_rules, to_csv
 
@@ -53,6 +54,7 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     import click
+
     from medport.generator.remote.metriport_client import MetriportApi
 
     with socket.socket() as s:      # a port nothing listens on
@@ -87,14 +89,16 @@ def test_metriport_calls_follow_the_retry_policy():
     goes through (base: `medport enroll` gave up at once); a 503 likewise; a POST answered 500 is not sent again
     (the bulk create may have been started), a GET answered 500 is."""
     import click
-    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
+
+    from medport.emulator.metriport import Settings as FakeSettings
+    from medport.emulator.metriport import start as start_fake
     from medport.generator.remote.http_retry import RetryPolicy
     from medport.generator.remote.metriport_client import MetriportApi
 
     fake = start_fake(FakeSettings(api_key="retry-key", delay_s=0.01), "127.0.0.1", 0)
     waits: list[float] = []
     api = MetriportApi(fake.base_url, "retry-key", policy=RetryPolicy(sleep=waits.append))
-    bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]  # noqa: E731
+    bulk = lambda: [c for c in fake.state.api_calls() if c["path"].endswith("/patient/bulk")]
     try:
         for status in (429, 503):
             fake.state.set_faults(fail_next=1, fail_status=status)

@@ -8,7 +8,6 @@ from medport.emulator.node import definitions_dir
 from medport.generator.generation import fhir_rules
 from medport.generator.generation.config import load_config, validate_data
 from medport.generator.generation.render import webhook_bot_config
-
 from tests.paths import ROOT
 
 

@@ -6,12 +6,12 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
+
 from medport.emulator.node import node_binary
 from medport.generator.cli.main import main
 from medport.generator.generation.config import load_config, validate_data
 from medport.generator.generation.manifest import deploy_bundle
 from medport.generator.generation.outputs import render_all
-
 from tests.paths import ROOT
 
 

@@ -7,9 +7,10 @@ import re
 
 import yaml
 from click.testing import CliRunner
+
 from medport import __version__
-from medport.generator.generation import starter
 from medport.generator.cli.main import main
+from medport.generator.generation import starter
 
 
 def run(*args):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from medport import __version__
 from medport.emulator import node
 from medport.generator.cli.main import main
 from medport.generator.local.runtime_setup import cache_key, lock_digest
-
 from tests.paths import NODE, ROOT
 
 # A stand-in npm: records its arguments, then lays out node_modules from the checkout's packages (and the

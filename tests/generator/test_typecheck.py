@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import medport.generator.generation.render as render
-from medport.generator.local.check import run_check
+from medport.emulator.node import TYPECHECK_PACKAGES, find_runtime
 from medport.generator.generation.config import validate_data
 from medport.generator.generation.render import render_bots
 from medport.generator.generation.typecheck import (
@@ -17,8 +17,7 @@ from medport.generator.generation.typecheck import (
     web_declarations,
     web_lib,
 )
-from medport.emulator.node import TYPECHECK_PACKAGES, find_runtime
-
+from medport.generator.local.check import run_check
 from tests.paths import ROOT
 
 # the variants the bots are rendered in (each changes what CONFIG holds or which code paths matter)
@@ -157,8 +156,9 @@ def test_check_fails_on_a_bot_that_does_not_type_check(tmp_path, monkeypatch):
         return files
 
     monkeypatch.setattr(render, "render_bots", broken)
-    from medport.generator.cli.main import main
     from click.testing import CliRunner
+
+    from medport.generator.cli.main import main
     assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
     lines: list[str] = []
     ch = run_check(str(tmp_path / "medport.toml"), str(tmp_path / "bots"), scenarios=False, echo=lines.append)

@@ -3,8 +3,8 @@ init` + `medport generate`, the README's example test), run by pytest in a subpr
 plugin loaded from its `pytest11` entry point."""
 import pytest
 from click.testing import CliRunner
-from medport.generator.cli.main import main
 
+from medport.generator.cli.main import main
 from tests.paths import readme_block
 
 pytest_plugins = ["pytester"]

@@ -1,8 +1,8 @@
 """medport.testing outside pytest fixtures: the stack as a context manager, several Patients per wait,
 per-Patient counts, faults restored on exit, the fake's development key."""
 import pytest
-from medport import testing
 
+from medport import testing
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ..ids import uuid4
 from ..errors import (
     BadRequest,
     FhirError,
@@ -24,11 +23,12 @@ from ..errors import (
     created_outcome,
     status_of,
 )
+from ..ids import uuid4
 from . import policy as P
 from .principal import Principal
+from .response import FhirResponse
 from .schema import Validator, resource_types
 from .searchparams import registry
-from .response import FhirResponse
 from .store import Repository
 
 log = logging.getLogger("medport.emulator.medplum.fhir")
@@ -63,7 +63,7 @@ else:
 
 
 class BatchOperations(ServiceCore):
-    def batch(self, pr: Principal, bundle: Any) -> FhirResponse:
+    def batch(self, pr: Principal, bundle: Any) -> FhirResponse:  # noqa: C901 — one pass over the entries, Medplum's batch rules in order
         if self.batch_delay_s > 0:
             time.sleep(self.batch_delay_s)  # outside the store's lock: other requests go on
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -247,7 +247,7 @@ class BatchOperations(ServiceCore):
         for i, e in enumerate(todo):
             e["_fast_clear"] = i in again and not again[i]
 
-    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool,
+    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool,  # noqa: C901 — Medplum's transaction preprocessing steps, in its order
                     resolved: list[str] | None = None) -> str:
         """Classify the entry and resolve its identity before anything runs, like fhir-router batch.ts
         preprocessEntry/resolveIdentity: every create gets its id; every conditional PUT/DELETE/PATCH (URL with

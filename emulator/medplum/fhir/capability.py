@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .searchparams import facts, registry
 
@@ -44,7 +44,7 @@ def _build(base_url: str, version: str) -> dict:
         "name": "MedplumCapabilityStatement",
         "title": "Medplum Capability Statement",
         "status": "active",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + "000Z",
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + "000Z",
         "publisher": "Medplum",
         "contact": [{"telecom": [{"system": "url", "value": "https://www.medplum.com"}]}],
         "description": "Medplum FHIR Capability Statement",

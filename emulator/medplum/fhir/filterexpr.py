@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from ..errors import BadRequest
 
@@ -34,17 +33,17 @@ class Comparison:
 
 @dataclass
 class Negation:
-    child: "Node"
+    child: Node
 
 
 @dataclass
 class Connective:
     keyword: str            # "and" | "or"
-    left: "Node"
-    right: "Node"
+    left: Node
+    right: Node
 
 
-Node = Union[Comparison, Negation, Connective]
+Node = Comparison | Negation | Connective
 
 
 @dataclass

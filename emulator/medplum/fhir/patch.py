@@ -116,8 +116,8 @@ def apply_patch(resource: dict, ops: Any) -> dict:
             doc = _add(doc, toks, copy.deepcopy(val))
         elif kind == "test":
             actual = _get(doc, toks)
-            if actual != op["value"] or type(actual) is not type(op["value"]) and not (
-                    isinstance(actual, (int, float)) and isinstance(op["value"], (int, float))):
+            if actual != op["value"] or (type(actual) is not type(op["value"]) and not (
+                    isinstance(actual, (int, float)) and isinstance(op["value"], (int, float)))):
                 raise BadRequest(f"Test failed: {op.get('path')}")
         else:
             raise BadRequest(f"Unknown JSON Patch operation: {kind}")

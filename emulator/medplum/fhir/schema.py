@@ -134,7 +134,7 @@ class Validator:
                 if fut is not None:
                     try:
                         cache[key] = (None, fut.result(120)[v])
-                    except Exception:  # noqa: BLE001 - that resource is then validated on its own
+                    except Exception:
                         del cache[key]
 
     def _cache(self) -> dict:
@@ -172,7 +172,7 @@ class Validator:
                 try:
                     v = fut.result(120)[v]
                     return copy.deepcopy(v) if v else None
-                except Exception:  # noqa: BLE001 - validated on its own below
+                except Exception:
                     pass
         from .strict import default_strict_validator
         return default_strict_validator().check(resource)
@@ -201,7 +201,7 @@ class Validator:
             if t in resource_types():
                 self._validator(t)
 
-    def problems(self, resource: Any, prefix: str | None = None) -> list[tuple[str, str | None]]:
+    def problems(self, resource: Any, prefix: str | None = None) -> list[tuple[str, str | None]]:  # noqa: C901 — one branch per element rule of validateResource
         """Every problem of `resource` as (text, expression); empty when valid."""
         if not isinstance(resource, dict):
             return [("Resource must be an object", prefix)]
@@ -256,7 +256,7 @@ class Validator:
             return
         probs = self.problems(resource)
         if probs:
-            if len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object") or \
+            if (len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object")) or \
                     probs[0][0] == "Unknown resource type":
                 raise BadRequest(probs[0][0])
             raise ValidationFailed(probs)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 from urllib.parse import parse_qsl
 
 from ...jsbehaviour import js_number_to_string
 from ..errors import BadRequest
+from ..releases import NEWEST_RELEASE, Release
 from . import filterexpr as FX
 from . import values as V
-from ..releases import NEWEST_RELEASE, Release
 from .schema import resource_types
 from .searchparams import SearchParam, choice_properties, registry, type_properties
 
@@ -75,12 +75,12 @@ class Filter:
     values: list[str]
     param: SearchParam | None      # None for _id / _lastUpdated / chains / _filter
     chain: list[Link] | None = None    # a chained search: the links, then `inner` on the last target type
-    inner: "Filter | None" = None
+    inner: Filter | None = None
     tree: Any = None               # `_filter`: ("and"|"or", a, b) / ("not", a) / Filter
     not_needs_value: bool = False  # `:not` leaves out resources without a value (older releases' one-value `:not`)
 
 
-FilterTree = Union[Filter, tuple]
+FilterTree = Filter | tuple
 
 
 @dataclass
@@ -134,7 +134,7 @@ def parse_query_string(qs: str) -> list[tuple[str, str]]:
     return parse_qsl(qs, keep_blank_values=True)
 
 
-def parse_search(resource_type: str, query: list[tuple[str, str]] | str,
+def parse_search(resource_type: str, query: list[tuple[str, str]] | str,  # noqa: C901 — one branch per special parameter, as Medplum's parser
                  release: Release = NEWEST_RELEASE) -> SearchRequest:
     """Parse `query` ([(name, value)] or a query string) for `resource_type`; raises BadRequest."""
     if isinstance(query, str):
@@ -286,7 +286,7 @@ def invalid_operator(op: str, name: str) -> BadRequest:
     return BadRequest(f"Invalid operator {op} for {name}")
 
 
-def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None, value: str,
+def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None, value: str,  # noqa: C901 — one branch per modifier
                     release: Release = NEWEST_RELEASE, operator: str = "eq", raw: bool = False) -> Filter:
     """One `code[:modifier]=value` as core parseParameter reads it, checked as the server's filter builders check
     it. `raw`: a `_filter` comparison (operator given, value taken as is: no prefix, no core format check)."""
@@ -432,7 +432,7 @@ def _split_chain(chain: str) -> list[str]:
     return parts
 
 
-def chain_filter(rtype: str, name: str, value: str, release: Release = NEWEST_RELEASE,
+def chain_filter(rtype: str, name: str, value: str, release: Release = NEWEST_RELEASE,  # noqa: C901 — forward and reverse chains side by side
                  operator: str = "eq", raw: bool = False) -> Filter:
     """server search.ts parseChainedParameter: forward links `code[:Type]`, reverse links `_has:Type:code`, then the
     parameter that filters the last type (or `_filter`)."""

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,9 @@ def _walk(node: Any, path: list[Step], i: int, out: list) -> None:
                 if not isinstance(ref, str) or not (ref.startswith(step.ref_type + "/") or
                                                     ("/" + step.ref_type + "/") in ref):
                     continue
-            if step.where is not None:
-                if not isinstance(item, dict) or str(item.get(step.where[0])) != step.where[1]:
-                    continue
+            if step.where is not None and (not isinstance(item, dict)
+                                           or str(item.get(step.where[0])) != step.where[1]):
+                continue
             _walk(item, path, i + 1, out)
 
 
@@ -385,7 +385,7 @@ def _patient_compartment() -> dict[str, list[str]]:
     return {r["code"]: list(r.get("param") or []) for r in d.get("resource", []) if r.get("param")}
 
 
-@lru_cache(maxsize=None)          # the registry compiles each type once and never changes it
+@cache          # the registry compiles each type once and never changes it
 def patient_compartment_params(resource_type: str) -> tuple[SearchParam, ...]:
     """The reference parameters placing a resource of this type in a Patient compartment."""
     reg = registry()

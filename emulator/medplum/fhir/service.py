@@ -34,32 +34,33 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from email.utils import formatdate
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from ..errors import (
     BadRequest,
-    StructureError,
     FhirError,
     Forbidden,
     MultipleMatches,
     NotFound,
     PreconditionFailed,
     ServerError,
+    StructureError,
     UnsupportedMediaType,
     ValidationFailed,
     all_ok,
     status_of,
 )
+from ..releases import NEWEST_RELEASE, Release
 from . import policy as P
+from .batch import BatchOperations
 from .capability import capability_statement
 from .patch import apply_patch
-from .batch import BatchOperations
 from .principal import Principal
 from .response import FhirResponse
-from ..releases import NEWEST_RELEASE, Release
 from .schema import ID_RE, Validator, default_validator, resource_types
 from .search import (
     MAX_COUNT,
@@ -249,7 +250,7 @@ class FhirService(BatchOperations):
             return FhirResponse(500, ServerError().outcome, {})
 
     # ================================================================== routing
-    def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,
+    def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,  # noqa: C901 — the route table of Medplum's FHIR router
                   headers: dict[str, str]) -> FhirResponse:
         if "?" in path:
             path, _, qs = path.partition("?")
@@ -719,7 +720,7 @@ class FhirService(BatchOperations):
         found: list[tuple[Any, Any, str, str]] = []      # (container, key, path, search)
         _conditional_references(res, res.get("resourceType") or "", found)
         targets = []
-        for container, key, path, search in found:
+        for _container, _key, path, search in found:
             rtype, _, qs = search.partition("?")
             rtype = rtype.rsplit("/", 1)[-1]
             if rtype not in resource_types():
@@ -849,7 +850,7 @@ class FhirService(BatchOperations):
             raise PreconditionFailed()
         # inside a transaction (a batch entry, a conditional update) nothing else wrote since `lookup`: the store
         # does not read the row again
-        stored, created, changed = self.repo.update(res, if_match=if_match,
+        stored, created, _changed = self.repo.update(res, if_match=if_match,
                                                     project=self._project_for_write(pr, res),
                                                     author=pr.profile or None, known=row, previous=existing,
                                                     binary=self._raw_bytes(res))

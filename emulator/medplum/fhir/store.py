@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from medport import jsoncodec
 
 from ...locks import OwnerLock, lock_path, open_versioned
-from ..ids import now_instant, uuid4
 from ..errors import BadRequest, Gone, NotFound, PreconditionFailed
+from ..ids import now_instant, uuid4
 from . import values as V
 from .search import SearchRequest, balanced, cursor_sql, filter_sql, parse_search, sort_sql
 from .searchparams import patient_compartment_params, registry
@@ -151,7 +152,7 @@ class Repository:
             self._listeners.remove(fn)
 
     @contextmanager
-    def transaction(self) -> Iterator["Repository"]:
+    def transaction(self) -> Iterator[Repository]:
         """All writes inside are atomic; nested use creates a savepoint. Listeners fire after the outer commit."""
         with self._lock:
             c = self._conn
@@ -292,7 +293,7 @@ class Repository:
                 f"SELECT type, id, vid, lu, deleted, content FROM history WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
                 [*args, count, offset]).fetchall()
         out = []
-        for t, i, vid, lu, deleted, content in rows:
+        for t, i, vid, _lu, deleted, content in rows:
             res = _loads(content)
             out.append({"type": t, "id": i, "versionId": vid, "deleted": bool(deleted), "resource": res,
                         "lastUpdated": (res.get("meta") or {}).get("lastUpdated")})
@@ -396,10 +397,9 @@ class Repository:
     def _index(self, row_id: int, res: dict, known_refs: dict | None = None) -> None:
         params = self._params.for_type(res["resourceType"])
         tok, st, ref, dt, num, txt = V.index_rows(params, res, known_refs)
-        if tok:
-            if self._depth > 0:
-                rtype = res["resourceType"]
-                self._tx_tokens.update((rtype, p, s, v) for p, s, v in tok)
+        if tok and self._depth > 0:
+            rtype = res["resourceType"]
+            self._tx_tokens.update((rtype, p, s, v) for p, s, v in tok)
         if not (tok or st or ref or dt or num or txt):
             return
         p_tok, p_st, p_ref, p_dt, p_num, p_txt = self._pend
@@ -434,7 +434,7 @@ class Repository:
         return res
 
     def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
-               author: str | None = None, create_if_missing: bool = True, known: tuple | None | Literal[False] = False,
+               author: str | None = None, create_if_missing: bool = True, known: tuple | Literal[False] | None = False,
                previous: dict | None = None, binary: bytes | None = None) -> tuple[dict, bool, bool]:
         """Update (or create with the given id). Returns (resource, created, changed). `known`: the row
         `lookup()` answered (None = no row) within the caller's open transaction, and `previous` the resource

@@ -160,7 +160,7 @@ class StrictValidator:
         def done(f: Future) -> None:
             try:
                 results = f.result()
-            except Exception as e:  # noqa: BLE001 - handed to the caller
+            except Exception as e:
                 out.set_exception(e)
                 return
             if not isinstance(results, list) or len(results) != len(todo):

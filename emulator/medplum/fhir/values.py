@@ -297,7 +297,7 @@ def _todo(params: dict, keys: tuple) -> list[tuple]:
     return out
 
 
-def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):
+def index_rows(params: dict, resource: dict, known_refs: dict[str, list[str]] | None = None):  # noqa: C901 — one branch per search parameter type
     """Index rows for every supported search parameter of the resource: (tokens, strings, references, dates,
     numbers, token texts) — token texts (lowercased, and as written) serve `:text` and plain-value matches. Only the parameters whose
     paths start at a property the resource has are evaluated (a resource has a dozen of its type's ~40).

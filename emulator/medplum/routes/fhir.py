@@ -30,7 +30,8 @@ from __future__ import annotations
 import functools
 import sys
 import zlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
@@ -158,10 +159,9 @@ def _parse_fhir_body(path: str, method: str) -> Any:
 def _read_fhir_body(path: str, method: str) -> Any:
     mimetype = request.mimetype
     limit = current_backend().settings.max_json_bytes
-    if method == "POST" and path.endswith("_search"):
-        if mimetype == FORM_TYPE:
-            g.extra_query = list(parse_form(read_body(request, limit)).items())
-            return None
+    if method == "POST" and path.endswith("_search") and mimetype == FORM_TYPE:
+        g.extra_query = list(parse_form(read_body(request, limit)).items())
+        return None
     if method == "PATCH":
         if mimetype not in ("application/json-patch+json", "application/json", "application/fhir+json"):
             raise BadRequest("Unsupported content type")
@@ -182,7 +182,7 @@ def _query() -> list[tuple[str, str]]:
     return q
 
 
-def _delegate(backend: "MedplumBackend", principal, path: str, body: Any) -> Response:
+def _delegate(backend: MedplumBackend, principal, path: str, body: Any) -> Response:
     headers = {k: v for k, v in request.headers.items()}
     resp = backend.service.handle(principal, request.method, path, _query(), body, headers)
     if not is_extended_mode(request):
@@ -235,7 +235,7 @@ def _wants_fhir_json() -> bool:
     return request.headers.get("Accept", "").startswith(FHIR_JSON)
 
 
-def _binary_read(backend: "MedplumBackend", principal, rid: str, vid: str | None = None) -> Response:
+def _binary_read(backend: MedplumBackend, principal, rid: str, vid: str | None = None) -> Response:
     path = f"Binary/{rid}/_history/{vid}" if vid else f"Binary/{rid}"
     resp = backend.service.handle(principal, "GET", path, [], None, {})
     if resp.status >= 400:
@@ -276,7 +276,7 @@ def _binary_body() -> bytes:
     raise BadRequest("Unsupported content encoding")
 
 
-def _binary_upload(backend: "MedplumBackend", principal, rid: str | None) -> Response:
+def _binary_upload(backend: MedplumBackend, principal, rid: str | None) -> Response:
     """binary.ts handleBinaryWriteRequest: the Binary resource is written — access policy and validation — without
     its content, which goes to storage beside it (uploadBinaryData), so the content is not held to the 1 MiB
     `base64BinaryMaxBytes` of a JSON Binary; the answer is the Binary with a `url` to read it back."""

@@ -24,14 +24,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
-
-from ...procenv import KEEP, hide_process_environment
+from typing import Any
 
 from ...node import node_binary, node_modules_dir
+from ...procenv import KEEP, hide_process_environment
 from .. import jsonsafe
 from ..releases import Sandbox
 
@@ -126,7 +126,7 @@ class ExecResult:
 
 
 class _Call:
-    __slots__ = ("id", "done", "msg", "parts", "size", "crash", "joiner", "cut_reason")
+    __slots__ = ("crash", "cut_reason", "done", "id", "joiner", "msg", "parts", "size")
 
     def __init__(self, call_id: int, joiner: str):
         self.id = call_id
@@ -689,7 +689,7 @@ class BotRuntime:
             t.join(5)
         shutil.rmtree(self._bot_dir, ignore_errors=True)
 
-    def __enter__(self) -> "BotRuntime":
+    def __enter__(self) -> BotRuntime:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,6 +3,7 @@ A module that needs other settings defines its own `emu`."""
 from __future__ import annotations
 
 import pytest
+
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
 from medport.emulator.medplum.fhir.service import FhirService

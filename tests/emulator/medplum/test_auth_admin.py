@@ -8,6 +8,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import Client, admin_client, running_emulator
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import requests
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import Client, admin_client, running_emulator
 

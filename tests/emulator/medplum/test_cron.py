@@ -4,6 +4,7 @@ runs them now."""
 import datetime as dt
 
 import pytest
+
 from medport.emulator.medplum.cron import CronSpec, cron_string_for_bot, is_valid_cron, timing_to_cron
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator

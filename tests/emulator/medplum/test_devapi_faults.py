@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
 

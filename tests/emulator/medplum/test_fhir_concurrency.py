@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
 from medport.emulator.medplum.fhir.service import FhirService

@@ -1,6 +1,7 @@
 """Medplum's own resource types are validated like any other (the JSON schema's gaps patched from
 Medplum's StructureDefinitions), so what medport deploys is checked the way Medplum checks it."""
 import pytest
+
 from medport.emulator.medplum.errors import ValidationFailed
 from medport.emulator.medplum.fhir.schema import Validator
 from medport.generator.generation.config import validate_data

@@ -1,5 +1,6 @@
 """AccessPolicy semantics (Medplum's @medplum/core access.ts) and their enforcement in FhirService."""
 import pytest
+
 from medport.emulator.medplum.fhir.policy import (
     PROJECT_ADMIN_TYPES,
     PROTECTED_TYPES,
@@ -121,7 +122,7 @@ def test_hidden_fields_in_responses(env):
 
 
 def test_admin_types_need_admin(env):
-    _, svc, admin = env
+    _, svc, _admin = env
     pr = Principal("proj", "ClientApplication/c", None, Access(None), False)
     assert svc.handle(pr, "GET", "ProjectMembership", [], None, {}).status == 403
     adm = Principal("proj", "Practitioner/p", {"resourceType": "ProjectMembership", "admin": True}, Access(None), False)

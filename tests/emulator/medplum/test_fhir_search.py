@@ -1,5 +1,6 @@
 """Search: parameter compilation, SQL search and in-memory matching agree."""
 import pytest
+
 from medport.emulator.medplum.errors import BadRequest
 from medport.emulator.medplum.fhir.search import matches, parse_search
 from medport.emulator.medplum.fhir.searchparams import registry
@@ -133,7 +134,7 @@ def test_date_range_precision():
 
 
 def test_chained_search(data):
-    repo, pats, obs = data
+    repo, _pats, obs = data
     assert ids(repo, "Observation", "subject:Patient.name=smithson") == {obs[1]["id"]}
     assert ids(repo, "Observation", "patient.identifier=urn:sys|1") == {obs[0]["id"]}
     assert ids(repo, "Observation", "patient.name=nobody") == set()

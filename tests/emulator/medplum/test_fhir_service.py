@@ -5,10 +5,10 @@ import uuid
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
-
-from tests.emulator.medplum.conftest import BASE, call  # noqa: F401 (env is a conftest fixture)
+from tests.emulator.medplum.conftest import BASE, call
 
 
 def patient(**kw):
@@ -155,13 +155,13 @@ def test_search_bundle_paging_links(env):
         call(svc, pr, "POST", "Observation", obs(str(i)))
     r = call(svc, pr, "GET", "Observation", query=[("status", "final"), ("_count", "2")])
     assert r.status == 200 and r.body["type"] == "searchset" and len(r.body["entry"]) == 2
-    links = {l["relation"]: l["url"] for l in r.body["link"]}
+    links = {link["relation"]: link["url"] for link in r.body["link"]}
     assert links["self"].startswith(f"{BASE}fhir/R4/Observation?") and "next" in links and "previous" not in links
     assert "_offset=2" in links["next"] and "total" not in r.body
     e = r.body["entry"][0]
     assert e["fullUrl"] == f"{BASE}fhir/R4/Observation/{e['resource']['id']}" and e["search"]["mode"] == "match"
     last = call(svc, pr, "GET", "Observation", query=[("_count", "2"), ("_offset", "4"), ("_total", "accurate")])
-    links = {l["relation"] for l in last.body["link"]}
+    links = {link["relation"] for link in last.body["link"]}
     assert "previous" in links and "next" not in links and last.body["total"] == 5
     cnt = call(svc, pr, "GET", "Observation", query=[("_summary", "count")])
     assert cnt.body["total"] == 5 and "entry" not in cnt.body
@@ -205,7 +205,7 @@ def test_batch_independent_entries(env):
 
 
 def test_transaction_urn_uuid_rewriting_nested(env):
-    repo, svc, pr = env
+    _repo, svc, pr = env
     pu = f"urn:uuid:{uuid.uuid4()}"
     ou = f"urn:uuid:{uuid.uuid4()}"
     b = {"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -244,7 +244,7 @@ def test_transaction_rollback_returns_first_failure(env):
 
 
 def test_transaction_conditional_entries(env):
-    repo, svc, pr = env
+    _repo, svc, pr = env
     existing = call(svc, pr, "POST", "Observation", obs("c1")).body
     other = call(svc, pr, "POST", "Observation", obs("c3")).body
     b = {"resourceType": "Bundle", "type": "transaction", "entry": [

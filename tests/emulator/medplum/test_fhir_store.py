@@ -3,8 +3,9 @@ import re
 import threading
 
 import pytest
+
 from medport.emulator.medplum.errors import Gone, NotFound, PreconditionFailed
-from medport.emulator.medplum.fhir.schema import resource_types, Validator
+from medport.emulator.medplum.fhir.schema import Validator, resource_types
 from medport.emulator.medplum.fhir.store import ChangeEvent, Repository
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -47,7 +48,7 @@ def test_noop_update_creates_no_version_and_no_event(repo):
     events = []
     repo.add_listener(events.append)
     p = repo.create({"resourceType": "Patient", "active": True})
-    same, created, changed = repo.update({"resourceType": "Patient", "id": p["id"], "active": True,
+    same, _created, changed = repo.update({"resourceType": "Patient", "id": p["id"], "active": True,
                                           "meta": {"versionId": "whatever"}})
     assert not changed and same["meta"]["versionId"] == p["meta"]["versionId"]
     assert repo.history("Patient", p["id"])[1] == 1
@@ -83,10 +84,9 @@ def test_listener_after_commit_and_not_on_rollback(repo):
         seen.append((ev.interaction, repo.exists(ev.resource["resourceType"], ev.resource["id"])))
 
     repo.add_listener(listener)
-    with pytest.raises(RuntimeError):
-        with repo.transaction():
-            repo.create({"resourceType": "Patient", "active": True})
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), repo.transaction():
+        repo.create({"resourceType": "Patient", "active": True})
+        raise RuntimeError("boom")
     assert seen == [] and repo.count("Patient") == 0
     with repo.transaction():
         repo.create({"resourceType": "Patient", "active": True})
@@ -103,11 +103,10 @@ def test_index_rows_written_in_a_transaction_are_searchable_in_it(repo):
         a = repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "a"}]})
         assert ids([("identifier", "s|a")]) == [a["id"]]
         assert repo.query("SELECT COUNT(*) FROM idx_token WHERE param = 'identifier' AND code = 'a'")[0][0] == 1
-        with pytest.raises(RuntimeError):
-            with repo.transaction():
-                repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "b"}]})
-                assert len(ids([("identifier", "s|b")])) == 1
-                raise RuntimeError("undo")
+        with pytest.raises(RuntimeError), repo.transaction():
+            repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "b"}]})
+            assert len(ids([("identifier", "s|b")])) == 1
+            raise RuntimeError("undo")
         assert ids([("identifier", "s|b")]) == []
         repo.update({**a, "identifier": [{"system": "s", "value": "c"}]})
         assert ids([("identifier", "s|a")]) == [] and ids([("identifier", "s|c")]) == [a["id"]]
@@ -116,10 +115,9 @@ def test_index_rows_written_in_a_transaction_are_searchable_in_it(repo):
         assert [r["id"] for r in repo.references_to([f"Patient/{a['id']}"], "Observation", "subject")] == [o["id"]]
     assert ids([("identifier", "s|c")]) == [a["id"]]
     assert repo.query("SELECT COUNT(*) FROM idx_token WHERE code IN ('a', 'b')")[0][0] == 0
-    with pytest.raises(RuntimeError):
-        with repo.transaction():
-            repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "d"}]})
-            raise RuntimeError("undo")
+    with pytest.raises(RuntimeError), repo.transaction():
+        repo.create({"resourceType": "Patient", "identifier": [{"system": "s", "value": "d"}]})
+        raise RuntimeError("undo")
     assert ids([("identifier", "s|d")]) == []
 
 

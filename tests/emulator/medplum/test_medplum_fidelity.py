@@ -4,10 +4,10 @@ Item 11 (strict validation) is tests/emulator/medplum/test_strict_validation.py.
 import uuid
 
 import pytest
+
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
-
-from tests.emulator.medplum.conftest import BASE, call  # noqa: F401 (env is a conftest fixture)
+from tests.emulator.medplum.conftest import BASE, call
 
 
 def text(resp):

@@ -8,11 +8,11 @@ import json
 import uuid
 
 import requests
-from medport.emulator.medplum.releases import release
+
 from medport.emulator.medplum.fhir.search import matches
 from medport.emulator.medplum.fhir.service import FhirService
-
-from tests.emulator.medplum.conftest import BASE, call  # noqa: F401 (env, emu and c are conftest fixtures)
+from medport.emulator.medplum.releases import release
+from tests.emulator.medplum.conftest import BASE, call
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -186,7 +186,7 @@ def test_filter_parameter(env):
     jones = post(svc, pr, patient("Jones", gender="female", birthDate="1980-01-01"))
     smith = post(svc, pr, patient("Smith", gender="male", birthDate="1990-01-01"))
     post(svc, pr, patient("Smithers", gender="male", birthDate="2000-01-01"))
-    f = lambda expr: sorted(ids(search(svc, pr, "Patient", ("_filter", expr))))  # noqa: E731
+    f = lambda expr: sorted(ids(search(svc, pr, "Patient", ("_filter", expr))))
     assert f("family eq Smith") == [smith["id"]]
     assert len(f("family sw smi")) == 2 and len(f("family co mith")) == 2
     assert f("gender eq female or birthdate lt 1985-01-01") == [jones["id"]]

@@ -9,12 +9,19 @@ import subprocess
 
 import pytest
 import requests
+
 from medport.emulator.medplum.ids import ref
+from medport.emulator.medplum.releases import (
+    NEWEST,
+    OLDEST,
+    UnsupportedRelease,
+    parse_version,
+    release,
+    representatives,
+)
 from medport.emulator.medplum.runtime.pool import BotRuntime, ExecRequest
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import Client, admin_client, running_emulator
-from medport.emulator.medplum.releases import (NEWEST, OLDEST, UnsupportedRelease, parse_version, release,
-                                               representatives)
 from medport.emulator.node import find_runtime, node_binary
 
 
@@ -35,9 +42,9 @@ def test_versions_are_read_as_medplum_writes_them_and_the_range_is_enforced():
     # server healthcheck.ts answers @medplum/core MEDPLUM_VERSION: "<package version>-<git short hash>"
     assert parse_version("5.1.26-6abd8af74") == (5, 1, 26) and parse_version("v5.1") == (5, 1, 0)
     assert release("5.1.26-6abd8af74").version == "5.1.26"
-    with pytest.raises(UnsupportedRelease, match="older than 5.0.0"):
+    with pytest.raises(UnsupportedRelease, match=r"older than 5\.0\.0"):
         release("4.5.2")
-    with pytest.raises(UnsupportedRelease, match="newer than 5.2.13"):
+    with pytest.raises(UnsupportedRelease, match=r"newer than 5\.2\.13"):
         release("5.3.0")
     assert release("5.3.0", newer_ok=True).sandbox == release(NEWEST).sandbox
     with pytest.raises(UnsupportedRelease, match="not a Medplum version"):

@@ -32,7 +32,7 @@ def _batch(c, entries: list[dict]) -> list[dict]:
 def test_a_create_within_a_compartment_never_matches_another_patients_copy(c):
     a, b = c.create({"resourceType": "Patient"}), c.create({"resourceType": "Patient"})
     theirs = c.create(_obs(a["id"], "shared-1", "A's"))
-    cond = lambda pid: f"identifier={SYSTEM}|shared-1&_compartment=Patient/{pid}"  # noqa: E731
+    cond = lambda pid: f"identifier={SYSTEM}|shared-1&_compartment=Patient/{pid}"
     # in a batch (the emulator's one-query fast path) and alone (the generic search): the same answers
     first = _batch(c, [{"request": {"method": "POST", "url": "Observation", "ifNoneExist": cond(b["id"])},
                         "resource": _obs(b["id"], "shared-1", "B's")}])

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from medport.emulator.medplum.runtime import BotRuntime, ExecRequest
 from medport.emulator.medplum.runtime.pool import LOG_LIMIT_BYTES
 from medport.testing import wait_until
-
 from tests.paths import ROOT
 
 HL7 = "x-application/hl7-v2+er7"
@@ -415,6 +415,7 @@ def test_each_runtime_gets_medplums_limits():
     (old space = memory - memory/10); vmcontext: no cap of its own, Node's default heap, like the Medplum server
     process it runs in."""
     import subprocess
+
     from medport.emulator.node import node_binary
     with BotRuntime(size=1, max_size=3) as rt:
         lam = run(rt, HEAP, runtime="awslambda")

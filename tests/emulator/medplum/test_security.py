@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import requests
+
 from medport.emulator.medplum.runtime.pool import WORKER_ENV_KEEP, worker_env
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import Client, admin_client, running_emulator

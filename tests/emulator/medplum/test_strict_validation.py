@@ -9,6 +9,7 @@ import copy
 import json
 
 import pytest
+
 from medport.emulator.medplum.errors import FhirError
 from medport.emulator.medplum.fhir.policy import Access
 from medport.emulator.medplum.fhir.principal import Principal
@@ -16,7 +17,6 @@ from medport.emulator.medplum.fhir.schema import Validator
 from medport.emulator.medplum.fhir.service import FhirService
 from medport.emulator.medplum.fhir.store import Repository
 from medport.emulator.shared import converted_ccda_dir
-
 from tests.emulator.medplum.oracle import medplum
 
 
@@ -44,7 +44,7 @@ def mutants(resources: list[dict]) -> list[dict]:
     by_type: dict[str, dict] = {}
     for r in resources:
         by_type.setdefault(r["resourceType"], r)
-    for t, r in by_type.items():
+    for r in by_type.values():
         m = copy.deepcopy(r)
         m["foo"] = 1                                                # unknown property
         out.append(m)

@@ -8,6 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import running_emulator
 

@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
+
+from medport.emulator.metriport import Settings as FakeSettings
+from medport.emulator.metriport import start as start_fake
 from medport.emulator.shared import converted_ccda_dir
 
 FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")

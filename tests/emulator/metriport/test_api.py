@@ -13,8 +13,8 @@ from http import HTTPStatus
 
 import pytest
 import requests
-from medport.emulator.metriport import webhooks
 
+from medport.emulator.metriport import webhooks
 from tests.emulator.metriport.conftest import FIXTURES, KEY, Api  # noqa: F401
 
 

@@ -157,7 +157,8 @@ def test_docs_only_statuses_through_the_developer_api(api, fake, receiver):
 
 
 def test_bulk_job_survives_a_restart(tmp_path, receiver):
-    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
+    from medport.emulator.metriport import Settings as FakeSettings
+    from medport.emulator.metriport import start as start_fake
     path = str(tmp_path / "fake.sqlite3")
     f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, state_path=path), "127.0.0.1", 0)
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medport.emulator.metriport import bulkcsv
 
 NOW_MS = 1_760_000_000_000.0

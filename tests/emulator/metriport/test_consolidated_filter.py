@@ -6,8 +6,13 @@ consolidated-filter-by-date.test.ts), plus the reference-reading details of addM
 import uuid
 
 from medport.emulator.metriport import synth
-from medport.emulator.metriport.consolidated_filter import (MAX_HYDRATION_ITERATIONS, add_missing_references,
-                                                            filter_by_date, filter_consolidated, references)
+from medport.emulator.metriport.consolidated_filter import (
+    MAX_HYDRATION_ITERATIONS,
+    add_missing_references,
+    filter_by_date,
+    filter_consolidated,
+    references,
+)
 
 
 def _id() -> str:

@@ -7,8 +7,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from medport.emulator.metriport.faults import DEFAULTS
 
+from medport.emulator.metriport.faults import DEFAULTS
 from tests.emulator.metriport import httpfuzz
 from tests.emulator.metriport.conftest import KEY
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+
 from medport.emulator.metriport.errors import DevError, MetriportError, ServiceUnavailable, TooManyRequests
 from medport.emulator.metriport.faults import DEFAULTS, Faults, RateLimiter
-
 from tests.emulator.metriport.conftest import Clock
 
 

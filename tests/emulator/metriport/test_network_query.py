@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 
-from tests.emulator.metriport.conftest import KEY, Api  # noqa: F401
+from tests.emulator.metriport.conftest import KEY, Api
 from tests.emulator.metriport.test_api import create, demo, error
 from tests.emulator.metriport.test_sdk_parity import oracle
 from tests.paths import NODE
@@ -138,7 +138,8 @@ def test_every_other_message_type_the_fake_sends_passes_shareds_schemas(api, fak
 def test_a_restart_mid_network_query_finishes_it_and_keeps_the_contributions(tmp_path):
     """The state file (persist.py): a network query cut by a stop finishes after the restart (its sources' messages
     go out once), and what was contributed is still in the record."""
-    from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
+    from medport.emulator.metriport import Settings as FakeSettings
+    from medport.emulator.metriport import start as start_fake
     from tests.emulator.metriport.conftest import Clock, Receiver
 
     path, clock, rcv = tmp_path / "m.sqlite3", Clock(), Receiver()

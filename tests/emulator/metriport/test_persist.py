@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 import requests
-from medport.emulator.metriport import Settings as FakeSettings, start as start_fake
-from medport.emulator.metriport.persist import StateStore, sibling_path
 
+from medport.emulator.metriport import Settings as FakeSettings
+from medport.emulator.metriport import start as start_fake
+from medport.emulator.metriport.persist import StateStore, sibling_path
 from tests.emulator.metriport.conftest import KEY, Api, Clock, Receiver
 from tests.emulator.metriport.test_api import create, demo
 

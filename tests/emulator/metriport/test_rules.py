@@ -6,10 +6,11 @@ packages themselves in test_sdk_parity.py; these pin the facts a reader should k
 from __future__ import annotations
 
 import pytest
+
+from medport.emulator.jsbehaviour import js_keys, js_number_to_string, js_string, js_trim
 from medport.emulator.metriport import jsdate, rules, schemas
 from medport.emulator.metriport.emailcheck import is_email_valid
 from medport.emulator.metriport.errors import BadRequest, ValidationError
-from medport.emulator.jsbehaviour import js_keys, js_number_to_string, js_string, js_trim
 
 NOW = 1_760_000_000_000  # 2025-10-09, ms
 GOOD = {"firstName": "Jane", "lastName": "Smith", "dob": "1996-02-10", "genderAtBirth": "F",

@@ -7,10 +7,10 @@ import os
 import subprocess
 
 import pytest
+
 from medport.emulator.metriport import synth, webhooks
 from medport.emulator.metriport.seed import load_data, seed_datasets
 from medport.emulator.shared import converted_ccda_dir
-
 from tests.paths import NODE
 
 FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
@@ -96,6 +96,7 @@ def test_synth_10k_exact_size_and_unique_ids():
 
 def test_synth_cli(tmp_path):
     from click.testing import CliRunner
+
     from medport.emulator.metriport.cli import synth_command
 
     out = tmp_path / "b.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from medport.emulator.metriport.scheduler import Scheduler
 
 

@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from medport.emulator.metriport import jsdate, rules, schemas, zod
 from medport.emulator.metriport.emailcheck import is_email_valid
-
 from tests.emulator.metriport import inputs
 from tests.paths import NODE, ROOT
 

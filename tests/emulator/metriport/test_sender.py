@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from medport.emulator.metriport import webhooks
 from medport.emulator.metriport.faults import Faults
 from medport.emulator.metriport.models import WebhookSettings
 from medport.emulator.metriport.sender import DISABLED_DETAIL, WebhookSender
-
 from tests.emulator.metriport.conftest import Clock
 
 

@@ -3,13 +3,19 @@ Patients — shaped as the bots and Medplum write them, with times in seconds af
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from medport.generator.console.source import Settings, Snapshot
-from medport.generator.generation.fhir_codes import (FINGERPRINT_EXTENSION, MEDPORT_CODESYSTEM, MESSAGE_TASK_CODE,
-                                          METRIPORT_PATIENT_ID_SYSTEM, PATIENT_CONFLICT_TASK_CODE, QUERY_FAILED_EXTENSION)
+from medport.generator.generation.fhir_codes import (
+    FINGERPRINT_EXTENSION,
+    MEDPORT_CODESYSTEM,
+    MESSAGE_TASK_CODE,
+    METRIPORT_PATIENT_ID_SYSTEM,
+    PATIENT_CONFLICT_TASK_CODE,
+    QUERY_FAILED_EXTENSION,
+)
 
-T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 PBOT, WBOT = "pbot", "wbot"
 MID_SYSTEM = METRIPORT_PATIENT_ID_SYSTEM
 TASK_CODE = {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]}

@@ -21,6 +21,7 @@ docs/screenshots/ with MEDPORT_UPDATE_SCREENSHOTS=1).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import os
@@ -112,7 +113,7 @@ def expected_aggregation(stack, pid: str) -> float | None:
     for t in tasks:
         runs = sorted(stack.fhir.search("AuditEvent", {"entity": f"Task/{t['id']}", "_count": "100"}),
                       key=lambda a: a["period"]["start"])
-        for a, b in zip(runs, runs[1:]):
+        for a, b in itertools.pairwise(runs):
             if "message failed" in (a.get("outcomeDesc") or ""):
                 lo, hi = max(_t(a["period"]["end"]), start), min(_t(b["period"]["start"]), end)
                 waited += max(0.0, (hi - lo).total_seconds())
@@ -183,7 +184,7 @@ def people(stack):
     for name in ("andreas", "zoe"):
         stack.fake.set_faults(fail_next=retries, fail_status=503)
         out[name] = stack.create_patient(name.capitalize())
-        assert testing.wait_until(lambda: patient_bot_failed(stack, out[name]["id"]), timeout=60)
+        assert testing.wait_until(lambda name=name: patient_bot_failed(stack, out[name]["id"]), timeout=60)
         stack.fake.set_faults(fail_next=0)
     assert stack.wait_idle(60)
     # Andreas (not Zoe: she is left to be rerun) linked by a bulk create, as `medport enroll` does (no document
@@ -282,7 +283,8 @@ controls.forEach((a, i) => controls.slice(i + 1).forEach((b) => { const x = box(
 const columns = (sel) => [...document.querySelectorAll(sel)].map((g) => new Set([...g.children].filter(
   (c) => c.getBoundingClientRect().width > 0).map((c) => Math.round(c.getBoundingClientRect().left))).size);
 const hidden = [...document.querySelectorAll('.pill, li.item, button, .state-link, td')].filter((e) => {
-  const r = e.getBoundingClientRect(); return !e.closest('.scroll') && r.width > 0 && (r.left < -1 || r.right > vw + 1); }).map((e) => e.outerHTML.slice(0, 80));
+  const r = e.getBoundingClientRect();
+  return !e.closest('.scroll') && r.width > 0 && (r.left < -1 || r.right > vw + 1); }).map((e) => e.outerHTML.slice(0, 80));
 return {vw: window.innerWidth, overflow: document.documentElement.scrollWidth - vw, hidden: hidden,
         controls: controls.map((e) => [e.id, usable(e)]), overlaps: overlaps,
         cols2: columns('.cols2'), cards: columns('.cards'), cols: columns('.cols')};

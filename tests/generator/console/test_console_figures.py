@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medport.generator.console import figures, model
-from tests.generator.console.synthetic import (WBOT, ae, at, flow, patient, patient_run, review, snapshot, task)
+from tests.generator.console.synthetic import WBOT, ae, at, flow, patient, patient_run, review, snapshot, task
 
 CSS = Path(figures.__file__).parent / "static" / "console.css"
 

@@ -9,8 +9,20 @@ import pytest
 
 from medport.generator.console import model
 from medport.generator.generation.fhir_codes import BULK_ROW_FAILED_CODE, PATIENT_SYNC_TASK_CODE
-from tests.generator.console.synthetic import (PBOT, WBOT, ae, at, flow, iso, line, patient, patient_run,
-                                               review, snapshot, task)
+from tests.generator.console.synthetic import (
+    PBOT,
+    WBOT,
+    ae,
+    at,
+    flow,
+    iso,
+    line,
+    patient,
+    patient_run,
+    review,
+    snapshot,
+    task,
+)
 
 
 def state_of(patients, tasks=(), events=(), reviews=(), pid="p1", now=100.0):
@@ -261,7 +273,7 @@ def test_stuck_messages_and_the_failed_ones_are_replayable():
 
 # ------------------------------------------------------------------------------------------- aggregation
 def test_aggregation_pairs_each_query_with_the_data_that_followed():
-    q = lambda s, rid: model.Query(at(s), "document-query", rid, "patient-bot", rid)  # noqa: E731
+    q = lambda s, rid: model.Query(at(s), "document-query", rid, "patient-bot", rid)
 
     def msg(tid, arrived, finished, requeried=False):
         m = model.Message(tid, tid, model.CONSOLIDATED, "completed", at(arrived), None)

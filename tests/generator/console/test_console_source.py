@@ -87,7 +87,7 @@ def test_a_patients_imported_resources_are_counted_distinct_in_one_search(emu, m
                      "author": [ref], "title": "t", "subject": ref,
                      "identifier": {"system": RID_SYSTEM, "value": "comp1"}})        # one identifier, not a list
     src, seen = _source(emu)
-    fhir = lambda: [u for u in seen if "/fhir/R4/" in u]  # noqa: E731
+    fhir = lambda: [u for u in seen if "/fhir/R4/" in u]
     assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1}
     assert len(fhir()) == 1                                           # one search of the compartment
     assert src.imported_counts(p["id"], "t1") == {"Composition": 1, "Condition": 3, "Observation": 1} and len(fhir()) == 1

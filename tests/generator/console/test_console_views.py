@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from medport.generator.console import model, views
-from tests.generator.console.synthetic import (WBOT, ae, flow, iso, line, patient, patient_run, snapshot, task)
+from tests.generator.console.synthetic import WBOT, ae, flow, iso, line, patient, patient_run, snapshot, task
 
 
 def _many(n=120):
