@@ -5,6 +5,7 @@ Usage: python bench/_stack_host.py CONFIG METRIPORT_BASE_URL METRIPORT_API_KEY W
 Prints one JSON line {base_url, admin_client_id, admin_client_secret, webhook_url, pid} once deployed, then
 serves until stdin closes. RUNTIME_JSON: BotRuntime options (e.g. {"memory_mb": 64}).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def trace_batches(path: str) -> None:
             log.append((t0, time.perf_counter(), time.thread_time() - c0, n))
 
     service.FhirService.batch = batch
+
     def dump() -> None:
         with open(path, "w") as f:
             json.dump(log, f)
@@ -73,22 +75,37 @@ def main() -> int:
     os.environ["METRIPORT_WEBHOOK_KEY"] = webhook_key
     cfg = load_config(cfg_path)
     stack = start_stack(cfg, metriport="sandbox", settings_overrides={"runtime": runtime} if runtime else None)
-    if not os.environ.get("MEDPORT_GC_DEFAULT"):   # as `medport emulate` does; set to compare with the defaults
+    if not os.environ.get("MEDPORT_GC_DEFAULT"):  # as `medport emulate` does; set to compare with the defaults
         from medport.emulator.serving import tune_gc_for_serving
+
         tune_gc_for_serving()
     try:
         code_file = os.environ.get("MEDPORT_BENCH_WEBHOOK_CODE")
         if code_file:  # measure another build of the webhook bot (e.g. an earlier commit's) in the same stack
-            bot = stack.admin.fhir("bot", "GET", f"Bot?identifier={cfg.medplum.identifier_system}|"
-                                   f"{cfg.webhook_bot.identifier}")["entry"][0]["resource"]
+            bot = stack.admin.fhir(
+                "bot", "GET", f"Bot?identifier={cfg.medplum.identifier_system}|{cfg.webhook_bot.identifier}"
+            )["entry"][0]["resource"]
             with open(code_file) as f:
-                stack.admin.fhir("deploy", "POST", f"Bot/{bot['id']}/$deploy",
-                                 json_body={"code": f.read(), "filename": "metriport-webhook-bot.js"})
+                stack.admin.fhir(
+                    "deploy",
+                    "POST",
+                    f"Bot/{bot['id']}/$deploy",
+                    json_body={"code": f.read(), "filename": "metriport-webhook-bot.js"},
+                )
         h = stack.emulator
-        print(json.dumps({"base_url": h.base_url, "admin_client_id": h.admin_client_id,
-                          "admin_client_secret": h.admin_client_secret, "webhook_url": stack.webhook_url,
-                          "pid": os.getpid()}), flush=True)
-        sys.stdin.read()   # until the driver closes our stdin
+        print(
+            json.dumps(
+                {
+                    "base_url": h.base_url,
+                    "admin_client_id": h.admin_client_id,
+                    "admin_client_secret": h.admin_client_secret,
+                    "webhook_url": stack.webhook_url,
+                    "pid": os.getpid(),
+                }
+            ),
+            flush=True,
+        )
+        sys.stdin.read()  # until the driver closes our stdin
     finally:
         stack.close()
     return 0

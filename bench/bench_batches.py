@@ -5,6 +5,7 @@ top functions (cProfile) — the emulator's cost per resource without HTTP, the 
 
 Usage: .venv/bin/python bench/bench_batches.py FILE [--repeat 3] [--profile N] [--db PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ from medport.emulator.medplum.fhir.store import Repository
 def replay(bundles: list[dict], db: str | None) -> tuple[float, int, int]:
     v = strict.default_strict_validator()
     with v._cache_lock:
-        v._cache.clear()        # every verdict computed again, as in a real first import
+        v._cache.clear()  # every verdict computed again, as in a real first import
     repo = Repository(db)
     svc = FhirService(repo, "http://localhost:8103/")
     pr = Principal("bench-project", "ClientApplication/bench", None, Access(None), False)
@@ -52,7 +53,7 @@ def main() -> None:
     a = ap.parse_args()
     with open(a.file) as f:
         lines = f.read().splitlines()
-    replay([json.loads(lines[0])], None)      # warm: validators, Node validator process, caches of the first type
+    replay([json.loads(lines[0])], None)  # warm: validators, Node validator process, caches of the first type
     times = []
     for _ in range(a.repeat):
         bundles = [json.loads(x) for x in lines]
@@ -64,8 +65,10 @@ def main() -> None:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(a.profile)
         times.append(dt)
-        print(f"{len(bundles)} batches, {entries:,} entries ({failed} failed) in {dt:.2f} s = "
-              f"{dt / max(1, entries) * 1e6:.0f} µs per entry")
+        print(
+            f"{len(bundles)} batches, {entries:,} entries ({failed} failed) in {dt:.2f} s = "
+            f"{dt / max(1, entries) * 1e6:.0f} µs per entry"
+        )
     print(f"median {sorted(times)[len(times) // 2]:.2f} s")
 
 

@@ -13,6 +13,7 @@ in place of this one: pages it does not have are skipped.
 
 Usage: .venv/bin/python bench/bench_console.py [--patients 1000] [--requests 20] [--no-resources] [--console-src DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,14 @@ def load_console(src: str | None):
     """`medport.generator.console` from this checkout, or from `src` (a console package directory)."""
     if src:
         path = Path(src).resolve()
-        spec = importlib.util.spec_from_file_location("medport.generator.console", path / "__init__.py",
-                                                      submodule_search_locations=[str(path)])
+        spec = importlib.util.spec_from_file_location(
+            "medport.generator.console", path / "__init__.py", submodule_search_locations=[str(path)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["medport.generator.console"] = module
         spec.loader.exec_module(module)
     from medport.generator.console import command
+
     return command
 
 
@@ -66,15 +69,17 @@ def template_patients(stack) -> dict[str, str]:
     # a message that failed: the consolidated query the document conversion starts is refused on every attempt
     seen = sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download")
     kyla = stack.create_patient("Kyla")
-    testing.wait_until(lambda: sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download") > seen,
-                       timeout=60)
+    testing.wait_until(
+        lambda: sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download") > seen, timeout=60
+    )
     stack.fake.set_faults(fail_next=retries, fail_status=500)
     testing.wait_until(lambda: stack.fhir.search("Task", {"status": "failed"}), timeout=60)
     stack.fake.set_faults(fail_next=0)
     out["failed-message"] = kyla["id"]
     # skipped: not a US state
-    ollie = stack.create_patient("Ollie", address={"line": ["1 Main St"], "city": "Austin", "state": "ZZ",
-                                                   "postalCode": "78701"})
+    ollie = stack.create_patient(
+        "Ollie", address={"line": ["1 Main St"], "city": "Austin", "state": "ZZ", "postalCode": "78701"}
+    )
     out["skipped"] = ollie["id"]
     assert stack.wait_idle(60)
     # a patient-bot run that failed: Metriport answers 503 to every attempt
@@ -108,11 +113,17 @@ def records_of(stack, pid: str) -> list[dict]:
 
 def clone(records: list[dict], keep: set[str]) -> list[dict]:
     """The same records with every id (and Metriport id, message id) replaced by a fresh one."""
-    text = json.dumps([{k: v for k, v in r.items() if k != "meta"} | {"_author": (r.get("meta") or {}).get("author")}
-                       for r in records])
+    text = json.dumps(
+        [
+            {k: v for k, v in r.items() if k != "meta"} | {"_author": (r.get("meta") or {}).get("author")}
+            for r in records
+        ]
+    )
     fresh: dict[str, str] = {}
-    text = UUID.sub(lambda m: m.group(0) if m.group(0) in keep else fresh.setdefault(m.group(0), str(uuid.uuid4())), text)
-    for r in records:   # non-uuid ids (the emulator's, the fake's seed resource ids)
+    text = UUID.sub(
+        lambda m: m.group(0) if m.group(0) in keep else fresh.setdefault(m.group(0), str(uuid.uuid4())), text
+    )
+    for r in records:  # non-uuid ids (the emulator's, the fake's seed resource ids)
         if r["id"] not in fresh and not UUID.fullmatch(r["id"]):
             fresh[r["id"]] = str(uuid.uuid4())
             text = text.replace(f'"{r["id"]}"', f'"{fresh[r["id"]]}"').replace(f'/{r["id"]}"', f'/{fresh[r["id"]]}"')
@@ -132,7 +143,7 @@ def write_clones(stack, templates: dict[str, str], n: int, with_resources: bool)
     # mostly imported, as a running integration is; the rest in the other situations
     kinds = ["imported"] * 6 + ["imported-2"] * 6 + ["failed-message", "skipped", "bot-failed"]
     have = len(stack.fhir.search("Patient", {"_count": "1000"}))
-    listeners = list(repo._listeners)        # no subscription fires for the clones: no bot runs on them
+    listeners = list(repo._listeners)  # no subscription fires for the clones: no bot runs on them
     for fn in listeners:
         repo.remove_listener(fn)
     written = 0
@@ -188,12 +199,20 @@ def measure(served, auth, pages: list[tuple[str, list[str]]], repeat: int) -> li
         if status != {200}:
             print(f"  {name:34s} skipped (answered {sorted(status)})")
             continue
-        row = {"page": name, "first_ms": round(times[0], 1), "ms": [round(t, 1) for t in times[1:]],
-               "fhir_requests_first": fhir_calls[0], "fhir_requests_median": statistics.median(fhir_calls[1:]),
-               "kb": round(statistics.median(sizes) / 1024, 1)}
+        row = {
+            "page": name,
+            "first_ms": round(times[0], 1),
+            "ms": [round(t, 1) for t in times[1:]],
+            "fhir_requests_first": fhir_calls[0],
+            "fhir_requests_median": statistics.median(fhir_calls[1:]),
+            "kb": round(statistics.median(sizes) / 1024, 1),
+        }
         out.append(row)
-        print(f"  {name:34s} first {times[0]:8.1f} ms   then {stats(times[1:])}   "
-              f"FHIR requests {fhir_calls[0]} first, median {row['fhir_requests_median']:g}   {row['kb']} KB", flush=True)
+        print(
+            f"  {name:34s} first {times[0]:8.1f} ms   then {stats(times[1:])}   "
+            f"FHIR requests {fhir_calls[0]} first, median {row['fhir_requests_median']:g}   {row['kb']} KB",
+            flush=True,
+        )
     return out
 
 
@@ -209,7 +228,7 @@ def profile_refresh(command, stack) -> None:
     t0 = time.perf_counter()
     snap = source.snapshot()
     print(f"  first complete read: {(time.perf_counter() - t0) * 1000:.0f} ms", flush=True)
-    time.sleep(20)          # past the incremental read's overlap with the cloning
+    time.sleep(20)  # past the incremental read's overlap with the cloning
     t0 = time.perf_counter()
     snap = source.snapshot(fresh=True)
     print(f"  incremental read, nothing changed: {(time.perf_counter() - t0) * 1000:.0f} ms", flush=True)
@@ -240,12 +259,17 @@ def main() -> int:
     t0 = time.monotonic()
     with testing.start_stack(legacy_flow_config(), metriport_delay_s=0.05) as stack:
         templates = template_patients(stack)
-        print(f"templates: {len(templates)} Patients through the real flow in {time.monotonic() - t0:.0f} s", flush=True)
+        print(
+            f"templates: {len(templates)} Patients through the real flow in {time.monotonic() - t0:.0f} s", flush=True
+        )
         t1 = time.monotonic()
         written = write_clones(stack, templates, args.patients, not args.no_resources)
         n = stack.fhir.count("Patient")
-        print(f"cloned: {written:,} records in {time.monotonic() - t1:.0f} s; {n:,} Patients, "
-              f"{stack.fhir.count('Task'):,} Tasks, {stack.fhir.count('AuditEvent'):,} AuditEvents", flush=True)
+        print(
+            f"cloned: {written:,} records in {time.monotonic() - t1:.0f} s; {n:,} Patients, "
+            f"{stack.fhir.count('Task'):,} Tasks, {stack.fhir.count('AuditEvent'):,} AuditEvents",
+            flush=True,
+        )
         pids = [p["id"] for p in stack.fhir.search("Patient", {"_count": "40", "_sort": "-_lastUpdated"})]
         tasks = [t["id"] for t in stack.fhir.search("Task", {"_count": "20", "status": "failed"})]
         if args.profile:
@@ -253,21 +277,29 @@ def main() -> int:
         served = command.serve_console(command.settings_for_stack(stack.internal, stack.config), port=0)
         auth = (stack.internal.emulator.admin_client_id, stack.internal.emulator.admin_client_secret)
         console = getattr(served, "console", None)
-        if console is not None and not args.cold:      # the console reads everything once as it starts
+        if console is not None and not args.cold:  # the console reads everything once as it starts
             t0 = time.perf_counter()
             while console._last is None:
                 time.sleep(0.05)
-            print(f"  first complete read and model, in the background at start: "
-                  f"{(time.perf_counter() - t0) * 1000:.0f} ms", flush=True)
+            print(
+                f"  first complete read and model, in the background at start: "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms",
+                flush=True,
+            )
         try:
-            rows = measure(served, auth, [
-                ("patient page", [f"/patients/{p}" for p in pids]),
-                ("patients list (first page)", ["/patients"]),
-                ("patients list, failed only", ["/patients?state=failed"]),
-                ("patients list, search by id", [f"/patients?q={p}" for p in pids]),
-                ("health", ["/health"]),
-                ("message page", [f"/messages/{t}" for t in tasks] or ["/messages/none"]),
-            ], args.requests)
+            rows = measure(
+                served,
+                auth,
+                [
+                    ("patient page", [f"/patients/{p}" for p in pids]),
+                    ("patients list (first page)", ["/patients"]),
+                    ("patients list, failed only", ["/patients?state=failed"]),
+                    ("patients list, search by id", [f"/patients?q={p}" for p in pids]),
+                    ("health", ["/health"]),
+                    ("message page", [f"/messages/{t}" for t in tasks] or ["/messages/none"]),
+                ],
+                args.requests,
+            )
         finally:
             served.stop()
         print("RESULT " + json.dumps({"patients": n, "records_cloned": written, "pages": rows}))

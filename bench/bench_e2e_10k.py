@@ -4,6 +4,7 @@ Each service runs in its own process (bench/importbench.py): the webhook acknowl
 until every resource is in Medplum, peak RSS of the emulator + its workers and CPU per process.
 Usage: .venv/bin/python bench/bench_e2e_10k.py [N] [--runtime vmcontext|awslambda]
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ from importbench import run_import, summary_line
 
 def main(n: int = 10_000, runtime: str = "vmcontext") -> dict:
     result = run_import(n, runtime=runtime)
-    print(f"e2e {n} resources ({runtime}): webhook acked in {result['consolidated_webhook_ack_ms']:.0f} ms "
-          f"(max over all webhooks {result['max_webhook_ack_ms']:.0f} ms); " + summary_line(result).split(": ", 1)[1])
+    print(
+        f"e2e {n} resources ({runtime}): webhook acked in {result['consolidated_webhook_ack_ms']:.0f} ms "
+        f"(max over all webhooks {result['max_webhook_ack_ms']:.0f} ms); " + summary_line(result).split(": ", 1)[1]
+    )
     print("RESULT " + json.dumps(result))
     return result
 

@@ -7,6 +7,7 @@ Patients that existed before the integration — then runs `run_enroll` and repo
 request completed and every Patient is linked (the webhook bot processed the completed message), and the time
 until everything settled (the patient bot's runs on the links, the per-patient document-download messages the
 fake's sandbox data pipeline sends)."""
+
 from __future__ import annotations
 
 import sys
@@ -23,12 +24,23 @@ STATES = ["TX", "CA", "NY", "IL", "CO", "WA", "GA", "OH"]
 
 
 def patient(i: int, org_id: str) -> dict:
-    return {"resourceType": "Patient", "name": [{"given": [f"Bench{i:06d}"], "family": f"Family{i % 977}"}],
-            "birthDate": f"19{40 + i % 60:02d}-{1 + i % 12:02d}-{1 + i % 28:02d}", "gender": ["male", "female"][i % 2],
-            "address": [{"line": [f"{100 + i} Main St"], "city": "Springfield", "state": STATES[i % len(STATES)],
-                         "postalCode": f"{10001 + i % 89000:05d}", "country": "US"}],
-            "telecom": [{"system": "phone", "value": f"512555{i % 10000:04d}"}],
-            "managingOrganization": {"reference": f"Organization/{org_id}"}}
+    return {
+        "resourceType": "Patient",
+        "name": [{"given": [f"Bench{i:06d}"], "family": f"Family{i % 977}"}],
+        "birthDate": f"19{40 + i % 60:02d}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "gender": ["male", "female"][i % 2],
+        "address": [
+            {
+                "line": [f"{100 + i} Main St"],
+                "city": "Springfield",
+                "state": STATES[i % len(STATES)],
+                "postalCode": f"{10001 + i % 89000:05d}",
+                "country": "US",
+            }
+        ],
+        "telecom": [{"system": "phone", "value": f"512555{i % 10000:04d}"}],
+        "managingOrganization": {"reference": f"Organization/{org_id}"},
+    }
 
 
 def count(s, status: str) -> int:
@@ -47,9 +59,19 @@ def main(n: int, document_queries: bool) -> None:
         org = create_facility_org(s, "Bench clinic")
         t0 = time.monotonic()
         for j in range(0, n, 100):
-            s.admin.fhir("create Patients", "POST", "", json_body={"resourceType": "Bundle", "type": "batch", "entry": [
-                {"request": {"method": "POST", "url": "Patient"}, "resource": patient(i, org["id"])}
-                for i in range(j, min(n, j + 100))]})
+            s.admin.fhir(
+                "create Patients",
+                "POST",
+                "",
+                json_body={
+                    "resourceType": "Bundle",
+                    "type": "batch",
+                    "entry": [
+                        {"request": {"method": "POST", "url": "Patient"}, "resource": patient(i, org["id"])}
+                        for i in range(j, min(n, j + 100))
+                    ],
+                },
+            )
         created = time.monotonic() - t0
         api = MetriportApi(s.fake.base_url, s.fake.api_key)
         t1 = time.monotonic()
@@ -60,9 +82,11 @@ def main(n: int, document_queries: bool) -> None:
             time.sleep(1)
         settled_s = time.monotonic() - t1
         msgs = count(s, "")
-        print(f"N={n} document_queries={document_queries}: created in {created:.1f} s; enroll {linked_s:.1f} s "
-              f"({linked} linked, done={r.done}, jobs={[j.status for j in r.jobs]}); settled after {settled_s:.1f} s "
-              f"({msgs} webhook messages stored)")
+        print(
+            f"N={n} document_queries={document_queries}: created in {created:.1f} s; enroll {linked_s:.1f} s "
+            f"({linked} linked, done={r.done}, jobs={[j.status for j in r.jobs]}); settled after {settled_s:.1f} s "
+            f"({msgs} webhook messages stored)"
+        )
     finally:
         s.close()
 

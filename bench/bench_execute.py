@@ -7,6 +7,7 @@ so that the load generator itself costs little of the machine's 2 cores.
 
 Usage: .venv/bin/python bench/bench_execute.py [N] [--clients C] [--seconds S] [--inprocess]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,13 +85,31 @@ def _tree_cpu(pid: int) -> dict[str, float]:
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
     prof = os.environ.get("MEDPORT_BENCH_PYSPY")  # record a py-spy profile (raw) of the emulator's process
-    wrap = [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-r", "500", "-f", "raw", "-o", prof,
-            *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []), "--"] if prof else []
-    proc = subprocess.Popen([*wrap, sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    wrap = (
+        [
+            os.path.join(os.path.dirname(sys.executable), "py-spy"),
+            "record",
+            "-r",
+            "500",
+            "-f",
+            "raw",
+            "-o",
+            prof,
+            *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []),
+            "--",
+        ]
+        if prof
+        else []
+    )
+    proc = subprocess.Popen(
+        [*wrap, sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     line = proc.stdout.readline()
-    while line and "listening on" not in line:   # py-spy's own lines first
+    while line and "listening on" not in line:  # py-spy's own lines first
         line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -107,6 +126,7 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
     handle = proc = None
     if inprocess:
         from medport.emulator.medplum.server import start
+
         handle = start()
         base = handle.base_url
     else:
@@ -117,9 +137,11 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
         host_port = base.split("//", 1)[1].rstrip("/")
         host, port = host_port.rsplit(":", 1)
         body = json.dumps({"n": 1}).encode()
-        req = (f"POST /fhir/R4/Bot/{bot['id']}/$execute HTTP/1.1\r\nHost: {host_port}\r\n"
-               f"Authorization: Bearer {c.token}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        req = (
+            f"POST /fhir/R4/Bot/{bot['id']}/$execute HTTP/1.1\r\nHost: {host_port}\r\n"
+            f"Authorization: Bearer {c.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         conn = Conn(host, int(port), req)
         for _ in range(50):  # warm: worker compiled, caches filled
             assert conn.call() == 200
@@ -161,22 +183,33 @@ def main(n: int = 500, clients: int = 16, seconds: float = 5.0, inprocess: bool 
         allc = [x for xs in lat for x in xs]
         rate = len(allc) / elapsed
         per_exec = {k: round((cpu1.get(k, 0) - cpu0.get(k, 0)) / max(1, len(allc)) * 1000, 3) for k in cpu1}
-        out = {"n": n, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "mean_ms": round(statistics.mean(samples), 2),
-               "clients": clients, "executions_per_s": round(rate), "concurrent_p50_ms": round(statistics.median(allc), 1),
-               "concurrent_p99_ms": round(percentile(allc, 0.99), 1), "errors": errors[0],
-               "emulator": "in the benchmark's process" if inprocess else "own process",
-               "cpu_ms_per_execution": per_exec, "load_average": round(os.getloadavg()[0], 2)}
-        print(f"warm $execute (trivial bot, HTTP, emulator in {out['emulator']}): sequential n={n} p50 {p50:.2f} ms, "
-              f"p99 {p99:.2f} ms (targets <= 3 / <= 10 ms); {clients} concurrent clients: {rate:.0f} executions/s "
-              f"(target >= 800), p50 {out['concurrent_p50_ms']} ms, p99 {out['concurrent_p99_ms']} ms, errors {errors[0]}; "
-              f"CPU ms per execution {per_exec}; load {out['load_average']}")
+        out = {
+            "n": n,
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "mean_ms": round(statistics.mean(samples), 2),
+            "clients": clients,
+            "executions_per_s": round(rate),
+            "concurrent_p50_ms": round(statistics.median(allc), 1),
+            "concurrent_p99_ms": round(percentile(allc, 0.99), 1),
+            "errors": errors[0],
+            "emulator": "in the benchmark's process" if inprocess else "own process",
+            "cpu_ms_per_execution": per_exec,
+            "load_average": round(os.getloadavg()[0], 2),
+        }
+        print(
+            f"warm $execute (trivial bot, HTTP, emulator in {out['emulator']}): sequential n={n} p50 {p50:.2f} ms, "
+            f"p99 {p99:.2f} ms (targets <= 3 / <= 10 ms); {clients} concurrent clients: {rate:.0f} executions/s "
+            f"(target >= 800), p50 {out['concurrent_p50_ms']} ms, p99 {out['concurrent_p99_ms']} ms, errors {errors[0]}; "
+            f"CPU ms per execution {per_exec}; load {out['load_average']}"
+        )
         print("RESULT " + json.dumps(out))
         return out
     finally:
         if handle is not None:
             handle.close()
         if proc is not None:
-            proc.send_signal(signal.SIGINT)   # (py-spy writes its profile on SIGINT)
+            proc.send_signal(signal.SIGINT)  # (py-spy writes its profile on SIGINT)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:

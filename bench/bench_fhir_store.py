@@ -4,6 +4,7 @@
 Measures validation + indexing + conditional lookup + SQLite writes, in-memory and file DB.
 Run: .venv/bin/python bench/bench_fhir_store.py [--n 10000] [--replay]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,35 +28,74 @@ def synth(i: int, patient_ref: str) -> dict:
     ident = [{"system": SYSTEM, "value": f"res-{i}"}]
     k = i % 5
     if k == 0:
-        return {"resourceType": "Observation", "identifier": ident, "status": "final",
-                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                          "code": "laboratory"}]}],
-                "code": {"coding": [{"system": "http://loinc.org", "code": f"{1000 + i % 97}-{i % 9}",
-                                     "display": "Some lab"}], "text": "Some lab"},
-                "subject": {"reference": patient_ref}, "effectiveDateTime": f"20{10 + i % 14}-0{1 + i % 9}-1{i % 9}T10:00:00Z",
-                "valueQuantity": {"value": (i % 300) / 3, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
-                                  "code": "mg/dL"},
-                "referenceRange": [{"low": {"value": 10, "unit": "mg/dL"}, "high": {"value": 90, "unit": "mg/dL"}}]}
+        return {
+            "resourceType": "Observation",
+            "identifier": ident,
+            "status": "final",
+            "category": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [{"system": "http://loinc.org", "code": f"{1000 + i % 97}-{i % 9}", "display": "Some lab"}],
+                "text": "Some lab",
+            },
+            "subject": {"reference": patient_ref},
+            "effectiveDateTime": f"20{10 + i % 14}-0{1 + i % 9}-1{i % 9}T10:00:00Z",
+            "valueQuantity": {
+                "value": (i % 300) / 3,
+                "unit": "mg/dL",
+                "system": "http://unitsofmeasure.org",
+                "code": "mg/dL",
+            },
+            "referenceRange": [{"low": {"value": 10, "unit": "mg/dL"}, "high": {"value": 90, "unit": "mg/dL"}}],
+        }
     if k == 1:
-        return {"resourceType": "Condition", "identifier": ident,
-                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                               "code": "active"}]},
-                "code": {"coding": [{"system": "http://snomed.info/sct", "code": str(100000 + i), "display": "Cond"}]},
-                "subject": {"reference": patient_ref}, "onsetDateTime": "2019-04-01", "recordedDate": "2019-04-02"}
+        return {
+            "resourceType": "Condition",
+            "identifier": ident,
+            "clinicalStatus": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+            },
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": str(100000 + i), "display": "Cond"}]},
+            "subject": {"reference": patient_ref},
+            "onsetDateTime": "2019-04-01",
+            "recordedDate": "2019-04-02",
+        }
     if k == 2:
-        return {"resourceType": "MedicationStatement", "identifier": ident, "status": "active",
-                "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                          "code": str(300000 + i % 500)}], "text": "Med"},
-                "subject": {"reference": patient_ref}, "effectivePeriod": {"start": "2020-01-01"},
-                "dosage": [{"text": "1 tab daily"}]}
+        return {
+            "resourceType": "MedicationStatement",
+            "identifier": ident,
+            "status": "active",
+            "medicationCodeableConcept": {
+                "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": str(300000 + i % 500)}],
+                "text": "Med",
+            },
+            "subject": {"reference": patient_ref},
+            "effectivePeriod": {"start": "2020-01-01"},
+            "dosage": [{"text": "1 tab daily"}],
+        }
     if k == 3:
-        return {"resourceType": "Procedure", "identifier": ident, "status": "completed",
-                "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": str(90000 + i % 700)}]},
-                "subject": {"reference": patient_ref}, "performedDateTime": "2021-06-01T09:00:00Z"}
-    return {"resourceType": "Encounter", "identifier": ident, "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}]}],
-            "subject": {"reference": patient_ref}, "period": {"start": "2021-06-01T09:00:00Z", "end": "2021-06-01T10:00:00Z"}}
+        return {
+            "resourceType": "Procedure",
+            "identifier": ident,
+            "status": "completed",
+            "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": str(90000 + i % 700)}]},
+            "subject": {"reference": patient_ref},
+            "performedDateTime": "2021-06-01T09:00:00Z",
+        }
+    return {
+        "resourceType": "Encounter",
+        "identifier": ident,
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}]}],
+        "subject": {"reference": patient_ref},
+        "period": {"start": "2021-06-01T09:00:00Z", "end": "2021-06-01T10:00:00Z"},
+    }
 
 
 def run(path: str | None, n: int, replay: bool) -> None:
@@ -68,10 +108,18 @@ def run(path: str | None, n: int, replay: bool) -> None:
     bundles = []
     for start in range(0, n, 50):
         entries = []
-        for r in resources[start:start + 50]:
+        for r in resources[start : start + 50]:
             ident = r["identifier"][0]
-            entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r,
-                            "request": {"method": "PUT", "url": f"{r['resourceType']}?identifier={ident['system']}|{ident['value']}"}})
+            entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": r,
+                    "request": {
+                        "method": "PUT",
+                        "url": f"{r['resourceType']}?identifier={ident['system']}|{ident['value']}",
+                    },
+                }
+            )
         bundles.append({"resourceType": "Bundle", "type": "batch", "entry": entries})
     rounds = [("import", bundles)] + ([("replay", bundles)] if replay else [])
     for label, bs in rounds:
@@ -85,8 +133,10 @@ def run(path: str | None, n: int, replay: bool) -> None:
         size = "-"
         if path:
             size = f"{sum(os.path.getsize(p) for p in (path, path + '-wal') if os.path.exists(p)) / 1e6:.1f} MB"
-        print(f"{'file' if path else 'memory':6s} {label:6s} {n} resources in {dt:.2f} s = {n / dt:,.0f} resources/s; "
-              f"failed entries {bad}; db size {size}")
+        print(
+            f"{'file' if path else 'memory':6s} {label:6s} {n} resources in {dt:.2f} s = {n / dt:,.0f} resources/s; "
+            f"failed entries {bad}; db size {size}"
+        )
     repo.close()
 
 

@@ -6,6 +6,7 @@ Every failure is printed with the request that caused it. Exit status 1 if any 5
 
 Usage: .venv/bin/python bench/bench_fuzz.py [N] [--seed S]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ def main(n: int, seed_value: int) -> dict:
         fz = Fuzzer(h, timeout_s=15.0)
 
         @seed(seed_value)
-        @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(req=request_strategy())
         def run(req):
             fz.send(req)  # failures are collected, never raised: the run goes on to N requests
@@ -41,15 +47,23 @@ def main(n: int, seed_value: int) -> dict:
         fz.close()
     s = fz.stats
     elapsed = time.monotonic() - t0
-    result = {"requests": s.requests, "server_errors_5xx": s.server_errors, "refused_4xx": s.refused,
-              "writes_by_refused_requests": s.writes_by_refused, "failures": len(s.failures),
-              "by_status": dict(sorted(s.by_status.items())), "slowest_request_s": round(s.slowest_s, 2),
-              "seed": seed_value, "elapsed_s": round(elapsed, 1)}
+    result = {
+        "requests": s.requests,
+        "server_errors_5xx": s.server_errors,
+        "refused_4xx": s.refused,
+        "writes_by_refused_requests": s.writes_by_refused,
+        "failures": len(s.failures),
+        "by_status": dict(sorted(s.by_status.items())),
+        "slowest_request_s": round(s.slowest_s, 2),
+        "seed": seed_value,
+        "elapsed_s": round(elapsed, 1),
+    }
     print(f"fuzz of the emulator's HTTP API, seed {seed_value}: {s.requests} requests in {elapsed:.0f} s")
     print(f"  5xx answers: {s.server_errors}")
     print(f"  refused (4xx): {s.refused}, versions written by refused requests: {s.writes_by_refused}")
-    print(f"  failed checks in all (5xx, refused writes, no answer within 15 s, Python exception text): "
-          f"{len(s.failures)}")
+    print(
+        f"  failed checks in all (5xx, refused writes, no answer within 15 s, Python exception text): {len(s.failures)}"
+    )
     print(f"  answers by status: {', '.join(f'{k}: {v}' for k, v in sorted(s.by_status.items()))}")
     print(f"  slowest request: {s.slowest_s:.2f} s")
     for f in s.failures[:20]:

@@ -5,6 +5,7 @@ error bodies not in Metriport's shapes. Strategies and invariants: tests/emulato
 Usage: .venv/bin/python bench/bench_fuzz_fake.py [N] [--record]
   --record  also writes the figures to bench/RESULTS.md, section "Fuzzing the fake Metriport".
 """
+
 from __future__ import annotations
 
 import datetime
@@ -45,8 +46,9 @@ def run(n: int) -> dict:
     try:
         target = httpfuzz.Target(fake, KEY)
 
-        @settings(max_examples=n, derandomize=True, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(req=httpfuzz.http_requests(target.ids))
         def one(req):
             clock.t += 5
@@ -57,27 +59,33 @@ def run(n: int) -> dict:
         seconds = time.monotonic() - t0
     finally:
         fake.close()
-    return {**stats.summary(), "seconds": round(seconds, 1), "examples": stats.server_errors[:3] + stats.refused_writes[:3]}
+    return {
+        **stats.summary(),
+        "seconds": round(seconds, 1),
+        "examples": stats.server_errors[:3] + stats.refused_writes[:3],
+    }
 
 
 def record(result: dict, n: int) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    body = (f"{SECTION}\n\n`python bench/bench_fuzz_fake.py {n} --record` — "
-            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
-            f"{os.cpu_count()} cores\n\n"
-            "Generated requests to every route of the fake (and unknown ones): mutated valid and wild patients, "
-            "arbitrary JSON, malformed and hostile bodies (lone surrogates, 100,000 nested `[`, NaN, wrong content "
-            "types and encodings), repeated and bracketed query parameters, missing and wrong API keys. "
-            "Must be 0: 5xx, writes by refused requests, error bodies outside Metriport's shapes.\n\n"
-            "| requests sent | 5xx | writes by refused requests | error bodies not Metriport's | time |\n"
-            "| --- | --- | --- | --- | --- |\n"
-            f"| {result['requests']:,} | {result['5xx']} | {result['writes_by_refused']} | {result['bad_error_bodies']} "
-            f"| {result['seconds']} s |\n\n"
-            f"Answers by status: {', '.join(f'{k}: {v:,}' for k, v in result['by_status'].items())}.\n")
+    body = (
+        f"{SECTION}\n\n`python bench/bench_fuzz_fake.py {n} --record` — "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.platform(terse=True)} · "
+        f"{os.cpu_count()} cores\n\n"
+        "Generated requests to every route of the fake (and unknown ones): mutated valid and wild patients, "
+        "arbitrary JSON, malformed and hostile bodies (lone surrogates, 100,000 nested `[`, NaN, wrong content "
+        "types and encodings), repeated and bracketed query parameters, missing and wrong API keys. "
+        "Must be 0: 5xx, writes by refused requests, error bodies outside Metriport's shapes.\n\n"
+        "| requests sent | 5xx | writes by refused requests | error bodies not Metriport's | time |\n"
+        "| --- | --- | --- | --- | --- |\n"
+        f"| {result['requests']:,} | {result['5xx']} | {result['writes_by_refused']} | {result['bad_error_bodies']} "
+        f"| {result['seconds']} s |\n\n"
+        f"Answers by status: {', '.join(f'{k}: {v:,}' for k, v in result['by_status'].items())}.\n"
+    )
     if SECTION in text:
         head, rest = text.split(SECTION, 1)
         nxt = rest.find("\n## ")
-        text = head + body + ("\n" + rest[nxt + 1:] if nxt >= 0 else "")
+        text = head + body + ("\n" + rest[nxt + 1 :] if nxt >= 0 else "")
     else:
         mark = text.find("## Latest run")  # bench/run.py rewrites everything from there on: stay above it
         text = text[:mark] + body + "\n" + text[mark:] if mark >= 0 else text.rstrip() + "\n\n" + body
@@ -88,9 +96,11 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     n = int(args[0]) if args else 5200
     result = run(n)
-    print(f"bench_fuzz_fake: {result['requests']} requests in {result['seconds']} s: 5xx {result['5xx']}, "
-          f"writes by refused requests {result['writes_by_refused']}, error bodies not Metriport's "
-          f"{result['bad_error_bodies']}; by status {json.dumps(result['by_status'])}")
+    print(
+        f"bench_fuzz_fake: {result['requests']} requests in {result['seconds']} s: 5xx {result['5xx']}, "
+        f"writes by refused requests {result['writes_by_refused']}, error bodies not Metriport's "
+        f"{result['bad_error_bodies']}; by status {json.dumps(result['by_status'])}"
+    )
     for ex in result["examples"]:
         print("  e.g.", ex)
     if "--record" in argv:

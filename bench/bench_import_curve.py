@@ -5,6 +5,7 @@ the import run's time, peak RSS of the emulator plus its workers (and of the bot
 Usage: .venv/bin/python bench/bench_import_curve.py [--sizes 1000,10000,30000,100000] [--runtimes vmcontext,awslambda]
        [--repeat 3] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,22 +24,27 @@ def median_run(runs: list[dict]) -> dict:
     mid = dict(ordered[len(ordered) // 2])
     mid["all_times_s"] = [r["patient_saved_to_all_data_s"] for r in runs]
     mid["peak_rss_mb_max"] = max(r["peak_rss_mb"] for r in runs)
-    mid["complete"] = all(r["done"] and not r["failed_tasks"] and r["resources_in_medplum"] == r["resources_expected"]
-                          for r in runs)
+    mid["complete"] = all(
+        r["done"] and not r["failed_tasks"] and r["resources_in_medplum"] == r["resources_expected"] for r in runs
+    )
     return mid
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| entries | runtime | resources imported | Patient saved → all data (median) | per 1,000 | import run | "
-           "peak RSS emulator + workers | peak RSS bot worker | runs (s) |",
-           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    out = [
+        "| entries | runtime | resources imported | Patient saved → all data (median) | per 1,000 | import run | "
+        "peak RSS emulator + workers | peak RSS bot worker | runs (s) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         per_1k = r["patient_saved_to_all_data_s"] / max(1, r["resources_expected"]) * 1000
-        out.append(f"| {r['resources_in_bundle']:,} | {r['runtime']} | "
-                   f"{r['resources_in_medplum']:,} of {r['resources_expected']:,}{'' if r['complete'] else ' (INCOMPLETE)'} | "
-                   f"{r['patient_saved_to_all_data_s']:.2f} s | {per_1k:.3f} s | {r['import_s']:.2f} s | "
-                   f"{r['peak_rss_mb']} MB | {r['peak_rss_one_bot_worker_mb']} MB | "
-                   f"{', '.join(f'{t:.2f}' for t in r['all_times_s'])} |")
+        out.append(
+            f"| {r['resources_in_bundle']:,} | {r['runtime']} | "
+            f"{r['resources_in_medplum']:,} of {r['resources_expected']:,}{'' if r['complete'] else ' (INCOMPLETE)'} | "
+            f"{r['patient_saved_to_all_data_s']:.2f} s | {per_1k:.3f} s | {r['import_s']:.2f} s | "
+            f"{r['peak_rss_mb']} MB | {r['peak_rss_one_bot_worker_mb']} MB | "
+            f"{', '.join(f'{t:.2f}' for t in r['all_times_s'])} |"
+        )
     return "\n".join(out)
 
 
@@ -68,7 +74,9 @@ def main() -> None:
         if med10 and r["resources_in_bundle"] > 10_000 and r["runtime"] == med10["runtime"]:
             a10 = med10["patient_saved_to_all_data_s"] / med10["resources_expected"]
             ax = r["patient_saved_to_all_data_s"] / r["resources_expected"]
-            print(f"per 1,000 at {r['resources_in_bundle']:,} vs 10,000 ({r['runtime']}): {100 * (ax / a10 - 1):+.0f} %")
+            print(
+                f"per 1,000 at {r['resources_in_bundle']:,} vs 10,000 ({r['runtime']}): {100 * (ax / a10 - 1):+.0f} %"
+            )
     print("RESULT " + json.dumps([{k: v for k, v in r.items()} for r in rows]))
 
 

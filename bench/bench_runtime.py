@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python bench/bench_runtime.py [runs]
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from medport.emulator.medplum.runtime import BotRuntime, ExecRequest
 
 CODE = "exports.handler = async (medplum, event) => { return { ok: true, input: event.input }; };"
-EVENT = {"bot": {"reference": "Bot/bench"}, "contentType": "application/json", "input": {"resourceType": "Patient"},
-         "secrets": {}, "traceId": "bench", "requester": {"reference": "ClientApplication/c"}, "headers": {}}
+EVENT = {
+    "bot": {"reference": "Bot/bench"},
+    "contentType": "application/json",
+    "input": {"resourceType": "Patient"},
+    "secrets": {},
+    "traceId": "bench",
+    "requester": {"reference": "ClientApplication/c"},
+    "headers": {},
+}
 
 
 def pct(sorted_ms: list[float], p: float) -> float:
@@ -44,8 +52,10 @@ def main() -> None:
     rt.close()
     print(f"bench_runtime: warm vmcontext execute via BotRuntime.execute, {runs} runs, {os.cpu_count()} cpus")
     print(f"  first execution incl. worker start: {cold_ms:.1f} ms")
-    print(f"  p50 {pct(ms, 50):.3f} ms   p90 {pct(ms, 90):.3f} ms   p99 {pct(ms, 99):.3f} ms   "
-          f"mean {statistics.fmean(ms):.3f} ms   max {ms[-1]:.3f} ms")
+    print(
+        f"  p50 {pct(ms, 50):.3f} ms   p90 {pct(ms, 90):.3f} ms   p99 {pct(ms, 99):.3f} ms   "
+        f"mean {statistics.fmean(ms):.3f} ms   max {ms[-1]:.3f} ms"
+    )
     print(f"  worker processes used: {len(pids)} (no process spawned per execution)")
 
 

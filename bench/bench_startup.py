@@ -3,6 +3,7 @@
 
 Usage: .venv/bin/python bench/bench_startup.py [runs]
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,14 @@ sys.path.insert(0, ROOT)
 
 def spawn_once() -> float:
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "medport.emulator.medplum", "--memory", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         url = None
         for line in p.stdout:
@@ -42,6 +48,7 @@ def spawn_once() -> float:
 def in_process_once() -> float:
     from medport.emulator.medplum.server import start
     from medport.emulator.medplum.settings import Settings
+
     t0 = time.perf_counter()
     h = start(Settings())
     try:
@@ -54,11 +61,16 @@ def in_process_once() -> float:
 def main(runs: int = 3) -> dict:
     spawned = [spawn_once() for _ in range(runs)]
     inproc = [in_process_once() for _ in range(runs)]
-    out = {"spawned_median_s": round(statistics.median(spawned), 3), "in_process_median_s": round(statistics.median(inproc), 3),
-           "target_s": 3.0}
+    out = {
+        "spawned_median_s": round(statistics.median(spawned), 3),
+        "in_process_median_s": round(statistics.median(inproc), 3),
+        "target_s": 3.0,
+    }
     out["ok"] = out["spawned_median_s"] <= 3.0
-    print(f"emulator start to ready: new process {out['spawned_median_s']:.2f} s (median of {runs}), "
-          f"in process {out['in_process_median_s']:.2f} s (target <= 3 s) {'OK' if out['ok'] else 'MISSED'}")
+    print(
+        f"emulator start to ready: new process {out['spawned_median_s']:.2f} s (median of {runs}), "
+        f"in process {out['in_process_median_s']:.2f} s (target <= 3 s) {'OK' if out['ok'] else 'MISSED'}"
+    )
     return out
 
 

@@ -12,6 +12,7 @@ Zoe's patient bot failed (503) and left so. Read back:
 
 Usage: .venv/bin/python bench/console_defects.py [--console-src DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,18 +42,33 @@ def scenario(stack) -> dict:
     for name in ("Andreas", "Zoe"):
         stack.fake.set_faults(fail_next=retries, fail_status=503)
         p = stack.create_patient(name)
-        testing.wait_until(lambda p=p: any(ae.get("outcome") != "0" for ae in stack.fhir.search(
-            "AuditEvent", {"entity": f"Patient/{p['id']}"})), timeout=60)
+        testing.wait_until(
+            lambda p=p: any(
+                ae.get("outcome") != "0" for ae in stack.fhir.search("AuditEvent", {"entity": f"Patient/{p['id']}"})
+            ),
+            timeout=60,
+        )
         stack.fake.set_faults(fail_next=0)
         out[name.lower()] = p["id"]
     assert stack.wait_idle(60)
-    run_enroll(stack.config, stack.internal.admin, MetriportApi(stack.fake.base_url, stack.fake.api_key),
-               criteria=f"_id={out['andreas']}", timeout_s=120)
+    run_enroll(
+        stack.config,
+        stack.internal.admin,
+        MetriportApi(stack.fake.base_url, stack.fake.api_key),
+        criteria=f"_id={out['andreas']}",
+        timeout_s=120,
+    )
     assert testing.wait_until(lambda: stack.metriport_id(out["andreas"]), timeout=60)
+
     # Jane's phone changes: the patient bot updates Metriport and queries again; the same record comes twice
     def answers() -> int:
-        return sum(1 for t in stack.fhir.search("Task", {"_count": "1000"}) if t["status"] == "completed" and (
-            "consolidated-data" in t.get("description", "") or "network-query.hie" in t.get("description", "")))
+        return sum(
+            1
+            for t in stack.fhir.search("Task", {"_count": "1000"})
+            if t["status"] == "completed"
+            and ("consolidated-data" in t.get("description", "") or "network-query.hie" in t.get("description", ""))
+        )
+
     before = answers()
     cur = stack.fhir.read("Patient", jane["id"])
     stack.fhir.update(dict(cur, telecom=[{"system": "phone", "value": "512-555-0142"}]))
@@ -66,35 +82,54 @@ def read_back(stack, served, ids: dict) -> dict:
     auth = (emu.admin_client_id, emu.admin_client_secret)
     base = served.url
     page = requests.get(base + "patients", auth=auth, timeout=60, headers={"Accept": "text/html"}).text
-    row = lambda pid: page[page.index(f'data-patient="{pid}"'):][:3000]
+    row = lambda pid: page[page.index(f'data-patient="{pid}"') :][:3000]
     andreas = re.search(r'data-state="([^"]+)"', row(ids["andreas"])).group(1)
     cells = re.findall(r'<td[^>]*class="num[^"]*"[^>]*>\s*(\d+)', row(ids["jane"]))
     health = requests.get(base + "health", auth=auth, timeout=60, headers={"Accept": "text/html"}).text
     card = re.search(r'id="card-processing-failures"[^>]*>.*?card-value">([^<]*)<.*?card-sub">([^<]*)<', health, re.S)
-    out = {"andreas (enrolled after a failed run)": andreas,
-           "jane: numbers in her list row": cells,
-           "jane: distinct resources in Medplum": sum(stack.imported(ids["jane"]).values()),
-           "health lists Zoe's failure": f"/patients/{ids['zoe']}" in health,
-           "health: processing-failures card": " — ".join(x.strip() for x in card.groups()) if card else None}
+    out = {
+        "andreas (enrolled after a failed run)": andreas,
+        "jane: numbers in her list row": cells,
+        "jane: distinct resources in Medplum": sum(stack.imported(ids["jane"]).values()),
+        "health lists Zoe's failure": f"/patients/{ids['zoe']}" in health,
+        "health: processing-failures card": " — ".join(x.strip() for x in card.groups()) if card else None,
+    }
     # security
     s = requests.Session()
-    r = s.post(base + "login?next=/%09/evil.example", data={"client_id": auth[0], "client_secret": auth[1]},
-               allow_redirects=False, timeout=30)
+    r = s.post(
+        base + "login?next=/%09/evil.example",
+        data={"client_id": auth[0], "client_secret": auth[1]},
+        allow_redirects=False,
+        timeout=30,
+    )
     out["login?next=/%09/evil.example redirects to"] = r.headers.get("Location")
     cookie = s.cookies.get("medport_console")
     token = re.search(r'name="csrf" value="([^"]+)"', s.get(base + "health", timeout=30).text).group(1)
     s.post(base + "logout", data={"csrf": token}, timeout=30)
-    r = requests.get(base + "patients", cookies={"medport_console": cookie}, allow_redirects=False, timeout=30,
-                     headers={"Accept": "text/html"})
+    r = requests.get(
+        base + "patients",
+        cookies={"medport_console": cookie},
+        allow_redirects=False,
+        timeout=30,
+        headers={"Accept": "text/html"},
+    )
     out["the cookie after logout"] = f"{r.status_code} {r.headers.get('Location', '')}".strip()
     t0 = time.monotonic()
-    codes = [requests.post(base + "login", data={"client_id": auth[0], "client_secret": f"wrong{i}"}, timeout=30,
-                           allow_redirects=False).status_code for i in range(30)]
-    out["30 wrong secrets"] = f"{dict((c, codes.count(c)) for c in sorted(set(codes)))} in {time.monotonic() - t0:.1f} s"
+    codes = [
+        requests.post(
+            base + "login", data={"client_id": auth[0], "client_secret": f"wrong{i}"}, timeout=30, allow_redirects=False
+        ).status_code
+        for i in range(30)
+    ]
+    out["30 wrong secrets"] = (
+        f"{dict((c, codes.count(c)) for c in sorted(set(codes)))} in {time.monotonic() - t0:.1f} s"
+    )
     r = requests.get(base + "login", timeout=30)
     out["headers"] = {h: r.headers.get(h) for h in ("Content-Security-Policy", "X-Frame-Options", "Cache-Control")}
     port = base.rstrip("/").rsplit(":", 1)[1]
-    out["Host: evil.example"] = requests.get(base + "login", headers={"Host": f"evil.example:{port}"}, timeout=30).status_code
+    out["Host: evil.example"] = requests.get(
+        base + "login", headers={"Host": f"evil.example:{port}"}, timeout=30
+    ).status_code
     out |= narrow(base, auth, ids)
     return out
 
@@ -113,8 +148,9 @@ def narrow(base: str, auth, ids) -> dict:
         opts.add_argument(f)
     d = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
     try:
-        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 390, "height": 900, "deviceScaleFactor": 1,
-                                                                 "mobile": True})
+        d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 900, "deviceScaleFactor": 1, "mobile": True}
+        )
         d.get(base + "login")
         d.find_element(By.ID, "client_id").send_keys(auth[0])
         d.find_element(By.ID, "client_secret").send_keys(auth[1])
@@ -125,8 +161,11 @@ def narrow(base: str, auth, ids) -> dict:
         so = d.execute_script("""const b = [...document.querySelectorAll('button')].find((x) => /sign out/i.test(x.textContent));
             if (!b) return null; const r = b.getBoundingClientRect(); return [r.left, r.right];""")
         height = d.execute_script("return document.documentElement.scrollHeight")
-        return {"390 px: /patients scrolls sideways by (px)": over, "390 px: sign-out button x range": so,
-                "390 px: /patients height (px)": height}
+        return {
+            "390 px: /patients scrolls sideways by (px)": over,
+            "390 px: sign-out button x range": so,
+            "390 px: /patients height (px)": height,
+        }
     finally:
         d.quit()
 
@@ -138,7 +177,7 @@ def main() -> int:
     command = load_console(args.console_src)
     from medport import testing
 
-    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.1) as stack:     # today's default flow
+    with testing.start_stack(ROOT / "medport.toml", metriport_delay_s=0.1) as stack:  # today's default flow
         ids = scenario(stack)
         served = command.serve_console(command.settings_for_stack(stack.internal, stack.config), port=0)
         try:

@@ -7,6 +7,7 @@ validator — what "peak RSS of the emulator + its workers" measures), and this 
 Patient and watches over HTTP. The flow: Patient saved → patient bot → fake Metriport → signed webhooks →
 webhook bot (stored message → Task subscription) → download → import in batch Bundles.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ def bundle_file(n: int, seed: int = 7) -> Path:
     path = CACHE / f"synth-{n}-{seed}.json"
     if not path.exists():
         from medport.emulator.metriport.synth import generate
-        bundle = generate(n, seed=seed, patient={"firstName": FIRST, "lastName": FAMILY, "dob": "1970-01-01",
-                                                 "genderAtBirth": "F"})
+
+        bundle = generate(
+            n, seed=seed, patient={"firstName": FIRST, "lastName": FAMILY, "dob": "1970-01-01", "genderAtBirth": "F"}
+        )
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(bundle, f, separators=(",", ":"))
@@ -95,19 +98,27 @@ def _stat(pid: int) -> tuple[int, float, str] | None:
     tick = os.sysconf("SC_CLK_TCK")
     cpu = (int(parts[11]) + int(parts[12])) / tick
     rss = int(parts[21]) * os.sysconf("SC_PAGE_SIZE")
-    kind = "bot worker" if "worker.js" in cmd else "strict validator" if "strict.js" in cmd else \
-        "emulator" if "_stack_host" in cmd else "other"
+    kind = (
+        "bot worker"
+        if "worker.js" in cmd
+        else "strict validator"
+        if "strict.js" in cmd
+        else "emulator"
+        if "_stack_host" in cmd
+        else "other"
+    )
     return rss, cpu, kind
 
 
 @dataclass
 class Sampler:
     """Peak RSS of a process tree (summed, and per kind of process) and CPU seconds per process."""
+
     pid: int
     interval: float = 0.05
     peak_total: int = 0
     peak_kind: dict = field(default_factory=dict)
-    cpu: dict = field(default_factory=dict)          # pid -> (kind, cpu seconds, peak rss)
+    cpu: dict = field(default_factory=dict)  # pid -> (kind, cpu seconds, peak rss)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Sampler:
@@ -143,11 +154,14 @@ class Sampler:
         cpu_by_kind: dict[str, float] = {}
         for kind, cpu, _ in self.cpu.values():
             cpu_by_kind[kind] = cpu_by_kind.get(kind, 0.0) + cpu
-        return {"peak_rss_mb": round(self.peak_total / 2**20),
-                "peak_rss_by_kind_mb": {k: round(v / 2**20) for k, v in sorted(self.peak_kind.items())},
-                "peak_rss_one_bot_worker_mb": round(max((r for k, _, r in self.cpu.values() if k == "bot worker"),
-                                                        default=0) / 2**20),
-                "cpu_s_by_kind": {k: round(v, 2) for k, v in sorted(cpu_by_kind.items())}}
+        return {
+            "peak_rss_mb": round(self.peak_total / 2**20),
+            "peak_rss_by_kind_mb": {k: round(v / 2**20) for k, v in sorted(self.peak_kind.items())},
+            "peak_rss_one_bot_worker_mb": round(
+                max((r for k, _, r in self.cpu.values() if k == "bot worker"), default=0) / 2**20
+            ),
+            "cpu_s_by_kind": {k: round(v, 2) for k, v in sorted(cpu_by_kind.items())},
+        }
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -173,7 +187,7 @@ def _line(proc: subprocess.Popen, what: str, timeout: float = 120.0) -> dict:
 
     def read() -> None:
         line = proc.stdout.readline()
-        while line and not line.startswith("{"):   # e.g. py-spy's own lines
+        while line and not line.startswith("{"):  # e.g. py-spy's own lines
             line = proc.stdout.readline()
         box.append(line)
 
@@ -186,44 +200,107 @@ def _line(proc: subprocess.Popen, what: str, timeout: float = 120.0) -> dict:
     return json.loads(box[0])
 
 
-def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 900, runtime_opts: dict | None = None,
-               wait_s: float = 900.0, poll_s: float = 0.1) -> dict:
+def run_import(
+    n: int,
+    *,
+    runtime: str = "vmcontext",
+    timeout_s: int | None = 900,
+    runtime_opts: dict | None = None,
+    wait_s: float = 900.0,
+    poll_s: float = 0.1,
+) -> dict:
     data = bundle_file(n)
     cfg_path = _config(runtime, timeout_s)
     cfg = load_config(str(cfg_path))
     expected = expected_count(data, cfg)
     api_key, webhook_key = "bench-" + secrets.token_hex(8), secrets.token_hex(32)
     py = sys.executable
-    fake = subprocess.Popen([py, "-m", "medport.emulator.metriport", "--port", "0", "--data", str(data),
-                             "--delay", "0.05", "--api-key", api_key], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    fake = subprocess.Popen(
+        [
+            py,
+            "-m",
+            "medport.emulator.metriport",
+            "--port",
+            "0",
+            "--data",
+            str(data),
+            "--delay",
+            "0.05",
+            "--api-key",
+            api_key,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     host = None
     try:
         f = _line(fake, "the fake Metriport")
         # MEDPORT_BENCH_PYSPY=<file>: record a py-spy profile (raw, GIL-holding samples) of the emulator's process
         prof = os.environ.get("MEDPORT_BENCH_PYSPY")
-        wrap = [str(Path(py).with_name("py-spy")), "record", "-r", os.environ.get("MEDPORT_BENCH_PYSPY_RATE", "200"), "-f", "raw", "-o", prof,
-                *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []), "--"] if prof else []
-        host = subprocess.Popen([*wrap, py, str(ROOT / "bench" / "_stack_host.py"), str(cfg_path), f["baseUrl"], api_key,
-                                 webhook_key, json.dumps(runtime_opts or {})],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        wrap = (
+            [
+                str(Path(py).with_name("py-spy")),
+                "record",
+                "-r",
+                os.environ.get("MEDPORT_BENCH_PYSPY_RATE", "200"),
+                "-f",
+                "raw",
+                "-o",
+                prof,
+                *(["--gil"] if os.environ.get("MEDPORT_BENCH_PYSPY_GIL") else []),
+                "--",
+            ]
+            if prof
+            else []
+        )
+        host = subprocess.Popen(
+            [
+                *wrap,
+                py,
+                str(ROOT / "bench" / "_stack_host.py"),
+                str(cfg_path),
+                f["baseUrl"],
+                api_key,
+                webhook_key,
+                json.dumps(runtime_opts or {}),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         h = _line(host, "the emulator")
         fake_base = f["baseUrl"].rstrip("/")
         hdr = {"x-api-key": api_key}
-        requests.post(fake_base + "/_fake/settings/webhook", headers=hdr, timeout=30,
-                      json={"webhookUrl": h["webhook_url"], "webhookKey": webhook_key, "ping": True}).raise_for_status()
+        requests.post(
+            fake_base + "/_fake/settings/webhook",
+            headers=hdr,
+            timeout=30,
+            json={"webhookUrl": h["webhook_url"], "webhookKey": webhook_key, "ping": True},
+        ).raise_for_status()
         admin = MedplumHttp(h["base_url"], h["admin_client_id"], h["admin_client_secret"])
-        org = admin.fhir("org", "POST", "Organization", json_body={
-            "resourceType": "Organization", "name": "Bench Clinic",
-            "identifier": [{"system": cfg.metriport.facility_identifier_system, "value": f["facilityId"]}]})
+        org = admin.fhir(
+            "org",
+            "POST",
+            "Organization",
+            json_body={
+                "resourceType": "Organization",
+                "name": "Bench Clinic",
+                "identifier": [{"system": cfg.metriport.facility_identifier_system, "value": f["facilityId"]}],
+            },
+        )
         sampler = Sampler(h["pid"]).start()
         t0 = time.monotonic()
         admin.fhir("patient", "POST", "Patient", json_body=patient_resource(FIRST, org["id"], family=FAMILY))
         task_query = f"Task?code={MEDPORT_CODESYSTEM}|{MESSAGE_TASK_CODE}&_count=100"
         done, failed = False, []
         while time.monotonic() - t0 < wait_s:
-            dels = requests.get(fake_base + "/_fake/webhooks", params={"body": "false"}, headers=hdr,
-                                timeout=30).json()["deliveries"]
+            dels = requests.get(
+                fake_base + "/_fake/webhooks", params={"body": "false"}, headers=hdr, timeout=30
+            ).json()["deliveries"]
             consolidated = [d for d in dels if d["type"] == "medical.consolidated-data" and d["status"] == "success"]
             if consolidated:
                 tasks = [e["resource"] for e in admin.fhir("tasks", "GET", task_query).get("entry", [])]
@@ -239,13 +316,15 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
         for rt in cfg.webhook_bot.resources:
             in_medplum += admin.fhir("count", "GET", f"{rt}?identifier={system}|&_summary=count").get("total") or 0
         runs = admin.request("runs", "GET", "_emulator/runs", params={"limit": 50}, ok=(200,))["runs"]
-        importers = [r for r in runs if r["bot_name"] == cfg.webhook_bot.name and (r.get("resource") or "").startswith("Task/")]
+        importers = [
+            r for r in runs if r["bot_name"] == cfg.webhook_bot.name and (r.get("resource") or "").startswith("Task/")
+        ]
         failures = [r for r in importers if r["outcome"] != "success"]
         by_task: dict[str, float] = {}
-        for r in importers:   # the consolidated-data message's runs (a resumed import has several)
+        for r in importers:  # the consolidated-data message's runs (a resumed import has several)
             by_task[r["resource"]] = by_task.get(r["resource"], 0.0) + r["duration_ms"]
         ack = [d for d in dels if d["type"] == "medical.consolidated-data"]
-        relinked = 0   # resources written again with references to resources later in the bundle
+        relinked = 0  # resources written again with references to resources later in the bundle
         for r in importers:
             for m in re.finditer(r'later in the bundle written.{0,40}?"resources":(\d+)', r.get("logs") or ""):
                 relinked += int(m.group(1))
@@ -253,19 +332,30 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
             t_start = time.time() - (time.monotonic() - t0)
             for r in sorted(runs, key=lambda r: r["started"]):
                 from datetime import datetime
+
                 st = datetime.fromisoformat(r["started"].replace("Z", "+00:00")).timestamp() - t_start
-                print(f"  run {st:7.3f} s +{r['duration_ms'] / 1000:6.3f} s {r['bot_name']:24s} {r['trigger']:12s} "
-                      f"{r.get('resource') or ''}", file=sys.stderr)
+                print(
+                    f"  run {st:7.3f} s +{r['duration_ms'] / 1000:6.3f} s {r['bot_name']:24s} {r['trigger']:12s} "
+                    f"{r.get('resource') or ''}",
+                    file=sys.stderr,
+                )
                 if os.environ.get("MEDPORT_BENCH_TIMELINE") == "logs" and r["duration_ms"] < 2000:
                     print("      " + (r.get("logs") or "").replace("\n", "\n      ")[:1500], file=sys.stderr)
             for d in dels:
-                print(f"  delivery {d.get('type')} {d.get('status')} {d.get('durationMs')} ms at {d.get('sentAt') or d.get('at')}",
-                      file=sys.stderr)
+                print(
+                    f"  delivery {d.get('type')} {d.get('status')} {d.get('durationMs')} ms at {d.get('sentAt') or d.get('at')}",
+                    file=sys.stderr,
+                )
         return {
-            "resources_in_bundle": n, "resources_expected": expected, "resources_in_medplum": in_medplum,
-            "runtime": runtime, "done": done, "failed_tasks": failed,
+            "resources_in_bundle": n,
+            "resources_expected": expected,
+            "resources_in_medplum": in_medplum,
+            "runtime": runtime,
+            "done": done,
+            "failed_tasks": failed,
             "import_s": round(max(by_task.values(), default=0) / 1000, 2),
-            "import_runs": len(importers), "failed_runs": [r.get("error") for r in failures][:3],
+            "import_runs": len(importers),
+            "failed_runs": [r.get("error") for r in failures][:3],
             "rewritten_for_later_references": relinked,
             "patient_saved_to_all_data_s": round(total_s, 2),
             "consolidated_webhook_ack_ms": ack[-1].get("durationMs") if ack else None,
@@ -289,15 +379,18 @@ def run_import(n: int, *, runtime: str = "vmcontext", timeout_s: int | None = 90
 
 def summary_line(r: dict) -> str:
     per_1k = r["patient_saved_to_all_data_s"] / max(1, r["resources_expected"]) * 1000
-    return (f"{r['resources_in_bundle']:>7,} entries ({r['runtime']}): import {r['import_s']:.2f} s, "
-            f"Patient saved → all data {r['patient_saved_to_all_data_s']:.2f} s ({per_1k:.3f} s per 1,000); "
-            f"{r['resources_in_medplum']:,} of {r['resources_expected']:,} in Medplum; peak RSS emulator+workers "
-            f"{r['peak_rss_mb']} MB {r['peak_rss_by_kind_mb']}; CPU s {r['cpu_s_by_kind']}"
-            + ("" if r["done"] and not r["failed_tasks"] else f"; NOT DONE/FAILED {r['failed_tasks']} {r['failed_runs']}"))
+    return (
+        f"{r['resources_in_bundle']:>7,} entries ({r['runtime']}): import {r['import_s']:.2f} s, "
+        f"Patient saved → all data {r['patient_saved_to_all_data_s']:.2f} s ({per_1k:.3f} s per 1,000); "
+        f"{r['resources_in_medplum']:,} of {r['resources_expected']:,} in Medplum; peak RSS emulator+workers "
+        f"{r['peak_rss_mb']} MB {r['peak_rss_by_kind_mb']}; CPU s {r['cpu_s_by_kind']}"
+        + ("" if r["done"] and not r["failed_tasks"] else f"; NOT DONE/FAILED {r['failed_tasks']} {r['failed_runs']}")
+    )
 
 
 if __name__ == "__main__":
     import argparse
+
     ap = argparse.ArgumentParser()
     ap.add_argument("n", type=int, nargs="?", default=10_000)
     ap.add_argument("--runtime", default="vmcontext", choices=["vmcontext", "awslambda"])

@@ -5,6 +5,7 @@ steps of digits > 0; `cronTiming` is converted by `convertTimingToCron`. `is_val
 cron-validator 1.4.0 (the version Medplum's server pins) with its default options; tests compare it with the
 real package in Node. Plain Python, shared by the emulator's cron bots and the config check of
 `webhook_bot.sweep_cron`."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,7 +16,7 @@ _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "
 # (low, high) per field: minute hour day-of-month month day-of-week (cron-validator's ranges)
 _FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
 # JavaScript's \s (String.prototype.trim and the /\s+/ split of cron-validator), not Python's str.split()
-_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200b)))
+_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
 _SPLIT = re.compile(f"[{re.escape(_JS_SPACE)}]+")
 _ALLOWED = re.compile(r"[0-9\-,/*]*\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -74,7 +75,7 @@ def _values(text: str, lo: int, hi: int) -> set[int]:
             a, b = (int(x) for x in rng.split("-", 1))
         else:
             a = int(rng)
-            b = hi if step_s else a   # `5/10`: from 5 every 10 (cron-parser, which schedules Medplum's jobs)
+            b = hi if step_s else a  # `5/10`: from 5 every 10 (cron-parser, which schedules Medplum's jobs)
         out.update(range(a, b + 1, step))
     return out
 
@@ -84,8 +85,10 @@ class CronSpec:
 
     def __init__(self, expr: str):
         if not is_valid_cron(expr):
-            raise ValueError(f"{expr!r} is not a cron expression Medplum schedules (5 fields of digits, *, -, "
-                             "',' and /; day of week 0-6; no names)")
+            raise ValueError(
+                f"{expr!r} is not a cron expression Medplum schedules (5 fields of digits, *, -, "
+                "',' and /; day of week 0-6; no names)"
+            )
         parts = _js_fields(expr)
         self.expr = " ".join(parts)
         sets = [_values(p, lo, hi) for p, (lo, hi) in zip(parts, _FIELDS)]

@@ -7,6 +7,7 @@ surrogates (text that is not Unicode), the order of an object's keys (integer-li
 `Date.prototype.toISOString`. Each helper here reproduces one of those for the JSON values a request body can
 hold (dict, list, str, int, float, bool, None); `UNDEFINED` stands for a missing key.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,10 @@ import re
 from typing import Any
 
 # ECMAScript WhiteSpace + LineTerminator (what trim() strips and regex \s matches)
-JS_WHITESPACE = ("\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-                 "\u2028\u2029\u202f\u205f\u3000\ufeff")
+JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 JS_SPACE_CLASS = "[" + re.escape(JS_WHITESPACE) + "]"
 
 
@@ -81,7 +84,7 @@ def js_substring(s: str, start: int, end: int) -> str:
     return "".join(chr(u) for u in units)  # surrogates stay as lone code points: never digits
 
 
-SURROGATE = re.compile("[\ud800-\udfff]")   # in a Python str, only an unpaired surrogate can be one
+SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, only an unpaired surrogate can be one
 
 
 def has_lone_surrogate(s: str) -> bool:
@@ -152,12 +155,12 @@ def js_number_to_string(x: int | float) -> str:
         return "Infinity" if x > 0 else "-Infinity"
     if x < 0:
         return "-" + js_number_to_string(-x)
-    mant, _, exp = repr(x).partition("e")   # repr is the shortest round-trip form, like V8's
+    mant, _, exp = repr(x).partition("e")  # repr is the shortest round-trip form, like V8's
     int_part, _, frac = mant.partition(".")
     digits = (int_part + frac).lstrip("0")
-    point = len(int_part) + (int(exp) if exp else 0)    # decimal point position within int_part+frac
+    point = len(int_part) + (int(exp) if exp else 0)  # decimal point position within int_part+frac
     lead = len(int_part + frac) - len((int_part + frac).lstrip("0"))
-    n = point - lead                                     # value = 0.digits × 10^n
+    n = point - lead  # value = 0.digits × 10^n
     digits = digits.rstrip("0") or "0"
     k = len(digits)
     if k <= n <= 21:
@@ -243,7 +246,7 @@ def strip_non_numeric(s: str) -> str:
     return re.sub(r"[^0-9]", "", js_trim(s))
 
 
-MAX_TIME_MS = 8.64e15   # ECMAScript TimeClip: a Date holds at most ±100,000,000 days around the epoch
+MAX_TIME_MS = 8.64e15  # ECMAScript TimeClip: a Date holds at most ±100,000,000 days around the epoch
 
 
 def iso_string(ms: float) -> str:

@@ -10,6 +10,7 @@ table with two rows, `kind` and `version`. A new file is created at the current 
 stores had a version (only medport's own tables) is stamped; a newer version, another kind or foreign tables is
 refused with `StoreRefused`, one line saying what to do.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ class OwnerLock:
             except OSError:
                 owner = _read_owner(fd)
                 os.close(fd)
-                raise InUse(f"{self.what} is in use by another medport emulator ({describe_owner(owner)}): "
-                            f"{self.hint}") from None
+                raise InUse(
+                    f"{self.what} is in use by another medport emulator ({describe_owner(owner)}): {self.hint}"
+                ) from None
         self._fd = fd
         self.describe()
         return self
@@ -72,7 +74,7 @@ class OwnerLock:
                 os.ftruncate(fd, 0)
             except OSError:
                 pass
-            os.close(fd)   # closing the descriptor drops the flock
+            os.close(fd)  # closing the descriptor drops the flock
 
     @property
     def held(self) -> bool:
@@ -98,14 +100,25 @@ def describe_owner(owner: dict) -> str:
     return ", ".join(parts)
 
 
-def open_versioned(conn: sqlite3.Connection, path: str | None, *, kind: str, version: int, schema: str,
-                   tables: set[str], migrations: dict[int, Callable[[sqlite3.Connection], None]] | None = None) -> int:
+def open_versioned(
+    conn: sqlite3.Connection,
+    path: str | None,
+    *,
+    kind: str,
+    version: int,
+    schema: str,
+    tables: set[str],
+    migrations: dict[int, Callable[[sqlite3.Connection], None]] | None = None,
+) -> int:
     """Create or check the store behind `conn` (see the module's docstring). `tables`: the tables `schema` makes
     (an unversioned file holding only these is an older medport's store). `migrations[n]` turns version n into
     n + 1. Returns the version the file had (0: unversioned or new)."""
     where = path or "the in-memory store"
-    found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-             if not r[0].startswith("sqlite_")}
+    found = {
+        r[0]
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if not r[0].startswith("sqlite_")
+    }
     stamp = {}
     if "medport_store" in found:
         stamp = dict(conn.execute("SELECT key, value FROM medport_store").fetchall())
@@ -113,12 +126,15 @@ def open_versioned(conn: sqlite3.Connection, path: str | None, *, kind: str, ver
     if stamp.get("kind") not in (None, kind):
         raise StoreRefused(f"{where} holds a {stamp.get('kind')} store, not a {kind} store: pass another file")
     if had < 0 or had > version:
-        raise StoreRefused(f"{where} was written by a newer medport (store version {stamp.get('version')}; this "
-                           f"medport reads {kind} version {version} at most): upgrade medport, or pass another file")
+        raise StoreRefused(
+            f"{where} was written by a newer medport (store version {stamp.get('version')}; this "
+            f"medport reads {kind} version {version} at most): upgrade medport, or pass another file"
+        )
     foreign = found - tables - {"medport_store"}
     if foreign and not stamp:
-        raise StoreRefused(f"{where} is not a {kind} store (it has the tables {', '.join(sorted(foreign))}): "
-                           "pass another file")
+        raise StoreRefused(
+            f"{where} is not a {kind} store (it has the tables {', '.join(sorted(foreign))}): pass another file"
+        )
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS medport_store (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

@@ -15,6 +15,7 @@ refuses, so nothing in medport runs a `node` that did not come through here.
 
 What is missing is reported as one line (`NodeRuntimeMissing`) naming the command that fixes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,17 @@ class NodeRuntimeMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class Runtime:
-    node: str                 # the Node >= 22 binary
-    node_version: str         # "v22.23.3"
-    node_source: str          # MEDPORT_NODE | node_modules | PATH | cache
-    node_modules: Path        # the folder holding the packages
-    source: str               # MEDPORT_NODE_MODULES | checkout | project | cache
+    node: str  # the Node >= 22 binary
+    node_version: str  # "v22.23.3"
+    node_source: str  # MEDPORT_NODE | node_modules | PATH | cache
+    node_modules: Path  # the folder holding the packages
+    source: str  # MEDPORT_NODE_MODULES | checkout | project | cache
 
     def describe(self) -> str:
-        return (f"Node {self.node_version} ({self.node_source}: {self.node}); "
-                f"npm packages from the {self.source} ({self.node_modules})")
+        return (
+            f"Node {self.node_version} ({self.node_source}: {self.node}); "
+            f"npm packages from the {self.source} ({self.node_modules})"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +129,12 @@ def node_version(path: str) -> str | None:
 
 
 def node_ok(path: str | os.PathLike | None) -> bool:
-    return path is not None and bool(path) and os.path.exists(path) and (_major(node_version(str(path))) or 0) >= MIN_NODE_MAJOR
+    return (
+        path is not None
+        and bool(path)
+        and os.path.exists(path)
+        and (_major(node_version(str(path))) or 0) >= MIN_NODE_MAJOR
+    )
 
 
 def path_node() -> str | None:
@@ -180,8 +188,10 @@ def _find_node(node_modules: Path) -> tuple[str, str]:
     env = os.environ.get("MEDPORT_NODE")
     if env:
         if not node_ok(env):
-            raise NodeRuntimeMissing(f"MEDPORT_NODE={env} is not a Node >= {MIN_NODE_MAJOR} "
-                                     f"({node_version(env) or 'it does not run'}): point it at Node 22, or unset it")
+            raise NodeRuntimeMissing(
+                f"MEDPORT_NODE={env} is not a Node >= {MIN_NODE_MAJOR} "
+                f"({node_version(env) or 'it does not run'}): point it at Node 22, or unset it"
+            )
         return env, "MEDPORT_NODE"
     own = node_modules / ".bin" / "node"
     if node_ok(own):
@@ -194,8 +204,9 @@ def _find_node(node_modules: Path) -> tuple[str, str]:
         return cached, "cache"
     on_path = shutil.which("node")
     have = f"the node on PATH is {node_version(on_path)}" if on_path else "no node on PATH"
-    raise NodeRuntimeMissing(f"medport needs Node >= {MIN_NODE_MAJOR} ({have}): {_setup_hint()}, "
-                             "or put Node 22 on PATH, or set MEDPORT_NODE")
+    raise NodeRuntimeMissing(
+        f"medport needs Node >= {MIN_NODE_MAJOR} ({have}): {_setup_hint()}, or put Node 22 on PATH, or set MEDPORT_NODE"
+    )
 
 
 @lru_cache(maxsize=4)
@@ -206,8 +217,10 @@ def find_runtime(needs: tuple[str, ...] = RUNTIME_PACKAGES) -> Runtime:
         nm = Path(env).expanduser()
         missing = missing_packages(nm, needs)
         if missing:
-            raise NodeRuntimeMissing(f"MEDPORT_NODE_MODULES={nm} lacks {_describe_missing(nm, missing)}: install them there, "
-                                     "or unset it to use medport's own copy (`medport setup`)")
+            raise NodeRuntimeMissing(
+                f"MEDPORT_NODE_MODULES={nm} lacks {_describe_missing(nm, missing)}: install them there, "
+                "or unset it to use medport's own copy (`medport setup`)"
+            )
         node, node_source = _find_node(nm)
         return Runtime(node, node_version(node) or "?", node_source, nm, "MEDPORT_NODE_MODULES")
     partial: tuple[Path, list[str]] | None = None
@@ -226,7 +239,8 @@ def find_runtime(needs: tuple[str, ...] = RUNTIME_PACKAGES) -> Runtime:
         nm, missing = partial
         raise NodeRuntimeMissing(
             f"{nm} lacks {_describe_missing(nm, missing)}: run `medport setup` (medport keeps its own copy; your "
-            "project stays as it is), or `npm install -D " + " ".join(f"{n}@{pinned().get(n)}" for n in missing) + "`")
+            "project stays as it is), or `npm install -D " + " ".join(f"{n}@{pinned().get(n)}" for n in missing) + "`"
+        )
     raise NodeRuntimeMissing(f"medport needs Node {MIN_NODE_MAJOR} and {wanted}: {_setup_hint()}")
 
 

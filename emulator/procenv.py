@@ -12,6 +12,7 @@ bot workers also get (`KEEP`). The values of secret options are overwritten with
 `take_secrets()` removes the named secrets from `os.environ` too (and so from any child started without an
 explicit environment), after the caller has read them.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,10 +20,32 @@ import os
 import threading
 
 # what a bot worker also gets (runtime/pool.py WORKER_ENV_KEEP): nothing secret
-KEEP = frozenset(("PATH", "HOME", "TZ", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TMPDIR", "TEMP",
-                  "TMP", "SYSTEMROOT", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR"))
-SECRET_ENV = ("MEDPORT_ADMIN_CLIENT_SECRET", "METRIPORT_WEBHOOK_KEY", "METRIPORT_API_KEY",
-              "MEDPORT_FAKE_METRIPORT_API_KEY", "MEDPLUM_CLIENT_SECRET")
+KEEP = frozenset(
+    (
+        "PATH",
+        "HOME",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_MESSAGES",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "SYSTEMROOT",
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    )
+)
+SECRET_ENV = (
+    "MEDPORT_ADMIN_CLIENT_SECRET",
+    "METRIPORT_WEBHOOK_KEY",
+    "METRIPORT_API_KEY",
+    "MEDPORT_FAKE_METRIPORT_API_KEY",
+    "MEDPLUM_CLIENT_SECRET",
+)
 SECRET_FLAG_WORDS = ("secret", "key", "token", "password")
 
 _done = False
@@ -39,7 +62,7 @@ def _blocks() -> tuple[int, int, int, int] | None:
     try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
-        fields = stat[stat.rindex(b")") + 2:].split()   # fields[0] is field 3
+        fields = stat[stat.rindex(b")") + 2 :].split()  # fields[0] is field 3
         a0, a1, e0, e1 = (int(x) for x in fields[45:49])
     except (OSError, ValueError):
         return None
@@ -68,7 +91,7 @@ def hide_process_environment() -> bool:
             return True
         blocks = _blocks()
         if blocks is None:
-            return False   # not Linux: there is no /proc to read the environment through
+            return False  # not Linux: there is no /proc to read the environment through
         arg_start, arg_end, env_start, env_end = blocks
         env = _read("/proc/self/environ")
         if len(env) == env_end - env_start:
@@ -78,7 +101,7 @@ def hide_process_environment() -> bool:
                 if eq and name.decode(errors="replace") not in KEEP:
                     key = os.fsdecode(name)
                     if key in os.environ:
-                        os.putenv(key, os.environ[key])   # setenv: C's environ now points at a heap copy
+                        os.putenv(key, os.environ[key])  # setenv: C's environ now points at a heap copy
                     ctypes.memset(env_start + offset, 0, len(entry))
                 offset += len(entry) + 1
         args = _read("/proc/self/cmdline")

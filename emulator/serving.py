@@ -5,6 +5,7 @@ starts), serves in a daemon thread and returns a `Served` with its URL and `stop
 closes the listener and every client channel: an idle keep-alive connection would otherwise keep
 waitress's loop (and the stop) waiting.
 """
+
 from __future__ import annotations
 
 import gc
@@ -54,7 +55,7 @@ def host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
         return True
     host = host_header.strip().lower()
     if host.startswith("["):
-        name = host[1:host.find("]")] if "]" in host else ""
+        name = host[1 : host.find("]")] if "]" in host else ""
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return name.rstrip(".") in allowed
@@ -72,8 +73,10 @@ def bind(host: str, port: int, *, what: str = "server", flag: str = "--port") ->
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise PortInUse(f"cannot listen on {host}:{port} for the {what} ({e.strerror}) — something else is running "
-                        f"there: stop it, or pass {flag} (0 picks a free port)") from None
+        raise PortInUse(
+            f"cannot listen on {host}:{port} for the {what} ({e.strerror}) — something else is running "
+            f"there: stop it, or pass {flag} (0 picks a free port)"
+        ) from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -90,6 +93,7 @@ def url_of(host: str, port: int) -> str:
 @dataclass
 class Served:
     """A waitress server running in a daemon thread."""
+
     server: object
     thread: threading.Thread
     url: str
@@ -123,12 +127,23 @@ def _run(srv) -> None:
         pass
 
 
-def serve(app, host: str, port: int, *, threads: int, name: str, sock: socket.socket | None = None,
-          what: str = "server", flag: str = "--port", **waitress_options) -> Served:
+def serve(
+    app,
+    host: str,
+    port: int,
+    *,
+    threads: int,
+    name: str,
+    sock: socket.socket | None = None,
+    what: str = "server",
+    flag: str = "--port",
+    **waitress_options,
+) -> Served:
     """Serve a WSGI app on host:port (0 = a free port) from a daemon thread."""
     sock = sock or bind(host, port, what=what, flag=flag)
-    srv = create_server(app, sockets=[sock], threads=threads, map={}, ident=name,
-                        clear_untrusted_proxy_headers=True, **waitress_options)
+    srv = create_server(
+        app, sockets=[sock], threads=threads, map={}, ident=name, clear_untrusted_proxy_headers=True, **waitress_options
+    )
     thread = threading.Thread(target=_run, args=(srv,), name=name, daemon=True)
     thread.start()
     return Served(srv, thread, url_of(host, sock.getsockname()[1]))

@@ -1,5 +1,6 @@
 """Where the project's shared data lives: `MEDPORT_SHARED`, else the `shared/` folder beside the checkout
 (CI clones the repo with `shared/` next to it). Everything that uses it must also work without it."""
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ A command module takes what it needs:
 
 and gets a logger with `logging.getLogger(__name__)` (everything under `medport.` follows the level set here).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,44 +45,91 @@ def _stack(*decorators: Callable) -> Callable:
         for d in reversed(decorators):
             f = d(f)
         return f
+
     return apply
 
 
-config_option = _option("-c", "--config", "config_path", default=CONFIG_FILENAME, show_default=True, envvar=CONFIG_ENV,
-                        type=click.Path(dir_okay=False), help="The medport config file.")
-out_option = _option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
-                     help="The folder of the generated files (committed).")
+config_option = _option(
+    "-c",
+    "--config",
+    "config_path",
+    default=CONFIG_FILENAME,
+    show_default=True,
+    envvar=CONFIG_ENV,
+    type=click.Path(dir_okay=False),
+    help="The medport config file.",
+)
+out_option = _option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="bots",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The folder of the generated files (committed).",
+)
 
 
 def medplum_options(default: str = "emulator", *, purpose: str = "") -> Callable:
     """--base-url / --client-id / --client-secret (MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET, the
     variables Medplum's own CLI reads). `default` says where the command goes without them: "emulator" (the one
     running from this folder, with its admin client) or "config" (medplum.base_url of the config)."""
-    where = {"emulator": EMULATOR_DEFAULT, "config": "medplum.base_url of the config",
-             "emulator-here": "the emulator running from this folder (.medport/emulator.json)"}[default]
-    client = ("an admin ClientApplication of the project; Medplum's CLI reads the same variables" if default == "config" else
-              "default: the emulator's admin client")
+    where = {
+        "emulator": EMULATOR_DEFAULT,
+        "config": "medplum.base_url of the config",
+        "emulator-here": "the emulator running from this folder (.medport/emulator.json)",
+    }[default]
+    client = (
+        "an admin ClientApplication of the project; Medplum's CLI reads the same variables"
+        if default == "config"
+        else "default: the emulator's admin client"
+    )
     return _stack(
-        _option("--base-url", envvar="MEDPLUM_BASE_URL", show_default=where, metavar="URL",
-                help="The Medplum server" + (f" {purpose}" if purpose else "") + "."),
+        _option(
+            "--base-url",
+            envvar="MEDPLUM_BASE_URL",
+            show_default=where,
+            metavar="URL",
+            help="The Medplum server" + (f" {purpose}" if purpose else "") + ".",
+        ),
         _option("--client-id", envvar="MEDPLUM_CLIENT_ID", metavar="ID", help=f"Client id ({client})."),
         _option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", metavar="SECRET", help="That client's secret."),
     )
 
 
 admin_options = _stack(
-    _option("--admin-client-id", envvar="MEDPORT_ADMIN_CLIENT_ID", default=DEFAULT_ADMIN_CLIENT_ID, show_default=True,
-            metavar="ID",
-            help="The emulator's admin client (its developer API answers only it)."),
-    _option("--admin-client-secret", envvar="MEDPORT_ADMIN_CLIENT_SECRET", default=DEFAULT_ADMIN_CLIENT_SECRET,
-            metavar="SECRET",
-            show_default="the development default", help="The emulator's admin client secret."),
+    _option(
+        "--admin-client-id",
+        envvar="MEDPORT_ADMIN_CLIENT_ID",
+        default=DEFAULT_ADMIN_CLIENT_ID,
+        show_default=True,
+        metavar="ID",
+        help="The emulator's admin client (its developer API answers only it).",
+    ),
+    _option(
+        "--admin-client-secret",
+        envvar="MEDPORT_ADMIN_CLIENT_SECRET",
+        default=DEFAULT_ADMIN_CLIENT_SECRET,
+        metavar="SECRET",
+        show_default="the development default",
+        help="The emulator's admin client secret.",
+    ),
 )
 
 metriport_options = _stack(
-    _option("--metriport-url", envvar="METRIPORT_BASE_URL", metavar="URL", show_default="the fake of the emulator running here, "
-            "else metriport.environment of the config", help="Metriport's API root."),
-    _option("--metriport-api-key", envvar="METRIPORT_API_KEY", metavar="KEY", help="Metriport API key (the fake's is known)."),
+    _option(
+        "--metriport-url",
+        envvar="METRIPORT_BASE_URL",
+        metavar="URL",
+        show_default="the fake of the emulator running here, else metriport.environment of the config",
+        help="Metriport's API root.",
+    ),
+    _option(
+        "--metriport-api-key",
+        envvar="METRIPORT_API_KEY",
+        metavar="KEY",
+        help="Metriport API key (the fake's is known).",
+    ),
 )
 
 
@@ -101,6 +149,7 @@ def load_dotenv_file(path: Path | None = None) -> list[str]:
     if not path.is_file():
         return []
     from dotenv import dotenv_values
+
     try:
         values = dotenv_values(path)
     except (OSError, UnicodeDecodeError) as e:
@@ -112,8 +161,14 @@ def load_dotenv_file(path: Path | None = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- logging
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
-          "error": logging.ERROR, "critical": logging.CRITICAL}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
 def log_level(verbose: int = 0, env: str | None = None) -> int:
@@ -127,8 +182,9 @@ def log_level(verbose: int = 0, env: str | None = None) -> int:
     if raw.isdigit():
         return int(raw)
     if raw not in LEVELS:
-        raise click.BadParameter(f"{raw!r} is not a log level: use one of debug, info, warning, error",
-                                 param_hint=LOG_LEVEL_ENV)
+        raise click.BadParameter(
+            f"{raw!r} is not a log level: use one of debug, info, warning, error", param_hint=LOG_LEVEL_ENV
+        )
     return LEVELS[raw]
 
 
@@ -178,7 +234,12 @@ def _verbose_callback(ctx: click.Context, _param, value: int) -> int:
 
 
 def verbose_param() -> click.Option:
-    return click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
-                        callback=_verbose_callback,
-                        help=f"More log lines on stderr (-v info, -vv debug); else {LOG_LEVEL_ENV} "
-                             "(debug, info, warning, error) [default: warning].")
+    return click.Option(
+        ["-v", "--verbose"],
+        count=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_verbose_callback,
+        help=f"More log lines on stderr (-v info, -vv debug); else {LOG_LEVEL_ENV} "
+        "(debug, info, warning, error) [default: warning].",
+    )

@@ -1,6 +1,7 @@
 """Progress of a long command (enroll, replay --failed, setup): on a terminal a bar with its ETA
 (click.progressbar, redrawn in place); elsewhere (CI logs, pipes) a line at most every `every_s` seconds or
 every tenth of the way, whichever comes first — a 10,000-patient enroll writes about ten lines, not hundreds."""
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,17 @@ def on_terminal(stream=None) -> bool:
 class Progress:
     """`update(done, note)` moves it to `done` of `total`; `close(summary)` ends it (the summary is printed)."""
 
-    def __init__(self, total: int, label: str, *, echo: Callable[[str], None] = click.echo, tty: bool | None = None,
-                 every_s: float = 30.0, clock: Callable[[], float] = time.monotonic, file=None):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        *,
+        echo: Callable[[str], None] = click.echo,
+        tty: bool | None = None,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        file=None,
+    ):
         self.total, self.label, self.echo, self.every_s, self.clock = max(0, total), label, echo, every_s, clock
         self.tty = on_terminal(file) if tty is None else tty
         self.done, self.note = 0, ""
@@ -36,8 +46,15 @@ class Progress:
         self._last_note: str | None = None
         self._bar: ProgressBar[int] | None = None
         if self.tty and self.total:
-            self._bar = click.progressbar(length=self.total, label=label, show_eta=True, show_percent=True,
-                                          show_pos=True, item_show_func=lambda _: self.note or None, file=file)
+            self._bar = click.progressbar(
+                length=self.total,
+                label=label,
+                show_eta=True,
+                show_percent=True,
+                show_pos=True,
+                item_show_func=lambda _: self.note or None,
+                file=file,
+            )
             self._bar.__enter__()
 
     def update(self, done: int, note: str = "") -> None:
@@ -51,8 +68,12 @@ class Progress:
     def _maybe_line(self) -> None:
         now = self.clock()
         tenth = (10 * self.done // self.total) if self.total else 0
-        due = (self._last_line_at is None or tenth > self._last_tenth or self.note != self._last_note
-               or now - self._last_line_at >= self.every_s)
+        due = (
+            self._last_line_at is None
+            or tenth > self._last_tenth
+            or self.note != self._last_note
+            or now - self._last_line_at >= self.every_s
+        )
         if not due:
             return
         self._last_line_at, self._last_tenth, self._last_note = now, tenth, self.note
@@ -60,8 +81,10 @@ class Progress:
 
     def line(self) -> str:
         elapsed = self.clock() - self.t0
-        parts = [f"  {self.label}: {self.done}" + (f"/{self.total} ({100 * self.done // self.total} %)" if self.total
-                                                    else "")]
+        parts = [
+            f"  {self.label}: {self.done}"
+            + (f"/{self.total} ({100 * self.done // self.total} %)" if self.total else "")
+        ]
         if self.total and 0 < self.done < self.total:
             eta = elapsed / self.done * (self.total - self.done)
             parts.append(f"ETA {_duration(eta)}")

@@ -1,6 +1,7 @@
 """`.medport/emulator.json`: where a running `medport emulate` can be reached (URLs, ports, pid — never a
 secret). Written once the emulator serves, removed when it exits; `medport runs`, `replay` and `status`
 read it from the working directory to find the emulator, whatever port it took."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ DEFAULT_BASE_URL = EMULATOR_BASE_URL
 
 def write(info: dict, path: Path = STATE_FILE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"pid": os.getpid(), "medport": __version__,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
+    body = {
+        "pid": os.getpid(),
+        "medport": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+    }
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(body, indent=2) + "\n", "utf-8")
     os.replace(tmp, path)

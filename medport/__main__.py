@@ -1,4 +1,5 @@
 """`python -m medport`: the `medport` command."""
+
 from medport.generator.cli.main import main
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ surrogates escaped (`\\udxxx`, like well-formed JSON.stringify), so the bytes ar
 Reading is plain JSON (`NaN` literals and big integers as Python reads them); the JavaScript rules for bodies a
 client sends are `medport.emulator.medplum.jsonsafe`.
 """
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,7 @@ ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`):
 If Node 22 or an npm package is missing the fixtures fail with one line saying what to run (`medport setup`).
 `-p no:medport` disables the plugin.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,16 +30,27 @@ SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("medport_config", "medport.toml the medport_stack fixture deploys (relative to the rootdir)",
-                  default="medport.toml")
-    parser.addini("medport_scope", "scope of the medport fixtures: session (default), module or function",
-                  default="session")
-    parser.addini("medport_medplum_version", "Medplum release the medport emulator emulates (default: the config's "
-                  "medplum.version, else the newest)", default="")
+    parser.addini(
+        "medport_config",
+        "medport.toml the medport_stack fixture deploys (relative to the rootdir)",
+        default="medport.toml",
+    )
+    parser.addini(
+        "medport_scope", "scope of the medport fixtures: session (default), module or function", default="session"
+    )
+    parser.addini(
+        "medport_medplum_version",
+        "Medplum release the medport emulator emulates (default: the config's medplum.version, else the newest)",
+        default="",
+    )
     parser.getgroup("medport").addoption(
-        "--medplum-version", dest="medport_medplum_version", default=None, metavar="VERSION",
+        "--medplum-version",
+        dest="medport_medplum_version",
+        default=None,
+        metavar="VERSION",
         help="Medplum release the medport fixtures' emulator emulates (e.g. 5.1.26; default: the config's "
-             "medplum.version, else the newest)")
+        "medplum.version, else the newest)",
+    )
 
 
 def _medplum_version(config: pytest.Config) -> str | None:
@@ -80,8 +92,9 @@ def medport_stack(request: pytest.FixtureRequest):
 
     path = _config_path(request.config)
     if not path.exists():
-        pytest.fail(f"medport: {path} not found — run `medport init`, or set `medport_config` in your pytest ini",
-                    pytrace=False)
+        pytest.fail(
+            f"medport: {path} not found — run `medport init`, or set `medport_config` in your pytest ini", pytrace=False
+        )
     stack = _start(start_stack, path, medplum_version=_medplum_version(request.config))
     yield stack
     stack.close()

@@ -11,6 +11,7 @@ The pytest plugin (`medport.pytest_plugin`, loaded automatically once medport is
 in the fixtures `medport_stack`, `medport_emulator` and `medport_fake`. Everything here talks to the
 services over HTTP (their FHIR, Medical and developer APIs), like your own code would.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,15 +73,20 @@ class FhirClient:
         return self.http.base_url
 
     def create(self, resource: dict) -> dict:
-        return self.http.fhir(f"create {resource.get('resourceType')}", "POST", resource["resourceType"],
-                              json_body=resource)
+        return self.http.fhir(
+            f"create {resource.get('resourceType')}", "POST", resource["resourceType"], json_body=resource
+        )
 
     def read(self, resource_type: str, id: str) -> dict:
         return self.http.fhir(f"read {resource_type}/{id}", "GET", f"{resource_type}/{id}")
 
     def update(self, resource: dict) -> dict:
-        return self.http.fhir(f"update {resource['resourceType']}/{resource['id']}", "PUT",
-                              f"{resource['resourceType']}/{resource['id']}", json_body=resource)
+        return self.http.fhir(
+            f"update {resource['resourceType']}/{resource['id']}",
+            "PUT",
+            f"{resource['resourceType']}/{resource['id']}",
+            json_body=resource,
+        )
 
     def delete(self, resource_type: str, id: str) -> None:
         self.http.fhir(f"delete {resource_type}/{id}", "DELETE", f"{resource_type}/{id}")
@@ -91,8 +97,9 @@ class FhirClient:
         return [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
 
     def count(self, resource_type: str, params: dict | None = None) -> int:
-        bundle = self.http.fhir(f"count {resource_type}", "GET", resource_type,
-                                params={**(params or {}), "_summary": "count"})
+        bundle = self.http.fhir(
+            f"count {resource_type}", "GET", resource_type, params={**(params or {}), "_summary": "count"}
+        )
         return int(bundle.get("total") or 0)
 
     def request(self, method: str, path: str, **kw) -> Any:
@@ -143,8 +150,9 @@ class Emulator:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """True once no subscription delivery or async bot job is pending."""
-        r = requests.post(self.base_url + "_emulator/idle", params={"timeout": timeout}, timeout=timeout + 10,
-                          auth=self._auth)
+        r = requests.post(
+            self.base_url + "_emulator/idle", params={"timeout": timeout}, timeout=timeout + 10, auth=self._auth
+        )
         return r.status_code == 200 and bool(r.json().get("idle"))
 
     def reset(self) -> None:
@@ -154,7 +162,7 @@ class Emulator:
     def close(self) -> None:
         self.handle.close()
 
-    stop = close   # the name this public class had first; kept for users' code
+    stop = close  # the name this public class had first; kept for users' code
 
     def __enter__(self) -> Emulator:
         return self
@@ -228,6 +236,7 @@ class FakeMetriport:
 @dataclass
 class FlowResult:
     """What `MedportStack.wait_for_flow` saw: `ok` when the data arrived and nothing failed."""
+
     done: bool
     imported: dict[str, int]
     failed_messages: list[str] = field(default_factory=list)
@@ -315,19 +324,25 @@ class MedportStack:
         network-query.<source> message per source) and every stored message was processed; count what was
         imported for those Patients."""
         pending, self._pending = self._pending, []
-        if not pending:   # nothing created since the last wait: let whatever runs finish
+        if not pending:  # nothing created since the last wait: let whatever runs finish
             t0 = time.monotonic()
             idle = self.wait_idle(timeout)
             return FlowResult(idle, self.imported(), [], self._consolidated_count(), time.monotonic() - t0)
         per_patient = flow.data_messages_per_patient(self.config)
-        out = flow.wait_for_consolidated(self._stack, expected_messages=self._expected + per_patient * len(pending),
-                                         timeout=timeout, baseline=self._baseline)
+        out = flow.wait_for_consolidated(
+            self._stack,
+            expected_messages=self._expected + per_patient * len(pending),
+            timeout=timeout,
+            baseline=self._baseline,
+        )
         imported: dict[str, int] = {}
         for pid in pending:
             for rt, n in self.imported(pid).items():
                 imported[rt] = imported.get(rt, 0) + n
-        failed = [f"Task/{t['id']}: {(t.get('statusReason') or {}).get('text') or t.get('description', '')}"
-                  for t in out.failed_tasks]
+        failed = [
+            f"Task/{t['id']}: {(t.get('statusReason') or {}).get('text') or t.get('description', '')}"
+            for t in out.failed_tasks
+        ]
         return FlowResult(out.done, imported, failed, out.consolidated_delivered, out.waited_s)
 
     def imported(self, patient: dict | str | None = None) -> dict[str, int]:
@@ -377,9 +392,15 @@ class MedportStack:
         self.close()
 
 
-def start_stack(config: str | Path | Config | None = CONFIG_FILENAME, *, metriport: str = "fake",
-                metriport_delay_s: float = 0.05, db_path: str | None = None,
-                metriport_data: str | None = None, medplum_version: str | None = None) -> MedportStack:
+def start_stack(
+    config: str | Path | Config | None = CONFIG_FILENAME,
+    *,
+    metriport: str = "fake",
+    metriport_delay_s: float = 0.05,
+    db_path: str | None = None,
+    metriport_data: str | None = None,
+    medplum_version: str | None = None,
+) -> MedportStack:
     """Start the emulator (in memory unless `db_path`) and the fake Metriport on free ports, deploy the bots
     rendered from `config` (a path, a loaded Config, or None for no bots). `metriport="sandbox"` uses the real
     sandbox (METRIPORT_API_KEY). `medplum_version`: the Medplum release emulated (its bot sandbox, Bot schema,
@@ -389,15 +410,24 @@ def start_stack(config: str | Path | Config | None = CONFIG_FILENAME, *, metripo
     from medport.generator.local.stack import start_stack as _start_stack
 
     cfg = load_config(config) if isinstance(config, (str, Path)) else config
-    return MedportStack(_start_stack(cfg, db_path=db_path, metriport=metriport, metriport_delay_s=metriport_delay_s,
-                                     metriport_data=metriport_data, medplum_version=medplum_version))
+    return MedportStack(
+        _start_stack(
+            cfg,
+            db_path=db_path,
+            metriport=metriport,
+            metriport_delay_s=metriport_delay_s,
+            metriport_data=metriport_data,
+            medplum_version=medplum_version,
+        )
+    )
 
 
-def start_emulator(*, db_path: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                   medplum_version: str = NEWEST) -> Emulator:
+def start_emulator(
+    *, db_path: str | None = None, port: int = 0, host: str = "127.0.0.1", medplum_version: str = NEWEST
+) -> Emulator:
     """The Medplum emulator alone, no bots (deploy your own through its FHIR and admin APIs), emulating Medplum
     `medplum_version`."""
-    medplum_release(medplum_version)   # UnsupportedRelease before anything starts
+    medplum_release(medplum_version)  # UnsupportedRelease before anything starts
     find_runtime()
     from medport.emulator.medplum.server import start
     from medport.emulator.medplum.settings import Settings
@@ -405,15 +435,21 @@ def start_emulator(*, db_path: str | None = None, port: int = 0, host: str = "12
     return Emulator(start(Settings(db_path=db_path, medplum_version=medplum_version), host=host, port=port))
 
 
-def start_fake_metriport(*, port: int = 0, api_key: str | None = None, delay_s: float = 0.05,
-                         data_path: str | None = None) -> FakeMetriport:
+def start_fake_metriport(
+    *, port: int = 0, api_key: str | None = None, delay_s: float = 0.05, data_path: str | None = None
+) -> FakeMetriport:
     """The fake Metriport alone: point your Metriport client at `base_url` with `api_key` (default the
     development key, or MEDPORT_FAKE_METRIPORT_API_KEY); it knows the sandbox's seed patients."""
     from medport.emulator.metriport.server import start
     from medport.emulator.metriport.settings import Settings
 
-    return FakeMetriport(start(Settings(api_key=api_key or fake_metriport_api_key(), delay_s=delay_s,
-                                          data_path=data_path), "127.0.0.1", port))
+    return FakeMetriport(
+        start(
+            Settings(api_key=api_key or fake_metriport_api_key(), delay_s=delay_s, data_path=data_path),
+            "127.0.0.1",
+            port,
+        )
+    )
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):

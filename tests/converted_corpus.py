@@ -4,6 +4,7 @@ which Medplum's validator refuses as they are), or — when ../shared is absent 
 
 `corpus()` -> {"source": "fixtures" | "synthetic", "bundles": [Bundle, ...], "expected_fixes": {summary.fixes key: n}}
 (`python -m tests.converted_corpus` prints it as JSON: the node tests read it that way)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ def fixtures() -> list[dict] | None:
     if d is None:
         return None
     files = sorted(d.glob("*.json"))
-    files += [p for p in (d.parent / "metriport-consolidated-template.json", d.parent / "metriport-dedup-conditions.json")
-              if p.is_file()]
+    files += [
+        p
+        for p in (d.parent / "metriport-consolidated-template.json", d.parent / "metriport-dedup-conditions.json")
+        if p.is_file()
+    ]
     return [json.loads(f.read_text("utf-8")) for f in files]
 
 
@@ -39,29 +43,45 @@ def synthetic() -> tuple[list[dict], dict[str, int]]:
     def count(k: str, n: int = 1) -> None:
         expected[k] = expected.get(k, 0) + n
 
-    cond = first("Condition")   # clinicalStatus as a list ("Expected single value for property")
-    cond["clinicalStatus"] = [cond.get("clinicalStatus") or {"coding": [{"system": CLINICAL, "code": "active"}]},
-                              {"coding": [{"system": CLINICAL, "code": "active"}]}]
+    cond = first("Condition")  # clinicalStatus as a list ("Expected single value for property")
+    cond["clinicalStatus"] = [
+        cond.get("clinicalStatus") or {"coding": [{"system": CLINICAL, "code": "active"}]},
+        {"coding": [{"system": CLINICAL, "code": "active"}]},
+    ]
     count("repeated-single-value-reduced")
-    imm = first("Immunization")   # no occurrence[x] ("Missing required property")
+    imm = first("Immunization")  # no occurrence[x] ("Missing required property")
     for k in [k for k in imm if k.startswith("occurrence")]:
         del imm[k]
     count("required-element-marked-absent")
-    first("AllergyIntolerance")["reaction"] = [{"severity": "mild"}]   # reaction.manifestation missing
+    first("AllergyIntolerance")["reaction"] = [{"severity": "mild"}]  # reaction.manifestation missing
     count("required-element-marked-absent")
     first("Encounter").pop("class", None)
     count("required-element-marked-absent")
     first("Composition").pop("author", None)
     count("required-element-marked-absent")
-    first("DocumentReference")["content"] = [{"attachment": {"contentType": "application/json", "title": "CCD",
-                                                             "url": "http://somedomain.com/fhir/R4/Binary/<%= binaryId %>"}}]
+    first("DocumentReference")["content"] = [
+        {
+            "attachment": {
+                "contentType": "application/json",
+                "title": "CCD",
+                "url": "http://somedomain.com/fhir/R4/Binary/<%= binaryId %>",
+            }
+        }
+    ]
     count("invalid-url-dropped")
     pid = first("Patient")["id"]
     bundle["entry"] += [
-        {"resource": {"resourceType": "Coverage", "id": "cov-synth", "status": "active"}},   # beneficiary, payor
-        {"resource": {"resourceType": "Consent", "id": "consent-synth", "status": "active",      # ppc-1
-                      "scope": {"text": "patient-privacy"}, "category": [{"text": "advance directive"}],
-                      "patient": {"reference": f"Patient/{pid}"}}},
+        {"resource": {"resourceType": "Coverage", "id": "cov-synth", "status": "active"}},  # beneficiary, payor
+        {
+            "resource": {
+                "resourceType": "Consent",
+                "id": "consent-synth",
+                "status": "active",  # ppc-1
+                "scope": {"text": "patient-privacy"},
+                "category": [{"text": "advance directive"}],
+                "patient": {"reference": f"Patient/{pid}"},
+            }
+        },
     ]
     count("required-element-marked-absent", 2)
     count("invariant-ppc-1-repaired")
@@ -74,9 +94,15 @@ def corpus() -> dict:
     if bundles is not None:
         # Refused by Medplum as they are: Composition.author x3, Encounter.class x2, Coverage beneficiary + payor,
         # AllergyIntolerance.reaction.manifestation x4 (11 required elements), Consent ppc-1, a template's url.
-        return {"source": "fixtures", "bundles": bundles,
-                "expected_fixes": {"required-element-marked-absent": 11, "invariant-ppc-1-repaired": 1,
-                                   "invalid-url-dropped": 1}}
+        return {
+            "source": "fixtures",
+            "bundles": bundles,
+            "expected_fixes": {
+                "required-element-marked-absent": 11,
+                "invariant-ppc-1-repaired": 1,
+                "invalid-url-dropped": 1,
+            },
+        }
     bundles, expected = synthetic()
     return {"source": "synthetic", "bundles": bundles, "expected_fixes": expected}
 

@@ -1,5 +1,6 @@
 """Paths the tests share: the checkout's root and the Node 22 binary (from medport's one discovery: this
 checkout's pinned Node after `make setup`, unless MEDPORT_NODE / MEDPORT_NODE_MODULES say otherwise)."""
+
 from pathlib import Path
 
 from medport.emulator.node import node_binary

@@ -4,6 +4,7 @@ generator (the generator drives the emulator, never the reverse). Imports inside
 `if TYPE_CHECKING:` count as much as module-level ones: a type named from another module is a dependency on it.
 
 The tree is mapped to `medport.*` names through pyproject's `[tool.setuptools.package-dir]`, as the wheel is."""
+
 from __future__ import annotations
 
 import ast
@@ -23,9 +24,10 @@ def module_files() -> dict[str, Path]:
         base = ROOT / folder
         for path in base.rglob("*.py"):
             rel = path.relative_to(base).with_suffix("")
-            if "__pycache__" in rel.parts or not all((base / Path(*rel.parts[:i]) / "__init__.py").is_file()
-                                                     for i in range(len(rel.parts))):
-                continue   # not inside a package of the tree (a script folder, a cache)
+            if "__pycache__" in rel.parts or not all(
+                (base / Path(*rel.parts[:i]) / "__init__.py").is_file() for i in range(len(rel.parts))
+            ):
+                continue  # not inside a package of the tree (a script folder, a cache)
             parts = [p for p in rel.parts if p != "__init__"]
             modules[".".join([package, *parts])] = path
     return modules
@@ -50,7 +52,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in known:   # `import a.b.c` of a name inside a module -> that module
+            while target and target not in known:  # `import a.b.c` of a name inside a module -> that module
                 target = target.rpartition(".")[0]
             if target and target != name:
                 found.add(target)
@@ -118,7 +120,7 @@ def sibling_graphs(graph: dict[str, set[str]]) -> dict[str, dict[str, set[str]]]
     def child_of(package: str, name: str) -> str | None:
         if not name.startswith(package + "."):
             return None
-        return package + "." + name[len(package) + 1:].split(".")[0]
+        return package + "." + name[len(package) + 1 :].split(".")[0]
 
     for source, targets in graph.items():
         for target in targets:
@@ -138,8 +140,12 @@ GRAPH = import_graph()
 
 def test_the_scan_sees_the_package():
     """The graph is the real one: every sub-package is read and known edges are in it."""
-    assert {"medport.testing", "medport.generator.cli.main", "medport.emulator.medplum.backend",
-            "medport.emulator.metriport.backend"} <= set(GRAPH)
+    assert {
+        "medport.testing",
+        "medport.generator.cli.main",
+        "medport.emulator.medplum.backend",
+        "medport.emulator.metriport.backend",
+    } <= set(GRAPH)
     assert "medport.generator.generation.config" in GRAPH["medport.generator.generation.render"]
     # a function-level import counts: `medport.testing` imports the stack inside its functions only
     assert "medport.generator.local.stack" in GRAPH["medport.testing"]
@@ -165,6 +171,11 @@ def test_no_cycle_between_siblings_of_a_package():
 
 
 def test_the_emulator_never_imports_the_generator():
-    wrong = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() if m.startswith("medport.emulator")
-                   for t in targets if t.startswith("medport.generator"))
+    wrong = sorted(
+        f"{m} -> {t}"
+        for m, targets in GRAPH.items()
+        if m.startswith("medport.emulator")
+        for t in targets
+        if t.startswith("medport.generator")
+    )
     assert not wrong, wrong

@@ -1,6 +1,7 @@
 """Packaging: the wheel carries every package, the npm manifest `medport setup` installs, py.typed, the
 license and the plugin entry point; the sdist carries everything its tests need (npm manifest and lockfile,
 Makefile, tests incl. node:test, benchmarks) and its test suite collects from the unpacked tree."""
+
 import subprocess
 import sys
 import tarfile
@@ -20,8 +21,11 @@ def built(tmp_path_factory):
     code = "import sys; from setuptools import build_meta as b; print('BUILT', b.build_sdist(sys.argv[1]))"
     built = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True, check=True)
     sdist = built.stdout.strip().splitlines()[-1].split()[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     return out / sdist, next(out.glob("medport-*.whl"))
 
 
@@ -33,8 +37,12 @@ def git_files(*paths: str) -> list[str]:
 def test_wheel_has_every_package_the_plugin_and_the_npm_manifest(built):
     _, wheel = built
     names = set(zipfile.ZipFile(wheel).namelist())
-    mapping = {"generator": "medport/generator", "templates": "medport/templates", "emulator": "medport/emulator",
-               "medport": "medport"}
+    mapping = {
+        "generator": "medport/generator",
+        "templates": "medport/templates",
+        "emulator": "medport/emulator",
+        "medport": "medport",
+    }
     for init in ROOT.glob("*/**/__init__.py"):
         rel = init.relative_to(ROOT)
         if rel.parts[0] in mapping:
@@ -43,8 +51,13 @@ def test_wheel_has_every_package_the_plugin_and_the_npm_manifest(built):
     for rel in git_files("generator", "templates", "emulator", "medport"):
         top, _, rest = rel.partition("/")
         assert f"{mapping[top]}/{rest}" in names, f"{rel}: missing from the wheel (pyproject package-data)"
-    for needed in ("medport/py.typed", "medport/testing.py", "medport/pytest_plugin.py",
-                   "medport/emulator/npm/package.json", "medport/emulator/npm/package-lock.json"):
+    for needed in (
+        "medport/py.typed",
+        "medport/testing.py",
+        "medport/pytest_plugin.py",
+        "medport/emulator/npm/package.json",
+        "medport/emulator/npm/package-lock.json",
+    ):
         assert needed in names, needed
     dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
     meta = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
@@ -59,16 +72,40 @@ def test_sdist_carries_what_its_tests_need_and_they_collect(built, tmp_path):
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp_path, filter="data")
     root = next(tmp_path.iterdir())
-    for path in ["LICENSE", "CHANGELOG.md", "README.md", "Makefile", "package.json", "package-lock.json",
-                 "medport.toml", "MANIFEST.in", "docs/internals.md", "medport/py.typed",
-                 *git_files("tests", "bench", "bots", "emulator/npm")]:
+    for path in [
+        "LICENSE",
+        "CHANGELOG.md",
+        "README.md",
+        "Makefile",
+        "package.json",
+        "package-lock.json",
+        "medport.toml",
+        "MANIFEST.in",
+        "docs/internals.md",
+        "medport/py.typed",
+        *git_files("tests", "bench", "bots", "emulator/npm"),
+    ]:
         if path.startswith("bench/") and not path.endswith((".py", ".md")):
             continue
         assert (root / path).is_file(), f"{path} missing from the sdist"
     assert not (root / "node_modules").exists() and not (root / ".venv").exists()
     assert "License-Expression: Apache-2.0" in (root / "PKG-INFO").read_text()
-    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                "tests/generator", "tests/emulator/test_node.py"],
-                               cwd=root, capture_output=True, text=True, timeout=300)
+    collected = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/generator",
+            "tests/emulator/test_node.py",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
     assert " tests collected" in collected.stdout or "tests collected" in collected.stdout

@@ -6,6 +6,7 @@ batch), projects.py, auth.py, bots.py + runtime/ (warm Node workers), subscripti
 HTTP: app.py (factory and error mapping), routes/ (FHIR, OAuth, admin, bot operations), devapi.py, httpio.py
 (request helpers and the one `current_backend()` accessor). server.py serves it (two listeners, see its docstring).
 """
+
 _EXPORTS = {"create_app": ".app", "EmulatorHandle": ".server", "start": ".server", "Settings": ".settings"}
 
 __all__ = ["EmulatorHandle", "Settings", "create_app", "start"]
@@ -16,5 +17,6 @@ def __getattr__(name: str):
     # start the whole service (Flask, the backend) — the CLI's commands import those alone
     if name in _EXPORTS:
         from importlib import import_module
+
         return getattr(import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 the Medplum emulator
 alone (no fake Metriport, no bots deployed) — what `medport emulate --no-deploy` minus the fake does.
 Prints `listening on <base url>` once it serves."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--medplum-version", default=NEWEST, help=f"Medplum release to emulate ({OLDEST} to {NEWEST})")
     a = p.parse_args(argv)
     try:
-        handle = start(Settings(db_path=None if a.memory else a.db, medplum_version=a.medplum_version),
-                                 host=a.host, port=a.port)
+        handle = start(
+            Settings(db_path=None if a.memory else a.db, medplum_version=a.medplum_version), host=a.host, port=a.port
+        )
     except (PortInUse, InUse, StoreRefused, UnsupportedRelease) as e:
         print(e, file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ requests and render answers, devapi.py is the developer API, and typed errors (e
 Medplum's OperationOutcomes here. An unexpected exception renders 500 with an `exception`
 OperationOutcome saying only "Internal server error" (never a crash, never exception text: that is logged).
 """
+
 from __future__ import annotations
 
 import logging

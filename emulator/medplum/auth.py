@@ -18,6 +18,7 @@ auth/me.ts) and @medplum/core (client.ts `fetchTokens`/`verifyTokens`, jwt.ts):
   its membership and `revoked`), and Basic auth on API calls keeps working (oauth/utils.ts
   `getLoginForBasicAuth` compares the secret and finds the membership). The emulator does the same.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,8 +53,7 @@ class TokenError(Exception):
 class AuthService:
     """Issues and checks HS256 JWTs signed with a per-install secret (`jwt_secret`, kept in the meta store)."""
 
-    def __init__(self, fhir: SystemFhir, projects: Projects, *, jwt_secret: str, issuer: str,
-                 token_lifetime_s: int):
+    def __init__(self, fhir: SystemFhir, projects: Projects, *, jwt_secret: str, issuer: str, token_lifetime_s: int):
         self._fhir = fhir
         self._projects = projects
         self._key = jwt_secret.encode("ascii")
@@ -89,8 +89,9 @@ class AuthService:
             raise TokenError(expired=True)
         return claims
 
-    def issue_token(self, membership: dict, client_id: str | None = None, scope: str = "openid",
-                    lifetime_s: int | None = None) -> str:
+    def issue_token(
+        self, membership: dict, client_id: str | None = None, scope: str = "openid", lifetime_s: int | None = None
+    ) -> str:
         """An access token for a membership (claims shaped like Medplum's generateAccessToken)."""
         now = int(time.time())
         profile = (membership.get("profile") or {}).get("reference", "")
@@ -138,7 +139,9 @@ class AuthService:
         if require_active and client.get("status") and client["status"] != "active":
             return None
         ok = hmac.compare_digest(str(client["secret"]).encode(), secret.encode())
-        if client.get("retiringSecret") and hmac.compare_digest(str(client["retiringSecret"]).encode(), secret.encode()):
+        if client.get("retiringSecret") and hmac.compare_digest(
+            str(client["retiringSecret"]).encode(), secret.encode()
+        ):
             ok = True
         return client if ok else None
 

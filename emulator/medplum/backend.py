@@ -5,6 +5,7 @@ memberships, authentication, the bot service, the subscription engine and cron.
 bot runtime, the bot service); no part holds the backend. One backend per app, stored as
 `app.extensions["medport"]` (read it with `httpio.current_backend()`). No HTTP in here: the routes call into it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,7 @@ class MedplumBackend:
         self.settings = settings
         self.release = release(settings.medplum_version)
         if self.release.sandbox.fetch == "node-fetch":
-            find_runtime(NODE_FETCH_PACKAGES)     # one line naming what to run when node-fetch v2 is missing
+            find_runtime(NODE_FETCH_PACKAGES)  # one line naming what to run when node-fetch v2 is missing
         self.base_url = settings.normalized_base()
         self.internal_base_url = _with_slash(settings.internal_base_url or self.base_url)
         db = settings.db_path if settings.db_path not in (None, "", ":memory:") else None
@@ -55,20 +56,23 @@ class MedplumBackend:
         self.db_path = db
         self.repo = Repository(db)
         self.projects: Projects
-        self.service = FhirService(self.repo, self.base_url, validator=default_validator(),
-                                   transactions=lambda pr: self.projects.has_feature(pr.project_id,
-                                                                                     "transaction-bundles"),
-                                   release=self.release)
+        self.service = FhirService(
+            self.repo,
+            self.base_url,
+            validator=default_validator(),
+            transactions=lambda pr: self.projects.has_feature(pr.project_id, "transaction-bundles"),
+            release=self.release,
+        )
         self.service.unknown_elements = {"Bot": OPTIONAL_BOT_ELEMENTS - self.release.bot_elements}
         self.fhir = SystemFhir(self.service, PROJECT_ID)
         self.system = self.fhir.principal
         self.projects = Projects(self.fhir, self.release, PROJECT_ID)
         self._runtime = LazyRuntime(settings.runtime, settings.runtime_instance)
         self.started_at = time.time()
-        self.waiting_for: dict[str, str] = dict(settings.wait_for)   # health is ready once this is empty
+        self.waiting_for: dict[str, str] = dict(settings.wait_for)  # health is ready once this is empty
         try:
             self.runs = RunStore(meta_path_for(db))
-        except BaseException:   # refused (a newer store): give the database (and its lock) back
+        except BaseException:  # refused (a newer store): give the database (and its lock) back
             self.repo.close()
             raise
         self._build_services()
@@ -80,12 +84,24 @@ class MedplumBackend:
 
     def _build_services(self) -> None:
         settings = self.settings
-        self.auth = AuthService(self.fhir, self.projects, jwt_secret=self._jwt_secret(), issuer=self.base_url,
-                                token_lifetime_s=settings.token_lifetime_s)
+        self.auth = AuthService(
+            self.fhir,
+            self.projects,
+            jwt_secret=self._jwt_secret(),
+            issuer=self.base_url,
+            token_lifetime_s=settings.token_lifetime_s,
+        )
         seed(self.fhir, self.projects, settings)
         self.projects.invalidate()
-        self.bots = BotService(self.fhir, self.projects, runtime=self._runtime, runs=self.runs, release=self.release,
-                               issue_token=self.auth.issue_token, internal_base_url=self.internal_base_url)
+        self.bots = BotService(
+            self.fhir,
+            self.projects,
+            runtime=self._runtime,
+            runs=self.runs,
+            release=self.release,
+            issue_token=self.auth.issue_token,
+            internal_base_url=self.internal_base_url,
+        )
         self.subscriptions = SubscriptionEngine(self.fhir, self.projects, self.bots, self._runtime, settings)
         self.cron = CronService(self.fhir, self.projects, self.bots)
         self.repo.add_listener(self._on_change)
@@ -122,7 +138,7 @@ class MedplumBackend:
         """The Node version bots run on (Medplum's healthcheck reports its server's `process.version`)."""
         try:
             return find_runtime().node_version
-        except Exception:   # the healthcheck answers even when Node is missing
+        except Exception:  # the healthcheck answers even when Node is missing
             return ""
 
     def close(self) -> None:
@@ -134,8 +150,15 @@ class MedplumBackend:
                 log.debug("closing the backend", exc_info=True)
 
     # -- system FHIR helpers and project lookups (the HTTP layer's and tests' short names) ----
-    def call(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
-             body: Any = None, headers: dict | None = None, principal=None):
+    def call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        headers: dict | None = None,
+        principal=None,
+    ):
         return self.fhir.call(method, path, query, body, headers, principal)
 
     def read(self, rtype: str, rid: str, principal=None) -> dict:
@@ -165,8 +188,15 @@ def seed(fhir: SystemFhir, projects: Projects, s: Settings) -> None:
     project = fhir.try_read("Project", PROJECT_ID)
     features = list(s.project_features)
     if project is None:
-        fhir.update({"resourceType": "Project", "id": PROJECT_ID, "name": PROJECT_NAME,
-                     "features": features, "strictMode": True})
+        fhir.update(
+            {
+                "resourceType": "Project",
+                "id": PROJECT_ID,
+                "name": PROJECT_NAME,
+                "features": features,
+                "strictMode": True,
+            }
+        )
     elif any(f not in (project.get("features") or []) for f in features):
         project = dict(project)
         have = list(project.get("features") or [])
@@ -174,17 +204,30 @@ def seed(fhir: SystemFhir, projects: Projects, s: Settings) -> None:
         fhir.update(project)
     client = fhir.try_read("ClientApplication", s.admin_client_id)
     if client is None or client.get("secret") != s.admin_client_secret:
-        body = dict(client or {"resourceType": "ClientApplication", "id": s.admin_client_id,
-                               "name": "medport admin", "description": "Seeded by the medport emulator"})
+        body = dict(
+            client
+            or {
+                "resourceType": "ClientApplication",
+                "id": s.admin_client_id,
+                "name": "medport admin",
+                "description": "Seeded by the medport emulator",
+            }
+        )
         body["secret"] = s.admin_client_secret
         fhir.update(body)
     profile = f"ClientApplication/{s.admin_client_id}"
     membership = projects.membership_for_profile(profile)
     if membership is None:
         projects.invalidate()
-        fhir.create({"resourceType": "ProjectMembership",
-                     "project": {"reference": f"Project/{PROJECT_ID}"},
-                     "user": {"reference": profile}, "profile": {"reference": profile}, "admin": True})
+        fhir.create(
+            {
+                "resourceType": "ProjectMembership",
+                "project": {"reference": f"Project/{PROJECT_ID}"},
+                "user": {"reference": profile},
+                "profile": {"reference": profile},
+                "admin": True,
+            }
+        )
     elif not membership.get("admin"):
         membership = dict(membership)
         membership["admin"] = True

@@ -27,6 +27,7 @@ fhir/job.ts):
   Binary {contentType: text/javascript}; Bot.executableCode {contentType, url: Binary/<id>, title:
   filename}; answers allOk.
 """
+
 from __future__ import annotations
 
 import base64
@@ -102,8 +103,17 @@ class BotService:
     """Finds, deploys and runs bots the way Medplum's operations do; used by $execute, $deploy, async jobs,
     subscriptions and cron."""
 
-    def __init__(self, fhir: SystemFhir, projects: Projects, *, runtime: LazyRuntime, runs: RunStore,
-                 release: Release, issue_token: Callable[[dict], str], internal_base_url: str):
+    def __init__(
+        self,
+        fhir: SystemFhir,
+        projects: Projects,
+        *,
+        runtime: LazyRuntime,
+        runs: RunStore,
+        release: Release,
+        issue_token: Callable[[dict], str],
+        internal_base_url: str,
+    ):
         self._fhir = fhir
         self._projects = projects
         self._runtime = runtime
@@ -146,10 +156,14 @@ class BotService:
         if bot_id:
             bot = self._fhir_ok(self._fhir.call("GET", f"Bot/{bot_id}", principal=principal))
         elif identifier:
-            found = self._fhir_ok(self._fhir.call("GET", "Bot", [("identifier", identifier), ("_count", "1")],
-                                                  principal=principal))
-            entries = [e.get("resource") for e in (found or {}).get("entry") or []
-                       if (e.get("resource") or {}).get("resourceType") == "Bot"]
+            found = self._fhir_ok(
+                self._fhir.call("GET", "Bot", [("identifier", identifier), ("_count", "1")], principal=principal)
+            )
+            entries = [
+                e.get("resource")
+                for e in (found or {}).get("entry") or []
+                if (e.get("resource") or {}).get("resourceType") == "Bot"
+            ]
             bot = entries[0] if entries else None
         if bot is None:
             raise BadRequest("Must specify bot ID or identifier.")
@@ -183,17 +197,22 @@ class BotService:
         filename = body.get("filename") or "index.js"
         self.deploy_code(bot, code, filename if isinstance(filename, str) else "index.js", principal)
 
-    def deploy_code(self, bot: dict, code: str, filename: str = "index.js",
-                    principal: Principal | None = None) -> dict:
+    def deploy_code(self, bot: dict, code: str, filename: str = "index.js", principal: Principal | None = None) -> dict:
         """Store the code as a Binary and point Bot.executableCode at it (as `principal`, default system)."""
         content_type = "text/javascript"
-        binary = {"resourceType": "Binary", "contentType": content_type,
-                  "data": base64.b64encode(code.encode("utf-8")).decode("ascii")}
+        binary = {
+            "resourceType": "Binary",
+            "contentType": content_type,
+            "data": base64.b64encode(code.encode("utf-8")).decode("ascii"),
+        }
         with self._fhir.transaction():  # a refused Bot update leaves no orphan Binary behind
             created = self._fhir_ok(self._fhir.call("POST", "Binary", body=binary, principal=principal))
             updated = dict(bot)
-            updated["executableCode"] = {"contentType": content_type, "url": f"Binary/{created['id']}",
-                                         "title": filename}
+            updated["executableCode"] = {
+                "contentType": content_type,
+                "url": f"Binary/{created['id']}",
+                "title": filename,
+            }
             return self._fhir_ok(self._fhir.call("PUT", f"Bot/{bot['id']}", body=updated, principal=principal))
 
     # -- helpers ----------------------------------------------------------------------------
@@ -237,23 +256,45 @@ class BotService:
         return {s["name"]: s for s in project.get("secret") or [] if isinstance(s, dict) and s.get("name")}
 
     # -- execution --------------------------------------------------------------------------
-    def caller_run(self, bot: dict, principal: Principal, *, input: Any, content_type: str | None,
-                   headers: dict, trace_id: str | None) -> dict:
+    def caller_run(
+        self,
+        bot: dict,
+        principal: Principal,
+        *,
+        input: Any,
+        content_type: str | None,
+        headers: dict,
+        trace_id: str | None,
+    ) -> dict:
         """What `execute` needs for a run a caller asks for ($execute): run as whom (runAsUser: the caller), asked
         by whom."""
-        return dict(run_as=self.run_as_for(bot, principal.membership), input=input, content_type=content_type,
-                    headers=headers, requester={"reference": principal.profile} if principal.profile else None,
-                    trace_id=trace_id)
+        return dict(
+            run_as=self.run_as_for(bot, principal.membership),
+            input=input,
+            content_type=content_type,
+            headers=headers,
+            requester={"reference": principal.profile} if principal.profile else None,
+            trace_id=trace_id,
+        )
 
-    def execute(self, bot: dict, *, run_as: dict | None, input: Any, content_type: str | None,
-                headers: dict | None = None, requester: dict | None = None, trigger: str = "execute",
-                subscription: dict | None = None, trace_id: str | None = None,
-                loop_message: str | None = None) -> BotRun:
+    def execute(
+        self,
+        bot: dict,
+        *,
+        run_as: dict | None,
+        input: Any,
+        content_type: str | None,
+        headers: dict | None = None,
+        requester: dict | None = None,
+        trigger: str = "execute",
+        subscription: dict | None = None,
+        trace_id: str | None = None,
+        loop_message: str | None = None,
+    ) -> BotRun:
         start_iso = now_iso()
         t0 = time.perf_counter()
         trace_id = trace_id or str(uuid.uuid4())
-        run = self._execute_inner(bot, run_as, input, content_type, headers, requester, trace_id,
-                                  loop_message)
+        run = self._execute_inner(bot, run_as, input, content_type, headers, requester, trace_id, loop_message)
         run.duration_ms = run.duration_ms or (time.perf_counter() - t0) * 1000
         try:
             run.audit_event_id = self._audit(bot, run_as, requester, input, subscription, start_iso, run, trace_id)
@@ -262,8 +303,7 @@ class BotService:
         self._record(bot, run, trigger, start_iso, subscription, input)
         return run
 
-    def _execute_inner(self, bot, run_as, input, content_type, headers, requester, trace_id,
-                       loop_message) -> BotRun:
+    def _execute_inner(self, bot, run_as, input, content_type, headers, requester, trace_id, loop_message) -> BotRun:
         if loop_message:
             return BotRun(success=False, logs=loop_message, error=loop_message)
         project_id = ref_id((run_as or {}).get("project")) or (bot.get("meta") or {}).get("project")
@@ -296,30 +336,42 @@ class BotService:
             "headers": headers or {},
         }
         timeout = bot.get("timeout")
-        req = ExecRequest(bot_id=bot["id"], code=code, runtime=runtime,
-                          timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None,
-                          event=event, base_url=self._internal_base_url, access_token=token,
-                          filename=(bot.get("executableCode") or {}).get("title"),
-                          sandbox=self._release.sandbox)
+        req = ExecRequest(
+            bot_id=bot["id"],
+            code=code,
+            runtime=runtime,
+            timeout_s=float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None,
+            event=event,
+            base_url=self._internal_base_url,
+            access_token=token,
+            filename=(bot.get("executableCode") or {}).get("title"),
+            sandbox=self._release.sandbox,
+        )
         res = self._runtime.get().execute(req)
         # console text is text: an unpaired surrogate a bot printed becomes U+FFFD, as when Node writes it out
         logs = jsonsafe.scrub_text(res.logs or "")
         error = jsonsafe.scrub_text(res.error) if res.error else res.error
         if not res.ok and error and error not in logs:
-            logs = (logs + ("\n" if logs and not logs.endswith("\n") else "") + error)
-        return BotRun(success=bool(res.ok), returned=bool(res.returned), value=res.value, logs=logs,
-                      error=None if res.ok else (error or "Bot execution failed"), duration_ms=res.duration_ms)
+            logs = logs + ("\n" if logs and not logs.endswith("\n") else "") + error
+        return BotRun(
+            success=bool(res.ok),
+            returned=bool(res.returned),
+            value=res.value,
+            logs=logs,
+            error=None if res.ok else (error or "Bot execution failed"),
+            duration_ms=res.duration_ms,
+        )
 
-    def _audit(self, bot, run_as, requester, input, subscription, start_iso, run: BotRun,
-               trace_id: str | None = None) -> str | None:
+    def _audit(
+        self, bot, run_as, requester, input, subscription, start_iso, run: BotRun, trace_id: str | None = None
+    ) -> str | None:
         """Medplum's createBotAuditEvent (server util/auditevent.ts; bots/utils.ts before 5.0.15): two agents
         (the requester, requestor; the runAs profile), `source.observer` and each entity's `what` made by
         createReference (so with the display: the Bot's name, a Patient's name, a Subscription's criteria), the
         bot's meta.account(s), and the tracing extension of the request (its request id and trace id)."""
         trigger = bot.get("auditEventTrigger") or "always"
         outcome_code = "0" if run.success else "4"
-        if trigger == "never" or (trigger == "on-error" and run.success) or \
-                (trigger == "on-output" and not run.logs):
+        if trigger == "never" or (trigger == "on-error" and run.success) or (trigger == "on-output" and not run.logs):
             return None
         if "resource" not in (bot.get("auditEventDestination") or ["resource"]):
             return None
@@ -333,8 +385,11 @@ class BotService:
             "type": dict(AUDIT_TYPE),
             "agent": [_agent(shown(requester), True), _agent(shown((run_as or {}).get("profile")), False)],
             "source": {"observer": shown(ref(bot))},
-            "entity": [{"what": shown(ref(r)), "role": _entity_role(r)} for r in (bot, input, subscription)
-                       if _is_resource_with_id(r)],
+            "entity": [
+                {"what": shown(ref(r)), "role": _entity_role(r)}
+                for r in (bot, input, subscription)
+                if _is_resource_with_id(r)
+            ],
             "outcome": outcome_code,
         }
         if meta:
@@ -354,27 +409,30 @@ class BotService:
         project = self._projects.project_of(ref_id((run_as or {}).get("project")))
         redact = self._release.audit_redaction and any(
             isinstance(s, dict) and s.get("name") == "redactAuditEvents" and s.get("valueBoolean") is True
-            for s in project.get("setting") or [])
+            for s in project.get("setting") or []
+        )
         if not redact:
             return lambda r: r
         return lambda r: {k: v for k, v in r.items() if k != "display"} if isinstance(r, dict) else r
 
     def _record(self, bot, run: BotRun, trigger, start_iso, subscription, input) -> None:
         try:
-            self._runs.add({
-                "id": run.run_id,
-                "bot_id": bot.get("id"),
-                "bot_name": bot.get("name"),
-                "trigger": trigger,
-                "outcome": "success" if run.success else "failure",
-                "duration_ms": round(run.duration_ms, 3),
-                "logs": (run.logs or "")[-LOG_TAIL:],
-                "started": start_iso,
-                "error": run.error,
-                "subscription_id": (subscription or {}).get("id"),
-                "resource": f"{input['resourceType']}/{input['id']}" if _is_resource_with_id(input) else None,
-                "audit_event": run.audit_event_id,
-            })
+            self._runs.add(
+                {
+                    "id": run.run_id,
+                    "bot_id": bot.get("id"),
+                    "bot_name": bot.get("name"),
+                    "trigger": trigger,
+                    "outcome": "success" if run.success else "failure",
+                    "duration_ms": round(run.duration_ms, 3),
+                    "logs": (run.logs or "")[-LOG_TAIL:],
+                    "started": start_iso,
+                    "error": run.error,
+                    "subscription_id": (subscription or {}).get("id"),
+                    "resource": f"{input['resourceType']}/{input['id']}" if _is_resource_with_id(input) else None,
+                    "audit_event": run.audit_event_id,
+                }
+            )
         except Exception:
             log.exception("could not record the run")
 
@@ -384,8 +442,9 @@ class BotService:
             return self._jobs_running
 
     def start_async(self, bot: dict, kwargs: dict, request_url: str) -> dict:
-        job = self._fhir.create({"resourceType": "AsyncJob", "status": "accepted", "request": request_url,
-                                 "requestTime": now_iso()})
+        job = self._fhir.create(
+            {"resourceType": "AsyncJob", "status": "accepted", "request": request_url, "requestTime": now_iso()}
+        )
         with self._jobs_lock:
             self._jobs_running += 1
 
@@ -432,11 +491,15 @@ def response_body(run: BotRun) -> Any:
 def out_parameters(body: Any) -> dict:
     """Medplum's getOutParametersFromResult."""
     if isinstance(body, str):
-        return {"resourceType": "Parameters",
-                "parameter": [{"name": "responseBody", "valueString": jsonsafe.scrub_text(body)}]}
+        return {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "responseBody", "valueString": jsonsafe.scrub_text(body)}],
+        }
     if isinstance(body, bool):
         return {"resourceType": "Parameters", "parameter": [{"name": "responseBody", "valueBoolean": body}]}
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         return {"resourceType": "Parameters", "parameter": [{"name": "outcome", "resource": body}]}
-    return {"resourceType": "Parameters",
-            "parameter": [{"name": "responseBody", "valueString": json.dumps(body, separators=(",", ":"))}]}
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "responseBody", "valueString": json.dumps(body, separators=(",", ":"))}],
+    }

@@ -11,6 +11,7 @@
 `CronService.run_now()` is the developer API's "run the cron bots now" (tests do not wait for a minute
 boundary). Beyond Medplum: `next_run()` and `scheduled()` for inspection.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -26,6 +27,7 @@ from .projects import Projects
 __all__ = ["CronService", "CronSpec", "cron_string_for_bot", "is_valid_cron", "timing_to_cron"]
 
 log = logging.getLogger("medport.emulator.medplum.cron")
+
 
 class CronService:
     """Runs the cron bots of the emulator's projects at each matching minute (a daemon thread)."""
@@ -44,8 +46,11 @@ class CronService:
     # -- schedule ----------------------------------------------------------------------------
     def _project_has_cron(self, bot: dict) -> bool:
         pid = (bot.get("meta") or {}).get("project")
-        project = (self._projects.project() if pid in (None, self._projects.project_id)
-                   else (self._fhir.try_read("Project", pid) or {}))
+        project = (
+            self._projects.project()
+            if pid in (None, self._projects.project_id)
+            else (self._fhir.try_read("Project", pid) or {})
+        )
         return "cron" in (project.get("features") or [])
 
     def scheduled(self) -> list[dict]:
@@ -57,8 +62,15 @@ class CronService:
             if not cron:
                 continue
             nxt = CronSpec(cron).next_after(now)
-            out.append({"bot": f"Bot/{bot['id']}", "name": bot.get("name"), "cron": cron,
-                        "enabled": self._project_has_cron(bot), "next": nxt.isoformat() if nxt else None})
+            out.append(
+                {
+                    "bot": f"Bot/{bot['id']}",
+                    "name": bot.get("name"),
+                    "cron": cron,
+                    "enabled": self._project_has_cron(bot),
+                    "next": nxt.isoformat() if nxt else None,
+                }
+            )
         return out
 
     def _due(self, when: _dt.datetime | None, only: str | None = None) -> list[dict]:
@@ -80,11 +92,18 @@ class CronService:
             self._running += 1
         try:
             run_as = self._bots.run_as_for(bot, None)
-            run = self._bots.execute(bot, run_as=run_as, input=bot, content_type="application/fhir+json",
-                                     trigger="cron")
-            return {"bot": f"Bot/{bot['id']}", "name": bot.get("name"), "success": run.success,
-                    "returned": run.value if run.returned else None, "error": run.error,
-                    "logs": (run.logs or "")[-2000:], "run": run.run_id}
+            run = self._bots.execute(
+                bot, run_as=run_as, input=bot, content_type="application/fhir+json", trigger="cron"
+            )
+            return {
+                "bot": f"Bot/{bot['id']}",
+                "name": bot.get("name"),
+                "success": run.success,
+                "returned": run.value if run.returned else None,
+                "error": run.error,
+                "logs": (run.logs or "")[-2000:],
+                "run": run.run_id,
+            }
         finally:
             with self._lock:
                 self._running -= 1

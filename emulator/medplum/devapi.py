@@ -12,6 +12,7 @@ ClientApplication secrets) and any Authorization credentials replaced by `[redac
 Faults production throws: `GET /executions`, `POST /executions/cut-off?bot=`, `POST /restart`, `GET /cron`,
 `POST /cron/run?bot=`, `GET|POST /faults` (`conflict_next`, `batch_delay_ms`).
 """
+
 from __future__ import annotations
 
 import platform
@@ -71,11 +72,18 @@ def health() -> Response:
     st = current_backend()
     waiting = [f"{name}: {what}" for name, what in dict(st.waiting_for).items()]
     ready = bool(st.ready) and not waiting
-    body: dict[str, Any] = {"status": "ok" if ready else "starting", "ready": ready, "version": VERSION,
-            "emulates": f"medplum-server {st.release.version} (FHIR R4)", "medplum_version": st.release.version,
-            "python": sys.version.split()[0],
-            "platform": platform.platform(terse=True), "uptime_s": round(time.time() - st.started_at, 3),
-            "base_url": st.base_url, "project": PROJECT_ID}
+    body: dict[str, Any] = {
+        "status": "ok" if ready else "starting",
+        "ready": ready,
+        "version": VERSION,
+        "emulates": f"medplum-server {st.release.version} (FHIR R4)",
+        "medplum_version": st.release.version,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(terse=True),
+        "uptime_s": round(time.time() - st.started_at, 3),
+        "base_url": st.base_url,
+        "project": PROJECT_ID,
+    }
     if waiting:
         body["waiting_for"] = waiting
     return json_response(body, 200 if ready else 503, "application/json")
@@ -94,8 +102,9 @@ def runs() -> Response:
         raise BadRequest("limit must be an integer", "limit") from None
     limit = max(0, min(limit, 10000))
     st = current_backend()
-    items = st.runs.list(bot=request.args.get("bot") or None, failed=failed, limit=limit,
-                         trigger=request.args.get("trigger") or None)
+    items = st.runs.list(
+        bot=request.args.get("bot") or None, failed=failed, limit=limit, trigger=request.args.get("trigger") or None
+    )
     secrets = secret_values(st) if items else []
     items = [{k: redact(v, secrets) for k, v in item.items()} for item in items]
     return json_response({"runs": items, "count": len(items)}, 200, "application/json")
@@ -147,11 +156,11 @@ def idle() -> Response:
         time.sleep(0.02)
         ok = st.subscriptions.wait_idle(max(0.0, deadline - time.monotonic()))
     ok = ok and not st.bots.jobs_running()
-    return json_response({"idle": ok, "pending": st.subscriptions.pending()}, 200 if ok else 408,
-                         "application/json")
+    return json_response({"idle": ok, "pending": st.subscriptions.pending()}, 200 if ok else 408, "application/json")
 
 
 # -- faults: what production throws (cut-off executions, restarts, cron, serialization conflicts) ----------
+
 
 def _bot_id_arg() -> str | None:
     """`?bot=` as a Bot id or name (None = every bot)."""
@@ -179,8 +188,9 @@ def cut_off() -> Response:
     (its run and AuditEvent say so); the bot's writes so far stay."""
     _guard()
     bot_id = _bot_id_arg()
-    cut = current_backend().runtime.cut_off(bot_id, "Execution cut off (developer API: as a restart or a "
-                                                  "recycled Lambda would)")
+    cut = current_backend().runtime.cut_off(
+        bot_id, "Execution cut off (developer API: as a restart or a recycled Lambda would)"
+    )
     return json_response({"cut_off": cut, "count": len(cut)}, 200, "application/json")
 
 
@@ -194,8 +204,9 @@ def restart() -> Response:
     dropped = st.subscriptions.drop_pending()
     cut = st.runtime.cut_off(None, "Execution cut off: the server restarted")
     dropped += st.subscriptions.drop_pending()  # deliveries queued by writes the cut-off runs made
-    return json_response({"restarted": True, "executions_cut_off": len(cut), "deliveries_dropped": dropped},
-                         200, "application/json")
+    return json_response(
+        {"restarted": True, "executions_cut_off": len(cut), "deliveries_dropped": dropped}, 200, "application/json"
+    )
 
 
 @bp.get("/cron")
@@ -212,8 +223,9 @@ def cron_run() -> Response:
     _guard()
     st = current_backend()
     if not any(b["enabled"] for b in st.cron.scheduled()):
-        raise BadRequest("no cron bot can run: no Bot has a valid cronString/cronTiming, or its Project lacks "
-                         "the 'cron' feature")
+        raise BadRequest(
+            "no cron bot can run: no Bot has a valid cronString/cronTiming, or its Project lacks the 'cron' feature"
+        )
     results = st.cron.run_now(_bot_id_arg())
     secrets = secret_values(st) if results else []
     results = [{k: redact(v, secrets) for k, v in r.items()} for r in results]  # logs and errors: no secret

@@ -4,6 +4,7 @@ Shapes and ids are those of @medplum/core 5.x (`allOk`, `notFound`, `badRequest`
 `status_of` mirrors its `getStatus`: the status is derived from the outcome id, so an
 outcome built here always renders with the status the real server would use.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,9 +30,16 @@ _STATUS_BY_ID = {
 }
 
 
-def outcome(severity: str, code: str, text: str, *, id: str | None = None,
-            expression: str | None = None, diagnostics: str | None = None,
-            extra_issues: list[dict] | None = None) -> dict:
+def outcome(
+    severity: str,
+    code: str,
+    text: str,
+    *,
+    id: str | None = None,
+    expression: str | None = None,
+    diagnostics: str | None = None,
+    extra_issues: list[dict] | None = None,
+) -> dict:
     issue: dict[str, Any] = {"severity": severity, "code": code, "details": {"text": text}}
     if expression:
         issue["expression"] = [expression]
@@ -93,9 +101,14 @@ class ValidationFailed(FhirError):
 
     def __init__(self, problems: list):
         issues = [
-            p if isinstance(p, dict) else
-            {"severity": "error", "code": "structure", "details": {"text": p[0]},
-             **({"expression": [p[1]]} if p[1] else {})}
+            p
+            if isinstance(p, dict)
+            else {
+                "severity": "error",
+                "code": "structure",
+                "details": {"text": p[0]},
+                **({"expression": [p[1]]} if p[1] else {}),
+            }
             for p in problems
         ] or [{"severity": "error", "code": "structure", "details": {"text": "Invalid resource"}}]
         super().__init__({"resourceType": "OperationOutcome", "issue": issues})
@@ -145,8 +158,9 @@ class PreconditionFailed(FhirError):
 
 class MultipleMatches(FhirError):
     def __init__(self):
-        super().__init__(outcome("error", "multiple-matches", "Multiple resources found matching condition",
-                                 id="multiple-matches"))
+        super().__init__(
+            outcome("error", "multiple-matches", "Multiple resources found matching condition", id="multiple-matches")
+        )
 
 
 class PayloadTooLarge(FhirError):
@@ -169,9 +183,15 @@ class MisdirectedRequest(FhirError):
     such check (its load balancer routes by name); the emulator, reachable on loopback, needs it."""
 
     def __init__(self, host: str):
-        super().__init__(outcome("error", "security", f"Misdirected request: this server does not answer for host "
-                                 f"{host[:100]!r} (allowed: 127.0.0.1, localhost, [::1], the --host given, "
-                                 "MEDPORT_ALLOWED_HOSTS)"))
+        super().__init__(
+            outcome(
+                "error",
+                "security",
+                f"Misdirected request: this server does not answer for host "
+                f"{host[:100]!r} (allowed: 127.0.0.1, localhost, [::1], the --host given, "
+                "MEDPORT_ALLOWED_HOSTS)",
+            )
+        )
 
     @property
     def status(self) -> int:

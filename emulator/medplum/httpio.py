@@ -10,6 +10,7 @@ Facts taken from Medplum's server (packages/server/src/app.ts):
 - text/plain and x-application/hl7-v2+er7 are read as strings, urlencoded with `extended: false`.
 - FHIR writes with any other content type answer 400 "Unsupported content type".
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 
 MAX_JSON_BYTES = 1024 * 1024
 
-JSON_TYPES = frozenset({"application/json", "application/fhir+json", "application/json-patch+json",
-                        "application/scim+json"})
+JSON_TYPES = frozenset(
+    {"application/json", "application/fhir+json", "application/json-patch+json", "application/scim+json"}
+)
 TEXT_TYPES = frozenset({"text/plain", "x-application/hl7-v2+er7"})
 FORM_TYPE = "application/x-www-form-urlencoded"
 FHIR_JSON = "application/fhir+json"
@@ -118,14 +120,17 @@ def without_extended_meta(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
     if body.get("resourceType") == "Bundle" and "id" not in body and isinstance(body.get("entry"), list):
-        entries = [({**e, "resource": _plain_meta(e["resource"])} if isinstance(e, dict) and "resource" in e else e)
-                   for e in body["entry"]]
+        entries = [
+            ({**e, "resource": _plain_meta(e["resource"])} if isinstance(e, dict) and "resource" in e else e)
+            for e in body["entry"]
+        ]
         return {**body, "entry": entries}
     return _plain_meta(body)
 
 
-def json_response(body: Any, status: int = 200, content_type: str = FHIR_JSON,
-                  headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: Any, status: int = 200, content_type: str = FHIR_JSON, headers: dict[str, str] | None = None
+) -> Response:
     payload = b"" if body is None else jsonsafe.dumps_bytes(body)
     resp = Response(payload, status=status, content_type=content_type if body is not None else None)
     if body is None:

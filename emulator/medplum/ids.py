@@ -1,4 +1,5 @@
 """Ids, secrets, references and timestamps, written the way Medplum writes them."""
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,11 @@ def uuid4() -> str:
         pool, pos = os.urandom(4096).hex(), 0
         _random.pool = pool
     _random.pos = pos + 32
-    h = pool[pos:pos + 32]
+    h = pool[pos : pos + 32]
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-_second: tuple = (None, "")     # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
+_second: tuple = (None, "")  # the last second formatted: (epoch second, "YYYY-MM-DDTHH:MM:SS.")
 
 
 def now_instant() -> tuple[str, float]:
@@ -61,15 +62,19 @@ def ref(resource: dict) -> dict:
 
 
 def _text(v: Any) -> str | None:
-    return v if isinstance(v, str) else None   # core ensureString
+    return v if isinstance(v, str) else None  # core ensureString
 
 
 def _human_name(name: Any) -> str:
     """core format.ts formatHumanName (no options): prefix, given, family, suffix; else the text."""
     if not isinstance(name, dict):
         return ""
-    parts = [*(name.get("prefix") or []), *(name.get("given") or []),
-             *([name["family"]] if name.get("family") else []), *(name.get("suffix") or [])]
+    parts = [
+        *(name.get("prefix") or []),
+        *(name.get("given") or []),
+        *([name["family"]] if name.get("family") else []),
+        *(name.get("suffix") or []),
+    ]
     if not parts and _text(name.get("text")):
         return name["text"]
     return " ".join(str(p) for p in parts).strip()
@@ -121,11 +126,12 @@ def display_string(resource: dict) -> str:  # noqa: C901 — one branch per reso
             code = code[0] if code else None
         if isinstance(code, dict):
             codings = code.get("coding")
-            if isinstance(codings, list) and all(isinstance(c, dict) and isinstance(c.get("code"), str)
-                                                 for c in codings):
-                return _codeable_concept(code)      # core isCodeableConcept
+            if isinstance(codings, list) and all(
+                isinstance(c, dict) and isinstance(c.get("code"), str) for c in codings
+            ):
+                return _codeable_concept(code)  # core isCodeableConcept
             if isinstance(code.get("text"), str):
-                return code["text"]                 # core isTextObject
+                return code["text"]  # core isTextObject
     return f"{rt}/{resource.get('id')}"
 
 

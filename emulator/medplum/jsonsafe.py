@@ -13,6 +13,7 @@ numbers beyond double range, lone surrogates, integers past 64 bits), and those 
 answers are Node's: the same values parsed. Writing is `medport.jsoncodec` (the same JSON as JSON.stringify —
 floats in exponent form aside: `1e-7` like Node, where Python's json writes `1e-07`: the same number either way).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ from medport.jsoncodec import finite  # noqa: F401 (part of this module's API)
 
 from ..jsbehaviour import first_lone_surrogate, scrub_text  # noqa: F401 (part of this module's API)
 
-_MAX_SAFE = 2 ** 53
+_MAX_SAFE = 2**53
 # an integer of 16+ digits may exceed 2**53: Node reads it as a (rounded) double, orjson exactly — careful path.
 # (Found by mapping every digit to "0" and anything else to "x": a C-speed scan, ~10x faster than a regex.)
 _DIGITS = bytes(48 if 48 <= i <= 57 else 120 for i in range(256))

@@ -1,5 +1,6 @@
 """Who belongs where: the seeded Project, its memberships and the access each membership grants, cached until a
 write changes them (the backend invalidates on writes to Project, ProjectMembership, AccessPolicy, ...)."""
+
 from __future__ import annotations
 
 import threading
@@ -85,9 +86,12 @@ class Projects:
             project_id=ref_id(membership.get("project")) or self.project_id,
             profile=(membership.get("profile") or {}).get("reference", ""),
             membership=membership,
-            access=Access(policies, admin=bool(membership.get("admin")),
-                          admin_types=self._release.project_admin_types,
-                          protected_types=self._release.protected_types),
+            access=Access(
+                policies,
+                admin=bool(membership.get("admin")),
+                admin_types=self._release.project_admin_types,
+                protected_types=self._release.protected_types,
+            ),
             superuser=False,
         )
 

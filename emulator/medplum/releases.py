@@ -29,6 +29,7 @@ boundaries has the earlier boundary's value.
 The emulator follows every fact of the release it is set to (`Settings.medplum_version`); `medport deploy` reads
 the server's release and writes what it accepts; `medport check` runs its scenarios per release.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,27 @@ DEFAULT_CHECKED = (OLDEST, NEWEST)
 
 # MockConsole methods (packages/server/src/util/console.ts).
 LOG_ONLY_CONSOLE = ("log",)
-FULL_CONSOLE = ("log", "info", "warn", "error", "debug", "trace", "dir", "table", "dirxml", "assert", "clear",
-                "count", "countReset", "group", "groupCollapsed", "groupEnd", "time", "timeEnd", "timeLog")
+FULL_CONSOLE = (
+    "log",
+    "info",
+    "warn",
+    "error",
+    "debug",
+    "trace",
+    "dir",
+    "table",
+    "dirxml",
+    "assert",
+    "clear",
+    "count",
+    "countReset",
+    "group",
+    "groupCollapsed",
+    "groupEnd",
+    "time",
+    "timeEnd",
+    "timeLog",
+)
 _MEDPLUM_CLASSES = ("ContentType", "Hl7Message", "MedplumClient")
 _STREAMS = ("TextDecoderStream", "TextEncoderStream", "ReadableStream", "WritableStream", "TransformStream")
 
@@ -54,33 +74,87 @@ _STREAMS = ("TextDecoderStream", "TextEncoderStream", "ReadableStream", "Writabl
 @dataclass(frozen=True)
 class Sandbox:
     """A vmcontext sandbox: what `runInVmContext` puts in the bot's context."""
-    name: str                       # the first release that built it this way, e.g. "5.0.12"
-    console: tuple[str, ...]        # the MockConsole's methods
-    fetch: str                      # "node-fetch" (v2: the body is a Node Readable) | "native"
-    globals: tuple[str, ...]        # the other globals beside console, fetch, require and event
-    requester: bool                 # the wrapper passes event.requester to the handler
-    response_stream: bool           # ... and event.responseStream (server-sent events bots)
+
+    name: str  # the first release that built it this way, e.g. "5.0.12"
+    console: tuple[str, ...]  # the MockConsole's methods
+    fetch: str  # "node-fetch" (v2: the body is a Node Readable) | "native"
+    globals: tuple[str, ...]  # the other globals beside console, fetch, require and event
+    requester: bool  # the wrapper passes event.requester to the handler
+    response_stream: bool  # ... and event.responseStream (server-sent events bots)
 
 
 # packages/server/src/bots/vmcontext.ts at each release commit where its sandbox changed.
 _SANDBOXES: list[tuple[Version, Sandbox]] = [
-    ((5, 0, 0), Sandbox("5.0.0", LOG_ONLY_CONSOLE, "node-fetch",
-                        (*_MEDPLUM_CLASSES, "TextEncoder", "URL", "URLSearchParams"), False, False)),
+    (
+        (5, 0, 0),
+        Sandbox(
+            "5.0.0",
+            LOG_ONLY_CONSOLE,
+            "node-fetch",
+            (*_MEDPLUM_CLASSES, "TextEncoder", "URL", "URLSearchParams"),
+            False,
+            False,
+        ),
+    ),
     # medplum#7919 "add TextDecoder to vmcontext bots"
-    ((5, 0, 5), Sandbox("5.0.5", LOG_ONLY_CONSOLE, "node-fetch",
-                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"), False, False)),
+    (
+        (5, 0, 5),
+        Sandbox(
+            "5.0.5",
+            LOG_ONLY_CONSOLE,
+            "node-fetch",
+            (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"),
+            False,
+            False,
+        ),
+    ),
     # medplum#7929 "Fix requester not being forwarded to vmcontext bot handler"
-    ((5, 0, 6), Sandbox("5.0.6", LOG_ONLY_CONSOLE, "node-fetch",
-                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"), True, False)),
+    (
+        (5, 0, 6),
+        Sandbox(
+            "5.0.6",
+            LOG_ONLY_CONSOLE,
+            "node-fetch",
+            (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"),
+            True,
+            False,
+        ),
+    ),
     # medplum#7462 "Add process to VMContext sandbox", #8222 server-sent events bots (event.responseStream)
-    ((5, 0, 12), Sandbox("5.0.12", LOG_ONLY_CONSOLE, "node-fetch",
-                         ("process", *_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"),
-                         True, True)),
+    (
+        (5, 0, 12),
+        Sandbox(
+            "5.0.12",
+            LOG_ONLY_CONSOLE,
+            "node-fetch",
+            ("process", *_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", "URL", "URLSearchParams"),
+            True,
+            True,
+        ),
+    ),
     # The newest upstream source (after 5.1.26; the release it landed in is not in the history medport read):
     # a full MockConsole, `globalThis.fetch`, the WHATWG stream classes, Headers/Request/Response, no process.
-    ((5, 2, 0), Sandbox("5.2", FULL_CONSOLE, "native",
-                        (*_MEDPLUM_CLASSES, "TextDecoder", "TextEncoder", *_STREAMS, "URL", "URLSearchParams",
-                         "Headers", "Request", "Response"), True, False)),
+    (
+        (5, 2, 0),
+        Sandbox(
+            "5.2",
+            FULL_CONSOLE,
+            "native",
+            (
+                *_MEDPLUM_CLASSES,
+                "TextDecoder",
+                "TextEncoder",
+                *_STREAMS,
+                "URL",
+                "URLSearchParams",
+                "Headers",
+                "Request",
+                "Response",
+            ),
+            True,
+            False,
+        ),
+    ),
 ]
 
 # Bot elements beyond those every 5.x release knows (definitions profiles-medplum.json, Bot StructureDefinition).
@@ -88,7 +162,7 @@ _BOT_ELEMENTS: list[tuple[Version, frozenset[str]]] = [
     ((5, 0, 0), frozenset()),
     ((5, 0, 6), frozenset({"cdsService"})),
     ((5, 1, 1), frozenset({"cdsService", "streamingEnabled"})),
-    ((5, 2, 0), frozenset({"cdsService", "streamingEnabled", "rawBody"})),   # in 5.2.13's, not in 5.1.37's
+    ((5, 2, 0), frozenset({"cdsService", "streamingEnabled", "rawBody"})),  # in 5.2.13's, not in 5.1.37's
 ]
 OPTIONAL_BOT_ELEMENTS = frozenset({"cdsService", "streamingEnabled", "rawBody"})
 
@@ -99,7 +173,7 @@ _PROJECT_ADMIN_TYPES: list[tuple[Version, frozenset[str]]] = [
     ((5, 0, 0), frozenset(_ADMIN_4)),
     ((5, 1, 4), frozenset({*_ADMIN_4, *_PACKAGES})),
     ((5, 1, 38), frozenset({*_ADMIN_4, *_PACKAGES, "Cron"})),
-    ((5, 2, 0), frozenset({*_ADMIN_4, *_PACKAGES, "Cron", "AccessPolicy"})),   # in core 5.2.13, not in 5.1.39
+    ((5, 2, 0), frozenset({*_ADMIN_4, *_PACKAGES, "Cron", "AccessPolicy"})),  # in core 5.2.13, not in 5.1.39
 ]
 _PROTECTED_TYPES: list[tuple[Version, frozenset[str]]] = [
     ((5, 0, 0), frozenset({"DomainConfiguration", "JsonWebKey", "Login"})),
@@ -128,12 +202,12 @@ class UnsupportedRelease(ValueError):
 
 @dataclass(frozen=True)
 class Release:
-    version: str                          # "5.1.26"
+    version: str  # "5.1.26"
     sandbox: Sandbox
-    bot_elements: frozenset[str]          # of OPTIONAL_BOT_ELEMENTS, the ones this release knows
+    bot_elements: frozenset[str]  # of OPTIONAL_BOT_ELEMENTS, the ones this release knows
     project_admin_types: frozenset[str]
     protected_types: frozenset[str]
-    audit_redaction: bool                 # Project.setting redactAuditEvents is honoured
+    audit_redaction: bool  # Project.setting redactAuditEvents is honoured
     # FHIR search rules (_FHIR_RULES_SINCE)
     token_not_keeps_missing: bool
     boolean_not_keeps_missing: bool
@@ -195,10 +269,15 @@ def release(text: str = NEWEST, *, newer_ok: bool = False) -> Release:
         raise UnsupportedRelease(f"Medplum {text} is older than {OLDEST}, the oldest release medport supports")
     if v > parse_version(NEWEST) and not newer_ok:
         raise UnsupportedRelease(f"Medplum {text} is newer than {NEWEST}, the newest release medport emulates")
-    return Release(version="{}.{}.{}".format(*v), sandbox=_at(_SANDBOXES, v), bot_elements=_at(_BOT_ELEMENTS, v),
-                   project_admin_types=_at(_PROJECT_ADMIN_TYPES, v), protected_types=_at(_PROTECTED_TYPES, v),
-                   audit_redaction=_at(_AUDIT_REDACTION, v),
-                   **{rule: v >= first for rule, first in _FHIR_RULES_SINCE.items()})
+    return Release(
+        version="{}.{}.{}".format(*v),
+        sandbox=_at(_SANDBOXES, v),
+        bot_elements=_at(_BOT_ELEMENTS, v),
+        project_admin_types=_at(_PROJECT_ADMIN_TYPES, v),
+        protected_types=_at(_PROTECTED_TYPES, v),
+        audit_redaction=_at(_AUDIT_REDACTION, v),
+        **{rule: v >= first for rule, first in _FHIR_RULES_SINCE.items()},
+    )
 
 
 def sandboxes() -> list[Sandbox]:
@@ -209,9 +288,16 @@ def sandboxes() -> list[Sandbox]:
 def representatives() -> list[str]:
     """One release per distinct set of facts (the first release of each), oldest first: what a compatibility run
     covers."""
-    firsts = sorted({*(v for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES,
-                                       _AUDIT_REDACTION) for v, _ in table),
-                     *_FHIR_RULES_SINCE.values()})
+    firsts = sorted(
+        {
+            *(
+                v
+                for table in (_SANDBOXES, _BOT_ELEMENTS, _PROJECT_ADMIN_TYPES, _PROTECTED_TYPES, _AUDIT_REDACTION)
+                for v, _ in table
+            ),
+            *_FHIR_RULES_SINCE.values(),
+        }
+    )
     return ["{}.{}.{}".format(*v) for v in firsts]
 
 

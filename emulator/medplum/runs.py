@@ -2,6 +2,7 @@
 (the per-install JWT secret). Kept in its own file next to the FHIR store (`<db>.meta.sqlite3`)
 so it never contends with the store's write lock; in memory when the store is.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,20 @@ CREATE INDEX IF NOT EXISTS runs_seq ON runs(seq);
 CREATE INDEX IF NOT EXISTS runs_bot ON runs(bot_id);
 """
 
-_FIELDS = ("id", "bot_id", "bot_name", "trigger", "outcome", "duration_ms", "logs", "started", "error",
-           "subscription_id", "resource", "audit_event")
+_FIELDS = (
+    "id",
+    "bot_id",
+    "bot_name",
+    "trigger",
+    "outcome",
+    "duration_ms",
+    "logs",
+    "started",
+    "error",
+    "subscription_id",
+    "resource",
+    "audit_event",
+)
 
 
 def meta_path_for(db_path: str | None) -> str | None:
@@ -44,7 +57,9 @@ class RunStore:
         if path:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-        open_versioned(self._conn, path, kind="medport-emulator-runs", version=1, schema=_SCHEMA, tables={"meta", "runs"})
+        open_versioned(
+            self._conn, path, kind="medport-emulator-runs", version=1, schema=_SCHEMA, tables={"meta", "runs"}
+        )
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM runs").fetchone()
         self._seq = int(row[0])
 
@@ -70,8 +85,9 @@ class RunStore:
                 (*values, self._seq, json.dumps(extra) if extra else None),
             )
 
-    def list(self, bot: str | None = None, failed: bool | None = None, limit: int = 100,
-             trigger: str | None = None) -> list[dict]:
+    def list(
+        self, bot: str | None = None, failed: bool | None = None, limit: int = 100, trigger: str | None = None
+    ) -> list[dict]:
         sql = f"SELECT {', '.join(_FIELDS)}, extra FROM runs"
         where: list[str] = []
         args: list[str | int] = []

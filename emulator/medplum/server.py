@@ -19,6 +19,7 @@ a bot that `$execute`s another bot through the internal listener while every run
 is bounded: the runtime grows to max_size, and its per-execution hard cap ends any wait, so the
 emulator always makes progress (a request can time out, the server never hangs).
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,9 +76,15 @@ class EmulatorHandle:
         self.close()
 
 
-def start(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0,
-          threads: int = 16, internal_threads: int = 32,
-          public_base_url: str | None = None, prewarm: bool = True) -> EmulatorHandle:
+def start(
+    settings: Settings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int = 16,
+    internal_threads: int = 32,
+    public_base_url: str | None = None,
+    prewarm: bool = True,
+) -> EmulatorHandle:
     """Start the emulator on `host:port` (0 = any free port) plus the internal loopback listener, in
     background threads. Returns once both listen. `settings.base_url` is replaced by the real URL."""
     settings = settings or Settings()
@@ -89,22 +96,31 @@ def start(settings: Settings | None = None, host: str = "127.0.0.1", port: int =
     settings.internal_base_url = internal_url
     settings.allowed_hosts = (settings.allowed_hosts or frozenset()) | allowed_hosts(host, base_url)
     try:
-        app = create_app(settings)   # opens (and locks) the database
+        app = create_app(settings)  # opens (and locks) the database
     except BaseException:
         public_sock.close()
         internal_sock.close()
         raise
-    served = [serve(app, "127.0.0.1" if sock is internal_sock else host, 0, sock=sock, threads=n,
-                    name=f"medport-emulator-{name}", channel_timeout=300, connection_limit=1000,
-                    max_request_body_size=256 * 1024 * 1024)
-              for sock, n, name in ((public_sock, threads, "public"), (internal_sock, internal_threads, "internal"))]
+    served = [
+        serve(
+            app,
+            "127.0.0.1" if sock is internal_sock else host,
+            0,
+            sock=sock,
+            threads=n,
+            name=f"medport-emulator-{name}",
+            channel_timeout=300,
+            connection_limit=1000,
+            max_request_body_size=256 * 1024 * 1024,
+        )
+        for sock, n, name in ((public_sock, threads, "public"), (internal_sock, internal_threads, "internal"))
+    ]
     handle = EmulatorHandle(app, served, base_url, internal_url)
-    if handle.state.repo.lock is not None:   # a second emulator on this database is told where this one is
+    if handle.state.repo.lock is not None:  # a second emulator on this database is told where this one is
         handle.state.repo.lock.describe(port=handle.port, base_url=base_url)
     if prewarm and settings.runtime_instance is None:
         # start the Node workers now, off the startup path, so the first $execute is warm
-        handle._prewarm = threading.Thread(target=_prewarm, args=(handle.state,), name="medport-prewarm",
-                                           daemon=True)
+        handle._prewarm = threading.Thread(target=_prewarm, args=(handle.state,), name="medport-prewarm", daemon=True)
         handle._prewarm.start()
     return handle
 

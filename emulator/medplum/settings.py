@@ -1,4 +1,5 @@
 """What the Medplum emulator is started with: `Settings`, and the constants of its seeded Project."""
+
 from __future__ import annotations
 
 import os
@@ -20,14 +21,17 @@ MEDPLUM_VERSION = NEWEST
 @dataclass
 class Settings:
     """What `create_app` needs. `db_path=None` (or ":memory:") keeps everything in memory."""
+
     db_path: str | None = None
     base_url: str = EMULATOR_BASE_URL
     # The Medplum release emulated (its bot sandbox, Bot schema, admin-only types; reported by /healthcheck).
     medplum_version: str = MEDPLUM_VERSION
-    admin_client_id: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID",
-                                                                        DEFAULT_ADMIN_CLIENT_ID))
-    admin_client_secret: str = field(default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET",
-                                                                            DEFAULT_ADMIN_CLIENT_SECRET))
+    admin_client_id: str = field(
+        default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_ID", DEFAULT_ADMIN_CLIENT_ID)
+    )
+    admin_client_secret: str = field(
+        default_factory=lambda: os.environ.get("MEDPORT_ADMIN_CLIENT_SECRET", DEFAULT_ADMIN_CLIENT_SECRET)
+    )
     # URL the bots' MedplumClient uses to call back (the internal loopback listener); None = base_url.
     internal_base_url: str | None = None
     # BotRuntime options (size, max_size, hard_cap_s, memory_mb), passed through.

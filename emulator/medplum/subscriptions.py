@@ -24,6 +24,7 @@ Beyond Medplum: a bot that keeps re-triggering itself through one subscription o
 that same bot) is stopped: the execution is not run, its AuditEvent (outcome 4) and its
 `/_emulator/runs` record carry a "subscription loop" message.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,6 +65,8 @@ def supports_interaction(sub: dict, interaction: str, *, first_only: bool = Fals
     if not codes:
         return True
     return interaction == codes[0] if first_only else interaction in codes
+
+
 MAX_ATTEMPTS_URL = "https://medplum.com/fhir/StructureDefinition/subscription-max-attempts"
 SECRET_URL = "https://www.medplum.com/fhir/StructureDefinition/subscription-secret"
 DEFAULT_MAX_ATTEMPTS = 4
@@ -78,9 +81,11 @@ def _ext(resource: dict, url: str) -> list[dict]:
 def _hook_headers(sub: dict, job, body: bytes) -> dict[str, str]:
     """Medplum's rest-hook headers (buildRestHookHeaders), used for http endpoints and, as the bot's
     event.headers, for Bot endpoints: the body they sign is the one delivered."""
-    headers = {"Content-Type": "application/fhir+json",
-               "X-Medplum-Subscription": sub.get("id", ""),
-               "X-Medplum-Interaction": job.interaction}
+    headers = {
+        "Content-Type": "application/fhir+json",
+        "X-Medplum-Subscription": sub.get("id", ""),
+        "X-Medplum-Interaction": job.interaction,
+    }
     if job.interaction == "delete":
         headers["X-Medplum-Deleted-Resource"] = f"{job.resource.get('resourceType')}/{job.resource.get('id')}"
     for h in (sub.get("channel") or {}).get("header") or []:
@@ -113,8 +118,9 @@ class SubscriptionEngine:
     """Matches each committed change against the active Subscriptions and delivers it: `bots` runs a Bot
     endpoint, `runtime` evaluates FHIRPath criteria."""
 
-    def __init__(self, fhir: SystemFhir, projects: Projects, bots: BotService, runtime: LazyRuntime,
-                 settings: Settings):
+    def __init__(
+        self, fhir: SystemFhir, projects: Projects, bots: BotService, runtime: LazyRuntime, settings: Settings
+    ):
         self._fhir = fhir
         self._projects = projects
         self._bots = bots
@@ -141,8 +147,9 @@ class SubscriptionEngine:
     def start(self) -> None:
         if self._threads:
             return
-        self._executor = ThreadPoolExecutor(max_workers=max(1, self.settings.subscription_workers),
-                                            thread_name_prefix="medport-sub-delivery")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, self.settings.subscription_workers), thread_name_prefix="medport-sub-delivery"
+        )
         for target, name in ((self._match_loop, "medport-sub-match"), (self._retry_loop, "medport-sub-retry")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -218,7 +225,7 @@ class SubscriptionEngine:
             return
         try:
             if rtype not in self._subscribed_types():
-                return          # no active Subscription names this type: nothing would match (a bulk import)
+                return  # no active Subscription names this type: nothing would match (a bulk import)
         except Exception:
             pass
         self._inc()
@@ -244,9 +251,13 @@ class SubscriptionEngine:
             if self._subs_cache is not None:
                 return self._subs_cache
             gen = self._subs_gen
-        subs = [s for s in self._fhir.search("Subscription") if s.get("status") == "active"
-                and (s.get("channel") or {}).get("type") == "rest-hook"
-                and (s.get("channel") or {}).get("endpoint")]
+        subs = [
+            s
+            for s in self._fhir.search("Subscription")
+            if s.get("status") == "active"
+            and (s.get("channel") or {}).get("type") == "rest-hook"
+            and (s.get("channel") or {}).get("endpoint")
+        ]
         with self._subs_lock:
             # A Subscription written while we searched invalidated the cache: do not store a stale list.
             if self._subs_gen == gen:
@@ -283,8 +294,9 @@ class SubscriptionEngine:
         fp = _ext(sub, FHIRPATH_CRITERIA_URL)
         if fp and fp[0].get("valueString"):
             try:
-                value = self._runtime.get().eval_fhirpath(fp[0]["valueString"], resource,
-                                                         {"%current": resource, "%previous": previous or {}})
+                value = self._runtime.get().eval_fhirpath(
+                    fp[0]["valueString"], resource, {"%current": resource, "%previous": previous or {}}
+                )
             except Exception as e:
                 log.warning("subscription %s: FHIRPath criteria failed: %s", sub.get("id"), e)
                 return False
@@ -313,8 +325,12 @@ class SubscriptionEngine:
             if job.epoch != self._epoch:
                 return  # dropped by a restart before it started
             if job.attempt > 1 and not self._still_current(job):
-                log.info("subscription %s: dropping retry, %s/%s changed", job.subscription.get("id"),
-                         job.resource.get("resourceType"), job.resource.get("id"))
+                log.info(
+                    "subscription %s: dropping retry, %s/%s changed",
+                    job.subscription.get("id"),
+                    job.resource.get("resourceType"),
+                    job.resource.get("id"),
+                )
                 return
             try:
                 self._deliver(job)
@@ -391,12 +407,19 @@ class SubscriptionEngine:
         loop_msg = self._loop_check(sub, bot, resource, author, job.interaction)
         body = json.dumps(input, separators=(",", ":")).encode()
         headers = {k.lower(): v for k, v in _hook_headers(sub, job, body).items()}
-        self._bots.execute(bot, run_as=run_as, input=input, content_type="application/fhir+json",
-                           headers=headers, requester={"reference": author} if author else None,
-                           trigger=f"subscription:{sub.get('id')}", subscription=sub, loop_message=loop_msg)
+        self._bots.execute(
+            bot,
+            run_as=run_as,
+            input=input,
+            content_type="application/fhir+json",
+            headers=headers,
+            requester={"reference": author} if author else None,
+            trigger=f"subscription:{sub.get('id')}",
+            subscription=sub,
+            loop_message=loop_msg,
+        )
 
-    def _loop_check(self, sub: dict, bot: dict, resource: dict, author: str | None,
-                    interaction: str) -> str | None:
+    def _loop_check(self, sub: dict, bot: dict, resource: dict, author: str | None, interaction: str) -> str | None:
         """Counts executions triggered by the bot's own writes; too many in the window = a loop."""
         if interaction == "delete" or author != f"Bot/{bot['id']}":
             return None
@@ -409,11 +432,13 @@ class SubscriptionEngine:
             hits.append(now)
             n = len(hits)
         if n > self.settings.loop_limit:
-            return (f"medport: subscription loop stopped: Bot/{bot['id']} ({bot.get('name', '')}) re-triggered "
-                    f"Subscription/{sub.get('id')} on {key[1]} {n} times within "
-                    f"{self.settings.loop_window_s:g} s by writing that resource itself. The chain is stopped; "
-                    f"make the bot skip updates that change nothing it cares about (e.g. a FHIRPath criteria "
-                    f"extension or an idempotence check).")
+            return (
+                f"medport: subscription loop stopped: Bot/{bot['id']} ({bot.get('name', '')}) re-triggered "
+                f"Subscription/{sub.get('id')} on {key[1]} {n} times within "
+                f"{self.settings.loop_window_s:g} s by writing that resource itself. The chain is stopped; "
+                f"make the bot skip updates that change nothing it cares about (e.g. a FHIRPath criteria "
+                f"extension or an idempotence check)."
+            )
         return None
 
     def _deliver_http(self, job: _Job, url: str) -> None:

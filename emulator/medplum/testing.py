@@ -1,4 +1,5 @@
 """Helpers for tests, the demo and benchmarks: a started emulator plus an authenticated HTTP client."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,13 +20,14 @@ class Client:
         self.http = requests.Session()
         self.client_id = client_id
         self.client_secret = client_secret
-        r = self.http.post(self.base_url + "oauth2/token",
-                           data={"grant_type": "client_credentials", "client_id": client_id,
-                                 "client_secret": client_secret})
+        r = self.http.post(
+            self.base_url + "oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret},
+        )
         r.raise_for_status()
         self.token = r.json()["access_token"]
         self.http.headers["Authorization"] = f"Bearer {self.token}"
-        self.http.headers["X-Medplum"] = "extended"   # as MedplumClient: the meta fields Medplum hides otherwise
+        self.http.headers["X-Medplum"] = "extended"  # as MedplumClient: the meta fields Medplum hides otherwise
         # MedplumClient's default Accept (core client.ts DEFAULT_ACCEPT): a Binary read answers the resource
         self.http.headers["Accept"] = "application/fhir+json, */*; q=0.1"
 
@@ -39,14 +41,18 @@ class Client:
         return self.http.request(method, self.url(path), **kw)
 
     def create(self, resource: dict) -> dict:
-        r = self.http.post(self.fhir(resource["resourceType"]), json=resource,
-                           headers={"Content-Type": "application/fhir+json"})
+        r = self.http.post(
+            self.fhir(resource["resourceType"]), json=resource, headers={"Content-Type": "application/fhir+json"}
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
     def update(self, resource: dict) -> dict:
-        r = self.http.put(self.fhir(f"{resource['resourceType']}/{resource['id']}"), json=resource,
-                          headers={"Content-Type": "application/fhir+json"})
+        r = self.http.put(
+            self.fhir(f"{resource['resourceType']}/{resource['id']}"),
+            json=resource,
+            headers={"Content-Type": "application/fhir+json"},
+        )
         assert r.status_code in (200, 201), r.text
         return r.json()
 

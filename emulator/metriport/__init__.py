@@ -1,6 +1,13 @@
 """Fake Metriport Medical API sandbox: a plain-Python backend, a thin Flask layer, signed webhooks."""
-_EXPORTS = {"create_app": ".app", "MetriportBackend": ".backend", "MetriportState": ".backend",
-            "FakeMetriport": ".server", "start": ".server", "Settings": ".settings"}
+
+_EXPORTS = {
+    "create_app": ".app",
+    "MetriportBackend": ".backend",
+    "MetriportState": ".backend",
+    "FakeMetriport": ".server",
+    "start": ".server",
+    "Settings": ".settings",
+}
 
 __all__ = ["FakeMetriport", "MetriportBackend", "MetriportState", "Settings", "create_app", "start"]
 
@@ -10,5 +17,6 @@ def __getattr__(name: str):
     # start the whole service (Flask, the backend) — the CLI's commands import those alone
     if name in _EXPORTS:
         from importlib import import_module
+
         return getattr(import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 Prints one JSON line `{"baseUrl", "apiKey", "facilityId"}` on stdout once it listens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=FAKE_METRIPORT_PORT)
     p.add_argument("--api-key", default=None)
-    p.add_argument("--data", default=None, help="FHIR bundle file or folder of bundles (default: shared fixtures if present)")
+    p.add_argument(
+        "--data", default=None, help="FHIR bundle file or folder of bundles (default: shared fixtures if present)"
+    )
     p.add_argument("--delay", type=float, default=0.3, help="seconds between async steps")
     a = p.parse_args(argv)
     fixtures = converted_ccda_dir()

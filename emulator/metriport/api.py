@@ -14,6 +14,7 @@ check it in the order Metriport's route does (`rules.py`), call the backend and 
 - `files_bp` serves the presigned URLs (S3's stand-in): no key (the token is the credential), S3's XML errors;
   `uploads_bp` takes the PUT of a bulk patient create's CSV the same way.
 """
+
 from __future__ import annotations
 
 import time
@@ -102,7 +103,7 @@ def get_facility(fid: str):
 @bp.post("/patient")
 def create_patient():
     backend = current_backend()
-    backend.check_rate("patient")                  # checkRateLimit("patientCreateOrUpdate") runs first
+    backend.check_rate("patient")  # checkRateLimit("patientCreateOrUpdate") runs first
     facility_id = q_or_fail("facilityId")
     for name in ("rerunPdOnNewDemographics", "commonwell", "carequality"):
         q(name)
@@ -150,12 +151,14 @@ def get_patient(pid: str):
 @bp.put("/patient/<pid>")
 def update_patient(pid: str):
     backend = current_backend()
-    backend.get_patient(pid)                       # patientAuthorization("params")
+    backend.get_patient(pid)  # patientAuthorization("params")
     backend.check_rate("patient")
     facility_id = q("facilityId")
     for name in ("rerunPdOnNewDemographics", "commonwell", "carequality"):
         q(name)
-    demo, external_id = rules.patient_create(read_body(), now_ms=backend.now_ms())  # the update route parses the create schema
+    demo, external_id = rules.patient_create(
+        read_body(), now_ms=backend.now_ms()
+    )  # the update route parses the create schema
     return jsonify(backend.update_patient(pid, demo, external_id, facility_id))
 
 
@@ -179,8 +182,16 @@ def start_consolidated(pid: str):
     conversion_type = rules.conversion_type(q_or_fail("conversionType"))
     q("fromDashboard")
     metadata = rules.request_metadata(read_body())
-    return jsonify(backend.start_consolidated_query(pid, resources=resources, date_from=date_from, date_to=date_to,
-                                                    conversion_type=conversion_type, metadata=metadata))
+    return jsonify(
+        backend.start_consolidated_query(
+            pid,
+            resources=resources,
+            date_from=date_from,
+            date_to=date_to,
+            conversion_type=conversion_type,
+            metadata=metadata,
+        )
+    )
 
 
 @bp.route("/patient/<pid>/consolidated", methods=["PUT", "POST"])
@@ -226,7 +237,7 @@ def document_upload_url():
 @bp.post("/network/query")
 def start_network_query():
     backend = current_backend()
-    backend.check_rate("document_query")            # checkRateLimit("documentQuery"), then patientAuthorization("query")
+    backend.check_rate("document_query")  # checkRateLimit("documentQuery"), then patientAuthorization("query")
     patient_id = q_or_fail("patientId")
     backend.get_patient(patient_id)
     facility_id = q("facilityId")
@@ -243,7 +254,7 @@ def network_query_status(rid: str):
 @bp.post("/document/query")
 def start_document_query():
     backend = current_backend()
-    backend.check_rate("document_query")           # checkRateLimit("documentQuery") before patientAuthorization
+    backend.check_rate("document_query")  # checkRateLimit("documentQuery") before patientAuthorization
     patient_id = q_or_fail("patientId")
     backend.get_patient(patient_id)
     facility_id = q("facilityId")
@@ -332,6 +343,7 @@ def put_upload(token: str, name: str):
     except UploadRefused as e:
         return _s3_error(e.code, str(e) or None, 403)
     import hashlib
+
     return Response(b"", status=200, headers={"ETag": f'"{hashlib.md5(content).hexdigest()}"'})
 
 
@@ -346,4 +358,3 @@ def get_file(token: str, name: str):
     if name != f.name:
         return _s3_error("SignatureDoesNotMatch", None, 403)
     return Response(f.body(), status=200, content_type=f.content_type)
-

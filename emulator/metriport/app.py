@@ -4,6 +4,7 @@ Registers the Medical API, the settings routes (at /settings, where Metriport mo
 presigned files and the developer API, and answers every error with Metriport's body
 (`errors.py`): no input makes it answer 5xx, except the 5xx its fault switches inject.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ log = logging.getLogger("medport.fake_metriport")
 def _error_response(err: MetriportError) -> Response:
     body = err.body()
     if err.mimetype == "application/json":
-        resp = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=err.status,
-                        mimetype="application/json")
+        resp = Response(
+            json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=err.status, mimetype="application/json"
+        )
     else:
         resp = Response(str(body), status=err.status, mimetype=err.mimetype)
     if not isinstance(err, RawError):
@@ -49,12 +51,16 @@ def _unexpected(e: Exception) -> Response:
 
 
 def _misdirected(host: str) -> HttpError:
-    return HttpError(421, f"Misdirected request: this server does not answer for host {host[:100]!r} (allowed: "
-                          "127.0.0.1, localhost, [::1], the --host given, MEDPORT_ALLOWED_HOSTS)")
+    return HttpError(
+        421,
+        f"Misdirected request: this server does not answer for host {host[:100]!r} (allowed: "
+        "127.0.0.1, localhost, [::1], the --host given, MEDPORT_ALLOWED_HOSTS)",
+    )
 
 
-def create_app(backend: MetriportBackend, *, api_key: str, public_base_url: str | None = None,
-               hosts: frozenset[str] | None = None) -> Flask:
+def create_app(
+    backend: MetriportBackend, *, api_key: str, public_base_url: str | None = None, hosts: frozenset[str] | None = None
+) -> Flask:
     """`hosts`: the names a request's Host header may carry (serving.allowed_hosts; default loopback only)."""
     app = Flask("fake_metriport")
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Metriport's key order

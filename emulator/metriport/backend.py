@@ -6,6 +6,7 @@ delayed-job `Scheduler`, the `WebhookSender` and the presigned-URL `FileStore`. 
 rate-limit windows and URL expiry use the injectable `clock`; async steps wait `delay_s` of real
 time. Lock order: the backend's lock, then a component's own lock, never the reverse.
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,17 +60,21 @@ from .settings import DEFAULT_FACILITY_ID, Settings  # noqa: F401 — DEFAULT_FA
 from .storage import UPLOAD_EXPIRES_S, URL_EXPIRES_S, FileStore, NoSuchKey, RequestExpired
 
 SANDBOX_PATIENT_LIMIT = 20
-SEEDED_FACILITY = {"name": "Medport Sandbox Clinic", "npi": "1234567893", "tin": None, "active": True,
-                   "address": {"addressLine1": "100 Main St", "city": "Springfield", "state": "IL", "zip": "62701",
-                               "country": "USA"}}
+SEEDED_FACILITY = {
+    "name": "Medport Sandbox Clinic",
+    "npi": "1234567893",
+    "tin": None,
+    "active": True,
+    "address": {"addressLine1": "100 Main St", "city": "Springfield", "state": "IL", "zip": "62701", "country": "USA"},
+}
 DOCUMENTS_PER_QUERY = 3
 DEFAULT_DOCUMENT_TYPE = {"coding": [{"system": "http://loinc.org", "code": "34133-9"}]}
 EMPTY_BUNDLE = {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
 BULK_URL_EXPIRES_S = 600  # bulk download URLs: 10 minutes (core document-signing/bulk-sign.ts)
 BULK_RESULT_EXPIRES_S = 180  # the bulk create result CSV: 3 minutes (process-patient-import-webhook.ts)
-BULK_CREATE_CHUNK = 200      # patients created per scheduler step (other jobs run in between)
-BULK_OUTBOX_WAIT_S = 900     # at most this long for the per-patient webhooks to go out before `completed`
-UPLOAD_NAME = "raw.csv"      # S3 key patient-import/cxid=<cx>/jobid=<job>/files/raw.csv
+BULK_CREATE_CHUNK = 200  # patients created per scheduler step (other jobs run in between)
+BULK_OUTBOX_WAIT_S = 900  # at most this long for the per-patient webhooks to go out before `completed`
+UPLOAD_NAME = "raw.csv"  # S3 key patient-import/cxid=<cx>/jobid=<job>/files/raw.csv
 
 
 class UploadRefused(PermissionError):
@@ -86,7 +91,7 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         settings = settings or Settings()
         self.clock = clock = settings.clock
         self.delay_s = settings.delay_s
-        self.public_base_url = FAKE_METRIPORT_URL   # server.start sets the URL it serves at
+        self.public_base_url = FAKE_METRIPORT_URL  # server.start sets the URL it serves at
         rng_seed = settings.rng_seed
         self.cx_id = settings.cx_id or str(uuid.UUID(int=random.Random(f"cx-{rng_seed}").getrandbits(128), version=4))
         self.seeded_facility_id = settings.facility_id
@@ -101,8 +106,13 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self.datasets.update(load_data(settings.data_path))
         self._clear()
         self._scheduler = Scheduler()
-        self._sender = WebhookSender(WebhookSettings(id=self.cx_id), faults=self.faults, clock=clock,
-                                     timeout_s=settings.webhook_timeout_s, ping_timeout_s=settings.ping_timeout_s)
+        self._sender = WebhookSender(
+            WebhookSettings(id=self.cx_id),
+            faults=self.faults,
+            clock=clock,
+            timeout_s=settings.webhook_timeout_s,
+            ping_timeout_s=settings.ping_timeout_s,
+        )
         # `state_path`: keep the state in that SQLite file (persist.py) and pick up where an earlier run stopped
         self._store = StateStore(settings.state_path) if settings.state_path else None
         if self._store is not None:
@@ -122,15 +132,15 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self.patients: dict[str, Patient] = {}
             self._by_key: dict[tuple, list[str]] | None = None  # demographics key -> patient ids (built on use)
             self.document_queries: dict[str, DocumentQuery] = {}  # patientId -> current document query
-            self.documents: dict[str, list[Document]] = {}       # patientId -> documents it found
+            self.documents: dict[str, list[Document]] = {}  # patientId -> documents it found
             self.consolidated: dict[str, list[ConsolidatedQuery]] = {}
             self.bulk_url_queries: dict[str, BulkUrlQuery] = {}
-            self.bulk_jobs: dict[str, BulkImportJob] = {}     # requestId -> job
+            self.bulk_jobs: dict[str, BulkImportJob] = {}  # requestId -> job
             self._bulk_payloads: dict[str, dict[int, dict]] = {}  # requestId -> row number -> parsed payload
-            self.stays: dict[str, list[Stay]] = {}              # patientId -> its stays (realtime notifications)
+            self.stays: dict[str, list[Stay]] = {}  # patientId -> its stays (realtime notifications)
             self.network_queries: dict[str, NetworkQuery] = {}  # requestId -> network query
             self.patient_additions: dict[str, PatientAdditions] = {}  # patientId -> its record beyond the seed data
-            self.document_uploads: dict[str, dict] = {}         # upload token -> the contributed document it fills
+            self.document_uploads: dict[str, dict] = {}  # upload token -> the contributed document it fills
             self._calls: list[dict] = []
 
     def describe_owner(self, **info) -> None:
@@ -176,8 +186,14 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         if pid in self.document_queries:
             self._store.put("document_query", pid, dataclasses.asdict(self.document_queries[pid]))
         if pid in self.documents:
-            self._store.put("documents", pid, [dataclasses.asdict(d) | {"content": base64.b64encode(d.content).decode()}
-                                               for d in self.documents[pid]])
+            self._store.put(
+                "documents",
+                pid,
+                [
+                    dataclasses.asdict(d) | {"content": base64.b64encode(d.content).decode()}
+                    for d in self.documents[pid]
+                ],
+            )
         if pid in self.consolidated:
             self._store.put("consolidated", pid, [dataclasses.asdict(q) for q in self.consolidated[pid]])
         if pid in self.bulk_url_queries:
@@ -217,7 +233,8 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self._by_key = None
             for pid, d in st.all("document_query"):
                 self.document_queries[pid] = DocumentQuery(
-                    **{**d, "download": Progress(**d["download"]), "convert": Progress(**d["convert"])})
+                    **{**d, "download": Progress(**d["download"]), "convert": Progress(**d["convert"])}
+                )
             for pid, docs in st.all("documents"):
                 self.documents[pid] = [Document(**{**x, "content": base64.b64decode(x["content"])}) for x in docs]
             for pid, qs in st.all("consolidated"):
@@ -237,8 +254,10 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         for token, name, ctype, expires_at, content in st.files():
             self.files.load(token, StoredFile(bytes(content), ctype, expires_at, name))
         settings = st.get("settings", "webhook")
-        self._sender.load(WebhookSettings(**settings) if settings else WebhookSettings(id=self.cx_id),
-                          [Delivery(**d) for _, d in st.all("delivery")])
+        self._sender.load(
+            WebhookSettings(**settings) if settings else WebhookSettings(id=self.cx_id),
+            [Delivery(**d) for _, d in st.all("delivery")],
+        )
         with self._lock:
             jobs: list[Callable[[], None]] = []
             for pid, dq in self.document_queries.items():
@@ -295,22 +314,26 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         """A digest of everything the fake stores (patients, queries, documents, files, settings, webhook
         messages, faults) — not of logs or rate-limit windows. Equal before and after a refused request."""
         import hashlib
+
         with self._lock:
-            data = {"facilities": [f.to_dict() for f in self.facilities.values()],
-                    "patients": [p.to_dict() for p in self.patients.values()],
-                    "document_queries": {k: q.to_dict() for k, q in self.document_queries.items()},
-                    "documents": {k: [d.to_dict() for d in v] for k, v in self.documents.items()},
-                    "consolidated": {k: [x.to_dict() | {"metadata": x.metadata} for x in v]
-                                     for k, v in self.consolidated.items()},
-                    "bulk": {k: [q.request_id, q.status] for k, q in self.bulk_url_queries.items()},
-                    "bulk_jobs": {k: [j.summary(), j.entries] for k, j in self.bulk_jobs.items()},
-                    "stays": {k: [dataclasses.asdict(x) for x in v] for k, v in self.stays.items()},
-                    "network_queries": {k: dataclasses.asdict(q) for k, q in self.network_queries.items()},
-                    "additions": {k: dataclasses.asdict(a) for k, a in self.patient_additions.items()},
-                    "settings": self.get_settings() | self.webhook_status(),
-                    "deliveries": len(self.deliveries_log(include_body=False)),
-                    "files": self.files.count(),
-                    "faults": self.faults.snapshot()}
+            data = {
+                "facilities": [f.to_dict() for f in self.facilities.values()],
+                "patients": [p.to_dict() for p in self.patients.values()],
+                "document_queries": {k: q.to_dict() for k, q in self.document_queries.items()},
+                "documents": {k: [d.to_dict() for d in v] for k, v in self.documents.items()},
+                "consolidated": {
+                    k: [x.to_dict() | {"metadata": x.metadata} for x in v] for k, v in self.consolidated.items()
+                },
+                "bulk": {k: [q.request_id, q.status] for k, q in self.bulk_url_queries.items()},
+                "bulk_jobs": {k: [j.summary(), j.entries] for k, j in self.bulk_jobs.items()},
+                "stays": {k: [dataclasses.asdict(x) for x in v] for k, v in self.stays.items()},
+                "network_queries": {k: dataclasses.asdict(q) for k, q in self.network_queries.items()},
+                "additions": {k: dataclasses.asdict(a) for k, a in self.patient_additions.items()},
+                "settings": self.get_settings() | self.webhook_status(),
+                "deliveries": len(self.deliveries_log(include_body=False)),
+                "files": self.files.count(),
+                "faults": self.faults.snapshot(),
+            }
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def schedule(self, delay_s: float, job: Callable[[], None]) -> None:
@@ -340,8 +363,14 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
     # ------------------------------------------------------------------ facilities
     def add_facility(self, data: dict) -> dict:
         with self._lock:
-            fac = Facility(data.get("id") or str(uuid.uuid4()), data.get("name"), data.get("npi"), data.get("tin"),
-                           data.get("active", True), data.get("address"))
+            fac = Facility(
+                data.get("id") or str(uuid.uuid4()),
+                data.get("name"),
+                data.get("npi"),
+                data.get("tin"),
+                data.get("active", True),
+                data.get("address"),
+            )
             self.facilities[fac.id] = fac
             store = getattr(self, "_store", None)  # None while __init__ seeds the facility, before the store
             if store is not None:
@@ -374,8 +403,9 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         with self._lock:
             return copy.deepcopy(self._patient(pid))
 
-    def create_patient(self, demo: dict, external_id: str | None, facility_id: str, *,
-                       cap: bool = True) -> tuple[dict, bool]:
+    def create_patient(
+        self, demo: dict, external_id: str | None, facility_id: str, *, cap: bool = True
+    ) -> tuple[dict, bool]:
         """Validated demographics (`rules.patient_create`) → (patient, created), as patient-root.ts and
         create-patient.ts do it: the sandbox cap first, then the same demographics (and zip) return the
         existing patient unchanged, then the facility must exist. `cap=False`: the internal create route a
@@ -413,11 +443,15 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             if q and "processing" in (q.download.status, q.convert.status):
                 raise document_query_in_progress()
             if facility_id and facility_id not in p.facility_ids:
-                raise BadRequest("Patient not associated with given facility",
-                                 additional_info={"patientId": pid, "facilityId": facility_id})
+                raise BadRequest(
+                    "Patient not associated with given facility",
+                    additional_info={"patientId": pid, "facilityId": facility_id},
+                )
             if not facility_id and len(p.facility_ids) > 1:
-                raise BadRequest("Patient is associated with more than one facility (facilityId is required)",
-                                 additional_info={"patientId": pid, "facilityIdCount": len(p.facility_ids)})
+                raise BadRequest(
+                    "Patient is associated with more than one facility (facilityId is required)",
+                    additional_info={"patientId": pid, "facilityIdCount": len(p.facility_ids)},
+                )
             if external_id is not None:
                 p.external_id = external_id
             p.demographics = demo
@@ -485,17 +519,25 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         self._entries_cache = (key, ds, entries)
         return entries
 
-    def consolidated_bundle(self, patient: Patient, resources: list[str] | None, date_from: str | None,
-                            date_to: str | None) -> dict:
+    def consolidated_bundle(
+        self, patient: Patient, resources: list[str] | None, date_from: str | None, date_to: str | None
+    ) -> dict:
         """What a consolidated query delivers: the whole record filtered and hydrated (consolidated_filter.py)."""
         entries = filter_consolidated(self.patient_record(patient), resources, date_from, date_to)
         return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
     # ------------------------------------------------------------------ presigned files
-    def store_file(self, content: bytes | Callable[[], bytes], content_type: str, name: str, expires_s: int = URL_EXPIRES_S,
-                   expired: bool = False) -> str:
-        path = self.files.put(content, content_type, name, expires_s=expires_s,
-                              expired=expired or self.faults["expired_urls"])
+    def store_file(
+        self,
+        content: bytes | Callable[[], bytes],
+        content_type: str,
+        name: str,
+        expires_s: int = URL_EXPIRES_S,
+        expired: bool = False,
+    ) -> str:
+        path = self.files.put(
+            content, content_type, name, expires_s=expires_s, expired=expired or self.faults["expired_urls"]
+        )
         return self.public_base_url + path
 
     def get_file(self, token: str) -> StoredFile:
@@ -549,22 +591,33 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
     # ------------------------------------------------------------------ document queries
     def _documents_for(self, patient: Patient) -> list[Document]:
         """The documents (C-CDA XML) the sandbox 'finds' for a patient: its first DocumentReferences."""
-        refs = [e["resource"] for e in self.patient_entries(patient)
-                if e["resource"].get("resourceType") == "DocumentReference"][:DOCUMENTS_PER_QUERY]
+        refs = [
+            e["resource"]
+            for e in self.patient_entries(patient)
+            if e["resource"].get("resourceType") == "DocumentReference"
+        ][:DOCUMENTS_PER_QUERY]
         docs = []
         for ref in refs:
             did = ref.get("id") or str(uuid.uuid4())
-            docs.append(Document(id=did, file_name=f"{self.cx_id}/{patient.id}/{self.cx_id}_{patient.id}_{did}.xml",
-                                 description=ref.get("description") or "Continuity of Care Document",
-                                 indexed=iso(self.clock()), type=ref.get("type") or copy.deepcopy(DEFAULT_DOCUMENT_TYPE),
-                                 content=_ccda_xml(patient, did, ref)))
+            docs.append(
+                Document(
+                    id=did,
+                    file_name=f"{self.cx_id}/{patient.id}/{self.cx_id}_{patient.id}_{did}.xml",
+                    description=ref.get("description") or "Continuity of Care Document",
+                    indexed=iso(self.clock()),
+                    type=ref.get("type") or copy.deepcopy(DEFAULT_DOCUMENT_TYPE),
+                    content=_ccda_xml(patient, did, ref),
+                )
+            )
         return docs
 
     def _with_urls(self, docs: list[Document]) -> list[dict]:
         """Documents as `medical.document-bulk-download-urls` lists them (DocumentBulkUrlDTO), each with a fresh
         presigned URL valid 10 minutes (core `document-signing/bulk-sign.ts`)."""
-        return [d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name, expires_s=BULK_URL_EXPIRES_S)}
-                for d in docs]
+        return [
+            d.to_dict() | {"url": self.store_file(d.content, d.mime_type, d.base_name, expires_s=BULK_URL_EXPIRES_S)}
+            for d in docs
+        ]
 
     def start_document_query(self, patient_id: str, facility_id: str | None, metadata: dict | None) -> dict:
         """After validation (rate limit, patient, metadata: api.py), as document-query.ts: the facility
@@ -572,8 +625,10 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         with self._lock:
             patient = self._snapshot(patient_id)
             if facility_id and facility_id not in patient.facility_ids:
-                raise BadRequest("Patient not associated with given facility",
-                                 additional_info={"patientId": patient_id, "facilityId": facility_id})
+                raise BadRequest(
+                    "Patient not associated with given facility",
+                    additional_info={"patientId": patient_id, "facilityId": facility_id},
+                )
             current = self.document_queries.get(patient_id)
             if current and "processing" in (current.download.status, current.convert.status):
                 return current.to_dict()
@@ -596,9 +651,12 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         # DocumentReferenceDTO (routes/medical/dtos/documentDTO.ts): no `url` — a receiver asks for one with
         # GET /document/download-url?fileName= (or for all of them with POST /document/download-url/bulk)
         listed = [d.to_dict() for d in docs]
-        self.send_webhook("medical.document-download",
-                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
-                          q.metadata, q.request_id)
+        self.send_webhook(
+            "medical.document-download",
+            {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
+            q.metadata,
+            q.request_id,
+        )
         with self._lock:
             self.documents[patient.id] = docs
             q.download = Progress.completed(len(docs))
@@ -608,15 +666,20 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         self.schedule(self.delay_s, lambda: self._document_conversion_done(patient, q))
 
     def _document_conversion_done(self, patient: Patient, q: DocumentQuery) -> None:
-        self.send_webhook("medical.document-conversion",
-                          {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, q.metadata, q.request_id)
+        self.send_webhook(
+            "medical.document-conversion",
+            {"patients": [{**patient.webhook_ref(), "status": "completed"}]},
+            q.metadata,
+            q.request_id,
+        )
         with self._lock:
             q.convert = Progress.completed(q.download.total or 0)
             self._save_patient_state(patient.id)
         self._hie_converted(patient, q)
 
-    def list_documents(self, patient_id: str, date_from: str | None = None, date_to: str | None = None,
-                       output: str | None = None) -> list[dict]:
+    def list_documents(
+        self, patient_id: str, date_from: str | None = None, date_to: str | None = None, output: str | None = None
+    ) -> list[dict]:
         """The documents found by the last document query: FHIR DocumentReferences, or DTOs (`output=dto`)."""
         with self._lock:
             self._patient(patient_id)
@@ -663,28 +726,50 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         with self._lock:
             docs = list(self.documents.get(patient.id, []))
         listed = self._with_urls(docs)
-        self.send_webhook("medical.document-bulk-download-urls",
-                          {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
-                          metadata, q.request_id)
+        self.send_webhook(
+            "medical.document-bulk-download-urls",
+            {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed}]},
+            metadata,
+            q.request_id,
+        )
         with self._lock:
             q.status = "completed"
             self._save_patient_state(patient.id)
 
     # ------------------------------------------------------------------ consolidated queries
-    def start_consolidated_query(self, patient_id: str, *, resources: list[str], date_from: str | None,
-                                 date_to: str | None, conversion_type: str, metadata: dict | None) -> dict:
+    def start_consolidated_query(
+        self,
+        patient_id: str,
+        *,
+        resources: list[str],
+        date_from: str | None,
+        date_to: str | None,
+        conversion_type: str,
+        metadata: dict | None,
+    ) -> dict:
         """After validation (api.py). consolidated-get.ts: a query still processing with the same resources
         (order-insensitive), dates and conversion type is answered again; a new one replaces the finished."""
         with self._lock:
             patient = self._snapshot(patient_id)
             queries = self.consolidated.setdefault(patient_id, [])
             for running in queries:
-                if (running.status == "processing" and sorted(running.resources or []) == sorted(resources)
-                        and running.date_from == date_from and running.date_to == date_to
-                        and running.conversion_type == conversion_type):
+                if (
+                    running.status == "processing"
+                    and sorted(running.resources or []) == sorted(resources)
+                    and running.date_from == date_from
+                    and running.date_to == date_to
+                    and running.conversion_type == conversion_type
+                ):
                     return running.to_dict()
-            q = ConsolidatedQuery(str(uuid.uuid4()), iso(self.clock()), conversion_type, metadata, resources or None,
-                                  date_from or None, date_to or None)
+            q = ConsolidatedQuery(
+                str(uuid.uuid4()),
+                iso(self.clock()),
+                conversion_type,
+                metadata,
+                resources or None,
+                date_from or None,
+                date_to or None,
+            )
             queries[:] = [x for x in queries if x.status == "processing"] + [q]
             self._save_patient_state(patient_id)
             dto = q.to_dict()
@@ -696,8 +781,11 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self._patient(patient_id)
             qs = [q.to_dict() for q in self.consolidated.get(patient_id, [])]
         latest = max(qs, key=lambda q: q["startedAt"]) if qs else None
-        return {"status": latest["status"] if latest else None, "queries": qs or None,
-                "message": "Trigger a new query by POST /patient/:id/consolidated/query; data will be sent through Webhook"}
+        return {
+            "status": latest["status"] if latest else None,
+            "queries": qs or None,
+            "message": "Trigger a new query by POST /patient/:id/consolidated/query; data will be sent through Webhook",
+        }
 
     def consolidated_query(self, patient_id: str, request_id: str) -> dict:
         with self._lock:
@@ -711,9 +799,12 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         bundle = self.consolidated_bundle(patient, q.resources, q.date_from, q.date_to)
         has_data = any(e["resource"].get("resourceType") != "Patient" for e in bundle["entry"])
         result = self._consolidated_result(patient, q, bundle) if has_data else copy.deepcopy(EMPTY_BUNDLE)
-        filters = {"resources": ",".join(q.resources) if q.resources else UNDEFINED,
-                   "dateFrom": q.date_from or UNDEFINED, "dateTo": q.date_to or UNDEFINED,
-                   "conversionType": q.conversion_type}
+        filters = {
+            "resources": ",".join(q.resources) if q.resources else UNDEFINED,
+            "dateFrom": q.date_from or UNDEFINED,
+            "dateTo": q.date_to or UNDEFINED,
+            "conversionType": q.conversion_type,
+        }
         payload = {"patients": [{**patient.webhook_ref(), "status": "completed", "bundle": result, "filters": filters}]}
         # the message is recorded (and persisted) before the query counts as done: a crash in between sends
         # it twice after a restart, never zero times
@@ -729,20 +820,50 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         if q.conversion_type == "json":
             raw = bundle_json(bundle)
             content = [
-                {"attachment": {"contentType": "application/json",
-                                "url": self.store_file(raw, "application/json", base + ".json", expired=expired)}},
-                {"attachment": {"contentType": "application/gzip",   # compressed when first downloaded
-                                "url": self.store_file(lambda: gzip.compress(raw, 5, mtime=0), "application/gzip",
-                                                       base + ".json.gz", expired=expired)}}]
+                {
+                    "attachment": {
+                        "contentType": "application/json",
+                        "url": self.store_file(raw, "application/json", base + ".json", expired=expired),
+                    }
+                },
+                {
+                    "attachment": {
+                        "contentType": "application/gzip",  # compressed when first downloaded
+                        "url": self.store_file(
+                            lambda: gzip.compress(raw, 5, mtime=0),
+                            "application/gzip",
+                            base + ".json.gz",
+                            expired=expired,
+                        ),
+                    }
+                },
+            ]
         else:
             ctype = q.conversion_type
             mime = "text/html" if ctype == "html" else "application/pdf"
             html = _summary_html(patient, bundle).encode("utf-8")
-            content = [{"attachment": {"contentType": f"application/{ctype}",
-                                       "url": self.store_file(html, mime, f"{base}.{ctype}", expired=expired)}}]
-        return {"resourceType": "Bundle", "total": 1, "type": "collection",
-                "entry": [{"resource": {"resourceType": "DocumentReference",
-                                        "subject": {"reference": f"Patient/{patient.id}"}, "content": content}}]}
+            content = [
+                {
+                    "attachment": {
+                        "contentType": f"application/{ctype}",
+                        "url": self.store_file(html, mime, f"{base}.{ctype}", expired=expired),
+                    }
+                }
+            ]
+        return {
+            "resourceType": "Bundle",
+            "total": 1,
+            "type": "collection",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "DocumentReference",
+                        "subject": {"reference": f"Patient/{patient.id}"},
+                        "content": content,
+                    }
+                }
+            ],
+        }
 
     # ------------------------------------------------------------------ bulk patient create
     # routes/medical/patient-root.ts POST /patient/bulk; command/medical/patient/patient-import/*; core
@@ -754,8 +875,9 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
                 raise NotFound("Could not find facility", additional_info={"facilityId": facility_id})
             return facility_id
         if len(self.facilities) > 1:
-            raise BadRequest("More than one facility found, please specify a facility ID",
-                             additional_info={"cxId": self.cx_id})
+            raise BadRequest(
+                "More than one facility found, please specify a facility ID", additional_info={"cxId": self.cx_id}
+            )
         if not self.facilities:
             raise NotFound("Could not find facility", additional_info={"cxId": self.cx_id})
         return next(iter(self.facilities))
@@ -764,12 +886,19 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         """`POST /patient/bulk` after the query checks: a job `waiting` for its file and the presigned upload
         URL (PUT, 10 minutes). No sandbox cap, no rate limit."""
         import secrets as _secrets
+
         with self._lock:
             fid = self._bulk_facility(facility_id)
             now = self.clock()
             expired = self.faults.take("expire_next_upload") or self.faults["expired_urls"]
-            job = BulkImportJob(str(uuid.uuid4()), fid, bool(dry_run), iso(now), _secrets.token_urlsafe(18),
-                                upload_expires_at=now - 1 if expired else now + UPLOAD_EXPIRES_S)
+            job = BulkImportJob(
+                str(uuid.uuid4()),
+                fid,
+                bool(dry_run),
+                iso(now),
+                _secrets.token_urlsafe(18),
+                upload_expires_at=now - 1 if expired else now + UPLOAD_EXPIRES_S,
+            )
             self.bulk_jobs[job.id] = job
             self._save_bulk(job)
             url = self.public_base_url + self.files.upload_url(job.upload_token, UPLOAD_NAME)
@@ -787,12 +916,16 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             if self.clock() >= job.upload_expires_at:
                 raise RequestExpired("Request has expired")
             if job.uploads:
-                raise UploadRefused("AccessDenied", "medport fake: this upload URL was used already (Metriport: "
-                                                    "valid for 10 minutes and should only be used once)")
+                raise UploadRefused(
+                    "AccessDenied",
+                    "medport fake: this upload URL was used already (Metriport: "
+                    "valid for 10 minutes and should only be used once)",
+                )
             job.uploads += 1
             job.upload_content_type = content_type
-            self.files.load(f"upload-{job.id}", StoredFile(content, content_type or "text/csv", float("inf"),
-                                                           UPLOAD_NAME))
+            self.files.load(
+                f"upload-{job.id}", StoredFile(content, content_type or "text/csv", float("inf"), UPLOAD_NAME)
+            )
             if self._store is not None:
                 self._store.put_file(f"upload-{job.id}", UPLOAD_NAME, content_type or "text/csv", 1e18, content)
             self._save_bulk(job)
@@ -815,8 +948,9 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         entry: dict[str, Any] = {"requestId": job.id, "status": status}
         if status == "completed":
             csv_text = bulkcsv.result_csv(job.headers, job.entries)
-            entry["result"] = self.store_file(csv_text.encode("utf-8"), "text/csv", "result.csv",
-                                              expires_s=BULK_RESULT_EXPIRES_S)
+            entry["result"] = self.store_file(
+                csv_text.encode("utf-8"), "text/csv", "result.csv", expires_s=BULK_RESULT_EXPIRES_S
+            )
         self.send_webhook("medical.bulk-patient-create", {"bulkPatientCreate": entry}, None, job.id)
 
     def _bulk_parse(self, jid: str) -> None:
@@ -844,9 +978,14 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
                 job.successful = 0
             elif not resuming:
                 job.headers = parsed.headers
-                job.entries = [{"rowNumber": r.row_number, "raw": r.raw,
-                                **({"status": "waiting"} if r.payload is not None else
-                                   {"status": "failed", "reason": r.error})} for r in parsed.rows]
+                job.entries = [
+                    {
+                        "rowNumber": r.row_number,
+                        "raw": r.raw,
+                        **({"status": "waiting"} if r.payload is not None else {"status": "failed", "reason": r.error}),
+                    }
+                    for r in parsed.rows
+                ]
                 job.total, job.failed, job.successful = len(parsed.rows), len(parsed.rows) - len(valid), 0
             self._bulk_payloads[jid] = {r.row_number: r.payload for r in valid if r.payload is not None}
             self._save_bulk(job)
@@ -913,12 +1052,19 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             q = DocumentQuery(str(uuid.uuid4()), iso(self.clock()), None)
             self.document_queries[pid] = q
         docs = self._documents_for(patient) if self.dataset_for(patient) else []
-        self.send_webhook("medical.document-download",
-                          {"patients": [{**patient.webhook_ref(), "status": "completed",
-                                         "documents": [d.to_dict() for d in docs]}]}, None, q.request_id)
+        self.send_webhook(
+            "medical.document-download",
+            {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": [d.to_dict() for d in docs]}]},
+            None,
+            q.request_id,
+        )
         if docs:
-            self.send_webhook("medical.document-conversion",
-                              {"patients": [{**patient.webhook_ref(), "status": "completed"}]}, None, q.request_id)
+            self.send_webhook(
+                "medical.document-conversion",
+                {"patients": [{**patient.webhook_ref(), "status": "completed"}]},
+                None,
+                q.request_id,
+            )
         with self._lock:
             if docs:
                 self.documents[pid] = docs
@@ -948,8 +1094,9 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
         return self.send_webhook("medical.bulk-patient-create", {"bulkPatientCreate": entry}, None, jid)
 
     # ------------------------------------------------------------------ realtime patient notifications
-    def send_patient_notification(self, pid: str, event: str, *, at: str | None = None,
-                                  facility: str | None = None, to: dict | None = None) -> dict:
+    def send_patient_notification(
+        self, pid: str, event: str, *, at: str | None = None, facility: str | None = None, to: dict | None = None
+    ) -> dict:
         """Developer API: a realtime notification for a patient (`adt.py`): `patient.admit` starts a stay,
         `patient.transfer` moves it to `to` ({name, type}), `patient.discharge` finishes it. The bundle is
         stored behind a presigned URL (10 minutes) and the message sent with a fresh `meta.requestId`."""
@@ -963,18 +1110,30 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             if event == "patient.admit":
                 visit = f"V{self._rng.randrange(10**8, 10**9)}"
                 loc = dict(adt.DEFAULT_LOCATION)
-                current = Stay(adt.encounter_id(visit, pid), visit, facility or "Springfield General Hospital", when,
-                               locations=[{**loc, "since": when}])
+                current = Stay(
+                    adt.encounter_id(visit, pid),
+                    visit,
+                    facility or "Springfield General Hospital",
+                    when,
+                    locations=[{**loc, "since": when}],
+                )
                 stays.append(current)
             elif current is None:
                 raise DevError([f"patient {pid} has no stay in progress: send patient.admit first"])
             elif event == "patient.transfer":
                 dest = to or {"name": "General Medical Ward", "type": "unit"}
-                if not isinstance(dest, dict) or not all(isinstance(dest.get(k), str) and dest.get(k) for k in ("name", "type")):
+                if not isinstance(dest, dict) or not all(
+                    isinstance(dest.get(k), str) and dest.get(k) for k in ("name", "type")
+                ):
                     raise DevError(["to: expected {name, type} strings"])
                 src = current.locations[-1]
-                current.transfers.append({"timestamp": when, "sourceLocation": {"name": src["name"], "type": src["type"]},
-                                          "destinationLocation": {"name": dest["name"], "type": dest["type"]}})
+                current.transfers.append(
+                    {
+                        "timestamp": when,
+                        "sourceLocation": {"name": src["name"], "type": src["type"]},
+                        "destinationLocation": {"name": dest["name"], "type": dest["type"]},
+                    }
+                )
                 current.locations.append({"name": dest["name"], "type": dest["type"], "since": when})
             else:
                 current.status, current.discharged_at = "finished", when
@@ -982,20 +1141,25 @@ class MetriportBackend(NetworkQueries, SourceNotifications, Contributions):
             self._save_patient_state(pid)
         bundle = adt.message_bundle(patient, stay, event, when)
         raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        url = self.store_file(raw, "application/json", f"{stay.encounter_id}_{event}.json",
-                              expires_s=NOTIFICATION_URL_EXPIRES_S)
+        url = self.store_file(
+            raw, "application/json", f"{stay.encounter_id}_{event}.json", expires_s=NOTIFICATION_URL_EXPIRES_S
+        )
         request_id = str(uuid.uuid4())
-        d = self.send_webhook(event, {"payload": adt.payload(patient, stay, event, url, iso(self.clock()))}, None,
-                              request_id)
+        d = self.send_webhook(
+            event, {"payload": adt.payload(patient, stay, event, url, iso(self.clock()))}, None, request_id
+        )
         # the presigned URL is left out: it travels only in the signed message
-        return {"messageId": d.message_id, "requestId": request_id, "encounterId": stay.encounter_id,
-                "status": stay.status}
+        return {
+            "messageId": d.message_id,
+            "requestId": request_id,
+            "encounterId": stay.encounter_id,
+            "status": stay.status,
+        }
 
     def patient_stays(self, pid: str) -> list[dict]:
         with self._lock:
             self._patient(pid)
             return [dataclasses.asdict(x) for x in self.stays.get(pid, [])]
-
 
 
 MetriportState = MetriportBackend  # the name the server, tests and generator know
@@ -1010,11 +1174,11 @@ def _ccda_xml(patient: Patient, doc_id: str, ref: dict) -> bytes:
         '  <templateId root="2.16.840.1.113883.10.20.22.1.2"/>\n'
         f'  <id root="{xml_escape(doc_id)}"/>\n'
         '  <code code="34133-9" codeSystem="2.16.840.1.113883.6.1" displayName="Summarization of Episode Note"/>\n'
-        f'  <title>{xml_escape(ref.get("description") or "Continuity of Care Document")}</title>\n'
-        '  <recordTarget><patientRole><patient><name>'
-        f'<given>{xml_escape(demo.get("firstName", ""))}</given><family>{xml_escape(demo.get("lastName", ""))}</family>'
-        '</name></patient></patientRole></recordTarget>\n'
-        '</ClinicalDocument>\n'
+        f"  <title>{xml_escape(ref.get('description') or 'Continuity of Care Document')}</title>\n"
+        "  <recordTarget><patientRole><patient><name>"
+        f"<given>{xml_escape(demo.get('firstName', ''))}</given><family>{xml_escape(demo.get('lastName', ''))}</family>"
+        "</name></patient></patientRole></recordTarget>\n"
+        "</ClinicalDocument>\n"
     ).encode()
 
 
@@ -1022,5 +1186,7 @@ def _summary_html(patient: Patient, bundle: dict) -> str:
     """The html/pdf conversion of a consolidated query: resource counts (the fake renders no real PDF)."""
     counts = Counter(e["resource"].get("resourceType") for e in bundle["entry"])
     rows = "".join(f"<tr><td>{html_escape(str(k))}</td><td>{v}</td></tr>" for k, v in sorted(counts.items()))
-    return (f"<html><head><title>Medical Record Summary</title></head><body><h1>Medical Record Summary</h1>"
-            f"<p>Patient {html_escape(patient.id)}</p><table>{rows}</table></body></html>")
+    return (
+        f"<html><head><title>Medical Record Summary</title></head><body><h1>Medical Record Summary</h1>"
+        f"<p>Patient {html_escape(patient.id)}</p><table>{rows}</table></body></html>"
+    )

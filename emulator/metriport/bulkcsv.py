@@ -19,6 +19,7 @@ quote makes that line malformed CSV, as in Metriport).
 Plain Python, no Flask; `tests/emulator/metriport/test_bulkcsv.py` compares it with a JS oracle built on
 the installed @metriport/shared.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,33 +45,130 @@ _WS_2 = re.compile(f"[{JS_WS}]{{2,}}")
 _CR_LF_TAB = re.compile(r"[\n\r\t]")
 
 US_STATES = {
-    "AZ": "Arizona", "AL": "Alabama", "AK": "Alaska", "AR": "Arkansas", "CA": "California", "CO": "Colorado",
-    "CT": "Connecticut", "DE": "Delaware", "DC": "District of Columbia", "FL": "Florida", "GA": "Georgia",
-    "HI": "Hawaii", "ID": "Idaho", "IL": "Illinois", "IN": "Indiana", "IA": "Iowa", "KS": "Kansas",
-    "KY": "Kentucky", "LA": "Louisiana", "ME": "Maine", "MD": "Maryland", "MA": "Massachusetts", "MI": "Michigan",
-    "MN": "Minnesota", "MS": "Mississippi", "MO": "Missouri", "MT": "Montana", "NE": "Nebraska", "NV": "Nevada",
-    "NH": "New Hampshire", "NJ": "New Jersey", "NM": "New Mexico", "NY": "New York", "NC": "North Carolina",
-    "ND": "North Dakota", "OH": "Ohio", "OK": "Oklahoma", "OR": "Oregon", "PA": "Pennsylvania",
-    "RI": "Rhode Island", "SC": "South Carolina", "SD": "South Dakota", "TN": "Tennessee", "TX": "Texas",
-    "UT": "Utah", "VT": "Vermont", "VA": "Virginia", "WA": "Washington", "WV": "West Virginia", "WI": "Wisconsin",
+    "AZ": "Arizona",
+    "AL": "Alabama",
+    "AK": "Alaska",
+    "AR": "Arkansas",
+    "CA": "California",
+    "CO": "Colorado",
+    "CT": "Connecticut",
+    "DE": "Delaware",
+    "DC": "District of Columbia",
+    "FL": "Florida",
+    "GA": "Georgia",
+    "HI": "Hawaii",
+    "ID": "Idaho",
+    "IL": "Illinois",
+    "IN": "Indiana",
+    "IA": "Iowa",
+    "KS": "Kansas",
+    "KY": "Kentucky",
+    "LA": "Louisiana",
+    "ME": "Maine",
+    "MD": "Maryland",
+    "MA": "Massachusetts",
+    "MI": "Michigan",
+    "MN": "Minnesota",
+    "MS": "Mississippi",
+    "MO": "Missouri",
+    "MT": "Montana",
+    "NE": "Nebraska",
+    "NV": "Nevada",
+    "NH": "New Hampshire",
+    "NJ": "New Jersey",
+    "NM": "New Mexico",
+    "NY": "New York",
+    "NC": "North Carolina",
+    "ND": "North Dakota",
+    "OH": "Ohio",
+    "OK": "Oklahoma",
+    "OR": "Oregon",
+    "PA": "Pennsylvania",
+    "RI": "Rhode Island",
+    "SC": "South Carolina",
+    "SD": "South Dakota",
+    "TN": "Tennessee",
+    "TX": "Texas",
+    "UT": "Utah",
+    "VT": "Vermont",
+    "VA": "Virginia",
+    "WA": "Washington",
+    "WV": "West Virginia",
+    "WI": "Wisconsin",
     "WY": "Wyoming",
 }
 US_TERRITORIES = {"AS": "American Samoa", "GU": "Guam", "PR": "Puerto Rico", "VI": "Virgin Islands"}
 
-STREET_TYPES = ["street", "st", "road", "rd", "lane", "ln", "drive", "dr", "avenue", "ave", "boulevard", "blvd",
-                "circle", "cir", "court", "ct", "place", "pl", "terrace", "ter", "trail", "trl", "way", "highway",
-                "hwy", "parkway", "pkwy", "crossing", "xing", "square", "sq", "loop", "path", "pike", "alley", "run"]
-UNIT_INDICATORS = ["apt", "apartment", "unit", "suite", "#", "number", "floor", "fl", "ste", "lot", "rm", "room",
-                   "trlr", "building", "blg", "no"]
+STREET_TYPES = [
+    "street",
+    "st",
+    "road",
+    "rd",
+    "lane",
+    "ln",
+    "drive",
+    "dr",
+    "avenue",
+    "ave",
+    "boulevard",
+    "blvd",
+    "circle",
+    "cir",
+    "court",
+    "ct",
+    "place",
+    "pl",
+    "terrace",
+    "ter",
+    "trail",
+    "trl",
+    "way",
+    "highway",
+    "hwy",
+    "parkway",
+    "pkwy",
+    "crossing",
+    "xing",
+    "square",
+    "sq",
+    "loop",
+    "path",
+    "pike",
+    "alley",
+    "run",
+]
+UNIT_INDICATORS = [
+    "apt",
+    "apartment",
+    "unit",
+    "suite",
+    "#",
+    "number",
+    "floor",
+    "fl",
+    "ste",
+    "lot",
+    "rm",
+    "room",
+    "trlr",
+    "building",
+    "blg",
+    "no",
+]
 # address.ts addrUnitRegex / addrUnitExactRegex ("i" flag, no "u": \w and \W are ASCII, \s is JS whitespace)
 _S = f"[{JS_WS}]"
 _DOT = "[^\n\r\u2028\u2029]"  # JS `.` (no line terminators)
-ADDR_UNIT = re.compile(f"({_DOT}*?[^A-Za-z0-9_]+({'|'.join(STREET_TYPES)})[^A-Za-z0-9_]+{_DOT}*?){_S}*"
-                       f"(({'|'.join(UNIT_INDICATORS)}){_S}*[#]?{_S}*[A-Za-z0-9_{JS_WS}-]+)?$", re.I | re.A)
-ADDR_UNIT_EXACT = re.compile(f"({_DOT}+?){_S}*(({'|'.join(UNIT_INDICATORS)})(({_S}*#{_S}*[A-Za-z0-9_{JS_WS}-]+)|"
-                             f"({_S}*[0-9{JS_WS}-]+)))?$", re.I | re.A)
-REASON_INTERNAL_ERROR = "Internal error"          # patient-import-shared.ts reasonForCxInternalError
-REASON_NO_DATA = "Failed to obtain patient data"   # finish-single-patient.ts defaultReasonForCx
+ADDR_UNIT = re.compile(
+    f"({_DOT}*?[^A-Za-z0-9_]+({'|'.join(STREET_TYPES)})[^A-Za-z0-9_]+{_DOT}*?){_S}*"
+    f"(({'|'.join(UNIT_INDICATORS)}){_S}*[#]?{_S}*[A-Za-z0-9_{JS_WS}-]+)?$",
+    re.I | re.A,
+)
+ADDR_UNIT_EXACT = re.compile(
+    f"({_DOT}+?){_S}*(({'|'.join(UNIT_INDICATORS)})(({_S}*#{_S}*[A-Za-z0-9_{JS_WS}-]+)|({_S}*[0-9{JS_WS}-]+)))?$",
+    re.I | re.A,
+)
+REASON_INTERNAL_ERROR = "Internal error"  # patient-import-shared.ts reasonForCxInternalError
+REASON_NO_DATA = "Failed to obtain patient data"  # finish-single-patient.ts defaultReasonForCx
 
 
 class CsvParseError(Exception):
@@ -162,14 +260,14 @@ def normalize_phone_number_strict(phone: str) -> str | None:
         stripped = stripped[1:]
     if len(stripped) > 10:
         start = 1 if stripped[0] == "1" else 0
-        stripped = stripped[start:start + 10]
+        stripped = stripped[start : start + 10]
     return stripped if len(stripped) == 10 and stripped.isdigit() and stripped.isascii() else None
 
 
 def normalize_email_new_safe(email: str) -> str | None:
     base = js_lower(js_trim(email))
     if base.startswith("mailto:"):
-        base = base[len("mailto:"):]
+        base = base[len("mailto:") :]
     return base if is_email_valid(base) else None
 
 
@@ -194,7 +292,7 @@ def normalize_dob_safe(value: str, now_ms: float) -> str | None:
     t = jsdate.dayjs_utc(d)
     if t is None:
         return None
-    iso = iso_string(t)   # dayjs_utc gives a valid time
+    iso = iso_string(t)  # dayjs_utc gives a valid time
     if not jsdate.is_after_1900(iso):
         return None
     if t > now_ms:
@@ -252,8 +350,9 @@ def parse_address(row: dict, index: int | None) -> tuple[dict | None, list[str]]
         errors.append(str(e))
     try:
         raw2 = _get(row, line2_name)
-        dedicated = normalize_address_line(raw2 if raw2 is not None else _get(row, f"address2{sfx}"), line2_name,
-                                           False, False)
+        dedicated = normalize_address_line(
+            raw2 if raw2 is not None else _get(row, f"address2{sfx}"), line2_name, False, False
+        )
         if dedicated:
             if line2:
                 line1 = f"{line1}, {line2}"
@@ -286,8 +385,14 @@ def parse_address(row: dict, index: int | None) -> tuple[dict | None, list[str]]
         found = True
     if not (line1 and city and state and zip_):
         return None, (errors if found else [])
-    address = {"addressLine1": line1, **({"addressLine2": line2} if line2 else {}), "city": city, "state": state,
-               "zip": zip_, "country": "USA"}
+    address = {
+        "addressLine1": line1,
+        **({"addressLine2": line2} if line2 else {}),
+        "city": city,
+        "state": state,
+        "zip": zip_,
+        "country": "USA",
+    }
     return address, errors
 
 
@@ -403,9 +508,16 @@ def map_patient(row: dict, now_ms: float) -> tuple[dict | None, list[str]]:
         identifiers.append(dl)
     if errors:
         return None, errors
-    payload = {**({"externalId": external_id} if external_id else {}), "firstName": names["firstName"],
-               "lastName": names["lastName"], "dob": dob, "genderAtBirth": gender, "address": addresses,
-               "contact": contacts, "personalIdentifiers": identifiers}
+    payload = {
+        **({"externalId": external_id} if external_id else {}),
+        "firstName": names["firstName"],
+        "lastName": names["lastName"],
+        "dob": dob,
+        "genderAtBirth": gender,
+        "address": addresses,
+        "contact": contacts,
+        "personalIdentifiers": identifiers,
+    }
     return payload, []
 
 
@@ -423,15 +535,15 @@ def _csv_record(value: str) -> str:
     """validate-and-parse-import.ts normalizeCsvRecord: quoted when it holds , " CR LF TAB (quotes not doubled)."""
     if value == "":
         return ""
-    return f'"{value}"' if any(c in value for c in (',', '"', "\n", "\r", "\t")) else value
+    return f'"{value}"' if any(c in value for c in (",", '"', "\n", "\r", "\t")) else value
 
 
 @dataclass
 class ParsedRow:
     row_number: int
-    raw: str                      # the row as the result CSV repeats it
-    payload: dict | None = None   # PatientPayload (externalId, firstName, … personalIdentifiers)
-    error: str | None = None      # the reason for the customer (commas already replaced by ";")
+    raw: str  # the row as the result CSV repeats it
+    payload: dict | None = None  # PatientPayload (externalId, firstName, … personalIdentifiers)
+    error: str | None = None  # the reason for the customer (commas already replaced by ";")
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Click commands of the fake Metriport; the main CLI registers `synth_command` as `medport synth`."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,22 @@ from . import synth
 
 
 @click.command("synth")
-@click.option("--resources", "n_resources", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="number of bundle entries")
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
-              help="output file ('-' = stdout)")
+@click.option(
+    "--resources",
+    "n_resources",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="number of bundle entries",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    show_default=True,
+    help="output file ('-' = stdout)",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed (same seed → same bundle)")
 @click.option("--patient-id", default=None, help="Metriport patient id used in the bundle")
 def synth_command(n_resources: int, out: str, seed: int, patient_id: str | None) -> None:

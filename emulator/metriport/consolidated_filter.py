@@ -12,6 +12,7 @@ step for step so the fake delivers the record production delivers:
    `"reference":\\s*"(.+?)"` over the resources' JSON, `Type/id` split on "/" (so `urn:uuid:` and `#contained`
    references name nothing), and a missing one is looked up by id alone in the whole record.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -33,8 +34,9 @@ _MAX_MS = cast(float, jsdate.dayjs_utc("2100-01-01"))
 
 
 # ------------------------------------------------------------------ the steps
-def filter_consolidated(entries: list[dict], resources: list[str] | None = None, date_from: str | None = None,
-                        date_to: str | None = None) -> list[dict]:
+def filter_consolidated(
+    entries: list[dict], resources: list[str] | None = None, date_from: str | None = None, date_to: str | None = None
+) -> list[dict]:
     """`filterConsolidated`: the entries a consolidated query with these parameters delivers."""
     kept = filter_by_resource(entries, resources)
     kept = filter_by_date(kept, date_from, date_to)
@@ -138,10 +140,13 @@ def is_date_within(date: Any, rng: dict | None) -> bool | None:
         return None
     lo = _ms(rng["dateFrom"]) if rng.get("dateFrom") else None
     hi = _ms(rng["dateTo"]) if rng.get("dateTo") else None
+
     def after():
-        return (lo is not None and t >= _start_of_day(lo))
+        return lo is not None and t >= _start_of_day(lo)
+
     def before():
-        return (hi is not None and t <= _start_of_day(hi) + _DAY_MS - 1)
+        return hi is not None and t <= _start_of_day(hi) + _DAY_MS - 1
+
     if rng.get("dateFrom") and rng.get("dateTo"):
         return after() and before()
     if rng.get("dateFrom"):
@@ -189,9 +194,26 @@ def ongoing(rng: dict | None) -> dict | None:
     return {"dateFrom": rng["dateFrom"]}
 
 
-_AGE_UNITS = {"a": "year", "year": "year", "years": "year", "mo": "month", "month": "month", "months": "month",
-              "wk": "week", "week": "week", "weeks": "week", "d": "day", "day": "day", "days": "day",
-              "h": "hour", "hour": "hour", "hours": "hour", "min": "minute", "minute": "minute", "minutes": "minute"}
+_AGE_UNITS = {
+    "a": "year",
+    "year": "year",
+    "years": "year",
+    "mo": "month",
+    "month": "month",
+    "months": "month",
+    "wk": "week",
+    "week": "week",
+    "weeks": "week",
+    "d": "day",
+    "day": "day",
+    "days": "day",
+    "h": "hour",
+    "hour": "hour",
+    "hours": "hour",
+    "min": "minute",
+    "minute": "minute",
+    "minutes": "minute",
+}
 
 
 def add_age_to_dob(age: Any, dob: str | None) -> str | None:
@@ -229,8 +251,11 @@ def _chain(*steps) -> bool:
 
 def _effective(r: dict) -> list:
     p = r.get("effectivePeriod") or {}
-    return [r.get("effectiveDateTime"), p.get("start") if isinstance(p, dict) else None,
-            p.get("end") if isinstance(p, dict) else None]
+    return [
+        r.get("effectiveDateTime"),
+        p.get("start") if isinstance(p, dict) else None,
+        p.get("end") if isinstance(p, dict) else None,
+    ]
 
 
 def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:  # noqa: C901 — one branch per resource type, as consolidated-filter.ts
@@ -247,28 +272,43 @@ def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:  # noqa: C901 —
         onset += [
             lambda: is_date_within(g("onsetString"), ongoing(rng)) if g("onsetString") else None,
             lambda: is_date_within(g("onsetDateTime"), ongoing(rng)) if g("onsetDateTime") else None,
-            lambda: is_date_within(add_age_to_dob(g("onsetAge"), birth), ongoing(rng))
-            if g("onsetAge") and birth else None,
+            lambda: (
+                is_date_within(add_age_to_dob(g("onsetAge"), birth), ongoing(rng)) if g("onsetAge") and birth else None
+            ),
         ]
         if t == "AllergyIntolerance":
-            onset.append(lambda: are_dates_within([x.get("onset") for x in g("reaction") or []
-                                                   if isinstance(x, dict) and x.get("onset")], ongoing(rng))
-                         if g("reaction") else None)
+            onset.append(
+                lambda: (
+                    are_dates_within(
+                        [x.get("onset") for x in g("reaction") or [] if isinstance(x, dict) and x.get("onset")],
+                        ongoing(rng),
+                    )
+                    if g("reaction")
+                    else None
+                )
+            )
         else:
             onset += [
                 lambda: are_periods_within([g("abatementPeriod")], rng) if g("abatementPeriod") else None,
                 lambda: are_ranges_within([g("abatementRange")], rng) if g("abatementRange") else None,
                 lambda: is_date_within(g("abatementString"), rng) if g("abatementString") else None,
                 lambda: is_date_within(g("abatementDateTime"), rng) if g("abatementDateTime") else None,
-                lambda: is_date_within(add_age_to_dob(g("abatementAge"), birth), rng)
-                if g("abatementAge") and birth else None,
+                lambda: (
+                    is_date_within(add_age_to_dob(g("abatementAge"), birth), rng)
+                    if g("abatementAge") and birth
+                    else None
+                ),
             ]
         return _chain(*onset)
     if t == "Communication":
         return _chain(lambda: are_dates_within([g("sent"), g("received")], rng))
     if t == "Composition":
-        return _chain(lambda: are_periods_within([e.get("period") for e in g("event") or [] if isinstance(e, dict)]
-                                                 if g("event") is not None else None, rng))
+        return _chain(
+            lambda: are_periods_within(
+                [e.get("period") for e in g("event") or [] if isinstance(e, dict)] if g("event") is not None else None,
+                rng,
+            )
+        )
     if t == "Consent":
         return _chain(lambda: is_date_within(g("dateTime"), rng))
     if t in ("Coverage", "RelatedPerson"):
@@ -279,41 +319,69 @@ def _date_keep(r: dict, rng: dict, birth: str | None) -> bool:  # noqa: C901 —
         ctx = g("context") if isinstance(g("context"), dict) else {}
         return _chain(lambda: is_period_within(ctx.get("period"), rng))
     if t == "Encounter":
-        return _chain(lambda: are_periods_within([g("period")], rng) if g("period") else None,
-                      lambda: are_periods_within([x.get("period") for x in g("location") if isinstance(x, dict)], rng)
-                      if g("location") else None)
+        return _chain(
+            lambda: are_periods_within([g("period")], rng) if g("period") else None,
+            lambda: (
+                are_periods_within([x.get("period") for x in g("location") if isinstance(x, dict)], rng)
+                if g("location")
+                else None
+            ),
+        )
     if t == "Goal":
-        return _chain(lambda: is_date_within(g("startDate"), rng) if g("startDate") else None,
-                      lambda: are_dates_within([x.get("dueDate") for x in g("target") if isinstance(x, dict)
-                                                and x.get("dueDate")], rng) if g("target") else None)
+        return _chain(
+            lambda: is_date_within(g("startDate"), rng) if g("startDate") else None,
+            lambda: (
+                are_dates_within(
+                    [x.get("dueDate") for x in g("target") if isinstance(x, dict) and x.get("dueDate")], rng
+                )
+                if g("target")
+                else None
+            ),
+        )
     if t == "Immunization":
-        return _chain(lambda: is_date_within(g("occurrenceDateTime"), rng) if g("occurrenceDateTime") else None,
-                      lambda: is_date_within(g("occurrenceString"), rng) if g("occurrenceString") else None,
-                      lambda: are_dates_within([x.get("date") for x in g("reaction") if isinstance(x, dict)
-                                                and x.get("date")], rng) if g("reaction") else None)
+        return _chain(
+            lambda: is_date_within(g("occurrenceDateTime"), rng) if g("occurrenceDateTime") else None,
+            lambda: is_date_within(g("occurrenceString"), rng) if g("occurrenceString") else None,
+            lambda: (
+                are_dates_within([x.get("date") for x in g("reaction") if isinstance(x, dict) and x.get("date")], rng)
+                if g("reaction")
+                else None
+            ),
+        )
     if t == "MedicationDispense":
-        return _chain(lambda: is_date_within(g("whenHandedOver"), rng) if g("whenHandedOver") else None,
-                      lambda: is_date_within(g("whenPrepared"), rng) if g("whenPrepared") else None)
+        return _chain(
+            lambda: is_date_within(g("whenHandedOver"), rng) if g("whenHandedOver") else None,
+            lambda: is_date_within(g("whenPrepared"), rng) if g("whenPrepared") else None,
+        )
     if t == "MedicationRequest":
         return _chain(lambda: is_date_within(g("authoredOn"), rng))
     if t in ("MedicationAdministration", "MedicationStatement", "Observation"):
-        steps = [lambda: is_period_within(g("effectivePeriod"), rng) if g("effectivePeriod") else None,
-                 lambda: is_date_within(g("effectiveDateTime"), rng) if g("effectiveDateTime") else None]
+        steps = [
+            lambda: is_period_within(g("effectivePeriod"), rng) if g("effectivePeriod") else None,
+            lambda: is_date_within(g("effectiveDateTime"), rng) if g("effectiveDateTime") else None,
+        ]
         if t == "Observation":
-            steps += [lambda: is_date_within(g("effectiveInstant"), rng) if g("effectiveInstant") else None,
-                      lambda: is_date_within(g("issued"), rng) if g("issued") else None]
+            steps += [
+                lambda: is_date_within(g("effectiveInstant"), rng) if g("effectiveInstant") else None,
+                lambda: is_date_within(g("issued"), rng) if g("issued") else None,
+            ]
         return _chain(*steps)
     if t == "Procedure":
-        return _chain(lambda: is_period_within(g("performedPeriod"), rng) if g("performedPeriod") else None,
-                      lambda: are_ranges_within([g("performedRange")], rng) if g("performedRange") else None,
-                      lambda: is_date_within(g("performedDateTime"), rng) if g("performedDateTime") else None,
-                      lambda: is_date_within(g("performedString"), rng) if g("performedString") else None,
-                      lambda: is_date_within(add_age_to_dob(g("performedAge"), birth), rng)
-                      if g("performedAge") and birth else None)
+        return _chain(
+            lambda: is_period_within(g("performedPeriod"), rng) if g("performedPeriod") else None,
+            lambda: are_ranges_within([g("performedRange")], rng) if g("performedRange") else None,
+            lambda: is_date_within(g("performedDateTime"), rng) if g("performedDateTime") else None,
+            lambda: is_date_within(g("performedString"), rng) if g("performedString") else None,
+            lambda: (
+                is_date_within(add_age_to_dob(g("performedAge"), birth), rng) if g("performedAge") and birth else None
+            ),
+        )
     if t == "Provenance":
-        return _chain(lambda: is_period_within(g("occurredPeriod"), rng) if g("occurredPeriod") else None,
-                      lambda: is_date_within(g("occurredDateTime"), rng) if g("occurredDateTime") else None,
-                      lambda: is_date_within(g("recorded"), rng) if g("recorded") else None)
+        return _chain(
+            lambda: is_period_within(g("occurredPeriod"), rng) if g("occurredPeriod") else None,
+            lambda: is_date_within(g("occurredDateTime"), rng) if g("occurredDateTime") else None,
+            lambda: is_date_within(g("recorded"), rng) if g("recorded") else None,
+        )
     return True
 
 
@@ -322,7 +390,13 @@ def filter_by_date(entries: list[dict], date_from: str | None = None, date_to: s
     if not date_from and not date_to:
         return entries
     rng = {"dateFrom": date_from, "dateTo": date_to}
-    patient = next((e["resource"] for e in entries
-                    if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == "Patient"), None)
+    patient = next(
+        (
+            e["resource"]
+            for e in entries
+            if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == "Patient"
+        ),
+        None,
+    )
     birth = patient.get("birthDate") if patient else None
     return [e for e in entries if isinstance(e.get("resource"), dict) and _date_keep(e["resource"], rng, birth)]

@@ -27,6 +27,7 @@ DocumentReference (id a new UUID, status current, docStatus preliminary, the sub
 identifiers and metadata) is stored and a presigned upload URL returned; the PUT of the file makes it final and
 lists it among the patient's documents.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,19 +43,39 @@ from .models import Document, iso
 from .parts import BackendCore
 from .storage import UPLOAD_EXPIRES_S, NoSuchKey, RequestExpired
 
-MAX_RESOURCE_COUNT_PER_REQUEST = 50      # data-contribution/shared.ts (sandbox)
-MAX_RESOURCE_STORED_LIMIT = 1000         # data-contribution/shared.ts (sandbox)
+MAX_RESOURCE_COUNT_PER_REQUEST = 50  # data-contribution/shared.ts (sandbox)
+MAX_RESOURCE_STORED_LIMIT = 1000  # data-contribution/shared.ts (sandbox)
 BASE_EXTENSION_URL = "https://public.metriport.com/fhir/StructureDefinition"
-DATA_SOURCE_EXTENSION: dict[str, Any] = {"url": f"{BASE_EXTENSION_URL}/data-source.json",
-                         "valueCoding": {"system": f"{BASE_EXTENSION_URL}/data-source.json", "code": "METRIPORT"}}
+DATA_SOURCE_EXTENSION: dict[str, Any] = {
+    "url": f"{BASE_EXTENSION_URL}/data-source.json",
+    "valueCoding": {"system": f"{BASE_EXTENSION_URL}/data-source.json", "code": "METRIPORT"},
+}
 DOC_ID_EXTENSION_URL = f"{BASE_EXTENSION_URL}/doc-id-extension.json"
 OPERATION_OUTCOME_SYSTEM = f"{BASE_EXTENSION_URL}/operation-outcome"
 REQUEST_ID_HEADER = "x-metriport-request-id"
 # convert-to-transaction-bundle.ts: never sent to the FHIR server
-NOT_STORED = frozenset({"Agent", "AsyncJob", "AccessPolicy", "Binary", "Bot", "BulkDataExport", "Bundle",
-                        "ClientApplication", "DomainConfiguration", "JsonWebKey", "Login", "Parameters",
-                        "PasswordChangeRequest", "Project", "ProjectMembership", "SmartAppLaunch", "User",
-                        "UserConfiguration"})
+NOT_STORED = frozenset(
+    {
+        "Agent",
+        "AsyncJob",
+        "AccessPolicy",
+        "Binary",
+        "Bot",
+        "BulkDataExport",
+        "Bundle",
+        "ClientApplication",
+        "DomainConfiguration",
+        "JsonWebKey",
+        "Login",
+        "Parameters",
+        "PasswordChangeRequest",
+        "Project",
+        "ProjectMembership",
+        "SmartAppLaunch",
+        "User",
+        "UserConfiguration",
+    }
+)
 _UUID_RX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _FHIR_SCHEMA = None
 
@@ -65,6 +86,7 @@ def fhir_schema_problems(resource: dict) -> bool:
     global _FHIR_SCHEMA
     if _FHIR_SCHEMA is None:
         from medport.emulator.medplum.fhir.schema import Validator
+
         _FHIR_SCHEMA = Validator(strict=False)
     return bool(_FHIR_SCHEMA.problems(resource))
 
@@ -119,10 +141,17 @@ def hydrate(bundle: dict, patient_id: str, upload_key: str) -> list[dict]:
 
 
 def _outcome(code: str, display: str, diagnostics: str) -> dict:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "information", "code": "informational",
-                       "details": {"coding": [{"system": OPERATION_OUTCOME_SYSTEM, "code": code, "display": display}]},
-                       "diagnostics": diagnostics}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "details": {"coding": [{"system": OPERATION_OUTCOME_SYSTEM, "code": code, "display": display}]},
+                "diagnostics": diagnostics,
+            }
+        ],
+    }
 
 
 def _content(r: dict) -> str:
@@ -149,19 +178,35 @@ class Contributions(BackendCore):
             patient = self._snapshot(patient_id)
         stored = len(self.patient_record(patient))
         if stored + len(resources) > MAX_RESOURCE_STORED_LIMIT:
-            raise BadRequest("Reached maximum number of resources per patient in Sandbox mode.",
-                             additional_info={"currentAmount": stored, "incomingAmount": len(resources),
-                                              "MAX_RESOURCE_STORED_LIMIT": MAX_RESOURCE_STORED_LIMIT})
+            raise BadRequest(
+                "Reached maximum number of resources per patient in Sandbox mode.",
+                additional_info={
+                    "currentAmount": stored,
+                    "incomingAmount": len(resources),
+                    "MAX_RESOURCE_STORED_LIMIT": MAX_RESOURCE_STORED_LIMIT,
+                },
+            )
         if len(resources) > MAX_RESOURCE_COUNT_PER_REQUEST:
-            raise BadRequest("Cannot create this many resources at a time.",
-                             additional_info={"incomingAmount": len(resources),
-                                              "MAX_RESOURCE_COUNT_PER_REQUEST": MAX_RESOURCE_COUNT_PER_REQUEST})
+            raise BadRequest(
+                "Cannot create this many resources at a time.",
+                additional_info={
+                    "incomingAmount": len(resources),
+                    "MAX_RESOURCE_COUNT_PER_REQUEST": MAX_RESOURCE_COUNT_PER_REQUEST,
+                },
+            )
         with self._lock:
-            entries = [{"response": self._store_contributed(patient_id, r)} for r in resources
-                       if r["resourceType"] not in NOT_STORED]
+            entries = [
+                {"response": self._store_contributed(patient_id, r)}
+                for r in resources
+                if r["resourceType"] not in NOT_STORED
+            ]
             self._save_patient_state(patient_id)
-        return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "transaction-response",
-                "entry": entries}, request_id
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "type": "transaction-response",
+            "entry": entries,
+        }, request_id
 
     def _store_contributed(self, patient_id: str, r: dict) -> dict:
         """A HAPI `PUT Type/id` (lock held): created, updated, or unchanged (same version)."""
@@ -171,22 +216,35 @@ class Contributions(BackendCore):
         now = iso(self.clock())
         version = int(((old or {}).get("meta") or {}).get("versionId") or 0)
         if old is not None and _content(old) == _content(r):
-            return {"status": "200 OK", "location": f"{key}/_history/{version}", "etag": str(version),
-                    "lastModified": old["meta"]["lastUpdated"],
-                    "outcome": _outcome("SUCCESSFUL_UPDATE_NO_CHANGE", "Update succeeded, no changes were detected.",
-                                        f'Successfully updated resource "{key}/_history/{version}" with no changes '
-                                        'detected.')}
+            return {
+                "status": "200 OK",
+                "location": f"{key}/_history/{version}",
+                "etag": str(version),
+                "lastModified": old["meta"]["lastUpdated"],
+                "outcome": _outcome(
+                    "SUCCESSFUL_UPDATE_NO_CHANGE",
+                    "Update succeeded, no changes were detected.",
+                    f'Successfully updated resource "{key}/_history/{version}" with no changes detected.',
+                ),
+            }
         version += 1
         meta = r.get("meta")
-        contributed[key] = {**r, "meta": {**(meta if isinstance(meta, dict) else {}),
-                                          "versionId": str(version), "lastUpdated": now}}
+        contributed[key] = {
+            **r,
+            "meta": {**(meta if isinstance(meta, dict) else {}), "versionId": str(version), "lastUpdated": now},
+        }
         created = old is None
-        return {"status": "201 Created" if created else "200 OK", "location": f"{key}/_history/{version}",
-                "etag": str(version), "lastModified": now,
-                "outcome": _outcome("SUCCESSFUL_CREATE" if created else "SUCCESSFUL_UPDATE",
-                                    "Create succeeded." if created else "Update succeeded.",
-                                    f'Successfully {"created" if created else "updated"} resource '
-                                    f'"{key}/_history/{version}".')}
+        return {
+            "status": "201 Created" if created else "200 OK",
+            "location": f"{key}/_history/{version}",
+            "etag": str(version),
+            "lastModified": now,
+            "outcome": _outcome(
+                "SUCCESSFUL_CREATE" if created else "SUCCESSFUL_UPDATE",
+                "Create succeeded." if created else "Update succeeded.",
+                f'Successfully {"created" if created else "updated"} resource "{key}/_history/{version}".',
+            ),
+        }
 
     # ------------------------------------------------------------------ documents
     def start_document_upload(self, patient_id: str, draft: Any) -> dict:
@@ -201,25 +259,38 @@ class Contributions(BackendCore):
         token = secrets.token_urlsafe(18)
         name = f"{self.cx_id}_{patient_id}_{doc_id}"
         now = iso(self.clock())
-        doc_ref = {"resourceType": "DocumentReference", "id": doc_id,
-                   "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": doc_id},
-                   **({"identifier": copy.deepcopy(draft["identifier"])} if isinstance(draft.get("identifier"), list)
-                      else {}),
-                   "status": "current", "docStatus": "preliminary",
-                   "extension": [{**copy.deepcopy(DATA_SOURCE_EXTENSION),
-                                  "valueCoding": {**DATA_SOURCE_EXTENSION["valueCoding"], "code": "TEMPORARY"}}],
-                   "type": copy.deepcopy(draft["type"]), "date": draft.get("date") or now,
-                   "subject": {"reference": f"Patient/{patient_id}", "type": "Patient"},
-                   "description": draft["description"], "context": copy.deepcopy(draft["context"]),
-                   "content": [{"attachment": {"contentType": "application/xml", "url": name, "title": name}}]}
+        doc_ref = {
+            "resourceType": "DocumentReference",
+            "id": doc_id,
+            "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": doc_id},
+            **({"identifier": copy.deepcopy(draft["identifier"])} if isinstance(draft.get("identifier"), list) else {}),
+            "status": "current",
+            "docStatus": "preliminary",
+            "extension": [
+                {
+                    **copy.deepcopy(DATA_SOURCE_EXTENSION),
+                    "valueCoding": {**DATA_SOURCE_EXTENSION["valueCoding"], "code": "TEMPORARY"},
+                }
+            ],
+            "type": copy.deepcopy(draft["type"]),
+            "date": draft.get("date") or now,
+            "subject": {"reference": f"Patient/{patient_id}", "type": "Patient"},
+            "description": draft["description"],
+            "context": copy.deepcopy(draft["context"]),
+            "content": [{"attachment": {"contentType": "application/xml", "url": name, "title": name}}],
+        }
         for k in ("category", "author", "text"):
             if draft.get(k):
                 doc_ref[k] = copy.deepcopy(draft[k])
         with self._lock:
             self._patient(patient_id)
             self.additions(patient_id).contributed[f"DocumentReference/{doc_id}"] = doc_ref
-            self.document_uploads[token] = {"patientId": patient_id, "docId": doc_id, "name": name,
-                                            "expiresAt": self.clock() + UPLOAD_EXPIRES_S}
+            self.document_uploads[token] = {
+                "patientId": patient_id,
+                "docId": doc_id,
+                "name": name,
+                "expiresAt": self.clock() + UPLOAD_EXPIRES_S,
+            }
             self._save("document_upload", token, self.document_uploads[token])
             self._save_patient_state(patient_id)
         url = self.public_base_url + self.files.upload_url(token, name)
@@ -242,14 +313,23 @@ class Contributions(BackendCore):
             ctype = content_type or "application/octet-stream"
             ref = self.additions(pid).contributed.get(f"DocumentReference/{doc_id}")
             if ref is not None:
-                ref.update(docStatus="final", extension=[copy.deepcopy(DATA_SOURCE_EXTENSION)],
-                           content=[{"attachment": {"contentType": ctype, "size": len(content), "title": name,
-                                                    "url": name}}])
+                ref.update(
+                    docStatus="final",
+                    extension=[copy.deepcopy(DATA_SOURCE_EXTENSION)],
+                    content=[{"attachment": {"contentType": ctype, "size": len(content), "title": name, "url": name}}],
+                )
             docs = [d for d in self.documents.get(pid, []) if d.id != doc_id]
-            docs.append(Document(id=doc_id, file_name=f"{self.cx_id}/{pid}/{name}",
-                                 description=(ref or {}).get("description") or "Uploaded document",
-                                 indexed=iso(self.clock()), type=copy.deepcopy((ref or {}).get("type") or {}),
-                                 content=content, mime_type=ctype))
+            docs.append(
+                Document(
+                    id=doc_id,
+                    file_name=f"{self.cx_id}/{pid}/{name}",
+                    description=(ref or {}).get("description") or "Uploaded document",
+                    indexed=iso(self.clock()),
+                    type=copy.deepcopy((ref or {}).get("type") or {}),
+                    content=content,
+                    mime_type=ctype,
+                )
+            )
             self.documents[pid] = docs
             self._save_patient_state(pid)
         return True

@@ -19,6 +19,7 @@ patient notification: `patient.admit` | `patient.transfer` | `patient.discharge`
 `POST /patients/<id>/messages {status, reason?}` (`message.status`), `POST /patients/<id>/bulk-download-paged
 {pageSize?}` (`medical.document-bulk-download-paged`) and `GET /patients/<id>/stays`. Bodies are checked strictly; a refused request changes nothing.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,7 +46,9 @@ def require_key() -> None:
 def _object_body() -> dict:
     body = parse_json_text(request.get_data(cache=True).decode("utf-8", errors="replace"))
     if not isinstance(body, dict):
-        raise DevError([f"body: Expected object, received {'array' if isinstance(body, list) else type(body).__name__}"])
+        raise DevError(
+            [f"body: Expected object, received {'array' if isinstance(body, list) else type(body).__name__}"]
+        )
     return body
 
 
@@ -53,8 +56,12 @@ def public_settings() -> dict:
     """The webhook settings without secrets: no key, the URL's credentials redacted."""
     backend = current_backend()
     s = backend.get_settings()
-    return {"id": s["id"], "webhookUrl": redact_url(s["webhookUrl"]), "webhookKeySet": bool(s["webhookKey"]),
-            "mrFilters": s.get("mrFilters")} | backend.webhook_status()
+    return {
+        "id": s["id"],
+        "webhookUrl": redact_url(s["webhookUrl"]),
+        "webhookKeySet": bool(s["webhookKey"]),
+        "mrFilters": s.get("mrFilters"),
+    } | backend.webhook_status()
 
 
 @bp.get("/faults")
@@ -80,8 +87,11 @@ def set_rate_limits():
     them lifted without waiting a minute."""
     body = _object_body()
     rates = current_backend().rates
-    problems = [f"{k}: unknown key (allowed: limits, windowSeconds, reset)" for k in body
-                if k not in ("limits", "windowSeconds", "reset")]
+    problems = [
+        f"{k}: unknown key (allowed: limits, windowSeconds, reset)"
+        for k in body
+        if k not in ("limits", "windowSeconds", "reset")
+    ]
     window: Any = body.get("windowSeconds")
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 3600):
         problems.append("windowSeconds: must be an integer from 1 to 3600")
@@ -120,26 +130,42 @@ def reset():
 @bp.get("/state")
 def state():
     backend = current_backend()
-    return jsonify({"facilityId": backend.seeded_facility_id, "patients": backend.list_patients(),
-                    "knownFirstNames": backend.known_first_names(),
-                    "settings": public_settings(), "faults": backend.faults.snapshot()})
+    return jsonify(
+        {
+            "facilityId": backend.seeded_facility_id,
+            "patients": backend.list_patients(),
+            "knownFirstNames": backend.known_first_names(),
+            "settings": public_settings(),
+            "faults": backend.faults.snapshot(),
+        }
+    )
 
 
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+\Z")
 
 
 def _webhook_settings(body: dict) -> tuple[str | None, str | None, bool]:
-    problems: list[str] = [f"{k}: unknown key (allowed: webhookUrl, webhookKey, ping)"
-                           for k in body if k not in ("webhookUrl", "webhookKey", "ping")]
+    problems: list[str] = [
+        f"{k}: unknown key (allowed: webhookUrl, webhookKey, ping)"
+        for k in body
+        if k not in ("webhookUrl", "webhookKey", "ping")
+    ]
     url: Any = body.get("webhookUrl")
     if url not in (None, ""):
         if not isinstance(url, str):
             problems.append("webhookUrl: Expected string or null")
-        elif (len(url) > schemas.MAX_WEBHOOK_URL_LENGTH or not url.lower().startswith(("http://", "https://"))
-              or not schemas.is_url(url)):
-            problems.append(f"webhookUrl: must be an http(s) URL of at most {schemas.MAX_WEBHOOK_URL_LENGTH} characters")
+        elif (
+            len(url) > schemas.MAX_WEBHOOK_URL_LENGTH
+            or not url.lower().startswith(("http://", "https://"))
+            or not schemas.is_url(url)
+        ):
+            problems.append(
+                f"webhookUrl: must be an http(s) URL of at most {schemas.MAX_WEBHOOK_URL_LENGTH} characters"
+            )
     key: Any = body.get("webhookKey")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or not _KEY_CHARS.match(key)):
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or not _KEY_CHARS.match(key)
+    ):
         problems.append(f"webhookKey: Expected 1..{MAX_KEY_LENGTH} printable ASCII characters")
     ping: Any = body.get("ping", False)
     if not isinstance(ping, bool):
@@ -223,8 +249,11 @@ def patient_notification(patient_id: str):
     for k in ("type", "at", "facility"):
         if body.get(k) is not None and not isinstance(body[k], str):
             problems.append(f"{k}: Expected string")
-    if body.get("at") is not None and isinstance(body["at"], str) and not re.fullmatch(
-            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z", body["at"]):
+    if (
+        body.get("at") is not None
+        and isinstance(body["at"], str)
+        and not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z", body["at"])
+    ):
         problems.append("at: expected an ISO datetime like 2025-01-28T23:00:00.000Z")
     kinds = (*adt.EVENTS, *SOURCE_NOTIFICATIONS)
     if body.get("type") not in kinds:
@@ -233,8 +262,9 @@ def patient_notification(patient_id: str):
         raise DevError(problems)
     if body.get("type") in SOURCE_NOTIFICATIONS:
         return jsonify(current_backend().send_source_notification(patient_id, body["type"], at=body.get("at")))
-    out = current_backend().send_patient_notification(patient_id, body.get("type") or "", at=body.get("at"),
-                                                      facility=body.get("facility"), to=body.get("to"))
+    out = current_backend().send_patient_notification(
+        patient_id, body.get("type") or "", at=body.get("at"), facility=body.get("facility"), to=body.get("to")
+    )
     return jsonify(out)
 
 

@@ -10,6 +10,7 @@ required, no IP domain, no underscores, 254/64/254 length limits). Lengths are J
 (UTF-16 code units); byte lengths are UTF-8. A test compares it with the npm package on generated
 addresses.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,8 @@ _UTF8_RANGES = "\u00a1-\ud7ff\uf900-\ufdcf\ufdf0-\uffef"
 _USER_UTF8_PART = re.compile(r"[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~" + _UTF8_RANGES + r"]+\Z")
 _QUOTED_USER_UTF8 = re.compile(
     r"(?:[" + _SP + r"\x01-\x08\x0b\x0c\x0e-\x1f\x7f\x21\x23-\x5b\x5d-\x7e\u00a0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef]"
-    r"|\\[\x01-\x09\x0b\x0c\x0d-\x7f\u00a0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef])*\Z")
+    r"|\\[\x01-\x09\x0b\x0c\x0d-\x7f\u00a0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef])*\Z"
+)
 _TLD = re.compile(r"(?:[a-zA-Z\u00a1-\u00a8\u00aa-\ud7ff\uf900-\ufdcf\ufdf0-\uffef]{2,}|[xX][nN][a-zA-Z0-9-]{2,})\Z")
 _LABEL = re.compile(r"[a-zA-Z_\u00a1-\U0010ffff0-9-]+\Z")
 _FULL_WIDTH = re.compile("[\uff01-\uff5e]")

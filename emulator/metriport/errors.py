@@ -14,6 +14,7 @@ unknown route's `{"message": "Not Found"}` (routes/helpers/not-found-handler.ts)
 `{"message": "Forbidden"}` for a missing or wrong API key, and the 423 JSON string of a patient update
 during a document query (routes/medical/patient.ts).
 """
+
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -26,8 +27,9 @@ class MetriportError(Exception):
     status = 500
     title = "MetriportError"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None,
-                 additional_info: dict[str, Any] | None = None):
+    def __init__(
+        self, detail: str, *, headers: dict[str, str] | None = None, additional_info: dict[str, Any] | None = None
+    ):
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
@@ -61,6 +63,7 @@ class BadRequest(MetriportError):
 
 class ValidationError(BadRequest):
     """A ZodError: each issue rendered `<message>, on [<path>]`, joined by ", "."""
+
     title = "Missing or invalid parameters"
 
     def __init__(self, issues: list[Issue]):
@@ -84,6 +87,7 @@ class NotFound(MetriportError):
 
 class ServerError(MetriportError):
     """Metriport's fallback for an unexpected error."""
+
     status = 500
     title = "InternalServerError"
 
@@ -95,8 +99,9 @@ class RawError(MetriportError):
     """An answer outside the `{status, title, detail, name}` shape: `payload` is sent as is
     (a str with `mimetype` text/html, or JSON)."""
 
-    def __init__(self, status: int, payload: Any, *, mimetype: str = "application/json",
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, payload: Any, *, mimetype: str = "application/json", headers: dict[str, str] | None = None
+    ):
         self.status = status
         self.payload = payload
         self.mimetype = mimetype
@@ -147,5 +152,6 @@ class DevError(BadRequest):
 
 class DevUnauthorized(MetriportError):
     """The developer API without the fake's API key."""
+
     status = 401
     title = "UnauthorizedError"

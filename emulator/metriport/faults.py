@@ -4,6 +4,7 @@
 injects API failures (`maybe_fail`); `RateLimiter` enforces Metriport's per-minute limits on
 the injectable clock, so tests move time instead of sleeping.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,17 @@ from typing import Any
 from .errors import DevError, ServerError, ServiceUnavailable, TooManyRequests
 
 DEFAULTS: dict[str, Any] = {
-    "rate_limiting": True,        # enforce per-minute limits (429)
-    "error_rate": 0.0,            # probability of a 500 on /medical/v1 routes
-    "slow_ms": 0,                 # added latency on every API response
+    "rate_limiting": True,  # enforce per-minute limits (429)
+    "error_rate": 0.0,  # probability of a 500 on /medical/v1 routes
+    "slow_ms": 0,  # added latency on every API response
     "duplicate_deliveries": False,  # every webhook message delivered twice
-    "simultaneous_deliveries": 0,   # every webhook message delivered N times at the same moment (0/1 = once)
-    "expired_urls": False,        # presigned URLs are born expired
+    "simultaneous_deliveries": 0,  # every webhook message delivered N times at the same moment (0/1 = once)
+    "expired_urls": False,  # presigned URLs are born expired
     "expire_next_consolidated": 0,  # the next N consolidated results get expired URLs (deterministic)
-    "bad_signatures": False,      # webhook messages signed with a wrong key
-    "fail_next": 0,               # the next N /medical/v1 calls fail with fail_status (deterministic)
-    "fail_status": 500,           # 500, 503 or 429 (429 carries Retry-After: 1)
-    "expire_next_upload": 0,      # the next N bulk patient create upload URLs are born expired (deterministic)
+    "bad_signatures": False,  # webhook messages signed with a wrong key
+    "fail_next": 0,  # the next N /medical/v1 calls fail with fail_status (deterministic)
+    "fail_status": 500,  # 500, 503 or 429 (429 carries Retry-After: 1)
+    "expire_next_upload": 0,  # the next N bulk patient create upload URLs are born expired (deterministic)
     # bulk patient create: every patient created goes through the sandbox's document query (its
     # medical.document-download, and for the seed names medical.document-conversion) before the job completes,
     # as Metriport's sandbox does (external/commonwell/document/document-query-sandbox.ts); off: created only
@@ -39,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "sandbox_network_sources": False,
 }
 FAIL_STATUSES = (429, 500, 503)
-MAX_SLOW_MS = 60_000           # one minute of added latency at most
-MAX_COUNT = 1_000_000          # fail_next / expire_next_consolidated
+MAX_SLOW_MS = 60_000  # one minute of added latency at most
+MAX_COUNT = 1_000_000  # fail_next / expire_next_consolidated
 # Metriport's per-operation limits per minute (@metriport/shared domain/rate-limiting defaultOperationLimits)
 RATE_LIMITS = {"patient": 15, "document_query": 20, "consolidated": 120}
 # errorMessageByOperation: the plain-text 429 body of each
@@ -57,8 +58,12 @@ def _problem(name: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f"{name}: Expected boolean"
     # an int of any size is finite (math.isfinite of a 400-digit int raises OverflowError)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-            (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value < 0
+    ):
         return f"{name}: Expected a non-negative number"
     if name == "error_rate" and value > 1:
         return "error_rate: must be between 0 and 1"
@@ -66,7 +71,9 @@ def _problem(name: str, value: Any) -> str | None:
         return "simultaneous_deliveries: must be an integer from 0 to 20"
     if name == "slow_ms" and value > MAX_SLOW_MS:
         return f"slow_ms: must be at most {MAX_SLOW_MS}"
-    if name in ("fail_next", "expire_next_consolidated", "expire_next_upload") and (value != int(value) or value > MAX_COUNT):
+    if name in ("fail_next", "expire_next_consolidated", "expire_next_upload") and (
+        value != int(value) or value > MAX_COUNT
+    ):
         return f"{name}: must be a whole number up to {MAX_COUNT}"
     if name == "fail_status" and value not in FAIL_STATUSES:
         return "fail_status: must be 429, 500 or 503"
@@ -101,8 +108,11 @@ class Faults:
             raise DevError(problems)
         with self._lock:
             for name, value in changes.items():
-                self._values[name] = int(value) if name in ("fail_next", "expire_next_consolidated", "expire_next_upload", "fail_status") \
+                self._values[name] = (
+                    int(value)
+                    if name in ("fail_next", "expire_next_consolidated", "expire_next_upload", "fail_status")
                     else value
+                )
             return dict(self._values)
 
     def take(self, counter: str) -> bool:
@@ -155,8 +165,10 @@ class RateLimiter:
         """Per bucket: its limit per minute and the calls counted in the current window."""
         with self._lock:
             now = self._clock()
-            return {k: {"limit": self.limits[k], "used": sum(1 for t in self._hits[k] if now - t < self.window_s)}
-                    for k in self.limits} | {"windowSeconds": self.window_s}
+            return {
+                k: {"limit": self.limits[k], "used": sum(1 for t in self._hits[k] if now - t < self.window_s)}
+                for k in self.limits
+            } | {"windowSeconds": self.window_s}
 
     def check(self, bucket: str, *, enforce: bool = True) -> None:
         """Count one call; over the limit raise 429 with Retry-After (unless not enforced: then only count)."""
@@ -168,8 +180,14 @@ class RateLimiter:
             if enforce and len(hits) >= self.limits[bucket]:
                 retry = max(1, int(window - (now - hits[0])) + 1)
                 limit = self.limits[bucket]
-                raise TooManyRequests(RATE_LIMIT_MESSAGES.get(bucket, "Too many requests, please try again later."),
-                                      headers={"Retry-After": str(retry), "RateLimit-Policy": f"{limit};w={window}",
-                                               "RateLimit-Limit": str(limit), "RateLimit-Remaining": "0",
-                                               "RateLimit-Reset": str(retry)})
+                raise TooManyRequests(
+                    RATE_LIMIT_MESSAGES.get(bucket, "Too many requests, please try again later."),
+                    headers={
+                        "Retry-After": str(retry),
+                        "RateLimit-Policy": f"{limit};w={window}",
+                        "RateLimit-Limit": str(limit),
+                        "RateLimit-Remaining": "0",
+                        "RateLimit-Reset": str(retry),
+                    },
+                )
             hits.append(now)

@@ -1,6 +1,7 @@
 """Reading the fake's requests the way Metriport's Express app does (express.json/urlencoded, qs), checking
 the API key, and the one `current_backend()` accessor: what api.py and devapi.py share (as emulator/medplum/httpio.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,11 @@ from . import rules
 from .backend import MetriportBackend
 from .errors import HttpError
 
-EXTENSION = "metriport"               # app.extensions key of the backend
+EXTENSION = "metriport"  # app.extensions key of the backend
 API_KEY_CONFIG = "METRIPORT_API_KEY"  # app.config key of the accepted API key
 API_KEY_HEADER = "x-api-key"
-MAX_BODY_BYTES = 20 * 1024 * 1024     # express.json({ limit: "20mb" })
-QS_PARAMETER_LIMIT = 1000             # qs parameterLimit
+MAX_BODY_BYTES = 20 * 1024 * 1024  # express.json({ limit: "20mb" })
+QS_PARAMETER_LIMIT = 1000  # qs parameterLimit
 
 
 def current_backend() -> MetriportBackend:
@@ -133,7 +134,7 @@ def query_object() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in _query_pairs():
         if "[" in k and k.endswith("]") and not k.startswith("["):
-            base, sub = k.split("[", 1)[0], k[k.index("[") + 1:-1]
+            base, sub = k.split("[", 1)[0], k[k.index("[") + 1 : -1]
             if sub == "" or sub.isdigit():
                 out[base] = [*out[base], v] if isinstance(out.get(base), list) else [v]
             else:

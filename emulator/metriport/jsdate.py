@@ -14,6 +14,7 @@ and refuses the same strings as Metriport; a test runs the real dayjs in Node on
 and compares. Times without a zone are local time in V8; Metriport's servers (and these tests) run
 in UTC, so local time is taken as UTC.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,10 +22,13 @@ from dataclasses import dataclass, field
 
 from ..jsbehaviour import JS_SPACE_CLASS, JS_WHITESPACE, js_number, js_substring, utf16_units
 
-MAX_TIME_MS = 8.64e15            # ECMAScript TimeClip bound
+MAX_TIME_MS = 8.64e15  # ECMAScript TimeClip bound
 _DAYJS_REGEX_PARSE = re.compile(
-    r"(\d{4})[-/]?(\d{1,2})?[-/]?(\d{0,2})[Tt" + JS_SPACE_CLASS[1:-1] + r"]*(\d{1,2})?:?(\d{1,2})?:?(\d{1,2})?[.:]?(\d+)?\Z",
-    re.ASCII)
+    r"(\d{4})[-/]?(\d{1,2})?[-/]?(\d{0,2})[Tt"
+    + JS_SPACE_CLASS[1:-1]
+    + r"]*(\d{1,2})?:?(\d{1,2})?:?(\d{1,2})?[.:]?(\d+)?\Z",
+    re.ASCII,
+)
 _WS_UNITS = frozenset(ord(c) for c in JS_WHITESPACE)
 _WS_NOT_LINE_TERMINATOR = _WS_UNITS - {0x0A, 0x0D, 0x2028, 0x2029}  # V8 IsWhiteSpace (words stop at these)
 
@@ -41,8 +45,17 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + doe - 719468
 
 
-def make_date_ms(year: float, month: float, day: float, h: float = 0, mi: float = 0, s: float = 0,
-                 ms: float = 0, *, clip: bool = True) -> float | None:
+def make_date_ms(
+    year: float,
+    month: float,
+    day: float,
+    h: float = 0,
+    mi: float = 0,
+    s: float = 0,
+    ms: float = 0,
+    *,
+    clip: bool = True,
+) -> float | None:
     """MakeDate(MakeDay(year, month(0-based), day), MakeTime(...)), then TimeClip unless `clip` is
     False (V8 applies a parsed UTC offset before clipping); None = NaN."""
     vals = (year, month, day, h, mi, s, ms)
@@ -56,8 +69,9 @@ def make_date_ms(year: float, month: float, day: float, h: float = 0, mi: float 
     return float(t) if not clip or abs(t) <= MAX_TIME_MS else None
 
 
-def date_utc(y: float, m: float = 0, d: float = 1, h: float = 0, mi: float = 0, s: float = 0,
-             ms: float = 0) -> float | None:
+def date_utc(
+    y: float, m: float = 0, d: float = 1, h: float = 0, mi: float = 0, s: float = 0, ms: float = 0
+) -> float | None:
     """`Date.UTC(y, m, d, h, mi, s, ms)` (years 0..99 mean 1900..1999)."""
     if y == y and 0 <= int(y) <= 99:
         y = 1900 + int(y)
@@ -73,17 +87,32 @@ def _between(x: int, lo: int, hi: int) -> bool:
 
 
 MONTH, TZ_NAME, TIME_SEP, AM_PM, INVALID = "month", "tz", "t", "ampm", "invalid"
-_KEYWORDS = [(w, MONTH, i + 1) for i, w in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))] + [
-    ("am", AM_PM, 0), ("pm", AM_PM, 12), ("ut", TZ_NAME, 0), ("utc", TZ_NAME, 0), ("z", TZ_NAME, 0),
-    ("gmt", TZ_NAME, 0), ("cdt", TZ_NAME, -5), ("cst", TZ_NAME, -6), ("edt", TZ_NAME, -4), ("est", TZ_NAME, -5),
-    ("mdt", TZ_NAME, -6), ("mst", TZ_NAME, -7), ("pdt", TZ_NAME, -7), ("pst", TZ_NAME, -8), ("t", TIME_SEP, 0)]
+_KEYWORDS = [
+    (w, MONTH, i + 1)
+    for i, w in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
+] + [
+    ("am", AM_PM, 0),
+    ("pm", AM_PM, 12),
+    ("ut", TZ_NAME, 0),
+    ("utc", TZ_NAME, 0),
+    ("z", TZ_NAME, 0),
+    ("gmt", TZ_NAME, 0),
+    ("cdt", TZ_NAME, -5),
+    ("cst", TZ_NAME, -6),
+    ("edt", TZ_NAME, -4),
+    ("est", TZ_NAME, -5),
+    ("mdt", TZ_NAME, -6),
+    ("mst", TZ_NAME, -7),
+    ("pdt", TZ_NAME, -7),
+    ("pst", TZ_NAME, -8),
+    ("t", TIME_SEP, 0),
+]
 
 
 @dataclass
 class _Tok:
-    kind: str            # number | symbol | word | space | unknown | end | invalid
-    value: int = 0       # number value / symbol char code / keyword value
+    kind: str  # number | symbol | word | space | unknown | end | invalid
+    value: int = 0  # number value / symbol char code / keyword value
     length: int = 0
     word: str = INVALID  # keyword type for words
 

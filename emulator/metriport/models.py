@@ -2,6 +2,7 @@
 
 No locking here: the backend guards these objects with its lock.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,15 @@ class Facility:
     address: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "eTag": "1", "name": self.name, "npi": self.npi, "tin": self.tin,
-                "active": self.active, "address": copy.deepcopy(self.address)}
+        return {
+            "id": self.id,
+            "eTag": "1",
+            "name": self.name,
+            "npi": self.npi,
+            "tin": self.tin,
+            "active": self.active,
+            "address": copy.deepcopy(self.address),
+        }
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Patient:
     id: str
     facility_ids: list[str]
     date_created: str
-    demographics: dict          # validated: firstName, lastName, dob, genderAtBirth, address, contact[, personalIdentifiers]
+    demographics: dict  # validated: firstName, lastName, dob, genderAtBirth, address, contact[, personalIdentifiers]
     external_id: str | None = None
     etag: int = 1
 
@@ -69,6 +77,7 @@ class Patient:
 @dataclass
 class Progress:
     """One phase (download or convert) of a document query; counts absent until known."""
+
     status: str = "processing"
     total: int | None = None
     successful: int | None = None
@@ -98,6 +107,7 @@ class DocumentQuery:
 @dataclass
 class Document:
     """A document (C-CDA XML) a document query 'found'; `content` is what its URL serves."""
+
     id: str
     file_name: str
     description: str
@@ -113,25 +123,46 @@ class Document:
 
     def to_dict(self) -> dict:
         """The document as webhooks list it (the caller adds `url`)."""
-        return {"id": self.id, "fileName": self.file_name, "description": self.description, "status": self.status,
-                "indexed": self.indexed, "mimeType": self.mime_type, "size": len(self.content),
-                "type": copy.deepcopy(self.type)}
+        return {
+            "id": self.id,
+            "fileName": self.file_name,
+            "description": self.description,
+            "status": self.status,
+            "indexed": self.indexed,
+            "mimeType": self.mime_type,
+            "size": len(self.content),
+            "type": copy.deepcopy(self.type),
+        }
 
     def to_fhir(self, patient_id: str, base_url: str) -> dict:
         """The DocumentReference `GET /document` answers with."""
-        return {"resourceType": "DocumentReference", "id": self.id, "status": "current",
-                "subject": {"reference": f"Patient/{patient_id}"}, "type": copy.deepcopy(self.type),
-                "date": self.indexed, "description": self.description,
-                "content": [{"attachment": {"contentType": self.mime_type, "fileName": self.file_name,
-                                            "title": self.file_name, "size": len(self.content),
-                                            "url": f"{base_url}/medical/v1/document/download-url?fileName={self.file_name}"}}]}
+        return {
+            "resourceType": "DocumentReference",
+            "id": self.id,
+            "status": "current",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "type": copy.deepcopy(self.type),
+            "date": self.indexed,
+            "description": self.description,
+            "content": [
+                {
+                    "attachment": {
+                        "contentType": self.mime_type,
+                        "fileName": self.file_name,
+                        "title": self.file_name,
+                        "size": len(self.content),
+                        "url": f"{base_url}/medical/v1/document/download-url?fileName={self.file_name}",
+                    }
+                }
+            ],
+        }
 
 
 @dataclass
 class BulkUrlQuery:
     request_id: str
     status: str = "processing"
-    metadata: dict | None = None   # sent back in the webhook's meta.data
+    metadata: dict | None = None  # sent back in the webhook's meta.data
 
 
 @dataclass
@@ -139,15 +170,19 @@ class ConsolidatedQuery:
     request_id: str
     started_at: str
     conversion_type: str
-    metadata: dict | None = None   # sent back in the webhook's meta.data, never in the DTO
+    metadata: dict | None = None  # sent back in the webhook's meta.data, never in the DTO
     resources: list[str] | None = None
     date_from: str | None = None
     date_to: str | None = None
     status: str = "processing"
 
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"requestId": self.request_id, "status": self.status, "startedAt": self.started_at,
-                             "conversionType": self.conversion_type}
+        d: dict[str, Any] = {
+            "requestId": self.request_id,
+            "status": self.status,
+            "startedAt": self.started_at,
+            "conversionType": self.conversion_type,
+        }
         if self.date_from:
             d["dateFrom"] = self.date_from
         if self.date_to:
@@ -161,6 +196,7 @@ class ConsolidatedQuery:
 class StoredFile:
     """A file behind a presigned URL; past `expires_at` the URL answers S3's 'Request has expired'. `make`: the
     content is made on first read (the gzip copy of a consolidated bundle: bots download the JSON one)."""
+
     content: bytes
     content_type: str
     expires_at: float
@@ -187,19 +223,24 @@ class WebhookSettings:
 
     def to_dict(self) -> dict:
         """SettingsDTO (routes/settings.ts)."""
-        return {"id": self.id, "webhookUrl": self.webhook_url, "webhookKey": self.webhook_key,
-                "mrFilters": copy.deepcopy(self.mr_filters)}
+        return {
+            "id": self.id,
+            "webhookUrl": self.webhook_url,
+            "webhookKey": self.webhook_key,
+            "mrFilters": copy.deepcopy(self.mr_filters),
+        }
 
 
 @dataclass
 class Delivery:
     """One webhook message and what became of it (the `/_fake/webhooks` log)."""
+
     message_id: str
     type: str
     body: str
     when: str
     request_id: str | None = None
-    status: str = "processing"   # processing | success | failure (pings: success | ping-failed)
+    status: str = "processing"  # processing | success | failure (pings: success | ping-failed)
     attempts: int = 0
     http_status: int | None = None
     detail: str | None = None
@@ -209,10 +250,19 @@ class Delivery:
     duration_ms: float | None = None  # time the receiver took to answer (Metriport allows ~4 s)
 
     def to_dict(self, include_body: bool = True) -> dict:
-        d = {"messageId": self.message_id, "type": self.type, "when": self.when, "requestId": self.request_id,
-             "status": self.status, "attempts": self.attempts, "httpStatus": self.http_status,
-             "detail": self.detail, "url": redact_url(self.url), "signature": self.signature,
-             "durationMs": self.duration_ms}
+        d = {
+            "messageId": self.message_id,
+            "type": self.type,
+            "when": self.when,
+            "requestId": self.request_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "httpStatus": self.http_status,
+            "detail": self.detail,
+            "url": redact_url(self.url),
+            "signature": self.signature,
+            "durationMs": self.duration_ms,
+        }
         if include_body:
             d["body"] = self.body
             d["payload"] = json.loads(self.body)
@@ -237,6 +287,7 @@ class BulkImportJob:
     `status`: waiting → processing → completed, or failed (core patient-import `status.ts`: there is no
     `expired` in the code — a job whose upload URL expired just stays `waiting`). `entries`: one per CSV row,
     `{rowNumber, raw, status (waiting|processing|successful|failed), patientId?, reason?}`."""
+
     id: str
     facility_id: str
     dry_run: bool
@@ -250,7 +301,7 @@ class BulkImportJob:
     total: int = 0
     successful: int = 0
     failed: int = 0
-    uploads: int = 0                         # PUTs to the upload URL (Metriport: "should only be used once")
+    uploads: int = 0  # PUTs to the upload URL (Metriport: "should only be used once")
     upload_content_type: str | None = None
     headers: list[str] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list)
@@ -258,28 +309,46 @@ class BulkImportJob:
 
     def to_dto(self, upload_url: str) -> dict:
         """PatientImportDto (routes/medical/dtos/patient-import.ts)."""
-        return {"requestId": self.id, "facilityId": self.facility_id, "status": self.status, "uploadUrl": upload_url,
-                "params": {"dryRun": self.dry_run}, "createdAt": self.created_at}
+        return {
+            "requestId": self.id,
+            "facilityId": self.facility_id,
+            "status": self.status,
+            "uploadUrl": upload_url,
+            "params": {"dryRun": self.dry_run},
+            "createdAt": self.created_at,
+        }
 
     def summary(self) -> dict:
-        return {"requestId": self.id, "facilityId": self.facility_id, "status": self.status, "reason": self.reason,
-                "dryRun": self.dry_run, "createdAt": self.created_at, "startedAt": self.started_at,
-                "finishedAt": self.finished_at, "total": self.total, "successful": self.successful,
-                "failed": self.failed, "uploads": self.uploads, "uploadContentType": self.upload_content_type}
+        return {
+            "requestId": self.id,
+            "facilityId": self.facility_id,
+            "status": self.status,
+            "reason": self.reason,
+            "dryRun": self.dry_run,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "total": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "uploads": self.uploads,
+            "uploadContentType": self.upload_content_type,
+        }
 
 
 @dataclass
 class Stay:
     """A patient's hospital stay as realtime notifications report it (one Encounter, like Metriport's
     ADT-sourced encounter: its id derived from the visit number and the patient, merged message by message)."""
+
     encounter_id: str
     visit_number: str
     facility: str
     admitted_at: str
-    status: str = "in-progress"              # in-progress | finished
+    status: str = "in-progress"  # in-progress | finished
     discharged_at: str | None = None
-    transfers: list[dict] = field(default_factory=list)   # {timestamp, sourceLocation, destinationLocation}
-    locations: list[dict] = field(default_factory=list)   # {name, type, since}: every location of the stay, in order
+    transfers: list[dict] = field(default_factory=list)  # {timestamp, sourceLocation, destinationLocation}
+    locations: list[dict] = field(default_factory=list)  # {name, type, since}: every location of the stay, in order
     reason: str = "Chest pain"
 
 
@@ -294,6 +363,7 @@ class NetworkQuery:
     """One network query (`POST /network/query`): Metriport's datasource_query rows of one requestId.
     `sources`: one `{source, specificSource, status, createdAt, completedAt?, error?}` per source, in the
     order asked; `error` = `{httpStatus, message, timestamp}` (SourceQueryError without `source`)."""
+
     request_id: str
     patient_id: str
     created_at: str
@@ -327,15 +397,23 @@ class NetworkQuery:
         `errors` only when a source failed (with its error data)."""
         sources = []
         for r in self.sources:
-            s = {"type": r["source"], "status": "processing" if r["status"] in NQ_PROCESSING else r["status"],
-                 "startedAt": r["createdAt"]}
+            s = {
+                "type": r["source"],
+                "status": "processing" if r["status"] in NQ_PROCESSING else r["status"],
+                "startedAt": r["createdAt"],
+            }
             if r.get("completedAt"):
                 s["completedAt"] = r["completedAt"]
             sources.append(s)
-        dto: dict[str, Any] = {"requestId": self.request_id, "startedAt": self.created_at, "status": self.status(),
-                               "sources": sources}
-        errors = [{"source": r["source"], **r["error"]} for r in self.sources
-                  if r["status"] == "failed" and r.get("error")]
+        dto: dict[str, Any] = {
+            "requestId": self.request_id,
+            "startedAt": self.created_at,
+            "status": self.status(),
+            "sources": sources,
+        }
+        errors = [
+            {"source": r["source"], **r["error"]} for r in self.sources if r["status"] == "failed" and r.get("error")
+        ]
         if errors:
             dto["errors"] = errors
         return dto
@@ -346,6 +424,7 @@ class PatientAdditions:
     """What a patient's consolidated record holds beyond its HIE (seed) data: the network sources that completed
     (their data merged), resources from realtime pharmacy/lab notifications, and the customer's contributions
     (`PUT /patient/:id/consolidated`, `POST /document/upload`) by `Type/id`."""
+
     sources: list[str] = field(default_factory=list)
     extra: list[dict] = field(default_factory=list)
     contributed: dict[str, dict] = field(default_factory=dict)

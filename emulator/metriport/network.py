@@ -12,6 +12,7 @@ consolidated record and `network-query.<source>` goes out (update-datasource-que
 (network-query-webhook.ts: 4 hours; the docs say 3 minutes). The first HIE data converted sends
 `network-query.hie.first-data-ready` (a special event: no status change).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,11 +31,15 @@ CONSOLIDATED_URL_EXPIRES_S = 4 * 3600  # network-query-webhook.ts CONSOLIDATED_U
 NOTIFICATION_URL_EXPIRES_S = 600  # as the ADT notifications' (hl7-notification-webhook-sender-direct.ts)
 SOURCE_DELAYS = {src.PHARMACY: 2, src.LAB: 3}  # roster fills after this many delay_s steps (HIE: its document query)
 # hie-query.ts, pharmacy-query.ts, laboratory-query.ts
-NOT_ENABLED = {src.HIE: "HIE data source is not enabled for this account",
-               src.PHARMACY: "Pharmacy data source is not enabled for this account",
-               src.LAB: "Laboratory data source is not enabled for this account"}
-SANDBOX_REFUSED = {src.PHARMACY: "Pharmacy data source is not supported in sandbox mode",
-                   src.LAB: "Laboratory data source is not supported in sandbox mode"}
+NOT_ENABLED = {
+    src.HIE: "HIE data source is not enabled for this account",
+    src.PHARMACY: "Pharmacy data source is not enabled for this account",
+    src.LAB: "Laboratory data source is not enabled for this account",
+}
+SANDBOX_REFUSED = {
+    src.PHARMACY: "Pharmacy data source is not supported in sandbox mode",
+    src.LAB: "Laboratory data source is not supported in sandbox mode",
+}
 QUERY_FAILED = {src.HIE: "Unexpected error querying HIE data source"}
 
 
@@ -81,8 +86,13 @@ class NetworkQueries(BackendCore):
         bundle = {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries}
         raw = bundle_json(bundle)
         expired = self.faults.take("expire_next_consolidated")
-        return self.store_file(raw, "application/json", f"{patient.id}_CONSOLIDATED_DATA.json",
-                               expires_s=CONSOLIDATED_URL_EXPIRES_S, expired=expired)
+        return self.store_file(
+            raw,
+            "application/json",
+            f"{patient.id}_CONSOLIDATED_DATA.json",
+            expires_s=CONSOLIDATED_URL_EXPIRES_S,
+            expired=expired,
+        )
 
     # ------------------------------------------------------------------ start and status
     def start_network_query(self, patient_id: str, facility_id: str | None, body: dict) -> dict:
@@ -92,9 +102,16 @@ class NetworkQueries(BackendCore):
         with self._lock:
             patient = self._snapshot(patient_id)
             rid = str(uuid.uuid4())
-            nq = NetworkQuery(rid, patient_id, now, body.get("metadata"),
-                              [{"source": s, "specificSource": src.SPECIFIC_SOURCE[s], "status": "initialized",
-                                "createdAt": now} for s in normalize_sources(body["sources"])])
+            nq = NetworkQuery(
+                rid,
+                patient_id,
+                now,
+                body.get("metadata"),
+                [
+                    {"source": s, "specificSource": src.SPECIFIC_SOURCE[s], "status": "initialized", "createdAt": now}
+                    for s in normalize_sources(body["sources"])
+                ],
+            )
             self.network_queries[rid] = nq
             later = [self._start_source(patient, nq, row["source"], facility_id) for row in nq.sources]
             self._save_network_query(nq)
@@ -120,13 +137,17 @@ class NetworkQueries(BackendCore):
             nq.asked_row(source)["status"] = "requested"
             return lambda: self.schedule(self.delay_s, lambda: self._document_download_done(patient, q))
         nq.asked_row(source)["status"] = "on-roster"
-        return lambda: self.schedule(self.delay_s * SOURCE_DELAYS[source],
-                                     lambda: self._network_source_done(patient.id, nq.request_id, source))
+        return lambda: self.schedule(
+            self.delay_s * SOURCE_DELAYS[source], lambda: self._network_source_done(patient.id, nq.request_id, source)
+        )
 
     def _fail_source(self, nq: NetworkQuery, source: str, status: int, message: str) -> None:
         row = nq.asked_row(source)
-        row.update(status="failed", completedAt=iso(self.clock()),
-                   error={"httpStatus": status, "message": message, "timestamp": iso(self.clock())})
+        row.update(
+            status="failed",
+            completedAt=iso(self.clock()),
+            error={"httpStatus": status, "message": message, "timestamp": iso(self.clock())},
+        )
         return None
 
     def network_query_status(self, request_id: str) -> dict:
@@ -145,8 +166,11 @@ class NetworkQueries(BackendCore):
                 return
             nq.first_data_sent = True
             self._save_network_query(nq)
-        payload = {**patient.webhook_ref(), "consolidatedDataUrl": self._record_url(patient),
-                   "source": {"type": src.HIE, "status": "processing", "firstDataReadyAt": iso(self.clock())}}
+        payload = {
+            **patient.webhook_ref(),
+            "consolidatedDataUrl": self._record_url(patient),
+            "source": {"type": src.HIE, "status": "processing", "firstDataReadyAt": iso(self.clock())},
+        }
         self.send_webhook("network-query.hie.first-data-ready", {"payload": payload}, nq.metadata, nq.request_id)
 
     def _hie_converted(self, patient: Patient, q: DocumentQuery) -> None:
@@ -173,9 +197,16 @@ class NetworkQueries(BackendCore):
             row.update(status="completed", completedAt=iso(self.clock()))
             self._save_network_query(nq)
             self._save_patient_state(pid)
-        payload = {**patient.webhook_ref(), "consolidatedDataUrl": self._record_url(patient),
-                   "source": {"type": source, "source": row["specificSource"], "status": "completed",
-                              "completedAt": row["completedAt"]}}
+        payload = {
+            **patient.webhook_ref(),
+            "consolidatedDataUrl": self._record_url(patient),
+            "source": {
+                "type": source,
+                "source": row["specificSource"],
+                "status": "completed",
+                "completedAt": row["completedAt"],
+            },
+        }
         self.send_webhook(f"network-query.{source}", {"payload": payload}, nq.metadata, rid)
 
     def _save_network_query(self, nq: NetworkQuery) -> None:
@@ -191,11 +222,16 @@ class NetworkQueries(BackendCore):
                 if row["status"] in NQ_TERMINAL:
                     continue
                 q = self.document_queries.get(nq.patient_id)
-                hie_waits = row["source"] == src.HIE and q is not None and q.request_id == nq.request_id and \
-                    "processing" in (q.download.status, q.convert.status)
+                hie_waits = (
+                    row["source"] == src.HIE
+                    and q is not None
+                    and q.request_id == nq.request_id
+                    and "processing" in (q.download.status, q.convert.status)
+                )
                 if not hie_waits:
-                    jobs.append(lambda p=nq.patient_id, r=nq.request_id, s=row["source"]:
-                                self._network_source_done(p, r, s))
+                    jobs.append(
+                        lambda p=nq.patient_id, r=nq.request_id, s=row["source"]: self._network_source_done(p, r, s)
+                    )
         return jobs
 
 
@@ -214,15 +250,20 @@ class SourceNotifications(BackendCore):
             adds = self.additions(pid)
             bundle = src.notification_bundle(kind, pid, str(len(adds.extra)), when)
             known = {(r["resourceType"], r["id"]) for r in adds.extra}
-            adds.extra += [e["resource"] for e in bundle["entry"]
-                           if (e["resource"]["resourceType"], e["resource"]["id"]) not in known]
+            adds.extra += [
+                e["resource"]
+                for e in bundle["entry"]
+                if (e["resource"]["resourceType"], e["resource"]["id"]) not in known
+            ]
             self._save_patient_state(pid)
-        url = self.store_file(bundle_json(bundle), "application/json", f"{pid}_{kind}.json",
-                              expires_s=NOTIFICATION_URL_EXPIRES_S)
+        url = self.store_file(
+            bundle_json(bundle), "application/json", f"{pid}_{kind}.json", expires_s=NOTIFICATION_URL_EXPIRES_S
+        )
         date_key = "medicationDispensedDate" if kind == "patient.pharmacy" else "specimenCollectedDate"
         request_id = str(uuid.uuid4())
-        d = self.send_webhook(kind, {"payload": {"url": url, **patient.webhook_ref(), date_key: when}}, None,
-                              request_id)
+        d = self.send_webhook(
+            kind, {"payload": {"url": url, **patient.webhook_ref(), date_key: when}}, None, request_id
+        )
         return {"messageId": d.message_id, "requestId": request_id, "resources": len(bundle["entry"])}
 
     def send_message_status(self, pid: str, status: str, reason: str | None = None) -> dict:
@@ -231,8 +272,14 @@ class SourceNotifications(BackendCore):
         with self._lock:
             self._patient(pid)
         now = iso(self.clock())
-        payload = {"id": str(uuid.uuid4()), "patientId": pid, "status": status, "sentAt": now, "completedAt": now,
-                   **({"reason": reason} if reason else {})}
+        payload = {
+            "id": str(uuid.uuid4()),
+            "patientId": pid,
+            "status": status,
+            "sentAt": now,
+            "completedAt": now,
+            **({"reason": reason} if reason else {}),
+        }
         d = self.send_webhook("message.status", {"payload": payload}, None, str(uuid.uuid4()))
         return {"messageId": d.message_id, "id": payload["id"]}
 
@@ -242,11 +289,19 @@ class SourceNotifications(BackendCore):
         with self._lock:
             patient = self._snapshot(pid)
             docs = list(self.documents.get(pid, []))
-        pages = [docs[i:i + page_size] for i in range(0, len(docs), page_size)] or [[]]
+        pages = [docs[i : i + page_size] for i in range(0, len(docs), page_size)] or [[]]
         request_id, sent = str(uuid.uuid4()), []
         for n, page in enumerate(pages, 1):
             listed = [d | {"downloadUrl": d["url"]} for d in self._with_urls(page)]
-            body = {"patients": [{**patient.webhook_ref(), "status": "completed", "documents": listed,
-                                  "pagination": {"page": n, "totalPages": len(pages), "totalItems": len(docs)}}]}
+            body = {
+                "patients": [
+                    {
+                        **patient.webhook_ref(),
+                        "status": "completed",
+                        "documents": listed,
+                        "pagination": {"page": n, "totalPages": len(pages), "totalItems": len(docs)},
+                    }
+                ]
+            }
             sent.append(self.send_webhook("medical.document-bulk-download-paged", body, None, request_id).message_id)
         return {"requestId": request_id, "messageIds": sent}

@@ -1,6 +1,7 @@
 """What the backend's mixed-in parts (`NetworkQueries`, `SourceNotifications`, `Contributions`) use of the
 `MetriportBackend` they are mixed into: declared for the type checker only (at run time they derive from `object`).
 """
+
 from __future__ import annotations
 
 import threading
@@ -35,10 +36,17 @@ if TYPE_CHECKING:
         def _document_download_done(self, patient: Patient, q: DocumentQuery) -> None: ...
         def schedule(self, delay_s: float, job: Callable[[], None]) -> None: ...
         def patient_entries(self, patient: Patient) -> list[dict]: ...
-        def store_file(self, content: bytes | Callable[[], bytes], content_type: str, name: str, expires_s: int = ...,
-                       expired: bool = False) -> str: ...
-        def send_webhook(self, type_: str, payload: dict, metadata: dict | None,
-                         request_id: str | None = None) -> Delivery: ...
+        def store_file(
+            self,
+            content: bytes | Callable[[], bytes],
+            content_type: str,
+            name: str,
+            expires_s: int = ...,
+            expired: bool = False,
+        ) -> str: ...
+        def send_webhook(
+            self, type_: str, payload: dict, metadata: dict | None, request_id: str | None = None
+        ) -> Delivery: ...
         def additions(self, pid: str) -> PatientAdditions: ...
         def patient_record(self, patient: Patient) -> list[dict]: ...
 else:

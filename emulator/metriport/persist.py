@@ -7,6 +7,7 @@ Plain Python, thread-safe; the backend calls `put`/`delete` as it changes an obj
 `kill -9` loses nothing written before it). One row per object (`kind`, `key`, JSON); files in their own
 table as blobs.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,16 +41,20 @@ class StateStore:
     def __init__(self, path: str):
         self.path = path
         # one fake per state file: two would hand out the same Metriport ids
-        self.lock = OwnerLock(lock_path(path), f"the fake Metriport's state {path}",
-                              "stop it, or pass another file (medport emulate --db)").acquire()
+        self.lock = OwnerLock(
+            lock_path(path),
+            f"the fake Metriport's state {path}",
+            "stop it, or pass another file (medport emulate --db)",
+        ).acquire()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         try:
             with self._lock:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
-                open_versioned(self._conn, path, kind=STORE_KIND, version=STORE_VERSION, schema=SCHEMA,
-                               tables={"objects", "files"})
+                open_versioned(
+                    self._conn, path, kind=STORE_KIND, version=STORE_VERSION, schema=SCHEMA, tables={"objects", "files"}
+                )
         except BaseException:
             self.close()
             raise
@@ -59,8 +64,11 @@ class StateStore:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
             # an upsert that keeps the row's place (the delivery log is read back in insertion order)
-            self._conn.execute("INSERT INTO objects (kind, key, data) VALUES (?, ?, ?) "
-                               "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data", (kind, key, text))
+            self._conn.execute(
+                "INSERT INTO objects (kind, key, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data",
+                (kind, key, text),
+            )
 
     def delete(self, kind: str, key: str) -> None:
         with self._lock:
@@ -79,8 +87,10 @@ class StateStore:
     # -- files ---------------------------------------------------------------------------------
     def put_file(self, token: str, name: str, content_type: str, expires_at: float, content: bytes) -> None:
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO files (token, name, content_type, expires_at, content) "
-                               "VALUES (?, ?, ?, ?, ?)", (token, name, content_type, expires_at, content))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO files (token, name, content_type, expires_at, content) VALUES (?, ?, ?, ?, ?)",
+                (token, name, content_type, expires_at, content),
+            )
 
     def files(self) -> Iterator[tuple[str, str, str, float, bytes]]:
         with self._lock:

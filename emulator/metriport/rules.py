@@ -8,6 +8,7 @@ own files); here are the checks around them — query parameters read with `getF
 (routes/medical/schemas/patient.ts `schemaCreateToPatientData`). What a consolidated query delivers
 (Metriport's filter and hydration) is `consolidated_filter.py`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -178,6 +179,7 @@ def _day(value: str | None) -> str | None:
     if t is None:
         return None
     import datetime as _dt
+
     try:
         return (_dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=t)).strftime("%Y-%m-%d")
     except OverflowError:

@@ -3,6 +3,7 @@
 Delays are real time (`time.monotonic`), not the injectable clock: they pace the webhooks a
 receiver sees. Jobs due at the same moment run in the order they were scheduled.
 """
+
 from __future__ import annotations
 
 import heapq

@@ -7,6 +7,7 @@ for the patient bodies (what a client can send today) and the API for the query 
 only mirrors them). Date checks are `jsdate.py` (dayjs/V8, lax as in production), emails
 `emailcheck.py` (validator.js), JavaScript string semantics `emulator/jsbehaviour.py`.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -38,17 +39,152 @@ from .zod import (
 )
 
 # @metriport/shared domain/address/state.ts (USState, 50 states + DC) and territory.ts (USTerritory)
-US_STATES = ["AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY"]
+US_STATES = [
+    "AL",
+    "AK",
+    "AZ",
+    "AR",
+    "CA",
+    "CO",
+    "CT",
+    "DE",
+    "DC",
+    "FL",
+    "GA",
+    "HI",
+    "ID",
+    "IL",
+    "IN",
+    "IA",
+    "KS",
+    "KY",
+    "LA",
+    "ME",
+    "MD",
+    "MA",
+    "MI",
+    "MN",
+    "MS",
+    "MO",
+    "MT",
+    "NE",
+    "NV",
+    "NH",
+    "NJ",
+    "NM",
+    "NY",
+    "NC",
+    "ND",
+    "OH",
+    "OK",
+    "OR",
+    "PA",
+    "RI",
+    "SC",
+    "SD",
+    "TN",
+    "TX",
+    "UT",
+    "VT",
+    "VA",
+    "WA",
+    "WV",
+    "WI",
+    "WY",
+]
 US_TERRITORIES = ("AS", "GU", "PR", "VI")
 # @metriport/shared domain/address/zip.ts knownInvalidZipCodes
-KNOWN_INVALID_ZIPS = ("00000", "99999", "10000", "20000", "30000", "40000", "50000", "60000", "70000", "80000",
-                      "90000", "12345", "54321")
-ZIP_LENGTH = 5      # zip.ts zipLength
-PHONE_LENGTH = 10   # domain/contact/phone.ts phoneLength
+KNOWN_INVALID_ZIPS = (
+    "00000",
+    "99999",
+    "10000",
+    "20000",
+    "30000",
+    "40000",
+    "50000",
+    "60000",
+    "70000",
+    "80000",
+    "90000",
+    "12345",
+    "54321",
+)
+ZIP_LENGTH = 5  # zip.ts zipLength
+PHONE_LENGTH = 10  # domain/contact/phone.ts phoneLength
 # @metriport/shared medical/fhir/resources.ts resourceTypeForConsolidation (= api-sdk's), in its order
-RESOURCE_TYPES_FOR_CONSOLIDATION = ["Account", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent", "Basic", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression", "Communication", "CommunicationRequest", "Composition", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference", "Encounter", "EnrollmentRequest", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "GuidanceResponse", "ImagingStudy", "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "Invoice", "List", "MeasureReport", "Media", "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement", "MolecularSequence", "NutritionOrder", "Observation", "Person", "Procedure", "Provenance", "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchSubject", "RiskAssessment", "ServiceRequest", "Specimen", "AdverseEvent", "Task", "Location", "Organization", "Patient", "Practitioner", "Binary"]
-CONVERSION_TYPES = ("html", "pdf", "json")           # shared medical/fhir/conversion.ts consolidationConversionType
-DOC_CONVERSION_TYPES = ("html", "pdf")               # core domain/conversion/cda-to-html-pdf.ts validConversionTypes
+RESOURCE_TYPES_FOR_CONSOLIDATION = [
+    "Account",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "BodyStructure",
+    "CarePlan",
+    "CareTeam",
+    "ChargeItem",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "Communication",
+    "CommunicationRequest",
+    "Composition",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "EnrollmentRequest",
+    "EpisodeOfCare",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GuidanceResponse",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "Invoice",
+    "List",
+    "MeasureReport",
+    "Media",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MolecularSequence",
+    "NutritionOrder",
+    "Observation",
+    "Person",
+    "Procedure",
+    "Provenance",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchSubject",
+    "RiskAssessment",
+    "ServiceRequest",
+    "Specimen",
+    "AdverseEvent",
+    "Task",
+    "Location",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "Binary",
+]
+CONVERSION_TYPES = ("html", "pdf", "json")  # shared medical/fhir/conversion.ts consolidationConversionType
+DOC_CONVERSION_TYPES = ("html", "pdf")  # core domain/conversion/cda-to-html-pdf.ts validConversionTypes
 DOB_FORMAT_MESSAGE = "Date must be a valid ISO 8601 date formatted YYYY-MM-DD. Example: 2023-03-15"
 
 # "Now" for the dob "not in the future" check (ms since epoch): the caller's clock when set, else real time.
@@ -62,11 +198,13 @@ def now_ms() -> float:
 
 def _upper_trim(v: Any) -> Any:
     from ..jsbehaviour import js_trim
+
     return js_trim(v.upper()) if isinstance(v, str) else v
 
 
 def _empty_to_undefined(v: Any) -> Any:
     from ..jsbehaviour import UNDEFINED, js_trim
+
     if v is None or v is UNDEFINED:
         return UNDEFINED
     if isinstance(v, str) and len(js_trim(v)) < 1:
@@ -80,10 +218,11 @@ default_optional_string = Union([default_string, Optional(String())]).transform(
 default_name_string = default_string.min(1)
 
 # ------------------------------------------------------------------ @metriport/shared external/zod/date.ts
-valid_date_of_birth = (default_string
-                       .refine(jsdate.is_valid_iso_date, DOB_FORMAT_MESSAGE)
-                       .refine(lambda d: not jsdate.is_after_now(d, now_ms()), "Date can't be in the future")
-                       .refine(jsdate.is_after_1900, "Date can't be before 1900"))
+valid_date_of_birth = (
+    default_string.refine(jsdate.is_valid_iso_date, DOB_FORMAT_MESSAGE)
+    .refine(lambda d: not jsdate.is_after_now(d, now_ms()), "Date can't be in the future")
+    .refine(jsdate.is_after_1900, "Date can't be before 1900")
+)
 
 # ------------------------------------------------------------------ api-sdk medical/models/common/us-data.ts, address.ts
 us_state = Preprocess(_upper_trim, Enum(US_STATES, native=True))
@@ -100,17 +239,22 @@ def is_valid_zip_code(z: str) -> bool:
     return bool(z) and bool(re.fullmatch(r"[0-9-]+", z)) and z not in KNOWN_INVALID_ZIPS
 
 
-address = Object({
-    "addressLine1": default_string.min(1, "Address line must be specified"),
-    "addressLine2": default_optional_string,
-    "city": default_string.min(1, "City must be specified"),
-    "state": us_state_for_address,
-    "zip": (String(coerce=True).transform(strip_non_numeric)
+address = Object(
+    {
+        "addressLine1": default_string.min(1, "Address line must be specified"),
+        "addressLine2": default_optional_string,
+        "city": default_string.min(1, "City must be specified"),
+        "state": us_state_for_address,
+        "zip": (
+            String(coerce=True)
+            .transform(strip_non_numeric)
             .refine(_zip_length_ok, f"Zip must be a string consisting of {ZIP_LENGTH} numbers")
-            .refine(is_valid_zip_code, "Invalid zip code")),
-    "coordinates": Optional(Object({"lat": Number(), "lon": Number()})),
-    "country": Optional(Literal("USA")).default("USA"),
-})
+            .refine(is_valid_zip_code, "Invalid zip code")
+        ),
+        "coordinates": Optional(Object({"lat": Number(), "lon": Number()})),
+        "country": Optional(Literal("USA")).default("USA"),
+    }
+)
 
 
 # ------------------------------------------------------------------ @metriport/shared domain/contact/phone.ts, email.ts
@@ -125,31 +269,50 @@ def is_phone_valid(phone: str) -> bool:
 
 # ------------------------------------------------------------------ api-sdk medical/models/demographics.ts
 email = String().refine(is_email_valid, "Invalid email address")
-contact = Object({
-    "phone": Union([Union([
-        String(coerce=True).transform(normalize_us_phone_with_plus_one).refine(
-            is_phone_valid, f"Phone must be a string consisting of {PHONE_LENGTH} numbers. For example: 1231231234"),
-        Null()]), Undefined()]),
-    "email": email.nullish(),
-}).refine(lambda c: bool(c.get("email") or c.get("phone")), "Either email or phone must be present")
+contact = Object(
+    {
+        "phone": Union(
+            [
+                Union(
+                    [
+                        String(coerce=True)
+                        .transform(normalize_us_phone_with_plus_one)
+                        .refine(
+                            is_phone_valid,
+                            f"Phone must be a string consisting of {PHONE_LENGTH} numbers. For example: 1231231234",
+                        ),
+                        Null(),
+                    ]
+                ),
+                Undefined(),
+            ]
+        ),
+        "email": email.nullish(),
+    }
+).refine(lambda c: bool(c.get("email") or c.get("phone")), "Either email or phone must be present")
 
-_period = Union([Object({"start": String(), "end": Optional(String())}),
-                 Object({"start": Optional(String()), "end": String()})])
+_period = Union(
+    [Object({"start": String(), "end": Optional(String())}), Object({"start": Optional(String()), "end": String()})]
+)
 _base_personal_identifier = {"value": String(), "period": Optional(_period), "assigner": Optional(String())}
-personal_identifier = Union([
-    Object({**_base_personal_identifier, "type": Enum(["driversLicense"]), "state": us_state}),
-    Object({**_base_personal_identifier, "type": Enum(["ssn"])}),
-])
+personal_identifier = Union(
+    [
+        Object({**_base_personal_identifier, "type": Enum(["driversLicense"]), "state": us_state}),
+        Object({**_base_personal_identifier, "type": Enum(["ssn"])}),
+    ]
+)
 gender_at_birth = Enum(["F", "M", "O", "U"])
-demographics = Object({
-    "firstName": default_name_string,
-    "lastName": default_name_string,
-    "dob": valid_date_of_birth,
-    "genderAtBirth": gender_at_birth,
-    "personalIdentifiers": Optional(Array(personal_identifier)),
-    "address": Union([Array(address).nonempty(), address]),
-    "contact": Union([Optional(Array(contact)), Optional(contact)]),
-})
+demographics = Object(
+    {
+        "firstName": default_name_string,
+        "lastName": default_name_string,
+        "dob": valid_date_of_birth,
+        "genderAtBirth": gender_at_birth,
+        "personalIdentifiers": Optional(Array(personal_identifier)),
+        "address": Union([Array(address).nonempty(), address]),
+        "contact": Union([Optional(Array(contact)), Optional(contact)]),
+    }
+)
 
 # ------------------------------------------------------------------ api-sdk medical/models/patient.ts (18.20) + deps
 _hie_network_control = Object({"exclude": Optional(Boolean())}, strict=True)
@@ -157,54 +320,76 @@ _hie_network_control = Object({"exclude": Optional(Boolean())}, strict=True)
 
 def _hie_not_implemented(v: dict) -> list[tuple[str, tuple]]:
     from ..jsbehaviour import UNDEFINED
-    return [(f"hie.{k} control is not yet implemented", (k,)) for k in ("commonwell", "ehex")
-            if v.get(k, UNDEFINED) is not UNDEFINED]
+
+    return [
+        (f"hie.{k} control is not yet implemented", (k,))
+        for k in ("commonwell", "ehex")
+        if v.get(k, UNDEFINED) is not UNDEFINED
+    ]
 
 
-hie_control = SuperRefine(Object({k: Optional(_hie_network_control)
-                                  for k in ("carequality", "commonwell", "ehex", "tefca")}, strict=True),
-                          _hie_not_implemented)
+hie_control = SuperRefine(
+    Object({k: Optional(_hie_network_control) for k in ("carequality", "commonwell", "ehex", "tefca")}, strict=True),
+    _hie_not_implemented,
+)
 patient_status = Object({"hieOptOut": Optional(Boolean()), "treatmentRelationship": Optional(Boolean())})
 # @metriport/shared domain/network-query/source.ts + query.ts
-_sources_object = Object({"hie": Optional(Object({"enabled": Boolean()}, strict=True)),
-                          "pharmacy": Optional(Object({"enabled": Boolean(), "realtime": Optional(Boolean())},
-                                                      strict=True)),
-                          "lab": Optional(Object({"enabled": Boolean()}, strict=True))}, strict=True).refine(
+_sources_object = Object(
+    {
+        "hie": Optional(Object({"enabled": Boolean()}, strict=True)),
+        "pharmacy": Optional(Object({"enabled": Boolean(), "realtime": Optional(Boolean())}, strict=True)),
+        "lab": Optional(Object({"enabled": Boolean()}, strict=True)),
+    },
+    strict=True,
+).refine(
     lambda d: any(isinstance(d.get(k), dict) and d[k].get("enabled") for k in ("hie", "pharmacy", "lab")),
-    "At least one source must be enabled")
+    "At least one source must be enabled",
+)
 _sources = Union([_sources_object, Array(Enum(["hie", "pharmacy", "lab"])).min(1)])
-network_query_body = Object({
-    "sources": _sources,
-    **{k: Optional(Boolean()) for k in ("override", "commonwell", "carequality", "ehex", "healthix")},
-    "metadata": Optional(Record(String().min(1).max(40), String().max(500))),
-})
+network_query_body = Object(
+    {
+        "sources": _sources,
+        **{k: Optional(Boolean()) for k in ("override", "commonwell", "carequality", "ehex", "healthix")},
+        "metadata": Optional(Record(String().min(1).max(40), String().max(500))),
+    }
+)
 # api routes/medical/schemas/fhir.ts bundleSchema (PUT /patient/:id/consolidated)
-contribution_bundle = Object({
-    "resourceType": Enum(["Bundle"]),
-    "type": Enum(["collection", "searchset"]),
-    "entry": Array(Object({"resource": AnyValue().refine(lambda v: v is not UNDEFINED, "Resource is required")})),
-})
+contribution_bundle = Object(
+    {
+        "resourceType": Enum(["Bundle"]),
+        "type": Enum(["collection", "searchset"]),
+        "entry": Array(Object({"resource": AnyValue().refine(lambda v: v is not UNDEFINED, "Resource is required")})),
+    }
+)
 uuid_string = String().uuid()  # api routes/schemas/uuid.ts uuidSchema
 patient_additional_ids = Object({"healthix": Tuple([String().trim().min(1)])}, strict=True)
-patient_create = demographics.extend({
-    "externalId": Optional(String()),
-    "hieOptOut": Optional(Boolean()),
-    "status": Optional(patient_status),
-    "hie": Optional(hie_control),
-    "cohorts": Optional(Array(String())),
-    "networkQuery": Optional(network_query_body),
-    "additionalIds": Optional(patient_additional_ids),
-})
+patient_create = demographics.extend(
+    {
+        "externalId": Optional(String()),
+        "hieOptOut": Optional(Boolean()),
+        "status": Optional(patient_status),
+        "hie": Optional(hie_control),
+        "cohorts": Optional(Array(String())),
+        "networkQuery": Optional(network_query_body),
+        "additionalIds": Optional(patient_additional_ids),
+    }
+)
 # packages/api/src/routes/medical/schemas/patient.ts: the update route parses the CREATE schema
 patient_update = patient_create
 
 # ------------------------------------------------------------------ api routes/medical/schemas/request-metadata.ts
 METADATA_MAX_KEYS, METADATA_MAX_KEY_LENGTH, METADATA_MAX_VALUE_LENGTH = 50, 40, 500
-cx_request_metadata = Object({
-    "metadata": Optional(Record(String().min(1).max(METADATA_MAX_KEY_LENGTH), String().max(METADATA_MAX_VALUE_LENGTH)))
-    .refine(lambda r: len(r) <= METADATA_MAX_KEYS if isinstance(r, dict) else True,
-            "Record has too many properties", ("meta",)),
-})
+cx_request_metadata = Object(
+    {
+        "metadata": Optional(
+            Record(String().min(1).max(METADATA_MAX_KEY_LENGTH), String().max(METADATA_MAX_VALUE_LENGTH))
+        ).refine(
+            lambda r: len(r) <= METADATA_MAX_KEYS if isinstance(r, dict) else True,
+            "Record has too many properties",
+            ("meta",),
+        ),
+    }
+)
 
 # ------------------------------------------------------------------ api-sdk medical/models/fhir.ts, shared conversion.ts
 resource_list = Array(Enum(RESOURCE_TYPES_FOR_CONSOLIDATION))
@@ -213,28 +398,76 @@ doc_conversion_type = Enum(DOC_CONVERSION_TYPES)  # api routes/medical/schemas/d
 
 # ------------------------------------------------------------------ api routes/medical/document.ts getDocSchema
 _optional_date = String().trim().nullish().refine(lambda d: not d or jsdate.is_valid_iso_date(d), "Invalid ISO date")
-get_doc_query = Object({
-    "dateFrom": _optional_date,
-    "dateTo": _optional_date,
-    "content": String().min(3).nullish(),
-    "output": Enum(["fhir", "dto"]).nullish(),
-})
+get_doc_query = Object(
+    {
+        "dateFrom": _optional_date,
+        "dateTo": _optional_date,
+        "content": String().min(3).nullish(),
+        "output": Enum(["fhir", "dto"]).nullish(),
+    }
+)
 
 
 # ------------------------------------------------------------------ api routes/settings.ts updateSettingsSchema
 MAX_WEBHOOK_URL_LENGTH = 2048  # api domain/settings.ts
-MR_SECTION_KEYS = ("reports", "conditions", "medications", "allergies", "procedures", "social-history", "vitals",
-                   "labs", "observations", "immunizations", "family-member-history", "related-persons", "tasks",
-                   "coverages", "encounters", "documents")
+MR_SECTION_KEYS = (
+    "reports",
+    "conditions",
+    "medications",
+    "allergies",
+    "procedures",
+    "social-history",
+    "vitals",
+    "labs",
+    "observations",
+    "immunizations",
+    "family-member-history",
+    "related-persons",
+    "tasks",
+    "coverages",
+    "encounters",
+    "documents",
+)
 # routes/settings.ts webhookURLIncludeBlacklist / webhookURLExactBlacklist
 WEBHOOK_URL_INCLUDE_BLACKLIST = (
-    "127.0.0.1", "127.1", "127.000.000.1", "localhost", "127.0.0.2", "0x7f.0x0.0x0.0x1", "0177.0.0.01",
-    "01111111000000000000000000000001", "01111111.00000000.00000000.00000001", "2130706433", "017700000001",
-    "%6c%6f%63%61%6c%68%6f%73%74", "0177.0.0.0x1", "169.254.169.254",
-    "169.254.169.254/latest/meta-data/iam/security-credentials/", "169.254.169.254/latest/meta-data/hostname",
-    "fuf.me", "localtest.me", "ulh.us", "127-0-0-1.org.uk", "ratchetlocal.com", "smackaho.st", "42foo.com",
-    "vcap.me", "beweb.com", "yoogle.com", "ortkut.com", "feacebook.com", "lvh.me", "127.127.127.127", "127.0.0.0",
-    "1.1.1.1 &@2.2.2.2# @3.3.3.3", "urllib: 3.3.3.3", "amazonaws.com", "[::]", "0000", "/internal")
+    "127.0.0.1",
+    "127.1",
+    "127.000.000.1",
+    "localhost",
+    "127.0.0.2",
+    "0x7f.0x0.0x0.0x1",
+    "0177.0.0.01",
+    "01111111000000000000000000000001",
+    "01111111.00000000.00000000.00000001",
+    "2130706433",
+    "017700000001",
+    "%6c%6f%63%61%6c%68%6f%73%74",
+    "0177.0.0.0x1",
+    "169.254.169.254",
+    "169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "169.254.169.254/latest/meta-data/hostname",
+    "fuf.me",
+    "localtest.me",
+    "ulh.us",
+    "127-0-0-1.org.uk",
+    "ratchetlocal.com",
+    "smackaho.st",
+    "42foo.com",
+    "vcap.me",
+    "beweb.com",
+    "yoogle.com",
+    "ortkut.com",
+    "feacebook.com",
+    "lvh.me",
+    "127.127.127.127",
+    "127.0.0.0",
+    "1.1.1.1 &@2.2.2.2# @3.3.3.3",
+    "urllib: 3.3.3.3",
+    "amazonaws.com",
+    "[::]",
+    "0000",
+    "/internal",
+)
 WEBHOOK_URL_EXACT_BLACKLIST = ("0",)
 
 _SPECIAL_SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21, "file": None}
@@ -271,6 +504,7 @@ def _host_ok(host: str, special: bool) -> bool:
     if host == "":
         return False
     from urllib.parse import unquote
+
     domain = unquote(host, errors="strict") if "%" in host else host
     try:
         domain = domain.encode("idna").decode("ascii").lower() if not domain.isascii() else domain.lower()
@@ -319,14 +553,23 @@ def is_url(s: str) -> bool:
 
 
 _date_filter = String().refine(jsdate.is_valid_iso_date)  # dayjs(v, ISO_DATE, true).isValid(): lax too (local = UTC)
-update_settings = Object({
-    "webhookUrl": Union([String().url(is_url).max(MAX_WEBHOOK_URL_LENGTH), Optional(Literal("").nullable())]),
-    "mrFilters": Optional(Array(Object({
-        "key": Enum(MR_SECTION_KEYS),
-        "dateFilter": Optional(Object({"from": Optional(_date_filter), "to": Optional(_date_filter)})),
-        "stringFilter": Optional(String()),
-    })).min(len(MR_SECTION_KEYS))),
-}, strict=True)
+update_settings = Object(
+    {
+        "webhookUrl": Union([String().url(is_url).max(MAX_WEBHOOK_URL_LENGTH), Optional(Literal("").nullable())]),
+        "mrFilters": Optional(
+            Array(
+                Object(
+                    {
+                        "key": Enum(MR_SECTION_KEYS),
+                        "dateFilter": Optional(Object({"from": Optional(_date_filter), "to": Optional(_date_filter)})),
+                        "stringFilter": Optional(String()),
+                    }
+                )
+            ).min(len(MR_SECTION_KEYS))
+        ),
+    },
+    strict=True,
+)
 
 
 def webhook_url_blacklisted(url: str) -> bool:
@@ -348,19 +591,24 @@ def validate_npi(npi: str) -> bool:
     return npi[-1].isascii() and npi[-1].isdigit() and (10 - total % 10) % 10 == int(npi[-1])
 
 
-address_strict = Object({
-    "addressLine1": String().min(1),
-    "addressLine2": default_optional_string,
-    "city": String().min(1),
-    "state": us_state_for_address,
-    "zip": String(coerce=True).transform(strip_non_numeric).refine(
-        _zip_length_ok, f"Zip must be a string consisting of {ZIP_LENGTH} numbers"),
-    "country": Literal("USA").default("USA"),
-})
-facility_create = Object({
-    "name": String().min(1),
-    "npi": String().length(10).refine(validate_npi, "NPI is not valid"),
-    "tin": default_optional_string,
-    "active": Optional(Boolean().nullable()),
-    "address": address_strict,
-})
+address_strict = Object(
+    {
+        "addressLine1": String().min(1),
+        "addressLine2": default_optional_string,
+        "city": String().min(1),
+        "state": us_state_for_address,
+        "zip": String(coerce=True)
+        .transform(strip_non_numeric)
+        .refine(_zip_length_ok, f"Zip must be a string consisting of {ZIP_LENGTH} numbers"),
+        "country": Literal("USA").default("USA"),
+    }
+)
+facility_create = Object(
+    {
+        "name": String().min(1),
+        "npi": String().length(10).refine(validate_npi, "NPI is not valid"),
+        "tin": default_optional_string,
+        "active": Optional(Boolean().nullable()),
+        "address": address_strict,
+    }
+)

@@ -5,6 +5,7 @@ data (packages/api: `getSandboxSeedData(patient.data.firstName)`); every other p
 empty results. The fake does the same: `Dataset`s keyed by lowercase first name, produced
 deterministically by `synth.generate`, or loaded from FHIR bundle files with `load_data`.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,21 +19,54 @@ from medport.jsoncodec import loads as _loads
 from . import synth
 
 SEED_PATIENTS: list[dict] = [
-    {"firstName": "Chris", "lastName": "Smith", "dob": "1995-03-14", "genderAtBirth": "M",
-     "address": [{"addressLine1": "4307 Maple Ave", "city": "Arlington", "state": "VA", "zip": "22204", "country": "USA"}],
-     "contact": [{"phone": "7035550143", "email": "chris.smith@example.com"}]},
-    {"firstName": "Jane", "lastName": "Smith", "dob": "1996-02-10", "genderAtBirth": "F",
-     "address": [{"addressLine1": "2 Walnut St", "city": "Denver", "state": "CO", "zip": "80203", "country": "USA"}],
-     "contact": [{"phone": "3035550199", "email": "jane.smith@example.com"}]},
-    {"firstName": "Ollie", "lastName": "Brown", "dob": "1946-03-18", "genderAtBirth": "M",
-     "address": [{"addressLine1": "201 Armada Dr", "city": "Brownsville", "state": "TX", "zip": "78520", "country": "USA"}],
-     "contact": [{"phone": "9565550127"}]},
-    {"firstName": "Andreas", "lastName": "Sims", "dob": "1977-08-19", "genderAtBirth": "M",
-     "address": [{"addressLine1": "4430 York St", "city": "Jefferson City", "state": "MO", "zip": "65101", "country": "USA"}],
-     "contact": [{"phone": "5735550112", "email": "andreas.sims@example.com"}]},
-    {"firstName": "Kyla", "lastName": "Fields", "dob": "1927-05-23", "genderAtBirth": "F",
-     "address": [{"addressLine1": "332 Lake Shore Blvd", "city": "Chicago", "state": "IL", "zip": "60611", "country": "USA"}],
-     "contact": [{"phone": "3125550163"}]},
+    {
+        "firstName": "Chris",
+        "lastName": "Smith",
+        "dob": "1995-03-14",
+        "genderAtBirth": "M",
+        "address": [
+            {"addressLine1": "4307 Maple Ave", "city": "Arlington", "state": "VA", "zip": "22204", "country": "USA"}
+        ],
+        "contact": [{"phone": "7035550143", "email": "chris.smith@example.com"}],
+    },
+    {
+        "firstName": "Jane",
+        "lastName": "Smith",
+        "dob": "1996-02-10",
+        "genderAtBirth": "F",
+        "address": [{"addressLine1": "2 Walnut St", "city": "Denver", "state": "CO", "zip": "80203", "country": "USA"}],
+        "contact": [{"phone": "3035550199", "email": "jane.smith@example.com"}],
+    },
+    {
+        "firstName": "Ollie",
+        "lastName": "Brown",
+        "dob": "1946-03-18",
+        "genderAtBirth": "M",
+        "address": [
+            {"addressLine1": "201 Armada Dr", "city": "Brownsville", "state": "TX", "zip": "78520", "country": "USA"}
+        ],
+        "contact": [{"phone": "9565550127"}],
+    },
+    {
+        "firstName": "Andreas",
+        "lastName": "Sims",
+        "dob": "1977-08-19",
+        "genderAtBirth": "M",
+        "address": [
+            {"addressLine1": "4430 York St", "city": "Jefferson City", "state": "MO", "zip": "65101", "country": "USA"}
+        ],
+        "contact": [{"phone": "5735550112", "email": "andreas.sims@example.com"}],
+    },
+    {
+        "firstName": "Kyla",
+        "lastName": "Fields",
+        "dob": "1927-05-23",
+        "genderAtBirth": "F",
+        "address": [
+            {"addressLine1": "332 Lake Shore Blvd", "city": "Chicago", "state": "IL", "zip": "60611", "country": "USA"}
+        ],
+        "contact": [{"phone": "3125550163"}],
+    },
 ]
 # resources per seed patient (deterministic, realistic sizes)
 SEED_SIZES = {"chris": 120, "jane": 160, "ollie": 240, "andreas": 90, "kyla": 200}
@@ -91,14 +125,20 @@ def load_data(path: str | os.PathLike) -> dict[str, Dataset]:  # noqa: C901 — 
             continue
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             continue
-        resources: list[dict] = [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        resources: list[dict] = [
+            e["resource"]
+            for e in bundle.get("entry") or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
         patients = [r for r in resources if r.get("resourceType") == "Patient"]
         if not patients:
             continue
         name = _first_name(patients[0])
         if not name:
             continue
-        g = grouped.setdefault(name.lower(), {"name": name, "patient_ids": set(), "resources": {}, "order": [], "files": []})
+        g = grouped.setdefault(
+            name.lower(), {"name": name, "patient_ids": set(), "resources": {}, "order": [], "files": []}
+        )
         g["files"].append(str(file))
         for p in patients:
             if p.get("id"):

@@ -5,6 +5,7 @@ webhook key (`webhooks.py`); a failed delivery disables the webhook, and while i
 new messages are recorded as failed, not sent, until `retry()` re-queues them. Saving a URL
 sends a ping that must be answered with the pong. `post` is injectable (tests need no HTTP).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,19 +27,27 @@ Post = Callable[[str, str, str, float], tuple[bool, int | None, str, Any]]  # we
 
 
 class WebhookSender:
-    def __init__(self, settings: WebhookSettings, *, faults: Faults, clock: Callable[[], float],
-                 timeout_s: float = webhooks.DEFAULT_TIMEOUT_S, ping_timeout_s: float = webhooks.PING_TIMEOUT_S,
-                 post: Post = webhooks.post, name: str = "fake-metriport-webhooks"):
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        faults: Faults,
+        clock: Callable[[], float],
+        timeout_s: float = webhooks.DEFAULT_TIMEOUT_S,
+        ping_timeout_s: float = webhooks.PING_TIMEOUT_S,
+        post: Post = webhooks.post,
+        name: str = "fake-metriport-webhooks",
+    ):
         self.settings = settings
         self.deliveries: list[Delivery] = []
-        self._faults = faults      # reads bad_signatures and duplicate_deliveries at send time
+        self._faults = faults  # reads bad_signatures and duplicate_deliveries at send time
         self._clock = clock
-        self._timeout_s = timeout_s            # a message: 5 s, as Metriport
+        self._timeout_s = timeout_s  # a message: 5 s, as Metriport
         self._ping_timeout_s = ping_timeout_s  # the settings ping: 2 s
         self._post = post
         self._lock = threading.Condition()
         self._outbox: queue.Queue[Delivery | None] = queue.Queue()
-        self._in_flight = 0          # queued or being delivered
+        self._in_flight = 0  # queued or being delivered
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         # persistence hook (persist.py): called after a delivery (or, with None, the settings) changed
@@ -68,7 +77,9 @@ class WebhookSender:
             return len(waiting)
 
     # ------------------------------------------------------------------ settings
-    def configure(self, url: str | None, key: str | None = None, *, enabled: bool = True, testing: bool = False) -> dict:
+    def configure(
+        self, url: str | None, key: str | None = None, *, enabled: bool = True, testing: bool = False
+    ) -> dict:
         """Save the webhook URL (None clears the settings); `key` None keeps the current key or makes one.
         `testing`: disabled with "Testing webhook..." until a ping is answered."""
         with self._lock:
@@ -97,10 +108,12 @@ class WebhookSender:
     def status(self) -> dict:
         """`GET /settings/webhook`."""
         with self._lock:
-            return {"webhookEnabled": self.settings.webhook_enabled,
-                    "webhookStatusDetail": self.settings.webhook_status_detail,
-                    "webhookRequestsProcessing": sum(1 for d in self.deliveries if d.status == "processing"),
-                    "webhookRequestsFailed": sum(1 for d in self.deliveries if d.status == "failure")}
+            return {
+                "webhookEnabled": self.settings.webhook_enabled,
+                "webhookStatusDetail": self.settings.webhook_status_detail,
+                "webhookRequestsProcessing": sum(1 for d in self.deliveries if d.status == "processing"),
+                "webhookRequestsFailed": sum(1 for d in self.deliveries if d.status == "failure"),
+            }
 
     def log(self, include_body: bool = True) -> list[dict]:
         with self._lock:
@@ -128,8 +141,9 @@ class WebhookSender:
         with self._lock:
             when = iso(self._clock())
             mid = str(uuid.uuid4())
-            body = webhooks.build_body({"messageId": mid, "requestId": request_id, "when": when, "type": type_,
-                                        "data": metadata}, payload)
+            body = webhooks.build_body(
+                {"messageId": mid, "requestId": request_id, "when": when, "type": type_, "data": metadata}, payload
+            )
             d = Delivery(message_id=mid, type=type_, body=body, when=when, request_id=request_id)
             self.deliveries.append(d)
             s = self.settings
@@ -170,10 +184,20 @@ class WebhookSender:
             good = ok and isinstance(data, dict) and data.get("pong") == pong
             self.settings.webhook_enabled = good
             self.settings.webhook_status_detail = "OK" if good else (detail if not ok else "Invalid pong response")
-            ping_d = Delivery(message_id=message_id, type="ping", body=body, when=iso(self._clock()),
-                              status="success" if good else "ping-failed", attempts=1,
-                              http_status=status, detail=self.settings.webhook_status_detail,
-                              url=url, signature=sig, response=data, duration_ms=elapsed_ms)
+            ping_d = Delivery(
+                message_id=message_id,
+                type="ping",
+                body=body,
+                when=iso(self._clock()),
+                status="success" if good else "ping-failed",
+                attempts=1,
+                http_status=status,
+                detail=self.settings.webhook_status_detail,
+                url=url,
+                signature=sig,
+                response=data,
+                duration_ms=elapsed_ms,
+            )
             self.deliveries.append(ping_d)
         self._changed(None)
         self._changed(ping_d)
@@ -236,8 +260,10 @@ class WebhookSender:
         if not url or not key:
             raise LookupError(MISSING_CONFIG)
         sig = self._sign(key, d.body)
-        return [{"ok": ok, "httpStatus": status, "detail": detail, "response": data, "durationMs": ms}
-                for ok, status, detail, data, ms in self._post_at_once(url, d.body, sig, max(1, int(times)))]
+        return [
+            {"ok": ok, "httpStatus": status, "detail": detail, "response": data, "durationMs": ms}
+            for ok, status, detail, data, ms in self._post_at_once(url, d.body, sig, max(1, int(times)))
+        ]
 
     def _loop(self) -> None:
         while (d := self._outbox.get()) is not None:

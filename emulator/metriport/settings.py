@@ -1,4 +1,5 @@
 """What the fake Metriport is started with: `Settings` (as emulator/medplum/settings.py is for the emulator)."""
+
 from __future__ import annotations
 
 import time
@@ -13,6 +14,7 @@ DEFAULT_FACILITY_ID = "0195a6e4-3c8b-7d21-9f4e-5a6b7c8d9e0f"
 @dataclass
 class Settings:
     """What `MetriportBackend` and `server.start` need; the defaults are a fresh in-memory sandbox."""
+
     # The x-api-key the Medical API accepts; None = MEDPORT_FAKE_METRIPORT_API_KEY, else a random one at start.
     api_key: str | None = None
     # Seconds between the asynchronous steps (document query progress, webhooks, bulk jobs).

@@ -10,6 +10,7 @@ MedicationDispenses (whenHandedOver, authorizingPrescription); lab = the perform
 (category LAB) and their laboratory Observations. A realtime `patient.pharmacy` / `patient.laboratory` notification
 brings one more dispense or one more report (`notification_bundle`).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -41,8 +42,15 @@ def _stable_id(patient_id: str, what: str) -> str:
 def _org(g: synth._Gen, name: str, npi: str) -> dict:
     oid = _stable_id(g.patient_id, name)
     g.organizations.append(oid)
-    return g.add({"resourceType": "Organization", "id": oid, "active": True, "name": name,
-                  "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": npi}]})
+    return g.add(
+        {
+            "resourceType": "Organization",
+            "id": oid,
+            "active": True,
+            "name": name,
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": npi}],
+        }
+    )
 
 
 def _prescriber(g: synth._Gen) -> dict:
@@ -59,23 +67,46 @@ def _source_extension(code: str) -> list[dict]:
 def _dispense(g: synth._Gen, pharmacy: str, prescriber: str, when: str | None = None) -> None:
     """One prescription and its pickup: Medication, MedicationRequest, MedicationDispense."""
     code, display = g.pick(synth.MEDICATIONS)
-    med = g.add({"resourceType": "Medication", "id": g.uid(),
-                 "code": {"coding": [{"system": synth.RXNORM, "code": code, "display": display}], "text": display}})
+    med = g.add(
+        {
+            "resourceType": "Medication",
+            "id": g.uid(),
+            "code": {"coding": [{"system": synth.RXNORM, "code": code, "display": display}], "text": display},
+        }
+    )
     authored = when or g.when(2019, 2024)
-    req = g.add({"resourceType": "MedicationRequest", "id": g.uid(), "status": "active", "intent": "order",
-                 "extension": _source_extension("SURESCRIPTS"),
-                 "medicationReference": {"reference": f"Medication/{med['id']}"}, "subject": g.patient_ref,
-                 "authoredOn": authored, "requester": {"reference": f"Practitioner/{prescriber}"},
-                 "dispenseRequest": {"quantity": {"value": 30, "unit": "tablet"},
-                                     "expectedSupplyDuration": {"value": 30, "unit": "days",
-                                                                "system": synth.UCUM, "code": "d"}}})
-    g.add({"resourceType": "MedicationDispense", "id": g.uid(), "status": "completed",
-           "extension": _source_extension("SURESCRIPTS"),
-           "medicationReference": {"reference": f"Medication/{med['id']}"}, "subject": g.patient_ref,
-           "performer": [{"actor": {"reference": f"Organization/{pharmacy}"}}],
-           "authorizingPrescription": [{"reference": f"MedicationRequest/{req['id']}"}],
-           "quantity": {"value": 30, "unit": "tablet"}, "daysSupply": {"value": 30, "unit": "days"},
-           "whenHandedOver": authored[:11] + "17:00:00.000Z"})
+    req = g.add(
+        {
+            "resourceType": "MedicationRequest",
+            "id": g.uid(),
+            "status": "active",
+            "intent": "order",
+            "extension": _source_extension("SURESCRIPTS"),
+            "medicationReference": {"reference": f"Medication/{med['id']}"},
+            "subject": g.patient_ref,
+            "authoredOn": authored,
+            "requester": {"reference": f"Practitioner/{prescriber}"},
+            "dispenseRequest": {
+                "quantity": {"value": 30, "unit": "tablet"},
+                "expectedSupplyDuration": {"value": 30, "unit": "days", "system": synth.UCUM, "code": "d"},
+            },
+        }
+    )
+    g.add(
+        {
+            "resourceType": "MedicationDispense",
+            "id": g.uid(),
+            "status": "completed",
+            "extension": _source_extension("SURESCRIPTS"),
+            "medicationReference": {"reference": f"Medication/{med['id']}"},
+            "subject": g.patient_ref,
+            "performer": [{"actor": {"reference": f"Organization/{pharmacy}"}}],
+            "authorizingPrescription": [{"reference": f"MedicationRequest/{req['id']}"}],
+            "quantity": {"value": 30, "unit": "tablet"},
+            "daysSupply": {"value": 30, "unit": "days"},
+            "whenHandedOver": authored[:11] + "17:00:00.000Z",
+        }
+    )
 
 
 def _report(g: synth._Gen, lab: str, when: str | None = None) -> None:
@@ -86,12 +117,20 @@ def _report(g: synth._Gen, lab: str, when: str | None = None) -> None:
     for o in results:
         o["performer"] = [{"reference": f"Organization/{lab}"}]
         o.pop("encounter", None)
-    g.add({"resourceType": "DiagnosticReport", "id": g.uid(), "status": "final",
-           "category": [{"coding": [{"system": V2_0074, "code": "LAB", "display": "Laboratory"}]}],
-           "code": {"coding": [{"system": synth.LOINC, "code": code, "display": display}], "text": display},
-           "subject": g.patient_ref, "effectiveDateTime": collected, "issued": collected,
-           "performer": [{"reference": f"Organization/{lab}"}],
-           "result": [{"reference": f"Observation/{o['id']}"} for o in results]})
+    g.add(
+        {
+            "resourceType": "DiagnosticReport",
+            "id": g.uid(),
+            "status": "final",
+            "category": [{"coding": [{"system": V2_0074, "code": "LAB", "display": "Laboratory"}]}],
+            "code": {"coding": [{"system": synth.LOINC, "code": code, "display": display}], "text": display},
+            "subject": g.patient_ref,
+            "effectiveDateTime": collected,
+            "issued": collected,
+            "performer": [{"reference": f"Organization/{lab}"}],
+            "result": [{"reference": f"Observation/{o['id']}"} for o in results],
+        }
+    )
 
 
 def pharmacy_entries(patient_id: str) -> list[dict]:

@@ -4,6 +4,7 @@
 the backend prefixes with its public address; `get` answers like S3 would: unknown key, or
 expired once the injectable clock passes the expiry.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from .models import StoredFile
 
 URL_EXPIRES_S = 180
-UPLOAD_EXPIRES_S = 600   # bulk patient create upload URL: 10 minutes (patient-import/create.ts)
+UPLOAD_EXPIRES_S = 600  # bulk patient create upload URL: 10 minutes (patient-import/create.ts)
 FILES_PREFIX = "/_fake/files"
 UPLOADS_PREFIX = "/_fake/uploads"
 
@@ -42,8 +43,15 @@ class FileStore:
         with self._lock:
             self._files[token] = f
 
-    def put(self, content: bytes | Callable[[], bytes], content_type: str, name: str, *,
-            expires_s: int = URL_EXPIRES_S, expired: bool = False) -> str:
+    def put(
+        self,
+        content: bytes | Callable[[], bytes],
+        content_type: str,
+        name: str,
+        *,
+        expires_s: int = URL_EXPIRES_S,
+        expired: bool = False,
+    ) -> str:
         """Store `content` (or a function making it on first read); returns its presigned path (born expired
         if `expired`)."""
         now = self._clock()
@@ -58,9 +66,11 @@ class FileStore:
             self.on_put(token, stored)
         amz_date = _dt.datetime.fromtimestamp(now, _dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         sig = hmac.new(self._secret, f"{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
-        return (f"{FILES_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-                f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
-                f"&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}")
+        return (
+            f"{FILES_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
+            f"&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}"
+        )
 
     def get(self, token: str) -> StoredFile:
         """Raises `NoSuchKey` or `RequestExpired`."""
@@ -78,9 +88,11 @@ class FileStore:
         now = self._clock()
         amz_date = _dt.datetime.fromtimestamp(now, _dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         sig = hmac.new(self._secret, f"PUT/{token}/{name}/{amz_date}".encode(), hashlib.sha256).hexdigest()
-        return (f"{UPLOADS_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-                f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
-                f"&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}")
+        return (
+            f"{UPLOADS_PREFIX}/{token}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=FAKEKEY%2F{amz_date[:8]}%2Fus-west-2%2Fs3%2Faws4_request&X-Amz-Date={amz_date}"
+            f"&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}"
+        )
 
     def count(self) -> int:
         with self._lock:

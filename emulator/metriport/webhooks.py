@@ -10,6 +10,7 @@
   no redirects; non-2xx, timeout or connection error is a failure (which makes the sender disable the webhook
   until retried).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,8 @@ import requests
 from ..jsbehaviour import drop_undefined, js_entries, json_number
 
 SIGNATURE_HEADER = "x-metriport-signature"
-DEFAULT_TIMEOUT_S = 5.0       # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
-PING_TIMEOUT_S = 2.0          # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
+DEFAULT_TIMEOUT_S = 5.0  # DEFAULT_TIMEOUT_SEND_PAYLOAD_MS: every message
+PING_TIMEOUT_S = 2.0  # DEFAULT_TIMEOUT_SEND_TEST_MS: the ping sent when a webhook URL is saved
 
 _str_encoder = json.JSONEncoder(ensure_ascii=False).encode  # escapes like JSON.stringify
 
@@ -95,11 +96,16 @@ def build_ping_body(ping: str, message_id: str, when: str) -> str:
     return js_stringify({"ping": ping, "meta": {"messageId": message_id, "when": when, "type": "ping"}})
 
 
-def post(url: str, body: str, signature: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool, int | None, str, Any]:
+def post(
+    url: str, body: str, signature: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[bool, int | None, str, Any]:
     """POST one message; returns (ok, http_status, detail, parsed JSON response or None)."""
     try:
         resp = requests.post(
-            url, data=body.encode("utf-8"), timeout=timeout_s, allow_redirects=False,
+            url,
+            data=body.encode("utf-8"),
+            timeout=timeout_s,
+            allow_redirects=False,
             headers={"content-type": "application/json", SIGNATURE_HEADER: signature, "user-agent": "Metriport API"},
         )
     except requests.Timeout:

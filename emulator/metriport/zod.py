@@ -14,6 +14,7 @@ What it keeps from zod, because Metriport's error bodies show it:
 
 `parse(schema, value) -> Result(ok, value, issues)`; issues are `Issue(message, path)`.
 """
+
 from __future__ import annotations
 
 import re
@@ -195,6 +196,7 @@ class Literal(Schema):
     def parse(self, v, path, ctx):
         if type(v) is not type(self.value) or v != self.value:
             import json
+
             ctx.add(f"Invalid literal value, expected {json.dumps(self.value)}", path)
             return Result(ABORTED)
         return Result(VALID, v)

@@ -1,5 +1,6 @@
 """`python -m medport.generator.cli.docs` refreshes the README's generated parts: the config reference (from the
 schema) and the command reference (from the commands' own options and help, what `--help` prints)."""
+
 from pathlib import Path
 
 import click
@@ -8,7 +9,7 @@ from ..generation.starter import config_reference_markdown
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 COMMANDS_BEGIN, COMMANDS_END = "<!-- command-reference:begin -->", "<!-- command-reference:end -->"
-COMMON = {"help", "verbose"}     # on every command: described once, below the table
+COMMON = {"help", "verbose"}  # on every command: described once, below the table
 
 
 def _option(p: click.Option) -> str:
@@ -31,8 +32,11 @@ def command_reference_markdown() -> str:
     for name in main.list_commands(ctx):
         cmd = main.get_command(ctx, name)
         params = [p for p in cmd.params if p.name not in COMMON]
-        args = " ".join(p.human_readable_name.upper() + ("..." if p.nargs == -1 else "")
-                        for p in params if isinstance(p, click.Argument))
+        args = " ".join(
+            p.human_readable_name.upper() + ("..." if p.nargs == -1 else "")
+            for p in params
+            if isinstance(p, click.Argument)
+        )
         opts = " ".join(_option(p) for p in params if isinstance(p, click.Option))
         rows.append(f"| `medport {name}{' ' + args if args else ''}` | {opts or '—'} | {_first_paragraph(cmd.help)} |")
     return "\n".join(rows) + "\n"

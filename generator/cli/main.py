@@ -1,4 +1,5 @@
 """The `medport` command line."""
+
 from __future__ import annotations
 
 import importlib
@@ -20,24 +21,49 @@ log = logging.getLogger(__name__)
 # Commands that live in other modules, loaded only when used so `medport --help` stays fast
 # and one broken subsystem never hides the others.
 LAZY_COMMANDS = {
-    "emulate": ("medport.generator.local.emulate:emulate_command", "Run the Medplum emulator (and the fake Metriport) locally."),
-    "demo": ("medport.generator.local.demo:demo_command", "Run the whole flow end to end on the emulator and the fake Metriport."),
-    "deploy": ("medport.generator.remote.deploy:deploy_command", "Deploy the generated bots and their setup to a Medplum server."),
-    "check": ("medport.generator.local.check:check_command", "CI validation: config, fresh files, bot loading, end-to-end scenarios."),
-    "replay": ("medport.generator.remote.replay:replay_command", "Re-deliver a recorded Metriport webhook to the webhook bot."),
+    "emulate": (
+        "medport.generator.local.emulate:emulate_command",
+        "Run the Medplum emulator (and the fake Metriport) locally.",
+    ),
+    "demo": (
+        "medport.generator.local.demo:demo_command",
+        "Run the whole flow end to end on the emulator and the fake Metriport.",
+    ),
+    "deploy": (
+        "medport.generator.remote.deploy:deploy_command",
+        "Deploy the generated bots and their setup to a Medplum server.",
+    ),
+    "check": (
+        "medport.generator.local.check:check_command",
+        "CI validation: config, fresh files, bot loading, end-to-end scenarios.",
+    ),
+    "replay": (
+        "medport.generator.remote.replay:replay_command",
+        "Re-deliver a recorded Metriport webhook to the webhook bot.",
+    ),
     "runs": ("medport.generator.remote.runs:runs_command", "List bot executions with outcome, duration and logs."),
     "synth": ("medport.emulator.metriport.cli:synth_command", "Write a synthetic Metriport-style consolidated bundle."),
-    "enroll": ("medport.generator.remote.enroll:enroll_command",
-               "Enroll existing Medplum Patients in Metriport (bulk patient create, one per facility)."),
-    "document-urls": ("medport.generator.remote.documents:document_urls_command",
-                      "Ask Metriport for a Patient's bulk document download URLs."),
-    "setup": ("medport.generator.local.runtime_setup:setup_command",
-              "Install Node 22 and the npm packages medport needs into its cache."),
-    "doctor": ("medport.generator.local.doctor:doctor_command",
-               "Check Python, Node, npm packages, ports, config and credentials; say what to do."),
+    "enroll": (
+        "medport.generator.remote.enroll:enroll_command",
+        "Enroll existing Medplum Patients in Metriport (bulk patient create, one per facility).",
+    ),
+    "document-urls": (
+        "medport.generator.remote.documents:document_urls_command",
+        "Ask Metriport for a Patient's bulk document download URLs.",
+    ),
+    "setup": (
+        "medport.generator.local.runtime_setup:setup_command",
+        "Install Node 22 and the npm packages medport needs into its cache.",
+    ),
+    "doctor": (
+        "medport.generator.local.doctor:doctor_command",
+        "Check Python, Node, npm packages, ports, config and credentials; say what to do.",
+    ),
     "status": ("medport.generator.local.status:status_command", "Show the emulator running from this folder."),
-    "console": ("medport.generator.console.command:console_command",
-                "Serve the sync console: patients' timelines, the integration's health, replay."),
+    "console": (
+        "medport.generator.console.command:console_command",
+        "Serve the sync console: patients' timelines, the integration's health, replay.",
+    ),
 }
 
 
@@ -47,7 +73,7 @@ def one_line(e: BaseException) -> str:
 
     from ..remote.medplum_http import MedplumError
 
-    if isinstance(e, (NodeRuntimeMissing, MedplumError)):   # their messages already say what to do
+    if isinstance(e, (NodeRuntimeMissing, MedplumError)):  # their messages already say what to do
         return str(e)
     if isinstance(e, requests.ConnectionError):
         return f"cannot connect ({type(e).__name__}): is the server up and its URL right (--base-url)?"
@@ -55,13 +81,15 @@ def one_line(e: BaseException) -> str:
         return "the server did not answer in time: try again, or check that it is not overloaded"
     if isinstance(e, OSError) and e.filename:
         return f"{e.filename}: {e.strerror or e} — check the path and its permissions"
-    return (f"unexpected error: {type(e).__name__}: {e} — run again with -vv for the traceback, and report it "
-            "if it persists")
+    return (
+        f"unexpected error: {type(e).__name__}: {e} — run again with -vv for the traceback, and report it "
+        "if it persists"
+    )
 
 
 class MedportGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
-        load_dotenv_file()   # before any option reads its environment variable, as Medplum's CLI does
+        load_dotenv_file()  # before any option reads its environment variable, as Medplum's CLI does
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
@@ -82,7 +110,7 @@ class MedportGroup(click.Group):
     def get_command(self, ctx, name):
         cmd = self._command(ctx, name)
         if cmd is not None and not any(p.name == "verbose" for p in cmd.params):
-            cmd.params.append(verbose_param())   # -v/--verbose on every command, one definition
+            cmd.params.append(verbose_param())  # -v/--verbose on every command, one definition
         return cmd
 
     def _command(self, ctx, name):
@@ -99,6 +127,7 @@ class MedportGroup(click.Group):
             @click.command(name=name, help=short)
             def unavailable():
                 raise click.ClickException(f"`medport {name}` is not available in this installation ({reason}).")
+
             return unavailable
 
     def format_commands(self, ctx, formatter):
@@ -139,13 +168,24 @@ main.params.append(verbose_param())
 
 @main.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
-@click.option("--ci", is_flag=True, help="Write .github/workflows/medport.yml running `medport check` (and medport.toml "
-                                          "only if there is none: an existing one is never touched).")
-@click.option("--force", is_flag=True, help="Overwrite the file this command writes: medport.toml, or with --ci the "
-                                             "workflow. Each overwritten file is named.")
-@click.option("--pip-spec", help="With --ci: how the workflow installs medport (a PyPI pin, `medport @ git+URL@commit`, "
-                                 "./vendor/<wheel> committed in the repository, a wheel URL). Default: from how this "
-                                 "medport was installed (a wheel outside the repository is copied into vendor/).")
+@click.option(
+    "--ci",
+    is_flag=True,
+    help="Write .github/workflows/medport.yml running `medport check` (and medport.toml "
+    "only if there is none: an existing one is never touched).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite the file this command writes: medport.toml, or with --ci the "
+    "workflow. Each overwritten file is named.",
+)
+@click.option(
+    "--pip-spec",
+    help="With --ci: how the workflow installs medport (a PyPI pin, `medport @ git+URL@commit`, "
+    "./vendor/<wheel> committed in the repository, a wheel URL). Default: from how this "
+    "medport was installed (a wheel outside the repository is copied into vendor/).",
+)
 def init(directory, ci, force, pip_spec):
     """Write a commented starter medport.toml into DIRECTORY (default: here); with --ci, add the CI workflow.
     Both put .medport/ (the emulator's state and databases) in .gitignore."""
@@ -186,8 +226,10 @@ def init(directory, ci, force, pip_spec):
             click.echo(f"note: {install.warning}", err=True)
     else:
         if config.exists() and not force:
-            raise click.ClickException(f"{config} already exists — edit it, pass --force to overwrite it, or "
-                                       "`medport init --ci` to add the CI workflow to this project")
+            raise click.ClickException(
+                f"{config} already exists — edit it, pass --force to overwrite it, or "
+                "`medport init --ci` to add the CI workflow to this project"
+            )
         existed = config.exists()
         config.write_text(starter_toml(), "utf-8")
         click.echo(f"{'overwrote' if existed else 'wrote'} {config}")
@@ -198,8 +240,15 @@ def init(directory, ci, force, pip_spec):
 
 @main.command()
 @config_option
-@click.option("-o", "--out", "out_dir", default="bots", show_default=True, type=click.Path(file_okay=False),
-              help="Output directory.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="bots",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Output directory.",
+)
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing file (for CI).")
 def generate(config_path, out_dir, check):
     """Render both bots, medplum.config.json and deploy-bundle.json from the config."""
@@ -211,8 +260,10 @@ def generate(config_path, out_dir, check):
         for name, why in problems:
             click.echo(f"{why}: {Path(out_dir) / name}", err=True)
         if problems:
-            raise click.ClickException(f"{len(problems)} generated file(s) out of date with {config_path} — "
-                                       f"run `medport generate -c {config_path} -o {out_dir}` and commit the result.")
+            raise click.ClickException(
+                f"{len(problems)} generated file(s) out of date with {config_path} — "
+                f"run `medport generate -c {config_path} -o {out_dir}` and commit the result."
+            )
         click.echo(f"{out_dir}/ is up to date with {config_path}")
         return
     for name, what in write_all(cfg, out_dir):

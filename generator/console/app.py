@@ -7,6 +7,7 @@ SameSite=Strict). No exemption for loopback callers; failed sign-ins are throttl
 must name the console. Every POST carries the session's CSRF token. Nothing rendered contains a secret or patient
 demographics (pages name Patients by id). The rules themselves are in `guard.py`.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -126,17 +127,25 @@ def _csrf_token() -> str:
 @bp.app_context_processor
 def common():
     s = _source().settings
-    return {"csrf_token": _csrf_token(), "server": s.base_url, "dev_api": s.dev_api,
-            "authenticated": g.get("authenticated", False), "signed_in": _guard().signed_in(),
-            "flash_msg": session.pop("flash", None)}
+    return {
+        "csrf_token": _csrf_token(),
+        "server": s.base_url,
+        "dev_api": s.dev_api,
+        "authenticated": g.get("authenticated", False),
+        "signed_in": _guard().signed_in(),
+        "flash_msg": session.pop("flash", None),
+    }
 
 
 @bp.before_app_request
 def require_admin():
     if not host_allowed(request.host, _guard().hosts):
-        return Response(f"this console does not answer to the host {request.host!r}: open it by an address it is "
-                        "served on (127.0.0.1, localhost, or one given with --allowed-host)\n", 421,
-                        {"Content-Type": "text/plain"})
+        return Response(
+            f"this console does not answer to the host {request.host!r}: open it by an address it is "
+            "served on (127.0.0.1, localhost, or one given with --allowed-host)\n",
+            421,
+            {"Content-Type": "text/plain"},
+        )
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if _guard().authenticated():
@@ -147,8 +156,11 @@ def require_admin():
                 abort(403, "missing or wrong CSRF token: reload the page and try again")
         return None
     if request.path.startswith("/api/") or "text/html" not in request.headers.get("Accept", ""):
-        return Response("the medport console needs the admin client's credentials\n", 401,
-                        {"WWW-Authenticate": 'Basic realm="medport console"', "Content-Type": "text/plain"})
+        return Response(
+            "the medport console needs the admin client's credentials\n",
+            401,
+            {"WWW-Authenticate": 'Basic realm="medport console"', "Content-Type": "text/plain"},
+        )
     return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
 
 
@@ -171,8 +183,11 @@ def forbidden_dev_api(e):
 
 @bp.app_errorhandler(requests.RequestException)
 def medplum_unreachable(e):
-    return render_template("error.html", title="Medplum did not answer",
-                           message=f"{type(e).__name__}: check that {_source().settings.base_url} is up, then reload"), 502
+    return render_template(
+        "error.html",
+        title="Medplum did not answer",
+        message=f"{type(e).__name__}: check that {_source().settings.base_url} is up, then reload",
+    ), 502
 
 
 @bp.get("/favicon.ico")
@@ -230,8 +245,9 @@ def health_page():
 @bp.get("/api/health")
 def health_json():
     console, key = _console(), _range()
-    figures = console.cached(console.integration(), f"figures {key}",
-                             lambda integ: health(integ, range_start(key, integ.now)))
+    figures = console.cached(
+        console.integration(), f"figures {key}", lambda integ: health(integ, range_start(key, integ.now))
+    )
     return jsonify(figures)
 
 
@@ -244,9 +260,13 @@ def _page_number() -> int:
 
 @bp.get("/patients")
 def patients_page():
-    view = patients_view(_console().integration(), state=request.args.get("state", ""),
-                         q=request.args.get("q", "")[:200], sort=request.args.get("sort", "activity"),
-                         page=_page_number())
+    view = patients_view(
+        _console().integration(),
+        state=request.args.get("state", ""),
+        q=request.args.get("q", "")[:200],
+        sort=request.args.get("sort", "activity"),
+        page=_page_number(),
+    )
     return render_template("patients.html", v=view, page="patients")
 
 
@@ -269,8 +289,9 @@ def _patient_data(pid: str) -> dict:
     # the Patient's versions and its imported resources, both kept until they change: read side by side
     history = _READS.submit(src.patient_history, pid, sync.version)
     counts = src.imported_counts(pid, newest)
-    return patient_view(integ, sync, history.result(), counts, src.settings.links_base,
-                        src.settings.resource_identifier_system)
+    return patient_view(
+        integ, sync, history.result(), counts, src.settings.links_base, src.settings.resource_identifier_system
+    )
 
 
 def _message_data(task_id: str) -> dict:
@@ -308,7 +329,9 @@ def replay(task_id):
             if e.status != 412:
                 raise
             session["flash"] = f"Task/{task_id} changed meanwhile (being processed): left alone"
-    back = f"/patients/{quote(next(iter(sorted(msg.patient_ids))))}" if msg.patient_ids else url_for("console.health_page")
+    back = (
+        f"/patients/{quote(next(iter(sorted(msg.patient_ids))))}" if msg.patient_ids else url_for("console.health_page")
+    )
     return _back(back)
 
 
@@ -325,7 +348,8 @@ def replay_failed():
                 raise
             skipped += 1
     session["flash"] = f"{done} message(s) put back in the queue" + (
-        f"; {skipped} changed meanwhile and were left alone" if skipped else "")
+        f"; {skipped} changed meanwhile and were left alone" if skipped else ""
+    )
     return _back(url_for("console.health_page"))
 
 
@@ -344,11 +368,16 @@ def retry_webhook():
 
 
 def create_app(source: Source, *, secret_key: bytes | None = None) -> Flask:
-    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"),
-                static_url_path="/static")
-    app.config.update(SECRET_KEY=secret_key or secrets.token_bytes(32), SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="medport_console",
-                      TEMPLATES_AUTO_RELOAD=False)
+    app = Flask(
+        __name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"), static_url_path="/static"
+    )
+    app.config.update(
+        SECRET_KEY=secret_key or secrets.token_bytes(32),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="medport_console",
+        TEMPLATES_AUTO_RELOAD=False,
+    )
     app.extensions["medport_console"] = Console(source)
     app.extensions["medport_console_guard"] = Guard(source)
     app.register_blueprint(bp)

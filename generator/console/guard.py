@@ -12,6 +12,7 @@
 - `SECURITY_HEADERS`: CSP (scripts and styles from the console only, no framing, forms post to it only),
   X-Frame-Options, no caching of pages that show the integration's records, no referrer (URLs hold ids).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,14 +24,14 @@ from urllib.parse import urlsplit
 
 FREE_FAILURES = 5
 MAX_WAIT_S = 300.0
-FORGET_AFTER_S = 900.0      # failures older than this are forgotten
+FORGET_AFTER_S = 900.0  # failures older than this are forgotten
 SESSION_IDLE_S = 12 * 3600.0
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -119,7 +120,7 @@ def host_name(host_header: str) -> str:
     """The name part of a Host header (`[::1]:8104` → `::1`, `Localhost.:80` → `localhost`)."""
     h = (host_header or "").strip().lower()
     if h.startswith("["):
-        name = h[1:h.find("]")] if "]" in h else ""
+        name = h[1 : h.find("]")] if "]" in h else ""
     else:
         name = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
     return name.rstrip(".")

@@ -15,6 +15,7 @@ What each record says (see README "What the bots record"):
 Each Patient gets ONE sync state, from the newest evidence: a current Metriport id beats an older failure, a
 newer failure beats an older link, a failed or stuck message newer than the last import beats that import.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,20 +44,28 @@ from .source import Snapshot
 
 AUDIT_FAILURE = {"4", "8", "12"}
 ATTEMPTS_EXT, LEASE_EXT = MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
-ACK_BUDGET_MS = 4000.0      # Metriport wants a 200 within 4 s
+ACK_BUDGET_MS = 4000.0  # Metriport wants a 200 within 4 s
 CONSOLIDATED = "medical.consolidated-data"
 # Messages that answer a data query (one per query, or one per source of a network query) ...
 ANSWER_TYPES = (CONSOLIDATED, "network-query.")
 # ... and messages that bring data of their own (notifications): with the answers, the "data" messages.
-NOTIFICATION_TYPES = ("patient.admit", "patient.transfer", "patient.discharge", "patient.pharmacy",
-                      "patient.laboratory")
+NOTIFICATION_TYPES = (
+    "patient.admit",
+    "patient.transfer",
+    "patient.discharge",
+    "patient.pharmacy",
+    "patient.laboratory",
+)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _BOT_TAG = re.compile(r"\[([a-z0-9][a-z0-9-]*)\] ")
 _LAMBDA_LEVEL = re.compile(r"\t(INFO|WARN|ERROR)\t")
 _LEVEL_PREFIX = re.compile(r"^(WARN|ERROR|warn|error):? ")
-_WARN_WORDS = re.compile(r"skipped|will be retried|refus|conflict|expired|cut off|failed|not found|ignored|"
-                         r"DISABLED|dropped|could not", re.I)
+_WARN_WORDS = re.compile(
+    r"skipped|will be retried|refus|conflict|expired|cut off|failed|not found|ignored|"
+    r"DISABLED|dropped|could not",
+    re.I,
+)
 _REFUSED = re.compile(r"refus|already linked|held by|not linked: Metriport patient", re.I)
 _QUERY_STARTED = re.compile(r"^Metriport ([a-z-]+(?: [a-z-]+)?) started")
 
@@ -84,7 +93,7 @@ def newest(*times: datetime | None) -> datetime | None:
 @dataclass
 class LogLine:
     bot: str
-    level: str          # info | warn | error
+    level: str  # info | warn | error
     text: str
     fields: dict
 
@@ -98,7 +107,7 @@ def _split_fields(rest: str) -> tuple[str, dict]:
     i = rest.find(" {")
     while i != -1:
         try:
-            fields = json.loads(rest[i + 1:])
+            fields = json.loads(rest[i + 1 :])
         except ValueError:
             i = rest.find(" {", i + 1)
             continue
@@ -121,10 +130,10 @@ def parse_logs(text: str | None) -> list[LogLine]:
             if stripped.startswith(("Error", "Unhandled error", "Refused")) or level == "error":
                 out.append(LogLine("", "error", stripped, {}))
             continue
-        rest = raw[m.end():]
+        rest = raw[m.end() :]
         p = _LEVEL_PREFIX.match(rest)
         if p:
-            level, rest = p.group(1).lower(), rest[p.end():]
+            level, rest = p.group(1).lower(), rest[p.end() :]
         body, fields = _split_fields(rest)
         if level == "info" and _WARN_WORDS.search(body) and "nothing to do" not in body:
             level = "warn"
@@ -136,9 +145,9 @@ def parse_logs(text: str | None) -> list[LogLine]:
 @dataclass
 class Run:
     id: str
-    role: str                   # patient | webhook
+    role: str  # patient | webhook
     bot_name: str
-    kind: str                   # patient | delivery | processing | cron | other
+    kind: str  # patient | delivery | processing | cron | other
     start: datetime | None
     end: datetime | None
     ok: bool
@@ -219,11 +228,13 @@ def run_of(ae: dict, by_id: dict[str, tuple[str, str]]) -> Run | None:
     if role == "patient":
         kind = "patient"
         if patient is None:
-            patient = next((ln.fields.get("patient") for ln in lines if isinstance(ln.fields.get("patient"), str)), None)
+            patient = next(
+                (ln.fields.get("patient") for ln in lines if isinstance(ln.fields.get("patient"), str)), None
+            )
     elif task:
         kind = "processing"
     elif len(bot_refs) >= 2:
-        kind = "cron"           # a cron run's input is the Bot itself
+        kind = "cron"  # a cron run's input is the Bot itself
     elif sub:
         kind = "other"
     else:
@@ -234,8 +245,20 @@ def run_of(ae: dict, by_id: dict[str, tuple[str, str]]) -> Run | None:
     if not ok:
         errs = [ln.text for ln in lines if ln.level == "error"] or [ln.text for ln in lines[-1:]]
         error = errs[-1] if errs else "the execution failed (no log)"
-    return Run(ae.get("id", ""), role, name, kind, parse_time(period.get("start")), parse_time(period.get("end")),
-               ok, lines, patient, task, sub, error)
+    return Run(
+        ae.get("id", ""),
+        role,
+        name,
+        kind,
+        parse_time(period.get("start")),
+        parse_time(period.get("end")),
+        ok,
+        lines,
+        patient,
+        task,
+        sub,
+        error,
+    )
 
 
 class Memo:
@@ -291,7 +314,7 @@ class Message:
     type: str
     status: str
     arrived: datetime | None
-    sent: datetime | None                       # meta.when: Metriport built the message
+    sent: datetime | None  # meta.when: Metriport built the message
     deliveries: list[Run] = field(default_factory=list)
     processing: list[Run] = field(default_factory=list)
     started: datetime | None = None
@@ -302,9 +325,9 @@ class Message:
     metriport_ids: set = field(default_factory=set)
     attempts: int | None = None
     lease_expires: datetime | None = None
-    stuck: str | None = None                    # why it is stuck, else None
+    stuck: str | None = None  # why it is stuck, else None
     updated: datetime | None = None
-    request_id: str | None = None               # Metriport's requestId of the message (meta.requestId, ...)
+    request_id: str | None = None  # Metriport's requestId of the message (meta.requestId, ...)
     payload: dict = field(default_factory=dict)  # the message as stored (redact before showing)
 
     @property
@@ -426,6 +449,7 @@ def _request_id(msg: dict, meta: dict) -> str | None:
 @dataclass(frozen=True)
 class TaskRecord:
     """What one version of a message Task says, parsed once (a Task changes only by a new version)."""
+
     task_id: str
     message_id: str
     type: str
@@ -439,9 +463,9 @@ class TaskRecord:
     exec_end: datetime | None
     attempts: int | None
     lease_expires: datetime | None
-    subjects: tuple          # Patient ids the Task names itself (summary subjects, Task.for)
+    subjects: tuple  # Patient ids the Task names itself (summary subjects, Task.for)
     data_patient: str | None  # the metadata's medplumPatientId
-    named: tuple             # (Metriport patient id, externalId) of each patient the message names
+    named: tuple  # (Metriport patient id, externalId) of each patient the message names
     msg: dict
     summary: dict
 
@@ -449,8 +473,12 @@ class TaskRecord:
 def task_record(t: dict) -> TaskRecord:
     msg, summary = _message_of(t), _summary_of(t)
     meta = _dict_at(msg, "meta")
-    mtype = str(meta.get("type") or summary.get("type") or (t.get("description") or "").replace(
-        "Metriport webhook ", "") or "unknown")
+    mtype = str(
+        meta.get("type")
+        or summary.get("type")
+        or (t.get("description") or "").replace("Metriport webhook ", "")
+        or "unknown"
+    )
     ident = next((i.get("value") for i in t.get("identifier", []) or [] if isinstance(i, dict)), None)
     subjects = [x for x in summary.get("subjects") or [] if isinstance(x, str)]
     for_ref = ((t.get("for") or {}).get("reference") or "") if isinstance(t.get("for"), dict) else ""
@@ -459,21 +487,35 @@ def task_record(t: dict) -> TaskRecord:
     data = _dict_at(meta, "data")
     named = [p for p in msg.get("patients") or [] if isinstance(p, dict)]
     if isinstance(msg.get("payload"), dict):
-        named.append(msg["payload"])            # a notification's payload names one patient
+        named.append(msg["payload"])  # a notification's payload names one patient
     period = _dict_at(t, "executionPeriod")
     a, lease = _ext(t, ATTEMPTS_EXT), _ext(t, LEASE_EXT)
     return TaskRecord(
-        t.get("id", ""), str(meta.get("messageId") or ident or ""), mtype, str(t.get("status", "unknown")),
-        parse_time(meta.get("when")), parse_time((t.get("meta") or {}).get("lastUpdated")),
+        t.get("id", ""),
+        str(meta.get("messageId") or ident or ""),
+        mtype,
+        str(t.get("status", "unknown")),
+        parse_time(meta.get("when")),
+        parse_time((t.get("meta") or {}).get("lastUpdated")),
         (t.get("statusReason") or {}).get("text") if isinstance(t.get("statusReason"), dict) else None,
-        _request_id(msg, meta), parse_time(t.get("authoredOn")), parse_time(period.get("start")),
+        _request_id(msg, meta),
+        parse_time(t.get("authoredOn")),
+        parse_time(period.get("start")),
         parse_time(period.get("end")),
         int(a["valueInteger"]) if a and isinstance(a.get("valueInteger"), int) else None,
-        parse_time(lease.get("valueDateTime")) if lease else None, tuple(subjects),
+        parse_time(lease.get("valueDateTime")) if lease else None,
+        tuple(subjects),
         data.get("medplumPatientId") if isinstance(data.get("medplumPatientId"), str) else None,
-        tuple((p.get("patientId") if isinstance(p.get("patientId"), str) else None,
-               p.get("externalId") if isinstance(p.get("externalId"), str) else None) for p in named),
-        msg, summary)
+        tuple(
+            (
+                p.get("patientId") if isinstance(p.get("patientId"), str) else None,
+                p.get("externalId") if isinstance(p.get("externalId"), str) else None,
+            )
+            for p in named
+        ),
+        msg,
+        summary,
+    )
 
 
 def _subjects(m: Message, rec: TaskRecord, mid_to_patient: dict, known: set) -> None:
@@ -490,8 +532,14 @@ def _subjects(m: Message, rec: TaskRecord, mid_to_patient: dict, known: set) -> 
             m.patient_ids.add(external)
 
 
-def build_messages(snap: Snapshot, runs: list[Run], mid_to_patient: dict[str, str], stuck_after_s: float,
-                   now: datetime, memo: Memo | None = None) -> list[Message]:
+def build_messages(
+    snap: Snapshot,
+    runs: list[Run],
+    mid_to_patient: dict[str, str],
+    stuck_after_s: float,
+    now: datetime,
+    memo: Memo | None = None,
+) -> list[Message]:
     memo = memo or Memo()
     deliveries: defaultdict[str, list[Run]] = defaultdict(list)
     processing: defaultdict[str, list[Run]] = defaultdict(list)
@@ -504,9 +552,22 @@ def build_messages(snap: Snapshot, runs: list[Run], mid_to_patient: dict[str, st
     for t in snap.tasks:
         rec = memo.message(t)
         tid = rec.task_id
-        m = Message(tid, rec.message_id, rec.type, rec.status, None, rec.sent, deliveries.get(tid, []),
-                    processing.get(tid, []), summary=rec.summary, payload=rec.msg, request_id=rec.request_id,
-                    updated=rec.updated, reason=rec.reason, lease_expires=rec.lease_expires)
+        m = Message(
+            tid,
+            rec.message_id,
+            rec.type,
+            rec.status,
+            None,
+            rec.sent,
+            deliveries.get(tid, []),
+            processing.get(tid, []),
+            summary=rec.summary,
+            payload=rec.msg,
+            request_id=rec.request_id,
+            updated=rec.updated,
+            reason=rec.reason,
+            lease_expires=rec.lease_expires,
+        )
         _subjects(m, rec, mid_to_patient, known_patients)
         acked = next((r for r in m.deliveries if r.ok), None)
         m.arrived = rec.authored or (acked.start if acked else None) or m.sent
@@ -526,8 +587,11 @@ def build_messages(snap: Snapshot, runs: list[Run], mid_to_patient: dict[str, st
 def _stuck(m: Message, now: datetime, after_s: float) -> str | None:
     if m.status == "in-progress":
         if m.lease_expires is not None:
-            return f"processing was cut off (its lease expired at {m.lease_expires:%H:%M:%S} UTC)" \
-                if m.lease_expires < now else None
+            return (
+                f"processing was cut off (its lease expired at {m.lease_expires:%H:%M:%S} UTC)"
+                if m.lease_expires < now
+                else None
+            )
         since = m.started or m.updated
         if since and (now - since).total_seconds() > after_s:
             return f"in progress for {human_s((now - since).total_seconds())}"
@@ -559,8 +623,13 @@ def human_ms(ms: float | None) -> str:
 # step of a Patient (one per Patient: requested until its query started, executionPeriod.start = when a run may
 # take it next), and records that ask nothing of anyone. A code not listed is a review when its code or title
 # says so (conflict, review, refused, forged), else a record.
-TASK_KINDS = {PATIENT_CONFLICT_TASK_CODE: "duplicate", BULK_ROW_FAILED_CODE: "enrollment",
-              RESOURCE_CONFLICT_TASK_CODE: "review", PATIENT_SYNC_TASK_CODE: "sync", CONTRIBUTION_TASK_CODE: "record"}
+TASK_KINDS = {
+    PATIENT_CONFLICT_TASK_CODE: "duplicate",
+    BULK_ROW_FAILED_CODE: "enrollment",
+    RESOURCE_CONFLICT_TASK_CODE: "review",
+    PATIENT_SYNC_TASK_CODE: "sync",
+    CONTRIBUTION_TASK_CODE: "record",
+}
 _REVIEW_WORDS = re.compile(r"conflict|review|refus|forged|reject", re.I)
 CLOSED = ("completed", "cancelled", "rejected", "entered-in-error")
 
@@ -569,17 +638,18 @@ CLOSED = ("completed", "cancelled", "rejected", "entered-in-error")
 class Review:
     """A Task the bots left beside the messages: a refused duplicate link, a refused bulk row, a conflict, a
     Patient's sync step, or a kind this console does not know yet — shown by its own title and description."""
+
     task_id: str
     code: str
     status: str
     title: str
     description: str
-    subjects: list[str]         # the Patients it is about (for/focus)
-    others: list[str]           # Patients it names besides (e.g. the one already holding the Metriport id)
-    at: datetime | None         # authored
+    subjects: list[str]  # the Patients it is about (for/focus)
+    others: list[str]  # Patients it names besides (e.g. the one already holding the Metriport id)
+    at: datetime | None  # authored
     updated: datetime | None = None
     due: datetime | None = None  # a sync step: when a run may take it next
-    waiting: str | None = None   # a sync step: what it waits for (run | metriport | backoff)
+    waiting: str | None = None  # a sync step: what it waits for (run | metriport | backoff)
 
     @property
     def patient_ids(self) -> list[str]:
@@ -615,8 +685,16 @@ def _patients_named(refs: list) -> list[str]:
 
 
 def _input_text(task: dict, name: str) -> str | None:
-    return next((i.get("valueString") for i in task.get("input") or [] if isinstance(i, dict)
-                 and (i.get("type") or {}).get("text") == name and isinstance(i.get("valueString"), str)), None)
+    return next(
+        (
+            i.get("valueString")
+            for i in task.get("input") or []
+            if isinstance(i, dict)
+            and (i.get("type") or {}).get("text") == name
+            and isinstance(i.get("valueString"), str)
+        ),
+        None,
+    )
 
 
 def build_reviews(snap: Snapshot) -> list[Review]:
@@ -624,17 +702,27 @@ def build_reviews(snap: Snapshot) -> list[Review]:
     for t in snap.review_tasks:
         code = _code_of(t)
         if code == BULK_TASK_CODE:
-            continue                # the bulk request itself: its failed rows are the reviews
+            continue  # the bulk request itself: its failed rows are the reviews
         subjects = _patients_named([t.get("for"), t.get("focus")])
         others = _patients_named([i.get("valueReference") for i in t.get("input") or [] if isinstance(i, dict)])
         reason = (t.get("statusReason") or {}).get("text") if isinstance(t.get("statusReason"), dict) else None
         updated = parse_time((t.get("meta") or {}).get("lastUpdated"))
         period = _dict_at(t, "executionPeriod")
-        out.append(Review(t.get("id", ""), code, str(t.get("status", "")),
-                          (t.get("code") or {}).get("text") or code or "review",
-                          reason or t.get("description") or "", subjects, [p for p in others if p not in subjects],
-                          parse_time(t.get("authoredOn")) or updated, updated, parse_time(period.get("start")),
-                          _input_text(t, "waiting")))
+        out.append(
+            Review(
+                t.get("id", ""),
+                code,
+                str(t.get("status", "")),
+                (t.get("code") or {}).get("text") or code or "review",
+                reason or t.get("description") or "",
+                subjects,
+                [p for p in others if p not in subjects],
+                parse_time(t.get("authoredOn")) or updated,
+                updated,
+                parse_time(period.get("start")),
+                _input_text(t, "waiting"),
+            )
+        )
     out.sort(key=lambda r: (r.at or EPOCH, r.task_id))
     return out
 
@@ -643,9 +731,9 @@ def build_reviews(snap: Snapshot) -> list[Review]:
 @dataclass
 class Query:
     at: datetime | None
-    kind: str                   # document-query | consolidated | network-query | ...
+    kind: str  # document-query | consolidated | network-query | ...
     request_id: str | None
-    by: str                     # patient-bot | webhook-bot
+    by: str  # patient-bot | webhook-bot
     run_id: str
 
 
@@ -669,8 +757,8 @@ def merged_overlap(intervals: list[tuple[datetime, datetime]], lo: datetime, hi:
 class Aggregation:
     patient_id: str
     query: Query
-    message: Message | None     # the message that brought the data (None: not yet)
-    waited_s: float = 0.0       # time the patient's messages sat failed, waiting for a replay, meanwhile
+    message: Message | None  # the message that brought the data (None: not yet)
+    waited_s: float = 0.0  # time the patient's messages sat failed, waiting for a replay, meanwhile
 
     @property
     def elapsed_s(self) -> float | None:
@@ -687,19 +775,34 @@ class Aggregation:
 
 
 STATES = ("imported", "awaiting", "failed", "stuck", "skipped", "duplicate", "not-synced")
-STATE_LABELS = {"imported": "imported", "awaiting": "awaiting data", "failed": "failed", "stuck": "stuck",
-                "skipped": "skipped", "duplicate": "duplicate refused", "not-synced": "not synced"}
-STATE_TONES = {"imported": "ok", "awaiting": "pending", "failed": "fail", "stuck": "stuck", "skipped": "skip",
-               "duplicate": "dup", "not-synced": "muted"}
+STATE_LABELS = {
+    "imported": "imported",
+    "awaiting": "awaiting data",
+    "failed": "failed",
+    "stuck": "stuck",
+    "skipped": "skipped",
+    "duplicate": "duplicate refused",
+    "not-synced": "not synced",
+}
+STATE_TONES = {
+    "imported": "ok",
+    "awaiting": "pending",
+    "failed": "fail",
+    "stuck": "stuck",
+    "skipped": "skip",
+    "duplicate": "dup",
+    "not-synced": "muted",
+}
 
 
 @dataclass
 class SyncState:
     """Where one Patient's sync stands, from the newest evidence."""
-    state: str                  # one of STATES
-    reason: str                 # why, in a sentence (ids only)
-    since: datetime | None      # since when this holds
-    action: str | None = None   # "rerun" (the patient bot) | "replay" (a message) | None
+
+    state: str  # one of STATES
+    reason: str  # why, in a sentence (ids only)
+    since: datetime | None  # since when this holds
+    action: str | None = None  # "rerun" (the patient bot) | "replay" (a message) | None
     task_id: str | None = None  # the message to replay
 
     @property
@@ -723,8 +826,8 @@ class PatientSync:
     aggregations: list[Aggregation]
     state: SyncState
     reviews: list[Review]
-    identifiers: tuple = ()     # (system, value) of the Patient's identifiers: searched, never shown
-    version: str = ""           # the Patient's current versionId
+    identifiers: tuple = ()  # (system, value) of the Patient's identifiers: searched, never shown
+    version: str = ""  # the Patient's current versionId
 
     @property
     def last_activity(self) -> datetime | None:
@@ -775,7 +878,9 @@ def _queries_of(run: Run) -> list[Query]:
                 kind = m.group(1).split(" ")[0]
                 out.append(Query(parse_time(f.get("at")) or run.start, kind, f.get("requestId"), "patient-bot", run.id))
         elif run.role == "webhook" and ln.text.startswith("consolidated query started"):
-            out.append(Query(parse_time(f.get("at")) or run.start, "consolidated", f.get("requestId"), "webhook-bot", run.id))
+            out.append(
+                Query(parse_time(f.get("at")) or run.start, "consolidated", f.get("requestId"), "webhook-bot", run.id)
+            )
     return out
 
 
@@ -802,22 +907,36 @@ def sync_step_state(rv: Review, now: datetime, stuck_after_s: float) -> SyncStat
     if rv.status == "failed":
         return SyncState("failed", f"the sync step failed: {rv.description}", rv.updated, "rerun")
     if rv.due and (now - rv.due).total_seconds() > stuck_after_s:
-        return SyncState("stuck", f"the sync step was due at {rv.due:%Y-%m-%d %H:%M:%S} UTC and no run took it"
-                         + (f" ({rv.description})" if rv.description else ""), rv.due, "rerun")
-    if rv.waiting == "backoff":   # the last attempt failed: say so, and when it is tried again by itself
+        return SyncState(
+            "stuck",
+            f"the sync step was due at {rv.due:%Y-%m-%d %H:%M:%S} UTC and no run took it"
+            + (f" ({rv.description})" if rv.description else ""),
+            rv.due,
+            "rerun",
+        )
+    if rv.waiting == "backoff":  # the last attempt failed: say so, and when it is tried again by itself
         again = f"; tried again at {rv.due:%H:%M:%S} UTC" if rv.due and rv.due > now else ""
-        return SyncState("failed", f"the patient bot failed: {rv.description or 'no reason recorded'}{again}",
-                         rv.at, "rerun")
-    what = {"run": "a patient bot run is sending it to Metriport",
-            "metriport": "waiting for Metriport's rate limit"}.get(
-        rv.waiting or "", "the patient bot's sync step is pending")
+        return SyncState(
+            "failed", f"the patient bot failed: {rv.description or 'no reason recorded'}{again}", rv.at, "rerun"
+        )
+    what = {
+        "run": "a patient bot run is sending it to Metriport",
+        "metriport": "waiting for Metriport's rate limit",
+    }.get(rv.waiting or "", "the patient bot's sync step is pending")
     when = f"; next attempt at {rv.due:%H:%M:%S} UTC" if rv.due and rv.due > now else ""
-    return SyncState("awaiting", what + when + (f" ({rv.description})" if rv.description and rv.waiting != "run"
-                                                else ""), rv.at)
+    return SyncState(
+        "awaiting", what + when + (f" ({rv.description})" if rv.description and rv.waiting != "run" else ""), rv.at
+    )
 
 
-def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[Review],
-                 now: datetime | None = None, stuck_after_s: float = 300.0) -> SyncState | None:
+def patient_side(
+    patient: dict,
+    mid: str | None,
+    runs: list[Run],
+    reviews: list[Review],
+    now: datetime | None = None,
+    stuck_after_s: float = 300.0,
+) -> SyncState | None:
     """The newest evidence about the link itself: a failed, skipped or refused patient bot run, an open review
     Task (duplicate, refused bulk row), the query-failed mark — against the Patient's current Metriport id. None
     when the Patient is linked and nothing newer says otherwise (the messages decide then)."""
@@ -840,23 +959,51 @@ def patient_side(patient: dict, mid: str | None, runs: list[Run], reviews: list[
         elif rv.kind == "sync" and rv.updated and rv.status != "completed":
             evidence.append((rv.updated, 1, sync_step_state(rv, now, stuck_after_s)))
     if mid and version_at:
-        marked = next((e for e in patient.get("extension") or [] if isinstance(e, dict)
-                       and e.get("url") == QUERY_FAILED_EXTENSION), None)
-        fp = next((e.get("valueString") for e in patient.get("extension") or [] if isinstance(e, dict)
-                   and e.get("url") == FINGERPRINT_EXTENSION), None)
+        marked = next(
+            (
+                e
+                for e in patient.get("extension") or []
+                if isinstance(e, dict) and e.get("url") == QUERY_FAILED_EXTENSION
+            ),
+            None,
+        )
+        fp = next(
+            (
+                e.get("valueString")
+                for e in patient.get("extension") or []
+                if isinstance(e, dict) and e.get("url") == FINGERPRINT_EXTENSION
+            ),
+            None,
+        )
         if marked and marked.get("valueString") == fp:
             err = next((r.error for r in reversed(decisive) if not r.ok), None)
-            evidence.append((version_at, 2, SyncState(
-                "failed", "linked, but the data query could not be started" + (f": {err}" if err else "")
-                + " (the next save of the Patient starts it)", version_at, "rerun")))
+            evidence.append(
+                (
+                    version_at,
+                    2,
+                    SyncState(
+                        "failed",
+                        "linked, but the data query could not be started"
+                        + (f": {err}" if err else "")
+                        + " (the next save of the Patient starts it)",
+                        version_at,
+                        "rerun",
+                    ),
+                )
+            )
         else:
-            evidence.append((version_at, 0, SyncState("linked", "", version_at)))   # the current link
+            evidence.append((version_at, 0, SyncState("linked", "", version_at)))  # the current link
     for r in decisive:
         if r.start and r.verdict is None and r.ok and mid:
             evidence.append((r.start, 0, SyncState("linked", "", r.start)))
     if not evidence:
-        return SyncState("not-synced", "the patient bot has not run for this Patient" if not runs else
-                         (runs[-1].last_text or "the patient bot did nothing for this Patient"), version_at)
+        return SyncState(
+            "not-synced",
+            "the patient bot has not run for this Patient"
+            if not runs
+            else (runs[-1].last_text or "the patient bot did nothing for this Patient"),
+            version_at,
+        )
     # the newest evidence wins; at the same instant, a mark on the current version beats the link
     _, _, newest = max(evidence, key=lambda e: (e[0], e[1]))
     if newest.state == "linked":
@@ -873,19 +1020,30 @@ def data_side(linked_at: datetime | None, messages: list[Message], queries: list
     problem = max(problems, key=lambda m: m.touched or EPOCH) if problems else None
     if problem and (last_done is None or (problem.touched or EPOCH) >= (last_done.touched or EPOCH)):
         if problem.status == "failed":
-            return SyncState("failed", f"{problem.type} failed: {problem.reason or 'no reason recorded'}",
-                             problem.at, "replay", problem.task_id)
-        return SyncState("stuck", f"{problem.type}: {problem.stuck}", problem.started or problem.updated,
-                         "replay", problem.task_id)
+            return SyncState(
+                "failed",
+                f"{problem.type} failed: {problem.reason or 'no reason recorded'}",
+                problem.at,
+                "replay",
+                problem.task_id,
+            )
+        return SyncState(
+            "stuck", f"{problem.type}: {problem.stuck}", problem.started or problem.updated, "replay", problem.task_id
+        )
     started = [q for q in queries if q.at]
     last_q = max(started, key=lambda q: q.at or EPOCH) if started else None
-    answered = last_q is not None and any(m.answers_query and not m.requeried and m in done
-                                          and (m.arrived or m.at or EPOCH) >= (last_q.at or EPOCH) for m in messages)
+    answered = last_q is not None and any(
+        m.answers_query and not m.requeried and m in done and (m.arrived or m.at or EPOCH) >= (last_q.at or EPOCH)
+        for m in messages
+    )
     in_flight = [m for m in messages if m.in_flight]
     if last_q is not None and not answered:
         doing = f"; {in_flight[-1].type} being processed" if in_flight else ""
-        return SyncState("awaiting", f"{last_q.kind} started" + (f" (request {last_q.request_id})"
-                                                                 if last_q.request_id else "") + doing, last_q.at)
+        return SyncState(
+            "awaiting",
+            f"{last_q.kind} started" + (f" (request {last_q.request_id})" if last_q.request_id else "") + doing,
+            last_q.at,
+        )
     if last_done is not None:
         n = last_done.imported_total
         what = f"{n} resource(s) written by the last import" if n else "Metriport had no data in the last answer"
@@ -901,17 +1059,31 @@ def pair_aggregations(patient_id: str, queries: list[Query], messages: list[Mess
     re-querying an expired URL. The time the Patient's messages sat failed meanwhile is counted apart."""
     # times kept: each start has its query's time, each answer its finish
     starts = sorted([(q.at, q) for q in queries if q.by == "patient-bot" and q.at], key=lambda s: s[0])
-    done = sorted([(m.finished, m) for m in messages if m.answers_query and m.status == "completed" and m.finished
-                   and not m.requeried], key=lambda d: d[0])
+    done = sorted(
+        [
+            (m.finished, m)
+            for m in messages
+            if m.answers_query and m.status == "completed" and m.finished and not m.requeried
+        ],
+        key=lambda d: d[0],
+    )
     waits = [w for m in messages for w in m.waits]
     out: list[Aggregation] = []
     used: set[str] = set()
     for i, (at, q) in enumerate(starts):
         nxt = starts[i + 1][0] if i + 1 < len(starts) else None
-        found = next(((m, finished) for finished, m in done if m.task_id not in used and (m.arrived or finished) >= at
-                      and (nxt is None or (m.arrived or finished) < nxt or i + 1 == len(starts))), None)
+        found = next(
+            (
+                (m, finished)
+                for finished, m in done
+                if m.task_id not in used
+                and (m.arrived or finished) >= at
+                and (nxt is None or (m.arrived or finished) < nxt or i + 1 == len(starts))
+            ),
+            None,
+        )
         if found is None and nxt is not None:
-            continue            # superseded by a later query before its data came
+            continue  # superseded by a later query before its data came
         if found is not None:
             used.add(found[0].task_id)
         waited = merged_overlap(waits, at, found[1]) if found is not None else 0.0
@@ -919,18 +1091,33 @@ def pair_aggregations(patient_id: str, queries: list[Query], messages: list[Mess
     return out
 
 
-def sync_state(patient: dict, mid: str | None, runs: list[Run], reviews: list[Review], messages: list[Message],
-               queries: list[Query], now: datetime | None = None, stuck_after_s: float = 300.0) -> SyncState:
+def sync_state(
+    patient: dict,
+    mid: str | None,
+    runs: list[Run],
+    reviews: list[Review],
+    messages: list[Message],
+    queries: list[Query],
+    now: datetime | None = None,
+    stuck_after_s: float = 300.0,
+) -> SyncState:
     decided = patient_side(patient, mid, runs, reviews, now, stuck_after_s)
     if decided is not None:
         return decided
-    linked_at = next((r.end for r in reversed(_decisive_runs(runs)) if r.ok and r.verdict is None), None) \
-        or parse_time((patient.get("meta") or {}).get("lastUpdated"))
+    linked_at = next((r.end for r in reversed(_decisive_runs(runs)) if r.ok and r.verdict is None), None) or parse_time(
+        (patient.get("meta") or {}).get("lastUpdated")
+    )
     return data_side(linked_at, messages, queries)
 
 
-def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], reviews: list[Review],
-                   mid_system: str, stuck_after_s: float = 300.0) -> list[PatientSync]:
+def build_patients(
+    snap: Snapshot,
+    runs: list[Run],
+    messages: list[Message],
+    reviews: list[Review],
+    mid_system: str,
+    stuck_after_s: float = 300.0,
+) -> list[PatientSync]:
     runs_by_patient = defaultdict(list)
     webhook_queries = defaultdict(list)
     for r in runs:
@@ -938,8 +1125,15 @@ def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], rev
             runs_by_patient[r.patient_id].append(r)
         elif r.role == "webhook":
             for q in r.queries:
-                pid = next((ln.fields.get("patient") for ln in r.lines if ln.text.startswith("consolidated query started")
-                            and isinstance(ln.fields.get("patient"), str)), None)
+                pid = next(
+                    (
+                        ln.fields.get("patient")
+                        for ln in r.lines
+                        if ln.text.startswith("consolidated query started")
+                        and isinstance(ln.fields.get("patient"), str)
+                    ),
+                    None,
+                )
                 if pid:
                     webhook_queries[pid].append(q)
     msgs_by_patient = defaultdict(list)
@@ -953,19 +1147,37 @@ def build_patients(snap: Snapshot, runs: list[Run], messages: list[Message], rev
     out = []
     for p in snap.patients:
         pid = p.get("id", "")
-        idents = tuple((str(i.get("system") or ""), str(i.get("value"))) for i in p.get("identifier", []) or []
-                       if isinstance(i, dict) and i.get("value"))
+        idents = tuple(
+            (str(i.get("system") or ""), str(i.get("value")))
+            for i in p.get("identifier", []) or []
+            if isinstance(i, dict) and i.get("value")
+        )
         mid = next((v for s, v in idents if s == mid_system), None)
         fp = any(isinstance(e, dict) and e.get("url") == FINGERPRINT_EXTENSION for e in p.get("extension", []) or [])
         prs = runs_by_patient.get(pid, [])
-        queries = sorted([q for r in prs for q in r.queries] + webhook_queries.get(pid, []),
-                         key=lambda q: q.at or snap.fetched_at)
-        pmsgs = sorted(msgs_by_patient.get(pid, []), key=lambda m: (m.arrived or m.updated or snap.fetched_at))
+        queries = sorted(
+            [q for r in prs for q in r.queries] + webhook_queries.get(pid, []), key=lambda q: q.at or snap.fetched_at
+        )
+        pmsgs = sorted(msgs_by_patient.get(pid, []), key=lambda m: m.arrived or m.updated or snap.fetched_at)
         aggs = pair_aggregations(pid, queries, pmsgs)
         prev = reviews_by_patient.get(pid, [])
         state = sync_state(p, mid, prs, prev, pmsgs, queries, snap.fetched_at, stuck_after_s)
-        out.append(PatientSync(pid, mid, fp, parse_time((p.get("meta") or {}).get("lastUpdated")), prs, pmsgs,
-                               queries, aggs, state, prev, idents, str((p.get("meta") or {}).get("versionId") or "")))
+        out.append(
+            PatientSync(
+                pid,
+                mid,
+                fp,
+                parse_time((p.get("meta") or {}).get("lastUpdated")),
+                prs,
+                pmsgs,
+                queries,
+                aggs,
+                state,
+                prev,
+                idents,
+                str((p.get("meta") or {}).get("versionId") or ""),
+            )
+        )
     out.sort(key=lambda s: s.last_activity or snap.fetched_at, reverse=True)
     return out
 
@@ -1003,8 +1215,9 @@ class Integration:
         return [r for r in self.runs if r.role == "patient"]
 
 
-def reconstruct(snap: Snapshot, *, stuck_after_s: float | None = None, now: datetime | None = None,
-                memo: Memo | None = None) -> Integration:
+def reconstruct(
+    snap: Snapshot, *, stuck_after_s: float | None = None, now: datetime | None = None, memo: Memo | None = None
+) -> Integration:
     settings = snap.settings
     mid_system = settings.patient_identifier_system if settings else METRIPORT_PATIENT_ID_SYSTEM
     after = stuck_after_s if stuck_after_s is not None else (settings.stuck_after_s if settings else 300.0)
@@ -1025,9 +1238,9 @@ def reconstruct(snap: Snapshot, *, stuck_after_s: float | None = None, now: date
 @dataclass
 class Event:
     at: datetime | None
-    stage: str                  # saved | patient-bot | metriport | webhook | processing | imported | aggregation | review
+    stage: str  # saved | patient-bot | metriport | webhook | processing | imported | aggregation | review
     title: str
-    tone: str                   # ok | warn | fail | pending | muted
+    tone: str  # ok | warn | fail | pending | muted
     details: list[str] = field(default_factory=list)
     chips: dict = field(default_factory=dict)
     task_id: str | None = None
@@ -1035,12 +1248,17 @@ class Event:
     offset: str = ""
 
 
-_CALL_INFERRED = (("Metriport patient created", [("POST", "/medical/v1/patient/match", "404"), ("POST", "/medical/v1/patient", "201")]),
-                  ("Metriport patient matched", [("POST", "/medical/v1/patient/match", "200")]),
-                  ("Metriport patient updated", [("PUT", "/medical/v1/patient/{id}", "200")]),
-                  ("Metriport document-query started", [("POST", "/medical/v1/document/query", "200")]),
-                  ("Metriport consolidated started", [("POST", "/medical/v1/patient/{id}/consolidated/query", "200")]),
-                  ("consolidated query started", [("POST", "/medical/v1/patient/{id}/consolidated/query", "200")]))
+_CALL_INFERRED = (
+    (
+        "Metriport patient created",
+        [("POST", "/medical/v1/patient/match", "404"), ("POST", "/medical/v1/patient", "201")],
+    ),
+    ("Metriport patient matched", [("POST", "/medical/v1/patient/match", "200")]),
+    ("Metriport patient updated", [("PUT", "/medical/v1/patient/{id}", "200")]),
+    ("Metriport document-query started", [("POST", "/medical/v1/document/query", "200")]),
+    ("Metriport consolidated started", [("POST", "/medical/v1/patient/{id}/consolidated/query", "200")]),
+    ("consolidated query started", [("POST", "/medical/v1/patient/{id}/consolidated/query", "200")]),
+)
 
 
 @dataclass
@@ -1064,9 +1282,15 @@ def calls_of(run: Run) -> list[Call]:
             out.append(Call(parts[1], parts[2], str(ln.fields.get("status", "?"))))
         elif ln.text == "metriport call":
             f = ln.fields
-            out.append(Call(str(f.get("method", "?")), str(f.get("path", "?")), str(f.get("status", "?")),
-                            f.get("requestId") if isinstance(f.get("requestId"), str) else None,
-                            f.get("ms") if isinstance(f.get("ms"), (int, float)) else None))
+            out.append(
+                Call(
+                    str(f.get("method", "?")),
+                    str(f.get("path", "?")),
+                    str(f.get("status", "?")),
+                    f.get("requestId") if isinstance(f.get("requestId"), str) else None,
+                    f.get("ms") if isinstance(f.get("ms"), (int, float)) else None,
+                )
+            )
         elif not recorded:
             for needle, calls in _CALL_INFERRED:
                 if ln.text.startswith(needle):
@@ -1125,8 +1349,15 @@ def _saves(history: list[dict], bots: dict | None) -> list[Event]:
             title = "Patient linked by the webhook bot"
         else:
             title = "Patient saved" + (f" by {author}" if author else "")
-        events.append(Event(parse_time(meta.get("lastUpdated")), "saved", title, "muted",
-                            [f"version {meta.get('versionId', '?')[:8]}"]))
+        events.append(
+            Event(
+                parse_time(meta.get("lastUpdated")),
+                "saved",
+                title,
+                "muted",
+                [f"version {meta.get('versionId', '?')[:8]}"],
+            )
+        )
     return events
 
 
@@ -1142,8 +1373,15 @@ def _patient_runs(sync: PatientSync) -> list[Event]:
             details.append(f"{q.kind} started" + (f", requestId {q.request_id}" if q.request_id else ""))
         events.append(Event(r.start, "patient-bot", f"Patient bot: {title}", tone, details))
         for method, path, status, n in _grouped(metriport_calls(r)):
-            events.append(Event(r.start, "metriport", f"Metriport {method} {path}", call_tone(status),
-                                [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else "")]))
+            events.append(
+                Event(
+                    r.start,
+                    "metriport",
+                    f"Metriport {method} {path}",
+                    call_tone(status),
+                    [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else "")],
+                )
+            )
     return events
 
 
@@ -1158,11 +1396,21 @@ def _message_events(m: Message) -> list[Event]:
             a_details.append(f"delivered {len(m.deliveries)} times")
     else:
         a_tone, a_details = "muted", ["acknowledgement not on record (no execution AuditEvent found)"]
-    events.append(Event(m.arrived, "webhook", f"Webhook {m.type}", a_tone, a_details + [f"message {m.message_id}"],
-                        task_id=m.task_id))
+    events.append(
+        Event(
+            m.arrived,
+            "webhook",
+            f"Webhook {m.type}",
+            a_tone,
+            a_details + [f"message {m.message_id}"],
+            task_id=m.task_id,
+        )
+    )
     p_details = []
     if m.started:
-        p_details.append(f"started {human_ms(ms_between(m.arrived, m.started))} after arrival" if m.arrived else "started")
+        p_details.append(
+            f"started {human_ms(ms_between(m.arrived, m.started))} after arrival" if m.arrived else "started"
+        )
     if m.processing_ms is not None:
         p_details.append(f"took {human_ms(m.processing_ms)}")
     if m.attempts and m.attempts > 1:
@@ -1175,24 +1423,56 @@ def _message_events(m: Message) -> list[Event]:
     if m.stuck:
         p_details.append(f"stuck: {m.stuck}")
     tone = "warn" if m.tone == "stuck" else m.tone
-    events.append(Event(m.started or m.arrived, "processing", f"Processing {m.type}: {m.status}", tone, p_details,
-                        task_id=m.task_id, replayable=m.replayable))
+    events.append(
+        Event(
+            m.started or m.arrived,
+            "processing",
+            f"Processing {m.type}: {m.status}",
+            tone,
+            p_details,
+            task_id=m.task_id,
+            replayable=m.replayable,
+        )
+    )
     decisive = [r for r in m.processing if r.decides_message]
     for r in m.processing:
         if decisive and r is not decisive[-1] and r.marked_failed:
-            events.append(Event(r.start, "processing", f"Processing {m.type}: this run failed",
-                                "fail" if m.status == "failed" else "warn",
-                                [f"took {human_ms(r.duration_ms)}"] + ([f"error: {r.error}"] if r.error else [])
-                                + ["the message was processed again later"], task_id=m.task_id))
+            events.append(
+                Event(
+                    r.start,
+                    "processing",
+                    f"Processing {m.type}: this run failed",
+                    "fail" if m.status == "failed" else "warn",
+                    [f"took {human_ms(r.duration_ms)}"]
+                    + ([f"error: {r.error}"] if r.error else [])
+                    + ["the message was processed again later"],
+                    task_id=m.task_id,
+                )
+            )
         last = bool(decisive) and r is decisive[-1]
         base = max(t for t in (r.start, m.started) if t) if last and (r.start or m.started) else r.start
         for i, (method, path, status, n) in enumerate(_grouped(metriport_calls(r))):
             at = base + timedelta(microseconds=i + 1) if base else None
-            events.append(Event(at, "metriport", f"Metriport {method} {path}", call_tone(status),
-                                [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else ""), "by the webhook bot"]))
+            events.append(
+                Event(
+                    at,
+                    "metriport",
+                    f"Metriport {method} {path}",
+                    call_tone(status),
+                    [f"answered {status}" + (f" ×{n} (retried)" if n > 1 else ""), "by the webhook bot"],
+                )
+            )
     if m.imported:
-        events.append(Event(m.finished, "imported", f"{m.imported_total} resources written by this import", "ok",
-                            chips=dict(sorted(m.imported.items())), task_id=m.task_id))
+        events.append(
+            Event(
+                m.finished,
+                "imported",
+                f"{m.imported_total} resources written by this import",
+                "ok",
+                chips=dict(sorted(m.imported.items())),
+                task_id=m.task_id,
+            )
+        )
     return events
 
 
@@ -1205,17 +1485,37 @@ def timeline(sync: PatientSync, history: list[dict] | None = None, bots: dict | 
     for a in sync.aggregations:
         if a.seconds is not None and a.message is not None:  # (seconds are known only with the message)
             waited = f"; {human_s(a.waited_s)} waiting for a replay not counted" if a.waited_s else ""
-            events.append(Event(a.message.finished, "aggregation",
-                                f"Data in Medplum {human_s(a.seconds)} after the query started", "ok",
-                                [f"query {a.query.kind}" + (f" {a.query.request_id}" if a.query.request_id else "")
-                                 + waited]))
+            events.append(
+                Event(
+                    a.message.finished,
+                    "aggregation",
+                    f"Data in Medplum {human_s(a.seconds)} after the query started",
+                    "ok",
+                    [f"query {a.query.kind}" + (f" {a.query.request_id}" if a.query.request_id else "") + waited],
+                )
+            )
     for rv in sync.reviews:
         title = rv.title if rv.title.lower().startswith("review") or not rv.needs_review else f"Review: {rv.title}"
-        events.append(Event(rv.updated if rv.kind == "sync" else rv.at, "review", title,
-                            "warn" if rv.needs_review else "muted", [rv.description, f"Task/{rv.task_id} {rv.status}"]))
+        events.append(
+            Event(
+                rv.updated if rv.kind == "sync" else rv.at,
+                "review",
+                title,
+                "warn" if rv.needs_review else "muted",
+                [rv.description, f"Task/{rv.task_id} {rv.status}"],
+            )
+        )
     floor = datetime.max.replace(tzinfo=UTC)
-    order = {"saved": 0, "patient-bot": 1, "metriport": 2, "webhook": 3, "processing": 4, "imported": 5,
-             "aggregation": 6, "review": 7}
+    order = {
+        "saved": 0,
+        "patient-bot": 1,
+        "metriport": 2,
+        "webhook": 3,
+        "processing": 4,
+        "imported": 5,
+        "aggregation": 6,
+        "review": 7,
+    }
     events.sort(key=lambda e: (e.at or floor, order.get(e.stage, 9)))
     t0 = next((e.at for e in events if e.at), None)
     for e in events:

@@ -12,6 +12,7 @@ A snapshot is kept `cache_s` seconds; the next one reads only what changed since
 overlap for writes committed late), and a complete read in the background every `full_refresh_s` drops what
 was deleted meanwhile. So a page never waits for all the records, however many Patients there are.
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,9 +34,9 @@ from ..remote.medplum_http import MedplumError, MedplumHttp
 
 DEV_API_PREFIXES = ("/_emulator/", "/_fake/")
 DEFAULT_BOT_NAMES = {"patient": "metriport-patient-bot", "webhook": "metriport-webhook-bot"}
-OVERLAP_S = 15.0            # an incremental read starts this long before the newest record seen (late commits)
-PAGE = 1000                 # Medplum's largest _count
-BIG_COMPARTMENT = PAGE      # past one page of resources, a Patient's imported resources are counted per type
+OVERLAP_S = 15.0  # an incremental read starts this long before the newest record seen (late commits)
+PAGE = 1000  # Medplum's largest _count
+BIG_COMPARTMENT = PAGE  # past one page of resources, a Patient's imported resources are counted per type
 
 
 class DevApiForbidden(RuntimeError):
@@ -60,25 +61,26 @@ class GuardedSession(requests.Session):
 @dataclass(frozen=True)
 class Settings:
     """What the console reads and how (no secret is ever rendered)."""
+
     base_url: str
     client_id: str
     client_secret: str = field(repr=False)
-    dev_api: bool = False                     # the emulator's/fake's developer APIs may be used
-    fake_url: str | None = None               # the fake Metriport (its delivery log: developer API)
-    metriport_url: str | None = None          # Metriport's API root (https://api.sandbox.metriport.com, the fake)
+    dev_api: bool = False  # the emulator's/fake's developer APIs may be used
+    fake_url: str | None = None  # the fake Metriport (its delivery log: developer API)
+    metriport_url: str | None = None  # Metriport's API root (https://api.sandbox.metriport.com, the fake)
     metriport_api_key: str | None = field(default=None, repr=False)
-    bot_ids: dict = field(default_factory=dict)          # {"patient": id, "webhook": id} when known
+    bot_ids: dict = field(default_factory=dict)  # {"patient": id, "webhook": id} when known
     bot_identifiers: dict = field(default_factory=dict)  # {"patient": "system|value", ...} from the config
     patient_identifier_system: str = METRIPORT_PATIENT_ID_SYSTEM
     resource_identifier_system: str = METRIPORT_RESOURCE_ID_SYSTEM
     resource_types: tuple = ()
-    max_resources: int = 50_000               # per kind of record (newest first); past it: truncated
+    max_resources: int = 50_000  # per kind of record (newest first); past it: truncated
     stuck_after_s: float = 300.0
-    cache_s: float = 5.0                      # a snapshot this young is reused; 0 reads on every page
-    full_refresh_s: float = 300.0             # a complete read (in the background) this often
-    app_url: str | None = None                # the Medplum app, for links to resources (None: the FHIR API's URLs)
-    host: str = "127.0.0.1"                   # the interface the console binds (its Host check accepts it)
-    allowed_hosts: tuple = ()                 # more names the Host header may carry (behind a proxy, 0.0.0.0)
+    cache_s: float = 5.0  # a snapshot this young is reused; 0 reads on every page
+    full_refresh_s: float = 300.0  # a complete read (in the background) this often
+    app_url: str | None = None  # the Medplum app, for links to resources (None: the FHIR API's URLs)
+    host: str = "127.0.0.1"  # the interface the console binds (its Host check accepts it)
+    allowed_hosts: tuple = ()  # more names the Host header may carry (behind a proxy, 0.0.0.0)
 
     @property
     def metriport_configured(self) -> bool:
@@ -98,17 +100,17 @@ class Settings:
 class Snapshot:
     fetched_at: datetime
     base_url: str
-    bots: dict                      # role -> {"id": ..., "name": ...}
+    bots: dict  # role -> {"id": ..., "name": ...}
     patients: list[dict]
-    tasks: list[dict]               # message Tasks
-    review_tasks: list[dict]        # every other Task in medport's CodeSystem (reviews, bulk requests, ...)
-    audit_events: list[dict]        # executions of the two bots
+    tasks: list[dict]  # message Tasks
+    review_tasks: list[dict]  # every other Task in medport's CodeSystem (reviews, bulk requests, ...)
+    audit_events: list[dict]  # executions of the two bots
     metriport_webhook: dict | None  # None: not configured; {"error": ...} when it could not be read
-    deliveries: list[dict] | None   # the fake's delivery log (developer API), None when not used
+    deliveries: list[dict] | None  # the fake's delivery log (developer API), None when not used
     truncated: list[str] = field(default_factory=list)
     settings: Settings | None = None
     dev_api_used: bool = False
-    version: int = 0                # grows whenever the records changed
+    version: int = 0  # grows whenever the records changed
 
 
 def utcnow() -> datetime:
@@ -125,7 +127,7 @@ class Records:
     def __init__(self, name: str, resource_type: str, query: str):
         self.name, self.resource_type, self.query = name, resource_type, query
         self.by_id: dict[str, dict] = {}
-        self.newest = ""            # the newest lastUpdated seen (the server's clock)
+        self.newest = ""  # the newest lastUpdated seen (the server's clock)
         self.truncated = False
 
     def merge(self, resources: list[dict]) -> int:
@@ -153,8 +155,9 @@ class Source:
     def __init__(self, settings: Settings, http: MedplumHttp | None = None):
         self.settings = settings
         session = requests.Session() if settings.dev_api else GuardedSession()
-        self.http = http or MedplumHttp(settings.base_url, settings.client_id, settings.client_secret,
-                                        attempts=2, timeout_s=20.0, session=session)
+        self.http = http or MedplumHttp(
+            settings.base_url, settings.client_id, settings.client_secret, attempts=2, timeout_s=20.0, session=session
+        )
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
         self._bots: dict | None = None
@@ -164,7 +167,7 @@ class Source:
         self._version = 0
         self._counts: dict[str, tuple[str, dict[str, int]]] = {}
         self._histories: dict[str, tuple[str, list[dict]]] = {}
-        self.dirty = False          # an action changed records since the last read
+        self.dirty = False  # an action changed records since the last read
 
     @property
     def refused_dev_api_calls(self) -> list[str]:
@@ -214,7 +217,7 @@ class Source:
             if bot is not None:
                 found[role] = {"id": bot["id"], "name": bot.get("name") or DEFAULT_BOT_NAMES[role]}
         if len(found) == 2:
-            self._bots = found          # both found: no need to look again (a missing one is looked up each time)
+            self._bots = found  # both found: no need to look again (a missing one is looked up each time)
         return found
 
     # -- snapshot -----------------------------------------------------------------------------
@@ -246,8 +249,10 @@ class Source:
 
     def _kinds(self) -> list[Records]:
         system = quote(MEDPORT_CODESYSTEM + "|", safe="|:/")
-        kinds = [Records("Tasks", "Task", f"code={system}&_count={PAGE}"),
-                 Records("Patients", "Patient", f"_count={PAGE}")]
+        kinds = [
+            Records("Tasks", "Task", f"code={system}&_count={PAGE}"),
+            Records("Patients", "Patient", f"_count={PAGE}"),
+        ]
         bots = self.bots()
         if bots:
             refs = ",".join(f"Bot/{b['id']}" for b in bots.values())
@@ -266,7 +271,7 @@ class Source:
         changed = 0
         for kind in self._kinds():
             rec = records.get(kind.resource_type)
-            if rec is None:         # the bots were found only now
+            if rec is None:  # the bots were found only now
                 records[kind.resource_type] = rec = kind
                 found, rec.truncated = self.search_all(rec.resource_type, rec.query + "&_sort=-_lastUpdated")
             elif not rec.newest:
@@ -300,16 +305,30 @@ class Source:
         if self.settings.dev_api and self.settings.fake_url:
             deliveries = self._fake_deliveries(self.settings.fake_url)
         truncated = [r.name for r in records.values() if r.truncated]
-        return Snapshot(utcnow(), self.settings.base_url, self.bots(), list(records["Patient"].by_id.values()),
-                        messages, others,
-                        list(records["AuditEvent"].by_id.values()) if "AuditEvent" in records else [],
-                        self.metriport_webhook_status(), deliveries, truncated, self.settings,
-                        dev_api_used=deliveries is not None, version=self._version)
+        return Snapshot(
+            utcnow(),
+            self.settings.base_url,
+            self.bots(),
+            list(records["Patient"].by_id.values()),
+            messages,
+            others,
+            list(records["AuditEvent"].by_id.values()) if "AuditEvent" in records else [],
+            self.metriport_webhook_status(),
+            deliveries,
+            truncated,
+            self.settings,
+            dev_api_used=deliveries is not None,
+            version=self._version,
+        )
 
     def _fake_deliveries(self, fake_url: str) -> list[dict] | None:
-        try:   # its own request: the Medplum session's token is not for the fake
-            r = requests.get(fake_url.rstrip("/") + "/_fake/webhooks", params={"body": "false"},
-                             headers={"x-api-key": self.settings.metriport_api_key or ""}, timeout=10)
+        try:  # its own request: the Medplum session's token is not for the fake
+            r = requests.get(
+                fake_url.rstrip("/") + "/_fake/webhooks",
+                params={"body": "false"},
+                headers={"x-api-key": self.settings.metriport_api_key or ""},
+                timeout=10,
+            )
             return r.json().get("deliveries") if r.status_code == 200 else None
         except (requests.RequestException, ValueError, AttributeError):
             return None
@@ -348,16 +367,21 @@ class Source:
         compartment = f"_compartment=Patient/{quote(patient_id)}"
         system = self.settings.resource_identifier_system
         out: dict[str, int] = {}
-        found, big = self.search_all("", f"_type={types}&{compartment}&_count={PAGE}", limit=BIG_COMPARTMENT) \
-            if types else ([], False)
+        found, big = (
+            self.search_all("", f"_type={types}&{compartment}&_count={PAGE}", limit=BIG_COMPARTMENT)
+            if types
+            else ([], False)
+        )
         if not big:
             for r in found:
                 if any(isinstance(i, dict) and i.get("system") == system for i in _identifiers(r)):
                     out[r["resourceType"]] = out.get(r["resourceType"], 0) + 1
-        else:           # a very large record: count per type rather than read it all
+        else:  # a very large record: count per type rather than read it all
             ident = quote(system + "|", safe="|:/")
             for rt in self.settings.resource_types:
-                n = self.fhir(f"count {rt}", "GET", f"{rt}?identifier={ident}&{compartment}&_summary=count").get("total")
+                n = self.fhir(f"count {rt}", "GET", f"{rt}?identifier={ident}&{compartment}&_summary=count").get(
+                    "total"
+                )
                 if n:
                     out[rt] = int(n)
         self._counts[patient_id] = (as_of, dict(sorted(out.items())))
@@ -367,9 +391,12 @@ class Source:
     def _metriport(self, method: str, path: str) -> requests.Response:
         """(only when `metriport_configured`)"""
         assert self.settings.metriport_url is not None
-        return requests.request(method, self.settings.metriport_url.rstrip("/") + path, timeout=10,
-                                headers={"x-api-key": self.settings.metriport_api_key or "",
-                                         "accept": "application/json"})
+        return requests.request(
+            method,
+            self.settings.metriport_url.rstrip("/") + path,
+            timeout=10,
+            headers={"x-api-key": self.settings.metriport_api_key or "", "accept": "application/json"},
+        )
 
     def metriport_webhook_status(self) -> dict | None:
         if not self.settings.metriport_configured:
@@ -402,8 +429,11 @@ class Source:
         from ..remote.replay import requeue_task, webhook_bot_id
 
         task = self.fhir("read Task", "GET", f"Task/{quote(task_id)}")
-        bot_id = self.settings.bot_ids.get("webhook") or (self.bots().get("webhook") or {}).get("id") \
+        bot_id = (
+            self.settings.bot_ids.get("webhook")
+            or (self.bots().get("webhook") or {}).get("id")
             or webhook_bot_id(self.http, None, [task])
+        )
         requeue_task(self.http, task, bot_id)  # through the webhook bot: it writes message Tasks, nobody else
         self.invalidate()
         return task.get("description") or "message"
@@ -429,8 +459,10 @@ def _identifiers(resource: dict) -> list:
 
 
 def _is_message_task(task: dict) -> bool:
-    return any(isinstance(c, dict) and c.get("code") == MESSAGE_TASK_CODE
-               for c in ((task.get("code") or {}).get("coding") or []))
+    return any(
+        isinstance(c, dict) and c.get("code") == MESSAGE_TASK_CODE
+        for c in ((task.get("code") or {}).get("coding") or [])
+    )
 
 
 def describe_error(e: Exception) -> str:

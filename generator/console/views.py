@@ -4,6 +4,7 @@
 none rebuilds it: the patients list filters, sorts and pages it; a patient's page adds two requests (its
 versions, and its imported resources counted in one search, kept until it gets a new message).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,35 @@ PAGE_SIZE = 50
 SORTS = {"activity": "last activity", "since": "in this state since", "state": "state", "id": "Patient id"}
 REDACTED = "‹redacted›"
 # Keys of Metriport's payloads (and FHIR's) that carry demographics: never shown.
-DEMOGRAPHIC_KEYS = {"firstname", "lastname", "name", "names", "dob", "birthdate", "gender", "genderatbirth", "address",
-                    "addressline1", "addressline2", "city", "state", "zip", "zipcode", "postalcode", "phone", "email",
-                    "telecom", "contact", "ssn", "driverslicense", "driverslicenceno", "driverslicencestate",
-                    "personalidentifiers", "demographics", "text"}
+DEMOGRAPHIC_KEYS = {
+    "firstname",
+    "lastname",
+    "name",
+    "names",
+    "dob",
+    "birthdate",
+    "gender",
+    "genderatbirth",
+    "address",
+    "addressline1",
+    "addressline2",
+    "city",
+    "state",
+    "zip",
+    "zipcode",
+    "postalcode",
+    "phone",
+    "email",
+    "telecom",
+    "contact",
+    "ssn",
+    "driverslicense",
+    "driverslicenceno",
+    "driverslicencestate",
+    "personalidentifiers",
+    "demographics",
+    "text",
+}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
@@ -61,8 +87,8 @@ class Console:
     def __init__(self, source: Source):
         self.source = source
         self._memo = Memo()
-        self._lock = threading.Lock()           # guards _last and _refreshing
-        self._build = threading.Lock()          # one rebuild at a time (the memo is not shared)
+        self._lock = threading.Lock()  # guards _last and _refreshing
+        self._build = threading.Lock()  # one rebuild at a time (the memo is not shared)
         self._last: tuple[object, Integration, float] | None = None
         self._refreshing = False
         self._builds = 0
@@ -96,7 +122,7 @@ class Console:
     def _refresh(self) -> None:
         try:
             self._rebuild(fresh=True)
-        except Exception:   # the next page reads again (and shows the error, if it lasts)
+        except Exception:  # the next page reads again (and shows the error, if it lasts)
             pass
         finally:
             with self._lock:
@@ -111,9 +137,10 @@ class Console:
                     return self._last[1]
             integ = reconstruct(snap, memo=self._memo)
             self._builds += 1
-            if self._builds % 20 == 0:      # forget records that are gone
-                self._memo.forget_except({a.get("id", "") for a in snap.audit_events},
-                                         {Memo.task_key(t) for t in snap.tasks})
+            if self._builds % 20 == 0:  # forget records that are gone
+                self._memo.forget_except(
+                    {a.get("id", "") for a in snap.audit_events}, {Memo.task_key(t) for t in snap.tasks}
+                )
             with self._lock:
                 self._last = (snap, integ, time.monotonic())
             return integ
@@ -122,8 +149,15 @@ class Console:
 # ---------------------------------------------------------------------------------------------- the list
 def state_row(sync: PatientSync) -> dict:
     st = sync.state
-    return {"state": st.state, "label": st.label, "tone": st.tone, "reason": st.reason, "since": when(st.since),
-            "action": st.action or "", "task_id": st.task_id or ""}
+    return {
+        "state": st.state,
+        "label": st.label,
+        "tone": st.tone,
+        "reason": st.reason,
+        "since": when(st.since),
+        "action": st.action or "",
+        "task_id": st.task_id or "",
+    }
 
 
 def _sort_key(sort: str):
@@ -134,8 +168,8 @@ def _sort_key(sort: str):
     if sort == "state":
         return lambda p: (order.get(p.state.state, 99), p.id)
     if sort == "since":
-        return lambda p: (p.state.since.replace(tzinfo=None) if p.state.since else floor)
-    return lambda p: (p.last_activity.replace(tzinfo=None) if p.last_activity else floor)
+        return lambda p: p.state.since.replace(tzinfo=None) if p.state.since else floor
+    return lambda p: p.last_activity.replace(tzinfo=None) if p.last_activity else floor
 
 
 def list_url(**params) -> str:
@@ -158,43 +192,84 @@ def patients_view(integ: Integration, *, state: str = "", q: str = "", sort: str
     matching.sort(key=_sort_key(sort), reverse=sort in ("activity", "since"))
     pages = max(1, -(-len(matching) // PAGE_SIZE))
     page = min(max(1, page), pages)
-    shown = matching[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    rows = [{"id": p.id, "metriport_id": p.metriport_id or "—", **state_row(p),
-             "messages": len(p.messages), "failed": sum(1 for m in p.messages if m.status == "failed"),
-             "reviews": len(p.open_reviews), "last": when(p.last_activity)} for p in shown]
-    states = [{"state": s, "label": STATE_LABELS[s], "tone": STATE_TONES[s], "count": counts[s], "on": s == state,
-               "color": color_of(s, "state"), "url": list_url(state=s, q=q, sort=sort)} for s in STATES]
-    return {"rows": rows, "states": states, "total": len(integ.patients), "matching": len(matching),
-            "all_url": list_url(q=q, sort=sort), "state": state, "q": q, "sort": sort,
-            "sorts": [{"key": k, "label": v, "on": k == sort} for k, v in SORTS.items()],
-            "page": page, "pages": pages, "first": (page - 1) * PAGE_SIZE + 1 if shown else 0,
-            "last": (page - 1) * PAGE_SIZE + len(shown),
-            "prev_url": list_url(state=state, q=q, sort=sort, page=page - 1) if page > 1 else "",
-            "next_url": list_url(state=state, q=q, sort=sort, page=page + 1) if page < pages else "",
-            "truncated": ", ".join(integ.snapshot.truncated), "as_of": when(integ.snapshot.fetched_at),
-            "refresh": any(p.pending for p in shown)}
+    shown = matching[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    rows = [
+        {
+            "id": p.id,
+            "metriport_id": p.metriport_id or "—",
+            **state_row(p),
+            "messages": len(p.messages),
+            "failed": sum(1 for m in p.messages if m.status == "failed"),
+            "reviews": len(p.open_reviews),
+            "last": when(p.last_activity),
+        }
+        for p in shown
+    ]
+    states = [
+        {
+            "state": s,
+            "label": STATE_LABELS[s],
+            "tone": STATE_TONES[s],
+            "count": counts[s],
+            "on": s == state,
+            "color": color_of(s, "state"),
+            "url": list_url(state=s, q=q, sort=sort),
+        }
+        for s in STATES
+    ]
+    return {
+        "rows": rows,
+        "states": states,
+        "total": len(integ.patients),
+        "matching": len(matching),
+        "all_url": list_url(q=q, sort=sort),
+        "state": state,
+        "q": q,
+        "sort": sort,
+        "sorts": [{"key": k, "label": v, "on": k == sort} for k, v in SORTS.items()],
+        "page": page,
+        "pages": pages,
+        "first": (page - 1) * PAGE_SIZE + 1 if shown else 0,
+        "last": (page - 1) * PAGE_SIZE + len(shown),
+        "prev_url": list_url(state=state, q=q, sort=sort, page=page - 1) if page > 1 else "",
+        "next_url": list_url(state=state, q=q, sort=sort, page=page + 1) if page < pages else "",
+        "truncated": ", ".join(integ.snapshot.truncated),
+        "as_of": when(integ.snapshot.fetched_at),
+        "refresh": any(p.pending for p in shown),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- a patient
 def medplum_links(links_base: str, pid: str, types: dict[str, int], system: str) -> list[dict]:
     ident = quote(system + "|", safe="")
-    return [{"type": t, "count": n, "url": f"{links_base}{t}?_compartment=Patient/{quote(pid)}&identifier={ident}"}
-            for t, n in sorted(types.items())]
+    return [
+        {"type": t, "count": n, "url": f"{links_base}{t}?_compartment=Patient/{quote(pid)}&identifier={ident}"}
+        for t, n in sorted(types.items())
+    ]
 
 
-def patient_view(integ: Integration, sync: PatientSync, history: list[dict], in_medplum: dict[str, int],
-                 links_base: str = "", system: str = "") -> dict:
+def patient_view(
+    integ: Integration,
+    sync: PatientSync,
+    history: list[dict],
+    in_medplum: dict[str, int],
+    links_base: str = "",
+    system: str = "",
+) -> dict:
     events = timeline(sync, history, integ.snapshot.bots)
     msgs = sync.messages
     return {
-        "id": sync.id, "metriport_id": sync.metriport_id or "—",
+        "id": sync.id,
+        "metriport_id": sync.metriport_id or "—",
         "state": state_row(sync),
         "medplum_url": f"{links_base}Patient/{quote(sync.id)}",
         "counts": {
-            "saves": len(history), "patient_runs": len(sync.runs),
+            "saves": len(history),
+            "patient_runs": len(sync.runs),
             "patient_runs_failed": sum(1 for r in sync.runs if not r.ok),
             "metriport_calls": sum(len(calls_of(r)) for r in [*sync.runs, *(x for m in msgs for x in m.processing)]),
-            "webhooks": len(msgs), "completed": sum(1 for m in msgs if m.status == "completed"),
+            "webhooks": len(msgs),
+            "completed": sum(1 for m in msgs if m.status == "completed"),
             "failed": sum(1 for m in msgs if m.status == "failed"),
             "pending": sum(1 for m in msgs if m.in_flight),
             "stuck": sum(1 for m in msgs if m.stuck),
@@ -202,27 +277,64 @@ def patient_view(integ: Integration, sync: PatientSync, history: list[dict], in_
             "in_medplum": sum(in_medplum.values()),
             "reviews": len(sync.open_reviews),
         },
-        "events": [{"at": when(e.at), "offset": e.offset, "stage": e.stage, "title": e.title, "tone": e.tone,
-                    "details": e.details, "chips": [{"type": k, "count": v} for k, v in e.chips.items()],
-                    "task_id": e.task_id or "", "replayable": e.replayable} for e in events],
+        "events": [
+            {
+                "at": when(e.at),
+                "offset": e.offset,
+                "stage": e.stage,
+                "title": e.title,
+                "tone": e.tone,
+                "details": e.details,
+                "chips": [{"type": k, "count": v} for k, v in e.chips.items()],
+                "task_id": e.task_id or "",
+                "replayable": e.replayable,
+            }
+            for e in events
+        ],
         "messages": [message_row(m) for m in msgs],
         "in_medplum": medplum_links(links_base, sync.id, in_medplum, system),
-        "aggregations": [{"seconds": human_s(a.seconds), "elapsed": human_s(a.elapsed_s),
-                          "waited": human_s(a.waited_s) if a.waited_s else "", "query": a.query.kind,
-                          "request_id": a.query.request_id or "", "done": a.seconds is not None}
-                         for a in sync.aggregations],
-        "reviews": [{"task_id": r.task_id, "title": r.title, "description": r.description, "status": r.status,
-                     "open": r.open, "at": when(r.at), "url": f"{links_base}Task/{quote(r.task_id)}"}
-                    for r in sync.reviews],
-        "refresh": sync.pending, "as_of": when(integ.snapshot.fetched_at),
+        "aggregations": [
+            {
+                "seconds": human_s(a.seconds),
+                "elapsed": human_s(a.elapsed_s),
+                "waited": human_s(a.waited_s) if a.waited_s else "",
+                "query": a.query.kind,
+                "request_id": a.query.request_id or "",
+                "done": a.seconds is not None,
+            }
+            for a in sync.aggregations
+        ],
+        "reviews": [
+            {
+                "task_id": r.task_id,
+                "title": r.title,
+                "description": r.description,
+                "status": r.status,
+                "open": r.open,
+                "at": when(r.at),
+                "url": f"{links_base}Task/{quote(r.task_id)}",
+            }
+            for r in sync.reviews
+        ],
+        "refresh": sync.pending,
+        "as_of": when(integ.snapshot.fetched_at),
     }
 
 
 def message_row(m: Message) -> dict:
-    return {"task_id": m.task_id, "type": m.type, "status": m.status, "tone": m.tone,
-            "arrived": when(m.arrived), "ack": human_ms(m.ack_ms), "processing": human_ms(m.processing_ms),
-            "reason": m.reason or m.stuck or "", "written": m.imported_total, "replayable": m.replayable,
-            "color": color_of(m.type, "type")}
+    return {
+        "task_id": m.task_id,
+        "type": m.type,
+        "status": m.status,
+        "tone": m.tone,
+        "arrived": when(m.arrived),
+        "ack": human_ms(m.ack_ms),
+        "processing": human_ms(m.processing_ms),
+        "reason": m.reason or m.stuck or "",
+        "written": m.imported_total,
+        "replayable": m.replayable,
+        "color": color_of(m.type, "type"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- a message
@@ -238,11 +350,17 @@ def redact(value, key: str = ""):
             for r in entries:
                 if isinstance(r, dict):
                     types[str(r.get("resourceType"))] = types.get(str(r.get("resourceType")), 0) + 1
-            return {"resourceType": "Bundle", "type": value.get("type"), "entries": len(entries),
-                    "by type": types, "content": REDACTED} | (
-                {"entry urls": [redact(u) for r in entries if isinstance(r, dict)
-                                for u in _attachment_urls(r)]} if any(isinstance(r, dict) and _attachment_urls(r)
-                                                                      for r in entries) else {})
+            return {
+                "resourceType": "Bundle",
+                "type": value.get("type"),
+                "entries": len(entries),
+                "by type": types,
+                "content": REDACTED,
+            } | (
+                {"entry urls": [redact(u) for r in entries if isinstance(r, dict) for u in _attachment_urls(r)]}
+                if any(isinstance(r, dict) and _attachment_urls(r) for r in entries)
+                else {}
+            )
         if isinstance(value.get("resourceType"), str) and value.get("resourceType") != "Bundle":
             return {"resourceType": value["resourceType"], "id": value.get("id"), "content": REDACTED}
         return {k: redact(v, k) for k, v in value.items()}
@@ -257,8 +375,11 @@ def redact(value, key: str = ""):
 
 
 def _attachment_urls(resource: dict) -> list[str]:
-    return [c.get("attachment", {}).get("url") for c in resource.get("content") or []
-            if isinstance(c, dict) and isinstance(c.get("attachment"), dict) and c["attachment"].get("url")]
+    return [
+        c.get("attachment", {}).get("url")
+        for c in resource.get("content") or []
+        if isinstance(c, dict) and isinstance(c.get("attachment"), dict) and c["attachment"].get("url")
+    ]
 
 
 def _status_changes(history: list[dict]) -> list[dict]:
@@ -273,9 +394,15 @@ def _status_changes(history: list[dict]) -> list[dict]:
         meta = v.get("meta") or {}
         reason = (v.get("statusReason") or {}).get("text") if isinstance(v.get("statusReason"), dict) else None
         author = (meta.get("author") or {}).get("reference", "")
-        out.append({"at": parse_time(meta.get("lastUpdated")), "what": f"Task {status}",
-                    "tone": {"completed": "ok", "failed": "fail"}.get(status or "", "pending"),
-                    "detail": reason or (f"by {author}" if author else ""), "request_ids": []})
+        out.append(
+            {
+                "at": parse_time(meta.get("lastUpdated")),
+                "what": f"Task {status}",
+                "tone": {"completed": "ok", "failed": "fail"}.get(status or "", "pending"),
+                "detail": reason or (f"by {author}" if author else ""),
+                "request_ids": [],
+            }
+        )
     return out
 
 
@@ -287,31 +414,60 @@ def attempts(m: Message, history: list[dict], metriport_log: list[dict] | None) 
     for d in metriport_log or []:
         if d.get("messageId") == m.message_id:
             ok = d.get("status") == "success"
-            rows.append({"at": parse_time(d.get("when")), "what": "sent by Metriport",
-                         "tone": "ok" if ok else "pending" if d.get("status") == "processing" else "fail",
-                         "detail": f"{d.get('status')}: HTTP {d.get('httpStatus') or '—'} after "
-                                   f"{human_ms(d.get('durationMs'))}, {d.get('attempts') or 1} attempt(s)"
-                                   + (f" — {d['detail']}" if d.get("detail") else ""),
-                         "request_ids": [d["requestId"]] if d.get("requestId") else []})
+            rows.append(
+                {
+                    "at": parse_time(d.get("when")),
+                    "what": "sent by Metriport",
+                    "tone": "ok" if ok else "pending" if d.get("status") == "processing" else "fail",
+                    "detail": f"{d.get('status')}: HTTP {d.get('httpStatus') or '—'} after "
+                    f"{human_ms(d.get('durationMs'))}, {d.get('attempts') or 1} attempt(s)"
+                    + (f" — {d['detail']}" if d.get("detail") else ""),
+                    "request_ids": [d["requestId"]] if d.get("requestId") else [],
+                }
+            )
     for r in m.deliveries:
-        rows.append({"at": r.start, "what": "delivered to the webhook bot",
-                     "tone": "ok" if r.ok else "fail",
-                     "detail": (f"acknowledged in {human_ms(r.duration_ms)}" if r.ok else f"failed: {r.error}")
-                     + "".join(f" · {ln.text}" for ln in r.lines if ln.text != "metriport call"),
-                     "request_ids": []})
+        rows.append(
+            {
+                "at": r.start,
+                "what": "delivered to the webhook bot",
+                "tone": "ok" if r.ok else "fail",
+                "detail": (f"acknowledged in {human_ms(r.duration_ms)}" if r.ok else f"failed: {r.error}")
+                + "".join(f" · {ln.text}" for ln in r.lines if ln.text != "metriport call"),
+                "request_ids": [],
+            }
+        )
     rows += _status_changes(history)
     for i, r in enumerate(sorted(m.processing, key=lambda x: x.start or x.end or datetime.min), 1):
         calls = calls_of(r)
         failed = r.line("message failed")
         detail = f"run {i}, {human_ms(r.duration_ms)}: " + (
-            f"failed: {r.error}" if not r.ok else failed.text if failed else
-            "processed" if r.line("message processed") else r.last_text or "ran")
-        rows.append({"at": r.start, "what": "processing run", "tone": "fail" if r.marked_failed else "ok",
-                     "detail": detail,
-                     "calls": [{"call": f"{c.method} {c.path}", "status": c.status, "tone": call_tone(c.status),
-                                "request_id": c.request_id or "", "ms": human_ms(c.ms) if c.ms is not None else ""}
-                               for c in calls],
-                     "request_ids": [c.request_id for c in calls if c.request_id]})
+            f"failed: {r.error}"
+            if not r.ok
+            else failed.text
+            if failed
+            else "processed"
+            if r.line("message processed")
+            else r.last_text or "ran"
+        )
+        rows.append(
+            {
+                "at": r.start,
+                "what": "processing run",
+                "tone": "fail" if r.marked_failed else "ok",
+                "detail": detail,
+                "calls": [
+                    {
+                        "call": f"{c.method} {c.path}",
+                        "status": c.status,
+                        "tone": call_tone(c.status),
+                        "request_id": c.request_id or "",
+                        "ms": human_ms(c.ms) if c.ms is not None else "",
+                    }
+                    for c in calls
+                ],
+                "request_ids": [c.request_id for c in calls if c.request_id],
+            }
+        )
     floor = datetime.max.replace(tzinfo=None)
     rows.sort(key=lambda r: r["at"].replace(tzinfo=None) if r["at"] else floor)
     return [r | {"at": when(r["at"]), "calls": r.get("calls", [])} for r in rows]
@@ -320,24 +476,49 @@ def attempts(m: Message, history: list[dict], metriport_log: list[dict] | None) 
 def message_view(integ: Integration, m: Message, history: list[dict], links_base: str = "", system: str = "") -> dict:
     payload = json.dumps(redact(m.payload), indent=2, ensure_ascii=False, sort_keys=True)
     pids = sorted(m.patient_ids)
-    imported = [{"type": t, "count": n, "urls": [f"{links_base}{t}?_compartment=Patient/{quote(p)}&identifier="
-                                                 f"{quote(system + '|', safe='')}" for p in pids]}
-                for t, n in sorted(m.imported.items())]
-    request_ids = sorted(({m.request_id} if m.request_id is not None else set())
-                         | {c.request_id for r in m.processing for c in calls_of(r) if c.request_id})
+    imported = [
+        {
+            "type": t,
+            "count": n,
+            "urls": [
+                f"{links_base}{t}?_compartment=Patient/{quote(p)}&identifier={quote(system + '|', safe='')}"
+                for p in pids
+            ],
+        }
+        for t, n in sorted(m.imported.items())
+    ]
+    request_ids = sorted(
+        ({m.request_id} if m.request_id is not None else set())
+        | {c.request_id for r in m.processing for c in calls_of(r) if c.request_id}
+    )
     return {
-        "task_id": m.task_id, "message_id": m.message_id, "type": m.type, "status": m.status, "tone": m.tone,
-        "color": color_of(m.type, "type"), "reason": m.reason or m.stuck or "", "replayable": m.replayable,
-        "arrived": when(m.arrived), "sent": when(m.sent), "ack": human_ms(m.ack_ms),
-        "processing": human_ms(m.processing_ms), "attempts": m.attempts or 0,
+        "task_id": m.task_id,
+        "message_id": m.message_id,
+        "type": m.type,
+        "status": m.status,
+        "tone": m.tone,
+        "color": color_of(m.type, "type"),
+        "reason": m.reason or m.stuck or "",
+        "replayable": m.replayable,
+        "arrived": when(m.arrived),
+        "sent": when(m.sent),
+        "ack": human_ms(m.ack_ms),
+        "processing": human_ms(m.processing_ms),
+        "attempts": m.attempts or 0,
         "patients": [{"id": p, "url": f"{links_base}Patient/{quote(p)}"} for p in pids],
-        "metriport_ids": sorted(m.metriport_ids), "request_ids": request_ids,
+        "metriport_ids": sorted(m.metriport_ids),
+        "request_ids": request_ids,
         "task_url": f"{links_base}Task/{quote(m.task_id)}",
-        "payload": payload, "rows": attempts(m, history, integ.snapshot.deliveries),
-        "imported": imported, "written": m.imported_total,
-        "failures": [{"type": f.get("type"), "id": f.get("id"), "status": f.get("status"), "text": f.get("text")}
-                     for f in m.failures[:50]],
-        "refresh": m.in_flight, "as_of": when(integ.snapshot.fetched_at),
+        "payload": payload,
+        "rows": attempts(m, history, integ.snapshot.deliveries),
+        "imported": imported,
+        "written": m.imported_total,
+        "failures": [
+            {"type": f.get("type"), "id": f.get("id"), "status": f.get("status"), "text": f.get("text")}
+            for f in m.failures[:50]
+        ],
+        "refresh": m.in_flight,
+        "as_of": when(integ.snapshot.fetched_at),
     }
 
 
@@ -363,8 +544,14 @@ def attention_view(integ: Integration) -> list[dict]:
 def health_view(integ: Integration, range_key: str = "all") -> dict:
     range_key = range_key if range_key in RANGES else "all"
     figures = health(integ, range_start(range_key, integ.now))
-    d, m, p, s, a, pb = (figures["deliveries"], figures["messages"], figures["processing"], figures["stuck"],
-                         figures["aggregation"], figures["patient_bot"])
+    d, m, p, s, a, pb = (
+        figures["deliveries"],
+        figures["messages"],
+        figures["processing"],
+        figures["stuck"],
+        figures["aggregation"],
+        figures["patient_bot"],
+    )
     wh = figures["metriport_webhook"]
     md = figures.get("metriport_deliveries")
     statuses = sorted({st for row in m["by_type"].values() for st in row} | {"completed", "failed"})
@@ -374,45 +561,90 @@ def health_view(integ: Integration, range_key: str = "all") -> dict:
         "figures": figures,
         "attention": groups,
         "replayable": sum(g["count"] for g in groups if g["kind"] in ("message-failed", "message-stuck")),
-        "ranges": [{"key": k, "on": k == range_key, "url": f"/health?range={k}" if k != "all" else "/health"}
-                   for k in RANGES],
+        "ranges": [
+            {"key": k, "on": k == range_key, "url": f"/health?range={k}" if k != "all" else "/health"} for k in RANGES
+        ],
         "range": range_key,
-        "states": [st | {"count": by_state.get(st["state"], 0), "url": list_url(state=st["state"])}
-                   for st in state_labels()],
+        "states": [
+            st | {"count": by_state.get(st["state"], 0), "url": list_url(state=st["state"])} for st in state_labels()
+        ],
         "cards": [
-            {"key": "patients", "label": "Patients", "value": str(figures["patients"]["total"]),
-             "sub": f"{by_state.get('imported', 0)} imported, {by_state.get('awaiting', 0)} awaiting data, "
-                    f"{by_state.get('failed', 0)} failed", "tone": "fail" if by_state.get("failed") else "ok"},
-            {"key": "delivery-rate", "label": "Webhook delivery success", "value": pct(d["success_rate"]),
-             "sub": f"{d['in_time']} of {d['total']} acknowledged within 4 s; {d['refused']} refused, {d['slow']} slow",
-             "tone": "ok" if d["success_rate"] in (None, 1.0) else "warn" if (d["success_rate"] or 0) >= 0.95 else "fail"},
-            {"key": "processing-failures", "label": "Messages failed", "value": str(p["failed_messages"]),
-             "sub": f"failed now; {p['failed_runs']} of {p['runs']} processing runs failed",
-             "tone": "fail" if p["failed_messages"] else "ok"},
-            {"key": "stuck", "label": "Messages stuck", "value": str(s["count"]),
-             "sub": f"in progress with an expired lease, or waiting more than {human_s(s['after_s'])}",
-             "tone": "stuck" if s["count"] else "ok"},
-            {"key": "patient-bot-failures", "label": "Patient bot failures", "value": str(pb["failing_patients"]),
-             "sub": f"Patients whose last patient bot run failed; {pb['failed_runs']} of {pb['runs']} runs failed",
-             "tone": "fail" if pb["failing_patients"] else "ok"},
-            {"key": "aggregation-p50", "label": "Aggregation p50", "value": human_s(a["p50_s"]),
-             "sub": f"p95 {human_s(a['p95_s'])} · {a['count']} completed, {a['pending']} awaiting data",
-             "tone": "muted"},
+            {
+                "key": "patients",
+                "label": "Patients",
+                "value": str(figures["patients"]["total"]),
+                "sub": f"{by_state.get('imported', 0)} imported, {by_state.get('awaiting', 0)} awaiting data, "
+                f"{by_state.get('failed', 0)} failed",
+                "tone": "fail" if by_state.get("failed") else "ok",
+            },
+            {
+                "key": "delivery-rate",
+                "label": "Webhook delivery success",
+                "value": pct(d["success_rate"]),
+                "sub": f"{d['in_time']} of {d['total']} acknowledged within 4 s; {d['refused']} refused, {d['slow']} slow",
+                "tone": "ok"
+                if d["success_rate"] in (None, 1.0)
+                else "warn"
+                if (d["success_rate"] or 0) >= 0.95
+                else "fail",
+            },
+            {
+                "key": "processing-failures",
+                "label": "Messages failed",
+                "value": str(p["failed_messages"]),
+                "sub": f"failed now; {p['failed_runs']} of {p['runs']} processing runs failed",
+                "tone": "fail" if p["failed_messages"] else "ok",
+            },
+            {
+                "key": "stuck",
+                "label": "Messages stuck",
+                "value": str(s["count"]),
+                "sub": f"in progress with an expired lease, or waiting more than {human_s(s['after_s'])}",
+                "tone": "stuck" if s["count"] else "ok",
+            },
+            {
+                "key": "patient-bot-failures",
+                "label": "Patient bot failures",
+                "value": str(pb["failing_patients"]),
+                "sub": f"Patients whose last patient bot run failed; {pb['failed_runs']} of {pb['runs']} runs failed",
+                "tone": "fail" if pb["failing_patients"] else "ok",
+            },
+            {
+                "key": "aggregation-p50",
+                "label": "Aggregation p50",
+                "value": human_s(a["p50_s"]),
+                "sub": f"p95 {human_s(a['p95_s'])} · {a['count']} completed, {a['pending']} awaiting data",
+                "tone": "muted",
+            },
         ],
         "ack": {"p50": human_ms(d["ack_ms_p50"]), "p95": human_ms(d["ack_ms_p95"])},
-        "agg": {"p50": human_s(a["p50_s"]), "p95": human_s(a["p95_s"]), "max": human_s(a["max_s"]),
-                "waited": human_s(a["waited_s"]) if a["waited_s"] else ""},
+        "agg": {
+            "p50": human_s(a["p50_s"]),
+            "p95": human_s(a["p95_s"]),
+            "max": human_s(a["max_s"]),
+            "waited": human_s(a["waited_s"]) if a["waited_s"] else "",
+        },
         "charts": charts(figures),
-        "types": [{"type": t, "color": color_of(t, "type"), "cells": [row.get(st, 0) for st in statuses],
-                   "total": sum(row.values())} for t, row in m["by_type"].items()],
+        "types": [
+            {
+                "type": t,
+                "color": color_of(t, "type"),
+                "cells": [row.get(st, 0) for st in statuses],
+                "total": sum(row.values()),
+            }
+            for t, row in m["by_type"].items()
+        ],
         "statuses": [{"status": st, "color": color_of(st, "status")} for st in statuses],
-        "webhook": {"configured": wh["configured"], "enabled": wh.get("enabled"),
-                    "label": ("enabled" if wh.get("enabled") else "disabled" if wh.get("enabled") is False
-                              else "unknown"),
-                    "tone": "ok" if wh.get("enabled") else "fail" if wh.get("enabled") is False else "muted",
-                    "detail": wh.get("detail") or "", "failed": wh.get("requests_failed")},
-        "sent": md and {"sent": md["sent"], "succeeded": md["succeeded"], "failed": md["failed"],
-                        "rate": pct(md["success_rate"])},
+        "webhook": {
+            "configured": wh["configured"],
+            "enabled": wh.get("enabled"),
+            "label": ("enabled" if wh.get("enabled") else "disabled" if wh.get("enabled") is False else "unknown"),
+            "tone": "ok" if wh.get("enabled") else "fail" if wh.get("enabled") is False else "muted",
+            "detail": wh.get("detail") or "",
+            "failed": wh.get("requests_failed"),
+        },
+        "sent": md
+        and {"sent": md["sent"], "succeeded": md["succeeded"], "failed": md["failed"], "rate": pct(md["success_rate"])},
         "truncated": ", ".join(figures["source"]["truncated"]),
         "refresh": bool(s["count"]) or any(st in m["by_status"] for st in ("requested", "in-progress")),
         "as_of": when(integ.snapshot.fetched_at),

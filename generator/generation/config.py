@@ -6,6 +6,7 @@ Defaults come from the JSON Schema itself, so the schema is the one reference fo
 The validated, default-filled data is then loaded once into frozen dataclasses, one per
 TOML section; they declare no defaults of their own (a test checks they mirror the schema).
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,7 +36,9 @@ class ConfigError(Exception):
         self.path = path
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path}: invalid configuration ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}")
+        super().__init__(
+            f"{path}: invalid configuration ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +48,9 @@ def schema() -> dict:
 
 @lru_cache(maxsize=1)
 def resource_types() -> dict[str, Any]:
-    return json.loads(resources.files("medport.generator.generation").joinpath("resource_types.json").read_text("utf-8"))
+    return json.loads(
+        resources.files("medport.generator.generation").joinpath("resource_types.json").read_text("utf-8")
+    )
 
 
 # Bot ids are uuid5 of "<identifier system>|<identifier>" unless the config pins them, so they are stable.
@@ -59,13 +64,14 @@ def stable_id(system: str, value: str) -> str:
 # Sections mirror config.schema.json key for key. No field has a default: the schema supplies them,
 # and keys the schema leaves optional without a default (ids, dates) load as None.
 
+
 @dataclass(frozen=True)
 class MedplumSection:
     runtime: str
     base_url: str
     identifier_system: str
-    version: str                    # the release the emulator emulates
-    versions: tuple[str, ...]       # the releases `medport check` runs its scenarios on
+    version: str  # the release the emulator emulates
+    versions: tuple[str, ...]  # the releases `medport check` runs its scenarios on
 
 
 @dataclass(frozen=True)
@@ -165,12 +171,12 @@ class RetrySection:
 class BotSpec:
     """One Bot as deployed: what the manifest, the renderer and deploy need to name and find it."""
 
-    key: str            # "patient_bot" | "webhook_bot" | "contribution": its config section
+    key: str  # "patient_bot" | "webhook_bot" | "contribution": its config section
     name: str
     identifier: str
-    id: str             # pinned in the config, else stable_id(medplum.identifier_system, identifier)
-    filename: str       # "<name>.js"
-    timeout: int        # Bot.timeout in seconds
+    id: str  # pinned in the config, else stable_id(medplum.identifier_system, identifier)
+    filename: str  # "<name>.js"
+    timeout: int  # Bot.timeout in seconds
 
 
 @dataclass(frozen=True)
@@ -203,8 +209,9 @@ def _load_section(cls: type, raw: dict) -> Any:
 
 
 def _bot_spec(key: str, bot: PatientBotSection | WebhookBotSection | ContributionSection, system: str) -> BotSpec:
-    return BotSpec(key, bot.name, bot.identifier, bot.id or stable_id(system, bot.identifier),
-                   f"{bot.name}.js", bot.timeout)
+    return BotSpec(
+        key, bot.name, bot.identifier, bot.id or stable_id(system, bot.identifier), f"{bot.name}.js", bot.timeout
+    )
 
 
 @dataclass(frozen=True)
@@ -233,16 +240,19 @@ class Config:
         sections = {f.name: _load_section(hints[f.name], data[toml_key(f)]) for f in section_fields()}
         system = sections["medplum"].identifier_system
         contribution = sections["contribution"]
-        bots = BotSpecs(_bot_spec("patient_bot", sections["patient_bot"], system),
-                        _bot_spec("webhook_bot", sections["webhook_bot"], system),
-                        _bot_spec("contribution", contribution, system) if contribution.enabled else None)
+        bots = BotSpecs(
+            _bot_spec("patient_bot", sections["patient_bot"], system),
+            _bot_spec("webhook_bot", sections["webhook_bot"], system),
+            _bot_spec("contribution", contribution, system) if contribution.enabled else None,
+        )
         return cls(**sections, bots=bots, path=path, data=data)
 
     @property
     def metriport_base_url(self) -> str:
         env = self.metriport.environment
-        return {"sandbox": "https://api.sandbox.metriport.com",
-                "production": "https://api.metriport.com"}.get(env, env.rstrip("/"))
+        return {"sandbox": "https://api.sandbox.metriport.com", "production": "https://api.metriport.com"}.get(
+            env, env.rstrip("/")
+        )
 
 
 def _path(parts) -> str:
@@ -265,33 +275,49 @@ def _schema_at(parts) -> dict:
         else:
             node = node.get("properties", {}).get(p, {})
         if "$ref" in node:
-            node = {**schema()["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+            node = {
+                **schema()["$defs"][node["$ref"].rsplit("/", 1)[1]],
+                **{k: v for k, v in node.items() if k != "$ref"},
+            }
     return node
 
 
 # Keys that existed once, with what replaced them (an "unknown key" error says so).
-RENAMED = {("consolidated", "request_allowed_resources_only"):
-           "replaced by consolidated.resources, the types the consolidated query asks Metriport for "
-           "(webhook_bot.resources stays the import list)"}
+RENAMED = {
+    (
+        "consolidated",
+        "request_allowed_resources_only",
+    ): "replaced by consolidated.resources, the types the consolidated query asks Metriport for "
+    "(webhook_bot.resources stays the import list)"
+}
 
 
 def _describe(err: jsonschema.ValidationError) -> list[str]:
     where = _path(err.absolute_path)
-    instance: Any = err.instance         # the JSON value and the schema keyword's value (never unset here)
+    instance: Any = err.instance  # the JSON value and the schema keyword's value (never unset here)
     expected: Any = err.validator_value
     if err.validator == "additionalProperties":
         allowed = _schema_at(err.absolute_path).get("properties", {}).keys()
         extra = sorted(set(instance) - set(allowed))
-        return [f"{_path([*err.absolute_path, k])}: unknown key — {RENAMED[(*err.absolute_path, k)]}"
-                if (*err.absolute_path, k) in RENAMED else
-                f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
-                f" (allowed: {', '.join(sorted(allowed))})" for k in extra]
+        return [
+            f"{_path([*err.absolute_path, k])}: unknown key — {RENAMED[(*err.absolute_path, k)]}"
+            if (*err.absolute_path, k) in RENAMED
+            else f"{_path([*err.absolute_path, k])}: unknown key{_hint(k, allowed)}"
+            f" (allowed: {', '.join(sorted(allowed))})"
+            for k in extra
+        ]
     if err.validator == "enum" and list(err.absolute_path)[:2] == ["consolidated", "resources"]:
-        return [f"{where}: {instance!r} is not a type Metriport's consolidated query accepts"
-                f"{_hint(str(instance), map(str, expected))} — Metriport answers 400 to any other "
-                f"(its list, resourceTypeForConsolidation: {', '.join(expected)})"
-                + (". Medication and PractitionerRole come with the resources that reference them: import them "
-                   "(webhook_bot.resources), do not ask for them" if instance in ("Medication", "PractitionerRole") else "")]
+        return [
+            f"{where}: {instance!r} is not a type Metriport's consolidated query accepts"
+            f"{_hint(str(instance), map(str, expected))} — Metriport answers 400 to any other "
+            f"(its list, resourceTypeForConsolidation: {', '.join(expected)})"
+            + (
+                ". Medication and PractitionerRole come with the resources that reference them: import them "
+                "(webhook_bot.resources), do not ask for them"
+                if instance in ("Medication", "PractitionerRole")
+                else ""
+            )
+        ]
     if err.validator == "enum":
         opts = ", ".join(repr(o) for o in expected)
         return [f"{where}: {instance!r} is not one of {opts}{_hint(str(instance), map(str, expected))}"]
@@ -323,18 +349,29 @@ def _resource_problems(resources: list, key: str = "webhook_bot.resources", verb
         if not isinstance(rt, str):
             continue
         if rt in ("Patient",):
-            problems.append(f"{key}[{i}]: 'Patient' cannot be {verb} — " + (
-                "data is attached to the existing Medplum Patient" if verb == "imported" else
-                "Metriport holds the patient's demographics already (the patient bot sends them)") + "; remove it")
+            problems.append(
+                f"{key}[{i}]: 'Patient' cannot be {verb} — "
+                + (
+                    "data is attached to the existing Medplum Patient"
+                    if verb == "imported"
+                    else "Metriport holds the patient's demographics already (the patient bot sends them)"
+                )
+                + "; remove it"
+            )
         elif rt in medplum_types or rt in ("Bundle", "Binary", "Subscription", "AuditEvent", "Task"):
             problems.append(f"{key}[{i}]: '{rt}' is not clinical data medport may {verb[:-1]}; remove it")
         elif rt not in r4:
             problems.append(f"{key}[{i}]: '{rt}' is not an R4 resource type{_hint(rt, r4)}")
         elif shapes.get(rt) == "none":
-            problems.append(f"{key}[{i}]: '{rt}' has no identifier element, so it cannot be " + (
-                "upserted idempotently on the Metriport id" if verb == "imported" else
-                "marked as contributed (what Metriport returns of it would be imported as a second copy)") +
-                "; remove it")
+            problems.append(
+                f"{key}[{i}]: '{rt}' has no identifier element, so it cannot be "
+                + (
+                    "upserted idempotently on the Metriport id"
+                    if verb == "imported"
+                    else "marked as contributed (what Metriport returns of it would be imported as a second copy)"
+                )
+                + "; remove it"
+            )
     return problems
 
 
@@ -347,12 +384,15 @@ def _semantic_problems(raw: dict) -> list[str]:
     metriport_types = schema()["properties"]["consolidated"]["properties"]["resources"]["items"]["enum"]
     for i, rt in enumerate(raw["consolidated"]["resources"]):
         if isinstance(rt, str) and rt in metriport_types and rt not in imported:
-            problems.append(f"consolidated.resources[{i}]: {rt!r} is asked of Metriport but not imported (not in "
-                            "webhook_bot.resources): it would be downloaded and skipped — add it there or remove it")
+            problems.append(
+                f"consolidated.resources[{i}]: {rt!r} is asked of Metriport but not imported (not in "
+                "webhook_bot.resources): it would be downloaded and skipped — add it there or remove it"
+            )
     contribution = raw["contribution"]
     problems += _resource_problems(contribution["resources"], "contribution.resources", "contributed")
-    bots = [("patient_bot", patient), ("webhook_bot", webhook)] + ([("contribution", contribution)]
-                                                                   if contribution["enabled"] else [])
+    bots = [("patient_bot", patient), ("webhook_bot", webhook)] + (
+        [("contribution", contribution)] if contribution["enabled"] else []
+    )
     for i, (key, bot) in enumerate(bots):
         for other_key, other in bots[:i]:
             if bot["name"] == other["name"]:
@@ -366,21 +406,30 @@ def _semantic_problems(raw: dict) -> list[str]:
     if r["initial_delay_ms"] > r["max_delay_ms"]:
         problems.append("retry.initial_delay_ms: larger than retry.max_delay_ms")
     m = raw["medplum"]
-    for where, version in [("medplum.version", m["version"]),
-                           *((f"medplum.versions[{i}]", v) for i, v in enumerate(m["versions"]))]:
+    for where, version in [
+        ("medplum.version", m["version"]),
+        *((f"medplum.versions[{i}]", v) for i, v in enumerate(m["versions"])),
+    ]:
         try:
-            if isinstance(version, str) and version.startswith("5."):   # other forms: the schema says so
+            if isinstance(version, str) and version.startswith("5."):  # other forms: the schema says so
                 medplum_release(version)
         except UnsupportedRelease as e:
             problems.append(f"{where}: {e} (use {OLDEST} to {NEWEST})")
     if raw.get("documents", {}).get("content") == "url":
-        problems.append("documents.content: 'url' is no longer supported — it kept Metriport's presigned URLs in Medplum "
-                        "(the document to anyone holding one, then a dead link): use 'binary' (the default); "
-                        "`medport document-urls PATIENT` asks Metriport for fresh URLs")
-    for key, cron in (("webhook_bot.sweep_cron", webhook.get("sweep_cron")), ("contribution.cron", contribution.get("cron"))):
+        problems.append(
+            "documents.content: 'url' is no longer supported — it kept Metriport's presigned URLs in Medplum "
+            "(the document to anyone holding one, then a dead link): use 'binary' (the default); "
+            "`medport document-urls PATIENT` asks Metriport for fresh URLs"
+        )
+    for key, cron in (
+        ("webhook_bot.sweep_cron", webhook.get("sweep_cron")),
+        ("contribution.cron", contribution.get("cron")),
+    ):
         if isinstance(cron, str) and cron.strip() and not is_valid_cron(cron):
-            problems.append(f"{key}: {cron!r} is not a 5-field cron expression (minute hour "
-                            "day-of-month month day-of-week, e.g. '*/5 * * * *'); Medplum would ignore it")
+            problems.append(
+                f"{key}: {cron!r} is not a 5-field cron expression (minute hour "
+                "day-of-month month day-of-week, e.g. '*/5 * * * *'); Medplum would ignore it"
+            )
     return problems
 
 
@@ -416,8 +465,9 @@ def validate_data(data: dict, path: str = CONFIG_FILENAME) -> Config:
 def load_config(path: str | Path | None = None) -> Config:
     p = Path(path) if path else Path(CONFIG_FILENAME)
     if not p.exists():
-        raise ConfigError(str(p), [f"no config file at {p} — run `medport init` to write a commented starter config, "
-                                   "or pass -c PATH"])
+        raise ConfigError(
+            str(p), [f"no config file at {p} — run `medport init` to write a commented starter config, or pass -c PATH"]
+        )
     try:
         data = tomllib.loads(p.read_text("utf-8"))
     except tomllib.TOMLDecodeError as e:

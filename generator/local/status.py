@@ -1,4 +1,5 @@
 """`medport status`: is an emulator running from this folder, is it ready, where is everything."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def probe(base_url: str, timeout: float = 5.0) -> dict:
 
 def run_counts(base_url: str) -> dict | None:
     try:
-        r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params={"limit": 10000}, timeout=5,
-                         auth=admin_credentials())
+        r = requests.get(
+            base_url.rstrip("/") + "/_emulator/runs", params={"limit": 10000}, timeout=5, auth=admin_credentials()
+        )
         runs = r.json()["runs"] if r.status_code == 200 else None
     except (requests.RequestException, ValueError, KeyError):
         return None
@@ -48,8 +50,13 @@ def _answers(url: str | None) -> bool:
     return True
 
 
-def integration_figures(base_url: str | None, client_id: str | None, client_secret: str | None,
-                        fhir_only: bool = False, config_path: str = CONFIG_FILENAME) -> dict:
+def integration_figures(
+    base_url: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    fhir_only: bool = False,
+    config_path: str = CONFIG_FILENAME,
+) -> dict:
     """The console's health figures (`medport.generator.console.figures.health`), or {"error": ...}."""
     from ..console.command import settings_for
     from ..console.figures import health
@@ -62,8 +69,15 @@ def integration_figures(base_url: str | None, client_id: str | None, client_secr
         cfg = load_config(config_path)
     except (ConfigError, OSError):
         cfg = None
-    settings = settings_for(base_url=base_url, client_id=client_id, client_secret=client_secret, fhir_only=fhir_only,
-                            metriport_url=None, metriport_api_key=None, cfg=cfg)
+    settings = settings_for(
+        base_url=base_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        fhir_only=fhir_only,
+        metriport_url=None,
+        metriport_api_key=None,
+        cfg=cfg,
+    )
     try:
         return health(reconstruct(Source(settings).snapshot()))
     except (MedplumError, requests.RequestException) as e:
@@ -77,12 +91,17 @@ def _echo_integration(fig: dict) -> None:
     d, m, p, s, a = fig["deliveries"], fig["messages"], fig["processing"], fig["stuck"], fig["aggregation"]
     rate = "—" if d["success_rate"] is None else f"{d['success_rate'] * 100:.1f} %"
     click.echo(f"webhooks   {d['total']} delivered to the webhook bot, {rate} acknowledged within 4 s")
-    click.echo(f"messages   {m['total']} stored: " + (", ".join(f"{n} {k}" for k, n in m["by_status"].items()) or "none")
-               + (click.style(f"; {p['failed_messages']} failed", fg="red") if p["failed_messages"] else "")
-               + (click.style(f"; {s['count']} stuck", fg="yellow") if s["count"] else ""))
+    click.echo(
+        f"messages   {m['total']} stored: "
+        + (", ".join(f"{n} {k}" for k, n in m["by_status"].items()) or "none")
+        + (click.style(f"; {p['failed_messages']} failed", fg="red") if p["failed_messages"] else "")
+        + (click.style(f"; {s['count']} stuck", fg="yellow") if s["count"] else "")
+    )
     if a["count"]:
-        click.echo(f"aggregation  query start → data in Medplum: p50 {a['p50_s']:.1f} s, p95 {a['p95_s']:.1f} s "
-                   f"({a['count']} done, {a['pending']} awaiting data)")
+        click.echo(
+            f"aggregation  query start → data in Medplum: p50 {a['p50_s']:.1f} s, p95 {a['p95_s']:.1f} s "
+            f"({a['count']} done, {a['pending']} awaiting data)"
+        )
     wh = fig["metriport_webhook"]
     if wh["configured"]:
         label = "enabled" if wh.get("enabled") else "DISABLED" if wh.get("enabled") is False else "unknown"
@@ -92,8 +111,12 @@ def _echo_integration(fig: dict) -> None:
 @click.command("status")
 @medplum_options("emulator", purpose="(with --client-id/--client-secret: the integration's figures from its records)")
 @config_option
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the status as JSON; `integration` holds the sync console's health figures.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the status as JSON; `integration` holds the sync console's health figures.",
+)
 def status_command(base_url, client_id, client_secret, config_path, as_json):
     """Show the emulator running from this folder: URLs, readiness, deployed bots, runs, and the integration's
     health figures (those of `medport console`). Exit 1 when none is ready."""
@@ -105,11 +128,22 @@ def status_command(base_url, client_id, client_secret, config_path, as_json):
     health = probe(url)
     counts = run_counts(url) if health.get("reachable") else None
     fake_up = _answers((state or {}).get("metriport_url")) if (state or {}).get("metriport") == "fake" else None
-    fig = (integration_figures(base_url, None, None, config_path=config_path)
-           if health.get("reachable") and health.get("ready") else None)
-    out = {"running": bool(health.get("reachable")), "ready": bool(health.get("ready")), "base_url": url,
-           "health": health, "state": state, "runs": counts, "fake_metriport_answers": fake_up,
-           "console_url": (state or {}).get("console_url"), "integration": fig}
+    fig = (
+        integration_figures(base_url, None, None, config_path=config_path)
+        if health.get("reachable") and health.get("ready")
+        else None
+    )
+    out = {
+        "running": bool(health.get("reachable")),
+        "ready": bool(health.get("ready")),
+        "base_url": url,
+        "health": health,
+        "state": state,
+        "runs": counts,
+        "fake_metriport_answers": fake_up,
+        "console_url": (state or {}).get("console_url"),
+        "integration": fig,
+    }
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
@@ -135,8 +169,11 @@ def _running_here(as_json: bool) -> dict:
     state = statefile.read()
     if state and statefile.pid_alive(state.get("pid")):
         return state
-    why = (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was "
-           "killed)") if state else f"no {statefile.STATE_FILE} here"
+    why = (
+        (f"{statefile.STATE_FILE} names pid {state.get('pid')}, which is not running (stale: the emulator was killed)")
+        if state
+        else f"no {statefile.STATE_FILE} here"
+    )
     if as_json:
         click.echo(json.dumps({"running": False, "reason": why}))
         raise SystemExit(1)
@@ -146,8 +183,10 @@ def _running_here(as_json: bool) -> dict:
 def _echo_status(out: dict) -> None:
     state, health, counts, fig = out["state"], out["health"], out["runs"], out["integration"]
     ok = click.style("ready", fg="green") if out["ready"] else click.style("not ready", fg="red")
-    click.echo(f"emulator   {out['base_url']}  {ok}"
-               + (f"  (pid {state['pid']}, since {state.get('started')})" if state else ""))
+    click.echo(
+        f"emulator   {out['base_url']}  {ok}"
+        + (f"  (pid {state['pid']}, since {state.get('started')})" if state else "")
+    )
     if not health.get("reachable"):
         click.echo(f"           does not answer ({health.get('error')})")
     for what in health.get("waiting_for", []):
@@ -155,8 +194,10 @@ def _echo_status(out: dict) -> None:
     if state:
         _echo_state(state, out["fake_metriport_answers"])
     if counts is not None:
-        click.echo(f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
-                   + ("  → `medport runs --failed --logs`" if counts["failed"] else ""))
+        click.echo(
+            f"runs       {counts['runs']} bot execution(s), {counts['failed']} failed"
+            + ("  → `medport runs --failed --logs`" if counts["failed"] else "")
+        )
     if fig is not None:
         _echo_integration(fig)
     if out["console_url"]:
@@ -169,7 +210,9 @@ def _echo_state(state: dict, fake_up: bool | None) -> None:
     bots = state.get("bots") or {}
     click.echo("bots       " + (", ".join(f"{k}=Bot/{v}" for k, v in bots.items()) if bots else "none deployed"))
     if state.get("metriport") == "fake":
-        click.echo(f"Metriport  fake at {state.get('metriport_url')}/medical/v1 (facility {state.get('facility_id')})"
-                   + ("" if fake_up else click.style("  — does not answer", fg="red")))
+        click.echo(
+            f"Metriport  fake at {state.get('metriport_url')}/medical/v1 (facility {state.get('facility_id')})"
+            + ("" if fake_up else click.style("  — does not answer", fg="red"))
+        )
     else:
         click.echo(f"Metriport  {state.get('metriport_url')}")

@@ -12,6 +12,7 @@ Bot elements a release does not know (Bot.rawBody before 5.2) are left out — t
 signatures over `JSON.stringify(event.input)`, which reproduces the body Metriport signed. A server that still
 refuses an element as an additional property gets the Bot again without it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,7 @@ SERVER_FIELDS = {"id", "meta", "executableCode", "sourceCode", "code", "secret",
 class Change:
     kind: str
     name: str
-    status: str        # "create" | "update" | "unchanged" (planned) -> "created" | "updated" | "unchanged"
+    status: str  # "create" | "update" | "unchanged" (planned) -> "created" | "updated" | "unchanged"
     detail: str = ""
 
 
@@ -61,11 +62,11 @@ class DeployResult:
     project_id: str = ""
     bot_ids: dict[str, str] = field(default_factory=dict)
     client_id: str = ""
-    client_secret: str | None = None     # only when the client was created by this run
+    client_secret: str | None = None  # only when the client was created by this run
     webhook_url: str = ""
     warnings: list[str] = field(default_factory=list)
-    medplum_version: str = ""          # the server's release as /healthcheck says ("" when it did not say)
-    omitted: list[str] = field(default_factory=list)   # Bot elements left out for that release ("rawBody")
+    medplum_version: str = ""  # the server's release as /healthcheck says ("" when it did not say)
+    omitted: list[str] = field(default_factory=list)  # Bot elements left out for that release ("rawBody")
 
 
 def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
@@ -76,8 +77,10 @@ def _same(existing: dict | None, desired: dict) -> TypeGuard[dict]:
     return strip(existing) == strip(desired) and all(t in tags(existing) for t in tags(desired))
 
 
-OMITTED_WHY = {"rawBody": " (the webhook bot verifies signatures over JSON.stringify(event.input), which "
-                          "reproduces the body Metriport signed)"}
+OMITTED_WHY = {
+    "rawBody": " (the webhook bot verifies signatures over JSON.stringify(event.input), which "
+    "reproduces the body Metriport signed)"
+}
 _ADDITIONAL_PROPERTY = re.compile(r'Invalid additional property "([A-Za-z]+)"')
 
 
@@ -96,9 +99,17 @@ def _tag_query(resource: dict) -> str:
 
 
 class Deployer:
-    def __init__(self, cfg: Config, http: MedplumHttp, *, project_id: str | None = None, dry_run: bool = False,
-                 set_secrets: bool = False, secrets: dict[str, str] | None = None,
-                 echo: Callable[[str], None] = lambda s: None):
+    def __init__(
+        self,
+        cfg: Config,
+        http: MedplumHttp,
+        *,
+        project_id: str | None = None,
+        dry_run: bool = False,
+        set_secrets: bool = False,
+        secrets: dict[str, str] | None = None,
+        echo: Callable[[str], None] = lambda s: None,
+    ):
         self.cfg, self.http, self.dry_run, self.echo = cfg, http, dry_run, echo
         self.project_id = project_id
         self.set_secrets = set_secrets
@@ -107,12 +118,15 @@ class Deployer:
         self.policy_ids: dict[str, str] = {}
         self._checked = False
         self.release: Release = medplum_release(NEWEST)
-        self._refused_elements: set[str] = set()     # Bot elements the server refused as additional properties
+        self._refused_elements: set[str] = set()  # Bot elements the server refused as additional properties
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _record(self, kind: str, name: str, planned: str, detail: str = "") -> None:
-        status = planned if self.dry_run or planned == "unchanged" else {"create": "created", "update": "updated",
-                                                                                 "delete": "deleted"}[planned]
+        status = (
+            planned
+            if self.dry_run or planned == "unchanged"
+            else {"create": "created", "update": "updated", "delete": "deleted"}[planned]
+        )
         self.result.changes.append(Change(kind, name, status, detail))
         self.echo(f"  {status:<9} {kind} {name}" + (f" — {detail}" if detail else ""))
 
@@ -134,12 +148,19 @@ class Deployer:
         """One write: a conditional create on the resource's tag (a create repeated after a lost answer finds the
         first one), or a PUT over the existing one."""
         if existing is None:
-            return self.http.fhir(step, "POST", desired["resourceType"], json_body=desired,
-                                  headers={"If-None-Exist": _tag_query(desired)})
-        merged = {**{k: v for k, v in existing.items() if k in SERVER_FIELDS - {"meta"}}, **desired, "id": existing["id"]}
+            return self.http.fhir(
+                step, "POST", desired["resourceType"], json_body=desired, headers={"If-None-Exist": _tag_query(desired)}
+            )
+        merged = {
+            **{k: v for k, v in existing.items() if k in SERVER_FIELDS - {"meta"}},
+            **desired,
+            "id": existing["id"],
+        }
         meta = dict(existing.get("meta") or {})
-        meta["tag"] = [*[t for t in meta.get("tag", []) if t not in desired.get("meta", {}).get("tag", [])],
-                       *desired.get("meta", {}).get("tag", [])]
+        meta["tag"] = [
+            *[t for t in meta.get("tag", []) if t not in desired.get("meta", {}).get("tag", [])],
+            *desired.get("meta", {}).get("tag", []),
+        ]
         merged["meta"] = {"tag": meta["tag"]} if meta["tag"] else {}
         return self.http.fhir(step, "PUT", f"{desired['resourceType']}/{existing['id']}", json_body=merged)
 
@@ -150,22 +171,27 @@ class Deployer:
         taken as the newest (a refused element is then dropped when the server refuses it)."""
         version = (self.http.healthcheck() or {}).get("version")
         if not isinstance(version, str) or not version.strip():
-            self.echo(f"  note      {self.http.base_url}healthcheck did not say the server's version: writing what "
-                      f"Medplum {NEWEST} accepts")
+            self.echo(
+                f"  note      {self.http.base_url}healthcheck did not say the server's version: writing what "
+                f"Medplum {NEWEST} accepts"
+            )
             return
         try:
             self.release = medplum_release(version, newer_ok=True)
         except UnsupportedRelease as e:
-            raise MedplumError("check the server's version",
-                               f"{e}: upgrade the server to Medplum {OLDEST} or newer") from None
+            raise MedplumError(
+                "check the server's version", f"{e}: upgrade the server to Medplum {OLDEST} or newer"
+            ) from None
         self.result.medplum_version = self.release.version
 
     def _omit(self, element: str) -> None:
         if element not in self.result.omitted:
             self.result.omitted.append(element)
             why = OMITTED_WHY.get(element, "")
-            self.echo(f"  note      Medplum {self.result.medplum_version or '(version unknown)'} has no "
-                      f"Bot.{element}: left out{why}")
+            self.echo(
+                f"  note      Medplum {self.result.medplum_version or '(version unknown)'} has no "
+                f"Bot.{element}: left out{why}"
+            )
         self._refused_elements.add(element)
 
     def _accepted_bot(self, desired: dict) -> dict:
@@ -181,7 +207,9 @@ class Deployer:
             me = self.http.request("read project (auth/me)", "GET", "auth/me")
             self.project_id = ((me or {}).get("project") or {}).get("id") or ""
             if not self.project_id:
-                raise MedplumError("read project", "the server did not say which project these credentials belong to — pass --project")
+                raise MedplumError(
+                    "read project", "the server did not say which project these credentials belong to — pass --project"
+                )
         self.result.project_id = self.project_id
 
     def _features(self) -> None:
@@ -194,9 +222,11 @@ class Deployer:
         have = set(project.get("features") or [])
         need = {"bots": "the bots cannot run"}
         if self.cfg.webhook_bot.sweep_cron.strip():
-            need["cron"] = ("the webhook bot's sweep (webhook_bot.sweep_cron) never runs: a message whose processing "
-                            "was cut off is then resumed only when it is delivered again, when another message is "
-                            "processed, or by `medport replay --failed`")
+            need["cron"] = (
+                "the webhook bot's sweep (webhook_bot.sweep_cron) never runs: a message whose processing "
+                "was cut off is then resumed only when it is delivered again, when another message is "
+                "processed, or by `medport replay --failed`"
+            )
         for feature, why in need.items():
             if feature not in have:
                 msg = f"Project {self.project_id} lacks the feature '{feature}': {why}. Ask your Medplum administrator to enable it."
@@ -225,16 +255,24 @@ class Deployer:
         found = self.http.fhir(step, "GET", f"ProjectMembership?profile={profile}")
         members = [e["resource"] for e in found.get("entry", [])]
         if not members:
-            raise MedplumError(step, f"no ProjectMembership for {profile}: it was not created through the admin API "
-                                     "(POST /admin/projects/{id}/bot or /client). Delete it and deploy again.")
+            raise MedplumError(
+                step,
+                f"no ProjectMembership for {profile}: it was not created through the admin API "
+                "(POST /admin/projects/{id}/bot or /client). Delete it and deploy again.",
+            )
         m = members[0]
         want = {"reference": f"AccessPolicy/{policy_id}"}
         if (m.get("accessPolicy") or {}).get("reference") == want["reference"]:
             return
         self._record("ProjectMembership", profile, "update", f"access policy {policy_key}")
         if not self.dry_run:
-            self.http.request(step, "POST", f"admin/projects/{self.project_id}/members/{m['id']}",
-                              json_body={**m, "accessPolicy": want}, idempotent=True)   # the same state again
+            self.http.request(
+                step,
+                "POST",
+                f"admin/projects/{self.project_id}/members/{m['id']}",
+                json_body={**m, "accessPolicy": want},
+                idempotent=True,
+            )  # the same state again
 
     def _bots(self) -> None:
         system = self.cfg.medplum.identifier_system
@@ -248,10 +286,18 @@ class Deployer:
                 if self.dry_run:
                     continue
                 policy = self.policy_ids[POLICY_OF_MEMBER[spec.key]]
-                existing = self._create_member(f"{step}: create", "bot", "Bot", spec.name,
-                                               {"name": spec.name, "description": desired["description"],
-                                                "runtimeVersion": desired["runtimeVersion"],
-                                                "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+                existing = self._create_member(
+                    f"{step}: create",
+                    "bot",
+                    "Bot",
+                    spec.name,
+                    {
+                        "name": spec.name,
+                        "description": desired["description"],
+                        "runtimeVersion": desired["runtimeVersion"],
+                        "accessPolicy": {"reference": f"AccessPolicy/{policy}"},
+                    },
+                )
                 existing = self._upsert(f"{step}: configure", existing, desired)
                 self._deploy_code(step, existing, spec.filename, code[spec.filename])
                 self.result.bot_ids[spec.key] = existing["id"]
@@ -261,8 +307,12 @@ class Deployer:
             if _same(existing, desired) and code_same:
                 self._record("Bot", spec.name, "unchanged")
             else:
-                self._record("Bot", spec.name, "update", "code" if _same(existing, desired) else "settings" +
-                             ("" if code_same else " and code"))
+                self._record(
+                    "Bot",
+                    spec.name,
+                    "update",
+                    "code" if _same(existing, desired) else "settings" + ("" if code_same else " and code"),
+                )
                 if not self.dry_run:
                     existing = self._upsert(step, existing, desired)
                     if not code_same:
@@ -274,7 +324,7 @@ class Deployer:
         after an answer the server may have sent after acting (5xx) it is not repeated blindly — the one it may
         have created (that name, not yet given medport's identifier or tag) is adopted instead."""
         path = f"admin/projects/{self.project_id}/{kind}"
-        sent = datetime.now(UTC) - timedelta(minutes=2)   # what it may have created is not older (clock skew)
+        sent = datetime.now(UTC) - timedelta(minutes=2)  # what it may have created is not older (clock skew)
         try:
             return self.http.request(step, "POST", path, json_body=body)
         except MedplumError as e:
@@ -284,17 +334,23 @@ class Deployer:
             if orphans:
                 self.echo(f"  adopted   {rtype} {name} — created by the request answered HTTP {e.status}")
                 return self.http.fhir(f"{step}: read", "GET", f"{rtype}/{orphans[-1]['id']}")
-            return self.http.request(step, "POST", path, json_body=body)   # it had not acted: once more
+            return self.http.request(step, "POST", path, json_body=body)  # it had not acted: once more
 
     def _unconfigured(self, step: str, rtype: str, name: str, since: datetime) -> list[dict]:
         """Resources of that name updated since `since` without medport's identifier (Bot) or tag
         (ClientApplication), oldest first."""
         system = self.cfg.medplum.identifier_system
         after = since.isoformat(timespec="seconds").replace("+00:00", "Z")
-        found = self.http.fhir(f"{step}: look for it", "GET", rtype, params={
-            "name": name, "_lastUpdated": f"ge{after}", "_count": "20", "_sort": "_lastUpdated"})
-        mine = lambda r: any(i.get("system") == system for i in r.get("identifier") or []) or any(
-            t.get("system") == system for t in (r.get("meta") or {}).get("tag") or [])
+        found = self.http.fhir(
+            f"{step}: look for it",
+            "GET",
+            rtype,
+            params={"name": name, "_lastUpdated": f"ge{after}", "_count": "20", "_sort": "_lastUpdated"},
+        )
+        mine = lambda r: (
+            any(i.get("system") == system for i in r.get("identifier") or [])
+            or any(t.get("system") == system for t in (r.get("meta") or {}).get("tag") or [])
+        )
         return [e["resource"] for e in found.get("entry", []) if not mine(e["resource"])]
 
     @staticmethod
@@ -309,13 +365,23 @@ class Deployer:
 
     def _deploy_code(self, step: str, bot: dict, filename: str, code: str) -> None:
         # Source first, uploaded raw like `medplum bot deploy` does, then the executable through $deploy.
-        source = self.http.fhir(f"{step}: upload source", "POST", "Binary", data=code.encode("utf-8"),
-                                headers={"Content-Type": "text/javascript"})
+        source = self.http.fhir(
+            f"{step}: upload source",
+            "POST",
+            "Binary",
+            data=code.encode("utf-8"),
+            headers={"Content-Type": "text/javascript"},
+        )
         bot = self.http.fhir(f"{step}: read", "GET", f"Bot/{bot['id']}")
         bot["sourceCode"] = {"contentType": "text/javascript", "title": filename, "url": f"Binary/{source['id']}"}
         self.http.fhir(f"{step}: set source", "PUT", f"Bot/{bot['id']}", json_body=bot)
-        self.http.fhir(f"{step}: $deploy", "POST", f"Bot/{bot['id']}/$deploy", idempotent=True,  # the same code again
-                       json_body={"code": code, "filename": self._code_filename(filename, code)})
+        self.http.fhir(
+            f"{step}: $deploy",
+            "POST",
+            f"Bot/{bot['id']}/$deploy",
+            idempotent=True,  # the same code again
+            json_body={"code": code, "filename": self._code_filename(filename, code)},
+        )
 
     def _client(self) -> None:
         desired = client_application(self.cfg)
@@ -326,9 +392,17 @@ class Deployer:
             if self.dry_run:
                 return
             policy = self.policy_ids[POLICY_OF_MEMBER["webhook_client"]]
-            created = self._create_member(f"{step}: create", "client", "ClientApplication", desired["name"],
-                                          {"name": desired["name"], "description": desired["description"],
-                                           "accessPolicy": {"reference": f"AccessPolicy/{policy}"}})
+            created = self._create_member(
+                f"{step}: create",
+                "client",
+                "ClientApplication",
+                desired["name"],
+                {
+                    "name": desired["name"],
+                    "description": desired["description"],
+                    "accessPolicy": {"reference": f"AccessPolicy/{policy}"},
+                },
+            )
             self.result.client_secret = created.get("secret")
             existing = self._upsert(f"{step}: tag", created, desired)
         elif _same(existing, desired):
@@ -338,7 +412,9 @@ class Deployer:
             if not self.dry_run:
                 existing = self._upsert(step, existing, desired)
         self.result.client_id = existing["id"]
-        self._membership(f"{step}: membership", f"ClientApplication/{existing['id']}", POLICY_OF_MEMBER["webhook_client"])
+        self._membership(
+            f"{step}: membership", f"ClientApplication/{existing['id']}", POLICY_OF_MEMBER["webhook_client"]
+        )
 
     def _subscriptions(self) -> None:
         placeholders = {f"urn:uuid:{s.id}": s.key for s in self.cfg.bots}
@@ -391,9 +467,13 @@ class Deployer:
             self.http.request("check admin rights", "GET", f"admin/projects/{self.project_id}")
         except MedplumError as e:
             if e.status in (401, 403, 404):
-                raise MedplumError("check admin rights", f"client {self.http.client_id} cannot administer project "
-                                   f"{self.project_id}: use the credentials of a ClientApplication that is an admin of "
-                                   "the project", e.status) from None
+                raise MedplumError(
+                    "check admin rights",
+                    f"client {self.http.client_id} cannot administer project "
+                    f"{self.project_id}: use the credentials of a ClientApplication that is an admin of "
+                    "the project",
+                    e.status,
+                ) from None
             raise
         self._checked = True
 
@@ -408,8 +488,13 @@ class Deployer:
         if not self.dry_run:
             for n, v in self.secrets.items():
                 current[n] = {"name": n, "valueString": v}
-            self.http.request("Project secrets: write", "POST", f"admin/projects/{self.project_id}/secrets",
-                              json_body=list(current.values()), idempotent=True)   # the whole list: same state again
+            self.http.request(
+                "Project secrets: write",
+                "POST",
+                f"admin/projects/{self.project_id}/secrets",
+                json_body=list(current.values()),
+                idempotent=True,
+            )  # the whole list: same state again
 
     def run(self) -> DeployResult:
         self.preflight()
@@ -420,9 +505,12 @@ class Deployer:
         self._subscriptions()
         if self.set_secrets:
             self._secrets()
-        self.result.webhook_url = webhook_execute_url(self.http.base_url,
-                                                      self.result.bot_ids.get("webhook_bot", "<webhook-bot-id>"),
-                                                      self.result.client_id or "<client-id>", "<client-secret>")
+        self.result.webhook_url = webhook_execute_url(
+            self.http.base_url,
+            self.result.bot_ids.get("webhook_bot", "<webhook-bot-id>"),
+            self.result.client_id or "<client-id>",
+            "<client-secret>",
+        )
         return self.result
 
 
@@ -443,8 +531,10 @@ def _report_bot_ids(cfg: Config, result: DeployResult, base_url: str, out_dir: s
     path = deployed.write(out_dir, record)
     config_json = Path(out_dir) / "medplum.config.json"
     config_json.write_text(dumps(medplum_cli_config(cfg, deployed.bot_ids(cfg, record))), "utf-8")
-    click.echo(f"  recorded in {path} and {config_json} — commit both; `cd {out_dir} && npx medplum bot deploy "
-               f"<name>` now finds these Bots")
+    click.echo(
+        f"  recorded in {path} and {config_json} — commit both; `cd {out_dir} && npx medplum bot deploy "
+        f"<name>` now finds these Bots"
+    )
 
 
 @click.command("deploy")
@@ -453,13 +543,21 @@ def _report_bot_ids(cfg: Config, result: DeployResult, base_url: str, out_dir: s
 @medplum_options("config", purpose="to deploy to")
 @click.option("--project", "project_id", help="Project id (default: the credentials' project).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
-@click.option("--set-secrets", is_flag=True,
-              help="Also set Project secrets METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY, METRIPORT_BASE_URL from the environment.")
-@click.option("--write-ids/--no-write-ids", default=True, show_default=True,
-              help="Record the deployed Bot ids in <out>/medport.deployed.json and <out>/medplum.config.json (where "
-                   "Medplum's CLI reads them).")
-def deploy_command(config_path, out_dir, base_url, client_id, client_secret, project_id, dry_run, set_secrets,
-                   write_ids):
+@click.option(
+    "--set-secrets",
+    is_flag=True,
+    help="Also set Project secrets METRIPORT_API_KEY, METRIPORT_WEBHOOK_KEY, METRIPORT_BASE_URL from the environment.",
+)
+@click.option(
+    "--write-ids/--no-write-ids",
+    default=True,
+    show_default=True,
+    help="Record the deployed Bot ids in <out>/medport.deployed.json and <out>/medplum.config.json (where "
+    "Medplum's CLI reads them).",
+)
+def deploy_command(
+    config_path, out_dir, base_url, client_id, client_secret, project_id, dry_run, set_secrets, write_ids
+):
     """Deploy the bots, their policies, client and subscriptions to a Medplum server.
 
     Idempotent: a second run reports everything unchanged. Needs credentials of a
@@ -467,21 +565,32 @@ def deploy_command(config_path, out_dir, base_url, client_id, client_secret, pro
     """
     cfg = load_or_exit(config_path)
     base_url = base_url or cfg.medplum.base_url
-    missing = [what for what, ok in (("--client-id or MEDPLUM_CLIENT_ID", client_id),
-                                     ("--client-secret or MEDPLUM_CLIENT_SECRET", client_secret)) if not ok]
-    http = MedplumHttp(base_url, client_id or "", client_secret or "",
-                       on_retry=lambda m: click.echo(f"  retry     {m}", err=True))
+    missing = [
+        what
+        for what, ok in (
+            ("--client-id or MEDPLUM_CLIENT_ID", client_id),
+            ("--client-secret or MEDPLUM_CLIENT_SECRET", client_secret),
+        )
+        if not ok
+    ]
+    http = MedplumHttp(
+        base_url, client_id or "", client_secret or "", on_retry=lambda m: click.echo(f"  retry     {m}", err=True)
+    )
     deployer = Deployer(cfg, http, project_id=project_id, dry_run=dry_run, set_secrets=set_secrets, echo=click.echo)
     if set_secrets:
         missing += [f"{name} in the environment (for --set-secrets)" for name in deployer.missing_secrets()]
     if missing:
-        raise click.ClickException("missing " + "; ".join(missing) + " — nothing was changed. The client must be an "
-                                   "admin ClientApplication of the project.")
+        raise click.ClickException(
+            "missing " + "; ".join(missing) + " — nothing was changed. The client must be an "
+            "admin ClientApplication of the project."
+        )
     click.echo(f"{'plan' if dry_run else 'deploying'}: {config_path} -> {base_url}")
     try:
         deployer.preflight()
-        click.echo(f"  checked   {base_url} answers, client {client_id} administers project {deployer.project_id}"
-                   + (", secrets present" if set_secrets else ""))
+        click.echo(
+            f"  checked   {base_url} answers, client {client_id} administers project {deployer.project_id}"
+            + (", secrets present" if set_secrets else "")
+        )
         result = deployer.run()
     except MedplumError as e:
         changed = any(c.status in ("created", "updated") for c in deployer.result.changes)

@@ -1,6 +1,7 @@
 """`medport document-urls PATIENT...`: ask Metriport for a Patient's bulk download URLs
 (`POST /medical/v1/document/download-url/bulk`). They arrive at the webhook bot as
 `medical.document-bulk-download-urls`, which stores the documents when `documents.store` is on."""
+
 from __future__ import annotations
 
 import click
@@ -29,7 +30,9 @@ def document_urls_command(patients, config_path, base_url, client_id, client_sec
             click.echo(f"Patient/{pid}: {e}", err=True)
             failed += 1
             continue
-        mid = next((i.get("value") for i in p.get("identifier", []) if i.get("system") == system and i.get("value")), None)
+        mid = next(
+            (i.get("value") for i in p.get("identifier", []) if i.get("system") == system and i.get("value")), None
+        )
         if not mid:
             click.echo(f"Patient/{pid}: not linked to Metriport (no identifier {system}) — nothing asked", err=True)
             failed += 1

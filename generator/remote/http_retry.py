@@ -9,6 +9,7 @@
 - bounded: `attempts` in all, and a `Retry-After` longer than `max_wait_s` is not waited out (the error says
   when to try again).
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import requests
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-NOT_ACTED_STATUSES = frozenset({429, 503})        # the server says: not done, come back later
+NOT_ACTED_STATUSES = frozenset({429, 503})  # the server says: not done, come back later
 MAYBE_ACTED_STATUSES = frozenset({500, 502, 504})  # it may have done it before failing
 
 
@@ -51,8 +52,15 @@ def never_sent(error: BaseException) -> bool:
     if not isinstance(error, requests.ConnectionError):
         return False
     text = repr(error)
-    return any(s in text for s in ("NewConnectionError", "NameResolutionError", "Connection refused",
-                                   "Failed to establish a new connection"))
+    return any(
+        s in text
+        for s in (
+            "NewConnectionError",
+            "NameResolutionError",
+            "Connection refused",
+            "Failed to establish a new connection",
+        )
+    )
 
 
 class WaitTooLong(Exception):
@@ -71,8 +79,9 @@ class RetryPolicy:
     max_wait_s: float = 120.0
     sleep: Callable[[float], None] = time.sleep
 
-    def delay(self, attempt: int, idempotent: bool, resp: requests.Response | None = None,
-              error: BaseException | None = None) -> float | None:
+    def delay(
+        self, attempt: int, idempotent: bool, resp: requests.Response | None = None, error: BaseException | None = None
+    ) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None: do not repeat (return or raise what came).
         Raises WaitTooLong when a Retry-After exceeds `max_wait_s`."""
         if attempt >= self.attempts:
@@ -93,5 +102,7 @@ class RetryPolicy:
 
 
 def maybe_applied_hint(method: str) -> str:
-    return (f"the server may have done it before failing, and a {method} is not repeated (it is not idempotent): "
-            "check, then run the command again")
+    return (
+        f"the server may have done it before failing, and a {method} is not repeated (it is not idempotent): "
+        "check, then run the command again"
+    )

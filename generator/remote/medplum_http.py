@@ -10,6 +10,7 @@ fhir/repo.ts removeHiddenFields). The bearer token goes with each request, never
 endpoint refuses a bearer Authorization header (server oauth/token.ts getClientIdAndSecret → 400 "Invalid
 authorization header"), so a client logged in before can log in again (a second deploy, an expired token).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,7 @@ class MedplumError(Exception):
 
     def __init__(self, step: str, message: str, status: int | None = None, maybe_applied: bool = False):
         self.step, self.status = step, status
-        self.maybe_applied = maybe_applied   # failed after the server may have acted (a POST answered 5xx)
+        self.maybe_applied = maybe_applied  # failed after the server may have acted (a POST answered 5xx)
         super().__init__(f"{step}: {message}" + (f" (HTTP {status})" if status else ""))
 
 
@@ -42,10 +43,10 @@ def outcome_text(body: Any) -> str | None:
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         errs = [i for i in body.get("issue", []) if i.get("severity") in ("error", "fatal")]
         if errs:
-            return "; ".join((i.get("details") or {}).get("text") or i.get("diagnostics") or i.get("code", "error")
-                             for i in errs)
+            return "; ".join(
+                (i.get("details") or {}).get("text") or i.get("diagnostics") or i.get("code", "error") for i in errs
+            )
     return None
-
 
 
 def not_json_reason(resp: requests.Response) -> str:
@@ -62,6 +63,7 @@ def instant_now() -> str:
     compares authoredOn with lastModified, and FHIRPath cannot compare two precisions."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
 @dataclass
 class MedplumHttp:
     base_url: str
@@ -71,10 +73,10 @@ class MedplumHttp:
     backoff_s: float = 0.5
     timeout_s: float = 30.0
     on_retry: Callable[[str], None] | None = None
-    policy: RetryPolicy | None = None       # default: attempts and backoff_s above
+    policy: RetryPolicy | None = None  # default: attempts and backoff_s above
     session: requests.Session = field(default_factory=requests.Session)
     token: str | None = field(default=None, repr=False)
-    extended: bool = True      # send `X-Medplum: extended` (meta.author/project/compartment returned)
+    extended: bool = True  # send `X-Medplum: extended` (meta.author/project/compartment returned)
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -97,11 +99,16 @@ class MedplumHttp:
                 delay = policy.delay(attempt, safe, error=e)
                 if delay is None:
                     if never_sent(e):
-                        raise MedplumError(step, f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up "
-                                                 "and the base URL right?") from None
-                    raise MedplumError(step, f"no answer from {self.base_url} ({type(e).__name__}); "
-                                             + (maybe_applied_hint(method) if not safe else "tried "
-                                                f"{attempt} time(s)")) from None
+                        raise MedplumError(
+                            step,
+                            f"cannot reach {self.base_url} ({type(e).__name__}) — is the server up "
+                            "and the base URL right?",
+                        ) from None
+                    raise MedplumError(
+                        step,
+                        f"no answer from {self.base_url} ({type(e).__name__}); "
+                        + (maybe_applied_hint(method) if not safe else f"tried {attempt} time(s)"),
+                    ) from None
                 reason = type(e).__name__
             else:
                 try:
@@ -118,16 +125,22 @@ class MedplumHttp:
 
     def login(self) -> None:
         # a repeated token request only mints another token: safe to repeat
-        resp = self._send("login", "POST", "oauth2/token", idempotent=True, data={
-            "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret})
+        resp = self._send(
+            "login",
+            "POST",
+            "oauth2/token",
+            idempotent=True,
+            data={"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret},
+        )
         log.debug("POST oauth2/token -> %s in %.0f ms", resp.status_code, resp.elapsed.total_seconds() * 1000)
         if resp.content and _json(resp) is None:
             raise MedplumError("login", not_json_reason(resp), resp.status_code)
         if resp.status_code != 200:
             detail = _json(resp)
             msg = (detail or {}).get("error_description") or outcome_text(detail) or resp.text[:200]
-            raise MedplumError("login", f"client credentials rejected: {msg} — check the client id and secret",
-                               resp.status_code)
+            raise MedplumError(
+                "login", f"client credentials rejected: {msg} — check the client id and secret", resp.status_code
+            )
         self.token = resp.json()["access_token"]
 
     def healthcheck(self) -> dict | None:
@@ -144,9 +157,19 @@ class MedplumHttp:
             headers["X-Medplum"] = "extended"
         return headers
 
-    def request(self, step: str, method: str, path: str, *, json_body: Any = None, data: Any = None,
-                headers: dict | None = None, params: Any = None, ok: tuple[int, ...] = (200, 201),
-                idempotent: bool | None = None) -> Any:
+    def request(
+        self,
+        step: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Any = None,
+        headers: dict | None = None,
+        params: Any = None,
+        ok: tuple[int, ...] = (200, 201),
+        idempotent: bool | None = None,
+    ) -> Any:
         """`idempotent`: True for a POST that may be repeated (a search, a write of the same whole state);
         default: by method and headers (http_retry.is_idempotent)."""
         if self.token is None:
@@ -155,23 +178,48 @@ class MedplumHttp:
         if json_body is not None:
             hdrs["Content-Type"] = "application/fhir+json"
         hdrs.update(headers or {})
-        resp = self._send(step, method, path, idempotent, json=json_body, data=data,
-                          headers={**self.auth_headers(), **hdrs}, params=params)
+        resp = self._send(
+            step,
+            method,
+            path,
+            idempotent,
+            json=json_body,
+            data=data,
+            headers={**self.auth_headers(), **hdrs},
+            params=params,
+        )
         if resp.status_code == 401 and "Authorization" not in (headers or {}):
-            self.login()   # the token expired (or the server restarted): log in again, once
-            resp = self._send(step, method, path, idempotent, json=json_body, data=data,
-                              headers={**self.auth_headers(), **hdrs}, params=params)
-        log.debug("%s %s -> %s in %.0f ms", method, path.split("?", 1)[0], resp.status_code,
-                  resp.elapsed.total_seconds() * 1000)
+            self.login()  # the token expired (or the server restarted): log in again, once
+            resp = self._send(
+                step,
+                method,
+                path,
+                idempotent,
+                json=json_body,
+                data=data,
+                headers={**self.auth_headers(), **hdrs},
+                params=params,
+            )
+        log.debug(
+            "%s %s -> %s in %.0f ms",
+            method,
+            path.split("?", 1)[0],
+            resp.status_code,
+            resp.elapsed.total_seconds() * 1000,
+        )
         body = _json(resp)
-        if body is None and resp.content and (resp.status_code not in ok
-                                               or "html" in resp.headers.get("Content-Type", "")):
+        if (
+            body is None
+            and resp.content
+            and (resp.status_code not in ok or "html" in resp.headers.get("Content-Type", ""))
+        ):
             raise MedplumError(step, not_json_reason(resp), resp.status_code)
         if resp.status_code not in ok:
             message = outcome_text(body) or resp.reason or "no reason given"
             if resp.status_code in MAYBE_ACTED_STATUSES and not is_idempotent(method, hdrs, idempotent):
-                raise MedplumError(step, f"{message}; {maybe_applied_hint(method)}", resp.status_code,
-                                   maybe_applied=True)
+                raise MedplumError(
+                    step, f"{message}; {maybe_applied_hint(method)}", resp.status_code, maybe_applied=True
+                )
             raise MedplumError(step, message, resp.status_code)
         text = outcome_text(body)
         if text:
@@ -188,9 +236,10 @@ class MedplumHttp:
             self.login()
         resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={**self.auth_headers(), "Accept": "*/*"})
         if resp.status_code == 401:
-            self.login()   # the token expired: log in again, once
-            resp = self._send(step, "GET", f"fhir/R4/{path.lstrip('/')}",
-                              headers={**self.auth_headers(), "Accept": "*/*"})
+            self.login()  # the token expired: log in again, once
+            resp = self._send(
+                step, "GET", f"fhir/R4/{path.lstrip('/')}", headers={**self.auth_headers(), "Accept": "*/*"}
+            )
         if resp.status_code != 200:
             body = _json(resp)
             raise MedplumError(step, outcome_text(body) or (resp.text[:300] or resp.reason), resp.status_code)
@@ -200,13 +249,15 @@ class MedplumHttp:
         bundle = self.fhir(step, "GET", f"{resource_type}?{query}")
         entries = [e["resource"] for e in bundle.get("entry", []) if e.get("resource")]
         if len(entries) > 1:
-            raise MedplumError(step, f"{len(entries)} {resource_type} resources match {query}; expected at most one — "
-                                     "delete the duplicates")
+            raise MedplumError(
+                step,
+                f"{len(entries)} {resource_type} resources match {query}; expected at most one — delete the duplicates",
+            )
         return entries[0] if entries else None
 
 
 def _json(resp: requests.Response) -> Any:
     try:
-        return jsoncodec.loads(resp.content)   # orjson: several times faster on search bundles
+        return jsoncodec.loads(resp.content)  # orjson: several times faster on search bundles
     except ValueError:
         return None

@@ -1,5 +1,6 @@
 """What medport's own commands (`enroll`, `document-urls`) need to reach: Metriport's Medical API (a small
 client; the fake's URL and key when the emulator runs here) and the Medplum server (the admin client)."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ class MetriportCallError(click.ClickException):
         self.status = resp.status_code
 
 
-def send(what: str, method: str, url: str, policy: RetryPolicy, *, idempotent: bool | None = None,
-         on_error: Callable[[requests.RequestException], click.ClickException], **kw) -> requests.Response:
+def send(
+    what: str,
+    method: str,
+    url: str,
+    policy: RetryPolicy,
+    *,
+    idempotent: bool | None = None,
+    on_error: Callable[[requests.RequestException], click.ClickException],
+    **kw,
+) -> requests.Response:
     """One request to Metriport under the retry policy (http_retry.py): a 429 or 503 waited out as its Retry-After
     asks, a request that may have been acted on repeated only when that is harmless."""
     safe = is_idempotent(method, kw.get("headers"), idempotent)
@@ -49,8 +58,9 @@ def send(what: str, method: str, url: str, policy: RetryPolicy, *, idempotent: b
                 raise click.ClickException(f"Metriport {what}: rate limited, {e}: run the command again then") from None
             if delay is None:
                 if resp.status_code in MAYBE_ACTED_STATUSES and not safe:
-                    raise click.ClickException(f"Metriport {what} answered {resp.status_code}: "
-                                               f"{maybe_applied_hint(method)}")
+                    raise click.ClickException(
+                        f"Metriport {what} answered {resp.status_code}: {maybe_applied_hint(method)}"
+                    )
                 return resp
         policy.sleep(delay)
     raise AssertionError("unreachable")
@@ -66,22 +76,36 @@ class MetriportApi:
 
     def call(self, method: str, path: str, *, params: dict | None = None, json_body=None) -> dict:
         def unreachable(e: requests.RequestException) -> click.ClickException:
-            return click.ClickException(f"cannot reach Metriport at {self.base_url} ({type(e).__name__}): check "
-                                        "--metriport-url / METRIPORT_BASE_URL, or start `medport emulate`")
+            return click.ClickException(
+                f"cannot reach Metriport at {self.base_url} ({type(e).__name__}): check "
+                "--metriport-url / METRIPORT_BASE_URL, or start `medport emulate`"
+            )
 
-        resp = send(f"{method} {path}", method, self.base_url.rstrip("/") + path, self.policy, params=params,
-                    json=json_body, headers={"x-api-key": self.api_key, "accept": "application/json"},
-                    timeout=self.timeout_s, on_error=unreachable)
+        resp = send(
+            f"{method} {path}",
+            method,
+            self.base_url.rstrip("/") + path,
+            self.policy,
+            params=params,
+            json=json_body,
+            headers={"x-api-key": self.api_key, "accept": "application/json"},
+            timeout=self.timeout_s,
+            on_error=unreachable,
+        )
         if not 200 <= resp.status_code < 300:
             raise MetriportCallError(f"{method} {path}", resp)
         try:
             body = resp.json() if resp.content else {}
         except ValueError:
-            raise click.ClickException(f"Metriport {method} {path} answered {resp.status_code} with a body that is "
-                                       "not JSON: is the base URL Metriport's API?") from None
+            raise click.ClickException(
+                f"Metriport {method} {path} answered {resp.status_code} with a body that is "
+                "not JSON: is the base URL Metriport's API?"
+            ) from None
         if not isinstance(body, dict):
-            raise click.ClickException(f"Metriport {method} {path} answered {resp.status_code} with JSON that is not "
-                                       "an object: is the base URL Metriport's API?")
+            raise click.ClickException(
+                f"Metriport {method} {path} answered {resp.status_code} with JSON that is not "
+                "an object: is the base URL Metriport's API?"
+            )
         return body
 
     def start_bulk_patient_create(self, facility_id: str | None, dry_run: bool) -> dict:
@@ -97,8 +121,11 @@ class MetriportApi:
         if self._no_status_route:
             return None
         try:
-            resp = requests.get(self.base_url.rstrip("/") + f"/_fake/bulk/{request_id}",
-                                headers={"x-api-key": self.api_key}, timeout=self.timeout_s)
+            resp = requests.get(
+                self.base_url.rstrip("/") + f"/_fake/bulk/{request_id}",
+                headers={"x-api-key": self.api_key},
+                timeout=self.timeout_s,
+            )
             body = resp.json() if resp.status_code == 200 else None
         except (requests.RequestException, ValueError):
             body = None
@@ -109,19 +136,34 @@ class MetriportApi:
 
     def start_bulk_download_urls(self, patient_id: str, metadata: dict | None = None) -> dict:
         """POST /medical/v1/document/download-url/bulk?patientId= with {metadata}: {status, requestId}."""
-        return self.call("POST", "/medical/v1/document/download-url/bulk", params={"patientId": patient_id},
-                         json_body={"metadata": metadata or {}})
+        return self.call(
+            "POST",
+            "/medical/v1/document/download-url/bulk",
+            params={"patientId": patient_id},
+            json_body={"metadata": metadata or {}},
+        )
 
 
 def upload_csv(url: str, text: str, timeout_s: float = 300.0, policy: RetryPolicy | None = None) -> requests.Response:
     """The PUT to a presigned upload URL, as Metriport's docs show it (`Content-Type: text/csv`); no API key
     (the URL is the credential). The URL is good for one upload: a PUT that may have landed is not repeated."""
-    def failed(e: requests.RequestException) -> click.ClickException:   # the URL is a credential: not shown
-        return click.ClickException(f"uploading the CSV to Metriport's upload URL failed ({type(e).__name__}); "
-                                    "run `medport enroll` again")
 
-    return send("upload", "PUT", url, policy or RetryPolicy(), idempotent=False, data=text.encode("utf-8"),
-                headers={"Content-Type": "text/csv"}, timeout=timeout_s, on_error=failed)
+    def failed(e: requests.RequestException) -> click.ClickException:  # the URL is a credential: not shown
+        return click.ClickException(
+            f"uploading the CSV to Metriport's upload URL failed ({type(e).__name__}); run `medport enroll` again"
+        )
+
+    return send(
+        "upload",
+        "PUT",
+        url,
+        policy or RetryPolicy(),
+        idempotent=False,
+        data=text.encode("utf-8"),
+        headers={"Content-Type": "text/csv"},
+        timeout=timeout_s,
+        on_error=failed,
+    )
 
 
 def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> MetriportApi:
@@ -134,9 +176,11 @@ def metriport_api(cfg: Config, base_url: str | None, api_key: str | None) -> Met
     if not key and local_fake and base.rstrip("/") == local_fake.rstrip("/"):
         key = fake_metriport_api_key()
     if not key:
-        raise click.ClickException(f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key) "
-                                   "for that Metriport, or run `medport emulate` here (its fake Metriport's key is "
-                                   "known)")
+        raise click.ClickException(
+            f"no Metriport API key for {base}: set METRIPORT_API_KEY (or --metriport-api-key) "
+            "for that Metriport, or run `medport emulate` here (its fake Metriport's key is "
+            "known)"
+        )
     return MetriportApi(base, key)
 
 
@@ -146,9 +190,11 @@ def medplum_http(base_url: str | None, client_id: str | None, client_secret: str
     running = statefile.running()
     if not base_url:
         if running is None:
-            raise click.ClickException("no emulator running from this folder (no live .medport/emulator.json) and "
-                                       "no --base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your "
-                                       "Medplum server with --base-url and an admin client (--client-id/--client-secret)")
+            raise click.ClickException(
+                "no emulator running from this folder (no live .medport/emulator.json) and "
+                "no --base-url / MEDPLUM_BASE_URL: start `medport emulate` here, or name your "
+                "Medplum server with --base-url and an admin client (--client-id/--client-secret)"
+            )
         base_url = running["base_url"]
     base = base_url
     cid, secret = admin_credentials()

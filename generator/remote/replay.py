@@ -1,5 +1,6 @@
 """`medport replay`: re-deliver a recorded Metriport webhook to the webhook bot, re-signed, or re-run
 the stored messages whose processing failed. Safe: imports are idempotent upserts."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from ..options import config_option, load_or_exit, medplum_options
 from ..progress import Progress
 from .medplum_http import MedplumError, MedplumHttp, instant_now
 
-SHOWN_ONE_BY_ONE = 20   # more messages than this: a progress bar instead of a line each
+SHOWN_ONE_BY_ONE = 20  # more messages than this: a progress bar instead of a line each
 
 
 def metriport_body(payload) -> str:
@@ -45,8 +46,12 @@ def load_webhook(path: str):
 
 def deliver(url: str, payload, key: str, timeout: float = 30.0) -> requests.Response:
     body = metriport_body(payload)
-    return requests.post(url, data=body.encode("utf-8"), timeout=timeout,
-                         headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body)})
+    return requests.post(
+        url,
+        data=body.encode("utf-8"),
+        timeout=timeout,
+        headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body)},
+    )
 
 
 def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
@@ -56,15 +61,20 @@ def emulator_target(cfg: Config, http: MedplumHttp) -> tuple[str, str]:
     spec = cfg.bots.webhook
     bot = http.search_one("find webhook bot", "Bot", f"identifier={system}|{spec.identifier}")
     if bot is None:
-        raise MedplumError("find webhook bot", f"no Bot with identifier {spec.identifier} — deploy first "
-                                               "(`medport emulate` does it at start; `medport deploy` elsewhere)")
+        raise MedplumError(
+            "find webhook bot",
+            f"no Bot with identifier {spec.identifier} — deploy first "
+            "(`medport emulate` does it at start; `medport deploy` elsewhere)",
+        )
     client = http.search_one("find webhook client", "ClientApplication", f"_tag={system}|webhook-client")
     if client is None:
         raise MedplumError("find webhook client", "the webhook ClientApplication is not deployed")
     client = http.fhir("read webhook client", "GET", f"ClientApplication/{client['id']}")
     me = http.request("read project", "GET", "auth/me")
     project = http.fhir("read project", "GET", f"Project/{me['project']['id']}")
-    key = next((s.get("valueString") for s in project.get("secret", []) if s.get("name") == "METRIPORT_WEBHOOK_KEY"), "")
+    key = next(
+        (s.get("valueString") for s in project.get("secret", []) if s.get("name") == "METRIPORT_WEBHOOK_KEY"), ""
+    )
     return webhook_execute_url(http.base_url, bot["id"], client["id"], client["secret"]), key
 
 
@@ -82,8 +92,9 @@ def _iso_to_epoch(value: str | None) -> float | None:
 @dataclass
 class MessageStates:
     """Stored messages by what `replay --failed` can do with them."""
-    stuck: list[tuple[dict, str]]         # to run again, with why: failed, cut off, or forgotten
-    in_flight: list[tuple[dict, float]]   # in progress under a live lease, with its seconds left
+
+    stuck: list[tuple[dict, str]]  # to run again, with why: failed, cut off, or forgotten
+    in_flight: list[tuple[dict, float]]  # in progress under a live lease, with its seconds left
 
 
 def message_states(http: MedplumHttp, stale_after_s: float = 30.0, now: float | None = None) -> MessageStates:
@@ -146,8 +157,11 @@ def webhook_bot_id(http: MedplumHttp, cfg: Config | None = None, tasks=()) -> st
         author = ((t.get("meta") or {}).get("author") or {}).get("reference", "")
         if author.startswith("Bot/"):
             return author.split("/", 1)[1]
-    raise MedplumError("find webhook bot", "no webhook bot found — deploy first (`medport emulate` does it at start; "
-                                           "`medport deploy` elsewhere), or pass -c with your medport.toml")
+    raise MedplumError(
+        "find webhook bot",
+        "no webhook bot found — deploy first (`medport emulate` does it at start; "
+        "`medport deploy` elsewhere), or pass -c with your medport.toml",
+    )
 
 
 def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = False) -> dict:
@@ -163,8 +177,14 @@ def requeue_task(http: MedplumHttp, task: dict, bot_id: str, take_over: bool = F
     return out
 
 
-def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after_s: float = 30.0,
-                  take_over: bool = False, cfg: Config | None = None) -> tuple[int, int]:
+def replay_failed(
+    http: MedplumHttp,
+    wait_s: float,
+    echo=click.echo,
+    stale_after_s: float = 30.0,
+    take_over: bool = False,
+    cfg: Config | None = None,
+) -> tuple[int, int]:
     """Put every failed, cut-off or forgotten stored message back to `requested` (through the webhook bot): the
     Task subscription processes it again (from its checkpoint, attempts counted afresh). Messages still under a
     lease are listed with the time left; `take_over` requeues them too (the user says the run holding them is dead:
@@ -175,7 +195,7 @@ def replay_failed(http: MedplumHttp, wait_s: float, echo=click.echo, stale_after
         echo("no failed messages to replay (none cut off or left waiting either)")
         return 0, 0
     bot_id = webhook_bot_id(http, cfg, [t for t, _ in tasks])
-    many = len(tasks) > SHOWN_ONE_BY_ONE   # then a progress bar (a line now and then off a terminal)
+    many = len(tasks) > SHOWN_ONE_BY_ONE  # then a progress bar (a line now and then off a terminal)
     in_flight = {t["id"] for t, _ in states.in_flight}
     _requeue_all(http, tasks, bot_id, in_flight, echo, many)
     return _await_outcomes(http, {t["id"] for t, _ in tasks}, wait_s, echo, many)
@@ -188,17 +208,22 @@ def _to_requeue(states, take_over: bool, echo) -> list[tuple[dict, str]]:
         if take_over:
             tasks.append((t, f"in progress, lease taken over {left:.0f} s before it ran out"))
         elif n < SHOWN_ONE_BY_ONE:
-            echo(f"{_described(t)}) is in progress under a lease for {left:.0f} s more: a run holds it, or held it "
-                 "before a crash")
+            echo(
+                f"{_described(t)}) is in progress under a lease for {left:.0f} s more: a run holds it, or held it "
+                "before a crash"
+            )
     if states.in_flight and not take_over:
-        echo(f"{len(states.in_flight)} message(s) in flight: the sweep resumes them once their lease runs out; if "
-             "their run is dead (the server or the emulator crashed), `medport replay --failed --take-over` resumes "
-             "them now")
+        echo(
+            f"{len(states.in_flight)} message(s) in flight: the sweep resumes them once their lease runs out; if "
+            "their run is dead (the server or the emulator crashed), `medport replay --failed --take-over` resumes "
+            "them now"
+        )
     return tasks
 
 
-def _requeue_all(http: MedplumHttp, tasks: list[tuple[dict, str]], bot_id: str, in_flight: set[str], echo,
-                 many: bool) -> None:
+def _requeue_all(
+    http: MedplumHttp, tasks: list[tuple[dict, str]], bot_id: str, in_flight: set[str], echo, many: bool
+) -> None:
     """Each Task back to `requested`; one changed meanwhile (412) is left alone."""
     bar = Progress(len(tasks), "requeued", echo=echo) if many else None
     for i, (t, why) in enumerate(tasks, 1):
@@ -246,18 +271,35 @@ def _await_outcomes(http: MedplumHttp, pending: set[str], wait_s: float, echo, m
 @click.command("replay")
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
 @config_option
-@click.option("--to", "to_url", help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.")
-@click.option("--webhook-key", envvar="METRIPORT_WEBHOOK_KEY", show_envvar=True,
-              help="Key to sign with. Default on the emulator: its Project secret.")
-@click.option("--failed", is_flag=True,
-              help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started; "
-                   "list those still under a lease, with the time left.")
-@click.option("--take-over", is_flag=True,
-              help="With --failed: also resume the messages still under a lease now (after a crash: their run is dead).")
+@click.option(
+    "--to",
+    "to_url",
+    help="A Medplum $execute URL (credentials may be inline). Default: the webhook bot on the emulator.",
+)
+@click.option(
+    "--webhook-key",
+    envvar="METRIPORT_WEBHOOK_KEY",
+    show_envvar=True,
+    help="Key to sign with. Default on the emulator: its Project secret.",
+)
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Re-run the stored messages whose processing failed, was cut off (lease expired) or never started; "
+    "list those still under a lease, with the time left.",
+)
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="With --failed: also resume the messages still under a lease now (after a crash: their run is dead).",
+)
 @medplum_options("emulator", purpose="holding the webhook bot and its messages")
-@click.option("--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results.")
-def replay_command(file, config_path, to_url, webhook_key, failed, take_over, base_url, client_id, client_secret,
-                   wait_s):
+@click.option(
+    "--wait", "wait_s", default=60.0, show_default=True, help="With --failed: seconds to wait for the results."
+)
+def replay_command(
+    file, config_path, to_url, webhook_key, failed, take_over, base_url, client_id, client_secret, wait_s
+):
     """Re-deliver the Metriport webhook in FILE (JSON) to the webhook bot, re-signed, and show its answer."""
     if not file and not failed:
         raise click.UsageError("give a webhook FILE to replay, or --failed")

@@ -1,4 +1,5 @@
 """`medport runs`: bot executions — from the emulator's developer API, or a real Medplum's AuditEvents."""
+
 from __future__ import annotations
 
 import time
@@ -36,25 +37,49 @@ def runs_from_audit_events(http: MedplumHttp, bot: str | None, limit: int) -> li
     out = []
     for e in http.fhir("read AuditEvents", "GET", query).get("entry", []):
         ae = e["resource"]
-        bot_ref = next((x["what"]["reference"] for x in ae.get("entity", [])
-                        if x.get("what", {}).get("reference", "").startswith("Bot/")), None)
+        bot_ref = next(
+            (
+                x["what"]["reference"]
+                for x in ae.get("entity", [])
+                if x.get("what", {}).get("reference", "").startswith("Bot/")
+            ),
+            None,
+        )
         if not bot_ref:
             continue
         bot_id = bot_ref.split("/", 1)[1]
         if bot_id not in bot_ids:
             bot_ids[bot_id] = http.fhir("read bot", "GET", bot_ref).get("name", bot_id)
-        sub = next((x["what"]["reference"] for x in ae.get("entity", [])
-                    if x.get("what", {}).get("reference", "").startswith("Subscription/")), None)
-        out.append({"id": ae["id"], "bot_id": bot_id, "bot_name": bot_ids[bot_id],
-                    "trigger": f"subscription:{sub.split('/', 1)[1]}" if sub else "execute",
-                    "outcome": "failure" if ae.get("outcome") in AUDIT_FAILURE else "success",
-                    "duration_ms": _dur_ms(ae.get("period") or {}), "started": (ae.get("period") or {}).get("start", ""),
-                    "logs": ae.get("outcomeDesc", "")})
+        sub = next(
+            (
+                x["what"]["reference"]
+                for x in ae.get("entity", [])
+                if x.get("what", {}).get("reference", "").startswith("Subscription/")
+            ),
+            None,
+        )
+        out.append(
+            {
+                "id": ae["id"],
+                "bot_id": bot_id,
+                "bot_name": bot_ids[bot_id],
+                "trigger": f"subscription:{sub.split('/', 1)[1]}" if sub else "execute",
+                "outcome": "failure" if ae.get("outcome") in AUDIT_FAILURE else "success",
+                "duration_ms": _dur_ms(ae.get("period") or {}),
+                "started": (ae.get("period") or {}).get("start", ""),
+                "logs": ae.get("outcomeDesc", ""),
+            }
+        )
     return out[:limit]
 
 
-def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int,
-                       admin: tuple[str, str] = (DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET)) -> list[dict]:
+def runs_from_emulator(
+    base_url: str,
+    bot: str | None,
+    failed: bool,
+    limit: int,
+    admin: tuple[str, str] = (DEFAULT_ADMIN_CLIENT_ID, DEFAULT_ADMIN_CLIENT_SECRET),
+) -> list[dict]:
     """The emulator's developer API; it answers only its admin client (Basic `admin` = (id, secret))."""
     params: dict[str, int | str] = {"limit": limit}
     if bot:
@@ -64,16 +89,22 @@ def runs_from_emulator(base_url: str, bot: str | None, failed: bool, limit: int,
     try:
         r = requests.get(base_url.rstrip("/") + "/_emulator/runs", params=params, auth=admin, timeout=10)
     except requests.ConnectionError:
-        raise click.ClickException(f"no emulator at {base_url} — start one with `medport emulate`, or pass "
-                                   "--base-url with --client-id/--client-secret to read a Medplum server's AuditEvents") from None
+        raise click.ClickException(
+            f"no emulator at {base_url} — start one with `medport emulate`, or pass "
+            "--base-url with --client-id/--client-secret to read a Medplum server's AuditEvents"
+        ) from None
     if r.status_code in (401, 403):
-        raise click.ClickException(f"{base_url}_emulator/runs refused the admin client {admin[0]!r} (HTTP {r.status_code}) "
-                                   "— pass the emulator's --admin-client-id/--admin-client-secret "
-                                   "(env MEDPORT_ADMIN_CLIENT_ID/MEDPORT_ADMIN_CLIENT_SECRET)")
+        raise click.ClickException(
+            f"{base_url}_emulator/runs refused the admin client {admin[0]!r} (HTTP {r.status_code}) "
+            "— pass the emulator's --admin-client-id/--admin-client-secret "
+            "(env MEDPORT_ADMIN_CLIENT_ID/MEDPORT_ADMIN_CLIENT_SECRET)"
+        )
     body = _json_object(r)
     if body is None or not isinstance(body.get("runs"), list):
-        raise click.ClickException(f"{base_url} is not the medport emulator ({_what_answered(r)}): to list the bot runs "
-                                   "of a Medplum server, pass --client-id/--client-secret (it reads its AuditEvents)")
+        raise click.ClickException(
+            f"{base_url} is not the medport emulator ({_what_answered(r)}): to list the bot runs "
+            "of a Medplum server, pass --client-id/--client-secret (it reads its AuditEvents)"
+        )
     if r.status_code != 200:
         raise click.ClickException(f"{base_url}_emulator/runs answered HTTP {r.status_code}")
     return body["runs"]
@@ -94,8 +125,10 @@ def _what_answered(r: requests.Response) -> str:
 def format_run(r: dict, full_logs: bool) -> str:
     color = "green" if r["outcome"] == "success" else "red"
     dur = f"{r['duration_ms']:.0f} ms" if r.get("duration_ms") is not None else "?"
-    head = (f"{(r.get('started') or '')[:23]:<23}  {r.get('bot_name') or r.get('bot_id'):<26} "
-            f"{(r.get('trigger') or '')[:28]:<28} " + click.style(f"{r['outcome']:<8}", fg=color) + f" {dur:>8}")
+    head = (
+        f"{(r.get('started') or '')[:23]:<23}  {r.get('bot_name') or r.get('bot_id'):<26} "
+        f"{(r.get('trigger') or '')[:28]:<28} " + click.style(f"{r['outcome']:<8}", fg=color) + f" {dur:>8}"
+    )
     logs = [ln for ln in (r.get("logs") or "").splitlines() if ln.strip()]
     if not full_logs:
         logs = logs[-1:]
@@ -107,11 +140,14 @@ def format_run(r: dict, full_logs: bool) -> str:
 @click.option("--failed", is_flag=True, help="Only failed executions.")
 @click.option("--limit", default=20, show_default=True, help="How many, the newest.")
 @click.option("--follow", is_flag=True, help="Then keep printing new executions as they come, below (Ctrl-C to stop).")
-@click.option("--logs", "full_logs", is_flag=True, help="Show the whole captured log of each run, not only its last line.")
+@click.option(
+    "--logs", "full_logs", is_flag=True, help="Show the whole captured log of each run, not only its last line."
+)
 @medplum_options("emulator", purpose="(with --client-id/--client-secret: its AuditEvents)")
 @admin_options
-def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, client_secret, admin_client_id,
-                 admin_client_secret):
+def runs_command(
+    bot, failed, limit, follow, full_logs, base_url, client_id, client_secret, admin_client_id, admin_client_secret
+):
     """List bot executions with outcome, duration and logs, the newest first."""
     base_url = statefile.emulator_base_url(base_url)
     http = MedplumHttp(base_url, client_id, client_secret) if client_id and client_secret else None
@@ -128,7 +164,7 @@ def runs_command(bot, failed, limit, follow, full_logs, base_url, client_id, cli
     items = fetch()
     if not items and not follow:
         click.echo("no bot executions" + (" matching the filters" if bot or failed else " yet"))
-    for r in items:   # newest first, as both sources answer
+    for r in items:  # newest first, as both sources answer
         click.echo(format_run(r, full_logs))
     if not follow:
         return

@@ -7,6 +7,7 @@ Metriport serves for it, with the schemas Metriport parses it with, run in Node 
 check; the API's metadata schema): patient match/create/update bodies, document and consolidated query
 parameters and bodies, and the headers (the API key; JSON bodies sent as JSON).
 """
+
 from __future__ import annotations
 
 import io
@@ -29,11 +30,14 @@ def record(fake, sink: list) -> None:
         size = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(size) if size else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        entry = {"method": environ["REQUEST_METHOD"], "path": environ.get("PATH_INFO", ""),
-                 "query": parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True),
-                 "headers": {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-                 | ({"content-type": environ["CONTENT_TYPE"]} if environ.get("CONTENT_TYPE") else {}),
-                 "body": body}
+        entry = {
+            "method": environ["REQUEST_METHOD"],
+            "path": environ.get("PATH_INFO", ""),
+            "query": parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True),
+            "headers": {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+            | ({"content-type": environ["CONTENT_TYPE"]} if environ.get("CONTENT_TYPE") else {}),
+            "body": body,
+        }
 
         def start(status, headers, exc_info=None):
             entry["status"] = int(status.split()[0])
@@ -47,8 +51,15 @@ def record(fake, sink: list) -> None:
 
 
 def _oracle(cases: list[dict]) -> list[dict]:
-    proc = subprocess.run([NODE, str(ORACLE)], input=json.dumps({"cases": cases}), capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, "TZ": "UTC"})
+    proc = subprocess.run(
+        [NODE, str(ORACLE)],
+        input=json.dumps({"cases": cases}),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "TZ": "UTC"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 
@@ -81,16 +92,21 @@ def _hydrate_problems(where: str, patient_id: str, body) -> list[str]:
 
     from medport.emulator.metriport.contribution import fhir_schema_problems, hydrate
     from medport.emulator.metriport.errors import MetriportError
+
     if not isinstance(body, dict) or not isinstance(body.get("entry"), list):
         return []
     try:
         resources = hydrate(copy.deepcopy(body), patient_id, "key")
     except MetriportError as e:
         return [f"{where}: refused by Metriport's hydrateBundle: {e}"]
-    out = [f"{where}: the bundle type is {body.get('type')!r}, Metriport takes only collection"] \
-        if body.get("type") != "collection" else []
-    return out + [f"{where}: {r['resourceType']}/{r['id']} is not valid FHIR R4" for r in resources
-                  if fhir_schema_problems(r)]
+    out = (
+        [f"{where}: the bundle type is {body.get('type')!r}, Metriport takes only collection"]
+        if body.get("type") != "collection"
+        else []
+    )
+    return out + [
+        f"{where}: {r['resourceType']}/{r['id']} is not valid FHIR R4" for r in resources if fhir_schema_problems(r)
+    ]
 
 
 def problems(requests: list[dict]) -> tuple[list[str], dict[str, int]]:
@@ -126,8 +142,15 @@ def problems(requests: list[dict]) -> tuple[list[str], dict[str, int]]:
             body = json.loads(r["body"])
         if name == "match":
             judge(i, "demographics", body, "match body (demographicsSchema)")
-            extra = set(body or {}) - {"firstName", "lastName", "dob", "genderAtBirth", "personalIdentifiers", "address",
-                                       "contact"}
+            extra = set(body or {}) - {
+                "firstName",
+                "lastName",
+                "dob",
+                "genderAtBirth",
+                "personalIdentifiers",
+                "address",
+                "contact",
+            }
             if extra:
                 out.append(f"{where}: match body has fields demographicsSchema does not define: {sorted(extra)}")
         elif name in ("create", "update"):
@@ -170,6 +193,8 @@ def problems(requests: list[dict]) -> tuple[list[str], dict[str, int]]:
         ok = verdict["ok"] if "issues" in verdict or "error" in verdict else bool(verdict.get("value"))
         if not ok:
             r = requests[i]
-            out.append(f"{r['method']} {r['path']}: {what} refused by Metriport's code: "
-                       f"{verdict.get('issues') or verdict.get('error') or verdict.get('value')}")
+            out.append(
+                f"{r['method']} {r['path']}: {what} refused by Metriport's code: "
+                f"{verdict.get('issues') or verdict.get('error') or verdict.get('value')}"
+            )
     return out, counts

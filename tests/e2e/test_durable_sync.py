@@ -2,6 +2,7 @@
 (the patient sync as a durable step: templates/_sync.js.j2, resumed by the webhook bot's sweep), and a message
 that waited for a link is processed once the link exists, even when the run that linked was cut off before it
 re-queued it. End to end over real HTTP with the fake's and the emulator's fault injection."""
+
 from __future__ import annotations
 
 import time
@@ -39,8 +40,10 @@ def stack():
     # the patient bot runs on create only: the test's own Patient updates (unlinking) start nothing; the legacy flow
     # (document query, then one consolidated-data message per Patient) the tests count — `medport check` runs the
     # rate-limit scenario on the default network query
-    cfg = validate_data(config_data(sweep_cron=NEVER) | {"patient_bot": {"interactions": ["create"],
-                                                                         "flow": "document-query"}}, "<test>")
+    cfg = validate_data(
+        config_data(sweep_cron=NEVER) | {"patient_bot": {"interactions": ["create"], "flow": "document-query"}},
+        "<test>",
+    )
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         yield s
 
@@ -59,14 +62,25 @@ def test_the_patient_bot_waits_out_a_short_retry_after_within_its_run(stack):
     # one patient create a 2-second window, taken: the bot's create is answered 429 with Retry-After <= 3 s
     fake_rate_limits(stack, limits={"patient": 1}, windowSeconds=2, reset=True)
     try:
-        requests.post(f"{fake.base_url}/medical/v1/patient", params={"facilityId": fake.facility_id},
-                      headers={"x-api-key": fake.api_key}, timeout=30, json={
-                          "firstName": "Taken", "lastName": "Slot", "dob": "1980-01-01", "genderAtBirth": "F",
-                          "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701",
-                                       "country": "USA"}]}).raise_for_status()
+        requests.post(
+            f"{fake.base_url}/medical/v1/patient",
+            params={"facilityId": fake.facility_id},
+            headers={"x-api-key": fake.api_key},
+            timeout=30,
+            json={
+                "firstName": "Taken",
+                "lastName": "Slot",
+                "dob": "1980-01-01",
+                "genderAtBirth": "F",
+                "address": [
+                    {"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701", "country": "USA"}
+                ],
+            },
+        ).raise_for_status()
         p = create_patient(stack, "Shortwait", org["id"], family="Retry")
-        wait_for(lambda: (t := sync_task(stack, p["id"])) and t["status"] in ("completed", "failed"), 60,
-                 "the sync to end")
+        wait_for(
+            lambda: (t := sync_task(stack, p["id"])) and t["status"] in ("completed", "failed"), 60, "the sync to end"
+        )
     finally:
         fake_rate_limits(stack, limits={"patient": 15}, windowSeconds=60, reset=True)
     task = sync_task(stack, p["id"])
@@ -88,41 +102,61 @@ def test_a_run_cut_off_between_link_and_query_is_resumed(stack):
         other = create_patient(stack, "Cutoffother", org["id"], family="Window")
         wait_for(lambda: (t := sync_task(stack, other["id"])) and t["status"] == "completed", 60, "the first Patient")
         fake_rate_limits(stack, reset=True)
-        requests.post(f"{fake.base_url}/medical/v1/document/query", headers={"x-api-key": fake.api_key}, timeout=30,
-                      params={"patientId": metriport_id_of(stack, other["id"]), "facilityId": fake.facility_id},
-                      json={"metadata": {}}).raise_for_status()
+        requests.post(
+            f"{fake.base_url}/medical/v1/document/query",
+            headers={"x-api-key": fake.api_key},
+            timeout=30,
+            params={"patientId": metriport_id_of(stack, other["id"]), "facilityId": fake.facility_id},
+            json={"metadata": {}},
+        ).raise_for_status()
         p = create_patient(stack, "Cutoff", org["id"], family="Linkquery")
-        throttled = lambda: [c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query"
-                             and c["status"] == 429]
+        throttled = lambda: [
+            c for c in fake.state.api_calls() if c["path"] == "/medical/v1/document/query" and c["status"] == 429
+        ]
         wait_for(lambda: metriport_id_of(stack, p["id"]) and throttled(), 60, "the link, then the query throttled")
         cut = dev_api(stack, "POST", "executions/cut-off", params={"bot": stack.cfg.bots.patient.name}).json()
         assert cut["count"] == 1, cut
     finally:
         fake_rate_limits(stack, limits={"document_query": 20}, windowSeconds=60, reset=True)
     mid = metriport_id_of(stack, p["id"])
-    assert mid and not queried(stack, mid)                     # linked, no query: what the cut left
+    assert mid and not queried(stack, mid)  # linked, no query: what the cut left
     task = sync_task(stack, p["id"])
-    assert task["status"] == "requested"                       # ... and the step it left pending
-    let_pending_syncs_run(stack, [task])                        # its time is over
+    assert task["status"] == "requested"  # ... and the step it left pending
+    let_pending_syncs_run(stack, [task])  # its time is over
     assert run_sweep(stack) == "cron sweep"
     wait_for(lambda: queried(stack, mid), 60, "the query")
     done = wait_for(lambda: (t := sync_task(stack, p["id"]))["status"] == "completed" and t, 30, "the sync Task")
     assert "queried" in done["statusReason"]["text"]
-    assert metriport_id_of(stack, p["id"]) == mid               # the same link, not a second Metriport patient
+    assert metriport_id_of(stack, p["id"]) == mid  # the same link, not a second Metriport patient
     assert len([pt for pt in fake.state.list_patients() if pt.get("externalId") == p["id"]]) <= 1
 
 
 def _awaiting_message(stack, mid: str, patient_id: str) -> dict:
     """A signed consolidated-data message for Metriport patient `mid`, processed while no Patient holds it."""
-    msg = {"meta": {"messageId": f"durable-await-{time.time_ns()}", "when": "2024-01-01T00:00:00.000Z",
-                    "type": "medical.consolidated-data", "data": {"medplumPatientId": patient_id}},
-           "patients": [{"patientId": mid, "externalId": patient_id, "status": "completed",
-                         "bundle": {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}}]}
+    msg = {
+        "meta": {
+            "messageId": f"durable-await-{time.time_ns()}",
+            "when": "2024-01-01T00:00:00.000Z",
+            "type": "medical.consolidated-data",
+            "data": {"medplumPatientId": patient_id},
+        },
+        "patients": [
+            {
+                "patientId": mid,
+                "externalId": patient_id,
+                "status": "completed",
+                "bundle": {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []},
+            }
+        ],
+    }
     resp = deliver(stack.webhook_url, msg, stack.webhook_key)
     assert resp.status_code == 200, resp.text
     task_id = resp.json()["task"].split("/")[1]
-    return wait_for(lambda: (t := stack.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed")
-                    and t, 60, "the message to be processed")
+    return wait_for(
+        lambda: (t := stack.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed") and t,
+        60,
+        "the message to be processed",
+    )
 
 
 def test_a_message_awaiting_a_link_is_processed_once_linked_even_when_the_linking_run_was_cut_off(stack):
@@ -133,8 +167,11 @@ def test_a_message_awaiting_a_link_is_processed_once_linked_even_when_the_linkin
     p = create_patient(stack, "Awaiting", org["id"], family="Link")
     wait_for(lambda: (t := sync_task(stack, p["id"])) and t["status"] == "completed", 60, "the Patient's sync")
     # its own flow done (document query, conversion, consolidated data): only the test's message waits later
-    wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "completed", 90,
-             "the Patient's own consolidated data")
+    wait_for(
+        lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "completed",
+        90,
+        "the Patient's own consolidated data",
+    )
     linked = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
     mid = metriport_id_of(stack, p["id"])
     system = stack.cfg.metriport.patient_identifier_system
@@ -147,13 +184,24 @@ def test_a_message_awaiting_a_link_is_processed_once_linked_even_when_the_linkin
     assert any(i.get("value") == mid for i in failed.get("identifier", []) if "awaiting" in i.get("system", ""))
     # the link written again exactly as the bulk create writes it — and the run that wrote it cut off after that
     cur = stack.admin.fhir("read", "GET", f"Patient/{p['id']}")
-    stack.admin.fhir("relink", "PUT", f"Patient/{p['id']}",
-                     json_body={**cur, "identifier": cur.get("identifier", []) + [{"system": system, "value": mid}]})
+    stack.admin.fhir(
+        "relink",
+        "PUT",
+        f"Patient/{p['id']}",
+        json_body={**cur, "identifier": cur.get("identifier", []) + [{"system": system, "value": mid}]},
+    )
     ran = dev_api(stack, "POST", "cron/run", params={"bot": stack.cfg.bots.webhook.name}).json()
     assert ran["runs"][0]["returned"]["sweep"]["requeued"] == 1, ran["runs"][0]["logs"][-2000:]
-    done = wait_for(lambda: (t := stack.admin.fhir("t", "GET", f"Task/{failed['id']}"))["status"] in ("completed", "failed")
-                    and t["meta"]["versionId"] != failed["meta"]["versionId"] and t["status"] != "requested" and t,
-                    60, "the re-queued message")
+    done = wait_for(
+        lambda: (
+            (t := stack.admin.fhir("t", "GET", f"Task/{failed['id']}"))["status"] in ("completed", "failed")
+            and t["meta"]["versionId"] != failed["meta"]["versionId"]
+            and t["status"] != "requested"
+            and t
+        ),
+        60,
+        "the re-queued message",
+    )
     assert done["status"] == "completed", done.get("statusReason")
     ran = dev_api(stack, "POST", "cron/run", params={"bot": stack.cfg.bots.webhook.name}).json()
-    assert ran["runs"][0]["returned"]["sweep"]["requeued"] == 0   # once
+    assert ran["runs"][0]["returned"]["sweep"]["requeued"] == 0  # once

@@ -3,6 +3,7 @@
 The scenario functions are the ones `medport check` runs (generator/local/scenarios.py); the rest covers
 failure paths (429/500, expired URLs), empty results, and the no-loop rules of the patient bot.
 """
+
 import json
 import time
 from pathlib import Path
@@ -161,8 +162,11 @@ def test_expired_download_url_is_requeried_once_and_the_data_arrives(stack, org)
     # the first message's URL is expired: the bot asks again; the second message's URL is fresh
     out = wait_for_consolidated(stack, expected_messages=n + 2, timeout=60, baseline=base)
     assert out.done and not out.failed_tasks, [t.get("statusReason") for t in out.failed_tasks]
-    summaries = [json.loads(t["output"][0]["valueString"]) for t in message_tasks(stack)
-                 if t["id"] not in base and t.get("output") and "consolidated" in t.get("description", "")]
+    summaries = [
+        json.loads(t["output"][0]["valueString"])
+        for t in message_tasks(stack)
+        if t["id"] not in base and t.get("output") and "consolidated" in t.get("description", "")
+    ]
     assert any(s["recorded"].get("consolidated-requeried-after-expired-url") for s in summaries), summaries
     assert any(sum(s["imported"].values()) > 0 for s in summaries), "the re-requested data was not imported"
 
@@ -199,17 +203,27 @@ def test_converted_ccda_fixtures_import_cleanly(stack, org):
     assert out.done and not out.failed_tasks, [t.get("statusReason") for t in out.failed_tasks]
     new = [r for r in imported_resources(stack) if f"{r['resourceType']}/{r['id']}" not in before]
     assert len(new) > 20
-    check_references(stack, new, {p["id"]} | {r.split("/")[1] for r in before if r.startswith("Patient/")}
-                     | {pp["resource"]["id"] for pp in stack.admin.fhir("p", "GET", "Patient?_count=1000")["entry"]})
+    check_references(
+        stack,
+        new,
+        {p["id"]}
+        | {r.split("/")[1] for r in before if r.startswith("Patient/")}
+        | {pp["resource"]["id"] for pp in stack.admin.fhir("p", "GET", "Patient?_count=1000")["entry"]},
+    )
 
 
-@pytest.mark.parametrize("variant", [
-    {"medplum": {"runtime": "awslambda"}},          # Medplum's cloud runs bots as Node modules
-    {"webhook_bot": {"async_processing": False}},   # import inside the webhook call
-    {"patient_bot": {"flow": "consolidated"}},      # no document query: consolidated query directly
-], ids=["awslambda", "sync-processing", "consolidated-flow"])  # the first two in the network-query flow (default)
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"medplum": {"runtime": "awslambda"}},  # Medplum's cloud runs bots as Node modules
+        {"webhook_bot": {"async_processing": False}},  # import inside the webhook call
+        {"patient_bot": {"flow": "consolidated"}},  # no document query: consolidated query directly
+    ],
+    ids=["awslambda", "sync-processing", "consolidated-flow"],
+)  # the first two in the network-query flow (default)
 def test_flow_config_variants(variant):
     from medport.generator.generation.config import validate_data
+
     cfg = validate_data(variant)
     s = start_stack(cfg, metriport_delay_s=0.05)
     metriport_requests.record(s.fake, RECORDED)
@@ -226,7 +240,11 @@ def test_flow_config_variants(variant):
             assert types == ["medical.consolidated-data"]
         elif cfg.patient_bot.flow == "network-query":
             assert sorted(t for t in types if t.startswith("network-query.")) == [
-                "network-query.hie", "network-query.hie.first-data-ready", "network-query.lab", "network-query.pharmacy"]
+                "network-query.hie",
+                "network-query.hie.first-data-ready",
+                "network-query.lab",
+                "network-query.pharmacy",
+            ]
         else:
             assert types[:2] == ["medical.document-download", "medical.document-conversion"]
         resources = imported_resources(s)
@@ -243,7 +261,9 @@ def test_every_request_the_bots_sent_passes_metriports_validation():
         pytest.skip("no end-to-end flow ran in this session")
     problems, counts = metriport_requests.problems(RECORDED)
     assert not problems, "\n".join(problems[:20])
-    assert counts.get("consolidated", 0) >= 5 and counts.get("document-query", 0) >= 3 and counts.get("create", 0) >= 3, counts
+    assert (
+        counts.get("consolidated", 0) >= 5 and counts.get("document-query", 0) >= 3 and counts.get("create", 0) >= 3
+    ), counts
     assert counts.get("match", 0) >= 3 and counts.get("update", 0) >= 1, counts
     refused = [r for r in RECORDED if r["status"] == 400]
     assert not refused, [(r["method"], r["path"], r["body"][:200]) for r in refused]

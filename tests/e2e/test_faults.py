@@ -11,6 +11,7 @@
 
 The numbers (resources after the crash, after recovery, time to recover) are printed with `-s`.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ from tests.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-HANG_GUARD_S = 600   # waits are for conditions; this only stops a test that hangs (never a speed target)
+HANG_GUARD_S = 600  # waits are for conditions; this only stops a test that hangs (never a speed target)
 MAX_WEBHOOK_RETRIES = 20
 NEVER = "0 3 29 2 *"  # a sweep schedule that does not fire during a test: the tests run it through the dev API
 RESOURCE_SYSTEM = "https://metriport.com/fhir/identifiers/resource-id"
@@ -112,7 +113,9 @@ def totals(counts: dict[str, Counter]) -> dict[str, int]:
 def consolidated_task(admin_or_stack, patient_id: str) -> dict | None:
     needle = f'"medplumPatientId":"{patient_id}"'
     http = admin_or_stack if isinstance(admin_or_stack, MedplumHttp) else admin_or_stack.admin
-    b = http.fhir("tasks", "GET", "Task?code=https://medport.dev/fhir/CodeSystem/medport|metriport-webhook-message&_count=1000")
+    b = http.fhir(
+        "tasks", "GET", "Task?code=https://medport.dev/fhir/CodeSystem/medport|metriport-webhook-message&_count=1000"
+    )
     for t in (e["resource"] for e in b.get("entry", [])):
         if t.get("description", "").endswith("consolidated-data") and needle in t["input"][0].get("valueString", ""):
             return t
@@ -133,6 +136,7 @@ def attempts_of(task: dict) -> int:
 # --------------------------------------------------------------------------------------------------
 # kill -9 of the emulator process mid-import, on a file database
 
+
 class Emulate:
     """`medport emulate` as a separate process (killable with SIGKILL)."""
 
@@ -146,13 +150,31 @@ class Emulate:
         medport = str(Path(sys.executable).parent / "medport")
         self.out = []
         self.proc = subprocess.Popen(
-            [medport, "emulate", "--db", "db/emulator.sqlite3", "--port", str(self.port),
-             "--metriport-port", str(self.metriport_port), "--metriport-data", str(self.data)],
-            cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                medport,
+                "emulate",
+                "--db",
+                "db/emulator.sqlite3",
+                "--port",
+                str(self.port),
+                "--metriport-port",
+                str(self.metriport_port),
+                "--metriport-data",
+                str(self.data),
+            ],
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         threading.Thread(target=lambda: [self.out.append(line) for line in self.proc.stdout], daemon=True).start()
-        wait_for(lambda: any("bots: deployed" in line for line in self.out) or self.proc.poll() is not None,
-                 timeout, "medport emulate to start")
+        wait_for(
+            lambda: any("bots: deployed" in line for line in self.out) or self.proc.poll() is not None,
+            timeout,
+            "medport emulate to start",
+        )
         assert self.proc.poll() is None, "".join(self.out)
         return time.monotonic() - t0
 
@@ -194,8 +216,11 @@ def uninterrupted_counts(cfg, data: Path, timeout: float = 240.0) -> dict[str, C
     with start_stack(cfg, metriport_data=str(data), metriport_delay_s=0.05) as stack:
         org = create_facility_org(stack)
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        t = wait_for(lambda: (x := consolidated_task(stack, p["id"])) and x["status"] in ("completed", "failed") and x,
-                     max(timeout, HANG_GUARD_S), "the uninterrupted import")
+        t = wait_for(
+            lambda: (x := consolidated_task(stack, p["id"])) and x["status"] in ("completed", "failed") and x,
+            max(timeout, HANG_GUARD_S),
+            "the uninterrupted import",
+        )
         assert t["status"] == "completed", t.get("statusReason")
         return per_type(stack.admin, cfg.webhook_bot.resources)
 
@@ -215,9 +240,16 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
     try:
         emu.start()
         admin = MedplumHttp(base, "medport-admin", "medport-admin-secret")
-        org = admin.fhir("org", "POST", "Organization", json_body={
-            "resourceType": "Organization", "name": "Crash clinic",
-            "identifier": [{"system": cfg.metriport.facility_identifier_system, "value": DEFAULT_FACILITY_ID}]})
+        org = admin.fhir(
+            "org",
+            "POST",
+            "Organization",
+            json_body={
+                "resourceType": "Organization",
+                "name": "Crash clinic",
+                "identifier": [{"system": cfg.metriport.facility_identifier_system, "value": DEFAULT_FACILITY_ID}],
+            },
+        )
         p = admin.fhir("patient", "POST", "Patient", json_body=patient_resource(CRASH_DATASET, org["id"]))
         obs_total = reference["Observation"]
 
@@ -237,8 +269,11 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
         # the fake Metriport kept its state beside the database: the patient, its queries, the files
         linked = admin.fhir("patient", "GET", f"Patient/{p['id']}")
         mid = next(i["value"] for i in linked["identifier"] if i["system"] == cfg.metriport.patient_identifier_system)
-        fake_state = requests.get(f"http://127.0.0.1:{emu.metriport_port}/_fake/state", timeout=10,
-                                  headers={"x-api-key": fake_metriport_api_key()}).json()
+        fake_state = requests.get(
+            f"http://127.0.0.1:{emu.metriport_port}/_fake/state",
+            timeout=10,
+            headers={"x-api-key": fake_metriport_api_key()},
+        ).json()
         assert mid in [x["id"] for x in fake_state["patients"]]
 
         # the sweep (the webhook bot's cron job; run now through the developer API) resumes it once the
@@ -254,8 +289,11 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
             return False
 
         wait_for(resumed, HANG_GUARD_S, "the sweep to resume the message", poll=0.5)
-        done = wait_for(lambda: (t := admin.fhir("task", "GET", f"Task/{task['id']}"))["status"]
-                        in ("completed", "failed") and t, HANG_GUARD_S, "the resumed import")
+        done = wait_for(
+            lambda: (t := admin.fhir("task", "GET", f"Task/{task['id']}"))["status"] in ("completed", "failed") and t,
+            HANG_GUARD_S,
+            "the resumed import",
+        )
         recovered_at = time.monotonic()
         assert done["status"] == "completed", done.get("statusReason")
         after = per_type(admin, cfg.webhook_bot.resources)
@@ -265,11 +303,16 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
             assert set(got) == set(ids), f"{rt}: not the Metriport ids of the uninterrupted run"
             assert not [m for m, c in got.items() if c > 1], f"{rt}: two resources share a Metriport id"
         result = {
-            "resources": n, "reference": reference,
-            "after_crash": totals(after_crash), "after_crash_total": sum(totals(after_crash).values()),
-            "after_recovery": totals(after), "after_recovery_total": sum(totals(after).values()),
-            "restart_s": round(restart_s, 2), "sweep_to_done_s": round(recovered_at - t_sweep, 2),
-            "kill_to_done_s": round(recovered_at - killed_at, 2), "attempts": attempts_of(done),
+            "resources": n,
+            "reference": reference,
+            "after_crash": totals(after_crash),
+            "after_crash_total": sum(totals(after_crash).values()),
+            "after_recovery": totals(after),
+            "after_recovery_total": sum(totals(after).values()),
+            "restart_s": round(restart_s, 2),
+            "sweep_to_done_s": round(recovered_at - t_sweep, 2),
+            "kill_to_done_s": round(recovered_at - killed_at, 2),
+            "attempts": attempts_of(done),
         }
         with capsys.disabled():
             print("\nkill -9 mid-import:", json.dumps(result))
@@ -279,6 +322,7 @@ def test_emulator_process_killed_mid_import_recovers_exactly(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------------
 # the bot's own timeout cuts the import off (awslambda), again and again
+
 
 def sweep(stack) -> dict:
     """The webhook bot's cron run now (developer API): what its sweep found (resumed, nudged)."""
@@ -306,15 +350,19 @@ def _drive_to_completion(stack, patient_id: str) -> dict:
             # a loaded machine can miss Metriport's 5 s acknowledgement: Metriport then disables the webhook
             # until someone retries it (POST /settings/webhook/retry), as an operator would
             seen["webhook retries"] += 1
-            requests.post(f"{stack.fake.base_url}/settings/webhook/retry", headers={"x-api-key": stack.fake.api_key},
-                          timeout=60)
+            requests.post(
+                f"{stack.fake.base_url}/settings/webhook/retry", headers={"x-api-key": stack.fake.api_key}, timeout=60
+            )
         sweep(stack)
         return None
+
     done = wait_until(step, HANG_GUARD_S, 0.5)
-    assert done, (f"the message was not processed (its Task: status and attempts {seen['task']}, "
-                  f"{seen['webhook retries']} webhook retries, Metriport's webhook "
-                  f"{stack.fake.state.webhook_status()}); last runs: "
-                  + json.dumps([(r.get("bot_name"), r.get("outcome"), (r.get("error") or "")[:80]) for r in runs(stack, 8)]))
+    assert done, (
+        f"the message was not processed (its Task: status and attempts {seen['task']}, "
+        f"{seen['webhook retries']} webhook retries, Metriport's webhook "
+        f"{stack.fake.state.webhook_status()}); last runs: "
+        + json.dumps([(r.get("bot_name"), r.get("outcome"), (r.get("error") or "")[:80]) for r in runs(stack, 8)])
+    )
     return done
 
 
@@ -322,8 +370,11 @@ def test_bot_timeout_cuts_off_the_import_and_it_converges(capsys):
     # Bounded by attempts, not by wall time: each attempt has 5 s (awslambda: wall clock) and every batch waits
     # 300 ms in the emulator, so the import (~10 s of waits alone) is cut off at least once even on an idle
     # machine, and each attempt stores a part of it however loaded the machine is; 20 attempts is the bound.
-    cfg = validate_data(config_data(timeout=5, lease_seconds=2, max_attempts=20, sweep_cron=NEVER)
-                        | {"medplum": {"runtime": "awslambda"}}, "<test>")
+    cfg = validate_data(
+        config_data(timeout=5, lease_seconds=2, max_attempts=20, sweep_cron=NEVER)
+        | {"medplum": {"runtime": "awslambda"}},
+        "<test>",
+    )
     with start_stack(cfg, metriport_delay_s=0.05) as stack:
         _crash_dataset(stack, 1500)
         org = create_facility_org(stack)
@@ -336,12 +387,24 @@ def test_bot_timeout_cuts_off_the_import_and_it_converges(capsys):
         assert attempts_of(done) >= 2, "the timeout never cut the import off"
         timed_out = [r for r in runs(stack, 500) if "Task timed out after 5.00 seconds" in (r.get("error") or "")]
         assert timed_out, "no execution was cut off by its timeout"
-        mid = next(i["value"] for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
-                   if i["system"] == cfg.metriport.patient_identifier_system)
+        mid = next(
+            i["value"]
+            for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
+            if i["system"] == cfg.metriport.patient_identifier_system
+        )
         counts = check_exactly_once(stack, _expected_ids(stack, mid))
         with capsys.disabled():
-            print("\ntimeout cut-offs:", json.dumps({"attempts": attempts_of(done), "timed_out_runs": len(timed_out),
-                                                      "seconds": round(time.monotonic() - t0, 1), "stored": counts}))
+            print(
+                "\ntimeout cut-offs:",
+                json.dumps(
+                    {
+                        "attempts": attempts_of(done),
+                        "timed_out_runs": len(timed_out),
+                        "seconds": round(time.monotonic() - t0, 1),
+                        "stored": counts,
+                    }
+                ),
+            )
 
 
 def test_an_old_vmcontext_run_still_alive_when_its_message_is_resumed(capsys):
@@ -353,22 +416,35 @@ def test_an_old_vmcontext_run_still_alive_when_its_message_is_resumed(capsys):
         org = create_facility_org(stack)
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 3000})  # every batch stalls past the lease
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "in-progress", HANG_GUARD_S,
-                 "the first run to start")
+        wait_for(
+            lambda: (t := consolidated_task(stack, p["id"])) and t["status"] == "in-progress",
+            HANG_GUARD_S,
+            "the first run to start",
+        )
         # its lease (2 s) runs out while its first batches stall: the sweep resumes it then
         swept = sweep_until(stack, lambda s: s["resumed"] >= 1, "the sweep to resume the stalled message")
         assert swept["resumed"] == 1, swept
-        wait_for(lambda: attempts_of(consolidated_task(stack, p["id"])) == 2, HANG_GUARD_S,
-                 "the second run to claim it")
+        wait_for(
+            lambda: attempts_of(consolidated_task(stack, p["id"])) == 2, HANG_GUARD_S, "the second run to claim it"
+        )
         dev_api(stack, "POST", "faults", json={"batch_delay_ms": 0})
-        done = wait_for(lambda: (t := consolidated_task(stack, p["id"]))["status"] in ("completed", "failed") and t,
-                        HANG_GUARD_S, "the message to be processed")
+        done = wait_for(
+            lambda: (t := consolidated_task(stack, p["id"]))["status"] in ("completed", "failed") and t,
+            HANG_GUARD_S,
+            "the message to be processed",
+        )
         assert done["status"] == "completed", done.get("statusReason")
         assert stack.wait_idle(60)
-        abandoned = wait_for(lambda: [r for r in runs(stack, 500) if "taken over by another run" in r.get("logs", "")],
-                             HANG_GUARD_S, "the old run to stop")
-        mid = next(i["value"] for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
-                   if i["system"] == cfg.metriport.patient_identifier_system)
+        abandoned = wait_for(
+            lambda: [r for r in runs(stack, 500) if "taken over by another run" in r.get("logs", "")],
+            HANG_GUARD_S,
+            "the old run to stop",
+        )
+        mid = next(
+            i["value"]
+            for i in stack.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
+            if i["system"] == cfg.metriport.patient_identifier_system
+        )
         counts = check_exactly_once(stack, _expected_ids(stack, mid))
         assert done["status"] == "completed"
         with capsys.disabled():
@@ -377,6 +453,7 @@ def test_an_old_vmcontext_run_still_alive_when_its_message_is_resumed(capsys):
 
 # --------------------------------------------------------------------------------------------------
 # the scenarios of `medport check`, and a config change that breaks them
+
 
 @pytest.fixture(scope="module")
 def stack():
@@ -407,10 +484,13 @@ def test_check_fails_when_the_config_breaks_recovery(tmp_path):
     out.mkdir()
     for name, text in render_all(load_config(tmp_path / "medport.toml")).items():
         (out / name).write_text(text, "utf-8")
-    ch = run_check(str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None,
-                   medplum_versions=("5.2.13",))
+    ch = run_check(
+        str(tmp_path / "medport.toml"), str(out), only="crash", echo=lambda s: None, medplum_versions=("5.2.13",)
+    )
     failed = [r for r in ch.results if not r.ok]
-    assert [r.name for r in failed] == ["[Medplum 5.2.13] crash mid-import: resumed, every resource stored exactly once"]
+    assert [r.name for r in failed] == [
+        "[Medplum 5.2.13] crash mid-import: resumed, every resource stored exactly once"
+    ]
     assert "max_attempts = 1" in failed[0].message
 
 
@@ -424,13 +504,16 @@ def test_without_the_cron_sweep_the_next_delivery_resumes_a_crashed_import():
 
 def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep():
     from medport.generator.remote.replay import deliver
+
     cfg = validate_data(config_data(lease_seconds=2, sweep_cron=NEVER), "<test>")
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         org = create_facility_org(s)
         p = create_patient(s, "Jane", org["id"])
-        first = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "completed" and t,
-                         HANG_GUARD_S,
-                         "the first import")
+        first = wait_for(
+            lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "completed" and t,
+            HANG_GUARD_S,
+            "the first import",
+        )
         msg = json.loads(first["input"][0]["valueString"])
         msg["meta"]["messageId"] += "-again"
         dev_api(s, "POST", "faults", json={"batch_delay_ms": 500})
@@ -443,8 +526,11 @@ def test_a_message_whose_delivery_a_restart_dropped_is_processed_after_the_sweep
         # nothing else delivers it again: once its lease (2 s) is over, a sweep finds it waiting or cut off
         swept = sweep_until(s, lambda x: x["resumed"] + x["nudged"] >= 1, "the sweep to pick the message up")
         assert swept["resumed"] + swept["nudged"] == 1, swept
-        done = wait_for(lambda: (t := s.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed")
-                        and t, HANG_GUARD_S, "the message to be processed")
+        done = wait_for(
+            lambda: (t := s.admin.fhir("t", "GET", f"Task/{task_id}"))["status"] in ("completed", "failed") and t,
+            HANG_GUARD_S,
+            "the message to be processed",
+        )
         assert done["status"] == "completed", done.get("statusReason")
 
 
@@ -459,7 +545,7 @@ def test_after_a_crash_replay_failed_lists_the_message_under_its_lease_and_take_
     from medport.generator.local.scenarios import _dev
     from medport.generator.remote.replay import replay_command
 
-    cfg = validate_data(config_data(sweep_cron=NEVER), "<test>")   # the default lease
+    cfg = validate_data(config_data(sweep_cron=NEVER), "<test>")  # the default lease
     lease_s = cfg.webhook_bot.lease_seconds
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         _crash_dataset(s, 600)
@@ -467,26 +553,46 @@ def test_after_a_crash_replay_failed_lists_the_message_under_its_lease_and_take_
         _dev(s, "POST", "faults", json={"batch_delay_ms": 40})
         try:
             p = create_patient(s, CRASH_DATASET, org["id"])
-            task = wait_for(lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "in-progress" and t, 60,
-                            "the import to start")
-            wait_for(lambda: s.admin.fhir("n", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count")
-                     .get("total", 0) >= 20, 60, "the first resources")
+            task = wait_for(
+                lambda: (t := consolidated_task(s, p["id"])) and t["status"] == "in-progress" and t,
+                60,
+                "the import to start",
+            )
+            wait_for(
+                lambda: (
+                    s.admin.fhir("n", "GET", f"Observation?patient=Patient/{p['id']}&_summary=count").get("total", 0)
+                    >= 20
+                ),
+                60,
+                "the first resources",
+            )
             _dev(s, "POST", "restart")
         finally:
             _dev(s, "POST", "faults", json={"batch_delay_ms": 0})
         assert s.admin.fhir("t", "GET", f"Task/{task['id']}")["status"] == "in-progress"
-        args = ["--base-url", s.base_url, "--client-id", s.emulator.admin_client_id,
-                "--client-secret", s.emulator.admin_client_secret, "--wait", "0"]
+        args = [
+            "--base-url",
+            s.base_url,
+            "--client-id",
+            s.emulator.admin_client_id,
+            "--client-secret",
+            s.emulator.admin_client_secret,
+            "--wait",
+            "0",
+        ]
         listed = CliRunner().invoke(replay_command, ["--failed", *args])
         assert listed.exit_code == 0, listed.output
         line = next(ln for ln in listed.output.splitlines() if f"Task/{task['id']}" in ln)
         left = float(re.search(r"under a lease for (\d+) s more", line).group(1))
         assert 0 <= left <= lease_s, line
         assert "--take-over" in listed.output and "requeued" not in listed.output
-        assert s.admin.fhir("t", "GET", f"Task/{task['id']}")["status"] == "in-progress"   # listed, not touched
+        assert s.admin.fhir("t", "GET", f"Task/{task['id']}")["status"] == "in-progress"  # listed, not touched
         taken = CliRunner().invoke(replay_command, ["--failed", "--take-over", *args[:-1], "120"])
         assert f"requeued Task/{task['id']}" in taken.output and "lease taken over" in taken.output, taken.output
         assert f"Task/{task['id']}: completed" in taken.output, taken.output
-        mid = next(i["value"] for i in s.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
-                   if i.get("system") == cfg.metriport.patient_identifier_system)
+        mid = next(
+            i["value"]
+            for i in s.admin.fhir("p", "GET", f"Patient/{p['id']}")["identifier"]
+            if i.get("system") == cfg.metriport.patient_identifier_system
+        )
         check_exactly_once(s, _expected_ids(s, mid))

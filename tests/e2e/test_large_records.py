@@ -8,6 +8,7 @@
   waiting for any timeout, and the message is retried through its lease and bounded attempts, then failed with
   the reason and kept for replay.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,8 +35,11 @@ def config(webhook_bot: dict, window: int) -> object:
 
 
 def metriport_id(stack, cfg, patient_id: str) -> str:
-    return next(i["value"] for i in stack.admin.fhir("p", "GET", f"Patient/{patient_id}")["identifier"]
-                if i["system"] == cfg.metriport.patient_identifier_system)
+    return next(
+        i["value"]
+        for i in stack.admin.fhir("p", "GET", f"Patient/{patient_id}")["identifier"]
+        if i["system"] == cfg.metriport.patient_identifier_system
+    )
 
 
 def test_a_bundle_past_the_old_heap_limit_imports_completely(capsys):
@@ -45,8 +49,11 @@ def test_a_bundle_past_the_old_heap_limit_imports_completely(capsys):
         org = create_facility_org(stack)
         t0 = time.monotonic()
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        done = wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] in ("completed", "failed")
-                        and t, 300, "the import")
+        done = wait_for(
+            lambda: (t := consolidated_task(stack, p["id"])) and t["status"] in ("completed", "failed") and t,
+            300,
+            "the import",
+        )
         took = time.monotonic() - t0
         assert done["status"] == "completed", done.get("statusReason")
         assert attempts_of(done) == 1, "the import needed more than one run"
@@ -68,8 +75,11 @@ def test_a_bot_whose_worker_dies_is_noticed_at_once_and_retried_through_its_leas
         name = cfg.bots.webhook.name
 
         def crashed_runs():
-            return [r for r in runs(stack, 500) if r["bot_name"] == name and r["outcome"] != "success"
-                    and (r.get("resource") or "").startswith("Task/")]
+            return [
+                r
+                for r in runs(stack, 500)
+                if r["bot_name"] == name and r["outcome"] != "success" and (r.get("resource") or "").startswith("Task/")
+            ]
 
         first = wait_for(crashed_runs, 120, "the importing run to die")[0]
         assert "heap out of memory" in first["error"], first["error"]
@@ -77,6 +87,7 @@ def test_a_bot_whose_worker_dies_is_noticed_at_once_and_retried_through_its_leas
         assert first["duration_ms"] < 30_000, first["duration_ms"]
         task = consolidated_task(stack, p["id"])
         assert task["status"] == "in-progress" and attempts_of(task) == 1
+
         # the lease runs out (no run renews it): the sweep puts the message back, the next attempt dies too, and
         # past max_attempts the message is failed with the reason, kept for `medport replay --failed`
         def step():
@@ -85,6 +96,7 @@ def test_a_bot_whose_worker_dies_is_noticed_at_once_and_retried_through_its_leas
                 return t
             dev_api(stack, "POST", "cron/run", params={"bot": name})
             return None
+
         failed = wait_for(step, 180, "the message to fail after its attempts", poll=0.5)
         assert "cut off 2 time(s)" in failed["statusReason"]["text"], failed["statusReason"]
         assert len(crashed_runs()) == 2

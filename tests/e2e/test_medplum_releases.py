@@ -9,6 +9,7 @@ download called `res.body.getReader()`); now every release imports every resourc
 Releases without `Bot.rawBody` (before 5.2) make `medport deploy` leave it out, and the webhook bot still verifies
 every signature (over JSON.stringify(event.input)): the messages it stored are the ones it processed.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -47,29 +48,46 @@ def test_the_bots_import_every_resource_of_a_3000_resource_bundle_on_each_releas
         _crash_dataset(stack, RESOURCES)
         org = create_facility_org(stack)
         p = create_patient(stack, CRASH_DATASET, org["id"])
-        done = wait_for(lambda: (t := consolidated_task(stack, p["id"])) and t["status"] in ("completed", "failed")
-                        and t, 180, "the import")
+        done = wait_for(
+            lambda: (t := consolidated_task(stack, p["id"])) and t["status"] in ("completed", "failed") and t,
+            180,
+            "the import",
+        )
         assert done["status"] == "completed", done.get("statusReason")
         failed = [(r["bot_name"], r.get("error")) for r in runs(stack, 500) if r["outcome"] != "success"]
         assert not failed, failed
         expected = _expected_ids(stack, metriport_id(stack, cfg, p["id"]))
         counts = check_exactly_once(stack, expected)
-        assert sum(counts.values()) > RESOURCES * 0.9   # the bundle's resources of the imported types
+        assert sum(counts.values()) > RESOURCES * 0.9  # the bundle's resources of the imported types
         # `medport replay --failed --take-over` on a message a dead run holds under its lease: $execute
         # {medportRequeue, takeOver} reaches the bot as text with Bot.rawBody, as parsed JSON before 5.2
         _lease_held_by_a_dead_run(stack, done)
         out = requeue_task(stack.admin, done, stack.deploy.bot_ids["webhook_bot"], take_over=True)
         assert out["requeued"] is True and out["was"] == "in-progress", out
-        again = wait_for(lambda: (t := stack.admin.fhir("t", "GET", f"Task/{done['id']}"))["status"]
-                         in ("completed", "failed") and t, 180, "the requeued message")
+        again = wait_for(
+            lambda: (
+                (t := stack.admin.fhir("t", "GET", f"Task/{done['id']}"))["status"] in ("completed", "failed") and t
+            ),
+            180,
+            "the requeued message",
+        )
         assert again["status"] == "completed", again.get("statusReason")
         assert check_exactly_once(stack, expected) == counts
 
 
 def _lease_held_by_a_dead_run(stack, task: dict) -> None:
     """The message back in progress under a lease with minutes left, written as the bot (a run that died)."""
-    held = {**task, "status": "in-progress", "extension": [
-        *(e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT),
-        {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2999-01-01T00:00:00.000Z"}]}
-    stack.emulator.state.repo.update(held, if_match=task["meta"]["versionId"], project=task["meta"].get("project"),
-                                     author=task["meta"]["author"]["reference"])
+    held = {
+        **task,
+        "status": "in-progress",
+        "extension": [
+            *(e for e in task.get("extension", []) if e.get("url") != MESSAGE_LEASE_EXT),
+            {"url": MESSAGE_LEASE_EXT, "valueDateTime": "2999-01-01T00:00:00.000Z"},
+        ],
+    }
+    stack.emulator.state.repo.update(
+        held,
+        if_match=task["meta"]["versionId"],
+        project=task["meta"].get("project"),
+        author=task["meta"]["author"]["reference"],
+    )

@@ -9,6 +9,7 @@ Metriport + the bots generated from medport.toml.
 - pharmacy and laboratory notifications are imported;
 - every request the bots sent passes Metriport's own validation (metriport_requests.py).
 """
+
 import time
 
 import pytest
@@ -72,8 +73,9 @@ def _flow(stack, org, first: str, family: str) -> tuple[dict, str]:
     n = len(data_deliveries(stack))
     base = task_ids(stack)
     p = create_patient(stack, first, org["id"], family=family) if family else create_patient(stack, first, org["id"])
-    out = wait_for_consolidated(stack, expected_messages=n + len(stack.cfg.patient_bot.sources), timeout=90,
-                                baseline=base)
+    out = wait_for_consolidated(
+        stack, expected_messages=n + len(stack.cfg.patient_bot.sources), timeout=90, baseline=base
+    )
     assert out.done and not out.failed_tasks, [t.get("statusReason") for t in out.failed_tasks]
     return p, _metriport_id(stack, p["id"])
 
@@ -82,15 +84,23 @@ def test_network_query_brings_what_metriports_filter_and_hydration_deliver(stack
     p, mid = _flow(stack, org, "Jane", "")
     types = sorted(d["type"] for d in stack.fake.state.deliveries_log(True) if mid in d["body"])
     assert [t for t in types if t.startswith("network-query.")] == [
-        "network-query.hie", "network-query.hie.first-data-ready", "network-query.lab", "network-query.pharmacy"]
+        "network-query.hie",
+        "network-query.hie.first-data-ready",
+        "network-query.lab",
+        "network-query.pharmacy",
+    ]
     fake = stack.fake.state
     cfg = stack.cfg
     record = fake.patient_record(fake.patients[mid])
-    delivered = filter_consolidated(record, list(cfg.consolidated.resources), cfg.consolidated.date_from,
-                                    cfg.consolidated.date_to)
+    delivered = filter_consolidated(
+        record, list(cfg.consolidated.resources), cfg.consolidated.date_from, cfg.consolidated.date_to
+    )
     allowed = set(cfg.webhook_bot.resources)
-    expected = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in delivered
-                if e["resource"]["resourceType"] in allowed and e["resource"].get("id")}
+    expected = {
+        (e["resource"]["resourceType"], e["resource"]["id"])
+        for e in delivered
+        if e["resource"]["resourceType"] in allowed and e["resource"].get("id")
+    }
     everything, mine = _imported_ids(stack, None), _imported_ids(stack, p["id"])
     assert everything >= expected, sorted(expected - everything)[:5]
     assert not {(t, i) for t, i in mine if not i.startswith("sha256-")} - expected  # (an entry without id: hashed)
@@ -122,32 +132,70 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     p, mid = _flow(stack, org, "Kyla", "")
     fake = stack.fake.state
     pid = p["id"]
-    doc = stack.admin.fhir("c", "POST", "Practitioner", json_body={"resourceType": "Practitioner",
-                                                                     "name": [{"family": "Welby", "given": ["Marcus"]}]})
-    enc = stack.admin.fhir("c", "POST", "Encounter", json_body={
-        "resourceType": "Encounter", "status": "in-progress",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"}, "participant": [{"individual": {"reference": f"Practitioner/{doc['id']}"}}],
-        "period": {"start": "2026-11-30T09:00:00Z"}})
-    cond = stack.admin.fhir("c", "POST", "Condition", json_body={
-        "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, "subject": {"reference": f"Patient/{pid}"},
-        "encounter": {"reference": f"Encounter/{enc['id']}"}})
-    obs = stack.admin.fhir("c", "POST", "Observation", json_body={
-        "resourceType": "Observation", "status": "final", "code": {"text": "Heart rate"},
-        "valueQuantity": {"value": 72, "unit": "/min"}, "subject": {"reference": f"Patient/{pid}"},
-        "encounter": {"reference": f"Encounter/{enc['id']}"}})
+    doc = stack.admin.fhir(
+        "c",
+        "POST",
+        "Practitioner",
+        json_body={"resourceType": "Practitioner", "name": [{"family": "Welby", "given": ["Marcus"]}]},
+    )
+    enc = stack.admin.fhir(
+        "c",
+        "POST",
+        "Encounter",
+        json_body={
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "participant": [{"individual": {"reference": f"Practitioner/{doc['id']}"}}],
+            "period": {"start": "2026-11-30T09:00:00Z"},
+        },
+    )
+    cond = stack.admin.fhir(
+        "c",
+        "POST",
+        "Condition",
+        json_body={
+            "resourceType": "Condition",
+            "code": {"text": "Seasonal allergic rhinitis"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "encounter": {"reference": f"Encounter/{enc['id']}"},
+        },
+    )
+    obs = stack.admin.fhir(
+        "c",
+        "POST",
+        "Observation",
+        json_body={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "Heart rate"},
+            "valueQuantity": {"value": 72, "unit": "/min"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "encounter": {"reference": f"Encounter/{enc['id']}"},
+        },
+    )
     assert stack.wait_idle(30)
     assert _contribution_puts(stack) == 0, "an Encounter in progress was contributed"
     enc["status"] = "finished"
     enc["period"]["end"] = "2026-11-30T09:30:00Z"
     stack.admin.fhir("u", "PUT", f"Encounter/{enc['id']}", json_body=enc)
-    mine = {f"Encounter/{enc['id']}", f"Condition/{cond['id']}", f"Observation/{obs['id']}", f"Practitioner/{doc['id']}"}
-    contributed = _wait(lambda: set(fake.patient_additions.get(mid).contributed) >= mine and
-                        fake.patient_additions[mid].contributed, what="the contribution")
+    mine = {
+        f"Encounter/{enc['id']}",
+        f"Condition/{cond['id']}",
+        f"Observation/{obs['id']}",
+        f"Practitioner/{doc['id']}",
+    }
+    contributed = _wait(
+        lambda: set(fake.patient_additions.get(mid).contributed) >= mine and fake.patient_additions[mid].contributed,
+        what="the contribution",
+    )
     assert set(contributed) == mine, "only the Encounter, what names it and what it references"
     stored = contributed[f"Condition/{cond['id']}"]
     assert stored["subject"] == {"reference": f"Patient/{mid}"}
-    assert {"system": stack.cfg.contribution.identifier_system, "value": f"Condition/{cond['id']}"} in stored["identifier"]
+    assert {"system": stack.cfg.contribution.identifier_system, "value": f"Condition/{cond['id']}"} in stored[
+        "identifier"
+    ]
     assert stack.wait_idle(30)
     puts, digest = _contribution_puts(stack), fake.state_digest()
     ledger = stack.admin.fhir("l", "GET", f"Task?identifier={CONTRIBUTION_LEDGER_SYSTEM}|{pid}")["entry"][0]["resource"]
@@ -158,8 +206,13 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     stack.admin.fhir("u", "PUT", f"Encounter/{enc['id']}", json_body=enc)
     assert stack.wait_idle(30)
     bot = stack.cfg.bots.contribution
-    r = stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
-                         json_body={"contribute": f"Patient/{pid}"}, ok=(200,))
+    r = stack.admin.fhir(
+        "execute",
+        "POST",
+        f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
+        json_body={"contribute": f"Patient/{pid}"},
+        ok=(200,),
+    )
     assert r["status"] == "contributed" and r["report"]["contributed"] == 0 and not r["report"]["failures"], r
     assert _contribution_puts(stack) == puts + 1, "only the Encounter's new text went"  # the text changed
     # nothing that came from Metriport was ever contributed (the Patient's imported record holds finished
@@ -167,28 +220,54 @@ def test_a_finished_encounter_is_contributed_once_and_not_imported_back(stack, o
     bodies = [r for r in RECORDED if r["method"] == "PUT" and r["path"].endswith("/consolidated")]
     assert bodies and all(stack.cfg.metriport.resource_identifier_system.encode() not in r["body"] for r in bodies)
     contribution_runs = [x for x in runs(stack, 500) if x["bot_name"] == bot.name]
-    assert {x.get("resource") for x in contribution_runs if x.get("resource")} <= {f"Encounter/{enc['id']}", f"Bot/{bot.id}"}
+    assert {x.get("resource") for x in contribution_runs if x.get("resource")} <= {
+        f"Encounter/{enc['id']}",
+        f"Bot/{bot.id}",
+    }
     # the next import (a network query again) brings the contribution back: recognised, one copy of each
     n, base = len(data_deliveries(stack)), task_ids(stack)
-    requests.post(f"{stack.fake.base_url}/medical/v1/network/query", params={"patientId": mid},
-                  json={"sources": ["hie"], "metadata": {"medplumPatientId": pid}},
-                  headers={"x-api-key": stack.fake.api_key}, timeout=30).raise_for_status()
+    requests.post(
+        f"{stack.fake.base_url}/medical/v1/network/query",
+        params={"patientId": mid},
+        json={"sources": ["hie"], "metadata": {"medplumPatientId": pid}},
+        headers={"x-api-key": stack.fake.api_key},
+        timeout=30,
+    ).raise_for_status()
     out = wait_for_consolidated(stack, expected_messages=n + 1, timeout=60, baseline=base)
     assert out.done and not out.failed_tasks
     for key in mine:  # no imported copy (it would carry Metriport's id, the contribution's)
         rt, rid = key.split("/")
-        assert not stack.admin.fhir("c", "GET", f"{rt}?identifier={stack.cfg.metriport.resource_identifier_system}|{rid}").get("entry"), key
+        assert not stack.admin.fhir(
+            "c", "GET", f"{rt}?identifier={stack.cfg.metriport.resource_identifier_system}|{rid}"
+        ).get("entry"), key
     encounters = stack.admin.fhir("e", "GET", f"Encounter?patient=Patient/{pid}&_count=1000")["entry"]
     assert sum(1 for e in encounters if e["resource"]["id"] == enc["id"]) == 1
     assert set(fake.patient_additions[mid].contributed) == mine
     assert digest
     # two runs at once for new data: both succeed, each resource once at Metriport, the ledger holds both's entries
     from concurrent.futures import ThreadPoolExecutor
-    extra = [stack.admin.fhir("c", "POST", "Observation", json_body={
-        "resourceType": "Observation", "status": "final", "code": {"text": f"Weight {i}"}, "subject": {"reference": f"Patient/{pid}"},
-        "valueQuantity": {"value": 70 + i, "unit": "kg"}}) for i in range(3)]
-    run = lambda _: stack.admin.fhir("execute", "POST", f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
-                                     json_body={"contribute": f"Patient/{pid}"})
+
+    extra = [
+        stack.admin.fhir(
+            "c",
+            "POST",
+            "Observation",
+            json_body={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": f"Weight {i}"},
+                "subject": {"reference": f"Patient/{pid}"},
+                "valueQuantity": {"value": 70 + i, "unit": "kg"},
+            },
+        )
+        for i in range(3)
+    ]
+    run = lambda _: stack.admin.fhir(
+        "execute",
+        "POST",
+        f"Bot/{stack.deploy.bot_ids['contribution']}/$execute",
+        json_body={"contribute": f"Patient/{pid}"},
+    )
     with ThreadPoolExecutor(2) as pool:
         reports = [r["report"] for r in pool.map(run, range(2))]
     assert all(not r["failures"] for r in reports), reports
@@ -203,8 +282,12 @@ def test_pharmacy_and_laboratory_notifications_are_imported(stack, org):
     before = count_imported(stack)
     base = task_ids(stack)
     for kind in ("patient.pharmacy", "patient.laboratory"):
-        r = requests.post(f"{stack.fake.base_url}/_fake/patients/{mid}/notifications", json={"type": kind},
-                          headers={"x-api-key": stack.fake.api_key}, timeout=30)
+        r = requests.post(
+            f"{stack.fake.base_url}/_fake/patients/{mid}/notifications",
+            json={"type": kind},
+            headers={"x-api-key": stack.fake.api_key},
+            timeout=30,
+        )
         assert r.ok, r.text
     _wait(lambda: len([t for t in task_ids(stack) - base]) >= 2 and stack.wait_idle(1), what="the notifications")
     after = count_imported(stack)
@@ -218,39 +301,74 @@ def test_documents_through_the_upload_url_and_the_schedule():
     contribution.cron: what was written since the last scheduled run goes (a Condition without an Encounter)."""
     from medport.generator.generation.config import validate_data
     from medport.generator.local.flow import dev_api
+
     data = load_config(ROOT / "medport.toml").data
-    cfg = validate_data({**data, "contribution": {**data["contribution"], "documents": True,
-                                                  "cron": "0 3 * * *"}}, "<test>")
+    cfg = validate_data(
+        {**data, "contribution": {**data["contribution"], "documents": True, "cron": "0 3 * * *"}}, "<test>"
+    )
     with start_stack(cfg, metriport_delay_s=0.05) as s:
         metriport_requests.record(s.fake, RECORDED)
         p, mid = _flow(s, create_facility_org(s), "Andreas", "")
         subject = {"reference": f"Patient/{p['id']}"}
-        enc = s.admin.fhir("c", "POST", "Encounter", json_body={
-            "resourceType": "Encounter", "status": "in-progress", "subject": subject,
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
-        binary = s.admin.fhir("c", "POST", "Binary", json_body={"resourceType": "Binary", "contentType": "text/plain",
-                                                                 "data": "VmlzaXQgbm90ZTogYWxsIHdlbGwu"})
-        doc = s.admin.fhir("c", "POST", "DocumentReference", json_body={
-            "resourceType": "DocumentReference", "status": "current", "subject": subject, "description": "Visit note",
-            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
-            "context": {"encounter": [{"reference": f"Encounter/{enc['id']}"}]},
-            "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{binary['id']}"}}]})
+        enc = s.admin.fhir(
+            "c",
+            "POST",
+            "Encounter",
+            json_body={
+                "resourceType": "Encounter",
+                "status": "in-progress",
+                "subject": subject,
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            },
+        )
+        binary = s.admin.fhir(
+            "c",
+            "POST",
+            "Binary",
+            json_body={"resourceType": "Binary", "contentType": "text/plain", "data": "VmlzaXQgbm90ZTogYWxsIHdlbGwu"},
+        )
+        doc = s.admin.fhir(
+            "c",
+            "POST",
+            "DocumentReference",
+            json_body={
+                "resourceType": "DocumentReference",
+                "status": "current",
+                "subject": subject,
+                "description": "Visit note",
+                "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+                "context": {"encounter": [{"reference": f"Encounter/{enc['id']}"}]},
+                "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{binary['id']}"}}],
+            },
+        )
         s.admin.fhir("u", "PUT", f"Encounter/{enc['id']}", json_body={**enc, "status": "finished"})
         fake = s.fake.state
-        listed = _wait(lambda: [d for d in fake.documents.get(mid, []) if d.description == "Visit note"],
-                       what="the document upload")
+        listed = _wait(
+            lambda: [d for d in fake.documents.get(mid, []) if d.description == "Visit note"],
+            what="the document upload",
+        )
         assert listed[0].content == b"Visit note: all well." and listed[0].mime_type == "text/plain"
         stored = fake.patient_additions[mid].contributed[f"DocumentReference/{listed[0].id}"]
-        assert {"system": cfg.contribution.identifier_system, "value": f"DocumentReference/{doc['id']}"} in stored["identifier"]
+        assert {"system": cfg.contribution.identifier_system, "value": f"DocumentReference/{doc['id']}"} in stored[
+            "identifier"
+        ]
         assert s.wait_idle(30)
         uploads = sum(1 for c in fake.api_calls() if c["path"] == "/medical/v1/document/upload")
-        r = s.admin.fhir("execute", "POST", f"Bot/{s.deploy.bot_ids['contribution']}/$execute",
-                         json_body={"contribute": f"Patient/{p['id']}"})
+        r = s.admin.fhir(
+            "execute",
+            "POST",
+            f"Bot/{s.deploy.bot_ids['contribution']}/$execute",
+            json_body={"contribute": f"Patient/{p['id']}"},
+        )
         assert r["report"]["documents"] == 0 and not r["report"]["failures"], r
         assert sum(1 for c in fake.api_calls() if c["path"] == "/medical/v1/document/upload") == uploads == 1
         # the schedule: a Condition written with no Encounter goes at the next scheduled run, once
-        later = s.admin.fhir("c", "POST", "Condition", json_body={
-            "resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, "subject": subject})
+        later = s.admin.fhir(
+            "c",
+            "POST",
+            "Condition",
+            json_body={"resourceType": "Condition", "code": {"text": "Seasonal allergic rhinitis"}, "subject": subject},
+        )
         bot = cfg.bots.contribution.name
         for _ in range(2):
             assert dev_api(s, "POST", "cron/run", params={"bot": bot}).ok

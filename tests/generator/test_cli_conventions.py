@@ -2,6 +2,7 @@
 same way and honoured), `.env`, `-v`/MEDPORT_LOG_LEVEL, `python -m medport`, one-line errors, progress output —
 and each defect found in use, reproduced here (checks after the fact, a missing config called ready, runs in
 the wrong order, HTML printed raw, a misleading enroll error, hundreds of progress lines)."""
+
 from __future__ import annotations
 
 import io
@@ -22,12 +23,29 @@ from medport.generator.cli.main import main
 from medport.generator.progress import Progress
 from tests.paths import ROOT
 
-SHARED = {"--base-url": "MEDPLUM_BASE_URL", "--client-id": "MEDPLUM_CLIENT_ID",
-          "--client-secret": "MEDPLUM_CLIENT_SECRET", "--config": "MEDPORT_CONFIG",
-          "--metriport-url": "METRIPORT_BASE_URL", "--metriport-api-key": "METRIPORT_API_KEY",
-          "--admin-client-id": "MEDPORT_ADMIN_CLIENT_ID", "--admin-client-secret": "MEDPORT_ADMIN_CLIENT_SECRET"}
-NEEDS_CONFIG = {"generate", "check", "deploy", "demo", "emulate", "enroll", "document-urls", "replay", "console",
-                "doctor", "status"}
+SHARED = {
+    "--base-url": "MEDPLUM_BASE_URL",
+    "--client-id": "MEDPLUM_CLIENT_ID",
+    "--client-secret": "MEDPLUM_CLIENT_SECRET",
+    "--config": "MEDPORT_CONFIG",
+    "--metriport-url": "METRIPORT_BASE_URL",
+    "--metriport-api-key": "METRIPORT_API_KEY",
+    "--admin-client-id": "MEDPORT_ADMIN_CLIENT_ID",
+    "--admin-client-secret": "MEDPORT_ADMIN_CLIENT_SECRET",
+}
+NEEDS_CONFIG = {
+    "generate",
+    "check",
+    "deploy",
+    "demo",
+    "emulate",
+    "enroll",
+    "document-urls",
+    "replay",
+    "console",
+    "doctor",
+    "status",
+}
 NEEDS_MEDPLUM = {"deploy", "runs", "replay", "status", "console", "enroll", "document-urls"}
 
 
@@ -59,8 +77,9 @@ def test_shared_options_are_one_definition_with_their_variables_shown():
         for p in cmd.params:
             if not isinstance(p, click.Option):
                 continue
-            assert "[env" not in (p.help or "") and "(env " not in (p.help or ""), \
+            assert "[env" not in (p.help or "") and "(env " not in (p.help or ""), (
                 f"{name} {long_name(p)}: the variable is written by hand in the help, not shown by click"
+            )
             if p.envvar:
                 assert p.show_envvar, f"{name} {long_name(p)}: env var {p.envvar} not shown in --help"
             if long_name(p) in SHARED and (name, long_name(p)) != ("emulate", "--metriport-api-key"):
@@ -101,13 +120,14 @@ def test_log_level_from_v_and_the_environment():
     assert r.exit_code == 2 and "MEDPORT_LOG_LEVEL" in r.output and "Traceback" not in r.output
     CliRunner().invoke(main, ["-v", "generate", "--help"])
     assert logging.getLogger("medport").level == logging.INFO
-    CliRunner().invoke(main, ["-v", "generate", "-v", "--help"])   # the group's and the command's add up
+    CliRunner().invoke(main, ["-v", "generate", "-v", "--help"])  # the group's and the command's add up
     assert logging.getLogger("medport").level == logging.DEBUG
 
 
 def test_python_dash_m_medport():
-    r = subprocess.run([sys.executable, "-m", "medport", "--version"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "medport", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert r.returncode == 0 and r.stdout.startswith("medport, version"), r.stdout + r.stderr
 
 
@@ -116,11 +136,14 @@ def test_an_unexpected_error_is_one_line_and_vv_shows_its_traceback(monkeypatch)
 
     def boom(*a, **k):
         raise RuntimeError("boom")
+
     monkeypatch.setattr(doctor, "diagnose", boom)
     r = CliRunner().invoke(main, ["doctor"])
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert r.output.strip().splitlines() == ["Error: unexpected error: RuntimeError: boom — run again with -vv for "
-                                             "the traceback, and report it if it persists"]
+    assert r.output.strip().splitlines() == [
+        "Error: unexpected error: RuntimeError: boom — run again with -vv for "
+        "the traceback, and report it if it persists"
+    ]
     r = CliRunner().invoke(main, ["-vv", "doctor"])
     assert r.exit_code == 1 and "Traceback" in r.output and "RuntimeError: boom" in r.output
 
@@ -156,10 +179,12 @@ class _Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
             do_GET = do_POST = _answer
 
             def log_message(self, *a):
                 pass
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -172,7 +197,9 @@ class _Server:
         self.httpd.server_close()
 
 
-HTML = b"<!DOCTYPE html><html><head><title>Error</title></head><body><pre>Cannot GET /_emulator/runs</pre></body></html>"
+HTML = (
+    b"<!DOCTYPE html><html><head><title>Error</title></head><body><pre>Cannot GET /_emulator/runs</pre></body></html>"
+)
 
 
 def test_runs_against_a_server_answering_html_is_one_line():
@@ -189,8 +216,18 @@ def test_runs_against_a_server_answering_html_is_one_line():
 
 def test_runs_prints_the_newest_first():
     """Before: the help said newest first and the runs came oldest first."""
-    runs = [{"id": str(i), "bot_name": f"bot-{i}", "trigger": "execute", "outcome": "success", "duration_ms": 1,
-             "started": f"2026-01-01T00:00:0{i}Z", "logs": ""} for i in (3, 2, 1)]   # the emulator: newest first
+    runs = [
+        {
+            "id": str(i),
+            "bot_name": f"bot-{i}",
+            "trigger": "execute",
+            "outcome": "success",
+            "duration_ms": 1,
+            "started": f"2026-01-01T00:00:0{i}Z",
+            "logs": "",
+        }
+        for i in (3, 2, 1)
+    ]  # the emulator: newest first
     with _Server(200, "application/json", json.dumps({"runs": runs}).encode()) as srv:
         r = CliRunner().invoke(main, ["runs", "--base-url", srv.url])
     assert r.exit_code == 0, r.output
@@ -217,7 +254,7 @@ class FakeClock:
 def test_progress_off_a_terminal_is_a_few_lines():
     lines, clock = [], FakeClock()
     bar = Progress(10_000, "Patients linked", echo=lines.append, tty=False, clock=clock)
-    for done in range(0, 10_001, 20):       # 500 polls over ~8 minutes
+    for done in range(0, 10_001, 20):  # 500 polls over ~8 minutes
         clock.t += 1.0
         bar.update(done, "requests 1 processing" if done < 10_000 else "requests 1 completed")
     bar.close()
@@ -230,6 +267,7 @@ def test_progress_on_a_terminal_is_a_bar_with_its_eta():
     class Tty(io.StringIO):
         def isatty(self):
             return True
+
     out = Tty()
     bar = Progress(100, "requeued", file=out, tty=True)
     for i in range(1, 101):
@@ -254,6 +292,7 @@ def test_enroll_progress_on_ten_thousand_patients_is_a_bar_not_hundreds_of_lines
     def linked(_http, _cfg):
         state["polls"] += 1
         return min(10_000, state["polls"] * 25)
+
     monkeypatch.setattr(enroll, "refresh", refresh)
     monkeypatch.setattr(enroll, "linked_count", linked)
     lines: list[str] = []
@@ -266,5 +305,6 @@ def test_the_readmes_command_reference_is_the_commands_own():
     from medport.generator.cli.docs import command_reference_markdown
 
     readme = (ROOT / "README.md").read_text()
-    assert command_reference_markdown() in readme, \
+    assert command_reference_markdown() in readme, (
         "README command reference is stale: run `python -m medport.generator.cli.docs`"
+    )

@@ -1,4 +1,5 @@
 """`medport check`, `medport replay` and `medport runs`: success and failure paths against the emulator."""
+
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,7 +29,12 @@ pytestmark = pytest.mark.slow
 
 def project(tmp_path: Path) -> Path:
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")])
+        .exit_code
+        == 0
+    )
     return tmp_path
 
 
@@ -101,14 +107,17 @@ def test_check_runs_the_scenarios_per_release_and_names_the_one_that_fails(tmp_p
     ch = run_check(str(proj / "medport.toml"), str(proj / "bots"), only="skip reasons", echo=lines.append)
     assert ch.failing_releases() == ["5.0.0"], [(r.name, r.message[:200]) for r in ch.results if not r.ok]
     failed = {r.name: r.message for r in ch.results if not r.ok}
-    assert sorted(failed) == ["[Medplum 5.0.0] skip reasons: warned, no Metriport call",
-                              "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and "
-                              "@medplum/core)"], failed
+    assert sorted(failed) == [
+        "[Medplum 5.0.0] skip reasons: warned, no Metriport call",
+        "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)",
+    ], failed
     assert "made the patient bot fail" in failed["[Medplum 5.0.0] skip reasons: warned, no Metriport call"]
     assert any("the scenarios fail on Medplum 5.0.0 and pass on 5.2.13" in click.unstyle(ln) for ln in lines), lines
     # one release from the command line
-    r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "-o", str(proj / "bots"), "-k", "skip",
-                                           "--medplum-version", "5.2.13"])
+    r = CliRunner().invoke(
+        check_command,
+        ["-c", str(proj / "medport.toml"), "-o", str(proj / "bots"), "-k", "skip", "--medplum-version", "5.2.13"],
+    )
     assert "  ok    [Medplum 5.2.13] skip reasons" in r.output and "[Medplum 5.0.0]" not in r.output, r.output
     r = CliRunner().invoke(check_command, ["-c", str(proj / "medport.toml"), "--medplum-version", "6.0.0"])
     assert r.exit_code == 2 and "Medplum 6.0.0 is newer than 5.2.13" in r.output
@@ -128,8 +137,14 @@ def stack():
 
 
 def _admin_args(stack):
-    return ["--base-url", stack.base_url, "--client-id", stack.emulator.admin_client_id,
-            "--client-secret", stack.emulator.admin_client_secret]
+    return [
+        "--base-url",
+        stack.base_url,
+        "--client-id",
+        stack.emulator.admin_client_id,
+        "--client-secret",
+        stack.emulator.admin_client_secret,
+    ]
 
 
 def test_replay_file_is_resigned_delivered_and_idempotent(stack, tmp_path, monkeypatch):
@@ -175,18 +190,28 @@ def test_replay_failed_requeues_and_reprocesses(stack):
 def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
     from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT, MESSAGE_LEASE_EXT
     from medport.generator.local.flow import message_tasks
-    done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
+
+    done = [
+        t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")
+    ]
     if not done:
         base = task_ids(stack)
         create_patient(stack, "Chris", create_facility_org(stack)["id"], family="Replay")
         wait_for_consolidated(stack, timeout=60, baseline=base)
-        done = [t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")]
+        done = [
+            t for t in message_tasks(stack) if t["status"] == "completed" and "consolidated" in t.get("description", "")
+        ]
     cut, running = done[0], dict(done[-1]) if len(done) > 1 else None
 
     def in_progress(t: dict, lease: str) -> dict:
         t = {k: v for k, v in t.items() if k not in ("output", "meta")}
-        t.update(status="in-progress", extension=[{"url": MESSAGE_ATTEMPTS_EXT, "valueInteger": 1},
-                                                  {"url": MESSAGE_LEASE_EXT, "valueDateTime": lease}])
+        t.update(
+            status="in-progress",
+            extension=[
+                {"url": MESSAGE_ATTEMPTS_EXT, "valueInteger": 1},
+                {"url": MESSAGE_LEASE_EXT, "valueDateTime": lease},
+            ],
+        )
         return stack.admin.fhir("stage", "PUT", f"Task/{t['id']}", json_body=t)
 
     in_progress(cut, "2000-01-01T00:00:00.000Z")  # its run was cut off long ago
@@ -200,11 +225,12 @@ def test_replay_failed_resumes_messages_cut_off_and_leaves_running_ones(stack):
     assert after["status"] == "completed"
     assert [e["valueInteger"] for e in after.get("extension", []) if e["url"] == MESSAGE_ATTEMPTS_EXT] == [1]
     if running:
-        assert f"requeued Task/{running['id']}" not in r.output   # listed with its lease's time left, not touched
+        assert f"requeued Task/{running['id']}" not in r.output  # listed with its lease's time left, not touched
         assert any(f"Task/{running['id']}" in ln and "under a lease for" in ln for ln in r.output.splitlines())
         assert stack.admin.fhir("read", "GET", f"Task/{running['id']}")["status"] == "in-progress"
-        stack.admin.fhir("put back", "PUT", f"Task/{running['id']}",
-                         json_body={**{k: v for k, v in running.items() if k != "meta"}})
+        stack.admin.fhir(
+            "put back", "PUT", f"Task/{running['id']}", json_body={**{k: v for k, v in running.items() if k != "meta"}}
+        )
 
 
 def test_runs_lists_filters_and_reads_audit_events(stack):
@@ -239,17 +265,21 @@ def test_runs_follow_streams_new_executions(stack):
     from medport.generator.remote.replay import deliver
     from medport.testing import wait_until
 
-    proc = subprocess.Popen([sys.executable, "-m", "medport", "runs", "--follow", "--limit", "1",
-                             "--base-url", stack.base_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medport", "runs", "--follow", "--limit", "1", "--base-url", stack.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
     out: list[str] = []
     threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
     runs = lambda: [ln for ln in out if "metriport-" in ln and not ln.startswith(" ")]
     try:
-        assert wait_until(lambda: len(runs()) >= 1, 60), out   # the newest run printed: now following
+        assert wait_until(lambda: len(runs()) >= 1, 60), out  # the newest run printed: now following
         r = deliver(stack.webhook_url, {"ping": "follow-me", "meta": {"type": "ping"}}, stack.webhook_key)
         assert r.status_code == 200
-        assert wait_until(lambda: len(runs()) >= 2, 60), out   # the ping's run, as it happened
+        assert wait_until(lambda: len(runs()) >= 2, 60), out  # the ping's run, as it happened
     finally:
         proc.terminate()
         proc.wait(30)
@@ -259,7 +289,8 @@ def test_runs_follow_streams_new_executions(stack):
 def test_check_fails_on_a_config_metriport_would_refuse(tmp_path):
     """Asking Metriport for Medication (400 in production) fails `medport check`, naming the type and the list."""
     (tmp_path / "medport.toml").write_text('[consolidated]\nresources = ["Condition", "Medication"]\n')
-    r = CliRunner().invoke(check_command, ["-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots"),
-                                           "--no-scenarios"])
+    r = CliRunner().invoke(
+        check_command, ["-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots"), "--no-scenarios"]
+    )
     assert r.exit_code == 1
     assert "consolidated.resources[1]: 'Medication' is not a type Metriport's consolidated query accepts" in r.output

@@ -1,5 +1,6 @@
 """The contribution bot's config, access policy and Subscription (generator/generation/config.py, manifest.py, render.py):
 least privilege, loop-safe criteria, off when disabled, every problem named."""
+
 import pytest
 
 from medport.generator.generation.config import ConfigError, validate_data
@@ -15,13 +16,21 @@ def test_the_contribution_bots_policy_reads_the_contributed_types_and_writes_onl
     policy = next(p for p in access_policies(cfg) if p["meta"]["tag"][0]["code"] == "contribution-bot-policy")
     assert policy["resource"] == [
         {"resourceType": "Patient", "interaction": READ},
-        {"resourceType": "Task", "interaction": [*READ, "create", "update"],
-         "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{CONTRIBUTION_TASK_CODE}"},
+        {
+            "resourceType": "Task",
+            "interaction": [*READ, "create", "update"],
+            "criteria": f"Task?code={MEDPORT_CODESYSTEM}|{CONTRIBUTION_TASK_CODE}",
+        },
         {"resourceType": "Encounter", "interaction": READ},
-        {"resourceType": "Condition", "interaction": READ}]
+        {"resourceType": "Condition", "interaction": READ},
+    ]
     with_docs = validate_data({"contribution": {"resources": ["Encounter"], "documents": True}})
-    types = [r["resourceType"] for p in access_policies(with_docs) if p["meta"]["tag"][0]["code"] == "contribution-bot-policy"
-             for r in p["resource"]]
+    types = [
+        r["resourceType"]
+        for p in access_policies(with_docs)
+        if p["meta"]["tag"][0]["code"] == "contribution-bot-policy"
+        for r in p["resource"]
+    ]
     assert types == ["Patient", "Task", "Encounter", "DocumentReference", "Binary"]
 
 
@@ -32,9 +41,13 @@ def test_finished_encounters_start_it_but_not_the_ones_imported_from_metriport()
     assert [s["extension"][-1]["valueCode"] for s in subs] == ["create", "update"]
     assert subs[0]["extension"][0] == {
         "url": FHIRPATH_CRITERIA_EXT,
-        "valueString": "%current.identifier.where(system = 'https://metriport.com/fhir/identifiers/resource-id').exists().not()"}
-    assert not [s for s in subscriptions(validate_data({"contribution": {"on_encounter_finished": False}}))
-                if "Encounter" in s["criteria"]]
+        "valueString": "%current.identifier.where(system = 'https://metriport.com/fhir/identifiers/resource-id').exists().not()",
+    }
+    assert not [
+        s
+        for s in subscriptions(validate_data({"contribution": {"on_encounter_finished": False}}))
+        if "Encounter" in s["criteria"]
+    ]
 
 
 def test_disabled_contribution_renders_and_deploys_nothing_of_it():
@@ -47,19 +60,29 @@ def test_disabled_contribution_renders_and_deploys_nothing_of_it():
 
 def test_every_contribution_problem_is_named():
     with pytest.raises(ConfigError) as e:
-        validate_data({"contribution": {"resources": ["Patient", "Observaton", "Binary"], "cron": "every day",
-                                        "name": "metriport-patient-bot"}})
+        validate_data(
+            {
+                "contribution": {
+                    "resources": ["Patient", "Observaton", "Binary"],
+                    "cron": "every day",
+                    "name": "metriport-patient-bot",
+                }
+            }
+        )
     text = "\n".join(e.value.problems)
-    for needle in ("contribution.resources[0]: 'Patient' cannot be contributed",
-                   "contribution.resources[1]: 'Observaton' is not an R4 resource type — did you mean 'Observation'?",
-                   "contribution.resources[2]: 'Binary' is not clinical data medport may contribute",
-                   "contribution.cron: 'every day' is not a 5-field cron expression",
-                   "contribution.name: must differ from patient_bot.name"):
+    for needle in (
+        "contribution.resources[0]: 'Patient' cannot be contributed",
+        "contribution.resources[1]: 'Observaton' is not an R4 resource type — did you mean 'Observation'?",
+        "contribution.resources[2]: 'Binary' is not clinical data medport may contribute",
+        "contribution.cron: 'every day' is not a 5-field cron expression",
+        "contribution.name: must differ from patient_bot.name",
+    ):
         assert needle in text, (needle, text)
 
 
 def test_the_encounter_search_types_are_the_definitions():
     from medport.emulator.medplum.fhir.searchparams import registry
     from medport.generator.generation.config import resource_types
+
     found = {t for t in resource_types()["r4"] if registry().get(t, "encounter") is not None}
     assert found == ENCOUNTER_SEARCH_TYPES

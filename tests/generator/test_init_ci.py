@@ -2,6 +2,7 @@
 medport.toml, --force overwrites only the file the command writes, and the workflow is what a careful
 reviewer wants (pinned actions, read-only token, the setup cache restored, no unused steps). The
 workflow's steps are run for real in tests/e2e/test_user_repo.py."""
+
 import json
 import re
 
@@ -29,7 +30,7 @@ def test_init_writes_the_config_and_refuses_to_overwrite_it(tmp_path):
 
 
 def test_init_ci_adds_the_workflow_to_an_existing_project_without_touching_its_config(tmp_path):
-    mine = "[patient_bot]\nflow = \"consolidated\"\n"
+    mine = '[patient_bot]\nflow = "consolidated"\n'
     (tmp_path / "medport.toml").write_text(mine)
     wf = tmp_path / ".github" / "workflows" / "medport.yml"
     r = run("init", str(tmp_path), "--ci", "--pip-spec", "medport==9.9.9")
@@ -85,6 +86,7 @@ def test_the_workflow_is_pinned_least_privilege_cached_and_has_no_unused_step():
 def test_default_pip_spec_follows_how_medport_was_installed(monkeypatch, tmp_path):
     """Before: a wheel vendored in the repository (a spec the README lists) made the workflow install
     medport==<version> from PyPI, where it is not published: CI failed on its first push."""
+
     class Dist:
         def __init__(self, direct):
             self.direct = direct
@@ -96,17 +98,17 @@ def test_default_pip_spec_follows_how_medport_was_installed(monkeypatch, tmp_pat
         monkeypatch.setattr(starter.importlib.metadata, "distribution", lambda name: Dist(direct))
         return starter.default_pip_spec(project)
 
-    assert installed(None) == starter.InstallSpec(f"medport=={__version__}")          # an index
+    assert installed(None) == starter.InstallSpec(f"medport=={__version__}")  # an index
     got = installed({"url": "https://github.com/acme/medport.git", "vcs_info": {"vcs": "git", "commit_id": "a" * 40}})
     assert got == starter.InstallSpec(f"medport @ git+https://github.com/acme/medport.git@{'a' * 40}")
     got = installed({"url": "https://example.com/medport-0.1.0-py3-none-any.whl", "archive_info": {}})
     assert got == starter.InstallSpec("medport @ https://example.com/medport-0.1.0-py3-none-any.whl")
-    wheel = tmp_path / "vendor" / "medport-0.1.0-py3-none-any.whl"     # vendored in the repository
+    wheel = tmp_path / "vendor" / "medport-0.1.0-py3-none-any.whl"  # vendored in the repository
     wheel.parent.mkdir()
     wheel.write_bytes(b"PK")
     got = installed({"url": wheel.as_uri(), "archive_info": {"hash": "sha256=00"}})
     assert got == starter.InstallSpec("./vendor/medport-0.1.0-py3-none-any.whl")
-    outside = tmp_path / "elsewhere"                                     # a wheel outside: copied into vendor/
+    outside = tmp_path / "elsewhere"  # a wheel outside: copied into vendor/
     outside.mkdir()
     got = installed({"url": wheel.as_uri(), "archive_info": {}}, project=outside)
     assert got == starter.InstallSpec("./vendor/medport-0.1.0-py3-none-any.whl", vendor=wheel)
@@ -121,7 +123,7 @@ def test_init_ci_copies_a_wheel_from_outside_into_vendor_and_ignores_local_state
     monkeypatch.setattr(starter, "_direct_url", lambda: {"url": wheel.as_uri(), "archive_info": {}})
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / ".gitignore").write_text("node_modules")                      # no newline at the end
+    (repo / ".gitignore").write_text("node_modules")  # no newline at the end
     r = run("init", str(repo), "--ci")
     assert r.exit_code == 0, r.output
     assert (repo / "vendor" / wheel.name).read_bytes() == b"PK-wheel" and "commit it" in r.output
@@ -143,5 +145,6 @@ def test_the_pytest_extra_brings_pytest():
     import tomllib
 
     from tests.paths import ROOT
+
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.startswith("pytest>=") for req in extras["pytest"])

@@ -1,6 +1,7 @@
 """`medport setup` with a stand-in `npm` (fast, no network): what it runs, progress, the stamp, reuse
 without npm, a Node >= 22 on PATH used instead of installing one, and failures in one line. The real
 install from the npm registry runs in tests/e2e/test_user_repo.py."""
+
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def tools(tmp_path, monkeypatch):
     npm.write_text(FAKE_NPM)
     npm.chmod(0o755)
     log = tmp_path / "npm.log"
-    monkeypatch.setenv("PATH", str(bindir))   # no system node or npm: only the stand-ins
+    monkeypatch.setenv("PATH", str(bindir))  # no system node or npm: only the stand-ins
     monkeypatch.setenv("NPM_LOG", str(log))
     monkeypatch.setenv("CHECKOUT", str(ROOT))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -82,7 +83,9 @@ def test_setup_installs_the_pinned_node_then_is_reused_offline(tools, monkeypatc
 
 def test_a_node_22_on_path_is_used_instead_of_installing_one(tools):
     fake = tools["bin"] / "node"
-    fake.write_text(f'#!/bin/sh\nPATH=/usr/bin:/bin\nif [ "$1" = "--version" ]; then echo v22.9.0; exit 0; fi\nexec {NODE} "$@"\n')
+    fake.write_text(
+        f'#!/bin/sh\nPATH=/usr/bin:/bin\nif [ "$1" = "--version" ]; then echo v22.9.0; exit 0; fi\nexec {NODE} "$@"\n'
+    )
     fake.chmod(0o755)
     r = CliRunner().invoke(main, ["setup"])
     assert r.exit_code == 0, r.output

@@ -2,6 +2,7 @@
 @medplum/core with exactly the globals Medplum gives a bot — the committed bots/, the config variants, and
 what the check refuses (a global vmcontext lacks, a module outside the allowed ones, CONFIG out of step with
 render.py)."""
+
 import re
 from pathlib import Path
 
@@ -26,10 +27,14 @@ VARIANTS = {
     "awslambda": {"medplum": {"runtime": "awslambda"}},
     "consolidated-flow": {"patient_bot": {"flow": "consolidated"}},
     "sync-unsigned": {"webhook_bot": {"async_processing": False, "verify_signature": False}},
-    "documents-bulk-no-realtime": {"documents": {"store": True, "request_bulk_urls": True},
-                                   "realtime": {"import": False}},
-    "documents-binary-dated": {"documents": {"store": True}, "consolidated": {"date_from": "2020-01-01",
-                                                                           "date_to": "2024-12-31"}},
+    "documents-bulk-no-realtime": {
+        "documents": {"store": True, "request_bulk_urls": True},
+        "realtime": {"import": False},
+    },
+    "documents-binary-dated": {
+        "documents": {"store": True},
+        "consolidated": {"date_from": "2020-01-01", "date_to": "2024-12-31"},
+    },
 }
 
 
@@ -65,7 +70,7 @@ def patient_bot_with(code_after_config: str) -> dict[str, str]:
 
 
 def line_of(code: str, text: str) -> int:
-    return code[:code.index(text)].count("\n") + 1
+    return code[: code.index(text)].count("\n") + 1
 
 
 def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
@@ -90,10 +95,12 @@ def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
         "const title = document.title;": "document",
         "const secretsNow = event.secrets;": "event",
     }
-    allowed = ("const probe = [fetch, URL, URLSearchParams, TextEncoder, require('util').TextDecoder, "
-               "console.log, console.warn, JSON, Math, Promise, Uint8Array, Map, Set];")
+    allowed = (
+        "const probe = [fetch, URL, URLSearchParams, TextEncoder, require('util').TextDecoder, "
+        "console.log, console.warn, JSON, Math, Promise, Uint8Array, Map, Set];"
+    )
     sources = patient_bot_with("\n".join([allowed, *forbidden]))
-    (name, code), = sources.items()
+    ((name, code),) = sources.items()
     result = typecheck_sources(sources, shown_in="bots")
     assert len(result.problems) == len(forbidden), "\n".join(result.problems)
     for stmt, ident in forbidden.items():
@@ -105,9 +112,11 @@ def test_a_global_medplum_does_not_give_a_bot_is_an_error_naming_its_line():
 
 def test_require_is_limited_to_the_modules_the_bots_use():
     """One error per module outside the allowed ones, wherever the require stands."""
-    sources = patient_bot_with("const fsModule = require('fs');\nconst os = require('os');\n"
-                               "const net = Math.random() > 2 || require('net').connect;\n"
-                               "const z = require('zlib').gunzipSync(new Uint8Array(0));")
+    sources = patient_bot_with(
+        "const fsModule = require('fs');\nconst os = require('os');\n"
+        "const net = Math.random() > 2 || require('net').connect;\n"
+        "const z = require('zlib').gunzipSync(new Uint8Array(0));"
+    )
     result = typecheck_sources(sources)
     assert [p.split(": ", 1)[1] for p in result.problems] == [
         "TS2307: Cannot find module 'fs' or its corresponding type declarations.",
@@ -123,8 +132,10 @@ def test_config_typedefs_stay_in_step_with_render(monkeypatch, tmp_path):
     changes = {
         "added": (lambda c: {**c, "newKey": 1}, lambda c: c),
         "dropped": (lambda c: c, lambda c: {k: v for k, v in c.items() if k != "batch"}),
-        "retyped": (lambda c: {**c, "retry": {**c["retry"], "maxAttempts": "4"}},
-                    lambda c: {**c, "verifySignature": "yes"}),
+        "retyped": (
+            lambda c: {**c, "retry": {**c["retry"], "maxAttempts": "4"}},
+            lambda c: {**c, "verifySignature": "yes"},
+        ),
     }
     files = {}
     for name, (p, w) in changes.items():
@@ -138,11 +149,21 @@ def test_config_typedefs_stay_in_step_with_render(monkeypatch, tmp_path):
     text = "\n".join(result.problems)
     assert len(result.problems) == 4, text
     assert re.search(r"^added/metriport-patient-bot\.js:\d+:\d+: TS2353: .*'\"newKey\"'", text, re.M)
-    assert re.search(r"^dropped/metriport-webhook-bot\.js:\d+:\d+: TS2322: Type .* — Property 'batch' is missing", text, re.M)
-    assert re.search(r"^retyped/metriport-patient-bot\.js:\d+:\d+: TS2322: Type 'string' is not assignable to type "
-                     r"'number'", text, re.M)
-    assert re.search(r"^retyped/metriport-webhook-bot\.js:\d+:\d+: TS2322: Type 'string' is not assignable to type "
-                     r"'boolean'", text, re.M)
+    assert re.search(
+        r"^dropped/metriport-webhook-bot\.js:\d+:\d+: TS2322: Type .* — Property 'batch' is missing", text, re.M
+    )
+    assert re.search(
+        r"^retyped/metriport-patient-bot\.js:\d+:\d+: TS2322: Type 'string' is not assignable to type "
+        r"'number'",
+        text,
+        re.M,
+    )
+    assert re.search(
+        r"^retyped/metriport-webhook-bot\.js:\d+:\d+: TS2322: Type 'string' is not assignable to type "
+        r"'boolean'",
+        text,
+        re.M,
+    )
 
 
 def test_check_fails_on_a_bot_that_does_not_type_check(tmp_path, monkeypatch):
@@ -159,42 +180,54 @@ def test_check_fails_on_a_bot_that_does_not_type_check(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from medport.generator.cli.main import main
-    assert CliRunner().invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")]).exit_code == 0
+
+    assert (
+        CliRunner()
+        .invoke(main, ["generate", "-c", str(tmp_path / "medport.toml"), "-o", str(tmp_path / "bots")])
+        .exit_code
+        == 0
+    )
     lines: list[str] = []
     ch = run_check(str(tmp_path / "medport.toml"), str(tmp_path / "bots"), scenarios=False, echo=lines.append)
     failed = [r for r in ch.results if not r.ok]
     assert [r.name for r in failed] == [
-        "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)"]
+        "generated bots type-check (tsc --checkJs --strict against @medplum/fhirtypes and @medplum/core)"
+    ]
     msg = failed[0].message.splitlines()
     assert msg[0].startswith("1 TypeScript error(s)")
-    assert re.match(rf"^{re.escape(str(tmp_path / 'bots'))}/metriport-webhook-bot\.js:\d+:\d+: TS2304: Cannot find name "
-                    r"'setTimeout'\.$", msg[1]), msg
+    assert re.match(
+        rf"^{re.escape(str(tmp_path / 'bots'))}/metriport-webhook-bot\.js:\d+:\d+: TS2304: Cannot find name "
+        r"'setTimeout'\.$",
+        msg[1],
+    ), msg
     assert any("setTimeout" in ln for ln in lines)
 
 
 def test_web_lib_keeps_every_type_and_only_the_listed_values():
-    text = "\n".join([
-        "/// <reference no-default-lib=\"true\"/>",
-        "/** The Foo. */",
-        "interface Foo {",
-        "    a: string;",
-        "}",
-        "declare var Foo: {",
-        "    prototype: Foo;",
-        "    new(): Foo;",
-        "};",
-        "/** Kept. */",
-        "declare var URL: {",
-        "    new(u: string): URL;",
-        "};",
-        "declare function setTimeout(handler: TimerHandler, timeout?: number): number;",
-        "declare function fetch(input: RequestInfo): Promise<Response>;",
-        "type TimerHandler = string | Function;",
-        "declare namespace CSS {",
-        "    function escape(ident: string): string;",
-        "}",
-        "declare var window: Window & typeof globalThis;",
-    ])
+    text = "\n".join(
+        [
+            '/// <reference no-default-lib="true"/>',
+            "/** The Foo. */",
+            "interface Foo {",
+            "    a: string;",
+            "}",
+            "declare var Foo: {",
+            "    prototype: Foo;",
+            "    new(): Foo;",
+            "};",
+            "/** Kept. */",
+            "declare var URL: {",
+            "    new(u: string): URL;",
+            "};",
+            "declare function setTimeout(handler: TimerHandler, timeout?: number): number;",
+            "declare function fetch(input: RequestInfo): Promise<Response>;",
+            "type TimerHandler = string | Function;",
+            "declare namespace CSS {",
+            "    function escape(ident: string): string;",
+            "}",
+            "declare var window: Window & typeof globalThis;",
+        ]
+    )
     out = web_lib(text)
     assert "no-default-lib" not in out
     assert "interface Foo {" in out and "/** The Foo. */" in out and "type TimerHandler" in out
@@ -208,17 +241,21 @@ def test_web_lib_keeps_every_type_and_only_the_listed_values():
 
 def test_diagnostics_are_one_line_each_with_the_file_named():
     work = Path("/tmp/w")
-    out = "\n".join([
-        "../bots/a.js(3,5): error TS2339: Property 'x' does not exist on type 'Y'.",
-        "error TS5023: Unknown compiler option 'z'.",
-        "b.js(10,1): error TS7053: " + "x" * 400,
-        "c.js(1,2): error TS2322: Type '{ a: string; " + "b: string; " * 30 + "}' is not assignable to type 'C'.",
-        "  Type '{ a: string; }' is not assignable to type 'D'.",
-        "    Property 'batch' is missing in type '{ a: string; }' but required in type 'D'.",
-    ])
+    out = "\n".join(
+        [
+            "../bots/a.js(3,5): error TS2339: Property 'x' does not exist on type 'Y'.",
+            "error TS5023: Unknown compiler option 'z'.",
+            "b.js(10,1): error TS7053: " + "x" * 400,
+            "c.js(1,2): error TS2322: Type '{ a: string; " + "b: string; " * 30 + "}' is not assignable to type 'C'.",
+            "  Type '{ a: string; }' is not assignable to type 'D'.",
+            "    Property 'batch' is missing in type '{ a: string; }' but required in type 'D'.",
+        ]
+    )
     problems = parse_diagnostics(out, work, {Path("/tmp/bots/a.js"): "bots/a.js"})
-    assert problems[:2] == ["bots/a.js:3:5: TS2339: Property 'x' does not exist on type 'Y'.",
-                            "TS5023: Unknown compiler option 'z'."]
+    assert problems[:2] == [
+        "bots/a.js:3:5: TS2339: Property 'x' does not exist on type 'Y'.",
+        "TS5023: Unknown compiler option 'z'.",
+    ]
     assert problems[2].startswith("b.js:10:1: TS7053: xxx") and len(problems[2]) == 300 and problems[2].endswith("…")
     assert problems[3].startswith("c.js:1:2: TS2322: Type '{ a: string; b: string;")
     assert problems[3].endswith("… — Property 'batch' is missing in type '{ a: string; }' but required in type 'D'.")
@@ -237,7 +274,7 @@ def jsdoc_types(code: str) -> list[str]:
             while i < len(comment) and depth:
                 depth += {"{": 1, "}": -1}.get(comment[i], 0)
                 i += 1
-            out.append(comment[m.end():i - 1])
+            out.append(comment[m.end() : i - 1])
     return out
 
 
@@ -251,4 +288,6 @@ def test_any_in_the_bots_jsdoc_types_stays_within_its_budget():
         types = jsdoc_types((ROOT / "bots" / name).read_text("utf-8"))
         assert len(types) > 150, name  # the counter sees the annotations
         count = sum(len(re.findall(r"\bany\b", t)) for t in types)
-        assert count <= budget, f"{name}: {count} `any` in JSDoc types (budget {budget}): use a real type, or `unknown` and narrow"
+        assert count <= budget, (
+            f"{name}: {count} `any` in JSDoc types (budget {budget}): use a real type, or `unknown` and narrow"
+        )

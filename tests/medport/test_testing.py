@@ -1,5 +1,6 @@
 """medport.testing outside pytest fixtures: the stack as a context manager, several Patients per wait,
 per-Patient counts, faults restored on exit, the fake's development key."""
+
 import pytest
 
 from medport import testing
@@ -24,12 +25,15 @@ def test_stack_api(monkeypatch):
         with stack.faults(expired_urls=True, slow_ms=5) as now:
             assert now["expired_urls"] is True
         assert stack.fake.get_faults() == before
-        idle = stack.wait_for_flow(timeout=10)           # nothing new: returns once idle
+        idle = stack.wait_for_flow(timeout=10)  # nothing new: returns once idle
         assert idle.done and idle.imported == stack.imported()
         runs = stack.runs(failed=False)
         # (the contribution bot ran for no one: nothing was written in Medplum, and imported Encounters start nothing)
         assert runs and {r["bot_name"] for r in runs} == {stack.config.patient_bot.name, stack.config.webhook_bot.name}
-        assert len([d for d in stack.webhooks() if d["type"].startswith("network-query.") and "first" not in d["type"]]) == 6
+        assert (
+            len([d for d in stack.webhooks() if d["type"].startswith("network-query.") and "first" not in d["type"]])
+            == 6
+        )
         assert stack.fhir.count("Patient") == 2
 
 

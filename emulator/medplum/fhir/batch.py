@@ -3,6 +3,7 @@ assigned, `urn:uuid:` placeholders and conditional references resolved, identifi
 interaction order, and answered at their input positions; a transaction is all or nothing. The rules are listed at
 the top of service.py. `BatchOperations` is mixed into `FhirService`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,24 +40,43 @@ MAX_SERIALIZABLE_TRANSACTION_ENTRIES = 8
 _URN = re.compile(r"urn(?::|%3A)uuid(?::|%3A)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 if TYPE_CHECKING:
+
     class ServiceCore:
         """What the batch code uses of the `FhirService` it is mixed into (declared for the type checker only)."""
+
         repo: Repository
         validator: Validator
         batch_delay_s: float
 
         def _access(self, pr: Principal) -> P.Access: ...
         def _check_type(self, pr: Principal, interaction: str, rtype: str) -> P.Access: ...
-        def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,
-                      headers: dict[str, str]) -> FhirResponse: ...
-        def _do_update(self, pr: Principal, res: dict, if_match_header: str | None, *,
-                       create_by_id: bool = False) -> FhirResponse: ...
-        def _find(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str,
-                  limit: int = 2) -> list[dict]: ...
+        def _dispatch(
+            self,
+            pr: Principal,
+            method: str,
+            path: str,
+            query: list[tuple[str, str]],
+            body: Any,
+            headers: dict[str, str],
+        ) -> FhirResponse: ...
+        def _do_update(
+            self, pr: Principal, res: dict, if_match_header: str | None, *, create_by_id: bool = False
+        ) -> FhirResponse: ...
+        def _find(
+            self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str, limit: int = 2
+        ) -> list[dict]: ...
         def _maybe_conflict(self) -> None: ...
         def _policy_where(self, pr: Principal, a: P.Access, rtype: str) -> tuple[str, list] | None: ...
-        def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
-                   assigned_id: str | None = None, trusted: bool = False) -> FhirResponse: ...
+        def create(
+            self,
+            pr: Principal,
+            rtype: str,
+            body: Any,
+            headers: dict[str, str],
+            *,
+            assigned_id: str | None = None,
+            trusted: bool = False,
+        ) -> FhirResponse: ...
         def transactions_for(self, pr: Principal) -> bool: ...
 else:
     ServiceCore = object
@@ -78,8 +98,9 @@ class BatchOperations(ServiceCore):
         entries = [_shallow_entry(e) for e in entries]
         results: list[dict | None] = [None] * len(entries)
         identities: dict[str, str] = {}
-        buckets: dict[str, list[int]] = {k: [] for k in
-                                         ("batch", "delete", "create", "update", "patch", "operation", "search", "read", "history")}
+        buckets: dict[str, list[int]] = {
+            k: [] for k in ("batch", "delete", "create", "update", "patch", "operation", "search", "read", "history")
+        }
         updates, strong = 0, False
         seen: set[str] = set()
         # Medplum's validator (strict mode) starts on the bodies now, in its own process, while this thread
@@ -131,8 +152,11 @@ class BatchOperations(ServiceCore):
             return FhirResponse(ef.resp.status, ef.resp.body, {})
         finally:
             self.validator.clear_prevalidated()
-        out = {"resourceType": "Bundle", "type": f"{btype}-response",
-               "entry": [r or _entry_response(ServerError().outcome) for r in results]}
+        out = {
+            "resourceType": "Bundle",
+            "type": f"{btype}-response",
+            "entry": [r or _entry_response(ServerError().outcome) for r in results],
+        }
         return FhirResponse(200, out, {})
 
     def _resolve_identifiers(self, pr: Principal, entries: list) -> dict[int, list[str]]:
@@ -152,7 +176,9 @@ class BatchOperations(ServiceCore):
                 entries[i]["_fast_compartment"] = _compartment
         return out
 
-    def _lookup_identifiers(self, pr: Principal, keys: list[tuple[int, str, str, str, str | None]]) -> dict[int, list[str]]:
+    def _lookup_identifiers(
+        self, pr: Principal, keys: list[tuple[int, str, str, str, str | None]]
+    ) -> dict[int, list[str]]:
         groups: dict[str, list[tuple[int, str, str, str | None]]] = {}
         for i, rtype, system, code, compartment in keys:
             groups.setdefault(rtype, []).append((i, system, code, compartment))
@@ -165,33 +191,42 @@ class BatchOperations(ServiceCore):
             codes = sorted({c for _, _, c, _ in items})
             found: dict[tuple[str, str], list[tuple[str, int]]] = {}
             for j in range(0, len(codes), 500):
-                part = codes[j:j + 500]
-                sql = ("SELECT x.system, x.code, r.id, r.rid FROM idx_token x JOIN resources r ON r.rid = x.rid "
-                       f"WHERE x.param = 'identifier' AND x.code IN ({','.join('?' * len(part))}) "
-                       "AND r.type = ? AND r.deleted = 0" + (f" AND {where[0]}" if where else ""))
+                part = codes[j : j + 500]
+                sql = (
+                    "SELECT x.system, x.code, r.id, r.rid FROM idx_token x JOIN resources r ON r.rid = x.rid "
+                    f"WHERE x.param = 'identifier' AND x.code IN ({','.join('?' * len(part))}) "
+                    "AND r.type = ? AND r.deleted = 0" + (f" AND {where[0]}" if where else "")
+                )
                 for system, code, rid, row in self.repo.query(sql, [*part, rtype, *(where[1] if where else [])]):
                     ids = found.setdefault((system, code), [])
                     if all(rid != x for x, _ in ids):
                         ids.append((rid, row))
-            compartments = self._compartments_of([row for ids in found.values() for _, row in ids]) \
-                if any(c for _, _, _, c in items) else {}
+            compartments = (
+                self._compartments_of([row for ids in found.values() for _, row in ids])
+                if any(c for _, _, _, c in items)
+                else {}
+            )
             for i, system, code, compartment in items:
-                out[i] = [rid for rid, row in found.get((system, code), [])
-                          if compartment is None or compartment in compartments.get(row, ())]
+                out[i] = [
+                    rid
+                    for rid, row in found.get((system, code), [])
+                    if compartment is None or compartment in compartments.get(row, ())
+                ]
         return out
 
     def _compartments_of(self, rows: list[int]) -> dict[int, set[str]]:
         """row -> the compartments it is in (meta.compartment, indexed as `_compartment`)."""
         out: dict[int, set[str]] = {}
         for j in range(0, len(rows), 500):
-            part = rows[j:j + 500]
+            part = rows[j : j + 500]
             sql = f"SELECT rid, ref FROM idx_ref WHERE param = '_compartment' AND rid IN ({','.join('?' * len(part))})"
             for row, ref in self.repo.query(sql, part):
                 out.setdefault(row, set()).add(ref)
         return out
 
-    def _run_entries(self, pr: Principal, order: list[int], rewritten: dict, results: list, tx: bool,
-                     careful: bool) -> None:
+    def _run_entries(
+        self, pr: Principal, order: list[int], rewritten: dict, results: list, tx: bool, careful: bool
+    ) -> None:
         """Run the entries of a bundle inside its transaction. A transaction fails whole on the first failing entry.
         A batch isolates each entry's failure: an entry that writes one resource (create, update, conditional
         ones) runs without a savepoint of its own — its failures come before its write — and should it ever fail
@@ -239,16 +274,31 @@ class BatchOperations(ServiceCore):
         are looked up again in one query per type. Those still unmatched are marked `_fast_clear`: when such an
         entry runs and nothing written in this transaction since carries its identifier, the condition is known
         to match nothing (the re-check Medplum's conditionalUpdate makes, without a search per entry)."""
-        todo = [e for e in entries if isinstance(e, dict) and e.get("_fast_key") and (
-            e.get("_create_by_update") or (e.get("_assigned_id") and (e.get("request") or {}).get("ifNoneExist")))]
+        todo = [
+            e
+            for e in entries
+            if isinstance(e, dict)
+            and e.get("_fast_key")
+            and (e.get("_create_by_update") or (e.get("_assigned_id") and (e.get("request") or {}).get("ifNoneExist")))
+        ]
         if not todo:
             return
-        again = self._lookup_identifiers(pr, [(i, *e["_fast_key"], e.get("_fast_compartment")) for i, e in enumerate(todo)])
+        again = self._lookup_identifiers(
+            pr, [(i, *e["_fast_key"], e.get("_fast_compartment")) for i, e in enumerate(todo)]
+        )
         for i, e in enumerate(todo):
             e["_fast_clear"] = i in again and not again[i]
 
-    def _preprocess(self, pr: Principal, entry: Any, i: int, identities: dict[str, str], seen: set, tx: bool,  # noqa: C901 — Medplum's transaction preprocessing steps, in its order
-                    resolved: list[str] | None = None) -> str:
+    def _preprocess(
+        self,
+        pr: Principal,
+        entry: Any,
+        i: int,
+        identities: dict[str, str],
+        seen: set,
+        tx: bool,  # noqa: C901 — Medplum's transaction preprocessing steps, in its order
+        resolved: list[str] | None = None,
+    ) -> str:
         """Classify the entry and resolve its identity before anything runs, like fhir-router batch.ts
         preprocessEntry/resolveIdentity: every create gets its id; every conditional PUT/DELETE/PATCH (URL with
         `?`) is resolved by a search (count 2): several matches -> 400 "Conditional <METHOD> matched multiple
@@ -277,8 +327,17 @@ class BatchOperations(ServiceCore):
             if n == 0:
                 kind = "batch"
             else:
-                kind = "operation" if op else ("search" if n == 2 and parts[1] == "_search" else
-                                               "create-conditional" if n == 1 and req.get("ifNoneExist") else "create")
+                kind = (
+                    "operation"
+                    if op
+                    else (
+                        "search"
+                        if n == 2 and parts[1] == "_search"
+                        else "create-conditional"
+                        if n == 1 and req.get("ifNoneExist")
+                        else "create"
+                    )
+                )
                 if n != 1 and kind == "create":
                     raise NotFound()
         elif method in ("PUT", "DELETE", "PATCH") and n in (1, 2):
@@ -298,8 +357,11 @@ class BatchOperations(ServiceCore):
                 entry["_assigned_id"] = new_id
                 reference = f"{rtype}/{new_id}"
             if req.get("ifNoneExist"):
-                found = [{"id": x} for x in resolved] if resolved is not None else \
-                    self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
+                found = (
+                    [{"id": x} for x in resolved]
+                    if resolved is not None
+                    else self._find(pr, rtype, str(req["ifNoneExist"]).lstrip("?"))
+                )
                 if len(found) == 1:
                     reference = f"{rtype}/{found[0]['id']}"
         elif kind.endswith("-conditional") and rtype in resource_types():
@@ -387,8 +449,12 @@ class BatchOperations(ServiceCore):
         """The entry's identifier condition matched nothing when the batch's transaction began
         (`_recheck_identifiers`), and nothing written in it since carries that identifier."""
         fast = entry.get("_fast_key")
-        return fast is not None and bool(entry.get("_fast_clear")) and self.repo.in_transaction() and \
-            not self.repo.token_written(fast[0], "identifier", fast[1], fast[2])
+        return (
+            fast is not None
+            and bool(entry.get("_fast_clear"))
+            and self.repo.in_transaction()
+            and not self.repo.token_written(fast[0], "identifier", fast[1], fast[2])
+        )
 
     def _entry_from_response(self, resp: FhirResponse) -> dict:
         """fhir-router batch.ts buildBundleResponse: `response` carries the outcome, the status and (when it
@@ -448,8 +514,11 @@ def _single_write(e: Any) -> bool:
 
 
 def _writes_body(e: Any) -> bool:
-    return isinstance(e, dict) and isinstance(e.get("request"), dict) and \
-        str(e["request"].get("method")).upper() in ("POST", "PUT")
+    return (
+        isinstance(e, dict)
+        and isinstance(e.get("request"), dict)
+        and str(e["request"].get("method")).upper() in ("POST", "PUT")
+    )
 
 
 def _identifier_condition(e: Any) -> tuple[str, str, str, str | None] | None:
@@ -474,7 +543,11 @@ def _identifier_condition(e: Any) -> tuple[str, str, str, str | None] | None:
         return None
     pairs = parse_qsl(qs, keep_blank_values=True)
     compartment = None
-    if len(pairs) == 2 and pairs[1][0] == "_compartment" and re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}", pairs[1][1]):
+    if (
+        len(pairs) == 2
+        and pairs[1][0] == "_compartment"
+        and re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}", pairs[1][1])
+    ):
         compartment = pairs.pop()[1]
     if len(pairs) != 1 or pairs[0][0] != "identifier":
         return None

@@ -1,6 +1,7 @@
 """`GET /fhir/R4/metadata`: the CapabilityStatement Medplum's server builds (server src/fhir/metadata.ts
 getCapabilityStatement) — public, built once: the R4 resource types with the interactions, conditional support and
 search parameters Medplum declares, batch and transaction, OAuth security with the token and authorize URLs."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,9 @@ _RESULT_PARAMS = [
     {"name": "_summary", "definition": "https://www.hl7.org/fhir/search.html#_summary", "type": "token"},
     {"name": "_elements", "definition": "https://www.hl7.org/fhir/search.html#_elements", "type": "string"},
 ]
-_OPERATIONS = {"Group": [{"name": "export",
-                          "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]}
+_OPERATIONS = {
+    "Group": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]
+}
 
 _lock = threading.Lock()
 _built: dict[tuple[str, str], dict] = {}
@@ -48,11 +50,14 @@ def _build(base_url: str, version: str) -> dict:
         "publisher": "Medplum",
         "contact": [{"telecom": [{"system": "url", "value": "https://www.medplum.com"}]}],
         "description": "Medplum FHIR Capability Statement",
-        "jurisdiction": [{"coding": [{"system": "urn:iso:std:iso:3166", "code": "US",
-                                      "display": "United States of America"}]}],
+        "jurisdiction": [
+            {"coding": [{"system": "urn:iso:std:iso:3166", "code": "US", "display": "United States of America"}]}
+        ],
         "kind": "instance",
-        "instantiates": ["http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server",
-                         "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "instantiates": [
+            "http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server",
+            "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",
+        ],
         "implementationGuide": ["http://hl7.org/fhir/uv/fhircast/ImplementationGuide/hl7.fhir.uv.fhircast|3.0.0"],
         "fhirVersion": "4.0.1",
         "format": ["json"],
@@ -60,22 +65,40 @@ def _build(base_url: str, version: str) -> dict:
         "url": fhir_base + "metadata",
         "software": {"name": "medplum", "version": version},
         "implementation": {"description": "medplum", "url": fhir_base},
-        "rest": [{
-            "mode": "server",
-            "security": {
-                "cors": True,
-                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                         "code": s}]} for s in ("OAuth", "Basic", "SMART-on-FHIR")],
-                "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                               "extension": [{"url": "authorize", "valueUri": root + "oauth2/authorize"},
-                                             {"url": "token", "valueUri": root + "oauth2/token"}]}],
-            },
-            "resource": [_resource(t) for t in facts()["capability"]],
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "searchParam": copy.deepcopy(_RESULT_PARAMS),
-            "extension": [{"extension": [{"url": "hub.url", "valueUrl": root + "fhircast/STU3"}],
-                           "url": "http://hl7.org/fhir/uv/fhircast/StructureDefinition/fhircast-configuration-extension"}],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": True,
+                    "service": [
+                        {
+                            "coding": [
+                                {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": s}
+                            ]
+                        }
+                        for s in ("OAuth", "Basic", "SMART-on-FHIR")
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [
+                                {"url": "authorize", "valueUri": root + "oauth2/authorize"},
+                                {"url": "token", "valueUri": root + "oauth2/token"},
+                            ],
+                        }
+                    ],
+                },
+                "resource": [_resource(t) for t in facts()["capability"]],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "searchParam": copy.deepcopy(_RESULT_PARAMS),
+                "extension": [
+                    {
+                        "extension": [{"url": "hub.url", "valueUrl": root + "fhircast/STU3"}],
+                        "url": "http://hl7.org/fhir/uv/fhircast/StructureDefinition/fhircast-configuration-extension",
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -93,8 +116,10 @@ def _resource(rtype: str) -> dict:
         "conditionalDelete": "single",
         "referencePolicy": ["literal", "logical", "local"],
     }
-    params = [{"name": code, **({"definition": sp.url} if sp.url else {}), "type": sp.type}
-              for code, sp in registry().for_type(rtype).items()]
+    params = [
+        {"name": code, **({"definition": sp.url} if sp.url else {}), "type": sp.type}
+        for code, sp in registry().for_type(rtype).items()
+    ]
     if params:
         out["searchParam"] = params
     if rtype in _OPERATIONS:

@@ -4,6 +4,7 @@ associative, no precedence), `( ... )` and `not ( ... )`. Operators map to Medpl
 `po`, `ss`, `sb` and unknown ones are 400 "Invalid operator: x". Paths are parameter codes, chains
 (`patient.name`) and `_has:` included; values are words, quoted strings ('..' / ".."), numbers, dates.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,13 +14,46 @@ from ..errors import BadRequest
 
 # filter/parse.ts operatorMap: _filter operator -> Medplum search operator (None: not supported)
 OPERATORS = {
-    "eq": "exact", "ne": "ne", "co": "contains", "sw": "sw", "ew": None, "gt": "gt", "lt": "lt", "ge": "ge",
-    "le": "le", "ap": "ap", "sa": "sa", "eb": "eb", "pr": "present", "po": None, "ss": None, "sb": None,
-    "in": "in", "ni": "not-in", "re": "eq", "identifier": "identifier",
+    "eq": "exact",
+    "ne": "ne",
+    "co": "contains",
+    "sw": "sw",
+    "ew": None,
+    "gt": "gt",
+    "lt": "lt",
+    "ge": "ge",
+    "le": "le",
+    "ap": "ap",
+    "sa": "sa",
+    "eb": "eb",
+    "pr": "present",
+    "po": None,
+    "ss": None,
+    "sb": None,
+    "in": "in",
+    "ni": "not-in",
+    "re": "eq",
+    "identifier": "identifier",
 }
 
-_UNITS = {"year", "years", "month", "months", "week", "weeks", "day", "days", "hour", "hours", "minute", "minutes",
-          "second", "seconds", "millisecond", "milliseconds"}
+_UNITS = {
+    "year",
+    "years",
+    "month",
+    "months",
+    "week",
+    "weeks",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "second",
+    "seconds",
+    "millisecond",
+    "milliseconds",
+}
 _DATE_LITERAL = re.compile(r"^\d{4}-\d{2}[\dT:.+\-Z]*(?=[\s)\]]|$)")
 _ESCAPES = {"'": "'", '"': '"', "`": "`", "r": "\r", "n": "\n", "t": "\t", "f": "\f", "\\": "\\"}
 
@@ -38,7 +72,7 @@ class Negation:
 
 @dataclass
 class Connective:
-    keyword: str            # "and" | "or"
+    keyword: str  # "and" | "or"
     left: Node
     right: Node
 
@@ -82,7 +116,7 @@ class _Lexer:
         start = self.i
         while self.i < len(self.s) and cond(self.s[self.i]):
             self.i += 1
-        return self.s[start:self.i]
+        return self.s[start : self.i]
 
     def _next(self) -> _Token | None:
         self._while(str.isspace)
@@ -129,8 +163,8 @@ class _Lexer:
                 if esc in _ESCAPES:
                     buf.append(_ESCAPES[esc])
                     self.i += 1
-                elif esc == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", self.s[self.i + 1:self.i + 5] or ""):
-                    buf.append(chr(int(self.s[self.i + 1:self.i + 5], 16)))
+                elif esc == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", self.s[self.i + 1 : self.i + 5] or ""):
+                    buf.append(chr(int(self.s[self.i + 1 : self.i + 5], 16)))
                     self.i += 5
                 continue
             if ch == end:
@@ -160,7 +194,7 @@ class _Lexer:
                 self._while(lambda ch: ch.isdigit() or ch == ":")
         if self.i == start:
             raise BadRequest("Invalid DateTime literal")
-        value = self.s[start:self.i]
+        value = self.s[start : self.i]
         if value.endswith("T"):
             value = value[:-1]
         elif not value.startswith("T") and found_time and not found_tz:
@@ -185,12 +219,12 @@ class _Lexer:
             self._while(str.isspace)
             unit = self._while(_symbol_char) if (self._cur().isalnum() or self._cur() == "_") else ""
             if unit in _UNITS:
-                return _Token("Quantity", self.s[start:self.i])
+                return _Token("Quantity", self.s[start : self.i])
             self.i = save
         elif term and (term.isalpha() or term in "_$"):
             self.i = start
             return _Token("String", self._while(_symbol_char))
-        return _Token("Number", self.s[start:self.i])
+        return _Token("Number", self.s[start : self.i])
 
 
 class _Parser:

@@ -1,4 +1,5 @@
 """JSON Patch (RFC 6902) applied to a resource dict; errors are Medplum-style BadRequest outcomes."""
+
 from __future__ import annotations
 
 import copy
@@ -110,14 +111,16 @@ def apply_patch(resource: dict, ops: Any) -> dict:
             src = _tokens(op.get("from"))
             val = _get(doc, src)
             if kind == "move":
-                if toks[:len(src)] == src and toks != src:
+                if toks[: len(src)] == src and toks != src:
                     raise BadRequest("Cannot move a value into one of its children")
                 _remove(doc, src)
             doc = _add(doc, toks, copy.deepcopy(val))
         elif kind == "test":
             actual = _get(doc, toks)
-            if actual != op["value"] or (type(actual) is not type(op["value"]) and not (
-                    isinstance(actual, (int, float)) and isinstance(op["value"], (int, float)))):
+            if actual != op["value"] or (
+                type(actual) is not type(op["value"])
+                and not (isinstance(actual, (int, float)) and isinstance(op["value"], (int, float)))
+            ):
                 raise BadRequest(f"Test failed: {op.get('path')}")
         else:
             raise BadRequest(f"Unknown JSON Patch operation: {kind}")

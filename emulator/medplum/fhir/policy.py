@@ -11,6 +11,7 @@ are passed in from medport.emulator.medplum.releases).
 - No policy = Medplum's default policy `{resource: [{resourceType: "*"}]}`.
 - `hiddenFields` are removed from what the caller reads; `readonlyFields` keep their stored value on write.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,16 +19,36 @@ from typing import Any
 
 from .search import matches as search_matches
 
-READ, VREAD, UPDATE, DELETE, HISTORY, CREATE, SEARCH = "read", "vread", "update", "delete", "history", "create", "search"
+READ, VREAD, UPDATE, DELETE, HISTORY, CREATE, SEARCH = (
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history",
+    "create",
+    "search",
+)
 READ_INTERACTIONS = (READ, VREAD, HISTORY, SEARCH)
 PROTECTED_TYPES = frozenset({"DomainConfiguration", "Enterprise", "JsonWebKey", "Login"})
-PROJECT_ADMIN_TYPES = frozenset({"AccessPolicy", "Cron", "Package", "PackageRelease", "PackageInstallation",
-                                 "Project", "ProjectMembership", "User", "UserSecurityRequest"})
+PROJECT_ADMIN_TYPES = frozenset(
+    {
+        "AccessPolicy",
+        "Cron",
+        "Package",
+        "PackageRelease",
+        "PackageInstallation",
+        "Project",
+        "ProjectMembership",
+        "User",
+        "UserSecurityRequest",
+    }
+)
 _DEFAULT = [{"resourceType": "*"}]
 
 
-def _entry_allows(entry: dict, resource_type: str | None, interaction: str,
-                  admin_types: frozenset[str] = PROJECT_ADMIN_TYPES) -> bool:
+def _entry_allows(
+    entry: dict, resource_type: str | None, interaction: str, admin_types: frozenset[str] = PROJECT_ADMIN_TYPES
+) -> bool:
     rt = entry.get("resourceType")
     if rt != resource_type and (rt != "*" or resource_type in admin_types):
         return False
@@ -40,9 +61,16 @@ def _entry_allows(entry: dict, resource_type: str | None, interaction: str,
 class Access:
     """Evaluate one or more AccessPolicy resources (None = full project access)."""
 
-    def __init__(self, policies: list[dict] | None, *, admin: bool = False, superuser: bool = False,
-                 variables: dict[str, str] | None = None, admin_types: frozenset[str] = PROJECT_ADMIN_TYPES,
-                 protected_types: frozenset[str] = PROTECTED_TYPES):
+    def __init__(
+        self,
+        policies: list[dict] | None,
+        *,
+        admin: bool = False,
+        superuser: bool = False,
+        variables: dict[str, str] | None = None,
+        admin_types: frozenset[str] = PROJECT_ADMIN_TYPES,
+        protected_types: frozenset[str] = PROTECTED_TYPES,
+    ):
         """`variables`: AccessPolicy parameters (ProjectMembership.access[].parameter), e.g.
         {"%patient": "Patient/123", "%profile": "Practitioner/9"}, substituted into criteria strings.
         `admin_types` / `protected_types`: the emulated release's lists (they grew release by release:
@@ -73,8 +101,9 @@ class Access:
         key = (resource_type, interaction)
         found = self._memo.get(key)
         if found is None:
-            found = self._memo[key] = [e for e in self.entries
-                                       if _entry_allows(e, resource_type, interaction, self.admin_types)]
+            found = self._memo[key] = [
+                e for e in self.entries if _entry_allows(e, resource_type, interaction, self.admin_types)
+            ]
         return found
 
     def can(self, interaction: str, resource_type: str) -> bool:

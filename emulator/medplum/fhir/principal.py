@@ -1,4 +1,5 @@
 """Who is calling the FHIR backend."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,8 +10,8 @@ from .policy import Access
 @dataclass
 class Principal:
     project_id: str
-    profile: str                          # "ClientApplication/<id>" | "Bot/<id>" | "Practitioner/<id>"
-    membership: dict | None = None        # the ProjectMembership resource
+    profile: str  # "ClientApplication/<id>" | "Bot/<id>" | "Practitioner/<id>"
+    membership: dict | None = None  # the ProjectMembership resource
     access: Access = field(default_factory=lambda: Access(None))
     superuser: bool = False
 

@@ -1,4 +1,5 @@
 """What a FHIR interaction answers: status, body (a resource, a Bundle or an OperationOutcome) and headers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

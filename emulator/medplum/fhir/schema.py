@@ -6,6 +6,7 @@ resource type gets `{"$ref": "#/definitions/<Type>", "definitions": ...}` with t
 schema; contained/entry resources are then validated with their own per-type validator. Validators
 are compiled on first use and cached (compile ~80 ms, validate an Observation ~2-4 µs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,10 @@ def resource_types() -> frozenset[str]:
     emulator reads no file."""
     defs = _schema()["definitions"]
     return frozenset(
-        name for name, d in defs.items()
-        if isinstance(d, dict) and "resourceType" in (d.get("properties") or {})
+        name
+        for name, d in defs.items()
+        if isinstance(d, dict)
+        and "resourceType" in (d.get("properties") or {})
         and (d["properties"]["resourceType"].get("const") == name)
     )
 
@@ -76,10 +79,16 @@ def _add_lagging_properties(defs: dict) -> None:
             if not parent or not name or name.endswith("[x]"):
                 continue
             target = defs.get(_definition_name(parent))
-            if isinstance(target, dict) and isinstance(target.get("properties"), dict) and name not in target["properties"]:
+            if (
+                isinstance(target, dict)
+                and isinstance(target.get("properties"), dict)
+                and name not in target["properties"]
+            ):
                 many = el.get("max") == "*"
-                target = defs[_definition_name(parent)] = {**target, "properties": {**target["properties"],
-                                                           name: {"type": "array"} if many else {}}}
+                target = defs[_definition_name(parent)] = {
+                    **target,
+                    "properties": {**target["properties"], name: {"type": "array"} if many else {}},
+                }
 
 
 class Validator:
@@ -118,10 +127,11 @@ class Validator:
                     keys.append(key)
         if todo and (len(todo) >= 2 or not wait):
             from .strict import default_strict_validator
+
             try:
                 fut = default_strict_validator().submit(todo)
             except RecursionError:
-                fut = None      # validate() then meets it alone (and the caller answers 400)
+                fut = None  # validate() then meets it alone (and the caller answers 400)
             except (RuntimeError, ValueError, OSError):
                 fut = None
             if fut is not None:
@@ -175,6 +185,7 @@ class Validator:
                 except Exception:
                     pass
         from .strict import default_strict_validator
+
         return default_strict_validator().check(resource)
 
     def _validator(self, resource_type: str):
@@ -256,8 +267,9 @@ class Validator:
             return
         probs = self.problems(resource)
         if probs:
-            if (len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object")) or \
-                    probs[0][0] == "Unknown resource type":
+            if (len(probs) == 1 and probs[0][0] in ("Missing resourceType", "Resource must be an object")) or probs[0][
+                0
+            ] == "Unknown resource type":
                 raise BadRequest(probs[0][0])
             raise ValidationFailed(probs)
 
@@ -265,8 +277,15 @@ class Validator:
         return not self.problems(resource)
 
 
-_JSON_TYPE = {str: "string", int: "number", float: "number", bool: "boolean", dict: "object", list: "array",
-              type(None): "null"}
+_JSON_TYPE = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
 
 
 def _medplum_text(kind: str, err) -> str:
@@ -298,8 +317,11 @@ def _empty_values(node: Any, path: str, out: list) -> None:
         for k, v in node.items():
             if v is None:
                 out.append(("Invalid null value", f"{path}.{k}"))
-            elif (isinstance(v, (str, list, dict)) and len(v) == 0) and k != "div" and not (
-                    k == "meta" and "." not in path):
+            elif (
+                (isinstance(v, (str, list, dict)) and len(v) == 0)
+                and k != "div"
+                and not (k == "meta" and "." not in path)
+            ):
                 out.append(("Invalid empty value", f"{path}.{k}"))
             elif isinstance(v, (dict, list)):
                 _empty_values(v, f"{path}.{k}", out)

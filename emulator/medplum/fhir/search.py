@@ -9,6 +9,7 @@ an array, a reference with one target type) comes from medplum_facts.json (searc
 Chains (`patient.organization.name`, `_has:Observation:subject:code`, at most three links) and `_filter` are
 compiled to nested sub-selects on the same index tables.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -39,29 +40,71 @@ MAX_CHAIN_LINKS = 3
 LIKE_MAX_BYTES = 40_000
 # @medplum/core search.ts PREFIX_OPERATORS and MODIFIER_OPERATORS
 PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap", "sw")
-MODIFIERS = frozenset({"contains", "exact", "above", "below", "text", "not", "in", "not-in", "of-type", "missing",
-                       "identifier", "iterate"})
+MODIFIERS = frozenset(
+    {
+        "contains",
+        "exact",
+        "above",
+        "below",
+        "text",
+        "not",
+        "in",
+        "not-in",
+        "of-type",
+        "missing",
+        "identifier",
+        "iterate",
+    }
+)
 _PREFIXED_TYPES = ("date", "number", "quantity")
 # server fhirOperatorToSqlOperator: the operators a plain date/number column compares with
-_SQL_OPERATORS = {"eq": "eq", "exact": "eq", "ne": "ne", "not": "ne", "gt": "gt", "sa": "sa", "ge": "ge", "lt": "lt",
-                  "eb": "eb", "le": "le"}
+_SQL_OPERATORS = {
+    "eq": "eq",
+    "exact": "eq",
+    "ne": "ne",
+    "not": "ne",
+    "gt": "gt",
+    "sa": "sa",
+    "ge": "ge",
+    "lt": "lt",
+    "eb": "eb",
+    "le": "le",
+}
 # server token-column.ts buildTokenColumnsSearchFilter: refused on a token column
-_TOKEN_COLUMN_REFUSED = {"in", "not-in", "of-type", "above", "below", "identifier", "iterate", "sw", "gt", "lt",
-                         "ge", "le", "sa", "eb", "ap"}
+_TOKEN_COLUMN_REFUSED = {
+    "in",
+    "not-in",
+    "of-type",
+    "above",
+    "below",
+    "identifier",
+    "iterate",
+    "sw",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "sa",
+    "eb",
+    "ap",
+}
 SUBSETTED_TAG = {"system": "http://hl7.org/fhir/v3/ObservationValue", "code": "SUBSETTED"}
 # @medplum/core search.ts searchDateRegex (5.2) and typeschema validation.ts dateTime (before)
 _SEARCH_DATE_RE = re.compile(
     r"^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1])(T([01]\d|2[0-3]):[0-5]\d"
-    r"(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))?)?)?)?$")
+    r"(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))?)?)?)?$"
+)
 _DATETIME_RE = re.compile(
     r"^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1])(T([01]\d|2[0-3])"
-    r"(:[0-5]\d:([0-5]\d|60)(\.\d{1,9})?)?)?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)?)?)?$")
+    r"(:[0-5]\d:([0-5]\d|60)(\.\d{1,9})?)?)?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)?)?)?$"
+)
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @dataclass
 class Link:
     """One link of a chained search: forward (origin.code -> target) or reverse (`_has:target:code` on origin)."""
+
     forward: bool
     code: str
     origin: str
@@ -71,12 +114,12 @@ class Link:
 @dataclass
 class Filter:
     code: str
-    modifier: str | None           # Medplum's operator (None = equals): not, ne, exact, contains, text, missing, ...
+    modifier: str | None  # Medplum's operator (None = equals): not, ne, exact, contains, text, missing, ...
     values: list[str]
-    param: SearchParam | None      # None for _id / _lastUpdated / chains / _filter
-    chain: list[Link] | None = None    # a chained search: the links, then `inner` on the last target type
+    param: SearchParam | None  # None for _id / _lastUpdated / chains / _filter
+    chain: list[Link] | None = None  # a chained search: the links, then `inner` on the last target type
     inner: Filter | None = None
-    tree: Any = None               # `_filter`: ("and"|"or", a, b) / ("not", a) / Filter
+    tree: Any = None  # `_filter`: ("and"|"or", a, b) / ("not", a) / Filter
     not_needs_value: bool = False  # `:not` leaves out resources without a value (older releases' one-value `:not`)
 
 
@@ -89,18 +132,18 @@ class SearchRequest:
     filters: list[Filter] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     offset: int = 0
-    sort: list[tuple[str, bool]] = field(default_factory=list)   # (code, descending)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
     total: str | None = None
     summary: str | None = None
     fields: list[str] | None = None  # `_elements` / `_fields`
     include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
-    include_iterate: set[int] = field(default_factory=set)      # positions in `include` given as _include:iterate
+    include_iterate: set[int] = field(default_factory=set)  # positions in `include` given as _include:iterate
     revinclude_iterate: set[int] = field(default_factory=set)
-    cursor: str | None = None      # `_cursor` as given
-    after: tuple[float, list[str]] | None = None   # the cursor read: (lastUpdated at or after, ids left out)
-    query: list[tuple[str, str]] = field(default_factory=list)   # the original (for links)
-    count_text: str | None = None   # `_count` as Medplum prints it in links when it is not a plain number ("NaN", "-3")
+    cursor: str | None = None  # `_cursor` as given
+    after: tuple[float, list[str]] | None = None  # the cursor read: (lastUpdated at or after, ids left out)
+    query: list[tuple[str, str]] = field(default_factory=list)  # the original (for links)
+    count_text: str | None = None  # `_count` as Medplum prints it in links when it is not a plain number ("NaN", "-3")
     types: list[str] | None = None  # `_type` (system-level search)
 
 
@@ -134,8 +177,11 @@ def parse_query_string(qs: str) -> list[tuple[str, str]]:
     return parse_qsl(qs, keep_blank_values=True)
 
 
-def parse_search(resource_type: str, query: list[tuple[str, str]] | str,  # noqa: C901 — one branch per special parameter, as Medplum's parser
-                 release: Release = NEWEST_RELEASE) -> SearchRequest:
+def parse_search(
+    resource_type: str,
+    query: list[tuple[str, str]] | str,  # noqa: C901 — one branch per special parameter, as Medplum's parser
+    release: Release = NEWEST_RELEASE,
+) -> SearchRequest:
     """Parse `query` ([(name, value)] or a query string) for `resource_type`; raises BadRequest."""
     if isinstance(query, str):
         query = parse_query_string(query.lstrip("?"))
@@ -148,7 +194,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,  # noqa
             raise BadRequest("Search filter value cannot contain null bytes")
         code, _, modifier = name.partition(":")
         if code == "_":
-            continue        # core search.ts: the cache-busting parameter React Native adds
+            continue  # core search.ts: the cache-busting parameter React Native adds
         if code == "_has" or "." in name:
             req.filters.append(chain_filter(resource_type, name, value, release))
         elif code == "_count":
@@ -188,8 +234,7 @@ def parse_search(resource_type: str, query: list[tuple[str, str]] | str,  # noqa
         elif code in ("_format", "_pretty"):
             continue
         elif code == "_filter":
-            req.filters.append(Filter("_filter", None, [value], None,
-                                      tree=_filter_tree(resource_type, value, release)))
+            req.filters.append(Filter("_filter", None, [value], None, tree=_filter_tree(resource_type, value, release)))
         else:
             sp = params.get(code)
             if sp is None:
@@ -245,7 +290,7 @@ def _parse_cursor(cursor: str, offset: int) -> tuple[float, list[str]] | None:
         return None
     ms = js_parse_int(instant)
     if ms is None or abs(ms) > 8.64e15:
-        raise BadRequest("Invalid time value")   # new Date(NaN).toISOString()
+        raise BadRequest("Invalid time value")  # new Date(NaN).toISOString()
     return ms / 1000, (excluded.split(",") if version == "2" and excluded else [])
 
 
@@ -286,8 +331,16 @@ def invalid_operator(op: str, name: str) -> BadRequest:
     return BadRequest(f"Invalid operator {op} for {name}")
 
 
-def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None, value: str,  # noqa: C901 — one branch per modifier
-                    release: Release = NEWEST_RELEASE, operator: str = "eq", raw: bool = False) -> Filter:
+def parse_parameter(
+    rtype: str,
+    sp: SearchParam,
+    code: str,
+    modifier: str | None,
+    value: str,  # noqa: C901 — one branch per modifier
+    release: Release = NEWEST_RELEASE,
+    operator: str = "eq",
+    raw: bool = False,
+) -> Filter:
     """One `code[:modifier]=value` as core parseParameter reads it, checked as the server's filter builders check
     it. `raw`: a `_filter` comparison (operator given, value taken as is: no prefix, no core format check)."""
     if code in ("_id", "_lastUpdated"):
@@ -324,8 +377,13 @@ def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None
             raise invalid_operator(op, code)
         if value not in ("true", "false"):
             raise BadRequest("Boolean search value must be 'true' or 'false'")
-        return Filter(code, "not" if op in ("not", "ne") else None, [value], sp,
-                      not_needs_value=not release.boolean_not_keeps_missing)
+        return Filter(
+            code,
+            "not" if op in ("not", "ne") else None,
+            [value],
+            sp,
+            not_needs_value=not release.boolean_not_keeps_missing,
+        )
     if kind in ("t", "i"):
         if op in _TOKEN_COLUMN_REFUSED:
             raise invalid_operator(op, sp.id or code)
@@ -333,12 +391,14 @@ def parse_parameter(rtype: str, sp: SearchParam, code: str, modifier: str | None
         mod = {"text": "text", "contains": "text", "not": "not", "ne": "not"}.get(op)
         return Filter(code, mod, values, sp)
     # a plain column (code, string, uri): any operator but a negation compares for equality
-    return Filter(code, "not" if op in ("not", "ne") else None, values, sp,
-                  not_needs_value=not release.token_not_keeps_missing)
+    return Filter(
+        code, "not" if op in ("not", "ne") else None, values, sp, not_needs_value=not release.token_not_keeps_missing
+    )
 
 
-def _special_parameter(code: str, modifier: str | None, value: str, release: Release, operator: str,
-                       raw: bool) -> Filter:
+def _special_parameter(
+    code: str, modifier: str | None, value: str, release: Release, operator: str, raw: bool
+) -> Filter:
     op = modifier or operator
     if op in ("missing", "present"):
         return Filter(code, op, [value], None)
@@ -412,6 +472,7 @@ def _reference_value(sp: SearchParam, v: str, release: Release) -> str:
 
 # ---------------------------------------------------------------- chains and _filter
 
+
 def _split_chain(chain: str) -> list[str]:
     """server search.ts splitChainedSearch: `_has:Type:code` parts and `.`-separated parts."""
     parts = []
@@ -422,18 +483,24 @@ def _split_chain(chain: str) -> list[str]:
             if type_end < 0 or type_end >= code_end:
                 raise BadRequest("Invalid search chain: " + chain)
             parts.append(chain[:code_end])
-            chain = chain[code_end + 1:]
+            chain = chain[code_end + 1 :]
         else:
             dot = chain.find(".")
             if dot < 0:
                 dot = len(chain)
             parts.append(chain[:dot])
-            chain = chain[dot + 1:]
+            chain = chain[dot + 1 :]
     return parts
 
 
-def chain_filter(rtype: str, name: str, value: str, release: Release = NEWEST_RELEASE,  # noqa: C901 — forward and reverse chains side by side
-                 operator: str = "eq", raw: bool = False) -> Filter:
+def chain_filter(
+    rtype: str,
+    name: str,
+    value: str,
+    release: Release = NEWEST_RELEASE,  # noqa: C901 — forward and reverse chains side by side
+    operator: str = "eq",
+    raw: bool = False,
+) -> Filter:
     """server search.ts parseChainedParameter: forward links `code[:Type]`, reverse links `_has:Type:code`, then the
     parameter that filters the last type (or `_filter`)."""
     current = rtype
@@ -501,8 +568,16 @@ def _tree_of(rtype: str, node: FX.Node, release: Release) -> FilterTree:
     if path == "_filter":
         return Filter("_filter", None, [value], None, tree=_filter_tree(rtype, value, release))
     if path in ("_id", "_lastUpdated"):
-        return parse_parameter(rtype, registry().for_type(rtype).get(path) or SearchParam(path, "token", ""), path,
-                               None, value, release, op, raw=True)
+        return parse_parameter(
+            rtype,
+            registry().for_type(rtype).get(path) or SearchParam(path, "token", ""),
+            path,
+            None,
+            value,
+            release,
+            op,
+            raw=True,
+        )
     sp = registry().get(rtype, path)
     if sp is None:
         raise BadRequest(f"Unknown search parameter: {path}")
@@ -555,7 +630,7 @@ def number_range(s: str) -> tuple[float, float] | None:
     if "e" in s.lower():
         return x, x
     decimals = len(s.split(".", 1)[1]) if "." in s else 0
-    half = 0.5 * 10 ** -decimals
+    half = 0.5 * 10**-decimals
     return x - half, x + half
 
 
@@ -580,10 +655,15 @@ def _cmp_range(op: str, lo: float, hi: float, s: float, e: float) -> bool:
 
 def _sql_range(op: str, lo_col: str, hi_col: str) -> str:
     return {
-        "eq": f"{lo_col} < ? AND {hi_col} > ?", "ap": f"{lo_col} < ? AND {hi_col} > ?",
+        "eq": f"{lo_col} < ? AND {hi_col} > ?",
+        "ap": f"{lo_col} < ? AND {hi_col} > ?",
         "ne": f"{lo_col} < ? AND {hi_col} > ?",
-        "lt": f"{lo_col} < ?", "gt": f"{hi_col} > ?", "le": f"{lo_col} <= ?", "ge": f"{hi_col} >= ?",
-        "sa": f"{lo_col} > ?", "eb": f"{hi_col} < ?",
+        "lt": f"{lo_col} < ?",
+        "gt": f"{hi_col} > ?",
+        "le": f"{lo_col} <= ?",
+        "ge": f"{hi_col} >= ?",
+        "sa": f"{lo_col} > ?",
+        "eb": f"{hi_col} < ?",
     }[op]
 
 
@@ -597,8 +677,15 @@ def _like_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_TABLE = {"token": "idx_token", "uri": "idx_token", "string": "idx_string", "reference": "idx_ref",
-          "date": "idx_date", "number": "idx_num", "quantity": "idx_num"}
+_TABLE = {
+    "token": "idx_token",
+    "uri": "idx_token",
+    "string": "idx_string",
+    "reference": "idx_ref",
+    "date": "idx_date",
+    "number": "idx_num",
+    "quantity": "idx_num",
+}
 
 
 def _in(col: str, values: list[Any]) -> str:
@@ -666,7 +753,7 @@ def _presence_sql(f: Filter) -> tuple[str, list[Any]]:
     assert sp is not None
     tables = [_TABLE[sp.type]]
     if sp.type == "token" and sp.kind == "t":
-        tables.append("idx_text")       # a CodeableConcept with only a text is a value too (token-column.ts)
+        tables.append("idx_text")  # a CodeableConcept with only a text is a value too (token-column.ts)
     q = " OR ".join(_has_value(t) for t in tables)
     args = [f.code] * len(tables)
     return (f"NOT ({q})" if f.values[0] == "true" else f"({q})"), args
@@ -808,7 +895,7 @@ def _ordered_sql(f: Filter) -> tuple[str, list[Any]]:
         x = float(parts[0])
         if op in ("eq", "ne"):
             cond, a = "x.value >= ? AND x.value < ?", [r[0], r[1]]
-        elif op == "ap":   # server search.ts buildQuantitySearchFilter: within 10 %
+        elif op == "ap":  # server search.ts buildQuantitySearchFilter: within 10 %
             lo, hi = sorted((x * 0.9, x * 1.1))
             cond, a = "x.value >= ? AND x.value <= ?", [lo, hi]
         else:
@@ -837,12 +924,16 @@ def _chain_sql(links: list[Link], inner: Filter | None) -> tuple[str, list[Any]]
     cond, args = filter_sql(inner)
     for link in reversed(links):
         if link.forward:
-            cond = ("r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.param = ? AND x.ref IN "
-                    f"(SELECT ? || r.id FROM resources r WHERE r.type = ? AND r.deleted = 0 AND {cond}))")
+            cond = (
+                "r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.param = ? AND x.ref IN "
+                f"(SELECT ? || r.id FROM resources r WHERE r.type = ? AND r.deleted = 0 AND {cond}))"
+            )
             args = [link.code, link.target + "/", link.target, *args]
         else:
-            cond = ("(? || r.id) IN (SELECT x.ref FROM idx_ref x WHERE x.param = ? AND x.rid IN "
-                    f"(SELECT r.rid FROM resources r WHERE r.type = ? AND r.deleted = 0 AND {cond}))")
+            cond = (
+                "(? || r.id) IN (SELECT x.ref FROM idx_ref x WHERE x.param = ? AND x.rid IN "
+                f"(SELECT r.rid FROM resources r WHERE r.type = ? AND r.deleted = 0 AND {cond}))"
+            )
             args = [link.origin + "/", link.code, link.target, *args]
     return cond, args
 
@@ -874,8 +965,13 @@ def sort_sql(req: SearchRequest, params: dict[str, SearchParam]) -> tuple[str, l
             table = _TABLE.get(sp.type)
             if not table:
                 continue
-            col = {"idx_token": "x.code", "idx_string": "x.value", "idx_ref": "x.ref", "idx_date": "x.lo",
-                   "idx_num": "x.value"}[table]
+            col = {
+                "idx_token": "x.code",
+                "idx_string": "x.value",
+                "idx_ref": "x.ref",
+                "idx_date": "x.lo",
+                "idx_num": "x.value",
+            }[table]
             nulls = " NULLS FIRST" if desc else " NULLS LAST"
             parts.append(f"(SELECT MIN({col}) FROM {table} x WHERE x.rid = r.rid AND x.param = ?){d}{nulls}")
             args.append(code)
@@ -935,6 +1031,7 @@ def subset(resource: dict, req: SearchRequest) -> dict:
 
 
 # ---------------------------------------------------------------- in-memory matching (subscriptions, policies)
+
 
 def matches(resource: dict, criteria: str | SearchRequest) -> bool:
     """Does `resource` match the search `criteria` ("Patient?active=true", "active=true" or a SearchRequest)?
@@ -1063,7 +1160,7 @@ def _match_ordered(sp: SearchParam, f: Filter, vals: list[Any]) -> bool:
     t, op = sp.type, f.modifier or "eq"
     if t == "date":
         have = V.date_values(vals)
-        wanted = [V.date_range(v) for v in f.values]   # parse_search checked each: none is None
+        wanted = [V.date_range(v) for v in f.values]  # parse_search checked each: none is None
         hits = [_cmp_range(op, lo, hi, *w) for w in wanted if w is not None for lo, hi in have]
     else:
         have_n = V.number_values(vals)

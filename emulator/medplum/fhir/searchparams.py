@@ -9,6 +9,7 @@ the resource JSON. Supported (everything the R4 parameters use in practice):
   indexed), which is a graceful fallback rather than an error.
 Compilation is lazy per resource type, so start-up only parses the JSON files (~50 ms).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,36 +23,51 @@ from typing import Any
 from ...node import definitions_dir
 
 # Medplum's special parameters, available on every type.
-SPECIAL = {"_id", "_lastUpdated", "_count", "_offset", "_sort", "_total", "_summary", "_include",
-           "_revinclude", "_elements", "_fields", "_format", "_pretty", "_type", "_cursor"}
+SPECIAL = {
+    "_id",
+    "_lastUpdated",
+    "_count",
+    "_offset",
+    "_sort",
+    "_total",
+    "_summary",
+    "_include",
+    "_revinclude",
+    "_elements",
+    "_fields",
+    "_format",
+    "_pretty",
+    "_type",
+    "_cursor",
+}
 
 
 @dataclass
 class Step:
-    name: str                      # property name ("" for a filter-only step)
-    choice: str | None = None      # ofType/as type, e.g. "Quantity" -> valueQuantity
-    ref_type: str | None = None    # where(resolve() is X)
+    name: str  # property name ("" for a filter-only step)
+    choice: str | None = None  # ofType/as type, e.g. "Quantity" -> valueQuantity
+    ref_type: str | None = None  # where(resolve() is X)
     where: tuple[str, str] | None = None  # where(field='value')
 
 
 @dataclass
 class SearchParam:
     code: str
-    type: str                      # token, string, reference, date, number, quantity, uri, composite, special
+    type: str  # token, string, reference, date, number, quantity, uri, composite, special
     expression: str
     paths: list[list[Step]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     supported: bool = True
-    first_names: frozenset | None = None   # top-level properties a value can come from (None = unknown)
-    custom: Any = None             # a function resource -> values, for expressions that are not plain paths
-    id: str = ""                   # SearchParameter.id (named in Medplum's "Invalid modifier" errors)
+    first_names: frozenset | None = None  # top-level properties a value can come from (None = unknown)
+    custom: Any = None  # a function resource -> values, for expressions that are not plain paths
+    id: str = ""  # SearchParameter.id (named in Medplum's "Invalid modifier" errors)
     url: str = ""
     # How Medplum's server stores the parameter (medplum_facts.json, from @medplum/core and server tokens.ts):
     # token kind "t" token column (system|value; CodeableConcept.text and Coding.display also match as values),
     # "i" the same, case-insensitive (ContactPoint), "b" a boolean column, "c" a plain column (code, string, uri)
     kind: str = ""
-    array: bool = False            # several values per resource (Medplum's array column)
-    single_target: str | None = None   # a reference to one resource type: a bare UUID is read as Type/<uuid>
+    array: bool = False  # several values per resource (Medplum's array column)
+    single_target: str | None = None  # a reference to one resource type: a bare UUID is read as Type/<uuid>
     canonical: bool = False
 
     def extract(self, resource: dict) -> list[Any]:
@@ -103,11 +119,11 @@ def _walk(node: Any, path: list[Step], i: int, out: list) -> None:
         for item in items:
             if step.ref_type is not None:
                 ref = item.get("reference") if isinstance(item, dict) else None
-                if not isinstance(ref, str) or not (ref.startswith(step.ref_type + "/") or
-                                                    ("/" + step.ref_type + "/") in ref):
+                if not isinstance(ref, str) or not (
+                    ref.startswith(step.ref_type + "/") or ("/" + step.ref_type + "/") in ref
+                ):
                     continue
-            if step.where is not None and (not isinstance(item, dict)
-                                           or str(item.get(step.where[0])) != step.where[1]):
+            if step.where is not None and (not isinstance(item, dict) or str(item.get(step.where[0])) != step.where[1]):
                 continue
             _walk(item, path, i + 1, out)
 
@@ -301,15 +317,28 @@ class SearchParamRegistry:
                     r = e.get("resource") or {}
                     if r.get("resourceType") != "SearchParameter":
                         continue
-                    slim = {"code": r.get("code"), "type": r.get("type"), "expression": r.get("expression"),
-                            "target": r.get("target") or [], "id": r.get("id") or "", "url": r.get("url") or ""}
+                    slim = {
+                        "code": r.get("code"),
+                        "type": r.get("type"),
+                        "expression": r.get("expression"),
+                        "target": r.get("target") or [],
+                        "id": r.get("id") or "",
+                        "url": r.get("url") or "",
+                    }
                     for base in r.get("base") or []:
                         raw.setdefault(base, []).append(slim)
             # Medplum's implicit parameters on every type (@medplum/core getSearchParameters)
-            raw.setdefault("Resource", []).extend([
-                {"code": "_compartment", "type": "reference", "expression": "Resource.meta.compartment", "target": []},
-                {"code": "_project", "type": "token", "expression": "Resource.meta.project", "target": []},
-            ])
+            raw.setdefault("Resource", []).extend(
+                [
+                    {
+                        "code": "_compartment",
+                        "type": "reference",
+                        "expression": "Resource.meta.compartment",
+                        "target": [],
+                    },
+                    {"code": "_project", "type": "token", "expression": "Resource.meta.project", "target": []},
+                ]
+            )
             self._raw = raw
         return self._raw
 
@@ -385,7 +414,7 @@ def _patient_compartment() -> dict[str, list[str]]:
     return {r["code"]: list(r.get("param") or []) for r in d.get("resource", []) if r.get("param")}
 
 
-@cache          # the registry compiles each type once and never changes it
+@cache  # the registry compiles each type once and never changes it
 def patient_compartment_params(resource_type: str) -> tuple[SearchParam, ...]:
     """The reference parameters placing a resource of this type in a Patient compartment."""
     reg = registry()

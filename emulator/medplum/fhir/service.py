@@ -26,6 +26,7 @@ Medplum facts kept (server fhir/batch.ts, repo.ts, @medplum/core access.ts / out
   one retry also conflicts;
 - an update equal to the stored version (ignoring meta) creates no version: 200 with the stored resource.
 """
+
 from __future__ import annotations
 
 import base64
@@ -137,8 +138,10 @@ def _js_date_string(iso: str | None) -> str:
     if r is None:
         return "Invalid Date"
     t = time.gmtime(int(r[0]))
-    return (f"{_DAYS[t.tm_wday]} {_MONTHS[t.tm_mon - 1]} {t.tm_mday:02d} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT+0000 (Coordinated Universal Time)")
+    return (
+        f"{_DAYS[t.tm_wday]} {_MONTHS[t.tm_mon - 1]} {t.tm_mday:02d} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT+0000 (Coordinated Universal Time)"
+    )
 
 
 def _res_headers(res: dict) -> dict[str, str]:
@@ -158,16 +161,33 @@ SERIALIZATION_FAILURE_TEXT = "could not serialize access due to read/write depen
 
 def serialization_conflict() -> FhirError:
     """Medplum's normalizeDatabaseError for Postgres 40001: 409 conflict(err.message, '40001')."""
-    return FhirError({"resourceType": "OperationOutcome", "id": "conflict",
-                      "issue": [{"severity": "error", "code": "conflict",
-                                 "details": {"coding": [{"code": "40001"}], "text": SERIALIZATION_FAILURE_TEXT}}]})
+    return FhirError(
+        {
+            "resourceType": "OperationOutcome",
+            "id": "conflict",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "conflict",
+                    "details": {"coding": [{"code": "40001"}], "text": SERIALIZATION_FAILURE_TEXT},
+                }
+            ],
+        }
+    )
 
 
 class FhirService(BatchOperations):
-    def __init__(self, repo: Repository, base_url: str, validator: Validator | None = None, *,
-                 transactions: bool | Callable[[Principal], bool] = True, release: Release = NEWEST_RELEASE):
+    def __init__(
+        self,
+        repo: Repository,
+        base_url: str,
+        validator: Validator | None = None,
+        *,
+        transactions: bool | Callable[[Principal], bool] = True,
+        release: Release = NEWEST_RELEASE,
+    ):
         self.repo = repo
-        self.release = release      # the Medplum release whose rules differ from others' (releases.py)
+        self.release = release  # the Medplum release whose rules differ from others' (releases.py)
         # Medplum only runs a `transaction` Bundle atomically when transactions are enabled: server fhir/routes.ts
         # passes `transactions: project.features includes 'transaction-bundles'` to the router; otherwise it is
         # processed entry by entry like a batch (fhir-router batch.ts isTransaction()). A callable decides per
@@ -182,7 +202,7 @@ class FhirService(BatchOperations):
         self._conflicts_lock = threading.Lock()
         self._conflicts_next = 0
         self.batch_delay_s = 0.0  # developer API: latency added to every batch/transaction (a slow database)
-        self._raw = threading.local()   # raw_content: the bytes the next Binary write on this thread stores
+        self._raw = threading.local()  # raw_content: the bytes the next Binary write on this thread stores
 
     @contextmanager
     def raw_content(self, content: bytes):
@@ -204,7 +224,7 @@ class FhirService(BatchOperations):
             yield
             return
         self.validator.prevalidate_async([res])
-        self.validator.prevalidate([])      # wait for the answer here, outside the lock
+        self.validator.prevalidate([])  # wait for the answer here, outside the lock
         try:
             yield
         finally:
@@ -233,8 +253,15 @@ class FhirService(BatchOperations):
         raise serialization_conflict()
 
     # ================================================================== entry point
-    def handle(self, principal: Principal, method: str, path: str, query: list[tuple[str, str]] | None = None,
-               body: Any = None, headers: dict[str, str] | None = None) -> FhirResponse:
+    def handle(
+        self,
+        principal: Principal,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> FhirResponse:
         """Run one FHIR interaction. Never raises: errors are OperationOutcome responses."""
         try:
             hdrs = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
@@ -250,8 +277,15 @@ class FhirService(BatchOperations):
             return FhirResponse(500, ServerError().outcome, {})
 
     # ================================================================== routing
-    def _dispatch(self, pr: Principal, method: str, path: str, query: list[tuple[str, str]], body: Any,  # noqa: C901 — the route table of Medplum's FHIR router
-                  headers: dict[str, str]) -> FhirResponse:
+    def _dispatch(
+        self,
+        pr: Principal,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        body: Any,  # noqa: C901 — the route table of Medplum's FHIR router
+        headers: dict[str, str],
+    ) -> FhirResponse:
         if "?" in path:
             path, _, qs = path.partition("?")
             query = parse_qsl(qs, keep_blank_values=True) + query
@@ -333,8 +367,11 @@ class FhirService(BatchOperations):
 
     def _project_for_write(self, pr: Principal, body: dict) -> str | None:
         if pr.superuser:
-            return ((body.get("meta") or {}).get("project") if isinstance(body.get("meta"), dict) else None) \
-                or pr.project_id or None
+            return (
+                ((body.get("meta") or {}).get("project") if isinstance(body.get("meta"), dict) else None)
+                or pr.project_id
+                or None
+            )
         return pr.project_id or None
 
     def _out(self, a: P.Access, res: dict) -> dict:
@@ -374,7 +411,7 @@ class FhirService(BatchOperations):
                 count = 100 if n is None else max(0, min(n, 1000))
             elif k == "_offset":
                 n = js_parse_int(value)
-                offset = 0 if n is None else min(max(0, n), 10 ** 9)  # past any history, within SQLite's integers
+                offset = 0 if n is None else min(max(0, n), 10**9)  # past any history, within SQLite's integers
         current = None
         try:
             current = self.repo.read(rtype, rid)
@@ -386,12 +423,22 @@ class FhirService(BatchOperations):
         versions, total = self.repo.history(rtype, rid, count, offset)
         entries = []
         for v in versions:
-            item: dict[str, Any] = {"fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}",
-                                 "request": {"method": "GET", "url": f"{v['type']}/{v['id']}/_history/{v['versionId']}"}}
+            item: dict[str, Any] = {
+                "fullUrl": f"{self.fhir_base}{v['type']}/{v['id']}",
+                "request": {"method": "GET", "url": f"{v['type']}/{v['id']}/_history/{v['versionId']}"},
+            }
             if v["deleted"]:
-                gone = {"resourceType": "OperationOutcome", "id": "gone", "issue": [
-                    {"severity": "error", "code": "deleted",
-                     "details": {"text": "Deleted on " + _js_date_string(v["lastUpdated"])}}]}
+                gone = {
+                    "resourceType": "OperationOutcome",
+                    "id": "gone",
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "deleted",
+                            "details": {"text": "Deleted on " + _js_date_string(v["lastUpdated"])},
+                        }
+                    ],
+                }
                 item["response"] = {"status": "410", "outcome": gone}
             else:
                 item["response"] = {"status": "200", "outcome": all_ok()}
@@ -430,7 +477,9 @@ class FhirService(BatchOperations):
 
     def search_resources(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str) -> list[dict]:
         """Plain-Python helper: matching resources (first page) as the principal may see them."""
-        resp = self.search(pr, rtype, parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query)
+        resp = self.search(
+            pr, rtype, parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query
+        )
         if resp.status != 200:
             raise FhirError(resp.body)
         return [e["resource"] for e in resp.body.get("entry", []) if (e.get("search") or {}).get("mode") == "match"]
@@ -450,7 +499,7 @@ class FhirService(BatchOperations):
             resources, total, _ = self.repo.search(req, extra_where=where)
             req.count -= 1
             nxt = resources[req.count] if len(resources) > req.count else None
-            resources, has_more = resources[:req.count], nxt is not None
+            resources, has_more = resources[: req.count], nxt is not None
         else:
             resources, total, has_more = self.repo.search(req, extra_where=where)
         return self._searchset(pr, a, req, resources, total, has_more, nxt)
@@ -459,7 +508,7 @@ class FhirService(BatchOperations):
         """server search.ts validateSearchResourceTypes / buildChainedSearch: every type a chain reaches and every
         _include / _revinclude source type must be a known, searchable type the caller may search (else 400 / 403)."""
         types = [inc.split(":", 1)[0] for inc in (*req.include, *req.revinclude)]
-        todo: list[Any] = list(req.filters)   # filters, and the tuples of an OR
+        todo: list[Any] = list(req.filters)  # filters, and the tuples of an OR
         while todo:
             f = todo.pop()
             if isinstance(f, tuple):
@@ -514,15 +563,34 @@ class FhirService(BatchOperations):
             parts.append((r, self._policy_where(pr, a, t)))
             req = req or r
         assert req is not None
-        resources, total, has_more = self.repo.search_union(parts, count=req.count, offset=req.offset,
-                                                            sort=req.sort, count_total=req.total in ("accurate", "estimate"))
-        req = SearchRequest(resource_type="MultipleTypes", filters=req.filters, count=req.count, offset=req.offset,
-                            sort=req.sort, total=req.total, summary=req.summary, fields=req.fields, query=req.query,
-                            count_text=req.count_text, types=types)
+        resources, total, has_more = self.repo.search_union(
+            parts, count=req.count, offset=req.offset, sort=req.sort, count_total=req.total in ("accurate", "estimate")
+        )
+        req = SearchRequest(
+            resource_type="MultipleTypes",
+            filters=req.filters,
+            count=req.count,
+            offset=req.offset,
+            sort=req.sort,
+            total=req.total,
+            summary=req.summary,
+            fields=req.fields,
+            query=req.query,
+            count_text=req.count_text,
+            types=types,
+        )
         return self._searchset(pr, a, req, resources, total, has_more)
 
-    def _searchset(self, pr: Principal, a: P.Access, req: SearchRequest, resources: list[dict], total: int | None,
-                   has_more: bool, nxt: dict | None = None) -> FhirResponse:
+    def _searchset(
+        self,
+        pr: Principal,
+        a: P.Access,
+        req: SearchRequest,
+        resources: list[dict],
+        total: int | None,
+        has_more: bool,
+        nxt: dict | None = None,
+    ) -> FhirResponse:
         """server search.ts searchImpl: `{resourceType, type: searchset, entry, total, link}`; `entry` only when the
         query ran (count > 0); `total` only with `_total=accurate|estimate` (or `_summary=count`). `_summary` /
         `_elements` subset every entry's resource (removeResourceFields)."""
@@ -532,8 +600,14 @@ class FhirService(BatchOperations):
                 bundle["total"] = total
             bundle["link"] = [{"relation": "self", "url": self._search_url(req, req.offset, req.cursor)}]
             return FhirResponse(200, bundle, {})
-        entries: list[dict[str, Any]] = [{"fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}", "search": {"mode": "match"},
-                    "resource": self._out(a, r)} for r in resources]
+        entries: list[dict[str, Any]] = [
+            {
+                "fullUrl": f"{self.fhir_base}{r['resourceType']}/{r['id']}",
+                "search": {"mode": "match"},
+                "resource": self._out(a, r),
+            }
+            for r in resources
+        ]
         if req.types is None:
             entries += self._includes(pr, req, resources)
         if req.fields is not None or req.summary:
@@ -557,8 +631,11 @@ class FhirService(BatchOperations):
             # Medplum answers 500 "Cursor fails to make progress" when the next page would start where this one did
             # (more than a page updated in the same millisecond); the emulator pages by offset instead
             if (entries[0]["resource"].get("meta") or {}).get("lastUpdated") != next_lu:
-                excluded = [e["resource"]["id"] for e in entries
-                            if (e["resource"].get("meta") or {}).get("lastUpdated") == next_lu]
+                excluded = [
+                    e["resource"]["id"]
+                    for e in entries
+                    if (e["resource"].get("meta") or {}).get("lastUpdated") == next_lu
+                ]
                 next_range = date_range(next_lu)
                 assert next_range is not None  # a stored lastUpdated
                 cursor = format_cursor(next_range[0], excluded)
@@ -578,8 +655,22 @@ class FhirService(BatchOperations):
         items = []
         for k, v in req.query:
             code = k.partition(":")[0]
-            if code in ("_count", "_offset", "_total", "_sort", "_include", "_revinclude", "_cursor", "_format",
-                        "_pretty", "_summary", "_type", "_elements", "_fields", "_"):
+            if code in (
+                "_count",
+                "_offset",
+                "_total",
+                "_sort",
+                "_include",
+                "_revinclude",
+                "_cursor",
+                "_format",
+                "_pretty",
+                "_summary",
+                "_type",
+                "_elements",
+                "_fields",
+                "_",
+            ):
                 continue
             items.append(f"{k}={quote(v, safe=_URI_SAFE)}")
         if req.fields is not None:
@@ -595,10 +686,14 @@ class FhirService(BatchOperations):
             items.append("_type=" + ",".join(req.types))
         if req.total:
             items.append(f"_total={req.total}")
-        for key, targets, iterate in (("_include", req.include, req.include_iterate),
-                                      ("_revinclude", req.revinclude, req.revinclude_iterate)):
-            items += [f"{key}{':iterate' if i in iterate else ''}={quote(v, safe=_URI_SAFE + ':')}"
-                      for i, v in enumerate(targets)]
+        for key, targets, iterate in (
+            ("_include", req.include, req.include_iterate),
+            ("_revinclude", req.revinclude, req.revinclude_iterate),
+        ):
+            items += [
+                f"{key}{':iterate' if i in iterate else ''}={quote(v, safe=_URI_SAFE + ':')}"
+                for i, v in enumerate(targets)
+            ]
         items.sort()
         return f"{self.fhir_base}{req.resource_type}?" + "&".join(items)
 
@@ -614,8 +709,10 @@ class FhirService(BatchOperations):
         base, first, depth = resources, True, 0
         while base:
             if depth >= MAX_INCLUDE_DEPTH or len(resources) + len(out) > MAX_COUNT:
-                raise BadRequest(f"Search with _(rev)include reached query scope limit: depth={depth}, "
-                                 f"results={len(resources) + len(out)}")
+                raise BadRequest(
+                    f"Search with _(rev)include reached query scope limit: depth={depth}, "
+                    f"results={len(resources) + len(out)}"
+                )
             found: list[dict] = []
             for i, inc in enumerate(req.include):
                 if first or i in req.include_iterate:
@@ -627,8 +724,13 @@ class FhirService(BatchOperations):
                 key = f"{res['resourceType']}/{res['id']}"
                 if key not in seen:
                     seen.add(key)
-                    out.append({"fullUrl": f"{self.fhir_base}{key}", "search": {"mode": "include"},
-                                "resource": self._out(a, res)})
+                    out.append(
+                        {
+                            "fullUrl": f"{self.fhir_base}{key}",
+                            "search": {"mode": "include"},
+                            "resource": self._out(a, res),
+                        }
+                    )
             base, first, depth = found, False, depth + 1
         return out
 
@@ -646,8 +748,11 @@ class FhirService(BatchOperations):
         for r in base:
             if r["resourceType"] == src:
                 refs += [x for x in reference_values(sp.extract(r)) if not target or x.startswith(target + "/")]
-        return [res for res in self.repo.read_many(refs)
-                if self._visible(pr, res) and a.can(P.READ, res["resourceType"]) and a.matches(res, P.READ)]
+        return [
+            res
+            for res in self.repo.read_many(refs)
+            if self._visible(pr, res) and a.can(P.READ, res["resourceType"]) and a.matches(res, P.READ)
+        ]
 
     def _revinclude_round(self, pr: Principal, a: P.Access, inc: str, base: list[dict]) -> list[dict]:
         """server search.ts getSearchRevIncludeEntries: a search of `Type?param=<base references>` (count 1000)."""
@@ -659,8 +764,9 @@ class FhirService(BatchOperations):
         refs = [f"{r['resourceType']}/{r['id']}" for r in base if not target or r["resourceType"] == target]
         if not refs or sp.type != "reference":
             return []
-        req = SearchRequest(resource_type=src, count=MAX_COUNT,
-                            filters=[Filter(code, None, list(dict.fromkeys(refs)), sp)])
+        req = SearchRequest(
+            resource_type=src, count=MAX_COUNT, filters=[Filter(code, None, list(dict.fromkeys(refs)), sp)]
+        )
         return self.repo.search(req, extra_where=self._policy_where(pr, a, src), count_total=False)[0]
 
     def _find(self, pr: Principal, rtype: str, query: list[tuple[str, str]] | str, limit: int = 2) -> list[dict]:
@@ -674,7 +780,7 @@ class FhirService(BatchOperations):
     # ================================================================== operations and metadata
     def capability_statement(self) -> dict:
         """server src/fhir/metadata.ts getCapabilityStatement (public: `GET metadata` needs no login)."""
-        return capability_statement(self.fhir_base[:-len("fhir/R4/")], self.release.version)
+        return capability_statement(self.fhir_base[: -len("fhir/R4/")], self.release.version)
 
     def validate_operation(self, body: Any) -> FhirResponse:
         """server src/fhir/routes.ts `POST /:resourceType/$validate`: the body is the resource; Medplum's strict
@@ -717,7 +823,7 @@ class FhirService(BatchOperations):
         if not _CONDITIONAL_REF.search(text):
             return res
         res = store_loads(text)
-        found: list[tuple[Any, Any, str, str]] = []      # (container, key, path, search)
+        found: list[tuple[Any, Any, str, str]] = []  # (container, key, path, search)
         _conditional_references(res, res.get("resourceType") or "", found)
         targets = []
         for _container, _key, path, search in found:
@@ -743,6 +849,7 @@ class FhirService(BatchOperations):
         if not resources or not self.validator.strict:
             return [None] * len(resources)
         from .strict import default_strict_validator
+
         try:
             return default_strict_validator().displays(resources)
         except (RuntimeError, OSError, ValueError):
@@ -761,21 +868,34 @@ class FhirService(BatchOperations):
         if unknown:
             extra = [k for k in res if k in unknown]
             if extra:
-                raise ValidationFailed([(f'Invalid additional property "{k}"', f"{res['resourceType']}.{k}")
-                                        for k in extra])
+                raise ValidationFailed(
+                    [(f'Invalid additional property "{k}"', f"{res['resourceType']}.{k}") for k in extra]
+                )
         self.validator.validate(res)
 
     def transactions_for(self, pr: Principal) -> bool:
         return self.transactions(pr) if callable(self.transactions) else bool(self.transactions)
 
-    def create(self, pr: Principal, rtype: str, body: Any, headers: dict[str, str], *,
-               assigned_id: str | None = None, trusted: bool = False) -> FhirResponse:
+    def create(
+        self,
+        pr: Principal,
+        rtype: str,
+        body: Any,
+        headers: dict[str, str],
+        *,
+        assigned_id: str | None = None,
+        trusted: bool = False,
+    ) -> FhirResponse:
         # fhir-router fhirrouter.ts: createResourceImpl names both types; a conditional create goes through
         # repo.ts conditionalCreate, whose check is on the search type
         found_type = body.get("resourceType") if isinstance(body, dict) else None
-        res = self._body_resource(body, rtype, "Search type must match resource type for conditional update"
-                                  if headers.get("if-none-exist") else
-                                  f"Incorrect resource type: expected {rtype}, but found {found_type or '<EMPTY>'}")
+        res = self._body_resource(
+            body,
+            rtype,
+            "Search type must match resource type for conditional update"
+            if headers.get("if-none-exist")
+            else f"Incorrect resource type: expected {rtype}, but found {found_type or '<EMPTY>'}",
+        )
         a = self._check_type(pr, P.CREATE, rtype)
         ine = headers.get("if-none-exist")
         if not ine:
@@ -791,17 +911,23 @@ class FhirService(BatchOperations):
                 return FhirResponse(200, self._out(a, r), _res_headers(r))
             return self._create_new(pr, a, rtype, res, assigned_id)
 
-    def _create_new(self, pr: Principal, a: P.Access, rtype: str, res: dict, assigned_id: str | None,
-                    trusted: bool = False) -> FhirResponse:
+    def _create_new(
+        self, pr: Principal, a: P.Access, rtype: str, res: dict, assigned_id: str | None, trusted: bool = False
+    ) -> FhirResponse:
         res = {k: v for k, v in res.items() if k != "id"}
         res = a.protect_readonly(res, None, P.CREATE) if not a.full else res
-        if not trusted:   # trusted: written by the emulator itself from a fixed shape (execution AuditEvents)
+        if not trusted:  # trusted: written by the emulator itself from a fixed shape (execution AuditEvents)
             res = self._resolve_conditional_references(pr, res)
             self._validate(res)
         if not a.matches(res, P.CREATE):
             raise Forbidden()
-        stored = self.repo.create(res, id=assigned_id, project=self._project_for_write(pr, res),
-                                  author=pr.profile or None, binary=self._raw_bytes(res))
+        stored = self.repo.create(
+            res,
+            id=assigned_id,
+            project=self._project_for_write(pr, res),
+            author=pr.profile or None,
+            binary=self._raw_bytes(res),
+        )
         return FhirResponse(201, self._out(a, stored), {**_res_headers(stored), "Location": self._location(stored)})
 
     def _location(self, r: dict) -> str:
@@ -812,13 +938,14 @@ class FhirService(BatchOperations):
     def update(self, pr: Principal, rtype: str, rid: str, body: Any, headers: dict[str, str]) -> FhirResponse:
         res = self._body_resource(body, rtype)
         if res.get("id") != rid:
-            raise BadRequest("Incorrect resource ID")     # fhir-router fhirrouter.ts updateResourceImpl
+            raise BadRequest("Incorrect resource ID")  # fhir-router fhirrouter.ts updateResourceImpl
         if not ID_RE.match(rid):
             raise BadRequest("Invalid id")
         return self._do_update(pr, res, headers.get("if-match"))
 
-    def _do_update(self, pr: Principal, res: dict, if_match_header: str | None, *,
-                   create_by_id: bool = False) -> FhirResponse:
+    def _do_update(
+        self, pr: Principal, res: dict, if_match_header: str | None, *, create_by_id: bool = False
+    ) -> FhirResponse:
         """PUT Type/id. Like Medplum repo.ts checkExistingResource: a deleted resource may be restored by anyone
         allowed to update; a never-existing id is 404 unless the caller is a super admin (canSetId) — then it is
         created and answered 200 like any update. `create_by_id` = a server-assigned id (batch conditional PUT)."""
@@ -829,7 +956,7 @@ class FhirService(BatchOperations):
         if row is None:
             if not (pr.superuser or create_by_id):
                 raise NotFound()
-        elif not row[2]:        # a deleted resource (410 on read) may be restored: existing stays None
+        elif not row[2]:  # a deleted resource (410 on read) may be restored: existing stays None
             existing = store_loads(row[3])
         if existing is not None:
             if not self._visible(pr, existing):
@@ -850,18 +977,24 @@ class FhirService(BatchOperations):
             raise PreconditionFailed()
         # inside a transaction (a batch entry, a conditional update) nothing else wrote since `lookup`: the store
         # does not read the row again
-        stored, created, _changed = self.repo.update(res, if_match=if_match,
-                                                    project=self._project_for_write(pr, res),
-                                                    author=pr.profile or None, known=row, previous=existing,
-                                                    binary=self._raw_bytes(res))
+        stored, created, _changed = self.repo.update(
+            res,
+            if_match=if_match,
+            project=self._project_for_write(pr, res),
+            author=pr.profile or None,
+            known=row,
+            previous=existing,
+            binary=self._raw_bytes(res),
+        )
         headers = _res_headers(stored)
         if created and create_by_id:
             headers["Location"] = self._location(stored)
             return FhirResponse(201, self._out(a, stored), headers)
         return FhirResponse(200, self._out(a, stored), headers)
 
-    def conditional_update(self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any,
-                           headers: dict[str, str]) -> FhirResponse:
+    def conditional_update(
+        self, pr: Principal, rtype: str, query: list[tuple[str, str]], body: Any, headers: dict[str, str]
+    ) -> FhirResponse:
         res = self._body_resource(body, rtype, "Search type must match resource type for conditional update")
         # Medplum repo.conditionalUpdate: the search and the write in one SERIALIZABLE transaction.
         with self._verdict_first(res), self.repo.transaction():
@@ -923,7 +1056,7 @@ class FhirService(BatchOperations):
         try:
             current = self.repo.read(rtype, rid)
         except FhirError as e:
-            if e.status == 410:           # Medplum: deleting a deleted resource is 200 All OK
+            if e.status == 410:  # Medplum: deleting a deleted resource is 200 All OK
                 return FhirResponse(200, all_ok(), {})
             raise
         if not self._visible(pr, current):
@@ -948,6 +1081,8 @@ class FhirService(BatchOperations):
         return FhirResponse(200, all_ok(), {})
 
     # ================================================================== batch / transaction
+
+
 def _conditional_references(node: Any, path: str, out: list) -> None:
     """Collect (container, key, element path, search) for every Reference whose `reference` contains "?" — paths as
     Medplum's crawler names them (`Observation.performer[0]`: the index only on the Reference itself)."""

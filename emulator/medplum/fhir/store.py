@@ -4,6 +4,7 @@ One connection guarded by a re-entrant lock (the HTTP server is threaded; SQLite
 anyway). `transaction()` groups several writes into one SQLite transaction (nested = savepoint);
 listeners run after the outermost commit, never for rolled-back or no-op writes.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -65,18 +66,20 @@ def _text_index_keeps_raw(c: sqlite3.Connection) -> None:
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _text_index_keeps_raw}
 _INDEX_TABLES = ("idx_token", "idx_string", "idx_ref", "idx_date", "idx_num", "idx_text")
-_INDEX_INSERTS = ("INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
-                  "INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
-                  "INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)",
-                  "INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
-                  "INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
-                  "INSERT INTO idx_text (rid, param, value, raw) VALUES (?,?,?,?)")
+_INDEX_INSERTS = (
+    "INSERT INTO idx_token (rid, param, system, code) VALUES (?,?,?,?)",
+    "INSERT INTO idx_string (rid, param, value, raw) VALUES (?,?,?,?)",
+    "INSERT INTO idx_ref (rid, param, ref) VALUES (?,?,?)",
+    "INSERT INTO idx_date (rid, param, lo, hi) VALUES (?,?,?,?)",
+    "INSERT INTO idx_num (rid, param, value, system, code) VALUES (?,?,?,?,?)",
+    "INSERT INTO idx_text (rid, param, value, raw) VALUES (?,?,?,?)",
+)
 
 
 @dataclass
 class ChangeEvent:
-    interaction: str          # "create" | "update" | "delete"
-    resource: dict            # the new version, or the deleted resource
+    interaction: str  # "create" | "update" | "delete"
+    resource: dict  # the new version, or the deleted resource
     previous: dict | None
 
 
@@ -92,11 +95,12 @@ def _meta_sans_server(meta: Any) -> Any:
 
 def same_content(a: dict, b: dict) -> bool:
     """Equal ignoring server-managed meta (Medplum's no-op update detection)."""
-    return _strip_meta(a) == _strip_meta(b) and (_meta_sans_server(a.get("meta")) or None) == \
-        (_meta_sans_server(b.get("meta")) or None)
+    return _strip_meta(a) == _strip_meta(b) and (_meta_sans_server(a.get("meta")) or None) == (
+        _meta_sans_server(b.get("meta")) or None
+    )
 
 
-_dumps = jsoncodec.dumps_text   # the stored JSON text: compact
+_dumps = jsoncodec.dumps_text  # the stored JSON text: compact
 _loads = jsoncodec.loads
 
 
@@ -104,14 +108,21 @@ class Repository:
     def __init__(self, path: str | None = None):
         self.path = path if path not in (None, "", ":memory:") else None
         # one emulator per database: a second one is refused before it touches the file
-        self.lock = OwnerLock(lock_path(self.path), f"the database {self.path}",
-                              "stop it, or pass --db with another file (or --memory)").acquire() if self.path else None
+        self.lock = (
+            OwnerLock(
+                lock_path(self.path),
+                f"the database {self.path}",
+                "stop it, or pass --db with another file (or --memory)",
+            ).acquire()
+            if self.path
+            else None
+        )
         self._conn = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._depth = 0
-        self.writes = 0                     # resources written (and deleted) so far: tells a caller it wrote
-        self._owner: int | None = None     # thread holding the outermost transaction
+        self.writes = 0  # resources written (and deleted) so far: tells a caller it wrote
+        self._owner: int | None = None  # thread holding the outermost transaction
         self._pending: list[ChangeEvent] = []
         # token index rows written in the current outermost transaction: (type, param, system, code)
         self._tx_tokens: set[tuple] = set()
@@ -129,8 +140,15 @@ class Repository:
         if self.path:
             c.execute("PRAGMA wal_autocheckpoint=10000")
         try:
-            open_versioned(c, self.path, kind=STORE_KIND, version=STORE_VERSION, schema=SCHEMA,
-                           tables={"resources", "history", "binary_content", *_INDEX_TABLES}, migrations=MIGRATIONS)
+            open_versioned(
+                c,
+                self.path,
+                kind=STORE_KIND,
+                version=STORE_VERSION,
+                schema=SCHEMA,
+                tables={"resources", "history", "binary_content", *_INDEX_TABLES},
+                migrations=MIGRATIONS,
+            )
         except BaseException:
             self.close()
             raise
@@ -240,7 +258,8 @@ class Repository:
     # ------------------------------------------------------------------ reads
     def _row(self, rtype: str, rid: str):
         return self._conn.execute(
-            "SELECT rid, vid, deleted, content FROM resources WHERE type = ? AND id = ?", (rtype, rid)).fetchone()
+            "SELECT rid, vid, deleted, content FROM resources WHERE type = ? AND id = ?", (rtype, rid)
+        ).fetchone()
 
     def lookup(self, rtype: str, rid: str) -> tuple | None:
         """The stored row `(rowid, versionId, deleted, content)` of a resource, or None. Inside a transaction the
@@ -270,8 +289,9 @@ class Repository:
 
     def vread(self, rtype: str, rid: str, vid: str) -> dict:
         with self._lock:
-            row = self._conn.execute("SELECT deleted, content FROM history WHERE type=? AND id=? AND vid=?",
-                                     (rtype, rid, vid)).fetchone()
+            row = self._conn.execute(
+                "SELECT deleted, content FROM history WHERE type=? AND id=? AND vid=?", (rtype, rid, vid)
+            ).fetchone()
         if row is None:
             raise NotFound()
         if row[0]:
@@ -291,17 +311,27 @@ class Repository:
             total = self._conn.execute(f"SELECT COUNT(*) FROM history WHERE {where}", args).fetchone()[0]
             rows = self._conn.execute(
                 f"SELECT type, id, vid, lu, deleted, content FROM history WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                [*args, count, offset]).fetchall()
+                [*args, count, offset],
+            ).fetchall()
         out = []
         for t, i, vid, _lu, deleted, content in rows:
             res = _loads(content)
-            out.append({"type": t, "id": i, "versionId": vid, "deleted": bool(deleted), "resource": res,
-                        "lastUpdated": (res.get("meta") or {}).get("lastUpdated")})
+            out.append(
+                {
+                    "type": t,
+                    "id": i,
+                    "versionId": vid,
+                    "deleted": bool(deleted),
+                    "resource": res,
+                    "lastUpdated": (res.get("meta") or {}).get("lastUpdated"),
+                }
+            )
         return out, total
 
     # ------------------------------------------------------------------ writes
-    def _stamp(self, resource: dict, rid: str, project: str | None, author: str | None,
-               previous: dict | None) -> tuple[dict, float, dict | None]:
+    def _stamp(
+        self, resource: dict, rid: str, project: str | None, author: str | None, previous: dict | None
+    ) -> tuple[dict, float, dict | None]:
         lu_iso, lu = now_instant()
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = uuid4()
@@ -315,15 +345,19 @@ class Repository:
         elif "project" in meta and not isinstance(meta.get("project"), str):
             meta.pop("project")
         # Medplum also places resources in their Patient compartments (compartmentdefinition-patient.json)
-        known = None       # these parameters' reference values, handed to `_index` so it does not extract them again
+        known = None  # these parameters' reference values, handed to `_index` so it does not extract them again
         if resource["resourceType"] == "Patient":
             compartments.append(f"Patient/{rid}")
         else:
             for sp in patient_compartment_params(resource["resourceType"]):
                 refs = V.reference_values(sp.extract(resource))
                 # values read outside id/meta are the same in the stamped resource
-                if sp.custom is None and sp.first_names is not None and "meta" not in sp.first_names \
-                        and "id" not in sp.first_names:
+                if (
+                    sp.custom is None
+                    and sp.first_names is not None
+                    and "meta" not in sp.first_names
+                    and "id" not in sp.first_names
+                ):
                     if known is None:
                         known = {}
                     known[sp.code] = refs
@@ -344,9 +378,17 @@ class Repository:
                 out[k] = v
         return out, lu, known
 
-    def _write(self, res: dict, lu: float, project: str | None, existing_rid: int | None,
-               clear_index: bool = True, known_refs: dict | None = None, binary: bytes | None = None,
-               previous: dict | None = None) -> None:
+    def _write(
+        self,
+        res: dict,
+        lu: float,
+        project: str | None,
+        existing_rid: int | None,
+        clear_index: bool = True,
+        known_refs: dict | None = None,
+        binary: bytes | None = None,
+        previous: dict | None = None,
+    ) -> None:
         self.writes += 1
         c = self._conn
         content = _dumps(res)
@@ -355,18 +397,24 @@ class Repository:
             self._write_binary(res, binary, previous)
         proj = (res.get("meta") or {}).get("project")
         if existing_rid is None:
-            cur = c.execute("INSERT INTO resources (type, id, vid, lu, deleted, project, content) VALUES (?,?,?,?,0,?,?)",
-                            (rtype, rid, vid, lu, proj, content))
+            cur = c.execute(
+                "INSERT INTO resources (type, id, vid, lu, deleted, project, content) VALUES (?,?,?,?,0,?,?)",
+                (rtype, rid, vid, lu, proj, content),
+            )
             row_id = cur.lastrowid
             assert row_id is not None  # an INSERT sets it
         else:
             row_id = existing_rid
-            c.execute("UPDATE resources SET vid=?, lu=?, deleted=0, project=?, content=? WHERE rid=?",
-                      (vid, lu, proj, content, row_id))
+            c.execute(
+                "UPDATE resources SET vid=?, lu=?, deleted=0, project=?, content=? WHERE rid=?",
+                (vid, lu, proj, content, row_id),
+            )
             if clear_index:
                 self._clear_index(row_id)
-        c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
-                  (rtype, rid, vid, lu, content))
+        c.execute(
+            "INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,0,?)",
+            (rtype, rid, vid, lu, content),
+        )
         self._index(row_id, res, known_refs)
 
     def _write_binary(self, res: dict, binary: bytes | None, previous: dict | None) -> None:
@@ -378,14 +426,18 @@ class Repository:
             self._conn.execute("INSERT INTO binary_content (id, vid, content) VALUES (?,?,?)", (res["id"], vid, binary))
         elif previous is not None and "data" not in res:
             prev_vid = (previous.get("meta") or {}).get("versionId")
-            self._conn.execute("INSERT INTO binary_content (id, vid, content) SELECT id, ?, content FROM binary_content "
-                               "WHERE id = ? AND vid = ?", (vid, res["id"], prev_vid))
+            self._conn.execute(
+                "INSERT INTO binary_content (id, vid, content) SELECT id, ?, content FROM binary_content "
+                "WHERE id = ? AND vid = ?",
+                (vid, res["id"], prev_vid),
+            )
 
     def binary_content(self, rid: str, vid: str) -> bytes | None:
         """The stored content of a Binary version (raw upload or copied), or None."""
         with self._lock:
-            row = self._conn.execute("SELECT content FROM binary_content WHERE id = ? AND vid = ?",
-                                     (rid, vid)).fetchone()
+            row = self._conn.execute(
+                "SELECT content FROM binary_content WHERE id = ? AND vid = ?", (rid, vid)
+            ).fetchone()
         return bytes(row[0]) if row else None
 
     def _clear_index(self, row_id: int) -> None:
@@ -419,8 +471,15 @@ class Repository:
         if self._depth == 0:
             self._flush()
 
-    def create(self, resource: dict, *, id: str | None = None, project: str | None = None,
-               author: str | None = None, binary: bytes | None = None) -> dict:
+    def create(
+        self,
+        resource: dict,
+        *,
+        id: str | None = None,
+        project: str | None = None,
+        author: str | None = None,
+        binary: bytes | None = None,
+    ) -> dict:
         """Store a new resource (server-assigned UUID unless `id` is given; `binary`: a Binary's raw content).
         Returns the stored resource."""
         with self._tx():
@@ -433,9 +492,18 @@ class Repository:
             self._event(ChangeEvent("create", res, None))
         return res
 
-    def update(self, resource: dict, *, if_match: str | None = None, project: str | None = None,
-               author: str | None = None, create_if_missing: bool = True, known: tuple | Literal[False] | None = False,
-               previous: dict | None = None, binary: bytes | None = None) -> tuple[dict, bool, bool]:
+    def update(
+        self,
+        resource: dict,
+        *,
+        if_match: str | None = None,
+        project: str | None = None,
+        author: str | None = None,
+        create_if_missing: bool = True,
+        known: tuple | Literal[False] | None = False,
+        previous: dict | None = None,
+        binary: bytes | None = None,
+    ) -> tuple[dict, bool, bool]:
         """Update (or create with the given id). Returns (resource, created, changed). `known`: the row
         `lookup()` answered (None = no row) within the caller's open transaction, and `previous` the resource
         parsed from it; both are then not read again."""
@@ -455,8 +523,9 @@ class Repository:
                 if not create_if_missing:
                     raise NotFound()
                 res, lu, refs = self._stamp(resource, rid, project, author, None)
-                self._write(res, lu, project, row[0] if row else None, clear_index=False, known_refs=refs,
-                            binary=binary)
+                self._write(
+                    res, lu, project, row[0] if row else None, clear_index=False, known_refs=refs, binary=binary
+                )
                 self._event(ChangeEvent("create", res, None))
                 return res, True, True
             if if_match is not None and if_match != row[1]:
@@ -485,8 +554,10 @@ class Repository:
             marker = {"resourceType": rtype, "id": rid, "meta": {"versionId": vid, "lastUpdated": lu_iso}}
             c = self._conn
             c.execute("UPDATE resources SET deleted=1, vid=?, lu=? WHERE rid=?", (vid, lu, row[0]))
-            c.execute("INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,1,?)",
-                      (rtype, rid, vid, lu, _dumps(marker)))
+            c.execute(
+                "INSERT INTO history (type, id, vid, lu, deleted, content) VALUES (?,?,?,?,1,?)",
+                (rtype, rid, vid, lu, _dumps(marker)),
+            )
             self._clear_index(row[0])
             self._event(ChangeEvent("delete", previous, previous))
         return previous
@@ -509,8 +580,13 @@ class Repository:
         return removed
 
     # ------------------------------------------------------------------ search
-    def search(self, req: SearchRequest | tuple[str, Any], *, extra_where: tuple[str, list] | None = None,
-               count_total: bool | None = None) -> tuple[list[dict], int | None, bool]:
+    def search(
+        self,
+        req: SearchRequest | tuple[str, Any],
+        *,
+        extra_where: tuple[str, list] | None = None,
+        count_total: bool | None = None,
+    ) -> tuple[list[dict], int | None, bool]:
         """Run a search. Returns (resources (at most req.count), total or None, has_more)."""
         if isinstance(req, tuple):
             req = parse_search(req[0], req[1])
@@ -543,16 +619,24 @@ class Repository:
             rows = []
             if req.count > 0:
                 page_sql, page_args = wsql, args
-                if after is not None:   # the count ignores the cursor, as Medplum's does
+                if after is not None:  # the count ignores the cursor, as Medplum's does
                     page_sql, page_args = f"{wsql} AND {after[0]}", [*args, *after[1]]
                 rows = self._conn.execute(
                     f"SELECT r.content FROM resources r WHERE {page_sql} {order} LIMIT ? OFFSET ?",
-                    [*page_args, *oargs, req.count + 1, req.offset]).fetchall()
+                    [*page_args, *oargs, req.count + 1, req.offset],
+                ).fetchall()
         has_more = len(rows) > req.count
-        return [_loads(r[0]) for r in rows[:req.count]], total, has_more
+        return [_loads(r[0]) for r in rows[: req.count]], total, has_more
 
-    def search_union(self, parts: list[tuple[SearchRequest, tuple[str, list] | None]], *, count: int, offset: int,
-                     sort: list[tuple[str, bool]], count_total: bool = False) -> tuple[list[dict], int | None, bool]:
+    def search_union(
+        self,
+        parts: list[tuple[SearchRequest, tuple[str, list] | None]],
+        *,
+        count: int,
+        offset: int,
+        sort: list[tuple[str, bool]],
+        count_total: bool = False,
+    ) -> tuple[list[dict], int | None, bool]:
         """System-level search: the union of one query per resource type (each with its filters and extra where
         clause), sorted by `_id` / `_lastUpdated` only. Returns (resources, total or None, has_more)."""
         ors, args = [], []
@@ -577,8 +661,10 @@ class Repository:
                 total = self._conn.execute(f"SELECT COUNT(*) FROM resources r WHERE {wsql}", args).fetchone()[0]
             rows = []
             if count > 0:
-                rows = self._conn.execute(f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
-                                          [*args, count + 1, offset]).fetchall()
+                rows = self._conn.execute(
+                    f"SELECT r.content FROM resources r WHERE {wsql} {order} LIMIT ? OFFSET ?",
+                    [*args, count + 1, offset],
+                ).fetchall()
         return [_loads(r[0]) for r in rows[:count]], total, len(rows) > count
 
     def search_ids(self, rtype: str, query, limit: int = 2) -> list[dict]:
@@ -597,7 +683,8 @@ class Repository:
             rows = self._conn.execute(
                 f"SELECT DISTINCT r.content FROM resources r JOIN idx_ref x ON x.rid = r.rid "
                 f"WHERE r.type = ? AND r.deleted = 0 AND x.param = ? AND x.ref IN ({ph}) LIMIT 1000",
-                [rtype, param, *targets]).fetchall()
+                [rtype, param, *targets],
+            ).fetchall()
         return [_loads(r[0]) for r in rows]
 
     def read_many(self, refs: list[str]) -> list[dict]:
@@ -613,5 +700,7 @@ class Repository:
     def count(self, rtype: str | None = None) -> int:
         with self._lock:
             if rtype:
-                return self._conn.execute("SELECT COUNT(*) FROM resources WHERE type=? AND deleted=0", (rtype,)).fetchone()[0]
+                return self._conn.execute(
+                    "SELECT COUNT(*) FROM resources WHERE type=? AND deleted=0", (rtype,)
+                ).fetchone()[0]
             return self._conn.execute("SELECT COUNT(*) FROM resources WHERE deleted=0").fetchone()[0]

@@ -14,6 +14,7 @@ while the emulator's Python thread resolves identities and writes (the GIL is re
 pipe); and verdicts are cached by the exact content validated (a hash of its JSON): `validateResource` depends on
 nothing else, so a replayed import is not validated twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,7 @@ from medport import jsoncodec
 from ...node import node_binary, node_modules_dir
 
 _SCRIPT = Path(__file__).with_name("strict.js")
-CACHE_SIZE = 200_000          # verdicts kept (~100 bytes each)
+CACHE_SIZE = 200_000  # verdicts kept (~100 bytes each)
 TIMEOUT_S = 120.0
 
 
@@ -62,7 +63,7 @@ class StrictValidator:
 
     def __init__(self, cache_size: int = CACHE_SIZE) -> None:
         self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()          # process start/stop and writes to its stdin
+        self._lock = threading.Lock()  # process start/stop and writes to its stdin
         self._ids = itertools.count(1)
         self._waiting: dict[int, Future] = {}
         self._cache: OrderedDict[bytes, dict | None] = OrderedDict()
@@ -73,8 +74,13 @@ class StrictValidator:
     # ------------------------------------------------------------------ process
     def _start(self) -> subprocess.Popen:
         env = {"PATH": os.environ.get("PATH", ""), "NODE_PATH": str(node_modules_dir())}
-        proc = subprocess.Popen([str(node_binary()), str(_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [str(node_binary()), str(_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert proc.stdout is not None  # PIPE
         first = proc.stdout.readline()
         if not first or not json.loads(first).get("ready"):
@@ -139,11 +145,11 @@ class StrictValidator:
         for i, r in enumerate(resources):
             try:
                 text = _dumps(r)
-            except (ValueError, TypeError):   # NaN/Infinity cannot reach Medplum (its JSON parser refuses them)
+            except (ValueError, TypeError):  # NaN/Infinity cannot reach Medplum (its JSON parser refuses them)
                 verdicts[i] = _invalid_number()
                 continue
             texts.append((i, hashlib.blake2b(text, digest_size=20).digest(), text))
-        todo: list[tuple[int, bytes, bytes]] = []     # (index, cache key, JSON)
+        todo: list[tuple[int, bytes, bytes]] = []  # (index, cache key, JSON)
         with self._cache_lock:
             for i, key, text in texts:
                 if key in self._cache:
@@ -185,7 +191,7 @@ class StrictValidator:
         for attempt in (0, 1):
             try:
                 return self.submit(resources).result(TIMEOUT_S)
-            except RecursionError:   # nested too deeply to write as JSON: the caller answers 400
+            except RecursionError:  # nested too deeply to write as JSON: the caller answers 400
                 raise
             except Exception:
                 if attempt:
@@ -221,8 +227,10 @@ class StrictValidator:
 
 
 def _invalid_number() -> dict:
-    return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "structure", "details": {"text": "Invalid numeric value"}}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "structure", "details": {"text": "Invalid numeric value"}}],
+    }
 
 
 _default: StrictValidator | None = None

@@ -1,5 +1,6 @@
 """The emulator's own FHIR calls, made as the system (a superuser): seeding, bot lookups, AuditEvents, AsyncJobs,
 subscription and cron searches. A refusal raises `FhirError` with the service's OperationOutcome."""
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
@@ -16,11 +17,23 @@ class SystemFhir:
 
     def __init__(self, service: FhirService, project_id: str):
         self.service = service
-        self.principal = Principal(project_id=project_id, profile="system", membership=None,
-                                   access=Access(None, superuser=True), superuser=True)
+        self.principal = Principal(
+            project_id=project_id,
+            profile="system",
+            membership=None,
+            access=Access(None, superuser=True),
+            superuser=True,
+        )
 
-    def call(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
-             body: Any = None, headers: dict | None = None, principal: Principal | None = None) -> FhirResponse:
+    def call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        headers: dict | None = None,
+        principal: Principal | None = None,
+    ) -> FhirResponse:
         return self.service.handle(principal or self.principal, method, path, query or [], body, headers or {})
 
     def transaction(self) -> AbstractContextManager:
@@ -30,8 +43,11 @@ class SystemFhir:
     @staticmethod
     def _ok(resp: FhirResponse) -> Any:
         if resp.status >= 400:
-            raise FhirError(resp.body if isinstance(resp.body, dict) and resp.body.get("issue")
-                            else outcome("error", "exception", f"backend answered {resp.status}"))
+            raise FhirError(
+                resp.body
+                if isinstance(resp.body, dict) and resp.body.get("issue")
+                else outcome("error", "exception", f"backend answered {resp.status}")
+            )
         return resp.body
 
     def read(self, rtype: str, rid: str, principal: Principal | None = None) -> dict:
@@ -52,11 +68,13 @@ class SystemFhir:
         return self.service.create(self.principal, resource["resourceType"], resource, {}, trusted=True).body
 
     def update(self, resource: dict, principal: Principal | None = None) -> dict:
-        return self._ok(self.call("PUT", f"{resource['resourceType']}/{resource['id']}", body=resource,
-                                  principal=principal))
+        return self._ok(
+            self.call("PUT", f"{resource['resourceType']}/{resource['id']}", body=resource, principal=principal)
+        )
 
-    def search(self, rtype: str, query: list[tuple[str, str]] | None = None,
-               principal: Principal | None = None) -> list[dict]:
+    def search(
+        self, rtype: str, query: list[tuple[str, str]] | None = None, principal: Principal | None = None
+    ) -> list[dict]:
         """All matching resources (follows paging)."""
         q = list(query or [])
         if not any(k == "_count" for k, _ in q):
@@ -64,8 +82,9 @@ class SystemFhir:
         out: list[dict] = []
         offset = 0
         while True:
-            page = self._ok(self.call("GET", rtype, q + ([("_offset", str(offset))] if offset else []),
-                                      principal=principal))
+            page = self._ok(
+                self.call("GET", rtype, q + ([("_offset", str(offset))] if offset else []), principal=principal)
+            )
             entries = [e.get("resource") for e in page.get("entry") or [] if e.get("resource")]
             entries = [r for r in entries if (r.get("resourceType") == rtype)]
             out.extend(entries)

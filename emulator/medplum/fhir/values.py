@@ -1,4 +1,5 @@
 """Turn extracted FHIR values into index rows, and date strings into ranges (shared by SQL and in-memory search)."""
+
 from __future__ import annotations
 
 import calendar
@@ -6,8 +7,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-_DT = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_DT = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 def date_range(s: Any) -> tuple[float, float] | None:
@@ -17,7 +17,7 @@ def date_range(s: Any) -> tuple[float, float] | None:
     return _date_range(s)
 
 
-@lru_cache(maxsize=65536)       # the dates of one patient's record repeat (every resource of an encounter)
+@lru_cache(maxsize=65536)  # the dates of one patient's record repeat (every resource of an encounter)
 def _date_range(s: str) -> tuple[float, float] | None:
     m = _DT.match(s.strip())
     if not m:
@@ -74,8 +74,22 @@ def _strings(v: Any, out: list[str]) -> None:
         out.append(v)
     elif isinstance(v, dict):
         # HumanName, Address, etc: every string leaf that a person would search on
-        for k in ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state",
-                  "postalCode", "country", "value", "display", "name"):
+        for k in (
+            "text",
+            "family",
+            "given",
+            "prefix",
+            "suffix",
+            "line",
+            "city",
+            "district",
+            "state",
+            "postalCode",
+            "country",
+            "value",
+            "display",
+            "name",
+        ):
             x = v.get(k)
             if isinstance(x, str):
                 out.append(x)

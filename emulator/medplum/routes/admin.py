@@ -12,6 +12,7 @@ admin/routes.ts; @medplum/cli utils.ts `createBot`):
   accessPolicy, admin, role}]}`.
 - `POST .../secrets`: the body (array of ProjectSetting) replaces Project.secret; answers the Project.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,10 +61,12 @@ def _policy_ref(value: Any) -> dict | None:
 
 
 def _membership(project: dict, profile: dict, access_policy: dict | None, admin: bool = False) -> dict:
-    m: dict[str, Any] = {"resourceType": "ProjectMembership",
-                         "project": {"reference": f"Project/{project['id']}"},
-                         "user": {"reference": f"{profile['resourceType']}/{profile['id']}"},
-                         "profile": {"reference": f"{profile['resourceType']}/{profile['id']}"}}
+    m: dict[str, Any] = {
+        "resourceType": "ProjectMembership",
+        "project": {"reference": f"Project/{project['id']}"},
+        "user": {"reference": f"{profile['resourceType']}/{profile['id']}"},
+        "profile": {"reference": f"{profile['resourceType']}/{profile['id']}"},
+    }
     if access_policy:
         m["accessPolicy"] = access_policy
     if admin:
@@ -130,12 +133,27 @@ def get_project(project_id: str) -> Response:
             continue
         profile_type = ((m.get("profile") or {}).get("reference") or "").split("/")[0]
         role = "admin" if m.get("admin") else {"ClientApplication": "client", "Bot": "bot"}.get(profile_type, "member")
-        members.append({"id": m.get("id"), "user": m.get("user"), "profile": m.get("profile"),
-                        "accessPolicy": m.get("accessPolicy"), "access": m.get("access"),
-                        "admin": bool(m.get("admin")), "role": role})
-    body = {"project": {"id": project["id"], "name": project.get("name"), "secret": project.get("secret") or [],
-                        "features": project.get("features") or [], "strictMode": project.get("strictMode")},
-            "members": [{k: v for k, v in m.items() if v is not None} for m in members]}
+        members.append(
+            {
+                "id": m.get("id"),
+                "user": m.get("user"),
+                "profile": m.get("profile"),
+                "accessPolicy": m.get("accessPolicy"),
+                "access": m.get("access"),
+                "admin": bool(m.get("admin")),
+                "role": role,
+            }
+        )
+    body = {
+        "project": {
+            "id": project["id"],
+            "name": project.get("name"),
+            "secret": project.get("secret") or [],
+            "features": project.get("features") or [],
+            "strictMode": project.get("strictMode"),
+        },
+        "members": [{k: v for k, v in m.items() if v is not None} for m in members],
+    }
     return json_response(body, 200, "application/json")
 
 
@@ -143,8 +161,9 @@ def get_project(project_id: str) -> Response:
 def set_secrets(project_id: str) -> Response:
     project = _project_for(project_id)
     body = _json_body()
-    if not isinstance(body, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) and s["name"]
-                                             for s in body):
+    if not isinstance(body, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and s["name"] for s in body
+    ):
         raise BadRequest("Secrets must be an array of ProjectSetting with a name")
     updated = dict(project)
     if body:
@@ -168,4 +187,3 @@ def update_member(project_id: str, membership_id: str) -> Response:
         if key in body:
             updated[key] = body[key]
     return json_response(st.update(updated), 200)
-

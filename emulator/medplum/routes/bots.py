@@ -1,5 +1,6 @@
 """The bot operations' HTTP side: `Bot/{id}/$execute` (and `Bot/$execute?identifier=`), `Bot/{id}/$deploy`,
 `job/{id}/status` — request parsing and response rendering around `BotService` (bots.py holds Medplum's rules)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,9 +61,14 @@ def execute_handler(principal, bot_id: str | None) -> Response:
     bot = backend.bots.bot_for(principal, bot_id, request.args.get("identifier"))
     # Bot.rawBody exists from 5.2 (a release without it refuses the element: no stored Bot has it there)
     input, content_type = _execute_input(raw_body=bot.get("rawBody") is True and backend.release.raw_body)
-    kwargs = backend.bots.caller_run(bot, principal, input=input, content_type=content_type,
-                                     headers=lower_headers(request),
-                                     trace_id=request.headers.get("X-Trace-Id") or request.headers.get("traceparent"))
+    kwargs = backend.bots.caller_run(
+        bot,
+        principal,
+        input=input,
+        content_type=content_type,
+        headers=lower_headers(request),
+        trace_id=request.headers.get("X-Trace-Id") or request.headers.get("traceparent"),
+    )
     if request.headers.get("Prefer") == "respond-async":
         job = backend.bots.start_async(bot, kwargs, request.url)
         location = f"{backend.base_url}fhir/R4/job/{job['id']}/status"

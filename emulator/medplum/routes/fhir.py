@@ -25,6 +25,7 @@ Medplum facts
 - An unexpected exception renders 500 with an `exception` OperationOutcome saying only "Internal server
   error" (never a crash, never exception text).
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,10 +76,11 @@ def register(app: Flask) -> None:
         ("/fhir/R4/Bot/<bot_id>/$deploy", "bot_deploy", bot_deploy, ["POST"]),
         ("/fhir/R4/job/<job_id>/status", "job_status", job_status, ["GET"]),
     ]
-    for rule, endpoint, view, rule_methods in rules:   # Express routing is not strict about a trailing slash
+    for rule, endpoint, view, rule_methods in rules:  # Express routing is not strict about a trailing slash
         app.add_url_rule(rule, endpoint, _under_fhir_router(view), methods=rule_methods, strict_slashes=False)
-    app.add_url_rule("/fhir/R4", "fhir_root", fhir_handler, methods=methods, defaults={"path": ""},
-                     strict_slashes=False)
+    app.add_url_rule(
+        "/fhir/R4", "fhir_root", fhir_handler, methods=methods, defaults={"path": ""}, strict_slashes=False
+    )
     app.add_url_rule("/fhir/R4/", "fhir_root_slash", fhir_handler, methods=methods, defaults={"path": ""})
     app.add_url_rule("/fhir/R4/<path:path>", "fhir", fhir_handler, methods=methods)
     app.add_url_rule("/", "root", lambda: Response("", 200))
@@ -89,14 +91,24 @@ def healthcheck() -> Response:
     """server healthcheck.ts: `{ok, version: MEDPLUM_VERSION ("<release>-<git commit>"), platform, runtime (the
     server's Node), postgres, redis}`, no authentication: how a client learns which release it talks to."""
     backend = current_backend()
-    return json_response({"ok": True, "version": f"{backend.release.version}-medport", "platform": sys.platform,
-                          "runtime": backend.node_version(), "postgres": True, "redis": True}, 200,
-                         "application/json")
+    return json_response(
+        {
+            "ok": True,
+            "version": f"{backend.release.version}-medport",
+            "platform": sys.platform,
+            "runtime": backend.node_version(),
+            "postgres": True,
+            "redis": True,
+        },
+        200,
+        "application/json",
+    )
 
 
 def _under_fhir_router(view: Callable[..., Response]) -> Callable[..., Response]:
     """fhir/routes.ts: under the FHIR router every JSON answer obeys `Prefer: return=minimal`, errors too (not the
     routes that run before it: the Binary router's, a body the JSON parser refused)."""
+
     @functools.wraps(view)
     def routed(**args: str) -> Response:
         try:
@@ -105,6 +117,7 @@ def _under_fhir_router(view: Callable[..., Response]) -> Callable[..., Response]
             if g.get("outside_fhir_router") or request.headers.get("Prefer") != "return=minimal":
                 raise
             return Response(b"", status=err.status)
+
     return routed
 
 
@@ -115,6 +128,7 @@ def _check_query_length() -> None:
 
 
 # ------------------------------------------------------------------------------------- bot operations (bots.py)
+
 
 def bot_execute(bot_id: str | None = None) -> Response:
     return execute_handler(require_principal(), bot_id)
@@ -131,6 +145,7 @@ def job_status(job_id: str) -> Response:
 
 
 # ------------------------------------------------------------------------------------------------ the FHIR router
+
 
 @_under_fhir_router
 def fhir_handler(path: str) -> Response:
@@ -150,7 +165,7 @@ def fhir_handler(path: str) -> Response:
 
 
 def _parse_fhir_body(path: str, method: str) -> Any:
-    g.outside_fhir_router = True      # app.ts: the JSON body parser runs before the FHIR router
+    g.outside_fhir_router = True  # app.ts: the JSON body parser runs before the FHIR router
     body = _read_fhir_body(path, method)
     g.outside_fhir_router = False
     return body
@@ -203,6 +218,7 @@ def render_fhir(resp) -> Response:
 # binary.ts binaryRouter: POST /, PUT /:id, GET /:id ahead of the FHIR router; a GET asking for FHIR JSON (and the
 # rest of /Binary) goes on to the FHIR router.
 
+
 def binary_create() -> Response:
     g.outside_fhir_router = True
     return _binary_upload(current_backend(), require_principal(), None)
@@ -248,8 +264,13 @@ def _binary_read(backend: MedplumBackend, principal, rid: str, vid: str | None =
 
 
 # mime-types charset(): the types Express sends with "; charset=utf-8" (res.contentType)
-_UTF8_TYPES = ("application/json", "application/javascript", "application/fhir+json", "application/ld+json",
-               "application/xhtml+xml")
+_UTF8_TYPES = (
+    "application/json",
+    "application/javascript",
+    "application/fhir+json",
+    "application/ld+json",
+    "application/xhtml+xml",
+)
 
 
 def _with_charset(content_type: Any) -> str:
@@ -285,8 +306,9 @@ def _binary_upload(backend: MedplumBackend, principal, rid: str | None) -> Respo
     if content_type == FHIR_JSON:
         resource = _binary_resource(data, rid)
         if resource is not None:
-            resp = backend.call("PUT" if rid else "POST", f"Binary/{rid}" if rid else "Binary", body=resource,
-                              principal=principal)
+            resp = backend.call(
+                "PUT" if rid else "POST", f"Binary/{rid}" if rid else "Binary", body=resource, principal=principal
+            )
             return json_response(resp.body, resp.status, FHIR_JSON, dict(resp.headers or {}))
     binary: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or "application/octet-stream"}
     security_context = request.headers.get("X-Security-Context")

@@ -1,5 +1,6 @@
 """OAuth and session routes: `POST /oauth2/token` (client_credentials, client id/secret in the form or
 Basic) and `GET /auth/me` — the answers Medplum's server gives (packages/server/src/oauth/token.ts, auth/me.ts)."""
+
 from __future__ import annotations
 
 import base64
@@ -82,8 +83,7 @@ def me() -> Response:
     profile = st.try_read(rtype, rid) if rtype and rid else None
     if profile:
         profile = {k: v for k, v in profile.items() if k not in ("secret", "retiringSecret")}
-    config = {"resourceType": "UserConfiguration", "id": "medport-default-config",
-              "menu": []}
+    config = {"resourceType": "UserConfiguration", "id": "medport-default-config", "menu": []}
     body = {
         "user": profile,
         "project": project,

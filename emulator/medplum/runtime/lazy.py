@@ -1,5 +1,6 @@
 """The bot runtime an emulator uses: started on first use (its Node workers cost a second), or one given (tests and
 benchmarks share one), which the emulator then does not close."""
+
 from __future__ import annotations
 
 import threading

@@ -10,6 +10,7 @@ Protocol: requests are JSON lines on the worker's stdin; responses are JSON line
 (fd passed to the worker in MEDPORT_PROTO_FD), so nothing a bot prints can corrupt it. Log lines are
 streamed as they are produced, so the logs of a bot that is killed are still returned.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,7 @@ LAMBDA_MEMORY_MB = 1024
 MAX_LAMBDA_TIMEOUT_S = 900.0
 VMCONTEXT_HARD_CAP_S = 900.0
 FHIRPATH_TIMEOUT_S = 60.0
-WATCH_INTERVAL_S = 0.05      # how often the memory of running Lambda workers is looked at
+WATCH_INTERVAL_S = 0.05  # how often the memory of running Lambda workers is looked at
 
 
 def lambda_node_args(memory_mb: int) -> list[str]:
@@ -71,6 +72,7 @@ def _rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
 
 # The only variables a worker inherits: what Node itself needs to find programs,
 # the home directory, temp space, time zone, locale and extra CA certificates for TLS. Nothing else of the
@@ -107,8 +109,14 @@ class ExecRequest:
 @lru_cache(maxsize=16)
 def _sandbox_message(sb: Sandbox) -> dict:
     """What worker.js builds a vmcontext sandbox from."""
-    return {"name": sb.name, "console": "log" if sb.console == ("log",) else "full", "fetch": sb.fetch,
-            "globals": list(sb.globals), "requester": sb.requester, "response_stream": sb.response_stream}
+    return {
+        "name": sb.name,
+        "console": "log" if sb.console == ("log",) else "full",
+        "fetch": sb.fetch,
+        "globals": list(sb.globals),
+        "requester": sb.requester,
+        "response_stream": sb.response_stream,
+    }
 
 
 @dataclass
@@ -157,13 +165,14 @@ class _Call:
 
 
 class _Worker:
-    def __init__(self, node: str, env: dict, node_args: list[str], flavor: str = "vmcontext",
-                 memory_limit: int | None = None):
+    def __init__(
+        self, node: str, env: dict, node_args: list[str], flavor: str = "vmcontext", memory_limit: int | None = None
+    ):
         r, w = os.pipe()
         env = dict(env, MEDPORT_PROTO_FD=str(w))
-        self.flavor = flavor                    # "vmcontext" | "awslambda": which runtime's limits it has
-        self.memory_limit = memory_limit        # bytes of RSS past which it is killed (Lambda's MemorySize)
-        self.over_memory = False                # killed for passing memory_limit
+        self.flavor = flavor  # "vmcontext" | "awslambda": which runtime's limits it has
+        self.memory_limit = memory_limit  # bytes of RSS past which it is killed (Lambda's MemorySize)
+        self.over_memory = False  # killed for passing memory_limit
         # MEDPORT_WORKER_NODE_ARGS (a profiling aid, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"): extra Node flags
         extra = os.environ.get("MEDPORT_WORKER_NODE_ARGS", "").split()
         try:
@@ -193,7 +202,9 @@ class _Worker:
         self.last_used = time.monotonic()
         self._stderr_tail: deque[str] = deque(maxlen=40)
         self._wlock = threading.Lock()
-        self._err_thread = threading.Thread(target=self._stderr_loop, name=f"medport-worker-err-{self.pid}", daemon=True)
+        self._err_thread = threading.Thread(
+            target=self._stderr_loop, name=f"medport-worker-err-{self.pid}", daemon=True
+        )
         self._err_thread.start()
         threading.Thread(target=self._read_loop, name=f"medport-worker-{self.pid}", daemon=True).start()
 
@@ -203,7 +214,7 @@ class _Worker:
         # an answer that never comes (it was the hang of test_fuzz_execute_never_5xx: {"a": -Infinity})
         try:
             data = jsonsafe.dumps_bytes(msg) + b"\n"
-        except (TypeError, ValueError):   # a value no JSON type holds: as its str
+        except (TypeError, ValueError):  # a value no JSON type holds: as its str
             data = jsonsafe.dumps_bytes(msg, default=str) + b"\n"
         with self._wlock:
             self._stdin.write(data)
@@ -283,14 +294,23 @@ class _Worker:
         if self.over_memory:
             detail, kind = "signal: killed", "Runtime.OutOfMemory"
         elif "heap out of memory" in tail or "Reached heap limit" in tail:
-            detail, kind = "signal: aborted (core dumped)", "Runtime.ExitError"   # V8's fatal OOM aborts
+            detail, kind = "signal: aborted (core dumped)", "Runtime.ExitError"  # V8's fatal OOM aborts
         elif status is not None and status < 0:
-            detail, kind = {9: "signal: killed", 6: "signal: aborted (core dumped)", 15: "signal: terminated",
-                            11: "signal: segmentation fault (core dumped)"}.get(-status, f"signal: {-status}"), \
-                "Runtime.ExitError"
+            detail, kind = (
+                {
+                    9: "signal: killed",
+                    6: "signal: aborted (core dumped)",
+                    15: "signal: terminated",
+                    11: "signal: segmentation fault (core dumped)",
+                }.get(-status, f"signal: {-status}"),
+                "Runtime.ExitError",
+            )
         else:
             detail, kind = f"exit status {status}", "Runtime.ExitError"
-        return {"errorType": kind, "errorMessage": f"RequestId: {uuid.uuid4()} Error: Runtime exited with error: {detail}"}
+        return {
+            "errorType": kind,
+            "errorMessage": f"RequestId: {uuid.uuid4()} Error: Runtime exited with error: {detail}",
+        }
 
     def kill(self) -> None:
         self.dead = True
@@ -322,8 +342,14 @@ class BotRuntime:
     worker killed when its memory passes it); `hard_cap_s` bounds a vmcontext execution's wall clock (Medplum
     has none for async code: a generous cap so nothing hangs forever)."""
 
-    def __init__(self, size: int = 2, max_size: int = 8, hard_cap_s: float = VMCONTEXT_HARD_CAP_S,
-                 memory_mb: int | None = None, lambda_memory_mb: int = LAMBDA_MEMORY_MB):
+    def __init__(
+        self,
+        size: int = 2,
+        max_size: int = 8,
+        hard_cap_s: float = VMCONTEXT_HARD_CAP_S,
+        memory_mb: int | None = None,
+        lambda_memory_mb: int = LAMBDA_MEMORY_MB,
+    ):
         self.size = max(0, int(size))
         self.max_size = max(1, int(max_size), self.size)
         self.hard_cap_s = float(hard_cap_s)
@@ -464,7 +490,7 @@ class BotRuntime:
                     self._idle["vmcontext"].insert(0, nw)
                     freed = True
             if freed or to_stop or not self._waiting[w.flavor]:
-                self._wake_all()   # a slot or another runtime's waiter: everyone looks again
+                self._wake_all()  # a slot or another runtime's waiter: everyone looks again
             else:
                 self._avail[w.flavor].notify()
         for old in to_stop:
@@ -498,19 +524,20 @@ class BotRuntime:
         runtime = req.runtime if req.runtime in ("vmcontext", "awslambda") else "vmcontext"
         timeout_s = float(req.timeout_s) if req.timeout_s else DEFAULT_TIMEOUT_S
         if runtime == "awslambda":
-            timeout_s = min(timeout_s, MAX_LAMBDA_TIMEOUT_S)   # Medplum refuses to deploy a longer one
+            timeout_s = min(timeout_s, MAX_LAMBDA_TIMEOUT_S)  # Medplum refuses to deploy a longer one
             deadline = timeout_s  # Lambda: wall clock
         else:
             deadline = max(self.hard_cap_s, timeout_s + 1.0)  # vm timeout covers sync code; the cap the rest
         code = req.code or ""
         sandbox = req.sandbox if runtime == "vmcontext" else None
-        flavor = f"{runtime}@{sandbox.name}" if sandbox else runtime   # a release wraps the code its own way
+        flavor = f"{runtime}@{sandbox.name}" if sandbox else runtime  # a release wraps the code its own way
         key = f"{flavor}:{req.bot_id}:{hashlib.sha256(code.encode('utf-8')).hexdigest()[:24]}"
         try:
             w = self._acquire(runtime)
         except RuntimeError as exc:
-            return ExecResult(ok=False, returned=False, error=str(exc), crashed=True,
-                              duration_ms=(time.perf_counter() - t0) * 1000)
+            return ExecResult(
+                ok=False, returned=False, error=str(exc), crashed=True, duration_ms=(time.perf_counter() - t0) * 1000
+            )
         retire = False
         try:
             msg = {
@@ -565,14 +592,27 @@ class BotRuntime:
                         # ends with the runtime's own line
                         payload = w.lambda_error()
                         call.add_log(f"{payload['errorMessage']}\n{payload['errorType']}\n")
-                        return ExecResult(ok=False, returned=True, value=payload, error=error, logs=call.logs(),
-                                          duration_ms=(time.perf_counter() - t0) * 1000, crashed=True,
-                                          worker_pid=w.pid)
+                        return ExecResult(
+                            ok=False,
+                            returned=True,
+                            value=payload,
+                            error=error,
+                            logs=call.logs(),
+                            duration_ms=(time.perf_counter() - t0) * 1000,
+                            crashed=True,
+                            worker_pid=w.pid,
+                        )
                     if call.cut_reason:
                         call.add_log(error)
-                    return ExecResult(ok=False, returned=False, error=error, logs=call.logs(),
-                                      duration_ms=(time.perf_counter() - t0) * 1000, crashed=True,
-                                      worker_pid=w.pid)
+                    return ExecResult(
+                        ok=False,
+                        returned=False,
+                        error=error,
+                        logs=call.logs(),
+                        duration_ms=(time.perf_counter() - t0) * 1000,
+                        crashed=True,
+                        worker_pid=w.pid,
+                    )
                 res = call.msg or {}
                 if res.get("need_code"):
                     w.known.discard(key)
@@ -591,14 +631,21 @@ class BotRuntime:
                     crashed=False,
                     worker_pid=w.pid,
                 )
-            return ExecResult(ok=False, returned=False, error="worker lost the bot code", crashed=True,
-                              duration_ms=(time.perf_counter() - t0) * 1000, worker_pid=w.pid)
+            return ExecResult(
+                ok=False,
+                returned=False,
+                error="worker lost the bot code",
+                crashed=True,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+                worker_pid=w.pid,
+            )
         finally:
             self._release(w, retire=retire)
 
     @staticmethod
-    def _timeout_result(runtime: str, timeout_s: float, deadline: float, call: _Call, w: _Worker,
-                        t0: float) -> ExecResult:
+    def _timeout_result(
+        runtime: str, timeout_s: float, deadline: float, call: _Call, w: _Worker, t0: float
+    ) -> ExecResult:
         if runtime == "awslambda":
             # AWS Lambda: "Task timed out after N.NN seconds", errorType Sandbox.Timedout
             text = f"Task timed out after {timeout_s:.2f} seconds"
@@ -606,13 +653,23 @@ class BotRuntime:
             value = {"errorType": "Sandbox.Timedout", "errorMessage": text}
             returned = True
         else:
-            text = (f"Bot execution exceeded the emulator's hard cap of {deadline:g} s "
-                    f"(the vm timeout of {timeout_s:g} s only stops synchronous code); the worker was killed")
+            text = (
+                f"Bot execution exceeded the emulator's hard cap of {deadline:g} s "
+                f"(the vm timeout of {timeout_s:g} s only stops synchronous code); the worker was killed"
+            )
             call.add_log(text)
             value, returned = None, False
-        return ExecResult(ok=False, returned=returned, value=value, error=text, logs=call.logs(),
-                          duration_ms=(time.perf_counter() - t0) * 1000, timed_out=True, crashed=False,
-                          worker_pid=w.pid)
+        return ExecResult(
+            ok=False,
+            returned=returned,
+            value=value,
+            error=text,
+            logs=call.logs(),
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            timed_out=True,
+            crashed=False,
+            worker_pid=w.pid,
+        )
 
     def eval_fhirpath(self, expression: str, resource: dict, variables: dict | None = None) -> list:
         """Evaluate FHIRPath like Medplum's subscription criteria: evalFhirPathTyped(expr, [resource], vars),
@@ -624,8 +681,15 @@ class BotRuntime:
             call = _Call(next(self._ids), "\n")
             w.calls[call.id] = call
             try:
-                w.send({"op": "fhirpath", "id": call.id, "expression": expression, "resource": resource,
-                        "variables": variables or {}})
+                w.send(
+                    {
+                        "op": "fhirpath",
+                        "id": call.id,
+                        "expression": expression,
+                        "resource": resource,
+                        "variables": variables or {},
+                    }
+                )
             except (OSError, ValueError):
                 w.kill()
             limit = min(self.hard_cap_s, FHIRPATH_TIMEOUT_S)
@@ -648,8 +712,10 @@ class BotRuntime:
         """The executions in progress: bot id, worker pid, seconds since they started."""
         now = time.monotonic()
         with self._running_lock:
-            return [{"execution": cid, "bot_id": bot_id, "worker_pid": w.pid, "running_s": round(now - t, 3)}
-                    for cid, (bot_id, w, t, _call) in sorted(self._running.items())]
+            return [
+                {"execution": cid, "bot_id": bot_id, "worker_pid": w.pid, "running_s": round(now - t, 3)}
+                for cid, (bot_id, w, t, _call) in sorted(self._running.items())
+            ]
 
     def cut_off(self, bot_id: str | None = None, reason: str = "Execution cut off") -> list[dict]:
         """Kill the worker of every execution in progress (of `bot_id`, or all): what a server restart, a
@@ -666,10 +732,13 @@ class BotRuntime:
 
     def stats(self) -> dict:
         with self._cond:
-            return {"workers": len(self._workers), "idle": sum(len(v) for v in self._idle.values()),
-                    "starting": self._starting,
-                    "by_runtime": {f: sum(1 for w in self._workers if w.flavor == f) for f in self._idle},
-                    "pids": sorted(w.pid for w in self._workers)}
+            return {
+                "workers": len(self._workers),
+                "idle": sum(len(v) for v in self._idle.values()),
+                "starting": self._starting,
+                "by_runtime": {f: sum(1 for w in self._workers if w.flavor == f) for f in self._idle},
+                "pids": sorted(w.pid for w in self._workers),
+            }
 
     def close(self) -> None:
         with self._cond:

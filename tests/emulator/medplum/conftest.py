@@ -1,5 +1,6 @@
 """Shared fixtures of the Medplum emulator tests: an emulator on a free port and its admin client.
 A module that needs other settings defines its own `emu`."""
+
 from __future__ import annotations
 
 import pytest

@@ -13,6 +13,7 @@ The checks (`Fuzzer.send`):
   before and after; a `$execute` whose bot ran keeps its AuditEvent, as on Medplum);
 - no request takes longer than `timeout_s` (a hang fails instead of blocking the run).
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,27 +29,81 @@ import requests
 from hypothesis import strategies as st
 
 PROJECT = "medport-project"
-TYPES = ["Patient", "Observation", "Organization", "Task", "Bundle", "Bot", "Binary", "AuditEvent", "AsyncJob",
-         "DocumentReference", "Encounter", "Xyz", "patient", ""]
-SEARCH_KEYS = ["_count", "_offset", "_sort", "_total", "_summary", "_include", "_revinclude", "_elements", "_id",
-               "_lastUpdated", "name", "name:contains", "name:exact", "family", "identifier", "identifier:text",
-               "identifier:not", "birthdate", "gender", "subject", "subject:Patient", "subject:Patient.name",
-               "patient.identifier", "value-quantity", "code", "organization", "_cursor", "_format", "x", "name:zz"]
-CONTENT_TYPES = ["application/json", "application/fhir+json", "application/json-patch+json", "text/plain",
-                 "x-application/hl7-v2+er7", "application/x-www-form-urlencoded", "application/xml",
-                 "multipart/form-data; boundary=x", "application/json; charset=utf-8", "application/octet-stream", ""]
+TYPES = [
+    "Patient",
+    "Observation",
+    "Organization",
+    "Task",
+    "Bundle",
+    "Bot",
+    "Binary",
+    "AuditEvent",
+    "AsyncJob",
+    "DocumentReference",
+    "Encounter",
+    "Xyz",
+    "patient",
+    "",
+]
+SEARCH_KEYS = [
+    "_count",
+    "_offset",
+    "_sort",
+    "_total",
+    "_summary",
+    "_include",
+    "_revinclude",
+    "_elements",
+    "_id",
+    "_lastUpdated",
+    "name",
+    "name:contains",
+    "name:exact",
+    "family",
+    "identifier",
+    "identifier:text",
+    "identifier:not",
+    "birthdate",
+    "gender",
+    "subject",
+    "subject:Patient",
+    "subject:Patient.name",
+    "patient.identifier",
+    "value-quantity",
+    "code",
+    "organization",
+    "_cursor",
+    "_format",
+    "x",
+    "name:zz",
+]
+CONTENT_TYPES = [
+    "application/json",
+    "application/fhir+json",
+    "application/json-patch+json",
+    "text/plain",
+    "x-application/hl7-v2+er7",
+    "application/x-www-form-urlencoded",
+    "application/xml",
+    "multipart/form-data; boundary=x",
+    "application/json; charset=utf-8",
+    "application/octet-stream",
+    "",
+]
 AUTHS = ["admin", "admin", "admin", "admin", "basic-admin", "client", "none", "garbage", "bad-basic"]
 
 # What would betray a Python exception in an answer (a JS bot's TypeError in a $execute body is fine).
-PYTHON_ERROR = re.compile(r"Traceback \(most recent call last\)|\b(UnicodeEncodeError|UnicodeDecodeError|OverflowError|"
-                          r"OperationalError|IntegrityError|ProgrammingError|KeyError|AttributeError|IndexError|"
-                          r"RecursionError|ZeroDivisionError|NotImplementedError|sqlite3)\b|\.py\", line \d+")
+PYTHON_ERROR = re.compile(
+    r"Traceback \(most recent call last\)|\b(UnicodeEncodeError|UnicodeDecodeError|OverflowError|"
+    r"OperationalError|IntegrityError|ProgrammingError|KeyError|AttributeError|IndexError|"
+    r"RecursionError|ZeroDivisionError|NotImplementedError|sqlite3)\b|\.py\", line \d+"
+)
 
 
 @dataclass
 class Req:
     method: str
-    path: str                                   # relative to the server root, unquoted
+    path: str  # relative to the server root, unquoted
     query: list[tuple[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
@@ -57,20 +112,58 @@ class Req:
     def describe(self) -> str:
         q = "&".join(f"{k}={v}" for k, v in self.query)
         body = (self.body or b"")[:160]
-        return (f"{self.method} /{self.path[:120]}?{q[:200]} ({len(q)} chars) auth={self.auth} "
-                f"headers={self.headers} body[{len(self.body or b'')}]={body!r}")
+        return (
+            f"{self.method} /{self.path[:120]}?{q[:200]} ({len(q)} chars) auth={self.auth} "
+            f"headers={self.headers} body[{len(self.body or b'')}]={body!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ strategies
 _text = st.text(max_size=12)
 _weird_text = st.one_of(
     _text,
-    st.sampled_from(["", " ", "\x00", "a\x00b", "é", "😀", "\ufffd", "%", "%%", "_", "\\", "\\,", ",", "|", "a|b",
-                     "s|", "|c", "gt2020", "lt", "le-1", "ap1e400", "1e400", "NaN", "Infinity", "-0", "99999999999999999999999",
-                     "2020-13-45", "9999-12-31T23:59:59Z", "0000-01-01", "Patient/x", "Patient/", "../..", "$x"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "a\x00b",
+            "é",
+            "😀",
+            "\ufffd",
+            "%",
+            "%%",
+            "_",
+            "\\",
+            "\\,",
+            ",",
+            "|",
+            "a|b",
+            "s|",
+            "|c",
+            "gt2020",
+            "lt",
+            "le-1",
+            "ap1e400",
+            "1e400",
+            "NaN",
+            "Infinity",
+            "-0",
+            "99999999999999999999999",
+            "2020-13-45",
+            "9999-12-31T23:59:59Z",
+            "0000-01-01",
+            "Patient/x",
+            "Patient/",
+            "../..",
+            "$x",
+        ]
+    ),
 )
-_id = st.one_of(st.sampled_from(["x", "123", "00000000-0000-0000-0000-000000000000", "a" * 65, "..", "%2F", "@fixture"]),
-                st.text(min_size=1, max_size=10))
+_id = st.one_of(
+    st.sampled_from(["x", "123", "00000000-0000-0000-0000-000000000000", "a" * 65, "..", "%2F", "@fixture"]),
+    st.text(min_size=1, max_size=10),
+)
 
 
 def _long_value(draw) -> str:
@@ -85,8 +178,23 @@ def query_strategy(draw) -> list[tuple[str, str]]:
     if kind == "few":
         keys = st.one_of(st.sampled_from(SEARCH_KEYS), _text)
         return draw(st.lists(st.tuples(keys, _weird_text), max_size=4))
-    key = draw(st.sampled_from(["name", "name:contains", "identifier", "identifier:text", "_id", "subject",
-                                "family", "birthdate", "code", "_lastUpdated", "value-quantity"]))
+    key = draw(
+        st.sampled_from(
+            [
+                "name",
+                "name:contains",
+                "identifier",
+                "identifier:text",
+                "_id",
+                "subject",
+                "family",
+                "birthdate",
+                "code",
+                "_lastUpdated",
+                "value-quantity",
+            ]
+        )
+    )
     if kind == "long-value":
         return [(key, _long_value(draw))]
     if kind == "many-or":
@@ -99,13 +207,20 @@ def query_strategy(draw) -> list[tuple[str, str]]:
     if kind == "same-params":
         n = draw(st.sampled_from([1000, 2000, 8000]))
         return [(key, "Smi")] * n
-    return [("_offset", draw(st.sampled_from(["99999999999999999999999", "10001", "10000", "-5", "1e5", "9" * 400,
-                                               "１２", "²"])))]
+    return [
+        (
+            "_offset",
+            draw(st.sampled_from(["99999999999999999999999", "10001", "10000", "-5", "1e5", "9" * 400, "１２", "²"])),
+        )
+    ]
 
 
-_json_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _weird_text
-_json = st.recursive(_json_scalar, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(_text, ch, max_size=4),
-                     max_leaves=12)
+_json_scalar = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _weird_text
+)
+_json = st.recursive(
+    _json_scalar, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(_text, ch, max_size=4), max_leaves=12
+)
 
 
 _name = st.one_of(st.sampled_from(["Smith", "Jones", "Lee", "Ng", "O'Brien", "Zoë", "李"]), _weird_text)
@@ -115,13 +230,31 @@ def _resource(draw, rtype: str) -> dict:
     r: dict[str, Any] = {"resourceType": rtype}
     if rtype == "Patient":
         r["name"] = [{"family": draw(_name), "given": [draw(_name)]}]
-        r.update(draw(st.fixed_dictionaries({}, optional={
-            "birthDate": _weird_text, "gender": st.sampled_from(["male", "x", ""]), "active": _json_scalar,
-            "identifier": st.just([{"system": "s", "value": "v"}]), "id": _id, "extra": _json})))
+        r.update(
+            draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "birthDate": _weird_text,
+                        "gender": st.sampled_from(["male", "x", ""]),
+                        "active": _json_scalar,
+                        "identifier": st.just([{"system": "s", "value": "v"}]),
+                        "id": _id,
+                        "extra": _json,
+                    },
+                )
+            )
+        )
     elif rtype == "Observation":
-        r.update({"status": draw(st.sampled_from(["final", "final", "bogus"])), "code": {"text": draw(_name)},
-                  "valueQuantity": {"value": draw(st.one_of(st.integers(), st.floats(allow_nan=False,
-                                                                                     allow_infinity=False)))}})
+        r.update(
+            {
+                "status": draw(st.sampled_from(["final", "final", "bogus"])),
+                "code": {"text": draw(_name)},
+                "valueQuantity": {
+                    "value": draw(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+                },
+            }
+        )
     elif rtype == "Organization":
         r["name"] = draw(_name)
     elif rtype == "Task":
@@ -137,22 +270,47 @@ def bundle_strategy(draw) -> dict:
     for _ in range(draw(st.integers(0, 6))):
         method = draw(st.sampled_from(["POST", "PUT", "GET", "DELETE", "PATCH", "X"]))
         rtype = draw(st.sampled_from(["Patient", "Observation", "Xyz"]))
-        url = draw(st.one_of(st.just(rtype), st.just(f"{rtype}/{draw(_id)}"),
-                             st.just(f"{rtype}?name=" + draw(_weird_text)), _text))
+        url = draw(
+            st.one_of(
+                st.just(rtype), st.just(f"{rtype}/{draw(_id)}"), st.just(f"{rtype}?name=" + draw(_weird_text)), _text
+            )
+        )
         e: dict[str, Any] = {"request": {"method": method, "url": url}}
         if draw(st.booleans()):
             e["resource"] = _resource(draw, rtype)
         if draw(st.booleans()):
             e["fullUrl"] = draw(st.sampled_from(["urn:uuid:1", "urn:uuid:2", "x"]))
         entries.append(e)
-    return {"resourceType": "Bundle", "type": draw(st.sampled_from(["batch", "transaction", "searchset", "x"])),
-            "entry": entries}
+    return {
+        "resourceType": "Bundle",
+        "type": draw(st.sampled_from(["batch", "transaction", "searchset", "x"])),
+        "entry": entries,
+    }
 
 
 @st.composite
 def body_strategy(draw) -> bytes | None:
-    kind = draw(st.sampled_from(["none", "bytes", "json", "json", "resource", "resource", "resource", "bundle",
-                                 "patch", "surrogate", "nan", "bignum", "deep", "huge", "form"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "none",
+                "bytes",
+                "json",
+                "json",
+                "resource",
+                "resource",
+                "resource",
+                "bundle",
+                "patch",
+                "surrogate",
+                "nan",
+                "bignum",
+                "deep",
+                "huge",
+                "form",
+            ]
+        )
+    )
     if kind == "none":
         return None
     if kind == "bytes":
@@ -164,24 +322,47 @@ def body_strategy(draw) -> bytes | None:
     if kind == "bundle":
         return json.dumps(draw(bundle_strategy())).encode()
     if kind == "patch":
-        ops = draw(st.lists(st.fixed_dictionaries({"op": st.sampled_from(["add", "replace", "remove", "move", "test",
-                                                                           "x"]),
-                                                   "path": st.sampled_from(["/name", "/id", "/resourceType", "/meta",
-                                                                            "/name/0/family", "/-", "", "x"]),
-                                                   "value": _json}), max_size=3))
+        ops = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "op": st.sampled_from(["add", "replace", "remove", "move", "test", "x"]),
+                        "path": st.sampled_from(
+                            ["/name", "/id", "/resourceType", "/meta", "/name/0/family", "/-", "", "x"]
+                        ),
+                        "value": _json,
+                    }
+                ),
+                max_size=3,
+            )
+        )
         return json.dumps(ops).encode()
     if kind == "surrogate":
-        where = draw(st.sampled_from(['{"resourceType":"Patient","name":[{"family":"\\ud800"}]}',
-                                      '{"resourceType":"Patient","\\udfff":1}', '{"a":"\\udbff\\u0041"}',
-                                      '[{"op":"add","path":"/name","value":[{"family":"\\ud83d"}]}]']))
+        where = draw(
+            st.sampled_from(
+                [
+                    '{"resourceType":"Patient","name":[{"family":"\\ud800"}]}',
+                    '{"resourceType":"Patient","\\udfff":1}',
+                    '{"a":"\\udbff\\u0041"}',
+                    '[{"op":"add","path":"/name","value":[{"family":"\\ud83d"}]}]',
+                ]
+            )
+        )
         return where.encode()
     if kind == "nan":
-        return draw(st.sampled_from([b'{"a":NaN}', b'{"resourceType":"Patient","x":Infinity}', b'[-Infinity]']))
+        return draw(st.sampled_from([b'{"a":NaN}', b'{"resourceType":"Patient","x":Infinity}', b"[-Infinity]"]))
     if kind == "bignum":
-        return draw(st.sampled_from([b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
-                                     b'"valueQuantity":{"value":123456789012345678901234567890}}',
-                                     b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
-                                     b'"valueQuantity":{"value":1e400}}', b'{"a":' + b"9" * 5000 + b'}']))
+        return draw(
+            st.sampled_from(
+                [
+                    b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+                    b'"valueQuantity":{"value":123456789012345678901234567890}}',
+                    b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+                    b'"valueQuantity":{"value":1e400}}',
+                    b'{"a":' + b"9" * 5000 + b"}",
+                ]
+            )
+        )
     if kind == "deep":
         n = draw(st.sampled_from([100, 2000, 100_000]))
         return b"[" * n + b"]" * n
@@ -194,9 +375,12 @@ def _headers(draw, ctype: str | None) -> dict[str, str]:
     headers: dict[str, str] = {}
     if ctype:
         headers["Content-Type"] = ctype
-    for name, values in (("Prefer", ["return=minimal", "respond-async", "x"]), ("If-Match", ['W/"x"', "*"]),
-                         ("If-None-Exist", ["name=x", "_id=" + "a," * 1000, "bad=1", "name=" + "z" * 60_000]),
-                         ("X-Medplum", ["extended"])):
+    for name, values in (
+        ("Prefer", ["return=minimal", "respond-async", "x"]),
+        ("If-Match", ['W/"x"', "*"]),
+        ("If-None-Exist", ["name=x", "_id=" + "a," * 1000, "bad=1", "name=" + "z" * 60_000]),
+        ("X-Medplum", ["extended"]),
+    ):
         if draw(st.integers(0, 11)) == 0:
             headers[name] = draw(st.sampled_from(values))
     return headers
@@ -211,8 +395,13 @@ def _sane_fhir(draw) -> Req:
     search, validation, storage, batch processing and patching) — with hostile values inside."""
     t = draw(st.sampled_from(_SANE_TYPES))
     rid = draw(st.one_of(st.just("@fixture"), _id)) if t == "Patient" else draw(_id)
-    op = draw(st.sampled_from(["search"] * 5 + ["create"] * 3 + ["read", "update", "cond-update", "patch", "delete",
-                                                                  "cond-delete", "history", "batch", "form-search"]))
+    op = draw(
+        st.sampled_from(
+            ["search"] * 5
+            + ["create"] * 3
+            + ["read", "update", "cond-update", "patch", "delete", "cond-delete", "history", "batch", "form-search"]
+        )
+    )
     hostile = draw(st.integers(0, 3)) == 0
     body = draw(body_strategy()) if hostile else json.dumps(_resource(draw, t)).encode()
     fhir = "application/fhir+json"
@@ -228,10 +417,21 @@ def _sane_fhir(draw) -> Req:
     if op == "cond-update":
         return Req("PUT", f"fhir/R4/{t}", draw(query_strategy()), _headers(draw, fhir), body)
     if op == "patch":
-        ops = body if hostile else json.dumps([{"op": draw(st.sampled_from(["add", "replace", "remove", "test"])),
-                                                "path": draw(st.sampled_from(["/active", "/name/0/family", "/id",
-                                                                              "/resourceType", "/meta/tag", "/x"])),
-                                                "value": draw(_json)}]).encode()
+        ops = (
+            body
+            if hostile
+            else json.dumps(
+                [
+                    {
+                        "op": draw(st.sampled_from(["add", "replace", "remove", "test"])),
+                        "path": draw(
+                            st.sampled_from(["/active", "/name/0/family", "/id", "/resourceType", "/meta/tag", "/x"])
+                        ),
+                        "value": draw(_json),
+                    }
+                ]
+            ).encode()
+        )
         return Req("PATCH", f"fhir/R4/{t}/{rid}", [], _headers(draw, "application/json-patch+json"), ops)
     if op == "delete":
         return Req("DELETE", f"fhir/R4/{t}/{rid}", [], _headers(draw, None))
@@ -258,9 +458,22 @@ def request_strategy(draw) -> Req:
     headers = _headers(draw, ctype)
     if area == "fhir":
         rtype = draw(st.sampled_from(TYPES))
-        shape = draw(st.sampled_from(["{t}"] * 6 + ["{t}/{id}"] * 3 + ["{t}/{id}/_history", "{t}/{id}/_history/{id}",
-                                                                       "{t}/_search", "{t}/_history", "", "metadata",
-                                                                       "job/{id}/status", "{t}/{id}/{id}/{id}/x"]))
+        shape = draw(
+            st.sampled_from(
+                ["{t}"] * 6
+                + ["{t}/{id}"] * 3
+                + [
+                    "{t}/{id}/_history",
+                    "{t}/{id}/_history/{id}",
+                    "{t}/_search",
+                    "{t}/_history",
+                    "",
+                    "metadata",
+                    "job/{id}/status",
+                    "{t}/{id}/{id}/{id}/x",
+                ]
+            )
+        )
         path = "fhir/R4/" + shape.format(t=rtype, id=draw(_id))
         method = draw(st.sampled_from(["GET", "GET", "POST", "PUT", "PATCH", "DELETE"]))
     elif area == "execute":
@@ -270,11 +483,28 @@ def request_strategy(draw) -> Req:
         if method == "POST" and draw(st.booleans()):
             headers["Content-Type"] = draw(st.sampled_from(["application/json", "text/plain"]))
     else:
-        path = draw(st.sampled_from(["oauth2/token", "auth/me", f"admin/projects/{PROJECT}",
-                                     f"admin/projects/{PROJECT}/bot", f"admin/projects/{PROJECT}/client",
-                                     f"admin/projects/{PROJECT}/secrets", f"admin/projects/{PROJECT}/members/x",
-                                     "admin/projects/other", "_emulator/runs", "_emulator/idle", "_emulator/health",
-                                     "_emulator/reset", "_emulator/x", "healthcheck", "", "x/y"]))
+        path = draw(
+            st.sampled_from(
+                [
+                    "oauth2/token",
+                    "auth/me",
+                    f"admin/projects/{PROJECT}",
+                    f"admin/projects/{PROJECT}/bot",
+                    f"admin/projects/{PROJECT}/client",
+                    f"admin/projects/{PROJECT}/secrets",
+                    f"admin/projects/{PROJECT}/members/x",
+                    "admin/projects/other",
+                    "_emulator/runs",
+                    "_emulator/idle",
+                    "_emulator/health",
+                    "_emulator/reset",
+                    "_emulator/x",
+                    "healthcheck",
+                    "",
+                    "x/y",
+                ]
+            )
+        )
         method = draw(st.sampled_from(["GET", "POST", "POST", "PUT", "DELETE"]))
         if path.startswith("admin/") and draw(st.booleans()):
             headers["Content-Type"] = "application/json"
@@ -284,8 +514,16 @@ def request_strategy(draw) -> Req:
     body = draw(body_strategy()) if method in ("POST", "PUT", "PATCH") else None
     if path == "oauth2/token" and draw(st.booleans()):
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-        body = draw(st.sampled_from([b"grant_type=client_credentials&client_id=medport-admin&client_secret=x",
-                                     b"grant_type=client_credentials", b"grant_type=password", b"%ff%fe=\x00"]))
+        body = draw(
+            st.sampled_from(
+                [
+                    b"grant_type=client_credentials&client_id=medport-admin&client_secret=x",
+                    b"grant_type=client_credentials",
+                    b"grant_type=password",
+                    b"%ff%fe=\x00",
+                ]
+            )
+        )
     return Req(method, path, query, headers, body, auth)
 
 
@@ -318,12 +556,16 @@ class Fuzzer:
         self.state.repo.add_listener(self._on_change)
         c = self.admin
         self.bot = c.create_bot("fuzz-echo", "exports.handler = async (medplum, event) => event.input;")
-        self.lambda_bot = c.create_bot("fuzz-lambda", "exports.handler = async (medplum, event) => event.input;",
-                                       runtimeVersion="awslambda")
+        self.lambda_bot = c.create_bot(
+            "fuzz-lambda", "exports.handler = async (medplum, event) => event.input;", runtimeVersion="awslambda"
+        )
         self.patient = c.create({"resourceType": "Patient", "name": [{"family": "Smith", "given": ["Fuzz"]}]})
         client = c.request("POST", f"admin/projects/{PROJECT}/client", json={"name": "fuzz-client"}).json()
-        token = requests.post(handle.base_url + "oauth2/token", timeout=10, data={
-            "grant_type": "client_credentials", "client_id": client["id"], "client_secret": client["secret"]})
+        token = requests.post(
+            handle.base_url + "oauth2/token",
+            timeout=10,
+            data={"grant_type": "client_credentials", "client_id": client["id"], "client_secret": client["secret"]},
+        )
         self.client_token = token.json()["access_token"]
         basic = base64.b64encode(f"{handle.admin_client_id}:{handle.admin_client_secret}".encode()).decode()
         self.auth_headers = {
@@ -353,8 +595,11 @@ class Fuzzer:
             return repo._conn.execute("SELECT COUNT(*) FROM history").fetchone()[0]
 
     def _resolve(self, req: Req) -> str:
-        path = (req.path.replace("@bot", self.bot["id"]).replace("@lambda", self.lambda_bot["id"])
-                .replace("@fixture", self.patient["id"]))
+        path = (
+            req.path.replace("@bot", self.bot["id"])
+            .replace("@lambda", self.lambda_bot["id"])
+            .replace("@fixture", self.patient["id"])
+        )
         return self.h.base_url + quote(path, safe="/$:@")
 
     def send(self, req: Req) -> requests.Response | None:
@@ -369,8 +614,14 @@ class Fuzzer:
         rows0, runs0 = self._history_rows(), self._run_count()
         t0 = time.monotonic()
         try:
-            r = self.http.request(req.method, self._resolve(req), params=req.query or None, headers=headers,
-                                  data=req.body, timeout=self.timeout_s)
+            r = self.http.request(
+                req.method,
+                self._resolve(req),
+                params=req.query or None,
+                headers=headers,
+                data=req.body,
+                timeout=self.timeout_s,
+            )
         except requests.RequestException as e:
             s.requests += 1
             s.failures.append(f"no answer within {self.timeout_s:g} s ({type(e).__name__}): {req.describe()}")

@@ -1,4 +1,5 @@
 """Run Medplum's own @medplum/core (Node 22) on a list of jobs: the oracle of the differential tests."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,13 @@ SCRIPT = Path(__file__).with_name("medplum_oracle.js")
 
 def medplum(jobs: list[dict]) -> list[dict]:
     env = {**os.environ, "NODE_PATH": str(node_modules_dir())}
-    out = subprocess.run([str(node_binary()), str(SCRIPT)], input=json.dumps(jobs), capture_output=True, text=True,
-                         env=env, timeout=300, check=True)
+    out = subprocess.run(
+        [str(node_binary()), str(SCRIPT)],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
     return json.loads(out.stdout)

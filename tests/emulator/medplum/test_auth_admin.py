@@ -1,4 +1,5 @@
 """Token endpoint, bearer/basic authentication, /auth/me, admin API, developer API, fuzzing."""
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,14 @@ def _b64url_json(part: str) -> dict:
 
 
 def test_token_response_and_claims(emu):
-    r = requests.post(emu.base_url + "oauth2/token", data={"grant_type": "client_credentials",
-                                                           "client_id": "medport-admin",
-                                                           "client_secret": "medport-admin-secret"})
+    r = requests.post(
+        emu.base_url + "oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "medport-admin",
+            "client_secret": "medport-admin-secret",
+        },
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600 and body["scope"] == "openid"
@@ -90,8 +96,11 @@ def test_admin_endpoints(c):
     other = Client(c.base_url, client["id"], client["secret"])
     assert other.request("GET", "admin/projects/medport-project").status_code == 403
     assert other.request("POST", "admin/projects/medport-project/secrets", json=[]).status_code == 403
-    r = c.request("POST", "admin/projects/medport-project/secrets",
-                  json=[{"name": "A", "valueString": "1"}, {"name": "B", "valueString": "2"}])
+    r = c.request(
+        "POST",
+        "admin/projects/medport-project/secrets",
+        json=[{"name": "A", "valueString": "1"}, {"name": "B", "valueString": "2"}],
+    )
     assert r.status_code == 200 and [s["name"] for s in r.json()["secret"]] == ["A", "B"]
     assert c.request("POST", "admin/projects/medport-project/secrets", json={"name": "x"}).status_code == 400
     assert c.request("GET", "admin/projects/other-project").status_code == 403
@@ -123,35 +132,86 @@ def test_ready_as_soon_as_start_returns():
 
 
 # --- property test: random bodies / URLs / content types never give 5xx ----------------------------
-_ctypes = st.sampled_from(["application/json", "application/fhir+json", "text/plain", "application/xml",
-                           "x-application/hl7-v2+er7", "application/x-www-form-urlencoded",
-                           "application/json-patch+json", "", "multipart/form-data; boundary=x",
-                           "application/json; charset=utf-8"])
-_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                            lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=10), ch, max_size=4),
-                            max_leaves=15)
-_bodies = st.one_of(st.binary(max_size=200), _json_values.map(lambda v: json.dumps(v).encode()),
-                    st.fixed_dictionaries({"resourceType": st.sampled_from(["Patient", "Bundle", "Bot", "X", ""])},
-                                          optional={"id": st.text(max_size=8), "entry": _json_values,
-                                                    "name": _json_values, "meta": _json_values}
-                                          ).map(lambda v: json.dumps(v).encode()))
+_ctypes = st.sampled_from(
+    [
+        "application/json",
+        "application/fhir+json",
+        "text/plain",
+        "application/xml",
+        "x-application/hl7-v2+er7",
+        "application/x-www-form-urlencoded",
+        "application/json-patch+json",
+        "",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=utf-8",
+    ]
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=10), ch, max_size=4),
+    max_leaves=15,
+)
+_bodies = st.one_of(
+    st.binary(max_size=200),
+    _json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"resourceType": st.sampled_from(["Patient", "Bundle", "Bot", "X", ""])},
+        optional={"id": st.text(max_size=8), "entry": _json_values, "name": _json_values, "meta": _json_values},
+    ).map(lambda v: json.dumps(v).encode()),
+)
 _segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="?#"), max_size=12)
 _paths = st.one_of(
-    st.sampled_from(["Patient", "Patient/x", "Patient/x/_history", "Patient/x/_history/1", "", "Bundle",
-                     "Bot/$execute", "Bot/none/$execute", "Bot/none/$deploy", "job/x/status", "metadata",
-                     "Patient/_search", "Binary", "Unknown/1", "$graphql"]),
-    st.lists(_segment, min_size=1, max_size=4).map("/".join))
+    st.sampled_from(
+        [
+            "Patient",
+            "Patient/x",
+            "Patient/x/_history",
+            "Patient/x/_history/1",
+            "",
+            "Bundle",
+            "Bot/$execute",
+            "Bot/none/$execute",
+            "Bot/none/$deploy",
+            "job/x/status",
+            "metadata",
+            "Patient/_search",
+            "Binary",
+            "Unknown/1",
+            "$graphql",
+        ]
+    ),
+    st.lists(_segment, min_size=1, max_size=4).map("/".join),
+)
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]), path=_paths, ctype=_ctypes, body=_bodies,
-       query=st.dictionaries(st.sampled_from(["_count", "_sort", "identifier", "name", "_id", "x", "_offset"]),
-                             st.text(max_size=10), max_size=3))
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    path=_paths,
+    ctype=_ctypes,
+    body=_bodies,
+    query=st.dictionaries(
+        st.sampled_from(["_count", "_sort", "identifier", "name", "_id", "x", "_offset"]),
+        st.text(max_size=10),
+        max_size=3,
+    ),
+)
 def test_fuzz_never_5xx(c, method, path, ctype, body, query):
     headers = {"Content-Type": ctype} if ctype else {}
-    r = c.http.request(method, c.base_url + "fhir/R4/" + requests.utils.quote(path, safe="/$"), params=query,
-                       data=body if method != "GET" else None, headers=headers, timeout=10)
+    r = c.http.request(
+        method,
+        c.base_url + "fhir/R4/" + requests.utils.quote(path, safe="/$"),
+        params=query,
+        data=body if method != "GET" else None,
+        headers=headers,
+        timeout=10,
+    )
     assert r.status_code < 500, (method, path, ctype, body[:100], r.status_code, r.text[:300])
 
 
@@ -162,15 +222,30 @@ def fuzz_bot(c):
 
 # It used to hang: a body with -Infinity (Python's json reads it, JSON.parse does not) was written to the bot
 # worker as a line its JSON.parse dropped, and the request waited for the runtime's hard cap (test_fuzz.py).
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(method=st.sampled_from(["GET", "POST"]), ctype=_ctypes, body=_bodies,
-       query=st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=10), max_size=3),
-       prefer=st.sampled_from([None, "respond-async", "return=minimal"]))
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    method=st.sampled_from(["GET", "POST"]),
+    ctype=_ctypes,
+    body=_bodies,
+    query=st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=10), max_size=3),
+    prefer=st.sampled_from([None, "respond-async", "return=minimal"]),
+)
 def test_fuzz_execute_never_5xx(c, fuzz_bot, method, ctype, body, query, prefer):
     headers = {"Content-Type": ctype} if ctype else {}
     if prefer:
         headers["Prefer"] = prefer
-    r = c.http.request(method, c.fhir(f"Bot/{fuzz_bot['id']}/$execute"), params=query,
-                       data=body if method == "POST" else None, headers=headers, timeout=10)
+    r = c.http.request(
+        method,
+        c.fhir(f"Bot/{fuzz_bot['id']}/$execute"),
+        params=query,
+        data=body if method == "POST" else None,
+        headers=headers,
+        timeout=10,
+    )
     assert r.status_code < 500, (method, ctype, body[:100], r.status_code, r.text[:300])

@@ -1,4 +1,5 @@
 """One test (at least) per line of DESIGN.md "The Medplum contract the emulator keeps", over real HTTP."""
+
 from __future__ import annotations
 
 import base64
@@ -64,18 +65,25 @@ def test_execute_requires_auth_bearer_or_basic(c, echo_bot):
     assert r.status_code == 200 and r.json()["input"] == {"via": "basic"}
     # Metriport calls https://<id>:<secret>@host/...: requests turns URL credentials into Basic
     host = c.base_url.split("://", 1)[1]
-    r = requests.post(f"http://{c.client_id}:{c.client_secret}@{host}fhir/R4/Bot/{echo_bot['id']}/$execute",
-                      json={"via": "url"})
+    r = requests.post(
+        f"http://{c.client_id}:{c.client_secret}@{host}fhir/R4/Bot/{echo_bot['id']}/$execute", json={"via": "url"}
+    )
     assert r.status_code == 200
-    r = requests.post(url, json={}, headers={"Authorization": "Basic " + base64.b64encode(b"medport-admin:bad").decode()})
+    r = requests.post(
+        url, json={}, headers={"Authorization": "Basic " + base64.b64encode(b"medport-admin:bad").decode()}
+    )
     assert r.status_code == 401
 
 
 def test_execute_caller_must_read_bot(c, echo_bot):
-    policy = c.create({"resourceType": "AccessPolicy", "name": "patients only",
-                       "resource": [{"resourceType": "Patient"}]})
-    r = c.request("POST", "admin/projects/medport-project/client",
-                  json={"name": "limited", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}})
+    policy = c.create(
+        {"resourceType": "AccessPolicy", "name": "patients only", "resource": [{"resourceType": "Patient"}]}
+    )
+    r = c.request(
+        "POST",
+        "admin/projects/medport-project/client",
+        json={"name": "limited", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}},
+    )
     assert r.status_code == 201
     client = r.json()
     limited = Client(c.base_url, client["id"], client["secret"])
@@ -88,7 +96,9 @@ def test_execute_caller_must_read_bot(c, echo_bot):
 # --- input by content type ---------------------------------------------------------------------
 def test_input_json_and_fhir_json_parsed(c, echo_bot):
     for ct in ("application/json", "application/fhir+json"):
-        r = c.http.post(c.fhir(f"Bot/{echo_bot['id']}/$execute"), data=json.dumps({"k": ct}), headers={"Content-Type": ct})
+        r = c.http.post(
+            c.fhir(f"Bot/{echo_bot['id']}/$execute"), data=json.dumps({"k": ct}), headers={"Content-Type": ct}
+        )
         assert r.status_code == 200 and r.json()["input"] == {"k": ct} and r.json()["contentType"] == ct
 
 
@@ -98,7 +108,9 @@ def test_raw_body_bot_gets_the_original_json_text(c):
     bot["rawBody"] = True
     assert c.http.put(c.fhir(f"Bot/{bot['id']}"), json=bot).status_code == 200
     text = '{ "b": 1,\n  "a": "é" }'
-    r = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=text.encode(), headers={"Content-Type": "application/json"})
+    r = c.http.post(
+        c.fhir(f"Bot/{bot['id']}/$execute"), data=text.encode(), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 200 and r.json()["input"] == text
     bad = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=b"{nope", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400
@@ -124,8 +136,7 @@ def test_input_text_plain_is_string(c, echo_bot):
 def test_input_hl7_parsed(c):
     bot = c.create_bot("hl7", "exports.handler = async (m, e) => e.input.getSegment('MSH').getField(9).toString();")
     msg = "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123"
-    r = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=msg,
-                    headers={"Content-Type": "x-application/hl7-v2+er7"})
+    r = c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), data=msg, headers={"Content-Type": "x-application/hl7-v2+er7"})
     assert r.status_code == 200, r.text
     assert r.text == "ADT^A01"
     assert r.headers["Content-Type"].startswith("x-application/hl7-v2+er7")
@@ -141,8 +152,11 @@ def test_input_urlencoded_flat_and_other_empty(c, echo_bot):
 
 def test_event_fields_and_lowercased_headers(c, echo_bot):
     c.request("POST", "admin/projects/medport-project/secrets", json=[{"name": "API_KEY", "valueString": "s3cr3t"}])
-    r = c.http.post(c.fhir(f"Bot/{echo_bot['id']}/$execute"), json={"q": 1},
-                    headers={"X-Metriport-Signature": "abc", "X-Trace-Id": "trace-1"})
+    r = c.http.post(
+        c.fhir(f"Bot/{echo_bot['id']}/$execute"),
+        json={"q": 1},
+        headers={"X-Metriport-Signature": "abc", "X-Trace-Id": "trace-1"},
+    )
     ev = r.json()
     assert ev["bot"]["reference"] == f"Bot/{echo_bot['id']}"
     assert ev["secrets"]["API_KEY"]["valueString"] == "s3cr3t"
@@ -153,18 +167,34 @@ def test_event_fields_and_lowercased_headers(c, echo_bot):
 
 
 # --- responses ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,ctype,status,check", [
-    ("exports.handler = async () => undefined;", "application/json", 200,
-     lambda r: r.json()["id"] == "ok"),
-    ("exports.handler = async () => 42;", "application/json", 200, lambda r: r.text == "42"),
-    ("exports.handler = async () => 'raw text';", "application/json", 200, lambda r: r.text == "raw text"),
-    ("exports.handler = async () => ({a: 1});", "text/plain", 200,
-     lambda r: r.headers["Content-Type"].startswith("text/plain") and json.loads(r.text) == {"a": 1}),
-    ("exports.handler = async () => ({a: 1});", "text/plain; charset=utf-8", 200,
-     lambda r: r.headers["Content-Type"].startswith("application/json")),
-    ("exports.handler = async () => { console.log('boom log'); throw new Error('boom'); };", "application/json", 400,
-     lambda r: r.json()["resourceType"] == "OperationOutcome" and "boom" in r.json()["issue"][0]["details"]["text"]),
-])
+@pytest.mark.parametrize(
+    "code,ctype,status,check",
+    [
+        ("exports.handler = async () => undefined;", "application/json", 200, lambda r: r.json()["id"] == "ok"),
+        ("exports.handler = async () => 42;", "application/json", 200, lambda r: r.text == "42"),
+        ("exports.handler = async () => 'raw text';", "application/json", 200, lambda r: r.text == "raw text"),
+        (
+            "exports.handler = async () => ({a: 1});",
+            "text/plain",
+            200,
+            lambda r: r.headers["Content-Type"].startswith("text/plain") and json.loads(r.text) == {"a": 1},
+        ),
+        (
+            "exports.handler = async () => ({a: 1});",
+            "text/plain; charset=utf-8",
+            200,
+            lambda r: r.headers["Content-Type"].startswith("application/json"),
+        ),
+        (
+            "exports.handler = async () => { console.log('boom log'); throw new Error('boom'); };",
+            "application/json",
+            400,
+            lambda r: (
+                r.json()["resourceType"] == "OperationOutcome" and "boom" in r.json()["issue"][0]["details"]["text"]
+            ),
+        ),
+    ],
+)
 def test_response_rules(c, code, ctype, status, check):
     bot = c.create_bot("resp", code)
     body = "{}" if "json" in ctype else "x"
@@ -178,7 +208,7 @@ def test_respond_async_job(c, echo_bot):
     assert r.status_code == 202 and r.json()["id"] == "accepted"
     loc = r.headers["Content-Location"]
     assert loc.startswith(c.base_url + "fhir/R4/job/") and loc.endswith("/status")
-    deadline = time.monotonic() + 60      # a guard against a hang: polled, however slow the machine
+    deadline = time.monotonic() + 60  # a guard against a hang: polled, however slow the machine
     while (s := c.http.get(loc)).status_code == 202 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert s.status_code == 200, s.text
@@ -202,8 +232,9 @@ def test_deploy_stores_binary_and_executable_code(c):
     binary = c.read("Binary", ec["url"].split("/")[1])
     assert binary["contentType"] == "text/javascript"
     assert c.execute(bot["id"], {}).text == "v1"
-    r = c.http.post(c.fhir(f"Bot/{bot['id']}/$deploy"), json={"code": "exports.handler = async () => 'v2';",
-                                                              "filename": "bot.cjs"})
+    r = c.http.post(
+        c.fhir(f"Bot/{bot['id']}/$deploy"), json={"code": "exports.handler = async () => 'v2';", "filename": "bot.cjs"}
+    )
     assert c.read("Bot", bot["id"])["executableCode"]["title"] == "bot.cjs"
     assert c.execute(bot["id"], {}).text == "v2"
     r = c.http.post(c.fhir(f"Bot/{bot['id']}/$deploy"), json={})
@@ -222,7 +253,9 @@ exports.handler = async (medplum, event) => {
 
 
 def test_bot_runs_as_own_membership_with_policy(c):
-    policy = c.create({"resourceType": "AccessPolicy", "name": "obs only", "resource": [{"resourceType": "Observation"}]})
+    policy = c.create(
+        {"resourceType": "AccessPolicy", "name": "obs only", "resource": [{"resourceType": "Observation"}]}
+    )
     bot = c.create_bot("scoped", WHOAMI, accessPolicy={"reference": f"AccessPolicy/{policy['id']}"})
     c.create({"resourceType": "Patient", "name": [{"family": "Scoped"}]})
     out = c.execute(bot["id"], {}).json()
@@ -258,7 +291,7 @@ def test_vmcontext_sandbox_globals(c):
 def test_timeout_sync_code_stopped(c):
     bot = c.create_bot("spin", "exports.handler = async () => { while (true) {} };", timeout=1)
     r = c.execute(bot["id"], {})
-    assert r.status_code == 400 and "timed out" in r.text.lower(), r.text   # stopped by the 1 s timeout
+    assert r.status_code == 400 and "timed out" in r.text.lower(), r.text  # stopped by the 1 s timeout
 
 
 def test_callbacks_never_deadlock(c):
@@ -269,8 +302,9 @@ def test_callbacks_never_deadlock(c):
       return r.id; };"""
     bot = c.create_bot("callback", code)
     with concurrent.futures.ThreadPoolExecutor(12) as ex:
-        results = list(ex.map(lambda _: c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), json={}, timeout=60),
-                              range(12)))
+        results = list(
+            ex.map(lambda _: c.http.post(c.fhir(f"Bot/{bot['id']}/$execute"), json={}, timeout=60), range(12))
+        )
     assert all(r.status_code == 200 for r in results), [r.text for r in results]
 
 
@@ -310,8 +344,15 @@ def test_subscription_bot_runs_in_background_with_headers(c):
         + ' type=' + (event.input.resourceType || Object.keys(event.input).join(',')));
     };"""
     bot = c.create_bot("sub-target", code)
-    sub = c.create({"resourceType": "Subscription", "status": "active", "reason": "t", "criteria": "Organization",
-                    "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"}})
+    sub = c.create(
+        {
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "t",
+            "criteria": "Organization",
+            "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"},
+        }
+    )
     org = c.create({"resourceType": "Organization", "name": "Org"})
     assert c.idle()
     c.http.delete(c.fhir(f"Organization/{org['id']}"))
@@ -326,10 +367,24 @@ def test_subscription_bot_runs_in_background_with_headers(c):
 
 def test_noop_update_and_audit_events_do_not_trigger(c):
     bot = c.create_bot("noop-target", "exports.handler = async () => {};")
-    c.create({"resourceType": "Subscription", "status": "active", "reason": "t", "criteria": "Location",
-              "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"}})
-    c.create({"resourceType": "Subscription", "status": "active", "reason": "t", "criteria": "AuditEvent",
-              "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"}})
+    c.create(
+        {
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "t",
+            "criteria": "Location",
+            "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"},
+        }
+    )
+    c.create(
+        {
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "t",
+            "criteria": "AuditEvent",
+            "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"},
+        }
+    )
     loc = c.create({"resourceType": "Location", "name": "L"})
     assert c.idle()
     same = dict(loc)
@@ -347,8 +402,11 @@ def test_fhir_rest_interactions(c):
     p2 = c.update({**p, "gender": "male"})
     assert p2["meta"]["versionId"] != v1
     assert c.http.get(c.fhir(f"Patient/{pid}/_history/{v1}")).json()["gender"] == "female"
-    r = c.http.patch(c.fhir(f"Patient/{pid}"), data=json.dumps([{"op": "replace", "path": "/gender", "value": "other"}]),
-                     headers={"Content-Type": "application/json-patch+json"})
+    r = c.http.patch(
+        c.fhir(f"Patient/{pid}"),
+        data=json.dumps([{"op": "replace", "path": "/gender", "value": "other"}]),
+        headers={"Content-Type": "application/json-patch+json"},
+    )
     assert r.status_code == 200 and r.json()["gender"] == "other"
     hist = c.http.get(c.fhir(f"Patient/{pid}/_history")).json()
     assert hist["type"] == "history" and len(hist["entry"]) == 3
@@ -362,18 +420,39 @@ def test_fhir_rest_interactions(c):
 def test_fhir_conditional_and_batch(c):
     ident = {"system": "https://medport.test/mrn", "value": "cond-1"}
     body = {"resourceType": "Patient", "identifier": [ident]}
-    r1 = c.http.post(c.fhir("Patient"), json=body, headers={"If-None-Exist": "identifier=https://medport.test/mrn|cond-1"})
-    r2 = c.http.post(c.fhir("Patient"), json=body, headers={"If-None-Exist": "identifier=https://medport.test/mrn|cond-1"})
+    r1 = c.http.post(
+        c.fhir("Patient"), json=body, headers={"If-None-Exist": "identifier=https://medport.test/mrn|cond-1"}
+    )
+    r2 = c.http.post(
+        c.fhir("Patient"), json=body, headers={"If-None-Exist": "identifier=https://medport.test/mrn|cond-1"}
+    )
     assert r1.status_code == 201 and r2.status_code == 200 and r1.json()["id"] == r2.json()["id"]
-    r = c.http.put(c.fhir("Patient"), params={"identifier": "https://medport.test/mrn|cond-2"},
-                   json={"resourceType": "Patient", "identifier": [{**ident, "value": "cond-2"}]})
+    r = c.http.put(
+        c.fhir("Patient"),
+        params={"identifier": "https://medport.test/mrn|cond-2"},
+        json={"resourceType": "Patient", "identifier": [{**ident, "value": "cond-2"}]},
+    )
     assert r.status_code == 201
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
-         "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]}, "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                      "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
-         "request": {"method": "POST", "url": "Observation"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+                "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
     r = c.http.post(c.fhir(""), json=bundle)
     assert r.status_code == 200, r.text
     obs_loc = r.json()["entry"][1]["response"]["location"]
@@ -394,10 +473,18 @@ def test_fhir_validation_errors_are_operation_outcomes(c):
 
 # --- Auth / access policy -----------------------------------------------------------------------
 def test_client_credentials_and_access_policy(c):
-    policy = c.create({"resourceType": "AccessPolicy", "name": "ro patients",
-                       "resource": [{"resourceType": "Patient", "readonly": True}]})
-    client = c.request("POST", "admin/projects/medport-project/client",
-                       json={"name": "ro", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}}).json()
+    policy = c.create(
+        {
+            "resourceType": "AccessPolicy",
+            "name": "ro patients",
+            "resource": [{"resourceType": "Patient", "readonly": True}],
+        }
+    )
+    client = c.request(
+        "POST",
+        "admin/projects/medport-project/client",
+        json={"name": "ro", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}},
+    ).json()
     ro = Client(c.base_url, client["id"], client["secret"])
     assert ro.http.get(ro.fhir("Patient")).status_code == 200
     assert ro.http.post(ro.fhir("Patient"), json={"resourceType": "Patient"}).status_code == 403

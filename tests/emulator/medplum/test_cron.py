@@ -1,6 +1,7 @@
 """cron.py: Medplum's cron bots (server workers/cron.ts): the schedule (cronTiming first, else a valid
 5-field cronString), the `cron` Project feature, the Bot itself as input — and the developer API that
 runs them now."""
+
 import datetime as dt
 
 import pytest
@@ -10,27 +11,45 @@ from medport.emulator.medplum.settings import Settings
 from medport.emulator.medplum.testing import admin_client, running_emulator
 
 
-@pytest.mark.parametrize("expr,when,hit", [
-    ("* * * * *", dt.datetime(2026, 1, 5, 10, 7), True),
-    ("*/5 * * * *", dt.datetime(2026, 1, 5, 10, 10), True),
-    ("*/5 * * * *", dt.datetime(2026, 1, 5, 10, 11), False),
-    ("0 */12 * * *", dt.datetime(2026, 1, 5, 12, 0), True),
-    ("0 */12 * * *", dt.datetime(2026, 1, 5, 13, 0), False),
-    ("30 9 * * 1-5", dt.datetime(2026, 1, 5, 9, 30), True),       # a Monday
-    ("30 9 * * 1-5", dt.datetime(2026, 1, 4, 9, 30), False),      # a Sunday
-    ("0 0 * * 0", dt.datetime(2026, 1, 4, 0, 0), True),           # 0 = Sunday (7 is refused, as by Medplum)
-    ("0 0 1 * 1", dt.datetime(2026, 1, 5, 0, 0), True),           # day-of-month OR day-of-week
-    ("0 0 1 1 *", dt.datetime(2026, 1, 1, 0, 0), True),
-    ("5/20 * * * *", dt.datetime(2026, 1, 1, 0, 45), True),       # from 5, every 20
-    ("15,45 1-3 * * *", dt.datetime(2026, 1, 1, 2, 45), True),
-])
+@pytest.mark.parametrize(
+    "expr,when,hit",
+    [
+        ("* * * * *", dt.datetime(2026, 1, 5, 10, 7), True),
+        ("*/5 * * * *", dt.datetime(2026, 1, 5, 10, 10), True),
+        ("*/5 * * * *", dt.datetime(2026, 1, 5, 10, 11), False),
+        ("0 */12 * * *", dt.datetime(2026, 1, 5, 12, 0), True),
+        ("0 */12 * * *", dt.datetime(2026, 1, 5, 13, 0), False),
+        ("30 9 * * 1-5", dt.datetime(2026, 1, 5, 9, 30), True),  # a Monday
+        ("30 9 * * 1-5", dt.datetime(2026, 1, 4, 9, 30), False),  # a Sunday
+        ("0 0 * * 0", dt.datetime(2026, 1, 4, 0, 0), True),  # 0 = Sunday (7 is refused, as by Medplum)
+        ("0 0 1 * 1", dt.datetime(2026, 1, 5, 0, 0), True),  # day-of-month OR day-of-week
+        ("0 0 1 1 *", dt.datetime(2026, 1, 1, 0, 0), True),
+        ("5/20 * * * *", dt.datetime(2026, 1, 1, 0, 45), True),  # from 5, every 20
+        ("15,45 1-3 * * *", dt.datetime(2026, 1, 1, 2, 45), True),
+    ],
+)
 def test_cron_matching(expr, when, hit):
     assert CronSpec(expr).matches(when) is hit
 
 
-@pytest.mark.parametrize("expr", ["", "* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "a * * * *",
-                                  "*/0 * * * *", "5-1 * * * *", None, 5, "30 9 * * mon-fri", "0 0 * * 7",
-                                  "0 0 1 jan *"])   # names and 7: refused by Medplum's cron-validator
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "",
+        "* * * *",
+        "* * * * * *",
+        "60 * * * *",
+        "* 24 * * *",
+        "a * * * *",
+        "*/0 * * * *",
+        "5-1 * * * *",
+        None,
+        5,
+        "30 9 * * mon-fri",
+        "0 0 * * 7",
+        "0 0 1 jan *",
+    ],
+)  # names and 7: refused by Medplum's cron-validator
 def test_invalid_cron_strings(expr):
     assert not is_valid_cron(expr)
 

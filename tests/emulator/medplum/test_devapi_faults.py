@@ -1,5 +1,6 @@
 """devapi.py fault endpoints over HTTP: cut off a running execution, restart (running executions cut off,
 pending subscription deliveries dropped), injected serialization conflicts."""
+
 import threading
 import time
 
@@ -26,8 +27,11 @@ def wait_running(c, bot_id, n=1, timeout=60.0, settled_s=0.5):
     """Until n executions of the bot run, each for `settled_s` (long enough to have logged its first line)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        ex = [e for e in c.request("GET", "_emulator/executions").json()["executions"]
-              if e["bot_id"] == bot_id and e["running_s"] >= settled_s]
+        ex = [
+            e
+            for e in c.request("GET", "_emulator/executions").json()["executions"]
+            if e["bot_id"] == bot_id and e["running_s"] >= settled_s
+        ]
         if len(ex) >= n:
             return ex
         time.sleep(0.05)
@@ -57,8 +61,15 @@ def test_cut_off_a_running_execution(c):
 
 def test_restart_cuts_off_executions_and_drops_pending_deliveries(emu, c):
     bot = c.create_bot("slow-sub", SLOW, runtimeVersion="awslambda", timeout=60)
-    c.create({"resourceType": "Subscription", "status": "active", "reason": "t", "criteria": "Device",
-              "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"}})
+    c.create(
+        {
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "t",
+            "criteria": "Device",
+            "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"},
+        }
+    )
     # (the Subscription write invalidated the subscription cache before it answered: no wait)
     c.create({"resourceType": "Device", "status": "active"})
     wait_running(c, bot["id"])
@@ -81,8 +92,12 @@ def test_restart_cuts_off_executions_and_drops_pending_deliveries(emu, c):
 def test_injected_conflicts_over_http(c):
     assert c.request("GET", "_emulator/faults").json() == {"conflict_next": 0, "batch_delay_ms": 0}
     assert c.request("POST", "_emulator/faults", json={"conflict_next": 1}).json()["conflict_next"] == 1
-    task = {"resourceType": "Task", "status": "requested", "intent": "order",
-            "identifier": [{"system": "urn:m", "value": "c-1"}]}
+    task = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "identifier": [{"system": "urn:m", "value": "c-1"}],
+    }
     hdr = {"If-None-Exist": "identifier=urn:m|c-1", "Content-Type": "application/fhir+json"}
     r = c.http.post(c.fhir("Task"), json=task, headers=hdr)
     assert r.status_code == 409 and r.json()["issue"][0]["details"]["coding"] == [{"code": "40001"}]
@@ -93,10 +108,15 @@ def test_injected_conflicts_over_http(c):
 
 
 def test_batch_delay_slows_batches_and_reset_turns_faults_off(c):
-    bundle = {"resourceType": "Bundle", "type": "batch",
-              "entry": [{"request": {"method": "GET", "url": "Patient?_count=1"}}]}
-    assert c.request("POST", "_emulator/faults", json={"batch_delay_ms": 300, "conflict_next": 2}).json() == \
-        {"batch_delay_ms": 300, "conflict_next": 2}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Patient?_count=1"}}],
+    }
+    assert c.request("POST", "_emulator/faults", json={"batch_delay_ms": 300, "conflict_next": 2}).json() == {
+        "batch_delay_ms": 300,
+        "conflict_next": 2,
+    }
     t0 = time.monotonic()
     assert c.http.post(c.fhir(""), json=bundle).status_code == 200
     assert time.monotonic() - t0 >= 0.3

@@ -3,6 +3,7 @@ JSON Patch compare-and-set are atomic, as Medplum's SERIALIZABLE transactions ma
 (fhir-router repo.ts conditionalCreate/conditionalUpdate, batch.ts + conditionalUpdate with assignedId,
 server repo.ts patchResource; notes Q14). The lookup is slowed down on purpose so that a non-atomic
 search-then-write would certainly interleave."""
+
 import threading
 import time
 
@@ -63,18 +64,28 @@ def at_once(fn, n=N):
 
 
 def task(msg_id):
-    return {"resourceType": "Task", "status": "requested", "intent": "order",
-            "identifier": [{"system": "urn:msg", "value": msg_id}]}
+    return {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "identifier": [{"system": "urn:msg", "value": msg_id}],
+    }
 
 
 def obs(ident):
-    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-            "identifier": [{"system": "urn:s", "value": ident}]}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "identifier": [{"system": "urn:s", "value": ident}],
+    }
 
 
 def test_simultaneous_conditional_creates_store_one_resource(env):
     repo, svc, pr = env
-    res = at_once(lambda i: call(svc, pr, "POST", "Task", task("m-1"), headers={"If-None-Exist": "identifier=urn:msg|m-1"}))
+    res = at_once(
+        lambda i: call(svc, pr, "POST", "Task", task("m-1"), headers={"If-None-Exist": "identifier=urn:msg|m-1"})
+    )
     assert sorted(r.status for r in res) == [200] * (N - 1) + [201]
     assert len({r.body["id"] for r in res}) == 1
     assert repo.count("Task") == 1
@@ -93,17 +104,26 @@ def test_simultaneous_batches_of_conditional_puts_never_duplicate(env):
     condition when the entry runs: a concurrent batch that stored it first makes this entry answer 400
     'Resource ID did not match resolved ID' (a retry then updates it)."""
     repo, svc, pr = env
-    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": obs(f"b-{k}"), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|b-{k}"}}
-        for k in range(3)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": obs(f"b-{k}"), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|b-{k}"}}
+            for k in range(3)
+        ],
+    }
     res = at_once(lambda i: call(svc, pr, "POST", "", bundle))
     assert all(r.status == 200 for r in res)
     statuses = [e["response"]["status"] for r in res for e in r.body["entry"]]
     assert statuses.count("201") == 3
     assert statuses.count("400") >= 1, statuses  # the losers are told, as on Medplum (not silently merged)
     assert set(statuses) <= {"200", "201", "400"}
-    texts = {e["response"]["outcome"]["issue"][0]["details"]["text"]
-             for r in res for e in r.body["entry"] if e["response"]["status"] == "400"}
+    texts = {
+        e["response"]["outcome"]["issue"][0]["details"]["text"]
+        for r in res
+        for e in r.body["entry"]
+        if e["response"]["status"] == "400"
+    }
     assert texts <= {"Resource ID did not match resolved ID"}
     assert repo.count("Observation") == 3
     # sent again, each entry finds its one resource
@@ -115,8 +135,10 @@ def test_simultaneous_batches_of_conditional_puts_never_duplicate(env):
 def test_patch_with_a_version_test_is_a_compare_and_set(env):
     repo, svc, pr = env
     t = call(svc, pr, "POST", "Task", task("m-2")).body
-    ops = [{"op": "test", "path": "/meta/versionId", "value": t["meta"]["versionId"]},
-           {"op": "replace", "path": "/status", "value": "in-progress"}]
+    ops = [
+        {"op": "test", "path": "/meta/versionId", "value": t["meta"]["versionId"]},
+        {"op": "replace", "path": "/status", "value": "in-progress"},
+    ]
     res = at_once(lambda i: call(svc, pr, "PATCH", f"Task/{t['id']}", ops))
     assert sorted(r.status for r in res) == [200] + [400] * (N - 1)
     assert len(repo.history("Task", t["id"])[0]) == 2

@@ -1,4 +1,5 @@
 """AccessPolicy semantics (Medplum's @medplum/core access.ts) and their enforcement in FhirService."""
+
 import pytest
 
 from medport.emulator.medplum.fhir.policy import (
@@ -27,8 +28,12 @@ def test_no_policy_is_full_access_except_admin_and_protected_types():
 
 
 def test_readonly_and_interaction_lists():
-    a = Access(policy({"resourceType": "Patient", "readonly": True},
-                      {"resourceType": "Observation", "interaction": ["create", "read"]}))
+    a = Access(
+        policy(
+            {"resourceType": "Patient", "readonly": True},
+            {"resourceType": "Observation", "interaction": ["create", "read"]},
+        )
+    )
     assert a.can("read", "Patient") and a.can("search", "Patient") and a.can("history", "Patient")
     assert not a.can("update", "Patient") and not a.can("create", "Patient") and not a.can("delete", "Patient")
     assert a.can("create", "Observation") and a.can("read", "Observation")
@@ -52,9 +57,15 @@ def test_criteria_matching():
 
 
 def test_hidden_and_readonly_fields():
-    a = Access(policy({"resourceType": "Patient", "hiddenFields": ["birthDate", "name.given"],
-                       "readonlyFields": ["active"]}))
-    p = {"resourceType": "Patient", "birthDate": "2000-01-01", "name": [{"given": ["A"], "family": "B"}], "active": True}
+    a = Access(
+        policy({"resourceType": "Patient", "hiddenFields": ["birthDate", "name.given"], "readonlyFields": ["active"]})
+    )
+    p = {
+        "resourceType": "Patient",
+        "birthDate": "2000-01-01",
+        "name": [{"given": ["A"], "family": "B"}],
+        "active": True,
+    }
     assert a.hide(p) == {"resourceType": "Patient", "name": [{"family": "B"}], "active": True}
     assert a.protect_readonly({**p, "active": False}, p, "update")["active"] is True
 
@@ -87,15 +98,17 @@ def test_service_write_on_readonly_is_403(env):
 def test_service_search_filtered_by_criteria(env):
     _, svc, admin = env
     for s in ("final", "preliminary", "final"):
-        svc.handle(admin, "POST", "Observation", [],
-                   {"resourceType": "Observation", "status": s, "code": {"text": "x"}}, {})
+        svc.handle(
+            admin, "POST", "Observation", [], {"resourceType": "Observation", "status": s, "code": {"text": "x"}}, {}
+        )
     pr = principal([{"resourceType": "Observation", "criteria": "Observation?status=final"}])
     r = svc.handle(pr, "GET", "Observation", [], None, {})
     assert r.status == 200 and {e["resource"]["status"] for e in r.body["entry"]} == {"final"}
     assert len(r.body["entry"]) == 2
     # creating a resource outside the criteria is forbidden
-    bad = svc.handle(pr, "POST", "Observation", [], {"resourceType": "Observation", "status": "amended",
-                                                      "code": {"text": "x"}}, {})
+    bad = svc.handle(
+        pr, "POST", "Observation", [], {"resourceType": "Observation", "status": "amended", "code": {"text": "x"}}, {}
+    )
     assert bad.status == 403
     prelim = svc.handle(admin, "GET", "Observation", [("status", "preliminary")], None, {}).body["entry"][0]["resource"]
     assert svc.handle(pr, "GET", f"Observation/{prelim['id']}", [], None, {}).status == 404
@@ -104,10 +117,17 @@ def test_service_search_filtered_by_criteria(env):
 def test_batch_entries_are_policy_checked(env):
     repo, svc, _ = env
     pr = principal([{"resourceType": "Observation"}, {"resourceType": "Patient", "readonly": True}])
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
-         "request": {"method": "POST", "url": "Observation"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
     r = svc.handle(pr, "POST", "", [], b, {})
     assert [e["response"]["status"] for e in r.body["entry"]] == ["403", "201"]
     assert repo.count("Patient") == 0
@@ -131,8 +151,10 @@ def test_admin_types_need_admin(env):
 
 
 def test_policy_variables_substituted_in_criteria():
-    a = Access(policy({"resourceType": "Observation", "criteria": "Observation?subject=%patient"}),
-               variables={"%patient": "Patient/123"})
+    a = Access(
+        policy({"resourceType": "Observation", "criteria": "Observation?subject=%patient"}),
+        variables={"%patient": "Patient/123"},
+    )
     assert a.matches({"resourceType": "Observation", "subject": {"reference": "Patient/123"}}, "read")
     assert not a.matches({"resourceType": "Observation", "subject": {"reference": "Patient/456"}}, "read")
     assert a.search_filters("Observation") == ["subject=Patient/123"]

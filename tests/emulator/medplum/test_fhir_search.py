@@ -1,4 +1,5 @@
 """Search: parameter compilation, SQL search and in-memory matching agree."""
+
 import pytest
 
 from medport.emulator.medplum.errors import BadRequest
@@ -12,22 +13,56 @@ from medport.emulator.medplum.fhir.values import date_range
 def data():
     repo = Repository(None)
     pats = [
-        repo.create({"resourceType": "Patient", "name": [{"given": ["José"], "family": "Smith"}], "gender": "male",
-                     "birthDate": "1980-05-01", "identifier": [{"system": "urn:sys", "value": "1"}], "active": True}),
-        repo.create({"resourceType": "Patient", "name": [{"given": ["Jane"], "family": "Smithson"}], "gender": "female",
-                     "birthDate": "1990", "identifier": [{"value": "2"}], "telecom": [{"system": "email", "value": "j@x.org"}]}),
-        repo.create({"resourceType": "Patient", "name": [{"given": ["Ollie"], "family": "Brown"}],
-                     "birthDate": "2001-12-31", "address": [{"city": "Springfield", "state": "IL"}]}),
+        repo.create(
+            {
+                "resourceType": "Patient",
+                "name": [{"given": ["José"], "family": "Smith"}],
+                "gender": "male",
+                "birthDate": "1980-05-01",
+                "identifier": [{"system": "urn:sys", "value": "1"}],
+                "active": True,
+            }
+        ),
+        repo.create(
+            {
+                "resourceType": "Patient",
+                "name": [{"given": ["Jane"], "family": "Smithson"}],
+                "gender": "female",
+                "birthDate": "1990",
+                "identifier": [{"value": "2"}],
+                "telecom": [{"system": "email", "value": "j@x.org"}],
+            }
+        ),
+        repo.create(
+            {
+                "resourceType": "Patient",
+                "name": [{"given": ["Ollie"], "family": "Brown"}],
+                "birthDate": "2001-12-31",
+                "address": [{"city": "Springfield", "state": "IL"}],
+            }
+        ),
     ]
     obs = [
-        repo.create({"resourceType": "Observation", "status": "final",
-                     "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]},
-                     "subject": {"reference": f"Patient/{pats[0]['id']}"}, "effectiveDateTime": "2020-01-15T10:00:00Z",
-                     "valueQuantity": {"value": 7.5, "system": "http://unitsofmeasure.org", "code": "mg"}}),
-        repo.create({"resourceType": "Observation", "status": "preliminary",
-                     "code": {"coding": [{"system": "http://snomed.info/sct", "code": "999"}]},
-                     "subject": {"reference": f"Patient/{pats[1]['id']}"},
-                     "effectivePeriod": {"start": "2021-03-01", "end": "2021-03-31"}, "valueInteger": 3}),
+        repo.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]},
+                "subject": {"reference": f"Patient/{pats[0]['id']}"},
+                "effectiveDateTime": "2020-01-15T10:00:00Z",
+                "valueQuantity": {"value": 7.5, "system": "http://unitsofmeasure.org", "code": "mg"},
+            }
+        ),
+        repo.create(
+            {
+                "resourceType": "Observation",
+                "status": "preliminary",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "999"}]},
+                "subject": {"reference": f"Patient/{pats[1]['id']}"},
+                "effectivePeriod": {"start": "2021-03-01", "end": "2021-03-31"},
+                "valueInteger": 3,
+            }
+        ),
     ]
     yield repo, pats, obs
     repo.close()
@@ -39,22 +74,44 @@ def ids(repo, rtype, q):
 
 
 CASES = [
-    ("Patient", "name=josé", {0}), ("Patient", "name=jose", set()), ("Patient", "name=SMITH", {0, 1}), ("Patient", "name:exact=Smith", {0}),
-    ("Patient", "name:contains=mith", {0, 1}), ("Patient", "family=brown", {2}),
-    ("Patient", "address-city=spring", {2}), ("Patient", "gender=male", {0}), ("Patient", "gender=male,female", {0, 1}),
-    ("Patient", "gender:not=male", {1, 2}), ("Patient", "gender:missing=true", {2}),
-    ("Patient", "gender:missing=false", {0, 1}), ("Patient", "identifier=urn:sys|1", {0}),
-    ("Patient", "identifier=|2", {1}), ("Patient", "identifier=urn:sys|", {0}), ("Patient", "identifier=1", {0}),
-    ("Patient", "email=j@x.org", {1}), ("Patient", "active=true", {0}),
-    ("Patient", "birthdate=1980", {0}), ("Patient", "birthdate=1980-05", {0}), ("Patient", "birthdate=lt1985", {0}),
-    ("Patient", "birthdate=gt1985", {1, 2}), ("Patient", "birthdate=ge1990-06-01", {1, 2}),
-    ("Patient", "birthdate=sa1990", {2}), ("Patient", "birthdate=eb1990", {0}), ("Patient", "birthdate=ne1990", {0, 2}),
+    ("Patient", "name=josé", {0}),
+    ("Patient", "name=jose", set()),
+    ("Patient", "name=SMITH", {0, 1}),
+    ("Patient", "name:exact=Smith", {0}),
+    ("Patient", "name:contains=mith", {0, 1}),
+    ("Patient", "family=brown", {2}),
+    ("Patient", "address-city=spring", {2}),
+    ("Patient", "gender=male", {0}),
+    ("Patient", "gender=male,female", {0, 1}),
+    ("Patient", "gender:not=male", {1, 2}),
+    ("Patient", "gender:missing=true", {2}),
+    ("Patient", "gender:missing=false", {0, 1}),
+    ("Patient", "identifier=urn:sys|1", {0}),
+    ("Patient", "identifier=|2", {1}),
+    ("Patient", "identifier=urn:sys|", {0}),
+    ("Patient", "identifier=1", {0}),
+    ("Patient", "email=j@x.org", {1}),
+    ("Patient", "active=true", {0}),
+    ("Patient", "birthdate=1980", {0}),
+    ("Patient", "birthdate=1980-05", {0}),
+    ("Patient", "birthdate=lt1985", {0}),
+    ("Patient", "birthdate=gt1985", {1, 2}),
+    ("Patient", "birthdate=ge1990-06-01", {1, 2}),
+    ("Patient", "birthdate=sa1990", {2}),
+    ("Patient", "birthdate=eb1990", {0}),
+    ("Patient", "birthdate=ne1990", {0, 2}),
     ("Patient", "name=smith&gender=female", {1}),
-    ("Observation", "code=1234-5", {0}), ("Observation", "code=http://loinc.org|1234-5", {0}),
-    ("Observation", "code=http://snomed.info/sct|1234-5", set()), ("Observation", "status=final,preliminary", {0, 1}),
-    ("Observation", "date=2020-01", {0}), ("Observation", "date=2021-03-15", {1}), ("Observation", "date=gt2020-06", {1}),
-    ("Observation", "value-quantity=7.5", {0}), ("Observation", "value-quantity=gt7", {0}),
-    ("Observation", "value-quantity=lt7", set()), ("Observation", "value-quantity=7.5|http://unitsofmeasure.org|mg", {0}),
+    ("Observation", "code=1234-5", {0}),
+    ("Observation", "code=http://loinc.org|1234-5", {0}),
+    ("Observation", "code=http://snomed.info/sct|1234-5", set()),
+    ("Observation", "status=final,preliminary", {0, 1}),
+    ("Observation", "date=2020-01", {0}),
+    ("Observation", "date=2021-03-15", {1}),
+    ("Observation", "date=gt2020-06", {1}),
+    ("Observation", "value-quantity=7.5", {0}),
+    ("Observation", "value-quantity=gt7", {0}),
+    ("Observation", "value-quantity=lt7", set()),
+    ("Observation", "value-quantity=7.5|http://unitsofmeasure.org|mg", {0}),
     ("Observation", "value-quantity=7.5||g", set()),
 ]
 
@@ -71,8 +128,13 @@ def test_sql_and_memory_agree(data, rtype, q, expected):
 def test_reference_forms(data):
     repo, pats, obs = data
     pid = pats[0]["id"]
-    for q in (f"subject=Patient/{pid}", f"patient={pid}", f"subject:Patient={pid}",
-              f"subject=http://localhost:8103/fhir/R4/Patient/{pid}", f"subject={pid}"):
+    for q in (
+        f"subject=Patient/{pid}",
+        f"patient={pid}",
+        f"subject:Patient={pid}",
+        f"subject=http://localhost:8103/fhir/R4/Patient/{pid}",
+        f"subject={pid}",
+    ):
         assert ids(repo, "Observation", q) == {obs[0]["id"]}, q
         assert matches(obs[0], f"Observation?{q}")
     assert ids(repo, "Observation", "subject:missing=true") == set()
@@ -116,13 +178,17 @@ def test_matches_criteria_forms(data):
 
 def test_registry_compiles_choice_where_and_union():
     reg = registry()
-    obs = {"resourceType": "Observation", "valueQuantity": {"value": 1}, "subject": {"reference": "Group/1"},
-           "effectivePeriod": {"start": "2020"}}
+    obs = {
+        "resourceType": "Observation",
+        "valueQuantity": {"value": 1},
+        "subject": {"reference": "Group/1"},
+        "effectivePeriod": {"start": "2020"},
+    }
     assert reg.get("Observation", "value-quantity").extract(obs) == [{"value": 1}]
-    assert reg.get("Observation", "patient").extract(obs) == []        # where(resolve() is Patient)
+    assert reg.get("Observation", "patient").extract(obs) == []  # where(resolve() is Patient)
     assert reg.get("Observation", "subject").extract(obs) == [{"reference": "Group/1"}]
     assert reg.get("Observation", "date").extract(obs) == [{"start": "2020"}]
-    assert reg.get("Bot", "identifier") is not None                     # Medplum's own parameters
+    assert reg.get("Bot", "identifier") is not None  # Medplum's own parameters
     assert reg.get("ProjectMembership", "profile") is not None
 
 
@@ -139,7 +205,7 @@ def test_chained_search(data):
     assert ids(repo, "Observation", "patient.identifier=urn:sys|1") == {obs[0]["id"]}
     assert ids(repo, "Observation", "patient.name=nobody") == set()
     with pytest.raises(BadRequest):
-        parse_search("Observation", "subject.name=x")          # several target types: needs subject:Patient
+        parse_search("Observation", "subject.name=x")  # several target types: needs subject:Patient
     with pytest.raises(BadRequest):
         parse_search("Observation", "patient.nope=x")
 
@@ -163,8 +229,15 @@ def test_medplum_implicit_parameters():
 def test_patient_compartment():
     repo = Repository(None)
     p = repo.create({"resourceType": "Patient"}, project="p1")
-    o = repo.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                     "subject": {"reference": f"Patient/{p['id']}"}}, project="p1")
+    o = repo.create(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{p['id']}"},
+        },
+        project="p1",
+    )
     assert {"reference": f"Patient/{p['id']}"} in o["meta"]["compartment"]
     assert {"reference": f"Patient/{p['id']}"} in p["meta"]["compartment"]
     assert ids(repo, "Observation", f"_compartment=Patient/{p['id']}") == {o["id"]}

@@ -1,4 +1,5 @@
 """FhirService.handle: the REST interactions with Medplum's status codes, headers and outcomes."""
+
 import base64
 import json
 import uuid
@@ -16,8 +17,13 @@ def patient(**kw):
 
 
 def obs(ident, **kw):
-    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-            "identifier": [{"system": "urn:s", "value": ident}], **kw}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "identifier": [{"system": "urn:s", "value": ident}],
+        **kw,
+    }
 
 
 def text(resp):
@@ -50,8 +56,10 @@ def test_invalid_resource_rejected_with_field_named_and_nothing_written(env):
     assert repo.count("Patient") == 0
     assert call(svc, pr, "POST", "Patient", {"resourceType": "Observation"}).status == 400
     # fhir-router fhirrouter.ts createResourceImpl
-    assert text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"})) == \
-        "Incorrect resource type: expected Patient, but found Observation"
+    assert (
+        text(call(svc, pr, "POST", "Patient", {"resourceType": "Observation"}))
+        == "Incorrect resource type: expected Patient, but found Observation"
+    )
 
 
 def test_conditional_create(env):
@@ -115,8 +123,7 @@ def test_patch(env):
     _, svc, pr = env
     r = call(svc, pr, "POST", "Patient", patient())
     pid = r.body["id"]
-    ops = [{"op": "test", "path": "/name/0/family", "value": "Smith"},
-           {"op": "add", "path": "/active", "value": True}]
+    ops = [{"op": "test", "path": "/name/0/family", "value": "Smith"}, {"op": "add", "path": "/active", "value": True}]
     p = call(svc, pr, "PATCH", f"Patient/{pid}", ops, headers={"Content-Type": "application/json-patch+json"})
     assert p.status == 200 and p.body["active"] is True
     bad = call(svc, pr, "PATCH", f"Patient/{pid}", [{"op": "test", "path": "/active", "value": False}])
@@ -134,7 +141,7 @@ def test_delete_then_gone_and_history(env):
     assert d.status == 200 and d.body["id"] == "ok"
     g = call(svc, pr, "GET", f"Patient/{pid}")
     assert g.status == 410 and g.body["id"] == "gone"
-    assert call(svc, pr, "DELETE", f"Patient/{pid}").status == 200      # deleting again: 200 like Medplum
+    assert call(svc, pr, "DELETE", f"Patient/{pid}").status == 200  # deleting again: 200 like Medplum
     assert call(svc, pr, "DELETE", f"Patient/{uuid.uuid4()}").status == 404
     h = call(svc, pr, "GET", f"Patient/{pid}/_history")
     assert h.status == 200 and [e["response"]["status"] for e in h.body["entry"]] == ["410", "200"]
@@ -183,12 +190,16 @@ def test_include_revinclude(env):
 
 def test_batch_independent_entries(env):
     repo, svc, pr = env
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
-        {"resource": patient(gender=5), "request": {"method": "POST", "url": "Patient"}},
-        {"resource": obs("b"), "request": {"method": "PUT", "url": "Observation?identifier=urn:s|b"}},
-        {"request": {"method": "GET", "url": "Patient?_count=1"}},
-    ]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(gender=5), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": obs("b"), "request": {"method": "PUT", "url": "Observation?identifier=urn:s|b"}},
+            {"request": {"method": "GET", "url": "Patient?_count=1"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.status == 200 and r.body["type"] == "batch-response"
     statuses = [e["response"]["status"] for e in r.body["entry"]]
@@ -208,17 +219,30 @@ def test_transaction_urn_uuid_rewriting_nested(env):
     _repo, svc, pr = env
     pu = f"urn:uuid:{uuid.uuid4()}"
     ou = f"urn:uuid:{uuid.uuid4()}"
-    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        # forward reference: the Observation comes first but points at the Patient created later
-        {"fullUrl": ou, "resource": obs("t", subject={"reference": pu},
-                                        hasMember=[{"reference": pu}],
-                                        note=[{"text": f"see {pu}"}]),
-         "request": {"method": "POST", "url": "Observation"}},
-        {"fullUrl": pu, "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Provenance", "recorded": "2020-01-01T00:00:00Z",
-                      "target": [{"reference": ou}], "agent": [{"who": {"reference": pu}}]},
-         "request": {"method": "POST", "url": "Provenance"}},
-    ]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            # forward reference: the Observation comes first but points at the Patient created later
+            {
+                "fullUrl": ou,
+                "resource": obs(
+                    "t", subject={"reference": pu}, hasMember=[{"reference": pu}], note=[{"text": f"see {pu}"}]
+                ),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {"fullUrl": pu, "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": {
+                    "resourceType": "Provenance",
+                    "recorded": "2020-01-01T00:00:00Z",
+                    "target": [{"reference": ou}],
+                    "agent": [{"who": {"reference": pu}}],
+                },
+                "request": {"method": "POST", "url": "Provenance"},
+            },
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.status == 200 and r.body["type"] == "transaction-response", r.body
     o, p, prov = (e["resource"] for e in r.body["entry"])
@@ -233,10 +257,14 @@ def test_transaction_rollback_returns_first_failure(env):
     repo, svc, pr = env
     events = []
     repo.add_listener(events.append)
-    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
-        {"resource": patient(birthDate="nope"), "request": {"method": "POST", "url": "Patient"}},
-    ]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(birthDate="nope"), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.status == 400 and r.body["resourceType"] == "OperationOutcome"
     assert r.body["issue"][0]["expression"] == ["Patient.birthDate"]
@@ -247,14 +275,26 @@ def test_transaction_conditional_entries(env):
     _repo, svc, pr = env
     existing = call(svc, pr, "POST", "Observation", obs("c1")).body
     other = call(svc, pr, "POST", "Observation", obs("c3")).body
-    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs("c1", status="amended"),
-         "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c1"}},
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs("c2"),
-         "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c2"}},
-        {"resource": obs("c3"),
-         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c3"}},
-    ]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": obs("c1", status="amended"),
+                "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c1"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": obs("c2"),
+                "request": {"method": "PUT", "url": "Observation?identifier=urn:s|c2"},
+            },
+            {
+                "resource": obs("c3"),
+                "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c3"},
+            },
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.status == 200, r.body
     assert [e["response"]["status"] for e in r.body["entry"]] == ["200", "201", "200"]
@@ -262,8 +302,17 @@ def test_transaction_conditional_entries(env):
     assert r.body["entry"][2]["resource"]["id"] == other["id"]
     # batch.ts resolveCreateIdentity: a conditional create that finds the resource a conditional PUT also
     # resolved to is the same identity twice -> the transaction is refused
-    same = {**b, "entry": [b["entry"][0], {**b["entry"][2], "resource": obs("c1"), "request": {
-        "method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c1"}}]}
+    same = {
+        **b,
+        "entry": [
+            b["entry"][0],
+            {
+                **b["entry"][2],
+                "resource": obs("c1"),
+                "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:s|c1"},
+            },
+        ],
+    }
     r = call(svc, pr, "POST", "", same)
     assert r.status == 400 and text(r) == "Duplicate resource identity found in Bundle"
     # two entries resolving to the same resource: Medplum rejects the transaction
@@ -274,14 +323,24 @@ def test_transaction_conditional_entries(env):
 
 def test_transaction_limits(env):
     _, svc, pr = env
-    many = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": obs(str(i), id=str(i)), "request": {"method": "PUT", "url": f"Observation/{i}"}}
-        for i in range(51)]}
+    many = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": obs(str(i), id=str(i)), "request": {"method": "PUT", "url": f"Observation/{i}"}}
+            for i in range(51)
+        ],
+    }
     r = call(svc, pr, "POST", "", many)
     assert r.status == 400 and text(r) == "Transaction contains more update operations than allowed"
-    cond = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": obs(str(i)), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{i}"}}
-        for i in range(9)]}
+    cond = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": obs(str(i)), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{i}"}}
+            for i in range(9)
+        ],
+    }
     r = call(svc, pr, "POST", "", cond)
     assert r.status == 400 and text(r) == "Transaction requires strict isolation but has too many entries"
     ok = {**cond, "entry": cond["entry"][:8]}
@@ -292,8 +351,10 @@ def test_transaction_limits(env):
 
 def test_bundle_errors(env):
     _, svc, pr = env
-    assert text(call(svc, pr, "POST", "", {"resourceType": "Bundle", "type": "collection", "entry": []})) == \
-        "Unrecognized bundle type: collection"
+    assert (
+        text(call(svc, pr, "POST", "", {"resourceType": "Bundle", "type": "collection", "entry": []}))
+        == "Unrecognized bundle type: collection"
+    )
     assert text(call(svc, pr, "POST", "", {"resourceType": "Bundle", "type": "batch"})) == "Missing bundle entries"
 
 
@@ -301,9 +362,16 @@ def test_batch_patch_with_binary_and_parameters(env):
     _, svc, pr = env
     p = call(svc, pr, "POST", "Patient", patient()).body
     data = base64.b64encode(json.dumps([{"op": "add", "path": "/active", "value": True}]).encode()).decode()
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data},
-         "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data},
+                "request": {"method": "PATCH", "url": f"Patient/{p['id']}"},
+            }
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.body["entry"][0]["response"]["status"] == "200" and r.body["entry"][0]["resource"]["active"] is True
 
@@ -326,22 +394,91 @@ def test_project_isolation(env):
 
 # ---------------------------------------------------------------- property: never raises, never 5xx
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=8),
-                      st.sampled_from(["Patient", "Observation", "final", "urn:uuid:" + str(uuid.UUID(int=1)),
-                                       "2020-01-01", "Patient/1"]))
-json_val = st.recursive(json_leaf, lambda c: st.one_of(st.lists(c, max_size=3),
-                                                       st.dictionaries(st.sampled_from(
-                                                           ["resourceType", "id", "status", "code", "entry",
-                                                            "request", "method", "url", "resource", "type", "name",
-                                                            "op", "path", "value", "meta", "subject", "reference"]),
-                                                           c, max_size=4)), max_leaves=12)
-paths = st.one_of(st.sampled_from(["", "Patient", "Observation", "Patient/1", "Patient/1/_history",
-                                   "Patient/1/_history/2", "Patient/_search", "Patient/_history", "Foo",
-                                   "Bundle", "Patient/$everything", "/", "Patient/1/x/y/z"]), st.text(max_size=20))
-queries = st.lists(st.tuples(st.sampled_from(["name", "_count", "_offset", "_sort", "identifier", "date",
-                                              "birthdate", "_id", "foo", "subject:missing", "_include",
-                                              "_summary", "code:text", "value-quantity"]),
-                             st.text(max_size=10)), max_size=3)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.text(max_size=8),
+    st.sampled_from(
+        ["Patient", "Observation", "final", "urn:uuid:" + str(uuid.UUID(int=1)), "2020-01-01", "Patient/1"]
+    ),
+)
+json_val = st.recursive(
+    json_leaf,
+    lambda c: st.one_of(
+        st.lists(c, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "resourceType",
+                    "id",
+                    "status",
+                    "code",
+                    "entry",
+                    "request",
+                    "method",
+                    "url",
+                    "resource",
+                    "type",
+                    "name",
+                    "op",
+                    "path",
+                    "value",
+                    "meta",
+                    "subject",
+                    "reference",
+                ]
+            ),
+            c,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+paths = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "Patient",
+            "Observation",
+            "Patient/1",
+            "Patient/1/_history",
+            "Patient/1/_history/2",
+            "Patient/_search",
+            "Patient/_history",
+            "Foo",
+            "Bundle",
+            "Patient/$everything",
+            "/",
+            "Patient/1/x/y/z",
+        ]
+    ),
+    st.text(max_size=20),
+)
+queries = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "name",
+                "_count",
+                "_offset",
+                "_sort",
+                "identifier",
+                "date",
+                "birthdate",
+                "_id",
+                "foo",
+                "subject:missing",
+                "_include",
+                "_summary",
+                "code:text",
+                "value-quantity",
+            ]
+        ),
+        st.text(max_size=10),
+    ),
+    max_size=3,
+)
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "get"])
 
 
@@ -357,14 +494,25 @@ def test_handle_never_raises_or_5xx(env, method, path, query, body):
 def test_batch_events_after_commit_and_replay_is_silent(env):
     repo, svc, pr = env
     events = []
-    repo.add_listener(lambda ev: events.append((ev.interaction, repo.exists(ev.resource["resourceType"], ev.resource["id"]))))
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs(str(i)),
-         "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{i}"}} for i in range(3)]}
+    repo.add_listener(
+        lambda ev: events.append((ev.interaction, repo.exists(ev.resource["resourceType"], ev.resource["id"])))
+    )
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": obs(str(i)),
+                "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{i}"},
+            }
+            for i in range(3)
+        ],
+    }
     assert call(svc, pr, "POST", "", b).status == 200
     assert events == [("create", True)] * 3
     call(svc, pr, "POST", "", b)
-    assert len(events) == 3                      # replay: no-op updates, no events
+    assert len(events) == 3  # replay: no-op updates, no events
 
 
 def test_deeply_nested_body_is_400(env):
@@ -395,28 +543,57 @@ def test_unknown_type_and_operations(env):
 def test_transactions_disabled_behave_like_batch(env):
     repo, svc, pr = env
     svc.transactions = False
-    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
-        {"resource": patient(birthDate="nope"), "request": {"method": "POST", "url": "Patient"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(birthDate="nope"), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert r.status == 200 and r.body["type"] == "transaction-response"
     assert [e["response"]["status"] for e in r.body["entry"]] == ["201", "400"]
     assert repo.count("Patient") == 1
 
 
-entry_st = st.fixed_dictionaries({
-    "request": st.fixed_dictionaries({
-        "method": st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "FOO"]),
-        "url": st.sampled_from(["Patient", "Patient/1", "Observation?identifier=urn:s|1", "Patient?name=x",
-                                "Patient/_search", "Patient/1/_history", "Nope", "", "Patient?bogus=1",
-                                "Observation/urn:uuid:00000000-0000-4000-8000-000000000001"]),
-    }),
-}, optional={
-    "fullUrl": st.sampled_from(["urn:uuid:00000000-0000-4000-8000-000000000001",
-                                "urn:uuid:00000000-0000-4000-8000-000000000002", "Patient/1"]),
-    "resource": st.one_of(st.just(patient()), st.just(obs("1", subject={"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"})),
-                          json_val),
-})
+entry_st = st.fixed_dictionaries(
+    {
+        "request": st.fixed_dictionaries(
+            {
+                "method": st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "FOO"]),
+                "url": st.sampled_from(
+                    [
+                        "Patient",
+                        "Patient/1",
+                        "Observation?identifier=urn:s|1",
+                        "Patient?name=x",
+                        "Patient/_search",
+                        "Patient/1/_history",
+                        "Nope",
+                        "",
+                        "Patient?bogus=1",
+                        "Observation/urn:uuid:00000000-0000-4000-8000-000000000001",
+                    ]
+                ),
+            }
+        ),
+    },
+    optional={
+        "fullUrl": st.sampled_from(
+            [
+                "urn:uuid:00000000-0000-4000-8000-000000000001",
+                "urn:uuid:00000000-0000-4000-8000-000000000002",
+                "Patient/1",
+            ]
+        ),
+        "resource": st.one_of(
+            st.just(patient()),
+            st.just(obs("1", subject={"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"})),
+            json_val,
+        ),
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -427,7 +604,7 @@ def test_bundles_never_5xx(env, btype, entries):
     r = svc.handle(pr, "POST", "", [], {"resourceType": "Bundle", "type": btype, "entry": entries}, {})
     assert r.status < 500, (r.status, r.body)
     if btype == "transaction" and r.status >= 400:
-        assert repo.count() == before             # all-or-nothing
+        assert repo.count() == before  # all-or-nothing
     if r.status == 200:
         assert len(r.body["entry"]) == len(entries)
 
@@ -436,9 +613,14 @@ def test_a_batch_resource_whose_type_is_not_a_string_is_a_400_not_a_500(env):
     """Found by test_bundles_never_5xx: a `resourceType` array in a batch entry reached a set lookup."""
     _, svc, pr = env
     for rt in ([], {}, ["Patient"]):
-        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": rt}},
-            {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}}]}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": rt}},
+                {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
+            ],
+        }
         r = call(svc, pr, "POST", "", bundle)
         assert r.status == 200 and r.body["entry"][0]["response"]["status"].startswith("4"), r.body
 
@@ -452,13 +634,19 @@ def test_a_batch_entry_that_fails_after_writing_part_of_itself_leaves_nothing_of
 
     def index(row_id, res, *rest):
         if any(i.get("value") == "boom" for i in res.get("identifier") or []):
-            raise RuntimeError("disk full")      # after the resources and history rows of this entry
+            raise RuntimeError("disk full")  # after the resources and history rows of this entry
         return orig(row_id, res, *rest)
 
     repo._index = index
-    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": obs(v), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{v}"}}
-        for v in ("a", "boom", "c")] + [{"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": obs(v), "request": {"method": "PUT", "url": f"Observation?identifier=urn:s|{v}"}}
+            for v in ("a", "boom", "c")
+        ]
+        + [{"resource": patient(), "request": {"method": "POST", "url": "Patient"}}],
+    }
     r = call(svc, pr, "POST", "", bundle)
     assert r.status == 200
     assert [e["response"]["status"] for e in r.body["entry"]] == ["201", "500", "201", "201"]

@@ -1,4 +1,5 @@
 """Repository: SQLite storage, versions, history, no-op updates, listeners, transactions, reset."""
+
 import re
 import threading
 
@@ -20,8 +21,20 @@ def repo():
 
 
 def test_resource_types_include_medplum_types():
-    for t in ("Patient", "Observation", "Bot", "ClientApplication", "AccessPolicy", "Project",
-              "ProjectMembership", "AsyncJob", "Subscription", "AuditEvent", "Binary", "Login"):
+    for t in (
+        "Patient",
+        "Observation",
+        "Bot",
+        "ClientApplication",
+        "AccessPolicy",
+        "Project",
+        "ProjectMembership",
+        "AsyncJob",
+        "Subscription",
+        "AuditEvent",
+        "Binary",
+        "Login",
+    ):
         assert t in resource_types()
     assert "ProjectSetting" not in resource_types()  # a backbone element, not a resource
 
@@ -48,8 +61,9 @@ def test_noop_update_creates_no_version_and_no_event(repo):
     events = []
     repo.add_listener(events.append)
     p = repo.create({"resourceType": "Patient", "active": True})
-    same, _created, changed = repo.update({"resourceType": "Patient", "id": p["id"], "active": True,
-                                          "meta": {"versionId": "whatever"}})
+    same, _created, changed = repo.update(
+        {"resourceType": "Patient", "id": p["id"], "active": True, "meta": {"versionId": "whatever"}}
+    )
     assert not changed and same["meta"]["versionId"] == p["meta"]["versionId"]
     assert repo.history("Patient", p["id"])[1] == 1
     assert [e.interaction for e in events] == ["create"]
@@ -110,8 +124,14 @@ def test_index_rows_written_in_a_transaction_are_searchable_in_it(repo):
         assert ids([("identifier", "s|b")]) == []
         repo.update({**a, "identifier": [{"system": "s", "value": "c"}]})
         assert ids([("identifier", "s|a")]) == [] and ids([("identifier", "s|c")]) == [a["id"]]
-        o = repo.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                         "subject": {"reference": f"Patient/{a['id']}"}})
+        o = repo.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{a['id']}"},
+            }
+        )
         assert [r["id"] for r in repo.references_to([f"Patient/{a['id']}"], "Observation", "subject")] == [o["id"]]
     assert ids([("identifier", "s|c")]) == [a["id"]]
     assert repo.query("SELECT COUNT(*) FROM idx_token WHERE code IN ('a', 'b')")[0][0] == 0
@@ -171,11 +191,18 @@ def test_validator_names_every_problem():
     exprs = {e for _, e in probs}
     assert {"Patient.name[0].given", "Patient.foo", "Patient.birthDate"} <= exprs
     assert v.problems({"resourceType": "Observation", "status": "final"}) == [
-        ("Missing required property", "Observation.code")]
+        ("Missing required property", "Observation.code")
+    ]
     assert v.problems({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}) == []
     # contained resources are validated by their own type
-    probs = v.problems({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                        "contained": [{"resourceType": "Patient", "id": "p", "bogus": 1}]})
-    assert ("Invalid additional property \"bogus\"", "Observation.contained[0].bogus") in probs
+    probs = v.problems(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "contained": [{"resourceType": "Patient", "id": "p", "bogus": 1}],
+        }
+    )
+    assert ('Invalid additional property "bogus"', "Observation.contained[0].bogus") in probs
     assert v.problems({"resourceType": "Patient", "id": "bad id!"})[0][1] == "Patient.id"
     assert v.problems({"resourceType": "Patient", "active": None})

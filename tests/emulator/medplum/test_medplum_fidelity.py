@@ -1,6 +1,7 @@
 """Issue 14, "Medplum fidelity, round two": one contract test per difference, each naming the Medplum source file
 (@medplum/fhir-router and @medplum/core 5.2.13, Medplum's server packages/server/src) the rule comes from.
 Item 11 (strict validation) is tests/emulator/medplum/test_strict_validation.py."""
+
 import uuid
 
 import pytest
@@ -19,8 +20,13 @@ def patient(family="Jones", **kw):
 
 
 def obs(ident, **kw):
-    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-            "identifier": [{"system": "urn:s", "value": ident}], **kw}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "identifier": [{"system": "urn:s", "value": ident}],
+        **kw,
+    }
 
 
 # 1. fhir-router src/fhirrouter.ts: `GET ''` -> searchMultipleTypes; no types -> 400 "No types specified";
@@ -43,7 +49,7 @@ def test_system_level_search(env):
     none = call(svc, pr, "GET", "", query=[("name", "Jones")])
     assert none.status == 400 and text(none) == "No types specified"
     bad = call(svc, pr, "GET", "", query=[("_type", "Patient,Observation"), ("name", "Jones")])
-    assert bad.status == 400 and text(bad) == "Unknown search parameter: name"      # not an Observation parameter
+    assert bad.status == 400 and text(bad) == "Unknown search parameter: name"  # not an Observation parameter
     unk = call(svc, pr, "GET", "", query=[("_type", "Foo")])
     assert unk.status == 400 and text(unk) == "Unknown resource type" and unk.body["issue"][0]["code"] == "structure"
     assert text(call(svc, pr, "GET", "", query=[("_type", "")])) == "Resource type is null"
@@ -59,9 +65,17 @@ def test_conditional_put_multiple_matches_in_bundle_is_400(env, btype):
     repo, svc, pr = env
     call(svc, pr, "POST", "Observation", obs("dup"))
     call(svc, pr, "POST", "Observation", obs("dup"))
-    b = {"resourceType": "Bundle", "type": btype, "entry": [
-        {"resource": obs("dup", status="amended"), "request": {"method": "PUT", "url": "Observation?identifier=urn:s|dup"}},
-        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": btype,
+        "entry": [
+            {
+                "resource": obs("dup", status="amended"),
+                "request": {"method": "PUT", "url": "Observation?identifier=urn:s|dup"},
+            },
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     if btype == "batch":
         assert r.status == 200
@@ -114,11 +128,16 @@ def test_delete_with_stale_if_match_is_412(env):
 #    validateResourceType): `GET Foo/1` -> 404 for that entry; with a UUID id -> 400 "Unknown resource type"
 def test_batch_entry_with_unknown_type(env):
     _, svc, pr = env
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": "Foo/1"}},
-        {"request": {"method": "GET", "url": f"Foo/{uuid.uuid4()}"}},
-        {"request": {"method": "GET", "url": "Foo"}},
-        {"request": {"method": "GET", "url": "Patient/1/bar/baz/qux"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": "Foo/1"}},
+            {"request": {"method": "GET", "url": f"Foo/{uuid.uuid4()}"}},
+            {"request": {"method": "GET", "url": "Foo"}},
+            {"request": {"method": "GET", "url": "Patient/1/bar/baz/qux"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert [e["response"]["status"] for e in r.body["entry"]] == ["404", "400", "400", "404"]
     assert r.body["entry"][0]["response"]["outcome"]["id"] == "not-found"
@@ -157,7 +176,7 @@ def test_count_not_a_number(env):
     r = call(svc, pr, "GET", "Patient", query=[("_count", "abc")])
     assert r.status == 200 and "entry" not in r.body
     assert [lnk["relation"] for lnk in r.body["link"]] == ["self"] and "_count=NaN" in r.body["link"][0]["url"]
-    assert len(call(svc, pr, "GET", "Patient", query=[("_count", "3x")]).body["entry"]) == 1    # parseInt("3x") = 3
+    assert len(call(svc, pr, "GET", "Patient", query=[("_count", "3x")]).body["entry"]) == 1  # parseInt("3x") = 3
 
 
 # 10b. server src/fhir/repo.ts patchResource: resourceType/id are checked before patching; the patched resource
@@ -166,7 +185,9 @@ def test_count_not_a_number(env):
 def test_patch_changing_resource_type(env):
     repo, svc, pr = env
     p = call(svc, pr, "POST", "Patient", patient()).body
-    r = call(svc, pr, "PATCH", f"Patient/{p['id']}", [{"op": "replace", "path": "/resourceType", "value": "Practitioner"}])
+    r = call(
+        svc, pr, "PATCH", f"Patient/{p['id']}", [{"op": "replace", "path": "/resourceType", "value": "Practitioner"}]
+    )
     assert r.status == 404 and r.body["id"] == "not-found"
     r = call(svc, pr, "PATCH", f"Patient/{p['id']}", [{"op": "replace", "path": "/resourceType", "value": "Foo"}])
     assert r.status == 400 and text(r) == "Unknown resource type"
@@ -189,8 +210,13 @@ def test_token_text_modifier(env):
     _, svc, pr = env
     for i in range(3):
         call(svc, pr, "POST", "Observation", obs(f"t{i}", code={"text": "load-1"}))
-    call(svc, pr, "POST", "Observation", obs("t9", code={"coding": [{"system": "http://loinc.org", "code": "8867-4",
-                                                                      "display": "Heart rate"}]}))
+    call(
+        svc,
+        pr,
+        "POST",
+        "Observation",
+        obs("t9", code={"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]}),
+    )
     r = call(svc, pr, "GET", "Observation", query=[("code:text", "load-1")])
     assert r.status == 200 and len(r.body["entry"]) == 3
     assert len(call(svc, pr, "GET", "Observation", query=[("code:text", "HEART")]).body["entry"]) == 1
@@ -198,6 +224,7 @@ def test_token_text_modifier(env):
     assert call(svc, pr, "GET", "Observation", query=[("code:text", "8867-4")]).body["entry"] == []
     # the in-memory matcher (subscription and access-policy criteria) agrees
     from medport.emulator.medplum.fhir.search import matches
+
     o = call(svc, pr, "GET", "Observation", query=[("code:text", "load")]).body["entry"][0]["resource"]
     assert matches(o, "Observation?code:text=LOAD-1") and not matches(o, "Observation?code:text=heart")
 
@@ -210,24 +237,35 @@ def test_generated_subscriptions_fire_on_create_and_update_on_every_version():
     from medport.generator.generation.config import validate_data
     from medport.generator.generation.manifest import subscriptions
 
-    two = {"resourceType": "Subscription", "extension": [
-        {"url": "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction", "valueCode": c}
-        for c in ("create", "update")]}
-    assert supports_interaction(two, "update") and not supports_interaction(two, "delete")       # 5.2.13
-    assert not supports_interaction(two, "update", first_only=True)                              # older servers
-    assert supports_interaction({"resourceType": "Subscription"}, "delete")                       # none = all
+    two = {
+        "resourceType": "Subscription",
+        "extension": [
+            {"url": "https://medplum.com/fhir/StructureDefinition/subscription-supported-interaction", "valueCode": c}
+            for c in ("create", "update")
+        ],
+    }
+    assert supports_interaction(two, "update") and not supports_interaction(two, "delete")  # 5.2.13
+    assert not supports_interaction(two, "update", first_only=True)  # older servers
+    assert supports_interaction({"resourceType": "Subscription"}, "delete")  # none = all
     subs = subscriptions(validate_data({}))
     for first_only in (False, True):
-        fired = {i for s in subs if s["criteria"] == "Patient" for i in ("create", "update", "delete")
-                 if supports_interaction(s, i, first_only=first_only)}
+        fired = {
+            i
+            for s in subs
+            if s["criteria"] == "Patient"
+            for i in ("create", "update", "delete")
+            if supports_interaction(s, i, first_only=first_only)
+        }
         assert fired == {"create", "update"}
     # one supported-interaction extension each (the contribution bot's also carries a FHIRPath criteria)
-    assert all(len([e for e in s["extension"] if e["url"].endswith("subscription-supported-interaction")]) == 1
-               for s in subs)
+    assert all(
+        len([e for e in s["extension"] if e["url"].endswith("subscription-supported-interaction")]) == 1 for s in subs
+    )
 
 
 def test_health_names_the_emulated_medplum_version(emu):
     import requests
+
     body = requests.get(emu.base_url + "_emulator/health").json()
     assert body["medplum_version"] == "5.2.13"
 
@@ -237,17 +275,47 @@ def test_health_names_the_emulated_medplum_version(emu):
 #    it: composite/special -> 400 "Unrecognized search parameter type: <type>" (@medplum/core src/search/search.ts
 #    parseParameter); `_text`/`_content`/`_query` have no expression and are not attached to concrete types
 #    (@medplum/core src/types.ts getOrInitTypeSchema) -> 400 "Unknown search parameter".
-IMPORTED = ["Patient", "AllergyIntolerance", "Condition", "Composition", "Coverage", "Consent", "DiagnosticReport",
-            "DocumentReference", "Encounter", "FamilyMemberHistory", "Goal", "Immunization", "Location", "Medication",
-            "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement",
-            "Observation", "Organization", "Practitioner", "PractitionerRole", "Procedure", "RelatedPerson",
-            "ServiceRequest", "CarePlan", "Device", "Binary", "Task", "Communication", "Bundle", "InsurancePlan",
-            "ProjectMembership"]
+IMPORTED = [
+    "Patient",
+    "AllergyIntolerance",
+    "Condition",
+    "Composition",
+    "Coverage",
+    "Consent",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "FamilyMemberHistory",
+    "Goal",
+    "Immunization",
+    "Location",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "RelatedPerson",
+    "ServiceRequest",
+    "CarePlan",
+    "Device",
+    "Binary",
+    "Task",
+    "Communication",
+    "Bundle",
+    "InsurancePlan",
+    "ProjectMembership",
+]
 
 
 def test_every_search_parameter_extracts_or_answers_like_medplum(env):
     from medport.emulator.medplum.fhir.schema import resource_types
     from medport.emulator.medplum.fhir.searchparams import registry
+
     _, svc, pr = env
     silent = []
     for t in IMPORTED:
@@ -266,41 +334,77 @@ def test_every_search_parameter_extracts_or_answers_like_medplum(env):
 
 
 CUSTOM_CASES = [
-    ("MedicationRequest", "priority-order", {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-                                             "priority": "urgent", "medicationCodeableConcept": {"text": "m"},
-                                             "subject": {"reference": "Patient/1"}}, "30"),
+    (
+        "MedicationRequest",
+        "priority-order",
+        {
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "priority": "urgent",
+            "medicationCodeableConcept": {"text": "m"},
+            "subject": {"reference": "Patient/1"},
+        },
+        "30",
+    ),
     ("Communication", "priority-order", {"resourceType": "Communication", "status": "completed"}, "10"),
     ("InsurancePlan", "name", {"resourceType": "InsurancePlan", "name": "Gold", "alias": ["Aurum"]}, "aur"),
-    ("Observation", "value-string", {"resourceType": "Observation", "status": "final", "code": {"text": "c"},
-                                     "valueCodeableConcept": {"text": "Positive"}}, "posit"),
+    (
+        "Observation",
+        "value-string",
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "c"},
+            "valueCodeableConcept": {"text": "Positive"},
+        },
+        "posit",
+    ),
     ("Patient", "deceased", {"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}, "true"),
     ("Patient", "deceased", {"resourceType": "Patient", "name": [{"family": "Alive"}]}, "false"),
-    ("ProjectMembership", "profile-type", {"resourceType": "ProjectMembership", "project": {"reference": "Project/p"},
-                                           "user": {"reference": "User/u"},
-                                           "profile": {"reference": "Practitioner/1"}}, "Practitioner"),
+    (
+        "ProjectMembership",
+        "profile-type",
+        {
+            "resourceType": "ProjectMembership",
+            "project": {"reference": "Project/p"},
+            "user": {"reference": "User/u"},
+            "profile": {"reference": "Practitioner/1"},
+        },
+        "Practitioner",
+    ),
 ]
 
 
 def test_fhirpath_parameters_agree_with_medplum_and_find_the_resource(env):
     from medport.emulator.medplum.fhir.searchparams import registry
     from tests.emulator.medplum.oracle import medplum
+
     repo, svc, pr = env
     sps = [registry().get(t, code) for t, code, _, _ in CUSTOM_CASES]
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Composition",
-                                                                                      "id": "c1"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": {"resourceType": "Composition", "id": "c1"}}],
+    }
     sps.append(registry().get("Bundle", "composition"))
     resources = [r for _, _, r, _ in CUSTOM_CASES] + [bundle]
-    expected = medplum([{"op": "fhirpath", "expression": sp.expression, "resource": r} for sp, r in zip(sps, resources)])
+    expected = medplum(
+        [{"op": "fhirpath", "expression": sp.expression, "resource": r} for sp, r in zip(sps, resources)]
+    )
     for sp, r, exp in zip(sps, resources, expected):
         got = sp.extract(r)
         if sp.type == "reference":
             got = [x["reference"] for x in got]
             exp["values"] = [f"{x['resourceType']}/{x['id']}" for x in exp["values"]]
         assert got == exp["values"], (sp.code, got, exp)
-    admin = Principal("proj-1", "ClientApplication/app-1", None, Access(None), True)   # ProjectMembership
+    admin = Principal("proj-1", "ClientApplication/app-1", None, Access(None), True)  # ProjectMembership
     for t, code, res, value in CUSTOM_CASES:
         created = repo.create(res, project="proj-1")
         found = call(svc, admin, "GET", t, query=[(code, value), ("_id", created["id"])])
         assert [e["resource"]["id"] for e in found.body.get("entry", [])] == [created["id"]], (t, code, found.body)
     b = repo.create(bundle, project="proj-1")
-    assert call(svc, pr, "GET", "Bundle", query=[("composition", "Composition/c1")]).body["entry"][0]["resource"]["id"] == b["id"]
+    assert (
+        call(svc, pr, "GET", "Bundle", query=[("composition", "Composition/c1")]).body["entry"][0]["resource"]["id"]
+        == b["id"]
+    )

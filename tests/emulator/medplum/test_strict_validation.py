@@ -5,6 +5,7 @@ src/typeschema/validation.ts `validateResource` on every write of a strict-mode 
 that function (Node 22, @medplum/core 5.2.13, tests/emulator/medplum/oracle.py) on every resource of the shared
 fixtures (or synthetic Metriport data when ../shared is absent) plus mutated variants; the emulator must agree on
 accept/refuse and answer with the same OperationOutcome."""
+
 import copy
 import json
 
@@ -31,9 +32,14 @@ def corpus() -> list[dict]:
             p = d.parent / extra
             if p.is_file():
                 b = json.loads(p.read_text())
-                out += [e["resource"] for e in b.get("entry", []) if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+                out += [
+                    e["resource"]
+                    for e in b.get("entry", [])
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                ]
     if not out:
         from medport.emulator.metriport.synth import generate
+
         out = [e["resource"] for e in generate(300, seed=14)["entry"]]
     return out
 
@@ -46,35 +52,46 @@ def mutants(resources: list[dict]) -> list[dict]:
         by_type.setdefault(r["resourceType"], r)
     for r in by_type.values():
         m = copy.deepcopy(r)
-        m["foo"] = 1                                                # unknown property
+        m["foo"] = 1  # unknown property
         out.append(m)
         m = copy.deepcopy(r)
-        m["meta"] = {**(m.get("meta") or {}), "lastUpdated": "2020-01-01"}   # instant without time
+        m["meta"] = {**(m.get("meta") or {}), "lastUpdated": "2020-01-01"}  # instant without time
         out.append(m)
         m = copy.deepcopy(r)
-        m["contained"] = [{"resourceType": "Basic", "id": "bad id!", "code": {"text": "x"}}]   # id format
+        m["contained"] = [{"resourceType": "Basic", "id": "bad id!", "code": {"text": "x"}}]  # id format
         out.append(m)
         m = copy.deepcopy(r)
-        m["text"] = []                                              # array where single
+        m["text"] = []  # array where single
         out.append(m)
-    cond = copy.deepcopy(by_type.get("Condition") or {"resourceType": "Condition", "subject": {"reference": "Patient/1"}})
-    cond["clinicalStatus"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                           "code": "active"}]}]
-    out.append(cond)                                                # array where single (the C-CDA shape)
-    imm = copy.deepcopy(by_type.get("Immunization") or {
-        "resourceType": "Immunization", "status": "completed", "vaccineCode": {"text": "flu"},
-        "patient": {"reference": "Patient/1"}, "occurrenceDateTime": "2020-01-01"})
+    cond = copy.deepcopy(
+        by_type.get("Condition") or {"resourceType": "Condition", "subject": {"reference": "Patient/1"}}
+    )
+    cond["clinicalStatus"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+    ]
+    out.append(cond)  # array where single (the C-CDA shape)
+    imm = copy.deepcopy(
+        by_type.get("Immunization")
+        or {
+            "resourceType": "Immunization",
+            "status": "completed",
+            "vaccineCode": {"text": "flu"},
+            "patient": {"reference": "Patient/1"},
+            "occurrenceDateTime": "2020-01-01",
+        }
+    )
     for k in [k for k in imm if k.startswith("occurrence")]:
         del imm[k]
-    out.append(imm)                                                 # missing required choice occurrence[x]
-    out.append({"resourceType": "Patient", "birthDate": "1990-13-45"})          # bad date
-    out.append({"resourceType": "Patient", "birthDate": "1990-02-30"})          # not a calendar date
+    out.append(imm)  # missing required choice occurrence[x]
+    out.append({"resourceType": "Patient", "birthDate": "1990-13-45"})  # bad date
+    out.append({"resourceType": "Patient", "birthDate": "1990-02-30"})  # not a calendar date
     out.append({"resourceType": "Patient", "gender": ["male"]})
-    out.append({"resourceType": "Patient", "name": {"family": "x"}})            # single where array
+    out.append({"resourceType": "Patient", "name": {"family": "x"}})  # single where array
     out.append({"resourceType": "Patient", "name": [{"given": [""]}]})
-    out.append({"resourceType": "Observation", "code": {"text": "x"}})          # missing required status
-    out.append({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                "valueString": "a", "valueInteger": 1})                          # only a warning: accepted
+    out.append({"resourceType": "Observation", "code": {"text": "x"}})  # missing required status
+    out.append(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueString": "a", "valueInteger": 1}
+    )  # only a warning: accepted
     out.append({"resourceType": "Patient", "extension": [{"url": "http://x"}]})  # ext-1 invariant
     return out
 
@@ -88,8 +105,9 @@ def cases():
 
 
 def _errors(oo: dict) -> list[tuple]:
-    return sorted((i["severity"], i["code"], i["details"]["text"], tuple(i.get("expression") or []))
-                  for i in oo.get("issue", []))
+    return sorted(
+        (i["severity"], i["code"], i["details"]["text"], tuple(i.get("expression") or [])) for i in oo.get("issue", [])
+    )
 
 
 def test_emulator_refuses_exactly_what_medplum_refuses(cases):
@@ -146,18 +164,37 @@ def test_batch_validates_in_bulk_with_the_same_answers(cases):
     pr = Principal("p", "ClientApplication/a", None, Access(None), False)
     try:
         sample = list(zip(resources, verdicts))[:60]
-        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
-            {"resource": {k: val for k, val in r.items() if k != "id"}, "request": {"method": "POST", "url": r["resourceType"]}}
-            for r, _ in sample]}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {
+                    "resource": {k: val for k, val in r.items() if k != "id"},
+                    "request": {"method": "POST", "url": r["resourceType"]},
+                }
+                for r, _ in sample
+            ],
+        }
         out = svc.handle(pr, "POST", "", [], bundle, {})
         for (r, verdict), e in zip(sample, out.body["entry"]):
             assert e["response"]["status"] == ("201" if verdict["ok"] else "400"), (r["resourceType"], e)
         bad = next((r for r, verdict in zip(resources, verdicts) if not verdict["ok"]), None)
         assert bad is not None
         before = repo.count()
-        tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": {"resourceType": "Patient", "name": [{"family": "ok"}]}, "request": {"method": "POST", "url": "Patient"}},
-            {"resource": {k: val for k, val in bad.items() if k != "id"}, "request": {"method": "POST", "url": bad["resourceType"]}}]}
+        tx = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {"resourceType": "Patient", "name": [{"family": "ok"}]},
+                    "request": {"method": "POST", "url": "Patient"},
+                },
+                {
+                    "resource": {k: val for k, val in bad.items() if k != "id"},
+                    "request": {"method": "POST", "url": bad["resourceType"]},
+                },
+            ],
+        }
         r = svc.handle(pr, "POST", "", [], tx, {})
         assert r.status == 400 and repo.count() == before
     finally:

@@ -1,4 +1,5 @@
 """Subscriptions: matching order, http delivery with X-Signature, retry/drop, and the loop guard."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,13 @@ class Hook:
 
 
 def _sub(c, criteria, endpoint, ext=()):
-    sub = {"resourceType": "Subscription", "status": "active", "reason": "t", "criteria": criteria,
-           "channel": {"type": "rest-hook", "endpoint": endpoint}}
+    sub = {
+        "resourceType": "Subscription",
+        "status": "active",
+        "reason": "t",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint},
+    }
     if ext:
         sub["extension"] = list(ext)
     return c.create(sub)
@@ -63,8 +69,7 @@ def _sub(c, criteria, endpoint, ext=()):
 
 def test_fhirpath_criteria_with_previous(c):
     bot = c.create_bot("fp", LOG)
-    _sub(c, "Practitioner", f"Bot/{bot['id']}",
-         [{"url": FP, "valueString": "%previous.gender != %current.gender"}])
+    _sub(c, "Practitioner", f"Bot/{bot['id']}", [{"url": FP, "valueString": "%previous.gender != %current.gender"}])
     pr = c.create({"resourceType": "Practitioner", "gender": "male"})
     assert c.idle()
     pr = c.update({**pr, "name": [{"family": "Same gender"}]})
@@ -91,8 +96,15 @@ def test_supported_interaction_extension(c):
 def test_search_criteria_and_inactive(c):
     bot = c.create_bot("crit", LOG)
     _sub(c, "Medication?status=active", f"Bot/{bot['id']}")
-    off = c.create({"resourceType": "Subscription", "status": "off", "reason": "t", "criteria": "Medication",
-                    "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"}})
+    off = c.create(
+        {
+            "resourceType": "Subscription",
+            "status": "off",
+            "reason": "t",
+            "criteria": "Medication",
+            "channel": {"type": "rest-hook", "endpoint": f"Bot/{bot['id']}"},
+        }
+    )
     assert off
     c.create({"resourceType": "Medication", "status": "inactive"})
     c.create({"resourceType": "Medication", "status": "active"})
@@ -123,7 +135,9 @@ def test_delete_delivers_empty_body_and_deleted_resource_header(c):
         _sub(c, "BodyStructure", hook.url, [{"url": INTER, "valueCode": "delete"}])
         bot = c.create_bot("delete-watcher", headers_bot)
         _sub(c, "BodyStructure", f"Bot/{bot['id']}", [{"url": INTER, "valueCode": "delete"}])
-        s = c.create({"resourceType": "BodyStructure", "patient": {"reference": "Patient/x"}, "description": "to delete"})
+        s = c.create(
+            {"resourceType": "BodyStructure", "patient": {"reference": "Patient/x"}, "description": "to delete"}
+        )
         assert c.http.delete(c.fhir(f"BodyStructure/{s['id']}")).status_code == 200
         assert c.idle()
         headers, body = hook.received[-1]
@@ -168,6 +182,7 @@ def test_retry_dropped_when_version_not_current(c, emu):
         sp = c.create({"resourceType": "Specimen", "note": [{"text": "v1"}]})
         # the first attempt fails; before the retry is due, a newer version supersedes it
         import time
+
         for _ in range(100):
             if hook.received:
                 break
@@ -191,8 +206,9 @@ def test_loop_is_stopped(c):
     };"""
     bot = c.create_bot("looper", code)
     sub = _sub(c, "Flag", f"Bot/{bot['id']}")
-    flag = c.create({"resourceType": "Flag", "status": "active", "code": {"text": "f"},
-                     "subject": {"reference": "Patient/x"}})
+    flag = c.create(
+        {"resourceType": "Flag", "status": "active", "code": {"text": "f"}, "subject": {"reference": "Patient/x"}}
+    )
     assert c.idle(60)
     runs = c.runs(bot=bot["id"], limit=100)
     stopped = [r for r in runs if r["error"] and "subscription loop" in r["error"]]

@@ -1,4 +1,5 @@
 """Shared fixtures of the fake Metriport tests: a fake on a fake clock, a webhook receiver, an API client."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,13 @@ class Receiver:
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
                 body = json.loads(raw)
                 with outer.cond:
-                    outer.requests.append({"raw": raw.decode("utf-8"), "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                    outer.requests.append(
+                        {
+                            "raw": raw.decode("utf-8"),
+                            "body": body,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                        }
+                    )
                     outer.cond.notify_all()
                 if outer.fail:
                     self.send_response(500)
@@ -125,6 +132,7 @@ class Api:
     def __getattr__(self, method):
         def call(path, **kw):
             return self.s.request(method.upper(), self.base + path, timeout=10, **kw)
+
         return call
 
 

@@ -4,6 +4,7 @@ rate limits, webhooks (ping, signing, disable/retry), document and consolidated 
 Each refusal follows a Metriport file named in the test (packages/api/src/routes/... in github
 metriport/metriport); the bodies themselves are compared with Metriport's code in test_sdk_parity.py.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,9 +20,14 @@ from tests.emulator.metriport.conftest import FIXTURES, KEY, Api  # noqa: F401
 
 
 def demo(first="Ollie", last="Brown", **kw):
-    d = {"firstName": first, "lastName": last, "dob": "1946-03-18", "genderAtBirth": "M",
-         "address": [{"addressLine1": "201 Armada Dr", "city": "Brownsville", "state": "TX", "zip": "78520"}],
-         "contact": [{"phone": "9565550127"}]}
+    d = {
+        "firstName": first,
+        "lastName": last,
+        "dob": "1946-03-18",
+        "genderAtBirth": "M",
+        "address": [{"addressLine1": "201 Armada Dr", "city": "Brownsville", "state": "TX", "zip": "78520"}],
+        "contact": [{"phone": "9565550127"}],
+    }
     d.update(kw)
     return d
 
@@ -51,7 +57,11 @@ def test_api_key_checked_first_like_api_gateway(fake):
 
 def test_unknown_route_and_method_are_expresss_404(api):
     # routes/helpers/not-found-handler.ts; Express has no 405
-    for method, path in (("get", "/medical/v1/nothing"), ("patch", "/medical/v1/patient"), ("get", "/medical/v1/settings")):
+    for method, path in (
+        ("get", "/medical/v1/nothing"),
+        ("patch", "/medical/v1/patient"),
+        ("get", "/medical/v1/settings"),
+    ):
         r = getattr(api, method)(path)
         assert r.status_code == 404 and r.json() == {"message": "Not Found"}, (method, path)
 
@@ -66,14 +76,28 @@ def test_body_parsing_like_express_json(api, fake):
     # another content type: the body reads as {} → zod's Required issues
     r = api.post(url, params=params, data=json.dumps(demo()), headers={"content-type": "text/plain"})
     assert r.status_code == 400 and r.json()["detail"].startswith("Required, on [firstName]")
-    r = api.post(url, params=params, data=json.dumps(demo()).encode("latin-1"),
-                 headers={"content-type": "application/json; charset=latin1"})
+    r = api.post(
+        url,
+        params=params,
+        data=json.dumps(demo()).encode("latin-1"),
+        headers={"content-type": "application/json; charset=latin1"},
+    )
     assert r.status_code == 415 and r.json()["title"] == "MetriportError"
-    r = api.post(url, params=params, data=b"{" + b" " * (20 * 1024 * 1024) + b"}", headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json() == {"status": 413, "title": "MetriportError",
-                                                 "detail": "request entity too large", "name": "Request Entity Too Large"}
-    r = api.post(url, params=params, data=gzip.compress(json.dumps(demo()).encode()),
-                 headers={"content-type": "application/json", "content-encoding": "gzip"})
+    r = api.post(
+        url, params=params, data=b"{" + b" " * (20 * 1024 * 1024) + b"}", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json() == {
+        "status": 413,
+        "title": "MetriportError",
+        "detail": "request entity too large",
+        "name": "Request Entity Too Large",
+    }
+    r = api.post(
+        url,
+        params=params,
+        data=gzip.compress(json.dumps(demo()).encode()),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
     assert r.status_code == 201
     assert fake.state.list_patients() and len(fake.state.list_patients()) == 1  # only the valid one stored
 
@@ -92,9 +116,16 @@ def test_patient_crud_and_same_demographics(api, fake):
     assert p["facilityIds"] == [fake.facility_id] and p["externalId"] == "medplum-1" and p["id"]
     assert create(api, fake, demo(externalId="medplum-1"))["id"] == p["id"]  # create-patient.ts: existing returned
     assert api.get(f"/medical/v1/patient/{p['id']}").json()["firstName"] == "Ollie"
-    r = api.put(f"/medical/v1/patient/{p['id']}", params={"facilityId": fake.facility_id},
-                json=demo(lastName="Browne", contact=None) | {"contact": [{"email": "o@example.com"}]})
-    assert r.status_code == 200 and r.json()["lastName"] == "Browne" and r.json()["contact"] == [{"email": "o@example.com"}]
+    r = api.put(
+        f"/medical/v1/patient/{p['id']}",
+        params={"facilityId": fake.facility_id},
+        json=demo(lastName="Browne", contact=None) | {"contact": [{"email": "o@example.com"}]},
+    )
+    assert (
+        r.status_code == 200
+        and r.json()["lastName"] == "Browne"
+        and r.json()["contact"] == [{"email": "o@example.com"}]
+    )
     assert api.get("/medical/v1/patient").json()["patients"][0]["id"] == p["id"]
     assert api.get("/medical/v1/patient/external-id", params={"externalId": "medplum-1"}).json()["id"] == p["id"]
     error(api.get("/medical/v1/patient/external-id"), 400, "BadRequestError", "Missing externalId query param")
@@ -104,18 +135,31 @@ def test_patient_crud_and_same_demographics(api, fake):
 
 
 def test_validation_error_body(api, fake):
-    r = api.post("/medical/v1/patient", params={"facilityId": fake.facility_id},
-                 json=demo(firstName="", dob="2999-01-01", address=[{"addressLine1": "x", "city": "y", "state": "TX", "zip": "00000"}]))
-    error(r, 400, "Missing or invalid parameters",
-          "String must contain at least 1 character(s), on [firstName], Date can't be in the future, on [dob], "
-          "Invalid zip code, on [address,0,zip]")
+    r = api.post(
+        "/medical/v1/patient",
+        params={"facilityId": fake.facility_id},
+        json=demo(
+            firstName="", dob="2999-01-01", address=[{"addressLine1": "x", "city": "y", "state": "TX", "zip": "00000"}]
+        ),
+    )
+    error(
+        r,
+        400,
+        "Missing or invalid parameters",
+        "String must contain at least 1 character(s), on [firstName], Date can't be in the future, on [dob], "
+        "Invalid zip code, on [address,0,zip]",
+    )
     assert r.headers["x-sentry-id"] == ""
     assert fake.state.list_patients() == []
 
 
 def test_unknown_facility_and_sandbox_cap(api, fake):
-    b = error(api.post("/medical/v1/patient", params={"facilityId": "nope"}, json=demo()), 404, "NotFoundError",
-              "Could not find facility")
+    b = error(
+        api.post("/medical/v1/patient", params={"facilityId": "nope"}, json=demo()),
+        404,
+        "NotFoundError",
+        "Could not find facility",
+    )
     assert b["additionalInfo"] == {"facilityId": "nope"}
     fake.state.set_faults(rate_limiting=False)
     for i in range(20):
@@ -127,8 +171,12 @@ def test_unknown_facility_and_sandbox_cap(api, fake):
 def test_update_rules(api, fake, receiver):
     p = create(api, fake)
     url = f"/medical/v1/patient/{p['id']}"
-    b = error(api.put(url, params={"facilityId": "other"}, json=demo()), 400, "BadRequestError",
-              "Patient not associated with given facility")
+    b = error(
+        api.put(url, params={"facilityId": "other"}, json=demo()),
+        400,
+        "BadRequestError",
+        "Patient not associated with given facility",
+    )
     assert b["additionalInfo"] == {"patientId": p["id"], "facilityId": "other"}
     error(api.put("/medical/v1/patient/nope", json=demo()), 404, "NotFoundError", "Could not find patient")
     # 423 while a document query is processing (routes/medical/patient.ts, document-status.ts)
@@ -180,8 +228,14 @@ def test_rate_limit_document_query_and_consolidated(api, fake):
 # ------------------------------------------------------------------------------- facilities & settings
 def test_facilities(api, fake):
     assert [f["id"] for f in api.get("/medical/v1/facility").json()["facilities"]] == [fake.facility_id]
-    r = api.post("/medical/v1/facility", json={"name": "B", "npi": "1234567893",
-                                                "address": {"addressLine1": "1 A", "city": "B", "state": "CA", "zip": "94114"}})
+    r = api.post(
+        "/medical/v1/facility",
+        json={
+            "name": "B",
+            "npi": "1234567893",
+            "address": {"addressLine1": "1 A", "city": "B", "state": "CA", "zip": "94114"},
+        },
+    )
     assert r.status_code == 201 and r.json()["id"]
     r = api.post("/medical/v1/facility", json={"name": "", "npi": "1234567890", "address": {}})
     b = error(r, 400, "Missing or invalid parameters")
@@ -191,10 +245,18 @@ def test_facilities(api, fake):
 def test_settings_refuse_local_urls_and_keep_the_key(api, fake, receiver):
     # routes/settings.ts: strict body, URL ≤ 2048, blacklist ("127.0.0.1", "localhost", ...) → 400 Invalid URL
     error(api.post("/settings", json={"webhookUrl": receiver.url}), 400, "BadRequestError", "Invalid URL")
-    error(api.post("/settings", json={"webhookUrl": "not a url"}), 400, "Missing or invalid parameters",
-          "Invalid url, on [webhookUrl]")
-    error(api.post("/settings", json={"webhookUrl": "https://a.example.com", "x": 1}), 400,
-          "Missing or invalid parameters", "Unrecognized key(s) in object: 'x', on []")
+    error(
+        api.post("/settings", json={"webhookUrl": "not a url"}),
+        400,
+        "Missing or invalid parameters",
+        "Invalid url, on [webhookUrl]",
+    )
+    error(
+        api.post("/settings", json={"webhookUrl": "https://a.example.com", "x": 1}),
+        400,
+        "Missing or invalid parameters",
+        "Unrecognized key(s) in object: 'x', on []",
+    )
     before = api.get("/settings").json()
     assert before["webhookKey"] == "whkey" and before["mrFilters"] is None
     r = api.post("/settings", json={"webhookUrl": ""})  # empty: nothing changes (updateSettings.ts)
@@ -229,8 +291,11 @@ def test_settings_ping_failure_disables(api, fake, receiver):
 def test_document_query_sends_download_then_conversion(api, fake, receiver):
     p = create(api, fake, demo(externalId="ext-9"))
     assert api.get("/medical/v1/document/query", params={"patientId": p["id"]}).json() == {}
-    r = api.post("/medical/v1/document/query", params={"patientId": p["id"], "facilityId": fake.facility_id},
-                 json={"metadata": {"medplumPatientId": "abc"}})
+    r = api.post(
+        "/medical/v1/document/query",
+        params={"patientId": p["id"], "facilityId": fake.facility_id},
+        json={"metadata": {"medplumPatientId": "abc"}},
+    )
     assert r.status_code == 200
     dq = r.json()
     assert dq["download"]["status"] == "processing" and dq["requestId"]
@@ -254,14 +319,28 @@ def test_document_query_sends_download_then_conversion(api, fake, receiver):
     assert listed[0]["resourceType"] == "DocumentReference"
     dto = api.get("/medical/v1/document", params={"patientId": p["id"], "output": "dto"}).json()["documents"]
     assert dto[0]["fileName"] == docs[0]["fileName"]
-    error(api.get("/medical/v1/document", params={"patientId": p["id"], "output": "xml", "dateFrom": "abc"}), 400,
-          "Missing or invalid parameters",
-          "Invalid ISO date, on [dateFrom], Invalid enum value. Expected 'fhir' | 'dto', received 'xml', on [output]")
+    error(
+        api.get("/medical/v1/document", params={"patientId": p["id"], "output": "xml", "dateFrom": "abc"}),
+        400,
+        "Missing or invalid parameters",
+        "Invalid ISO date, on [dateFrom], Invalid enum value. Expected 'fhir' | 'dto', received 'xml', on [output]",
+    )
     url = api.get("/medical/v1/document/download-url", params={"fileName": docs[0]["fileName"]}).json()["url"]
     assert requests.get(url, timeout=5).status_code == 200
-    error(api.get("/medical/v1/document/download-url", params={"fileName": "nope"}), 404, "NotFoundError", "File does not exist")
-    error(api.get("/medical/v1/document/download-url", params={"fileName": docs[0]["fileName"], "conversionType": "json"}),
-          400, "Missing or invalid parameters", "Invalid enum value. Expected 'html' | 'pdf', received 'json', on []")
+    error(
+        api.get("/medical/v1/document/download-url", params={"fileName": "nope"}),
+        404,
+        "NotFoundError",
+        "File does not exist",
+    )
+    error(
+        api.get(
+            "/medical/v1/document/download-url", params={"fileName": docs[0]["fileName"], "conversionType": "json"}
+        ),
+        400,
+        "Missing or invalid parameters",
+        "Invalid enum value. Expected 'html' | 'pdf', received 'json', on []",
+    )
     r = api.post("/medical/v1/document/download-url/bulk", params={"patientId": p["id"]}, json={"metadata": {"k": "v"}})
     assert r.json()["status"] == "processing"
     bulk = receiver.wait_for("medical.document-bulk-download-urls")[0]["body"]
@@ -270,24 +349,45 @@ def test_document_query_sends_download_then_conversion(api, fake, receiver):
     bulk_doc = bulk["patients"][0]["documents"][0]
     assert "X-Amz-Expires=600" in bulk_doc["url"]  # bulk-sign.ts: 10 minutes
     xml = requests.get(bulk_doc["url"], timeout=5)
-    assert xml.status_code == 200 and b"ClinicalDocument" in xml.content and xml.headers["content-type"] == "application/xml"
+    assert (
+        xml.status_code == 200
+        and b"ClinicalDocument" in xml.content
+        and xml.headers["content-type"] == "application/xml"
+    )
 
 
 def test_document_query_checks(api, fake):
     p = create(api, fake)
     r = api.post("/medical/v1/document/query", params={"patientId": p["id"]}, json={"metadata": {"x" * 41: "v"}})
-    error(r, 400, "Missing or invalid parameters", f"String must contain at most 40 character(s), on [metadata,{'x' * 41}]")
+    error(
+        r,
+        400,
+        "Missing or invalid parameters",
+        f"String must contain at most 40 character(s), on [metadata,{'x' * 41}]",
+    )
     error(api.post("/medical/v1/document/query"), 400, "BadRequestError", "Missing patientId query param")
-    error(api.post("/medical/v1/document/query", params={"patientId": "nope"}), 404, "NotFoundError", "Could not find patient")
-    error(api.post("/medical/v1/document/query", params={"patientId": p["id"], "facilityId": "other"}), 400,
-          "BadRequestError", "Patient not associated with given facility")
+    error(
+        api.post("/medical/v1/document/query", params={"patientId": "nope"}),
+        404,
+        "NotFoundError",
+        "Could not find patient",
+    )
+    error(
+        api.post("/medical/v1/document/query", params={"patientId": p["id"], "facilityId": "other"}),
+        400,
+        "BadRequestError",
+        "Patient not associated with given facility",
+    )
     assert fake.state.get_document_query(p["id"]) == {}
 
 
 # ------------------------------------------------------------------------------- consolidated
 def _consolidated(api, fake, receiver, p, params=None, metadata=None, n=1):
-    r = api.post(f"/medical/v1/patient/{p['id']}/consolidated/query", params=params or {"conversionType": "json"},
-                 json={"metadata": metadata} if metadata is not None else None)
+    r = api.post(
+        f"/medical/v1/patient/{p['id']}/consolidated/query",
+        params=params or {"conversionType": "json"},
+        json={"metadata": metadata} if metadata is not None else None,
+    )
     assert r.status_code == 200, r.text
     msg = receiver.wait_for("medical.consolidated-data", n)[-1]
     return r.json(), msg
@@ -305,7 +405,9 @@ def test_consolidated_query_docref_urls_json_gzip_expire(api, fake, receiver):
     docref = pt["bundle"]["entry"][0]["resource"]
     assert docref["resourceType"] == "DocumentReference" and docref["subject"]["reference"] == f"Patient/{p['id']}"
     urls = {c["attachment"]["contentType"]: c["attachment"]["url"] for c in docref["content"]}
-    assert "X-Amz-Expires=180" in urls["application/json"] and urls["application/gzip"].split("?")[0].endswith(".json.gz")
+    assert "X-Amz-Expires=180" in urls["application/json"] and urls["application/gzip"].split("?")[0].endswith(
+        ".json.gz"
+    )
     data = requests.get(urls["application/json"], timeout=5).json()
     gz = json.loads(gzip.decompress(requests.get(urls["application/gzip"], timeout=5).content))
     assert data == gz and data["type"] == "searchset" and len(data["entry"]) == 240
@@ -313,7 +415,12 @@ def test_consolidated_query_docref_urls_json_gzip_expire(api, fake, receiver):
     st = api.get(f"/medical/v1/patient/{p['id']}/consolidated/query").json()
     assert st["status"] == "completed" and st["queries"][0]["requestId"] == q["requestId"]
     assert api.get(f"/medical/v1/patient/{p['id']}/consolidated/query/{q['requestId']}").json()["status"] == "completed"
-    error(api.get(f"/medical/v1/patient/{p['id']}/consolidated/query/nope"), 404, "NotFoundError", "Consolidated query not found")
+    error(
+        api.get(f"/medical/v1/patient/{p['id']}/consolidated/query/nope"),
+        404,
+        "NotFoundError",
+        "Consolidated query not found",
+    )
     fake.clock.t += 181
     r = requests.get(urls["application/json"], timeout=5)
     assert r.status_code == 403 and b"expired" in r.content
@@ -321,15 +428,30 @@ def test_consolidated_query_docref_urls_json_gzip_expire(api, fake, receiver):
 
 def test_consolidated_filters(api, fake, receiver):
     p = create(api, fake)
-    _, msg = _consolidated(api, fake, receiver, p, {"conversionType": "json", "resources": "Condition,Observation",
-                                                   "dateFrom": "2019-01-01", "dateTo": "2020-12-31"})
+    _, msg = _consolidated(
+        api,
+        fake,
+        receiver,
+        p,
+        {
+            "conversionType": "json",
+            "resources": "Condition,Observation",
+            "dateFrom": "2019-01-01",
+            "dateTo": "2020-12-31",
+        },
+    )
     pt = msg["body"]["patients"][0]
-    assert pt["filters"] == {"resources": "Condition,Observation", "dateFrom": "2019-01-01", "dateTo": "2020-12-31",
-                             "conversionType": "json"}
+    assert pt["filters"] == {
+        "resources": "Condition,Observation",
+        "dateFrom": "2019-01-01",
+        "dateTo": "2020-12-31",
+        "conversionType": "json",
+    }
     url = pt["bundle"]["entry"][0]["resource"]["content"][0]["attachment"]["url"]
     entries = requests.get(url, timeout=5).json()["entry"]
     # Metriport's filter then its hydration (consolidated_filter.py, tested against Metriport's own cases)
     from medport.emulator.metriport.consolidated_filter import filter_consolidated
+
     record = fake.state.patient_record(fake.state._patient(p["id"]))
     expected = filter_consolidated(record, ["Condition", "Observation"], "2019-01-01", "2020-12-31")
     assert [e["resource"].get("id") for e in entries] == [e["resource"].get("id") for e in expected]
@@ -341,19 +463,41 @@ def test_consolidated_checks_in_metriports_order(api, fake, receiver):
     p = create(api, fake, demo(first="Unknownperson"))
     url = f"/medical/v1/patient/{p['id']}/consolidated/query"
     # routes/medical/patient.ts: resources, dateFrom, dateTo, conversionType, then the body — the first failure answers
-    b = error(api.post(url, params={"conversionType": "json", "resources": "Condition,Medication"}), 400,
-              "Missing or invalid parameters")
+    b = error(
+        api.post(url, params={"conversionType": "json", "resources": "Condition,Medication"}),
+        400,
+        "Missing or invalid parameters",
+    )
     assert b["detail"].endswith("received 'Medication', on [1]")
-    error(api.post(url, params={"resources": "Condition", "dateFrom": "abc"}), 400, "BadRequestError",
-          "Date must be in format YYYY-MM-DD - got abc")
-    error(api.post(url, params={"dateFrom": "2020/01/01"}), 400, "BadRequestError", "Missing conversionType query param")
-    error(api.post(url, params={"conversionType": "xml"}), 400, "Missing or invalid parameters",
-          "Invalid enum value. Expected 'html' | 'pdf' | 'json', received 'xml', on []")
-    error(api.post(url, params={"conversionType": "json"}, json={"metadata": {str(i): "v" for i in range(51)}}), 400,
-          "Missing or invalid parameters", "Record has too many properties, on [metadata,meta]")
+    error(
+        api.post(url, params={"resources": "Condition", "dateFrom": "abc"}),
+        400,
+        "BadRequestError",
+        "Date must be in format YYYY-MM-DD - got abc",
+    )
+    error(
+        api.post(url, params={"dateFrom": "2020/01/01"}), 400, "BadRequestError", "Missing conversionType query param"
+    )
+    error(
+        api.post(url, params={"conversionType": "xml"}),
+        400,
+        "Missing or invalid parameters",
+        "Invalid enum value. Expected 'html' | 'pdf' | 'json', received 'xml', on []",
+    )
+    error(
+        api.post(url, params={"conversionType": "json"}, json={"metadata": {str(i): "v" for i in range(51)}}),
+        400,
+        "Missing or invalid parameters",
+        "Record has too many properties, on [metadata,meta]",
+    )
     assert fake.state.consolidated_queries(p["id"])["queries"] is None  # nothing stored by the refusals
     _, msg = _consolidated(api, fake, receiver, p)
-    assert msg["body"]["patients"][0]["bundle"] == {"resourceType": "Bundle", "total": 0, "type": "collection", "entry": []}
+    assert msg["body"]["patients"][0]["bundle"] == {
+        "resourceType": "Bundle",
+        "total": 0,
+        "type": "collection",
+        "entry": [],
+    }
     assert "data" not in msg["body"]["meta"]
 
 
@@ -379,7 +523,9 @@ def test_webhook_disable_on_failure_and_retry(api, fake, receiver):
     st = api.get("/settings/webhook").json()
     assert st["webhookEnabled"] is False and st["webhookRequestsFailed"] == 1
     receiver.fail = False
-    api.post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"})  # not sent while disabled
+    api.post(
+        f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"}
+    )  # not sent while disabled
     fake.state.wait_idle()
     assert len(receiver.of_type("medical.consolidated-data")) == 1
     assert api.get("/settings/webhook").json()["webhookRequestsFailed"] == 2
@@ -398,10 +544,17 @@ def test_dev_api_faults(api, fake, receiver):
     r = api.post("/_fake/faults", json={"error_rate": 1.0})
     assert r.json()["error_rate"] == 1.0
     r = api.get("/medical/v1/patient")
-    assert r.status_code == 500 and r.json() == {"status": 500, "title": "InternalServerError", "name": "Internal Server Error",
-                                                 "detail": "Please try again or reach out to support@metriport.com"}
+    assert r.status_code == 500 and r.json() == {
+        "status": 500,
+        "title": "InternalServerError",
+        "name": "Internal Server Error",
+        "detail": "Please try again or reach out to support@metriport.com",
+    }
     assert api.post("/_fake/faults", json={"bogus": 1}).status_code == 400
-    api.post("/_fake/faults", json={"error_rate": 0, "bad_signatures": True, "duplicate_deliveries": True, "expired_urls": True})
+    api.post(
+        "/_fake/faults",
+        json={"error_rate": 0, "bad_signatures": True, "duplicate_deliveries": True, "expired_urls": True},
+    )
     p = create(api, fake)
     _, msg = _consolidated(api, fake, receiver, p)
     fake.state.wait_idle()

@@ -1,6 +1,7 @@
 """Fake Metriport: bulk patient create over HTTP (POST /patient/bulk, the presigned upload, per-row validation,
 patient creation, the result CSV, the webhooks) — as Metriport's code does it (routes/medical/patient-root.ts,
 command/medical/patient/patient-import/*, core command/patient-import/*), where the docs differ too."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,20 @@ from tests.emulator.metriport.test_api import error
 HEADER = "externalId,firstName,lastName,dob,gender,addressLine1-1,addressLine2-1,city-1,state-1,zip-1,phone-1,email-1"
 
 
-def row(ext, first="Zed", last="Doe", dob="1980-02-03", gender="M", line1="1 Main St", line2="", city="Austin",
-        state="TX", zip_="78701", phone="5125550100", email=""):
+def row(
+    ext,
+    first="Zed",
+    last="Doe",
+    dob="1980-02-03",
+    gender="M",
+    line1="1 Main St",
+    line2="",
+    city="Austin",
+    state="TX",
+    zip_="78701",
+    phone="5125550100",
+    email="",
+):
     return ",".join([ext, first, last, dob, gender, line1, line2, city, state, zip_, phone, email])
 
 
@@ -43,19 +56,41 @@ def test_start_answers_the_dto_with_a_ten_minute_upload_url(api, fake, receiver)
     assert start(api)["facilityId"] == fake.facility_id  # one facility: facilityId may be left out
     assert start(api, dryRun="TRUE")["params"] == {"dryRun": True}
     assert start(api, dryRun="yes")["params"] == {"dryRun": False}  # stringToBoolean: only "true"
-    error(api.post("/medical/v1/patient/bulk", params={"facilityId": "nope"}), 404, "NotFoundError",
-          "Could not find facility")
+    error(
+        api.post("/medical/v1/patient/bulk", params={"facilityId": "nope"}),
+        404,
+        "NotFoundError",
+        "Could not find facility",
+    )
     fake.state.add_facility({"id": "second", "name": "Two", "npi": "1234567893"})
-    error(api.post("/medical/v1/patient/bulk"), 400, "BadRequestError",
-          "More than one facility found, please specify a facility ID")
+    error(
+        api.post("/medical/v1/patient/bulk"),
+        400,
+        "BadRequestError",
+        "More than one facility found, please specify a facility ID",
+    )
     assert not receiver.of_type("medical.bulk-patient-create")  # no webhook while waiting
 
 
 def test_upload_validates_creates_and_sends_processing_then_completed(api, fake, receiver):
     job = start(api, facilityId=fake.facility_id)
-    text = "\n".join([HEADER, row("medplum-1"), row("medplum-2", first="amy", last="LEE", gender="female",
-                                                      line1="2 Oak Ave Apt 4", state="California", zip_="94110-1234"),
-                      row("medplum-3", dob="2999-01-01", zip_="12", phone="123"), ",,,,,,,,,,,"])
+    text = "\n".join(
+        [
+            HEADER,
+            row("medplum-1"),
+            row(
+                "medplum-2",
+                first="amy",
+                last="LEE",
+                gender="female",
+                line1="2 Oak Ave Apt 4",
+                state="California",
+                zip_="94110-1234",
+            ),
+            row("medplum-3", dob="2999-01-01", zip_="12", phone="123"),
+            ",,,,,,,,,,,",
+        ]
+    )
     r = upload(job["uploadUrl"], text)
     assert r.status_code == 200 and r.text == "" and r.headers["ETag"]
     processing, completed = receiver.wait_for("medical.bulk-patient-create", 2)[:2]
@@ -69,15 +104,27 @@ def test_upload_validates_creates_and_sends_processing_then_completed(api, fake,
     assert [r["externalid"] for r in rows] == ["medplum-1", "medplum-2", "medplum-3"]  # blank line skipped
     assert [r["status"] for r in rows] == ["successful", "successful", "failed"]  # the code's word, not "succeeded"
     assert rows[0]["metriportId"] and rows[1]["metriportId"] and not rows[2]["metriportId"]
-    assert rows[2]["reason"].startswith("Date can't be in the future") and "Missing zip-1" in rows[2]["reason"] \
+    assert (
+        rows[2]["reason"].startswith("Date can't be in the future")
+        and "Missing zip-1" in rows[2]["reason"]
         and "Invalid phone-1" in rows[2]["reason"]
+    )
     created = api.get(f"/medical/v1/patient/{rows[1]['metriportId']}").json()
     assert created["externalId"] == "medplum-2" and created["firstName"] == "Amy" and created["lastName"] == "Lee"
-    assert created["address"][0] == {"addressLine1": "2 Oak Ave", "addressLine2": "Apt 4", "city": "Austin",
-                                     "state": "CA", "zip": "94110", "country": "USA"}
+    assert created["address"][0] == {
+        "addressLine1": "2 Oak Ave",
+        "addressLine2": "Apt 4",
+        "city": "Austin",
+        "state": "CA",
+        "zip": "94110",
+        "country": "USA",
+    }
     # each patient went through the sandbox's document query before the job completed
     downloads = receiver.of_type("medical.document-download")
-    assert {d["body"]["patients"][0]["patientId"] for d in downloads} == {rows[0]["metriportId"], rows[1]["metriportId"]}
+    assert {d["body"]["patients"][0]["patientId"] for d in downloads} == {
+        rows[0]["metriportId"],
+        rows[1]["metriportId"],
+    }
     assert receiver.requests.index(completed) > max(receiver.requests.index(d) for d in downloads)
     state = fake.state.bulk_job(job["requestId"])
     assert (state["total"], state["successful"], state["failed"], state["uploads"]) == (3, 2, 1, 1)
@@ -146,11 +193,20 @@ def test_docs_only_statuses_through_the_developer_api(api, fake, receiver):
     dev = Api(fake)
     r = dev.post(f"/_fake/bulk/{job['requestId']}/webhook", json={"status": "failed", "reason": "bad file"})
     assert r.status_code == 200, r.text
+
     def this_job():
-        return [m["body"] for m in receiver.of_type("medical.bulk-patient-create")
-                if m["body"]["bulkPatientCreate"]["requestId"] == job["requestId"]]
+        return [
+            m["body"]
+            for m in receiver.of_type("medical.bulk-patient-create")
+            if m["body"]["bulkPatientCreate"]["requestId"] == job["requestId"]
+        ]
+
     receiver.wait_until(this_job)
-    assert this_job()[0]["bulkPatientCreate"] == {"requestId": job["requestId"], "status": "failed", "reason": "bad file"}
+    assert this_job()[0]["bulkPatientCreate"] == {
+        "requestId": job["requestId"],
+        "status": "failed",
+        "reason": "bad file",
+    }
     assert dev.post(f"/_fake/bulk/{job['requestId']}/webhook", json={"status": "gone"}).status_code == 400
     assert dev.post("/_fake/bulk/nope/webhook", json={"status": "expired"}).status_code == 404
     assert Api(fake, key=None).get("/_fake/bulk").status_code == 401
@@ -159,6 +215,7 @@ def test_docs_only_statuses_through_the_developer_api(api, fake, receiver):
 def test_bulk_job_survives_a_restart(tmp_path, receiver):
     from medport.emulator.metriport import Settings as FakeSettings
     from medport.emulator.metriport import start as start_fake
+
     path = str(tmp_path / "fake.sqlite3")
     f = start_fake(FakeSettings(api_key=KEY, delay_s=0.02, state_path=path), "127.0.0.1", 0)
     try:

@@ -1,6 +1,7 @@
 """bulkcsv.py, the port of Metriport's core patient-import CSV code, against the cases of Metriport's own tests
 (packages/core/src/command/patient-import/csv/__tests__/address.test.ts, convert-patient.test.ts) and the
 @metriport/shared helpers it calls."""
+
 from __future__ import annotations
 
 import pytest
@@ -65,9 +66,21 @@ def test_address_line_split_like_metriports_tests(line, expected):
     assert all(x in result for x in expected), result
 
 
-@pytest.mark.parametrize("line", ["123 Main St Apartment 4", "123 Main St Unit 4", "123 Main St Suite 4",
-                                  "123 Main St Ste 4", "123 Main St #4", "123 Main St No 4", "123 Main St Floor 4",
-                                  "123 Main St Fl 4", "123 Main St Apt 4", "123 Main St Apt. 4"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "123 Main St Apartment 4",
+        "123 Main St Unit 4",
+        "123 Main St Suite 4",
+        "123 Main St Ste 4",
+        "123 Main St #4",
+        "123 Main St No 4",
+        "123 Main St Floor 4",
+        "123 Main St Fl 4",
+        "123 Main St Apt 4",
+        "123 Main St Apt. 4",
+    ],
+)
 def test_unit_indicators(line):
     result = bulkcsv.normalize_address_line(line, "address", True)
     assert len(result) == 2 and result[0] == "123 Main St" and "4" in result[1]
@@ -109,33 +122,59 @@ def test_headers_normalized_like_mapheaders():
 
 
 def test_rows_reasons_and_result_csv():
-    text = ("id,firstName,lastName,dob,gender,address1,city,state,zipCode,phone-1,email-2,ssn,driversLicenceNo\n"
-            "p1,JOHN,SMITH,1980-01-02,m,1 main st (rear),austin,tx,78701,,,123-45-678,\n"
-            "\n"
-            "p2,,Doe,nope,z,,,,,12,a@b,1,D123\n")
+    text = (
+        "id,firstName,lastName,dob,gender,address1,city,state,zipCode,phone-1,email-2,ssn,driversLicenceNo\n"
+        "p1,JOHN,SMITH,1980-01-02,m,1 main st (rear),austin,tx,78701,,,123-45-678,\n"
+        "\n"
+        "p2,,Doe,nope,z,,,,,12,a@b,1,D123\n"
+    )
     parsed = bulkcsv.parse_import(text, NOW_MS)
     ok, bad = parsed.rows
-    assert ok.payload == {"externalId": "p1", "firstName": "John", "lastName": "Smith", "dob": "1980-01-02",
-                          "genderAtBirth": "M",
-                          "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701",
-                                       "country": "USA"}],
-                          "contact": [], "personalIdentifiers": [{"type": "ssn", "value": "012345678"}]}
+    assert ok.payload == {
+        "externalId": "p1",
+        "firstName": "John",
+        "lastName": "Smith",
+        "dob": "1980-01-02",
+        "genderAtBirth": "M",
+        "address": [{"addressLine1": "1 Main St", "city": "Austin", "state": "TX", "zip": "78701", "country": "USA"}],
+        "contact": [],
+        "personalIdentifiers": [{"type": "ssn", "value": "012345678"}],
+    }
     assert bad.row_number == 2 and bad.payload is None
-    assert bad.error == ("Missing firstName; Missing/invalid dob; Missing/invalid gender; Patient has no address; "
-                         "Missing address; Invalid phone-1; Invalid email-2; Invalid SSN ({\"ssn\":\"1\"}); "
-                         "Invalid drivers license (missing state)")
-    out = bulkcsv.result_csv(parsed.headers, [
-        {"rowNumber": 2, "raw": bad.raw, "status": "failed", "reason": bad.error},
-        {"rowNumber": 1, "raw": ok.raw, "patientId": "m1", "status": "successful"}])
+    assert bad.error == (
+        "Missing firstName; Missing/invalid dob; Missing/invalid gender; Patient has no address; "
+        'Missing address; Invalid phone-1; Invalid email-2; Invalid SSN ({"ssn":"1"}); '
+        "Invalid drivers license (missing state)"
+    )
+    out = bulkcsv.result_csv(
+        parsed.headers,
+        [
+            {"rowNumber": 2, "raw": bad.raw, "status": "failed", "reason": bad.error},
+            {"rowNumber": 1, "raw": ok.raw, "patientId": "m1", "status": "successful"},
+        ],
+    )
     lines = out.split("\n")
-    assert lines[0] == ("id,firstname,lastname,dob,gender,address1,city,state,zipcode,phone-1,email-2,ssn,"
-                        "driverslicenceno,metriportId,status,reason")
-    assert lines[1].endswith(",m1,successful,") and lines[2].startswith("p2,") and ",,failed,Missing firstName" in lines[2]
+    assert lines[0] == (
+        "id,firstname,lastname,dob,gender,address1,city,state,zipcode,phone-1,email-2,ssn,"
+        "driverslicenceno,metriportId,status,reason"
+    )
+    assert (
+        lines[1].endswith(",m1,successful,") and lines[2].startswith("p2,") and ",,failed,Missing firstName" in lines[2]
+    )
 
 
 def test_partial_address_group_and_too_many_rows():
-    row = {"firstname": "A", "lastname": "B", "dob": "1980-01-02", "gender": "F", "addressline1-1": "1 Main St",
-           "city-1": "Austin", "state-1": "TX", "zip-1": "78701", "city-2": "Dallas"}
+    row = {
+        "firstname": "A",
+        "lastname": "B",
+        "dob": "1980-01-02",
+        "gender": "F",
+        "addressline1-1": "1 Main St",
+        "city-1": "Austin",
+        "state-1": "TX",
+        "zip-1": "78701",
+        "city-2": "Dallas",
+    }
     payload, errors = bulkcsv.map_patient(row, NOW_MS)
     assert payload is None and errors == ["Missing addressLine1-2", "Missing state-2", "Missing zip-2"]
     header = "firstName,lastName,dob,gender,addressLine1,city,state,zip\n"

@@ -1,5 +1,6 @@
 """The fake's developer API (devapi.py) and the hostile inputs of issue 11: credentials required (no
 loopback exemption), no secret returned, no 5xx, and nothing stored by a refused request."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ import requests
 
 from tests.emulator.metriport.conftest import Api
 
-DEV_ROUTES = [("get", "/_fake/state"), ("get", "/_fake/faults"), ("post", "/_fake/faults"), ("get", "/_fake/webhooks"),
-              ("post", "/_fake/reset"), ("post", "/_fake/settings/webhook")]
+DEV_ROUTES = [
+    ("get", "/_fake/state"),
+    ("get", "/_fake/faults"),
+    ("post", "/_fake/faults"),
+    ("get", "/_fake/webhooks"),
+    ("post", "/_fake/reset"),
+    ("post", "/_fake/settings/webhook"),
+]
 
 
 @pytest.mark.parametrize("key", [None, "wrong", ""])
@@ -35,15 +42,24 @@ def test_no_developer_route_returns_a_secret(api, fake, receiver):
     secret_url = receiver.url.replace("http://", "http://medport-client:client-secret-value@")
     r = api.post("/_fake/settings/webhook", json={"webhookUrl": secret_url, "webhookKey": "super-secret-webhook-key"})
     assert r.status_code == 200
-    api.post("/medical/v1/patient", params={"facilityId": fake.facility_id}, json={
-        "firstName": "Ollie", "lastName": "Brown", "dob": "1946-03-18", "genderAtBirth": "M",
-        "address": {"addressLine1": "1 A St", "city": "B", "state": "TX", "zip": "78520"}})
+    api.post(
+        "/medical/v1/patient",
+        params={"facilityId": fake.facility_id},
+        json={
+            "firstName": "Ollie",
+            "lastName": "Brown",
+            "dob": "1946-03-18",
+            "genderAtBirth": "M",
+            "address": {"addressLine1": "1 A St", "city": "B", "state": "TX", "zip": "78520"},
+        },
+    )
     pid = fake.state.list_patients()[0]["id"]
     api.post(f"/medical/v1/patient/{pid}/consolidated/query", params={"conversionType": "json"})
     receiver.wait_for("medical.consolidated-data")
     fake.state.wait_idle()
-    answers = [r.text] + [api.get(p).text for p in ("/_fake/state", "/_fake/faults", "/_fake/webhooks",
-                                                     "/_fake/webhooks?body=false")]
+    answers = [r.text] + [
+        api.get(p).text for p in ("/_fake/state", "/_fake/faults", "/_fake/webhooks", "/_fake/webhooks?body=false")
+    ]
     for text in answers:
         assert "super-secret-webhook-key" not in text and "client-secret-value" not in text, text[:300]
     state = api.get("/_fake/state").json()["settings"]
@@ -54,8 +70,12 @@ def test_no_developer_route_returns_a_secret(api, fake, receiver):
 
 
 HOSTILE = [
-    ("post", "/medical/v1/patient?facilityId={fid}", b'{"firstName":"\\ud800","lastName":"B","dob":"1990-01-01",'
-     b'"genderAtBirth":"M","address":{"addressLine1":"1 A","city":"B","state":"TX","zip":"78520"}}'),
+    (
+        "post",
+        "/medical/v1/patient?facilityId={fid}",
+        b'{"firstName":"\\ud800","lastName":"B","dob":"1990-01-01",'
+        b'"genderAtBirth":"M","address":{"addressLine1":"1 A","city":"B","state":"TX","zip":"78520"}}',
+    ),
     ("post", "/medical/v1/patient/match", b"[" * 100_000),
     ("post", "/medical/v1/patient/match", b'{"a": NaN}'),
     ("post", "/_fake/settings/webhook", b"[1]"),

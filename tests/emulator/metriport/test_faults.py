@@ -1,4 +1,5 @@
 """Fault switches and the per-minute rate limiter alone, on a fake clock (no HTTP)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,18 +9,21 @@ from medport.emulator.metriport.faults import DEFAULTS, Faults, RateLimiter
 from tests.emulator.metriport.conftest import Clock
 
 
-@pytest.mark.parametrize("changes,problem", [
-    ({"bogus": 1}, "bogus: unknown fault"),
-    ({"rate_limiting": 1}, "rate_limiting: Expected boolean"),
-    ({"slow_ms": -1}, "slow_ms: Expected a non-negative number"),
-    ({"fail_next": True}, "fail_next: Expected a non-negative number"),
-    ({"error_rate": 1.5}, "error_rate: must be between 0 and 1"),
-    ({"error_rate": float("nan")}, "error_rate: Expected a non-negative number"),
-    ({"slow_ms": 1e30}, "slow_ms: must be at most 60000"),
-    ({"slow_ms": float("inf")}, "slow_ms: Expected a non-negative number"),
-    ({"fail_next": 1.5}, "fail_next: must be a whole number up to 1000000"),
-    ({"fail_status": 418}, "fail_status: must be 429, 500 or 503"),
-])
+@pytest.mark.parametrize(
+    "changes,problem",
+    [
+        ({"bogus": 1}, "bogus: unknown fault"),
+        ({"rate_limiting": 1}, "rate_limiting: Expected boolean"),
+        ({"slow_ms": -1}, "slow_ms: Expected a non-negative number"),
+        ({"fail_next": True}, "fail_next: Expected a non-negative number"),
+        ({"error_rate": 1.5}, "error_rate: must be between 0 and 1"),
+        ({"error_rate": float("nan")}, "error_rate: Expected a non-negative number"),
+        ({"slow_ms": 1e30}, "slow_ms: must be at most 60000"),
+        ({"slow_ms": float("inf")}, "slow_ms: Expected a non-negative number"),
+        ({"fail_next": 1.5}, "fail_next: must be a whole number up to 1000000"),
+        ({"fail_status": 418}, "fail_status: must be 429, 500 or 503"),
+    ],
+)
 def test_set_names_the_invalid_fault(changes, problem):
     faults = Faults()
     with pytest.raises(DevError) as e:

@@ -1,6 +1,7 @@
 """Seeded, bounded property-based fuzzing of the fake Metriport's HTTP API (strategies and invariants in
 httpfuzz.py): no 5xx for any input, nothing stored by a refused request, Metriport's error bodies.
 Derandomized (the same requests every run) and bounded; bench/bench_fuzz_fake.py runs ≥ 5,000."""
+
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +16,7 @@ TARGET: dict = {}
 def test_fuzz_http_api(fake_module):
     target = httpfuzz.Target(fake_module, KEY)
 
-    @settings(max_examples=400, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=400, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(req=httpfuzz.http_requests(target.ids))
     def one(req):
         target.send(req, STATS)

@@ -5,6 +5,7 @@ command/medical/network-query/{network-query,hie-query,pharmacy-query,laboratory
 update-datasource-query-status,network-query-webhook}.ts; @metriport/shared domain/network-query/{query,source}.ts
 (the body, the statuses, the DTO) and medical/webhook/webhook-request.ts (the messages). Every answer and message
 is judged by @metriport/shared's own zod schemas (sdk_oracle.cjs)."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ def test_three_sources_three_webhooks_each_with_the_whole_record(api, fake, rece
     msgs = receiver.wait_until(lambda: all(receiver.of_type(t) for t in NQ_TYPES) and receiver.requests, timeout=10)
     assert msgs
     fake.state.wait_idle(5)
-    by_type = {t: receiver.of_type(t) for t in (*NQ_TYPES, "network-query.hie.first-data-ready",
-                                                  "medical.document-download", "medical.document-conversion")}
+    by_type = {
+        t: receiver.of_type(t)
+        for t in (
+            *NQ_TYPES,
+            "network-query.hie.first-data-ready",
+            "medical.document-download",
+            "medical.document-conversion",
+        )
+    }
     assert {t: len(v) for t, v in by_type.items()} == dict.fromkeys(by_type, 1)
     for t, (m,) in by_type.items():
         assert m["body"]["meta"]["requestId"] == dto["requestId"], t
@@ -55,8 +63,9 @@ def test_three_sources_three_webhooks_each_with_the_whole_record(api, fake, rece
     kinds = {e["resource"]["resourceType"] for e in record["entry"]}
     assert {"MedicationDispense", "MedicationRequest", "Medication", "DiagnosticReport", "Condition"} <= kinds
     status = api.get(f"/medical/v1/network/query/{dto['requestId']}").json()
-    assert status["status"] == "completed" and all(s["status"] == "completed" and s["completedAt"]
-                                                   for s in status["sources"])
+    assert status["status"] == "completed" and all(
+        s["status"] == "completed" and s["completedAt"] for s in status["sources"]
+    )
     judged("webhook", [m["body"] for ms in by_type.values() for m in ms])
     judged("networkQueryStatus", [dto, status])
 
@@ -64,13 +73,15 @@ def test_three_sources_three_webhooks_each_with_the_whole_record(api, fake, rece
 def test_a_source_that_cannot_start_answers_200_with_errors_and_sends_nothing(api, fake, receiver):
     fake.state.set_faults(sandbox_network_sources=True, hie_source_enabled=False)
     p = create(api, fake, demo(first="Kyla", last="Fields"))
-    dto = start(api, p["id"], {"sources": {"hie": {"enabled": True}, "pharmacy": {"enabled": True},
-                                           "lab": {"enabled": False}}}).json()
+    dto = start(
+        api, p["id"], {"sources": {"hie": {"enabled": True}, "pharmacy": {"enabled": True}, "lab": {"enabled": False}}}
+    ).json()
     assert [s["type"] for s in dto["sources"]] == ["hie", "pharmacy"]
     assert dto["status"] == "failed"
     assert [(e["source"], e["httpStatus"], e["message"]) for e in dto["errors"]] == [
         ("hie", 400, "HIE data source is not enabled for this account"),
-        ("pharmacy", 400, "Pharmacy data source is not supported in sandbox mode")]
+        ("pharmacy", 400, "Pharmacy data source is not supported in sandbox mode"),
+    ]
     fake.state.wait_idle(5)
     assert not [r for r in receiver.requests if r["body"]["meta"]["type"].startswith("network-query")]
     fake.state.set_faults(sandbox_network_sources=False, hie_source_enabled=True)
@@ -88,16 +99,29 @@ def test_requests_checked_in_metriports_order(api, fake):
     url = "/medical/v1/network/query"
     error(api.post(url, json={"sources": ["hie"]}), 400, "BadRequestError", "Missing patientId query param")
     error(api.post(url, params={"patientId": "nope"}, json={}), 404, "NotFoundError", "Could not find patient")
-    error(start(api, p["id"], {"sources": []}), 400, "Missing or invalid parameters",
-          "Array must contain at least 1 element(s), on [sources]")
+    error(
+        start(api, p["id"], {"sources": []}),
+        400,
+        "Missing or invalid parameters",
+        "Array must contain at least 1 element(s), on [sources]",
+    )
     b = error(start(api, p["id"], {"sources": {"hie": {"enabled": False}}}), 400, "Missing or invalid parameters")
     assert b["detail"] == "At least one source must be enabled, on [sources]"
-    error(start(api, p["id"], {"sources": ["hie"], "metadata": {"k" * 41: "v"}}), 400, "Missing or invalid parameters",
-          "String must contain at most 40 character(s), on [metadata," + "k" * 41 + "]")
+    error(
+        start(api, p["id"], {"sources": ["hie"], "metadata": {"k" * 41: "v"}}),
+        400,
+        "Missing or invalid parameters",
+        "String must contain at most 40 character(s), on [metadata," + "k" * 41 + "]",
+    )
     error(api.get(f"{url}/not-a-uuid"), 400, "Missing or invalid parameters", "Invalid uuid, on [requestId]")
     error(api.get(f"{url}/0195a6e4-0000-7000-8000-000000000000"), 404, "NotFoundError", "Network query not found")
-    bodies = [{"sources": ["hie", "pharmacy"]}, {"sources": []}, {"sources": ["laboratory"]},
-              {"sources": {"pharmacy": {"enabled": True, "realtime": True}}}, {"sources": ["lab"], "override": "yes"}]
+    bodies = [
+        {"sources": ["hie", "pharmacy"]},
+        {"sources": []},
+        {"sources": ["laboratory"]},
+        {"sources": {"pharmacy": {"enabled": True, "realtime": True}}},
+        {"sources": ["lab"], "override": "yes"},
+    ]
     ours = [start(api, p["id"], b).status_code for b in bodies]
     theirs = oracle("networkQueryBody", bodies)
     assert [s == 200 for s in ours] == [t["ok"] for t in theirs]
@@ -154,13 +178,20 @@ def test_a_restart_mid_network_query_finishes_it_and_keeps_the_contributions(tmp
         port = int(f.base_url.rsplit(":", 1)[1])
         api = Api(f)
         p = create(api, f, demo(first="Jane", last="Smith"))
-        cond = {"resourceType": "Condition", "id": "0195a6e4-0000-7000-8000-0000000000c1", "code": {"text": "Asthma"},
-                "subject": {"reference": f"Patient/{p['id']}"}}
-        assert api.put(f"/medical/v1/patient/{p['id']}/consolidated",
-                       json={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": cond}]}).ok
-        rid = api.post("/medical/v1/network/query", params={"patientId": p["id"]},
-                       json={"sources": ["hie", "lab"]}).json()["requestId"]
-        f.close()   # before any source completed
+        cond = {
+            "resourceType": "Condition",
+            "id": "0195a6e4-0000-7000-8000-0000000000c1",
+            "code": {"text": "Asthma"},
+            "subject": {"reference": f"Patient/{p['id']}"},
+        }
+        assert api.put(
+            f"/medical/v1/patient/{p['id']}/consolidated",
+            json={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": cond}]},
+        ).ok
+        rid = api.post(
+            "/medical/v1/network/query", params={"patientId": p["id"]}, json={"sources": ["hie", "lab"]}
+        ).json()["requestId"]
+        f.close()  # before any source completed
         g = start(port)
         try:
             for t in ("network-query.hie", "network-query.lab"):
@@ -168,8 +199,9 @@ def test_a_restart_mid_network_query_finishes_it_and_keeps_the_contributions(tmp
             assert g.state.wait_idle(10)
             assert [len(rcv.of_type(t)) for t in ("network-query.hie", "network-query.lab")] == [1, 1]
             assert Api(g).get(f"/medical/v1/network/query/{rid}").json()["status"] == "completed"
-            record = requests.get(rcv.of_type("network-query.lab")[0]["body"]["payload"]["consolidatedDataUrl"],
-                                  timeout=5).json()
+            record = requests.get(
+                rcv.of_type("network-query.lab")[0]["body"]["payload"]["consolidatedDataUrl"], timeout=5
+            ).json()
             assert cond["id"] in {e["resource"].get("id") for e in record["entry"]}
         finally:
             g.close()

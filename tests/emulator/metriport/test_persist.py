@@ -2,6 +2,7 @@
 kill) has the same patients, facilities, queries, webhook settings, delivery log, documents and
 presigned files (with their expiry); queries still processing finish and undelivered messages go out.
 `/_fake/webhooks/<id>/redeliver` and the `simultaneous_deliveries` fault send one message N times at once."""
+
 from __future__ import annotations
 
 import time
@@ -33,21 +34,36 @@ def test_state_survives_a_restart(tmp_path):
         port = int(f.base_url.rsplit(":", 1)[1])
         api = Api(f)
         f.state.set_webhook(rcv.url, "whkey")
-        fac = f.state.add_facility({"name": "Second clinic", "npi": "1234567893", "address": {
-            "addressLine1": "1 A St", "city": "B", "state": "CA", "zip": "94110", "country": "USA"}})
+        fac = f.state.add_facility(
+            {
+                "name": "Second clinic",
+                "npi": "1234567893",
+                "address": {"addressLine1": "1 A St", "city": "B", "state": "CA", "zip": "94110", "country": "USA"},
+            }
+        )
         p = create(api, f, demo(externalId="medplum-1"))
-        api.post("/medical/v1/document/query", params={"patientId": p["id"], "facilityId": f.facility_id},
-                 json={"metadata": {"medplumPatientId": "medplum-1"}})
+        api.post(
+            "/medical/v1/document/query",
+            params={"patientId": p["id"], "facilityId": f.facility_id},
+            json={"metadata": {"medplumPatientId": "medplum-1"}},
+        )
         rcv.wait_for("medical.document-conversion")
-        r = api.post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"},
-                     json={"metadata": {"medplumPatientId": "medplum-1"}})
+        r = api.post(
+            f"/medical/v1/patient/{p['id']}/consolidated/query",
+            params={"conversionType": "json"},
+            json={"metadata": {"medplumPatientId": "medplum-1"}},
+        )
         assert r.status_code == 200, r.text
         msg = rcv.wait_for("medical.consolidated-data")[0]["body"]
         url = msg["patients"][0]["bundle"]["entry"][0]["resource"]["content"][0]["attachment"]["url"]
         assert f.state.wait_idle(5)
-        before = {"patients": f.state.list_patients(), "log": f.state.deliveries_log(), "settings": f.state.get_settings(),
-                  "queries": api.get(f"/medical/v1/patient/{p['id']}/consolidated/query").json(),
-                  "docs": api.get("/medical/v1/document", params={"patientId": p["id"]}).json()}
+        before = {
+            "patients": f.state.list_patients(),
+            "log": f.state.deliveries_log(),
+            "settings": f.state.get_settings(),
+            "queries": api.get(f"/medical/v1/patient/{p['id']}/consolidated/query").json(),
+            "docs": api.get("/medical/v1/document", params={"patientId": p["id"]}).json(),
+        }
         data = requests.get(url, timeout=5).content
         f.close()
 
@@ -83,22 +99,36 @@ def test_work_in_flight_resumes_after_a_restart(tmp_path):
         f.state.set_webhook(rcv.url, "whkey")
         f.state.delay_s = 30  # the query will still be processing when we stop
         p = create(Api(f), f)
-        r = Api(f).post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"},
-                        json={"metadata": {"k": "v"}})
+        r = Api(f).post(
+            f"/medical/v1/patient/{p['id']}/consolidated/query",
+            params={"conversionType": "json"},
+            json={"metadata": {"k": "v"}},
+        )
         assert r.status_code == 200, r.text
         f.close()
         # a message the sender had not delivered yet
         store = StateStore(str(path))
-        store.put("delivery", "undelivered-1", {"message_id": "undelivered-1", "type": "medical.document-download",
-                                                "body": '{"meta":{"messageId":"undelivered-1","type":"medical.document-download"},"patients":[]}',
-                                                "when": "2026-01-01T00:00:00.000Z", "status": "processing"})
+        store.put(
+            "delivery",
+            "undelivered-1",
+            {
+                "message_id": "undelivered-1",
+                "type": "medical.document-download",
+                "body": '{"meta":{"messageId":"undelivered-1","type":"medical.document-download"},"patients":[]}',
+                "when": "2026-01-01T00:00:00.000Z",
+                "status": "processing",
+            },
+        )
         store.close()
         g = start(path, clock)
         msgs = rcv.wait_for("medical.consolidated-data", timeout=10)
         assert msgs[0]["body"]["meta"]["data"] == {"k": "v"}
         assert rcv.wait_for("medical.document-download", timeout=10)
         assert g.state.wait_idle(5)
-        assert Api(g).get(f"/medical/v1/patient/{p['id']}/consolidated/query").json()["queries"][0]["status"] == "completed"
+        assert (
+            Api(g).get(f"/medical/v1/patient/{p['id']}/consolidated/query").json()["queries"][0]["status"]
+            == "completed"
+        )
         assert {d["messageId"]: d["status"] for d in g.state.deliveries_log(False)}["undelivered-1"] == "success"
         g.close()
     finally:
@@ -118,15 +148,27 @@ def test_one_message_delivered_several_times_at_once(fake, receiver):
     fake.state.set_faults(simultaneous_deliveries=0)
     receiver.requests.clear()
     key = {"x-api-key": KEY}
-    r = requests.post(f"{fake.base_url}/_fake/webhooks/{log[0]['messageId']}/redeliver", json={"times": 4},
-                      headers=key, timeout=10)
+    r = requests.post(
+        f"{fake.base_url}/_fake/webhooks/{log[0]['messageId']}/redeliver", json={"times": 4}, headers=key, timeout=10
+    )
     assert r.status_code == 200, r.text
     assert [a["httpStatus"] for a in r.json()["answers"]] == [200] * 4
     assert len(receiver.of_type("medical.consolidated-data")) == 4
-    assert requests.post(f"{fake.base_url}/_fake/webhooks/nope/redeliver", json={}, headers=key, timeout=5).status_code == 404
-    assert requests.post(f"{fake.base_url}/_fake/webhooks/x/redeliver", json={"times": 99}, headers=key,
-                         timeout=5).status_code == 400
+    assert (
+        requests.post(f"{fake.base_url}/_fake/webhooks/nope/redeliver", json={}, headers=key, timeout=5).status_code
+        == 404
+    )
+    assert (
+        requests.post(
+            f"{fake.base_url}/_fake/webhooks/x/redeliver", json={"times": 99}, headers=key, timeout=5
+        ).status_code
+        == 400
+    )
     assert requests.post(f"{fake.base_url}/_fake/webhooks/x/redeliver", json={}, timeout=5).status_code == 401
-    assert requests.post(f"{fake.base_url}/_fake/faults", json={"simultaneous_deliveries": 1.5}, headers=key,
-                         timeout=5).status_code == 400
+    assert (
+        requests.post(
+            f"{fake.base_url}/_fake/faults", json={"simultaneous_deliveries": 1.5}, headers=key, timeout=5
+        ).status_code
+        == 400
+    )
     time.sleep(0.1)

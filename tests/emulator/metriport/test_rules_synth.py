@@ -1,5 +1,6 @@
 """Fake Metriport: JS-compatible webhook JSON, signatures, synthetic bundles, data loading (the request
 rules are in test_rules.py and test_sdk_parity.py)."""
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,37 @@ from medport.emulator.shared import converted_ccda_dir
 from tests.paths import NODE
 
 FIXTURES = str(converted_ccda_dir() or "/nonexistent/converted-ccda")
+
+
 def test_js_stringify_matches_node():
-    values = [{"meta": {"messageId": "m", "data": {"b": "ü", "10": "x", "2": "y", "a": "\u2028"}}, "n": [1.0, 0.1, 1e21, 1e-7, 123456789.125, -0.0, 2.5e-5, 1e300],
-               "s": "tab\tquote\"back\\slash/\x01 é 😀", "nested": [None, True, False, {}, []]}]
+    values = [
+        {
+            "meta": {"messageId": "m", "data": {"b": "ü", "10": "x", "2": "y", "a": "\u2028"}},
+            "n": [1.0, 0.1, 1e21, 1e-7, 123456789.125, -0.0, 2.5e-5, 1e300],
+            "s": 'tab\tquote"back\\slash/\x01 é 😀',
+            "nested": [None, True, False, {}, []],
+        }
+    ]
     ours = webhooks.js_stringify(values)
     if not os.path.exists(NODE):
         pytest.skip("node not installed")
-    js = subprocess.run([NODE, "-e", "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>process.stdout.write(JSON.stringify(JSON.parse(s))))"],
-                        input=ours.encode(), capture_output=True, check=True).stdout.decode()
+    js = subprocess.run(
+        [
+            NODE,
+            "-e",
+            "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>process.stdout.write(JSON.stringify(JSON.parse(s))))",
+        ],
+        input=ours.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     assert js == ours
 
 
 def test_signature_is_hmac_sha256_hex():
     import hashlib
     import hmac
+
     body = webhooks.build_body({"messageId": "1", "when": "t", "type": "x", "data": None}, {"patients": []})
     assert body == '{"meta":{"messageId":"1","when":"t","type":"x"},"patients":[]}'
     assert webhooks.sign("k", body) == hmac.new(b"k", body.encode(), hashlib.sha256).hexdigest()
@@ -54,14 +72,31 @@ def test_synth_quirks_present():
     docs = [r for r in res if r["resourceType"] == "DocumentReference"]
     assert docs and all(len(d["date"]) == 10 for d in docs)
     conds = [r for r in res if r["resourceType"] == "Condition"]
-    assert any(len(c["code"]["coding"]) != len({json.dumps(x, sort_keys=True) for x in c["code"]["coding"]}) for c in conds)
+    assert any(
+        len(c["code"]["coding"]) != len({json.dumps(x, sort_keys=True) for x in c["code"]["coding"]}) for c in conds
+    )
     comp = next(r for r in res if r["resourceType"] == "Composition")
     refs = [x["reference"] for s in comp["section"] for x in s.get("entry", [])]
     assert any(tuple(ref.split("/")) not in ids for ref in refs)
     assert all(r["subject"]["reference"] == "Patient/pid" for r in res if "subject" in r)
     kinds = {r["resourceType"] for r in res}
-    for k in ("Patient", "Condition", "Observation", "MedicationStatement", "Medication", "AllergyIntolerance", "Immunization",
-              "Encounter", "Procedure", "DiagnosticReport", "DocumentReference", "Composition", "Practitioner", "Organization", "Location"):
+    for k in (
+        "Patient",
+        "Condition",
+        "Observation",
+        "MedicationStatement",
+        "Medication",
+        "AllergyIntolerance",
+        "Immunization",
+        "Encounter",
+        "Procedure",
+        "DiagnosticReport",
+        "DocumentReference",
+        "Composition",
+        "Practitioner",
+        "Organization",
+        "Location",
+    ):
         assert k in kinds, k
     cats = {c["coding"][0]["code"] for r in res if r["resourceType"] == "Observation" for c in r["category"]}
     assert {"vital-signs", "laboratory"} <= cats
@@ -71,6 +106,7 @@ def test_synth_valid_fhir_r4():
     """Every resource validates against the R4 JSON schema (apart from the deliberate quirks)."""
     try:
         from medport.emulator.medplum.fhir.schema import Validator
+
         validator = Validator()
     except Exception as exc:  # the FHIR validator is another module's; skip when absent
         pytest.skip(f"FHIR validator unavailable: {exc}")
@@ -100,7 +136,9 @@ def test_synth_cli(tmp_path):
     from medport.emulator.metriport.cli import synth_command
 
     out = tmp_path / "b.json"
-    r = CliRunner().invoke(synth_command, ["--resources", "25", "--out", str(out), "--seed", "4", "--patient-id", "abc"])
+    r = CliRunner().invoke(
+        synth_command, ["--resources", "25", "--out", str(out), "--seed", "4", "--patient-id", "abc"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text()) == synth.generate(25, seed=4, patient_id="abc")
 

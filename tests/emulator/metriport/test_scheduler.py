@@ -1,4 +1,5 @@
 """The delayed-job scheduler alone: due order, FIFO ties, failing jobs, idle waiting, clear."""
+
 from __future__ import annotations
 
 import threading

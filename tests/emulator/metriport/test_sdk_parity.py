@@ -6,6 +6,7 @@ For each input both sides give a decision (accept/refuse), the zod issues (messa
 Metriport's 400 detail is made of) and, when accepted, the parsed value. They must agree on all of
 them. Then a sample goes through the fake's HTTP API, whose answers must agree with the oracle too.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ pytestmark = pytest.mark.skipif(not os.path.exists(NODE), reason="node not insta
 
 def oracle(schema: str, values: list) -> list[dict]:
     """Run Metriport's code on every value (one Node process), in UTC like Metriport's servers."""
-    proc = subprocess.run([NODE, str(ORACLE)], input=json.dumps({"cases": [{"schema": schema, "value": v} for v in values]}),
-                          capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "TZ": "UTC"})
+    proc = subprocess.run(
+        [NODE, str(ORACLE)],
+        input=json.dumps({"cases": [{"schema": schema, "value": v} for v in values]}),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "TZ": "UTC"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 
@@ -50,8 +58,10 @@ def compare(schema_name: str, schema: zod.Schema, values: list, *, values_too: b
         elif values_too and o["ok"] and o["value"] != t["value"]:
             bad["value"].append((v, t["value"], o["value"]))
     for kind, cases in bad.items():
-        assert not cases, f"{schema_name}: {len(cases)} {kind} disagreement(s) of {len(values)}, first: " + \
-            json.dumps(cases[0], default=str, ensure_ascii=False)[:1500]
+        assert not cases, (
+            f"{schema_name}: {len(cases)} {kind} disagreement(s) of {len(values)}, first: "
+            + json.dumps(cases[0], default=str, ensure_ascii=False)[:1500]
+        )
     accepted = sum(1 for t in theirs if t["ok"])
     assert 0 < accepted < len(values), f"{schema_name}: the inputs must include both accepted and refused ones"
     return {"cases": len(values), "accepted": accepted}
@@ -59,15 +69,16 @@ def compare(schema_name: str, schema: zod.Schema, values: list, *, values_too: b
 
 def test_patients_demographics_and_create_bodies_agree():
     ps = inputs.patients(3000)
-    a = compare("demographics", schemas.demographics, ps)     # POST /patient/match
+    a = compare("demographics", schemas.demographics, ps)  # POST /patient/match
     b = compare("patientCreate", schemas.patient_create, ps)  # POST /patient, PUT /patient/:id
     assert a["accepted"] > 300 and b["accepted"] > 300
 
 
 def test_address_and_contact_alone_agree():
     import random
+
     rnd = random.Random(3)
-    compare("address", schemas.address, [inputs._address(rnd, base=rnd.random() < .5) for _ in range(1500)])
+    compare("address", schemas.address, [inputs._address(rnd, base=rnd.random() < 0.5) for _ in range(1500)])
     compare("contact", schemas.contact, [inputs._contact(rnd) for _ in range(1500)])
 
 
@@ -110,8 +121,24 @@ def test_emails_like_is_email_valid():
 
 def test_coerced_strings_like_javascript():
     from medport.emulator.jsbehaviour import js_string
-    values = [94110, 94110.0, 1e21, 1e-7, 0.1, -0.0, 123456789012345678901234567890, True, None, [1, [2, None]], {},
-              [], 4155551234, 1.5e300, 2 ** 53 + 1]
+
+    values = [
+        94110,
+        94110.0,
+        1e21,
+        1e-7,
+        0.1,
+        -0.0,
+        123456789012345678901234567890,
+        True,
+        None,
+        [1, [2, None]],
+        {},
+        [],
+        4155551234,
+        1.5e300,
+        2**53 + 1,
+    ]
     theirs = oracle("string", values)
     assert [t["value"] for t in theirs] == [js_string(v) for v in values]
 
@@ -129,8 +156,12 @@ def test_http_match_and_create_refuse_what_the_sdk_refuses(api, fake):
             mismatches.append((p, t, r.status_code, r.text[:300]))
         elif refused:
             detail = ", ".join(f"{i['message']}, on [{','.join(map(str, i['path']))}]" for i in t["issues"])
-            assert r.json() == {"status": 400, "title": "Missing or invalid parameters", "detail": detail,
-                                "name": "Bad Request"}
+            assert r.json() == {
+                "status": 400,
+                "title": "Missing or invalid parameters",
+                "detail": detail,
+                "name": "Bad Request",
+            }
     assert not mismatches, mismatches[:3]
 
 
@@ -138,15 +169,27 @@ def test_http_consolidated_query_params_and_metadata(api, fake):
     p = api.post("/medical/v1/patient", params={"facilityId": fake.facility_id}, json=inputs.BASE_PATIENT).json()
     fake.state.set_faults(rate_limiting=False)
     params = inputs.resource_params(300)
-    lists = [[x.replace('"', "").replace("'", "").strip() for x in s.split(",") if x.replace('"', "").replace("'", "").strip()]
-             for s in params]
+    lists = [
+        [
+            x.replace('"', "").replace("'", "").strip()
+            for x in s.split(",")
+            if x.replace('"', "").replace("'", "").strip()
+        ]
+        for s in params
+    ]
     theirs = oracle("resources", lists)
     for raw, t in zip(params, theirs):
-        r = api.post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json", "resources": raw})
+        r = api.post(
+            f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json", "resources": raw}
+        )
         assert (r.status_code == 200) == t["ok"], (raw, r.status_code, r.text[:300])
     bodies = inputs.metadata_bodies(300, seed=31)
     theirs = oracle("cxRequestMetadata", bodies)
     for b, t in zip(bodies, theirs):
-        r = api.post(f"/medical/v1/patient/{p['id']}/consolidated/query", params={"conversionType": "json"},
-                     data=json.dumps(b), headers={"content-type": "application/json"})  # null/"x"/5: body-parser's 400
+        r = api.post(
+            f"/medical/v1/patient/{p['id']}/consolidated/query",
+            params={"conversionType": "json"},
+            data=json.dumps(b),
+            headers={"content-type": "application/json"},
+        )  # null/"x"/5: body-parser's 400
         assert (r.status_code == 200) == t["ok"], (b, r.status_code, r.text[:300])

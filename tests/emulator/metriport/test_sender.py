@@ -1,5 +1,6 @@
 """The webhook sender alone, with a recording `post` instead of HTTP: order, signing, disable on
 failure, retry, pings and the signature/duplicate faults."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,12 @@ def test_failure_disables_until_retry(sender, receiver):
     assert sender.retry() == 2
     assert sender.wait_idle(2.0)
     assert receiver.types()[1:] == ["medical.document-download", "medical.document-conversion"]
-    assert sender.status() == {"webhookEnabled": True, "webhookStatusDetail": "OK",
-                               "webhookRequestsProcessing": 0, "webhookRequestsFailed": 0}
+    assert sender.status() == {
+        "webhookEnabled": True,
+        "webhookStatusDetail": "OK",
+        "webhookRequestsProcessing": 0,
+        "webhookRequestsFailed": 0,
+    }
 
 
 def test_ping_enables_on_the_pong_only(sender, receiver):
@@ -111,7 +116,9 @@ def test_timeouts_five_seconds_for_a_message_two_for_the_ping(sender, receiver):
     sender.send("medical.document-download", {"patients": []}, None, request_id="r1")
     assert sender.wait_idle(2.0)
     assert [(p["msg"]["meta"]["type"], p["timeout_s"]) for p in receiver.posts] == [
-        ("ping", 2.0), ("medical.document-download", 5.0)]
+        ("ping", 2.0),
+        ("medical.document-download", 5.0),
+    ]
 
 
 def test_meta_request_id_where_the_request_has_one(sender, receiver):
@@ -129,6 +136,7 @@ def test_meta_request_id_where_the_request_has_one(sender, receiver):
 
 def test_reset_drops_the_messages_waiting_to_be_sent(receiver, faults):
     import threading
+
     gate = threading.Event()
 
     def slow_post(url, body, signature, timeout_s):

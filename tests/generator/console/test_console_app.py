@@ -1,6 +1,7 @@
 """The Flask app on synthetic records: access (Basic, Bearer, a server-side session that logout revokes),
 sign-in throttling, open redirects, the Host check, security headers, every page, and the actions (replay one,
 replay all failed, rerun the patient bot, retry the webhook) with their CSRF token."""
+
 from __future__ import annotations
 
 import re
@@ -93,8 +94,17 @@ def test_the_console_requires_the_admin_credentials(client):
     assert "Patient/p1" in page and "admin-secret" not in page
 
 
-@pytest.mark.parametrize("elsewhere", ["//evil.example/x", "/\\evil.example/x", "https://evil.example/",
-                                       "/%09/evil.example", "/%0a/evil.example", "%09//evil.example"])
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        "//evil.example/x",
+        "/\\evil.example/x",
+        "https://evil.example/",
+        "/%09/evil.example",
+        "/%0a/evil.example",
+        "%09//evil.example",
+    ],
+)
 def test_sign_in_never_redirects_off_site(client, elsewhere):
     r = client.post(f"/login?next={elsewhere}", data=CREDS)
     assert r.status_code == 302 and "evil.example" not in r.headers["Location"], r.headers["Location"]
@@ -107,7 +117,7 @@ def test_a_session_cookie_stops_working_at_logout(client):
         stolen = dict(s)
     assert client.get("/patients").status_code == 200
     assert client.post("/logout", data={"csrf": token}).status_code == 302
-    with client.session_transaction() as s:     # the same signed cookie, replayed after logout
+    with client.session_transaction() as s:  # the same signed cookie, replayed after logout
         s.update(stolen)
     r = client.get("/patients", headers={"Accept": "text/html"})
     assert r.status_code == 302 and "/login" in r.headers["Location"]
@@ -116,16 +126,19 @@ def test_a_session_cookie_stops_working_at_logout(client):
 def test_sign_in_is_throttled_after_repeated_failures(client):
     for _ in range(5):
         assert client.post("/login", data={"client_id": "admin", "client_secret": "x"}).status_code == 401
-    r = client.post("/login", data=CREDS)       # even the right secret waits its turn
+    r = client.post("/login", data=CREDS)  # even the right secret waits its turn
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "try again" in r.get_data(as_text=True)
-    assert client.get("/api/health", auth=("admin", "admin-secret")).status_code == 401   # Basic too
+    assert client.get("/api/health", auth=("admin", "admin-secret")).status_code == 401  # Basic too
     other = client.post("/login", data=CREDS, environ_base={"REMOTE_ADDR": "10.1.1.1"})
-    assert other.status_code == 302                                                      # per address
+    assert other.status_code == 302  # per address
 
 
 def test_the_host_header_must_name_the_console(client):
     assert client.get("/login", headers={"Host": "evil.example"}).status_code == 421
-    assert client.get("/api/health", auth=("admin", "admin-secret"), headers={"Host": "evil.example:8104"}).status_code == 421
+    assert (
+        client.get("/api/health", auth=("admin", "admin-secret"), headers={"Host": "evil.example:8104"}).status_code
+        == 421
+    )
     assert client.get("/login", headers={"Host": "127.0.0.1:8104"}).status_code == 200
     assert client.get("/login", headers={"Host": "[::1]:8104"}).status_code == 200
 
@@ -152,7 +165,7 @@ def test_pages_and_the_replay_action(client):
     signed_in(client)
     health = client.get("/health").get_data(as_text=True)
     assert 'id="card-processing-failures" data-value="1"' in health and "<svg" in health
-    assert health.index('id="attention"') < health.index('id="cards"')          # needs attention first
+    assert health.index('id="attention"') < health.index('id="cards"')  # needs attention first
     assert 'data-kind="patient-bot-failed"' in health and 'class="rerun-btn" data-patient="p2"' in health
     assert 'class="replay-btn" data-task="p1-t1"' in health and 'class="replay-btn" data-task="s1"' in health
     page = client.get("/patients/p1").get_data(as_text=True)
@@ -161,12 +174,12 @@ def test_pages_and_the_replay_action(client):
     msg = client.get("/messages/p1-t1").get_data(as_text=True)
     assert 'id="message-status" data-status="failed"' in msg and "1 failure(s): 500" in msg
     assert client.get("/messages/nope").status_code == 404
-    assert client.post("/messages/p1-t1/replay").status_code == 403          # no CSRF token
+    assert client.post("/messages/p1-t1/replay").status_code == 403  # no CSRF token
     token = csrf(client)
     r = client.post("/messages/p1-t1/replay", data={"csrf": token})
     assert r.status_code == 302 and r.headers["Location"].endswith("/patients/p1")
     assert client.source.replayed == ["p1-t1"]
-    client.post("/messages/p1-t0/replay", data={"csrf": token})             # completed: not replayed
+    client.post("/messages/p1-t0/replay", data={"csrf": token})  # completed: not replayed
     assert client.source.replayed == ["p1-t1"]
     assert "only failed or stuck" in client.get("/patients/p1").get_data(as_text=True)
     r = client.post("/metriport/webhook/retry", data={"csrf": token})
@@ -213,17 +226,34 @@ def test_binding_every_interface_warns(monkeypatch, tmp_path):
 
         def stop(self):
             served.append("stopped")
+
     monkeypatch.setattr(command, "Source", Stub)
-    monkeypatch.setattr(command, "serve_console", lambda settings, host, port, fallback: served.append(
-        (settings.host, settings.allowed_hosts)) or Served())
+    monkeypatch.setattr(
+        command,
+        "serve_console",
+        lambda settings, host, port, fallback: served.append((settings.host, settings.allowed_hosts)) or Served(),
+    )
     monkeypatch.setattr("medport.emulator.serving.wait_for_stop", lambda: None)
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(command.console_command, [
-        "--base-url", "http://127.0.0.1:1/", "--client-id", "a", "--client-secret", "b", "--host", "0.0.0.0",
-        "--allowed-host", "console.lan"])
+    r = CliRunner().invoke(
+        command.console_command,
+        [
+            "--base-url",
+            "http://127.0.0.1:1/",
+            "--client-id",
+            "a",
+            "--client-secret",
+            "b",
+            "--host",
+            "0.0.0.0",
+            "--allowed-host",
+            "console.lan",
+        ],
+    )
     assert r.exit_code == 0, r.output + r.stderr
     assert "binds every interface" in r.stderr and "--allowed-host" in r.stderr
     assert served == [("0.0.0.0", ("console.lan",)), "stopped"]
-    quiet = CliRunner().invoke(command.console_command, [
-        "--base-url", "http://127.0.0.1:1/", "--client-id", "a", "--client-secret", "b"])
+    quiet = CliRunner().invoke(
+        command.console_command, ["--base-url", "http://127.0.0.1:1/", "--client-id", "a", "--client-secret", "b"]
+    )
     assert "binds every interface" not in quiet.stderr

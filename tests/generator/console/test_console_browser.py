@@ -18,6 +18,7 @@ compared with the same figure computed here from the same records (no second clo
 Screenshots of every page at both widths go to bench/out/console/ (and those the README shows to
 docs/screenshots/ with MEDPORT_UPDATE_SCREENSHOTS=1).
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,16 +46,33 @@ from tests.paths import ROOT
 pytestmark = pytest.mark.slow
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and os.path.exists(p)), None)
-DRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and os.path.exists(p)), None)
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1366,1000"]
+DRIVER = next(
+    (p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and os.path.exists(p)), None
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1366,1000",
+]
 SHOTS = ROOT / "bench" / "out" / "console"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
 WIDTHS = (390, 1366)
 # the screenshots the README shows (MEDPORT_UPDATE_SCREENSHOTS=1 refreshes them in docs/screenshots/)
-DOC_SET = {"console-patients-390.png", "console-patients-1366.png", "console-patient-failed-1366.png",
-           "console-health-attention-1366.png", "console-health-webhook-disabled-390.png", "console-message-390.png",
-           "console-health-1366.png"}
+DOC_SET = {
+    "console-patients-390.png",
+    "console-patients-1366.png",
+    "console-patient-failed-1366.png",
+    "console-health-attention-1366.png",
+    "console-health-webhook-disabled-390.png",
+    "console-message-390.png",
+    "console-health-1366.png",
+}
 MESSAGE_CODE = "https://medport.dev/fhir/CodeSystem/medport|metriport-webhook-message"
 LEASE = "https://medport.dev/fhir/StructureDefinition/message-lease-expires"
 MRN = "urn:example:mrn"
@@ -67,8 +85,10 @@ def _browser():
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[test]')")
     if not CHROMIUM or not DRIVER:
-        pytest.skip("no Chromium here: the browser test needs Debian's chromium and chromium-driver "
-                    "(apt-get install -y chromium chromium-driver; .ci/run installs them when it runs as root)")
+        pytest.skip(
+            "no Chromium here: the browser test needs Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver; .ci/run installs them when it runs as root)"
+        )
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for f in FLAGS:
@@ -102,17 +122,22 @@ def expected_aggregation(stack, pid: str) -> float | None:
     for ae in stack.fhir.search("AuditEvent", {"entity": f"Patient/{pid}", "_count": "1000"}):
         for ln in (ae.get("outcomeDesc") or "").splitlines():
             if "Metriport document-query started" in ln or "Metriport network-query started" in ln:
-                starts.append(_t(json.loads(ln[ln.index(" {") + 1:])["at"]))
+                starts.append(_t(json.loads(ln[ln.index(" {") + 1 :])["at"]))
     tasks = message_tasks(stack, pid)
-    done = [_t(t["executionPeriod"]["end"]) for t in tasks if t["status"] == "completed"
-            and "consolidated-data" in t.get("description", "")]
+    done = [
+        _t(t["executionPeriod"]["end"])
+        for t in tasks
+        if t["status"] == "completed" and "consolidated-data" in t.get("description", "")
+    ]
     if len(starts) != 1 or not done:
         return None
     start, end = starts[0], min(done)
     waited = 0.0
     for t in tasks:
-        runs = sorted(stack.fhir.search("AuditEvent", {"entity": f"Task/{t['id']}", "_count": "100"}),
-                      key=lambda a: a["period"]["start"])
+        runs = sorted(
+            stack.fhir.search("AuditEvent", {"entity": f"Task/{t['id']}", "_count": "100"}),
+            key=lambda a: a["period"]["start"],
+        )
         for a, b in itertools.pairwise(runs):
             if "message failed" in (a.get("outcomeDesc") or ""):
                 lo, hi = max(_t(a["period"]["end"]), start), min(_t(b["period"]["start"]), end)
@@ -162,23 +187,40 @@ def people(stack):
     out["jane"] = stack.create_patient("Jane")
     assert stack.wait_for_flow(timeout=90).ok
     jane = stack.fhir.read("Patient", out["jane"]["id"])
-    out["jane"] = stack.fhir.update(dict(jane, identifier=jane["identifier"] + [{"system": MRN, "value": "MRN-JANE-1"}]))
+    out["jane"] = stack.fhir.update(
+        dict(jane, identifier=jane["identifier"] + [{"system": MRN, "value": "MRN-JANE-1"}])
+    )
     # Chris: the consolidated query the document conversion starts is refused on every attempt -> that message fails
     seen = sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download" and d["status"] == "success")
     out["chris"] = stack.create_patient("Chris")
-    assert testing.wait_until(lambda: sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download"
-                                          and d["status"] == "success") > seen, timeout=60)
+    assert testing.wait_until(
+        lambda: (
+            sum(1 for d in stack.webhooks() if d["type"] == "medical.document-download" and d["status"] == "success")
+            > seen
+        ),
+        timeout=60,
+    )
     stack.fake.set_faults(fail_next=retries, fail_status=500)
-    assert testing.wait_until(lambda: [t for t in message_tasks(stack, out["chris"]["id"]) if t["status"] == "failed"],
-                              timeout=90)
+    assert testing.wait_until(
+        lambda: [t for t in message_tasks(stack, out["chris"]["id"]) if t["status"] == "failed"], timeout=90
+    )
     stack.fake.set_faults(fail_next=0)
-    out["ollie"] = stack.create_patient("Ollie", address={"line": ["1 Main St"], "city": "Austin", "state": "ZZ",
-                                                          "postalCode": "78701"})
+    out["ollie"] = stack.create_patient(
+        "Ollie", address={"line": ["1 Main St"], "city": "Austin", "state": "ZZ", "postalCode": "78701"}
+    )
     out["kyla"] = stack.create_patient("Kyla")
-    assert testing.wait_until(lambda: [t for t in message_tasks(stack, out["kyla"]["id"]) if t["status"] == "completed"
-                                       and "consolidated-data" in t["description"]], timeout=90)
-    out["twin"] = stack.create_patient("Kyla")            # the same person again: refused, a review Task left
-    assert testing.wait_until(lambda: stack.fhir.search("Task", {"subject": f"Patient/{out['twin']['id']}"}), timeout=60)
+    assert testing.wait_until(
+        lambda: [
+            t
+            for t in message_tasks(stack, out["kyla"]["id"])
+            if t["status"] == "completed" and "consolidated-data" in t["description"]
+        ],
+        timeout=90,
+    )
+    out["twin"] = stack.create_patient("Kyla")  # the same person again: refused, a review Task left
+    assert testing.wait_until(
+        lambda: stack.fhir.search("Task", {"subject": f"Patient/{out['twin']['id']}"}), timeout=60
+    )
     assert stack.wait_idle(60)
     # Andreas and Zoe: Metriport answers 503 to every attempt of the patient bot
     for name in ("andreas", "zoe"):
@@ -190,25 +232,40 @@ def people(stack):
     # Andreas (not Zoe: she is left to be rerun) linked by a bulk create, as `medport enroll` does (no document
     # query in the sandbox for it: linked, and nothing asked yet)
     stack.fake.set_faults(bulk_document_queries=False)
-    result = run_enroll(stack.config, stack.internal.admin, MetriportApi(stack.fake.base_url, stack.fake.api_key),
-                        criteria=f"_id={out['andreas']['id']}", timeout_s=120)
+    result = run_enroll(
+        stack.config,
+        stack.internal.admin,
+        MetriportApi(stack.fake.base_url, stack.fake.api_key),
+        criteria=f"_id={out['andreas']['id']}",
+        timeout_s=120,
+    )
     assert result.done and result.plan.selected == 1
     assert testing.wait_until(lambda: stack.metriport_id(out["andreas"]), timeout=60)
     assert stack.wait_idle(60)
     # a message left in progress by a run that was cut off: its lease expired
     src = next(t for t in message_tasks(stack, out["kyla"]["id"]) if "document-download" in t["description"])
-    out["stuck"] = stack.fhir.create({
-        "resourceType": "Task", "status": "in-progress", "intent": "order", "code": src["code"],
-        "description": src["description"], "input": src["input"], "for": {"reference": f"Patient/{out['kyla']['id']}"},
-        "identifier": [{"system": src["identifier"][0]["system"], "value": "stuck-message-1"}],
-        "extension": [{"url": LEASE, "valueDateTime": "2026-01-01T00:00:00Z"}]})
+    out["stuck"] = stack.fhir.create(
+        {
+            "resourceType": "Task",
+            "status": "in-progress",
+            "intent": "order",
+            "code": src["code"],
+            "description": src["description"],
+            "input": src["input"],
+            "for": {"reference": f"Patient/{out['kyla']['id']}"},
+            "identifier": [{"system": src["identifier"][0]["system"], "value": "stuck-message-1"}],
+            "extension": [{"url": LEASE, "valueDateTime": "2026-01-01T00:00:00Z"}],
+        }
+    )
     return out
 
 
 # ------------------------------------------------------------------------------------------- browser helpers
 def at_width(browser, width: int) -> None:
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 600})
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
 
 
 def wait_for(browser, predicate, timeout: float = 90.0, what: str = ""):
@@ -238,8 +295,12 @@ def sign_in(browser, url: str, stack) -> None:
     browser.find_element(By.ID, "client_id").send_keys(emu.admin_client_id)
     browser.find_element(By.ID, "client_secret").send_keys(emu.admin_client_secret)
     browser.find_element(By.ID, "sign-in").click()
-    wait_for(browser, lambda: "/login" not in browser.current_url and browser.find_elements(By.ID, "nav-health"),
-             30, "the signed-in page")
+    wait_for(
+        browser,
+        lambda: "/login" not in browser.current_url and browser.find_elements(By.ID, "nav-health"),
+        30,
+        "the signed-in page",
+    )
 
 
 def attr(browser, css: str, name: str) -> str | None:
@@ -251,16 +312,23 @@ def attr(browser, css: str, name: str) -> str | None:
 def states_in_list(browser) -> dict[str, str]:
     from selenium.webdriver.common.by import By
 
-    return {el.get_attribute("data-patient"): el.get_attribute("data-state")
-            for el in browser.find_elements(By.CSS_SELECTOR, "#patients tbody tr[data-patient]")}
+    return {
+        el.get_attribute("data-patient"): el.get_attribute("data-state")
+        for el in browser.find_elements(By.CSS_SELECTOR, "#patients tbody tr[data-patient]")
+    }
 
 
 def screenshot(browser, name: str) -> Path:
     """The whole page (beyond the viewport), through the DevTools protocol."""
     size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}})
+    shot = browser.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1},
+        },
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
     path.write_bytes(base64.b64decode(shot["data"]))
@@ -322,7 +390,7 @@ def check_layout(browser, width: int, page: str) -> None:
     assert lay["overflow"] <= 1, f"{page} at {width} px scrolls sideways by {lay['overflow']} px"
     assert lay["controls"] and all(ok for _, ok in lay["controls"]), (page, width, lay["controls"])
     assert lay["overlaps"] == [], (page, width, lay["overlaps"])
-    assert lay["hidden"] == [], (page, width, lay["hidden"])          # nothing pushed off the page
+    assert lay["hidden"] == [], (page, width, lay["hidden"])  # nothing pushed off the page
     if width < 600:
         assert all(n == 1 for n in lay["cols2"] + lay["cards"] + lay["cols"]), (page, lay)
     else:
@@ -355,15 +423,29 @@ def test_console_in_chromium(stack, people, console, browser):
     assert urlsplit(browser.current_url).netloc == urlsplit(base).netloc
 
     # 1. one state per Patient, from the newest evidence
-    expected = {ids["jane"]: "imported", ids["chris"]: "failed", ids["ollie"]: "skipped", ids["kyla"]: "stuck",
-                ids["twin"]: "duplicate", ids["andreas"]: "awaiting", ids["zoe"]: "failed"}
+    expected = {
+        ids["jane"]: "imported",
+        ids["chris"]: "failed",
+        ids["ollie"]: "skipped",
+        ids["kyla"]: "stuck",
+        ids["twin"]: "duplicate",
+        ids["andreas"]: "awaiting",
+        ids["zoe"]: "failed",
+    }
     for width in WIDTHS:
         visit(browser, f"{base}patients", width, "patients", "console-patients")
-        assert wait_for(browser, lambda: states_in_list(browser) == expected, 60,
-                        f"the states {expected}, got {states_in_list(browser)}")
+        assert wait_for(
+            browser,
+            lambda: states_in_list(browser) == expected,
+            60,
+            f"the states {expected}, got {states_in_list(browser)}",
+        )
     row = f'#patients tr[data-patient="{ids["andreas"]}"]'
     assert "no query on record" in browser.find_element(By.CSS_SELECTOR, f"{row} td.reason").text
-    assert "address.state" in browser.find_element(By.CSS_SELECTOR, f'#patients tr[data-patient="{ids["ollie"]}"] td.reason').text
+    assert (
+        "address.state"
+        in browser.find_element(By.CSS_SELECTOR, f'#patients tr[data-patient="{ids["ollie"]}"] td.reason').text
+    )
     assert "503" in browser.find_element(By.CSS_SELECTOR, f'#patients tr[data-patient="{ids["zoe"]}"] td.reason').text
 
     # 2. filters with clickable counts, search, sorting
@@ -377,8 +459,12 @@ def test_console_in_chromium(stack, people, console, browser):
         assert attr(browser, 'a.state-link[data-state="failed"]', "aria-current") == "true"
         check_layout(browser, width, "patients, failed")
     mid = stack.metriport_id(people["jane"])
-    for term, who in ((mid, ids["jane"]), ("MRN-JANE-1", ids["jane"]), (f"{MRN}|MRN-JANE-1", ids["jane"]),
-                      (ids["ollie"][:13], ids["ollie"])):
+    for term, who in (
+        (mid, ids["jane"]),
+        ("MRN-JANE-1", ids["jane"]),
+        (f"{MRN}|MRN-JANE-1", ids["jane"]),
+        (ids["ollie"][:13], ids["ollie"]),
+    ):
         browser.get(f"{base}patients")
         box = browser.find_element(By.ID, "q")
         box.clear()
@@ -386,7 +472,7 @@ def test_console_in_chromium(stack, people, console, browser):
         browser.find_element(By.ID, "search-go").click()
         wait_for(browser, lambda: "q=" in browser.current_url, 30, "the search")
         assert list(states_in_list(browser)) == [who], term
-    assert "Jane" not in browser.page_source and "Smith" not in browser.page_source        # no names, ever
+    assert "Jane" not in browser.page_source and "Smith" not in browser.page_source  # no names, ever
     browser.get(f"{base}patients")
     Select(browser.find_element(By.ID, "sort")).select_by_value("id")
     browser.find_element(By.ID, "search-go").click()
@@ -402,8 +488,10 @@ def test_console_in_chromium(stack, people, console, browser):
         stages = [el.get_attribute("data-stage") for el in browser.find_elements(By.CSS_SELECTOR, "#timeline li")]
         for stage in ("saved", "patient-bot", "metriport", "webhook", "processing", "imported", "aggregation"):
             assert stage in stages, stage
-    rows = {el.get_attribute("data-type"): int(el.get_attribute("data-count"))
-            for el in browser.find_elements(By.CSS_SELECTOR, "#in-medplum tbody tr[data-type]")}
+    rows = {
+        el.get_attribute("data-type"): int(el.get_attribute("data-count"))
+        for el in browser.find_elements(By.CSS_SELECTOR, "#in-medplum tbody tr[data-type]")
+    }
     assert rows == stack.imported(people["jane"])
     conv = next(t for t in message_tasks(stack, ids["chris"]) if "conversion" in t["description"])
     for width in WIDTHS:
@@ -415,7 +503,7 @@ def test_console_in_chromium(stack, people, console, browser):
         assert ev.get_attribute("data-tone") == "fail"
 
     # 3. needs attention, first, with everything actionable
-    stack.fake.set_faults(bad_signatures=True)       # what Metriport sends next is refused: it disables the webhook
+    stack.fake.set_faults(bad_signatures=True)  # what Metriport sends next is refused: it disables the webhook
     for width in WIDTHS:
         visit(browser, f"{base}health", width, "health", "console-health-attention")
         html = browser.page_source
@@ -438,8 +526,10 @@ def test_console_in_chromium(stack, people, console, browser):
 
     def webhook_disabled():
         browser.get(f"{base}health")
-        return (browser.find_elements(By.CSS_SELECTOR, 'h3.group[data-kind="webhook-disabled"]')
-                and browser.find_elements(By.CSS_SELECTOR, 'h3.group[data-kind="delivery-refused"]'))
+        return browser.find_elements(
+            By.CSS_SELECTOR, 'h3.group[data-kind="webhook-disabled"]'
+        ) and browser.find_elements(By.CSS_SELECTOR, 'h3.group[data-kind="delivery-refused"]')
+
     wait_for(browser, webhook_disabled, 90, "the refused delivery and the disabled webhook")
     assert int(attr(browser, "#metriport-webhook", "data-failed")) >= 1
     assert attr(browser, "#metriport-webhook", "data-enabled") == "False"
@@ -452,8 +542,14 @@ def test_console_in_chromium(stack, people, console, browser):
     at_width(browser, 1366)
     browser.find_element(By.ID, "retry-webhook-webhook-disabled").click()
     wait_for(browser, lambda: "re-enabled the webhook" in browser.find_element(By.ID, "flash").text, 30, "the retry")
-    wait_for(browser, lambda: (browser.get(f"{base}health") or True)
-             and attr(browser, "#metriport-webhook", "data-enabled") == "True", 60, "the webhook enabled")
+    wait_for(
+        browser,
+        lambda: (
+            (browser.get(f"{base}health") or True) and attr(browser, "#metriport-webhook", "data-enabled") == "True"
+        ),
+        60,
+        "the webhook enabled",
+    )
     # replay all failed and stuck (at 1366 px): Chris's conversion and the stuck message
     browser.find_element(By.ID, "replay-all").click()
     wait_for(browser, lambda: "put back in the queue" in browser.find_element(By.ID, "flash").text, 30, "replay all")
@@ -462,6 +558,7 @@ def test_console_in_chromium(stack, people, console, browser):
         browser.get(f"{base}patients")
         s = states_in_list(browser)
         return s.get(ids["chris"]) == "imported" and s.get(ids["zoe"]) == "imported" and s.get(ids["kyla"]) != "stuck"
+
     wait_for(browser, settled, 120, "Chris and Zoe imported after the replay and the retry")
     assert stack.wait_idle(60)
 
@@ -469,19 +566,24 @@ def test_console_in_chromium(stack, people, console, browser):
     for width in WIDTHS:
         visit(browser, f"{base}messages/{conv['id']}", width, "message", "console-message")
         assert attr(browser, "#message-status", "data-status") == "completed"
-        tones = [(el.get_attribute("data-what"), el.get_attribute("data-tone"))
-                 for el in browser.find_elements(By.CSS_SELECTOR, "#attempts li.attempt")]
+        tones = [
+            (el.get_attribute("data-what"), el.get_attribute("data-tone"))
+            for el in browser.find_elements(By.CSS_SELECTOR, "#attempts li.attempt")
+        ]
         assert ("processing run", "fail") in tones and ("processing run", "ok") in tones
         assert ("Task failed", "fail") in tones and ("delivered to the webhook bot", "ok") in tones
-        assert ("sent by Metriport", "ok") in tones                                     # the fake's own log
+        assert ("sent by Metriport", "ok") in tones  # the fake's own log
         failed_calls = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#attempts ul.calls li")]
         assert any("→ 500" in c for c in failed_calls) and any("→ 200" in c for c in failed_calls)
         assert browser.find_elements(By.CSS_SELECTOR, "#attempts li[data-request-id]:not([data-request-id=''])")
         assert attr(browser, "#message-patients a.patient-link", "href").endswith(f"/patients/{ids['chris']}")
         payload = browser.find_element(By.ID, "payload").text
         assert conv["id"] and json.loads(conv["input"][0]["valueString"])["meta"]["messageId"] in payload
-    consolidated = next(t for t in message_tasks(stack, ids["chris"]) if "consolidated-data" in t["description"]
-                        and t["status"] == "completed")
+    consolidated = next(
+        t
+        for t in message_tasks(stack, ids["chris"])
+        if "consolidated-data" in t["description"] and t["status"] == "completed"
+    )
     browser.get(f"{base}messages/{consolidated['id']}")
     payload = browser.find_element(By.ID, "payload").text
     assert "‹signature redacted›" in payload or "‹redacted›" in payload
@@ -494,14 +596,20 @@ def test_console_in_chromium(stack, people, console, browser):
         visit(browser, f"{base}health", width, "health", "console-health")
         titles = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#chart-by-type text.axis-title")]
         assert "time (UTC)" in titles and any(t.startswith("messages per") for t in titles)
-        assert any("query start" in el.text for el in browser.find_elements(By.CSS_SELECTOR,
-                                                                            "#chart-aggregation text.axis-title"))
-        legend = {el.get_attribute("data-key"): el.get_attribute("data-color")
-                  for el in browser.find_elements(By.CSS_SELECTOR, "#by-type-title ~ ul.legend li[data-key]")}
+        assert any(
+            "query start" in el.text
+            for el in browser.find_elements(By.CSS_SELECTOR, "#chart-aggregation text.axis-title")
+        )
+        legend = {
+            el.get_attribute("data-key"): el.get_attribute("data-color")
+            for el in browser.find_elements(By.CSS_SELECTOR, "#by-type-title ~ ul.legend li[data-key]")
+        }
         assert legend and all(c == type_color(t) for t, c in legend.items())
         assert not set(legend.values()) & set(STATUS_COLORS.values())
-        table = {el.get_attribute("data-type"): el.get_attribute("data-color")
-                 for el in browser.find_elements(By.CSS_SELECTOR, "#by-type tbody tr[data-type]")}
+        table = {
+            el.get_attribute("data-type"): el.get_attribute("data-color")
+            for el in browser.find_elements(By.CSS_SELECTOR, "#by-type tbody tr[data-type]")
+        }
         assert {t: table[t] for t in legend} == legend
     browser.find_element(By.CSS_SELECTOR, 'nav.ranges a[data-range="1h"]').click()
     wait_for(browser, lambda: "range=1h" in browser.current_url, 30, "the 1 h range")
@@ -510,8 +618,11 @@ def test_console_in_chromium(stack, people, console, browser):
     secs = {k: expected_aggregation(stack, ids[k]) for k in ("jane", "chris", "kyla", "zoe")}
     secs = {k: v for k, v in secs.items() if v is not None}
     assert {"jane", "chris"} <= set(secs), secs
-    health = requests.get(f"{base}api/health", auth=(stack.internal.emulator.admin_client_id,
-                                                     stack.internal.emulator.admin_client_secret), timeout=30).json()
+    health = requests.get(
+        f"{base}api/health",
+        auth=(stack.internal.emulator.admin_client_id, stack.internal.emulator.admin_client_secret),
+        timeout=30,
+    ).json()
     samples = {s["patient"]: s for s in health["aggregation"]["samples"]}
     for k, v in secs.items():
         assert samples[ids[k]]["seconds"] == pytest.approx(v, abs=2e-3), k
@@ -527,8 +638,13 @@ def test_console_in_chromium(stack, people, console, browser):
     cookie = browser.get_cookie("medport_console")["value"]
     browser.find_element(By.ID, "sign-out").click()
     wait_for(browser, lambda: "/login" in browser.current_url, 30, "signed out")
-    r = requests.get(f"{base}patients", cookies={"medport_console": cookie}, allow_redirects=False, timeout=30,
-                     headers={"Accept": "text/html"})
+    r = requests.get(
+        f"{base}patients",
+        cookies={"medport_console": cookie},
+        allow_redirects=False,
+        timeout=30,
+        headers={"Accept": "text/html"},
+    )
     assert r.status_code == 302 and "/login" in r.headers["Location"]
     for width in WIDTHS:
         at_width(browser, width)
@@ -545,12 +661,14 @@ def test_the_same_figures_without_any_developer_api(stack, people, console):
     assert stack.wait_idle(60)
     fhir_only = serve_console(settings_for_stack(stack.internal, stack.config, fhir_only=True), port=0)
     try:
+
         def both():
             a = requests.get(f"{console.url}api/health", auth=auth, timeout=30).json()
             b = requests.get(f"{fhir_only.url}api/health", auth=auth, timeout=30).json()
             return a, b
+
         with_dev, without = both()
-        for _ in range(10):          # the two consoles' snapshots may be a few seconds apart: read both again
+        for _ in range(10):  # the two consoles' snapshots may be a few seconds apart: read both again
             if all(without[k] == with_dev[k] for k in ("patients", "deliveries", "messages", "processing")):
                 break
             time.sleep(1)

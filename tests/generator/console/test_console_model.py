@@ -1,6 +1,7 @@
 """The console's reconstruction on synthetic records (no server): log parsing in both bot runtimes, run kinds,
 messages' timing, ONE sync state per Patient from the newest evidence (each state, and the cases where older
 evidence must lose), stuck messages, aggregation pairing without the time spent waiting for a replay, reviews."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -31,9 +32,11 @@ def state_of(patients, tasks=(), events=(), reviews=(), pid="p1", now=100.0):
 
 # ------------------------------------------------------------------------------------------- logs and runs
 def test_log_lines_of_both_runtimes_with_levels_and_fields():
-    vm = '[metriport-webhook-bot] message stored for processing {"messageId":"a {b}","type":"t","task":"x"}\n' \
-         '[metriport-patient-bot] WARN: Patient skipped: no Metriport facility id (x)\nUnhandled error: boom\n'
-    lam = "2026-11-30T12:00:00.000Z\tabc\tWARN\t[metriport-patient-bot] write-back conflicted {\"attempt\":1}"
+    vm = (
+        '[metriport-webhook-bot] message stored for processing {"messageId":"a {b}","type":"t","task":"x"}\n'
+        "[metriport-patient-bot] WARN: Patient skipped: no Metriport facility id (x)\nUnhandled error: boom\n"
+    )
+    lam = '2026-11-30T12:00:00.000Z\tabc\tWARN\t[metriport-patient-bot] write-back conflicted {"attempt":1}'
     lines = model.parse_logs(vm + lam)
     assert lines[0].fields == {"messageId": "a {b}", "type": "t", "task": "x"} and lines[0].level == "info"
     assert (lines[1].level, lines[1].text) == ("warn", "Patient skipped: no Metriport facility id (x)")
@@ -43,12 +46,14 @@ def test_log_lines_of_both_runtimes_with_levels_and_fields():
 
 
 def test_runs_are_classified_by_their_entities_and_parsed_once():
-    events = [ae("d", WBOT, 0, 1, line("webhook", "message stored for processing", task="t1")),
-              ae("p", WBOT, 1, 2, "", entities=["Task/t1", "Subscription/s"]),
-              ae("c", WBOT, 2, 3, "", entities=[f"Bot/{WBOT}"]),
-              ae("x", PBOT, 0, 1, "", entities=["Patient/p1"]),
-              ae("bad", WBOT, 3, 3.1, "Error Refused: the x-metriport-signature does not match the body", "4"),
-              ae("other-bot", "someone-else", 0, 1)]
+    events = [
+        ae("d", WBOT, 0, 1, line("webhook", "message stored for processing", task="t1")),
+        ae("p", WBOT, 1, 2, "", entities=["Task/t1", "Subscription/s"]),
+        ae("c", WBOT, 2, 3, "", entities=[f"Bot/{WBOT}"]),
+        ae("x", PBOT, 0, 1, "", entities=["Patient/p1"]),
+        ae("bad", WBOT, 3, 3.1, "Error Refused: the x-metriport-signature does not match the body", "4"),
+        ae("other-bot", "someone-else", 0, 1),
+    ]
     memo = model.Memo()
     runs = {r.id: r for r in model.build_runs(snapshot([], [], events), memo)}
     assert set(runs) == {"d", "p", "c", "x", "bad"}
@@ -57,18 +62,39 @@ def test_runs_are_classified_by_their_entities_and_parsed_once():
     assert runs["c"].kind == "cron" and runs["x"].patient_id == "p1" and runs["x"].duration_ms == 1000
     assert runs["bad"].refused_delivery and not runs["d"].refused_delivery
     again = {r.id: r for r in model.build_runs(snapshot([], [], events), memo)}
-    assert again["d"] is runs["d"]          # an AuditEvent never changes: parsed once
+    assert again["d"] is runs["d"]  # an AuditEvent never changes: parsed once
 
 
 def test_metriport_calls_carry_their_request_ids():
-    run = model.run_of(ae("r", WBOT, 0, 1, "\n".join([
-        line("webhook", "metriport call", method="POST", path="/medical/v1/patient/{id}/consolidated/query",
-             status=200, ms=12, requestId="req-9"),
-        line("webhook", "metriport call", method="GET", path="/medical/v1/document", status=500, ms=3)]),
-        entities=["Task/t"]), {WBOT: ("webhook", "metriport-webhook-bot")})
+    run = model.run_of(
+        ae(
+            "r",
+            WBOT,
+            0,
+            1,
+            "\n".join(
+                [
+                    line(
+                        "webhook",
+                        "metriport call",
+                        method="POST",
+                        path="/medical/v1/patient/{id}/consolidated/query",
+                        status=200,
+                        ms=12,
+                        requestId="req-9",
+                    ),
+                    line("webhook", "metriport call", method="GET", path="/medical/v1/document", status=500, ms=3),
+                ]
+            ),
+            entities=["Task/t"],
+        ),
+        {WBOT: ("webhook", "metriport-webhook-bot")},
+    )
     calls = model.calls_of(run)
-    assert [(c.method, c.status, c.request_id, c.ms) for c in calls] == [("POST", "200", "req-9", 12),
-                                                                          ("GET", "500", None, 3)]
+    assert [(c.method, c.status, c.request_id, c.ms) for c in calls] == [
+        ("POST", "200", "req-9", 12),
+        ("GET", "500", None, 3),
+    ]
 
 
 # ------------------------------------------------------------------------------------------- the sync
@@ -90,8 +116,11 @@ def test_a_patients_sync_is_reconstructed_with_its_timeline():
 
 def test_task_records_win_over_the_runs_when_the_bots_write_them():
     ev, tasks = flow()
-    tasks[2].update(authoredOn=iso(2.9), executionPeriod={"start": iso(3.1), "end": iso(3.3)},
-                    **{"for": {"reference": "Patient/p1"}})
+    tasks[2].update(
+        authoredOn=iso(2.9),
+        executionPeriod={"start": iso(3.1), "end": iso(3.3)},
+        **{"for": {"reference": "Patient/p1"}},
+    )
     m = model.reconstruct(snapshot([patient("p1", "m1")], tasks, ev)).message("p1-t2")
     assert (m.arrived, m.started, m.finished) == (at(2.9), at(3.1), at(3.3))
 
@@ -109,7 +138,9 @@ def test_the_seven_states():
     stuck = tasks[:2] + [task("p1-t2", model.CONSOLIDATED, "requested", "p1", updated=3.5)]
     st = state_of([patient("p1", "m1")], stuck, ev, now=1000)
     assert (st.state, st.action) == ("stuck", "replay") and "waiting for processing" in st.reason
-    skip = [patient_run("p1", 0, "Patient skipped: demographics do not meet Metriport requirements: birthDate: missing")]
+    skip = [
+        patient_run("p1", 0, "Patient skipped: demographics do not meet Metriport requirements: birthDate: missing")
+    ]
     st = state_of([patient("p1")], events=skip)
     assert st.state == "skipped" and st.reason.endswith("birthDate: missing") and st.tone == "skip"
     refused = [patient_run("p1", 0, "Patient/p1 not linked: Metriport patient m1 is already linked to Patient/p0")]
@@ -168,8 +199,9 @@ def test_a_message_stuck_now_is_as_new_as_its_record_not_as_old_as_its_sending()
 def test_the_consolidated_query_the_webhook_bot_starts_does_not_leave_the_patient_awaiting():
     ev, tasks = flow()
     conv = next(e for e in ev if e["id"] == "p1-t1-proc")
-    conv["outcomeDesc"] += "\n" + line("webhook", "consolidated query started", patient="p1", requestId="rq-c",
-                                       at=iso(2.4))
+    conv["outcomeDesc"] += "\n" + line(
+        "webhook", "consolidated query started", patient="p1", requestId="rq-c", at=iso(2.4)
+    )
     sync = model.reconstruct(snapshot([patient("p1", "m1")], tasks, ev)).patient("p1")
     assert [q.by for q in sync.queries] == ["patient-bot", "webhook-bot"]
     assert sync.state.state == "imported"
@@ -200,8 +232,14 @@ def test_unknown_review_tasks_and_message_types_show_by_their_own_words():
     """Kinds the bots may add later (an ownership conflict, a refused forged message, network query messages)."""
     ev, tasks = flow()
     other = review("r3", "p1", code="metriport-resource-owner-conflict", text="Review: a resource of another Patient")
-    nq = task("p1-nq", "network-query.pharmacy", "completed", "p1", updated=30,
-              summary={"type": "network-query.pharmacy", "imported": {"MedicationDispense": 2}})
+    nq = task(
+        "p1-nq",
+        "network-query.pharmacy",
+        "completed",
+        "p1",
+        updated=30,
+        summary={"type": "network-query.pharmacy", "imported": {"MedicationDispense": 2}},
+    )
     integ = model.reconstruct(snapshot([patient("p1", "m1")], tasks + [nq], ev, [other]))
     sync = integ.patient("p1")
     assert [r.kind for r in integ.reviews] == ["review"] and sync.open_reviews[0].title.startswith("Review:")
@@ -215,7 +253,8 @@ def _sync_task(pid, status, *, updated, due, waiting=None, reason=None):
     t["meta"]["lastUpdated"] = iso(updated)
     t["executionPeriod"] = {"start": iso(due)}
     t["input"] = [{"type": {"text": "attempts"}, "valueInteger": 1}] + (
-        [{"type": {"text": "waiting"}, "valueString": waiting}] if waiting else [])
+        [{"type": {"text": "waiting"}, "valueString": waiting}] if waiting else []
+    )
     if reason:
         t["statusReason"] = {"text": reason}
     return t
@@ -248,6 +287,7 @@ def test_a_record_asks_nothing_of_anyone():
 
 def figures_attention(integ, kind):
     from medport.generator.console import figures
+
     return [g for g in figures.attention(integ) if g["kind"] == kind]
 
 
@@ -255,15 +295,17 @@ def test_search_by_patient_id_metriport_id_or_a_whole_identifier():
     p = patient("abc-123", "mid-777", identifiers=[{"system": "urn:mrn", "value": "MRN42"}])
     sync = model.reconstruct(snapshot([p], [], [])).patient("abc-123")
     assert sync.matches("abc") and sync.matches("MID-7") and sync.matches("MRN42") and sync.matches("urn:mrn|MRN42")
-    assert not sync.matches("MRN4") and not sync.matches("zzz")      # an identifier only whole: no guessing
+    assert not sync.matches("MRN4") and not sync.matches("zzz")  # an identifier only whole: no guessing
 
 
 def test_stuck_messages_and_the_failed_ones_are_replayable():
     lease = {"url": model.LEASE_EXT, "valueDateTime": iso(50)}
-    tasks = [task("a", model.CONSOLIDATED, "in-progress", "p1", updated=10, extension=[lease]),
-             task("b", model.CONSOLIDATED, "requested", "p1", updated=10),
-             task("c", model.CONSOLIDATED, "in-progress", "p1", updated=150),
-             task("d", "medical.document-conversion", "failed", "p1", updated=20, reason="1 failure(s): 500")]
+    tasks = [
+        task("a", model.CONSOLIDATED, "in-progress", "p1", updated=10, extension=[lease]),
+        task("b", model.CONSOLIDATED, "requested", "p1", updated=10),
+        task("c", model.CONSOLIDATED, "in-progress", "p1", updated=150),
+        task("d", "medical.document-conversion", "failed", "p1", updated=20, reason="1 failure(s): 500"),
+    ]
     integ = model.reconstruct(snapshot([patient("p1", "m1")], tasks, [], now=400))
     m = {x.task_id: x for x in integ.messages}
     assert "lease expired" in m["a"].stuck and "waiting for processing" in m["b"].stuck
@@ -280,8 +322,10 @@ def test_aggregation_pairs_each_query_with_the_data_that_followed():
         m.finished = at(finished)
         m.summary = {"recorded": {"consolidated-requeried-after-expired-url": 1}} if requeried else {}
         return m
-    aggs = model.pair_aggregations("p", [q(0, "a"), q(10, "b"), q(20, "c")],
-                                   [msg("x", 12, 13, requeried=True), msg("y", 15, 16), msg("z", 40, 41)])
+
+    aggs = model.pair_aggregations(
+        "p", [q(0, "a"), q(10, "b"), q(20, "c")], [msg("x", 12, 13, requeried=True), msg("y", 15, 16), msg("z", 40, 41)]
+    )
     assert [(a.query.request_id, a.seconds) for a in aggs] == [("b", 6.0), ("c", 21.0)]
     assert [a.seconds for a in model.pair_aggregations("p", [q(0, "a")], [])] == [None]
 
@@ -290,13 +334,33 @@ def test_aggregation_leaves_out_the_time_a_message_waited_for_its_replay():
     """document-conversion failed at 2.5 s; someone clicked Replay 600 s later; the data came 2 s after that."""
     ev, tasks = flow()
     ev = [e for e in ev if e["id"] not in ("p1-t1-proc", "p1-t2-ack", "p1-t2-proc")]
-    ev += [ae("fail-run", WBOT, 2.05, 2.5, line("webhook", "message failed: 1 failure(s): 500", task="p1-t1"),
-              entities=["Task/p1-t1"]),
-           ae("replayed-run", WBOT, 602.5, 603.0, line("webhook", "message processed", task="p1-t1"),
-              entities=["Task/p1-t1"]),
-           ae("p1-t2-ack", WBOT, 604, 604.02, line("webhook", "message stored for processing", task="p1-t2")),
-           ae("p1-t2-proc", WBOT, 604.05, 604.5, line("webhook", "message processed", task="p1-t2"),
-              entities=["Task/p1-t2"])]
+    ev += [
+        ae(
+            "fail-run",
+            WBOT,
+            2.05,
+            2.5,
+            line("webhook", "message failed: 1 failure(s): 500", task="p1-t1"),
+            entities=["Task/p1-t1"],
+        ),
+        ae(
+            "replayed-run",
+            WBOT,
+            602.5,
+            603.0,
+            line("webhook", "message processed", task="p1-t1"),
+            entities=["Task/p1-t1"],
+        ),
+        ae("p1-t2-ack", WBOT, 604, 604.02, line("webhook", "message stored for processing", task="p1-t2")),
+        ae(
+            "p1-t2-proc",
+            WBOT,
+            604.05,
+            604.5,
+            line("webhook", "message processed", task="p1-t2"),
+            entities=["Task/p1-t2"],
+        ),
+    ]
     tasks[2]["meta"]["lastUpdated"] = iso(604.5)
     tasks[2]["authoredOn"] = iso(604)
     sync = model.reconstruct(snapshot([patient("p1", "m1")], tasks, ev, now=700)).patient("p1")
@@ -322,19 +386,33 @@ def test_a_sync_step_says_what_it_waits_for_and_a_failed_attempt_stays_a_failure
     from datetime import timedelta
 
     from medport.generator.console.model import Review, sync_step_state
+
     now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-    step = dict(task_id="t1", code="metriport-patient-sync", status="requested", title="sync", subjects=["p1"],
-                others=[], at=now - timedelta(minutes=2), updated=now - timedelta(minutes=1))
+    step = dict(
+        task_id="t1",
+        code="metriport-patient-sync",
+        status="requested",
+        title="sync",
+        subjects=["p1"],
+        others=[],
+        at=now - timedelta(minutes=2),
+        updated=now - timedelta(minutes=1),
+    )
     # the last attempt failed (503 without Retry-After): a failure with its reason, retried by itself
-    failed = sync_step_state(Review(**step, description="Metriport answered 503", due=now + timedelta(minutes=1),
-                                    waiting="backoff"), now, 300)
+    failed = sync_step_state(
+        Review(**step, description="Metriport answered 503", due=now + timedelta(minutes=1), waiting="backoff"),
+        now,
+        300,
+    )
     assert (failed.state, failed.action) == ("failed", "rerun")
     assert "503" in failed.reason and "tried again at 12:01:00 UTC" in failed.reason
     # Metriport's rate limit: a wait, not a failure
-    waiting = sync_step_state(Review(**step, description="429", due=now + timedelta(seconds=60), waiting="metriport"),
-                              now, 300)
+    waiting = sync_step_state(
+        Review(**step, description="429", due=now + timedelta(seconds=60), waiting="metriport"), now, 300
+    )
     assert waiting.state == "awaiting" and "rate limit" in waiting.reason
     # due long ago and no run took it: stuck
-    stuck = sync_step_state(Review(**step, description="429", due=now - timedelta(hours=1), waiting="metriport"),
-                            now, 300)
+    stuck = sync_step_state(
+        Review(**step, description="429", due=now - timedelta(hours=1), waiting="metriport"), now, 300
+    )
     assert stuck.state == "stuck"

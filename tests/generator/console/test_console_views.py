@@ -1,5 +1,6 @@
 """Page data (no Flask): the patients list (state filters with counts, search, sorting, 50 a page), a message's
 redacted payload and every attempt, and the reconstruction shared by every page."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,15 @@ def test_the_list_filters_by_state_with_counts_and_pages_by_50():
     integ = _many()
     v = views.patients_view(integ)
     counts = {s["state"]: s["count"] for s in v["states"]}
-    assert counts == {"imported": 40, "awaiting": 0, "failed": 40, "stuck": 0, "skipped": 0, "duplicate": 0,
-                      "not-synced": 40}
+    assert counts == {
+        "imported": 40,
+        "awaiting": 0,
+        "failed": 40,
+        "stuck": 0,
+        "skipped": 0,
+        "duplicate": 0,
+        "not-synced": 40,
+    }
     assert (v["matching"], v["pages"], len(v["rows"]), v["first"], v["last"]) == (120, 3, 50, 1, 50)
     assert v["next_url"] == "/patients?page=2" and v["prev_url"] == ""
     last = views.patients_view(integ, page=3)
@@ -50,7 +58,7 @@ def test_the_list_searches_and_sorts():
     by_id = views.patients_view(integ, sort="id")
     assert [r["id"] for r in by_id["rows"]][:3] == ["p000", "p001", "p002"]
     newest = views.patients_view(integ)
-    assert newest["rows"][0]["id"] == "p117"       # its messages came after p119 was saved
+    assert newest["rows"][0]["id"] == "p117"  # its messages came after p119 was saved
     by_state = views.patients_view(integ, sort="state")
     assert [r["state"] for r in by_state["rows"]][:1] == ["imported"]
     assert views.patients_view(integ, q="p00", state="failed", sort="id")["next_url"] == ""
@@ -67,27 +75,53 @@ def test_the_model_is_shared_and_refreshed_behind_the_pages():
         def snapshot(self, fresh=False):
             self.reads += 1
             return self.snap
+
     src = Src()
     c = views.Console(src)
     a = c.integration()
-    assert c.integration() is a and src.reads == 1              # young: no read at all
+    assert c.integration() is a and src.reads == 1  # young: no read at all
     src.snap = snapshot([patient("p1"), patient("p2")], [], [])
     src.settings = settings(cache_s=0)
-    assert c.integration() is a                                 # stale: served as it is, refreshed behind it
+    assert c.integration() is a  # stale: served as it is, refreshed behind it
     assert testing.wait_until(lambda: c.integration().patient("p2") is not None, timeout=10)
     src.snap = snapshot([patient("p3")], [], [])
-    src.dirty = True                                            # an action changed records: the page waits for them
+    src.dirty = True  # an action changed records: the page waits for them
     assert c.integration().patient("p3") is not None
 
 
 def test_a_payload_is_shown_without_demographics_signatures_or_clinical_content():
-    msg = {"meta": {"messageId": "m-1", "type": "medical.consolidated-data", "data": {"medplumPatientId": "p1"}},
-           "patients": [{"patientId": "mid-1", "externalId": "p1", "firstName": "Jane", "dob": "1980-01-01",
-                         "bundle": {"resourceType": "Bundle", "type": "collection", "entry": [
-                             {"resource": {"resourceType": "DocumentReference", "id": "d1", "content": [{"attachment": {
-                                 "url": "https://bucket.s3.amazonaws.com/x.json?X-Amz-Signature=abc&X-Amz-Credential=k"}}]}},
-                             {"resource": {"resourceType": "Condition", "id": "c1", "code": {"text": "Diabetes"}}}]}}],
-           "webhook": "https://client:secret@medplum.example/fhir/R4/Bot/b/$execute"}
+    msg = {
+        "meta": {"messageId": "m-1", "type": "medical.consolidated-data", "data": {"medplumPatientId": "p1"}},
+        "patients": [
+            {
+                "patientId": "mid-1",
+                "externalId": "p1",
+                "firstName": "Jane",
+                "dob": "1980-01-01",
+                "bundle": {
+                    "resourceType": "Bundle",
+                    "type": "collection",
+                    "entry": [
+                        {
+                            "resource": {
+                                "resourceType": "DocumentReference",
+                                "id": "d1",
+                                "content": [
+                                    {
+                                        "attachment": {
+                                            "url": "https://bucket.s3.amazonaws.com/x.json?X-Amz-Signature=abc&X-Amz-Credential=k"
+                                        }
+                                    }
+                                ],
+                            }
+                        },
+                        {"resource": {"resourceType": "Condition", "id": "c1", "code": {"text": "Diabetes"}}},
+                    ],
+                },
+            }
+        ],
+        "webhook": "https://client:secret@medplum.example/fhir/R4/Bot/b/$execute",
+    }
     shown = json.dumps(views.redact(msg))
     for secret in ("Jane", "1980-01-01", "X-Amz-Signature", "abc", "Diabetes", "client:secret", "secret@"):
         assert secret not in shown, secret
@@ -102,24 +136,70 @@ def test_a_payload_is_shown_without_demographics_signatures_or_clinical_content(
 def test_a_message_page_lists_every_delivery_and_processing_attempt():
     ev, tasks = flow()
     ev = [e for e in ev if e["id"] != "p1-t2-proc"]
-    ev += [ae("again", WBOT, 3.3, 3.31, line("webhook", "failed message delivered again; re-queued", task="p1-t2")),
-           ae("run1", WBOT, 3.05, 3.2, "\n".join([
-               line("webhook", "metriport call", method="GET", path="/medical/v1/document", status=500, ms=4),
-               line("webhook", "message failed: 1 failure(s): 500", task="p1-t2")]), entities=["Task/p1-t2"]),
-           ae("run2", WBOT, 3.4, 3.9, "\n".join([
-               line("webhook", "metriport call", method="POST", path="/medical/v1/patient/{id}/consolidated/query",
-                    status=200, ms=9, requestId="req-7"),
-               line("webhook", "message processed", task="p1-t2")]), entities=["Task/p1-t2"])]
-    integ = model.reconstruct(snapshot([patient("p1", "m1")], tasks, ev,
-                                       deliveries=[{"messageId": "msg-p1-t2", "when": iso(3), "status": "success",
-                                                    "attempts": 1, "httpStatus": 200, "durationMs": 21}]))
-    history = [{"status": "requested", "meta": {"lastUpdated": iso(3.01)}},
-               {"status": "in-progress", "meta": {"lastUpdated": iso(3.06)}},
-               {"status": "failed", "statusReason": {"text": "1 failure(s): 500"}, "meta": {"lastUpdated": iso(3.2)}},
-               {"status": "requested", "meta": {"lastUpdated": iso(3.3)}},
-               {"status": "completed", "meta": {"lastUpdated": iso(3.9)}}]
-    v = views.message_view(integ, integ.message("p1-t2"), history, "http://app.test/",
-                           "https://metriport.com/fhir/identifiers/resource-id")
+    ev += [
+        ae("again", WBOT, 3.3, 3.31, line("webhook", "failed message delivered again; re-queued", task="p1-t2")),
+        ae(
+            "run1",
+            WBOT,
+            3.05,
+            3.2,
+            "\n".join(
+                [
+                    line("webhook", "metriport call", method="GET", path="/medical/v1/document", status=500, ms=4),
+                    line("webhook", "message failed: 1 failure(s): 500", task="p1-t2"),
+                ]
+            ),
+            entities=["Task/p1-t2"],
+        ),
+        ae(
+            "run2",
+            WBOT,
+            3.4,
+            3.9,
+            "\n".join(
+                [
+                    line(
+                        "webhook",
+                        "metriport call",
+                        method="POST",
+                        path="/medical/v1/patient/{id}/consolidated/query",
+                        status=200,
+                        ms=9,
+                        requestId="req-7",
+                    ),
+                    line("webhook", "message processed", task="p1-t2"),
+                ]
+            ),
+            entities=["Task/p1-t2"],
+        ),
+    ]
+    integ = model.reconstruct(
+        snapshot(
+            [patient("p1", "m1")],
+            tasks,
+            ev,
+            deliveries=[
+                {
+                    "messageId": "msg-p1-t2",
+                    "when": iso(3),
+                    "status": "success",
+                    "attempts": 1,
+                    "httpStatus": 200,
+                    "durationMs": 21,
+                }
+            ],
+        )
+    )
+    history = [
+        {"status": "requested", "meta": {"lastUpdated": iso(3.01)}},
+        {"status": "in-progress", "meta": {"lastUpdated": iso(3.06)}},
+        {"status": "failed", "statusReason": {"text": "1 failure(s): 500"}, "meta": {"lastUpdated": iso(3.2)}},
+        {"status": "requested", "meta": {"lastUpdated": iso(3.3)}},
+        {"status": "completed", "meta": {"lastUpdated": iso(3.9)}},
+    ]
+    v = views.message_view(
+        integ, integ.message("p1-t2"), history, "http://app.test/", "https://metriport.com/fhir/identifiers/resource-id"
+    )
     whats = [(r["what"], r["tone"]) for r in v["rows"]]
     assert whats[:2] == [("sent by Metriport", "ok"), ("delivered to the webhook bot", "ok")]
     assert ("processing run", "fail") in whats and ("processing run", "ok") in whats
