@@ -289,14 +289,14 @@ class BatchOperations(ServiceCore):
         for i, e in enumerate(todo):
             e["_fast_clear"] = i in again and not again[i]
 
-    def _preprocess(
+    def _preprocess(  # noqa: C901 — Medplum's transaction preprocessing steps, in its order
         self,
         pr: Principal,
         entry: Any,
         i: int,
         identities: dict[str, str],
         seen: set,
-        tx: bool,  # noqa: C901 — Medplum's transaction preprocessing steps, in its order
+        tx: bool,
         resolved: list[str] | None = None,
     ) -> str:
         """Classify the entry and resolve its identity before anything runs, like fhir-router batch.ts

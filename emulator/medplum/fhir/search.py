@@ -177,9 +177,9 @@ def parse_query_string(qs: str) -> list[tuple[str, str]]:
     return parse_qsl(qs, keep_blank_values=True)
 
 
-def parse_search(
+def parse_search(  # noqa: C901 — one branch per special parameter, as Medplum's parser
     resource_type: str,
-    query: list[tuple[str, str]] | str,  # noqa: C901 — one branch per special parameter, as Medplum's parser
+    query: list[tuple[str, str]] | str,
     release: Release = NEWEST_RELEASE,
 ) -> SearchRequest:
     """Parse `query` ([(name, value)] or a query string) for `resource_type`; raises BadRequest."""
@@ -331,12 +331,12 @@ def invalid_operator(op: str, name: str) -> BadRequest:
     return BadRequest(f"Invalid operator {op} for {name}")
 
 
-def parse_parameter(
+def parse_parameter(  # noqa: C901 — one branch per modifier
     rtype: str,
     sp: SearchParam,
     code: str,
     modifier: str | None,
-    value: str,  # noqa: C901 — one branch per modifier
+    value: str,
     release: Release = NEWEST_RELEASE,
     operator: str = "eq",
     raw: bool = False,
@@ -493,11 +493,11 @@ def _split_chain(chain: str) -> list[str]:
     return parts
 
 
-def chain_filter(
+def chain_filter(  # noqa: C901 — forward and reverse chains side by side
     rtype: str,
     name: str,
     value: str,
-    release: Release = NEWEST_RELEASE,  # noqa: C901 — forward and reverse chains side by side
+    release: Release = NEWEST_RELEASE,
     operator: str = "eq",
     raw: bool = False,
 ) -> Filter:

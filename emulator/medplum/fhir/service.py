@@ -277,13 +277,13 @@ class FhirService(BatchOperations):
             return FhirResponse(500, ServerError().outcome, {})
 
     # ================================================================== routing
-    def _dispatch(
+    def _dispatch(  # noqa: C901 — the route table of Medplum's FHIR router
         self,
         pr: Principal,
         method: str,
         path: str,
         query: list[tuple[str, str]],
-        body: Any,  # noqa: C901 — the route table of Medplum's FHIR router
+        body: Any,
         headers: dict[str, str],
     ) -> FhirResponse:
         if "?" in path:
