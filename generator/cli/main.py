@@ -14,7 +14,7 @@ from medport import __version__
 from medport.emulator.node import NodeRuntimeMissing
 
 from ..generation.config import CONFIG_FILENAME
-from ..options import config_option, is_verbose, load_dotenv_file, load_or_exit, verbose_param
+from ..options import config_option, is_verbose, load_dotenv_file, load_or_exit, out_option, verbose_param
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +240,7 @@ def init(directory, ci, force, pip_spec):
 
 @main.command()
 @config_option
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    default="bots",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Output directory.",
-)
+@out_option
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing file (for CI).")
 def generate(config_path, out_dir, check):
     """Render both bots, medplum.config.json and deploy-bundle.json from the config."""

@@ -178,19 +178,9 @@ class MedplumHttp:
         if json_body is not None:
             hdrs["Content-Type"] = "application/fhir+json"
         hdrs.update(headers or {})
-        resp = self._send(
-            step,
-            method,
-            path,
-            idempotent,
-            json=json_body,
-            data=data,
-            headers={**self.auth_headers(), **hdrs},
-            params=params,
-        )
-        if resp.status_code == 401 and "Authorization" not in (headers or {}):
-            self.login()  # the token expired (or the server restarted): log in again, once
-            resp = self._send(
+
+        def send() -> requests.Response:  # the token is read at each send: a login between sends is used
+            return self._send(
                 step,
                 method,
                 path,
@@ -200,6 +190,11 @@ class MedplumHttp:
                 headers={**self.auth_headers(), **hdrs},
                 params=params,
             )
+
+        resp = send()
+        if resp.status_code == 401 and "Authorization" not in (headers or {}):
+            self.login()  # the token expired (or the server restarted): log in again, once
+            resp = send()
         log.debug(
             "%s %s -> %s in %.0f ms",
             method,
