@@ -521,13 +521,7 @@ class BotRuntime:
     # ------------------------------------------------------------ API
     def execute(self, req: ExecRequest) -> ExecResult:
         t0 = time.perf_counter()
-        runtime = req.runtime if req.runtime in ("vmcontext", "awslambda") else "vmcontext"
-        timeout_s = float(req.timeout_s) if req.timeout_s else DEFAULT_TIMEOUT_S
-        if runtime == "awslambda":
-            timeout_s = min(timeout_s, MAX_LAMBDA_TIMEOUT_S)  # Medplum refuses to deploy a longer one
-            deadline = timeout_s  # Lambda: wall clock
-        else:
-            deadline = max(self.hard_cap_s, timeout_s + 1.0)  # vm timeout covers sync code; the cap the rest
+        runtime, timeout_s, deadline = self._limits(req)
         code = req.code or ""
         sandbox = req.sandbox if runtime == "vmcontext" else None
         flavor = f"{runtime}@{sandbox.name}" if sandbox else runtime  # a release wraps the code its own way
@@ -540,41 +534,12 @@ class BotRuntime:
             )
         retire = False
         try:
-            msg = {
-                "op": "exec",
-                "runtime": runtime,
-                "key": key,
-                "hash": key.rsplit(":", 1)[1],
-                "bot_id": req.bot_id,
-                "timeout_ms": int(timeout_s * 1000),
-                "event": req.event or {},
-                "base_url": req.base_url,
-                "access_token": req.access_token,
-                "default_headers": req.default_headers,
-                "filename": req.filename,
-            }
-            if sandbox is not None:
-                msg["sandbox"] = _sandbox_message(sandbox)
-            for _attempt in range(2):
-                call = _Call(next(self._ids), "" if runtime == "awslambda" else "\n")
-                if key not in w.known or _attempt:
+            msg = _exec_message(req, runtime, key, timeout_s, sandbox)
+            for attempt in range(2):
+                # the code goes along when the worker does not hold it (or lost it: the second attempt)
+                if key not in w.known or attempt:
                     msg["code"] = code
-                msg["id"] = call.id
-                w.calls[call.id] = call
-                with self._running_lock:
-                    self._running[call.id] = (req.bot_id, w, time.monotonic(), call)
-                try:
-                    w.send(msg)
-                except (OSError, ValueError):
-                    w.kill()
-                    call.done.wait(5)
-                    if call.crash is None:
-                        call.crash = w.describe_exit()
-                try:
-                    finished = call.done.wait(deadline)
-                finally:
-                    with self._running_lock:
-                        self._running.pop(call.id, None)
+                call, finished = self._send_and_wait(w, msg, req.bot_id, runtime, deadline)
                 if not finished:
                     retire = True
                     w.kill()
@@ -583,43 +548,14 @@ class BotRuntime:
                     return self._timeout_result(runtime, timeout_s, deadline, call, w, t0)
                 w.calls.pop(call.id, None)
                 if call.crash is not None:
-                    # the worker died (killed, out of memory, process.exit): noticed as its pipe closed, the
-                    # execution fails now with that reason
                     retire = True
-                    error = f"{call.cut_reason}: {call.crash}" if call.cut_reason else call.crash
-                    if runtime == "awslambda" and not call.cut_reason:
-                        # Lambda answers the invoke with its error payload (Medplum returns it), and the log tail
-                        # ends with the runtime's own line
-                        payload = w.lambda_error()
-                        call.add_log(f"{payload['errorMessage']}\n{payload['errorType']}\n")
-                        return ExecResult(
-                            ok=False,
-                            returned=True,
-                            value=payload,
-                            error=error,
-                            logs=call.logs(),
-                            duration_ms=(time.perf_counter() - t0) * 1000,
-                            crashed=True,
-                            worker_pid=w.pid,
-                        )
-                    if call.cut_reason:
-                        call.add_log(error)
-                    return ExecResult(
-                        ok=False,
-                        returned=False,
-                        error=error,
-                        logs=call.logs(),
-                        duration_ms=(time.perf_counter() - t0) * 1000,
-                        crashed=True,
-                        worker_pid=w.pid,
-                    )
+                    return _crash_result(runtime, call, w, t0)
                 res = call.msg or {}
                 if res.get("need_code"):
                     w.known.discard(key)
                     continue
                 w.known.add(key)
-                if res.get("recycle"):
-                    retire = True
+                retire = bool(res.get("recycle"))
                 return ExecResult(
                     ok=bool(res.get("ok")),
                     returned=bool(res.get("returned")),
@@ -641,6 +577,37 @@ class BotRuntime:
             )
         finally:
             self._release(w, retire=retire)
+
+    def _limits(self, req: ExecRequest) -> tuple[str, float, float]:
+        """The runtime, the bot's timeout and how long to wait for its answer: Lambda's timeout is wall clock;
+        Medplum's vm timeout covers synchronous code only, so the hard cap bounds the rest."""
+        runtime = req.runtime if req.runtime in ("vmcontext", "awslambda") else "vmcontext"
+        timeout_s = float(req.timeout_s) if req.timeout_s else DEFAULT_TIMEOUT_S
+        if runtime == "awslambda":
+            timeout_s = min(timeout_s, MAX_LAMBDA_TIMEOUT_S)  # Medplum refuses to deploy a longer one
+            return runtime, timeout_s, timeout_s
+        return runtime, timeout_s, max(self.hard_cap_s, timeout_s + 1.0)
+
+    def _send_and_wait(self, w: _Worker, msg: dict, bot_id: str, runtime: str, deadline: float) -> tuple[_Call, bool]:
+        """Send one execution to the worker and wait for its end; (the call, whether it ended in time). A worker
+        whose pipe breaks is killed: the call then carries its exit as the crash."""
+        call = _Call(next(self._ids), "" if runtime == "awslambda" else "\n")
+        msg["id"] = call.id
+        w.calls[call.id] = call
+        with self._running_lock:
+            self._running[call.id] = (bot_id, w, time.monotonic(), call)
+        try:
+            w.send(msg)
+        except (OSError, ValueError):
+            w.kill()
+            call.done.wait(5)
+            if call.crash is None:
+                call.crash = w.describe_exit()
+        try:
+            return call, call.done.wait(deadline)
+        finally:
+            with self._running_lock:
+                self._running.pop(call.id, None)
 
     @staticmethod
     def _timeout_result(
@@ -769,3 +736,54 @@ class BotRuntime:
             self.close()
         except Exception:
             pass
+
+
+def _exec_message(req: ExecRequest, runtime: str, key: str, timeout_s: float, sandbox: Any) -> dict:
+    """The worker's `exec` message (the code is added by the caller when the worker does not hold it)."""
+    msg = {
+        "op": "exec",
+        "runtime": runtime,
+        "key": key,
+        "hash": key.rsplit(":", 1)[1],
+        "bot_id": req.bot_id,
+        "timeout_ms": int(timeout_s * 1000),
+        "event": req.event or {},
+        "base_url": req.base_url,
+        "access_token": req.access_token,
+        "default_headers": req.default_headers,
+        "filename": req.filename,
+    }
+    if sandbox is not None:
+        msg["sandbox"] = _sandbox_message(sandbox)
+    return msg
+
+
+def _crash_result(runtime: str, call: _Call, w: _Worker, t0: float) -> ExecResult:
+    """The worker died (killed, out of memory, process.exit), noticed as its pipe closed: the execution fails now
+    with that reason. Lambda answers the invoke with its error payload (Medplum returns it), and the log tail ends
+    with the runtime's own line."""
+    error = f"{call.cut_reason}: {call.crash}" if call.cut_reason else str(call.crash)
+    if runtime == "awslambda" and not call.cut_reason:
+        payload = w.lambda_error()
+        call.add_log(f"{payload['errorMessage']}\n{payload['errorType']}\n")
+        return ExecResult(
+            ok=False,
+            returned=True,
+            value=payload,
+            error=error,
+            logs=call.logs(),
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            crashed=True,
+            worker_pid=w.pid,
+        )
+    if call.cut_reason:
+        call.add_log(error)
+    return ExecResult(
+        ok=False,
+        returned=False,
+        error=error,
+        logs=call.logs(),
+        duration_ms=(time.perf_counter() - t0) * 1000,
+        crashed=True,
+        worker_pid=w.pid,
+    )
