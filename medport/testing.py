@@ -115,7 +115,7 @@ def _dev_get(base_url: str, path: str, auth, **params) -> Any:
 
 class Emulator:
     """A running Medplum emulator (no bots unless you deploy some): `base_url`, `fhir_url`, `fhir` (admin
-    client), `runs()`, `wait_idle()`, `reset()`, `stop()`."""
+    client), `runs()`, `wait_idle()`, `reset()`, `close()` (or `with`)."""
 
     def __init__(self, handle):
         self.handle = handle

@@ -56,7 +56,7 @@ from .persist import StateStore
 from .scheduler import Scheduler
 from .seed import Dataset, load_data, seed_datasets
 from .sender import WebhookSender
-from .settings import DEFAULT_FACILITY_ID, Settings  # noqa: F401 — DEFAULT_FACILITY_ID: read from here too
+from .settings import Settings
 from .storage import UPLOAD_EXPIRES_S, URL_EXPIRES_S, FileStore, NoSuchKey, RequestExpired
 
 SANDBOX_PATIENT_LIMIT = 20

@@ -31,7 +31,7 @@ import requests
 
 from medport.defaults import fake_metriport_api_key
 from medport.emulator.metriport import synth
-from medport.emulator.metriport.backend import DEFAULT_FACILITY_ID
+from medport.emulator.metriport.settings import DEFAULT_FACILITY_ID
 from medport.generator.generation.config import load_config, validate_data
 from medport.generator.generation.fhir_codes import MESSAGE_ATTEMPTS_EXT
 from medport.generator.local.flow import create_facility_org, create_patient, dev_api, patient_resource, runs
